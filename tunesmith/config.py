@@ -1,0 +1,363 @@
+"""Typed project configuration, shared by the CLI, YAML files and (later) the HTTP API and job runner.
+
+Every default lives here, with the reason for it beside it. A config is a YAML file validated into
+`ProjectConfig`; dotted overrides (`data.split.seed=7`) patch it before validation, so the file, the
+command line and an API payload go through exactly the same checks. Imports nothing from tunesmith
+except its error type.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tunesmith.errors import ConfigError
+
+SplitName = Literal["train", "validation", "test"]
+SPLITS: tuple[SplitName, ...] = ("train", "validation", "test")  # order = rank in leakage removal
+
+
+class Spec(BaseModel):
+    # extra="forbid": a misspelt key is an error naming it, never a silently ignored setting.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TaskType(str, enum.Enum):
+    single_label = "single_label_classification"
+    multi_label = "multi_label_classification"
+    regression = "regression"
+    chat = "chat"
+
+
+class TaskSpec(Spec):
+    """What is learned, and which fields of the input hold it.
+
+    Field values are *field expressions*: a column name (`review`), a dotted path into nested
+    records (`meta.rating`), or a template joining several fields (`"{title}. {body}"`).
+    """
+
+    type: TaskType = TaskType.single_label  # the most common custom task
+    description: str = ""  # free text, carried into the data report and later the model card
+    text: str = "text"  # input text (classification and regression)
+    label: str = "label"  # class name; for multi-label a list or a `label_separator`-joined string
+    score: str = "score"  # regression target, a number in the user's units
+    messages: str = "messages"  # chat: list of {role, content, weight?} messages (OpenAI format)
+    id: str | None = None  # stable example id; None: "<file>:<line>", shown by `data show`
+    labels: list[str] | None = None  # the label set in id order; None: inferred, sorted
+    label_separator: str = ","  # splits multi-label strings like "food,price"
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if len(v) < 2:
+                raise ValueError("a classification task needs at least 2 labels")
+            dup = sorted({x for x in v if v.count(x) > 1})
+            if dup:
+                raise ValueError(f"labels are listed twice: {dup}")
+        return v
+
+
+SourceKind = Literal[
+    "csv", "tsv", "json", "jsonl", "parquet", "excel", "text_folder", "openai_chat", "alpaca",
+    "sharegpt", "prompt_completion", "hf_disk", "packaged",
+]
+FIELD_KEYS = ("text", "label", "score", "messages", "id", "group")
+_EXTENSIONS: dict[str, SourceKind] = {
+    ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "jsonl",
+    ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".xlsx": "excel", ".xlsm": "excel",
+}
+
+
+class SourceSpec(Spec):
+    """One input: a file, a folder, a saved Hugging Face dataset or a packaged dataset."""
+
+    kind: SourceKind | None = None  # None: inferred from the extension (folders: hf_disk or text_folder)
+    path: Path | None = None  # relative paths resolve against the config file's folder
+    name: str | None = None  # packaged dataset (`tunesmith data packaged` lists them)
+    subset: str | None = None  # part of a packaged dataset, or split of a saved DatasetDict
+    split: SplitName | None = None  # send every row to this split as-is (e.g. your own test file)
+    fields: dict[str, str] = {}  # per-source overrides of the task's field expressions
+    delimiter: str | None = None  # CSV/TSV; None: sniffed from the first lines
+    encoding: str | None = None  # text files; None: detected (UTF-8 first)
+    sheet: str | None = None  # Excel sheet; None: the first one
+
+    @field_validator("fields")
+    @classmethod
+    def _known_fields(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(FIELD_KEYS))
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown}; allowed: {list(FIELD_KEYS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _infer_kind(self) -> SourceSpec:
+        if self.name is not None and self.kind in (None, "packaged"):
+            object.__setattr__(self, "kind", "packaged")
+            return self
+        if self.kind == "packaged":
+            raise ValueError("kind 'packaged' needs `name` (see `tunesmith data packaged`)")
+        if self.path is None:
+            raise ValueError("a source needs `path` (a file or folder) or `name` (a packaged dataset)")
+        if self.kind is None:
+            suffix = self.path.suffix.lower()
+            if suffix in _EXTENSIONS:
+                kind: SourceKind = _EXTENSIONS[suffix]
+            elif suffix == "" or self.path.is_dir():
+                is_hf = any((self.path / f).exists() for f in ("dataset_info.json", "dataset_dict.json"))
+                kind = "hf_disk" if is_hf else "text_folder"
+            else:
+                raise ValueError(
+                    f"cannot tell the format of '{self.path}' from its extension; set `kind` to one of "
+                    f"{list(SourceKind.__args__)}"  # type: ignore[attr-defined]
+                )
+            object.__setattr__(self, "kind", kind)
+        return self
+
+    def describe(self) -> str:
+        return f"packaged:{self.name}" + (f"/{self.subset}" if self.subset else "") if self.kind == "packaged" else str(self.path)
+
+
+MissingPolicy = Literal["drop", "fail", "fill"]
+
+
+class MissingSpec(Spec):
+    """What to do with a row whose field is empty or a missing marker."""
+
+    default: Literal["drop", "fail"] = "drop"  # a row without text or label cannot train; it goes to quarantine
+    fields: dict[str, MissingPolicy] = {}  # per-field policy, e.g. {label: fail} or {label: fill}
+    fill: dict[str, Any] = {}  # value for each field whose policy is `fill`
+    na_values: list[str] = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]  # pandas' usual markers
+
+    @model_validator(mode="after")
+    def _fill_values(self) -> MissingSpec:
+        unknown = sorted(set(self.fields) - set(FIELD_KEYS))
+        if unknown:
+            raise ValueError(f"unknown field(s) {unknown} in missing.fields; allowed: {list(FIELD_KEYS)}")
+        needs = sorted(f for f, p in self.fields.items() if p == "fill" and f not in self.fill)
+        if needs:
+            raise ValueError(f"policy `fill` needs a value in missing.fill for: {needs}")
+        return self
+
+    def policy(self, field: str) -> MissingPolicy:
+        return self.fields.get(field, self.default)
+
+
+class CleanSpec(Spec):
+    unicode_form: Literal["NFC", "NFKC", "NFD", "NFKD"] | None = "NFKC"  # folds full-width/ligature variants so equal texts compare equal
+    strip_html: bool = True  # scraped text carries markup (the food reviews contain <br />)
+    normalize_whitespace: bool = True  # collapse runs of blanks; they carry no meaning for a tokenizer
+    lowercase: bool = False  # modern tokenizers are cased; only uncased models want this
+    min_tokens: int | None = None  # drop examples shorter than this many tokens of the model's tokenizer
+    max_tokens: int | None = None  # drop (not truncate) longer examples; None keeps them and training truncates
+
+
+class DedupSpec(Spec):
+    exact: bool = True  # identical examples add nothing and inflate test scores when they straddle splits
+    near: bool = True  # so do near-identical ones (re-posts, boilerplate with one word changed)
+    near_threshold: float = Field(0.8, gt=0.0, le=1.0)  # estimated Jaccard similarity of byte 5-grams counted as "near"
+    num_perm: int = Field(128, ge=16, le=512)  # MinHash size: similarity error ~ 1/sqrt(128) = 0.09 worst case, verified per pair
+    shingle_size: int = Field(5, ge=2, le=8)  # bytes per shingle: long enough to be specific, short enough to survive small edits
+    conflicts: Literal["majority", "drop", "first", "mean"] | None = None  # same text, different labels; None: majority (classes) / mean (scores)
+
+
+class SplitSpec(Spec):
+    train: float = Field(0.8, gt=0, lt=1)  # the usual 80/10/10
+    validation: float = Field(0.1, gt=0, lt=1)
+    test: float = Field(0.1, gt=0, lt=1)
+    seed: int = 42  # same data + same seed = same split, always
+    stratify: bool = True  # equal class (or score-quantile) proportions in every split
+    group_by: str | None = None  # field expression; rows sharing a value never straddle splits
+    allow_unusual_ratios: bool = False  # explicit override for ratios outside 70-80 / 10-15 / 10-15
+    leakage: Literal["remove", "report", "fail"] = "remove"  # duplicates across splits leave the later split
+
+    @model_validator(mode="after")
+    def _ratios(self) -> SplitSpec:
+        total = self.train + self.validation + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + validation + test must be 1, got {total:g}")
+        if not self.allow_unusual_ratios:
+            bad = [
+                f"{name}={value:g} (expected {lo:g}-{hi:g})"
+                for name, value, lo, hi in (
+                    ("train", self.train, 0.70, 0.80),
+                    ("validation", self.validation, 0.10, 0.15),
+                    ("test", self.test, 0.10, 0.15),
+                )
+                if not lo - 1e-9 <= value <= hi + 1e-9
+            ]
+            if bad:
+                raise ValueError(
+                    f"unusual split ratios: {', '.join(bad)}; set data.split.allow_unusual_ratios: true "
+                    "if this is intended"
+                )
+        return self
+
+    def ratio(self, split: SplitName) -> float:
+        return float(getattr(self, split))
+
+
+class AnnotateSpec(Spec):
+    label_map: dict[str, str] = {}  # rename or merge classes: {old: new}; applied before validation
+    corrections: Path | None = None  # CSV or JSONL with `id` and `label` (or `score`): relabels those examples
+
+
+class DataSpec(Spec):
+    sources: list[SourceSpec] = Field(min_length=1)
+    output_dir: Path | None = None  # None: datasets/<project name>, relative to the working directory
+    strict: bool = False  # True: any rejected row fails the run instead of going to quarantine
+    missing: MissingSpec = MissingSpec()
+    clean: CleanSpec = CleanSpec()
+    dedup: DedupSpec = DedupSpec()
+    annotate: AnnotateSpec = AnnotateSpec()
+    split: SplitSpec = SplitSpec()
+
+
+class ModelSpec(Spec):
+    name: str | None = None  # packaged model (minilm, smollm2-135m) or a local folder; None: chosen by task type
+    max_length: int | None = Field(None, gt=0)  # token budget per example; None: the model's own limit
+
+
+DEFAULT_MODEL = {TaskType.chat: "smollm2-135m"}  # chat needs a causal LM; everything else gets the encoder
+DEFAULT_ENCODER = "minilm"  # small real encoder that trains on 2 CPU cores in minutes
+
+
+class ProjectConfig(Spec):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # used in folder names
+    task: TaskSpec = TaskSpec()
+    data: DataSpec
+    model: ModelSpec = ModelSpec()
+
+    @model_validator(mode="after")
+    def _defaults_by_task(self) -> ProjectConfig:
+        if self.model.name is None:
+            self.model.name = DEFAULT_MODEL.get(self.task.type, DEFAULT_ENCODER)
+        is_regression = self.task.type == TaskType.regression
+        if self.data.dedup.conflicts is None:
+            self.data.dedup.conflicts = "mean" if is_regression else "majority"
+        elif (self.data.dedup.conflicts == "mean") != is_regression and self.data.dedup.conflicts in ("mean", "majority"):
+            raise ValueError(
+                f"data.dedup.conflicts: '{self.data.dedup.conflicts}' does not apply to "
+                f"{self.task.type.value} tasks; use {'mean' if is_regression else 'majority'}, drop or first"
+            )
+        return self
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.data.output_dir or Path("datasets") / self.name
+
+    def resolve_paths(self, base: Path) -> ProjectConfig:
+        """Make relative paths absolute against the config file's folder (not the caller's cwd)."""
+
+        def fix(p: Path | None) -> Path | None:
+            return p if p is None or p.is_absolute() else (base / p).resolve()
+
+        for src in self.data.sources:
+            src.path = fix(src.path)
+        self.data.annotate.corrections = fix(self.data.annotate.corrections)
+        name = self.model.name
+        if name and ("/" in name or name.startswith(".")) and not Path(name).is_absolute():
+            self.model.name = str((base / name).resolve())
+        return self
+
+
+def cache_dir() -> Path:
+    """Where converted models and fetched packaged data live (set TUNESMITH_CACHE to move it)."""
+    return Path(os.environ.get("TUNESMITH_CACHE", "~/.cache/tunesmith")).expanduser()
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading: YAML with line numbers, dotted overrides, errors that name the file, line and field.
+
+
+def _line_map(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path in a YAML document to its 1-based line, for error messages."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                child = (*path, str(key.value))
+                lines[child] = key.start_mark.line + 1
+                walk(value, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*path, str(i)))
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply `a.b.c=value` (value parsed as YAML, so numbers and booleans keep their type)."""
+    if "=" not in override:
+        raise ConfigError(f"override '{override}' must look like key.path=value")
+    key, raw = override.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override '{override}' has an empty key")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override '{override}': '{'.'.join(parts[: i + 1])}' is not a list index")
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict | list):
+                raise ConfigError(f"override '{override}': '{'.'.join(parts[: i + 1])}' is not a section")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    if isinstance(node, list):
+        node[int(parts[-1])] = value
+    else:
+        node[parts[-1]] = value
+
+
+def format_validation_error(err: ValidationError, source: str, lines: dict[tuple[str, ...], int]) -> str:
+    out = [f"{source}: invalid configuration ({err.error_count()} problem{'s' * (err.error_count() > 1)})"]
+    for e in err.errors():
+        loc = tuple(str(p) for p in e["loc"])
+        # Pydantic appends the failing type's name inside unions; keep the user's own path.
+        line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
+        where = f"{source}:{line}" if line else source
+        field = ".".join(loc) or "(top level)"
+        got = f" (got {e['input']!r})" if e["type"] not in ("missing",) and not isinstance(e["input"], dict) else ""
+        msg = e["msg"].removeprefix("Value error, ")
+        out.append(f"  {where}: {field}: {msg}{got}")
+    return "\n".join(out)
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>", text: str = "") -> ProjectConfig:
+    try:
+        return ProjectConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, source, _line_map(text))) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ProjectConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level (name:, task:, data:, ...)")
+    for override in overrides:
+        apply_override(data, override)
+    return parse_config(data, str(path), text).resolve_paths(path.parent.resolve())

@@ -1,0 +1,118 @@
+"""Conversation formats: OpenAI chat JSONL is the internal form; Alpaca, ShareGPT and
+prompt/completion records are converted into it. Validation follows OpenAI's fine-tuning format
+checks (unknown roles, missing content, no assistant turn, bad `weight`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from tunesmith.data.sources import Raw
+
+ROLES = ("system", "user", "assistant")
+_SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                   "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "system": "system"}
+
+
+class ChatFormatError(ValueError):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
+
+
+def convert(kind: str, raws: Iterable[Raw]) -> Iterator[Raw]:
+    to_messages = {"alpaca": _alpaca, "sharegpt": _sharegpt, "prompt_completion": _prompt_completion}[kind]
+    for raw in raws:
+        if raw.record is None:
+            yield raw
+            continue
+        try:
+            messages = to_messages(raw.record)
+        except ChatFormatError as err:
+            yield Raw(raw.source, raw.line, None, f"field '{err.field}': {err}", text=_dump(raw.record))
+            continue
+        yield Raw(raw.source, raw.line, {**raw.record, "messages": messages})
+
+
+def _dump(record: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(record, ensure_ascii=False, default=str)[:4000]
+
+
+def _required_text(record: dict[str, Any], key: str) -> str:
+    if key not in record:
+        raise ChatFormatError(key, f"missing (keys present: {sorted(record)})")
+    value = record[key]
+    if not isinstance(value, str):
+        raise ChatFormatError(key, f"must be text, got {type(value).__name__}")
+    return value
+
+
+def _alpaca(record: dict[str, Any]) -> list[dict[str, Any]]:
+    instruction = _required_text(record, "instruction")
+    extra = record.get("input") or ""
+    if not isinstance(extra, str):
+        raise ChatFormatError("input", f"must be text, got {type(extra).__name__}")
+    prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    messages = [{"role": "system", "content": record["system"]}] if record.get("system") else []
+    return [*messages, {"role": "user", "content": prompt},
+            {"role": "assistant", "content": _required_text(record, "output")}]
+
+
+def _sharegpt(record: dict[str, Any]) -> list[dict[str, Any]]:
+    turns = record.get("conversations", record.get("messages"))
+    if not isinstance(turns, list):
+        raise ChatFormatError("conversations", "missing or not a list of {from, value} turns")
+    messages = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise ChatFormatError(f"conversations.{i}", "each turn must be an object")
+        speaker = turn.get("from", turn.get("role"))
+        role = _SHAREGPT_ROLES.get(str(speaker).lower(), str(speaker))
+        messages.append({"role": role, "content": turn.get("value", turn.get("content"))})
+    if record.get("system"):
+        messages.insert(0, {"role": "system", "content": record["system"]})
+    return messages
+
+
+def _prompt_completion(record: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": _required_text(record, "prompt")},
+            {"role": "assistant", "content": _required_text(record, "completion")}]
+
+
+def validate_messages(value: Any) -> list[dict[str, Any]]:
+    """Return the messages in canonical form {role, content, weight} or raise ChatFormatError."""
+    if not isinstance(value, list):
+        raise ChatFormatError("messages", f"must be a list of messages, got {type(value).__name__}")
+    if not value:
+        raise ChatFormatError("messages", "is empty")
+    out = []
+    for i, msg in enumerate(value):
+        where = f"messages.{i}"
+        if not isinstance(msg, dict):
+            raise ChatFormatError(where, "each message must be an object with role and content")
+        unknown = sorted(set(msg) - {"role", "content", "weight", "name"})
+        if unknown:
+            raise ChatFormatError(where, f"unrecognized key(s) {unknown}")
+        role = msg.get("role")
+        if role not in ROLES:
+            raise ChatFormatError(f"{where}.role", f"unknown role {role!r}; expected one of {list(ROLES)}")
+        content = msg.get("content")
+        if not isinstance(content, str):
+            got = "missing" if content is None else f"{type(content).__name__}, not text"
+            raise ChatFormatError(f"{where}.content", f"content is {got}")
+        if not content.strip():
+            raise ChatFormatError(f"{where}.content", "content is empty")
+        weight = msg.get("weight")
+        if weight is not None:
+            if role != "assistant":
+                raise ChatFormatError(f"{where}.weight", "weight is only allowed on assistant messages")
+            if weight not in (0, 1) or isinstance(weight, bool):
+                raise ChatFormatError(f"{where}.weight", f"weight must be 0 or 1, got {weight!r}")
+            weight = int(weight)
+        out.append({"role": role, "content": content, "weight": weight})
+    if not any(m["role"] == "assistant" and m["weight"] != 0 for m in out):
+        raise ChatFormatError("messages", "no assistant message to learn from (all missing or weight 0)")
+    return out

@@ -1,0 +1,37 @@
+"""Text normalisation: markup, Unicode forms, whitespace, case. Pure functions of one string."""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+
+from tunesmith.config import CleanSpec
+
+# Tags must start with a letter, '/' or '!' so that "a < b and c > d" survives.
+_TAG = re.compile(r"<(?:!--.*?--|[/!]?[A-Za-z][^<>]*)>", re.DOTALL)
+_BREAK = re.compile(r"<\s*(?:br\s*/?|/p|/div|/li|/h[1-6])\s*>", re.IGNORECASE)
+_BLANKS = re.compile(r"[^\S\n]+")  # whitespace except newlines
+_NEWLINES = re.compile(r"\s*\n\s*(?:\n\s*)+")  # paragraph breaks collapse to one blank line
+
+
+class TextCleaner:
+    def __init__(self, spec: CleanSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, text: str) -> str:
+        spec = self.spec
+        if spec.strip_html and ("<" in text or "&" in text):
+            text = html.unescape(_TAG.sub(" ", _BREAK.sub("\n", text)))
+        if spec.unicode_form:
+            text = unicodedata.normalize(spec.unicode_form, text)
+        if spec.normalize_whitespace:
+            text = _NEWLINES.sub("\n\n", _BLANKS.sub(" ", text))
+            text = "\n".join(line.strip() for line in text.split("\n"))
+        text = text.strip()
+        return text.lower() if spec.lowercase else text
+
+
+def dedup_key(text: str) -> str:
+    """What counts as 'the same text' for exact duplicates: case and spacing do not matter."""
+    return " ".join(text.casefold().split())

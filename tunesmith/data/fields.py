@@ -1,0 +1,61 @@
+"""Field expressions: how a config names the part of an input record that holds the text, label...
+
+Three forms, chosen for what real exports look like:
+  `review`            a column (or key) name
+  `meta.rating`       a dotted path into nested JSON (list items by index: `turns.0.text`)
+  `{title}. {body}`   a template joining several fields into one text
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_REF = re.compile(r"\{([^{}]+)\}")
+ABSENT = object()  # the record has no such field at all (as opposed to an empty value)
+
+
+def _lookup(record: Any, path: str) -> Any:
+    if isinstance(record, dict) and path in record:  # column names may themselves contain dots
+        return record[path]
+    node = record
+    for part in path.split("."):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return ABSENT
+    return node
+
+
+class FieldExpr:
+    def __init__(self, expr: str) -> None:
+        self.expr = expr
+        self.refs = [r.strip() for r in _REF.findall(expr)]
+        self.is_template = bool(self.refs)
+        if not self.is_template:
+            self.refs = [expr]
+
+    @property
+    def columns(self) -> set[str]:
+        """Top-level columns the expression reads (for checking a file's header up front)."""
+        return {r.split(".")[0] for r in self.refs}
+
+    def present_in(self, columns: list[str]) -> bool:
+        return all(r in columns or r.split(".")[0] in columns for r in self.refs)
+
+    def __call__(self, record: dict[str, Any]) -> Any:
+        if not self.is_template:
+            return _lookup(record, self.expr)
+        values = {r: _lookup(record, r) for r in self.refs}
+        if all(v is ABSENT or v is None or v == "" for v in values.values()):
+            return ABSENT if all(v is ABSENT for v in values.values()) else None
+        return _REF.sub(lambda m: _text(values[m.group(1).strip()]), self.expr)
+
+    def __repr__(self) -> str:
+        return f"FieldExpr({self.expr!r})"
+
+
+def _text(value: Any) -> str:
+    return "" if value is ABSENT or value is None else str(value)

@@ -1,0 +1,268 @@
+"""The data-quality report of a dataset version: report.json (for programs), report.md and
+report.html (for people, pictures embedded), figures/*.png.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from tunesmith.artifacts import DatasetManifest
+from tunesmith.config import SPLITS, TaskType
+
+if TYPE_CHECKING:
+    from tunesmith.data.prepare import _Preparation
+
+
+def build(manifest: DatasetManifest, prep: _Preparation, tables: dict[str, pa.Table]) -> dict[str, Any]:
+    task = prep.task
+    if prep.unused_corrections:
+        prep.warnings.append(f"{len(prep.unused_corrections)} correction id(s) matched no example: "
+                             f"{prep.unused_corrections[:10]}")
+    total = sum(t.num_rows for t in tables.values())
+    report: dict[str, Any] = {
+        "name": manifest.name, "task": manifest.task, "description": manifest.description,
+        "fingerprint": manifest.fingerprint, "created_at": manifest.created_at, "tokenizer": manifest.tokenizer,
+        "context_length": manifest.context_length, "counts": manifest.counts,
+        "split_fractions": {s: round(t.num_rows / total, 4) if total else 0.0 for s, t in tables.items()},
+        "sources": prep.sources, "steps": [s.as_dict() for s in prep.steps],
+        "missing_values": dict(prep.missing), "labels": manifest.labels,
+        "lengths": {s: _length_stats(t.column("n_tokens").to_numpy(), manifest.context_length) for s, t in tables.items()},
+        "duplicates": {
+            "exact_removed": sum(r.stage == "exact_duplicate" for r in prep.removed.values()),
+            "near_removed": sum(r.stage == "near_duplicate" for r in prep.removed.values()),
+            "near_threshold": prep.cfg.data.dedup.near_threshold,
+            "near_examples": prep.near_examples,
+            "conflicts": len(prep.conflicts), "conflict_policy": prep.cfg.data.dedup.conflicts,
+            "conflict_examples": prep.conflicts[:5],
+        },
+        "leakage": {"checked": prep.leakage_checked, "policy": prep.cfg.data.split.leakage,
+                    "found": len(prep.leaks), "examples": prep.leaks[:10]},
+        "annotation": {"label_map_changes": dict(prep.label_changes), "corrections_applied": prep.applied_corrections,
+                       "corrections_unused": prep.unused_corrections},
+        "quarantine": {"rows": prep.quarantine.count,
+                       "by_stage": dict(prep.quarantine.by_stage),
+                       "examples": dict(prep.quarantine.examples)},
+        "warnings": prep.warnings,
+        "seconds": round(_elapsed(prep), 2),
+    }
+    if task in (TaskType.single_label, TaskType.multi_label):
+        column = "labels" if task == TaskType.multi_label else "label"
+        report["class_balance"] = {s: dict(sorted(Counter(_flat(t.column(column).to_pylist())).items())) for s, t in tables.items()}
+    elif task == TaskType.regression:
+        report["score_stats"] = {s: _stats(t.column("score").to_numpy()) for s, t in tables.items()}
+    else:
+        report["chat"] = {s: _chat_stats(t) for s, t in tables.items()}
+    return report
+
+
+def _elapsed(prep: _Preparation) -> float:
+    import time
+
+    return time.perf_counter() - prep.started
+
+
+def _flat(values: list[Any]) -> list[str]:
+    return [x for v in values for x in v] if values and isinstance(values[0], list) else values
+
+
+def _stats(values: np.ndarray) -> dict[str, float]:
+    if len(values) == 0:
+        return {"count": 0}
+    return {"count": int(len(values)), "mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4),
+            "min": round(float(np.min(values)), 4), "median": round(float(np.median(values)), 4),
+            "max": round(float(np.max(values)), 4)}
+
+
+def _length_stats(lengths: np.ndarray, context: int | None) -> dict[str, Any]:
+    if len(lengths) == 0:
+        return {"count": 0}
+    stats: dict[str, Any] = {"count": int(len(lengths)), "total_tokens": int(lengths.sum()),
+                             "mean": round(float(lengths.mean()), 1),
+                             **{f"p{q}": int(np.percentile(lengths, q)) for q in (50, 90, 95, 99)},
+                             "max": int(lengths.max())}
+    if context:
+        stats["over_context"] = int((lengths > context).sum())
+    return stats
+
+
+def _chat_stats(table: pa.Table) -> dict[str, Any]:
+    convos = table.column("messages").to_pylist()
+    turns = np.array([len(c) for c in convos]) if convos else np.array([0])
+    roles = Counter(m["role"] for c in convos for m in c)
+    return {"conversations": len(convos), "turns": _stats(turns), "roles": dict(roles),
+            "with_system_prompt": sum(any(m["role"] == "system" for m in c) for c in convos),
+            "assistant_turns_weight_0": sum(m["weight"] == 0 for c in convos for m in c),
+            "training_tokens_per_epoch": int(table.column("n_tokens").to_numpy().sum())}
+
+
+# -- pictures -----------------------------------------------------------------------------------
+
+
+def _figures(folder: Path, report: dict[str, Any], tables: dict[str, pa.Table]) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figures = folder / "figures"
+    figures.mkdir(exist_ok=True)
+    out = {}
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    all_lengths = np.concatenate([t.column("n_tokens").to_numpy() for t in tables.values()])
+    bins = np.histogram_bin_edges(all_lengths, bins=40) if len(all_lengths) else 10
+    for name, table in tables.items():
+        if table.num_rows:
+            ax.hist(table.column("n_tokens").to_numpy(), bins=bins, alpha=0.55, label=f"{name} ({table.num_rows})")
+    if report["context_length"] and len(all_lengths) and all_lengths.max() > report["context_length"] * 0.8:
+        ax.axvline(report["context_length"], color="red", linestyle="--", label=f"context {report['context_length']}")
+    ax.set_xlabel(f"tokens ({report['tokenizer']} tokenizer)")
+    ax.set_ylabel("examples")
+    ax.set_title("Length distribution per split")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(figures / "token_lengths.png", dpi=110)
+    plt.close(fig)
+    out["token_lengths"] = "figures/token_lengths.png"
+
+    if "class_balance" in report:
+        balance = report["class_balance"]
+        labels = sorted({label for counts in balance.values() for label in counts})
+        fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(labels) + 3), 3.6))
+        width = 0.8 / len(SPLITS)
+        for k, name in enumerate(SPLITS):
+            n = max(1, sum(balance[name].values()))
+            ax.bar(np.arange(len(labels)) + k * width, [100 * balance[name].get(x, 0) / n for x in labels], width, label=name)
+        ax.set_xticks(np.arange(len(labels)) + width, labels, rotation=45 if len(labels) > 6 else 0, ha="right" if len(labels) > 6 else "center")
+        ax.set_ylabel("% of split")
+        ax.set_title("Class balance per split")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(figures / "class_balance.png", dpi=110)
+        plt.close(fig)
+        out["class_balance"] = "figures/class_balance.png"
+    return out
+
+
+# -- Markdown and HTML --------------------------------------------------------------------------
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    c = report["counts"]
+    md = [f"# Data report: {report['name']}", ""]
+    if report["description"]:
+        md += [f"> {report['description']}", ""]
+    md += [
+        f"- **Task**: {report['task']}",
+        f"- **Rows**: {c['input']} read → {c['train']} train / {c['validation']} validation / {c['test']} test; "
+        f"{c['quarantine']} in quarantine (`quarantine.jsonl`)",
+        f"- **Split fractions**: " + ", ".join(f"{s} {v:.1%}" for s, v in report["split_fractions"].items()),
+        f"- **Fingerprint**: `{report['fingerprint']}`",
+        f"- **Tokenizer**: {report['tokenizer']} (context {report['context_length'] or 'unknown'})",
+        "",
+    ]
+    if report["warnings"]:
+        md += ["## Warnings", ""] + [f"- ⚠ {w}" for w in report["warnings"]] + [""]
+    md += ["## Sources", "", _table(["source", "kind", "split", "rows", "rejected"],
+                                    [[s["source"], s["kind"], s["split"] or "auto", s["rows"], s["rejected"]] for s in report["sources"]]), ""]
+    md += ["## Rows in and out at every step", "", _table(
+        ["step", "in", "out", "removed", "why"],
+        [[s["step"], s["rows_in"], s["rows_out"], s["removed"], "; ".join(f"{k}: {v}" for k, v in s["reasons"].items()) or "-"]
+         for s in report["steps"]]), ""]
+    if report["missing_values"]:
+        md += ["## Missing values", "", _table(["field: policy", "rows"], [[k, v] for k, v in report["missing_values"].items()]), ""]
+    if "class_balance" in report:
+        labels = report["labels"] or []
+        rows = []
+        for label in labels:
+            row = [label]
+            for s in SPLITS:
+                n = sum(report["class_balance"][s].values()) or 1
+                k = report["class_balance"][s].get(label, 0)
+                row.append(f"{k} ({k / n:.1%})")
+            rows.append(row)
+        md += ["## Class balance", "", _table(["label", *SPLITS], rows), "", "![class balance](figures/class_balance.png)", ""]
+    if "score_stats" in report:
+        md += ["## Target (score) per split", "", _table(["split", "count", "mean", "std", "min", "median", "max"],
+               [[s, *(v.get(k, "") for k in ("count", "mean", "std", "min", "median", "max"))] for s, v in report["score_stats"].items()]), ""]
+    if "chat" in report:
+        md += ["## Conversations", "", _table(
+            ["split", "conversations", "mean turns", "max turns", "roles", "with system", "weight-0 turns", "training tokens/epoch"],
+            [[s, v["conversations"], v["turns"].get("mean", 0), v["turns"].get("max", 0), v["roles"], v["with_system_prompt"],
+              v["assistant_turns_weight_0"], v["training_tokens_per_epoch"]] for s, v in report["chat"].items()]), ""]
+    md += ["## Length in tokens", "", _table(
+        ["split", "count", "mean", "p50", "p95", "p99", "max", "over context"],
+        [[s, v.get("count"), v.get("mean", ""), v.get("p50", ""), v.get("p95", ""), v.get("p99", ""), v.get("max", ""),
+          v.get("over_context", "n/a")] for s, v in report["lengths"].items()]), "", "![token lengths](figures/token_lengths.png)", ""]
+    d = report["duplicates"]
+    md += ["## Duplicates", "", f"- Exact duplicates removed: {d['exact_removed']}",
+           f"- Near duplicates removed (similarity ≥ {d['near_threshold']}): {d['near_removed']}",
+           f"- Conflicting duplicates (same text, different target): {d['conflicts']} groups, policy `{d['conflict_policy']}`", ""]
+    if d["near_examples"]:
+        md += [_table(["removed", "kept", "similarity", "removed text", "kept text"],
+                      [[e["removed"], e["kept"], e["similarity"], e["removed_text"][:120], e["kept_text"][:120]] for e in d["near_examples"]]), ""]
+    if d["conflict_examples"]:
+        md += [_table(["ids", "values", "kept"], [[", ".join(e["ids"][:4]), e["values"], e["kept"] or "none"] for e in d["conflict_examples"]]), ""]
+    leak = report["leakage"]
+    md += ["## Leakage across splits", "", f"Checked: {', '.join(leak['checked'])}. Found: {leak['found']} "
+           f"(policy `{leak['policy']}`).", ""]
+    if leak["examples"]:
+        md += [_table(["id", "split", "duplicates", "in", "match"],
+                      [[e["id"], e["split"], e["duplicates"], e["of_split"], e["match"]] for e in leak["examples"]]), ""]
+    a = report["annotation"]
+    if a["label_map_changes"] or a["corrections_applied"] or a["corrections_unused"]:
+        md += ["## Annotation", "", f"- Label map: {a['label_map_changes'] or 'no changes'}",
+               f"- Corrections applied: {a['corrections_applied']}; unused ids: {len(a['corrections_unused'])}", ""]
+    q = report["quarantine"]
+    md += ["## Quarantine", "", f"{q['rows']} rows, every one with its file, line and reason in `quarantine.jsonl`.", ""]
+    examples = [[stage, e["location"], e["reason"]] for stage, items in q["examples"].items() for e in items]
+    if examples:
+        md += [_table(["stage", "where", "reason"], examples[:25]), ""]
+    md += [f"_Prepared in {report['seconds']} s._", ""]
+    return "\n".join(md)
+
+
+def to_html(md_text: str, folder: Path, title: str) -> str:
+    import markdown as markdown_lib
+
+    def inline(match: re.Match[str]) -> str:  # embed pictures so the HTML file stands alone
+        path = folder / match.group(2)
+        if not path.exists():
+            return match.group(0)
+        data = base64.b64encode(path.read_bytes()).decode()
+        return f'<img alt="{html.escape(match.group(1))}" src="data:image/png;base64,{data}">'
+
+    body = markdown_lib.markdown(md_text, extensions=["tables"])
+    body = re.sub(r'<img alt="([^"]*)" src="([^"]+\.png)"\s*/?>', inline, body)
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}blockquote{color:#555}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{style}</style></head><body>{body}</body></html>\n")
+
+
+def write(folder: Path, manifest: DatasetManifest, prep: _Preparation, tables: dict[str, pa.Table]) -> dict[str, Any]:
+    report = build(manifest, prep, tables)
+    report["figures"] = _figures(folder, report, tables)
+    (folder / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    md = markdown(report)
+    (folder / "report.md").write_text(md, encoding="utf-8")
+    (folder / "report.html").write_text(to_html(md, folder, f"Data report: {report['name']}"), encoding="utf-8")
+    return report
