@@ -49,9 +49,9 @@ def _root(
 # -- config ---------------------------------------------------------------------------------------
 
 
-@config_app.command("show")
+@config_app.command("show", epilog=EPILOG)
 def config_show(
-    config: Annotated[Path, typer.Argument(help="Project config YAML.")],
+    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="Project config YAML.")],
     overrides: Overrides = None,
 ) -> None:
     """Print the fully resolved config: your values plus every default."""
@@ -79,9 +79,9 @@ class _RichProgress:
         self.progress.update(self.tasks[task], completed=done, total=total)
 
 
-@data_app.command("prepare")
+@data_app.command("prepare", epilog=EPILOG)
 def data_prepare(
-    config: Annotated[Path, typer.Argument(help="Project config YAML (see examples/).")],
+    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="Project config YAML (see examples/).")],
     overrides: Overrides = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Dataset folder to write (default: data.output_dir, else datasets/<name>).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on any rejected row instead of quarantining it.")] = False,
@@ -122,9 +122,9 @@ def _print_summary(path: Path) -> None:
     out.print(f"fingerprint {report['fingerprint'][:16]}…  report: {path / 'report.html'}")
 
 
-@data_app.command("report")
+@data_app.command("report", epilog=EPILOG)
 def data_report(
-    dataset: Annotated[Path, typer.Argument(help="Dataset folder written by `data prepare`.")],
+    dataset: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset folder written by `data prepare`.")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="summary (tables), md, json, or html (prints the file path).")] = "summary",
 ) -> None:
     """Show the data-quality report of a dataset version."""
@@ -141,9 +141,9 @@ def data_report(
         raise click.BadParameter(f"'{fmt}' is not one of summary, md, json, html", param_hint="--format")
 
 
-@data_app.command("show")
+@data_app.command("show", epilog=EPILOG)
 def data_show(
-    dataset: Annotated[Path, typer.Argument(help="Dataset folder written by `data prepare`.")],
+    dataset: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset folder written by `data prepare`.")],
     split: Annotated[str, typer.Option("--split", help="train, validation, test, or quarantine.")] = "train",
     n: Annotated[int, typer.Option("--n", "-n", min=1, help="How many rows to show.")] = 5,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines instead of a table.")] = False,
@@ -179,20 +179,21 @@ def _cell(value: Any) -> str:
     return text if len(text) <= 400 else text[:400] + "…"
 
 
-@data_app.command("packaged")
+@data_app.command("packaged", epilog=EPILOG)
 def data_packaged() -> None:
     """List the datasets that ship inside Python packages (usable offline by name)."""
     from tunesmith.data.packaged import CATALOG
 
     table = Table(title="packaged datasets (use as `sources: [{name: NAME}]`)")
-    for col in ("name", "task", "fields", "subsets", "description"):
+    table.add_column("name", no_wrap=True)
+    for col in ("task", "fields", "subsets", "description"):
         table.add_column(col, overflow="fold")
     for name, entry in CATALOG.items():
         table.add_row(name, entry.task, entry.fields, ", ".join(entry.subsets) or "(categories)", entry.description)
     out.print(table)
 
 
-@data_app.command("fetch")
+@data_app.command("fetch", epilog=EPILOG)
 def data_fetch(
     names: Annotated[list[str] | None, typer.Argument(help="Packaged dataset names.")] = None,
     fetch_all: Annotated[bool, typer.Option("--all", help="Fetch every packaged dataset.")] = False,

@@ -135,6 +135,7 @@ class _Preparation:
             buffer: list[dict[str, Any]] = []
             for spec in cfg.data.sources:
                 exprs = canon.fields_for(spec)
+                canon.start_source()
                 stats = {"source": spec.describe(), "kind": spec.kind, "split": spec.split, "rows": 0, "rejected": 0}
                 parsed = 0
                 for raw in read_source(spec, exprs):
@@ -382,10 +383,13 @@ class _Preparation:
             pos = {int(r): k for k, r in enumerate(self.sig_index)}
             alive_pos = np.array([pos[int(r)] for r in idx])
             i, j, sims = dedup.similar_pairs(self.sigs[alive_pos], self.cfg.data.dedup.near_threshold)
+            flagged = {a for a, _, _ in found}
             for a, b, sim in zip(idx[i], idx[j], sims, strict=True):
                 if self.split_of[a] != self.split_of[b]:
                     later, earlier = (a, b) if rank[self.split_of[a]] > rank[self.split_of[b]] else (b, a)
-                    found.append((later, earlier, f"near (similarity {sim:.2f})"))
+                    if later not in flagged:
+                        flagged.add(later)
+                        found.append((later, earlier, f"near (similarity {sim:.2f})"))
         else:
             self.leakage_checked.append("near (removed before splitting)")
         self.leaks = [{"id": ids[a], "split": self.split_of[a], "duplicates": ids[b], "of_split": self.split_of[b],

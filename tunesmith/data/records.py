@@ -110,8 +110,8 @@ class Canonicalizer:
         self.na = set(cfg.data.missing.na_values)
         self.seen_ids: dict[str, str] = {}
         self.prefixes: dict[str, str] = {}
-        self.absent: Counter[tuple[str, str]] = Counter()  # (source, field) -> rows without the field
-        self.keys_seen: dict[str, set[str]] = {}
+        self.absent: Counter[str] = Counter()  # field -> rows of the current source without it
+        self.keys_seen: set[str] = set()  # keys seen in the current source, for the error message
         self.label_changes: Counter[str] = Counter()  # "old -> new" from label_map
         self.missing: Counter[str] = Counter()  # "field: policy" -> rows with that field missing
 
@@ -145,7 +145,8 @@ class Canonicalizer:
             return Rejection("read", raw.source, raw.line, raw.error or "unreadable", record=raw.text)
         record = raw.record
         reject = _rejecter(raw)
-        self.keys_seen.setdefault(raw.source, set()).update(list(record)[:50])
+        if len(self.keys_seen) < 50:
+            self.keys_seen.update(list(record)[:50])
 
         example_id = self._id(record, exprs, raw, self.id_prefix(raw.source, spec))
         if isinstance(example_id, Rejection):
@@ -159,7 +160,7 @@ class Canonicalizer:
                 continue
             value = expr(record)
             if value is ABSENT:
-                self.absent[(raw.source, name)] += 1
+                self.absent[name] += 1
             if name in ("label", "score"):
                 corrected = self.corrections.get(example_id)
                 if corrected is not ABSENT:
@@ -249,18 +250,18 @@ class Canonicalizer:
             raise ValueError(f"label '{mapped}' is not one of task.labels {sorted(self.labels)}")
         return mapped
 
+    def start_source(self) -> None:
+        self.absent.clear()
+        self.keys_seen.clear()
+
     def check_columns_present(self, spec: SourceSpec, exprs: dict[str, FieldExpr], rows: int) -> None:
         """A field missing from *every* record of a source is a mapping error, not missing data."""
         for name, expr in exprs.items():
-            if name in ("id", "group") or rows == 0:
-                continue
-            sources = {s for (s, f) in self.absent if f == name}
-            for source in sources:
-                if self.absent[(source, name)] >= rows and source in self.keys_seen:
-                    raise DataError(
-                        f"{source}: no record has '{expr.expr}' (for {name}); keys found: "
-                        f"{sorted(self.keys_seen[source])[:20]}. Map it with task.{name} or the source's `fields:`"
-                    )
+            if name not in ("id", "group") and rows > 0 and self.absent[name] >= rows:
+                raise DataError(
+                    f"{spec.describe()}: no record has '{expr.expr}' (for {name}); keys found: "
+                    f"{sorted(self.keys_seen)[:20]}. Map it with task.{name} or the source's `fields:`"
+                )
 
 
 def _rejecter(raw: Raw):  # noqa: ANN202 - small closure keeps row() readable

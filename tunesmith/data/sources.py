@@ -9,6 +9,7 @@ before reading a single row.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from collections.abc import Iterator
@@ -100,8 +101,14 @@ def detect_encoding(path: Path, given: str | None) -> str:
             return "utf-8"
     from charset_normalizer import from_bytes
 
-    best = from_bytes(head).best()
-    return best.encoding if best else "utf-8"
+    matches = list(from_bytes(head))
+    if not matches:
+        return "utf-8"
+    best = matches[0]
+    # Short Western samples fit many 8-bit code pages equally well; among those that tie with the
+    # best, prefer the one Windows and Excel actually write.
+    tied = {m.encoding for m in matches if m.chaos <= best.chaos + 0.05 and m.coherence >= best.coherence - 0.05}
+    return next((enc for enc in ("cp1252", "latin_1", "iso8859_15") if enc in tied), best.encoding)
 
 
 def bad_bytes_error(encoding: str) -> str:
@@ -149,13 +156,23 @@ def read_csv(path: Path, spec: SourceSpec, needed: dict[str, Any]) -> Iterator[R
             rows += 1
             if len(row) != len(header):
                 yield Raw(src, start, None, f"has {len(row)} fields but the header has {len(header)}",
-                          text=delimiter.join(row))
+                          text=_csv_line(row, delimiter))
             elif _has_bad_bytes(row):
-                yield Raw(src, start, None, bad_bytes_error(encoding), text=delimiter.join(row))
+                yield Raw(src, start, None, bad_bytes_error(encoding), text=_csv_line(row, delimiter))
             else:
                 yield Raw(src, start, dict(zip(header, row, strict=True)))
     if rows == 0:
         raise DataError(f"{path}: has a header but no data rows")
+
+
+def _csv_line(row: list[str], delimiter: str) -> str:
+    """The row as a CSV line again (quoted where needed), for the quarantine file.
+
+    Undecodable bytes are shown as \\xNN escapes so the quarantine stays valid UTF-8.
+    """
+    buf = io.StringIO()
+    csv.writer(buf, delimiter=delimiter, lineterminator="").writerow(row)
+    return buf.getvalue().encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _sniff_delimiter(sample: str) -> str:

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_models import build_tiny_bert, build_tiny_llama, build_tokenizer
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests must never reach a model hub
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tokenizer(tmp_path_factory.mktemp("tiny-tokenizer"))
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tokenizer(tmp_path_factory.mktemp("tiny-chat-tokenizer"), chat=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture()
+def make_config(tmp_path: Path, tiny_tokenizer: Path):
+    """Build a validated ProjectConfig for tmp_path data, with the tiny tokenizer as the model."""
+    from tunesmith.config import parse_config
+
+    def make(sources: list[dict], task: dict | None = None, model: str | Path | None = None, **data) -> object:
+        raw = {
+            "name": "t",
+            "task": task or {},
+            "data": {"sources": sources, "output_dir": str(tmp_path / "out"), **data},
+            "model": {"name": str(model or tiny_tokenizer)},
+        }
+        return parse_config(raw).resolve_paths(tmp_path)
+
+    return make

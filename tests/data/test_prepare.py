@@ -1,0 +1,230 @@
+"""Behaviour of the whole preparation pipeline on small generated files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from tunesmith.data.prepare import prepare
+from tunesmith.errors import DataError
+
+WORDS = ("apple banana cherry coffee tea bread butter cheese honey lemon mango olive pepper rice salt sugar "
+         "vanilla walnut yogurt almond basil cocoa ginger garlic oat pasta soup sauce steak tofu").split()
+ADJ = "great awful tasty bland fresh stale sweet bitter crunchy soggy fragrant cheap pricey lovely".split()
+
+
+def sentences(n: int, seed: int = 0) -> list[str]:
+    """Distinct sentences, different enough that none is a near duplicate of another."""
+    rng = random.Random(seed)
+    out: set[str] = set()
+    while len(out) < n:
+        words = rng.sample(WORDS, 6) + rng.sample(ADJ, 4)
+        rng.shuffle(words)
+        out.add(" ".join(words) + f" item {rng.randint(0, 10**6)}")
+    return sorted(out)
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def labelled(n: int, seed: int = 0, labels: tuple[str, ...] = ("pos", "neg")) -> list[dict]:
+    return [{"text": t, "label": labels[i % len(labels)]} for i, t in enumerate(sentences(n, seed))]
+
+
+def test_every_row_is_in_a_split_or_in_quarantine(tmp_path: Path, make_config) -> None:
+    rows = labelled(100)
+    rows += [dict(rows[3]), {"text": "", "label": "pos"}, {"text": "fine", "label": ""}]
+    version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}]))
+    c = version.manifest.counts
+    assert c["input"] == 103
+    assert c["train"] + c["validation"] + c["test"] + c["quarantine"] == 103
+    assert c["quarantine"] == len(version.quarantine()) == 3
+    assert (c["train"], c["validation"], c["test"]) == (80, 10, 10)
+
+
+def test_same_data_same_fingerprint_and_seed_changes_split(tmp_path: Path, make_config) -> None:
+    src = [{"path": str(write_csv(tmp_path / "d.csv", labelled(60)))}]
+    a = prepare(make_config(src)).manifest.fingerprint
+    b = prepare(make_config(src)).manifest.fingerprint
+    c = prepare(make_config(src, split={"seed": 1})).manifest.fingerprint
+    assert a == b != c
+
+
+def test_cleaning_strips_markup_and_normalises(tmp_path: Path, make_config) -> None:
+    rows = labelled(20)
+    rows[0]["text"] = "Loved it!<br /><br />Would buy   again &amp; again. ｆｕｌｌ marks, 3 < 5"
+    version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}]))
+    texts = [t for s in ("train", "validation", "test") for t in version.table(s).column("text").to_pylist()]
+    cleaned = next(t for t in texts if t.startswith("Loved"))
+    assert cleaned == "Loved it!\n\nWould buy again & again. full marks, 3 < 5"
+
+
+def test_lowercase_option(tmp_path: Path, make_config) -> None:
+    rows = labelled(20)
+    rows[0]["text"] = "SHOUTING Review Text here"
+    version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}], clean={"lowercase": True}))
+    texts = [t for s in ("train", "validation", "test") for t in version.table(s).column("text").to_pylist()]
+    assert "shouting review text here" in texts
+
+
+def test_exact_duplicates_ignore_case_and_spacing(tmp_path: Path, make_config) -> None:
+    rows = labelled(30)
+    rows.append({"text": "  " + rows[5]["text"].upper() + " ", "label": rows[5]["label"]})
+    version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}]))
+    [entry] = version.quarantine()
+    assert entry["stage"] == "exact_duplicate" and entry["line"] == 32
+    assert entry["reason"] == "exact duplicate of 'd.csv:7'"
+    assert version.report()["duplicates"]["exact_removed"] == 1
+
+
+@pytest.mark.parametrize(("policy", "kept"), [("majority", "neg"), ("drop", None), ("first", "pos")])
+def test_conflicting_duplicates_follow_the_policy(tmp_path: Path, make_config, policy: str, kept: str | None) -> None:
+    rows = labelled(30)
+    text = "the same review text appears three times with different labels"
+    rows += [{"text": text, "label": "pos"}, {"text": text, "label": "neg"}, {"text": text, "label": "neg"}]
+    version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}], dedup={"conflicts": policy}))
+    found = [(r["label"]) for s in ("train", "validation", "test") for r in version.table(s).to_pylist() if r["text"] == text]
+    assert found == ([kept] if kept else [])
+    conflicts = [q for q in version.quarantine() if q["stage"] == "conflict"]
+    assert len(conflicts) == (3 if kept is None else 2)
+    assert "values {'pos': 1, 'neg': 2}" in conflicts[0]["reason"]
+    assert version.report()["duplicates"]["conflicts"] == 1
+
+
+def test_regression_conflicts_average_the_scores(tmp_path: Path, make_config) -> None:
+    rows = [{"text": t, "score": str(i / 10)} for i, t in enumerate(sentences(30))]
+    rows += [{"text": "a duplicated snippet of movie review text", "score": "1.0"},
+             {"text": "a duplicated snippet of movie review text", "score": "2.0"}]
+    version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}], task={"type": "regression"}))
+    scores = {r["text"]: r["score"] for s in ("train", "validation", "test") for r in version.table(s).to_pylist()}
+    assert scores["a duplicated snippet of movie review text"] == pytest.approx(1.5)
+
+
+def test_near_duplicates_are_removed_and_reported(tmp_path: Path, make_config) -> None:
+    base = "this dark roast coffee has a rich smoky flavour and arrives fresh every single month from the shop"
+    rows = labelled(40) + [{"text": base, "label": "pos"}, {"text": base.replace("rich", "deep"), "label": "pos"}]
+    version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}]))
+    [entry] = version.quarantine()
+    assert entry["stage"] == "near_duplicate"
+    assert entry["line"] == 43 and "of 'd.csv:42'" in entry["reason"]
+    [example] = version.report()["duplicates"]["near_examples"]
+    assert example["similarity"] >= 0.8
+    off = prepare(make_config([{"path": str(tmp_path / "d.csv")}], dedup={"near": False}))
+    # Kept within a split when near-dedup is off; the leakage check still catches it across splits.
+    assert {q["stage"] for q in off.quarantine()} <= {"leakage"}
+
+
+def test_split_is_stratified(tmp_path: Path, make_config) -> None:
+    rows = [{"text": t, "label": "rare" if i % 5 == 0 else "common"} for i, t in enumerate(sentences(200))]
+    version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}]))
+    balance = version.report()["class_balance"]
+    assert balance["train"] == {"common": 128, "rare": 32}
+    assert balance["validation"] == {"common": 16, "rare": 4}
+    assert balance["test"] == {"common": 16, "rare": 4}
+
+
+def test_groups_never_straddle_splits(tmp_path: Path, make_config) -> None:
+    rows = [{"text": t, "label": "ab"[i % 2], "user": f"u{i % 23}"} for i, t in enumerate(sentences(230))]
+    version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}], split={"group_by": "user"}))
+    where: dict[str, set[str]] = {}
+    for s in ("train", "validation", "test"):
+        for g in version.table(s).column("group").to_pylist():
+            where.setdefault(g, set()).add(s)
+    assert len(where) == 23 and all(len(v) == 1 for v in where.values())
+    counts = version.manifest.counts
+    assert counts["test"] > 0 and counts["validation"] > 0
+
+
+def test_user_test_file_is_honoured(tmp_path: Path, make_config) -> None:
+    train = write_csv(tmp_path / "train.csv", labelled(90, seed=1))
+    test = write_csv(tmp_path / "test.csv", labelled(20, seed=2))
+    version = prepare(make_config([{"path": str(train)}, {"path": str(test), "split": "test"}]))
+    assert version.table("test").column("source").unique().to_pylist() == [str(test)]
+    assert version.manifest.counts["test"] == 20
+    assert version.manifest.counts["validation"] == 10  # 90 * 0.1 / (0.8 + 0.1)
+
+
+def test_class_missing_from_test_is_warned(tmp_path: Path, make_config) -> None:
+    rows = labelled(40) + [{"text": "the only example of a tiny class here", "label": "tiny"}]
+    version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}]))
+    warnings = version.report()["warnings"]
+    assert any("class 'tiny' has no example in ['validation', 'test']" in w for w in warnings)
+
+
+def test_leakage_across_splits_is_removed_from_the_later_split(tmp_path: Path, make_config) -> None:
+    rows = labelled(50)
+    test_rows = [dict(rows[0]), *labelled(10, seed=9)]
+    train = write_csv(tmp_path / "train.csv", rows)
+    test = write_csv(tmp_path / "test.csv", test_rows)
+    sources = [{"path": str(train)}, {"path": str(test), "split": "test"}]
+    version = prepare(make_config(sources, dedup={"exact": False, "near": False}))
+    leaks = [q for q in version.quarantine() if q["stage"] == "leakage"]
+    assert [(q["source"], q["line"]) for q in leaks] == [(str(test), 2)]
+    assert "duplicate of 'train.csv:2' in train" in leaks[0]["reason"]
+    assert version.report()["leakage"]["found"] == 1
+    with pytest.raises(DataError, match="leak across splits"):
+        prepare(make_config(sources, dedup={"exact": False, "near": False}, split={"leakage": "fail"}))
+
+
+def test_corrections_and_label_map(tmp_path: Path, make_config) -> None:
+    rows = [{"text": t, "label": ["good", "fine", "bad"][i % 3]} for i, t in enumerate(sentences(30))]
+    data = write_csv(tmp_path / "d.csv", rows)
+    fixes = write_csv(tmp_path / "fixes.csv", [{"id": "d.csv:2", "label": "bad"}, {"id": "nope:1", "label": "bad"}])
+    version = prepare(make_config([{"path": str(data)}], annotate={"label_map": {"fine": "good"}, "corrections": str(fixes)}))
+    assert version.manifest.labels == ["bad", "good"]
+    rows_out = {r["id"]: r for s in ("train", "validation", "test") for r in version.table(s).to_pylist()}
+    assert rows_out["d.csv:2"]["label"] == "bad"  # was "good", corrected by id
+    assert rows_out["d.csv:3"]["label"] == "good"  # was "fine", merged by the label map
+    report = version.report()
+    assert report["annotation"]["corrections_applied"] == 1
+    assert report["annotation"]["corrections_unused"] == ["nope:1"]
+    assert any("nope:1" in w for w in report["warnings"])
+
+
+def test_length_filter_in_tokens(tmp_path: Path, make_config) -> None:
+    rows = labelled(30) + [{"text": "ok", "label": "pos"}]  # sentences are 12+ words; "ok" is a few tokens
+    version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}], clean={"min_tokens": 10}))
+    [entry] = version.quarantine()
+    assert entry["stage"] == "length" and "below data.clean.min_tokens=10" in entry["reason"]
+    assert min(version.table("train").column("n_tokens").to_pylist()) >= 10
+
+
+def test_multi_label_is_split_and_encoded(tmp_path: Path, make_config) -> None:
+    rows = [{"text": t, "tags": ["food", "price", "food,price", "delivery"][i % 4]} for i, t in enumerate(sentences(40))]
+    version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}],
+                                  task={"type": "multi_label_classification", "label": "tags"}))
+    assert version.manifest.labels == ["delivery", "food", "price"]
+    row = next(r for s in ("train", "validation", "test") for r in version.table(s).to_pylist() if r["labels"] == ["food", "price"])
+    assert row["label_ids"] == [1, 2]
+
+
+def test_report_files_and_pictures(tmp_path: Path, make_config) -> None:
+    version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", labelled(40)))}]))
+    for name in ("report.json", "report.md", "report.html", "figures/token_lengths.png", "figures/class_balance.png"):
+        assert (version.path / name).exists(), name
+    html = (version.path / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2
+    report = json.loads((version.path / "report.json").read_text())
+    assert [s["step"] for s in report["steps"]] == ["read and validate", "length filter", "exact duplicates",
+                                                    "near duplicates", "leakage across splits"]
+    assert report["lengths"]["train"]["count"] == 32
+
+
+def test_output_folder_is_replaced_atomically(tmp_path: Path, make_config) -> None:
+    good = write_csv(tmp_path / "d.csv", labelled(30))
+    first = prepare(make_config([{"path": str(good)}]))
+    bad = tmp_path / "empty.csv"
+    bad.write_text("")
+    with pytest.raises(DataError, match="empty"):
+        prepare(make_config([{"path": str(bad)}]))
+    assert (first.path / "manifest.json").exists()  # the earlier version survives a failed run
+    assert not list(first.path.parent.glob(".*staging"))

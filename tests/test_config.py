@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tunesmith.config import ProjectConfig, TaskType, load_config, parse_config
+from tunesmith.errors import ConfigError
+
+EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_shipped_example_parses(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.data.sources
+
+
+def test_defaults_are_filled_and_visible() -> None:
+    cfg = parse_config({"name": "x", "data": {"sources": [{"path": "a.csv"}]}})
+    assert cfg.task.type == TaskType.single_label
+    assert (cfg.data.split.train, cfg.data.split.validation, cfg.data.split.test) == (0.8, 0.1, 0.1)
+    assert cfg.model.name == "minilm"
+    assert cfg.data.dedup.conflicts == "majority"
+    assert cfg.data.sources[0].kind == "csv"
+    chat = parse_config({"name": "x", "task": {"type": "chat"}, "data": {"sources": [{"path": "a.jsonl"}]}})
+    assert chat.model.name == "smollm2-135m"
+    reg = parse_config({"name": "x", "task": {"type": "regression"}, "data": {"sources": [{"path": "a.csv"}]}})
+    assert reg.data.dedup.conflicts == "mean"
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_error_names_file_line_and_field(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: x\ndata:\n  sources:\n    - path: a.csv\n  split:\n    train: 0.5\n    validation: 0.25\n    test: 0.25\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert f"{path}:5" in msg and "data.split" in msg and "train=0.5 (expected 0.7-0.8)" in msg
+    assert "allow_unusual_ratios" in msg
+
+
+def test_unusual_ratios_need_explicit_override(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: x\ndata:\n  sources: [{path: a.csv}]\n  split: {train: 0.6, validation: 0.2, test: 0.2}\n")
+    with pytest.raises(ConfigError):
+        load_config(path)
+    cfg = load_config(path, ["data.split.allow_unusual_ratios=true"])
+    assert cfg.data.split.train == 0.6
+
+
+def test_ratios_must_sum_to_one() -> None:
+    with pytest.raises(ConfigError, match="must be 1"):
+        parse_config({"name": "x", "data": {"sources": [{"path": "a.csv"}], "split": {"train": 0.8, "validation": 0.1, "test": 0.2}}})
+
+
+def test_misspelt_key_is_an_error_with_its_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: x\ntask:\n  lables: [a, b]\ndata:\n  sources: [{path: a.csv}]\n")
+    with pytest.raises(ConfigError, match=rf"{path}:3: task.lables: Extra inputs are not permitted"):
+        load_config(path)
+
+
+def test_unknown_extension_asks_for_kind() -> None:
+    with pytest.raises(ConfigError, match="cannot tell the format of 'data.xyz'"):
+        parse_config({"name": "x", "data": {"sources": [{"path": "data.xyz"}]}})
+
+
+def test_overrides_keep_types_and_reach_lists(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: x\ndata:\n  sources: [{path: a.csv}]\n")
+    cfg = load_config(path, ["data.split.seed=7", "data.sources.0.delimiter=;", "task.labels=[a, b]"])
+    assert cfg.data.split.seed == 7
+    assert cfg.data.sources[0].delimiter == ";"
+    assert cfg.task.labels == ["a", "b"]
+    with pytest.raises(ConfigError, match="must look like key.path=value"):
+        load_config(path, ["data.split.seed"])
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
+    sub = tmp_path / "proj"
+    sub.mkdir()
+    path = _write(sub, "name: x\ndata:\n  sources: [{path: data/a.csv}]\n  annotate: {corrections: fix.csv}\n")
+    cfg = load_config(path)
+    assert cfg.data.sources[0].path == sub / "data" / "a.csv"
+    assert cfg.data.annotate.corrections == sub / "fix.csv"
+
+
+def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: x\ndata:\n  sources: [\n")
+    with pytest.raises(ConfigError, match=rf"{path}:\d+: not valid YAML"):
+        load_config(path)
+
+
+def test_fill_policy_needs_a_value() -> None:
+    with pytest.raises(ConfigError, match="needs a value in missing.fill"):
+        parse_config({"name": "x", "data": {"sources": [{"path": "a.csv"}], "missing": {"fields": {"label": "fill"}}}})
+
+
+def test_config_round_trips_through_json() -> None:
+    cfg = parse_config({"name": "x", "data": {"sources": [{"path": "/d/a.csv"}]}})
+    again = ProjectConfig.model_validate(cfg.model_dump(mode="json"))
+    assert again == cfg

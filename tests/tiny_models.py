@@ -1,0 +1,74 @@
+"""Tiny models and tokenizers built locally (random init, tokenizer trained on the fly): no network.
+
+The pipeline tests run in seconds on these; the packaged real models are for the demo and the
+tests marked `slow`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CORPUS = [
+    "the food was great and the service was friendly",
+    "terrible coffee, stale and bitter, would not buy again",
+    "great price for a big bag of dried fruit",
+    "the tea arrived quickly and tastes wonderful",
+    "what is the capital of france? paris is the capital of france.",
+    "hello how are you today? i am fine thank you",
+] * 20
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tokenizer(folder: Path, vocab_size: int = 300, chat: bool = False) -> Path:
+    """A WordPiece tokenizer trained on a small corpus, saved as a transformers tokenizer folder."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(CORPUS, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]", model_max_length=128,
+    )
+    if chat:
+        fast.chat_template = CHAT_TEMPLATE
+        fast.eos_token = "<|im_end|>"
+    folder.mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(folder)
+    return folder
+
+
+def build_tiny_bert(folder: Path) -> Path:
+    """A 2-layer BERT (hidden 32) with its tokenizer: stands in for `minilm` in tests."""
+    from transformers import BertConfig, BertModel
+
+    build_tokenizer(folder)
+    config = BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+def build_tiny_llama(folder: Path) -> Path:
+    """A 2-layer Llama (hidden 32) with a chat template: stands in for `smollm2-135m` in tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    build_tokenizer(folder, chat=True)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
+                         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
