@@ -159,7 +159,7 @@ class CleanSpec(Spec):
 
 class DedupSpec(Spec):
     exact: bool = True  # identical examples add nothing and inflate test scores when they straddle splits
-    near: bool = True  # so do near-identical ones (re-posts, boilerplate with one word changed)
+    near: bool = True  # so do near-identical ones (re-posts, boilerplate); off keeps them within a split, the leakage check still removes them across splits
     near_threshold: float = Field(0.8, gt=0.0, le=1.0)  # estimated Jaccard similarity of byte 5-grams counted as "near"
     num_perm: int = Field(128, ge=16, le=512)  # MinHash size: similarity error ~ 1/sqrt(128) = 0.09 worst case, verified per pair
     shingle_size: int = Field(5, ge=2, le=8)  # bytes per shingle: long enough to be specific, short enough to survive small edits

@@ -228,3 +228,18 @@ def test_output_folder_is_replaced_atomically(tmp_path: Path, make_config) -> No
         prepare(make_config([{"path": str(bad)}]))
     assert (first.path / "manifest.json").exists()  # the earlier version survives a failed run
     assert not list(first.path.parent.glob(".*staging"))
+
+
+def test_guessed_legacy_encoding_is_recorded_and_warned(tmp_path: Path, make_config) -> None:
+    rows = labelled(20)
+    rows[0]["text"] = "Le café était très bon, la crème brûlée délicieuse"
+    path = tmp_path / "legacy.csv"
+    with path.open("w", newline="", encoding="cp1252") as f:
+        writer = csv.DictWriter(f, fieldnames=["text", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    report = prepare(make_config([{"path": str(path)}])).report()
+    assert report["sources"][0]["encoding"] == "cp1252"
+    assert any("not UTF-8; read as cp1252" in w and "set the source's `encoding:`" in w for w in report["warnings"])
+    utf8 = prepare(make_config([{"path": str(write_csv(tmp_path / "u.csv", rows))}])).report()
+    assert utf8["sources"][0]["encoding"] == "utf-8" and not utf8["warnings"]

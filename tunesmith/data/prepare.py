@@ -23,10 +23,10 @@ import pyarrow.compute as pc
 
 from tunesmith import __version__
 from tunesmith.artifacts import MANIFEST, QUARANTINE, DatasetManifest, DatasetVersion, Fingerprint, write_split
-from tunesmith.config import SPLITS, ProjectConfig, TaskType
+from tunesmith.config import SPLITS, ProjectConfig, SourceSpec, TaskType
 from tunesmith.data import dedup, split
 from tunesmith.data.records import Canonicalizer, Corrections, Rejection, TARGET_TYPES, canonical_schema
-from tunesmith.data.sources import read_source
+from tunesmith.data.sources import TEXT_KINDS, guess_encoding, read_source
 from tunesmith.errors import DataError
 
 BATCH = 10_000  # rows per Arrow record batch while streaming
@@ -137,6 +137,7 @@ class _Preparation:
                 exprs = canon.fields_for(spec)
                 canon.start_source()
                 stats = {"source": spec.describe(), "kind": spec.kind, "split": spec.split, "rows": 0, "rejected": 0}
+                spec = self._resolve_encoding(spec, stats)
                 parsed = 0
                 for raw in read_source(spec, exprs):
                     stats["rows"] += 1
@@ -179,6 +180,20 @@ class _Preparation:
         self._split()
         self._leakage()
         self._write()
+
+    def _resolve_encoding(self, spec: SourceSpec, stats: dict[str, Any]) -> SourceSpec:
+        """Guess a text file's encoding once, record it, and warn when the guess was a close call."""
+        if spec.kind not in TEXT_KINDS or spec.encoding or spec.path is None or not spec.path.is_file():
+            stats["encoding"] = spec.encoding
+            return spec
+        if spec.path.stat().st_size == 0:
+            return spec
+        encoding, alternatives = guess_encoding(spec.path)
+        stats["encoding"] = encoding
+        if alternatives:
+            self.warnings.append(f"{spec.path}: not UTF-8; read as {encoding} (equally likely: {', '.join(alternatives[:4])}). "
+                                 "If accented letters look wrong in `data show`, set the source's `encoding:`")
+        return spec.model_copy(update={"encoding": encoding})
 
     def _fail_strict(self) -> None:
         self.quarantine.close()

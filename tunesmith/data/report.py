@@ -180,8 +180,9 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     if report["warnings"]:
         md += ["## Warnings", ""] + [f"- ⚠ {w}" for w in report["warnings"]] + [""]
-    md += ["## Sources", "", _table(["source", "kind", "split", "rows", "rejected"],
-                                    [[s["source"], s["kind"], s["split"] or "auto", s["rows"], s["rejected"]] for s in report["sources"]]), ""]
+    md += ["## Sources", "", _table(["source", "kind", "encoding", "split", "rows", "rejected"],
+                                    [[s["source"], s["kind"], s.get("encoding") or "-", s["split"] or "auto", s["rows"], s["rejected"]]
+                                     for s in report["sources"]]), ""]
     md += ["## Rows in and out at every step", "", _table(
         ["step", "in", "out", "removed", "why"],
         [[s["step"], s["rows_in"], s["rows_out"], s["removed"], "; ".join(f"{k}: {v}" for k, v in s["reasons"].items()) or "-"]

