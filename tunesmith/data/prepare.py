@@ -250,17 +250,21 @@ class _Preparation:
                     if i % 2000 == 0:
                         self.progress("counting tokens", i, n)
             else:
+                # The Rust tokenizer directly: batched over both cores, and no attention masks or
+                # Python id lists built just to be measured.
+                count = (lambda b: [len(e.ids) for e in tokenizer.backend_tokenizer.encode_batch(b)]) if tokenizer.is_fast \
+                    else (lambda b: [len(x) for x in tokenizer(b)["input_ids"]])
                 start = 0
                 batch: list[str] = []
                 for text in self.texts():
                     batch.append(text)
-                    if len(batch) == 2048:
-                        lengths[start : start + len(batch)] = [len(x) for x in tokenizer(batch)["input_ids"]]
+                    if len(batch) == 4096:
+                        lengths[start : start + len(batch)] = count(batch)
                         start += len(batch)
                         batch = []
                         self.progress("counting tokens", start, n)
                 if batch:
-                    lengths[start : start + len(batch)] = [len(x) for x in tokenizer(batch)["input_ids"]]
+                    lengths[start : start + len(batch)] = count(batch)
         finally:
             hf_logging.set_verbosity(verbosity)
         self.progress("counting tokens", n, n)

@@ -10,7 +10,7 @@ import json
 import math
 import re
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,7 @@ class Rejection:
         return f"{where}: field '{self.field}'" if self.field else where
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, default=str)
+        return json.dumps(vars(self), ensure_ascii=False, default=str)  # vars, not asdict: no deep copy
 
 
 class Corrections:
