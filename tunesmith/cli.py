@@ -44,6 +44,9 @@ def _root(
         out.print(f"tunesmith {__version__}")
         raise typer.Exit()
     _state["debug"] = debug
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-file "Loading weights" bars; training keeps its own progress bar
 
 
 # -- config ---------------------------------------------------------------------------------------
@@ -206,6 +209,105 @@ def data_fetch(
         raise click.UsageError("name a packaged dataset or pass --all")
     for name in chosen:
         out.print(f"{name}: {fetch(name)}")
+
+
+# -- train / evaluate -----------------------------------------------------------------------------
+
+
+@app.command("train", epilog=EPILOG)
+def train_cmd(
+    config: Annotated[Path | None, typer.Argument(metavar="CONFIG", help="Project config YAML (optional with --resume).")] = None,
+    overrides: Overrides = None,
+    resume: Annotated[Path | None, typer.Option("--resume", metavar="RUN", help="Continue an interrupted run from its last complete checkpoint.")] = None,
+    dataset: Annotated[Path | None, typer.Option("--dataset", metavar="DATASET", help="Train on this dataset folder instead of the config's.")] = None,
+    nproc: Annotated[int | None, typer.Option("--nproc", min=1, help="Processes to train with (torchrun DDP); default train.nproc.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run folder.")] = False,
+) -> None:
+    """Fine-tune the base model on the prepared dataset; writes a run folder (runs/<name>)."""
+    import os
+    import subprocess
+
+    from tunesmith.config import load_config, parse_config
+    from tunesmith.train import ensure_dataset, train
+
+    if config is None and resume is None:
+        raise click.UsageError("give a CONFIG, or --resume RUN")
+    if config is not None:
+        cfg = load_config(config, overrides or [])
+    else:
+        saved = resume / "config.json" if resume else None
+        if saved is None or not saved.exists():
+            raise click.UsageError(f"{resume}: no config.json to resume from")
+        cfg = parse_config(json.loads(saved.read_text(encoding="utf-8")), str(saved))
+    processes = nproc or cfg.train.nproc
+    if processes > 1 and "LOCAL_RANK" not in os.environ:
+        ensure_dataset(cfg, dataset)  # once, before the workers start
+        argv = [a for a in sys.argv[1:] if not a.startswith("--nproc")]
+        if "--nproc" in sys.argv:
+            i = argv.index(str(processes)) if str(processes) in argv else -1
+            argv = argv[:i] + argv[i + 1 :] if i >= 0 else argv
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "tunesmith", *argv]
+        out.print(f"launching {processes} processes: {' '.join(cmd[2:])}", highlight=False)
+        code = subprocess.call(cmd)
+        if code:
+            raise typer.Exit(code)
+        return
+    run_dir = train(cfg, dataset_dir=dataset, resume=resume, overwrite=overwrite)
+    if int(os.environ.get("RANK", "0")) == 0:
+        out.print(f"run written to {run_dir}; next: tunesmith evaluate {run_dir}", highlight=False)
+
+
+@app.command("evaluate", epilog=EPILOG)
+def evaluate_cmd(
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="Run folder written by `tunesmith train`.")],
+    dataset: Annotated[Path | None, typer.Option("--dataset", metavar="DATASET", help="Dataset folder (default: the one the run trained on).")] = None,
+    split: Annotated[str | None, typer.Option("--split", help="Split to evaluate on (default eval.split: test).")] = None,
+    baselines: Annotated[bool | None, typer.Option("--baselines/--no-baselines", help="Majority and TF-IDF baselines on the same split.")] = None,
+    base_model: Annotated[bool | None, typer.Option("--base-model/--no-base-model", help="Also train and score a head-only model on the frozen base.")] = None,
+) -> None:
+    """Metrics, confusion matrix, baselines and an HTML report for a run on a held-out split."""
+    from tunesmith.evaluate import evaluate_run
+
+    result = evaluate_run(run, dataset, split, baselines, base_model)
+    table = Table(title=f"{Path(result['run']).name} on {result['split']} ({result['n']} examples)")
+    table.add_column("metric")
+    table.add_column("tuned model")
+    for name in result["baselines"]:
+        table.add_column(name)
+    if result["base_model"]:
+        table.add_column("base model")
+    keys = ["accuracy", "f1_macro", "f1_weighted", "roc_auc", "log_loss", "subset_accuracy", "f1_micro",
+            "mae", "rmse", "r2", "pearson", "spearman"]
+    columns = [result["metrics"], *result["baselines"].values(), *([result["base_model"]] if result["base_model"] else [])]
+    for key in keys:
+        if key in result["metrics"]:
+            table.add_row(key, *(_fmt(c.get(key)) for c in columns))
+    out.print(table)
+    if result.get("confusion_text"):
+        out.print(result["confusion_text"], markup=False, highlight=False)
+    for note in result["notes"]:
+        out.print(f"note: {note}", highlight=False)
+    out.print(f"report: {Path(result['run']) / 'eval' / result['split'] / 'report.html'}", highlight=False)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else "-"
+
+
+@app.command("compare", epilog=EPILOG)
+def compare_cmd(
+    run_a: Annotated[Path, typer.Argument(metavar="RUN_A", help="First evaluated run.")],
+    run_b: Annotated[Path, typer.Argument(metavar="RUN_B", help="Second evaluated run.")],
+    split: Annotated[str, typer.Option("--split", help="Split both were evaluated on.")] = "test",
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for compare.md/html/json.")] = None,
+) -> None:
+    """Side-by-side metrics of two evaluated runs."""
+    from tunesmith.evaluate import compare_runs
+
+    folder = compare_runs(run_a, run_b, split, out_dir)
+    out.print((folder / "compare.md").read_text(encoding="utf-8"), markup=False, highlight=False)
+    out.print(f"written to {folder}", highlight=False)
 
 
 # -- entry point ----------------------------------------------------------------------------------

@@ -220,7 +220,57 @@ class DataSpec(Spec):
 
 class ModelSpec(Spec):
     name: str | None = None  # packaged model (minilm, smollm2-135m) or a local folder; None: chosen by task type
-    max_length: int | None = Field(None, gt=0)  # token budget per example; None: the model's own limit
+    max_length: int | None = Field(None, gt=0)  # token budget per example; None: the model's own limit (training caps it at 512)
+
+
+Method = Literal["full", "head", "lora", "dora", "ia3", "prompt_tuning"]
+# Learning rates that work per method: adapters and heads start from scratch and need far larger
+# steps than full fine-tuning, which only nudges pre-trained weights.
+DEFAULT_LR: dict[str, float] = {"full": 5e-5, "head": 2e-3, "lora": 5e-4, "dora": 5e-4, "ia3": 5e-3, "prompt_tuning": 3e-2}
+
+
+class PeftSpec(Spec):
+    r: int = Field(16, ge=1)  # LoRA rank: enough capacity for a classification task, 1-2% of the weights
+    alpha: int = Field(32, ge=1)  # scale alpha/r = 2, the usual choice
+    dropout: float = Field(0.1, ge=0, lt=1)  # regularises the small adapter on small datasets
+    target_modules: list[str] | None = None  # None: chosen per architecture (BERT: query/key/value/dense; Llama: all linear)
+    modules_to_save: list[str] | None = None  # None: the head (and BERT's pooler, which sentence encoders never trained)
+    num_virtual_tokens: int = Field(20, ge=1)  # prompt tuning: soft prompt length
+
+
+class TrainSpec(Spec):
+    method: Method = "full"  # full fine-tuning: the most accurate for small encoders, and affordable on CPU
+    learning_rate: float | None = Field(None, gt=0)  # None: per method (DEFAULT_LR)
+    epochs: float = Field(3.0, gt=0)  # small datasets need a few passes; early stopping ends sooner
+    max_steps: int | None = Field(None, gt=0)  # overrides epochs when set
+    batch_size: int = Field(16, ge=1)  # per process; fits CPU memory and gives stable gradients
+    grad_accum: int = Field(1, ge=1)  # effective batch = batch_size x grad_accum x processes
+    weight_decay: float = Field(0.01, ge=0)  # the BERT recipe
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)  # the RoBERTa recipe: avoids wrecking pre-trained weights early
+    lr_scheduler: str = "linear"  # linear decay after warmup, the BERT recipe
+    seed: int = 42  # same seed + same data = same run
+    bf16: bool | None = None  # None: on where the hardware has native bf16 (recent GPUs, CPUs with AMX/AVX512-BF16)
+    gradient_checkpointing: bool = False  # trades ~30% speed for activation memory; only for big models
+    evals_per_epoch: int = Field(2, ge=1)  # validation at regular intervals without spending the run on it
+    early_stopping_patience: int | None = Field(3, ge=1)  # evaluations without improvement before stopping; None: never
+    metric: str | None = None  # metric for best checkpoint / early stopping; None: f1_macro (classes) or rmse (scores)
+    class_weights: Literal["none", "balanced"] = "none"  # balanced: inverse-frequency loss weights for skewed classes
+    group_by_length: bool = True  # batches of similar length: little padding, much less wasted compute
+    save_total_limit: int = Field(2, ge=1)  # keeps the best and the latest checkpoint
+    report_to: list[Literal["tensorboard", "mlflow"]] = []  # experiment trackers, off unless asked for
+    output_dir: Path | None = None  # None: runs/<project name>
+    nproc: int = Field(1, ge=1)  # processes (torchrun DDP: gloo on CPU, NCCL on GPU)
+    fsdp: str | None = None  # passed to TrainingArguments.fsdp on GPU clusters, e.g. "full_shard auto_wrap"
+    deepspeed: Path | None = None  # a DeepSpeed JSON config, passed through
+
+    def lr(self) -> float:
+        return self.learning_rate or DEFAULT_LR[self.method]
+
+
+class EvalSpec(Spec):
+    baselines: bool = True  # majority/mean and TF-IDF + linear model on the same test split
+    base_model: bool = False  # also train a head-only model on the frozen base, to show what fine-tuning bought
+    split: SplitName = "test"  # the held-out split metrics are computed on
 
 
 DEFAULT_MODEL = {TaskType.chat: "smollm2-135m"}  # chat needs a causal LM; everything else gets the encoder
@@ -232,6 +282,9 @@ class ProjectConfig(Spec):
     task: TaskSpec = TaskSpec()
     data: DataSpec
     model: ModelSpec = ModelSpec()
+    train: TrainSpec = TrainSpec()
+    peft: PeftSpec = PeftSpec()
+    eval: EvalSpec = EvalSpec()
 
     @model_validator(mode="after")
     def _defaults_by_task(self) -> ProjectConfig:
@@ -251,6 +304,10 @@ class ProjectConfig(Spec):
     def dataset_dir(self) -> Path:
         return self.data.output_dir or Path("datasets") / self.name
 
+    @property
+    def run_dir(self) -> Path:
+        return self.train.output_dir or Path("runs") / self.name
+
     def resolve_paths(self, base: Path) -> ProjectConfig:
         """Make relative paths absolute against the config file's folder (not the caller's cwd)."""
 
@@ -260,6 +317,7 @@ class ProjectConfig(Spec):
         for src in self.data.sources:
             src.path = fix(src.path)
         self.data.annotate.corrections = fix(self.data.annotate.corrections)
+        self.train.deepspeed = fix(self.train.deepspeed)
         name = self.model.name
         if name and ("/" in name or name.startswith(".")) and not Path(name).is_absolute():
             self.model.name = str((base / name).resolve())

@@ -4,10 +4,7 @@ report.html (for people, pictures embedded), figures/*.png.
 
 from __future__ import annotations
 
-import base64
-import html
 import json
-import re
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +14,7 @@ import pyarrow as pa
 
 from tunesmith.artifacts import DatasetManifest
 from tunesmith.config import SPLITS, TaskType
+from tunesmith.html_report import markdown_to_html
 
 if TYPE_CHECKING:
     from tunesmith.data.prepare import _Preparation
@@ -240,30 +238,11 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(md)
 
 
-def to_html(md_text: str, folder: Path, title: str) -> str:
-    import markdown as markdown_lib
-
-    def inline(match: re.Match[str]) -> str:  # embed pictures so the HTML file stands alone
-        path = folder / match.group(2)
-        if not path.exists():
-            return match.group(0)
-        data = base64.b64encode(path.read_bytes()).decode()
-        return f'<img alt="{html.escape(match.group(1))}" src="data:image/png;base64,{data}">'
-
-    body = markdown_lib.markdown(md_text, extensions=["tables"])
-    body = re.sub(r'<img alt="([^"]*)" src="([^"]+\.png)"\s*/?>', inline, body)
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;"
-             "text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%}blockquote{color:#555}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{body}</body></html>\n")
-
-
 def write(folder: Path, manifest: DatasetManifest, prep: _Preparation, tables: dict[str, pa.Table]) -> dict[str, Any]:
     report = build(manifest, prep, tables)
     report["figures"] = _figures(folder, report, tables)
     (folder / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     md = markdown(report)
     (folder / "report.md").write_text(md, encoding="utf-8")
-    (folder / "report.html").write_text(to_html(md, folder, f"Data report: {report['name']}"), encoding="utf-8")
+    (folder / "report.html").write_text(markdown_to_html(md, folder, f"Data report: {report['name']}"), encoding="utf-8")
     return report

@@ -1,0 +1,65 @@
+"""Evaluation of trained tiny runs: every metric on the test split, with baselines and pictures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_train import project
+from tunesmith.artifacts import DatasetVersion
+from tunesmith.cli import run as cli
+from tunesmith.evaluate import compare_runs, evaluate_run
+from tunesmith.train import train
+
+
+@pytest.fixture(scope="module")
+def classifier_run(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
+    return train(project(tmp_path_factory.mktemp("clf"), tiny_bert))
+
+
+def test_metrics_are_computed_on_the_test_split(classifier_run: Path, capsys) -> None:
+    assert cli(["evaluate", str(classifier_run)]) == 0
+    shown = capsys.readouterr().out
+    assert "accuracy" in shown and "tfidf_logreg" in shown and "true \\ pred" in shown
+    report = json.loads((classifier_run / "eval" / "test" / "report.json").read_text())
+    test = DatasetVersion(report["dataset"]).table("test")
+    assert report["split"] == "test" and report["n"] == test.num_rows
+    assert sum(map(sum, report["metrics"]["confusion_matrix"])) == test.num_rows
+    assert report["metrics"]["accuracy"] >= 0.9
+    assert set(report["baselines"]) == {"majority", "tfidf_logreg"}
+    for name in ("report.html", "report.md", "confusion_matrix.png", "confusion_matrix_normalized.png"):
+        assert (classifier_run / "eval" / "test" / name).exists()
+    assert "data:image/png;base64," in (classifier_run / "eval" / "test" / "report.html").read_text()
+    assert "Test (" in (classifier_run / "README.md").read_text()  # the model card now carries test results
+
+
+def test_validation_split_and_compare(classifier_run: Path, tmp_path: Path) -> None:
+    result = evaluate_run(classifier_run, split="validation", baselines=False)
+    assert result["split"] == "validation" and result["baselines"] == {}
+    evaluate_run(classifier_run)
+    folder = compare_runs(classifier_run, classifier_run, out=tmp_path / "cmp")
+    assert "accuracy" in (folder / "compare.md").read_text()
+
+
+def test_regression_report_has_scatter_and_residuals(tmp_path: Path, tiny_bert: Path) -> None:
+    run = train(project(tmp_path, tiny_bert, task={"type": "regression"}))
+    result = evaluate_run(run)
+    assert {"mae", "rmse", "r2", "pearson", "spearman"} <= set(result["metrics"])
+    assert set(result["baselines"]) == {"mean", "tfidf_ridge"}
+    assert (run / "eval" / "test" / "predicted_vs_true.png").exists()
+    assert (run / "eval" / "test" / "residuals.png").exists()
+
+
+def test_base_model_column_trains_a_head_only_model(classifier_run: Path) -> None:
+    result = evaluate_run(classifier_run, baselines=False, base_model=True)
+    assert result["base_model"] is not None and "accuracy" in result["base_model"]
+    assert (classifier_run / "eval" / "base-model" / "run.json").exists()
+
+
+def test_unevaluated_run_cannot_be_compared(classifier_run: Path, tmp_path: Path) -> None:
+    from tunesmith.errors import DataError
+
+    with pytest.raises(DataError, match="no evaluation on 'nope' yet"):
+        compare_runs(classifier_run, classifier_run, split="nope")

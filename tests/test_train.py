@@ -1,0 +1,209 @@
+"""Fine-tuning on tiny local models: learning happens, the right weights move, runs resume exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from tunesmith.artifacts import Run
+from tunesmith.config import parse_config
+from tunesmith.data.prepare import prepare
+from tunesmith.errors import ConfigError, DataError
+from tunesmith.predictor import Predictor
+from tunesmith.train import train
+
+POS = ["great", "wonderful", "friendly", "quickly", "big"]
+NEG = ["terrible", "stale", "bitter", "again", "not"]
+FILL = ["the", "food", "coffee", "tea", "bag", "fruit", "price", "service", "bread", "rice"]
+
+
+def rows(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        good = i % 2 == 0
+        words = rng.sample(POS if good else NEG, 3) + rng.sample(FILL, 4)
+        rng.shuffle(words)
+        out.append({"text": " ".join(words) + f" number {i}", "label": "pos" if good else "neg",
+                    "score": (1.0 if good else -1.0) + rng.gauss(0, 0.1)})
+    return out
+
+
+def write(path: Path, data: list[dict]) -> Path:
+    import csv
+
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(data[0]))
+        w.writeheader()
+        w.writerows(data)
+    return path
+
+
+def project(tmp: Path, model: Path, task: dict | None = None, train_spec: dict | None = None, n: int = 160, **extra):
+    raw = {
+        "name": "tiny",
+        "task": task or {},
+        "data": {"sources": [{"path": str(write(tmp / "data.csv", rows(n)))}], "output_dir": str(tmp / "ds"),
+                 "dedup": {"near": False}},
+        "model": {"name": str(model), "max_length": 32},
+        "train": {"learning_rate": 3e-3, "max_steps": 60, "batch_size": 16, "early_stopping_patience": None,
+                  "evals_per_epoch": 2, "output_dir": str(tmp / "run"), **(train_spec or {})},
+        **extra,
+    }
+    return parse_config(raw)
+
+
+def losses(run: Path) -> list[float]:
+    return [e["loss"] for e in map(json.loads, (run / "training_log.jsonl").read_text().splitlines()) if "loss" in e]
+
+
+def test_full_finetuning_learns_and_changes_every_weight(tmp_path: Path, tiny_bert: Path) -> None:
+    run = train(project(tmp_path, tiny_bert))
+    trace = losses(run)
+    assert np.mean(trace[-3:]) < 0.5 * np.mean(trace[:3]), trace
+    manifest = Run(run).manifest
+    assert manifest.metrics["accuracy"] >= 0.9
+    assert manifest.parameters["trainable"] == manifest.parameters["total"]
+    before = load_file(tiny_bert / "model.safetensors")
+    after = load_file(run / "model" / "model.safetensors")
+    encoder = [k for k in before if k.startswith("encoder.") or k.startswith("embeddings.word")]
+    changed = [k for k in encoder if not np.allclose(before[k].numpy(), after["bert." + k].numpy())]
+    assert set(changed) == set(encoder)
+    assert not (run / "model" / "training_args.bin").exists()  # no pickles in a run folder
+    assert (run / "README.md").read_text().startswith("# tiny")
+
+
+def test_head_only_keeps_the_base_frozen(tmp_path: Path, tiny_bert: Path) -> None:
+    run = train(project(tmp_path, tiny_bert, train_spec={"method": "head", "learning_rate": 1e-2}))
+    manifest = Run(run).manifest
+    assert 0 < manifest.parameters["trainable"] < manifest.parameters["total"]
+    before = load_file(tiny_bert / "model.safetensors")
+    after = load_file(run / "model" / "model.safetensors")
+    for key in before:
+        if key.startswith("encoder.") or key.startswith("embeddings."):
+            assert np.array_equal(before[key].numpy(), after["bert." + key].numpy()), key
+    assert any(not np.array_equal(before[k].numpy(), after["bert." + k].numpy()) for k in before if k.startswith("pooler."))
+
+
+def test_lora_trains_only_the_adapter_and_the_predictor_loads_it(tmp_path: Path, tiny_bert: Path) -> None:
+    run = train(project(tmp_path, tiny_bert, train_spec={"method": "lora", "learning_rate": 5e-3}))
+    manifest = Run(run).manifest
+    assert manifest.adapter and manifest.parameters["trainable"] < manifest.parameters["total"] / 2
+    adapter = load_file(run / "model" / "adapter_model.safetensors")
+    assert any("lora_A" in k for k in adapter) and any("classifier" in k for k in adapter)
+    assert losses(run)[-1] < losses(run)[0]
+    predictor = Predictor(run)
+    out = predictor.predict(["great wonderful friendly coffee", "terrible stale bitter bread"])
+    assert out.proba.shape == (2, 2) and np.allclose(out.proba.sum(axis=1), 1)
+    assert out.labels == ["pos", "neg"]
+
+
+def test_lora_on_missing_modules_is_refused_before_training(tmp_path: Path, tiny_bert: Path) -> None:
+    cfg = project(tmp_path, tiny_bert, train_spec={"method": "lora"}, peft={"target_modules": ["q_proj"]})
+    with pytest.raises(ConfigError, match=r"no module named \['q_proj'\]; its linear layers are \[.*'query'"):
+        train(cfg)
+
+
+def test_regression_predicts_in_the_users_units(tmp_path: Path, tiny_bert: Path) -> None:
+    run = train(project(tmp_path, tiny_bert, task={"type": "regression"}, train_spec={"max_steps": 40}))
+    scaling = Run(run).manifest.target_scaling
+    assert scaling is not None and abs(scaling["mean"]) < 0.2 and 0.8 < scaling["std"] < 1.2
+    values = Predictor(run).predict(["great wonderful friendly coffee", "terrible stale bitter bread"]).values
+    assert values[0] > 0.3 and values[1] < -0.3
+
+
+def test_multi_label_tunes_thresholds(tmp_path: Path, tiny_bert: Path) -> None:
+    cfg = project(tmp_path, tiny_bert, task={"type": "multi_label_classification", "label": "{label},{extra}"})
+    data = rows(160)
+    for i, r in enumerate(data):
+        r["extra"] = "drink" if any(w in r["text"] for w in ("coffee", "tea")) else "meal"
+    write(tmp_path / "data.csv", data)
+    run = Run(train(cfg))
+    assert run.manifest.labels == ["drink", "meal", "neg", "pos"]
+    assert run.manifest.thresholds is not None and len(run.manifest.thresholds) == 4
+
+
+def test_existing_run_and_unseen_test_labels_are_refused(tmp_path: Path, tiny_bert: Path) -> None:
+    cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 2})
+    train(cfg)
+    with pytest.raises(ConfigError, match="a run already exists there; resume it with"):
+        train(cfg)
+    data = rows(60)
+    test_only = [{"text": f"a totally new kind of review {i}", "label": "odd", "score": 0.0} for i in range(3)]
+    sources = [{"path": str(write(tmp_path / "a.csv", data))}, {"path": str(write(tmp_path / "b.csv", test_only)), "split": "test"}]
+    cfg2 = parse_config({**cfg.model_dump(mode="json"), "data": {**cfg.model_dump(mode="json")["data"], "sources": sources,
+                                                                  "output_dir": str(tmp_path / "ds2")}})
+    with pytest.raises(DataError, match=r"test has label\(s\) \['odd'\] that the training split never has"):
+        train(cfg2, overwrite=True)
+
+
+def test_model_folder_without_weights_is_refused(tmp_path: Path, tiny_tokenizer: Path) -> None:
+    (tiny_tokenizer / "config.json").write_text('{"model_type": "bert"}')
+    try:
+        with pytest.raises(ConfigError, match="has no weights"):
+            train(project(tmp_path, tiny_tokenizer))
+    finally:
+        (tiny_tokenizer / "config.json").unlink()
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "tunesmith", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _config_file(tmp: Path, cfg) -> Path:
+    import yaml
+
+    path = tmp / "project.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return path
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path: Path, tiny_bert: Path) -> None:
+    spec = {"max_steps": 40, "evals_per_epoch": 4, "save_total_limit": 10}
+    (tmp_path / "a").mkdir()
+    a = train(project(tmp_path / "a", tiny_bert, train_spec=spec))
+    (tmp_path / "b").mkdir()
+    cfg_b = project(tmp_path / "b", tiny_bert, train_spec=spec)
+    prepare(cfg_b)
+    proc = _cli("train", str(_config_file(tmp_path / "b", cfg_b)), cwd=tmp_path / "b")
+    ckpts = tmp_path / "b" / "run" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (ckpts / "checkpoint-20" / "COMPLETE").exists():
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "b" / "run" / "run.json").exists()  # really interrupted
+    b = train(cfg_b, resume=tmp_path / "b" / "run")
+    ma, mb = Run(a).manifest.metrics, Run(b).manifest.metrics
+    assert mb["loss"] == pytest.approx(ma["loss"], rel=1e-5)
+    assert losses(b)[-1] == pytest.approx(losses(a)[-1], rel=1e-5)
+
+
+def test_resume_refuses_a_changed_config(tmp_path: Path, tiny_bert: Path) -> None:
+    cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 2})
+    run = train(cfg)
+    changed = project(tmp_path, tiny_bert, train_spec={"max_steps": 2, "learning_rate": 0.01})
+    with pytest.raises(ConfigError, match=r"config changed since this run started.*train.learning_rate: 0.003 -> 0.01"):
+        train(changed, resume=run)
+
+
+def test_two_processes_train_with_ddp(tmp_path: Path, tiny_bert: Path) -> None:
+    cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 6})
+    proc = _cli("train", str(_config_file(tmp_path, cfg)), "--nproc", "2", cwd=tmp_path)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    assert "launching 2 processes" in output
+    assert Run(tmp_path / "run").manifest.processes == 2

@@ -1,0 +1,152 @@
+"""`tunesmith evaluate` and `tunesmith compare`: a run folder + a dataset split -> metrics, pictures,
+baselines and a report in `<run>/eval/<split>/`.
+
+Every number is computed on the held-out split (test by default), next to a majority (or mean)
+baseline and a TF-IDF + linear model trained on the same training split, so the report says what
+fine-tuning bought.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunesmith.artifacts import DatasetVersion, Run
+from tunesmith.config import SPLITS, TaskType
+from tunesmith.errors import ConfigError, DataError
+from tunesmith.evaluation import baselines as bl
+from tunesmith.evaluation import metrics as mt
+from tunesmith.evaluation import plots
+from tunesmith.evaluation.report import write_comparison, write_report
+
+
+def _targets(task: TaskType, table: Any, n_labels: int) -> np.ndarray:
+    if task == TaskType.single_label:
+        return np.asarray(table.column("label_id").to_pylist())
+    if task == TaskType.multi_label:
+        hot = np.zeros((table.num_rows, n_labels), dtype=int)
+        for row, ids in enumerate(table.column("label_ids").to_pylist()):
+            hot[row, ids] = 1
+        return hot
+    return np.asarray(table.column("score").to_pylist(), dtype=float)
+
+
+def _score(task: TaskType, y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], proba: np.ndarray | None) -> dict[str, Any]:
+    if task == TaskType.single_label:
+        return mt.classification_metrics(y_true, y_pred, labels, proba)
+    if task == TaskType.multi_label:
+        return mt.multilabel_metrics(y_true, y_pred, labels, proba)
+    return mt.regression_metrics(y_true, y_pred)
+
+
+def evaluate_run(run_dir: str | Path, dataset_dir: str | Path | None = None, split: str | None = None,
+                 baselines: bool | None = None, base_model: bool | None = None) -> dict[str, Any]:
+    from tunesmith.model_card import write_model_card
+    from tunesmith.predictor import Predictor
+
+    run = Run(run_dir)
+    m = run.manifest
+    cfg = run.config
+    task = TaskType(m.task)
+    split = split or cfg.eval.split
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split '{split}'; choose from {list(SPLITS)}")
+    version = DatasetVersion(dataset_dir or m.dataset)
+    notes: list[str] = []
+    if version.manifest.fingerprint != m.dataset_fingerprint:
+        notes.append(f"evaluated on dataset {version.path} (fingerprint {version.manifest.fingerprint[:12]}), "
+                     f"not the one the run trained on ({m.dataset_fingerprint[:12]})")
+    labels = m.labels or []
+    if task != TaskType.regression and version.manifest.labels != labels:
+        unknown = sorted(set(version.manifest.labels or []) - set(labels))
+        if unknown:
+            raise DataError(f"{version.path}: label(s) {unknown} were never seen by run {run.path} (labels {labels})")
+        raise DataError(f"{version.path}: its label order {version.manifest.labels} differs from the run's {labels}")
+    table = version.table(split)
+    if table.num_rows == 0:
+        raise DataError(f"{version.path}: split '{split}' is empty")
+    texts = table.column("text").to_pylist()
+    y_true = _targets(task, table, len(labels))
+
+    pred = Predictor(run.path).predict(texts)
+    y_pred = pred.values if task == TaskType.regression else pred.label_ids
+    metrics = _score(task, y_true, y_pred, labels, pred.proba if task == TaskType.single_label else pred.proba)
+
+    folder = run.path / "eval" / split
+    folder.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, str] = {}
+    confusion = None
+    if task == TaskType.single_label:
+        matrix = metrics["confusion_matrix"]
+        plots.confusion_matrix_png(matrix, labels, folder / "confusion_matrix.png", normalize=False)
+        plots.confusion_matrix_png(matrix, labels, folder / "confusion_matrix_normalized.png", normalize=True)
+        figures = {"confusion matrix": "confusion_matrix.png", "confusion matrix (row-normalised)": "confusion_matrix_normalized.png"}
+        confusion = mt.confusion_text(matrix, labels)
+        mistakes = mt.most_confident_mistakes(texts, y_true, y_pred, pred.proba, labels)
+    elif task == TaskType.regression:
+        plots.scatter_png(y_true, y_pred, folder / "predicted_vs_true.png")
+        plots.residual_histogram_png(y_true, y_pred, folder / "residuals.png")
+        figures = {"predicted vs true": "predicted_vs_true.png", "residuals": "residuals.png"}
+        mistakes = mt.largest_errors(texts, y_true, y_pred)
+    else:
+        mistakes = []
+
+    baseline_metrics: dict[str, Any] = {}
+    if cfg.eval.baselines if baselines is None else baselines:
+        train_table = version.table("train")
+        train_y = _targets(task, train_table, len(labels))
+        n_classes = len(labels) or None
+        for result in (bl.majority_baseline(train_y, len(texts), task.value, n_classes=n_classes),
+                       bl.tfidf_baseline(train_table.column("text").to_pylist(), train_y, texts, task.value,
+                                         seed=cfg.train.seed, n_classes=n_classes)):
+            baseline_metrics[result.name] = _score(task, y_true, result.predictions, labels, result.proba)
+
+    base_metrics = None
+    if cfg.eval.base_model if base_model is None else base_model:
+        base_metrics = _base_model_metrics(run, version, split, texts, y_true, labels)
+        notes.append("base model = the same base with only a classification head trained (frozen encoder)")
+
+    result = {
+        "run": str(run.path), "model": m.base_model, "method": m.method, "task": task.value,
+        "dataset": str(version.path), "dataset_fingerprint": version.manifest.fingerprint, "split": split,
+        "n": len(texts), "metrics": metrics, "baselines": baseline_metrics, "base_model": base_metrics,
+        "figures": figures, "confusion_text": confusion, "mistakes": mistakes, "notes": notes,
+    }
+    write_report(folder, result)
+    write_model_card(run.path)
+    return result
+
+
+def _base_model_metrics(run: Run, version: DatasetVersion, split: str, texts: list[str], y_true: np.ndarray,
+                        labels: list[str]) -> dict[str, Any]:
+    """Train (once, cached in the run folder) a head-only model on the frozen base: the 'before' picture."""
+    from tunesmith.predictor import Predictor
+    from tunesmith.train import train
+
+    base_dir = run.path / "eval" / "base-model"
+    if not (base_dir / "run.json").exists():
+        cfg = run.config.model_copy(deep=True)
+        cfg.train.method = "head"
+        cfg.train.learning_rate = None
+        cfg.train.output_dir = base_dir
+        cfg.train.nproc = 1
+        train(cfg, dataset_dir=version.path, overwrite=True)
+    pred = Predictor(base_dir).predict(texts)
+    task = TaskType(run.manifest.task)
+    y_pred = pred.values if task == TaskType.regression else pred.label_ids
+    return _score(task, y_true, y_pred, labels, pred.proba)
+
+
+def compare_runs(a: str | Path, b: str | Path, split: str = "test", out: str | Path | None = None) -> Path:
+    reports = []
+    for run_dir in (a, b):
+        path = Path(run_dir) / "eval" / split / "report.json"
+        if not path.exists():
+            raise DataError(f"{run_dir}: no evaluation on '{split}' yet; run `tunesmith evaluate {run_dir} --split {split}`")
+        reports.append(json.loads(path.read_text(encoding="utf-8")))
+    folder = Path(out) if out else Path(a) / "eval" / f"compare-{Path(b).name}"
+    write_comparison(folder, reports[0], reports[1])
+    return folder

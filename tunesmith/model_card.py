@@ -1,0 +1,48 @@
+"""The model card (README.md in a run folder): what the model does, on what data, how well."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tunesmith.artifacts import DatasetVersion, Run
+from tunesmith.errors import DataError
+
+
+def write_model_card(run_dir: Path) -> Path:
+    run = Run(run_dir)
+    m = run.manifest
+    cfg = run.config
+    lines = [f"# {m.name}", "", m.description or "_No task description given (task.description)._", "",
+             "## Model", "",
+             f"- Task: {m.task}" + (f", labels: {', '.join(m.labels)}" if m.labels else ""),
+             f"- Base model: {m.base_model}", f"- Method: {m.method} ({m.parameters['trainable']:,} of "
+             f"{m.parameters['total']:,} parameters trained)",
+             f"- Max length: {m.max_length} tokens",
+             f"- Trained by tunesmith {m.tunesmith_version} on {m.created_at} in {m.train_runtime_s:.0f} s "
+             f"({m.processes} process{'es' * (m.processes > 1)})", ""]
+    if m.target_scaling:
+        lines += [f"- Target standardised with mean {m.target_scaling['mean']:.4g}, std {m.target_scaling['std']:.4g}; "
+                  "predictions are in the original units", ""]
+    lines += ["## Data", "", f"- Dataset: `{m.dataset}`", f"- Fingerprint: `{m.dataset_fingerprint}`"]
+    try:
+        counts = DatasetVersion(m.dataset).manifest.counts
+        lines.append(f"- Rows: {counts['train']} train / {counts['validation']} validation / {counts['test']} test")
+    except DataError:
+        lines.append("- (dataset folder no longer available)")
+    t = cfg.train
+    lines += ["", "## Training", "", f"- Learning rate {t.lr()}, {t.epochs} epochs"
+              + (f" (max {t.max_steps} steps)" if t.max_steps else "")
+              + f", batch {t.batch_size} x {t.grad_accum}, weight decay {t.weight_decay}, warmup {t.warmup_ratio}, seed {t.seed}",
+              "", "## Results", "", "Validation (best checkpoint): "
+              + ", ".join(f"{k} {v:.4f}" for k, v in m.metrics.items() if k not in ("runtime", "samples_per_second", "steps_per_second", "epoch")),
+              ""]
+    for report in sorted((run_dir / "eval").glob("*/report.json")):
+        r = json.loads(report.read_text(encoding="utf-8"))
+        main = {k: v for k, v in r["metrics"].items() if isinstance(v, int | float)}
+        lines.append(f"{r['split'].capitalize()} ({r['n']} examples): " + ", ".join(f"{k} {v:.4f}" for k, v in list(main.items())[:8]))
+        lines.append("")
+    lines += ["## Use", "", "```bash", f"tunesmith evaluate {run_dir}", "```", ""]
+    path = run_dir / "README.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

@@ -1,0 +1,119 @@
+"""Sequence classification (single- and multi-label) and regression on a text.
+
+Encoding: the text is tokenised (truncated to max_length, padded per batch by the collator); the
+target becomes `labels`: a class id, a multi-hot float vector, or the standardised score.
+Regression targets are standardised with the training split's mean and std and mapped back for
+every metric and prediction, so numbers are always in the user's units.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tunesmith.config import TaskType
+
+
+@dataclass
+class TargetScaling:
+    mean: float
+    std: float
+
+    @classmethod
+    def fit(cls, scores: np.ndarray) -> TargetScaling:
+        std = float(np.std(scores))
+        return cls(float(np.mean(scores)), std if std > 1e-12 else 1.0)
+
+    def forward(self, y: np.ndarray) -> np.ndarray:
+        return (y - self.mean) / self.std
+
+    def inverse(self, z: np.ndarray) -> np.ndarray:
+        return z * self.std + self.mean
+
+
+def encoder(task: TaskType, tokenizer: Any, max_length: int, num_labels: int, scaling: TargetScaling | None):
+    """A batched `datasets.map` function from canonical rows to model inputs."""
+
+    def encode(batch: dict[str, list[Any]]) -> dict[str, Any]:
+        out = tokenizer(batch["text"], truncation=True, max_length=max_length)
+        if task == TaskType.single_label:
+            out["labels"] = batch["label_id"]
+        elif task == TaskType.multi_label:
+            hot = np.zeros((len(batch["label_ids"]), num_labels), dtype=np.float32)
+            for row, ids in enumerate(batch["label_ids"]):
+                hot[row, ids] = 1.0
+            out["labels"] = hot.tolist()
+        else:
+            assert scaling is not None
+            out["labels"] = scaling.forward(np.asarray(batch["score"], dtype=np.float64)).astype(np.float32).tolist()
+        return out
+
+    return encode
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def training_metrics(task: TaskType, scaling: TargetScaling | None):
+    """`compute_metrics` for the Trainer: what validation reports at every evaluation."""
+    from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score
+
+    def compute(pred: Any) -> dict[str, float]:
+        logits = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
+        labels = pred.label_ids
+        if task == TaskType.single_label:
+            y_pred = logits.argmax(axis=1)
+            return {"accuracy": accuracy_score(labels, y_pred), "f1_macro": f1_score(labels, y_pred, average="macro")}
+        if task == TaskType.multi_label:
+            y_pred = (sigmoid(logits) >= 0.5).astype(int)
+            return {"f1_micro": f1_score(labels, y_pred, average="micro", zero_division=0),
+                    "f1_macro": f1_score(labels, y_pred, average="macro", zero_division=0)}
+        assert scaling is not None
+        y_true = scaling.inverse(labels.reshape(-1))
+        y_hat = scaling.inverse(logits.reshape(-1))
+        return {"rmse": float(np.sqrt(np.mean((y_true - y_hat) ** 2))), "mae": mean_absolute_error(y_true, y_hat),
+                "r2": r2_score(y_true, y_hat)}
+
+    return compute
+
+
+def default_metric(task: TaskType) -> tuple[str, bool]:
+    """(metric, greater_is_better) used for the best checkpoint and early stopping."""
+    return ("rmse", False) if task == TaskType.regression else ("f1_macro", True)
+
+
+def class_weight_loss(weights: np.ndarray):
+    """Inverse-frequency weighted cross-entropy, for `Trainer(compute_loss_func=...)`."""
+    import torch
+
+    w = torch.tensor(weights, dtype=torch.float32)
+
+    def loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        return torch.nn.functional.cross_entropy(logits, labels, weight=w.to(logits.device))
+
+    return loss
+
+
+def tune_thresholds(proba: np.ndarray, truth: np.ndarray) -> list[float]:
+    """Per-label decision thresholds for multi-label, chosen to maximise each label's F1 on validation."""
+    from sklearn.metrics import f1_score
+
+    grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
+    best = []
+    for k in range(proba.shape[1]):
+        if truth[:, k].sum() == 0:
+            best.append(0.5)
+            continue
+        scores = [f1_score(truth[:, k], proba[:, k] >= t, zero_division=0) for t in grid]
+        best.append(float(grid[int(np.argmax(scores))]))
+    return best

@@ -1,0 +1,242 @@
+"""`tunesmith train`: a prepared dataset + a base model -> a run folder (see artifacts.py).
+
+The Hugging Face Trainer does the work; this module turns the typed config into its arguments,
+checks everything that would waste hours if wrong before the first step, makes checkpoints safe
+to resume from, and writes the self-describing run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunesmith import __version__
+from tunesmith.artifacts import (
+    CHECKPOINT_DONE,
+    RUN_MANIFEST,
+    DatasetVersion,
+    RunManifest,
+    latest_checkpoint,
+)
+from tunesmith.config import ProjectConfig, TaskType
+from tunesmith.errors import ConfigError, DataError
+
+MAX_LENGTH_CAP = 512  # default truncation when the config leaves it open: covers typical reviews/tickets
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
+
+
+def ensure_dataset(cfg: ProjectConfig, dataset_dir: Path | None = None) -> DatasetVersion:
+    """The dataset this config trains on; prepared (again) when missing or prepared with other settings."""
+    from tunesmith.data.prepare import prepare
+
+    path = Path(dataset_dir or cfg.dataset_dir)
+    if dataset_dir is not None:
+        version = DatasetVersion(path)
+    elif (path / "manifest.json").exists():
+        version = DatasetVersion(path)
+        saved = version.manifest.config
+        now = cfg.model_dump(mode="json")
+        if config_diff({"task": saved["task"], "data": saved["data"]}, {"task": now["task"], "data": now["data"]}):
+            version = prepare(cfg, path)
+    else:
+        version = prepare(cfg, path)
+    if version.manifest.task != cfg.task.type.value:
+        raise ConfigError(f"dataset {path} was prepared for task {version.manifest.task}, "
+                          f"but the config asks for {cfg.task.type.value}")
+    return version
+
+
+def check_labels(version: DatasetVersion) -> None:
+    """A class in validation/test that training never saw cannot be predicted: stop before training."""
+    task = TaskType(version.manifest.task)
+    if task not in (TaskType.single_label, TaskType.multi_label):
+        return
+    column = "labels" if task == TaskType.multi_label else "label"
+
+    def seen(split: str) -> set[str]:
+        values = version.table(split).column(column).to_pylist()
+        return {x for v in values for x in v} if column == "labels" else set(values)
+
+    train = seen("train")
+    if len(train) < 2:
+        raise DataError(f"{version.path}: the training split has only the class(es) {sorted(train)}; "
+                        "a classifier needs at least two")
+    for split in ("validation", "test"):
+        unseen = sorted(seen(split) - train)
+        if unseen:
+            raise DataError(f"{version.path}: {split} has label(s) {unseen} that the training split never has; "
+                            "add training examples, merge the class with data.annotate.label_map, or drop it")
+
+
+def train(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: Path | None = None,
+          overwrite: bool = False) -> Path:
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        EarlyStoppingCallback,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+    )
+    from transformers.utils import logging as hf_logging
+
+    from tunesmith.catalog import context_length, resolve_model_dir
+    from tunesmith.modeling import apply_method, count_parameters, load_for_sequence_task, native_bf16
+    from tunesmith.tasks import sequence
+
+    task = cfg.task.type
+    if task == TaskType.chat:
+        raise ConfigError("chat fine-tuning is not available yet (task.type: chat); it arrives with the chat issue")
+    run_dir = Path(resume or cfg.run_dir)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    checkpoint = None
+    if resume is not None:
+        saved_path = run_dir / "config.json"
+        if not saved_path.exists():
+            raise ConfigError(f"{run_dir}: nothing to resume (no config.json); start it with `tunesmith train CONFIG`")
+        saved = json.loads(saved_path.read_text(encoding="utf-8"))
+        changed = config_diff(saved, cfg.model_dump(mode="json"))
+        if changed:
+            raise ConfigError(f"{run_dir}: the config changed since this run started, so resuming would mix two runs:\n  "
+                              + "\n  ".join(changed[:20]) + "\nResume without those changes, or start a new run.")
+        checkpoint = latest_checkpoint(run_dir)
+    elif run_dir.exists() and any(run_dir.iterdir()) and int(os.environ.get("LOCAL_RANK", "-1")) < 0:
+        if not overwrite:
+            raise ConfigError(f"{run_dir}: a run already exists there; resume it with `tunesmith train --resume {run_dir}`, "
+                              "pass --overwrite, or set train.output_dir")
+        shutil.rmtree(run_dir)
+
+    version = ensure_dataset(cfg, dataset_dir)
+    check_labels(version)
+    labels = version.manifest.labels
+    model_dir = resolve_model_dir(str(cfg.model.name))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:  # causal LMs ship without one; padding is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    max_length = cfg.model.max_length or min(context_length(tokenizer) or MAX_LENGTH_CAP, MAX_LENGTH_CAP)
+
+    train_rows = version.hf_dataset("train")
+    scaling = sequence.TargetScaling.fit(np.asarray(train_rows["score"])) if task == TaskType.regression else None
+    encode = sequence.encoder(task, tokenizer, max_length, len(labels or []), scaling)
+    keep = {"input_ids", "attention_mask", "token_type_ids", "labels"}
+
+    def encoded(split: str) -> Any:
+        ds = train_rows if split == "train" else version.hf_dataset(split)
+        ds = ds.map(encode, batched=True, desc=f"tokenizing {split}")
+        return ds.remove_columns([c for c in ds.column_names if c not in keep])
+
+    train_ds, val_ds = encoded("train"), encoded("validation")
+    if len(train_ds) == 0 or len(val_ds) == 0:
+        raise DataError(f"{version.path}: training needs rows in both train ({len(train_ds)}) and validation ({len(val_ds)})")
+
+    torch.manual_seed(cfg.train.seed)  # the head's random init is part of the run
+    model = load_for_sequence_task(model_dir, task, labels)
+    model = apply_method(model, cfg.train, cfg.peft)
+    trainable, total = count_parameters(model)
+    if rank0:
+        print(f"model {cfg.model.name}: {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.2f}%) "
+              f"with method '{cfg.train.method}'", flush=True)
+
+    t = cfg.train
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    steps_per_epoch = max(1, math.ceil(len(train_ds) / (t.batch_size * t.grad_accum * world)))
+    eval_steps = max(1, steps_per_epoch // t.evals_per_epoch)
+    if t.max_steps:
+        eval_steps = min(eval_steps, max(1, t.max_steps // t.evals_per_epoch))
+    metric, greater = (t.metric, t.metric not in ("rmse", "mae", "mse", "loss")) if t.metric else sequence.default_metric(task)
+    cuda = torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=str(run_dir / "checkpoints"),
+        eval_strategy="steps", eval_steps=eval_steps, save_strategy="steps", save_steps=eval_steps,
+        logging_strategy="steps", logging_steps=max(1, min(eval_steps, 10)),
+        learning_rate=t.lr(), num_train_epochs=t.epochs, max_steps=t.max_steps or -1,
+        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size * 2,
+        gradient_accumulation_steps=t.grad_accum, weight_decay=t.weight_decay, warmup_steps=t.warmup_ratio,
+        lr_scheduler_type=t.lr_scheduler, seed=t.seed, data_seed=t.seed,
+        bf16=native_bf16() if t.bf16 is None else t.bf16, activation_checkpointing=t.gradient_checkpointing,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        load_best_model_at_end=True, metric_for_best_model=metric, greater_is_better=greater,
+        save_total_limit=t.save_total_limit, report_to=list(t.report_to) or "none",
+        use_cpu=not cuda, ddp_backend="gloo" if world > 1 and not cuda else None,
+        fsdp=t.fsdp or "", deepspeed=str(t.deepspeed) if t.deepspeed else None,
+        dataloader_num_workers=0, disable_tqdm=False,
+    )
+
+    class MarkComplete(TrainerCallback):
+        """Trainer writes checkpoints in place; COMPLETE marks one as safe to resume from."""
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.is_world_process_zero:
+                (Path(args.output_dir) / f"checkpoint-{state.global_step}" / CHECKPOINT_DONE).touch()
+
+    loss_func = None
+    if t.class_weights == "balanced" and task == TaskType.single_label:
+        ids = np.asarray(train_rows["label_id"])
+        counts = np.bincount(ids, minlength=len(labels or []))
+        loss_func = sequence.class_weight_loss(len(ids) / (len(counts) * np.maximum(counts, 1)))
+    callbacks: list[Any] = [MarkComplete()]
+    if t.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
+    trainer = Trainer(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=sequence.training_metrics(task, scaling),
+        callbacks=callbacks, compute_loss_func=loss_func,
+    )
+    if rank0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    if checkpoint is not None and rank0:
+        print(f"resuming from {checkpoint.name}", flush=True)
+    hf_logging.set_verbosity_warning()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    final = trainer.evaluate()
+    if not trainer.is_world_process_zero():
+        return run_dir
+
+    thresholds = None
+    if task == TaskType.multi_label:
+        pred = trainer.predict(val_ds)
+        thresholds = sequence.tune_thresholds(sequence.sigmoid(pred.predictions), pred.label_ids)
+    trainer.save_model(str(run_dir / "model"))
+    (run_dir / "model" / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config lives in config.json
+    tokenizer.save_pretrained(run_dir / "model")
+    with (run_dir / "training_log.jsonl").open("w", encoding="utf-8") as f:
+        for entry in trainer.state.log_history:
+            f.write(json.dumps(entry) + "\n")
+    metrics = {k.removeprefix("eval_"): float(v) for k, v in final.items() if isinstance(v, int | float)}
+    (run_dir / "metrics.json").write_text(json.dumps({"validation": metrics}, indent=2) + "\n", encoding="utf-8")
+    manifest = RunManifest(
+        name=cfg.name, task=task.value, description=cfg.task.description,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"), tunesmith_version=__version__,
+        base_model=str(cfg.model.name), base_model_path=str(model_dir), method=t.method,
+        adapter=t.method not in ("full", "head"), labels=labels, thresholds=thresholds,
+        target_scaling={"mean": scaling.mean, "std": scaling.std} if scaling else None,
+        max_length=max_length, dataset=str(version.path.resolve()), dataset_fingerprint=version.manifest.fingerprint,
+        parameters={"trainable": trainable, "total": total},
+        best_metric={metric: float(trainer.state.best_metric)} if trainer.state.best_metric is not None else {},
+        metrics=metrics, train_runtime_s=round(float(result.metrics.get("train_runtime", 0.0)), 1), processes=world,
+    )
+    (run_dir / RUN_MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    from tunesmith.model_card import write_model_card
+
+    write_model_card(run_dir)
+    return run_dir
