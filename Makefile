@@ -24,7 +24,8 @@ $(STAMP): pyproject.toml Makefile
 
 demo: install
 	$(TS) data prepare examples/food_reviews.yaml
-	$(TS) data show datasets/food-reviews --split test --n 3
+	$(TS) train examples/food_reviews.yaml --overwrite
+	$(TS) evaluate runs/food-reviews
 
 test: install
 	$(PY) -m pytest -m "not slow" -q

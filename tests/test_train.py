@@ -115,7 +115,7 @@ def test_lora_on_missing_modules_is_refused_before_training(tmp_path: Path, tiny
 
 
 def test_regression_predicts_in_the_users_units(tmp_path: Path, tiny_bert: Path) -> None:
-    run = train(project(tmp_path, tiny_bert, task={"type": "regression"}, train_spec={"max_steps": 40}))
+    run = train(project(tmp_path, tiny_bert, task={"type": "regression"}, train_spec={"max_steps": 100}))
     scaling = Run(run).manifest.target_scaling
     assert scaling is not None and abs(scaling["mean"]) < 0.2 and 0.8 < scaling["std"] < 1.2
     values = Predictor(run).predict(["great wonderful friendly coffee", "terrible stale bitter bread"]).values
@@ -171,7 +171,7 @@ def _config_file(tmp: Path, cfg) -> Path:
 
 
 def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path: Path, tiny_bert: Path) -> None:
-    spec = {"max_steps": 40, "evals_per_epoch": 4, "save_total_limit": 10}
+    spec = {"max_steps": 40, "evals_per_epoch": 4, "save_total_limit": 10}  # group_by_length on, as by default
     (tmp_path / "a").mkdir()
     a = train(project(tmp_path / "a", tiny_bert, train_spec=spec))
     (tmp_path / "b").mkdir()
@@ -196,7 +196,7 @@ def test_resume_refuses_a_changed_config(tmp_path: Path, tiny_bert: Path) -> Non
     cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 2})
     run = train(cfg)
     changed = project(tmp_path, tiny_bert, train_spec={"max_steps": 2, "learning_rate": 0.01})
-    with pytest.raises(ConfigError, match=r"config changed since this run started.*train.learning_rate: 0.003 -> 0.01"):
+    with pytest.raises(ConfigError, match=r"(?s)config changed since this run started.*train.learning_rate: 0.003 -> 0.01"):
         train(changed, resume=run)
 
 
@@ -207,3 +207,25 @@ def test_two_processes_train_with_ddp(tmp_path: Path, tiny_bert: Path) -> None:
     assert proc.returncode == 0, output
     assert "launching 2 processes" in output
     assert Run(tmp_path / "run").manifest.processes == 2
+
+
+def test_mean_pooling_head_for_sentence_encoders(tmp_path: Path, tiny_bert: Path) -> None:
+    from tunesmith.modeling import pooling_of
+
+    assert pooling_of(tiny_bert) == "native"
+    (tiny_bert / "1_Pooling").mkdir(exist_ok=True)
+    (tiny_bert / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    try:
+        assert pooling_of(tiny_bert) == "mean"  # what sentence-transformers folders declare
+        run = train(project(tmp_path, tiny_bert))
+    finally:
+        import shutil
+
+        shutil.rmtree(tiny_bert / "1_Pooling")
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["tunesmith_pooling"] == "mean"
+    assert Run(run).manifest.metrics["accuracy"] >= 0.9
+    weights = load_file(run / "model" / "model.safetensors")
+    assert "classifier.weight" in weights and not any("pooler" in k for k in weights)
+    out = Predictor(run).predict(["great wonderful friendly coffee", "terrible stale bitter bread"])
+    assert out.labels == ["pos", "neg"]

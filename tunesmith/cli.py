@@ -228,7 +228,7 @@ def train_cmd(
     import subprocess
 
     from tunesmith.config import load_config, parse_config
-    from tunesmith.train import ensure_dataset, train
+    from tunesmith.train import check_run_dir, ensure_dataset, train
 
     if config is None and resume is None:
         raise click.UsageError("give a CONFIG, or --resume RUN")
@@ -241,14 +241,14 @@ def train_cmd(
         cfg = parse_config(json.loads(saved.read_text(encoding="utf-8")), str(saved))
     processes = nproc or cfg.train.nproc
     if processes > 1 and "LOCAL_RANK" not in os.environ:
-        ensure_dataset(cfg, dataset)  # once, before the workers start
-        argv = [a for a in sys.argv[1:] if not a.startswith("--nproc")]
-        if "--nproc" in sys.argv:
-            i = argv.index(str(processes)) if str(processes) in argv else -1
-            argv = argv[:i] + argv[i + 1 :] if i >= 0 else argv
+        # Checks and data preparation happen once, here; then torchrun starts the workers.
+        check_run_dir(resume or cfg.run_dir, resume is not None, overwrite)
+        ensure_dataset(cfg, dataset)
+        child = ["train", *([str(config)] if config else []), *(x for o in overrides or [] for x in ("--set", o)),
+                 *(["--dataset", str(dataset)] if dataset else []), *(["--resume", str(resume)] if resume else [])]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "tunesmith", *argv]
-        out.print(f"launching {processes} processes: {' '.join(cmd[2:])}", highlight=False)
+               "-m", "tunesmith", *child]
+        out.print(f"launching {processes} processes: torchrun ... {' '.join(child)}", highlight=False)
         code = subprocess.call(cmd)
         if code:
             raise typer.Exit(code)

@@ -221,6 +221,7 @@ class DataSpec(Spec):
 class ModelSpec(Spec):
     name: str | None = None  # packaged model (minilm, smollm2-135m) or a local folder; None: chosen by task type
     max_length: int | None = Field(None, gt=0)  # token budget per example; None: the model's own limit (training caps it at 512)
+    pooling: Literal["auto", "mean", "native"] = "auto"  # auto: mean for sentence encoders (how they were trained), else the architecture's head
 
 
 Method = Literal["full", "head", "lora", "dora", "ia3", "prompt_tuning"]

@@ -33,8 +33,9 @@ IA3_TARGETS: dict[str, tuple[list[str], list[str]]] = {  # (targets, feed-forwar
     "mistral": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
     "qwen2": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
 }
-# Modules trained in full next to an adapter: BERT's pooler was never trained by sentence-transformers
-# (it pools by mean), so freezing it under LoRA collapses training to the majority class.
+# Modules trained in full next to an adapter: with the native [CLS] head, BERT's pooler sits between
+# the encoder and the classifier, and sentence encoders never trained it; frozen under LoRA it
+# collapses training to the majority class. (Mean-pooled models have no pooler; these are skipped.)
 EXTRA_TRAINED = {"bert": ["pooler"], "roberta": ["pooler"]}
 HEAD_NAMES = ("classifier", "score", "pre_classifier", "pooler")
 
@@ -44,7 +45,33 @@ def problem_type(task: TaskType) -> str:
             TaskType.regression: "regression"}[task]
 
 
-def load_for_sequence_task(model_dir: Path, task: TaskType, labels: list[str] | None) -> Any:
+def pooling_of(model_dir: Path, requested: str = "auto") -> str:
+    """'mean' for sentence encoders (their sentence-transformers pooling config says so), else the
+    architecture's own head ('native': [CLS] + pooler for encoders, last token for decoders)."""
+    if requested != "auto":
+        return requested
+    pooling = model_dir / "1_Pooling" / "config.json"
+    if pooling.exists():
+        import json
+
+        if json.loads(pooling.read_text()).get("pooling_mode_mean_tokens"):
+            return "mean"
+    return "native"
+
+
+def load_trained_sequence_model(model_dir: Path) -> Any:
+    """A fine-tuned sequence model folder, whichever head it was trained with."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(model_dir)
+    if getattr(config, "tunesmith_pooling", None) == "mean":
+        from tunesmith.heads import MeanPoolingForSequenceClassification
+
+        return MeanPoolingForSequenceClassification.from_pretrained(model_dir, config=config)
+    return AutoModelForSequenceClassification.from_pretrained(model_dir)
+
+
+def load_for_sequence_task(model_dir: Path, task: TaskType, labels: list[str] | None, pooling: str = "auto") -> Any:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     config = AutoConfig.from_pretrained(model_dir)
@@ -64,6 +91,13 @@ def load_for_sequence_task(model_dir: Path, task: TaskType, labels: list[str] | 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # "newly initialized: classifier.weight" is expected, not news
     try:
+        if pooling_of(model_dir, pooling) == "mean":
+            from tunesmith.heads import MeanPoolingForSequenceClassification
+
+            for key, value in kwargs.items():
+                setattr(config, key, value)
+            config.tunesmith_pooling = "mean"
+            return MeanPoolingForSequenceClassification.from_encoder(config, model_dir)
         return AutoModelForSequenceClassification.from_pretrained(model_dir, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -97,7 +131,9 @@ def apply_method(model: Any, train: TrainSpec, peft_spec: PeftSpec) -> Any:
 
     import peft
 
-    extra = peft_spec.modules_to_save if peft_spec.modules_to_save is not None else EXTRA_TRAINED.get(model_type, [])
+    present = {name.split(".")[-1] for name, _ in model.named_modules()}
+    extra = peft_spec.modules_to_save if peft_spec.modules_to_save is not None else \
+        [m for m in EXTRA_TRAINED.get(model_type, []) if m in present]
     if method in ("lora", "dora"):
         targets = peft_spec.target_modules or LORA_TARGETS.get(model_type)
         if targets:

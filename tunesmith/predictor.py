@@ -27,7 +27,9 @@ class Predictions:
 class Predictor:
     def __init__(self, run_dir: str | Path, device: str | None = None) -> None:
         import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from tunesmith.modeling import load_trained_sequence_model
 
         self.run = Run(run_dir)
         m = self.run.manifest
@@ -44,10 +46,10 @@ class Predictor:
                 from tunesmith.catalog import resolve_model_dir
 
                 base_path = resolve_model_dir(m.base_model)
-            base = load_for_sequence_task(base_path, self.task, m.labels)
+            base = load_for_sequence_task(base_path, self.task, m.labels, pooling=self.run.config.model.pooling)
             self.model = PeftModel.from_pretrained(base, self.run.model_dir)
         else:
-            self.model = AutoModelForSequenceClassification.from_pretrained(self.run.model_dir)
+            self.model = load_trained_sequence_model(self.run.model_dir)
         self.model.to(self.device).eval()
 
     def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:

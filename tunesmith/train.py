@@ -86,6 +86,41 @@ def check_labels(version: DatasetVersion) -> None:
                             "add training examples, merge the class with data.annotate.label_map, or drop it")
 
 
+def _resumable_trainer(base: Any, seed: int) -> Any:
+    """The Trainer with a length-grouped sampler whose shuffle depends only on (seed, epoch).
+
+    transformers' LengthGroupedSampler draws from the global RNG, so a run resumed mid-epoch sees
+    other batches than the uninterrupted run did; reseeding per epoch makes resume exact.
+    """
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+        def __init__(self, original: LengthGroupedSampler) -> None:
+            self.__dict__.update(original.__dict__)
+            self.set_epoch(0)
+
+        def set_epoch(self, epoch: int) -> None:
+            self.generator = torch.Generator().manual_seed(seed + epoch)
+
+    class ResumableTrainer(base):  # type: ignore[misc, valid-type]
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            sampler = super()._get_train_sampler(train_dataset)
+            return EpochSeededLengthGroupedSampler(sampler) if isinstance(sampler, LengthGroupedSampler) else sampler
+
+    return ResumableTrainer
+
+
+def check_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> None:
+    """Never train over an earlier run by accident."""
+    if resuming or not run_dir.exists() or not any(run_dir.iterdir()):
+        return
+    if not overwrite:
+        raise ConfigError(f"{run_dir}: a run already exists there; resume it with `tunesmith train --resume {run_dir}`, "
+                          "pass --overwrite, or set train.output_dir")
+    shutil.rmtree(run_dir)
+
+
 def train(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: Path | None = None,
           overwrite: bool = False) -> Path:
     import torch
@@ -119,11 +154,8 @@ def train(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: Path |
             raise ConfigError(f"{run_dir}: the config changed since this run started, so resuming would mix two runs:\n  "
                               + "\n  ".join(changed[:20]) + "\nResume without those changes, or start a new run.")
         checkpoint = latest_checkpoint(run_dir)
-    elif run_dir.exists() and any(run_dir.iterdir()) and int(os.environ.get("LOCAL_RANK", "-1")) < 0:
-        if not overwrite:
-            raise ConfigError(f"{run_dir}: a run already exists there; resume it with `tunesmith train --resume {run_dir}`, "
-                              "pass --overwrite, or set train.output_dir")
-        shutil.rmtree(run_dir)
+    if "LOCAL_RANK" not in os.environ:  # under torchrun the launcher already checked
+        check_run_dir(run_dir, resume is not None, overwrite)
 
     version = ensure_dataset(cfg, dataset_dir)
     check_labels(version)
@@ -149,7 +181,7 @@ def train(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: Path |
         raise DataError(f"{version.path}: training needs rows in both train ({len(train_ds)}) and validation ({len(val_ds)})")
 
     torch.manual_seed(cfg.train.seed)  # the head's random init is part of the run
-    model = load_for_sequence_task(model_dir, task, labels)
+    model = load_for_sequence_task(model_dir, task, labels, pooling=cfg.model.pooling)
     model = apply_method(model, cfg.train, cfg.peft)
     trainable, total = count_parameters(model)
     if rank0:
@@ -196,7 +228,7 @@ def train(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: Path |
     callbacks: list[Any] = [MarkComplete()]
     if t.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
-    trainer = Trainer(
+    trainer = _resumable_trainer(Trainer, t.seed)(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=sequence.training_metrics(task, scaling),
         callbacks=callbacks, compute_loss_func=loss_func,
@@ -208,9 +240,12 @@ def train(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: Path |
         print(f"resuming from {checkpoint.name}", flush=True)
     hf_logging.set_verbosity_warning()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    final = trainer.evaluate()
     if not trainer.is_world_process_zero():
         return run_dir
+    # The kept model is the best checkpoint, and its validation metrics are already in the log.
+    evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+    best_step = trainer.state.best_global_step
+    final = next((e for e in evals if e.get("step") == best_step), evals[-1] if evals else trainer.evaluate())
 
     thresholds = None
     if task == TaskType.multi_label:
@@ -222,7 +257,8 @@ def train(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: Path |
     with (run_dir / "training_log.jsonl").open("w", encoding="utf-8") as f:
         for entry in trainer.state.log_history:
             f.write(json.dumps(entry) + "\n")
-    metrics = {k.removeprefix("eval_"): float(v) for k, v in final.items() if isinstance(v, int | float)}
+    metrics = {k.removeprefix("eval_"): float(v) for k, v in final.items()
+               if k.startswith("eval_") and isinstance(v, int | float)}
     (run_dir / "metrics.json").write_text(json.dumps({"validation": metrics}, indent=2) + "\n", encoding="utf-8")
     manifest = RunManifest(
         name=cfg.name, task=task.value, description=cfg.task.description,
