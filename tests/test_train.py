@@ -229,3 +229,22 @@ def test_mean_pooling_head_for_sentence_encoders(tmp_path: Path, tiny_bert: Path
     assert "classifier.weight" in weights and not any("pooler" in k for k in weights)
     out = Predictor(run).predict(["great wonderful friendly coffee", "terrible stale bitter bread"])
     assert out.labels == ["pos", "neg"]
+
+
+def test_head_learning_rate_gets_its_own_param_group(tmp_path: Path, tiny_bert: Path) -> None:
+    run = train(project(tmp_path, tiny_bert, train_spec={"head_learning_rate": 0.05, "max_steps": 4}))
+    logged = [e for e in map(json.loads, (run / "training_log.jsonl").read_text().splitlines()) if "loss" in e]
+    assert logged  # trained; the optimizer itself is checked below on a fresh trainer
+    from transformers import Trainer, TrainingArguments
+
+    from tunesmith.modeling import load_for_sequence_task
+    from tunesmith.train import _trainer_class
+    from tunesmith.config import TaskType
+
+    model = load_for_sequence_task(tiny_bert, TaskType.single_label, ["neg", "pos"])
+    trainer = _trainer_class(Trainer, 0, 0.05)(model=model, args=TrainingArguments(output_dir=str(tmp_path / "x"), learning_rate=1e-4, use_cpu=True))
+    optimizer = trainer.create_optimizer()
+    lrs = sorted({g["lr"] for g in optimizer.param_groups})
+    assert lrs == [1e-4, 0.05]
+    head = [g for g in optimizer.param_groups if g["lr"] == 0.05]
+    assert sum(p.numel() for g in head for p in g["params"]) == sum(p.numel() for p in model.classifier.parameters())

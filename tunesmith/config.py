@@ -242,6 +242,7 @@ class PeftSpec(Spec):
 class TrainSpec(Spec):
     method: Method = "full"  # full fine-tuning: the most accurate for small encoders, and affordable on CPU
     learning_rate: float | None = Field(None, gt=0)  # None: per method (DEFAULT_LR)
+    head_learning_rate: float | None = Field(None, gt=0)  # None: learning_rate; larger lets the new head catch up with the pre-trained body
     epochs: float = Field(3.0, gt=0)  # small datasets need a few passes; early stopping ends sooner
     max_steps: int | None = Field(None, gt=0)  # overrides epochs when set
     batch_size: int = Field(16, ge=1)  # per process; fits CPU memory and gives stable gradients

@@ -40,6 +40,12 @@ EXTRA_TRAINED = {"bert": ["pooler"], "roberta": ["pooler"]}
 HEAD_NAMES = ("classifier", "score", "pre_classifier", "pooler")
 
 
+def is_head_parameter(name: str) -> bool:
+    """The task head's parameters (also inside a PEFT wrapper's modules_to_save copies)."""
+    parts = name.split(".")
+    return any(h in parts for h in ("classifier", "score", "pre_classifier"))
+
+
 def problem_type(task: TaskType) -> str:
     return {TaskType.single_label: "single_label_classification", TaskType.multi_label: "multi_label_classification",
             TaskType.regression: "regression"}[task]

@@ -86,14 +86,18 @@ def check_labels(version: DatasetVersion) -> None:
                             "add training examples, merge the class with data.annotate.label_map, or drop it")
 
 
-def _resumable_trainer(base: Any, seed: int) -> Any:
-    """The Trainer with a length-grouped sampler whose shuffle depends only on (seed, epoch).
+def _trainer_class(base: Any, seed: int, head_lr: float | None) -> Any:
+    """The Trainer with two changes.
 
-    transformers' LengthGroupedSampler draws from the global RNG, so a run resumed mid-epoch sees
-    other batches than the uninterrupted run did; reseeding per epoch makes resume exact.
+    - A length-grouped sampler whose shuffle depends only on (seed, epoch): transformers' own draws
+      from the global RNG, so a run resumed mid-epoch saw other batches than the uninterrupted run.
+    - Optionally its own learning rate for the freshly initialised head, so it learns as fast as the
+      pre-trained body can follow (the idea of linear-probe-then-fine-tune, in one run).
     """
     import torch
     from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from tunesmith.modeling import is_head_parameter
 
     class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
         def __init__(self, original: LengthGroupedSampler) -> None:
@@ -103,12 +107,29 @@ def _resumable_trainer(base: Any, seed: int) -> Any:
         def set_epoch(self, epoch: int) -> None:
             self.generator = torch.Generator().manual_seed(seed + epoch)
 
-    class ResumableTrainer(base):  # type: ignore[misc, valid-type]
+    class TunesmithTrainer(base):  # type: ignore[misc, valid-type]
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
             sampler = super()._get_train_sampler(train_dataset)
             return EpochSeededLengthGroupedSampler(sampler) if isinstance(sampler, LengthGroupedSampler) else sampler
 
-    return ResumableTrainer
+        def create_optimizer(self, model: Any = None) -> Any:
+            fresh = self.optimizer is None
+            optimizer = super().create_optimizer(model)
+            if fresh and head_lr:
+                model = self.model if model is None else model
+                head = {id(p) for n, p in model.named_parameters() if is_head_parameter(n)}
+                groups = []
+                for group in optimizer.param_groups:
+                    mine = [p for p in group["params"] if id(p) in head]
+                    group["params"] = [p for p in group["params"] if id(p) not in head]
+                    if mine:
+                        groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": mine, "lr": head_lr})
+                optimizer.param_groups = [g for g in optimizer.param_groups if g["params"]]
+                for group in groups:
+                    optimizer.add_param_group(group)
+            return optimizer
+
+    return TunesmithTrainer
 
 
 def check_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> None:
@@ -228,7 +249,7 @@ def train(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: Path |
     callbacks: list[Any] = [MarkComplete()]
     if t.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=t.early_stopping_patience))
-    trainer = _resumable_trainer(Trainer, t.seed)(
+    trainer = _trainer_class(Trainer, t.seed, t.head_learning_rate)(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=sequence.training_metrics(task, scaling),
         callbacks=callbacks, compute_loss_func=loss_func,
