@@ -248,3 +248,14 @@ def test_head_learning_rate_gets_its_own_param_group(tmp_path: Path, tiny_bert: 
     assert lrs == [1e-4, 0.05]
     head = [g for g in optimizer.param_groups if g["lr"] == 0.05]
     assert sum(p.numel() for g in head for p in g["params"]) == sum(p.numel() for p in model.classifier.parameters())
+
+
+def test_causal_lm_gets_a_sequence_head_and_lora_on_its_projections(tmp_path: Path, tiny_llama: Path) -> None:
+    run = train(project(tmp_path, tiny_llama, train_spec={"method": "lora", "learning_rate": 5e-3, "max_steps": 10}))
+    manifest = Run(run).manifest
+    assert manifest.adapter and manifest.parameters["trainable"] < manifest.parameters["total"]
+    adapter = load_file(run / "model" / "adapter_model.safetensors")
+    assert any("q_proj.lora_A" in k for k in adapter) and any("down_proj.lora_A" in k for k in adapter)
+    assert any("score" in k for k in adapter)  # the causal LM's classification head trains in full
+    out = Predictor(run).predict(["great wonderful coffee", "terrible stale bread"])
+    assert out.proba.shape == (2, 2)
