@@ -108,9 +108,15 @@ def _convert_gguf(package: Path, gguf: str, target: Path) -> None:
     """Dequantise a GGUF checkpoint once into a plain safetensors folder (GGUF models refuse training)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(package, gguf_file=gguf)
+    loaded = AutoModelForCausalLM.from_pretrained(package, gguf_file=gguf)  # dequantised to float weights
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the weights are plain floats now
+    # A GGUF-loaded model refuses save_pretrained; a fresh model of the same config takes its weights.
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
     tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=gguf)
-    tokenizer.model_max_length = model.config.max_position_embeddings
+    tokenizer.model_max_length = config.max_position_embeddings
     tmp = target.with_name(target.name + ".tmp")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
