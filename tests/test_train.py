@@ -259,3 +259,29 @@ def test_causal_lm_gets_a_sequence_head_and_lora_on_its_projections(tmp_path: Pa
     assert any("score" in k for k in adapter)  # the causal LM's classification head trains in full
     out = Predictor(run).predict(["great wonderful coffee", "terrible stale bread"])
     assert out.proba.shape == (2, 2)
+
+
+@pytest.mark.parametrize("method", ["dora", "ia3", "prompt_tuning"])
+def test_other_peft_methods_train_and_load(tmp_path: Path, tiny_bert: Path, method: str) -> None:
+    run = train(project(tmp_path, tiny_bert, train_spec={"method": method, "max_steps": 6}))
+    manifest = Run(run).manifest
+    assert manifest.method == method and manifest.adapter
+    assert 0 < manifest.parameters["trainable"] < manifest.parameters["total"] / 2
+    config = json.loads((run / "model" / "adapter_config.json").read_text())
+    assert config["peft_type"] == {"dora": "LORA", "ia3": "IA3", "prompt_tuning": "PROMPT_TUNING"}[method]
+    assert config.get("use_dora", False) == (method == "dora")
+    out = Predictor(run).predict(["great wonderful coffee"])
+    assert out.proba.shape == (1, 2)
+
+
+def test_balanced_class_weights_train(tmp_path: Path, tiny_bert: Path) -> None:
+    data = rows(160)
+    skewed = [r for i, r in enumerate(data) if r["label"] == "pos" or i % 8 == 1]  # ~1 neg for 4 pos
+    runs = {}
+    for weights in ("none", "balanced"):
+        (tmp_path / weights).mkdir()
+        cfg = project(tmp_path / weights, tiny_bert, train_spec={"class_weights": weights, "max_steps": 2})
+        write(tmp_path / weights / "data.csv", skewed)
+        runs[weights] = train(cfg)
+    # Same seed, same data, same first batch: only the loss weighting differs.
+    assert losses(runs["balanced"])[0] != pytest.approx(losses(runs["none"])[0], rel=1e-4)
