@@ -73,7 +73,7 @@ def evaluate_run(run_dir: str | Path, dataset_dir: str | Path | None = None, spl
 
     pred = Predictor(run.path).predict(texts)
     y_pred = pred.values if task == TaskType.regression else pred.label_ids
-    metrics = _score(task, y_true, y_pred, labels, pred.proba if task == TaskType.single_label else pred.proba)
+    metrics = _score(task, y_true, y_pred, labels, pred.proba)
 
     folder = run.path / "eval" / split
     folder.mkdir(parents=True, exist_ok=True)
