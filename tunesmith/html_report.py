@@ -1,4 +1,4 @@
-"""Markdown reports rendered as one standalone HTML page (pictures inlined), for data and evaluation reports."""
+"""Markdown reports (data and evaluation): tables of user text, and one standalone HTML page with pictures inlined."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import base64
 import html
 import re
 from pathlib import Path
+from typing import Any
 
 STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
          "table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;"
@@ -28,3 +29,14 @@ def markdown_to_html(md_text: str, folder: Path, title: str) -> str:
     body = re.sub(r'<img alt="([^"]*)" src="([^"]+\.png)"\s*/?>', inline, body)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>{body}</body></html>\n")
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A Markdown table whose cells are escaped: text from the data must stay text in the HTML."""
+
+    def cell(v: Any) -> str:
+        return html.escape(str(v), quote=False).replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)

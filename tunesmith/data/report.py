@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from tunesmith.artifacts import DatasetManifest
 from tunesmith.config import SPLITS, TaskType
-from tunesmith.html_report import markdown_to_html
+from tunesmith.html_report import markdown_table, markdown_to_html
 
 if TYPE_CHECKING:
     from tunesmith.data.prepare import _Preparation
@@ -153,15 +153,6 @@ def _save(fig: Any, ax: Any, ylabel: str, title: str, path: Path) -> str:
 # -- Markdown and HTML --------------------------------------------------------------------------
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    def cell(v: Any) -> str:
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def markdown(report: dict[str, Any]) -> str:
     c = report["counts"]
     md = [f"# Data report: {report['name']}", ""]
@@ -178,15 +169,15 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     if report["warnings"]:
         md += ["## Warnings", ""] + [f"- ⚠ {w}" for w in report["warnings"]] + [""]
-    md += ["## Sources", "", _table(["source", "kind", "encoding", "split", "rows", "rejected"],
+    md += ["## Sources", "", markdown_table(["source", "kind", "encoding", "split", "rows", "rejected"],
                                     [[s["source"], s["kind"], s.get("encoding") or "-", s["split"] or "auto", s["rows"], s["rejected"]]
                                      for s in report["sources"]]), ""]
-    md += ["## Rows in and out at every step", "", _table(
+    md += ["## Rows in and out at every step", "", markdown_table(
         ["step", "in", "out", "removed", "why"],
         [[s["step"], s["rows_in"], s["rows_out"], s["removed"], "; ".join(f"{k}: {v}" for k, v in s["reasons"].items()) or "-"]
          for s in report["steps"]]), ""]
     if report["missing_values"]:
-        md += ["## Missing values", "", _table(["field: policy", "rows"], [[k, v] for k, v in report["missing_values"].items()]), ""]
+        md += ["## Missing values", "", markdown_table(["field: policy", "rows"], [[k, v] for k, v in report["missing_values"].items()]), ""]
     if "class_balance" in report:
         labels = report["labels"] or []
         rows = []
@@ -197,16 +188,16 @@ def markdown(report: dict[str, Any]) -> str:
                 k = report["class_balance"][s].get(label, 0)
                 row.append(f"{k} ({k / n:.1%})")
             rows.append(row)
-        md += ["## Class balance", "", _table(["label", *SPLITS], rows), "", "![class balance](figures/class_balance.png)", ""]
+        md += ["## Class balance", "", markdown_table(["label", *SPLITS], rows), "", "![class balance](figures/class_balance.png)", ""]
     if "score_stats" in report:
-        md += ["## Target (score) per split", "", _table(["split", "count", "mean", "std", "min", "median", "max"],
+        md += ["## Target (score) per split", "", markdown_table(["split", "count", "mean", "std", "min", "median", "max"],
                [[s, *(v.get(k, "") for k in ("count", "mean", "std", "min", "median", "max"))] for s, v in report["score_stats"].items()]), ""]
     if "chat" in report:
-        md += ["## Conversations", "", _table(
+        md += ["## Conversations", "", markdown_table(
             ["split", "conversations", "mean turns", "max turns", "roles", "with system", "weight-0 turns", "training tokens/epoch"],
             [[s, v["conversations"], v["turns"].get("mean", 0), v["turns"].get("max", 0), v["roles"], v["with_system_prompt"],
               v["assistant_turns_weight_0"], v["training_tokens_per_epoch"]] for s, v in report["chat"].items()]), ""]
-    md += ["## Length in tokens", "", _table(
+    md += ["## Length in tokens", "", markdown_table(
         ["split", "count", "mean", "p50", "p95", "p99", "max", "over context"],
         [[s, v.get("count"), v.get("mean", ""), v.get("p50", ""), v.get("p95", ""), v.get("p99", ""), v.get("max", ""),
           v.get("over_context", "n/a")] for s, v in report["lengths"].items()]), "", "![token lengths](figures/token_lengths.png)", ""]
@@ -215,15 +206,15 @@ def markdown(report: dict[str, Any]) -> str:
            f"- Near duplicates removed (similarity ≥ {d['near_threshold']}): {d['near_removed']}",
            f"- Conflicting duplicates (same text, different target): {d['conflicts']} groups, policy `{d['conflict_policy']}`", ""]
     if d["near_examples"]:
-        md += [_table(["removed", "kept", "similarity", "removed text", "kept text"],
+        md += [markdown_table(["removed", "kept", "similarity", "removed text", "kept text"],
                       [[e["removed"], e["kept"], e["similarity"], e["removed_text"][:120], e["kept_text"][:120]] for e in d["near_examples"]]), ""]
     if d["conflict_examples"]:
-        md += [_table(["ids", "values", "kept"], [[", ".join(e["ids"][:4]), e["values"], e["kept"] or "none"] for e in d["conflict_examples"]]), ""]
+        md += [markdown_table(["ids", "values", "kept"], [[", ".join(e["ids"][:4]), e["values"], e["kept"] or "none"] for e in d["conflict_examples"]]), ""]
     leak = report["leakage"]
     md += ["## Leakage across splits", "", f"Checked: {', '.join(leak['checked'])}. Found: {leak['found']} "
            f"(policy `{leak['policy']}`).", ""]
     if leak["examples"]:
-        md += [_table(["id", "split", "duplicates", "in", "match"],
+        md += [markdown_table(["id", "split", "duplicates", "in", "match"],
                       [[e["id"], e["split"], e["duplicates"], e["of_split"], e["match"]] for e in leak["examples"]]), ""]
     a = report["annotation"]
     if a["label_map_changes"] or a["corrections_applied"] or a["corrections_unused"]:
@@ -233,7 +224,7 @@ def markdown(report: dict[str, Any]) -> str:
     md += ["## Quarantine", "", f"{q['rows']} rows, every one with its file, line and reason in `quarantine.jsonl`.", ""]
     examples = [[stage, e["location"], e["reason"]] for stage, items in q["examples"].items() for e in items]
     if examples:
-        md += [_table(["stage", "where", "reason"], examples[:25]), ""]
+        md += [markdown_table(["stage", "where", "reason"], examples[:25]), ""]
     md += [f"_Prepared in {report['seconds']} s._", ""]
     return "\n".join(md)
 

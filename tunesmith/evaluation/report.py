@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from tunesmith.html_report import markdown_to_html
+from tunesmith.html_report import markdown_table, markdown_to_html
 
 REQUIRED = ("run", "model", "method", "task", "dataset", "dataset_fingerprint", "split", "n", "metrics")
 DEFAULTS: dict[str, Any] = {"baselines": {}, "base_model": None, "figures": {}, "confusion_text": None,
@@ -105,15 +105,6 @@ def _esc(text: Any) -> str:
     return html.escape(str(text), quote=False)
 
 
-def _table(header: list[str], rows: list[list[Any]]) -> str:
-    def cell(v: Any) -> str:
-        return _esc(v).replace("|", "\\|").replace("\n", " ").replace("\r", " ")
-
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.ndarray | np.generic):
         return value.tolist()
@@ -149,17 +140,17 @@ def _headline(r: dict[str, Any]) -> str:
                     best_name, best = name, v
             delta = f"{tuned - best:+.4f} vs {best_name}"
         rows.append([_name(key), *(_fmt(m.get(key)) for _, m in columns), delta])
-    return _table(["metric", *(c for c, _ in columns), "Δ vs best baseline"], rows)
+    return markdown_table(["metric", *(c for c, _ in columns), "Δ vs best baseline"], rows)
 
 
 def _mistakes(mistakes: list[dict[str, Any]]) -> list[str]:
     if not mistakes:
         return []
     if "confidence" in mistakes[0]:
-        return ["## Most confident mistakes", "", _table(
+        return ["## Most confident mistakes", "", markdown_table(
             ["row", "true", "predicted", "confidence", "text"],
             [[m.get("index", ""), m["true"], m["predicted"], _fmt(m["confidence"]), m["text"]] for m in mistakes]), ""]
-    return ["## Largest errors", "", _table(
+    return ["## Largest errors", "", markdown_table(
         ["row", "true", "predicted", "error", "text"],
         [[m.get("index", ""), _fmt(m["true"]), _fmt(m["predicted"]), _fmt(m["error"]), m["text"]] for m in mistakes]), ""]
 
@@ -177,7 +168,7 @@ def markdown(result: dict[str, Any]) -> str:
         md += ["_No baselines were run: the numbers above have nothing to be compared with._", ""]
     per_class = r["metrics"].get("per_class")
     if per_class:
-        md += ["## Per class", "", _table(
+        md += ["## Per class", "", markdown_table(
             ["label", "precision", "recall", "F1", "support"],
             [[label, _fmt(c["precision"]), _fmt(c["recall"]), _fmt(c["f1"]), c["support"]] for label, c in per_class.items()]), ""]
     if r["confusion_text"]:
@@ -240,16 +231,16 @@ def _comparison_markdown(c: dict[str, Any]) -> str:
     a, b = c["a"], c["b"]
     md = [f"# Comparison: {_esc(a['run'])} (A) vs {_esc(b['run'])} (B)", ""]
     md += [f"> ⚠ {_esc(w)}" for w in c["warnings"]] + ([""] if c["warnings"] else [])
-    md += [f"Task: {_esc(c['task'])}", "", _table(
+    md += [f"Task: {_esc(c['task'])}", "", markdown_table(
         ["", "A", "B"],
         [[key.replace("_", " "), str(a[key])[:16] if key == "dataset_fingerprint" else a[key],
           str(b[key])[:16] if key == "dataset_fingerprint" else b[key]] for key in IDENTITY]), ""]
-    md += ["## Metrics", "", _table(
+    md += ["## Metrics", "", markdown_table(
         ["metric", "A", "B", "Δ (B − A)", "better"],
         [[_name(m["metric"]), _fmt(m["a"]), _fmt(m["b"]), "–" if m["delta"] is None else f"{m['delta']:+.4f}",
           {"a": "A", "b": "B", "same": "="}.get(m["better"], "–")] for m in c["metrics"]]), ""]
     if c["per_class"]:
-        md += ["## F1 per class", "", _table(
+        md += ["## F1 per class", "", markdown_table(
             ["label", "A", "B", "Δ (B − A)"],
             [[p["label"], _fmt(p["f1_a"]), _fmt(p["f1_b"]), "–" if p["delta"] is None else f"{p['delta']:+.4f}"]
              for p in c["per_class"]]), ""]
