@@ -21,16 +21,14 @@ from tunesmith.evaluation import baselines as bl
 from tunesmith.evaluation import metrics as mt
 from tunesmith.evaluation import plots
 from tunesmith.evaluation.report import write_comparison, write_report
+from tunesmith.tasks.sequence import multi_hot
 
 
 def _targets(task: TaskType, table: Any, n_labels: int) -> np.ndarray:
     if task == TaskType.single_label:
         return np.asarray(table.column("label_id").to_pylist())
     if task == TaskType.multi_label:
-        hot = np.zeros((table.num_rows, n_labels), dtype=int)
-        for row, ids in enumerate(table.column("label_ids").to_pylist()):
-            hot[row, ids] = 1
-        return hot
+        return multi_hot(table.column("label_ids").to_pylist(), n_labels)
     return np.asarray(table.column("score").to_pylist(), dtype=float)
 
 
@@ -72,7 +70,7 @@ def evaluate_run(run_dir: str | Path, dataset_dir: str | Path | None = None, spl
     y_true = _targets(task, table, len(labels))
 
     pred = Predictor(run.path).predict(texts)
-    y_pred = pred.values if task == TaskType.regression else pred.label_ids
+    y_pred = pred.outputs
     metrics = _score(task, y_true, y_pred, labels, pred.proba)
 
     folder = run.path / "eval" / split
@@ -135,9 +133,7 @@ def _base_model_metrics(run: Run, version: DatasetVersion, split: str, texts: li
         cfg.train.nproc = 1
         train(cfg, dataset_dir=version.path, overwrite=True)
     pred = Predictor(base_dir).predict(texts)
-    task = TaskType(run.manifest.task)
-    y_pred = pred.values if task == TaskType.regression else pred.label_ids
-    return _score(task, y_true, y_pred, labels, pred.proba)
+    return _score(TaskType(run.manifest.task), y_true, pred.outputs, labels, pred.proba)
 
 
 def compare_runs(a: str | Path, b: str | Path, split: str = "test", out: str | Path | None = None) -> Path:

@@ -23,6 +23,11 @@ class Predictions:
     values: np.ndarray | None  # regression outputs in the user's units
     label_ids: np.ndarray | None  # argmax ids (single-label) or 0/1 matrix (multi-label)
 
+    @property
+    def outputs(self) -> np.ndarray:
+        """What metrics compare with the targets: values (regression) or label ids."""
+        return self.values if self.values is not None else self.label_ids  # type: ignore[return-value]
+
 
 class Predictor:
     def __init__(self, run_dir: str | Path, device: str | None = None) -> None:

@@ -41,16 +41,21 @@ def encoder(task: TaskType, tokenizer: Any, max_length: int, num_labels: int, sc
         if task == TaskType.single_label:
             out["labels"] = batch["label_id"]
         elif task == TaskType.multi_label:
-            hot = np.zeros((len(batch["label_ids"]), num_labels), dtype=np.float32)
-            for row, ids in enumerate(batch["label_ids"]):
-                hot[row, ids] = 1.0
-            out["labels"] = hot.tolist()
+            out["labels"] = multi_hot(batch["label_ids"], num_labels, np.float32).tolist()
         else:
             assert scaling is not None
             out["labels"] = scaling.forward(np.asarray(batch["score"], dtype=np.float64)).astype(np.float32).tolist()
         return out
 
     return encode
+
+
+def multi_hot(label_ids: list[list[int]], num_labels: int, dtype: Any = int) -> np.ndarray:
+    """Rows of label ids -> an n x num_labels 0/1 matrix (the multi-label target)."""
+    hot = np.zeros((len(label_ids), num_labels), dtype=dtype)
+    for row, ids in enumerate(label_ids):
+        hot[row, ids] = 1
+    return hot
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
