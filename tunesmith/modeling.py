@@ -37,13 +37,13 @@ IA3_TARGETS: dict[str, tuple[list[str], list[str]]] = {  # (targets, feed-forwar
 # the encoder and the classifier, and sentence encoders never trained it; frozen under LoRA it
 # collapses training to the majority class. (Mean-pooled models have no pooler; these are skipped.)
 EXTRA_TRAINED = {"bert": ["pooler"], "roberta": ["pooler"]}
-HEAD_NAMES = ("classifier", "score", "pre_classifier", "pooler")
+HEAD_MODULES = ("classifier", "score", "pre_classifier")  # what the sequence-classification classes call their head
 
 
 def is_head_parameter(name: str) -> bool:
     """The task head's parameters (also inside a PEFT wrapper's modules_to_save copies)."""
     parts = name.split(".")
-    return any(h in parts for h in ("classifier", "score", "pre_classifier"))
+    return any(h in parts for h in HEAD_MODULES)
 
 
 def problem_type(task: TaskType) -> str:
@@ -128,11 +128,12 @@ def apply_method(model: Any, train: TrainSpec, peft_spec: PeftSpec) -> Any:
     model_type = model.config.model_type
     if method == "full":
         return model
-    head = [n for n in HEAD_NAMES if hasattr(model, n) or any(k.startswith(n + ".") for k, _ in model.named_parameters())]
     if method == "head":
+        # The head, plus a pooler between encoder and head (top-level in DeBERTa, inside BERT/RoBERTa).
+        extra = EXTRA_TRAINED.get(model_type, [])
         for name, param in model.named_parameters():
-            param.requires_grad = any(name == h or name.startswith(h + ".") for h in head) or \
-                any(f".{h}." in f".{name}" for h in EXTRA_TRAINED.get(model_type, []))
+            param.requires_grad = is_head_parameter(name) or name.startswith("pooler.") or \
+                any(f".{h}." in f".{name}" for h in extra)
         return model
 
     import peft
