@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 TS     := $(VENV)/bin/tunesmith
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-slow bench clean
+.PHONY: install demo demo-chat test test-slow bench clean
 
 install: $(STAMP)
 
@@ -26,6 +26,12 @@ demo: install
 	$(TS) data prepare examples/food_reviews.yaml
 	$(TS) train examples/food_reviews.yaml --overwrite
 	$(TS) evaluate runs/food-reviews
+
+# The chat path: SmolLM2-135M-Instruct + LoRA on the chatterbot corpus, base vs tuned answers.
+demo-chat: install
+	$(TS) data prepare examples/chatterbot_chat.yaml
+	$(TS) train examples/chatterbot_chat.yaml --overwrite
+	$(TS) evaluate runs/chatterbot-chat
 
 test: install
 	$(PY) -m pytest -m "not slow" -q

@@ -102,3 +102,38 @@ def test_config_round_trips_through_json() -> None:
     cfg = parse_config({"name": "x", "data": {"sources": [{"path": "/d/a.csv"}]}})
     again = ProjectConfig.model_validate(cfg.model_dump(mode="json"))
     assert again == cfg
+
+
+def test_generative_tasks_default_to_lora_with_chat_learning_rates() -> None:
+    chat = parse_config({"name": "x", "task": {"type": "chat"}, "data": {"sources": [{"path": "a.jsonl"}]}})
+    assert chat.train.method == "lora" and chat.train.lr(chat.task.type) == 2e-4
+    cls = parse_config({"name": "x", "data": {"sources": [{"path": "a.csv"}]}})
+    assert cls.train.method == "full" and cls.train.lr(cls.task.type) == 5e-5
+    dpo = parse_config({"name": "x", "task": {"type": "preference"}, "data": {"sources": [{"path": "a.jsonl"}]}})
+    assert dpo.model.name == "smollm2-135m" and dpo.train.lr(dpo.task.type) == 5e-5
+    with pytest.raises(ConfigError, match="train.method 'head' needs a classification head"):
+        parse_config({"name": "x", "task": {"type": "chat"}, "data": {"sources": [{"path": "a.jsonl"}]},
+                      "train": {"method": "head"}})
+
+
+@pytest.mark.parametrize(("n_train", "expected"), [
+    (10, (10, 1, 0.25)),        # tiny data: enough epochs to see ~100 examples
+    (700, (3, 1, 0.25)),        # the usual 3 epochs; batch ~0.2% of the data
+    (20_000, (1, 40, 1.581)),   # big data: at most ~25,000 examples seen; larger batch, larger rate
+    (500_000, (1, 256, 4.0)),   # batch capped at 256
+])
+def test_openai_auto_hyperparameters_follow_the_data_size(n_train: int, expected: tuple) -> None:
+    from tunesmith.config import OpenAIHyperparameters
+
+    assert OpenAIHyperparameters().resolve(n_train) == expected
+    assert OpenAIHyperparameters(n_epochs=5, batch_size=4, learning_rate_multiplier=0.5).resolve(n_train) == (5, 4, 0.5)
+
+
+def test_openai_hyperparameters_are_checked() -> None:
+    base = {"name": "x", "task": {"type": "chat"}, "data": {"sources": [{"path": "a.jsonl"}]}}
+    with pytest.raises(ConfigError, match=r"train.hyperparameters.n_epochs: .*between 1 and 256"):
+        parse_config({**base, "train": {"hyperparameters": {"n_epochs": 0}}})
+    with pytest.raises(ConfigError, match="learning_rate_multiplier"):
+        parse_config({**base, "train": {"hyperparameters": {"learning_rate_multiplier": "fast"}}})
+    with pytest.raises(ConfigError, match=r"replaces \['epochs'\]"):
+        parse_config({**base, "train": {"epochs": 5, "hyperparameters": {"n_epochs": 2}}})

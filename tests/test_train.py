@@ -283,5 +283,8 @@ def test_balanced_class_weights_train(tmp_path: Path, tiny_bert: Path) -> None:
         cfg = project(tmp_path / weights, tiny_bert, train_spec={"class_weights": weights, "max_steps": 2})
         write(tmp_path / weights / "data.csv", skewed)
         runs[weights] = train(cfg)
-    # Same seed, same data, same first batch: only the loss weighting differs.
-    assert losses(runs["balanced"])[0] != pytest.approx(losses(runs["none"])[0], rel=1e-4)
+    # Same seed, same data, same batches: only the loss weighting differs, and up-weighting the
+    # minority class moves probability towards it.
+    texts = [r["text"] for r in skewed]
+    neg = {w: Predictor(run).predict(texts).proba[:, Run(run).manifest.labels.index("neg")].mean() for w, run in runs.items()}
+    assert neg["balanced"] > neg["none"] + 1e-3

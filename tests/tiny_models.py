@@ -52,6 +52,9 @@ def build_tiny_bert(folder: Path) -> Path:
     """A 2-layer BERT (hidden 32) with its tokenizer: stands in for `minilm` in tests."""
     from transformers import BertConfig, BertModel
 
+    import torch
+
+    torch.manual_seed(0)  # the same tiny model in every test session
     build_tokenizer(folder)
     config = BertConfig(vocab_size=300, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=128)
@@ -63,6 +66,9 @@ def build_tiny_llama(folder: Path) -> Path:
     """A 2-layer Llama (hidden 32) with a chat template: stands in for `smollm2-135m` in tests."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    import torch
+
+    torch.manual_seed(0)  # the same tiny model in every test session
     build_tokenizer(folder, chat=True)
     from transformers import AutoTokenizer
 
@@ -71,4 +77,17 @@ def build_tiny_llama(folder: Path) -> Path:
                          num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def build_tiny_gpt2(folder: Path) -> Path:
+    """A 2-layer GPT-2 whose tokenizer has no chat template (and no EOS): a base model chat tuning must refuse
+    until a template is given."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    build_tokenizer(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    config = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128,
+                        pad_token_id=tok.pad_token_id)
+    GPT2LMHeadModel(config).save_pretrained(folder)
     return folder

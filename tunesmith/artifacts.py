@@ -120,7 +120,10 @@ class DatasetVersion:
 #
 #   run.json            RunManifest: task, labels, target scaling, base model, method, data fingerprint
 #   config.json         the resolved ProjectConfig the run was started with (resume checks it)
-#   model/              safetensors weights + tokenizer, or a PEFT adapter over `base_model_path`
+#   model/              safetensors weights + tokenizer (+ chat template, generation config for chat),
+#                       or a PEFT adapter over `base_model_path`
+#   adapter/            chat runs with train.merge_adapter: the adapter that model/ has merged in
+#   step_metrics.csv    chat runs: OpenAI's per-step metrics (train_loss, valid_loss, ...)
 #   checkpoints/        Trainer checkpoints; a checkpoint is complete once it holds COMPLETE
 #   training_log.jsonl  every logged step and evaluation
 #   metrics.json        validation metrics of the best checkpoint
@@ -150,6 +153,10 @@ class RunManifest(_Described):
     metrics: dict[str, float] = {}  # validation metrics of the kept model
     train_runtime_s: float = 0.0
     processes: int = 1
+    hyperparameters: dict[str, Any] = {}  # epochs, batch_size, learning_rate as trained
+    openai_hyperparameters: dict[str, Any] | None = None  # n_epochs, batch_size, learning_rate_multiplier, resolved
+    stop_token_ids: list[int] | None = None  # chat: tokens that end an answer (EOS and the end-of-turn token)
+    merged: bool = False  # model/ holds the adapter merged into full weights; the adapter itself is in adapter/
 
 
 class Run:

@@ -63,6 +63,8 @@ def resolve_tokenizer_dir(name: str) -> Path:
     entry = PACKAGED_MODELS.get(name)
     if entry is None:
         path = _local_folder(name)
+        if (path / "run.json").is_file():  # a finished run (e.g. an SFT run DPO continues from)
+            path = path / "model"
         if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
             raise ConfigError(f"model folder {path} has no tokenizer files (tokenizer.json or tokenizer_config.json)")
         return path

@@ -162,14 +162,15 @@ def data_show(
         if split not in ("train", "validation", "test"):
             raise click.BadParameter(f"'{split}' is not one of train, validation, test, quarantine", param_hint="--split")
         rows = version.table(split).slice(0, n).to_pylist()
-        columns = [c for c in ("id", "label", "labels", "score", "n_tokens", "text", "messages") if rows and c in rows[0]]
+        columns = [c for c in ("id", "label", "labels", "score", "n_tokens", "text", "messages", "chosen", "rejected")
+                   if rows and c in rows[0]]
     if as_json:
         for row in rows:
             out.print(json.dumps(row, ensure_ascii=False, default=str), markup=False, highlight=False, soft_wrap=True)
         return
     table = Table(title=f"{version.manifest.name} / {split} (first {len(rows)})", show_lines=True)
     for col in columns:
-        table.add_column(col, overflow="fold", max_width=90 if col in ("text", "messages", "reason") else None)
+        table.add_column(col, overflow="fold", max_width=90 if col in ("text", "messages", "chosen", "rejected", "reason") else None)
     for row in rows:
         table.add_row(*(_cell(row.get(col)) for col in columns))
     out.print(table)
@@ -264,7 +265,7 @@ def evaluate_cmd(
     dataset: Annotated[Path | None, typer.Option("--dataset", metavar="DATASET", help="Dataset folder (default: the one the run trained on).")] = None,
     split: Annotated[str | None, typer.Option("--split", help="Split to evaluate on (default eval.split: test).")] = None,
     baselines: Annotated[bool | None, typer.Option("--baselines/--no-baselines", help="Majority and TF-IDF baselines on the same split.")] = None,
-    base_model: Annotated[bool | None, typer.Option("--base-model/--no-base-model", help="Also train and score a head-only model on the frozen base.")] = None,
+    base_model: Annotated[bool | None, typer.Option("--base-model/--no-base-model", help="Score the untuned base model too (classifiers: a head-only model is trained on the frozen base; chat: on by default).")] = None,
 ) -> None:
     """Metrics, confusion matrix, baselines and an HTML report for a run on a held-out split."""
     from tunesmith.evaluate import evaluate_run
@@ -278,7 +279,8 @@ def evaluate_cmd(
     if result["base_model"]:
         table.add_column("base model")
     keys = ["accuracy", "f1_macro", "f1_weighted", "roc_auc", "log_loss", "subset_accuracy", "f1_micro",
-            "mae", "rmse", "r2", "pearson", "spearman"]
+            "mae", "rmse", "r2", "pearson", "spearman", "loss", "perplexity", "mean_token_accuracy",
+            "preference_accuracy", "reward_accuracy", "rouge_l", "token_f1", "exact_match", "answer_accuracy", "stopped"]
     columns = [result["metrics"], *result["baselines"].values(), *([result["base_model"]] if result["base_model"] else [])]
     for key in keys:
         if key in result["metrics"]:

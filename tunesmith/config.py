@@ -32,6 +32,10 @@ class TaskType(str, enum.Enum):
     multi_label = "multi_label_classification"
     regression = "regression"
     chat = "chat"
+    preference = "preference"  # prompt + preferred/non-preferred answers, trained with DPO
+
+
+GENERATIVE_TASKS = (TaskType.chat, TaskType.preference)  # trained as causal LMs, not with a head
 
 
 class TaskSpec(Spec):
@@ -47,6 +51,9 @@ class TaskSpec(Spec):
     label: str = "label"  # class name; for multi-label a list or a `label_separator`-joined string
     score: str = "score"  # regression target, a number in the user's units
     messages: str = "messages"  # chat: list of {role, content, weight?} messages (OpenAI format)
+    prompt: str = "prompt"  # preference: the prompt (text or a list of messages); OpenAI's `input.messages` is found by itself
+    chosen: str = "chosen"  # preference: the preferred answer (text or [{role: assistant, content}]); OpenAI: preferred_output
+    rejected: str = "rejected"  # preference: the non-preferred answer; OpenAI: non_preferred_output
     id: str | None = None  # stable example id; None: "<file>:<line>", shown by `data show`
     labels: list[str] | None = None  # the label set in id order; None: inferred, sorted
     label_separator: str = ","  # splits multi-label strings like "food,price"
@@ -67,7 +74,7 @@ SourceKind = Literal[
     "csv", "tsv", "json", "jsonl", "parquet", "excel", "text_folder", "openai_chat", "alpaca",
     "sharegpt", "prompt_completion", "hf_disk", "packaged",
 ]
-FIELD_KEYS = ("text", "label", "score", "messages", "id", "group")
+FIELD_KEYS = ("text", "label", "score", "messages", "prompt", "chosen", "rejected", "id", "group")
 _EXTENSIONS: dict[str, SourceKind] = {
     ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".json": "json", ".jsonl": "jsonl",
     ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".xlsx": "excel", ".xlsm": "excel",
@@ -222,12 +229,60 @@ class ModelSpec(Spec):
     name: str | None = None  # packaged model (minilm, smollm2-135m) or a local folder; None: chosen by task type
     max_length: int | None = Field(None, gt=0)  # token budget per example; None: the model's own limit (training caps it at 512)
     pooling: Literal["auto", "mean", "native"] = "auto"  # auto: mean for sentence encoders (how they were trained), else the architecture's head
+    chat_template: str | None = None  # chat: a Jinja template (inline, or a path to a .jinja file) for base models without one; None: the model's own
 
 
 Method = Literal["full", "head", "lora", "dora", "ia3", "prompt_tuning"]
 # Learning rates that work per method: adapters and heads start from scratch and need far larger
 # steps than full fine-tuning, which only nudges pre-trained weights.
 DEFAULT_LR: dict[str, float] = {"full": 5e-5, "head": 2e-3, "lora": 5e-4, "dora": 5e-4, "ia3": 5e-3, "prompt_tuning": 3e-2}
+# Causal LMs already speak; SFT only steers them, so smaller steps than for a fresh head (the
+# QLoRA/TRL recipes use 1e-4..2e-4 for LoRA and ~2e-5 for full fine-tuning).
+CHAT_LR: dict[str, float] = {"full": 2e-5, "lora": 2e-4, "dora": 2e-4, "ia3": 3e-3, "prompt_tuning": 3e-2}
+# DPO moves a policy away from its reference; large steps break it (TRL: 1e-6 full, LoRA ~5e-6..5e-5).
+DPO_LR: dict[str, float] = {"full": 1e-6, "lora": 5e-5, "dora": 5e-5, "ia3": 5e-4, "prompt_tuning": 1e-2}
+
+
+class OpenAIHyperparameters(Spec):
+    """OpenAI's fine-tuning hyperparameters, accepted as they are in a job request.
+
+    "auto" resolves from the data size the way OpenAI documents it: about 3 epochs, more for tiny
+    datasets (at least ~100 examples seen) and fewer for big ones (at most ~25,000); a batch of
+    ~0.2% of the examples (1..256); the multiplier scales tunesmith's per-method learning rate.
+    """
+
+    n_epochs: int | Literal["auto"] = "auto"
+    batch_size: int | Literal["auto"] = "auto"
+    learning_rate_multiplier: float | Literal["auto"] = "auto"
+
+    @field_validator("n_epochs", "batch_size")
+    @classmethod
+    def _positive_int(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 256:
+            raise ValueError("must be between 1 and 256, or 'auto'")
+        return v
+
+    @field_validator("learning_rate_multiplier")
+    @classmethod
+    def _positive_float(cls, v: float | str) -> float | str:
+        if isinstance(v, float | int) and not 0 < v <= 100:
+            raise ValueError("must be above 0 (at most 100), or 'auto'")
+        return v
+
+    def resolve(self, n_train: int) -> tuple[int, int, float]:
+        """(epochs, batch size, learning-rate multiplier) for a training set of `n_train` examples."""
+        epochs = self.n_epochs
+        if epochs == "auto":
+            epochs = 3
+            if n_train * epochs < 100:
+                epochs = min(25, max(1, 100 // max(n_train, 1)))
+            elif n_train * epochs > 25_000:
+                epochs = max(1, 25_000 // n_train)
+        batch = self.batch_size if self.batch_size != "auto" else min(256, max(1, round(n_train * 0.002)))
+        # Adam's rule of thumb: the learning rate grows with the square root of the batch size
+        # (tunesmith.s defaults are tuned at its default batch of 16).
+        mult = self.learning_rate_multiplier if self.learning_rate_multiplier != "auto" else round((batch / 16) ** 0.5, 3)
+        return int(epochs), int(batch), float(mult)
 
 
 class PeftSpec(Spec):
@@ -240,8 +295,9 @@ class PeftSpec(Spec):
 
 
 class TrainSpec(Spec):
-    method: Method = "full"  # full fine-tuning: the most accurate for small encoders, and affordable on CPU
-    learning_rate: float | None = Field(None, gt=0)  # None: per method (DEFAULT_LR)
+    method: Method | None = None  # None: full for encoders (most accurate, affordable on CPU); LoRA on all linear layers for chat
+    learning_rate: float | None = Field(None, gt=0)  # None: per method and task (DEFAULT_LR, CHAT_LR, DPO_LR)
+    hyperparameters: OpenAIHyperparameters | None = None  # OpenAI's form (n_epochs, batch_size, learning_rate_multiplier); replaces epochs/batch_size/learning_rate
     head_learning_rate: float | None = Field(None, gt=0)  # None: learning_rate; larger lets the new head catch up with the pre-trained body
     epochs: float = Field(3.0, gt=0)  # small datasets need a few passes; early stopping ends sooner
     max_steps: int | None = Field(None, gt=0)  # overrides epochs when set
@@ -264,18 +320,40 @@ class TrainSpec(Spec):
     nproc: int = Field(1, ge=1)  # processes (torchrun DDP: gloo on CPU, NCCL on GPU)
     fsdp: str | None = None  # passed to TrainingArguments.fsdp on GPU clusters, e.g. "full_shard auto_wrap"
     deepspeed: Path | None = None  # a DeepSpeed JSON config, passed through
+    packing: bool = True  # chat: short conversations packed into full sequences (attention stays within each); far less padding
+    merge_adapter: bool = False  # write model/ as full weights with the adapter merged in (the adapter stays in adapter/)
+    dpo_beta: float = Field(0.1, gt=0)  # DPO: how far the policy may move from the reference (the DPO paper's 0.1)
 
-    def lr(self) -> float:
-        return self.learning_rate or DEFAULT_LR[self.method]
+    @model_validator(mode="after")
+    def _one_form(self) -> TrainSpec:
+        # Compared with the defaults, not "was it written": a saved resolved config lists every field.
+        fields = type(self).model_fields
+        clash = sorted(k for k in ("epochs", "batch_size", "learning_rate") if getattr(self, k) != fields[k].default) \
+            if self.hyperparameters else []
+        if clash:
+            raise ValueError(f"train.hyperparameters (OpenAI form) replaces {clash}; set one or the other")
+        return self
+
+    def lr(self, task: TaskType, multiplier: float = 1.0) -> float:
+        table = DPO_LR if task == TaskType.preference else CHAT_LR if task == TaskType.chat else DEFAULT_LR
+        assert self.method is not None, "resolved by ProjectConfig"
+        if self.learning_rate:
+            return self.learning_rate
+        if self.method not in table:
+            raise ConfigError(f"train.method '{self.method}' does not apply to {task.value} tasks; use one of {sorted(table)}")
+        return table[self.method] * multiplier
 
 
 class EvalSpec(Spec):
     baselines: bool = True  # majority/mean and TF-IDF + linear model on the same test split
-    base_model: bool = False  # also train a head-only model on the frozen base, to show what fine-tuning bought
+    base_model: bool | None = None  # the untuned base beside the tuned model; None: on for chat (free: the adapter switched off), off for classifiers (a head must be trained)
     split: SplitName = "test"  # the held-out split metrics are computed on
+    max_new_tokens: int = Field(128, ge=1)  # chat: answer length limit when generating on the test prompts
+    max_generations: int | None = Field(200, ge=1)  # chat: test conversations answered (CPU generation is slow); None: all
+    samples: int = Field(20, ge=0)  # chat: prompts shown with base and tuned answers side by side in the report
 
 
-DEFAULT_MODEL = {TaskType.chat: "smollm2-135m"}  # chat needs a causal LM; everything else gets the encoder
+DEFAULT_MODEL = {TaskType.chat: "smollm2-135m", TaskType.preference: "smollm2-135m"}  # causal LM; the rest gets the encoder
 DEFAULT_ENCODER = "minilm"  # small real encoder that trains on 2 CPU cores in minutes
 
 
@@ -292,6 +370,12 @@ class ProjectConfig(Spec):
     def _defaults_by_task(self) -> ProjectConfig:
         if self.model.name is None:
             self.model.name = DEFAULT_MODEL.get(self.task.type, DEFAULT_ENCODER)
+        generative = self.task.type in GENERATIVE_TASKS
+        if self.train.method is None:
+            self.train.method = "lora" if generative else "full"
+        elif generative and self.train.method == "head":
+            raise ValueError(f"train.method 'head' needs a classification head; {self.task.type.value} tasks "
+                             "train the language model itself (use lora or full)")
         is_regression = self.task.type == TaskType.regression
         if self.data.dedup.conflicts is None:
             self.data.dedup.conflicts = "mean" if is_regression else "majority"
@@ -320,6 +404,9 @@ class ProjectConfig(Spec):
             src.path = fix(src.path)
         self.data.annotate.corrections = fix(self.data.annotate.corrections)
         self.train.deepspeed = fix(self.train.deepspeed)
+        template = self.model.chat_template
+        if template and "{" not in template and not Path(template).is_absolute():
+            self.model.chat_template = str((base / template).resolve())  # a file path, not an inline template
         name = self.model.name
         if name and ("/" in name or name.startswith(".")) and not Path(name).is_absolute():
             self.model.name = str((base / name).resolve())

@@ -57,6 +57,16 @@ def evaluate_run(run_dir: str | Path, dataset_dir: str | Path | None = None, spl
     if version.manifest.fingerprint != m.dataset_fingerprint:
         notes.append(f"evaluated on dataset {version.path} (fingerprint {version.manifest.fingerprint[:12]}), "
                      f"not the one the run trained on ({m.dataset_fingerprint[:12]})")
+    if version.manifest.task != m.task:
+        raise DataError(f"{version.path}: a {version.manifest.task} dataset cannot evaluate a {m.task} run")
+    if task in (TaskType.chat, TaskType.preference):
+        from tunesmith.evaluate_chat import evaluate_chat
+
+        with_base = cfg.eval.base_model is not False if base_model is None else base_model
+        result = evaluate_chat(run, version, split, notes, base_model=with_base)
+        write_report(run.path / "eval" / split, result)
+        write_model_card(run.path)
+        return result
     labels = m.labels or []
     if task != TaskType.regression and version.manifest.labels != labels:
         unknown = sorted(set(version.manifest.labels or []) - set(labels))

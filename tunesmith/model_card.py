@@ -30,10 +30,11 @@ def write_model_card(run_dir: Path) -> Path:
         lines.append(f"- Rows: {counts['train']} train / {counts['validation']} validation / {counts['test']} test")
     except DataError:
         lines.append("- (dataset folder no longer available)")
-    t = cfg.train
-    lines += ["", "## Training", "", f"- Learning rate {t.lr()}, {t.epochs} epochs"
+    t, hp = cfg.train, m.hyperparameters
+    lines += ["", "## Training", "", f"- Learning rate {hp.get('learning_rate', '?')}, {hp.get('epochs', '?')} epochs"
               + (f" (max {t.max_steps} steps)" if t.max_steps else "")
-              + f", batch {t.batch_size} x {t.grad_accum}, weight decay {t.weight_decay}, warmup {t.warmup_ratio}, seed {t.seed}",
+              + f", batch {hp.get('batch_size', '?')} x {t.grad_accum}, weight decay {t.weight_decay}, warmup {t.warmup_ratio}, seed {t.seed}",
+              *([f"- OpenAI hyperparameters: {m.openai_hyperparameters}"] if m.openai_hyperparameters else []),
               "", "## Results", "", "Validation (best checkpoint): "
               + ", ".join(f"{k} {v:.4f}" for k, v in m.metrics.items() if k not in ("runtime", "samples_per_second", "steps_per_second", "epoch")),
               ""]

@@ -123,7 +123,8 @@ def _check_targets(model: nn.Module, targets: list[str], what: str) -> None:
         )
 
 
-def apply_method(model: Any, train: TrainSpec, peft_spec: PeftSpec) -> Any:
+def apply_method(model: Any, train: TrainSpec, peft_spec: PeftSpec, causal_lm: bool = False) -> Any:
+    """Freeze, or wrap in a PEFT adapter, as `train.method` says. `causal_lm`: the LM head itself is the task."""
     method = train.method
     model_type = model.config.model_type
     if method == "full":
@@ -138,6 +139,7 @@ def apply_method(model: Any, train: TrainSpec, peft_spec: PeftSpec) -> Any:
 
     import peft
 
+    task_type = peft.TaskType.CAUSAL_LM if causal_lm else peft.TaskType.SEQ_CLS
     present = {name.split(".")[-1] for name, _ in model.named_modules()}
     extra = peft_spec.modules_to_save if peft_spec.modules_to_save is not None else \
         [m for m in EXTRA_TRAINED.get(model_type, []) if m in present]
@@ -146,7 +148,7 @@ def apply_method(model: Any, train: TrainSpec, peft_spec: PeftSpec) -> Any:
         if targets:
             _check_targets(model, targets, "peft.target_modules")
         config: Any = peft.LoraConfig(
-            task_type=peft.TaskType.SEQ_CLS, r=peft_spec.r, lora_alpha=peft_spec.alpha, lora_dropout=peft_spec.dropout,
+            task_type=task_type, r=peft_spec.r, lora_alpha=peft_spec.alpha, lora_dropout=peft_spec.dropout,
             target_modules=targets or "all-linear", use_dora=method == "dora", modules_to_save=extra or None,
         )
     elif method == "ia3":
@@ -156,10 +158,10 @@ def apply_method(model: Any, train: TrainSpec, peft_spec: PeftSpec) -> Any:
         if not targets:
             raise ConfigError(f"train.method ia3: no default targets for model type '{model_type}'; set peft.target_modules")
         _check_targets(model, targets, "peft.target_modules")
-        config = peft.IA3Config(task_type=peft.TaskType.SEQ_CLS, target_modules=targets, feedforward_modules=ff,
+        config = peft.IA3Config(task_type=task_type, target_modules=targets, feedforward_modules=ff,
                                 modules_to_save=extra or None)
     elif method == "prompt_tuning":
-        config = peft.PromptTuningConfig(task_type=peft.TaskType.SEQ_CLS, num_virtual_tokens=peft_spec.num_virtual_tokens)
+        config = peft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=peft_spec.num_virtual_tokens)
     else:  # pragma: no cover - Method is a closed Literal
         raise ConfigError(f"unknown method {method}")
     return peft.get_peft_model(model, config)

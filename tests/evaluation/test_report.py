@@ -136,5 +136,11 @@ def test_multilabel_headline_and_unknown_task_fallback() -> None:
     assert "| subset accuracy ↑ | 0.6667 | 0.3333 | +0.3333 vs majority |" in md
     assert "| Hamming loss ↓ | 0.1667 | 0.3333 | -0.1667 vs majority |" in md  # 1 and 2 wrong cells of 6
     assert "| y | 1.0000 | 0.5000 | 0.6667 | 2 |" in md
-    chat = markdown(base | {"task": "chat", "metrics": {"n": 3, "perplexity": 12.5, "loss": 2.5}})
-    assert "| loss ↓ | 2.5000 | – |" in chat and "| perplexity ↓ | 12.5000 | – |" in chat
+    other = markdown(base | {"task": "ranking", "metrics": {"n": 3, "perplexity": 12.5, "loss": 2.5}})
+    assert "| loss ↓ | 2.5000 | – |" in other and "| perplexity ↓ | 12.5000 | – |" in other  # every number shown
+    chat = markdown(base | {"task": "chat", "metrics": {"loss": 1.5, "rouge_l": 0.4},
+                            "base_model": {"loss": 2.5, "rouge_l": 0.1},
+                            "samples": [{"prompt": "hi", "reference": "hello", "base": "hey <b>", "tuned": "hello"}]})
+    assert "| loss ↓ | 1.5000 | 2.5000 | -1.0000 vs base model |" in chat
+    assert "| ROUGE-L ↑ | 0.4000 | 0.1000 | +0.3000 vs base model |" in chat
+    assert "| hi | hello | hey &lt;b&gt; | hello |" in chat  # answers side by side, escaped

@@ -82,15 +82,19 @@ def _prompt_completion(record: dict[str, Any]) -> list[dict[str, Any]]:
             {"role": "assistant", "content": _required_text(record, "completion")}]
 
 
-def validate_messages(value: Any) -> list[dict[str, Any]]:
-    """Return the messages in canonical form {role, content, weight} or raise ChatFormatError."""
+def validate_messages(value: Any, field: str = "messages", require_assistant: bool = True) -> list[dict[str, Any]]:
+    """Return the messages in canonical form {role, content, weight} or raise ChatFormatError.
+
+    `field` is the name errors use for the list (`messages`, or a preference task's `prompt`);
+    `require_assistant=False` accepts a conversation with nothing to learn from (a DPO prompt).
+    """
     if not isinstance(value, list):
-        raise ChatFormatError("messages", f"must be a list of messages, got {type(value).__name__}")
+        raise ChatFormatError(field, f"must be a list of messages, got {type(value).__name__}")
     if not value:
-        raise ChatFormatError("messages", "is empty")
+        raise ChatFormatError(field, "is empty")
     out = []
     for i, msg in enumerate(value):
-        where = f"messages.{i}"
+        where = f"{field}.{i}"
         if not isinstance(msg, dict):
             raise ChatFormatError(where, "each message must be an object with role and content")
         unknown = sorted(set(msg) - {"role", "content", "weight", "name"})
@@ -113,6 +117,47 @@ def validate_messages(value: Any) -> list[dict[str, Any]]:
                 raise ChatFormatError(f"{where}.weight", f"weight must be 0 or 1, got {weight!r}")
             weight = int(weight)
         out.append({"role": role, "content": content, "weight": weight})
-    if not any(m["role"] == "assistant" and m["weight"] != 0 for m in out):
-        raise ChatFormatError("messages", "no assistant message to learn from (all missing or weight 0)")
+    if require_assistant and not any(m["role"] == "assistant" and m["weight"] != 0 for m in out):
+        raise ChatFormatError(field, "no assistant message to learn from (all missing or weight 0)")
     return out
+
+
+# --- preference pairs (DPO) ----------------------------------------------------------------------
+
+OPENAI_PREFERENCE_KEYS = ("input", "preferred_output", "non_preferred_output")
+
+
+def validate_prompt(value: Any, field: str) -> list[dict[str, Any]]:
+    """A preference prompt: text (one user message) or a conversation ending with a user turn.
+
+    Weights are dropped: they mark what SFT learns from, and nothing in a DPO prompt is learned.
+    """
+    if isinstance(value, str):
+        if not value.strip():
+            raise ChatFormatError(field, "prompt is empty")
+        return [{"role": "user", "content": value, "weight": None}]
+    if not isinstance(value, list):
+        raise ChatFormatError(field, f"must be text or a list of messages, got {type(value).__name__}")
+    messages = validate_messages(value, field, require_assistant=False)
+    last = messages[-1]["role"]
+    if last != "user":
+        raise ChatFormatError(field, f"must end with a user message (the turn both answers reply to), ends with {last!r}")
+    for m in messages:
+        m["weight"] = None
+    return messages
+
+
+def validate_answer(value: Any, field: str) -> str:
+    """A preferred or non-preferred answer: text, or a list of exactly one assistant message."""
+    if isinstance(value, str):
+        if not value.strip():
+            raise ChatFormatError(field, "answer is empty")
+        return value
+    if not isinstance(value, list):
+        raise ChatFormatError(field, f"must be text or a list with one assistant message, got {type(value).__name__}")
+    if len(value) != 1:
+        raise ChatFormatError(field, f"must hold exactly one assistant message, got {len(value)} messages")
+    [message] = validate_messages(value, field, require_assistant=False)
+    if message["role"] != "assistant":
+        raise ChatFormatError(f"{field}.0.role", f"the answer's role must be 'assistant', got {message['role']!r}")
+    return message["content"]

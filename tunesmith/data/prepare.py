@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 
 from tunesmith import __version__
 from tunesmith.artifacts import MANIFEST, QUARANTINE, DatasetManifest, DatasetVersion, Fingerprint, write_split
-from tunesmith.config import SPLITS, ProjectConfig, SourceSpec, TaskType
+from tunesmith.config import GENERATIVE_TASKS, SPLITS, ProjectConfig, SourceSpec, TaskType
 from tunesmith.data import dedup, split
 from tunesmith.data.records import Canonicalizer, Corrections, Rejection, TARGET_TYPES, canonical_schema
 from tunesmith.data.sources import TEXT_KINDS, guess_encoding, read_source
@@ -139,7 +139,7 @@ class _Preparation:
                 stats = {"source": spec.describe(), "kind": spec.kind, "split": spec.split, "rows": 0, "rejected": 0}
                 spec = self._resolve_encoding(spec, stats)
                 parsed = 0
-                for raw in read_source(spec, exprs):
+                for raw in read_source(spec, canon.header_fields(exprs)):
                     stats["rows"] += 1
                     parsed += raw.record is not None
                     result = canon.row(raw, exprs, spec)
@@ -219,8 +219,14 @@ class _Preparation:
     # -- stage 2: whole-column work -----------------------------------------------------------
 
     def texts(self, indices: np.ndarray | None = None) -> Iterator[str]:
-        """The text each row is compared by (for chat, the whole conversation)."""
+        """The text each row is compared by (chat: the whole conversation; preference: prompt and both answers)."""
         table = self.table if indices is None else self.table.take(pa.array(indices))
+        if self.task == TaskType.preference:
+            for batch in table.select(["messages", "chosen", "rejected"]).to_batches():
+                for prompt, chosen, rejected in zip(*(c.to_pylist() for c in batch.columns), strict=True):
+                    yield "\n".join([*(f"{m['role']}: {m['content']}" for m in prompt),
+                                     f"chosen: {chosen}", f"rejected: {rejected}"])
+            return
         column = "messages" if self.task == TaskType.chat else "text"
         for chunk in table.column(column).chunks:
             for value in chunk.to_pylist():
@@ -238,15 +244,13 @@ class _Preparation:
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()  # "sequence longer than max length" is what we measure here
         try:
-            if self.task == TaskType.chat:
-                messages = self.table.column("messages").to_pylist()
-                template = getattr(tokenizer, "chat_template", None)
-                for i, convo in enumerate(messages):
-                    plain = [{"role": m["role"], "content": m["content"]} for m in convo]
-                    if template:
-                        lengths[i] = len(tokenizer.apply_chat_template(plain, tokenize=True, return_dict=False))
-                    else:  # no template yet: content tokens plus a few per message for role markers
-                        lengths[i] = sum(len(tokenizer(m["content"])["input_ids"]) + 4 for m in plain)
+            if self.task in GENERATIVE_TASKS:
+                from tunesmith.tasks.chat import set_chat_template
+
+                # Counted as training will read them: through the chat template (refused without one).
+                set_chat_template(tokenizer, self.cfg.model.chat_template, str(self.cfg.model.name))
+                for i, convos in enumerate(self._conversations()):
+                    lengths[i] = max(len(tokenizer.apply_chat_template(c, tokenize=True, return_dict=False)) for c in convos)
                     if i % 2000 == 0:
                         self.progress("counting tokens", i, n)
             else:
@@ -273,7 +277,7 @@ class _Preparation:
 
         clean = self.cfg.data.clean
         step = self._step("length filter")
-        too_long = clean.max_tokens or (self.context if self.task == TaskType.chat else None)
+        too_long = clean.max_tokens or (self.context if self.task in GENERATIVE_TASKS else None)
         for i in np.flatnonzero(self.alive):
             if clean.min_tokens and lengths[i] < clean.min_tokens:
                 self._remove(i, "length", f"{lengths[i]} tokens, below data.clean.min_tokens={clean.min_tokens}", step)
@@ -282,8 +286,20 @@ class _Preparation:
                 self._remove(i, "length", f"{lengths[i]} tokens, over {why}", step)
         step.rows_out = int(self.alive.sum())
 
+    def _conversations(self) -> Iterator[list[list[dict[str, str]]]]:
+        """Per row, the conversation(s) the model will read: chat, one; preference, prompt + each answer."""
+        messages = self.table.column("messages").to_pylist()
+        if self.task != TaskType.preference:
+            for convo in messages:
+                yield [[{"role": m["role"], "content": m["content"]} for m in convo]]
+            return
+        answers = zip(self.table.column("chosen").to_pylist(), self.table.column("rejected").to_pylist(), strict=True)
+        for prompt, pair in zip(messages, answers, strict=True):
+            plain = [{"role": m["role"], "content": m["content"]} for m in prompt]
+            yield [[*plain, {"role": "assistant", "content": answer}] for answer in pair]
+
     def _targets(self) -> list[Any]:
-        if self.task == TaskType.chat:
+        if self.task in GENERATIVE_TASKS:  # nothing to conflict on: equal keys are plain duplicates
             return [None] * self.table.num_rows
         name = TARGET_TYPES[self.task][0]
         values = self.table.column(name).to_pylist()
@@ -361,7 +377,7 @@ class _Preparation:
         step.rows_out = int(self.alive.sum())
 
     def _strata(self) -> list[str]:
-        if not self.cfg.data.split.stratify or self.task == TaskType.chat:
+        if not self.cfg.data.split.stratify or self.task in GENERATIVE_TASKS:
             return [""] * self.table.num_rows
         if self.task == TaskType.regression:
             scores = self.table.column("score").to_numpy()
@@ -426,7 +442,7 @@ class _Preparation:
     # -- stage 3: write the dataset version ------------------------------------------------------
 
     def _label_set(self) -> list[str] | None:
-        if self.task in (TaskType.regression, TaskType.chat):
+        if self.task == TaskType.regression or self.task in GENERATIVE_TASKS:
             return None
         if self.cfg.task.labels:
             return list(self.cfg.task.labels)

@@ -1,7 +1,8 @@
 """From a raw input record to one canonical example, or a rejection that says where and why.
 
 Canonical columns: id, source, line, group, split_hint, and per task `text` + `label` / `labels` /
-`score`, or `messages` for chat. Everything here is row-local, so it runs while the file streams.
+`score`, `messages` for chat, or `messages` (the prompt) + `chosen` + `rejected` for preference.
+Everything here is row-local, so it runs while the file streams.
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ import pyarrow as pa
 import xxhash
 
 from tunesmith.config import ProjectConfig, SourceSpec, TaskType
-from tunesmith.data.chat_formats import ChatFormatError, validate_messages
+from tunesmith.data.chat_formats import (
+    OPENAI_PREFERENCE_KEYS,
+    ChatFormatError,
+    validate_answer,
+    validate_messages,
+    validate_prompt,
+)
 from tunesmith.data.clean import TextCleaner, dedup_key
 from tunesmith.data.fields import ABSENT, FieldExpr
 from tunesmith.data.sources import Raw
@@ -32,16 +39,36 @@ TARGET_TYPES: dict[TaskType, tuple[str, pa.DataType]] = {
     TaskType.multi_label: ("labels", pa.list_(pa.string())),
     TaskType.regression: ("score", pa.float64()),
     TaskType.chat: ("messages", pa.list_(MESSAGE_TYPE)),
+    TaskType.preference: ("chosen", pa.string()),  # with `messages` (the prompt) and `rejected`: see canonical_schema
 }
+# A preference pair: the prompt conversation (no trailing assistant turn, weights null) and two answers.
+PREFERENCE_COLUMNS: list[tuple[str, pa.DataType]] = [
+    ("messages", pa.list_(MESSAGE_TYPE)), ("chosen", pa.string()), ("rejected", pa.string()),
+]
 
 
 def canonical_schema(task: TaskType) -> pa.Schema:
     target, target_type = TARGET_TYPES[task]
     fields = [("id", pa.string()), ("source", pa.string()), ("line", pa.int64()), ("group", pa.string())]
-    if task != TaskType.chat:
-        fields.append(("text", pa.string()))
-    fields += [(target, target_type), ("split_hint", pa.string()), ("key", pa.uint64())]
+    if task == TaskType.preference:
+        fields += PREFERENCE_COLUMNS
+    elif task == TaskType.chat:
+        fields.append((target, target_type))
+    else:
+        fields += [("text", pa.string()), (target, target_type)]
+    fields += [("split_hint", pa.string()), ("key", pa.uint64())]
     return pa.schema(fields)
+
+
+class _OrOpenAIColumns:
+    """Header check for a preference field: its configured column, or OpenAI's DPO columns."""
+
+    def __init__(self, expr: FieldExpr) -> None:
+        self.inner = expr
+        self.expr = f"{expr.expr}' or OpenAI's 'input' + 'preferred_output"  # shown as: prompt -> '<this>'
+
+    def present_in(self, columns: list[str]) -> bool:
+        return self.inner.present_in(columns) or all(k in columns for k in OPENAI_PREFERENCE_KEYS[:2])
 
 
 @dataclass
@@ -117,13 +144,24 @@ class Canonicalizer:
 
     def fields_for(self, spec: SourceSpec) -> dict[str, FieldExpr]:
         task, t = self.cfg.task, self.task
-        names = ["messages"] if t == TaskType.chat else ["text", "score" if t == TaskType.regression else "label"]
+        if t == TaskType.preference:
+            names = ["prompt", "chosen", "rejected"]
+        elif t == TaskType.chat:
+            names = ["messages"]
+        else:
+            names = ["text", "score" if t == TaskType.regression else "label"]
         exprs = {n: FieldExpr(spec.fields.get(n, getattr(task, n))) for n in names}
         for optional, default in (("id", task.id), ("group", self.cfg.data.split.group_by)):
             expr = spec.fields.get(optional, default)
             if expr:
                 exprs[optional] = FieldExpr(expr)
         return exprs
+
+    def header_fields(self, exprs: dict[str, FieldExpr]) -> dict[str, Any]:
+        """What a tabular reader checks its header against: preference data may be in OpenAI's form instead."""
+        if self.task != TaskType.preference:
+            return exprs
+        return {n: _OrOpenAIColumns(e) if n in ("prompt", "chosen", "rejected") else e for n, e in exprs.items()}
 
     # -- one row ---------------------------------------------------------------------------
 
@@ -154,6 +192,8 @@ class Canonicalizer:
         out: dict[str, Any] = {"id": example_id, "source": raw.source, "line": raw.line, "split_hint": spec.split}
         group = exprs["group"](record) if "group" in exprs else None
         out["group"] = None if self._is_missing(group) else str(group)
+        if self.task == TaskType.preference:
+            return self._preference(record, exprs, out, raw, reject)
 
         for name, expr in exprs.items():
             if name in ("id", "group"):
@@ -166,14 +206,9 @@ class Canonicalizer:
                 if corrected is not ABSENT:
                     value = corrected
             if self._is_missing(value):
-                policy = self.cfg.data.missing.policy(name)
-                self.missing[f"{name}: {policy}"] += 1
-                what = f"no value for '{name}' (from '{expr.expr}')"
-                if policy == "fail":
-                    raise DataError(f"{raw.source}:{raw.line}: {what}, and data.missing.fields.{name} is 'fail'")
-                if policy == "drop":
-                    return reject("validate", f"missing value: {what}", name, example_id)
-                value = self.cfg.data.missing.fill[name]
+                value = self._when_missing(name, expr.expr, name, raw, reject, example_id)
+                if isinstance(value, Rejection):
+                    return value
             try:
                 out[name if name != "label" or self.task != TaskType.multi_label else "labels"] = self._convert(name, value)
             except ChatFormatError as err:
@@ -193,6 +228,80 @@ class Canonicalizer:
             if not out["text"]:
                 return reject("clean", "text is empty after cleaning (markup or whitespace only)", "text", example_id)
             key_text = dedup_key(out["text"])
+        out["key"] = xxhash.xxh3_64_intdigest(key_text.encode("utf-8", "surrogatepass"))
+        return out
+
+    def _when_missing(self, name: str, source: str, field: str, raw: Raw, reject: Any, example_id: str) -> Any:
+        """The fill value for a missing field, a Rejection (policy `drop`), or DataError (policy `fail`)."""
+        policy = self.cfg.data.missing.policy(name)
+        self.missing[f"{name}: {policy}"] += 1
+        what = f"no value for '{name}' (from '{source}')"
+        if policy == "fail":
+            raise DataError(f"{raw.source}:{raw.line}: {what}, and data.missing.fields.{name} is 'fail'")
+        if policy == "drop":
+            return reject("validate", f"missing value: {what}", field, example_id)
+        return self.cfg.data.missing.fill[name]
+
+    def _preference(self, record: dict[str, Any], exprs: dict[str, FieldExpr], out: dict[str, Any], raw: Raw,
+                     reject: Any) -> dict[str, Any] | Rejection:
+        """A prompt and two answers, from OpenAI's DPO form or from configured prompt/chosen/rejected fields.
+
+        Errors name the field as the input spells it: `input.messages.2.role`, `preferred_output`,
+        or the task's `prompt` / `chosen` / `rejected` for the common form.
+        """
+        example_id = out["id"]
+        # OpenAI's form is recognised by its keys, unless the configured prompt field is there too
+        # (a mapping the user wrote wins over a guess).
+        openai = "input" in record and "preferred_output" in record and exprs["prompt"](record) is ABSENT
+        found: dict[str, tuple[Any, str, str]] = {}  # name -> (value, field named in errors, where it came from)
+        if openai:
+            inp = record["input"]
+            if not isinstance(inp, dict):
+                return reject("validate", f"must be an object with `messages`, got {type(inp).__name__}", "input", example_id)
+            if inp.get("tools"):
+                return reject("validate", "tools are not supported for preference data yet (the prompt would be "
+                              "trained without them)", "input.tools", example_id)
+            found["prompt"] = (inp.get("messages", ABSENT), "input.messages", "input.messages")
+            for name, key in (("chosen", "preferred_output"), ("rejected", "non_preferred_output")):
+                found[name] = (record.get(key, ABSENT), key, key)
+        else:
+            for name in ("prompt", "chosen", "rejected"):
+                value = exprs[name](record)
+                if value is ABSENT:
+                    self.absent[name] += 1
+                found[name] = (value, name, exprs[name].expr)
+
+        values: dict[str, Any] = {}
+        for name, (value, field, source) in found.items():
+            if self._is_missing(value):
+                value = self._when_missing(name, source, field, raw, reject, example_id)
+                if isinstance(value, Rejection):
+                    return value
+            try:
+                values[name] = validate_prompt(value, field) if name == "prompt" else validate_answer(value, field)
+            except ChatFormatError as err:
+                return reject("validate", str(err), err.field, example_id)
+        prompt, chosen, rejected = values["prompt"], values["chosen"], values["rejected"]
+        same = f"{found['chosen'][1]} and {found['rejected'][1]} are the same answer, so there is nothing to prefer"
+        if chosen.strip() == rejected.strip():
+            return reject("validate", same, found["rejected"][1], example_id)
+
+        clean = self.cleaner if self.cfg.data.clean.strip_html else str.strip  # as for chat messages
+        for m in prompt:
+            m["content"] = clean(m["content"])
+        if any(not m["content"] for m in prompt):
+            return reject("clean", "a prompt message is empty after cleaning", found["prompt"][1], example_id)
+        chosen, rejected = clean(chosen), clean(rejected)
+        for name, text in (("chosen", chosen), ("rejected", rejected)):
+            if not text:
+                return reject("clean", "the answer is empty after cleaning (markup or whitespace only)",
+                              found[name][1], example_id)
+        if chosen == rejected:
+            return reject("clean", f"{same} (after cleaning)", found["rejected"][1], example_id)
+
+        out.update(messages=prompt, chosen=chosen, rejected=rejected)
+        key_text = "\n".join([*(f"{m['role']}: {dedup_key(m['content'])}" for m in prompt),
+                              f"chosen: {dedup_key(chosen)}", f"rejected: {dedup_key(rejected)}"])
         out["key"] = xxhash.xxh3_64_intdigest(key_text.encode("utf-8", "surrogatepass"))
         return out
 
@@ -258,9 +367,11 @@ class Canonicalizer:
         """A field missing from *every* record of a source is a mapping error, not missing data."""
         for name, expr in exprs.items():
             if name not in ("id", "group") and rows > 0 and self.absent[name] >= rows:
+                openai = " (or write OpenAI's DPO form: input, preferred_output, non_preferred_output)" \
+                    if self.task == TaskType.preference else ""
                 raise DataError(
                     f"{spec.describe()}: no record has '{expr.expr}' (for {name}); keys found: "
-                    f"{sorted(self.keys_seen)[:20]}. Map it with task.{name} or the source's `fields:`"
+                    f"{sorted(self.keys_seen)[:20]}. Map it with task.{name} or the source's `fields:`{openai}"
                 )
 
 

@@ -57,6 +57,8 @@ def build(manifest: DatasetManifest, prep: _Preparation, tables: dict[str, pa.Ta
         report["class_balance"] = {s: dict(sorted(Counter(_flat(t.column(column).to_pylist())).items())) for s, t in tables.items()}
     elif task == TaskType.regression:
         report["score_stats"] = {s: _stats(t.column("score").to_numpy()) for s, t in tables.items()}
+    elif task == TaskType.preference:
+        report["preference"] = {s: _preference_stats(t) for s, t in tables.items()}
     else:
         report["chat"] = {s: _chat_stats(t) for s, t in tables.items()}
     return report
@@ -100,6 +102,23 @@ def _chat_stats(table: pa.Table) -> dict[str, Any]:
             "with_system_prompt": sum(any(m["role"] == "system" for m in c) for c in convos),
             "assistant_turns_weight_0": sum(m["weight"] == 0 for c in convos for m in c),
             "training_tokens_per_epoch": int(table.column("n_tokens").to_numpy().sum())}
+
+
+def _preference_stats(table: pa.Table) -> dict[str, Any]:
+    prompts = table.column("messages").to_pylist()
+    chosen = table.column("chosen").to_pylist()
+    rejected = table.column("rejected").to_pylist()
+    tokens = table.column("n_tokens").to_numpy()
+    distinct = {tuple((m["role"], m["content"]) for m in p) for p in prompts}
+    return {"pairs": len(prompts), "distinct_prompts": len(distinct),
+            "prompt_turns": _stats(np.array([len(p) for p in prompts])),
+            "with_system_prompt": sum(any(m["role"] == "system" for m in p) for p in prompts),
+            "with_earlier_answers": sum(any(m["role"] == "assistant" for m in p) for p in prompts),
+            # DPO readily learns "longer is better" when the preferred answers are mostly the longer ones
+            "chosen_longer": sum(len(c) > len(r) for c, r in zip(chosen, rejected, strict=True)),
+            "chosen_chars": _stats(np.array([len(c) for c in chosen])),
+            "rejected_chars": _stats(np.array([len(r) for r in rejected])),
+            "tokens": _stats(tokens), "tokens_total": int(tokens.sum())}
 
 
 # -- pictures -----------------------------------------------------------------------------------
@@ -197,6 +216,18 @@ def markdown(report: dict[str, Any]) -> str:
             ["split", "conversations", "mean turns", "max turns", "roles", "with system", "weight-0 turns", "training tokens/epoch"],
             [[s, v["conversations"], v["turns"].get("mean", 0), v["turns"].get("max", 0), v["roles"], v["with_system_prompt"],
               v["assistant_turns_weight_0"], v["training_tokens_per_epoch"]] for s, v in report["chat"].items()]), ""]
+    if "preference" in report:
+        rows = []
+        for s, v in report["preference"].items():
+            n = v["pairs"] or 1
+            rows.append([s, v["pairs"], v["distinct_prompts"], round(v["prompt_turns"].get("mean", 0), 1),
+                         int(v["prompt_turns"].get("max", 0)), v["with_system_prompt"], v["with_earlier_answers"],
+                         f"{v['chosen_longer']} ({v['chosen_longer'] / n:.0%})", round(v["chosen_chars"].get("mean", 0)),
+                         round(v["rejected_chars"].get("mean", 0)), round(v["tokens"].get("mean", 0), 1), int(v["tokens"].get("max", 0))])
+        md += ["## Preference pairs", "", markdown_table(
+            ["split", "pairs", "distinct prompts", "mean prompt turns", "max prompt turns", "with system",
+             "with earlier answers", "chosen longer", "mean chosen chars", "mean rejected chars", "mean tokens", "max tokens"],
+            rows), "", "Tokens per pair: the longer of prompt + chosen and prompt + rejected, rendered with the chat template.", ""]
     md += ["## Length in tokens", "", markdown_table(
         ["split", "count", "mean", "p50", "p95", "p99", "max", "over context"],
         [[s, v.get("count"), v.get("mean", ""), v.get("p50", ""), v.get("p95", ""), v.get("p99", ""), v.get("max", ""),

@@ -22,6 +22,7 @@ The result dict (what an evaluation produces; compare_reports reads two of them 
     confusion_text       str | None    metrics.confusion_text output (classification)
     mistakes             list  metrics.most_confident_mistakes or largest_errors output
     notes                list[str]     anything a reader must know (truncation, skipped metrics...)
+    samples              list  chat: {prompt, reference, tuned, base?} answers shown side by side
 
 Only the first nine are required; the others default to empty.
 """
@@ -40,18 +41,25 @@ from tunesmith.html_report import markdown_table, markdown_to_html
 
 REQUIRED = ("run", "model", "method", "task", "dataset", "dataset_fingerprint", "split", "n", "metrics")
 DEFAULTS: dict[str, Any] = {"baselines": {}, "base_model": None, "figures": {}, "confusion_text": None,
-                            "mistakes": [], "notes": []}
+                            "mistakes": [], "notes": [], "samples": []}
 # The metrics a reader looks at first; the optional ones appear when the tuned model has them.
 HEADLINE = {
     "single_label_classification": ["accuracy", "f1_macro", "f1_weighted"],
     "multi_label_classification": ["subset_accuracy", "f1_micro", "f1_macro", "hamming_loss"],
     "regression": ["mae", "rmse", "r2", "spearman"],
+    "chat": ["loss", "perplexity", "mean_token_accuracy", "rouge_l", "token_f1", "exact_match", "stopped"],
+    "preference": ["preference_accuracy", "logp_margin", "rouge_l", "token_f1", "stopped"],
 }
-OPTIONAL = {"single_label_classification": ["log_loss", "roc_auc"], "multi_label_classification": ["roc_auc_macro"]}
-LOWER_IS_BETTER = {"mae", "mse", "rmse", "log_loss", "hamming_loss", "loss", "perplexity"}
+OPTIONAL = {"single_label_classification": ["log_loss", "roc_auc"], "multi_label_classification": ["roc_auc_macro"],
+            "chat": ["answer_accuracy"], "preference": ["reward_accuracy"]}
+LOWER_IS_BETTER = {"mae", "mse", "rmse", "log_loss", "hamming_loss", "loss", "perplexity", "full_valid_loss"}
 NAMES = {"accuracy": "accuracy", "subset_accuracy": "subset accuracy", "hamming_loss": "Hamming loss",
          "log_loss": "log loss", "roc_auc": "ROC-AUC", "roc_auc_macro": "ROC-AUC (macro)", "mae": "MAE",
-         "mse": "MSE", "rmse": "RMSE", "r2": "R²", "pearson": "Pearson", "spearman": "Spearman"}
+         "mse": "MSE", "rmse": "RMSE", "r2": "R²", "pearson": "Pearson", "spearman": "Spearman",
+         "perplexity": "perplexity", "mean_token_accuracy": "mean token accuracy",
+         "rouge_l": "ROUGE-L", "token_f1": "token F1", "exact_match": "exact match", "stopped": "answers that stop",
+         "answer_accuracy": "answer accuracy", "preference_accuracy": "prefers chosen",
+         "logp_margin": "log-prob per token, chosen − rejected", "reward_accuracy": "DPO reward accuracy"}
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -129,10 +137,11 @@ def _headline(r: dict[str, Any]) -> str:
     if r["base_model"]:
         columns.append(("base model (untuned)", r["base_model"]))
     rows = []
+    reference = r["baselines"] or ({"base model": r["base_model"]} if r["base_model"] else {})
     for key in _metric_keys(r["task"], r["metrics"]):
         delta = "–"
         tuned = _number(r["metrics"].get(key))
-        scored = [(name, v) for name, m in r["baselines"].items() if (v := _number(m.get(key))) is not None]
+        scored = [(name, v) for name, m in reference.items() if (v := _number(m.get(key))) is not None]
         if tuned is not None and scored:
             best_name, best = scored[0]
             for name, v in scored[1:]:
@@ -140,7 +149,8 @@ def _headline(r: dict[str, Any]) -> str:
                     best_name, best = name, v
             delta = f"{tuned - best:+.4f} vs {best_name}"
         rows.append([_name(key), *(_fmt(m.get(key)) for _, m in columns), delta])
-    return markdown_table(["metric", *(c for c, _ in columns), "Δ vs best baseline"], rows)
+    against = "Δ vs best baseline" if r["baselines"] else "Δ vs base model"
+    return markdown_table(["metric", *(c for c, _ in columns), against], rows)
 
 
 def _mistakes(mistakes: list[dict[str, Any]]) -> list[str]:
@@ -164,7 +174,7 @@ def markdown(result: dict[str, Any]) -> str:
           (f"- **Data**: {_esc(r['dataset'])}, split `{_esc(r['split'])}`, {r['n']} examples "
            f"(fingerprint `{_esc(str(r['dataset_fingerprint'])[:16])}`)"), "",
           "## Headline", "", _headline(r), ""]
-    if not r["baselines"]:
+    if not r["baselines"] and not r["base_model"]:
         md += ["_No baselines were run: the numbers above have nothing to be compared with._", ""]
     per_class = r["metrics"].get("per_class")
     if per_class:
@@ -177,6 +187,11 @@ def markdown(result: dict[str, Any]) -> str:
     if r["figures"]:
         md += ["## Figures", ""] + [f"![{_esc(name)}]({path})\n" for name, path in r["figures"].items()]
     md += _mistakes(r["mistakes"])
+    if r["samples"]:
+        with_base = "base" in r["samples"][0]
+        md += ["## Answers side by side", "", markdown_table(
+            ["prompt", "reference", *(["base model"] if with_base else []), "tuned model"],
+            [[s["prompt"], s["reference"], *([s["base"]] if with_base else []), s["tuned"]] for s in r["samples"]]), ""]
     notes = [*r["notes"], *([r["metrics"]["roc_auc_note"]] if r["metrics"].get("roc_auc_note") else [])]
     if notes:
         md += ["## Notes", ""] + [f"- {_esc(note)}" for note in notes] + [""]

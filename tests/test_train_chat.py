@@ -1,0 +1,244 @@
+"""Chat fine-tuning on a tiny local Llama: loss only where OpenAI's format says, packing keeps
+conversations apart, the model learns, stops, and the run folder serves both tuned and base answers."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.tiny_models import CHAT_TEMPLATE, build_tiny_gpt2
+from tunesmith.artifacts import Run
+from tunesmith.config import parse_config
+from tunesmith.errors import ConfigError
+from tunesmith.generation import ChatModel
+from tunesmith.tasks import chat
+from tunesmith.train import train
+
+QA = [("what is the capital of france?", "paris is the capital of france."),
+      ("hello how are you today?", "i am fine thank you"),
+      ("how is the coffee?", "terrible coffee, stale and bitter"),
+      ("how was the food?", "the food was great"),
+      ("how is the tea?", "the tea tastes wonderful")]
+
+
+def conversations(n: int) -> list[dict]:
+    out = []
+    for i in range(n):
+        q, a = QA[i % len(QA)]
+        messages = [{"role": "system", "content": f"you are friendly number {i}"}, {"role": "user", "content": q},
+                    {"role": "assistant", "content": a}]
+        if i % 4 == 3:  # multi-turn, the first answer not trained (OpenAI's weight 0)
+            q2, a2 = QA[(i + 1) % len(QA)]
+            messages[-1]["weight"] = 0
+            messages += [{"role": "user", "content": q2}, {"role": "assistant", "content": a2, "weight": 1}]
+        out.append({"messages": messages})
+    return out
+
+
+def chat_project(tmp: Path, model: Path, train_spec: dict | None = None, n: int = 100, **model_spec):
+    return parse_config(chat_raw(tmp, model, train_spec, n, **model_spec))
+
+
+def chat_raw(tmp: Path, model: Path, train_spec: dict | None = None, n: int = 100, **model_spec) -> dict:
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / "chat.jsonl"
+    path.write_text("".join(json.dumps(c) + "\n" for c in conversations(n)))
+    raw = {
+        "name": "tiny-chat",
+        "task": {"type": "chat"},
+        "data": {"sources": [{"path": str(path)}], "output_dir": str(tmp / "ds"),
+                 "dedup": {"near": False}, "split": {"leakage": "report"}},
+        "model": {"name": str(model), **model_spec},
+        "train": {"method": "full", "learning_rate": 1e-2, "epochs": 6, "batch_size": 8, "early_stopping_patience": None,
+                  "output_dir": str(tmp / "run"), **(train_spec or {})},
+        "eval": {"max_new_tokens": 24},
+    }
+    return raw
+
+
+def tokenizer_of(folder: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+# --- which tokens carry loss ----------------------------------------------------------------------
+
+
+def test_only_weighted_assistant_answers_and_their_end_of_turn_carry_loss(tiny_llama: Path) -> None:
+    tok = tokenizer_of(tiny_llama)
+    messages = [{"role": "system", "content": "you are friendly"},
+                {"role": "user", "content": "how is the coffee?"},
+                {"role": "assistant", "content": "terrible coffee", "weight": 0},
+                {"role": "user", "content": "how is the tea?"},
+                {"role": "assistant", "content": "the tea tastes wonderful", "weight": 1}]
+    enc = chat.encode(tok, messages)
+    assert len(enc["input_ids"]) == len(enc["assistant_masks"])
+    trained = [t for t, m in zip(enc["input_ids"], enc["assistant_masks"], strict=True) if m]
+    # Exactly the weight-1 answer followed by the end-of-turn token, which is what teaches stopping.
+    assert tok.decode(trained[:-1]) == "the tea tastes wonderful"
+    assert trained[-1] == tok.convert_tokens_to_ids("<|im_end|>")
+    # The whole conversation is tokenized as one text, exactly as at inference.
+    assert enc["input_ids"] == tok(chat.render(tok, messages), add_special_tokens=False)["input_ids"]
+
+    messages[-1]["weight"] = None  # no weight: trained, like OpenAI's default
+    both = chat.encode(tok, messages)
+    assert sum(both["assistant_masks"]) == sum(enc["assistant_masks"])
+    messages[2]["weight"] = 1
+    assert sum(chat.encode(tok, messages)["assistant_masks"]) == sum(enc["assistant_masks"]) + 3  # "terrible coffee" + end
+
+
+def test_stop_tokens_include_the_end_of_turn_token(tiny_llama: Path) -> None:
+    tok = tokenizer_of(tiny_llama)
+    assert chat.stop_token_ids(tok) == [tok.convert_tokens_to_ids("<|im_end|>")]
+    tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    with pytest.raises(ConfigError, match="does not end an assistant turn with a special token"):
+        chat.stop_token_ids(tok)
+
+
+def test_packing_keeps_conversations_apart(tiny_llama: Path) -> None:
+    """Padding-free packing: two conversations in one row give the same logits as each alone."""
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    tok = tokenizer_of(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    a = chat.encode(tok, conversations(1)[0]["messages"])
+    b = chat.encode(tok, conversations(3)[2]["messages"])
+    packed = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)(
+        [{"input_ids": a["input_ids"]}, {"input_ids": b["input_ids"]}])
+    assert packed["input_ids"].shape == (1, len(a["input_ids"]) + len(b["input_ids"]))
+    assert "attention_mask" not in packed
+    with torch.no_grad():  # use_cache=False as in training (TRL sets it): masks come from the position ids
+        together = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"], use_cache=False).logits[0]
+        alone_b = model(input_ids=torch.tensor([b["input_ids"]]), use_cache=False).logits[0]
+        leaky = model(input_ids=packed["input_ids"], use_cache=False).logits[0]  # one long sequence: b attends to a
+    n = len(a["input_ids"])
+    torch.testing.assert_close(together[n:], alone_b, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(leaky[n:], alone_b, atol=1e-3)  # the check above can fail
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tuned_run(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Path:
+    tmp = tmp_path_factory.mktemp("chat-run")
+    return train(chat_project(tmp, tiny_llama))
+
+
+def test_sft_learns_and_writes_openai_step_metrics(tuned_run: Path) -> None:
+    log = [json.loads(line) for line in (tuned_run / "training_log.jsonl").read_text().splitlines()]
+    train_losses = [e["loss"] for e in log if "loss" in e]
+    assert train_losses[-1] < train_losses[0] / 3
+    with (tuned_run / "step_metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["step", "train_loss", "train_mean_token_accuracy", "valid_loss",
+                             "valid_mean_token_accuracy", "full_valid_loss", "full_valid_mean_token_accuracy"]
+    assert float(rows[-1]["full_valid_loss"]) < float(next(r["valid_loss"] for r in rows if r["valid_loss"]))
+    assert 0 <= float(rows[-1]["full_valid_mean_token_accuracy"]) <= 1
+    m = Run(tuned_run).manifest
+    assert m.task == "chat" and m.stop_token_ids and m.metrics["full_valid_loss"] < 1.0
+    model_files = {p.name for p in (tuned_run / "model").iterdir()}
+    assert {"model.safetensors", "chat_template.jinja", "generation_config.json"} <= model_files
+    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in model_files)
+
+
+def test_tuned_model_answers_and_stops(tuned_run: Path) -> None:
+    model = ChatModel.from_run(tuned_run)
+    prompts = [[{"role": "system", "content": "you are friendly number 7"}, {"role": "user", "content": q}] for q, _ in QA]
+    answers = model.generate(prompts, max_new_tokens=40)
+    assert all(a.finish_reason == "stop" for a in answers)  # it emits the end-of-turn token
+    assert all(a.completion_tokens < 20 for a in answers)
+    assert sum(a.text.replace(" ", "") == ref.replace(" ", "") for a, (_, ref) in zip(answers, QA, strict=True)) >= 3
+
+
+def test_evaluation_puts_base_and_tuned_side_by_side(tuned_run: Path) -> None:
+    from tunesmith.evaluate import evaluate_run
+
+    result = evaluate_run(tuned_run)
+    tuned, base = result["metrics"], result["base_model"]
+    assert tuned["loss"] < base["loss"] / 3
+    assert tuned["rouge_l"] > base["rouge_l"] and tuned["stopped"] == 1.0
+    assert result["samples"] and {"prompt", "reference", "base", "tuned"} <= set(result["samples"][0])
+    html = (tuned_run / "eval" / "test" / "report.html").read_text()
+    assert "Answers side by side" in html and "base model" in html
+
+
+def test_lora_is_the_default_for_chat_and_the_adapter_merges(tmp_path: Path, tiny_llama: Path) -> None:
+    cfg = chat_project(tmp_path, tiny_llama, {"method": None, "learning_rate": 5e-3, "epochs": 2, "merge_adapter": True})
+    assert cfg.train.method == "lora"
+    run_dir = train(cfg)
+    m = Run(run_dir).manifest
+    assert m.adapter and m.merged
+    assert (run_dir / "adapter" / "adapter_config.json").exists()
+    adapter_cfg = json.loads((run_dir / "adapter" / "adapter_config.json").read_text())
+    assert set(adapter_cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    # model/ is plain full weights that transformers loads alone, equal to base + adapter.
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(run_dir / "model").eval()
+    with_adapter = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama), run_dir / "adapter").eval()
+    ids = torch.tensor([chat.encode(tokenizer_of(run_dir / "model"), conversations(1)[0]["messages"])["input_ids"]])
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, with_adapter(ids).logits, atol=1e-4, rtol=1e-4)
+        base = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()(ids).logits
+    assert not torch.allclose(merged(ids).logits, base, atol=1e-4)
+
+
+def test_openai_hyperparameters_resolve_from_the_data(tmp_path: Path, tiny_llama: Path) -> None:
+    raw = chat_raw(tmp_path, tiny_llama)
+    with pytest.raises(ConfigError, match=r"replaces \['batch_size', 'epochs', 'learning_rate'\]"):
+        parse_config({**raw, "train": {**raw["train"], "hyperparameters": {"n_epochs": 2}}})
+    for key in ("epochs", "batch_size", "learning_rate"):
+        raw["train"].pop(key)
+    raw["train"]["hyperparameters"] = {"n_epochs": 2, "batch_size": "auto", "learning_rate_multiplier": 4}
+    run_dir = train(parse_config(raw))
+    m = Run(run_dir).manifest
+    n_train = json.loads((tmp_path / "ds" / "manifest.json").read_text())["counts"]["train"]
+    assert m.openai_hyperparameters == {"n_epochs": 2, "batch_size": max(1, round(n_train * 0.002)), "learning_rate_multiplier": 4.0}
+    assert m.hyperparameters["learning_rate"] == pytest.approx(4 * 2e-5)  # full fine-tuning's chat rate x 4
+
+
+def test_base_model_without_chat_template_is_refused_until_one_is_given(tmp_path: Path) -> None:
+    gpt2 = build_tiny_gpt2(tmp_path / "gpt2")
+    with pytest.raises(ConfigError, match="has no chat template"):
+        train(chat_project(tmp_path / "a", gpt2))
+    assert not (tmp_path / "a" / "run" / "run.json").exists()
+    template = tmp_path / "chatml.jinja"
+    template.write_text(CHAT_TEMPLATE)
+    run_dir = train(chat_project(tmp_path / "b", gpt2, {"epochs": 1}, chat_template=str(template)))
+    assert (run_dir / "model" / "chat_template.jinja").read_text() == CHAT_TEMPLATE
+    assert ChatModel.from_run(run_dir).generate([[{"role": "user", "content": "hello"}]], max_new_tokens=4)
+
+
+def test_resume_from_a_checkpoint_matches_the_uninterrupted_run(tmp_path: Path, tiny_llama: Path, capsys) -> None:
+    """A run stopped after its first checkpoint and resumed ends where the uninterrupted run ended."""
+    import shutil
+
+    spec = {"max_steps": 24, "evals_per_epoch": 1, "save_total_limit": 10, "learning_rate": 3e-3}
+    a = train(chat_project(tmp_path, tiny_llama, spec))
+    cfg_b = chat_project(tmp_path, tiny_llama, {**spec, "output_dir": str(tmp_path / "b")})
+    ckpts = sorted((a / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert len(ckpts) >= 2 and ckpts[-1].name == "checkpoint-24"
+    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(ckpts[0], tmp_path / "b" / "checkpoints" / ckpts[0].name)  # as if killed after that step
+    (tmp_path / "b" / "config.json").write_text(cfg_b.model_dump_json())
+    capsys.readouterr()
+    b = train(cfg_b, resume=tmp_path / "b")
+    assert f"resuming from {ckpts[0].name}" in capsys.readouterr().out
+    assert (b / "checkpoints" / "checkpoint-24").exists()
+    assert Run(b).manifest.metrics["full_valid_loss"] == pytest.approx(Run(a).manifest.metrics["full_valid_loss"], rel=1e-4)
+
+
+def test_too_few_examples_are_refused_before_training(tmp_path: Path, tiny_llama: Path) -> None:
+    from tunesmith.errors import DataError
+
+    with pytest.raises(DataError, match="training split has 8 example"):
+        train(chat_project(tmp_path, tiny_llama, n=10))
+    assert not (tmp_path / "run").exists()

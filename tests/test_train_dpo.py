@@ -1,0 +1,92 @@
+"""DPO on preference pairs (OpenAI's DPO format) with a tiny Llama: from the base model and from an SFT run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.test_train_chat import QA, chat_project
+from tunesmith.artifacts import Run
+from tunesmith.config import parse_config
+from tunesmith.generation import ChatModel
+from tunesmith.train import train
+
+GOOD = {q: a for q, a in QA}
+BAD = "not the food"  # the answer the pairs teach the model to avoid
+
+
+def openai_pairs(n: int) -> list[dict]:
+    out = []
+    for i in range(n):
+        q, a = QA[i % len(QA)]
+        out.append({"input": {"messages": [{"role": "system", "content": f"you are friendly number {i}"},
+                                           {"role": "user", "content": q}], "tools": [], "parallel_tool_calls": True},
+                    "preferred_output": [{"role": "assistant", "content": a}],
+                    "non_preferred_output": [{"role": "assistant", "content": BAD}]})
+    return out
+
+
+def dpo_project(tmp: Path, model: str | Path, train_spec: dict | None = None):
+    tmp.mkdir(parents=True, exist_ok=True)
+    path = tmp / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in openai_pairs(80)))
+    return parse_config({
+        "name": "tiny-dpo",
+        "task": {"type": "preference"},
+        "data": {"sources": [{"path": str(path)}], "output_dir": str(tmp / "ds"),
+                 "dedup": {"near": False}, "split": {"leakage": "report"}},
+        "model": {"name": str(model)},
+        "train": {"learning_rate": 5e-3, "epochs": 3, "batch_size": 8, "early_stopping_patience": None,
+                  "output_dir": str(tmp / "run"), **(train_spec or {})},
+        "eval": {"max_new_tokens": 16, "max_generations": 8},
+    })
+
+
+def margins(model: ChatModel, with_adapter: bool = True) -> float:
+    prompts = [[{"role": "system", "content": "you are friendly number 3"}, {"role": "user", "content": q}] for q, _ in QA]
+    chosen = model.token_stats([[*p, {"role": "assistant", "content": GOOD[p[-1]["content"]]}] for p in prompts])
+    rejected = model.token_stats([[*p, {"role": "assistant", "content": BAD}] for p in prompts])
+    return sum(c[0] - r[0] for c, r in zip(chosen, rejected, strict=True)) / len(prompts)
+
+
+def test_dpo_from_the_base_model_prefers_the_chosen_answers(tmp_path: Path, tiny_llama: Path) -> None:
+    cfg = dpo_project(tmp_path, tiny_llama)
+    assert cfg.train.method == "lora"  # the default for generative tasks
+    run_dir = train(cfg)
+    m = Run(run_dir).manifest
+    assert m.task == "preference" and m.adapter
+    model = ChatModel.from_run(run_dir)
+    tuned = margins(model)
+    with model.base_model():
+        base = margins(model)
+    assert tuned > base + 1.0  # log-likelihood moved towards chosen and away from rejected
+
+    from tunesmith.evaluate import evaluate_run
+
+    result = evaluate_run(run_dir)
+    assert result["metrics"]["preference_accuracy"] == 1.0
+    assert result["metrics"]["reward_accuracy"] > 0.9
+    assert result["base_model"]["preference_accuracy"] < result["metrics"]["preference_accuracy"]
+
+
+def test_dpo_continues_from_an_sft_run(tmp_path: Path, tiny_llama: Path) -> None:
+    sft = train(chat_project(tmp_path / "sft", tiny_llama, {"epochs": 2}))
+    run_dir = train(dpo_project(tmp_path / "dpo", sft, {"epochs": 1}))
+    m = Run(run_dir).manifest
+    assert m.base_model_path == str(sft)  # the SFT model is the starting point and the DPO reference
+    answer = ChatModel.from_run(run_dir).generate([[{"role": "user", "content": QA[0][0]}]], max_new_tokens=16)[0]
+    assert answer.finish_reason == "stop"
+
+
+def test_preference_run_needs_a_causal_lm(tmp_path: Path, tiny_bert: Path) -> None:
+    import shutil
+
+    from tests.tiny_models import build_tokenizer
+    from tunesmith.errors import ConfigError
+
+    encoder = shutil.copytree(tiny_bert, tmp_path / "bert")
+    build_tokenizer(encoder, chat=True)  # a chat template, so only the architecture is wrong
+    with pytest.raises(ConfigError, match="not a causal language model"):
+        train(dpo_project(tmp_path, encoder))

@@ -1,0 +1,72 @@
+"""Generated answers against reference answers: exact match, token F1, ROUGE-L, extracted-answer accuracy.
+
+Exact match and token F1 follow the SQuAD evaluation (lowercase, no punctuation or articles,
+whitespace collapsed); ROUGE-L is Google's `rouge-score` (LCS-based F-measure, stemmed). When the
+references come from a small fixed set (classification-style chat data, e.g. answers "positive" /
+"negative"), the answer is also extracted from the generation and scored as a classification.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+MAX_CLASSES = 20  # more distinct answers than this is free text, not a label set
+
+
+def normalize(text: str) -> str:
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    pred, ref = normalize(prediction).split(), normalize(reference).split()
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def label_set(references: Sequence[str]) -> list[str] | None:
+    """The distinct normalised answers when they look like labels (few, each repeated), else None."""
+    counts = Counter(normalize(r) for r in references)
+    if 2 <= len(counts) <= MAX_CLASSES and len(references) >= 2 * len(counts) and all(counts):
+        return sorted(counts)
+    return None
+
+
+def extract_label(prediction: str, labels: Sequence[str]) -> str | None:
+    """The label the answer states: the whole answer, else the label mentioned first (longest on ties)."""
+    norm = normalize(prediction)
+    if norm in labels:
+        return norm
+    found = [(m.start(), -len(label), label) for label in labels if (m := re.search(rf"\b{re.escape(label)}\b", norm))]
+    return min(found)[2] if found else None
+
+
+def answer_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    n = max(len(references), 1)
+    out: dict[str, Any] = {
+        "exact_match": sum(normalize(p) == normalize(r) for p, r in zip(predictions, references, strict=True)) / n,
+        "token_f1": sum(token_f1(p, r) for p, r in zip(predictions, references, strict=True)) / n,
+        "rouge_l": sum(scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(predictions, references, strict=True)) / n,
+    }
+    labels = label_set(references)
+    if labels:
+        extracted = [extract_label(p, labels) for p in predictions]
+        out["answer_accuracy"] = sum(e == normalize(r) for e, r in zip(extracted, references, strict=True)) / n
+        out["answer_unparsed"] = sum(e is None for e in extracted) / n
+    return out

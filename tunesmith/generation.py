@@ -1,0 +1,172 @@
+"""A chat run (or a base causal LM) that answers conversations: what evaluation and serving use.
+
+Loads a run folder without any training code: full weights from model/, or the base model from
+run.json's `base_model_path` with the PEFT adapter in model/ on top. The same object answers as
+the base model too (the adapter switched off), so a comparison never loads the base twice.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunesmith.artifacts import Run
+from tunesmith.tasks import chat
+
+Conversation = list[dict[str, Any]]
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop": the model ended its answer; "length": max_new_tokens ran out
+
+
+@dataclass
+class TokenScores:
+    """Loss on assistant tokens over a set of conversations (the same tokens training scores)."""
+
+    loss: float  # mean cross-entropy per scored token
+    mean_token_accuracy: float  # share of scored tokens that are the model's top prediction
+    tokens: int
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(min(self.loss, 50.0))
+
+
+def load_run_model(run: Run, merge: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) of a chat run; `merge` folds an adapter into the weights (for further training)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    m = run.manifest
+    tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
+    if m.adapter and not m.merged:
+        from peft import PeftModel
+
+        if (Path(m.base_model_path) / "run.json").is_file():  # trained on from another run (DPO after SFT)
+            base, _ = load_run_model(Run(m.base_model_path), merge=True)
+        else:
+            base = AutoModelForCausalLM.from_pretrained(m.base_model_path, dtype=torch.float32)
+        model = PeftModel.from_pretrained(base, run.model_dir)
+        if merge:
+            model = model.merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(run.model_dir, dtype=torch.float32)
+    return model, tokenizer
+
+
+class ChatModel:
+    def __init__(self, model: Any, tokenizer: Any, stop_token_ids: Sequence[int], name: str = "model") -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.stop_token_ids = list(stop_token_ids)
+        self.name = name
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    @classmethod
+    def from_run(cls, path: str | Path) -> ChatModel:
+        run = Run(path)
+        model, tokenizer = load_run_model(run)
+        stops = run.manifest.stop_token_ids or chat.stop_token_ids(tokenizer)
+        return cls(model, tokenizer, stops, name=run.manifest.name)
+
+    @classmethod
+    def from_base(cls, model_dir: str | Path, chat_template: str | None = None) -> ChatModel:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        chat.set_chat_template(tokenizer, chat_template, str(model_dir))
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        return cls(model, tokenizer, chat.stop_token_ids(tokenizer), name=Path(model_dir).name)
+
+    @property
+    def context(self) -> int | None:
+        return getattr(self.model.config, "max_position_embeddings", None)
+
+    @property
+    def has_adapter(self) -> bool:
+        return hasattr(self.model, "disable_adapter")
+
+    @contextmanager
+    def base_model(self) -> Iterator[None]:
+        """Answer as the base model: the adapter switched off for the duration."""
+        with self.model.disable_adapter() if self.has_adapter else nullcontext():
+            yield
+
+    @torch.inference_mode()
+    def generate(self, conversations: Sequence[Conversation], *, max_new_tokens: int = 256, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int | None = None, stop: Sequence[str] = (), batch_size: int = 16) -> list[Completion]:
+        """Answer each conversation (the next assistant turn). Greedy at temperature 0."""
+        tok = self.tokenizer
+        prompts = [chat.render(tok, c, generation_prompt=True) for c in conversations]
+        encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
+        out: list[Completion | None] = [None] * len(encoded)
+        if seed is not None:
+            torch.manual_seed(seed)
+        pad = tok.pad_token_id
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            width = max(len(encoded[i]) for i in idx)
+            ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in idx])  # left padding
+            mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx])
+            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
+                {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+            room = self.context - width if self.context else max_new_tokens  # never past the model's context
+            if room < 1:
+                raise ValueError(f"a prompt of {width} tokens leaves no room to answer in the model's context of {self.context}")
+            generated = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=min(max_new_tokens, room),
+                                            eos_token_id=self.stop_token_ids, pad_token_id=pad, **sampling)
+            for row, i in enumerate(idx):
+                new = generated[row, width:].tolist()
+                ended = next((k for k, t in enumerate(new) if t in self.stop_token_ids), None)
+                tokens = new if ended is None else new[:ended]
+                text = tok.decode(tokens, skip_special_tokens=True)
+                reason = "stop" if ended is not None else "length"
+                for s in stop:
+                    if s and s in text:
+                        text, reason = text[: text.index(s)], "stop"
+                out[i] = Completion(text.strip(), len(encoded[i]), len(tokens) + (ended is not None), reason)
+        return [c for c in out if c is not None]
+
+    @torch.inference_mode()
+    def token_stats(self, conversations: Sequence[Conversation], batch_size: int = 8) -> list[tuple[float, int, int]]:
+        """Per conversation: (summed log-probability, scored tokens, correctly predicted tokens) over the
+        trained assistant tokens (weight-0 turns excluded, as in training)."""
+        tok = self.tokenizer
+        examples = [chat.encode(tok, c) for c in conversations]
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i]["input_ids"]))
+        out: list[tuple[float, int, int]] = [(0.0, 0, 0)] * len(examples)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = [examples[i] for i in idx]
+            width = max(len(e["input_ids"]) for e in batch)
+            ids = torch.tensor([e["input_ids"] + [tok.pad_token_id] * (width - len(e["input_ids"])) for e in batch])
+            attention = torch.tensor([[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in batch])
+            scored = torch.tensor([e["assistant_masks"] + [0] * (width - len(e["input_ids"])) for e in batch]).bool()
+            logits = self.model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+            target, keep = ids[:, 1:], scored[:, 1:]
+            logp = -torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+            hits = logits.argmax(-1) == target
+            for row, i in enumerate(idx):
+                k = keep[row]
+                out[i] = (float(logp[row][k].sum()), int(k.sum()), int(hits[row][k].sum()))
+        return out
+
+    def score(self, conversations: Sequence[Conversation], batch_size: int = 8) -> TokenScores:
+        """Loss and token accuracy on the trained assistant tokens of all conversations together."""
+        stats = self.token_stats(conversations, batch_size)
+        count = sum(n for _, n, _ in stats)
+        if count == 0:
+            return TokenScores(float("nan"), float("nan"), 0)
+        return TokenScores(-sum(lp for lp, _, _ in stats) / count, sum(c for _, _, c in stats) / count, count)

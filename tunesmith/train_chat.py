@@ -1,0 +1,252 @@
+"""Chat fine-tuning of causal LMs with TRL: supervised (SFT) on conversations, DPO on preferences.
+
+SFT: conversations are rendered with the chat template and tokenized here (tasks/chat.py), with
+loss only on assistant answers whose `weight` is not 0, their end-of-turn token included, and
+handed to TRL's SFTTrainer pre-tokenized. With `train.packing` the conversations of a batch are
+concatenated into one row without padding; position ids restart at each conversation, from which
+transformers builds a block-diagonal attention mask, so examples never see each other.
+
+DPO: TRL's DPOTrainer on prompt / chosen / rejected, from the base model or from an SFT run's
+folder (its adapter merged into the weights first, so the SFT model is also the DPO reference).
+
+Both write the same run folder as the classification path (artifacts.py), plus OpenAI's step
+metrics in step_metrics.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+from tunesmith.artifacts import DatasetVersion, Run, RunManifest
+from tunesmith.config import ProjectConfig, TaskType
+from tunesmith.errors import ConfigError, DataError
+from tunesmith.train import (
+    common_arguments,
+    ensure_dataset,
+    finish_run,
+    is_rank0,
+    manifest_fields,
+    schedule,
+    standard_callbacks,
+    start_run,
+    write_config,
+)
+
+CHAT_MAX_LENGTH_CAP = 2048  # longest conversation trained when the config leaves it open: CPU memory, not the model, limits it
+VALID_SAMPLE = 256  # conversations in the periodic validation (OpenAI's valid_loss is also a sample); full_valid_* uses all
+NOT_METRICS = ("runtime", "per_second", "num_tokens", "entropy", "epoch")  # bookkeeping in the Trainer's eval logs
+OPENAI_COLUMNS = ["step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
+                  "full_valid_loss", "full_valid_mean_token_accuracy"]
+
+
+def load_causal_lm(name: str) -> tuple[Any, Any, Path]:
+    """(model, tokenizer, folder) for a packaged model, a local HF folder, or a finished chat run
+    (whose adapter is merged in, so training continues from the tuned model)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.catalog import resolve_model_dir
+
+    if (Path(name) / "run.json").is_file():
+        run = Run(name)
+        if run.manifest.task != TaskType.chat.value:
+            raise ConfigError(f"model.name {name}: a {run.manifest.task} run; DPO continues from a chat (SFT) run "
+                              "or a base causal LM")
+        from tunesmith.generation import load_run_model
+
+        model, tokenizer = load_run_model(run, merge=True)
+        return model, tokenizer, run.path
+    model_dir = resolve_model_dir(name)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    config = AutoConfig.from_pretrained(model_dir)
+    # transformers would put an LM head on an encoder (BertLMHeadModel) that never learned to generate.
+    architectures = config.architectures or []
+    generative = any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in architectures)
+    if architectures and not generative:
+        raise ConfigError(f"model {name} ({', '.join(architectures)}) is not a causal language model, which chat "
+                          "tuning needs; use a decoder such as smollm2-135m or a local *ForCausalLM folder")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    except ValueError as err:
+        raise ConfigError(f"model {name} ({model_dir}) is not a causal language model, which chat tuning needs: {err}") from None
+    return model, tokenizer, model_dir
+
+
+def _openai_metrics_writer(run_dir: Path) -> Any:
+    """Callback that writes OpenAI's per-step metric names to step_metrics.csv as training logs."""
+    from transformers import TrainerCallback
+
+    class OpenAIMetrics(TrainerCallback):
+        def __init__(self) -> None:
+            self.rows: dict[int, dict[str, Any]] = {}
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+            if not logs or not state.is_world_process_zero:
+                return
+            row = self.rows.setdefault(state.global_step, {"step": state.global_step})
+            names = {"loss": "train_loss", "mean_token_accuracy": "train_mean_token_accuracy",
+                     "eval_loss": "valid_loss", "eval_mean_token_accuracy": "valid_mean_token_accuracy",
+                     "full_valid_loss": "full_valid_loss", "full_valid_mean_token_accuracy": "full_valid_mean_token_accuracy"}
+            if "full_valid_loss" in logs:  # TRL keeps its own metrics under eval_ whatever the prefix
+                names["eval_mean_token_accuracy"] = "full_valid_mean_token_accuracy"
+            for key, value in logs.items():
+                if key in names:
+                    row[names[key]] = round(float(value), 6)
+            self.write()
+
+        def write(self) -> None:
+            with (run_dir / "step_metrics.csv").open("w", newline="", encoding="utf-8") as f:
+                writer = csv.DictWriter(f, OPENAI_COLUMNS)
+                writer.writeheader()
+                for step in sorted(self.rows):
+                    writer.writerow(self.rows[step])
+
+    return OpenAIMetrics()
+
+
+MIN_EXAMPLES = 10  # OpenAI's floor too: fewer cannot teach a style, only memorise a few answers
+
+
+def _check_rows(version: DatasetVersion) -> None:
+    n = version.manifest.counts.get("train", 0)
+    if 0 < n < MIN_EXAMPLES:
+        raise DataError(f"{version.path}: the training split has {n} example(s); chat tuning needs at least "
+                        f"{MIN_EXAMPLES} (50-100 good ones is where it starts to pay off)")
+    for split in ("train", "validation"):
+        if version.manifest.counts.get(split, 0) == 0:
+            raise DataError(f"{version.path}: the {split} split is empty; chat tuning needs conversations in train "
+                            "and validation (add data, or adjust data.split)")
+
+
+def train_chat(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: Path | None = None,
+               overwrite: bool = False) -> Path:
+    from transformers.utils import logging as hf_logging
+
+    from tunesmith.catalog import context_length
+    from tunesmith.modeling import apply_method, count_parameters
+    from tunesmith.tasks import chat
+
+    run_dir, checkpoint = start_run(cfg, resume, overwrite)
+    version = ensure_dataset(cfg, dataset_dir)
+    _check_rows(version)
+    model, tokenizer, model_dir = load_causal_lm(str(cfg.model.name))
+    chat.set_chat_template(tokenizer, cfg.model.chat_template, str(cfg.model.name))
+    stops = chat.stop_token_ids(tokenizer)
+    if tokenizer.pad_token is None:  # padding is masked; EOS is the usual stand-in
+        tokenizer.pad_token = tokenizer.eos_token
+    max_length = cfg.model.max_length or min(context_length(tokenizer) or CHAT_MAX_LENGTH_CAP, CHAT_MAX_LENGTH_CAP)
+    model = apply_method(model, cfg.train, cfg.peft, causal_lm=True)
+    trainable, total = count_parameters(model)
+    if is_rank0():
+        print(f"model {cfg.model.name}: {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.2f}%) "
+              f"with method '{cfg.train.method}'", flush=True)
+    if cfg.task.type == TaskType.preference:
+        trainer, plan = _dpo_trainer(cfg, version, model, tokenizer, run_dir, max_length)
+    else:
+        trainer, plan = _sft_trainer(cfg, version, model, tokenizer, run_dir, max_length)
+    write_config(cfg, run_dir)
+    if checkpoint is not None and is_rank0():
+        print(f"resuming from {checkpoint.name}", flush=True)
+    hf_logging.set_verbosity_warning()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if not trainer.is_world_process_zero():
+        return run_dir
+
+    from tunesmith.train import best_evaluation
+
+    final = best_evaluation(trainer)
+    metrics = {k.removeprefix("eval_"): float(v) for k, v in final.items()
+               if k.startswith("eval_") and isinstance(v, int | float) and not k.endswith(NOT_METRICS)}
+    if "loss" in metrics and cfg.task.type == TaskType.chat:
+        metrics["perplexity"] = math.exp(min(metrics["loss"], 50.0))
+        from transformers import EarlyStoppingCallback
+
+        trainer.remove_callback(EarlyStoppingCallback)  # training is over; it would look for eval_loss here
+        full = trainer.evaluate(trainer.full_validation, metric_key_prefix="full_valid")
+        metrics["full_valid_loss"] = float(full["full_valid_loss"])
+        metrics["full_valid_mean_token_accuracy"] = float(full.get("full_valid_mean_token_accuracy",
+                                                                   full.get("eval_mean_token_accuracy", float("nan"))))
+        metrics["full_valid_perplexity"] = math.exp(min(metrics["full_valid_loss"], 50.0))
+    _save_model(cfg, trainer, tokenizer, stops, run_dir)
+    manifest = RunManifest(
+        **manifest_fields(cfg, version, model_dir, trainable, total, trainer, result, plan),
+        labels=None, max_length=max_length, metrics=metrics, stop_token_ids=stops,
+        merged=cfg.train.merge_adapter and cfg.train.method != "full",
+    )
+    return finish_run(run_dir, trainer, manifest, metrics)
+
+
+def _save_model(cfg: ProjectConfig, trainer: Any, tokenizer: Any, stops: list[int], run_dir: Path) -> None:
+    """model/: weights or adapter, tokenizer with its chat template, and a generation config that stops."""
+    model = trainer.model
+    generation = model.generation_config
+    generation.eos_token_id = stops
+    generation.pad_token_id = tokenizer.pad_token_id
+    adapter = cfg.train.method != "full"
+    if adapter and cfg.train.merge_adapter:
+        model.save_pretrained(run_dir / "adapter")
+        tokenizer.save_pretrained(run_dir / "adapter")
+        model = model.merge_and_unload()
+        model.save_pretrained(run_dir / "model")
+    else:
+        trainer.save_model(str(run_dir / "model"))
+    generation.save_pretrained(run_dir / "model")
+    (run_dir / "model" / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config lives in config.json
+    tokenizer.save_pretrained(run_dir / "model")
+
+
+def _sft_trainer(cfg: ProjectConfig, version: DatasetVersion, model: Any, tokenizer: Any, run_dir: Path,
+                 max_length: int) -> tuple[Any, dict[str, Any]]:
+    from trl import SFTConfig, SFTTrainer
+
+    from tunesmith.tasks import chat
+
+    def encoded(split: str) -> Any:
+        rows = version.hf_dataset(split)
+        ds = chat.encode_split(tokenizer, rows, max_length, f"{version.path}/{split}")
+        # TRL takes labels as given: -100 wherever the mask says no loss.
+        return ds.map(lambda ex: {"labels": [t if m else -100 for t, m in zip(ex["input_ids"], ex["assistant_masks"], strict=True)]},
+                      remove_columns=["assistant_masks"], desc=f"masking {split}")
+
+    train_ds, full_val = encoded("train"), encoded("validation")
+    val_ds = full_val.shuffle(seed=cfg.train.seed).select(range(VALID_SAMPLE)) if len(full_val) > VALID_SAMPLE else full_val
+    plan = schedule(cfg, len(train_ds))
+    args = SFTConfig(
+        **common_arguments(cfg, run_dir, plan, len(train_ds)),
+        metric_for_best_model="loss", greater_is_better=False,
+        max_length=None,  # every conversation was checked to fit above; nothing is silently cut
+        packing=False, padding_free=cfg.train.packing, completion_only_loss=False, assistant_only_loss=False,
+        dataset_num_proc=None, shuffle_dataset=False,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                         processing_class=tokenizer, callbacks=[*standard_callbacks(cfg), _openai_metrics_writer(run_dir)])
+    trainer.full_validation = full_val
+    return trainer, plan
+
+
+def _dpo_trainer(cfg: ProjectConfig, version: DatasetVersion, model: Any, tokenizer: Any, run_dir: Path,
+                 max_length: int) -> tuple[Any, dict[str, Any]]:
+    from trl import DPOConfig, DPOTrainer
+
+    from tunesmith.tasks import chat
+
+    def rows(split: str) -> Any:
+        ds = version.hf_dataset(split)
+        return ds.map(lambda ex: {"prompt": chat.plain(ex["messages"]),
+                                  "chosen": [{"role": "assistant", "content": ex["chosen"]}],
+                                  "rejected": [{"role": "assistant", "content": ex["rejected"]}]},
+                      remove_columns=ds.column_names, desc=f"preference pairs ({split})")
+
+    train_ds, val_ds = rows("train"), rows("validation")
+    plan = schedule(cfg, len(train_ds))
+    args = DPOConfig(
+        **common_arguments(cfg, run_dir, plan, len(train_ds)),
+        metric_for_best_model="loss", greater_is_better=False, beta=cfg.train.dpo_beta, max_length=max_length,
+    )
+    # With an adapter the reference is the same weights with the adapter switched off: no second copy.
+    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_ds, eval_dataset=val_ds,
+                         processing_class=tokenizer, callbacks=standard_callbacks(cfg))
+    return trainer, plan
