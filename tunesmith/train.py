@@ -226,6 +226,18 @@ def write_config(cfg: ProjectConfig, run_dir: Path) -> None:
         (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n", encoding="utf-8")
 
 
+def run_trainer(cfg: ProjectConfig, trainer: Any, run_dir: Path, checkpoint: Path | None) -> Any | None:
+    """Record the config, then train (from `checkpoint` when resuming); None on processes other than rank 0."""
+    from transformers.utils import logging as hf_logging
+
+    write_config(cfg, run_dir)
+    if checkpoint is not None and is_rank0():
+        print(f"resuming from {checkpoint.name}", flush=True)
+    hf_logging.set_verbosity_warning()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    return result if trainer.is_world_process_zero() else None
+
+
 def best_evaluation(trainer: Any) -> dict[str, Any]:
     """The kept model is the best checkpoint, and its validation metrics are already in the log."""
     evals = [e for e in trainer.state.log_history if "eval_loss" in e]
@@ -277,7 +289,6 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
                    overwrite: bool = False) -> Path:
     """Classification and regression: a head on a pre-trained model, with the Trainer."""
     from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
-    from transformers.utils import logging as hf_logging
 
     from tunesmith.catalog import context_length, resolve_model_dir
     from tunesmith.modeling import apply_method, count_parameters, load_for_sequence_task
@@ -337,12 +348,8 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
         data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=sequence.training_metrics(task, scaling),
         callbacks=standard_callbacks(cfg), compute_loss_func=loss_func,
     )
-    write_config(cfg, run_dir)
-    if checkpoint is not None and rank0:
-        print(f"resuming from {checkpoint.name}", flush=True)
-    hf_logging.set_verbosity_warning()
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if not trainer.is_world_process_zero():
+    result = run_trainer(cfg, trainer, run_dir, checkpoint)
+    if result is None:
         return run_dir
     final = best_evaluation(trainer)
     thresholds = None

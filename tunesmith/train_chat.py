@@ -24,15 +24,16 @@ from tunesmith.artifacts import DatasetVersion, Run, RunManifest
 from tunesmith.config import ProjectConfig, TaskType
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.train import (
+    best_evaluation,
     common_arguments,
     ensure_dataset,
     finish_run,
     is_rank0,
     manifest_fields,
+    run_trainer,
     schedule,
     standard_callbacks,
     start_run,
-    write_config,
 )
 
 CHAT_MAX_LENGTH_CAP = 2048  # longest conversation trained when the config leaves it open: CPU memory, not the model, limits it
@@ -123,8 +124,6 @@ def _check_rows(version: DatasetVersion) -> None:
 
 def train_chat(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: Path | None = None,
                overwrite: bool = False) -> Path:
-    from transformers.utils import logging as hf_logging
-
     from tunesmith.catalog import context_length
     from tunesmith.modeling import apply_method, count_parameters
     from tunesmith.tasks import chat
@@ -147,16 +146,9 @@ def train_chat(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: P
         trainer, plan = _dpo_trainer(cfg, version, model, tokenizer, run_dir, max_length)
     else:
         trainer, plan = _sft_trainer(cfg, version, model, tokenizer, run_dir, max_length)
-    write_config(cfg, run_dir)
-    if checkpoint is not None and is_rank0():
-        print(f"resuming from {checkpoint.name}", flush=True)
-    hf_logging.set_verbosity_warning()
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if not trainer.is_world_process_zero():
+    result = run_trainer(cfg, trainer, run_dir, checkpoint)
+    if result is None:
         return run_dir
-
-    from tunesmith.train import best_evaluation
-
     final = best_evaluation(trainer)
     metrics = {k.removeprefix("eval_"): float(v) for k, v in final.items()
                if k.startswith("eval_") and isinstance(v, int | float) and not k.endswith(NOT_METRICS)}

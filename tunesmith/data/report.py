@@ -181,7 +181,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"- **Task**: {report['task']}",
         f"- **Rows**: {c['input']} read → {c['train']} train / {c['validation']} validation / {c['test']} test; "
         f"{c['quarantine']} in quarantine (`quarantine.jsonl`)",
-        f"- **Split fractions**: " + ", ".join(f"{s} {v:.1%}" for s, v in report["split_fractions"].items()),
+        "- **Split fractions**: " + ", ".join(f"{s} {v:.1%}" for s, v in report["split_fractions"].items()),
         f"- **Fingerprint**: `{report['fingerprint']}`",
         f"- **Tokenizer**: {report['tokenizer']} (context {report['context_length'] or 'unknown'})",
         "",
