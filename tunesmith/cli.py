@@ -312,6 +312,38 @@ def compare_cmd(
     out.print(f"written to {folder}", highlight=False)
 
 
+@app.command("serve", epilog=EPILOG)
+def serve_cmd(
+    runs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Run folders (or exports) to serve; several at once.")],
+    host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 for every interface.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 8000,
+    api_key: Annotated[list[str] | None, typer.Option("--api-key", help="Bearer key for /v1/* (repeatable; also TUNESMITH_API_KEYS, comma-separated).")] = None,
+    admin_key: Annotated[str | None, typer.Option("--admin-key", envvar="TUNESMITH_ADMIN_KEY", help="Bearer key for /admin/* (off without one).")] = None,
+    cors_origin: Annotated[list[str] | None, typer.Option("--cors-origin", help="Browser origin allowed to call the API (repeatable); CORS is off otherwise.")] = None,
+    max_batch_size: Annotated[int, typer.Option(help="Requests folded into one forward pass.")] = 32,
+    batch_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to batch with.")] = 5.0,
+    max_queue: Annotated[int, typer.Option(help="Waiting requests per model before 503 + Retry-After.")] = 256,
+    timeout: Annotated[float, typer.Option(help="Seconds before a request is answered 504.")] = 60.0,
+    max_tokens: Annotated[int, typer.Option(help="Cap on generated tokens per request.")] = 512,
+) -> None:
+    """Serve runs over HTTP: /v1/predict, OpenAI-compatible /v1/chat/completions, /v1/completions, /v1/models."""
+    import os
+
+    from tunesmith.config import ServeSpec
+    from tunesmith.serve.server import serve
+
+    keys = list(api_key or []) + [k.strip() for k in os.environ.get("TUNESMITH_API_KEYS", "").split(",") if k.strip()]
+    try:
+        spec = ServeSpec(host=host, port=port, api_keys=keys, admin_key=admin_key, cors_origins=list(cors_origin or []),
+                         max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
+                         timeout_s=timeout, max_tokens=max_tokens)
+    except ValueError as err:
+        from tunesmith.errors import ConfigError
+
+        raise ConfigError(f"serve: {err}") from None
+    serve(runs, spec)
+
+
 # -- entry point ----------------------------------------------------------------------------------
 
 

@@ -353,6 +353,24 @@ class EvalSpec(Spec):
     samples: int = Field(20, ge=0)  # chat: prompts shown with base and tuned answers side by side in the report
 
 
+class ServeSpec(Spec):
+    """`tunesmith serve`: the HTTP server's limits and access rules (CLI flags map onto these)."""
+
+    host: str = "127.0.0.1"  # local only unless asked: a model server is not public by default
+    port: int = Field(8000, ge=0, le=65535)  # 0: any free port (printed at start)
+    api_keys: list[str] = []  # bearer keys for the model endpoints; empty: open (local use)
+    admin_key: str | None = None  # required for /admin/*; None: admin endpoints are off
+    cors_origins: list[str] = []  # browser origins allowed to call the API; empty: CORS off
+    max_batch_size: int = Field(32, ge=1)  # requests folded into one forward pass
+    batch_wait_ms: float = Field(5.0, ge=0)  # how long the first request waits for company: latency traded for throughput
+    max_queue: int = Field(256, ge=1)  # queued requests per model before answering 503 + Retry-After
+    timeout_s: float = Field(60.0, gt=0)  # a request still waiting or running after this gets 504
+    max_body_bytes: int = Field(1_000_000, ge=1024)  # larger request bodies get 413 before parsing
+    max_texts_per_request: int = Field(256, ge=1)  # /v1/predict batch limit
+    max_text_chars: int = Field(20_000, ge=1)  # one text; the model truncates at its max_length anyway
+    max_tokens: int = Field(512, ge=1)  # cap on generated tokens per chat/completion request
+
+
 DEFAULT_MODEL = {TaskType.chat: "smollm2-135m", TaskType.preference: "smollm2-135m"}  # causal LM; the rest gets the encoder
 DEFAULT_ENCODER = "minilm"  # small real encoder that trains on 2 CPU cores in minutes
 

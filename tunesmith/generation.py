@@ -8,6 +8,7 @@ the base model too (the adapter switched off), so a comparison never loads the b
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -103,12 +104,34 @@ class ChatModel:
         with self.model.disable_adapter() if self.has_adapter else nullcontext():
             yield
 
-    @torch.inference_mode()
-    def generate(self, conversations: Sequence[Conversation], *, max_new_tokens: int = 256, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int | None = None, stop: Sequence[str] = (), batch_size: int = 16) -> list[Completion]:
+    def prompt_text(self, conversation: Conversation) -> str:
+        """The text the model continues to answer `conversation` (chat template + generation prompt)."""
+        return chat.render(self.tokenizer, conversation, generation_prompt=True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def generate(self, conversations: Sequence[Conversation], **kwargs: Any) -> list[Completion]:
         """Answer each conversation (the next assistant turn). Greedy at temperature 0."""
+        return self.generate_texts([self.prompt_text(c) for c in conversations], **kwargs)
+
+    def _sampling(self, temperature: float, top_p: float) -> dict[str, Any]:
+        if temperature > 0:
+            return {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+
+    def _room(self, width: int, max_new_tokens: int) -> int:
+        room = self.context - width if self.context else max_new_tokens  # never past the model's context
+        if room < 1:
+            raise ValueError(f"a prompt of {width} tokens leaves no room to answer in the model's context of {self.context}")
+        return min(max_new_tokens, room)
+
+    @torch.inference_mode()
+    def generate_texts(self, prompts: Sequence[str], *, max_new_tokens: int = 256, temperature: float = 0.0,
+                       top_p: float = 1.0, seed: int | None = None, stop: Sequence[str] = (),
+                       batch_size: int = 16) -> list[Completion]:
+        """Continue each prompt text (already in the model's format) until a stop token, a stop string or the limit."""
         tok = self.tokenizer
-        prompts = [chat.render(tok, c, generation_prompt=True) for c in conversations]
         encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
         out: list[Completion | None] = [None] * len(encoded)
@@ -120,13 +143,9 @@ class ChatModel:
             width = max(len(encoded[i]) for i in idx)
             ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in idx])  # left padding
             mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx])
-            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else \
-                {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-            room = self.context - width if self.context else max_new_tokens  # never past the model's context
-            if room < 1:
-                raise ValueError(f"a prompt of {width} tokens leaves no room to answer in the model's context of {self.context}")
-            generated = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=min(max_new_tokens, room),
-                                            eos_token_id=self.stop_token_ids, pad_token_id=pad, **sampling)
+            generated = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self._room(width, max_new_tokens),
+                                            eos_token_id=self.stop_token_ids, pad_token_id=pad,
+                                            **self._sampling(temperature, top_p))
             for row, i in enumerate(idx):
                 new = generated[row, width:].tolist()
                 ended = next((k for k, t in enumerate(new) if t in self.stop_token_ids), None)
@@ -138,6 +157,68 @@ class ChatModel:
                         text, reason = text[: text.index(s)], "stop"
                 out[i] = Completion(text.strip(), len(encoded[i]), len(tokens) + (ended is not None), reason)
         return [c for c in out if c is not None]
+
+    def stream_text(self, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
+                    seed: int | None = None, stop: Sequence[str] = (), cancel: threading.Event | None = None
+                    ) -> Iterator[str | Completion]:
+        """Yield the answer's text piece by piece as it is generated, then its Completion.
+
+        Setting `cancel` (a client went away) stops generation at the next token.
+        """
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        tok = self.tokenizer
+        ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+        cancel = cancel or threading.Event()
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool)
+
+        if seed is not None:
+            torch.manual_seed(seed)
+        result: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                with torch.inference_mode():
+                    result["ids"] = self.model.generate(
+                        input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=self._room(ids.shape[1], max_new_tokens),
+                        eos_token_id=self.stop_token_ids, pad_token_id=tok.pad_token_id, streamer=streamer,
+                        stopping_criteria=StoppingCriteriaList([Cancelled()]), **self._sampling(temperature, top_p))
+            except Exception as err:  # noqa: BLE001 - re-raised in the consumer
+                result["error"] = err
+                streamer.end()
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        text, sent = "", 0
+        stopped_by_string = False
+        for piece in streamer:
+            text += piece
+            cut = min((text.index(s) for s in stop if s and s in text), default=None)
+            if cut is not None:
+                text, stopped_by_string = text[:cut], True
+                cancel.set()
+            # hold back a tail that could still become a stop string
+            hold = max((len(s) - 1 for s in stop if s), default=0)
+            safe = len(text) if stopped_by_string else max(sent, len(text) - hold)
+            if safe > sent:
+                yield text[sent:safe]
+                sent = safe
+            if stopped_by_string:
+                break
+        thread.join()
+        if "error" in result:
+            raise result["error"]
+        if not stopped_by_string and len(text) > sent:
+            yield text[sent:]
+        new = result["ids"][0, ids.shape[1]:].tolist() if "ids" in result else []
+        ended = next((k for k, t in enumerate(new) if t in self.stop_token_ids), None)
+        tokens = len(new) if ended is None else ended + 1
+        reason = "stop" if ended is not None or stopped_by_string else "length"
+        yield Completion(text, int(ids.shape[1]), tokens, reason)
 
     @torch.inference_mode()
     def token_stats(self, conversations: Sequence[Conversation], batch_size: int = 8) -> list[tuple[float, int, int]]:

@@ -1,0 +1,241 @@
+"""The real server (uvicorn in a subprocess) answering the official `openai` client, curl-style HTTP,
+bad input, auth, streaming, disconnects and overload, with tiny runs trained here."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from tests.test_train import project
+from tests.test_train_chat import QA, chat_project
+from tunesmith.train import train
+
+KEY, ADMIN = "sk-test-123", "admin-456"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, tiny_llama: Path) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("served")
+    (tmp / "clf").mkdir()
+    clf = train(project(tmp / "clf", tiny_bert, train_spec={"max_steps": 30}))
+    good = train(chat_project(tmp / "good", tiny_llama))  # full fine-tuning: learns the answers
+    weak = train(chat_project(tmp / "weak", tiny_llama, {"method": "lora", "learning_rate": 1e-3, "epochs": 1}))
+    other = train(chat_project(tmp / "other", tiny_llama, {"method": "lora", "learning_rate": 1e-2, "epochs": 2}))
+    return {"clf": clf, "good": good, "weak": weak, "other": other}
+
+
+@pytest.fixture(scope="module")
+def server(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    log = (tmp_path_factory.mktemp("log") / "server.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tunesmith", "serve", *(str(runs[k]) for k in ("clf", "good", "weak", "other")),
+         "--port", str(port), "--api-key", KEY, "--admin-key", ADMIN, "--max-queue", "4", "--max-tokens", "64"],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        assert proc.poll() is None, Path(log.name).read_text()
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture()
+def client(server: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0)
+
+
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {KEY}"}
+
+
+def model_ids(client: openai.OpenAI) -> dict[str, str]:
+    return {m.id.split(":")[2]: m.id for m in client.models.list().data}
+
+
+def test_models_are_listed_with_openai_fine_tune_names(client: openai.OpenAI) -> None:
+    models = client.models.list().data
+    assert len(models) == 4 and all(m.id.startswith("ft:") and m.object == "model" for m in models)
+    assert sorted(m.id.split(":")[2] for m in models) == ["tiny", "tiny-chat", "tiny-chat", "tiny-chat"]
+    assert len({m.id for m in models}) == 4  # same project name, different runs: the hash tells them apart
+
+
+def test_predict_one_text_and_a_batch(server: str) -> None:
+    r = httpx.post(f"{server}/v1/predict", json={"model": "tiny", "text": "great wonderful friendly food"},
+                   headers={**auth(), "X-Request-ID": "abc-1"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "abc-1"
+    body = r.json()
+    assert body["id"] == "abc-1" and body["model"].startswith("ft:") and body["model_version"]
+    [pred] = body["predictions"]
+    assert pred["label"] in ("pos", "neg") and sum(pred["probabilities"].values()) == pytest.approx(1, abs=1e-4)
+    batch = httpx.post(f"{server}/v1/predict", json={"texts": ["terrible stale bitter", "great wonderful friendly"]},
+                       headers=auth()).json()
+    assert [p["label"] for p in batch["predictions"]] == ["neg", "pos"]
+
+
+def chat_models(client: openai.OpenAI) -> tuple[str, str]:
+    return served_id(client, "good"), served_id(client, "weak")
+
+
+def served_id(client: openai.OpenAI, name: str) -> str:
+    return next(m.id for m in client.models.list().data if m.run.endswith(f"{name}/run"))
+
+
+def test_chat_completions_with_the_openai_client(client: openai.OpenAI, runs: dict[str, Path]) -> None:
+    from tunesmith.generation import ChatModel
+
+    good, weak = chat_models(client)
+    messages = [{"role": "system", "content": "you are friendly number 3"}, {"role": "user", "content": QA[3][0]}]
+    r = client.chat.completions.create(model=good, messages=messages, temperature=0, max_tokens=20)
+    # The run's own answer (greedy), and one it learned from the data.
+    assert r.choices[0].message.content == ChatModel.from_run(runs["good"]).generate([messages], max_new_tokens=20)[0].text
+    assert r.choices[0].message.content.replace(" ", "") in {a.replace(" ", "") for _, a in QA}
+    assert r.choices[0].finish_reason == "stop" and r.usage.completion_tokens > 0
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    cut = client.chat.completions.create(model=good, messages=messages, temperature=0, max_tokens=2)
+    assert cut.choices[0].finish_reason == "length" and cut.usage.completion_tokens == 2
+    a = client.chat.completions.create(model=weak, messages=messages, temperature=1.0, seed=7, max_tokens=10)
+    b = client.chat.completions.create(model=weak, messages=messages, temperature=1.0, seed=7, max_tokens=10)
+    assert a.choices[0].message.content == b.choices[0].message.content
+
+
+def test_adapters_over_one_base_answer_as_their_own_runs(client: openai.OpenAI, runs: dict[str, Path]) -> None:
+    from tunesmith.generation import ChatModel
+
+    messages = [{"role": "system", "content": "you are friendly number 3"}, {"role": "user", "content": QA[2][0]}]
+    served = {}
+    for name in ("weak", "other", "weak"):  # switching back and forth between the adapters
+        r = client.chat.completions.create(model=served_id(client, name), messages=messages, temperature=0, max_tokens=12)
+        served.setdefault(name, set()).add(r.choices[0].message.content)
+    offline = {name: ChatModel.from_run(runs[name]).generate([messages], max_new_tokens=12)[0].text for name in ("weak", "other")}
+    assert served == {name: {text} for name, text in offline.items()}
+    assert offline["weak"] != offline["other"]
+
+
+def test_streaming_with_the_openai_client(client: openai.OpenAI) -> None:
+    good, _ = chat_models(client)
+    messages = [{"role": "system", "content": "you are friendly number 3"}, {"role": "user", "content": QA[1][0]}]
+    chunks = list(client.chat.completions.create(model=good, messages=messages, temperature=0, max_tokens=20, stream=True,
+                                                 stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.replace(" ", "") == QA[1][1].replace(" ", "")
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.completion_tokens > 0
+
+
+def test_completions_endpoint(client: openai.OpenAI) -> None:
+    good, _ = chat_models(client)
+    prompt = f"<|im_start|>user\n{QA[0][0]}<|im_end|>\n<|im_start|>assistant\n"
+    r = client.completions.create(model=good, prompt=[prompt, prompt], temperature=0, max_tokens=20)
+    assert len(r.choices) == 2 and r.choices[0].text == r.choices[1].text and r.choices[0].text
+    streamed = "".join(c.choices[0].text for c in client.completions.create(model=good, prompt=prompt, temperature=0,
+                                                                             max_tokens=20, stream=True) if c.choices)
+    assert streamed == r.choices[0].text
+
+
+def test_auth(server: str) -> None:
+    bad = openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as err:
+        bad.models.list()
+    assert err.value.status_code == 401 and err.value.body["code"] == "invalid_api_key"
+    assert httpx.post(f"{server}/v1/predict", json={"text": "x"}).status_code == 401
+    assert httpx.get(f"{server}/healthz").status_code == 200  # probes need no key
+    assert httpx.get(f"{server}/admin/status", headers=auth()).status_code == 401  # the model key is not the admin key
+    status = httpx.get(f"{server}/admin/status", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+    assert status["loaded_models"] == 3  # the classifier, the full fine-tune, and ONE base under both adapters
+
+
+@pytest.mark.parametrize(("body", "status", "param"), [
+    (b'{"texts": ["ok", ', 400, None),
+    (b'{"texts": "not a list"}', 400, "texts"),
+    (b'{"text": ""}', 400, "text"),
+    (json.dumps({"texts": ["x"] * 300}).encode(), 413, "texts"),
+    (b'{"model": "nope", "text": "x"}', 404, "model"),
+    (b'{"text": "x", "colour": "red"}', 400, "colour"),
+])
+def test_bad_input_gets_the_right_4xx_in_openai_error_shape(server: str, body: bytes, status: int, param: str | None) -> None:
+    r = httpx.post(f"{server}/v1/predict", content=body, headers={**auth(), "Content-Type": "application/json"})
+    assert r.status_code == status
+    error = r.json()["error"]
+    assert error["message"] and error["type"] and error["param"] == param
+
+
+def test_unknown_chat_model_and_bad_role_with_the_client(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="ft:nope:x:1", messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(model=chat_models(client)[0], messages=[{"role": "robot", "content": "hi"}])
+    assert err.value.body["param"] == "messages.0.role"
+
+
+def test_client_disconnect_mid_stream_leaves_the_server_serving(server: str, client: openai.OpenAI) -> None:
+    _, weak = chat_models(client)
+    body = {"model": weak, "messages": [{"role": "user", "content": "hello"}], "stream": True, "max_tokens": 60,
+            "temperature": 1.0}
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, headers=auth(), timeout=30) as r:
+        first = next(r.iter_lines())
+        assert first.startswith("data: ")
+    # The connection is gone; the next request is answered normally.
+    r = client.chat.completions.create(model=weak, messages=[{"role": "user", "content": "hello"}], max_tokens=5)
+    assert r.choices[0].message.content is not None
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        metrics = httpx.get(f"{server}/metrics").text
+        if 'tunesmith_stream_disconnects_total{model="' + weak + '"} 1.0' in metrics:
+            break
+        time.sleep(0.2)
+    assert 'tunesmith_stream_disconnects_total{model="' + weak + '"} 1.0' in metrics
+
+
+def test_overload_answers_503_with_retry_after_and_recovers(server: str, client: openai.OpenAI) -> None:
+    import asyncio
+
+    _, weak = chat_models(client)
+    body = {"model": weak, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 60, "temperature": 1.0}
+
+    async def flood() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as c:
+            return await asyncio.gather(*(c.post(f"{server}/v1/chat/completions", json=body, headers=auth())
+                                          for _ in range(24)))
+
+    answers = asyncio.run(flood())
+    codes = [r.status_code for r in answers]
+    assert 200 in codes and 503 in codes and set(codes) <= {200, 503}
+    busy = next(r for r in answers if r.status_code == 503)
+    assert int(busy.headers["retry-after"]) >= 1 and busy.json()["error"]["code"] == "overloaded"
+    assert client.chat.completions.create(model=weak, messages=[{"role": "user", "content": "hi"}], max_tokens=3).choices
+
+
+def test_metrics_health_and_docs(server: str) -> None:
+    text = httpx.get(f"{server}/metrics").text
+    for name in ("tunesmith_requests_total", "tunesmith_request_seconds_bucket", "tunesmith_batch_size_bucket",
+                 "tunesmith_queue_depth", "tunesmith_predictions_total", "tunesmith_errors_total"):
+        assert name in text
+    assert 'label="pos"' in text  # the prediction distribution per model
+    assert httpx.get(f"{server}/readyz").json()["status"] == "ready"
+    spec = httpx.get(f"{server}/openapi.json").json()
+    assert {"/v1/predict", "/v1/chat/completions", "/v1/completions", "/v1/models"} <= set(spec["paths"])
+    r = httpx.options(f"{server}/v1/models", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"})
+    assert "access-control-allow-origin" not in r.headers  # CORS is off unless configured

@@ -1,0 +1,163 @@
+"""The service layer with fake engines: batching, limits, overload and errors, no HTTP and no torch."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from tunesmith.config import ServeSpec
+from tunesmith.serve import protocol as p
+from tunesmith.serve.models import Served
+from tunesmith.serve.service import Service, ServiceError
+
+
+class FakeClassifier:
+    labels = ["neg", "pos"]
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls: list[list[str]] = []
+        self.delay = delay
+
+    def predict(self, texts: list[str]) -> list[dict[str, Any]]:
+        self.calls.append(list(texts))
+        time.sleep(self.delay)
+        return [{"label": "pos" if "good" in t else "neg",
+                 "probabilities": {"neg": 0.1, "pos": 0.9} if "good" in t else {"neg": 0.8, "pos": 0.2}} for t in texts]
+
+
+class FakeChat:
+    context = 64
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], dict[str, Any]]] = []
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def prompt_text(self, conversation: list[dict[str, str]]) -> str:
+        return " ".join(m["content"] for m in conversation)
+
+    def generate(self, prompts: list[str], **params: Any) -> list[Any]:
+        from tunesmith.generation import Completion
+
+        self.calls.append((list(prompts), params))
+        return [Completion(f"echo {x}", self.count_tokens(x), 2, "stop") for x in prompts]
+
+    def stream(self, prompt: str, cancel: threading.Event, **params: Any):
+        from tunesmith.generation import Completion
+
+        for word in ["echo", " ", prompt]:
+            yield word
+        yield Completion(f"echo {prompt}", 1, 2, "stop")
+
+
+def served(kind: str, engine: Any, name: str) -> Served:
+    return Served(f"ft:base:{name}:abc", kind, "chat" if kind == "chat" else "single_label_classification",
+                  f"runs/{name}", "base", 0, "abc", engine, {name}, f"ft:base:{name}:abc")
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_concurrent_requests_share_a_batch() -> None:
+    engine = FakeClassifier()
+    service = Service([served("sequence", engine, "clf")], ServeSpec(batch_wait_ms=20, max_batch_size=8))
+
+    async def many() -> list[Any]:
+        return await asyncio.gather(*(service.predict(p.PredictRequest(text=f"good {i}" if i % 2 else f"bad {i}"))
+                                      for i in range(8)))
+
+    answers = run(many())
+    assert [a.predictions[0].label for a in answers] == ["neg", "pos"] * 4  # each request gets its own answer back
+    assert len(engine.calls) == 1 and len(engine.calls[0]) == 8  # one forward pass for all eight
+
+
+def test_batch_limit_splits_and_texts_batch_counts_by_size() -> None:
+    engine = FakeClassifier()
+    service = Service([served("sequence", engine, "clf")], ServeSpec(batch_wait_ms=20, max_batch_size=4))
+
+    async def many() -> list[Any]:
+        return await asyncio.gather(service.predict(p.PredictRequest(texts=["a", "b", "c"])),
+                                    *(service.predict(p.PredictRequest(text=f"t{i}")) for i in range(3)))
+
+    answers = run(many())
+    assert [len(a.predictions) for a in answers] == [3, 1, 1, 1]
+    assert all(len(call) <= 4 for call in engine.calls) and sum(map(len, engine.calls)) == 6
+
+
+def test_full_queue_answers_503_with_retry_after() -> None:
+    engine = FakeClassifier(delay=0.3)
+    service = Service([served("sequence", engine, "clf")], ServeSpec(batch_wait_ms=0, max_batch_size=1, max_queue=2))
+
+    async def flood() -> list[Any]:
+        return await asyncio.gather(*(service.predict(p.PredictRequest(text=f"t{i}")) for i in range(8)))
+
+    answers = run(flood())
+    errors = [a for a in answers if isinstance(a, ServiceError)]
+    ok = [a for a in answers if not isinstance(a, ServiceError)]
+    assert ok and errors
+    assert {e.status for e in errors} == {503} and all(int(e.headers["Retry-After"]) >= 1 for e in errors)
+    assert errors[0].body()["error"]["code"] == "overloaded"
+
+
+def test_timeout_answers_504() -> None:
+    service = Service([served("sequence", FakeClassifier(delay=0.5), "clf")], ServeSpec(timeout_s=0.1))
+    err = run(service.predict(p.PredictRequest(text="slow")))
+    assert isinstance(err, ServiceError) and err.status == 504
+
+
+@pytest.mark.parametrize(("req", "status", "param"), [
+    (p.PredictRequest(text="   "), 400, "text"),
+    (p.PredictRequest(texts=[]), 400, "texts"),
+    (p.PredictRequest(texts=["ok", ""]), 400, "texts.1"),
+    (p.PredictRequest(texts=["x"] * 5), 413, "texts"),
+    (p.PredictRequest(text="x" * 101), 413, "text"),
+    (p.PredictRequest(), 400, "text"),
+    (p.PredictRequest(text="a", texts=["b"]), 400, "text"),
+    (p.PredictRequest(model="nope", text="a"), 404, "model"),
+    (p.PredictRequest(model="bot", text="a"), 400, "model"),
+])
+def test_bad_predict_requests_name_the_field(req: p.PredictRequest, status: int, param: str) -> None:
+    service = Service([served("sequence", FakeClassifier(), "clf"), served("chat", FakeChat(), "bot")],
+                      ServeSpec(max_texts_per_request=4, max_text_chars=100))
+    err = run(service.predict(req))
+    assert isinstance(err, ServiceError) and (err.status, err.param) == (status, param)
+
+
+def test_chat_limits_and_params() -> None:
+    chat = FakeChat()
+    service = Service([served("chat", chat, "bot")], ServeSpec(max_tokens=20))
+
+    def ask(**kw: Any) -> Any:
+        return run(service.chat(p.ChatCompletionRequest(model="bot", messages=[{"role": "user", "content": "hi there"}], **kw)))
+
+    ok = ask(temperature=0, max_tokens=5, stop="x", seed=3)
+    assert ok["choices"][0]["message"]["content"] == "echo hi there"
+    assert ok["usage"] == {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
+    assert chat.calls[-1][1] == {"max_new_tokens": 5, "temperature": 0, "top_p": 1.0, "seed": 3, "stop": ("x",)}
+    assert ask(max_tokens=50).param == "max_tokens"
+    assert ask(n=2).param == "n"
+    long = run(service.chat(p.ChatCompletionRequest(model="bot", messages=[{"role": "user", "content": "w " * 80}])))
+    assert long.code == "context_length_exceeded"
+
+
+def test_stream_yields_openai_chunks_then_done() -> None:
+    service = Service([served("chat", FakeChat(), "bot")], ServeSpec())
+
+    async def collect() -> list[str]:
+        events = service.stream(p.ChatCompletionRequest(model="bot", stream=True, messages=[{"role": "user", "content": "yo"}]))
+        return [e async for e in events]
+
+    events = run(collect())
+    assert events[-1] == "data: [DONE]\n\n"
+    import json
+
+    bodies = [json.loads(e[6:]) for e in events[:-1]]
+    assert bodies[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert "".join(b["choices"][0]["delta"].get("content", "") for b in bodies) == "echo yo"
+    assert bodies[-1]["choices"][0]["finish_reason"] == "stop"

@@ -1,0 +1,176 @@
+"""The HTTP layer: thin FastAPI routers over the Service, auth, limits, errors in OpenAI's shape."""
+
+from __future__ import annotations
+
+import hmac
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunesmith import __version__
+from tunesmith.config import ServeSpec
+from tunesmith.serve import protocol as p
+from tunesmith.serve.service import Service, ServiceError
+
+MODEL_ENDPOINTS = ("/v1/",)
+
+
+def _error(err: ServiceError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+def _key_matches(given: str, keys: list[str]) -> bool:
+    return any(hmac.compare_digest(given.encode(), k.encode()) for k in keys)
+
+
+def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = lambda: True) -> FastAPI:
+    app = FastAPI(title="tunesmith", version=__version__,
+                  description="Fine-tuned models from tunesmith run folders: /v1/predict for classifiers and "
+                              "regressors, OpenAI-compatible /v1/chat/completions, /v1/completions and /v1/models.")
+    metrics = service.metrics
+
+    if spec.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=spec.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"])
+
+    @app.middleware("http")
+    async def limits_and_metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        endpoint = request.url.path
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > spec.max_body_bytes:
+            response: Response = _error(ServiceError(413, f"request body of {length} bytes is over the limit of "
+                                                          f"{spec.max_body_bytes}", code="request_too_large"))
+        else:
+            response = await call_next(request)
+        if endpoint.startswith(MODEL_ENDPOINTS) or endpoint.startswith("/admin"):
+            metrics.requests.labels(endpoint, str(response.status_code)).inc()
+            metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+            if response.status_code >= 400:
+                metrics.errors.labels(endpoint, str(response.status_code)).inc()
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        if first.get("type") == "json_invalid":
+            return _error(ServiceError(400, f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".strip(),
+                                       code="invalid_json"))
+        param = ".".join(loc) or None
+        return _error(ServiceError(400, f"{param or 'body'}: {first.get('msg')}", param=param, code="invalid_value"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return _error(ServiceError(exc.status_code, str(exc.detail), kind))
+
+    def bearer(request: Request) -> str | None:
+        header = request.headers.get("authorization", "")
+        return header[7:].strip() if header.lower().startswith("bearer ") else None
+
+    async def model_auth(request: Request) -> None:
+        if not spec.api_keys:
+            return
+        key = bearer(request)
+        if key is None or not _key_matches(key, spec.api_keys):
+            raise _AuthError(ServiceError(401, "Incorrect or missing API key; send 'Authorization: Bearer <key>'",
+                                          "authentication_error", code="invalid_api_key"))
+
+    async def admin_auth(request: Request) -> None:
+        if not spec.admin_key:
+            raise _AuthError(ServiceError(403, "admin endpoints are off; start the server with --admin-key",
+                                          "permission_error", code="admin_disabled"))
+        key = bearer(request)
+        if key is None or not _key_matches(key, [spec.admin_key]):
+            raise _AuthError(ServiceError(401, "Incorrect or missing admin key", "authentication_error",
+                                          code="invalid_api_key"))
+
+    @app.exception_handler(_AuthError)
+    async def auth_failed(request: Request, exc: _AuthError) -> JSONResponse:
+        return _error(exc.error)
+
+    def request_id(request: Request) -> str:
+        return request.headers.get("x-request-id") or f"req-{uuid.uuid4().hex[:24]}"
+
+    def answer(result: Any, rid: str) -> Response:
+        if isinstance(result, ServiceError):
+            return _error(result)
+        body = result.model_dump() if hasattr(result, "model_dump") else result
+        return JSONResponse(body, headers={"X-Request-ID": rid})
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz() -> JSONResponse:
+        ok = ready()
+        return JSONResponse({"status": "ready" if ok else "loading", "models": [m.id for m in service.models]},
+                            status_code=200 if ok else 503)
+
+    @app.get("/metrics", tags=["ops"])
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/admin/status", tags=["admin"], dependencies=[Depends(admin_auth)])
+    async def status() -> dict[str, Any]:
+        return {"models": [{"id": m.id, "run": m.run, "task": m.task, "version": m.version} for m in service.models],
+                "queues": {key: b.depth for key, b in service.batchers.items()},
+                "batches": {key: {"batches": b.stats.batches, "items": b.stats.items} for key, b in service.batchers.items()},
+                "streams": dict(service.streams),
+                # distinct loaded base models: adapters over one base share it
+                "loaded_models": len({id(getattr(m.engine, "chat", m.engine)) if m.kind == "sequence"
+                                      else id(m.engine.chat.model) for m in service.models})}
+
+    @app.get("/v1/models", tags=["openai"], dependencies=[Depends(model_auth)])
+    async def list_models() -> dict[str, Any]:
+        return service.list_models().model_dump()
+
+    @app.get("/v1/models/{model_id:path}", tags=["openai"], dependencies=[Depends(model_auth)])
+    async def get_model(model_id: str) -> Response:
+        for card in service.list_models().data:
+            if card.id == model_id:
+                return JSONResponse(card.model_dump())
+        return _error(ServiceError(404, f"the model '{model_id}' does not exist", param="model", code="model_not_found"))
+
+    @app.post("/v1/predict", tags=["tunesmith"], dependencies=[Depends(model_auth)], response_model=p.PredictResponse)
+    async def predict(req: p.PredictRequest, request: Request) -> Response:
+        rid = request_id(request)
+        return answer(await service.predict(req, rid), rid)
+
+    @app.post("/v1/chat/completions", tags=["openai"], dependencies=[Depends(model_auth)])
+    async def chat_completions(req: p.ChatCompletionRequest, request: Request) -> Response:
+        rid = request_id(request)
+        if req.stream:
+            events = service.stream(req)
+            if isinstance(events, ServiceError):
+                return _error(events)
+            return StreamingResponse(events, media_type="text/event-stream", headers={"X-Request-ID": rid, "Cache-Control": "no-cache"})
+        return answer(await service.chat(req), rid)
+
+    @app.post("/v1/completions", tags=["openai"], dependencies=[Depends(model_auth)])
+    async def completions(req: p.CompletionRequest, request: Request) -> Response:
+        rid = request_id(request)
+        if req.stream:
+            events = service.stream(req)
+            if isinstance(events, ServiceError):
+                return _error(events)
+            return StreamingResponse(events, media_type="text/event-stream", headers={"X-Request-ID": rid, "Cache-Control": "no-cache"})
+        return answer(await service.complete(req), rid)
+
+    return app
+
+
+class _AuthError(Exception):
+    def __init__(self, error: ServiceError) -> None:
+        super().__init__(error.message)
+        self.error = error

@@ -1,0 +1,118 @@
+"""Dynamic batching: concurrent requests for one model share a forward pass.
+
+The first waiting request opens a short window (`wait_ms`); whatever arrives for the same model
+and the same settings (`key`) joins it, up to `max_batch` items. The batch runs in a worker thread
+(torch releases the GIL), so the event loop keeps accepting requests meanwhile. The queue is
+bounded: when it is full, `submit` raises Overloaded at once instead of letting latency grow
+without limit, and the HTTP layer answers 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Overloaded(Exception):
+    """The queue is full: retry after `retry_after` seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"server busy, retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+@dataclass
+class _Item:
+    key: Hashable
+    payload: Any
+    future: asyncio.Future[Any]
+    size: int = 1
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    items: int = 0
+    sizes: list[int] = field(default_factory=list)  # recent batch sizes (for tests and /metrics)
+
+
+class DynamicBatcher:
+    """`run(key, payloads) -> results` is called with up to `max_batch` payloads sharing a key."""
+
+    def __init__(self, run: Callable[[Hashable, Sequence[Any]], Sequence[Any]], *, max_batch: int, wait_ms: float,
+                 max_queue: int, executor: ThreadPoolExecutor, on_batch: Callable[[int], None] | None = None) -> None:
+        self.run = run
+        self.max_batch = max_batch
+        self.wait_s = wait_ms / 1000
+        self.max_queue = max_queue
+        self.executor = executor
+        self.on_batch = on_batch
+        self.pending: list[_Item] = []
+        self.stats = BatchStats()
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.last_batch_s = 0.1  # how long a batch took lately: the basis of Retry-After
+
+    @property
+    def depth(self) -> int:
+        return len(self.pending)
+
+    def _start(self) -> None:
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def submit(self, key: Hashable, payload: Any, size: int = 1) -> Any:
+        """Queue one request (`size` items, e.g. a batch of texts) and wait for its result."""
+        self._start()
+        if self.depth >= self.max_queue:
+            batches_ahead = self.depth / self.max_batch + 1
+            raise Overloaded(max(1, round(batches_ahead * self.last_batch_s)))
+        item = _Item(key, payload, asyncio.get_running_loop().create_future(), size)
+        self.pending.append(item)
+        assert self._wake is not None
+        self._wake.set()
+        return await item.future
+
+    async def _loop(self) -> None:
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.pending:
+                self._wake.clear()
+                await self._wake.wait()
+            first = self.pending[0]
+            if self.wait_s and len(self.pending) < self.max_batch:
+                await asyncio.sleep(self.wait_s)  # the window: let concurrent requests join
+            batch, count = [], 0
+            for item in list(self.pending):
+                if item.key == first.key and (not batch or count + item.size <= self.max_batch):
+                    batch.append(item)
+                    count += item.size
+                    if count >= self.max_batch:
+                        break
+            for item in batch:
+                self.pending.remove(item)
+            live = [i for i in batch if not i.future.done()]  # a client may have given up meanwhile
+            if not live:
+                continue
+            started = loop.time()
+            try:
+                results = await loop.run_in_executor(self.executor, self.run, first.key, [i.payload for i in live])
+            except Exception as err:  # noqa: BLE001 - every waiting request learns about the failure
+                for item in live:
+                    if not item.future.done():
+                        item.future.set_exception(err)
+                continue
+            self.last_batch_s = 0.8 * self.last_batch_s + 0.2 * (loop.time() - started)
+            self.stats.batches += 1
+            self.stats.items += len(live)
+            self.stats.sizes = [*self.stats.sizes[-999:], len(live)]
+            if self.on_batch:
+                self.on_batch(sum(i.size for i in live))
+            for item, result in zip(live, results, strict=True):
+                if not item.future.done():
+                    item.future.set_result(result)

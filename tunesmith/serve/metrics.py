@@ -1,0 +1,28 @@
+"""Prometheus metrics of one server (its own registry, so several apps in one process never mix)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("tunesmith_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r)
+        self.errors = Counter("tunesmith_errors", "Requests answered with an error, by endpoint and code", ["endpoint", "code"], registry=r)
+        self.latency = Histogram("tunesmith_request_seconds", "Request latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("tunesmith_batch_size", "Items per forward pass", ["model"], buckets=BATCH_BUCKETS, registry=r)
+        self.queue_depth = Gauge("tunesmith_queue_depth", "Requests waiting for a batch", ["model"], registry=r)
+        self.predictions = Counter("tunesmith_predictions", "Predicted labels per model (the prediction distribution)",
+                                   ["model", "label"], registry=r)
+        self.predicted_values = Histogram("tunesmith_predicted_value", "Regression outputs per model", ["model"],
+                                          buckets=(-10, -5, -2, -1, -0.5, 0, 0.5, 1, 2, 5, 10), registry=r)
+        self.generated_tokens = Counter("tunesmith_generated_tokens", "Tokens generated per model", ["model"], registry=r)
+        self.stream_disconnects = Counter("tunesmith_stream_disconnects", "Streams the client left before the end",
+                                          ["model"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

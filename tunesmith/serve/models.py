@@ -1,0 +1,165 @@
+"""The served models: run folders loaded behind two small interfaces, named the way OpenAI names them.
+
+A classification/regression run (or its ONNX export) answers `predict(texts)`; a chat run answers
+`generate(prompts, ...)` and `stream(prompt, ...)`. Chat runs that are LoRA adapters over the same
+base model share one copy of the base: each adapter is loaded into the same PEFT model under its own
+name and switched on per batch, so serving five adapters costs one base model of memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from tunesmith.artifacts import RUN_MANIFEST, Run
+from tunesmith.config import TaskType
+from tunesmith.errors import ConfigError
+
+
+class SequenceEngine(Protocol):
+    labels: list[str] | None
+
+    def predict(self, texts: list[str]) -> list[dict[str, Any]]: ...
+
+
+class ChatEngine(Protocol):
+    context: int | None
+
+    def count_tokens(self, text: str) -> int: ...
+    def prompt_text(self, conversation: list[dict[str, str]]) -> str: ...
+    def generate(self, prompts: Sequence[str], **params: Any) -> list[Any]: ...
+    def stream(self, prompt: str, cancel: threading.Event, **params: Any) -> Iterator[Any]: ...
+
+
+@dataclass
+class Served:
+    """One model as the API shows it."""
+
+    id: str  # ft:BASE:NAME:HASH, OpenAI's fine-tuned model naming
+    kind: str  # "sequence" | "chat"
+    task: str
+    run: str  # the run folder
+    base_model: str
+    created: int
+    version: str  # short hash of run.json: changes whenever the model does
+    engine: Any
+    aliases: set[str] = field(default_factory=set)
+    batch_key: str = ""  # chat models sharing a base share a batcher; this keeps their batches apart
+
+
+def model_id(run: Run) -> tuple[str, str]:
+    """(`ft:BASE:NAME:HASH`, HASH) for a run; the hash follows run.json, so a retrained run gets a new id."""
+    digest = hashlib.sha256((run.path / RUN_MANIFEST).read_bytes()).hexdigest()[:8]
+    base = Path(run.manifest.base_model).name if "/" in run.manifest.base_model else run.manifest.base_model
+    if (Path(run.manifest.base_model) / RUN_MANIFEST).is_file():  # continued from another run (DPO after SFT)
+        base = Run(run.manifest.base_model).manifest.base_model
+        base = Path(base).name if "/" in base else base
+    return f"ft:{base}:{run.manifest.name}:{digest}", digest
+
+
+class PredictorEngine:
+    """A classification/regression run (PyTorch or ONNX export) answering label/probability dicts."""
+
+    def __init__(self, run_dir: Path) -> None:
+        from tunesmith.predictor import Predictor
+
+        self.predictor = Predictor(run_dir)
+        self.labels = self.predictor.run.manifest.labels
+
+    def predict(self, texts: list[str]) -> list[dict[str, Any]]:
+        pred = self.predictor.predict(texts)
+        out: list[dict[str, Any]] = []
+        for i, label in enumerate(pred.labels):
+            if pred.values is not None:
+                out.append({"value": float(pred.values[i])})
+            else:
+                proba = {name: round(float(p), 6) for name, p in zip(self.labels or [], pred.proba[i], strict=True)}
+                out.append({"label": label, "probabilities": proba})
+        return out
+
+
+class ChatModelEngine:
+    """A chat run; `adapter` names its adapter inside a PEFT model shared with other runs."""
+
+    def __init__(self, chat_model: Any, adapter: str | None, lock: threading.Lock) -> None:
+        self.chat = chat_model
+        self.adapter = adapter
+        self.lock = lock  # one generation at a time per loaded base: adapters are switched per call
+
+    @property
+    def context(self) -> int | None:
+        return self.chat.context
+
+    def count_tokens(self, text: str) -> int:
+        return self.chat.count_tokens(text)
+
+    def prompt_text(self, conversation: list[dict[str, str]]) -> str:
+        return self.chat.prompt_text(conversation)
+
+    def _activate(self) -> None:
+        if self.adapter is not None:
+            self.chat.model.set_adapter(self.adapter)
+
+    def generate(self, prompts: Sequence[str], **params: Any) -> list[Any]:
+        with self.lock:
+            self._activate()
+            return self.chat.generate_texts(prompts, **params)
+
+    def stream(self, prompt: str, cancel: threading.Event, **params: Any) -> Iterator[Any]:
+        with self.lock:
+            self._activate()
+            yield from self.chat.stream_text(prompt, cancel=cancel, **params)
+
+
+def load(paths: Sequence[str | Path]) -> list[Served]:
+    """Load every run folder; adapter runs over the same base model share it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.generation import ChatModel, load_run_model
+    from tunesmith.tasks import chat
+
+    served: list[Served] = []
+    shared: dict[str, tuple[Any, threading.Lock]] = {}  # base path -> (PeftModel, lock)
+    for path in paths:
+        run = Run(path)
+        m = run.manifest
+        ident, digest = model_id(run)
+        created = int(run.path.joinpath(RUN_MANIFEST).stat().st_mtime)
+        aliases = {m.name, str(run.path), str(run.path.resolve())}
+        task = TaskType(m.task)
+        if task in (TaskType.chat, TaskType.preference):
+            tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
+            stops = m.stop_token_ids or chat.stop_token_ids(tokenizer)
+            base_path = str(Path(m.base_model_path).resolve())
+            plain_base = m.adapter and not m.merged and not (Path(base_path) / RUN_MANIFEST).is_file()
+            if plain_base:
+                adapter = f"a{len(served)}"
+                if base_path in shared:
+                    model, lock = shared[base_path]
+                    model.load_adapter(str(run.model_dir), adapter_name=adapter)
+                else:
+                    from peft import PeftModel
+
+                    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+                    model = PeftModel.from_pretrained(base, run.model_dir, adapter_name=adapter)
+                    lock = threading.Lock()
+                    shared[base_path] = (model, lock)
+                engine = ChatModelEngine(ChatModel(model, tokenizer, stops, name=m.name), adapter, lock)
+                key = base_path
+            else:
+                model, _ = load_run_model(run)
+                engine = ChatModelEngine(ChatModel(model, tokenizer, stops, name=m.name), None, threading.Lock())
+                key = ident
+            served.append(Served(ident, "chat", m.task, str(run.path), m.base_model, created, digest, engine, aliases, key))
+        else:
+            served.append(Served(ident, "sequence", m.task, str(run.path), m.base_model, created, digest,
+                                 PredictorEngine(run.path), aliases, ident))
+    ids = [s.id for s in served]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"the same run is listed twice: {sorted({i for i in ids if ids.count(i) > 1})}")
+    return served

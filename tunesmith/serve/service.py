@@ -1,0 +1,295 @@
+"""The serving logic: find the model, check limits, batch, answer. Returns values or ServiceError,
+never touches HTTP, so it is tested with fake engines and the routers stay thin."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunesmith.config import ServeSpec
+from tunesmith.serve import protocol as p
+from tunesmith.serve.batching import DynamicBatcher, Overloaded
+from tunesmith.serve.metrics import Metrics
+from tunesmith.serve.models import Served
+
+
+@dataclass
+class ServiceError:
+    status: int
+    message: str
+    type: str = "invalid_request_error"
+    param: str | None = None
+    code: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        return p.ErrorResponse(error=p.ErrorBody(message=self.message, type=self.type, param=self.param,
+                                                  code=self.code)).model_dump()
+
+
+def _overloaded(err: Overloaded) -> ServiceError:
+    return ServiceError(503, f"the server is busy; retry after {err.retry_after} s", "server_error",
+                        code="overloaded", headers={"Retry-After": str(err.retry_after)})
+
+
+class Service:
+    def __init__(self, models: Sequence[Served], spec: ServeSpec, metrics: Metrics | None = None) -> None:
+        self.models = list(models)
+        self.spec = spec
+        self.metrics = metrics or Metrics()
+        # One worker thread per loaded model: batches of one model run in order, models in parallel.
+        self.executor = ThreadPoolExecutor(max_workers=max(1, len({m.batch_key for m in self.models})),
+                                           thread_name_prefix="tunesmith-batch")
+        self.batchers: dict[str, DynamicBatcher] = {}
+        self.streams: dict[str, int] = {}
+        for m in self.models:
+            if m.batch_key not in self.batchers:
+                self.batchers[m.batch_key] = DynamicBatcher(
+                    self._run_sequence if m.kind == "sequence" else self._run_chat,
+                    max_batch=spec.max_batch_size, wait_ms=spec.batch_wait_ms, max_queue=spec.max_queue,
+                    executor=self.executor, on_batch=lambda n, name=m.id: self.metrics.batch_size.labels(name).observe(n))
+            self.metrics.queue_depth.labels(m.id).set_function(lambda key=m.batch_key: self.batchers[key].depth)
+
+    # -- lookup ------------------------------------------------------------------------------------
+
+    def find(self, name: str | None, kind: str) -> Served | ServiceError:
+        of_kind = [m for m in self.models if m.kind == kind]
+        if name is None and not of_kind:
+            what = "classification/regression" if kind == "sequence" else "chat"
+            return ServiceError(404, f"no {what} model is served here; GET /v1/models lists what is", param="model",
+                                code="model_not_found")
+        if name is None:
+            if len(of_kind) == 1:
+                return of_kind[0]
+            return ServiceError(400, f"several models are served; name one in 'model' ({[m.id for m in of_kind]})",
+                                param="model", code="model_required")
+        for m in self.models:
+            if name == m.id or name in m.aliases:
+                if m.kind != kind:
+                    what = "a chat model; use /v1/chat/completions" if m.kind == "chat" else \
+                        "a classification/regression model; use /v1/predict"
+                    return ServiceError(400, f"model '{name}' is {what}", param="model", code="wrong_model_type")
+                return m
+        return ServiceError(404, f"the model '{name}' does not exist; GET /v1/models lists the served ones",
+                            "invalid_request_error", param="model", code="model_not_found")
+
+    def list_models(self) -> p.ModelList:
+        return p.ModelList(data=[p.ModelCard(id=m.id, created=m.created, task=m.task, run=m.run, base_model=m.base_model)
+                                 for m in self.models])
+
+    # -- classification / regression -----------------------------------------------------------------
+
+    def _run_sequence(self, key: str, payloads: Sequence[list[str]]) -> list[list[dict[str, Any]]]:
+        model = next(m for m in self.models if m.batch_key == key)
+        texts = [t for batch in payloads for t in batch]
+        results = model.engine.predict(texts)
+        out, start = [], 0
+        for batch in payloads:
+            out.append(results[start : start + len(batch)])
+            start += len(batch)
+        return out
+
+    async def predict(self, req: p.PredictRequest, request_id: str | None = None) -> p.PredictResponse | ServiceError:
+        model = self.find(req.model, "sequence")
+        if isinstance(model, ServiceError):
+            return model
+        if (req.text is None) == (req.texts is None):
+            return ServiceError(400, "give exactly one of 'text' (one input) or 'texts' (a batch)", param="text")
+        texts = [req.text] if req.text is not None else list(req.texts or [])
+        field_name = "text" if req.text is not None else "texts"
+        if not texts:
+            return ServiceError(400, "'texts' is empty", param="texts")
+        if len(texts) > self.spec.max_texts_per_request:
+            return ServiceError(413, f"{len(texts)} texts in one request; the limit is {self.spec.max_texts_per_request}",
+                                param="texts", code="batch_too_large")
+        for i, text in enumerate(texts):
+            where = field_name if req.text is not None else f"texts.{i}"
+            if not text.strip():
+                return ServiceError(400, f"{where} is empty", param=where)
+            if len(text) > self.spec.max_text_chars:
+                return ServiceError(413, f"{where} has {len(text)} characters; the limit is {self.spec.max_text_chars}",
+                                    param=where, code="text_too_long")
+        try:
+            results = await asyncio.wait_for(self.batchers[model.batch_key].submit(model.batch_key, texts, len(texts)),
+                                             self.spec.timeout_s)
+        except Overloaded as err:
+            return _overloaded(err)
+        except TimeoutError:
+            return ServiceError(504, f"no answer within {self.spec.timeout_s:g} s", "server_error", code="timeout")
+        for r in results:
+            if "label" in r:
+                for label in r["label"] if isinstance(r["label"], list) else [r["label"]]:
+                    self.metrics.predictions.labels(model.id, str(label)).inc()
+            else:
+                self.metrics.predicted_values.labels(model.id).observe(r["value"])
+        return p.PredictResponse(id=request_id or f"pred-{uuid.uuid4().hex[:24]}", model=model.id,
+                                 model_version=model.version, predictions=[p.Prediction(**r) for r in results])
+
+    # -- generation --------------------------------------------------------------------------------
+
+    def _run_chat(self, key: tuple[Any, ...], payloads: Sequence[str]) -> list[Any]:
+        model_id, params = key[0], dict(key[1])
+        model = next(m for m in self.models if m.id == model_id)
+        return model.engine.generate(list(payloads), **params)
+
+    def _params(self, req: p.SamplingParams, model: Served, prompt_tokens: int, max_tokens: int | None
+                ) -> dict[str, Any] | ServiceError:
+        if req.n not in (None, 1):
+            return ServiceError(400, "n > 1 is not supported; send separate requests", param="n")
+        if req.tools:
+            return ServiceError(400, "tools (function calling) are not supported by tunesmith models yet", param="tools")
+        cap = self.spec.max_tokens
+        wanted = max_tokens or cap
+        if wanted > cap:
+            return ServiceError(400, f"max_tokens {wanted} is over this server's limit of {cap}", param="max_tokens")
+        context = model.engine.context
+        if context and prompt_tokens + 1 > context:
+            return ServiceError(400, f"the prompt has {prompt_tokens} tokens; the model's context is {context}",
+                                param="messages", code="context_length_exceeded")
+        if context:
+            wanted = min(wanted, context - prompt_tokens)
+        return {"max_new_tokens": wanted, "temperature": req.temperature if req.temperature is not None else 1.0,
+                "top_p": req.top_p if req.top_p is not None else 1.0, "seed": req.seed, "stop": tuple(req.stops())}
+
+    def _prepare(self, req: p.ChatCompletionRequest | p.CompletionRequest
+                 ) -> tuple[Served, list[str], dict[str, Any], list[int]] | ServiceError:
+        model = self.find(req.model, "chat")
+        if isinstance(model, ServiceError):
+            return model
+        if isinstance(req, p.ChatCompletionRequest):
+            messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
+            prompts = [model.engine.prompt_text(messages)]
+            max_tokens = req.max_completion_tokens or req.max_tokens
+        else:
+            prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
+            if not prompts or any(not x for x in prompts):
+                return ServiceError(400, "'prompt' is empty", param="prompt")
+            max_tokens = req.max_tokens or 16  # OpenAI's default for completions
+        counts = [model.engine.count_tokens(x) for x in prompts]
+        params = self._params(req, model, max(counts), max_tokens)
+        if isinstance(params, ServiceError):
+            return params
+        return model, prompts, params, counts
+
+    async def _generate(self, model: Served, prompts: list[str], params: dict[str, Any]) -> list[Any] | ServiceError:
+        key = (model.id, tuple(sorted(params.items())))
+        batcher = self.batchers[model.batch_key]
+        try:
+            done = await asyncio.wait_for(asyncio.gather(*(batcher.submit(key, x) for x in prompts)), self.spec.timeout_s)
+        except Overloaded as err:
+            return _overloaded(err)
+        except TimeoutError:
+            return ServiceError(504, f"no answer within {self.spec.timeout_s:g} s", "server_error", code="timeout")
+        self.metrics.generated_tokens.labels(model.id).inc(sum(c.completion_tokens for c in done))
+        return list(done)
+
+    async def chat(self, req: p.ChatCompletionRequest) -> dict[str, Any] | ServiceError:
+        prepared = self._prepare(req)
+        if isinstance(prepared, ServiceError):
+            return prepared
+        model, prompts, params, counts = prepared
+        done = await self._generate(model, prompts, params)
+        if isinstance(done, ServiceError):
+            return done
+        c = done[0]
+        return {"id": p.completion_id("chatcmpl"), "object": "chat.completion", "created": p.now(), "model": model.id,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
+                             "logprobs": None, "finish_reason": c.finish_reason}],
+                "usage": _usage(counts[0], c.completion_tokens), "system_fingerprint": model.version}
+
+    async def complete(self, req: p.CompletionRequest) -> dict[str, Any] | ServiceError:
+        prepared = self._prepare(req)
+        if isinstance(prepared, ServiceError):
+            return prepared
+        model, prompts, params, counts = prepared
+        done = await self._generate(model, prompts, params)
+        if isinstance(done, ServiceError):
+            return done
+        return {"id": p.completion_id("cmpl"), "object": "text_completion", "created": p.now(), "model": model.id,
+                "choices": [{"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
+                            for i, c in enumerate(done)],
+                "usage": _usage(sum(counts), sum(c.completion_tokens for c in done)), "system_fingerprint": model.version}
+
+    def stream(self, req: p.ChatCompletionRequest | p.CompletionRequest) -> AsyncIterator[str] | ServiceError:
+        """Server-sent events (already formatted `data: ...` lines), or an error before the first byte."""
+        prepared = self._prepare(req)
+        if isinstance(prepared, ServiceError):
+            return prepared
+        model, prompts, params, counts = prepared
+        if len(prompts) != 1:
+            return ServiceError(400, "streaming answers one prompt at a time", param="prompt")
+        active = self.streams.get(model.batch_key, 0) + self.batchers[model.batch_key].depth
+        if active >= self.spec.max_queue:
+            return _overloaded(Overloaded(max(1, round(self.batchers[model.batch_key].last_batch_s * 2))))
+        chat = isinstance(req, p.ChatCompletionRequest)
+        include_usage = bool((req.stream_options or {}).get("include_usage"))
+        return self._events(model, prompts[0], params, counts[0], chat, include_usage)
+
+    async def _events(self, model: Served, prompt: str, params: dict[str, Any], prompt_tokens: int, chat: bool,
+                      include_usage: bool) -> AsyncIterator[str]:
+        ident, created = p.completion_id("chatcmpl" if chat else "cmpl"), p.now()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        cancel = threading.Event()
+        params = {**params, "stop": list(params["stop"])}
+
+        def produce() -> None:
+            try:
+                for piece in model.engine.stream(prompt, cancel, **params):
+                    loop.call_soon_threadsafe(queue.put_nowait, piece)
+            except Exception as err:  # noqa: BLE001 - reported in the stream
+                loop.call_soon_threadsafe(queue.put_nowait, err)
+            loop.call_soon_threadsafe(queue.put_nowait, None)
+
+        def chunk(delta: dict[str, Any] | str | None, finish: str | None = None, usage: dict[str, int] | None = None) -> str:
+            if chat:
+                choices = [] if usage else [{"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish}]
+                body = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model.id,
+                        "system_fingerprint": model.version, "choices": choices}
+            else:
+                choices = [] if usage else [{"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}]
+                body = {"id": ident, "object": "text_completion", "created": created, "model": model.id, "choices": choices}
+            if usage:
+                body["usage"] = usage
+            return f"data: {json.dumps(body)}\n\n"
+
+        self.streams[model.batch_key] = self.streams.get(model.batch_key, 0) + 1
+        worker = loop.run_in_executor(None, produce)
+        finished = False
+        try:
+            if chat:
+                yield chunk({"role": "assistant", "content": ""})
+            while True:
+                piece = await asyncio.wait_for(queue.get(), self.spec.timeout_s)
+                if piece is None:
+                    break
+                if isinstance(piece, Exception):
+                    err = ServiceError(500, f"generation failed: {piece}", "server_error")
+                    yield f"data: {json.dumps(err.body())}\n\n"
+                    break
+                if isinstance(piece, str):
+                    if piece:
+                        yield chunk({"content": piece} if chat else piece)
+                    continue
+                self.metrics.generated_tokens.labels(model.id).inc(piece.completion_tokens)
+                yield chunk({} if chat else "", finish=piece.finish_reason)
+                if include_usage:
+                    yield chunk(None, usage=_usage(prompt_tokens, piece.completion_tokens))
+            yield "data: [DONE]\n\n"
+            finished = True
+        finally:
+            if not finished:  # the client went away (or timed out): stop generating for nobody
+                cancel.set()
+                self.metrics.stream_disconnects.labels(model.id).inc()
+            self.streams[model.batch_key] -= 1
+            await asyncio.shield(worker) if finished else None
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
