@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 TS     := $(VENV)/bin/tunesmith
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-chat test test-slow bench clean
+.PHONY: install demo demo-chat test test-slow bench bench-serve clean
 
 install: $(STAMP)
 
@@ -41,6 +41,11 @@ test-slow: install
 
 bench: install
 	$(PY) bench/prepare_bench.py
+
+# Serving throughput: pipeline vs `tunesmith serve` (PyTorch and onnx-int8); uses runs/food-reviews
+# from `make demo` when it exists, else trains a short run first.
+bench-serve: install
+	$(PY) bench/serve_bench.py $(if $(wildcard runs/food-reviews/run.json),--run runs/food-reviews)
 
 clean:
 	rm -rf $(VENV) datasets runs .pytest_cache

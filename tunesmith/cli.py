@@ -312,6 +312,43 @@ def compare_cmd(
     out.print(f"written to {folder}", highlight=False)
 
 
+@app.command("export", epilog=EPILOG)
+def export_cmd(
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="Run folder written by `tunesmith train` (docker: or an export of one).")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="merged, onnx, onnx-int8, joblib, or docker.")],
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Folder to write (default: <RUN>-<format> beside the run).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing, non-empty --out folder.")] = False,
+    check: Annotated[bool, typer.Option("--check/--no-check", help="Predict the test split with the run and the export and compare.")] = True,
+) -> None:
+    """Export a run for deployment: merged weights, ONNX (fp32 or int8), a joblib bundle, or a Docker build context."""
+    from tunesmith.export import export_run
+
+    result = export_run(run, fmt, out_dir, overwrite=overwrite, check=check)
+    out.print(f"{result.format} export written to {result.path}", highlight=False)
+    c = result.check
+    if "skipped" in c:
+        out.print(f"note: {c['skipped']}", highlight=False)
+    elif "agreement" in c:
+        line = f"self-check on {c['n']} test texts: {c['agreement']:.2%} of the predictions agree with the run"
+        if "accuracy_diff" in c:
+            line += f"; accuracy {c['accuracy_run']:.4f} -> {c['accuracy_export']:.4f} ({c['accuracy_diff'] * 100:+.2f} points)"
+        out.print(line, highlight=False, soft_wrap=True)
+    elif "max_abs_diff" in c:
+        line = f"self-check on {c['n']} test texts: max |difference| {c['max_abs_diff']:.3g}, mean {c['mean_abs_diff']:.3g}"
+        if "r2_diff" in c:
+            line += f"; R² {c['r2_run']:.4f} -> {c['r2_export']:.4f} ({c['r2_diff']:+.4f})"
+        out.print(line, highlight=False, soft_wrap=True)
+    elif "loss_diff" in c:
+        out.print(f"self-check on {c['n']} test conversations: loss {c['loss_run']:.4f} (run) vs {c['loss_export']:.4f} (export)",
+                  highlight=False)
+    for warning in result.warnings:
+        out.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+    if result.commands:
+        out.print("build and run the image with:", highlight=False)
+        for command in result.commands:
+            out.print(f"  {command}", markup=False, highlight=False)
+
+
 @app.command("serve", epilog=EPILOG)
 def serve_cmd(
     runs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Run folders (or exports) to serve; several at once.")],

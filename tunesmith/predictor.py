@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from tunesmith.artifacts import Run
+from tunesmith.artifacts import Run, RunManifest
 from tunesmith.config import TaskType
 from tunesmith.errors import DataError
 
@@ -29,18 +29,34 @@ class Predictions:
         return self.values if self.values is not None else self.label_ids  # type: ignore[return-value]
 
 
+ONNX_MODEL = "model.onnx"  # an ONNX export (tunesmith export --format onnx|onnx-int8) holds model/model.onnx
+
+
 class Predictor:
+    """Predictions of a classification or regression run folder, from PyTorch weights or, when
+    model/model.onnx exists (an ONNX export), from onnxruntime on the CPU: same inputs, same outputs."""
+
     def __init__(self, run_dir: str | Path, device: str | None = None) -> None:
-        import torch
         from transformers import AutoTokenizer
+
+        self.run = Run(run_dir)
+        m = self.manifest = self.run.manifest
+        self.task = TaskType(m.task)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.run.model_dir)
+        self.model: Any = None
+        self.session: Any = None  # onnxruntime.InferenceSession of an ONNX export
+        if (self.run.model_dir / ONNX_MODEL).is_file():
+            self.backend = "onnx"
+            self.device = "cpu"
+            self.session = _onnx_session(self.run.model_dir / ONNX_MODEL)
+            self._onnx_inputs = [i.name for i in self.session.get_inputs()]
+            return
+        import torch
 
         from tunesmith.modeling import load_trained_sequence_model
 
-        self.run = Run(run_dir)
-        m = self.run.manifest
-        self.task = TaskType(m.task)
+        self.backend = "torch"
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = AutoTokenizer.from_pretrained(self.run.model_dir)
         if m.adapter:
             from peft import PeftModel
 
@@ -57,19 +73,38 @@ class Predictor:
             self.model = load_trained_sequence_model(self.run.model_dir)
         self.model.to(self.device).eval()
 
-    def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    @classmethod
+    def from_parts(cls, manifest: RunManifest, tokenizer: Any, model: Any, device: str = "cpu") -> Predictor:
+        """A predictor over a model already in memory (a joblib bundle): the same logits() and predict()."""
+        self = cls.__new__(cls)
+        self.run = None  # type: ignore[assignment]  # no run folder behind it
+        self.manifest, self.task, self.tokenizer = manifest, TaskType(manifest.task), tokenizer
+        self.session, self.backend, self.device = None, "torch", device
+        self.model = model.to(device).eval()
+        return self
+
+    def _forward(self, texts: list[str]) -> np.ndarray:
+        """Logits of one batch (padded to its longest text)."""
+        encode = {"truncation": True, "max_length": self.manifest.max_length, "padding": True}
+        if self.session is not None:
+            batch = self.tokenizer(texts, return_tensors="np", **encode)
+            feed = {name: (batch[name] if name in batch else np.zeros_like(batch["input_ids"])).astype(np.int64)
+                    for name in self._onnx_inputs}  # token_type_ids: zeros when the tokenizer gives none
+            return np.asarray(self.session.run(["logits"], feed)[0], dtype=np.float32)
         import torch
 
+        with torch.inference_mode():
+            batch = self.tokenizer(texts, return_tensors="pt", **encode).to(self.device)
+            return self.model(**batch).logits.float().cpu().numpy()
+
+    def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         if any(not isinstance(t, str) for t in texts):
             raise DataError("every input must be a text string")
         out = []
         order = np.argsort([len(t) for t in texts])  # similar lengths per batch: little padding
-        with torch.inference_mode():
-            for start in range(0, len(texts), batch_size):
-                idx = order[start : start + batch_size]
-                batch = self.tokenizer([texts[i] for i in idx], truncation=True, max_length=self.run.manifest.max_length,
-                                       padding=True, return_tensors="pt").to(self.device)
-                out.append((idx, self.model(**batch).logits.float().cpu().numpy()))
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            out.append((idx, self._forward([texts[i] for i in idx])))
         width = out[0][1].shape[1] if out else 1
         result = np.zeros((len(texts), width), dtype=np.float32)
         for idx, values in out:
@@ -77,20 +112,37 @@ class Predictor:
         return result
 
     def predict(self, texts: list[str], batch_size: int = 64) -> Predictions:
-        from tunesmith.tasks.sequence import sigmoid, softmax
+        return to_predictions(self.manifest, self.logits(texts, batch_size))
 
-        m = self.run.manifest
-        logits = self.logits(texts, batch_size)
-        if self.task == TaskType.regression:
-            scale = m.target_scaling or {"mean": 0.0, "std": 1.0}
-            values = logits[:, 0] * scale["std"] + scale["mean"]
-            return Predictions([float(v) for v in values], None, values, None)
-        labels = m.labels or []
-        if self.task == TaskType.multi_label:
-            proba = sigmoid(logits)
-            thresholds = np.asarray(m.thresholds or [0.5] * len(labels))
-            hot = (proba >= thresholds).astype(int)
-            return Predictions([[labels[k] for k in np.flatnonzero(row)] for row in hot], proba, None, hot)
-        proba = softmax(logits)
-        ids = proba.argmax(axis=1)
-        return Predictions([labels[i] for i in ids], proba, None, ids)
+
+def to_predictions(m: RunManifest, logits: np.ndarray) -> Predictions:
+    """Logits -> labels, probabilities or values in the user's units, as the run's manifest says."""
+    from tunesmith.tasks.sequence import sigmoid, softmax
+
+    task = TaskType(m.task)
+    if task == TaskType.regression:
+        scale = m.target_scaling or {"mean": 0.0, "std": 1.0}
+        values = logits[:, 0] * scale["std"] + scale["mean"]
+        return Predictions([float(v) for v in values], None, values, None)
+    labels = m.labels or []
+    if task == TaskType.multi_label:
+        proba = sigmoid(logits)
+        thresholds = np.asarray(m.thresholds or [0.5] * len(labels))
+        hot = (proba >= thresholds).astype(int)
+        return Predictions([[labels[k] for k in np.flatnonzero(row)] for row in hot], proba, None, hot)
+    proba = softmax(logits)
+    ids = proba.argmax(axis=1)
+    return Predictions([labels[i] for i in ids], proba, None, ids)
+
+def _onnx_session(path: Path) -> Any:
+    """An onnxruntime CPU session using every core (onnxruntime is imported only for ONNX exports)."""
+    import os
+
+    try:
+        import onnxruntime as ort
+    except ImportError:  # pragma: no cover - a dependency of tunesmith
+        raise DataError(f"{path}: an ONNX export needs onnxruntime; pip install onnxruntime") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])

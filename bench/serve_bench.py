@@ -1,0 +1,212 @@
+"""Run: `make bench-serve`  or  `.venv/bin/python bench/serve_bench.py [--run RUN] [--requests N] [--clients 32]`
+
+Serving throughput of a `minilm` classifier on the packaged food reviews, all in one run on one
+machine:
+
+1. the plain transformers `pipeline("text-classification")` called one text at a time (the baseline),
+2. `tunesmith serve RUN` under 32 concurrent clients, each sending one review per request,
+3. the same server on the run's `onnx-int8` export,
+4. the `onnx-int8` export against the fp32 PyTorch model on the same batch (speed) and on the test
+   split (accuracy).
+
+Targets (issue): served >= 3x the pipeline's throughput, onnx-int8 served >= 5x; int8 >= 2x faster
+than fp32 on the same batch, and at most 1 point of test accuracy lost. Exits 1 when one is missed.
+Without --run it trains a short minilm run first (about 2 minutes); `make demo`'s runs/food-reviews
+is the better model to measure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET_SERVED, TARGET_INT8_SERVED, TARGET_INT8_SPEEDUP, MAX_ACCURACY_LOSS = 3.0, 5.0, 2.0, 0.01
+TS = [sys.executable, "-m", "tunesmith"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def train_quick_run(folder: Path) -> Path:
+    config = Path(__file__).parent.parent / "examples" / "food_reviews.yaml"
+    out = folder / "run"
+    subprocess.run([*TS, "train", str(config), "--overwrite", "--set", f"train.output_dir={out}",
+                    "--set", "train.max_steps=120", "--set", "train.evals_per_epoch=1", "--set", "model.max_length=128"],
+                   check=True)
+    return out
+
+
+def pipeline_throughput(run: Path, texts: list[str]) -> tuple[float, list[float]]:
+    """The baseline: transformers' pipeline, one text per call, as a user without a server would."""
+    from transformers import pipeline
+
+    from tunesmith.predictor import Predictor
+
+    from transformers.utils import logging as hf_logging
+
+    pred = Predictor(run)
+    hf_logging.set_verbosity_error()  # "MeanPoolingForSequenceClassification is not supported" is about the task list
+    pipe = pipeline("text-classification", model=pred.model, tokenizer=pred.tokenizer, device="cpu",
+                    truncation=True, max_length=pred.run.manifest.max_length)
+    pipe(texts[:3])  # warm-up
+    latencies = []
+    started = time.perf_counter()
+    for text in texts:
+        t = time.perf_counter()
+        pipe(text)
+        latencies.append(time.perf_counter() - t)
+    return len(texts) / (time.perf_counter() - started), latencies
+
+
+def start_server(path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    import httpx
+
+    port = free_port()
+    proc = subprocess.Popen([*TS, "serve", str(path), "--port", str(port), "--max-batch-size", "32",
+                             "--batch-wait-ms", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server for {path} exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise SystemExit("server did not become ready")
+
+
+async def load(url: str, texts: list[str], clients: int) -> tuple[float, list[float]]:
+    """`clients` concurrent clients, each sending single texts until all are sent."""
+    import httpx
+
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for t in texts:
+        queue.put_nowait(t)
+    latencies: list[float] = []
+
+    async def client(c: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            text = queue.get_nowait()
+            t = time.perf_counter()
+            r = await c.post(f"{url}/v1/predict", json={"text": text})
+            r.raise_for_status()
+            latencies.append(time.perf_counter() - t)
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as c:
+        await asyncio.gather(*(client(c) for _ in range(clients)))  # warm-up round
+        for t in texts:
+            queue.put_nowait(t)
+        latencies.clear()
+        started = time.perf_counter()
+        await asyncio.gather(*(client(c) for _ in range(clients)))
+    return len(texts) / (time.perf_counter() - started), latencies
+
+
+def served_throughput(path: Path, texts: list[str], clients: int) -> tuple[float, list[float]]:
+    proc, url = start_server(path)
+    try:
+        return asyncio.run(load(url, texts, clients))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def batch_speed(run: Path, export: Path, texts: list[str], repeats: int = 5) -> tuple[float, float]:
+    """Seconds per batch of `texts` for the fp32 PyTorch run and the int8 ONNX export (best of `repeats`)."""
+    from tunesmith.predictor import Predictor
+
+    out = []
+    for path in (run, export):
+        pred = Predictor(path)
+        pred.logits(texts, batch_size=len(texts))  # warm-up
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            pred.logits(texts, batch_size=len(texts))
+            times.append(time.perf_counter() - t)
+        out.append(min(times))
+    return out[0], out[1]
+
+
+def accuracy(path: Path, texts: list[str], labels: list[str]) -> float:
+    from tunesmith.predictor import Predictor
+
+    pred = Predictor(path).predict(texts)
+    return sum(a == b for a, b in zip(pred.labels, labels, strict=True)) / len(labels)
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1] * 1000 if len(values) > 1 else values[0] * 1000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, help="a trained classification run (default: train a short one)")
+    parser.add_argument("--requests", type=int, default=400, help="review texts sent per measurement")
+    parser.add_argument("--clients", type=int, default=32)
+    args = parser.parse_args()
+    from tunesmith.artifacts import DatasetVersion, Run
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        run = args.run or train_quick_run(work)
+        manifest = Run(run).manifest
+        test = DatasetVersion(manifest.dataset).table("test")
+        pool = DatasetVersion(manifest.dataset).table("train").column("text").to_pylist()
+        texts = (pool * (args.requests // len(pool) + 1))[: args.requests]
+        export = work / "onnx-int8"
+        subprocess.run([*TS, "export", str(run), "--format", "onnx-int8", "--out", str(export)], check=True)
+
+        print(f"machine: {os.cpu_count()} cores; run {run}; {len(texts)} requests per measurement", flush=True)
+        base_rps, base_lat = pipeline_throughput(run, texts[: max(100, args.requests // 4)])
+        print(f"pipeline one text at a time: {base_rps:.1f} texts/s", flush=True)
+        rps, lat = served_throughput(run, texts, args.clients)
+        print(f"tunesmith serve (PyTorch), {args.clients} clients: {rps:.1f} texts/s", flush=True)
+        int8_rps, int8_lat = served_throughput(export, texts, args.clients)
+        print(f"tunesmith serve (onnx-int8), {args.clients} clients: {int8_rps:.1f} texts/s", flush=True)
+        batch = texts[:32]
+        fp32_s, int8_s = batch_speed(run, export, batch)
+        gold = test.column("label").to_pylist()
+        test_texts = test.column("text").to_pylist()
+        acc_fp32, acc_int8 = accuracy(run, test_texts, gold), accuracy(export, test_texts, gold)
+
+    rows = [
+        ("pipeline, 1 text per call", base_rps, pct(base_lat, 50), pct(base_lat, 99), "1.0x", ""),
+        (f"serve PyTorch, {args.clients} clients", rps, pct(lat, 50), pct(lat, 99), f"{rps / base_rps:.1f}x",
+         f">= {TARGET_SERVED:.0f}x"),
+        (f"serve onnx-int8, {args.clients} clients", int8_rps, pct(int8_lat, 50), pct(int8_lat, 99),
+         f"{int8_rps / base_rps:.1f}x", f">= {TARGET_INT8_SERVED:.0f}x"),
+    ]
+    print("\n| setup | texts/s | p50 ms | p99 ms | vs pipeline | target |\n|---|---|---|---|---|---|")
+    for name, v, p50, p99, ratio, target in rows:
+        print(f"| {name} | {v:.1f} | {p50:.1f} | {p99:.1f} | {ratio} | {target} |")
+    print(f"\nbatch of 32: fp32 PyTorch {fp32_s * 1000:.0f} ms, onnx-int8 {int8_s * 1000:.0f} ms "
+          f"({fp32_s / int8_s:.2f}x; target >= {TARGET_INT8_SPEEDUP:.0f}x)")
+    print(f"test accuracy: fp32 {acc_fp32:.4f}, onnx-int8 {acc_int8:.4f} (loss {100 * (acc_fp32 - acc_int8):+.2f} points; "
+          f"target <= {100 * MAX_ACCURACY_LOSS:.0f})")
+    checks = {"served >= 3x pipeline": rps / base_rps >= TARGET_SERVED,
+              "onnx-int8 served >= 5x pipeline": int8_rps / base_rps >= TARGET_INT8_SERVED,
+              "int8 >= 2x fp32 on a batch": fp32_s / int8_s >= TARGET_INT8_SPEEDUP,
+              "int8 loses <= 1 point": acc_fp32 - acc_int8 <= MAX_ACCURACY_LOSS}
+    for name, ok in checks.items():
+        print(f"{'PASS' if ok else 'FAIL'}: {name}")
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""`tunesmith export`: merged weights that plain transformers loads, ONNX (fp32 and int8) run folders
+that Predictor, `evaluate` and `serve` take unchanged, a joblib bundle behind a trust flag, and a
+Docker build context whose entrypoint serves /healthz (run outside Docker: there is no engine here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_train import project
+from tests.test_train_chat import chat_project
+from tunesmith.artifacts import DatasetVersion, Run
+from tunesmith.cli import run as cli
+from tunesmith.config import parse_config
+from tunesmith.errors import ConfigError
+from tunesmith.export import export_run, load_joblib
+from tunesmith.predictor import Predictor
+from tunesmith.train import train
+
+TEXTS = ["great wonderful friendly coffee", "terrible stale bitter bread", "the tea", "a much longer text about the price "
+         "of a big bag of dried fruit that was not great and not terrible either"]
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
+    """LoRA with the native [CLS] head (the pooler and classifier trained in full beside the adapter)."""
+    tmp = tmp_path_factory.mktemp("lora")
+    return train(project(tmp, tiny_bert, train_spec={"method": "lora", "learning_rate": 5e-3, "max_steps": 20}))
+
+
+@pytest.fixture(scope="module")
+def mean_run(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
+    """Full fine-tuning with tunesmith's mean-pooled head (what sentence encoders such as minilm get)."""
+    tmp = tmp_path_factory.mktemp("mean")
+    raw = project(tmp, tiny_bert, train_spec={"max_steps": 30}).model_dump(mode="json")
+    raw["model"]["pooling"] = "mean"
+    return train(parse_config(raw))
+
+
+def _err(capsys) -> str:
+    return " ".join(capsys.readouterr().err.split())  # the console wraps long messages
+
+
+def _logits(model, tokenizer, texts: list[str]) -> np.ndarray:
+    with torch.no_grad():
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+        return model(**batch).logits.numpy()
+
+
+def test_merged_lora_equals_base_plus_adapter_and_loads_with_plain_transformers(lora_run: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    result = export_run(lora_run, "merged", tmp_path / "merged")
+    folder = tmp_path / "merged"
+    assert result.path == folder and result.warnings == []
+    test_rows = DatasetVersion(Run(lora_run).manifest.dataset).table("test").num_rows
+    assert result.check["agreement"] == 1.0 and result.check["n"] == test_rows > 0
+    model_dir = folder / "model"
+    assert (model_dir / "model.safetensors").is_file() and not (model_dir / "adapter_config.json").exists()
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()  # no tunesmith, no peft
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    original = Predictor(lora_run).logits(TEXTS)  # base model + adapter through PEFT
+    np.testing.assert_allclose(_logits(model, tokenizer, TEXTS), original, atol=1e-4)
+    # ... and the export is a run folder tunesmith itself takes
+    manifest = Run(folder).manifest
+    assert manifest.adapter is False and manifest.method == "lora" and manifest.labels == Run(lora_run).manifest.labels
+    np.testing.assert_allclose(Predictor(folder).logits(TEXTS), original, atol=1e-4)
+    info = json.loads((folder / "export.json").read_text())
+    assert info["format"] == "merged" and info["source_run"] == str(lora_run.resolve())
+    assert info["check"]["agreement"] == 1.0 and info["check"]["accuracy_diff"] == 0.0
+
+
+def test_merged_mean_pooling_head_loads_with_trust_remote_code(mean_run: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    export_run(mean_run, "merged", tmp_path / "merged")
+    model_dir = tmp_path / "merged" / "model"
+    code = (model_dir / "modeling_tunesmith_pooling.py").read_text()
+    assert "import tunesmith" not in code and "from tunesmith" not in code
+    config = json.loads((model_dir / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForSequenceClassification"] == \
+        "modeling_tunesmith_pooling.MeanPoolingForSequenceClassification"
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, trust_remote_code=True).eval()
+    assert type(model).__module__ != "tunesmith.heads"  # the folder's own copy of the head
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    np.testing.assert_allclose(_logits(model, tokenizer, TEXTS), Predictor(mean_run).logits(TEXTS), atol=1e-5)
+
+
+def test_onnx_export_is_a_run_folder_that_predictor_and_evaluate_take(mean_run: Path, tmp_path: Path, capsys) -> None:
+    import onnx
+
+    folder = tmp_path / "onnx"
+    assert cli(["export", str(mean_run), "--format", "onnx", "--out", str(folder)]) == 0
+    shown = capsys.readouterr().out
+    assert "100.00% of the predictions agree with the run" in shown
+    for name in ("run.json", "config.json", "export.json", "model/model.onnx", "model/tokenizer.json"):
+        assert (folder / name).is_file(), name
+    assert Run(folder).manifest.model_dump(exclude={"adapter", "merged"}) == \
+        Run(mean_run).manifest.model_dump(exclude={"adapter", "merged"})
+    graph = onnx.load(str(folder / "model" / "model.onnx"))
+    assert next(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    inputs = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in graph.graph.input}
+    assert set(inputs) >= {"input_ids", "attention_mask"}
+    assert all(isinstance(d, str) and d for dims in inputs.values() for d in dims)  # batch and sequence are dynamic
+    assert [o.name for o in graph.graph.output] == ["logits"]
+    info = json.loads((folder / "export.json").read_text())
+    assert info["check"]["agreement"] == 1.0 and info["check"]["max_proba_diff"] < 1e-4 and info["warnings"] == []
+
+    predictor = Predictor(folder)
+    assert predictor.backend == "onnx" and predictor.model is None
+    original = Predictor(mean_run)
+    np.testing.assert_allclose(predictor.logits(TEXTS), original.logits(TEXTS), atol=1e-4)
+    assert predictor.predict(TEXTS).labels == original.predict(TEXTS).labels
+
+    assert cli(["evaluate", str(folder), "--no-baselines"]) == 0
+    onnx_report = json.loads((folder / "eval" / "test" / "report.json").read_text())
+    assert onnx_report["metrics"]["accuracy"] == pytest.approx(info["check"]["accuracy_run"])
+
+
+def test_onnx_int8_quantises_and_reports_agreement(mean_run: Path, tmp_path: Path) -> None:
+    import onnx
+
+    result = export_run(mean_run, "onnx-int8", tmp_path / "int8")
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "int8" / "model" / "model.onnx")).graph.node}
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops  # int8 weights, activations quantised on the fly
+    check = result.check
+    assert 0.0 <= check["agreement"] <= 1.0 and {"accuracy_run", "accuracy_export", "accuracy_diff"} <= set(check)
+    info = json.loads((tmp_path / "int8" / "export.json").read_text())
+    assert info["format"] == "onnx-int8" and info["check"] == check and "quantization" in info
+    out = Predictor(tmp_path / "int8").predict(TEXTS)
+    assert out.proba.shape == (len(TEXTS), 2) and np.allclose(out.proba.sum(axis=1), 1, atol=1e-5)
+
+
+def test_regression_onnx_reports_value_differences(tmp_path: Path, tiny_bert: Path) -> None:
+    run = train(project(tmp_path, tiny_bert, task={"type": "regression"}, train_spec={"max_steps": 10}))
+    result = export_run(run, "onnx", tmp_path / "onnx")
+    assert result.check["max_abs_diff"] < 1e-4 and abs(result.check["r2_diff"]) < 1e-4
+    np.testing.assert_allclose(Predictor(tmp_path / "onnx").predict(TEXTS).values, Predictor(run).predict(TEXTS).values,
+                               atol=1e-4)
+
+
+def test_joblib_bundle_needs_trust_and_then_predicts(lora_run: Path, tmp_path: Path) -> None:
+    result = export_run(lora_run, "joblib", tmp_path / "jl")
+    assert result.path == tmp_path / "jl" / "tiny.joblib" and result.path.is_file()
+    assert result.check["agreement"] == 1.0
+    with pytest.raises(ConfigError, match="runs code stored in it.*trust=True"):
+        load_joblib(result.path)
+    bundle = load_joblib(result.path, trust=True)
+    original = Predictor(lora_run).predict(TEXTS)
+    got = bundle.predict(TEXTS)
+    assert got.labels == original.labels and bundle.labels == ["neg", "pos"]
+    np.testing.assert_allclose(got.proba, original.proba, atol=1e-5)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_docker_context_is_complete_and_its_entrypoint_serves(mean_run: Path, tmp_path: Path, capsys) -> None:
+    """An onnx-int8 export packed for Docker (the fast CPU setup); the container's command, run here."""
+    export_run(mean_run, "onnx-int8", tmp_path / "int8")
+    context = tmp_path / "docker"
+    assert cli(["export", str(tmp_path / "int8"), "--format", "docker", "--out", str(context)]) == 0
+    shown = capsys.readouterr().out
+    assert "docker build -t tunesmith-tiny ." in shown and "docker run --rm -p 8000:8000 tunesmith-tiny" in shown
+    dockerfile = (context / "Dockerfile").read_text()
+    lines = [line.strip() for line in dockerfile.splitlines()]
+    assert "FROM python:3.11-slim" in lines
+    torch_line = "RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+    assert lines.index(torch_line) < next(i for i, line in enumerate(lines) if line.startswith("RUN") and "tunesmith-src" in line)
+    assert "EXPOSE 8000" in lines and any(line.startswith("USER ") and "root" not in line for line in lines)
+    assert "HEALTHCHECK" in dockerfile and "urllib.request" in dockerfile and "http://127.0.0.1:8000/healthz" in dockerfile
+    for line in lines:  # everything the Dockerfile copies is in the context
+        if line.startswith("COPY "):
+            assert (context / line.split()[-2]).exists(), line
+    for name in (".dockerignore", "COMMANDS.txt", "README.md", "tunesmith-src/pyproject.toml",
+                 "tunesmith-src/tunesmith/cli.py", "model/run.json", "model/model/model.onnx"):
+        assert (context / name).is_file(), name
+    assert "docker build -t tunesmith-tiny ." in (context / "COMMANDS.txt").read_text()
+
+    # The container's command with /app pointing at the context, on a free port.
+    cmd_line = next(line for line in dockerfile.splitlines() if line.startswith("CMD "))  # not HEALTHCHECK's CMD
+    argv = [arg.replace("/app", str(context)) for arg in json.loads(cmd_line[4:])]
+    assert argv[:3] == ["tunesmith", "serve", str(context / "model")]
+    port = _free_port()
+    argv[argv.index("--port") + 1] = str(port)
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "tunesmith", *argv[1:]], stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline, status = time.time() + 120, None
+        while time.time() < deadline and status != 200:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
+                    status = response.status
+            except OSError:
+                time.sleep(0.3)
+        assert status == 200, (tmp_path / "serve.log").read_text()
+        request = urllib.request.Request(f"{url}/v1/predict", data=json.dumps({"texts": TEXTS}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            served = [p["label"] for p in json.loads(response.read())["predictions"]]
+        assert served == Predictor(tmp_path / "int8").predict(TEXTS).labels  # the ONNX model, behind the server
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_docker_merges_an_adapter_run_and_its_source_builds_a_wheel(lora_run: Path, tmp_path: Path) -> None:
+    """The image must need nothing from this machine: no base model folder, no git repository."""
+    result = export_run(lora_run, "docker", tmp_path / "docker", check=False)
+    model = tmp_path / "docker" / "model"
+    assert Run(model).manifest.adapter is False and (model / "model" / "model.safetensors").is_file()
+    assert not (model / "checkpoints").exists() and result.commands[1] == "docker build -t tunesmith-tiny ."
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path / "wheels"), str(tmp_path / "docker" / "tunesmith-src")],
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    import zipfile
+
+    wheel = next((tmp_path / "wheels").glob("tunesmith-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "tunesmith/export.py" in names and "tunesmith/cli.py" in names
+
+
+def test_chat_run_refuses_onnx_and_exports_a_causal_lm(tmp_path: Path, tiny_llama: Path, capsys) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.generation import ChatModel
+
+    run = train(chat_project(tmp_path, tiny_llama, {"method": "lora", "max_steps": 4, "learning_rate": 1e-2}))
+    assert cli(["export", str(run), "--format", "onnx"]) == 2
+    assert "is for classification and regression runs" in _err(capsys)
+    with pytest.raises(ConfigError, match="--format merged"):
+        export_run(run, "onnx-int8")
+
+    result = export_run(run, "merged", tmp_path / "merged")
+    assert abs(result.check["loss_diff"]) < 1e-4 and result.warnings == []
+    model_dir = tmp_path / "merged" / "model"
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()  # plain transformers, no peft
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert tokenizer.chat_template and model.generation_config.eos_token_id == Run(run).manifest.stop_token_ids
+    tuned = ChatModel.from_run(run)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": "how is the tea?"}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        np.testing.assert_allclose(model(input_ids=ids).logits.numpy(), tuned.model(input_ids=ids).logits.numpy(), atol=1e-4)
+
+
+def test_bad_format_missing_run_and_existing_output_are_refused(lora_run: Path, tmp_path: Path, capsys) -> None:
+    assert cli(["export", str(lora_run), "--format", "tflite"]) == 2
+    assert "unknown export format 'tflite'; choose from merged, onnx, onnx-int8, joblib, docker" in _err(capsys)
+    assert cli(["export", str(tmp_path / "nope"), "--format", "onnx"]) == 2
+    assert "does not exist" in _err(capsys)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "file").write_text("x")
+    assert cli(["export", str(lora_run), "--format", "onnx", "--out", str(tmp_path / "busy")]) == 2
+    assert "--overwrite" in _err(capsys)
+    with pytest.raises(ConfigError, match="cannot be written into the run folder"):
+        export_run(lora_run, "onnx", lora_run / "export")
+
+
+def test_dynamo_exporter_takes_over_when_the_tracer_fails(mean_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """Models the TorchScript tracer cannot take (and torch versions without it) go through torch.export."""
+    real = torch.onnx.export
+
+    def tracer_fails(*args, dynamo: bool = True, **kwargs):
+        if not dynamo:
+            raise RuntimeError("the tracer cannot take this model")
+        return real(*args, dynamo=dynamo, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", tracer_fails)
+    result = export_run(mean_run, "onnx", tmp_path / "onnx")
+    info = json.loads((tmp_path / "onnx" / "export.json").read_text())
+    assert info["exporter"] == "dynamo" and info["opset"] >= 17
+    assert result.check["agreement"] == 1.0 and result.check["max_proba_diff"] < 1e-4
