@@ -21,15 +21,12 @@ from tunesmith.evaluation import baselines as bl
 from tunesmith.evaluation import metrics as mt
 from tunesmith.evaluation import plots
 from tunesmith.evaluation.report import write_comparison, write_report
-from tunesmith.tasks.sequence import multi_hot
 
 
 def _targets(task: TaskType, table: Any, n_labels: int) -> np.ndarray:
-    if task == TaskType.single_label:
-        return np.asarray(table.column("label_id").to_pylist())
-    if task == TaskType.multi_label:
-        return multi_hot(table.column("label_ids").to_pylist(), n_labels)
-    return np.asarray(table.column("score").to_pylist(), dtype=float)
+    from tunesmith.tasks.sequence import targets
+
+    return targets(task, table, n_labels)
 
 
 def _score(task: TaskType, y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], proba: np.ndarray | None) -> dict[str, Any]:

@@ -199,13 +199,9 @@ def _test_split(run: Run) -> tuple[Any | None, str | None]:
 
 
 def _targets(task: TaskType, table: Any, n_labels: int) -> np.ndarray:
-    from tunesmith.tasks.sequence import multi_hot
+    from tunesmith.tasks.sequence import targets
 
-    if task == TaskType.single_label:
-        return np.asarray(table.column("label_id").to_pylist())
-    if task == TaskType.multi_label:
-        return multi_hot(table.column("label_ids").to_pylist(), n_labels)
-    return np.asarray(table.column("score").to_pylist(), dtype=float)
+    return targets(task, table, n_labels)
 
 
 def compare_predictions(task: TaskType, reference: Any, exported: Any, truth: np.ndarray | None) -> dict[str, Any]:

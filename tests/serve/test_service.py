@@ -134,7 +134,7 @@ def test_chat_limits_and_params() -> None:
     service = Service([served("chat", chat, "bot")], ServeSpec(max_tokens=20))
 
     def ask(**kw: Any) -> Any:
-        return run(service.chat(p.ChatCompletionRequest(model="bot", messages=[{"role": "user", "content": "hi there"}], **kw)))
+        return run(service.generate(p.ChatCompletionRequest(model="bot", messages=[{"role": "user", "content": "hi there"}], **kw)))
 
     ok = ask(temperature=0, max_tokens=5, stop="x", seed=3)
     assert ok["choices"][0]["message"]["content"] == "echo hi there"
@@ -142,7 +142,7 @@ def test_chat_limits_and_params() -> None:
     assert chat.calls[-1][1] == {"max_new_tokens": 5, "temperature": 0, "top_p": 1.0, "seed": 3, "stop": ("x",)}
     assert ask(max_tokens=50).param == "max_tokens"
     assert ask(n=2).param == "n"
-    long = run(service.chat(p.ChatCompletionRequest(model="bot", messages=[{"role": "user", "content": "w " * 80}])))
+    long = run(service.generate(p.ChatCompletionRequest(model="bot", messages=[{"role": "user", "content": "w " * 80}])))
     assert long.code == "context_length_exceeded"
 
 

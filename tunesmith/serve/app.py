@@ -147,25 +147,22 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
         rid = request_id(request)
         return answer(await service.predict(req, rid), rid)
 
+    async def generation(req: p.ChatCompletionRequest | p.CompletionRequest, request: Request) -> Response:
+        rid = request_id(request)
+        if not req.stream:
+            return answer(await service.generate(req), rid)
+        events = service.stream(req)
+        if isinstance(events, ServiceError):
+            return _error(events)
+        return StreamingResponse(events, media_type="text/event-stream", headers={"X-Request-ID": rid, "Cache-Control": "no-cache"})
+
     @app.post("/v1/chat/completions", tags=["openai"], dependencies=[Depends(model_auth)])
     async def chat_completions(req: p.ChatCompletionRequest, request: Request) -> Response:
-        rid = request_id(request)
-        if req.stream:
-            events = service.stream(req)
-            if isinstance(events, ServiceError):
-                return _error(events)
-            return StreamingResponse(events, media_type="text/event-stream", headers={"X-Request-ID": rid, "Cache-Control": "no-cache"})
-        return answer(await service.chat(req), rid)
+        return await generation(req, request)
 
     @app.post("/v1/completions", tags=["openai"], dependencies=[Depends(model_auth)])
     async def completions(req: p.CompletionRequest, request: Request) -> Response:
-        rid = request_id(request)
-        if req.stream:
-            events = service.stream(req)
-            if isinstance(events, ServiceError):
-                return _error(events)
-            return StreamingResponse(events, media_type="text/event-stream", headers={"X-Request-ID": rid, "Cache-Control": "no-cache"})
-        return answer(await service.complete(req), rid)
+        return await generation(req, request)
 
     return app
 

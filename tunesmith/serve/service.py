@@ -189,7 +189,8 @@ class Service:
         self.metrics.generated_tokens.labels(model.id).inc(sum(c.completion_tokens for c in done))
         return list(done)
 
-    async def chat(self, req: p.ChatCompletionRequest) -> dict[str, Any] | ServiceError:
+    async def generate(self, req: p.ChatCompletionRequest | p.CompletionRequest) -> dict[str, Any] | ServiceError:
+        """A whole chat completion or text completion (OpenAI's response shape for each)."""
         prepared = self._prepare(req)
         if isinstance(prepared, ServiceError):
             return prepared
@@ -197,24 +198,15 @@ class Service:
         done = await self._generate(model, prompts, params)
         if isinstance(done, ServiceError):
             return done
-        c = done[0]
-        return {"id": p.completion_id("chatcmpl"), "object": "chat.completion", "created": p.now(), "model": model.id,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
-                             "logprobs": None, "finish_reason": c.finish_reason}],
-                "usage": _usage(counts[0], c.completion_tokens), "system_fingerprint": model.version}
-
-    async def complete(self, req: p.CompletionRequest) -> dict[str, Any] | ServiceError:
-        prepared = self._prepare(req)
-        if isinstance(prepared, ServiceError):
-            return prepared
-        model, prompts, params, counts = prepared
-        done = await self._generate(model, prompts, params)
-        if isinstance(done, ServiceError):
-            return done
+        usage = _usage(sum(counts), sum(c.completion_tokens for c in done))
+        if isinstance(req, p.ChatCompletionRequest):
+            choices = [{"index": 0, "message": {"role": "assistant", "content": done[0].text}, "logprobs": None,
+                        "finish_reason": done[0].finish_reason}]
+            return {"id": p.completion_id("chatcmpl"), "object": "chat.completion", "created": p.now(), "model": model.id,
+                    "choices": choices, "usage": usage, "system_fingerprint": model.version}
+        choices = [{"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason} for i, c in enumerate(done)]
         return {"id": p.completion_id("cmpl"), "object": "text_completion", "created": p.now(), "model": model.id,
-                "choices": [{"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
-                            for i, c in enumerate(done)],
-                "usage": _usage(sum(counts), sum(c.completion_tokens for c in done)), "system_fingerprint": model.version}
+                "choices": choices, "usage": usage, "system_fingerprint": model.version}
 
     def stream(self, req: p.ChatCompletionRequest | p.CompletionRequest) -> AsyncIterator[str] | ServiceError:
         """Server-sent events (already formatted `data: ...` lines), or an error before the first byte."""

@@ -122,3 +122,12 @@ def tune_thresholds(proba: np.ndarray, truth: np.ndarray) -> list[float]:
         scores = [f1_score(truth[:, k], proba[:, k] >= t, zero_division=0) for t in grid]
         best.append(float(grid[int(np.argmax(scores))]))
     return best
+
+
+def targets(task: TaskType, table: Any, n_labels: int) -> np.ndarray:
+    """A dataset split's targets as metrics compare them: label ids, a 0/1 matrix, or scores."""
+    if task == TaskType.single_label:
+        return np.asarray(table.column("label_id").to_pylist())
+    if task == TaskType.multi_label:
+        return multi_hot(table.column("label_ids").to_pylist(), n_labels)
+    return np.asarray(table.column("score").to_pylist(), dtype=float)
