@@ -21,12 +21,9 @@ from tunesmith.evaluation import baselines as bl
 from tunesmith.evaluation import metrics as mt
 from tunesmith.evaluation import plots
 from tunesmith.evaluation.report import write_comparison, write_report
+from tunesmith.tasks.sequence import targets
 
 
-def _targets(task: TaskType, table: Any, n_labels: int) -> np.ndarray:
-    from tunesmith.tasks.sequence import targets
-
-    return targets(task, table, n_labels)
 
 
 def _score(task: TaskType, y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], proba: np.ndarray | None) -> dict[str, Any]:
@@ -74,7 +71,7 @@ def evaluate_run(run_dir: str | Path, dataset_dir: str | Path | None = None, spl
     if table.num_rows == 0:
         raise DataError(f"{version.path}: split '{split}' is empty")
     texts = table.column("text").to_pylist()
-    y_true = _targets(task, table, len(labels))
+    y_true = targets(task, table, len(labels))
 
     pred = Predictor(run.path).predict(texts)
     y_pred = pred.outputs
@@ -102,7 +99,7 @@ def evaluate_run(run_dir: str | Path, dataset_dir: str | Path | None = None, spl
     baseline_metrics: dict[str, Any] = {}
     if cfg.eval.baselines if baselines is None else baselines:
         train_table = version.table("train")
-        train_y = _targets(task, train_table, len(labels))
+        train_y = targets(task, train_table, len(labels))
         n_classes = len(labels) or None
         for result in (bl.majority_baseline(train_y, len(texts), task.value, n_classes=n_classes),
                        bl.tfidf_baseline(train_table.column("text").to_pylist(), train_y, texts, task.value,

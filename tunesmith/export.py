@@ -32,6 +32,7 @@ from tunesmith import __version__
 from tunesmith.artifacts import RUN_MANIFEST, DatasetVersion, Run, RunManifest
 from tunesmith.config import GENERATIVE_TASKS, TaskType
 from tunesmith.errors import ConfigError, DataError, TunesmithError
+from tunesmith.tasks.sequence import targets
 
 FORMATS = ("merged", "onnx", "onnx-int8", "joblib", "docker")
 EXPORT_MANIFEST = "export.json"
@@ -198,10 +199,6 @@ def _test_split(run: Run) -> tuple[Any | None, str | None]:
     return table.slice(0, CHECK_ROWS), None
 
 
-def _targets(task: TaskType, table: Any, n_labels: int) -> np.ndarray:
-    from tunesmith.tasks.sequence import targets
-
-    return targets(task, table, n_labels)
 
 
 def compare_predictions(task: TaskType, reference: Any, exported: Any, truth: np.ndarray | None) -> dict[str, Any]:
@@ -260,7 +257,7 @@ class _SequenceCheck:
     def against(self, predict: Any) -> tuple[dict[str, Any], list[str]]:
         if self.reference is None:
             return {"skipped": self.skipped}, []
-        truth = _targets(self.task, self.table, len(self.run.manifest.labels or []))
+        truth = targets(self.task, self.table, len(self.run.manifest.labels or []))
         check = compare_predictions(self.task, self.reference, predict(self.texts), truth)
         check["split"] = "test"
         return check, check_warnings(check)

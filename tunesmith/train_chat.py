@@ -131,6 +131,9 @@ def train_chat(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: P
     run_dir, checkpoint = start_run(cfg, resume, overwrite)
     version = ensure_dataset(cfg, dataset_dir)
     _check_rows(version)
+    import torch
+
+    torch.manual_seed(cfg.train.seed)  # the adapter's random init is part of the run, whatever ran before
     model, tokenizer, model_dir = load_causal_lm(str(cfg.model.name))
     chat.set_chat_template(tokenizer, cfg.model.chat_template, str(cfg.model.name))
     stops = chat.stop_token_ids(tokenizer)
@@ -142,10 +145,11 @@ def train_chat(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: P
     if is_rank0():
         print(f"model {cfg.model.name}: {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.2f}%) "
               f"with method '{cfg.train.method}'", flush=True)
+    full_validation = None  # SFT: the whole validation split, scored once at the end (OpenAI's full_valid_*)
     if cfg.task.type == TaskType.preference:
         trainer, plan = _dpo_trainer(cfg, version, model, tokenizer, run_dir, max_length)
     else:
-        trainer, plan = _sft_trainer(cfg, version, model, tokenizer, run_dir, max_length)
+        trainer, plan, full_validation = _sft_trainer(cfg, version, model, tokenizer, run_dir, max_length)
     result = run_trainer(cfg, trainer, run_dir, checkpoint)
     if result is None:
         return run_dir
@@ -157,7 +161,7 @@ def train_chat(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: P
         from transformers import EarlyStoppingCallback
 
         trainer.remove_callback(EarlyStoppingCallback)  # training is over; it would look for eval_loss here
-        full = trainer.evaluate(trainer.full_validation, metric_key_prefix="full_valid")
+        full = trainer.evaluate(full_validation, metric_key_prefix="full_valid")
         metrics["full_valid_loss"] = float(full["full_valid_loss"])
         metrics["full_valid_mean_token_accuracy"] = float(full.get("full_valid_mean_token_accuracy",
                                                                    full.get("eval_mean_token_accuracy", float("nan"))))
@@ -191,7 +195,7 @@ def _save_model(cfg: ProjectConfig, trainer: Any, tokenizer: Any, stops: list[in
 
 
 def _sft_trainer(cfg: ProjectConfig, version: DatasetVersion, model: Any, tokenizer: Any, run_dir: Path,
-                 max_length: int) -> tuple[Any, dict[str, Any]]:
+                 max_length: int) -> tuple[Any, dict[str, Any], Any]:
     from trl import SFTConfig, SFTTrainer
 
     from tunesmith.tasks import chat
@@ -215,8 +219,7 @@ def _sft_trainer(cfg: ProjectConfig, version: DatasetVersion, model: Any, tokeni
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                          processing_class=tokenizer, callbacks=[*standard_callbacks(cfg), _openai_metrics_writer(run_dir)])
-    trainer.full_validation = full_val
-    return trainer, plan
+    return trainer, plan, full_val
 
 
 def _dpo_trainer(cfg: ProjectConfig, version: DatasetVersion, model: Any, tokenizer: Any, run_dir: Path,
