@@ -53,7 +53,7 @@ def chat_raw(tmp: Path, model: Path, train_spec: dict | None = None, n: int = 10
         "data": {"sources": [{"path": str(path)}], "output_dir": str(tmp / "ds"),
                  "dedup": {"near": False}, "split": {"leakage": "report"}},
         "model": {"name": str(model), **model_spec},
-        "train": {"method": "full", "learning_rate": 1e-2, "epochs": 6, "batch_size": 8, "early_stopping_patience": None,
+        "train": {"method": "full", "learning_rate": 3e-3, "epochs": 15, "batch_size": 8, "early_stopping_patience": None,
                   "output_dir": str(tmp / "run"), **(train_spec or {})},
         "eval": {"max_new_tokens": 24},
     }

@@ -24,14 +24,20 @@ CHAT_TEMPLATE = (
 
 
 def build_tokenizer(folder: Path, vocab_size: int = 300, chat: bool = False) -> Path:
-    """A WordPiece tokenizer trained on a small corpus, saved as a transformers tokenizer folder."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    """A WordPiece tokenizer over a small corpus, saved as a transformers tokenizer folder.
+
+    The vocabulary is built here, sorted, rather than by `WordPieceTrainer`: the trainer breaks ties
+    differently from run to run, and every tiny model (and what the tests train from it) would change."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(CORPUS, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS))
+    normalizer, pre_tokenizer = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    words = sorted({w for text in CORPUS for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))})
+    chars = sorted({c for w in words for c in w})
+    pieces = [*SPECIALS, *chars, *(f"##{c}" for c in chars), *(w for w in words if len(w) > 1)]
+    assert len(pieces) <= vocab_size, f"the tiny corpus needs {len(pieces)} tokens"
+    tok = Tokenizer(models.WordPiece(vocab={p: i for i, p in enumerate(pieces)}, unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
     cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
@@ -73,8 +79,8 @@ def build_tiny_llama(folder: Path) -> Path:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=4, intermediate_size=128, max_position_embeddings=128,
                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     LlamaForCausalLM(config).save_pretrained(folder)
     return folder
