@@ -33,6 +33,7 @@ ONNX_MODEL = "model.onnx"  # an ONNX export (tunesmith export --format onnx|onnx
 
 
 MAX_BATCH_TOKENS = 512  # padded tokens per forward pass: measured best on CPU (2 cores, minilm; 8192 is 3x slower per text)
+GPU_BATCH_TOKENS = 16384  # a GPU is starved by small batches; 64 texts of 256 tokens fit any card's memory for an encoder
 
 
 class Predictor:
@@ -99,7 +100,7 @@ class Predictor:
             batch = self.tokenizer.pad(features, return_tensors="pt").to(self.device)
             return self.model(**batch).logits.float().cpu().numpy()
 
-    def logits(self, texts: list[str], batch_size: int = 64, max_batch_tokens: int = MAX_BATCH_TOKENS) -> np.ndarray:
+    def logits(self, texts: list[str], batch_size: int = 64, max_batch_tokens: int | None = None) -> np.ndarray:
         """Logits for `texts`, in their order. Texts are tokenized once, sorted by token count and run
         in micro-batches of similar length holding at most `max_batch_tokens` padded tokens: on a CPU a
         forward pass costs per token, so padding is pure waste and big batches buy nothing."""
@@ -107,6 +108,8 @@ class Predictor:
             raise DataError("every input must be a text string")
         if not texts:
             return np.zeros((0, 1), dtype=np.float32)
+        if max_batch_tokens is None:
+            max_batch_tokens = MAX_BATCH_TOKENS if self.device == "cpu" else GPU_BATCH_TOKENS
         encoded = self.tokenizer(texts, truncation=True, max_length=self.manifest.max_length)
         features = [{k: encoded[k][i] for k in encoded.keys()} for i in range(len(texts))]
         lengths = np.array([len(f["input_ids"]) for f in features])
