@@ -201,12 +201,20 @@ def test_resume_refuses_a_changed_config(tmp_path: Path, tiny_bert: Path) -> Non
 
 
 def test_two_processes_train_with_ddp(tmp_path: Path, tiny_bert: Path) -> None:
-    cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 6})
+    # multi-label: after training, thresholds come from a prediction over the validation split, a collective
+    # step every process must join before rank 0 writes the run folder
+    cfg = project(tmp_path, tiny_bert, task={"type": "multi_label_classification", "label": "{label},{extra}"},
+                  train_spec={"max_steps": 6})
+    data = rows(160)
+    for r in data:
+        r["extra"] = "drink" if any(w in r["text"] for w in ("coffee", "tea")) else "meal"
+    write(tmp_path / "data.csv", data)
     proc = _cli("train", str(_config_file(tmp_path, cfg)), "--nproc", "2", cwd=tmp_path)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
     assert "launching 2 processes" in output
-    assert Run(tmp_path / "run").manifest.processes == 2
+    manifest = Run(tmp_path / "run").manifest
+    assert manifest.processes == 2 and manifest.thresholds is not None and len(manifest.thresholds) == 4
 
 
 def test_mean_pooling_head_for_sentence_encoders(tmp_path: Path, tiny_bert: Path) -> None:

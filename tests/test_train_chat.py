@@ -236,6 +236,22 @@ def test_resume_from_a_checkpoint_matches_the_uninterrupted_run(tmp_path: Path, 
     assert Run(b).manifest.metrics["full_valid_loss"] == pytest.approx(Run(a).manifest.metrics["full_valid_loss"], rel=1e-4)
 
 
+def test_two_processes_train_a_chat_adapter(tmp_path: Path, tiny_llama: Path) -> None:
+    """torchrun with 2 CPU processes: the full-validation pass after training is collective, so every
+    process takes part before rank 0 merges the adapter and writes the run folder."""
+    from tests.test_train import _cli, _config_file
+
+    cfg = chat_project(tmp_path, tiny_llama, {"method": "lora", "learning_rate": 5e-3, "epochs": 1, "merge_adapter": True})
+    proc = _cli("train", str(_config_file(tmp_path, cfg)), "--nproc", "2", cwd=tmp_path)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    run = Run(tmp_path / "run")
+    assert run.manifest.processes == 2 and run.manifest.merged
+    assert run.manifest.metrics["full_valid_loss"] > 0
+    answer = ChatModel.from_run(run.path).generate([[{"role": "user", "content": QA[0][0]}]], max_new_tokens=8)[0]
+    assert answer.completion_tokens > 0
+
+
 def test_too_few_examples_are_refused_before_training(tmp_path: Path, tiny_llama: Path) -> None:
     from tunesmith.errors import DataError
 

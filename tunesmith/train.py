@@ -226,8 +226,11 @@ def write_config(cfg: ProjectConfig, run_dir: Path) -> None:
         (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2) + "\n", encoding="utf-8")
 
 
-def run_trainer(cfg: ProjectConfig, trainer: Any, run_dir: Path, checkpoint: Path | None) -> Any | None:
-    """Record the config, then train (from `checkpoint` when resuming); None on processes other than rank 0."""
+def run_trainer(cfg: ProjectConfig, trainer: Any, run_dir: Path, checkpoint: Path | None) -> Any:
+    """Record the config, then train (from `checkpoint` when resuming).
+
+    Every process gets the result: under torchrun, what follows (evaluate, predict) is collective, so all
+    ranks must take part before rank 0 alone writes the run folder."""
     from transformers.utils import logging as hf_logging
 
     write_config(cfg, run_dir)
@@ -235,7 +238,7 @@ def run_trainer(cfg: ProjectConfig, trainer: Any, run_dir: Path, checkpoint: Pat
         print(f"resuming from {checkpoint.name}", flush=True)
     hf_logging.set_verbosity_warning()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    return result if trainer.is_world_process_zero() else None
+    return result
 
 
 def best_evaluation(trainer: Any) -> dict[str, Any]:
@@ -349,13 +352,13 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
         callbacks=standard_callbacks(cfg), compute_loss_func=loss_func,
     )
     result = run_trainer(cfg, trainer, run_dir, checkpoint)
-    if result is None:
-        return run_dir
     final = best_evaluation(trainer)
     thresholds = None
     if task == TaskType.multi_label:
         pred = trainer.predict(val_ds)
         thresholds = sequence.tune_thresholds(sequence.sigmoid(pred.predictions), pred.label_ids)
+    if not trainer.is_world_process_zero():
+        return run_dir
     trainer.save_model(str(run_dir / "model"))
     (run_dir / "model" / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config lives in config.json
     tokenizer.save_pretrained(run_dir / "model")

@@ -151,8 +151,6 @@ def train_chat(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: P
     else:
         trainer, plan, full_validation = _sft_trainer(cfg, version, model, tokenizer, run_dir, max_length)
     result = run_trainer(cfg, trainer, run_dir, checkpoint)
-    if result is None:
-        return run_dir
     final = best_evaluation(trainer)
     metrics = {k.removeprefix("eval_"): float(v) for k, v in final.items()
                if k.startswith("eval_") and isinstance(v, int | float) and not k.endswith(NOT_METRICS)}
@@ -166,6 +164,8 @@ def train_chat(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: P
         metrics["full_valid_mean_token_accuracy"] = float(full.get("full_valid_mean_token_accuracy",
                                                                    full.get("eval_mean_token_accuracy", float("nan"))))
         metrics["full_valid_perplexity"] = math.exp(min(metrics["full_valid_loss"], 50.0))
+    if not trainer.is_world_process_zero():
+        return run_dir
     _save_model(cfg, trainer, tokenizer, stops, run_dir)
     manifest = RunManifest(
         **manifest_fields(cfg, version, model_dir, trainable, total, trainer, result, plan),
