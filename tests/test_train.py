@@ -122,13 +122,18 @@ def test_regression_predicts_in_the_users_units(tmp_path: Path, tiny_bert: Path)
     assert values[0] > 0.3 and values[1] < -0.3
 
 
-def test_multi_label_tunes_thresholds(tmp_path: Path, tiny_bert: Path) -> None:
-    cfg = project(tmp_path, tiny_bert, task={"type": "multi_label_classification", "label": "{label},{extra}"})
+def multi_label_project(tmp: Path, model: Path, train_spec: dict | None = None):
+    """Two labels per review: the sentiment and whether it is about a drink or a meal."""
+    cfg = project(tmp, model, task={"type": "multi_label_classification", "label": "{label},{extra}"}, train_spec=train_spec)
     data = rows(160)
-    for i, r in enumerate(data):
+    for r in data:
         r["extra"] = "drink" if any(w in r["text"] for w in ("coffee", "tea")) else "meal"
-    write(tmp_path / "data.csv", data)
-    run = Run(train(cfg))
+    write(tmp / "data.csv", data)
+    return cfg
+
+
+def test_multi_label_tunes_thresholds(tmp_path: Path, tiny_bert: Path) -> None:
+    run = Run(train(multi_label_project(tmp_path, tiny_bert)))
     assert run.manifest.labels == ["drink", "meal", "neg", "pos"]
     assert run.manifest.thresholds is not None and len(run.manifest.thresholds) == 4
 
@@ -203,12 +208,7 @@ def test_resume_refuses_a_changed_config(tmp_path: Path, tiny_bert: Path) -> Non
 def test_two_processes_train_with_ddp(tmp_path: Path, tiny_bert: Path) -> None:
     # multi-label: after training, thresholds come from a prediction over the validation split, a collective
     # step every process must join before rank 0 writes the run folder
-    cfg = project(tmp_path, tiny_bert, task={"type": "multi_label_classification", "label": "{label},{extra}"},
-                  train_spec={"max_steps": 6})
-    data = rows(160)
-    for r in data:
-        r["extra"] = "drink" if any(w in r["text"] for w in ("coffee", "tea")) else "meal"
-    write(tmp_path / "data.csv", data)
+    cfg = multi_label_project(tmp_path, tiny_bert, {"max_steps": 6})
     proc = _cli("train", str(_config_file(tmp_path, cfg)), "--nproc", "2", cwd=tmp_path)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
