@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 TARGET_SERVED, TARGET_INT8_SERVED, TARGET_INT8_SPEEDUP, MAX_ACCURACY_LOSS = 3.0, 5.0, 2.0, 0.01
@@ -167,12 +168,12 @@ def matmul_peaks(size: int = 2048, repeats: int = 5) -> tuple[float, float]:
     from tunesmith.export import quantize_int8
     from tunesmith.predictor import _onnx_session
 
-    def best(step: object) -> float:
-        step()  # type: ignore[operator]
+    def best(step: Callable[[], object]) -> float:
+        step()
         times = []
         for _ in range(repeats):
             t = time.perf_counter()
-            step()  # type: ignore[operator]
+            step()
             times.append(time.perf_counter() - t)
         return 2 * size**3 / min(times) / 1e9
 
@@ -198,12 +199,13 @@ def gflop_per_text(run: Path, texts: list[str]) -> float | None:
 
     from tunesmith.artifacts import Run
 
-    model_dir = Run(run).model_dir
+    folder = Run(run)
+    model_dir = folder.model_dir
     cfg = AutoConfig.from_pretrained(model_dir)
     h, inner, layers = (getattr(cfg, k, None) for k in ("hidden_size", "intermediate_size", "num_hidden_layers"))
     if not (h and inner and layers):
         return None
-    tokens = AutoTokenizer.from_pretrained(model_dir)(texts, truncation=True, max_length=Run(run).manifest.max_length)
+    tokens = AutoTokenizer.from_pretrained(model_dir)(texts, truncation=True, max_length=folder.manifest.max_length)
     per_text = [layers * (2 * n * (4 * h * h + 2 * h * inner) + 4 * n * n * h) for n in map(len, tokens["input_ids"])]
     return sum(per_text) / len(per_text) / 1e9
 
