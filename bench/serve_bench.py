@@ -54,10 +54,9 @@ def train_quick_run(folder: Path) -> Path:
 def pipeline_throughput(run: Path, texts: list[str]) -> tuple[float, list[float]]:
     """The baseline: transformers' pipeline, one text per call, as a user without a server would."""
     from transformers import pipeline
-
-    from tunesmith.predictor import Predictor
-
     from transformers.utils import logging as hf_logging
+
+    from tunesmith.inference.predictor import Predictor
 
     pred = Predictor(run)
     hf_logging.set_verbosity_error()  # "MeanPoolingForSequenceClassification is not supported" is about the task list
@@ -145,7 +144,7 @@ def served_throughput(path: Path, texts: list[str], clients: int) -> tuple[float
 def batch_speed(run: Path, export: Path, texts: list[str], repeats: int = 7) -> tuple[float, float]:
     """Seconds per batch of `texts` for the fp32 PyTorch run and the int8 ONNX export: best of `repeats`,
     the two taking turns so that a drift in the host's speed hits both alike."""
-    from tunesmith.predictor import Predictor
+    from tunesmith.inference.predictor import Predictor
 
     preds = [Predictor(run), Predictor(export)]
     times: list[list[float]] = [[], []]
@@ -165,8 +164,8 @@ def matmul_peaks(size: int = 2048, repeats: int = 5) -> tuple[float, float]:
     import torch
     from onnx import TensorProto, helper, numpy_helper
 
-    from tunesmith.export import quantize_int8
-    from tunesmith.predictor import _onnx_session
+    from tunesmith.export.onnx import quantize_int8
+    from tunesmith.inference.predictor import _onnx_session
 
     def best(step: Callable[[], object]) -> float:
         step()
@@ -211,7 +210,7 @@ def gflop_per_text(run: Path, texts: list[str]) -> float | None:
 
 
 def accuracy(path: Path, texts: list[str], labels: list[str]) -> float:
-    from tunesmith.predictor import Predictor
+    from tunesmith.inference.predictor import Predictor
 
     pred = Predictor(path).predict(texts)
     return sum(a == b for a, b in zip(pred.labels, labels, strict=True)) / len(labels)

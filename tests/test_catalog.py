@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from tunesmith.catalog import context_length, load_tokenizer, resolve_tokenizer_dir
 from tunesmith.errors import ConfigError
+from tunesmith.models.catalog import context_length, load_tokenizer, resolve_tokenizer_dir
 
 
 def test_unknown_model_says_where_it_looked(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import pytest
 from tests.test_train import project
 from tunesmith.artifacts import DatasetVersion
 from tunesmith.cli import run as cli
-from tunesmith.evaluate import compare_runs, evaluate_run
-from tunesmith.train import train
+from tunesmith.evaluation.run import compare_runs, evaluate_run
+from tunesmith.training import train
 
 
 @pytest.fixture(scope="module")

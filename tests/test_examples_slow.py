@@ -24,8 +24,8 @@ def test_example_prepares(name: str, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_chat_example_trains_a_few_steps_and_beats_the_base_on_loss(tmp_path: Path) -> None:
     """The real SmolLM2 + LoRA recipe, shortened: a few steps already lower the test loss."""
-    from tunesmith.evaluate import evaluate_run
-    from tunesmith.train import train
+    from tunesmith.evaluation.run import evaluate_run
+    from tunesmith.training import train
 
     cfg = load_config(EXAMPLES / "chatterbot_chat.yaml", [
         f"data.output_dir={tmp_path / 'ds'}", f"train.output_dir={tmp_path / 'run'}", "train.max_steps=12",

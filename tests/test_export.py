@@ -24,8 +24,8 @@ from tunesmith.cli import run as cli
 from tunesmith.config import parse_config
 from tunesmith.errors import ConfigError
 from tunesmith.export import export_run, load_joblib
-from tunesmith.predictor import Predictor
-from tunesmith.train import train
+from tunesmith.inference.predictor import Predictor
+from tunesmith.training import train
 
 TEXTS = ["great wonderful friendly coffee", "terrible stale bitter bread", "the tea", "a much longer text about the price "
          "of a big bag of dried fruit that was not great and not terrible either"]
@@ -91,7 +91,7 @@ def test_merged_mean_pooling_head_loads_with_trust_remote_code(mean_run: Path, t
     assert config["auto_map"]["AutoModelForSequenceClassification"] == \
         "modeling_tunesmith_pooling.MeanPoolingForSequenceClassification"
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, trust_remote_code=True).eval()
-    assert type(model).__module__ != "tunesmith.heads"  # the folder's own copy of the head
+    assert type(model).__module__ != "tunesmith.models.heads"  # the folder's own copy of the head
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     np.testing.assert_allclose(_logits(model, tokenizer, TEXTS), Predictor(mean_run).logits(TEXTS), atol=1e-5)
 
@@ -234,13 +234,13 @@ def test_docker_merges_an_adapter_run_and_its_source_builds_a_wheel(lora_run: Pa
 
     wheel = next((tmp_path / "wheels").glob("tunesmith-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "tunesmith/export.py" in names and "tunesmith/cli.py" in names
+    assert "tunesmith/export/__init__.py" in names and "tunesmith/cli.py" in names
 
 
 def test_chat_run_refuses_onnx_and_exports_a_causal_lm(tmp_path: Path, tiny_llama: Path, capsys) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.generation import ChatModel
+    from tunesmith.inference.generation import ChatModel
 
     run = train(chat_project(tmp_path, tiny_llama, {"method": "lora", "max_steps": 4, "learning_rate": 1e-2}))
     assert cli(["export", str(run), "--format", "onnx"]) == 2

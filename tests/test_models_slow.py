@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tunesmith.catalog import resolve_model_dir
 from tunesmith.config import TaskType
-from tunesmith.modeling import load_for_sequence_task
+from tunesmith.models.catalog import resolve_model_dir
+from tunesmith.models.sequence import load_for_sequence_task
 
 
 @pytest.mark.slow

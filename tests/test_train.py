@@ -19,8 +19,8 @@ from tunesmith.artifacts import Run
 from tunesmith.config import parse_config
 from tunesmith.data.prepare import prepare
 from tunesmith.errors import ConfigError, DataError
-from tunesmith.predictor import Predictor
-from tunesmith.train import train
+from tunesmith.inference.predictor import Predictor
+from tunesmith.training import train
 
 POS = ["great", "wonderful", "friendly", "quickly", "big"]
 NEG = ["terrible", "stale", "bitter", "again", "not"]
@@ -218,7 +218,7 @@ def test_two_processes_train_with_ddp(tmp_path: Path, tiny_bert: Path) -> None:
 
 
 def test_mean_pooling_head_for_sentence_encoders(tmp_path: Path, tiny_bert: Path) -> None:
-    from tunesmith.modeling import pooling_of
+    from tunesmith.models.sequence import pooling_of
 
     assert pooling_of(tiny_bert) == "native"
     (tiny_bert / "1_Pooling").mkdir(exist_ok=True)
@@ -245,9 +245,9 @@ def test_head_learning_rate_gets_its_own_param_group(tmp_path: Path, tiny_bert: 
     assert logged  # trained; the optimizer itself is checked below on a fresh trainer
     from transformers import Trainer, TrainingArguments
 
-    from tunesmith.modeling import load_for_sequence_task
-    from tunesmith.train import _trainer_class
     from tunesmith.config import TaskType
+    from tunesmith.models.sequence import load_for_sequence_task
+    from tunesmith.training.sequence import _trainer_class
 
     model = load_for_sequence_task(tiny_bert, TaskType.single_label, ["neg", "pos"])
     trainer = _trainer_class(Trainer, 0, 0.05)(model=model, args=TrainingArguments(output_dir=str(tmp_path / "x"), learning_rate=1e-4, use_cpu=True))

@@ -14,9 +14,9 @@ from tests.tiny_models import CHAT_TEMPLATE, build_tiny_gpt2
 from tunesmith.artifacts import Run
 from tunesmith.config import parse_config
 from tunesmith.errors import ConfigError
-from tunesmith.generation import ChatModel
+from tunesmith.inference.generation import ChatModel
 from tunesmith.tasks import chat
-from tunesmith.train import train
+from tunesmith.training import train
 
 QA = [("what is the capital of france?", "paris is the capital of france."),
       ("hello how are you today?", "i am fine thank you"),
@@ -158,7 +158,7 @@ def test_tuned_model_answers_and_stops(tuned_run: Path) -> None:
 
 
 def test_evaluation_puts_base_and_tuned_side_by_side(tuned_run: Path) -> None:
-    from tunesmith.evaluate import evaluate_run
+    from tunesmith.evaluation.run import evaluate_run
 
     result = evaluate_run(tuned_run)
     tuned, base = result["metrics"], result["base_model"]

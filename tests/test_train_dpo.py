@@ -10,8 +10,8 @@ import pytest
 from tests.test_train_chat import QA, chat_project
 from tunesmith.artifacts import Run
 from tunesmith.config import parse_config
-from tunesmith.generation import ChatModel
-from tunesmith.train import train
+from tunesmith.inference.generation import ChatModel
+from tunesmith.training import train
 
 GOOD = {q: a for q, a in QA}
 BAD = "not the food"  # the answer the pairs teach the model to avoid
@@ -63,7 +63,7 @@ def test_dpo_from_the_base_model_prefers_the_chosen_answers(tmp_path: Path, tiny
         base = margins(model)
     assert tuned > base + 1.0  # log-likelihood moved towards chosen and away from rejected
 
-    from tunesmith.evaluate import evaluate_run
+    from tunesmith.evaluation.run import evaluate_run
 
     result = evaluate_run(run_dir)
     assert result["metrics"]["preference_accuracy"] == 1.0

@@ -56,9 +56,8 @@ def build_tokenizer(folder: Path, vocab_size: int = 300, chat: bool = False) -> 
 
 def build_tiny_bert(folder: Path) -> Path:
     """A 2-layer BERT (hidden 32) with its tokenizer: stands in for `minilm` in tests."""
-    from transformers import BertConfig, BertModel
-
     import torch
+    from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)  # the same tiny model in every test session
     build_tokenizer(folder)
@@ -70,9 +69,8 @@ def build_tiny_bert(folder: Path) -> Path:
 
 def build_tiny_llama(folder: Path) -> Path:
     """A 2-layer Llama (hidden 32) with a chat template: stands in for `smollm2-135m` in tests."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)  # the same tiny model in every test session
     build_tokenizer(folder, chat=True)

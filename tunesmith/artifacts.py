@@ -49,7 +49,8 @@ class DatasetManifest(_Described):
     counts: dict[str, int]  # rows per split, plus quarantine and input totals
     labels: list[str] | None  # id -> label (label_id is the index)
     tokenizer: str  # model whose tokenizer counted n_tokens
-    context_length: int | None
+    context_length: int | None  # the model's context window, as its tokenizer states it
+    max_length: int | None = None  # the token budget per example (ModelSpec.token_budget); None: written before it was recorded
     config: dict[str, Any]  # the fully resolved ProjectConfig
 
 
@@ -132,7 +133,22 @@ class DatasetVersion:
 
 RUN_FORMAT = 1
 RUN_MANIFEST = "run.json"
+RUN_CONFIG = "config.json"
+MODEL_DIR = "model"
+ADAPTER_DIR = "adapter"
+TRAINING_LOG = "training_log.jsonl"
+RUN_METRICS = "metrics.json"
+STEP_METRICS = "step_metrics.csv"
 CHECKPOINT_DONE = "COMPLETE"
+
+
+def is_run(path: str | Path) -> bool:
+    """A finished run folder (or an export of one): it has run.json."""
+    return (Path(path) / RUN_MANIFEST).is_file()
+
+
+def is_dataset(path: str | Path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
 
 
 class RunManifest(_Described):
@@ -174,11 +190,11 @@ class Run:
 
     @property
     def model_dir(self) -> Path:
-        return self.path / "model"
+        return self.path / MODEL_DIR
 
     @property
     def config(self) -> ProjectConfig:
-        return ProjectConfig.model_validate_json((self.path / "config.json").read_text(encoding="utf-8"))
+        return ProjectConfig.model_validate_json((self.path / RUN_CONFIG).read_text(encoding="utf-8"))
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

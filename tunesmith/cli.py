@@ -229,7 +229,9 @@ def train_cmd(
     import subprocess
 
     from tunesmith.config import load_config, parse_config
-    from tunesmith.train import check_run_dir, ensure_dataset, train
+    from tunesmith.training import train
+    from tunesmith.training.dataset import ensure_dataset
+    from tunesmith.training.run import check_run_dir
 
     if config is None and resume is None:
         raise click.UsageError("give a CONFIG, or --resume RUN")
@@ -268,7 +270,7 @@ def evaluate_cmd(
     base_model: Annotated[bool | None, typer.Option("--base-model/--no-base-model", help="Score the untuned base model too (classifiers: a head-only model is trained on the frozen base; chat: on by default).")] = None,
 ) -> None:
     """Metrics, confusion matrix, baselines and an HTML report for a run on a held-out split."""
-    from tunesmith.evaluate import evaluate_run
+    from tunesmith.evaluation.run import evaluate_run
 
     result = evaluate_run(run, dataset, split, baselines, base_model)
     table = Table(title=f"{Path(result['run']).name} on {result['split']} ({result['n']} examples)")
@@ -305,7 +307,7 @@ def compare_cmd(
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for compare.md/html/json.")] = None,
 ) -> None:
     """Side-by-side metrics of two evaluated runs."""
-    from tunesmith.evaluate import compare_runs
+    from tunesmith.evaluation.run import compare_runs
 
     folder = compare_runs(run_a, run_b, split, out_dir)
     out.print((folder / "compare.md").read_text(encoding="utf-8"), markup=False, highlight=False)

@@ -225,11 +225,24 @@ class DataSpec(Spec):
     split: SplitSpec = SplitSpec()
 
 
+# Token budget per example when model.max_length is unset: the model's context, capped here.
+MAX_LENGTH_CAP = 512  # classification/regression: covers typical reviews and tickets; attention cost grows with the square
+CHAT_MAX_LENGTH_CAP = 2048  # chat/preference: CPU memory, not the model, limits the longest conversation trained
+
+
 class ModelSpec(Spec):
     name: str | None = None  # packaged model (minilm, smollm2-135m) or a local folder; None: chosen by task type
-    max_length: int | None = Field(None, gt=0)  # token budget per example; None: the model's own limit (training caps it at 512)
+    max_length: int | None = Field(None, gt=0)  # token budget per example; None: the model's context, capped (see token_budget)
     pooling: Literal["auto", "mean", "native"] = "auto"  # auto: mean for sentence encoders (how they were trained), else the architecture's head
     chat_template: str | None = None  # chat: a Jinja template (inline, or a path to a .jinja file) for base models without one; None: the model's own
+
+    def token_budget(self, task: TaskType, context: int | None) -> int:
+        """THE length rule, used by data preparation (chat: longer conversations are removed there),
+        training (classification truncates to it) and inference (the run manifest records it)."""
+        if self.max_length is not None:
+            return self.max_length
+        cap = CHAT_MAX_LENGTH_CAP if task in GENERATIVE_TASKS else MAX_LENGTH_CAP
+        return min(context or cap, cap)
 
 
 Method = Literal["full", "head", "lora", "dora", "ia3", "prompt_tuning"]
@@ -241,6 +254,16 @@ DEFAULT_LR: dict[str, float] = {"full": 5e-5, "head": 2e-3, "lora": 5e-4, "dora"
 CHAT_LR: dict[str, float] = {"full": 2e-5, "lora": 2e-4, "dora": 2e-4, "ia3": 3e-3, "prompt_tuning": 3e-2}
 # DPO moves a policy away from its reference; large steps break it (TRL: 1e-6 full, LoRA ~5e-6..5e-5).
 DPO_LR: dict[str, float] = {"full": 1e-6, "lora": 5e-5, "dora": 5e-5, "ia3": 5e-4, "prompt_tuning": 1e-2}
+
+
+# Validation metrics a classification/regression run can keep its best checkpoint by (chat and DPO
+# runs keep the lowest validation loss); the first of each is the default.
+SEQUENCE_METRICS: dict[str, tuple[str, ...]] = {
+    "single_label_classification": ("f1_macro", "accuracy", "loss"),
+    "multi_label_classification": ("f1_macro", "f1_micro", "loss"),
+    "regression": ("rmse", "mae", "r2", "loss"),
+}
+LOWER_IS_BETTER = ("rmse", "mae", "loss")
 
 
 class OpenAIHyperparameters(Spec):
@@ -311,16 +334,16 @@ class TrainSpec(Spec):
     gradient_checkpointing: bool = False  # trades ~30% speed for activation memory; only for big models
     evals_per_epoch: int = Field(2, ge=1)  # validation at regular intervals without spending the run on it
     early_stopping_patience: int | None = Field(3, ge=1)  # evaluations without improvement before stopping; None: never
-    metric: str | None = None  # metric for best checkpoint / early stopping; None: f1_macro (classes) or rmse (scores)
+    metric: str | None = None  # classification/regression: metric for the best checkpoint and early stopping (SEQUENCE_METRICS); None: f1_macro (classes) or rmse (scores)
     class_weights: Literal["none", "balanced"] = "none"  # balanced: inverse-frequency loss weights for skewed classes
-    group_by_length: bool = True  # batches of similar length: little padding, much less wasted compute
+    group_by_length: bool | None = None  # classification/regression; None: on (batches of similar length: little padding, much less wasted compute)
     save_total_limit: int = Field(2, ge=1)  # keeps the best and the latest checkpoint
     report_to: list[Literal["tensorboard", "mlflow"]] = []  # experiment trackers, off unless asked for
     output_dir: Path | None = None  # None: runs/<project name>
     nproc: int = Field(1, ge=1)  # processes (torchrun DDP: gloo on CPU, NCCL on GPU)
     fsdp: str | None = None  # passed to TrainingArguments.fsdp on GPU clusters, e.g. "full_shard auto_wrap"
     deepspeed: Path | None = None  # a DeepSpeed JSON config, passed through
-    packing: bool = True  # chat: short conversations packed into full sequences (attention stays within each); far less padding
+    packing: bool | None = None  # chat; None: on (short conversations packed into full sequences, attention stays within each: far less padding)
     merge_adapter: bool = False  # write model/ as full weights with the adapter merged in (the adapter stays in adapter/)
     dpo_beta: float = Field(0.1, gt=0)  # DPO: how far the policy may move from the reference (the DPO paper's 0.1)
 
@@ -404,6 +427,50 @@ class ProjectConfig(Spec):
             )
         return self
 
+    def inapplicable(self) -> list[tuple[str, str]]:
+        """(field, why) for each setting given a value that the chosen task or method never reads.
+
+        A setting is "given" when it differs from its default (a saved, resolved config lists every
+        field, so "was it written" cannot be told); a silently ignored setting would look like it
+        took effect, so parse_config refuses these.
+        """
+        task, method = self.task.type, self.train.method
+        generative = task in GENERATIVE_TASKS
+        kind = f"{task.value} tasks"
+        adapters = ("lora", "dora", "ia3", "prompt_tuning")
+        rules: list[tuple[Spec, str, bool, str]] = [  # (section, field, applies, why not)
+            (self.train, "head_learning_rate", not generative, f"{kind} train the language model itself; there is no new head"),
+            (self.train, "class_weights", task == TaskType.single_label, "class weights apply to single-label classification"),
+            (self.train, "group_by_length", not generative, f"{kind} batch conversations by packing (train.packing)"),
+            (self.train, "metric", not generative, f"{kind} keep the checkpoint with the lowest validation loss"),
+            (self.train, "packing", task == TaskType.chat, "packing applies to chat (SFT) tasks"),
+            (self.train, "dpo_beta", task == TaskType.preference, "dpo_beta applies to preference (DPO) tasks"),
+            (self.train, "merge_adapter", generative and method in adapters,
+             "merge_adapter applies to chat adapters; merge other runs with `tunesmith export RUN --format merged`"),
+            (self.peft, "r", method in ("lora", "dora"), f"peft.r is LoRA's rank; train.method is {method}"),
+            (self.peft, "alpha", method in ("lora", "dora"), f"peft.alpha is LoRA's scale; train.method is {method}"),
+            (self.peft, "dropout", method in ("lora", "dora"), f"peft.dropout is LoRA's; train.method is {method}"),
+            (self.peft, "target_modules", method in ("lora", "dora", "ia3"), f"train.method is {method}"),
+            (self.peft, "modules_to_save", method in ("lora", "dora", "ia3"), f"train.method is {method}"),
+            (self.peft, "num_virtual_tokens", method == "prompt_tuning", f"train.method is {method}, not prompt_tuning"),
+            (self.model, "pooling", not generative, f"{kind} have no classification head to pool for"),
+            (self.model, "chat_template", generative, "chat templates apply to chat and preference tasks"),
+            (self.eval, "max_new_tokens", generative, f"{kind} generate no answers"),
+            (self.eval, "max_generations", generative, f"{kind} generate no answers"),
+            (self.eval, "samples", generative, f"{kind} generate no answers"),
+        ]
+        sections = {id(self.train): "train", id(self.peft): "peft", id(self.model): "model", id(self.eval): "eval"}
+        found = []
+        for section, name, applies, why in rules:
+            value = getattr(section, name)
+            if not applies and value != type(section).model_fields[name].default:
+                found.append((f"{sections[id(section)]}.{name}", f"does not apply here ({why}); remove it (got {value!r})"))
+        allowed = SEQUENCE_METRICS.get(task.value, ())
+        if self.train.metric is not None and not generative and self.train.metric not in allowed:
+            found.append(("train.metric", f"'{self.train.metric}' is not a validation metric of {kind}; "
+                                          f"choose one of {list(allowed)}"))
+        return found
+
     @property
     def dataset_dir(self) -> Path:
         return self.data.output_dir or Path("datasets") / self.name
@@ -429,6 +496,19 @@ class ProjectConfig(Spec):
         if name and ("/" in name or name.startswith(".")) and not Path(name).is_absolute():
             self.model.name = str((base / name).resolve())
         return self
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted paths whose values differ between two dumped configs, as `path: old -> new` lines."""
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
 
 
 def cache_dir() -> Path:
@@ -504,10 +584,21 @@ def format_validation_error(err: ValidationError, source: str, lines: dict[tuple
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>", text: str = "") -> ProjectConfig:
+    """Validate a config (file, overrides or API payload): types and ranges, then settings that the
+    chosen task or method would ignore. Errors name the source, line and dotted field."""
     try:
-        return ProjectConfig.model_validate(data)
+        cfg = ProjectConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source, _line_map(text))) from None
+    problems = cfg.inapplicable()
+    if problems:
+        lines = _line_map(text)
+        out = [f"{source}: invalid configuration ({len(problems)} problem{'s' * (len(problems) > 1)})"]
+        for field, why in problems:
+            line = lines.get(tuple(field.split(".")))
+            out.append(f"  {f'{source}:{line}' if line else source}: {field}: {why}")
+        raise ConfigError("\n".join(out))
+    return cfg
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ProjectConfig:

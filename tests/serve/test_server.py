@@ -18,7 +18,7 @@ import pytest
 
 from tests.test_train import project
 from tests.test_train_chat import QA, chat_project
-from tunesmith.train import train
+from tunesmith.training import train
 
 KEY, ADMIN = "sk-test-123", "admin-456"
 
@@ -104,7 +104,7 @@ def served_id(client: openai.OpenAI, name: str) -> str:
 
 
 def test_chat_completions_with_the_openai_client(client: openai.OpenAI, runs: dict[str, Path]) -> None:
-    from tunesmith.generation import ChatModel
+    from tunesmith.inference.generation import ChatModel
 
     good, weak = chat_models(client)
     messages = [{"role": "system", "content": "you are friendly number 3"}, {"role": "user", "content": QA[3][0]}]
@@ -122,7 +122,7 @@ def test_chat_completions_with_the_openai_client(client: openai.OpenAI, runs: di
 
 
 def test_adapters_over_one_base_answer_as_their_own_runs(client: openai.OpenAI, runs: dict[str, Path]) -> None:
-    from tunesmith.generation import ChatModel
+    from tunesmith.inference.generation import ChatModel
 
     messages = [{"role": "system", "content": "you are friendly number 3"}, {"role": "user", "content": QA[2][0]}]
     served = {}

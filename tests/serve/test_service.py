@@ -42,13 +42,13 @@ class FakeChat:
         return " ".join(m["content"] for m in conversation)
 
     def generate(self, prompts: list[str], **params: Any) -> list[Any]:
-        from tunesmith.generation import Completion
+        from tunesmith.inference.generation import Completion
 
         self.calls.append((list(prompts), params))
         return [Completion(f"echo {x}", self.count_tokens(x), 2, "stop") for x in prompts]
 
     def stream(self, prompt: str, cancel: threading.Event, **params: Any):
-        from tunesmith.generation import Completion
+        from tunesmith.inference.generation import Completion
 
         for word in ["echo", " ", prompt]:
             yield word

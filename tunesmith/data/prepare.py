@@ -23,9 +23,9 @@ import pyarrow.compute as pc
 
 from tunesmith import __version__
 from tunesmith.artifacts import MANIFEST, QUARANTINE, DatasetManifest, DatasetVersion, Fingerprint, write_split
-from tunesmith.config import GENERATIVE_TASKS, SPLITS, ProjectConfig, SourceSpec, TaskType
+from tunesmith.config import CHAT_MAX_LENGTH_CAP, GENERATIVE_TASKS, SPLITS, ProjectConfig, SourceSpec, TaskType
 from tunesmith.data import dedup, split
-from tunesmith.data.records import Canonicalizer, Corrections, Rejection, TARGET_TYPES, canonical_schema
+from tunesmith.data.records import TARGET_TYPES, Canonicalizer, Corrections, Rejection, canonical_schema
 from tunesmith.data.sources import TEXT_KINDS, guess_encoding, read_source
 from tunesmith.errors import DataError
 
@@ -75,6 +75,23 @@ class Quarantine:
 
     def close(self) -> None:
         self._f.close()
+
+
+def _token_counter(tokenizer: Any) -> Callable[[list[str]], list[int]]:
+    """Token counts as the model's tokenizer really splits each text: no padding, no truncation.
+
+    The Rust tokenizer directly (batched over every core, no attention masks or Python id lists built
+    just to be measured), on a copy with padding and truncation switched off: a tokenizer.json may
+    carry fixed ones (all-MiniLM-L6-v2 pads and truncates to 128), which would make every count 128.
+    """
+    if not tokenizer.is_fast:
+        return lambda batch: [len(ids) for ids in tokenizer(batch, padding=False, truncation=False)["input_ids"]]
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_padding()
+    backend.no_truncation()
+    return lambda batch: [len(e.ids) for e in backend.encode_batch(batch)]
 
 
 def _preview(record: Any) -> Any:
@@ -235,10 +252,11 @@ class _Preparation:
     def _lengths(self) -> None:
         from transformers.utils import logging as hf_logging
 
-        from tunesmith.catalog import context_length, load_tokenizer
+        from tunesmith.models.catalog import context_length, load_tokenizer
 
         tokenizer = load_tokenizer(self.cfg.model.name)
-        self.context = self.cfg.model.max_length or context_length(tokenizer)
+        self.context = context_length(tokenizer)
+        self.max_length = self.cfg.model.token_budget(self.task, self.context)
         n = self.table.num_rows
         lengths = np.zeros(n, dtype=np.int32)
         verbosity = hf_logging.get_verbosity()
@@ -254,10 +272,7 @@ class _Preparation:
                     if i % 2000 == 0:
                         self.progress("counting tokens", i, n)
             else:
-                # The Rust tokenizer directly: batched over both cores, and no attention masks or
-                # Python id lists built just to be measured.
-                count = (lambda b: [len(e.ids) for e in tokenizer.backend_tokenizer.encode_batch(b)]) if tokenizer.is_fast \
-                    else (lambda b: [len(x) for x in tokenizer(b)["input_ids"]])
+                count = _token_counter(tokenizer)
                 start = 0
                 batch: list[str] = []
                 for text in self.texts():
@@ -277,12 +292,17 @@ class _Preparation:
 
         clean = self.cfg.data.clean
         step = self._step("length filter")
-        too_long = clean.max_tokens or (self.context if self.task in GENERATIVE_TASKS else None)
+        # Classification truncates long texts to max_length; a conversation cannot be cut, so one that
+        # does not fit the budget training will use is removed here rather than failing training.
+        limits = [(clean.max_tokens, f"data.clean.max_tokens={clean.max_tokens}")] if clean.max_tokens else []
+        if self.task in GENERATIVE_TASKS:
+            limits.append((self.max_length, f"the token budget of {self.max_length} (model.max_length, "
+                                            f"default min(model context, {CHAT_MAX_LENGTH_CAP}))"))
+        too_long, why = min(limits, key=lambda x: x[0]) if limits else (None, "")
         for i in np.flatnonzero(self.alive):
             if clean.min_tokens and lengths[i] < clean.min_tokens:
                 self._remove(i, "length", f"{lengths[i]} tokens, below data.clean.min_tokens={clean.min_tokens}", step)
             elif too_long and lengths[i] > too_long:
-                why = f"data.clean.max_tokens={clean.max_tokens}" if clean.max_tokens else f"the model's context of {too_long}"
                 self._remove(i, "length", f"{lengths[i]} tokens, over {why}", step)
         step.rows_out = int(self.alive.sum())
 
@@ -490,7 +510,7 @@ class _Preparation:
             name=self.cfg.name, task=self.task.value, description=self.cfg.task.description,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"), tunesmith_version=__version__,
             fingerprint=fingerprint.hexdigest(), counts=counts, labels=labels, tokenizer=str(self.cfg.model.name),
-            context_length=self.context, config=self.cfg.model_dump(mode="json"),
+            context_length=self.context, max_length=self.max_length, config=self.cfg.model_dump(mode="json"),
         )
         (self.dir / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
         report.write(self.dir, manifest, self, split_tables)

@@ -29,11 +29,11 @@ def build(manifest: DatasetManifest, prep: _Preparation, tables: dict[str, pa.Ta
     report: dict[str, Any] = {
         "name": manifest.name, "task": manifest.task, "description": manifest.description,
         "fingerprint": manifest.fingerprint, "created_at": manifest.created_at, "tokenizer": manifest.tokenizer,
-        "context_length": manifest.context_length, "counts": manifest.counts,
+        "context_length": manifest.context_length, "max_length": manifest.max_length, "counts": manifest.counts,
         "split_fractions": {s: round(t.num_rows / total, 4) if total else 0.0 for s, t in tables.items()},
         "sources": prep.sources, "steps": [s.as_dict() for s in prep.steps],
         "missing_values": dict(prep.missing), "labels": manifest.labels,
-        "lengths": {s: _length_stats(t.column("n_tokens").to_numpy(), manifest.context_length) for s, t in tables.items()},
+        "lengths": {s: _length_stats(t.column("n_tokens").to_numpy(), manifest.max_length) for s, t in tables.items()},
         "duplicates": {
             "exact_removed": sum(r.stage == "exact_duplicate" for r in prep.removed.values()),
             "near_removed": sum(r.stage == "near_duplicate" for r in prep.removed.values()),
@@ -82,15 +82,15 @@ def _stats(values: np.ndarray) -> dict[str, float]:
             "max": round(float(np.max(values)), 4)}
 
 
-def _length_stats(lengths: np.ndarray, context: int | None) -> dict[str, Any]:
+def _length_stats(lengths: np.ndarray, max_length: int | None) -> dict[str, Any]:
     if len(lengths) == 0:
         return {"count": 0}
     stats: dict[str, Any] = {"count": int(len(lengths)), "total_tokens": int(lengths.sum()),
                              "mean": round(float(lengths.mean()), 1),
                              **{f"p{q}": int(np.percentile(lengths, q)) for q in (50, 90, 95, 99)},
                              "max": int(lengths.max())}
-    if context:
-        stats["over_context"] = int((lengths > context).sum())
+    if max_length:
+        stats["over_max_length"] = int((lengths > max_length).sum())  # classification: truncated in training
     return stats
 
 
@@ -139,8 +139,9 @@ def _figures(folder: Path, report: dict[str, Any], tables: dict[str, pa.Table]) 
     for name, table in tables.items():
         if table.num_rows:
             ax.hist(table.column("n_tokens").to_numpy(), bins=bins, alpha=0.55, label=f"{name} ({table.num_rows})")
-    if report["context_length"] and len(all_lengths) and all_lengths.max() > report["context_length"] * 0.8:
-        ax.axvline(report["context_length"], color="red", linestyle="--", label=f"context {report['context_length']}")
+    budget = report.get("max_length")
+    if budget and len(all_lengths) and all_lengths.max() > budget * 0.8:
+        ax.axvline(budget, color="red", linestyle="--", label=f"max_length {budget}")
     ax.set_xlabel(f"tokens ({report['tokenizer']} tokenizer)")
     out["token_lengths"] = _save(fig, ax, "examples", "Length distribution per split", figures / "token_lengths.png")
 
@@ -183,7 +184,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{c['quarantine']} in quarantine (`quarantine.jsonl`)",
         "- **Split fractions**: " + ", ".join(f"{s} {v:.1%}" for s, v in report["split_fractions"].items()),
         f"- **Fingerprint**: `{report['fingerprint']}`",
-        f"- **Tokenizer**: {report['tokenizer']} (context {report['context_length'] or 'unknown'})",
+        f"- **Tokenizer**: {report['tokenizer']} (context {report['context_length'] or 'unknown'}; "
+        f"token budget per example, model.max_length: {report.get('max_length') or 'unknown'})",
         "",
     ]
     if report["warnings"]:
@@ -229,9 +231,9 @@ def markdown(report: dict[str, Any]) -> str:
              "with earlier answers", "chosen longer", "mean chosen chars", "mean rejected chars", "mean tokens", "max tokens"],
             rows), "", "Tokens per pair: the longer of prompt + chosen and prompt + rejected, rendered with the chat template.", ""]
     md += ["## Length in tokens", "", markdown_table(
-        ["split", "count", "mean", "p50", "p95", "p99", "max", "over context"],
+        ["split", "count", "mean", "p50", "p95", "p99", "max", "over max_length"],
         [[s, v.get("count"), v.get("mean", ""), v.get("p50", ""), v.get("p95", ""), v.get("p99", ""), v.get("max", ""),
-          v.get("over_context", "n/a")] for s, v in report["lengths"].items()]), "", "![token lengths](figures/token_lengths.png)", ""]
+          v.get("over_max_length", "n/a")] for s, v in report["lengths"].items()]), "", "![token lengths](figures/token_lengths.png)", ""]
     d = report["duplicates"]
     md += ["## Duplicates", "", f"- Exact duplicates removed: {d['exact_removed']}",
            f"- Near duplicates removed (similarity ≥ {d['near_threshold']}): {d['near_removed']}",

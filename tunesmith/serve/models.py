@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from tunesmith.artifacts import RUN_MANIFEST, Run
-from tunesmith.config import TaskType
+from tunesmith.artifacts import RUN_MANIFEST, Run, is_run
+from tunesmith.config import GENERATIVE_TASKS, TaskType
 from tunesmith.errors import ConfigError
 
 
@@ -55,7 +55,7 @@ def model_id(run: Run) -> tuple[str, str]:
     """(`ft:BASE:NAME:HASH`, HASH) for a run; the hash follows run.json, so a retrained run gets a new id."""
     digest = hashlib.sha256((run.path / RUN_MANIFEST).read_bytes()).hexdigest()[:8]
     base = Path(run.manifest.base_model).name if "/" in run.manifest.base_model else run.manifest.base_model
-    if (Path(run.manifest.base_model) / RUN_MANIFEST).is_file():  # continued from another run (DPO after SFT)
+    if is_run(run.manifest.base_model):  # continued from another run (DPO after SFT)
         base = Run(run.manifest.base_model).manifest.base_model
         base = Path(base).name if "/" in base else base
     return f"ft:{base}:{run.manifest.name}:{digest}", digest
@@ -65,7 +65,7 @@ class PredictorEngine:
     """A classification/regression run (PyTorch or ONNX export) answering label/probability dicts."""
 
     def __init__(self, run_dir: Path) -> None:
-        from tunesmith.predictor import Predictor
+        from tunesmith.inference.predictor import Predictor
 
         self.predictor = Predictor(run_dir)
         self.labels = self.predictor.run.manifest.labels
@@ -117,44 +117,25 @@ class ChatModelEngine:
 
 def load(paths: Sequence[str | Path]) -> list[Served]:
     """Load every run folder; adapter runs over the same base model share it."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from tunesmith.generation import ChatModel, load_run_model
-    from tunesmith.tasks import chat
+    from tunesmith.inference.generation import ChatModel
+    from tunesmith.models.loading import load_run
 
     served: list[Served] = []
-    shared: dict[str, tuple[Any, threading.Lock]] = {}  # base path -> (PeftModel, lock)
+    shared: dict[str, Any] = {}  # base folder -> the PeftModel its adapters are loaded into
+    locks: dict[str, threading.Lock] = {}  # batch key -> one generation at a time on that model
     for path in paths:
         run = Run(path)
         m = run.manifest
         ident, digest = model_id(run)
         created = int(run.path.joinpath(RUN_MANIFEST).stat().st_mtime)
         aliases = {m.name, str(run.path), str(run.path.resolve())}
-        task = TaskType(m.task)
-        if task in (TaskType.chat, TaskType.preference):
-            tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
-            stops = m.stop_token_ids or chat.stop_token_ids(tokenizer)
-            base_path = str(Path(m.base_model_path).resolve())
-            plain_base = m.adapter and not m.merged and not (Path(base_path) / RUN_MANIFEST).is_file()
-            if plain_base:
-                adapter = f"a{len(served)}"
-                if base_path in shared:
-                    model, lock = shared[base_path]
-                    model.load_adapter(str(run.model_dir), adapter_name=adapter)
-                else:
-                    from peft import PeftModel
-
-                    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-                    model = PeftModel.from_pretrained(base, run.model_dir, adapter_name=adapter)
-                    lock = threading.Lock()
-                    shared[base_path] = (model, lock)
-                engine = ChatModelEngine(ChatModel(model, tokenizer, stops, name=m.name), adapter, lock)
-                key = base_path
-            else:
-                model, _ = load_run_model(run)
-                engine = ChatModelEngine(ChatModel(model, tokenizer, stops, name=m.name), None, threading.Lock())
-                key = ident
+        if TaskType(m.task) in GENERATIVE_TASKS:
+            adapter = f"a{len(served)}"
+            loaded = load_run(run, shared=shared, adapter_name=adapter)
+            shares = loaded.base_dir is not None and not is_run(loaded.base_dir)
+            key = str(loaded.base_dir.resolve()) if shares and loaded.base_dir else ident
+            chat_model = ChatModel(loaded.model, loaded.tokenizer, loaded.stop_token_ids, name=m.name)
+            engine = ChatModelEngine(chat_model, adapter if shares else None, locks.setdefault(key, threading.Lock()))
             served.append(Served(ident, "chat", m.task, str(run.path), m.base_model, created, digest, engine, aliases, key))
         else:
             served.append(Served(ident, "sequence", m.task, str(run.path), m.base_model, created, digest,

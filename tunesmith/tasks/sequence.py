@@ -91,11 +91,6 @@ def training_metrics(task: TaskType, scaling: TargetScaling | None):
     return compute
 
 
-def default_metric(task: TaskType) -> tuple[str, bool]:
-    """(metric, greater_is_better) used for the best checkpoint and early stopping."""
-    return ("rmse", False) if task == TaskType.regression else ("f1_macro", True)
-
-
 def class_weight_loss(weights: np.ndarray):
     """Inverse-frequency weighted cross-entropy, for `Trainer(compute_loss_func=...)`."""
     import torch

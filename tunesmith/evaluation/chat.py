@@ -11,24 +11,20 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 from tunesmith.artifacts import DatasetVersion, Run
 from tunesmith.config import TaskType
 from tunesmith.errors import DataError
 from tunesmith.evaluation.answers import answer_metrics
-from tunesmith.generation import ChatModel, Conversation
+from tunesmith.inference.generation import ChatModel, Conversation
 
 
 def _base(run: Run, tuned: ChatModel) -> tuple[ChatModel | None, str]:
-    """The model the run started from: the adapter switched off, or the base folder loaded once more."""
+    """The model the run started from: the adapter switched off, or the base loaded once more."""
     if tuned.has_adapter:
         return None, "base model = the same weights with the adapter switched off"
-    base_path = Path(run.manifest.base_model_path)
-    if (base_path / "run.json").is_file():
-        return ChatModel.from_run(base_path), f"base model = the run it continued from ({base_path})"
-    return ChatModel.from_base(base_path, run.config.model.chat_template), f"base model = {run.manifest.base_model}"
+    return ChatModel.base_of(run), f"base model = {run.manifest.base_model}, the model the run started from"
 
 
 def _prompts_and_references(rows: list[dict[str, Any]], task: TaskType) -> tuple[list[Conversation], list[str]]:

@@ -1,7 +1,5 @@
-"""Load a base model with a task head, and apply the fine-tuning method (full, head-only, PEFT).
-
-Serving and evaluation load finished runs through `tunesmith.predictor`; this module is for
-building what gets trained.
+"""How much of the model trains: the fine-tuning methods (full, head-only, LoRA, DoRA, IA3, prompt
+tuning), applied to a freshly loaded model before training. Only training imports this.
 """
 
 from __future__ import annotations
@@ -12,8 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from tunesmith.config import PeftSpec, TaskType, TrainSpec
+from tunesmith.config import PeftSpec, TrainSpec
 from tunesmith.errors import ConfigError
+from tunesmith.models.sequence import is_head_parameter
 
 # LoRA targets per architecture: every projection of attention and MLP, which is what makes LoRA
 # match full fine-tuning (attention-only LoRA underfits classification heads on small encoders).
@@ -37,76 +36,6 @@ IA3_TARGETS: dict[str, tuple[list[str], list[str]]] = {  # (targets, feed-forwar
 # the encoder and the classifier, and sentence encoders never trained it; frozen under LoRA it
 # collapses training to the majority class. (Mean-pooled models have no pooler; these are skipped.)
 EXTRA_TRAINED = {"bert": ["pooler"], "roberta": ["pooler"]}
-HEAD_MODULES = ("classifier", "score", "pre_classifier")  # what the sequence-classification classes call their head
-
-
-def is_head_parameter(name: str) -> bool:
-    """The task head's parameters (also inside a PEFT wrapper's modules_to_save copies)."""
-    parts = name.split(".")
-    return any(h in parts for h in HEAD_MODULES)
-
-
-def problem_type(task: TaskType) -> str:
-    return {TaskType.single_label: "single_label_classification", TaskType.multi_label: "multi_label_classification",
-            TaskType.regression: "regression"}[task]
-
-
-def pooling_of(model_dir: Path, requested: str = "auto") -> str:
-    """'mean' for sentence encoders (their sentence-transformers pooling config says so), else the
-    architecture's own head ('native': [CLS] + pooler for encoders, last token for decoders)."""
-    if requested != "auto":
-        return requested
-    pooling = model_dir / "1_Pooling" / "config.json"
-    if pooling.exists():
-        import json
-
-        if json.loads(pooling.read_text()).get("pooling_mode_mean_tokens"):
-            return "mean"
-    return "native"
-
-
-def load_trained_sequence_model(model_dir: Path) -> Any:
-    """A fine-tuned sequence model folder, whichever head it was trained with."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    config = AutoConfig.from_pretrained(model_dir)
-    if getattr(config, "tunesmith_pooling", None) == "mean":
-        from tunesmith.heads import MeanPoolingForSequenceClassification
-
-        return MeanPoolingForSequenceClassification.from_pretrained(model_dir, config=config)
-    return AutoModelForSequenceClassification.from_pretrained(model_dir)
-
-
-def load_for_sequence_task(model_dir: Path, task: TaskType, labels: list[str] | None, pooling: str = "auto") -> Any:
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    config = AutoConfig.from_pretrained(model_dir)
-    kwargs: dict[str, Any] = {"problem_type": problem_type(task)}
-    if task == TaskType.regression:
-        kwargs["num_labels"] = 1
-    else:
-        assert labels
-        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={x: i for i, x in enumerate(labels)})
-    if getattr(config, "pad_token_id", None) is None:  # causal LMs: the head pools the last non-pad token
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(model_dir)
-        kwargs["pad_token_id"] = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "newly initialized: classifier.weight" is expected, not news
-    try:
-        if pooling_of(model_dir, pooling) == "mean":
-            from tunesmith.heads import MeanPoolingForSequenceClassification
-
-            for key, value in kwargs.items():
-                setattr(config, key, value)
-            config.tunesmith_pooling = "mean"
-            return MeanPoolingForSequenceClassification.from_encoder(config, model_dir)
-        return AutoModelForSequenceClassification.from_pretrained(model_dir, **kwargs)
-    finally:
-        hf_logging.set_verbosity(verbosity)
 
 
 def _linear_names(model: nn.Module) -> set[str]:
@@ -165,11 +94,6 @@ def apply_method(model: Any, train: TrainSpec, peft_spec: PeftSpec, causal_lm: b
     else:  # pragma: no cover - Method is a closed Literal
         raise ConfigError(f"unknown method {method}")
     return peft.get_peft_model(model, config)
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
 
 
 def native_bf16() -> bool:

@@ -1,6 +1,7 @@
-"""Load a run folder and predict: the one interface evaluation, export and serving use.
+"""Classify or score texts with a run folder: the one interface evaluation, export and serving use.
 
-Needs only the run folder (and, for adapter runs, the base model folder it names): no training code.
+Needs only the run folder (and, for adapter runs, the base model it names; models/loading.py finds
+it): no training code.
 """
 
 from __future__ import annotations
@@ -41,41 +42,28 @@ class Predictor:
     model/model.onnx exists (an ONNX export), from onnxruntime on the CPU: same inputs, same outputs."""
 
     def __init__(self, run_dir: str | Path, device: str | None = None) -> None:
-        from transformers import AutoTokenizer
-
         self.run = Run(run_dir)
-        m = self.manifest = self.run.manifest
-        self.task = TaskType(m.task)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.run.model_dir)
+        self.manifest = self.run.manifest
+        self.task = TaskType(self.manifest.task)
         self.model: Any = None
         self.session: Any = None  # onnxruntime.InferenceSession of an ONNX export
         if (self.run.model_dir / ONNX_MODEL).is_file():
+            from transformers import AutoTokenizer
+
             self.backend = "onnx"
             self.device = "cpu"
+            self.tokenizer = AutoTokenizer.from_pretrained(self.run.model_dir)
             self.session = _onnx_session(self.run.model_dir / ONNX_MODEL)
             self._onnx_inputs = [i.name for i in self.session.get_inputs()]
             return
         import torch
 
-        from tunesmith.modeling import load_trained_sequence_model
+        from tunesmith.models.loading import load_run
 
         self.backend = "torch"
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if m.adapter:
-            from peft import PeftModel
-
-            from tunesmith.modeling import load_for_sequence_task
-
-            base_path = Path(m.base_model_path)
-            if not base_path.exists():
-                from tunesmith.catalog import resolve_model_dir
-
-                base_path = resolve_model_dir(m.base_model)
-            base = load_for_sequence_task(base_path, self.task, m.labels, pooling=self.run.config.model.pooling)
-            self.model = PeftModel.from_pretrained(base, self.run.model_dir)
-        else:
-            self.model = load_trained_sequence_model(self.run.model_dir)
-        self.model.to(self.device).eval()
+        loaded = load_run(self.run, device=self.device)
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
 
     @classmethod
     def from_parts(cls, manifest: RunManifest, tokenizer: Any, model: Any, device: str = "cpu") -> Predictor:

@@ -20,23 +20,23 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tunesmith.artifacts import DatasetVersion, Run, RunManifest
+from tunesmith.artifacts import ADAPTER_DIR, MODEL_DIR, STEP_METRICS, DatasetVersion, Run, RunManifest, is_run
 from tunesmith.config import ProjectConfig, TaskType
 from tunesmith.errors import ConfigError, DataError
-from tunesmith.train import (
+from tunesmith.training.dataset import ensure_dataset
+from tunesmith.training.run import (
     best_evaluation,
     common_arguments,
-    ensure_dataset,
+    count_and_report,
     finish_run,
-    is_rank0,
     manifest_fields,
     run_trainer,
+    save_model,
     schedule,
     standard_callbacks,
     start_run,
 )
 
-CHAT_MAX_LENGTH_CAP = 2048  # longest conversation trained when the config leaves it open: CPU memory, not the model, limits it
 VALID_SAMPLE = 256  # conversations in the periodic validation (OpenAI's valid_loss is also a sample); full_valid_* uses all
 NOT_METRICS = ("runtime", "per_second", "num_tokens", "entropy", "epoch")  # bookkeeping in the Trainer's eval logs
 OPENAI_COLUMNS = ["step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
@@ -46,20 +46,18 @@ OPENAI_COLUMNS = ["step", "train_loss", "train_mean_token_accuracy", "valid_loss
 def load_causal_lm(name: str) -> tuple[Any, Any, Path]:
     """(model, tokenizer, folder) for a packaged model, a local HF folder, or a finished chat run
     (whose adapter is merged in, so training continues from the tuned model)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
-    from tunesmith.catalog import resolve_model_dir
+    from tunesmith.models import loading
+    from tunesmith.models.catalog import resolve_model_dir
 
-    if (Path(name) / "run.json").is_file():
+    if is_run(name):
         run = Run(name)
         if run.manifest.task != TaskType.chat.value:
             raise ConfigError(f"model.name {name}: a {run.manifest.task} run; DPO continues from a chat (SFT) run "
                               "or a base causal LM")
-        from tunesmith.generation import load_run_model
-
-        model, tokenizer = load_run_model(run, merge=True)
-        return model, tokenizer, run.path
+        loaded = loading.load_run(run, merge=True)
+        return loaded.model, loaded.tokenizer, run.path
     model_dir = resolve_model_dir(name)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     config = AutoConfig.from_pretrained(model_dir)
@@ -70,7 +68,7 @@ def load_causal_lm(name: str) -> tuple[Any, Any, Path]:
         raise ConfigError(f"model {name} ({', '.join(architectures)}) is not a causal language model, which chat "
                           "tuning needs; use a decoder such as smollm2-135m or a local *ForCausalLM folder")
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        model = loading.load_causal_lm(model_dir)
     except ValueError as err:
         raise ConfigError(f"model {name} ({model_dir}) is not a causal language model, which chat tuning needs: {err}") from None
     return model, tokenizer, model_dir
@@ -99,7 +97,7 @@ def _openai_metrics_writer(run_dir: Path) -> Any:
             self.write()
 
         def write(self) -> None:
-            with (run_dir / "step_metrics.csv").open("w", newline="", encoding="utf-8") as f:
+            with (run_dir / STEP_METRICS).open("w", newline="", encoding="utf-8") as f:
                 writer = csv.DictWriter(f, OPENAI_COLUMNS)
                 writer.writeheader()
                 for step in sorted(self.rows):
@@ -124,9 +122,9 @@ def _check_rows(version: DatasetVersion) -> None:
 
 def train_chat(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: Path | None = None,
                overwrite: bool = False) -> Path:
-    from tunesmith.catalog import context_length
-    from tunesmith.modeling import apply_method, count_parameters
+    from tunesmith.models.catalog import context_length
     from tunesmith.tasks import chat
+    from tunesmith.training.methods import apply_method
 
     run_dir, checkpoint = start_run(cfg, resume, overwrite)
     version = ensure_dataset(cfg, dataset_dir)
@@ -139,12 +137,9 @@ def train_chat(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: P
     stops = chat.stop_token_ids(tokenizer)
     if tokenizer.pad_token is None:  # padding is masked; EOS is the usual stand-in
         tokenizer.pad_token = tokenizer.eos_token
-    max_length = cfg.model.max_length or min(context_length(tokenizer) or CHAT_MAX_LENGTH_CAP, CHAT_MAX_LENGTH_CAP)
+    max_length = cfg.model.token_budget(cfg.task.type, context_length(tokenizer))
     model = apply_method(model, cfg.train, cfg.peft, causal_lm=True)
-    trainable, total = count_parameters(model)
-    if is_rank0():
-        print(f"model {cfg.model.name}: {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.2f}%) "
-              f"with method '{cfg.train.method}'", flush=True)
+    trainable, total = count_and_report(cfg, model)
     full_validation = None  # SFT: the whole validation split, scored once at the end (OpenAI's full_valid_*)
     if cfg.task.type == TaskType.preference:
         trainer, plan = _dpo_trainer(cfg, version, model, tokenizer, run_dir, max_length)
@@ -183,15 +178,14 @@ def _save_model(cfg: ProjectConfig, trainer: Any, tokenizer: Any, stops: list[in
     generation.pad_token_id = tokenizer.pad_token_id
     adapter = cfg.train.method != "full"
     if adapter and cfg.train.merge_adapter:
-        model.save_pretrained(run_dir / "adapter")
-        tokenizer.save_pretrained(run_dir / "adapter")
+        model.save_pretrained(run_dir / ADAPTER_DIR)
+        tokenizer.save_pretrained(run_dir / ADAPTER_DIR)
         model = model.merge_and_unload()
-        model.save_pretrained(run_dir / "model")
+        model.save_pretrained(run_dir / MODEL_DIR)
+        tokenizer.save_pretrained(run_dir / MODEL_DIR)
     else:
-        trainer.save_model(str(run_dir / "model"))
-    generation.save_pretrained(run_dir / "model")
-    (run_dir / "model" / "training_args.bin").unlink(missing_ok=True)  # a pickle; the config lives in config.json
-    tokenizer.save_pretrained(run_dir / "model")
+        save_model(trainer, tokenizer, run_dir / MODEL_DIR)
+    generation.save_pretrained(run_dir / MODEL_DIR)
 
 
 def _sft_trainer(cfg: ProjectConfig, version: DatasetVersion, model: Any, tokenizer: Any, run_dir: Path,
@@ -214,7 +208,7 @@ def _sft_trainer(cfg: ProjectConfig, version: DatasetVersion, model: Any, tokeni
         **common_arguments(cfg, run_dir, plan, len(train_ds)),
         metric_for_best_model="loss", greater_is_better=False,
         max_length=None,  # every conversation was checked to fit above; nothing is silently cut
-        packing=False, padding_free=cfg.train.packing, completion_only_loss=False, assistant_only_loss=False,
+        packing=False, padding_free=cfg.train.packing is not False, completion_only_loss=False, assistant_only_loss=False,
         dataset_num_proc=None, shuffle_dataset=False,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,

@@ -1,8 +1,8 @@
 """A chat run (or a base causal LM) that answers conversations: what evaluation and serving use.
 
-Loads a run folder without any training code: full weights from model/, or the base model from
-run.json's `base_model_path` with the PEFT adapter in model/ on top. The same object answers as
-the base model too (the adapter switched off), so a comparison never loads the base twice.
+Loads a run folder without any training code (models/loading.py: full weights, or the base model
+with the PEFT adapter on top). The same object answers as the base model too (the adapter switched
+off), so a comparison never loads the base twice.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from tunesmith.artifacts import Run
+from tunesmith.artifacts import Run, is_run
 from tunesmith.tasks import chat
 
 Conversation = list[dict[str, Any]]
@@ -44,27 +44,6 @@ class TokenScores:
         return math.exp(min(self.loss, 50.0))
 
 
-def load_run_model(run: Run, merge: bool = False) -> tuple[Any, Any]:
-    """(model, tokenizer) of a chat run; `merge` folds an adapter into the weights (for further training)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    m = run.manifest
-    tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
-    if m.adapter and not m.merged:
-        from peft import PeftModel
-
-        if (Path(m.base_model_path) / "run.json").is_file():  # trained on from another run (DPO after SFT)
-            base, _ = load_run_model(Run(m.base_model_path), merge=True)
-        else:
-            base = AutoModelForCausalLM.from_pretrained(m.base_model_path, dtype=torch.float32)
-        model = PeftModel.from_pretrained(base, run.model_dir)
-        if merge:
-            model = model.merge_and_unload()
-    else:
-        model = AutoModelForCausalLM.from_pretrained(run.model_dir, dtype=torch.float32)
-    return model, tokenizer
-
-
 class ChatModel:
     def __init__(self, model: Any, tokenizer: Any, stop_token_ids: Sequence[int], name: str = "model") -> None:
         self.model = model.eval()
@@ -75,20 +54,32 @@ class ChatModel:
             tokenizer.pad_token = tokenizer.eos_token
 
     @classmethod
-    def from_run(cls, path: str | Path) -> ChatModel:
-        run = Run(path)
-        model, tokenizer = load_run_model(run)
-        stops = run.manifest.stop_token_ids or chat.stop_token_ids(tokenizer)
-        return cls(model, tokenizer, stops, name=run.manifest.name)
+    def from_run(cls, path: str | Path | Run, **load: Any) -> ChatModel:
+        """A chat run's model (`load`: models.loading.load_run's options, e.g. a shared base)."""
+        from tunesmith.models.loading import load_run
+
+        run = path if isinstance(path, Run) else Run(path)
+        loaded = load_run(run, **load)
+        return cls(loaded.model, loaded.tokenizer, loaded.stop_token_ids, name=run.manifest.name)
 
     @classmethod
     def from_base(cls, model_dir: str | Path, chat_template: str | None = None) -> ChatModel:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        """An untuned causal LM folder, with `chat_template` when it has none of its own."""
+        from transformers import AutoTokenizer
+
+        from tunesmith.models.loading import load_causal_lm
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         chat.set_chat_template(tokenizer, chat_template, str(model_dir))
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        return cls(model, tokenizer, chat.stop_token_ids(tokenizer), name=Path(model_dir).name)
+        return cls(load_causal_lm(Path(model_dir)), tokenizer, chat.stop_token_ids(tokenizer), name=Path(model_dir).name)
+
+    @classmethod
+    def base_of(cls, run: Run) -> ChatModel:
+        """The model a run started from: another run (DPO after SFT), or the base model folder."""
+        from tunesmith.models.loading import base_model_dir
+
+        base = base_model_dir(run.manifest)
+        return cls.from_run(base) if is_run(base) else cls.from_base(base, run.config.model.chat_template)
 
     @property
     def context(self) -> int | None:

@@ -1,29 +1,18 @@
-"""`tunesmith evaluate` and `tunesmith compare`: a run folder + a dataset split -> metrics, pictures,
-baselines and a report in `<run>/eval/<split>/`.
-
-Every number is computed on the held-out split (test by default), next to a majority (or mean)
-baseline and a TF-IDF + linear model trained on the same training split, so the report says what
-fine-tuning bought.
-"""
+"""Evaluation of classification and regression runs: metrics, pictures, baselines and the base model."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tunesmith.artifacts import DatasetVersion, Run
-from tunesmith.config import SPLITS, TaskType
-from tunesmith.errors import ConfigError, DataError
+from tunesmith.artifacts import DatasetVersion, Run, is_run
+from tunesmith.config import TaskType
+from tunesmith.errors import DataError
 from tunesmith.evaluation import baselines as bl
 from tunesmith.evaluation import metrics as mt
 from tunesmith.evaluation import plots
-from tunesmith.evaluation.report import write_comparison, write_report
 from tunesmith.tasks.sequence import targets
-
-
 
 
 def _score(task: TaskType, y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], proba: np.ndarray | None) -> dict[str, Any]:
@@ -34,33 +23,13 @@ def _score(task: TaskType, y_true: np.ndarray, y_pred: np.ndarray, labels: list[
     return mt.regression_metrics(y_true, y_pred)
 
 
-def evaluate_run(run_dir: str | Path, dataset_dir: str | Path | None = None, split: str | None = None,
-                 baselines: bool | None = None, base_model: bool | None = None) -> dict[str, Any]:
-    from tunesmith.model_card import write_model_card
-    from tunesmith.predictor import Predictor
+def evaluate_sequence(run: Run, version: DatasetVersion, split: str, notes: list[str], baselines: bool,
+                      base_model: bool) -> dict[str, Any]:
+    from tunesmith.inference.predictor import Predictor
 
-    run = Run(run_dir)
     m = run.manifest
     cfg = run.config
     task = TaskType(m.task)
-    split = split or cfg.eval.split
-    if split not in SPLITS:
-        raise ConfigError(f"unknown split '{split}'; choose from {list(SPLITS)}")
-    version = DatasetVersion(dataset_dir or m.dataset)
-    notes: list[str] = []
-    if version.manifest.fingerprint != m.dataset_fingerprint:
-        notes.append(f"evaluated on dataset {version.path} (fingerprint {version.manifest.fingerprint[:12]}), "
-                     f"not the one the run trained on ({m.dataset_fingerprint[:12]})")
-    if version.manifest.task != m.task:
-        raise DataError(f"{version.path}: a {version.manifest.task} dataset cannot evaluate a {m.task} run")
-    if task in (TaskType.chat, TaskType.preference):
-        from tunesmith.evaluate_chat import evaluate_chat
-
-        with_base = cfg.eval.base_model is not False if base_model is None else base_model
-        result = evaluate_chat(run, version, split, notes, base_model=with_base)
-        write_report(run.path / "eval" / split, result)
-        write_model_card(run.path)
-        return result
     labels = m.labels or []
     if task != TaskType.regression and version.manifest.labels != labels:
         unknown = sorted(set(version.manifest.labels or []) - set(labels))
@@ -97,7 +66,7 @@ def evaluate_run(run_dir: str | Path, dataset_dir: str | Path | None = None, spl
         mistakes = []
 
     baseline_metrics: dict[str, Any] = {}
-    if cfg.eval.baselines if baselines is None else baselines:
+    if baselines:
         train_table = version.table("train")
         train_y = targets(task, train_table, len(labels))
         n_classes = len(labels) or None
@@ -107,7 +76,7 @@ def evaluate_run(run_dir: str | Path, dataset_dir: str | Path | None = None, spl
             baseline_metrics[result.name] = _score(task, y_true, result.predictions, labels, result.proba)
 
     base_metrics = None
-    if cfg.eval.base_model if base_model is None else base_model:
+    if base_model:
         base_metrics = _base_model_metrics(run, version, split, texts, y_true, labels)
         notes.append("base model = the same base with only a classification head trained (frozen encoder)")
 
@@ -117,19 +86,17 @@ def evaluate_run(run_dir: str | Path, dataset_dir: str | Path | None = None, spl
         "n": len(texts), "metrics": metrics, "baselines": baseline_metrics, "base_model": base_metrics,
         "figures": figures, "confusion_text": confusion, "mistakes": mistakes, "notes": notes,
     }
-    write_report(folder, result)
-    write_model_card(run.path)
     return result
 
 
 def _base_model_metrics(run: Run, version: DatasetVersion, split: str, texts: list[str], y_true: np.ndarray,
                         labels: list[str]) -> dict[str, Any]:
     """Train (once, cached in the run folder) a head-only model on the frozen base: the 'before' picture."""
-    from tunesmith.predictor import Predictor
-    from tunesmith.train import train
+    from tunesmith.inference.predictor import Predictor
+    from tunesmith.training import train
 
     base_dir = run.path / "eval" / "base-model"
-    if not (base_dir / "run.json").exists():
+    if not is_run(base_dir):
         cfg = run.config.model_copy(deep=True)
         cfg.train.method = "head"
         cfg.train.learning_rate = None
@@ -138,15 +105,3 @@ def _base_model_metrics(run: Run, version: DatasetVersion, split: str, texts: li
         train(cfg, dataset_dir=version.path, overwrite=True)
     pred = Predictor(base_dir).predict(texts)
     return _score(TaskType(run.manifest.task), y_true, pred.outputs, labels, pred.proba)
-
-
-def compare_runs(a: str | Path, b: str | Path, split: str = "test", out: str | Path | None = None) -> Path:
-    reports = []
-    for run_dir in (a, b):
-        path = Path(run_dir) / "eval" / split / "report.json"
-        if not path.exists():
-            raise DataError(f"{run_dir}: no evaluation on '{split}' yet; run `tunesmith evaluate {run_dir} --split {split}`")
-        reports.append(json.loads(path.read_text(encoding="utf-8")))
-    folder = Path(out) if out else Path(a) / "eval" / f"compare-{Path(b).name}"
-    write_comparison(folder, reports[0], reports[1])
-    return folder

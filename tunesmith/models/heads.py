@@ -6,7 +6,7 @@ accuracy with mean pooling against 0.686 with the stock CLS pooler on the packag
 Fine-tuning from the representation the model already has converges faster and further.
 
 The saved folder is a normal transformers folder (config.json + model.safetensors): the config
-carries `tunesmith_pooling: "mean"`, and `tunesmith.modeling.load_trained_sequence_model` loads it.
+carries `tunesmith_pooling: "mean"`, and `tunesmith.models.sequence.load_trained_sequence_model` loads it.
 """
 
 from __future__ import annotations

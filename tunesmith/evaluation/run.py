@@ -1,0 +1,64 @@
+"""`tunesmith evaluate` and `tunesmith compare`: a run folder + a dataset split -> metrics, pictures,
+baselines and a report in `<run>/eval/<split>/`.
+
+Every number is computed on the held-out split (test by default). Classifiers and regressors
+(sequence.py) are scored next to a majority (or mean) baseline and a TF-IDF + linear model trained on
+the same training split; chat and preference runs (chat.py) next to their untuned base model; so
+the report says what fine-tuning bought.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tunesmith.artifacts import DatasetVersion, Run
+from tunesmith.config import GENERATIVE_TASKS, SPLITS, TaskType
+from tunesmith.errors import ConfigError, DataError
+from tunesmith.evaluation.report import write_comparison, write_report
+
+
+def evaluate_run(run_dir: str | Path, dataset_dir: str | Path | None = None, split: str | None = None,
+                 baselines: bool | None = None, base_model: bool | None = None) -> dict[str, Any]:
+    from tunesmith.model_card import write_model_card
+
+    run = Run(run_dir)
+    m = run.manifest
+    cfg = run.config
+    task = TaskType(m.task)
+    split = split or cfg.eval.split
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split '{split}'; choose from {list(SPLITS)}")
+    version = DatasetVersion(dataset_dir or m.dataset)
+    notes: list[str] = []
+    if version.manifest.fingerprint != m.dataset_fingerprint:
+        notes.append(f"evaluated on dataset {version.path} (fingerprint {version.manifest.fingerprint[:12]}), "
+                     f"not the one the run trained on ({m.dataset_fingerprint[:12]})")
+    if version.manifest.task != m.task:
+        raise DataError(f"{version.path}: a {version.manifest.task} dataset cannot evaluate a {m.task} run")
+    if task in GENERATIVE_TASKS:
+        from tunesmith.evaluation.chat import evaluate_chat
+
+        with_base = cfg.eval.base_model is not False if base_model is None else base_model
+        result = evaluate_chat(run, version, split, notes, base_model=with_base)
+    else:
+        from tunesmith.evaluation.sequence import evaluate_sequence
+
+        result = evaluate_sequence(run, version, split, notes, cfg.eval.baselines if baselines is None else baselines,
+                                   bool(cfg.eval.base_model) if base_model is None else base_model)
+    write_report(run.path / "eval" / split, result)
+    write_model_card(run.path)
+    return result
+
+
+def compare_runs(a: str | Path, b: str | Path, split: str = "test", out: str | Path | None = None) -> Path:
+    reports = []
+    for run_dir in (a, b):
+        path = Path(run_dir) / "eval" / split / "report.json"
+        if not path.exists():
+            raise DataError(f"{run_dir}: no evaluation on '{split}' yet; run `tunesmith evaluate {run_dir} --split {split}`")
+        reports.append(json.loads(path.read_text(encoding="utf-8")))
+    folder = Path(out) if out else Path(a) / "eval" / f"compare-{Path(b).name}"
+    write_comparison(folder, reports[0], reports[1])
+    return folder

@@ -1,0 +1,89 @@
+"""`tunesmith export RUN --format FORMAT`: a run folder -> something to deploy without the training side.
+
+Formats (each described, with how to load it without tunesmith, in the README's "Export" section):
+
+    merged     the adapter (if any) merged into the base weights: a plain transformers folder in model/
+    onnx       the sequence model as ONNX (fp32) for onnxruntime
+    onnx-int8  the same, weights dynamically quantised to int8: smaller and faster on CPUs
+    joblib     one `<name>.joblib` file holding a predictor bundle (the pickle workflow; needs trust to load)
+    docker     a build context: Dockerfile + tunesmith source + the model, serving on port 8000
+
+merged, onnx and onnx-int8 write a *run folder* (run.json, config.json, model/) plus export.json, so
+`tunesmith evaluate` and `tunesmith serve` take an export exactly like the run it came from.
+Every export checks itself: it predicts the dataset's test split with the run and with the export
+and records how often they agree (and what that costs in accuracy) in export.json.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tunesmith.artifacts import RUN_MANIFEST, Run
+from tunesmith.config import GENERATIVE_TASKS, TaskType
+from tunesmith.errors import ConfigError
+from tunesmith.export.bundle import load_joblib
+from tunesmith.export.folder import EXPORT_MANIFEST, ExportResult
+
+FORMATS = ("merged", "onnx", "onnx-int8", "joblib", "docker")
+__all__ = ["FORMATS", "ExportResult", "export_run", "load_joblib"]
+
+
+def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, overwrite: bool = False,
+               check: bool = True) -> ExportResult:
+    """Export a run folder (or an export of one) in `fmt`; `out` defaults to `<run>-<fmt>` beside the run."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format '{fmt}'; choose from {', '.join(FORMATS)}")
+    run_path = Path(run_dir)
+    if not (run_path / RUN_MANIFEST).is_file():
+        what = "does not exist" if not run_path.exists() else f"is not a run folder (no {RUN_MANIFEST})"
+        raise ConfigError(f"{run_path} {what}; export a folder written by `tunesmith train`")
+    run = Run(run_path)
+    task = TaskType(run.manifest.task)
+    if fmt in ("onnx", "onnx-int8", "joblib") and task in GENERATIVE_TASKS:
+        raise ConfigError(f"--format {fmt} is for classification and regression runs; {run_path} is a {task.value} run "
+                          "(a causal LM): export it with --format merged (a transformers folder) or --format docker")
+    if fmt != "docker" and (run.model_dir / "model.onnx").is_file():
+        raise ConfigError(f"{run_path} is already an ONNX export; export the run it came from "
+                          f"({_source_of(run_path)}) instead")
+    _refuse_prompt_tuning(run)
+    target = Path(out) if out is not None else run_path.parent / f"{run_path.name}-{fmt}"
+    if target.resolve() == run_path.resolve() or run_path.resolve() in target.resolve().parents:
+        raise ConfigError(f"--out {target}: an export cannot be written into the run folder it exports")
+    if target.exists() and any(target.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"{target} exists and is not empty; choose another --out or pass --overwrite")
+        shutil.rmtree(target)
+    target.mkdir(parents=True, exist_ok=True)
+    try:
+        if fmt == "merged":
+            from tunesmith.export.merged import export_merged
+
+            return export_merged(run, target, check)
+        if fmt in ("onnx", "onnx-int8"):
+            from tunesmith.export.onnx import export_onnx_folder
+
+            return export_onnx_folder(run, target, quantize=fmt == "onnx-int8", check=check)
+        if fmt == "joblib":
+            from tunesmith.export.bundle import export_joblib
+
+            return export_joblib(run, target, check)
+        from tunesmith.export.docker import export_docker
+
+        return export_docker(run, target, check)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)  # no half-written export that looks like a run folder
+        raise
+
+
+def _refuse_prompt_tuning(run: Run) -> None:
+    if run.manifest.adapter and run.manifest.method == "prompt_tuning":
+        raise ConfigError(f"{run.path}: a prompt-tuning adapter cannot be merged into the weights (its virtual tokens "
+                          "are inputs, not weights), so it has no merged, ONNX, joblib or self-contained Docker form; "
+                          "serve the run folder itself (tunesmith serve) or train with method lora")
+
+
+def _source_of(path: Path) -> str:
+    info = path / EXPORT_MANIFEST
+    return json.loads(info.read_text(encoding="utf-8")).get("source_run", "?") if info.is_file() else "?"

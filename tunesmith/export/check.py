@@ -1,0 +1,93 @@
+"""Every export checks itself: the run and the export predict the same test split, and export.json
+records how often they agree and what the export costs in accuracy (or R², or loss for chat)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tunesmith.artifacts import DatasetVersion, Run
+from tunesmith.config import TaskType
+from tunesmith.errors import DataError
+from tunesmith.tasks.sequence import targets
+
+MAX_DISAGREEMENT = 0.05  # a larger share of changed predictions is a warning
+MAX_ACCURACY_LOSS = 0.01  # ... and so is losing more than 1 point of accuracy (or R²)
+CHECK_ROWS = 10_000  # the self-check predicts at most this many test rows
+CHAT_CHECK_ROWS = 64  # chat runs: conversations scored by both models
+
+
+def test_split(run: Run) -> tuple[Any | None, str | None]:
+    """The test split of the run's dataset, or why there is none to check with."""
+    try:
+        table = DatasetVersion(run.manifest.dataset).table("test")
+    except (DataError, OSError) as err:
+        return None, f"self-check skipped: the run's dataset is not available ({err})"
+    if table.num_rows == 0:
+        return None, "self-check skipped: the test split is empty"
+    return table.slice(0, CHECK_ROWS), None
+
+
+
+
+def compare_predictions(task: TaskType, reference: Any, exported: Any, truth: np.ndarray | None) -> dict[str, Any]:
+    """How far the export's predictions are from the run's: agreement and the accuracy (R²) difference."""
+    ref, exp = np.asarray(reference.outputs), np.asarray(exported.outputs)
+    out: dict[str, Any] = {"n": int(len(ref))}
+    if task == TaskType.regression:
+        diff = np.abs(ref - exp)
+        out.update(max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()))
+        if truth is not None:
+            def r2(pred: np.ndarray) -> float:
+                total = float(((truth - truth.mean()) ** 2).sum())
+                return 1.0 - float(((truth - pred) ** 2).sum()) / total if total > 0 else float("nan")
+            out.update(r2_run=r2(ref), r2_export=r2(exp), r2_diff=r2(exp) - r2(ref))
+        return out
+    same = (ref == exp).all(axis=1) if ref.ndim == 2 else ref == exp  # multi-label: the whole label set
+    out["agreement"] = float(same.mean())
+    if reference.proba is not None and exported.proba is not None:
+        out["max_proba_diff"] = float(np.abs(reference.proba - exported.proba).max())
+    if truth is not None:
+        def accuracy(pred: np.ndarray) -> float:
+            return float(((pred == truth).all(axis=1) if pred.ndim == 2 else pred == truth).mean())
+        out.update(accuracy_run=accuracy(ref), accuracy_export=accuracy(exp), accuracy_diff=accuracy(exp) - accuracy(ref))
+    return out
+
+
+def check_warnings(check: dict[str, Any]) -> list[str]:
+    found = []
+    if "agreement" in check and 1 - check["agreement"] > MAX_DISAGREEMENT:
+        found.append(f"the export changes {1 - check['agreement']:.1%} of the test predictions "
+                     f"(more than {MAX_DISAGREEMENT:.0%})")
+    if check.get("accuracy_diff", 0.0) < -MAX_ACCURACY_LOSS:
+        found.append(f"the export loses {-check['accuracy_diff'] * 100:.1f} points of test accuracy "
+                     f"({check['accuracy_run']:.4f} -> {check['accuracy_export']:.4f})")
+    if check.get("r2_diff", 0.0) < -MAX_ACCURACY_LOSS:
+        found.append(f"the export loses {-check['r2_diff']:.4f} of test R² ({check['r2_run']:.4f} -> {check['r2_export']:.4f})")
+    return found
+
+
+class SequenceCheck:
+    """Predict the test split with the run now, with the export later, and compare."""
+
+    def __init__(self, run: Run, enabled: bool) -> None:
+        self.run = run
+        self.task = TaskType(run.manifest.task)
+        self.table, self.skipped = test_split(run) if enabled else (None, "self-check skipped (--no-check)")
+        self.reference = None
+        self.predictor: Any = None  # the run's predictor, handed on to merged_sequence_model (loaded once)
+        if self.table is not None:
+            from tunesmith.inference.predictor import Predictor
+
+            self.texts = self.table.column("text").to_pylist()
+            self.predictor = Predictor(run.path, device="cpu")
+            self.reference = self.predictor.predict(self.texts)
+
+    def against(self, predict: Any) -> tuple[dict[str, Any], list[str]]:
+        if self.reference is None:
+            return {"skipped": self.skipped}, []
+        truth = targets(self.task, self.table, len(self.run.manifest.labels or []))
+        check = compare_predictions(self.task, self.reference, predict(self.texts), truth)
+        check["split"] = "test"
+        return check, check_warnings(check)

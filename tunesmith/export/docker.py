@@ -1,0 +1,114 @@
+"""`--format docker`: a build context (Dockerfile, tunesmith source, the model) serving on port 8000."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from tunesmith import __version__
+from tunesmith.artifacts import MODEL_DIR, Run
+from tunesmith.export.folder import ExportResult, safe_name
+from tunesmith.export.merged import export_merged
+
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+TORCH_VERSION = "2.13.0"
+SERVE_CMD = ["tunesmith", "serve", "/app/model", "--host", "0.0.0.0", "--port", "8000"]
+HEALTHCHECK = ("import sys, urllib.request; "
+               "sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)")
+
+
+def _project_source(dest: Path) -> str:
+    """tunesmith's source into the build context (no git repo needed): the package, its pyproject and
+    README. Returns the pip extra to install (`[serve]` when the project defines one)."""
+    import tunesmith
+
+    package = Path(tunesmith.__file__).parent
+    shutil.copytree(package, dest / "tunesmith", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    root = package.parent
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file() and re.search(r'^name\s*=\s*"tunesmith"', pyproject.read_text(encoding="utf-8"), re.MULTILINE):
+        shutil.copy2(pyproject, dest / "pyproject.toml")
+        text = pyproject.read_text(encoding="utf-8")
+        for extra in ("README.md", "LICENSE"):
+            if (root / extra).is_file():
+                shutil.copy2(root / extra, dest / extra)
+        return "[serve]" if re.search(r"^serve\s*=", text, re.MULTILINE) else ""
+    # An installed (non-source) tunesmith: a minimal pyproject from the installed metadata.
+    from importlib.metadata import requires
+
+    deps = [r for r in requires("tunesmith") or [] if "extra ==" not in r]
+    (dest / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=69"]\nbuild-backend = "setuptools.build_meta"\n\n'
+        f'[project]\nname = "tunesmith"\nversion = "{__version__}"\nrequires-python = ">=3.11"\n'
+        f"dependencies = {json.dumps(deps)}\n\n"
+        '[project.scripts]\ntunesmith = "tunesmith.cli:main"\n\n'
+        '[tool.setuptools.packages.find]\ninclude = ["tunesmith*"]\n', encoding="utf-8")
+    return ""
+
+
+def _dockerfile(extra: str) -> str:
+    return f"""# Built by `tunesmith export --format docker` (tunesmith {__version__}). See COMMANDS.txt.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \\
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HOME=/tmp/hf
+
+# CPU torch first, from PyTorch's CPU index: otherwise pip would pull a multi-GB CUDA build.
+RUN pip install torch=={TORCH_VERSION} --index-url {TORCH_CPU_INDEX}
+
+# tunesmith from the source copied into this context (no git repository needed).
+COPY tunesmith-src /tmp/tunesmith-src
+RUN pip install "/tmp/tunesmith-src{extra}" && rm -rf /tmp/tunesmith-src
+
+RUN useradd --create-home --uid 10001 tunesmith
+COPY --chown=tunesmith:tunesmith model /app/model
+USER tunesmith
+WORKDIR /app
+
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \\
+    CMD {json.dumps(["python", "-c", HEALTHCHECK])}
+CMD {json.dumps(SERVE_CMD)}
+"""
+
+
+DOCKERIGNORE = """# Only what the image needs goes to the Docker daemon.
+**/__pycache__
+**/*.pyc
+**/.DS_Store
+model/checkpoints
+model/eval
+"""
+
+
+def export_docker(run: Run, target: Path, check: bool) -> ExportResult:
+    found: list[str] = []
+    check_result: dict[str, Any] = {}
+    model_dir = target / MODEL_DIR
+    if run.manifest.adapter:
+        # The image must not depend on a base model folder outside it: merge the adapter in.
+        merged = export_merged(run, model_dir, check)
+        check_result, found = merged.check, merged.warnings
+        what = f"the run with its {run.manifest.method} adapter merged in (a `merged` export)"
+    else:
+        shutil.copytree(run.path, model_dir, ignore=shutil.ignore_patterns("checkpoints", "eval", "__pycache__"))
+        what = f"a copy of {run.path} (without checkpoints/ and eval/)"
+    Run(model_dir)  # what the image will serve opens as a run folder
+    extra = _project_source(target / "tunesmith-src")
+    (target / "Dockerfile").write_text(_dockerfile(extra), encoding="utf-8")
+    (target / ".dockerignore").write_text(DOCKERIGNORE, encoding="utf-8")
+    tag = f"tunesmith-{safe_name(run.manifest.name)}"
+    commands = [f"cd {target.resolve()}", f"docker build -t {tag} .", f"docker run --rm -p 8000:8000 {tag}",
+                "curl http://127.0.0.1:8000/healthz"]
+    (target / "COMMANDS.txt").write_text("\n".join(commands) + "\n", encoding="utf-8")
+    (target / "README.md").write_text(
+        f"# Docker build context for `{run.manifest.name}`\n\n"
+        f"- `model/`: the folder the container serves: {what}.\n"
+        "- `tunesmith-src/`: the tunesmith source the image installs.\n"
+        f"- `Dockerfile`: python:3.11-slim, CPU torch {TORCH_VERSION}, tunesmith, a non-root user, "
+        "`tunesmith serve /app/model` on port 8000, a health check on `/healthz`.\n\n"
+        "```bash\n" + "\n".join(commands) + "\n```\n", encoding="utf-8")
+    return ExportResult("docker", target, check_result, found, commands)

@@ -1,0 +1,83 @@
+"""Sequence models (classification and regression): a pre-trained body with a task head.
+
+What both training and inference need: a new head on a base model (training starts from it; an
+adapter run is loaded onto it), and a trained folder loaded with whichever head it was saved with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import TaskType
+
+HEAD_MODULES = ("classifier", "score", "pre_classifier")  # what the sequence-classification classes call their head
+
+
+def is_head_parameter(name: str) -> bool:
+    """The task head's parameters (also inside a PEFT wrapper's modules_to_save copies)."""
+    parts = name.split(".")
+    return any(h in parts for h in HEAD_MODULES)
+
+
+def problem_type(task: TaskType) -> str:
+    return {TaskType.single_label: "single_label_classification", TaskType.multi_label: "multi_label_classification",
+            TaskType.regression: "regression"}[task]
+
+
+def pooling_of(model_dir: Path, requested: str = "auto") -> str:
+    """'mean' for sentence encoders (their sentence-transformers pooling config says so), else the
+    architecture's own head ('native': [CLS] + pooler for encoders, last token for decoders)."""
+    if requested != "auto":
+        return requested
+    pooling = model_dir / "1_Pooling" / "config.json"
+    if pooling.exists():
+        import json
+
+        if json.loads(pooling.read_text()).get("pooling_mode_mean_tokens"):
+            return "mean"
+    return "native"
+
+
+def load_trained_sequence_model(model_dir: Path) -> Any:
+    """A fine-tuned sequence model folder, whichever head it was trained with."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(model_dir)
+    if getattr(config, "tunesmith_pooling", None) == "mean":
+        from tunesmith.models.heads import MeanPoolingForSequenceClassification
+
+        return MeanPoolingForSequenceClassification.from_pretrained(model_dir, config=config)
+    return AutoModelForSequenceClassification.from_pretrained(model_dir)
+
+
+def load_for_sequence_task(model_dir: Path, task: TaskType, labels: list[str] | None, pooling: str = "auto") -> Any:
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(model_dir)
+    kwargs: dict[str, Any] = {"problem_type": problem_type(task)}
+    if task == TaskType.regression:
+        kwargs["num_labels"] = 1
+    else:
+        assert labels
+        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={x: i for i, x in enumerate(labels)})
+    if getattr(config, "pad_token_id", None) is None:  # causal LMs: the head pools the last non-pad token
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(model_dir)
+        kwargs["pad_token_id"] = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "newly initialized: classifier.weight" is expected, not news
+    try:
+        if pooling_of(model_dir, pooling) == "mean":
+            from tunesmith.models.heads import MeanPoolingForSequenceClassification
+
+            for key, value in kwargs.items():
+                setattr(config, key, value)
+            config.tunesmith_pooling = "mean"
+            return MeanPoolingForSequenceClassification.from_encoder(config, model_dir)
+        return AutoModelForSequenceClassification.from_pretrained(model_dir, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)

@@ -1,0 +1,57 @@
+"""The dataset a run trains on: the config's own (prepared again when its settings changed) or one
+given by path (refused when it was prepared for another model's tokenizer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunesmith.artifacts import DatasetVersion, is_dataset
+from tunesmith.config import ProjectConfig, config_diff
+from tunesmith.errors import ConfigError
+
+# Model settings that change what preparation keeps and records: the tokenizer counts n_tokens and
+# filters lengths, the budget and the chat template decide which conversations fit.
+PREPARED_WITH_MODEL = ("name", "max_length", "chat_template")
+
+
+def _preparation_settings(config: dict[str, Any], with_data: bool) -> dict[str, Any]:
+    model = config.get("model", {})
+    picked: dict[str, Any] = {"task": config["task"], "model": {k: model.get(k) for k in PREPARED_WITH_MODEL}}
+    if with_data:
+        picked["data"] = config["data"]
+    return picked
+
+
+def stale_settings(cfg: ProjectConfig, version: DatasetVersion, with_data: bool = True) -> list[str]:
+    """What the dataset was prepared with that differs from `cfg` (`path: then -> now` lines)."""
+    now = cfg.model_dump(mode="json")
+    return config_diff(_preparation_settings(version.manifest.config, with_data), _preparation_settings(now, with_data))
+
+
+def ensure_dataset(cfg: ProjectConfig, dataset_dir: Path | None = None, log: bool = True) -> DatasetVersion:
+    """The dataset this config trains on; prepared (again) when missing or prepared with other settings."""
+    from tunesmith.data.prepare import prepare
+
+    if dataset_dir is not None:
+        version = DatasetVersion(dataset_dir)
+        if version.manifest.task != cfg.task.type.value:
+            raise ConfigError(f"dataset {version.path} was prepared for task {version.manifest.task}, "
+                              f"but the config asks for {cfg.task.type.value}")
+        changed = stale_settings(cfg, version, with_data=False)
+        if changed:
+            raise ConfigError(
+                f"dataset {version.path} was prepared with other model settings than this config trains with "
+                f"({'; '.join(changed)}): its token counts and length filters belong to that tokenizer. Prepare it "
+                f"for this model (`tunesmith data prepare CONFIG --out DIR`), or train on the config's own dataset")
+        return version
+    path = Path(cfg.dataset_dir)
+    if is_dataset(path):
+        version = DatasetVersion(path)
+        changed = stale_settings(cfg, version)
+        if not changed:
+            return version
+        if log:
+            print(f"dataset {path} was prepared with other settings ({'; '.join(changed[:5])}"
+                  f"{'; ...' if len(changed) > 5 else ''}); preparing it again", flush=True)
+    return prepare(cfg, path)

@@ -1,0 +1,192 @@
+"""What every training recipe shares: the run folder (refusing accidental overwrites, resuming only
+an unchanged config), the Trainer's common arguments and callbacks, and the files a finished run
+writes besides its model (artifacts.py describes them). The recipes are sequence.py and chat.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tunesmith import __version__
+from tunesmith.artifacts import (
+    CHECKPOINT_DONE,
+    RUN_CONFIG,
+    RUN_MANIFEST,
+    RUN_METRICS,
+    TRAINING_LOG,
+    DatasetVersion,
+    RunManifest,
+    latest_checkpoint,
+)
+from tunesmith.config import ProjectConfig, config_diff
+from tunesmith.errors import ConfigError
+
+
+def check_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> None:
+    """Never train over an earlier run by accident."""
+    if resuming or not run_dir.exists() or not any(run_dir.iterdir()):
+        return
+    if not overwrite:
+        raise ConfigError(f"{run_dir}: a run already exists there; resume it with `tunesmith train --resume {run_dir}`, "
+                          "pass --overwrite, or set train.output_dir")
+    shutil.rmtree(run_dir)
+
+
+def start_run(cfg: ProjectConfig, resume: Path | None, overwrite: bool) -> tuple[Path, Path | None]:
+    """The run folder, and the checkpoint to resume from; refuses a changed config or an accidental overwrite."""
+    run_dir = Path(resume or cfg.run_dir)
+    checkpoint = None
+    if resume is not None:
+        saved_path = run_dir / RUN_CONFIG
+        if not saved_path.exists():
+            raise ConfigError(f"{run_dir}: nothing to resume (no config.json); start it with `tunesmith train CONFIG`")
+        saved = json.loads(saved_path.read_text(encoding="utf-8"))
+        changed = config_diff(saved, cfg.model_dump(mode="json"))
+        if changed:
+            raise ConfigError(f"{run_dir}: the config changed since this run started, so resuming would mix two runs:\n  "
+                              + "\n  ".join(changed[:20]) + "\nResume without those changes, or start a new run.")
+        checkpoint = latest_checkpoint(run_dir)
+    if "LOCAL_RANK" not in os.environ:  # under torchrun the launcher already checked
+        check_run_dir(run_dir, resume is not None, overwrite)
+    return run_dir, checkpoint
+
+
+def is_rank0() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def schedule(cfg: ProjectConfig, n_train: int) -> dict[str, Any]:
+    """Epochs, batch size and learning rate: tunesmith's own settings, or OpenAI's form resolved for the data."""
+    t = cfg.train
+    if t.hyperparameters is None:
+        return {"epochs": t.epochs, "batch_size": t.batch_size, "learning_rate": t.lr(cfg.task.type)}
+    epochs, batch, mult = t.hyperparameters.resolve(n_train)
+    return {"epochs": float(epochs), "batch_size": batch, "learning_rate": t.lr(cfg.task.type, mult),
+            "openai": {"n_epochs": epochs, "batch_size": batch, "learning_rate_multiplier": mult}}
+
+
+def common_arguments(cfg: ProjectConfig, run_dir: Path, plan: dict[str, Any], n_train: int) -> dict[str, Any]:
+    """TrainingArguments shared by every recipe: schedule, evaluation cadence, checkpoints, hardware."""
+    import torch
+
+    from tunesmith.training.methods import native_bf16
+
+    t = cfg.train
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    steps_per_epoch = max(1, math.ceil(n_train / (plan["batch_size"] * t.grad_accum * world)))
+    eval_steps = max(1, steps_per_epoch // t.evals_per_epoch)
+    if t.max_steps:
+        eval_steps = min(eval_steps, max(1, t.max_steps // t.evals_per_epoch))
+    cuda = torch.cuda.is_available()
+    return dict(
+        output_dir=str(run_dir / "checkpoints"),
+        eval_strategy="steps", eval_steps=eval_steps, save_strategy="steps", save_steps=eval_steps,
+        logging_strategy="steps", logging_steps=max(1, min(eval_steps, 10)),
+        learning_rate=plan["learning_rate"], num_train_epochs=plan["epochs"], max_steps=t.max_steps or -1,
+        per_device_train_batch_size=plan["batch_size"], per_device_eval_batch_size=plan["batch_size"] * 2,
+        gradient_accumulation_steps=t.grad_accum, weight_decay=t.weight_decay, warmup_steps=t.warmup_ratio,
+        lr_scheduler_type=t.lr_scheduler, seed=t.seed, data_seed=t.seed,
+        bf16=native_bf16() if t.bf16 is None else t.bf16, activation_checkpointing=t.gradient_checkpointing,
+        load_best_model_at_end=True, save_total_limit=t.save_total_limit, report_to=list(t.report_to) or "none",
+        use_cpu=not cuda, ddp_backend="gloo" if world > 1 and not cuda else None,
+        fsdp=t.fsdp or "", deepspeed=str(t.deepspeed) if t.deepspeed else None,
+        dataloader_num_workers=0, disable_tqdm=False,
+    )
+
+
+def standard_callbacks(cfg: ProjectConfig) -> list[Any]:
+    from transformers import EarlyStoppingCallback, TrainerCallback
+
+    class MarkComplete(TrainerCallback):
+        """Trainer writes checkpoints in place; COMPLETE marks one as safe to resume from."""
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.is_world_process_zero:
+                (Path(args.output_dir) / f"checkpoint-{state.global_step}" / CHECKPOINT_DONE).touch()
+
+    callbacks: list[Any] = [MarkComplete()]
+    if cfg.train.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
+    return callbacks
+
+
+def write_config(cfg: ProjectConfig, run_dir: Path) -> None:
+    if is_rank0():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RUN_CONFIG).write_text(cfg.model_dump_json(indent=2) + "\n", encoding="utf-8")
+
+
+def run_trainer(cfg: ProjectConfig, trainer: Any, run_dir: Path, checkpoint: Path | None) -> Any:
+    """Record the config, then train (from `checkpoint` when resuming).
+
+    Every process gets the result: under torchrun, what follows (evaluate, predict) is collective, so all
+    ranks must take part before rank 0 alone writes the run folder."""
+    from transformers.utils import logging as hf_logging
+
+    write_config(cfg, run_dir)
+    if checkpoint is not None and is_rank0():
+        print(f"resuming from {checkpoint.name}", flush=True)
+    hf_logging.set_verbosity_warning()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    return result
+
+
+def best_evaluation(trainer: Any) -> dict[str, Any]:
+    """The kept model is the best checkpoint, and its validation metrics are already in the log."""
+    evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+    best_step = trainer.state.best_global_step
+    return next((e for e in evals if e.get("step") == best_step), evals[-1] if evals else trainer.evaluate())
+
+
+def finish_run(run_dir: Path, trainer: Any, manifest: RunManifest, validation: dict[str, float]) -> Path:
+    """Training log, metrics, run.json and the model card: what every run folder holds besides model/."""
+    with (run_dir / TRAINING_LOG).open("w", encoding="utf-8") as f:
+        for entry in trainer.state.log_history:
+            f.write(json.dumps(entry) + "\n")
+    (run_dir / RUN_METRICS).write_text(json.dumps({"validation": validation}, indent=2) + "\n", encoding="utf-8")
+    (run_dir / RUN_MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    from tunesmith.model_card import write_model_card
+
+    write_model_card(run_dir)
+    return run_dir
+
+
+def manifest_fields(cfg: ProjectConfig, version: DatasetVersion, model_dir: Path, trainable: int, total: int,
+                    trainer: Any, result: Any, plan: dict[str, Any]) -> dict[str, Any]:
+    """RunManifest fields every recipe fills the same way."""
+    return dict(
+        name=cfg.name, task=cfg.task.type.value, description=cfg.task.description,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"), tunesmith_version=__version__,
+        base_model=str(cfg.model.name), base_model_path=str(model_dir), method=cfg.train.method,
+        adapter=cfg.train.method not in ("full", "head"), dataset=str(version.path.resolve()),
+        dataset_fingerprint=version.manifest.fingerprint, parameters={"trainable": trainable, "total": total},
+        train_runtime_s=round(float(result.metrics.get("train_runtime", 0.0)), 1),
+        processes=int(os.environ.get("WORLD_SIZE", "1")),
+        hyperparameters={k: v for k, v in plan.items() if k != "openai"}, openai_hyperparameters=plan.get("openai"),
+        best_metric={trainer.args.metric_for_best_model: float(trainer.state.best_metric)}
+        if trainer.state.best_metric is not None else {},
+    )
+
+
+def save_model(trainer: Any, tokenizer: Any, folder: Path) -> None:
+    """model/: safetensors weights (or the adapter) and the tokenizer. The Trainer's training_args.bin is a
+    pickle and is dropped: the run's config.json holds the settings."""
+    trainer.save_model(str(folder))
+    (folder / "training_args.bin").unlink(missing_ok=True)
+    tokenizer.save_pretrained(folder)
+
+
+def count_and_report(cfg: ProjectConfig, model: Any) -> tuple[int, int]:
+    """(trainable, total) parameters, printed once (rank 0) so a wrong method shows before training."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    if is_rank0():
+        print(f"model {cfg.model.name}: {total:,} parameters, {trainable:,} trainable ({100 * trainable / total:.2f}%) "
+              f"with method '{cfg.train.method}'", flush=True)
+    return trainable, total

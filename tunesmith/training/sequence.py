@@ -1,0 +1,172 @@
+"""Classification and regression: a head on a pre-trained model, trained with the Hugging Face Trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunesmith.artifacts import MODEL_DIR, DatasetVersion, RunManifest
+from tunesmith.config import LOWER_IS_BETTER, SEQUENCE_METRICS, ProjectConfig, TaskType
+from tunesmith.errors import DataError
+from tunesmith.training.dataset import ensure_dataset
+from tunesmith.training.run import (
+    best_evaluation,
+    common_arguments,
+    count_and_report,
+    finish_run,
+    manifest_fields,
+    run_trainer,
+    save_model,
+    schedule,
+    standard_callbacks,
+    start_run,
+)
+
+
+def check_labels(version: DatasetVersion) -> None:
+    """A class in validation/test that training never saw cannot be predicted: stop before training."""
+    task = TaskType(version.manifest.task)
+    if task not in (TaskType.single_label, TaskType.multi_label):
+        return
+    column = "labels" if task == TaskType.multi_label else "label"
+
+    def seen(split: str) -> set[str]:
+        values = version.table(split).column(column).to_pylist()
+        return {x for v in values for x in v} if column == "labels" else set(values)
+
+    train = seen("train")
+    if len(train) < 2:
+        raise DataError(f"{version.path}: the training split has only the class(es) {sorted(train)}; "
+                        "a classifier needs at least two")
+    for split in ("validation", "test"):
+        unseen = sorted(seen(split) - train)
+        if unseen:
+            raise DataError(f"{version.path}: {split} has label(s) {unseen} that the training split never has; "
+                            "add training examples, merge the class with data.annotate.label_map, or drop it")
+
+
+def _trainer_class(base: Any, seed: int, head_lr: float | None) -> Any:
+    """The Trainer with two changes.
+
+    - A length-grouped sampler whose shuffle depends only on (seed, epoch): transformers' own draws
+      from the global RNG, so a run resumed mid-epoch saw other batches than the uninterrupted run.
+    - Optionally its own learning rate for the freshly initialised head, so it learns as fast as the
+      pre-trained body can follow (the idea of linear-probe-then-fine-tune, in one run).
+    """
+    import torch
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    from tunesmith.models.sequence import is_head_parameter
+
+    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+        def __init__(self, original: LengthGroupedSampler) -> None:
+            self.__dict__.update(original.__dict__)
+            self.set_epoch(0)
+
+        def set_epoch(self, epoch: int) -> None:
+            self.generator = torch.Generator().manual_seed(seed + epoch)
+
+    class TunesmithTrainer(base):  # type: ignore[misc, valid-type]
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            sampler = super()._get_train_sampler(train_dataset)
+            return EpochSeededLengthGroupedSampler(sampler) if isinstance(sampler, LengthGroupedSampler) else sampler
+
+        def create_optimizer(self, model: Any = None) -> Any:
+            fresh = self.optimizer is None
+            optimizer = super().create_optimizer(model)
+            if fresh and head_lr:
+                model = self.model if model is None else model
+                head = {id(p) for n, p in model.named_parameters() if is_head_parameter(n)}
+                groups = []
+                for group in optimizer.param_groups:
+                    mine = [p for p in group["params"] if id(p) in head]
+                    group["params"] = [p for p in group["params"] if id(p) not in head]
+                    if mine:
+                        groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": mine, "lr": head_lr})
+                optimizer.param_groups = [g for g in optimizer.param_groups if g["params"]]
+                for group in groups:
+                    optimizer.add_param_group(group)
+            return optimizer
+
+    return TunesmithTrainer
+
+
+def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: Path | None = None,
+                   overwrite: bool = False) -> Path:
+    """Classification and regression: a head on a pre-trained model, with the Trainer."""
+    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from tunesmith.models.catalog import context_length, resolve_model_dir
+    from tunesmith.models.sequence import load_for_sequence_task
+    from tunesmith.tasks import sequence
+    from tunesmith.training.methods import apply_method
+
+    task = cfg.task.type
+    run_dir, checkpoint = start_run(cfg, resume, overwrite)
+    version = ensure_dataset(cfg, dataset_dir)
+    check_labels(version)
+    labels = version.manifest.labels
+    model_dir = resolve_model_dir(str(cfg.model.name))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:  # causal LMs ship without one; padding is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    max_length = cfg.model.token_budget(task, context_length(tokenizer))
+
+    train_rows = version.hf_dataset("train")
+    scaling = sequence.TargetScaling.fit(np.asarray(train_rows["score"])) if task == TaskType.regression else None
+    encode = sequence.encoder(task, tokenizer, max_length, len(labels or []), scaling)
+    keep = {"input_ids", "attention_mask", "token_type_ids", "labels"}
+
+    def encoded(split: str) -> Any:
+        ds = train_rows if split == "train" else version.hf_dataset(split)
+        ds = ds.map(encode, batched=True, desc=f"tokenizing {split}")
+        return ds.remove_columns([c for c in ds.column_names if c not in keep])
+
+    train_ds, val_ds = encoded("train"), encoded("validation")
+    if len(train_ds) == 0 or len(val_ds) == 0:
+        raise DataError(f"{version.path}: training needs rows in both train ({len(train_ds)}) and validation ({len(val_ds)})")
+
+    import torch
+
+    torch.manual_seed(cfg.train.seed)  # the head's random init is part of the run
+    model = load_for_sequence_task(model_dir, task, labels, pooling=cfg.model.pooling)
+    model = apply_method(model, cfg.train, cfg.peft)
+    trainable, total = count_and_report(cfg, model)
+
+    t = cfg.train
+    plan = schedule(cfg, len(train_ds))
+    metric = t.metric or SEQUENCE_METRICS[task.value][0]
+    args = TrainingArguments(
+        **common_arguments(cfg, run_dir, plan, len(train_ds)),
+        metric_for_best_model=metric, greater_is_better=metric not in LOWER_IS_BETTER,
+        train_sampling_strategy="random" if t.group_by_length is False else "group_by_length",
+    )
+    loss_func = None
+    if t.class_weights == "balanced" and task == TaskType.single_label:
+        ids = np.asarray(train_rows["label_id"])
+        counts = np.bincount(ids, minlength=len(labels or []))
+        loss_func = sequence.class_weight_loss(len(ids) / (len(counts) * np.maximum(counts, 1)))
+    trainer = _trainer_class(Trainer, t.seed, t.head_learning_rate)(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=sequence.training_metrics(task, scaling),
+        callbacks=standard_callbacks(cfg), compute_loss_func=loss_func,
+    )
+    result = run_trainer(cfg, trainer, run_dir, checkpoint)
+    final = best_evaluation(trainer)
+    thresholds = None
+    if task == TaskType.multi_label:
+        pred = trainer.predict(val_ds)
+        thresholds = sequence.tune_thresholds(sequence.sigmoid(pred.predictions), pred.label_ids)
+    if not trainer.is_world_process_zero():
+        return run_dir
+    save_model(trainer, tokenizer, run_dir / MODEL_DIR)
+    metrics = {k.removeprefix("eval_"): float(v) for k, v in final.items()
+               if k.startswith("eval_") and isinstance(v, int | float)}
+    manifest = RunManifest(
+        **manifest_fields(cfg, version, model_dir, trainable, total, trainer, result, plan),
+        labels=labels, thresholds=thresholds, max_length=max_length, metrics=metrics,
+        target_scaling={"mean": scaling.mean, "std": scaling.std} if scaling else None,
+    )
+    return finish_run(run_dir, trainer, manifest, metrics)
