@@ -137,3 +137,56 @@ def test_openai_hyperparameters_are_checked() -> None:
         parse_config({**base, "train": {"hyperparameters": {"learning_rate_multiplier": "fast"}}})
     with pytest.raises(ConfigError, match=r"replaces \['epochs'\]"):
         parse_config({**base, "train": {"epochs": 5, "hyperparameters": {"n_epochs": 2}}})
+
+
+def test_settings_the_task_would_ignore_are_refused_with_file_line_and_field(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: x\ntask:\n  type: chat\ndata:\n  sources:\n    - path: a.jsonl\n"
+                            "train:\n  head_learning_rate: 0.001\n  class_weights: balanced\nmodel:\n  pooling: mean\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert "3 problems" in msg
+    assert f"{path}:8: train.head_learning_rate: does not apply here" in msg
+    assert f"{path}:9: train.class_weights" in msg and f"{path}:11: model.pooling" in msg
+
+
+@pytest.mark.parametrize(("task", "setting", "field"), [
+    ("regression", {"train": {"class_weights": "balanced"}}, "train.class_weights"),
+    ("single_label_classification", {"train": {"packing": False}}, "train.packing"),
+    ("single_label_classification", {"train": {"dpo_beta": 0.2}}, "train.dpo_beta"),
+    ("single_label_classification", {"train": {"merge_adapter": True, "method": "lora"}}, "train.merge_adapter"),
+    ("chat", {"train": {"group_by_length": False}}, "train.group_by_length"),
+    ("chat", {"train": {"metric": "accuracy"}}, "train.metric"),
+    ("chat", {"train": {"method": "full"}, "peft": {"r": 8}}, "peft.r"),
+    ("chat", {"train": {"method": "lora"}, "peft": {"num_virtual_tokens": 8}}, "peft.num_virtual_tokens"),
+    ("single_label_classification", {"model": {"chat_template": "{{ x }}"}}, "model.chat_template"),
+    ("single_label_classification", {"eval": {"max_new_tokens": 10}}, "eval.max_new_tokens"),
+    ("regression", {"train": {"metric": "accuracy"}}, "train.metric"),
+])
+def test_each_inapplicable_setting_is_named(task: str, setting: dict, field: str) -> None:
+    raw = {"name": "x", "task": {"type": task}, "data": {"sources": [{"path": "a.jsonl"}]}, **setting}
+    with pytest.raises(ConfigError, match=rf"{field}: "):
+        parse_config(raw)
+
+
+def test_settings_that_apply_pass_and_saved_resolved_configs_parse_again() -> None:
+    chat = parse_config({"name": "x", "task": {"type": "chat"}, "data": {"sources": [{"path": "a.jsonl"}]},
+                         "train": {"packing": False, "merge_adapter": True}, "peft": {"r": 8}})
+    seq = parse_config({"name": "x", "data": {"sources": [{"path": "a.csv"}]},
+                        "train": {"head_learning_rate": 1e-3, "class_weights": "balanced", "metric": "accuracy",
+                                  "group_by_length": False}})
+    dpo = parse_config({"name": "x", "task": {"type": "preference"}, "data": {"sources": [{"path": "a.jsonl"}]},
+                        "train": {"dpo_beta": 0.3}})
+    for cfg in (chat, seq, dpo):  # what a run folder's config.json holds, and resume re-reads
+        assert parse_config(cfg.model_dump(mode="json")) == cfg
+
+
+def test_one_length_rule() -> None:
+    seq = parse_config({"name": "x", "data": {"sources": [{"path": "a.csv"}]}})
+    chat = parse_config({"name": "x", "task": {"type": "chat"}, "data": {"sources": [{"path": "a.jsonl"}]}})
+    assert seq.model.token_budget(seq.task.type, 128) == 128  # the model's context when it is short
+    assert seq.model.token_budget(seq.task.type, 8192) == 512  # capped for classification
+    assert chat.model.token_budget(chat.task.type, 8192) == 2048  # capped for chat
+    assert chat.model.token_budget(chat.task.type, None) == 2048  # a tokenizer that states no context
+    chat.model.max_length = 4096
+    assert chat.model.token_budget(chat.task.type, 8192) == 4096  # the config's own value wins

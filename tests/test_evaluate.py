@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -29,10 +30,28 @@ def test_metrics_are_computed_on_the_test_split(classifier_run: Path, capsys) ->
     assert sum(map(sum, report["metrics"]["confusion_matrix"])) == test.num_rows
     assert report["metrics"]["accuracy"] >= 0.9
     assert set(report["baselines"]) == {"majority", "tfidf_logreg"}
-    for name in ("report.html", "report.md", "confusion_matrix.png", "confusion_matrix_normalized.png"):
+    for name in ("report.html", "report.md", "confusion_matrix.png", "confusion_matrix_normalized.png", "learning_curve.png"):
         assert (classifier_run / "eval" / "test" / name).exists()
     assert "data:image/png;base64," in (classifier_run / "eval" / "test" / "report.html").read_text()
+    assert_learning_curve(classifier_run / "eval" / "test")
+    assert next(iter(report["figures"])) == "learning curve"  # curves come before the other pictures
     assert "Test (" in (classifier_run / "README.md").read_text()  # the model card now carries test results
+
+
+def assert_learning_curve(folder: Path) -> None:
+    """learning_curve.png is a real picture, report.md links it and report.html carries it inline."""
+    assert (folder / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![learning curve](learning_curve.png)" in (folder / "report.md").read_text()
+    page = (folder / "report.html").read_text()
+    assert '<img alt="learning curve" src="data:image/png;base64,' in page and 'src="learning_curve.png"' not in page
+
+
+def test_run_without_training_log_gets_no_curve(classifier_run: Path, tmp_path: Path) -> None:
+    run = shutil.copytree(classifier_run, tmp_path / "run", ignore=shutil.ignore_patterns("eval", "checkpoint-*"))
+    (run / "training_log.jsonl").unlink()  # e.g. an export that did not keep it
+    result = evaluate_run(run, baselines=False)
+    assert "learning curve" not in result["figures"] and not (run / "eval" / "test" / "learning_curve.png").exists()
+    assert "learning_curve" not in (run / "eval" / "test" / "report.md").read_text()
 
 
 def test_validation_split_and_compare(classifier_run: Path, tmp_path: Path) -> None:
@@ -50,6 +69,16 @@ def test_regression_report_has_scatter_and_residuals(tmp_path: Path, tiny_bert: 
     assert set(result["baselines"]) == {"mean", "tfidf_ridge"}
     assert (run / "eval" / "test" / "predicted_vs_true.png").exists()
     assert (run / "eval" / "test" / "residuals.png").exists()
+    assert_learning_curve(run / "eval" / "test")
+
+
+def test_chat_report_has_a_learning_curve(tmp_path: Path, tiny_llama: Path) -> None:
+    from tests.test_train_chat import chat_project
+
+    run = train(chat_project(tmp_path, tiny_llama, {"epochs": 2}, n=40))
+    result = evaluate_run(run, base_model=False)
+    assert list(result["figures"]) == ["learning curve"]  # chat results have no other pictures
+    assert_learning_curve(run / "eval" / "test")
 
 
 def test_base_model_column_trains_a_head_only_model(classifier_run: Path) -> None:

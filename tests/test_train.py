@@ -296,3 +296,23 @@ def test_balanced_class_weights_train(tmp_path: Path, tiny_bert: Path) -> None:
     texts = [r["text"] for r in skewed]
     neg = {w: Predictor(run).predict(texts).proba[:, Run(run).manifest.labels.index("neg")].mean() for w, run in runs.items()}
     assert neg["balanced"] > neg["none"] + 1e-3
+
+
+def test_a_dataset_prepared_for_another_tokenizer_is_prepared_again_or_refused(tmp_path: Path, tiny_bert: Path) -> None:
+    """n_tokens and the length filters belong to the tokenizer that counted them."""
+    import shutil
+
+    from tunesmith.training.dataset import ensure_dataset
+
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_bert, other)
+    first = ensure_dataset(project(tmp_path, tiny_bert))
+    assert first.manifest.tokenizer == str(tiny_bert)
+    again = ensure_dataset(project(tmp_path, other))  # the config's own dataset: prepared again
+    assert again.path == first.path and again.manifest.tokenizer == str(other)
+    prepare(project(tmp_path, tiny_bert), tmp_path / "for-tiny-bert")
+    with pytest.raises(ConfigError, match="model.name"):  # a dataset given by path: refused
+        ensure_dataset(project(tmp_path, other), tmp_path / "for-tiny-bert")
+    longer = project(tmp_path, other)
+    longer.model.max_length = 64
+    assert ensure_dataset(longer).manifest.max_length == 64

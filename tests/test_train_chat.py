@@ -258,3 +258,32 @@ def test_too_few_examples_are_refused_before_training(tmp_path: Path, tiny_llama
     with pytest.raises(DataError, match="training split has 8 example"):
         train(chat_project(tmp_path, tiny_llama, n=10))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_conversation_over_the_training_budget_is_removed_at_prepare_time(tmp_path: Path) -> None:
+    """The model's context is 100,000 tokens, training's budget 2,048: a 2,400-token conversation used to
+    pass `data prepare` and fail in training; the same rule now removes it while preparing."""
+    from tests.tiny_models import build_tokenizer
+    from tunesmith.artifacts import DatasetVersion
+    from tunesmith.data.prepare import prepare
+
+    folder = build_tokenizer(tmp_path / "tok", chat=True)
+    settings = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**settings, "model_max_length": 100_000}))
+    raw = chat_raw(tmp_path, folder)
+    long = {"messages": [{"role": "user", "content": "tell me about the food"},
+                         {"role": "assistant", "content": " ".join(["the food was great"] * 600)}]}
+    with (tmp_path / "chat.jsonl").open("a") as f:
+        f.write(json.dumps(long) + "\n")
+    version = prepare(parse_config(raw))
+    assert version.manifest.max_length == 2048 and version.manifest.context_length == 100_000
+    [entry] = [q for q in version.quarantine() if q["stage"] == "length"]
+    assert entry["line"] == 101 and "over the token budget of 2048" in entry["reason"]
+    assert DatasetVersion(version.path).report()["lengths"]["train"]["max"] <= 2048
+
+
+def test_the_run_records_the_budget_its_dataset_was_prepared_with(tuned_run: Path) -> None:
+    from tunesmith.artifacts import DatasetVersion
+
+    m = Run(tuned_run).manifest
+    assert m.max_length == DatasetVersion(m.dataset).manifest.max_length == 128  # the tiny Llama's context

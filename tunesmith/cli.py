@@ -238,7 +238,9 @@ def train_cmd(
     if config is not None:
         cfg = load_config(config, overrides or [])
     else:
-        saved = resume / "config.json" if resume else None
+        from tunesmith.artifacts import RUN_CONFIG
+
+        saved = resume / RUN_CONFIG if resume else None
         if saved is None or not saved.exists():
             raise click.UsageError(f"{resume}: no config.json to resume from")
         cfg = parse_config(json.loads(saved.read_text(encoding="utf-8")), str(saved))
@@ -351,19 +353,27 @@ def export_cmd(
             out.print(f"  {command}", markup=False, highlight=False)
 
 
+def _serve_default(name: str) -> Any:
+    """ServeSpec's default for a `serve` flag: config.py holds every default, so the two cannot drift apart.
+    Called while `serve_cmd` is defined, so importing the CLI imports config (pydantic, no torch)."""
+    from tunesmith.config import ServeSpec
+
+    return ServeSpec.model_fields[name].default
+
+
 @app.command("serve", epilog=EPILOG)
 def serve_cmd(
     runs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Run folders (or exports) to serve; several at once.")],
-    host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 for every interface.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 8000,
+    host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 for every interface.")] = _serve_default("host"),
+    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = _serve_default("port"),
     api_key: Annotated[list[str] | None, typer.Option("--api-key", help="Bearer key for /v1/* (repeatable; also TUNESMITH_API_KEYS, comma-separated).")] = None,
     admin_key: Annotated[str | None, typer.Option("--admin-key", envvar="TUNESMITH_ADMIN_KEY", help="Bearer key for /admin/* (off without one).")] = None,
     cors_origin: Annotated[list[str] | None, typer.Option("--cors-origin", help="Browser origin allowed to call the API (repeatable); CORS is off otherwise.")] = None,
-    max_batch_size: Annotated[int, typer.Option(help="Requests folded into one forward pass.")] = 32,
-    batch_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to batch with.")] = 5.0,
-    max_queue: Annotated[int, typer.Option(help="Waiting requests per model before 503 + Retry-After.")] = 256,
-    timeout: Annotated[float, typer.Option(help="Seconds before a request is answered 504.")] = 60.0,
-    max_tokens: Annotated[int, typer.Option(help="Cap on generated tokens per request.")] = 512,
+    max_batch_size: Annotated[int, typer.Option(help="Requests folded into one forward pass.")] = _serve_default("max_batch_size"),
+    batch_wait_ms: Annotated[float, typer.Option(help="How long a request waits for others to batch with.")] = _serve_default("batch_wait_ms"),
+    max_queue: Annotated[int, typer.Option(help="Waiting requests per model before 503 + Retry-After.")] = _serve_default("max_queue"),
+    timeout: Annotated[float, typer.Option(help="Seconds before a request is answered 504.")] = _serve_default("timeout_s"),
+    max_tokens: Annotated[int, typer.Option(help="Cap on generated tokens per request.")] = _serve_default("max_tokens"),
 ) -> None:
     """Serve runs over HTTP: /v1/predict, OpenAI-compatible /v1/chat/completions, /v1/completions, /v1/models."""
     import os

@@ -319,7 +319,7 @@ def test_token_length_filter_uses_the_longer_answer(tmp_path, make_config, tiny_
     accounted(version, 21)
     [entry] = version.quarantine()
     assert (entry["line"], entry["stage"]) == (21, "length")
-    assert entry["reason"] == f"{long} tokens, over the model's context of 300"
+    assert entry["reason"] == f"{long} tokens, over model.max_length=300"
     assert entry["record"]["rejected"] == long_answer
     assert max(r["n_tokens"] for r in kept_rows(version)) == kept_max
     assert version.report()["lengths"]["train"]["max"] <= 300

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -196,6 +197,41 @@ def test_length_filter_in_tokens(tmp_path: Path, make_config) -> None:
     [entry] = version.quarantine()
     assert entry["stage"] == "length" and "below data.clean.min_tokens=10" in entry["reason"]
     assert min(version.table("train").column("n_tokens").to_pylist()) >= 10
+
+
+def test_token_counts_ignore_the_tokenizers_fixed_padding_and_truncation(tmp_path: Path, make_config) -> None:
+    # all-MiniLM-L6-v2's tokenizer.json pads and truncates every text to 128 tokens; counted through
+    # that setting, every review was 128 tokens, the length histogram one bar, min/max_tokens moot.
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    from tests.tiny_models import CORPUS, build_tokenizer
+
+    folder = build_tokenizer(tmp_path / "padded-tokenizer")
+    fixed = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    fixed.enable_padding(length=32, pad_id=fixed.token_to_id("[PAD]"), pad_token="[PAD]")
+    fixed.enable_truncation(max_length=32)
+    fixed.save(str(folder / "tokenizer.json"))
+
+    words = list(dict.fromkeys(re.findall(r"[a-z]+", " ".join(CORPUS))))  # each one token in the tiny vocabulary
+    short = [" ".join(words[i : i + 2]) for i in range(0, 16, 2)]  # distinct two-word texts
+    medium = [" ".join(words[i : i + 3]) for i in range(16, 40, 3)]  # distinct three-word texts
+    long = " ".join(CORPUS[:4])
+    texts = [*short, *medium, long]
+    real = {t: len(n) for t, n in zip(texts, AutoTokenizer.from_pretrained(folder)(texts)["input_ids"], strict=True)}
+    assert max(real[t] for t in short + medium) < 10 < 32 < real[long]
+    threshold = min(real[t] for t in medium)
+    assert max(real[t] for t in short) < threshold  # so min_tokens=threshold drops exactly the short ones
+
+    rows = [{"text": t, "label": ("pos", "neg")[i % 2]} for i, t in enumerate(texts)]
+    cfg = make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}], model=folder, clean={"min_tokens": threshold})
+    version = prepare(cfg)
+    kept = {r["text"]: r["n_tokens"] for s in ("train", "validation", "test") for r in version.table(s).to_pylist()}
+    assert kept == {t: real[t] for t in [*medium, long]}  # the real counts, neither padded nor truncated to 32
+    removed = version.quarantine()
+    assert sorted(e["record"]["text"] for e in removed) == sorted(short)
+    assert all(e["stage"] == "length" and e["reason"] == f"{real[e['record']['text']]} tokens, below "
+               f"data.clean.min_tokens={threshold}" for e in removed)
 
 
 def test_multi_label_is_split_and_encoded(tmp_path: Path, make_config) -> None:

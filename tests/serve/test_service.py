@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from typing import Any
@@ -137,13 +138,36 @@ def test_chat_limits_and_params() -> None:
         return run(service.generate(p.ChatCompletionRequest(model="bot", messages=[{"role": "user", "content": "hi there"}], **kw)))
 
     ok = ask(temperature=0, max_tokens=5, stop="x", seed=3)
-    assert ok["choices"][0]["message"]["content"] == "echo hi there"
-    assert ok["usage"] == {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
+    assert ok.choices[0].message.content == "echo hi there"
+    assert ok.usage.model_dump() == {"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}
     assert chat.calls[-1][1] == {"max_new_tokens": 5, "temperature": 0, "top_p": 1.0, "seed": 3, "stop": ("x",)}
     assert ask(max_tokens=50).param == "max_tokens"
     assert ask(n=2).param == "n"
     long = run(service.generate(p.ChatCompletionRequest(model="bot", messages=[{"role": "user", "content": "w " * 80}])))
     assert long.code == "context_length_exceeded"
+
+
+def test_chat_completion_is_the_typed_model_with_openai_fields() -> None:
+    service = Service([served("chat", FakeChat(), "bot")], ServeSpec())
+    answer = run(service.generate(p.ChatCompletionRequest(model="bot", messages=[{"role": "user", "content": "hi"}])))
+    assert isinstance(answer, p.ChatCompletion)
+    body = json.loads(answer.model_dump_json())
+    assert body["id"].startswith("chatcmpl-") and body["object"] == "chat.completion"
+    assert isinstance(body["created"], int) and body["model"] == "ft:base:bot:abc"
+    assert body["choices"] == [{"index": 0, "message": {"role": "assistant", "content": "echo hi"}, "logprobs": None,
+                                "finish_reason": "stop"}]
+    assert body["usage"]["total_tokens"] == 3 and body["system_fingerprint"] == "abc"
+
+
+def test_completion_is_the_typed_model_one_choice_per_prompt() -> None:
+    service = Service([served("chat", FakeChat(), "bot")], ServeSpec())
+    answer = run(service.generate(p.CompletionRequest(model="bot", prompt=["a", "b c"])))
+    assert isinstance(answer, p.Completion)
+    body = json.loads(answer.model_dump_json())
+    assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
+    assert [(c["index"], c["text"], c["logprobs"], c["finish_reason"]) for c in body["choices"]] == \
+        [(0, "echo a", None, "stop"), (1, "echo b c", None, "stop")]
+    assert body["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
 
 
 def test_stream_yields_openai_chunks_then_done() -> None:
@@ -155,9 +179,26 @@ def test_stream_yields_openai_chunks_then_done() -> None:
 
     events = run(collect())
     assert events[-1] == "data: [DONE]\n\n"
-    import json
-
     bodies = [json.loads(e[6:]) for e in events[:-1]]
     assert bodies[0]["choices"][0]["delta"]["role"] == "assistant"
     assert "".join(b["choices"][0]["delta"].get("content", "") for b in bodies) == "echo yo"
     assert bodies[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_stream_chunks_leave_out_what_they_do_not_carry() -> None:
+    """OpenAI omits `usage` (and unchanged delta fields) rather than sending null; logprobs is always there."""
+    service = Service([served("chat", FakeChat(), "bot")], ServeSpec())
+
+    async def collect(req: Any) -> list[dict[str, Any]]:
+        return [json.loads(e[6:]) async for e in service.stream(req) if e != "data: [DONE]\n\n"]
+
+    chat = run(collect(p.ChatCompletionRequest(model="bot", stream=True, stream_options={"include_usage": True},
+                                               messages=[{"role": "user", "content": "yo"}])))
+    assert [c["delta"] for b in chat[:-1] for c in b["choices"]] == \
+        [{"role": "assistant", "content": ""}, {"content": "echo"}, {"content": " "}, {"content": "yo"}, {}]
+    assert all("usage" not in b and b["choices"][0]["logprobs"] is None and "logprobs" in b["choices"][0] for b in chat[:-1])
+    assert all(b["object"] == "chat.completion.chunk" and b["system_fingerprint"] == "abc" for b in chat)
+    assert chat[-1]["choices"] == [] and chat[-1]["usage"] == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    text = run(collect(p.CompletionRequest(model="bot", prompt="yo", stream=True)))
+    assert all(set(b) == {"id", "object", "created", "model", "choices"} and b["object"] == "text_completion" for b in text)
+    assert [b["choices"][0]["text"] for b in text] == ["echo", " ", "yo", ""] and text[-1]["choices"][0]["finish_reason"] == "stop"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.config import SourceSpec, cache_dir
-from tunesmith.data.sources import Raw
+from tunesmith.data.raw import Raw
 from tunesmith.errors import DataError
 
 VADER_SDIST = "vaderSentiment-3.3.2.tar.gz"

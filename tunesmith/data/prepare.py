@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from tunesmith import __version__
 from tunesmith.artifacts import MANIFEST, QUARANTINE, DatasetManifest, DatasetVersion, Fingerprint, write_split
 from tunesmith.config import CHAT_MAX_LENGTH_CAP, GENERATIVE_TASKS, SPLITS, ProjectConfig, SourceSpec, TaskType
-from tunesmith.data import dedup, split
+from tunesmith.data import dedup, report, split
 from tunesmith.data.records import TARGET_TYPES, Canonicalizer, Corrections, Rejection, canonical_schema
 from tunesmith.data.sources import TEXT_KINDS, guess_encoding, read_source
 from tunesmith.errors import DataError
@@ -296,8 +296,10 @@ class _Preparation:
         # does not fit the budget training will use is removed here rather than failing training.
         limits = [(clean.max_tokens, f"data.clean.max_tokens={clean.max_tokens}")] if clean.max_tokens else []
         if self.task in GENERATIVE_TASKS:
-            limits.append((self.max_length, f"the token budget of {self.max_length} (model.max_length, "
-                                            f"default min(model context, {CHAT_MAX_LENGTH_CAP}))"))
+            limits.append((self.max_length, f"model.max_length={self.max_length}" if self.cfg.model.max_length else
+                           f"the token budget of {self.max_length} (the model's context"
+                           f"{f' of {self.context}' if self.context else ''}, at most {CHAT_MAX_LENGTH_CAP} unless "
+                           "model.max_length says otherwise)"))
         too_long, why = min(limits, key=lambda x: x[0]) if limits else (None, "")
         for i in np.flatnonzero(self.alive):
             if clean.min_tokens and lengths[i] < clean.min_tokens:
@@ -474,8 +476,6 @@ class _Preparation:
         return sorted(pc.unique(values).to_pylist())
 
     def _write(self) -> None:
-        from tunesmith.data import report
-
         labels = self._label_set()
         label_id = {name: i for i, name in enumerate(labels or [])}
         fingerprint = Fingerprint()
@@ -513,7 +513,21 @@ class _Preparation:
             context_length=self.context, max_length=self.max_length, config=self.cfg.model_dump(mode="json"),
         )
         (self.dir / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
-        report.write(self.dir, manifest, self, split_tables)
+        report.write(self.dir, manifest, self._summary(), split_tables)
+
+    def _summary(self) -> report.PreparationSummary:
+        dedup_spec, split_spec = self.cfg.data.dedup, self.cfg.data.split
+        return report.PreparationSummary(
+            task=self.task, sources=self.sources, steps=[s.as_dict() for s in self.steps],
+            missing_values=dict(self.missing), removed_by_stage=dict(Counter(r.stage for r in self.removed.values())),
+            near_threshold=dedup_spec.near_threshold, near_examples=self.near_examples,
+            conflict_policy=dedup_spec.conflicts, conflicts=self.conflicts,
+            leakage_checked=self.leakage_checked, leakage_policy=split_spec.leakage, leaks=self.leaks,
+            label_map_changes=dict(self.label_changes), corrections_applied=self.applied_corrections,
+            corrections_unused=self.unused_corrections, quarantine_rows=self.quarantine.count,
+            quarantine_by_stage=dict(self.quarantine.by_stage), quarantine_examples=dict(self.quarantine.examples),
+            warnings=self.warnings, seconds=time.perf_counter() - self.started,
+        )
 
     def _class_warnings(self, tables: dict[str, pa.Table], labels: list[str] | None) -> None:
         if not labels:

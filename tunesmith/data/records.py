@@ -28,7 +28,8 @@ from tunesmith.data.chat_formats import (
 )
 from tunesmith.data.clean import TextCleaner, dedup_key
 from tunesmith.data.fields import ABSENT, FieldExpr
-from tunesmith.data.sources import Raw
+from tunesmith.data.raw import Raw
+from tunesmith.data.sources import read_source
 from tunesmith.errors import DataError
 
 _NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
@@ -100,13 +101,9 @@ class Corrections:
         self.path = path
         if path is None:
             return
-        from tunesmith.config import SourceSpec as _Spec
-        from tunesmith.data.fields import FieldExpr as _Expr
-        from tunesmith.data.sources import read_source
-
         column = "score" if target == "score" else "label"
-        spec = _Spec(path=path)
-        for raw in read_source(spec, {"id": _Expr("id"), column: _Expr(column)}):
+        spec = SourceSpec(path=path)
+        for raw in read_source(spec, {"id": FieldExpr("id"), column: FieldExpr(column)}):
             if raw.record is None:
                 raise DataError(f"{raw.source}:{raw.line}: corrections file: {raw.error}")
             key, value = raw.record.get("id"), raw.record.get(column)

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -16,41 +17,66 @@ from tunesmith.artifacts import DatasetManifest
 from tunesmith.config import SPLITS, TaskType
 from tunesmith.html_report import markdown_table, markdown_to_html
 
-if TYPE_CHECKING:
-    from tunesmith.data.prepare import _Preparation
+
+@dataclass(frozen=True)
+class PreparationSummary:
+    """What a `data prepare` run did, as plain values: everything the report shows besides the
+    manifest and the split tables. `data.prepare` fills it in; this module never sees the run itself."""
+
+    task: TaskType
+    sources: list[dict[str, Any]]  # per source: source, kind, encoding, split, rows, rejected
+    steps: list[dict[str, Any]]  # per step: step, rows_in, rows_out, removed, reasons
+    missing_values: dict[str, int]  # "field: policy" -> rows with that field missing
+    removed_by_stage: dict[str, int]  # rows removed after reading, by stage (exact_duplicate, near_duplicate, ...)
+    near_threshold: float
+    near_examples: list[dict[str, Any]]
+    conflict_policy: str | None
+    conflicts: list[dict[str, Any]]  # one per group of duplicates with different targets
+    leakage_checked: list[str]
+    leakage_policy: str
+    leaks: list[dict[str, Any]]
+    label_map_changes: dict[str, int]  # "old -> new" -> rows
+    corrections_applied: int
+    corrections_unused: list[str]  # correction ids that matched no example
+    quarantine_rows: int
+    quarantine_by_stage: dict[str, int]
+    quarantine_examples: dict[str, list[dict[str, Any]]]  # stage -> first few entries
+    warnings: list[str]
+    seconds: float  # time the run took up to the report
 
 
-def build(manifest: DatasetManifest, prep: _Preparation, tables: dict[str, pa.Table]) -> dict[str, Any]:
-    task = prep.task
-    if prep.unused_corrections:
-        prep.warnings.append(f"{len(prep.unused_corrections)} correction id(s) matched no example: "
-                             f"{prep.unused_corrections[:10]}")
+def build(manifest: DatasetManifest, summary: PreparationSummary, tables: dict[str, pa.Table]) -> dict[str, Any]:
+    task = summary.task
+    warnings = list(summary.warnings)
+    if summary.corrections_unused:
+        warnings.append(f"{len(summary.corrections_unused)} correction id(s) matched no example: "
+                        f"{summary.corrections_unused[:10]}")
     total = sum(t.num_rows for t in tables.values())
     report: dict[str, Any] = {
         "name": manifest.name, "task": manifest.task, "description": manifest.description,
         "fingerprint": manifest.fingerprint, "created_at": manifest.created_at, "tokenizer": manifest.tokenizer,
         "context_length": manifest.context_length, "max_length": manifest.max_length, "counts": manifest.counts,
         "split_fractions": {s: round(t.num_rows / total, 4) if total else 0.0 for s, t in tables.items()},
-        "sources": prep.sources, "steps": [s.as_dict() for s in prep.steps],
-        "missing_values": dict(prep.missing), "labels": manifest.labels,
+        "sources": summary.sources, "steps": summary.steps,
+        "missing_values": summary.missing_values, "labels": manifest.labels,
         "lengths": {s: _length_stats(t.column("n_tokens").to_numpy(), manifest.max_length) for s, t in tables.items()},
         "duplicates": {
-            "exact_removed": sum(r.stage == "exact_duplicate" for r in prep.removed.values()),
-            "near_removed": sum(r.stage == "near_duplicate" for r in prep.removed.values()),
-            "near_threshold": prep.cfg.data.dedup.near_threshold,
-            "near_examples": prep.near_examples,
-            "conflicts": len(prep.conflicts), "conflict_policy": prep.cfg.data.dedup.conflicts,
-            "conflict_examples": prep.conflicts[:5],
+            "exact_removed": summary.removed_by_stage.get("exact_duplicate", 0),
+            "near_removed": summary.removed_by_stage.get("near_duplicate", 0),
+            "near_threshold": summary.near_threshold,
+            "near_examples": summary.near_examples,
+            "conflicts": len(summary.conflicts), "conflict_policy": summary.conflict_policy,
+            "conflict_examples": summary.conflicts[:5],
         },
-        "leakage": {"checked": prep.leakage_checked, "policy": prep.cfg.data.split.leakage,
-                    "found": len(prep.leaks), "examples": prep.leaks[:10]},
-        "annotation": {"label_map_changes": dict(prep.label_changes), "corrections_applied": prep.applied_corrections,
-                       "corrections_unused": prep.unused_corrections},
-        "quarantine": {"rows": prep.quarantine.count,
-                       "by_stage": dict(prep.quarantine.by_stage),
-                       "examples": dict(prep.quarantine.examples)},
-        "warnings": prep.warnings,
-        "seconds": round(_elapsed(prep), 2),
+        "leakage": {"checked": summary.leakage_checked, "policy": summary.leakage_policy,
+                    "found": len(summary.leaks), "examples": summary.leaks[:10]},
+        "annotation": {"label_map_changes": summary.label_map_changes, "corrections_applied": summary.corrections_applied,
+                       "corrections_unused": summary.corrections_unused},
+        "quarantine": {"rows": summary.quarantine_rows,
+                       "by_stage": summary.quarantine_by_stage,
+                       "examples": summary.quarantine_examples},
+        "warnings": warnings,
+        "seconds": round(summary.seconds, 2),
     }
     if task in (TaskType.single_label, TaskType.multi_label):
         column = "labels" if task == TaskType.multi_label else "label"
@@ -62,12 +88,6 @@ def build(manifest: DatasetManifest, prep: _Preparation, tables: dict[str, pa.Ta
     else:
         report["chat"] = {s: _chat_stats(t) for s, t in tables.items()}
     return report
-
-
-def _elapsed(prep: _Preparation) -> float:
-    import time
-
-    return time.perf_counter() - prep.started
 
 
 def _flat(values: list[Any]) -> list[str]:
@@ -262,8 +282,8 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(md)
 
 
-def write(folder: Path, manifest: DatasetManifest, prep: _Preparation, tables: dict[str, pa.Table]) -> dict[str, Any]:
-    report = build(manifest, prep, tables)
+def write(folder: Path, manifest: DatasetManifest, summary: PreparationSummary, tables: dict[str, pa.Table]) -> dict[str, Any]:
+    report = build(manifest, summary, tables)
     report["figures"] = _figures(folder, report, tables)
     (folder / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     md = markdown(report)

@@ -13,30 +13,20 @@ import io
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tunesmith.config import SourceSpec
+from tunesmith.data import chat_formats, packaged
+from tunesmith.data.raw import Raw
 from tunesmith.errors import DataError
 
 _BAD_BYTES = re.compile("[\udc80-\udcff]")  # what `surrogateescape` leaves for undecodable bytes
 SNIFF_BYTES = 64 * 1024  # enough lines to guess a delimiter and an encoding
 
 
-@dataclass
-class Raw:
-    source: str  # file (or packaged dataset) the record came from
-    line: int  # 1-based line in a text file, row in a table, record index in a JSON array
-    record: dict[str, Any] | None  # None when the line could not be parsed
-    error: str | None = None  # why it could not be parsed
-    text: str | None = None  # the raw line, kept for the quarantine file when unparsed
-
-
 def read_source(spec: SourceSpec, needed: dict[str, Any]) -> Iterator[Raw]:
     """Stream the records of one source. `needed` maps field names to the FieldExprs that must resolve."""
-    from tunesmith.data import chat_formats, packaged
-
     kind = spec.kind
     if kind == "packaged":
         yield from packaged.read(spec)

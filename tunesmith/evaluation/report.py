@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from tunesmith.config import LOWER_IS_BETTER as CHECKPOINT_LOWER_IS_BETTER
 from tunesmith.html_report import markdown_table, markdown_to_html
 
 REQUIRED = ("run", "model", "method", "task", "dataset", "dataset_fingerprint", "split", "n", "metrics")
@@ -51,7 +52,8 @@ HEADLINE = {
 }
 OPTIONAL = {"single_label_classification": ["log_loss", "roc_auc"], "multi_label_classification": ["roc_auc_macro"],
             "chat": ["answer_accuracy"], "preference": ["reward_accuracy"]}
-LOWER_IS_BETTER = {"mae", "mse", "rmse", "log_loss", "hamming_loss", "loss", "perplexity", "full_valid_loss"}
+# Training's checkpoint metrics (config.py) plus the evaluation-only ones.
+LOWER_IS_BETTER = {*CHECKPOINT_LOWER_IS_BETTER, "mse", "log_loss", "hamming_loss", "perplexity", "full_valid_loss"}
 NAMES = {"accuracy": "accuracy", "subset_accuracy": "subset accuracy", "hamming_loss": "Hamming loss",
          "log_loss": "log loss", "roc_auc": "ROC-AUC", "roc_auc_macro": "ROC-AUC (macro)", "mae": "MAE",
          "mse": "MSE", "rmse": "RMSE", "r2": "R²", "pearson": "Pearson", "spearman": "Spearman",
@@ -73,7 +75,7 @@ def _complete(result: dict[str, Any]) -> dict[str, Any]:
     return {**DEFAULTS, **{k: v for k, v in result.items() if v is not None or k not in DEFAULTS}}
 
 
-def _name(metric: str) -> str:
+def metric_name(metric: str) -> str:
     """Reader's name with the good direction: 'macro F1 ↑', 'RMSE ↓'."""
     if metric in NAMES:
         name = NAMES[metric]
@@ -147,7 +149,7 @@ def _headline(r: dict[str, Any]) -> str:
                 if _better(key, best, v):
                     best_name, best = name, v
             delta = f"{tuned - best:+.4f} vs {best_name}"
-        rows.append([_name(key), *(_fmt(m.get(key)) for _, m in columns), delta])
+        rows.append([metric_name(key), *(_fmt(m.get(key)) for _, m in columns), delta])
     against = "Δ vs best baseline" if r["baselines"] else "Δ vs base model"
     return markdown_table(["metric", *(c for c, _ in columns), against], rows)
 
@@ -251,7 +253,7 @@ def _comparison_markdown(c: dict[str, Any]) -> str:
           str(b[key])[:16] if key == "dataset_fingerprint" else b[key]] for key in IDENTITY]), ""]
     md += ["## Metrics", "", markdown_table(
         ["metric", "A", "B", "Δ (B − A)", "better"],
-        [[_name(m["metric"]), _fmt(m["a"]), _fmt(m["b"]), "–" if m["delta"] is None else f"{m['delta']:+.4f}",
+        [[metric_name(m["metric"]), _fmt(m["a"]), _fmt(m["b"]), "–" if m["delta"] is None else f"{m['delta']:+.4f}",
           {"a": "A", "b": "B", "same": "="}.get(m["better"], "–")] for m in c["metrics"]]), ""]
     if c["per_class"]:
         md += ["## F1 per class", "", markdown_table(

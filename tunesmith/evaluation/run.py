@@ -4,7 +4,8 @@ baselines and a report in `<run>/eval/<split>/`.
 Every number is computed on the held-out split (test by default). Classifiers and regressors
 (sequence.py) are scored next to a majority (or mean) baseline and a TF-IDF + linear model trained on
 the same training split; chat and preference runs (chat.py) next to their untuned base model; so
-the report says what fine-tuning bought.
+the report says what fine-tuning bought. Every report also shows the run's learning curve, drawn from
+its training log.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunesmith.artifacts import DatasetVersion, Run
+from tunesmith.artifacts import TRAINING_LOG, DatasetVersion, Run
 from tunesmith.config import GENERATIVE_TASKS, SPLITS, TaskType
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.evaluation.report import write_comparison, write_report
@@ -47,9 +48,34 @@ def evaluate_run(run_dir: str | Path, dataset_dir: str | Path | None = None, spl
 
         result = evaluate_sequence(run, version, split, notes, cfg.eval.baselines if baselines is None else baselines,
                                    bool(cfg.eval.base_model) if base_model is None else base_model)
+    _add_learning_curve(run, run.path / "eval" / split, result)
     write_report(run.path / "eval" / split, result)
     write_model_card(run.path)
     return result
+
+
+def _add_learning_curve(run: Run, folder: Path, result: dict[str, Any]) -> None:
+    """Draw learning_curve.png from the run's training log and list it first among the figures:
+    people look at curves before they read tables. A run without a log (an export that dropped it)
+    simply gets no curve."""
+    from tunesmith.evaluation import plots
+
+    path = folder / "learning_curve.png"
+    log = run.path / TRAINING_LOG
+    entries = []
+    if log.is_file():
+        for line in log.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:  # a half-written last line (a killed run) must not cost the report
+                continue
+            if isinstance(entry, dict):
+                entries.append(entry)
+    metric, best = next(iter(run.manifest.best_metric.items()), ("loss", None))
+    if plots.learning_curve_png(entries, metric, path, best=best) is None:
+        path.unlink(missing_ok=True)  # no stale curve from an earlier evaluation next to this report
+        return
+    result["figures"] = {"learning curve": path.name, **(result.get("figures") or {})}
 
 
 def compare_runs(a: str | Path, b: str | Path, split: str = "test", out: str | Path | None = None) -> Path:

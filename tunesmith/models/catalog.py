@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunesmith.artifacts import Run, is_run
 from tunesmith.config import cache_dir
 from tunesmith.errors import ConfigError
 
@@ -63,8 +64,8 @@ def resolve_tokenizer_dir(name: str) -> Path:
     entry = PACKAGED_MODELS.get(name)
     if entry is None:
         path = _local_folder(name)
-        if (path / "run.json").is_file():  # a finished run (e.g. an SFT run DPO continues from)
-            path = path / "model"
+        if is_run(path):  # a finished run (e.g. an SFT run DPO continues from)
+            path = Run(path).model_dir
         if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt")):
             raise ConfigError(f"model folder {path} has no tokenizer files (tokenizer.json or tokenizer_config.json)")
         return path

@@ -6,11 +6,11 @@ import hmac
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith import __version__
@@ -101,41 +101,35 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
     def request_id(request: Request) -> str:
         return request.headers.get("x-request-id") or f"req-{uuid.uuid4().hex[:24]}"
 
-    def answer(result: Any, rid: str) -> Response:
+    def answer(result: BaseModel | ServiceError, rid: str) -> Response:
         if isinstance(result, ServiceError):
             return _error(result)
-        body = result.model_dump() if hasattr(result, "model_dump") else result
-        return JSONResponse(body, headers={"X-Request-ID": rid})
+        return JSONResponse(result.model_dump(), headers={"X-Request-ID": rid})
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"])
+    @app.get("/readyz", tags=["ops"], response_model=p.ReadyStatus,
+             responses={503: {"model": p.ReadyStatus, "description": "Still loading"}})
     async def readyz() -> JSONResponse:
         ok = ready()
-        return JSONResponse({"status": "ready" if ok else "loading", "models": [m.id for m in service.models]},
-                            status_code=200 if ok else 503)
+        body = p.ReadyStatus(status="ready" if ok else "loading", models=[m.id for m in service.models])
+        return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["ops"])
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/admin/status", tags=["admin"], dependencies=[Depends(admin_auth)])
-    async def status() -> dict[str, Any]:
-        return {"models": [{"id": m.id, "run": m.run, "task": m.task, "version": m.version} for m in service.models],
-                "queues": {key: b.depth for key, b in service.batchers.items()},
-                "batches": {key: {"batches": b.stats.batches, "items": b.stats.items} for key, b in service.batchers.items()},
-                "streams": dict(service.streams),
-                # distinct loaded base models: adapters over one base share it
-                "loaded_models": len({id(getattr(m.engine, "chat", m.engine)) if m.kind == "sequence"
-                                      else id(m.engine.chat.model) for m in service.models})}
+    async def status() -> p.AdminStatus:
+        return service.status()
 
     @app.get("/v1/models", tags=["openai"], dependencies=[Depends(model_auth)])
-    async def list_models() -> dict[str, Any]:
-        return service.list_models().model_dump()
+    async def list_models() -> p.ModelList:
+        return service.list_models()
 
-    @app.get("/v1/models/{model_id:path}", tags=["openai"], dependencies=[Depends(model_auth)])
+    @app.get("/v1/models/{model_id:path}", tags=["openai"], dependencies=[Depends(model_auth)], response_model=p.ModelCard)
     async def get_model(model_id: str) -> Response:
         for card in service.list_models().data:
             if card.id == model_id:
@@ -156,11 +150,12 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
             return _error(events)
         return StreamingResponse(events, media_type="text/event-stream", headers={"X-Request-ID": rid, "Cache-Control": "no-cache"})
 
-    @app.post("/v1/chat/completions", tags=["openai"], dependencies=[Depends(model_auth)])
+    # response_model documents the non-streamed answer; a stream is text/event-stream of the *Chunk models.
+    @app.post("/v1/chat/completions", tags=["openai"], dependencies=[Depends(model_auth)], response_model=p.ChatCompletion)
     async def chat_completions(req: p.ChatCompletionRequest, request: Request) -> Response:
         return await generation(req, request)
 
-    @app.post("/v1/completions", tags=["openai"], dependencies=[Depends(model_auth)])
+    @app.post("/v1/completions", tags=["openai"], dependencies=[Depends(model_auth)], response_model=p.Completion)
     async def completions(req: p.CompletionRequest, request: Request) -> Response:
         return await generation(req, request)
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 
 class ErrorBody(BaseModel):
@@ -100,6 +100,110 @@ class Usage(BaseModel):
     total_tokens: int
 
 
+class _OmitsAbsent(BaseModel):
+    """OpenAI leaves some optional fields out instead of sending null (`usage` on stream chunks that do not
+    carry it, the parts of a delta that did not change); subclasses name them in `_omit_if_none`. Every
+    other None is sent as null, as OpenAI does (`logprobs`, `finish_reason`)."""
+
+    _omit_if_none: ClassVar[tuple[str, ...]] = ()
+
+    # No return annotation: an annotated one would replace the fields in the OpenAPI (serialization) schema.
+    @model_serializer(mode="wrap")
+    def _omit_absent(self, handler: SerializerFunctionWrapHandler):
+        data = handler(self)
+        for name in self._omit_if_none:
+            if name in data and data[name] is None:  # not in data: left out by model_dump(include=/exclude=)
+                del data[name]
+        return data
+
+
+FinishReason = Literal["stop", "length"]  # stop: the model ended (or hit a stop string); length: max_tokens ran out
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None = None  # not computed; OpenAI sends null then
+    finish_reason: FinishReason
+
+
+class ChatCompletion(BaseModel):
+    """`object: chat.completion`, the answer to a non-streamed /v1/chat/completions."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    system_fingerprint: str  # the served run's version
+
+
+class ChatDelta(_OmitsAbsent):
+    _omit_if_none = ("role", "content")
+
+    role: Literal["assistant"] | None = None  # first chunk only
+    content: str | None = None
+
+
+class ChatChunkChoice(BaseModel):
+    index: int
+    delta: ChatDelta
+    logprobs: None = None
+    finish_reason: FinishReason | None = None  # set on the last content chunk
+
+
+class ChatCompletionChunk(_OmitsAbsent):
+    """One server-sent event of a streamed /v1/chat/completions."""
+
+    _omit_if_none = ("usage",)
+
+    id: str  # the same in every chunk of a stream
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str
+    choices: list[ChatChunkChoice]  # empty in the usage chunk
+    usage: Usage | None = None  # only in the final chunk, when stream_options.include_usage asks for it
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: None = None
+    finish_reason: FinishReason | None = None  # None on streamed chunks before the last
+
+
+class Completion(BaseModel):
+    """`object: text_completion`, the answer to a non-streamed /v1/completions (one choice per prompt)."""
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage
+    system_fingerprint: str
+
+
+class CompletionChunk(_OmitsAbsent):
+    """One server-sent event of a streamed /v1/completions (OpenAI names it text_completion too)."""
+
+    _omit_if_none = ("usage",)
+
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]  # empty in the usage chunk
+    usage: Usage | None = None
+
+
 def completion_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
@@ -122,3 +226,33 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# -- operations ------------------------------------------------------------------------------------
+
+
+class ReadyStatus(BaseModel):
+    status: Literal["ready", "loading"]  # loading: answered with 503, so probes need not parse the body
+    models: list[str]
+
+
+class ServedModelStatus(BaseModel):
+    id: str
+    run: str
+    task: str
+    version: str
+
+
+class BatchCounts(BaseModel):
+    batches: int
+    items: int
+
+
+class AdminStatus(BaseModel):
+    """Per batcher key (adapters over one base share a batcher, so keys are not always model ids)."""
+
+    models: list[ServedModelStatus]
+    queues: dict[str, int]  # requests waiting
+    batches: dict[str, BatchCounts]  # batches run and requests in them, since start
+    streams: dict[str, int]  # streams in progress
+    loaded_models: int  # distinct base models in memory: adapters over one base share it

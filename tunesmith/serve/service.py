@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
 from tunesmith.config import ServeSpec
 from tunesmith.serve import protocol as p
 from tunesmith.serve.batching import DynamicBatcher, Overloaded
@@ -82,6 +84,15 @@ class Service:
     def list_models(self) -> p.ModelList:
         return p.ModelList(data=[p.ModelCard(id=m.id, created=m.created, task=m.task, run=m.run, base_model=m.base_model)
                                  for m in self.models])
+
+    def status(self) -> p.AdminStatus:
+        return p.AdminStatus(
+            models=[p.ServedModelStatus(id=m.id, run=m.run, task=m.task, version=m.version) for m in self.models],
+            queues={key: b.depth for key, b in self.batchers.items()},
+            batches={key: p.BatchCounts(batches=b.stats.batches, items=b.stats.items) for key, b in self.batchers.items()},
+            streams=dict(self.streams),
+            loaded_models=len({id(getattr(m.engine, "chat", m.engine)) if m.kind == "sequence" else id(m.engine.chat.model)
+                               for m in self.models}))
 
     # -- classification / regression -----------------------------------------------------------------
 
@@ -189,7 +200,8 @@ class Service:
         self.metrics.generated_tokens.labels(model.id).inc(sum(c.completion_tokens for c in done))
         return list(done)
 
-    async def generate(self, req: p.ChatCompletionRequest | p.CompletionRequest) -> dict[str, Any] | ServiceError:
+    async def generate(self, req: p.ChatCompletionRequest | p.CompletionRequest
+                       ) -> p.ChatCompletion | p.Completion | ServiceError:
         """A whole chat completion or text completion (OpenAI's response shape for each)."""
         prepared = self._prepare(req)
         if isinstance(prepared, ServiceError):
@@ -200,13 +212,14 @@ class Service:
             return done
         usage = _usage(sum(counts), sum(c.completion_tokens for c in done))
         if isinstance(req, p.ChatCompletionRequest):
-            choices = [{"index": 0, "message": {"role": "assistant", "content": done[0].text}, "logprobs": None,
-                        "finish_reason": done[0].finish_reason}]
-            return {"id": p.completion_id("chatcmpl"), "object": "chat.completion", "created": p.now(), "model": model.id,
-                    "choices": choices, "usage": usage, "system_fingerprint": model.version}
-        choices = [{"index": i, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason} for i, c in enumerate(done)]
-        return {"id": p.completion_id("cmpl"), "object": "text_completion", "created": p.now(), "model": model.id,
-                "choices": choices, "usage": usage, "system_fingerprint": model.version}
+            return p.ChatCompletion(
+                id=p.completion_id("chatcmpl"), created=p.now(), model=model.id, usage=usage, system_fingerprint=model.version,
+                choices=[p.ChatChoice(index=0, message=p.AssistantMessage(content=done[0].text),
+                                      finish_reason=done[0].finish_reason)])
+        return p.Completion(id=p.completion_id("cmpl"), created=p.now(), model=model.id, usage=usage,
+                            system_fingerprint=model.version,
+                            choices=[p.CompletionChoice(index=i, text=c.text, finish_reason=c.finish_reason)
+                                     for i, c in enumerate(done)])
 
     def stream(self, req: p.ChatCompletionRequest | p.CompletionRequest) -> AsyncIterator[str] | ServiceError:
         """Server-sent events (already formatted `data: ...` lines), or an error before the first byte."""
@@ -239,40 +252,38 @@ class Service:
                 loop.call_soon_threadsafe(queue.put_nowait, err)
             loop.call_soon_threadsafe(queue.put_nowait, None)
 
-        def chunk(delta: dict[str, Any] | str | None, finish: str | None = None, usage: dict[str, int] | None = None) -> str:
-            if chat:
-                choices = [] if usage else [{"index": 0, "delta": delta or {}, "logprobs": None, "finish_reason": finish}]
-                body = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model.id,
-                        "system_fingerprint": model.version, "choices": choices}
-            else:
-                choices = [] if usage else [{"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}]
-                body = {"id": ident, "object": "text_completion", "created": created, "model": model.id, "choices": choices}
-            if usage:
-                body["usage"] = usage
-            return f"data: {json.dumps(body)}\n\n"
+        def chunk(delta: p.ChatDelta | str, finish: str | None = None, usage: p.Usage | None = None) -> str:
+            """A chat chunk for a ChatDelta, a text_completion chunk for text; the usage chunk has no choices."""
+            if isinstance(delta, p.ChatDelta):
+                return _event(p.ChatCompletionChunk(
+                    id=ident, created=created, model=model.id, system_fingerprint=model.version, usage=usage,
+                    choices=[] if usage else [p.ChatChunkChoice(index=0, delta=delta, finish_reason=finish)]))
+            return _event(p.CompletionChunk(
+                id=ident, created=created, model=model.id, usage=usage,
+                choices=[] if usage else [p.CompletionChoice(index=0, text=delta, finish_reason=finish)]))
 
         self.streams[model.batch_key] = self.streams.get(model.batch_key, 0) + 1
         worker = loop.run_in_executor(None, produce)
         finished = False
         try:
             if chat:
-                yield chunk({"role": "assistant", "content": ""})
+                yield chunk(p.ChatDelta(role="assistant", content=""))
             while True:
                 piece = await asyncio.wait_for(queue.get(), self.spec.timeout_s)
                 if piece is None:
                     break
                 if isinstance(piece, Exception):
                     err = ServiceError(500, f"generation failed: {piece}", "server_error")
-                    yield f"data: {json.dumps(err.body())}\n\n"
+                    yield _event(err.body())
                     break
                 if isinstance(piece, str):
                     if piece:
-                        yield chunk({"content": piece} if chat else piece)
+                        yield chunk(p.ChatDelta(content=piece) if chat else piece)
                     continue
                 self.metrics.generated_tokens.labels(model.id).inc(piece.completion_tokens)
-                yield chunk({} if chat else "", finish=piece.finish_reason)
+                yield chunk(p.ChatDelta() if chat else "", finish=piece.finish_reason)
                 if include_usage:
-                    yield chunk(None, usage=_usage(prompt_tokens, piece.completion_tokens))
+                    yield chunk(p.ChatDelta() if chat else "", usage=_usage(prompt_tokens, piece.completion_tokens))
             yield "data: [DONE]\n\n"
             finished = True
         finally:
@@ -283,5 +294,11 @@ class Service:
             await asyncio.shield(worker) if finished else None
 
 
-def _usage(prompt: int, completion: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+def _usage(prompt: int, completion: int) -> p.Usage:
+    return p.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def _event(body: BaseModel | dict[str, Any]) -> str:
+    """One server-sent event. json.dumps, not model_dump_json: streams keep the bytes they had before the typed
+    models (", " separators, ASCII escapes)."""
+    return f"data: {json.dumps(body.model_dump(mode='json') if isinstance(body, BaseModel) else body)}\n\n"

@@ -43,7 +43,7 @@ OPENAI_COLUMNS = ["step", "train_loss", "train_mean_token_accuracy", "valid_loss
                   "full_valid_loss", "full_valid_mean_token_accuracy"]
 
 
-def load_causal_lm(name: str) -> tuple[Any, Any, Path]:
+def starting_model(name: str) -> tuple[Any, Any, Path]:
     """(model, tokenizer, folder) for a packaged model, a local HF folder, or a finished chat run
     (whose adapter is merged in, so training continues from the tuned model)."""
     from transformers import AutoConfig, AutoTokenizer
@@ -132,7 +132,7 @@ def train_chat(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: P
     import torch
 
     torch.manual_seed(cfg.train.seed)  # the adapter's random init is part of the run, whatever ran before
-    model, tokenizer, model_dir = load_causal_lm(str(cfg.model.name))
+    model, tokenizer, model_dir = starting_model(str(cfg.model.name))
     chat.set_chat_template(tokenizer, cfg.model.chat_template, str(cfg.model.name))
     stops = chat.stop_token_ids(tokenizer)
     if tokenizer.pad_token is None:  # padding is masked; EOS is the usual stand-in
