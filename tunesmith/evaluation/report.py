@@ -177,6 +177,8 @@ def markdown(result: dict[str, Any]) -> str:
           "## Headline", "", _headline(r), ""]
     if not r["baselines"] and not r["base_model"]:
         md += ["_No baselines were run: the numbers above have nothing to be compared with._", ""]
+    if r["figures"]:  # the learning curve first: people look at curves before they read tables
+        md += ["## Figures", ""] + [f"![{_esc(name)}]({path})\n" for name, path in r["figures"].items()]
     per_class = r["metrics"].get("per_class")
     if per_class:
         md += ["## Per class", "", markdown_table(
@@ -185,8 +187,6 @@ def markdown(result: dict[str, Any]) -> str:
     if r["confusion_text"]:
         md += ["## Confusion matrix", "", "Rows are the true labels, columns the predicted ones.", "",
                "```text", r["confusion_text"], "```", ""]
-    if r["figures"]:
-        md += ["## Figures", ""] + [f"![{_esc(name)}]({path})\n" for name, path in r["figures"].items()]
     md += _mistakes(r["mistakes"])
     if r["samples"]:
         with_base = "base" in r["samples"][0]
