@@ -84,19 +84,21 @@ def _sequence(run: Run, base_dir: Path | None, merge: bool) -> Any:
 def _causal(run: Run, base_dir: Path | None, merge: bool, shared: dict[str, Any] | None, adapter_name: str) -> Any:
     if base_dir is None:
         return load_causal_lm(run.model_dir)
-    if shared is not None and not is_run(base_dir):
-        key = str(base_dir.resolve())
-        if key in shared:
-            shared[key].load_adapter(str(run.model_dir), adapter_name=adapter_name)
-            return shared[key]
+    if is_run(base_dir):  # trained on from another run (DPO after SFT): that run, its adapter merged in
+        base, key = load_run(base_dir, merge=True).model, None
+    else:
+        key = str(base_dir.resolve()) if shared is not None and not merge else None  # a merged model is its own
+        if key in (shared or {}):
+            shared[key].load_adapter(str(run.model_dir), adapter_name=adapter_name)  # type: ignore[index]
+            return shared[key]  # type: ignore[index]
+        base = load_causal_lm(base_dir)
     from peft import PeftModel
 
-    base = load_run(base_dir, merge=True).model if is_run(base_dir) else load_causal_lm(base_dir)
     model = PeftModel.from_pretrained(base, run.model_dir, adapter_name=adapter_name)
     if merge:
         return model.merge_and_unload()
-    if shared is not None and not is_run(base_dir):
-        shared[str(base_dir.resolve())] = model
+    if key is not None and shared is not None:
+        shared[key] = model
     return model
 
 
