@@ -46,3 +46,26 @@ def make_config(tmp_path: Path, tiny_tokenizer: Path):
         return parse_config(raw).resolve_paths(tmp_path)
 
     return make
+
+
+PG_URL = os.environ.get("TUNESMITH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")  # the machine's server
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path):
+    """A fresh, empty database per test: an SQLite file, or a schema of its own on the real PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    import uuid
+
+    import sqlalchemy as sa
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://"))
+    with admin.begin() as c:
+        c.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    with admin.begin() as c:
+        c.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()

@@ -15,13 +15,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tunesmith"
 LAYERS: list[set[str]] = [
     {"", "errors"},
     {"config"},
-    {"artifacts", "html_report"},
+    {"artifacts", "html_report", "store"},
     {"model_card"},
     {"tasks"},
     {"models"},
     {"data", "inference"},
     {"training"},
-    {"evaluation"},
+    {"evaluation", "jobs"},
     {"export", "serve"},
     {"cli", "__main__"},
 ]

@@ -363,7 +363,7 @@ def _serve_default(name: str) -> Any:
 
 @app.command("serve", epilog=EPILOG)
 def serve_cmd(
-    runs: Annotated[list[Path], typer.Argument(metavar="RUN...", help="Run folders (or exports) to serve; several at once.")],
+    runs: Annotated[list[Path] | None, typer.Argument(metavar="[RUN]...", help="Run folders (or exports) to serve; several at once. None: the fine-tuning API alone.")] = None,
     host: Annotated[str, typer.Option(help="Interface to bind; 0.0.0.0 for every interface.")] = _serve_default("host"),
     port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = _serve_default("port"),
     api_key: Annotated[list[str] | None, typer.Option("--api-key", help="Bearer key for /v1/* (repeatable; also TUNESMITH_API_KEYS, comma-separated).")] = None,
@@ -374,8 +374,12 @@ def serve_cmd(
     max_queue: Annotated[int, typer.Option(help="Waiting requests per model before 503 + Retry-After.")] = _serve_default("max_queue"),
     timeout: Annotated[float, typer.Option(help="Seconds before a request is answered 504.")] = _serve_default("timeout_s"),
     max_tokens: Annotated[int, typer.Option(help="Cap on generated tokens per request.")] = _serve_default("max_tokens"),
+    db: Annotated[str | None, typer.Option("--db", envvar="TUNESMITH_DB", help="Store URL for the fine-tuning API (sqlite:///file.db or postgresql://...); turns it on. Without RUNs it is on with the default SQLite store.")] = None,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Training workers started beside the server (processes running `tunesmith worker`).")] = 0,
+    base_model: Annotated[list[str] | None, typer.Option("--base-model", help="A base model fine-tuning jobs may use (repeatable); default: smollm2-135m.")] = None,
 ) -> None:
-    """Serve runs over HTTP: /v1/predict, OpenAI-compatible /v1/chat/completions, /v1/completions, /v1/models."""
+    """Serve runs over HTTP: /v1/predict, OpenAI-compatible /v1/chat/completions, /v1/completions, /v1/models,
+    and OpenAI's files and fine-tuning jobs API (with --db, or when no RUN is given)."""
     import os
 
     from tunesmith.config import ServeSpec
@@ -390,7 +394,122 @@ def serve_cmd(
         from tunesmith.errors import ConfigError
 
         raise ConfigError(f"serve: {err}") from None
-    serve(runs, spec)
+    jobs = _jobs_spec(db, base_model) if db or workers or not runs else None
+    serve(runs or [], spec, jobs=jobs, workers=workers)
+
+
+def _jobs_spec(db: str | None, base_models: list[str] | None, **timing: float | None) -> Any:
+    from tunesmith.config import JobsSpec
+
+    given = {k: v for k, v in timing.items() if v is not None}
+    try:
+        return JobsSpec(db=db, **({"base_models": base_models} if base_models else {}), **given)
+    except ValueError as err:
+        from tunesmith.errors import ConfigError
+
+        raise ConfigError(f"jobs: {err}") from None
+
+
+# -- fine-tuning jobs -------------------------------------------------------------------------------
+
+DbOption = Annotated[str | None, typer.Option("--db", envvar="TUNESMITH_DB", help="Store URL (default: the SQLite file in TUNESMITH_HOME).")]
+
+
+@app.command("worker", epilog=EPILOG)
+def worker_cmd(
+    db: DbOption = None,
+    base_model: Annotated[list[str] | None, typer.Option("--base-model", help="Base models jobs may use (as the server's --base-model).")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="This worker's name in the store (default host:pid).")] = None,
+    once: Annotated[bool, typer.Option("--once", help="Run the waiting jobs, then exit.")] = False,
+    heartbeat: Annotated[float | None, typer.Option("--heartbeat", help="Seconds between heartbeats (and cancel/pause checks).")] = None,
+    stale_after: Annotated[float | None, typer.Option("--stale-after", help="Take over running jobs whose heartbeat is older than this.")] = None,
+    poll: Annotated[float | None, typer.Option("--poll", help="Seconds between looks for new jobs when idle.")] = None,
+) -> None:
+    """Run fine-tuning jobs from the store, one at a time (several workers may share a store)."""
+    import signal
+    import threading
+
+    from tunesmith.jobs.worker import Worker
+    from tunesmith.store.db import Store
+
+    spec = _jobs_spec(db, base_model, heartbeat_s=heartbeat, stale_after_s=stale_after, poll_s=poll)
+    worker = Worker(Store(spec.db), spec, name)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    err.print(f"worker {worker.name} on {worker.store.url}", highlight=False)
+    worker.run(stop, once=once)
+
+
+jobs_app = typer.Typer(help="Fine-tuning jobs in the store (what the OpenAI-compatible API shows).", epilog=EPILOG,
+                       no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+KeyOption = Annotated[str | None, typer.Option("--api-key", envvar="TUNESMITH_API_KEY", help="Act as the owner of this API key (default: the open server's owner).")]
+
+
+def _jobs_service(db: str | None) -> Any:
+    from tunesmith.jobs.service import JobsService
+    from tunesmith.store.db import Store
+
+    spec = _jobs_spec(db, None)
+    return JobsService(Store(spec.db), spec)
+
+
+def _check(result: Any) -> Any:
+    from tunesmith.errors import ApiError, ConfigError
+
+    if isinstance(result, ApiError):
+        raise ConfigError(result.message)
+    return result
+
+
+@jobs_app.command("list", epilog=EPILOG)
+def jobs_list(db: DbOption = None, api_key: KeyOption = None,
+              limit: Annotated[int, typer.Option("--limit", min=1, help="How many jobs, newest first.")] = 20) -> None:
+    """The newest fine-tuning jobs."""
+    from tunesmith.jobs.service import owner_of
+
+    page = _check(_jobs_service(db).list_jobs(owner_of(api_key), limit=limit))
+    table = Table(title="fine-tuning jobs")
+    for col in ("id", "status", "model", "fine_tuned_model", "created"):
+        table.add_column(col, overflow="fold")
+    import datetime as dt
+
+    for job in page.data:
+        table.add_row(job.id, job.status, job.model, job.fine_tuned_model or "-",
+                      dt.datetime.fromtimestamp(job.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M"))
+    out.print(table)
+
+
+@jobs_app.command("show", epilog=EPILOG)
+def jobs_show(job_id: Annotated[str, typer.Argument(metavar="JOB")], db: DbOption = None, api_key: KeyOption = None) -> None:
+    """A job as the API returns it (JSON)."""
+    from tunesmith.jobs.service import owner_of
+
+    job = _check(_jobs_service(db).get_job(owner_of(api_key), job_id))
+    out.print(job.model_dump_json(indent=2), markup=False, highlight=False)
+
+
+@jobs_app.command("events", epilog=EPILOG)
+def jobs_events(job_id: Annotated[str, typer.Argument(metavar="JOB")], db: DbOption = None, api_key: KeyOption = None,
+                limit: Annotated[int, typer.Option("--limit", min=1, help="How many events, oldest of them first.")] = 50) -> None:
+    """A job's events (validation, steps, checkpoints, the outcome)."""
+    import datetime as dt
+
+    from tunesmith.jobs.service import owner_of
+
+    page = _check(_jobs_service(db).list_events(owner_of(api_key), job_id, limit=limit))
+    for event in reversed(page.data):
+        when = dt.datetime.fromtimestamp(event.created_at, dt.UTC).strftime("%H:%M:%S")
+        out.print(f"{when} {event.level:5} {event.message}", markup=False, highlight=False)
+
+
+@jobs_app.command("cancel", epilog=EPILOG)
+def jobs_cancel(job_id: Annotated[str, typer.Argument(metavar="JOB")], db: DbOption = None, api_key: KeyOption = None) -> None:
+    """Cancel a job (a running one stops at its next step)."""
+    from tunesmith.jobs.service import owner_of
+
+    job = _check(_jobs_service(db).cancel_job(owner_of(api_key), job_id))
+    out.print(f"{job.id}: {job.status}", highlight=False)
 
 
 # -- entry point ----------------------------------------------------------------------------------

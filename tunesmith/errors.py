@@ -5,6 +5,9 @@ Exit codes: 0 success, 1 unexpected internal error, 2 bad configuration or usage
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 
 class TunesmithError(Exception):
     """Base class: the message is shown to the user as-is, so it must say what and where."""
@@ -22,3 +25,19 @@ class DataError(TunesmithError):
     """The input data cannot be used: unreadable file, missing column, strict-mode rejections."""
 
     exit_code = 3
+
+
+@dataclass
+class ApiError:
+    """An HTTP API error in OpenAI's shape, returned (not raised) by the service layers, so they stay
+    free of HTTP and are tested without a server; the routers turn it into the response."""
+
+    status: int
+    message: str
+    type: str = "invalid_request_error"  # invalid_request_error | authentication_error | not_found_error | server_error
+    param: str | None = None  # the request field at fault
+    code: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith import __version__
 from tunesmith.config import ServeSpec
+from tunesmith.jobs.service import owner_of
 from tunesmith.serve import protocol as p
 from tunesmith.serve.service import Service, ServiceError
 
@@ -77,13 +78,15 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
         header = request.headers.get("authorization", "")
         return header[7:].strip() if header.lower().startswith("bearer ") else None
 
-    async def model_auth(request: Request) -> None:
+    async def model_auth(request: Request) -> str:
+        """The caller's owner id (a hash of its key; "" on an open server): files, jobs and ft: models are per key."""
         if not spec.api_keys:
-            return
+            return ""
         key = bearer(request)
         if key is None or not _key_matches(key, spec.api_keys):
             raise _AuthError(ServiceError(401, "Incorrect or missing API key; send 'Authorization: Bearer <key>'",
                                           "authentication_error", code="invalid_api_key"))
+        return owner_of(key)
 
     async def admin_auth(request: Request) -> None:
         if not spec.admin_key:
@@ -125,40 +128,45 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
     async def status() -> p.AdminStatus:
         return service.status()
 
-    @app.get("/v1/models", tags=["openai"], dependencies=[Depends(model_auth)])
-    async def list_models() -> p.ModelList:
-        return service.list_models()
+    @app.get("/v1/models", tags=["openai"])
+    async def list_models(owner: str = Depends(model_auth)) -> p.ModelList:
+        return service.list_models(owner)
 
-    @app.get("/v1/models/{model_id:path}", tags=["openai"], dependencies=[Depends(model_auth)], response_model=p.ModelCard)
-    async def get_model(model_id: str) -> Response:
-        for card in service.list_models().data:
+    @app.get("/v1/models/{model_id:path}", tags=["openai"], response_model=p.ModelCard)
+    async def get_model(model_id: str, owner: str = Depends(model_auth)) -> Response:
+        for card in service.list_models(owner).data:
             if card.id == model_id:
                 return JSONResponse(card.model_dump())
         return _error(ServiceError(404, f"the model '{model_id}' does not exist", param="model", code="model_not_found"))
 
-    @app.post("/v1/predict", tags=["tunesmith"], dependencies=[Depends(model_auth)], response_model=p.PredictResponse)
-    async def predict(req: p.PredictRequest, request: Request) -> Response:
+    @app.post("/v1/predict", tags=["tunesmith"], response_model=p.PredictResponse)
+    async def predict(req: p.PredictRequest, request: Request, owner: str = Depends(model_auth)) -> Response:
         rid = request_id(request)
-        return answer(await service.predict(req, rid), rid)
+        return answer(await service.predict(req, rid, owner), rid)
 
-    async def generation(req: p.ChatCompletionRequest | p.CompletionRequest, request: Request) -> Response:
+    async def generation(req: p.ChatCompletionRequest | p.CompletionRequest, request: Request, owner: str) -> Response:
         rid = request_id(request)
         if not req.stream:
-            return answer(await service.generate(req), rid)
-        events = service.stream(req)
+            return answer(await service.generate(req, owner), rid)
+        await service.ensure_loaded(req.model, owner)
+        events = service.stream(req, owner)
         if isinstance(events, ServiceError):
             return _error(events)
         return StreamingResponse(events, media_type="text/event-stream", headers={"X-Request-ID": rid, "Cache-Control": "no-cache"})
 
     # response_model documents the non-streamed answer; a stream is text/event-stream of the *Chunk models.
-    @app.post("/v1/chat/completions", tags=["openai"], dependencies=[Depends(model_auth)], response_model=p.ChatCompletion)
-    async def chat_completions(req: p.ChatCompletionRequest, request: Request) -> Response:
-        return await generation(req, request)
+    @app.post("/v1/chat/completions", tags=["openai"], response_model=p.ChatCompletion)
+    async def chat_completions(req: p.ChatCompletionRequest, request: Request, owner: str = Depends(model_auth)) -> Response:
+        return await generation(req, request, owner)
 
-    @app.post("/v1/completions", tags=["openai"], dependencies=[Depends(model_auth)], response_model=p.Completion)
-    async def completions(req: p.CompletionRequest, request: Request) -> Response:
-        return await generation(req, request)
+    @app.post("/v1/completions", tags=["openai"], response_model=p.Completion)
+    async def completions(req: p.CompletionRequest, request: Request, owner: str = Depends(model_auth)) -> Response:
+        return await generation(req, request, owner)
 
+    if service.jobs is not None:
+        from tunesmith.serve.jobs_api import add_jobs_routes
+
+        add_jobs_routes(app, service, model_auth, _error)
     return app
 
 

@@ -49,6 +49,7 @@ class Served:
     engine: Any
     aliases: set[str] = field(default_factory=set)
     batch_key: str = ""  # chat models sharing a base share a batcher; this keeps their batches apart
+    owner: str | None = None  # a fine-tuning job's model: only this API-key owner sees it; None: everyone
 
 
 def model_id(run: Run) -> tuple[str, str]:
@@ -115,31 +116,43 @@ class ChatModelEngine:
             yield from self.chat.stream_text(prompt, cancel=cancel, **params)
 
 
-def load(paths: Sequence[str | Path]) -> list[Served]:
-    """Load every run folder; adapter runs over the same base model share it."""
-    from tunesmith.inference.generation import ChatModel
-    from tunesmith.models.loading import load_run
+class ModelLoader:
+    """Loads run folders as served models; chat adapters over the same base share one loaded base,
+    also for models loaded later (a fine-tuning job's model, on its first request)."""
 
-    served: list[Served] = []
-    shared: dict[str, Any] = {}  # base folder -> the PeftModel its adapters are loaded into
-    locks: dict[str, threading.Lock] = {}  # batch key -> one generation at a time on that model
-    for path in paths:
+    def __init__(self) -> None:
+        self.shared: dict[str, Any] = {}  # base folder -> the PeftModel its adapters are loaded into
+        self.locks: dict[str, threading.Lock] = {}  # batch key -> one generation at a time on that model
+        self.count = 0
+
+    def load(self, path: str | Path, ident: str | None = None, owner: str | None = None) -> Served:
+        """`ident`: the name the API shows (a job's ft: name); default: ft:BASE:NAME:HASH from run.json."""
+        from tunesmith.inference.generation import ChatModel
+        from tunesmith.models.loading import load_run
+
         run = Run(path)
         m = run.manifest
-        ident, digest = model_id(run)
+        default_id, digest = model_id(run)
+        ident = ident or default_id
         created = int(run.path.joinpath(RUN_MANIFEST).stat().st_mtime)
-        aliases = {m.name, str(run.path), str(run.path.resolve())}
-        if TaskType(m.task) in GENERATIVE_TASKS:
-            adapter = f"a{len(served)}"
-            loaded = load_run(run, shared=shared, adapter_name=adapter)
-            shares = loaded.base_dir is not None and not is_run(loaded.base_dir)
-            key = str(loaded.base_dir.resolve()) if shares and loaded.base_dir else ident
-            chat_model = ChatModel(loaded.model, loaded.tokenizer, loaded.stop_token_ids, name=m.name)
-            engine = ChatModelEngine(chat_model, adapter if shares else None, locks.setdefault(key, threading.Lock()))
-            served.append(Served(ident, "chat", m.task, str(run.path), m.base_model, created, digest, engine, aliases, key))
-        else:
-            served.append(Served(ident, "sequence", m.task, str(run.path), m.base_model, created, digest,
-                                 PredictorEngine(run.path), aliases, ident))
+        aliases = set() if owner is not None else {m.name, str(run.path), str(run.path.resolve())}
+        self.count += 1
+        if TaskType(m.task) not in GENERATIVE_TASKS:
+            return Served(ident, "sequence", m.task, str(run.path), m.base_model, created, digest,
+                          PredictorEngine(run.path), aliases, ident, owner)
+        adapter = f"a{self.count}"
+        loaded = load_run(run, shared=self.shared, adapter_name=adapter)
+        shares = loaded.base_dir is not None and not is_run(loaded.base_dir)
+        key = str(loaded.base_dir.resolve()) if shares and loaded.base_dir else ident
+        chat_model = ChatModel(loaded.model, loaded.tokenizer, loaded.stop_token_ids, name=m.name)
+        engine = ChatModelEngine(chat_model, adapter if shares else None, self.locks.setdefault(key, threading.Lock()))
+        return Served(ident, "chat", m.task, str(run.path), m.base_model, created, digest, engine, aliases, key, owner)
+
+
+def load(paths: Sequence[str | Path], loader: ModelLoader | None = None) -> list[Served]:
+    """Load every run folder; adapter runs over the same base model share it."""
+    loader = loader or ModelLoader()
+    served = [loader.load(path) for path in paths]
     ids = [s.id for s in served]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"the same run is listed twice: {sorted({i for i in ids if ids.count(i) > 1})}")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from tunesmith.config import ServeSpec
+from tunesmith.config import JobsSpec, ServeSpec
 
 
 def free_port(host: str) -> int:
@@ -15,19 +18,50 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def serve(paths: Sequence[str | Path], spec: ServeSpec, log: bool = True) -> None:
+def serve(paths: Sequence[str | Path], spec: ServeSpec, log: bool = True, jobs: JobsSpec | None = None,
+          workers: int = 0) -> None:
+    """Serve the run folders; with `jobs`, also OpenAI's files and fine-tuning API over its store, and
+    `workers` training processes (`tunesmith worker`) beside the server, stopped with it."""
     import uvicorn
 
     from tunesmith.serve.app import create_app
-    from tunesmith.serve.models import load
+    from tunesmith.serve.models import ModelLoader, load
     from tunesmith.serve.service import Service
 
-    models = load(paths)
-    service = Service(models, spec)
+    loader = ModelLoader()
+    models = load(paths, loader)
+    jobs_service = None
+    if jobs is not None:
+        from tunesmith.jobs.service import JobsService
+        from tunesmith.store.db import Store
+
+        store = Store(jobs.db)
+        jobs_service = JobsService(store, jobs)
+        if log:
+            print(f"fine-tuning API on store {store.url} (base models: {', '.join(jobs.base_models)})", flush=True)
+    service = Service(models, spec, loader=loader, jobs=jobs_service)
     app = create_app(service, spec)
     port = spec.port or free_port(spec.host)
+    children = [_start_worker(jobs, i) for i in range(workers)] if jobs is not None else []
     if log:
         for m in models:
             print(f"serving {m.id} ({m.task}) from {m.run}", flush=True)
         print(f"listening on http://{spec.host}:{port} (docs: /docs, health: /healthz, metrics: /metrics)", flush=True)
-    uvicorn.run(app, host=spec.host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    try:
+        uvicorn.run(app, host=spec.host, port=port, log_level="warning", timeout_graceful_shutdown=5)
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+def _start_worker(jobs: JobsSpec, index: int) -> subprocess.Popen[bytes]:
+    """A worker in its own process: training never loads into the server, and a crash stays there."""
+    args = [sys.executable, "-m", "tunesmith", "worker", "--name", f"{socket.gethostname()}:{os.getpid()}:w{index}",
+            *(["--db", jobs.db] if jobs.db else []), *(x for b in jobs.base_models for x in ("--base-model", b)),
+            "--heartbeat", str(jobs.heartbeat_s), "--stale-after", str(jobs.stale_after_s), "--poll", str(jobs.poll_s)]
+    return subprocess.Popen(args)

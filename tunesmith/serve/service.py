@@ -9,30 +9,19 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel
 
 from tunesmith.config import ServeSpec
+from tunesmith.errors import ApiError
+from tunesmith.jobs.service import JobsService
 from tunesmith.serve import protocol as p
 from tunesmith.serve.batching import DynamicBatcher, Overloaded
 from tunesmith.serve.metrics import Metrics
-from tunesmith.serve.models import Served
+from tunesmith.serve.models import ModelLoader, Served
 
-
-@dataclass
-class ServiceError:
-    status: int
-    message: str
-    type: str = "invalid_request_error"
-    param: str | None = None
-    code: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-
-    def body(self) -> dict[str, Any]:
-        return p.ErrorResponse(error=p.ErrorBody(message=self.message, type=self.type, param=self.param,
-                                                  code=self.code)).model_dump()
+ServiceError = ApiError  # the serving layer's name for it
 
 
 def _overloaded(err: Overloaded) -> ServiceError:
@@ -41,27 +30,43 @@ def _overloaded(err: Overloaded) -> ServiceError:
 
 
 class Service:
-    def __init__(self, models: Sequence[Served], spec: ServeSpec, metrics: Metrics | None = None) -> None:
-        self.models = list(models)
+    """The served models: run folders given at start, plus (with a jobs service) each owner's
+    fine-tuned `ft:` models, loaded on their first request."""
+
+    def __init__(self, models: Sequence[Served], spec: ServeSpec, metrics: Metrics | None = None,
+                 loader: ModelLoader | None = None, jobs: JobsService | None = None) -> None:
+        self.models: list[Served] = []
         self.spec = spec
         self.metrics = metrics or Metrics()
-        # One worker thread per loaded model: batches of one model run in order, models in parallel.
-        self.executor = ThreadPoolExecutor(max_workers=max(1, len({m.batch_key for m in self.models})),
+        self.loader = loader or ModelLoader()
+        self.jobs = jobs
+        # A worker thread per loaded model: batches of one model run in order, models in parallel
+        # (room for models a fine-tuning job adds later).
+        self.executor = ThreadPoolExecutor(max_workers=max(4, len({m.batch_key for m in models})),
                                            thread_name_prefix="tunesmith-batch")
         self.batchers: dict[str, DynamicBatcher] = {}
         self.streams: dict[str, int] = {}
-        for m in self.models:
-            if m.batch_key not in self.batchers:
-                self.batchers[m.batch_key] = DynamicBatcher(
-                    self._run_sequence if m.kind == "sequence" else self._run_chat,
-                    max_batch=spec.max_batch_size, wait_ms=spec.batch_wait_ms, max_queue=spec.max_queue,
-                    executor=self.executor, on_batch=lambda n, name=m.id: self.metrics.batch_size.labels(name).observe(n))
-            self.metrics.queue_depth.labels(m.id).set_function(lambda key=m.batch_key: self.batchers[key].depth)
+        self._loading = asyncio.Lock()
+        for m in models:
+            self._add(m)
+
+    def _add(self, m: Served) -> None:
+        self.models.append(m)
+        if m.batch_key not in self.batchers:
+            self.batchers[m.batch_key] = DynamicBatcher(
+                self._run_sequence if m.kind == "sequence" else self._run_chat,
+                max_batch=self.spec.max_batch_size, wait_ms=self.spec.batch_wait_ms, max_queue=self.spec.max_queue,
+                executor=self.executor, on_batch=lambda n, name=m.id: self.metrics.batch_size.labels(name).observe(n))
+        self.metrics.queue_depth.labels(m.id).set_function(lambda key=m.batch_key: self.batchers[key].depth)
 
     # -- lookup ------------------------------------------------------------------------------------
 
-    def find(self, name: str | None, kind: str) -> Served | ServiceError:
-        of_kind = [m for m in self.models if m.kind == kind]
+    def visible(self, owner: str = "") -> list[Served]:
+        return [m for m in self.models if m.owner is None or m.owner == owner]
+
+    def find(self, name: str | None, kind: str, owner: str = "") -> Served | ServiceError:
+        models = self.visible(owner)
+        of_kind = [m for m in models if m.kind == kind]
         if name is None and not of_kind:
             what = "classification/regression" if kind == "sequence" else "chat"
             return ServiceError(404, f"no {what} model is served here; GET /v1/models lists what is", param="model",
@@ -71,7 +76,7 @@ class Service:
                 return of_kind[0]
             return ServiceError(400, f"several models are served; name one in 'model' ({[m.id for m in of_kind]})",
                                 param="model", code="model_required")
-        for m in self.models:
+        for m in models:
             if name == m.id or name in m.aliases:
                 if m.kind != kind:
                     what = "a chat model; use /v1/chat/completions" if m.kind == "chat" else \
@@ -81,9 +86,36 @@ class Service:
         return ServiceError(404, f"the model '{name}' does not exist; GET /v1/models lists the served ones",
                             "invalid_request_error", param="model", code="model_not_found")
 
-    def list_models(self) -> p.ModelList:
-        return p.ModelList(data=[p.ModelCard(id=m.id, created=m.created, task=m.task, run=m.run, base_model=m.base_model)
-                                 for m in self.models])
+    async def ensure_loaded(self, name: str | None, owner: str = "") -> None:
+        """Load an owner's fine-tuned model (or checkpoint) on its first request; the base stays shared."""
+        if self.jobs is None or not name or not name.startswith("ft:") or any(m.id == name for m in self.visible(owner)):
+            return
+        loop = asyncio.get_running_loop()
+        path = await loop.run_in_executor(None, self.jobs.resolve_model, owner, name)
+        if path is None:
+            return  # find() answers 404
+        async with self._loading:  # one load at a time: two first requests must not load it twice
+            if not any(m.id == name and m.owner == owner for m in self.models):
+                self._add(await loop.run_in_executor(None, self.loader.load, path, name, owner))
+
+    def unload(self, name: str, owner: str = "") -> None:
+        """Stop answering as a deleted fine-tuned model (its adapter leaves the shared base)."""
+        for m in [m for m in self.models if m.id == name and m.owner == owner]:
+            self.models.remove(m)
+            adapter = getattr(m.engine, "adapter", None)
+            if adapter is not None:
+                with m.engine.lock:
+                    m.engine.chat.model.delete_adapter(adapter)
+
+    def list_models(self, owner: str = "") -> p.ModelList:
+        cards = [p.ModelCard(id=m.id, created=m.created, task=m.task, run=m.run, base_model=m.base_model)
+                 for m in self.visible(owner)]
+        if self.jobs is not None:
+            shown = {c.id for c in cards}
+            for name, created, run in self.jobs.fine_tuned_models(owner):
+                if name not in shown:
+                    cards.append(p.ModelCard(id=name, created=created, task="chat", run=run, base_model=name.split(":")[1]))
+        return p.ModelList(data=cards)
 
     def status(self) -> p.AdminStatus:
         return p.AdminStatus(
@@ -106,8 +138,9 @@ class Service:
             start += len(batch)
         return out
 
-    async def predict(self, req: p.PredictRequest, request_id: str | None = None) -> p.PredictResponse | ServiceError:
-        model = self.find(req.model, "sequence")
+    async def predict(self, req: p.PredictRequest, request_id: str | None = None, owner: str = ""
+                      ) -> p.PredictResponse | ServiceError:
+        model = self.find(req.model, "sequence", owner)
         if isinstance(model, ServiceError):
             return model
         if (req.text is None) == (req.texts is None):
@@ -168,9 +201,9 @@ class Service:
         return {"max_new_tokens": wanted, "temperature": req.temperature if req.temperature is not None else 1.0,
                 "top_p": req.top_p if req.top_p is not None else 1.0, "seed": req.seed, "stop": tuple(req.stops())}
 
-    def _prepare(self, req: p.ChatCompletionRequest | p.CompletionRequest
+    def _prepare(self, req: p.ChatCompletionRequest | p.CompletionRequest, owner: str = ""
                  ) -> tuple[Served, list[str], dict[str, Any], list[int]] | ServiceError:
-        model = self.find(req.model, "chat")
+        model = self.find(req.model, "chat", owner)
         if isinstance(model, ServiceError):
             return model
         if isinstance(req, p.ChatCompletionRequest):
@@ -200,10 +233,11 @@ class Service:
         self.metrics.generated_tokens.labels(model.id).inc(sum(c.completion_tokens for c in done))
         return list(done)
 
-    async def generate(self, req: p.ChatCompletionRequest | p.CompletionRequest
+    async def generate(self, req: p.ChatCompletionRequest | p.CompletionRequest, owner: str = ""
                        ) -> p.ChatCompletion | p.Completion | ServiceError:
         """A whole chat completion or text completion (OpenAI's response shape for each)."""
-        prepared = self._prepare(req)
+        await self.ensure_loaded(req.model, owner)
+        prepared = self._prepare(req, owner)
         if isinstance(prepared, ServiceError):
             return prepared
         model, prompts, params, counts = prepared
@@ -221,9 +255,10 @@ class Service:
                             choices=[p.CompletionChoice(index=i, text=c.text, finish_reason=c.finish_reason)
                                      for i, c in enumerate(done)])
 
-    def stream(self, req: p.ChatCompletionRequest | p.CompletionRequest) -> AsyncIterator[str] | ServiceError:
-        """Server-sent events (already formatted `data: ...` lines), or an error before the first byte."""
-        prepared = self._prepare(req)
+    def stream(self, req: p.ChatCompletionRequest | p.CompletionRequest, owner: str = "") -> AsyncIterator[str] | ServiceError:
+        """Server-sent events (already formatted `data: ...` lines), or an error before the first byte
+        (await ensure_loaded first for a fine-tuned model that may not be loaded yet)."""
+        prepared = self._prepare(req, owner)
         if isinstance(prepared, ServiceError):
             return prepared
         model, prompts, params, counts = prepared

@@ -11,18 +11,20 @@ The recipes import run.py; nothing below imports this dispatcher.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tunesmith.config import GENERATIVE_TASKS, ProjectConfig
 
 
 def train(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: Path | None = None,
-          overwrite: bool = False) -> Path:
-    """Train the config's task into a run folder."""
+          overwrite: bool = False, callbacks: Sequence[Any] = ()) -> Path:
+    """Train the config's task into a run folder; `callbacks`: extra TrainerCallbacks (a job's reporter)."""
     if cfg.task.type in GENERATIVE_TASKS:
         from tunesmith.training.chat import train_chat
 
-        return train_chat(cfg, dataset_dir=dataset_dir, resume=resume, overwrite=overwrite)
+        return train_chat(cfg, dataset_dir=dataset_dir, resume=resume, overwrite=overwrite, callbacks=callbacks)
     from tunesmith.training.sequence import train_sequence
 
-    return train_sequence(cfg, dataset_dir=dataset_dir, resume=resume, overwrite=overwrite)
+    return train_sequence(cfg, dataset_dir=dataset_dir, resume=resume, overwrite=overwrite, callbacks=callbacks)

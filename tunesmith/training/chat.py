@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,7 @@ def _check_rows(version: DatasetVersion) -> None:
 
 
 def train_chat(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: Path | None = None,
-               overwrite: bool = False) -> Path:
+               overwrite: bool = False, callbacks: Sequence[Any] = ()) -> Path:
     from tunesmith.models.catalog import context_length
     from tunesmith.tasks import chat
     from tunesmith.training.methods import apply_method
@@ -142,9 +143,9 @@ def train_chat(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: P
     trainable, total = count_and_report(cfg, model)
     full_validation = None  # SFT: the whole validation split, scored once at the end (OpenAI's full_valid_*)
     if cfg.task.type == TaskType.preference:
-        trainer, plan = _dpo_trainer(cfg, version, model, tokenizer, run_dir, max_length)
+        trainer, plan = _dpo_trainer(cfg, version, model, tokenizer, run_dir, max_length, callbacks)
     else:
-        trainer, plan, full_validation = _sft_trainer(cfg, version, model, tokenizer, run_dir, max_length)
+        trainer, plan, full_validation = _sft_trainer(cfg, version, model, tokenizer, run_dir, max_length, callbacks)
     result = run_trainer(cfg, trainer, run_dir, checkpoint)
     final = best_evaluation(trainer)
     metrics = {k.removeprefix("eval_"): float(v) for k, v in final.items()
@@ -189,7 +190,7 @@ def _save_model(cfg: ProjectConfig, trainer: Any, tokenizer: Any, stops: list[in
 
 
 def _sft_trainer(cfg: ProjectConfig, version: DatasetVersion, model: Any, tokenizer: Any, run_dir: Path,
-                 max_length: int) -> tuple[Any, dict[str, Any], Any]:
+                 max_length: int, callbacks: Sequence[Any]) -> tuple[Any, dict[str, Any], Any]:
     from trl import SFTConfig, SFTTrainer
 
     from tunesmith.tasks import chat
@@ -212,12 +213,12 @@ def _sft_trainer(cfg: ProjectConfig, version: DatasetVersion, model: Any, tokeni
         dataset_num_proc=None, shuffle_dataset=False,
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                         processing_class=tokenizer, callbacks=[*standard_callbacks(cfg), _openai_metrics_writer(run_dir)])
+                         processing_class=tokenizer, callbacks=[*standard_callbacks(cfg), _openai_metrics_writer(run_dir), *callbacks])
     return trainer, plan, full_val
 
 
 def _dpo_trainer(cfg: ProjectConfig, version: DatasetVersion, model: Any, tokenizer: Any, run_dir: Path,
-                 max_length: int) -> tuple[Any, dict[str, Any]]:
+                 max_length: int, callbacks: Sequence[Any]) -> tuple[Any, dict[str, Any]]:
     from trl import DPOConfig, DPOTrainer
 
     from tunesmith.tasks import chat
@@ -237,5 +238,5 @@ def _dpo_trainer(cfg: ProjectConfig, version: DatasetVersion, model: Any, tokeni
     )
     # With an adapter the reference is the same weights with the adapter switched off: no second copy.
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                         processing_class=tokenizer, callbacks=standard_callbacks(cfg))
+                         processing_class=tokenizer, callbacks=standard_callbacks(cfg, callbacks))
     return trainer, plan

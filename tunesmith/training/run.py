@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,8 @@ def common_arguments(cfg: ProjectConfig, run_dir: Path, plan: dict[str, Any], n_
     )
 
 
-def standard_callbacks(cfg: ProjectConfig) -> list[Any]:
+def standard_callbacks(cfg: ProjectConfig, extra: Sequence[Any] = ()) -> list[Any]:
+    """Checkpoint completion markers, early stopping, then the caller's own (a job's progress reporter)."""
     from transformers import EarlyStoppingCallback, TrainerCallback
 
     class MarkComplete(TrainerCallback):
@@ -113,7 +115,7 @@ def standard_callbacks(cfg: ProjectConfig) -> list[Any]:
     callbacks: list[Any] = [MarkComplete()]
     if cfg.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
-    return callbacks
+    return [*callbacks, *extra]
 
 
 def write_config(cfg: ProjectConfig, run_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,7 +95,7 @@ def _trainer_class(base: Any, seed: int, head_lr: float | None) -> Any:
 
 
 def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: Path | None = None,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False, callbacks: Sequence[Any] = ()) -> Path:
     """Classification and regression: a head on a pre-trained model, with the Trainer."""
     from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
 
@@ -151,7 +152,7 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
     trainer = _trainer_class(Trainer, t.seed, t.head_learning_rate)(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=sequence.training_metrics(task, scaling),
-        callbacks=standard_callbacks(cfg), compute_loss_func=loss_func,
+        callbacks=standard_callbacks(cfg, callbacks), compute_loss_func=loss_func,
     )
     result = run_trainer(cfg, trainer, run_dir, checkpoint)
     final = best_evaluation(trainer)

@@ -1,0 +1,60 @@
+"""The store opens on SQLite and on the machine's PostgreSQL, migrated to the schema the code declares."""
+
+from __future__ import annotations
+
+import threading
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, select
+
+from tunesmith.store.db import Store
+from tunesmith.store.schema import Base, Job, JobEvent
+
+
+def test_a_new_store_is_migrated_to_the_declared_schema(store_url: str) -> None:
+    store = Store(store_url)
+    assert store.revision() == "0001"
+    assert {"files", "jobs", "job_events", "job_checkpoints"} <= set(inspect(store.engine).get_table_names())
+    with store.engine.connect() as connection:  # the migrations build exactly what schema.py declares
+        diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata)
+    assert diff == []
+    store.close()
+
+
+def test_stores_opened_together_migrate_once(store_url: str) -> None:
+    errors: list[BaseException] = []
+
+    def open_store() -> None:
+        try:
+            Store(store_url).close()
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=open_store) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert Store(store_url).revision() == "0001"
+
+
+def test_rows_round_trip_and_events_go_with_their_job(store_url: str) -> None:
+    store = Store(store_url)
+    with store.session() as s:
+        job = Job(id="ftjob-1", owner="", created_at=1, model="m", training_file="file-1", seed=3, status="queued",
+                  method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": "auto"}}},
+                  job_metadata={"team": "a"})
+        job.events.append(JobEvent(id="ftevent-1", created_at=1, level="info", type="message", message="hi"))
+        job.events.append(JobEvent(id="ftevent-2", created_at=2, level="info", type="metrics", message="m",
+                                   data={"step": 1, "train_loss": 0.5}))
+        s.add(job)
+    with store.session() as s:
+        job = s.get(Job, "ftjob-1")
+        assert job.job_metadata == {"team": "a"} and job.method["supervised"]["hyperparameters"]["n_epochs"] == "auto"
+        assert [e.id for e in job.events] == ["ftevent-1", "ftevent-2"] and job.events[1].data["train_loss"] == 0.5
+        s.delete(job)
+    with store.session() as s:
+        assert s.scalars(select(JobEvent)).all() == []
+    store.close()

@@ -1,0 +1,365 @@
+"""`tunesmith worker`: claims fine-tuning jobs from the store and runs them, one at a time.
+
+A job is validated as OpenAI validates files, then trained by the same chat SFT / DPO code as
+`tunesmith train` into an ordinary run folder. While it trains, a heartbeat thread keeps the claim
+fresh and reads cancel/pause requests; a Trainer callback turns the Trainer's logs and saves into
+OpenAI's events and checkpoints. Several workers share the store safely: a job is claimed by a
+conditional UPDATE (after SELECT ... FOR UPDATE SKIP LOCKED on PostgreSQL), and a job whose worker
+stopped beating is taken over and resumed from its last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import or_, select, update
+
+from tunesmith.artifacts import MODEL_DIR, RUN_CONFIG, RUN_MANIFEST, STEP_METRICS, Run, latest_checkpoint
+from tunesmith.config import JobsSpec, ProjectConfig, parse_config
+from tunesmith.jobs import protocol as p
+from tunesmith.jobs.service import RESULTS_PURPOSE, add_event, now
+from tunesmith.store.db import Store
+from tunesmith.store.schema import Job, JobCheckpoint, StoredFile
+
+CLAIMABLE = ("validating_files", "queued")
+
+
+class JobStopped(Exception):
+    """Raised inside training when the job was cancelled or paused: the Trainer stops at once."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def fine_tuned_name(job: Job, organization: str) -> str:
+    """OpenAI's naming: ft:BASE:ORG:SUFFIX:ID (an ft: base keeps its own base name)."""
+    base = job.model.split(":")[1] if job.model.startswith("ft:") else Path(job.model).name
+    return f"ft:{base}:{organization}:{job.suffix or ''}:{job.id.removeprefix(p.JOB_PREFIX)[:8]}"
+
+
+class Worker:
+    def __init__(self, store: Store, spec: JobsSpec, name: str | None = None) -> None:
+        self.store = store
+        self.spec = spec
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self.files_dir = store.home / "files"
+
+    # -- claiming ----------------------------------------------------------------------------------
+
+    def claim(self) -> str | None:
+        """Take one job: a waiting one, or a running one whose worker stopped beating. None if there is none."""
+        stale = time.time() - self.spec.stale_after_s
+        available = or_(
+            Job.status.in_(CLAIMABLE) & (Job.worker.is_(None) | (Job.heartbeat_at < stale)),
+            (Job.status == "running") & (Job.heartbeat_at < stale),
+        )
+        with self.store.session() as s:
+            candidates = select(Job.id).where(available).order_by(Job.created_at).limit(5)
+            if self.store.dialect == "postgresql":
+                candidates = candidates.with_for_update(skip_locked=True)
+            for job_id in s.scalars(candidates).all():
+                # Conditional: a second worker racing for the same row updates nothing.
+                taken = s.execute(update(Job).where(Job.id == job_id, available)
+                                  .values(worker=self.name, heartbeat_at=time.time(), attempts=Job.attempts + 1))
+                if taken.rowcount == 1:
+                    return str(job_id)
+        return None
+
+    def run(self, stop: threading.Event | None = None, once: bool = False) -> None:
+        """Work until `stop` is set (or, with `once`, until no job is waiting)."""
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            job_id = self.claim()
+            if job_id is None:
+                if once:
+                    return
+                stop.wait(self.spec.poll_s)
+                continue
+            self.process(job_id)
+
+    # -- one job -----------------------------------------------------------------------------------
+
+    def process(self, job_id: str) -> None:
+        beat = _Heartbeat(self, job_id)
+        beat.start()
+        try:
+            with self.store.session() as s:
+                job = s.get(Job, job_id)
+                assert job is not None
+                status, resumed = job.status, job.status == "running"
+            if status == "validating_files":
+                if not self._validate(job_id):
+                    return
+            if beat.stop_reason:
+                return
+            self._train(job_id, beat, resumed)
+        except JobStopped:
+            pass  # the status (cancelled / paused) was set by whoever asked
+        except Exception as err:  # noqa: BLE001 - any failure becomes the job's error, as OpenAI reports it
+            self._fail(job_id, "server_error", f"Fine-tuning failed: {type(err).__name__}: {err}", None)
+        finally:
+            beat.stop()
+            with self.store.session() as s:
+                s.execute(update(Job).where(Job.id == job_id, Job.worker == self.name)
+                          .values(worker=None, heartbeat_at=None, control=None))
+
+    def _paths(self, job: Job) -> tuple[Path, Path | None]:
+        return self.files_dir / job.training_file, self.files_dir / job.validation_file if job.validation_file else None
+
+    def _validate(self, job_id: str) -> bool:
+        from tunesmith.jobs.validate import validate_file
+        from tunesmith.models.catalog import context_length, load_tokenizer
+        from tunesmith.tasks.chat import set_chat_template
+
+        with self.store.session() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            add_event(s, job, f"Validating training file: {job.training_file}"
+                      + (f" and validation file: {job.validation_file}" if job.validation_file else ""))
+            train_path, valid_path = self._paths(job)
+            method, base = job.method["type"], self._base(job)
+        cfg = self._config(job_id)
+        tokenizer = load_tokenizer(base)
+        set_chat_template(tokenizer, None, base)
+        budget = cfg.model.token_budget(cfg.task.type, context_length(tokenizer))
+        for param, path, minimum in (("training_file", train_path, 10), ("validation_file", valid_path, 1)):
+            if path is None:
+                continue
+            check = validate_file(path, method, tokenizer=tokenizer, max_tokens=budget, min_examples=minimum)
+            if not check.ok:
+                error = check.job_error(param)
+                self._fail(job_id, str(error["code"]), str(error["message"]), param)
+                return False
+            if param == "training_file":
+                tokens = check.tokens
+        with self.store.session() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            if job.status != "validating_files":  # cancelled or paused meanwhile
+                return False
+            job.status, job.trained_tokens = "queued", tokens  # per epoch until training says how many epochs
+            add_event(s, job, "Files validated, moving job to queued state")
+        return True
+
+    def _base(self, job: Job) -> str:
+        """The base model folder or packaged name; an ft: model trains on from its run folder."""
+        if not job.model.startswith("ft:"):
+            return job.model
+        from tunesmith.jobs.service import JobsService
+
+        found = JobsService(self.store, self.spec).resolve_model(job.owner, job.model)
+        if found is None:
+            raise RuntimeError(f"the fine-tuned model {job.model} no longer exists")
+        return str(found)
+
+    def _config(self, job_id: str) -> ProjectConfig:
+        """The job as a tunesmith project: OpenAI's hyperparameters, LoRA (so the server shares the base)."""
+        with self.store.session() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            method = job.method["type"]
+            hyper = dict(job.method[method]["hyperparameters"])
+            train_path, valid_path = self._paths(job)
+            folder = Path(str(job.run_dir)).parent
+            base = self._base(job)
+            sources: list[dict[str, Any]] = [{"path": str(train_path), "kind": "jsonl", "split": "train" if valid_path else None}]
+            if valid_path:
+                sources.append({"path": str(valid_path), "kind": "jsonl", "split": "validation"})
+            raw: dict[str, Any] = {
+                "name": job.id,
+                "task": {"type": "chat" if method == "supervised" else "preference"},
+                # OpenAI trains on the file as given: no deduplication; overlaps across splits are reported only.
+                "data": {"sources": sources, "output_dir": str(folder / "dataset"),
+                         "dedup": {"exact": False, "near": False}, "split": {"leakage": "report"}},
+                "model": {"name": base},
+                "train": {"output_dir": str(job.run_dir), "seed": job.seed, "early_stopping_patience": None,
+                          "save_total_limit": self.spec.checkpoints,
+                          "hyperparameters": {k: hyper.get(k, "auto") for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}},
+                "eval": {"base_model": False},
+            }
+            if method == "dpo" and hyper.get("beta", "auto") != "auto":
+                raw["train"]["dpo_beta"] = hyper["beta"]
+        return parse_config(raw)
+
+    def _train(self, job_id: str, beat: _Heartbeat, resumed: bool) -> None:
+        from tunesmith.training import train
+
+        cfg = self._config(job_id)
+        run_dir = Path(str(cfg.train.output_dir))
+        checkpoint = latest_checkpoint(run_dir) if resumed or run_dir.exists() else None
+        with self.store.session() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            if job.status not in ("queued", "running"):
+                return
+            job.status = "running"
+            add_event(s, job, f"Fine-tuning job resumed from step {checkpoint.name.split('-')[-1]}" if checkpoint
+                      else "Fine-tuning job started")
+        reporter = _reporter(self, job_id, beat)
+        if checkpoint is not None:
+            train(cfg, resume=run_dir, callbacks=[reporter])
+        else:
+            train(cfg, overwrite=True, callbacks=[reporter])
+        self._succeed(job_id, run_dir)
+
+    # -- endings -----------------------------------------------------------------------------------
+
+    def _succeed(self, job_id: str, run_dir: Path) -> None:
+        run = Run(run_dir)
+        hyper = run.manifest.openai_hyperparameters or {}
+        with self.store.session() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            if job.status != "running":
+                return
+            name = fine_tuned_name(job, self.spec.organization)
+            final = {k: run.manifest.metrics[k] for k in ("full_valid_loss", "full_valid_mean_token_accuracy")
+                     if k in run.manifest.metrics}  # OpenAI reports full_valid_* on the last checkpoint
+            for checkpoint in list(job.checkpoints):  # servable folders for the checkpoints the Trainer kept
+                if checkpoint is job.checkpoints[-1]:
+                    checkpoint.metrics = {**checkpoint.metrics, **final}
+                source = run_dir / "checkpoints" / f"checkpoint-{checkpoint.step_number}"
+                if source.is_dir():
+                    checkpoint.fine_tuned_model_checkpoint = f"{name}:ckpt-step-{checkpoint.step_number}"
+                    _checkpoint_run(run, source, Path(checkpoint.path))
+                else:
+                    s.delete(checkpoint)
+            method = job.method["type"]
+            job.method = {**job.method, method: {"hyperparameters": {**job.method[method]["hyperparameters"], **hyper}}}
+            job.trained_tokens = (job.trained_tokens or 0) * int(hyper.get("n_epochs", 1))
+            job.result_files = [self._results_file(s, job, run_dir)]
+            job.fine_tuned_model, job.status, job.finished_at, job.estimated_finish = name, "succeeded", now(), None
+            add_event(s, job, f"New fine-tuned model created: {name}")
+            add_event(s, job, "The job has successfully completed")
+
+    def _results_file(self, s: Any, job: Job, run_dir: Path) -> str:
+        """OpenAI's result file: the step metrics as CSV, downloadable with files.content."""
+        file_id = p.new_id(p.FILE_PREFIX)
+        self.files_dir.mkdir(parents=True, exist_ok=True)
+        source = run_dir / STEP_METRICS
+        data = source.read_bytes() if source.is_file() else b"step,train_loss\n"
+        (self.files_dir / file_id).write_bytes(data)
+        s.add(StoredFile(id=file_id, owner=job.owner, purpose=RESULTS_PURPOSE, filename=f"{job.id}-results.csv",
+                         bytes=len(data), created_at=now(), expires_at=None, status="processed",
+                         sha256=hashlib.sha256(data).hexdigest()))
+        return file_id
+
+    def _fail(self, job_id: str, code: str, message: str, param: str | None) -> None:
+        with self.store.session() as s:
+            job = s.get(Job, job_id)
+            if job is None or job.status in ("cancelled", "paused"):
+                return
+            job.status, job.finished_at, job.estimated_finish = "failed", now(), None
+            job.error = {"code": code, "message": message, "param": param}
+            add_event(s, job, message, level="error")
+
+
+def _checkpoint_run(run: Run, source: Path, target: Path) -> None:
+    """A checkpoint as a run folder of its own (run.json + model/), so it is served like the final model."""
+    shutil.rmtree(target, ignore_errors=True)
+    model = target / MODEL_DIR
+    model.mkdir(parents=True)
+    weights = ("adapter_model.safetensors", "adapter_config.json", "model.safetensors", "config.json", "generation_config.json")
+    for name in weights:
+        if (source / name).is_file():
+            shutil.copy2(source / name, model / name)
+    for item in run.model_dir.iterdir():  # tokenizer and chat template, as the final model has them
+        if item.is_file() and not (model / item.name).exists() and not item.name.startswith(("adapter_model", "model.")):
+            shutil.copy2(item, model / item.name)
+    step = int(source.name.split("-")[-1])
+    manifest = run.manifest.model_copy(update={"name": f"{run.manifest.name}-step-{step}", "merged": False})
+    (target / RUN_MANIFEST).write_text(manifest.model_dump_json(indent=2), encoding="utf-8")
+    shutil.copy2(run.path / RUN_CONFIG, target / RUN_CONFIG)
+
+
+class _Heartbeat(threading.Thread):
+    """Keeps the claim fresh and reads cancel/pause requests, off the training thread."""
+
+    def __init__(self, worker: Worker, job_id: str) -> None:
+        super().__init__(daemon=True, name=f"heartbeat-{job_id}")
+        self.worker, self.job_id = worker, job_id
+        self.stop_reason: str | None = None
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self.worker.spec.heartbeat_s):
+            self.beat()
+
+    def beat(self) -> None:
+        with self.worker.store.session() as s:
+            job = s.get(Job, self.job_id)
+            if job is None or job.worker != self.worker.name:
+                self.stop_reason = "lost"  # another worker took it over (we were too slow): let it be
+                return
+            job.heartbeat_at = time.time()
+            if job.control in ("cancel", "pause"):
+                self.stop_reason = job.control
+            elif job.status in ("cancelled", "paused"):
+                self.stop_reason = "cancel" if job.status == "cancelled" else "pause"
+
+    def stop(self) -> None:
+        self._done.set()
+
+
+def _reporter(worker: Worker, job_id: str, beat: _Heartbeat) -> Any:
+    """A TrainerCallback: step metrics and checkpoints as OpenAI's events, and a stop on cancel/pause."""
+    from transformers import TrainerCallback
+
+    names = {"loss": "train_loss", "mean_token_accuracy": "train_mean_token_accuracy", "eval_loss": "valid_loss",
+             "eval_mean_token_accuracy": "valid_mean_token_accuracy"}
+
+    class Reporter(TrainerCallback):
+        def __init__(self) -> None:
+            self.started = time.time()
+            self.first_step: int | None = None
+            self.latest: dict[str, float] = {}
+            self.pausing = False
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+            metrics = {names[k]: float(v) for k, v in (logs or {}).items() if k in names}
+            if not metrics:
+                return
+            self.latest.update(metrics)
+            step, total = state.global_step, state.max_steps
+            self.first_step = step if self.first_step is None else self.first_step
+            done = max(step - self.first_step, 1)
+            finish = int(self.started + (time.time() - self.started) / done * (total - self.first_step)) if total else None
+            text = ", ".join(f"{k.replace('_', ' ')}={v:.4f}" for k, v in metrics.items())
+            with worker.store.session() as s:
+                job = s.get(Job, job_id)
+                assert job is not None
+                job.estimated_finish = finish
+                add_event(s, job, f"Step {step}/{total}: {text}", type="metrics",
+                          data={"step": step, "total_steps": total, **metrics})
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if beat.stop_reason in ("cancel", "lost"):
+                raise JobStopped(beat.stop_reason)
+            if beat.stop_reason == "pause" and not self.pausing:
+                self.pausing = True
+                control.should_save = True  # the checkpoint the job resumes from; on_save then stops
+
+        def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            step = state.global_step
+            with worker.store.session() as s:
+                job = s.get(Job, job_id)
+                assert job is not None
+                name = f"{fine_tuned_name(job, worker.spec.organization)}:ckpt-step-{step}"
+                existing = s.scalar(select(JobCheckpoint).where(JobCheckpoint.job_id == job_id, JobCheckpoint.step_number == step))
+                if existing is None:
+                    s.add(JobCheckpoint(id=p.new_id(p.CHECKPOINT_PREFIX), job_id=job_id, created_at=now(), step_number=step,
+                                        metrics={"step": float(step), **self.latest}, fine_tuned_model_checkpoint=name,
+                                        path=str(Path(args.output_dir).parent.parent / "checkpoints" / f"step-{step}")))
+                    add_event(s, job, f"Checkpoint created at step {step}")
+            if self.pausing:
+                raise JobStopped("pause")
+
+    return Reporter()

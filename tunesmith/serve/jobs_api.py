@@ -1,0 +1,114 @@
+"""OpenAI's files and fine-tuning jobs endpoints: thin routers over jobs/service.py (mounted by app.py
+when the server has a store). Paths, fields, pagination and errors as OpenAI's, so the official
+`openai` client works with only its base_url changed."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+
+from tunesmith.errors import ApiError
+from tunesmith.jobs import protocol as jp
+from tunesmith.serve.service import Service
+
+
+def add_jobs_routes(app: FastAPI, service: Service, auth: Callable[[Request], Awaitable[str]],
+                    error: Callable[[ApiError], JSONResponse]) -> None:
+    jobs = service.jobs
+    assert jobs is not None
+
+    def answer(result: BaseModel | dict[str, Any] | ApiError) -> Response:
+        if isinstance(result, ApiError):
+            return error(result)
+        return JSONResponse(result.model_dump(mode="json") if isinstance(result, BaseModel) else result)
+
+    # -- files -------------------------------------------------------------------------------------
+
+    @app.post("/v1/files", tags=["files"], response_model=jp.FileObject)
+    async def create_file(request: Request, owner: str = Depends(auth)) -> Response:
+        form = await request.form()
+        upload, purpose = form.get("file"), form.get("purpose")
+        if not isinstance(upload, UploadFile):
+            return error(ApiError(400, "'file' is required: a multipart file upload", param="file"))
+        if not isinstance(purpose, str) or not purpose:
+            return error(ApiError(400, "'purpose' is required (fine-tune)", param="purpose"))
+        expires = None
+        if "expires_after[anchor]" in form or "expires_after[seconds]" in form:
+            seconds = str(form.get("expires_after[seconds]", ""))
+            expires = {"anchor": form.get("expires_after[anchor]"), "seconds": int(seconds) if seconds.isdigit() else seconds}
+        result = await _thread(jobs.create_file, owner, upload.filename or "upload", purpose, upload.file, expires)
+        return answer(result)
+
+    @app.get("/v1/files", tags=["files"], response_model=jp.IdPage[jp.FileObject])
+    async def list_files(after: str | None = None, limit: int = 10_000, order: str = "desc", purpose: str | None = None,
+                         owner: str = Depends(auth)) -> Response:
+        return answer(jobs.list_files(owner, after, limit, order, purpose))
+
+    @app.get("/v1/files/{file_id}", tags=["files"], response_model=jp.FileObject)
+    async def get_file(file_id: str, owner: str = Depends(auth)) -> Response:
+        return answer(jobs.get_file(owner, file_id))
+
+    @app.get("/v1/files/{file_id}/content", tags=["files"])
+    async def file_content(file_id: str, owner: str = Depends(auth)) -> Response:
+        path = jobs.file_content(owner, file_id)
+        return error(path) if isinstance(path, ApiError) else FileResponse(path, media_type="application/octet-stream")
+
+    @app.delete("/v1/files/{file_id}", tags=["files"], response_model=jp.FileDeleted)
+    async def delete_file(file_id: str, owner: str = Depends(auth)) -> Response:
+        return answer(jobs.delete_file(owner, file_id))
+
+    # -- fine-tuning jobs --------------------------------------------------------------------------
+
+    @app.post("/v1/fine_tuning/jobs", tags=["fine-tuning"], response_model=jp.FineTuningJob)
+    async def create_job(req: jp.JobCreate, owner: str = Depends(auth)) -> Response:
+        return answer(await _thread(jobs.create_job, owner, req))
+
+    @app.get("/v1/fine_tuning/jobs", tags=["fine-tuning"], response_model=jp.Page[jp.FineTuningJob])
+    async def list_jobs(request: Request, after: str | None = None, limit: int = 20, owner: str = Depends(auth)) -> Response:
+        metadata = {k[len("metadata["):-1]: v for k, v in request.query_params.items()
+                    if k.startswith("metadata[") and k.endswith("]")}
+        return answer(jobs.list_jobs(owner, after, limit, metadata or None))
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}", tags=["fine-tuning"], response_model=jp.FineTuningJob)
+    async def get_job(job_id: str, owner: str = Depends(auth)) -> Response:
+        return answer(jobs.get_job(owner, job_id))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/cancel", tags=["fine-tuning"], response_model=jp.FineTuningJob)
+    async def cancel_job(job_id: str, owner: str = Depends(auth)) -> Response:
+        return answer(jobs.cancel_job(owner, job_id))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/pause", tags=["fine-tuning"], response_model=jp.FineTuningJob)
+    async def pause_job(job_id: str, owner: str = Depends(auth)) -> Response:
+        return answer(jobs.pause_job(owner, job_id))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/resume", tags=["fine-tuning"], response_model=jp.FineTuningJob)
+    async def resume_job(job_id: str, owner: str = Depends(auth)) -> Response:
+        return answer(jobs.resume_job(owner, job_id))
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/events", tags=["fine-tuning"], response_model=jp.Page[jp.FineTuningJobEvent])
+    async def list_events(job_id: str, after: str | None = None, limit: int = 20, owner: str = Depends(auth)) -> Response:
+        return answer(jobs.list_events(owner, job_id, after, limit))
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/checkpoints", tags=["fine-tuning"],
+             response_model=jp.IdPage[jp.FineTuningJobCheckpoint])
+    async def list_checkpoints(job_id: str, after: str | None = None, limit: int = 10, owner: str = Depends(auth)) -> Response:
+        return answer(jobs.list_checkpoints(owner, job_id, after, limit))
+
+    @app.delete("/v1/models/{model_id:path}", tags=["openai"])
+    async def delete_model(model_id: str, owner: str = Depends(auth)) -> Response:
+        result = jobs.delete_model(owner, model_id)
+        if not isinstance(result, ApiError):
+            service.unload(model_id, owner)
+        return answer(result)
+
+
+async def _thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Store and disk work off the event loop (an upload streams to disk, a commit may wait for a lock)."""
+    import asyncio
+
+    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)

@@ -1,0 +1,118 @@
+"""Store: one database (an SQLite file by default, PostgreSQL by URL), migrated to the newest schema
+when opened, with short transactions for the API and the workers.
+
+SQLite runs in WAL mode (readers never block the one writer) with a busy timeout, so a server and a
+few workers on one machine share the file; several machines share PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from tunesmith.config import data_home
+from tunesmith.errors import ConfigError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+SQLITE_BUSY_MS = 30_000  # a writer waits this long for another process's transaction before failing
+MIGRATION_LOCK = 7_301_946  # PostgreSQL advisory lock id: one process migrates at a time
+
+
+def default_url() -> str:
+    return f"sqlite:///{data_home() / 'tunesmith.db'}"
+
+
+def normalize_url(url: str) -> str:
+    """postgresql:// and postgres:// mean psycopg 3 (the driver tunesmith installs)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+class Store:
+    def __init__(self, url: str | None = None, *, migrate: bool = True) -> None:
+        self.url = normalize_url(url or default_url())
+        try:
+            parsed = make_url(self.url)
+        except Exception as err:  # noqa: BLE001 - SQLAlchemy's URL errors vary by cause
+            raise ConfigError(f"--db {url!r} is not a database URL (sqlite:///path.db or postgresql://user@host/db): {err}") from None
+        self.dialect = parsed.get_backend_name()
+        if self.dialect == "sqlite" and parsed.database:
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        self.engine: Engine = create_engine(self.url, pool_pre_ping=True, **self._engine_options())
+        if self.dialect == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        if migrate:
+            self.migrate()
+
+    def _engine_options(self) -> dict[str, Any]:
+        if self.dialect == "sqlite":
+            return {"connect_args": {"timeout": SQLITE_BUSY_MS / 1000, "check_same_thread": False}}
+        return {"pool_size": 5, "max_overflow": 10}
+
+    @property
+    def home(self) -> Path:
+        """Folder for what belongs to this store but not in it: uploaded files' bytes, jobs' run folders.
+        Beside the SQLite file, or under TUNESMITH_HOME for a server database."""
+        database = make_url(self.url).database
+        if self.dialect == "sqlite" and database and database != ":memory:":
+            return Path(database).expanduser().resolve().parent
+        return data_home()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One transaction: committed when the block ends, rolled back if it raises."""
+        with self._sessions.begin() as session:
+            yield session
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (a no-op when it is there)."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS))
+        with self._migration_lock(), self.engine.begin() as connection:
+            if self.dialect == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+
+    @contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        """SQLite: a lock file beside the database, so processes starting together migrate one at a time."""
+        database = make_url(self.url).database
+        if self.dialect != "sqlite" or not database or database == ":memory:":
+            yield
+            return
+        lock = self.home / ".migrate.lock"
+        with lock.open("w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def revision(self) -> str | None:
+        with self.engine.connect() as connection:
+            return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer, nor it them
+    cursor.execute("PRAGMA foreign_keys=ON")  # events and checkpoints go with their job
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")
+    cursor.close()

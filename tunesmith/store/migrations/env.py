@@ -1,0 +1,11 @@
+"""Alembic environment: Store.migrate() hands over its connection; the schema is store/schema.py."""
+
+from alembic import context
+
+from tunesmith.store.schema import Base
+
+connection = context.config.attributes["connection"]
+context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True,
+                  compare_type=True)
+with context.begin_transaction():
+    context.run_migrations()

@@ -1,0 +1,105 @@
+"""The store's tables. Ids are OpenAI-style strings (`file-…`, `ftjob-…`) so the API shows them as
+they are; times are Unix seconds, as OpenAI's objects carry them; `owner` is a hash of the API key
+that created the row ("" on an open server), so each key sees only its own rows.
+
+Later tables (model registry, prediction log, feedback, A/B tests) follow the same conventions and
+arrive as migrations (store/migrations/versions).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+Json = JSON().with_variant(JSONB(), "postgresql")  # JSONB on PostgreSQL: indexable, compact
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: Json, list[Any]: Json}
+
+
+class StoredFile(Base):
+    """An uploaded file (`POST /v1/files`); its bytes live under the store's files folder by id."""
+
+    __tablename__ = "files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    purpose: Mapped[str] = mapped_column(String(32))
+    filename: Mapped[str] = mapped_column(String(512))  # as uploaded; never used as a path
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(Integer, index=True)
+    expires_at: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="processed")
+    sha256: Mapped[str] = mapped_column(String(64))
+
+
+class Job(Base):
+    """A fine-tuning job: OpenAI's fields, plus what workers need to share it safely."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[int] = mapped_column(Integer, index=True)
+    model: Mapped[str] = mapped_column(String(256))
+    training_file: Mapped[str] = mapped_column(String(64))
+    validation_file: Mapped[str | None] = mapped_column(String(64))
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    seed: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(24), index=True)
+    method: Mapped[dict[str, Any]] = mapped_column()  # {type, <type>: {hyperparameters}} as resolved
+    job_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata")  # `metadata` is SQLAlchemy's own attribute
+    integrations: Mapped[list[Any] | None] = mapped_column()
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(256), index=True)
+    trained_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    finished_at: Mapped[int | None] = mapped_column(Integer)
+    estimated_finish: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[dict[str, Any] | None] = mapped_column()  # {code, message, param}
+    result_files: Mapped[list[Any]] = mapped_column(default=list)
+    run_dir: Mapped[str | None] = mapped_column(Text)  # the run folder the job trains into
+    # Work sharing: a worker owns a job while its heartbeat is fresh; `control` asks it to stop.
+    worker: Mapped[str | None] = mapped_column(String(128))
+    heartbeat_at: Mapped[float | None] = mapped_column(Float)
+    control: Mapped[str | None] = mapped_column(String(16))  # "cancel" | "pause", read by the worker
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+
+    events: Mapped[list[JobEvent]] = relationship(back_populates="job", cascade="all, delete-orphan",
+                                                  order_by="JobEvent.seq")
+    checkpoints: Mapped[list[JobCheckpoint]] = relationship(back_populates="job", cascade="all, delete-orphan",
+                                                            order_by="JobCheckpoint.step_number")
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+    __table_args__ = (Index("ix_job_events_job_seq", "job_id", "seq"),)
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    created_at: Mapped[int] = mapped_column(Integer)
+    level: Mapped[str] = mapped_column(String(8))  # info | warn | error
+    type: Mapped[str] = mapped_column(String(8))  # message | metrics
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any] | None] = mapped_column()
+
+    job: Mapped[Job] = relationship(back_populates="events")
+
+
+class JobCheckpoint(Base):
+    """A checkpoint the job kept; `path` is a servable run folder (its own run.json over the adapter)."""
+
+    __tablename__ = "job_checkpoints"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[int] = mapped_column(Integer)
+    step_number: Mapped[int] = mapped_column(Integer)
+    metrics: Mapped[dict[str, Any]] = mapped_column()
+    fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(256), index=True)
+    path: Mapped[str] = mapped_column(Text)
+
+    job: Mapped[Job] = relationship(back_populates="checkpoints")
