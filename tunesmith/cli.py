@@ -377,6 +377,7 @@ def serve_cmd(
     db: Annotated[str | None, typer.Option("--db", envvar="TUNESMITH_DB", help="Store URL for the fine-tuning API (sqlite:///file.db or postgresql://...); turns it on. Without RUNs it is on with the default SQLite store.")] = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Training workers started beside the server (processes running `tunesmith worker`).")] = 0,
     base_model: Annotated[list[str] | None, typer.Option("--base-model", help="A base model fine-tuning jobs may use (repeatable); default: smollm2-135m.")] = None,
+    max_file_mb: Annotated[float | None, typer.Option("--max-file-mb", help="Largest upload accepted by POST /v1/files, in MB (default 512, OpenAI's).")] = None,
 ) -> None:
     """Serve runs over HTTP: /v1/predict, OpenAI-compatible /v1/chat/completions, /v1/completions, /v1/models,
     and OpenAI's files and fine-tuning jobs API (with --db, or when no RUN is given)."""
@@ -394,11 +395,12 @@ def serve_cmd(
         from tunesmith.errors import ConfigError
 
         raise ConfigError(f"serve: {err}") from None
-    jobs = _jobs_spec(db, base_model) if db or workers or not runs else None
+    jobs = _jobs_spec(db, base_model, max_file_bytes=int(max_file_mb * 1024**2) if max_file_mb else None) \
+        if db or workers or not runs else None
     serve(runs or [], spec, jobs=jobs, workers=workers)
 
 
-def _jobs_spec(db: str | None, base_models: list[str] | None, **timing: float | None) -> Any:
+def _jobs_spec(db: str | None, base_models: list[str] | None, **timing: float | int | None) -> Any:
     from tunesmith.config import JobsSpec
 
     given = {k: v for k, v in timing.items() if v is not None}
@@ -470,7 +472,8 @@ def jobs_list(db: DbOption = None, api_key: KeyOption = None,
 
     page = _check(_jobs_service(db).list_jobs(owner_of(api_key), limit=limit))
     table = Table(title="fine-tuning jobs")
-    for col in ("id", "status", "model", "fine_tuned_model", "created"):
+    table.add_column("id", no_wrap=True)  # ids are copied into other commands whole
+    for col in ("status", "model", "fine_tuned_model", "created"):
         table.add_column(col, overflow="fold")
     import datetime as dt
 
