@@ -398,13 +398,21 @@ class JobsSpec(Spec):
     """The OpenAI-compatible fine-tuning API (`tunesmith serve --db`, `tunesmith worker`): store and limits."""
 
     db: str | None = None  # database URL; None: an SQLite file in TUNESMITH_HOME (~/.local/share/tunesmith)
-    base_models: list[str] = ["smollm2-135m"]  # what a job's `model` may name: packaged names or local causal-LM folders
+    base_models: list[str] = ["smollm2-135m"]  # what a job's `model` may name: packaged names, local causal-LM folders, or ALIAS=MODEL (an OpenAI name your scripts use, trained on MODEL)
     organization: str = "tunesmith"  # the ORG part of ft:BASE:ORG:SUFFIX:ID names and the jobs' organization_id
     max_file_bytes: int = Field(512 * 1024**2, ge=1)  # OpenAI's limit for a fine-tuning upload (512 MB)
     heartbeat_s: float = Field(5.0, gt=0)  # how often a worker tells the store it is alive (and reads cancel/pause)
     stale_after_s: float = Field(60.0, gt=0)  # a running job with an older heartbeat is taken over, resumed from its last checkpoint
     poll_s: float = Field(1.0, gt=0)  # how often an idle worker looks for queued jobs
     checkpoints: int = Field(3, ge=1)  # checkpoints a job keeps as servable models (OpenAI keeps the last 3 epochs')
+
+    def base_model(self, requested: str) -> str | None:
+        """The model a job asking for `requested` trains: itself when offered, its alias's target, else None."""
+        for entry in self.base_models:
+            alias, _, target = entry.partition("=")
+            if requested == alias:
+                return target or alias
+        return None
 
 
 DEFAULT_MODEL = {TaskType.chat: "smollm2-135m", TaskType.preference: "smollm2-135m"}  # causal LM; the rest gets the encoder

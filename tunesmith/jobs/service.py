@@ -180,8 +180,9 @@ class JobsService:
 
     def base_model_dir(self, owner: str, model: str) -> str | None:
         """What a job on `model` trains from: a configured base model, or an owner's own ft: model (its run folder)."""
-        if model in self.spec.base_models:
-            return model
+        base = self.spec.base_model(model)
+        if base is not None:
+            return base
         resolved = self.resolve_model(owner, model)
         return str(resolved) if resolved else None
 

@@ -39,10 +39,10 @@ class JobStopped(Exception):
         self.reason = reason
 
 
-def fine_tuned_name(job: Job, organization: str) -> str:
-    """OpenAI's naming: ft:BASE:ORG:SUFFIX:ID (an ft: base keeps its own base name)."""
-    base = job.model.split(":")[1] if job.model.startswith("ft:") else Path(job.model).name
-    return f"ft:{base}:{organization}:{job.suffix or ''}:{job.id.removeprefix(p.JOB_PREFIX)[:8]}"
+def fine_tuned_name(job: Job, spec: JobsSpec) -> str:
+    """OpenAI's naming: ft:BASE:ORG:SUFFIX:ID, BASE the model really trained (an ft: base keeps its own base name)."""
+    base = job.model.split(":")[1] if job.model.startswith("ft:") else Path(spec.base_model(job.model) or job.model).name
+    return f"ft:{base}:{spec.organization}:{job.suffix or ''}:{job.id.removeprefix(p.JOB_PREFIX)[:8]}"
 
 
 class Worker:
@@ -150,9 +150,9 @@ class Worker:
         return True
 
     def _base(self, job: Job) -> str:
-        """The base model folder or packaged name; an ft: model trains on from its run folder."""
+        """The base model folder or packaged name (an alias resolved); an ft: model trains on from its run folder."""
         if not job.model.startswith("ft:"):
-            return job.model
+            return self.spec.base_model(job.model) or job.model
         from tunesmith.jobs.service import JobsService
 
         found = JobsService(self.store, self.spec).resolve_model(job.owner, job.model)
@@ -220,7 +220,7 @@ class Worker:
             assert job is not None
             if job.status != "running":
                 return
-            name = fine_tuned_name(job, self.spec.organization)
+            name = fine_tuned_name(job, self.spec)
             final = {k: run.manifest.metrics[k] for k in ("full_valid_loss", "full_valid_mean_token_accuracy")
                      if k in run.manifest.metrics}  # OpenAI reports full_valid_* on the last checkpoint
             for checkpoint in list(job.checkpoints):  # servable folders for the checkpoints the Trainer kept
@@ -324,7 +324,14 @@ def _reporter(worker: Worker, job_id: str, beat: _Heartbeat) -> Any:
             self.pausing = False
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
-            metrics = {names[k]: float(v) for k, v in (logs or {}).items() if k in names}
+            logs = logs or {}
+            if "full_valid_loss" in logs:  # the closing pass over all of validation (TRL names its accuracy eval_*)
+                metrics = {"full_valid_loss": float(logs["full_valid_loss"])}
+                accuracy = logs.get("full_valid_mean_token_accuracy", logs.get("eval_mean_token_accuracy"))
+                if accuracy is not None:
+                    metrics["full_valid_mean_token_accuracy"] = float(accuracy)
+            else:
+                metrics = {names[k]: float(v) for k, v in logs.items() if k in names}
             if not metrics:
                 return
             self.latest.update(metrics)
@@ -352,7 +359,7 @@ def _reporter(worker: Worker, job_id: str, beat: _Heartbeat) -> Any:
             with worker.store.session() as s:
                 job = s.get(Job, job_id)
                 assert job is not None
-                name = f"{fine_tuned_name(job, worker.spec.organization)}:ckpt-step-{step}"
+                name = f"{fine_tuned_name(job, worker.spec)}:ckpt-step-{step}"
                 existing = s.scalar(select(JobCheckpoint).where(JobCheckpoint.job_id == job_id, JobCheckpoint.step_number == step))
                 if existing is None:
                     s.add(JobCheckpoint(id=p.new_id(p.CHECKPOINT_PREFIX), job_id=job_id, created_at=now(), step_number=step,
