@@ -130,6 +130,9 @@ def test_upload_is_stored_under_a_server_id(client: openai.OpenAI, training_file
                                     expires_after={"anchor": "created_at", "seconds": 3600})
     assert temporary.expires_at == temporary.created_at + 3600 and temporary.filename == "passwd.jsonl"
     assert client.files.delete(temporary.id).deleted
+    big = client.files.create(file=("big.jsonl", data * (3_000_000 // len(data) + 1)), purpose="fine-tune")
+    assert big.bytes > 3_000_000  # over the 1 MB request-body limit of the model endpoints
+    client.files.delete(big.id)
     with pytest.raises(openai.NotFoundError):
         client.files.retrieve(temporary.id)
     assert client.files.content(training_file).text.splitlines()[0].startswith('{"messages"')

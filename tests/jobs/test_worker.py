@@ -19,7 +19,7 @@ from tunesmith.store.schema import Job
 
 def _job(store: Store, job_id: str, **fields: object) -> None:
     with store.session() as s:
-        s.add(Job(id=job_id, owner="", created_at=int(time.time()), model="m", training_file="file-x", seed=1,
+        s.add(Job(id=job_id, owner="", created_at=int(time.time()), created=time.time(), model="m", training_file="file-x", seed=1,
                   method={"type": "supervised", "supervised": {"hyperparameters": {}}}, result_files=[], **fields))
 
 
@@ -75,3 +75,29 @@ def test_a_job_runs_through_the_service_and_a_worker(store_url: str, tmp_path: P
     assert jobs.resolve_model("owner-a", done.fine_tuned_model) == Path(jobs.jobs_dir / job.id / "run")
     assert jobs.resolve_model("owner-b", done.fine_tuned_model) is None
     assert jobs.get_job("owner-b", job.id).status == 404
+
+
+def test_a_dpo_job_trains_on_openai_preference_lines(tmp_path: Path, tiny_llama: Path) -> None:
+    import json
+
+    from tests.test_train_chat import QA
+
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    spec = JobsSpec(base_models=[str(tiny_llama)], heartbeat_s=0.5)
+    jobs = JobsService(store, spec)
+    lines = [{"input": {"messages": [{"role": "user", "content": q}]},
+              "preferred_output": [{"role": "assistant", "content": a}],
+              "non_preferred_output": [{"role": "assistant", "content": QA[(i + 1) % len(QA)][1]}]}
+             for i, (q, a) in enumerate(QA * 4)]
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    upload = jobs.create_file("", "prefs.jsonl", "fine-tune", io.BytesIO(data))
+    job = jobs.create_job("", jp.JobCreate(model=str(tiny_llama), training_file=upload.id, method={
+        "type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1, "beta": 0.2}}}))
+    Worker(store, spec).run(once=True)
+    done = jobs.get_job("", job.id)
+    assert done.status == "succeeded", done.error
+    assert done.method.type == "dpo" and done.method.dpo.hyperparameters.beta == 0.2
+    from tunesmith.artifacts import Run
+
+    run = Run(jobs.jobs_dir / job.id / "run")
+    assert run.manifest.task == "preference" and run.config.train.dpo_beta == 0.2

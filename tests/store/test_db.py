@@ -43,7 +43,7 @@ def test_stores_opened_together_migrate_once(store_url: str) -> None:
 def test_rows_round_trip_and_events_go_with_their_job(store_url: str) -> None:
     store = Store(store_url)
     with store.session() as s:
-        job = Job(id="ftjob-1", owner="", created_at=1, model="m", training_file="file-1", seed=3, status="queued",
+        job = Job(id="ftjob-1", owner="", created_at=1, created=1.0, model="m", training_file="file-1", seed=3, status="queued",
                   method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": "auto"}}},
                   job_metadata={"team": "a"})
         job.events.append(JobEvent(id="ftevent-1", created_at=1, level="info", type="message", message="hi"))

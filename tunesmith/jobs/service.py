@@ -41,6 +41,12 @@ def now() -> int:
     return int(time.time())
 
 
+def stamps() -> dict[str, Any]:
+    """created_at (OpenAI's whole seconds) and created (the same moment to the microsecond, for ordering)."""
+    t = time.time()
+    return {"created_at": int(t), "created": t}
+
+
 def _not_found(what: str, ident: str, param: str | None = None) -> ApiError:
     return ApiError(404, f"No such {what}: '{ident}'", "invalid_request_error", param=param, code=f"{what.replace(' ', '_')}_not_found")
 
@@ -86,7 +92,7 @@ class JobsService:
                 out.write(chunk)
         partial.replace(target)
         row = StoredFile(id=file_id, owner=owner, purpose=purpose, filename=Path(filename or "upload").name[:512],
-                         bytes=size, created_at=now(), expires_at=expires_at, status="processed",
+                         bytes=size, **stamps(), expires_at=expires_at, status="processed",
                          sha256=digest.hexdigest())
         with self.store.session() as s:
             s.add(row)
@@ -163,7 +169,7 @@ class JobsService:
                     return ApiError(400, f"invalid {param}: file '{file_id}' has purpose '{row.purpose}', not fine-tune",
                                     param=param, code="invalid_file_purpose")
             job_id = p.new_id(p.JOB_PREFIX)
-            job = Job(id=job_id, owner=owner, created_at=now(), model=req.model, training_file=req.training_file,
+            job = Job(id=job_id, owner=owner, **stamps(), model=req.model, training_file=req.training_file,
                       validation_file=req.validation_file, suffix=req.suffix,
                       seed=req.seed if req.seed is not None else int.from_bytes(hashlib.sha256(job_id.encode()).digest()[:4]) >> 1,
                       status="validating_files", method={"type": method_type, method_type: {"hyperparameters": hyper}},
@@ -347,17 +353,17 @@ def _checkpoint(c: JobCheckpoint) -> p.FineTuningJobCheckpoint:
 
 def _after(s: Session, stmt: Select[Any], model: type[Row], after: str | None, limit: int,
            descending: bool) -> list[Row] | ApiError:
-    """limit + 1 rows of `stmt` strictly after the row `after`, ordered by (created_at, id)."""
+    """limit + 1 rows of `stmt` strictly after the row `after`, in creation order (newest first when descending)."""
     if not 1 <= limit <= 10_000:
         return ApiError(400, "limit must be between 1 and 10000", param="limit")
-    key = (model.created_at, model.id)  # type: ignore[attr-defined]
+    created, ident = model.created, model.id  # type: ignore[attr-defined]
     if after:
         cursor = s.get(model, after)
         if cursor is None:
             return _not_found(model.__tablename__.rstrip("s"), after, "after")
         if descending:
-            stmt = stmt.where((key[0] < cursor.created_at) | ((key[0] == cursor.created_at) & (key[1] < cursor.id)))  # type: ignore[attr-defined]
+            stmt = stmt.where((created < cursor.created) | ((created == cursor.created) & (ident < cursor.id)))
         else:
-            stmt = stmt.where((key[0] > cursor.created_at) | ((key[0] == cursor.created_at) & (key[1] > cursor.id)))  # type: ignore[attr-defined]
-    order = [k.desc() for k in key] if descending else list(key)
+            stmt = stmt.where((created > cursor.created) | ((created == cursor.created) & (ident > cursor.id)))
+    order = [created.desc(), ident.desc()] if descending else [created, ident]
     return list(s.scalars(stmt.order_by(*order).limit(limit + 1)))

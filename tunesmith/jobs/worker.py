@@ -24,7 +24,7 @@ from sqlalchemy import or_, select, update
 from tunesmith.artifacts import MODEL_DIR, RUN_CONFIG, RUN_MANIFEST, STEP_METRICS, Run, latest_checkpoint
 from tunesmith.config import JobsSpec, ProjectConfig, parse_config
 from tunesmith.jobs import protocol as p
-from tunesmith.jobs.service import RESULTS_PURPOSE, add_event, now
+from tunesmith.jobs.service import RESULTS_PURPOSE, add_event, now, stamps
 from tunesmith.store.db import Store
 from tunesmith.store.schema import Job, JobCheckpoint, StoredFile
 
@@ -62,7 +62,7 @@ class Worker:
             (Job.status == "running") & (Job.heartbeat_at < stale),
         )
         with self.store.session() as s:
-            candidates = select(Job.id).where(available).order_by(Job.created_at).limit(5)
+            candidates = select(Job.id).where(available).order_by(Job.created).limit(5)
             if self.store.dialect == "postgresql":
                 candidates = candidates.with_for_update(skip_locked=True)
             for job_id in s.scalars(candidates).all():
@@ -248,7 +248,7 @@ class Worker:
         data = source.read_bytes() if source.is_file() else b"step,train_loss\n"
         (self.files_dir / file_id).write_bytes(data)
         s.add(StoredFile(id=file_id, owner=job.owner, purpose=RESULTS_PURPOSE, filename=f"{job.id}-results.csv",
-                         bytes=len(data), created_at=now(), expires_at=None, status="processed",
+                         bytes=len(data), **stamps(), expires_at=None, status="processed",
                          sha256=hashlib.sha256(data).hexdigest()))
         return file_id
 

@@ -47,7 +47,8 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
         started = time.perf_counter()
         endpoint = request.url.path
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > spec.max_body_bytes:
+        upload = endpoint == "/v1/files" and request.method == "POST"  # limited by --max-file-mb while it streams
+        if length and length.isdigit() and int(length) > spec.max_body_bytes and not upload:
             response: Response = _error(ServiceError(413, f"request body of {length} bytes is over the limit of "
                                                           f"{spec.max_body_bytes}", code="request_too_large"))
         else:

@@ -31,7 +31,8 @@ class StoredFile(Base):
     purpose: Mapped[str] = mapped_column(String(32))
     filename: Mapped[str] = mapped_column(String(512))  # as uploaded; never used as a path
     bytes: Mapped[int] = mapped_column(BigInteger)
-    created_at: Mapped[int] = mapped_column(Integer, index=True)
+    created_at: Mapped[int] = mapped_column(Integer)
+    created: Mapped[float] = mapped_column(Float, index=True)  # created_at to the microsecond: list order and cursors
     expires_at: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="processed")
     sha256: Mapped[str] = mapped_column(String(64))
@@ -44,7 +45,8 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64), index=True)
-    created_at: Mapped[int] = mapped_column(Integer, index=True)
+    created_at: Mapped[int] = mapped_column(Integer)
+    created: Mapped[float] = mapped_column(Float, index=True)  # created_at to the microsecond: list order and cursors
     model: Mapped[str] = mapped_column(String(256))
     training_file: Mapped[str] = mapped_column(String(64))
     validation_file: Mapped[str | None] = mapped_column(String(64))

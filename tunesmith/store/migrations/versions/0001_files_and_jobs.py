@@ -26,19 +26,21 @@ def upgrade() -> None:
     sa.Column('filename', sa.String(length=512), nullable=False),
     sa.Column('bytes', sa.BigInteger(), nullable=False),
     sa.Column('created_at', sa.Integer(), nullable=False),
+    sa.Column('created', sa.Float(), nullable=False),
     sa.Column('expires_at', sa.Integer(), nullable=True),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('sha256', sa.String(length=64), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('files', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_files_created_at'), ['created_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_files_created'), ['created'], unique=False)
         batch_op.create_index(batch_op.f('ix_files_owner'), ['owner'], unique=False)
 
     op.create_table('jobs',
     sa.Column('id', sa.String(length=64), nullable=False),
     sa.Column('owner', sa.String(length=64), nullable=False),
     sa.Column('created_at', sa.Integer(), nullable=False),
+    sa.Column('created', sa.Float(), nullable=False),
     sa.Column('model', sa.String(length=256), nullable=False),
     sa.Column('training_file', sa.String(length=64), nullable=False),
     sa.Column('validation_file', sa.String(length=64), nullable=True),
@@ -62,7 +64,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('jobs', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_jobs_created_at'), ['created_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_jobs_created'), ['created'], unique=False)
         batch_op.create_index(batch_op.f('ix_jobs_fine_tuned_model'), ['fine_tuned_model'], unique=False)
         batch_op.create_index(batch_op.f('ix_jobs_owner'), ['owner'], unique=False)
         batch_op.create_index(batch_op.f('ix_jobs_status'), ['status'], unique=False)
@@ -112,11 +114,11 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_jobs_status'))
         batch_op.drop_index(batch_op.f('ix_jobs_owner'))
         batch_op.drop_index(batch_op.f('ix_jobs_fine_tuned_model'))
-        batch_op.drop_index(batch_op.f('ix_jobs_created_at'))
+        batch_op.drop_index(batch_op.f('ix_jobs_created'))
 
     op.drop_table('jobs')
     with op.batch_alter_table('files', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_files_owner'))
-        batch_op.drop_index(batch_op.f('ix_files_created_at'))
+        batch_op.drop_index(batch_op.f('ix_files_created'))
 
     op.drop_table('files')

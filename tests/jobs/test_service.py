@@ -1,0 +1,64 @@
+"""The files and jobs service over the store, without HTTP (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+from tunesmith.config import JobsSpec
+from tunesmith.errors import ApiError
+from tunesmith.jobs import protocol as jp
+from tunesmith.jobs.service import JobsService
+from tunesmith.store.db import Store
+from tunesmith.store.schema import StoredFile
+
+
+def service(store_url: str, tmp_path: Path, **spec: object) -> JobsService:
+    jobs = JobsService(Store(store_url), JobsSpec(base_models=["base", "gpt-4o-mini=base"], **spec))
+    jobs.files_dir = tmp_path / "files"
+    return jobs
+
+
+def test_uploads_are_limited_streamed_and_listed_page_by_page(store_url: str, tmp_path: Path) -> None:
+    jobs = service(store_url, tmp_path, max_file_bytes=1000)
+    too_big = jobs.create_file("a", "big.jsonl", "fine-tune", io.BytesIO(b"x" * 1001))
+    assert isinstance(too_big, ApiError) and too_big.status == 413 and not list(jobs.files_dir.iterdir())
+    assert isinstance(jobs.create_file("a", "x.txt", "assistants", io.BytesIO(b"{}")), ApiError)
+    ids = [jobs.create_file("a", f"f{i}.jsonl", "fine-tune", io.BytesIO(b"{}\n")).id for i in range(5)]
+    first = jobs.list_files("a", limit=2)
+    assert [f.id for f in first.data] == ids[::-1][:2] and first.has_more and first.last_id == ids[3]
+    rest = jobs.list_files("a", after=first.last_id, limit=10)
+    assert [f.id for f in rest.data] == ids[::-1][2:] and not rest.has_more
+    assert [f.id for f in jobs.list_files("a", order="asc").data] == ids
+    assert jobs.list_files("b").data == []
+
+
+def test_an_expired_file_is_gone(store_url: str, tmp_path: Path) -> None:
+    jobs = service(store_url, tmp_path)
+    f = jobs.create_file("a", "t.jsonl", "fine-tune", io.BytesIO(b"{}\n"), {"anchor": "created_at", "seconds": 3600})
+    with jobs.store.session() as s:
+        s.get(StoredFile, f.id).expires_at = int(time.time()) - 1
+    assert isinstance(jobs.get_file("a", f.id), ApiError) and not (jobs.files_dir / f.id).exists()
+    bad = jobs.create_file("a", "t.jsonl", "fine-tune", io.BytesIO(b"{}\n"), {"anchor": "created_at", "seconds": 5})
+    assert isinstance(bad, ApiError) and bad.param == "expires_after"
+
+
+def test_job_states_follow_openai_s_rules(store_url: str, tmp_path: Path) -> None:
+    jobs = service(store_url, tmp_path)
+    f = jobs.create_file("a", "t.jsonl", "fine-tune", io.BytesIO(b"{}\n"))
+    job = jobs.create_job("a", jp.JobCreate(model="gpt-4o-mini", training_file=f.id))  # an alias of "base"
+    assert job.status == "validating_files" and job.model == "gpt-4o-mini"
+    assert jobs.pause_job("a", job.id).status == "paused"
+    assert jobs.resume_job("a", job.id).status == "queued"
+    assert jobs.cancel_job("a", job.id).status == "cancelled"
+    again = jobs.cancel_job("a", job.id)
+    assert isinstance(again, ApiError) and again.code == "invalid_job_status"
+    assert isinstance(jobs.get_job("b", job.id), ApiError)
+    messages = [e.message for e in reversed(jobs.list_events("a", job.id).data)]
+    assert messages == [f"Created fine-tuning job: {job.id}", "Fine-tuning job paused", "Fine-tuning job resumed",
+                        "Fine-tuning job cancelled"]
+    unknown = jobs.create_job("a", jp.JobCreate(model="gpt-5", training_file=f.id))
+    assert isinstance(unknown, ApiError) and unknown.code == "model_not_available"
+    other = jobs.create_job("b", jp.JobCreate(model="base", training_file=f.id))  # another key's file
+    assert isinstance(other, ApiError) and other.param == "training_file"
