@@ -16,7 +16,7 @@ LAYERS: list[set[str]] = [
     {"", "errors"},
     {"config"},
     {"artifacts", "html_report", "store"},
-    {"model_card"},
+    {"model_card", "registry"},
     {"tasks"},
     {"models"},
     {"data", "inference"},

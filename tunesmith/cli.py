@@ -378,6 +378,7 @@ def serve_cmd(
     workers: Annotated[int, typer.Option("--workers", min=0, help="Training workers started beside the server (processes running `tunesmith worker`).")] = 0,
     base_model: Annotated[list[str] | None, typer.Option("--base-model", help="A base model fine-tuning jobs may use (repeatable); default: smollm2-135m.")] = None,
     max_file_mb: Annotated[float | None, typer.Option("--max-file-mb", help="Largest upload accepted by POST /v1/files, in MB (default 512, OpenAI's).")] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", help="Serve this registry model's production version, following promotions and rollbacks (repeatable).")] = None,
 ) -> None:
     """Serve runs over HTTP: /v1/predict, OpenAI-compatible /v1/chat/completions, /v1/completions, /v1/models,
     and OpenAI's files and fine-tuning jobs API (with --db, or when no RUN is given)."""
@@ -396,8 +397,8 @@ def serve_cmd(
 
         raise ConfigError(f"serve: {err}") from None
     jobs = _jobs_spec(db, base_model, max_file_bytes=int(max_file_mb * 1024**2) if max_file_mb else None) \
-        if db or workers or not runs else None
-    serve(runs or [], spec, jobs=jobs, workers=workers)
+        if db or workers or not (runs or model) else None
+    serve(runs or [], spec, jobs=jobs, workers=workers, registry_models=list(model or []), db=db)
 
 
 def _jobs_spec(db: str | None, base_models: list[str] | None, **timing: float | int | None) -> Any:
@@ -412,10 +413,82 @@ def _jobs_spec(db: str | None, base_models: list[str] | None, **timing: float | 
         raise ConfigError(f"jobs: {err}") from None
 
 
-# -- fine-tuning jobs -------------------------------------------------------------------------------
+# -- model registry ---------------------------------------------------------------------------------
 
 DbOption = Annotated[str | None, typer.Option("--db", envvar="TUNESMITH_DB", help="Store URL (default: the SQLite file in TUNESMITH_HOME).")]
 
+registry_app = typer.Typer(help="Named models and their versions (run folders): candidate, production, archived.",
+                           epilog=EPILOG, no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+def _registry(db: str | None) -> Any:
+    from tunesmith.registry.service import Registry
+    from tunesmith.store.db import Store
+
+    return Registry(Store(db))
+
+
+def _print_versions(versions: list[Any], title: str) -> None:
+    table = Table(title=title)
+    for col in ("model", "version", "stage", "task", "metrics", "run"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("model", "version", "stage"))
+    for v in versions:
+        metrics = ", ".join(f"{k} {x:.4f}" for k, x in list(v.metrics.items())[:3] if isinstance(x, int | float))
+        table.add_row(v.model, str(v.version), v.stage, v.task, metrics, v.run)
+    out.print(table)
+
+
+@registry_app.command("add", epilog=EPILOG)
+def registry_add(
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="A finished run folder (or an export of one).")],
+    model: Annotated[str, typer.Option("--model", help="The registry model it becomes a version of (created on first use).")],
+    stage: Annotated[str, typer.Option("--stage", help="candidate (default), production or archived.")] = "candidate",
+    db: DbOption = None,
+) -> None:
+    """Register a run folder as the next version of a named model."""
+    v = _registry(db).add(run, model, stage=stage)  # type: ignore[arg-type]
+    out.print(f"registered {run} as '{v.model}' version {v.version} ({v.stage})", highlight=False)
+
+
+@registry_app.command("list", epilog=EPILOG)
+def registry_list(model: Annotated[str | None, typer.Option("--model", help="Only this model.")] = None,
+                  db: DbOption = None) -> None:
+    """Every registered version (or one model's)."""
+    _print_versions(_registry(db).versions(model), "registry")
+
+
+@registry_app.command("show", epilog=EPILOG)
+def registry_show(model: Annotated[str, typer.Argument(metavar="MODEL")], db: DbOption = None) -> None:
+    """A model's versions, lineage and the history of its stages."""
+    import datetime as dt
+
+    registry = _registry(db)
+    versions = registry.versions(model)
+    _print_versions(versions, model)
+    for v in versions:
+        out.print(f"v{v.version} lineage: {json.dumps(v.lineage)}", markup=False, highlight=False)
+    for e in registry.events(model):
+        when = dt.datetime.fromtimestamp(e.created_at, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        out.print(f"{when} {e.action:8} v{e.version}: {e.from_stage or '-'} -> {e.to_stage}", markup=False, highlight=False)
+
+
+@registry_app.command("promote", epilog=EPILOG)
+def registry_promote(model: Annotated[str, typer.Argument(metavar="MODEL")],
+                     version: Annotated[int, typer.Argument(metavar="VERSION")], db: DbOption = None) -> None:
+    """Put a version in production (the one there before is archived); `serve --model` follows within seconds."""
+    v = _registry(db).promote(model, version)
+    out.print(f"'{model}' version {v.version} is in production", highlight=False)
+
+
+@registry_app.command("rollback", epilog=EPILOG)
+def registry_rollback(model: Annotated[str, typer.Argument(metavar="MODEL")], db: DbOption = None) -> None:
+    """Put the version that was in production before the latest promotion back in production."""
+    v = _registry(db).rollback(model)
+    out.print(f"'{model}' rolled back: version {v.version} is in production", highlight=False)
+
+
+# -- fine-tuning jobs -------------------------------------------------------------------------------
 
 @app.command("worker", epilog=EPILOG)
 def worker_cmd(

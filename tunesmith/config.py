@@ -392,6 +392,7 @@ class ServeSpec(Spec):
     max_texts_per_request: int = Field(256, ge=1)  # /v1/predict batch limit
     max_text_chars: int = Field(20_000, ge=1)  # one text; the model truncates at its max_length anyway
     max_tokens: int = Field(512, ge=1)  # cap on generated tokens per chat/completion request
+    registry_poll_s: float = Field(1.0, gt=0)  # `serve --model`: how often the store is asked what is in production
 
 
 class JobsSpec(Spec):

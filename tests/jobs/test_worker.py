@@ -101,3 +101,19 @@ def test_a_dpo_job_trains_on_openai_preference_lines(tmp_path: Path, tiny_llama:
 
     run = Run(jobs.jobs_dir / job.id / "run")
     assert run.manifest.task == "preference" and run.config.train.dpo_beta == 0.2
+
+
+def test_a_succeeded_job_is_registered_with_its_lineage(tmp_path: Path, tiny_llama: Path) -> None:
+    from tunesmith.registry.service import Registry
+
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    spec = JobsSpec(base_models=[str(tiny_llama)], heartbeat_s=0.5)
+    jobs = JobsService(store, spec)
+    upload = jobs.create_file("", "train.jsonl", "fine-tune", io.BytesIO(chat_file(tmp_path / "t.jsonl", 20).read_bytes()))
+    job = jobs.create_job("", jp.JobCreate(model=str(tiny_llama), training_file=upload.id, suffix="support",
+                                           hyperparameters={"n_epochs": 1}))
+    Worker(store, spec).run(once=True)
+    done = jobs.get_job("", job.id)
+    [version] = Registry(store).versions("support")
+    assert version.stage == "candidate" and version.run == str((jobs.jobs_dir / job.id / "run").resolve())
+    assert version.lineage["job"] == job.id and version.lineage["fine_tuned_model"] == done.fine_tuned_model

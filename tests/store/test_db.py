@@ -8,13 +8,15 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select
 
-from tunesmith.store.db import Store
+from tunesmith.store.db import Store, head_revision
 from tunesmith.store.schema import Base, Job, JobEvent
+
+HEAD = head_revision()
 
 
 def test_a_new_store_is_migrated_to_the_declared_schema(store_url: str) -> None:
     store = Store(store_url)
-    assert store.revision() == "0001"
+    assert store.revision() == HEAD
     assert {"files", "jobs", "job_events", "job_checkpoints"} <= set(inspect(store.engine).get_table_names())
     with store.engine.connect() as connection:  # the migrations build exactly what schema.py declares
         diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata)
@@ -37,7 +39,7 @@ def test_stores_opened_together_migrate_once(store_url: str) -> None:
     for t in threads:
         t.join()
     assert not errors
-    assert Store(store_url).revision() == "0001"
+    assert Store(store_url).revision() == HEAD
 
 
 def test_rows_round_trip_and_events_go_with_their_job(store_url: str) -> None:
@@ -58,3 +60,21 @@ def test_rows_round_trip_and_events_go_with_their_job(store_url: str) -> None:
     with store.session() as s:
         assert s.scalars(select(JobEvent)).all() == []
     store.close()
+
+
+def test_a_store_made_by_an_older_tunesmith_opens_in_this_one(store_url: str) -> None:
+    """The first store (files and jobs only, migration 0001) with a job in it: opening it migrates to the
+    newest schema and keeps the job."""
+    old = Store(store_url, migrate=False)
+    old.migrate("0001")
+    assert old.revision() == "0001" and "model_versions" not in inspect(old.engine).get_table_names()
+    with old.session() as s:
+        s.add(Job(id="ftjob-old", owner="", created_at=1, created=1.0, model="m", training_file="file-1", seed=3,
+                  status="succeeded", method={"type": "supervised", "supervised": {"hyperparameters": {}}}, result_files=[]))
+    old.close()
+    new = Store(store_url)
+    assert new.revision() == HEAD != "0001"
+    assert "model_versions" in inspect(new.engine).get_table_names()
+    with new.session() as s:
+        assert s.get(Job, "ftjob-old").status == "succeeded"
+    new.close()

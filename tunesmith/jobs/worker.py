@@ -239,6 +239,13 @@ class Worker:
             job.fine_tuned_model, job.status, job.finished_at, job.estimated_finish = name, "succeeded", now(), None
             add_event(s, job, f"New fine-tuned model created: {name}")
             add_event(s, job, "The job has successfully completed")
+            registered, lineage = job.suffix or job.id, {"job": job.id, "fine_tuned_model": name,
+                                                         "training_file": job.training_file}
+            owner = job.owner
+        # A registry version like any run (after the job's transaction: SQLite has one writer at a time).
+        from tunesmith.registry.service import Registry
+
+        Registry(self.store).add(run_dir, registered, lineage=lineage, owner=owner)
 
     def _results_file(self, s: Any, job: Job, run_dir: Path) -> str:
         """OpenAI's result file: the step metrics as CSV, downloadable with files.content."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,7 +18,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunesmith import __version__
 from tunesmith.config import ServeSpec
+from tunesmith.errors import ConfigError
 from tunesmith.jobs.service import owner_of
+from tunesmith.registry.service import NotRegistered, Registry
 from tunesmith.serve import protocol as p
 from tunesmith.serve.service import Service, ServiceError
 
@@ -31,7 +36,14 @@ def _key_matches(given: str, keys: list[str]) -> bool:
 
 
 def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = lambda: True) -> FastAPI:
-    app = FastAPI(title="tunesmith", version=__version__,
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        follow = asyncio.create_task(service.follow_registry(spec.registry_poll_s)) if service.followed else None
+        yield
+        if follow is not None:
+            follow.cancel()
+
+    app = FastAPI(title="tunesmith", version=__version__, lifespan=lifespan,
                   description="Fine-tuned models from tunesmith run folders: /v1/predict for classifiers and "
                               "regressors, OpenAI-compatible /v1/chat/completions, /v1/completions and /v1/models.")
     metrics = service.metrics
@@ -168,7 +180,38 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
         from tunesmith.serve.jobs_api import add_jobs_routes
 
         add_jobs_routes(app, service, model_auth, _error)
+    if service.registry is not None:
+        add_registry_routes(app, service.registry, admin_auth, _error)
     return app
+
+
+class Promotion(BaseModel):
+    version: int
+
+
+def add_registry_routes(app: FastAPI, registry: Registry, admin: Callable[[Request], Awaitable[None]],
+                        error: Callable[[ServiceError], JSONResponse]) -> None:
+    """The registry over HTTP, admin key only: what `tunesmith registry` does, for remote operators."""
+
+    def run(action: Callable[[], Any]) -> Response:
+        try:
+            result = action()
+        except ConfigError as err:
+            status = 404 if isinstance(err, NotRegistered) else 400
+            return error(ServiceError(status, str(err), code="registry_error"))
+        return JSONResponse(result.model_dump() if isinstance(result, BaseModel) else [r.model_dump() for r in result])
+
+    @app.get("/admin/registry", tags=["admin"], dependencies=[Depends(admin)])
+    async def versions(model: str | None = None) -> Response:
+        return run(lambda: registry.versions(model))
+
+    @app.post("/admin/registry/{model}/promote", tags=["admin"], dependencies=[Depends(admin)])
+    async def promote(model: str, body: Promotion) -> Response:
+        return run(lambda: registry.promote(model, body.version))
+
+    @app.post("/admin/registry/{model}/rollback", tags=["admin"], dependencies=[Depends(admin)])
+    async def rollback(model: str) -> Response:
+        return run(lambda: registry.rollback(model))
 
 
 class _AuthError(Exception):

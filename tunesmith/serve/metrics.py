@@ -23,6 +23,8 @@ class Metrics:
         self.generated_tokens = Counter("tunesmith_generated_tokens", "Tokens generated per model", ["model"], registry=r)
         self.stream_disconnects = Counter("tunesmith_stream_disconnects", "Streams the client left before the end",
                                           ["model"], registry=r)
+        self.registry_errors = Counter("tunesmith_registry_errors", "Production versions that failed to load (the old one stays)",
+                                       ["model"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -50,6 +50,7 @@ class Served:
     aliases: set[str] = field(default_factory=set)
     batch_key: str = ""  # chat models sharing a base share a batcher; this keeps their batches apart
     owner: str | None = None  # a fine-tuning job's model: only this API-key owner sees it; None: everyone
+    registry: tuple[str, str] | None = None  # (registry model, version id) when served as a registry model's production
 
 
 def model_id(run: Run) -> tuple[str, str]:

@@ -19,8 +19,9 @@ def free_port(host: str) -> int:
 
 
 def serve(paths: Sequence[str | Path], spec: ServeSpec, log: bool = True, jobs: JobsSpec | None = None,
-          workers: int = 0) -> None:
-    """Serve the run folders; with `jobs`, also OpenAI's files and fine-tuning API over its store, and
+          workers: int = 0, registry_models: Sequence[str] = (), db: str | None = None) -> None:
+    """Serve the run folders and the production versions of `registry_models` (followed as they are
+    promoted or rolled back); with `jobs`, also OpenAI's files and fine-tuning API over its store, and
     `workers` training processes (`tunesmith worker`) beside the server, stopped with it."""
     import uvicorn
 
@@ -30,16 +31,25 @@ def serve(paths: Sequence[str | Path], spec: ServeSpec, log: bool = True, jobs: 
 
     loader = ModelLoader()
     models = load(paths, loader)
-    jobs_service = None
-    if jobs is not None:
-        from tunesmith.jobs.service import JobsService
+    jobs_service, registry, store = None, None, None
+    if jobs is not None or registry_models:
         from tunesmith.store.db import Store
 
-        store = Store(jobs.db)
+        store = Store(jobs.db if jobs is not None else db)
+    if jobs is not None and store is not None:
+        from tunesmith.jobs.service import JobsService
+
         jobs_service = JobsService(store, jobs)
         if log:
             print(f"fine-tuning API on store {store.url} (base models: {', '.join(jobs.base_models)})", flush=True)
-    service = Service(models, spec, loader=loader, jobs=jobs_service)
+    if store is not None:
+        from tunesmith.registry.service import Registry
+
+        registry = Registry(store)
+    service = Service(models, spec, loader=loader, jobs=jobs_service, registry=registry, followed=registry_models)
+    for name in registry_models:
+        service.add(service.load_production(name))
+    models = service.models
     app = create_app(service, spec)
     port = spec.port or free_port(spec.host)
     children = [_start_worker(jobs, i) for i in range(workers)] if jobs is not None else []

@@ -14,8 +14,9 @@ from typing import Any
 from pydantic import BaseModel
 
 from tunesmith.config import ServeSpec
-from tunesmith.errors import ApiError
+from tunesmith.errors import ApiError, ConfigError
 from tunesmith.jobs.service import JobsService
+from tunesmith.registry.service import Registry
 from tunesmith.serve import protocol as p
 from tunesmith.serve.batching import DynamicBatcher, Overloaded
 from tunesmith.serve.metrics import Metrics
@@ -34,12 +35,16 @@ class Service:
     fine-tuned `ft:` models, loaded on their first request."""
 
     def __init__(self, models: Sequence[Served], spec: ServeSpec, metrics: Metrics | None = None,
-                 loader: ModelLoader | None = None, jobs: JobsService | None = None) -> None:
+                 loader: ModelLoader | None = None, jobs: JobsService | None = None,
+                 registry: Registry | None = None, followed: Sequence[str] = ()) -> None:
         self.models: list[Served] = []
+        self.by_key: dict[str, Served] = {}  # batch key -> model, kept until its batcher drains after a swap
         self.spec = spec
         self.metrics = metrics or Metrics()
         self.loader = loader or ModelLoader()
         self.jobs = jobs
+        self.registry = registry
+        self.followed = list(followed)  # registry model names served as their production version
         # A worker thread per loaded model: batches of one model run in order, models in parallel
         # (room for models a fine-tuning job adds later).
         self.executor = ThreadPoolExecutor(max_workers=max(4, len({m.batch_key for m in models})),
@@ -48,10 +53,15 @@ class Service:
         self.streams: dict[str, int] = {}
         self._loading = asyncio.Lock()
         for m in models:
-            self._add(m)
+            self.add(m)
 
-    def _add(self, m: Served) -> None:
-        self.models.append(m)
+    def add(self, m: Served, replacing: Served | None = None) -> None:
+        """Serve `m`; with `replacing`, in its place in one step, so a request finds either one, never none."""
+        if replacing is not None and replacing in self.models:
+            self.models[self.models.index(replacing)] = m
+        else:
+            self.models.append(m)
+        self.by_key[m.batch_key] = m
         if m.batch_key not in self.batchers:
             self.batchers[m.batch_key] = DynamicBatcher(
                 self._run_sequence if m.kind == "sequence" else self._run_chat,
@@ -96,7 +106,50 @@ class Service:
             return  # find() answers 404
         async with self._loading:  # one load at a time: two first requests must not load it twice
             if not any(m.id == name and m.owner == owner for m in self.models):
-                self._add(await loop.run_in_executor(None, self.loader.load, path, name, owner))
+                self.add(await loop.run_in_executor(None, self.loader.load, path, name, owner))
+
+    # -- the registry: serve what is in production, follow promotions and rollbacks --------------------
+
+    def load_production(self, name: str, replacing: Served | None = None) -> Served:
+        """Load (in the calling thread) the production version of registry model `name`."""
+        assert self.registry is not None
+        version = self.registry.production(name)
+        if version is None:
+            raise ConfigError(f"registry model '{name}' has no version in production; promote one with "
+                              f"`tunesmith registry promote {name} VERSION`")
+        served = self.loader.load(version.run)
+        served.aliases |= {name}
+        served.version = f"{name}-v{version.version}"
+        served.registry = (name, version.id)
+        return served
+
+    async def follow_registry(self, interval_s: float = 1.0) -> None:
+        """Poll the store; when a followed model's production version changes, load the new one beside the old
+        and swap them: requests in flight finish on the old one, new ones go to the new one."""
+        assert self.registry is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval_s)
+            for name in self.followed:
+                current = next((m for m in self.models if m.registry and m.registry[0] == name), None)
+                try:
+                    version = await loop.run_in_executor(None, self.registry.production, name)
+                    if version is None or (current is not None and current.registry == (name, version.id)):
+                        continue
+                    fresh = await loop.run_in_executor(None, self.load_production, name)
+                except Exception as err:  # noqa: BLE001 - a bad new version must not take the served one down
+                    self.metrics.registry_errors.labels(name).inc()
+                    print(f"registry: could not load the production version of '{name}': {err}", flush=True)
+                    continue
+                self.add(fresh, replacing=current)
+                self._retire()
+                print(f"registry: now serving {fresh.version} of '{name}' ({fresh.run})", flush=True)
+
+    def _retire(self) -> None:
+        """Forget swapped-out models whose batchers have nothing left to run."""
+        live = {m.batch_key for m in self.models}
+        for key in [k for k in self.by_key if k not in live and self.batchers[k].depth == 0]:
+            del self.by_key[key]
 
     def unload(self, name: str, owner: str = "") -> None:
         """Stop answering as a deleted fine-tuned model (its adapter leaves the shared base)."""
@@ -129,7 +182,7 @@ class Service:
     # -- classification / regression -----------------------------------------------------------------
 
     def _run_sequence(self, key: str, payloads: Sequence[list[str]]) -> list[list[dict[str, Any]]]:
-        model = next(m for m in self.models if m.batch_key == key)
+        model = self.by_key[key]
         texts = [t for batch in payloads for t in batch]
         results = model.engine.predict(texts)
         out, start = [], 0
@@ -179,7 +232,7 @@ class Service:
 
     def _run_chat(self, key: tuple[Any, ...], payloads: Sequence[str]) -> list[Any]:
         model_id, params = key[0], dict(key[1])
-        model = next(m for m in self.models if m.id == model_id)
+        model = next(m for m in self.by_key.values() if m.id == model_id)
         return model.engine.generate(list(payloads), **params)
 
     def _params(self, req: p.SamplingParams, model: Served, prompt_tokens: int, max_tokens: int | None

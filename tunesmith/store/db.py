@@ -74,18 +74,17 @@ class Store:
         with self._sessions.begin() as session:
             yield session
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest migration (a no-op when it is there)."""
+    def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to the newest migration (a no-op when it is there); `revision`: stop earlier (tests
+        build an older store this way)."""
         from alembic import command
-        from alembic.config import Config
 
-        config = Config()
-        config.set_main_option("script_location", str(MIGRATIONS))
+        config = _alembic_config()
         with self._migration_lock(), self.engine.begin() as connection:
             if self.dialect == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
             config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+            command.upgrade(config, revision)
 
     @contextmanager
     def _migration_lock(self) -> Iterator[None]:
@@ -108,6 +107,21 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _alembic_config() -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+def head_revision() -> str:
+    """The newest migration this tunesmith knows."""
+    from alembic.script import ScriptDirectory
+
+    return str(ScriptDirectory.from_config(_alembic_config()).get_current_head())
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

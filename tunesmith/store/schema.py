@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -105,3 +105,56 @@ class JobCheckpoint(Base):
     path: Mapped[str] = mapped_column(Text)
 
     job: Mapped[Job] = relationship(back_populates="checkpoints")
+
+
+class RegisteredModel(Base):
+    """A named model (`reviews`) whose versions are run folders; one version at most is in production."""
+
+    __tablename__ = "registered_models"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True, default="")
+    created_at: Mapped[int] = mapped_column(Integer)
+    description: Mapped[str] = mapped_column(Text, default="")
+
+    versions: Mapped[list[ModelVersion]] = relationship(back_populates="registered", cascade="all, delete-orphan",
+                                                        order_by="ModelVersion.version")
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        UniqueConstraint("model", "version", name="uq_model_versions_model_version"),
+        # The store itself keeps "one production version per model", whatever process promotes.
+        Index("uq_model_versions_one_production", "model", unique=True,
+              sqlite_where=text("stage = 'production'"), postgresql_where=text("stage = 'production'")),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(ForeignKey("registered_models.name", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer)
+    stage: Mapped[str] = mapped_column(String(16))  # candidate | production | archived
+    run_path: Mapped[str] = mapped_column(Text)
+    task: Mapped[str] = mapped_column(String(64))
+    base_model: Mapped[str] = mapped_column(Text)
+    metrics: Mapped[dict[str, Any]] = mapped_column()
+    dataset_fingerprint: Mapped[str] = mapped_column(String(64))
+    lineage: Mapped[dict[str, Any]] = mapped_column()  # where it came from: run, dataset, job, base model
+    created_at: Mapped[int] = mapped_column(Integer)
+    stage_changed_at: Mapped[int] = mapped_column(Integer)
+
+    registered: Mapped[RegisteredModel] = relationship(back_populates="versions")
+
+
+class RegistryEvent(Base):
+    """Every registration and stage change, in order: the audit trail, and what rollback reads."""
+
+    __tablename__ = "registry_events"
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True)
+    model: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(16))  # register | promote | rollback | archive
+    from_stage: Mapped[str | None] = mapped_column(String(16))
+    to_stage: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[int] = mapped_column(Integer)

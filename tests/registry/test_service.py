@@ -1,0 +1,81 @@
+"""The registry over the store (SQLite and PostgreSQL): versions, one production at a time, rollback."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from tunesmith.artifacts import RunManifest
+from tunesmith.errors import ConfigError
+from tunesmith.registry.service import Registry
+from tunesmith.store.db import Store
+
+
+def fake_run(folder: Path, accuracy: float) -> Path:
+    """A run folder as far as the registry reads it: run.json."""
+    folder.mkdir(parents=True)
+    manifest = RunManifest(name=folder.name, task="single_label_classification", description="", created_at="2026-12-01",
+                           tunesmith_version="0", base_model="minilm", base_model_path="/m", method="full", adapter=False,
+                           labels=["a", "b"], max_length=32, dataset="/d", dataset_fingerprint="f" * 64,
+                           parameters={"trainable": 1, "total": 1}, metrics={"accuracy": accuracy})
+    (folder / "run.json").write_text(manifest.model_dump_json())
+    return folder
+
+
+def test_versions_stages_promotion_and_rollback(store_url: str, tmp_path: Path) -> None:
+    registry = Registry(Store(store_url))
+    one = registry.add(fake_run(tmp_path / "r1", 0.8), "reviews")
+    two = registry.add(fake_run(tmp_path / "r2", 0.9), "reviews", lineage={"job": "ftjob-x"})
+    assert (one.version, one.stage, two.version) == (1, "candidate", 2)
+    assert two.metrics == {"accuracy": 0.9} and two.lineage["job"] == "ftjob-x" and two.lineage["dataset"] == "/d"
+    assert registry.production("reviews") is None
+    registry.promote("reviews", 1)
+    registry.promote("reviews", 2)
+    assert registry.production("reviews").version == 2
+    assert {v.version: v.stage for v in registry.versions("reviews")} == {1: "archived", 2: "production"}
+    assert registry.rollback("reviews").version == 1
+    assert {v.version: v.stage for v in registry.versions("reviews")} == {1: "production", 2: "archived"}
+    actions = [(e.action, e.version, e.to_stage) for e in registry.events("reviews")]
+    assert actions[:2] == [("register", 1, "candidate"), ("register", 2, "candidate")]
+    assert ("rollback", 1, "production") in actions
+
+
+def test_bad_requests_are_refused_by_name(store_url: str, tmp_path: Path) -> None:
+    registry = Registry(Store(store_url))
+    run = fake_run(tmp_path / "r1", 0.8)
+    registry.add(run, "reviews")
+    with pytest.raises(ConfigError, match="already version 1"):
+        registry.add(run, "reviews")
+    with pytest.raises(ConfigError, match="not a finished run folder"):
+        registry.add(tmp_path, "reviews")
+    with pytest.raises(ConfigError, match="model name"):
+        registry.add(fake_run(tmp_path / "r2", 0.8), "bad name!")
+    with pytest.raises(ConfigError, match="no version 7"):
+        registry.promote("reviews", 7)
+    with pytest.raises(ConfigError, match="no model 'other'"):
+        registry.promote("other", 1)
+    with pytest.raises(ConfigError, match="nothing to roll back|no version in production"):
+        registry.rollback("reviews")
+
+
+def test_racing_promotions_leave_one_production_version(store_url: str, tmp_path: Path) -> None:
+    store = Store(store_url)
+    registry = Registry(store)
+    for i in range(4):
+        registry.add(fake_run(tmp_path / f"r{i}", 0.5), "reviews")
+    errors: list[Exception] = []
+
+    def promote(version: int) -> None:
+        try:
+            Registry(Store(store_url, migrate=False)).promote("reviews", version)
+        except Exception as err:  # noqa: BLE001 - a refused race is fine; two productions are not
+            errors.append(err)
+
+    threads = [threading.Thread(target=promote, args=(v,)) for v in (1, 2, 3, 4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [v.stage for v in registry.versions("reviews")].count("production") == 1

@@ -1,0 +1,132 @@
+"""`tunesmith serve --model NAME` serves the registry's production version and follows a promotion and a
+rollback without a restart and without dropping a request (counted under load)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.serve.test_server import free_port
+from tests.test_train import project
+from tunesmith.registry.service import Registry
+from tunesmith.store.db import Store
+from tunesmith.training import train
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> tuple[str, Path]:
+    tmp = tmp_path_factory.mktemp("registry")
+    db = f"sqlite:///{tmp / 'store.db'}"
+    registry = Registry(Store(db))
+    for name in ("v1", "v2"):
+        (tmp / name).mkdir()
+        run = train(project(tmp / name, tiny_bert, train_spec={"max_steps": 6}))
+        registry.add(run, "reviews")
+    registry.promote("reviews", 1)
+    return db, tmp
+
+
+@pytest.fixture(scope="module")
+def server(registered: tuple[str, Path]) -> Iterator[str]:
+    db, tmp = registered
+    port = free_port()
+    log = (tmp / "server.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "tunesmith", "serve", "--model", "reviews", "--db", db, "--port", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        assert proc.poll() is None, (tmp / "server.log").read_text()
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+def _cli(db: str, *args: str) -> None:
+    subprocess.run([sys.executable, "-m", "tunesmith", "registry", *args, "--db", db], check=True, capture_output=True)
+
+
+def test_promotion_and_rollback_under_load_drop_nothing(server: str, registered: tuple[str, Path]) -> None:
+    db, _ = registered
+    answers: list[tuple[float, int, str]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=30) as http:
+            while not stop.is_set():
+                r = http.post(f"{server}/v1/predict", json={"model": "reviews", "text": "great wonderful food"})
+                answers.append((time.time(), r.status_code, r.json().get("model_version", "") if r.status_code == 200 else r.text))
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+
+    def wait_for(version: str) -> float:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if answers and answers[-1][2] == version:
+                return time.time()
+            time.sleep(0.05)
+        raise AssertionError(f"never served {version}")
+
+    wait_for("reviews-v1")
+    _cli(db, "promote", "reviews", "2")
+    promoted = wait_for("reviews-v2")
+    time.sleep(1.0)
+    _cli(db, "rollback", "reviews")
+    wait_for("reviews-v1")
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join()
+    statuses = [code for _, code, _ in answers]
+    assert statuses.count(200) == len(statuses) > 100, [a for a in answers if a[1] != 200][:3]
+    versions = [v for _, _, v in answers]
+    assert {"reviews-v1", "reviews-v2"} <= set(versions)
+    settled = [v for t, _, v in answers if promoted + 0.3 < t < promoted + 1.0]
+    assert settled and set(settled) == {"reviews-v2"}  # once swapped, every answer comes from the new version
+    assert versions[-1] == "reviews-v1"
+
+
+def test_a_model_without_production_is_refused_at_start(registered: tuple[str, Path]) -> None:
+    db, tmp = registered
+    registry = Registry(Store(db))
+    registry.add(tmp / "v1" / "run", "other")
+    result = subprocess.run([sys.executable, "-m", "tunesmith", "serve", "--model", "other", "--db", db, "--port", str(free_port())],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "no version in production" in result.stderr
+
+
+def test_the_admin_api_promotes_with_the_admin_key_only(registered: tuple[str, Path]) -> None:
+    from fastapi.testclient import TestClient
+
+    from tunesmith.config import ServeSpec
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.service import Service
+
+    db, _ = registered
+    registry = Registry(Store(db))
+    app = create_app(Service([], ServeSpec(admin_key="adm"), registry=registry), ServeSpec(admin_key="adm"))
+    with TestClient(app) as http:
+        assert http.post("/admin/registry/reviews/promote", json={"version": 2}).status_code == 401
+        ok = http.post("/admin/registry/reviews/promote", json={"version": 2}, headers={"Authorization": "Bearer adm"})
+        assert ok.status_code == 200 and ok.json()["stage"] == "production" and ok.json()["version"] == 2
+        missing = http.post("/admin/registry/reviews/promote", json={"version": 9}, headers={"Authorization": "Bearer adm"})
+        assert missing.status_code == 404 and "no version 9" in missing.json()["error"]["message"]
+        listed = http.get("/admin/registry", params={"model": "reviews"}, headers={"Authorization": "Bearer adm"}).json()
+        assert [v["stage"] for v in listed][:2] == ["archived", "production"]
+        back = http.post("/admin/registry/reviews/rollback", headers={"Authorization": "Bearer adm"}).json()
+        assert back["version"] == 1

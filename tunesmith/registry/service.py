@@ -1,0 +1,193 @@
+"""Registry operations over the store: register, list, promote, roll back. Values or ApiError-free
+exceptions: every refusal is a ConfigError naming the model and version (the CLI and the admin API
+turn it into exit code 2 / HTTP 400)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from tunesmith.artifacts import Run, is_run
+from tunesmith.errors import ConfigError
+from tunesmith.store.db import Store
+from tunesmith.store.schema import ModelVersion, RegisteredModel, RegistryEvent
+
+Stage = Literal["candidate", "production", "archived"]
+STAGES: tuple[Stage, ...] = ("candidate", "production", "archived")
+
+
+class NotRegistered(ConfigError):
+    """The model or version named is not in the registry (HTTP 404 in the admin API)."""
+
+
+class VersionInfo(BaseModel):
+    id: str
+    model: str
+    version: int
+    stage: Stage
+    run: str
+    task: str
+    base_model: str
+    metrics: dict[str, Any]
+    dataset_fingerprint: str
+    lineage: dict[str, Any]
+    created_at: int
+    stage_changed_at: int
+
+
+class EventInfo(BaseModel):
+    model: str
+    version: int
+    action: str
+    from_stage: str | None
+    to_stage: str
+    created_at: int
+
+
+def _info(v: ModelVersion) -> VersionInfo:
+    return VersionInfo(id=v.id, model=v.model, version=v.version, stage=v.stage, run=v.run_path, task=v.task,  # type: ignore[arg-type]
+                       base_model=v.base_model, metrics=v.metrics, dataset_fingerprint=v.dataset_fingerprint,
+                       lineage=v.lineage, created_at=v.created_at, stage_changed_at=v.stage_changed_at)
+
+
+class Registry:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def add(self, run_dir: str | Path, model: str, *, stage: Stage = "candidate",
+            lineage: dict[str, Any] | None = None, owner: str = "") -> VersionInfo:
+        """Register a run folder as the next version of `model` (created on first use)."""
+        if not model or len(model) > 128 or not model.replace("-", "").replace("_", "").replace(".", "").isalnum():
+            raise ConfigError(f"model name '{model}': use letters, digits, '-', '_' or '.' (at most 128 characters)")
+        if stage not in STAGES:
+            raise ConfigError(f"stage '{stage}' is not one of {list(STAGES)}")
+        path = Path(run_dir).resolve()
+        if not is_run(path):
+            raise ConfigError(f"{run_dir} is not a finished run folder (no run.json); register what `tunesmith train`, "
+                              "`tunesmith export` or a fine-tuning job wrote")
+        m = Run(path).manifest
+        now = int(time.time())
+        with self.store.session() as s:
+            registered = s.get(RegisteredModel, model)
+            if registered is None:
+                registered = RegisteredModel(name=model, owner=owner, created_at=now, description=m.description)
+                s.add(registered)
+                s.flush()
+            elif any(v.run_path == str(path) for v in registered.versions):
+                existing = next(v for v in registered.versions if v.run_path == str(path))
+                raise ConfigError(f"{path} is already version {existing.version} of '{model}'")
+            number = (s.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model == model)) or 0) + 1
+            version = ModelVersion(
+                id=f"mv-{secrets.token_hex(8)}", model=model, version=number, stage="candidate", run_path=str(path),
+                task=m.task, base_model=m.base_model, metrics=m.metrics, dataset_fingerprint=m.dataset_fingerprint,
+                lineage={"run": str(path), "dataset": m.dataset, "base_model": m.base_model, "method": m.method,
+                         **(lineage or {})},
+                created_at=now, stage_changed_at=now)
+            s.add(version)
+            s.add(RegistryEvent(model=model, version=number, action="register", from_stage=None, to_stage="candidate",
+                                created_at=now))
+            s.flush()
+            if stage != "candidate":
+                self._set_stage(s, version, stage, "promote" if stage == "production" else "archive")
+            return _info(version)
+
+    def versions(self, model: str | None = None) -> list[VersionInfo]:
+        with self.store.session() as s:
+            stmt = select(ModelVersion).order_by(ModelVersion.model, ModelVersion.version)
+            if model is not None:
+                self._model(s, model)
+                stmt = stmt.where(ModelVersion.model == model)
+            return [_info(v) for v in s.scalars(stmt)]
+
+    def models(self) -> list[str]:
+        with self.store.session() as s:
+            return list(s.scalars(select(RegisteredModel.name).order_by(RegisteredModel.name)))
+
+    def events(self, model: str) -> list[EventInfo]:
+        with self.store.session() as s:
+            self._model(s, model)
+            rows = s.scalars(select(RegistryEvent).where(RegistryEvent.model == model).order_by(RegistryEvent.seq))
+            return [EventInfo(model=e.model, version=e.version, action=e.action, from_stage=e.from_stage,
+                              to_stage=e.to_stage, created_at=e.created_at) for e in rows]
+
+    def version(self, model: str, version: int) -> VersionInfo:
+        with self.store.session() as s:
+            return _info(self._version(s, model, version))
+
+    def production(self, model: str) -> VersionInfo | None:
+        with self.store.session() as s:
+            v = s.scalar(select(ModelVersion).where(ModelVersion.model == model, ModelVersion.stage == "production"))
+            return _info(v) if v else None
+
+    def promote(self, model: str, version: int) -> VersionInfo:
+        """`version` goes to production; the one there before is archived (rollback brings it back)."""
+        with self.store.session() as s:
+            target = self._version(s, model, version, lock=True)
+            if target.stage == "production":
+                raise ConfigError(f"version {version} of '{model}' is already in production")
+            self._set_stage(s, target, "production", "promote")
+            return _info(target)
+
+    def rollback(self, model: str) -> VersionInfo:
+        """Production goes back to the version that was there before the latest promotion."""
+        with self.store.session() as s:
+            self._model(s, model)
+            current = s.scalar(select(ModelVersion).where(ModelVersion.model == model, ModelVersion.stage == "production")
+                               .with_for_update())
+            if current is None:
+                raise ConfigError(f"'{model}' has no version in production to roll back")
+            promotions = [e.version for e in s.scalars(select(RegistryEvent).where(
+                RegistryEvent.model == model, RegistryEvent.to_stage == "production").order_by(RegistryEvent.seq))]
+            earlier = [v for v in promotions if v != current.version]
+            if not earlier:
+                raise ConfigError(f"'{model}' version {current.version} is the only version ever in production; "
+                                  "there is nothing to roll back to")
+            target = self._version(s, model, earlier[-1], lock=True)
+            self._set_stage(s, target, "production", "rollback")
+            return _info(target)
+
+    def archive(self, model: str, version: int) -> VersionInfo:
+        with self.store.session() as s:
+            target = self._version(s, model, version, lock=True)
+            self._set_stage(s, target, "archived", "archive")
+            return _info(target)
+
+    # -- inside a transaction ----------------------------------------------------------------------
+
+    def _model(self, s: Session, model: str) -> RegisteredModel:
+        registered = s.get(RegisteredModel, model)
+        if registered is None:
+            known = list(s.scalars(select(RegisteredModel.name).order_by(RegisteredModel.name)))
+            raise NotRegistered(f"no model '{model}' in the registry (registered: {known or 'none'}); "
+                              f"add one with `tunesmith registry add RUN --model {model}`")
+        return registered
+
+    def _version(self, s: Session, model: str, version: int, lock: bool = False) -> ModelVersion:
+        self._model(s, model)
+        stmt = select(ModelVersion).where(ModelVersion.model == model, ModelVersion.version == version)
+        found = s.scalar(stmt.with_for_update() if lock else stmt)
+        if found is None:
+            numbers = list(s.scalars(select(ModelVersion.version).where(ModelVersion.model == model)))
+            raise NotRegistered(f"'{model}' has no version {version} (versions: {numbers})")
+        return found
+
+    def _set_stage(self, s: Session, version: ModelVersion, stage: Stage, action: str) -> None:
+        now = int(time.time())
+        if stage == "production":  # one at a time: the previous one steps down first (a unique index enforces it)
+            for other in s.scalars(select(ModelVersion).where(ModelVersion.model == version.model,
+                                                              ModelVersion.stage == "production").with_for_update()):
+                if other.id != version.id:
+                    other.stage, other.stage_changed_at = "archived", now
+                    s.add(RegistryEvent(model=other.model, version=other.version, action=action,
+                                        from_stage="production", to_stage="archived", created_at=now))
+            s.flush()
+        before = version.stage
+        version.stage, version.stage_changed_at = stage, now
+        s.add(RegistryEvent(model=version.model, version=version.version, action=action, from_stage=before,
+                            to_stage=stage, created_at=now))
