@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tunesmith"
 LAYERS: list[set[str]] = [
     {"", "errors"},
     {"config"},
-    {"artifacts", "html_report", "store"},
+    {"artifacts", "html_report", "store", "monitor"},
     {"model_card", "registry"},
     {"tasks"},
     {"models"},

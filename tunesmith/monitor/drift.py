@@ -215,10 +215,11 @@ class DriftReport:
         }
         self.metrics[key] = metric
         evidence = f"{test.test} {_fmt_p(test.p_value)}{detail}"
+        over = f"PSI {_fmt_psi(value, t.psi_significant)} > {t.psi_significant:g}"
         if status == "significant" and test.p_value < t.p_value:
-            self.warnings.append(f"{subject} drifted: PSI {_fmt_psi(value, t.psi_significant)} > {t.psi_significant:g} ({evidence})")
+            self.warnings.append(f"{subject} drifted: {over} ({evidence})")
         elif status == "significant":
-            self.warnings.append(f"{subject} may have drifted: PSI {_fmt_psi(value, t.psi_significant)} > {t.psi_significant:g}, "
+            self.warnings.append(f"{subject} may have drifted: {over}, "
                                  f"but the {test.test} test does not confirm it ({evidence}); collect more live data")
         elif status == "moderate" and test.p_value < t.p_value:
             self.warnings.append(f"{subject} shifted moderately: PSI {value:.2f} (between {t.psi_moderate:g} and "
@@ -261,7 +262,7 @@ def drift_report(
         train_labels, live_labels = [str(x) for x in train_labels], [str(x) for x in live_labels]  # ids are labels, not numbers
         labels, e_counts, a_counts = _category_counts(train_labels, live_labels)
         e_share, a_share = e_counts / e_counts.sum(), a_counts / a_counts.sum()
-        moved = int(np.argmax(np.abs(a_share - e_share)))
+        moved = int(np.argmax(np.round(np.abs(a_share - e_share), 12)))  # the label that moved most; ties: first
         detail = f"; {str(labels[moved])!r} {e_share[moved]:.1%} -> {a_share[moved]:.1%}"
         metric = report._distribution("labels", "prediction distribution", train_labels, live_labels, detail)
         metric["shares"] = {str(c): {"train": float(s), "live": float(q)} for c, s, q in zip(labels, e_share, a_share)}

@@ -17,7 +17,7 @@ The statistics come from scipy and statsmodels, never from hand-written formulas
     Horizon, verdict     fixed-horizon design: no winner is declared before every variant has the
                          planned n, because stopping at the first p < alpha inflates false positives
 
-All tests are two-sided. With two variants, "a" is the first key of the dict and "b" the second:
+All tests are two-sided. With two variants, "a" is the first key (of `trials` or `samples`), "b" the second:
 `difference` is b - a. With 3+ variants an omnibus test only says "not all equal", so a winner is
 named only when the best variant also beats every other one in pairwise tests (same test as for
 two variants) with Holm's step-down adjustment (statsmodels multipletests) at the same alpha.
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -259,7 +260,10 @@ def _welch(b: np.ndarray, a: np.ndarray, alpha: float) -> tuple[float, float, tu
             return 0.0, 1.0, (0.0, 0.0), "all values are identical: the t-test is undefined (no variance), so p = 1.0"
         return (math.copysign(math.inf, diff), 0.0, (diff, diff),
                 "each variant's values are constant and they differ: the difference is exact (no variance), so p = 0.0")
-    res = sps.ttest_ind(b, a, equal_var=False)
+    with warnings.catch_warnings():
+        if np.ptp(a) == 0 or np.ptp(b) == 0:  # one constant sample is fine for Welch, but scipy warns about it
+            warnings.filterwarnings("ignore", "Precision loss occurred in moment calculation", RuntimeWarning)
+        res = sps.ttest_ind(b, a, equal_var=False)
     if hasattr(res, "confidence_interval"):
         low, high = res.confidence_interval(confidence_level=1 - alpha)
     else:  # scipy < 1.10: the same Welch-Satterthwaite interval from statsmodels
@@ -401,7 +405,9 @@ class Horizon:
             raise ValueError(f"horizon must be a whole number of at least 2 per variant, got {self.per_variant}")
 
     @classmethod
-    def for_proportions(cls, baseline: float, minimum_detectable_effect: float, alpha: float = 0.05, power: float = 0.8) -> Horizon:
+    def for_proportions(
+        cls, baseline: float, minimum_detectable_effect: float, alpha: float = 0.05, power: float = 0.8
+    ) -> Horizon:
         return cls(sample_size_proportions(baseline, minimum_detectable_effect, alpha, power))
 
     @classmethod
@@ -485,9 +491,10 @@ def _sentence(result: ProportionResult | MeanResult, outcome: str) -> str:
                 f"({b} - {a} = {signed(diff)}{unit}, {level} {signed(low)} to {signed(high)}, "
                 f"{_fmt_p(result.p_value)}, {result.test})")
     listing = ", ".join(f"{name} {value(name)}" for name in names) + tail
+    evidence = f"{_fmt_p(result.p_value)}, {result.test}"
     if result.winner is not None:
-        return f"{result.winner} is the best of {len(names)} variants: {listing} ({_fmt_p(result.p_value)}, {result.test}; {result.notes[-1]})"
+        return f"{result.winner} is the best of {len(names)} variants: {listing} ({evidence}; {result.notes[-1]})"
     if result.significant:
-        return f"the variants differ but none is clearly the best: {listing} ({_fmt_p(result.p_value)}, {result.test}; {result.notes[-1]})"
-    return f"no significant difference between the {len(names)} variants: {listing} ({_fmt_p(result.p_value)}, {result.test})"
+        return f"the variants differ but none is clearly the best: {listing} ({evidence}; {result.notes[-1]})"
+    return f"no significant difference between the {len(names)} variants: {listing} ({evidence})"
 

@@ -38,7 +38,10 @@ class Service:
                  loader: ModelLoader | None = None, jobs: JobsService | None = None,
                  registry: Registry | None = None, followed: Sequence[str] = ()) -> None:
         self.models: list[Served] = []
-        self.by_key: dict[str, Served] = {}  # batch key -> model, kept until its batcher drains after a swap
+        # Models by batch key (sequence) and by id (chat: adapters over one base share a key), kept after a
+        # swap until their batchers drain, so a batch already queued still finds its model.
+        self.by_key: dict[str, Served] = {}
+        self.by_id: dict[str, Served] = {}
         self.spec = spec
         self.metrics = metrics or Metrics()
         self.loader = loader or ModelLoader()
@@ -62,6 +65,7 @@ class Service:
         else:
             self.models.append(m)
         self.by_key[m.batch_key] = m
+        self.by_id[m.id] = m
         if m.batch_key not in self.batchers:
             self.batchers[m.batch_key] = DynamicBatcher(
                 self._run_sequence if m.kind == "sequence" else self._run_chat,
@@ -150,6 +154,8 @@ class Service:
         live = {m.batch_key for m in self.models}
         for key in [k for k in self.by_key if k not in live and self.batchers[k].depth == 0]:
             del self.by_key[key]
+        for ident in [i for i, m in self.by_id.items() if m.batch_key not in self.by_key]:
+            del self.by_id[ident]
 
     def unload(self, name: str, owner: str = "") -> None:
         """Stop answering as a deleted fine-tuned model (its adapter leaves the shared base)."""
@@ -232,7 +238,7 @@ class Service:
 
     def _run_chat(self, key: tuple[Any, ...], payloads: Sequence[str]) -> list[Any]:
         model_id, params = key[0], dict(key[1])
-        model = next(m for m in self.by_key.values() if m.id == model_id)
+        model = self.by_id[model_id]
         return model.engine.generate(list(payloads), **params)
 
     def _params(self, req: p.SamplingParams, model: Served, prompt_tokens: int, max_tokens: int | None
