@@ -379,6 +379,8 @@ def serve_cmd(
     base_model: Annotated[list[str] | None, typer.Option("--base-model", help="A base model fine-tuning jobs may use (repeatable); default: smollm2-135m.")] = None,
     max_file_mb: Annotated[float | None, typer.Option("--max-file-mb", help="Largest upload accepted by POST /v1/files, in MB (default 512, OpenAI's).")] = None,
     model: Annotated[list[str] | None, typer.Option("--model", help="Serve this registry model's production version, following promotions and rollbacks (repeatable).")] = None,
+    log_inputs: Annotated[bool, typer.Option("--log-inputs/--no-log-inputs", help="Keep each request's input and answer in the store's prediction log (with --db or --model); off for sensitive data.")] = _serve_default("log_inputs"),
+    log_retention_days: Annotated[float, typer.Option("--log-retention-days", help="Clear logged inputs and answers after this many days.")] = _serve_default("log_retention_days"),
 ) -> None:
     """Serve runs over HTTP: /v1/predict, OpenAI-compatible /v1/chat/completions, /v1/completions, /v1/models,
     and OpenAI's files and fine-tuning jobs API (with --db, or when no RUN is given)."""
@@ -391,7 +393,8 @@ def serve_cmd(
     try:
         spec = ServeSpec(host=host, port=port, api_keys=keys, admin_key=admin_key, cors_origins=list(cors_origin or []),
                          max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
-                         timeout_s=timeout, max_tokens=max_tokens)
+                         timeout_s=timeout, max_tokens=max_tokens, log_inputs=log_inputs,
+                         log_retention_days=log_retention_days)
     except ValueError as err:
         from tunesmith.errors import ConfigError
 
@@ -486,6 +489,27 @@ def registry_rollback(model: Annotated[str, typer.Argument(metavar="MODEL")], db
     """Put the version that was in production before the latest promotion back in production."""
     v = _registry(db).rollback(model)
     out.print(f"'{model}' rolled back: version {v.version} is in production", highlight=False)
+
+
+# -- feedback -------------------------------------------------------------------------------------
+
+feedback_app = typer.Typer(help="User feedback gathered by the server (POST /v1/feedback).", epilog=EPILOG,
+                           no_args_is_help=True)
+app.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.command("export", epilog=EPILOG)
+def feedback_export(
+    model: Annotated[str, typer.Option("--model", help="The served model (registry name or model id) whose corrections to export.")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="File to write: CSV (id,text,label|score) for classifiers and regressors, chat JSONL for chat models.")],
+    db: DbOption = None,
+) -> None:
+    """Write the corrections users sent as a file `tunesmith data prepare` reads (a `sources:` entry)."""
+    from tunesmith.monitor.feedback import FeedbackService
+    from tunesmith.store.db import Store
+
+    n = FeedbackService(Store(db)).export(model, out_file)
+    out.print(f"{n} correction(s) of '{model}' written to {out_file}", highlight=False)
 
 
 # -- fine-tuning jobs -------------------------------------------------------------------------------

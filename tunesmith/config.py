@@ -393,6 +393,8 @@ class ServeSpec(Spec):
     max_text_chars: int = Field(20_000, ge=1)  # one text; the model truncates at its max_length anyway
     max_tokens: int = Field(512, ge=1)  # cap on generated tokens per chat/completion request
     registry_poll_s: float = Field(1.0, gt=0)  # `serve --model`: how often the store is asked what is in production
+    log_inputs: bool = True  # keep each request's input and answer with it (feedback joins them); off for sensitive data
+    log_retention_days: float = Field(30.0, gt=0)  # logged inputs and answers are cleared after this; ids and timings stay
 
 
 class JobsSpec(Spec):

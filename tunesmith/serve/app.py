@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,11 +21,14 @@ from tunesmith import __version__
 from tunesmith.config import ServeSpec
 from tunesmith.errors import ConfigError
 from tunesmith.jobs.service import owner_of
+from tunesmith.monitor.feedback import FeedbackCreated, FeedbackRequest
 from tunesmith.registry.service import NotRegistered, Registry
 from tunesmith.serve import protocol as p
 from tunesmith.serve.service import Service, ServiceError
 
 MODEL_ENDPOINTS = ("/v1/",)
+_UNION_BRANCH = re.compile(r"[\[\]()'\-]")  # literal['a'], function-after[...], constrained-int
+_TYPE_TAGS = {"int", "str", "float", "bool", "list", "dict", "none"}
 
 
 def _error(err: ServiceError) -> JSONResponse:
@@ -38,10 +42,14 @@ def _key_matches(given: str, keys: list[str]) -> bool:
 def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = lambda: True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        follow = asyncio.create_task(service.follow_registry(spec.registry_poll_s)) if service.followed else None
+        tasks = [asyncio.create_task(service.follow_registry(spec.registry_poll_s))] if service.followed else []
+        if service.log is not None:
+            tasks.append(asyncio.create_task(service.keep_log(spec.log_retention_days)))
         yield
-        if follow is not None:
-            follow.cancel()
+        for task in tasks:
+            task.cancel()
+        if service.log is not None:
+            service.log.close()  # what was answered is on record before the server exits
 
     app = FastAPI(title="tunesmith", version=__version__, lifespan=lifespan,
                   description="Fine-tuned models from tunesmith run folders: /v1/predict for classifiers and "
@@ -75,7 +83,9 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        # Inside a union pydantic adds the branch it tried (`literal['up','down']`, `int`): not the client's field.
+        loc = [str(x) for x in first.get("loc", ()) if x != "body" and not _UNION_BRANCH.search(str(x))
+               and str(x) not in _TYPE_TAGS]
         if first.get("type") == "json_invalid":
             return _error(ServiceError(400, f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".strip(),
                                        code="invalid_json"))
@@ -182,6 +192,13 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
         add_jobs_routes(app, service, model_auth, _error)
     if service.registry is not None:
         add_registry_routes(app, service.registry, admin_auth, _error)
+    if service.feedback is not None:
+        feedback = service.feedback
+
+        @app.post("/v1/feedback", tags=["tunesmith"], status_code=201, response_model=FeedbackCreated)
+        async def send_feedback(req: FeedbackRequest, _: str = Depends(model_auth)) -> Response:
+            result = await asyncio.get_running_loop().run_in_executor(None, feedback.submit, req)  # committed, then 201
+            return _error(result) if isinstance(result, ServiceError) else JSONResponse(result.model_dump(), status_code=201)
     return app
 
 

@@ -34,6 +34,7 @@ class PredictRequest(BaseModel):
     model: str | None = None  # None: the only classification/regression model served
     text: str | None = None  # one text ...
     texts: list[str] | None = None  # ... or a batch
+    user: str | None = Field(None, max_length=256)  # the end user (OpenAI's `user`): feedback and A/B assignment key on it
 
 
 class Prediction(BaseModel):
@@ -78,6 +79,7 @@ class SamplingParams(BaseModel):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     tools: list[Any] | None = None
+    user: str | None = Field(None, max_length=256)  # OpenAI's end-user id: logged with the answer, keys A/B assignment
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

@@ -32,7 +32,7 @@ def serve(paths: Sequence[str | Path], spec: ServeSpec, log: bool = True, jobs: 
     loader = ModelLoader()
     models = load(paths, loader)
     jobs_service, registry, store = None, None, None
-    if jobs is not None or registry_models:
+    if jobs is not None or registry_models or db:
         from tunesmith.store.db import Store
 
         store = Store(jobs.db if jobs is not None else db)
@@ -46,7 +46,15 @@ def serve(paths: Sequence[str | Path], spec: ServeSpec, log: bool = True, jobs: 
         from tunesmith.registry.service import Registry
 
         registry = Registry(store)
-    service = Service(models, spec, loader=loader, jobs=jobs_service, registry=registry, followed=registry_models)
+    log, feedback = None, None
+    if store is not None:
+        from tunesmith.monitor.feedback import FeedbackService
+        from tunesmith.monitor.log import PredictionLog
+
+        log = PredictionLog(store, log_inputs=spec.log_inputs)
+        feedback = FeedbackService(store, log)
+    service = Service(models, spec, loader=loader, jobs=jobs_service, registry=registry, followed=registry_models,
+                      log=log, feedback=feedback)
     for name in registry_models:
         service.add(service.load_production(name))
     models = service.models

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,8 @@ from pydantic import BaseModel
 from tunesmith.config import ServeSpec
 from tunesmith.errors import ApiError, ConfigError
 from tunesmith.jobs.service import JobsService
+from tunesmith.monitor.feedback import FeedbackService
+from tunesmith.monitor.log import PredictionLog
 from tunesmith.registry.service import Registry
 from tunesmith.serve import protocol as p
 from tunesmith.serve.batching import DynamicBatcher, Overloaded
@@ -36,7 +39,8 @@ class Service:
 
     def __init__(self, models: Sequence[Served], spec: ServeSpec, metrics: Metrics | None = None,
                  loader: ModelLoader | None = None, jobs: JobsService | None = None,
-                 registry: Registry | None = None, followed: Sequence[str] = ()) -> None:
+                 registry: Registry | None = None, followed: Sequence[str] = (), log: PredictionLog | None = None,
+                 feedback: FeedbackService | None = None) -> None:
         self.models: list[Served] = []
         # Models by batch key (sequence) and by id (chat: adapters over one base share a key), kept after a
         # swap until their batchers drain, so a batch already queued still finds its model.
@@ -48,6 +52,8 @@ class Service:
         self.jobs = jobs
         self.registry = registry
         self.followed = list(followed)  # registry model names served as their production version
+        self.log = log  # every answered request, for feedback and monitoring (None: not kept)
+        self.feedback = feedback
         # A worker thread per loaded model: batches of one model run in order, models in parallel
         # (room for models a fine-tuning job adds later).
         self.executor = ThreadPoolExecutor(max_workers=max(4, len({m.batch_key for m in models})),
@@ -157,6 +163,21 @@ class Service:
         for ident in [i for i, m in self.by_id.items() if m.batch_key not in self.by_key]:
             del self.by_id[ident]
 
+    async def keep_log(self, retention_days: float, every_s: float = 3600.0) -> None:
+        """Clear logged inputs and outputs past their retention, hourly."""
+        assert self.log is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await loop.run_in_executor(None, self.log.purge, retention_days)
+            await asyncio.sleep(every_s)
+
+    def _record(self, request_id: str, model: Served, kind: str, inputs: Sequence[Any], outputs: Sequence[Any],
+                started: float, user: str | None) -> None:
+        if self.log is not None:  # a registry model is logged under its name, whichever version answered
+            name = model.registry[0] if model.registry else model.id
+            self.log.record(request_id, name, model.version, kind, inputs, outputs,
+                            (time.perf_counter() - started) * 1000, user_id=user)
+
     def unload(self, name: str, owner: str = "") -> None:
         """Stop answering as a deleted fine-tuned model (its adapter leaves the shared base)."""
         for m in [m for m in self.models if m.id == name and m.owner == owner]:
@@ -199,6 +220,7 @@ class Service:
 
     async def predict(self, req: p.PredictRequest, request_id: str | None = None, owner: str = ""
                       ) -> p.PredictResponse | ServiceError:
+        started = time.perf_counter()
         model = self.find(req.model, "sequence", owner)
         if isinstance(model, ServiceError):
             return model
@@ -231,8 +253,10 @@ class Service:
                     self.metrics.predictions.labels(model.id, str(label)).inc()
             else:
                 self.metrics.predicted_values.labels(model.id).observe(r["value"])
-        return p.PredictResponse(id=request_id or f"pred-{uuid.uuid4().hex[:24]}", model=model.id,
-                                 model_version=model.version, predictions=[p.Prediction(**r) for r in results])
+        rid = request_id or f"pred-{uuid.uuid4().hex[:24]}"
+        self._record(rid, model, "predict", texts, results, started, req.user)
+        return p.PredictResponse(id=rid, model=model.id, model_version=model.version,
+                                 predictions=[p.Prediction(**r) for r in results])
 
     # -- generation --------------------------------------------------------------------------------
 
@@ -295,6 +319,7 @@ class Service:
     async def generate(self, req: p.ChatCompletionRequest | p.CompletionRequest, owner: str = ""
                        ) -> p.ChatCompletion | p.Completion | ServiceError:
         """A whole chat completion or text completion (OpenAI's response shape for each)."""
+        started = time.perf_counter()
         await self.ensure_loaded(req.model, owner)
         prepared = self._prepare(req, owner)
         if isinstance(prepared, ServiceError):
@@ -304,13 +329,16 @@ class Service:
         if isinstance(done, ServiceError):
             return done
         usage = _usage(sum(counts), sum(c.completion_tokens for c in done))
-        if isinstance(req, p.ChatCompletionRequest):
+        chat = isinstance(req, p.ChatCompletionRequest)
+        ident = p.completion_id("chatcmpl" if chat else "cmpl")  # what feedback names as request_id
+        self._record(ident, model, "chat" if chat else "completion", _logged_inputs(req, prompts), [c.text for c in done],
+                     started, req.user)
+        if chat:
             return p.ChatCompletion(
-                id=p.completion_id("chatcmpl"), created=p.now(), model=model.id, usage=usage, system_fingerprint=model.version,
+                id=ident, created=p.now(), model=model.id, usage=usage, system_fingerprint=model.version,
                 choices=[p.ChatChoice(index=0, message=p.AssistantMessage(content=done[0].text),
                                       finish_reason=done[0].finish_reason)])
-        return p.Completion(id=p.completion_id("cmpl"), created=p.now(), model=model.id, usage=usage,
-                            system_fingerprint=model.version,
+        return p.Completion(id=ident, created=p.now(), model=model.id, usage=usage, system_fingerprint=model.version,
                             choices=[p.CompletionChoice(index=i, text=c.text, finish_reason=c.finish_reason)
                                      for i, c in enumerate(done)])
 
@@ -328,11 +356,13 @@ class Service:
             return _overloaded(Overloaded(max(1, round(self.batchers[model.batch_key].last_batch_s * 2))))
         chat = isinstance(req, p.ChatCompletionRequest)
         include_usage = bool((req.stream_options or {}).get("include_usage"))
-        return self._events(model, prompts[0], params, counts[0], chat, include_usage)
+        record = (_logged_inputs(req, prompts), req.user, time.perf_counter())
+        return self._events(model, prompts[0], params, counts[0], chat, include_usage, record)
 
     async def _events(self, model: Served, prompt: str, params: dict[str, Any], prompt_tokens: int, chat: bool,
-                      include_usage: bool) -> AsyncIterator[str]:
+                      include_usage: bool, record: tuple[list[Any], str | None, float]) -> AsyncIterator[str]:
         ident, created = p.completion_id("chatcmpl" if chat else "cmpl"), p.now()
+        answer: list[str] = []
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
@@ -372,6 +402,7 @@ class Service:
                     break
                 if isinstance(piece, str):
                     if piece:
+                        answer.append(piece)
                         yield chunk(p.ChatDelta(content=piece) if chat else piece)
                     continue
                 self.metrics.generated_tokens.labels(model.id).inc(piece.completion_tokens)
@@ -380,12 +411,20 @@ class Service:
                     yield chunk(p.ChatDelta() if chat else "", usage=_usage(prompt_tokens, piece.completion_tokens))
             yield "data: [DONE]\n\n"
             finished = True
+            inputs, user, started = record
+            self._record(ident, model, "chat" if chat else "completion", inputs, ["".join(answer)], started, user)
         finally:
             if not finished:  # the client went away (or timed out): stop generating for nobody
                 cancel.set()
                 self.metrics.stream_disconnects.labels(model.id).inc()
             self.streams[model.batch_key] -= 1
             await asyncio.shield(worker) if finished else None
+
+
+def _logged_inputs(req: p.ChatCompletionRequest | p.CompletionRequest, prompts: list[str]) -> list[Any]:
+    if isinstance(req, p.ChatCompletionRequest):
+        return [{"role": m.role, "content": m.text()} for m in req.messages]
+    return list(prompts)
 
 
 def _usage(prompt: int, completion: int) -> p.Usage:

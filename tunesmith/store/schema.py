@@ -158,3 +158,41 @@ class RegistryEvent(Base):
     from_stage: Mapped[str | None] = mapped_column(String(16))
     to_stage: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[int] = mapped_column(Integer)
+
+
+class Prediction(Base):
+    """One answered request (a prediction or a chat answer): what the model saw and said, so feedback can be
+    joined to it. Inputs and outputs are left empty when the server runs with --no-log-inputs, and cleared
+    after the retention period."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (Index("ix_predictions_model_created", "model", "created"),)
+
+    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    model: Mapped[str] = mapped_column(String(256))  # the name the client used (a registry model, an ft: id)
+    model_version: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))  # predict | chat | completion
+    created: Mapped[float] = mapped_column(Float)
+    inputs: Mapped[list[Any] | None] = mapped_column()  # texts, or the conversation
+    outputs: Mapped[list[Any] | None] = mapped_column()  # labels/probabilities/values, or the answer
+    latency_ms: Mapped[float] = mapped_column(Float)
+    user_id: Mapped[str | None] = mapped_column(String(256))
+    variant: Mapped[str | None] = mapped_column(String(128))  # the A/B variant that answered
+
+
+class Feedback(Base):
+    """A user's verdict on an earlier answer: a thumbs up/down or a 1-5 score, optionally a correction."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(128), index=True)
+    item_index: Mapped[int] = mapped_column(Integer, default=0)  # which answer of a batch request
+    created: Mapped[float] = mapped_column(Float, index=True)
+    thumbs_up: Mapped[bool | None] = mapped_column()
+    score: Mapped[int | None] = mapped_column(Integer)  # 1-5
+    corrected_label: Mapped[list[Any] | None] = mapped_column()  # [label] or the multi-label set
+    corrected_value: Mapped[float | None] = mapped_column(Float)
+    corrected_answer: Mapped[str | None] = mapped_column(Text)
+    comment: Mapped[str | None] = mapped_column(Text)
+    user_id: Mapped[str | None] = mapped_column(String(256))

@@ -1,0 +1,91 @@
+"""The prediction log and feedback over the store (SQLite and PostgreSQL): joined by request id,
+validated against what the model answered, exported as a dataset file."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from tunesmith.errors import ApiError, ConfigError
+from tunesmith.monitor.feedback import FeedbackCreated, FeedbackRequest, FeedbackService
+from tunesmith.monitor.log import PredictionLog
+from tunesmith.store.db import Store
+from tunesmith.store.schema import Feedback, Prediction
+
+LABELS = {"label": "pos", "probabilities": {"pos": 0.9, "neg": 0.1}}
+
+
+def test_feedback_joins_logged_answers_and_exports_corrections(store_url: str, tmp_path: Path) -> None:
+    store = Store(store_url)
+    log = PredictionLog(store)
+    service = FeedbackService(store, log)
+    log.record("req-1", "reviews", "reviews-v1", "predict", ["great food", "stale bread"],
+               [LABELS, {**LABELS, "label": "pos"}], 3.0, user_id="u1")
+    # Not flushed yet: feedback waits for the log rather than answering 404.
+    created = service.submit(FeedbackRequest(request_id="req-1", rating="down", index=1, label="neg", comment="wrong"))
+    assert isinstance(created, FeedbackCreated) and created.id.startswith("fb-")
+    assert isinstance(service.submit(FeedbackRequest(request_id="req-1", rating=5)), FeedbackCreated)
+    unknown = service.submit(FeedbackRequest(request_id="req-404", rating="up"))
+    assert isinstance(unknown, ApiError) and unknown.status == 404 and unknown.param == "request_id"
+    for bad, param in ((FeedbackRequest(request_id="req-1", label="maybe"), "label"),
+                       (FeedbackRequest(request_id="req-1", answer="x"), "answer"),
+                       (FeedbackRequest(request_id="req-1", value=1.0), "value"),
+                       (FeedbackRequest(request_id="req-1", rating="up", index=5), "index"),
+                       (FeedbackRequest(request_id="req-1"), "rating")):
+        err = service.submit(bad)
+        assert isinstance(err, ApiError) and err.status == 400 and err.param == param, (bad, err)
+    with pytest.raises(ValidationError):
+        FeedbackRequest(request_id="req-1", rating=6)
+    with pytest.raises(ValidationError):
+        FeedbackRequest(request_id="req-1", rating="meh")
+    with store.session() as s:
+        [fb] = [f for f in s.query(Feedback).all() if f.comment == "wrong"]
+        assert (fb.thumbs_up, fb.corrected_label, fb.item_index) == (False, ["neg"], 1)
+        assert s.get(Prediction, "req-1").user_id == "u1"
+    out = tmp_path / "corrections.csv"
+    assert service.export("reviews", out) == 1
+    assert list(csv.DictReader(out.open())) == [{"id": "req-1:1", "text": "stale bread", "label": "neg"}]
+    log.close()
+
+
+def test_chat_corrections_export_as_openai_chat_lines(store_url: str, tmp_path: Path) -> None:
+    store = Store(store_url)
+    log = PredictionLog(store)
+    service = FeedbackService(store, log)
+    convo = [{"role": "user", "content": "capital of france?"}]
+    log.record("chatcmpl-1", "bot", "v1", "chat", convo, ["lyon"], 5.0)
+    assert isinstance(service.submit(FeedbackRequest(request_id="chatcmpl-1", rating="down", answer="paris")), FeedbackCreated)
+    out = tmp_path / "fixes.jsonl"
+    assert service.export("bot", out) == 1
+    assert json.loads(out.read_text())["messages"] == [*convo, {"role": "assistant", "content": "paris"}]
+    log.close()
+
+
+def test_inputs_are_not_kept_when_opted_out_and_cleared_after_retention(store_url: str, tmp_path: Path) -> None:
+    store = Store(store_url)
+    private = PredictionLog(store, log_inputs=False)
+    private.record("req-p", "reviews", "v1", "predict", ["secret"], [LABELS], 1.0)
+    private.flush()
+    with store.session() as s:
+        row = s.get(Prediction, "req-p")
+        assert row.inputs is None and row.outputs is None and row.model == "reviews"
+    service = FeedbackService(store, private)
+    assert isinstance(service.submit(FeedbackRequest(request_id="req-p", label="neg")), FeedbackCreated)
+    with pytest.raises(ConfigError, match="no-log-inputs"):
+        service.export("reviews", tmp_path / "x.csv")
+    private.close()
+    log = PredictionLog(store)
+    log.record("req-old", "reviews", "v1", "predict", ["old text"], [LABELS], 1.0)
+    log.record("req-old", "reviews", "v1", "predict", ["a repeated id keeps the first"], [LABELS], 1.0)
+    log.flush()
+    with store.session() as s:
+        s.get(Prediction, "req-old").created = time.time() - 40 * 86400
+    assert log.purge(30) == 1
+    with store.session() as s:
+        assert s.get(Prediction, "req-old").inputs is None
+    log.close()

@@ -1,0 +1,132 @@
+"""User feedback on earlier answers (`POST /v1/feedback`), and the corrections as a dataset file.
+
+An accepted item is committed before the call returns, so an acknowledged item survives a crash of
+the server right after. Values or ApiError, no HTTP.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from tunesmith.errors import ApiError, ConfigError
+from tunesmith.monitor.log import PredictionLog
+from tunesmith.store.db import Store
+from tunesmith.store.schema import Feedback, Prediction
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: Annotated[str, Field(min_length=1, max_length=128)]  # the id of the prediction or chat answer
+    rating: Literal["up", "down"] | Annotated[int, Field(strict=True, ge=1, le=5)] | None = None  # thumbs, or a 1-5 score
+    index: Annotated[int, Field(ge=0)] = 0  # which text of a batch prediction this is about
+    label: str | list[str] | None = None  # the right class (a list for multi-label)
+    value: float | None = None  # the right value (regression)
+    answer: str | None = None  # the right answer (chat)
+    comment: Annotated[str, Field(max_length=10_000)] | None = None
+    user_id: Annotated[str, Field(max_length=256)] | None = None
+
+
+class FeedbackCreated(BaseModel):
+    id: str
+    object: Literal["feedback"] = "feedback"
+    request_id: str
+    created_at: int
+
+
+class FeedbackService:
+    def __init__(self, store: Store, log: PredictionLog | None = None) -> None:
+        self.store = store
+        self.log = log
+
+    def submit(self, req: FeedbackRequest) -> FeedbackCreated | ApiError:
+        if req.rating is None and req.label is None and req.value is None and req.answer is None:
+            return ApiError(400, "feedback needs a rating ('up', 'down' or 1-5) or a correction (label, value or answer)",
+                            param="rating")
+        with self.store.session() as s:
+            prediction = s.get(Prediction, req.request_id)
+        if prediction is None and self.log is not None and self.log.flush():  # it may still be on its way to the store
+            with self.store.session() as s:
+                prediction = s.get(Prediction, req.request_id)
+        if prediction is None:
+            return ApiError(404, f"no answered request with id '{req.request_id}' (send the id of a prediction or chat "
+                                 "answer this server gave)", param="request_id", code="request_not_found")
+        problem = _check_correction(req, prediction)
+        if problem:
+            return problem
+        row = Feedback(id=f"fb-{secrets.token_hex(12)}", request_id=req.request_id, item_index=req.index, created=time.time(),
+                       thumbs_up=None if not isinstance(req.rating, str) else req.rating == "up",
+                       score=req.rating if isinstance(req.rating, int) else None,
+                       corrected_label=None if req.label is None else ([req.label] if isinstance(req.label, str) else req.label),
+                       corrected_value=req.value, corrected_answer=req.answer, comment=req.comment, user_id=req.user_id)
+        with self.store.session() as s:  # committed when the block ends: before the caller answers 2xx
+            s.add(row)
+        return FeedbackCreated(id=row.id, request_id=row.request_id, created_at=int(row.created))
+
+    def export(self, model: str, out: Path) -> int:
+        """The corrections given for `model` as a file `tunesmith data prepare` reads: CSV text,label (or
+        text,score) for classifiers and regressors, OpenAI chat JSONL for chat models. Returns the rows written."""
+        with self.store.session() as s:
+            rows = s.execute(select(Feedback, Prediction).join(Prediction, Feedback.request_id == Prediction.request_id)
+                             .where(Prediction.model == model).order_by(Feedback.created)).all()
+        corrections = [(f, p) for f, p in rows if f.corrected_label or f.corrected_value is not None or f.corrected_answer]
+        if rows and not any(p.inputs for _, p in corrections):
+            raise ConfigError(f"the corrections for '{model}' have no inputs to pair them with (the server ran with "
+                              "--no-log-inputs, or the inputs passed their retention)")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        written = 0
+        if any(p.kind != "predict" for _, p in corrections):
+            with out.open("w", encoding="utf-8") as f:
+                for fb, p in corrections:
+                    if p.kind == "predict" or not p.inputs or fb.corrected_answer is None:
+                        continue
+                    messages = [*p.inputs, {"role": "assistant", "content": fb.corrected_answer}]
+                    f.write(json.dumps({"messages": messages, "request_id": p.request_id}, ensure_ascii=False) + "\n")
+                    written += 1
+            return written
+        regression = any(fb.corrected_value is not None for fb, _ in corrections)
+        with out.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["id", "text", "score" if regression else "label"])
+            for fb, p in corrections:
+                index = fb.item_index
+                if not p.inputs or index >= len(p.inputs):
+                    continue
+                target: Any = fb.corrected_value if regression else ",".join(fb.corrected_label or [])
+                if target in (None, ""):
+                    continue
+                writer.writerow([f"{p.request_id}:{index}", p.inputs[index], target])
+                written += 1
+        return written
+
+
+def _check_correction(req: FeedbackRequest, p: Prediction) -> ApiError | None:
+    if p.kind == "predict" and req.answer is not None:
+        return ApiError(400, "'answer' corrects a chat answer; this request was a prediction (send label or value)",
+                        param="answer")
+    if p.kind != "predict" and (req.label is not None or req.value is not None):
+        return ApiError(400, "'label' and 'value' correct predictions; this request was a chat answer (send answer)",
+                        param="label" if req.label is not None else "value")
+    if p.outputs and req.index >= len(p.outputs):
+        return ApiError(400, f"index {req.index} is past the {len(p.outputs)} answer(s) of request '{p.request_id}'",
+                        param="index")
+    output = p.outputs[req.index] if p.outputs else None
+    if isinstance(output, dict):
+        if req.label is not None and "probabilities" in output:
+            known = set(output["probabilities"])
+            unknown = sorted(set([req.label] if isinstance(req.label, str) else req.label) - known)
+            if unknown:
+                return ApiError(400, f"label {unknown} is not one of the model's labels {sorted(known)}", param="label")
+        if req.value is not None and "value" not in output:
+            return ApiError(400, "'value' corrects a regression; this model predicts labels (send label)", param="value")
+        if req.label is not None and "value" in output:
+            return ApiError(400, "'label' corrects a classification; this model predicts values (send value)", param="label")
+    return None

@@ -1,0 +1,96 @@
+"""The prediction log: every answered request, written to the store off the request path.
+
+The server only appends to a queue; a background thread inserts in batches (one transaction per
+batch), so logging costs the predict path almost nothing. Feedback needs the row it refers to, so
+`flush()` waits until everything recorded so far is committed.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import update
+
+from tunesmith.store.db import Store
+from tunesmith.store.schema import Prediction
+
+_STOP = object()  # close(): the writer commits what it has and ends
+BATCH = 512  # rows per insert: large enough to amortise the commit, small enough to keep latency low
+WAIT_S = 0.05  # how long the writer waits for more rows before committing what it has
+
+
+class PredictionLog:
+    def __init__(self, store: Store, *, log_inputs: bool = True) -> None:
+        self.store = store
+        self.log_inputs = log_inputs  # off: ids, models and timings only (sensitive deployments)
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._thread = threading.Thread(target=self._write, name="tunesmith-prediction-log", daemon=True)
+        self._thread.start()
+        self.errors = 0
+
+    def record(self, request_id: str, model: str, model_version: str, kind: str, inputs: Sequence[Any],
+               outputs: Sequence[Any], latency_ms: float, user_id: str | None = None, variant: str | None = None) -> None:
+        """Queue one answered request (never blocks)."""
+        self._queue.put({"request_id": request_id, "model": model, "model_version": model_version, "kind": kind,
+                         "created": time.time(), "latency_ms": latency_ms, "user_id": user_id, "variant": variant,
+                         "inputs": list(inputs) if self.log_inputs else None,
+                         "outputs": list(outputs) if self.log_inputs else None})
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every row recorded before this call is committed."""
+        done = threading.Event()
+        self._queue.put(done)
+        return done.wait(timeout)
+
+    def close(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join(timeout=10)
+
+    def purge(self, retention_days: float) -> int:
+        """Clear inputs and outputs older than the retention period (the rows stay, for counts and feedback)."""
+        cutoff = time.time() - retention_days * 86400
+        with self.store.session() as s:
+            result = s.execute(update(Prediction).where(Prediction.created < cutoff, Prediction.inputs.is_not(None))
+                               .values(inputs=None, outputs=None))
+            return int(result.rowcount or 0)
+
+    def _write(self) -> None:
+        stopping = False
+        while not stopping:
+            rows: list[dict[str, Any]] = []
+            waiting: list[threading.Event] = []
+            item = self._queue.get()
+            while True:
+                if item is _STOP:
+                    stopping = True
+                elif isinstance(item, threading.Event):
+                    waiting.append(item)
+                else:
+                    rows.append(item)
+                if stopping or len(rows) >= BATCH:
+                    break
+                try:
+                    item = self._queue.get(timeout=WAIT_S if rows else 0.001)
+                except queue.Empty:
+                    break
+            if rows:
+                self._insert(rows)
+            for event in waiting:
+                event.set()
+
+    def _insert(self, rows: list[dict[str, Any]]) -> None:
+        if self.store.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        try:
+            with self.store.session() as s:
+                # A client may send the same X-Request-ID twice: the first answer is the one on record.
+                s.execute(insert(Prediction).values(rows).on_conflict_do_nothing(index_elements=["request_id"]))
+        except Exception as err:  # noqa: BLE001 - the log must never take the server down
+            self.errors += len(rows)
+            print(f"prediction log: {len(rows)} row(s) not written: {type(err).__name__}: {err}", flush=True)
