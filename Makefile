@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 TS     := $(VENV)/bin/tunesmith
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-chat test test-slow bench bench-serve clean
+.PHONY: install demo demo-chat test test-slow bench bench-serve bench-feedback clean
 
 install: $(STAMP)
 
@@ -46,6 +46,11 @@ bench: install
 # from `make demo` when it exists, else trains a short run first.
 bench-serve: install
 	$(PY) bench/serve_bench.py $(if $(wildcard runs/food-reviews/run.json),--run runs/food-reviews)
+
+# The monitoring loop: what the prediction log costs the predict path, feedback items/s (SQLite and
+# the machine's PostgreSQL).
+bench-feedback: install
+	$(PY) bench/feedback_bench.py $(if $(wildcard runs/food-reviews/run.json),--run runs/food-reviews) --pg postgresql://postgres@127.0.0.1:5432/test
 
 clean:
 	rm -rf $(VENV) datasets runs .pytest_cache

@@ -69,15 +69,15 @@ def pipeline_throughput(run: Path, texts: list[str]) -> tuple[float, list[float]
         t = time.perf_counter()
         pipe(text)
         latencies.append(time.perf_counter() - t)
-    return len(texts) / (time.perf_counter() - started), latencies
+    return len(bodies) / (time.perf_counter() - started), latencies
 
 
-def start_server(path: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(path: Path, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], str]:
     import httpx
 
     port = free_port()
     proc = subprocess.Popen([*TS, "serve", str(path), "--port", str(port), "--max-batch-size", "32",
-                             "--batch-wait-ms", "4"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+                             "--batch-wait-ms", "4", *extra], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 180
     while time.time() < deadline:
@@ -92,8 +92,10 @@ def start_server(path: Path) -> tuple[subprocess.Popen[bytes], str]:
     raise SystemExit("server did not become ready")
 
 
-async def load(url: str, texts: list[str], clients: int) -> tuple[float, list[float]]:
-    """`clients` concurrent keep-alive connections, each sending single texts until all are sent.
+async def load(url: str, texts: list[str], clients: int, *, endpoint: bytes = b"/v1/predict",
+               bodies: list[bytes] | None = None, ok: bytes = b"200") -> tuple[float, list[float]]:
+    """`clients` concurrent keep-alive connections, each sending single texts (or `bodies` to `endpoint`)
+    until all are sent.
 
     Plain HTTP/1.1 over asyncio streams rather than httpx: the load generator shares the 2 cores with
     the server, and httpx spends about a millisecond of CPU per request that the server then lacks."""
@@ -102,13 +104,13 @@ async def load(url: str, texts: list[str], clients: int) -> tuple[float, list[fl
     latencies: list[float] = []
 
     async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> None:
-        writer.write(b"POST /v1/predict HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (host.encode(), len(body), body))
+        writer.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (endpoint, host.encode(), len(body), body))
         head = await reader.readuntil(b"\r\n\r\n")
         status = head.split(b" ", 2)[1]
         length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:"))
         payload = await reader.readexactly(length)
-        if status != b"200":
+        if status != ok:
             raise SystemExit(f"server answered {status.decode()}: {payload[:300].decode(errors='replace')}")
 
     async def client() -> None:
@@ -122,14 +124,14 @@ async def load(url: str, texts: list[str], clients: int) -> tuple[float, list[fl
         finally:
             writer.close()
 
-    bodies = [json.dumps({"text": t}).encode() for t in texts]
+    bodies = bodies or [json.dumps({"text": t}).encode() for t in texts]
     for _round in ("warm-up", "measured"):
         for b in bodies:
             queue.put_nowait(b)
         latencies.clear()
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(clients)))
-    return len(texts) / (time.perf_counter() - started), latencies
+    return len(bodies) / (time.perf_counter() - started), latencies
 
 
 def served_throughput(path: Path, texts: list[str], clients: int) -> tuple[float, list[float]]:

@@ -15,8 +15,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "tunesmith"
 LAYERS: list[set[str]] = [
     {"", "errors"},
     {"config"},
-    {"artifacts", "html_report", "store", "monitor"},
-    {"model_card", "registry"},
+    {"artifacts", "html_report", "store"},
+    {"model_card", "registry", "monitor"},
     {"tasks"},
     {"models"},
     {"data", "inference"},

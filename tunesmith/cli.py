@@ -491,6 +491,75 @@ def registry_rollback(model: Annotated[str, typer.Argument(metavar="MODEL")], db
     out.print(f"'{model}' rolled back: version {v.version} is in production", highlight=False)
 
 
+# -- A/B tests --------------------------------------------------------------------------------------
+
+ab_app = typer.Typer(help="A/B tests between versions of a registry model served with `serve --model`.",
+                     epilog=EPILOG, no_args_is_help=True)
+app.add_typer(ab_app, name="ab")
+ModelOption = Annotated[str, typer.Option("--model", help="The registry model under test.")]
+
+
+def _ab(db: str | None) -> Any:
+    from tunesmith.monitor.ab import ABService
+    from tunesmith.store.db import Store
+
+    return ABService(Store(db))
+
+
+def _print_ab(status: Any) -> None:
+    table = Table(title=f"A/B test {status.id} on '{status.model}' ({status.status}; horizon {status.horizon} rated items per variant)")
+    for col in ("variant", "weight", "requests", "rated", "positive rate", "mean score", "corrected accuracy", "p50 ms"):
+        table.add_column(col)
+    for v in status.variants:
+        table.add_row(v.name, f"{v.weight:g}", str(v.requests), str(v.feedback), _pct(v.positive_rate), _fmt(v.mean_score),
+                      _pct(v.corrected_accuracy), f"{v.latency_p50_ms:.0f}" if v.latency_p50_ms is not None else "-")
+    out.print(table)
+    if status.shadow:
+        out.print(f"shadow: {status.shadow['name']} answers a copy of the traffic (logged, not returned)", highlight=False)
+    out.print(f"verdict: {status.verdict}", highlight=False, soft_wrap=True)
+    out.print(f"method: {status.method}", highlight=False, soft_wrap=True)
+
+
+def _pct(value: float | None) -> str:
+    return f"{value:.1%}" if value is not None else "-"
+
+
+@ab_app.command("start", epilog=EPILOG)
+def ab_start(
+    model: ModelOption,
+    variants: Annotated[str, typer.Option("--variants", help="Registered versions and their traffic shares, e.g. v3=0.5,v4=0.5 (sum 1).")],
+    shadow: Annotated[str | None, typer.Option("--shadow", help="A version that answers a copy of the traffic, logged but never returned.")] = None,
+    mde: Annotated[float, typer.Option("--mde", help="Smallest difference in positive-feedback rate worth detecting (0.05 = 5 points).")] = 0.05,
+    baseline: Annotated[float, typer.Option("--baseline", help="Expected positive-feedback rate, for the sample size.")] = 0.5,
+    alpha: Annotated[float, typer.Option("--alpha", help="Significance level (two-sided).")] = 0.05,
+    horizon: Annotated[int | None, typer.Option("--horizon", min=1, help="Rated feedback items per variant before a verdict (default: from --mde, --baseline, --alpha and 80% power).")] = None,
+    db: DbOption = None,
+) -> None:
+    """Start an A/B test; `serve --model` applies it within seconds (sticky per user id)."""
+    from tunesmith.monitor.ab import parse_variants
+
+    _print_ab(_ab(db).start(model, parse_variants(variants), shadow=shadow, alpha=alpha, baseline=baseline,
+                            minimum_detectable_effect=mde, horizon=horizon))
+
+
+@ab_app.command("status", epilog=EPILOG)
+def ab_status(model: ModelOption, db: DbOption = None,
+              as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False) -> None:
+    """Per-variant outcomes from feedback, the test's numbers and a plain-words verdict."""
+    status = _ab(db).status(model)
+    if as_json:
+        out.print(status.model_dump_json(indent=2), markup=False, highlight=False, soft_wrap=True)
+    else:
+        _print_ab(status)
+
+
+@ab_app.command("stop", epilog=EPILOG)
+def ab_stop(model: ModelOption, db: DbOption = None,
+            promote: Annotated[str | None, typer.Option("--promote", help="Put this variant's version in production.")] = None) -> None:
+    """End the running test (and promote the winner)."""
+    _print_ab(_ab(db).stop(model, promote))
+
+
 # -- feedback -------------------------------------------------------------------------------------
 
 feedback_app = typer.Typer(help="User feedback gathered by the server (POST /v1/feedback).", epilog=EPILOG,
@@ -586,7 +655,7 @@ def jobs_show(job_id: Annotated[str, typer.Argument(metavar="JOB")], db: DbOptio
     from tunesmith.jobs.service import owner_of
 
     job = _check(_jobs_service(db).get_job(owner_of(api_key), job_id))
-    out.print(job.model_dump_json(indent=2), markup=False, highlight=False)
+    out.print(job.model_dump_json(indent=2), markup=False, highlight=False, soft_wrap=True)
 
 
 @jobs_app.command("events", epilog=EPILOG)

@@ -21,6 +21,7 @@ from tunesmith import __version__
 from tunesmith.config import ServeSpec
 from tunesmith.errors import ConfigError
 from tunesmith.jobs.service import owner_of
+from tunesmith.monitor.ab import ABService
 from tunesmith.monitor.feedback import FeedbackCreated, FeedbackRequest
 from tunesmith.registry.service import NotRegistered, Registry
 from tunesmith.serve import protocol as p
@@ -192,6 +193,8 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
         add_jobs_routes(app, service, model_auth, _error)
     if service.registry is not None:
         add_registry_routes(app, service.registry, admin_auth, _error)
+    if service.ab is not None:
+        add_ab_routes(app, service.ab, admin_auth, _error)
     if service.feedback is not None:
         feedback = service.feedback
 
@@ -235,3 +238,41 @@ class _AuthError(Exception):
     def __init__(self, error: ServiceError) -> None:
         super().__init__(error.message)
         self.error = error
+
+
+class ABStart(BaseModel):
+    model: str
+    variants: dict[str, float]  # {"v3": 0.5, "v4": 0.5}
+    shadow: str | None = None
+    alpha: float = 0.05
+    baseline: float = 0.5
+    minimum_detectable_effect: float = 0.05
+    horizon: int | None = None
+
+
+class ABStop(BaseModel):
+    promote: str | None = None
+
+
+def add_ab_routes(app: FastAPI, ab: ABService, admin: Callable[[Request], Awaitable[None]],
+                  error: Callable[[ServiceError], JSONResponse]) -> None:
+    """A/B tests over HTTP, admin key only (as `tunesmith ab start|status|stop`)."""
+
+    def run(action: Callable[[], BaseModel]) -> Response:
+        try:
+            return JSONResponse(action().model_dump(mode="json"))
+        except ConfigError as err:
+            return error(ServiceError(404 if isinstance(err, NotRegistered) else 400, str(err), code="ab_test_error"))
+
+    @app.post("/admin/ab", tags=["admin"], dependencies=[Depends(admin)])
+    async def start(body: ABStart) -> Response:
+        return run(lambda: ab.start(body.model, body.variants, shadow=body.shadow, alpha=body.alpha, baseline=body.baseline,
+                                    minimum_detectable_effect=body.minimum_detectable_effect, horizon=body.horizon))
+
+    @app.get("/admin/ab/{model}", tags=["admin"], dependencies=[Depends(admin)])
+    async def status(model: str) -> Response:
+        return run(lambda: ab.status(model))
+
+    @app.post("/admin/ab/{model}/stop", tags=["admin"], dependencies=[Depends(admin)])
+    async def stop(model: str, body: ABStop) -> Response:
+        return run(lambda: ab.stop(model, body.promote))

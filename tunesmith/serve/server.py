@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tunesmith.config import JobsSpec, ServeSpec
 
@@ -46,17 +48,21 @@ def serve(paths: Sequence[str | Path], spec: ServeSpec, log: bool = True, jobs: 
         from tunesmith.registry.service import Registry
 
         registry = Registry(store)
-    log, feedback = None, None
+    log, feedback, ab = None, None, None
     if store is not None:
+        from tunesmith.monitor.ab import ABService
         from tunesmith.monitor.feedback import FeedbackService
         from tunesmith.monitor.log import PredictionLog
 
         log = PredictionLog(store, log_inputs=spec.log_inputs)
         feedback = FeedbackService(store, log)
+        ab = ABService(store)
     service = Service(models, spec, loader=loader, jobs=jobs_service, registry=registry, followed=registry_models,
-                      log=log, feedback=feedback)
+                      log=log, feedback=feedback, ab=ab)
     for name in registry_models:
         service.add(service.load_production(name))
+    if registry_models:
+        asyncio.run(_apply_tests(service))  # a test already running is in force from the first request
     models = service.models
     app = create_app(service, spec)
     port = spec.port or free_port(spec.host)
@@ -75,6 +81,10 @@ def serve(paths: Sequence[str | Path], spec: ServeSpec, log: bool = True, jobs: 
                 child.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 child.kill()
+
+
+async def _apply_tests(service: Any) -> None:
+    await service.follow_tests(asyncio.get_running_loop())
 
 
 def _start_worker(jobs: JobsSpec, index: int) -> subprocess.Popen[bytes]:

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from tunesmith.config import ServeSpec
 from tunesmith.errors import ApiError, ConfigError
 from tunesmith.jobs.service import JobsService
+from tunesmith.monitor.ab import ABService, Route
 from tunesmith.monitor.feedback import FeedbackService
 from tunesmith.monitor.log import PredictionLog
 from tunesmith.registry.service import Registry
@@ -40,7 +41,7 @@ class Service:
     def __init__(self, models: Sequence[Served], spec: ServeSpec, metrics: Metrics | None = None,
                  loader: ModelLoader | None = None, jobs: JobsService | None = None,
                  registry: Registry | None = None, followed: Sequence[str] = (), log: PredictionLog | None = None,
-                 feedback: FeedbackService | None = None) -> None:
+                 feedback: FeedbackService | None = None, ab: ABService | None = None) -> None:
         self.models: list[Served] = []
         # Models by batch key (sequence) and by id (chat: adapters over one base share a key), kept after a
         # swap until their batchers drain, so a batch already queued still finds its model.
@@ -54,6 +55,10 @@ class Service:
         self.followed = list(followed)  # registry model names served as their production version
         self.log = log  # every answered request, for feedback and monitoring (None: not kept)
         self.feedback = feedback
+        self.ab = ab
+        self.routes: dict[str, Route] = {}  # registry model -> its running A/B test's split
+        self._shadows: set[asyncio.Task[None]] = set()  # shadow requests in flight (kept referenced until done)
+        self.variant_models: dict[tuple[str, int], Served] = {}  # (registry model, version) -> loaded variant
         # A worker thread per loaded model: batches of one model run in order, models in parallel
         # (room for models a fine-tuning job adds later).
         self.executor = ThreadPoolExecutor(max_workers=max(4, len({m.batch_key for m in models})),
@@ -154,6 +159,52 @@ class Service:
                 self.add(fresh, replacing=current)
                 self._retire()
                 print(f"registry: now serving {fresh.version} of '{name}' ({fresh.run})", flush=True)
+            await self.follow_tests(loop)
+
+    async def follow_tests(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Apply A/B tests started or stopped on followed models: load each variant's version once."""
+        if self.ab is None:
+            return
+        for name in self.followed:
+            try:
+                route = await loop.run_in_executor(None, self.ab.running, name)
+                if route is not None:
+                    for _, version, _ in [*route.variants, *([(route.shadow[0], route.shadow[1], 0.0)] if route.shadow else [])]:
+                        if (name, version) not in self.variant_models:
+                            served = await loop.run_in_executor(None, self.load_version, name, version)
+                            self.variant_models[(name, version)] = served
+                            self.by_key[served.batch_key], self.by_id[served.id] = served, served
+                            if served.batch_key not in self.batchers:
+                                self.add(served)
+                                self.models.remove(served)  # reached through the route, not listed on its own
+            except Exception as err:  # noqa: BLE001 - a test that cannot be applied leaves serving as it was
+                print(f"A/B: could not apply the test on '{name}': {err}", flush=True)
+                continue
+            if route is None:
+                self.routes.pop(name, None)
+            elif self.routes.get(name) != route:
+                self.routes[name] = route
+                print(f"A/B: '{name}' split {[(n, w) for n, _, w in route.variants]}"
+                      + (f", shadow {route.shadow[0]}" if route.shadow else ""), flush=True)
+
+    def load_version(self, name: str, version: int) -> Served:
+        assert self.registry is not None
+        info = self.registry.version(name, version)
+        served = self.loader.load(info.run)
+        served.version, served.registry = f"{name}-v{version}", (name, info.id)
+        return served
+
+    def route(self, name: str | None, kind: str, owner: str = "", user: str | None = None
+              ) -> tuple[Served, str | None] | ServiceError:
+        """The model that answers `name` for this user: an A/B variant while a test runs, else find()."""
+        route = self.routes.get(name or "")
+        if route is not None:
+            variant, version = route.pick(user)
+            served = self.variant_models.get((name or "", version))
+            if served is not None and served.kind == kind:
+                return served, variant
+        found = self.find(name, kind, owner)
+        return found if isinstance(found, ServiceError) else (found, None)
 
     def _retire(self) -> None:
         """Forget swapped-out models whose batchers have nothing left to run."""
@@ -162,6 +213,18 @@ class Service:
             del self.by_key[key]
         for ident in [i for i, m in self.by_id.items() if m.batch_key not in self.by_key]:
             del self.by_id[ident]
+
+    async def _shadow(self, name: str, shadow: tuple[str, int], rid: str, texts: list[str], user: str | None) -> None:
+        model = self.variant_models.get((name, shadow[1]))
+        if model is None:
+            return
+        started = time.perf_counter()
+        try:
+            results = await asyncio.wait_for(self.batchers[model.batch_key].submit(model.batch_key, texts, len(texts)),
+                                             self.spec.timeout_s)
+        except (Overloaded, TimeoutError):
+            return  # the shadow never costs the users: dropped when the server is busy
+        self._record(f"{rid}:shadow", model, "predict", texts, results, started, user, f"shadow:{shadow[0]}")
 
     async def keep_log(self, retention_days: float, every_s: float = 3600.0) -> None:
         """Clear logged inputs and outputs past their retention, hourly."""
@@ -172,11 +235,11 @@ class Service:
             await asyncio.sleep(every_s)
 
     def _record(self, request_id: str, model: Served, kind: str, inputs: Sequence[Any], outputs: Sequence[Any],
-                started: float, user: str | None) -> None:
+                started: float, user: str | None, variant: str | None = None) -> None:
         if self.log is not None:  # a registry model is logged under its name, whichever version answered
             name = model.registry[0] if model.registry else model.id
             self.log.record(request_id, name, model.version, kind, inputs, outputs,
-                            (time.perf_counter() - started) * 1000, user_id=user)
+                            (time.perf_counter() - started) * 1000, user_id=user, variant=variant)
 
     def unload(self, name: str, owner: str = "") -> None:
         """Stop answering as a deleted fine-tuned model (its adapter leaves the shared base)."""
@@ -221,9 +284,10 @@ class Service:
     async def predict(self, req: p.PredictRequest, request_id: str | None = None, owner: str = ""
                       ) -> p.PredictResponse | ServiceError:
         started = time.perf_counter()
-        model = self.find(req.model, "sequence", owner)
-        if isinstance(model, ServiceError):
-            return model
+        routed = self.route(req.model, "sequence", owner, req.user)
+        if isinstance(routed, ServiceError):
+            return routed
+        model, variant = routed
         if (req.text is None) == (req.texts is None):
             return ServiceError(400, "give exactly one of 'text' (one input) or 'texts' (a batch)", param="text")
         texts = [req.text] if req.text is not None else list(req.texts or [])
@@ -254,7 +318,12 @@ class Service:
             else:
                 self.metrics.predicted_values.labels(model.id).observe(r["value"])
         rid = request_id or f"pred-{uuid.uuid4().hex[:24]}"
-        self._record(rid, model, "predict", texts, results, started, req.user)
+        self._record(rid, model, "predict", texts, results, started, req.user, variant)
+        shadow = self.routes[req.model or ""].shadow if variant and req.model in self.routes else None
+        if shadow is not None:  # the challenger answers a copy; logged, never returned
+            task = asyncio.create_task(self._shadow(req.model or "", shadow, rid, texts, req.user))
+            self._shadows.add(task)
+            task.add_done_callback(self._shadows.discard)
         return p.PredictResponse(id=rid, model=model.id, model_version=model.version,
                                  predictions=[p.Prediction(**r) for r in results])
 
@@ -285,10 +354,11 @@ class Service:
                 "top_p": req.top_p if req.top_p is not None else 1.0, "seed": req.seed, "stop": tuple(req.stops())}
 
     def _prepare(self, req: p.ChatCompletionRequest | p.CompletionRequest, owner: str = ""
-                 ) -> tuple[Served, list[str], dict[str, Any], list[int]] | ServiceError:
-        model = self.find(req.model, "chat", owner)
-        if isinstance(model, ServiceError):
-            return model
+                 ) -> tuple[Served, list[str], dict[str, Any], list[int], str | None] | ServiceError:
+        routed = self.route(req.model, "chat", owner, req.user)
+        if isinstance(routed, ServiceError):
+            return routed
+        model, variant = routed
         if isinstance(req, p.ChatCompletionRequest):
             messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
             prompts = [model.engine.prompt_text(messages)]
@@ -302,7 +372,7 @@ class Service:
         params = self._params(req, model, max(counts), max_tokens)
         if isinstance(params, ServiceError):
             return params
-        return model, prompts, params, counts
+        return model, prompts, params, counts, variant
 
     async def _generate(self, model: Served, prompts: list[str], params: dict[str, Any]) -> list[Any] | ServiceError:
         key = (model.id, tuple(sorted(params.items())))
@@ -324,7 +394,7 @@ class Service:
         prepared = self._prepare(req, owner)
         if isinstance(prepared, ServiceError):
             return prepared
-        model, prompts, params, counts = prepared
+        model, prompts, params, counts, variant = prepared
         done = await self._generate(model, prompts, params)
         if isinstance(done, ServiceError):
             return done
@@ -332,7 +402,7 @@ class Service:
         chat = isinstance(req, p.ChatCompletionRequest)
         ident = p.completion_id("chatcmpl" if chat else "cmpl")  # what feedback names as request_id
         self._record(ident, model, "chat" if chat else "completion", _logged_inputs(req, prompts), [c.text for c in done],
-                     started, req.user)
+                     started, req.user, variant)
         if chat:
             return p.ChatCompletion(
                 id=ident, created=p.now(), model=model.id, usage=usage, system_fingerprint=model.version,
@@ -348,7 +418,7 @@ class Service:
         prepared = self._prepare(req, owner)
         if isinstance(prepared, ServiceError):
             return prepared
-        model, prompts, params, counts = prepared
+        model, prompts, params, counts, variant = prepared
         if len(prompts) != 1:
             return ServiceError(400, "streaming answers one prompt at a time", param="prompt")
         active = self.streams.get(model.batch_key, 0) + self.batchers[model.batch_key].depth
@@ -356,11 +426,11 @@ class Service:
             return _overloaded(Overloaded(max(1, round(self.batchers[model.batch_key].last_batch_s * 2))))
         chat = isinstance(req, p.ChatCompletionRequest)
         include_usage = bool((req.stream_options or {}).get("include_usage"))
-        record = (_logged_inputs(req, prompts), req.user, time.perf_counter())
+        record = (_logged_inputs(req, prompts), req.user, time.perf_counter(), variant)
         return self._events(model, prompts[0], params, counts[0], chat, include_usage, record)
 
     async def _events(self, model: Served, prompt: str, params: dict[str, Any], prompt_tokens: int, chat: bool,
-                      include_usage: bool, record: tuple[list[Any], str | None, float]) -> AsyncIterator[str]:
+                      include_usage: bool, record: tuple[list[Any], str | None, float, str | None]) -> AsyncIterator[str]:
         ident, created = p.completion_id("chatcmpl" if chat else "cmpl"), p.now()
         answer: list[str] = []
         loop = asyncio.get_running_loop()
@@ -411,8 +481,8 @@ class Service:
                     yield chunk(p.ChatDelta() if chat else "", usage=_usage(prompt_tokens, piece.completion_tokens))
             yield "data: [DONE]\n\n"
             finished = True
-            inputs, user, started = record
-            self._record(ident, model, "chat" if chat else "completion", inputs, ["".join(answer)], started, user)
+            inputs, user, started, variant = record
+            self._record(ident, model, "chat" if chat else "completion", inputs, ["".join(answer)], started, user, variant)
         finally:
             if not finished:  # the client went away (or timed out): stop generating for nobody
                 cancel.set()

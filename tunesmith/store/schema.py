@@ -196,3 +196,26 @@ class Feedback(Base):
     corrected_answer: Mapped[str | None] = mapped_column(Text)
     comment: Mapped[str | None] = mapped_column(Text)
     user_id: Mapped[str | None] = mapped_column(String(256))
+
+
+class ABTest(Base):
+    """An A/B test between versions of one registry model: traffic split by weight (sticky per user),
+    an optional shadow challenger, and the fixed horizon its verdict waits for."""
+
+    __tablename__ = "ab_tests"
+    __table_args__ = (
+        # One running test per model at a time, whatever process starts it.
+        Index("uq_ab_tests_one_running", "model", unique=True,
+              sqlite_where=text("status = 'running'"), postgresql_where=text("status = 'running'")),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), index=True)
+    status: Mapped[str] = mapped_column(String(16))  # running | stopped
+    variants: Mapped[list[Any]] = mapped_column()  # [{"name": "v3", "version": 3, "weight": 0.5}, ...]
+    shadow: Mapped[dict[str, Any] | None] = mapped_column()  # {"name": "v5", "version": 5}: answers logged, not returned
+    alpha: Mapped[float] = mapped_column(Float)
+    horizon: Mapped[int] = mapped_column(Integer)  # feedback items per variant before a verdict
+    created: Mapped[float] = mapped_column(Float)
+    stopped: Mapped[float | None] = mapped_column(Float)
+    winner: Mapped[str | None] = mapped_column(String(128))

@@ -1,0 +1,108 @@
+"""A/B tests over the store (SQLite and PostgreSQL): starting them is checked, the split is sticky and
+weighted, the verdict waits for the horizon, finds a real effect and does not invent one."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.registry.test_service import fake_run
+from tunesmith.errors import ConfigError
+from tunesmith.monitor.ab import ABService, Route, parse_variants
+from tunesmith.registry.service import Registry
+from tunesmith.store.db import Store
+from tunesmith.store.schema import Feedback, Prediction
+
+
+def setup(store_url: str, tmp_path: Path, versions: int = 3) -> tuple[Store, ABService]:
+    store = Store(store_url)
+    registry = Registry(store)
+    for i in range(1, versions + 1):
+        registry.add(fake_run(tmp_path / f"r{i}", 0.8), "reviews")
+    registry.promote("reviews", 1)
+    return store, ABService(store)
+
+
+def test_bad_tests_are_refused_clearly(store_url: str, tmp_path: Path) -> None:
+    _, ab = setup(store_url, tmp_path)
+    with pytest.raises(ConfigError, match="sum to 1"):
+        ab.start("reviews", {"v1": 0.5, "v2": 0.6})
+    with pytest.raises(ConfigError, match="no version 9"):
+        ab.start("reviews", {"v1": 0.5, "v9": 0.5})
+    with pytest.raises(ConfigError, match="at least two"):
+        ab.start("reviews", {"v1": 1.0})
+    with pytest.raises(ConfigError, match="v<number>"):
+        ab.start("reviews", {"v1": 0.5, "latest": 0.5})
+    with pytest.raises(ConfigError, match="already a variant"):
+        ab.start("reviews", {"v1": 0.5, "v2": 0.5}, shadow="v2")
+    with pytest.raises(ConfigError, match="no weight"):
+        parse_variants("v1=0.5,v2")
+    started = ab.start("reviews", {"v1": 0.5, "v2": 0.5}, shadow="v3", minimum_detectable_effect=0.1)
+    assert started.status == "running" and started.horizon == 388 and not started.decided
+    with pytest.raises(ConfigError, match="already has a running A/B test"):
+        ab.start("reviews", {"v1": 0.5, "v2": 0.5})
+    with pytest.raises(ConfigError, match="not a variant"):
+        ab.stop("reviews", promote="v3")
+
+
+def test_the_split_is_sticky_per_user_and_follows_the_weights() -> None:
+    route = Route("ab-1", [("v1", 1, 0.2), ("v2", 2, 0.8)], None)
+    assert all(route.pick("alice") == route.pick("alice") for _ in range(20))
+    counts = Counter(route.pick(f"user-{i}")[0] for i in range(10_000))
+    assert abs(counts["v2"] / 10_000 - 0.8) < 0.02
+    other = Route("ab-2", route.variants, None)  # another test reshuffles users
+    assert [route.pick(f"u{i}") for i in range(50)] != [other.pick(f"u{i}") for i in range(50)]
+
+
+def _simulate(store: Store, rates: dict[str, float], users: int, seed: int) -> None:
+    """Predictions and thumbs for `users` users split evenly, as the server would log them."""
+    rng = np.random.default_rng(seed)
+    now = time.time()
+    predictions, feedback = [], []
+    for i in range(users):
+        variant = list(rates)[i % len(rates)]
+        rid = f"req-{seed}-{i}-{uuid.uuid4().hex[:6]}"
+        predictions.append({"request_id": rid, "model": "reviews", "model_version": f"reviews-{variant}", "kind": "predict",
+                            "created": now, "inputs": None, "outputs": None, "latency_ms": 5.0, "user_id": f"u{i}",
+                            "variant": variant})
+        feedback.append({"id": f"fb-{rid}", "request_id": rid, "item_index": 0, "created": now,
+                         "thumbs_up": bool(rng.random() < rates[variant])})
+    with store.session() as s:
+        s.execute(Prediction.__table__.insert(), predictions)
+        s.execute(Feedback.__table__.insert(), feedback)
+
+
+def test_the_verdict_finds_a_real_effect_only_at_the_horizon_and_stop_promotes(store_url: str, tmp_path: Path) -> None:
+    store, ab = setup(store_url, tmp_path)
+    ab.start("reviews", {"v1": 0.5, "v2": 0.5}, horizon=1000)
+    _simulate(store, {"v1": 0.5, "v2": 0.6}, 600, seed=1)
+    early = ab.status("reviews")
+    assert not early.decided and early.winner is None and "keep collecting" in early.verdict
+    _simulate(store, {"v1": 0.5, "v2": 0.6}, 1400, seed=2)
+    status = ab.status("reviews")
+    assert status.decided and status.winner == "v2" and status.p_value < 0.05, status.verdict
+    assert status.variants[1].feedback == 1000 and "v2 is better than v1" in status.verdict
+    assert status.difference is not None and status.difference_ci[0] > 0
+    stopped = ab.stop("reviews", promote="v2")
+    assert stopped.status == "stopped" and Registry(store).production("reviews").version == 2
+
+
+def test_without_an_effect_no_winner_is_declared_more_often_than_alpha(tmp_path: Path) -> None:
+    """Repeated seeds through the status computation (SQLite; the statistic itself is tested with 400 seeds
+    in test_stats.py): 50% vs 50% positive at the horizon declares a winner rarely."""
+    winners = 0
+    seeds = 60
+    for seed in range(seeds):
+        store, ab = setup(f"sqlite:///{tmp_path / f's{seed}.db'}", tmp_path / f"runs{seed}", versions=2)
+        ab.start("reviews", {"v1": 0.5, "v2": 0.5}, horizon=300)
+        _simulate(store, {"v1": 0.5, "v2": 0.5}, 600, seed=seed)
+        status = ab.status("reviews")
+        assert status.decided
+        winners += status.winner is not None
+        store.close()
+    assert winners / seeds <= 0.05 + 3 * (0.05 * 0.95 / seeds) ** 0.5, winners

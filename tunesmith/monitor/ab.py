@@ -1,0 +1,231 @@
+"""A/B tests between versions of a registry model: start, route, measure, decide, stop.
+
+The split is sticky: a user id hashes (with the test's id) to a point in [0, 1) that picks a
+variant by the weights, so a user keeps their variant for the whole test; a request without a user
+id is assigned at random. Outcomes come from feedback joined to the prediction log by request id:
+the positive rate (thumbs up, or a score of 4-5), the mean score, accuracy on corrected labels, and
+latency. The verdict is a fixed-horizon test (monitor/stats.py): no winner is declared before every
+variant has the planned number of feedback items, so looking at the status often does not inflate
+false positives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from tunesmith.errors import ConfigError
+from tunesmith.monitor import stats
+from tunesmith.registry.service import Registry
+from tunesmith.store.db import Store
+from tunesmith.store.schema import ABTest, Feedback, Prediction
+
+WEIGHT_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Route:
+    """A running test as the server applies it."""
+
+    test_id: str
+    variants: list[tuple[str, int, float]]  # (name, version, weight)
+    shadow: tuple[str, int] | None
+
+    def pick(self, user: str | None) -> tuple[str, int]:
+        """(variant, version) for a request: by the user's stable hash, else at random."""
+        if user:
+            digest = hashlib.sha256(f"{self.test_id}:{user}".encode()).digest()
+            point = int.from_bytes(digest[:8], "big") / 2**64
+        else:
+            point = random.random()
+        total = 0.0
+        for name, version, weight in self.variants:
+            total += weight
+            if point < total:
+                return name, version
+        name, version, _ = self.variants[-1]
+        return name, version
+
+
+class VariantOutcome(BaseModel):
+    name: str
+    version: int
+    weight: float
+    requests: int
+    feedback: int
+    positive: int
+    positive_rate: float | None
+    mean_score: float | None
+    corrected_accuracy: float | None
+    latency_p50_ms: float | None
+
+
+class ABStatus(BaseModel):
+    id: str
+    model: str
+    status: str
+    horizon: int
+    alpha: float
+    variants: list[VariantOutcome]
+    shadow: dict[str, Any] | None
+    test: str | None  # the statistical test used
+    p_value: float | None
+    difference: float | None
+    difference_ci: tuple[float, float] | None
+    verdict: str  # plain words
+    method: str
+    winner: str | None
+    decided: bool
+
+
+def parse_variants(text: str) -> dict[str, float]:
+    """`v3=0.5,v4=0.5` -> {"v3": 0.5, "v4": 0.5}, with errors that say what is wrong."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, weight = part.partition("=")
+        try:
+            out[name.strip()] = float(weight) if sep else float("nan")
+        except ValueError:
+            raise ConfigError(f"--variants: '{part}' must look like v3=0.5") from None
+        if not sep:
+            raise ConfigError(f"--variants: '{part}' has no weight; write {part}=0.5")
+    return out
+
+
+def _version_of(name: str) -> int:
+    if not (name.startswith("v") and name[1:].isdigit()):
+        raise ConfigError(f"variant '{name}' must name a registered version as v<number> (e.g. v3)")
+    return int(name[1:])
+
+
+class ABService:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.registry = Registry(store)
+
+    def start(self, model: str, weights: dict[str, float], *, shadow: str | None = None, alpha: float = 0.05,
+              baseline: float = 0.5, minimum_detectable_effect: float = 0.05, power: float = 0.8,
+              horizon: int | None = None) -> ABStatus:
+        """Start a test; the horizon (feedback items per variant) comes from the effect worth detecting."""
+        if len(weights) < 2:
+            raise ConfigError("an A/B test needs at least two variants, e.g. --variants v3=0.5,v4=0.5")
+        if any(not 0 < w <= 1 for w in weights.values()):
+            raise ConfigError(f"variant weights must be between 0 and 1, got {weights}")
+        if abs(sum(weights.values()) - 1) > WEIGHT_TOLERANCE:
+            raise ConfigError(f"variant weights must sum to 1, they sum to {sum(weights.values()):g} ({weights})")
+        versions = {name: _version_of(name) for name in weights}
+        for name, version in versions.items():
+            self.registry.version(model, version)  # NotRegistered names the model and version
+        shadow_entry = None
+        if shadow:
+            shadow_entry = {"name": shadow, "version": _version_of(shadow)}
+            self.registry.version(model, shadow_entry["version"])
+            if shadow in weights:
+                raise ConfigError(f"the shadow '{shadow}' is already a variant; a shadow gets a copy of the traffic, not a share")
+        per_variant = horizon or stats.sample_size_proportions(baseline, minimum_detectable_effect, alpha=alpha, power=power)
+        with self.store.session() as s:
+            running = s.scalar(select(ABTest).where(ABTest.model == model, ABTest.status == "running"))
+            if running is not None:
+                raise ConfigError(f"'{model}' already has a running A/B test ({running.id}); stop it first with "
+                                  f"`tunesmith ab stop --model {model}`")
+            test = ABTest(id=f"ab-{secrets.token_hex(8)}", model=model, status="running",
+                          variants=[{"name": n, "version": versions[n], "weight": w} for n, w in weights.items()],
+                          shadow=shadow_entry, alpha=alpha, horizon=int(per_variant), created=time.time())
+            s.add(test)
+            test_id = test.id
+        return self.status(model, test_id)
+
+    def running(self, model: str) -> Route | None:
+        with self.store.session() as s:
+            test = s.scalar(select(ABTest).where(ABTest.model == model, ABTest.status == "running"))
+            if test is None:
+                return None
+            return Route(test.id, [(v["name"], v["version"], v["weight"]) for v in test.variants],
+                         (test.shadow["name"], test.shadow["version"]) if test.shadow else None)
+
+    def _test(self, s: Any, model: str, test_id: str | None) -> ABTest:
+        stmt = select(ABTest).where(ABTest.model == model)
+        stmt = stmt.where(ABTest.id == test_id) if test_id else stmt.order_by(ABTest.created.desc())
+        test = s.scalars(stmt).first()
+        if test is None:
+            raise ConfigError(f"'{model}' has no A/B test; start one with `tunesmith ab start --model {model} "
+                              "--variants v1=0.5,v2=0.5`")
+        return test
+
+    def status(self, model: str, test_id: str | None = None) -> ABStatus:
+        """Per-variant outcomes and the verdict of the running (or latest) test on `model`."""
+        with self.store.session() as s:
+            test = self._test(s, model, test_id)
+            names = [v["name"] for v in test.variants]
+            predictions = s.execute(select(Prediction.request_id, Prediction.variant, Prediction.latency_ms, Prediction.outputs)
+                                    .where(Prediction.model == model, Prediction.created >= test.created,
+                                           Prediction.variant.in_(names))).all()
+            feedback = s.execute(select(Feedback, Prediction.variant, Prediction.outputs)
+                                 .join(Prediction, Feedback.request_id == Prediction.request_id)
+                                 .where(Prediction.model == model, Prediction.created >= test.created,
+                                        Prediction.variant.in_(names))).all()
+            info = {"id": test.id, "status": test.status, "horizon": test.horizon, "alpha": test.alpha,
+                    "variants": list(test.variants), "shadow": test.shadow, "winner": test.winner}
+        outcomes = []
+        trials, successes, scores = {}, {}, {}
+        for v in info["variants"]:
+            mine = [f for f, variant, _ in feedback if variant == v["name"]]
+            rated = [f for f in mine if f.thumbs_up is not None or f.score is not None]
+            positive = sum(1 for f in rated if f.thumbs_up is True or (f.score is not None and f.score >= 4))
+            corrected = [(f, out) for f, variant, out in feedback if variant == v["name"] and f.corrected_label]
+            right = sum(1 for f, out in corrected if out and _predicted_labels(out, f.item_index) == set(f.corrected_label or []))
+            latencies = sorted(lat for _, variant, lat, _ in predictions if variant == v["name"])
+            score_values = [float(f.score) for f in mine if f.score is not None]
+            outcomes.append(VariantOutcome(
+                name=v["name"], version=v["version"], weight=v["weight"],
+                requests=sum(1 for _, variant, _, _ in predictions if variant == v["name"]), feedback=len(rated),
+                positive=positive, positive_rate=positive / len(rated) if rated else None,
+                mean_score=sum(score_values) / len(score_values) if score_values else None,
+                corrected_accuracy=right / len(corrected) if corrected else None,
+                latency_p50_ms=latencies[len(latencies) // 2] if latencies else None))
+            trials[v["name"]], successes[v["name"]], scores[v["name"]] = len(rated), positive, score_values
+        horizon = stats.Horizon(info["horizon"])
+        test_name = p_value = difference = ci = None
+        winner = info["winner"]
+        if all(n > 0 for n in trials.values()):
+            result = stats.compare_proportions(successes, trials, alpha=info["alpha"])
+            reading = stats.verdict(result, horizon, outcome="positive")
+            test_name, p_value, difference, ci = result.test, result.p_value, result.difference, result.difference_ci
+            words, method, decided = reading.message, reading.method, reading.decided
+            winner = winner or (reading.winner if reading.decided else None)
+        else:
+            waiting = [n for n, t in trials.items() if t == 0]
+            words = f"keep collecting: no rated feedback yet for {', '.join(waiting)} (horizon {horizon.per_variant} per variant)"
+            method, decided = f"fixed horizon of {horizon.per_variant} per variant, alpha {info['alpha']:g}, two-sided", False
+        return ABStatus(id=info["id"], model=model, status=info["status"], horizon=info["horizon"], alpha=info["alpha"],
+                        variants=outcomes, shadow=info["shadow"], test=test_name, p_value=p_value, difference=difference,
+                        difference_ci=ci, verdict=words, method=method, winner=winner, decided=decided)
+
+    def stop(self, model: str, promote: str | None = None) -> ABStatus:
+        """End the running test; `promote` puts that variant's version in production."""
+        with self.store.session() as s:
+            test = s.scalar(select(ABTest).where(ABTest.model == model, ABTest.status == "running").with_for_update())
+            if test is None:
+                raise ConfigError(f"'{model}' has no running A/B test")
+            names = {v["name"]: v["version"] for v in test.variants}
+            if promote is not None and promote not in names:
+                raise ConfigError(f"--promote {promote}: not a variant of this test ({sorted(names)})")
+            test.status, test.stopped, test.winner = "stopped", time.time(), promote
+            test_id = test.id
+        if promote is not None:
+            self.registry.promote(model, names[promote])
+        return self.status(model, test_id)
+
+
+def _predicted_labels(outputs: list[Any], index: int) -> set[str]:
+    if index >= len(outputs) or not isinstance(outputs[index], dict):
+        return set()
+    label = outputs[index].get("label")
+    return set(label) if isinstance(label, list) else {label}
