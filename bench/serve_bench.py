@@ -69,7 +69,7 @@ def pipeline_throughput(run: Path, texts: list[str]) -> tuple[float, list[float]
         t = time.perf_counter()
         pipe(text)
         latencies.append(time.perf_counter() - t)
-    return len(bodies) / (time.perf_counter() - started), latencies
+    return len(texts) / (time.perf_counter() - started), latencies
 
 
 def start_server(path: Path, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen[bytes], str]:
