@@ -4,6 +4,7 @@ after the server is killed (SIGKILL) under concurrent feedback load, on SQLite a
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,6 +57,11 @@ def test_acknowledged_feedback_survives_a_killed_server(classifier: Path, store_
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "rating"
         ok = httpx.post(f"{url}/v1/feedback", json={"request_id": ids[0], "rating": "down", "label": "neg"})
         assert ok.status_code == 201 and ok.json()["object"] == "feedback"
+        metrics = httpx.get(f"{url}/metrics").text  # live, per model version
+        assert 'tunesmith_model_requests_total{model="ft:' in metrics and "tunesmith_model_latency_seconds_bucket" in metrics
+        assert re.search(r'tunesmith_feedback_total\{model="ft:[^"]+",rating="negative",version="\w+"\} 1\.0', metrics)
+        assert re.search(r'tunesmith_corrected_feedback_total\{model="ft:[^"]+",outcome="(right|wrong)"', metrics)
+        assert "tunesmith_prediction_confidence_bucket" in metrics
 
         acked: list[str] = []
         stop = threading.Event()

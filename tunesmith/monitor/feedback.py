@@ -10,6 +10,7 @@ import csv
 import json
 import secrets
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -43,9 +44,11 @@ class FeedbackCreated(BaseModel):
 
 
 class FeedbackService:
-    def __init__(self, store: Store, log: PredictionLog | None = None) -> None:
+    def __init__(self, store: Store, log: PredictionLog | None = None,
+                 on_accept: Callable[[Prediction, Feedback], None] | None = None) -> None:
         self.store = store
         self.log = log
+        self.on_accept = on_accept  # after the commit: live counters (the server's metrics)
 
     def submit(self, req: FeedbackRequest) -> FeedbackCreated | ApiError:
         if req.rating is None and req.label is None and req.value is None and req.answer is None:
@@ -69,6 +72,8 @@ class FeedbackService:
                        corrected_value=req.value, corrected_answer=req.answer, comment=req.comment, user_id=req.user_id)
         with self.store.session() as s:  # committed when the block ends: before the caller answers 2xx
             s.add(row)
+        if self.on_accept is not None:
+            self.on_accept(prediction, row)
         return FeedbackCreated(id=row.id, request_id=row.request_id, created_at=int(row.created))
 
     def export(self, model: str, out: Path) -> int:

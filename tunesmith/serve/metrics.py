@@ -23,6 +23,23 @@ class Metrics:
         self.generated_tokens = Counter("tunesmith_generated_tokens", "Tokens generated per model", ["model"], registry=r)
         self.stream_disconnects = Counter("tunesmith_stream_disconnects", "Streams the client left before the end",
                                           ["model"], registry=r)
+        # Per model version (a registry model's versions, an A/B test's variants): what monitoring compares.
+        self.version_requests = Counter("tunesmith_model_requests", "Answered requests per model version",
+                                        ["model", "version"], registry=r)
+        self.version_errors = Counter("tunesmith_model_errors", "Requests a model version could not answer (busy, timeout)",
+                                      ["model", "version"], registry=r)
+        self.version_latency = Histogram("tunesmith_model_latency_seconds", "Latency per model version (percentiles via histogram_quantile)",
+                                         ["model", "version"], buckets=LATENCY_BUCKETS, registry=r)
+        self.confidence = Histogram("tunesmith_prediction_confidence", "Top-class probability per model version",
+                                    ["model", "version"], buckets=(0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0), registry=r)
+        self.feedback = Counter("tunesmith_feedback", "Feedback items per model version: positive, negative, neutral (score 3), correction only",
+                                ["model", "version", "rating"], registry=r)
+        self.corrections = Counter("tunesmith_corrected_feedback", "Corrected labels per model version: the model was right or wrong",
+                                   ["model", "version", "outcome"], registry=r)
+        self.drift_psi = Gauge("tunesmith_drift_psi", "Population stability index of live traffic against the training data",
+                               ["model", "signal"], registry=r)
+        self.drift_warning = Gauge("tunesmith_drift_warning", "1 when a drift measure is over its threshold", ["model", "signal"],
+                                   registry=r)
         self.registry_errors = Counter("tunesmith_registry_errors", "Production versions that failed to load (the old one stays)",
                                        ["model"], registry=r)
 

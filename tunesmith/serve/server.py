@@ -59,6 +59,8 @@ def serve(paths: Sequence[str | Path], spec: ServeSpec, log: bool = True, jobs: 
         ab = ABService(store)
     service = Service(models, spec, loader=loader, jobs=jobs_service, registry=registry, followed=registry_models,
                       log=log, feedback=feedback, ab=ab)
+    if feedback is not None:
+        feedback.on_accept = service.count_feedback
     for name in registry_models:
         service.add(service.load_production(name))
     if registry_models:

@@ -236,10 +236,27 @@ class Service:
 
     def _record(self, request_id: str, model: Served, kind: str, inputs: Sequence[Any], outputs: Sequence[Any],
                 started: float, user: str | None, variant: str | None = None) -> None:
-        if self.log is not None:  # a registry model is logged under its name, whichever version answered
-            name = model.registry[0] if model.registry else model.id
-            self.log.record(request_id, name, model.version, kind, inputs, outputs,
-                            (time.perf_counter() - started) * 1000, user_id=user, variant=variant)
+        name = model.registry[0] if model.registry else model.id  # a registry model under its name, whatever version
+        seconds = time.perf_counter() - started
+        self.metrics.version_requests.labels(name, model.version).inc()
+        self.metrics.version_latency.labels(name, model.version).observe(seconds)
+        for output in outputs:
+            if isinstance(output, dict) and output.get("probabilities"):
+                self.metrics.confidence.labels(name, model.version).observe(max(output["probabilities"].values()))
+        if self.log is not None:
+            self.log.record(request_id, name, model.version, kind, inputs, outputs, seconds * 1000, user_id=user, variant=variant)
+
+    def count_feedback(self, prediction: Any, feedback: Any) -> None:
+        """Feedback counters per model version (the feedback service calls this once an item is committed)."""
+        rating = "positive" if feedback.thumbs_up is True or (feedback.score or 0) >= 4 else \
+            "negative" if feedback.thumbs_up is False or (feedback.score or 3) <= 2 else \
+            "neutral" if feedback.score == 3 else "correction"
+        self.metrics.feedback.labels(prediction.model, prediction.model_version, rating).inc()
+        outputs = prediction.outputs or []
+        if feedback.corrected_label and feedback.item_index < len(outputs) and isinstance(outputs[feedback.item_index], dict):
+            said = outputs[feedback.item_index].get("label")
+            right = set(said if isinstance(said, list) else [said]) == set(feedback.corrected_label)
+            self.metrics.corrections.labels(prediction.model, prediction.model_version, "right" if right else "wrong").inc()
 
     def unload(self, name: str, owner: str = "") -> None:
         """Stop answering as a deleted fine-tuned model (its adapter leaves the shared base)."""
@@ -307,9 +324,10 @@ class Service:
         try:
             results = await asyncio.wait_for(self.batchers[model.batch_key].submit(model.batch_key, texts, len(texts)),
                                              self.spec.timeout_s)
-        except Overloaded as err:
-            return _overloaded(err)
-        except TimeoutError:
+        except (Overloaded, TimeoutError) as err:
+            self.metrics.version_errors.labels(model.registry[0] if model.registry else model.id, model.version).inc()
+            if isinstance(err, Overloaded):
+                return _overloaded(err)
             return ServiceError(504, f"no answer within {self.spec.timeout_s:g} s", "server_error", code="timeout")
         for r in results:
             if "label" in r:
