@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from tunesmith.artifacts import RUN_MANIFEST, DatasetVersion, Run, is_dataset, is_run
 from tunesmith.monitor.drift import TOKEN, DriftReport, DriftThresholds, drift_report, vocabulary_of
@@ -291,16 +291,34 @@ def time_series(store: Store, model: str, bucket_s: float = 3600, since: float |
 # -- drift -------------------------------------------------------------------------------------------
 
 
-def drift(store: Store, model: str, profile: TrainingProfile, since: float | None = None, limit: int = 5000,
-          model_version: str | None = None, thresholds: DriftThresholds = DriftThresholds()) -> dict[str, Any]:
-    """The newest `limit` logged requests of `model` (since `since`; only `model_version`'s when given) against the
-    training profile: input lengths, predicted labels (or values, for regression) and the share of unseen words.
-    Returns monitor.drift.drift_report's dict, plus "values" for a regression and "live": what was compared
-    (requests, texts, model_version, from/to times). Shadow copies are left out: they repeat inputs already
-    counted. Requests logged without inputs (--no-log-inputs, or past retention) cannot be compared."""
+@dataclass
+class LiveSample:
+    """The newest logged inputs of a model, as drift compares them (shadow copies left out: they repeat inputs
+    already counted)."""
+
+    requests: int = 0
+    texts: list[str] = field(default_factory=list)  # one per item; a chat conversation's user turns as one
+    labels: list[str] = field(default_factory=list)  # predicted label occurrences (multi-label: each label)
+    values: list[float] = field(default_factory=list)  # regression: predicted values
+    first: float | None = None
+    last: float | None = None
+    model_version: str | None = None
+
+    @property
+    def lengths(self) -> list[int]:
+        # Word counts, as TrainingProfile.word_lengths: the live side never went through the model's tokenizer.
+        return [word_count(t) for t in self.texts]
+
+
+def live_sample(store: Store, model: str, since: float | None = None, limit: int = 5000,
+                model_version: str | None = None) -> LiveSample:
+    """The newest `limit` requests of `model` that were logged with their inputs (since `since`; only
+    `model_version`'s when given). Requests logged without inputs (--no-log-inputs, or past retention) are not
+    in it."""
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
-    where = [Prediction.model == model, Prediction.inputs.is_not(None)]
+    where = [Prediction.model == model, Prediction.inputs.is_not(None),
+             or_(Prediction.variant.is_(None), Prediction.variant.not_like(f"{SHADOW}%"))]
     if since is not None:
         where.append(Prediction.created >= since)
     if model_version is not None:
@@ -309,37 +327,50 @@ def drift(store: Store, model: str, profile: TrainingProfile, since: float | Non
         rows = s.execute(select(Prediction.kind, Prediction.created, Prediction.inputs, Prediction.outputs,
                                 Prediction.variant).where(*where)
                          .order_by(Prediction.created.desc(), Prediction.request_id.desc()).limit(limit)).all()
-    texts: list[str] = []
+    sample = LiveSample(model_version=model_version)
     labels: list[Any] = []
-    values: list[float] = []
-    times: list[float] = []
     for row in rows:
         if _is_shadow(row) or not row.inputs:
             continue
-        times.append(row.created)
-        if row.kind == "chat":  # the whole conversation is one input
-            texts.append(_user_text(row.inputs))
+        sample.requests += 1
+        sample.first = row.created if sample.first is None else min(sample.first, row.created)
+        sample.last = row.created if sample.last is None else max(sample.last, row.created)
+        if row.kind != "predict":  # chat: the conversation is one input; completion: the prompts
+            sample.texts.extend([_user_text(row.inputs)] if row.kind == "chat" else [str(t) for t in row.inputs])
             continue
-        texts.extend(str(t) for t in row.inputs)
+        sample.texts.extend(str(t) for t in row.inputs)
         for out in row.outputs or []:
             if isinstance(out, dict) and out.get("label") is not None:
                 labels.append(out["label"])
             elif isinstance(out, dict) and out.get("value") is not None:
-                values.append(float(out["value"]))
-    live_labels = _flat_labels(labels)
-    # Word counts on both sides (see word_count): the live side never went through the model's tokenizer here.
-    report = drift_report(train_lengths=profile.word_lengths, live_lengths=[word_count(t) for t in texts],
-                          train_labels=profile.labels, live_labels=live_labels,
-                          train_vocab=profile.vocabulary, live_texts=texts, thresholds=thresholds)
-    if profile.scores is not None and len(profile.scores) and values:
-        # drift_report compares labels only; a regression's predicted values get the same PSI + KS reading.
+                sample.values.append(float(out["value"]))
+    sample.labels = _flat_labels(labels)
+    return sample
+
+
+def drift_of(profile: TrainingProfile, sample: LiveSample, thresholds: DriftThresholds = DriftThresholds()) -> dict[str, Any]:
+    """monitor.drift.drift_report of `sample` against `profile`, plus "values" for a regression (predicted values
+    against the training targets, read the same way) and "live": what was compared (requests, texts,
+    model_version, from, to)."""
+    report = drift_report(train_lengths=profile.word_lengths, live_lengths=sample.lengths,
+                          train_labels=profile.labels, live_labels=sample.labels,
+                          train_vocab=profile.vocabulary, live_texts=sample.texts, thresholds=thresholds)
+    if profile.scores is not None and len(profile.scores) and sample.values:
+        # drift_report compares labels only; its DriftReport gives predicted values the same PSI + KS reading and words.
         extra = DriftReport(thresholds=thresholds)
-        e, a = np.asarray(profile.scores, float), np.asarray(values, float)
+        e, a = np.asarray(profile.scores, float), np.asarray(sample.values, float)
         metric = extra._distribution("values", "predicted value distribution", e, a,
                                      f"; mean {e.mean():.3g} -> {a.mean():.3g}")
         metric.update(train_mean=float(e.mean()), live_mean=float(a.mean()))
         report["values"] = metric
         report["warnings"] = [*report["warnings"], *extra.warnings]
-    report["live"] = {"requests": len(times), "texts": len(texts), "model_version": model_version,
-                      "from": min(times) if times else None, "to": max(times) if times else None}
+    report["live"] = {"requests": sample.requests, "texts": len(sample.texts), "model_version": sample.model_version,
+                      "from": sample.first, "to": sample.last}
     return report
+
+
+def drift(store: Store, model: str, profile: TrainingProfile, since: float | None = None, limit: int = 5000,
+          model_version: str | None = None, thresholds: DriftThresholds = DriftThresholds()) -> dict[str, Any]:
+    """The newest `limit` logged requests of `model` (since `since`; only `model_version`'s when given) against the
+    training profile: input lengths, predicted labels (or values) and the share of unseen words; see drift_of."""
+    return drift_of(profile, live_sample(store, model, since, limit, model_version), thresholds)
