@@ -560,6 +560,32 @@ def ab_stop(model: ModelOption, db: DbOption = None,
     _print_ab(_ab(db).stop(model, promote))
 
 
+# -- monitoring report -----------------------------------------------------------------------------
+
+monitor_app = typer.Typer(help="How served models are doing: live figures, drift, A/B tests.", epilog=EPILOG,
+                          no_args_is_help=True)
+app.add_typer(monitor_app, name="monitor")
+
+
+@monitor_app.command("report", epilog=EPILOG)
+def monitor_report(
+    model: Annotated[str, typer.Option("--model", help="The served model (registry name or model id).")],
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Folder to write (default: monitor/<model>).")] = None,
+    since_hours: Annotated[float | None, typer.Option("--since-hours", help="Only the last N hours of traffic.")] = None,
+    db: DbOption = None,
+) -> None:
+    """An HTML report: per-version requests, latency, labels, feedback over time, drift against the training data,
+    the registry's versions and the A/B tests."""
+    import time as _time
+
+    from tunesmith.monitor.report import write_report
+    from tunesmith.store.db import Store
+
+    since = _time.time() - since_hours * 3600 if since_hours else None
+    path = write_report(Store(db), model, out_dir or Path("monitor") / model.replace(":", "_"), since=since)
+    out.print(f"report: {path}", highlight=False)
+
+
 # -- feedback -------------------------------------------------------------------------------------
 
 feedback_app = typer.Typer(help="User feedback gathered by the server (POST /v1/feedback).", epilog=EPILOG,

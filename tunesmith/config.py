@@ -395,6 +395,7 @@ class ServeSpec(Spec):
     registry_poll_s: float = Field(1.0, gt=0)  # `serve --model`: how often the store is asked what is in production
     log_inputs: bool = True  # keep each request's input and answer with it (feedback joins them); off for sensitive data
     log_retention_days: float = Field(30.0, gt=0)  # logged inputs and answers are cleared after this; ids and timings stay
+    drift_every_s: float = Field(60.0, gt=0)  # how often live traffic is compared with the training data (drift gauges in /metrics)
 
 
 class JobsSpec(Spec):

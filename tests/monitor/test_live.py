@@ -216,3 +216,34 @@ def test_regression_values_drift(tmp_path: Path) -> None:
     assert report["values"]["status"] == "significant" and report["values"]["live_mean"] == pytest.approx(4.0, abs=0.1)
     assert [w for w in report["warnings"] if w.startswith("predicted value distribution drifted")]
     assert "labels" not in report and report["vocabulary"]["oov_rate"] == 0
+
+
+def test_the_server_raises_drift_warnings_in_metrics(dataset: Path, tmp_path: Path) -> None:
+    """The serving side of drift: Service.watch_drift sets the PSI and warning gauges of /metrics."""
+    import asyncio
+
+    from tunesmith.config import ServeSpec
+    from tunesmith.monitor.log import PredictionLog
+    from tunesmith.serve.models import Served
+    from tunesmith.serve.service import Service
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    run = fake_run(tmp_path / "run", dataset)
+    train = DatasetVersion(dataset).table("train")
+    texts = [f"zebra quasar {t} xylophone" for t in train.column("text").to_pylist()]
+    insert(store, live_rows(texts, ["pos"] * len(texts), "reviews-v1"))
+    served = Served("ft:tiny:reviews:1", "sequence", "single_label_classification", str(run), "tiny", 0, "reviews-v1",
+                    engine=None, registry=("reviews", "mv-1"))
+    service = Service([served], ServeSpec(), log=PredictionLog(store))
+
+    async def one_pass() -> None:
+        task = asyncio.create_task(service.watch_drift(every_s=0.01))
+        await asyncio.sleep(1.0)
+        task.cancel()
+
+    asyncio.run(one_pass())
+    metrics = service.metrics.render().decode()
+    assert 'tunesmith_drift_warning{model="reviews",signal="labels"} 1.0' in metrics
+    assert 'tunesmith_drift_warning{model="reviews",signal="vocabulary"} 1.0' in metrics
+    assert 'tunesmith_drift_psi{model="reviews",signal="labels"}' in metrics
+    service.log.close()

@@ -51,7 +51,7 @@ def test_report_shows_versions_time_series_drift_registry_and_ab_tests(dataset: 
     assert "(figures/requests.png)" in md
     assert doc.count("data:image/png;base64,") == 6 and 'src="figures/' not in doc  # standalone
     for text in ("reviews-v1", "reviews-v2", "prediction distribution drifted", "words unseen in training",
-                 "ab-123", "v1 50%, v2 50%", "production", "candidate", "15 minutes buckets"):
+                 "ab-123", "v1 50%, v2 50%", "production", "candidate", "15-minute buckets"):
         assert text in doc, text
     assert re.search(r"<td>reviews-v1</td>\s*<td>120</td>", doc)
     summary = json.loads((out / "report.json").read_text())
@@ -74,7 +74,7 @@ def test_nothing_logged_is_a_clear_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no logged predictions for 'reviews'"):
         write_report(store, "reviews", tmp_path / "out")
     insert(store, [{"model_version": "reviews-v1", "request_id": "r1", "created": T0, "latency_ms": 1.0, "outputs": None}])
-    with pytest.raises(ConfigError, match="no predictions for 'reviews' since .* the latest was at"):
+    with pytest.raises(ConfigError, match="no predictions for 'reviews' since .*the latest was at"):
         write_report(store, "reviews", tmp_path / "out", since=time.time())
     assert not (tmp_path / "out" / "report.html").exists()
 

@@ -8,7 +8,6 @@ the model's A/B tests (read from the ab_tests table as they are stored).
 
 from __future__ import annotations
 
-import html
 import json
 import time
 from collections import Counter
@@ -21,6 +20,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sqlalchemy import func, select
 
 from tunesmith.errors import ConfigError
@@ -59,20 +59,25 @@ def _ms(x: float | None) -> str:
     return "—" if x is None else f"{x:.1f}"
 
 
-def _duration(seconds: float) -> str:
+def _bucket_words(seconds: float) -> str:
+    """900 -> "15-minute", 86400 -> "1-day": the bucket as an adjective."""
     for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
         if seconds >= size and seconds % size == 0:
-            n = int(seconds // size)
-            return f"{n} {unit}{'s' if n != 1 else ''}"
-    return f"{seconds:g} s"
+            return f"{int(seconds // size)}-{unit}"
+    return f"{seconds:g}-second"
 
 
 def _text(s: Any) -> str:
     """Text from the data (labels in warnings) as literal Markdown: no markup, no HTML."""
-    out = html.escape(str(s), quote=False)
+    out = str(s).replace("&", "&amp;").replace("<", "&lt;")  # ">" stays: "PSI 0.31 > 0.25" must read as it is
     for c in "\\`*_[]#":
         out = out.replace(c, "\\" + c)
     return out
+
+
+def _code(s: Any) -> str:
+    """A name or path as a code span: Markdown leaves its characters alone (and escapes them for HTML)."""
+    return "`" + str(s).replace("`", "'") + "`"
 
 
 def auto_bucket(span_s: float) -> float:
@@ -97,16 +102,23 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def _dates(ts: Sequence[float]) -> list[datetime]:
-    return [datetime.fromtimestamp(t, timezone.utc) for t in ts]
+def _dates(ts: Sequence[float] | np.ndarray) -> list[datetime]:
+    return [datetime.fromtimestamp(float(t), timezone.utc) for t in ts]
 
 
-def _time_axis(ax: Any, bucket_s: float) -> None:
+def _time_axis(ax: Any, bucket_s: float, starts: np.ndarray) -> None:
+    # The window's buckets exactly: one point alone would otherwise get years of autoscaled axis.
+    ax.set_xlim(_dates([starts[0], starts[-1] + bucket_s]))
     locator = AutoDateLocator(tz=timezone.utc)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator, tz=timezone.utc))
-    ax.set_xlabel(f"time (UTC), {_duration(bucket_s)} buckets")
+    ax.set_xlabel(f"time (UTC), {_bucket_words(bucket_s)} buckets")
     ax.grid(alpha=0.3)
+
+
+def _legend_outside(ax: Any) -> None:
+    # Right of the plot: a legend inside would hide points somewhere, whatever the data.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
 def _colors(versions: Sequence[str]) -> dict[str, Any]:
@@ -116,66 +128,82 @@ def _colors(versions: Sequence[str]) -> dict[str, Any]:
     return {v: cmap(i % 10) for i, v in enumerate(versions)}
 
 
-def _by_version(series: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
+def _by_version(series: list[dict[str, Any]]) -> dict[str, dict[float, dict[str, Any]]]:
+    out: dict[str, dict[float, dict[str, Any]]] = {}
     for point in series:
-        out.setdefault(point["model_version"], []).append(point)
+        out.setdefault(point["model_version"], {})[point["start"]] = point
     return out
 
 
+def _buckets(series: list[dict[str, Any]], bucket_s: float) -> np.ndarray:
+    """Every bucket start from the first to the last, those without requests included: an outage must show."""
+    starts = [p["start"] for p in series]
+    return np.arange(min(starts), max(starts) + bucket_s / 2, bucket_s)
+
+
+def _line(points: dict[float, dict[str, Any]], starts: np.ndarray, key: str) -> np.ndarray:
+    # NaN where a bucket has no value: matplotlib breaks the line there instead of drawing across the gap.
+    return np.array([np.nan if points.get(t, {}).get(key) is None else float(points[t][key]) for t in starts])
+
+
 def _requests_png(series: list[dict[str, Any]], versions: list[str], bucket_s: float, path: Path) -> Path:
-    starts = sorted({p["start"] for p in series})
+    starts = _buckets(series, bucket_s)
+    when = _dates(starts + bucket_s / 2)
     colors = _colors(versions)
     fig = _figure(9, 3.6)
     ax = fig.add_subplot()
     for v, points in _by_version(series).items():
-        counts = {p["start"]: p["requests"] for p in points}
-        # A bucket without requests is a real zero for traffic (not a gap, as for latency).
-        ax.plot(_dates(starts), [counts.get(t, 0) for t in starts], marker="o", ms=3, color=colors[v], label=v)
+        # A bucket without requests is a real zero for traffic (a gap for latency and feedback).
+        ax.plot(when, np.nan_to_num(_line(points, starts, "requests")), marker="o", ms=3, color=colors[v], label=v)
     ax.set_ylabel("requests per bucket")
     ax.set_ylim(bottom=0)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title("Requests per version")
-    _time_axis(ax, bucket_s)
-    ax.legend(fontsize=8, loc="upper left")
+    _time_axis(ax, bucket_s, starts)
+    _legend_outside(ax)
     return _save(fig, path)
 
 
 def _latency_png(series: list[dict[str, Any]], versions: list[str], bucket_s: float, path: Path) -> Path:
+    starts = _buckets(series, bucket_s)
+    when = _dates(starts + bucket_s / 2)
     colors = _colors(versions)
     fig = _figure(9, 3.6)
     ax = fig.add_subplot()
     for v, points in _by_version(series).items():
-        when = _dates([p["start"] for p in points])
-        ax.plot(when, [p["latency_p50_ms"] for p in points], marker="o", ms=3, color=colors[v], label=f"{v} p50")
-        ax.plot(when, [p["latency_p95_ms"] for p in points], marker="^", ms=3, ls="--", color=colors[v], label=f"{v} p95")
+        ax.plot(when, _line(points, starts, "latency_p50_ms"), marker="o", ms=3, color=colors[v], label=f"{v} p50")
+        ax.plot(when, _line(points, starts, "latency_p95_ms"), marker="^", ms=3, ls="--", color=colors[v], label=f"{v} p95")
     ax.set_ylabel("latency (ms)")
     ax.set_ylim(bottom=0)
     ax.set_title("Latency per version: median (solid) and 95th percentile (dashed)")
-    _time_axis(ax, bucket_s)
-    ax.legend(fontsize=8, loc="upper left", ncol=2)
+    _time_axis(ax, bucket_s, starts)
+    _legend_outside(ax)
     return _save(fig, path)
 
 
 def _feedback_png(series: list[dict[str, Any]], versions: list[str], bucket_s: float, path: Path) -> Path | None:
-    rated = [p for p in series if p["rated"]]
-    if not rated:
+    if not any(p["rated"] for p in series):
         return None
+    starts = _buckets(series, bucket_s)
+    when = _dates(starts + bucket_s / 2)
     colors = _colors(versions)
+    most = max(p["rated"] for p in series)
     fig = _figure(9, 3.6)
     ax = fig.add_subplot()
-    for v, points in _by_version(rated).items():
-        n = np.array([p["rated"] for p in points], float)
+    for v, points in _by_version(series).items():
+        rate = _line(points, starts, "positive_rate")
+        if np.isnan(rate).all():
+            continue  # never rated (a shadow: users did not see its answers)
+        n = np.nan_to_num(_line(points, starts, "rated"))
+        ax.plot(when, rate, color=colors[v], lw=1, alpha=0.6)
         # Marker area grows with the rated items behind each point: a 100% from 2 ratings looks small.
-        sizes = 12 + 60 * np.sqrt(n / n.max())
-        when = _dates([p["start"] for p in points])
-        ax.plot(when, [p["positive_rate"] for p in points], color=colors[v], lw=1, alpha=0.7)
-        ax.scatter(when, [p["positive_rate"] for p in points], s=sizes, color=colors[v], label=v, zorder=3)
+        ax.scatter(when, rate, s=8 + 70 * np.sqrt(n / most), color=colors[v], label=v, zorder=3)
     ax.set_ylim(-0.03, 1.03)
     ax.yaxis.set_major_formatter(lambda x, _pos: f"{x:.0%}")
     ax.set_ylabel("positive feedback")
     ax.set_title("Positive feedback rate per version (thumbs up or score ≥ 4; marker size: rated items)")
-    _time_axis(ax, bucket_s)
-    ax.legend(fontsize=8, loc="lower left")
+    _time_axis(ax, bucket_s, starts)
+    _legend_outside(ax)
     return _save(fig, path)
 
 
@@ -191,29 +219,32 @@ def _labels_png(series: list[dict[str, Any]], metrics: dict[str, VersionMetrics]
     panels.sort(key=list(metrics).index)
     from matplotlib import colormaps
 
-    cmap = colormaps["tab10" if len(shown) <= 10 else "tab20"]
+    # Not tab10: that palette means versions in the other plots. "other" is grey.
+    palette = colormaps["Set2"]
+    colors = [palette(i % 8) for i in range(len(top))] + ([(0.7, 0.7, 0.7, 1.0)] if "other" in shown else [])
+    starts = _buckets(series, bucket_s)
     fig = _figure(9, 2.4 * len(panels) + 0.6)
     by_version = _by_version(series)
     axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    width = bucket_s / 86400  # matplotlib dates are in days
     for ax, v in zip(axes, panels):
-        points = [p for p in by_version.get(v, []) if p["labels"]]
-        when = _dates([p["start"] for p in points])
-        stacks = [[p["labels"].get(label, 0.0) for p in points] for label in top]
+        points = by_version.get(v, {})
+        present = [t for t in starts if points.get(t, {}).get("labels")]
+        shares = [[points[t]["labels"].get(label, 0.0) for t in present] for label in top]
         if "other" in shown:
-            stacks.append([1.0 - sum(p["labels"].get(label, 0.0) for label in top) for p in points])
-        if len(points) == 1:  # one bucket: a stacked bar, an area would have no width
-            bottom = 0.0
-            for i, s in enumerate(stacks):
-                ax.bar(when, s, bottom=bottom, width=bucket_s / 86400 * 0.8, color=cmap(i), label=shown[i])
-                bottom += s[0]
-        else:
-            ax.stackplot(when, stacks, colors=[cmap(i) for i in range(len(stacks))], labels=shown, alpha=0.9)
+            shares.append([1.0 - sum(points[t]["labels"].get(label, 0.0) for label in top) for t in present])
+        # Stacked bars, one per bucket: a bucket without requests stays empty instead of being interpolated.
+        bottom = np.zeros(len(present))
+        for i, share in enumerate(shares):
+            ax.bar(_dates(present), share, bottom=bottom, width=width, align="edge", color=colors[i], label=shown[i],
+                   linewidth=0)
+            bottom += np.asarray(share)
         ax.set_ylim(0, 1)
         ax.yaxis.set_major_formatter(lambda x, _pos: f"{x:.0%}")
         ax.set_ylabel("share")
         ax.set_title(f"Predicted labels over time: {v}", fontsize=10)
         ax.grid(alpha=0.3)
-    _time_axis(axes[-1], bucket_s)
+    _time_axis(axes[-1], bucket_s, starts)
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="upper right", fontsize=8, ncol=min(len(names), 5))
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
@@ -225,13 +256,16 @@ def _labels_png(series: list[dict[str, Any]], metrics: dict[str, VersionMetrics]
 
 def _drift_lengths_png(train: np.ndarray, live: list[float], path: Path) -> Path:
     live_a = np.asarray(live, float)
-    top = float(np.percentile(np.concatenate([train, live_a]), 99.5))  # one huge input must not squash the rest
-    bins = np.linspace(0, max(top, 1.0), 40)
+    both = np.concatenate([train, live_a])
+    low, top = float(both.min()), float(np.percentile(both, 99.5))  # one huge input must not squash the rest
+    # Word counts are whole numbers: one bin per count while that stays readable.
+    bins = np.arange(low - 0.5, top + 1.5) if top - low <= 60 else np.linspace(low, max(top, low + 1), 50)
     fig = _figure(7, 3.4)
     ax = fig.add_subplot()
-    ax.hist(np.clip(train, 0, bins[-1]), bins=bins, density=True, alpha=0.55, label=f"training (n={train.size})")
-    ax.hist(np.clip(live_a, 0, bins[-1]), bins=bins, density=True, alpha=0.55, label=f"live (n={live_a.size})")
+    ax.hist(np.clip(train, bins[0], bins[-1]), bins=bins, density=True, alpha=0.55, label=f"training (n={train.size})")
+    ax.hist(np.clip(live_a, bins[0], bins[-1]), bins=bins, density=True, alpha=0.55, label=f"live (n={live_a.size})")
     ax.set_xlabel("input length (words)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("density")
     ax.set_title("Input lengths: training vs live")
     ax.legend(fontsize=8)
@@ -294,12 +328,12 @@ def _drift_section(store: Store, model: str, production: VersionInfo | None, sin
                    figures: Path) -> tuple[str, dict[str, Any] | None]:
     lines = ["## Drift against the training data", ""]
     if production is None:
-        lines.append(f"`{_text(model)}` has no version in production in the registry, so there is no training data to "
+        lines.append(f"{_code(model)} has no version in production in the registry, so there is no training data to "
                      "compare live traffic with. Register and promote a version (`tunesmith registry promote`).")
         return "\n".join(lines), None
     profile = TrainingProfile.of_run(production.run)
     if profile is None:
-        lines.append(f"The training data of the production version (v{production.version}, run `{_text(production.run)}`) "
+        lines.append(f"The training data of the production version (v{production.version}, run {_code(production.run)}) "
                      "is no longer on disk (the run folder or its dataset folder is gone): drift cannot be measured.")
         return "\n".join(lines), None
     version = f"{model}-v{production.version}"
@@ -307,13 +341,13 @@ def _drift_section(store: Store, model: str, production: VersionInfo | None, sin
     report = drift_of(profile, sample)
     live = report["live"]
     if not live["texts"]:
-        lines.append(f"No logged inputs for the production version `{_text(version)}` in this window: the server runs "
+        lines.append(f"No logged inputs for the production version {_code(version)} in this window: the server runs "
                      "with `--no-log-inputs`, the inputs are past their retention, or this version has not answered yet.")
         return "\n".join(lines), report
     t = report["thresholds"]
     lines += [f"The newest {live['requests']} requests ({live['texts']} inputs, {_when(live['from'])} to "
-              f"{_when(live['to'])}) answered by the production version `{_text(version)}`, against the train split of "
-              f"its dataset (`{_text(profile.dataset)}`).", "",
+              f"{_when(live['to'])}) answered by the production version {_code(version)}, against the train split of "
+              f"its dataset ({_code(profile.dataset)}).", "",
               f"A distribution warning needs both a population stability index (PSI) above {t['psi_significant']:g} "
               f"(between {t['psi_moderate']:g} and {t['psi_significant']:g}: a moderate shift) and a two-sample test "
               f"with p below {t['p_value']:g}. Input lengths are counted in words on both sides: the log holds raw "
@@ -323,7 +357,8 @@ def _drift_section(store: Store, model: str, production: VersionInfo | None, sin
     for key, name in names.items():
         m = report.get(key)
         if m:
-            rows.append([name, f"PSI {m['psi']:.3f}", f"{m['moderate_threshold']:g} / {m['threshold']:g}", m["status"],
+            means = f" (mean {m['train_mean']:.3g} → {m['live_mean']:.3g})" if "train_mean" in m else ""
+            rows.append([name, f"PSI {m['psi']:.3f}{means}", f"{m['moderate_threshold']:g} / {m['threshold']:g}", m["status"],
                          f"{m['test']} {m['statistic']:.3g}", f"{m['p_value']:.2g}", m["n_train"], m["n_live"]])
     vocab = report.get("vocabulary")
     if vocab:
@@ -426,7 +461,7 @@ def write_report(store: Store, model: str, out_dir: Path, since: float | None = 
           "Latency is measured in the server (queueing, batching and the model), per request. Positive rate: thumbs up or "
           "score ≥ 4, over the rated items. Corrected accuracy: the predicted label set equals the correction. A "
           "shadow version's rows are copies of other requests; only corrections apply to them.", "",
-          f"## Over time ({_duration(bucket)} buckets)", ""]
+          f"## Over time ({_bucket_words(bucket)} buckets)", ""]
     _requests_png(series, order, bucket, figures / "requests.png")
     _latency_png(series, order, bucket, figures / "latency.png")
     md += ["![requests](figures/requests.png)", "", "![latency](figures/latency.png)", ""]

@@ -46,6 +46,7 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
         tasks = [asyncio.create_task(service.follow_registry(spec.registry_poll_s))] if service.followed else []
         if service.log is not None:
             tasks.append(asyncio.create_task(service.keep_log(spec.log_retention_days)))
+            tasks.append(asyncio.create_task(service.watch_drift(spec.drift_every_s)))
         yield
         for task in tasks:
             task.cancel()

@@ -226,6 +226,33 @@ class Service:
             return  # the shadow never costs the users: dropped when the server is busy
         self._record(f"{rid}:shadow", model, "predict", texts, results, started, user, f"shadow:{shadow[0]}")
 
+    async def watch_drift(self, every_s: float = 60.0) -> None:
+        """Compare each served model's recent traffic with its training data: PSI and warnings in /metrics."""
+        assert self.log is not None
+        from tunesmith.monitor.live import TrainingProfile, drift
+
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(every_s)
+            for m in list(self.models):
+                name = m.registry[0] if m.registry else m.id
+                try:
+                    profile = await loop.run_in_executor(None, TrainingProfile.of_run, m.run)
+                    if profile is None:
+                        continue
+                    report = await loop.run_in_executor(None, lambda n=name, pr=profile: drift(self.log.store, n, pr))
+                except Exception as err:  # noqa: BLE001 - monitoring must not disturb serving
+                    print(f"drift: '{name}': {type(err).__name__}: {err}", flush=True)
+                    continue
+                for signal in ("lengths", "labels", "vocabulary"):
+                    figures = report.get(signal)
+                    if not isinstance(figures, dict):
+                        continue
+                    if "psi" in figures:
+                        self.metrics.drift_psi.labels(name, signal).set(figures["psi"])
+                    drifted = figures.get("status") in ("significant", "drifted")
+                    self.metrics.drift_warning.labels(name, signal).set(1.0 if drifted else 0.0)
+
     async def keep_log(self, retention_days: float, every_s: float = 3600.0) -> None:
         """Clear logged inputs and outputs past their retention, hourly."""
         assert self.log is not None
