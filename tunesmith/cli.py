@@ -517,6 +517,8 @@ def _print_ab(status: Any) -> None:
     if status.shadow:
         out.print(f"shadow: {status.shadow['name']} answers a copy of the traffic (logged, not returned)", highlight=False)
     out.print(f"verdict: {status.verdict}", highlight=False, soft_wrap=True)
+    if status.scores:
+        out.print(f"scores (1-5): {status.scores['verdict']}", highlight=False, soft_wrap=True)
     out.print(f"method: {status.method}", highlight=False, soft_wrap=True)
 
 

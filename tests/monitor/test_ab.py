@@ -106,3 +106,26 @@ def test_without_an_effect_no_winner_is_declared_more_often_than_alpha(tmp_path:
         winners += status.winner is not None
         store.close()
     assert winners / seeds <= 0.05 + 3 * (0.05 * 0.95 / seeds) ** 0.5, winners
+
+
+def test_scores_are_compared_with_welch_s_t_test(store_url: str, tmp_path: Path) -> None:
+    store, ab = setup(store_url, tmp_path)
+    ab.start("reviews", {"v1": 0.5, "v2": 0.5}, horizon=200)
+    rng = np.random.default_rng(5)
+    now = time.time()
+    predictions, feedback = [], []
+    for i in range(600):
+        variant = "v1" if i % 2 else "v2"
+        rid = f"req-s{i}"
+        mean = 3.0 if variant == "v1" else 3.6
+        predictions.append({"request_id": rid, "model": "reviews", "model_version": f"reviews-{variant}", "kind": "predict",
+                            "created": now, "inputs": None, "outputs": None, "latency_ms": 1.0, "user_id": None, "variant": variant})
+        feedback.append({"id": f"fb-{rid}", "request_id": rid, "item_index": 0, "created": now,
+                         "score": int(np.clip(round(rng.normal(mean, 1.0)), 1, 5))})
+    with store.session() as s:
+        s.execute(Prediction.__table__.insert(), predictions)
+        s.execute(Feedback.__table__.insert(), feedback)
+    status = ab.status("reviews")
+    assert status.scores is not None and "Welch" in status.scores["test"]
+    assert status.scores["decided"] and status.scores["winner"] == "v2" and status.scores["difference"] > 0
+    assert status.variants[1].mean_score > status.variants[0].mean_score

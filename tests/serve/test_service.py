@@ -202,3 +202,45 @@ def test_stream_chunks_leave_out_what_they_do_not_carry() -> None:
     text = run(collect(p.CompletionRequest(model="bot", prompt="yo", stream=True)))
     assert all(set(b) == {"id", "object", "created", "model", "choices"} and b["object"] == "text_completion" for b in text)
     assert [b["choices"][0]["text"] for b in text] == ["echo", " ", "yo", ""] and text[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def test_an_ab_route_answers_from_the_user_s_variant_and_feeds_the_shadow(tmp_path: Any) -> None:
+    """A running test: each user gets their variant (sticky), the shadow answers a copy that is logged, not returned."""
+    from tunesmith.monitor.ab import Route
+    from tunesmith.monitor.log import PredictionLog
+    from tunesmith.store.db import Store
+    from tunesmith.store.schema import Prediction
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    service = Service([], ServeSpec(batch_wait_ms=0), log=PredictionLog(store))
+    engines: dict[int, Any] = {}
+    for version, kind, engine in ((1, "sequence", FakeClassifier()), (2, "sequence", FakeClassifier()),
+                                  (3, "sequence", FakeClassifier()), (4, "chat", FakeChat()), (5, "chat", FakeChat())):
+        m = served(kind, engine, f"v{version}")
+        m.version, m.registry = f"reviews-v{version}", ("reviews" if version < 4 else "bot", f"mv-{version}")
+        engines[version] = engine
+        service.add(m)
+        service.models.remove(m)  # reached through the route only
+        service.variant_models[(m.registry[0], version)] = m
+    service.routes["reviews"] = Route("ab-1", [("v1", 1, 0.5), ("v2", 2, 0.5)], ("v3", 3))
+    service.routes["bot"] = Route("ab-2", [("v4", 4, 1.0)], ("v5", 5))
+
+    async def traffic() -> list[Any]:
+        answers = [await service.predict(p.PredictRequest(model="reviews", text="good tea", user=f"u{i}")) for i in range(20)]
+        chat = await service.generate(p.ChatCompletionRequest(model="bot", messages=[{"role": "user", "content": "hi"}], user="u1"))
+        await asyncio.sleep(0.2)  # the shadows run after the answers
+        return [*answers, chat]
+
+    answers = run(traffic())
+    versions = [a.model_version for a in answers[:20]]
+    assert set(versions) == {"reviews-v1", "reviews-v2"}
+    assert run(service.predict(p.PredictRequest(model="reviews", text="x", user="u3"))).model_version == versions[3]
+    assert len(engines[3].calls) == 20 and all(a.model_version != "reviews-v3" for a in answers[:20])
+    assert answers[20].model == "ft:base:v4:abc" and engines[5].calls  # the chat shadow answered too
+    service.log.flush()
+    with store.session() as s:
+        rows = s.query(Prediction).all()
+    shadows = [r for r in rows if r.request_id.endswith(":shadow")]
+    assert len(shadows) == 21 and {r.variant for r in shadows} == {"shadow:v3", "shadow:v5"}
+    assert {r.variant for r in rows if not r.request_id.endswith(":shadow")} == {"v1", "v2", "v4"}
+    service.log.close()

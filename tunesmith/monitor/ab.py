@@ -83,6 +83,7 @@ class ABStatus(BaseModel):
     method: str
     winner: str | None
     decided: bool
+    scores: dict[str, Any] | None = None  # 1-5 scores, where given: Welch's t-test (or Welch's ANOVA) and its verdict
 
 
 def parse_variants(text: str) -> dict[str, float]:
@@ -204,9 +205,16 @@ class ABService:
             waiting = [n for n, t in trials.items() if t == 0]
             words = f"keep collecting: no rated feedback yet for {', '.join(waiting)} (horizon {horizon.per_variant} per variant)"
             method, decided = f"fixed horizon of {horizon.per_variant} per variant, alpha {info['alpha']:g}, two-sided", False
+        score_result = None
+        if all(len(values) >= 2 for values in scores.values()):
+            means = stats.compare_means(scores, alpha=info["alpha"])
+            reading = stats.verdict(means, horizon, outcome="score")
+            score_result = {"test": means.test, "p_value": means.p_value, "difference": means.difference,
+                            "difference_ci": means.difference_ci, "verdict": reading.message, "decided": reading.decided,
+                            "winner": reading.winner if reading.decided else None}
         return ABStatus(id=info["id"], model=model, status=info["status"], horizon=info["horizon"], alpha=info["alpha"],
                         variants=outcomes, shadow=info["shadow"], test=test_name, p_value=p_value, difference=difference,
-                        difference_ci=ci, verdict=words, method=method, winner=winner, decided=decided)
+                        difference_ci=ci, verdict=words, method=method, winner=winner, decided=decided, scores=score_result)
 
     def stop(self, model: str, promote: str | None = None) -> ABStatus:
         """End the running test; `promote` puts that variant's version in production."""

@@ -214,6 +214,21 @@ class Service:
         for ident in [i for i, m in self.by_id.items() if m.batch_key not in self.by_key]:
             del self.by_id[ident]
 
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.create_task(work)
+        self._shadows.add(task)  # referenced until done, or the loop may drop it
+        task.add_done_callback(self._shadows.discard)
+
+    async def _shadow_generate(self, name: str, shadow: tuple[str, int], ident: str, prompts: list[str],
+                               params: dict[str, Any], inputs: list[Any], user: str | None, kind: str) -> None:
+        model = self.variant_models.get((name, shadow[1]))
+        if model is None or model.kind != "chat":
+            return
+        started = time.perf_counter()
+        done = await self._generate(model, prompts, params)
+        if not isinstance(done, ServiceError):  # busy or slow: the shadow is dropped, never the user's answer
+            self._record(f"{ident}:shadow", model, kind, inputs, [c.text for c in done], started, user, f"shadow:{shadow[0]}")
+
     async def _shadow(self, name: str, shadow: tuple[str, int], rid: str, texts: list[str], user: str | None) -> None:
         model = self.variant_models.get((name, shadow[1]))
         if model is None:
@@ -366,9 +381,7 @@ class Service:
         self._record(rid, model, "predict", texts, results, started, req.user, variant)
         shadow = self.routes[req.model or ""].shadow if variant and req.model in self.routes else None
         if shadow is not None:  # the challenger answers a copy; logged, never returned
-            task = asyncio.create_task(self._shadow(req.model or "", shadow, rid, texts, req.user))
-            self._shadows.add(task)
-            task.add_done_callback(self._shadows.discard)
+            self._spawn(self._shadow(req.model or "", shadow, rid, texts, req.user))
         return p.PredictResponse(id=rid, model=model.id, model_version=model.version,
                                  predictions=[p.Prediction(**r) for r in results])
 
@@ -448,6 +461,10 @@ class Service:
         ident = p.completion_id("chatcmpl" if chat else "cmpl")  # what feedback names as request_id
         self._record(ident, model, "chat" if chat else "completion", _logged_inputs(req, prompts), [c.text for c in done],
                      started, req.user, variant)
+        shadow = self.routes[req.model or ""].shadow if variant and req.model in self.routes else None
+        if shadow is not None:  # the challenger answers a copy; logged, never returned
+            self._spawn(self._shadow_generate(req.model or "", shadow, ident, prompts, params,
+                                              _logged_inputs(req, prompts), req.user, "chat" if chat else "completion"))
         if chat:
             return p.ChatCompletion(
                 id=ident, created=p.now(), model=model.id, usage=usage, system_fingerprint=model.version,
