@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.servers import free_port
 from tests.test_train import project
 from tests.test_train_chat import chat_project
 from tunesmith.artifacts import DatasetVersion, Run
@@ -162,12 +162,6 @@ def test_joblib_bundle_needs_trust_and_then_predicts(lora_run: Path, tmp_path: P
     np.testing.assert_allclose(got.proba, original.proba, atol=1e-5)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_docker_context_is_complete_and_its_entrypoint_serves(mean_run: Path, tmp_path: Path, capsys) -> None:
     """An onnx-int8 export packed for Docker (the fast CPU setup); the container's command, run here."""
     export_run(mean_run, "onnx-int8", tmp_path / "int8")
@@ -194,7 +188,7 @@ def test_docker_context_is_complete_and_its_entrypoint_serves(mean_run: Path, tm
     cmd_line = next(line for line in dockerfile.splitlines() if line.startswith("CMD "))  # not HEALTHCHECK's CMD
     argv = [arg.replace("/app", str(context)) for arg in json.loads(cmd_line[4:])]
     assert argv[:3] == ["tunesmith", "serve", str(context / "model")]
-    port = _free_port()
+    port = free_port()
     argv[argv.index("--port") + 1] = str(port)
     log = (tmp_path / "serve.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "tunesmith", *argv[1:]], stdout=log, stderr=subprocess.STDOUT,

@@ -15,11 +15,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import openai
 import pytest
 
-from tests.serve.test_server import free_port
+from tests.servers import start_server
 from tests.test_train_chat import QA, conversations
 
 KEY, OTHER = "sk-team-a", "sk-team-b"
@@ -39,21 +38,8 @@ class Cluster:
         self.db = f"sqlite:///{tmp / 'store.db'}"
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "TUNESMITH_HOME": str(tmp / "home")}
         self.workers: list[subprocess.Popen[bytes]] = []
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = (tmp / "server.log").open("w")
-        self.server = subprocess.Popen(
-            [sys.executable, "-m", "tunesmith", "serve", "--db", self.db, "--base-model", str(base), "--port", str(port),
-             "--api-key", KEY, "--api-key", OTHER], stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            assert self.server.poll() is None, (tmp / "server.log").read_text()
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise AssertionError("server did not start")
+        self.server, self.url = start_server(["--db", self.db, "--base-model", str(base), "--api-key", KEY, "--api-key", OTHER],
+                                             tmp / "server.log", env={"TUNESMITH_HOME": str(tmp / "home")})
 
     def start_worker(self, name: str) -> subprocess.Popen[bytes]:
         log = (self.tmp / f"{name}.log").open("w")

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.serve.test_server import free_port
+from tests.servers import start_server, stop_server
 from tests.test_train import project
 from tunesmith.registry.service import Registry
 from tunesmith.store.db import Store
@@ -38,20 +38,8 @@ def test_a_known_effect_is_found_through_the_server(tmp_path: Path, tiny_bert: P
                               env=env, check=True).stdout
 
     cli("ab", "start", "--model", "reviews", "--variants", "v1=0.5,v2=0.5", "--horizon", "800")
-    port = free_port()
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen([sys.executable, "-m", "tunesmith", "serve", "--model", "reviews", "--db", db,
-                               "--port", str(port), "--admin-key", ADMIN], stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server(["--model", "reviews", "--db", db, "--admin-key", ADMIN], tmp_path / "server.log")
     try:
-        deadline = time.time() + 60
-        while True:
-            assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
         rng = np.random.default_rng(11)
         likes = rng.random(2000)
         rates = {"reviews-v1": 0.5, "reviews-v2": 0.6}
@@ -83,5 +71,4 @@ def test_a_known_effect_is_found_through_the_server(tmp_path: Path, tiny_bert: P
             assert time.time() < deadline
             time.sleep(0.2)
     finally:
-        server.terminate()
-        server.wait(timeout=20)
+        stop_server(server)

@@ -3,11 +3,8 @@ after the server is killed (SIGKILL) under concurrent feedback load, on SQLite a
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -15,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serve.test_server import free_port
+from tests.servers import start_server
 from tests.test_train import project
 from tunesmith.store.db import Store
 from tunesmith.store.schema import Feedback
@@ -28,26 +25,9 @@ def classifier(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Pat
     return train(project(tmp, tiny_bert, train_spec={"max_steps": 6}))
 
 
-def start(run: Path, db: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    log = (tmp / "server.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "tunesmith", "serve", str(run), "--db", db, "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1", "TUNESMITH_HOME": str(tmp / "home")})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        assert proc.poll() is None, (tmp / "server.log").read_text()
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise AssertionError("server did not start")
-
-
 def test_acknowledged_feedback_survives_a_killed_server(classifier: Path, store_url: str, tmp_path: Path) -> None:
-    proc, url = start(classifier, store_url, tmp_path)
+    proc, url = start_server([str(classifier), "--db", store_url], tmp_path / "server.log",
+                             env={"TUNESMITH_HOME": str(tmp_path / "home")})
     try:
         ids = [httpx.post(f"{url}/v1/predict", json={"text": f"great food {i}", "user": f"u{i}"}).json()["id"]
                for i in range(20)]

@@ -4,10 +4,6 @@ bad input, auth, streaming, disconnects and overload, with tiny runs trained her
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,17 +12,12 @@ import httpx
 import openai
 import pytest
 
+from tests.servers import start_server, stop_server
 from tests.test_train import project
 from tests.test_train_chat import QA, chat_project
 from tunesmith.training import train
 
 KEY, ADMIN = "sk-test-123", "admin-456"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -42,24 +33,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, tiny_llama: 
 
 @pytest.fixture(scope="module")
 def server(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    log = (tmp_path_factory.mktemp("log") / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tunesmith", "serve", *(str(runs[k]) for k in ("clf", "good", "weak", "other")),
-         "--port", str(port), "--api-key", KEY, "--admin-key", ADMIN, "--max-queue", "4", "--max-tokens", "64"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        assert proc.poll() is None, Path(log.name).read_text()
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
+    proc, url = start_server([*(str(runs[k]) for k in ("clf", "good", "weak", "other")), "--api-key", KEY,
+                              "--admin-key", ADMIN, "--max-queue", "4", "--max-tokens", "64"],
+                             tmp_path_factory.mktemp("log") / "server.log")
     yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+    stop_server(proc)
 
 
 @pytest.fixture()
