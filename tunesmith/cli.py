@@ -544,6 +544,21 @@ def ab_start(
                             minimum_detectable_effect=mde, horizon=horizon))
 
 
+@ab_app.command("size", epilog=EPILOG)
+def ab_size(
+    baseline: Annotated[float, typer.Option("--baseline", help="Expected positive-feedback rate of the current model.")] = 0.5,
+    mde: Annotated[float, typer.Option("--mde", help="Smallest difference worth detecting (0.05 = 5 points).")] = 0.05,
+    alpha: Annotated[float, typer.Option("--alpha", help="Significance level (two-sided).")] = 0.05,
+    power: Annotated[float, typer.Option("--power", help="Chance of detecting a real difference of --mde.")] = 0.8,
+) -> None:
+    """How many rated feedback items each variant needs (the horizon `ab start` uses)."""
+    from tunesmith.monitor.stats import sample_size_proportions
+
+    n = sample_size_proportions(baseline, mde, alpha=alpha, power=power)
+    out.print(f"{n} rated items per variant to detect {baseline:.0%} -> {baseline + mde:.0%} "
+              f"(alpha {alpha:g}, two-sided, power {power:.0%})", highlight=False)
+
+
 @ab_app.command("status", epilog=EPILOG)
 def ab_status(model: ModelOption, db: DbOption = None,
               as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False) -> None:

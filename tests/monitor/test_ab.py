@@ -129,3 +129,12 @@ def test_scores_are_compared_with_welch_s_t_test(store_url: str, tmp_path: Path)
     assert status.scores is not None and "Welch" in status.scores["test"]
     assert status.scores["decided"] and status.scores["winner"] == "v2" and status.scores["difference"] > 0
     assert status.variants[1].mean_score > status.variants[0].mean_score
+
+
+def test_the_sample_size_calculator_on_the_command_line() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "tunesmith", "ab", "size", "--baseline", "0.5", "--mde", "0.1"],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.startswith("388 rated items per variant")  # the textbook ~385-390 for 50% -> 60%
