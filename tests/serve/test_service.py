@@ -219,8 +219,7 @@ def test_an_ab_route_answers_from_the_user_s_variant_and_feeds_the_shadow(tmp_pa
         m = served(kind, engine, f"v{version}")
         m.version, m.registry = f"reviews-v{version}", ("reviews" if version < 4 else "bot", f"mv-{version}")
         engines[version] = engine
-        service.add(m)
-        service.models.remove(m)  # reached through the route only
+        service.add(m, listed=False)  # reached through the route only
         service.variant_models[(m.registry[0], version)] = m
     service.routes["reviews"] = Route("ab-1", [("v1", 1, 0.5), ("v2", 2, 0.5)], ("v3", 3))
     service.routes["bot"] = Route("ab-2", [("v4", 4, 1.0)], ("v5", 5))

@@ -69,12 +69,9 @@ class Service:
         for m in models:
             self.add(m)
 
-    def add(self, m: Served, replacing: Served | None = None) -> None:
-        """Serve `m`; with `replacing`, in its place in one step, so a request finds either one, never none."""
-        if replacing is not None and replacing in self.models:
-            self.models[self.models.index(replacing)] = m
-        else:
-            self.models.append(m)
+    def add(self, m: Served, replacing: Served | None = None, listed: bool = True) -> None:
+        """Serve `m`: its batcher first, then (when `listed`) in the models list, in `replacing`'s place in one
+        step, so a request finds either one, never none. Unlisted: an A/B variant, reached through its route."""
         self.by_key[m.batch_key] = m
         self.by_id[m.id] = m
         if m.batch_key not in self.batchers:
@@ -83,6 +80,12 @@ class Service:
                 max_batch=self.spec.max_batch_size, wait_ms=self.spec.batch_wait_ms, max_queue=self.spec.max_queue,
                 executor=self.executor, on_batch=lambda n, name=m.id: self.metrics.batch_size.labels(name).observe(n))
         self.metrics.queue_depth.labels(m.id).set_function(lambda key=m.batch_key: self.batchers[key].depth)
+        if not listed:
+            return
+        if replacing is not None and replacing in self.models:
+            self.models[self.models.index(replacing)] = m
+        else:
+            self.models.append(m)
 
     # -- lookup ------------------------------------------------------------------------------------
 
@@ -172,11 +175,8 @@ class Service:
                     for _, version, _ in [*route.variants, *([(route.shadow[0], route.shadow[1], 0.0)] if route.shadow else [])]:
                         if (name, version) not in self.variant_models:
                             served = await loop.run_in_executor(None, self.load_version, name, version)
+                            self.add(served, listed=False)
                             self.variant_models[(name, version)] = served
-                            self.by_key[served.batch_key], self.by_id[served.id] = served, served
-                            if served.batch_key not in self.batchers:
-                                self.add(served)
-                                self.models.remove(served)  # reached through the route, not listed on its own
             except Exception as err:  # noqa: BLE001 - a test that cannot be applied leaves serving as it was
                 print(f"A/B: could not apply the test on '{name}': {err}", flush=True)
                 continue
@@ -208,7 +208,7 @@ class Service:
 
     def _retire(self) -> None:
         """Forget swapped-out models whose batchers have nothing left to run."""
-        live = {m.batch_key for m in self.models}
+        live = {m.batch_key for m in [*self.models, *self.variant_models.values()]}  # A/B variants are unlisted, not retired
         for key in [k for k in self.by_key if k not in live and self.batchers[k].depth == 0]:
             del self.by_key[key]
         for ident in [i for i, m in self.by_id.items() if m.batch_key not in self.by_key]:
