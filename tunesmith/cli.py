@@ -404,10 +404,10 @@ def serve_cmd(
     serve(runs or [], spec, jobs=jobs, workers=workers, registry_models=list(model or []), db=db)
 
 
-def _jobs_spec(db: str | None, base_models: list[str] | None, **timing: float | int | None) -> Any:
+def _jobs_spec(db: str | None, base_models: list[str] | None, **settings: float | int | None) -> Any:
     from tunesmith.config import JobsSpec
 
-    given = {k: v for k, v in timing.items() if v is not None}
+    given = {k: v for k, v in settings.items() if v is not None}  # unset flags keep JobsSpec's defaults
     try:
         return JobsSpec(db=db, **({"base_models": base_models} if base_models else {}), **given)
     except ValueError as err:

@@ -214,6 +214,11 @@ class Service:
         for ident in [i for i, m in self.by_id.items() if m.batch_key not in self.by_key]:
             del self.by_id[ident]
 
+    def _shadow_of(self, model: str | None, variant: str | None) -> tuple[str, int] | None:
+        """The challenger that answers a copy of a request a test's variant answered (None: no shadow)."""
+        route = self.routes.get(model or "") if variant else None
+        return route.shadow if route else None
+
     def _spawn(self, work: Any) -> None:
         task = asyncio.create_task(work)
         self._shadows.add(task)  # referenced until done, or the loop may drop it
@@ -379,7 +384,7 @@ class Service:
                 self.metrics.predicted_values.labels(model.id).observe(r["value"])
         rid = request_id or f"pred-{uuid.uuid4().hex[:24]}"
         self._record(rid, model, "predict", texts, results, started, req.user, variant)
-        shadow = self.routes[req.model or ""].shadow if variant and req.model in self.routes else None
+        shadow = self._shadow_of(req.model, variant)
         if shadow is not None:  # the challenger answers a copy; logged, never returned
             self._spawn(self._shadow(req.model or "", shadow, rid, texts, req.user))
         return p.PredictResponse(id=rid, model=model.id, model_version=model.version,
@@ -461,7 +466,7 @@ class Service:
         ident = p.completion_id("chatcmpl" if chat else "cmpl")  # what feedback names as request_id
         self._record(ident, model, "chat" if chat else "completion", _logged_inputs(req, prompts), [c.text for c in done],
                      started, req.user, variant)
-        shadow = self.routes[req.model or ""].shadow if variant and req.model in self.routes else None
+        shadow = self._shadow_of(req.model, variant)
         if shadow is not None:  # the challenger answers a copy; logged, never returned
             self._spawn(self._shadow_generate(req.model or "", shadow, ident, prompts, params,
                                               _logged_inputs(req, prompts), req.user, "chat" if chat else "completion"))
