@@ -22,7 +22,7 @@ LAYERS: list[set[str]] = [
     {"data", "inference"},
     {"training"},
     {"evaluation", "jobs"},
-    {"export", "serve"},
+    {"export", "serve", "tune"},
     {"cli", "__main__"},
 ]
 RANK = {stage: i for i, layer in enumerate(LAYERS) for stage in layer}

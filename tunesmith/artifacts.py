@@ -173,6 +173,7 @@ class RunManifest(_Described):
     openai_hyperparameters: dict[str, Any] | None = None  # n_epochs, batch_size, learning_rate_multiplier, resolved
     stop_token_ids: list[int] | None = None  # chat: tokens that end an answer (EOS and the end-of-turn token)
     merged: bool = False  # model/ holds the adapter merged into full weights; the adapter itself is in adapter/
+    parent_run: str | None = None  # incremental training: the run whose weights (or adapter) this one continued from
 
 
 class Run:

@@ -624,6 +624,39 @@ def feedback_export(
     out.print(f"{n} correction(s) of '{model}' written to {out_file}", highlight=False)
 
 
+@app.command("retrain", epilog=EPILOG)
+def retrain_cmd(
+    model: Annotated[str, typer.Option("--model", help="The registry model to improve (its production version is the starting point).")],
+    mode: Annotated[str | None, typer.Option("--mode", help="full (from the base on all data) or incremental (from production's weights); default retrain.mode.")] = None,
+    promote: Annotated[str | None, typer.Option("--promote", help="if_better, ab_test or never: what a candidate that passes the rule gets; default retrain.promote.")] = None,
+    if_needed: Annotated[bool, typer.Option("--if-needed", help="Only when due: enough new corrections, or drift past its threshold (for cron).")] = False,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the corrections, dataset, run and report (default: beside production's run).")] = None,
+    db: DbOption = None,
+) -> None:
+    """Retrain from the corrections users sent: a new dataset version (test split frozen), a candidate trained on
+    it, judged against production with paired tests, and promoted (or A/B tested) only if the rule in the
+    config's retrain: section holds."""
+    from tunesmith.store.db import Store
+    from tunesmith.tune.retrain import retrain
+
+    if mode not in (None, "full", "incremental"):
+        raise click.BadParameter(f"'{mode}': use full or incremental", param_hint="--mode")
+    if promote not in (None, "if_better", "ab_test", "never"):
+        raise click.BadParameter(f"'{promote}': use if_better, ab_test or never", param_hint="--promote")
+    outcome = retrain(Store(db), model, mode=mode, promote=promote, out=out_dir, if_needed=if_needed,
+                      say=lambda line: out.print(line, highlight=False))
+    if outcome.decision == "not_due":
+        out.print(f"'{model}': no retrain due ({'; '.join(outcome.reasons)})", highlight=False)
+        return
+    title = {"promoted": f"promoted: version {outcome.candidate.version} is in production",  # type: ignore[union-attr]
+             "ab_test": "passed: an A/B test against production started",
+             "candidate": f"version {outcome.candidate.version} stays a candidate"}[outcome.decision]  # type: ignore[union-attr]
+    out.print(f"'{model}' {title}", highlight=False)
+    for reason in outcome.reasons:
+        out.print(f"  - {reason}", highlight=False)
+    out.print(f"report: {outcome.folder / 'report.html'}", highlight=False)
+
+
 # -- fine-tuning jobs -------------------------------------------------------------------------------
 
 @app.command("worker", epilog=EPILOG)

@@ -346,6 +346,7 @@ class TrainSpec(Spec):
     packing: bool | None = None  # chat; None: on (short conversations packed into full sequences, attention stays within each: far less padding)
     merge_adapter: bool = False  # write model/ as full weights with the adapter merged in (the adapter stays in adapter/)
     dpo_beta: float = Field(0.1, gt=0)  # DPO: how far the policy may move from the reference (the DPO paper's 0.1)
+    init_from: Path | None = None  # classification/regression: a run folder whose weights (or adapter) training continues from (incremental training); None: the base model
 
     @model_validator(mode="after")
     def _one_form(self) -> TrainSpec:
@@ -419,6 +420,82 @@ class JobsSpec(Spec):
         return None
 
 
+class SearchDim(Spec):
+    """One dimension of a search space: a range (`low`..`high`, optionally `log` or with a `step`) or `choices`."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False  # sample evenly in log space: learning rates and weight decays span decades
+    step: float | None = Field(None, gt=0)  # a grid within the range (integers: step 1)
+    integer: bool = False  # whole numbers (epochs, ranks, batch sizes given as a range)
+    choices: list[Any] | None = None  # a categorical: methods, schedulers, target-module sets
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchDim:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or self.log or self.step is not None:
+                raise ValueError("give either choices or a range (low/high/log/step), not both")
+            if not self.choices:
+                raise ValueError("choices is empty: list at least one value")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a range needs both low and high (or give choices)")
+        if not self.low < self.high:
+            raise ValueError(f"empty range: low ({self.low:g}) must be below high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log scale needs low > 0 (got {self.low:g}); log(0) is not a number")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined (Optuna samples a log range continuously)")
+        return self
+
+
+# Where a search may look: config fields a trial can set (dotted, as in --set overrides).
+TUNABLE = ("train.method", "train.learning_rate", "train.epochs", "train.batch_size", "train.weight_decay",
+           "train.warmup_ratio", "train.lr_scheduler", "train.head_learning_rate", "train.grad_accum",
+           "peft.r", "peft.alpha", "peft.dropout", "peft.target_modules", "model.max_length")
+TUNE_OBJECTIVES = ("latency_ms", "model_mb", "trainable_params")  # secondary objectives, all minimised
+
+
+class TuneSpec(Spec):
+    """`tunesmith tune`: an Optuna study over `space`, each trial a real training run judged on validation."""
+
+    space: dict[str, SearchDim] = {}  # dotted config field -> its range or choices (TUNABLE lists what may vary)
+    trials: int = Field(20, ge=1)  # enough for TPE to leave its 10 random start-up trials behind
+    timeout_s: float | None = Field(None, gt=0)  # stop starting new trials after this; None: run all trials
+    metric: str | None = None  # the validation metric optimised; None: train.metric, else the task's default
+    objectives: list[Literal["latency_ms", "model_mb", "trainable_params"]] = []  # extra objectives (minimised): a Pareto front with NSGA-II
+    sampler: Literal["tpe", "random", "cmaes", "qmc", "nsga2"] | None = None  # None: TPE, NSGA-II with extra objectives
+    pruner: Literal["median", "successive_halving", "hyperband", "none"] = "median"  # stops a trial whose validation curve trails the others
+    startup_trials: int = Field(3, ge=0)  # trials that always finish before the pruner compares curves
+    seed: int = 42  # same seed, same suggested configurations (on one worker)
+    study: str | None = None  # study name in the storage; None: the project name
+    storage: str | None = None  # database URL; None: the tunesmith store (SQLite in TUNESMITH_HOME)
+
+    @field_validator("space")
+    @classmethod
+    def _tunable(cls, v: dict[str, SearchDim]) -> dict[str, SearchDim]:
+        unknown = sorted(set(v) - set(TUNABLE))
+        if unknown:
+            raise ValueError(f"cannot tune {unknown}; tunable fields: {list(TUNABLE)}")
+        return v
+
+
+class RetrainSpec(Spec):
+    """`tunesmith retrain`: a new version from the production one plus the corrections users sent."""
+
+    mode: Literal["full", "incremental"] = "full"  # full: from the base on all data (safest); incremental: from production's weights (cheaper)
+    min_corrections: int = Field(20, ge=1)  # --if-needed: retrain once this many new corrections arrived since the production version
+    drift_threshold: float | None = Field(0.25, gt=0)  # --if-needed: or when the inputs' drift score (PSI) since then reaches this; None: corrections only
+    feedback_holdout: float = Field(0.3, ge=0, lt=1)  # share of corrections kept out of training to judge the candidate on (0: judge on the test split only)
+    replay: float = Field(4.0, ge=0)  # incremental: old training examples mixed in per new example, so the model does not forget them
+    incremental_lr_scale: float = Field(0.5, gt=0, le=1)  # incremental: a gentler learning rate than a fresh run (the weights are already tuned)
+    incremental_epochs: float = Field(4.0, gt=0)  # incremental: passes over the new examples and their replay sample (a small set: a few passes to learn it)
+    promote: Literal["if_better", "ab_test", "never"] = "if_better"  # what a candidate that passes the rule gets
+    max_test_drop: float = Field(0.01, ge=0)  # the rule: the test metric may fall by at most this (and not significantly)
+    require_feedback_gain: bool = True  # the rule: and it must be significantly better on the held-out corrections
+    alpha: float = Field(0.05, gt=0, lt=0.5)  # significance level of the paired tests (McNemar, Wilcoxon)
+
+
 DEFAULT_MODEL = {TaskType.chat: "smollm2-135m", TaskType.preference: "smollm2-135m"}  # causal LM; the rest gets the encoder
 DEFAULT_ENCODER = "minilm"  # small real encoder that trains on 2 CPU cores in minutes
 
@@ -431,6 +508,8 @@ class ProjectConfig(Spec):
     train: TrainSpec = TrainSpec()
     peft: PeftSpec = PeftSpec()
     eval: EvalSpec = EvalSpec()
+    tune: TuneSpec = TuneSpec()
+    retrain: RetrainSpec = RetrainSpec()
 
     @model_validator(mode="after")
     def _defaults_by_task(self) -> ProjectConfig:
@@ -470,6 +549,7 @@ class ProjectConfig(Spec):
             (self.train, "metric", not generative, f"{kind} keep the checkpoint with the lowest validation loss"),
             (self.train, "packing", task == TaskType.chat, "packing applies to chat (SFT) tasks"),
             (self.train, "dpo_beta", task == TaskType.preference, "dpo_beta applies to preference (DPO) tasks"),
+            (self.train, "init_from", not generative, f"{kind} continue from a run through their base model (model.name)"),
             (self.train, "merge_adapter", generative and method in adapters,
              "merge_adapter applies to chat adapters; merge other runs with `tunesmith export RUN --format merged`"),
             (self.peft, "r", method in ("lora", "dora"), f"peft.r is LoRA's rank; train.method is {method}"),
@@ -494,6 +574,10 @@ class ProjectConfig(Spec):
         if self.train.metric is not None and not generative and self.train.metric not in allowed:
             found.append(("train.metric", f"'{self.train.metric}' is not a validation metric of {kind}; "
                                           f"choose one of {list(allowed)}"))
+        produced = allowed if not generative else ("loss",)
+        if self.tune.metric is not None and self.tune.metric not in produced:
+            found.append(("tune.metric", f"'{self.tune.metric}' is not a validation metric of {kind}; "
+                                         f"choose one of {list(produced)}"))
         return found
 
     @property
@@ -514,6 +598,7 @@ class ProjectConfig(Spec):
             src.path = fix(src.path)
         self.data.annotate.corrections = fix(self.data.annotate.corrections)
         self.train.deepspeed = fix(self.train.deepspeed)
+        self.train.init_from = fix(self.train.init_from)
         template = self.model.chat_template
         if template and "{" not in template and not Path(template).is_absolute():
             self.model.chat_template = str((base / template).resolve())  # a file path, not an inline template

@@ -8,7 +8,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select
 
-from tunesmith.store.db import Store, head_revision
+from tunesmith.store.db import VERSION_TABLE, Store, head_revision
 from tunesmith.store.schema import Base, Job, JobEvent
 
 HEAD = head_revision()
@@ -19,7 +19,9 @@ def test_a_new_store_is_migrated_to_the_declared_schema(store_url: str) -> None:
     assert store.revision() == HEAD
     assert {"files", "jobs", "job_events", "job_checkpoints"} <= set(inspect(store.engine).get_table_names())
     with store.engine.connect() as connection:  # the migrations build exactly what schema.py declares
-        diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata)
+        context = MigrationContext.configure(connection, opts={
+            "compare_type": True, "include_name": lambda name, kind, _: not (kind == "table" and name == VERSION_TABLE)})
+        diff = compare_metadata(context, Base.metadata)
     assert diff == []
     store.close()
 
@@ -78,3 +80,28 @@ def test_a_store_made_by_an_older_tunesmith_opens_in_this_one(store_url: str) ->
     with new.session() as s:
         assert s.get(Job, "ftjob-old").status == "succeeded"
     new.close()
+
+
+def test_optuna_studies_share_the_database_and_older_stores_hand_over_alembic_version(store_url: str) -> None:
+    """Optuna keeps its schema version in Alembic's default table; the store keeps its own elsewhere, and a
+    store made before that moves its revision over when opened."""
+    import optuna
+    from sqlalchemy import text
+
+    old = Store(store_url, migrate=False)
+    old.migrate("0002")
+    with old.engine.begin() as c:  # what tunesmith 0.x left: its revision in alembic_version
+        c.execute(text(f"ALTER TABLE {VERSION_TABLE} RENAME TO alembic_version"))
+    old.close()
+    store = Store(store_url)
+    assert store.revision() == HEAD
+    assert "alembic_version" not in inspect(store.engine).get_table_names()
+    storage = optuna.storages.RDBStorage(store.url)
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    storage.remove_session()
+    again = Store(store_url)  # Optuna's alembic_version does not confuse the store, nor the store Optuna's
+    assert again.revision() == HEAD
+    assert len(optuna.load_study(study_name="s", storage=store.url).trials) == 2
+    store.close()
+    again.close()

@@ -15,7 +15,7 @@ from tunesmith.evaluation import plots
 from tunesmith.tasks.sequence import targets
 
 
-def _score(task: TaskType, y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], proba: np.ndarray | None) -> dict[str, Any]:
+def score(task: TaskType, y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], proba: np.ndarray | None) -> dict[str, Any]:
     if task == TaskType.single_label:
         return mt.classification_metrics(y_true, y_pred, labels, proba)
     if task == TaskType.multi_label:
@@ -44,7 +44,7 @@ def evaluate_sequence(run: Run, version: DatasetVersion, split: str, notes: list
 
     pred = Predictor(run.path).predict(texts)
     y_pred = pred.outputs
-    metrics = _score(task, y_true, y_pred, labels, pred.proba)
+    metrics = score(task, y_true, y_pred, labels, pred.proba)
 
     folder = run.path / "eval" / split
     folder.mkdir(parents=True, exist_ok=True)
@@ -73,7 +73,7 @@ def evaluate_sequence(run: Run, version: DatasetVersion, split: str, notes: list
         for result in (bl.majority_baseline(train_y, len(texts), task.value, n_classes=n_classes),
                        bl.tfidf_baseline(train_table.column("text").to_pylist(), train_y, texts, task.value,
                                          seed=cfg.train.seed, n_classes=n_classes)):
-            baseline_metrics[result.name] = _score(task, y_true, result.predictions, labels, result.proba)
+            baseline_metrics[result.name] = score(task, y_true, result.predictions, labels, result.proba)
 
     base_metrics = None
     if base_model:
@@ -104,4 +104,4 @@ def _base_model_metrics(run: Run, version: DatasetVersion, split: str, texts: li
         cfg.train.nproc = 1
         train(cfg, dataset_dir=version.path, overwrite=True)
     pred = Predictor(base_dir).predict(texts)
-    return _score(TaskType(run.manifest.task), y_true, pred.outputs, labels, pred.proba)
+    return score(TaskType(run.manifest.task), y_true, pred.outputs, labels, pred.proba)

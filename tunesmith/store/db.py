@@ -23,6 +23,9 @@ from tunesmith.errors import ConfigError
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_MS = 30_000  # a writer waits this long for another process's transaction before failing
 MIGRATION_LOCK = 7_301_946  # PostgreSQL advisory lock id: one process migrates at a time
+# Our own name for Alembic's bookkeeping table: Optuna's study storage lives in the same database and
+# keeps its schema version in Alembic's default `alembic_version`.
+VERSION_TABLE = "tunesmith_alembic_version"
 
 
 def default_url() -> str:
@@ -83,6 +86,7 @@ class Store:
         with self._migration_lock(), self.engine.begin() as connection:
             if self.dialect == "postgresql":
                 connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+            _adopt_default_version_table(connection)
             config.attributes["connection"] = connection
             command.upgrade(config, revision)
 
@@ -103,7 +107,7 @@ class Store:
 
     def revision(self) -> str | None:
         with self.engine.connect() as connection:
-            return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+            return connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -115,6 +119,24 @@ def _alembic_config() -> Any:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     return config
+
+
+def _adopt_default_version_table(connection: Any) -> None:
+    """Stores made before VERSION_TABLE kept their revision in `alembic_version`: move it over, so that
+    table is free for Optuna (only when it holds one of our revisions; an Optuna one stays)."""
+    from alembic.script import ScriptDirectory
+    from sqlalchemy import inspect
+
+    tables = set(inspect(connection).get_table_names())
+    if "alembic_version" not in tables or VERSION_TABLE in tables:
+        return
+    current = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    ours = {rev.revision for rev in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
+    if current not in ours:
+        return
+    connection.execute(text(f"CREATE TABLE {VERSION_TABLE} (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"))
+    connection.execute(text(f"INSERT INTO {VERSION_TABLE} (version_num) VALUES (:v)"), {"v": current})
+    connection.execute(text("DROP TABLE alembic_version"))
 
 
 def head_revision() -> str:

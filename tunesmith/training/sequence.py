@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from tunesmith.artifacts import MODEL_DIR, DatasetVersion, RunManifest
+from tunesmith.artifacts import MODEL_DIR, DatasetVersion, Run, RunManifest
 from tunesmith.config import LOWER_IS_BETTER, SEQUENCE_METRICS, ProjectConfig, TaskType
-from tunesmith.errors import DataError
+from tunesmith.errors import ConfigError, DataError
 from tunesmith.training.dataset import ensure_dataset
 from tunesmith.training.run import (
     best_evaluation,
@@ -115,8 +115,12 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
         tokenizer.pad_token = tokenizer.eos_token
     max_length = cfg.model.token_budget(task, context_length(tokenizer))
 
+    parent = _parent_run(cfg, labels, model_dir)
     train_rows = version.hf_dataset("train")
-    scaling = sequence.TargetScaling.fit(np.asarray(train_rows["score"])) if task == TaskType.regression else None
+    scaling = None
+    if task == TaskType.regression:  # a continued head keeps the units it was trained in
+        fitted = parent.manifest.target_scaling if parent else None
+        scaling = sequence.TargetScaling(**fitted) if fitted else sequence.TargetScaling.fit(np.asarray(train_rows["score"]))
     encode = sequence.encoder(task, tokenizer, max_length, len(labels or []), scaling)
     keep = {"input_ids", "attention_mask", "token_type_ids", "labels"}
 
@@ -132,8 +136,11 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
     import torch
 
     torch.manual_seed(cfg.train.seed)  # the head's random init is part of the run
-    model = load_for_sequence_task(model_dir, task, labels, pooling=cfg.model.pooling)
-    model = apply_method(model, cfg.train, cfg.peft)
+    if parent is None:
+        model = load_for_sequence_task(model_dir, task, labels, pooling=cfg.model.pooling)
+        model = apply_method(model, cfg.train, cfg.peft)
+    else:
+        model = _continued_model(parent, cfg)
     trainable, total = count_and_report(cfg, model)
 
     t = cfg.train
@@ -169,5 +176,42 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
         **manifest_fields(cfg, version, model_dir, trainable, total, trainer, result, plan),
         labels=labels, thresholds=thresholds, max_length=max_length, metrics=metrics,
         target_scaling={"mean": scaling.mean, "std": scaling.std} if scaling else None,
+        parent_run=str(parent.path.resolve()) if parent else None,
     )
     return finish_run(run_dir, trainer, manifest, metrics)
+
+
+def _parent_run(cfg: ProjectConfig, labels: list[str] | None, model_dir: Path) -> Run | None:
+    """The run `train.init_from` continues, checked to fit: same task, labels, base model and method."""
+    if cfg.train.init_from is None:
+        return None
+    parent = Run(cfg.train.init_from)
+    m, where = parent.manifest, f"train.init_from {cfg.train.init_from}"
+    problems = []
+    if m.task != cfg.task.type.value:
+        problems.append(f"it was trained for {m.task}, this config is {cfg.task.type.value}")
+    if m.labels != labels:
+        problems.append(f"its labels {m.labels} differ from the dataset's {labels}")
+    if m.method != cfg.train.method:
+        problems.append(f"it was trained with method {m.method}, this config says {cfg.train.method}")
+    if m.adapter and Path(m.base_model_path).resolve() != model_dir.resolve() and m.base_model != cfg.model.name:
+        problems.append(f"its adapter sits on {m.base_model_path}, this config's model is {model_dir}")
+    if problems:
+        raise ConfigError(f"{where}: cannot continue that run: " + "; ".join(problems))
+    return parent
+
+
+def _continued_model(parent: Run, cfg: ProjectConfig) -> Any:
+    """The parent's trained weights, ready to train on: full weights as saved, or its adapter (trainable) on the base."""
+    from tunesmith.models.loading import base_model_dir
+    from tunesmith.models.sequence import load_for_sequence_task, load_trained_sequence_model
+    from tunesmith.training.methods import apply_method
+
+    m = parent.manifest
+    if not m.adapter:
+        model = load_trained_sequence_model(parent.model_dir)
+        return apply_method(model, cfg.train, cfg.peft) if cfg.train.method == "head" else model
+    from peft import PeftModel
+
+    base = load_for_sequence_task(base_model_dir(m), cfg.task.type, m.labels, pooling=cfg.model.pooling)
+    return PeftModel.from_pretrained(base, parent.model_dir, is_trainable=True)

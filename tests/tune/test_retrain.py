@@ -1,0 +1,215 @@
+"""Retraining from feedback on tiny models: a planted systematic error is corrected through the real
+feedback endpoint and fixed by the retrained version; the test split stays frozen; incremental
+training continues from production; bad requests change nothing in the registry."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.servers import start_server, stop_server
+from tests.test_train import FILL, rows, write
+from tunesmith.artifacts import Run
+from tunesmith.config import parse_config
+from tunesmith.errors import ConfigError
+from tunesmith.inference.predictor import Predictor
+from tunesmith.monitor.feedback import FeedbackRequest, FeedbackService
+from tunesmith.registry.service import Registry
+from tunesmith.store.db import Store
+from tunesmith.store.schema import Prediction
+from tunesmith.training import train
+from tunesmith.tune.retrain import HELD_OUT, retrain
+
+
+def paris(n: int, seed: int) -> list[str]:
+    """Texts of a kind the training data gets systematically wrong: they are positive, labelled negative."""
+    rng = random.Random(seed)
+    return [" ".join(["paris", "capital", *rng.sample(FILL, 3)]) + f" visit {seed}-{i}" for i in range(n)]
+
+
+def planted_project(tmp: Path, model: Path, **train_spec) -> object:
+    """Train/validation files with every 'paris' text labelled neg (the planted error); a clean test file."""
+    normal = rows(200, seed=1)
+    train_rows = normal[:160] + [{"text": t, "label": "neg", "score": -1.0} for t in paris(30, 1)]
+    val_rows = normal[160:180] + [{"text": t, "label": "neg", "score": -1.0} for t in paris(6, 2)]
+    test_rows = normal[180:] + [{"text": t, "label": "pos", "score": 1.0} for t in paris(20, 3)]
+    raw = {
+        "name": "reviews",
+        "data": {"sources": [{"path": str(write(tmp / f"{s}.csv", r)), "split": s}
+                             for s, r in (("train", train_rows), ("validation", val_rows), ("test", test_rows))],
+                 "output_dir": str(tmp / "ds"), "dedup": {"near": False}},
+        "model": {"name": str(model), "max_length": 32},
+        "train": {"learning_rate": 3e-3, "max_steps": 80, "batch_size": 16, "early_stopping_patience": None,
+                  "evals_per_epoch": 2, "output_dir": str(tmp / "prod"), **train_spec},
+        "retrain": {"min_corrections": 10},
+    }
+    return parse_config(raw), train_rows, val_rows, test_rows
+
+
+def paris_accuracy(run: Path, texts: list[str]) -> float:
+    return float(np.mean([label == "pos" for label in Predictor(run).predict(texts).labels]))
+
+
+def test_retrain_fixes_a_planted_error_corrected_through_the_feedback_endpoint(tmp_path: Path, tiny_bert: Path,
+                                                                                store_url: str) -> None:
+    cfg, train_rows, val_rows, test_rows = planted_project(tmp_path, tiny_bert)
+    prod = train(cfg)
+    test_paris = [r["text"] for r in test_rows if r["text"].startswith("paris")]
+    assert paris_accuracy(prod, test_paris) <= 0.2  # the planted error is learnt
+    store = Store(store_url)
+    registry = Registry(store)
+    registry.add(prod, "reviews", stage="production")
+
+    # Users send what production gets wrong (training and validation texts among them, two test
+    # texts, and new ones) and correct it through the real endpoint.
+    asked = [r["text"] for r in train_rows if r["text"].startswith("paris")] + paris(10, 4) + \
+        [r["text"] for r in val_rows if r["text"].startswith("paris")] + test_paris[:2]
+    proc, url = start_server(["--model", "reviews", "--db", store_url], tmp_path / "server.log",
+                             env={"TUNESMITH_HOME": str(tmp_path / "home")})
+    try:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            answers = http.post("/v1/predict", json={"model": "reviews", "texts": asked}).json()
+            assert [p["label"] for p in answers["predictions"]].count("neg") >= len(asked) - 3
+            for i in range(len(asked)):
+                r = http.post("/v1/feedback", json={"request_id": answers["id"], "index": i, "label": "pos", "rating": "down"})
+                assert r.status_code == 201, r.text
+    finally:
+        stop_server(proc)
+
+    outcome = retrain(store, "reviews", out=tmp_path / "retrain", say=lambda _: None)
+    assert outcome.decision == "promoted", outcome.reasons
+    assert registry.production("reviews").version == 2
+    candidate = Path(outcome.report["run"])
+    assert paris_accuracy(candidate, test_paris) >= 0.9  # the new version fixes the error on the test split
+    judged = outcome.report["judged"]
+    assert judged["test"]["paired"]["candidate"] > judged["test"]["paired"]["reference"]
+    assert judged["feedback"]["n"] == 12 and judged["feedback"]["paired"]["p_better"] < 0.05
+
+    # The test split is frozen: the same rows; the two corrections repeating test texts were kept out.
+    dataset = tmp_path / "retrain" / "dataset"
+    old_test, new_test = pq.read_table(tmp_path / "ds" / "test.parquet"), pq.read_table(dataset / "test.parquet")
+    assert new_test.equals(old_test)
+    kept_out = outcome.report["dataset"]["kept_out"]
+    assert sorted(k["text"] for k in kept_out) == sorted(test_paris[:2])
+    trained = set(pq.read_table(dataset / "train.parquet").column("text").to_pylist())
+    assert not trained & set(test_paris)
+    held = set(pq.read_table(dataset / HELD_OUT).column("text").to_pylist())
+    assert len(held) == 12 and not held & trained
+    # Every mislabelled training/validation example was replaced by its correction.
+    for split in ("train", "validation"):
+        t = pq.read_table(dataset / f"{split}.parquet").to_pylist()
+        assert all(r["label"] == "pos" for r in t if r["text"].startswith("paris")), split
+    quarantine = [json.loads(line) for line in (dataset / "quarantine.jsonl").read_text().splitlines()]
+    assert sum(q["stage"] == "frozen_split" for q in quarantine) == 2
+    mislabelled = sum(t.startswith("paris") for s in ("train", "validation")
+                      for t in pq.read_table(tmp_path / "ds" / f"{s}.parquet").column("text").to_pylist())
+    assert sum(q["stage"] == "superseded" for q in quarantine) == mislabelled >= 34
+    report = (tmp_path / "retrain" / "report.md").read_text()
+    assert "promoted" in report and "McNemar" in report and "kept out" in report
+    lineage = registry.version("reviews", 2).lineage
+    assert lineage["parent_version"] == 1 and lineage["retrain"]["mode"] == "full"
+
+    # Trained on every correction so far: nothing new to retrain on, and --if-needed says it is not due.
+    assert retrain(store, "reviews", if_needed=True, say=lambda _: None).decision == "not_due"
+    with pytest.raises(ConfigError, match="no new feedback"):
+        retrain(store, "reviews", out=tmp_path / "again", say=lambda _: None)
+    assert [v.version for v in registry.versions("reviews")] == [1, 2]
+
+
+def record_corrections(store: Store, model: str, texts: list[str], label: str) -> None:
+    """Logged answers and their corrections, through the feedback service the endpoint uses."""
+    service = FeedbackService(store)
+    with store.session() as s:
+        s.add(Prediction(request_id="req-1", model=model, model_version="1", kind="predict", created=time.time(),
+                         inputs=texts, outputs=[{"label": "neg", "probabilities": {"neg": 0.9, "pos": 0.1}}] * len(texts),
+                         latency_ms=1.0))
+    for i in range(len(texts)):
+        assert not hasattr(service.submit(FeedbackRequest(request_id="req-1", index=i, label=label)), "status")
+
+
+def test_incremental_retraining_continues_from_production_with_a_replay_sample(tmp_path: Path, tiny_bert: Path) -> None:
+    cfg, _, val_rows, _ = planted_project(tmp_path, tiny_bert)
+    prod = train(cfg)
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    Registry(store).add(prod, "reviews", stage="production")
+    val_paris = [r["text"] for r in val_rows if r["text"].startswith("paris")]
+    record_corrections(store, "reviews", paris(20, 5) + val_paris, "pos")
+    outcome = retrain(store, "reviews", mode="incremental", promote="never", out=tmp_path / "inc", say=lambda _: None)
+    run = Run(outcome.report["run"])
+    assert run.manifest.parent_run == str(prod.resolve())
+    lr = Run(prod).manifest.hyperparameters["learning_rate"]
+    assert run.manifest.hyperparameters["learning_rate"] == pytest.approx(lr * 0.5)
+    # Trained on the new examples and 4 old ones per new one; the registry records the full dataset.
+    new = outcome.report["dataset"]["corrections_in_train"]
+    assert new >= 13 and outcome.report["dataset"]["corrections_in_validation"] >= 5
+    subset = pq.read_table(tmp_path / "inc" / "dataset-incremental" / "train.parquet")
+    assert subset.num_rows == new * 5
+    assert Run(outcome.report["run"]).manifest.dataset.endswith("dataset-incremental")
+    assert outcome.candidate.lineage["dataset"].endswith("/inc/dataset")
+    assert outcome.decision == "candidate" and Registry(store).production("reviews").version == 1
+    unseen = paris(10, 6)
+    pos = Predictor(prod).predict(unseen).proba[:, 1].mean(), Predictor(run.path).predict(unseen).proba[:, 1].mean()
+    assert pos[1] > pos[0] + 0.2, pos  # continued training moved towards the corrections
+
+
+def test_an_adapter_run_continues_from_its_own_adapter_weights(tmp_path: Path, tiny_bert: Path) -> None:
+    from safetensors.torch import load_file
+
+    from tunesmith.training.sequence import _continued_model, _parent_run
+
+    cfg, *_ = planted_project(tmp_path, tiny_bert, method="lora", learning_rate=5e-3, max_steps=6)
+    parent = train(cfg)
+    data = cfg.model_dump(mode="json")
+    data["train"]["init_from"] = str(parent)
+    continued = parse_config(data)
+    run = _parent_run(continued, ["neg", "pos"], tiny_bert)
+    model = _continued_model(run, continued)
+    saved = load_file(parent / "model" / "adapter_model.safetensors")
+    params = dict(model.named_parameters())
+    lora = [k for k in saved if "lora_A" in k]
+    assert lora and all(params[k.replace(".weight", ".default.weight")].requires_grad for k in lora)
+    assert all(np.allclose(params[k.replace(".weight", ".default.weight")].detach().numpy(), saved[k].numpy()) for k in lora)
+    data["task"]["labels"] = ["neg", "pos", "meh"]
+    with pytest.raises(ConfigError, match="its labels"):
+        _parent_run(parse_config(data), ["neg", "pos", "meh"], tiny_bert)
+
+
+def test_bad_requests_are_refused_and_change_nothing(tmp_path: Path, tiny_bert: Path) -> None:
+    cfg, *_ = planted_project(tmp_path, tiny_bert, max_steps=4)
+    prod = train(cfg)
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    registry = Registry(store)
+    registry.add(prod, "reviews")  # a candidate only
+    with pytest.raises(ConfigError, match="no production version"):
+        retrain(store, "reviews", say=lambda _: None)
+    registry.promote("reviews", 1)
+    with pytest.raises(ConfigError, match="no new feedback"):
+        retrain(store, "reviews", out=tmp_path / "r1", say=lambda _: None)
+    events = registry.events("reviews")
+    env = {"TUNESMITH_DB": f"sqlite:///{tmp_path / 'store.db'}"}
+    cli = [sys.executable, "-m", "tunesmith", "retrain", "--model"]
+    bad = subprocess.run([*cli, "reviews", "--mode", "sideways"], capture_output=True, text=True, env={**_env(), **env})
+    assert bad.returncode == 2 and "--mode" in bad.stderr
+    unknown = subprocess.run([*cli, "nope"], capture_output=True, text=True, env={**_env(), **env})
+    assert unknown.returncode == 2 and "nope" in unknown.stderr
+    record_corrections(store, "reviews", paris(3, 7), "pos")
+    due = subprocess.run([*cli, "reviews", "--if-needed"], capture_output=True, text=True, env={**_env(), **env})
+    assert due.returncode == 0 and "3 new correction(s) < retrain.min_corrections (10)" in due.stdout
+    assert registry.events("reviews") == events and len(registry.versions("reviews")) == 1
+    with pytest.raises(ConfigError, match="retrain: .*mode"):
+        retrain(store, "reviews", mode="sideways", say=lambda _: None)
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)

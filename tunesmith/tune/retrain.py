@@ -1,0 +1,519 @@
+"""`tunesmith retrain`: the production version + the corrections users sent -> a candidate version,
+judged against production on the same examples, then promoted (or put in an A/B test) only if the
+configured rule holds (retrain: in the config; config.RetrainSpec).
+
+    1. corrections  what `tunesmith feedback export` writes, prepared by the same pipeline as any
+                    data (cleaning, duplicates, conflicting corrections, quarantine)
+    2. dataset      production's dataset + the corrections. The test split stays exactly as it was
+                    (frozen): a correction matching one of its examples (exact or near) is kept out
+                    and reported. An old training or validation example a correction matches is
+                    replaced by it (in its split). A share of the other corrections is held out to
+                    judge on; the rest trains.
+    3. training     full: from the base model on the whole new dataset; incremental: from
+                    production's weights (or adapter) on the new examples plus a replay sample of
+                    old ones, at a gentler learning rate, so the old knowledge is not forgotten
+    4. judging      both versions on the frozen test split and on the held-out corrections, with
+                    paired tests (McNemar for classes, Wilcoxon on absolute errors for scores)
+    5. decision     the candidate is registered; it is promoted, or an A/B test started, only if
+                    the rule holds; otherwise it stays a candidate and the report says why
+
+Everything lands in one folder beside production's run: corrections/, dataset/, run/, report.*.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import xxhash
+from pydantic import ValidationError
+
+from tunesmith import __version__
+from tunesmith.artifacts import QUARANTINE, DatasetManifest, DatasetVersion, Fingerprint, Run, is_dataset, write_split
+from tunesmith.config import (
+    GENERATIVE_TASKS,
+    SPLITS,
+    ProjectConfig,
+    RetrainSpec,
+    TaskType,
+    format_validation_error,
+    parse_config,
+)
+from tunesmith.errors import ConfigError
+from tunesmith.registry.service import Registry, VersionInfo
+from tunesmith.store.db import Store
+from tunesmith.tune import trigger
+
+HELD_OUT = "feedback_holdout.parquet"  # corrections kept out of training, to judge candidate vs production on
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Outcome:
+    folder: Path
+    decision: str  # promoted | ab_test | candidate | not_due
+    reasons: list[str]
+    candidate: VersionInfo | None = None
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def retrain(store: Store, model: str, *, mode: str | None = None, promote: str | None = None, out: Path | None = None,
+            if_needed: bool = False, say: Say = print) -> Outcome:
+    """One retraining round for registry model `model` (see the module docstring)."""
+    registry = Registry(store)
+    production = registry.production(model)
+    if production is None and model not in registry.models():
+        from tunesmith.registry.service import NotRegistered
+
+        raise NotRegistered(f"'{model}' is not in the registry (`tunesmith registry list` shows what is)")
+    if production is None:
+        raise ConfigError(f"'{model}' has no production version to retrain from; promote one first "
+                          f"(`tunesmith registry promote {model} VERSION`)")
+    run = Run(production.run)
+    cfg = run.config
+    task = cfg.task.type
+    if task in GENERATIVE_TASKS:
+        raise ConfigError(f"'{model}' is a {task.value} model; retrain handles classification and regression. For chat, "
+                          f"export the corrected answers (`tunesmith feedback export --model {model}`) and train on them")
+    try:  # the overrides go through the same checks as the config's retrain: section
+        spec = RetrainSpec.model_validate({**cfg.retrain.model_dump(),
+                                           **{k: v for k, v in (("mode", mode), ("promote", promote)) if v is not None}})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, "retrain", {})) from None
+    status = trigger.check(store, model, production, spec)
+    if if_needed and not status.due:
+        why = [f"{status.new_corrections} new correction(s) < retrain.min_corrections ({spec.min_corrections})"]
+        if spec.drift_threshold is not None:
+            why.append("drift: too few logged requests to measure" if status.drift_psi is None else
+                       f"drift PSI {status.drift_psi:.3f} < {spec.drift_threshold:g}")
+        return Outcome(Path(production.run), "not_due", why, report={"trigger": status.to_dict()})
+    if status.new_corrections == 0:
+        raise ConfigError(f"no new feedback for '{model}': no correction arrived since version {production.version} was "
+                          "trained (send corrections to POST /v1/feedback with label or value)")
+
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    folder = Path(out) if out is not None else Path(production.run).parent / f"{model}-retrain-{stamp}"
+    if folder.exists() and any(folder.iterdir()):
+        raise ConfigError(f"{folder} already exists and is not empty; choose another --out")
+    folder.mkdir(parents=True, exist_ok=True)
+    say(f"retraining '{model}' from production version {production.version} ({spec.mode}); working in {folder}")
+
+    parent_dataset = DatasetVersion(_dataset_of(production, run))
+    corrections, corrections_version = _prepared_corrections(store, model, cfg, parent_dataset, folder, say)
+    built = _build_dataset(cfg, spec, parent_dataset, corrections_version, folder / "dataset")
+    say(f"dataset {built.path}: {built.summary()}")
+    train_dir = built.path
+    if spec.mode == "incremental":
+        train_dir = _replay_dataset(built, parent_dataset, spec, cfg.data.split.seed, folder / "dataset-incremental")
+    candidate_cfg = _candidate_config(cfg, run, spec, folder / "run")
+
+    from tunesmith.training import train
+
+    say(f"training the candidate ({spec.mode}) on {train_dir}")
+    run_dir = train(candidate_cfg, dataset_dir=train_dir)
+
+    judged = judge(Run(production.run), Run(run_dir), built, spec)
+    passes, reasons = decide(judged, spec)
+    lineage = {"parent_version": production.version, "dataset": str(built.path.resolve()),
+               "retrain": {"mode": spec.mode, "feedback_until": corrections["until"], "corrections": corrections["count"],
+                           "folder": str(folder.resolve()), "passed": passes}}
+    candidate = registry.add(run_dir, model, lineage=lineage)
+    decision = "candidate"
+    if passes and spec.promote == "if_better":
+        candidate = registry.promote(model, candidate.version)
+        decision = "promoted"
+    elif passes and spec.promote == "ab_test":
+        from tunesmith.monitor.ab import ABService
+
+        ABService(store).start(model, {f"v{production.version}": 0.5, f"v{candidate.version}": 0.5}, alpha=spec.alpha)
+        decision = "ab_test"
+    elif passes:
+        reasons.append("retrain.promote is 'never': promote it yourself with `tunesmith registry promote`")
+    report = {"model": model, "production": production.version, "candidate": candidate.version, "mode": spec.mode,
+              "decision": decision, "passed": passes, "reasons": reasons, "trigger": status.to_dict(),
+              "corrections": corrections, "dataset": built.details, "judged": judged,
+              "rule": {"max_test_drop": spec.max_test_drop, "require_feedback_gain": spec.require_feedback_gain,
+                       "alpha": spec.alpha, "promote": spec.promote},
+              "run": str(Path(run_dir).resolve()), "created_at": int(time.time())}
+    _write_report(folder, report)
+    return Outcome(folder, decision, reasons, candidate, report)
+
+
+def _dataset_of(production: VersionInfo, run: Run) -> Path:
+    """The dataset production was trained on in full (an incremental run trained on a replay subset)."""
+    path = Path(production.lineage.get("dataset") or run.manifest.dataset)
+    if not is_dataset(path):
+        raise ConfigError(f"the dataset of '{production.model}' version {production.version} is gone from {path}; "
+                          "retraining adds the corrections to it, so it has to be there (prepare it again and "
+                          "register a run trained on it)")
+    return path
+
+
+# -- 1. corrections -------------------------------------------------------------------------------
+
+
+def _prepared_corrections(store: Store, model: str, cfg: ProjectConfig, parent: DatasetVersion, folder: Path,
+                          say: Say) -> tuple[dict[str, Any], DatasetVersion]:
+    from tunesmith.data.prepare import prepare
+    from tunesmith.monitor.feedback import FeedbackService
+
+    raw = folder / "corrections.csv"
+    written = FeedbackService(store).export(model, raw)
+    _, until = trigger.corrections_since(store, model, 0.0)
+    if written == 0:
+        raise ConfigError(f"no usable corrections for '{model}': the feedback has no corrected label or value paired "
+                          "with a logged input")
+    target = "score" if cfg.task.type == TaskType.regression else "label"
+    data = cfg.model_dump(mode="json")
+    data["data"].update(sources=[{"path": str(raw), "kind": "csv",
+                                  "fields": {"text": "text", target: target, "id": "id"}}],
+                        output_dir=str(folder / "corrections"), strict=False, annotate={})
+    data["data"]["split"]["group_by"] = None
+    data["task"].update(labels=parent.manifest.labels, label_separator=",")  # the model's label set, as exported
+    version = prepare(parse_config(data, f"corrections of '{model}'"), folder / "corrections")
+    counts = version.manifest.counts
+    usable = sum(counts[s] for s in SPLITS)
+    say(f"corrections: {written} exported, {usable} usable after cleaning and deduplication "
+        f"({counts['quarantine']} in {version.path / QUARANTINE})")
+    return {"count": written, "usable": usable, "quarantined": counts["quarantine"], "until": until,
+            "file": str(raw)}, version
+
+
+# -- 2. the new dataset version --------------------------------------------------------------------
+
+
+def _keys(texts: list[str]) -> np.ndarray:
+    from tunesmith.data.clean import dedup_key
+
+    return np.array([xxhash.xxh3_64_intdigest(dedup_key(t).encode("utf-8", "surrogatepass")) for t in texts], dtype=np.uint64)
+
+
+def _matches(queries: list[str], pool: list[str], cfg: ProjectConfig) -> dict[int, tuple[int, str]]:
+    """query index -> (pool index, how) for queries that repeat a pool text: exactly, or nearly when the
+    config's near-duplicate check is on (the same MinHash test as preparation)."""
+    found: dict[int, tuple[int, str]] = {}
+    if not queries or not pool:
+        return found
+    where = {int(k): j for j, k in enumerate(_keys(pool))}
+    for i, k in enumerate(_keys(queries)):
+        if int(k) in where:
+            found[i] = (where[int(k)], "exact")
+    spec = cfg.data.dedup
+    if spec.near:
+        from tunesmith.data import dedup
+
+        texts = queries + pool
+        sigs = dedup.minhash_signatures(texts, len(texts), spec.num_perm, spec.shingle_size, seed=cfg.data.split.seed)
+        i, j, sims = dedup.similar_pairs(sigs, spec.near_threshold)
+        n = len(queries)
+        for a, b, sim in zip(i, j, sims, strict=True):
+            if a < n <= b and int(a) not in found:
+                found[int(a)] = (int(b) - n, f"near (similarity {sim:.2f})")
+    return found
+
+
+@dataclass
+class BuiltDataset:
+    path: Path
+    details: dict[str, Any]
+
+    def summary(self) -> str:
+        d = self.details
+        return (f"{d['counts']['train']} training examples ({d['corrections_in_train']} from corrections, "
+                f"{len(d['superseded'])} old examples replaced), {d['counts']['feedback_holdout']} corrections held out, "
+                f"{len(d['kept_out'])} kept out (they repeat a frozen test example)")
+
+
+def _build_dataset(cfg: ProjectConfig, spec: RetrainSpec, parent: DatasetVersion, corrections: DatasetVersion,
+                   out: Path) -> BuiltDataset:
+    from tunesmith.data import report
+    from tunesmith.data.prepare import Quarantine
+    from tunesmith.data.records import Rejection
+
+    old = {s: parent.table(s) for s in SPLITS}
+    new = pa.concat_tables([corrections.table(s) for s in SPLITS])  # one pool: their own split means nothing here
+    texts = new.column("text").to_pylist()
+    ids = new.column("id").to_pylist()
+    out.mkdir(parents=True, exist_ok=True)
+    quarantine = Quarantine(out / QUARANTINE)
+    for entry in parent.quarantine() + corrections.quarantine():  # nothing quarantined before is lost
+        quarantine.add(Rejection(**{k: entry.get(k) for k in ("stage", "source", "line", "reason", "field", "id", "kind", "record")}))
+
+    kept_out: list[dict[str, Any]] = []
+    usable = np.ones(len(texts), dtype=bool)
+    test_texts, test_ids = old["test"].column("text").to_pylist(), old["test"].column("id").to_pylist()
+    for i, (j, how) in sorted(_matches(texts, test_texts, cfg).items()):
+        usable[i] = False
+        kept_out.append({"id": ids[i], "text": texts[i][:300], "split": "test", "matches": test_ids[j], "match": how})
+        quarantine.add(Rejection(stage="frozen_split", source="feedback", line=0, id=ids[i], kind="removed",
+                                 reason=f"{how} duplicate of '{test_ids[j]}' in the frozen test split: kept out of "
+                                        "training so the test split stays a fair judge", record={"text": texts[i]}))
+
+    # A correction that repeats a training or validation example replaces it (the user's label is the
+    # newer word) and goes to that split; validation first, so it never also lands in training.
+    target = "score" if cfg.task.type == TaskType.regression else "labels" if cfg.task.type == TaskType.multi_label else "label"
+    new_targets = new.column(target).to_pylist()
+    superseded: list[dict[str, Any]] = []
+    keep = {split: np.ones(old[split].num_rows, dtype=bool) for split in ("train", "validation")}
+    placed: dict[str, list[int]] = {"train": [], "validation": []}
+    for split in ("validation", "train"):
+        pool, pool_ids = old[split].column("text").to_pylist(), old[split].column("id").to_pylist()
+        old_targets = old[split].column(target).to_pylist()
+        live = [i for i in range(len(texts)) if usable[i]]
+        for k, (j, how) in sorted(_matches([texts[i] for i in live], pool, cfg).items()):
+            if not keep[split][j]:
+                continue
+            i = live[k]
+            keep[split][j] = False
+            if split == "validation":
+                usable[i] = False
+                placed["validation"].append(i)
+            superseded.append({"split": split, "id": pool_ids[j], "by": ids[i], "match": how, "old": old_targets[j],
+                               "new": new_targets[i]})
+            quarantine.add(Rejection(stage="superseded", source=str(parent.path / f"{split}.parquet"), line=0,
+                                     id=pool_ids[j], kind="removed", record={"text": pool[j]},
+                                     reason=f"replaced by the correction '{ids[i]}' ({how} match): "
+                                            f"{old_targets[j]!r} -> {new_targets[i]!r}"))
+    live = [i for i in range(len(texts)) if usable[i]]
+
+    held = _holdout(live, [new_targets[i] for i in live], spec.feedback_holdout, cfg.data.split.seed, cfg.task.type)
+    to_train = [i for i in live if i not in held]
+    schema = old["train"].schema
+    take = lambda rows: new.take(pa.array(rows, type=pa.int64())).select(schema.names).cast(schema)  # noqa: E731
+    tables = {"train": pa.concat_tables([old["train"].filter(pa.array(keep["train"])), take(to_train)]),
+              "validation": pa.concat_tables([old["validation"].filter(pa.array(keep["validation"])),
+                                              take(placed["validation"])]),
+              "test": old["test"]}
+    fingerprint = Fingerprint()
+    for name in SPLITS:
+        write_split(out, name, tables[name])
+        fingerprint.add_split(name, tables[name])
+    holdout = take(sorted(held))
+    write_split(out, HELD_OUT.removesuffix(".parquet"), holdout)
+    quarantine.close()
+
+    counts = {s: tables[s].num_rows for s in SPLITS}
+    counts.update(feedback_holdout=holdout.num_rows, quarantine=quarantine.count,
+                  input=parent.manifest.counts["input"] + corrections.manifest.counts["input"])
+    accounted = sum(counts[s] for s in SPLITS) + counts["feedback_holdout"] + counts["quarantine"]
+    if accounted != counts["input"]:  # the preparation pipeline's core promise, kept here too
+        raise AssertionError(f"row accounting is off: {counts}")
+    pm = parent.manifest
+    manifest = DatasetManifest(
+        name=pm.name, task=pm.task, description=pm.description, created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        tunesmith_version=__version__, fingerprint=fingerprint.hexdigest(), counts=counts, labels=pm.labels,
+        tokenizer=pm.tokenizer, context_length=pm.context_length, max_length=pm.max_length, config=pm.config)
+    (out / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    details = {"parent": str(parent.path.resolve()), "parent_fingerprint": pm.fingerprint, "fingerprint": manifest.fingerprint,
+               "counts": counts, "corrections_in_train": len(to_train), "corrections_in_validation": len(placed["validation"]),
+               "kept_out": kept_out, "superseded": superseded}
+    summary = report.PreparationSummary(
+        task=cfg.task.type,
+        sources=[{"source": str(parent.path), "kind": "dataset", "split": "as prepared", "rows": pm.counts["input"],
+                  "rejected": pm.counts.get("quarantine", 0)},
+                 {"source": str(corrections.path), "kind": "feedback corrections", "split": "train",
+                  "rows": corrections.manifest.counts["input"], "rejected": corrections.manifest.counts["quarantine"]}],
+        steps=[{"step": "corrections kept out of the frozen test split", "rows_in": len(texts),
+                "rows_out": len(texts) - len(kept_out), "removed": len(kept_out),
+                "reasons": {"repeats a test example": len(kept_out)}},
+               {"step": "old examples replaced by corrections", "rows_in": old["train"].num_rows + old["validation"].num_rows,
+                "rows_out": int(keep["train"].sum() + keep["validation"].sum()), "removed": len(superseded),
+                "reasons": {f"superseded in {s}": sum(x["split"] == s for x in superseded) for s in ("train", "validation")}},
+               {"step": "corrections held out to judge on", "rows_in": len(live), "rows_out": len(to_train),
+                "removed": len(held), "reasons": {"feedback holdout": len(held)}}],
+        missing_values={}, removed_by_stage={"frozen_split": len(kept_out), "superseded": len(superseded)},
+        near_threshold=cfg.data.dedup.near_threshold, near_examples=[], conflict_policy=cfg.data.dedup.conflicts,
+        conflicts=[], leakage_checked=["exact", "near" if cfg.data.dedup.near else "exact only"],
+        leakage_policy="corrections matching validation/test are kept out", leaks=[], label_map_changes={},
+        corrections_applied=len(to_train), corrections_unused=[], quarantine_rows=quarantine.count,
+        quarantine_by_stage=dict(quarantine.by_stage), quarantine_examples=dict(quarantine.examples),
+        warnings=[f"{len(kept_out)} correction(s) repeat a frozen test example and were kept out of training"]
+        if kept_out else [], seconds=0.0)
+    report.write(out, manifest, summary, tables)
+    (out / "retrain.json").write_text(json.dumps(details, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    return BuiltDataset(out, details)
+
+
+def _holdout(rows: list[int], targets: list[Any], share: float, seed: int, task: TaskType) -> set[int]:
+    """The corrections kept out of training, stratified by class where every class has two or more."""
+    n = round(len(rows) * share)
+    if n < 1 or len(rows) - n < 1:
+        return set()
+    from collections import Counter
+
+    from sklearn.model_selection import train_test_split
+
+    strata = [",".join(t) if isinstance(t, list) else t for t in targets] if task != TaskType.regression else None
+    if strata is not None and (min(Counter(strata).values()) < 2 or n < len(set(strata))):
+        strata = None
+    _, held = train_test_split(rows, test_size=n, random_state=seed, stratify=strata)
+    return set(held)
+
+
+def _replay_dataset(built: BuiltDataset, parent: DatasetVersion, spec: RetrainSpec, seed: int, out: Path) -> Path:
+    """Incremental training's data: the new examples plus `replay` old ones per new one (the rest of the
+    folder is the full dataset's: validation and test are the same frozen splits)."""
+    full = DatasetVersion(built.path)
+    train = full.table("train")
+    n_old = train.num_rows - built.details["corrections_in_train"]
+    new_rows = np.arange(n_old, train.num_rows)
+    rng = np.random.default_rng(seed)
+    replay = rng.choice(n_old, size=min(n_old, round(spec.replay * len(new_rows))), replace=False)
+    subset = train.take(pa.array(np.sort(np.concatenate([replay, new_rows])), type=pa.int64()))
+    shutil.copytree(built.path, out)
+    write_split(out, "train", subset)
+    fingerprint = Fingerprint()
+    for name in SPLITS:
+        fingerprint.add_split(name, subset if name == "train" else full.table(name))
+    manifest = full.manifest.model_copy(update={"fingerprint": fingerprint.hexdigest(),
+                                                "counts": {**full.manifest.counts, "train": subset.num_rows}})
+    (out / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+# -- 3. the candidate's config --------------------------------------------------------------------
+
+
+def _candidate_config(cfg: ProjectConfig, run: Run, spec: RetrainSpec, run_dir: Path) -> ProjectConfig:
+    data = cfg.model_dump(mode="json")
+    data["train"]["output_dir"] = str(run_dir)
+    if spec.mode == "incremental":
+        lr = float(run.manifest.hyperparameters.get("learning_rate") or cfg.train.lr(cfg.task.type))
+        data["train"].update(init_from=str(run.path.resolve()), epochs=spec.incremental_epochs, max_steps=None,
+                             hyperparameters=None, learning_rate=lr * spec.incremental_lr_scale)
+    return parse_config(data, f"{run.path}/config.json (retrain)")
+
+
+# -- 4 and 5. judging and deciding ----------------------------------------------------------------
+
+
+def judge(production: Run, candidate: Run, dataset: BuiltDataset, spec: RetrainSpec) -> dict[str, Any]:
+    """Both versions on the frozen test split and on the held-out corrections: metrics and a paired test each."""
+    import pyarrow.parquet as pq
+
+    from tunesmith.evaluation.paired import mcnemar, wilcoxon_errors
+    from tunesmith.evaluation.sequence import score
+    from tunesmith.inference.predictor import Predictor
+    from tunesmith.tasks.sequence import targets
+
+    task = TaskType(production.manifest.task)
+    labels = production.manifest.labels or []
+    sets = {"test": DatasetVersion(dataset.path).table("test"), "feedback": pq.read_table(dataset.path / HELD_OUT)}
+    predictors = {"production": Predictor(production.path), "candidate": Predictor(candidate.path)}
+    out: dict[str, Any] = {}
+    for name, table in sets.items():
+        if table.num_rows == 0:
+            out[name] = {"n": 0}
+            continue
+        texts = table.column("text").to_pylist()
+        y_true = targets(task, table, len(labels))
+        preds = {side: p.predict(texts) for side, p in predictors.items()}
+        metrics = {side: _plain(score(task, y_true, pr.outputs, labels, pr.proba)) for side, pr in preds.items()}
+        if task == TaskType.regression:
+            paired = wilcoxon_errors(table.column("score").to_pylist(), preds["production"].labels, preds["candidate"].labels)
+        else:
+            column = "labels" if task == TaskType.multi_label else "label"
+            paired = mcnemar(table.column(column).to_pylist(), preds["production"].labels, preds["candidate"].labels)
+        out[name] = {"n": table.num_rows, "metrics": metrics, "paired": paired.to_dict()}
+    return out
+
+
+def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers (no matrices or per-class tables) for the report."""
+    return {k: v for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def decide(judged: dict[str, Any], spec: RetrainSpec) -> tuple[bool, list[str]]:
+    """The promotion rule: not worse on the frozen test split (within max_test_drop, and not
+    significantly), and, when required, significantly better on the held-out corrections."""
+    reasons: list[str] = []
+    passes = True
+    test = judged["test"]["paired"]
+    metric = test["metric"]
+    if metric == "mae":  # a relative tolerance: MAE is in the user's units
+        drop = (test["candidate"] - test["reference"]) / max(test["reference"], 1e-12)
+        shown = f"MAE {test['reference']:.4g} -> {test['candidate']:.4g} ({drop:+.1%})"
+    else:
+        drop = test["reference"] - test["candidate"]
+        shown = f"accuracy {test['reference']:.4f} -> {test['candidate']:.4f}"
+    if drop > spec.max_test_drop:
+        passes = False
+        reasons.append(f"worse on the test split: {shown}, more than retrain.max_test_drop ({spec.max_test_drop:g})")
+    elif test["p_worse"] < spec.alpha:
+        passes = False
+        reasons.append(f"significantly worse on the test split: {shown}, {test['test']} p = {test['p_worse']:.3g}")
+    else:
+        reasons.append(f"not worse on the test split: {shown} ({test['test']} p(worse) = {test['p_worse']:.3g})")
+    feedback = judged["feedback"]
+    if feedback["n"] == 0:
+        if spec.require_feedback_gain:
+            passes = False
+            reasons.append("no held-out corrections to judge the gain on (retrain.feedback_holdout is 0 or there were "
+                           "too few corrections); collect more, or set retrain.require_feedback_gain: false")
+    else:
+        fb = feedback["paired"]
+        better = fb["difference"] > 0 and fb["p_better"] < spec.alpha
+        name = "MAE" if fb["metric"] == "mae" else "accuracy"
+        shown = f"{name} {fb['reference']:.4g} -> {fb['candidate']:.4g} on {feedback['n']} held-out correction(s), " \
+                f"{fb['test']} p(better) = {fb['p_better']:.3g}"
+        if better:
+            reasons.append(f"significantly better on the corrections: {shown}")
+        elif spec.require_feedback_gain:
+            passes = False
+            reasons.append(f"not significantly better on the corrections: {shown} (alpha {spec.alpha:g})")
+        else:
+            reasons.append(f"on the corrections: {shown} (no gain required)")
+    return passes, reasons
+
+
+def _write_report(folder: Path, report: dict[str, Any]) -> None:
+    from tunesmith.html_report import markdown_to_html
+
+    (folder / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    md = _markdown(report)
+    (folder / "report.md").write_text(md, encoding="utf-8")
+    (folder / "report.html").write_text(markdown_to_html(md, folder, f"Retrain report: {report['model']}"), encoding="utf-8")
+
+
+def _markdown(r: dict[str, Any]) -> str:
+    verdict = {"promoted": f"promoted: version {r['candidate']} is now in production",
+               "ab_test": f"an A/B test started: v{r['production']} vs v{r['candidate']} (`tunesmith ab status --model {r['model']}`)",
+               "candidate": f"version {r['candidate']} stays a candidate"}[r["decision"]]
+    lines = [f"# Retraining '{r['model']}': {verdict}", "",
+             f"Production version {r['production']} + {r['corrections']['usable']} usable correction(s), mode **{r['mode']}**; "
+             f"candidate run `{r['run']}`.", "", "## Decision", ""]
+    lines += [f"- {x}" for x in r["reasons"]]
+    rule = r["rule"]
+    lines += ["", f"Rule: the test metric may drop by at most {rule['max_test_drop']:g} and not significantly; "
+              + ("significantly better on the held-out corrections; " if rule["require_feedback_gain"] else "")
+              + f"alpha {rule['alpha']:g}; then: {rule['promote']}.", ""]
+    for name, title in (("test", "Frozen test split"), ("feedback", "Held-out corrections")):
+        j = r["judged"][name]
+        lines += [f"## {title} ({j['n']} examples)", ""]
+        if not j["n"]:
+            lines += ["(none)", ""]
+            continue
+        keys = [k for k in j["metrics"]["production"] if k != "n"]
+        lines += ["| metric | production | candidate |", "|---|---|---|"]
+        lines += [f"| {k} | {j['metrics']['production'][k]:.4f} | {j['metrics']['candidate'][k]:.4f} |" for k in keys]
+        p = j["paired"]
+        counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in p["detail"].items())
+        lines += ["", f"{p['test']}: p = {p['p_value']:.3g} (candidate better: p = {p['p_better']:.3g}; worse: "
+                      f"p = {p['p_worse']:.3g}); {counts}.", ""]
+    d = r["dataset"]
+    lines += ["## Data", "", f"- new dataset: {d['counts']['train']} train / {d['counts']['validation']} validation / "
+              f"{d['counts']['test']} test (test unchanged), {d['counts']['feedback_holdout']} corrections held out",
+              f"- corrections in training: {d['corrections_in_train']}, in validation: {d['corrections_in_validation']}; "
+              f"old examples they replaced: {len(d['superseded'])}",
+              f"- kept out because they repeat a frozen test example: {len(d['kept_out'])}"]
+    lines += [f"  - `{k['id']}` repeats `{k['matches']}` ({k['split']}, {k['match']}): {k['text'][:120]}" for k in d["kept_out"][:20]]
+    return "\n".join(lines) + "\n"

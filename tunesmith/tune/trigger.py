@@ -1,0 +1,102 @@
+"""When is a retrain due? `tunesmith retrain --if-needed` asks this (from cron, say).
+
+Due when enough corrections arrived that production has not been trained on (retrain.min_corrections),
+or when the inputs served since production went live drifted from its training data past
+retrain.drift_threshold (PSI of input lengths and of predicted labels, the monitoring report's
+measures; only with enough logged requests for PSI to mean something).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+
+from tunesmith.config import RetrainSpec
+from tunesmith.registry.service import VersionInfo
+from tunesmith.store.db import Store
+from tunesmith.store.schema import Feedback, Prediction
+
+MIN_DRIFT_REQUESTS = 200  # PSI over fewer live inputs is mostly sampling noise (10 bins x ~20 each)
+DRIFT_SAMPLE = 5000  # most recent live inputs compared (PSI needs a sample, not the whole log)
+
+
+@dataclass
+class TriggerStatus:
+    model: str
+    production: int
+    new_corrections: int  # corrections not yet in production's training data
+    min_corrections: int
+    drift_psi: float | None  # the larger of the length and label PSIs; None: too few logged requests
+    drift_threshold: float | None
+    live_requests: int  # logged requests since production went live
+    reasons: list[str] = field(default_factory=list)  # why it is due (empty: not due)
+
+    @property
+    def due(self) -> bool:
+        return bool(self.reasons)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "due": self.due}
+
+
+def _corrected() -> Any:
+    """Feedback rows that carry a correction (not only a rating)."""
+    return (Feedback.corrected_label.is_not(None)) | (Feedback.corrected_value.is_not(None)) | \
+        (Feedback.corrected_answer.is_not(None))
+
+
+def corrections_since(store: Store, model: str, since: float) -> tuple[int, float | None]:
+    """(count, newest time) of the corrections given on `model`'s answers after `since`."""
+    with store.session() as s:
+        row = s.execute(select(func.count(Feedback.id), func.max(Feedback.created))
+                        .join(Prediction, Feedback.request_id == Prediction.request_id)
+                        .where(Prediction.model == model, Feedback.created > since, _corrected())).one()
+    return int(row[0]), (float(row[1]) if row[1] is not None else None)
+
+
+def trained_until(production: VersionInfo) -> float:
+    """The newest correction production was trained on (0: it never saw any)."""
+    return float(production.lineage.get("retrain", {}).get("feedback_until") or 0.0)
+
+
+def check(store: Store, model: str, production: VersionInfo, spec: RetrainSpec) -> TriggerStatus:
+    new, _ = corrections_since(store, model, trained_until(production))
+    status = TriggerStatus(model=model, production=production.version, new_corrections=new,
+                           min_corrections=spec.min_corrections, drift_psi=None, drift_threshold=spec.drift_threshold,
+                           live_requests=0)
+    if new >= spec.min_corrections:
+        status.reasons.append(f"{new} new correction(s) >= retrain.min_corrections ({spec.min_corrections})")
+    if spec.drift_threshold is not None:
+        status.drift_psi, status.live_requests = _drift(store, model, production)
+        if status.drift_psi is not None and status.drift_psi >= spec.drift_threshold:
+            status.reasons.append(f"input drift PSI {status.drift_psi:.3f} >= retrain.drift_threshold ({spec.drift_threshold:g}) "
+                                  f"over {status.live_requests} request(s)")
+    return status
+
+
+def _drift(store: Store, model: str, production: VersionInfo) -> tuple[float | None, int]:
+    """PSI of live input lengths and predicted labels against production's training split."""
+    from tunesmith.artifacts import DatasetVersion, is_dataset
+    from tunesmith.monitor.drift import psi
+
+    dataset = production.lineage.get("dataset")
+    if not dataset or not is_dataset(dataset):
+        return None, 0
+    with store.session() as s:
+        total = s.scalar(select(func.count(Prediction.request_id)).where(
+            Prediction.model == model, Prediction.created > production.stage_changed_at, Prediction.kind == "predict")) or 0
+        rows = s.execute(select(Prediction.inputs, Prediction.outputs).where(
+            Prediction.model == model, Prediction.created > production.stage_changed_at, Prediction.kind == "predict",
+            Prediction.inputs.is_not(None)).order_by(Prediction.created.desc()).limit(DRIFT_SAMPLE)).all()
+    texts = [t for inputs, _ in rows for t in (inputs or []) if isinstance(t, str)]
+    if len(texts) < MIN_DRIFT_REQUESTS:
+        return None, int(total)
+    train = DatasetVersion(dataset).table("train")
+    scores = [psi([len(t.split()) for t in train.column("text").to_pylist()], [len(t.split()) for t in texts])]
+    live_labels = [str(o["label"]) for _, outputs in rows for o in (outputs or [])
+                   if isinstance(o, dict) and isinstance(o.get("label"), str)]
+    if "label" in train.column_names and len(live_labels) >= MIN_DRIFT_REQUESTS:
+        scores.append(psi([str(x) for x in train.column("label").to_pylist()], live_labels))
+    return float(max(scores)), int(total)
