@@ -213,3 +213,24 @@ def _env() -> dict[str, str]:
     import os
 
     return dict(os.environ)
+
+
+def test_retrain_is_due_when_the_inputs_drift(tmp_path: Path, tiny_bert: Path) -> None:
+    from tunesmith.config import RetrainSpec
+    from tunesmith.tune.trigger import check
+
+    cfg, *_ = planted_project(tmp_path, tiny_bert, max_steps=2)
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    production = Registry(store).add(train(cfg), "reviews", stage="production")
+    spec = RetrainSpec(min_corrections=50, drift_threshold=0.25)
+    trained = pq.read_table(tmp_path / "ds" / "train.parquet").column("text").to_pylist()
+    with store.session() as s:  # traffic like the training data: no drift
+        s.add(Prediction(request_id="same", model="reviews", model_version="1", kind="predict", created=time.time() + 1,
+                         inputs=trained[:180] * 2, outputs=None, latency_ms=1.0))
+    status = check(store, "reviews", production, spec)
+    assert not status.due and status.drift_psi is not None and status.drift_psi < 0.1, status
+    with store.session() as s:  # then much longer inputs
+        s.add(Prediction(request_id="long", model="reviews", model_version="1", kind="predict", created=time.time() + 2,
+                         inputs=[" ".join([t] * 4) for t in trained[:180] * 10], outputs=None, latency_ms=1.0))
+    status = check(store, "reviews", production, spec)
+    assert status.due and "drift PSI" in status.reasons[0] and status.new_corrections == 0, status

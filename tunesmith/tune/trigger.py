@@ -18,8 +18,8 @@ from tunesmith.registry.service import VersionInfo
 from tunesmith.store.db import Store
 from tunesmith.store.schema import Feedback, Prediction
 
-MIN_DRIFT_REQUESTS = 200  # PSI over fewer live inputs is mostly sampling noise (10 bins x ~20 each)
-DRIFT_SAMPLE = 5000  # most recent live inputs compared (PSI needs a sample, not the whole log)
+MIN_DRIFT_INPUTS = 200  # PSI over fewer live inputs is mostly sampling noise (10 bins x ~20 each)
+DRIFT_SAMPLE = 5000  # most recent logged requests compared (PSI needs a sample, not the whole log)
 
 
 @dataclass
@@ -77,26 +77,16 @@ def check(store: Store, model: str, production: VersionInfo, spec: RetrainSpec) 
 
 
 def _drift(store: Store, model: str, production: VersionInfo) -> tuple[float | None, int]:
-    """PSI of live input lengths and predicted labels against production's training split."""
-    from tunesmith.artifacts import DatasetVersion, is_dataset
-    from tunesmith.monitor.drift import psi
+    """The largest PSI (input lengths, predicted labels or values) of the traffic since production went live
+    against its training data: the same reading as the server's drift gauges and the monitoring report."""
+    from tunesmith.monitor.live import TrainingProfile, drift_of, live_sample
 
-    dataset = production.lineage.get("dataset")
-    if not dataset or not is_dataset(dataset):
+    profile = TrainingProfile.of_run(production.run)
+    if profile is None:  # the run or its dataset folder is gone
         return None, 0
-    with store.session() as s:
-        total = s.scalar(select(func.count(Prediction.request_id)).where(
-            Prediction.model == model, Prediction.created > production.stage_changed_at, Prediction.kind == "predict")) or 0
-        rows = s.execute(select(Prediction.inputs, Prediction.outputs).where(
-            Prediction.model == model, Prediction.created > production.stage_changed_at, Prediction.kind == "predict",
-            Prediction.inputs.is_not(None)).order_by(Prediction.created.desc()).limit(DRIFT_SAMPLE)).all()
-    texts = [t for inputs, _ in rows for t in (inputs or []) if isinstance(t, str)]
-    if len(texts) < MIN_DRIFT_REQUESTS:
-        return None, int(total)
-    train = DatasetVersion(dataset).table("train")
-    scores = [psi([len(t.split()) for t in train.column("text").to_pylist()], [len(t.split()) for t in texts])]
-    live_labels = [str(o["label"]) for _, outputs in rows for o in (outputs or [])
-                   if isinstance(o, dict) and isinstance(o.get("label"), str)]
-    if "label" in train.column_names and len(live_labels) >= MIN_DRIFT_REQUESTS:
-        scores.append(psi([str(x) for x in train.column("label").to_pylist()], live_labels))
-    return float(max(scores)), int(total)
+    sample = live_sample(store, model, since=production.stage_changed_at, limit=DRIFT_SAMPLE)
+    if len(sample.texts) < MIN_DRIFT_INPUTS:
+        return None, sample.requests
+    report = drift_of(profile, sample)
+    scores = [report[k]["psi"] for k in ("lengths", "labels", "values") if k in report]
+    return (max(scores) if scores else None), sample.requests
