@@ -138,12 +138,13 @@ def record_corrections(store: Store, model: str, texts: list[str], label: str) -
 
 def test_incremental_retraining_continues_from_production_with_a_replay_sample(tmp_path: Path, tiny_bert: Path) -> None:
     cfg, _, val_rows, _ = planted_project(tmp_path, tiny_bert)
+    cfg.retrain.max_test_drop, cfg.retrain.require_feedback_gain = 1.0, False  # passes whatever it scores: an A/B test starts
     prod = train(cfg)
     store = Store(f"sqlite:///{tmp_path / 'store.db'}")
     Registry(store).add(prod, "reviews", stage="production")
     val_paris = [r["text"] for r in val_rows if r["text"].startswith("paris")]
     record_corrections(store, "reviews", paris(20, 5) + val_paris, "pos")
-    outcome = retrain(store, "reviews", mode="incremental", promote="never", out=tmp_path / "inc", say=lambda _: None)
+    outcome = retrain(store, "reviews", mode="incremental", promote="ab_test", out=tmp_path / "inc", say=lambda _: None)
     run = Run(outcome.report["run"])
     assert run.manifest.parent_run == str(prod.resolve())
     lr = Run(prod).manifest.hyperparameters["learning_rate"]
@@ -155,7 +156,11 @@ def test_incremental_retraining_continues_from_production_with_a_replay_sample(t
     assert subset.num_rows == new * 5
     assert Run(outcome.report["run"]).manifest.dataset.endswith("dataset-incremental")
     assert outcome.candidate.lineage["dataset"].endswith("/inc/dataset")
-    assert outcome.decision == "candidate" and Registry(store).production("reviews").version == 1
+    assert outcome.decision == "ab_test" and Registry(store).production("reviews").version == 1
+    from tunesmith.monitor.ab import ABService
+
+    ab = ABService(store).status("reviews")
+    assert ab.status == "running" and sorted(v.name for v in ab.variants) == ["v1", "v2"]
     unseen = paris(10, 6)
     pos = Predictor(prod).predict(unseen).proba[:, 1].mean(), Predictor(run.path).predict(unseen).proba[:, 1].mean()
     assert pos[1] > pos[0] + 0.2, pos  # continued training moved towards the corrections
@@ -234,3 +239,30 @@ def test_retrain_is_due_when_the_inputs_drift(tmp_path: Path, tiny_bert: Path) -
                          inputs=[" ".join([t] * 4) for t in trained[:180] * 10], outputs=None, latency_ms=1.0))
     status = check(store, "reviews", production, spec)
     assert status.due and "drift PSI" in status.reasons[0] and status.new_corrections == 0, status
+
+
+def judged(test: tuple[float, float, float], feedback: tuple[float, float, float] | None) -> dict:
+    """(reference, candidate, one-sided p) per set, as judge() reports them (accuracy)."""
+    def paired(ref: float, cand: float, p: float) -> dict:
+        return {"test": "McNemar (exact)", "metric": "accuracy", "reference": ref, "candidate": cand,
+                "difference": cand - ref, "p_better": p if cand > ref else 1.0, "p_worse": p if cand < ref else 1.0,
+                "p_value": p}
+    return {"test": {"n": 100, "paired": paired(*test)},
+            "feedback": {"n": 30, "paired": paired(*feedback)} if feedback else {"n": 0}}
+
+
+@pytest.mark.parametrize(("test", "feedback", "settings", "passes", "why"), [
+    ((0.86, 0.87, 0.4), (0.5, 0.8, 0.001), {}, True, "significantly better on the corrections"),
+    ((0.86, 0.84, 0.3), (0.5, 0.8, 0.001), {}, False, "worse on the test split: accuracy 0.8600 -> 0.8400, more than"),
+    ((0.86, 0.855, 0.01), (0.5, 0.8, 0.001), {}, False, "significantly worse on the test split"),
+    ((0.86, 0.86, 1.0), (0.5, 0.6, 0.2), {}, False, "not significantly better on the corrections"),
+    ((0.86, 0.86, 1.0), (0.5, 0.6, 0.2), {"require_feedback_gain": False}, True, "no gain required"),
+    ((0.86, 0.86, 1.0), None, {}, False, "no held-out corrections"),
+    ((0.86, 0.84, 0.3), None, {"max_test_drop": 0.05, "require_feedback_gain": False}, True, "not worse on the test split"),
+])
+def test_the_promotion_rule(test, feedback, settings, passes, why) -> None:
+    from tunesmith.config import RetrainSpec
+    from tunesmith.tune.retrain import decide
+
+    ok, reasons = decide(judged(test, feedback), RetrainSpec(**settings))
+    assert ok is passes and any(why in r for r in reasons), reasons
