@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 TS     := $(VENV)/bin/tunesmith
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-chat test test-slow bench bench-serve bench-feedback clean
+.PHONY: install demo demo-chat test test-slow bench bench-serve bench-feedback bench-tune clean
 
 install: $(STAMP)
 
@@ -51,6 +51,11 @@ bench-serve: install
 # the machine's PostgreSQL).
 bench-feedback: install
 	$(PY) bench/feedback_bench.py $(if $(wildcard runs/food-reviews/run.json),--run runs/food-reviews) --pg postgresql://postgres@127.0.0.1:5432/test
+
+# Hyperparameter search: a study with the median pruner against the same study without, taking turns trial
+# by trial on a subset of the food reviews (about 25 minutes on 2 cores); writes bench/results/tune_bench.json.
+bench-tune: install
+	$(PY) bench/tune_bench.py
 
 clean:
 	rm -rf $(VENV) datasets runs .pytest_cache

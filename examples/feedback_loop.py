@@ -8,7 +8,7 @@
     4. `tunesmith retrain --model food-reviews`: new dataset version, candidate, paired tests, decision
     5. `tunesmith registry list`, and the retrain report
 
-Run from the repository root after `make install`:  python examples/feedback_loop.py [--reviews 600]
+Run from the repository root after `make install`:  python examples/feedback_loop.py [--reviews 300]
 Everything it writes is under runs/loop/ (the store, the server log, the retrain folder).
 """
 
@@ -46,8 +46,9 @@ def traffic(n: int) -> list[tuple[str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reviews", type=int, default=600, help="reviews sent and labelled (of 1,000)")
+    parser.add_argument("--reviews", type=int, default=300, help="reviews sent and labelled (of 1,000)")
     parser.add_argument("--mode", choices=["full", "incremental"], default=None, help="retrain mode (default: the config's)")
+    parser.add_argument("--set", action="append", default=[], metavar="retrain.KEY=VALUE", help="passed to tunesmith retrain")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     os.environ["TUNESMITH_DB"] = f"sqlite:///{WORK / 'store.db'}"
@@ -95,7 +96,7 @@ def main() -> None:
         server.wait(timeout=30)
 
     tunesmith("retrain", "--model", "food-reviews", "--out", str(WORK / f"retrain-{int(time.time())}"),
-              *(["--mode", args.mode] if args.mode else []))
+              *(["--mode", args.mode] if args.mode else []), *(x for o in args.set for x in ("--set", o)))
     tunesmith("registry", "list", "--model", "food-reviews")
 
 

@@ -316,6 +316,44 @@ def compare_cmd(
     out.print(f"written to {folder}", highlight=False)
 
 
+@app.command("tune", epilog=EPILOG)
+def tune_cmd(
+    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="Project config YAML with a tune: section (its search space).")],
+    overrides: Overrides = None,
+    trials: Annotated[int | None, typer.Option("--trials", "-n", min=1, help="Trials in the study, across all workers (tune.trials).")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Study name: workers with the same name and storage share it (tune.study; default: the project name).")] = None,
+    storage: Annotated[str | None, typer.Option("--storage", metavar="URL", help="Database URL (tune.storage; default: the tunesmith store, SQLite).")] = None,
+    timeout: Annotated[float | None, typer.Option("--timeout", metavar="SECONDS", help="Start no trial after this long (tune.timeout_s).")] = None,
+    sampler: Annotated[str | None, typer.Option("--sampler", help="tpe, random, cmaes, qmc or nsga2 (tune.sampler).")] = None,
+    pruner: Annotated[str | None, typer.Option("--pruner", help="median, successive_halving, hyperband or none (tune.pruner).")] = None,
+) -> None:
+    """Hyperparameter search: an Optuna study, each trial a training run judged (and pruned) on validation;
+    then best.yaml for `tunesmith train`, the best trial on the test split, and an HTML report."""
+    from tunesmith.config import load_config
+    from tunesmith.tune.study import run_study
+
+    flags = {"trials": trials, "study": study, "storage": storage, "timeout_s": timeout, "sampler": sampler, "pruner": pruner}
+    cfg = load_config(config, [*(overrides or []), *(f"tune.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None)])
+    summary = run_study(cfg, echo=lambda line: out.print(line, highlight=False, markup=False))
+    counts = ", ".join(f"{n} {state}" for state, n in summary["trials"].items())
+    out.print(f"study '{summary['study']}': {counts}", highlight=False)
+    best = summary.get("best")
+    if best is None:
+        out.print("no trial completed, so no best config", highlight=False)
+    else:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in best["values"].items())
+        params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+        out.print(f"best trial {best['number']}: {shown} (validation); {params}", highlight=False, markup=False)
+        for point in summary.get("pareto", []):
+            out.print(f"  Pareto front: trial {point['number']}: "
+                      + ", ".join(f"{k} {v:.4g}" for k, v in point["values"].items()), highlight=False)
+        test = (summary.get("test") or {}).get("metrics", {})
+        if summary["metric"] in test:
+            out.print(f"test {summary['metric']} of the best trial: {test[summary['metric']]:.4f}", highlight=False)
+        out.print(f"best config: {summary['best_config']} (train it: tunesmith train {summary['best_config']})", highlight=False)
+    out.print(f"report: {summary['report']}", highlight=False)
+
+
 @app.command("export", epilog=EPILOG)
 def export_cmd(
     run: Annotated[Path, typer.Argument(metavar="RUN", help="Run folder written by `tunesmith train` (docker: or an export of one).")],
@@ -631,6 +669,7 @@ def retrain_cmd(
     promote: Annotated[str | None, typer.Option("--promote", help="if_better, ab_test or never: what a candidate that passes the rule gets; default retrain.promote.")] = None,
     if_needed: Annotated[bool, typer.Option("--if-needed", help="Only when due: enough new corrections, or drift past its threshold (for cron).")] = False,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the corrections, dataset, run and report (default: beside production's run).")] = None,
+    overrides: Annotated[list[str] | None, typer.Option("--set", metavar="retrain.KEY=VALUE", help="Replace a retrain: setting of production's config for this round (repeatable), e.g. --set retrain.replay=2.")] = None,
     db: DbOption = None,
 ) -> None:
     """Retrain from the corrections users sent: a new dataset version (test split frozen), a candidate trained on
@@ -643,7 +682,14 @@ def retrain_cmd(
         raise click.BadParameter(f"'{mode}': use full or incremental", param_hint="--mode")
     if promote not in (None, "if_better", "ab_test", "never"):
         raise click.BadParameter(f"'{promote}': use if_better, ab_test or never", param_hint="--promote")
-    outcome = retrain(Store(db), model, mode=mode, promote=promote, out=out_dir, if_needed=if_needed,
+    from tunesmith.config import apply_override
+
+    settings: dict[str, Any] = {}
+    for override in overrides or []:
+        if not override.startswith("retrain."):
+            raise click.BadParameter(f"'{override}': only retrain.* settings apply here", param_hint="--set")
+        apply_override(settings, override.removeprefix("retrain."))
+    outcome = retrain(Store(db), model, mode=mode, promote=promote, out=out_dir, if_needed=if_needed, settings=settings,
                       say=lambda line: out.print(line, highlight=False))
     if outcome.decision == "not_due":
         out.print(f"'{model}': no retrain due ({'; '.join(outcome.reasons)})", highlight=False)

@@ -487,9 +487,9 @@ class RetrainSpec(Spec):
     min_corrections: int = Field(20, ge=1)  # --if-needed: retrain once this many new corrections arrived since the production version
     drift_threshold: float | None = Field(0.25, gt=0)  # --if-needed: or when the inputs' drift score (PSI) since then reaches this; None: corrections only
     feedback_holdout: float = Field(0.3, ge=0, lt=1)  # share of corrections kept out of training to judge the candidate on (0: judge on the test split only)
-    replay: float = Field(4.0, ge=0)  # incremental: old training examples mixed in per new example, so the model does not forget them
+    replay: float = Field(2.0, ge=0)  # incremental: old training examples mixed in per new example, so the model does not forget them
     incremental_lr_scale: float = Field(0.5, gt=0, le=1)  # incremental: a gentler learning rate than a fresh run (the weights are already tuned)
-    incremental_epochs: float = Field(4.0, gt=0)  # incremental: passes over the new examples and their replay sample (a small set: a few passes to learn it)
+    incremental_epochs: float = Field(3.0, gt=0)  # incremental: passes over the new examples and their replay sample (a small set: a few passes to learn it)
     promote: Literal["if_better", "ab_test", "never"] = "if_better"  # what a candidate that passes the rule gets
     max_test_drop: float = Field(0.01, ge=0)  # the rule: the test metric may fall by at most this (and not significantly)
     require_feedback_gain: bool = True  # the rule: and it must be significantly better on the held-out corrections

@@ -144,7 +144,8 @@ def test_incremental_retraining_continues_from_production_with_a_replay_sample(t
     Registry(store).add(prod, "reviews", stage="production")
     val_paris = [r["text"] for r in val_rows if r["text"].startswith("paris")]
     record_corrections(store, "reviews", paris(20, 5) + val_paris, "pos")
-    outcome = retrain(store, "reviews", mode="incremental", promote="ab_test", out=tmp_path / "inc", say=lambda _: None)
+    outcome = retrain(store, "reviews", mode="incremental", promote="ab_test", out=tmp_path / "inc", say=lambda _: None,
+                      settings={"replay": 4, "incremental_epochs": 4})  # a tiny model needs the steps
     run = Run(outcome.report["run"])
     assert run.manifest.parent_run == str(prod.resolve())
     lr = Run(prod).manifest.hyperparameters["learning_rate"]
@@ -206,6 +207,9 @@ def test_bad_requests_are_refused_and_change_nothing(tmp_path: Path, tiny_bert: 
     assert bad.returncode == 2 and "--mode" in bad.stderr
     unknown = subprocess.run([*cli, "nope"], capture_output=True, text=True, env={**_env(), **env})
     assert unknown.returncode == 2 and "nope" in unknown.stderr
+    for flag, says in ((["--set", "retrain.replay=-1"], "replay"), (["--set", "train.epochs=1"], "only retrain")):
+        refused = subprocess.run([*cli, "reviews", *flag], capture_output=True, text=True, env={**_env(), **env})
+        assert refused.returncode == 2 and says in refused.stderr, refused.stderr
     record_corrections(store, "reviews", paris(3, 7), "pos")
     due = subprocess.run([*cli, "reviews", "--if-needed"], capture_output=True, text=True, env={**_env(), **env})
     assert due.returncode == 0 and "3 new correction(s) < retrain.min_corrections (10)" in due.stdout

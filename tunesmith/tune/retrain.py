@@ -67,8 +67,9 @@ class Outcome:
 
 
 def retrain(store: Store, model: str, *, mode: str | None = None, promote: str | None = None, out: Path | None = None,
-            if_needed: bool = False, say: Say = print) -> Outcome:
-    """One retraining round for registry model `model` (see the module docstring)."""
+            if_needed: bool = False, settings: dict[str, Any] | None = None, say: Say = print) -> Outcome:
+    """One retraining round for registry model `model` (see the module docstring). `settings`: retrain: fields
+    that replace production's config's for this round (mode and promote too)."""
     registry = Registry(store)
     production = registry.production(model)
     if production is None and model not in registry.models():
@@ -85,7 +86,7 @@ def retrain(store: Store, model: str, *, mode: str | None = None, promote: str |
         raise ConfigError(f"'{model}' is a {task.value} model; retrain handles classification and regression. For chat, "
                           f"export the corrected answers (`tunesmith feedback export --model {model}`) and train on them")
     try:  # the overrides go through the same checks as the config's retrain: section
-        spec = RetrainSpec.model_validate({**cfg.retrain.model_dump(),
+        spec = RetrainSpec.model_validate({**cfg.retrain.model_dump(), **(settings or {}),
                                            **{k: v for k, v in (("mode", mode), ("promote", promote)) if v is not None}})
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, "retrain", {})) from None

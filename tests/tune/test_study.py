@@ -1,0 +1,158 @@
+"""`tunesmith tune` on a tiny BERT: real training runs as trials, pruning, resume, best config, the report,
+multi-objective Pareto fronts, and clear errors for spaces, metrics and storages that cannot work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy as sa
+import yaml
+from optuna.trial import TrialState
+
+from tests.test_train import project
+from tunesmith.cli import run
+from tunesmith.config import parse_config
+from tunesmith.errors import ConfigError
+from tunesmith.store.db import normalize_url
+from tunesmith.tune.study import run_study, study_folder
+
+SPACE = {"train.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True},
+         "train.method": {"choices": ["full", "lora"]}, "peft.r": {"choices": [2, 4]}}
+
+
+def tune_project(tmp: Path, model: Path, tune: dict, steps: int = 4, **train):
+    return project(tmp, model, train_spec={"max_steps": steps, "save_total_limit": 1, **train}, tune=tune)
+
+
+def trials_of(url: str, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=name, storage=normalize_url(url)).get_trials()
+
+
+def test_study_runs_resumes_and_writes_the_best_config(tmp_path: Path, tiny_bert: Path, store_url: str) -> None:
+    lines: list[str] = []
+    cfg = tune_project(tmp_path, tiny_bert, {"space": SPACE, "trials": 2, "storage": store_url, "pruner": "none"})
+    first = run_study(cfg, echo=lines.append)
+    assert first["trials"] == {"complete": 2}
+    cfg.tune.trials = 4  # the same study again, asking for 4 in all: it resumes, 2 more
+    summary = run_study(cfg, echo=lines.append)
+    assert "study 'tiny' has 2 finished trials; going on to 4" in lines
+    trials = trials_of(store_url)
+    assert [t.number for t in trials] == [0, 1, 2, 3] and all(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:  # the method decides which settings exist in a trial
+        assert ("peft.r" in t.params) == (t.params["train.method"] == "lora")
+
+    # The study lives in the store's database, beside tunesmith's own tables.
+    engine = sa.create_engine(normalize_url(store_url))
+    tables = set(sa.inspect(engine).get_table_names())
+    engine.dispose()
+    assert {"trials", "studies", "alembic_version", "tunesmith_alembic_version", "jobs", "registered_models"} <= tables
+
+    folder = study_folder(cfg)
+    best = max(trials, key=lambda t: (t.value, -t.number))
+    assert summary["best"]["number"] == best.number
+    data = yaml.safe_load((folder / "best.yaml").read_text())
+    assert "tune" not in data
+    best_cfg = parse_config(data, "best.yaml")  # ready for `tunesmith train`
+    assert best_cfg.train.learning_rate == best.params["train.learning_rate"]
+    assert best_cfg.train.method == best.params["train.method"]
+    assert best_cfg.peft.r == best.params.get("peft.r", 16)
+    assert best_cfg.train.output_dir == cfg.train.output_dir  # the user's run folder, not a trial's
+
+    evaluated = sorted(p.parents[2].name for p in folder.glob("trial-*/eval/test/report.json"))
+    assert evaluated == [f"trial-{best.number}"]  # the test split, once, on the best trial only
+    assert not list(folder.glob("trial-*/checkpoints"))  # finished trials keep model/ and their files, no checkpoints
+    page = (folder / "report.html").read_text()
+    assert page.count("data:image/png") >= 3 and "## Trials" in (folder / "report.md").read_text()
+    report = json.loads((folder / "report.json").read_text())
+    assert [t["number"] for t in report["trials"]] == [0, 1, 2, 3] and report["best"] == best.number
+    assert set(report["figures"]) >= {"history", "parallel", "curves"}
+
+
+def test_hopeless_trials_are_pruned_early(tmp_path: Path, tiny_bert: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    # Seed 3 draws 7e-3 first (learns), then 1e-7 and 2e-8 (cannot move the loss in 12 steps).
+    tune = {"space": {"train.learning_rate": {"low": 1e-8, "high": 1e-2, "log": True}}, "trials": 3, "storage": url,
+            "sampler": "random", "seed": 3, "pruner": "median", "startup_trials": 1, "metric": "loss"}
+    lines: list[str] = []
+    cfg = tune_project(tmp_path, tiny_bert, tune, steps=12)
+    run_study(cfg, echo=lines.append)
+    trials = trials_of(url)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert pruned and complete, [(t.number, t.state, t.params, t.intermediate_values) for t in trials]
+    assert all(t.params["train.learning_rate"] < 1e-6 for t in pruned)
+    assert all(t.user_attrs["steps"] < 12 for t in pruned)  # stopped early...
+    assert all(t.user_attrs["steps"] == 12 for t in complete)  # ...where a finished trial trains all its steps
+    folder = study_folder(cfg)
+    assert all(not (folder / f"trial-{t.number}").exists() for t in pruned)  # no half-written run folder
+    assert any(line.startswith(f"trial {pruned[0].number} pruned at evaluation") for line in lines)
+    assert "pruned at" in (folder / "report.md").read_text()
+
+
+def test_multi_objective_study_reports_a_pareto_front(tmp_path: Path, tiny_bert: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tune_project(tmp_path, tiny_bert, {})
+    raw = cfg.model_dump(mode="json", exclude={"tune"})
+    raw["tune"] = {"space": {"train.method": {"choices": ["full", "lora"]}, "peft.r": {"choices": [2, 8]}},
+                   "objectives": ["trainable_params"], "trials": 3, "storage": f"sqlite:///{tmp_path / 'store.db'}"}
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert run(["tune", str(path), "--set", "train.learning_rate=0.003"]) == 0
+    shown = capsys.readouterr().out
+    assert "pruning is off: Optuna cannot prune a multi-objective study" in " ".join(shown.split())
+    assert "Pareto front: trial" in shown and "best config:" in shown
+    folder = tmp_path / "tiny-tune"
+    report = json.loads((folder / "report.json").read_text())
+    assert report["objectives"] == ["f1_macro", "trainable_params"] and report["pareto"]
+    assert (folder / "figures" / "pareto.png").is_file() and "Pareto front" in (folder / "report.html").read_text()
+    assert sorted(p.stem for p in (folder / "pareto").glob("*.yaml")) == [f"trial-{n}" for n in report["pareto"]]
+    full = [t for t in report["trials"] if t["params"]["train.method"] == "full"]
+    lora = [t for t in report["trials"] if t["params"]["train.method"] == "lora"]
+    if full and lora:  # LoRA trains far fewer weights: the second objective tells them apart
+        assert min(t["values"]["trainable_params"] for t in full) > max(t["values"]["trainable_params"] for t in lora)
+
+
+@pytest.mark.parametrize(("space", "words"), [
+    ({"train.learning_rate": {"low": 1e-3, "high": 1e-3}}, "empty range: low (0.001) must be below high (0.001)"),
+    ({"train.learning_rate": {"low": 0, "high": 1e-3, "log": True}}, "a log scale needs low > 0"),
+    ({"train.optimizer": {"choices": ["adamw"]}}, "cannot tune ['train.optimizer']"),
+    ({"train.learning_rate": {"choices": []}}, "choices is empty"),
+])
+def test_bad_spaces_are_config_errors_naming_the_field(tmp_path: Path, tiny_bert: Path, space: dict, words: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        tune_project(tmp_path, tiny_bert, {"space": space})
+    assert "tune.space" in str(e.value) and words in str(e.value)
+
+
+def _bad_cli(tmp_path: Path, tiny_bert: Path, tune: dict, *flags: str) -> tuple[int, str]:
+    raw = tune_project(tmp_path, tiny_bert, {}).model_dump(mode="json", exclude={"tune"})
+    raw["tune"] = {"storage": f"sqlite:///{tmp_path / 'store.db'}", **tune}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return run(["tune", str(path), *flags]), path.name
+
+
+@pytest.mark.parametrize(("tune", "flags", "words"), [
+    ({"space": {"train.learning_rate": {"low": 1e-3, "high": 1e-4}}}, (), "tune.space.train.learning_rate: empty range"),
+    ({"space": {"train.weight_decay": {"low": 0, "high": 0.1, "log": True}}}, (), "tune.space.train.weight_decay: a log scale needs low > 0"),
+    ({"space": {"train.epochs": {"low": 1, "high": 2}}, "metric": "rmse"}, (),
+     "tune.metric: 'rmse' is not a validation metric of single_label_classification tasks"),
+    ({"space": {"peft.r": {"choices": [4, 8]}}}, (), "tune.space.peft.r: no trial would use it"),
+    ({"space": {"train.batch_size": {"low": 0, "high": 8}}}, (), "tune.space.train.batch_size: 0 would make an invalid trial config"),
+    ({"space": {"train.lr_scheduler": {"choices": ["linear", "wavy"]}}}, (), "unknown: ['wavy']"),
+    ({}, (), "tune.space is empty"),
+    ({"space": {"train.epochs": {"low": 1, "high": 2}}}, ("--sampler", "annealing"), "tune.sampler"),
+    ({"space": {"train.epochs": {"low": 1, "high": 2}}}, ("--storage", "postgresql://postgres@127.0.0.1:1/x"),
+     "tune.storage postgresql://postgres@127.0.0.1:1/x does not answer"),
+])
+def test_bad_input_through_the_cli_exits_2_with_a_clear_message(tmp_path: Path, tiny_bert: Path, tune: dict,
+                                                                 flags: tuple[str, ...], words: str,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    code, _ = _bad_cli(tmp_path, tiny_bert, tune, *flags)
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2, err
+    assert words in err
+    assert not (tmp_path / "tiny-tune").exists()  # refused before any trial

@@ -1,0 +1,636 @@
+"""`tunesmith tune`: an Optuna study over the config's `tune.space`, each trial a real training run.
+
+    space     tune.space -> one trial's values (the method first; LoRA settings only where the method reads them)
+    trials    the values -> a config (the base config dumped, values set, validated again) -> a run folder
+              under <runs>/<study>-tune/trial-<number>; validation metrics reported at every evaluation, so the
+              pruner can stop a trailing trial; the objective is the run's best validation metric, never test
+    storage   Optuna's RDB storage in the tunesmith store's database (SQLite by default, PostgreSQL by URL):
+              workers started with the same --study and --storage share one study; a re-run resumes it
+    the end   best.yaml (a full config for `tunesmith train`), the test split evaluated once on the best
+              trial's run, and the report (report.py)
+
+Trials are counted across workers: a worker starts a trial only while fewer than `tune.trials` are
+finished, running or queued, so N trials in all, whatever the number of workers. A worker that dies
+leaves a RUNNING trial whose heartbeat stops; the next worker to look fails it and queues a copy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import shutil
+import socket
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, get_args
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from tunesmith.artifacts import MODEL_DIR, DatasetVersion, Run
+from tunesmith.config import (
+    GENERATIVE_TASKS,
+    LOWER_IS_BETTER,
+    SEQUENCE_METRICS,
+    ProjectConfig,
+    SearchDim,
+    TuneSpec,
+    parse_config,
+)
+from tunesmith.errors import ConfigError
+
+CONNECT_TIMEOUT_S = 5  # a storage URL that does not answer is reported after this, not after TCP's minutes
+SQLITE_BUSY_S = 30  # several workers write one SQLite file: a writer waits this long for another's transaction
+HEARTBEAT_S = 20  # a running trial tells the storage it is alive this often...
+GRACE_S = 60  # ...and one silent for this long belongs to a dead worker: failed, and a copy queued
+MAX_RETRY = 2  # a trial whose worker died is queued again at most this often (a trial that kills workers stops)
+LATENCY_TEXTS = 16  # latency_ms: the first validation texts, predicted one at a time (a served request)...
+LATENCY_ROUNDS = 3  # ...in this many passes; the fastest pass's time per text is the objective
+STORAGE_LOCK = 7_301_947  # PostgreSQL advisory lock: one process creates Optuna's tables at a time
+ADAPTER_METHODS = ("lora", "dora")
+# Settings a trial sets only when its method reads them (ProjectConfig.inapplicable refuses the rest).
+CONDITIONAL: dict[str, tuple[str, ...]] = {
+    "peft.r": ADAPTER_METHODS, "peft.alpha": ADAPTER_METHODS, "peft.dropout": ADAPTER_METHODS,
+    "peft.target_modules": (*ADAPTER_METHODS, "ia3"),
+}
+RESEEDED = ("tpe", "random", "nsga2")  # samplers re-seeded per trial number (qmc and cmaes keep a sequence)
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class _Surplus(Exception):
+    """Two workers started the study's last trial at the same moment: the later-numbered one stands down."""
+
+
+# -- the space ------------------------------------------------------------------------------------
+
+
+def metric_of(cfg: ProjectConfig) -> tuple[str, str]:
+    """(validation metric optimised, "maximize" | "minimize"): tune.metric, else train.metric, else the task's."""
+    generative = cfg.task.type in GENERATIVE_TASKS
+    metric = cfg.tune.metric or (None if generative else cfg.train.metric)
+    metric = metric or ("loss" if generative else SEQUENCE_METRICS[cfg.task.type.value][0])
+    return metric, "minimize" if metric in LOWER_IS_BETTER else "maximize"
+
+
+def _field(dotted: str) -> Any:
+    section, name = dotted.split(".")
+    return ProjectConfig.model_fields[section].annotation.model_fields[name]  # type: ignore[union-attr]
+
+
+def _is_int(dotted: str) -> bool:
+    annotation = _field(dotted).annotation
+    return annotation is int or int in get_args(annotation)
+
+
+def _encoded(dim: SearchDim) -> bool:
+    """Optuna's categoricals hold numbers, strings, booleans and None; lists (target modules) go as JSON."""
+    return any(isinstance(c, list | dict) for c in dim.choices or ())
+
+
+def _methods(cfg: ProjectConfig) -> list[str]:
+    dim = cfg.tune.space.get("train.method")
+    return [str(m) for m in dim.choices] if dim is not None and dim.choices else [str(cfg.train.method)]
+
+
+def _set(data: dict[str, Any], dotted: str, value: Any) -> None:
+    section, name = dotted.split(".")
+    data.setdefault(section, {})[name] = value
+
+
+def suggest(trial: Trial, cfg: ProjectConfig) -> dict[str, Any]:
+    """One trial's values, by dotted field: the method first, then the rest in the order the space lists
+    them, skipping settings the trial's method does not read."""
+    space = cfg.tune.space
+    values: dict[str, Any] = {}
+    method = str(cfg.train.method)
+    if "train.method" in space:
+        method = values["train.method"] = _suggest_one(trial, "train.method", space["train.method"])
+    for name, dim in space.items():
+        if name == "train.method" or (name in CONDITIONAL and method not in CONDITIONAL[name]):
+            continue
+        values[name] = _suggest_one(trial, name, dim)
+    return values
+
+
+def _suggest_one(trial: Trial, name: str, dim: SearchDim) -> Any:
+    if dim.choices is not None:
+        if _encoded(dim):
+            return json.loads(trial.suggest_categorical(name, [json.dumps(c) for c in dim.choices]))
+        return trial.suggest_categorical(name, dim.choices)
+    assert dim.low is not None and dim.high is not None, "SearchDim checks ranges"
+    if dim.integer or _is_int(name):
+        return trial.suggest_int(name, int(dim.low), int(dim.high), step=int(dim.step or 1), log=dim.log)
+    return trial.suggest_float(name, dim.low, dim.high, step=dim.step, log=dim.log)
+
+
+def decode_params(cfg: ProjectConfig, params: dict[str, Any]) -> dict[str, Any]:
+    """A stored trial's params (JSON strings for list choices) -> the values its config was built with."""
+    space = cfg.tune.space
+    return {k: json.loads(v) if k in space and _encoded(space[k]) else v for k, v in params.items()}
+
+
+def build_config(cfg: ProjectConfig, values: dict[str, Any], source: str, metric: str | None = None,
+                 run_dir: Path | None = None, dataset_dir: Path | None = None, keep_tune: bool = True) -> ProjectConfig:
+    """The base config with `values` set. Settings the base gave that the trial's method does not read
+    (peft.r of a LoRA base in a full trial) fall back to their defaults; `metric`: the checkpoint kept
+    is the best by the metric the study optimises."""
+    data = cfg.model_dump(mode="json")
+    for name, value in values.items():
+        _set(data, name, value)
+    if metric is not None and cfg.task.type not in GENERATIVE_TASKS:
+        data["train"]["metric"] = metric
+    if run_dir is not None:
+        data["train"]["output_dir"] = str(run_dir)
+    if dataset_dir is not None:
+        data["data"]["output_dir"] = str(dataset_dir)
+    if not keep_tune:
+        data.pop("tune", None)
+    with contextlib.suppress(Exception):  # a config that does not validate is reported by parse_config below
+        for name, _ in ProjectConfig.model_validate(data).inapplicable():
+            if name not in values and name.count(".") == 1 and not name.startswith("tune."):
+                _set(data, name, _field(name).default)
+    return parse_config(data, source)
+
+
+def check_space(cfg: ProjectConfig) -> None:
+    """Refuse, before any training, a space no trial could use: every choice and both ends of every range
+    must make a valid config (with a method that reads the setting), and each setting must apply somewhere."""
+    spec, task = cfg.tune, cfg.task.type
+    if not spec.space:
+        raise ConfigError("tune.space is empty: nothing to search; give at least one field, e.g.\n"
+                          "  tune:\n    space:\n      train.learning_rate: {low: 1.0e-5, high: 1.0e-3, log: true}")
+    if task in GENERATIVE_TASKS and "latency_ms" in spec.objectives:
+        raise ConfigError(f"tune.objectives: latency_ms is measured on classifiers and regressors; {task.value} "
+                          "runs generate text (use model_mb or trainable_params)")
+    if spec.objectives and spec.sampler == "cmaes":
+        raise ConfigError("tune.sampler: cmaes optimises one objective; with tune.objectives use nsga2 (the default) or tpe")
+    if cfg.tune.metric and cfg.train.metric and cfg.tune.metric != cfg.train.metric and task not in GENERATIVE_TASKS:
+        raise ConfigError(f"tune.metric ({cfg.tune.metric}) and train.metric ({cfg.train.metric}) differ: each trial keeps "
+                          "the checkpoint best by train.metric; set one of them")
+    methods = _methods(cfg)
+    for name, dim in spec.space.items():
+        where = f"tune.space.{name}"
+        readers = [m for m in methods if name not in CONDITIONAL or m in CONDITIONAL[name]]
+        if not readers:
+            raise ConfigError(f"{where}: no trial would use it: it applies to train.method {list(CONDITIONAL[name])}, "
+                              f"and the trials train with {methods} (add one to tune.space.train.method choices)")
+        if dim.choices is None and (dim.integer or _is_int(name)):
+            bad = [v for v in (dim.low, dim.high, dim.step) if v is not None and v != int(v)]
+            if bad:
+                raise ConfigError(f"{where}: {name} takes whole numbers (got {bad[0]:g})")
+        if name == "train.lr_scheduler":
+            from transformers import SchedulerType
+
+            known = [s.value for s in SchedulerType]
+            unknown = [c for c in dim.choices or [] if c not in known]
+            if dim.choices is None or unknown:
+                raise ConfigError(f"{where}: give choices among the schedulers transformers knows: {known}"
+                                  + (f" (unknown: {unknown})" if unknown else ""))
+        candidates = dim.choices if dim.choices is not None else [dim.low, dim.high]
+        for value in candidates:
+            if dim.choices is None and (dim.integer or _is_int(name)):
+                value = int(value)
+            values = {name: value} if name == "train.method" else {"train.method": readers[0], name: value}
+            try:
+                build_config(cfg, values, "<tune.space>")
+            except ConfigError as err:
+                detail = "\n".join(line.replace("<tune.space>: ", "") for line in str(err).splitlines()[1:]) or str(err)
+                raise ConfigError(f"{where}: {value!r} would make an invalid trial config:\n{detail}") from None
+
+
+# -- storage --------------------------------------------------------------------------------------
+
+
+def _shown(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    with contextlib.suppress(Exception):
+        return make_url(url).render_as_string(hide_password=True)
+    return url
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": SQLITE_BUSY_S}}
+    if url.startswith("postgresql"):
+        return {"pool_pre_ping": True, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
+    return {"pool_pre_ping": True}
+
+
+@contextlib.contextmanager
+def _storage_lock(url: str) -> Iterator[None]:
+    """Processes starting together would each create Optuna's tables; one at a time instead."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql":
+        engine = create_engine(url, **_engine_kwargs(url))
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT pg_advisory_lock(:k)"), {"k": STORAGE_LOCK})
+                try:
+                    yield
+                finally:
+                    connection.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": STORAGE_LOCK})
+                    connection.commit()
+        finally:
+            engine.dispose()
+    elif parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        with _file_lock(Path(parsed.database).expanduser().parent / ".optuna.lock"):
+            yield
+    else:
+        yield
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage in the tunesmith store's database: the store is opened (migrated) first, so
+    its tables and Optuna's live side by side; a URL that does not answer is a ConfigError naming it."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from tunesmith.store.db import Store, normalize_url
+
+    shown = _shown(url)  # as the user wrote it
+    url = normalize_url(url)
+    try:
+        make_url(url)
+    except Exception as err:  # noqa: BLE001 - SQLAlchemy's URL errors vary by cause
+        raise ConfigError(f"tune.storage {url!r} is not a database URL (sqlite:///path.db or postgresql://user@host/db): {err}") from None
+    if url.startswith("sqlite") and make_url(url).database not in (None, "", ":memory:"):
+        Path(make_url(url).database).expanduser().parent.mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
+    probe = None
+    try:
+        probe = create_engine(url, **_engine_kwargs(url))
+        with probe.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except Exception as err:  # noqa: BLE001 - refused, unknown host, bad password, unknown database kind...
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        raise ConfigError(f"tune.storage {shown} does not answer: {reason}") from None
+    finally:
+        if probe is not None:
+            probe.dispose()
+    Store(url).close()  # migrates tunesmith's own tables (and frees Optuna's `alembic_version` name)
+    with warnings.catch_warnings(), _storage_lock(url):
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeats are "experimental"
+        retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None)  # Optuna >= 4.9
+        callback = {"heartbeat_stale_trial_callback": retry(max_retry=MAX_RETRY)} if retry else \
+            {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)}
+        return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=HEARTBEAT_S,
+                                          grace_period=GRACE_S, **callback)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+# -- samplers and pruners -------------------------------------------------------------------------
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """A seed of its own per trial number: (42, 1) and (43, 0) share no stream, unlike 42 + 1 and 43 + 0."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+def make_sampler(spec: TuneSpec, seed: int) -> optuna.samplers.BaseSampler:
+    kind = spec.sampler or ("nsga2" if spec.objectives else "tpe")
+    if kind == "tpe":  # constant_liar: running trials count as bad guesses, so parallel workers spread out
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed)
+    if kind == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed)
+    return optuna.samplers.NSGAIISampler(seed=seed)
+
+
+def make_pruner(spec: TuneSpec, echo: Callable[[str], None]) -> optuna.pruners.BasePruner:
+    if spec.objectives and spec.pruner != "none":
+        echo(f"pruning is off: Optuna cannot prune a multi-objective study (tune.objectives {list(spec.objectives)}), "
+             "so every trial trains to its end")
+        return optuna.pruners.NopPruner()
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials)
+    if spec.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1)
+    return optuna.pruners.NopPruner()
+
+
+def _reporter(trial: Trial, metric: str, report: bool) -> Any:
+    """A TrainerCallback that reports each validation result to the trial (step = evaluation number, so
+    trials with other batch sizes compare at the same share of training) and stops a trailing one."""
+    from transformers import TrainerCallback
+
+    class Report(TrainerCallback):
+        def __init__(self) -> None:
+            self.evaluations = 0
+            self.step = 0
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.step = state.global_step
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
+                        **kwargs: Any) -> None:
+            value = (metrics or {}).get(f"eval_{metric}")
+            self.step = state.global_step
+            if value is None:
+                return
+            self.evaluations += 1
+            if not report:  # multi-objective: Optuna keeps no intermediate values
+                return
+            trial.report(float(value), self.evaluations)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"{metric} {value:.4g} at evaluation {self.evaluations} (step {state.global_step}) "
+                                         "trails the other trials")
+
+    return Report()
+
+
+# -- a trial --------------------------------------------------------------------------------------
+
+
+def study_folder(cfg: ProjectConfig) -> Path:
+    """<runs>/<study>-tune: trial runs, best.yaml and the report, beside the config's own run folder."""
+    return cfg.run_dir.parent / f"{cfg.tune.study or cfg.name}-tune"
+
+
+def _model_mb(run_dir: Path) -> float:
+    """What the run adds on disk: the full weights, or only the adapter of a LoRA run."""
+    return sum(p.stat().st_size for p in (run_dir / MODEL_DIR).rglob("*") if p.is_file()) / 1e6
+
+
+def _latency_ms(run_dir: Path, texts: list[str]) -> float:
+    """Milliseconds per text predicted one at a time (a served request): the fastest of a few passes, since
+    other load on the machine only ever slows a pass down (2 busy cores turned 10 ms into 160 ms)."""
+    from tunesmith.inference.predictor import Predictor
+
+    predictor = Predictor(run_dir)
+    predictor.predict(texts[:2])  # warm-up: first-call allocations are not latency
+    passes = []
+    for _ in range(LATENCY_ROUNDS):
+        start = time.perf_counter()
+        for text in texts:
+            predictor.predict([text])
+        passes.append((time.perf_counter() - start) * 1000 / len(texts))
+    return min(passes)
+
+
+class Objective:
+    """One trial: values -> config -> training (reported, maybe pruned) -> its validation metric (and extras)."""
+
+    def __init__(self, cfg: ProjectConfig, folder: Path, metric: str, echo: Callable[[str], None]) -> None:
+        self.cfg, self.folder, self.metric, self.echo = cfg, folder, metric, echo
+        self.spec = cfg.tune
+        self.host = socket.gethostname()
+        self.limit = cfg.tune.trials  # trials in the study, across workers (run_trials sets it)
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def __call__(self, trial: Trial) -> float | tuple[float, ...]:
+        spec = self.spec
+        if (spec.sampler or ("nsga2" if spec.objectives else "tpe")) in RESEEDED:
+            # Suggestions depend on the seed, the trial's number and the trials before it, not on which
+            # worker runs it: two workers started together do not try the same values.
+            trial.study.sampler = make_sampler(spec, trial_seed(spec.seed, trial.number))
+        self._stand_down_if_surplus(trial)
+        values = suggest(trial, self.cfg)
+        run_dir = (self.folder / f"trial-{trial.number}").resolve()
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("host", self.host)
+        dataset_dir = None
+        if "model.max_length" in values:  # another token budget: a dataset of its own
+            dataset_dir = self.folder / "datasets" / f"max_length-{values['model.max_length']}"
+        tcfg = build_config(self.cfg, values, f"trial {trial.number} of study {trial.study.study_name}",
+                            self.metric, run_dir, dataset_dir)
+        self.echo(f"trial {trial.number} starts: {_params_text(values)}")
+        version = self.dataset(tcfg)
+        reporter = _reporter(trial, self.metric, report=not spec.objectives)
+        from tunesmith.training import train
+
+        start = time.monotonic()
+        finished = False
+        try:
+            train(tcfg, dataset_dir=version.path, overwrite=True, callbacks=[reporter])
+            finished = True
+        finally:
+            trial.set_user_attr("steps", reporter.step)
+            trial.set_user_attr("evaluations", reporter.evaluations)
+            trial.set_user_attr("train_s", round(time.monotonic() - start, 1))
+            if not finished:  # pruned, failed or interrupted: no half-written run folder stays behind
+                shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # the kept model is in model/
+        manifest = Run(run_dir).manifest
+        if self.metric not in manifest.metrics:
+            raise ConfigError(f"trial {trial.number}: the run reported no validation {self.metric} "
+                              f"(it has {sorted(manifest.metrics)})")
+        value = float(manifest.metrics[self.metric])
+        if not spec.objectives:
+            return value
+        extras = {"trainable_params": float(manifest.parameters["trainable"]), "model_mb": round(_model_mb(run_dir), 3)}
+        if "latency_ms" in spec.objectives:
+            texts = version.table("validation").column("text").to_pylist()[:LATENCY_TEXTS]
+            extras["latency_ms"] = round(_latency_ms(run_dir, texts), 3)
+        trial.set_user_attr("objectives", extras)
+        return (value, *(extras[o] for o in spec.objectives))
+
+    def dataset(self, tcfg: ProjectConfig) -> DatasetVersion:
+        """The trial's dataset, prepared once (workers on this machine wait for the one preparing it)."""
+        from tunesmith.training.dataset import ensure_dataset
+
+        folder = Path(tcfg.dataset_dir)
+        with _file_lock(folder.parent / f".{folder.name}.lock"):
+            return ensure_dataset(tcfg)
+
+    def _stand_down_if_surplus(self, trial: Trial) -> None:
+        """Finished trials plus the running or queued ones numbered before this one reach tune.trials:
+        another worker started the last one a moment earlier."""
+        others = trial.study.get_trials(deepcopy=False, states=COUNTED)
+        ahead = [t for t in others if t.number != trial.number
+                 and (t.state in FINISHED or t.number < trial.number)]
+        if len(ahead) >= self.limit:
+            trial.set_user_attr("surplus", True)
+            raise _Surplus(f"trial {trial.number}: the study already has its {self.limit} trials")
+
+
+def _params_text(values: dict[str, Any]) -> str:
+    def short(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    return " ".join(f"{k}={short(v)}" for k, v in values.items())
+
+
+def _trial_line(trial: FrozenTrial, names: list[str]) -> str:
+    attrs = trial.user_attrs
+    steps = f"{attrs.get('steps', 0)} steps, {attrs.get('train_s', 0):.0f} s"
+    if trial.state == TrialState.COMPLETE:
+        shown = ", ".join(f"{n} {_num(v)}" for n, v in zip(names, trial.values or [], strict=False))
+        return f"trial {trial.number} complete: {shown} ({steps})"
+    if trial.state == TrialState.PRUNED:
+        last = trial.intermediate_values.get(max(trial.intermediate_values, default=0))
+        return (f"trial {trial.number} pruned at evaluation {attrs.get('evaluations', 0)}: {names[0]} "
+                f"{_num(last)} trailed the others ({steps})")
+    return f"trial {trial.number} {trial.state.name.lower()}"
+
+
+def _num(v: float | None) -> str:
+    return "—" if v is None else f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
+# -- the study ------------------------------------------------------------------------------------
+
+
+def objective_names(cfg: ProjectConfig) -> list[str]:
+    return [metric_of(cfg)[0], *cfg.tune.objectives]
+
+
+def load_study(cfg: ProjectConfig, storage: optuna.storages.BaseStorage | None = None,
+               echo: Callable[[str], None] = print) -> optuna.Study:
+    """Create the study, or join the one of that name (refused when it optimises something else)."""
+    from tunesmith.store.db import default_url
+
+    spec = cfg.tune
+    metric, direction = metric_of(cfg)
+    names = objective_names(cfg)
+    directions = [direction, *["minimize"] * len(spec.objectives)]
+    storage = storage or open_storage(spec.storage or default_url())
+    name = spec.study or cfg.name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study = optuna.create_study(study_name=name, storage=storage, directions=directions, load_if_exists=True,
+                                    sampler=make_sampler(spec, spec.seed), pruner=make_pruner(spec, echo))
+    stored = study.user_attrs.get("objectives")
+    if (stored is not None and stored != names) or [d.name.lower() for d in study.directions] != directions:
+        raise ConfigError(f"study '{name}' in {_shown(getattr(storage, 'url', ''))} optimises "
+                          f"{stored or [d.name.lower() for d in study.directions]}, not {names}; "
+                          "pick another tune.study (--study) or the same metric and objectives")
+    if stored is None:
+        study.set_user_attr("objectives", names)
+        study.set_user_attr("space", {k: v.model_dump(exclude_defaults=True) for k, v in spec.space.items()})
+    return study
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The trial best by the validation metric (multi-objective: the best of the Pareto front by it)."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not done:
+        return None
+    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
+    pool = study.best_trials if len(study.directions) > 1 else done
+    return max(pool, key=lambda t: (sign * t.values[0], -t.number))
+
+
+def write_best(cfg: ProjectConfig, trial: FrozenTrial, path: Path, metric: str) -> Path:
+    """A full config for `tunesmith train`: the base config with the trial's values (tune: dropped)."""
+    values = decode_params(cfg, trial.params)
+    best = build_config(cfg, values, f"best trial {trial.number}", metric_of(cfg)[0] if cfg.tune.metric else None,
+                        keep_tune=False)
+    data = best.model_dump(mode="json", exclude={"tune"})
+    header = (f"# Best trial {trial.number} of study '{cfg.tune.study or cfg.name}': validation {metric} "
+              f"{trial.values[0]:.4g}\n# {_params_text(values)}\n# Run: tunesmith train {path}\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(header + yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def run_study(cfg: ProjectConfig, *, echo: Callable[[str], None] = print, evaluate_test: bool = True) -> dict[str, Any]:
+    """Run (or join, or resume) the config's study until it has tune.trials trials or tune.timeout_s passed;
+    then best.yaml, the best trial's test evaluation and the report. Returns a summary."""
+    spec = cfg.tune
+    check_space(cfg)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead of Optuna's
+    study = load_study(cfg, echo=echo)
+    objective = Objective(cfg, study_folder(cfg), metric_of(cfg)[0], echo)
+    already = len(study.get_trials(deepcopy=False, states=FINISHED))
+    if already:
+        echo(f"study '{study.study_name}' has {already} finished trial{'s' * (already != 1)}; "
+             f"{'nothing to do' if already >= spec.trials else f'going on to {spec.trials}'}")
+    run_trials(study, objective, spec.trials, time.monotonic() + spec.timeout_s if spec.timeout_s else None)
+    return finish_study(cfg, study, echo=echo, evaluate_test=evaluate_test)
+
+
+def run_trials(study: optuna.Study, objective: Objective, trials: int, deadline: float | None = None) -> None:
+    """Start trials until the study holds `trials` (finished, running or queued, by any worker) or the
+    deadline (time.monotonic()) passed."""
+    names = objective_names(objective.cfg)
+    objective.limit = trials
+
+    def report(study: optuna.Study, trial: FrozenTrial) -> None:
+        if not trial.user_attrs.get("surplus"):
+            objective.echo(_trial_line(trial, names))
+
+    while True:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and a copy queued
+        if len(study.get_trials(deepcopy=False, states=COUNTED)) >= trials:
+            return
+        if deadline is not None and time.monotonic() >= deadline:
+            objective.echo("tune.timeout_s passed: this worker starts no further trials")
+            return
+        study.optimize(objective, n_trials=1, callbacks=[report], catch=(_Surplus,))
+
+
+def finish_study(cfg: ProjectConfig, study: optuna.Study, *, echo: Callable[[str], None] = print,
+                 evaluate_test: bool = True) -> dict[str, Any]:
+    """best.yaml (and pareto/*.yaml), the best trial on the test split, the report: the study as it stands
+    (other workers may still be running trials; the last to finish writes the final word)."""
+    from tunesmith.tune.report import write_report
+
+    metric = metric_of(cfg)[0]
+    names = objective_names(cfg)
+    folder = study_folder(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    summary: dict[str, Any] = {"study": study.study_name, "folder": str(folder), "metric": metric, "objectives": names}
+    best = best_trial(study)
+    with _file_lock(folder / ".finish.lock"):
+        if best is not None:
+            summary["best"] = {"number": best.number, "values": dict(zip(names, best.values, strict=False)),
+                               "params": decode_params(cfg, best.params), "run": best.user_attrs.get("run_dir")}
+            summary["best_config"] = str(write_best(cfg, best, folder / "best.yaml", metric))
+            if len(names) > 1:
+                pareto = folder / "pareto"
+                shutil.rmtree(pareto, ignore_errors=True)
+                for t in study.best_trials:
+                    write_best(cfg, t, pareto / f"trial-{t.number}.yaml", metric)
+                summary["pareto"] = [{"number": t.number, "values": dict(zip(names, t.values, strict=False))}
+                                     for t in sorted(study.best_trials, key=lambda t: t.number)]
+            summary["test"] = _test_evaluation(best, evaluate_test, echo)
+        summary["report"] = str(write_report(study, folder, names, best.number if best else None, summary.get("test")))
+    trials = [t for t in study.get_trials(deepcopy=False) if not t.user_attrs.get("surplus")]
+    counts = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+    summary["trials"] = {k: v for k, v in counts.items() if v}
+    return summary
+
+
+def _test_evaluation(best: FrozenTrial, evaluate: bool, echo: Callable[[str], None]) -> dict[str, Any] | None:
+    """The test split, once, on the best trial's run: on the machine that trained it, unless already done."""
+    run_dir = Path(best.user_attrs.get("run_dir", ""))
+    report = run_dir / "eval" / "test" / "report.json"
+    if report.is_file():
+        return {"run": str(run_dir), "metrics": json.loads(report.read_text(encoding="utf-8")).get("metrics", {})}
+    if not evaluate:
+        return None
+    if best.user_attrs.get("host") != socket.gethostname() or not (run_dir / "run.json").is_file():
+        echo(f"the best trial ({best.number}) ran on {best.user_attrs.get('host')}: evaluate it there with "
+             f"`tunesmith evaluate {run_dir} --split test`")
+        return None
+    from tunesmith.evaluation.run import evaluate_run
+
+    result = evaluate_run(run_dir, split="test")
+    return {"run": str(run_dir), "metrics": result["metrics"]}
