@@ -93,6 +93,7 @@ class SourceSpec(Spec):
     delimiter: str | None = None  # CSV/TSV; None: sniffed from the first lines
     encoding: str | None = None  # text files; None: detected (UTF-8 first)
     sheet: str | None = None  # Excel sheet; None: the first one
+    max_rows: int | None = Field(None, ge=1)  # read only the first N rows: a quick study or trial run on a slice; None: all
 
     @field_validator("fields")
     @classmethod

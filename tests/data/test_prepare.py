@@ -279,3 +279,11 @@ def test_guessed_legacy_encoding_is_recorded_and_warned(tmp_path: Path, make_con
     assert any("not UTF-8; read as cp1252" in w and "set the source's `encoding:`" in w for w in report["warnings"])
     utf8 = prepare(make_config([{"path": str(write_csv(tmp_path / "u.csv", rows))}])).report()
     assert utf8["sources"][0]["encoding"] == "utf-8" and not utf8["warnings"]
+
+
+def test_max_rows_reads_only_the_first_rows_of_a_source(tmp_path: Path, make_config) -> None:
+    rows = labelled(100)
+    version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows)), "max_rows": 40}]))
+    assert version.manifest.counts["input"] == 40
+    kept = {r["text"] for split in ("train", "validation", "test") for r in version.table(split).to_pylist()}
+    assert kept == {r["text"] for r in rows[:40]}

@@ -7,6 +7,7 @@ memory-mapped table. Every input row ends in exactly one place: a split or the q
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import time
@@ -156,7 +157,7 @@ class _Preparation:
                 stats = {"source": spec.describe(), "kind": spec.kind, "split": spec.split, "rows": 0, "rejected": 0}
                 spec = self._resolve_encoding(spec, stats)
                 parsed = 0
-                for raw in read_source(spec, canon.header_fields(exprs)):
+                for raw in itertools.islice(read_source(spec, canon.header_fields(exprs)), spec.max_rows):
                     stats["rows"] += 1
                     parsed += raw.record is not None
                     result = canon.row(raw, exprs, spec)
