@@ -22,6 +22,14 @@ SplitName = Literal["train", "validation", "test"]
 SPLITS: tuple[SplitName, ...] = ("train", "validation", "test")  # order = rank in leakage removal
 
 
+def _only(keys: dict[str, Any], allowed: tuple[str, ...], message: str) -> dict[str, Any]:
+    """`keys` unchanged when every key is allowed; else a ValueError: `message` with the unknown and allowed keys."""
+    unknown = sorted(set(keys) - set(allowed))
+    if unknown:
+        raise ValueError(message.format(unknown, list(allowed)))
+    return keys
+
+
 class Spec(BaseModel):
     # extra="forbid": a misspelt key is an error naming it, never a silently ignored setting.
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -98,10 +106,7 @@ class SourceSpec(Spec):
     @field_validator("fields")
     @classmethod
     def _known_fields(cls, v: dict[str, str]) -> dict[str, str]:
-        unknown = sorted(set(v) - set(FIELD_KEYS))
-        if unknown:
-            raise ValueError(f"unknown field(s) {unknown}; allowed: {list(FIELD_KEYS)}")
-        return v
+        return _only(v, FIELD_KEYS, "unknown field(s) {}; allowed: {}")
 
     @model_validator(mode="after")
     def _infer_kind(self) -> SourceSpec:
@@ -144,9 +149,7 @@ class MissingSpec(Spec):
 
     @model_validator(mode="after")
     def _fill_values(self) -> MissingSpec:
-        unknown = sorted(set(self.fields) - set(FIELD_KEYS))
-        if unknown:
-            raise ValueError(f"unknown field(s) {unknown} in missing.fields; allowed: {list(FIELD_KEYS)}")
+        _only(self.fields, FIELD_KEYS, "unknown field(s) {} in missing.fields; allowed: {}")
         needs = sorted(f for f, p in self.fields.items() if p == "fill" and f not in self.fill)
         if needs:
             raise ValueError(f"policy `fill` needs a value in missing.fill for: {needs}")
@@ -475,10 +478,7 @@ class TuneSpec(Spec):
     @field_validator("space")
     @classmethod
     def _tunable(cls, v: dict[str, SearchDim]) -> dict[str, SearchDim]:
-        unknown = sorted(set(v) - set(TUNABLE))
-        if unknown:
-            raise ValueError(f"cannot tune {unknown}; tunable fields: {list(TUNABLE)}")
-        return v
+        return _only(v, TUNABLE, "cannot tune {}; tunable fields: {}")
 
 
 class RetrainSpec(Spec):

@@ -97,13 +97,8 @@ class Store:
         if self.dialect != "sqlite" or not database or database == ":memory:":
             yield
             return
-        lock = self.home / ".migrate.lock"
-        with lock.open("w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+        with file_lock(self.home / ".migrate.lock"):
+            yield
 
     def revision(self) -> str | None:
         with self.engine.connect() as connection:
@@ -111,6 +106,18 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes on one machine (SQLite has no advisory locks): flock on `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _alembic_config() -> Any:

@@ -17,7 +17,6 @@ leaves a RUNNING trial whose heartbeat stops; the next worker to look fails it a
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import shutil
 import socket
@@ -42,6 +41,7 @@ from tunesmith.config import (
     parse_config,
 )
 from tunesmith.errors import ConfigError
+from tunesmith.store.db import file_lock
 
 CONNECT_TIMEOUT_S = 5  # a storage URL that does not answer is reported after this, not after TCP's minutes
 SQLITE_BUSY_S = 30  # several workers write one SQLite file: a writer waits this long for another's transaction
@@ -242,7 +242,7 @@ def _storage_lock(url: str) -> Iterator[None]:
         finally:
             engine.dispose()
     elif parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        with _file_lock(Path(parsed.database).expanduser().parent / ".optuna.lock"):
+        with file_lock(Path(parsed.database).expanduser().parent / ".optuna.lock"):
             yield
     else:
         yield
@@ -283,17 +283,6 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             {"failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)}
         return optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=HEARTBEAT_S,
                                           grace_period=GRACE_S, **callback)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # -- samplers and pruners -------------------------------------------------------------------------
@@ -454,7 +443,7 @@ class Objective:
         from tunesmith.training.dataset import ensure_dataset
 
         folder = Path(tcfg.dataset_dir)
-        with _file_lock(folder.parent / f".{folder.name}.lock"):
+        with file_lock(folder.parent / f".{folder.name}.lock"):
             return ensure_dataset(tcfg)
 
     def _stand_down_if_surplus(self, trial: Trial) -> None:
@@ -598,7 +587,7 @@ def finish_study(cfg: ProjectConfig, study: optuna.Study, *, echo: Callable[[str
     folder.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"study": study.study_name, "folder": str(folder), "metric": metric, "objectives": names}
     best = best_trial(study)
-    with _file_lock(folder / ".finish.lock"):
+    with file_lock(folder / ".finish.lock"):
         if best is not None:
             summary["best"] = {"number": best.number, "values": dict(zip(names, best.values, strict=False)),
                                "params": decode_params(cfg, best.params), "run": best.user_attrs.get("run_dir")}
