@@ -351,6 +351,12 @@ def tune_cmd(
         if summary["metric"] in test:
             out.print(f"test {summary['metric']} of the best trial: {test[summary['metric']]:.4f}", highlight=False)
         out.print(f"best config: {summary['best_config']} (train it: tunesmith train {summary['best_config']})", highlight=False)
+        import shlex
+
+        sets = " ".join("--set " + shlex.quote(f"{k}={json.dumps(v, separators=(',', ':')) if isinstance(v, list) else v}")
+                        for k, v in best["params"].items())
+        out.print(f"the same settings on another config (the full data, say): tunesmith train CONFIG {sets}",
+                  highlight=False, markup=False)
     out.print(f"report: {summary['report']}", highlight=False)
 
 

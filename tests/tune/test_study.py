@@ -104,6 +104,7 @@ def test_multi_objective_study_reports_a_pareto_front(tmp_path: Path, tiny_bert:
     shown = capsys.readouterr().out
     assert "pruning is off: Optuna cannot prune a multi-objective study" in " ".join(shown.split())
     assert "Pareto front: trial" in shown and "best config:" in shown
+    assert "tunesmith train CONFIG --set train.method=" in " ".join(shown.split())
     folder = tmp_path / "tiny-tune"
     report = json.loads((folder / "report.json").read_text())
     assert report["objectives"] == ["f1_macro", "trainable_params"] and report["pareto"]
