@@ -162,6 +162,14 @@ def test_incremental_retraining_continues_from_production_with_a_replay_sample(t
 
     ab = ABService(store).status("reviews")
     assert ab.status == "running" and sorted(v.name for v in ab.variants) == ["v1", "v2"]
+    # A round after this one starts from the recipe, not from this round's gentler settings.
+    from tunesmith.config import RetrainSpec
+    from tunesmith.tune.retrain import _candidate_config
+
+    full = _candidate_config(run, RetrainSpec(mode="full"), tmp_path / "next")
+    assert full.train.init_from is None and full.train.max_steps == cfg.train.max_steps
+    again = _candidate_config(run, RetrainSpec(mode="incremental"), tmp_path / "next")
+    assert again.train.init_from == run.path.resolve() and again.train.learning_rate == pytest.approx(lr * 0.5)
     unseen = paris(10, 6)
     pos = Predictor(prod).predict(unseen).proba[:, 1].mean(), Predictor(run.path).predict(unseen).proba[:, 1].mean()
     assert pos[1] > pos[0] + 0.2, pos  # continued training moved towards the corrections

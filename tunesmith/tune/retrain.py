@@ -37,7 +37,7 @@ import xxhash
 from pydantic import ValidationError
 
 from tunesmith import __version__
-from tunesmith.artifacts import QUARANTINE, DatasetManifest, DatasetVersion, Fingerprint, Run, is_dataset, write_split
+from tunesmith.artifacts import QUARANTINE, DatasetManifest, DatasetVersion, Fingerprint, Run, is_dataset, is_run, write_split
 from tunesmith.config import (
     GENERATIVE_TASKS,
     SPLITS,
@@ -115,7 +115,7 @@ def retrain(store: Store, model: str, *, mode: str | None = None, promote: str |
     train_dir = built.path
     if spec.mode == "incremental":
         train_dir = _replay_dataset(built, parent_dataset, spec, cfg.data.split.seed, folder / "dataset-incremental")
-    candidate_cfg = _candidate_config(cfg, run, spec, folder / "run")
+    candidate_cfg = _candidate_config(run, spec, folder / "run")
 
     from tunesmith.training import train
 
@@ -384,14 +384,28 @@ def _replay_dataset(built: BuiltDataset, parent: DatasetVersion, spec: RetrainSp
 # -- 3. the candidate's config --------------------------------------------------------------------
 
 
-def _candidate_config(cfg: ProjectConfig, run: Run, spec: RetrainSpec, run_dir: Path) -> ProjectConfig:
+def _recipe(run: Run) -> Run:
+    """The run that holds the training recipe: production itself, or, when production came from incremental
+    rounds, the run they started from (their settings are the rounds' gentler ones, not the recipe's)."""
+    seen = {run.path.resolve()}
+    while run.manifest.parent_run and is_run(run.manifest.parent_run) and Path(run.manifest.parent_run).resolve() not in seen:
+        run = Run(run.manifest.parent_run)
+        seen.add(run.path.resolve())
+    return run
+
+
+def _candidate_config(run: Run, spec: RetrainSpec, run_dir: Path) -> ProjectConfig:
+    """Full: the recipe's config as it was. Incremental: production's weights, the recipe's learning rate
+    scaled down, incremental_epochs passes."""
+    recipe = _recipe(run)
+    cfg = recipe.config
     data = cfg.model_dump(mode="json")
-    data["train"]["output_dir"] = str(run_dir)
+    data["train"].update(output_dir=str(run_dir), init_from=None)
     if spec.mode == "incremental":
-        lr = float(run.manifest.hyperparameters.get("learning_rate") or cfg.train.lr(cfg.task.type))
+        lr = float(recipe.manifest.hyperparameters.get("learning_rate") or cfg.train.lr(cfg.task.type))
         data["train"].update(init_from=str(run.path.resolve()), epochs=spec.incremental_epochs, max_steps=None,
                              hyperparameters=None, learning_rate=lr * spec.incremental_lr_scale)
-    return parse_config(data, f"{run.path}/config.json (retrain)")
+    return parse_config(data, f"{recipe.path}/config.json (retrain)")
 
 
 # -- 4 and 5. judging and deciding ----------------------------------------------------------------
