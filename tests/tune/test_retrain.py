@@ -59,6 +59,7 @@ def paris_accuracy(run: Path, texts: list[str]) -> float:
     return float(np.mean([label == "pos" for label in Predictor(run).predict(texts).labels]))
 
 
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)  # the shared store; the other tests use SQLite
 def test_retrain_fixes_a_planted_error_corrected_through_the_feedback_endpoint(tmp_path: Path, tiny_bert: Path,
                                                                                 store_url: str) -> None:
     cfg, train_rows, val_rows, test_rows = planted_project(tmp_path, tiny_bert)
