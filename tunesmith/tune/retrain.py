@@ -238,7 +238,7 @@ def _build_dataset(cfg: ProjectConfig, spec: RetrainSpec, parent: DatasetVersion
                    out: Path) -> BuiltDataset:
     from tunesmith.data import report
     from tunesmith.data.prepare import Quarantine
-    from tunesmith.data.records import Rejection
+    from tunesmith.data.records import TARGET_TYPES, Rejection
 
     old = {s: parent.table(s) for s in SPLITS}
     new = pa.concat_tables([corrections.table(s) for s in SPLITS])  # one pool: their own split means nothing here
@@ -261,7 +261,7 @@ def _build_dataset(cfg: ProjectConfig, spec: RetrainSpec, parent: DatasetVersion
 
     # A correction that repeats a training or validation example replaces it (the user's label is the
     # newer word) and goes to that split; validation first, so it never also lands in training.
-    target = "score" if cfg.task.type == TaskType.regression else "labels" if cfg.task.type == TaskType.multi_label else "label"
+    target = TARGET_TYPES[cfg.task.type][0]  # the canonical column holding the label(s) or score
     new_targets = new.column(target).to_pylist()
     superseded: list[dict[str, Any]] = []
     keep = {split: np.ones(old[split].num_rows, dtype=bool) for split in ("train", "validation")}
@@ -415,6 +415,7 @@ def judge(production: Run, candidate: Run, dataset: BuiltDataset, spec: RetrainS
     """Both versions on the frozen test split and on the held-out corrections: metrics and a paired test each."""
     import pyarrow.parquet as pq
 
+    from tunesmith.data.records import TARGET_TYPES
     from tunesmith.evaluation.paired import mcnemar, wilcoxon_errors
     from tunesmith.evaluation.sequence import score
     from tunesmith.inference.predictor import Predictor
@@ -436,8 +437,7 @@ def judge(production: Run, candidate: Run, dataset: BuiltDataset, spec: RetrainS
         if task == TaskType.regression:
             paired = wilcoxon_errors(table.column("score").to_pylist(), preds["production"].labels, preds["candidate"].labels)
         else:
-            column = "labels" if task == TaskType.multi_label else "label"
-            paired = mcnemar(table.column(column).to_pylist(), preds["production"].labels, preds["candidate"].labels)
+            paired = mcnemar(table.column(TARGET_TYPES[task][0]).to_pylist(), preds["production"].labels, preds["candidate"].labels)
         out[name] = {"n": table.num_rows, "metrics": metrics, "paired": paired.to_dict()}
     return out
 
