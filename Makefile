@@ -33,7 +33,13 @@ demo-chat: install
 	$(TS) train examples/chatterbot_chat.yaml --overwrite
 	$(TS) evaluate runs/chatterbot-chat
 
-test: install
+# The annotation page is tested in a real browser: Debian's chromium (Playwright cannot download
+# browsers here), installed once when missing.
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	apt-get install -y -qq chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+test: install $(CHROMIUM)
 	$(PY) -m pytest -m "not slow" -q
 
 test-slow: install

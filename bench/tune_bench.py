@@ -93,7 +93,8 @@ def config(folder: Path, sources: list[dict[str, Any]], args: argparse.Namespace
                   "early_stopping_patience": None, "save_total_limit": 1, "output_dir": str(folder / "runs" / study)},
         "eval": {"baselines": False},
         "tune": {"space": SPACE, "trials": args.trials, "storage": f"sqlite:///{folder / 'studies.db'}", "study": study,
-                 "sampler": "tpe", "seed": args.seed, "pruner": pruner, "startup_trials": args.startup},
+                 "sampler": "tpe", "seed": args.seed, "pruner": pruner, "startup_trials": args.startup,
+                 "grace_evaluations": args.grace},
     }
     return parse_config(raw, f"<bench {study}>")
 
@@ -123,6 +124,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=48, help="training steps per trial (train.max_steps)")
     parser.add_argument("--evals", type=int, default=4, help="validation evaluations per trial (what the pruner sees)")
     parser.add_argument("--startup", type=int, default=2, help="trials the pruner lets finish before comparing")
+    parser.add_argument("--grace", type=int, default=1, help="evaluations a trial reports before it may be pruned")
     parser.add_argument("--pruner", default="median", choices=["median", "successive_halving", "hyperband"])
     parser.add_argument("--train-rows", type=int, default=600)
     parser.add_argument("--val-rows", type=int, default=200)

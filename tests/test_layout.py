@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"model_card", "registry", "monitor"},
     {"tasks"},
     {"models"},
-    {"data", "inference"},
+    {"data", "inference", "collect"},
     {"training"},
     {"evaluation", "jobs"},
     {"export", "serve", "tune"},

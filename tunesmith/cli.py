@@ -125,6 +125,32 @@ def _print_summary(path: Path) -> None:
     out.print(f"fingerprint {report['fingerprint'][:16]}…  report: {path / 'report.html'}")
 
 
+@app.command("collect", epilog=EPILOG)
+def collect_cmd(
+    config: Annotated[Path, typer.Argument(metavar="CONFIG", help="Project config YAML with web, rest, hub or synthetic sources.")],
+    overrides: Overrides = None,
+    source: Annotated[list[int] | None, typer.Option("--source", min=1, help="Only this source (1-based position in data.sources; repeatable).")] = None,
+    refresh: Annotated[bool, typer.Option("--refresh", help="Collect again even when a finished collection is there (the HTTP cache still answers what it holds).")] = False,
+) -> None:
+    """Fetch web pages, REST APIs and Hub datasets, or generate synthetic rows, into JSONL files (data.collect_dir)
+    that `data prepare` reads; each row carries its provenance, each failed item is listed with why."""
+    from tunesmith.collect.run import collect_sources
+    from tunesmith.config import load_config
+
+    cfg = load_config(config, overrides or [])
+    results = collect_sources(cfg, only=source, refresh=refresh, say=lambda line: err.print(line, highlight=False, markup=False))
+    table = Table(title=f"{cfg.name}: collected")
+    for col in ("#", "source", "rows", "failed", "file", "notes"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        table.add_row(str(r.index + 1), escape(r.describe), str(r.rows), str(r.failures), escape(str(r.path)), escape("; ".join(r.notes)))
+    out.print(table)
+    for r in results:
+        if r.failures_path and r.failures:
+            out.print(f"{r.failures} item(s) of source {r.index + 1} failed; why: {r.failures_path}", highlight=False)
+    out.print(f"next: tunesmith data prepare {config}", highlight=False, markup=False)
+
+
 @data_app.command("report", epilog=EPILOG)
 def data_report(
     dataset: Annotated[Path, typer.Argument(metavar="DATASET", help="Dataset folder written by `data prepare`.")],
@@ -807,6 +833,147 @@ def jobs_cancel(job_id: Annotated[str, typer.Argument(metavar="JOB")], db: DbOpt
 
     job = _check(_jobs_service(db).cancel_job(owner_of(api_key), job_id))
     out.print(f"{job.id}: {job.status}", highlight=False)
+
+
+# -- annotate -------------------------------------------------------------------------------------
+
+
+class _DefaultLabel(typer.core.TyperGroup):
+    """`tunesmith annotate DATA ...` means `tunesmith annotate label DATA ...`: labelling is what the verb
+    is for; export/import/labelstudio/report are its helpers."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["label", *args]
+        return super().parse_args(ctx, args)
+
+
+annotate_app = typer.Typer(cls=_DefaultLabel, epilog=EPILOG, no_args_is_help=True, help=(
+    "Label data in the browser or the terminal (`tunesmith annotate DATA --labels a,b`); labels are saved in the "
+    "store as they are given. Several annotators, agreement (kappa), model suggestions, Label Studio/Argilla/CSV."))
+app.add_typer(annotate_app, name="annotate")
+
+
+def _queue(db: str | None, task: str) -> Any:
+    from tunesmith.collect.annotate import Queue
+    from tunesmith.store.db import Store
+
+    return Queue(Store(db), task)
+
+
+@annotate_app.command("label", epilog=EPILOG)
+def annotate_label(
+    data: Annotated[Path | None, typer.Argument(metavar="[DATA]", help="Rows to label: JSONL/CSV/Parquet (e.g. a collected file) or a dataset folder; omit to reopen --task.")] = None,
+    labels: Annotated[str | None, typer.Option("--labels", help="The label set, comma-separated (needed for a new task).")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="Task name (default: DATA's file name).")] = None,
+    instructions: Annotated[str | None, typer.Option("--instructions", help="Shown above each example.")] = None,
+    overlap: Annotated[int | None, typer.Option("--overlap", min=1, help="Annotators per item before it is done (2+ gives agreement).")] = None,
+    text_field: Annotated[str, typer.Option("--text-field", help="The column holding the text.")] = "text",
+    id_field: Annotated[str, typer.Option("--id-field", help="The column holding a stable item id (else a hash of the text).")] = "id",
+    split: Annotated[str | None, typer.Option("--split", help="Dataset folder: only this split.")] = None,
+    annotator: Annotated[str | None, typer.Option("--annotator", help="Your id (terminal mode; the page asks for it or takes ?annotator=).")] = None,
+    terminal: Annotated[bool, typer.Option("--terminal", help="Label in this terminal instead of the browser.")] = False,
+    host: Annotated[str, typer.Option("--host", help="Page address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Page port.")] = 8765,
+    suggest_from: Annotated[str | None, typer.Option("--suggest-from", metavar="RUN|zero-shot[:MODEL]", help="Proposals from a fine-tuned run or a zero-shot encoder (a weak prior); the most uncertain come first.")] = None,
+    accept_above: Annotated[float | None, typer.Option("--accept-above", help="Accept proposals this confident as labels (by annotator model:<name>).")] = None,
+    db: DbOption = None,
+) -> None:
+    """Load rows into a labelling task and label them: a web page (keys 1-9 label, s skips, u undoes) or --terminal."""
+    import getpass
+
+    from tunesmith.collect.annotate import Queue, create_task
+    from tunesmith.collect.annotate_io import load_data
+    from tunesmith.store.db import Store
+
+    if data is None and task is None:
+        raise typer.BadParameter("give DATA (rows to label) or --task NAME (an existing task)")
+    name = task or (data.stem if data is not None else "")
+    store = Store(db)
+    info = create_task(store, name, [x.strip() for x in labels.split(",") if x.strip()] if labels else None, instructions, overlap)
+    queue = Queue(store, info.name)
+    if data is not None:
+        added, already, blank = load_data(queue, data, text_field, id_field, split)
+        out.print(f"task '{info.name}' {info.labels}: {added} item(s) added, {already} already there"
+                  + (f", {blank} blank text(s) skipped" if blank else ""), highlight=False)
+    if suggest_from:
+        from tunesmith.collect.annotate_assist import scorer_for, suggest
+
+        s = suggest(queue, scorer_for(suggest_from, info.labels), accept_above)
+        out.print(f"{s.annotator}: scored {s.scored}, accepted {s.accepted} at >= {accept_above}, "
+                  f"{s.queued} left for people (most uncertain first)", highlight=False)
+    p = queue.progress()
+    out.print(f"progress: {json.dumps(p)}", highlight=False, markup=False)
+    if terminal:
+        from tunesmith.collect.annotate_terminal import annotate_terminal
+
+        counts = annotate_terminal(queue, annotator or getpass.getuser(), console=out)
+        out.print(f"this session: {counts}", highlight=False)
+        return
+    from tunesmith.collect.annotate_app import serve
+
+    who = f"?annotator={annotator}" if annotator else ""
+    out.print(f"labelling page: http://{host}:{port}/{who}  (Ctrl-C stops; every label is already saved)", highlight=False)
+    serve(queue, host, port)
+
+
+@annotate_app.command("export", epilog=EPILOG)
+def annotate_export(
+    task: Annotated[str, typer.Argument(metavar="TASK")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="JSONL or CSV file: text, label (human majority), n_annotations, agreement, provenance.")],
+    db: DbOption = None,
+) -> None:
+    """Labelled items as a file that `data.sources` reads (ties are left out and counted)."""
+    from tunesmith.collect.annotate_io import export_labelled
+
+    done = export_labelled(_queue(db, task), out_file)
+    out.print(f"{done.rows} labelled row(s) -> {done.path} ({done.ties} tie(s) left out, {done.unlabelled} not labelled yet)",
+              highlight=False)
+
+
+@annotate_app.command("import", epilog=EPILOG)
+def annotate_import(
+    task: Annotated[str, typer.Argument(metavar="TASK")],
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="A Label Studio JSON export, an Argilla export, or a CSV (text/id, label, annotator).")],
+    fmt: Annotated[str, typer.Option("--format", help="label-studio, argilla or csv.")],
+    annotator: Annotated[str | None, typer.Option("--annotator", help="CSV without an annotator column: whose labels these are.")] = None,
+    question: Annotated[str | None, typer.Option("--question", help="The labelling question's name, when the export has several.")] = None,
+    text_field: Annotated[str, typer.Option("--text-field")] = "text",
+    db: DbOption = None,
+) -> None:
+    """Read labels given in another tool back into the task, one annotator per person (for agreement)."""
+    from tunesmith.collect.annotate_interop import import_annotations
+
+    r = import_annotations(_queue(db, task), file, fmt, annotator=annotator, question=question, text_field=text_field)
+    out.print(f"imported: {json.dumps(r.__dict__, default=str)}", highlight=False, markup=False)
+
+
+@annotate_app.command("labelstudio", epilog=EPILOG)
+def annotate_labelstudio(
+    task: Annotated[str, typer.Argument(metavar="TASK")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="Label Studio tasks JSON to write.")],
+    db: DbOption = None,
+) -> None:
+    """The task's unlabelled items as Label Studio tasks, plus its labelling config (XML) beside them."""
+    from tunesmith.collect.annotate_io import export_label_studio
+
+    n, xml = export_label_studio(_queue(db, task), out_file)
+    out.print(f"{n} task(s) -> {out_file}; labelling config: {xml}", highlight=False)
+
+
+@annotate_app.command("report", epilog=EPILOG)
+def annotate_report(
+    task: Annotated[str, typer.Argument(metavar="TASK")],
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for report.md/html/json (default: annotation/<task>).")] = None,
+    db: DbOption = None,
+) -> None:
+    """Progress, label distribution, per-annotator counts and agreement (Cohen's kappa for 2, Fleiss' for 3+)."""
+    from tunesmith.collect.annotate_report import write_report
+
+    folder = out_dir or Path("annotation") / task
+    data = write_report(_queue(db, task), folder)
+    agreement = data.get("agreement") or {}
+    out.print(f"report: {folder / 'report.md'}; agreement: {json.dumps(agreement, default=str)}", highlight=False, markup=False)
 
 
 # -- entry point ----------------------------------------------------------------------------------

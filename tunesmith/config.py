@@ -78,9 +78,116 @@ class TaskSpec(Spec):
         return v
 
 
+# --- collected sources: web pages, REST APIs, surveys, public hub datasets, synthetic data ---------
+# Each is a `kind` of SourceSpec with its own sub-section; `tunesmith collect` fetches or generates the
+# rows into a JSONL file (data.collect_dir), `data prepare` reads that file like any other source.
+
+
+class HttpSpec(Spec):
+    """How web pages and REST APIs are fetched: politely, with retries, from a cache on re-runs."""
+
+    rate_limit: float = Field(1.0, gt=0)  # requests per second per host: polite to sites, within most API quotas
+    retries: int = Field(4, ge=0, le=20)  # 429, 5xx, timeouts and dropped connections are retried this many times
+    backoff: float = Field(1.0, ge=0)  # seconds before the first retry, doubled each time; a Retry-After header wins
+    max_backoff: float = Field(60.0, gt=0)  # a longer Retry-After (or backoff) is capped here rather than stalling the run
+    timeout: float = Field(20.0, gt=0)  # seconds per request (connect and read); a slow page counts as a failure to retry
+    robots: bool = True  # honour robots.txt (pages it disallows are listed as failures, never fetched)
+    user_agent: str = "tunesmith-collect/0.1"  # what sites see and robots.txt rules are matched against
+    cache: bool = True  # successful responses kept on disk (collect_dir/http-cache): a re-run does not refetch
+    headers: dict[str, str] = {}  # extra request headers (never put secrets here: use rest.auth_env)
+
+
+class WebSpec(Spec):
+    """Pages: a list of URLs and/or a sitemap, optionally crawled within the same site."""
+
+    urls: list[str] = []  # pages to fetch, kept in this order
+    sitemap: str | None = None  # a sitemap.xml (or sitemap index) whose <loc> pages are fetched
+    depth: int = Field(0, ge=0, le=10)  # follow same-site links this many hops from the listed pages; 0: only those
+    max_pages: int = Field(200, ge=1)  # at most this many pages from this source: crawls grow fast
+    include: list[str] = []  # regexes; a crawled URL must match one (listed and sitemap URLs are always taken)
+    exclude: list[str] = []  # regexes; matching URLs are never fetched
+    min_chars: int = Field(100, ge=0)  # pages whose main text is shorter (menus, error pages) are listed, not kept
+
+    @model_validator(mode="after")
+    def _some_pages(self) -> WebSpec:
+        if not self.urls and not self.sitemap:
+            raise ValueError("web needs `urls` (a list of pages) or `sitemap` (a sitemap URL)")
+        return self
+
+
+class RestSpec(Spec):
+    """A JSON API: records at a JSONPath in each response, one request per page."""
+
+    url: str  # the first page's URL (query parameters may be in it or in `params`)
+    params: dict[str, str | int | float] = {}  # query parameters sent with every request
+    records: str = "$[*]"  # JSONPath to the records in a response, e.g. $.data[*]
+    map: dict[str, str] = {}  # output field -> JSONPath inside one record, e.g. {text: $.body, label: $.tags[0]}; {}: the record as is
+    pagination: Literal["none", "page", "offset", "cursor", "link"] = "link"  # link: follow the `Link: rel=next` header (GitHub-style); stops when absent
+    page_param: str = "page"  # pagination: page -> ?page=1,2,...
+    start_page: int = 1  # the first page's number (some APIs count from 0)
+    offset_param: str = "offset"  # pagination: offset -> ?offset=0,limit,2*limit,...
+    limit_param: str = "limit"  # page size parameter for page/offset pagination
+    page_size: int | None = Field(None, ge=1)  # sent as limit_param when set; offset pagination needs it
+    cursor_param: str = "cursor"  # pagination: cursor -> ?cursor=<value from the last response>
+    cursor_path: str = "$.next_cursor"  # JSONPath to the next cursor in a response; null or absent ends
+    next_path: str | None = None  # pagination: link: JSONPath to the next page's URL in the body (DRF/PokeAPI `next`) instead of the Link header
+    max_pages: int = Field(1000, ge=1)  # a safety stop for endless APIs
+    auth_env: str | None = None  # environment variable holding the token; read at run time, never written to configs, logs or files
+    auth_header: str = "Authorization"  # where the token goes
+    auth_scheme: str = "Bearer"  # prefix before the token ("" for APIs that want the bare key)
+
+    @model_validator(mode="after")
+    def _offset_needs_size(self) -> RestSpec:
+        if self.pagination == "offset" and self.page_size is None:
+            raise ValueError("offset pagination needs `page_size` (how far each page moves the offset)")
+        if self.next_path is not None and self.pagination != "link":
+            raise ValueError("`next_path` (a next-page URL in the body) goes with `pagination: link`")
+        return self
+
+
+class SurveySpec(Spec):
+    """A form tool's CSV/Excel export (the file is the source's `path`)."""
+
+    format: Literal["auto", "google_forms", "qualtrics", "plain"] = "auto"  # auto: Qualtrics' 3 header rows are recognised, else one header row
+    respondent: str | None = None  # column with the respondent id; kept as the example's group so one person's answers never straddle splits
+    likert: dict[str, dict[str, float] | Literal["agree5", "agree7", "satisfied5", "frequency5"]] = {}  # column -> answer->number map or a named scale
+    multi_select: list[str] = []  # columns whose answers list several choices; split into a list
+    separator: str | None = None  # between choices of a multi-select answer; None: the format's own (Google Forms ", ", Qualtrics ",", plain ";")
+    explode: list[str] = []  # free-text columns that each become one example (text) per respondent; []: one record per response
+
+
+class HubSpec(Spec):
+    """A Hugging Face Hub dataset by name: downloaded when online, else read from the local cache."""
+
+    dataset: str  # e.g. "stanfordnlp/imdb"
+    config: str | None = None  # the dataset's configuration (subset), if it has several
+    split: str = "train"  # which of its splits to read (tunesmith splits the rows itself)
+    revision: str | None = None  # a tag or commit, for a dataset that must not change under you
+
+
+class SyntheticSpec(Spec):
+    """Generated examples: templates with slots, or a local/remote instruct model writing or paraphrasing."""
+
+    method: Literal["templates", "generate", "paraphrase"] = "templates"
+    templates: dict[str, list[str]] = {}  # templates: label -> texts with {slot}s
+    slots: dict[str, list[str]] = {}  # templates: slot -> values it is filled with
+    prompts: dict[str, str] = {}  # generate: label -> instruction; "*" is used for labels without their own ({label} is filled in)
+    per_label: int = Field(50, ge=1)  # examples per label: the balance stays under your control
+    model: str = "smollm2-135m"  # generate/paraphrase: a packaged or local instruct model, or the model name at `endpoint`
+    endpoint: str | None = None  # an OpenAI-compatible base URL (a teacher model) instead of the local model
+    api_key_env: str | None = None  # environment variable holding the endpoint's key (never written anywhere)
+    temperature: float = Field(0.9, ge=0, le=2)  # variety matters more than the single likeliest text
+    max_new_tokens: int = Field(80, ge=8)  # a review-sized text
+    min_chars: int = Field(20, ge=0)  # shorter generations are dropped (empty or cut off)
+    max_chars: int = Field(1000, ge=1)  # longer ones too (rambling)
+    seed: int = 0  # same settings + seed = same examples (local model and templates)
+    in_test: bool = False  # synthetic rows never reach the test split unless this is true: test on real data
+
+
+COLLECTED_KINDS = ("web", "rest", "survey", "hub", "synthetic")  # each has a sub-section of the same name
 SourceKind = Literal[
     "csv", "tsv", "json", "jsonl", "parquet", "excel", "text_folder", "openai_chat", "alpaca",
-    "sharegpt", "prompt_completion", "hf_disk", "packaged",
+    "sharegpt", "prompt_completion", "hf_disk", "packaged", "web", "rest", "survey", "hub", "synthetic",
 ]
 FIELD_KEYS = ("text", "label", "score", "messages", "prompt", "chosen", "rejected", "id", "group")
 _EXTENSIONS: dict[str, SourceKind] = {
@@ -90,7 +197,8 @@ _EXTENSIONS: dict[str, SourceKind] = {
 
 
 class SourceSpec(Spec):
-    """One input: a file, a folder, a saved Hugging Face dataset or a packaged dataset."""
+    """One input: a file, a folder, a saved or hub Hugging Face dataset, a packaged dataset, or a collected
+    source (web pages, a REST API, a survey export, synthetic data: the sub-section of that name)."""
 
     kind: SourceKind | None = None  # None: inferred from the extension (folders: hf_disk or text_folder)
     path: Path | None = None  # relative paths resolve against the config file's folder
@@ -102,6 +210,13 @@ class SourceSpec(Spec):
     encoding: str | None = None  # text files; None: detected (UTF-8 first)
     sheet: str | None = None  # Excel sheet; None: the first one
     max_rows: int | None = Field(None, ge=1)  # read only the first N rows: a quick study or trial run on a slice; None: all
+    defaults: dict[str, Any] = {}  # field -> value for records that lack it, e.g. {label: sports} for pages of one topic
+    web: WebSpec | None = None
+    rest: RestSpec | None = None
+    survey: SurveySpec | None = None
+    hub: HubSpec | None = None
+    synthetic: SyntheticSpec | None = None
+    http: HttpSpec = HttpSpec()  # web and rest: rate limit, retries, robots.txt, cache
 
     @field_validator("fields")
     @classmethod
@@ -110,6 +225,21 @@ class SourceSpec(Spec):
 
     @model_validator(mode="after")
     def _infer_kind(self) -> SourceSpec:
+        _only(self.defaults, FIELD_KEYS, "unknown field(s) {} in defaults; allowed: {}")
+        given = [k for k in COLLECTED_KINDS if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"one source has one kind; found sections {given}: make them separate sources")
+        if given:
+            if self.kind not in (None, given[0]):
+                raise ValueError(f"kind '{self.kind}' does not match the `{given[0]}:` section")
+            object.__setattr__(self, "kind", given[0])
+            if given[0] == "survey" and self.path is None:
+                raise ValueError("a survey source needs `path` (the CSV or Excel export)")
+            if given[0] != "survey" and self.path is not None:
+                raise ValueError(f"a {given[0]} source collects its rows itself; `path` is not read (remove it)")
+            return self
+        if self.kind in COLLECTED_KINDS:
+            raise ValueError(f"kind '{self.kind}' needs its `{self.kind}:` section")
         if self.name is not None and self.kind in (None, "packaged"):
             object.__setattr__(self, "kind", "packaged")
             return self
@@ -133,7 +263,17 @@ class SourceSpec(Spec):
         return self
 
     def describe(self) -> str:
-        return f"packaged:{self.name}" + (f"/{self.subset}" if self.subset else "") if self.kind == "packaged" else str(self.path)
+        if self.kind == "packaged":
+            return f"packaged:{self.name}" + (f"/{self.subset}" if self.subset else "")
+        if self.web is not None:
+            return f"web:{self.web.sitemap or self.web.urls[0]}" + (f" (+{len(self.web.urls) - 1})" if len(self.web.urls) > 1 else "")
+        if self.rest is not None:
+            return f"rest:{self.rest.url}"
+        if self.hub is not None:
+            return f"hub:{self.hub.dataset}" + (f"/{self.hub.config}" if self.hub.config else "") + f"[{self.hub.split}]"
+        if self.synthetic is not None:
+            return f"synthetic:{self.synthetic.method}"
+        return str(self.path)
 
 
 MissingPolicy = Literal["drop", "fail", "fill"]
@@ -221,6 +361,7 @@ class AnnotateSpec(Spec):
 class DataSpec(Spec):
     sources: list[SourceSpec] = Field(min_length=1)
     output_dir: Path | None = None  # None: datasets/<project name>, relative to the working directory
+    collect_dir: Path | None = None  # collected rows, HTTP cache, failure lists; None: collected/<project name>
     strict: bool = False  # True: any rejected row fails the run instead of going to quarantine
     missing: MissingSpec = MissingSpec()
     clean: CleanSpec = CleanSpec()
@@ -471,6 +612,7 @@ class TuneSpec(Spec):
     sampler: Literal["tpe", "random", "cmaes", "qmc", "nsga2"] | None = None  # None: TPE, NSGA-II with extra objectives
     pruner: Literal["median", "successive_halving", "hyperband", "none"] = "median"  # stops a trial whose validation curve trails the others
     startup_trials: int = Field(3, ge=0)  # trials that always finish before the pruner compares curves
+    grace_evaluations: int = Field(1, ge=0)  # validation results a trial reports before it may be pruned: a run in its warmup starts slow and catches up
     seed: int = 42  # same seed, same suggested configurations (on one worker)
     study: str | None = None  # study name in the storage; None: the project name
     storage: str | None = None  # database URL; None: the tunesmith store (SQLite in TUNESMITH_HOME)
@@ -597,6 +739,9 @@ class ProjectConfig(Spec):
 
         for src in self.data.sources:
             src.path = fix(src.path)
+            gen = src.synthetic
+            if gen is not None and ("/" in gen.model or gen.model.startswith(".")) and gen.endpoint is None:
+                gen.model = str(fix(Path(gen.model)))  # a local model folder
         self.data.annotate.corrections = fix(self.data.annotate.corrections)
         self.train.deepspeed = fix(self.train.deepspeed)
         self.train.init_from = fix(self.train.init_from)

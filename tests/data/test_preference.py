@@ -131,7 +131,8 @@ def test_openai_dpo_format_is_accepted_unchanged(tmp_path, make_config, tiny_cha
 
     for split in ("train", "validation", "test"):
         schema = pq.read_schema(version.path / f"{split}.parquet")
-        assert schema.names == ["id", "source", "line", "group", "messages", "chosen", "rejected", "n_tokens"]
+        assert schema.names == ["id", "source", "line", "group", "messages", "chosen", "rejected", "provenance", "synthetic",
+                                "n_tokens"]
         assert schema.field("messages").type == pa.list_(pa.struct([("role", pa.string()), ("content", pa.string()),
                                                                      ("weight", pa.int8())]))
         assert schema.field("chosen").type == schema.field("rejected").type == pa.string()
@@ -375,4 +376,4 @@ def test_report_and_data_show(tmp_path, make_config, tiny_chat_tokenizer, capsys
     assert all(col in shown for col in ("messages", "chosen", "rejected", "n_tokens"))
     assert cli(["data", "show", str(version.path), "--n", "1", "--json"]) == 0
     row = json.loads(capsys.readouterr().out)
-    assert set(row) == {"id", "source", "line", "group", "messages", "chosen", "rejected", "n_tokens"}
+    assert set(row) == {"id", "source", "line", "group", "messages", "chosen", "rejected", "provenance", "synthetic", "n_tokens"}

@@ -25,6 +25,8 @@ def classifier(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Pat
     return train(project(tmp, tiny_bert, train_spec={"max_steps": 6}))
 
 
+# Once, on the store several servers share: the commit-before-201 path is the same code on SQLite.
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
 def test_acknowledged_feedback_survives_a_killed_server(classifier: Path, store_url: str, tmp_path: Path) -> None:
     proc, url = start_server([str(classifier), "--db", store_url], tmp_path / "server.log",
                              env={"TUNESMITH_HOME": str(tmp_path / "home")})

@@ -31,6 +31,8 @@ def trials_of(url: str, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=normalize_url(url)).get_trials()
 
 
+# SQLite, the default storage: Optuna on PostgreSQL is covered by the two-worker test (test_study_parallel).
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_study_runs_resumes_and_writes_the_best_config(tmp_path: Path, tiny_bert: Path, store_url: str) -> None:
     lines: list[str] = []
     cfg = tune_project(tmp_path, tiny_bert, {"space": SPACE, "trials": 2, "storage": store_url, "pruner": "none"})

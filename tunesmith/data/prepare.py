@@ -8,6 +8,7 @@ memory-mapped table. Every input row ends in exactly one place: a split or the q
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import shutil
 import time
@@ -26,9 +27,10 @@ from tunesmith import __version__
 from tunesmith.artifacts import MANIFEST, QUARANTINE, DatasetManifest, DatasetVersion, Fingerprint, write_split
 from tunesmith.config import CHAT_MAX_LENGTH_CAP, GENERATIVE_TASKS, SPLITS, ProjectConfig, SourceSpec, TaskType
 from tunesmith.data import dedup, report, split
+from tunesmith.data.raw import Raw
 from tunesmith.data.records import TARGET_TYPES, Canonicalizer, Corrections, Rejection, canonical_schema
-from tunesmith.data.sources import TEXT_KINDS, guess_encoding, read_source
-from tunesmith.errors import DataError
+from tunesmith.data.sources import TEXT_KINDS, guess_encoding, read_jsonl, read_source
+from tunesmith.errors import ConfigError, DataError
 
 BATCH = 10_000  # rows per Arrow record batch while streaming
 SPLIT_RANK = {None: 0, "train": 0, "validation": 1, "test": 2}
@@ -95,6 +97,23 @@ def _token_counter(tokenizer: Any) -> Callable[[list[str]], list[int]]:
     return lambda batch: [len(e.ids) for e in backend.encode_batch(batch)]
 
 
+def read_records(cfg: ProjectConfig, index: int, spec: SourceSpec, needed: dict[str, Any],
+                 say: Callable[[str], None] = lambda _: None) -> Iterator[Raw]:
+    """The raw records of data.sources[index]: a collected source (web, rest, hub, synthetic) from its
+    JSONL, collected first when it is not there yet; a survey export through the survey reader; a file
+    or packaged dataset through its reader."""
+    if spec.kind in ("web", "rest", "hub", "synthetic"):
+        from tunesmith.collect.run import ensure_collected
+
+        yield from read_jsonl(ensure_collected(cfg, index, spec, say), "utf-8")
+    elif spec.kind == "survey":
+        from tunesmith.collect import survey
+
+        yield from survey.read(spec, needed)
+    else:
+        yield from read_source(spec, needed)
+
+
 def _preview(record: Any) -> Any:
     if isinstance(record, dict):
         return {k: (v[:200] + "…" if isinstance(v, str) and len(v) > 200 else v) for k, v in list(record.items())[:8]}
@@ -151,13 +170,18 @@ class _Preparation:
         read = Step("read and validate", 0)
         with pa.OSFile(str(rows_path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
             buffer: list[dict[str, Any]] = []
-            for spec in cfg.data.sources:
+            for index, spec in enumerate(cfg.data.sources):
+                if spec.synthetic is not None and spec.split == "test" and not spec.synthetic.in_test:
+                    raise ConfigError(f"data.sources.{index}: `split: test` would test on synthetic rows; set "
+                                      "synthetic.in_test: true if that is intended (the test split is real data otherwise)")
                 exprs = canon.fields_for(spec)
                 canon.start_source()
                 stats = {"source": spec.describe(), "kind": spec.kind, "split": spec.split, "rows": 0, "rejected": 0}
                 spec = self._resolve_encoding(spec, stats)
                 parsed = 0
-                for raw in itertools.islice(read_source(spec, canon.header_fields(exprs)), spec.max_rows):
+                records = read_records(cfg, index, spec, canon.header_fields(exprs, spec),
+                                       say=lambda message: self.progress(message, 0, None))
+                for raw in itertools.islice(records, spec.max_rows):
                     stats["rows"] += 1
                     parsed += raw.record is not None
                     result = canon.row(raw, exprs, spec)
@@ -225,7 +249,7 @@ class _Preparation:
         self.alive[idx] = False
         row = self.table.slice(idx, 1).to_pylist()[0]
         r = Rejection(stage, row["source"], row["line"], reason, id=row["id"], kind="removed",
-                      record={k: v for k, v in row.items() if k not in ("key", "split_hint")})
+                      record={k: v for k, v in row.items() if k not in ("key", "split_hint", "no_test")})
         self.removed[idx] = r
         step.reasons[category(reason) if stage not in ("exact_duplicate", "near_duplicate") else stage.replace("_", " ")] += 1
 
@@ -328,6 +352,13 @@ class _Preparation:
         values = self.table.column(name).to_pylist()
         return ["|".join(v) for v in values] if self.task == TaskType.multi_label else values
 
+    def _keep_rank(self) -> np.ndarray:
+        """Which copy of a duplicate stays (lowest first): pre-assigned later splits last, and a real row
+        before a synthetic one, wherever the sources are listed."""
+        hints = self.table.column("split_hint").to_pylist()
+        synthetic = self.table.column("synthetic").to_numpy(zero_copy_only=False)
+        return np.array([SPLIT_RANK[h] * 2 for h in hints], dtype=np.int64) + synthetic.astype(np.int64)
+
     def _exact_duplicates(self) -> None:
         step = self._step("exact duplicates")
         self.score_override: dict[int, float] = {}
@@ -337,7 +368,7 @@ class _Preparation:
             return
         idx = np.flatnonzero(self.alive)
         keys = self.table.column("key").to_numpy()[idx]
-        rank = np.array([SPLIT_RANK[h] for h in self.table.column("split_hint").to_pylist()])[idx]
+        rank = self._keep_rank()[idx]
         order = idx[np.lexsort((idx, rank, keys))]
         sorted_keys = self.table.column("key").to_numpy()[order]
         starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
@@ -384,8 +415,8 @@ class _Preparation:
             step.rows_out = step.rows_in
             return
         i, j, _ = dedup.similar_pairs(self.sigs, spec.near_threshold)
-        hints = self.table.column("split_hint").to_pylist()
-        rank = np.array([SPLIT_RANK[hints[r]] * (n + 1) + k for k, r in enumerate(self.sig_index)])
+        keep_rank = self._keep_rank()
+        rank = np.array([keep_rank[r] * (n + 1) + k for k, r in enumerate(self.sig_index)])
         rep = dedup.cluster_representatives(n, i, j, rank)
         dup = np.flatnonzero(rep != np.arange(n))
         sims = dedup.pair_similarity(self.sigs, dup, rep[dup])
@@ -415,8 +446,9 @@ class _Preparation:
         strata = self._strata()
         groups = self.table.column("group").to_pylist()
         hints = self.table.column("split_hint").to_pylist()
+        no_test = self.table.column("no_test").to_pylist()
         assigned = split.assign([strata[i] for i in idx], [groups[i] for i in idx], [hints[i] for i in idx],
-                                self.cfg.data.split)
+                                self.cfg.data.split, [no_test[i] for i in idx])
         self.split_of = np.full(self.table.num_rows, "", dtype=object)
         self.split_of[idx] = assigned
 
@@ -450,6 +482,7 @@ class _Preparation:
                         found.append((later, earlier, f"near (similarity {sim:.2f})"))
         else:
             self.leakage_checked.append("near (removed before splitting)")
+        found += self._paraphrases_of_other_splits(idx, {a for a, _, _ in found})
         self.leaks = [{"id": ids[a], "split": self.split_of[a], "duplicates": ids[b], "of_split": self.split_of[b],
                        "match": how} for a, b, how in found]
         if found and policy == "fail":
@@ -461,6 +494,22 @@ class _Preparation:
                 if self.alive[a]:
                     self._remove(a, "leakage", f"{how} duplicate of '{ids[b]}' in {self.split_of[b]}", step)
         step.rows_out = int(self.alive.sum())
+
+    def _paraphrases_of_other_splits(self, idx: np.ndarray, flagged: set[int]) -> list[tuple[int, int, str]]:
+        """A paraphrase says what its real row says in other words, which n-gram similarity misses: one
+        whose original landed in another split (validation, test) leaks it, so it leaves."""
+        synthetic = self.table.column("synthetic").to_numpy(zero_copy_only=False)
+        if not synthetic[idx].any():
+            return []
+        self.leakage_checked.append("paraphrases")
+        provenance = self.table.column("provenance").to_pylist()
+        row_of = {row_id: int(r) for r, row_id in zip(idx, self.table.column("id").take(pa.array(idx)).to_pylist(), strict=True)}
+        found = []
+        for r in idx[synthetic[idx]]:
+            original = row_of.get(json.loads(provenance[r]).get("paraphrase_of"))
+            if original is not None and self.split_of[original] != self.split_of[r] and int(r) not in flagged:
+                found.append((int(r), original, "paraphrase"))
+        return found
 
     # -- stage 3: write the dataset version ------------------------------------------------------
 
@@ -483,7 +532,7 @@ class _Preparation:
         split_tables: dict[str, pa.Table] = {}
         for name in SPLITS:
             rows = np.flatnonzero(self.alive & (self.split_of == name))
-            table = self.table.take(pa.array(rows, type=pa.int64())).drop_columns(["key", "split_hint"])
+            table = self.table.take(pa.array(rows, type=pa.int64())).drop_columns(["key", "split_hint", "no_test"])
             if self.task == TaskType.single_label:
                 table = table.append_column("label_id", pa.array([label_id[x] for x in table.column("label").to_pylist()], pa.int64()))
             elif self.task == TaskType.multi_label:

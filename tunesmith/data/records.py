@@ -1,7 +1,9 @@
 """From a raw input record to one canonical example, or a rejection that says where and why.
 
-Canonical columns: id, source, line, group, split_hint, and per task `text` + `label` / `labels` /
-`score`, `messages` for chat, or `messages` (the prompt) + `chosen` + `rejected` for preference.
+Canonical columns: id, source, line, group, per task `text` + `label` / `labels` / `score`,
+`messages` for chat, or `messages` (the prompt) + `chosen` + `rejected` for preference, then
+`provenance` (a collected record's origin as JSON, null for plain files) and `synthetic`; and the
+working columns split_hint, no_test and key, which never reach the written splits.
 Everything here is row-local, so it runs while the file streams.
 """
 
@@ -32,6 +34,9 @@ from tunesmith.data.raw import Raw
 from tunesmith.data.sources import read_source
 from tunesmith.errors import DataError
 
+PROVENANCE_KEY = "_provenance"  # collect/sink.py writes it; a record's origin, never one of its fields
+GROUP_KEY = "_group"  # a collector's grouping (a survey's respondent): the group when the config names none
+RESERVED_KEYS = (PROVENANCE_KEY, GROUP_KEY)
 _NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string()), ("weight", pa.int8())])
@@ -57,8 +62,21 @@ def canonical_schema(task: TaskType) -> pa.Schema:
         fields.append((target, target_type))
     else:
         fields += [("text", pa.string()), (target, target_type)]
-    fields += [("split_hint", pa.string()), ("key", pa.uint64())]
+    fields += PROVENANCE_COLUMNS
+    fields += [("split_hint", pa.string()), ("no_test", pa.bool_()), ("key", pa.uint64())]
     return pa.schema(fields)
+
+
+PROVENANCE_COLUMNS: list[tuple[str, pa.DataType]] = [("provenance", pa.string()), ("synthetic", pa.bool_())]
+
+
+def with_provenance_columns(table: pa.Table) -> pa.Table:
+    """A split table of a dataset prepared before provenance was kept: the columns added (null, false)."""
+    for name, kind in PROVENANCE_COLUMNS:
+        if name not in table.column_names:
+            fill = pa.nulls(table.num_rows, kind) if name == "provenance" else pa.array([False] * table.num_rows, kind)
+            table = table.append_column(pa.field(name, kind), fill)
+    return table
 
 
 class _OrOpenAIColumns:
@@ -147,15 +165,18 @@ class Canonicalizer:
             names = ["messages"]
         else:
             names = ["text", "score" if t == TaskType.regression else "label"]
-        exprs = {n: FieldExpr(spec.fields.get(n, getattr(task, n))) for n in names}
+        # A synthetic source writes {"text", "label"} whatever the task's own files call them.
+        exprs = {n: FieldExpr(spec.fields.get(n, n if spec.kind == "synthetic" else getattr(task, n))) for n in names}
         for optional, default in (("id", task.id), ("group", self.cfg.data.split.group_by)):
             expr = spec.fields.get(optional, default)
             if expr:
                 exprs[optional] = FieldExpr(expr)
         return exprs
 
-    def header_fields(self, exprs: dict[str, FieldExpr]) -> dict[str, Any]:
-        """What a tabular reader checks its header against: preference data may be in OpenAI's form instead."""
+    def header_fields(self, exprs: dict[str, FieldExpr], spec: SourceSpec | None = None) -> dict[str, Any]:
+        """What a tabular reader checks its header against: preference data may be in OpenAI's form instead,
+        and a field the source has a default for need not be a column."""
+        exprs = {n: e for n, e in exprs.items() if spec is None or n not in spec.defaults}
         if self.task != TaskType.preference:
             return exprs
         return {n: _OrOpenAIColumns(e) if n in ("prompt", "chosen", "rejected") else e for n, e in exprs.items()}
@@ -179,23 +200,30 @@ class Canonicalizer:
         if raw.record is None:
             return Rejection("read", raw.source, raw.line, raw.error or "unreadable", record=raw.text)
         record = raw.record
+        reserved = {k: record[k] for k in RESERVED_KEYS if k in record}
+        if reserved:  # a collector's bookkeeping, never a field the config can map
+            record = {k: v for k, v in record.items() if k not in RESERVED_KEYS}
         reject = _rejecter(raw)
         if len(self.keys_seen) < 50:
             self.keys_seen.update(list(record)[:50])
 
-        example_id = self._id(record, exprs, raw, self.id_prefix(raw.source, spec))
+        example_id = self._id(record, exprs, raw, self.id_prefix(raw.source, spec), spec)
         if isinstance(example_id, Rejection):
             return example_id
         out: dict[str, Any] = {"id": example_id, "source": raw.source, "line": raw.line, "split_hint": spec.split}
-        group = exprs["group"](record) if "group" in exprs else None
+        if "group" in exprs:
+            group = self._value("group", exprs["group"], record, spec)
+        else:  # no grouping configured: a collector's own (a survey's respondent), else the source's default
+            group = reserved.get(GROUP_KEY, spec.defaults.get("group"))
         out["group"] = None if self._is_missing(group) else str(group)
+        out.update(self._provenance(reserved.get(PROVENANCE_KEY), spec))
         if self.task == TaskType.preference:
-            return self._preference(record, exprs, out, raw, reject)
+            return self._preference(record, exprs, out, raw, reject, spec)
 
         for name, expr in exprs.items():
             if name in ("id", "group"):
                 continue
-            value = expr(record)
+            value = self._value(name, expr, record, spec)
             if value is ABSENT:
                 self.absent[name] += 1
             if name in ("label", "score"):
@@ -228,6 +256,24 @@ class Canonicalizer:
         out["key"] = xxhash.xxh3_64_intdigest(key_text.encode("utf-8", "surrogatepass"))
         return out
 
+    def _value(self, name: str, expr: FieldExpr, record: dict[str, Any], spec: SourceSpec) -> Any:
+        """The field's value in the record, or the source's `defaults` value when the record lacks it."""
+        value = expr(record)
+        if name in spec.defaults and self._is_missing(value):
+            return spec.defaults[name]
+        return value
+
+    @staticmethod
+    def _provenance(prov: Any, spec: SourceSpec) -> dict[str, Any]:
+        """The provenance column (JSON) and the synthetic flag; synthetic rows stay out of the test split
+        unless their source allows it (synthetic.in_test, or a plain file sent to test as a whole)."""
+        if prov is None:
+            return {"provenance": None, "synthetic": False, "no_test": False}
+        synthetic = isinstance(prov, dict) and prov.get("kind") == "synthetic"
+        allowed = spec.synthetic.in_test if spec.synthetic is not None else spec.split == "test"
+        return {"provenance": json.dumps(prov, ensure_ascii=False, sort_keys=True, default=str),
+                "synthetic": synthetic, "no_test": synthetic and not allowed}
+
     def _when_missing(self, name: str, source: str, field: str, raw: Raw, reject: Any, example_id: str) -> Any:
         """The fill value for a missing field, a Rejection (policy `drop`), or DataError (policy `fail`)."""
         policy = self.cfg.data.missing.policy(name)
@@ -240,7 +286,7 @@ class Canonicalizer:
         return self.cfg.data.missing.fill[name]
 
     def _preference(self, record: dict[str, Any], exprs: dict[str, FieldExpr], out: dict[str, Any], raw: Raw,
-                     reject: Any) -> dict[str, Any] | Rejection:
+                     reject: Any, spec: SourceSpec) -> dict[str, Any] | Rejection:
         """A prompt and two answers, from OpenAI's DPO form or from configured prompt/chosen/rejected fields.
 
         Errors name the field as the input spells it: `input.messages.2.role`, `preferred_output`,
@@ -263,7 +309,7 @@ class Canonicalizer:
                 found[name] = (record.get(key, ABSENT), key, key)
         else:
             for name in ("prompt", "chosen", "rejected"):
-                value = exprs[name](record)
+                value = self._value(name, exprs[name], record, spec)
                 if value is ABSENT:
                     self.absent[name] += 1
                 found[name] = (value, name, exprs[name].expr)
@@ -302,9 +348,10 @@ class Canonicalizer:
         out["key"] = xxhash.xxh3_64_intdigest(key_text.encode("utf-8", "surrogatepass"))
         return out
 
-    def _id(self, record: dict[str, Any], exprs: dict[str, FieldExpr], raw: Raw, prefix: str) -> str | Rejection:
+    def _id(self, record: dict[str, Any], exprs: dict[str, FieldExpr], raw: Raw, prefix: str,
+            spec: SourceSpec) -> str | Rejection:
         if "id" in exprs:
-            value = exprs["id"](record)
+            value = self._value("id", exprs["id"], record, spec)
             if self._is_missing(value):
                 return Rejection("validate", raw.source, raw.line, "missing id", "id", record=record)
             example_id = str(value)

@@ -59,6 +59,7 @@ def build(manifest: DatasetManifest, summary: PreparationSummary, tables: dict[s
         "split_fractions": {s: round(t.num_rows / total, 4) if total else 0.0 for s, t in tables.items()},
         "sources": summary.sources, "steps": summary.steps,
         "missing_values": summary.missing_values, "labels": manifest.labels,
+        "provenance": {s: _provenance_stats(t) for s, t in tables.items()},
         "lengths": {s: _length_stats(t.column("n_tokens").to_numpy(), manifest.max_length) for s, t in tables.items()},
         "duplicates": {
             "exact_removed": summary.removed_by_stage.get("exact_duplicate", 0),
@@ -88,6 +89,15 @@ def build(manifest: DatasetManifest, summary: PreparationSummary, tables: dict[s
     else:
         report["chat"] = {s: _chat_stats(t) for s, t in tables.items()}
     return report
+
+
+def _provenance_stats(table: pa.Table) -> dict[str, Any]:
+    """Rows per source kind (web, rest, survey, hub, synthetic; `file` for plain files) and how many are synthetic."""
+    names = table.column_names
+    provenance = table.column("provenance").to_pylist() if "provenance" in names else [None] * table.num_rows
+    kinds = Counter((json.loads(p).get("kind") if p else None) or "file" for p in provenance)
+    synthetic = int(np.sum(table.column("synthetic").to_numpy(zero_copy_only=False))) if "synthetic" in names else 0
+    return {"rows": table.num_rows, "synthetic": synthetic, "kinds": dict(sorted(kinds.items()))}
 
 
 def _flat(values: list[Any]) -> list[str]:
@@ -217,6 +227,15 @@ def markdown(report: dict[str, Any]) -> str:
         ["step", "in", "out", "removed", "why"],
         [[s["step"], s["rows_in"], s["rows_out"], s["removed"], "; ".join(f"{k}: {v}" for k, v in s["reasons"].items()) or "-"]
          for s in report["steps"]]), ""]
+    provenance = report.get("provenance", {})
+    if any(set(v["kinds"]) != {"file"} or v["synthetic"] for v in provenance.values()):
+        kinds = sorted({k for v in provenance.values() for k in v["kinds"]})
+        md += ["## Where the rows come from", "", markdown_table(
+            ["split", "rows", "synthetic", *kinds],
+            [[s, v["rows"], f"{v['synthetic']} ({v['synthetic'] / (v['rows'] or 1):.1%})", *(v["kinds"].get(k, 0) for k in kinds)]
+             for s, v in provenance.items()]), "",
+            "Synthetic rows stay out of the test split unless their source sets `synthetic.in_test`; "
+            "each row's origin is in its `provenance` column.", ""]
     if report["missing_values"]:
         md += ["## Missing values", "", markdown_table(["field: policy", "rows"], [[k, v] for k, v in report["missing_values"].items()]), ""]
     if "class_balance" in report:

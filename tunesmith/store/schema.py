@@ -2,7 +2,7 @@
 they are; times are Unix seconds, as OpenAI's objects carry them; `owner` is a hash of the API key
 that created the row ("" on an open server), so each key sees only its own rows.
 
-Later tables (model registry, prediction log, feedback, A/B tests) follow the same conventions and
+Later tables (model registry, prediction log, feedback, A/B tests, annotation tasks) follow the same conventions and
 arrive as migrations (store/migrations/versions).
 """
 
@@ -219,3 +219,58 @@ class ABTest(Base):
     created: Mapped[float] = mapped_column(Float)
     stopped: Mapped[float | None] = mapped_column(Float)
     winner: Mapped[str | None] = mapped_column(String(128))
+
+
+class AnnotationTask(Base):
+    """A labelling task (`tunesmith annotate`): its label set and instructions; items and annotations join it."""
+
+    __tablename__ = "annotation_tasks"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    labels: Mapped[list[Any]] = mapped_column()  # the label set, in the order the page numbers them 1..9
+    instructions: Mapped[str] = mapped_column(Text, default="")
+    overlap: Mapped[int] = mapped_column(Integer, default=1)  # annotators wanted per item (2+: agreement can be measured)
+    created: Mapped[float] = mapped_column(Float)
+
+
+class AnnotationItem(Base):
+    """One text to label, with where it came from; loaded once per item id (or text hash when it has none)."""
+
+    __tablename__ = "annotation_items"
+    __table_args__ = (
+        UniqueConstraint("task", "item_id", name="uq_annotation_items_task_item"),
+        Index("ix_annotation_items_task_hash", "task", "text_hash"),
+    )
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(ForeignKey("annotation_tasks.name", ondelete="CASCADE"))
+    item_id: Mapped[str] = mapped_column(String(256))
+    text: Mapped[str] = mapped_column(Text)
+    text_hash: Mapped[str] = mapped_column(String(64))
+    meta: Mapped[dict[str, Any]] = mapped_column()  # the record's other fields, its _provenance, and file:line
+    created: Mapped[float] = mapped_column(Float)
+    suggestion: Mapped[dict[str, Any] | None] = mapped_column()  # a model's {label, confidence, model, proba}
+    uncertainty: Mapped[float | None] = mapped_column(Float)  # 1 - the model's top probability: humans see high ones first
+    # Who was last shown the item, and when: another annotator gets a different item while the lease is fresh.
+    shown_to: Mapped[str | None] = mapped_column(String(128))
+    shown_at: Mapped[float | None] = mapped_column(Float)
+
+
+class Annotation(Base):
+    """One annotator's answer on one item: a label, or a skip (label NULL). One per item and annotator;
+    undo deletes the annotator's latest."""
+
+    __tablename__ = "annotations"
+    __table_args__ = (
+        UniqueConstraint("item_seq", "annotator", name="uq_annotations_item_annotator"),
+        Index("ix_annotations_task_annotator_created", "task", "annotator", "created"),
+    )
+
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True)
+    task: Mapped[str] = mapped_column(ForeignKey("annotation_tasks.name", ondelete="CASCADE"))
+    item_seq: Mapped[int] = mapped_column(ForeignKey("annotation_items.seq", ondelete="CASCADE"))
+    annotator: Mapped[str] = mapped_column(String(128))  # "model:<name>" for accepted model suggestions
+    label: Mapped[str | None] = mapped_column(String(256))  # None: skipped
+    origin: Mapped[str] = mapped_column(String(64))  # web | terminal | model | label-studio | argilla | csv
+    confidence: Mapped[float | None] = mapped_column(Float)  # model annotations: the accepted probability
+    created: Mapped[float] = mapped_column(Float)

@@ -238,9 +238,9 @@ def _build_dataset(cfg: ProjectConfig, spec: RetrainSpec, parent: DatasetVersion
                    out: Path) -> BuiltDataset:
     from tunesmith.data import report
     from tunesmith.data.prepare import Quarantine
-    from tunesmith.data.records import TARGET_TYPES, Rejection
+    from tunesmith.data.records import TARGET_TYPES, Rejection, with_provenance_columns
 
-    old = {s: parent.table(s) for s in SPLITS}
+    old = {s: with_provenance_columns(parent.table(s)) for s in SPLITS}  # a dataset prepared before provenance was kept
     new = pa.concat_tables([corrections.table(s) for s in SPLITS])  # one pool: their own split means nothing here
     texts = new.column("text").to_pylist()
     ids = new.column("id").to_pylist()

@@ -313,12 +313,14 @@ def make_pruner(spec: TuneSpec, echo: Callable[[str], None]) -> optuna.pruners.B
         echo(f"pruning is off: Optuna cannot prune a multi-objective study (tune.objectives {list(spec.objectives)}), "
              "so every trial trains to its end")
         return optuna.pruners.NopPruner()
+    # Steps are evaluation numbers from 1; the first one a pruner may judge is grace + 1.
+    first = spec.grace_evaluations + 1
     if spec.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials)
+        return optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=first)
     if spec.pruner == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner()
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first)
     if spec.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1)
+        return optuna.pruners.HyperbandPruner(min_resource=first)
     return optuna.pruners.NopPruner()
 
 

@@ -1,0 +1,116 @@
+"""The labelling queue in the store (SQLite and PostgreSQL): tasks, idempotent loads, who gets which item
+next, skip, undo, overlap and leases, and answers that survive a new process (a new Store)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunesmith.collect.annotate import LEASE_S, NewItem, Queue, add_items, create_task, hashed_id
+from tunesmith.errors import ConfigError
+from tunesmith.store.db import Store
+
+TEXTS = ["the soup was great", "cold and stale bread", "friendly staff", "waited an hour", "fine, nothing special"]
+
+
+def items(texts: list[str] = TEXTS) -> list[NewItem]:
+    return [NewItem(f"r{i}", t, {"line": i}) for i, t in enumerate(texts)]
+
+
+@pytest.fixture()
+def store(store_url: str):
+    s = Store(store_url)
+    yield s
+    s.close()
+
+
+def test_tasks_keep_their_labels_and_loading_twice_adds_nothing(store: Store) -> None:
+    task = create_task(store, "food", ["pos", "neg"], instructions="Is the review positive?")
+    assert task.labels == ["pos", "neg"] and task.overlap == 1
+    assert add_items(store, "food", items()) == (5, 0)
+    assert add_items(store, "food", items() + [NewItem(hashed_id("new one"), "new one")]) == (1, 5)
+    assert create_task(store, "food").labels == ["pos", "neg"]  # reopened without --labels
+    with pytest.raises(ConfigError, match=r"has labels \['pos', 'neg'\]"):
+        create_task(store, "food", ["pos", "neg", "mixed"])
+    with pytest.raises(ConfigError, match="does not exist yet"):
+        create_task(store, "other")
+    with pytest.raises(ConfigError, match="two or more distinct"):
+        create_task(store, "x", ["pos", "pos"])
+    assert hashed_id("  same text ") == hashed_id("same text")  # surrounding blanks do not make a new item
+
+
+def test_label_skip_undo_in_order_and_saved_at_once(store: Store, store_url: str) -> None:
+    create_task(store, "food", ["pos", "neg"])
+    add_items(store, "food", items())
+    q = Queue(store, "food")
+    first = q.next("ann")
+    assert first == {"item_id": "r0", "text": TEXTS[0]}
+    q.label("ann", "r0", "pos")
+    assert q.next("ann")["item_id"] == "r1"
+    q.skip("ann", "r1")
+    q.label("ann", "r2", "pos")
+    assert q.progress("ann") == {"task": "food", "total": 5, "done": 2, "overlap": 1, "annotator": "ann",
+                                 "labelled": 2, "skipped": 1, "left": 2}
+    undone = q.undo("ann")
+    assert undone["item_id"] == "r2" and undone["undone"] == "pos"
+    assert q.undo("ann")["undone"] == "skip"  # the skip of r1 is answered again now
+    assert q.progress("ann")["labelled"] == 1 and q.progress("ann")["left"] == 4
+    q.label("ann", "r1", "neg")
+    again = Store(store_url)  # another process: the answers are in the store, not in memory
+    labels = {i.item_id: i.labels for i in Queue(again, "food").items()}
+    assert labels["r0"] == {"ann": "pos"} and labels["r1"] == {"ann": "neg"} and labels["r2"] == {}
+    again.close()
+    with pytest.raises(ConfigError, match="not one of"):
+        q.label("ann", "r3", "meh")
+    with pytest.raises(ConfigError, match="no item 'nope'"):
+        q.label("ann", "nope", "pos")
+    with pytest.raises(ConfigError, match="for model suggestions only"):
+        q.label("model:me", "r3", "pos")
+    assert Queue(store, "food").undo("nobody") is None
+
+
+def test_relabelling_replaces_the_answer_and_becomes_the_latest(store: Store) -> None:
+    create_task(store, "food", ["pos", "neg"])
+    add_items(store, "food", items())
+    q = Queue(store, "food")
+    q.label("ann", "r0", "pos")
+    q.label("ann", "r1", "pos")
+    q.label("ann", "r0", "neg")  # changed their mind on r0
+    assert q.items()[0].labels == {"ann": "neg"}
+    assert q.undo("ann")["item_id"] == "r0"
+    assert q.items()[1].labels == {"ann": "pos"}
+
+
+def test_several_annotators_overlap_and_leases(store: Store) -> None:
+    create_task(store, "food", ["pos", "neg"], overlap=2)
+    add_items(store, "food", items(TEXTS[:3]))
+    q = Queue(store, "food")
+    a, b = q.next("a"), q.next("b")
+    assert a["item_id"] == "r0" and b["item_id"] == "r1"  # r0 is leased to a: b gets another one
+    q.label("a", "r0", "pos")
+    assert q.next("a")["item_id"] == "r2"  # r1 is leased to b
+    q.label("b", "r1", "neg")
+    assert q.next("b")["item_id"] == "r0"  # r2 is leased to a; r0 still needs its second label
+    q.label("b", "r0", "pos")
+    assert q.progress()["done"] == 1  # r0 has both labels; items with `overlap` labels leave the queues
+    assert q.next("c")["item_id"] in ("r1", "r2")
+
+
+def test_a_lease_expires(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tunesmith.collect.annotate as annotate
+
+    create_task(store, "food", ["pos", "neg"])
+    add_items(store, "food", items(TEXTS[:2]))
+    q = Queue(store, "food")
+    assert q.next("a")["item_id"] == "r0"
+    clock = annotate.time.time()
+    monkeypatch.setattr(annotate.time, "time", lambda: clock + LEASE_S + 1)
+    assert q.next("b")["item_id"] == "r0"  # a left without answering: r0 is free again
+
+
+def test_an_empty_queue_says_so(store: Store) -> None:
+    create_task(store, "food", ["pos", "neg"])
+    add_items(store, "food", items(TEXTS[:1]))
+    q = Queue(store, "food")
+    q.label("a", "r0", "pos")
+    assert q.next("a") is None and q.next("b") is None  # overlap 1: done for everyone
+    assert q.progress("b")["left"] == 0

@@ -1,0 +1,115 @@
+"""Loading items from collected files, CSV and prepared datasets; exporting labelled rows that `data prepare`
+reads as a source; Label Studio tasks for what nobody has labelled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tunesmith.collect.annotate import Queue, create_task
+from tunesmith.collect.annotate_io import export_label_studio, export_labelled, load_data, read_items
+from tunesmith.errors import DataError
+from tunesmith.store.db import Store
+
+
+@pytest.fixture()
+def queue(tmp_path: Path) -> Queue:
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    create_task(store, "food", ["pos", "neg"], overlap=2)
+    return Queue(store, "food")
+
+
+def collected(tmp_path: Path) -> Path:
+    """Rows as a collector writes them: text, metadata and provenance, no ids."""
+    path = tmp_path / "pages.jsonl"
+    rows = [{"text": f"review number {i} {'great' if i % 2 else 'awful'}", "url": f"http://example.test/{i}",
+             "_provenance": {"kind": "web", "origin": f"http://example.test/{i}", "collected_at": "2026-01-01T00:00:00+00:00",
+                             "collector": "tunesmith-collect/test"}} for i in range(6)]
+    rows.insert(3, {"text": "   ", "url": "http://example.test/blank"})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_loading_keeps_fields_and_provenance_and_is_idempotent(queue: Queue, tmp_path: Path) -> None:
+    path = collected(tmp_path)
+    assert load_data(queue, path) == (6, 0, 1)  # the blank text is counted, not queued
+    assert load_data(queue, path) == (0, 6, 1)
+    first = queue.items()[0]
+    assert first.item_id.startswith("sha256:") and first.meta["url"] == "http://example.test/0"
+    assert first.meta["_provenance"]["kind"] == "web" and first.meta["_source"] == f"{path}:1"
+    csv = tmp_path / "rows.csv"
+    csv.write_text("id,body\n7,first body\n8,second body\n")
+    assert load_data(queue, csv, text_field="body") == (2, 0, 0)
+    assert {i.item_id for i in queue.items()} >= {"7", "8"}
+
+
+def test_bad_input_names_the_file_and_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": broken\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: not valid JSON"):
+        read_items(bad)
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"body": "no text field"}\n')
+    with pytest.raises(DataError, match=r"other\.jsonl:1: no 'text' field .* --text-field"):
+        read_items(other)
+    with pytest.raises(DataError, match="--split applies to a prepared dataset"):
+        read_items(other, split="train")
+
+
+def test_a_prepared_dataset_split_loads_with_its_ids(tmp_path: Path, make_config) -> None:
+    from tunesmith.data.prepare import prepare
+
+    data = tmp_path / "data.csv"
+    data.write_text("text,label\n" + "".join(f"sentence {i} {'good' if i % 2 else 'bad'},{'a' if i % 2 else 'b'}\n"
+                                             for i in range(40)))
+    version = prepare(make_config([{"path": str(data)}], dedup={"near": False}))
+    loaded = read_items(version.path, split="validation")
+    n = version.manifest.counts["validation"]
+    assert len(loaded.items) == n > 0
+    assert all(i.meta["split"] == "validation" and "label" in i.meta for i in loaded.items)
+    assert len({i.item_id for i in loaded.items}) == n  # the dataset's own row ids
+    assert len(read_items(version.path).items) == 40
+
+
+def test_export_is_a_data_source_with_majority_labels(queue: Queue, tmp_path: Path, make_config) -> None:
+    from tunesmith.data.prepare import prepare
+
+    load_data(queue, collected(tmp_path))
+    ids = [i.item_id for i in queue.items()]
+    answers = {ids[0]: ("pos", "pos"), ids[1]: ("pos", "neg"), ids[2]: ("neg", None), ids[3]: ("neg", "neg")}
+    for item_id, (a, b) in answers.items():
+        queue.label("ann", item_id, a)
+        if b:
+            queue.label("bob", item_id, b)
+    queue.skip("ann", ids[4])
+    out = export_labelled(queue, tmp_path / "exports" / "labelled.jsonl")
+    assert (out.rows, out.ties, out.unlabelled) == (3, 1, 2)  # ids[1] ties; ids[4] skipped and ids[5] untouched
+    rows = [json.loads(line) for line in out.path.read_text().splitlines()]
+    assert [(r["id"], r["label"], r["n_annotations"], r["agreement"]) for r in rows] == [
+        (ids[0], "pos", 2, True), (ids[2], "neg", 1, True), (ids[3], "neg", 2, True)]
+    assert rows[0]["url"] == "http://example.test/0" and rows[0]["_provenance"]["kind"] == "web"
+    assert rows[0]["_provenance"]["annotation"] == {"task": "food", "annotators": ["ann", "bob"], "label_source": "human"}
+    csv_out = export_labelled(queue, tmp_path / "labelled.csv")
+    header = csv_out.path.read_text().splitlines()[0]
+    assert csv_out.rows == 3 and header == "id,text,label,n_annotations,agreement,label_source,url,_provenance"
+    version = prepare(make_config([{"path": str(out.path)}], dedup={"near": False}))
+    assert sorted(version.manifest.labels or []) == ["neg", "pos"]
+    assert sum(version.manifest.counts[s] for s in ("train", "validation", "test")) == 3
+    kinds = {json.loads(p)["kind"] for s in ("train", "validation", "test")
+             for p in version.table(s).column("provenance").to_pylist()}
+    assert kinds == {"web"}  # the collector's provenance reaches the dataset
+    with pytest.raises(DataError, match="writes .jsonl or .csv"):
+        export_labelled(queue, tmp_path / "labelled.xlsx")
+
+
+def test_label_studio_tasks_hold_the_unlabelled_items(queue: Queue, tmp_path: Path) -> None:
+    load_data(queue, collected(tmp_path))
+    first = queue.items()[0].item_id
+    queue.label("ann", first, "pos")
+    n, config = export_label_studio(queue, tmp_path / "tasks.json")
+    tasks = json.loads((tmp_path / "tasks.json").read_text())
+    assert n == len(tasks) == 5 and all(set(t) == {"id", "data"} and isinstance(t["id"], int) for t in tasks)
+    assert first not in {t["data"]["item_id"] for t in tasks} and tasks[0]["data"]["text"].startswith("review number 1")
+    assert '<Choice value="pos"/>' in config.read_text() and 'toName="text"' in config.read_text()

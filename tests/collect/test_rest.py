@@ -1,0 +1,210 @@
+"""REST APIs: page, offset, cursor and Link pagination, JSONPath records and fields, the token that is
+sent but never written, malformed JSON, a looping cursor, and an interrupted collection resumed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.collect.conftest import FixtureServer, Hit, Reply
+from tunesmith.collect import rest
+from tunesmith.collect.sink import collected_file
+from tunesmith.errors import ConfigError
+
+API = Path(__file__).resolve().parents[2] / "examples" / "collect" / "api"
+REVIEWS = [{"id": i, "body": f"review number {i}", "stars": 1 + i % 5, "tags": ["food", f"t{i}"]} for i in range(1, 8)]
+
+
+def page_route(size: int = 3):
+    """/api?page=N: REVIEWS in pages of `size`, then empty pages."""
+    def reply(hit: Hit) -> Reply:
+        n = int(hit.query.get("page", 1))
+        return Reply(body={"data": REVIEWS[(n - 1) * size:n * size], "page": n})
+    return reply
+
+
+def rest_source(server: FixtureServer, path: str, **spec: object) -> dict:
+    return {"rest": {"url": server.url(path), **spec}}
+
+
+def test_page_pagination_and_jsonpath_mapping(server, collect_config, run_collector) -> None:
+    server.route("/api", page_route())
+    mapping = {"text": "$.body", "score": "$.stars", "tag": "$.tags[1]", "all_tags": "$.tags[*]", "nothing": "$.missing"}
+    cfg = collect_config(rest_source(server, "/api", pagination="page", records="$.data[*]", map=mapping, params={"lang": "en"}))
+    out = run_collector(rest, cfg)
+    assert [r["text"] for r in out.records] == [r["body"] for r in REVIEWS]
+    assert out.records[0] == {"text": "review number 1", "score": 2, "tag": "t1", "all_tags": ["food", "t1"], "nothing": None}
+    assert [h.query for h in server.hits("/api")] == [{"lang": "en", "page": str(n)} for n in (1, 2, 3, 4)]  # 4: empty, the end
+    assert [p["page"] for p in out.provenance] == [1, 1, 1, 2, 2, 2, 3]
+    assert out.provenance[3]["origin"] == server.url("/api?lang=en&page=2")
+    assert out.state is not None and out.state["done"] is True and out.failures == []
+
+
+def test_records_as_is_and_a_path_naming_the_list(server, collect_config, run_collector) -> None:
+    server.route("/api", Reply(body={"data": REVIEWS[:2]}))
+    out = run_collector(rest, collect_config(rest_source(server, "/api", pagination="none", records="$.data")))
+    assert out.records == REVIEWS[:2]
+
+
+def test_offset_pagination(server, collect_config, run_collector) -> None:
+    def reply(hit: Hit) -> Reply:
+        start, limit = int(hit.query["offset"]), int(hit.query["limit"])
+        return Reply(body=REVIEWS[start:start + limit])
+    server.route("/api", reply)
+    out = run_collector(rest, collect_config(rest_source(server, "/api", pagination="offset", page_size=3)))
+    assert [r["id"] for r in out.records] == list(range(1, 8))
+    assert [h.query["offset"] for h in server.hits("/api")] == ["0", "3", "6", "7"]
+
+
+def test_cursor_pagination(server, collect_config, run_collector) -> None:
+    chain = {None: ("c1", REVIEWS[:3]), "c1": ("c2", REVIEWS[3:6]), "c2": (None, REVIEWS[6:])}
+    server.route("/api", lambda hit: Reply(body={"items": chain[hit.query.get("after")][1],
+                                                  "meta": {"next": chain[hit.query.get("after")][0]}}))
+    source = rest_source(server, "/api", pagination="cursor", cursor_param="after", cursor_path="$.meta.next", records="$.items[*]")
+    out = run_collector(rest, collect_config(source))
+    assert [r["id"] for r in out.records] == list(range(1, 8))
+    assert [h.query.get("after") for h in server.hits("/api")] == [None, "c1", "c2"]
+
+
+def test_a_looping_cursor_is_detected(server, collect_config, run_collector) -> None:
+    nxt = {None: "a", "a": "b", "b": "a"}
+    server.route("/api", lambda hit: Reply(body={"data": [{"at": hit.query.get("cursor")}], "next_cursor": nxt[hit.query.get("cursor")]}))
+    out = run_collector(rest, collect_config(rest_source(server, "/api", pagination="cursor", records="$.data[*]")))
+    assert [r["at"] for r in out.records] == [None, "a", "b"] and server.count("/api") == 3
+    assert len(out.failures) == 1 and "cursor 'a' was already followed: the API loops" in out.failures[0]["reason"]
+    assert out.state["done"] is True and out.state["stopped"] == "cursor loop"
+
+
+def test_link_header_pagination(server, collect_config, run_collector) -> None:
+    def reply(hit: Hit) -> Reply:
+        n = int(hit.query.get("p", 1))
+        links = {"Link": f'<{server.url("/api")}?p={n + 1}&per_page=3>; rel="next", <{server.url("/api")}?p=1>; rel="first"'}
+        return Reply(body=REVIEWS[(n - 1) * 3:n * 3], headers=links if n < 3 else {})
+    server.route("/api", reply)
+    out = run_collector(rest, collect_config(rest_source(server, "/api", params={"per_page": 3})))  # link is the default
+    assert [r["id"] for r in out.records] == list(range(1, 8))
+    assert [h.query for h in server.hits("/api")] == [{"per_page": "3"}, {"p": "2", "per_page": "3"}, {"p": "3", "per_page": "3"}]
+
+
+def test_example_api_next_field(server, collect_config, run_collector) -> None:
+    server.serve_dir(API)
+    source = rest_source(server, "/reviews-1.json", next_path="$.next", records="$.reviews[*]",
+                         map={"text": "$.body", "label": "$.sentiment", "author": "$.author.name"})
+    out = run_collector(rest, collect_config(source))
+    assert len(out.records) == 12 and {r["label"] for r in out.records} == {"positive", "negative"}
+    assert out.records[0]["author"] == "Kenji"
+    assert [p["origin"].removeprefix(server.base) for p in out.provenance[::4]] == ["/reviews-1.json", "/reviews-2.json", "/reviews-3.json"]
+
+
+def test_invalid_jsonpath_names_the_field(server, collect_config, run_collector) -> None:
+    cfg = collect_config(rest_source(server, "/api", map={"text": "$.body", "label": "$.[broken"}))
+    with pytest.raises(ConfigError, match=r"rest\.map\.label"):
+        run_collector(rest, cfg)
+    assert server.count() == 0
+
+
+def test_token_is_sent_and_never_written(server, collect_config, run_collector, monkeypatch, tmp_path) -> None:
+    token = "tok-5ecret-8c1f2a"
+    monkeypatch.setenv("REVIEWS_API_TOKEN", token)
+
+    def reply(hit: Hit) -> Reply:
+        if hit.headers.get("Authorization") != f"Bearer {token}":
+            return Reply(401, body={"error": "unauthorised"})
+        return page_route()(hit)
+    server.route("/api", reply)
+    cfg = collect_config(rest_source(server, "/api", pagination="page", records="$.data[*]", auth_env="REVIEWS_API_TOKEN"))
+    out = run_collector(rest, cfg)
+    assert len(out.records) == 7
+    run_collector(rest, cfg)  # the re-run from the cache: what it stores must be clean too
+    files = [f for f in (tmp_path / "collected").rglob("*") if f.is_file()]
+    assert any(f.suffix == ".sqlite" for f in files) and any(f.name.endswith(".state.json") for f in files)
+    assert [f.name for f in files if token.encode() in f.read_bytes()] == []
+
+
+def test_missing_token_variable_is_named(server, collect_config, run_collector, monkeypatch) -> None:
+    monkeypatch.delenv("NO_SUCH_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="NO_SUCH_TOKEN"):
+        run_collector(rest, collect_config(rest_source(server, "/api", auth_env="NO_SUCH_TOKEN")))
+    assert server.count() == 0
+
+
+def test_malformed_json_stops_the_source_and_keeps_what_came(server, collect_config, run_collector) -> None:
+    def reply(hit: Hit) -> Reply:
+        if hit.query["page"] == "2":
+            return Reply(body=b'{"data": [{"id": 4}, ', headers={"Content-Type": "application/json"})
+        return page_route()(hit)
+    server.route("/api", reply)
+    cfg = collect_config(rest_source(server, "/api", pagination="page", records="$.data[*]"))
+    out = run_collector(rest, cfg)
+    assert [r["id"] for r in out.records] == [1, 2, 3] and server.count("/api") == 2
+    (failure,) = out.failures
+    assert failure["origin"] == server.url("/api?page=2") and failure["reason"].startswith("malformed JSON: ")
+    assert out.state["done"] is False and out.state["page"] == 2
+    server.route("/api", page_route())  # the API is fixed: the broken answer was not cached, page 2 is asked again
+    again = run_collector(rest, cfg)
+    assert [r["id"] for r in again.records] == list(range(1, 8)) and again.state["done"] is True
+
+
+def test_interrupted_collection_resumes_without_duplicates(server, collect_config, run_collector) -> None:
+    def broken(hit: Hit) -> Reply:
+        return Reply(500, body={"error": "down"}) if hit.query["page"] == "3" else page_route(2)(hit)
+    server.route("/api", broken)
+    cfg = collect_config(rest_source(server, "/api", pagination="page", records="$.data[*]"), retries=1, cache=False)
+    first = run_collector(rest, cfg)
+    assert [r["id"] for r in first.records] == [1, 2, 3, 4]
+    assert first.failures[0]["status"] == 500 and first.failures[0]["page"] == 3
+    assert first.state["done"] is False and first.state["page"] == 3 and first.state["pages_done"] == 2
+    asked = [h.query["page"] for h in server.hits("/api")]
+    assert asked == ["1", "2", "3", "3"]
+
+    server.route("/api", page_route(2))  # the server is fixed
+    second = run_collector(rest, cfg)
+    assert [r["id"] for r in second.records] == list(range(1, 8))  # pages 1-2 kept once, 3-4 added
+    assert [h.query["page"] for h in server.hits("/api")][len(asked):] == ["3", "4", "5"]
+    assert second.state["done"] is True and any("resumed after 2 pages" in n for n in second.notes)
+    assert [p["page"] for p in second.provenance] == [1, 1, 2, 2, 3, 3, 4]
+
+
+def test_a_finished_collection_has_nothing_left(server, collect_config, run_collector) -> None:
+    from tunesmith.collect.sink import Sink
+
+    server.route("/api", page_route())
+    cfg = collect_config(rest_source(server, "/api", pagination="page", records="$.data[*]"))
+    run_collector(rest, cfg)
+    asked = server.count()
+    spec = cfg.data.sources[0]
+    with Sink(collected_file(cfg, 0, spec), "rest", resume=True) as sink:
+        rest.collect(cfg, 0, spec, sink, print)
+    assert server.count() == asked and sink.rows == 7 and sink.notes == ["already complete"]
+
+
+def test_records_written_past_the_saved_position_are_fetched_again_not_doubled(server, collect_config, run_collector) -> None:
+    broken = {"on": True}
+    server.route("/api", lambda hit: Reply(500) if hit.query["page"] == "2" and broken["on"] else page_route()(hit))
+    cfg = collect_config(rest_source(server, "/api", pagination="page", records="$.data[*]"), retries=0)
+    first = run_collector(rest, cfg)
+    assert len(first.records) == 3 and first.state["done"] is False
+    path = collected_file(cfg, 0, cfg.data.sources[0])
+    path.write_text(path.read_text() + json.dumps({"id": 99}) + "\n")  # killed after writing part of page 2, before its position
+    broken["on"] = False
+    second = run_collector(rest, cfg)
+    assert {"id": 99} not in second.records and len(second.records) == 7
+    assert len({json.dumps(r, sort_keys=True) for r in second.records}) == 7
+
+
+def test_max_pages_stops_an_endless_api(server, collect_config, run_collector) -> None:
+    server.route("/api", lambda hit: Reply(body=[{"page": hit.query["page"]}]))
+    out = run_collector(rest, collect_config(rest_source(server, "/api", pagination="page", max_pages=3)))
+    assert len(out.records) == 3 and server.count("/api") == 3
+    assert out.state["done"] is True and "max_pages" in out.state["stopped"]
+
+
+def test_a_malformed_token_is_reported_without_quoting_it(server, collect_config, run_collector, monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("REVIEWS_API_TOKEN", "half-a-token\nhalf-another")  # pasted with a line break
+    server.route("/api", page_route())
+    out = run_collector(rest, collect_config(rest_source(server, "/api", pagination="page", auth_env="REVIEWS_API_TOKEN")))
+    assert out.records == [] and "holds characters HTTP does not allow" in out.failures[0]["reason"]
+    stored = b"".join(f.read_bytes() for f in (tmp_path / "collected").rglob("*") if f.is_file())
+    assert b"half-a-token" not in stored and b"half-another" not in stored

@@ -1,0 +1,131 @@
+"""Where a collector's output goes: the collected JSONL file, its failure list, and provenance.
+
+Every record a collector keeps is written with a `_provenance` object: the source kind, where the
+record came from (URL, endpoint, file:line, model), when, and which collector version; `data prepare`
+carries it into the dataset (and marks synthetic rows). Failures (a 404, a page robots.txt
+disallows, a malformed response) are listed per item in `<name>.failures.jsonl` instead of
+aborting the run. A fresh collection writes to a temporary file and replaces the old one only when
+it finishes, so an interrupted run never leaves a half file where a complete one was; a resumable
+collector (REST) always appends to the file itself and keeps its position in `<name>.state.json`, so
+even a killed run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tunesmith import __version__
+from tunesmith.config import ProjectConfig, SourceSpec
+
+COLLECTOR = f"tunesmith-collect/{__version__}"
+PROVENANCE_KEY = "_provenance"  # reserved key in collected records; `data prepare` reads it, never as a field
+
+
+def collect_dir(cfg: ProjectConfig) -> Path:
+    return cfg.data.collect_dir or Path("collected") / cfg.name
+
+
+def collected_file(cfg: ProjectConfig, index: int, spec: SourceSpec) -> Path:
+    """The JSONL file of the `index`-th source (0-based, as in data.sources)."""
+    return collect_dir(cfg) / f"source-{index + 1}-{spec.kind}.jsonl"
+
+
+def state_file(path: Path) -> Path:
+    """A resumable collection's saved position (REST): {"done": false, ...} until it finishes."""
+    return path.with_name(path.stem + ".state.json")
+
+
+def failures_file(path: Path) -> Path:
+    return path.with_name(path.stem + ".failures.jsonl")
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Sink:
+    """Writes one source's records and failures. Use as a context manager; `resume=True` appends."""
+
+    path: Path
+    kind: str
+    resume: bool = False
+    rows: int = 0
+    failures: int = 0
+    notes: list[str] = field(default_factory=list)  # one-line remarks for the summary (e.g. "resumed at page 7")
+
+    def __post_init__(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._partial = self.path if self.resume else self.path.with_name(self.path.name + ".partial")
+        if self.resume and self.path.exists():
+            self.rows = sum(1 for line in self.path.open("rb") if line.strip())
+        self._out = self._partial.open("a" if self.resume else "w", encoding="utf-8")
+        self.failures_path = failures_file(self.path)
+        self._fail = self.failures_path.open("a" if self.resume else "w", encoding="utf-8")
+
+    @property
+    def state_path(self) -> Path:
+        return state_file(self.path)
+
+    def add(self, record: dict[str, Any], origin: str, **extra: Any) -> None:
+        """Keep one record. `origin`: where it came from (URL, endpoint, file:line, model name)."""
+        prov = {"kind": self.kind, "origin": origin, "collected_at": now(), "collector": COLLECTOR, **extra}
+        self._out.write(json.dumps({**record, PROVENANCE_KEY: prov}, ensure_ascii=False, default=str) + "\n")
+        self.rows += 1
+
+    def fail(self, origin: str, reason: str, **extra: Any) -> None:
+        """List one item that could not be collected, with why (status code, robots.txt, parse error)."""
+        self._fail.write(json.dumps({"origin": origin, "reason": reason, "at": now(), **extra}, ensure_ascii=False) + "\n")
+        self._fail.flush()
+        self.failures += 1
+
+    def flush(self) -> None:
+        """Make what was added durable (a resumable collector calls this before saving its position)."""
+        self._out.flush()
+        os.fsync(self._out.fileno())
+
+    def truncate(self, rows: int) -> None:
+        """Keep only the first `rows` records: a resumable collector killed mid-page wrote some past its saved
+        position, and fetches them again from there."""
+        self._out.flush()
+        offset = kept = 0
+        with self._partial.open("rb") as f:
+            for line in f:
+                if kept == rows:
+                    break
+                offset += len(line)
+                kept += line.strip() != b""
+        os.truncate(self._partial, offset)
+        self.rows = kept
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        self._out.close()
+        self._fail.close()
+        if not self.resume:
+            if exc_type is None:
+                os.replace(self._partial, self.path)
+            else:
+                self._partial.unlink(missing_ok=True)
+
+
+@dataclass
+class Collected:
+    """What one source's collection produced, for the summary table and `data prepare`."""
+
+    index: int
+    kind: str
+    describe: str
+    path: Path
+    rows: int
+    failures: int
+    failures_path: Path | None
+    notes: list[str]
+    skipped: bool = False  # already collected and not refreshed
