@@ -7,7 +7,7 @@ import pytest
 from tunesmith.config import ProjectConfig, TaskType, load_config, parse_config
 from tunesmith.errors import ConfigError
 
-EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.yaml"))
+EXAMPLES = sorted(p for p in (Path(__file__).parent.parent / "examples").rglob("*.yaml") if not p.name.endswith(".generated.yaml"))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

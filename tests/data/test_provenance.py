@@ -56,7 +56,7 @@ def test_synthetic_rows_stay_out_of_test_and_real_rows_keep_the_proportions(tmp_
     assert report["provenance"]["test"] == {"rows": 20, "synthetic": 0, "kinds": {"file": 20}}
     assert report["provenance"]["train"]["kinds"] == {"file": 160, "synthetic": synthetic["train"]}
     md = (version.path / "report.md").read_text(encoding="utf-8")
-    assert "## Where the rows come from" in md and "| test | 20 | 0 (0.0%) | 20 | 0 |" in md
+    assert "## Where the rows come from" in md and "| split | rows | synthetic rows | from file | from synthetic |" in md and "| test | 20 | 0 (0.0%) | 20 | 0 |" in md
 
 
 def test_in_test_lets_synthetic_rows_into_the_test_split(tmp_path: Path, make_config) -> None:

@@ -231,7 +231,7 @@ def markdown(report: dict[str, Any]) -> str:
     if any(set(v["kinds"]) != {"file"} or v["synthetic"] for v in provenance.values()):
         kinds = sorted({k for v in provenance.values() for k in v["kinds"]})
         md += ["## Where the rows come from", "", markdown_table(
-            ["split", "rows", "synthetic", *kinds],
+            ["split", "rows", "synthetic rows", *(f"from {k}" for k in kinds)],
             [[s, v["rows"], f"{v['synthetic']} ({v['synthetic'] / (v['rows'] or 1):.1%})", *(v["kinds"].get(k, 0) for k in kinds)]
              for s, v in provenance.items()]), "",
             "Synthetic rows stay out of the test split unless their source sets `synthetic.in_test`; "

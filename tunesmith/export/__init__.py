@@ -7,9 +7,12 @@ Formats (each described, with how to load it without tunesmith, in the README's 
     onnx-int8  the same, weights dynamically quantised to int8: smaller and faster on CPUs
     joblib     one `<name>.joblib` file holding a predictor bundle (the pickle workflow; needs trust to load)
     docker     a build context: Dockerfile + tunesmith source + the model, serving on port 8000
+    gguf       a chat run as one GGUF file (f16) for llama.cpp and Ollama, with an Ollama Modelfile
+    gguf-q8_0  the same with 8-bit (Q8_0) matrices: about half the size
 
 merged, onnx and onnx-int8 write a *run folder* (run.json, config.json, model/) plus export.json, so
-`tunesmith evaluate` and `tunesmith serve` take an export exactly like the run it came from.
+`tunesmith evaluate` and `tunesmith serve` take an export exactly like the run it came from; gguf and
+gguf-q8_0 write model-<quant>.gguf, Modelfile and README.txt (for llama.cpp and Ollama, not tunesmith).
 Every export checks itself: it predicts the dataset's test split with the run and with the export
 and records how often they agree (and what that costs in accuracy) in export.json.
 """
@@ -26,7 +29,8 @@ from tunesmith.errors import ConfigError
 from tunesmith.export.bundle import load_joblib
 from tunesmith.export.folder import EXPORT_MANIFEST, ExportResult
 
-FORMATS = ("merged", "onnx", "onnx-int8", "joblib", "docker")
+FORMATS = ("merged", "onnx", "onnx-int8", "joblib", "docker", "gguf", "gguf-q8_0")
+GGUF_FORMATS = ("gguf", "gguf-q8_0")
 __all__ = ["FORMATS", "ExportResult", "export_run", "load_joblib"]
 
 
@@ -44,6 +48,9 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, 
     if fmt in ("onnx", "onnx-int8", "joblib") and task in GENERATIVE_TASKS:
         raise ConfigError(f"--format {fmt} is for classification and regression runs; {run_path} is a {task.value} run "
                           "(a causal LM): export it with --format merged (a transformers folder) or --format docker")
+    if fmt in GGUF_FORMATS and task not in GENERATIVE_TASKS:
+        raise ConfigError(f"--format {fmt} is for chat and preference runs (causal LMs: llama.cpp and Ollama generate "
+                          f"text); {run_path} is a {task.value} run: export it with --format onnx-int8, merged or docker")
     if fmt != "docker" and (run.model_dir / "model.onnx").is_file():
         raise ConfigError(f"{run_path} is already an ONNX export; export the run it came from "
                           f"({_source_of(run_path)}) instead")
@@ -65,6 +72,10 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, 
             from tunesmith.export.onnx import export_onnx_folder
 
             return export_onnx_folder(run, target, quantize=fmt == "onnx-int8", check=check)
+        if fmt in GGUF_FORMATS:
+            from tunesmith.export.gguf import export_gguf
+
+            return export_gguf(run, target, fmt, check)
         if fmt == "joblib":
             from tunesmith.export.bundle import export_joblib
 
@@ -80,7 +91,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, 
 def _refuse_prompt_tuning(run: Run) -> None:
     if run.manifest.adapter and run.manifest.method == "prompt_tuning":
         raise ConfigError(f"{run.path}: a prompt-tuning adapter cannot be merged into the weights (its virtual tokens "
-                          "are inputs, not weights), so it has no merged, ONNX, joblib or self-contained Docker form; "
+                          "are inputs, not weights), so it has no merged, ONNX, GGUF, joblib or self-contained Docker form; "
                           "serve the run folder itself (tunesmith serve) or train with method lora")
 
 
