@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 TS     := $(VENV)/bin/tunesmith
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-chat test test-slow bench bench-serve bench-feedback bench-tune clean
+.PHONY: install demo demo-chat test test-slow bench bench-serve bench-feedback bench-tune bench-train clean
 
 install: $(STAMP)
 
@@ -62,6 +62,12 @@ bench-feedback: install
 # by trial on a subset of the food reviews (about 25 minutes on 2 cores); writes bench/results/tune_bench.json.
 bench-tune: install
 	$(PY) bench/tune_bench.py
+
+# Training throughput: plain Trainer (tutorial padding, dynamic padding + length grouping, bf16 where native) vs
+# `tunesmith train` (full, LoRA), sides taking turns, against this host's matmul ceilings measured in the same run;
+# writes bench/results/train_bench.json. Add --chat for SmolLM2-135M SFT against TRL's SFTTrainer (packing).
+bench-train: install
+	$(PY) bench/train_bench.py
 
 clean:
 	rm -rf $(VENV) datasets runs .pytest_cache

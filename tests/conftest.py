@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,17 @@ from tests.tiny_models import build_tiny_bert, build_tiny_llama, build_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests must never reach a model hub
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+# The default store (commands run without --db) lives in a fresh folder per test process, never in the
+# user's own TUNESMITH_HOME, and two test workers never share one.
+os.environ["TUNESMITH_HOME"] = tempfile.mkdtemp(prefix="tunesmith-test-home-")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one thread each (the servers and trainers they start
+    # inherit it), or the workers' thread pools fight over the cores and both slow down.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,8 @@ SFT: conversations are rendered with the chat template and tokenized here (tasks
 loss only on assistant answers whose `weight` is not 0, their end-of-turn token included, and
 handed to TRL's SFTTrainer pre-tokenized. With `train.packing` the conversations of a batch are
 concatenated into one row without padding; position ids restart at each conversation, from which
-transformers builds a block-diagonal attention mask, so examples never see each other.
+transformers builds a block-diagonal attention mask, so examples never see each other. The loss
+runs the LM head only on the trained positions, a chunk at a time (lm_loss.py).
 
 DPO: TRL's DPOTrainer on prompt / chosen / rejected, from the base model or from an SFT run's
 folder (its adapter merged into the weights first, so the SFT model is also the DPO reference).
@@ -191,7 +192,7 @@ def _save_model(cfg: ProjectConfig, trainer: Any, tokenizer: Any, stops: list[in
 
 def _sft_trainer(cfg: ProjectConfig, version: DatasetVersion, model: Any, tokenizer: Any, run_dir: Path,
                  max_length: int, callbacks: Sequence[Any]) -> tuple[Any, dict[str, Any], Any]:
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
     from tunesmith.tasks import chat
 
@@ -212,9 +213,49 @@ def _sft_trainer(cfg: ProjectConfig, version: DatasetVersion, model: Any, tokeni
         packing=False, padding_free=cfg.train.packing is not False, completion_only_loss=False, assistant_only_loss=False,
         dataset_num_proc=None, shuffle_dataset=False,
     )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                         processing_class=tokenizer, callbacks=[*standard_callbacks(cfg), _openai_metrics_writer(run_dir), *callbacks])
+    trainer = _trained_token_sft_trainer()(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
+        callbacks=[*standard_callbacks(cfg), _openai_metrics_writer(run_dir), *callbacks])
     return trainer, plan, full_val
+
+
+def _trained_token_sft_trainer() -> type:
+    """SFTTrainer whose loss runs the LM head only on the trained positions (training/lm_loss.py): the same
+    loss, token accuracy and entropy as TRL's, for a fraction of the head's compute. Anything the chunked
+    loss does not model (a wrapped model under DDP/FSDP/DeepSpeed, prompt tuning, label smoothing, logits
+    asked for), and GPUs, where TRL's Triton kernels already skip untrained positions, go to TRL's compute_loss."""
+    import torch
+    from trl import SFTTrainer
+
+    from tunesmith.training import lm_loss
+
+    class TrainedTokenSFTTrainer(SFTTrainer):
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:
+            chunked = (not return_outputs and self.compute_loss_func is None and self.label_smoother is None
+                       and self.args.loss_type == "nll" and not self.aux_loss_enabled
+                       and self.accelerator.unwrap_model(model) is model and lm_loss.better_than_trl(self.args.device)
+                       and lm_loss.decoder_and_head(model) is not None)
+            if not chunked:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            out = lm_loss.trained_token_loss(model, inputs)
+            # As TRL: divided by the trained tokens of the whole accumulated batch, so accumulation changes nothing.
+            loss = out.loss_sum / torch.as_tensor(out.tokens if num_items_in_batch is None else num_items_in_batch).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+            mode = "train" if self.model.training else "eval"
+            gather = self.accelerator.gather_for_metrics
+            tokens = gather(out.tokens).sum()
+            for name, total in (("entropy", out.entropy_sum), ("mean_token_accuracy", out.correct)):
+                self._metrics[mode][name].append((gather(total.detach()).sum() / tokens).item() if tokens > 0 else 0.0)
+            if mode == "train":  # TRL's num_tokens: every token the model read, padding excluded
+                seen = inputs["attention_mask"].sum() if "attention_mask" in inputs else \
+                    torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
+                self._total_train_tokens += gather(seen).sum().item() // self._tp_size
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            return loss
+
+    return TrainedTokenSFTTrainer
 
 
 def _dpo_trainer(cfg: ProjectConfig, version: DatasetVersion, model: Any, tokenizer: Any, run_dir: Path,
