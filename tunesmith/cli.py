@@ -389,12 +389,12 @@ def tune_cmd(
 @app.command("export", epilog=EPILOG)
 def export_cmd(
     run: Annotated[Path, typer.Argument(metavar="RUN", help="Run folder written by `tunesmith train` (docker: or an export of one).")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="merged, onnx, onnx-int8, joblib, or docker.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="merged, onnx, onnx-int8, joblib, docker, gguf (f16), or gguf-q8_0.")],
     out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Folder to write (default: <RUN>-<format> beside the run).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing, non-empty --out folder.")] = False,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Predict the test split with the run and the export and compare.")] = True,
 ) -> None:
-    """Export a run for deployment: merged weights, ONNX (fp32 or int8), a joblib bundle, or a Docker build context."""
+    """Export a run for deployment: merged weights, ONNX (fp32 or int8), a joblib bundle, a Docker build context, or GGUF (llama.cpp, Ollama)."""
     from tunesmith.export import export_run
 
     result = export_run(run, fmt, out_dir, overwrite=overwrite, check=check)
@@ -418,7 +418,7 @@ def export_cmd(
     for warning in result.warnings:
         out.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     if result.commands:
-        out.print("build and run the image with:", highlight=False)
+        out.print("build and run the image with:" if result.format == "docker" else "use it with:", highlight=False)
         for command in result.commands:
             out.print(f"  {command}", markup=False, highlight=False)
 
@@ -444,6 +444,7 @@ def serve_cmd(
     max_queue: Annotated[int, typer.Option(help="Waiting requests per model before 503 + Retry-After.")] = _serve_default("max_queue"),
     timeout: Annotated[float, typer.Option(help="Seconds before a request is answered 504.")] = _serve_default("timeout_s"),
     max_tokens: Annotated[int, typer.Option(help="Cap on generated tokens per request.")] = _serve_default("max_tokens"),
+    chat_engine: Annotated[str, typer.Option("--chat-engine", help="Chat runs on: auto (CTranslate2 int8 where the model converts, else transformers), ctranslate2, or transformers.")] = _serve_default("chat_engine"),
     db: Annotated[str | None, typer.Option("--db", envvar="TUNESMITH_DB", help="Store URL for the fine-tuning API (sqlite:///file.db or postgresql://...); turns it on. Without RUNs it is on with the default SQLite store.")] = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Training workers started beside the server (processes running `tunesmith worker`).")] = 0,
     base_model: Annotated[list[str] | None, typer.Option("--base-model", help="A base model fine-tuning jobs may use (repeatable); default: smollm2-135m.")] = None,
@@ -463,7 +464,7 @@ def serve_cmd(
     try:
         spec = ServeSpec(host=host, port=port, api_keys=keys, admin_key=admin_key, cors_origins=list(cors_origin or []),
                          max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
-                         timeout_s=timeout, max_tokens=max_tokens, log_inputs=log_inputs,
+                         timeout_s=timeout, max_tokens=max_tokens, chat_engine=chat_engine, log_inputs=log_inputs,
                          log_retention_days=log_retention_days)
     except ValueError as err:
         from tunesmith.errors import ConfigError

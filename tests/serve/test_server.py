@@ -34,7 +34,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, tiny_llama: 
 @pytest.fixture(scope="module")
 def server(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc, url = start_server([*(str(runs[k]) for k in ("clf", "good", "weak", "other")), "--api-key", KEY,
-                              "--admin-key", ADMIN, "--max-queue", "4", "--max-tokens", "64"],
+                              "--admin-key", ADMIN, "--max-queue", "4", "--max-tokens", "64",
+                              "--chat-engine", "transformers"],  # exact answers of ChatModel, adapters sharing a base
                              tmp_path_factory.mktemp("log") / "server.log")
     yield url
     stop_server(proc)

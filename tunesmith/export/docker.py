@@ -94,7 +94,7 @@ def export_docker(run: Run, target: Path, check: bool) -> ExportResult:
         check_result, found = merged.check, merged.warnings
         what = f"the run with its {run.manifest.method} adapter merged in (a `merged` export)"
     else:
-        shutil.copytree(run.path, model_dir, ignore=shutil.ignore_patterns("checkpoints", "eval", "__pycache__"))
+        shutil.copytree(run.path, model_dir, ignore=shutil.ignore_patterns("checkpoints", "eval", "__pycache__", ".serve-cache"))
         what = f"a copy of {run.path} (without checkpoints/ and eval/)"
     Run(model_dir)  # what the image will serve opens as a run folder
     extra = _project_source(target / "tunesmith-src")

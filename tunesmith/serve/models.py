@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tunesmith.artifacts import RUN_MANIFEST, Run, is_run
-from tunesmith.config import GENERATIVE_TASKS, TaskType
+from tunesmith.config import GENERATIVE_TASKS, ServeSpec, TaskType
 from tunesmith.errors import ConfigError
 
 
@@ -117,11 +117,37 @@ class ChatModelEngine:
             yield from self.chat.stream_text(prompt, cancel=cancel, **params)
 
 
-class ModelLoader:
-    """Loads run folders as served models; chat adapters over the same base share one loaded base,
-    also for models loaded later (a fine-tuning job's model, on its first request)."""
+class BatchedChatEngine:
+    """A chat run on an engine that batches concurrent requests itself (CTranslate2): no lock, so concurrent
+    streams decode together, and no adapters to switch (a LoRA run is merged into its own copy)."""
 
-    def __init__(self) -> None:
+    def __init__(self, chat_model: Any) -> None:
+        self.chat = chat_model
+
+    @property
+    def context(self) -> int | None:
+        return self.chat.context
+
+    def count_tokens(self, text: str) -> int:
+        return self.chat.count_tokens(text)
+
+    def prompt_text(self, conversation: list[dict[str, str]]) -> str:
+        return self.chat.prompt_text(conversation)
+
+    def generate(self, prompts: Sequence[str], **params: Any) -> list[Any]:
+        return self.chat.generate_texts(prompts, **params)
+
+    def stream(self, prompt: str, cancel: threading.Event, **params: Any) -> Iterator[Any]:
+        yield from self.chat.stream_text(prompt, cancel=cancel, **params)
+
+
+class ModelLoader:
+    """Loads run folders as served models; chat runs go to `spec.chat_engine` (CTranslate2 where it can, by
+    default). On transformers, chat adapters over the same base share one loaded base, also for models loaded
+    later (a fine-tuning job's model, on its first request)."""
+
+    def __init__(self, spec: ServeSpec | None = None) -> None:
+        self.spec = spec or ServeSpec()
         self.shared: dict[str, Any] = {}  # base folder -> the PeftModel its adapters are loaded into
         self.locks: dict[str, threading.Lock] = {}  # batch key -> one generation at a time on that model
         self.count = 0
@@ -141,6 +167,10 @@ class ModelLoader:
         if TaskType(m.task) not in GENERATIVE_TASKS:
             return Served(ident, "sequence", m.task, str(run.path), m.base_model, created, digest,
                           PredictorEngine(run.path), aliases, ident, owner)
+        if self.spec.chat_engine != "transformers":
+            batched = self._batched(run)
+            if batched is not None:
+                return Served(ident, "chat", m.task, str(run.path), m.base_model, created, digest, batched, aliases, ident, owner)
         adapter = f"a{self.count}"
         loaded = load_run(run, shared=self.shared, adapter_name=adapter)
         shares = loaded.base_dir is not None and not is_run(loaded.base_dir)
@@ -148,6 +178,27 @@ class ModelLoader:
         chat_model = ChatModel(loaded.model, loaded.tokenizer, loaded.stop_token_ids, name=m.name)
         engine = ChatModelEngine(chat_model, adapter if shares else None, self.locks.setdefault(key, threading.Lock()))
         return Served(ident, "chat", m.task, str(run.path), m.base_model, created, digest, engine, aliases, key, owner)
+
+    def _batched(self, run: Run) -> BatchedChatEngine | None:
+        """The run on CTranslate2 (converted on first use), or None (auto only) with the reason printed."""
+        from tunesmith.inference import ct2_generation as ct2
+
+        reason = ct2.unavailable(run)
+        if reason is None:
+            try:
+                model = ct2.CT2ChatModel.from_run(run, max_batch=self.spec.max_batch_size, wait_ms=self.spec.batch_wait_ms)
+            except Exception as err:  # noqa: BLE001 - auto falls back to transformers, saying why
+                if self.spec.chat_engine == "ctranslate2":
+                    raise
+                reason = f"conversion failed: {type(err).__name__}: {err}"
+            else:
+                print(f"{run.manifest.name}: chat engine ctranslate2 ({model.compute_type}) from {model.folder}", flush=True)
+                return BatchedChatEngine(model)
+        if self.spec.chat_engine == "ctranslate2":
+            raise ConfigError(f"{run.path}: cannot serve with --chat-engine ctranslate2: {reason}; "
+                              "use --chat-engine transformers (or auto, which falls back by itself)")
+        print(f"{run.manifest.name}: chat engine transformers ({reason})", flush=True)
+        return None
 
 
 def load(paths: Sequence[str | Path], loader: ModelLoader | None = None) -> list[Served]:

@@ -31,7 +31,7 @@ def serve(paths: Sequence[str | Path], spec: ServeSpec, log: bool = True, jobs: 
     from tunesmith.serve.models import ModelLoader, load
     from tunesmith.serve.service import Service
 
-    loader = ModelLoader()
+    loader = ModelLoader(spec)
     models = load(paths, loader)
     jobs_service, registry, store = None, None, None
     if jobs is not None or registry_models or db:
@@ -48,17 +48,17 @@ def serve(paths: Sequence[str | Path], spec: ServeSpec, log: bool = True, jobs: 
         from tunesmith.registry.service import Registry
 
         registry = Registry(store)
-    log, feedback, ab = None, None, None
+    prediction_log, feedback, ab = None, None, None
     if store is not None:
         from tunesmith.monitor.ab import ABService
         from tunesmith.monitor.feedback import FeedbackService
         from tunesmith.monitor.log import PredictionLog
 
-        log = PredictionLog(store, log_inputs=spec.log_inputs)
-        feedback = FeedbackService(store, log)
+        prediction_log = PredictionLog(store, log_inputs=spec.log_inputs)
+        feedback = FeedbackService(store, prediction_log)
         ab = ABService(store)
     service = Service(models, spec, loader=loader, jobs=jobs_service, registry=registry, followed=registry_models,
-                      log=log, feedback=feedback, ab=ab)
+                      log=prediction_log, feedback=feedback, ab=ab)
     if feedback is not None:
         feedback.on_accept = service.count_feedback
     for name in registry_models:

@@ -49,7 +49,7 @@ class Service:
         self.by_id: dict[str, Served] = {}
         self.spec = spec
         self.metrics = metrics or Metrics()
-        self.loader = loader or ModelLoader()
+        self.loader = loader or ModelLoader(spec)
         self.jobs = jobs
         self.registry = registry
         self.followed = list(followed)  # registry model names served as their production version
