@@ -40,7 +40,7 @@ $(CHROMIUM):
 	apt-get install -y -qq chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 test: install $(CHROMIUM)
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q -n 2 --dist loadfile
 
 test-slow: install
 	$(PY) -m pytest -m slow -q

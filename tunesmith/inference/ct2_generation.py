@@ -39,7 +39,7 @@ from typing import Any
 from tunesmith.artifacts import RUN_MANIFEST, Run, is_run
 from tunesmith.config import cache_dir
 from tunesmith.errors import ConfigError
-from tunesmith.inference.generation import Completion, Conversation
+from tunesmith.inference.generation import Completion, Prompting
 from tunesmith.tasks import chat
 
 CACHE_DIR = ".serve-cache"  # beside run.json: deleting the run deletes its converted copies
@@ -200,7 +200,7 @@ class BatchStats:
     sizes: list[int] = field(default_factory=list)  # recent batch sizes (tests, benchmarks)
 
 
-class CT2ChatModel:
+class CT2ChatModel(Prompting):
     def __init__(self, model_dir: Path, tokenizer: Any, stop_token_ids: Sequence[int], context: int | None,
                  name: str = "model", compute_type: str | None = None, max_batch: int = 32, wait_ms: float = 5.0,
                  threads: int | None = None) -> None:
@@ -244,15 +244,6 @@ class CT2ChatModel:
         return cls(folder, tokenizer, stops, context, name=run.manifest.name, compute_type=compute_type, **options)
 
     # -- what serving asks --------------------------------------------------------------------------
-
-    def prompt_text(self, conversation: Conversation) -> str:
-        return chat.render(self.tokenizer, conversation, generation_prompt=True)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def generate(self, conversations: Sequence[Conversation], **kwargs: Any) -> list[Completion]:
-        return self.generate_texts([self.prompt_text(c) for c in conversations], **kwargs)
 
     def generate_texts(self, prompts: Sequence[str], *, max_new_tokens: int = 256, temperature: float = 0.0,
                        top_p: float = 1.0, seed: int | None = None, stop: Sequence[str] = (),

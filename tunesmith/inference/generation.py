@@ -44,7 +44,27 @@ class TokenScores:
         return math.exp(min(self.loss, 50.0))
 
 
-class ChatModel:
+class Prompting:
+    """What every chat engine answers from its tokenizer alone (the engines differ in `generate_texts`)."""
+
+    tokenizer: Any
+
+    def prompt_text(self, conversation: Conversation) -> str:
+        """The text the model continues to answer `conversation` (chat template + generation prompt)."""
+        return chat.render(self.tokenizer, conversation, generation_prompt=True)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def generate(self, conversations: Sequence[Conversation], **kwargs: Any) -> list[Completion]:
+        """Answer each conversation (the next assistant turn). Greedy at temperature 0."""
+        return self.generate_texts([self.prompt_text(c) for c in conversations], **kwargs)
+
+    def generate_texts(self, prompts: Sequence[str], **kwargs: Any) -> list[Completion]:
+        raise NotImplementedError
+
+
+class ChatModel(Prompting):
     def __init__(self, model: Any, tokenizer: Any, stop_token_ids: Sequence[int], name: str = "model") -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -95,16 +115,6 @@ class ChatModel:
         with self.model.disable_adapter() if self.has_adapter else nullcontext():
             yield
 
-    def prompt_text(self, conversation: Conversation) -> str:
-        """The text the model continues to answer `conversation` (chat template + generation prompt)."""
-        return chat.render(self.tokenizer, conversation, generation_prompt=True)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    def generate(self, conversations: Sequence[Conversation], **kwargs: Any) -> list[Completion]:
-        """Answer each conversation (the next assistant turn). Greedy at temperature 0."""
-        return self.generate_texts([self.prompt_text(c) for c in conversations], **kwargs)
 
     def _sampling(self, temperature: float, top_p: float) -> dict[str, Any]:
         if temperature > 0:

@@ -84,39 +84,6 @@ class PredictorEngine:
         return out
 
 
-class ChatModelEngine:
-    """A chat run; `adapter` names its adapter inside a PEFT model shared with other runs."""
-
-    def __init__(self, chat_model: Any, adapter: str | None, lock: threading.Lock) -> None:
-        self.chat = chat_model
-        self.adapter = adapter
-        self.lock = lock  # one generation at a time per loaded base: adapters are switched per call
-
-    @property
-    def context(self) -> int | None:
-        return self.chat.context
-
-    def count_tokens(self, text: str) -> int:
-        return self.chat.count_tokens(text)
-
-    def prompt_text(self, conversation: list[dict[str, str]]) -> str:
-        return self.chat.prompt_text(conversation)
-
-    def _activate(self) -> None:
-        if self.adapter is not None:
-            self.chat.model.set_adapter(self.adapter)
-
-    def generate(self, prompts: Sequence[str], **params: Any) -> list[Any]:
-        with self.lock:
-            self._activate()
-            return self.chat.generate_texts(prompts, **params)
-
-    def stream(self, prompt: str, cancel: threading.Event, **params: Any) -> Iterator[Any]:
-        with self.lock:
-            self._activate()
-            yield from self.chat.stream_text(prompt, cancel=cancel, **params)
-
-
 class BatchedChatEngine:
     """A chat run on an engine that batches concurrent requests itself (CTranslate2): no lock, so concurrent
     streams decode together, and no adapters to switch (a LoRA run is merged into its own copy)."""
@@ -139,6 +106,29 @@ class BatchedChatEngine:
 
     def stream(self, prompt: str, cancel: threading.Event, **params: Any) -> Iterator[Any]:
         yield from self.chat.stream_text(prompt, cancel=cancel, **params)
+
+
+class ChatModelEngine(BatchedChatEngine):
+    """A chat run on transformers; `adapter` names its adapter inside a PEFT model shared with other runs."""
+
+    def __init__(self, chat_model: Any, adapter: str | None, lock: threading.Lock) -> None:
+        super().__init__(chat_model)
+        self.adapter = adapter
+        self.lock = lock  # one generation at a time per loaded base: adapters are switched per call
+
+    def _activate(self) -> None:
+        if self.adapter is not None:
+            self.chat.model.set_adapter(self.adapter)
+
+    def generate(self, prompts: Sequence[str], **params: Any) -> list[Any]:
+        with self.lock:
+            self._activate()
+            return super().generate(prompts, **params)
+
+    def stream(self, prompt: str, cancel: threading.Event, **params: Any) -> Iterator[Any]:
+        with self.lock:
+            self._activate()
+            yield from super().stream(prompt, cancel, **params)
 
 
 class ModelLoader:
