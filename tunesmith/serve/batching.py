@@ -55,10 +55,16 @@ class DynamicBatcher:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self.last_batch_s = 0.1  # how long a batch took lately: the basis of Retry-After
+        self.in_flight = 0  # items taken from `pending` whose batch is running
 
     @property
     def depth(self) -> int:
         return len(self.pending)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waiting and nothing running: what it serves may be let go (a swapped-out model)."""
+        return not self.pending and not self.in_flight
 
     def _start(self) -> None:
         if self._task is None or self._task.done():
@@ -100,6 +106,7 @@ class DynamicBatcher:
             if not live:
                 continue
             started = loop.time()
+            self.in_flight += len(live)  # set before the first await: out of `pending`, yet not idle
             try:
                 results = await loop.run_in_executor(self.executor, self.run, first.key, [i.payload for i in live])
             except Exception as err:  # noqa: BLE001 - every waiting request learns about the failure
@@ -107,6 +114,8 @@ class DynamicBatcher:
                     if not item.future.done():
                         item.future.set_exception(err)
                 continue
+            finally:
+                self.in_flight -= len(live)
             self.last_batch_s = 0.8 * self.last_batch_s + 0.2 * (loop.time() - started)
             self.stats.batches += 1
             self.stats.items += len(live)

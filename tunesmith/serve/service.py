@@ -209,7 +209,7 @@ class Service:
     def _retire(self) -> None:
         """Forget swapped-out models whose batchers have nothing left to run."""
         live = {m.batch_key for m in [*self.models, *self.variant_models.values()]}  # A/B variants are unlisted, not retired
-        for key in [k for k in self.by_key if k not in live and self.batchers[k].depth == 0]:
+        for key in [k for k in self.by_key if k not in live and self.batchers[k].idle]:
             del self.by_key[key]
         for ident in [i for i, m in self.by_id.items() if m.batch_key not in self.by_key]:
             del self.by_id[ident]

@@ -1,0 +1,33 @@
+"""The dynamic batcher: a batch that has left the queue but is still running keeps the batcher busy, so
+the service does not let go of a swapped-out model under it (a promotion under load once answered 500)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from tunesmith.serve.batching import DynamicBatcher
+
+
+def test_a_running_batch_is_not_idle_until_it_returns() -> None:
+    release = threading.Event()
+    started = threading.Event()
+
+    def run(key: object, payloads: list[str]) -> list[str]:
+        started.set()
+        release.wait(10)
+        return [p.upper() for p in payloads]
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher(run, max_batch=4, wait_ms=0, max_queue=8, executor=ThreadPoolExecutor(1))
+        assert batcher.idle
+        answer = asyncio.ensure_future(batcher.submit("m", "tea"))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        assert batcher.depth == 0 and not batcher.idle  # out of the queue, still running
+        release.set()
+        assert await answer == "TEA"
+        assert batcher.idle
+
+    asyncio.run(scenario())
