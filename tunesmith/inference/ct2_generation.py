@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import hashlib
 import json
 import os
@@ -172,6 +173,8 @@ def _unload_all() -> None:
     for model in list(_LIVE):
         with contextlib.suppress(RuntimeError):  # already unloaded, or still decoding for a request nobody awaits
             model.model.unload_model()
+        model.model = None  # the Generator itself (its C++ thread pool) goes now, not in the teardown
+    gc.collect()
 
 
 @dataclass
