@@ -91,11 +91,10 @@ def collect_sources(cfg: ProjectConfig, only: list[int] | None = None, refresh: 
 
 def ensure_collected(cfg: ProjectConfig, index: int, spec: SourceSpec, say: Callable[[str], None] = _quiet) -> Path:
     """The collected JSONL of a source, collecting it first when it is missing or unfinished."""
-    path = collected_file(cfg, index, spec)
     done = collect_one(cfg, index, refresh=False, say=say)
     if done.rows == 0:
         from tunesmith.errors import DataError
 
         hint = f"; see {done.failures_path}" if done.failures_path else ""
         raise DataError(f"data.sources.{index} ({spec.describe()}): collected no rows{hint}")
-    return path
+    return done.path

@@ -102,9 +102,9 @@ def read_records(cfg: ProjectConfig, index: int, spec: SourceSpec, needed: dict[
     """The raw records of data.sources[index]: a collected source (web, rest, hub, synthetic) from its
     JSONL, collected first when it is not there yet; a survey export through the survey reader; a file
     or packaged dataset through its reader."""
-    if spec.kind in ("web", "rest", "hub", "synthetic"):
-        from tunesmith.collect.run import ensure_collected
+    from tunesmith.collect.run import collectable, ensure_collected
 
+    if collectable(spec):
         yield from read_jsonl(ensure_collected(cfg, index, spec, say), "utf-8")
     elif spec.kind == "survey":
         from tunesmith.collect import survey
