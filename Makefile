@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 TS     := $(VENV)/bin/tunesmith
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-chat test test-slow bench bench-serve bench-feedback bench-tune bench-train clean
+.PHONY: install demo demo-chat test test-slow bench bench-prepare-scale bench-serve bench-feedback bench-tune bench-train clean
 
 install: $(STAMP)
 
@@ -48,6 +48,10 @@ test-slow: install
 bench: install
 	$(PY) bench/prepare_bench.py
 
+# Data preparation at 200k and 2M rows, each in its own process: time and peak-memory ratios (targets 12x, 3x).
+bench-prepare-scale: install
+	$(PY) bench/prepare_bench.py --scale 200000,2000000
+
 # Serving throughput: pipeline vs `tunesmith serve` (PyTorch and onnx-int8); uses runs/food-reviews
 # from `make demo` when it exists, else trains a short run first.
 bench-serve: install
@@ -58,7 +62,7 @@ bench-serve: install
 bench-feedback: install
 	$(PY) bench/feedback_bench.py $(if $(wildcard runs/food-reviews/run.json),--run runs/food-reviews) --pg postgresql://postgres@127.0.0.1:5432/test
 
-# Hyperparameter search: a study with the median pruner against the same study without, taking turns trial
+# Hyperparameter search: a study with the default pruner against the same study without, taking turns trial
 # by trial on a subset of the food reviews (about 25 minutes on 2 cores); writes bench/results/tune_bench.json.
 bench-tune: install
 	$(PY) bench/tune_bench.py

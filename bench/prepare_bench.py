@@ -1,28 +1,47 @@
-"""Run: `make bench`  or  `.venv/bin/python bench/prepare_bench.py [--rows N] [--keep DIR]`
+"""Run: `make bench`  or  `.venv/bin/python bench/prepare_bench.py [--rows N] [--keep DIR] [--scale N1,N2,...]`
 
 Benchmarks `tunesmith data prepare` on N seeded synthetic review rows (default 200,000) in a CSV:
 85% unique base rows, 10% exact duplicates (a base row again, maybe re-cased or re-spaced) and 5%
 near duplicates (a base row of >= 16 words with one word replaced, inserted or deleted, or one
 punctuation mark changed, kept only if the true Jaccard similarity of byte 5-grams is >= 0.85),
-shuffled. Prints rows/s, peak RSS and how many planted duplicates were found. Targets (issue):
-under 60 s on 2 cores and >= 95% of near duplicates found; exits 1 when one is missed.
+shuffled. The CSV is generated first (not timed); `prepare` then runs in a process of its own, so its
+peak RSS (ru_maxrss) is its own: the whole resident set, mapped files included. Also shown: the RSS
+once its imports are loaded, and the peak of its anonymous memory (heap, sampled every 20 ms), which
+is what the process holds besides files the OS can page out.
+
+Default: one run of N rows; prints seconds, rows/s, memory and how many planted duplicates were
+found. Targets (issue 5): under 60 s on 2 cores and >= 95% of near duplicates found.
+
+--scale 200000,2000000: one run per size, then the ratios of the largest to the smallest. Targets
+(issue 14): time grows at most 1.2x as fast as the rows (2M rows in at most 12x the time of 200k),
+peak RSS at most 3x for 10x the rows (memory bounded: streamed, never all rows in memory at once),
+and >= 95% of near duplicates found at every size. Writes bench/results/prepare_scale.json.
+
+Every mode exits 1 when a target is missed.
 """
 
 import argparse
 import csv
+import json
+import math
+import os
 import random
 import re
 import resource
+import subprocess
 import sys
 import tempfile
+import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
-
-from tunesmith.config import parse_config
-from tunesmith.data.prepare import prepare
+from typing import Any
 
 SEED, MAX_SECONDS, MIN_RECALL, MIN_JACCARD = 1234, 60.0, 0.95, 0.85
+TIME_SLOPE = 1.2  # time may grow 1.2x as fast as the rows: 12x for 10x (issue 14)
+MEMORY_SLOPE = 0.3  # peak RSS may grow 0.3x as fast: 3x for 10x (all rows in memory at once grows it ~linearly)
 LABELS = ["positive", "negative", "neutral"]
+RESULTS = Path(__file__).parent / "results" / "prepare_scale.json"
 
 
 def vocabulary(rng: random.Random) -> list[str]:
@@ -86,62 +105,163 @@ def generate(n: int, seed: int = SEED) -> tuple[list[tuple[str, str]], list[int]
     return [r[:2] for r in rows], [r[2] for r in rows], {i: r[3] for i, r in enumerate(rows) if r[3]}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=200_000, help="rows to generate (default 200000)")
-    ap.add_argument("--keep", type=Path, help="write the CSV and dataset here and keep them")
-    args = ap.parse_args()
-    tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="tunesmith-bench-")
-    work = (args.keep or Path(tmp.name)).resolve()
-    work.mkdir(parents=True, exist_ok=True)
-
-    rows, family, near = generate(args.rows)
+def write_rows(n: int, work: Path) -> tuple[Path, list[int], dict[int, float]]:
+    """The CSV of n rows; the family of each CSV line (index = line) and {line: similarity} of near copies."""
+    rows, family, near = generate(n)
     csv_path = work / "rows.csv"
     with csv_path.open("w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows([("text", "label"), *rows])
-    line_family = {i + 2: fam for i, fam in enumerate(family)}  # line 1 is the header
-    near_lines = {i + 2: sim for i, sim in near.items()}
-    del rows, family
+    return csv_path, [-1, -1, *family], {i + 2: sim for i, sim in near.items()}  # line 1 is the header
+
+
+# -- the measured process ------------------------------------------------------------------------
+
+
+def _status_mib(*fields: str) -> dict[str, float]:
+    out = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in fields:
+            out[name] = int(value.split()[0]) / 1024
+    return out
+
+
+def child(csv_path: Path, out: Path) -> int:
+    """Prepare the CSV here, in a process of its own, and print what it cost as one JSON line."""
+    from tunesmith.config import parse_config
+    from tunesmith.data.prepare import prepare
 
     cfg = parse_config({"name": "bench", "task": {"type": "single_label_classification"},
-                        "data": {"sources": [{"path": str(csv_path)}], "output_dir": str(work / "dataset")},
+                        "data": {"sources": [{"path": str(csv_path)}], "output_dir": str(out)},
                         "model": {"name": "minilm"}})
-    rss_before = int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize() / 2**20
+    peak_anon = [0.0]
+
+    def sample() -> None:  # the kernel keeps no peak of anonymous memory: sample it
+        while True:
+            peak_anon[0] = max(peak_anon[0], _status_mib("RssAnon").get("RssAnon", 0.0))
+            time.sleep(0.02)
+
+    threading.Thread(target=sample, daemon=True).start()
+    rss_start = _status_mib("VmRSS").get("VmRSS", 0.0)
     start = time.perf_counter()
     version = prepare(cfg)
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+    print(json.dumps({"seconds": seconds, "rss_start_mib": rss_start, "peak_anon_mib": peak_anon[0],
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+                      "counts": version.manifest.counts}))
+    return 0
 
-    # A removal is right when the removed and the kept row copy the same base row. A planted near
-    # duplicate is found when it is in such a pair: removed, or kept while its base was removed.
+
+def measure(n: int, work: Path) -> dict[str, Any]:
+    """Generate n rows, prepare them in a child process, and score what it removed."""
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"{n:,} rows: generating ...", flush=True)
+    csv_path, line_family, near_lines = write_rows(n, work)
+    print(f"{n:,} rows: preparing ...", flush=True)
+    done = subprocess.run([sys.executable, __file__, "--child", str(csv_path), str(work / "dataset")],
+                          stdout=subprocess.PIPE, text=True, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return {"rows": n, **result, "rows_per_s": n / result["seconds"], **score(work / "dataset", line_family, near_lines)}
+
+
+def score(dataset: Path, line_family: list[int], near_lines: dict[int, float]) -> dict[str, Any]:
+    """A removal is right when the removed and the kept row copy the same base row. A planted near
+    duplicate is found when it is in such a pair: removed, or kept while its base was removed."""
     removed: dict[str, list[tuple[int, int]]] = {"exact_duplicate": [], "near_duplicate": []}
-    for q in version.quarantine():
-        if q["stage"] in removed:
-            removed[q["stage"]].append((q["line"], int(re.search(r":(\d+)'$", q["reason"]).group(1))))
+    with (dataset / "quarantine.jsonl").open(encoding="utf-8") as f:
+        for line in f:
+            q = json.loads(line)
+            if q["stage"] in removed:
+                removed[q["stage"]].append((q["line"], int(re.search(r":(\d+)'$", q["reason"]).group(1))))
     pairs = [p for stage in removed.values() for p in stage]
     right = {line for p in pairs if line_family[p[0]] == line_family[p[1]] for line in p}
     false_pos = [p for p in pairs if line_family[p[0]] != line_family[p[1]]]
     missed = sorted(sim for line, sim in near_lines.items() if line not in right)
-    recall = 1 - len(missed) / max(1, len(near_lines))
-    print(f"""rows                           {args.rows:,}
-seconds                        {seconds:.1f}
-rows/s                         {args.rows / seconds:,.0f}
-RSS before / peak MB           {rss_before:.0f} / {peak:.0f}
-exact dups planted / removed   {args.rows // 10:,} / {len(removed['exact_duplicate']):,}
-near dups planted / found      {len(near_lines):,} / {len(near_lines) - len(missed):,}
-near-dup recall                {recall:.2%}
-false positives                {len(false_pos):,}
-manifest counts                {version.manifest.counts}""")
-    if missed:
-        print(f"true Jaccard of missed         {', '.join(f'{x:.3f}' for x in missed[:10])}")
-    for p in false_pos[:3]:
+    return {"exact_removed": len(removed["exact_duplicate"]), "near_planted": len(near_lines),
+            "near_found": len(near_lines) - len(missed), "recall": 1 - len(missed) / max(1, len(near_lines)),
+            "false_positives": len(false_pos), "missed_jaccard": [round(x, 3) for x in missed[:10]],
+            "false_positive_examples": false_pos[:3]}
+
+
+# -- modes ---------------------------------------------------------------------------------------
+
+
+def single(n: int, work: Path, kept: bool) -> int:
+    r = measure(n, work)
+    print(f"""rows                           {n:,}
+seconds                        {r['seconds']:.1f}
+rows/s                         {r['rows_per_s']:,.0f}
+RSS after imports / peak MiB   {r['rss_start_mib']:.0f} / {r['peak_rss_mib']:.0f} (anonymous peak {r['peak_anon_mib']:.0f})
+exact dups planted / removed   {n // 10:,} / {r['exact_removed']:,}
+near dups planted / found      {r['near_planted']:,} / {r['near_found']:,}
+near-dup recall                {r['recall']:.2%}
+false positives                {r['false_positives']:,}
+manifest counts                {r['counts']}""")
+    if r["missed_jaccard"]:
+        print(f"true Jaccard of missed         {', '.join(f'{x:.3f}' for x in r['missed_jaccard'])}")
+    for p in r["false_positive_examples"]:
         print(f"  false positive: line {p[0]} removed as a duplicate of line {p[1]}")
-    ok = seconds < MAX_SECONDS and recall >= MIN_RECALL
-    print(f"{'PASS' if ok else 'FAIL'}: {seconds:.1f} s (target < {MAX_SECONDS:.0f}), recall {recall:.2%} "
-          f"(target >= {MIN_RECALL:.0%})" + (f"; files kept in {work}" if args.keep else ""))
-    if tmp:
-        tmp.cleanup()
+    ok = r["seconds"] < MAX_SECONDS and r["recall"] >= MIN_RECALL
+    print(f"{'PASS' if ok else 'FAIL'}: {r['seconds']:.1f} s (target < {MAX_SECONDS:.0f}), recall {r['recall']:.2%} "
+          f"(target >= {MIN_RECALL:.0%})" + (f"; files kept in {work}" if kept else ""))
     return 0 if ok else 1
+
+
+def scale(sizes: list[int], work: Path, kept: bool) -> int:
+    sys.path.insert(0, str(Path(__file__).parent))
+    import ceiling  # bench/ is not a package; its scripts share this module
+
+    machine = ceiling.host()
+    print(f"host: {machine.get('cpu')}, {machine['cores']} cores, load {machine['load_avg']}", flush=True)
+    runs = [measure(n, work / str(n)) for n in sizes]
+    print(f"\n{'rows':>10} {'seconds':>8} {'rows/s':>8} {'peak RSS MiB':>13} {'after imports':>14} {'anon peak':>10} "
+          f"{'recall':>8}")
+    for r in runs:
+        print(f"{r['rows']:>10,} {r['seconds']:>8.1f} {r['rows_per_s']:>8,.0f} {r['peak_rss_mib']:>13.0f} "
+              f"{r['rss_start_mib']:>14.0f} {r['peak_anon_mib']:>10.0f} {r['recall']:>8.2%}")
+    small, big = runs[0], runs[-1]
+    grow = big["rows"] / small["rows"]
+    time_ratio, memory_ratio = big["seconds"] / small["seconds"], big["peak_rss_mib"] / small["peak_rss_mib"]
+    time_target, memory_target = TIME_SLOPE * grow, max(1.0, MEMORY_SLOPE * grow)
+    # log-log slope: 1.0 is linear; memory near 0 means it stays flat however many rows come
+    slope = lambda ratio: math.log(ratio) / math.log(grow)  # noqa: E731
+    checks = {"time": time_ratio <= time_target, "memory": memory_ratio <= memory_target,
+              "recall": all(r["recall"] >= MIN_RECALL for r in runs)}
+    print(f"\n{grow:.0f}x the rows: {time_ratio:.2f}x the time (target <= {time_target:.0f}x; slope {slope(time_ratio):.2f}), "
+          f"{memory_ratio:.2f}x the peak RSS (target <= {memory_target:.0f}x; slope {slope(memory_ratio):.2f}), "
+          f"{big['peak_anon_mib'] / small['peak_anon_mib']:.2f}x the anonymous peak")
+    record = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "host": {**machine, "load_avg_end": os.getloadavg()},
+              "runs": runs, "rows_ratio": grow, "time_ratio": time_ratio, "memory_ratio": memory_ratio,
+              "targets": {"time_ratio": time_target, "memory_ratio": memory_target, "recall": MIN_RECALL}, "pass": checks}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    ok = all(checks.values())
+    print(f"{'PASS' if ok else 'FAIL'}: " + ", ".join(f"{k} {'ok' if v else 'missed'}" for k, v in checks.items())
+          + f"; wrote {RESULTS}" + (f"; files kept in {work}" if kept else ""))
+    return 0 if ok else 1
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=200_000, help="rows to generate (default 200000)")
+    ap.add_argument("--scale", help="comma-separated sizes, smallest first, e.g. 200000,2000000: the scaling check")
+    ap.add_argument("--keep", type=Path, help="write the CSV and dataset here and keep them")
+    ap.add_argument("--child", nargs=2, type=Path, metavar=("CSV", "OUT"), help=argparse.SUPPRESS)  # the measured process
+    args = ap.parse_args()
+    if args.child:
+        return child(*args.child)
+    tmp = None if args.keep else tempfile.TemporaryDirectory(prefix="tunesmith-bench-")
+    work = (args.keep or Path(tmp.name)).resolve()
+    try:
+        if args.scale:
+            sizes = [int(x) for x in args.scale.split(",")]
+            if len(sizes) < 2 or sizes != sorted(sizes) or sizes[0] == sizes[-1]:
+                ap.error("--scale needs at least two different sizes, smallest first")
+            return scale(sizes, work, bool(args.keep))
+        return single(args.rows, work, bool(args.keep))
+    finally:
+        if tmp:
+            tmp.cleanup()
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Run: `make bench-tune`  or  `.venv/bin/python bench/tune_bench.py [--trials N] [--steps S] ...`
 
 What pruning buys a hyperparameter search, on one host in one run: two `tunesmith tune` studies over
-the same space, sampler and seed on a subset of the demo data (food reviews, minilm), one with the
-median pruner and one without, taking turns trial by trial (this host's speed drifts by up to 2x over
+the same space, sampler and seed on a subset of the demo data (food reviews, minilm), one with a
+pruner (default: tunesmith's, successive halving on the validation loss) and one without, taking turns trial by trial (this host's speed drifts by up to 2x over
 minutes, so neither side gets the quiet minutes). Per study: trials completed and pruned, training steps
 (the compute), wall time, best validation metric, side by side.
 
@@ -12,7 +12,8 @@ in what the pruner stopped.
 
 Target (issue 12): the pruned study reaches the unpruned study's best validation metric (within
 --tolerance) in at most half its training steps. Exits 1 when missed. Default size: about 25 minutes on
-2 cores (10 + 10 trials of 48 steps, 600 train / 200 validation reviews, max_length 128); smoke test:
+2 cores (12 + 12 trials of 160 steps of batch 8, 600 train / 200 validation reviews, max_length 64, 8
+evaluations per trial); every trial's curve is in the JSON, so other pruners can be replayed on it. Smoke test:
 `--trials 2 --steps 5 --train-rows 64 --val-rows 32 --test-rows 32`. Results: bench/results/tune_bench.json.
 """
 
@@ -44,7 +45,10 @@ SPACE = {  # a realistic first search: a wide learning-rate range (both ends fai
 
 def host() -> dict[str, Any]:
     """CPU model, the vector flags that decide matmul speed, cores, and the load when we started."""
-    info: dict[str, Any] = {"machine": platform.machine(), "cores": os.cpu_count(), "load_avg": os.getloadavg()}
+    import torch
+
+    info: dict[str, Any] = {"machine": platform.machine(), "cores": os.cpu_count(), "load_avg": os.getloadavg(),
+                            "torch_threads": torch.get_num_threads()}
     try:
         text = Path("/proc/cpuinfo").read_text()
         model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
@@ -94,7 +98,7 @@ def config(folder: Path, sources: list[dict[str, Any]], args: argparse.Namespace
         "eval": {"baselines": False},
         "tune": {"space": SPACE, "trials": args.trials, "storage": f"sqlite:///{folder / 'studies.db'}", "study": study,
                  "sampler": "tpe", "seed": args.seed, "pruner": pruner, "startup_trials": args.startup,
-                 "grace_evaluations": args.grace},
+                 "grace_evaluations": args.grace, "prune_on": args.prune_on},
     }
     return parse_config(raw, f"<bench {study}>")
 
@@ -113,24 +117,26 @@ def side(study: Any, wall: float, summary: dict[str, Any]) -> dict[str, Any]:
         "best_trial": best.get("number"), "best_params": best.get("params"),
         "test": {k: v for k, v in ((summary.get("test") or {}).get("metrics") or {}).items() if isinstance(v, int | float)},
         "trials": [{"number": t.number, "state": t.state.name.lower(), "params": t.params, "value": t.value,
-                    "steps": t.user_attrs.get("steps"), "seconds": round(t.duration.total_seconds(), 1) if t.duration else None}
+                    "steps": t.user_attrs.get("steps"), "seconds": round(t.duration.total_seconds(), 1) if t.duration else None,
+                    "curve": [t.intermediate_values[k] for k in sorted(t.intermediate_values)]}
                    for t in trials],
     }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=10, help="trials per study")
-    parser.add_argument("--steps", type=int, default=48, help="training steps per trial (train.max_steps)")
-    parser.add_argument("--evals", type=int, default=4, help="validation evaluations per trial (what the pruner sees)")
+    parser.add_argument("--trials", type=int, default=12, help="trials per study")
+    parser.add_argument("--steps", type=int, default=160, help="training steps per trial (train.max_steps)")
+    parser.add_argument("--evals", type=int, default=8, help="validation evaluations per trial (what the pruner sees)")
     parser.add_argument("--startup", type=int, default=2, help="trials the pruner lets finish before comparing")
     parser.add_argument("--grace", type=int, default=1, help="evaluations a trial reports before it may be pruned")
-    parser.add_argument("--pruner", default="median", choices=["median", "successive_halving", "hyperband"])
+    parser.add_argument("--pruner", default="successive_halving", choices=["median", "successive_halving", "hyperband"])
+    parser.add_argument("--prune-on", default="loss", choices=["loss", "metric"], help="tune.prune_on: the curve the pruner compares")
     parser.add_argument("--train-rows", type=int, default=600)
     parser.add_argument("--val-rows", type=int, default=200)
     parser.add_argument("--test-rows", type=int, default=200, help="evaluated once, on each study's best trial")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--tolerance", type=float, default=0.01, help="how far below the unpruned best still counts as the same")
@@ -143,7 +149,7 @@ def main() -> int:
     from tunesmith.tune.study import Objective, check_space, finish_study, load_study, metric_of, run_trials, study_folder
 
     machine = host()
-    print(f"host: {machine.get('cpu')}, {machine['cores']} cores, flags {machine.get('flags')}, "
+    print(f"host: {machine.get('cpu')}, {machine['cores']} cores ({machine['torch_threads']} torch threads), flags {machine.get('flags')}, "
           f"load {[round(x, 2) for x in machine['load_avg']]}", flush=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,7 +16,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tunesmith.artifacts import Run
-from tunesmith.config import parse_config
+from tunesmith.config import TrainSpec, parse_config
 from tunesmith.data.prepare import prepare
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.inference.predictor import Predictor
@@ -56,8 +56,10 @@ def project(tmp: Path, model: Path, task: dict | None = None, train_spec: dict |
         "data": {"sources": [{"path": str(write(tmp / "data.csv", rows(n)))}], "output_dir": str(tmp / "ds"),
                  "dedup": {"near": False}},
         "model": {"name": str(model), "max_length": 32},
+        # train_embeddings: the tiny models are random-init, so their token table is noise to be learned,
+        # not knowledge to keep (a real encoder's default keeps it frozen; tested below)
         "train": {"learning_rate": 3e-3, "max_steps": 60, "batch_size": 16, "early_stopping_patience": None,
-                  "evals_per_epoch": 2, "output_dir": str(tmp / "run"), **(train_spec or {})},
+                  "evals_per_epoch": 2, "output_dir": str(tmp / "run"), "train_embeddings": True, **(train_spec or {})},
         **extra,
     }
     return parse_config(raw)
@@ -67,20 +69,36 @@ def losses(run: Path) -> list[float]:
     return [e["loss"] for e in map(json.loads, (run / "training_log.jsonl").read_text().splitlines()) if "loss" in e]
 
 
-def test_full_finetuning_learns_and_changes_every_weight(tmp_path: Path, tiny_bert: Path) -> None:
-    run = train(project(tmp_path, tiny_bert))
+def test_full_finetuning_learns_and_changes_every_weight_but_the_token_table(tmp_path: Path, tiny_bert: Path) -> None:
+    assert TrainSpec().train_embeddings is False  # the default
+    run = train(project(tmp_path, tiny_bert, train_spec={"train_embeddings": False}))
     trace = losses(run)
     assert np.mean(trace[-3:]) < 0.5 * np.mean(trace[:3]), trace
     manifest = Run(run).manifest
     assert manifest.metrics["accuracy"] >= 0.9
-    assert manifest.parameters["trainable"] == manifest.parameters["total"]
     before = load_file(tiny_bert / "model.safetensors")
     after = load_file(run / "model" / "model.safetensors")
-    encoder = [k for k in before if k.startswith("encoder.") or k.startswith("embeddings.word")]
+    table = "embeddings.word_embeddings.weight"
+    assert manifest.parameters["trainable"] == manifest.parameters["total"] - before[table].numel()
+    encoder = [k for k in before if k.startswith("encoder.") or k.startswith("embeddings.")]
     changed = [k for k in encoder if not np.allclose(before[k].numpy(), after["bert." + k].numpy())]
-    assert set(changed) == set(encoder)
+    assert set(changed) == set(encoder) - {table}  # the token table stays pre-trained (train.train_embeddings)
+    assert manifest.hyperparameters["token_embeddings"] == "frozen"
+    assert manifest.hyperparameters["attention_dropout"] == 0.0  # train.attention_dropout's default
+    assert json.loads((run / "model" / "config.json").read_text())["attention_probs_dropout_prob"] == 0.0
     assert not (run / "model" / "training_args.bin").exists()  # no pickles in a run folder
-    assert (run / "README.md").read_text().startswith("# tiny")
+    card = (run / "README.md").read_text()
+    assert card.startswith("# tiny") and "- Numerics: " in card and "token embeddings frozen" in card
+
+
+def test_train_embeddings_trains_the_token_table_too(tmp_path: Path, tiny_bert: Path) -> None:
+    run = train(project(tmp_path, tiny_bert, train_spec={"max_steps": 10}))  # project() sets train_embeddings: true
+    manifest = Run(run).manifest
+    assert manifest.parameters["trainable"] == manifest.parameters["total"]
+    table = "embeddings.word_embeddings.weight"
+    before, after = load_file(tiny_bert / "model.safetensors"), load_file(run / "model" / "model.safetensors")
+    assert not np.allclose(before[table].numpy(), after["bert." + table].numpy())
+    assert manifest.hyperparameters["token_embeddings"] == "trained"
 
 
 def test_head_only_keeps_the_base_frozen(tmp_path: Path, tiny_bert: Path) -> None:

@@ -34,6 +34,11 @@ def write_model_card(run_dir: Path) -> Path:
     lines += ["", "## Training", "", f"- Learning rate {hp.get('learning_rate', '?')}, {hp.get('epochs', '?')} epochs"
               + (f" (max {t.max_steps} steps)" if t.max_steps else "")
               + f", batch {hp.get('batch_size', '?')} x {t.grad_accum}, weight decay {t.weight_decay}, warmup {t.warmup_ratio}, seed {t.seed}",
+              *([f"- Numerics: {hp['precision']}" + ("; matrix products in bfloat16, weights kept and saved in fp32"
+                                                     if hp["precision"] != "fp32" else "")
+                 + (f"; token embeddings {hp['token_embeddings']}" if hp.get("token_embeddings") else "")
+                 + (f"; attention dropout {hp['attention_dropout']:g}" if hp.get("attention_dropout") is not None else "")]
+                if hp.get("precision") else []),
               *([f"- OpenAI hyperparameters: {m.openai_hyperparameters}"] if m.openai_hyperparameters else []),
               "", "## Results", "", "Validation (best checkpoint): "
               + ", ".join(f"{k} {v:.4f}" for k, v in m.metrics.items() if k not in ("runtime", "samples_per_second", "steps_per_second", "epoch")),

@@ -28,8 +28,9 @@ def hf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     `datasets` and `huggingface_hub` read these variables once, at import, so their module copies are
     set too."""
-    import datasets
     import huggingface_hub.constants
+
+    import datasets
 
     home = tmp_path / "hf-home"
     cache = home / "datasets"
@@ -112,8 +113,9 @@ def test_unknown_split_lists_the_ones_there(tmp_path: Path, hf_home: Path) -> No
 @pytest.fixture()
 def hub_without_the_dataset(hf_home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     """A stand-in for the Hub on 127.0.0.1 that answers every repository lookup as the real one does for a missing name."""
-    import datasets
     import huggingface_hub.constants
+
+    import datasets
 
     requests: list[str] = []
 

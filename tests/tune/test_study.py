@@ -45,6 +45,11 @@ def test_study_runs_resumes_and_writes_the_best_config(tmp_path: Path, tiny_bert
     assert [t.number for t in trials] == [0, 1, 2, 3] and all(t.state == TrialState.COMPLETE for t in trials)
     for t in trials:  # the method decides which settings exist in a trial
         assert ("peft.r" in t.params) == (t.params["train.method"] == "lora")
+    for t in trials:  # the pruner's curve is the validation loss, negated in a study that maximises F1
+        logged = [json.loads(line) for line in (Path(t.user_attrs["run_dir"]) / "training_log.jsonl").open()]
+        losses = [row["eval_loss"] for row in logged if "eval_loss" in row]
+        assert t.user_attrs["pruning_signal"] == "-loss"
+        assert [t.intermediate_values[k] for k in sorted(t.intermediate_values)] == pytest.approx([-x for x in losses[:len(t.intermediate_values)]])
 
     # The study lives in the store's database, beside tunesmith's own tables.
     engine = sa.create_engine(normalize_url(store_url))
@@ -73,21 +78,24 @@ def test_study_runs_resumes_and_writes_the_best_config(tmp_path: Path, tiny_bert
     assert set(report["figures"]) >= {"history", "parallel", "curves"}
 
 
-def test_hopeless_trials_are_pruned_early(tmp_path: Path, tiny_bert: Path) -> None:
+@pytest.mark.parametrize(("pruner", "metric"), [("median", "loss"), ("successive_halving", "f1_macro")])
+def test_hopeless_trials_are_pruned_early(tmp_path: Path, tiny_bert: Path, pruner: str, metric: str) -> None:
     url = f"sqlite:///{tmp_path / 'store.db'}"
-    # Seed 3 draws 7e-3 first (learns), then 1e-7 and 2e-8 (cannot move the loss in 12 steps).
+    # Seed 3 draws 7e-3 first (learns), then 1e-7 and 2e-8 (cannot move the loss in 24 steps). With F1 as
+    # the objective the pruner still compares validation losses (tune.prune_on), negated.
     tune = {"space": {"train.learning_rate": {"low": 1e-8, "high": 1e-2, "log": True}}, "trials": 3, "storage": url,
-            "sampler": "random", "seed": 3, "pruner": "median", "startup_trials": 1, "metric": "loss"}
+            "sampler": "random", "seed": 3, "pruner": pruner, "startup_trials": 1, "metric": metric}
     lines: list[str] = []
-    cfg = tune_project(tmp_path, tiny_bert, tune, steps=12)
+    cfg = tune_project(tmp_path, tiny_bert, tune, steps=24)
     run_study(cfg, echo=lines.append)
     trials = trials_of(url)
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert pruned and complete, [(t.number, t.state, t.params, t.intermediate_values) for t in trials]
     assert all(t.params["train.learning_rate"] < 1e-6 for t in pruned)
-    assert all(t.user_attrs["steps"] < 12 for t in pruned)  # stopped early...
-    assert all(t.user_attrs["steps"] == 12 for t in complete)  # ...where a finished trial trains all its steps
+    assert all(t.user_attrs["steps"] < 24 for t in pruned), [(t.number, t.intermediate_values, t.user_attrs["steps"])
+                                                              for t in trials]  # stopped early...
+    assert all(t.user_attrs["steps"] == 24 for t in complete)  # ...where a finished trial trains all its steps
     folder = study_folder(cfg)
     assert all(not (folder / f"trial-{t.number}").exists() for t in pruned)  # no half-written run folder
     assert any(line.startswith(f"trial {pruned[0].number} pruned at evaluation") for line in lines)

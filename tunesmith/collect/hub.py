@@ -36,8 +36,9 @@ def collect(cfg: ProjectConfig, index: int, spec: SourceSpec, sink: Sink, say: C
 
 def load(hub: HubSpec) -> Any:
     """The split as a `datasets.Dataset`, or a DataError that says why not and what to do."""
-    import datasets
     from datasets.exceptions import DatasetNotFoundError, DatasetsError
+
+    import datasets
 
     try:
         return datasets.load_dataset(hub.dataset, hub.config, split=hub.split, revision=hub.revision)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import mmap
 import re
 import shutil
 import time
@@ -33,6 +34,8 @@ from tunesmith.data.sources import TEXT_KINDS, guess_encoding, read_jsonl, read_
 from tunesmith.errors import ConfigError, DataError
 
 BATCH = 10_000  # rows per Arrow record batch while streaming
+CHUNK = 50_000  # rows per chunk of a pass over the table: bounds what a pass holds as Python objects
+REMOVAL_STAGES = ("length", "exact_duplicate", "conflict", "near_duplicate", "leakage")  # after reading
 SPLIT_RANK = {None: 0, "train": 0, "validation": 1, "test": 2}
 Progress = Callable[[str, int, int | None], None]  # (task, completed, total) -> None
 
@@ -213,15 +216,30 @@ class _Preparation:
         self.missing = canon.missing
         self.unused_corrections = corrections.unused()
         self.applied_corrections = len(corrections.applied)
-        self.table = pa.ipc.open_file(pa.memory_map(str(rows_path))).read_all()
-        self.alive = np.ones(self.table.num_rows, dtype=bool)
-        self.removed: dict[int, Rejection] = {}
-        self._lengths()
-        self._exact_duplicates()
-        self._near_duplicates()
-        self._split()
-        self._leakage()
-        self._write()
+        self.work = self.dir / "_work"  # working files, deleted before the version is moved into place
+        self.work.mkdir()
+        self.maps: list[_MappedTable] = []  # every Arrow file this run has mapped, to release their pages
+        self.rows = self._map(rows_path)
+        self.table = self.rows.table
+        n = self.table.num_rows
+        self.alive = np.ones(n, dtype=bool)
+        # Why each removed row left, as codes (index in REMOVAL_STAGES + 1) and the row it duplicates: the
+        # quarantine entries are written from them at the end, never held as Python objects per row.
+        self.removed_stage = np.zeros(n, dtype=np.int8)
+        self.removed_ref = np.full(n, -1, dtype=np.int64)
+        self.removed_sim = np.zeros(n)
+        self.notes: dict[int, str] = {}  # reasons that say more than "duplicate of <row>" (conflicts, leakage)
+        try:
+            for stage in (self._lengths, self._exact_duplicates, self._near_duplicates, self._split, self._leakage, self._write):
+                stage()
+                self._release()  # the pages of the columns a stage read
+        finally:
+            if hasattr(self, "sigs"):
+                self.sigs.close()
+            self.rows = self.table = None  # type: ignore[assignment]
+            self.maps.clear()
+            shutil.rmtree(self.work, ignore_errors=True)
+            rows_path.unlink(missing_ok=True)
 
     def _resolve_encoding(self, spec: SourceSpec, stats: dict[str, Any]) -> SourceSpec:
         """Guess a text file's encoding once, record it, and warn when the guess was a close call."""
@@ -245,34 +263,63 @@ class _Preparation:
             + "\n".join(lines[:20])
         )
 
-    def _remove(self, idx: int, stage: str, reason: str, step: Step) -> None:
-        self.alive[idx] = False
-        row = self.table.slice(idx, 1).to_pylist()[0]
-        r = Rejection(stage, row["source"], row["line"], reason, id=row["id"], kind="removed",
-                      record={k: v for k, v in row.items() if k not in ("key", "split_hint", "no_test")})
-        self.removed[idx] = r
-        step.reasons[category(reason) if stage not in ("exact_duplicate", "near_duplicate") else stage.replace("_", " ")] += 1
+    def _mark(self, rows: np.ndarray, stage: str, refs: np.ndarray | None = None, sims: np.ndarray | None = None) -> None:
+        """Remove rows; their quarantine entries are written at the end (`_write_removed`)."""
+        self.alive[rows] = False
+        self.removed_stage[rows] = REMOVAL_STAGES.index(stage) + 1
+        if refs is not None:
+            self.removed_ref[rows] = refs
+        if sims is not None:
+            self.removed_sim[rows] = sims
+
+    def _remove(self, row: int, stage: str, reason: str, step: Step) -> None:
+        """Remove one row for a reason of its own."""
+        self._mark(np.array([row]), stage)
+        self.notes[row] = reason
+        step.reasons[category(reason)] += 1
 
     def _step(self, name: str) -> Step:
         step = Step(name, int(self.alive.sum()))
         self.steps.append(step)
         return step
 
+    def _map(self, path: Path) -> _MappedTable:
+        self.maps.append(_MappedTable(path))
+        return self.maps[-1]
+
+    def _release(self) -> None:
+        for m in self.maps:
+            m.release()
+
+    def _ids(self, rows: np.ndarray) -> list[str]:
+        return take_rows(self.table.select(["id"]), rows).column(0).to_pylist()
+
     # -- stage 2: whole-column work -----------------------------------------------------------
 
     def texts(self, indices: np.ndarray | None = None) -> Iterator[str]:
         """The text each row is compared by (chat: the whole conversation; preference: prompt and both answers)."""
-        table = self.table if indices is None else self.table.take(pa.array(indices))
-        if self.task == TaskType.preference:
-            for batch in table.select(["messages", "chosen", "rejected"]).to_batches():
+        preference = self.task == TaskType.preference
+        column = "messages" if self.task == TaskType.chat else "text"
+        table = self.table.select(["messages", "chosen", "rejected"] if preference else [column])
+        for batch in self._batches(table, indices):
+            if preference:
                 for prompt, chosen, rejected in zip(*(c.to_pylist() for c in batch.columns), strict=True):
                     yield "\n".join([*(f"{m['role']}: {m['content']}" for m in prompt),
                                      f"chosen: {chosen}", f"rejected: {rejected}"])
-            return
-        column = "messages" if self.task == TaskType.chat else "text"
-        for chunk in table.column(column).chunks:
-            for value in chunk.to_pylist():
-                yield "\n".join(f"{m['role']}: {m['content']}" for m in value) if column == "messages" else value
+            else:
+                for value in batch.column(0).to_pylist():
+                    yield "\n".join(f"{m['role']}: {m['content']}" for m in value) if column == "messages" else value
+
+    def _batches(self, table: pa.Table, indices: np.ndarray | None = None) -> Iterator[pa.RecordBatch]:
+        """The table's rows (or the given ones, in that order) a chunk at a time; the mapped pages a pass
+        has read are let go after each chunk, so a pass over millions of rows holds few of them."""
+        if indices is None:
+            chunks: Iterator[pa.Table] = (table.slice(s, CHUNK) for s in range(0, table.num_rows, CHUNK))
+        else:
+            chunks = (take_rows(table, indices[s : s + CHUNK]) for s in range(0, len(indices), CHUNK))
+        for chunk in chunks:
+            yield from chunk.to_batches()
+            self.rows.release()
 
     def _lengths(self) -> None:
         from transformers.utils import logging as hf_logging
@@ -326,38 +373,57 @@ class _Preparation:
                            f"{f' of {self.context}' if self.context else ''}, at most {CHAT_MAX_LENGTH_CAP} unless "
                            "model.max_length says otherwise)"))
         too_long, why = min(limits, key=lambda x: x[0]) if limits else (None, "")
-        for i in np.flatnonzero(self.alive):
-            if clean.min_tokens and lengths[i] < clean.min_tokens:
-                self._remove(i, "length", f"{lengths[i]} tokens, below data.clean.min_tokens={clean.min_tokens}", step)
-            elif too_long and lengths[i] > too_long:
-                self._remove(i, "length", f"{lengths[i]} tokens, over {why}", step)
+        self.length_rules = (clean.min_tokens, too_long, why)
+        short = self.alive & (lengths < clean.min_tokens) if clean.min_tokens else np.zeros(n, dtype=bool)
+        long = self.alive & ~short & (lengths > too_long) if too_long else np.zeros(n, dtype=bool)
+        kinds = sorted((int(np.argmax(mask)), mask) for mask in (short, long) if mask.any())  # counted in row order
+        for _, mask in kinds:
+            step.reasons[category(self._length_reason(int(np.argmax(mask))))] += int(mask.sum())
+        self._mark(np.flatnonzero(short | long), "length")
         step.rows_out = int(self.alive.sum())
+
+    def _length_reason(self, row: int) -> str:
+        min_tokens, too_long, why = self.length_rules
+        if min_tokens and self.lengths[row] < min_tokens:
+            return f"{self.lengths[row]} tokens, below data.clean.min_tokens={min_tokens}"
+        return f"{self.lengths[row]} tokens, over {why}"
 
     def _conversations(self) -> Iterator[list[list[dict[str, str]]]]:
         """Per row, the conversation(s) the model will read: chat, one; preference, prompt + each answer."""
-        messages = self.table.column("messages").to_pylist()
-        if self.task != TaskType.preference:
-            for convo in messages:
-                yield [[{"role": m["role"], "content": m["content"]} for m in convo]]
-            return
-        answers = zip(self.table.column("chosen").to_pylist(), self.table.column("rejected").to_pylist(), strict=True)
-        for prompt, pair in zip(messages, answers, strict=True):
-            plain = [{"role": m["role"], "content": m["content"]} for m in prompt]
-            yield [[*plain, {"role": "assistant", "content": answer}] for answer in pair]
+        preference = self.task == TaskType.preference
+        for batch in self._batches(self.table.select(["messages", "chosen", "rejected"] if preference else ["messages"])):
+            messages = batch.column(0).to_pylist()
+            if not preference:
+                for convo in messages:
+                    yield [[{"role": m["role"], "content": m["content"]} for m in convo]]
+                continue
+            answers = zip(batch.column(1).to_pylist(), batch.column(2).to_pylist(), strict=True)
+            for prompt, pair in zip(messages, answers, strict=True):
+                plain = [{"role": m["role"], "content": m["content"]} for m in prompt]
+                yield [[*plain, {"role": "assistant", "content": answer}] for answer in pair]
 
-    def _targets(self) -> list[Any]:
-        if self.task in GENERATIVE_TASKS:  # nothing to conflict on: equal keys are plain duplicates
-            return [None] * self.table.num_rows
-        name = TARGET_TYPES[self.task][0]
-        values = self.table.column(name).to_pylist()
+    def _target_codes(self) -> np.ndarray | None:
+        """A number per row that is equal exactly when two rows' targets are (None: nothing to conflict on)."""
+        if self.task in GENERATIVE_TASKS:  # equal keys are plain duplicates
+            return None
+        if self.task == TaskType.regression:
+            return self.table.column("score").to_numpy()
+        values = self.table.column(TARGET_TYPES[self.task][0])
+        if self.task == TaskType.multi_label:
+            values = pc.binary_join(values, "|")
+        return pc.index_in(values, value_set=pc.unique(values)).to_numpy(zero_copy_only=False)
+
+    def _targets(self, rows: list[int]) -> list[Any]:
+        values = take_rows(self.table.select([TARGET_TYPES[self.task][0]]), rows).column(0).to_pylist()
         return ["|".join(v) for v in values] if self.task == TaskType.multi_label else values
 
     def _keep_rank(self) -> np.ndarray:
         """Which copy of a duplicate stays (lowest first): pre-assigned later splits last, and a real row
         before a synthetic one, wherever the sources are listed."""
-        hints = self.table.column("split_hint").to_pylist()
+        hints = self.table.column("split_hint")
+        later = [pc.fill_null(pc.equal(hints, name), False).to_numpy(zero_copy_only=False) for name in ("validation", "test")]
         synthetic = self.table.column("synthetic").to_numpy(zero_copy_only=False)
-        return np.array([SPLIT_RANK[h] * 2 for h in hints], dtype=np.int64) + synthetic.astype(np.int64)
+        return (later[0].astype(np.int64) * SPLIT_RANK["validation"] + later[1] * SPLIT_RANK["test"]) * 2 + synthetic
 
     def _exact_duplicates(self) -> None:
         step = self._step("exact duplicates")
@@ -367,38 +433,56 @@ class _Preparation:
             step.rows_out = step.rows_in
             return
         idx = np.flatnonzero(self.alive)
-        keys = self.table.column("key").to_numpy()[idx]
-        rank = self._keep_rank()[idx]
-        order = idx[np.lexsort((idx, rank, keys))]
-        sorted_keys = self.table.column("key").to_numpy()[order]
-        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        all_keys = self.table.column("key").to_numpy()
+        order = idx[np.lexsort((idx, self._keep_rank()[idx], all_keys[idx]))]  # by key; in a group, the keeper first
+        sorted_keys = all_keys[order]
+        del all_keys
+        first = np.r_[True, sorted_keys[1:] != sorted_keys[:-1]]  # the position starts a group
+        del sorted_keys
+        starts = np.flatnonzero(first)
         sizes = np.diff(np.r_[starts, len(order)])
-        targets = self._targets()
-        ids = self.table.column("id").to_pylist()
+        group = np.cumsum(first) - 1  # each position's group
+        codes = self._target_codes()
+        conflict = np.zeros(len(starts), dtype=bool)
+        if codes is not None and len(order):
+            ordered = codes[order]
+            conflict = np.minimum.reduceat(ordered, starts) != np.maximum.reduceat(ordered, starts)
+        # Every copy after the first of a group without conflicts: a plain duplicate of the first.
+        plain = ~first & ~conflict[group]
+        self._mark(order[plain], "exact_duplicate", refs=order[starts[group[plain]]])
+        del first, group
+
+        # Groups whose copies disagree on the target: the policy decides, one group at a time (they are
+        # few). The counts keep the order in which groups come, plain ones included.
         policy = self.cfg.data.dedup.conflicts
-        for s, size in zip(starts[sizes > 1], sizes[sizes > 1], strict=True):
-            group = [int(x) for x in order[s : s + size]]
-            values = [targets[i] for i in group]
-            keep: int | None = group[0]
-            if len(set(values)) > 1:
-                counts = Counter(values)
-                top = counts.most_common(2)
-                if policy == "drop" or (policy == "majority" and top[0][1] == top[1][1]):
-                    keep = None
-                elif policy == "majority":
-                    keep = next(i for i in group if targets[i] == top[0][0])
-                elif policy == "mean":
-                    self.score_override[group[0]] = float(np.mean(values))
-                self.conflicts.append({"ids": [ids[i] for i in group], "values": dict(counts),
-                                       "kept": ids[keep] if keep is not None else None, "policy": policy})
-                for i in group:
-                    if i != keep:
-                        why = (f"conflicting duplicate: same text, values {dict(counts)}; policy '{policy}' "
-                               + (f"kept '{ids[keep]}'" if keep is not None else "dropped all"))
-                        self._remove(i, "conflict", why, step)
-                continue
-            for i in group[1:]:
-                self._remove(i, "exact_duplicate", f"exact duplicate of '{ids[keep]}'", step)
+        multi = sizes > 1
+        first_plain = int(np.argmax(multi & ~conflict)) if (multi & ~conflict).any() else len(starts)
+        if first_plain < len(starts) and (not conflict.any() or first_plain < np.argmax(conflict)):
+            step.reasons["exact duplicate"] += 0
+        for g in np.flatnonzero(conflict):
+            if g > first_plain and "exact duplicate" not in step.reasons:
+                step.reasons["exact duplicate"] += 0
+            members = [int(x) for x in order[starts[g] : starts[g] + sizes[g]]]
+            values = self._targets(members)
+            ids = self._ids(np.array(members))
+            counts = Counter(values)
+            top = counts.most_common(2)
+            keep: int | None = 0
+            if policy == "drop" or (policy == "majority" and top[0][1] == top[1][1]):
+                keep = None
+            elif policy == "majority":
+                keep = next(k for k, v in enumerate(values) if v == top[0][0])
+            elif policy == "mean":
+                self.score_override[members[0]] = float(np.mean(values))
+            self.conflicts.append({"ids": ids, "values": dict(counts),
+                                   "kept": ids[keep] if keep is not None else None, "policy": policy})
+            why = (f"conflicting duplicate: same text, values {dict(counts)}; policy '{policy}' "
+                   + (f"kept '{ids[keep]}'" if keep is not None else "dropped all"))
+            for k, row in enumerate(members):
+                if k != keep:
+                    self._remove(row, "conflict", why, step)
+        if plain.any():
+            step.reasons["exact duplicate"] += int(plain.sum())
         step.rows_out = int(self.alive.sum())
 
     def _near_duplicates(self) -> None:
@@ -406,85 +490,102 @@ class _Preparation:
         step = self._step("near duplicates")
         self.sig_index = np.flatnonzero(self.alive)  # rows the signatures belong to, in order
         n = len(self.sig_index)
-        self.sigs = dedup.minhash_signatures(
-            self.texts(self.sig_index), n, spec.num_perm, spec.shingle_size, seed=self.cfg.data.split.seed,
-            on_progress=lambda done: self.progress("near-duplicate signatures", done, n),
-        )
+        self.sigs = dedup.SignatureStore(self.work, n, spec.num_perm, spec.near_threshold)
+        for chunk in dedup.signature_chunks(self.texts(self.sig_index), spec.num_perm, spec.shingle_size,
+                                            seed=self.cfg.data.split.seed):
+            self.sigs.append(chunk)
+            self.progress("near-duplicate signatures", self.sigs.written, n)
         self.near_examples: list[dict[str, Any]] = []
         if not spec.near:
             step.rows_out = step.rows_in
             return
-        i, j, _ = dedup.similar_pairs(self.sigs, spec.near_threshold)
-        keep_rank = self._keep_rank()
-        rank = np.array([keep_rank[r] * (n + 1) + k for k, r in enumerate(self.sig_index)])
+        i, j, _ = self.sigs.similar_pairs()
+        rank = self._keep_rank()[self.sig_index] * (n + 1) + np.arange(n)
         rep = dedup.cluster_representatives(n, i, j, rank)
         dup = np.flatnonzero(rep != np.arange(n))
-        sims = dedup.pair_similarity(self.sigs, dup, rep[dup])
-        ids = self.table.column("id").to_pylist()
-        for k, sim in zip(dup, sims, strict=True):
-            row, kept = int(self.sig_index[k]), int(self.sig_index[rep[k]])
-            self._remove(row, "near_duplicate", f"near duplicate (similarity {sim:.2f}) of '{ids[kept]}'", step)
-            if len(self.near_examples) < 5:
-                texts = list(self.texts(np.array([row, kept])))
-                self.near_examples.append({"removed": ids[row], "kept": ids[kept], "similarity": round(float(sim), 3),
-                                           "removed_text": texts[0][:300], "kept_text": texts[1][:300]})
+        sims = self.sigs.similarity(dup, rep[dup])
+        rows, kept = self.sig_index[dup], self.sig_index[rep[dup]]
+        self._mark(rows, "near_duplicate", refs=kept, sims=sims)
+        if len(dup):
+            step.reasons["near duplicate"] += len(dup)
+        for row, ref, sim in zip(rows[:5].tolist(), kept[:5].tolist(), sims[:5].tolist(), strict=True):
+            ids, texts = self._ids(np.array([row, ref])), list(self.texts(np.array([row, ref])))
+            self.near_examples.append({"removed": ids[0], "kept": ids[1], "similarity": round(sim, 3),
+                                       "removed_text": texts[0][:300], "kept_text": texts[1][:300]})
         step.rows_out = int(self.alive.sum())
 
-    def _strata(self) -> list[str]:
+    def _strata(self) -> np.ndarray:
+        """Each row's stratum, numbered in the sorted order of the strata's names (see split.assign_codes)."""
+        n = self.table.num_rows
         if not self.cfg.data.split.stratify or self.task in GENERATIVE_TASKS:
-            return [""] * self.table.num_rows
+            return np.zeros(n, dtype=np.int64)
         if self.task == TaskType.regression:
-            scores = self.table.column("score").to_numpy()
-            return split.regression_strata(scores)
-        if self.task == TaskType.multi_label:
-            freq = Counter(x for labels in self.table.column("labels").to_pylist() for x in labels)
-            return [min(labels, key=lambda x: (freq[x], x)) for labels in self.table.column("labels").to_pylist()]
-        return self.table.column("label").to_pylist()
+            bins = split.regression_bins(self.table.column("score").to_numpy())
+            present = np.unique(bins)
+            names = sorted(f"q{b}" for b in present)
+            return np.array([names.index(f"q{b}") for b in present], dtype=np.int64)[np.searchsorted(present, bins)]
+        column = self.table.column("labels" if self.task == TaskType.multi_label else "label")
+        values = pc.list_flatten(column) if self.task == TaskType.multi_label else column
+        names = sorted(pc.unique(values).to_pylist())
+        codes = pc.index_in(values, value_set=pa.array(names, pa.string())).to_numpy(zero_copy_only=False).astype(np.int64)
+        if self.task != TaskType.multi_label:
+            return codes
+        # The row's rarest label (over every row read), ties to the first name: rare classes get spread.
+        freq = np.bincount(codes, minlength=len(names))
+        parent = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
+        best = np.lexsort((codes, freq[codes], parent))
+        first = np.r_[True, parent[best][1:] != parent[best][:-1]]
+        strata = np.zeros(n, dtype=np.int64)
+        strata[parent[best][first]] = codes[best][first]
+        return strata
 
     def _split(self) -> None:
         idx = np.flatnonzero(self.alive)
-        strata = self._strata()
-        groups = self.table.column("group").to_pylist()
-        hints = self.table.column("split_hint").to_pylist()
-        no_test = self.table.column("no_test").to_pylist()
-        assigned = split.assign([strata[i] for i in idx], [groups[i] for i in idx], [hints[i] for i in idx],
-                                self.cfg.data.split, [no_test[i] for i in idx])
-        self.split_of = np.full(self.table.num_rows, "", dtype=object)
+        groups = self.table.column("group")
+        group_codes = pc.fill_null(pc.index_in(groups, value_set=pc.unique(groups).drop_null()), -1)
+        group_codes = group_codes.to_numpy(zero_copy_only=False)
+        hints = self.table.column("split_hint")
+        hint_codes = np.full(self.table.num_rows, -1, dtype=np.int8)
+        for name in ("validation", "test"):
+            hint_codes[pc.fill_null(pc.equal(hints, name), False).to_numpy(zero_copy_only=False)] = SPLITS.index(name)
+        no_test = self.table.column("no_test").to_numpy(zero_copy_only=False)
+        assigned = split.assign_codes(self._strata()[idx], group_codes[idx], hint_codes[idx], self.cfg.data.split, no_test[idx])
+        self.split_of = np.full(self.table.num_rows, -1, dtype=np.int8)  # index in SPLITS; -1 for removed rows
         self.split_of[idx] = assigned
 
     def _leakage(self) -> None:
         """Duplicates across splits: removed from the later split (train < validation < test)."""
         policy = self.cfg.data.split.leakage
         step = self._step("leakage across splits")
-        ids = self.table.column("id").to_pylist()
-        rank = {s: r for r, s in enumerate(SPLITS)}
-        found: list[tuple[int, int, str]] = []  # (row to remove, row it duplicates, how)
         idx = np.flatnonzero(self.alive)
-        keys = self.table.column("key").to_numpy()
-        first: dict[int, int] = {}
-        for i in sorted(idx, key=lambda r: (rank[self.split_of[r]], r)):
-            k = int(keys[i])
-            if k in first and self.split_of[first[k]] != self.split_of[i]:
-                found.append((i, first[k], "exact"))
-            first.setdefault(k, i)
+        # Exact: in (split, row) order, every row whose key an earlier row of another split has.
+        order = idx[np.lexsort((idx, self.split_of[idx]))]
+        keys = self.table.column("key").to_numpy()[order]
+        by_key = np.argsort(keys, kind="stable")
+        new_key = np.r_[True, keys[by_key][1:] != keys[by_key][:-1]]
+        first = order[by_key[np.maximum.accumulate(np.where(new_key, np.arange(len(by_key)), 0))]]
+        leak = ~new_key & (self.split_of[order[by_key]] != self.split_of[first])
+        where = np.argsort(by_key[leak])  # back to (split, row) order
+        found: list[tuple[int, int, str]] = [(a, b, "exact") for a, b in zip(order[by_key][leak][where].tolist(),
+                                                                               first[leak][where].tolist(), strict=True)]
         self.leakage_checked = ["exact"]
         if not self.cfg.data.dedup.near:  # with near-dedup on, no near pair survives to the split
             self.leakage_checked.append("near")
-            pos = {int(r): k for k, r in enumerate(self.sig_index)}
-            alive_pos = np.array([pos[int(r)] for r in idx])
-            i, j, sims = dedup.similar_pairs(self.sigs[alive_pos], self.cfg.data.dedup.near_threshold)
+            i, j, sims = self.sigs.similar_pairs(np.searchsorted(self.sig_index, idx))
             flagged = {a for a, _, _ in found}
-            for a, b, sim in zip(idx[i], idx[j], sims, strict=True):
+            for a, b, sim in zip(idx[i].tolist(), idx[j].tolist(), sims.tolist(), strict=True):
                 if self.split_of[a] != self.split_of[b]:
-                    later, earlier = (a, b) if rank[self.split_of[a]] > rank[self.split_of[b]] else (b, a)
+                    later, earlier = (a, b) if self.split_of[a] > self.split_of[b] else (b, a)
                     if later not in flagged:
                         flagged.add(later)
                         found.append((later, earlier, f"near (similarity {sim:.2f})"))
         else:
             self.leakage_checked.append("near (removed before splitting)")
         found += self._paraphrases_of_other_splits(idx, {a for a, _, _ in found})
-        self.leaks = [{"id": ids[a], "split": self.split_of[a], "duplicates": ids[b], "of_split": self.split_of[b],
-                       "match": how} for a, b, how in found]
+        rows = np.array([a for a, _, _ in found] + [b for _, b, _ in found], dtype=np.int64)
+        ids = dict(zip(rows.tolist(), self._ids(rows), strict=True))
+        self.leaks = [{"id": ids[a], "split": SPLITS[self.split_of[a]], "duplicates": ids[b],
+                       "of_split": SPLITS[self.split_of[b]], "match": how} for a, b, how in found]
         if found and policy == "fail":
             lines = "\n".join(f"  {x['id']} ({x['split']}) duplicates {x['duplicates']} ({x['of_split']}), {x['match']}"
                               for x in self.leaks[:20])
@@ -492,23 +593,29 @@ class _Preparation:
         if policy == "remove":
             for a, b, how in found:
                 if self.alive[a]:
-                    self._remove(a, "leakage", f"{how} duplicate of '{ids[b]}' in {self.split_of[b]}", step)
+                    self._remove(a, "leakage", f"{how} duplicate of '{ids[b]}' in {SPLITS[self.split_of[b]]}", step)
         step.rows_out = int(self.alive.sum())
 
     def _paraphrases_of_other_splits(self, idx: np.ndarray, flagged: set[int]) -> list[tuple[int, int, str]]:
         """A paraphrase says what its real row says in other words, which n-gram similarity misses: one
         whose original landed in another split (validation, test) leaks it, so it leaves."""
         synthetic = self.table.column("synthetic").to_numpy(zero_copy_only=False)
-        if not synthetic[idx].any():
+        rows = idx[synthetic[idx]]
+        if not len(rows):
             return []
         self.leakage_checked.append("paraphrases")
-        provenance = self.table.column("provenance").to_pylist()
-        row_of = {row_id: int(r) for r, row_id in zip(idx, self.table.column("id").take(pa.array(idx)).to_pylist(), strict=True)}
+        originals: list[str | None] = []
+        for batch in self._batches(self.table.select(["provenance"]), rows):
+            originals += [json.loads(p).get("paraphrase_of") for p in batch.column(0).to_pylist()]
+        wanted = pa.array(sorted({o for o in originals if isinstance(o, str)}), pa.string())
+        candidates = np.flatnonzero(pc.is_in(self.table.column("id"), value_set=wanted).to_numpy(zero_copy_only=False))
+        candidates = candidates[self.alive[candidates]]
+        row_of = dict(zip(self._ids(candidates), candidates.tolist(), strict=True))
         found = []
-        for r in idx[synthetic[idx]]:
-            original = row_of.get(json.loads(provenance[r]).get("paraphrase_of"))
-            if original is not None and self.split_of[original] != self.split_of[r] and int(r) not in flagged:
-                found.append((int(r), original, "paraphrase"))
+        for r, paraphrase_of in zip(rows.tolist(), originals, strict=True):
+            original = row_of.get(paraphrase_of)
+            if original is not None and self.split_of[original] != self.split_of[r] and r not in flagged:
+                found.append((r, original, "paraphrase"))
         return found
 
     # -- stage 3: write the dataset version ------------------------------------------------------
@@ -527,29 +634,16 @@ class _Preparation:
 
     def _write(self) -> None:
         labels = self._label_set()
-        label_id = {name: i for i, name in enumerate(labels or [])}
         fingerprint = Fingerprint()
         split_tables: dict[str, pa.Table] = {}
-        for name in SPLITS:
-            rows = np.flatnonzero(self.alive & (self.split_of == name))
-            table = self.table.take(pa.array(rows, type=pa.int64())).drop_columns(["key", "split_hint", "no_test"])
-            if self.task == TaskType.single_label:
-                table = table.append_column("label_id", pa.array([label_id[x] for x in table.column("label").to_pylist()], pa.int64()))
-            elif self.task == TaskType.multi_label:
-                ids = [[label_id[x] for x in labels_] for labels_ in table.column("labels").to_pylist()]
-                table = table.append_column("label_ids", pa.array(ids, pa.list_(pa.int64())))
-            elif self.task == TaskType.regression and self.score_override:
-                scores = self.table.column("score").to_numpy().copy()
-                for i, value in self.score_override.items():
-                    scores[i] = value
-                table = table.set_column(table.schema.get_field_index("score"), "score", pa.array(scores[rows]))
+        for code, name in enumerate(SPLITS):
+            table = self._split_table(name, np.flatnonzero(self.alive & (self.split_of == code)), labels)
             write_split(self.dir, name, table)
             fingerprint.add_split(name, table)
             split_tables[name] = table
-        for i in sorted(self.removed):
-            self.quarantine.add(self.removed[i])
+            self._release()
+        self._write_removed()
         self.quarantine.close()
-        (self.dir / "_rows.arrow").unlink()
 
         counts = {s: t.num_rows for s, t in split_tables.items()}
         counts.update(quarantine=self.quarantine.count, input=self.rows_in)
@@ -565,11 +659,65 @@ class _Preparation:
         (self.dir / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
         report.write(self.dir, manifest, self._summary(), split_tables)
 
+    def _split_table(self, name: str, rows: np.ndarray, labels: list[str] | None) -> pa.Table:
+        """The rows of one split with their label ids, written a chunk at a time to an Arrow file and
+        mapped back: the split is never all in memory, yet reads as one table."""
+        label_id = {label: i for i, label in enumerate(labels or [])}
+        override = np.array(sorted(self.score_override), dtype=np.int64)
+        path = self.work / f"{name}.arrow"
+        writer = None
+        for start in range(0, max(len(rows), 1), CHUNK):
+            chunk = rows[start : start + CHUNK]
+            table = take_rows(self.table, chunk).drop_columns(["key", "split_hint", "no_test"])
+            if self.task == TaskType.single_label:
+                ids = [label_id[x] for x in table.column("label").to_pylist()]
+                table = table.append_column("label_id", pa.array(ids, pa.int64()))
+            elif self.task == TaskType.multi_label:
+                ids = [[label_id[x] for x in labels_] for labels_ in table.column("labels").to_pylist()]
+                table = table.append_column("label_ids", pa.array(ids, pa.list_(pa.int64())))
+            elif self.task == TaskType.regression and self.score_override:
+                scores = table.column("score").to_numpy().copy()
+                hit = np.flatnonzero(np.isin(chunk, override))
+                scores[hit] = [self.score_override[int(r)] for r in chunk[hit]]
+                table = table.set_column(table.schema.get_field_index("score"), "score", pa.array(scores))
+            if writer is None:
+                writer = pa.ipc.new_file(str(path), table.schema)
+            writer.write_table(table)
+            self.rows.release()
+        assert writer is not None
+        writer.close()
+        return self._map(path).table
+
+    def _write_removed(self) -> None:
+        """The quarantine entries of the rows removed after reading, in input order."""
+        removed = np.flatnonzero(self.removed_stage)
+        columns = [c for c in self.table.column_names if c not in ("key", "split_hint", "no_test")]
+        table = self.table.select(columns)
+        for start in range(0, len(removed), CHUNK):
+            chunk = removed[start : start + CHUNK]
+            refs = self.removed_ref[chunk]
+            ref_ids = dict(zip(refs[refs >= 0].tolist(), self._ids(refs[refs >= 0]), strict=True))
+            for row, record in zip(chunk.tolist(), take_rows(table, chunk).to_pylist(), strict=True):
+                stage = REMOVAL_STAGES[self.removed_stage[row] - 1]
+                if stage == "exact_duplicate":
+                    reason = f"exact duplicate of '{ref_ids[self.removed_ref[row]]}'"
+                elif stage == "near_duplicate":
+                    reason = f"near duplicate (similarity {self.removed_sim[row]:.2f}) of '{ref_ids[self.removed_ref[row]]}'"
+                elif stage == "length":
+                    reason = self._length_reason(row)
+                else:
+                    reason = self.notes[row]
+                self.quarantine.add(Rejection(stage, record["source"], record["line"], reason, id=record["id"],
+                                              kind="removed", record=record))
+            self.rows.release()
+
     def _summary(self) -> report.PreparationSummary:
         dedup_spec, split_spec = self.cfg.data.dedup, self.cfg.data.split
+        stages = np.bincount(self.removed_stage, minlength=len(REMOVAL_STAGES) + 1)[1:]
         return report.PreparationSummary(
             task=self.task, sources=self.sources, steps=[s.as_dict() for s in self.steps],
-            missing_values=dict(self.missing), removed_by_stage=dict(Counter(r.stage for r in self.removed.values())),
+            missing_values=dict(self.missing),
+            removed_by_stage={stage: int(k) for stage, k in zip(REMOVAL_STAGES, stages, strict=True) if k},
             near_threshold=dedup_spec.near_threshold, near_examples=self.near_examples,
             conflict_policy=dedup_spec.conflicts, conflicts=self.conflicts,
             leakage_checked=self.leakage_checked, leakage_policy=split_spec.leakage, leaks=self.leaks,
@@ -585,8 +733,8 @@ class _Preparation:
         column = "labels" if self.task == TaskType.multi_label else "label"
         present = {}
         for name, table in tables.items():
-            values = table.column(column).to_pylist()
-            present[name] = set(x for v in values for x in v) if column == "labels" else set(values)
+            values = pc.list_flatten(table.column(column)) if column == "labels" else table.column(column)
+            present[name] = set(pc.unique(values).to_pylist())
         for label in labels:
             missing = [s for s in SPLITS if label not in present[s]]
             if "train" in missing and len(missing) < 3:
@@ -596,3 +744,43 @@ class _Preparation:
                 self.warnings.append(f"class '{label}' has no example in {missing}: its metrics there will be undefined")
             elif len(missing) == 3:
                 self.warnings.append(f"class '{label}' (from task.labels) has no example at all")
+
+
+def take_rows(table: pa.Table, rows: np.ndarray | list[int]) -> pa.Table:
+    """`table.take(rows)` at a cost that grows with the rows taken, not with the table: Arrow's take
+    on a chunked string column first concatenates every chunk (at 2M rows, 40 ms and the whole column
+    paged in, even for two rows), so each record batch is taken from on its own."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if not len(rows):
+        return table.slice(0, 0)
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    if ordered[0] < 0 or ordered[-1] >= table.num_rows:
+        raise IndexError(f"row index out of range for a table of {table.num_rows} rows")
+    batches = table.to_batches()
+    ends = np.cumsum([b.num_rows for b in batches])
+    cuts = np.searchsorted(ordered, ends)  # ordered[cuts[k-1]:cuts[k]] fall in batch k
+    parts = [batches[k].take(pa.array(ordered[lo:hi] - (ends[k] - batches[k].num_rows)))
+             for k, (lo, hi) in enumerate(zip(np.r_[0, cuts[:-1]], cuts, strict=True)) if hi > lo]
+    taken = pa.Table.from_batches(parts, schema=table.schema)
+    if np.all(order[1:] > order[:-1]):  # asked for in increasing order already
+        return taken
+    return taken.combine_chunks().take(pa.array(np.argsort(order, kind="stable")))
+
+
+class _MappedTable:
+    """An Arrow file mapped into memory: a zero-copy table whose pages the OS reads in as they are used.
+
+    `release()` drops the pages read so far from this process's resident memory (they stay in the page
+    cache, and come back on the next use), so a pass over a column of millions of rows holds only the
+    pages of the chunks it is working on; what a run holds besides stays compact arrays.
+    """
+
+    def __init__(self, path: Path) -> None:
+        with path.open("rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.table = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(self._map))).read_all()
+
+    def release(self) -> None:
+        if hasattr(mmap, "MADV_DONTNEED"):  # Linux, macOS; elsewhere the OS decides alone
+            self._map.madvise(mmap.MADV_DONTNEED)

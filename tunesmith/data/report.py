@@ -6,16 +6,20 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tunesmith.artifacts import DatasetManifest
 from tunesmith.config import SPLITS, TaskType
 from tunesmith.html_report import markdown_table, markdown_to_html
+
+CHUNK = 50_000  # rows turned into Python objects at a time when a statistic needs them
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,7 @@ def build(manifest: DatasetManifest, summary: PreparationSummary, tables: dict[s
     }
     if task in (TaskType.single_label, TaskType.multi_label):
         column = "labels" if task == TaskType.multi_label else "label"
-        report["class_balance"] = {s: dict(sorted(Counter(_flat(t.column(column).to_pylist())).items())) for s, t in tables.items()}
+        report["class_balance"] = {s: _counts(t.column(column)) for s, t in tables.items()}
     elif task == TaskType.regression:
         report["score_stats"] = {s: _stats(t.column("score").to_numpy()) for s, t in tables.items()}
     elif task == TaskType.preference:
@@ -94,14 +98,21 @@ def build(manifest: DatasetManifest, summary: PreparationSummary, tables: dict[s
 def _provenance_stats(table: pa.Table) -> dict[str, Any]:
     """Rows per source kind (web, rest, survey, hub, synthetic; `file` for plain files) and how many are synthetic."""
     names = table.column_names
-    provenance = table.column("provenance").to_pylist() if "provenance" in names else [None] * table.num_rows
-    kinds = Counter((json.loads(p).get("kind") if p else None) or "file" for p in provenance)
+    kinds: Counter[str] = Counter()
+    if "provenance" in names:
+        for batch in table.select(["provenance"]).to_batches(max_chunksize=CHUNK):  # a chunk at a time: splits can be big
+            kinds.update((json.loads(p).get("kind") if p else None) or "file" for p in batch.column(0).to_pylist())
+    elif table.num_rows:
+        kinds["file"] = table.num_rows
     synthetic = int(np.sum(table.column("synthetic").to_numpy(zero_copy_only=False))) if "synthetic" in names else 0
     return {"rows": table.num_rows, "synthetic": synthetic, "kinds": dict(sorted(kinds.items()))}
 
 
-def _flat(values: list[Any]) -> list[str]:
-    return [x for v in values for x in v] if values and isinstance(values[0], list) else values
+def _counts(column: pa.ChunkedArray) -> dict[str, int]:
+    """How often each value (each label of a list) occurs, by value."""
+    values = pc.list_flatten(column) if pa.types.is_list(column.type) else column
+    counts = pc.value_counts(values)
+    return dict(sorted(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True)))
 
 
 def _stats(values: np.ndarray) -> dict[str, float]:
@@ -125,30 +136,45 @@ def _length_stats(lengths: np.ndarray, max_length: int | None) -> dict[str, Any]
 
 
 def _chat_stats(table: pa.Table) -> dict[str, Any]:
-    convos = table.column("messages").to_pylist()
-    turns = np.array([len(c) for c in convos]) if convos else np.array([0])
-    roles = Counter(m["role"] for c in convos for m in c)
-    return {"conversations": len(convos), "turns": _stats(turns), "roles": dict(roles),
-            "with_system_prompt": sum(any(m["role"] == "system" for m in c) for c in convos),
-            "assistant_turns_weight_0": sum(m["weight"] == 0 for c in convos for m in c),
+    turns: list[int] = []
+    roles: Counter[str] = Counter()
+    system = weight_0 = 0
+    for convos in _chunks(table, "messages"):
+        turns += [len(c) for c in convos]
+        roles.update(m["role"] for c in convos for m in c)
+        system += sum(any(m["role"] == "system" for m in c) for c in convos)
+        weight_0 += sum(m["weight"] == 0 for c in convos for m in c)
+    return {"conversations": table.num_rows, "turns": _stats(np.array(turns) if turns else np.array([0])), "roles": dict(roles),
+            "with_system_prompt": system, "assistant_turns_weight_0": weight_0,
             "training_tokens_per_epoch": int(table.column("n_tokens").to_numpy().sum())}
 
 
 def _preference_stats(table: pa.Table) -> dict[str, Any]:
-    prompts = table.column("messages").to_pylist()
-    chosen = table.column("chosen").to_pylist()
-    rejected = table.column("rejected").to_pylist()
+    distinct: set[tuple[tuple[str, str], ...]] = set()
+    turns: list[int] = []
+    chosen_chars: list[int] = []
+    rejected_chars: list[int] = []
+    system = earlier = chosen_longer = 0
+    for prompts, chosen, rejected in zip(*(_chunks(table, c) for c in ("messages", "chosen", "rejected")), strict=True):
+        distinct.update(tuple((m["role"], m["content"]) for m in p) for p in prompts)
+        turns += [len(p) for p in prompts]
+        system += sum(any(m["role"] == "system" for m in p) for p in prompts)
+        earlier += sum(any(m["role"] == "assistant" for m in p) for p in prompts)
+        # DPO readily learns "longer is better" when the preferred answers are mostly the longer ones
+        chosen_longer += sum(len(c) > len(r) for c, r in zip(chosen, rejected, strict=True))
+        chosen_chars += [len(c) for c in chosen]
+        rejected_chars += [len(r) for r in rejected]
     tokens = table.column("n_tokens").to_numpy()
-    distinct = {tuple((m["role"], m["content"]) for m in p) for p in prompts}
-    return {"pairs": len(prompts), "distinct_prompts": len(distinct),
-            "prompt_turns": _stats(np.array([len(p) for p in prompts])),
-            "with_system_prompt": sum(any(m["role"] == "system" for m in p) for p in prompts),
-            "with_earlier_answers": sum(any(m["role"] == "assistant" for m in p) for p in prompts),
-            # DPO readily learns "longer is better" when the preferred answers are mostly the longer ones
-            "chosen_longer": sum(len(c) > len(r) for c, r in zip(chosen, rejected, strict=True)),
-            "chosen_chars": _stats(np.array([len(c) for c in chosen])),
-            "rejected_chars": _stats(np.array([len(r) for r in rejected])),
+    return {"pairs": table.num_rows, "distinct_prompts": len(distinct), "prompt_turns": _stats(np.array(turns)),
+            "with_system_prompt": system, "with_earlier_answers": earlier, "chosen_longer": chosen_longer,
+            "chosen_chars": _stats(np.array(chosen_chars)), "rejected_chars": _stats(np.array(rejected_chars)),
             "tokens": _stats(tokens), "tokens_total": int(tokens.sum())}
+
+
+def _chunks(table: pa.Table, column: str) -> Iterator[list[Any]]:
+    """A column's values as Python objects, a chunk of rows at a time."""
+    for start in range(0, table.num_rows, CHUNK):
+        yield table.column(column).slice(start, CHUNK).to_pylist()
 
 
 # -- pictures -----------------------------------------------------------------------------------

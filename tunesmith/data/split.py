@@ -9,71 +9,129 @@ group never straddles splits.
 Rows that may not be tested on (synthetic ones, unless their source allows it) are shared between
 the other splits in those splits' own proportions, after the real rows: so the real rows keep
 the configured proportions and the test split stays real.
+
+Everything is integer codes in numpy arrays (a split is its index in SPLITS, a stratum its rank in
+sorted order, a group any id), so millions of rows cost a few bytes each; only the walk over the
+shuffled units of a stratum, which decides one unit at a time, is a Python loop.
 """
 
 from __future__ import annotations
-
-from collections import Counter, defaultdict
 
 import numpy as np
 
 from tunesmith.config import SPLITS, SplitSpec
 
+TRAIN, VALIDATION, TEST = (SPLITS.index(s) for s in ("train", "validation", "test"))
+
 
 def assign(strata: list[str], groups: list[str | None], hints: list[str | None], spec: SplitSpec,
            no_test: list[bool] | None = None) -> np.ndarray:
-    n = len(strata)
-    out = np.array([h if h in ("validation", "test") else "" for h in hints], dtype=object)
-    provided = {h for h in hints if h in ("validation", "test")}
-    pool = [s for s in SPLITS if s not in provided]
+    """The split name of every row, from plain lists (see `assign_codes`)."""
+    names = sorted(set(strata))
+    stratum_code = {s: k for k, s in enumerate(names)}
+    group_code: dict[str, int] = {}
+    codes = assign_codes(
+        np.array([stratum_code[s] for s in strata], dtype=np.int64),
+        np.array([-1 if g is None else group_code.setdefault(g, len(group_code)) for g in groups], dtype=np.int64),
+        np.array([SPLITS.index(h) if h in ("validation", "test") else -1 for h in hints], dtype=np.int8),
+        spec, None if no_test is None else np.asarray(no_test, dtype=bool))
+    return np.array(SPLITS, dtype=str)[codes] if len(codes) else np.array([], dtype=str)
 
-    # Units: one per group (rows without a group are their own unit); a unit with a row that may not
-    # be tested on keeps out of test as a whole.
-    units: dict[str, list[int]] = defaultdict(list)
-    for i in range(n):
-        if not out[i]:
-            units[f"g:{groups[i]}" if groups[i] is not None else f"r:{i}"].append(i)
-    free = [m for m in units.values() if not (no_test and any(no_test[i] for i in m))]
-    kept_out = [m for m in units.values() if no_test and any(no_test[i] for i in m)]
+
+def assign_codes(strata: np.ndarray, groups: np.ndarray, hints: np.ndarray, spec: SplitSpec,
+                 no_test: np.ndarray | None = None) -> np.ndarray:
+    """The split (index in SPLITS, int8) of every row.
+
+    strata: the row's stratum, numbered in sorted order of the strata's names (so strata are visited
+    in that order); groups: the row's group id, -1 for none; hints: VALIDATION or TEST for a row
+    pre-assigned there, anything else for a free row; no_test: rows that may not go to test.
+    """
+    out = np.where((hints == VALIDATION) | (hints == TEST), hints, -1).astype(np.int8)
+    pool = [k for k in range(len(SPLITS)) if k == TRAIN or not (out == k).any()]
+
+    # Units: one per group (rows without a group are their own unit), numbered in the order of their
+    # first row; a unit with a row that may not be tested on keeps out of test as a whole.
+    free = np.flatnonzero(out < 0)
+    grouped = groups[free] >= 0
+    if grouped.any():
+        first = np.arange(len(free))  # position (in `free`) of the first row of each row's unit
+        _, first_of_group, which = np.unique(groups[free][grouped], return_index=True, return_inverse=True)
+        first[grouped] = np.flatnonzero(grouped)[first_of_group][which]
+        _, unit = np.unique(first, return_inverse=True)
+        units = int(unit.max()) + 1
+        sizes = np.bincount(unit, minlength=units)
+        kept_out = np.zeros(units, dtype=bool)
+        if no_test is not None:
+            kept_out = np.bincount(unit, weights=no_test[free], minlength=units) > 0
+        stratum = _unit_strata(unit, strata[free], units) if spec.stratify else np.zeros(units, dtype=np.int64)
+    else:  # every unit one row: no grouping to work out (and nothing the size of the rows to spare)
+        unit, units = np.arange(len(free)), len(free)
+        sizes = np.ones(units, dtype=np.int64)
+        kept_out = np.zeros(units, dtype=bool) if no_test is None else no_test[free]
+        stratum = strata[free] if spec.stratify else np.zeros(units, dtype=np.int64)
 
     rng = np.random.default_rng(spec.seed)
-    _share(free, pool, strata, spec, rng, out)
-    _share(kept_out, [s for s in pool if s != "test"], strata, spec, rng, out)
-    return out.astype(str)
+    unit_split = np.full(units, -1, dtype=np.int8)
+    for chosen, splits in ((~kept_out, pool), (kept_out, [k for k in pool if k != TEST])):
+        _share(np.flatnonzero(chosen), splits, sizes, stratum, spec, rng, unit_split)
+    out[free] = unit_split[unit]
+    return out
 
 
-def _share(units: list[list[int]], pool: list[str], strata: list[str], spec: SplitSpec, rng: np.random.Generator,
-           out: np.ndarray) -> None:
+def _unit_strata(unit: np.ndarray, strata: np.ndarray, units: int) -> np.ndarray:
+    """Each unit's commonest stratum; on a tie, the one its earliest row has."""
+    width = int(strata.max()) + 1
+    pairs, first_row, count = np.unique(unit * width + strata, return_index=True, return_counts=True)
+    pair_unit = pairs // width
+    best = np.lexsort((first_row, -count, pair_unit))  # per unit: most rows, then earliest row
+    is_first = np.r_[True, pair_unit[best][1:] != pair_unit[best][:-1]]
+    out = np.empty(units, dtype=np.int64)
+    out[pair_unit[best][is_first]] = strata[first_row[best][is_first]]
+    return out
+
+
+def _share(units: np.ndarray, pool: list[int], sizes: np.ndarray, stratum: np.ndarray, spec: SplitSpec,
+           rng: np.random.Generator, out: np.ndarray) -> None:
     """Give each unit a split of `pool`, in proportion to the configured ratios of those splits."""
-    total = sum(spec.ratio(s) for s in pool)
-    ratios = {s: spec.ratio(s) / total for s in pool}
-    by_stratum: dict[str, list[list[int]]] = defaultdict(list)
-    for members in units:  # stratum = the unit's commonest
-        stratum = Counter(strata[i] for i in members).most_common(1)[0][0] if spec.stratify else ""
-        by_stratum[stratum].append(members)
-
-    for stratum in sorted(by_stratum):
-        members_list = by_stratum[stratum]
-        order = rng.permutation(len(members_list))
-        size = sum(len(m) for m in members_list)
-        target = {s: ratios[s] * size for s in pool}
-        filled = dict.fromkeys(pool, 0)
-        for rank, u in enumerate(order):
-            members = members_list[u]
+    total = sum(spec.ratio(SPLITS[k]) for k in pool)
+    ratios = [spec.ratio(SPLITS[k]) / total for k in pool]
+    small = [q for q, k in enumerate(pool) if k != TRAIN]
+    is_train = [k == TRAIN for k in pool]
+    by_stratum = units[np.argsort(stratum[units], kind="stable")]  # unit order kept within a stratum
+    bounds = np.flatnonzero(np.diff(stratum[by_stratum])) + 1
+    for members in np.split(by_stratum, bounds) if len(units) else []:
+        order = rng.permutation(len(members))
+        unit_sizes = sizes[members[order]].tolist()
+        size = sum(unit_sizes)
+        target = [r * size for r in ratios]
+        filled = [0] * len(pool)
+        chosen = []
+        seeded = len(small) if len(members) >= 3 else 0
+        for rank, unit_size in enumerate(unit_sizes):
             # The first units of a stratum seed the small splits, so a class with 3+ examples is
-            # seen in validation and test; after that, the split furthest below its target wins.
-            small = [s for s in pool if s != "train"]
-            if len(members_list) >= 3 and rank < len(small):
-                split = small[rank]
+            # seen in validation and test; after that, the split furthest below its target wins
+            # (on a tie, train, else the earlier split).
+            if rank < seeded:
+                q = small[rank]
             else:
-                split = max(pool, key=lambda s: (target[s] - filled[s], s == "train"))
-            filled[split] += len(members)
-            out[members] = split
+                q, best = 0, (target[0] - filled[0], is_train[0])
+                for p in range(1, len(pool)):
+                    key = (target[p] - filled[p], is_train[p])
+                    if key > best:
+                        q, best = p, key
+            filled[q] += unit_size
+            chosen.append(pool[q])
+        out[members[order]] = chosen
 
 
 def regression_strata(scores: np.ndarray, bins: int = 10) -> list[str]:
     """Quantile bins, so every split sees the whole range of the target."""
     if len(scores) == 0:
         return []
+    return [f"q{b}" for b in regression_bins(scores, bins)]
+
+
+def regression_bins(scores: np.ndarray, bins: int = 10) -> np.ndarray:
+    """The quantile bin of every score (the number in its `regression_strata` name)."""
     edges = np.unique(np.quantile(scores, np.linspace(0, 1, bins + 1)[1:-1]))
-    return [f"q{b}" for b in np.searchsorted(edges, scores, side="right")]
+    return np.searchsorted(edges, scores, side="right")

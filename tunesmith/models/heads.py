@@ -23,13 +23,18 @@ class MeanPoolingForSequenceClassification(PreTrainedModel):
     config_class = PretrainedConfig
     base_model_prefix = "encoder"
     supports_gradient_checkpointing = True
+    # The encoder runs PyTorch's fused attention (SDPA), as AutoModel would give it: without these flags
+    # transformers falls back to the eager attention for a wrapper class (slower in training and serving).
+    _supports_sdpa = True
+    _supports_flash_attn = True
 
     def __init__(self, config: PretrainedConfig) -> None:
         super().__init__(config)
+        attention = {"attn_implementation": config._attn_implementation}
         try:
-            self.encoder = AutoModel.from_config(config, add_pooling_layer=False)
+            self.encoder = AutoModel.from_config(config, add_pooling_layer=False, **attention)
         except TypeError:  # architectures without a pooler take no such argument
-            self.encoder = AutoModel.from_config(config)
+            self.encoder = AutoModel.from_config(config, **attention)
         dropout = getattr(config, "classifier_dropout", None) or getattr(config, "hidden_dropout_prob", 0.1)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)

@@ -93,7 +93,23 @@ def apply_method(model: Any, train: TrainSpec, peft_spec: PeftSpec, causal_lm: b
         config = peft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=peft_spec.num_virtual_tokens)
     else:  # pragma: no cover - Method is a closed Literal
         raise ConfigError(f"unknown method {method}")
-    return peft.get_peft_model(model, config)
+    model = peft.get_peft_model(model, config)
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():  # under bf16 autocast PEFT would cast each adapted input to fp32 and back
+        if isinstance(module, BaseTunerLayer):  # (two copies per layer, a sixth of a LoRA step); autocast does it once
+            module.cast_input_dtype_enabled = False
+    return model
+
+
+def freeze_token_embeddings(model: Any) -> int:
+    """Keep the input token table as pre-trained (full fine-tuning of a sequence model); returns the
+    parameters frozen. Positions, token types and the embedding LayerNorm still train: they are small."""
+    table = model.get_input_embeddings().weight
+    if not table.requires_grad:
+        return 0
+    table.requires_grad_(False)
+    return table.numel()
 
 
 def native_bf16() -> bool:

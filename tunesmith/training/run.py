@@ -170,10 +170,28 @@ def manifest_fields(cfg: ProjectConfig, version: DatasetVersion, model_dir: Path
         dataset_fingerprint=version.manifest.fingerprint, parameters={"trainable": trainable, "total": total},
         train_runtime_s=round(float(result.metrics.get("train_runtime", 0.0)), 1),
         processes=int(os.environ.get("WORLD_SIZE", "1")),
-        hyperparameters={k: v for k, v in plan.items() if k != "openai"}, openai_hyperparameters=plan.get("openai"),
+        hyperparameters={**{k: v for k, v in plan.items() if k != "openai"}, **numerics(trainer)},
+        openai_hyperparameters=plan.get("openai"),
         best_metric={trainer.args.metric_for_best_model: float(trainer.state.best_metric)}
         if trainer.state.best_metric is not None else {},
     )
+
+
+def numerics(trainer: Any) -> dict[str, Any]:
+    """What changed the arithmetic of training, for the model card: bf16 autocast (matrix products in
+    bfloat16, weights kept and saved in fp32) and a frozen token table."""
+    model = trainer.model
+    table = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    out: dict[str, Any] = {"precision": "bf16 autocast" if trainer.args.bf16 else "fp32"}
+    if table is not None and hasattr(table, "weight"):
+        out["token_embeddings"] = "trained" if table.weight.requires_grad else "frozen"
+    from tunesmith.models.sequence import ATTENTION_DROPOUT_KEYS
+
+    config = getattr(model, "config", None)
+    key = next((k for k in ATTENTION_DROPOUT_KEYS if hasattr(config, k)), None)
+    if key is not None:
+        out["attention_dropout"] = float(getattr(config, key) or 0.0)
+    return out
 
 
 def save_model(trainer: Any, tokenizer: Any, folder: Path) -> None:

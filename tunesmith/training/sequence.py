@@ -102,7 +102,7 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
     from tunesmith.models.catalog import context_length, resolve_model_dir
     from tunesmith.models.sequence import load_for_sequence_task
     from tunesmith.tasks import sequence
-    from tunesmith.training.methods import apply_method
+    from tunesmith.training.methods import apply_method, freeze_token_embeddings
 
     task = cfg.task.type
     run_dir, checkpoint = start_run(cfg, resume, overwrite)
@@ -137,10 +137,14 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
 
     torch.manual_seed(cfg.train.seed)  # the head's random init is part of the run
     if parent is None:
-        model = load_for_sequence_task(model_dir, task, labels, pooling=cfg.model.pooling)
+        model = load_for_sequence_task(model_dir, task, labels, pooling=cfg.model.pooling,
+                                       attention_dropout=cfg.train.attention_dropout)
+        cpu_attention(model)
         model = apply_method(model, cfg.train, cfg.peft)
     else:
         model = _continued_model(parent, cfg)
+    if cfg.train.method == "full" and not cfg.train.train_embeddings:
+        freeze_token_embeddings(model)
     trainable, total = count_and_report(cfg, model)
 
     t = cfg.train
@@ -181,6 +185,19 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
     return finish_run(run_dir, trainer, manifest, metrics)
 
 
+def cpu_attention(model: Any) -> None:
+    """On a CPU, train with the plain attention: PyTorch's fused CPU kernel (SDPA flash) has a backward ~12x
+    its forward at MiniLM's head size, and its math fallback spends a tenth of the step on mask handling.
+    The saved model keeps the default (SDPA) for serving, where only the fast forward runs."""
+    import torch
+
+    if not torch.cuda.is_available() and hasattr(model, "set_attn_implementation"):
+        try:
+            model.set_attn_implementation("eager")
+        except (ValueError, NotImplementedError):  # an architecture with one implementation only
+            pass
+
+
 def _parent_run(cfg: ProjectConfig, labels: list[str] | None, model_dir: Path) -> Run | None:
     """The run `train.init_from` continues, checked to fit: same task, labels, base model and method."""
     if cfg.train.init_from is None:
@@ -210,8 +227,11 @@ def _continued_model(parent: Run, cfg: ProjectConfig) -> Any:
     m = parent.manifest
     if not m.adapter:
         model = load_trained_sequence_model(parent.model_dir)
+        cpu_attention(model)
         return apply_method(model, cfg.train, cfg.peft) if cfg.train.method == "head" else model
     from peft import PeftModel
 
-    base = load_for_sequence_task(base_model_dir(m), cfg.task.type, m.labels, pooling=cfg.model.pooling)
+    base = load_for_sequence_task(base_model_dir(m), cfg.task.type, m.labels, pooling=cfg.model.pooling,
+                                  attention_dropout=cfg.train.attention_dropout)
+    cpu_attention(base)
     return PeftModel.from_pretrained(base, parent.model_dir, is_trainable=True)

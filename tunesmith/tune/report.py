@@ -80,6 +80,7 @@ def _trial_row(trial: FrozenTrial, names: list[str]) -> dict[str, Any]:
         "duration_s": round(trial.duration.total_seconds(), 1) if trial.duration else None,
         "steps": attrs.get("steps"), "evaluations": attrs.get("evaluations"),
         "intermediate": {str(k): v for k, v in sorted(trial.intermediate_values.items())},
+        "pruning_signal": attrs.get("pruning_signal"),
         "run": attrs.get("run_dir"), "host": attrs.get("host"), "surplus": bool(attrs.get("surplus")),
         "objectives": attrs.get("objectives"),
     }
@@ -104,7 +105,9 @@ def write_report(study: optuna.Study, folder: Path, names: list[str], best: int 
         def curves() -> Any:
             axes = vis.plot_intermediate_values(study)
             axes.set_xlabel("evaluation (step reported to the pruner)")
-            axes.set_ylabel(f"validation {metric}")
+            signal = next((t.user_attrs["pruning_signal"] for t in trials if "pruning_signal" in t.user_attrs), metric)
+            axes.set_ylabel(f"validation {signal[1:]}, negated (higher is better)" if signal.startswith("-")
+                            else f"validation {signal}")
             return axes
 
         figures["curves"] = _figure("curves", folder, curves, notes)

@@ -324,9 +324,21 @@ def make_pruner(spec: TuneSpec, echo: Callable[[str], None]) -> optuna.pruners.B
     return optuna.pruners.NopPruner()
 
 
-def _reporter(trial: Trial, metric: str, report: bool) -> Any:
+def pruning_signal(metric: str, prune_on: str) -> str:
+    """The validation value a trial reports to the pruner: its loss (negated for a maximised objective, so
+    the pruner keeps the study's direction), or the objective's own metric."""
+    return "loss" if prune_on == "loss" else metric
+
+
+def _reporter(trial: Trial, metric: str, report: bool, signal: str = "", maximize: bool = True) -> Any:
     """A TrainerCallback that reports each validation result to the trial (step = evaluation number, so
-    trials with other batch sizes compare at the same share of training) and stops a trailing one."""
+    trials with other batch sizes compare at the same share of training) and stops a trailing one.
+
+    `signal` is what is reported (pruning_signal): a loss is negated when the study maximises."""
+    signal = signal or metric
+    sign = -1.0 if signal == "loss" and metric != "loss" and maximize else 1.0
+    if report:  # the report and the log say what the curves are
+        trial.set_user_attr("pruning_signal", f"-{signal}" if sign < 0 else signal)
     from transformers import TrainerCallback
 
     class Report(TrainerCallback):
@@ -339,17 +351,17 @@ def _reporter(trial: Trial, metric: str, report: bool) -> Any:
 
         def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
                         **kwargs: Any) -> None:
-            value = (metrics or {}).get(f"eval_{metric}")
+            value = (metrics or {}).get(f"eval_{signal}")
             self.step = state.global_step
             if value is None:
                 return
             self.evaluations += 1
             if not report:  # multi-objective: Optuna keeps no intermediate values
                 return
-            trial.report(float(value), self.evaluations)
+            trial.report(sign * float(value), self.evaluations)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"{metric} {value:.4g} at evaluation {self.evaluations} (step {state.global_step}) "
-                                         "trails the other trials")
+                raise optuna.TrialPruned(f"validation {signal} {value:.4g} at evaluation {self.evaluations} "
+                                         f"(step {state.global_step}) trails the other trials")
 
     return Report()
 
@@ -411,7 +423,8 @@ class Objective:
                             self.metric, run_dir, dataset_dir)
         self.echo(f"trial {trial.number} starts: {_params_text(values)}")
         version = self.dataset(tcfg)
-        reporter = _reporter(trial, self.metric, report=not spec.objectives)
+        reporter = _reporter(trial, self.metric, report=not spec.objectives, signal=pruning_signal(self.metric, spec.prune_on),
+                             maximize=trial.study.direction == optuna.study.StudyDirection.MAXIMIZE if not spec.objectives else True)
         from tunesmith.training import train
 
         start = time.monotonic()
@@ -474,7 +487,10 @@ def _trial_line(trial: FrozenTrial, names: list[str]) -> str:
         return f"trial {trial.number} complete: {shown} ({steps})"
     if trial.state == TrialState.PRUNED:
         last = trial.intermediate_values.get(max(trial.intermediate_values, default=0))
-        return (f"trial {trial.number} pruned at evaluation {attrs.get('evaluations', 0)}: {names[0]} "
+        signal = attrs.get("pruning_signal", names[0])
+        if signal.startswith("-") and last is not None:  # reported negated so that higher is better
+            signal, last = signal[1:], -last
+        return (f"trial {trial.number} pruned at evaluation {attrs.get('evaluations', 0)}: validation {signal} "
                 f"{_num(last)} trailed the others ({steps})")
     return f"trial {trial.number} {trial.state.name.lower()}"
 
