@@ -252,7 +252,7 @@ def trl_side(spec: dict[str, Any], side: dict[str, Any], timer: Any) -> dict[str
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
     peft_config = None
     if side["method"] == "lora":
-        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.1, task_type="CAUSAL_LM",
+        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",  # tunesmith's peft defaults
                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     args = SFTConfig(
         output_dir=str(Path(spec["work"]) / "trl" / spec["side"]), per_device_train_batch_size=1,
