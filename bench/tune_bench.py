@@ -98,7 +98,9 @@ def config(folder: Path, sources: list[dict[str, Any]], args: argparse.Namespace
         "eval": {"baselines": False},
         "tune": {"space": SPACE, "trials": args.trials, "storage": f"sqlite:///{folder / 'studies.db'}", "study": study,
                  "sampler": "tpe", "seed": args.seed, "pruner": pruner, "startup_trials": args.startup,
-                 "grace_evaluations": args.grace, "prune_on": args.prune_on},
+                 "prune_on": args.prune_on,
+                 **({"grace_evaluations": args.grace} if args.grace is not None else {}),
+                 **({"reduction_factor": args.reduction_factor} if args.reduction_factor is not None else {})},
     }
     return parse_config(raw, f"<bench {study}>")
 
@@ -125,11 +127,12 @@ def side(study: Any, wall: float, summary: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=12, help="trials per study")
+    parser.add_argument("--trials", type=int, default=20, help="trials per study (tune.trials default)")
     parser.add_argument("--steps", type=int, default=160, help="training steps per trial (train.max_steps)")
     parser.add_argument("--evals", type=int, default=8, help="validation evaluations per trial (what the pruner sees)")
     parser.add_argument("--startup", type=int, default=2, help="trials the pruner lets finish before comparing")
-    parser.add_argument("--grace", type=int, default=1, help="evaluations a trial reports before it may be pruned")
+    parser.add_argument("--grace", type=int, help="tune.grace_evaluations (default: tunesmith's)")
+    parser.add_argument("--reduction-factor", type=int, help="tune.reduction_factor (default: tunesmith's)")
     parser.add_argument("--pruner", default="successive_halving", choices=["median", "successive_halving", "hyperband"])
     parser.add_argument("--prune-on", default="loss", choices=["loss", "metric"], help="tune.prune_on: the curve the pruner compares")
     parser.add_argument("--train-rows", type=int, default=600)

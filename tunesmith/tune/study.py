@@ -318,9 +318,9 @@ def make_pruner(spec: TuneSpec, echo: Callable[[str], None]) -> optuna.pruners.B
     if spec.pruner == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials, n_warmup_steps=first)
     if spec.pruner == "successive_halving":
-        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first)
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=first, reduction_factor=spec.reduction_factor)
     if spec.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=first)
+        return optuna.pruners.HyperbandPruner(min_resource=first, reduction_factor=spec.reduction_factor)
     return optuna.pruners.NopPruner()
 
 
