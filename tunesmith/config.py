@@ -613,7 +613,7 @@ class TuneSpec(Spec):
     metric: str | None = None  # the validation metric optimised; None: train.metric, else the task's default
     objectives: list[Literal["latency_ms", "model_mb", "trainable_params"]] = []  # extra objectives (minimised): a Pareto front with NSGA-II
     sampler: Literal["tpe", "random", "cmaes", "qmc", "nsga2"] | None = None  # None: TPE, NSGA-II with extra objectives
-    pruner: Literal["median", "successive_halving", "hyperband", "none"] = "successive_halving"  # keeps the better half at each rung: the same best in under half the compute on bench/tune_bench.py (median: 55-66%)
+    pruner: Literal["median", "successive_halving", "hyperband", "none"] = "successive_halving"  # keeps the better half at each rung: the same best in 49% of the compute on bench/tune_bench.py (median: 55-66% on replayed curves)
     reduction_factor: int = Field(2, ge=2)  # successive halving / hyperband: 1 in rf trials goes on at each rung; 2 judges at evaluations 1, 2, 4, 8 (Optuna's 4 only at 1 and 4 of 8)
     prune_on: Literal["loss", "metric"] = "loss"  # the curve pruners compare: validation loss moves from the first steps, while F1 or accuracy sit at the majority-class value until a model crosses the boundary (bench/tune_bench.py)
     startup_trials: int = Field(3, ge=0)  # median pruner: trials that always finish before it compares curves
