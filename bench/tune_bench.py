@@ -24,7 +24,6 @@ import csv
 import json
 import math
 import os
-import platform
 import random
 import sys
 import tempfile
@@ -32,6 +31,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).parent))
+import ceiling  # noqa: E402 - bench/ is not a package; its scripts share this module (host, flags)
 
 RESULTS = Path(__file__).parent / "results" / "tune_bench.json"
 MAX_COMPUTE = 0.5  # the pruned study may spend at most half the unpruned one's training steps
@@ -41,23 +43,6 @@ SPACE = {  # a realistic first search: a wide learning-rate range (both ends fai
     "peft.r": {"choices": [8, 16]},
     "train.warmup_ratio": {"low": 0.0, "high": 0.2},
 }
-
-
-def host() -> dict[str, Any]:
-    """CPU model, the vector flags that decide matmul speed, cores, and the load when we started."""
-    import torch
-
-    info: dict[str, Any] = {"machine": platform.machine(), "cores": os.cpu_count(), "load_avg": os.getloadavg(),
-                            "torch_threads": torch.get_num_threads()}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-        flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-        info["cpu"] = model
-        info["flags"] = sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8"})
-    except OSError:
-        info["cpu"] = platform.processor() or "?"
-    return info
 
 
 def write_rows(folder: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -151,9 +136,9 @@ def main() -> int:
 
     from tunesmith.tune.study import Objective, check_space, finish_study, load_study, metric_of, run_trials, study_folder
 
-    machine = host()
+    machine = ceiling.host()
     print(f"host: {machine.get('cpu')}, {machine['cores']} cores ({machine['torch_threads']} torch threads), flags {machine.get('flags')}, "
-          f"load {[round(x, 2) for x in machine['load_avg']]}", flush=True)
+          f"load {machine['load_avg']}", flush=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.keep or Path(tmp)

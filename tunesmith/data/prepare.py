@@ -36,7 +36,6 @@ from tunesmith.errors import ConfigError, DataError
 BATCH = 10_000  # rows per Arrow record batch while streaming
 CHUNK = 50_000  # rows per chunk of a pass over the table: bounds what a pass holds as Python objects
 REMOVAL_STAGES = ("length", "exact_duplicate", "conflict", "near_duplicate", "leakage")  # after reading
-SPLIT_RANK = {None: 0, "train": 0, "validation": 1, "test": 2}
 Progress = Callable[[str, int, int | None], None]  # (task, completed, total) -> None
 
 
@@ -417,13 +416,20 @@ class _Preparation:
         values = take_rows(self.table.select([TARGET_TYPES[self.task][0]]), rows).column(0).to_pylist()
         return ["|".join(v) for v in values] if self.task == TaskType.multi_label else values
 
+    def _hint_codes(self) -> np.ndarray:
+        """Each row's pre-assigned split as its index in SPLITS (validation, test), -1 for a free row (a
+        `split: train` source pre-assigns nothing: train is where free rows mostly go anyway)."""
+        hints = self.table.column("split_hint")
+        codes = np.full(self.table.num_rows, -1, dtype=np.int8)
+        for name in ("validation", "test"):
+            codes[pc.fill_null(pc.equal(hints, name), False).to_numpy(zero_copy_only=False)] = SPLITS.index(name)
+        return codes
+
     def _keep_rank(self) -> np.ndarray:
         """Which copy of a duplicate stays (lowest first): pre-assigned later splits last, and a real row
         before a synthetic one, wherever the sources are listed."""
-        hints = self.table.column("split_hint")
-        later = [pc.fill_null(pc.equal(hints, name), False).to_numpy(zero_copy_only=False) for name in ("validation", "test")]
         synthetic = self.table.column("synthetic").to_numpy(zero_copy_only=False)
-        return (later[0].astype(np.int64) * SPLIT_RANK["validation"] + later[1] * SPLIT_RANK["test"]) * 2 + synthetic
+        return np.maximum(self._hint_codes(), 0).astype(np.int64) * 2 + synthetic
 
     def _exact_duplicates(self) -> None:
         step = self._step("exact duplicates")
@@ -453,15 +459,14 @@ class _Preparation:
         del first, group
 
         # Groups whose copies disagree on the target: the policy decides, one group at a time (they are
-        # few). The counts keep the order in which groups come, plain ones included.
+        # few). The counts keep the order in which groups come: "exact duplicate" enters before the first
+        # conflicting group that follows a plain one (or last, with the count of every plain copy).
         policy = self.cfg.data.dedup.conflicts
-        multi = sizes > 1
-        first_plain = int(np.argmax(multi & ~conflict)) if (multi & ~conflict).any() else len(starts)
-        if first_plain < len(starts) and (not conflict.any() or first_plain < np.argmax(conflict)):
-            step.reasons["exact duplicate"] += 0
+        plain_groups = (sizes > 1) & ~conflict
+        first_plain = int(np.argmax(plain_groups)) if plain_groups.any() else len(starts)
         for g in np.flatnonzero(conflict):
-            if g > first_plain and "exact duplicate" not in step.reasons:
-                step.reasons["exact duplicate"] += 0
+            if g > first_plain:
+                step.reasons.setdefault("exact duplicate", 0)
             members = [int(x) for x in order[starts[g] : starts[g] + sizes[g]]]
             values = self._targets(members)
             ids = self._ids(np.array(members))
@@ -544,12 +549,9 @@ class _Preparation:
         groups = self.table.column("group")
         group_codes = pc.fill_null(pc.index_in(groups, value_set=pc.unique(groups).drop_null()), -1)
         group_codes = group_codes.to_numpy(zero_copy_only=False)
-        hints = self.table.column("split_hint")
-        hint_codes = np.full(self.table.num_rows, -1, dtype=np.int8)
-        for name in ("validation", "test"):
-            hint_codes[pc.fill_null(pc.equal(hints, name), False).to_numpy(zero_copy_only=False)] = SPLITS.index(name)
         no_test = self.table.column("no_test").to_numpy(zero_copy_only=False)
-        assigned = split.assign_codes(self._strata()[idx], group_codes[idx], hint_codes[idx], self.cfg.data.split, no_test[idx])
+        assigned = split.assign_codes(self._strata()[idx], group_codes[idx], self._hint_codes()[idx], self.cfg.data.split,
+                                      no_test[idx])
         self.split_of = np.full(self.table.num_rows, -1, dtype=np.int8)  # index in SPLITS; -1 for removed rows
         self.split_of[idx] = assigned
 

@@ -102,14 +102,10 @@ def apply_method(model: Any, train: TrainSpec, peft_spec: PeftSpec, causal_lm: b
     return model
 
 
-def freeze_token_embeddings(model: Any) -> int:
-    """Keep the input token table as pre-trained (full fine-tuning of a sequence model); returns the
-    parameters frozen. Positions, token types and the embedding LayerNorm still train: they are small."""
-    table = model.get_input_embeddings().weight
-    if not table.requires_grad:
-        return 0
-    table.requires_grad_(False)
-    return table.numel()
+def freeze_token_embeddings(model: Any) -> None:
+    """Keep the input token table as pre-trained (full fine-tuning of a sequence model). Positions, token
+    types and the embedding LayerNorm still train: they are small."""
+    model.get_input_embeddings().weight.requires_grad_(False)
 
 
 def native_bf16() -> bool:

@@ -324,19 +324,15 @@ def make_pruner(spec: TuneSpec, echo: Callable[[str], None]) -> optuna.pruners.B
     return optuna.pruners.NopPruner()
 
 
-def pruning_signal(metric: str, prune_on: str) -> str:
-    """The validation value a trial reports to the pruner: its loss (negated for a maximised objective, so
-    the pruner keeps the study's direction), or the objective's own metric."""
-    return "loss" if prune_on == "loss" else metric
-
-
-def _reporter(trial: Trial, metric: str, report: bool, signal: str = "", maximize: bool = True) -> Any:
+def _reporter(trial: Trial, metric: str, report: bool, prune_on: str = "metric") -> Any:
     """A TrainerCallback that reports each validation result to the trial (step = evaluation number, so
     trials with other batch sizes compare at the same share of training) and stops a trailing one.
 
-    `signal` is what is reported (pruning_signal): a loss is negated when the study maximises."""
-    signal = signal or metric
-    sign = -1.0 if signal == "loss" and metric != "loss" and maximize else 1.0
+    What is reported is `tune.prune_on`: the validation loss (negated when the study maximises, so the
+    pruner keeps the study's direction) or the objective's own metric."""
+    signal = "loss" if prune_on == "loss" else metric
+    maximize = trial.study.directions[0] == optuna.study.StudyDirection.MAXIMIZE
+    sign = -1.0 if signal == "loss" and maximize else 1.0
     if report:  # the report and the log say what the curves are
         trial.set_user_attr("pruning_signal", f"-{signal}" if sign < 0 else signal)
     from transformers import TrainerCallback
@@ -423,8 +419,7 @@ class Objective:
                             self.metric, run_dir, dataset_dir)
         self.echo(f"trial {trial.number} starts: {_params_text(values)}")
         version = self.dataset(tcfg)
-        reporter = _reporter(trial, self.metric, report=not spec.objectives, signal=pruning_signal(self.metric, spec.prune_on),
-                             maximize=trial.study.direction == optuna.study.StudyDirection.MAXIMIZE if not spec.objectives else True)
+        reporter = _reporter(trial, self.metric, report=not spec.objectives, prune_on=spec.prune_on)
         from tunesmith.training import train
 
         start = time.monotonic()
