@@ -11,7 +11,7 @@ Training throughput against what the hardware can compute, in one invocation on 
      hf-dynamic-bf16  the same with bf16=True (only where the CPU has native bf16: avx512_bf16 or amx)
    and `tunesmith train` with its defaults (examples/food_reviews.yaml), full and LoRA;
 3. with --chat, SmolLM2-135M chat SFT on the chatterbot corpus: TRL's SFTTrainer in its documented best
-   configuration (packing, padding-free, loss on completions only) against `tunesmith train
+   configuration (packing, padding-free, loss on the assistant tokens, pre-tokenized with tunesmith's chat encoding) against `tunesmith train
    examples/chatterbot_chat.yaml`, LoRA and full, with the validation loss of each.
 
 Every side runs the same optimizer steps (--warmup untimed, then --steps timed) on the same rows, each
@@ -221,34 +221,31 @@ def tunesmith_side(spec: dict[str, Any], side: dict[str, Any], timer: Any, chat:
 
 def trl_side(spec: dict[str, Any], side: dict[str, Any], timer: Any) -> dict[str, Any]:
     """TRL's SFTTrainer as its documentation recommends for speed: packing (best-fit decreasing) with
-    padding_free, loss on completions only.
+    padding_free, loss on the assistant tokens only.
 
-    SmolLM2's chat template has no {% generation %} markers and TRL cannot patch it, so
-    assistant_only_loss is refused; TRL's documented alternative is the prompt-completion format
-    (completion_only_loss), the prompt being every turn before the last assistant answer. One packed
-    row per step of batch_size x the mean conversation length, so a step sees about as many tokens as
-    tunesmith's batch of conversations."""
+    SmolLM2's chat template has no {% generation %} markers, so TRL cannot find the assistant tokens of a
+    "messages" dataset itself (assistant_only_loss is refused). TRL's documented way round that is a
+    pre-tokenized dataset with input_ids and assistant_masks, which it turns into labels and packs: here the
+    conversations are tokenized with tunesmith's chat encoding, so both sides train exactly the same tokens
+    (every assistant turn) and their validation losses compare. One packed row per step of batch_size x the
+    mean conversation length, so a step sees about as many tokens as tunesmith's batch of conversations."""
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
     import datasets
+    from tunesmith.tasks import chat
 
     model_dir = spec["model_dirs"]["smollm2-135m"]
-
-    def prompt_completion(split: str) -> Any:
-        rows = datasets.Dataset.from_parquet(str(Path(spec["dataset"]) / f"{split}.parquet"))
-
-        def convert(ex: dict[str, Any]) -> dict[str, Any]:
-            turns = [{"role": m["role"], "content": m["content"]} for m in ex["messages"]]
-            last = max(i for i, m in enumerate(turns) if m["role"] == "assistant")
-            return {"prompt": turns[:last], "completion": [turns[last]]}
-        return rows.map(convert, remove_columns=rows.column_names)
-
-    train, val = prompt_completion("train"), prompt_completion("validation")
-    mean_tokens = statistics.fmean(datasets.Dataset.from_parquet(str(Path(spec["dataset"]) / "train.parquet"))["n_tokens"])
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    def pretokenized(split: str) -> Any:
+        rows = datasets.Dataset.from_parquet(str(Path(spec["dataset"]) / f"{split}.parquet"))
+        return rows.map(lambda ex: chat.encode(tokenizer, ex["messages"]), remove_columns=rows.column_names)
+
+    train, val = pretokenized("train"), pretokenized("validation")
+    mean_tokens = statistics.fmean(len(ids) for ids in train["input_ids"])
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
     peft_config = None
     if side["method"] == "lora":

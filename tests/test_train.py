@@ -85,10 +85,12 @@ def test_full_finetuning_learns_and_changes_every_weight_but_the_token_table(tmp
     assert set(changed) == set(encoder) - {table}  # the token table stays pre-trained (train.train_embeddings)
     assert manifest.hyperparameters["token_embeddings"] == "frozen"
     assert manifest.hyperparameters["attention_dropout"] == 0.0  # train.attention_dropout's default
-    assert json.loads((run / "model" / "config.json").read_text())["attention_probs_dropout_prob"] == 0.0
+    assert manifest.hyperparameters["hidden_dropout"] == 0.0  # train.hidden_dropout's default
+    saved = json.loads((run / "model" / "config.json").read_text())
+    assert saved["attention_probs_dropout_prob"] == 0.0 and saved["hidden_dropout_prob"] == 0.0
     assert not (run / "model" / "training_args.bin").exists()  # no pickles in a run folder
     card = (run / "README.md").read_text()
-    assert card.startswith("# tiny") and "- Numerics: " in card and "token embeddings frozen" in card
+    assert card.startswith("# tiny") and "- Numerics: " in card and "token embeddings frozen" in card and "hidden dropout 0" in card
 
 
 def test_train_embeddings_trains_the_token_table_too(tmp_path: Path, tiny_bert: Path) -> None:

@@ -37,7 +37,8 @@ def write_model_card(run_dir: Path) -> Path:
               *([f"- Numerics: {hp['precision']}" + ("; matrix products in bfloat16, weights kept and saved in fp32"
                                                      if hp["precision"] != "fp32" else "")
                  + (f"; token embeddings {hp['token_embeddings']}" if hp.get("token_embeddings") else "")
-                 + (f"; attention dropout {hp['attention_dropout']:g}" if hp.get("attention_dropout") is not None else "")]
+                 + (f"; attention dropout {hp['attention_dropout']:g}" if hp.get("attention_dropout") is not None else "")
+                 + (f"; hidden dropout {hp['hidden_dropout']:g}" if hp.get("hidden_dropout") is not None else "")]
                 if hp.get("precision") else []),
               *([f"- OpenAI hyperparameters: {m.openai_hyperparameters}"] if m.openai_hyperparameters else []),
               "", "## Results", "", "Validation (best checkpoint): "

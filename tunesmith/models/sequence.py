@@ -52,17 +52,20 @@ def load_trained_sequence_model(model_dir: Path) -> Any:
 
 
 ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")  # BERT family, DistilBERT/Llama, GPT-2
+HIDDEN_DROPOUT_KEYS = ("hidden_dropout_prob", "dropout", "resid_pdrop", "embd_pdrop")  # BERT family, DistilBERT, GPT-2
 
 
 def load_for_sequence_task(model_dir: Path, task: TaskType, labels: list[str] | None, pooling: str = "auto",
-                           attention_dropout: float | None = None) -> Any:
-    """A new head on the base model; `attention_dropout` replaces the model's own where given."""
+                           attention_dropout: float | None = None, hidden_dropout: float | None = None) -> Any:
+    """A new head on the base model; `attention_dropout` and `hidden_dropout` replace the model's own where given."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     config = AutoConfig.from_pretrained(model_dir)
     kwargs: dict[str, Any] = {"problem_type": problem_type(task)}
     if attention_dropout is not None:
         kwargs.update({k: attention_dropout for k in ATTENTION_DROPOUT_KEYS if hasattr(config, k)})
+    if hidden_dropout is not None:
+        kwargs.update({k: hidden_dropout for k in HIDDEN_DROPOUT_KEYS if hasattr(config, k)})
     if task == TaskType.regression:
         kwargs["num_labels"] = 1
     else:

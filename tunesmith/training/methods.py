@@ -99,6 +99,10 @@ def apply_method(model: Any, train: TrainSpec, peft_spec: PeftSpec, causal_lm: b
     for module in model.modules():  # under bf16 autocast PEFT would cast each adapted input to fp32 and back
         if isinstance(module, BaseTunerLayer):  # (two copies per layer, a sixth of a LoRA step); autocast does it once
             module.cast_input_dtype_enabled = False
+    if method == "lora":
+        from tunesmith.training.fused_lora import fuse_lora_layers
+
+        fuse_lora_layers(model)
     return model
 
 

@@ -185,12 +185,13 @@ def numerics(trainer: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"precision": "bf16 autocast" if trainer.args.bf16 else "fp32"}
     if table is not None and hasattr(table, "weight"):
         out["token_embeddings"] = "trained" if table.weight.requires_grad else "frozen"
-    from tunesmith.models.sequence import ATTENTION_DROPOUT_KEYS
+    from tunesmith.models.sequence import ATTENTION_DROPOUT_KEYS, HIDDEN_DROPOUT_KEYS
 
     config = getattr(model, "config", None)
-    key = next((k for k in ATTENTION_DROPOUT_KEYS if hasattr(config, k)), None)
-    if key is not None:
-        out["attention_dropout"] = float(getattr(config, key) or 0.0)
+    for name, keys in (("attention_dropout", ATTENTION_DROPOUT_KEYS), ("hidden_dropout", HIDDEN_DROPOUT_KEYS)):
+        key = next((k for k in keys if hasattr(config, k)), None)
+        if key is not None:
+            out[name] = float(getattr(config, key) or 0.0)
     return out
 
 

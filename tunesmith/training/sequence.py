@@ -138,7 +138,7 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
     torch.manual_seed(cfg.train.seed)  # the head's random init is part of the run
     if parent is None:
         model = load_for_sequence_task(model_dir, task, labels, pooling=cfg.model.pooling,
-                                       attention_dropout=cfg.train.attention_dropout)
+                                       attention_dropout=cfg.train.attention_dropout, hidden_dropout=cfg.train.hidden_dropout)
         cpu_attention(model)
         model = apply_method(model, cfg.train, cfg.peft)
     else:
@@ -222,6 +222,7 @@ def _continued_model(parent: Run, cfg: ProjectConfig) -> Any:
     """The parent's trained weights, ready to train on: full weights as saved, or its adapter (trainable) on the base."""
     from tunesmith.models.loading import base_model_dir
     from tunesmith.models.sequence import load_for_sequence_task, load_trained_sequence_model
+    from tunesmith.training.fused_lora import fuse_lora_layers
     from tunesmith.training.methods import apply_method
 
     m = parent.manifest
@@ -232,6 +233,8 @@ def _continued_model(parent: Run, cfg: ProjectConfig) -> Any:
     from peft import PeftModel
 
     base = load_for_sequence_task(base_model_dir(m), cfg.task.type, m.labels, pooling=cfg.model.pooling,
-                                  attention_dropout=cfg.train.attention_dropout)
+                                  attention_dropout=cfg.train.attention_dropout, hidden_dropout=cfg.train.hidden_dropout)
     cpu_attention(base)
-    return PeftModel.from_pretrained(base, parent.model_dir, is_trainable=True)
+    model = PeftModel.from_pretrained(base, parent.model_dir, is_trainable=True)
+    fuse_lora_layers(model)
+    return model
