@@ -85,11 +85,8 @@ class FusedLoraLinear(LoraLinear):
         return adapter
 
 
-def fuse_lora_layers(model: nn.Module) -> int:
-    """Swap every PEFT LoRA Linear in `model` for the fused subclass; returns how many were swapped."""
-    swapped = 0
+def fuse_lora_layers(model: nn.Module) -> None:
+    """Swap every PEFT LoRA Linear in `model` for the fused subclass."""
     for module in model.modules():
         if type(module) is LoraLinear:
             module.__class__ = FusedLoraLinear
-            swapped += 1
-    return swapped
