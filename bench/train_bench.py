@@ -261,7 +261,25 @@ def trl_side(spec: dict[str, Any], side: dict[str, Any], timer: Any) -> dict[str
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=val, processing_class=tokenizer,
                          peft_config=peft_config, callbacks=[timer])
     trainer.train()
-    return {"validation_loss": float(trainer.evaluate()["eval_loss"])}
+    return {"validation_loss": per_token_loss(trainer)}
+
+
+def per_token_loss(trainer: Any) -> float:
+    """Validation loss per trained token over the whole split, TRL's packed eval rows as they are (position ids
+    keep the conversations apart: scored one at a time they give the same sum). Trainer.evaluate averages
+    per-batch means instead, which weighs a batch of 30 trained tokens like one of 900; tunesmith's
+    full_valid_loss is per token, so this is what compares."""
+    import torch
+
+    from tunesmith.training import lm_loss
+
+    model = trainer.model.eval()
+    loss_sum, tokens = 0.0, 0
+    with torch.no_grad(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=trainer.args.bf16):
+        for batch in trainer.get_eval_dataloader():
+            out = lm_loss.trained_token_loss(model, trainer._prepare_inputs(batch))
+            loss_sum, tokens = loss_sum + float(out.loss_sum), tokens + int(out.tokens)
+    return loss_sum / tokens
 
 
 def child(args: argparse.Namespace) -> int:

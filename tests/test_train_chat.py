@@ -148,6 +148,30 @@ def test_sft_learns_and_writes_openai_step_metrics(tuned_run: Path) -> None:
     assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in model_files)
 
 
+def test_validation_loss_is_per_trained_token_over_the_whole_split(tmp_path: Path, tiny_llama: Path) -> None:
+    """full_valid_loss is the loss of every trained validation token, each conversation scored alone, summed and
+    divided by their count; not the Trainer's mean of per-batch means (its batches here: 8 and 2 conversations,
+    with different token counts and losses)."""
+    from tunesmith.artifacts import DatasetVersion
+    from tunesmith.models import loading
+
+    run = Run(train(chat_project(tmp_path, tiny_llama, {"max_steps": 3, "batch_size": 4})))  # evaluation batches of 8
+    loaded = loading.load_run(run)
+    rows = DatasetVersion(run.manifest.dataset).hf_dataset("validation")
+    assert 8 < len(rows) <= 16  # two evaluation batches of unequal size
+    losses, counts = [], []
+    with torch.no_grad():
+        for messages in rows["messages"]:
+            enc = chat.encode(loaded.tokenizer, messages)
+            ids, mask = torch.tensor([enc["input_ids"]]), torch.tensor(enc["assistant_masks"][1:]).bool()
+            logits = loaded.model(input_ids=ids).logits[0, :-1].float()
+            losses.append(torch.nn.functional.cross_entropy(logits[mask], ids[0, 1:][mask], reduction="sum").item())
+            counts.append(int(mask.sum()))
+    assert run.manifest.metrics["full_valid_loss"] == pytest.approx(sum(losses) / sum(counts), rel=1e-4)
+    batch_means = [sum(losses[:8]) / sum(counts[:8]), sum(losses[8:]) / sum(counts[8:])]
+    assert abs(sum(batch_means) / 2 - sum(losses) / sum(counts)) > 1e-3  # the other average would be told apart
+
+
 def test_tuned_model_answers_and_stops(tuned_run: Path) -> None:
     model = ChatModel.from_run(tuned_run)
     prompts = [[{"role": "system", "content": "you are friendly number 7"}, {"role": "user", "content": q}] for q, _ in QA]
