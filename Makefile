@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 TS     := $(VENV)/bin/tunesmith
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-chat test test-slow bench bench-prepare-scale bench-serve bench-feedback bench-tune bench-train clean
+.PHONY: install demo demo-chat test test-slow bench bench-prepare-scale bench-serve bench-serve-chat bench-feedback bench-tune bench-train clean
 
 install: $(STAMP)
 
@@ -56,6 +56,12 @@ bench-prepare-scale: install
 # from `make demo` when it exists, else trains a short run first.
 bench-serve: install
 	$(PY) bench/serve_bench.py $(if $(wildcard runs/food-reviews/run.json),--run runs/food-reviews)
+
+# Chat serving: PyTorch vs CTranslate2 at each compute type (tokens/s, greedy answers identical to PyTorch's), then the
+# transformers server vs the default one at 1 and 8 clients; uses runs/chatterbot-chat from `make demo-chat` when it
+# exists, else trains a short LoRA run first; writes bench/results/chat_serve_bench.json.
+bench-serve-chat: install
+	$(PY) bench/chat_serve_bench.py $(if $(wildcard runs/chatterbot-chat/run.json),--run runs/chatterbot-chat)
 
 # The monitoring loop: what the prediction log costs the predict path, feedback items/s (SQLite and
 # the machine's PostgreSQL).

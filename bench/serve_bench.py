@@ -11,8 +11,11 @@ machine:
 5. the roofline: this machine's fp32 and int8 matmul peaks against the model's GFLOP per text, the
    most texts/s any server could compute here.
 
-Targets (issue): served >= 3x the pipeline's throughput, onnx-int8 served >= 5x; int8 >= 2x faster
-than fp32 on the same batch, and at most 1 point of test accuracy lost. Exits 1 when one is missed.
+Targets (issue 14; a server cannot beat the arithmetic, so the yardstick is the roofline, not the
+pipeline): served PyTorch at 32 clients >= 75% of the fp32 roofline, served onnx-int8 >= 50% of the
+int8 roofline, int8 >= 1.8x fp32 on a batch of 32 on hosts with VNNI or AMX (int8 dot products in
+hardware; reported elsewhere), and at most 1 point of test accuracy lost. p50/p99 latency reported.
+Exits 1 when one is missed. Writes bench/results/serve_bench.json.
 Without --run it trains a short minilm run first (about 2 minutes); `make demo`'s runs/food-reviews
 is the better model to measure.
 """
@@ -32,7 +35,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-TARGET_SERVED, TARGET_INT8_SERVED, TARGET_INT8_SPEEDUP, MAX_ACCURACY_LOSS = 3.0, 5.0, 2.0, 0.01
+import ceiling
+
+TARGET_FP32_SHARE, TARGET_INT8_SHARE, TARGET_INT8_SPEEDUP, MAX_ACCURACY_LOSS = 0.75, 0.50, 1.8, 0.01
+INT8_HARDWARE = ("avx512_vnni", "avx_vnni", "amx_int8")  # where int8 dot products are native
+RESULTS = Path(__file__).parent / "results" / "serve_bench.json"
 TS = [sys.executable, "-m", "tunesmith"]
 
 
@@ -240,6 +247,7 @@ def main() -> int:
         export = work / "onnx-int8"
         subprocess.run([*TS, "export", str(run), "--format", "onnx-int8", "--out", str(export)], check=True)
 
+        info = ceiling.host()
         print(f"machine: {os.cpu_count()} cores; run {run}; {len(texts)} requests per measurement", flush=True)
         fp32_peak, int8_peak = matmul_peaks()
         gflop = gflop_per_text(run, texts)
@@ -258,35 +266,43 @@ def main() -> int:
         acc_fp32, acc_int8 = accuracy(run, test_texts, gold), accuracy(export, test_texts, gold)
 
     rows = [
-        ("pipeline, 1 text per call", base_rps, pct(base_lat, 50), pct(base_lat, 99), "1.0x", ""),
-        (f"serve PyTorch, {args.clients} clients", rps, pct(lat, 50), pct(lat, 99), f"{rps / base_rps:.1f}x",
-         f">= {TARGET_SERVED:.0f}x"),
-        (f"serve onnx-int8, {args.clients} clients", int8_rps, pct(int8_lat, 50), pct(int8_lat, 99),
-         f"{int8_rps / base_rps:.1f}x", f">= {TARGET_INT8_SERVED:.0f}x"),
+        ("pipeline, 1 text per call", base_rps, pct(base_lat, 50), pct(base_lat, 99)),
+        (f"serve PyTorch, {args.clients} clients", rps, pct(lat, 50), pct(lat, 99)),
+        (f"serve onnx-int8, {args.clients} clients", int8_rps, pct(int8_lat, 50), pct(int8_lat, 99)),
     ]
-    print("\n| setup | texts/s | p50 ms | p99 ms | vs pipeline | target |\n|---|---|---|---|---|---|")
-    for name, v, p50, p99, ratio, target in rows:
-        print(f"| {name} | {v:.1f} | {p50:.1f} | {p99:.1f} | {ratio} | {target} |")
-    print(f"\nbatch of 32: fp32 PyTorch {fp32_s * 1000:.0f} ms, onnx-int8 {int8_s * 1000:.0f} ms "
-          f"({fp32_s / int8_s:.2f}x; target >= {TARGET_INT8_SPEEDUP:.0f}x)")
-    print(f"test accuracy: fp32 {acc_fp32:.4f}, onnx-int8 {acc_int8:.4f} (loss {100 * (acc_fp32 - acc_int8):+.2f} points; "
-          f"target <= {100 * MAX_ACCURACY_LOSS:.0f})")
+    ceilings = {"fp32": fp32_peak / gflop, "int8": int8_peak / gflop} if gflop else {}
+    share = {"fp32": rps / ceilings["fp32"], "int8": int8_rps / ceilings["int8"]} if gflop else {}
+    print(f"\nhost: {info['cpu']}, {info['cores']} cores, flags {' '.join(info['flags'])}")
+    print("| setup | texts/s | p50 ms | p99 ms | vs pipeline | share of its roofline |\n|---|---|---|---|---|---|")
+    for (name, v, p50, p99), kind in zip(rows, (None, "fp32", "int8"), strict=True):
+        roof = f"{share[kind]:.0%}" if kind and share else "-"
+        print(f"| {name} | {v:.1f} | {p50:.0f} | {p99:.0f} | {v / base_rps:.1f}x | {roof} |")
+    print(f"\nbatch of 32: fp32 PyTorch {fp32_s * 1000:.0f} ms, onnx-int8 {int8_s * 1000:.0f} ms ({fp32_s / int8_s:.2f}x)")
+    print(f"test accuracy: fp32 {acc_fp32:.4f}, onnx-int8 {acc_int8:.4f} (loss {100 * (acc_fp32 - acc_int8):+.2f} points)")
     if gflop:
-        # The ceiling: a server cannot beat the arithmetic. At the machine's own matmul peak, how many texts
-        # per second could any server reach, and what multiple of the pipeline is that?
-        print(f"\nroofline: {gflop:.2f} GFLOP per text; pipeline runs at {base_rps * gflop:.0f} GFLOP/s")
-        for name, peak, served, target in (("fp32", fp32_peak, rps, TARGET_SERVED),
-                                           ("int8", int8_peak, int8_rps, TARGET_INT8_SERVED)):
-            ceiling = peak / gflop
-            print(f"  {name}: matmul peak {peak:.0f} GFLOP/s -> at most {ceiling:.1f} texts/s = "
-                  f"{ceiling / base_rps:.1f}x the pipeline (target {target:.0f}x); served reaches "
-                  f"{served / ceiling:.0%} of that ceiling")
-    checks = {"served >= 3x pipeline": rps / base_rps >= TARGET_SERVED,
-              "onnx-int8 served >= 5x pipeline": int8_rps / base_rps >= TARGET_INT8_SERVED,
-              "int8 >= 2x fp32 on a batch": fp32_s / int8_s >= TARGET_INT8_SPEEDUP,
+        # The ceiling: at the machine's own matmul peak, how many texts per second could any server reach?
+        print(f"roofline: {gflop:.2f} GFLOP per text (matrix products); pipeline runs at {base_rps * gflop:.0f} GFLOP/s")
+        for kind, peak in (("fp32", fp32_peak), ("int8", int8_peak)):
+            print(f"  {kind}: matmul peak {peak:.0f} GFLOP/s -> at most {ceilings[kind]:.1f} texts/s; served reaches "
+                  f"{share[kind]:.0%} of it")
+    int8_native = bool(set(INT8_HARDWARE) & set(info["flags"]))
+    checks = {f"served PyTorch >= {TARGET_FP32_SHARE:.0%} of the fp32 roofline": bool(share) and share["fp32"] >= TARGET_FP32_SHARE,
+              f"served onnx-int8 >= {TARGET_INT8_SHARE:.0%} of the int8 roofline": bool(share) and share["int8"] >= TARGET_INT8_SHARE,
               "int8 loses <= 1 point": acc_fp32 - acc_int8 <= MAX_ACCURACY_LOSS}
+    if int8_native:
+        checks[f"int8 >= {TARGET_INT8_SPEEDUP}x fp32 on a batch (VNNI/AMX host)"] = fp32_s / int8_s >= TARGET_INT8_SPEEDUP
+    else:
+        print(f"int8 vs fp32 on a batch not checked: no VNNI or AMX on this host ({fp32_s / int8_s:.2f}x)")
     for name, ok in checks.items():
         print(f"{'PASS' if ok else 'FAIL'}: {name}")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps({
+        "host": info, "run": str(args.run or "quick run"), "requests": len(texts), "clients": args.clients,
+        "gflop_per_text": gflop, "peaks_gflop_s": {"fp32": fp32_peak, "int8": int8_peak},
+        "setups": [{"setup": n, "texts_s": v, "p50_ms": a, "p99_ms": b} for n, v, a, b in rows],
+        "roofline_share": share, "batch32_s": {"fp32": fp32_s, "int8": int8_s},
+        "accuracy": {"fp32": acc_fp32, "int8": acc_int8}, "checks": checks}, indent=2), encoding="utf-8")
+    print(f"wrote {RESULTS}")
     return 0 if all(checks.values()) else 1
 
 

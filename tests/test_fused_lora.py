@@ -63,9 +63,12 @@ class CountFused:
         monkeypatch.setattr(fused_lora._FusedLoraLinear, "apply", counted)
 
 
+@pytest.mark.parametrize("merged", [False, True], ids=["rank-r-products", "merged-weight"])
 @pytest.mark.parametrize("kind", ["bert", "llama"])
-def test_fused_layers_give_peft_outputs_and_gradients(kind: str, tiny_bert: Path, tiny_llama: Path,
+def test_fused_layers_give_peft_outputs_and_gradients(kind: str, merged: bool, tiny_bert: Path, tiny_llama: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    chosen = []  # the path each call of the node took (real batches choose by size; here both are forced)
+    monkeypatch.setattr(fused_lora, "merge_weight_first", lambda tokens, weight: chosen.append(merged) or merged)
     model = peft_model(tiny_bert if kind == "bert" else tiny_llama, kind)
     fused = [m for m in model.modules() if isinstance(m, fused_lora.FusedLoraLinear)]
     assert fused and all(type(m) is fused_lora.FusedLoraLinear for m in fused)
@@ -90,6 +93,13 @@ def test_fused_layers_give_peft_outputs_and_gradients(kind: str, tiny_bert: Path
     assert error(bf16_out, bf16_grads) < 0.05
     assert error(bf16_out, bf16_grads) <= 1.5 * error(peft_out, peft_grads)
     assert counter.calls == 2 * len(fused)  # every adapted layer went through the fused node in both fused steps
+    assert chosen == [merged] * counter.calls
+
+
+def test_training_batches_take_the_merged_weight_and_single_texts_the_products() -> None:
+    weight = torch.zeros(1536, 384)  # MiniLM's feed-forward
+    assert fused_lora.merge_weight_first(16 * 93, weight)  # a batch of 16 reviews of 93 tokens
+    assert not fused_lora.merge_weight_first(40, weight)
 
 
 def test_what_the_fused_node_does_not_model_goes_to_peft(tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,6 +9,16 @@ weight's gradient product that LoRA saves. Here the same arithmetic is one node:
     backward  dx = g W + s (g B) A                     (likewise)
               dA = s (g B)^T x,   dB = s g^T (x A^T)   (rank-r products only; W and b stay frozen)
 
+When a batch has more tokens than the layer has rows and columns together (training batches do), the
+forward and the input gradient run on the merged weight W' = W + s B A instead, formed once per pass:
+
+    forward   y  = x W'^T + b,   u = x A^T  (kept for dB)
+    backward  dx = g W'
+
+which replaces two rank-r products over full activations ([tokens, r] x [r, out] and [tokens, r] x
+[r, in], each read-modify-writing a full-size tensor) with one over the weight ([out, r] x [r, in]).
+Weight gradients are the same rank-r products either way.
+
 The layers stay PEFT's (their class is swapped for a subclass), so saving, loading, merging and the
 adapter switches work as before; anything this node does not model (dropout, DoRA and other variants,
 several active adapters, adapters off or merged, mixed-adapter batches, a trainable base weight or
@@ -24,6 +34,13 @@ from peft.tuners.lora import Linear as LoraLinear
 from torch import nn
 
 
+def merge_weight_first(tokens: int, weight: torch.Tensor) -> bool:
+    """Whether forming W' = W + s B A beats two rank-r products over the activations: it touches out x in
+    numbers once, they touch tokens x (in + out)."""
+    out_features, in_features = weight.shape
+    return out_features * in_features < tokens * (out_features + in_features)
+
+
 class _FusedLoraLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, a: torch.Tensor,
@@ -31,10 +48,15 @@ class _FusedLoraLinear(torch.autograd.Function):
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         u = x2 @ a.t()  # [tokens, r]
-        y = torch.addmm(bias, x2, weight.t()) if bias is not None else x2 @ weight.t()
-        y.addmm_(u, b.t(), alpha=scaling)
-        ctx.save_for_backward(x2, u, weight, a, b)
-        ctx.scaling, ctx.shape = scaling, shape
+        merged = merge_weight_first(x2.shape[0], weight)
+        if merged:
+            w = torch.addmm(weight, b, a, alpha=scaling)  # W + s B A
+            y = torch.addmm(bias, x2, w.t()) if bias is not None else x2 @ w.t()
+        else:
+            y = torch.addmm(bias, x2, weight.t()) if bias is not None else x2 @ weight.t()
+            y.addmm_(u, b.t(), alpha=scaling)
+        ctx.save_for_backward(x2, u, weight, a, b)  # W' is formed again in backward rather than kept: no extra memory
+        ctx.scaling, ctx.shape, ctx.merged = scaling, shape, merged
         return y.reshape(*shape[:-1], weight.shape[0])
 
     @staticmethod
@@ -42,10 +64,13 @@ class _FusedLoraLinear(torch.autograd.Function):
         x2, u, weight, a, b = ctx.saved_tensors
         s = ctx.scaling
         g = grad.reshape(-1, grad.shape[-1])
-        gb = g @ b  # [tokens, r]
+        gb = g @ b if ctx.needs_input_grad[3] or not ctx.merged else None  # [tokens, r]
         dx = None
         if ctx.needs_input_grad[0]:
-            dx = (g @ weight).addmm_(gb, a, alpha=s).reshape(ctx.shape)
+            if ctx.merged:
+                dx = (g @ torch.addmm(weight, b, a, alpha=s)).reshape(ctx.shape)
+            else:
+                dx = (g @ weight).addmm_(gb, a, alpha=s).reshape(ctx.shape)
         da = (gb.t() @ x2).mul_(s) if ctx.needs_input_grad[3] else None
         db = (g.t() @ u).mul_(s) if ctx.needs_input_grad[4] else None
         return dx, None, None, da, db, None
