@@ -69,6 +69,20 @@ def test_conversion_is_cached_beside_the_run_and_redone_when_the_weights_change(
     assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".")] == []  # no scratch left behind
 
 
+def test_only_int8_compute_types_load_the_int8_conversion(runs: dict[str, Path]) -> None:
+    """int16 or bf16 from the int8 conversion would keep int8's rounding: they load the float32 conversion."""
+    import ctranslate2
+
+    from tunesmith.inference.ct2_generation import stored_weights
+
+    assert [stored_weights(t) for t in ("int8", "int8_float32", "int8_bfloat16", "int16", "bfloat16", "float32")] == \
+        ["int8", "int8", "int8", "float32", "float32", "float32"]
+    assert CT2ChatModel.from_run(runs["full"]).folder == runs["full"] / CACHE_DIR / "ct2-int8"
+    if "int16" in ctranslate2.get_supported_compute_types("cpu"):  # Intel CPUs (MKL); not every host has it
+        model = CT2ChatModel.from_run(runs["full"], compute_type="int16")
+        assert model.folder == runs["full"] / CACHE_DIR / "ct2-float32" and model.compute_type == "int16"
+
+
 class CancelledAfter(threading.Event):
     """Reads as set from its `n`-th look on: a client leaving mid-answer at a point that does not depend on timing
     (the engine looks once before the batch starts, then once per decoded token)."""

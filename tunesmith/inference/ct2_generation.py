@@ -203,6 +203,12 @@ class BatchStats:
     sizes: list[int] = field(default_factory=list)  # recent batch sizes (tests, benchmarks)
 
 
+def stored_weights(compute_type: str) -> str:
+    """The precision to convert the weights to for `compute_type`: int8 for the int8 types; float32 for the rest, which
+    CTranslate2 casts or quantizes at load (int16 from int8 weights would keep int8's rounding)."""
+    return "int8" if compute_type.startswith("int8") else "float32"
+
+
 class CT2ChatModel(Prompting):
     def __init__(self, model_dir: Path, tokenizer: Any, stop_token_ids: Sequence[int], context: int | None,
                  name: str = "model", compute_type: str | None = None, max_batch: int = 32, wait_ms: float = 5.0,
@@ -239,7 +245,7 @@ class CT2ChatModel(Prompting):
 
         run = path if isinstance(path, Run) else Run(path)
         compute_type = compute_type or CPU_COMPUTE_TYPE
-        quantization = "float32" if compute_type == "float32" else "int8"
+        quantization = stored_weights(compute_type)
         folder = converted(run, quantization)
         tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
         stops = list(run.manifest.stop_token_ids or chat.stop_token_ids(tokenizer))
