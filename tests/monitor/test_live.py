@@ -236,9 +236,12 @@ def test_the_server_raises_drift_warnings_in_metrics(dataset: Path, tmp_path: Pa
                     engine=None, registry=("reviews", "mv-1"))
     service = Service([served], ServeSpec(), log=PredictionLog(store))
 
-    async def one_pass() -> None:
+    async def one_pass() -> None:  # until the first pass has published, however slow the host
         task = asyncio.create_task(service.watch_drift(every_s=0.01))
-        await asyncio.sleep(1.0)
+        for _ in range(600):
+            if b"tunesmith_drift_psi{" in service.metrics.render() or task.done():
+                break
+            await asyncio.sleep(0.05)
         task.cancel()
 
     asyncio.run(one_pass())

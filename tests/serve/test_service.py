@@ -227,7 +227,8 @@ def test_an_ab_route_answers_from_the_user_s_variant_and_feeds_the_shadow(tmp_pa
     async def traffic() -> list[Any]:
         answers = [await service.predict(p.PredictRequest(model="reviews", text="good tea", user=f"u{i}")) for i in range(20)]
         chat = await service.generate(p.ChatCompletionRequest(model="bot", messages=[{"role": "user", "content": "hi"}], user="u1"))
-        await asyncio.sleep(0.2)  # the shadows run after the answers
+        while service._shadows:  # the shadows run after the answers: wait for them, however slow the host
+            await asyncio.gather(*list(service._shadows))
         return [*answers, chat]
 
     answers = run(traffic())

@@ -140,6 +140,10 @@ def train_chat(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: P
     if tokenizer.pad_token is None:  # padding is masked; EOS is the usual stand-in
         tokenizer.pad_token = tokenizer.eos_token
     max_length = cfg.model.token_budget(cfg.task.type, context_length(tokenizer))
+    if cfg.task.type == TaskType.chat and cfg.train.packing is not False:
+        from tunesmith.training.segment_attention import use_for_packed_training
+
+        use_for_packed_training(model)  # padding-free rows: attention one conversation at a time on a CPU
     model = apply_method(model, cfg.train, cfg.peft, causal_lm=True)
     trainable, total = count_and_report(cfg, model)
     full_validation = None  # SFT: the whole validation split, scored once at the end (OpenAI's full_valid_*)
