@@ -4,7 +4,8 @@ SFT: conversations are rendered with the chat template and tokenized here (tasks
 loss only on assistant answers whose `weight` is not 0, their end-of-turn token included, and
 handed to TRL's SFTTrainer pre-tokenized. With `train.packing` the conversations of a batch are
 concatenated into one row without padding; position ids restart at each conversation, from which
-transformers builds a block-diagonal attention mask, so examples never see each other. The loss
+transformers builds a block-diagonal attention mask, so examples never see each other (on a CPU each
+conversation's attention is computed on its own: segment_attention.py). The loss
 runs the LM head only on the trained positions, a chunk at a time (lm_loss.py).
 
 DPO: TRL's DPOTrainer on prompt / chosen / rejected, from the base model or from an SFT run's
