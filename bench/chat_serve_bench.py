@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import ceiling
-from serve_bench import TS, pct, start_server
+from serve_bench import TS, pct, post, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "chat_serve_bench.json"
@@ -125,7 +125,7 @@ def engines_in_process(run: Path, conversations: list[list[dict[str, str]]], max
 async def chat_load(url: str, model: str, conversations: list[list[dict[str, str]]], clients: int,
                     max_tokens: int) -> tuple[float, list[float], list[str]]:
     """`clients` keep-alive connections posting the conversations to /v1/chat/completions until all are answered:
-    (completion tokens/s, latencies, answers in prompt order). Plain HTTP/1.1, as serve_bench's load."""
+    (completion tokens/s, latencies, answers in prompt order). Plain HTTP/1.1 (serve_bench.post), as its load."""
     host, port = url.removeprefix("http://").split(":")
     pending = list(enumerate(conversations))
     answers: list[str] = [""] * len(conversations)
@@ -140,15 +140,11 @@ async def chat_load(url: str, model: str, conversations: list[list[dict[str, str
                 i, messages = pending.pop(0)
                 body = json.dumps({"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}).encode()
                 t = time.perf_counter()
-                writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                             b"Content-Length: %d\r\n\r\n%s" % (host.encode(), len(body), body))
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
-                              if line.startswith(b"content-length:"))
-                payload = json.loads(await reader.readexactly(length))
-                if head.split(b" ", 2)[1] != b"200":
-                    raise SystemExit(f"server answered {head.split(b' ', 2)[1].decode()}: {payload}")
+                status, raw = await post(reader, writer, host, b"/v1/chat/completions", body)
+                if status != b"200":
+                    raise SystemExit(f"server answered {status.decode()}: {raw[:300].decode(errors='replace')}")
                 latencies.append(time.perf_counter() - t)
+                payload = json.loads(raw)
                 answers[i] = payload["choices"][0]["message"]["content"]
                 tokens += payload["usage"]["completion_tokens"]
         finally:

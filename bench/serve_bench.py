@@ -99,6 +99,16 @@ def start_server(path: Path, extra: tuple[str, ...] = ()) -> tuple[subprocess.Po
     raise SystemExit("server did not become ready")
 
 
+async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str, endpoint: bytes,
+               body: bytes) -> tuple[bytes, bytes]:
+    """One JSON POST on a keep-alive HTTP/1.1 connection: (status code, payload)."""
+    writer.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n%s" % (endpoint, host.encode(), len(body), body))
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:"))
+    return head.split(b" ", 2)[1], await reader.readexactly(length)
+
+
 async def load(url: str, texts: list[str], clients: int, *, endpoint: bytes = b"/v1/predict",
                bodies: list[bytes] | None = None, ok: bytes = b"200") -> tuple[float, list[float]]:
     """`clients` concurrent keep-alive connections, each sending single texts (or `bodies` to `endpoint`)
@@ -110,23 +120,15 @@ async def load(url: str, texts: list[str], clients: int, *, endpoint: bytes = b"
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     latencies: list[float] = []
 
-    async def post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, body: bytes) -> None:
-        writer.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (endpoint, host.encode(), len(body), body))
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = head.split(b" ", 2)[1]
-        length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:"))
-        payload = await reader.readexactly(length)
-        if status != ok:
-            raise SystemExit(f"server answered {status.decode()}: {payload[:300].decode(errors='replace')}")
-
     async def client() -> None:
         reader, writer = await asyncio.open_connection(host, int(port))
         try:
             while not queue.empty():
                 body = queue.get_nowait()
                 t = time.perf_counter()
-                await post(reader, writer, body)
+                status, payload = await post(reader, writer, host, endpoint, body)
+                if status != ok:
+                    raise SystemExit(f"server answered {status.decode()}: {payload[:300].decode(errors='replace')}")
                 latencies.append(time.perf_counter() - t)
         finally:
             writer.close()
