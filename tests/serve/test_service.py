@@ -235,7 +235,9 @@ def test_an_ab_route_answers_from_the_user_s_variant_and_feeds_the_shadow(tmp_pa
     versions = [a.model_version for a in answers[:20]]
     assert set(versions) == {"reviews-v1", "reviews-v2"}
     assert run(service.predict(p.PredictRequest(model="reviews", text="x", user="u3"))).model_version == versions[3]
-    assert len(engines[3].calls) == 20 and all(a.model_version != "reviews-v3" for a in answers[:20])
+    # the batcher may merge shadow copies queued together into one call: count texts, not calls
+    assert [t for call in engines[3].calls for t in call].count("good tea") == 20
+    assert all(a.model_version != "reviews-v3" for a in answers[:20])
     assert answers[20].model == "ft:base:v4:abc" and engines[5].calls  # the chat shadow answered too
     service.log.flush()
     with store.session() as s:
