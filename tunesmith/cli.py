@@ -444,7 +444,7 @@ def serve_cmd(
     max_queue: Annotated[int, typer.Option(help="Waiting requests per model before 503 + Retry-After.")] = _serve_default("max_queue"),
     timeout: Annotated[float, typer.Option(help="Seconds before a request is answered 504.")] = _serve_default("timeout_s"),
     max_tokens: Annotated[int, typer.Option(help="Cap on generated tokens per request.")] = _serve_default("max_tokens"),
-    chat_engine: Annotated[str, typer.Option("--chat-engine", help="Chat runs on: auto (CTranslate2 int8 where the model converts, else transformers), ctranslate2, or transformers.")] = _serve_default("chat_engine"),
+    chat_engine: Annotated[str, typer.Option("--chat-engine", help="Chat runs on: auto (llama.cpp where the model converts to GGUF, else CTranslate2 int8, else transformers), llama.cpp, ctranslate2, or transformers.")] = _serve_default("chat_engine"),
     db: Annotated[str | None, typer.Option("--db", envvar="TUNESMITH_DB", help="Store URL for the fine-tuning API (sqlite:///file.db or postgresql://...); turns it on. Without RUNs it is on with the default SQLite store.")] = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Training workers started beside the server (processes running `tunesmith worker`).")] = 0,
     base_model: Annotated[list[str] | None, typer.Option("--base-model", help="A base model fine-tuning jobs may use (repeatable); default: smollm2-135m.")] = None,

@@ -20,16 +20,8 @@ from tunesmith.artifacts import Run
 from tunesmith.cli import run as cli
 from tunesmith.errors import ConfigError
 from tunesmith.export import export_run
-from tunesmith.export.gguf import (
-    CHATML_OLLAMA,
-    GgufTemplate,
-    gguf_vocabulary,
-    ollama_modelfile,
-    ollama_template,
-    pre_tokenizer_name,
-    refuse_unsupported,
-    write_gguf,
-)
+from tunesmith.export.gguf import CHATML_OLLAMA, GgufTemplate, ollama_modelfile, ollama_template
+from tunesmith.models.gguf_file import gguf_vocabulary, pre_tokenizer_name, refuse_unsupported, write_gguf
 from tunesmith.models.loading import load_run
 from tunesmith.training import train
 
@@ -243,7 +235,7 @@ def test_classification_runs_other_architectures_and_tokenizers_are_refused(tmp_
 def test_pre_tokenizers_map_to_llama_cpp_names() -> None:
     from tokenizers import Regex, pre_tokenizers
 
-    from tunesmith.export.gguf import LLAMA3_SPLIT
+    from tunesmith.models.gguf_file import LLAMA3_SPLIT
 
     def spec(pre) -> dict:
         return json.loads(pre.__getstate__())

@@ -1,12 +1,7 @@
 """`--format gguf|gguf-q8_0`: a chat run as one GGUF file for llama.cpp and Ollama, with an Ollama Modelfile.
 
-The file follows llama.cpp's own converter (convert_hf_to_gguf.py, `LlamaModel`): the `llama`
-architecture's hyperparameters, q/k rows permuted to the rotary layout llama.cpp computes with, no
-`output` tensor when the LM head is tied to the token embedding (SmolLM2), norms and other 1-D
-tensors in F32, and the tokenizer as a byte-level BPE (`gpt2`) vocabulary with merges, token types,
-special ids and the chat template. `gguf` writes every matrix in F16; `gguf-q8_0` writes those whose
-rows split into 32-value blocks as Q8_0 (8-bit, one scale per block: about half the size) and any
-other in F16, as llama.cpp does. An adapter is merged into the weights first.
+The file itself (llama.cpp's `llama` architecture, F16 or Q8_0 matrices, the tokenizer and chat template)
+is written by models/gguf_file.py, which the llama.cpp chat engine serves from too; an adapter is merged first.
 
 The folder is not a run folder (tunesmith serves run folders, not GGUF): model-<quant>.gguf,
 Modelfile, README.txt with the llama.cpp and Ollama commands, and export.json with the self-check:
@@ -22,26 +17,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from tunesmith import __version__
 from tunesmith.artifacts import Run
 from tunesmith.errors import ConfigError
 from tunesmith.export.check import CHAT_CHECK_ROWS, test_split
 from tunesmith.export.folder import EXPORT_MANIFEST, ExportResult, finish, json_default, safe_name
+from tunesmith.models.gguf_file import write_run_gguf
 
 QUANTS = {"gguf": "f16", "gguf-q8_0": "q8_0"}  # export format -> GGUF weight type of the matrices
-SUPPORTED = ("Llama-architecture causal LMs (LlamaForCausalLM, e.g. SmolLM2 and Llama-3-style models) "
-             "with a byte-level BPE tokenizer")
 F16_MAX_RELATIVE_DIFF = 1e-2  # f16 logits further than this share of the logit scale from the run's: a warning
 MIN_TOP1_AGREEMENT = {"f16": 0.99, "q8_0": 0.90}  # fewer positions with the run's top token: a warning
 # (q8_0 flips near-ties only: 98.7% agreement on a SmolLM2 run's test conversations, 94% on a random tiny model)
 MAX_LOSS_DIFF = {"f16": 0.01, "q8_0": 0.05}  # a larger test-loss change: a warning
-
-# llama.cpp's name for the pre-tokenizer (`tokenizer.ggml.pre`), by the split tokenizer.json describes.
-# It picks the regex llama.cpp splits text with; an unknown one would tokenize differently there.
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 # Ollama's own ChatML template (ollama/ollama template/chatml.gotmpl): renders a conversation exactly
 # as the ChatML Jinja templates do, the generation prompt included.
@@ -66,20 +53,18 @@ class GgufTemplate:
 
 
 def export_gguf(run: Run, target: Path, fmt: str, check: bool) -> ExportResult:
-    from tunesmith.models.loading import load_run
-
     quant = QUANTS[fmt]
-    loaded = load_run(run, merge=True)
-    model, tokenizer, stops = loaded.model.float().eval(), loaded.tokenizer, loaded.stop_token_ids
-    refuse_unsupported(model.config, run.path)
-    vocabulary = gguf_vocabulary(tokenizer, model.config.vocab_size, run.path)
     name = f"model-{quant}.gguf"
+    try:
+        written = write_run_gguf(run, target / name, quant)
+    except ConfigError as err:
+        raise ConfigError(f"{err} Export it with --format merged (a transformers folder) instead") from None
+    model, tokenizer, stops, info = written.model, written.tokenizer, written.stops, written.info
     found: list[str] = []
     template = ollama_template(tokenizer)
     if template.ollama is None:
         found.append("the run's chat template is not ChatML, so the Modelfile has no TEMPLATE: `ollama create` uses "
                      "the template it recognises in the GGUF's chat template, or none (check its output)")
-    info = write_gguf(model, tokenizer, stops, vocabulary, target / name, quant, run.manifest.name)
     modelfile, skipped = ollama_modelfile(name, tokenizer, stops, template, model.generation_config)
     found += skipped
     (target / "Modelfile").write_text(modelfile, encoding="utf-8")
@@ -105,216 +90,6 @@ def export_gguf(run: Run, target: Path, fmt: str, check: bool) -> ExportResult:
 
 
 # --- what can be exported -------------------------------------------------------------------------
-
-
-def refuse_unsupported(config: Any, run_path: Path) -> None:
-    """Only what llama.cpp's `llama` architecture computes exactly as transformers does."""
-    if getattr(config, "model_type", None) != "llama":
-        raise ConfigError(f"{run_path}: --format gguf supports {SUPPORTED}; this run's model is "
-                          f"'{getattr(config, 'model_type', '?')}' ({', '.join(config.architectures or ['?'])}). "
-                          "Export it with --format merged (a transformers folder) instead")
-    odd = []
-    if getattr(config, "hidden_act", "silu") != "silu":
-        odd.append(f"activation {config.hidden_act} (llama.cpp's llama computes SiLU)")
-    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
-        odd.append("bias terms in the attention or MLP projections")
-    rope = rope_parameters(config)
-    if rope.get("rope_type", "default") not in ("default", None):
-        odd.append(f"rope scaling '{rope['rope_type']}'")
-    if odd:
-        raise ConfigError(f"{run_path}: --format gguf does not export {', '.join(odd)} yet; it supports {SUPPORTED} "
-                          "with plain rotary embeddings. Export it with --format merged instead")
-
-
-def rope_parameters(config: Any) -> dict[str, Any]:
-    """rope_theta and rope_type, from transformers 5's `rope_parameters` or the older flat fields."""
-    params = dict(getattr(config, "rope_parameters", None) or {})
-    params.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
-    scaling = getattr(config, "rope_scaling", None)
-    if isinstance(scaling, dict) and "rope_type" not in params:
-        params["rope_type"] = scaling.get("rope_type", scaling.get("type"))
-    return params
-
-
-def pre_tokenizer_name(spec: dict[str, Any] | None) -> str | None:
-    """llama.cpp's `tokenizer.ggml.pre` for a tokenizer.json pre-tokenizer, None when it has no equivalent."""
-    if not spec:
-        return None
-
-    def byte_level(part: dict[str, Any], regex: bool) -> bool:
-        return (part.get("type") == "ByteLevel" and not part.get("add_prefix_space", False)
-                and part.get("use_regex", True) == regex)
-
-    if byte_level(spec, regex=True):
-        return "gpt-2"
-    parts = (spec.get("pretokenizers") or []) if spec.get("type") == "Sequence" else []
-    if len(parts) == 2 and parts[0].get("type") == "Digits" and parts[0].get("individual_digits") \
-            and byte_level(parts[1], regex=True):
-        return "smollm"
-    if len(parts) == 2 and parts[0].get("type") == "Split" and (parts[0].get("pattern") or {}).get("Regex") == LLAMA3_SPLIT \
-            and byte_level(parts[1], regex=False):
-        return "llama-bpe"
-    return None
-
-
-@dataclass
-class GgufVocabulary:
-    tokens: list[str]
-    types: list[int]  # gguf.TokenType per token
-    merges: list[str]
-    pre: str
-
-
-def gguf_vocabulary(tokenizer: Any, vocab_size: int, run_path: Path) -> GgufVocabulary:
-    """The tokenizer as llama.cpp's `gpt2` vocabulary (convert_hf_to_gguf.py's get_vocab_base): one entry
-    per embedding row, [PAD<i>] for rows no token uses, added special tokens as CONTROL."""
-    from gguf import TokenType
-
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    spec = json.loads(backend.to_str()) if backend is not None else {}
-    model = spec.get("model") or {}
-    why = None
-    if model.get("type") != "BPE":
-        why = f"a {model.get('type') or type(tokenizer).__name__} tokenizer (GGUF export writes byte-level BPE)"
-    elif spec.get("normalizer"):
-        why = f"a tokenizer with a {spec['normalizer'].get('type')} normalizer (llama.cpp's BPE has none)"
-    elif (pre := pre_tokenizer_name(spec.get("pre_tokenizer"))) is None:
-        why = (f"a pre-tokenizer llama.cpp has no name for here ({json.dumps(spec.get('pre_tokenizer'))[:200]}; "
-               "known: GPT-2 byte-level, SmolLM's digits + byte-level, Llama 3's split)")
-    if why is not None:
-        raise ConfigError(f"{run_path}: --format gguf supports {SUPPORTED}; this run has {why}. "
-                          "Export it with --format merged instead")
-    vocab = tokenizer.get_vocab()
-    if max(vocab.values()) >= vocab_size:
-        raise ConfigError(f"{run_path}: the tokenizer has ids up to {max(vocab.values())} but the model only "
-                          f"{vocab_size} embedding rows; the run's tokenizer and weights do not belong together")
-    by_id = {i: t for t, i in vocab.items()}
-    added = tokenizer.added_tokens_decoder
-    tokens, types = [], []
-    for i in range(vocab_size):
-        token = by_id.get(i)
-        if token is None:
-            tokens.append(f"[PAD{i}]")
-            types.append(TokenType.UNUSED)
-        elif i in added:
-            looks_special = token.startswith("<|") and token.endswith("|>")
-            tokens.append(token)
-            types.append(TokenType.CONTROL if added[i].special or looks_special else TokenType.USER_DEFINED)
-        else:
-            tokens.append(token)
-            types.append(TokenType.NORMAL)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
-    return GgufVocabulary(tokens, [int(t) for t in types], merges, pre)
-
-
-# --- the file -------------------------------------------------------------------------------------
-
-
-def permute_rotary(weights: np.ndarray, n_head: int) -> np.ndarray:
-    """transformers' rotate-half q/k rows -> the interleaved pairs llama.cpp rotates (LlamaModel.permute)."""
-    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
-            .swapaxes(1, 2).reshape(weights.shape))
-
-
-def write_gguf(model: Any, tokenizer: Any, stops: list[int], vocabulary: GgufVocabulary, path: Path, quant: str,
-               name: str) -> dict[str, Any]:
-    """Write the GGUF; returns what export.json records (sizes, tensor types)."""
-    import gguf
-
-    config = model.config
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
-    writer.add_type(gguf.GGUFType.MODEL)
-    writer.add_name(name)
-    writer.add_block_count(config.num_hidden_layers)
-    writer.add_context_length(config.max_position_embeddings)
-    writer.add_embedding_length(config.hidden_size)
-    writer.add_feed_forward_length(config.intermediate_size)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_rope_freq_base(float(rope_parameters(config)["rope_theta"]))
-    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-    writer.add_vocab_size(config.vocab_size)
-    writer.add_rope_dimension_count(head_dim)
-    if head_dim != config.hidden_size // heads:
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
-    file_type = gguf.LlamaFileType.MOSTLY_Q8_0 if quant == "q8_0" else gguf.LlamaFileType.MOSTLY_F16
-    writer.add_file_type(file_type)
-    _add_tokenizer(writer, tokenizer, stops, vocabulary)
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
-    tied = bool(getattr(config, "tie_word_embeddings", False))
-    counts: dict[str, int] = {}
-    for hf_name, tensor in model.state_dict().items():
-        if tied and hf_name == "lm_head.weight":
-            continue  # llama.cpp reads the tied head from token_embd when `output` is absent
-        if hf_name.endswith("rotary_emb.inv_freq"):
-            continue
-        new_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if new_name is None:
-            raise ConfigError(f"--format gguf: no GGUF name for the tensor '{hf_name}'; supported: {SUPPORTED}")
-        data = tensor.detach().float().cpu().numpy()
-        if hf_name.endswith("q_proj.weight"):
-            data = permute_rotary(data, heads)
-        elif hf_name.endswith("k_proj.weight"):
-            data = permute_rotary(data, kv_heads)
-        qtype, data = _encode(data, new_name, quant)
-        counts[qtype.name] = counts.get(qtype.name, 0) + 1
-        writer.add_tensor(new_name, data, raw_dtype=qtype if data.dtype == np.uint8 else None)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return {"quantization": quant, "size_bytes": path.stat().st_size, "tensor_types": counts,
-            "tied_embeddings": tied, "pre_tokenizer": vocabulary.pre}
-
-
-def _encode(data: np.ndarray, gguf_name: str, quant: str) -> tuple[Any, np.ndarray]:
-    """The tensor in its GGUF type: norms and 1-D tensors F32 (llama.cpp computes them in F32), matrices
-    F16, or Q8_0 when their rows split into whole 32-value blocks (F16 otherwise, as llama.cpp falls back)."""
-    from gguf import GGMLQuantizationType as Q
-    from gguf import QuantError, quants
-
-    if data.ndim <= 1 or gguf_name.endswith("_norm.weight"):
-        return Q.F32, data.astype(np.float32)
-    if quant == "q8_0":
-        try:
-            return Q.Q8_0, quants.quantize(data, Q.Q8_0)
-        except QuantError:
-            pass
-    return Q.F16, data.astype(np.float16)
-
-
-def _add_tokenizer(writer: Any, tokenizer: Any, stops: list[int], vocabulary: GgufVocabulary) -> None:
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(vocabulary.pre)
-    writer.add_token_list(vocabulary.tokens)
-    writer.add_token_types(vocabulary.types)
-    if vocabulary.merges:
-        writer.add_token_merges(vocabulary.merges)
-    for add, token_id in ((writer.add_bos_token_id, tokenizer.bos_token_id), (writer.add_eos_token_id, tokenizer.eos_token_id),
-                          (writer.add_unk_token_id, tokenizer.unk_token_id), (writer.add_pad_token_id, tokenizer.pad_token_id)):
-        if token_id is not None:
-            add(int(token_id))
-    end_of_turn = [s for s in stops if s != tokenizer.eos_token_id]
-    if end_of_turn:  # llama.cpp stops generating on it too
-        writer.add_eot_token_id(int(end_of_turn[0]))
-    # Whether llama.cpp adds BOS/EOS around a text: what this tokenizer does, found by asking it.
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    full = tokenizer("a", add_special_tokens=True)["input_ids"]
-    writer.add_add_bos_token(len(full) > len(plain) and full[0] == tokenizer.bos_token_id)
-    writer.add_add_eos_token(len(full) > len(plain) and full[-1] == tokenizer.eos_token_id)
-    template = tokenizer.chat_template
-    if isinstance(template, dict):
-        template = template.get("default")
-    if template:
-        writer.add_chat_template(template)
-
-
 # --- Ollama ---------------------------------------------------------------------------------------
 
 

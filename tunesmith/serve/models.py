@@ -85,7 +85,7 @@ class PredictorEngine:
 
 
 class BatchedChatEngine:
-    """A chat run on an engine that batches concurrent requests itself (CTranslate2): no lock, so concurrent
+    """A chat run on an engine that batches concurrent requests itself (llama.cpp, CTranslate2): no lock, so concurrent
     streams decode together, and no adapters to switch (a LoRA run is merged into its own copy)."""
 
     def __init__(self, chat_model: Any) -> None:
@@ -132,8 +132,8 @@ class ChatModelEngine(BatchedChatEngine):
 
 
 class ModelLoader:
-    """Loads run folders as served models; chat runs go to `spec.chat_engine` (CTranslate2 where it can, by
-    default). On transformers, chat adapters over the same base share one loaded base, also for models loaded
+    """Loads run folders as served models; chat runs go to `spec.chat_engine` (by default llama.cpp, else CTranslate2,
+    where they can take the model). On transformers, chat adapters over the same base share one loaded base, also for models loaded
     later (a fine-tuning job's model, on its first request)."""
 
     def __init__(self, spec: ServeSpec | None = None) -> None:
@@ -170,24 +170,34 @@ class ModelLoader:
         return Served(ident, "chat", m.task, str(run.path), m.base_model, created, digest, engine, aliases, key, owner)
 
     def _batched(self, run: Run) -> BatchedChatEngine | None:
-        """The run on CTranslate2 (converted on first use), or None (auto only) with the reason printed."""
+        """The run on llama.cpp, else CTranslate2 (auto: the first that can take it, converted on first use), or None
+        (auto only: transformers serves it) with the reasons printed."""
         from tunesmith.inference import ct2_generation as ct2
+        from tunesmith.inference import llama_generation as llama
 
-        reason = ct2.unavailable(run)
-        if reason is None:
-            try:
-                model = ct2.CT2ChatModel.from_run(run, max_batch=self.spec.max_batch_size, wait_ms=self.spec.batch_wait_ms)
-            except Exception as err:  # noqa: BLE001 - auto falls back to transformers, saying why
-                if self.spec.chat_engine == "ctranslate2":
-                    raise
-                reason = f"conversion failed: {type(err).__name__}: {err}"
-            else:
-                print(f"{run.manifest.name}: chat engine ctranslate2 ({model.compute_type}) from {model.folder}", flush=True)
-                return BatchedChatEngine(model)
-        if self.spec.chat_engine == "ctranslate2":
-            raise ConfigError(f"{run.path}: cannot serve with --chat-engine ctranslate2: {reason}; "
-                              "use --chat-engine transformers (or auto, which falls back by itself)")
-        print(f"{run.manifest.name}: chat engine transformers ({reason})", flush=True)
+        wanted = self.spec.chat_engine
+        engines = [e for e in ("llama.cpp", "ctranslate2") if wanted in ("auto", e)]
+        reasons = []
+        for engine in engines:
+            module: Any = llama if engine == "llama.cpp" else ct2
+            reason = module.unavailable(run)
+            if reason is None:
+                options = {"max_batch": self.spec.max_batch_size, "wait_ms": self.spec.batch_wait_ms}
+                try:
+                    model = (llama.LlamaCppChatModel if engine == "llama.cpp" else ct2.CT2ChatModel).from_run(run, **options)
+                except Exception as err:  # noqa: BLE001 - auto falls back to the next engine, saying why
+                    if wanted != "auto":
+                        raise
+                    reason = f"conversion failed: {type(err).__name__}: {err}"
+                else:
+                    precision = model.weights if engine == "llama.cpp" else model.compute_type
+                    print(f"{run.manifest.name}: chat engine {engine} ({precision}) from {model.folder}", flush=True)
+                    return BatchedChatEngine(model)
+            if wanted != "auto":
+                raise ConfigError(f"{run.path}: cannot serve with --chat-engine {engine}: {reason}; "
+                                  "use --chat-engine transformers (or auto, which falls back by itself)")
+            reasons.append(f"{engine}: {reason.rstrip('.')}")
+        print(f"{run.manifest.name}: chat engine transformers ({'; '.join(reasons)})", flush=True)
         return None
 
 

@@ -1,0 +1,273 @@
+"""Chat runs served through llama.cpp: written as a GGUF into a cache beside the run (a LoRA run merged), the
+PyTorch run's greedy answers, continuous batching (a request joins rows already decoding, each row ends on its own),
+a KV cache shared within its size, seeded sampling, and the same OpenAI endpoints."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.export.test_gguf import build_bpe_llama
+from tests.serve.test_ct2_engine import CancelledAfter, InProcessServer, client_of, conversations
+from tests.servers import start_server, stop_server
+from tests.test_train_chat import QA, chat_project
+from tunesmith.config import ServeSpec
+from tunesmith.errors import ConfigError
+from tunesmith.inference.generation import ChatModel
+from tunesmith.inference.serve_cache import CACHE_DIR, FINGERPRINT
+from tunesmith.training import train
+
+pytest.importorskip("llama_cpp")
+
+from tunesmith.inference.llama_generation import LlamaCppChatModel  # noqa: E402 - needs llama_cpp
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("llama-runs")
+    base = build_bpe_llama(tmp / "bpe-llama")
+    full = train(chat_project(tmp / "full", base))
+    lora = train(chat_project(tmp / "lora", base, {"method": "lora", "learning_rate": 1e-2, "epochs": 2}))
+    return {"full": full, "lora": lora}
+
+
+@pytest.fixture(scope="module")
+def engines(runs: dict[str, Path]) -> dict[str, LlamaCppChatModel]:
+    return {kind: LlamaCppChatModel.from_run(run) for kind, run in runs.items()}
+
+
+@pytest.mark.parametrize("kind", ["full", "lora"])
+def test_greedy_answers_match_the_pytorch_run(runs: dict[str, Path], engines: dict[str, LlamaCppChatModel], kind: str) -> None:
+    """F16 weights: the answers the run learnt, token for token, one at a time and decoded together. (Past them a tiny
+    model babbles from near-flat logits, where F16 rounding may pick another near-tie.)"""
+    prompts = conversations()
+    reference = ChatModel.from_run(runs[kind]).generate(prompts, max_new_tokens=24)
+    alone = [engines[kind].generate([p], max_new_tokens=24)[0] for p in prompts]
+    together = engines[kind].generate(prompts, max_new_tokens=24)
+    learnt = {i: a for i, r in enumerate(reference) for _, a in QA if r.text.startswith(a)}  # the trained answers
+    assert len(learnt) >= len(prompts) // 2
+    for answers in (alone, together):
+        assert all(answers[i].text.startswith(a) for i, a in learnt.items())
+        ended = [i for i, r in enumerate(reference) if r.finish_reason == "stop"]  # the whole answer is learnt
+        assert [(answers[i].text, answers[i].completion_tokens) for i in ended] == \
+            [(reference[i].text, reference[i].completion_tokens) for i in ended]
+    assert kind != "full" or len(ended) >= len(prompts) // 2  # the full run learnt to stop
+    assert [c.text for c in together] == [c.text for c in alone]  # batching changes nothing
+    assert engines[kind].stats.largest == len(prompts)  # the second call decoded all rows in the same steps
+
+
+def test_the_gguf_is_cached_beside_the_run_and_rewritten_when_the_weights_change(runs: dict[str, Path],
+                                                                                  engines: dict[str, LlamaCppChatModel]) -> None:
+    folder = runs["lora"] / CACHE_DIR / "gguf-f16"
+    assert engines["lora"].folder == folder and (folder / "model.gguf").is_file() and (folder / FINGERPRINT).is_file()
+    written = (folder / "model.gguf").stat().st_mtime_ns
+    LlamaCppChatModel.from_run(runs["lora"])
+    assert (folder / "model.gguf").stat().st_mtime_ns == written  # current: not written again
+    adapter = next((runs["lora"] / "model").glob("adapter_model.*"))
+    os.utime(adapter, ns=(adapter.stat().st_atime_ns, adapter.stat().st_mtime_ns + 10**9))  # the adapter was rewritten
+    LlamaCppChatModel.from_run(runs["lora"])
+    assert (folder / "model.gguf").stat().st_mtime_ns != written
+    assert [p.name for p in folder.parent.iterdir() if p.name.startswith(".")] == []  # no scratch left behind
+
+
+def prompt_of(engine: LlamaCppChatModel, i: int) -> str:
+    """A trained question under a system prompt (the full run answers it and stops)."""
+    return engine.prompt_text(conversations()[i])
+
+
+def test_a_request_joins_rows_already_decoding(engines: dict[str, LlamaCppChatModel]) -> None:
+    """Continuous batching: B arrives while A is mid-answer (submitted from A's third token, no timing involved),
+    decodes in the same steps as A from the next one, and both get the answers they get alone."""
+    engine = engines["full"]
+    first, second = prompt_of(engine, 0), prompt_of(engine, 3)
+    [solo_a] = engine.generate_texts([first], max_new_tokens=20)
+    [solo_b] = engine.generate_texts([second], max_new_tokens=20)
+    late = engine._request(second, 20, 0.0, 1.0, None, (), None, None)
+    original = engine._on_token
+    seen = {"a": 0}
+
+    def on_token(r: Any, token: int, last: bool) -> bool:
+        if r is not late:
+            seen["a"] += 1
+            if seen["a"] == 3:
+                engine._submit([late])
+        return original(r, token, last)
+
+    engine._on_token = on_token  # type: ignore[method-assign]
+    try:
+        before = len(engine.stats.sizes)
+        [a] = engine.generate_texts([first], max_new_tokens=20)
+        late.done.wait(timeout=60)
+    finally:
+        del engine._on_token
+    assert solo_a.completion_tokens > 4  # A was still decoding when B joined
+    assert (a.text, a.completion_tokens) == (solo_a.text, solo_a.completion_tokens)
+    assert late.result is not None and (late.result.text, late.result.completion_tokens) == (solo_b.text, solo_b.completion_tokens)
+    assert engine.stats.sizes[before: before + 3] == [1, 1, 1] and 2 in engine.stats.sizes[before:]
+
+
+def test_rows_of_one_batch_end_on_their_own_stop_string_limit_or_cancel(engines: dict[str, LlamaCppChatModel]) -> None:
+    engine = engines["full"]
+    prompt = prompt_of(engine, 0)
+    [whole] = engine.generate_texts([prompt], max_new_tokens=24)
+    assert whole.finish_reason == "stop" and whole.completion_tokens < 24
+    streamed = list(engine.stream_text(prompt, max_new_tokens=24))  # the pieces add up to the answer
+    assert "".join(p for p in streamed if isinstance(p, str)).strip() == whole.text and streamed[-1].finish_reason == "stop"
+    word = whole.text.split()[-1]
+    got: dict[str, Any] = {}
+    engine.max_batch, engine.wait_s = 3, 60.0  # the first step waits for the three requests below
+
+    def ask(name: str, **params: Any) -> None:
+        got[name] = engine.generate_texts([prompt], **{"max_new_tokens": 24, **params})[0]
+
+    def stream() -> None:
+        got["streamed"] = list(engine.stream_text(prompt, max_new_tokens=24, cancel=CancelledAfter(4)))
+
+    workers = [threading.Thread(target=ask, args=("cut",), kwargs={"stop": [word]}),
+               threading.Thread(target=ask, args=("limited",), kwargs={"max_new_tokens": 2}), threading.Thread(target=stream)]
+    try:
+        before = len(engine.stats.sizes)
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join(timeout=120)
+    finally:
+        engine.max_batch, engine.wait_s = 32, 0.005
+    assert engine.stats.sizes[before] == 3  # the three rows sampled their first token in one step
+    assert got["cut"].text == whole.text[: whole.text.index(word)].strip() and got["cut"].finish_reason == "stop"
+    assert got["limited"].finish_reason == "length" and got["limited"].completion_tokens == 2
+    *pieces, left = got["streamed"]
+    assert left.finish_reason == "length" and left.completion_tokens < whole.completion_tokens
+    assert whole.text.startswith("".join(pieces).strip())
+
+
+def test_requests_wait_for_kv_cells_and_never_overrun_them(runs: dict[str, Path]) -> None:
+    """Three requests that each may need 128 cells, a cache of 256: two decode together, the third waits its turn."""
+    engine = LlamaCppChatModel.from_run(runs["full"], kv_cells=256, wait_ms=0, max_batch=3)
+    assert engine.kv_cells == 256 and engine.context == 128  # the model's own context is the smaller
+    prompts = [prompt_of(engine, i) for i in range(3)]
+    room = engine.context - max(engine.count_tokens(p) for p in prompts)
+    alone = [engine.generate_texts([p], max_new_tokens=room)[0].text for p in prompts]
+    engine.wait_s = 60.0  # the first step waits for all three: none is admitted before the others are queued
+    before = len(engine.stats.sizes)
+    together = engine.generate_texts(prompts, max_new_tokens=room)  # each reserves its prompt + `room` cells
+    assert max(engine.stats.sizes[before:]) == 2
+    assert [c.text for c in together] == alone
+
+
+def test_sampling_follows_each_requests_seed(engines: dict[str, LlamaCppChatModel]) -> None:
+    engine = engines["full"]
+    prompt = prompt_of(engine, 1)
+    params = {"max_new_tokens": 16, "temperature": 1.5, "top_p": 0.95}
+    first = [engine.generate_texts([prompt], seed=s, **params)[0].text for s in range(6)]
+    again = [c.text for c in engine.generate_texts([prompt] * 6, **params, seed=None)]  # unseeded: whatever comes
+    assert [engine.generate_texts([prompt], seed=s, **params)[0].text for s in range(6)] == first
+    assert len(set(first)) > 1 and len(again) == 6  # a temperature of 1.5 on a tiny model: the seeds do not all agree
+
+
+# -- served over HTTP -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(runs: dict[str, Path]) -> Iterator[InProcessServer]:
+    server = InProcessServer([runs["full"], runs["lora"]], ServeSpec(max_batch_size=4))  # auto: llama.cpp
+    yield server
+    server.stop()
+
+
+def test_auto_serves_chat_runs_on_llama_cpp_and_the_openai_client_gets_its_answers(served: InProcessServer) -> None:
+    client = client_of(served.url)
+    model = next(m for m in served.models if m.run.endswith("lora/run"))
+    engine = model.engine.chat
+    assert isinstance(engine, LlamaCppChatModel)
+    messages = [{"role": "system", "content": "you are friendly number 3"}, {"role": "user", "content": QA[1][0]}]
+    r = client.chat.completions.create(model=model.id, messages=messages, temperature=0, max_tokens=20)
+    offline = engine.generate([messages], max_new_tokens=20)[0]
+    assert r.choices[0].message.content == offline.text and r.choices[0].finish_reason == offline.finish_reason
+    assert r.usage.completion_tokens == offline.completion_tokens
+    chunks = list(client.chat.completions.create(model=model.id, messages=messages, temperature=0, max_tokens=20, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).strip() == offline.text
+    assert chunks[-1].usage.completion_tokens == offline.completion_tokens
+    seeded = [client.chat.completions.create(model=model.id, messages=messages, temperature=1.0, max_tokens=8, seed=7)
+              .choices[0].message.content for _ in range(2)]
+    assert seeded[0] == seeded[1]  # seed is honoured, unlike on CTranslate2
+
+
+def test_concurrent_streams_decode_together(served: InProcessServer) -> None:
+    client = client_of(served.url)
+    model = next(m for m in served.models if m.run.endswith("full/run"))
+    engine = model.engine.chat
+    prompts = [engine.prompt_text([{"role": "user", "content": q}]) for q, _ in QA[:4]]
+    offline = [c.text for c in engine.generate_texts(prompts, max_new_tokens=16)]
+    engine.wait_s, waited = 60.0, engine.wait_s  # the first step waits until all four are in (max_batch_size 4)
+    texts: dict[int, str] = {}
+
+    def stream(i: int) -> None:
+        texts[i] = "".join(c.choices[0].text for c in client.completions.create(
+            model=model.id, prompt=prompts[i], temperature=0, max_tokens=16, stream=True) if c.choices)
+
+    try:
+        before = len(engine.stats.sizes)
+        threads = [threading.Thread(target=stream, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        engine.wait_s = waited
+    assert [texts[i].strip() for i in range(4)] == offline
+    assert engine.stats.sizes[before] == 4
+
+
+def test_the_serve_command_takes_the_chat_engine_flag(runs: dict[str, Path], tmp_path: Path) -> None:
+    proc, url = start_server([str(runs["lora"]), "--chat-engine", "llama.cpp"], tmp_path / "server.log")
+    try:
+        client = client_of(url)
+        model = client.models.list().data[0]
+        messages = [{"role": "user", "content": QA[2][0]}]
+        r = client.chat.completions.create(model=model.id, messages=messages, temperature=0, max_tokens=12)
+    finally:
+        stop_server(proc)
+    assert "chat engine llama.cpp (f16)" in (tmp_path / "server.log").read_text()
+    assert r.choices[0].message.content == LlamaCppChatModel.from_run(runs["lora"]).generate([messages], max_new_tokens=12)[0].text
+
+
+def test_a_process_with_llama_cpp_beside_torch_exits_cleanly(runs: dict[str, Path]) -> None:
+    code = (f"from tunesmith.inference.llama_generation import LlamaCppChatModel\n"
+            f"from tunesmith.inference.generation import ChatModel\n"
+            f"ChatModel.from_run({str(runs['full'])!r}).generate_texts(['hello'], max_new_tokens=2)\n"
+            f"m = LlamaCppChatModel.from_run({str(runs['full'])!r})\n"
+            f"m.generate_texts(['hello'], max_new_tokens=2)\n"
+            f"it = m.stream_text('hello there', max_new_tokens=50)\n"
+            f"next(it)\n")  # a stream left mid-answer: the decoding thread is still running at exit
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_auto_falls_back_to_ctranslate2_and_says_why(runs: dict[str, Path], tiny_llama: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from tunesmith.serve.models import ModelLoader
+
+    wordpiece = train(chat_project(tmp_path / "wp", tiny_llama, {"max_steps": 1}, n=20))  # GGUF takes byte-level BPE only
+    served = ModelLoader(ServeSpec()).load(wordpiece)
+    out = capsys.readouterr().out
+    assert "chat engine ctranslate2" in out and type(served.engine.chat).__name__ == "CT2ChatModel"
+    with pytest.raises(ConfigError, match="WordPiece"):
+        ModelLoader(ServeSpec(chat_engine="llama.cpp")).load(wordpiece)
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if the package were not installed
+    with pytest.raises(ConfigError, match="--chat-engine llama.cpp: the llama-cpp-python package is not installed"):
+        ModelLoader(ServeSpec(chat_engine="llama.cpp")).load(runs["lora"])
+    monkeypatch.setitem(sys.modules, "ctranslate2", None)
+    served = ModelLoader(ServeSpec()).load(runs["lora"])
+    out = capsys.readouterr().out
+    assert type(served.engine).__name__ == "ChatModelEngine"
+    assert "chat engine transformers (llama.cpp: the llama-cpp-python package is not installed" in out
+    assert "ctranslate2: the ctranslate2 package is not installed" in out
