@@ -59,6 +59,9 @@ def test_exit_codes(tmp_path: Path, tiny_tokenizer: Path, capsys) -> None:
     assert "strict mode" in err and "reviews.csv:42" in err
     assert run(["data", "show", str(tmp_path / "nowhere")]) == 3
     assert run(["data", "show", str(tmp_path), "--split", "bogus"]) == 3  # not a dataset folder comes first
+    assert run(["export", str(tmp_path), "--format", "gguf", "--output", "x"]) == 2  # a usage error, not an internal one
+    err = capsys.readouterr().err
+    assert "No such option: --output" in err and "internal error" not in err
 
 
 def test_help_documents_every_option() -> None:

@@ -985,12 +985,12 @@ def run(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, prog_name="tunesmith", standalone_mode=False)
         return result if isinstance(result, int) else 0
-    except click.exceptions.Exit as e:
+    except (click.exceptions.Exit, typer.Exit) as e:
         return e.exit_code
-    except click.ClickException as e:
+    except (click.ClickException, typer.TyperException) as e:  # typer parses with its own copy of click
         e.show()
         return e.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
         err.print("aborted")
         return 130
     except TunesmithError as e:
