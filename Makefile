@@ -62,7 +62,7 @@ bench-prepare-scale: install
 bench-serve: install
 	$(PY) bench/serve_bench.py $(if $(wildcard runs/food-reviews/run.json),--run runs/food-reviews)
 
-# Chat serving: PyTorch vs CTranslate2 at each compute type (tokens/s, greedy answers identical to PyTorch's), then the
+# Chat serving: PyTorch vs llama.cpp and CTranslate2 (tokens/s, greedy answers identical to PyTorch's), then the
 # transformers server vs the default one at 1 and 8 clients; uses runs/chatterbot-chat from `make demo-chat` when it
 # exists, else trains a short LoRA run first; writes bench/results/chat_serve_bench.json.
 bench-serve-chat: install

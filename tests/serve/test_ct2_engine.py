@@ -97,35 +97,45 @@ class CancelledAfter(threading.Event):
         return self.looks >= self.n or super().is_set()
 
 
-def test_rows_of_one_batch_end_on_their_own_stop_string_limit_or_cancel(runs: dict[str, Path]) -> None:
-    model = CT2ChatModel.from_run(runs["full"], compute_type="float32")
-    prompt = model.prompt_text([{"role": "user", "content": QA[0][0]}])
-    [whole] = model.generate_texts([prompt], max_new_tokens=24)
+def three_rows_ending_on_their_own(engine: Any, prompt: str, cancel_after: int) -> int:
+    """Three requests decoded together, each ending on its own: one on a stop string, one on its limit, a stream
+    whose client leaves after `cancel_after` looks. Returns where engine.stats.sizes stood before them."""
+    [whole] = engine.generate_texts([prompt], max_new_tokens=24)
     assert whole.finish_reason == "stop" and whole.completion_tokens < 24
-    streamed = list(model.stream_text(prompt, max_new_tokens=24))  # the pieces add up to the answer
+    streamed = list(engine.stream_text(prompt, max_new_tokens=24))  # the pieces add up to the answer
     assert "".join(p for p in streamed if isinstance(p, str)).strip() == whole.text and streamed[-1].finish_reason == "stop"
     word = whole.text.split()[-1]
     got: dict[str, Any] = {}
-    model.max_batch, model.wait_s = 3, 60.0  # the window closes when the three requests below are in
 
     def ask(name: str, **params: Any) -> None:
-        got[name] = model.generate_texts([prompt], **{"max_new_tokens": 24, **params})[0]
+        got[name] = engine.generate_texts([prompt], **{"max_new_tokens": 24, **params})[0]
 
     def stream() -> None:
-        got["streamed"] = list(model.stream_text(prompt, max_new_tokens=24, cancel=CancelledAfter(3)))
+        got["streamed"] = list(engine.stream_text(prompt, max_new_tokens=24, cancel=CancelledAfter(cancel_after)))
 
     workers = [threading.Thread(target=ask, args=("cut",), kwargs={"stop": [word]}),
                threading.Thread(target=ask, args=("limited",), kwargs={"max_new_tokens": 2}), threading.Thread(target=stream)]
-    before = model.stats.batches
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join(timeout=120)
-    assert model.stats.batches == before + 1 and model.stats.sizes[-1] == 3  # one generate_batch for the three
+    saved, before = (engine.max_batch, engine.wait_s), len(engine.stats.sizes)
+    engine.max_batch, engine.wait_s = 3, 60.0  # the batch starts when the three requests below are in
+    try:
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join(timeout=120)
+    finally:
+        engine.max_batch, engine.wait_s = saved
     assert got["cut"].text == whole.text[: whole.text.index(word)].strip() and got["cut"].finish_reason == "stop"
     assert got["limited"].finish_reason == "length" and got["limited"].completion_tokens == 2
     *pieces, left = got["streamed"]
-    assert left.completion_tokens == 2 and left.finish_reason == "length" and whole.text.startswith("".join(pieces).strip())
+    assert left.finish_reason == "length" and left.completion_tokens < whole.completion_tokens
+    assert whole.text.startswith("".join(pieces).strip())
+    return before
+
+
+def test_rows_of_one_batch_end_on_their_own_stop_string_limit_or_cancel(runs: dict[str, Path]) -> None:
+    model = CT2ChatModel.from_run(runs["full"], compute_type="float32")
+    before = three_rows_ending_on_their_own(model, model.prompt_text([{"role": "user", "content": QA[0][0]}]), 3)
+    assert model.stats.sizes[before:] == [3]  # one generate_batch for the three
 
 
 # -- served over HTTP -------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.export.test_gguf import build_bpe_llama
-from tests.serve.test_ct2_engine import CancelledAfter, InProcessServer, client_of, conversations
+from tests.serve.test_ct2_engine import InProcessServer, client_of, conversations, three_rows_ending_on_their_own
 from tests.servers import start_server, stop_server
 from tests.test_train_chat import QA, chat_project
 from tunesmith.config import ServeSpec
@@ -115,37 +115,8 @@ def test_a_request_joins_rows_already_decoding(engines: dict[str, LlamaCppChatMo
 
 def test_rows_of_one_batch_end_on_their_own_stop_string_limit_or_cancel(engines: dict[str, LlamaCppChatModel]) -> None:
     engine = engines["full"]
-    prompt = prompt_of(engine, 0)
-    [whole] = engine.generate_texts([prompt], max_new_tokens=24)
-    assert whole.finish_reason == "stop" and whole.completion_tokens < 24
-    streamed = list(engine.stream_text(prompt, max_new_tokens=24))  # the pieces add up to the answer
-    assert "".join(p for p in streamed if isinstance(p, str)).strip() == whole.text and streamed[-1].finish_reason == "stop"
-    word = whole.text.split()[-1]
-    got: dict[str, Any] = {}
-    engine.max_batch, engine.wait_s = 3, 60.0  # the first step waits for the three requests below
-
-    def ask(name: str, **params: Any) -> None:
-        got[name] = engine.generate_texts([prompt], **{"max_new_tokens": 24, **params})[0]
-
-    def stream() -> None:
-        got["streamed"] = list(engine.stream_text(prompt, max_new_tokens=24, cancel=CancelledAfter(4)))
-
-    workers = [threading.Thread(target=ask, args=("cut",), kwargs={"stop": [word]}),
-               threading.Thread(target=ask, args=("limited",), kwargs={"max_new_tokens": 2}), threading.Thread(target=stream)]
-    try:
-        before = len(engine.stats.sizes)
-        for t in workers:
-            t.start()
-        for t in workers:
-            t.join(timeout=120)
-    finally:
-        engine.max_batch, engine.wait_s = 32, 0.005
+    before = three_rows_ending_on_their_own(engine, prompt_of(engine, 0), 4)
     assert engine.stats.sizes[before] == 3  # the three rows sampled their first token in one step
-    assert got["cut"].text == whole.text[: whole.text.index(word)].strip() and got["cut"].finish_reason == "stop"
-    assert got["limited"].finish_reason == "length" and got["limited"].completion_tokens == 2
-    *pieces, left = got["streamed"]
-    assert left.finish_reason == "length" and left.completion_tokens < whole.completion_tokens
-    assert whole.text.startswith("".join(pieces).strip())
 
 
 def test_requests_wait_for_kv_cells_and_never_overrun_them(runs: dict[str, Path]) -> None:
