@@ -131,8 +131,13 @@ def test_onnx_int8_quantises_and_reports_agreement(mean_run: Path, tmp_path: Pat
     import onnx
 
     result = export_run(mean_run, "onnx-int8", tmp_path / "int8")
-    ops = {n.op_type for n in onnx.load(str(tmp_path / "int8" / "model" / "model.onnx")).graph.node}
-    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= ops  # int8 weights, activations quantised on the fly
+    graph = onnx.load(str(tmp_path / "int8" / "model" / "model.onnx")).graph
+    assert {"MatMulInteger", "DynamicQuantizeLinear"} <= {n.op_type for n in graph.node}  # activations quantised on the fly
+    scales = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer if i.name.endswith("_scale")}
+    matmul_weights = {n.input[1] for n in graph.node if n.op_type == "MatMulInteger"}
+    weights = [onnx.numpy_helper.to_array(i) for i in graph.initializer if i.name in matmul_weights]
+    assert weights and all(w.dtype == np.int8 and np.abs(w).max() <= 64 for w in weights)  # 7-bit weights
+    assert any(s.ndim == 1 and s.size > 1 for s in scales.values())  # one scale per output channel
     check = result.check
     assert 0.0 <= check["agreement"] <= 1.0 and {"accuracy_run", "accuracy_export", "accuracy_diff"} <= set(check)
     info = json.loads((tmp_path / "int8" / "export.json").read_text())

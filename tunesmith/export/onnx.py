@@ -84,6 +84,12 @@ def export_onnx(model: Any, tokenizer: Any, path: Path) -> dict[str, Any]:
     return {"exporter": exporter, "opset": opset, "inputs": names, "outputs": ["logits"]}
 
 
+# One scale per output channel and 7-bit weights: onnxruntime's advice for accuracy on x86 CPUs without VNNI, whose
+# u8 x s8 products can saturate. On a 120-step minilm food-review run (497 test reviews, Zen 3) test accuracy was fp32
+# 0.873, per-tensor int8 0.855, per-channel 0.861, per-channel + 7-bit 0.871, at the same speed.
+INT8_OPTIONS = {"per_channel": True, "reduce_range": True}
+
+
 def quantize_int8(source: Path, path: Path) -> None:
     """Dynamic quantisation: int8 weights for every MatMul/Gemm, activations quantised on the fly."""
     import logging
@@ -94,7 +100,7 @@ def quantize_int8(source: Path, path: Path) -> None:
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # "consider pre-processing" advice: shape inference gains nothing here
     try:
-        quantize_dynamic(str(source), str(path), weight_type=QuantType.QInt8)
+        quantize_dynamic(str(source), str(path), weight_type=QuantType.QInt8, **INT8_OPTIONS)
     finally:
         quiet.setLevel(level)
 
@@ -110,7 +116,8 @@ def export_onnx_folder(run: Run, target: Path, quantize: bool, check: bool) -> E
         info = export_onnx(model, tokenizer, fp32)
         if quantize:
             quantize_int8(fp32, folder / "model.onnx")
-            info["quantization"] = "dynamic int8 weights (onnxruntime.quantization.quantize_dynamic, QInt8)"
+            info["quantization"] = ("dynamic int8 weights, one scale per output channel, 7-bit range "
+                                    "(onnxruntime.quantization.quantize_dynamic, QInt8, per_channel, reduce_range)")
     model.config.save_pretrained(folder)  # labels and sizes, for tools that read an ONNX folder (optimum)
     tokenizer.save_pretrained(folder)
     del model
