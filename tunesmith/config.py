@@ -542,6 +542,7 @@ class ServeSpec(Spec):
     max_text_chars: int = Field(20_000, ge=1)  # one text; the model truncates at its max_length anyway
     max_tokens: int = Field(512, ge=1)  # cap on generated tokens per chat/completion request
     chat_engine: Literal["auto", "llama.cpp", "ctranslate2", "transformers"] = "auto"  # auto: llama.cpp (F16, the run's greedy answers, 4x+ faster on a CPU, continuous batching), else CTranslate2 int8, else transformers
+    chat_kv_tokens: int = Field(16384, ge=256)  # llama.cpp: KV cache all concurrent answers of a chat model share (~380 MB on SmolLM2-135M); requests wait for room, and no answer runs longer
     registry_poll_s: float = Field(1.0, gt=0)  # `serve --model`: how often the store is asked what is in production
     log_inputs: bool = True  # keep each request's input and answer with it (feedback joins them); off for sensitive data
     log_retention_days: float = Field(30.0, gt=0)  # logged inputs and answers are cleared after this; ids and timings stay

@@ -148,7 +148,7 @@ def test_sampling_follows_each_requests_seed(engines: dict[str, LlamaCppChatMode
 
 @pytest.fixture(scope="module")
 def served(runs: dict[str, Path]) -> Iterator[InProcessServer]:
-    server = InProcessServer([runs["full"], runs["lora"]], ServeSpec(max_batch_size=4))  # auto: llama.cpp
+    server = InProcessServer([runs["full"], runs["lora"]], ServeSpec(max_batch_size=4, chat_kv_tokens=1024))  # auto: llama.cpp
     yield server
     server.stop()
 
@@ -157,7 +157,7 @@ def test_auto_serves_chat_runs_on_llama_cpp_and_the_openai_client_gets_its_answe
     client = client_of(served.url)
     model = next(m for m in served.models if m.run.endswith("lora/run"))
     engine = model.engine.chat
-    assert isinstance(engine, LlamaCppChatModel)
+    assert isinstance(engine, LlamaCppChatModel) and engine.kv_cells == 1024 and engine.max_batch == 4
     messages = [{"role": "system", "content": "you are friendly number 3"}, {"role": "user", "content": QA[1][0]}]
     r = client.chat.completions.create(model=model.id, messages=messages, temperature=0, max_tokens=20)
     offline = engine.generate([messages], max_new_tokens=20)[0]

@@ -32,7 +32,7 @@ from tunesmith.inference.serve_cache import architecture_config, converted
 from tunesmith.tasks import chat
 
 WEIGHTS = "f16"  # the GGUF's matrices: exact greedy answers (Q8_0 is ~15% faster and parts from them on a third of prompts)
-KV_CELLS = 16384  # tokens of KV cache all rows share: ~380 MB for SmolLM2-135M; bounds memory, not the row count
+KV_CELLS = 16384  # tokens of KV cache all rows share (ServeSpec.chat_kv_tokens when served): bounds memory, not the rows
 BATCH_TOKENS = 512  # tokens per llama.cpp step (prompt pieces + one per running row): llama.cpp's own default n_batch
 LOG_ERROR = 4  # ggml_log_level GGML_LOG_LEVEL_ERROR: the only llama.cpp messages worth the server's log
 

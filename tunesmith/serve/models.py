@@ -182,7 +182,9 @@ class ModelLoader:
             module: Any = llama if engine == "llama.cpp" else ct2
             reason = module.unavailable(run)
             if reason is None:
-                options = {"max_batch": self.spec.max_batch_size, "wait_ms": self.spec.batch_wait_ms}
+                options: dict[str, Any] = {"max_batch": self.spec.max_batch_size, "wait_ms": self.spec.batch_wait_ms}
+                if engine == "llama.cpp":
+                    options["kv_cells"] = self.spec.chat_kv_tokens
                 try:
                     model = (llama.LlamaCppChatModel if engine == "llama.cpp" else ct2.CT2ChatModel).from_run(run, **options)
                 except Exception as err:  # noqa: BLE001 - auto falls back to the next engine, saying why
