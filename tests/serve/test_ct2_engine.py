@@ -217,12 +217,19 @@ def test_concurrent_requests_are_decoded_as_one_batch(served: InProcessServer) -
     assert [c.text for c in r.choices] == offline[:3]
     assert engine.stats.sizes[before:] == [3]
     # Four concurrent streams: the window stays open until the batch is full (max_batch_size 4).
+    before = len(engine.stats.sizes)
+    assert four_concurrent_streams(client, ident, engine, prompts) == offline
+    assert engine.stats.sizes[before:] == [4] and engine.stats.largest == 4
+
+
+def four_concurrent_streams(client: openai.OpenAI, model: str, engine: Any, prompts: list[str]) -> list[str]:
+    """Each prompt streamed from /v1/completions by its own client thread; the engine waits until all four are in."""
     engine.wait_s, waited = 60.0, engine.wait_s
     texts: dict[int, str] = {}
 
     def stream(i: int) -> None:
         texts[i] = "".join(c.choices[0].text for c in client.completions.create(
-            model=ident, prompt=prompts[i], temperature=0, max_tokens=16, stream=True) if c.choices)
+            model=model, prompt=prompts[i], temperature=0, max_tokens=16, stream=True) if c.choices)
 
     try:
         threads = [threading.Thread(target=stream, args=(i,)) for i in range(4)]
@@ -232,8 +239,7 @@ def test_concurrent_requests_are_decoded_as_one_batch(served: InProcessServer) -
             t.join(timeout=120)
     finally:
         engine.wait_s = waited
-    assert [texts[i].strip() for i in range(4)] == offline
-    assert engine.stats.sizes[-1] == 4 and engine.stats.largest == 4
+    return [texts[i].strip() for i in range(4)]
 
 
 def test_the_serve_command_takes_the_chat_engine_flag(runs: dict[str, Path], tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,13 @@ from typing import Any
 import pytest
 
 from tests.export.test_gguf import build_bpe_llama
-from tests.serve.test_ct2_engine import InProcessServer, client_of, conversations, three_rows_ending_on_their_own
+from tests.serve.test_ct2_engine import (
+    InProcessServer,
+    client_of,
+    conversations,
+    four_concurrent_streams,
+    three_rows_ending_on_their_own,
+)
 from tests.servers import start_server, stop_server
 from tests.test_train_chat import QA, chat_project
 from tunesmith.config import ServeSpec
@@ -178,24 +183,9 @@ def test_concurrent_streams_decode_together(served: InProcessServer) -> None:
     engine = model.engine.chat
     prompts = [engine.prompt_text([{"role": "user", "content": q}]) for q, _ in QA[:4]]
     offline = [c.text for c in engine.generate_texts(prompts, max_new_tokens=16)]
-    engine.wait_s, waited = 60.0, engine.wait_s  # the first step waits until all four are in (max_batch_size 4)
-    texts: dict[int, str] = {}
-
-    def stream(i: int) -> None:
-        texts[i] = "".join(c.choices[0].text for c in client.completions.create(
-            model=model.id, prompt=prompts[i], temperature=0, max_tokens=16, stream=True) if c.choices)
-
-    try:
-        before = len(engine.stats.sizes)
-        threads = [threading.Thread(target=stream, args=(i,)) for i in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
-    finally:
-        engine.wait_s = waited
-    assert [texts[i].strip() for i in range(4)] == offline
-    assert engine.stats.sizes[before] == 4
+    before = len(engine.stats.sizes)
+    assert four_concurrent_streams(client, model.id, engine, prompts) == offline
+    assert engine.stats.sizes[before] == 4  # the first step waited for all four (max_batch_size 4)
 
 
 def test_the_serve_command_takes_the_chat_engine_flag(runs: dict[str, Path], tmp_path: Path) -> None:
