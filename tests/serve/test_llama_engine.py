@@ -114,7 +114,8 @@ def test_a_request_joins_rows_already_decoding(engines: dict[str, LlamaCppChatMo
         del engine._on_token
     assert solo_a.completion_tokens > 4  # A was still decoding when B joined
     assert (a.text, a.completion_tokens) == (solo_a.text, solo_a.completion_tokens)
-    assert late.result is not None and (late.result.text, late.result.completion_tokens) == (solo_b.text, solo_b.completion_tokens)
+    assert late.result is not None
+    assert (late.result.text, late.result.completion_tokens) == (solo_b.text, solo_b.completion_tokens)
     assert engine.stats.sizes[before: before + 3] == [1, 1, 1] and 2 in engine.stats.sizes[before:]
 
 
@@ -198,7 +199,8 @@ def test_the_serve_command_takes_the_chat_engine_flag(runs: dict[str, Path], tmp
     finally:
         stop_server(proc)
     assert "chat engine llama.cpp (f16)" in (tmp_path / "server.log").read_text()
-    assert r.choices[0].message.content == LlamaCppChatModel.from_run(runs["lora"]).generate([messages], max_new_tokens=12)[0].text
+    offline = LlamaCppChatModel.from_run(runs["lora"]).generate([messages], max_new_tokens=12)[0]
+    assert r.choices[0].message.content == offline.text
 
 
 def test_a_process_with_llama_cpp_beside_torch_exits_cleanly(runs: dict[str, Path]) -> None:

@@ -89,7 +89,6 @@ def export_gguf(run: Run, target: Path, fmt: str, check: bool) -> ExportResult:
     return done
 
 
-# --- what can be exported -------------------------------------------------------------------------
 # --- Ollama ---------------------------------------------------------------------------------------
 
 

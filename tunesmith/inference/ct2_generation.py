@@ -5,8 +5,8 @@ run merged into its base first), and converted again only when the weights chang
 
 Batching (the queue: decode_queue.py): a decoding thread waits `wait_ms` for company, then runs the
 requests that share sampling settings (greedy ones always share) as ONE `generate_batch` call; a
-per-token callback ends each row on its own (and streams its text). Rows cannot join a batch already running (CTranslate2 has no continuous
-batching); they form the next one. Sampling settings differ per batch, not per row, because
+per-token callback ends each row on its own (and streams its text). Rows cannot join a batch already
+running (CTranslate2 has no continuous batching); they form the next one. Sampling settings differ per batch, not per row, because
 `generate_batch` takes one temperature and top_p for all rows.
 
 `seed` is accepted and not honoured: CTranslate2 seeds its sampler once per worker thread, so two
@@ -136,6 +136,10 @@ class CT2ChatModel(QueuedChatModel):
         self._hf_id = [i if i is not None else -1 for i in ids]
         self._end_tokens = tokenizer.convert_ids_to_tokens(self.stop_token_ids)
         _LIVE.add(self)
+
+    @property
+    def precision(self) -> str:
+        return self.compute_type
 
     @classmethod
     def from_run(cls, path: str | Path | Run, compute_type: str | None = None, **options: Any) -> CT2ChatModel:

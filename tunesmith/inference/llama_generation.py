@@ -107,7 +107,7 @@ class LlamaCppChatModel(QueuedChatModel):
         _quiet_logs()
         self.lc = lc
         self.folder = Path(gguf_file).parent
-        self.weights = WEIGHTS
+        self.precision = WEIGHTS
         self.threads = threads or len(os.sched_getaffinity(0))
         self.model = lc.llama_model_load_from_file(str(gguf_file).encode(), lc.llama_model_default_params())
         if not self.model:

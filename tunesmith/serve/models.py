@@ -132,9 +132,9 @@ class ChatModelEngine(BatchedChatEngine):
 
 
 class ModelLoader:
-    """Loads run folders as served models; chat runs go to `spec.chat_engine` (by default llama.cpp, else CTranslate2,
-    where they can take the model). On transformers, chat adapters over the same base share one loaded base, also for models loaded
-    later (a fine-tuning job's model, on its first request)."""
+    """Loads run folders as served models; chat runs go to `spec.chat_engine` (by default llama.cpp, else
+    CTranslate2, where they can take the model). On transformers, chat adapters over the same base share one
+    loaded base, also for models loaded later (a fine-tuning job's model, on its first request)."""
 
     def __init__(self, spec: ServeSpec | None = None) -> None:
         self.spec = spec or ServeSpec()
@@ -176,24 +176,24 @@ class ModelLoader:
         from tunesmith.inference import llama_generation as llama
 
         wanted = self.spec.chat_engine
-        engines = [e for e in ("llama.cpp", "ctranslate2") if wanted in ("auto", e)]
+        engines: dict[str, tuple[Any, Any, dict[str, Any]]] = {  # engine -> why not, its model, its own options
+            "llama.cpp": (llama.unavailable, llama.LlamaCppChatModel, {"kv_cells": self.spec.chat_kv_tokens}),
+            "ctranslate2": (ct2.unavailable, ct2.CT2ChatModel, {})}
         reasons = []
-        for engine in engines:
-            module: Any = llama if engine == "llama.cpp" else ct2
-            reason = module.unavailable(run)
+        for engine, (unavailable, model_class, options) in engines.items():
+            if wanted not in ("auto", engine):
+                continue
+            reason = unavailable(run)
             if reason is None:
-                options: dict[str, Any] = {"max_batch": self.spec.max_batch_size, "wait_ms": self.spec.batch_wait_ms}
-                if engine == "llama.cpp":
-                    options["kv_cells"] = self.spec.chat_kv_tokens
                 try:
-                    model = (llama.LlamaCppChatModel if engine == "llama.cpp" else ct2.CT2ChatModel).from_run(run, **options)
+                    model = model_class.from_run(run, max_batch=self.spec.max_batch_size, wait_ms=self.spec.batch_wait_ms,
+                                                 **options)
                 except Exception as err:  # noqa: BLE001 - auto falls back to the next engine, saying why
                     if wanted != "auto":
                         raise
                     reason = f"conversion failed: {type(err).__name__}: {err}"
                 else:
-                    precision = model.weights if engine == "llama.cpp" else model.compute_type
-                    print(f"{run.manifest.name}: chat engine {engine} ({precision}) from {model.folder}", flush=True)
+                    print(f"{run.manifest.name}: chat engine {engine} ({model.precision}) from {model.folder}", flush=True)
                     return BatchedChatEngine(model)
             if wanted != "auto":
                 raise ConfigError(f"{run.path}: cannot serve with --chat-engine {engine}: {reason}; "
