@@ -444,6 +444,7 @@ def serve_cmd(
     max_queue: Annotated[int, typer.Option(help="Waiting requests per model before 503 + Retry-After.")] = _serve_default("max_queue"),
     timeout: Annotated[float, typer.Option(help="Seconds before a request is answered 504.")] = _serve_default("timeout_s"),
     max_tokens: Annotated[int, typer.Option(help="Cap on generated tokens per request.")] = _serve_default("max_tokens"),
+    classifier_engine: Annotated[str, typer.Option("--classifier-engine", help="Classification/regression runs on: auto (onnxruntime on a CPU, the run converted to ONNX once; PyTorch on a GPU), onnxruntime, or torch.")] = _serve_default("classifier_engine"),
     chat_engine: Annotated[str, typer.Option("--chat-engine", help="Chat runs on: auto (llama.cpp where the model converts to GGUF, else CTranslate2 int8, else transformers), llama.cpp, ctranslate2, or transformers.")] = _serve_default("chat_engine"),
     chat_kv_tokens: Annotated[int, typer.Option("--chat-kv-tokens", help="llama.cpp: tokens of KV cache the concurrent answers of a chat model share (prompts + answers).")] = _serve_default("chat_kv_tokens"),
     db: Annotated[str | None, typer.Option("--db", envvar="TUNESMITH_DB", help="Store URL for the fine-tuning API (sqlite:///file.db or postgresql://...); turns it on. Without RUNs it is on with the default SQLite store.")] = None,
@@ -465,8 +466,8 @@ def serve_cmd(
     try:
         spec = ServeSpec(host=host, port=port, api_keys=keys, admin_key=admin_key, cors_origins=list(cors_origin or []),
                          max_batch_size=max_batch_size, batch_wait_ms=batch_wait_ms, max_queue=max_queue,
-                         timeout_s=timeout, max_tokens=max_tokens, chat_engine=chat_engine, chat_kv_tokens=chat_kv_tokens,
-                         log_inputs=log_inputs,
+                         timeout_s=timeout, max_tokens=max_tokens, classifier_engine=classifier_engine,
+                         chat_engine=chat_engine, chat_kv_tokens=chat_kv_tokens, log_inputs=log_inputs,
                          log_retention_days=log_retention_days)
     except ValueError as err:
         from tunesmith.errors import ConfigError

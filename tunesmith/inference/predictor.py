@@ -41,19 +41,22 @@ class Predictor:
     """Predictions of a classification or regression run folder, from PyTorch weights or, when
     model/model.onnx exists (an ONNX export), from onnxruntime on the CPU: same inputs, same outputs."""
 
-    def __init__(self, run_dir: str | Path, device: str | None = None) -> None:
+    def __init__(self, run_dir: str | Path, device: str | None = None, onnx_model: Path | None = None) -> None:
+        """`onnx_model`: an ONNX graph of this run to run instead of its PyTorch weights (what `tunesmith serve`
+        converts the run into, inference/onnx_engine.py)."""
         self.run = Run(run_dir)
         self.manifest = self.run.manifest
         self.task = TaskType(self.manifest.task)
         self.model: Any = None
         self.session: Any = None  # onnxruntime.InferenceSession of an ONNX export
-        if (self.run.model_dir / ONNX_MODEL).is_file():
+        onnx_model = onnx_model or self.run.model_dir / ONNX_MODEL
+        if onnx_model.is_file():
             from transformers import AutoTokenizer
 
             self.backend = "onnx"
             self.device = "cpu"
             self.tokenizer = AutoTokenizer.from_pretrained(self.run.model_dir)
-            self.session = _onnx_session(self.run.model_dir / ONNX_MODEL)
+            self.session = _onnx_session(onnx_model)
             self._onnx_inputs = [i.name for i in self.session.get_inputs()]
             return
         import torch

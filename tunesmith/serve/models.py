@@ -64,13 +64,33 @@ def model_id(run: Run) -> tuple[str, str]:
 
 
 class PredictorEngine:
-    """A classification/regression run (PyTorch or ONNX export) answering label/probability dicts."""
+    """A classification/regression run answering label/probability dicts: on onnxruntime (the run converted once,
+    `engine` auto or onnxruntime), on PyTorch, or an ONNX export as it is."""
 
-    def __init__(self, run_dir: Path) -> None:
-        from tunesmith.inference.predictor import Predictor
+    def __init__(self, run_dir: Path, engine: str = "auto") -> None:
+        from tunesmith.inference import onnx_engine
+        from tunesmith.inference.predictor import ONNX_MODEL, Predictor
 
-        self.predictor = Predictor(run_dir)
+        run = Run(run_dir)
+        graph, reason = None, None
+        if engine != "torch" and not (run.model_dir / ONNX_MODEL).is_file():
+            reason = onnx_engine.unavailable(run)
+            if reason is None:
+                try:
+                    graph = onnx_engine.onnx_model(run)
+                except Exception as err:  # noqa: BLE001 - auto falls back to PyTorch, saying why
+                    if engine != "auto":
+                        raise
+                    reason = f"conversion failed: {type(err).__name__}: {err}"
+            if reason is not None and engine != "auto":
+                raise ConfigError(f"{run.path}: cannot serve with --classifier-engine {engine}: {reason}; "
+                                  "use --classifier-engine torch (or auto, which falls back by itself)")
+        self.predictor = Predictor(run_dir, onnx_model=graph)
         self.labels = self.predictor.run.manifest.labels
+        if graph is not None:
+            print(f"{run.manifest.name}: engine onnxruntime (fp32) from {graph.parent}", flush=True)
+        elif reason is not None:
+            print(f"{run.manifest.name}: engine PyTorch ({reason})", flush=True)
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         pred = self.predictor.predict(texts)
@@ -156,7 +176,7 @@ class ModelLoader:
         self.count += 1
         if TaskType(m.task) not in GENERATIVE_TASKS:
             return Served(ident, "sequence", m.task, str(run.path), m.base_model, created, digest,
-                          PredictorEngine(run.path), aliases, ident, owner)
+                          PredictorEngine(run.path, self.spec.classifier_engine), aliases, ident, owner)
         if self.spec.chat_engine != "transformers":
             batched = self._batched(run)
             if batched is not None:

@@ -1,0 +1,76 @@
+"""Classifiers served on onnxruntime: the run converted once into its serve cache, PyTorch's predictions,
+PyTorch where the conversion cannot be trusted (auto) or a refusal (asked for by name)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from tests.test_train import project
+from tunesmith.errors import ConfigError
+from tunesmith.inference import onnx_engine
+from tunesmith.inference.serve_cache import CACHE_DIR, FINGERPRINT
+from tunesmith.serve.models import PredictorEngine
+from tunesmith.training import train
+
+TEXTS = ["great wonderful friendly food", "terrible stale bitter", "", "ok " * 40, "Ünïcödé 123"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("onnx-engine")
+    out = {}
+    for name, task, spec in (("clf", None, {}), ("lora", None, {"method": "lora", "learning_rate": 5e-3}),
+                             ("reg", {"type": "regression"}, {})):
+        (tmp / name).mkdir()
+        out[name] = train(project(tmp / name, tiny_bert, task=task, train_spec={"max_steps": 20, **spec}))
+    return out
+
+
+def outputs(engine: PredictorEngine, texts: list[str]) -> np.ndarray:
+    return engine.predictor.logits(texts)
+
+
+@pytest.mark.parametrize("name", ["clf", "lora", "reg"])
+def test_served_on_onnxruntime_with_pytorchs_predictions(runs: dict[str, Path], name: str,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    graph = PredictorEngine(runs[name])
+    assert graph.predictor.backend == "onnx" and graph.predictor.model is None
+    assert "engine onnxruntime (fp32)" in capsys.readouterr().out
+    torch_engine = PredictorEngine(runs[name], engine="torch")
+    assert torch_engine.predictor.backend == "torch"
+    np.testing.assert_allclose(outputs(graph, TEXTS), outputs(torch_engine, TEXTS), atol=1e-4)
+    assert graph.predict(TEXTS[:2])[0].keys() == torch_engine.predict(TEXTS[:2])[0].keys()
+
+
+def test_the_graph_is_cached_and_its_attention_is_plain(runs: dict[str, Path]) -> None:
+    folder = runs["clf"] / CACHE_DIR / onnx_engine.CACHE_NAME
+    PredictorEngine(runs["clf"])
+    stamp = (folder / FINGERPRINT).stat().st_mtime_ns
+    PredictorEngine(runs["clf"])
+    assert (folder / FINGERPRINT).stat().st_mtime_ns == stamp  # not converted again
+    ops = {n.op_type for n in onnx.load(str(folder / onnx_engine.ONNX_FILE)).graph.node}
+    assert "Softmax" in ops and "IsNaN" not in ops  # no SDPA guard (IsNaN, Where) over every attention score
+
+
+def test_a_graph_that_strays_from_pytorch_is_not_served(runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(onnx_engine, "MAX_LOGIT_GAP", -1.0)  # every graph "differs"
+    monkeypatch.setattr(onnx_engine, "CACHE_NAME", "onnx-fp32-strict")  # a fresh cache folder
+    engine = PredictorEngine(runs["reg"])
+    assert engine.predictor.backend == "torch"
+    assert "engine PyTorch (conversion failed: ConfigError:" in capsys.readouterr().out
+    assert not (runs["reg"] / CACHE_DIR / "onnx-fp32-strict").exists()  # nothing half-made is left to be served
+    with pytest.raises(ConfigError, match=r"logits differ from PyTorch's"):
+        PredictorEngine(runs["reg"], engine="onnxruntime")
+
+
+def test_an_onnx_export_is_served_as_it_is(runs: dict[str, Path], tmp_path: Path) -> None:
+    from tunesmith.export import export_run
+
+    export_run(runs["clf"], "onnx", tmp_path / "exported", check=False)
+    engine = PredictorEngine(tmp_path / "exported")
+    assert engine.predictor.backend == "onnx" and not (tmp_path / "exported" / CACHE_DIR).exists()
