@@ -20,13 +20,15 @@ TEXTS = ["great wonderful friendly food", "terrible stale bitter", "", "ok " * 4
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> dict[str, Path]:
+def runs(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, tiny_llama: Path) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("onnx-engine")
     out = {}
-    for name, task, spec in (("clf", None, {}), ("lora", None, {"method": "lora", "learning_rate": 5e-3}),
-                             ("reg", {"type": "regression"}, {})):
+    for name, model, task, spec in (("clf", tiny_bert, None, {}),
+                                    ("lora", tiny_bert, None, {"method": "lora", "learning_rate": 5e-3}),
+                                    ("reg", tiny_bert, {"type": "regression"}, {}),
+                                    ("decoder", tiny_llama, None, {})):  # last-token pooling, no token_type_ids
         (tmp / name).mkdir()
-        out[name] = train(project(tmp / name, tiny_bert, task=task, train_spec={"max_steps": 20, **spec}))
+        out[name] = train(project(tmp / name, model, task=task, train_spec={"max_steps": 20, **spec}))
     return out
 
 
@@ -34,7 +36,7 @@ def outputs(engine: PredictorEngine, texts: list[str]) -> np.ndarray:
     return engine.predictor.logits(texts)
 
 
-@pytest.mark.parametrize("name", ["clf", "lora", "reg"])
+@pytest.mark.parametrize("name", ["clf", "lora", "reg", "decoder"])
 def test_served_on_onnxruntime_with_pytorchs_predictions(runs: dict[str, Path], name: str,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     graph = PredictorEngine(runs[name])
