@@ -50,16 +50,15 @@ def _convert(run: Run, folder: Path) -> None:
 
     from tunesmith.inference.predictor import _onnx_session
     from tunesmith.models.loading import load_run
-    from tunesmith.models.onnx_graph import write_onnx
+    from tunesmith.models.onnx_graph import onnx_feed, write_onnx
 
     loaded = load_run(run, merge=True, device="cpu")
     model, tokenizer = loaded.model.float().eval(), loaded.tokenizer
     path = folder / ONNX_FILE
     write_onnx(model, tokenizer, path)
     session = _onnx_session(path)
-    names = [i.name for i in session.get_inputs()]
     batch = tokenizer(CHECK_TEXTS, padding=True, truncation=True, max_length=run.manifest.max_length, return_tensors="np")
-    feed = {n: (batch[n] if n in batch else np.zeros_like(batch["input_ids"])).astype(np.int64) for n in names}
+    feed = onnx_feed(batch, [i.name for i in session.get_inputs()])
     graph = session.run(["logits"], feed)[0]
     with torch.inference_mode():
         reference = model(**{n: torch.from_numpy(v) for n, v in feed.items()}).logits.float().numpy()

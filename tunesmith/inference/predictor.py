@@ -82,9 +82,9 @@ class Predictor:
         """Logits of one micro-batch of tokenized texts (padded to its longest)."""
         if self.session is not None:
             batch = self.tokenizer.pad(features, return_tensors="np")
-            feed = {name: (batch[name] if name in batch else np.zeros_like(batch["input_ids"])).astype(np.int64)
-                    for name in self._onnx_inputs}  # token_type_ids: zeros when the tokenizer gives none
-            return np.asarray(self.session.run(["logits"], feed)[0], dtype=np.float32)
+            from tunesmith.models.onnx_graph import onnx_feed
+
+            return np.asarray(self.session.run(["logits"], onnx_feed(batch, self._onnx_inputs))[0], dtype=np.float32)
         import torch
 
         with torch.inference_mode():

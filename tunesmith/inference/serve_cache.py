@@ -1,4 +1,4 @@
-"""A run converted for a serving engine (CTranslate2, llama.cpp's GGUF), cached beside the run.
+"""A run converted for a serving engine (CTranslate2, llama.cpp's GGUF, onnxruntime's ONNX), cached beside the run.
 
 `<run>/.serve-cache/<name>/` holds the conversion and a fingerprint of what it was made from (run.json's
 bytes, each weight file's name, size and time, the converter's version). It is converted again only when the

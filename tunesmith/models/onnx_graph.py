@@ -23,11 +23,17 @@ def onnx_inputs(model: Any, tokenizer: Any) -> list[str]:
     return names
 
 
+def onnx_feed(batch: Any, names: list[str]) -> dict[str, np.ndarray]:
+    """A tokenized, padded numpy batch as the graph's int64 inputs `names` (token_type_ids: zeros when the
+    tokenizer gives none)."""
+    return {n: (batch[n] if n in batch else np.zeros_like(batch["input_ids"])).astype(np.int64) for n in names}
+
+
 def _sample_inputs(tokenizer: Any, names: list[str]) -> dict[str, np.ndarray]:
     """Texts of different lengths, so the batch is padded and the attention mask is traced as data."""
     batch = tokenizer(["a short text", "a somewhat longer text, so that the first one of the two is padded",
                        "and a third one"], padding=True, return_tensors="np")
-    return {n: (batch[n] if n in batch else np.zeros_like(batch["input_ids"])).astype(np.int64) for n in names}
+    return onnx_feed(batch, names)
 
 
 def write_onnx(model: Any, tokenizer: Any, path: Path) -> dict[str, Any]:
