@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -72,25 +72,16 @@ class PredictorEngine:
         from tunesmith.inference.predictor import ONNX_MODEL, Predictor
 
         run = Run(run_dir)
-        graph, reason = None, None
-        if engine != "torch" and not (run.model_dir / ONNX_MODEL).is_file():
-            reason = onnx_engine.unavailable(run)
-            if reason is None:
-                try:
-                    graph = onnx_engine.onnx_model(run)
-                except Exception as err:  # noqa: BLE001 - auto falls back to PyTorch, saying why
-                    if engine != "auto":
-                        raise
-                    reason = f"conversion failed: {type(err).__name__}: {err}"
-            if reason is not None and engine != "auto":
-                raise ConfigError(f"{run.path}: cannot serve with --classifier-engine {engine}: {reason}; "
-                                  "use --classifier-engine torch (or auto, which falls back by itself)")
+        graph, reasons = None, []
+        if not (run.model_dir / ONNX_MODEL).is_file():  # an ONNX export runs as it is
+            _, graph, reasons = first_engine(run, "--classifier-engine", engine, "torch",
+                                             {"onnxruntime": (onnx_engine.unavailable, lambda: onnx_engine.onnx_model(run))})
         self.predictor = Predictor(run_dir, onnx_model=graph)
         self.labels = self.predictor.run.manifest.labels
         if graph is not None:
             print(f"{run.manifest.name}: engine onnxruntime (fp32) from {graph.parent}", flush=True)
-        elif reason is not None:
-            print(f"{run.manifest.name}: engine PyTorch ({reason})", flush=True)
+        elif reasons:
+            print(f"{run.manifest.name}: engine PyTorch ({'; '.join(reason for _, reason in reasons)})", flush=True)
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         pred = self.predictor.predict(texts)
@@ -195,32 +186,43 @@ class ModelLoader:
         from tunesmith.inference import ct2_generation as ct2
         from tunesmith.inference import llama_generation as llama
 
-        wanted = self.spec.chat_engine
-        engines: dict[str, tuple[Any, Any, dict[str, Any]]] = {  # engine -> why not, its model, its own options
-            "llama.cpp": (llama.unavailable, llama.LlamaCppChatModel, {"kv_cells": self.spec.chat_kv_tokens}),
-            "ctranslate2": (ct2.unavailable, ct2.CT2ChatModel, {})}
-        reasons = []
-        for engine, (unavailable, model_class, options) in engines.items():
-            if wanted not in ("auto", engine):
-                continue
-            reason = unavailable(run)
-            if reason is None:
-                try:
-                    model = model_class.from_run(run, max_batch=self.spec.max_batch_size, wait_ms=self.spec.batch_wait_ms,
-                                                 **options)
-                except Exception as err:  # noqa: BLE001 - auto falls back to the next engine, saying why
-                    if wanted != "auto":
-                        raise
-                    reason = f"conversion failed: {type(err).__name__}: {err}"
-                else:
-                    print(f"{run.manifest.name}: chat engine {engine} ({model.precision}) from {model.folder}", flush=True)
-                    return BatchedChatEngine(model)
-            if wanted != "auto":
-                raise ConfigError(f"{run.path}: cannot serve with --chat-engine {engine}: {reason}; "
-                                  "use --chat-engine transformers (or auto, which falls back by itself)")
-            reasons.append(f"{engine}: {reason.rstrip('.')}")
-        print(f"{run.manifest.name}: chat engine transformers ({'; '.join(reasons)})", flush=True)
+        options = {"max_batch": self.spec.max_batch_size, "wait_ms": self.spec.batch_wait_ms}
+        engine, model, reasons = first_engine(run, "--chat-engine", self.spec.chat_engine, "transformers", {
+            "llama.cpp": (llama.unavailable,
+                          lambda: llama.LlamaCppChatModel.from_run(run, kv_cells=self.spec.chat_kv_tokens, **options)),
+            "ctranslate2": (ct2.unavailable, lambda: ct2.CT2ChatModel.from_run(run, **options))})
+        if model is not None:
+            print(f"{run.manifest.name}: chat engine {engine} ({model.precision}) from {model.folder}", flush=True)
+            return BatchedChatEngine(model)
+        summary = "; ".join(f"{name}: {reason.rstrip('.')}" for name, reason in reasons)
+        print(f"{run.manifest.name}: chat engine transformers ({summary})", flush=True)
         return None
+
+
+def first_engine(run: Run, option: str, wanted: str, fallback: str,
+                 engines: dict[str, tuple[Callable[[Run], str | None], Callable[[], Any]]]
+                 ) -> tuple[str | None, Any, list[tuple[str, str]]]:
+    """The first of `engines` (name -> (why it cannot take the run, or None; what builds it)) that serves the run, or
+    the one `wanted` names: (its name, what it built, []). With `wanted` "auto", (None, None, [(name, why not), ...])
+    when none can, and the caller falls back to `fallback`; an engine named by `option` that cannot raises instead.
+    `wanted` naming none of `engines` (the fallback itself) tries none."""
+    reasons: list[tuple[str, str]] = []
+    for engine, (unavailable, build) in engines.items():
+        if wanted not in ("auto", engine):
+            continue
+        reason = unavailable(run)
+        if reason is None:
+            try:
+                return engine, build(), []
+            except Exception as err:  # noqa: BLE001 - auto falls back to the next engine, saying why
+                if wanted != "auto":
+                    raise
+                reason = f"conversion failed: {type(err).__name__}: {err}"
+        if wanted != "auto":
+            raise ConfigError(f"{run.path}: cannot serve with {option} {engine}: {reason}; "
+                              f"use {option} {fallback} (or auto, which falls back by itself)")
+        reasons.append((engine, reason))
+    return None, None, reasons
 
 
 def load(paths: Sequence[str | Path], loader: ModelLoader | None = None) -> list[Served]:
