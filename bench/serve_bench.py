@@ -54,7 +54,9 @@ def free_port() -> int:
 def train_quick_run(folder: Path) -> Path:
     config = Path(__file__).parent.parent / "examples" / "food_reviews.yaml"
     out = folder / "run"
+    # its own dataset folder too: prepared at max_length 128, it would stand in datasets/ for the demo's 256
     subprocess.run([*TS, "train", str(config), "--overwrite", "--set", f"train.output_dir={out}",
+                    "--set", f"data.output_dir={folder / 'dataset'}",
                     "--set", "train.max_steps=120", "--set", "train.evals_per_epoch=1", "--set", "model.max_length=128"],
                    check=True)
     return out

@@ -330,16 +330,18 @@ def subset(source: Path, target: Path, rows: dict[str, int | None], seed: int) -
 
 
 def prepared(config: Path) -> Path:
-    """The config's prepared dataset (datasets/<name>), prepared first when missing, as `make demo` would."""
-    from tunesmith.artifacts import is_dataset
+    """The config's prepared dataset (datasets/<name>), prepared (again) when missing or prepared with other
+    settings (another command's `--set model.max_length=...`, say), as `tunesmith train` would."""
     from tunesmith.config import load_config
+    from tunesmith.training.dataset import ensure_dataset
 
-    folder = ROOT / load_config(config).dataset_dir
-    if not is_dataset(folder):
-        print(f"preparing {config.name} into {folder} (about 30 s)", flush=True)
-        subprocess.run([sys.executable, "-m", "tunesmith", "data", "prepare", str(config), "--out", str(folder), "-q"],
-                       check=True, cwd=ROOT)
-    return folder
+    cfg = load_config(config)
+    cwd = Path.cwd()
+    try:
+        os.chdir(ROOT)  # the config's dataset_dir is relative to the repository, as `make demo` runs it
+        return ROOT / ensure_dataset(cfg).path
+    finally:
+        os.chdir(cwd)
 
 
 def run_side(name: str, spec_path: Path, work: Path, round_: int) -> dict[str, Any]:
