@@ -189,7 +189,12 @@ def test_docker_context_is_complete_and_its_entrypoint_serves(mean_run: Path, tm
         assert (context / name).is_file(), name
     assert "docker build -t tunesmith-tiny ." in (context / "COMMANDS.txt").read_text()
 
-    # The container's command with /app pointing at the context, on a free port.
+    # The image's build step that converts for the serving engine, then the container's command, with /app
+    # pointing at the context.
+    prepare_line = next(line for line in lines if line.startswith("RUN ") and "--prepare" in line)
+    assert lines.index(prepare_line) > next(i for i, line in enumerate(lines) if line.startswith("USER "))
+    prepare = [arg.replace("/app", str(context)) for arg in json.loads(prepare_line[4:])]
+    assert cli(prepare[1:]) == 0 and "ready" in capsys.readouterr().out
     cmd_line = next(line for line in dockerfile.splitlines() if line.startswith("CMD "))  # not HEALTHCHECK's CMD
     argv = [arg.replace("/app", str(context)) for arg in json.loads(cmd_line[4:])]
     assert argv[:3] == ["tunesmith", "serve", str(context / "model")]

@@ -3,6 +3,7 @@ PyTorch where the conversion cannot be trusted (auto) or a refusal (asked for by
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import onnx
 import pytest
 
 from tests.test_train import project
+from tunesmith.cli import run as cli
 from tunesmith.errors import ConfigError
 from tunesmith.inference import onnx_engine
 from tunesmith.inference.serve_cache import CACHE_DIR, FINGERPRINT
@@ -46,6 +48,20 @@ def test_served_on_onnxruntime_with_pytorchs_predictions(runs: dict[str, Path], 
     assert torch_engine.predictor.backend == "torch"
     np.testing.assert_allclose(outputs(graph, TEXTS), outputs(torch_engine, TEXTS), atol=1e-4)
     assert graph.predict(TEXTS[:2])[0].keys() == torch_engine.predict(TEXTS[:2])[0].keys()
+
+
+def test_serve_prepare_converts_once_and_exits(runs: dict[str, Path], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """`tunesmith serve RUN --prepare` (the Docker image's build step): the conversion made, no server started."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["reg"], run, ignore=shutil.ignore_patterns(CACHE_DIR))
+    assert cli(["serve", str(run), "--prepare"]) == 0
+    out = capsys.readouterr().out
+    assert "engine onnxruntime (fp32)" in out and f"ready ({run})" in out
+    stamp = (run / CACHE_DIR / onnx_engine.CACHE_NAME / FINGERPRINT).stat().st_mtime_ns
+    PredictorEngine(run)  # a server's start finds it converted
+    assert (run / CACHE_DIR / onnx_engine.CACHE_NAME / FINGERPRINT).stat().st_mtime_ns == stamp
+    assert cli(["serve", "--prepare"]) == 2 and "name the RUN folders to prepare" in capsys.readouterr().err
 
 
 def test_the_graph_is_cached_and_its_attention_is_plain(runs: dict[str, Path]) -> None:

@@ -67,6 +67,9 @@ RUN useradd --create-home --uid 10001 tunesmith
 COPY --chown=tunesmith:tunesmith model /app/model
 USER tunesmith
 WORKDIR /app
+# The serving engine's conversion (ONNX for a classifier, CTranslate2 for a chat model) made once, into the image:
+# containers start without converting, and need not write to /app/model.
+RUN {json.dumps([*SERVE_CMD[:3], "--prepare"])}
 
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \\
