@@ -1,5 +1,6 @@
-"""The dynamic batcher: a batch that has left the queue but is still running keeps the batcher busy, so
-the service does not let go of a swapped-out model under it (a promotion under load once answered 500)."""
+"""The dynamic batcher: a request is queued the moment it is submitted, and a batch that has left the queue but
+is still running keeps the batcher busy, so the service does not let go of a swapped-out model under either (a
+promotion under load answered 500, once for each)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,18 @@ def test_a_running_batch_is_not_idle_until_it_returns() -> None:
         assert batcher.depth == 0 and not batcher.idle  # out of the queue, still running
         release.set()
         assert await answer == "TEA"
+        assert batcher.idle
+
+    asyncio.run(scenario())
+
+
+def test_a_request_is_queued_when_submitted_not_on_a_later_turn() -> None:
+    async def scenario() -> None:
+        batcher = DynamicBatcher(lambda key, payloads: list(payloads), max_batch=4, wait_ms=0, max_queue=8,
+                                 executor=ThreadPoolExecutor(1))
+        answer = asyncio.wait_for(asyncio.gather(batcher.submit("m", "tea"), batcher.submit("m", "milk")), 5)
+        assert batcher.depth == 2 and not batcher.idle  # before this coroutine has yielded once
+        assert await answer == ["tea", "milk"]
         assert batcher.idle
 
     asyncio.run(scenario())

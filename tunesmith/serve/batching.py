@@ -71,8 +71,12 @@ class DynamicBatcher:
             self._wake = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
-    async def submit(self, key: Hashable, payload: Any, size: int = 1) -> Any:
-        """Queue one request (`size` items, e.g. a batch of texts) and wait for its result."""
+    def submit(self, key: Hashable, payload: Any, size: int = 1) -> asyncio.Future[Any]:
+        """Queue one request (`size` items, e.g. a batch of texts) now and return the future of its result.
+
+        Not a coroutine: a coroutine handed to `asyncio.wait_for` or `gather` runs only as a task on a later turn of
+        the loop, and a model swap in between found the swapped-out model's batcher idle and let it go under the
+        request (a promotion under load answered 500). Queued at once, the request keeps its batcher busy."""
         self._start()
         if self.depth >= self.max_queue:
             batches_ahead = self.depth / self.max_batch + 1
@@ -81,7 +85,7 @@ class DynamicBatcher:
         self.pending.append(item)
         assert self._wake is not None
         self._wake.set()
-        return await item.future
+        return item.future
 
     async def _loop(self) -> None:
         assert self._wake is not None
