@@ -12,6 +12,7 @@ from tunesmith.artifacts import MODEL_DIR, DatasetVersion, Run, RunManifest
 from tunesmith.config import LOWER_IS_BETTER, SEQUENCE_METRICS, ProjectConfig, TaskType
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.training.dataset import ensure_dataset
+from tunesmith.training.encoder_attention import use_for_cpu_training
 from tunesmith.training.run import (
     best_evaluation,
     common_arguments,
@@ -139,7 +140,7 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
     if parent is None:
         model = load_for_sequence_task(model_dir, task, labels, pooling=cfg.model.pooling,
                                        attention_dropout=cfg.train.attention_dropout, hidden_dropout=cfg.train.hidden_dropout)
-        cpu_attention(model)
+        use_for_cpu_training(model)
         model = apply_method(model, cfg.train, cfg.peft)
     else:
         model = _continued_model(parent, cfg)
@@ -185,19 +186,6 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
     return finish_run(run_dir, trainer, manifest, metrics)
 
 
-def cpu_attention(model: Any) -> None:
-    """On a CPU, train with the plain attention: PyTorch's fused CPU kernel (SDPA flash) has a backward ~12x
-    its forward at MiniLM's head size, and its math fallback spends a tenth of the step on mask handling.
-    The saved model keeps the default (SDPA) for serving, where only the fast forward runs."""
-    import torch
-
-    if not torch.cuda.is_available() and hasattr(model, "set_attn_implementation"):
-        try:
-            model.set_attn_implementation("eager")
-        except (ValueError, NotImplementedError):  # an architecture with one implementation only
-            pass
-
-
 def _parent_run(cfg: ProjectConfig, labels: list[str] | None, model_dir: Path) -> Run | None:
     """The run `train.init_from` continues, checked to fit: same task, labels, base model and method."""
     if cfg.train.init_from is None:
@@ -228,13 +216,13 @@ def _continued_model(parent: Run, cfg: ProjectConfig) -> Any:
     m = parent.manifest
     if not m.adapter:
         model = load_trained_sequence_model(parent.model_dir)
-        cpu_attention(model)
+        use_for_cpu_training(model)
         return apply_method(model, cfg.train, cfg.peft) if cfg.train.method == "head" else model
     from peft import PeftModel
 
     base = load_for_sequence_task(base_model_dir(m), cfg.task.type, m.labels, pooling=cfg.model.pooling,
                                   attention_dropout=cfg.train.attention_dropout, hidden_dropout=cfg.train.hidden_dropout)
-    cpu_attention(base)
+    use_for_cpu_training(base)
     model = PeftModel.from_pretrained(base, parent.model_dir, is_trainable=True)
     fuse_lora_layers(model)
     return model

@@ -1,0 +1,106 @@
+"""Attention for training encoders (classification, regression) on a CPU: transformers' eager attention in
+one autograd node, without its two extra passes over the [batch, heads, tokens, tokens] scores.
+
+Eager attention computes `softmax(q k^T * scale + mask) v` as separate autograd nodes: the product writes
+the scores, the scaling writes them again, the mask adds a third copy; the backward pass scales their
+gradient once more. At MiniLM's head size (32) the scores are several times the size of q, k and v, and
+on a CPU those whole-tensor passes are about a tenth of a training step. Here the scale goes on q
+(head_dim wide, not tokens wide) and on the gradient of q, and the mask is added in place:
+
+    forward   s = (q * scale) k^T;  s += mask;  p = softmax(s);  o = p v
+    backward  dv = p^T do;  dp = do v^T;  ds = p * (dp - rowsum(dp * p));  dq = scale * ds k;  dk = ds^T (q * scale)
+
+The softmax runs in fp32 under bf16 autocast, as eager's does (its fp32 mask promotes the scores).
+PyTorch's fused CPU kernel (SDPA) is no alternative for training: at this head size its backward is about
+12x its forward, and its math fallback spends a tenth of the step on mask handling.
+
+Registered under NAME for training only; saved models keep SDPA (the implementation is not part of the
+saved config). Used for the encoders whose eager attention is exactly the formula above (PLAIN); others
+train with their own eager attention. Attention dropout, cross-attention, grouped keys or returned
+attention weights run eager's code.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+NAME = "tunesmith_encoder"
+PLAIN = {"bert", "roberta", "xlm-roberta", "electra", "camembert"}  # model types whose eager attention is the formula
+
+
+def _dense(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`t` as a contiguous tensor of `dtype`, in one copy at most (`Tensor.to` keeps a view when the dtype matches)."""
+    if t.dtype == dtype and t.is_contiguous():
+        return t
+    return torch.empty(t.shape, dtype=dtype, device=t.device).copy_(t)
+
+
+class _Attention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                scale: float, dtype: torch.dtype) -> torch.Tensor:
+        # q, k and v arrive as per-head views of the projections: one contiguous copy each, which every
+        # product below reads in place (matmul would copy a view again on each use)
+        qs = torch.mul(q, scale, out=torch.empty(q.shape, dtype=dtype, device=q.device))
+        k, v = _dense(k, dtype), _dense(v, dtype)
+        s = torch.matmul(qs, k.transpose(-1, -2))
+        if s.dtype in (torch.bfloat16, torch.float16):
+            s = s.float()  # softmax in fp32, as eager's under autocast
+        if mask is not None:
+            s.add_(mask)
+        p = torch.softmax(s, dim=-1)
+        ctx.save_for_backward(qs, k, v, p)
+        ctx.scale = scale
+        return torch.matmul(p.to(dtype), v)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:
+        qs, k, v, p = ctx.saved_tensors
+        grad = _dense(grad, v.dtype)  # a view: the gradient of the transposed output
+        dv = torch.matmul(p.to(v.dtype).transpose(-1, -2), grad)
+        dp = torch.matmul(grad, v.transpose(-1, -2))
+        ds = torch._softmax_backward_data(dp.to(p.dtype), p, -1, p.dtype).to(v.dtype)
+        dq = torch.matmul(ds, k).mul_(ctx.scale)
+        dk = torch.matmul(ds.transpose(-1, -2), qs)
+        return dq, dk, dv, None, None, None
+
+
+def encoder_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                      **kwargs: Any) -> tuple[torch.Tensor, None]:
+    mask_ok = attention_mask is None or (attention_mask.dtype.is_floating_point and not attention_mask.requires_grad)
+    if dropout > 0 or not mask_ok or kwargs.get("output_attentions") or query.shape[:2] != key.shape[:2]:
+        from transformers.models.bert.modeling_bert import eager_attention_forward  # the same code in every PLAIN type
+
+        return eager_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    device = query.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
+    with torch.autocast(device, enabled=False):  # a custom node runs outside autocast: it casts as eager would
+        out = _Attention.apply(query, key, value, attention_mask, float(scale), dtype)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register() -> str:
+    """Make NAME known to transformers (attention and its mask: eager's additive float mask)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, eager_mask
+
+    AttentionInterface.register(NAME, encoder_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, eager_mask)
+    return NAME
+
+
+def use_for_cpu_training(model: Any) -> None:
+    """On a CPU, train a PLAIN encoder with this attention, any other model with its eager attention."""
+    if torch.cuda.is_available() or not hasattr(model, "set_attn_implementation"):
+        return
+    plain = getattr(model.config, "model_type", None) in PLAIN
+    for name in ((register(), "eager") if plain else ("eager",)):
+        try:
+            model.set_attn_implementation(name)
+            return
+        except (ValueError, NotImplementedError):  # an architecture with one implementation only
+            continue
