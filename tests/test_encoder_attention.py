@@ -25,6 +25,14 @@ def test_the_gradients_are_exact() -> None:
     assert torch.autograd.gradcheck(lambda q, k, v: node(q, k, v, None, 0.5, torch.float64), (q, k, v))
 
 
+def test_long_batches_are_computed_in_slices_of_rows() -> None:
+    whole = encoder_attention._chunks(16, 12, 64, 64)
+    assert whole == [slice(0, 16)]  # 16 rows of 64-token scores: 3 MB, one slice
+    rows = encoder_attention._chunks(16, 12, 256, 256)  # 3 MB a row
+    assert len(rows) == 16 and rows[0] == slice(0, 1) and rows[-1] == slice(15, 16)
+    assert sum(c.stop - c.start for c in encoder_attention._chunks(7, 12, 150, 150)) == 7
+
+
 def bert(tiny_bert: Path, implementation: str, attention_dropout: float = 0.0) -> torch.nn.Module:
     torch.manual_seed(0)
     model = load_for_sequence_task(tiny_bert, TaskType.single_label, ["a", "b"], attention_dropout=attention_dropout,
@@ -45,8 +53,10 @@ def padded_batch() -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 1])}
 
 
-@pytest.mark.parametrize("bf16", [False, True])
-def test_a_padded_batch_gives_eager_logits_and_gradients(tiny_bert: Path, bf16: bool) -> None:
+@pytest.mark.parametrize(("bf16", "row_by_row"), [(False, False), (True, False), (False, True)])
+def test_a_padded_batch_gives_eager_logits_and_gradients(tiny_bert: Path, monkeypatch, bf16: bool, row_by_row: bool) -> None:
+    if row_by_row:  # the scores of one row at a time, as long batches run
+        monkeypatch.setattr(encoder_attention, "SCORES_BYTES", 1)
     batch, results = padded_batch(), []
     for implementation in ("eager", "ours"):
         model = bert(tiny_bert, implementation)
