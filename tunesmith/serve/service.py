@@ -234,14 +234,18 @@ class Service:
         if not isinstance(done, ServiceError):  # busy or slow: the shadow is dropped, never the user's answer
             self._record(f"{ident}:shadow", model, kind, inputs, [c.text for c in done], started, user, f"shadow:{shadow[0]}")
 
+    async def _classify(self, model: Served, texts: list[str]) -> list[dict]:
+        """`model`'s answers for `texts` through its batcher; raises Overloaded, or TimeoutError after timeout_s."""
+        return await asyncio.wait_for(self.batchers[model.batch_key].submit(model.batch_key, texts, len(texts)),
+                                      self.spec.timeout_s)
+
     async def _shadow(self, name: str, shadow: tuple[str, int], rid: str, texts: list[str], user: str | None) -> None:
         model = self.variant_models.get((name, shadow[1]))
         if model is None:
             return
         started = time.perf_counter()
         try:
-            results = await asyncio.wait_for(self.batchers[model.batch_key].submit(model.batch_key, texts, len(texts)),
-                                             self.spec.timeout_s)
+            results = await self._classify(model, texts)
         except (Overloaded, TimeoutError):
             return  # the shadow never costs the users: dropped when the server is busy
         self._record(f"{rid}:shadow", model, "predict", texts, results, started, user, f"shadow:{shadow[0]}")
@@ -369,8 +373,7 @@ class Service:
                 return ServiceError(413, f"{where} has {len(text)} characters; the limit is {self.spec.max_text_chars}",
                                     param=where, code="text_too_long")
         try:
-            results = await asyncio.wait_for(self.batchers[model.batch_key].submit(model.batch_key, texts, len(texts)),
-                                             self.spec.timeout_s)
+            results = await self._classify(model, texts)
         except (Overloaded, TimeoutError) as err:
             self.metrics.version_errors.labels(model.registry[0] if model.registry else model.id, model.version).inc()
             if isinstance(err, Overloaded):
