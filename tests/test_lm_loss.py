@@ -196,6 +196,21 @@ def test_sft_logs_the_same_losses_as_trls_own_path(tmp_path: Path, tiny_llama: P
     assert losses[-1] < losses[0]
 
 
+def test_bf16_training_runs_the_chunked_loss_under_autocast(tmp_path: Path, tiny_llama: Path, monkeypatch) -> None:
+    """accelerate autocasts the model's forward only; the chunked loss calls the decoder itself, so with bf16 on
+    it must enter autocast itself (it did not: chat SFT ran in fp32 while its model card said bf16)."""
+    seen = []
+    real = lm_loss.trained_token_loss
+
+    def spy(*args, **kwargs):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(lm_loss, "trained_token_loss", spy)
+    run = train(chat_project(tmp_path, tiny_llama, {"max_steps": 2, "evals_per_epoch": 1, "bf16": True}, n=40))
+    assert len(seen) >= 2 and all(on and dtype == torch.bfloat16 for on, dtype in seen), seen
+    assert '"precision": "bf16 autocast"' in (run / "run.json").read_text()  # what the model card says, now true
+
+
 def test_gradient_accumulation_matches_the_larger_batch(tmp_path: Path, tiny_llama: Path) -> None:
     """Batch 2 x accumulation 4 == batch 8 x 1: the loss is divided by the trained tokens of all four
     micro-batches, not averaged per micro-batch (their token counts differ)."""

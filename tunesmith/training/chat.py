@@ -282,7 +282,9 @@ def _trained_token_sft_trainer() -> type:
                        and lm_loss.decoder_and_head(model) is not None)
             if not chunked:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            out = lm_loss.trained_token_loss(model, inputs)
+            # Under mixed precision accelerate autocasts model.forward only; the decoder is called directly here.
+            with self.accelerator.autocast():
+                out = lm_loss.trained_token_loss(model, inputs)
             # As TRL: divided by the trained tokens of the whole accumulated batch, so accumulation changes nothing.
             loss = out.loss_sum / torch.as_tensor(out.tokens if num_items_in_batch is None else num_items_in_batch).clamp(min=1)
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
