@@ -33,6 +33,10 @@ def host() -> dict[str, Any]:
         text = Path("/proc/cpuinfo").read_text()
         lines = text.splitlines()
         info["cpu"] = next((x.split(":", 1)[1].strip() for x in lines if x.startswith("model name")), "?")
+        # Cloud hosts often name the CPU only "AMD EPYC"; family/model tell Zen 3 (25/1), Zen 4 (25/17) and Zen 5 (26/2) apart
+        ids = {k: next((x.split(":", 1)[1].strip() for x in lines if x.split(":", 1)[0].strip() == k), "?")
+               for k in ("cpu family", "model")}
+        info["cpu_family_model"] = f"{ids['cpu family']}/{ids['model']}"
         flags = set(next((x.split(":", 1)[1].split() for x in lines if x.startswith("flags")), []))
         info["flags"] = [f for f in FLAGS if f in flags]
     except OSError:
