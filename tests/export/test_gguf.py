@@ -70,7 +70,9 @@ def bpe_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def chat_run(tmp_path_factory: pytest.TempPathFactory, bpe_llama: Path) -> Path:
-    return train(chat_project(tmp_path_factory.mktemp("full"), bpe_llama, {"max_steps": 2}, n=40))
+    # fp32 on every host (bf16 is the default where native): the export's checks compare top tokens of a barely
+    # trained tiny model, whose near-ties then fall elsewhere
+    return train(chat_project(tmp_path_factory.mktemp("full"), bpe_llama, {"max_steps": 2, "bf16": False}, n=40))
 
 
 def _logits(model, ids: list[int]) -> np.ndarray:
