@@ -46,6 +46,12 @@ def host() -> dict[str, Any]:
     return info
 
 
+def cpu_label(info: dict[str, Any]) -> str:
+    """The CPU as the benchmarks print it: its name and, where known, family/model (the name alone is often just "AMD EPYC")."""
+    family_model = info.get("cpu_family_model")
+    return f"{info.get('cpu', '?')} (family/model {family_model})" if family_model else str(info.get("cpu", "?"))
+
+
 def native_bf16(info: dict[str, Any], device: str) -> bool:
     """bf16 pays only where the hardware computes it natively (else it is emulated, slower than fp32)."""
     if device == "cuda":

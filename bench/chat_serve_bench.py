@@ -197,7 +197,7 @@ def main() -> int:
 
     default = f"llama.cpp {WEIGHTS}"
     info = ceiling.host()
-    print(f"host: {info['cpu']} (family/model {info.get('cpu_family_model', '?')}), {info['cores']} cores, flags {' '.join(info['flags'])}", flush=True)
+    print(f"host: {ceiling.cpu_label(info)}, {info['cores']} cores, flags {' '.join(info['flags'])}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or train_quick_run(Path(tmp))
         conversations = test_prompts(run, args.prompts)

@@ -212,7 +212,7 @@ def scale(sizes: list[int], work: Path, kept: bool) -> int:
     import ceiling  # bench/ is not a package; its scripts share this module
 
     machine = ceiling.host()
-    print(f"host: {machine.get('cpu')} (family/model {machine.get('cpu_family_model', '?')}), {machine['cores']} cores, load {machine['load_avg']}", flush=True)
+    print(f"host: {ceiling.cpu_label(machine)}, {machine['cores']} cores, load {machine['load_avg']}", flush=True)
     runs = [measure(n, work / str(n)) for n in sizes]
     print(f"\n{'rows':>10} {'seconds':>8} {'rows/s':>8} {'peak RSS MiB':>13} {'after imports':>14} {'anon peak':>10} "
           f"{'recall':>8}")

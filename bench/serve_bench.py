@@ -313,7 +313,7 @@ def main() -> int:
     ceilings = {kind: peak / gflop for kind, peak in peaks.items()} if gflop else {}
     shares = [row[1] / ceilings[kind] if kind and ceilings else None for row, kind in zip(rows, kinds, strict=True)]
     share = {"fp32": shares[1], "int8": shares[3]} if gflop else {}
-    print(f"\nhost: {info['cpu']} (family/model {info.get('cpu_family_model', '?')}), {info['cores']} cores, flags {' '.join(info['flags'])}")
+    print(f"\nhost: {ceiling.cpu_label(info)}, {info['cores']} cores, flags {' '.join(info['flags'])}")
     print("| setup | texts/s | p50 ms | p99 ms | vs pipeline | share of its roofline |\n|---|---|---|---|---|---|")
     for (name, v, p50, p99), roof in zip(rows, shares, strict=True):
         print(f"| {name} | {v:.1f} | {p50:.0f} | {p99:.0f} | {v / base_rps:.1f}x | {f'{roof:.0%}' if roof else '-'} |")

@@ -467,7 +467,7 @@ def main() -> int:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the children train on the CPU even on a GPU machine
     machine = ceiling.host()
     bf16 = ceiling.native_bf16(machine, args.device)
-    print(f"host: {machine.get('cpu')} (family/model {machine.get('cpu_family_model', '?')}), {machine['cores']} cores ({machine['torch_threads']} torch threads), "
+    print(f"host: {ceiling.cpu_label(machine)}, {machine['cores']} cores ({machine['torch_threads']} torch threads), "
           f"flags {machine.get('flags')}, load {machine['load_avg']}; device {args.device}"
           + (f" ({machine.get('gpu')})" if args.device == "cuda" else ""), flush=True)
 

@@ -137,7 +137,7 @@ def main() -> int:
     from tunesmith.tune.study import Objective, check_space, finish_study, load_study, metric_of, run_trials, study_folder
 
     machine = ceiling.host()
-    print(f"host: {machine.get('cpu')} (family/model {machine.get('cpu_family_model', '?')}), {machine['cores']} cores ({machine['torch_threads']} torch threads), flags {machine.get('flags')}, "
+    print(f"host: {ceiling.cpu_label(machine)}, {machine['cores']} cores ({machine['torch_threads']} torch threads), flags {machine.get('flags')}, "
           f"load {machine['load_avg']}", flush=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
