@@ -5,7 +5,7 @@ for its input (dY @ W^T) and for its weight (X^T @ dY). The ceiling for a model 
 reaches on exactly those shapes, FLOP-weighted by how often each occurs in one transformer layer, at a
 typical number of tokens per batch: best of several repeats per product, so the number is the
 machine's, not a stall's. Per precision: fp32, bf16 (the kernel bf16 autocast dispatches to), and int8
-through torch._int_mm where this build has it (a reference only: no training side runs int8).
+through torch._int_mm where the CPU has int8 dot products (a reference only: no training side runs int8).
 
 The host's speed drifts by up to 2x over minutes, so train_bench.py measures the ceilings again
 between sides and compares each side with the ceilings measured around it.
@@ -59,6 +59,13 @@ def native_bf16(info: dict[str, Any], device: str) -> bool:
 
         return torch.cuda.is_bf16_supported()
     return bool({"avx512_bf16", "amx_bf16"} & set(info.get("flags", [])))
+
+
+def native_int8(info: dict[str, Any], device: str) -> bool:
+    """Whether torch._int_mm measures the hardware: with VNNI or AMX (or on a GPU) it runs int8 dot products;
+    without them PyTorch falls back to a plain loop (2.6 GFLOP/s on an AVX2 EPYC whose onnxruntime int8 kernels
+    reach 259), a number about PyTorch, not about the machine."""
+    return device == "cuda" or bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(info.get("flags", [])))
 
 
 def layer_linears(model_dir: Path) -> list[tuple[int, int, int]]:

@@ -476,6 +476,10 @@ def main() -> int:
         print("hf-dynamic-bf16 skipped: this CPU has neither avx512_bf16 nor amx_bf16, so bf16 would be emulated "
               "(slower than fp32); tunesmith trains in fp32 here too", flush=True)
         sides.pop("hf-dynamic-bf16")
+    int8 = ceiling.native_int8(machine, args.device)
+    if not int8:
+        print("int8 ceiling not measured: no VNNI or AMX, so PyTorch's int8 product is a fallback loop, not the "
+              "machine's int8 rate", flush=True)
     if args.sides:
         unknown = sorted(set(args.sides) - set(sides))
         if unknown:
@@ -486,7 +490,7 @@ def main() -> int:
 
     models = sorted({s["model"] for s in sides.values()})
     model_dirs = {m: resolve_model_dir(m) for m in models}
-    precisions = ["fp32", "bf16", "int8"] if bf16 else ["fp32", "int8"]
+    precisions = ["fp32"] + ["bf16"] * bf16 + ["int8"] * int8
     with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
         work = Path(tmp)
         folders: dict[str, Path] = {}
