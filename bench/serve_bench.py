@@ -179,7 +179,13 @@ def matmul_peaks(model_dir: Path, repeats: int = 5) -> dict[str, dict[str, float
     product, and the model's own forward products (one layer's linear layers, FLOP-weighted, 512 and 2048 tokens:
     the best of the two); fp32 in PyTorch and in onnxruntime (their kernels differ per CPU: on Zen 4 onnxruntime's
     reach 200 GFLOP/s at minilm's 384 x 1536 where PyTorch's reach 95-125), int8 through onnxruntime's dynamically
-    quantised MatMul (the kernel the onnx-int8 export runs). The roofline takes the best of each precision."""
+    quantised MatMul (the kernel the onnx-int8 export runs). The roofline takes the best of each precision.
+
+    Each way is timed alone: PyTorch first for every shape, then each onnxruntime session, closed before the next
+    one runs. An onnxruntime session's threads keep spinning for a while after a run, and interleaved with them
+    PyTorch's products measured 22-26 GFLOP/s at the model's shapes on an AVX2 host where they run at about 80."""
+    import gc
+
     import numpy as np
     import onnx
     import torch
@@ -197,35 +203,32 @@ def matmul_peaks(model_dir: Path, repeats: int = 5) -> dict[str, dict[str, float
             times.append(time.perf_counter() - t)
         return min(times)
 
-    def timed(m: int, k: int, n: int, tmp: Path) -> dict[str, float]:
-        """Seconds of one (m x k) @ (k x n) product: PyTorch fp32, onnxruntime fp32 and int8."""
-        a, b = torch.randn(m, k), torch.randn(k, n)
-        graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "matmul",
-                                  [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
-                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
-                                  [numpy_helper.from_array(b.numpy(), "w")])
-        source, quantized = tmp / f"mm-{m}-{k}-{n}.onnx", tmp / f"mm-{m}-{k}-{n}-int8.onnx"
-        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
-        quantize_int8(source, quantized)
-        x = a.numpy().astype(np.float32)
-        fp32, int8 = _onnx_session(source), _onnx_session(quantized)
-        return {"fp32 PyTorch": seconds(lambda: a @ b), "fp32 onnxruntime": seconds(lambda: fp32.run(["y"], {"x": x})),
-                "int8 onnxruntime": seconds(lambda: int8.run(["y"], {"x": x}))}
-
-    rates: dict[str, dict[str, float]] = {}
+    shapes = {"2048 x 2048": [(2048, 2048, 2048, 1)]} | {
+        f"model, {tokens} tokens": [(tokens, d_in, d_out, count) for d_in, d_out, count in ceiling.layer_linears(model_dir)]
+        for tokens in (512, 2048)}
+    operands = {(m, k, n): (torch.randn(m, k), torch.randn(k, n)) for products in shapes.values() for m, k, n, _ in products}
+    spent: dict[str, dict[tuple[int, int, int], float]] = {"fp32 PyTorch": {}, "fp32 onnxruntime": {}, "int8 onnxruntime": {}}
+    for (m, k, n), (a, b) in operands.items():
+        spent["fp32 PyTorch"][m, k, n] = seconds(lambda a=a, b=b: a @ b)
     with tempfile.TemporaryDirectory() as tmp:
-        square = timed(2048, 2048, 2048, Path(tmp))
-        for way, t in square.items():
-            rates.setdefault(way, {})["2048 x 2048"] = 2 * 2048**3 / t / 1e9
-        for tokens in (512, 2048):
-            flop, spent = 0.0, dict.fromkeys(square, 0.0)
-            for d_in, d_out, count in ceiling.layer_linears(model_dir):
-                flop += 2.0 * tokens * d_in * d_out * count
-                for way, t in timed(tokens, d_in, d_out, Path(tmp)).items():
-                    spent[way] += t * count
-            for way, t in spent.items():
-                rates[way][f"model, {tokens} tokens"] = flop / t / 1e9
-    return rates
+        for (m, k, n), (a, b) in operands.items():
+            graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "matmul",
+                                      [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])],
+                                      [numpy_helper.from_array(b.numpy(), "w")])
+            source, quantized = Path(tmp) / f"mm-{m}-{k}-{n}.onnx", Path(tmp) / f"mm-{m}-{k}-{n}-int8.onnx"
+            onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(source))
+            quantize_int8(source, quantized)
+            x = a.numpy().astype(np.float32)
+            for way, path in (("fp32 onnxruntime", source), ("int8 onnxruntime", quantized)):
+                session = _onnx_session(path)
+                spent[way][m, k, n] = seconds(lambda session=session: session.run(["y"], {"x": x}))
+                del session
+                gc.collect()  # the session's thread pool goes with it, before the next way is timed
+    return {way: {name: sum(2.0 * m * k * n * count for m, k, n, count in products)
+                  / sum(times[m, k, n] * count for m, k, n, count in products) / 1e9
+                  for name, products in shapes.items()}
+            for way, times in spent.items()}
 
 
 def best_peaks(*measured: dict[str, dict[str, float]]) -> dict[str, float]:
