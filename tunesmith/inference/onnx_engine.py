@@ -1,9 +1,8 @@
 """A classification/regression run served on onnxruntime: the run (an adapter merged in) written once as an fp32
 ONNX graph into `<run>/.serve-cache/onnx-fp32/` (inference/serve_cache.py) and run from there.
 
-Why: on a CPU, onnxruntime's fp32 kernels beat PyTorch's at an encoder's shapes (minilm, Zen 4, 2 cores:
-its 384 x 1536 products at 200 GFLOP/s against PyTorch's 95-125; `tunesmith serve` 1.25x the reviews per second
-with 32 clients, measured alternating). The predictions are PyTorch's: at conversion the graph's logits are
+Why: on a CPU, onnxruntime runs an encoder's forward pass faster than PyTorch (minilm, 2 cores, 32 clients,
+measured alternating: `tunesmith serve` 1.25x the reviews per second on Zen 4, 1.24x on an AVX2-only host). The predictions are PyTorch's: at conversion the graph's logits are
 compared with the model's on sample texts, and a graph that strays is not used.
 """
 
