@@ -177,9 +177,9 @@ def batch_speed(run: Path, export: Path, texts: list[str], repeats: int = 7) -> 
 def matmul_peaks(model_dir: Path, repeats: int = 5) -> dict[str, dict[str, float]]:
     """This machine's GFLOP/s on matrix products, per precision and per way of computing them: one 2048 x 2048
     product, and the model's own forward products (one layer's linear layers, FLOP-weighted, 512 and 2048 tokens:
-    the best of the two); fp32 in PyTorch and in onnxruntime (their kernels differ per CPU: on Zen 4 onnxruntime's
-    reach 200 GFLOP/s at minilm's 384 x 1536 where PyTorch's reach 95-125), int8 through onnxruntime's dynamically
-    quantised MatMul (the kernel the onnx-int8 export runs). The roofline takes the best of each precision.
+    the best of the two); fp32 in PyTorch and in onnxruntime (their kernels differ per CPU), int8 through
+    onnxruntime's dynamically quantised MatMul (the kernel the onnx-int8 export runs). The roofline takes the best
+    of each precision.
 
     Each way is timed alone: PyTorch first for every shape, then each onnxruntime session, closed before the next
     one runs. An onnxruntime session's threads keep spinning for a while after a run, and interleaved with them
