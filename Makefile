@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 TS     := $(VENV)/bin/tunesmith
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo demo-chat test test-slow bench bench-prepare-scale bench-serve bench-serve-chat bench-feedback bench-tune bench-train clean
+.PHONY: install demo demo-chat test test-slow bench bench-prepare-scale bench-serve bench-serve-chat bench-feedback bench-tune bench-train bench-accuracy clean
 
 install: $(STAMP)
 
@@ -83,6 +83,11 @@ bench-tune: install
 # writes bench/results/train_bench.json. Add --chat for SmolLM2-135M SFT against TRL's SFTTrainer (packing).
 bench-train: install
 	$(PY) bench/train_bench.py
+
+# The demo's test accuracy against the plain Trainer's on the same splits (target: within 1 point); uses
+# runs/food-reviews from `make demo` when it exists, else trains it; writes bench/results/demo_accuracy.json.
+bench-accuracy: install
+	$(PY) bench/demo_accuracy.py $(if $(wildcard runs/food-reviews/run.json),--run runs/food-reviews)
 
 clean:
 	rm -rf $(VENV) datasets runs .pytest_cache

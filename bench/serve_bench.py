@@ -70,7 +70,9 @@ def pipeline_throughput(run: Path, texts: list[str]) -> tuple[float, list[float]
     from tunesmith.inference.predictor import Predictor
 
     pred = Predictor(run)
-    hf_logging.set_verbosity_error()  # "MeanPoolingForSequenceClassification is not supported" is about the task list
+    # "MeanPoolingForSequenceClassification is not supported", logged as an error with the whole task list, is about
+    # the pipeline's list of known classes, not this model: it ran through the pipeline all along
+    hf_logging.set_verbosity(hf_logging.CRITICAL)
     pipe = pipeline("text-classification", model=pred.model, tokenizer=pred.tokenizer, device=pred.device,
                     truncation=True, max_length=pred.run.manifest.max_length)
     pipe(texts[:3])  # warm-up

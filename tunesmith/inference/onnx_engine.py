@@ -3,6 +3,7 @@ ONNX graph into `<run>/.serve-cache/onnx-fp32/` (inference/serve_cache.py) and r
 
 Why: on a CPU, onnxruntime runs an encoder's forward pass faster than PyTorch (minilm, 2 cores, 32 clients,
 measured alternating: `tunesmith serve` 1.25x the reviews per second on Zen 4, 1.24-1.33x on an AVX2-only host).
+OpenVINO 2026.4 running the same graph was slower on Zen 3 (0.85-0.9x; README, Performance).
 The predictions are PyTorch's: at conversion the graph's logits are compared with the model's on sample texts,
 and a graph that strays is not used.
 """
