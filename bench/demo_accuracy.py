@@ -9,7 +9,7 @@ Trainer's").
   epoch and keeping the best checkpoint by validation accuracy, as `tunesmith train` keeps its best;
 - tunesmith: `tunesmith train examples/food_reviews.yaml` (what `make demo` runs; or `--run` an existing demo run).
 
-Both are scored on the test split by the same code (scikit-learn accuracy and macro F1). Prints the wall time of
+Both are scored on the test split by the same code (`tunesmith evaluate`'s accuracy and macro F1). Prints the wall time of
 each training too (validation and checkpoints included). Exits 1 when tunesmith is more than 1 point below.
 Writes bench/results/demo_accuracy.json (or --out). About 25 minutes on 2 AVX2 cores in fp32. One seed is one draw
 (497 test reviews: a point is 5 of them); `--seed N` trains both sides with another training seed, same split.
@@ -34,10 +34,12 @@ RESULTS = Path(__file__).parent / "results" / "demo_accuracy.json"
 MAX_LOSS = 0.01  # the issue's "within 1 point"
 
 
-def scores(gold: list[int], predicted: list[int]) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score
+def scores(gold: list[int], predicted: list[int], labels: list[str]) -> dict[str, float]:
+    """Accuracy and macro F1 as `tunesmith evaluate` computes them (scikit-learn, through its metrics module)."""
+    from tunesmith.evaluation.metrics import classification_metrics
 
-    return {"accuracy": float(accuracy_score(gold, predicted)), "macro_f1": float(f1_score(gold, predicted, average="macro"))}
+    metrics = classification_metrics(gold, predicted, labels)
+    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["f1_macro"]}
 
 
 def plain_trainer(dataset: Path, cfg: Any, model_dir: Path, work: Path, seed: int) -> dict[str, Any]:
@@ -63,7 +65,7 @@ def plain_trainer(dataset: Path, cfg: Any, model_dir: Path, work: Path, seed: in
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=len(cfg.task.labels))
 
     def metrics(p: Any) -> dict[str, float]:
-        return scores(list(p.label_ids), list(np.argmax(p.predictions, axis=1)))
+        return scores(list(p.label_ids), list(np.argmax(p.predictions, axis=1)), cfg.task.labels)
 
     args = TrainingArguments(
         output_dir=str(work / "plain"), num_train_epochs=cfg.train.epochs, learning_rate=cfg.train.learning_rate or 5e-5,
@@ -116,8 +118,8 @@ def main() -> int:
         work = Path(tmp)
         run, ts_wall = tunesmith_run(args.run, work, seed)
         predictor = Predictor(run)
-        names = predictor.manifest.labels or []
-        ours = scores(gold, [names.index(label) for label in predictor.predict(test.column("text").to_pylist()).labels])
+        predicted = predictor.predict(test.column("text").to_pylist()).label_ids
+        ours = scores(gold, list(predicted), predictor.manifest.labels or [])
         ours["train_wall_s"] = ts_wall
         print(f"tunesmith: {ours}", flush=True)
         plain = plain_trainer(dataset, cfg, resolve_model_dir(cfg.model.name), work, seed)

@@ -71,10 +71,13 @@ def pipeline_throughput(run: Path, texts: list[str]) -> tuple[float, list[float]
 
     pred = Predictor(run)
     # "MeanPoolingForSequenceClassification is not supported", logged as an error with the whole task list, is about
-    # the pipeline's list of known classes, not this model: it ran through the pipeline all along
+    # the pipeline's list of known classes, not this model: it runs through the pipeline all the same. Silenced for
+    # building the pipeline only, where it is logged.
+    verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity(hf_logging.CRITICAL)
     pipe = pipeline("text-classification", model=pred.model, tokenizer=pred.tokenizer, device=pred.device,
                     truncation=True, max_length=pred.run.manifest.max_length)
+    hf_logging.set_verbosity(verbosity)
     pipe(texts[:3])  # warm-up
     latencies = []
     started = time.perf_counter()
