@@ -444,7 +444,7 @@ def serve_cmd(
     max_queue: Annotated[int, typer.Option(help="Waiting requests per model before 503 + Retry-After.")] = _serve_default("max_queue"),
     timeout: Annotated[float, typer.Option(help="Seconds before a request is answered 504.")] = _serve_default("timeout_s"),
     max_tokens: Annotated[int, typer.Option(help="Cap on generated tokens per request.")] = _serve_default("max_tokens"),
-    classifier_engine: Annotated[str, typer.Option("--classifier-engine", help="Classification/regression runs on: auto (onnxruntime on a CPU, the run converted to ONNX once; PyTorch on a GPU), onnxruntime, or torch.")] = _serve_default("classifier_engine"),
+    classifier_engine: Annotated[str, typer.Option("--classifier-engine", help="Classification/regression runs on: auto (a classifier in bf16 on a CPU with AMX, else onnxruntime on a CPU, the run converted to ONNX once; PyTorch on a GPU), torch-bf16, onnxruntime, or torch.")] = _serve_default("classifier_engine"),
     chat_engine: Annotated[str, typer.Option("--chat-engine", help="Chat runs on: auto (llama.cpp where the model converts to GGUF, else CTranslate2 int8, else transformers), llama.cpp, ctranslate2, or transformers.")] = _serve_default("chat_engine"),
     chat_kv_tokens: Annotated[int, typer.Option("--chat-kv-tokens", help="llama.cpp: tokens of KV cache the concurrent answers of a chat model share (prompts + answers).")] = _serve_default("chat_kv_tokens"),
     db: Annotated[str | None, typer.Option("--db", envvar="TUNESMITH_DB", help="Store URL for the fine-tuning API (sqlite:///file.db or postgresql://...); turns it on. Without RUNs it is on with the default SQLite store.")] = None,

@@ -64,24 +64,29 @@ def model_id(run: Run) -> tuple[str, str]:
 
 
 class PredictorEngine:
-    """A classification/regression run answering label/probability dicts: on onnxruntime (the run converted once,
-    `engine` auto or onnxruntime), on PyTorch, or an ONNX export as it is."""
+    """A classification/regression run answering label/probability dicts: with `engine` auto, a classifier in bf16
+    on PyTorch on a CPU with AMX (inference/bf16_engine.py), else on onnxruntime (the run converted once), else on
+    PyTorch in fp32; or the engine named; an ONNX export runs as it is."""
 
     def __init__(self, run_dir: Path, engine: str = "auto") -> None:
-        from tunesmith.inference import onnx_engine
+        from tunesmith.inference import bf16_engine, onnx_engine
         from tunesmith.inference.predictor import ONNX_MODEL, Predictor
 
         run = Run(run_dir)
-        graph, reasons = None, []
+        chosen, built, reasons = None, None, []
         if not (run.model_dir / ONNX_MODEL).is_file():  # an ONNX export runs as it is
-            _, graph, reasons = first_engine(run, "--classifier-engine", engine, "torch",
-                                             {"onnxruntime": (onnx_engine.unavailable, lambda: onnx_engine.onnx_model(run))})
-        self.predictor = Predictor(run_dir, onnx_model=graph)
+            chosen, built, reasons = first_engine(run, "--classifier-engine", engine, "torch", {
+                bf16_engine.NAME: (lambda r: bf16_engine.unavailable(r, auto=engine == "auto"),
+                                   lambda: bf16_engine.bf16_predictor(run)),
+                "onnxruntime": (onnx_engine.unavailable, lambda: onnx_engine.onnx_model(run))})
+        self.predictor = built if chosen == bf16_engine.NAME else Predictor(run_dir, onnx_model=built)
         self.labels = self.predictor.run.manifest.labels
-        if graph is not None:
-            print(f"{run.manifest.name}: engine onnxruntime (fp32) from {graph.parent}", flush=True)
+        if chosen == bf16_engine.NAME:
+            print(f"{run.manifest.name}: engine PyTorch (bf16 weights, a CPU with native bf16)", flush=True)
+        elif chosen == "onnxruntime":
+            print(f"{run.manifest.name}: engine onnxruntime (fp32) from {built.parent}", flush=True)
         elif reasons:
-            print(f"{run.manifest.name}: engine PyTorch ({'; '.join(reason for _, reason in reasons)})", flush=True)
+            print(f"{run.manifest.name}: engine PyTorch ({'; '.join(f'{name}: {why}' for name, why in reasons)})", flush=True)
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         pred = self.predictor.predict(texts)

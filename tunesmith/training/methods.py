@@ -4,10 +4,8 @@ tuning), applied to a freshly loaded model before training. Only training import
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from tunesmith.config import PeftSpec, TrainSpec
@@ -110,14 +108,3 @@ def freeze_token_embeddings(model: Any) -> None:
     """Keep the input token table as pre-trained (full fine-tuning of a sequence model). Positions, token
     types and the embedding LayerNorm still train: they are small."""
     model.get_input_embeddings().weight.requires_grad_(False)
-
-
-def native_bf16() -> bool:
-    """True where bf16 autocast is faster, not just possible: recent GPUs, CPUs with AMX/AVX512-BF16."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags

@@ -76,7 +76,7 @@ def common_arguments(cfg: ProjectConfig, run_dir: Path, plan: dict[str, Any], n_
     """TrainingArguments shared by every recipe: schedule, evaluation cadence, checkpoints, hardware."""
     import torch
 
-    from tunesmith.training.methods import native_bf16
+    from tunesmith.models.hardware import native_bf16
 
     t = cfg.train
     world = int(os.environ.get("WORLD_SIZE", "1"))

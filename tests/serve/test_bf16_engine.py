@@ -1,0 +1,84 @@
+"""Classifiers served in bf16 on CPUs that compute it natively: chosen by auto only with AMX, fp32's labels, checked
+against fp32 at load, refused where bf16 would be emulated or would cost a regression run its values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.test_train import project
+from tunesmith.errors import ConfigError
+from tunesmith.inference import bf16_engine
+from tunesmith.models import hardware
+from tunesmith.serve.models import PredictorEngine
+from tunesmith.training import train
+
+TEXTS = ["great wonderful friendly food", "terrible stale bitter", "", "ok " * 40, "Ünïcödé 123"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("bf16-engine")
+    out = {}
+    for name, task, spec in (("clf", None, {}), ("lora", None, {"method": "lora", "learning_rate": 5e-3}),
+                             ("reg", {"type": "regression"}, {})):
+        (tmp / name).mkdir()
+        out[name] = train(project(tmp / name, tiny_bert, task=task, train_spec={"max_steps": 20, **spec}))
+    return out
+
+
+def host(monkeypatch: pytest.MonkeyPatch, flags: set[str]) -> None:
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
+
+
+@pytest.mark.parametrize("name", ["clf", "lora"])
+def test_auto_serves_a_classifier_in_bf16_on_amx_with_fp32s_labels(runs: dict[str, Path], name: str,
+                                                                   monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    host(monkeypatch, {"avx512f", "avx512_bf16", "amx_bf16"})
+    engine = PredictorEngine(runs[name])
+    assert "engine PyTorch (bf16 weights" in capsys.readouterr().out
+    model = engine.predictor.model
+    assert engine.predictor.backend == "torch" and {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert not any("lora_" in n for n, _ in model.named_parameters())  # the adapter merged: plain products
+    fp32 = PredictorEngine(runs[name], engine="torch").predictor
+    assert {p.dtype for p in fp32.model.parameters()} == {torch.float32}
+    ours, theirs = engine.predictor.logits(TEXTS), fp32.logits(TEXTS)
+    assert ours.dtype == np.float32 and not np.array_equal(ours, theirs)  # really computed in bf16
+    np.testing.assert_allclose(ours, theirs, atol=0.05 * max(1.0, float(np.abs(theirs).max())))
+    answers = engine.predict(TEXTS)
+    assert [a["label"] for a in answers] == fp32.predict(TEXTS).labels
+    assert all(sum(a["probabilities"].values()) == pytest.approx(1, abs=1e-4) for a in answers)
+
+
+def test_auto_keeps_onnxruntime_without_amx_and_regression_in_fp32(runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    host(monkeypatch, {"avx512f", "avx512_bf16"})  # Zen 4/5: native bf16 without AMX
+    assert PredictorEngine(runs["clf"]).predictor.backend == "onnx"
+    host(monkeypatch, {"avx512f", "avx512_bf16", "amx_bf16"})
+    assert PredictorEngine(runs["reg"]).predictor.backend == "onnx"
+    assert "bf16 weights" not in capsys.readouterr().out
+
+
+def test_asked_for_by_name_it_serves_with_native_bf16_and_refuses_without(runs: dict[str, Path],
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    host(monkeypatch, {"avx512f", "avx512_bf16"})
+    engine = PredictorEngine(runs["clf"], engine=bf16_engine.NAME)
+    assert next(engine.predictor.model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(ConfigError, match=r"reg/run: cannot serve with --classifier-engine torch-bf16: a regression run"):
+        PredictorEngine(runs["reg"], engine=bf16_engine.NAME)
+    host(monkeypatch, {"avx2"})
+    with pytest.raises(ConfigError, match=r"neither AMX nor AVX512-BF16.*use --classifier-engine torch"):
+        PredictorEngine(runs["clf"], engine=bf16_engine.NAME)
+
+
+def test_a_model_that_strays_in_bf16_is_not_served(runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    host(monkeypatch, {"avx512f", "avx512_bf16", "amx_bf16"})
+    monkeypatch.setattr(bf16_engine, "MAX_LOGIT_GAP", -1.0)  # every bf16 model "differs"
+    engine = PredictorEngine(runs["clf"])
+    assert engine.predictor.backend == "onnx"  # auto went on to the next engine
+    with pytest.raises(ConfigError, match=r"its logits in bf16 differ from fp32's"):
+        PredictorEngine(runs["clf"], engine=bf16_engine.NAME)

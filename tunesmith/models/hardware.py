@@ -1,0 +1,35 @@
+"""What this machine computes natively: the CPU's vector flags, which decide whether bf16 pays.
+
+Training (bf16 autocast) and serving (a classifier in bf16) both ask; neither imports the other.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import torch
+
+
+@cache
+def cpu_flags() -> frozenset[str]:
+    """The flags of /proc/cpuinfo's first processor (empty where there is none: not Linux)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16() -> bool:
+    """True where bf16 is faster, not just possible: recent GPUs, CPUs with AMX or AVX512-BF16 (elsewhere it is emulated)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
+def amx() -> bool:
+    """Intel's AMX tiles: bf16 matrix products several times the fp32 ones (7x measured on a 2-core Xeon)."""
+    return "amx_bf16" in cpu_flags()
