@@ -43,6 +43,7 @@ def test_auto_serves_a_classifier_in_bf16_on_amx_with_fp32s_labels(runs: dict[st
     assert "engine PyTorch (bf16 weights" in capsys.readouterr().out
     model = engine.predictor.model
     assert engine.predictor.backend == "torch" and {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert engine.name == "torch bf16"
     assert not any("lora_" in n for n, _ in model.named_parameters())  # the adapter merged: plain products
     fp32 = PredictorEngine(runs[name], engine="torch").predictor
     assert {p.dtype for p in fp32.model.parameters()} == {torch.float32}

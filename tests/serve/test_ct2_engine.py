@@ -252,6 +252,7 @@ def test_the_serve_command_takes_the_chat_engine_flag(runs: dict[str, Path], tmp
     finally:
         stop_server(proc)
     assert (tmp_path / "server.log").read_text().count("chat engine ctranslate2 (int8_float32)") == 2
+    assert model.engine == "ctranslate2 int8_float32"
     assert r.choices[0].message.content == CT2ChatModel.from_run(runs["lora"]).generate([messages], max_new_tokens=12)[0].text
 
 

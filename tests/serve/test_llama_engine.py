@@ -200,7 +200,7 @@ def test_the_serve_command_takes_the_chat_engine_flag(runs: dict[str, Path], tmp
         r = client.chat.completions.create(model=model.id, messages=messages, temperature=0, max_tokens=12)
     finally:
         stop_server(proc)
-    assert "chat engine llama.cpp (f16)" in (tmp_path / "server.log").read_text()
+    assert "chat engine llama.cpp (f16)" in (tmp_path / "server.log").read_text() and model.engine == "llama.cpp f16"
     offline = LlamaCppChatModel.from_run(runs["lora"]).generate([messages], max_new_tokens=12)[0]
     assert r.choices[0].message.content == offline.text
 

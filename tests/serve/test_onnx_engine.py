@@ -53,6 +53,7 @@ def test_served_on_onnxruntime_with_pytorchs_predictions(runs: dict[str, Path], 
     assert "engine onnxruntime (fp32)" in capsys.readouterr().out
     torch_engine = PredictorEngine(runs[name], engine="torch")
     assert torch_engine.predictor.backend == "torch"
+    assert (graph.name, torch_engine.name) == ("onnxruntime fp32", "torch fp32")
     np.testing.assert_allclose(outputs(graph, TEXTS), outputs(torch_engine, TEXTS), atol=1e-4)
     assert graph.predict(TEXTS[:2])[0].keys() == torch_engine.predict(TEXTS[:2])[0].keys()
 
@@ -99,3 +100,4 @@ def test_an_onnx_export_is_served_as_it_is(runs: dict[str, Path], tmp_path: Path
     export_run(runs["clf"], "onnx", tmp_path / "exported", check=False)
     engine = PredictorEngine(tmp_path / "exported")
     assert engine.predictor.backend == "onnx" and not (tmp_path / "exported" / CACHE_DIR).exists()
+    assert engine.name == "onnxruntime (ONNX export)"

@@ -22,12 +22,14 @@ from tunesmith.errors import ConfigError
 
 class SequenceEngine(Protocol):
     labels: list[str] | None
+    name: str  # what computes the answers and in which precision, as /v1/models shows it
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]: ...
 
 
 class ChatEngine(Protocol):
     context: int | None
+    name: str
 
     def count_tokens(self, text: str) -> int: ...
     def prompt_text(self, conversation: list[dict[str, str]]) -> str: ...
@@ -81,6 +83,8 @@ class PredictorEngine:
                 "onnxruntime": (onnx_engine.unavailable, lambda: onnx_engine.onnx_model(run))})
         self.predictor = built if chosen == bf16_engine.NAME else Predictor(run_dir, onnx_model=built)
         self.labels = self.predictor.run.manifest.labels
+        self.name = {bf16_engine.NAME: "torch bf16", "onnxruntime": "onnxruntime fp32"}.get(
+            chosen, "onnxruntime (ONNX export)" if self.predictor.backend == "onnx" else "torch fp32")
         if chosen == bf16_engine.NAME:
             print(f"{run.manifest.name}: engine PyTorch (bf16 weights, a CPU with native bf16)", flush=True)
         elif chosen == "onnxruntime":
@@ -104,8 +108,9 @@ class BatchedChatEngine:
     """A chat run on an engine that batches concurrent requests itself (llama.cpp, CTranslate2): no lock, so concurrent
     streams decode together, and no adapters to switch (a LoRA run is merged into its own copy)."""
 
-    def __init__(self, chat_model: Any) -> None:
+    def __init__(self, chat_model: Any, name: str = "transformers") -> None:
         self.chat = chat_model
+        self.name = name
 
     @property
     def context(self) -> int | None:
@@ -198,7 +203,7 @@ class ModelLoader:
             "ctranslate2": (ct2.unavailable, lambda: ct2.CT2ChatModel.from_run(run, **options))})
         if model is not None:
             print(f"{run.manifest.name}: chat engine {engine} ({model.precision}) from {model.folder}", flush=True)
-            return BatchedChatEngine(model)
+            return BatchedChatEngine(model, f"{engine} {model.precision}")
         summary = "; ".join(f"{name}: {reason.rstrip('.')}" for name, reason in reasons)
         print(f"{run.manifest.name}: chat engine transformers ({summary})", flush=True)
         return None

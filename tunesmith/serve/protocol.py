@@ -223,6 +223,7 @@ class ModelCard(BaseModel):
     task: str
     run: str
     base_model: str
+    engine: str | None = None  # what answers, and in which precision ("torch bf16", "llama.cpp F16"); None: not loaded here
 
 
 class ModelList(BaseModel):

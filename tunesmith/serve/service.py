@@ -319,8 +319,8 @@ class Service:
                     m.engine.chat.model.delete_adapter(adapter)
 
     def list_models(self, owner: str = "") -> p.ModelList:
-        cards = [p.ModelCard(id=m.id, created=m.created, task=m.task, run=m.run, base_model=m.base_model)
-                 for m in self.visible(owner)]
+        cards = [p.ModelCard(id=m.id, created=m.created, task=m.task, run=m.run, base_model=m.base_model,
+                             engine=getattr(m.engine, "name", None)) for m in self.visible(owner)]
         if self.jobs is not None:
             shown = {c.id for c in cards}
             for name, created, run in self.jobs.fine_tuned_models(owner):
