@@ -43,7 +43,7 @@ def test_auto_serves_a_classifier_in_bf16_on_amx_with_fp32s_labels(runs: dict[st
     assert "engine PyTorch (bf16 weights" in capsys.readouterr().out
     model = engine.predictor.model
     assert engine.predictor.backend == "torch" and {p.dtype for p in model.parameters()} == {torch.bfloat16}
-    assert engine.name == "torch bf16"
+    assert engine.name == "torch bf16" and engine.predictor.graph is not None  # the traced forward pass answers
     assert not any("lora_" in n for n, _ in model.named_parameters())  # the adapter merged: plain products
     fp32 = PredictorEngine(runs[name], engine="torch").predictor
     assert {p.dtype for p in fp32.model.parameters()} == {torch.float32}
@@ -74,6 +74,17 @@ def test_asked_for_by_name_it_serves_with_native_bf16_and_refuses_without(runs: 
     host(monkeypatch, {"avx2"})
     with pytest.raises(ConfigError, match=r"neither AMX nor AVX512-BF16.*use --classifier-engine torch"):
         PredictorEngine(runs["clf"], engine=bf16_engine.NAME)
+
+
+def test_a_traced_graph_that_strays_from_eager_is_not_used(runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    host(monkeypatch, {"avx512f", "avx512_bf16", "amx_bf16"})
+    traced = PredictorEngine(runs["clf"]).predictor
+    monkeypatch.setattr(bf16_engine, "MAX_GRAPH_GAP", -1.0)  # every traced graph "differs"
+    eager = PredictorEngine(runs["clf"]).predictor
+    assert "bf16 runs eagerly (its traced graph's logits differ from eager's" in capsys.readouterr().out
+    assert eager.graph is None and next(eager.model.parameters()).dtype == torch.bfloat16
+    np.testing.assert_allclose(traced.logits(TEXTS, batch_size=2), eager.logits(TEXTS, batch_size=2), atol=1e-2)
 
 
 def test_a_model_that_strays_in_bf16_is_not_served(runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:

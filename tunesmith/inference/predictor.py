@@ -52,6 +52,8 @@ class Predictor:
         self.task = TaskType(self.manifest.task)
         self.model: Any = None
         self.session: Any = None  # onnxruntime.InferenceSession of an ONNX export
+        self.graph: Any = None  # a traced forward (the bf16 engine's): (inputs as in `graph_inputs`) -> logits
+        self.graph_inputs: list[str] = []
         self.batch_tokens = MAX_BATCH_TOKENS  # padded tokens per forward pass
         onnx_model = onnx_model or self.run.model_dir / ONNX_MODEL
         if onnx_model.is_file():
@@ -82,6 +84,7 @@ class Predictor:
         self.run = None  # type: ignore[assignment]  # no run folder behind it
         self.manifest, self.task, self.tokenizer = manifest, TaskType(manifest.task), tokenizer
         self.session, self.backend, self.device = None, "torch", device
+        self.graph, self.graph_inputs = None, []
         self.batch_tokens = MAX_BATCH_TOKENS if device == "cpu" else GPU_BATCH_TOKENS
         self.model = model.to(device).eval()
         return self
@@ -97,6 +100,8 @@ class Predictor:
 
         with torch.inference_mode():
             batch = self.tokenizer.pad(features, return_tensors="pt").to(self.device)
+            if self.graph is not None:
+                return self.graph(*(batch[name] for name in self.graph_inputs)).float().cpu().numpy()
             return self.model(**batch).logits.float().cpu().numpy()
 
     def logits(self, texts: list[str], batch_size: int = 64, max_batch_tokens: int | None = None) -> np.ndarray:
