@@ -167,11 +167,11 @@ def batch_speed(run: Path, export: Path, texts: list[str], bf16: bool, repeats: 
     """Seconds per batch of `texts` for the run in PyTorch fp32, on onnxruntime fp32, the int8 ONNX export and (`bf16`)
     PyTorch in bf16: best of `repeats`, taking turns so that a drift in the host's speed hits all alike."""
     from tunesmith.artifacts import Run
-    from tunesmith.inference import onnx_engine
+    from tunesmith.inference import bf16_engine, onnx_engine
     from tunesmith.inference.predictor import Predictor
 
     preds = {"fp32 PyTorch": Predictor(run), "fp32 onnxruntime": Predictor(run, onnx_model=onnx_engine.onnx_model(Run(run))),
-             "int8 onnxruntime": Predictor(export)} | ({"bf16 PyTorch": Predictor(run, bf16=True)} if bf16 else {})
+             "int8 onnxruntime": Predictor(export)} | ({"bf16 PyTorch": bf16_engine.bf16_predictor(Run(run))} if bf16 else {})
     times: dict[str, list[float]] = {name: [] for name in preds}
     for _ in range(repeats + 1):  # the first round warms up
         for name, pred in preds.items():
@@ -269,9 +269,12 @@ def gflop_per_text(run: Path, texts: list[str]) -> float | None:
 
 
 def accuracy(path: Path, texts: list[str], labels: list[str], bf16: bool = False) -> float:
+    """Test accuracy as served: fp32 PyTorch (an ONNX export: onnxruntime), or the bf16 engine's predictor."""
+    from tunesmith.artifacts import Run
+    from tunesmith.inference.bf16_engine import bf16_predictor
     from tunesmith.inference.predictor import Predictor
 
-    pred = Predictor(path, bf16=bf16).predict(texts)
+    pred = (bf16_predictor(Run(path)) if bf16 else Predictor(path)).predict(texts)
     return sum(a == b for a, b in zip(pred.labels, labels, strict=True)) / len(labels)
 
 
