@@ -291,6 +291,7 @@ def main() -> int:
     args = parser.parse_args()
     from tunesmith.artifacts import DatasetVersion, Run
     from tunesmith.inference.serve_cache import chain
+    from tunesmith.models import hardware
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -303,8 +304,8 @@ def main() -> int:
         subprocess.run([*TS, "export", str(run), "--format", "onnx-int8", "--out", str(export)], check=True)
 
         info = ceiling.host()
-        bf16 = ceiling.native_bf16(info, "cpu")  # the torch-bf16 engine serves here
-        bf16_default = "amx_bf16" in info["flags"]  # and auto takes it (tunesmith/inference/bf16_engine.py)
+        # where the torch-bf16 engine serves, and where auto takes it: the engine's own tests of the CPU
+        bf16, bf16_default = hardware.native_bf16(), hardware.amx()
         print(f"machine: {os.cpu_count()} cores; run {run}; {len(texts)} requests per measurement", flush=True)
         model_dir = next(f for f in chain(Run(run)) if (f / "config.json").is_file())
         rates_before = matmul_peaks(model_dir, bf16)
@@ -312,15 +313,15 @@ def main() -> int:
         base_rps, base_lat = pipeline_throughput(run, texts)
         print(f"pipeline one text at a time: {base_rps:.1f} texts/s", flush=True)
         # (name, what it serves, server options, precision of its roofline)
-        setups = [(f"serve fp32 (onnxruntime{'' if bf16_default else ', the default'}), {args.clients} clients", run,
-                   ("--classifier-engine", "onnxruntime"), "fp32"),
+        onnx_fp32 = f"serve fp32 (onnxruntime{'' if bf16_default else ', the default'}), {args.clients} clients"
+        setups = [(onnx_fp32, run, ("--classifier-engine", "onnxruntime"), "fp32"),
                   (f"serve fp32 (--classifier-engine torch), {args.clients} clients", run,
                    ("--classifier-engine", "torch"), "fp32"),
                   (f"serve onnx-int8 export, {args.clients} clients", export, (), "int8")]
         if bf16:
             setups.insert(0, (f"serve bf16 (torch-bf16{', the default' if bf16_default else ''}), {args.clients} clients", run,
                               ("--classifier-engine", "torch-bf16"), "bf16"))
-        default = setups[0][0] if bf16_default else next(name for name, *_ in setups if "the default" in name)
+        default = setups[0][0] if bf16_default else onnx_fp32  # the engine auto takes on this CPU
         served: dict[str, tuple[float, list[float]]] = {}
         for _ in range(args.rounds):  # the setups take turns; each keeps its best round, as the peaks do
             for name, path, extra, _kind in setups:
@@ -338,7 +339,9 @@ def main() -> int:
             acc["bf16"] = accuracy(run, test_texts, gold, bf16=True)
 
     rows = [("pipeline, 1 text per call", base_rps, pct(base_lat, 50), pct(base_lat, 99), None)]
-    rows += [(name, *(lambda rps, lat: (rps, pct(lat, 50), pct(lat, 99)))(*served[name]), kind) for name, _, _, kind in setups]
+    for name, _, _, kind in setups:
+        rps, lat = served[name]
+        rows.append((name, rps, pct(lat, 50), pct(lat, 99), kind))
     ceilings = {kind: peak / gflop for kind, peak in peaks.items()} if gflop else {}
     shares = [rps / ceilings[kind] if kind and ceilings else None for _, rps, _, _, kind in rows]
     share_of = dict(zip((row[0] for row in rows), shares, strict=True))

@@ -58,9 +58,9 @@ def bf16_predictor(run: Run) -> Any:
 
     from tunesmith.inference.predictor import Predictor
 
-    predictor = Predictor(run.path, device="cpu", bf16=True)
-    reference = Predictor(run.path, device="cpu").logits(CHECK_TEXTS)
-    logits = predictor.logits(CHECK_TEXTS)
+    predictor = Predictor(run.path, device="cpu", merge=True)  # loaded once: fp32's logits first, then cast
+    reference = predictor.logits(CHECK_TEXTS)
+    logits = predictor.to_bf16().logits(CHECK_TEXTS)
     gap = _gap(logits, reference)
     if not gap <= MAX_LOGIT_GAP * max(1.0, float(np.abs(reference).max())):
         raise ConfigError(f"{run.path}: its logits in bf16 differ from fp32's by {gap:.2g}")

@@ -43,10 +43,10 @@ class Predictor:
     model/model.onnx exists (an ONNX export), from onnxruntime on the CPU: same inputs, same outputs."""
 
     def __init__(self, run_dir: str | Path, device: str | None = None, onnx_model: Path | None = None,
-                 bf16: bool = False) -> None:
+                 merge: bool = False) -> None:
         """`onnx_model`: an ONNX graph of this run to run instead of its PyTorch weights (what `tunesmith serve`
-        converts the run into, inference/onnx_engine.py). `bf16`: PyTorch with the weights (an adapter merged
-        in) in bf16 (inference/bf16_engine.py says where that pays)."""
+        converts the run into, inference/onnx_engine.py). `merge`: an adapter folded into the weights (plain
+        products, as `to_bf16` wants)."""
         self.run = Run(run_dir)
         self.manifest = self.run.manifest
         self.task = TaskType(self.manifest.task)
@@ -71,11 +71,9 @@ class Predictor:
 
         self.backend = "torch"
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        loaded = load_run(self.run, merge=bf16, device=self.device)
+        loaded = load_run(self.run, merge=merge, device=self.device)
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
-        if bf16:
-            self.model.to(torch.bfloat16)
-        self.batch_tokens = GPU_BATCH_TOKENS if self.device != "cpu" else BF16_BATCH_TOKENS if bf16 else MAX_BATCH_TOKENS
+        self.batch_tokens = GPU_BATCH_TOKENS if self.device != "cpu" else MAX_BATCH_TOKENS
 
     @classmethod
     def from_parts(cls, manifest: RunManifest, tokenizer: Any, model: Any, device: str = "cpu") -> Predictor:
@@ -87,6 +85,16 @@ class Predictor:
         self.graph, self.graph_inputs = None, []
         self.batch_tokens = MAX_BATCH_TOKENS if device == "cpu" else GPU_BATCH_TOKENS
         self.model = model.to(device).eval()
+        return self
+
+    def to_bf16(self) -> Predictor:
+        """The PyTorch weights cast to bf16 in place (inference/bf16_engine.py says where that pays), with the
+        micro-batches bf16 runs best at on a CPU."""
+        import torch
+
+        self.model.to(torch.bfloat16)
+        if self.device == "cpu":
+            self.batch_tokens = BF16_BATCH_TOKENS
         return self
 
     def _forward(self, features: list[dict[str, list[int]]]) -> np.ndarray:
