@@ -454,7 +454,7 @@ def serve_cmd(
     model: Annotated[list[str] | None, typer.Option("--model", help="Serve this registry model's production version, following promotions and rollbacks (repeatable).")] = None,
     log_inputs: Annotated[bool, typer.Option("--log-inputs/--no-log-inputs", help="Keep each request's input and answer in the store's prediction log (with --db or --model); off for sensitive data.")] = _serve_default("log_inputs"),
     log_retention_days: Annotated[float, typer.Option("--log-retention-days", help="Clear logged inputs and answers after this many days.")] = _serve_default("log_retention_days"),
-    prepare: Annotated[bool, typer.Option("--prepare", help="Convert each RUN for its engine (cached in RUN/.serve-cache/), load it once, and exit without serving: for image builds and deploy scripts, so that the first start does not convert.")] = False,
+    prepare: Annotated[bool, typer.Option("--prepare", help="Convert each RUN for its engine (and a classifier served with auto also to ONNX, the engine of hosts without AMX; cached in RUN/.serve-cache/), load it once, and exit without serving: for image builds and deploy scripts, so that the first start does not convert.")] = False,
 ) -> None:
     """Serve runs over HTTP: /v1/predict, OpenAI-compatible /v1/chat/completions, /v1/completions, /v1/models,
     and OpenAI's files and fine-tuning jobs API (with --db, or when no RUN is given)."""
@@ -476,12 +476,12 @@ def serve_cmd(
         raise ConfigError(f"serve: {err}") from None
     if prepare:
         from tunesmith.errors import ConfigError
-        from tunesmith.serve.models import ModelLoader, load
+        from tunesmith.serve.models import prepare as prepare_runs
 
         if not runs:
             raise ConfigError("serve --prepare: name the RUN folders to prepare")
-        for served in load(runs, ModelLoader(spec)):  # converts what the engines need, as a server start would
-            print(f"{served.id}: ready ({served.run})")
+        for served, also in prepare_runs(runs, spec):
+            print(f"{served.id}: ready ({served.run})" + "".join(f"; also converted: {what}" for what in also))
         return
     jobs = _jobs_spec(db, base_model, max_file_bytes=int(max_file_mb * 1024**2) if max_file_mb else None) \
         if db or workers or not (runs or model) else None

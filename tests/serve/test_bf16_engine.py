@@ -3,6 +3,7 @@ against fp32 at load, refused where bf16 would be emulated or would cost a regre
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,10 @@ import pytest
 import torch
 
 from tests.test_train import project
+from tunesmith.cli import run as cli
 from tunesmith.errors import ConfigError
-from tunesmith.inference import bf16_engine
+from tunesmith.inference import bf16_engine, onnx_engine
+from tunesmith.inference.serve_cache import CACHE_DIR, FINGERPRINT
 from tunesmith.models import hardware
 from tunesmith.serve.models import PredictorEngine
 from tunesmith.training import train
@@ -94,3 +97,22 @@ def test_a_model_that_strays_in_bf16_is_not_served(runs: dict[str, Path], monkey
     assert engine.predictor.backend == "onnx"  # auto went on to the next engine
     with pytest.raises(ConfigError, match=r"its logits in bf16 differ from fp32's"):
         PredictorEngine(runs["clf"], engine=bf16_engine.NAME)
+
+
+def test_serve_prepare_on_amx_also_converts_the_onnx_graph_other_hosts_serve(runs: dict[str, Path], tmp_path: Path,
+                                                                               monkeypatch: pytest.MonkeyPatch,
+                                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """An image built on an AMX host (`serve --prepare`) and run on one without: that host's start finds its graph."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["clf"], run, ignore=shutil.ignore_patterns(CACHE_DIR))
+    host(monkeypatch, {"avx512f", "avx512_bf16", "amx_bf16"})
+    assert cli(["serve", str(run), "--prepare"]) == 0
+    out = capsys.readouterr().out
+    assert "engine PyTorch (bf16 weights" in out and "also converted: onnxruntime fp32 graph for hosts without AMX" in out
+    fingerprint = run / CACHE_DIR / onnx_engine.CACHE_NAME / FINGERPRINT
+    stamp = fingerprint.stat().st_mtime_ns
+    host(monkeypatch, {"avx2"})
+    engine = PredictorEngine(run)
+    assert engine.name == "onnxruntime fp32" and fingerprint.stat().st_mtime_ns == stamp  # found converted
+    assert cli(["serve", str(run), "--prepare", "--classifier-engine", "torch"]) == 0  # an engine named: nothing else
+    assert "also converted" not in capsys.readouterr().out

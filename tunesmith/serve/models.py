@@ -243,3 +243,20 @@ def load(paths: Sequence[str | Path], loader: ModelLoader | None = None) -> list
     if len(set(ids)) != len(ids):
         raise ConfigError(f"the same run is listed twice: {sorted({i for i in ids if ids.count(i) > 1})}")
     return served
+
+
+def prepare(paths: Sequence[str | Path], spec: ServeSpec) -> Iterator[tuple[Served, list[str]]]:
+    """Load every run as a server start would, converting what this host's engines need (`serve --prepare`), and
+    for each classifier the fp32 ONNX graph too when it is served with auto on another engine: onnxruntime is what
+    auto takes on every CPU without AMX, and its fallback on one, and an image is often built on another host
+    than the ones it runs on (a CI runner with AMX or a GPU). Yields each model with what was converted besides."""
+    from tunesmith.inference import onnx_engine
+    from tunesmith.inference.predictor import ONNX_MODEL
+
+    for served in load(paths, ModelLoader(spec)):
+        extra = []
+        run = Run(served.run)
+        if (served.kind == "sequence" and spec.classifier_engine == "auto" and served.engine.name != "onnxruntime fp32"
+                and not (run.model_dir / ONNX_MODEL).is_file()):
+            extra.append(f"onnxruntime fp32 graph for hosts without AMX ({onnx_engine.onnx_model(run).parent})")
+        yield served, extra
