@@ -414,6 +414,20 @@ def table(summary: dict[str, dict[str, Any]], baselines: dict[str, str]) -> list
     return lines
 
 
+def paired_ratios(summary: dict[str, dict[str, Any]], baselines: dict[str, str]) -> dict[str, list[float]]:
+    """Each comparison's ratio within every round: the host drifts by up to 2x over minutes, so the spread across
+    rounds says how far a pooled ratio can be trusted (real tokens/s: for LoRA against full, which train on the same
+    batches, the inverse ratio of their step times)."""
+    pairs = [(name, base, f"{name} vs {base}") for name, base in baselines.items()]
+    pairs.append(("tunesmith-lora", "tunesmith-full", "tunesmith LoRA vs full"))
+    out: dict[str, list[float]] = {}
+    for name, base, label in pairs:
+        ours, theirs = summary.get(name, {}).get("per_round_tokens_per_s"), summary.get(base, {}).get("per_round_tokens_per_s")
+        if ours and theirs:
+            out[label] = [a / b for a, b in zip(ours, theirs, strict=False) if a and b]
+    return out
+
+
 def checks(summary: dict[str, dict[str, Any]], bf16: bool) -> dict[str, bool | None]:
     """The issue's targets, where this run measured both sides of the comparison."""
     def tps(name: str) -> float | None:
@@ -543,13 +557,18 @@ def main() -> int:
         if "validation_loss" in s:
             print(f"{name}: validation loss {s['validation_loss']:.4f}, loss on {fmt(s.get('loss_token_share'), '.0%')} "
                   "of the tokens")
+    ratios = paired_ratios(summary, baselines)
+    for name, values in ratios.items():
+        print(f"{name}, round by round (sides run back to back, so a drift between rounds cancels): "
+              + ", ".join(f"{v:.2f}x" for v in values))
     results = checks(summary, bf16)
     for name, ok in results.items():
         print(f"{'PASS' if ok else 'FAIL'}: {name}")
     record = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "host": {**machine, "load_avg_end": os.getloadavg()},
               "native_bf16": bf16, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
                                             if k not in ("child", "spec", "result")},
-              "ceilings": ceilings, "sides": summary, "runs": runs, "checks": results, "targets": TARGETS,
+              "ceilings": ceilings, "sides": summary, "runs": runs, "per_round_ratios": ratios, "checks": results,
+              "targets": TARGETS,
               "command": " ".join([Path(sys.executable).name, *sys.argv])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2, default=str) + "\n", encoding="utf-8")
