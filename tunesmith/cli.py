@@ -481,7 +481,7 @@ def serve_cmd(
         if not runs:
             raise ConfigError("serve --prepare: name the RUN folders to prepare")
         for served, also in prepare_runs(runs, spec):
-            print(f"{served.id}: ready ({served.run})" + "".join(f"; also converted: {what}" for what in also))
+            print(f"{served.id}: ready ({served.run})" + "".join(f"; {note}" for note in also))
         return
     jobs = _jobs_spec(db, base_model, max_file_bytes=int(max_file_mb * 1024**2) if max_file_mb else None) \
         if db or workers or not (runs or model) else None

@@ -108,7 +108,7 @@ def test_serve_prepare_on_amx_also_converts_the_onnx_graph_other_hosts_serve(run
     host(monkeypatch, {"avx512f", "avx512_bf16", "amx_bf16"})
     assert cli(["serve", str(run), "--prepare"]) == 0
     out = capsys.readouterr().out
-    assert "engine PyTorch (bf16 weights" in out and "also converted: onnxruntime fp32 graph for hosts without AMX" in out
+    assert "engine PyTorch (bf16 weights" in out and "also converted: onnxruntime fp32 graph for CPUs without AMX" in out
     fingerprint = run / CACHE_DIR / onnx_engine.CACHE_NAME / FINGERPRINT
     stamp = fingerprint.stat().st_mtime_ns
     host(monkeypatch, {"avx2"})
@@ -116,3 +116,10 @@ def test_serve_prepare_on_amx_also_converts_the_onnx_graph_other_hosts_serve(run
     assert engine.name == "onnxruntime fp32" and fingerprint.stat().st_mtime_ns == stamp  # found converted
     assert cli(["serve", str(run), "--prepare", "--classifier-engine", "torch"]) == 0  # an engine named: nothing else
     assert "also converted" not in capsys.readouterr().out
+
+    def fails(run: object) -> None:
+        raise RuntimeError("unsupported operator")
+    monkeypatch.setattr(onnx_engine, "onnx_model", fails)  # a graph that cannot be made fails no image build
+    host(monkeypatch, {"avx512f", "avx512_bf16", "amx_bf16"})
+    assert cli(["serve", str(run), "--prepare"]) == 0
+    assert "no onnxruntime graph for CPUs without AMX (RuntimeError: unsupported operator)" in capsys.readouterr().out

@@ -67,8 +67,9 @@ RUN useradd --create-home --uid 10001 tunesmith
 COPY --chown=tunesmith:tunesmith model /app/model
 USER tunesmith
 WORKDIR /app
-# The serving engine's conversion (ONNX for a classifier, CTranslate2 for a chat model) made once, into the image:
-# containers start without converting, and need not write to /app/model.
+# The serving engine's conversion (ONNX for a classifier, even where this build host would serve it in bf16;
+# GGUF or CTranslate2 for a chat model) made once, into the image: containers start without converting, and need
+# not write to /app/model.
 RUN {json.dumps([*SERVE_CMD[:3], "--prepare"])}
 
 EXPOSE 8000

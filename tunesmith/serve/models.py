@@ -247,16 +247,20 @@ def load(paths: Sequence[str | Path], loader: ModelLoader | None = None) -> list
 
 def prepare(paths: Sequence[str | Path], spec: ServeSpec) -> Iterator[tuple[Served, list[str]]]:
     """Load every run as a server start would, converting what this host's engines need (`serve --prepare`), and
-    for each classifier the fp32 ONNX graph too when it is served with auto on another engine: onnxruntime is what
-    auto takes on every CPU without AMX, and its fallback on one, and an image is often built on another host
-    than the ones it runs on (a CI runner with AMX or a GPU). Yields each model with what was converted besides."""
+    for each classifier the fp32 ONNX graph too where auto serves it in bf16 (AMX) or on a GPU here: onnxruntime is
+    what auto takes on every CPU without AMX, and an image is often built on another host than the ones it runs on.
+    Yields each model with notes on what was converted besides (or why not: those hosts then serve it on PyTorch)."""
+    import torch
+
     from tunesmith.inference import onnx_engine
-    from tunesmith.inference.predictor import ONNX_MODEL
 
     for served in load(paths, ModelLoader(spec)):
-        extra = []
-        run = Run(served.run)
-        if (served.kind == "sequence" and spec.classifier_engine == "auto" and served.engine.name != "onnxruntime fp32"
-                and not (run.model_dir / ONNX_MODEL).is_file()):
-            extra.append(f"onnxruntime fp32 graph for hosts without AMX ({onnx_engine.onnx_model(run).parent})")
-        yield served, extra
+        notes = []
+        if (served.kind == "sequence" and spec.classifier_engine == "auto"
+                and (served.engine.name == "torch bf16" or (served.engine.name == "torch fp32" and torch.cuda.is_available()))):
+            run = Run(served.run)
+            try:
+                notes.append(f"also converted: onnxruntime fp32 graph for CPUs without AMX ({onnx_engine.onnx_model(run).parent})")
+            except Exception as err:  # noqa: BLE001 - those hosts' auto falls back to PyTorch, as a start there would
+                notes.append(f"no onnxruntime graph for CPUs without AMX ({type(err).__name__}: {err}): they serve it on PyTorch")
+        yield served, notes
