@@ -5,8 +5,8 @@ machine:
 
 1. the plain transformers `pipeline("text-classification")` called one text at a time (the baseline),
 2. `tunesmith serve RUN` under 32 concurrent clients, each sending one review per request: onnxruntime fp32 (the run
-   converted once; the default engine on a CPU without AMX), `--classifier-engine torch` (PyTorch fp32) and, where
-   the CPU computes bf16 natively, `--classifier-engine torch-bf16` (the default with AMX),
+   converted once; the default engine on a CPU without native bf16), `--classifier-engine torch` (PyTorch fp32) and,
+   where the CPU computes bf16 natively (AMX or AVX512-BF16), `--classifier-engine torch-bf16` (the default there),
 3. the same server on the run's `onnx-int8` export,
 4. the `onnx-int8` export against fp32 (onnxruntime and PyTorch) on the same batch (speed) and on the test
    split (accuracy),
@@ -304,8 +304,8 @@ def main() -> int:
         subprocess.run([*TS, "export", str(run), "--format", "onnx-int8", "--out", str(export)], check=True)
 
         info = ceiling.host()
-        # where the torch-bf16 engine serves, and where auto takes it: the engine's own tests of the CPU
-        bf16, bf16_default = hardware.native_bf16(), hardware.amx()
+        # where the torch-bf16 engine serves (and auto takes it): the engine's own test of the CPU
+        bf16 = bf16_default = hardware.native_bf16()
         print(f"machine: {os.cpu_count()} cores; run {run}; {len(texts)} requests per measurement", flush=True)
         model_dir = next(f for f in chain(Run(run)) if (f / "config.json").is_file())
         rates_before = matmul_peaks(model_dir, bf16)

@@ -444,7 +444,7 @@ def serve_cmd(
     max_queue: Annotated[int, typer.Option(help="Waiting requests per model before 503 + Retry-After.")] = _serve_default("max_queue"),
     timeout: Annotated[float, typer.Option(help="Seconds before a request is answered 504.")] = _serve_default("timeout_s"),
     max_tokens: Annotated[int, typer.Option(help="Cap on generated tokens per request.")] = _serve_default("max_tokens"),
-    classifier_engine: Annotated[str, typer.Option("--classifier-engine", help="Classification/regression runs on: auto (a classifier in bf16 on a CPU with AMX, else onnxruntime on a CPU, the run converted to ONNX once; PyTorch on a GPU), torch-bf16, onnxruntime, or torch.")] = _serve_default("classifier_engine"),
+    classifier_engine: Annotated[str, typer.Option("--classifier-engine", help="Classification/regression runs on: auto (a classifier in bf16 on a CPU with native bf16, AMX or AVX512-BF16, else onnxruntime on a CPU, the run converted to ONNX once; PyTorch on a GPU), torch-bf16, onnxruntime, or torch.")] = _serve_default("classifier_engine"),
     chat_engine: Annotated[str, typer.Option("--chat-engine", help="Chat runs on: auto (llama.cpp where the model converts to GGUF, else CTranslate2 int8, else transformers), llama.cpp, ctranslate2, or transformers.")] = _serve_default("chat_engine"),
     chat_kv_tokens: Annotated[int, typer.Option("--chat-kv-tokens", help="llama.cpp: tokens of KV cache the concurrent answers of a chat model share (prompts + answers).")] = _serve_default("chat_kv_tokens"),
     db: Annotated[str | None, typer.Option("--db", envvar="TUNESMITH_DB", help="Store URL for the fine-tuning API (sqlite:///file.db or postgresql://...); turns it on. Without RUNs it is on with the default SQLite store.")] = None,
@@ -454,7 +454,7 @@ def serve_cmd(
     model: Annotated[list[str] | None, typer.Option("--model", help="Serve this registry model's production version, following promotions and rollbacks (repeatable).")] = None,
     log_inputs: Annotated[bool, typer.Option("--log-inputs/--no-log-inputs", help="Keep each request's input and answer in the store's prediction log (with --db or --model); off for sensitive data.")] = _serve_default("log_inputs"),
     log_retention_days: Annotated[float, typer.Option("--log-retention-days", help="Clear logged inputs and answers after this many days.")] = _serve_default("log_retention_days"),
-    prepare: Annotated[bool, typer.Option("--prepare", help="Convert each RUN for its engine (and a classifier served with auto also to ONNX, the engine of hosts without AMX; cached in RUN/.serve-cache/), load it once, and exit without serving: for image builds and deploy scripts, so that the first start does not convert.")] = False,
+    prepare: Annotated[bool, typer.Option("--prepare", help="Convert each RUN for its engine (and a classifier served with auto also to ONNX, the engine of hosts without native bf16; cached in RUN/.serve-cache/), load it once, and exit without serving: for image builds and deploy scripts, so that the first start does not convert.")] = False,
 ) -> None:
     """Serve runs over HTTP: /v1/predict, OpenAI-compatible /v1/chat/completions, /v1/completions, /v1/models,
     and OpenAI's files and fine-tuning jobs API (with --db, or when no RUN is given)."""

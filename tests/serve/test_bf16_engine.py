@@ -1,5 +1,5 @@
-"""Classifiers served in bf16 on CPUs that compute it natively: chosen by auto only with AMX, fp32's labels, checked
-against fp32 at load, refused where bf16 would be emulated or would cost a regression run its values."""
+"""Classifiers served in bf16 on CPUs that compute it natively (AMX or AVX512-BF16): chosen by auto there, fp32's
+labels, checked against fp32 at load, refused where bf16 would be emulated or would cost a regression run its values."""
 
 from __future__ import annotations
 
@@ -37,11 +37,12 @@ def host(monkeypatch: pytest.MonkeyPatch, flags: set[str]) -> None:
     monkeypatch.setattr(hardware, "cpu_flags", lambda: frozenset(flags))
 
 
-@pytest.mark.parametrize("name", ["clf", "lora"])
-def test_auto_serves_a_classifier_in_bf16_on_amx_with_fp32s_labels(runs: dict[str, Path], name: str,
-                                                                   monkeypatch: pytest.MonkeyPatch,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    host(monkeypatch, {"avx512f", "avx512_bf16", "amx_bf16"})
+@pytest.mark.parametrize(("name", "flags"), [("clf", {"avx512f", "avx512_bf16", "amx_bf16"}),  # Intel with AMX
+                                             ("lora", {"avx512f", "avx512_bf16"})])  # Zen 4/5: AVX512-BF16 without AMX
+def test_auto_serves_a_classifier_in_bf16_on_native_bf16_cpus_with_fp32s_labels(
+        runs: dict[str, Path], name: str, flags: set[str], monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    host(monkeypatch, flags)
     engine = PredictorEngine(runs[name])
     assert "engine PyTorch (bf16 weights" in capsys.readouterr().out
     model = engine.predictor.model
@@ -58,9 +59,10 @@ def test_auto_serves_a_classifier_in_bf16_on_amx_with_fp32s_labels(runs: dict[st
     assert all(sum(a["probabilities"].values()) == pytest.approx(1, abs=1e-4) for a in answers)
 
 
-def test_auto_keeps_onnxruntime_without_amx_and_regression_in_fp32(runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    host(monkeypatch, {"avx512f", "avx512_bf16"})  # Zen 4/5: native bf16 without AMX
+def test_auto_keeps_onnxruntime_without_native_bf16_and_regression_in_fp32(runs: dict[str, Path],
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    host(monkeypatch, {"avx2", "avx512f", "avx512_vnni"})  # AVX-512 without bf16 (or AVX2 only): emulated
     assert PredictorEngine(runs["clf"]).predictor.backend == "onnx"
     host(monkeypatch, {"avx512f", "avx512_bf16", "amx_bf16"})
     assert PredictorEngine(runs["reg"]).predictor.backend == "onnx"
@@ -99,16 +101,17 @@ def test_a_model_that_strays_in_bf16_is_not_served(runs: dict[str, Path], monkey
         PredictorEngine(runs["clf"], engine=bf16_engine.NAME)
 
 
-def test_serve_prepare_on_amx_also_converts_the_onnx_graph_other_hosts_serve(runs: dict[str, Path], tmp_path: Path,
+def test_serve_prepare_with_bf16_also_converts_the_onnx_graph_other_hosts_serve(runs: dict[str, Path], tmp_path: Path,
                                                                                monkeypatch: pytest.MonkeyPatch,
                                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    """An image built on an AMX host (`serve --prepare`) and run on one without: that host's start finds its graph."""
+    """An image built on a host with native bf16 (`serve --prepare`) and run on one without: that host's start finds
+    its graph."""
     run = tmp_path / "run"
     shutil.copytree(runs["clf"], run, ignore=shutil.ignore_patterns(CACHE_DIR))
     host(monkeypatch, {"avx512f", "avx512_bf16", "amx_bf16"})
     assert cli(["serve", str(run), "--prepare"]) == 0
     out = capsys.readouterr().out
-    assert "engine PyTorch (bf16 weights" in out and "also converted: onnxruntime fp32 graph for CPUs without AMX" in out
+    assert "engine PyTorch (bf16 weights" in out and "also converted: onnxruntime fp32 graph for CPUs without native bf16" in out
     fingerprint = run / CACHE_DIR / onnx_engine.CACHE_NAME / FINGERPRINT
     stamp = fingerprint.stat().st_mtime_ns
     host(monkeypatch, {"avx2"})
@@ -122,4 +125,4 @@ def test_serve_prepare_on_amx_also_converts_the_onnx_graph_other_hosts_serve(run
     monkeypatch.setattr(onnx_engine, "onnx_model", fails)  # a graph that cannot be made fails no image build
     host(monkeypatch, {"avx512f", "avx512_bf16", "amx_bf16"})
     assert cli(["serve", str(run), "--prepare"]) == 0
-    assert "no onnxruntime graph for CPUs without AMX (RuntimeError: unsupported operator)" in capsys.readouterr().out
+    assert "no onnxruntime graph for CPUs without native bf16 (RuntimeError: unsupported operator)" in capsys.readouterr().out

@@ -36,9 +36,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, tiny_llama: 
 
 
 @pytest.fixture(autouse=True)
-def no_amx(monkeypatch: pytest.MonkeyPatch) -> None:
-    """auto takes bf16 on AMX hosts (test_bf16_engine.py); these tests are about onnxruntime on every host."""
-    monkeypatch.setattr(hardware, "amx", lambda: False)
+def no_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto takes bf16 on CPUs with native bf16 (test_bf16_engine.py); these tests are about onnxruntime on every host."""
+    monkeypatch.setattr(hardware, "native_bf16", lambda: False)
 
 
 def outputs(engine: PredictorEngine, texts: list[str]) -> np.ndarray:

@@ -1,9 +1,10 @@
 """A classifier served by PyTorch in bf16, where the CPU multiplies bf16 natively.
 
 Why: on an Intel Xeon with AMX (2 cores, minilm, the packaged reviews in batches of 32), PyTorch with its weights in
-bf16 ran 2x its own fp32 and 1.9x onnxruntime's fp32 (the default elsewhere), and the 497 test reviews got the same
-labels as in fp32 (README, Performance). `auto` takes it on AMX hosts only: AVX512-BF16 without AMX (Zen 4, Zen 5)
-has not been measured serving yet, so there `--classifier-engine torch-bf16` asks for it by name.
+bf16 ran 2x its own fp32 and 1.9x onnxruntime's fp32 (the default where bf16 is emulated), and the 497 test reviews got
+the same labels as in fp32 (README, Performance). On an AMD Zen 4 (AVX512-BF16, no AMX) it ran 1.27x onnxruntime's
+fp32 on a batch, 1.4x (median of 8 alternating pairs, all 8 won) on 400 reviews in the server's batches and 1.19x
+served at 32 clients, with the same test accuracy. So `auto` takes it wherever the CPU multiplies bf16 natively.
 
 The forward pass runs as a traced, frozen TorchScript graph: one call that holds the GIL only to start, where eager
 PyTorch takes it back between its hundreds of operators. In a server the event loop holds the GIL between requests,
@@ -35,11 +36,11 @@ MAX_LOGIT_GAP = 0.05
 MAX_GRAPH_GAP = 0.01  # the traced graph runs eager's bf16 kernels: measured equal; fused ops may round differently
 
 
-def unavailable(run: Run, auto: bool) -> str | None:
-    """Why the run is not served in bf16 here (with `auto`: why auto does not choose it), or None."""
+def unavailable(run: Run) -> str | None:
+    """Why the run is not served in bf16 here, or None."""
     import torch
 
-    from tunesmith.models.hardware import amx, native_bf16
+    from tunesmith.models.hardware import native_bf16
 
     if torch.cuda.is_available():
         return "a GPU is present, and PyTorch runs on it"
@@ -47,8 +48,6 @@ def unavailable(run: Run, auto: bool) -> str | None:
         return "a regression run's values would keep only bf16's 3 significant digits"
     if not native_bf16():
         return "this CPU has neither AMX nor AVX512-BF16, so bf16 would be emulated (slower than fp32)"
-    if auto and not amx():
-        return "no AMX on this CPU (bf16 serving was measured faster only with AMX)"
     return None
 
 

@@ -34,7 +34,7 @@ ONNX_MODEL = "model.onnx"  # an ONNX export (tunesmith export --format onnx|onnx
 
 
 MAX_BATCH_TOKENS = 512  # padded tokens per forward pass: measured best on CPU (2 cores, minilm; 8192 is 3x slower per text)
-BF16_BATCH_TOKENS = 1024  # in bf16 on AMX the products are 7x faster and like taller inputs: 1.2x 512's texts/s (2048: 1.1x)
+BF16_BATCH_TOKENS = 1024  # in bf16 on AMX the products are 7x faster and like taller inputs: 1.2x 512's texts/s (2048: 1.1x); on Zen 4 512 and 1024 within drift
 GPU_BATCH_TOKENS = 16384  # a GPU is starved by small batches; 64 texts of 256 tokens fit any card's memory for an encoder
 
 

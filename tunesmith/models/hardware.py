@@ -30,6 +30,3 @@ def native_bf16() -> bool:
     return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
 
 
-def amx() -> bool:
-    """Intel's AMX tiles: bf16 matrix products several times the fp32 ones (7x measured on a 2-core Xeon)."""
-    return "amx_bf16" in cpu_flags()

@@ -67,7 +67,7 @@ def model_id(run: Run) -> tuple[str, str]:
 
 class PredictorEngine:
     """A classification/regression run answering label/probability dicts: with `engine` auto, a classifier in bf16
-    on PyTorch on a CPU with AMX (inference/bf16_engine.py), else on onnxruntime (the run converted once), else on
+    on PyTorch on a CPU with native bf16 (AMX or AVX512-BF16; inference/bf16_engine.py), else on onnxruntime (the run converted once), else on
     PyTorch in fp32; or the engine named; an ONNX export runs as it is."""
 
     def __init__(self, run_dir: Path, engine: str = "auto") -> None:
@@ -78,8 +78,7 @@ class PredictorEngine:
         chosen, built, reasons = None, None, []
         if not (run.model_dir / ONNX_MODEL).is_file():  # an ONNX export runs as it is
             chosen, built, reasons = first_engine(run, "--classifier-engine", engine, "torch", {
-                bf16_engine.NAME: (lambda r: bf16_engine.unavailable(r, auto=engine == "auto"),
-                                   lambda: bf16_engine.bf16_predictor(run)),
+                bf16_engine.NAME: (bf16_engine.unavailable, lambda: bf16_engine.bf16_predictor(run)),
                 "onnxruntime": (onnx_engine.unavailable, lambda: onnx_engine.onnx_model(run))})
         self.predictor = built if chosen == bf16_engine.NAME else Predictor(run_dir, onnx_model=built)
         self.labels = self.predictor.run.manifest.labels
@@ -247,8 +246,8 @@ def load(paths: Sequence[str | Path], loader: ModelLoader | None = None) -> list
 
 def prepare(paths: Sequence[str | Path], spec: ServeSpec) -> Iterator[tuple[Served, list[str]]]:
     """Load every run as a server start would, converting what this host's engines need (`serve --prepare`), and
-    for each classifier the fp32 ONNX graph too where auto serves it in bf16 (AMX) or on a GPU here: onnxruntime is
-    what auto takes on every CPU without AMX, and an image is often built on another host than the ones it runs on.
+    for each classifier the fp32 ONNX graph too where auto serves it in bf16 or on a GPU here: onnxruntime is what
+    auto takes on every CPU without native bf16, and an image is often built on another host than the ones it runs on.
     Yields each model with notes on what was converted besides (or why not: those hosts then serve it on PyTorch)."""
     import torch
 
@@ -260,7 +259,7 @@ def prepare(paths: Sequence[str | Path], spec: ServeSpec) -> Iterator[tuple[Serv
                 and (served.engine.name == "torch bf16" or (served.engine.name == "torch fp32" and torch.cuda.is_available()))):
             run = Run(served.run)
             try:
-                notes.append(f"also converted: onnxruntime fp32 graph for CPUs without AMX ({onnx_engine.onnx_model(run).parent})")
+                notes.append(f"also converted: onnxruntime fp32 graph for CPUs without native bf16 ({onnx_engine.onnx_model(run).parent})")
             except Exception as err:  # noqa: BLE001 - those hosts' auto falls back to PyTorch, as a start there would
-                notes.append(f"no onnxruntime graph for CPUs without AMX ({type(err).__name__}: {err}): they serve it on PyTorch")
+                notes.append(f"no onnxruntime graph for CPUs without native bf16 ({type(err).__name__}: {err}): they serve it on PyTorch")
         yield served, notes
