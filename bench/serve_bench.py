@@ -305,7 +305,7 @@ def main() -> int:
 
         info = ceiling.host()
         # where the torch-bf16 engine serves (and auto takes it): the engine's own test of the CPU
-        bf16 = bf16_default = hardware.native_bf16()
+        bf16 = hardware.native_bf16()
         print(f"machine: {os.cpu_count()} cores; run {run}; {len(texts)} requests per measurement", flush=True)
         model_dir = next(f for f in chain(Run(run)) if (f / "config.json").is_file())
         rates_before = matmul_peaks(model_dir, bf16)
@@ -313,15 +313,15 @@ def main() -> int:
         base_rps, base_lat = pipeline_throughput(run, texts)
         print(f"pipeline one text at a time: {base_rps:.1f} texts/s", flush=True)
         # (name, what it serves, server options, precision of its roofline)
-        onnx_fp32 = f"serve fp32 (onnxruntime{'' if bf16_default else ', the default'}), {args.clients} clients"
+        onnx_fp32 = f"serve fp32 (onnxruntime{'' if bf16 else ', the default'}), {args.clients} clients"
         setups = [(onnx_fp32, run, ("--classifier-engine", "onnxruntime"), "fp32"),
                   (f"serve fp32 (--classifier-engine torch), {args.clients} clients", run,
                    ("--classifier-engine", "torch"), "fp32"),
                   (f"serve onnx-int8 export, {args.clients} clients", export, (), "int8")]
         if bf16:
-            setups.insert(0, (f"serve bf16 (torch-bf16{', the default' if bf16_default else ''}), {args.clients} clients", run,
+            setups.insert(0, (f"serve bf16 (torch-bf16, the default), {args.clients} clients", run,
                               ("--classifier-engine", "torch-bf16"), "bf16"))
-        default = setups[0][0] if bf16_default else onnx_fp32  # the engine auto takes on this CPU
+        default = setups[0][0] if bf16 else onnx_fp32  # the engine auto takes on this CPU
         served: dict[str, tuple[float, list[float]]] = {}
         for _ in range(args.rounds):  # the setups take turns; each keeps its best round, as the peaks do
             for name, path, extra, _kind in setups:

@@ -28,5 +28,3 @@ def native_bf16() -> bool:
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
-
-

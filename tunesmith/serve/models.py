@@ -67,8 +67,8 @@ def model_id(run: Run) -> tuple[str, str]:
 
 class PredictorEngine:
     """A classification/regression run answering label/probability dicts: with `engine` auto, a classifier in bf16
-    on PyTorch on a CPU with native bf16 (AMX or AVX512-BF16; inference/bf16_engine.py), else on onnxruntime (the run converted once), else on
-    PyTorch in fp32; or the engine named; an ONNX export runs as it is."""
+    on PyTorch on a CPU with native bf16 (AMX or AVX512-BF16; inference/bf16_engine.py), else on onnxruntime (the
+    run converted once), else on PyTorch in fp32; or the engine named; an ONNX export runs as it is."""
 
     def __init__(self, run_dir: Path, engine: str = "auto") -> None:
         from tunesmith.inference import bf16_engine, onnx_engine
