@@ -1,6 +1,6 @@
 """Encoder attention for CPU training (training/encoder_attention.py): exact gradients, the same logits and
 gradients as transformers' eager attention on a padded batch (fp32, and under bf16 autocast within bf16's
-precision), eager's code for what it does not model, used by sequence training and never saved."""
+precision; a fully masked row stays finite in bf16), eager's code for what it does not model, used by sequence training and never saved."""
 
 from __future__ import annotations
 
@@ -23,6 +23,22 @@ def test_the_gradients_are_exact() -> None:
     node = encoder_attention._Attention.apply
     assert torch.autograd.gradcheck(lambda q, k, v: node(q, k, v, mask, 0.5, torch.float64), (q, k, v))
     assert torch.autograd.gradcheck(lambda q, k, v: node(q, k, v, None, 0.5, torch.float64), (q, k, v))
+
+
+def test_bf16_keeps_a_row_with_every_key_masked_finite() -> None:
+    """In bf16 fp32's most negative mask value would round to -inf, and a row masked whole to NaN; eager's fp32
+    softmax gives it uniform weights (a packed row's padding queries can be such rows)."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 6, 4, requires_grad=True) for _ in range(3))
+    mask = torch.zeros(2, 1, 6, 6)
+    mask[1, :, :, 4:] = torch.finfo(torch.float32).min
+    mask[1, :, 5, :] = torch.finfo(torch.float32).min  # the second row's last query sees no key
+    out = encoder_attention._Attention.apply(q, k, v, mask, 0.5, torch.bfloat16)
+    out.float().sum().backward()
+    ref = torch.softmax((q.detach() * 0.5) @ k.detach().transpose(-1, -2) + mask, dim=-1) @ v.detach()
+    assert out.dtype == torch.bfloat16 and torch.isfinite(q.grad).all() and torch.isfinite(k.grad).all()
+    torch.testing.assert_close(out.float(), ref, atol=5e-2, rtol=5e-2)
+    torch.testing.assert_close(out[1, :, 5].float(), v.detach()[1].mean(dim=1), atol=2e-2, rtol=2e-2)  # uniform
 
 
 def test_long_batches_are_computed_in_slices_of_rows() -> None:

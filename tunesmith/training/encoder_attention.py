@@ -11,8 +11,10 @@ on a CPU those whole-tensor passes are about a tenth of a training step. Here th
     backward  dv = p^T do;  dp = do v^T;  ds = p * (dp - rowsum(dp * p));  dq = scale * ds k;  dk = ds^T (q * scale)
 
 Long batches run a few rows at a time (SCORES_BYTES), so the scores stay in cache and are never one
-allocation of tens of megabytes. The softmax runs in fp32 under bf16 autocast, as eager's does (its fp32
-mask promotes the scores).
+allocation of tens of megabytes. Under bf16 autocast the scores, probabilities and their gradients stay bf16:
+PyTorch's CPU softmax kernels accumulate in fp32, so the probabilities equal eager's (an fp32 softmax, its mask
+promotes the scores) rounded to bf16 as eager rounds them for the product with v, without the four score-sized
+casts a layer's forward and backward took (about a tenth of a step on an AMX host, where the products are fast).
 PyTorch's fused CPU kernel (SDPA) is no alternative for training: at this head size its backward is about
 12x its forward, and its math fallback spends a tenth of the step on mask handling.
 
@@ -60,17 +62,18 @@ class _Attention(torch.autograd.Function):
         qs = torch.mul(q, scale, out=torch.empty(q.shape, dtype=dtype, device=q.device))
         k, v = _dense(k, dtype), _dense(v, dtype)
         out = torch.empty(qs.shape[:-1] + v.shape[-1:], dtype=dtype, device=q.device)
+        if mask is not None and mask.dtype != dtype:  # fp32's most negative mask value is -inf in bf16, which
+            # would turn a row with every key masked into NaN where eager's gives uniform weights
+            mask = mask.clamp(min=torch.finfo(dtype).min).to(dtype)
         chunks = _chunks(*qs.shape[:3], k.shape[2])
         probs = []
         for c in chunks:
             s = torch.matmul(qs[c], k[c].transpose(-1, -2))
-            if s.dtype in (torch.bfloat16, torch.float16):
-                s = s.float()  # softmax in fp32, as eager's under autocast
             if mask is not None:
                 s.add_(mask if mask.shape[0] == 1 else mask[c])
             p = torch.softmax(s, dim=-1)
             probs.append(p)
-            torch.matmul(p.to(dtype), v[c], out=out[c])
+            torch.matmul(p, v[c], out=out[c])
         ctx.save_for_backward(qs, k, v, *probs)
         ctx.scale, ctx.chunks = scale, chunks
         return out
@@ -81,9 +84,9 @@ class _Attention(torch.autograd.Function):
         grad = _dense(grad, v.dtype)  # a view: the gradient of the transposed output
         dq, dk, dv = torch.empty_like(qs), torch.empty_like(k), torch.empty_like(v)
         for c, p in zip(ctx.chunks, probs, strict=True):
-            torch.matmul(p.to(v.dtype).transpose(-1, -2), grad[c], out=dv[c])
+            torch.matmul(p.transpose(-1, -2), grad[c], out=dv[c])
             dp = torch.matmul(grad[c], v[c].transpose(-1, -2))
-            ds = torch._softmax_backward_data(dp.to(p.dtype), p, -1, p.dtype).to(v.dtype)
+            ds = torch._softmax_backward_data(dp, p, -1, p.dtype)
             torch.matmul(ds, k[c], out=dq[c])
             torch.matmul(ds.transpose(-1, -2), qs[c], out=dk[c])
         return dq.mul_(ctx.scale), dk, dv, None, None, None
