@@ -336,3 +336,23 @@ def test_a_dataset_prepared_for_another_tokenizer_is_prepared_again_or_refused(t
     longer = project(tmp_path, other)
     longer.model.max_length = 64
     assert ensure_dataset(longer).manifest.max_length == 64
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_bf16_batches_are_padded_to_a_multiple_of_8(tmp_path: Path, tiny_bert: Path, bf16: bool) -> None:
+    """bf16 products are compiled per shape (oneDNN on a CPU): a few padded lengths keep them cached. fp32 pads to
+    the longest row only."""
+    from transformers import TrainerCallback
+
+    from tunesmith.training.sequence import BF16_PAD_MULTIPLE
+
+    lengths: list[int] = []
+
+    class Lengths(TrainerCallback):
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs) -> None:
+            lengths.extend(int(batch["input_ids"].shape[1]) for batch in train_dataloader)
+
+    train(project(tmp_path, tiny_bert, train_spec={"max_steps": 1, "bf16": bf16}), callbacks=[Lengths()])
+    assert lengths
+    padded = [n % BF16_PAD_MULTIPLE == 0 for n in lengths]
+    assert all(padded) if bf16 else not all(padded)

@@ -26,6 +26,12 @@ from tunesmith.training.run import (
     start_run,
 )
 
+# Under bf16, batches are padded to a multiple of this many tokens. bf16 products run on oneDNN kernels that are
+# compiled for each new shape (about 1.5 ms each, a dozen shapes a step), and dynamic padding makes nearly every
+# batch a new shape; 8 keeps the shapes few enough to stay cached: the demo trained 1.20x faster on an AMX host for
+# 3.5% more tokens, same test accuracy (GPUs' tensor cores want multiples of 8 too)
+BF16_PAD_MULTIPLE = 8
+
 
 def check_labels(version: DatasetVersion) -> None:
     """A class in validation/test that training never saw cannot be predicted: stop before training."""
@@ -163,7 +169,8 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
         loss_func = sequence.class_weight_loss(len(ids) / (len(counts) * np.maximum(counts, 1)))
     trainer = _trainer_class(Trainer, t.seed, t.head_learning_rate)(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=sequence.training_metrics(task, scaling),
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=BF16_PAD_MULTIPLE if args.bf16 else None),
+        compute_metrics=sequence.training_metrics(task, scaling),
         callbacks=standard_callbacks(cfg, callbacks), compute_loss_func=loss_func,
     )
     result = run_trainer(cfg, trainer, run_dir, checkpoint)
