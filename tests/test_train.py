@@ -344,7 +344,7 @@ def test_bf16_batches_are_padded_to_a_multiple_of_8(tmp_path: Path, tiny_bert: P
     the longest row only."""
     from transformers import TrainerCallback
 
-    from tunesmith.training.sequence import BF16_PAD_MULTIPLE
+    from tunesmith.models.hardware import BF16_PAD_MULTIPLE
 
     lengths: list[int] = []
 

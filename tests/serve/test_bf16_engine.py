@@ -92,6 +92,21 @@ def test_a_traced_graph_that_strays_from_eager_is_not_used(runs: dict[str, Path]
     np.testing.assert_allclose(traced.logits(TEXTS, batch_size=2), eager.logits(TEXTS, batch_size=2), atol=1e-2)
 
 
+def test_bf16_batches_are_padded_to_few_shapes_with_the_same_logits(runs: dict[str, Path],
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 products are compiled per shape on a CPU: token counts are padded to multiples of 8, which the mask hides."""
+    host(monkeypatch, {"avx512f", "avx512_bf16", "amx_bf16"})
+    predictor = PredictorEngine(runs["clf"]).predictor
+    lengths: list[int] = []
+    pad = predictor.tokenizer.pad
+    monkeypatch.setattr(predictor.tokenizer, "pad", lambda *a, **kw: (out := pad(*a, **kw), lengths.append(
+        out["input_ids"].shape[1]))[0])
+    padded = predictor.logits(TEXTS, batch_size=2)
+    assert lengths and all(n % hardware.BF16_PAD_MULTIPLE == 0 for n in lengths)
+    predictor.pad_multiple = None
+    np.testing.assert_allclose(padded, predictor.logits(TEXTS, batch_size=2), atol=2e-2)
+
+
 def test_a_model_that_strays_in_bf16_is_not_served(runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     host(monkeypatch, {"avx512f", "avx512_bf16", "amx_bf16"})
     monkeypatch.setattr(bf16_engine, "MAX_LOGIT_GAP", -1.0)  # every bf16 model "differs"

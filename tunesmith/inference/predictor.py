@@ -55,6 +55,7 @@ class Predictor:
         self.graph: Any = None  # a traced forward (the bf16 engine's): (inputs as in `graph_inputs`) -> logits
         self.graph_inputs: list[str] = []
         self.batch_tokens = MAX_BATCH_TOKENS  # padded tokens per forward pass
+        self.pad_multiple: int | None = None  # token counts padded up to a multiple of this (bf16)
         onnx_model = onnx_model or self.run.model_dir / ONNX_MODEL
         if onnx_model.is_file():
             from transformers import AutoTokenizer
@@ -84,15 +85,19 @@ class Predictor:
         self.session, self.backend, self.device = None, "torch", device
         self.graph, self.graph_inputs = None, []
         self.batch_tokens = MAX_BATCH_TOKENS if device == "cpu" else GPU_BATCH_TOKENS
+        self.pad_multiple = None
         self.model = model.to(device).eval()
         return self
 
     def to_bf16(self) -> Predictor:
         """The PyTorch weights cast to bf16 in place (inference/bf16_engine.py says where that pays), with the
-        micro-batches bf16 runs best at on a CPU."""
+        micro-batches bf16 runs best at on a CPU, padded to few shapes (models/hardware.py: BF16_PAD_MULTIPLE)."""
         import torch
 
+        from tunesmith.models.hardware import BF16_PAD_MULTIPLE
+
         self.model.to(torch.bfloat16)
+        self.pad_multiple = BF16_PAD_MULTIPLE
         if self.device == "cpu":
             self.batch_tokens = BF16_BATCH_TOKENS
         return self
@@ -107,7 +112,7 @@ class Predictor:
         import torch
 
         with torch.inference_mode():
-            batch = self.tokenizer.pad(features, return_tensors="pt").to(self.device)
+            batch = self.tokenizer.pad(features, pad_to_multiple_of=self.pad_multiple, return_tensors="pt").to(self.device)
             if self.graph is not None:
                 return self.graph(*(batch[name] for name in self.graph_inputs)).float().cpu().numpy()
             return self.model(**batch).logits.float().cpu().numpy()

@@ -10,6 +10,13 @@ from pathlib import Path
 
 import torch
 
+# Batches in bf16 are padded to a multiple of this many tokens. On a CPU bf16 products run on oneDNN kernels
+# compiled for each new shape (about 1.5 ms each), and padding to each batch's longest text makes nearly every batch
+# a new shape; with multiples of 8 they stay few and cached (GPUs' tensor cores want multiples of 8 as well).
+# Measured on an AMX host: the demo trained 1.20x faster for 3.5% more tokens, same test accuracy; bf16 serving
+# 1.1x the texts/s
+BF16_PAD_MULTIPLE = 8
+
 
 @cache
 def cpu_flags() -> frozenset[str]:

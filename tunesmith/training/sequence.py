@@ -11,6 +11,7 @@ import numpy as np
 from tunesmith.artifacts import MODEL_DIR, DatasetVersion, Run, RunManifest
 from tunesmith.config import LOWER_IS_BETTER, SEQUENCE_METRICS, ProjectConfig, TaskType
 from tunesmith.errors import ConfigError, DataError
+from tunesmith.models.hardware import BF16_PAD_MULTIPLE
 from tunesmith.training.dataset import ensure_dataset
 from tunesmith.training.encoder_attention import use_for_cpu_training
 from tunesmith.training.run import (
@@ -25,12 +26,6 @@ from tunesmith.training.run import (
     standard_callbacks,
     start_run,
 )
-
-# Under bf16, batches are padded to a multiple of this many tokens. bf16 products run on oneDNN kernels that are
-# compiled for each new shape (about 1.5 ms each, a dozen shapes a step), and dynamic padding makes nearly every
-# batch a new shape; 8 keeps the shapes few enough to stay cached: the demo trained 1.20x faster on an AMX host for
-# 3.5% more tokens, same test accuracy (GPUs' tensor cores want multiples of 8 too)
-BF16_PAD_MULTIPLE = 8
 
 
 def check_labels(version: DatasetVersion) -> None:
