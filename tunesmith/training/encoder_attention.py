@@ -13,7 +13,7 @@ on a CPU those whole-tensor passes are about a tenth of a training step. Here th
 Long batches run a few rows at a time (SCORES_BYTES), so the scores stay in cache and are never one
 allocation of tens of megabytes. Under bf16 autocast the scores, probabilities and their gradients stay bf16:
 PyTorch's CPU softmax kernels accumulate in fp32, so the probabilities equal eager's (an fp32 softmax, its mask
-promotes the scores) rounded to bf16 as eager rounds them for the product with v, without the four score-sized
+promotes the scores) rounded to bf16 as eager rounds them for the product with v, without the five score-sized
 casts a layer's forward and backward took (about a tenth of a step on an AMX host, where the products are fast).
 PyTorch's fused CPU kernel (SDPA) is no alternative for training: at this head size its backward is about
 12x its forward, and its math fallback spends a tenth of the step on mask handling.
