@@ -1,6 +1,7 @@
 """Encoder attention for CPU training (training/encoder_attention.py): exact gradients, the same logits and
 gradients as transformers' eager attention on a padded batch (fp32, and under bf16 autocast within bf16's
-precision; a fully masked row stays finite in bf16), eager's code for what it does not model, used by sequence training and never saved."""
+precision; a fully masked row stays finite in bf16), eager's code for what it does not model, used by sequence
+training and never saved."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def test_the_gradients_are_exact() -> None:
 
 def test_bf16_keeps_a_row_with_every_key_masked_finite() -> None:
     """In bf16 fp32's most negative mask value would round to -inf, and a row masked whole to NaN; eager's fp32
-    softmax gives it uniform weights (a packed row's padding queries can be such rows)."""
+    softmax gives it uniform weights (a padding mask never masks a whole row; a mask built otherwise may)."""
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, 6, 4, requires_grad=True) for _ in range(3))
     mask = torch.zeros(2, 1, 6, 6)

@@ -99,8 +99,13 @@ def test_bf16_batches_are_padded_to_few_shapes_with_the_same_logits(runs: dict[s
     predictor = PredictorEngine(runs["clf"]).predictor
     lengths: list[int] = []
     pad = predictor.tokenizer.pad
-    monkeypatch.setattr(predictor.tokenizer, "pad", lambda *a, **kw: (out := pad(*a, **kw), lengths.append(
-        out["input_ids"].shape[1]))[0])
+
+    def recorded_pad(*args, **kwargs):
+        batch = pad(*args, **kwargs)
+        lengths.append(batch["input_ids"].shape[1])
+        return batch
+
+    monkeypatch.setattr(predictor.tokenizer, "pad", recorded_pad)
     padded = predictor.logits(TEXTS, batch_size=2)
     assert lengths and all(n % hardware.BF16_PAD_MULTIPLE == 0 for n in lengths)
     predictor.pad_multiple = None
