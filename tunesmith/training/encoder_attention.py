@@ -15,6 +15,8 @@ allocation of tens of megabytes. Under bf16 autocast the scores, probabilities a
 PyTorch's CPU softmax kernels accumulate in fp32, so the probabilities equal eager's (an fp32 softmax, its mask
 promotes the scores) rounded to bf16 as eager rounds them for the product with v, without the five score-sized
 casts a layer's forward and backward took (about a tenth of a step on an AMX host, where the products are fast).
+Equal bit for bit when a row's length is a multiple of the vector width (32 bf16 numbers with AVX-512); otherwise
+the row's tail is summed in another order and about 1 probability in 100,000 is one bf16 step away (Zen 4).
 PyTorch's fused CPU kernel (SDPA) is no alternative for training: at this head size its backward is about
 12x its forward, and its math fallback spends a tenth of the step on mask handling.
 
