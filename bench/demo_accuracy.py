@@ -6,7 +6,9 @@ Trainer's").
 
 - plain Trainer: the best-configured one of `bench/train_bench.py` (`AutoModelForSequenceClassification`, dynamic
   padding, length-grouped batches, fp32), with the demo's epochs, learning rate, batch size and seed, validated each
-  epoch and keeping the best checkpoint by validation accuracy, as `tunesmith train` keeps its best;
+  epoch and keeping the best checkpoint by validation accuracy, as `tunesmith train` keeps its best; seeded before
+  its model is built, as transformers' examples do (Trainer seeds only in its constructor, after the new head's random
+  init);
 - tunesmith: `tunesmith train examples/food_reviews.yaml` (what `make demo` runs; or `--run` an existing demo run).
 
 Both are scored on the test split by the same code (`tunesmith evaluate`'s accuracy and macro F1). Prints the wall time of
@@ -51,6 +53,7 @@ def plain_trainer(dataset: Path, cfg: Any, model_dir: Path, work: Path, seed: in
         DataCollatorWithPadding,
         Trainer,
         TrainingArguments,
+        set_seed,
     )
 
     import datasets
@@ -62,6 +65,7 @@ def plain_trainer(dataset: Path, cfg: Any, model_dir: Path, work: Path, seed: in
         rows = rows.select_columns(["text", "label_id"]).rename_column("label_id", "label")
         splits[split] = rows.map(lambda b: tokenizer(b["text"], truncation=True, max_length=cfg.model.max_length),
                                  batched=True)
+    set_seed(seed)  # before the model, as transformers' run_glue.py does: the new head's init is part of the draw
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=len(cfg.task.labels))
 
     def metrics(p: Any) -> dict[str, float]:

@@ -171,6 +171,7 @@ def hf_classifier(spec: dict[str, Any], side: dict[str, Any], timer: Any) -> dic
         DataCollatorWithPadding,
         Trainer,
         TrainingArguments,
+        set_seed,
     )
 
     import datasets
@@ -188,6 +189,7 @@ def hf_classifier(spec: dict[str, Any], side: dict[str, Any], timer: Any) -> dic
             return tokenizer(batch["text"], truncation=True, max_length=max_length)
         collator = DataCollatorWithPadding(tokenizer)
     train = rows.map(tokenize, batched=True)
+    set_seed(42)  # before the model, as run_glue.py does: Trainer seeds only after the new head's random init
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=spec["num_labels"],
                                                                attn_implementation="sdpa")
     args = TrainingArguments(
