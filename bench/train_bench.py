@@ -233,7 +233,7 @@ def trl_side(spec: dict[str, Any], side: dict[str, Any], timer: Any) -> dict[str
     mean conversation length, so a step sees about as many tokens as tunesmith's batch of conversations."""
     import torch
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
     from trl import SFTConfig, SFTTrainer
 
     import datasets
@@ -248,6 +248,7 @@ def trl_side(spec: dict[str, Any], side: dict[str, Any], timer: Any) -> dict[str
 
     train, val = pretokenized("train"), pretokenized("validation")
     mean_tokens = statistics.fmean(len(ids) for ids in train["input_ids"])
+    set_seed(42)  # SFTTrainer adds the LoRA adapter before Trainer's constructor seeds: its random init is part of the draw
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
     peft_config = None
     if side["method"] == "lora":
