@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).parent / "results" / "train_bench.json"
 CLASSIFY_CONFIG, CHAT_CONFIG = ROOT / "examples" / "food_reviews.yaml", ROOT / "examples" / "chatterbot_chat.yaml"
 BASELINE, CHAT_BASELINE = "hf-dynamic", {"tunesmith-chat-full": "trl-full", "tunesmith-chat-lora": "trl-lora"}
+HF_SEED = 42  # the plain Trainer's and TRL's training seed, set before their models are built and given to the Trainer
 TARGETS = {"speedup_bf16": 1.8, "speedup_fp32": 1.25, "share": 0.6, "lora_vs_full": 1.3, "chat_speedup": 1.5}
 
 # What each side is. "kind" picks the child's code; "model" picks the ceiling shapes.
@@ -189,12 +190,12 @@ def hf_classifier(spec: dict[str, Any], side: dict[str, Any], timer: Any) -> dic
             return tokenizer(batch["text"], truncation=True, max_length=max_length)
         collator = DataCollatorWithPadding(tokenizer)
     train = rows.map(tokenize, batched=True)
-    set_seed(42)  # before the model, as run_glue.py does: Trainer seeds only after the new head's random init
+    set_seed(HF_SEED)  # before the model, as run_glue.py does: Trainer seeds only after the new head's random init
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=spec["num_labels"],
                                                                attn_implementation="sdpa")
     args = TrainingArguments(
         output_dir=str(Path(spec["work"]) / "hf" / spec["side"]), per_device_train_batch_size=spec["batch_size"],
-        max_steps=spec["warmup"] + spec["steps"], learning_rate=5e-5, seed=42, report_to="none",
+        max_steps=spec["warmup"] + spec["steps"], learning_rate=5e-5, seed=HF_SEED, report_to="none",
         save_strategy="no",  # a throughput run: the final save is not a training step (and is not timed either way)
         bf16=side["bf16"], use_cpu=spec["device"] == "cpu",
         train_sampling_strategy="group_by_length" if side["group"] else "random",
@@ -248,7 +249,7 @@ def trl_side(spec: dict[str, Any], side: dict[str, Any], timer: Any) -> dict[str
 
     train, val = pretokenized("train"), pretokenized("validation")
     mean_tokens = statistics.fmean(len(ids) for ids in train["input_ids"])
-    set_seed(42)  # SFTTrainer adds the LoRA adapter before Trainer's constructor seeds: its random init is part of the draw
+    set_seed(HF_SEED)  # SFTTrainer adds the LoRA adapter before Trainer's constructor seeds: its init is part of the draw
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="sdpa")
     peft_config = None
     if side["method"] == "lora":
@@ -257,7 +258,7 @@ def trl_side(spec: dict[str, Any], side: dict[str, Any], timer: Any) -> dict[str
     args = SFTConfig(
         output_dir=str(Path(spec["work"]) / "trl" / spec["side"]), per_device_train_batch_size=1,
         max_length=int(spec["chat_batch_size"] * mean_tokens), packing=True, padding_free=True,
-        max_steps=spec["warmup"] + spec["steps"], learning_rate=CHAT_LR[side["method"]], seed=42,
+        max_steps=spec["warmup"] + spec["steps"], learning_rate=CHAT_LR[side["method"]], seed=HF_SEED,
         report_to="none", save_strategy="no", bf16=spec["native_bf16"], use_cpu=spec["device"] == "cpu",
         per_device_eval_batch_size=spec["chat_batch_size"],
     )
