@@ -6,13 +6,15 @@ machine:
 1. the plain transformers `pipeline("text-classification")` called one text at a time (the baseline),
 2. `tunesmith serve RUN` under 32 concurrent clients, each sending one review per request: onnxruntime fp32 (the run
    converted once; the default engine on a CPU without native bf16), `--classifier-engine torch` (PyTorch fp32) and,
-   where the CPU computes bf16 natively (AMX or AVX512-BF16), `--classifier-engine torch-bf16` (the default there),
+   where the CPU computes bf16 natively (AMX or AVX512-BF16), `--classifier-engine openvino-bf16` (the default there)
+   and `--classifier-engine torch-bf16`,
 3. the same server on the run's `onnx-int8` export,
 4. the `onnx-int8` export against fp32 (onnxruntime and PyTorch) on the same batch (speed) and on the test
    split (accuracy),
 5. the roofline: this machine's fp32, bf16 (where native) and int8 matmul peaks against the model's GFLOP per text, the
    most texts/s any server could compute here. Each peak is the best measured, before and after the servers,
-   on one 2048 x 2048 product and on the model's own forward products, through PyTorch and onnxruntime.
+   on one 2048 x 2048 product and on the model's own forward products, through PyTorch, onnxruntime and (bf16)
+   OpenVINO.
 
 Targets (issue 14; a server cannot beat the arithmetic, so the yardstick is the roofline, not the
 pipeline): the default engine at 32 clients >= 75% of the roofline of its precision (fp32, or bf16 where it serves in
@@ -163,15 +165,23 @@ def served_throughput(path: Path, texts: list[str], clients: int, *extra: str) -
         proc.wait(timeout=30)
 
 
+def bf16_predictors(run: Path) -> dict[str, object]:
+    """The run's two bf16 engines (where the CPU has native bf16): OpenVINO's and PyTorch's."""
+    from tunesmith.artifacts import Run
+    from tunesmith.inference import bf16_engine, openvino_engine
+
+    return {"bf16 OpenVINO": openvino_engine.openvino_predictor(Run(run)), "bf16 PyTorch": bf16_engine.bf16_predictor(Run(run))}
+
+
 def batch_speed(run: Path, export: Path, texts: list[str], bf16: bool, repeats: int = 7) -> dict[str, float]:
     """Seconds per batch of `texts` for the run in PyTorch fp32, on onnxruntime fp32, the int8 ONNX export and (`bf16`)
-    PyTorch in bf16: best of `repeats`, taking turns so that a drift in the host's speed hits all alike."""
+    in bf16 on OpenVINO and PyTorch: best of `repeats`, taking turns so that a drift in the host's speed hits all alike."""
     from tunesmith.artifacts import Run
-    from tunesmith.inference import bf16_engine, onnx_engine
+    from tunesmith.inference import onnx_engine
     from tunesmith.inference.predictor import Predictor
 
     preds = {"fp32 PyTorch": Predictor(run), "fp32 onnxruntime": Predictor(run, onnx_model=onnx_engine.onnx_model(Run(run))),
-             "int8 onnxruntime": Predictor(export)} | ({"bf16 PyTorch": bf16_engine.bf16_predictor(Run(run))} if bf16 else {})
+             "int8 onnxruntime": Predictor(export)} | (bf16_predictors(run) if bf16 else {})
     times: dict[str, list[float]] = {name: [] for name in preds}
     for _ in range(repeats + 1):  # the first round warms up
         for name, pred in preds.items():
@@ -186,7 +196,8 @@ def matmul_peaks(model_dir: Path, bf16: bool, repeats: int = 5) -> dict[str, dic
     product, and the model's own forward products (one layer's linear layers, FLOP-weighted, 512 and 2048 tokens:
     the best of the two); fp32 in PyTorch and in onnxruntime (their kernels differ per CPU), int8 through
     onnxruntime's dynamically quantised MatMul (the kernel the onnx-int8 export runs), and (`bf16`) bf16 in PyTorch
-    (the torch-bf16 engine's kernel). The roofline takes the best of each precision.
+    (the torch-bf16 engine's kernel) and in OpenVINO (the fp32 MatMul graph compiled for bf16, as the openvino-bf16
+    engine compiles the model). The roofline takes the best of each precision.
 
     Each way is timed alone: PyTorch first for every shape, then each onnxruntime session, closed before the next
     one runs. An onnxruntime session's threads keep spinning for a while after a run, and interleaved with them
@@ -199,6 +210,7 @@ def matmul_peaks(model_dir: Path, bf16: bool, repeats: int = 5) -> dict[str, dic
     from onnx import TensorProto, helper, numpy_helper
 
     from tunesmith.export.onnx import quantize_int8
+    from tunesmith.inference import openvino_engine
     from tunesmith.inference.predictor import _onnx_session
 
     def seconds(step: Callable[[], object]) -> float:
@@ -237,6 +249,11 @@ def matmul_peaks(model_dir: Path, bf16: bool, repeats: int = 5) -> dict[str, dic
                 spent[way][m, k, n] = seconds(lambda session=session: session.run(["y"], {"x": x}))
                 del session
                 gc.collect()  # the session's thread pool goes with it, before the next way is timed
+            if bf16:
+                compiled = openvino_engine.compile_model(source)
+                spent.setdefault("bf16 OpenVINO", {})[m, k, n] = seconds(lambda c=compiled: c.run(["y"], {"x": x}))
+                del compiled
+                gc.collect()
     return {way: {name: sum(2.0 * m * k * n * count for m, k, n, count in products)
                   / sum(times[m, k, n] * count for m, k, n, count in products) / 1e9
                   for name, products in shapes.items()}
@@ -268,13 +285,9 @@ def gflop_per_text(run: Path, texts: list[str]) -> float | None:
     return sum(per_text) / len(per_text) / 1e9
 
 
-def accuracy(path: Path, texts: list[str], labels: list[str], bf16: bool = False) -> float:
-    """Test accuracy as served: fp32 PyTorch (an ONNX export: onnxruntime), or the bf16 engine's predictor."""
-    from tunesmith.artifacts import Run
-    from tunesmith.inference.bf16_engine import bf16_predictor
-    from tunesmith.inference.predictor import Predictor
-
-    pred = (bf16_predictor(Run(path)) if bf16 else Predictor(path)).predict(texts)
+def accuracy(predictor: object, texts: list[str], labels: list[str]) -> float:
+    """Test accuracy of a Predictor (fp32 PyTorch, an ONNX export on onnxruntime, or a bf16 engine's)."""
+    pred = predictor.predict(texts)  # type: ignore[attr-defined]
     return sum(a == b for a, b in zip(pred.labels, labels, strict=True)) / len(labels)
 
 
@@ -290,6 +303,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the served setups, taking turns (best kept)")
     args = parser.parse_args()
     from tunesmith.artifacts import DatasetVersion, Run
+    from tunesmith.inference.predictor import Predictor
     from tunesmith.inference.serve_cache import chain
     from tunesmith.models import hardware
 
@@ -304,7 +318,7 @@ def main() -> int:
         subprocess.run([*TS, "export", str(run), "--format", "onnx-int8", "--out", str(export)], check=True)
 
         info = ceiling.host()
-        # where the torch-bf16 engine serves (and auto takes it): the engine's own test of the CPU
+        # where the bf16 engines serve (and auto takes OpenVINO's): the engines' own test of the CPU
         bf16 = hardware.native_bf16()
         print(f"machine: {os.cpu_count()} cores; run {run}; {len(texts)} requests per measurement", flush=True)
         model_dir = next(f for f in chain(Run(run)) if (f / "config.json").is_file())
@@ -319,8 +333,9 @@ def main() -> int:
                    ("--classifier-engine", "torch"), "fp32"),
                   (f"serve onnx-int8 export, {args.clients} clients", export, (), "int8")]
         if bf16:
-            setups.insert(0, (f"serve bf16 (torch-bf16, the default), {args.clients} clients", run,
-                              ("--classifier-engine", "torch-bf16"), "bf16"))
+            setups[:0] = [(f"serve bf16 (openvino-bf16, the default), {args.clients} clients", run,
+                           ("--classifier-engine", "openvino-bf16"), "bf16"),
+                          (f"serve bf16 (torch-bf16), {args.clients} clients", run, ("--classifier-engine", "torch-bf16"), "bf16")]
         default = setups[0][0] if bf16 else onnx_fp32  # the engine auto takes on this CPU
         served: dict[str, tuple[float, list[float]]] = {}
         for _ in range(args.rounds):  # the setups take turns; each keeps its best round, as the peaks do
@@ -334,9 +349,9 @@ def main() -> int:
         batch = batch_speed(run, export, texts[:32], bf16)
         gold = test.column("label").to_pylist()
         test_texts = test.column("text").to_pylist()
-        acc = {"fp32": accuracy(run, test_texts, gold), "int8": accuracy(export, test_texts, gold)}
+        acc = {"fp32": accuracy(Predictor(run), test_texts, gold), "int8": accuracy(Predictor(export), test_texts, gold)}
         if bf16:
-            acc["bf16"] = accuracy(run, test_texts, gold, bf16=True)
+            acc |= {way: accuracy(pred, test_texts, gold) for way, pred in bf16_predictors(run).items()}
 
     rows = [("pipeline, 1 text per call", base_rps, pct(base_lat, 50), pct(base_lat, 99), None)]
     for name, _, _, kind in setups:
@@ -352,7 +367,7 @@ def main() -> int:
     fp32_s, int8_s = batch["fp32 onnxruntime"], batch["int8 onnxruntime"]
     print("\nbatch of 32: " + ", ".join(f"{name} {t * 1000:.0f} ms" for name, t in batch.items())
           + f"; int8 {fp32_s / int8_s:.2f}x onnxruntime fp32, {batch['fp32 PyTorch'] / int8_s:.2f}x PyTorch fp32"
-          + (f"; bf16 {fp32_s / batch['bf16 PyTorch']:.2f}x onnxruntime fp32" if bf16 else ""))
+          + "".join(f"; {way} {fp32_s / batch[way]:.2f}x onnxruntime fp32" for way in batch if way.startswith("bf16")))
     lost = ", ".join(f"{kind} {100 * (acc['fp32'] - a):+.2f} points" for kind, a in acc.items() if kind != "fp32")
     print("test accuracy: " + ", ".join(f"{kind} {a:.4f}" for kind, a in acc.items()) + f"; lost against fp32: {lost}")
     print("matmul GFLOP/s (before / after the servers): " + "; ".join(

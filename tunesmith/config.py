@@ -541,7 +541,7 @@ class ServeSpec(Spec):
     max_texts_per_request: int = Field(256, ge=1)  # /v1/predict batch limit
     max_text_chars: int = Field(20_000, ge=1)  # one text; the model truncates at its max_length anyway
     max_tokens: int = Field(512, ge=1)  # cap on generated tokens per chat/completion request
-    classifier_engine: Literal["auto", "torch-bf16", "onnxruntime", "torch"] = "auto"  # auto: a classifier in bf16 on a CPU with native bf16 (minilm: 2x onnxruntime fp32 with AMX, 1.2-1.4x on Zen 4; fp32's labels), else onnxruntime fp32 on a CPU (the run converted to ONNX once, PyTorch's predictions, 1.25x PyTorch on minilm), PyTorch on a GPU or where neither applies
+    classifier_engine: Literal["auto", "openvino-bf16", "torch-bf16", "onnxruntime", "torch"] = "auto"  # auto: a classifier in bf16 on a CPU with native bf16, on OpenVINO (minilm on Zen 4: 1.36x PyTorch's bf16, 1.7x onnxruntime fp32; fp32's labels), else PyTorch's (2x onnxruntime fp32 with AMX), else onnxruntime fp32 on a CPU (the run converted to ONNX once, PyTorch's predictions, 1.25x PyTorch on minilm), PyTorch on a GPU or where neither applies
     chat_engine: Literal["auto", "llama.cpp", "ctranslate2", "transformers"] = "auto"  # auto: llama.cpp (F16, the run's greedy answers, 4x+ faster on a CPU, continuous batching), else CTranslate2 int8, else transformers
     chat_kv_tokens: int = Field(16384, ge=256)  # llama.cpp: KV cache all concurrent answers of a chat model share (~380 MB on SmolLM2-135M); requests wait for room, and no answer runs longer
     registry_poll_s: float = Field(1.0, gt=0)  # `serve --model`: how often the store is asked what is in production

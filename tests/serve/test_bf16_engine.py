@@ -13,7 +13,7 @@ import torch
 from tests.test_train import project
 from tunesmith.cli import run as cli
 from tunesmith.errors import ConfigError
-from tunesmith.inference import bf16_engine, onnx_engine
+from tunesmith.inference import bf16_engine, onnx_engine, openvino_engine
 from tunesmith.inference.serve_cache import CACHE_DIR, FINGERPRINT
 from tunesmith.models import hardware
 from tunesmith.serve.models import PredictorEngine
@@ -31,6 +31,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> dict[str,
         (tmp / name).mkdir()
         out[name] = train(project(tmp / name, tiny_bert, task=task, train_spec={"max_steps": 20, **spec}))
     return out
+
+
+@pytest.fixture(autouse=True)
+def no_openvino(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto takes OpenVINO first on CPUs with native bf16 (test_openvino_engine.py); these tests are about PyTorch's bf16."""
+    monkeypatch.setattr(openvino_engine, "unavailable", lambda run: "not under test")
 
 
 def host(monkeypatch: pytest.MonkeyPatch, flags: set[str]) -> None:

@@ -60,7 +60,7 @@ def test_models_are_listed_with_openai_fine_tune_names(client: openai.OpenAI) ->
     assert sorted(m.id.split(":")[2] for m in models) == ["tiny", "tiny-chat", "tiny-chat", "tiny-chat"]
     assert len({m.id for m in models}) == 4  # same project name, different runs: the hash tells them apart
     engines = sorted(m.engine for m in models)  # what answers: the classifier's engine depends on the host's CPU
-    assert engines[1:] == ["transformers"] * 3 and engines[0] in ("onnxruntime fp32", "torch bf16")
+    assert engines[1:] == ["transformers"] * 3 and engines[0] in ("onnxruntime fp32", "openvino bf16", "torch bf16")
 
 
 def test_predict_one_text_and_a_batch(server: str) -> None:

@@ -43,15 +43,16 @@ class Predictor:
     model/model.onnx exists (an ONNX export), from onnxruntime on the CPU: same inputs, same outputs."""
 
     def __init__(self, run_dir: str | Path, device: str | None = None, onnx_model: Path | None = None,
-                 merge: bool = False) -> None:
+                 merge: bool = False, session: Any = None) -> None:
         """`onnx_model`: an ONNX graph of this run to run instead of its PyTorch weights (what `tunesmith serve`
-        converts the run into, inference/onnx_engine.py). `merge`: an adapter folded into the weights (plain
-        products, as `to_bf16` wants)."""
+        converts the run into, inference/onnx_engine.py), on onnxruntime unless `session` (the graph compiled by
+        another runtime: `run(outputs, feed)` and `input_names()`, inference/openvino_engine.py) runs it.
+        `merge`: an adapter folded into the weights (plain products, as `to_bf16` wants)."""
         self.run = Run(run_dir)
         self.manifest = self.run.manifest
         self.task = TaskType(self.manifest.task)
         self.model: Any = None
-        self.session: Any = None  # onnxruntime.InferenceSession of an ONNX export
+        self.session: Any = None  # onnxruntime.InferenceSession of an ONNX graph (or another runtime's, `session`)
         self.graph: Any = None  # a traced forward (the bf16 engine's): (inputs as in `graph_inputs`) -> logits
         self.graph_inputs: list[str] = []
         self.batch_tokens = MAX_BATCH_TOKENS  # padded tokens per forward pass
@@ -63,8 +64,8 @@ class Predictor:
             self.backend = "onnx"
             self.device = "cpu"
             self.tokenizer = AutoTokenizer.from_pretrained(self.run.model_dir)
-            self.session = _onnx_session(onnx_model)
-            self._onnx_inputs = [i.name for i in self.session.get_inputs()]
+            self.session = session if session is not None else _onnx_session(onnx_model)
+            self._onnx_inputs = session.input_names() if session is not None else [i.name for i in self.session.get_inputs()]
             return
         import torch
 

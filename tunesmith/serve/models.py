@@ -67,25 +67,31 @@ def model_id(run: Run) -> tuple[str, str]:
 
 class PredictorEngine:
     """A classification/regression run answering label/probability dicts: with `engine` auto, a classifier in bf16
-    on PyTorch on a CPU with native bf16 (AMX or AVX512-BF16; inference/bf16_engine.py), else on onnxruntime (the
-    run converted once), else on PyTorch in fp32; or the engine named; an ONNX export runs as it is."""
+    on a CPU with native bf16 (AMX or AVX512-BF16): on OpenVINO (inference/openvino_engine.py), else on PyTorch
+    (inference/bf16_engine.py); else on onnxruntime (the run converted once), else on PyTorch in fp32; or the engine
+    named; an ONNX export runs as it is."""
 
     def __init__(self, run_dir: Path, engine: str = "auto") -> None:
-        from tunesmith.inference import bf16_engine, onnx_engine
+        from tunesmith.inference import bf16_engine, onnx_engine, openvino_engine
         from tunesmith.inference.predictor import ONNX_MODEL, Predictor
 
         run = Run(run_dir)
         chosen, built, reasons = None, None, []
         if not (run.model_dir / ONNX_MODEL).is_file():  # an ONNX export runs as it is
             chosen, built, reasons = first_engine(run, "--classifier-engine", engine, "torch", {
+                openvino_engine.NAME: (openvino_engine.unavailable, lambda: openvino_engine.openvino_predictor(run)),
                 bf16_engine.NAME: (bf16_engine.unavailable, lambda: bf16_engine.bf16_predictor(run)),
                 "onnxruntime": (onnx_engine.unavailable, lambda: onnx_engine.onnx_model(run))})
-        self.predictor = built if chosen == bf16_engine.NAME else Predictor(run_dir, onnx_model=built)
+        built_predictor = chosen in (openvino_engine.NAME, bf16_engine.NAME)
+        self.predictor = built if built_predictor else Predictor(run_dir, onnx_model=built)
         self.labels = self.predictor.run.manifest.labels
-        self.name = {bf16_engine.NAME: "torch bf16", "onnxruntime": "onnxruntime fp32"}.get(
+        self.name = {openvino_engine.NAME: "openvino bf16", bf16_engine.NAME: "torch bf16", "onnxruntime": "onnxruntime fp32"}.get(
             chosen, "onnxruntime (ONNX export)" if self.predictor.backend == "onnx" else "torch fp32")
-        if chosen == bf16_engine.NAME:
-            print(f"{run.manifest.name}: engine PyTorch (bf16 weights, a CPU with native bf16)", flush=True)
+        if chosen == openvino_engine.NAME:
+            print(f"{run.manifest.name}: engine OpenVINO (bf16, a CPU with native bf16)", flush=True)
+        elif chosen == bf16_engine.NAME:
+            passed = "".join(f"; {name}: {why}" for name, why in reasons)  # OpenVINO's, where auto passed it over
+            print(f"{run.manifest.name}: engine PyTorch (bf16 weights, a CPU with native bf16{passed})", flush=True)
         elif chosen == "onnxruntime":
             print(f"{run.manifest.name}: engine onnxruntime (fp32) from {built.parent}", flush=True)
         elif reasons:
@@ -214,7 +220,8 @@ def first_engine(run: Run, option: str, wanted: str, fallback: str,
     """The first of `engines` (name -> (why it cannot take the run, or None; what builds it)) that serves the run, or
     the one `wanted` names: (its name, what it built, []). With `wanted` "auto", (None, None, [(name, why not), ...])
     when none can, and the caller falls back to `fallback`; an engine named by `option` that cannot raises instead.
-    `wanted` naming none of `engines` (the fallback itself) tries none."""
+    An engine found after others were passed over comes with their reasons. `wanted` naming none of `engines` (the
+    fallback itself) tries none."""
     reasons: list[tuple[str, str]] = []
     for engine, (unavailable, build) in engines.items():
         if wanted not in ("auto", engine):
@@ -222,7 +229,7 @@ def first_engine(run: Run, option: str, wanted: str, fallback: str,
         reason = unavailable(run)
         if reason is None:
             try:
-                return engine, build(), []
+                return engine, build(), reasons
             except Exception as err:  # noqa: BLE001 - auto falls back to the next engine, saying why
                 if wanted != "auto":
                     raise
