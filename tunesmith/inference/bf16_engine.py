@@ -4,7 +4,8 @@ Why: on an Intel Xeon with AMX (2 cores, minilm, the packaged reviews in batches
 bf16 ran 2x its own fp32 and 1.9x onnxruntime's fp32 (the default where bf16 is emulated), and the 497 test reviews got
 the same labels as in fp32 (README, Performance). On an AMD Zen 4 (AVX512-BF16, no AMX) it ran 1.27x onnxruntime's
 fp32 on a batch, 1.4x (median of 8 alternating pairs, all 8 won) on 400 reviews in the server's batches and 1.19x
-served at 32 clients, with the same test accuracy. So `auto` takes it wherever the CPU multiplies bf16 natively.
+served at 32 clients, with the same test accuracy. OpenVINO in bf16 (inference/openvino_engine.py) served 1.4x this
+engine on Zen 4, so `auto` takes this one where the CPU multiplies bf16 natively and OpenVINO cannot serve the run.
 
 The forward pass runs as a traced, frozen TorchScript graph: one call that holds the GIL only to start, where eager
 PyTorch takes it back between its hundreds of operators. In a server the event loop holds the GIL between requests,
