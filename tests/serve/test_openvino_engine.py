@@ -4,6 +4,7 @@ its values, and passed over by auto (to PyTorch's bf16) when it cannot serve."""
 
 from __future__ import annotations
 
+import shutil
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,8 +13,10 @@ import numpy as np
 import pytest
 
 from tests.test_train import project
+from tunesmith.cli import run as cli
 from tunesmith.errors import ConfigError
-from tunesmith.inference import openvino_engine
+from tunesmith.inference import onnx_engine, openvino_engine
+from tunesmith.inference.serve_cache import CACHE_DIR, FINGERPRINT
 from tunesmith.models import hardware
 from tunesmith.serve.models import PredictorEngine
 from tunesmith.training import train
@@ -108,3 +111,19 @@ def test_a_model_that_strays_in_bf16_or_no_openvino_goes_to_the_next_engine(runs
     assert openvino_engine.unavailable(openvino_engine.Run(runs["clf"])).startswith("openvino is not installed")
     assert PredictorEngine(runs["clf"]).name == "torch bf16"
     assert "openvino-bf16: openvino is not installed" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not BF16_HERE, reason="this CPU has neither AMX nor AVX512-BF16: OpenVINO would compute fp32")
+def test_serve_prepare_leaves_the_graph_hosts_without_bf16_serve(runs: dict[str, Path], tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """OpenVINO compiles the run's fp32 ONNX graph at each start: an image prepared on a host with native bf16 carries
+    the graph onnxruntime serves on hosts without it."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["clf"], run, ignore=shutil.ignore_patterns(CACHE_DIR))
+    assert cli(["serve", str(run), "--prepare"]) == 0
+    assert "engine OpenVINO (bf16, a CPU with native bf16)" in capsys.readouterr().out
+    fingerprint = run / CACHE_DIR / onnx_engine.CACHE_NAME / FINGERPRINT
+    stamp = fingerprint.stat().st_mtime_ns
+    host(monkeypatch, {"avx2"})
+    assert PredictorEngine(run).name == "onnxruntime fp32" and fingerprint.stat().st_mtime_ns == stamp  # found converted

@@ -253,8 +253,9 @@ def load(paths: Sequence[str | Path], loader: ModelLoader | None = None) -> list
 
 def prepare(paths: Sequence[str | Path], spec: ServeSpec) -> Iterator[tuple[Served, list[str]]]:
     """Load every run as a server start would, converting what this host's engines need (`serve --prepare`), and
-    for each classifier the fp32 ONNX graph too where auto serves it in bf16 or on a GPU here: onnxruntime is what
-    auto takes on every CPU without native bf16, and an image is often built on another host than the ones it runs on.
+    for each classifier the fp32 ONNX graph too where auto serves it on PyTorch here (in bf16, or on a GPU; OpenVINO's
+    bf16 compiles that graph itself): onnxruntime is what auto takes on every CPU without native bf16, and an image is
+    often built on another host than the ones it runs on.
     Yields each model with notes on what was converted besides (or why not: those hosts then serve it on PyTorch)."""
     import torch
 
