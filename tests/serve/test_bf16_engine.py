@@ -10,27 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_train import project
 from tunesmith.cli import run as cli
 from tunesmith.errors import ConfigError
 from tunesmith.inference import bf16_engine, onnx_engine, openvino_engine
 from tunesmith.inference.serve_cache import CACHE_DIR, FINGERPRINT
 from tunesmith.models import hardware
 from tunesmith.serve.models import PredictorEngine
-from tunesmith.training import train
 
 TEXTS = ["great wonderful friendly food", "terrible stale bitter", "", "ok " * 40, "Ünïcödé 123"]
-
-
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> dict[str, Path]:
-    tmp = tmp_path_factory.mktemp("bf16-engine")
-    out = {}
-    for name, task, spec in (("clf", None, {}), ("lora", None, {"method": "lora", "learning_rate": 5e-3}),
-                             ("reg", {"type": "regression"}, {})):
-        (tmp / name).mkdir()
-        out[name] = train(project(tmp / name, tiny_bert, task=task, train_spec={"max_steps": 20, **spec}))
-    return out
 
 
 @pytest.fixture(autouse=True)
@@ -46,16 +33,16 @@ def host(monkeypatch: pytest.MonkeyPatch, flags: set[str]) -> None:
 @pytest.mark.parametrize(("name", "flags"), [("clf", {"avx512f", "avx512_bf16", "amx_bf16"}),  # Intel with AMX
                                              ("lora", {"avx512f", "avx512_bf16"})])  # Zen 4/5: AVX512-BF16 without AMX
 def test_auto_serves_a_classifier_in_bf16_on_native_bf16_cpus_with_fp32s_labels(
-        runs: dict[str, Path], name: str, flags: set[str], monkeypatch: pytest.MonkeyPatch,
+        classifier_runs: dict[str, Path], name: str, flags: set[str], monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
     host(monkeypatch, flags)
-    engine = PredictorEngine(runs[name])
+    engine = PredictorEngine(classifier_runs[name])
     assert "engine PyTorch (bf16 weights" in capsys.readouterr().out
     model = engine.predictor.model
     assert engine.predictor.backend == "torch" and {p.dtype for p in model.parameters()} == {torch.bfloat16}
     assert engine.name == "torch bf16" and engine.predictor.graph is not None  # the traced forward pass answers
     assert not any("lora_" in n for n, _ in model.named_parameters())  # the adapter merged: plain products
-    fp32 = PredictorEngine(runs[name], engine="torch").predictor
+    fp32 = PredictorEngine(classifier_runs[name], engine="torch").predictor
     assert {p.dtype for p in fp32.model.parameters()} == {torch.float32}
     ours, theirs = engine.predictor.logits(TEXTS), fp32.logits(TEXTS)
     assert ours.dtype == np.float32 and not np.array_equal(ours, theirs)  # really computed in bf16
@@ -65,44 +52,44 @@ def test_auto_serves_a_classifier_in_bf16_on_native_bf16_cpus_with_fp32s_labels(
     assert all(sum(a["probabilities"].values()) == pytest.approx(1, abs=1e-4) for a in answers)
 
 
-def test_auto_keeps_onnxruntime_without_native_bf16_and_regression_in_fp32(runs: dict[str, Path],
+def test_auto_keeps_onnxruntime_without_native_bf16_and_regression_in_fp32(classifier_runs: dict[str, Path],
                                                                           monkeypatch: pytest.MonkeyPatch,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
     host(monkeypatch, {"avx2", "avx512f", "avx512_vnni"})  # AVX-512 without bf16 (or AVX2 only): emulated
-    assert PredictorEngine(runs["clf"]).predictor.backend == "onnx"
+    assert PredictorEngine(classifier_runs["clf"]).predictor.backend == "onnx"
     host(monkeypatch, {"avx512f", "avx512_bf16", "amx_bf16"})
-    assert PredictorEngine(runs["reg"]).predictor.backend == "onnx"
+    assert PredictorEngine(classifier_runs["reg"]).predictor.backend == "onnx"
     assert "bf16 weights" not in capsys.readouterr().out
 
 
-def test_asked_for_by_name_it_serves_with_native_bf16_and_refuses_without(runs: dict[str, Path],
+def test_asked_for_by_name_it_serves_with_native_bf16_and_refuses_without(classifier_runs: dict[str, Path],
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     host(monkeypatch, {"avx512f", "avx512_bf16"})
-    engine = PredictorEngine(runs["clf"], engine=bf16_engine.NAME)
+    engine = PredictorEngine(classifier_runs["clf"], engine=bf16_engine.NAME)
     assert next(engine.predictor.model.parameters()).dtype == torch.bfloat16
     with pytest.raises(ConfigError, match=r"reg/run: cannot serve with --classifier-engine torch-bf16: a regression run"):
-        PredictorEngine(runs["reg"], engine=bf16_engine.NAME)
+        PredictorEngine(classifier_runs["reg"], engine=bf16_engine.NAME)
     host(monkeypatch, {"avx2"})
     with pytest.raises(ConfigError, match=r"neither AMX nor AVX512-BF16.*use --classifier-engine torch"):
-        PredictorEngine(runs["clf"], engine=bf16_engine.NAME)
+        PredictorEngine(classifier_runs["clf"], engine=bf16_engine.NAME)
 
 
-def test_a_traced_graph_that_strays_from_eager_is_not_used(runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+def test_a_traced_graph_that_strays_from_eager_is_not_used(classifier_runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     host(monkeypatch, {"avx512f", "avx512_bf16", "amx_bf16"})
-    traced = PredictorEngine(runs["clf"]).predictor
+    traced = PredictorEngine(classifier_runs["clf"]).predictor
     monkeypatch.setattr(bf16_engine, "MAX_GRAPH_GAP", -1.0)  # every traced graph "differs"
-    eager = PredictorEngine(runs["clf"]).predictor
+    eager = PredictorEngine(classifier_runs["clf"]).predictor
     assert "bf16 runs eagerly (its traced graph's logits differ from eager's" in capsys.readouterr().out
     assert eager.graph is None and next(eager.model.parameters()).dtype == torch.bfloat16
     np.testing.assert_allclose(traced.logits(TEXTS, batch_size=2), eager.logits(TEXTS, batch_size=2), atol=1e-2)
 
 
-def test_bf16_batches_are_padded_to_few_shapes_with_the_same_logits(runs: dict[str, Path],
+def test_bf16_batches_are_padded_to_few_shapes_with_the_same_logits(classifier_runs: dict[str, Path],
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """bf16 products are compiled per shape on a CPU: token counts are padded to multiples of 8, which the mask hides."""
     host(monkeypatch, {"avx512f", "avx512_bf16", "amx_bf16"})
-    predictor = PredictorEngine(runs["clf"]).predictor
+    predictor = PredictorEngine(classifier_runs["clf"]).predictor
     lengths: list[int] = []
     pad = predictor.tokenizer.pad
 
@@ -118,22 +105,22 @@ def test_bf16_batches_are_padded_to_few_shapes_with_the_same_logits(runs: dict[s
     np.testing.assert_allclose(padded, predictor.logits(TEXTS, batch_size=2), atol=2e-2)
 
 
-def test_a_model_that_strays_in_bf16_is_not_served(runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_model_that_strays_in_bf16_is_not_served(classifier_runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     host(monkeypatch, {"avx512f", "avx512_bf16", "amx_bf16"})
     monkeypatch.setattr(bf16_engine, "MAX_LOGIT_GAP", -1.0)  # every bf16 model "differs"
-    engine = PredictorEngine(runs["clf"])
+    engine = PredictorEngine(classifier_runs["clf"])
     assert engine.predictor.backend == "onnx"  # auto went on to the next engine
     with pytest.raises(ConfigError, match=r"its logits in bf16 differ from fp32's"):
-        PredictorEngine(runs["clf"], engine=bf16_engine.NAME)
+        PredictorEngine(classifier_runs["clf"], engine=bf16_engine.NAME)
 
 
-def test_serve_prepare_with_bf16_also_converts_the_onnx_graph_other_hosts_serve(runs: dict[str, Path], tmp_path: Path,
+def test_serve_prepare_with_bf16_also_converts_the_onnx_graph_other_hosts_serve(classifier_runs: dict[str, Path], tmp_path: Path,
                                                                                monkeypatch: pytest.MonkeyPatch,
                                                                                capsys: pytest.CaptureFixture[str]) -> None:
     """An image built on a host with native bf16 (`serve --prepare`) and run on one without: that host's start finds
     its graph."""
     run = tmp_path / "run"
-    shutil.copytree(runs["clf"], run, ignore=shutil.ignore_patterns(CACHE_DIR))
+    shutil.copytree(classifier_runs["clf"], run, ignore=shutil.ignore_patterns(CACHE_DIR))
     host(monkeypatch, {"avx512f", "avx512_bf16", "amx_bf16"})
     assert cli(["serve", str(run), "--prepare"]) == 0
     out = capsys.readouterr().out
