@@ -61,7 +61,7 @@ def bf16_predictor(run: Run) -> Any:
     predictor = Predictor(run.path, device="cpu", merge=True)  # loaded once: fp32's logits first, then cast
     reference = predictor.logits(CHECK_TEXTS)
     logits = predictor.to_bf16().logits(CHECK_TEXTS)
-    gap = _gap(logits, reference)
+    gap = logit_gap(logits, reference)
     if not gap <= MAX_LOGIT_GAP * max(1.0, float(np.abs(reference).max())):
         raise ConfigError(f"{run.path}: its logits in bf16 differ from fp32's by {gap:.2g}")
     why_not = trace(predictor, logits)
@@ -70,7 +70,8 @@ def bf16_predictor(run: Run) -> Any:
     return predictor
 
 
-def _gap(a: Any, b: Any) -> float:
+def logit_gap(a: Any, b: Any) -> float:
+    """The largest difference between two sets of logits (inf where `a` has a NaN or an infinity)."""
     import numpy as np
 
     return float(np.abs(a - b).max()) if np.isfinite(a).all() else float("inf")
@@ -106,7 +107,7 @@ def trace(predictor: Any, eager: Any) -> str | None:
         return f"no trace: {type(err).__name__}: {err}"
     predictor.graph, predictor.graph_inputs = graph, names
     scale = MAX_GRAPH_GAP * max(1.0, float(np.abs(eager).max()))
-    gap = max(_gap(predictor.logits(CHECK_TEXTS, batch_size=size), eager) for size in (1, 3, len(CHECK_TEXTS)))
+    gap = max(logit_gap(predictor.logits(CHECK_TEXTS, batch_size=size), eager) for size in (1, 3, len(CHECK_TEXTS)))
     if not gap <= scale:
         predictor.graph, predictor.graph_inputs = None, []
         return f"its traced graph's logits differ from eager's by {gap:.2g}"

@@ -15,22 +15,20 @@ fp32 under this engine's name, and at load the logits are compared with the fp32
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from tunesmith.artifacts import Run
 from tunesmith.errors import ConfigError
+from tunesmith.inference import bf16_engine
 from tunesmith.inference.onnx_engine import CHECK_TEXTS
 
 NAME = "openvino-bf16"
-MAX_LOGIT_GAP = 0.05  # as the PyTorch bf16 engine's: bf16 moves logits by about 1% of their size; a broken kernel is far off
+MAX_LOGIT_GAP = bf16_engine.MAX_LOGIT_GAP  # the same bf16 arithmetic as PyTorch's engine, the same bound
 
 
 def unavailable(run: Run) -> str | None:
     """Why the run is not served on OpenVINO in bf16 here, or None."""
-    from tunesmith.inference import bf16_engine
-
     why = bf16_engine.unavailable(run)  # the same conditions: a CPU with native bf16, a classifier
     if why:
         return why
@@ -46,11 +44,8 @@ class Session:
 
     def __init__(self, compiled: Any) -> None:
         self.compiled = compiled
-        self.names = [i.get_any_name() for i in compiled.inputs]
+        self.input_names = [i.get_any_name() for i in compiled.inputs]
         self.precision = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()  # "bf16", "f32"
-
-    def input_names(self) -> list[str]:
-        return self.names
 
     def run(self, outputs: list[str], feed: dict[str, Any]) -> list[Any]:
         # a request per call: requests are not thread-safe, the compiled model is, and creating one costs microseconds
@@ -63,9 +58,10 @@ def compile_model(path: Path, precision: str = "bf16") -> Session:
     sends one batch at a time per model)."""
     import openvino
 
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from tunesmith.models.hardware import cpu_cores
+
     compiled = openvino.Core().compile_model(str(path), "CPU", {
-        "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
+        "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": cpu_cores()})
     return Session(compiled)
 
 
@@ -83,7 +79,7 @@ def openvino_predictor(run: Run) -> Any:
     predictor = Predictor(run.path, onnx_model=path, session=session)
     reference = Predictor(run.path, onnx_model=path).logits(CHECK_TEXTS)  # onnxruntime fp32: PyTorch's logits
     logits = predictor.logits(CHECK_TEXTS)
-    gap = float(np.abs(logits - reference).max()) if np.isfinite(logits).all() else float("inf")
+    gap = bf16_engine.logit_gap(logits, reference)
     if not gap <= MAX_LOGIT_GAP * max(1.0, float(np.abs(reference).max())):
         raise ConfigError(f"{run.path}: its logits on OpenVINO in bf16 differ from fp32's by {gap:.2g}")
     return predictor

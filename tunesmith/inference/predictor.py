@@ -46,7 +46,7 @@ class Predictor:
                  merge: bool = False, session: Any = None) -> None:
         """`onnx_model`: an ONNX graph of this run to run instead of its PyTorch weights (what `tunesmith serve`
         converts the run into, inference/onnx_engine.py), on onnxruntime unless `session` (the graph compiled by
-        another runtime: `run(outputs, feed)` and `input_names()`, inference/openvino_engine.py) runs it.
+        another runtime: `run(outputs, feed)` and `input_names`, inference/openvino_engine.py) runs it.
         `merge`: an adapter folded into the weights (plain products, as `to_bf16` wants)."""
         self.run = Run(run_dir)
         self.manifest = self.run.manifest
@@ -65,7 +65,7 @@ class Predictor:
             self.device = "cpu"
             self.tokenizer = AutoTokenizer.from_pretrained(self.run.model_dir)
             self.session = session if session is not None else _onnx_session(onnx_model)
-            self._onnx_inputs = session.input_names() if session is not None else [i.name for i in self.session.get_inputs()]
+            self._onnx_inputs = session.input_names if session is not None else [i.name for i in self.session.get_inputs()]
             return
         import torch
 
@@ -170,13 +170,13 @@ def to_predictions(m: RunManifest, logits: np.ndarray) -> Predictions:
 
 def _onnx_session(path: Path) -> Any:
     """An onnxruntime CPU session using every core (onnxruntime is imported only for ONNX exports)."""
-    import os
+    from tunesmith.models.hardware import cpu_cores
 
     try:
         import onnxruntime as ort
     except ImportError:  # pragma: no cover - a dependency of tunesmith
         raise DataError(f"{path}: an ONNX export needs onnxruntime; pip install onnxruntime") from None
     options = ort.SessionOptions()
-    options.intra_op_num_threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    options.intra_op_num_threads = cpu_cores()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])

@@ -5,6 +5,7 @@ Training (bf16 autocast) and serving (a classifier in bf16) both ask; neither im
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 
@@ -19,6 +20,11 @@ BF16_PAD_MULTIPLE = 8
 
 
 @cache
+def cpu_cores() -> int:
+    """The cores this process may run on (its affinity, where the OS says; a container's share, not the host's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def cpu_flags() -> frozenset[str]:
     """The flags of /proc/cpuinfo's first processor (empty where there is none: not Linux)."""
     try:
