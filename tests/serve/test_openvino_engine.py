@@ -56,6 +56,28 @@ def test_concurrent_batches_get_their_own_answers(classifier_runs: dict[str, Pat
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.skipif(not BF16_HERE, reason="this CPU has neither AMX nor AVX512-BF16: OpenVINO would compute fp32")
+def test_micro_batches_are_padded_to_few_shapes_without_changing_the_answers(classifier_runs: dict[str, Path]) -> None:
+    predictor = PredictorEngine(classifier_runs["clf"], engine=openvino_engine.NAME).predictor
+    inner, lengths = predictor.session, []
+
+    class Recording:
+        input_names = inner.input_names
+
+        def run(self, outputs: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+            lengths.append(feed["input_ids"].shape[1])
+            return inner.run(outputs, feed)
+
+    predictor.session = Recording()
+    padded = predictor.logits(TEXTS, batch_size=1)
+    assert lengths and all(n % hardware.BF16_PAD_MULTIPLE == 0 for n in lengths)
+    predictor.pad_multiple, lengths[:] = None, []
+    unpadded = predictor.logits(TEXTS, batch_size=1)
+    assert any(n % hardware.BF16_PAD_MULTIPLE for n in lengths)  # the texts' own lengths are not all multiples
+    np.testing.assert_allclose(padded, unpadded, atol=0.05 * max(1.0, float(np.abs(unpadded).max())))
+    assert (padded.argmax(1) == unpadded.argmax(1)).all()
+
+
 def test_auto_passes_it_over_without_native_bf16_and_for_regression(classifier_runs: dict[str, Path],
                                                                      monkeypatch: pytest.MonkeyPatch,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:

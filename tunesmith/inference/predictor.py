@@ -104,9 +104,9 @@ class Predictor:
         return self
 
     def _forward(self, features: list[dict[str, list[int]]]) -> np.ndarray:
-        """Logits of one micro-batch of tokenized texts (padded to its longest)."""
+        """Logits of one micro-batch of tokenized texts (padded to its longest, rounded up to `pad_multiple`)."""
         if self.session is not None:
-            batch = self.tokenizer.pad(features, return_tensors="np")
+            batch = self.tokenizer.pad(features, pad_to_multiple_of=self.pad_multiple, return_tensors="np")
             from tunesmith.models.onnx_graph import onnx_feed
 
             return np.asarray(self.session.run(["logits"], onnx_feed(batch, self._onnx_inputs))[0], dtype=np.float32)
