@@ -20,7 +20,6 @@ import atexit
 import contextlib
 import gc
 import json
-import os
 import shutil
 import tempfile
 import weakref
@@ -30,6 +29,7 @@ from typing import Any
 
 from tunesmith.artifacts import Run
 from tunesmith.inference.decode_queue import QueuedChatModel, Request
+from tunesmith.models.hardware import cpu_cores
 from tunesmith.inference.serve_cache import architecture_config, converted
 from tunesmith.tasks import chat
 
@@ -124,7 +124,7 @@ class CT2ChatModel(QueuedChatModel):
         import ctranslate2
 
         super().__init__(tokenizer, stop_token_ids, context, name, max_batch, wait_ms)
-        threads = threads or len(os.sched_getaffinity(0))
+        threads = threads or cpu_cores()  # the process's cores (its affinity where the OS has one)
         # One batch at a time on every core: batching, not parallel batches, is what raises throughput on a CPU.
         self.compute_type = compute_type or CPU_COMPUTE_TYPE
         self.model = ctranslate2.Generator(str(model_dir), device="cpu", compute_type=self.compute_type, inter_threads=1,

@@ -28,6 +28,7 @@ import numpy as np
 from tunesmith.artifacts import Run
 from tunesmith.errors import ConfigError
 from tunesmith.inference.decode_queue import QueuedChatModel, Request
+from tunesmith.models.hardware import cpu_cores
 from tunesmith.inference.serve_cache import architecture_config, converted
 from tunesmith.tasks import chat
 
@@ -108,7 +109,7 @@ class LlamaCppChatModel(QueuedChatModel):
         self.lc = lc
         self.folder = Path(gguf_file).parent
         self.precision = WEIGHTS
-        self.threads = threads or len(os.sched_getaffinity(0))
+        self.threads = threads or cpu_cores()  # the process's cores (its affinity where the OS has one)
         self.model = lc.llama_model_load_from_file(str(gguf_file).encode(), lc.llama_model_default_params())
         if not self.model:
             raise ConfigError(f"{gguf_file}: llama.cpp could not load this GGUF file (its log above says why)")
