@@ -54,15 +54,15 @@ class Session:
         return [result[self.compiled.output(name)] for name in outputs]
 
 
-def compile_model(path: Path, precision: str = "bf16") -> Session:
+def compile_model(path: Path, precision: str = "bf16", **config: Any) -> Session:
     """The ONNX graph compiled for this CPU: `precision` inside, one stream using every core (latency: the server
-    sends one batch at a time per model)."""
+    sends one batch at a time per model); `config`, further OpenVINO properties (the benchmark's PERF_COUNT)."""
     import openvino
 
     from tunesmith.models.hardware import cpu_cores
 
     compiled = openvino.Core().compile_model(str(path), "CPU", {
-        "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": cpu_cores()})
+        "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": cpu_cores(), **config})
     return Session(compiled)
 
 
