@@ -29,8 +29,8 @@ from typing import Any
 
 from tunesmith.artifacts import Run
 from tunesmith.inference.decode_queue import QueuedChatModel, Request
-from tunesmith.models.hardware import cpu_cores
 from tunesmith.inference.serve_cache import architecture_config, converted
+from tunesmith.models.hardware import cpu_cores
 from tunesmith.tasks import chat
 
 # int8 weights, float32 elsewhere: 4x less memory traffic than float32 (decoding is bound by it), on every CPU

@@ -28,8 +28,8 @@ import numpy as np
 from tunesmith.artifacts import Run
 from tunesmith.errors import ConfigError
 from tunesmith.inference.decode_queue import QueuedChatModel, Request
-from tunesmith.models.hardware import cpu_cores
 from tunesmith.inference.serve_cache import architecture_config, converted
+from tunesmith.models.hardware import cpu_cores
 from tunesmith.tasks import chat
 
 WEIGHTS = "f16"  # the GGUF's matrices: exact greedy answers (Q8_0 is ~15% faster and parts from them on a third of prompts)
