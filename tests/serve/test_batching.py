@@ -44,3 +44,27 @@ def test_a_request_is_queued_when_submitted_not_on_a_later_turn() -> None:
         assert batcher.idle
 
     asyncio.run(scenario())
+
+
+def test_a_full_batch_goes_at_once_and_a_partial_one_waits_for_company() -> None:
+    batches: list[list[str]] = []
+
+    def run(key: object, payloads: list[str]) -> list[str]:
+        batches.append(list(payloads))
+        return [p.upper() for p in payloads]
+
+    async def scenario() -> None:
+        # a window of a minute: only a full batch can be answered within the test's 10 s
+        batcher = DynamicBatcher(run, max_batch=3, wait_ms=60_000, max_queue=8, executor=ThreadPoolExecutor(1))
+        answers = [batcher.submit("m", "tea")]
+        await asyncio.sleep(0.05)  # the window is open, the batch not full: nothing runs yet
+        assert batches == [] and batcher.depth == 1
+        answers += [batcher.submit("other", "juice"), batcher.submit("m", "milk")]  # another model's does not fill it
+        await asyncio.sleep(0.05)
+        assert batches == []
+        answers.append(batcher.submit("m", "sugar"))
+        assert await asyncio.wait_for(asyncio.gather(answers[0], answers[2], answers[3]), 10) == ["TEA", "MILK", "SUGAR"]
+        assert batches == [["tea", "milk", "sugar"]]
+        answers[1].cancel()
+
+    asyncio.run(scenario())

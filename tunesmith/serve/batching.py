@@ -1,7 +1,8 @@
 """Dynamic batching: concurrent requests for one model share a forward pass.
 
 The first waiting request opens a short window (`wait_ms`); whatever arrives for the same model
-and the same settings (`key`) joins it, up to `max_batch` items. The batch runs in a worker thread
+and the same settings (`key`) joins it, up to `max_batch` items, and a full batch goes at once rather
+than when the window ends (as Triton's dynamic batcher does). The batch runs in a worker thread
 (torch releases the GIL), so the event loop keeps accepting requests meanwhile. The queue is
 bounded: when it is full, `submit` raises Overloaded at once instead of letting latency grow
 without limit, and the HTTP layer answers 503 with Retry-After.
@@ -10,6 +11,7 @@ without limit, and the HTTP layer answers 503 with Retry-After.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,6 +55,8 @@ class DynamicBatcher:
         self.pending: list[_Item] = []
         self.stats = BatchStats()
         self._wake: asyncio.Event | None = None
+        self._full: asyncio.Event | None = None  # set when the open window's key has a full batch waiting
+        self._window_key: Hashable | None = None
         self._task: asyncio.Task[None] | None = None
         self.last_batch_s = 0.1  # how long a batch took lately: the basis of Retry-After
         self.in_flight = 0  # items taken from `pending` whose batch is running
@@ -68,7 +72,7 @@ class DynamicBatcher:
 
     def _start(self) -> None:
         if self._task is None or self._task.done():
-            self._wake = asyncio.Event()
+            self._wake, self._full = asyncio.Event(), asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
     def submit(self, key: Hashable, payload: Any, size: int = 1) -> asyncio.Future[Any]:
@@ -83,20 +87,29 @@ class DynamicBatcher:
             raise Overloaded(max(1, round(batches_ahead * self.last_batch_s)))
         item = _Item(key, payload, asyncio.get_running_loop().create_future(), size)
         self.pending.append(item)
-        assert self._wake is not None
+        assert self._wake is not None and self._full is not None
         self._wake.set()
+        if key == self._window_key and self._waiting(key) >= self.max_batch:
+            self._full.set()
         return item.future
 
+    def _waiting(self, key: Hashable) -> int:
+        return sum(i.size for i in self.pending if i.key == key)
+
     async def _loop(self) -> None:
-        assert self._wake is not None
+        assert self._wake is not None and self._full is not None
         loop = asyncio.get_running_loop()
         while True:
             if not self.pending:
                 self._wake.clear()
                 await self._wake.wait()
             first = self.pending[0]
-            if self.wait_s and len(self.pending) < self.max_batch:
-                await asyncio.sleep(self.wait_s)  # the window: let concurrent requests join
+            if self.wait_s and self._waiting(first.key) < self.max_batch:
+                self._window_key = first.key  # the window: let concurrent requests join, until the batch is full
+                self._full.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self.wait_s)
+                self._window_key = None
             batch, count = [], 0
             for item in list(self.pending):
                 if item.key == first.key and (not batch or count + item.size <= self.max_batch):
