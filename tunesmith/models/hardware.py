@@ -25,6 +25,7 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+@cache
 def cpu_flags() -> frozenset[str]:
     """The flags of /proc/cpuinfo's first processor (empty where there is none: not Linux)."""
     try:
