@@ -131,3 +131,23 @@ def test_saved_adapter_is_peft_format_and_loads_back(tmp_path: Path, tiny_bert: 
     base = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=3)
     loaded = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
     torch.testing.assert_close(loaded(input_ids=ids).logits, expected)
+
+
+@pytest.mark.parametrize("method", ["lora", "dora"])
+def test_a_model_stored_in_bf16_trains_without_autocast(tiny_bert: Path, method: str) -> None:
+    """transformers loads a checkpoint in its stored dtype and PEFT keeps a bf16 model's adapters in fp32: PEFT's
+    input casts must stay on there (without autocast the first adapted layer multiplied bf16 inputs by fp32
+    weights and raised), and off for a model in one dtype, where autocast casts once."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=3, dtype=torch.bfloat16)
+    model = apply_method(model, TrainSpec(method=method), PeftSpec(r=4, dropout=0.0)).train()
+    out = model(input_ids=torch.randint(5, 100, (2, 7)), labels=torch.tensor([0, 2]))
+    out.loss.backward()
+    trained = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+    assert trained and torch.isfinite(out.loss) and all(p.grad is not None and p.grad.isfinite().all() for p in trained)
+
+    fp32 = peft_model(tiny_bert, "bert", method=method)  # the usual case keeps its single autocast cast
+    assert not any(m.cast_input_dtype_enabled for m in fp32.modules() if isinstance(m, BaseTunerLayer))

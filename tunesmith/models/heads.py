@@ -42,12 +42,13 @@ class MeanPoolingForSequenceClassification(PreTrainedModel):
 
     @classmethod
     def from_encoder(cls, config: PretrainedConfig, model_dir: Any) -> MeanPoolingForSequenceClassification:
-        """A new head on a pre-trained encoder (the head is initialised, the encoder loaded)."""
-        model = cls(config)
+        """A new head on a pre-trained encoder (the head is initialised, the encoder loaded), in fp32 whatever the
+        checkpoint's dtype (the encoder would follow a bf16 checkpoint's config)."""
+        model = cls(config).float()
         try:
-            encoder = AutoModel.from_pretrained(model_dir, add_pooling_layer=False)
+            encoder = AutoModel.from_pretrained(model_dir, add_pooling_layer=False, dtype=torch.float32)
         except TypeError:
-            encoder = AutoModel.from_pretrained(model_dir)
+            encoder = AutoModel.from_pretrained(model_dir, dtype=torch.float32)
         model.encoder.load_state_dict(encoder.state_dict())
         return model
 

@@ -57,7 +57,10 @@ HIDDEN_DROPOUT_KEYS = ("hidden_dropout_prob", "dropout", "resid_pdrop", "embd_pd
 
 def load_for_sequence_task(model_dir: Path, task: TaskType, labels: list[str] | None, pooling: str = "auto",
                            attention_dropout: float | None = None, hidden_dropout: float | None = None) -> Any:
-    """A new head on the base model; `attention_dropout` and `hidden_dropout` replace the model's own where given."""
+    """A new head on the base model, in fp32 whatever dtype its checkpoint is stored in (transformers would keep a
+    bf16 checkpoint's: bf16 master weights drop most small updates; autocast gives bf16 speed on fp32 weights).
+    `attention_dropout` and `hidden_dropout` replace the model's own where given."""
+    import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     config = AutoConfig.from_pretrained(model_dir)
@@ -88,6 +91,6 @@ def load_for_sequence_task(model_dir: Path, task: TaskType, labels: list[str] | 
                 setattr(config, key, value)
             config.tunesmith_pooling = "mean"
             return MeanPoolingForSequenceClassification.from_encoder(config, model_dir)
-        return AutoModelForSequenceClassification.from_pretrained(model_dir, **kwargs)
+        return AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32, **kwargs)
     finally:
         hf_logging.set_verbosity(verbosity)

@@ -94,9 +94,13 @@ def apply_method(model: Any, train: TrainSpec, peft_spec: PeftSpec, causal_lm: b
     model = peft.get_peft_model(model, config)
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    for module in model.modules():  # under bf16 autocast PEFT would cast each adapted input to fp32 and back
-        if isinstance(module, BaseTunerLayer):  # (two copies per layer, a sixth of a LoRA step); autocast does it once
-            module.cast_input_dtype_enabled = False
+    # Under bf16 autocast PEFT would cast each adapted input to fp32 and back (two copies per layer, a sixth of a
+    # LoRA step); autocast does it once. Only for a model in one dtype: PEFT keeps the adapters of a model stored in
+    # bf16 (transformers loads a checkpoint's own dtype) in fp32, and without autocast its casts let the two meet.
+    if len({p.dtype for p in model.parameters()}) == 1:
+        for module in model.modules():
+            if isinstance(module, BaseTunerLayer):
+                module.cast_input_dtype_enabled = False
     if method == "lora":
         from tunesmith.training.fused_lora import fuse_lora_layers
 

@@ -1,0 +1,28 @@
+"""models/sequence.py: the base model a sequence task trains from."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunesmith.config import TaskType
+from tunesmith.models.sequence import load_for_sequence_task
+
+
+@pytest.mark.parametrize("pooling", ["native", "mean"])
+def test_a_checkpoint_stored_in_bf16_trains_on_fp32_weights(tmp_path: Path, tiny_bert: Path, pooling: str) -> None:
+    """Many hub checkpoints are stored in bf16 and transformers keeps a checkpoint's dtype: trained as loaded, a
+    2e-5 AdamW step would round away on most bf16 weights. The model comes back in fp32, values unchanged."""
+    from transformers import BertModel
+
+    shutil.copytree(tiny_bert, tmp_path / "bf16")
+    BertModel.from_pretrained(tiny_bert, dtype=torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    assert BertModel.from_pretrained(tmp_path / "bf16").embeddings.word_embeddings.weight.dtype == torch.bfloat16
+
+    model = load_for_sequence_task(tmp_path / "bf16", TaskType.single_label, ["a", "b"], pooling=pooling)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    stored = BertModel.from_pretrained(tmp_path / "bf16").embeddings.word_embeddings.weight
+    torch.testing.assert_close(model.get_input_embeddings().weight, stored.float(), rtol=0, atol=0)
