@@ -68,3 +68,26 @@ def test_a_full_batch_goes_at_once_and_a_partial_one_waits_for_company() -> None
         answers[1].cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_failing_batch_fails_only_its_callers_and_the_batcher_goes_on() -> None:
+    """Also when the model answers the wrong number of results: zip(strict) raised in the batcher's loop, which died
+    with the batch's callers left waiting for their timeout."""
+    def run(key: object, payloads: list[str]) -> list[str]:
+        if "boom" in payloads:
+            raise RuntimeError("out of memory")
+        if "short" in payloads:
+            return []
+        return [p.upper() for p in payloads]
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher(run, max_batch=2, wait_ms=5, max_queue=8, executor=ThreadPoolExecutor(1))
+        answers = [batcher.submit("m", "tea"), batcher.submit("m", "boom"), batcher.submit("m", "milk"),
+                   batcher.submit("other", "short")]
+        got = await asyncio.wait_for(asyncio.gather(*answers, return_exceptions=True), 5)
+        assert [type(a).__name__ for a in got] == ["RuntimeError", "RuntimeError", "str", "RuntimeError"]
+        assert str(got[0]) == "out of memory" and got[2] == "MILK"
+        assert str(got[3]) == "the model answered 0 results for a batch of 1 requests"
+        assert await asyncio.wait_for(batcher.submit("m", "sugar"), 5) == "SUGAR" and batcher.idle
+
+    asyncio.run(scenario())

@@ -3,7 +3,10 @@ PyTorch where the conversion cannot be trusted (auto) or a refusal (asked for by
 
 from __future__ import annotations
 
+import os
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +14,11 @@ import onnx
 import pytest
 
 from tests.test_train import project
+from tunesmith.artifacts import Run
 from tunesmith.cli import run as cli
 from tunesmith.errors import ConfigError
 from tunesmith.inference import onnx_engine
-from tunesmith.inference.serve_cache import CACHE_DIR, FINGERPRINT
+from tunesmith.inference.serve_cache import CACHE_DIR, FINGERPRINT, converted
 from tunesmith.models import hardware
 from tunesmith.serve.models import PredictorEngine
 from tunesmith.training import train
@@ -101,3 +105,46 @@ def test_an_onnx_export_is_served_as_it_is(runs: dict[str, Path], tmp_path: Path
     engine = PredictorEngine(tmp_path / "exported")
     assert engine.predictor.backend == "onnx" and not (tmp_path / "exported" / CACHE_DIR).exists()
     assert engine.name == "onnxruntime (ONNX export)"
+
+
+def test_first_requests_converting_at_once_convert_once_and_all_find_it(runs: dict[str, Path], tmp_path: Path) -> None:
+    """Side by side, each conversion renamed the other's folder away: FileNotFoundError, "Directory not empty", or
+    a path whose graph was gone."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["clf"], run, ignore=shutil.ignore_patterns(CACHE_DIR))
+    calls = []
+
+    def convert(folder: Path) -> None:
+        calls.append(folder)
+        time.sleep(0.2)
+        (folder / onnx_engine.ONNX_FILE).write_text("graph")
+
+    def first_request(_: int) -> str:
+        return (converted(Run(run), "graph", "v1", convert) / onnx_engine.ONNX_FILE).read_text()
+
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(first_request, range(4))) == ["graph"] * 4
+    assert len(calls) == 1
+
+
+def test_a_read_only_run_serves_the_conversion_prepared_in_it(runs: dict[str, Path], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve --prepare`, then the run mounted read-only: it was converted again into the user's cache folder."""
+    run = tmp_path / "run"
+    shutil.copytree(runs["clf"], run, ignore=shutil.ignore_patterns(CACHE_DIR))
+
+    def convert(folder: Path) -> None:
+        (folder / onnx_engine.ONNX_FILE).write_text("graph")
+
+    prepared = converted(Run(run), "graph", "v1", convert)
+    access = os.access
+
+    def read_only_run(path: str | Path, mode: int, **kw: object) -> bool:
+        return False if Path(path) == run and mode == os.W_OK else access(path, mode, **kw)
+
+    monkeypatch.setattr(os, "access", read_only_run)
+    monkeypatch.setenv("TUNESMITH_CACHE", str(tmp_path / "cache"))
+    assert converted(Run(run), "graph", "v1", lambda folder: pytest.fail("converted again")) == prepared
+    assert not (tmp_path / "cache").exists()
+    stale = converted(Run(run), "graph", "v2", convert)  # another converter: the user's cache, not the run
+    assert stale.is_relative_to(tmp_path / "cache") and (stale / onnx_engine.ONNX_FILE).is_file()

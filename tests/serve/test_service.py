@@ -112,6 +112,29 @@ def test_timeout_answers_504() -> None:
     assert isinstance(err, ServiceError) and err.status == 504
 
 
+def test_a_failing_forward_pass_answers_500_in_the_api_shape_and_the_model_keeps_serving() -> None:
+    """It was raised through the service: a bare text/plain "Internal Server Error", uncounted in /metrics."""
+    class Failing(FakeClassifier):
+        def predict(self, texts: list[str]) -> list[dict[str, Any]]:
+            if "boom" in texts:
+                raise RuntimeError("out of memory")
+            return super().predict(texts)
+
+    class FailingChat(FakeChat):
+        def generate(self, prompts: list[str], **params: Any) -> list[Any]:
+            raise RuntimeError("decode failed")
+
+    service = Service([served("sequence", Failing(), "clf"), served("chat", FailingChat(), "bot")],
+                      ServeSpec(batch_wait_ms=0))
+    err = run(service.predict(p.PredictRequest(text="boom")))
+    assert isinstance(err, ServiceError) and (err.status, err.type) == (500, "server_error")
+    assert err.message == "prediction failed: RuntimeError: out of memory"
+    assert service.metrics.version_errors.labels("ft:base:clf:abc", "abc")._value.get() == 1
+    assert run(service.predict(p.PredictRequest(text="good"))).predictions[0].label == "pos"
+    err = run(service.generate(p.CompletionRequest(model="bot", prompt="hi")))
+    assert isinstance(err, ServiceError) and err.status == 500 and "decode failed" in err.message
+
+
 @pytest.mark.parametrize(("req", "status", "param"), [
     (p.PredictRequest(text="   "), 400, "text"),
     (p.PredictRequest(texts=[]), 400, "texts"),

@@ -3,7 +3,8 @@
 `<run>/.serve-cache/<name>/` holds the conversion and a fingerprint of what it was made from (run.json's
 bytes, each weight file's name, size and time, the converter's version). It is converted again only when the
 fingerprint changes, into a scratch folder renamed into place, so a half-written conversion is never served.
-A read-only run folder (a mounted volume) caches in the user's cache folder instead.
+A read-only run folder (a mounted volume) caches in the user's cache folder instead, unless it holds a current
+conversion (`tunesmith serve --prepare`). One conversion at a time per folder: the others wait and use it.
 """
 
 from __future__ import annotations
@@ -62,24 +63,36 @@ def fingerprint(run: Run, converter: str) -> str:
 def converted(run: Run, name: str, converter: str, convert: Callable[[Path], None]) -> Path:
     """The folder `name` of `run`'s cache, made now by `convert(folder)` unless its fingerprint is current
     (`converter`: the converter and its version, part of the fingerprint)."""
+    from tunesmith.store.db import file_lock
+
     digest = fingerprint(run, converter)
     target = run.path / CACHE_DIR / name
-    if not os.access(run.path, os.W_OK):
+    # a current conversion in the run is served even where the run folder is read-only (one prepared with
+    # `--prepare`, then mounted read-only), rather than converted again into the user's cache folder
+    if not _current(target, digest) and not os.access(run.path, os.W_OK):
         target = cache_dir() / "serve" / f"{run.manifest.name}-{digest}-{name}"
-    stamp = target / FINGERPRINT
-    if stamp.is_file() and stamp.read_text().strip() == digest:
+    if _current(target, digest):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))  # same disk: the rename is atomic
-    try:
-        (work / "out").mkdir()
-        convert(work / "out")
-        (work / "out" / FINGERPRINT).write_text(digest + "\n")
-        old = target.with_name(f".{target.name}-old-{os.getpid()}")
-        if target.exists():
-            target.rename(old)
-        (work / "out").rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    # one conversion at a time (a server's threads, or servers sharing the run folder); the others then find it
+    # current: converting side by side, each renamed the other's folder away (FileNotFoundError, "Directory not
+    # empty") or under a server that was loading it. The lock file stays (removed, a waiter would hold a stale one).
+    with file_lock(target.parent / f"{target.name}.lock"):
+        if _current(target, digest):
+            return target
+        work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))  # same disk: the rename is atomic
+        try:
+            (work / "out").mkdir()
+            convert(work / "out")
+            (work / "out" / FINGERPRINT).write_text(digest + "\n")
+            if target.exists():
+                target.rename(work / "old")  # removed with `work`
+            (work / "out").rename(target)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
     return target
+
+
+def _current(target: Path, digest: str) -> bool:
+    stamp = target / FINGERPRINT
+    return stamp.is_file() and stamp.read_text().strip() == digest

@@ -126,6 +126,8 @@ class DynamicBatcher:
             self.in_flight += len(live)  # set before the first await: out of `pending`, yet not idle
             try:
                 results = await loop.run_in_executor(self.executor, self.run, first.key, [i.payload for i in live])
+                if len(results) != len(live):  # else zip(strict) below raised in the loop: it died, the callers timed out
+                    raise RuntimeError(f"the model answered {len(results)} results for a batch of {len(live)} requests")
             except Exception as err:  # noqa: BLE001 - every waiting request learns about the failure
                 for item in live:
                     if not item.future.done():

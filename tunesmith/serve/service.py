@@ -246,7 +246,7 @@ class Service:
         started = time.perf_counter()
         try:
             results = await self._classify(model, texts)
-        except (Overloaded, TimeoutError):
+        except Exception:  # noqa: BLE001 - a failing challenger too (raised, it went unretrieved in its task)
             return  # the shadow never costs the users: dropped when the server is busy
         self._record(f"{rid}:shadow", model, "predict", texts, results, started, user, f"shadow:{shadow[0]}")
 
@@ -374,11 +374,15 @@ class Service:
                                     param=where, code="text_too_long")
         try:
             results = await self._classify(model, texts)
-        except (Overloaded, TimeoutError) as err:
+        except Exception as err:  # noqa: BLE001 - also the model's own failure, which the batcher hands to each caller
             self.metrics.version_errors.labels(model.registry[0] if model.registry else model.id, model.version).inc()
             if isinstance(err, Overloaded):
                 return _overloaded(err)
-            return ServiceError(504, f"no answer within {self.spec.timeout_s:g} s", "server_error", code="timeout")
+            if isinstance(err, TimeoutError):
+                return ServiceError(504, f"no answer within {self.spec.timeout_s:g} s", "server_error", code="timeout")
+            # an error in the API's shape (as a stream's is), not a bare text/plain "Internal Server Error" left
+            # uncounted in /metrics
+            return ServiceError(500, f"prediction failed: {type(err).__name__}: {err}", "server_error")
         for r in results:
             if "label" in r:
                 for label in r["label"] if isinstance(r["label"], list) else [r["label"]]:
@@ -449,6 +453,8 @@ class Service:
             return _overloaded(err)
         except TimeoutError:
             return ServiceError(504, f"no answer within {self.spec.timeout_s:g} s", "server_error", code="timeout")
+        except Exception as err:  # noqa: BLE001 - the model failed on the batch: in the API's shape, as a stream says it
+            return ServiceError(500, f"generation failed: {type(err).__name__}: {err}", "server_error")
         self.metrics.generated_tokens.labels(model.id).inc(sum(c.completion_tokens for c in done))
         return list(done)
 
