@@ -139,3 +139,17 @@ def test_serve_prepare_with_bf16_also_converts_the_onnx_graph_other_hosts_serve(
     host(monkeypatch, {"avx512f", "avx512_bf16", "amx_bf16"})
     assert cli(["serve", str(run), "--prepare"]) == 0
     assert "no onnxruntime graph for CPUs without native bf16 (RuntimeError: unsupported operator)" in capsys.readouterr().out
+
+
+def test_padding_to_the_multiple_never_goes_past_max_length(classifier_runs: dict[str, Path]) -> None:
+    """A model whose context is no multiple of 8 has no positions past it: a text cut at max_length stays unpadded."""
+    from tunesmith.inference.predictor import Predictor
+
+    predictor = Predictor(classifier_runs["clf"])
+    predictor.manifest = predictor.manifest.model_copy(update={"max_length": 13})
+    predictor.pad_multiple = hardware.BF16_PAD_MULTIPLE
+    lengths: list[int] = []
+    predictor.model.register_forward_pre_hook(lambda module, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]),
+                                              with_kwargs=True)
+    predictor.logits(["ok " * 40, "great food"], batch_size=1)
+    assert sorted(lengths) == [8, 13]

@@ -34,7 +34,9 @@ ONNX_MODEL = "model.onnx"  # an ONNX export (tunesmith export --format onnx|onnx
 
 
 MAX_BATCH_TOKENS = 512  # padded tokens per forward pass: measured best on CPU (2 cores, minilm; 8192 is 3x slower per text)
-BF16_BATCH_TOKENS = 1024  # in bf16 on AMX the products are 7x faster and like taller inputs: 1.2x 512's texts/s (2048: 1.1x); on Zen 4 512 and 1024 within drift
+# in bf16 on AMX the products are 7x faster and like taller inputs: 1.2x 512's texts/s (2048: 1.1x); on Zen 4 512 and
+# 1024 within drift
+BF16_BATCH_TOKENS = 1024
 GPU_BATCH_TOKENS = 16384  # a GPU is starved by small batches; 64 texts of 256 tokens fit any card's memory for an encoder
 
 
@@ -105,15 +107,18 @@ class Predictor:
 
     def _forward(self, features: list[dict[str, list[int]]]) -> np.ndarray:
         """Logits of one micro-batch of tokenized texts (padded to its longest, rounded up to `pad_multiple`)."""
+        multiple = self.pad_multiple
+        if multiple and -(-max(len(f["input_ids"]) for f in features) // multiple) * multiple > self.manifest.max_length:
+            multiple = None  # never past max_length: a context that is no multiple of 8 has no positions there
         if self.session is not None:
-            batch = self.tokenizer.pad(features, pad_to_multiple_of=self.pad_multiple, return_tensors="np")
+            batch = self.tokenizer.pad(features, pad_to_multiple_of=multiple, return_tensors="np")
             from tunesmith.models.onnx_graph import onnx_feed
 
             return np.asarray(self.session.run(["logits"], onnx_feed(batch, self._onnx_inputs))[0], dtype=np.float32)
         import torch
 
         with torch.inference_mode():
-            batch = self.tokenizer.pad(features, pad_to_multiple_of=self.pad_multiple, return_tensors="pt").to(self.device)
+            batch = self.tokenizer.pad(features, pad_to_multiple_of=multiple, return_tensors="pt").to(self.device)
             if self.graph is not None:
                 return self.graph(*(batch[name] for name in self.graph_inputs)).float().cpu().numpy()
             return self.model(**batch).logits.float().cpu().numpy()

@@ -11,7 +11,7 @@ import numpy as np
 from tunesmith.artifacts import MODEL_DIR, DatasetVersion, Run, RunManifest
 from tunesmith.config import LOWER_IS_BETTER, SEQUENCE_METRICS, ProjectConfig, TaskType
 from tunesmith.errors import ConfigError, DataError
-from tunesmith.models.hardware import BF16_PAD_MULTIPLE
+from tunesmith.models.hardware import bf16_pad_multiple
 from tunesmith.training.dataset import ensure_dataset
 from tunesmith.training.encoder_attention import use_for_cpu_training
 from tunesmith.training.run import (
@@ -162,9 +162,10 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
         ids = np.asarray(train_rows["label_id"])
         counts = np.bincount(ids, minlength=len(labels or []))
         loss_func = sequence.class_weight_loss(len(ids) / (len(counts) * np.maximum(counts, 1)))
+    pad_multiple = bf16_pad_multiple(max_length, context_length(tokenizer)) if args.bf16 else None
     trainer = _trainer_class(Trainer, t.seed, t.head_learning_rate)(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=BF16_PAD_MULTIPLE if args.bf16 else None),
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple),
         compute_metrics=sequence.training_metrics(task, scaling),
         callbacks=standard_callbacks(cfg, callbacks), compute_loss_func=loss_func,
     )
