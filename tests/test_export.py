@@ -278,6 +278,39 @@ def test_bad_format_missing_run_and_existing_output_are_refused(lora_run: Path, 
         export_run(lora_run, "onnx", lora_run / "export")
 
 
+def test_overwrite_never_deletes_the_run_and_the_default_out_of_dot_is_beside_it(lora_run: Path, tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    import shutil
+
+    run = tmp_path / "runs" / "run"
+    shutil.copytree(lora_run, run)
+    for out in (tmp_path / "runs", tmp_path):  # folders that hold the run: --overwrite used to delete it with them
+        with pytest.raises(ConfigError, match="holds the run"):
+            export_run(run, "onnx", out, overwrite=True, check=False)
+        assert (run / "run.json").is_file()
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        export_run(run, "onnx", tmp_path / "a-file", overwrite=True, check=False)
+    monkeypatch.chdir(run)  # `tunesmith export .` inside the run: the default is ../run-onnx, not ./-onnx
+    assert export_run(".", "onnx", check=False).path == tmp_path / "runs" / "run-onnx"
+
+
+def test_a_damaged_run_folder_is_named(lora_run: Path, tmp_path: Path, capsys) -> None:
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(lora_run, run)
+    manifest = (run / "run.json").read_text()
+    (run / "run.json").write_text(manifest[:40])  # truncated, as by a full disk
+    assert cli(["export", str(run), "--format", "merged"]) == 3
+    assert f"{run / 'run.json'} is not a valid run manifest" in _err(capsys)
+    (run / "run.json").write_text(manifest)
+    shutil.rmtree(run / "model")
+    assert cli(["export", str(run), "--format", "docker"]) == 3  # docker copied the folder without a model in it
+    assert f"{run / 'model'} is missing" in _err(capsys)
+    assert not (tmp_path / "run-docker").exists()
+
+
 def test_dynamo_exporter_takes_over_when_the_tracer_fails(mean_run: Path, tmp_path: Path, monkeypatch) -> None:
     """Models the TorchScript tracer cannot take (and torch versions without it) go through torch.export."""
     real = torch.onnx.export

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tunesmith.artifacts import RUN_MANIFEST, Run
 from tunesmith.config import GENERATIVE_TASKS, TaskType
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, DataError
 from tunesmith.export.bundle import load_joblib
 from tunesmith.export.folder import EXPORT_MANIFEST, ExportResult
 
@@ -43,7 +43,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, 
     if not (run_path / RUN_MANIFEST).is_file():
         what = "does not exist" if not run_path.exists() else f"is not a run folder (no {RUN_MANIFEST})"
         raise ConfigError(f"{run_path} {what}; export a folder written by `tunesmith train`")
-    run = Run(run_path)
+    run = _open_run(run_path)
     task = TaskType(run.manifest.task)
     if fmt in ("onnx", "onnx-int8", "joblib") and task in GENERATIVE_TASKS:
         raise ConfigError(f"--format {fmt} is for classification and regression runs; {run_path} is a {task.value} run "
@@ -55,9 +55,14 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, 
         raise ConfigError(f"{run_path} is already an ONNX export; export the run it came from "
                           f"({_source_of(run_path)}) instead")
     _refuse_prompt_tuning(run)
-    target = Path(out) if out is not None else run_path.parent / f"{run_path.name}-{fmt}"
+    # Resolved first: the default for `tunesmith export .` is `../<run>-<fmt>`, not `./-<fmt>` (inside the run)
+    target = Path(out) if out is not None else run_path.resolve().parent / f"{run_path.resolve().name}-{fmt}"
     if target.resolve() == run_path.resolve() or run_path.resolve() in target.resolve().parents:
         raise ConfigError(f"--out {target}: an export cannot be written into the run folder it exports")
+    if target.resolve() in run_path.resolve().parents:  # --overwrite would delete the run (and its neighbours)
+        raise ConfigError(f"--out {target} holds the run {run_path} itself; choose a folder outside it")
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"--out {target} is a file; an export is a folder")
     if target.exists() and any(target.iterdir()):
         if not overwrite:
             raise ConfigError(f"{target} exists and is not empty; choose another --out or pass --overwrite")
@@ -86,6 +91,21 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, 
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)  # no half-written export that looks like a run folder
         raise
+
+
+def _open_run(path: Path) -> Run:
+    """The run, or an error naming the file at fault (pydantic's own names no file, and a missing model/
+    would surface as a hub error about repo ids)."""
+    from pydantic import ValidationError
+
+    try:
+        run = Run(path)
+    except ValidationError as err:
+        raise DataError(f"{path / RUN_MANIFEST} is not a valid run manifest ({err.errors()[0]['msg']}); "
+                        "the run folder is damaged: train it again or export another copy") from None
+    if not run.model_dir.is_dir():
+        raise DataError(f"{run.model_dir} is missing: {path} holds no model to export")
+    return run
 
 
 def _refuse_prompt_tuning(run: Run) -> None:
