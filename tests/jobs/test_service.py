@@ -50,7 +50,7 @@ def test_job_states_follow_openai_s_rules(store_url: str, tmp_path: Path) -> Non
     job = jobs.create_job("a", jp.JobCreate(model="gpt-4o-mini", training_file=f.id))  # an alias of "base"
     assert job.status == "validating_files" and job.model == "gpt-4o-mini"
     assert jobs.pause_job("a", job.id).status == "paused"
-    assert jobs.resume_job("a", job.id).status == "queued"
+    assert jobs.resume_job("a", job.id).status == "validating_files"  # paused before a worker validated its files
     assert jobs.cancel_job("a", job.id).status == "cancelled"
     again = jobs.cancel_job("a", job.id)
     assert isinstance(again, ApiError) and again.code == "invalid_job_status"
@@ -62,3 +62,29 @@ def test_job_states_follow_openai_s_rules(store_url: str, tmp_path: Path) -> Non
     assert isinstance(unknown, ApiError) and unknown.code == "model_not_available"
     other = jobs.create_job("b", jp.JobCreate(model="base", training_file=f.id))  # another key's file
     assert isinstance(other, ApiError) and other.param == "training_file"
+
+
+def test_a_page_size_out_of_range_is_a_bad_request(store_url: str, tmp_path: Path) -> None:
+    """limit=0 on events or checkpoints is the caller's mistake: a 400 naming `limit`, as jobs.list answers it."""
+    jobs = service(store_url, tmp_path)
+    f = jobs.create_file("a", "t.jsonl", "fine-tune", io.BytesIO(b"{}\n"))
+    job = jobs.create_job("a", jp.JobCreate(model="base", training_file=f.id))
+    for listing in (jobs.list_jobs, jobs.list_events, jobs.list_checkpoints):
+        for limit in (0, -1, 10_001):
+            args = (job.id,) if listing != jobs.list_jobs else ()
+            answer = listing("a", *args, limit=limit)
+            assert isinstance(answer, ApiError) and answer.status == 400 and answer.param == "limit", (listing, limit)
+
+
+def test_a_cancelled_job_has_no_estimated_finish(store_url: str, tmp_path: Path) -> None:
+    """OpenAI's estimated_finish is null unless the job is running."""
+    from tunesmith.store.schema import Job
+
+    jobs = service(store_url, tmp_path)
+    f = jobs.create_file("a", "t.jsonl", "fine-tune", io.BytesIO(b"{}\n"))
+    job = jobs.create_job("a", jp.JobCreate(model="base", training_file=f.id))
+    with jobs.store.session() as s:
+        running = s.get(Job, job.id)
+        running.status, running.estimated_finish = "running", int(time.time()) + 600
+    assert jobs.get_job("a", job.id).estimated_finish is not None
+    assert jobs.cancel_job("a", job.id).estimated_finish is None and jobs.get_job("a", job.id).estimated_finish is None

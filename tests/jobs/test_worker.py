@@ -8,6 +8,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.jobs.test_api import chat_file
 from tunesmith.config import JobsSpec
 from tunesmith.jobs import protocol as jp
@@ -117,3 +119,102 @@ def test_a_succeeded_job_is_registered_with_its_lineage(tmp_path: Path, tiny_lla
     [version] = Registry(store).versions("support")
     assert version.stage == "candidate" and version.run == str((jobs.jobs_dir / job.id / "run").resolve())
     assert version.lineage["job"] == job.id and version.lineage["fine_tuned_model"] == done.fine_tuned_model
+
+
+def test_a_job_left_running_by_an_interrupted_worker_is_taken_over(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C mid-training (KeyboardInterrupt is no Exception, so the job does not fail): the worker lets go of
+    the job, and another one must take it over rather than leave it `running` forever."""
+    store = Store(store_url)
+    _job(store, "ftjob-interrupted", status="queued")
+    spec = JobsSpec(stale_after_s=30)
+
+    def interrupted(self: Worker, job_id: str, beat: object, resumed: bool) -> None:
+        with self.store.session() as s:
+            s.get(Job, job_id).status = "running"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Worker, "_train", interrupted)
+    first = Worker(store, spec, name="first")
+    assert first.claim() == "ftjob-interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        first.process("ftjob-interrupted")
+    assert Worker(store, spec, name="second").claim() == "ftjob-interrupted"
+
+
+def test_the_heartbeat_outlives_a_failed_beat(tmp_path: Path) -> None:
+    """A store hiccup (a lock held past the busy timeout, a dropped connection) in one beat must not end the
+    beats: training goes on, and a job whose heartbeat stopped is taken over and run twice."""
+    from sqlalchemy.exc import OperationalError
+
+    from tunesmith.jobs.worker import _Heartbeat
+
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    _job(store, "ftjob-beating", status="running", worker="w", heartbeat_at=time.time())
+    beat = _Heartbeat(Worker(store, JobsSpec(heartbeat_s=0.02), name="w"), "ftjob-beating")
+    beats, real = [], beat.beat
+
+    def flaky() -> None:
+        beats.append(time.time())
+        if len(beats) == 1:
+            raise OperationalError("UPDATE jobs ...", {}, Exception("database is locked"))
+        real()
+
+    beat.beat = flaky  # type: ignore[method-assign]
+    beat.start()
+    deadline = time.time() + 10
+    while len(beats) < 3 and time.time() < deadline:
+        time.sleep(0.02)
+    beat.stop()
+    beat.join(5)
+    assert len(beats) >= 3 and beat.stop_reason is None
+
+
+def test_a_suffix_the_registry_refuses_leaves_the_job_succeeded(tmp_path: Path, tiny_llama: Path) -> None:
+    """Registration comes after the job succeeded: a suffix OpenAI accepts but the registry does not ("my model")
+    is a warning on the job, never a succeeded job turned failed (its model answered, then stopped)."""
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    spec = JobsSpec(base_models=[str(tiny_llama)], heartbeat_s=0.5)
+    jobs = JobsService(store, spec)
+    upload = jobs.create_file("", "train.jsonl", "fine-tune", io.BytesIO(chat_file(tmp_path / "t.jsonl", 20).read_bytes()))
+    job = jobs.create_job("", jp.JobCreate(model=str(tiny_llama), training_file=upload.id, suffix="my model",
+                                           hyperparameters={"n_epochs": 1}))
+    Worker(store, spec).run(once=True)
+    done = jobs.get_job("", job.id)
+    assert done.status == "succeeded" and done.error is None and done.fine_tuned_model.endswith(f":my model:{job.id[6:14]}")
+    events = jobs.list_events("", job.id, limit=100).data
+    assert not any(e.level == "error" for e in events)
+    assert any(e.level == "warn" and "registry" in e.message for e in events)
+    assert jobs.resolve_model("", done.fine_tuned_model) == jobs.jobs_dir / job.id / "run"
+
+
+def test_a_job_paused_before_validation_is_still_validated(tmp_path: Path, tiny_llama: Path) -> None:
+    """Pause and resume while the files wait for validation: the worker must still validate them (a bad line fails
+    the job as OpenAI would), not train on what it never checked."""
+    import json
+
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    spec = JobsSpec(base_models=[str(tiny_llama)], heartbeat_s=0.5)
+    jobs = JobsService(store, spec)
+    lines = chat_file(tmp_path / "t.jsonl", 20).read_text().splitlines()
+    lines[6] = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "robot", "content": "beep"}]})
+    upload = jobs.create_file("", "train.jsonl", "fine-tune", io.BytesIO(("\n".join(lines) + "\n").encode()))
+    job = jobs.create_job("", jp.JobCreate(model=str(tiny_llama), training_file=upload.id, hyperparameters={"n_epochs": 1}))
+    assert jobs.pause_job("", job.id).status == "paused"
+    assert jobs.resume_job("", job.id).status == "validating_files"
+    Worker(store, spec).run(once=True)
+    done = jobs.get_job("", job.id)
+    assert done.status == "failed" and done.error.code == "invalid_training_file" and "line 7" in done.error.message
+
+
+def test_a_training_file_deleted_before_validation_fails_the_job_on_that_file(tmp_path: Path, tiny_llama: Path) -> None:
+    """OpenAI's error names the file and the param; not a server_error that shows the server's own paths."""
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    spec = JobsSpec(base_models=[str(tiny_llama)], heartbeat_s=0.5)
+    jobs = JobsService(store, spec)
+    upload = jobs.create_file("", "train.jsonl", "fine-tune", io.BytesIO(chat_file(tmp_path / "t.jsonl", 20).read_bytes()))
+    job = jobs.create_job("", jp.JobCreate(model=str(tiny_llama), training_file=upload.id))
+    jobs.delete_file("", upload.id)
+    Worker(store, spec).run(once=True)
+    done = jobs.get_job("", job.id)
+    assert done.status == "failed" and done.error.code == "invalid_training_file" and done.error.param == "training_file"
+    assert upload.id in done.error.message and str(tmp_path) not in done.error.message

@@ -133,8 +133,8 @@ class JobsService:
                    purpose: str | None = None) -> p.IdPage[p.FileObject] | ApiError:
         if order not in ("asc", "desc"):
             return ApiError(400, "order must be 'asc' or 'desc'", param="order")
-        if not 1 <= limit <= 10_000:
-            return ApiError(400, "limit must be between 1 and 10000", param="limit")
+        if bad := _bad_limit(limit):
+            return bad
         with self.store.session() as s:
             for row in s.scalars(select(StoredFile).where(StoredFile.owner == owner, StoredFile.expires_at <= now())):
                 self._drop_file(s, row)
@@ -229,7 +229,7 @@ class JobsService:
         def cancel(s: Session, job: Job) -> None:
             # A running job's worker sees `control` at its next step and stops; the status is final now.
             job.control = "cancel" if job.status == "running" else None
-            job.status, job.finished_at = "cancelled", now()
+            job.status, job.finished_at, job.estimated_finish = "cancelled", now(), None  # OpenAI: null unless running
             add_event(s, job, "Fine-tuning job cancelled")
 
         return self._control(owner, job_id, "cancel", ACTIVE, cancel)
@@ -245,13 +245,18 @@ class JobsService:
 
     def resume_job(self, owner: str, job_id: str) -> p.FineTuningJob | ApiError:
         def resume(s: Session, job: Job) -> None:
-            job.status, job.control = "queued", None  # a worker claims it and continues from its last checkpoint
+            # A worker claims it and continues from its last checkpoint. Validation is what sets trained_tokens: a
+            # job paused before its files were validated goes back to that (workers skip it for a queued job).
+            job.status = "queued" if job.trained_tokens is not None else "validating_files"
+            job.control = None
             add_event(s, job, "Fine-tuning job resumed")
 
         return self._control(owner, job_id, "resume", ("paused",), resume)
 
     def list_events(self, owner: str, job_id: str, after: str | None = None,
                     limit: int = 20) -> p.Page[p.FineTuningJobEvent] | ApiError:
+        if bad := _bad_limit(limit):
+            return bad
         with self.store.session() as s:
             if self._job(s, owner, job_id) is None:
                 return _not_found("fine-tuning job", job_id)
@@ -266,6 +271,8 @@ class JobsService:
 
     def list_checkpoints(self, owner: str, job_id: str, after: str | None = None,
                          limit: int = 10) -> p.IdPage[p.FineTuningJobCheckpoint] | ApiError:
+        if bad := _bad_limit(limit):
+            return bad
         with self.store.session() as s:
             if self._job(s, owner, job_id) is None:
                 return _not_found("fine-tuning job", job_id)
@@ -351,11 +358,16 @@ def _checkpoint(c: JobCheckpoint) -> p.FineTuningJobCheckpoint:
                                      step_number=c.step_number)
 
 
+def _bad_limit(limit: int) -> ApiError | None:
+    """Every list's page size, checked before it reaches SQL or Page.from_rows (which raises: a 500, not a 400)."""
+    return None if 1 <= limit <= 10_000 else ApiError(400, "limit must be between 1 and 10000", param="limit")
+
+
 def _after(s: Session, stmt: Select[Any], model: type[Row], after: str | None, limit: int,
            descending: bool) -> list[Row] | ApiError:
     """limit + 1 rows of `stmt` strictly after the row `after`, in creation order (newest first when descending)."""
-    if not 1 <= limit <= 10_000:
-        return ApiError(400, "limit must be between 1 and 10000", param="limit")
+    if bad := _bad_limit(limit):
+        return bad
     created, ident = model.created, model.id  # type: ignore[attr-defined]
     if after:
         cursor = s.get(model, after)

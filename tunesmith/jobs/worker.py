@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select, update
 
 from tunesmith.artifacts import MODEL_DIR, RUN_CONFIG, RUN_MANIFEST, STEP_METRICS, Run, latest_checkpoint
 from tunesmith.config import JobsSpec, ProjectConfig, parse_config
+from tunesmith.errors import ConfigError
 from tunesmith.jobs import protocol as p
 from tunesmith.jobs.service import RESULTS_PURPOSE, add_event, now, stamps
 from tunesmith.store.db import Store
@@ -57,10 +58,9 @@ class Worker:
     def claim(self) -> str | None:
         """Take one job: a waiting one, or a running one whose worker stopped beating. None if there is none."""
         stale = time.time() - self.spec.stale_after_s
-        available = or_(
-            Job.status.in_(CLAIMABLE) & (Job.worker.is_(None) | (Job.heartbeat_at < stale)),
-            (Job.status == "running") & (Job.heartbeat_at < stale),
-        )
+        # A running job with no worker was let go mid-training by one interrupted without failing it (Ctrl-C is
+        # no Exception): its heartbeat is NULL, which no staleness test matches, so it is claimable as it is.
+        available = Job.status.in_((*CLAIMABLE, "running")) & (Job.worker.is_(None) | (Job.heartbeat_at < stale))
         with self.store.session() as s:
             candidates = select(Job.id).where(available).order_by(Job.created).limit(5)
             if self.store.dialect == "postgresql":
@@ -133,6 +133,11 @@ class Worker:
         for param, path, minimum in (("training_file", train_path, 10), ("validation_file", valid_path, 1)):
             if path is None:
                 continue
+            if not path.is_file():  # deleted after the job was created: the caller's doing, not a server error
+                label = param.replace("_", " ")
+                self._fail(job_id, f"invalid_{param}", f"The job failed due to an invalid {label}. The file "
+                           f"{path.name} was deleted before it was validated", param)
+                return False
             check = validate_file(path, method, tokenizer=tokenizer, max_tokens=budget, min_examples=minimum)
             if not check.ok:
                 error = check.job_error(param)
@@ -245,7 +250,14 @@ class Worker:
         # A registry version like any run (after the job's transaction: SQLite has one writer at a time).
         from tunesmith.registry.service import Registry
 
-        Registry(self.store).add(run_dir, registered, lineage=lineage, owner=owner)
+        try:
+            Registry(self.store).add(run_dir, registered, lineage=lineage, owner=owner)
+        except ConfigError as err:  # e.g. a suffix OpenAI allows but the registry's names do not ("my model")
+            # The job succeeded and its model answers: a missing registry entry is a warning, not a failed job.
+            with self.store.session() as s:
+                job = s.get(Job, job_id)
+                assert job is not None
+                add_event(s, job, f"Not added to the model registry: {err}", level="warn")
 
     def _results_file(self, s: Any, job: Job, run_dir: Path) -> str:
         """OpenAI's result file: the step metrics as CSV, downloadable with files.content."""
@@ -262,7 +274,9 @@ class Worker:
     def _fail(self, job_id: str, code: str, message: str, param: str | None) -> None:
         with self.store.session() as s:
             job = s.get(Job, job_id)
-            if job is None or job.status in ("cancelled", "paused"):
+            # Only a job still under way fails: a cancelled or paused one was stopped on purpose, and a succeeded
+            # one stays succeeded whatever goes wrong after it (its model already answers).
+            if job is None or job.status not in ("validating_files", "queued", "running"):
                 return
             job.status, job.finished_at, job.estimated_finish = "failed", now(), None
             job.error = {"code": code, "message": message, "param": param}
@@ -298,7 +312,13 @@ class _Heartbeat(threading.Thread):
 
     def run(self) -> None:
         while not self._done.wait(self.worker.spec.heartbeat_s):
-            self.beat()
+            try:
+                self.beat()
+            except Exception as err:  # noqa: BLE001 - retried at the next beat
+                # A store hiccup (a lock held past the busy timeout, a dropped connection) must not end the beats:
+                # training would go on unbeaten, and another worker would take the job over and run it twice.
+                print(f"worker {self.worker.name}: heartbeat of {self.job_id} failed, retrying: "
+                      f"{type(err).__name__}: {err}", flush=True)
 
     def beat(self) -> None:
         with self.worker.store.session() as s:
