@@ -151,6 +151,32 @@ def test_sampling_follows_each_requests_seed(engines: dict[str, LlamaCppChatMode
     assert len(set(first)) > 1 and len(again) == 6  # a temperature of 1.5 on a tiny model: the seeds do not all agree
 
 
+
+def test_a_stream_never_sends_part_of_a_stop_string(engines: dict[str, LlamaCppChatModel]) -> None:
+    """The tail held back for a stop string was sliced from the back while the text was shorter than it: a stop
+    string matching the answer from its start streamed most of it ("paris is the cap" of an answer of "")."""
+    engine = engines["full"]
+    prompt = prompt_of(engine, 0)
+    [whole] = engine.generate_texts([prompt], max_new_tokens=24)
+    assert whole.finish_reason == "stop" and len(whole.text.split()) > 3
+    for stop, answer in ((whole.text, ""), (whole.text[2:], whole.text[:2])):
+        *pieces, last = engine.stream_text(prompt, max_new_tokens=24, stop=[stop])
+        assert "".join(pieces).strip() == last.text.strip() == answer and last.finish_reason == "stop"
+
+
+def test_usage_counts_an_answer_through_its_stop_string_as_pytorch_does(runs: dict[str, Path],
+                                                                      engines: dict[str, LlamaCppChatModel]) -> None:
+    """PyTorch generates on past a stop string: it counted those tokens too (10 where llama.cpp counted 6)."""
+    engine, reference = engines["full"], ChatModel.from_run(runs["full"])
+    prompt = prompt_of(engine, 0)
+    [whole] = engine.generate_texts([prompt], max_new_tokens=24)
+    for stop in ([whole.text.split()[2]], [whole.text[:3]]):
+        [ours] = engine.generate_texts([prompt], max_new_tokens=24, stop=stop)
+        [theirs] = reference.generate_texts([prompt], max_new_tokens=24, stop=stop)
+        streamed = list(reference.stream_text(prompt, max_new_tokens=24, stop=stop))[-1]
+        assert (theirs.text, theirs.completion_tokens, theirs.finish_reason) == (ours.text, ours.completion_tokens, "stop")
+        assert streamed.completion_tokens == ours.completion_tokens < whole.completion_tokens
+
 # -- served over HTTP -------------------------------------------------------------------------------------------
 
 

@@ -269,3 +269,47 @@ def test_an_ab_route_answers_from_the_user_s_variant_and_feeds_the_shadow(tmp_pa
     assert len(shadows) == 21 and {r.variant for r in shadows} == {"shadow:v3", "shadow:v5"}
     assert {r.variant for r in rows if not r.request_id.endswith(":shadow")} == {"v1", "v2", "v4"}
     service.log.close()
+
+
+def test_a_multi_prompt_request_refused_as_overloaded_leaves_none_of_its_prompts_queued() -> None:
+    """The prompts queued before the one refused stayed in the queue: the model answered them for nobody."""
+    chat = FakeChat()
+    service = Service([served("chat", chat, "bot")], ServeSpec(batch_wait_ms=0, max_queue=1))
+
+    async def refused() -> Any:
+        err = await service.generate(p.CompletionRequest(model="bot", prompt=["a", "b"]))
+        await asyncio.sleep(0.2)  # the batcher's turn: it would run "a" now
+        return err
+
+    err = run(refused())
+    assert isinstance(err, ServiceError) and (err.status, err.code) == (503, "overloaded")
+    assert chat.calls == []
+
+
+def test_a_completion_prompt_over_the_context_names_prompt() -> None:
+    service = Service([served("chat", FakeChat(), "bot")], ServeSpec())
+    err = run(service.generate(p.CompletionRequest(model="bot", prompt="w " * 80)))
+    assert isinstance(err, ServiceError) and (err.code, err.param) == ("context_length_exceeded", "prompt")
+
+
+def test_a_stream_waiting_past_the_timeout_ends_with_an_error_event_and_stops_generating() -> None:
+    """The timeout was raised out of the stream: the connection was cut after the last piece, and the client read
+    the truncated answer as a whole one."""
+    stopped = threading.Event()
+
+    class Stalling(FakeChat):
+        def stream(self, prompt: str, cancel: threading.Event, **params: Any):
+            yield "first"
+            if cancel.wait(10):
+                stopped.set()
+
+    service = Service([served("chat", Stalling(), "bot")], ServeSpec(timeout_s=0.2))
+
+    async def collect() -> list[str]:
+        events = service.stream(p.ChatCompletionRequest(model="bot", stream=True, messages=[{"role": "user", "content": "yo"}]))
+        return [e async for e in events]
+
+    events = run(collect())
+    assert json.loads(events[1][6:])["choices"][0]["delta"] == {"content": "first"}
+    assert json.loads(events[-2][6:])["error"]["code"] == "timeout" and events[-1] == "data: [DONE]\n\n"
+    assert stopped.wait(5)  # generation was cancelled, not left running for nobody

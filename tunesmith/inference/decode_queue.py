@@ -155,8 +155,8 @@ class QueuedChatModel(Prompting):
         assert r.pieces is not None
         text = r.text
         if not final:
-            if not r.cut:
-                text = text[: len(text) - max((len(s) - 1 for s in r.stop), default=0)]
+            if not r.cut:  # max(0, ...): a negative end would slice from the back and send part of a stop string
+                text = text[: max(0, len(text) - max((len(s) - 1 for s in r.stop), default=0))]
             text = text.rstrip("\ufffd")
         if text.startswith(r.sent) and len(text) > len(r.sent):  # a decode that rewrote sent text waits for the end
             r.pieces.put(text[len(r.sent):])

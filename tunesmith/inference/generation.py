@@ -127,6 +127,19 @@ class ChatModel(Prompting):
             raise ValueError(f"a prompt of {width} tokens leaves no room to answer in the model's context of {self.context}")
         return min(max_new_tokens, room)
 
+    def _through_stop(self, tokens: list[int], stop: Sequence[str]) -> int:
+        """How many of `tokens` it took to complete a stop string: the answer's usage, as the queued engines count it
+        (generation here runs on past the stop string, and those tokens are no part of the answer)."""
+        low, high = 1, len(tokens)
+        while low < high:  # the shortest prefix whose text holds a stop string
+            mid = (low + high) // 2
+            text = self.tokenizer.decode(tokens[:mid], skip_special_tokens=True)
+            if any(s and s in text for s in stop):
+                high = mid
+            else:
+                low = mid + 1
+        return high
+
     @torch.inference_mode()
     def generate_texts(self, prompts: Sequence[str], *, max_new_tokens: int = 256, temperature: float = 0.0,
                        top_p: float = 1.0, seed: int | None = None, stop: Sequence[str] = (),
@@ -153,10 +166,12 @@ class ChatModel(Prompting):
                 tokens = new if ended is None else new[:ended]
                 text = tok.decode(tokens, skip_special_tokens=True)
                 reason = "stop" if ended is not None else "length"
+                count = len(tokens) + (ended is not None)
                 for s in stop:
                     if s and s in text:
                         text, reason = text[: text.index(s)], "stop"
-                out[i] = Completion(text.strip(), len(encoded[i]), len(tokens) + (ended is not None), reason)
+                        count = self._through_stop(tokens, stop)
+                out[i] = Completion(text.strip(), len(encoded[i]), count, reason)
         return [c for c in out if c is not None]
 
     def stream_text(self, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
@@ -218,6 +233,8 @@ class ChatModel(Prompting):
         new = result["ids"][0, ids.shape[1]:].tolist() if "ids" in result else []
         ended = next((k for k, t in enumerate(new) if t in self.stop_token_ids), None)
         tokens = len(new) if ended is None else ended + 1
+        if stopped_by_string:
+            tokens = self._through_stop(new if ended is None else new[:ended], stop)
         reason = "stop" if ended is not None or stopped_by_string else "length"
         yield Completion(text, int(ids.shape[1]), tokens, reason)
 

@@ -417,7 +417,8 @@ class Service:
         context = model.engine.context
         if context and prompt_tokens + 1 > context:
             return ServiceError(400, f"the prompt has {prompt_tokens} tokens; the model's context is {context}",
-                                param="messages", code="context_length_exceeded")
+                                param="prompt" if isinstance(req, p.CompletionRequest) else "messages",
+                                code="context_length_exceeded")
         if context:
             wanted = min(wanted, context - prompt_tokens)
         return {"max_new_tokens": wanted, "temperature": req.temperature if req.temperature is not None else 1.0,
@@ -447,10 +448,16 @@ class Service:
     async def _generate(self, model: Served, prompts: list[str], params: dict[str, Any]) -> list[Any] | ServiceError:
         key = (model.id, tuple(sorted(params.items())))
         batcher = self.batchers[model.batch_key]
+        futures: list[asyncio.Future[Any]] = []
         try:
-            done = await asyncio.wait_for(asyncio.gather(*(batcher.submit(key, x) for x in prompts)), self.spec.timeout_s)
+            for x in prompts:
+                futures.append(batcher.submit(key, x))
         except Overloaded as err:
+            for f in futures:  # the prompts queued before the refusal would run for nobody: the batcher skips them
+                f.cancel()
             return _overloaded(err)
+        try:
+            done = await asyncio.wait_for(asyncio.gather(*futures), self.spec.timeout_s)
         except TimeoutError:
             return ServiceError(504, f"no answer within {self.spec.timeout_s:g} s", "server_error", code="timeout")
         except Exception as err:  # noqa: BLE001 - the model failed on the batch: in the API's shape, as a stream says it
@@ -539,7 +546,13 @@ class Service:
             if chat:
                 yield chunk(p.ChatDelta(role="assistant", content=""))
             while True:
-                piece = await asyncio.wait_for(queue.get(), self.spec.timeout_s)
+                try:
+                    piece = await asyncio.wait_for(queue.get(), self.spec.timeout_s)
+                except TimeoutError:  # raised, it cut the connection: the client read a truncated answer as a whole one
+                    yield _event(ServiceError(504, f"no answer within {self.spec.timeout_s:g} s", "server_error",
+                                              code="timeout").body())
+                    yield "data: [DONE]\n\n"
+                    return  # not finished: generation is cancelled below
                 if piece is None:
                     break
                 if isinstance(piece, Exception):
