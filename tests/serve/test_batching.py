@@ -91,3 +91,31 @@ def test_a_failing_batch_fails_only_its_callers_and_the_batcher_goes_on() -> Non
         assert await asyncio.wait_for(batcher.submit("m", "sugar"), 5) == "SUGAR" and batcher.idle
 
     asyncio.run(scenario())
+
+
+def test_an_engine_that_decodes_requests_together_gets_the_next_batch_while_one_runs() -> None:
+    """llama.cpp and CTranslate2 decode concurrent calls together: one batch at a time, a short answer waited for
+    the whole of a long one ahead of it. With `concurrency` the next batch goes while the first runs, up to the
+    limit; with the default one, it waits."""
+    release = threading.Event()
+
+    def run(key: object, payloads: list[str]) -> list[str]:
+        if "long" in payloads:
+            release.wait(10)
+        return [p.upper() for p in payloads]
+
+    async def scenario(concurrency: int) -> tuple[bool, bool]:
+        batcher = DynamicBatcher(run, max_batch=4, wait_ms=0, max_queue=8, executor=ThreadPoolExecutor(1),
+                                 concurrency=concurrency)
+        long = batcher.submit(("m", 200), "long")
+        await asyncio.sleep(0.05)
+        short = batcher.submit(("m", 2), "short")
+        done, _ = await asyncio.wait([short], timeout=2)
+        short_first = bool(done) and not long.done()
+        release.set()
+        assert await long == "LONG" and await short == "SHORT"
+        release.clear()
+        return short_first, batcher.idle
+
+    assert asyncio.run(scenario(concurrency=2)) == (True, True)
+    assert asyncio.run(scenario(concurrency=1)) == (False, True)

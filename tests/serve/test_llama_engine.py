@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -262,3 +264,38 @@ def test_auto_falls_back_to_ctranslate2_and_says_why(runs: dict[str, Path], tiny
     assert type(served.engine).__name__ == "ChatModelEngine"
     assert "chat engine transformers (llama.cpp: the llama-cpp-python package is not installed" in out
     assert "ctranslate2: the ctranslate2 package is not installed" in out
+
+
+def test_a_whole_answer_does_not_wait_for_a_longer_one_ahead_of_it(served: InProcessServer) -> None:
+    """Requests that are no stream go through the serving batcher, which ran one batch at a time: a short answer
+    with other settings waited for the whole of a long one. Now it reaches the engine while the long one decodes
+    (sent at the long one's third token, which then waits for it: no timing involved) and joins its rows."""
+    model = next(m for m in served.models if m.run.endswith("full/run"))
+    engine = model.engine.chat
+    assert model.engine.concurrent_calls == engine.max_batch == 4
+    client = client_of(served.url)
+    long_ask, short_ask = conversations()[0], [{"role": "user", "content": QA[2][0]}]
+    solo = client.chat.completions.create(model=model.id, messages=short_ask, temperature=0, max_tokens=3)
+    original, seen, answers = engine._on_token, [0], []
+    short = threading.Thread(target=lambda: answers.append(
+        client.chat.completions.create(model=model.id, messages=short_ask, temperature=0, max_tokens=3)))
+
+    def on_token(r: Any, token: int, last: bool) -> bool:
+        seen[0] += 1
+        if seen[0] == 3:
+            short.start()
+            deadline = time.monotonic() + 20  # one batch at a time, it never arrives: the test fails, not hangs
+            while not engine._pending and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return original(r, token, last)
+
+    engine._on_token = on_token  # type: ignore[method-assign]
+    try:
+        before = len(engine.stats.sizes)
+        long = client.chat.completions.create(model=model.id, messages=long_ask, temperature=0, max_tokens=20)
+        short.join(60)
+    finally:
+        del engine._on_token
+    assert long.usage.completion_tokens > 4  # still decoding when the short one came
+    assert answers[0].choices[0].message.content == solo.choices[0].message.content
+    assert 2 in engine.stats.sizes[before:]  # the short request decoded beside the long one

@@ -64,6 +64,7 @@ class QueuedChatModel(Prompting):
         self.context = context
         self.name = name
         self.max_batch = max_batch
+        self.concurrent_calls = max_batch  # each call's requests join the decoding rows as rows come free
         self.wait_s = wait_ms / 1000
         self.stats = BatchStats()
         self._pending: list[Request] = []

@@ -48,6 +48,7 @@ class Prompting:
     """What every chat engine answers from its tokenizer alone (the engines differ in `generate_texts`)."""
 
     tokenizer: Any
+    concurrent_calls = 1  # generate_texts calls worth making at once: engines that decode them together take more
 
     def prompt_text(self, conversation: Conversation) -> str:
         """The text the model continues to answer `conversation` (chat template + generation prompt)."""

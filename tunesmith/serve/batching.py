@@ -3,7 +3,9 @@
 The first waiting request opens a short window (`wait_ms`); whatever arrives for the same model
 and the same settings (`key`) joins it, up to `max_batch` items, and a full batch goes at once rather
 than when the window ends (as Triton's dynamic batcher does). The batch runs in a worker thread
-(torch releases the GIL), so the event loop keeps accepting requests meanwhile. The queue is
+(torch releases the GIL), so the event loop keeps accepting requests meanwhile; one batch at a time, unless the
+engine decodes concurrent calls together itself (llama.cpp, CTranslate2: `concurrency`), where a request
+waiting for the batch before it to finish would wait for that whole answer. The queue is
 bounded: when it is full, `submit` raises Overloaded at once instead of letting latency grow
 without limit, and the HTTP layer answers 503 with Retry-After.
 """
@@ -45,12 +47,18 @@ class DynamicBatcher:
     """`run(key, payloads) -> results` is called with up to `max_batch` payloads sharing a key."""
 
     def __init__(self, run: Callable[[Hashable, Sequence[Any]], Sequence[Any]], *, max_batch: int, wait_ms: float,
-                 max_queue: int, executor: ThreadPoolExecutor, on_batch: Callable[[int], None] | None = None) -> None:
+                 max_queue: int, executor: ThreadPoolExecutor, on_batch: Callable[[int], None] | None = None,
+                 concurrency: int = 1) -> None:
+        """`concurrency`: batches that may run at once, each on a thread of its own pool (rather than `executor`'s)
+        that waits while the engine decodes it with the others."""
         self.run = run
         self.max_batch = max_batch
         self.wait_s = wait_ms / 1000
         self.max_queue = max_queue
-        self.executor = executor
+        self.concurrency = concurrency
+        self.executor = executor if concurrency == 1 else ThreadPoolExecutor(concurrency, thread_name_prefix="tunesmith-decode")
+        self._slots: asyncio.Semaphore | None = None  # free room for a batch to run (made on the serving loop)
+        self._running: set[asyncio.Task[None]] = set()  # batches in flight (referenced until done)
         self.on_batch = on_batch
         self.pending: list[_Item] = []
         self.stats = BatchStats()
@@ -72,7 +80,7 @@ class DynamicBatcher:
 
     def _start(self) -> None:
         if self._task is None or self._task.done():
-            self._wake, self._full = asyncio.Event(), asyncio.Event()
+            self._wake, self._full, self._slots = asyncio.Event(), asyncio.Event(), asyncio.Semaphore(self.concurrency)
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
     def submit(self, key: Hashable, payload: Any, size: int = 1) -> asyncio.Future[Any]:
@@ -97,9 +105,10 @@ class DynamicBatcher:
         return sum(i.size for i in self.pending if i.key == key)
 
     async def _loop(self) -> None:
-        assert self._wake is not None and self._full is not None
+        assert self._wake is not None and self._full is not None and self._slots is not None
         loop = asyncio.get_running_loop()
         while True:
+            await self._slots.acquire()  # room to run first: a batch waiting for it stays open to later requests
             if not self.pending:
                 self._wake.clear()
                 await self._wake.wait()
@@ -121,26 +130,44 @@ class DynamicBatcher:
                 self.pending.remove(item)
             live = [i for i in batch if not i.future.done()]  # a client may have given up meanwhile
             if not live:
+                self._slots.release()
                 continue
-            started = loop.time()
             self.in_flight += len(live)  # set before the first await: out of `pending`, yet not idle
-            try:
-                results = await loop.run_in_executor(self.executor, self.run, first.key, [i.payload for i in live])
-                if len(results) != len(live):  # else zip(strict) below raised in the loop: it died, the callers timed out
-                    raise RuntimeError(f"the model answered {len(results)} results for a batch of {len(live)} requests")
-            except Exception as err:  # noqa: BLE001 - every waiting request learns about the failure
-                for item in live:
-                    if not item.future.done():
-                        item.future.set_exception(err)
+            if self.concurrency == 1:
+                try:
+                    await self._run_batch(first.key, live)
+                finally:
+                    self._slots.release()
                 continue
-            finally:
-                self.in_flight -= len(live)
-            self.last_batch_s = 0.8 * self.last_batch_s + 0.2 * (loop.time() - started)
-            self.stats.batches += 1
-            self.stats.items += len(live)
-            self.stats.sizes = [*self.stats.sizes[-999:], len(live)]
-            if self.on_batch:
-                self.on_batch(sum(i.size for i in live))
-            for item, result in zip(live, results, strict=True):
+            task = loop.create_task(self._run_batch(first.key, live))
+            self._running.add(task)
+            task.add_done_callback(self._ran)
+
+    def _ran(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        assert self._slots is not None
+        self._slots.release()
+
+    async def _run_batch(self, key: Hashable, live: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            results = await loop.run_in_executor(self.executor, self.run, key, [i.payload for i in live])
+            if len(results) != len(live):  # else zip(strict) below raised in the loop: it died, the callers timed out
+                raise RuntimeError(f"the model answered {len(results)} results for a batch of {len(live)} requests")
+        except Exception as err:  # noqa: BLE001 - every waiting request learns about the failure
+            for item in live:
                 if not item.future.done():
-                    item.future.set_result(result)
+                    item.future.set_exception(err)
+            return
+        finally:
+            self.in_flight -= len(live)
+        self.last_batch_s = 0.8 * self.last_batch_s + 0.2 * (loop.time() - started)
+        self.stats.batches += 1
+        self.stats.items += len(live)
+        self.stats.sizes = [*self.stats.sizes[-999:], len(live)]
+        if self.on_batch:
+            self.on_batch(sum(i.size for i in live))
+        for item, result in zip(live, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)

@@ -121,6 +121,11 @@ class BatchedChatEngine:
     def context(self) -> int | None:
         return self.chat.context
 
+    @property
+    def concurrent_calls(self) -> int:
+        """How many `generate` calls the serving batcher may have running at once (the engine decodes them together)."""
+        return int(getattr(self.chat, "concurrent_calls", 1))
+
     def count_tokens(self, text: str) -> int:
         return self.chat.count_tokens(text)
 

@@ -78,7 +78,8 @@ class Service:
             self.batchers[m.batch_key] = DynamicBatcher(
                 self._run_sequence if m.kind == "sequence" else self._run_chat,
                 max_batch=self.spec.max_batch_size, wait_ms=self.spec.batch_wait_ms, max_queue=self.spec.max_queue,
-                executor=self.executor, on_batch=lambda n, name=m.id: self.metrics.batch_size.labels(name).observe(n))
+                executor=self.executor, on_batch=lambda n, name=m.id: self.metrics.batch_size.labels(name).observe(n),
+                concurrency=getattr(m.engine, "concurrent_calls", 1) if m.kind != "sequence" else 1)
         self.metrics.queue_depth.labels(m.id).set_function(lambda key=m.batch_key: self.batchers[key].depth)
         if not listed:
             return
