@@ -133,6 +133,34 @@ def test_split_is_stratified(tmp_path: Path, make_config) -> None:
     assert balance["test"] == {"common": 16, "rare": 4}
 
 
+def test_many_classes_keep_the_configured_ratios() -> None:
+    # 20 classes of 15 rows: no class splits exactly (12 / 1.5 / 1.5). Rounded class by class, the
+    # same tie went to validation each time and the splits came out 240 / 40 / 20, not 240 / 30 / 30.
+    from tunesmith.config import SplitSpec
+    from tunesmith.data.split import assign
+
+    strata = [f"c{i // 15:02d}" for i in range(300)]
+    splits = assign(strata, [None] * 300, [None] * 300, SplitSpec()).tolist()
+    assert [splits.count(s) for s in ("train", "validation", "test")] == [240, 30, 30]
+    for c in set(strata):  # still stratified: every class in every split, near its own share
+        mine = [s for s, k in zip(splits, strata, strict=True) if k == c]
+        assert 11 <= mine.count("train") <= 13 and 1 <= mine.count("validation") <= 2 and 1 <= mine.count("test") <= 2
+    # A class with fewer than 3 examples stays in train, however the others round.
+    few = assign([*strata, "once", "twice", "twice"], [None] * 303, [None] * 303, SplitSpec()).tolist()
+    assert few[300:] == ["train"] * 3
+
+
+def test_small_regression_set_keeps_the_configured_ratios(tmp_path: Path, make_config) -> None:
+    # 10 score bins of 3 rows each seeded validation and test with one row apiece: 10 / 10 / 10.
+    rows = [{"text": t, "score": str(i / 10)} for i, t in enumerate(sentences(30))]
+    version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}], task={"type": "regression"}))
+    c = version.manifest.counts
+    assert (c["train"], c["validation"], c["test"]) == (24, 3, 3)
+    stats = version.report()["score_stats"]
+    assert stats["validation"]["min"] < 1.5 < stats["validation"]["max"]  # still spread over the range
+    assert stats["test"]["min"] < 1.5 < stats["test"]["max"]
+
+
 def test_groups_never_straddle_splits(tmp_path: Path, make_config) -> None:
     rows = [{"text": t, "label": "ab"[i % 2], "user": f"u{i % 23}"} for i, t in enumerate(sentences(230))]
     version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}], split={"group_by": "user"}))

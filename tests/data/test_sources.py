@@ -449,6 +449,47 @@ def test_csv_row_with_too_many_fields(tmp_path, make_config):
     assert entry["record"] == lines[5]  # the raw line, quotes included
 
 
+def test_unclosed_string_in_a_jsonl_line_is_named_as_such(tmp_path, make_config):
+    lines = [json.dumps(r) for r in reviews(6)]
+    lines[2] = '{"text": "The lid was broken, "label": "neg"}'[:30]  # line 3: the string never closes
+    path = write_lines(tmp_path / "cut.jsonl", lines)
+    version = run(make_config, [{"path": str(path)}])
+    accounted(version, 6)
+    # Parsed with its line break, the error blamed the break: "Invalid control character at".
+    assert by_line(version)[3]["reason"] == "not valid JSON: Unterminated string starting at (column 10)"
+
+
+def test_csv_field_longer_than_the_csv_modules_default_limit(tmp_path, make_config):
+    records = reviews(6)
+    records[2]["text"] = " ".join(["The long review goes on about the tea."] * 4000)  # ~156,000 characters
+    version = run(make_config, [{"path": str(write_csv(tmp_path / "long.csv", records))}])
+    accounted(version, 6)  # was quarantined as "malformed CSV: field larger than field limit (131072)"
+    assert pairs(version) == expected_pairs(records)
+
+
+@pytest.mark.parametrize("suffix", ["csv", "xlsx"])
+def test_mapped_column_named_twice_in_the_header(tmp_path, make_config, suffix):
+    # Every record kept the last of two `text` columns: the field silently read the wrong one.
+    header, rows = ["text", "label", "text"], [[r["text"], r["label"], "notes"] for r in reviews(6)]
+    path = tmp_path / f"twice.{suffix}"
+    if suffix == "csv":
+        with path.open("w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([header, *rows])
+    else:
+        import openpyxl
+
+        wb = openpyxl.Workbook()
+        for row in [header, *rows]:
+            wb.active.append(row)
+        wb.save(path)
+    with pytest.raises(DataError, match=r"twice\.\w+.*: the header has column\(s\) \['text'\] more than once"):
+        run(make_config, [{"path": str(path)}])
+    # A repeated column the config does not read is no one's business.
+    with (tmp_path / "extra.csv").open("w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([["text", "label", "note", "note"], *([r["text"], r["label"], "a", "b"] for r in reviews(6))])
+    accounted(run(make_config, [{"path": str(tmp_path / "extra.csv")}]), 6)
+
+
 def test_csv_missing_mapped_column(tmp_path, make_config):
     path = write_csv(tmp_path / "cols.csv", [{"review": r["text"], "label": r["label"]} for r in reviews(5)])
     with pytest.raises(DataError) as err:

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import re
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from tunesmith.errors import DataError
 
 _BAD_BYTES = re.compile("[\udc80-\udcff]")  # what `surrogateescape` leaves for undecodable bytes
 SNIFF_BYTES = 64 * 1024  # enough lines to guess a delimiter and an encoding
+# The csv module refuses fields over 128 KiB as an error; a long document is a valid CSV field.
+csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
 
 
 def read_source(spec: SourceSpec, needed: dict[str, Any]) -> Iterator[Raw]:
@@ -72,6 +75,16 @@ def check_columns(path: Any, columns: list[str], needed: dict[str, Any]) -> None
             f"{path}: column(s) not found for {what}; the file has columns {columns}. "
             "Map them with task.<field> or the source's `fields:`"
         )
+
+
+def check_unique(path: Any, columns: list[str], needed: dict[str, Any]) -> None:
+    """A header naming a mapped column twice: a record keeps only the last of them, so the field
+    would silently read whichever column came last."""
+    read = {c for expr in needed.values() for c in getattr(expr, "inner", expr).columns}
+    twice = sorted(c for c, k in Counter(columns).items() if k > 1 and c in read)
+    if twice:
+        raise DataError(f"{path}: the header has column(s) {twice} more than once; rename them so that "
+                        "each field reads one column")
 
 
 # --- text decoding -------------------------------------------------------------------------
@@ -136,6 +149,7 @@ def read_csv(path: Path, spec: SourceSpec, needed: dict[str, Any]) -> Iterator[R
         if _has_bad_bytes(header):
             raise DataError(f"{path}:1: header {bad_bytes_error(encoding)}")
         check_columns(path, header, needed)
+        check_unique(path, header, needed)
         src, last, rows = str(path), reader.line_num, 0
         while True:
             start = last + 1
@@ -192,8 +206,8 @@ def read_jsonl(path: Path, encoding: str | None) -> Iterator[Raw]:
             except UnicodeDecodeError:
                 yield Raw(src, lineno, None, bad_bytes_error(encoding), text=blob.decode(encoding, "replace"))
                 continue
-            try:
-                record = json.loads(line)
+            try:  # without its line break: an unclosed string would report the break as a bad character
+                record = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as err:
                 yield Raw(src, lineno, None, f"not valid JSON: {err.msg} (column {err.colno})", text=line.rstrip("\n"))
                 continue
@@ -245,6 +259,7 @@ def read_parquet(path: Path, needed: dict[str, Any]) -> Iterator[Raw]:
     except Exception as err:  # pyarrow raises several types for a corrupt file
         raise DataError(f"{path}: not a readable Parquet file: {err}") from None
     check_columns(path, pf.schema_arrow.names, needed)
+    check_unique(path, pf.schema_arrow.names, needed)
     if pf.metadata.num_rows == 0:
         raise DataError(f"{path}: has no rows")
     row, src = 0, str(path)
@@ -271,6 +286,7 @@ def read_excel(path: Path, sheet: str | None, needed: dict[str, Any]) -> Iterato
             raise DataError(f"{path}: sheet '{ws.title}' is empty")
         header = ["" if h is None else str(h).strip() for h in header_row]
         check_columns(f"{path} [sheet {ws.title}]", header, needed)
+        check_unique(f"{path} [sheet {ws.title}]", header, needed)
         src, count = f"{path}[{ws.title}]", 0
         for rowno, values in enumerate(rows, start=2):  # Excel's own row numbers
             if values is None or all(v is None for v in values):
