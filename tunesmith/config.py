@@ -301,7 +301,11 @@ class MissingSpec(Spec):
 
 class CleanSpec(Spec):
     unicode_form: Literal["NFC", "NFKC", "NFD", "NFKD"] | None = "NFKC"  # folds full-width/ligature variants so equal texts compare equal
-    strip_html: bool = True  # scraped text carries markup (the food reviews contain <br />)
+    # None: by task. On for text tasks: scraped text carries markup (the food reviews contain <br />). Off for chat and
+    # preference data, whose messages are kept as written (stripped of surrounding blanks, as OpenAI's fine-tuning
+    # keeps them): markup, indentation and code such as List<String> in an answer are what the model should learn;
+    # true there runs the whole cleaning (markup, unicode_form, normalize_whitespace) on each message
+    strip_html: bool | None = None
     normalize_whitespace: bool = True  # collapse runs of blanks; they carry no meaning for a tokenizer
     lowercase: bool = False  # modern tokenizers are cased; only uncased models want this
     min_tokens: int | None = None  # drop examples shorter than this many tokens of the model's tokenizer
@@ -672,6 +676,8 @@ class ProjectConfig(Spec):
         elif generative and self.train.method == "head":
             raise ValueError(f"train.method 'head' needs a classification head; {self.task.type.value} tasks "
                              "train the language model itself (use lora or full)")
+        if self.data.clean.strip_html is None:
+            self.data.clean.strip_html = not generative
         is_regression = self.task.type == TaskType.regression
         if self.data.dedup.conflicts is None:
             self.data.dedup.conflicts = "mean" if is_regression else "majority"

@@ -268,7 +268,8 @@ def test_bad_pairs_are_quarantined_with_line_and_field(tmp_path, make_config, ti
     good = openai_pairs(8)
     bad = [record for record, *_ in BAD_PAIRS]
     path = write_jsonl(tmp_path / "dpo.jsonl", good + bad)
-    version = run(make_config, [{"path": str(path)}], tiny_chat_tokenizer)
+    # markup cleaning asked for (preference messages are kept as written by default): the two "clean" cases
+    version = run(make_config, [{"path": str(path)}], tiny_chat_tokenizer, clean={"strip_html": True})
     accounted(version, len(good) + len(bad))
     entries = by_line(version)
     assert set(entries) == set(range(len(good) + 1, len(good) + len(bad) + 1))

@@ -69,6 +69,35 @@ def test_cleaning_strips_markup_and_normalises(tmp_path: Path, make_config) -> N
     assert cleaned == "Loved it!\n\nWould buy again & again. full marks, 3 < 5"
 
 
+@pytest.mark.parametrize("strip_html", [None, True])
+def test_chat_messages_are_kept_as_written_unless_cleaning_is_asked_for(tmp_path: Path, tiny_llama: Path,
+                                                                        strip_html: bool | None) -> None:
+    """Markup, indentation and blank lines in an answer are content (code, HTML, lists): the default keeps them, as
+    OpenAI's fine-tuning does; `strip_html: true` cleans messages as text tasks' texts are cleaned."""
+    from tests.test_train_chat import chat_raw
+    from tunesmith.config import parse_config
+
+    raw = chat_raw(tmp_path, tiny_llama, n=20)
+    code = "def names() -> List<String>:\n    return  [\"a\",\n\n\n            \"b\"]  # ｆｕｌｌ &amp;"
+    lines = (tmp_path / "chat.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    first["messages"][-1]["content"] = f"  {code}\n"
+    (tmp_path / "chat.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    if strip_html is not None:
+        raw["data"]["clean"] = {"strip_html": strip_html}
+    cfg = parse_config(raw)
+    assert cfg.data.clean.strip_html is bool(strip_html)
+    version = prepare(cfg)
+    answers = [m[-1]["content"] for split in ("train", "validation", "test")
+               for m in version.table(split).column("messages").to_pylist()]
+    kept = next(a for a in answers if a.startswith("def names"))
+    assert kept == (code if strip_html is None else 'def names() -> List :\nreturn ["a",\n\n"b"] # full &')
+
+
+def test_text_tasks_still_strip_markup_by_default(make_config, tmp_path: Path) -> None:
+    assert make_config([{"path": str(write_csv(tmp_path / "d.csv", labelled(20)))}]).data.clean.strip_html is True
+
+
 def test_lowercase_option(tmp_path: Path, make_config) -> None:
     rows = labelled(20)
     rows[0]["text"] = "SHOUTING Review Text here"
