@@ -138,3 +138,53 @@ def test_the_sample_size_calculator_on_the_command_line() -> None:
     out = subprocess.run([sys.executable, "-m", "tunesmith", "ab", "size", "--baseline", "0.5", "--mde", "0.1"],
                          capture_output=True, text=True, check=True).stdout
     assert out.startswith("388 rated items per variant")  # the textbook ~385-390 for 50% -> 60%
+
+
+def test_a_bad_horizon_or_alpha_is_refused_before_the_test_is_stored(store_url: str, tmp_path: Path) -> None:
+    """They used to be stored as given, and every later status of the running test raised a ValueError."""
+    _, ab = setup(store_url, tmp_path)
+    for kwargs, words in (({"horizon": 1}, "horizon must be"), ({"horizon": 0}, "horizon must be"),
+                          ({"horizon": 100, "alpha": 1.5}, "alpha must be"), ({"baseline": 1.2}, "baseline")):
+        with pytest.raises(ConfigError, match=words):
+            ab.start("reviews", {"v1": 0.5, "v2": 0.5}, **kwargs)
+    with pytest.raises(ConfigError, match="has no A/B test"):
+        ab.status("reviews")  # nothing was stored
+    assert ab.start("reviews", {"v1": 0.5, "v2": 0.5}, horizon=2).horizon == 2
+
+
+def test_the_verdict_is_read_once_at_the_horizon(store_url: str, tmp_path: Path) -> None:
+    """Testing again as feedback keeps arriving after the horizon is peeking: the verdict reads each variant's
+    first `horizon` items, so later data (here a large effect) cannot turn "no difference" into a winner."""
+    store, ab = setup(store_url, tmp_path)
+    ab.start("reviews", {"v1": 0.5, "v2": 0.5}, horizon=300)
+    _simulate(store, {"v1": 0.5, "v2": 0.5}, 600, seed=3)
+    at_horizon = ab.status("reviews")
+    assert at_horizon.decided and at_horizon.winner is None, at_horizon.verdict
+    _simulate(store, {"v1": 0.5, "v2": 0.8}, 2000, seed=4)
+    later = ab.status("reviews")
+    assert later.variants[1].feedback == 1300  # the counts shown are all of them...
+    # ...the test is the one read at the horizon
+    assert later.winner is None and later.p_value == at_horizon.p_value, later.verdict
+    assert later.verdict == at_horizon.verdict
+
+
+def test_a_stopped_test_keeps_its_own_traffic(store_url: str, tmp_path: Path) -> None:
+    store, ab = setup(store_url, tmp_path)
+    first = ab.start("reviews", {"v1": 0.5, "v2": 0.5}, horizon=100)
+    _simulate(store, {"v1": 0.5, "v2": 0.5}, 200, seed=5)
+    ab.stop("reviews")
+    time.sleep(0.01)
+    ab.start("reviews", {"v1": 0.5, "v2": 0.5}, horizon=100)  # the same variant names again
+    _simulate(store, {"v1": 0.2, "v2": 0.9}, 400, seed=6)
+    old = ab.status("reviews", first.id)
+    assert [v.feedback for v in old.variants] == [100, 100] and [v.requests for v in old.variants] == [100, 100]
+
+
+def test_stop_promoting_the_variant_already_in_production_keeps_it(store_url: str, tmp_path: Path) -> None:
+    """Production (v1) won against a retrained candidate: `ab stop --promote v1` used to stop the test and then fail
+    with "already in production"."""
+    store, ab = setup(store_url, tmp_path)
+    ab.start("reviews", {"v1": 0.5, "v2": 0.5}, horizon=100)
+    stopped = ab.stop("reviews", promote="v1")
+    assert stopped.status == "stopped" and stopped.winner == "v1"
+    assert Registry(store).production("reviews").version == 1

@@ -89,3 +89,44 @@ def test_inputs_are_not_kept_when_opted_out_and_cleared_after_retention(store_ur
     with store.session() as s:
         assert s.get(Prediction, "req-old").inputs is None
     log.close()
+
+
+def test_a_retried_feedback_item_is_stored_and_counted_once(store_url: str) -> None:
+    """A client that saw no answer sends the same item again: it gets the first one's id, and nothing is counted
+    twice (each retry used to be a new row: a second thumbs in the A/B test, a second correction)."""
+    store = Store(store_url)
+    log = PredictionLog(store)
+    accepted: list[str] = []
+    service = FeedbackService(store, log, on_accept=lambda p, f: accepted.append(f.id))
+    log.record("req-1", "reviews", "reviews-v1", "predict", ["great food"], [LABELS], 3.0, user_id="u1")
+    body = {"request_id": "req-1", "rating": "down", "label": "neg", "user_id": "u1"}
+    first = service.submit(FeedbackRequest(**body))
+    again = service.submit(FeedbackRequest(**dict(reversed(body.items()))))
+    assert isinstance(first, FeedbackCreated) and isinstance(again, FeedbackCreated)
+    assert again.id == first.id and again.created_at == first.created_at
+    other = service.submit(FeedbackRequest(**{**body, "rating": "up"}))  # a different item is a new one
+    assert isinstance(other, FeedbackCreated) and other.id != first.id
+    with store.session() as s:
+        assert s.query(Feedback).count() == 2
+    assert accepted == [first.id, other.id]
+    with pytest.raises(ValidationError, match="value"):  # json.loads reads NaN; an MAE over it would be NaN
+        FeedbackRequest(request_id="req-1", value=float("nan"))
+    log.close()
+
+
+def test_a_label_that_cannot_be_a_correction_is_refused_by_name(store_url: str) -> None:
+    """An empty label list, or several labels for a single-label model, used to be stored and then dropped (or
+    quarantined) at retraining without a word to the client."""
+    store = Store(store_url)
+    log = PredictionLog(store)
+    service = FeedbackService(store, log)
+    log.record("req-1", "reviews", "reviews-v1", "predict", ["great food"], [LABELS], 3.0)
+    log.record("req-m", "tags", "tags-v1", "predict", ["great food"],
+               [{"label": ["food"], "probabilities": {"food": 0.9, "service": 0.2}}], 3.0)
+    for label in ([], ["pos", "neg"]):
+        req = FeedbackRequest(request_id="req-1", label=label)
+        err = service.submit(req)
+        assert isinstance(err, ApiError) and err.status == 400 and err.param == "label", (req, err)
+    assert isinstance(service.submit(FeedbackRequest(request_id="req-1", label=["neg"])), FeedbackCreated)
+    assert isinstance(service.submit(FeedbackRequest(request_id="req-m", label=["food", "service"])), FeedbackCreated)
+    log.close()

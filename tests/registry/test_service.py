@@ -66,11 +66,14 @@ def test_racing_promotions_leave_one_production_version(store_url: str, tmp_path
     for i in range(4):
         registry.add(fake_run(tmp_path / f"r{i}", 0.5), "reviews")
     errors: list[Exception] = []
+    start = threading.Barrier(4)
 
     def promote(version: int) -> None:
         try:
-            Registry(Store(store_url, migrate=False)).promote("reviews", version)
-        except Exception as err:  # noqa: BLE001 - a refused race is fine; two productions are not
+            other = Registry(Store(store_url, migrate=False))
+            start.wait()
+            other.promote("reviews", version)
+        except Exception as err:  # noqa: BLE001 - collected: the promotions go one after the other, none fails
             errors.append(err)
 
     threads = [threading.Thread(target=promote, args=(v,)) for v in (1, 2, 3, 4)]
@@ -78,4 +81,33 @@ def test_racing_promotions_leave_one_production_version(store_url: str, tmp_path
         t.start()
     for t in threads:
         t.join()
+    assert not errors, errors  # they used to die on the one-production index (IntegrityError)
     assert [v.stage for v in registry.versions("reviews")].count("production") == 1
+    promoted = [e.version for e in registry.events("reviews") if e.to_stage == "production"]
+    assert sorted(promoted) == [1, 2, 3, 4] and registry.production("reviews").version == promoted[-1]
+
+
+def test_concurrent_adds_get_consecutive_versions(store_url: str, tmp_path: Path) -> None:
+    """Several processes registering runs of a new model at once: one creates it, each gets its own number."""
+    Store(store_url)
+    runs = [fake_run(tmp_path / f"r{i}", 0.5) for i in range(6)]
+    errors: list[Exception] = []
+    start = threading.Barrier(len(runs))
+
+    def add(run: Path) -> None:
+        try:
+            other = Registry(Store(store_url, migrate=False))
+            start.wait()
+            other.add(run, "reviews")
+        except Exception as err:  # noqa: BLE001 - collected: every add must succeed
+            errors.append(err)
+
+    threads = [threading.Thread(target=add, args=(r,)) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors  # they used to take the same max + 1 (or create the model twice): IntegrityError
+    versions = Registry(Store(store_url, migrate=False)).versions("reviews")
+    assert sorted(v.version for v in versions) == [1, 2, 3, 4, 5, 6]
+    assert sorted(v.run for v in versions) == sorted(str(r.resolve()) for r in runs)

@@ -5,8 +5,9 @@ variant by the weights, so a user keeps their variant for the whole test; a requ
 id is assigned at random. Outcomes come from feedback joined to the prediction log by request id:
 the positive rate (thumbs up, or a score of 4-5), the mean score, accuracy on corrected labels, and
 latency. The verdict is a fixed-horizon test (monitor/stats.py): no winner is declared before every
-variant has the planned number of feedback items, so looking at the status often does not inflate
-false positives.
+variant has the planned number of feedback items, and the test reads each variant's first `horizon`
+items (in the order they came) even when more have arrived since, so the verdict is read once and
+looking at the status often, before or after the horizon, does not inflate false positives.
 """
 
 from __future__ import annotations
@@ -130,7 +131,11 @@ class ABService:
             self.registry.version(model, shadow_entry["version"])
             if shadow in weights:
                 raise ConfigError(f"the shadow '{shadow}' is already a variant; a shadow gets a copy of the traffic, not a share")
-        per_variant = horizon or stats.sample_size_proportions(baseline, minimum_detectable_effect, alpha=alpha, power=power)
+        try:  # checked before the test is stored: a stored bad alpha or horizon would break every later status
+            planned = stats.sample_size_proportions(baseline, minimum_detectable_effect, alpha=alpha, power=power)
+            per_variant = stats.Horizon(planned if horizon is None else horizon).per_variant
+        except ValueError as err:
+            raise ConfigError(f"A/B test on '{model}': {err}") from None
         with self.store.session() as s:
             running = s.scalar(select(ABTest).where(ABTest.model == model, ABTest.status == "running"))
             if running is not None:
@@ -165,13 +170,14 @@ class ABService:
         with self.store.session() as s:
             test = self._test(s, model, test_id)
             names = [v["name"] for v in test.variants]
+            window = [Prediction.model == model, Prediction.created >= test.created, Prediction.variant.in_(names)]
+            if test.stopped is not None:  # a later test may reuse the variant names: its traffic is not this one's
+                window.append(Prediction.created <= test.stopped)
             predictions = s.execute(select(Prediction.request_id, Prediction.variant, Prediction.latency_ms, Prediction.outputs)
-                                    .where(Prediction.model == model, Prediction.created >= test.created,
-                                           Prediction.variant.in_(names))).all()
+                                    .where(*window)).all()
             feedback = s.execute(select(Feedback, Prediction.variant, Prediction.outputs)
                                  .join(Prediction, Feedback.request_id == Prediction.request_id)
-                                 .where(Prediction.model == model, Prediction.created >= test.created,
-                                        Prediction.variant.in_(names))).all()
+                                 .where(*window).order_by(Feedback.created, Feedback.id)).all()
             info = {"id": test.id, "status": test.status, "horizon": test.horizon, "alpha": test.alpha,
                     "variants": list(test.variants), "shadow": test.shadow, "winner": test.winner}
         outcomes = []
@@ -179,7 +185,7 @@ class ABService:
         for v in info["variants"]:
             mine = [f for f, variant, _ in feedback if variant == v["name"]]
             rated = [f for f in mine if f.thumbs_up is not None or f.score is not None]
-            positive = sum(1 for f in rated if f.thumbs_up is True or (f.score is not None and f.score >= 4))
+            positive = sum(1 for f in rated if _positive(f))
             corrected = [(f, out) for f, variant, out in feedback if variant == v["name"] and f.corrected_label]
             right = sum(1 for f, out in corrected if out and _predicted_labels(out, f.item_index) == set(f.corrected_label or []))
             latencies = sorted(lat for _, variant, lat, _ in predictions if variant == v["name"])
@@ -191,7 +197,11 @@ class ABService:
                 mean_score=sum(score_values) / len(score_values) if score_values else None,
                 corrected_accuracy=right / len(corrected) if corrected else None,
                 latency_p50_ms=latencies[len(latencies) // 2] if latencies else None))
-            trials[v["name"]], successes[v["name"]], scores[v["name"]] = len(rated), positive, score_values
+            # The test reads the first `horizon` items only: testing again as more arrive is peeking after the horizon.
+            first = rated[:info["horizon"]]
+            trials[v["name"]] = len(first)
+            successes[v["name"]] = sum(1 for f in first if _positive(f))
+            scores[v["name"]] = score_values[:info["horizon"]]
         horizon = stats.Horizon(info["horizon"])
         test_name = p_value = difference = ci = None
         winner = info["winner"]
@@ -227,9 +237,19 @@ class ABService:
                 raise ConfigError(f"--promote {promote}: not a variant of this test ({sorted(names)})")
             test.status, test.stopped, test.winner = "stopped", time.time(), promote
             test_id = test.id
-        if promote is not None:
+        if promote is not None and not self._in_production(model, names[promote]):
             self.registry.promote(model, names[promote])
         return self.status(model, test_id)
+
+    def _in_production(self, model: str, version: int) -> bool:
+        """Keeping production (the incumbent won) is no promotion: the registry refuses it as already there."""
+        current = self.registry.production(model)
+        return current is not None and current.version == version
+
+
+def _positive(f: Feedback) -> bool:
+    """A thumbs up, or a score of 4-5."""
+    return f.thumbs_up is True or (f.score is not None and f.score >= 4)
 
 
 def _predicted_labels(outputs: list[Any], index: int) -> set[str]:

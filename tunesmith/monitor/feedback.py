@@ -1,14 +1,16 @@
 """User feedback on earlier answers (`POST /v1/feedback`), and the corrections as a dataset file.
 
 An accepted item is committed before the call returns, so an acknowledged item survives a crash of
-the server right after. Values or ApiError, no HTTP.
+the server right after. A retry (the same item sent again, because the client saw no answer) is
+idempotent: the item's id is a hash of what it says, so the retry gets the first one's answer and is
+counted once. Values or ApiError, no HTTP.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +32,7 @@ class FeedbackRequest(BaseModel):
     rating: Literal["up", "down"] | Annotated[int, Field(strict=True, ge=1, le=5)] | None = None  # thumbs, or a 1-5 score
     index: Annotated[int, Field(ge=0)] = 0  # which text of a batch prediction this is about
     label: str | list[str] | None = None  # the right class (a list for multi-label)
-    value: float | None = None  # the right value (regression)
+    value: Annotated[float, Field(allow_inf_nan=False)] | None = None  # the right value (regression); not NaN
     answer: str | None = None  # the right answer (chat)
     comment: Annotated[str, Field(max_length=10_000)] | None = None
     user_id: Annotated[str, Field(max_length=256)] | None = None
@@ -65,16 +67,21 @@ class FeedbackService:
         problem = _check_correction(req, prediction)
         if problem:
             return problem
-        row = Feedback(id=f"fb-{secrets.token_hex(12)}", request_id=req.request_id, item_index=req.index, created=time.time(),
+        row = Feedback(id=_feedback_id(req), request_id=req.request_id, item_index=req.index, created=time.time(),
                        thumbs_up=None if not isinstance(req.rating, str) else req.rating == "up",
                        score=req.rating if isinstance(req.rating, int) else None,
                        corrected_label=None if req.label is None else ([req.label] if isinstance(req.label, str) else req.label),
                        corrected_value=req.value, corrected_answer=req.answer, comment=req.comment, user_id=req.user_id)
+        values = {c.key: getattr(row, c.key) for c in Feedback.__table__.columns}
         with self.store.session() as s:  # committed when the block ends: before the caller answers 2xx
-            s.add(row)
-        if self.on_accept is not None:
+            # ON CONFLICT, not a look first: two retries racing each other also store one row.
+            added = s.scalar(_insert(self.store.dialect).values(**values).on_conflict_do_nothing(index_elements=["id"])
+                             .returning(Feedback.id)) is not None
+            first = row if added else s.get(Feedback, row.id)
+        if added and self.on_accept is not None:  # a retry is not counted again in the live figures
             self.on_accept(prediction, row)
-        return FeedbackCreated(id=row.id, request_id=row.request_id, created_at=int(row.created))
+        assert first is not None
+        return FeedbackCreated(id=first.id, request_id=first.request_id, created_at=int(first.created))
 
     def export(self, model: str, out: Path) -> int:
         """The corrections given for `model` as a file `tunesmith data prepare` reads: CSV text,label (or
@@ -113,6 +120,22 @@ class FeedbackService:
         return written
 
 
+def _feedback_id(req: FeedbackRequest) -> str:
+    """The same id for the same item sent again (a client's retry), whatever its field order or label order."""
+    label = sorted(req.label) if isinstance(req.label, list) else req.label
+    what = [req.request_id, req.index, req.user_id, req.rating, label, req.value, req.answer, req.comment]
+    return f"fb-{hashlib.sha256(json.dumps(what, ensure_ascii=False).encode()).hexdigest()[:24]}"
+
+
+def _insert(dialect: str) -> Any:
+    """INSERT INTO feedback with ON CONFLICT, in the store's dialect."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    return insert(Feedback)
+
+
 def _check_correction(req: FeedbackRequest, p: Prediction) -> ApiError | None:
     if p.kind == "predict" and req.answer is not None:
         return ApiError(400, "'answer' corrects a chat answer; this request was a prediction (send label or value)",
@@ -120,11 +143,16 @@ def _check_correction(req: FeedbackRequest, p: Prediction) -> ApiError | None:
     if p.kind != "predict" and (req.label is not None or req.value is not None):
         return ApiError(400, "'label' and 'value' correct predictions; this request was a chat answer (send answer)",
                         param="label" if req.label is not None else "value")
+    if isinstance(req.label, list) and not req.label:  # stored, it would be no correction at all (export skips it)
+        return ApiError(400, "'label' is an empty list: send the right label (or labels, for a multi-label model)",
+                        param="label")
     if p.outputs and req.index >= len(p.outputs):
         return ApiError(400, f"index {req.index} is past the {len(p.outputs)} answer(s) of request '{p.request_id}'",
                         param="index")
     output = p.outputs[req.index] if p.outputs else None
     if isinstance(output, dict):
+        if isinstance(req.label, list) and len(req.label) > 1 and isinstance(output.get("label"), str):
+            return ApiError(400, f"this model gives one label per text; send one, not {req.label}", param="label")
         if req.label is not None and "probabilities" in output:
             known = set(output["probabilities"])
             unknown = sorted(set([req.label] if isinstance(req.label, str) else req.label) - known)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from tunesmith.artifacts import Run, is_run
@@ -74,12 +74,12 @@ class Registry:
         m = Run(path).manifest
         now = int(time.time())
         with self.store.session() as s:
-            registered = s.get(RegisteredModel, model)
-            if registered is None:
-                registered = RegisteredModel(name=model, owner=owner, created_at=now, description=m.description)
-                s.add(registered)
-                s.flush()
-            elif any(v.run_path == str(path) for v in registered.versions):
+            # Created on first use by whichever of several concurrent adds comes first; the others find it.
+            s.execute(_insert(self.store.dialect, RegisteredModel)
+                      .values(name=model, owner=owner, created_at=now, description=m.description)
+                      .on_conflict_do_nothing(index_elements=["name"]))
+            registered = self._model(s, model, lock=True)
+            if any(v.run_path == str(path) for v in registered.versions):
                 existing = next(v for v in registered.versions if v.run_path == str(path))
                 raise ConfigError(f"{path} is already version {existing.version} of '{model}'")
             number = (s.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model == model)) or 0) + 1
@@ -137,7 +137,7 @@ class Registry:
     def rollback(self, model: str) -> VersionInfo:
         """Production goes back to the version that was there before the latest promotion."""
         with self.store.session() as s:
-            self._model(s, model)
+            self._model(s, model, lock=True)
             current = s.scalar(select(ModelVersion).where(ModelVersion.model == model, ModelVersion.stage == "production")
                                .with_for_update())
             if current is None:
@@ -160,7 +160,14 @@ class Registry:
 
     # -- inside a transaction ----------------------------------------------------------------------
 
-    def _model(self, s: Session, model: str) -> RegisteredModel:
+    def _model(self, s: Session, model: str, lock: bool = False) -> RegisteredModel:
+        """The model's row; `lock`: held until the commit, so writers of one model (adds, promotions,
+        rollbacks) go one at a time and the next version number or the production version read after it
+        cannot change underneath (concurrent adds both took max + 1 and one died on the unique index)."""
+        if lock:
+            # A no-op write, first in the transaction: PostgreSQL locks the row, and SQLite (which ignores
+            # FOR UPDATE) takes its database write lock before anything is read.
+            s.execute(update(RegisteredModel).where(RegisteredModel.name == model).values(name=RegisteredModel.name))
         registered = s.get(RegisteredModel, model)
         if registered is None:
             known = list(s.scalars(select(RegisteredModel.name).order_by(RegisteredModel.name)))
@@ -169,7 +176,7 @@ class Registry:
         return registered
 
     def _version(self, s: Session, model: str, version: int, lock: bool = False) -> ModelVersion:
-        self._model(s, model)
+        self._model(s, model, lock=lock)
         stmt = select(ModelVersion).where(ModelVersion.model == model, ModelVersion.version == version)
         found = s.scalar(stmt.with_for_update() if lock else stmt)
         if found is None:
@@ -191,3 +198,12 @@ class Registry:
         version.stage, version.stage_changed_at = stage, now
         s.add(RegistryEvent(model=version.model, version=version.version, action=action, from_stage=before,
                             to_stage=stage, created_at=now))
+
+
+def _insert(dialect: str, table: Any) -> Any:
+    """INSERT with ON CONFLICT, in the store's dialect."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+    return insert(table)
