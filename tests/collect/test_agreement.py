@@ -42,6 +42,7 @@ def test_undefined_and_empty_cases() -> None:
     none = agreement([{"a": "p"}, {}], LABELS)
     assert none["method"] is None and "overlap of 2" in none["note"]
     assert interpret(-0.1) == "poor" and interpret(0.85) == "almost perfect"
+    assert interpret(0.0) == "slight" and interpret(0.2) == "slight"  # Landis & Koch: 0.00-0.20 slight, below 0 poor
 
 
 def test_report_keeps_models_out_of_human_agreement(tmp_path: Path) -> None:

@@ -113,3 +113,20 @@ def test_label_studio_tasks_hold_the_unlabelled_items(queue: Queue, tmp_path: Pa
     assert n == len(tasks) == 5 and all(set(t) == {"id", "data"} and isinstance(t["id"], int) for t in tasks)
     assert first not in {t["data"]["item_id"] for t in tasks} and tasks[0]["data"]["text"].startswith("review number 1")
     assert '<Choice value="pos"/>' in config.read_text() and 'toName="text"' in config.read_text()
+
+
+def test_items_loaded_from_a_csv_export_export_again(queue: Queue, tmp_path: Path) -> None:
+    load_data(queue, collected(tmp_path))
+    for item in queue.items():
+        queue.label("ann", item.item_id, "pos")
+    first = export_labelled(queue, tmp_path / "round1.csv")  # provenance becomes the JSON text of a CSV cell
+    store = queue.store
+    create_task(store, "round2", ["pos", "neg"])
+    again = Queue(store, "round2")
+    assert load_data(again, first.path)[0] == 6
+    for item in again.items():
+        again.label("bob", item.item_id, "neg")
+    out = export_labelled(again, tmp_path / "round2.jsonl")  # once: TypeError, 'str' object is not a mapping
+    rows = [json.loads(line) for line in out.path.read_text().splitlines()]
+    assert len(rows) == 6 and rows[0]["_provenance"]["kind"] == "web"
+    assert rows[0]["_provenance"]["annotation"] == {"task": "round2", "annotators": ["bob"], "label_source": "human"}

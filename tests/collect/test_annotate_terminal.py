@@ -28,3 +28,17 @@ def test_keys_label_skip_undo_and_quit(tmp_path: Path) -> None:
     rest = iter(["2"])
     annotate_terminal(q, "ann", console=Console(file=out, width=80), ask=lambda _: next(rest))
     assert "nothing left for you" in out.getvalue()
+
+
+def test_texts_with_brackets_show_as_typed(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    create_task(store, "forum", ["pos", "neg"], instructions="Ignore [quote] blocks")
+    add_items(store, "forum", [NewItem("p1", "[quote]meh[/quote] The [b]soup[/b] was great [/]"),
+                               NewItem("p2", "[red]fine[/red]")])
+    keys = iter(["1", "2"])
+    out = io.StringIO()
+    counts = annotate_terminal(Queue(store, "forum"), "ann", console=Console(file=out, width=100), ask=lambda _: next(keys))
+    assert counts["labelled"] == 2  # rich markup in the data once raised MarkupError on "[/]" and "[/quote]"
+    text = out.getvalue()
+    assert "[quote]meh[/quote] The [b]soup[/b] was great [/]" in text and "[red]fine[/red]" in text
+    assert "Ignore [quote] blocks" in text

@@ -141,6 +141,30 @@ def test_robots_rules_for_our_user_agent(server: FixtureServer, tmp_path: Path) 
     assert Fetcher(spec(user_agent="other-bot/1.0"), tmp_path / "c2").get(server.url("/a")).status == 200
 
 
+@pytest.mark.parametrize(("rules", "path", "allowed"), [
+    (b"Allow: /\nDisallow: /private/\n", "/private/x", False),  # the longest rule wins, not the first
+    (b"Disallow: /\nAllow: /public\n", "/public/x", True),
+    (b"Disallow: /*?session=\n", "/p?session=1", False),  # * matches any run of characters
+    (b"Disallow: /*.pdf$\n", "/files/a.pdf", False),  # $ anchors the end
+    (b"Disallow: /*.pdf$\n", "/files/a.pdf?page=2", True),
+    (b"Allow: /a\nDisallow: /a\n", "/a/b", True),  # a tie goes to Allow
+])
+def test_robots_rules_are_read_as_rfc_9309_says(server: FixtureServer, tmp_path: Path, rules: bytes, path: str,
+                                                allowed: bool) -> None:
+    server.route("/robots.txt", Reply(body=b"User-agent: *\n" + rules, headers={"Content-Type": "text/plain"}))
+    assert Fetcher(spec(), tmp_path).allowed(server.url(path)) is allowed
+
+
+def test_a_redirect_into_a_disallowed_page_is_not_kept(server: FixtureServer, tmp_path: Path) -> None:
+    server.route("/robots.txt", Reply(body=b"User-agent: *\nDisallow: /private/\n", headers={"Content-Type": "text/plain"}))
+    server.route("/go", Reply(302, headers={"Location": "/private/x"}))
+    server.route("/private/x", PAGE)
+    fetcher = Fetcher(spec(), tmp_path)
+    for _ in range(2):  # from the network, then from the cache
+        with pytest.raises(FetchError, match=r"redirected to .*/private/x, which .*robots.txt disallows"):
+            fetcher.get(server.url("/go"))
+
+
 @pytest.mark.parametrize(("status", "allowed"), [(403, False), (401, False), (404, True), (500, True)])
 def test_robots_txt_status(server: FixtureServer, tmp_path: Path, status: int, allowed: bool) -> None:
     server.route("/robots.txt", Reply(status))

@@ -208,3 +208,19 @@ def test_a_malformed_token_is_reported_without_quoting_it(server, collect_config
     assert out.records == [] and "holds characters HTTP does not allow" in out.failures[0]["reason"]
     stored = b"".join(f.read_bytes() for f in (tmp_path / "collected").rglob("*") if f.is_file())
     assert b"half-a-token" not in stored and b"half-another" not in stored
+
+
+def test_a_response_of_another_shape_is_named_not_taken_for_the_end(server, collect_config, run_collector) -> None:
+    def reply(hit: Hit) -> Reply:  # page 2 is an error answered with 200, as some APIs do
+        return Reply(body={"error": "quota exceeded"}) if hit.query["page"] == "2" else page_route()(hit)
+    server.route("/api", reply)
+    cfg = collect_config(rest_source(server, "/api", pagination="page", records="$.data[*]"))
+    out = run_collector(rest, cfg)
+    assert [r["id"] for r in out.records] == [1, 2, 3]
+    (failure,) = out.failures
+    assert failure["page"] == 2 and "rest.records '$.data[*]' does not match" in failure["reason"]
+    assert "an object with keys ['error']" in failure["reason"]
+    assert out.state["done"] is False and out.state["page"] == 2  # not finished: the next run asks page 2 again
+    server.route("/api", page_route())  # the quota is back; the error answer was not cached
+    again = run_collector(rest, cfg)
+    assert [r["id"] for r in again.records] == list(range(1, 8)) and again.state["done"] is True and again.failures[1:] == []

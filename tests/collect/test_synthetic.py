@@ -109,6 +109,9 @@ def test_tidy_strips_lead_ins_labels_and_quotes() -> None:
     ("the soup was hot the soup was hot the soup was hot the soup was hot", "repeats itself"),
     ("Write one realistic example of a food review", "copies the prompt"),
     ("I'm sorry, but as an AI I cannot taste food.", "reads as a refusal"),
+    ("I’m sorry, but I can’t help with writing that review.", "reads as a refusal"),  # the typographic apostrophe
+    ("I apologize, but I cannot fulfill this request as written.", "reads as a refusal"),
+    ("I cannot assist with creating fake reviews for a restaurant.", "reads as a refusal"),
     ("The soup was warm and filling, a fine lunch.", None),
 ])
 def test_quality_check(text: str, reason: str | None) -> None:

@@ -134,3 +134,18 @@ def test_sitemap_index_with_a_gzipped_sitemap(server, collect_config, run_collec
     out = run_collector(web, collect_config({"web": {"sitemap": server.url("/sitemap.xml"), "min_chars": 20}}))
     assert [r["title"] for r in out.records] == ["A", "B"]
     assert len(out.failures) == 1 and "sitemap is not valid XML" in out.failures[0]["reason"]
+
+
+def test_the_charset_in_the_content_type_header_decodes_the_page(server, collect_config, run_collector) -> None:
+    words = "Crème brûlée in Zürich: a naïve façade, but the café’s “best” dessert for 5 €. " * 2
+    html = page("Café", words=words)
+    server.route("/latin", Reply(body=html.replace("’", "'").replace("“", '"').replace("”", '"').replace("€", "EUR")
+                                 .encode("latin-1"), headers={"Content-Type": "text/html; charset=ISO-8859-1"}))
+    server.route("/cp1252", Reply(body=html.encode("cp1252"), headers={"Content-Type": "text/html; charset=windows-1252"}))
+    server.route("/meta", Reply(body=html.replace("<head>", '<head><meta charset="windows-1252">').encode("cp1252"),
+                                headers={"Content-Type": "text/html"}))  # no charset in the header: the <meta> one
+    out = run_collector(web, collect_config(web_source(server, urls=["/latin", "/cp1252", "/meta"], min_chars=20)))
+    texts = {r["url"].removeprefix(server.base): r["text"] for r in out.records}
+    assert "Crème brûlée in Zürich: a naïve façade, but the café's \"best\" dessert for 5 EUR." in texts["/latin"]
+    assert texts["/cp1252"] == texts["/meta"] and words.strip().split(". ")[0] in texts["/cp1252"]
+    assert [r["title"] for r in out.records] == ["Café"] * 3

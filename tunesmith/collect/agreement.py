@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 MIN_PAIR_ITEMS = 2  # a pairwise kappa over fewer shared items says nothing
-# Landis & Koch (1977), "The measurement of observer agreement for categorical data": the usual bands.
-BANDS = [(0.0, "poor"), (0.2, "slight"), (0.4, "fair"), (0.6, "moderate"), (0.8, "substantial"), (1.0, "almost perfect")]
+# Landis & Koch (1977), "The measurement of observer agreement for categorical data": the usual bands,
+# below 0 poor, then upper bounds (0.00-0.20 slight: a kappa of exactly 0, chance agreement, is slight, not poor).
+BANDS = [(0.2, "slight"), (0.4, "fair"), (0.6, "moderate"), (0.8, "substantial"), (1.0, "almost perfect")]
 
 
 def finite(value: float | None) -> float | None:
@@ -29,6 +30,8 @@ def finite(value: float | None) -> float | None:
 def interpret(kappa: float | None) -> str:
     if kappa is None:
         return "undefined"
+    if kappa < 0:
+        return "poor"
     for bound, name in BANDS:
         if kappa <= bound:
             return name

@@ -120,8 +120,9 @@ def labelled_rows(queue: Queue) -> tuple[list[dict[str, Any]], int, int]:
             continue
         meta = dict(item.meta)
         where = meta.pop(SOURCE_KEY, None)
-        prov = meta.pop(PROVENANCE_KEY, None) or {"kind": "annotation", "origin": where or f"{queue.task.name}:{item.item_id}",
-                                                  "collected_at": now(), "collector": COLLECTOR}
+        prov = _provenance(meta.pop(PROVENANCE_KEY, None)) or {
+            "kind": "annotation", "origin": where or f"{queue.task.name}:{item.item_id}", "collected_at": now(),
+            "collector": COLLECTOR}
         prov = {**prov, "annotation": {"task": queue.task.name, "annotators": sorted(item.labels), "label_source": source}}
         human = set(item.human.values())
         row = {"id": item.item_id, "text": item.text, "label": label, "n_annotations": len(item.labels),
@@ -129,6 +130,17 @@ def labelled_rows(queue: Queue) -> tuple[list[dict[str, Any]], int, int]:
         row.update({k: v for k, v in meta.items() if k not in row})  # a label the data came with gives way to ours
         rows.append({**row, PROVENANCE_KEY: prov})
     return rows, ties, unlabelled
+
+
+def _provenance(value: Any) -> dict[str, Any] | None:
+    """A loaded record's provenance as an object. Items loaded from a CSV (our own CSV export, say) hold it as
+    the JSON text of its cell, which must not be spread as a mapping or written out as a string."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, dict) and value else None
 
 
 def export_labelled(queue: Queue, out: str | Path) -> Exported:

@@ -7,7 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
+from rich.text import Text
 
 from tunesmith.collect.annotate import Queue, check_annotator
 
@@ -20,18 +22,19 @@ def annotate_terminal(queue: Queue, annotator: str, console: Console | None = No
     annotator = check_annotator(annotator)
     ask = ask or console.input
     labels = queue.task.labels
-    keys = "  ".join(f"[bold]{i}[/] {label}" for i, label in enumerate(labels, start=1))
+    keys = "  ".join(f"[bold]{i}[/] {escape(label)}" for i, label in enumerate(labels, start=1))
     counts = {"labelled": 0, "skipped": 0, "undone": 0}
     if queue.task.instructions:
-        console.print(f"[dim]{queue.task.instructions}[/]")
+        console.print(f"[dim]{escape(queue.task.instructions)}[/]")
     item = queue.next(annotator)
     while item is not None:
         p = queue.progress(annotator)
-        console.print(Panel(item["text"], title=f"{queue.task.name}: {item['item_id']}",
+        # Text(), escape(): the item is data, not rich markup: "[b]" must show as typed, "[/quote]" must not crash
+        console.print(Panel(Text(item["text"]), title=escape(f"{queue.task.name}: {item['item_id']}"),
                             subtitle=f"{p['labelled']} labelled, {p['skipped']} skipped, {p['left']} left", expand=False))
         if item.get("suggestion"):
             s = item["suggestion"]
-            console.print(f"[dim]model suggests {s['label']} ({s['confidence']:.0%})[/]")
+            console.print(f"[dim]model suggests {escape(str(s['label']))} ({s['confidence']:.0%})[/]")
         console.print(f"{keys}  [bold]s[/] skip  [bold]u[/] undo  [bold]q[/] quit")
         answer = ask("> ").strip().lower()
         if answer == "q":
@@ -44,7 +47,7 @@ def annotate_terminal(queue: Queue, annotator: str, console: Console | None = No
             if undone is None:
                 console.print("[yellow]nothing to undo[/]")
                 continue
-            console.print(f"[yellow]undid {undone['undone']}[/]")
+            console.print(f"[yellow]undid {escape(str(undone['undone']))}[/]")
             counts["undone"] += 1
             item = undone
             continue

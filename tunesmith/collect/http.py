@@ -15,6 +15,7 @@ requests and left out of cache keys, and no message here ever includes request h
 
 from __future__ import annotations
 
+import codecs
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlparse, urlsplit, urlunparse
 from urllib.robotparser import RobotFileParser
 
 import requests
@@ -61,6 +62,19 @@ class Page:
     def content_type(self) -> str:
         """The media type without parameters, lower-case ('' when the server sent none)."""
         return self.headers.get("Content-Type", "").split(";")[0].strip().lower()
+
+    @property
+    def charset(self) -> str | None:
+        """The Content-Type charset when Python knows it (None when absent or unknown). ISO-8859-1 and ASCII
+        read as windows-1252, its superset, as browsers do (WHATWG Encoding): servers say latin-1 for cp1252 text."""
+        match = re.search(r";\s*charset\s*=\s*[\"']?([\w.:-]+)", self.headers.get("Content-Type", ""), re.IGNORECASE)
+        if match is None:
+            return None
+        try:
+            name = codecs.lookup(match.group(1)).name
+        except LookupError:
+            return None
+        return "cp1252" if name in ("iso8859-1", "ascii") else name
 
     @property
     def next_link(self) -> str | None:
@@ -159,7 +173,7 @@ class Fetcher:
                                       "into the token's environment variable?)") from None
         cached = self._from_cache(url, params, headers)
         if cached is not None:
-            return cached
+            return self._not_redirected_into_robots(url, cached)
         for attempt in range(self.http.retries + 1):
             status: int | None = None
             wait: float | None = None
@@ -174,7 +188,7 @@ class Fetcher:
             else:
                 status = response.status_code
                 if 200 <= status < 300:
-                    return _page(response)
+                    return self._not_redirected_into_robots(url, _page(response))
                 problem = f"HTTP {status} {response.reason or ''}".rstrip()
                 if not retryable(status):
                     raise FetchError(response.url or url, problem, status)
@@ -186,6 +200,14 @@ class Fetcher:
             self._sleep(min(delay, self.http.max_backoff))
         raise AssertionError("unreachable: the loop returns or raises")
 
+    def _not_redirected_into_robots(self, url: str, page: Page) -> Page:
+        """`page`, unless a redirect took `url` to a page robots.txt disallows: requests follows redirects by
+        itself, and the site asked crawlers not to take that page's content whatever link led there."""
+        if self.robots and page.url != url and not self.allowed(page.url):
+            raise FetchError(url, f"redirected to {page.url}, which {origin_of(page.url)}/robots.txt disallows for "
+                                  f"user agent {self.http.user_agent!r}", page.status)
+        return page
+
     def forget(self, page: Page) -> None:
         """Drop a cached response that turned out unusable (e.g. truncated JSON), so the next run asks again."""
         if page.cache_key and isinstance(self.session, CachedSession):
@@ -196,7 +218,7 @@ class Fetcher:
         origin = origin_of(url)
         if origin not in self._rules:
             self._rules[origin] = self._read_robots(origin)
-        return self._rules[origin].can_fetch(self.http.user_agent, url)
+        return robots_allow(self._rules[origin], self.http.user_agent, url)
 
     def _read_robots(self, origin: str) -> RobotFileParser:
         rules = RobotFileParser(f"{origin}/robots.txt")
@@ -236,6 +258,32 @@ class Fetcher:
                 self._sleep(wait)
         self._last[origin] = self._clock()
         return self.session.get(url, params=params, headers=headers, timeout=self.http.timeout)
+
+
+def robots_allow(rules: RobotFileParser, user_agent: str, url: str) -> bool:
+    """`rules.can_fetch` as RFC 9309 (and every major crawler) reads robots.txt: the longest matching rule wins,
+    Allow on a tie, `*` matches any run of characters and a final `$` the end. urllib's own takes the first
+    rule that matches and `*` literally, so `Allow: /` above `Disallow: /private/` would let us into /private/."""
+    if rules.disallow_all or rules.allow_all or not rules.last_checked:
+        return rules.can_fetch(user_agent, url)
+    entry = next((e for e in rules.entries if e.applies_to(user_agent)), rules.default_entry)
+    if entry is None:
+        return True
+    parts = urlparse(unquote(url))  # normalised as urllib quotes rule paths: both sides compare alike
+    path = quote(urlunparse(("", "", parts.path, parts.params, parts.query, parts.fragment))) or "/"
+    best = (-1, True)  # (length of the longest matching rule, its allowance): True > False, so Allow wins a tie
+    for line in entry.rulelines:
+        if _robots_match(line.path, path):
+            best = max(best, (len(line.path), line.allowance))
+    return best[1]
+
+
+def _robots_match(rule: str, path: str) -> bool:
+    """Does a (quoted) rule path match `path`? quote() turned `*` into %2A and `$` into %24."""
+    anchored = rule.endswith("%24")
+    body = rule[:-3] if anchored else rule
+    pattern = ".*".join(re.escape(piece) for piece in body.split("%2A")) + ("$" if anchored else "")
+    return re.match(pattern, path) is not None
 
 
 def _page(response: requests.Response) -> Page:

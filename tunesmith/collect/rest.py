@@ -4,7 +4,9 @@ Pagination (rest.pagination): `none` (one request); `page` (?page=1,2,... until 
 `offset` (?offset=0,n,... moved by the records received, until none come); `cursor` (?cursor=<value at
 cursor_path in the last response> until it is null or absent); `link` (the RFC 8288 `Link: rel="next"`
 header, or the URL at `next_path` in the body, until there is none). A cursor or next URL seen before
-means the API loops: listed as a failure, and the collection stops there.
+means the API loops: listed as a failure, and the collection stops there. So does a response where
+rest.records finds nothing to pick from (`{"error": ...}` answered with 200): it is not an empty last
+page, and a later run asks for it again.
 
 Resuming: after each page the records are flushed and the next position is written atomically to the
 sink's state file; a finished collection writes {"done": true}. Opened with `resume=True`, collect()
@@ -28,6 +30,8 @@ from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 from jsonpath_ng import JSONPath
 from jsonpath_ng.exceptions import JSONPathError
 from jsonpath_ng.ext import parse as parse_jsonpath
+from jsonpath_ng.ext.filter import Filter
+from jsonpath_ng.jsonpath import Child, Index, Slice, Wildcard
 from requests_cache.policy.settings import AUTH_PARAMS
 
 from tunesmith.collect.http import Fetcher, FetchError, Page
@@ -99,6 +103,12 @@ def _pages(rest: RestSpec, paths: _Paths, fetcher: Fetcher, headers: dict[str, s
             return
         records = _records(paths, body)
         origin = _public(page.url)
+        problem = None if records else _shape_problem(paths, body)
+        if problem:  # an error answered with 200, or a wrong rest.records: not the end of the data
+            fetcher.forget(page)  # asked again on the next run
+            sink.fail(origin, problem, status=page.status, page=number)
+            sink.notes.append(f"stopped at page {number}: its response is not shaped as rest.records expects")
+            return
         for i, record in enumerate(records):
             sink.add(record, origin=origin, page=number, index=i)
         pos.pages_done += 1
@@ -187,6 +197,22 @@ def _records(paths: _Paths, body: Any) -> list[dict[str, Any]]:
         else:
             out.append(dict(item) if isinstance(item, dict) else {"value": item})
     return out
+
+
+def _shape_problem(paths: _Paths, body: Any) -> str | None:
+    """Why a response without records looks wrong rather than empty, or None. Empty is the list (or object)
+    that rest.records picks from being there with nothing in it, e.g. `{"data": []}` for `$.data[*]`;
+    wrong is that place missing or holding a scalar, e.g. `{"error": "..."}`."""
+    path = paths.records
+    if isinstance(path, Child) and isinstance(path.right, Slice | Index | Wildcard | Filter):
+        path = path.left  # `$.data[*]`, `$.data[0:5]`, `$.data[?(...)]`: the container they pick from
+    found = [m.value for m in path.find(body)]
+    if found and all(isinstance(v, list | dict) for v in found):
+        return None
+    shape = (f"an object with keys {sorted(body)[:10]}" if isinstance(body, dict) else
+             f"a list of {len(body)}" if isinstance(body, list) else f"a JSON {type(body).__name__}")
+    return (f"no records: rest.records {paths.records_text!r} does not match this response, which is {shape}; "
+            "an error answered with status 200, or check rest.records against the API's documentation")
 
 
 def _value(path: JSONPath, record: Any) -> Any:

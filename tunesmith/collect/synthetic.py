@@ -298,9 +298,11 @@ def tidy(text: str) -> str:
 
 
 _WORD = re.compile(r"[^\W\d_]+")
-# An instruct model that declines, or talks about the request instead of answering it.
-_REFUSAL = re.compile(r"\b(?:as an ai|an ai (?:language )?model|i(?:'m| am) (?:sorry|unable|not able)|i can(?:no|')t "
-                      r"(?:help|provide|write|create|do that))\b", re.IGNORECASE)
+# An instruct model that declines, or talks about the request instead of answering it. Models write the
+# apostrophe as ' or as ’ (U+2019), and decline with "cannot assist", "I apologize, but" as often as "can't help".
+_REFUSAL = re.compile(r"\b(?:as an ai|an ai (?:language )?model|i(?:['’]m| am) (?:sorry|unable|not able)|i apologi[sz]e,? but"
+                      r"|i (?:can(?:no|['’])t|won['’]t be able to) (?:help|provide|write|create|do that|assist|fulfill|comply"
+                      r"|generate))\b", re.IGNORECASE)
 
 
 class Filter:

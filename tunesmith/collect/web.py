@@ -12,6 +12,7 @@ each URL (without its #fragment) once, at most `max_pages` in all.
 
 from __future__ import annotations
 
+import codecs
 import gzip
 import re
 from collections import deque
@@ -29,6 +30,7 @@ from tunesmith.config import ProjectConfig, SourceSpec, WebSpec
 from tunesmith.errors import ConfigError
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
+BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 MAX_SITEMAPS = 50  # sitemap index nesting is shallow in practice; this stops a malicious or looping index
 
 
@@ -110,7 +112,7 @@ def _fetch(fetcher: Fetcher, url: str, sink: Sink, depth: int) -> Page | None:
 
 
 def _keep(page: Page, web: WebSpec, sink: Sink, depth: int) -> None:
-    doc = trafilatura.bare_extraction(page.content, url=page.url, with_metadata=True)
+    doc = trafilatura.bare_extraction(html_of(page), url=page.url, with_metadata=True)
     text = (doc.text or "").strip() if doc is not None else ""
     if not text:
         sink.fail(page.url, "no main text found (an empty page, or one built by scripts?)", status=page.status, depth=depth)
@@ -124,6 +126,16 @@ def _keep(page: Page, web: WebSpec, sink: Sink, depth: int) -> None:
         if getattr(doc, key, None):
             record[key] = getattr(doc, key)
     sink.add(record, origin=page.url, depth=depth)
+
+
+def html_of(page: Page) -> str | bytes:
+    """The page decoded as browsers do: a byte-order mark first, then the Content-Type charset; without either,
+    the bytes, for trafilatura to read a <meta charset> or guess (it never looks at HTTP headers, so a
+    latin-1 page whose charset is only in the header would otherwise come out garbled)."""
+    for bom, codec in BOMS:
+        if page.content.startswith(bom):
+            return page.content.decode(codec, errors="replace")
+    return page.content if page.charset is None else page.content.decode(page.charset, errors="replace")
 
 
 def same_site_links(page: Page) -> Iterator[str]:
