@@ -125,3 +125,17 @@ def test_old_dataset_tables_get_the_new_columns() -> None:
     filled = with_provenance_columns(old)
     assert filled.column("provenance").to_pylist() == [None, None] and filled.column("synthetic").to_pylist() == [False, False]
     assert with_provenance_columns(filled).equals(filled)
+
+
+def test_synthetic_rows_read_back_from_a_csv_stay_out_of_test(tmp_path: Path, make_config) -> None:
+    """A CSV (an annotation export) holds the provenance as JSON text: its synthetic rows are still synthetic, and
+    the provenance is stored once, not as a JSON string of JSON."""
+    rows = labelled(100)
+    for i, r in enumerate(rows):
+        kind = "synthetic" if i % 2 else "file"
+        r["_provenance"] = json.dumps({"kind": kind, **({"method": "templates"} if i % 2 else {})})
+    version = prepare(make_config([{"path": str(write_csv(tmp_path / "exported.csv", rows))}]))
+    found = all_rows(version)
+    assert sum(r["synthetic"] for r in found["train"]) > 0
+    assert not any(r["synthetic"] for r in found["test"]) and found["test"]
+    assert all(json.loads(r["provenance"])["kind"] in ("synthetic", "file") for s in SPLITS for r in found[s])

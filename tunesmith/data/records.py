@@ -269,6 +269,11 @@ class Canonicalizer:
         unless their source allows it (synthetic.in_test, or a plain file sent to test as a whole)."""
         if prov is None:
             return {"provenance": None, "synthetic": False, "no_test": False}
+        if isinstance(prov, str):  # a CSV (an annotation export) holds it as JSON text: synthetic rows stay known
+            try:
+                prov = json.loads(prov)
+            except json.JSONDecodeError:
+                pass
         synthetic = isinstance(prov, dict) and prov.get("kind") == "synthetic"
         allowed = spec.synthetic.in_test if spec.synthetic is not None else spec.split == "test"
         return {"provenance": json.dumps(prov, ensure_ascii=False, sort_keys=True, default=str),
