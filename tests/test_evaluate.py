@@ -92,3 +92,13 @@ def test_unevaluated_run_cannot_be_compared(classifier_run: Path, tmp_path: Path
 
     with pytest.raises(DataError, match="no evaluation on 'nope' yet"):
         compare_runs(classifier_run, classifier_run, split="nope")
+
+
+def test_base_model_of_an_incremental_run_is_the_untuned_base(classifier_run: Path, tmp_path: Path, tiny_bert: Path) -> None:
+    """A run continued from another (train.init_from) is compared with the untuned base, not with its parent."""
+    from tunesmith.artifacts import Run
+
+    run = train(project(tmp_path, tiny_bert, train_spec={"max_steps": 4, "init_from": str(classifier_run)}))
+    result = evaluate_run(run, baselines=False, base_model=True)
+    assert result["base_model"] is not None
+    assert Run(run / "eval" / "base-model").manifest.parent_run is None

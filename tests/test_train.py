@@ -225,6 +225,71 @@ def test_resume_refuses_a_changed_config(tmp_path: Path, tiny_bert: Path) -> Non
         train(changed, resume=run)
 
 
+def _evaluated_steps(run: Path) -> list[int]:
+    return [e["step"] for e in map(json.loads, (run / "training_log.jsonl").read_text().splitlines()) if "eval_loss" in e]
+
+
+def test_resume_keeps_early_stoppings_count_of_evaluations_without_improvement(tmp_path: Path, tiny_bert: Path) -> None:
+    """A learning rate too small to change any prediction: macro F1 never improves after the first validation, so
+    patience 2 stops the run at its third. Killed after the second, the resumed run must stop there too."""
+    from transformers import TrainerCallback
+
+    spec = {"max_steps": 40, "evals_per_epoch": 4, "save_total_limit": 10, "learning_rate": 1e-12,
+            "early_stopping_patience": 2}
+    (tmp_path / "a").mkdir()
+    a = train(project(tmp_path / "a", tiny_bert, train_spec=spec))
+    evaluated = _evaluated_steps(a)
+    assert len(evaluated) == 3 and Run(a).manifest.best_metric  # stopped early, the first validation kept
+
+    class Killed(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs) -> None:
+            if state.global_step == evaluated[1]:
+                raise KeyboardInterrupt  # after the checkpoint is marked COMPLETE
+
+    (tmp_path / "b").mkdir()
+    cfg_b = project(tmp_path / "b", tiny_bert, train_spec=spec)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_b, callbacks=[Killed()])
+    b = train(cfg_b, resume=tmp_path / "b" / "run")
+    assert _evaluated_steps(b) == evaluated
+
+
+def test_run_json_is_written_whole_or_not_at_all(tmp_path: Path, tiny_bert: Path, monkeypatch) -> None:
+    """run.json makes a folder a finished run: a disk that fills up while it is written must not leave half of one."""
+    from tunesmith.artifacts import is_run
+
+    write_text = Path.write_text
+
+    def disk_full(self: Path, text: str, *args, **kwargs) -> int:
+        if "run.json" in self.name:
+            write_text(self, text[: len(text) // 2], *args, **kwargs)
+            raise OSError(28, "No space left on device")
+        return write_text(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        train(project(tmp_path, tiny_bert, train_spec={"max_steps": 2}))
+    assert not is_run(tmp_path / "run")
+
+
+def test_a_finished_run_trained_again_is_not_finished_until_it_ends(tmp_path: Path, tiny_bert: Path) -> None:
+    """Resuming a finished run rewrites model/: a crash on the way must not leave the old run.json beside it."""
+    from transformers import TrainerCallback
+
+    from tunesmith.artifacts import is_run
+
+    class Crash(TrainerCallback):
+        def on_train_end(self, args, state, control, **kwargs) -> None:
+            raise KeyboardInterrupt
+
+    cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 2})
+    run = train(cfg)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, resume=run, callbacks=[Crash()])
+    assert not is_run(run)
+    assert is_run(train(cfg, resume=run))
+
+
 def test_two_processes_train_with_ddp(tmp_path: Path, tiny_bert: Path) -> None:
     # multi-label: after training, thresholds come from a prediction over the validation split, a collective
     # step every process must join before rank 0 writes the run folder

@@ -258,6 +258,9 @@ def test_resume_from_a_checkpoint_matches_the_uninterrupted_run(tmp_path: Path, 
     assert f"resuming from {ckpts[0].name}" in capsys.readouterr().out
     assert (b / "checkpoints" / "checkpoint-24").exists()
     assert Run(b).manifest.metrics["full_valid_loss"] == pytest.approx(Run(a).manifest.metrics["full_valid_loss"], rel=1e-4)
+    # OpenAI's step metrics keep the steps trained before the checkpoint, not only those after resuming
+    steps = {run: [row["step"] for row in csv.DictReader((run / "step_metrics.csv").open())] for run in (a, b)}
+    assert steps[b] == steps[a] and int(steps[b][0]) <= int(ckpts[0].name.split("-")[1])
 
 
 def test_two_processes_train_a_chat_adapter(tmp_path: Path, tiny_llama: Path) -> None:

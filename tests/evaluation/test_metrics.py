@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from sklearn.metrics import f1_score
 
 from tunesmith.evaluation.metrics import (
     classification_metrics,
@@ -67,6 +68,19 @@ def test_roc_auc_skipped_with_a_note_when_a_class_never_occurs() -> None:
     assert "c" in m["roc_auc_note"]
     assert m["log_loss"] > 0
     assert m["per_class"]["c"]["support"] == 0
+
+
+def test_macro_averages_leave_out_a_class_neither_true_nor_predicted() -> None:
+    # a perfect model on a split without "c": c's F1 is 0/0, not 0, so macro F1 stays 1 (per class still lists c)
+    perfect = classification_metrics([0, 1, 0, 1], [0, 1, 0, 1], LABELS)
+    assert perfect["f1_macro"] == perfect["precision_macro"] == perfect["recall_macro"] == 1.0
+    assert perfect["per_class"]["c"]["support"] == 0
+    # predicted but never true, c counts (precision 0), as scikit-learn counts it without a label list
+    wrong = classification_metrics([0, 1, 0, 1], [0, 1, 2, 1], LABELS)
+    assert wrong["f1_macro"] == pytest.approx(f1_score([0, 1, 0, 1], [0, 1, 2, 1], average="macro"))
+    y = np.array([[1, 0], [0, 0], [1, 0]])
+    assert multilabel_metrics(y, y, ["x", "y"])["f1_macro"] == 1.0
+    assert multilabel_metrics(np.zeros((2, 2)), np.zeros((2, 2)), ["x", "y"])["f1_macro"] == 0.0  # nothing to average
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -135,6 +149,13 @@ def test_regression_correlation_is_none_for_constant_input() -> None:
     assert m["pearson"] is None and m["spearman"] is None
     assert m["mae"] == pytest.approx(2 / 3)
     assert regression_metrics([3.0], [2.0])["r2"] is None
+
+
+def test_r2_is_none_on_a_constant_target() -> None:
+    # SS_tot is 0: sklearn's 0.0 would read as "as good as the mean" however far off the predictions are
+    m = regression_metrics([2.0, 2.0, 2.0], [2.0, 9.0, -5.0])
+    assert m["r2"] is None and m["mae"] == pytest.approx(14 / 3)
+    assert regression_metrics([1, 2, 3], [2, 2, 2])["r2"] == pytest.approx(0.0)  # a constant prediction is defined
 
 
 def test_bad_regression_input_is_rejected() -> None:

@@ -107,6 +107,15 @@ def test_compare_reports_deltas() -> None:
     assert rows["f1_macro"]["delta"] > 0 and rows["f1_macro"]["better"] == "b"
 
 
+def test_compare_judges_chats_unparsed_answers_and_time_lower_is_better() -> None:
+    base = {"model": "m", "method": "lora", "task": "chat", "dataset": "d", "dataset_fingerprint": "f", "split": "test", "n": 3}
+    a = base | {"run": "a", "metrics": {"loss": 2.0, "answer_unparsed": 0.1, "seconds": 10.0}}
+    b = base | {"run": "b", "metrics": {"loss": 1.0, "answer_unparsed": 0.5, "seconds": 30.0}}
+    rows = {row["metric"]: row for row in comparison(a, b)["metrics"]}
+    assert rows["loss"]["better"] == "b"
+    assert rows["answer_unparsed"]["better"] == "a" and rows["seconds"]["better"] == "a"
+
+
 def test_compare_warns_when_data_differ(tmp_path: Path) -> None:
     a = classification_result(run="run-a")
     b = classification_result(run="run-b", fingerprint="zzz999", split="validation")

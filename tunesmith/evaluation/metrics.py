@@ -10,7 +10,8 @@ Classification dicts share their keys so reports can treat them alike:
     and with probabilities: log_loss, roc_auc (None plus roc_auc_note when undefined).
 Multi-label dicts: n, subset_accuracy, hamming_loss, f1_{micro,macro,weighted,samples},
     per_class, labels, and with probabilities roc_auc_macro (+ roc_auc_note).
-Regression dicts: n, mae, mse, rmse, r2, pearson, spearman.
+Regression dicts: n, mae, mse, rmse, r2, pearson, spearman (None where undefined:
+    R² on a constant target, correlations on constant values).
 """
 
 from __future__ import annotations
@@ -72,6 +73,14 @@ def _same_length(a: Any, b: Any, names: str = "y_true and y_pred") -> None:
         raise ValueError(f"{names} are empty: nothing to evaluate")
 
 
+def _occurring(y_true: np.ndarray, y_pred: np.ndarray) -> list[int]:
+    """Label ids that are true or predicted somewhere: a label with neither has no F1 (0/0), and counting it
+    as 0 in a macro average would score a perfect model below 1 on a split that lacks a class."""
+    if y_true.ndim == 2:  # multi-label indicator columns
+        return np.flatnonzero((y_true | y_pred).any(axis=0)).tolist()
+    return sorted(set(y_true.tolist()) | set(y_pred.tolist()))
+
+
 def _per_class(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, dict[str, float | int]]:
     report = skm.classification_report(y_true, y_pred, labels=list(range(len(labels))), target_names=labels,
                                        output_dict=True, zero_division=0)
@@ -93,7 +102,8 @@ def classification_metrics(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[
     ids = list(range(k))
     out: dict[str, Any] = {"n": len(t), "accuracy": float(skm.accuracy_score(t, p))}
     for average in ("macro", "micro", "weighted"):
-        prec, rec, f1, _ = skm.precision_recall_fscore_support(t, p, labels=ids, average=average, zero_division=0)
+        averaged = _occurring(t, p) if average == "macro" else ids
+        prec, rec, f1, _ = skm.precision_recall_fscore_support(t, p, labels=averaged, average=average, zero_division=0)
         out |= {f"precision_{average}": float(prec), f"recall_{average}": float(rec), f"f1_{average}": float(f1)}
     out["per_class"] = _per_class(t, p, labels)
     out["labels"] = labels
@@ -128,7 +138,9 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[
     out: dict[str, Any] = {"n": len(t), "subset_accuracy": float(skm.accuracy_score(t, p)),
                            "hamming_loss": float(skm.hamming_loss(t, p))}
     for average in ("micro", "macro", "weighted", "samples"):
-        out[f"f1_{average}"] = float(skm.f1_score(t, p, average=average, zero_division=0))
+        columns = _occurring(t, p) if average == "macro" else []
+        # labels=None: every column (where no label occurs at all, that is 0.0 rather than NaN)
+        out[f"f1_{average}"] = float(skm.f1_score(t, p, labels=columns or None, average=average, zero_division=0))
     out["per_class"] = _per_class(t, p, labels)
     out["labels"] = labels
     if proba is not None:
@@ -160,12 +172,15 @@ def regression_metrics(y_true: Sequence[float] | np.ndarray, y_pred: Sequence[fl
     t, p = _check_scores("y_true", y_true), _check_scores("y_pred", y_pred)
     mse = float(skm.mean_squared_error(t, p))
     constant = len(t) < 2 or np.ptp(t) == 0 or np.ptp(p) == 0  # correlation undefined
+    # R² divides by the variance of the truth: a constant target leaves it undefined (sklearn reports 0.0
+    # for any imperfect prediction, which reads as "as good as the mean" whatever the errors).
+    r2_defined = len(t) >= 2 and np.ptp(t) > 0
     return {
         "n": len(t),
         "mae": float(skm.mean_absolute_error(t, p)),
         "mse": mse,
         "rmse": float(np.sqrt(mse)),
-        "r2": float(skm.r2_score(t, p)) if len(t) >= 2 else None,
+        "r2": float(skm.r2_score(t, p)) if r2_defined else None,
         "pearson": None if constant else float(stats.pearsonr(t, p).statistic),
         "spearman": None if constant else float(stats.spearmanr(t, p).statistic),
     }

@@ -52,8 +52,10 @@ HEADLINE = {
 }
 OPTIONAL = {"single_label_classification": ["log_loss", "roc_auc"], "multi_label_classification": ["roc_auc_macro"],
             "chat": ["answer_accuracy"], "preference": ["reward_accuracy"]}
-# Training's checkpoint metrics (config.py) plus the evaluation-only ones.
-LOWER_IS_BETTER = {*CHECKPOINT_LOWER_IS_BETTER, "mse", "log_loss", "hamming_loss", "perplexity", "full_valid_loss"}
+# Training's checkpoint metrics (config.py) plus the evaluation-only ones; comparisons judge every shared
+# number, so chat's answers left unparsed and its generation time belong here too.
+LOWER_IS_BETTER = {*CHECKPOINT_LOWER_IS_BETTER, "mse", "log_loss", "hamming_loss", "perplexity", "full_valid_loss",
+                   "answer_unparsed", "seconds"}
 NAMES = {"accuracy": "accuracy", "subset_accuracy": "subset accuracy", "hamming_loss": "Hamming loss",
          "log_loss": "log loss", "roc_auc": "ROC-AUC", "roc_auc_macro": "ROC-AUC (macro)", "mae": "MAE",
          "mse": "MSE", "rmse": "RMSE", "r2": "R²", "pearson": "Pearson", "spearman": "Spearman",

@@ -100,6 +100,7 @@ def _base_model_metrics(run: Run, version: DatasetVersion, split: str, texts: li
         cfg = run.config.model_copy(deep=True)
         cfg.train.method = "head"
         cfg.train.learning_rate = None
+        cfg.train.init_from = None  # the untuned base, not the run an incremental run continued from
         cfg.train.output_dir = base_dir
         cfg.train.nproc = 1
         train(cfg, dataset_dir=version.path, overwrite=True)

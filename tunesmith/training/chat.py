@@ -85,10 +85,21 @@ def _openai_metrics_writer(run_dir: Path) -> Any:
         def __init__(self) -> None:
             self.rows: dict[int, dict[str, Any]] = {}
 
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            # A resumed run's log holds the steps before the checkpoint; without them the first write
+            # would replace step_metrics.csv with only the steps trained after resuming.
+            for entry in state.log_history:
+                if "step" in entry:
+                    self.add(state, entry["step"], entry)
+
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
-            if not logs or not state.is_world_process_zero:
+            if logs:
+                self.add(state, state.global_step, logs)
+
+        def add(self, state: Any, step: int, logs: dict[str, Any]) -> None:
+            if not state.is_world_process_zero:
                 return
-            row = self.rows.setdefault(state.global_step, {"step": state.global_step})
+            row = self.rows.setdefault(step, {"step": step})
             names = {"loss": "train_loss", "mean_token_accuracy": "train_mean_token_accuracy",
                      "eval_loss": "valid_loss", "eval_mean_token_accuracy": "valid_mean_token_accuracy",
                      "full_valid_loss": "full_valid_loss", "full_valid_mean_token_accuracy": "full_valid_mean_token_accuracy"}

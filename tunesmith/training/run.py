@@ -95,6 +95,9 @@ def common_arguments(cfg: ProjectConfig, run_dir: Path, plan: dict[str, Any], n_
         lr_scheduler_type=t.lr_scheduler, seed=t.seed, data_seed=t.seed,
         bf16=native_bf16() if t.bf16 is None else t.bf16, activation_checkpointing=t.gradient_checkpointing,
         load_best_model_at_end=True, save_total_limit=t.save_total_limit, report_to=list(t.report_to) or "none",
+        # Early stopping's count of evaluations without improvement is in each checkpoint; without restoring
+        # it a resumed run starts counting afresh and trains past the step where the uninterrupted one stopped.
+        restore_callback_states_from_checkpoint=True,
         use_cpu=not cuda, ddp_backend="gloo" if world > 1 and not cuda else None,
         fsdp=t.fsdp or "", deepspeed=str(t.deepspeed) if t.deepspeed else None,
         dataloader_num_workers=0, disable_tqdm=False,
@@ -132,6 +135,10 @@ def run_trainer(cfg: ProjectConfig, trainer: Any, run_dir: Path, checkpoint: Pat
     from transformers.utils import logging as hf_logging
 
     write_config(cfg, run_dir)
+    if is_rank0():
+        # A finished run trained again (resumed) rewrites model/: until finish_run writes run.json anew, the
+        # folder must not look finished, or a crash mid-save would leave half-written weights that load as a run.
+        (run_dir / RUN_MANIFEST).unlink(missing_ok=True)
     if checkpoint is not None and is_rank0():
         print(f"resuming from {checkpoint.name}", flush=True)
     hf_logging.set_verbosity_warning()
@@ -152,7 +159,11 @@ def finish_run(run_dir: Path, trainer: Any, manifest: RunManifest, validation: d
         for entry in trainer.state.log_history:
             f.write(json.dumps(entry) + "\n")
     (run_dir / RUN_METRICS).write_text(json.dumps({"validation": validation}, indent=2) + "\n", encoding="utf-8")
-    (run_dir / RUN_MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    # run.json is what makes the folder a finished run (is_run): written whole or not at all, so a crash or a
+    # full disk mid-write never leaves a truncated one that looks finished.
+    partial = run_dir / f".{RUN_MANIFEST}.partial"
+    partial.write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    os.replace(partial, run_dir / RUN_MANIFEST)
     from tunesmith.model_card import write_model_card
 
     write_model_card(run_dir)
