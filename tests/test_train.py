@@ -421,3 +421,21 @@ def test_bf16_batches_are_padded_to_a_multiple_of_8(tmp_path: Path, tiny_bert: P
     assert lengths
     padded = [n % BF16_PAD_MULTIPLE == 0 for n in lengths]
     assert all(padded) if bf16 else not all(padded)
+
+
+def test_balanced_class_weights_take_the_same_step_with_gradient_accumulation(tmp_path: Path, tiny_bert: Path) -> None:
+    """16 examples in one batch or in two accumulated batches of 8: the same loss and gradient (the Trainer takes a
+    custom loss as already divided over accumulated batches; a plain mean was counted grad_accum times)."""
+    data = rows(160)
+    skewed = [r for i, r in enumerate(data) if r["label"] == "pos" or i % 8 == 1]
+    first = {}
+    for batch, accum in ((16, 1), (8, 2)):
+        folder = tmp_path / f"b{batch}"
+        folder.mkdir()
+        cfg = project(folder, tiny_bert, train_spec={"class_weights": "balanced", "max_steps": 1, "batch_size": batch,
+                                                     "grad_accum": accum, "group_by_length": False})
+        write(folder / "data.csv", skewed)
+        log = [json.loads(line) for line in (train(cfg) / "training_log.jsonl").read_text().splitlines()]
+        first[accum] = next(e for e in log if "loss" in e and "grad_norm" in e)
+    assert first[2]["loss"] == pytest.approx(first[1]["loss"], rel=0.25)
+    assert first[2]["grad_norm"] == pytest.approx(first[1]["grad_norm"], rel=0.25)

@@ -99,7 +99,12 @@ def class_weight_loss(weights: np.ndarray):
 
     def loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-        return torch.nn.functional.cross_entropy(logits, labels, weight=w.to(logits.device))
+        mean = torch.nn.functional.cross_entropy(logits, labels, weight=w.to(logits.device))
+        if num_items_in_batch is None:  # evaluation
+            return mean
+        # The Trainer takes a custom loss as already divided over the accumulated micro-batches (and multiplies it
+        # by the processes, whose gradients DDP averages): a plain mean made the steps grad_accum x too large
+        return mean * labels.numel() / num_items_in_batch
 
     return loss
 
