@@ -153,7 +153,7 @@ class InProcessServer:
 
         loader = ModelLoader(spec)
         self.models = load(paths, loader)
-        service = Service(self.models, spec, loader=loader)
+        self.service = service = Service(self.models, spec, loader=loader)
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.server = uvicorn.Server(uvicorn.Config(create_app(service, spec), host="127.0.0.1", port=port, log_level="warning"))

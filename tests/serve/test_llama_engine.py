@@ -273,6 +273,8 @@ def test_a_whole_answer_does_not_wait_for_a_longer_one_ahead_of_it(served: InPro
     model = next(m for m in served.models if m.run.endswith("full/run"))
     engine = model.engine.chat
     assert model.engine.concurrent_calls == engine.max_batch == 4
+    batcher = served.service.batchers[model.batch_key]  # each request a call of its own: answered when it ends
+    assert (batcher.max_batch, batcher.concurrency) == (1, 4)
     client = client_of(served.url)
     long_ask, short_ask = conversations()[0], [{"role": "user", "content": QA[2][0]}]
     solo = client.chat.completions.create(model=model.id, messages=short_ask, temperature=0, max_tokens=3)

@@ -75,11 +75,14 @@ class Service:
         self.by_key[m.batch_key] = m
         self.by_id[m.id] = m
         if m.batch_key not in self.batchers:
+            # An engine that decodes concurrent calls together (llama.cpp, CTranslate2) gets each request as a call
+            # of its own, as it comes: grouped into one call, every answer waited for the group's longest.
+            calls = getattr(m.engine, "concurrent_calls", 1) if m.kind != "sequence" else 1
             self.batchers[m.batch_key] = DynamicBatcher(
                 self._run_sequence if m.kind == "sequence" else self._run_chat,
-                max_batch=self.spec.max_batch_size, wait_ms=self.spec.batch_wait_ms, max_queue=self.spec.max_queue,
-                executor=self.executor, on_batch=lambda n, name=m.id: self.metrics.batch_size.labels(name).observe(n),
-                concurrency=getattr(m.engine, "concurrent_calls", 1) if m.kind != "sequence" else 1)
+                max_batch=self.spec.max_batch_size if calls == 1 else 1, wait_ms=self.spec.batch_wait_ms if calls == 1 else 0,
+                max_queue=self.spec.max_queue, executor=self.executor, concurrency=calls,
+                on_batch=lambda n, name=m.id: self.metrics.batch_size.labels(name).observe(n))
         self.metrics.queue_depth.labels(m.id).set_function(lambda key=m.batch_key: self.batchers[key].depth)
         if not listed:
             return
