@@ -5,8 +5,9 @@ Benchmarks `tunesmith data prepare` on N seeded synthetic review rows (default 2
 near duplicates (a base row of >= 16 words with one word replaced, inserted or deleted, or one
 punctuation mark changed, kept only if the true Jaccard similarity of byte 5-grams is >= 0.85),
 shuffled. The CSV is generated first (not timed); `prepare` then runs in a process of its own, so its
-peak RSS (ru_maxrss) is its own: the whole resident set, mapped files included. Also shown: the RSS
-once its imports are loaded, and the peak of its anonymous memory (heap, sampled every 20 ms), which
+peak RSS is its own: the whole resident set, mapped files included (VmHWM; not ru_maxrss, which in a
+child starts at its parent's peak, here the generator's rows). Also shown: the RSS once its imports
+are loaded, and the peak of its anonymous memory (heap, sampled every 20 ms), which
 is what the process holds besides files the OS can page out.
 
 Default: one run of N rows; prints seconds, rows/s, memory and how many planted duplicates were
@@ -147,7 +148,9 @@ def child(csv_path: Path, out: Path) -> int:
     version = prepare(cfg)
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "rss_start_mib": rss_start, "peak_anon_mib": peak_anon[0],
-                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
+                      # VmHWM, not ru_maxrss: a child's ru_maxrss starts at its parent's peak (the generator's rows)
+                      "peak_rss_mib": _status_mib("VmHWM").get("VmHWM")
+                      or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
                       "counts": version.manifest.counts}))
     return 0
 

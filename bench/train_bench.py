@@ -286,6 +286,19 @@ def per_token_loss(trainer: Any) -> float:
     return loss_sum / tokens
 
 
+def own_peak_rss_mib() -> float:
+    """This process's peak RSS in MiB: VmHWM, the high-water mark of its own address space. Not ru_maxrss: on Linux
+    a child's ru_maxrss starts at its parent's peak (exec carries the forking process's high-water mark into it), so it
+    would report the harness's own peak wherever that is the higher."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
 def child(args: argparse.Namespace) -> int:
     spec = json.loads(args.spec.read_text(encoding="utf-8"))
     side = {**SIDES, **CHAT_SIDES}[args.child]
@@ -303,7 +316,7 @@ def child(args: argparse.Namespace) -> int:
         extra = tunesmith_side(spec, side, timer, chat=side["kind"] == "tunesmith-chat")
     result = {"side": args.child, "wall_s": time.perf_counter() - started, "steps": timer.steps, **timer.info,
               "token_count": sorted(timer.mask_formats),
-              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **extra}
+              "peak_rss_mib": own_peak_rss_mib(), **extra}
     if spec["device"] == "cuda":
         import torch
 
