@@ -81,3 +81,123 @@ def test_packaged_list(capsys) -> None:
     assert run(["data", "packaged"]) == 0
     shown = capsys.readouterr().out
     assert "food-reviews" in shown and "vader-sentiment" in shown and "chatterbot-corpus" in shown
+
+
+def test_version_needs_no_command(capsys) -> None:
+    from tunesmith import __version__
+
+    assert run(["--version"]) == 0
+    assert f"tunesmith {__version__}" in capsys.readouterr().out
+
+
+def test_config_show_gives_each_value_its_reason(tmp_path: Path, tiny_tokenizer: Path, capsys) -> None:
+    import yaml
+
+    assert run(["config", "show", str(_config(tmp_path, tiny_tokenizer))]) == 0
+    shown = capsys.readouterr().out
+    assert "    near_threshold: 0.8  # estimated Jaccard similarity of byte 5-grams" in shown
+    assert "    allow_unusual_ratios: false  # explicit override for ratios outside 70-80 / 10-15 / 10-15" in shown
+    assert yaml.safe_load(shown)["data"]["dedup"]["near"] is False  # still YAML: the file's value, not the default
+
+
+def test_internal_error_is_short_and_says_where_the_traceback_is(monkeypatch, capsys) -> None:
+    import tunesmith.config
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("first line\n" + "frame\n" * 200)
+
+    monkeypatch.setattr(tunesmith.config, "load_config", boom)
+    assert run(["config", "show", "x.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert "internal error: RuntimeError: first line ..." in err and len(err.splitlines()) == 2
+    saved = Path(err.split("traceback in ")[1].split(";")[0])
+    assert "Traceback (most recent call last)" in saved.read_text() and "boom" in saved.read_text()
+    saved.unlink()
+
+
+def test_resume_applies_overrides_instead_of_dropping_them(tmp_path: Path, tiny_tokenizer: Path, capsys) -> None:
+    from tunesmith.config import load_config
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = load_config(_config(tmp_path, tiny_tokenizer))
+    (run_dir / "config.json").write_text(cfg.model_dump_json())
+    assert run(["train", "--resume", str(run_dir), "--set", "train.batch_size=0"]) == 2
+    assert "--set train.batch_size=0: train.batch_size" in capsys.readouterr().err
+
+
+def _fake_run(tmp_path: Path, tiny_tokenizer: Path, **manifest) -> Path:
+    """A run folder with the files the model card reads, without training one."""
+    from tunesmith.artifacts import DatasetManifest, RunManifest
+    from tunesmith.config import load_config
+
+    cfg = load_config(_config(tmp_path, tiny_tokenizer))
+    described = {"name": "cli-test", "task": cfg.task.type.value, "description": "Sort <script>alert(1)</script> reviews",
+                 "created_at": "2026-01-01T00:00:00+00:00", "tunesmith_version": "0.1.0"}
+    ds = tmp_path / "ds"
+    ds.mkdir(exist_ok=True)
+    (ds / "manifest.json").write_text(DatasetManifest(
+        **described, fingerprint="f" * 64, counts={"train": 32, "validation": 4, "test": 4, "quarantine": 0, "input": 40},
+        labels=["bad", "good"], tokenizer="t", context_length=512, config=cfg.model_dump(mode="json")).model_dump_json())
+    run_dir = tmp_path / "run"
+    (run_dir / "eval" / "test").mkdir(parents=True)
+    (run_dir / "config.json").write_text(cfg.model_dump_json())
+    (run_dir / "run.json").write_text(RunManifest(
+        **described, base_model="tiny", base_model_path="/m", method="full", adapter=False, labels=["bad", "good"],
+        max_length=128, dataset=str(ds), dataset_fingerprint="f" * 64, parameters={"trainable": 10, "total": 20},
+        metrics={"f1_macro": 0.5}, hyperparameters={"precision": "bf16 autocast"}, **manifest).model_dump_json())
+    return run_dir
+
+
+def test_model_card_states_use_numerics_data_and_test_size(tmp_path: Path, tiny_tokenizer: Path) -> None:
+    import markdown
+
+    from tunesmith.model_card import write_model_card
+
+    run_dir = _fake_run(tmp_path, tiny_tokenizer)
+    card = write_model_card(run_dir).read_text()
+    assert "## Intended use" in card and "Out of scope" in card
+    assert "- Numerics: bf16 autocast; matrix products in bfloat16" in card
+    assert f"- Fingerprint: `{'f' * 64}`" in card and "32 train / 4 validation / 4 test" in card
+    assert "Validation (best checkpoint, 4 examples): f1_macro 0.5000" in card
+    assert "Not scored on the held-out test split yet" in card
+    (run_dir / "eval" / "test" / "report.json").write_text(json.dumps({"split": "test", "n": 4, "metrics": {"accuracy": 0.75}}))
+    (run_dir / "export.json").write_text(json.dumps({"format": "onnx-int8", "quantization": "dynamic int8 weights"}))
+    card = write_model_card(run_dir).read_text()
+    assert "Test (4 examples): accuracy 0.7500" in card and "Not scored" not in card
+    assert "- Exported as onnx-int8: weights quantised, dynamic int8 weights" in card
+    html = markdown.markdown(card)
+    assert html.count("<h2>") == 6 and "<li>Numerics: bf16 autocast" in html
+
+
+def test_html_report_shows_user_text_as_text(tmp_path: Path) -> None:
+    from tunesmith.html_report import markdown_table, markdown_to_html
+
+    md = ("# Data report: x\n\n> <script>alert(1)</script>\n\n- ⚠ label <img src=x onerror=alert(2)> is rare\n\n"
+          + markdown_table(["label", "<b>n</b>"], [["[click](javascript:alert(3))", "<script>alert(4)</script> | a & b"]])
+          + "\n\n[web](https://example.org) [figure](figures/a.png)\n")
+    page = markdown_to_html(md, tmp_path, "t")
+    assert "<script>" not in page and "<img src=x" not in page and "<b>n" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;script&gt;alert(4)&lt;/script&gt; | a &amp; b" in page
+    assert "javascript:" not in page and '<a href="#">click</a>' in page
+    assert '<a href="https://example.org">web</a>' in page and '<a href="figures/a.png">figure</a>' in page
+
+
+def test_damaged_or_newer_folders_are_named(tmp_path: Path, tiny_tokenizer: Path, capsys) -> None:
+    run_dir = _fake_run(tmp_path, tiny_tokenizer)
+    manifest = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps({**manifest, "format": 99, "parameters": "renamed in format 99"}))
+    assert run(["evaluate", str(run_dir)]) == 3
+    assert "run format 99 is newer than this tunesmith supports" in capsys.readouterr().err
+    (run_dir / "run.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "max_length"}))
+    assert run(["evaluate", str(run_dir)]) == 3
+    assert f"{run_dir / 'run.json'} is not a valid run manifest (max_length: Field required)" in capsys.readouterr().err
+    (run_dir / "run.json").write_text(json.dumps(manifest))
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "train": {**config["train"], "old_setting": 1}}))
+    assert run(["evaluate", str(run_dir)]) == 3
+    assert "config.json: its saved config does not validate" in capsys.readouterr().err
+    ds = tmp_path / "ds" / "manifest.json"
+    ds.write_text(json.dumps({**json.loads(ds.read_text()), "format": 2, "counts": None}))
+    assert run(["data", "show", str(tmp_path / "ds")]) == 3
+    assert "dataset format 2 is newer than this tunesmith supports" in capsys.readouterr().err

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tunesmith.config import ProjectConfig, TaskType, load_config, parse_config
 from tunesmith.errors import ConfigError
@@ -59,7 +60,7 @@ def test_ratios_must_sum_to_one() -> None:
 
 def test_misspelt_key_is_an_error_with_its_line(tmp_path: Path) -> None:
     path = _write(tmp_path, "name: x\ntask:\n  lables: [a, b]\ndata:\n  sources: [{path: a.csv}]\n")
-    with pytest.raises(ConfigError, match=rf"{path}:3: task.lables: Extra inputs are not permitted"):
+    with pytest.raises(ConfigError, match=rf"{path}:3: task.lables: unknown setting; did you mean labels"):
         load_config(path)
 
 
@@ -190,3 +191,60 @@ def test_one_length_rule() -> None:
     assert chat.model.token_budget(chat.task.type, None) == 2048  # a tokenizer that states no context
     chat.model.max_length = 4096
     assert chat.model.token_budget(chat.task.type, 8192) == 4096  # the config's own value wins
+
+
+def test_a_key_given_twice_is_an_error_with_both_lines(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: x\ndata:\n  sources: [{path: a.csv}]\ntrain:\n  epochs: 3\n  epochs: 4\n")
+    with pytest.raises(ConfigError, match=rf"{path}:6: train.epochs: given twice \(first on line 5\)"):
+        load_config(path)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (b"name: x\ndata:\n\tsources: [{path: a.csv}]\n", r"cfg.yaml:3: not valid YAML: .*indent with spaces"),
+    (b"", r"cfg.yaml: the file is empty"),
+    (b"name: x\xff\xfe\n", r"cfg.yaml: not a UTF-8 text file"),
+])
+def test_unreadable_files_are_config_errors(tmp_path: Path, text: bytes, expected: str) -> None:
+    path = tmp_path / "cfg.yaml"
+    path.write_bytes(text)
+    with pytest.raises(ConfigError, match=expected):
+        load_config(path)
+
+
+@pytest.mark.parametrize(("override", "expected"), [
+    ("data.split.seed=[1", r"override 'data.split.seed=\[1': the value is not valid YAML"),
+    ("data.sources.5=x", r"override 'data.sources.5=x': 'data.sources.5' is not a list index"),
+    ("data.sources.x=x", r"override 'data.sources.x=x': 'data.sources.x' is not a list index"),
+])
+def test_bad_overrides_are_config_errors(tmp_path: Path, override: str, expected: str) -> None:
+    path = _write(tmp_path, "name: x\ndata:\n  sources: [{path: a.csv}]\n")
+    with pytest.raises(ConfigError, match=expected):
+        load_config(path, [override])
+
+
+def test_an_invalid_override_is_named_not_a_line_of_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "name: x\ndata:\n  sources: [{path: a.csv}]\ntrain:\n  epochs: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["train.batch_size=0", "data.splt.seed=3"])
+    msg = str(e.value)
+    assert "--set train.batch_size=0: train.batch_size: Input should be greater than or equal to 1" in msg
+    assert "--set data.splt.seed=3: data.splt: unknown setting; did you mean split?" in msg
+    assert f"{path}:" not in msg.split("\n", 1)[1]  # no line of the file is blamed
+    with pytest.raises(ConfigError, match=r"--set train.class_weights=balanced: train.class_weights: does not apply"):
+        load_config(path, ["train.class_weights=balanced", "task.type=chat"])
+
+
+def test_annotated_yaml_gives_every_default_its_reason_and_parses_back() -> None:
+    from tunesmith.config import annotated_yaml
+
+    cfg = parse_config({"name": "x", "task": {"description": "multi\nline: 'text' # not a comment"},
+                        "data": {"sources": [{"path": "/d/a.csv"}, {"path": "/d/b.jsonl", "split": "test"}]},
+                        "model": {"chat_template": None}})
+    text = annotated_yaml(cfg)
+    assert yaml.safe_load(text) == cfg.model_dump(mode="json")
+    lines = text.splitlines()
+    assert any(line.startswith("    near_threshold: 0.8  # estimated Jaccard similarity") for line in lines)
+    assert any(line.startswith("    train: 0.8  # the usual 80/10/10") for line in lines)
+    # every field that has a default (the resolved config's values) carries its reason
+    missing = [line for line in lines if "  # " not in line]
+    assert missing == []

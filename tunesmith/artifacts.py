@@ -22,8 +22,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
+from tunesmith import __version__
 from tunesmith.config import SPLITS, ProjectConfig
 from tunesmith.errors import DataError
 
@@ -83,16 +84,12 @@ class DatasetVersion:
         manifest = self.path / MANIFEST
         if not manifest.is_file():
             raise DataError(f"{self.path}: not a tunesmith dataset (no {MANIFEST}); create one with `tunesmith data prepare`")
-        try:
-            self.manifest = DatasetManifest.model_validate_json(manifest.read_text(encoding="utf-8"))
-        except ValueError as err:
-            raise DataError(f"{manifest}: unreadable manifest: {err}") from None
-        if self.manifest.format > DATASET_FORMAT:
-            raise DataError(f"{self.path}: dataset format {self.manifest.format} is newer than this tunesmith supports")
+        self.manifest = _read_manifest(manifest, DatasetManifest, DATASET_FORMAT, "dataset",
+                                       "prepare it again with `tunesmith data prepare`")
 
     @property
     def config(self) -> ProjectConfig:
-        return ProjectConfig.model_validate(self.manifest.config)
+        return _saved_config(self.manifest.config, self.path / MANIFEST, "prepare it again with `tunesmith data prepare`")
 
     def table(self, split: str) -> pa.Table:
         if split not in SPLITS:
@@ -185,9 +182,7 @@ class Run:
         if not manifest.is_file():
             raise DataError(f"{self.path}: not a finished tunesmith run (no {RUN_MANIFEST}); "
                             "train one with `tunesmith train`, or resume it with `tunesmith train --resume`")
-        self.manifest = RunManifest.model_validate_json(manifest.read_text(encoding="utf-8"))
-        if self.manifest.format > RUN_FORMAT:
-            raise DataError(f"{self.path}: run format {self.manifest.format} is newer than this tunesmith supports")
+        self.manifest = _read_manifest(manifest, RunManifest, RUN_FORMAT, "run", "train it again")
 
     @property
     def model_dir(self) -> Path:
@@ -195,7 +190,43 @@ class Run:
 
     @property
     def config(self) -> ProjectConfig:
-        return ProjectConfig.model_validate_json((self.path / RUN_CONFIG).read_text(encoding="utf-8"))
+        path = self.path / RUN_CONFIG
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise DataError(f"{path}: the run's config is missing or unreadable ({err}); train it again") from None
+        return _saved_config(saved, path, "train it again")
+
+
+def _read_manifest(path: Path, model: type[Any], newest: int, what: str, remedy: str) -> Any:
+    """A folder's manifest. Its format is checked before its fields, which a newer format may have changed:
+    a newer folder is refused as newer, not as damaged; a damaged or truncated one is named as such."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:  # bad JSON or bad UTF-8: truncated by a full disk, or not ours
+        raise DataError(f"{path} is not a valid {what} manifest ({err}); the folder is damaged: {remedy}") from None
+    found = raw.get("format") if isinstance(raw, dict) else None
+    if isinstance(found, int) and found > newest:
+        raise DataError(f"{path.parent}: {what} format {found} is newer than this tunesmith supports "
+                        f"(up to {newest}; written by tunesmith {raw.get('tunesmith_version', '?')}): upgrade tunesmith")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        raise DataError(f"{path} is not a valid {what} manifest ({field}: {first['msg']}); "
+                        f"the folder is damaged: {remedy}") from None
+
+
+def _saved_config(saved: Any, path: Path, remedy: str) -> ProjectConfig:
+    """The resolved config a folder was made with; one this tunesmith cannot read (a setting since renamed
+    or removed) is named with the file instead of surfacing as a bare pydantic error."""
+    try:
+        return ProjectConfig.model_validate(saved)
+    except ValidationError as err:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors()[:3])
+        raise DataError(f"{path}: its saved config does not validate in tunesmith {__version__} ({problems}); "
+                        f"{remedy}") from None
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

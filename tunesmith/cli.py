@@ -35,14 +35,20 @@ Overrides = Annotated[list[str] | None, typer.Option(
     "--set", "-s", metavar="KEY=VALUE", help="Override a config value by dotted path, e.g. --set data.split.seed=7 (repeatable).")]
 
 
+def _print_version(value: bool) -> None:
+    # A parsing callback: the group's own callback only runs once a command is given, and
+    # `tunesmith --version` gives none ("Missing command").
+    if value:
+        out.print(f"tunesmith {__version__}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True)] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_print_version, expose_value=False)] = False,
 ) -> None:
-    if version:
-        out.print(f"tunesmith {__version__}")
-        raise typer.Exit()
     _state["debug"] = debug
     from transformers.utils import logging as hf_logging
 
@@ -57,13 +63,11 @@ def config_show(
     config: Annotated[Path, typer.Argument(metavar="CONFIG", help="Project config YAML.")],
     overrides: Overrides = None,
 ) -> None:
-    """Print the fully resolved config: your values plus every default."""
-    import yaml
-
-    from tunesmith.config import load_config
+    """Print the fully resolved config: your values plus every default, each with its reason as a comment."""
+    from tunesmith.config import annotated_yaml, load_config
 
     cfg = load_config(config, overrides or [])
-    out.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="", markup=False, highlight=False)
+    out.print(annotated_yaml(cfg), end="", markup=False, highlight=False, soft_wrap=True)
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -254,7 +258,7 @@ def train_cmd(
     import os
     import subprocess
 
-    from tunesmith.config import load_config, parse_config
+    from tunesmith.config import apply_override, load_config, parse_config
     from tunesmith.training import train
     from tunesmith.training.dataset import ensure_dataset
     from tunesmith.training.run import check_run_dir
@@ -269,7 +273,10 @@ def train_cmd(
         saved = resume / RUN_CONFIG if resume else None
         if saved is None or not saved.exists():
             raise click.UsageError(f"{resume}: no config.json to resume from")
-        cfg = parse_config(json.loads(saved.read_text(encoding="utf-8")), str(saved))
+        data = json.loads(saved.read_text(encoding="utf-8"))
+        for override in overrides or []:  # applied, never dropped silently: resuming then names what changed
+            apply_override(data, override)
+        cfg = parse_config(data, str(saved), overrides=overrides or [])
     processes = nproc or cfg.train.nproc
     if processes > 1 and "LOCAL_RANK" not in os.environ:
         # Checks and data preparation happen once, here; then torchrun starts the workers.
@@ -1009,14 +1016,36 @@ def run(argv: list[str] | None = None) -> int:
     except TunesmithError as e:
         if _state["debug"]:
             raise
-        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False)
+        # soft_wrap: a long file:line: field message stays one line (rich would break it at 80 columns in a log)
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return e.exit_code
     except Exception as e:  # noqa: BLE001 - the one place that turns surprises into a message
         if _state["debug"]:
             raise
-        err.print(f"[red]internal error:[/] {type(e).__name__}: {escape(str(e))}\n(rerun with `tunesmith --debug ...` for the traceback)",
-                  highlight=False)
+        lines = str(e).strip().splitlines() or [""]
+        short = lines[0][:300] + (" ..." if len(lines) > 1 or len(lines[0]) > 300 else "")
+        saved = _save_traceback(sys.argv[1:] if argv is None else argv)
+        where = f"traceback in {saved}; " if saved else ""
+        err.print(f"[red]internal error:[/] {type(e).__name__}: {escape(short)}\n"
+                  f"({escape(where)}rerun with `tunesmith --debug ...` to see it here)", highlight=False, soft_wrap=True)
         return 1
+
+
+def _save_traceback(argv: list[str]) -> str | None:
+    """The traceback being handled, written to a file: a failure an hour into a run is diagnosed without
+    running it again with --debug, and the terminal gets a short message instead of a wall of frames."""
+    import os
+    import tempfile
+    import traceback
+
+    try:
+        fd, path = tempfile.mkstemp(prefix="tunesmith-error-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"tunesmith {__version__}: tunesmith {' '.join(argv)}\n\n")
+            traceback.print_exc(file=f)
+    except OSError:
+        return None
+    return path
 
 
 def main() -> None:

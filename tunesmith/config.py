@@ -8,8 +8,16 @@ except its error type.
 
 from __future__ import annotations
 
+import ast
+import difflib
 import enum
+import functools
+import inspect
+import io
 import os
+import sys
+import tokenize
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -168,7 +176,7 @@ class HubSpec(Spec):
 class SyntheticSpec(Spec):
     """Generated examples: templates with slots, or a local/remote instruct model writing or paraphrasing."""
 
-    method: Literal["templates", "generate", "paraphrase"] = "templates"
+    method: Literal["templates", "generate", "paraphrase"] = "templates"  # templates: no model needed, fast and fully controlled
     templates: dict[str, list[str]] = {}  # templates: label -> texts with {slot}s
     slots: dict[str, list[str]] = {}  # templates: slot -> values it is filled with
     prompts: dict[str, str] = {}  # generate: label -> instruction; "*" is used for labels without their own ({label} is filled in)
@@ -300,6 +308,8 @@ class MissingSpec(Spec):
 
 
 class CleanSpec(Spec):
+    """How text is normalised before deduplication and splitting."""
+
     unicode_form: Literal["NFC", "NFKC", "NFD", "NFKD"] | None = "NFKC"  # folds full-width/ligature variants so equal texts compare equal
     # None: by task. On for text tasks: scraped text carries markup (the food reviews contain <br />). Off for chat and
     # preference data, whose messages are kept as written (stripped of surrounding blanks, as OpenAI's fine-tuning
@@ -313,6 +323,8 @@ class CleanSpec(Spec):
 
 
 class DedupSpec(Spec):
+    """Duplicate removal: within the data, and (always) across splits."""
+
     exact: bool = True  # identical examples add nothing and inflate test scores when they straddle splits
     near: bool = True  # so do near-identical ones (re-posts, boilerplate); off keeps them within a split, the leakage check still removes them across splits
     near_threshold: float = Field(0.8, gt=0.0, le=1.0)  # estimated Jaccard similarity of byte 5-grams counted as "near"
@@ -322,9 +334,11 @@ class DedupSpec(Spec):
 
 
 class SplitSpec(Spec):
+    """How rows are divided into train, validation and test."""
+
     train: float = Field(0.8, gt=0, lt=1)  # the usual 80/10/10
-    validation: float = Field(0.1, gt=0, lt=1)
-    test: float = Field(0.1, gt=0, lt=1)
+    validation: float = Field(0.1, gt=0, lt=1)  # enough to pick the best checkpoint and stop early
+    test: float = Field(0.1, gt=0, lt=1)  # held out until evaluation: the score the model card reports
     seed: int = 42  # same data + same seed = same split, always
     stratify: bool = True  # equal class (or score-quantile) proportions in every split
     group_by: str | None = None  # field expression; rows sharing a value never straddle splits
@@ -358,12 +372,16 @@ class SplitSpec(Spec):
 
 
 class AnnotateSpec(Spec):
+    """Label fixes applied while preparing: class renames and per-example corrections."""
+
     label_map: dict[str, str] = {}  # rename or merge classes: {old: new}; applied before validation
     corrections: Path | None = None  # CSV or JSONL with `id` and `label` (or `score`): relabels those examples
 
 
 class DataSpec(Spec):
-    sources: list[SourceSpec] = Field(min_length=1)
+    """Where the examples come from and how they are prepared into a dataset version."""
+
+    sources: list[SourceSpec] = Field(min_length=1)  # no default: the files, folders or collected sources to read
     output_dir: Path | None = None  # None: datasets/<project name>, relative to the working directory
     collect_dir: Path | None = None  # collected rows, HTTP cache, failure lists; None: collected/<project name>
     strict: bool = False  # True: any rejected row fails the run instead of going to quarantine
@@ -380,6 +398,8 @@ CHAT_MAX_LENGTH_CAP = 2048  # chat/preference: CPU memory, not the model, limits
 
 
 class ModelSpec(Spec):
+    """The base model that is fine-tuned."""
+
     name: str | None = None  # packaged model (minilm, smollm2-135m) or a local folder; None: chosen by task type
     max_length: int | None = Field(None, gt=0)  # token budget per example; None: the model's context, capped (see token_budget)
     pooling: Literal["auto", "mean", "native"] = "auto"  # auto: mean for sentence encoders (how they were trained), else the architecture's head
@@ -458,6 +478,8 @@ class OpenAIHyperparameters(Spec):
 
 
 class PeftSpec(Spec):
+    """Adapter settings (train.method lora, dora, ia3 or prompt_tuning)."""
+
     r: int = Field(16, ge=1)  # LoRA rank: enough capacity for a classification task, 1-2% of the weights
     alpha: int = Field(32, ge=1)  # scale alpha/r = 2, the usual choice
     dropout: float = Field(0.0, ge=0, lt=1)  # PEFT's default: on CPU the dropped copy of every adapted layer's input cost a quarter of a LoRA step; early stopping regularises
@@ -467,6 +489,8 @@ class PeftSpec(Spec):
 
 
 class TrainSpec(Spec):
+    """How the model is trained (`tunesmith train`)."""
+
     method: Method | None = None  # None: full for encoders (most accurate, affordable on CPU); LoRA on all linear layers for chat
     learning_rate: float | None = Field(None, gt=0)  # None: per method and task (DEFAULT_LR, CHAT_LR, DPO_LR)
     hyperparameters: OpenAIHyperparameters | None = None  # OpenAI's form (n_epochs, batch_size, learning_rate_multiplier); replaces epochs/batch_size/learning_rate
@@ -521,6 +545,8 @@ class TrainSpec(Spec):
 
 
 class EvalSpec(Spec):
+    """How a run is scored (`tunesmith evaluate`)."""
+
     baselines: bool = True  # majority/mean and TF-IDF + linear model on the same test split
     base_model: bool | None = None  # the untuned base beside the tuned model; None: on for chat (free: the adapter switched off), off for classifiers (a head must be trained)
     split: SplitName = "test"  # the held-out split metrics are computed on
@@ -781,6 +807,68 @@ def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[
     return out
 
 
+@functools.cache
+def _reasons() -> dict[tuple[str, str], str]:
+    """(class, field) -> the reason written beside the field's default in this file: its trailing comment,
+    else the comment lines just above it. Read from the source so the reason lives in one place only."""
+    try:
+        source = inspect.getsource(sys.modules[__name__])
+    except (OSError, TypeError):  # no source shipped (a frozen build): the config is shown without reasons
+        return {}
+    comments = {t.start[0]: t.string.lstrip("#").strip()
+                for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT}
+    lines = source.splitlines()
+    found = {}
+    for cls in ast.parse(source).body:
+        if not isinstance(cls, ast.ClassDef):
+            continue
+        for node in cls.body:
+            if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+                continue
+            trailing = [comments[n] for n in range(node.lineno, (node.end_lineno or node.lineno) + 1) if n in comments]
+            above, n = [], node.lineno - 1
+            while n in comments and lines[n - 1].lstrip().startswith("#"):
+                above.insert(0, comments[n])
+                n -= 1
+            if trailing or above:
+                found[(cls.name, node.target.id)] = " ".join(trailing or above)
+    return found
+
+
+def _flow(value: Any) -> str:
+    """A dumped value as one line of YAML (double-quoted where a plain form would span lines)."""
+    text = yaml.safe_dump([value], default_flow_style=True, width=float("inf"), allow_unicode=True).strip()
+    if "\n" in text:
+        text = yaml.safe_dump([value], default_flow_style=True, width=float("inf"), allow_unicode=True,
+                              default_style='"').strip()
+    return text[1:-1]
+
+
+def annotated_yaml(spec: Spec, indent: int = 0) -> str:
+    """The resolved config as YAML, each field with its reason as a comment: every default and why, in one
+    place (`tunesmith config show`). Parses back to `spec.model_dump(mode="json")`."""
+    pad, dumped, out = " " * indent, spec.model_dump(mode="json"), []
+    for name, field in type(spec).model_fields.items():
+        value = getattr(spec, name)
+        section = value if isinstance(value, Spec) else None
+        why = _reasons().get((type(spec).__name__, name))
+        kind = next((t for t in (field.annotation, *typing.get_args(field.annotation))
+                     if isinstance(t, type) and issubclass(t, Spec)), None)
+        if why is None and kind is not None and kind.__doc__:
+            why = kind.__doc__.strip().splitlines()[0]  # a section's reason is its class's summary line
+        comment = f"  # {why}" if why else ""
+        if section is not None:
+            out.append(f"{pad}{name}:{comment}\n" + annotated_yaml(section, indent + 2))
+        elif isinstance(value, list) and value and all(isinstance(v, Spec) for v in value):
+            out.append(f"{pad}{name}:{comment}")
+            for item in value:  # a block list of sections: "- " in place of the first field's indent
+                block = annotated_yaml(item, indent + 4)
+                out.append(f"{pad}  - {block[indent + 4:]}")
+        else:
+            out.append(f"{pad}{name}: {_flow(dumped[name])}{comment}")
+    return "\n".join(line.rstrip("\n") for line in out) + "\n"
+
+
 def data_home() -> Path:
     """Where the embedded store lives: its SQLite file, uploaded files, jobs' run folders (TUNESMITH_HOME moves it)."""
     return Path(os.environ.get("TUNESMITH_HOME", "~/.local/share/tunesmith")).expanduser()
@@ -837,58 +925,148 @@ def apply_override(data: dict[str, Any], override: str) -> None:
             node = node.setdefault(part, {})
             if not isinstance(node, dict | list):
                 raise ConfigError(f"override '{override}': '{'.'.join(parts[: i + 1])}' is not a section")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override '{override}': the value is not valid YAML ({getattr(err, 'problem', err)}); "
+                          f"to mean it as text, quote it: --set \"{key.strip()}='{raw}'\"") from None
     if isinstance(node, list):
+        if not parts[-1].isdigit() or int(parts[-1]) >= len(node):
+            raise ConfigError(f"override '{override}': '{'.'.join(parts)}' is not a list index")
         node[int(parts[-1])] = value
     else:
         node[parts[-1]] = value
 
 
-def format_validation_error(err: ValidationError, source: str, lines: dict[tuple[str, ...], int]) -> str:
+def _override_paths(overrides: list[str] | tuple[str, ...]) -> dict[tuple[str, ...], str]:
+    """Each override's dotted key as a path (as apply_override splits it) -> the override as typed."""
+    return {tuple(p for p in o.split("=", 1)[0].strip().split(".") if p): o for o in overrides}
+
+
+def _where(loc: tuple[str, ...], source: str, lines: dict[tuple[str, ...], int],
+           overrides: dict[tuple[str, ...], str]) -> str:
+    """Where a problem at `loc` was written: the `--set` that wrote that field (the file's line would point
+    at a value the override replaced, or at an unrelated line), else the file's nearest line, naming the
+    overrides inside a section the file does write (a section-wide check such as the split ratios)."""
+    inside = []
+    for path, override in overrides.items():
+        if path and loc[: len(path)] == path:
+            return f"--set {override}"  # the override wrote this field or a section holding it
+        if loc and path[: len(loc)] == loc:
+            if loc not in lines:
+                return f"--set {override}"  # the section exists only through the override
+            inside.append(f"--set {override}")
+    line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
+    return (f"{source}:{line}" if line else source) + (f" (with {', '.join(inside)})" if inside else "")
+
+
+def format_validation_error(err: ValidationError, source: str, lines: dict[tuple[str, ...], int],
+                            overrides: dict[tuple[str, ...], str] | None = None) -> str:
     out = [f"{source}: invalid configuration ({err.error_count()} problem{'s' * (err.error_count() > 1)})"]
     for e in err.errors():
         loc = tuple(str(p) for p in e["loc"])
-        # Pydantic appends the failing type's name inside unions; keep the user's own path.
-        line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
-        where = f"{source}:{line}" if line else source
+        # Pydantic appends the failing type's name inside unions; _where keeps the user's own path.
+        where = _where(loc, source, lines, overrides or {})
         field = ".".join(loc) or "(top level)"
         got = f" (got {e['input']!r})" if e["type"] not in ("missing",) and not isinstance(e["input"], dict) else ""
         msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = _unknown_key(globals().get(err.title), loc)
         out.append(f"  {where}: {field}: {msg}{got}")
     return "\n".join(out)
 
 
-def parse_config(data: dict[str, Any], source: str = "<config>", text: str = "") -> ProjectConfig:
+def _unknown_key(root: Any, loc: tuple[str, ...]) -> str:
+    """The message for a misspelt key: pydantic's "Extra inputs are not permitted" says neither that the
+    setting is unknown nor what was meant; this names the closest settings of that section."""
+    spec = root if isinstance(root, type) and issubclass(root, Spec) else None
+    for part in loc[:-1]:
+        field = spec.model_fields.get(part) if spec else None
+        if field is None:
+            if part.isdigit():
+                continue  # a list index: the same section type
+            return "unknown setting"
+        spec = next((t for t in (field.annotation, *typing.get_args(field.annotation))
+                     if isinstance(t, type) and issubclass(t, Spec)), None)
+    if spec is None:
+        return "unknown setting"
+    known = list(spec.model_fields)
+    close = difflib.get_close_matches(loc[-1], known, n=3, cutoff=0.6)
+    if close:
+        return f"unknown setting; did you mean {' or '.join(close)}?"
+    return f"unknown setting; this section has {', '.join(known)}"
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>", text: str = "",
+                 overrides: list[str] | tuple[str, ...] = ()) -> ProjectConfig:
     """Validate a config (file, overrides or API payload): types and ranges, then settings that the
-    chosen task or method would ignore. Errors name the source, line and dotted field."""
+    chosen task or method would ignore. Errors name the source, line (or the `overrides` entry already
+    applied to `data`) and dotted field."""
+    changed = _override_paths(overrides)
     try:
         cfg = ProjectConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source, _line_map(text))) from None
+        raise ConfigError(format_validation_error(err, source, _line_map(text), changed)) from None
     problems = cfg.inapplicable()
     if problems:
         lines = _line_map(text)
         out = [f"{source}: invalid configuration ({len(problems)} problem{'s' * (len(problems) > 1)})"]
         for field, why in problems:
-            line = lines.get(tuple(field.split(".")))
-            out.append(f"  {f'{source}:{line}' if line else source}: {field}: {why}")
+            loc = tuple(field.split("."))
+            where = _where(loc, source, {loc: lines[loc]} if loc in lines else {}, changed)  # its own line only
+            out.append(f"  {where}: {field}: {why}")
         raise ConfigError("\n".join(out))
     return cfg
+
+
+def _duplicate_keys(text: str) -> list[str]:
+    """`line: field: given twice` for each key written twice in one mapping: YAML loaders keep the last
+    silently, so an edit made to the first copy would never take effect."""
+    found: list[str] = []
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[str, int] = {}
+            for key, value in node.value:
+                name, line = str(key.value), key.start_mark.line + 1
+                if name in first and name != "<<":  # `<<` merges are YAML's own way to repeat a key
+                    found.append(f"{line}: {'.'.join((*path, name))}: given twice (first on line {first[name]}); keep one")
+                first.setdefault(name, line)
+                walk(value, (*path, name))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*path, str(i)))
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return found
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ProjectConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {err.start}: {err.reason}); "
+                          "a config is a YAML file saved as UTF-8") from None
     try:
         data = yaml.safe_load(text)
+        duplicates = _duplicate_keys(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+        problem = getattr(err, "problem", None) or err
+        hint = "; indent with spaces: YAML does not allow tabs" if "\\t" in str(problem) else ""
+        raise ConfigError(f"{where}: not valid YAML: {problem}{hint}") from None
+    if duplicates:
+        raise ConfigError(f"{path}: invalid configuration\n" + "\n".join(f"  {path}:{d}" for d in duplicates))
+    if data is None:
+        raise ConfigError(f"{path}: the file is empty; a config needs at least `name:` and `data: {{sources: [...]}}`")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level (name:, task:, data:, ...)")
     for override in overrides:
         apply_override(data, override)
-    return parse_config(data, str(path), text).resolve_paths(path.parent.resolve())
+    return parse_config(data, str(path), text, overrides).resolve_paths(path.parent.resolve())

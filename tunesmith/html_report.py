@@ -25,10 +25,33 @@ def markdown_to_html(md_text: str, folder: Path, title: str) -> str:
         data = base64.b64encode(path.read_bytes()).decode()
         return f'<img alt="{match.group(1)}" src="data:image/png;base64,{data}">'
 
-    body = markdown_lib.markdown(md_text, extensions=["tables", "fenced_code"])
+    body = _safe_markdown(markdown_lib).convert(md_text)
     body = re.sub(r'<img alt="([^"]*)" src="([^"]+\.png)"\s*/?>', inline, body)
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{STYLE}</style></head><body>{body}</body></html>\n")
+
+
+def _safe_markdown(markdown_lib: Any) -> Any:
+    """A converter for reports that quote user text (descriptions, labels, rows, warnings, file names):
+    raw HTML in it is shown as text instead of run as markup (a `<script>` in a label must not execute
+    when the report is opened), and a link may only lead to the web or a file beside the report."""
+    from markdown.treeprocessors import Treeprocessor
+
+    class SafeLinks(Treeprocessor):
+        def run(self, root: Any) -> None:
+            for element in root.iter():
+                for attr in ("href", "src"):
+                    target = element.get(attr)
+                    # Browsers drop blanks and control characters inside a scheme ("java\tscript:").
+                    scheme = re.match(r"([a-z][a-z0-9+.-]*):", re.sub(r"[\x00-\x20]", "", target or ""), re.I)
+                    if scheme and scheme.group(1).lower() not in ("http", "https", "mailto"):
+                        element.set(attr, "#")
+
+    md = markdown_lib.Markdown(extensions=["tables", "fenced_code"])
+    md.preprocessors.deregister("html_block")  # <div>...</div> blocks passed through as they are
+    md.inlinePatterns.deregister("html")  # inline tags such as <script> or <img onerror=...>
+    md.treeprocessors.register(SafeLinks(md), "safe_links", 5)  # after "inline" (20), which makes the links
+    return md
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
@@ -37,6 +60,6 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     def cell(v: Any) -> str:
         return html.escape(str(v), quote=False).replace("|", "\\|").replace("\n", " ").replace("\r", " ")
 
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)

@@ -14,7 +14,7 @@ def write_model_card(run_dir: Path) -> Path:
     m = run.manifest
     cfg = run.config
     lines = [f"# {m.name}", "", m.description or "_No task description given (task.description)._", "",
-             "## Model", "",
+             *_intended_use(m.task), "## Model", "",
              f"- Task: {m.task}" + (f", labels: {', '.join(m.labels)}" if m.labels else ""),
              f"- Base model: {m.base_model}", f"- Method: {m.method} ({m.parameters['trainable']:,} of "
              f"{m.parameters['total']:,} parameters trained)",
@@ -25,6 +25,7 @@ def write_model_card(run_dir: Path) -> Path:
         lines += [f"- Target standardised with mean {m.target_scaling['mean']:.4g}, std {m.target_scaling['std']:.4g}; "
                   "predictions are in the original units", ""]
     lines += ["## Data", "", f"- Dataset: `{m.dataset}`", f"- Fingerprint: `{m.dataset_fingerprint}`"]
+    counts: dict[str, int] = {}
     try:
         counts = DatasetVersion(m.dataset).manifest.counts
         lines.append(f"- Rows: {counts['train']} train / {counts['validation']} validation / {counts['test']} test")
@@ -40,16 +41,50 @@ def write_model_card(run_dir: Path) -> Path:
                  + (f"; attention dropout {hp['attention_dropout']:g}" if hp.get("attention_dropout") is not None else "")
                  + (f"; hidden dropout {hp['hidden_dropout']:g}" if hp.get("hidden_dropout") is not None else "")]
                 if hp.get("precision") else []),
+              *_export_numerics(run_dir),
               *([f"- OpenAI hyperparameters: {m.openai_hyperparameters}"] if m.openai_hyperparameters else []),
-              "", "## Results", "", "Validation (best checkpoint): "
+              "", "## Results", "", "Validation (best checkpoint"
+              + (f", {counts['validation']} examples" if "validation" in counts else "") + "): "
               + ", ".join(f"{k} {v:.4f}" for k, v in m.metrics.items() if k not in ("runtime", "samples_per_second", "steps_per_second", "epoch")),
               ""]
-    for report in sorted((run_dir / "eval").glob("*/report.json")):
+    reports = sorted((run_dir / "eval").glob("*/report.json"))
+    for report in reports:
         r = json.loads(report.read_text(encoding="utf-8"))
         main = {k: v for k, v in r["metrics"].items() if isinstance(v, int | float)}
         lines.append(f"{r['split'].capitalize()} ({r['n']} examples): " + ", ".join(f"{k} {v:.4f}" for k, v in list(main.items())[:8]))
         lines.append("")
+    if not reports:  # validation picked the checkpoint, so only a held-out split's scores are unbiased
+        lines += [f"_Not scored on the held-out test split yet: `tunesmith evaluate {run_dir}`._", ""]
     lines += ["## Use", "", "```bash", f"tunesmith evaluate {run_dir}", "```", ""]
     path = run_dir / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+_PURPOSE = {
+    "single_label_classification": "assigning one label to a text",
+    "multi_label_classification": "assigning any number of labels to a text",
+    "regression": "predicting a score for a text",
+    "chat": "answering in conversations",
+    "preference": "answering in conversations, steered towards the preferred answers (DPO)",
+}
+
+
+def _intended_use(task: str) -> list[str]:
+    """What the model is for, and where its scores say nothing: a card must state both."""
+    return ["## Intended use", "",
+            f"- Made for {_PURPOSE.get(task, task)}, on inputs like its training data (the same sources, language and kind of text).",
+            "- Out of scope: other kinds of input. The scores below hold for data like the test split only: "
+            "score your own data with `tunesmith evaluate RUN --dataset DATASET` before relying on it.",
+            ""]
+
+
+def _export_numerics(run_dir: Path) -> list[str]:
+    """An export that changed the arithmetic (int8 weights): the card must say so, and that the
+    validation figures are the source run's."""
+    info_path = run_dir / "export.json"
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    if not info.get("quantization"):
+        return []
+    return [f"- Exported as {info.get('format')}: weights quantised, {info['quantization']}; the validation figures "
+            "below are the source run's (before quantisation); its self-check is in export.json"]
