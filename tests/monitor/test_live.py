@@ -203,6 +203,23 @@ def test_drift_is_quiet_on_training_like_traffic_and_warns_on_a_shift(dataset: P
     assert any("only 20 live examples" in w for w in drift(store, "reviews", profile, limit=20)["warnings"])
 
 
+def test_the_newest_requests_logged_with_inputs_fill_the_sample(store_url: str) -> None:
+    from tunesmith.monitor.live import live_sample
+    from tunesmith.monitor.log import PredictionLog
+
+    store = Store(store_url)
+    insert(store, live_rows([f"text {i}" for i in range(30)], ["pos"] * 30))
+    # Then the server ran with --no-log-inputs: newer requests, ids and timings only (stored as a JSON null).
+    log = PredictionLog(store, log_inputs=False)
+    for i in range(10):
+        log.record(f"bare-{i}", "reviews", "reviews-v1", "predict", ["secret"], [probs("pos", 0.9)], 1.0)
+    assert log.flush()
+    log.close()
+    sample = live_sample(store, "reviews", limit=10)
+    assert sample.requests == len(sample.texts) == 10  # the newest 10 that have inputs, not the 10 without
+    assert sample.texts == [f"text {i}" for i in range(29, 19, -1)]
+
+
 def test_regression_values_drift(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
     rng = np.random.default_rng(0)

@@ -69,6 +69,16 @@ def test_a_served_id_without_registry_or_inputs_still_reports(tmp_path: Path) ->
     assert not (tmp_path / "out" / "figures" / "labels.png").exists()
 
 
+def test_labels_and_names_in_tables_stay_text(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    labels = ["5*", "4*", "[win](javascript:alert(1))", "[win](javascript:alert(1))"]
+    insert(store, [{"model": "stars", "model_version": "stars_v1_", "request_id": f"r{i}", "created": T0 + 60 * i,
+                    "latency_ms": 4.0, "outputs": [{"label": label}]} for i, label in enumerate(labels)])
+    doc = write_report(store, "stars", tmp_path / "out").read_text()
+    assert "<a " not in doc and "<em>" not in doc and "<strong>" not in doc  # no link, no emphasis: text
+    assert "[win](javascript:alert(1)) 50%, 4* 25%, 5* 25%" in doc and "<td>stars_v1_</td>" in doc
+
+
 def test_nothing_logged_is_a_clear_config_error(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
     with pytest.raises(ConfigError, match="no logged predictions for 'reviews'"):

@@ -4,6 +4,7 @@ multi-objective Pareto fronts, and clear errors for spaces, metrics and storages
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import optuna
@@ -100,6 +101,45 @@ def test_hopeless_trials_are_pruned_early(tmp_path: Path, tiny_bert: Path, prune
     assert all(not (folder / f"trial-{t.number}").exists() for t in pruned)  # no half-written run folder
     assert any(line.startswith(f"trial {pruned[0].number} pruned at evaluation") for line in lines)
     assert "pruned at" in (folder / "report.md").read_text()
+
+
+def test_a_diverged_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path: Path, tiny_bert: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    # A learning rate of 1e6 turns the weights into NaN within the first steps. The median pruner's start-up
+    # trials are not judged, so the trial itself must stop and say what happened (it used to train on and crash
+    # the study writing NaN metrics); timeout_s only bounds a failure of this test.
+    tune = {"space": {"train.learning_rate": {"choices": [1e6]}}, "trials": 2, "storage": url, "pruner": "median",
+            "metric": "loss", "timeout_s": 120}
+    lines: list[str] = []
+    cfg = tune_project(tmp_path, tiny_bert, tune, steps=6)
+    summary = run_study(cfg, echo=lines.append)
+    trials = trials_of(url)
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2  # two trials in all: a failed one keeps its place
+    reasons = [t.user_attrs["fail_reason"] for t in trials]
+    assert all(re.fullmatch(r"(gradient norm|validation loss) is nan at .*: the training diverged", r) for r in reasons)
+    assert summary["trials"] == {"fail": 2} and "best" not in summary
+    assert f"trial 0 failed: {reasons[0]}" in " ".join(lines)
+    folder = study_folder(cfg)
+    assert not list(folder.glob("trial-*"))  # no half-written run folder
+    assert reasons[1] in (folder / "report.md").read_text()
+
+
+def test_a_trial_that_raises_is_failed_with_its_reason(tmp_path: Path, tiny_bert: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import tunesmith.training
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(tunesmith.training, "train", out_of_memory)
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    cfg = tune_project(tmp_path, tiny_bert, {"space": {"train.batch_size": {"choices": [64]}}, "trials": 2,
+                                             "storage": url})
+    with pytest.raises(RuntimeError, match="out of memory"):  # not a diverged trial: the worker stops (Optuna's way)
+        run_study(cfg, echo=lambda line: None)
+    [trial] = trials_of(url)
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["fail_reason"] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
 
 
 def test_multi_objective_study_reports_a_pareto_front(tmp_path: Path, tiny_bert: Path,

@@ -67,12 +67,23 @@ def _bucket_words(seconds: float) -> str:
     return f"{seconds:g}-second"
 
 
-def _text(s: Any) -> str:
-    """Text from the data (labels in warnings) as literal Markdown: no markup, no HTML."""
-    out = str(s).replace("&", "&amp;").replace("<", "&lt;")  # ">" stays: "PSI 0.31 > 0.25" must read as it is
+def _literal(s: Any) -> str:
+    """Markdown's punctuation backslash-escaped: a label "5*" or "[x](javascript:...)" stays text, not
+    emphasis or a link."""
+    out = str(s)
     for c in "\\`*_[]#":
         out = out.replace(c, "\\" + c)
     return out
+
+
+def _text(s: Any) -> str:
+    """Text from the data (labels in warnings) as literal Markdown: no markup, no HTML."""
+    return _literal(str(s).replace("&", "&amp;").replace("<", "&lt;"))  # ">" stays: "PSI 0.31 > 0.25" must read as it is
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    """markdown_table escapes HTML in the cells, not Markdown: labels, versions and names in them are data."""
+    return markdown_table(header, [[_literal(cell) for cell in row] for row in rows])
 
 
 def _code(s: Any) -> str:
@@ -321,7 +332,7 @@ def _summary(metrics: dict[str, VersionMetrics]) -> str:
         if regression:
             row += [_num(m.mean_value), f"{_num(m.corrected_mae)} (n={m.corrected_values})" if m.corrected_values else "—"]
         rows.append(row)
-    return markdown_table(header, rows)
+    return _table(header, rows)
 
 
 def _drift_section(store: Store, model: str, production: VersionInfo | None, since: float | None,
@@ -364,8 +375,8 @@ def _drift_section(store: Store, model: str, production: VersionInfo | None, sin
     if vocab:
         rows.append(["unseen words", f"OOV rate {vocab['oov_rate']:.1%}", f"{vocab['threshold']:.0%}", vocab["status"],
                      "—", "—", f"{vocab['vocabulary_size']} words", vocab["n_texts"]])
-    lines += [markdown_table(["check", "value", "threshold", "status", "test (statistic)", "p-value", "training",
-                              "live"], rows), ""]
+    lines += [_table(["check", "value", "threshold", "status", "test (statistic)", "p-value", "training",
+                      "live"], rows), ""]
     if report["warnings"]:
         lines += ["**Warnings**", ""] + [f"- {_text(w)}" for w in report["warnings"]] + [""]
     else:
@@ -392,7 +403,7 @@ def _registry_section(versions: list[VersionInfo] | None) -> str:
         metrics = ", ".join(f"{k} {val:.4g}" if isinstance(val, (int, float)) else f"{k} {val}"
                             for k, val in list(v.metrics.items())[:6]) or "—"
         rows.append([f"v{v.version}", v.stage, _when(v.created_at), _when(v.stage_changed_at), metrics, v.run])
-    lines.append(markdown_table(["version", "stage", "registered", "stage since", "validation metrics", "run"], rows))
+    lines.append(_table(["version", "stage", "registered", "stage since", "validation metrics", "run"], rows))
     return "\n".join(lines)
 
 
@@ -407,8 +418,8 @@ def _ab_section(tests: list[dict[str, Any]]) -> str:
         shadow = t["shadow"]["name"] if t["shadow"] else "—"
         rows.append([t["id"], t["status"], variants, shadow, t["horizon"], f"{t['alpha']:g}", _when(t["created"]),
                      _when(t["stopped"]), t["winner"] or "—"])
-    lines.append(markdown_table(["test", "status", "variants (traffic)", "shadow", "horizon (per variant)", "alpha",
-                                 "started", "stopped", "promoted"], rows))
+    lines.append(_table(["test", "status", "variants (traffic)", "shadow", "horizon (per variant)", "alpha",
+                         "started", "stopped", "promoted"], rows))
     lines += ["", "The verdict of a test (`tunesmith ab status`) waits for its horizon; the per-version feedback above "
                   "is for reading, not for calling a winner early."]
     return "\n".join(lines)

@@ -82,7 +82,7 @@ def _trial_row(trial: FrozenTrial, names: list[str]) -> dict[str, Any]:
         "intermediate": {str(k): v for k, v in sorted(trial.intermediate_values.items())},
         "pruning_signal": attrs.get("pruning_signal"),
         "run": attrs.get("run_dir"), "host": attrs.get("host"), "surplus": bool(attrs.get("surplus")),
-        "objectives": attrs.get("objectives"),
+        "objectives": attrs.get("objectives"), "fail_reason": attrs.get("fail_reason"),
     }
 
 
@@ -168,12 +168,14 @@ def write_report(study: optuna.Study, folder: Path, names: list[str], best: int 
         stopped = ""
         if t.state == TrialState.PRUNED:
             stopped = f"evaluation {t.user_attrs.get('evaluations', '?')} (step {t.user_attrs.get('steps', '?')})"
+        elif t.state == TrialState.FAIL:
+            stopped = t.user_attrs.get("fail_reason", "")
         values = ", ".join(_num(v) for v in t.values) if t.values else "—"
         rows.append([t.number, t.state.name.lower(), _params(t), values,
                      _num(round(t.duration.total_seconds(), 1)) if t.duration else "—",
                      _num(t.user_attrs.get("steps")), stopped])
     md += ["## Trials", "", markdown_table(["trial", "state", "parameters", " / ".join(names), "seconds", "steps",
-                                            "pruned at"], rows), ""]
+                                            "pruned at (or why it failed)"], rows), ""]
     if notes:
         md += ["## Notes", "", *(f"- {n}" for n in notes), ""]
     text = "\n".join(md)

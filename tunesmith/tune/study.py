@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 import socket
 import time
@@ -48,6 +49,10 @@ SQLITE_BUSY_S = 30  # several workers write one SQLite file: a writer waits this
 HEARTBEAT_S = 20  # a running trial tells the storage it is alive this often...
 GRACE_S = 60  # ...and one silent for this long belongs to a dead worker: failed, and a copy queued
 MAX_RETRY = 2  # a trial whose worker died is queued again at most this often (a trial that kills workers stops)
+FAIL_REASON_CHARS = 300  # a failed trial's exception, as the report and the log show it
+# Logged values that, once NaN or infinite, mean the weights are too (the Trainer keeps NaN steps out of its
+# logged training loss, not out of the gradient norm or the validation loss).
+DIVERGED_LOGS = {"grad_norm": "gradient norm", "loss": "training loss", "eval_loss": "validation loss"}
 LATENCY_TEXTS = 16  # latency_ms: the first validation texts, predicted one at a time (a served request)...
 LATENCY_ROUNDS = 3  # ...in this many passes; the fastest pass's time per text is the objective
 STORAGE_LOCK = 7_301_947  # PostgreSQL advisory lock: one process creates Optuna's tables at a time
@@ -64,6 +69,11 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 class _Surplus(Exception):
     """Two workers started the study's last trial at the same moment: the later-numbered one stands down."""
+
+
+class _Diverged(Exception):
+    """A trial's loss became NaN or infinite: an outcome of its values (a learning rate too high), not a
+    broken worker, so it fails on its own and the study goes on to the next trial."""
 
 
 # -- the space ------------------------------------------------------------------------------------
@@ -345,6 +355,17 @@ def _reporter(trial: Trial, metric: str, report: bool, prune_on: str = "metric")
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.step = state.global_step
 
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
+                   **kwargs: Any) -> None:
+            # Logged before each evaluation's metrics and on_evaluate: NaN weights would otherwise train on to the
+            # end and leave a run that cannot be judged (or a regression's metrics raise on NaN predictions).
+            for key, name in DIVERGED_LOGS.items():
+                value = (logs or {}).get(key)
+                if isinstance(value, int | float) and not math.isfinite(value):
+                    where = f"evaluation {self.evaluations + 1} (step {state.global_step})" if key == "eval_loss" \
+                        else f"step {state.global_step}"
+                    raise _Diverged(f"{name} is {value} at {where}: the training diverged")
+
         def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
                         **kwargs: Any) -> None:
             value = (metrics or {}).get(f"eval_{signal}")
@@ -427,6 +448,14 @@ class Objective:
         try:
             train(tcfg, dataset_dir=version.path, overwrite=True, callbacks=[reporter])
             finished = True
+        except optuna.TrialPruned:
+            raise
+        except Exception as err:  # Optuna records FAIL but not why: the report and the log say it
+            diverged = isinstance(err, _Diverged)
+            reason = str(err) if diverged else f"{type(err).__name__}: {err}"
+            trial.set_user_attr("fail_reason", reason[:FAIL_REASON_CHARS])
+            trial.set_user_attr("diverged", diverged)
+            raise
         finally:
             trial.set_user_attr("steps", reporter.step)
             trial.set_user_attr("evaluations", reporter.evaluations)
@@ -459,12 +488,27 @@ class Objective:
     def _stand_down_if_surplus(self, trial: Trial) -> None:
         """Finished trials plus the running or queued ones numbered before this one reach tune.trials:
         another worker started the last one a moment earlier."""
-        others = trial.study.get_trials(deepcopy=False, states=COUNTED)
+        others = [t for t in trial.study.get_trials(deepcopy=False) if _counted(t)]
         ahead = [t for t in others if t.number != trial.number
-                 and (t.state in FINISHED or t.number < trial.number)]
+                 and (_done(t) or t.number < trial.number)]
         if len(ahead) >= self.limit:
             trial.set_user_attr("surplus", True)
             raise _Surplus(f"trial {trial.number}: the study already has its {self.limit} trials")
+
+
+def _diverged(trial: FrozenTrial) -> bool:
+    return trial.state == TrialState.FAIL and bool(trial.user_attrs.get("diverged"))
+
+
+def _counted(trial: FrozenTrial) -> bool:
+    """Does the trial take one of the study's tune.trials? Finished, running or queued ones do, and so does one
+    that diverged (its values are to blame: replacing it could go on forever). An interrupted trial, a dead
+    worker's (a copy is queued) and a surplus one give their place back."""
+    return trial.state in COUNTED or _diverged(trial)
+
+
+def _done(trial: FrozenTrial) -> bool:
+    return trial.state in FINISHED or _diverged(trial)
 
 
 def _params_text(values: dict[str, Any]) -> str:
@@ -487,6 +531,8 @@ def _trial_line(trial: FrozenTrial, names: list[str]) -> str:
             signal, last = signal[1:], -last
         return (f"trial {trial.number} pruned at evaluation {attrs.get('evaluations', 0)}: validation {signal} "
                 f"{_num(last)} trailed the others ({steps})")
+    if trial.state == TrialState.FAIL and "fail_reason" in attrs:
+        return f"trial {trial.number} failed: {attrs['fail_reason']} ({steps})"
     return f"trial {trial.number} {trial.state.name.lower()}"
 
 
@@ -558,7 +604,7 @@ def run_study(cfg: ProjectConfig, *, echo: Callable[[str], None] = print, evalua
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead of Optuna's
     study = load_study(cfg, echo=echo)
     objective = Objective(cfg, study_folder(cfg), metric_of(cfg)[0], echo)
-    already = len(study.get_trials(deepcopy=False, states=FINISHED))
+    already = sum(_done(t) for t in study.get_trials(deepcopy=False))
     if already:
         echo(f"study '{study.study_name}' has {already} finished trial{'s' * (already != 1)}; "
              f"{'nothing to do' if already >= spec.trials else f'going on to {spec.trials}'}")
@@ -580,12 +626,12 @@ def run_trials(study: optuna.Study, objective: Objective, trials: int, deadline:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and a copy queued
-        if len(study.get_trials(deepcopy=False, states=COUNTED)) >= trials:
+        if sum(_counted(t) for t in study.get_trials(deepcopy=False)) >= trials:
             return
         if deadline is not None and time.monotonic() >= deadline:
             objective.echo("tune.timeout_s passed: this worker starts no further trials")
             return
-        study.optimize(objective, n_trials=1, callbacks=[report], catch=(_Surplus,))
+        study.optimize(objective, n_trials=1, callbacks=[report], catch=(_Surplus, _Diverged))
 
 
 def finish_study(cfg: ProjectConfig, study: optuna.Study, *, echo: Callable[[str], None] = print,
