@@ -439,3 +439,14 @@ def test_balanced_class_weights_take_the_same_step_with_gradient_accumulation(tm
         first[accum] = next(e for e in log if "loss" in e and "grad_norm" in e)
     assert first[2]["loss"] == pytest.approx(first[1]["loss"], rel=0.25)
     assert first[2]["grad_norm"] == pytest.approx(first[1]["grad_norm"], rel=0.25)
+
+
+def test_a_diverged_run_is_an_error_that_names_the_learning_rate_not_a_damaged_folder(tmp_path: Path,
+                                                                                          tiny_bert: Path) -> None:
+    from tunesmith.artifacts import is_run
+    from tunesmith.errors import ConfigError
+
+    cfg = project(tmp_path, tiny_bert, train_spec={"learning_rate": 1e6, "max_steps": 6})
+    with pytest.raises(ConfigError, match=r"training diverged: .*loss.* lower train.learning_rate \(this run used 1000000"):
+        train(cfg)
+    assert not is_run(tmp_path / "run") and (tmp_path / "run" / "training_log.jsonl").is_file()

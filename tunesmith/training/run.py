@@ -158,6 +158,14 @@ def finish_run(run_dir: Path, trainer: Any, manifest: RunManifest, validation: d
     with (run_dir / TRAINING_LOG).open("w", encoding="utf-8") as f:
         for entry in trainer.state.log_history:
             f.write(json.dumps(entry) + "\n")
+    # A diverged run (a learning rate far too high) has NaN weights: no run.json, so nothing serves or exports it,
+    # and an error that says what to change (its manifest, written, would not even load back).
+    diverged = sorted({k for k, v in {**validation, **manifest.metrics, **manifest.best_metric}.items()
+                       if isinstance(v, float) and not math.isfinite(v)})
+    if diverged:
+        raise ConfigError(f"training diverged: {', '.join(diverged)} became NaN or infinite, so {run_dir} holds no "
+                          f"usable model; lower train.learning_rate (this run used {manifest.hyperparameters.get('learning_rate')}) "
+                          f"and train again (its log: {run_dir / TRAINING_LOG})")
     (run_dir / RUN_METRICS).write_text(json.dumps({"validation": validation}, indent=2) + "\n", encoding="utf-8")
     # run.json is what makes the folder a finished run (is_run): written whole or not at all, so a crash or a
     # full disk mid-write never leaves a truncated one that looks finished.
