@@ -7,6 +7,7 @@ import io
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +24,18 @@ def _job(store: Store, job_id: str, **fields: object) -> None:
     with store.session() as s:
         s.add(Job(id=job_id, owner="", created_at=int(time.time()), created=time.time(), model="m", training_file="file-x", seed=1,
                   method={"type": "supervised", "supervised": {"hyperparameters": {}}}, result_files=[], **fields))
+
+
+def _one_epoch_job(tmp_path: Path, tiny_llama: Path, suffix: str) -> tuple[Store, JobsService, Any, Any]:
+    """A one-epoch chat job with `suffix`, run by a worker on an SQLite store: (store, service, job, job when done)."""
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    spec = JobsSpec(base_models=[str(tiny_llama)], heartbeat_s=0.5)
+    jobs = JobsService(store, spec)
+    upload = jobs.create_file("", "train.jsonl", "fine-tune", io.BytesIO(chat_file(tmp_path / "t.jsonl", 20).read_bytes()))
+    job = jobs.create_job("", jp.JobCreate(model=str(tiny_llama), training_file=upload.id, suffix=suffix,
+                                           hyperparameters={"n_epochs": 1}))
+    Worker(store, spec).run(once=True)
+    return store, jobs, job, jobs.get_job("", job.id)
 
 
 def test_one_job_is_claimed_by_exactly_one_of_many_workers(store_url: str) -> None:
@@ -108,14 +121,7 @@ def test_a_dpo_job_trains_on_openai_preference_lines(tmp_path: Path, tiny_llama:
 def test_a_succeeded_job_is_registered_with_its_lineage(tmp_path: Path, tiny_llama: Path) -> None:
     from tunesmith.registry.service import Registry
 
-    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
-    spec = JobsSpec(base_models=[str(tiny_llama)], heartbeat_s=0.5)
-    jobs = JobsService(store, spec)
-    upload = jobs.create_file("", "train.jsonl", "fine-tune", io.BytesIO(chat_file(tmp_path / "t.jsonl", 20).read_bytes()))
-    job = jobs.create_job("", jp.JobCreate(model=str(tiny_llama), training_file=upload.id, suffix="support",
-                                           hyperparameters={"n_epochs": 1}))
-    Worker(store, spec).run(once=True)
-    done = jobs.get_job("", job.id)
+    store, jobs, job, done = _one_epoch_job(tmp_path, tiny_llama, "support")
     [version] = Registry(store).versions("support")
     assert version.stage == "candidate" and version.run == str((jobs.jobs_dir / job.id / "run").resolve())
     assert version.lineage["job"] == job.id and version.lineage["fine_tuned_model"] == done.fine_tuned_model
@@ -172,14 +178,7 @@ def test_the_heartbeat_outlives_a_failed_beat(tmp_path: Path) -> None:
 def test_a_suffix_the_registry_refuses_leaves_the_job_succeeded(tmp_path: Path, tiny_llama: Path) -> None:
     """Registration comes after the job succeeded: a suffix OpenAI accepts but the registry does not ("my model")
     is a warning on the job, never a succeeded job turned failed (its model answered, then stopped)."""
-    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
-    spec = JobsSpec(base_models=[str(tiny_llama)], heartbeat_s=0.5)
-    jobs = JobsService(store, spec)
-    upload = jobs.create_file("", "train.jsonl", "fine-tune", io.BytesIO(chat_file(tmp_path / "t.jsonl", 20).read_bytes()))
-    job = jobs.create_job("", jp.JobCreate(model=str(tiny_llama), training_file=upload.id, suffix="my model",
-                                           hyperparameters={"n_epochs": 1}))
-    Worker(store, spec).run(once=True)
-    done = jobs.get_job("", job.id)
+    store, jobs, job, done = _one_epoch_job(tmp_path, tiny_llama, "my model")
     assert done.status == "succeeded" and done.error is None and done.fine_tuned_model.endswith(f":my model:{job.id[6:14]}")
     events = jobs.list_events("", job.id, limit=100).data
     assert not any(e.level == "error" for e in events)
