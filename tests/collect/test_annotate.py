@@ -95,6 +95,26 @@ def test_several_annotators_overlap_and_leases(store: Store) -> None:
     assert q.next("c")["item_id"] in ("r1", "r2")
 
 
+def test_the_last_item_leased_to_one_annotator_is_not_offered_to_another(store: Store) -> None:
+    create_task(store, "food", ["pos", "neg"])  # overlap 1
+    add_items(store, "food", items(TEXTS[:2]))
+    q = Queue(store, "food")
+    assert q.next("a")["item_id"] == "r0" and q.next("b")["item_id"] == "r1"
+    q.label("a", "r0", "pos")
+    assert q.next("a") is None  # r1 is b's: a second label would go beyond the overlap
+    q.label("b", "r1", "neg")
+    assert [len(it.labels) for it in q.items()] == [1, 1]
+
+
+def test_progress_counts_the_answers_of_an_id_given_with_blanks(store: Store) -> None:
+    create_task(store, "food", ["pos", "neg"])
+    add_items(store, "food", items(TEXTS[:2]))
+    q = Queue(store, "food")
+    q.label(" ann ", "r0", "pos")  # saved as "ann", as the page's ?annotator=%20ann%20 sends it
+    p = q.progress(" ann ")
+    assert (p["annotator"], p["labelled"], p["left"]) == ("ann", 1, 1)
+
+
 def test_a_lease_expires(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     import tunesmith.collect.annotate as annotate
 

@@ -6,7 +6,8 @@ undo deletes the annotator's latest answer. Each annotator is asked for the next
 answered, in this order:
 
   1. not shown to another annotator in the last LEASE_S seconds (two people rarely label the same
-     item at once when one label is wanted),
+     item at once when one label is wanted); a shown item counts as one label to come, so an item
+     shown to someone is not offered at all while its labels plus that one reach `overlap`,
   2. fewest labels first (so, with `overlap` 2, items reach two annotators for agreement),
   3. most uncertain model suggestion first (model-assisted labelling: humans see hard cases first),
   4. load order.
@@ -179,8 +180,11 @@ class Queue:
         now = time.time()
         leased_elsewhere = case((and_(AnnotationItem.shown_to.is_not(None), AnnotationItem.shown_to != annotator,
                                       AnnotationItem.shown_at > now - LEASE_S), 1), else_=0)
+        # The lease holder's coming label counts: without this, the last open item with overlap 1 went to
+        # everyone at once (it sorted last but was still the only one) and got labelled twice.
+        room = _label_count() + leased_elsewhere < self.task.overlap
         with self.store.session() as s:
-            item = s.scalars(select(AnnotationItem).where(self._open_for(annotator)).order_by(
+            item = s.scalars(select(AnnotationItem).where(self._open_for(annotator), room).order_by(
                 leased_elsewhere, _label_count(), case((AnnotationItem.uncertainty.is_(None), 1), else_=0),
                 AnnotationItem.uncertainty.desc(), AnnotationItem.seq).limit(1)).first()
             if item is None:
@@ -198,6 +202,7 @@ class Queue:
                 items, or_(model_label, _label_count() >= self.task.overlap))) or 0
             out: dict[str, Any] = {"task": self.task.name, "total": total, "done": done, "overlap": self.task.overlap}
             if annotator:
+                annotator = check_annotator(annotator)  # the id the answers were saved under (" ann" from a URL is "ann")
                 mine = select(Annotation.label).where(Annotation.task == self.task.name, Annotation.annotator == annotator)
                 answers = list(s.scalars(mine))
                 out["annotator"] = annotator
