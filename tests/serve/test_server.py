@@ -223,3 +223,31 @@ def test_metrics_health_and_docs(server: str) -> None:
     assert {"/v1/predict", "/v1/chat/completions", "/v1/completions", "/v1/models"} <= set(spec["paths"])
     r = httpx.options(f"{server}/v1/models", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"})
     assert "access-control-allow-origin" not in r.headers  # CORS is off unless configured
+
+
+def test_metrics_label_requests_by_route_not_by_the_path_a_client_sends() -> None:
+    """Every model id or made-up URL under /v1 was a series of its own in /metrics, kept for good: a client without a
+    key could grow the server's memory and the scrape without bound."""
+    import asyncio
+
+    from tests.serve.test_service import FakeClassifier, served
+    from tunesmith.config import ServeSpec
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.service import Service
+
+    spec = ServeSpec(api_keys=[KEY])
+    app = create_app(Service([served("sequence", FakeClassifier(), "clf")], spec), spec)
+
+    async def traffic() -> str:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+            for i in range(3):
+                assert (await c.get(f"/v1/models/made-up-{i}", headers=auth())).status_code == 404
+                assert (await c.get(f"/v1/probe-{i}")).status_code == 404  # no key needed to reach a 404
+            assert (await c.post("/v1/predict", content=b"x" * 1_000_001, headers=auth())).status_code == 413
+            return (await c.get("/metrics")).text
+
+    text = asyncio.run(traffic())
+    assert "made-up" not in text and "probe-" not in text
+    assert 'tunesmith_requests_total{endpoint="/v1/models/{model_id:path}",status="404"} 3.0' in text
+    assert 'tunesmith_requests_total{endpoint="unmatched",status="404"} 3.0' in text
+    assert 'tunesmith_requests_total{endpoint="/v1/predict",status="413"} 1.0' in text  # refused before routing

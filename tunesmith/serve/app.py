@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from tunesmith import __version__
 from tunesmith.config import ServeSpec
@@ -38,6 +39,15 @@ def _error(err: ServiceError) -> JSONResponse:
 
 def _key_matches(given: str, keys: list[str]) -> bool:
     return any(hmac.compare_digest(given.encode(), k.encode()) for k in keys)
+
+
+def _endpoint(app: FastAPI, request: Request) -> str:
+    """The metrics label of a request: its route's template (`/v1/models/{model_id:path}`), never the path itself, or
+    every model id, file id and URL a client (even one without a key) makes up would add series to /metrics for good."""
+    route = request.scope.get("route")
+    if route is None:  # answered before routing (413 on the body's size), or no route matched (404)
+        route = next((r for r in app.router.routes if r.matches(request.scope)[0] != Match.NONE), None)
+    return getattr(route, "path", None) or "unmatched"
 
 
 def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = lambda: True) -> FastAPI:
@@ -76,6 +86,7 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
         else:
             response = await call_next(request)
         if endpoint.startswith(MODEL_ENDPOINTS) or endpoint.startswith("/admin"):
+            endpoint = _endpoint(app, request)
             metrics.requests.labels(endpoint, str(response.status_code)).inc()
             metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
             if response.status_code >= 400:

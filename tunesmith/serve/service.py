@@ -210,6 +210,16 @@ class Service:
         found = self.find(name, kind, owner)
         return found if isinstance(found, ServiceError) else (found, None)
 
+    def _tested(self, name: str | None, kind: str, owner: str = "") -> str | None:
+        """The registry model whose running A/B test a request naming `name` falls under: also when it names the model by
+        its ft: id or run, or not at all (the only one served), or that traffic all went to production, untested."""
+        if (name or "") in self.routes:
+            return name
+        found = self.find(name, kind, owner)
+        if isinstance(found, ServiceError) or found.registry is None:
+            return None
+        return found.registry[0] if found.registry[0] in self.routes else None
+
     def _retire(self) -> None:
         """Forget swapped-out models whose batchers have nothing left to run."""
         live = {m.batch_key for m in [*self.models, *self.variant_models.values()]}  # A/B variants are unlisted, not retired
@@ -356,7 +366,8 @@ class Service:
     async def predict(self, req: p.PredictRequest, request_id: str | None = None, owner: str = ""
                       ) -> p.PredictResponse | ServiceError:
         started = time.perf_counter()
-        routed = self.route(req.model, "sequence", owner, req.user)
+        name = self._tested(req.model, "sequence", owner) or req.model
+        routed = self.route(name, "sequence", owner, req.user)
         if isinstance(routed, ServiceError):
             return routed
         model, variant = routed
@@ -395,9 +406,9 @@ class Service:
                 self.metrics.predicted_values.labels(model.id).observe(r["value"])
         rid = request_id or f"pred-{uuid.uuid4().hex[:24]}"
         self._record(rid, model, "predict", texts, results, started, req.user, variant)
-        shadow = self._shadow_of(req.model, variant)
+        shadow = self._shadow_of(name, variant)
         if shadow is not None:  # the challenger answers a copy; logged, never returned
-            self._spawn(self._shadow(req.model or "", shadow, rid, texts, req.user))
+            self._spawn(self._shadow(name or "", shadow, rid, texts, req.user))
         return p.PredictResponse(id=rid, model=model.id, model_version=model.version,
                                  predictions=[p.Prediction(**r) for r in results])
 
@@ -430,7 +441,7 @@ class Service:
 
     def _prepare(self, req: p.ChatCompletionRequest | p.CompletionRequest, owner: str = ""
                  ) -> tuple[Served, list[str], dict[str, Any], list[int], str | None] | ServiceError:
-        routed = self.route(req.model, "chat", owner, req.user)
+        routed = self.route(self._tested(req.model, "chat", owner) or req.model, "chat", owner, req.user)
         if isinstance(routed, ServiceError):
             return routed
         model, variant = routed
@@ -486,9 +497,10 @@ class Service:
         ident = p.completion_id("chatcmpl" if chat else "cmpl")  # what feedback names as request_id
         self._record(ident, model, "chat" if chat else "completion", _logged_inputs(req, prompts), [c.text for c in done],
                      started, req.user, variant)
-        shadow = self._shadow_of(req.model, variant)
+        tested = self._tested(req.model, "chat", owner) or req.model
+        shadow = self._shadow_of(tested, variant)
         if shadow is not None:  # the challenger answers a copy; logged, never returned
-            self._spawn(self._shadow_generate(req.model or "", shadow, ident, prompts, params,
+            self._spawn(self._shadow_generate(tested or "", shadow, ident, prompts, params,
                                               _logged_inputs(req, prompts), req.user, "chat" if chat else "completion"))
         if chat:
             return p.ChatCompletion(
