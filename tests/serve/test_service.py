@@ -6,6 +6,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -315,21 +316,27 @@ def test_a_stream_waiting_past_the_timeout_ends_with_an_error_event_and_stops_ge
     assert stopped.wait(5)  # generation was cancelled, not left running for nobody
 
 
-def test_an_ab_test_applies_when_the_request_names_the_model_by_its_id_or_not_at_all() -> None:
-    """With one classifier served, clients leave `model` out (or send its ft: id): the route was looked up under that
-    name only, so the whole traffic went to production and the test never got a request."""
+def ab_service(kind: str, engine: Callable[[], Any], name: str) -> tuple[Service, Served]:
+    """A service whose registry model `name` has production v1 and a running A/B test between v2 and v3."""
     from tunesmith.monitor.ab import Route
 
     service = Service([], ServeSpec(batch_wait_ms=0))
-    production = served("sequence", FakeClassifier(), "v1")
-    production.version, production.registry, production.aliases = "reviews-v1", ("reviews", "mv-1"), {"reviews"}
+    production = served(kind, engine(), "v1")
+    production.version, production.registry, production.aliases = f"{name}-v1", (name, "mv-1"), {name}
     service.add(production)
     for version in (2, 3):
-        m = served("sequence", FakeClassifier(), f"v{version}")
-        m.version, m.registry = f"reviews-v{version}", ("reviews", f"mv-{version}")
+        m = served(kind, engine(), f"v{version}")
+        m.version, m.registry = f"{name}-v{version}", (name, f"mv-{version}")
         service.add(m, listed=False)
-        service.variant_models[("reviews", version)] = m
-    service.routes["reviews"] = Route("ab-1", [("v2", 2, 0.5), ("v3", 3, 0.5)], None)
+        service.variant_models[(name, version)] = m
+    service.routes[name] = Route("ab-1", [("v2", 2, 0.5), ("v3", 3, 0.5)], None)
+    return service, production
+
+
+def test_an_ab_test_applies_when_the_request_names_the_model_by_its_id_or_not_at_all() -> None:
+    """With one classifier served, clients leave `model` out (or send its ft: id): the route was looked up under that
+    name only, so the whole traffic went to production and the test never got a request."""
+    service, production = ab_service("sequence", FakeClassifier, "reviews")
 
     def version(model: str | None, user: str) -> str:
         return run(service.predict(p.PredictRequest(model=model, text="good", user=user))).model_version
@@ -341,18 +348,7 @@ def test_an_ab_test_applies_when_the_request_names_the_model_by_its_id_or_not_at
 
 
 def test_a_chat_ab_test_applies_when_the_request_names_the_model_by_its_id() -> None:
-    from tunesmith.monitor.ab import Route
-
-    service = Service([], ServeSpec(batch_wait_ms=0))
-    production = served("chat", FakeChat(), "v1")
-    production.version, production.registry, production.aliases = "bot-v1", ("bot", "mv-1"), {"bot"}
-    service.add(production)
-    for version in (2, 3):
-        m = served("chat", FakeChat(), f"v{version}")
-        m.version, m.registry = f"bot-v{version}", ("bot", f"mv-{version}")
-        service.add(m, listed=False)
-        service.variant_models[("bot", version)] = m
-    service.routes["bot"] = Route("ab-2", [("v2", 2, 0.5), ("v3", 3, 0.5)], None)
+    service, production = ab_service("chat", FakeChat, "bot")
     ask = [{"role": "user", "content": "hi"}]
     for model in (production.id, "bot"):
         versions = {run(service.generate(p.ChatCompletionRequest(model=model, messages=ask, user=f"u{i}"))).system_fingerprint
