@@ -170,7 +170,8 @@ def test_many_classes_keep_the_configured_ratios() -> None:
 
     strata = [f"c{i // 15:02d}" for i in range(300)]
     splits = assign(strata, [None] * 300, [None] * 300, SplitSpec()).tolist()
-    assert [splits.count(s) for s in ("train", "validation", "test")] == [240, 30, 30]
+    train, validation, test = (splits.count(s) for s in ("train", "validation", "test"))
+    assert train == 240 and abs(validation - 30) <= 1 and abs(test - 30) <= 1  # whole rows carried: within one
     for c in set(strata):  # still stratified: every class in every split, near its own share
         mine = [s for s, k in zip(splits, strata, strict=True) if k == c]
         assert 11 <= mine.count("train") <= 13 and 1 <= mine.count("validation") <= 2 and 1 <= mine.count("test") <= 2
@@ -344,3 +345,21 @@ def test_max_rows_reads_only_the_first_rows_of_a_source(tmp_path: Path, make_con
     assert version.manifest.counts["input"] == 40
     kept = {r["text"] for split in ("train", "validation", "test") for r in version.table(split).to_pylist()}
     assert kept == {r["text"] for r in rows[:40]}
+
+
+
+@pytest.mark.parametrize(("great", "other", "digest"), [(3227, 1742, "82d4de72d1e5"), (3333, 1636, "e0ddcb279caa"),
+                                                        (1234, 567, "370a63a67a2d")])
+def test_a_split_that_was_right_stays_row_for_row_the_same(great: int, other: int, digest: str) -> None:
+    """Same data, same seed, same split, also across versions: carrying shortfalls across classes (for many small
+    classes, above) must not move a row of two large classes whose shares fall short by less than a row. Carried as
+    fractions, it did: half of the demo's test reviews changed places with validation ones. The digests are the
+    assignments of the code before the carry."""
+    import hashlib
+
+    from tunesmith.config import SplitSpec
+    from tunesmith.data.split import assign
+
+    strata = ["great"] * great + ["other"] * other
+    out = assign(strata, [None] * len(strata), [None] * len(strata), SplitSpec()).tolist()
+    assert hashlib.sha256("".join(s[0] for s in out).encode()).hexdigest()[:12] == digest

@@ -17,6 +17,8 @@ shuffled units of a stratum, which decides one unit at a time, is a Python loop.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from tunesmith.config import SPLITS, SplitSpec
@@ -99,16 +101,19 @@ def _share(units: np.ndarray, pool: list[int], sizes: np.ndarray, stratum: np.nd
     is_train = [k == TRAIN for k in pool]
     by_stratum = units[np.argsort(stratum[units], kind="stable")]  # unit order kept within a stratum
     bounds = np.flatnonzero(np.diff(stratum[by_stratum])) + 1
-    # What earlier strata of 3+ units fell short of (or beyond) each split's share, added to the next
-    # one's targets: a stratum that cannot split exactly (15 rows: 12 / 1.5 / 1.5) would otherwise
-    # break the same tie the same way every time, and 20 classes of 15 rows came out 80/13/7.
-    carry = [0.0] * len(pool)
+    # What earlier strata of 3+ units fell short of (or beyond) each split's share, in whole units, added
+    # to the next one's targets: a stratum that cannot split exactly (15 rows: 12 / 1.5 / 1.5) would
+    # otherwise break the same tie the same way every time, and 20 classes of 15 rows came out 80/13/7.
+    # Whole units only, so a split that was already right (a few large classes, shortfalls under one row)
+    # comes out row for row as before this correction: same data, same seed, same split.
+    owed = [0.0] * len(pool)
     for members in np.split(by_stratum, bounds) if len(units) else []:
         order = rng.permutation(len(members))
         unit_sizes = sizes[members[order]].tolist()
         size = sum(unit_sizes)
         spread = len(members) >= 3  # a class with fewer examples stays in train, and leaves the carry alone
-        target = [r * size + (c if spread else 0.0) for r, c in zip(ratios, carry, strict=True)]
+        share = [r * size for r in ratios]
+        target = [t + (math.trunc(o) if spread else 0) for t, o in zip(share, owed, strict=True)]
         filled = [0] * len(pool)
         chosen = []
         seeded = len(small) if spread else 0
@@ -128,7 +133,7 @@ def _share(units: np.ndarray, pool: list[int], sizes: np.ndarray, stratum: np.nd
             chosen.append(pool[q])
         out[members[order]] = chosen
         if spread:
-            carry = [t - f for t, f in zip(target, filled, strict=True)]
+            owed = [o + t - f for o, t, f in zip(owed, share, filled, strict=True)]
 
 
 def regression_strata(scores: np.ndarray, bins: int = 10) -> list[str]:
