@@ -75,7 +75,7 @@ class FeedbackService:
         values = {c.key: getattr(row, c.key) for c in Feedback.__table__.columns}
         with self.store.session() as s:  # committed when the block ends: before the caller answers 2xx
             # ON CONFLICT, not a look first: two retries racing each other also store one row.
-            added = s.scalar(_insert(self.store.dialect).values(**values).on_conflict_do_nothing(index_elements=["id"])
+            added = s.scalar(self.store.insert(Feedback).values(**values).on_conflict_do_nothing(index_elements=["id"])
                              .returning(Feedback.id)) is not None
             first = row if added else s.get(Feedback, row.id)
         if added and self.on_accept is not None:  # a retry is not counted again in the live figures
@@ -125,15 +125,6 @@ def _feedback_id(req: FeedbackRequest) -> str:
     label = sorted(req.label) if isinstance(req.label, list) else req.label
     what = [req.request_id, req.index, req.user_id, req.rating, label, req.value, req.answer, req.comment]
     return f"fb-{hashlib.sha256(json.dumps(what, ensure_ascii=False).encode()).hexdigest()[:24]}"
-
-
-def _insert(dialect: str) -> Any:
-    """INSERT INTO feedback with ON CONFLICT, in the store's dialect."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-    return insert(Feedback)
 
 
 def _check_correction(req: FeedbackRequest, p: Prediction) -> ApiError | None:

@@ -83,14 +83,10 @@ class PredictionLog:
                 event.set()
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
-        if self.store.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
         try:
             with self.store.session() as s:
                 # A client may send the same X-Request-ID twice: the first answer is the one on record.
-                s.execute(insert(Prediction).values(rows).on_conflict_do_nothing(index_elements=["request_id"]))
+                s.execute(self.store.insert(Prediction).values(rows).on_conflict_do_nothing(index_elements=["request_id"]))
         except Exception as err:  # noqa: BLE001 - the log must never take the server down
             self.errors += len(rows)
             print(f"prediction log: {len(rows)} row(s) not written: {type(err).__name__}: {err}", flush=True)

@@ -75,7 +75,7 @@ class Registry:
         now = int(time.time())
         with self.store.session() as s:
             # Created on first use by whichever of several concurrent adds comes first; the others find it.
-            s.execute(_insert(self.store.dialect, RegisteredModel)
+            s.execute(self.store.insert(RegisteredModel)
                       .values(name=model, owner=owner, created_at=now, description=m.description)
                       .on_conflict_do_nothing(index_elements=["name"]))
             registered = self._model(s, model, lock=True)
@@ -198,12 +198,3 @@ class Registry:
         version.stage, version.stage_changed_at = stage, now
         s.add(RegistryEvent(model=version.model, version=version.version, action=action, from_stage=before,
                             to_stage=stage, created_at=now))
-
-
-def _insert(dialect: str, table: Any) -> Any:
-    """INSERT with ON CONFLICT, in the store's dialect."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-    return insert(table)

@@ -71,6 +71,14 @@ class Store:
             return Path(database).expanduser().resolve().parent
         return data_home()
 
+    def insert(self, table: Any) -> Any:
+        """INSERT INTO `table` in this store's dialect, which offers ON CONFLICT (`on_conflict_do_nothing`)."""
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        return insert(table)
+
     @contextmanager
     def session(self) -> Iterator[Session]:
         """One transaction: committed when the block ends, rolled back if it raises."""
