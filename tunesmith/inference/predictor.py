@@ -108,8 +108,10 @@ class Predictor:
     def _forward(self, features: list[dict[str, list[int]]]) -> np.ndarray:
         """Logits of one micro-batch of tokenized texts (padded to its longest, rounded up to `pad_multiple`)."""
         multiple = self.pad_multiple
-        if multiple and -(-max(len(f["input_ids"]) for f in features) // multiple) * multiple > self.manifest.max_length:
-            multiple = None  # never past max_length: a context that is no multiple of 8 has no positions there
+        if multiple:  # never past max_length, the longest a micro-batch may be
+            from tunesmith.models.hardware import bf16_pad_multiple
+
+            multiple = bf16_pad_multiple(max(len(f["input_ids"]) for f in features), self.manifest.max_length, multiple)
         if self.session is not None:
             batch = self.tokenizer.pad(features, pad_to_multiple_of=multiple, return_tensors="np")
             from tunesmith.models.onnx_graph import onnx_feed

@@ -19,11 +19,11 @@ import torch
 BF16_PAD_MULTIPLE = 8
 
 
-def bf16_pad_multiple(max_length: int, context: int | None) -> int | None:
-    """BF16_PAD_MULTIPLE, unless rounding a text cut at `max_length` up to it would pass the model's `context`
+def bf16_pad_multiple(max_length: int, context: int | None, multiple: int = BF16_PAD_MULTIPLE) -> int | None:
+    """`multiple`, unless rounding a text cut at `max_length` up to it would pass the model's `context`
     (a context that is no multiple of 8 has no positions there; an unknown one counts as `max_length`)."""
-    rounded = -(-max_length // BF16_PAD_MULTIPLE) * BF16_PAD_MULTIPLE
-    return BF16_PAD_MULTIPLE if rounded <= (context or max_length) else None
+    rounded = -(-max_length // multiple) * multiple
+    return multiple if rounded <= (context or max_length) else None
 
 
 @cache
