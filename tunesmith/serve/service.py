@@ -439,9 +439,10 @@ class Service:
         return {"max_new_tokens": wanted, "temperature": req.temperature if req.temperature is not None else 1.0,
                 "top_p": req.top_p if req.top_p is not None else 1.0, "seed": req.seed, "stop": tuple(req.stops())}
 
-    def _prepare(self, req: p.ChatCompletionRequest | p.CompletionRequest, owner: str = ""
+    def _prepare(self, req: p.ChatCompletionRequest | p.CompletionRequest, name: str | None, owner: str = ""
                  ) -> tuple[Served, list[str], dict[str, Any], list[int], str | None] | ServiceError:
-        routed = self.route(self._tested(req.model, "chat", owner) or req.model, "chat", owner, req.user)
+        """`name`: the model as routed (the registry model under an A/B test, where `req.model` names one of its ids)."""
+        routed = self.route(name, "chat", owner, req.user)
         if isinstance(routed, ServiceError):
             return routed
         model, variant = routed
@@ -485,7 +486,8 @@ class Service:
         """A whole chat completion or text completion (OpenAI's response shape for each)."""
         started = time.perf_counter()
         await self.ensure_loaded(req.model, owner)
-        prepared = self._prepare(req, owner)
+        name = self._tested(req.model, "chat", owner) or req.model
+        prepared = self._prepare(req, name, owner)
         if isinstance(prepared, ServiceError):
             return prepared
         model, prompts, params, counts, variant = prepared
@@ -497,10 +499,9 @@ class Service:
         ident = p.completion_id("chatcmpl" if chat else "cmpl")  # what feedback names as request_id
         self._record(ident, model, "chat" if chat else "completion", _logged_inputs(req, prompts), [c.text for c in done],
                      started, req.user, variant)
-        tested = self._tested(req.model, "chat", owner) or req.model
-        shadow = self._shadow_of(tested, variant)
+        shadow = self._shadow_of(name, variant)
         if shadow is not None:  # the challenger answers a copy; logged, never returned
-            self._spawn(self._shadow_generate(tested or "", shadow, ident, prompts, params,
+            self._spawn(self._shadow_generate(name or "", shadow, ident, prompts, params,
                                               _logged_inputs(req, prompts), req.user, "chat" if chat else "completion"))
         if chat:
             return p.ChatCompletion(
@@ -514,7 +515,7 @@ class Service:
     def stream(self, req: p.ChatCompletionRequest | p.CompletionRequest, owner: str = "") -> AsyncIterator[str] | ServiceError:
         """Server-sent events (already formatted `data: ...` lines), or an error before the first byte
         (await ensure_loaded first for a fine-tuned model that may not be loaded yet)."""
-        prepared = self._prepare(req, owner)
+        prepared = self._prepare(req, self._tested(req.model, "chat", owner) or req.model, owner)
         if isinstance(prepared, ServiceError):
             return prepared
         model, prompts, params, counts, variant = prepared
