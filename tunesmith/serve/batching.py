@@ -133,12 +133,7 @@ class DynamicBatcher:
                 self._slots.release()
                 continue
             self.in_flight += len(live)  # set before the first await: out of `pending`, yet not idle
-            if self.concurrency == 1:
-                try:
-                    await self._run_batch(first.key, live)
-                finally:
-                    self._slots.release()
-                continue
+            # the next turn waits for a free slot: with one, for this batch to end
             task = loop.create_task(self._run_batch(first.key, live))
             self._running.add(task)
             task.add_done_callback(self._ran)
