@@ -68,6 +68,8 @@ def read_source(spec: SourceSpec, needed: dict[str, Any]) -> Iterator[Raw]:
 
 
 def check_columns(path: Any, columns: list[str], needed: dict[str, Any]) -> None:
+    """Every column the fields read is in the header, once (named twice, a record keeps only the last of
+    them, so the field would silently read whichever column came last)."""
     missing = {name: expr.expr for name, expr in needed.items() if not expr.present_in(columns)}
     if missing:
         what = ", ".join(f"{name} -> '{expr}'" for name, expr in missing.items())
@@ -75,11 +77,6 @@ def check_columns(path: Any, columns: list[str], needed: dict[str, Any]) -> None
             f"{path}: column(s) not found for {what}; the file has columns {columns}. "
             "Map them with task.<field> or the source's `fields:`"
         )
-
-
-def check_unique(path: Any, columns: list[str], needed: dict[str, Any]) -> None:
-    """A header naming a mapped column twice: a record keeps only the last of them, so the field
-    would silently read whichever column came last."""
     read = {c for expr in needed.values() for c in getattr(expr, "inner", expr).columns}
     twice = sorted(c for c, k in Counter(columns).items() if k > 1 and c in read)
     if twice:
@@ -149,7 +146,6 @@ def read_csv(path: Path, spec: SourceSpec, needed: dict[str, Any]) -> Iterator[R
         if _has_bad_bytes(header):
             raise DataError(f"{path}:1: header {bad_bytes_error(encoding)}")
         check_columns(path, header, needed)
-        check_unique(path, header, needed)
         src, last, rows = str(path), reader.line_num, 0
         while True:
             start = last + 1
@@ -259,7 +255,6 @@ def read_parquet(path: Path, needed: dict[str, Any]) -> Iterator[Raw]:
     except Exception as err:  # pyarrow raises several types for a corrupt file
         raise DataError(f"{path}: not a readable Parquet file: {err}") from None
     check_columns(path, pf.schema_arrow.names, needed)
-    check_unique(path, pf.schema_arrow.names, needed)
     if pf.metadata.num_rows == 0:
         raise DataError(f"{path}: has no rows")
     row, src = 0, str(path)
@@ -286,7 +281,6 @@ def read_excel(path: Path, sheet: str | None, needed: dict[str, Any]) -> Iterato
             raise DataError(f"{path}: sheet '{ws.title}' is empty")
         header = ["" if h is None else str(h).strip() for h in header_row]
         check_columns(f"{path} [sheet {ws.title}]", header, needed)
-        check_unique(f"{path} [sheet {ws.title}]", header, needed)
         src, count = f"{path}[{ws.title}]", 0
         for rowno, values in enumerate(rows, start=2):  # Excel's own row numbers
             if values is None or all(v is None for v in values):
