@@ -767,6 +767,7 @@ def worker_cmd(
     heartbeat: Annotated[float | None, typer.Option("--heartbeat", help="Seconds between heartbeats (and cancel/pause checks).")] = None,
     stale_after: Annotated[float | None, typer.Option("--stale-after", help="Take over running jobs whose heartbeat is older than this.")] = None,
     poll: Annotated[float | None, typer.Option("--poll", help="Seconds between looks for new jobs when idle.")] = None,
+    max_attempts: Annotated[int | None, typer.Option("--max-attempts", help="Workers that may die holding one job before it fails (default 3).")] = None,
 ) -> None:
     """Run fine-tuning jobs from the store, one at a time (several workers may share a store)."""
     import signal
@@ -775,7 +776,7 @@ def worker_cmd(
     from tunesmith.jobs.worker import Worker
     from tunesmith.store.db import Store
 
-    spec = _jobs_spec(db, base_model, heartbeat_s=heartbeat, stale_after_s=stale_after, poll_s=poll)
+    spec = _jobs_spec(db, base_model, heartbeat_s=heartbeat, stale_after_s=stale_after, poll_s=poll, max_attempts=max_attempts)
     worker = Worker(Store(spec.db), spec, name)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

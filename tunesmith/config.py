@@ -591,6 +591,7 @@ class JobsSpec(Spec):
     stale_after_s: float = Field(60.0, gt=0)  # a running job with an older heartbeat is taken over, resumed from its last checkpoint
     poll_s: float = Field(1.0, gt=0)  # how often an idle worker looks for queued jobs
     checkpoints: int = Field(3, ge=1)  # checkpoints a job keeps as servable models (OpenAI keeps the last 3 epochs')
+    max_attempts: int = Field(3, ge=1)  # workers that may die holding one job before it fails (one that kills its worker, out of memory say, would otherwise take down every worker in turn)
 
     def base_model(self, requested: str) -> str | None:
         """The model a job asking for `requested` trains: itself when offered, its alias's target, else None."""

@@ -71,6 +71,24 @@ def test_a_running_job_is_taken_over_only_once_its_heartbeat_is_stale(store_url:
     assert Worker(store, spec, name="newer").claim() is None  # the live one stays with its worker
 
 
+def test_a_job_whose_workers_keep_dying_fails_instead_of_being_taken_over_again(store_url: str) -> None:
+    # Each worker that dies holding a job (killed, out of memory) leaves a stale heartbeat and its claim counted: a job
+    # that kills every worker it meets must end, not take down one worker after another forever.
+    store = Store(store_url)
+    spec = JobsSpec(stale_after_s=30, max_attempts=3)
+    _job(store, "ftjob-deadly", status="running", worker="w2", heartbeat_at=time.time() - 120, attempts=3)
+    _job(store, "ftjob-unlucky", status="running", worker="w1", heartbeat_at=time.time() - 120, attempts=2)
+    assert Worker(store, spec, name="new").claim() == "ftjob-unlucky"  # a third try is still allowed
+    assert Worker(store, spec, name="newer").claim() is None
+    with store.session() as s:
+        deadly, unlucky = s.get(Job, "ftjob-deadly"), s.get(Job, "ftjob-unlucky")
+        assert deadly.status == "failed" and deadly.worker is None and deadly.finished_at is not None
+        assert deadly.error["code"] == "server_error" and "3 workers died" in deadly.error["message"]
+        assert "w2" in deadly.error["message"] and "max_attempts" in deadly.error["message"]
+        assert [e.level for e in deadly.events] == ["error"]
+        assert unlucky.status == "running" and unlucky.worker == "new" and unlucky.attempts == 3
+
+
 def test_a_job_runs_through_the_service_and_a_worker(store_url: str, tmp_path: Path, tiny_llama: Path) -> None:
     store = Store(store_url)
     spec = JobsSpec(base_models=[str(tiny_llama)], heartbeat_s=0.5)
@@ -145,6 +163,8 @@ def test_a_job_left_running_by_an_interrupted_worker_is_taken_over(store_url: st
     with pytest.raises(KeyboardInterrupt):
         first.process("ftjob-interrupted")
     assert Worker(store, spec, name="second").claim() == "ftjob-interrupted"
+    with store.session() as s:  # let go on purpose, not died holding it: the count of tries starts over
+        assert s.get(Job, "ftjob-interrupted").attempts == 1
 
 
 def test_the_heartbeat_outlives_a_failed_beat(tmp_path: Path) -> None:

@@ -58,6 +58,7 @@ class Worker:
     def claim(self) -> str | None:
         """Take one job: a waiting one, or a running one whose worker stopped beating. None if there is none."""
         stale = time.time() - self.spec.stale_after_s
+        self._fail_crashing(stale)
         # A running job with no worker was let go mid-training by one interrupted without failing it (Ctrl-C is
         # no Exception): its heartbeat is NULL, which no staleness test matches, so it is claimable as it is.
         available = Job.status.in_((*CLAIMABLE, "running")) & (Job.worker.is_(None) | (Job.heartbeat_at < stale))
@@ -72,6 +73,27 @@ class Worker:
                 if taken.rowcount == 1:
                     return str(job_id)
         return None
+
+    def _fail_crashing(self, stale: float) -> None:
+        """Fail the jobs whose workers died holding them `max_attempts` times, rather than take them over again."""
+        dead = Job.status.in_((*CLAIMABLE, "running")) & Job.worker.is_not(None) & (Job.heartbeat_at < stale) \
+            & (Job.attempts >= self.spec.max_attempts)
+        with self.store.session() as s:
+            doomed = select(Job).where(dead).limit(5)
+            if self.store.dialect == "postgresql":
+                doomed = doomed.with_for_update(skip_locked=True)
+            for job in s.scalars(doomed).all():
+                last = job.worker
+                # Conditional, as a claim is: a worker failing or claiming it at the same time changes nothing twice.
+                done = s.execute(update(Job).where(Job.id == job.id, dead).values(
+                    status="failed", finished_at=now(), estimated_finish=None, worker=None, heartbeat_at=None,
+                    error={"code": "server_error", "param": None, "message":
+                           f"Fine-tuning failed: {job.attempts} workers died while running this job (the last: {last}), "
+                           "out of memory or killed. It is not taken over again: a job that ends its worker would end "
+                           "every worker in turn (`max_attempts` in the jobs config sets how many may try)."}))
+                if done.rowcount == 1:
+                    s.refresh(job)
+                    add_event(s, job, str(job.error["message"]), level="error")
 
     def run(self, stop: threading.Event | None = None, once: bool = False) -> None:
         """Work until `stop` is set (or, with `once`, until no job is waiting)."""
@@ -108,8 +130,9 @@ class Worker:
         finally:
             beat.stop()
             with self.store.session() as s:
+                # Let go on purpose (finished, failed, stopped or interrupted): the attempts start over.
                 s.execute(update(Job).where(Job.id == job_id, Job.worker == self.name)
-                          .values(worker=None, heartbeat_at=None, control=None))
+                          .values(worker=None, heartbeat_at=None, control=None, attempts=0))
 
     def _paths(self, job: Job) -> tuple[Path, Path | None]:
         return self.files_dir / job.training_file, self.files_dir / job.validation_file if job.validation_file else None

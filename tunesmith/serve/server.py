@@ -93,5 +93,6 @@ def _start_worker(jobs: JobsSpec, index: int) -> subprocess.Popen[bytes]:
     """A worker in its own process: training never loads into the server, and a crash stays there."""
     args = [sys.executable, "-m", "tunesmith", "worker", "--name", f"{socket.gethostname()}:{os.getpid()}:w{index}",
             *(["--db", jobs.db] if jobs.db else []), *(x for b in jobs.base_models for x in ("--base-model", b)),
-            "--heartbeat", str(jobs.heartbeat_s), "--stale-after", str(jobs.stale_after_s), "--poll", str(jobs.poll_s)]
+            "--heartbeat", str(jobs.heartbeat_s), "--stale-after", str(jobs.stale_after_s), "--poll", str(jobs.poll_s),
+            "--max-attempts", str(jobs.max_attempts)]
     return subprocess.Popen(args)

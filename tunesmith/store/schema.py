@@ -67,7 +67,7 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(128))
     heartbeat_at: Mapped[float | None] = mapped_column(Float)
     control: Mapped[str | None] = mapped_column(String(16))  # "cancel" | "pause", read by the worker
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims since a worker last let it go: each past the first is a worker that died holding it
 
     events: Mapped[list[JobEvent]] = relationship(back_populates="job", cascade="all, delete-orphan",
                                                   order_by="JobEvent.seq")
