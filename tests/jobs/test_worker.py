@@ -237,3 +237,33 @@ def test_a_training_file_deleted_before_validation_fails_the_job_on_that_file(tm
     done = jobs.get_job("", job.id)
     assert done.status == "failed" and done.error.code == "invalid_training_file" and done.error.param == "training_file"
     assert upload.id in done.error.message and str(tmp_path) not in done.error.message
+
+
+def test_a_cancel_and_a_failure_at_the_same_moment_leave_one_consistent_ending(store_url: str,
+                                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user cancels while the worker fails the job. Each reads `running` and writes its own ending: without a
+    lock taken before the read, the later commit overwrote the earlier (a job `cancelled` with a training error, the
+    cancel's event after the failure's). One of them must see the other's ending and leave it alone."""
+    import tunesmith.jobs.service as service_module
+
+    store = Store(store_url)
+    _job(store, "ftjob-race", status="running", worker="w", heartbeat_at=time.time())
+    spec = JobsSpec()
+    jobs, worker = JobsService(store, spec), Worker(Store(store_url, migrate=False), spec, name="w")
+    failing = threading.Thread(target=worker._fail, args=("ftjob-race", "server_error", "Fine-tuning failed: boom", None))
+    add_event = service_module.add_event
+
+    def cancel_event(s: Any, job: Job, message: str, **kw: Any) -> None:
+        # The cancel has read the job and changed it, not yet committed: the worker fails the job meanwhile.
+        failing.start()
+        failing.join(timeout=2)  # with the lock it waits for the cancel's commit; without, it is done at once
+        add_event(s, job, message, **kw)
+
+    monkeypatch.setattr(service_module, "add_event", cancel_event)
+    cancelled = jobs.cancel_job("", "ftjob-race")
+    failing.join()
+    assert cancelled.status == "cancelled"
+    with store.session() as s:
+        job = s.get(Job, "ftjob-race")
+        assert job.status == "cancelled" and job.error is None
+        assert [e.message for e in job.events] == ["Fine-tuning job cancelled"]

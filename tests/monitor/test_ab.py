@@ -188,3 +188,39 @@ def test_stop_promoting_the_variant_already_in_production_keeps_it(store_url: st
     stopped = ab.stop("reviews", promote="v1")
     assert stopped.status == "stopped" and stopped.winner == "v1"
     assert Registry(store).production("reviews").version == 1
+
+
+def test_two_stops_at_the_same_moment_end_the_test_once(store_url: str, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two people stop the test at once, each promoting another variant. Each read the test as running: the test
+    recorded one winner and production ended with the other. The second stop must find no running test."""
+    import threading
+
+    import tunesmith.monitor.ab as ab_module
+
+    store, ab = setup(store_url, tmp_path)
+    ab.start("reviews", {"v2": 0.5, "v3": 0.5}, horizon=100)
+    other = ABService(Store(store_url, migrate=False))
+    second: dict[str, object] = {}
+
+    def stop_v3() -> None:
+        try:
+            second["result"] = other.stop("reviews", promote="v3")
+        except ConfigError as err:
+            second["error"] = err
+
+    racing = threading.Thread(target=stop_v3)
+
+    class Clock:  # the first stop has read the test and is ending it, not yet committed: the second stop runs now
+        @staticmethod
+        def time() -> float:
+            if threading.current_thread() is threading.main_thread() and not racing.is_alive() and not second:
+                racing.start()
+                racing.join(timeout=2)  # with the lock it waits for the first's commit; without, it is done at once
+            return time.time()
+
+    monkeypatch.setattr(ab_module, "time", Clock)
+    first = ab.stop("reviews", promote="v2")
+    racing.join()
+    assert first.winner == "v2" and "no running A/B test" in str(second.get("error"))
+    assert Registry(store).production("reviews").version == 2

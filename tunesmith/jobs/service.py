@@ -192,7 +192,10 @@ class JobsService:
         resolved = self.resolve_model(owner, model)
         return str(resolved) if resolved else None
 
-    def _job(self, s: Session, owner: str, job_id: str) -> Job | None:
+    def _job(self, s: Session, owner: str, job_id: str, lock: bool = False) -> Job | None:
+        """The owner's job; `lock`: held until the commit (a status change against a worker's, see Store.lock)."""
+        if lock:
+            Store.lock(s, Job, Job.id == job_id)
         job = s.get(Job, job_id)
         return job if job is not None and job.owner == owner else None
 
@@ -216,7 +219,7 @@ class JobsService:
     def _control(self, owner: str, job_id: str, action: str, allowed: tuple[str, ...],
                  change: Callable[[Session, Job], None]) -> p.FineTuningJob | ApiError:
         with self.store.session() as s:
-            job = self._job(s, owner, job_id)
+            job = self._job(s, owner, job_id, lock=True)
             if job is None:
                 return _not_found("fine-tuning job", job_id)
             if job.status not in allowed:

@@ -46,6 +46,12 @@ def fine_tuned_name(job: Job, spec: JobsSpec) -> str:
     return f"ft:{base}:{spec.organization}:{job.suffix or ''}:{job.id.removeprefix(p.JOB_PREFIX)[:8]}"
 
 
+def locked_job(s: Any, job_id: str) -> Job | None:
+    """The job, held until the commit: a worker's status change and a user's cancel or pause go one at a time."""
+    Store.lock(s, Job, Job.id == job_id)
+    return s.get(Job, job_id)
+
+
 class Worker:
     def __init__(self, store: Store, spec: JobsSpec, name: str | None = None) -> None:
         self.store = store
@@ -169,7 +175,7 @@ class Worker:
             if param == "training_file":
                 tokens = check.tokens
         with self.store.session() as s:
-            job = s.get(Job, job_id)
+            job = locked_job(s, job_id)
             assert job is not None
             if job.status != "validating_files":  # cancelled or paused meanwhile
                 return False
@@ -224,7 +230,7 @@ class Worker:
         run_dir = Path(str(cfg.train.output_dir))
         checkpoint = latest_checkpoint(run_dir) if resumed or run_dir.exists() else None
         with self.store.session() as s:
-            job = s.get(Job, job_id)
+            job = locked_job(s, job_id)
             assert job is not None
             if job.status not in ("queued", "running"):
                 return
@@ -244,7 +250,7 @@ class Worker:
         run = Run(run_dir)
         hyper = run.manifest.openai_hyperparameters or {}
         with self.store.session() as s:
-            job = s.get(Job, job_id)
+            job = locked_job(s, job_id)
             assert job is not None
             if job.status != "running":
                 return
@@ -296,7 +302,7 @@ class Worker:
 
     def _fail(self, job_id: str, code: str, message: str, param: str | None) -> None:
         with self.store.session() as s:
-            job = s.get(Job, job_id)
+            job = locked_job(s, job_id)
             # Only a job still under way fails: a cancelled or paused one was stopped on purpose, and a succeeded
             # one stays succeeded whatever goes wrong after it (its model already answers).
             if job is None or job.status not in ("validating_files", "queued", "running"):

@@ -229,7 +229,9 @@ class ABService:
     def stop(self, model: str, promote: str | None = None) -> ABStatus:
         """End the running test; `promote` puts that variant's version in production."""
         with self.store.session() as s:
-            test = s.scalar(select(ABTest).where(ABTest.model == model, ABTest.status == "running").with_for_update())
+            running = (ABTest.model == model, ABTest.status == "running")
+            Store.lock(s, ABTest, *running)  # two stops at once: the second finds none running
+            test = s.scalar(select(ABTest).where(*running))
             if test is None:
                 raise ConfigError(f"'{model}' has no running A/B test")
             names = {v["name"]: v["version"] for v in test.variants}

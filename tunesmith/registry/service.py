@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tunesmith.artifacts import Run, is_run
@@ -165,9 +165,7 @@ class Registry:
         rollbacks) go one at a time and the next version number or the production version read after it
         cannot change underneath (concurrent adds both took max + 1 and one died on the unique index)."""
         if lock:
-            # A no-op write, first in the transaction: PostgreSQL locks the row, and SQLite (which ignores
-            # FOR UPDATE) takes its database write lock before anything is read.
-            s.execute(update(RegisteredModel).where(RegisteredModel.name == model).values(name=RegisteredModel.name))
+            Store.lock(s, RegisteredModel, RegisteredModel.name == model)
         registered = s.get(RegisteredModel, model)
         if registered is None:
             known = list(s.scalars(select(RegisteredModel.name).order_by(RegisteredModel.name)))

@@ -79,6 +79,17 @@ class Store:
             from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
         return insert(table)
 
+    @staticmethod
+    def lock(s: Session, entity: Any, *where: Any) -> None:
+        """Hold `entity`'s rows matching `where` until the transaction ends, before anything is read: a no-op write,
+        first in the transaction. PostgreSQL locks the rows; SQLite (which ignores FOR UPDATE, and reads outside a
+        transaction until the first write) takes its database write lock. A read-change-write of a status then cannot
+        interleave with another one: the second waits, and reads what the first wrote."""
+        from sqlalchemy import inspect, update
+
+        key = inspect(entity).primary_key[0]
+        s.execute(update(entity).where(*where).values({key: key}))
+
     @contextmanager
     def session(self) -> Iterator[Session]:
         """One transaction: committed when the block ends, rolled back if it raises."""
