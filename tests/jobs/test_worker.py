@@ -267,3 +267,23 @@ def test_a_cancel_and_a_failure_at_the_same_moment_leave_one_consistent_ending(s
         job = s.get(Job, "ftjob-race")
         assert job.status == "cancelled" and job.error is None
         assert [e.message for e in job.events] == ["Fine-tuning job cancelled"]
+
+
+def test_a_pause_taken_back_before_the_worker_saw_it_leaves_the_job_running(store_url: str) -> None:
+    """Pause, then resume within one heartbeat: the worker never read the pause and trains on. The job went back to
+    `queued` while it trained, and the worker's success then found it not `running` and left it queued forever."""
+    from tunesmith.jobs.worker import _Heartbeat
+
+    store = Store(store_url)
+    _job(store, "ftjob-changed-mind", status="running", worker="w", heartbeat_at=time.time(), trained_tokens=100)
+    jobs = JobsService(store, JobsSpec())
+    assert jobs.pause_job("", "ftjob-changed-mind").status == "paused"
+    resumed = jobs.resume_job("", "ftjob-changed-mind")
+    assert resumed.status == "running"
+    beat = _Heartbeat(Worker(store, JobsSpec(), name="w"), "ftjob-changed-mind")
+    beat.beat()
+    assert beat.stop_reason is None  # training goes on, and the job says so
+    with store.session() as s:
+        job = s.get(Job, "ftjob-changed-mind")
+        assert job.status == "running" and job.control is None and job.worker == "w"
+        assert [e.message for e in job.events] == ["Fine-tuning job paused", "Fine-tuning job resumed"]

@@ -251,6 +251,10 @@ class JobsService:
             # A worker claims it and continues from its last checkpoint. Validation is what sets trained_tokens: a
             # job paused before its files were validated goes back to that (workers skip it for a queued job).
             job.status = "queued" if job.trained_tokens is not None else "validating_files"
+            if job.control == "pause":
+                # Its worker has not stopped yet (maybe never read the pause): it is still running. Should it stop
+                # anyway, it lets go of a running job, which the next worker takes over from the checkpoint.
+                job.status = "running"
             job.control = None
             add_event(s, job, "Fine-tuning job resumed")
 
