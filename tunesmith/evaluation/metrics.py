@@ -23,6 +23,8 @@ import numpy as np
 from scipy import stats
 from sklearn import metrics as skm
 
+from tunesmith.tasks.sequence import occurring_labels
+
 TEXT_LIMIT = 300  # characters of an example shown in a report; enough to judge, short enough to scan
 
 
@@ -73,14 +75,6 @@ def _same_length(a: Any, b: Any, names: str = "y_true and y_pred") -> None:
         raise ValueError(f"{names} are empty: nothing to evaluate")
 
 
-def _occurring(y_true: np.ndarray, y_pred: np.ndarray) -> list[int]:
-    """Label ids that are true or predicted somewhere: a label with neither has no F1 (0/0), and counting it
-    as 0 in a macro average would score a perfect model below 1 on a split that lacks a class."""
-    if y_true.ndim == 2:  # multi-label indicator columns
-        return np.flatnonzero((y_true | y_pred).any(axis=0)).tolist()
-    return sorted(set(y_true.tolist()) | set(y_pred.tolist()))
-
-
 def _per_class(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, dict[str, float | int]]:
     report = skm.classification_report(y_true, y_pred, labels=list(range(len(labels))), target_names=labels,
                                        output_dict=True, zero_division=0)
@@ -102,7 +96,7 @@ def classification_metrics(y_true: Sequence[int] | np.ndarray, y_pred: Sequence[
     ids = list(range(k))
     out: dict[str, Any] = {"n": len(t), "accuracy": float(skm.accuracy_score(t, p))}
     for average in ("macro", "micro", "weighted"):
-        averaged = _occurring(t, p) if average == "macro" else ids
+        averaged = occurring_labels(t, p) if average == "macro" else ids
         prec, rec, f1, _ = skm.precision_recall_fscore_support(t, p, labels=averaged, average=average, zero_division=0)
         out |= {f"precision_{average}": float(prec), f"recall_{average}": float(rec), f"f1_{average}": float(f1)}
     out["per_class"] = _per_class(t, p, labels)
@@ -138,7 +132,7 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[
     out: dict[str, Any] = {"n": len(t), "subset_accuracy": float(skm.accuracy_score(t, p)),
                            "hamming_loss": float(skm.hamming_loss(t, p))}
     for average in ("micro", "macro", "weighted", "samples"):
-        columns = _occurring(t, p) if average == "macro" else []
+        columns = occurring_labels(t, p) if average == "macro" else []
         # labels=None: every column (where no label occurs at all, that is 0.0 rather than NaN)
         out[f"f1_{average}"] = float(skm.f1_score(t, p, labels=columns or None, average=average, zero_division=0))
     out["per_class"] = _per_class(t, p, labels)

@@ -68,6 +68,14 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
 
 
+def occurring_labels(y_true: np.ndarray, y_pred: np.ndarray) -> list[int]:
+    """Label ids that are true or predicted somewhere: a label with neither has no F1 (0/0), and counting it
+    as 0 in a macro average would score a perfect model below 1 on a split that lacks a class."""
+    if y_true.ndim == 2:  # multi-label indicator columns
+        return np.flatnonzero((y_true | y_pred).any(axis=0)).tolist()
+    return sorted(set(y_true.tolist()) | set(y_pred.tolist()))
+
+
 def training_metrics(task: TaskType, scaling: TargetScaling | None):
     """`compute_metrics` for the Trainer: what validation reports at every evaluation."""
     from sklearn.metrics import accuracy_score, f1_score, mean_absolute_error, r2_score
@@ -79,9 +87,11 @@ def training_metrics(task: TaskType, scaling: TargetScaling | None):
             y_pred = logits.argmax(axis=1)
             return {"accuracy": accuracy_score(labels, y_pred), "f1_macro": f1_score(labels, y_pred, average="macro")}
         if task == TaskType.multi_label:
-            y_pred = (sigmoid(logits) >= 0.5).astype(int)
-            return {"f1_micro": f1_score(labels, y_pred, average="micro", zero_division=0),
-                    "f1_macro": f1_score(labels, y_pred, average="macro", zero_division=0)}
+            y_true, y_pred = labels.astype(int), (sigmoid(logits) >= 0.5).astype(int)
+            # Macro over the labels that occur, as `tunesmith evaluate` reports it (a label validation lacks is no 0).
+            occurring = occurring_labels(y_true, y_pred)
+            return {"f1_micro": f1_score(y_true, y_pred, average="micro", zero_division=0),
+                    "f1_macro": f1_score(y_true, y_pred, labels=occurring or None, average="macro", zero_division=0)}
         assert scaling is not None
         y_true = scaling.inverse(labels.reshape(-1))
         y_hat = scaling.inverse(logits.reshape(-1))
