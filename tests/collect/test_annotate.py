@@ -134,3 +134,31 @@ def test_an_empty_queue_says_so(store: Store) -> None:
     q.label("a", "r0", "pos")
     assert q.next("a") is None and q.next("b") is None  # overlap 1: done for everyone
     assert q.progress("b")["left"] == 0
+
+
+def test_two_annotators_asking_at_the_same_moment_get_different_items(store: Store, store_url: str,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both read the one open item as free before either lease was written: each was shown it, and with overlap 1
+    it got labelled twice. The second must see the first's lease."""
+    import threading
+
+    import tunesmith.collect.annotate as annotate_module
+
+    create_task(store, "food", ["pos", "neg"])  # overlap 1
+    add_items(store, "food", items(TEXTS[:1]))
+    first, second = Queue(store, "food"), Queue(Store(store_url, migrate=False), "food")
+    got: dict[str, object] = {}
+    racing = threading.Thread(target=lambda: got.update(b=second.next("b")))
+    item_json = annotate_module._item_json
+
+    def shown(item: object) -> dict:
+        # a's lease is set in its transaction, not yet committed: b asks now
+        if threading.current_thread() is threading.main_thread() and not racing.is_alive() and not got:
+            racing.start()
+            racing.join(timeout=2)  # with the task locked it waits for a's commit; without, it is served at once
+        return item_json(item)
+
+    monkeypatch.setattr(annotate_module, "_item_json", shown)
+    assert first.next("a")["item_id"] == "r0"
+    racing.join()
+    assert got["b"] is None

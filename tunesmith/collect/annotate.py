@@ -184,6 +184,8 @@ class Queue:
         # everyone at once (it sorted last but was still the only one) and got labelled twice.
         room = _label_count() + leased_elsewhere < self.task.overlap
         with self.store.session() as s:
+            # One next() per task at a time: two at once both read an item as free and were both shown it.
+            Store.lock(s, AnnotationTask, AnnotationTask.name == self.task.name)
             item = s.scalars(select(AnnotationItem).where(self._open_for(annotator), room).order_by(
                 leased_elsewhere, _label_count(), case((AnnotationItem.uncertainty.is_(None), 1), else_=0),
                 AnnotationItem.uncertainty.desc(), AnnotationItem.seq).limit(1)).first()
