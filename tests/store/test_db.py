@@ -105,3 +105,22 @@ def test_optuna_studies_share_the_database_and_older_stores_hand_over_alembic_ve
     assert len(optuna.load_study(study_name="s", storage=store.url).trials) == 2
     store.close()
     again.close()
+
+
+def test_times_past_2038_are_kept(store_url: str) -> None:
+    """Unix seconds past 2**31 (January 2038): PostgreSQL's INTEGER refused them ("integer out of range")."""
+    import time
+
+    store = Store(store_url)
+    later = 2**31 + 86_400 * 365  # 2039
+    with store.session() as s:
+        s.add(Job(id="ftjob-future", owner="", created_at=later, created=time.time(), model="m", training_file="file-x",
+                  seed=1, method={"type": "supervised", "supervised": {"hyperparameters": {}}}, result_files=[],
+                  status="queued", finished_at=later + 1, estimated_finish=later + 2))
+        s.add(JobEvent(id="ftevent-future", job_id="ftjob-future", created_at=later, level="info", type="message",
+                       message="from the future"))
+    with store.session() as s:
+        job = s.get(Job, "ftjob-future")
+        assert (job.created_at, job.finished_at, job.estimated_finish) == (later, later + 1, later + 2)
+        assert job.events[0].created_at == later
+    store.close()

@@ -15,6 +15,8 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 Json = JSON().with_variant(JSONB(), "postgresql")  # JSONB on PostgreSQL: indexable, compact
+# Unix seconds: 64-bit on PostgreSQL, whose INTEGER ends in January 2038 (SQLite's INTEGER is 64-bit already).
+Stamp = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -31,9 +33,9 @@ class StoredFile(Base):
     purpose: Mapped[str] = mapped_column(String(32))
     filename: Mapped[str] = mapped_column(String(512))  # as uploaded; never used as a path
     bytes: Mapped[int] = mapped_column(BigInteger)
-    created_at: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(Stamp)
     created: Mapped[float] = mapped_column(Float, index=True)  # created_at to the microsecond: list order and cursors
-    expires_at: Mapped[int | None] = mapped_column(Integer)
+    expires_at: Mapped[int | None] = mapped_column(Stamp)
     status: Mapped[str] = mapped_column(String(16), default="processed")
     sha256: Mapped[str] = mapped_column(String(64))
 
@@ -45,7 +47,7 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64), index=True)
-    created_at: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(Stamp)
     created: Mapped[float] = mapped_column(Float, index=True)  # created_at to the microsecond: list order and cursors
     model: Mapped[str] = mapped_column(String(256))
     training_file: Mapped[str] = mapped_column(String(64))
@@ -58,8 +60,8 @@ class Job(Base):
     integrations: Mapped[list[Any] | None] = mapped_column()
     fine_tuned_model: Mapped[str | None] = mapped_column(String(256), index=True)
     trained_tokens: Mapped[int | None] = mapped_column(BigInteger)
-    finished_at: Mapped[int | None] = mapped_column(Integer)
-    estimated_finish: Mapped[int | None] = mapped_column(Integer)
+    finished_at: Mapped[int | None] = mapped_column(Stamp)
+    estimated_finish: Mapped[int | None] = mapped_column(Stamp)
     error: Mapped[dict[str, Any] | None] = mapped_column()  # {code, message, param}
     result_files: Mapped[list[Any]] = mapped_column(default=list)
     run_dir: Mapped[str | None] = mapped_column(Text)  # the run folder the job trains into
@@ -82,7 +84,7 @@ class JobEvent(Base):
     seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
-    created_at: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(Stamp)
     level: Mapped[str] = mapped_column(String(8))  # info | warn | error
     type: Mapped[str] = mapped_column(String(8))  # message | metrics
     message: Mapped[str] = mapped_column(Text)
@@ -98,7 +100,7 @@ class JobCheckpoint(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    created_at: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(Stamp)
     step_number: Mapped[int] = mapped_column(Integer)
     metrics: Mapped[dict[str, Any]] = mapped_column()
     fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(256), index=True)
@@ -114,7 +116,7 @@ class RegisteredModel(Base):
 
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
     owner: Mapped[str] = mapped_column(String(64), index=True, default="")
-    created_at: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(Stamp)
     description: Mapped[str] = mapped_column(Text, default="")
 
     versions: Mapped[list[ModelVersion]] = relationship(back_populates="registered", cascade="all, delete-orphan",
@@ -140,8 +142,8 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column()
     dataset_fingerprint: Mapped[str] = mapped_column(String(64))
     lineage: Mapped[dict[str, Any]] = mapped_column()  # where it came from: run, dataset, job, base model
-    created_at: Mapped[int] = mapped_column(Integer)
-    stage_changed_at: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(Stamp)
+    stage_changed_at: Mapped[int] = mapped_column(Stamp)
 
     registered: Mapped[RegisteredModel] = relationship(back_populates="versions")
 
@@ -157,7 +159,7 @@ class RegistryEvent(Base):
     action: Mapped[str] = mapped_column(String(16))  # register | promote | rollback | archive
     from_stage: Mapped[str | None] = mapped_column(String(16))
     to_stage: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[int] = mapped_column(Stamp)
 
 
 class Prediction(Base):
