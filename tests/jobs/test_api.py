@@ -165,6 +165,14 @@ def test_lists_paginate_and_filter_by_metadata(client: openai.OpenAI, succeeded:
     assert len(everything) == len(set(everything)) >= 2 and {succeeded.id, other.id} <= set(everything)
     team_a = [j.id for j in client.fine_tuning.jobs.list(extra_query={"metadata[team]": "a"})]
     assert succeeded.id in team_a and other.id not in team_a
+    assert [j.id for j in client.fine_tuning.jobs.list(metadata={"team": "a"})] == team_a
+    # OpenAI's `metadata=null` (a raw query parameter, as the client documents it) selects the jobs without metadata
+    bare = client.fine_tuning.jobs.create(model=str(cluster.base), training_file=training_file)
+    client.fine_tuning.jobs.cancel(bare.id)
+    assert [j.id for j in client.fine_tuning.jobs.list(extra_query={"metadata": "null"})] == [bare.id]
+    with pytest.raises(openai.BadRequestError) as e:  # "Do not combine the two query forms"
+        client.fine_tuning.jobs.list(extra_query={"metadata": "null", "metadata[team]": "a"})
+    assert e.value.body["param"] == "metadata"
     events = [e.id for e in client.fine_tuning.jobs.list_events(succeeded.id, limit=2)]
     assert len(events) == len(set(events)) > 5
 
@@ -285,11 +293,24 @@ def test_deleting_a_fine_tuned_model(client: openai.OpenAI, cluster: Cluster, tr
     job = finished(client, client.fine_tuning.jobs.create(model=str(cluster.base), training_file=training_file,
                                                            suffix="gone", hyperparameters={"n_epochs": 1}).id)
     name = job.fine_tuned_model
-    client.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    checkpoint = client.fine_tuning.jobs.checkpoints.list(job.id).data[0].fine_tuned_model_checkpoint
+    # a model trained on from this one: OpenAI's is a model of its own, which deleting its parent leaves answering
+    child = finished(client, client.fine_tuning.jobs.create(model=name, training_file=training_file, suffix="child",
+                                                             hyperparameters={"n_epochs": 1}).id)
+    assert child.status == "succeeded", child.error
+    for model in (name, checkpoint):  # both loaded and answering
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
     assert client.models.delete(name).deleted
-    assert name not in [m.id for m in client.models.list().data]
-    with pytest.raises(openai.NotFoundError):
-        client.chat.completions.create(model=name, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    ids = [m.id for m in client.models.list().data]
+    assert name not in ids and checkpoint not in ids  # its checkpoints go with it, loaded or not
+    for model in (name, checkpoint):
+        with pytest.raises(openai.NotFoundError):
+            client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve(model)
+    answer = client.chat.completions.create(model=child.fine_tuned_model, messages=[{"role": "user", "content": "hi"}],
+                                            max_tokens=4)
+    assert answer.model == child.fine_tuned_model
 
 
 def test_the_cli_reads_the_same_store(cluster: Cluster, succeeded: Any) -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from tests.jobs.test_api import chat_file
 from tunesmith.config import JobsSpec
+from tunesmith.errors import ApiError
 from tunesmith.jobs import protocol as jp
 from tunesmith.jobs.service import JobsService
 from tunesmith.jobs.worker import Worker
@@ -237,6 +238,26 @@ def test_a_training_file_deleted_before_validation_fails_the_job_on_that_file(tm
     done = jobs.get_job("", job.id)
     assert done.status == "failed" and done.error.code == "invalid_training_file" and done.error.param == "training_file"
     assert upload.id in done.error.message and str(tmp_path) not in done.error.message
+
+
+def test_a_training_file_deleted_once_validated_leaves_the_job_training(tmp_path: Path, tiny_llama: Path) -> None:
+    """OpenAI lets a file be deleted while a job that uses it waits in the queue (or trains): the job goes on. Once
+    its files are validated a job must not need the uploads any more (a queued job failed with a server_error)."""
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    spec = JobsSpec(base_models=[str(tiny_llama)], heartbeat_s=0.5)
+    jobs = JobsService(store, spec)
+    data = chat_file(tmp_path / "t.jsonl", 20).read_bytes()
+    upload = jobs.create_file("", "train.jsonl", "fine-tune", io.BytesIO(data))
+    valid = jobs.create_file("", "valid.jsonl", "fine-tune", io.BytesIO(data))
+    job = jobs.create_job("", jp.JobCreate(model=str(tiny_llama), training_file=upload.id, validation_file=valid.id,
+                                           hyperparameters={"n_epochs": 1}))
+    worker = Worker(store, spec)
+    assert worker._validate(job.id) and jobs.get_job("", job.id).status == "queued"
+    assert jobs.delete_file("", upload.id).deleted and jobs.delete_file("", valid.id).deleted
+    worker.run(once=True)
+    done = jobs.get_job("", job.id)
+    assert done.status == "succeeded", done.error
+    assert isinstance(jobs.get_file("", upload.id), ApiError)  # deleted is deleted: the job's copy is not a file
 
 
 def test_a_cancel_and_a_failure_at_the_same_moment_leave_one_consistent_ending(store_url: str,

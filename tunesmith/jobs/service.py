@@ -204,12 +204,16 @@ class JobsService:
             job = self._job(s, owner, job_id)
             return job_object(job, self.spec) if job else _not_found("fine-tuning job", job_id)
 
-    def list_jobs(self, owner: str, after: str | None = None, limit: int = 20,
-                  metadata: dict[str, str] | None = None) -> p.Page[p.FineTuningJob] | ApiError:
+    def list_jobs(self, owner: str, after: str | None = None, limit: int = 20, metadata: dict[str, str] | None = None,
+                  without_metadata: bool = False) -> p.Page[p.FineTuningJob] | ApiError:
+        """`metadata`: only jobs with these pairs (OpenAI's `metadata[k]=v`); `without_metadata`: only jobs with
+        none (OpenAI's `metadata=null`)."""
         with self.store.session() as s:
             stmt = select(Job).where(Job.owner == owner)
-            if metadata:  # filtered in Python: JSON operators differ between SQLite and PostgreSQL
-                ids = [j.id for j in s.scalars(stmt) if all((j.job_metadata or {}).get(k) == v for k, v in metadata.items())]
+            if metadata or without_metadata:  # filtered in Python: JSON operators differ between SQLite and PostgreSQL
+                wanted = (metadata or {}).items()
+                ids = [j.id for j in s.scalars(stmt) if (not j.job_metadata if without_metadata
+                                                          else all((j.job_metadata or {}).get(k) == v for k, v in wanted))]
                 stmt = stmt.where(Job.id.in_(ids))
             rows = _after(s, stmt, Job, after, limit, descending=True)
             if isinstance(rows, ApiError):
@@ -322,7 +326,11 @@ class JobsService:
                 s.delete(checkpoint)
             add_event(s, job, f"Fine-tuned model deleted: {name}")
             run_dir = job.run_dir
-        if run_dir:
+            # A job trained on from this model (model=name) is a model of its own, as OpenAI's are, but its run
+            # folder names this one's as its base: its weights stay on disk while such a model may still answer.
+            needed = s.scalar(select(Job.id).where(Job.owner == owner, Job.model == name, Job.id != job.id,
+                                                   Job.status.in_(("running", "paused", "succeeded"))).limit(1))
+        if run_dir and needed is None:
             shutil.rmtree(Path(run_dir) / "model", ignore_errors=True)
         return {"id": name, "object": "model", "deleted": True}
 

@@ -141,7 +141,35 @@ class Worker:
                           .values(worker=None, heartbeat_at=None, control=None, attempts=0))
 
     def _paths(self, job: Job) -> tuple[Path, Path | None]:
-        return self.files_dir / job.training_file, self.files_dir / job.validation_file if job.validation_file else None
+        """The job's training and validation files: its own copies once validation took them (_keep_files), else
+        the uploads."""
+        def path(file_id: str) -> Path:
+            kept = Path(str(job.run_dir)).parent / "files" / file_id
+            return kept if kept.is_file() else self.files_dir / file_id
+
+        return path(job.training_file), path(job.validation_file) if job.validation_file else None
+
+    def _keep_files(self, job: Job) -> None:
+        """The job's own copy of each upload (a hard link: no extra space), taken before validation: what was
+        validated is what trains, and deleting an upload afterwards (OpenAI allows it) leaves the job training."""
+        folder = Path(str(job.run_dir)).parent / "files"
+        for file_id in filter(None, (job.training_file, job.validation_file)):
+            kept, upload = folder / file_id, self.files_dir / file_id
+            if kept.is_file():
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            partial = kept.with_suffix(".part")
+            partial.unlink(missing_ok=True)
+            try:
+                try:
+                    os.link(upload, partial)
+                except OSError:
+                    if not upload.is_file():
+                        raise
+                    shutil.copyfile(upload, partial)  # another file system
+            except FileNotFoundError:
+                continue  # deleted before validation: validation fails the job on that file
+            partial.replace(kept)
 
     def _validate(self, job_id: str) -> bool:
         from tunesmith.jobs.validate import validate_file
@@ -153,6 +181,7 @@ class Worker:
             assert job is not None
             add_event(s, job, f"Validating training file: {job.training_file}"
                       + (f" and validation file: {job.validation_file}" if job.validation_file else ""))
+            self._keep_files(job)
             train_path, valid_path = self._paths(job)
             method, base = job.method["type"], self._base(job)
         cfg = self._config(job_id)

@@ -72,7 +72,11 @@ def add_jobs_routes(app: FastAPI, service: Service, auth: Callable[[Request], Aw
     async def list_jobs(request: Request, after: str | None = None, limit: int = 20, owner: str = Depends(auth)) -> Response:
         metadata = {k[len("metadata["):-1]: v for k, v in request.query_params.items()
                     if k.startswith("metadata[") and k.endswith("]")}
-        return answer(jobs.list_jobs(owner, after, limit, metadata or None))
+        plain = request.query_params.get("metadata")  # OpenAI's `metadata=null`: the jobs without metadata
+        if plain is not None and (plain != "null" or metadata):
+            return error(ApiError(400, "metadata: filter with metadata[KEY]=VALUE, or metadata=null for the jobs "
+                                       "without metadata; not both", param="metadata", code="invalid_value"))
+        return answer(jobs.list_jobs(owner, after, limit, metadata or None, without_metadata=plain == "null"))
 
     @app.get("/v1/fine_tuning/jobs/{job_id}", tags=["fine-tuning"], response_model=jp.FineTuningJob)
     async def get_job(job_id: str, owner: str = Depends(auth)) -> Response:
@@ -103,7 +107,9 @@ def add_jobs_routes(app: FastAPI, service: Service, auth: Callable[[Request], Aw
     async def delete_model(model_id: str, owner: str = Depends(auth)) -> Response:
         result = jobs.delete_model(owner, model_id)
         if not isinstance(result, ApiError):
-            service.unload(model_id, owner)
+            # its checkpoints (`NAME:ckpt-step-N`) go with it, also those loaded by an earlier request
+            for name in {m.id for m in service.models if m.id == model_id or m.id.startswith(f"{model_id}:ckpt-step-")}:
+                service.unload(name, owner)
         return answer(result)
 
 
