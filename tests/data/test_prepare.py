@@ -69,6 +69,20 @@ def test_cleaning_strips_markup_and_normalises(tmp_path: Path, make_config) -> N
     assert cleaned == "Loved it!\n\nWould buy again & again. full marks, 3 < 5"
 
 
+def test_text_of_invisible_characters_only_is_empty(tmp_path: Path, make_config) -> None:
+    # Zero-width spaces, a stray BOM, a soft hyphen: no visible character, yet the row was kept as an example.
+    rows = labelled(20)
+    rows[2]["text"] = "\u200b\u200b"
+    rows[5]["text"] = " \ufeff\u00ad \u2060 "
+    rows[8]["text"] = "\u200bNice tea\u200d"  # visible text around them stays
+    version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}]))
+    entries = {q["line"]: q for q in version.quarantine()}
+    assert set(entries) == {4, 7}
+    assert all(q["stage"] == "clean" and q["field"] == "text" and "empty after cleaning" in q["reason"]
+               for q in entries.values())
+    assert version.manifest.counts["input"] == 20
+
+
 @pytest.mark.parametrize("strip_html", [None, True])
 def test_chat_messages_are_kept_as_written_unless_cleaning_is_asked_for(tmp_path: Path, tiny_llama: Path,
                                                                         strip_html: bool | None) -> None:
@@ -217,6 +231,18 @@ def test_class_missing_from_test_is_warned(tmp_path: Path, make_config) -> None:
     version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}]))
     warnings = version.report()["warnings"]
     assert any("class 'tiny' has no example in ['validation', 'test']" in w for w in warnings)
+
+
+def test_labels_that_differ_only_in_case_or_spacing_are_warned(tmp_path: Path, make_config) -> None:
+    # "Pos" and "pos" became two classes, the second a class of one example, with no word of why.
+    rows = labelled(40)
+    rows[3]["label"], rows[9]["label"] = "Pos", "NEG"
+    version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}]))
+    assert version.manifest.labels == ["NEG", "Pos", "neg", "pos"]
+    warnings = version.report()["warnings"]
+    assert any("labels 'Pos' and 'pos' differ only in case or spacing" in w and "data.annotate.label_map" in w
+               for w in warnings), warnings
+    assert any("labels 'NEG' and 'neg'" in w for w in warnings)
 
 
 def test_leakage_across_splits_is_removed_from_the_later_split(tmp_path: Path, make_config) -> None:

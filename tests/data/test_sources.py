@@ -707,3 +707,151 @@ def test_quarantine_keeps_every_rejected_row(tmp_path, make_config):
     assert entries[14]["kind"] == "removed" and entries[14]["record"]["text"] == records[12]["text"]
     assert entries[14]["id"] == "mixed.csv:14" and "'mixed.csv:13'" in entries[14]["reason"]
     assert entries[17]["record"] == lines[16]
+
+
+@pytest.mark.parametrize("suffix", ["jsonl", "json"])
+def test_unpaired_surrogate_escape_is_quarantined(tmp_path, make_config, suffix):
+    # `"\ud800"` is valid JSON but not Unicode: the row crashed the run (UnicodeEncodeError) when written.
+    records = reviews(8)
+    records[2]["text"] = "A broken emoji \ud83d in the middle"  # line / record 3
+    records[5]["note"] = {"by": "\udc00bot"}  # record 6: in a field no one reads, the quarantine file still can't hold it
+    records[6]["text"] = "A whole emoji \ud83d\ude00 is fine"
+    path = write_jsonl(tmp_path / f"s.{suffix}", records) if suffix == "jsonl" else write_json(tmp_path / "s.json", records)
+    version = run(make_config, [{"path": str(path)}])
+    accounted(version, 8)
+    entries = by_line(version)
+    assert set(entries) == {3, 6}
+    assert entries[3]["stage"] == "read" and "field 'text'" in entries[3]["reason"]
+    assert "unpaired surrogate" in entries[3]["reason"] and "\\ud83d" in entries[3]["reason"]
+    assert "field 'note.by'" in entries[6]["reason"]
+    assert "A whole emoji \U0001f600 is fine" in {r["text"] for r in kept_rows(version)}
+
+
+def test_no_usable_rows_names_where_the_rejections_are(tmp_path, make_config):
+    # A list in a single-label column rejects every row: the error said why but not in which file or field.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = [{"text": r["text"], "label": [r["label"]]} for r in reviews(6)]
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "lists.parquet")
+    with pytest.raises(DataError) as err:
+        run(make_config, [{"path": str(tmp_path / "lists.parquet")}])
+    msg = str(err.value)
+    assert msg.startswith("no usable rows: all 6 input rows were rejected")
+    assert "label must be a class name, got list" in msg
+    assert f"first at {tmp_path / 'lists.parquet'}:1: field 'label'" in msg
+
+
+@pytest.mark.parametrize("indent", [None, 2])
+def test_json_array_in_a_jsonl_file_says_so(tmp_path, make_config, indent):
+    # Was: "no usable rows" with every line "expected a JSON object, got an array" / "not valid JSON".
+    path = tmp_path / "export.jsonl"
+    path.write_text(json.dumps(reviews(6), indent=indent) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match=rf"{path}:1: .*a JSON array.*`kind: json`"):
+        run(make_config, [{"path": str(path)}])
+
+
+def test_json_lines_in_a_json_file_says_so(tmp_path, make_config):
+    # Was: "export.json:2:1: not valid JSON: Extra data", with no word of JSON Lines.
+    path = write_jsonl(tmp_path / "export.json", reviews(6))
+    with pytest.raises(DataError, match=rf"{path}:2:1: not valid JSON: Extra data.*JSON Lines.*`kind: jsonl`"):
+        run(make_config, [{"path": str(path)}])
+
+
+def test_excel_first_sheet_without_the_columns_names_the_other_sheets(tmp_path, make_config):
+    # Without `sheet:` the first sheet is read; when it is a cover sheet, the error now says where else to look.
+    import openpyxl
+
+    wb = openpyxl.Workbook()
+    wb.active.title = "Notes"
+    wb.active.append(["comment"])
+    ws = wb.create_sheet("Reviews")
+    ws.append(["text", "label"])
+    for r in reviews(6):
+        ws.append([r["text"], r["label"]])
+    wb.save(tmp_path / "r.xlsx")
+    with pytest.raises(DataError, match=r"sheet Notes.*column\(s\) not found.*other sheets: \['Reviews'\]; "
+                                        r"pick one with the source's `sheet:`"):
+        run(make_config, [{"path": str(tmp_path / "r.xlsx")}])
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-16"])
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@pytest.mark.parametrize("accents", [True, False])
+def test_utf16_files(tmp_path, make_config, encoding, fmt, accents):
+    # UTF-16 without a BOM (SQL Server's `bcp -w`, .NET) is valid UTF-8 byte for byte when the text is
+    # ASCII, NULs and all: it was read as UTF-8 and the header came out as ['t\x00e\x00x\x00t\x00', ...].
+    # A UTF-16 JSONL file, BOM or not, was split into lines at the byte 0x0A, half a character.
+    records = reviews(10)
+    if accents:
+        records[3]["text"] = "Crème brûlée for the café team, lovely"
+    path = tmp_path / f"wide.{fmt}"
+    if fmt == "csv":
+        write_csv(path, records, encoding=encoding)
+    else:
+        write_lines(path, [json.dumps(r, ensure_ascii=False) for r in records], encoding=encoding)
+    assert path.read_bytes().startswith((b"\xff\xfe", b"\xfe\xff")) == (encoding == "utf-16")
+    version = run(make_config, [{"path": str(path)}])
+    accounted(version, 10)
+    assert pairs(version) == expected_pairs(records)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_broken_utf16_line_is_quarantined(tmp_path, make_config, fmt):
+    # An unpaired surrogate in UTF-16 is undecodable; `surrogateescape` cannot escape it (it holds a byte
+    # under 0x80), so the whole run stopped with an internal UnicodeDecodeError.
+    records = reviews(8)
+    if fmt == "csv":
+        lines = write_csv(tmp_path / "x.csv", records).read_text(encoding="utf-8").splitlines()
+    else:
+        lines = [json.dumps(r) for r in records]
+    raw = [line.encode("utf-16-le") for line in lines]
+    raw[4] = raw[4][:8] + "\ud83d".encode("utf-16-le", "surrogatepass") + raw[4][8:]  # a CSV row / JSONL line 5
+    path = tmp_path / f"broken.{fmt}"
+    path.write_bytes(b"\xff\xfe" + b"\n\x00".join(raw) + b"\n\x00")
+    version = run(make_config, [{"path": str(path), "encoding": "utf-16"}])
+    accounted(version, 8)
+    [entry] = version.quarantine()
+    assert (entry["line"], entry["stage"]) == (5, "read")
+    assert "not valid utf-16" in entry["reason"]
+
+
+@pytest.mark.parametrize("delimiter", [",", "\t"])
+def test_unclosed_quote_does_not_swallow_rows(tmp_path, make_config, delimiter):
+    # A field that starts with a quote and never closes it read on over the next lines as one field: the
+    # TSV kept one row holding rows 7-10 (input said 56 rows for 60 lines); the CSV read to the end of the
+    # file and kept 5 of 60 rows. `"Quoted" then more` silently lost its quotes.
+    records = reviews(60)
+    lines = [f"{r['text'].replace(',', '')}{delimiter}{r['label']}" for r in records]
+    lines[5] = '"Unmatched quote opens this text' + delimiter + "pos"  # line 7
+    lines[9] = '"Quoted" then more' + delimiter + "neg"  # line 11
+    path = write_lines(tmp_path / ("q.csv" if delimiter == "," else "q.tsv"), [f"text{delimiter}label", *lines])
+    version = run(make_config, [{"path": str(path)}])
+    accounted(version, 60)
+    entries = by_line(version)
+    assert set(entries) == {7, 8, 9, 10, 11}  # the quoted field's lines, each reported, none merged into a row
+    assert "quoted field opens on this line" in entries[7]["reason"] and "line 11" in entries[7]["reason"]
+    assert entries[7]["record"] == lines[5]
+    assert all("quoted field opened at line 7" in entries[k]["reason"] for k in (8, 9, 10, 11))
+    assert entries[9]["record"] == lines[7]
+    assert all("\n" not in r["text"] for r in kept_rows(version))
+
+    # The file's last line opens a quote it never closes: that line alone.
+    write_lines(path, [f"text{delimiter}label", *lines[:5], *lines[10:], lines[5]])
+    version = run(make_config, [{"path": str(path)}])
+    accounted(version, 56)
+    [entry] = version.quarantine()
+    assert entry["line"] == 57 and "malformed CSV" in entry["reason"] and '""' in entry["reason"]
+
+
+def test_score_with_a_decimal_comma_says_how_to_write_it(tmp_path, make_config):
+    # A European export writes 3,5: every score was rejected with only "score must be a number, got '3,5'".
+    records = [{"text": t, "score": f"{i % 5},5"} for i, t in enumerate(texts(12))]
+    records[4]["score"] = "2.5"
+    path = write_csv(tmp_path / "scores.csv", records, delimiter=";")
+    version = run(make_config, [{"path": str(path)}], task={"type": "regression"})
+    accounted(version, 12)
+    entries = by_line(version)
+    assert len(entries) == 11
+    assert entries[2]["reason"] == ("score must be a number, got '0,5'; write decimals with a point (0.5) "
+                                    "and thousands without a separator")

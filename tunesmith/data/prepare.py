@@ -170,6 +170,7 @@ class _Preparation:
         rows_path = self.dir / "_rows.arrow"
         schema = canonical_schema(self.task)
         read = Step("read and validate", 0)
+        first_at: dict[str, str] = {}  # reason -> where it first happened, for the error when nothing is left
         with pa.OSFile(str(rows_path), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
             buffer: list[dict[str, Any]] = []
             for index, spec in enumerate(cfg.data.sources):
@@ -189,7 +190,9 @@ class _Preparation:
                     result = canon.row(raw, exprs, spec)
                     if isinstance(result, Rejection):
                         stats["rejected"] += 1
-                        read.reasons[f"{result.stage}: {category(result.reason)}"] += 1
+                        reason = f"{result.stage}: {category(result.reason)}"
+                        read.reasons[reason] += 1
+                        first_at.setdefault(reason, result.location())
                         self.quarantine.add(result)
                         continue
                     buffer.append(result)
@@ -210,7 +213,7 @@ class _Preparation:
             self._fail_strict()
         if read.rows_out == 0:
             raise DataError(f"no usable rows: all {read.rows_in} input rows were rejected; see the reasons: "
-                            + "; ".join(f"{k} ({v})" for k, v in read.reasons.most_common(5)))
+                            + "; ".join(f"{k} ({v}, first at {first_at[k]})" for k, v in read.reasons.most_common(5)))
         self.label_changes = canon.label_changes
         self.missing = canon.missing
         self.unused_corrections = corrections.unused()
@@ -732,6 +735,14 @@ class _Preparation:
     def _class_warnings(self, tables: dict[str, pa.Table], labels: list[str] | None) -> None:
         if not labels:
             return
+        if not self.cfg.task.labels:  # inferred from the data: "Pos" and "pos" are two classes of one meaning
+            variants: defaultdict[str, list[str]] = defaultdict(list)
+            for label in labels:
+                variants[" ".join(label.casefold().split())].append(label)
+            for same in (v for v in variants.values() if len(v) > 1):
+                names = " and ".join(f"'{x}'" for x in same)
+                self.warnings.append(f"labels {names} differ only in case or spacing, so they are separate classes; "
+                                     "if they mean the same, merge them with data.annotate.label_map")
         column = "labels" if self.task == TaskType.multi_label else "label"
         present = {}
         for name, table in tables.items():

@@ -37,6 +37,9 @@ from tunesmith.errors import DataError
 PROVENANCE_KEY = "_provenance"  # collect/sink.py writes it; a record's origin, never one of its fields
 GROUP_KEY = "_group"  # a collector's grouping (a survey's respondent): the group when the config names none
 RESERVED_KEYS = (PROVENANCE_KEY, GROUP_KEY)
+# A character someone can see: not whitespace, a control character, or an invisible format character
+# (zero-width space/joiners, BOM, soft hyphen, word joiner, bidi marks). Searched, so it stops at the first.
+_VISIBLE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f\u00ad\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
 _NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string()), ("weight", pa.int8())])
@@ -245,13 +248,14 @@ class Canonicalizer:
             messages = out["messages"]
             for m in messages:
                 m["content"] = self.cleaner(m["content"]) if self.cfg.data.clean.strip_html else m["content"].strip()
-            if any(not m["content"] for m in messages):
+            if any(not _VISIBLE.search(m["content"]) for m in messages):
                 return reject("clean", "a message is empty after cleaning", "messages", example_id)
             key_text = "\n".join(f"{m['role']}: {dedup_key(m['content'])}" for m in messages)
         else:
             out["text"] = self.cleaner(out["text"])
-            if not out["text"]:
-                return reject("clean", "text is empty after cleaning (markup or whitespace only)", "text", example_id)
+            if not _VISIBLE.search(out["text"]):
+                return reject("clean", "text is empty after cleaning (markup, whitespace or invisible characters "
+                              "only)", "text", example_id)
             key_text = dedup_key(out["text"])
         out["key"] = xxhash.xxh3_64_intdigest(key_text.encode("utf-8", "surrogatepass"))
         return out
@@ -448,6 +452,9 @@ def _as_number(value: Any) -> float:
         number = float(value)
     elif isinstance(value, str) and _NUMBER.match(value):
         number = float(value)
+    elif isinstance(value, str) and _NUMBER.match(value.replace(",", ".", 1)):  # 3,5 or 1,000: which one?
+        raise ValueError(f"score must be a number, got {value!r}; write decimals with a point "
+                         f"({value.strip().replace(',', '.', 1)}) and thousands without a separator")
     else:
         raise ValueError(f"score must be a number, got {value!r}")
     if not math.isfinite(number):

@@ -8,6 +8,7 @@ before reading a single row.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -22,7 +23,21 @@ from tunesmith.data import chat_formats, packaged
 from tunesmith.data.raw import Raw
 from tunesmith.errors import DataError
 
-_BAD_BYTES = re.compile("[\udc80-\udcff]")  # what `surrogateescape` leaves for undecodable bytes
+_BAD_BYTES = re.compile("[\udc00-\udcff]")  # what `ESCAPE_BYTES` leaves for undecodable bytes
+_SURROGATE = re.compile("[\ud800-\udfff]")  # JSON's `\ud83d` escape alone: valid JSON, not valid Unicode
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _escape_bytes(err: UnicodeError) -> tuple[str, int]:
+    """`surrogateescape` for every byte: an undecodable UTF-16 unit (an unpaired surrogate) holds a byte
+    under 0x80, which `surrogateescape` refuses, and the whole file failed with a UnicodeDecodeError."""
+    if not isinstance(err, UnicodeDecodeError):
+        raise err
+    return "".join(chr(0xDC00 + b) for b in err.object[err.start : err.end]), err.end
+
+
+ESCAPE_BYTES = "tunesmith-escape-bytes"  # decode errors= handler: each undecodable byte b becomes U+DC00+b
+codecs.register_error(ESCAPE_BYTES, _escape_bytes)
 SNIFF_BYTES = 64 * 1024  # enough lines to guess a delimiter and an encoding
 # The csv module refuses fields over 128 KiB as an error; a long document is a valid CSV field.
 csv.field_size_limit(max(csv.field_size_limit(), 1 << 30))
@@ -49,6 +64,7 @@ def read_source(spec: SourceSpec, needed: dict[str, Any]) -> Iterator[Raw]:
     if kind in ("csv", "tsv"):
         yield from read_csv(path, spec, needed)
     elif kind in ("jsonl", "openai_chat"):
+        check_not_a_json_array(path, spec.encoding)
         yield from read_jsonl(path, spec.encoding)
     elif kind == "json":
         yield from read_json(path, spec.encoding)
@@ -61,7 +77,11 @@ def read_source(spec: SourceSpec, needed: dict[str, Any]) -> Iterator[Raw]:
     elif kind == "hf_disk":
         yield from read_hf_disk(path, spec.subset, needed)
     elif kind in ("alpaca", "sharegpt", "prompt_completion"):
-        lines = read_jsonl(path, spec.encoding) if path.suffix.lower() in (".jsonl", ".ndjson") else read_json(path, spec.encoding)
+        if path.suffix.lower() in (".jsonl", ".ndjson"):
+            check_not_a_json_array(path, spec.encoding)
+            lines = read_jsonl(path, spec.encoding)
+        else:
+            lines = read_json(path, spec.encoding)
         yield from chat_formats.convert(kind, lines)
     else:  # pragma: no cover - SourceKind is a closed Literal
         raise DataError(f"{path}: unsupported kind '{kind}'")
@@ -99,6 +119,9 @@ def guess_encoding(path: Path) -> tuple[str, list[str]]:
     head = path.open("rb").read(SNIFF_BYTES)
     if head.startswith(b"\xef\xbb\xbf"):
         return "utf-8-sig", []
+    wide = _utf16_without_bom(head)
+    if wide:
+        return wide, []
     try:
         head.decode("utf-8")
         return "utf-8", []
@@ -118,6 +141,28 @@ def guess_encoding(path: Path) -> tuple[str, list[str]]:
     return chosen, [e for e in tied if e != chosen]
 
 
+def _utf16_without_bom(head: bytes) -> str | None:
+    """UTF-16 without a BOM (SQL Server's `bcp -w`, .NET): mostly-ASCII text in it is valid UTF-8 byte for
+    byte, with a NUL beside every character, so it is told by where the NULs are."""
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" not in head:
+        return None
+    half = len(head) // 2
+    even, odd = head[0 : 2 * half : 2].count(0), head[1 : 2 * half : 2].count(0)
+    if odd >= half * 0.3 and even <= half * 0.02:
+        return "utf-16-le"
+    if even >= half * 0.3 and odd <= half * 0.02:
+        return "utf-16-be"
+    return None
+
+
+def _wide(encoding: str) -> bool:
+    """An encoding whose line break is not the single byte 0x0A (UTF-16, UTF-32)."""
+    try:
+        return codecs.lookup(encoding).name.startswith(("utf-16", "utf-32"))
+    except LookupError:
+        return False
+
+
 def bad_bytes_error(encoding: str) -> str:
     return f"contains bytes that are not valid {encoding}; set the source's `encoding:` (e.g. cp1252, latin-1)"
 
@@ -131,11 +176,14 @@ def _has_bad_bytes(values: Any) -> bool:
 
 def read_csv(path: Path, spec: SourceSpec, needed: dict[str, Any]) -> Iterator[Raw]:
     encoding = detect_encoding(path, spec.encoding)
-    with path.open(encoding=encoding, errors="surrogateescape", newline="") as f:
+    with path.open(encoding=encoding, errors=ESCAPE_BYTES, newline="") as f:
         sample = f.read(SNIFF_BYTES)
         f.seek(0)
         delimiter = spec.delimiter or ("\t" if spec.kind == "tsv" else _sniff_delimiter(sample))
-        reader = csv.reader(f, delimiter=delimiter)
+        lines = _Lines(f)
+        # strict: a quote that opens a field must close it. Lenient, `"Quoted" text` lost its quotes, and an
+        # unclosed quote read every following line into one field, rows and all, without a word.
+        reader = csv.reader(lines, delimiter=delimiter, strict=True)
         try:
             header = next(reader)
         except StopIteration:
@@ -146,18 +194,19 @@ def read_csv(path: Path, spec: SourceSpec, needed: dict[str, Any]) -> Iterator[R
         if _has_bad_bytes(header):
             raise DataError(f"{path}:1: header {bad_bytes_error(encoding)}")
         check_columns(path, header, needed)
-        src, last, rows = str(path), reader.line_num, 0
+        src, rows = str(path), 0
         while True:
-            start = last + 1
+            start = lines.number + 1
+            lines.taken.clear()
             try:
                 row = next(reader)
             except StopIteration:
                 break
             except csv.Error as err:
-                last = reader.line_num
-                yield Raw(src, start, None, f"malformed CSV: {err}")
+                taken = [(n, line) for n, line in enumerate(lines.taken, start=start) if line.strip()]
+                rows += len(taken)
+                yield from _unclosed_quote(src, taken, err)
                 continue
-            last = reader.line_num
             if not row:  # a blank line separates nothing and holds nothing
                 continue
             rows += 1
@@ -172,6 +221,46 @@ def read_csv(path: Path, spec: SourceSpec, needed: dict[str, Any]) -> Iterator[R
         raise DataError(f"{path}: has a header but no data rows")
 
 
+class _Lines:
+    """A text file's lines for `csv.reader`, counted, with the ones the current record was read from."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+        self.number = 0  # lines given so far
+        self.taken: list[str] = []
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._f)
+        self.number += 1
+        self.taken.append(line)
+        return line
+
+
+_QUOTE_HINT = ('a field that starts with a quote must end with one just before the delimiter or the line end; '
+               'write a quote inside a quoted field as ""')
+
+
+def _unclosed_quote(src: str, taken: list[tuple[int, str]], err: csv.Error) -> Iterator[Raw]:
+    """The lines of a record the CSV parser gave up on, each quarantined under its own line number: a
+    quoted field that did not close where it should have runs over lines that are rows of their own."""
+    if not taken:
+        return
+    (first, line), last = taken[0], taken[-1][0]
+    if len(taken) == 1:
+        yield Raw(src, first, None, f"malformed CSV: {err}; {_QUOTE_HINT}", text=_show_bad_bytes(line.rstrip("\r\n")))
+        return
+    yield Raw(src, first, None, f"malformed CSV: a quoted field opens on this line and does not close properly "
+              f"(line {last}: {err}), so lines {first}-{last} are quarantined with it; {_QUOTE_HINT}",
+              text=_show_bad_bytes(line.rstrip("\r\n")))
+    for number, line in taken[1:]:
+        yield Raw(src, number, None, f"malformed CSV: inside the quoted field opened at line {first}, which does "
+                  "not close properly; fix that quote and this line is read again",
+                  text=_show_bad_bytes(line.rstrip("\r\n")))
+
+
 def _csv_line(row: list[str], delimiter: str) -> str:
     """The row as a CSV line again (quoted where needed), for the quarantine file.
 
@@ -179,7 +268,11 @@ def _csv_line(row: list[str], delimiter: str) -> str:
     """
     buf = io.StringIO()
     csv.writer(buf, delimiter=delimiter, lineterminator="").writerow(row)
-    return buf.getvalue().encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return _show_bad_bytes(buf.getvalue())
+
+
+def _show_bad_bytes(text: str) -> str:
+    return _BAD_BYTES.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", text)
 
 
 def _sniff_delimiter(sample: str) -> str:
@@ -192,16 +285,26 @@ def _sniff_delimiter(sample: str) -> str:
 def read_jsonl(path: Path, encoding: str | None) -> Iterator[Raw]:
     encoding = detect_encoding(path, encoding)
     src, rows = str(path), 0
+    wide = _wide(encoding)
     with path.open("rb") as f:
-        for lineno, blob in enumerate(f, start=1):
+        # UTF-16 and UTF-32 break lines with more than the byte 0x0A: decoded as a stream, undecodable
+        # bytes kept as surrogate escapes and found line by line, as the CSV reader does.
+        lines = io.TextIOWrapper(f, encoding=encoding, errors=ESCAPE_BYTES, newline="\n") if wide else f
+        for lineno, blob in enumerate(lines, start=1):
             if not blob.strip():
                 continue
             rows += 1
-            try:
-                line = blob.decode(encoding)
-            except UnicodeDecodeError:
-                yield Raw(src, lineno, None, bad_bytes_error(encoding), text=blob.decode(encoding, "replace"))
-                continue
+            if isinstance(blob, str):
+                line = blob
+                if _BAD_BYTES.search(line):
+                    yield Raw(src, lineno, None, bad_bytes_error(encoding), text=_show_bad_bytes(line.rstrip("\r\n")))
+                    continue
+            else:
+                try:
+                    line = blob.decode(encoding)
+                except UnicodeDecodeError:
+                    yield Raw(src, lineno, None, bad_bytes_error(encoding), text=blob.decode(encoding, "replace"))
+                    continue
             try:  # without its line break: an unclosed string would report the break as a bad character
                 record = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as err:
@@ -210,9 +313,36 @@ def read_jsonl(path: Path, encoding: str | None) -> Iterator[Raw]:
             if not isinstance(record, dict):
                 yield Raw(src, lineno, None, f"expected a JSON object, got {_json_type(record)}", text=line.rstrip("\n"))
                 continue
+            where = _SURROGATE_ESCAPE.search(line) and _unpaired_surrogate(record)
+            if where:
+                yield Raw(src, lineno, None, where, text=line.rstrip("\n"))
+                continue
             yield Raw(src, lineno, record)
     if rows == 0:
         raise DataError(f"{path}: no records (only blank lines)")
+
+
+def check_not_a_json_array(path: Path, encoding: str | None) -> None:
+    """A JSON Lines file must not be one whole JSON array (an export saved as .jsonl): every line of it
+    would be rejected one by one, and the run would end with "no usable rows" instead of the fix."""
+    encoding = detect_encoding(path, encoding)
+    with path.open(encoding=encoding, errors=ESCAPE_BYTES, newline="\n") as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.strip():
+                break
+        else:
+            return
+    if not line.lstrip().startswith("["):
+        return
+    try:
+        first = json.loads(line)
+    except json.JSONDecodeError:  # a pretty-printed array: "[" alone, or "[{" and the first record's start
+        pass
+    else:  # a one-line array of records; an array of names (a header line?) is left to the line's own error
+        if not (isinstance(first, list) and first and all(isinstance(r, dict) for r in first)):
+            return
+    raise DataError(f"{path}:{lineno}: the file is a JSON array, not JSON Lines (one object per line); "
+                    "set the source's `kind: json` (or name it .json)")
 
 
 def read_json(path: Path, encoding: str | None) -> Iterator[Raw]:
@@ -223,7 +353,11 @@ def read_json(path: Path, encoding: str | None) -> Iterator[Raw]:
     except UnicodeDecodeError:
         raise DataError(f"{path}: {bad_bytes_error(encoding)}") from None
     except json.JSONDecodeError as err:
-        raise DataError(f"{path}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}") from None
+        hint = ""
+        if err.msg == "Extra data" and err.colno == 1 and err.doc[: err.pos].strip().startswith("{"):
+            hint = ("; it looks like JSON Lines (one object per line): set the source's `kind: jsonl` "
+                    "(or name it .jsonl)")
+        raise DataError(f"{path}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}{hint}") from None
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
@@ -235,11 +369,40 @@ def read_json(path: Path, encoding: str | None) -> Iterator[Raw]:
         raise DataError(f"{path}: the JSON array is empty")
     src = str(path)
     for i, record in enumerate(data, start=1):
-        if isinstance(record, dict):
+        where = isinstance(record, dict) and _unpaired_surrogate(record)
+        if where:
+            yield Raw(src, i, None, where, text=json.dumps(record)[:2000])  # ASCII: the quarantine file can hold it
+        elif isinstance(record, dict):
             yield Raw(src, i, record)
         else:
             yield Raw(src, i, None, f"record {i} is {_json_type(record)}, expected an object",
                       text=json.dumps(record, ensure_ascii=False)[:2000])
+
+
+def _unpaired_surrogate(record: dict[str, Any]) -> str | None:
+    """Why the record cannot be kept, when a string in it holds half of a UTF-16 surrogate pair (a `\\ud83d`
+    escape without its partner, as truncated emoji often are): no Unicode text, Arrow or file can hold it."""
+    stack: list[tuple[str, Any]] = [("", record)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict):
+            for key, item in reversed(value.items()):
+                name = f"{path}.{key}" if path else str(key)
+                if isinstance(key, str) and _SURROGATE.search(key):
+                    return _surrogate_reason(name, key)
+                stack.append((name, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}.{i}", item) for i, item in reversed(list(enumerate(value))))
+        elif isinstance(value, str) and _SURROGATE.search(value):
+            return _surrogate_reason(path, value)
+    return None
+
+
+def _surrogate_reason(field: str, value: str) -> str:
+    half = _SURROGATE.search(value).group()  # type: ignore[union-attr]
+    return (f"field '{field.encode('ascii', 'backslashreplace').decode()}' holds an unpaired surrogate "
+            f"(\\u{ord(half):04x}): half of an escaped emoji or other character, which is not valid Unicode; "
+            "fix or remove that escape in the file")
 
 
 def _json_type(value: Any) -> str:
@@ -280,7 +443,14 @@ def read_excel(path: Path, sheet: str | None, needed: dict[str, Any]) -> Iterato
         if header_row is None:
             raise DataError(f"{path}: sheet '{ws.title}' is empty")
         header = ["" if h is None else str(h).strip() for h in header_row]
-        check_columns(f"{path} [sheet {ws.title}]", header, needed)
+        try:
+            check_columns(f"{path} [sheet {ws.title}]", header, needed)
+        except DataError as err:
+            others = [name for name in wb.sheetnames if name != ws.title]
+            if sheet is None and others:  # the first sheet was only a guess: a cover or notes sheet, often
+                raise DataError(f"{err}; the workbook has other sheets: {others}; pick one with the source's "
+                                "`sheet:`") from None
+            raise
         src, count = f"{path}[{ws.title}]", 0
         for rowno, values in enumerate(rows, start=2):  # Excel's own row numbers
             if values is None or all(v is None for v in values):
