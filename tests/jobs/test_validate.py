@@ -220,3 +220,16 @@ def test_bad_arguments_are_refused(tmp_path):
         validate_file(path, "reinforcement")
     with pytest.raises(ValueError, match="tokenizer"):
         validate_file(path, max_tokens=100)
+
+
+def test_a_lone_surrogate_escape_is_named_with_its_field(tmp_path):
+    """`\\ud83d` alone (a truncated emoji) is valid JSON but no text: the reader refuses the line, and the job's
+    error says which field holds it rather than blaming the file's encoding."""
+    lines = [chat(i) for i in range(10)]
+    path = write(tmp_path, lines)
+    text = path.read_text().splitlines()
+    text[3] = text[3].replace('"content": "', '"content": "broken \\ud83d ', 1)
+    path.write_text("\n".join(text) + "\n")
+    [problem] = validate_file(path).problems
+    assert (problem.code, problem.line) == ("invalid_json", 4)
+    assert "messages.0.content" in problem.message and "unpaired surrogate" in problem.message

@@ -141,8 +141,8 @@ def _unreadable(raw: Raw) -> _Bad:
         value = json.loads(raw.text or "")
     except ValueError:
         return _Bad("invalid_json", None, raw.error or "not valid JSON")
-    if isinstance(value, dict):  # parses once the bad bytes are replaced: the bytes are the problem
-        return _Bad("invalid_json", None, "contains bytes that are not valid text (save the file as UTF-8)")
+    if isinstance(value, dict):  # a whole object the reader refused: bad bytes, or a lone `\ud83d` escape in a string
+        return _Bad("invalid_json", None, raw.error or "contains bytes that are not valid text (save the file as UTF-8)")
     return _Bad("data_type", None, raw.error or "not a JSON object")  # each line is one example, an object
 
 
