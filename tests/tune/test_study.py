@@ -207,3 +207,17 @@ def test_bad_input_through_the_cli_exits_2_with_a_clear_message(tmp_path: Path, 
     assert code == 2, err
     assert words in err
     assert not (tmp_path / "tiny-tune").exists()  # refused before any trial
+
+
+def test_a_study_is_not_joined_with_another_search_space(tmp_path: Path, tiny_bert: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    cfg = tune_project(tmp_path, tiny_bert, {"space": {"train.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}},
+                                             "trials": 1, "storage": url, "pruner": "none"}, steps=2)
+    run_study(cfg, echo=lambda line: None, evaluate_test=False)
+    # The space edited, the study name left as it was: the old study's trials (and its best) are not this space's.
+    edited = tune_project(tmp_path, tiny_bert, {"space": {"train.weight_decay": {"low": 0.0, "high": 0.1}},
+                                                "trials": 1, "storage": url, "pruner": "none"}, steps=2)
+    with pytest.raises(ConfigError, match=r"study 'tiny' .* searches .*train\.learning_rate.*not .*train\.weight_decay"):
+        run_study(edited, echo=lambda line: None, evaluate_test=False)
+    assert len(trials_of(url)) == 1
+    run_study(cfg, echo=lambda line: None, evaluate_test=False)  # the same space still resumes it

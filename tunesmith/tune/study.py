@@ -11,14 +11,18 @@
 
 Trials are counted across workers: a worker starts a trial only while fewer than `tune.trials` are
 finished, running or queued, so N trials in all, whatever the number of workers. A worker that dies
-leaves a RUNNING trial whose heartbeat stops; the next worker to look fails it and queues a copy.
+leaves a RUNNING trial whose heartbeat stops; the next worker to look fails it and queues a copy (at once
+when that worker runs on the same machine and sees the process gone). A trial interrupted with Ctrl-C is
+queued again too, so a study started again resumes with it; queued trials run even as the study's last.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
+import os
 import shutil
 import socket
 import time
@@ -420,14 +424,18 @@ class Objective:
         self.spec = cfg.tune
         self.host = socket.gethostname()
         self.limit = cfg.tune.trials  # trials in the study, across workers (run_trials sets it)
+        self.current: int | None = None  # the storage's id of the trial this worker runs (or ran last)
         folder.mkdir(parents=True, exist_ok=True)
 
     def __call__(self, trial: Trial) -> float | tuple[float, ...]:
         spec = self.spec
+        self.current = trial._trial_id
+        trial.set_user_attr("worker", {**_this_worker(), "trial": trial.number})  # a re-run here can tell it died
         if (spec.sampler or ("nsga2" if spec.objectives else "tpe")) in RESEEDED:
-            # Suggestions depend on the seed, the trial's number and the trials before it, not on which
-            # worker runs it: two workers started together do not try the same values.
-            trial.study.sampler = make_sampler(spec, trial_seed(spec.seed, trial.number))
+            # Suggestions depend on the seed, the trial's place in the study and the trials before it, not on
+            # which worker runs it: two workers started together do not try the same values. The place, not the
+            # number: an interrupted trial (run again as a copy) does not shift the values of the trials after it.
+            trial.study.sampler = make_sampler(spec, trial_seed(spec.seed, _place(trial)))
         self._stand_down_if_surplus(trial)
         values = suggest(trial, self.cfg)
         run_dir = (self.folder / f"trial-{trial.number}").resolve()
@@ -449,6 +457,10 @@ class Objective:
             train(tcfg, dataset_dir=version.path, overwrite=True, callbacks=[reporter])
             finished = True
         except optuna.TrialPruned:
+            raise
+        except KeyboardInterrupt:  # run_trials queues its values again
+            trial.set_user_attr("fail_reason", "interrupted")
+            trial.set_user_attr("interrupted", True)
             raise
         except Exception as err:  # Optuna records FAIL but not why: the report and the log say it
             diverged = isinstance(err, _Diverged)
@@ -511,6 +523,91 @@ def _done(trial: FrozenTrial) -> bool:
     return trial.state in FINISHED or _diverged(trial)
 
 
+def _place(trial: Trial) -> int:
+    """The trial's place among the study's trials that count (its number, unless trials before it were
+    interrupted, killed or surplus and gave their place back)."""
+    return sum(_counted(t) for t in trial.study.get_trials(deepcopy=False) if t.number < trial.number)
+
+
+def _process_start(pid: int) -> str | None:
+    """When process `pid` started (Linux: clock ticks since boot); None when no such process runs (a zombie,
+    killed but not yet reaped, is dead too); "" where /proc does not say."""
+    if not Path("/proc/self/stat").is_file():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except OSError:  # it exists, owned by someone else
+            return ""
+        return ""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def _this_worker() -> dict[str, Any]:
+    """Where a trial runs: the machine, its PID namespace (containers sharing a host name do not share
+    processes) and the process, with its start time (a PID the system hands out again is another process)."""
+    pid = os.getpid()
+    namespace = ""
+    with contextlib.suppress(OSError):
+        namespace = os.readlink("/proc/self/ns/pid")
+    return {"host": socket.gethostname(), "pid_namespace": namespace, "pid": pid, "started": _process_start(pid) or ""}
+
+
+def _dead_here(trial: FrozenTrial, here: dict[str, Any]) -> bool:
+    """A RUNNING trial whose worker was a process on this machine that no longer runs (killed)."""
+    worker = trial.user_attrs.get("worker")
+    # A queued copy of a trial carries the original's user attributes until its own worker sets them.
+    if not isinstance(worker, dict) or worker.get("trial") != trial.number or trial.state != TrialState.RUNNING:
+        return False
+    if (worker.get("host"), worker.get("pid_namespace")) != (here["host"], here["pid_namespace"]):
+        return False  # another machine's: its heartbeat tells
+    started = _process_start(int(worker.get("pid", 0)))
+    return started is None or (bool(started) and bool(worker.get("started")) and started != worker["started"])
+
+
+def _fail_dead_trials_here(study: optuna.Study) -> None:
+    """Fail the trials of killed workers on this machine and queue a copy of each, as the heartbeat does after
+    a minute of silence (a study started again at once would otherwise count them as running and stop), and
+    remove their half-written run folders."""
+    storage = study._storage
+    retry = getattr(storage, "get_heartbeat_stale_trial_callback", None) or getattr(storage, "get_failed_trial_callback", None)
+    here = _this_worker()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not _dead_here(trial, here):
+            continue
+        try:
+            failed = storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker here got there first
+            continue
+        if run_dir := trial.user_attrs.get("run_dir"):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        if failed and retry is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna's deprecation and experimental warnings
+                callback = retry()
+                if callback is not None:
+                    callback(study, copy.deepcopy(storage.get_trial(trial._trial_id)))
+
+
+def _queue_interrupted(study: optuna.Study, trial_id: int | None) -> None:
+    """The trial interrupted (Ctrl-C) in this worker: its values queued again, so the study resumes with it."""
+    if trial_id is None:
+        return
+    with contextlib.suppress(Exception):  # the interruption is what the user sees, not a failure to queue
+        trial = study._storage.get_trial(trial_id)
+        attrs = trial.user_attrs  # interrupted in training (marked), or before it (preparing the dataset: unmarked)
+        if trial.state != TrialState.FAIL or attrs.get("surplus") or not (attrs.get("interrupted") or "fail_reason" not in attrs):
+            return
+        attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("interrupted", "fail_reason", "worker")}
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.WAITING, params=trial.params, distributions=trial.distributions, user_attrs=attrs,
+            system_attrs={**trial.system_attrs, "failed_trial": trial.system_attrs.get("failed_trial", trial.number)}))
+
+
 def _params_text(values: dict[str, Any]) -> str:
     def short(v: Any) -> str:
         return f"{v:.3g}" if isinstance(v, float) else str(v)
@@ -567,9 +664,17 @@ def load_study(cfg: ProjectConfig, storage: optuna.storages.BaseStorage | None =
         raise ConfigError(f"study '{name}' in {_shown(getattr(storage, 'url', ''))} optimises "
                           f"{stored or [d.name.lower() for d in study.directions]}, not {names}; "
                           "pick another tune.study (--study) or the same metric and objectives")
+    # The space as stored (through JSON), so that one read back compares equal.
+    space = json.loads(json.dumps({k: v.model_dump(exclude_defaults=True) for k, v in spec.space.items()}))
+    searched = study.user_attrs.get("space")
+    if searched is not None and searched != space:
+        # Its trials, its best and best.yaml belong to the other space; a worker with this one would mix the two.
+        raise ConfigError(f"study '{name}' in {_shown(getattr(storage, 'url', ''))} searches {searched}, not "
+                          f"{space}; pick another tune.study (--study) for the new tune.space, or the study's own")
     if stored is None:
         study.set_user_attr("objectives", names)
-        study.set_user_attr("space", {k: v.model_dump(exclude_defaults=True) for k, v in spec.space.items()})
+    if searched is None:
+        study.set_user_attr("space", space)
     return study
 
 
@@ -623,15 +728,23 @@ def run_trials(study: optuna.Study, objective: Objective, trials: int, deadline:
             objective.echo(_trial_line(trial, names))
 
     while True:
+        _fail_dead_trials_here(study)  # a killed worker's trial on this machine: failed, and a copy queued, now
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and a copy queued
-        if sum(_counted(t) for t in study.get_trials(deepcopy=False)) >= trials:
+        now = study.get_trials(deepcopy=False)
+        # A queued trial (a dead or interrupted worker's, run again) is run even when it is the study's last:
+        # counted, it would otherwise keep every worker from starting anything, itself included.
+        if sum(_counted(t) for t in now) >= trials and not any(t.state == TrialState.WAITING for t in now):
             return
         if deadline is not None and time.monotonic() >= deadline:
             objective.echo("tune.timeout_s passed: this worker starts no further trials")
             return
-        study.optimize(objective, n_trials=1, callbacks=[report], catch=(_Surplus, _Diverged))
+        try:
+            study.optimize(objective, n_trials=1, callbacks=[report], catch=(_Surplus, _Diverged))
+        except KeyboardInterrupt:
+            _queue_interrupted(study, objective.current)
+            raise
 
 
 def finish_study(cfg: ProjectConfig, study: optuna.Study, *, echo: Callable[[str], None] = print,
