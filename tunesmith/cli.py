@@ -261,7 +261,7 @@ def train_cmd(
     from tunesmith.config import apply_override, load_config, parse_config
     from tunesmith.training import train
     from tunesmith.training.dataset import ensure_dataset
-    from tunesmith.training.run import check_run_dir
+    from tunesmith.training.run import check_run_dir, run_inputs
 
     if config is None and resume is None:
         raise click.UsageError("give a CONFIG, or --resume RUN")
@@ -280,7 +280,7 @@ def train_cmd(
     processes = nproc or cfg.train.nproc
     if processes > 1 and "LOCAL_RANK" not in os.environ:
         # Checks and data preparation happen once, here; then torchrun starts the workers.
-        check_run_dir(resume or cfg.run_dir, resume is not None, overwrite)
+        check_run_dir(resume or cfg.run_dir, resume is not None, overwrite, run_inputs(cfg))
         ensure_dataset(cfg, dataset)
         child = ["train", *([str(config)] if config else []), *(x for o in overrides or [] for x in ("--set", o)),
                  *(["--dataset", str(dataset)] if dataset else []), *(["--resume", str(resume)] if resume else [])]

@@ -3,12 +3,14 @@ given by path (refused when it was prepared for another model's tokenizer)."""
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 from typing import Any
 
 from tunesmith.artifacts import DatasetVersion, is_dataset
 from tunesmith.config import ProjectConfig, config_diff
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, DataError
 
 # Model settings that change what preparation keeps and records: the tokenizer counts n_tokens and
 # filters lengths, the budget and the chat template decide which conversations fit.
@@ -46,6 +48,8 @@ def ensure_dataset(cfg: ProjectConfig, dataset_dir: Path | None = None, log: boo
                 f"for this model (`tunesmith data prepare CONFIG --out DIR`), or train on the config's own dataset")
         return version
     path = Path(cfg.dataset_dir)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0:
+        return _prepared_by_rank0(cfg, path)
     if is_dataset(path):
         version = DatasetVersion(path)
         changed = stale_settings(cfg, version)
@@ -55,3 +59,18 @@ def ensure_dataset(cfg: ProjectConfig, dataset_dir: Path | None = None, log: boo
             print(f"dataset {path} was prepared with other settings ({'; '.join(changed[:5])}"
                   f"{'; ...' if len(changed) > 5 else ''}); preparing it again", flush=True)
     return prepare(cfg, path)
+
+
+def _prepared_by_rank0(cfg: ProjectConfig, path: Path, poll_s: float = 0.5) -> DatasetVersion:
+    """Under torchrun (or accelerate) rank 0 prepares the dataset and the other ranks wait for it: all preparing at
+    once, they would share one staging folder and fail each other. tunesmith's own --nproc launcher prepared it
+    before starting them, so they find it at once; a rank 0 that fails ends the others through the launcher."""
+    while True:
+        try:
+            if is_dataset(path):
+                version = DatasetVersion(path)
+                if not stale_settings(cfg, version):
+                    return version
+        except (OSError, ValueError, DataError):  # caught mid-swap (prepare moves the new folder into place)
+            pass
+        time.sleep(poll_s)

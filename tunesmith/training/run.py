@@ -29,13 +29,48 @@ from tunesmith.config import ProjectConfig, config_diff
 from tunesmith.errors import ConfigError
 
 
-def check_run_dir(run_dir: Path, resuming: bool, overwrite: bool) -> None:
-    """Never train over an earlier run by accident."""
-    if resuming or not run_dir.exists() or not any(run_dir.iterdir()):
+def run_inputs(cfg: ProjectConfig) -> list[tuple[str, Path]]:
+    """(setting, path) for what training `cfg` reads from disk: --overwrite must never delete any of it."""
+    paths: list[tuple[str, Path | None]] = [("train.init_from", cfg.train.init_from)]
+    paths += [("data.sources", src.path) for src in cfg.data.sources]
+    if cfg.model.name and Path(str(cfg.model.name)).exists():  # a local model folder, not a packaged name
+        paths.append(("model.name", Path(str(cfg.model.name))))
+    return [(what, Path(path)) for what, path in paths if path is not None]
+
+
+def _is_run_folder(run_dir: Path) -> bool:
+    """Something `tunesmith train` wrote: its config.json is a tunesmith config (a model folder has one too), or
+    only the empty checkpoints/ the Trainer creates before config.json is written (a run that failed to start)."""
+    if [p.name for p in run_dir.iterdir()] == ["checkpoints"] and not any((run_dir / "checkpoints").iterdir()):
+        return True
+    try:
+        saved = json.loads((run_dir / RUN_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(saved, dict) and {"name", "task", "data", "model", "train"} <= saved.keys()
+
+
+def check_run_dir(run_dir: Path, resuming: bool, overwrite: bool, reads: Sequence[tuple[str, Path]] = ()) -> None:
+    """Never train over an earlier run by accident, and let --overwrite delete nothing but an earlier run:
+    not a folder of other files, nor a run folder holding what this run reads (`reads`: run_inputs)."""
+    if resuming or not run_dir.exists():
+        return
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is a file; a run is a folder: set train.output_dir to another path")
+    if not any(run_dir.iterdir()):
         return
     if not overwrite:
         raise ConfigError(f"{run_dir}: a run already exists there; resume it with `tunesmith train --resume {run_dir}`, "
                           "pass --overwrite, or set train.output_dir")
+    here, cwd = run_dir.resolve(), Path.cwd().resolve()
+    if not _is_run_folder(run_dir) or here == cwd or here in cwd.parents:
+        raise ConfigError(f"{run_dir}: --overwrite replaces only an earlier run's folder, and this is not a tunesmith "
+                          f"run (no {RUN_CONFIG} of one) or holds the current directory; set train.output_dir to "
+                          "another folder, or remove it yourself")
+    inside = [f"{what} {path}" for what, path in reads if path.resolve() == here or here in path.resolve().parents]
+    if inside:
+        raise ConfigError(f"{run_dir}: --overwrite would delete what this run reads ({'; '.join(inside)}); "
+                          "set train.output_dir to another folder")
     shutil.rmtree(run_dir)
 
 
@@ -53,8 +88,11 @@ def start_run(cfg: ProjectConfig, resume: Path | None, overwrite: bool) -> tuple
             raise ConfigError(f"{run_dir}: the config changed since this run started, so resuming would mix two runs:\n  "
                               + "\n  ".join(changed[:20]) + "\nResume without those changes, or start a new run.")
         checkpoint = latest_checkpoint(run_dir)
-    if "LOCAL_RANK" not in os.environ:  # under torchrun the launcher already checked
-        check_run_dir(run_dir, resume is not None, overwrite)
+    # Rank 0 decides, also under a torchrun or accelerate launched by hand (no tunesmith launcher checked first);
+    # the other ranks leave the folder alone. After tunesmith's --nproc launcher checked (and with --overwrite
+    # removed it), rank 0 finds no run here.
+    if is_rank0():
+        check_run_dir(run_dir, resume is not None, overwrite, run_inputs(cfg))
     return run_dir, checkpoint
 
 
@@ -115,7 +153,19 @@ def standard_callbacks(cfg: ProjectConfig, extra: Sequence[Any] = ()) -> list[An
             if state.is_world_process_zero:
                 (Path(args.output_dir) / f"checkpoint-{state.global_step}" / CHECKPOINT_DONE).touch()
 
-    callbacks: list[Any] = [MarkComplete()]
+    class FindBestCheckpoint(TrainerCallback):
+        """trainer_state.json names the best checkpoint by its path when it was saved: in a run folder moved since
+        (or a relative train.output_dir resumed from another directory) the Trainer drops it, and a run resumed after
+        its last checkpoint would keep its last weights as model/. The step it records finds it where it is now."""
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            step = state.best_global_step
+            here = Path(args.output_dir) / f"checkpoint-{step}"
+            if step and (state.best_model_checkpoint is None or not os.path.isdir(state.best_model_checkpoint)) \
+                    and here.is_dir():
+                state.best_model_checkpoint = str(here)
+
+    callbacks: list[Any] = [MarkComplete(), FindBestCheckpoint()]
     if cfg.train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.train.early_stopping_patience))
     return [*callbacks, *extra]

@@ -202,8 +202,10 @@ def _parent_run(cfg: ProjectConfig, labels: list[str] | None, model_dir: Path) -
         problems.append(f"its labels {m.labels} differ from the dataset's {labels}")
     if m.method != cfg.train.method:
         problems.append(f"it was trained with method {m.method}, this config says {cfg.train.method}")
-    if m.adapter and Path(m.base_model_path).resolve() != model_dir.resolve() and m.base_model != cfg.model.name:
-        problems.append(f"its adapter sits on {m.base_model_path}, this config's model is {model_dir}")
+    # Full and head-only runs too: their weights would train on under this config's tokenizer
+    if Path(m.base_model_path).resolve() != model_dir.resolve() and m.base_model != cfg.model.name:
+        problems.append(f"its {'adapter sits on' if m.adapter else 'weights come from'} the base model "
+                        f"{m.base_model_path}, this config's model is {model_dir}")
     if problems:
         raise ConfigError(f"{where}: cannot continue that run: " + "; ".join(problems))
     return parent

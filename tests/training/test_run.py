@@ -1,0 +1,101 @@
+"""run.py: the run folder's lifecycle (what --overwrite may delete, who checks under torchrun, resuming a moved run)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import TrainerCallback
+
+from tests.test_train import project, rows, write
+from tunesmith.artifacts import Run, is_run
+from tunesmith.errors import ConfigError
+from tunesmith.training import train
+from tunesmith.training.run import start_run
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path: Path, tiny_bert: Path) -> None:
+    """--overwrite replaces an earlier run; a train.output_dir pointing at anything else (a project, a model folder,
+    a home directory) must be refused, not deleted."""
+    cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 2, "output_dir": str(tmp_path / "work")})
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "notes.txt").write_text("months of work")
+    (tmp_path / "work" / "config.json").write_text('{"model_type": "bert"}')  # a model folder's, not a run's
+    with pytest.raises(ConfigError, match="not a tunesmith run"):
+        train(cfg, overwrite=True)
+    assert (tmp_path / "work" / "notes.txt").read_text() == "months of work"
+    (tmp_path / "file").write_text("x")  # a file where the run folder would go: refused, with or without --overwrite
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match="is a file"):
+            train(project(tmp_path, tiny_bert, train_spec={"max_steps": 2, "output_dir": str(tmp_path / "file")}),
+                  overwrite=overwrite)
+    assert (tmp_path / "file").read_text() == "x"
+    other = tmp_path / "other" / "checkpoints" / "epoch-3.ckpt"  # another tool's checkpoints
+    other.parent.mkdir(parents=True)
+    other.write_text("weights")
+    with pytest.raises(ConfigError, match="not a tunesmith run"):
+        train(project(tmp_path, tiny_bert, train_spec={"max_steps": 2, "output_dir": str(tmp_path / "other")}),
+              overwrite=True)
+    assert other.is_file()
+    # what a run that failed before config.json leaves (the Trainer makes checkpoints/ first) is replaced
+    (tmp_path / "failed" / "checkpoints").mkdir(parents=True)
+    assert is_run(train(project(tmp_path, tiny_bert, train_spec={"max_steps": 2, "output_dir": str(tmp_path / "failed")}),
+                        overwrite=True))
+
+
+def test_overwrite_never_deletes_what_the_new_run_reads(tmp_path: Path, tiny_bert: Path) -> None:
+    """Incremental training into its parent's folder with --overwrite deleted the weights it continues from."""
+    parent = train(project(tmp_path, tiny_bert, train_spec={"max_steps": 2}))
+    child = project(tmp_path, tiny_bert, train_spec={"max_steps": 2, "init_from": str(parent)})
+    with pytest.raises(ConfigError, match="train.init_from"):
+        train(child, overwrite=True)
+    assert is_run(parent)
+    inside = tmp_path / "run" / "more.csv"  # a data source kept inside the run folder
+    write(inside, rows(40))
+    data = {"sources": [{"path": str(inside)}], "output_dir": str(tmp_path / "ds2"), "dedup": {"near": False}}
+    with pytest.raises(ConfigError, match="data.sources"):
+        train(project(tmp_path, tiny_bert, train_spec={"max_steps": 2}, data=data), overwrite=True)
+    assert inside.is_file() and is_run(parent)
+    assert is_run(train(project(tmp_path, tiny_bert, train_spec={"max_steps": 2}), overwrite=True))  # a plain rerun
+
+
+def test_a_process_launched_by_torchrun_itself_refuses_an_existing_run(tmp_path: Path, tiny_bert: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`torchrun -m tunesmith train` (or accelerate launch) skips tunesmith's launcher: rank 0 itself must refuse to
+    train over an earlier run, or two runs' checkpoints and model mix in one folder."""
+    cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 2})
+    train(cfg)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ConfigError, match="a run already exists there"):
+        start_run(cfg, None, False)
+    monkeypatch.setenv("RANK", "1")  # the other ranks leave the folder to rank 0
+    assert start_run(cfg, None, False) == (tmp_path / "run", None)
+
+
+def test_a_moved_run_resumed_after_its_last_checkpoint_keeps_the_best_model(tmp_path: Path, tiny_bert: Path) -> None:
+    """trainer_state.json records the best checkpoint by path: once the run folder moved (or a relative
+    train.output_dir is resumed from another directory) the Trainer forgot it, and a run interrupted after its last
+    checkpoint saved the last weights as model/ beside the best checkpoint's metrics."""
+
+    class Killed(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs) -> None:
+            if state.global_step == 40:
+                raise KeyboardInterrupt  # after the last checkpoint is marked COMPLETE
+
+    cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 40, "evals_per_epoch": 4})
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[Killed()])
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert len(kept) == 2 and "checkpoint-40" in kept  # the best checkpoint is an earlier one
+    best = next(name for name in kept if name != "checkpoint-40")
+    shutil.move(tmp_path / "run", tmp_path / "moved")
+    run = train(cfg, resume=tmp_path / "moved")
+    final = load_file(run / "model" / "model.safetensors")
+    saved = load_file(run / "checkpoints" / best / "model.safetensors")
+    assert all(torch.equal(final[k], saved[k]) for k in final)
+    assert Run(run).manifest.best_metric and os.path.isdir(run / "checkpoints" / best)
