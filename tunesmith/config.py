@@ -845,6 +845,12 @@ def _flow(value: Any) -> str:
     return text[1:-1]
 
 
+def _section_type(field: Any) -> type[Spec] | None:
+    """The config section a field holds (`peft: PeftSpec`, `hyperparameters: OpenAIHyperparameters | None`), or None."""
+    return next((t for t in (field.annotation, *typing.get_args(field.annotation))
+                 if isinstance(t, type) and issubclass(t, Spec)), None)
+
+
 def annotated_yaml(spec: Spec, indent: int = 0) -> str:
     """The resolved config as YAML, each field with its reason as a comment: every default and why, in one
     place (`tunesmith config show`). Parses back to `spec.model_dump(mode="json")`."""
@@ -853,8 +859,7 @@ def annotated_yaml(spec: Spec, indent: int = 0) -> str:
         value = getattr(spec, name)
         section = value if isinstance(value, Spec) else None
         why = _reasons().get((type(spec).__name__, name))
-        kind = next((t for t in (field.annotation, *typing.get_args(field.annotation))
-                     if isinstance(t, type) and issubclass(t, Spec)), None)
+        kind = _section_type(field)
         if why is None and kind is not None and kind.__doc__:
             why = kind.__doc__.strip().splitlines()[0]  # a section's reason is its class's summary line
         comment = f"  # {why}" if why else ""
@@ -987,8 +992,7 @@ def _unknown_key(root: Any, loc: tuple[str, ...]) -> str:
             if part.isdigit():
                 continue  # a list index: the same section type
             return "unknown setting"
-        spec = next((t for t in (field.annotation, *typing.get_args(field.annotation))
-                     if isinstance(t, type) and issubclass(t, Spec)), None)
+        spec = _section_type(field)
     if spec is None:
         return "unknown setting"
     known = list(spec.model_fields)
