@@ -94,15 +94,9 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, 
 
 
 def _open_run(path: Path) -> Run:
-    """The run, or an error naming the file at fault (pydantic's own names no file, and a missing model/
-    would surface as a hub error about repo ids)."""
-    from pydantic import ValidationError
-
-    try:
-        run = Run(path)
-    except ValidationError as err:
-        raise DataError(f"{path / RUN_MANIFEST} is not a valid run manifest ({err.errors()[0]['msg']}); "
-                        "the run folder is damaged: train it again or export another copy") from None
+    """The run (Run names a damaged manifest itself), or an error naming its missing model/, which would
+    otherwise surface as a hub error about repo ids."""
+    run = Run(path)
     if not run.model_dir.is_dir():
         raise DataError(f"{run.model_dir} is missing: {path} holds no model to export")
     return run
