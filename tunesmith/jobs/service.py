@@ -193,10 +193,8 @@ class JobsService:
         return str(resolved) if resolved else None
 
     def _job(self, s: Session, owner: str, job_id: str, lock: bool = False) -> Job | None:
-        """The owner's job; `lock`: held until the commit (a status change against a worker's, see Store.lock)."""
-        if lock:
-            Store.lock(s, Job, Job.id == job_id)
-        job = s.get(Job, job_id)
+        """The owner's job; `lock`: held until the commit (a status change against a worker's)."""
+        job = locked_job(s, job_id) if lock else s.get(Job, job_id)
         return job if job is not None and job.owner == owner else None
 
     def get_job(self, owner: str, job_id: str) -> p.FineTuningJob | ApiError:
@@ -336,6 +334,13 @@ class JobsService:
 
 
 # -- rows -> OpenAI objects (the worker writes rows with the same helpers) ---------------------------------
+
+
+def locked_job(s: Session, job_id: str) -> Job | None:
+    """The job, held until the commit (Store.lock): a worker's status change and a user's cancel or pause go one
+    at a time, each reading what the other wrote."""
+    Store.lock(s, Job, Job.id == job_id)
+    return s.get(Job, job_id)
 
 
 def add_event(s: Session, job: Job, message: str, *, level: str = "info", type: str = "message",

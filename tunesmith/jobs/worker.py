@@ -25,7 +25,7 @@ from tunesmith.artifacts import MODEL_DIR, RUN_CONFIG, RUN_MANIFEST, STEP_METRIC
 from tunesmith.config import JobsSpec, ProjectConfig, parse_config
 from tunesmith.errors import ConfigError
 from tunesmith.jobs import protocol as p
-from tunesmith.jobs.service import RESULTS_PURPOSE, add_event, now, stamps
+from tunesmith.jobs.service import RESULTS_PURPOSE, add_event, locked_job, now, stamps
 from tunesmith.store.db import Store
 from tunesmith.store.schema import Job, JobCheckpoint, StoredFile
 
@@ -44,12 +44,6 @@ def fine_tuned_name(job: Job, spec: JobsSpec) -> str:
     """OpenAI's naming: ft:BASE:ORG:SUFFIX:ID, BASE the model really trained (an ft: base keeps its own base name)."""
     base = job.model.split(":")[1] if job.model.startswith("ft:") else Path(spec.base_model(job.model) or job.model).name
     return f"ft:{base}:{spec.organization}:{job.suffix or ''}:{job.id.removeprefix(p.JOB_PREFIX)[:8]}"
-
-
-def locked_job(s: Any, job_id: str) -> Job | None:
-    """The job, held until the commit: a worker's status change and a user's cancel or pause go one at a time."""
-    Store.lock(s, Job, Job.id == job_id)
-    return s.get(Job, job_id)
 
 
 class Worker:
@@ -144,7 +138,7 @@ class Worker:
         """The job's training and validation files: its own copies once validation took them (_keep_files), else
         the uploads."""
         def path(file_id: str) -> Path:
-            kept = Path(str(job.run_dir)).parent / "files" / file_id
+            kept = _kept_files(job) / file_id
             return kept if kept.is_file() else self.files_dir / file_id
 
         return path(job.training_file), path(job.validation_file) if job.validation_file else None
@@ -152,7 +146,7 @@ class Worker:
     def _keep_files(self, job: Job) -> None:
         """The job's own copy of each upload (a hard link: no extra space), taken before validation: what was
         validated is what trains, and deleting an upload afterwards (OpenAI allows it) leaves the job training."""
-        folder = Path(str(job.run_dir)).parent / "files"
+        folder = _kept_files(job)
         for file_id in filter(None, (job.training_file, job.validation_file)):
             kept, upload = folder / file_id, self.files_dir / file_id
             if kept.is_file():
@@ -339,6 +333,11 @@ class Worker:
             job.status, job.finished_at, job.estimated_finish = "failed", now(), None
             job.error = {"code": code, "message": message, "param": param}
             add_event(s, job, message, level="error")
+
+
+def _kept_files(job: Job) -> Path:
+    """Where a job keeps its own copies of the files it validated: beside its run folder."""
+    return Path(str(job.run_dir)).parent / "files"
 
 
 def _checkpoint_run(run: Run, source: Path, target: Path) -> None:
