@@ -64,6 +64,19 @@ def test_misspelt_key_is_an_error_with_its_line(tmp_path: Path) -> None:
         load_config(path)
 
 
+def test_yaml_booleans_in_a_text_setting_say_to_quote_them(tmp_path: Path) -> None:
+    # YAML 1.1 reads `no` as False: "Input should be a valid string (got False)" named neither why nor the fix.
+    path = _write(tmp_path, "name: x\ntask:\n  labels: [no, yes]\ndata:\n  sources: [{path: a.csv}]\n"
+                            "  annotate:\n    label_map: {on: yes}\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    lines = str(e.value).splitlines()[1:]
+    assert len(lines) == 4 and all("as booleans: quote it ('no')" in line for line in lines), lines
+    assert lines[0].startswith(f"  {path}:3: task.labels.0: Input should be a valid string;") and "(got False)" in lines[0]
+    cfg = load_config(_write(tmp_path, "name: x\ntask:\n  labels: ['no', 'yes']\ndata:\n  sources: [{path: a.csv}]\n"))
+    assert cfg.task.labels == ["no", "yes"]
+
+
 def test_unknown_extension_asks_for_kind() -> None:
     with pytest.raises(ConfigError, match="cannot tell the format of 'data.xyz'"):
         parse_config({"name": "x", "data": {"sources": [{"path": "data.xyz"}]}})

@@ -978,6 +978,8 @@ def format_validation_error(err: ValidationError, source: str, lines: dict[tuple
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = _unknown_key(globals().get(err.title), loc)
+        elif e["type"] == "string_type" and isinstance(e["input"], bool):  # labels: [no, yes] reads as [False, True]
+            msg += "; YAML reads unquoted yes/no/on/off/true/false as booleans: quote it ('no')"
         out.append(f"  {where}: {field}: {msg}{got}")
     return "\n".join(out)
 

@@ -742,6 +742,24 @@ def test_no_usable_rows_names_where_the_rejections_are(tmp_path, make_config):
     assert f"first at {tmp_path / 'lists.parquet'}:1: field 'label'" in msg
 
 
+@pytest.mark.parametrize("suffix", ["jsonl", "parquet"])
+def test_boolean_labels_are_class_names(tmp_path, make_config, suffix):
+    # is_spam: true/false was refused row by row ("label must be a class name, got bool"): no usable rows at all.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = [{"text": r["text"], "label": r["label"] == "pos"} for r in reviews(20)]
+    path = tmp_path / f"flags.{suffix}"
+    if suffix == "jsonl":
+        write_jsonl(path, records)
+    else:
+        pq.write_table(pa.Table.from_pylist(records), path)
+    version = run(make_config, [{"path": str(path)}], task={"labels": ["false", "true"]})
+    accounted(version, 20)
+    assert by_line(version) == {}
+    assert pairs(version) == {(r["text"], "true" if r["label"] else "false") for r in records}
+
+
 @pytest.mark.parametrize("indent", [None, 2])
 def test_json_array_in_a_jsonl_file_says_so(tmp_path, make_config, indent):
     # Was: "no usable rows" with every line "expected a JSON object, got an array" / "not valid JSON".

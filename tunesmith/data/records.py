@@ -400,7 +400,9 @@ class Canonicalizer:
         return self._label(value)
 
     def _label(self, value: Any) -> str:
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
+        if isinstance(value, bool):  # is_spam: true in JSON or Parquet; spelt as JSON spells it, for task.labels
+            value = "true" if value else "false"
+        if not isinstance(value, str | int | float):
             raise ValueError(f"label must be a class name, got {type(value).__name__} {value!r}")
         if isinstance(value, float) and value.is_integer():
             value = int(value)
