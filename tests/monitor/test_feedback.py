@@ -91,6 +91,41 @@ def test_inputs_are_not_kept_when_opted_out_and_cleared_after_retention(store_ur
     log.close()
 
 
+def test_a_nul_character_is_stored_as_a_replacement_character(store_url: str) -> None:
+    """PostgreSQL cannot store U+0000: feedback with one answered 500, and a logged text with one lost its log batch,
+    other clients' rows included. Both stores now keep U+FFFD in its place."""
+    store = Store(store_url)
+    log = PredictionLog(store)
+    service = FeedbackService(store, log)
+    log.record("req-1", "reviews", "reviews-v1", "predict", ["great\x00 food"], [{**LABELS, "note\x00": "a\x00"}], 3.0)
+    log.record("req-2", "reviews", "reviews-v1", "predict", ["fine food"], [LABELS], 3.0)
+    assert log.flush()
+    created = service.submit(FeedbackRequest(request_id="req-1", rating="down", label="neg", comment="bad\x00 one"))
+    assert isinstance(created, FeedbackCreated)
+    with store.session() as s:
+        assert s.get(Prediction, "req-1").inputs == ["great\ufffd food"]
+        assert s.get(Prediction, "req-1").outputs == [{**LABELS, "note\ufffd": "a\ufffd"}]
+        assert s.get(Prediction, "req-2").inputs == ["fine food"]
+        assert s.query(Feedback).one().comment == "bad\ufffd one"
+    assert log.errors == 0
+    log.close()
+
+
+def test_a_row_the_database_refuses_loses_only_itself(store_url: str) -> None:
+    """One row the database refused failed its whole batch: up to 512 other answers were not logged."""
+    if not store_url.startswith("postgresql"):
+        pytest.skip("SQLite does not enforce VARCHAR lengths, so no row is refused there")
+    store = Store(store_url)
+    log = PredictionLog(store)
+    for rid in ("req-1", "r" * 200, "req-3"):  # queued together: one batch
+        log.record(rid, "reviews", "reviews-v1", "predict", ["food"], [LABELS], 3.0)
+    assert log.flush()
+    with store.session() as s:
+        assert sorted(p.request_id for p in s.query(Prediction).all()) == ["req-1", "req-3"]
+    assert log.errors == 1
+    log.close()
+
+
 def test_a_retried_feedback_item_is_stored_and_counted_once(store_url: str) -> None:
     """A client that saw no answer sends the same item again: it gets the first one's id, and nothing is counted
     twice (each retry used to be a new row: a second thumbs in the A/B test, a second correction)."""

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from tunesmith.errors import ApiError, ConfigError
-from tunesmith.monitor.log import PredictionLog
+from tunesmith.monitor.log import MAX_REQUEST_ID, PredictionLog
 from tunesmith.store.db import Store
 from tunesmith.store.schema import Feedback, Prediction
 
@@ -28,7 +28,7 @@ from tunesmith.store.schema import Feedback, Prediction
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    request_id: Annotated[str, Field(min_length=1, max_length=128)]  # the id of the prediction or chat answer
+    request_id: Annotated[str, Field(min_length=1, max_length=MAX_REQUEST_ID)]  # the id of the prediction or chat answer
     rating: Literal["up", "down"] | Annotated[int, Field(strict=True, ge=1, le=5)] | None = None  # thumbs, or a 1-5 score
     index: Annotated[int, Field(ge=0)] = 0  # which text of a batch prediction this is about
     label: str | list[str] | None = None  # the right class (a list for multi-label)

@@ -19,6 +19,7 @@ from tunesmith.store.db import Store
 from tunesmith.store.schema import Prediction
 
 _STOP = object()  # close(): the writer commits what it has and ends
+MAX_REQUEST_ID = 128  # the log's key (Prediction.request_id, a VARCHAR(128)): client X-Request-IDs and feedback
 BATCH = 512  # rows per insert: large enough to amortise the commit, small enough to keep latency low
 WAIT_S = 0.05  # how long the writer waits for more rows before committing what it has
 
@@ -84,9 +85,16 @@ class PredictionLog:
 
     def _insert(self, rows: list[dict[str, Any]]) -> None:
         try:
-            with self.store.session() as s:
-                # A client may send the same X-Request-ID twice: the first answer is the one on record.
-                s.execute(self.store.insert(Prediction).values(rows).on_conflict_do_nothing(index_elements=["request_id"]))
+            self._commit(rows)
         except Exception as err:  # noqa: BLE001 - the log must never take the server down
-            self.errors += len(rows)
-            print(f"prediction log: {len(rows)} row(s) not written: {type(err).__name__}: {err}", flush=True)
+            if len(rows) > 1:  # one bad row fails the batch's statement: the others are written one by one
+                for row in rows:
+                    self._insert([row])
+                return
+            self.errors += 1
+            print(f"prediction log: request {rows[0]['request_id']!r} not written: {type(err).__name__}: {err}", flush=True)
+
+    def _commit(self, rows: list[dict[str, Any]]) -> None:
+        with self.store.session() as s:
+            # A client may send the same X-Request-ID twice: the first answer is the one on record.
+            s.execute(self.store.insert(Prediction).values(rows).on_conflict_do_nothing(index_elements=["request_id"]))

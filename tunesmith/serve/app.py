@@ -24,6 +24,7 @@ from tunesmith.errors import ConfigError
 from tunesmith.jobs.service import owner_of
 from tunesmith.monitor.ab import ABService
 from tunesmith.monitor.feedback import FeedbackCreated, FeedbackRequest
+from tunesmith.monitor.log import MAX_REQUEST_ID
 from tunesmith.registry.service import NotRegistered, Registry
 from tunesmith.serve import protocol as p
 from tunesmith.serve.service import Service, ServiceError
@@ -120,25 +121,33 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
             return ""
         key = bearer(request)
         if key is None or not _key_matches(key, spec.api_keys):
-            raise _AuthError(ServiceError(401, "Incorrect or missing API key; send 'Authorization: Bearer <key>'",
+            raise _Refused(ServiceError(401, "Incorrect or missing API key; send 'Authorization: Bearer <key>'",
                                           "authentication_error", code="invalid_api_key"))
         return owner_of(key)
 
     async def admin_auth(request: Request) -> None:
         if not spec.admin_key:
-            raise _AuthError(ServiceError(403, "admin endpoints are off; start the server with --admin-key",
+            raise _Refused(ServiceError(403, "admin endpoints are off; start the server with --admin-key",
                                           "permission_error", code="admin_disabled"))
         key = bearer(request)
         if key is None or not _key_matches(key, [spec.admin_key]):
-            raise _AuthError(ServiceError(401, "Incorrect or missing admin key", "authentication_error",
+            raise _Refused(ServiceError(401, "Incorrect or missing admin key", "authentication_error",
                                           code="invalid_api_key"))
 
-    @app.exception_handler(_AuthError)
-    async def auth_failed(request: Request, exc: _AuthError) -> JSONResponse:
+    @app.exception_handler(_Refused)
+    async def auth_failed(request: Request, exc: _Refused) -> JSONResponse:
         return _error(exc.error)
 
     def request_id(request: Request) -> str:
-        return request.headers.get("x-request-id") or f"req-{uuid.uuid4().hex[:24]}"
+        given = request.headers.get("x-request-id")
+        if not given:
+            return f"req-{uuid.uuid4().hex[:24]}"
+        if len(given) > MAX_REQUEST_ID or not given.isprintable() or not given.isascii():
+            # the prediction log's key: a longer one failed its row (and its batch) on PostgreSQL
+            raise _Refused(ServiceError(400, f"X-Request-ID must be at most {MAX_REQUEST_ID} printable ASCII characters "
+                                             f"(got {len(given)}); leave it out and the server makes one",
+                                        param="X-Request-ID", code="invalid_value"))
+        return given
 
     def answer(result: BaseModel | ServiceError, rid: str) -> Response:
         if isinstance(result, ServiceError):
@@ -246,7 +255,9 @@ def add_registry_routes(app: FastAPI, registry: Registry, admin: Callable[[Reque
         return run(lambda: registry.rollback(model))
 
 
-class _AuthError(Exception):
+class _Refused(Exception):
+    """A request refused before its handler runs: no or a wrong key, a bad X-Request-ID."""
+
     def __init__(self, error: ServiceError) -> None:
         super().__init__(error.message)
         self.error = error

@@ -10,11 +10,64 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, UniqueConstraint, text
+from sqlalchemy import String as _String
+from sqlalchemy import Text as _Text
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
-Json = JSON().with_variant(JSONB(), "postgresql")  # JSONB on PostgreSQL: indexable, compact
+# PostgreSQL's text and JSONB cannot hold U+0000, and psycopg refuses the whole statement: a client's text with one
+# failed its feedback with a 500 and took the prediction log's other rows down with it. Every string the store
+# writes has U+0000 replaced by U+FFFD, on SQLite too, so that both stores keep the same rows.
+NUL, REPLACEMENT = "\x00", "\ufffd"
+
+
+def without_nul(value: Any) -> Any:
+    """`value` (a string, or JSON: dicts, lists, strings, numbers) with U+0000 replaced in every string and key."""
+    if isinstance(value, str):
+        return value.replace(NUL, REPLACEMENT) if NUL in value else value
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_nul(v) for v in value]
+    return value
+
+
+class String(TypeDecorator[str]):
+    """VARCHAR, written without U+0000."""
+
+    impl = _String
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return without_nul(value)
+
+
+class Text(String):
+    """TEXT, written without U+0000."""
+
+    impl = _Text
+    cache_ok = True
+
+
+class _Json(TypeDecorator[Any]):
+    """JSON (JSONB on PostgreSQL: indexable, compact), written without U+0000."""
+
+    impl = JSON
+    cache_ok = True
+    comparator_factory = JSON.Comparator
+    should_evaluate_none, hashable = JSON.should_evaluate_none, JSON.hashable  # None is JSON null, as JSON's own
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        return dialect.type_descriptor(JSONB() if dialect.name == "postgresql" else JSON())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        return without_nul(value)
+
+
+Json = _Json()
 # Unix seconds: 64-bit on PostgreSQL, whose INTEGER ends in January 2038 (SQLite's INTEGER is 64-bit already).
 Stamp = BigInteger().with_variant(Integer(), "sqlite")
 
