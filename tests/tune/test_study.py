@@ -124,22 +124,45 @@ def test_a_diverged_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path: 
     assert reasons[1] in (folder / "report.md").read_text()
 
 
-def test_a_trial_that_raises_is_failed_with_its_reason(tmp_path: Path, tiny_bert: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_out_of_memory_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path: Path, tiny_bert: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # Memory is what a trial's values ask for (batch size 64 here): one trial out of memory used to stop the study.
+    import torch
+
     import tunesmith.training
 
     def out_of_memory(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(tunesmith.training, "train", out_of_memory)
     url = f"sqlite:///{tmp_path / 'store.db'}"
     cfg = tune_project(tmp_path, tiny_bert, {"space": {"train.batch_size": {"choices": [64]}}, "trials": 2,
                                              "storage": url})
-    with pytest.raises(RuntimeError, match="out of memory"):  # not a diverged trial: the worker stops (Optuna's way)
+    lines: list[str] = []
+    summary = run_study(cfg, echo=lines.append)
+    trials = trials_of(url)
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2 and summary["trials"] == {"fail": 2}
+    reason = "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert [t.user_attrs["fail_reason"] for t in trials] == [reason] * 2
+    assert f"trial 1 failed: {reason}" in " ".join(lines)
+
+
+def test_a_trial_that_raises_otherwise_stops_the_worker_with_its_reason(tmp_path: Path, tiny_bert: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import tunesmith.training
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("the tokenizer file is corrupt")
+
+    monkeypatch.setattr(tunesmith.training, "train", broken)
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    cfg = tune_project(tmp_path, tiny_bert, {"space": {"train.batch_size": {"choices": [8]}}, "trials": 2,
+                                             "storage": url})
+    with pytest.raises(ValueError, match="corrupt"):  # it would fail every trial alike: the worker stops (Optuna's way)
         run_study(cfg, echo=lambda line: None)
     [trial] = trials_of(url)
     assert trial.state == TrialState.FAIL
-    assert trial.user_attrs["fail_reason"] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert trial.user_attrs["fail_reason"] == "ValueError: the tokenizer file is corrupt"
 
 
 def test_multi_objective_study_reports_a_pareto_front(tmp_path: Path, tiny_bert: Path,

@@ -75,9 +75,22 @@ class _Surplus(Exception):
     """Two workers started the study's last trial at the same moment: the later-numbered one stands down."""
 
 
-class _Diverged(Exception):
-    """A trial's loss became NaN or infinite: an outcome of its values (a learning rate too high), not a
-    broken worker, so it fails on its own and the study goes on to the next trial."""
+class _ValuesFailed(Exception):
+    """A trial failed through its own values, not a broken worker: it fails on its own, keeps its place in the
+    study (replacing it could go on forever) and the study goes on to the next trial."""
+
+
+class _Diverged(_ValuesFailed):
+    """A trial's loss became NaN or infinite (a learning rate too high)."""
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Memory the trial's values asked for (a batch size, max_length, full fine-tuning of a large model): a GPU's
+    (torch.OutOfMemoryError), or the process's (MemoryError). The operating system's OOM killer ends the worker
+    instead; its trial is then a dead worker's."""
+    import torch
+
+    return isinstance(err, MemoryError | torch.OutOfMemoryError)
 
 
 # -- the space ------------------------------------------------------------------------------------
@@ -467,7 +480,10 @@ class Objective:
             reason = str(err) if diverged else f"{type(err).__name__}: {err}"
             trial.set_user_attr("fail_reason", reason[:FAIL_REASON_CHARS])
             trial.set_user_attr("diverged", diverged)
-            raise
+            if not _out_of_memory(err):
+                raise  # anything else may fail every trial alike: the worker stops, as Optuna's own would
+            trial.set_user_attr("out_of_memory", True)
+            raise _ValuesFailed(reason) from err
         finally:
             trial.set_user_attr("steps", reporter.step)
             trial.set_user_attr("evaluations", reporter.evaluations)
@@ -508,19 +524,20 @@ class Objective:
             raise _Surplus(f"trial {trial.number}: the study already has its {self.limit} trials")
 
 
-def _diverged(trial: FrozenTrial) -> bool:
-    return trial.state == TrialState.FAIL and bool(trial.user_attrs.get("diverged"))
+def _values_failed(trial: FrozenTrial) -> bool:
+    """Did the trial fail through its own values (diverged, out of memory)?"""
+    return trial.state == TrialState.FAIL and bool(trial.user_attrs.get("diverged") or trial.user_attrs.get("out_of_memory"))
 
 
 def _counted(trial: FrozenTrial) -> bool:
     """Does the trial take one of the study's tune.trials? Finished, running or queued ones do, and so does one
-    that diverged (its values are to blame: replacing it could go on forever). An interrupted trial, a dead
+    that failed through its values (diverged, out of memory: replacing it could go on forever). An interrupted trial, a dead
     worker's (a copy is queued) and a surplus one give their place back."""
-    return trial.state in COUNTED or _diverged(trial)
+    return trial.state in COUNTED or _values_failed(trial)
 
 
 def _done(trial: FrozenTrial) -> bool:
-    return trial.state in FINISHED or _diverged(trial)
+    return trial.state in FINISHED or _values_failed(trial)
 
 
 def _place(trial: Trial) -> int:
@@ -741,7 +758,7 @@ def run_trials(study: optuna.Study, objective: Objective, trials: int, deadline:
             objective.echo("tune.timeout_s passed: this worker starts no further trials")
             return
         try:
-            study.optimize(objective, n_trials=1, callbacks=[report], catch=(_Surplus, _Diverged))
+            study.optimize(objective, n_trials=1, callbacks=[report], catch=(_Surplus, _ValuesFailed))
         except KeyboardInterrupt:
             _queue_interrupted(study, objective.current)
             raise
