@@ -321,3 +321,45 @@ def test_the_cli_reads_the_same_store(cluster: Cluster, succeeded: Any) -> None:
     assert succeeded.id in cli("list")
     assert json.loads(cli("show", succeeded.id))["fine_tuned_model"] == succeeded.fine_tuned_model
     assert "The job has successfully completed" in cli("events", succeeded.id)
+
+
+def test_a_cancel_waiting_for_a_worker_s_lock_does_not_hold_up_the_server(tmp_path: Path, tiny_llama: Path) -> None:
+    """Cancel, pause, resume and delete ran their store writes on the event loop: while a worker's transaction held
+    the job (its success copying checkpoints), a cancel held every other request, /healthz included."""
+    import sqlite3
+    import threading
+
+    import httpx
+
+    from tests.servers import stop_server
+    from tunesmith.store.db import Store
+    from tunesmith.store.schema import Job
+
+    db = tmp_path / "store.db"
+    store = Store(f"sqlite:///{db}")
+    with store.session() as s:
+        s.add(Job(id="ftjob-x", owner="", created_at=int(time.time()), created=time.time(), model="m", training_file="f",
+                  seed=1, status="running", worker="w", heartbeat_at=time.time(), result_files=[],
+                  method={"type": "supervised", "supervised": {"hyperparameters": {}}}))
+    store.close()
+    proc, url = start_server(["--db", f"sqlite:///{db}", "--base-model", str(tiny_llama)], tmp_path / "server.log",
+                             env={"TUNESMITH_HOME": str(tmp_path / "home")})
+    try:
+        holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")  # the worker's transaction on the job
+        released = threading.Event()
+        ending = threading.Timer(20, lambda: released.is_set() or (released.set(), holder.execute("COMMIT")))
+        ending.start()
+        cancel = threading.Thread(target=lambda: httpx.post(f"{url}/v1/fine_tuning/jobs/ftjob-x/cancel", timeout=60))
+        cancel.start()
+        time.sleep(0.5)  # the cancel waits for the lock
+        assert httpx.get(f"{url}/healthz", timeout=60).status_code == 200
+        held_throughout = not released.is_set()  # answered while the lock was still held (20 s at most)
+        if held_throughout:
+            released.set()
+            holder.execute("COMMIT")
+        cancel.join()
+        ending.cancel()
+        assert held_throughout, "/healthz waited for the cancel, which waited for the worker's lock"
+    finally:
+        stop_server(proc)

@@ -23,8 +23,9 @@ from tunesmith.store.schema import Job
 
 def _job(store: Store, job_id: str, **fields: object) -> None:
     with store.session() as s:
-        s.add(Job(id=job_id, owner="", created_at=int(time.time()), created=time.time(), model="m", training_file="file-x", seed=1,
-                  method={"type": "supervised", "supervised": {"hyperparameters": {}}}, result_files=[], **fields))
+        s.add(Job(**{"id": job_id, "owner": "", "created_at": int(time.time()), "created": time.time(), "model": "m",
+                     "training_file": "file-x", "seed": 1, "method": {"type": "supervised", "supervised": {"hyperparameters": {}}},
+                     "result_files": [], **fields}))
 
 
 def _one_epoch_job(tmp_path: Path, tiny_llama: Path, suffix: str) -> tuple[Store, JobsService, Any, Any]:
@@ -308,3 +309,141 @@ def test_a_pause_taken_back_before_the_worker_saw_it_leaves_the_job_running(stor
         job = s.get(Job, "ftjob-changed-mind")
         assert job.status == "running" and job.control is None and job.worker == "w"
         assert [e.message for e in job.events] == ["Fine-tuning job paused", "Fine-tuning job resumed"]
+
+
+def test_a_stopped_worker_lets_go_of_its_job_with_a_checkpoint_and_the_next_goes_on(tmp_path: Path, tiny_llama: Path,
+                                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM (a restart, a deploy) only stopped the worker between jobs: training went on until the SIGKILL, which
+    counted as a worker dying, and a long job failed at its third restart. Now the job is let go at its next step
+    with a checkpoint, still `running` and its attempts reset, and the next worker goes on from there."""
+    import tunesmith.jobs.worker as worker_module
+
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    spec = JobsSpec(base_models=[str(tiny_llama)], heartbeat_s=0.5)
+    jobs = JobsService(store, spec)
+    upload = jobs.create_file("", "train.jsonl", "fine-tune", io.BytesIO(chat_file(tmp_path / "t.jsonl", 20).read_bytes()))
+    job = jobs.create_job("", jp.JobCreate(model=str(tiny_llama), training_file=upload.id, hyperparameters={"n_epochs": 3}))
+    first = Worker(store, spec, name="w1")
+    add_event = worker_module.add_event
+
+    def sigterm_at_the_first_metrics(s: Any, job: Job, message: str, **kw: Any) -> None:
+        add_event(s, job, message, **kw)
+        if message.startswith("Step "):
+            first.stopping.set()  # what `tunesmith worker`'s SIGTERM handler sets
+
+    monkeypatch.setattr(worker_module, "add_event", sigterm_at_the_first_metrics)
+    first.run(first.stopping)  # returns once the job is let go (stop is set)
+    monkeypatch.setattr(worker_module, "add_event", add_event)
+    with store.session() as s:
+        row = s.get(Job, job.id)
+        assert (row.status, row.worker, row.attempts) == ("running", None, 0)
+        step = row.checkpoints[-1].step_number
+    assert 0 < step < 30  # stopped early, with the checkpoint it goes on from
+    Worker(store, spec, name="w2").run(once=True)
+    done = jobs.get_job("", job.id)
+    assert done.status == "succeeded", done.error
+    assert f"Fine-tuning job resumed from step {step}" in [e.message for e in jobs.list_events("", job.id, limit=100).data]
+
+
+def test_a_job_out_of_attempts_is_never_claimed_even_past_the_first_five(store_url: str) -> None:
+    # _fail_crashing fails five at a time: claim() took the sixth and ran it a fourth time.
+    store = Store(store_url)
+    spec = JobsSpec(stale_after_s=30, max_attempts=3)
+    for i in range(7):
+        _job(store, f"ftjob-deadly{i}", status="running", worker="gone", heartbeat_at=time.time() - 120, attempts=3)
+    assert Worker(store, spec, name="new").claim() is None
+    assert Worker(store, spec, name="newer").claim() is None
+    with store.session() as s:
+        assert {j.status for j in s.query(Job).all()} == {"failed"}
+
+
+def test_a_paused_job_has_no_estimated_finish(store_url: str) -> None:
+    store = Store(store_url)
+    _job(store, "ftjob-p", status="running", worker="w", heartbeat_at=time.time(), trained_tokens=10,
+         estimated_finish=int(time.time()) + 600)
+    assert JobsService(store, JobsSpec()).pause_job("", "ftjob-p").estimated_finish is None  # OpenAI: null unless running
+
+
+def test_metrics_and_checkpoints_after_a_cancel_leave_the_cancelled_job_alone(store_url: str) -> None:
+    """The worker learns of a cancel at its next heartbeat: a metrics log in between set estimated_finish again and
+    added events after "Fine-tuning job cancelled", and a checkpoint saved then was listed."""
+    from types import SimpleNamespace
+
+    from tunesmith.jobs.worker import JobStopped, _Heartbeat, _reporter
+
+    store = Store(store_url)
+    _job(store, "ftjob-c", status="running", worker="w", heartbeat_at=time.time(), trained_tokens=10)
+    jobs = JobsService(store, JobsSpec())
+    assert jobs.cancel_job("", "ftjob-c").status == "cancelled"
+    worker = Worker(store, JobsSpec(), name="w")
+    reporter = _reporter(worker, "ftjob-c", _Heartbeat(worker, "ftjob-c"))  # not beaten since the cancel
+    reporter.on_log(None, SimpleNamespace(global_step=5, max_steps=100), None, logs={"loss": 1.23})
+    with pytest.raises(JobStopped):
+        reporter.on_save(SimpleNamespace(output_dir=str(Path("jobs/ftjob-c/run/checkpoints"))), SimpleNamespace(global_step=5), None)
+    job = jobs.get_job("", "ftjob-c")
+    assert job.status == "cancelled" and job.estimated_finish is None
+    assert [e.message for e in jobs.list_events("", "ftjob-c").data] == ["Fine-tuning job cancelled"]
+    assert jobs.list_checkpoints("", "ftjob-c").data == []
+
+
+def test_a_job_s_file_copies_go_when_it_ends(tmp_path: Path, tiny_llama: Path) -> None:
+    """The job's hard links kept a deleted upload's bytes on disk forever (a user deleting data expects it gone)."""
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    spec = JobsSpec(base_models=[str(tiny_llama)], heartbeat_s=0.5)
+    jobs = JobsService(store, spec)
+    data = chat_file(tmp_path / "t.jsonl", 20).read_bytes()
+    trained, cancelled = (jobs.create_file("", f"{n}.jsonl", "fine-tune", io.BytesIO(data)) for n in ("a", "b"))
+    job = jobs.create_job("", jp.JobCreate(model=str(tiny_llama), training_file=trained.id, hyperparameters={"n_epochs": 1}))
+    Worker(store, spec).run(once=True)
+    assert jobs.get_job("", job.id).status == "succeeded"
+    waiting = jobs.create_job("", jp.JobCreate(model=str(tiny_llama), training_file=cancelled.id))
+    assert Worker(store, spec)._validate(waiting.id)  # validated, then let go before training (a stopped worker)
+    assert jobs.cancel_job("", waiting.id).status == "cancelled"
+    for upload in (trained, cancelled):
+        assert jobs.delete_file("", upload.id).deleted
+    assert [p for p in jobs.jobs_dir.rglob("*") if p.is_file() and p.read_bytes() == data] == []
+
+
+def _fake_run(folder: Path) -> Path:
+    (folder / "model").mkdir(parents=True)
+    (folder / "model" / "adapter_model.safetensors").write_bytes(b"w" * 100)
+    return folder
+
+
+def test_weights_of_a_deleted_model_serve_its_dependants_and_go_with_the_last_of_them(store_url: str, tmp_path: Path) -> None:
+    """A job B trained on from ft: model A. A deleted while B was paused: B's resume failed ("no longer exists"),
+    though A's weights were kept for it. B's model deleted after A's: A's weights stayed on disk for good."""
+    from tunesmith.store.schema import JobCheckpoint
+
+    a_name, b_name = "ft:base:tunesmith::AAAAAAAA", "ft:base:tunesmith::BBBBBBBB"
+    store = Store(store_url)
+    spec = JobsSpec(base_models=["base"])
+    jobs = JobsService(store, spec)
+    a_run, ckpt = _fake_run(tmp_path / "jobs" / "A" / "run"), _fake_run(tmp_path / "jobs" / "A" / "checkpoints" / "step-5")
+    b_run = tmp_path / "jobs" / "B" / "run"
+    _job(store, "ftjob-A", model="base", status="succeeded", fine_tuned_model=a_name, run_dir=str(a_run), trained_tokens=1)
+    with store.session() as s:
+        s.add(JobCheckpoint(id="ftckpt-a5", job_id="ftjob-A", created_at=1, step_number=5, metrics={"step": 5.0},
+                            fine_tuned_model_checkpoint=f"{a_name}:ckpt-step-5", path=str(ckpt)))
+    _job(store, "ftjob-B", model=a_name, status="paused", trained_tokens=100, run_dir=str(b_run))
+    _job(store, "ftjob-late", model=a_name, status="validating_files", run_dir=str(tmp_path / "jobs" / "late" / "run"))
+    worker = Worker(store, spec, name="w")
+
+    def base_of(job_id: str) -> str:
+        with store.session() as s:
+            return worker._base(s.get(Job, job_id))
+
+    assert base_of("ftjob-B") == str(a_run)  # as validation resolves it
+    assert jobs.delete_model("", a_name)["deleted"]
+    assert (a_run / "model").is_dir() and not (ckpt / "model").exists()  # B needs the model, no one the checkpoint
+    assert base_of("ftjob-B") == str(a_run)  # resumed, it trains on from the kept weights
+    with pytest.raises(RuntimeError, match="no longer exists"):
+        base_of("ftjob-late")  # not validated before the delete: it never had the model
+    _job(store, "ftjob-B2", model="base", status="succeeded", fine_tuned_model="ft:other", run_dir=str(tmp_path / "x"))
+    with store.session() as s:
+        b = s.get(Job, "ftjob-B")
+        b.status, b.fine_tuned_model = "succeeded", b_name
+        s.get(Job, "ftjob-late").status = "failed"
+    _fake_run(b_run)
+    assert jobs.delete_model("", b_name)["deleted"]
+    assert not (b_run / "model").exists() and not (a_run / "model").exists()  # the last dependant gone: A's weights too

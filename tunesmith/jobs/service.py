@@ -28,6 +28,7 @@ PURPOSES = ("fine-tune",)  # what tunesmith trains on; other OpenAI purposes hav
 RESULTS_PURPOSE = "fine-tune-results"  # the step-metrics CSV a succeeded job lists in result_files
 EXPIRY_RANGE = (3600, 30 * 24 * 3600)  # OpenAI's bounds for expires_after.seconds
 ACTIVE = ("validating_files", "queued", "running", "paused")
+BASE_RECORD = "base"  # in a job's folder: the run folder an ft: model's job trains on from, as resolved at validation
 CHUNK = 1 << 20
 Row = TypeVar("Row", StoredFile, Job, JobEvent, JobCheckpoint)
 
@@ -231,19 +232,26 @@ class JobsService:
             return job_object(job, self.spec)
 
     def cancel_job(self, owner: str, job_id: str) -> p.FineTuningJob | ApiError:
+        idle: list[Path] = []
+
         def cancel(s: Session, job: Job) -> None:
             # A running job's worker sees `control` at its next step and stops; the status is final now.
             job.control = "cancel" if job.status == "running" else None
             job.status, job.finished_at, job.estimated_finish = "cancelled", now(), None  # OpenAI: null unless running
             add_event(s, job, "Fine-tuning job cancelled")
+            if job.worker is None and job.run_dir:  # a worker holding it removes them as it lets go
+                idle.append(kept_files(job))
 
-        return self._control(owner, job_id, "cancel", ACTIVE, cancel)
+        result = self._control(owner, job_id, "cancel", ACTIVE, cancel)
+        for folder in idle:  # the job never reads its files again: a deleted upload's bytes go with them
+            shutil.rmtree(folder, ignore_errors=True)
+        return result
 
     def pause_job(self, owner: str, job_id: str) -> p.FineTuningJob | ApiError:
         def pause(s: Session, job: Job) -> None:
             if job.status == "running":
                 job.control = "pause"  # the worker saves a checkpoint, then stops
-            job.status = "paused"
+            job.status, job.estimated_finish = "paused", None  # OpenAI: null unless running
             add_event(s, job, "Fine-tuning job paused")
 
         return self._control(owner, job_id, "pause", ("validating_files", "queued", "running"), pause)
@@ -314,26 +322,58 @@ class JobsService:
         return next((Path(path) for model, _, path in self.fine_tuned_models(owner) if model == name), None)
 
     def delete_model(self, owner: str, name: str) -> dict[str, Any] | ApiError:
-        """DELETE /v1/models/{ft-name}: the model (and its checkpoints) stop answering; the job stays."""
+        """DELETE /v1/models/{ft-name}: the model (and its checkpoints) stop answering; the job stays.
+
+        A job trained on from this model or a checkpoint of it is a model of its own, as OpenAI's are, but its run
+        folder names this one's as its base: those weights stay on disk while such a job may still train or its
+        model answer, and go when the last of them is deleted."""
         with self.store.session() as s:
             job = s.scalar(select(Job).where(Job.owner == owner, Job.fine_tuned_model == name))
             if job is None:
                 return ApiError(404, f"The model '{name}' does not exist", param="model", code="model_not_found")
+            checkpoints = [(c.fine_tuned_model_checkpoint, Path(c.path)) for c in job.checkpoints]
             job.fine_tuned_model = None
             for checkpoint in list(job.checkpoints):
                 s.delete(checkpoint)
             add_event(s, job, f"Fine-tuned model deleted: {name}")
-            run_dir = job.run_dir
-            # A job trained on from this model (model=name) is a model of its own, as OpenAI's are, but its run
-            # folder names this one's as its base: its weights stay on disk while such a model may still answer.
-            needed = s.scalar(select(Job.id).where(Job.owner == owner, Job.model == name, Job.id != job.id,
-                                                   Job.status.in_(("running", "paused", "succeeded"))).limit(1))
-        if run_dir and needed is None:
-            shutil.rmtree(Path(run_dir) / "model", ignore_errors=True)
+            gone = [folder / "model" for model, folder in [(name, Path(str(job.run_dir))), *checkpoints]
+                    if not _needed(s, owner, model, job.id)]
+            base = trained_from(job)  # this model's own base, deleted earlier and kept for it alone
+            parent = s.scalar(select(Job).where(Job.owner == owner, Job.run_dir == str(base))) if base else None
+            if parent is not None and parent.fine_tuned_model is None and parent.status == "succeeded" \
+                    and not _needed(s, owner, fine_tuned_name(parent, self.spec), parent.id):
+                gone.append(base / "model")
+        for folder in gone:
+            shutil.rmtree(folder, ignore_errors=True)
         return {"id": name, "object": "model", "deleted": True}
 
 
 # -- rows -> OpenAI objects (the worker writes rows with the same helpers) ---------------------------------
+
+
+def fine_tuned_name(job: Job, spec: JobsSpec) -> str:
+    """OpenAI's naming: ft:BASE:ORG:SUFFIX:ID, BASE the model really trained (an ft: base keeps its own base name)."""
+    base = job.model.split(":")[1] if job.model.startswith("ft:") else Path(spec.base_model(job.model) or job.model).name
+    return f"ft:{base}:{spec.organization}:{job.suffix or ''}:{job.id.removeprefix(p.JOB_PREFIX)[:8]}"
+
+
+def kept_files(job: Job) -> Path:
+    """Where a job keeps its own copies of the files it validated (hard links): beside its run folder."""
+    return Path(str(job.run_dir)).parent / "files"
+
+
+def trained_from(job: Job) -> Path | None:
+    """The run folder a job on an ft: model trains on from, as its worker resolved it (None: not yet, or a base)."""
+    record = Path(str(job.run_dir)).parent / BASE_RECORD
+    return Path(record.read_text(encoding="utf-8")) if job.run_dir and record.is_file() else None
+
+
+def _needed(s: Session, owner: str, model: str, job_id: str) -> bool:
+    """Does a job trained on from `model` need its weights: one that may still train, or whose model answers?"""
+    return s.scalar(select(Job.id).where(
+        Job.owner == owner, Job.model == model, Job.id != job_id,
+        Job.status.in_(("queued", "running", "paused")) | ((Job.status == "succeeded") & Job.fine_tuned_model.is_not(None))
+    ).limit(1)) is not None
 
 
 def locked_job(s: Session, job_id: str) -> Job | None:

@@ -25,7 +25,8 @@ from tunesmith.artifacts import MODEL_DIR, RUN_CONFIG, RUN_MANIFEST, STEP_METRIC
 from tunesmith.config import JobsSpec, ProjectConfig, parse_config
 from tunesmith.errors import ConfigError
 from tunesmith.jobs import protocol as p
-from tunesmith.jobs.service import RESULTS_PURPOSE, add_event, locked_job, now, stamps
+from tunesmith.jobs.service import (ACTIVE, BASE_RECORD, RESULTS_PURPOSE, add_event, fine_tuned_name, kept_files, locked_job,
+                                    now, stamps, trained_from)
 from tunesmith.store.db import Store
 from tunesmith.store.schema import Job, JobCheckpoint, StoredFile
 
@@ -40,18 +41,15 @@ class JobStopped(Exception):
         self.reason = reason
 
 
-def fine_tuned_name(job: Job, spec: JobsSpec) -> str:
-    """OpenAI's naming: ft:BASE:ORG:SUFFIX:ID, BASE the model really trained (an ft: base keeps its own base name)."""
-    base = job.model.split(":")[1] if job.model.startswith("ft:") else Path(spec.base_model(job.model) or job.model).name
-    return f"ft:{base}:{spec.organization}:{job.suffix or ''}:{job.id.removeprefix(p.JOB_PREFIX)[:8]}"
-
-
 class Worker:
     def __init__(self, store: Store, spec: JobsSpec, name: str | None = None) -> None:
         self.store = store
         self.spec = spec
         self.name = name or f"{socket.gethostname()}:{os.getpid()}"
         self.files_dir = store.home / "files"
+        # Set (by run's `stop`: SIGTERM) while a job trains: it saves a checkpoint at its next step and is let go,
+        # still `running`, for the next worker to go on from. Killed instead, a restart counted as a crash.
+        self.stopping = threading.Event()
 
     # -- claiming ----------------------------------------------------------------------------------
 
@@ -61,7 +59,8 @@ class Worker:
         self._fail_crashing(stale)
         # A running job with no worker was let go mid-training by one interrupted without failing it (Ctrl-C is
         # no Exception): its heartbeat is NULL, which no staleness test matches, so it is claimable as it is.
-        available = Job.status.in_((*CLAIMABLE, "running")) & (Job.worker.is_(None) | (Job.heartbeat_at < stale))
+        available = Job.status.in_((*CLAIMABLE, "running")) & (
+            Job.worker.is_(None) | ((Job.heartbeat_at < stale) & (Job.attempts < self.spec.max_attempts)))
         with self.store.session() as s:
             candidates = select(Job.id).where(available).order_by(Job.created).limit(5)
             if self.store.dialect == "postgresql":
@@ -79,7 +78,7 @@ class Worker:
         dead = Job.status.in_((*CLAIMABLE, "running")) & Job.worker.is_not(None) & (Job.heartbeat_at < stale) \
             & (Job.attempts >= self.spec.max_attempts)
         with self.store.session() as s:
-            doomed = select(Job).where(dead).limit(5)
+            doomed = select(Job).where(dead).order_by(Job.created).limit(5)  # the rest at the next claim
             if self.store.dialect == "postgresql":
                 doomed = doomed.with_for_update(skip_locked=True)
             for job in s.scalars(doomed).all():
@@ -94,10 +93,12 @@ class Worker:
                 if done.rowcount == 1:
                     s.refresh(job)
                     add_event(s, job, str(job.error["message"]), level="error")
+                    if job.run_dir:
+                        shutil.rmtree(kept_files(job), ignore_errors=True)
 
     def run(self, stop: threading.Event | None = None, once: bool = False) -> None:
         """Work until `stop` is set (or, with `once`, until no job is waiting)."""
-        stop = stop or threading.Event()
+        stop = self.stopping = stop or threading.Event()
         while not stop.is_set():
             job_id = self.claim()
             if job_id is None:
@@ -120,7 +121,7 @@ class Worker:
             if status == "validating_files":
                 if not self._validate(job_id):
                     return
-            if beat.stop_reason:
+            if beat.stop_reason or self.stopping.is_set():
                 return
             self._train(job_id, beat, resumed)
         except JobStopped:
@@ -133,12 +134,16 @@ class Worker:
                 # Let go on purpose (finished, failed, stopped or interrupted): the attempts start over.
                 s.execute(update(Job).where(Job.id == job_id, Job.worker == self.name)
                           .values(worker=None, heartbeat_at=None, control=None, attempts=0))
+                job = s.get(Job, job_id)
+                ended = job is not None and job.status not in ACTIVE and job.run_dir
+            if ended:  # nothing trains on the job's file copies again: an upload deleted since no longer takes space
+                shutil.rmtree(kept_files(job), ignore_errors=True)
 
     def _paths(self, job: Job) -> tuple[Path, Path | None]:
         """The job's training and validation files: its own copies once validation took them (_keep_files), else
         the uploads."""
         def path(file_id: str) -> Path:
-            kept = _kept_files(job) / file_id
+            kept = kept_files(job) / file_id
             return kept if kept.is_file() else self.files_dir / file_id
 
         return path(job.training_file), path(job.validation_file) if job.validation_file else None
@@ -146,7 +151,7 @@ class Worker:
     def _keep_files(self, job: Job) -> None:
         """The job's own copy of each upload (a hard link: no extra space), taken before validation: what was
         validated is what trains, and deleting an upload afterwards (OpenAI allows it) leaves the job training."""
-        folder = _kept_files(job)
+        folder = kept_files(job)
         for file_id in filter(None, (job.training_file, job.validation_file)):
             kept, upload = folder / file_id, self.files_dir / file_id
             if kept.is_file():
@@ -213,8 +218,16 @@ class Worker:
         from tunesmith.jobs.service import JobsService
 
         found = JobsService(self.store, self.spec).resolve_model(job.owner, job.model)
+        recorded = trained_from(job)
         if found is None:
+            # Deleted since this job validated: its weights stay on disk while the job needs them (delete_model).
+            if recorded is not None and (recorded / MODEL_DIR).is_dir():
+                return str(recorded)
             raise RuntimeError(f"the fine-tuned model {job.model} no longer exists")
+        record = Path(str(job.run_dir)).parent / BASE_RECORD
+        if recorded != found:
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(str(found), encoding="utf-8")
         return str(found)
 
     def _config(self, job_id: str) -> ProjectConfig:
@@ -335,11 +348,6 @@ class Worker:
             add_event(s, job, message, level="error")
 
 
-def _kept_files(job: Job) -> Path:
-    """Where a job keeps its own copies of the files it validated: beside its run folder."""
-    return Path(str(job.run_dir)).parent / "files"
-
-
 def _checkpoint_run(run: Run, source: Path, target: Path) -> None:
     """A checkpoint as a run folder of its own (run.json + model/), so it is served like the final model."""
     shutil.rmtree(target, ignore_errors=True)
@@ -425,8 +433,9 @@ def _reporter(worker: Worker, job_id: str, beat: _Heartbeat) -> Any:
             finish = int(self.started + (time.time() - self.started) / done * (total - self.first_step)) if total else None
             text = ", ".join(f"{k.replace('_', ' ')}={v:.4f}" for k, v in metrics.items())
             with worker.store.session() as s:
-                job = s.get(Job, job_id)
-                assert job is not None
+                job = locked_job(s, job_id)
+                if job is None or job.status != "running" or job.worker != worker.name:
+                    return  # cancelled, paused or taken over since the last heartbeat: on_step_end stops next
                 job.estimated_finish = finish
                 add_event(s, job, f"Step {step}/{total}: {text}", type="metrics",
                           data={"step": step, "total_steps": total, **metrics})
@@ -434,15 +443,16 @@ def _reporter(worker: Worker, job_id: str, beat: _Heartbeat) -> Any:
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if beat.stop_reason in ("cancel", "lost"):
                 raise JobStopped(beat.stop_reason)
-            if beat.stop_reason == "pause" and not self.pausing:
+            if (beat.stop_reason == "pause" or worker.stopping.is_set()) and not self.pausing:
                 self.pausing = True
                 control.should_save = True  # the checkpoint the job resumes from; on_save then stops
 
         def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             step = state.global_step
             with worker.store.session() as s:
-                job = s.get(Job, job_id)
-                assert job is not None
+                job = locked_job(s, job_id)
+                if job is None or job.status not in ("running", "paused") or job.worker != worker.name:
+                    raise JobStopped("cancel")  # cancelled (or taken over) since the last heartbeat
                 name = f"{fine_tuned_name(job, worker.spec)}:ckpt-step-{step}"
                 existing = s.scalar(select(JobCheckpoint).where(JobCheckpoint.job_id == job_id, JobCheckpoint.step_number == step))
                 if existing is None:
@@ -451,6 +461,6 @@ def _reporter(worker: Worker, job_id: str, beat: _Heartbeat) -> Any:
                                         path=str(Path(args.output_dir).parent.parent / "checkpoints" / f"step-{step}")))
                     add_event(s, job, f"Checkpoint created at step {step}")
             if self.pausing:
-                raise JobStopped("pause")
+                raise JobStopped("pause" if beat.stop_reason == "pause" else "release")
 
     return Reporter()

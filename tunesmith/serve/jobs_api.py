@@ -47,7 +47,7 @@ def add_jobs_routes(app: FastAPI, service: Service, auth: Callable[[Request], Aw
     @app.get("/v1/files", tags=["files"], response_model=jp.IdPage[jp.FileObject])
     async def list_files(after: str | None = None, limit: int = 10_000, order: str = "desc", purpose: str | None = None,
                          owner: str = Depends(auth)) -> Response:
-        return answer(jobs.list_files(owner, after, limit, order, purpose))
+        return answer(await _thread(jobs.list_files, owner, after, limit, order, purpose))
 
     @app.get("/v1/files/{file_id}", tags=["files"], response_model=jp.FileObject)
     async def get_file(file_id: str, owner: str = Depends(auth)) -> Response:
@@ -60,7 +60,7 @@ def add_jobs_routes(app: FastAPI, service: Service, auth: Callable[[Request], Aw
 
     @app.delete("/v1/files/{file_id}", tags=["files"], response_model=jp.FileDeleted)
     async def delete_file(file_id: str, owner: str = Depends(auth)) -> Response:
-        return answer(jobs.delete_file(owner, file_id))
+        return answer(await _thread(jobs.delete_file, owner, file_id))
 
     # -- fine-tuning jobs --------------------------------------------------------------------------
 
@@ -84,15 +84,15 @@ def add_jobs_routes(app: FastAPI, service: Service, auth: Callable[[Request], Aw
 
     @app.post("/v1/fine_tuning/jobs/{job_id}/cancel", tags=["fine-tuning"], response_model=jp.FineTuningJob)
     async def cancel_job(job_id: str, owner: str = Depends(auth)) -> Response:
-        return answer(jobs.cancel_job(owner, job_id))
+        return answer(await _thread(jobs.cancel_job, owner, job_id))
 
     @app.post("/v1/fine_tuning/jobs/{job_id}/pause", tags=["fine-tuning"], response_model=jp.FineTuningJob)
     async def pause_job(job_id: str, owner: str = Depends(auth)) -> Response:
-        return answer(jobs.pause_job(owner, job_id))
+        return answer(await _thread(jobs.pause_job, owner, job_id))
 
     @app.post("/v1/fine_tuning/jobs/{job_id}/resume", tags=["fine-tuning"], response_model=jp.FineTuningJob)
     async def resume_job(job_id: str, owner: str = Depends(auth)) -> Response:
-        return answer(jobs.resume_job(owner, job_id))
+        return answer(await _thread(jobs.resume_job, owner, job_id))
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/events", tags=["fine-tuning"], response_model=jp.Page[jp.FineTuningJobEvent])
     async def list_events(job_id: str, after: str | None = None, limit: int = 20, owner: str = Depends(auth)) -> Response:
@@ -105,7 +105,7 @@ def add_jobs_routes(app: FastAPI, service: Service, auth: Callable[[Request], Aw
 
     @app.delete("/v1/models/{model_id:path}", tags=["openai"])
     async def delete_model(model_id: str, owner: str = Depends(auth)) -> Response:
-        result = jobs.delete_model(owner, model_id)
+        result = await _thread(jobs.delete_model, owner, model_id)
         if not isinstance(result, ApiError):
             # its checkpoints (`NAME:ckpt-step-N`) go with it, also those loaded by an earlier request
             for name in {m.id for m in service.models if m.id == model_id or m.id.startswith(f"{model_id}:ckpt-step-")}:
@@ -114,7 +114,8 @@ def add_jobs_routes(app: FastAPI, service: Service, auth: Callable[[Request], Aw
 
 
 async def _thread(fn: Callable[..., Any], *args: Any) -> Any:
-    """Store and disk work off the event loop (an upload streams to disk, a commit may wait for a lock)."""
+    """Store and disk work off the event loop (an upload streams to disk, a commit may wait for a lock: a worker's
+    on the job being cancelled held the whole server for as long)."""
     import asyncio
 
     return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
