@@ -70,9 +70,10 @@ def test_a_full_batch_goes_at_once_and_a_partial_one_waits_for_company() -> None
     asyncio.run(scenario())
 
 
-def test_a_failing_batch_fails_only_its_callers_and_the_batcher_goes_on() -> None:
+def test_a_failing_batch_fails_only_the_request_that_fails_alone_and_the_batcher_goes_on() -> None:
     """Also when the model answers the wrong number of results: zip(strict) raised in the batcher's loop, which died
-    with the batch's callers left waiting for their timeout."""
+    with the batch's callers left waiting for their timeout. A request batched with one whose input fails the model
+    (a lone surrogate the tokenizer refused) failed with it: each then runs again alone."""
     def run(key: object, payloads: list[str]) -> list[str]:
         if "boom" in payloads:
             raise RuntimeError("out of memory")
@@ -85,8 +86,8 @@ def test_a_failing_batch_fails_only_its_callers_and_the_batcher_goes_on() -> Non
         answers = [batcher.submit("m", "tea"), batcher.submit("m", "boom"), batcher.submit("m", "milk"),
                    batcher.submit("other", "short")]
         got = await asyncio.wait_for(asyncio.gather(*answers, return_exceptions=True), 5)
-        assert [type(a).__name__ for a in got] == ["RuntimeError", "RuntimeError", "str", "RuntimeError"]
-        assert str(got[0]) == "out of memory" and got[2] == "MILK"
+        assert [type(a).__name__ for a in got] == ["str", "RuntimeError", "str", "RuntimeError"]
+        assert got[0] == "TEA" and str(got[1]) == "out of memory" and got[2] == "MILK"
         assert str(got[3]) == "the model answered 0 results for a batch of 1 requests"
         assert await asyncio.wait_for(batcher.submit("m", "sugar"), 5) == "SUGAR" and batcher.idle
 
@@ -119,3 +120,26 @@ def test_an_engine_that_decodes_requests_together_gets_the_next_batch_while_one_
 
     assert asyncio.run(scenario(concurrency=2)) == (True, True)
     assert asyncio.run(scenario(concurrency=1)) == (False, True)
+
+
+def test_requests_whose_callers_gave_up_hold_no_place_in_the_queue() -> None:
+    """Timed-out requests still counted against max_queue until the running batch ended: a fresh request on a queue
+    nobody waited in was refused (503)."""
+    release = threading.Event()
+
+    def run(key: object, payloads: list[str]) -> list[str]:
+        release.wait(5)
+        return payloads
+
+    async def scenario() -> None:
+        batcher = DynamicBatcher(run, max_batch=1, wait_ms=0, max_queue=2, executor=ThreadPoolExecutor(1))
+        running = batcher.submit("m", "first")
+        await asyncio.sleep(0.05)  # the first runs (and blocks); the next two wait in the queue
+        given_up = [batcher.submit("m", "a"), batcher.submit("m", "b")]
+        for future in given_up:
+            future.cancel()  # their clients timed out
+        fresh = batcher.submit("m", "fresh")  # raised Overloaded
+        release.set()
+        assert await asyncio.wait_for(fresh, 5) == "fresh" and await running == "first"
+
+    asyncio.run(scenario())

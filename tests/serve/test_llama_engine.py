@@ -153,6 +153,15 @@ def test_sampling_follows_each_requests_seed(engines: dict[str, LlamaCppChatMode
     assert len(set(first)) > 1 and len(again) == 6  # a temperature of 1.5 on a tiny model: the seeds do not all agree
 
 
+def test_a_seed_numpy_refuses_fails_its_request_and_the_engine_goes_on(engines: dict[str, LlamaCppChatModel]) -> None:
+    # np.random.default_rng(-1) raised in the decoding thread, which died: every later request timed out (504).
+    engine = engines["full"]
+    prompt = prompt_of(engine, 1)
+    with pytest.raises(ValueError, match="non-negative"):
+        engine.generate_texts([prompt], seed=-1, max_new_tokens=4, temperature=1.0)
+    assert engine.generate_texts([prompt], max_new_tokens=4)[0].completion_tokens > 0
+
+
 
 def test_a_stream_never_sends_part_of_a_stop_string(engines: dict[str, LlamaCppChatModel]) -> None:
     """The tail held back for a stop string was sliced from the back while the text was shorter than it: a stop

@@ -161,9 +161,16 @@ def test_auth(server: str) -> None:
     (json.dumps({"texts": ["x"] * 300}).encode(), 413, "texts"),
     (b'{"model": "nope", "text": "x"}', 404, "model"),
     (b'{"text": "x", "colour": "red"}', 400, "colour"),
+    # a lone surrogate escape: it failed (500) every request batched with it
+    (b'{"texts": ["fine", "bad \\ud800 text"]}', 400, "texts.1"),
+    # np.random.default_rng(-1) killed llama.cpp's decoding thread: every later chat request timed out
+    (b'{"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "temperature": 1, "seed": -1}', 400, "seed"),
+    (b'{"model": "tiny-chat", "messages": [{"role": "user", "content": "hi \\udc00"}]}', 400, "messages.0.content"),
+    (b'{"model": "tiny-chat", "prompt": ["ok", "\\ud83d"]}', 400, "prompt"),  # "item 1 holds ..."
 ])
 def test_bad_input_gets_the_right_4xx_in_openai_error_shape(server: str, body: bytes, status: int, param: str | None) -> None:
-    r = httpx.post(f"{server}/v1/predict", content=body, headers={**auth(), "Content-Type": "application/json"})
+    path = "/v1/predict" if b"tiny-chat" not in body else "/v1/chat/completions" if b"messages" in body else "/v1/completions"
+    r = httpx.post(f"{server}{path}", content=body, headers={**auth(), "Content-Type": "application/json"})
     assert r.status_code == status
     error = r.json()["error"]
     assert error["message"] and error["type"] and error["param"] == param

@@ -275,16 +275,54 @@ def test_an_ab_route_answers_from_the_user_s_variant_and_feeds_the_shadow(tmp_pa
 def test_a_multi_prompt_request_refused_as_overloaded_leaves_none_of_its_prompts_queued() -> None:
     """The prompts queued before the one refused stayed in the queue: the model answered them for nobody."""
     chat = FakeChat()
-    service = Service([served("chat", chat, "bot")], ServeSpec(batch_wait_ms=0, max_queue=1))
+    bot = served("chat", chat, "bot")
+    service = Service([bot], ServeSpec(batch_wait_ms=0, max_queue=2))
 
     async def refused() -> Any:
+        service.batchers[bot.batch_key].submit((bot.id, ()), "z")  # another request: one place taken, not yet run
         err = await service.generate(p.CompletionRequest(model="bot", prompt=["a", "b"]))
         await asyncio.sleep(0.2)  # the batcher's turn: it would run "a" now
         return err
 
     err = run(refused())
     assert isinstance(err, ServiceError) and (err.status, err.code) == (503, "overloaded")
-    assert chat.calls == []
+    assert [c for c in chat.calls if c[0] != ["z"]] == []
+
+
+def test_more_prompts_than_the_queue_holds_are_refused_as_too_many_not_overloaded() -> None:
+    # A 503 "retry after" on an idle server, for ever: clients that retry on 503 looped.
+    service = Service([served("chat", FakeChat(), "bot")], ServeSpec(max_queue=3))
+    err = run(service.generate(p.CompletionRequest(model="bot", prompt=["hi"] * 4)))
+    assert isinstance(err, ServiceError) and (err.status, err.code, err.param) == (413, "batch_too_large", "prompt")
+    assert "4 prompts in one request; the limit is 3" in err.message
+
+
+def test_streams_decode_together_beyond_the_default_thread_pool() -> None:
+    """Each stream holds a thread for its life: on asyncio's default pool (cores + 4) a 2-core host ran 6 at a time."""
+    import os
+
+    count = (os.cpu_count() or 1) + 6  # more than the default pool's threads
+    started = threading.Barrier(count, timeout=10)
+
+    class Together(FakeChat):
+        def stream(self, prompt: str, cancel: threading.Event, **params: Any):
+            from tunesmith.inference.generation import Completion
+
+            started.wait()  # every stream is decoding at once, or the barrier breaks
+            yield prompt
+            yield Completion(prompt, 1, 1, "stop")
+
+    service = Service([served("chat", Together(), "bot")], ServeSpec())
+
+    async def one(i: int) -> str:
+        events = service.stream(p.CompletionRequest(model="bot", prompt=f"p{i}", stream=True))
+        return "".join([e async for e in events])
+
+    async def all_at_once() -> list[str]:
+        return await asyncio.gather(*(one(i) for i in range(count)))
+
+    answers = run(all_at_once())
+    assert all(f'"text": "p{i}"' in a and "BrokenBarrierError" not in a for i, a in enumerate(answers)), answers[0]
 
 
 def test_a_completion_prompt_over_the_context_names_prompt() -> None:

@@ -176,8 +176,12 @@ class LlamaCppChatModel(QueuedChatModel):
             if r.cancel.is_set():  # a client gone while it waited
                 self._finish(r)
                 continue
+            try:
+                rng = np.random.default_rng(r.seed) if r.sampling[0] > 0 else None
+            except (ValueError, TypeError) as err:  # a seed numpy refuses fails its request, not the decoding thread
+                self._fail(r, err)
+                continue
             seq = next(free)
-            rng = np.random.default_rng(r.seed) if r.sampling[0] > 0 else None
             rows[seq] = _Row(r, seq, list(r.ids), 0, rng)
             reserved += need
 

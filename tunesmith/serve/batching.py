@@ -71,7 +71,8 @@ class DynamicBatcher:
 
     @property
     def depth(self) -> int:
-        return len(self.pending)
+        """Requests waiting for a batch; one whose client gave up (a timeout) waits for no one and holds no place."""
+        return sum(not i.future.done() for i in self.pending)
 
     @property
     def idle(self) -> bool:
@@ -151,9 +152,20 @@ class DynamicBatcher:
             if len(results) != len(live):  # else zip(strict) below raised in the loop: it died, the callers timed out
                 raise RuntimeError(f"the model answered {len(results)} results for a batch of {len(live)} requests")
         except Exception as err:  # noqa: BLE001 - every waiting request learns about the failure
+            if len(live) == 1:
+                if not live[0].future.done():
+                    live[0].future.set_exception(err)
+                return
+            # One request's input may be what failed the batch: each runs again alone, so only it fails.
             for item in live:
-                if not item.future.done():
-                    item.future.set_exception(err)
+                try:
+                    [result] = await loop.run_in_executor(self.executor, self.run, key, [item.payload])
+                except Exception as alone:  # noqa: BLE001 - this request's own failure
+                    if not item.future.done():
+                        item.future.set_exception(alone)
+                else:
+                    if not item.future.done():
+                        item.future.set_result(result)
             return
         finally:
             self.in_flight -= len(live)

@@ -9,9 +9,35 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
+
+
+def _encodable(value: str) -> str:
+    """JSON may carry a lone surrogate escape ("\\ud800"), which no tokenizer or store can take: refused by name here,
+    it failed every request batched with it (500) and took a chat request's answer down with a bare 500."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"holds an unpaired surrogate escape ({value[err.start]!r} at character {err.start}), which is "
+                         "not a character; escape characters outside the BMP as a pair (\\ud83d\\ude00)") from None
+    return value
+
+
+def _each_encodable(value: str | list[str]) -> str | list[str]:
+    """A string or a list of them (`prompt`, `stop`): the list's item named, which a union's error would not."""
+    for i, item in enumerate([value] if isinstance(value, str) else value):
+        try:
+            _encodable(item)
+        except ValueError as err:
+            raise ValueError(str(err) if isinstance(value, str) else f"item {i} {err}") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_encodable)]  # a string of the request's input: valid Unicode
+Texts = Annotated[str | list[str], AfterValidator(_each_encodable)]
+MAX_SEED = 2**63 - 1  # the engines' random generators take an unsigned 64-bit seed; OpenAI's are non-negative too
 
 
 class ErrorBody(BaseModel):
@@ -32,8 +58,8 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str | None = None  # None: the only classification/regression model served
-    text: str | None = None  # one text ...
-    texts: list[str] | None = None  # ... or a batch
+    text: Text | None = None  # one text ...
+    texts: list[Text] | None = None  # ... or a batch
     user: str | None = Field(None, max_length=256)  # the end user (OpenAI's `user`): feedback and A/B assignment key on it
 
 
@@ -58,8 +84,17 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[dict[str, Any]] | None = None
+    content: Text | list[dict[str, Any]] | None = None
     name: str | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _parts_encodable(cls, content: Any) -> Any:
+        if isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    _encodable(part["text"])
+        return content
 
     def text(self) -> str:
         if isinstance(self.content, list):  # content parts: only text parts carry meaning here
@@ -73,8 +108,8 @@ class SamplingParams(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
+    stop: Texts | None = None
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
     n: int | None = Field(None, ge=1)
     stream: bool = False
     stream_options: dict[str, Any] | None = None
@@ -93,7 +128,7 @@ class ChatCompletionRequest(SamplingParams):
 
 class CompletionRequest(SamplingParams):
     model: str
-    prompt: str | list[str]
+    prompt: Texts
 
 
 class Usage(BaseModel):

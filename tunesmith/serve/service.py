@@ -65,6 +65,9 @@ class Service:
                                            thread_name_prefix="tunesmith-batch")
         self.batchers: dict[str, DynamicBatcher] = {}
         self.streams: dict[str, int] = {}
+        # A thread per open stream, for its whole life: on asyncio's default pool (cores + 4 threads) a 2-core host
+        # decoded 6 streams at a time, and the rest waited their turn (threads are made as streams need them).
+        self.stream_threads = ThreadPoolExecutor(max_workers=spec.max_queue, thread_name_prefix="tunesmith-stream")
         self._loading = asyncio.Lock()
         for m in models:
             self.add(m)
@@ -454,6 +457,10 @@ class Service:
             prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
             if not prompts or any(not x for x in prompts):
                 return ServiceError(400, "'prompt' is empty", param="prompt")
+            most = min(self.spec.max_texts_per_request, self.spec.max_queue)  # each prompt takes a place in the queue
+            if len(prompts) > most:  # else a 503 "retry after" on an idle server, for ever
+                return ServiceError(413, f"{len(prompts)} prompts in one request; the limit is {most}", param="prompt",
+                                    code="batch_too_large")
             max_tokens = req.max_tokens or 16  # OpenAI's default for completions
         counts = [model.engine.count_tokens(x) for x in prompts]
         params = self._params(req, model, max(counts), max_tokens)
@@ -557,8 +564,8 @@ class Service:
                 choices=[] if usage else [p.CompletionChoice(index=0, text=delta, finish_reason=finish)]))
 
         self.streams[model.batch_key] = self.streams.get(model.batch_key, 0) + 1
-        worker = loop.run_in_executor(None, produce)
-        finished = False
+        worker = loop.run_in_executor(self.stream_threads, produce)
+        finished = failed = False
         try:
             if chat:
                 yield chunk(p.ChatDelta(role="assistant", content=""))
@@ -575,6 +582,7 @@ class Service:
                 if isinstance(piece, Exception):
                     err = ServiceError(500, f"generation failed: {piece}", "server_error")
                     yield _event(err.body())
+                    failed = True  # not an answer: not logged as one
                     break
                 if isinstance(piece, str):
                     if piece:
@@ -587,6 +595,8 @@ class Service:
                     yield chunk(p.ChatDelta() if chat else "", usage=_usage(prompt_tokens, piece.completion_tokens))
             yield "data: [DONE]\n\n"
             finished = True
+            if failed:
+                return
             inputs, user, started, variant = record
             self._record(ident, model, "chat" if chat else "completion", inputs, ["".join(answer)], started, user, variant)
         finally:
