@@ -158,6 +158,22 @@ def test_multi_label_tunes_thresholds(tmp_path: Path, tiny_bert: Path) -> None:
     assert run.manifest.thresholds is not None and len(run.manifest.thresholds) == 4
 
 
+def test_multi_label_rows_where_no_label_applies_train_and_evaluate(tmp_path: Path, tiny_bert: Path) -> None:
+    # "none of the labels" is an answer of its own (kept by data prepare since 2026-12-05): all-zero targets.
+    from tunesmith.evaluation.run import evaluate_run
+
+    cfg = project(tmp_path, tiny_bert, task={"type": "multi_label_classification", "label": "tags"},
+                  train_spec={"max_steps": 8})
+    lines = [{"text": r["text"], "tags": [] if i % 3 == 0 else [r["label"]]} for i, r in enumerate(rows(120))]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    raw = cfg.model_dump(mode="json")
+    raw["data"]["sources"] = [{"path": str(tmp_path / "data.jsonl")}]
+    run = Run(train(parse_config(raw)))
+    assert run.manifest.labels == ["neg", "pos"]
+    metrics = evaluate_run(run.path)["metrics"]
+    assert 0.0 <= metrics["f1_macro"] <= 1.0
+
+
 def test_existing_run_and_unseen_test_labels_are_refused(tmp_path: Path, tiny_bert: Path) -> None:
     cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 2})
     train(cfg)

@@ -194,6 +194,36 @@ def test_many_classes_keep_the_configured_ratios() -> None:
     assert few[300:] == ["train"] * 3
 
 
+def test_many_small_classes_keep_the_configured_ratios() -> None:
+    # 100 intents of 4 examples: each seeded validation and test with one, and the split came out 50 / 25 / 25
+    # (200 classes of 3: a third each), silently, though such ratios are refused when asked for.
+    from tunesmith.config import SplitSpec
+    from tunesmith.data.split import assign
+
+    for classes, size in ((100, 4), (200, 3), (50, 5)):
+        n = classes * size
+        splits = assign([f"c{i // size:03d}" for i in range(n)], [None] * n, [None] * n, SplitSpec()).tolist()
+        counts = [splits.count(s) for s in ("train", "validation", "test")]
+        assert all(abs(c - r * n) <= 2 for c, r in zip(counts, (0.8, 0.1, 0.1), strict=True)), (classes, size, counts)
+
+
+def test_a_train_source_stays_in_train_and_pre_assigned_groups_stay_whole(tmp_path: Path, make_config) -> None:
+    """`split: train` pre-assigned nothing: an OpenAI job's training file (beside its validation file) lost a ninth of
+    its rows to test. And a group with a row in the user's test file had its other rows shared out, train included."""
+    rows = [{"text": t, "label": "ab"[i % 2], "user": f"u{i % 20}"} for i, t in enumerate(sentences(200))]
+    main, own_test = rows[:120], [{**r, "user": "u3"} for r in rows[180:]]
+    own_train = [{**r, "user": f"t{i}"} for i, r in enumerate(rows[120:180])]
+    sources = [{"path": str(write_csv(tmp_path / "main.csv", main))},
+               {"path": str(write_csv(tmp_path / "train.csv", own_train)), "split": "train"},
+               {"path": str(write_csv(tmp_path / "test.csv", own_test)), "split": "test"}]
+    version = prepare(make_config(sources, split={"group_by": "user"}))
+    where = {r["text"]: s for s in ("train", "validation", "test") for r in version.table(s).to_pylist()}
+    assert all(where[r["text"]] == "train" for r in own_train)
+    assert all(where[r["text"]] == "test" for r in own_test)
+    assert {where[r["text"]] for r in main if r["user"] == "u3"} == {"test"}  # u3 has rows in the test file
+    assert sum(where[r["text"]] == "validation" for r in main) > 0
+
+
 def test_small_regression_set_keeps_the_configured_ratios(tmp_path: Path, make_config) -> None:
     # 10 score bins of 3 rows each seeded validation and test with one row apiece: 10 / 10 / 10.
     rows = [{"text": t, "score": str(i / 10)} for i, t in enumerate(sentences(30))]

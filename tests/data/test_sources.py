@@ -873,3 +873,116 @@ def test_score_with_a_decimal_comma_says_how_to_write_it(tmp_path, make_config):
     assert len(entries) == 11
     assert entries[2]["reason"] == ("score must be a number, got '0,5'; write decimals with a point (0.5) "
                                     "and thousands without a separator")
+
+
+# === found by probing with the files users have (2026-12-05) ======================================
+
+
+def test_a_length_filter_that_removes_every_row_says_so(tmp_path, make_config):
+    # It crashed in deduplication with an IndexError ("internal error").
+    path = write_csv(tmp_path / "d.csv", reviews(12))
+    with pytest.raises(DataError, match=rf"no usable rows: the length filter removed all 12 rows .*first, {path}:2: "
+                                        r"\d+ tokens, over data.clean.max_tokens=2"):
+        run(make_config, [{"path": str(path)}], clean={"max_tokens": 2})
+
+
+def test_an_empty_or_hand_edited_provenance_cell_is_no_provenance(tmp_path, make_config):
+    # An annotation export's rows added by hand in a spreadsheet: the report's summary crashed on the string.
+    records = [{**r, "_provenance": json.dumps({"kind": "web", "origin": f"http://x/{i}"}) if i % 3 == 0 else
+                ("" if i % 3 == 1 else "copied by hand")} for i, r in enumerate(reviews(30))]
+    version = run(make_config, [{"path": str(write_csv(tmp_path / "d.csv", records))}])
+    accounted(version, 30)
+    kinds = [version.report()["provenance"][s]["kinds"] for s in ("train", "validation", "test")]
+    assert sum(k.get("web", 0) for k in kinds) == 10 and sum(k.get("file", 0) for k in kinds) == 20
+
+
+def test_multi_label_rows_where_no_label_applies_are_kept(tmp_path, make_config):
+    # `tags: []` (none applies: most rows of a toxicity set) was quarantined as a missing value, and `fill: []` for
+    # an empty cell was rejected as "no labels": the class balance the model learnt was not the data's.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = [{"text": t, "tags": [] if i % 3 else ["food", "price"][: 1 + i % 2]} for i, t in enumerate(texts(30))]
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "d.parquet")
+    version = run(make_config, [{"path": str(tmp_path / "d.parquet")}], task={"type": "multi_label_classification",
+                                                                              "label": "tags"})
+    accounted(version, 30)
+    assert version.manifest.counts["quarantine"] == 0
+    assert sorted(len(r["labels"]) for r in kept_rows(version)).count(0) == 20
+    cells = [{"text": t, "tags": "" if i % 3 else "food,price"} for i, t in enumerate(texts(30))]
+    filled = run(make_config, [{"path": str(write_csv(tmp_path / "d.csv", cells))}],
+                 task={"type": "multi_label_classification", "label": "tags"},
+                 missing={"fields": {"label": "fill"}, "fill": {"label": []}})
+    assert filled.manifest.counts["quarantine"] == 0 and sum(not r["labels"] for r in kept_rows(filled)) == 20
+
+
+def test_multi_label_lists_written_out_as_text_are_read_as_lists(tmp_path, make_config):
+    # pandas' to_csv of a list column: the classes came out "['food'" and "'price']", without a word.
+    records = [{"text": t, "tags": ["['food', 'price']", '["service"]', "food,service", "[bug]"][i % 4]}
+               for i, t in enumerate(texts(24))]
+    version = run(make_config, [{"path": str(write_csv(tmp_path / "d.csv", records))}],
+                  task={"type": "multi_label_classification", "label": "tags"})
+    assert version.manifest.labels == ["[bug]", "food", "price", "service"]
+
+
+def test_decimal_scores_and_labels_are_numbers(tmp_path, make_config):
+    # A SQL or Spark export's DECIMAL column: every row was refused ("got Decimal"), so no usable rows.
+    from decimal import Decimal
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"text": t, "score": Decimal(f"{i % 5}.{i % 10}0"), "stars": Decimal(i % 2 + 1)} for i, t in enumerate(texts(30))]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+    scores = run(make_config, [{"path": str(tmp_path / "d.parquet")}], task={"type": "regression"})
+    assert sorted(r["score"] for r in kept_rows(scores)) == sorted(float(r["score"]) for r in rows)
+    stars = run(make_config, [{"path": str(tmp_path / "d.parquet")}], task={"label": "stars"})
+    assert stars.manifest.labels == ["1", "2"]
+
+
+def test_a_saved_dataset_s_class_label_column_gives_its_names(tmp_path, make_config):
+    # imdb's pattern: the labels came out "0" and "1", and with task.labels [neg, pos] every row was refused.
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+    datasets.Dataset.from_dict({"text": texts(20), "label": [i % 2 for i in range(20)]}, features=features) \
+        .save_to_disk(str(tmp_path / "hf"))
+    version = run(make_config, [{"path": str(tmp_path / "hf"), "kind": "hf_disk"}], task={"labels": ["neg", "pos"]})
+    accounted(version, 20)
+    assert pairs(version) == {(t, "neg" if i % 2 == 0 else "pos") for i, t in enumerate(texts(20))}
+
+
+def test_a_repeated_header_line_is_quarantined_not_learnt(tmp_path, make_config):
+    # Two exports joined: the second's header became an example of a new class, 'label'.
+    path = write_csv(tmp_path / "d.csv", reviews(20))
+    second = write_csv(tmp_path / "e.csv", reviews(30)[20:]).read_bytes()
+    path.write_bytes(path.read_bytes() + b"\xef\xbb\xbf" + second)
+    version = run(make_config, [{"path": str(path)}])
+    accounted(version, 31)
+    assert {n: q["reason"] for n, q in by_line(version).items()} == {
+        22: "repeats the header line (files joined one after another?)"}
+    assert version.manifest.labels == ["neg", "pos"]
+
+
+def test_chat_lines_with_tools_and_blank_preference_answers_are_refused(tmp_path, make_config, tiny_chat_tokenizer):
+    # Top-level `tools` were dropped without a word: the answers calling them were learnt from thin air.
+    convo = [{"role": "user", "content": "weather?"}, {"role": "assistant", "content": "Sunny."}]
+    lines = [{"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"answer {i}"}]}
+             for i in range(10)] + [{"messages": convo, "tools": [{"type": "function", "function": {"name": "w"}}]}]
+    chat = run(make_config, [{"path": str(write_jsonl(tmp_path / "c.jsonl", lines))}], task={"type": "chat"},
+               model=tiny_chat_tokenizer)
+    assert {n: (q["field"], q["reason"].split(" (")[0]) for n, q in by_line(chat).items()} == {
+        11: ("tools", "tools are not supported for chat data yet")}
+    # an answer of invisible characters only (a zero-width space) was kept as something to prefer
+    pairs_ = [{"prompt": f"q {i}", "chosen": f"good answer {i}", "rejected": f"bad {i}"} for i in range(10)]
+    pairs_ += [{"prompt": "q x", "chosen": "\u200b\u200b", "rejected": "bad x"}, {"prompt": "\ufeff\u2060", "chosen": "a", "rejected": "b"},
+               {"prompt": "big", "chosen": "a", "rejected": "b"}]
+    pref = run(make_config, [{"path": str(write_jsonl(tmp_path / "p.jsonl", pairs_))}], task={"type": "preference"},
+               model=tiny_chat_tokenizer)
+    assert {n: q["field"] for n, q in by_line(pref).items()} == {11: "chosen", 12: "prompt"}
+
+
+def test_a_score_too_large_for_a_float_is_quarantined(tmp_path, make_config):
+    lines = [json.dumps({"text": t, "score": i}) for i, t in enumerate(texts(12))] + ['{"text": "huge", "score": 1' + "0" * 400 + "}"]
+    version = run(make_config, [{"path": str(write_lines(tmp_path / "d.jsonl", lines))}], task={"type": "regression"})
+    assert {n: q["field"] for n, q in by_line(version).items()} == {13: "score"}

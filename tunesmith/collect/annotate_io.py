@@ -22,6 +22,7 @@ from typing import Any
 
 from tunesmith.collect.annotate import ItemLabels, NewItem, Queue, add_items, hashed_id
 from tunesmith.collect.sink import COLLECTOR, PROVENANCE_KEY, now
+from tunesmith.data.records import parse_provenance
 from tunesmith.errors import DataError
 
 SOURCE_KEY = "_source"  # meta key: file:line the item was loaded from
@@ -120,7 +121,7 @@ def labelled_rows(queue: Queue) -> tuple[list[dict[str, Any]], int, int]:
             continue
         meta = dict(item.meta)
         where = meta.pop(SOURCE_KEY, None)
-        prov = _provenance(meta.pop(PROVENANCE_KEY, None)) or {
+        prov = parse_provenance(meta.pop(PROVENANCE_KEY, None)) or {
             "kind": "annotation", "origin": where or f"{queue.task.name}:{item.item_id}", "collected_at": now(),
             "collector": COLLECTOR}
         prov = {**prov, "annotation": {"task": queue.task.name, "annotators": sorted(item.labels), "label_source": source}}
@@ -130,17 +131,6 @@ def labelled_rows(queue: Queue) -> tuple[list[dict[str, Any]], int, int]:
         row.update({k: v for k, v in meta.items() if k not in row})  # a label the data came with gives way to ours
         rows.append({**row, PROVENANCE_KEY: prov})
     return rows, ties, unlabelled
-
-
-def _provenance(value: Any) -> dict[str, Any] | None:
-    """A loaded record's provenance as an object. Items loaded from a CSV (our own CSV export, say) hold it as
-    the JSON text of its cell, which must not be spread as a mapping or written out as a string."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return None
-    return value if isinstance(value, dict) and value else None
 
 
 def export_labelled(queue: Queue, out: str | Path) -> Exported:

@@ -383,6 +383,12 @@ class _Preparation:
             step.reasons[category(self._length_reason(int(np.argmax(mask))))] += int(mask.sum())
         self._mark(np.flatnonzero(short | long), "length")
         step.rows_out = int(self.alive.sum())
+        if not step.rows_out:  # nothing left to deduplicate or split: say why, rather than fail further on
+            row = int(np.argmax(short | long))
+            raise DataError(f"no usable rows: the length filter removed all {step.rows_in} rows "
+                            f"({'; '.join(f'{k}: {v}' for k, v in step.reasons.most_common())}; the first, "
+                            f"{self.table.column('source')[row].as_py()}:{self.table.column('line')[row].as_py()}: "
+                            f"{self._length_reason(row)})")
 
     def _length_reason(self, row: int) -> str:
         min_tokens, too_long, why = self.length_rules
@@ -420,11 +426,12 @@ class _Preparation:
         return ["|".join(v) for v in values] if self.task == TaskType.multi_label else values
 
     def _hint_codes(self) -> np.ndarray:
-        """Each row's pre-assigned split as its index in SPLITS (validation, test), -1 for a free row (a
-        `split: train` source pre-assigns nothing: train is where free rows mostly go anyway)."""
+        """Each row's pre-assigned split as its index in SPLITS, -1 for a free row. A `split: train` source's rows
+        all train (an OpenAI job's training file beside its validation file; feedback corrections): shared out as
+        free rows, a ninth of them went to test."""
         hints = self.table.column("split_hint")
         codes = np.full(self.table.num_rows, -1, dtype=np.int8)
-        for name in ("validation", "test"):
+        for name in SPLITS:
             codes[pc.fill_null(pc.equal(hints, name), False).to_numpy(zero_copy_only=False)] = SPLITS.index(name)
         return codes
 
@@ -543,7 +550,7 @@ class _Preparation:
         parent = pc.list_parent_indices(column).to_numpy(zero_copy_only=False)
         best = np.lexsort((codes, freq[codes], parent))
         first = np.r_[True, parent[best][1:] != parent[best][:-1]]
-        strata = np.zeros(n, dtype=np.int64)
+        strata = np.full(n, len(names), dtype=np.int64)  # rows with no label (none applies): a stratum of their own
         strata[parent[best][first]] = codes[best][first]
         return strata
 

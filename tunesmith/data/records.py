@@ -9,11 +9,13 @@ Everything here is row-local, so it runs while the file streams.
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import re
 from collections import Counter
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +224,11 @@ class Canonicalizer:
         out.update(self._provenance(reserved.get(PROVENANCE_KEY), spec))
         if self.task == TaskType.preference:
             return self._preference(record, exprs, out, raw, reject, spec)
+        if self.task == TaskType.chat:
+            offered = next((k for k in ("tools", "functions") if record.get(k)), None)
+            if offered:  # trained without them, the answers that call them would be learnt from thin air
+                return reject("validate", f"{offered} are not supported for chat data yet (the conversation would be "
+                              "trained without them)", offered, example_id)
 
         for name, expr in exprs.items():
             if name in ("id", "group"):
@@ -241,7 +248,7 @@ class Canonicalizer:
                 out[name if name != "label" or self.task != TaskType.multi_label else "labels"] = self._convert(name, value)
             except ChatFormatError as err:
                 return reject("validate", str(err), err.field, example_id)
-            except ValueError as err:
+            except (ValueError, OverflowError) as err:  # OverflowError: an integer past a float (10**400)
                 return reject("validate", str(err), name, example_id)
 
         if self.task == TaskType.chat:
@@ -271,14 +278,10 @@ class Canonicalizer:
     def _provenance(prov: Any, spec: SourceSpec) -> dict[str, Any]:
         """The provenance column (JSON) and the synthetic flag; synthetic rows stay out of the test split
         unless their source allows it (synthetic.in_test, or a plain file sent to test as a whole)."""
+        prov = parse_provenance(prov)
         if prov is None:
             return {"provenance": None, "synthetic": False, "no_test": False}
-        if isinstance(prov, str):  # a CSV (an annotation export) holds it as JSON text: synthetic rows stay known
-            try:
-                prov = json.loads(prov)
-            except json.JSONDecodeError:
-                pass
-        synthetic = isinstance(prov, dict) and prov.get("kind") == "synthetic"
+        synthetic = prov.get("kind") == "synthetic"
         allowed = spec.synthetic.in_test if spec.synthetic is not None else spec.split == "test"
         return {"provenance": json.dumps(prov, ensure_ascii=False, sort_keys=True, default=str),
                 "synthetic": synthetic, "no_test": synthetic and not allowed}
@@ -341,13 +344,13 @@ class Canonicalizer:
         clean = self.cleaner if self.cfg.data.clean.strip_html else str.strip  # as for chat messages
         for m in prompt:
             m["content"] = clean(m["content"])
-        if any(not m["content"] for m in prompt):
+        if any(not _VISIBLE.search(m["content"]) for m in prompt):
             return reject("clean", "a prompt message is empty after cleaning", found["prompt"][1], example_id)
         chosen, rejected = clean(chosen), clean(rejected)
         for name, text in (("chosen", chosen), ("rejected", rejected)):
-            if not text:
-                return reject("clean", "the answer is empty after cleaning (markup or whitespace only)",
-                              found[name][1], example_id)
+            if not _VISIBLE.search(text):
+                return reject("clean", "the answer is empty after cleaning (markup, whitespace or invisible characters "
+                              "only)", found[name][1], example_id)
         if chosen == rejected:
             return reject("clean", f"{same} (after cleaning)", found["rejected"][1], example_id)
 
@@ -380,7 +383,8 @@ class Canonicalizer:
             return True
         if isinstance(value, str) and value.strip() in self.na:
             return True
-        return isinstance(value, list | tuple) and len(value) == 0
+        # an empty list of labels is an answer of its own in a multi-label task: none of the labels applies
+        return isinstance(value, list | tuple) and len(value) == 0 and self.task != TaskType.multi_label
 
     def _convert(self, name: str, value: Any) -> Any:
         if name == "text":
@@ -390,11 +394,13 @@ class Canonicalizer:
         if name == "messages":
             return validate_messages(value)
         if self.task == TaskType.multi_label:
-            items = value.split(self.cfg.task.label_separator) if isinstance(value, str) else value
+            items = _listed(value) if isinstance(value, str) else value
+            if isinstance(items, str):
+                items = items.split(self.cfg.task.label_separator)
             if not isinstance(items, list | tuple):
                 raise ValueError(f"expected a list of labels or a '{self.cfg.task.label_separator}'-separated string, got {value!r}")
             labels = sorted({self._label(v) for v in items if str(v).strip()})
-            if not labels:
+            if not labels and isinstance(value, str):  # "; ;": separators and nothing between them
                 raise ValueError("no labels")
             return labels
         return self._label(value)
@@ -402,6 +408,8 @@ class Canonicalizer:
     def _label(self, value: Any) -> str:
         if isinstance(value, bool):  # is_spam: true in JSON or Parquet; spelt as JSON spells it, for task.labels
             value = "true" if value else "false"
+        if isinstance(value, Decimal):  # a SQL or Spark export's DECIMAL column
+            value = int(value) if value == value.to_integral_value() else float(value)
         if not isinstance(value, str | int | float):
             raise ValueError(f"label must be a class name, got {type(value).__name__} {value!r}")
         if isinstance(value, float) and value.is_integer():
@@ -430,11 +438,39 @@ class Canonicalizer:
                 )
 
 
+def parse_provenance(value: Any) -> dict[str, Any] | None:
+    """A record's provenance as an object, or None. A CSV (an annotation export) holds it as the JSON text of its
+    cell, and a cell left empty or edited by hand is no provenance (a string there failed the report's summary)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, dict) and value else None
+
+
 def _rejecter(raw: Raw):  # noqa: ANN202 - small closure keeps row() readable
     def reject(stage: str, reason: str, field: str | None, example_id: str | None) -> Rejection:
         return Rejection(stage, raw.source, raw.line, reason, field, example_id, record=raw.record)
 
     return reject
+
+
+def _listed(value: str) -> Any:
+    """A list written out as text ("['food', 'price']": pandas' to_csv of a list column; '["a"]': JSON) as the list,
+    else the string as it is (its items separated by task.label_separator). The classes were "['food'" and
+    "'price']" before."""
+    text = value.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return value
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            parsed = parse(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            continue
+        if isinstance(parsed, list) and all(isinstance(v, str | int) and not isinstance(v, bool) for v in parsed):
+            return parsed
+    return value  # "[bug]": a class name in brackets
 
 
 def _as_text(value: Any) -> str:
@@ -450,7 +486,7 @@ def _as_text(value: Any) -> str:
 def _as_number(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"score must be a number, got a boolean ({value})")
-    if isinstance(value, int | float):
+    if isinstance(value, int | float | Decimal):  # Decimal: a SQL or Spark export's DECIMAL column
         number = float(value)
     elif isinstance(value, str) and _NUMBER.match(value):
         number = float(value)

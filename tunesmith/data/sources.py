@@ -210,7 +210,10 @@ def read_csv(path: Path, spec: SourceSpec, needed: dict[str, Any]) -> Iterator[R
             if not row:  # a blank line separates nothing and holds nothing
                 continue
             rows += 1
-            if len(row) != len(header):
+            if [h.strip().lstrip("\ufeff") for h in row] == header:  # two exports joined: the second's header
+                yield Raw(src, start, None, "repeats the header line (files joined one after another?)",
+                          text=_csv_line(row, delimiter))
+            elif len(row) != len(header):
                 yield Raw(src, start, None, f"has {len(row)} fields but the header has {len(header)}",
                           text=_csv_line(row, delimiter))
             elif _has_bad_bytes(row):
@@ -483,6 +486,18 @@ def read_text_folder(path: Path, encoding: str | None) -> Iterator[Raw]:
         raise DataError(f"{path}: the label folders {[p.name for p in labels]} hold no files")
 
 
+def named_batches(ds: Any, size: int) -> Iterator[dict[str, list[Any]]]:
+    """A `datasets.Dataset` in batches of columns, a ClassLabel column's indices as its names: imdb's label is
+    stored as 0/1, and the classes came out "0" and "1" (-1, a missing label, is None)."""
+    import datasets
+
+    named = {c: f for c, f in ds.features.items() if isinstance(f, datasets.ClassLabel)}
+    for batch in ds.iter(batch_size=size):
+        for column, feature in named.items():
+            batch[column] = [None if v is None or v < 0 else feature.int2str(v) for v in batch[column]]
+        yield batch
+
+
 def read_hf_disk(path: Path, subset: str | None, needed: dict[str, Any]) -> Iterator[Raw]:
     import datasets
 
@@ -499,7 +514,7 @@ def read_hf_disk(path: Path, subset: str | None, needed: dict[str, Any]) -> Iter
         src = f"{path}[{name}]" if name else str(path)
         check_columns(src, part.column_names, needed)
         row = 0
-        for batch in part.iter(batch_size=4096):
+        for batch in named_batches(part, 4096):
             cols = list(batch)
             for values in zip(*(batch[c] for c in cols), strict=True):
                 row += 1

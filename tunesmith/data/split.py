@@ -1,7 +1,7 @@
 """Train/validation/test assignment: seeded, stratified, grouped, honouring pre-assigned rows.
 
-Rows pre-assigned to validation or test (a user's own test file) stay there. Every other row is
-shared among the remaining splits in the configured proportions. Within each stratum (class, or
+Rows pre-assigned to a split (a user's own test file, an OpenAI job's training file) stay there, and so do the
+other rows of their groups. Every other row is shared among the remaining splits in the configured proportions. Within each stratum (class, or
 score quantile for regression) units are shuffled with the seed and each goes to the split
 furthest below its target; a unit is a row, or all rows of one group when `group_by` is set, so a
 group never straddles splits.
@@ -35,7 +35,7 @@ def assign(strata: list[str], groups: list[str | None], hints: list[str | None],
     codes = assign_codes(
         np.array([stratum_code[s] for s in strata], dtype=np.int64),
         np.array([-1 if g is None else group_code.setdefault(g, len(group_code)) for g in groups], dtype=np.int64),
-        np.array([SPLITS.index(h) if h in ("validation", "test") else -1 for h in hints], dtype=np.int8),
+        np.array([SPLITS.index(h) if h in SPLITS else -1 for h in hints], dtype=np.int8),
         spec, None if no_test is None else np.asarray(no_test, dtype=bool))
     return np.array(SPLITS, dtype=str)[codes] if len(codes) else np.array([], dtype=str)
 
@@ -45,10 +45,19 @@ def assign_codes(strata: np.ndarray, groups: np.ndarray, hints: np.ndarray, spec
     """The split (index in SPLITS, int8) of every row.
 
     strata: the row's stratum, numbered in sorted order of the strata's names (so strata are visited
-    in that order); groups: the row's group id, -1 for none; hints: VALIDATION or TEST for a row
-    pre-assigned there, anything else for a free row; no_test: rows that may not go to test.
+    in that order); groups: the row's group id (0, 1, ...), -1 for none; hints: TRAIN, VALIDATION or TEST for a
+    row pre-assigned there, -1 for a free row; no_test: rows that may not go to test.
     """
-    out = np.where((hints == VALIDATION) | (hints == TEST), hints, -1).astype(np.int8)
+    out = np.where((hints == TRAIN) | (hints == VALIDATION) | (hints == TEST), hints, -1).astype(np.int8)
+    # A group with a pre-assigned row goes where that row goes as a whole (a user's test file names customers that
+    # the main file has too): shared among the splits, its other rows leaked into train unseen by the leakage check.
+    in_group = groups >= 0
+    if in_group.any() and (out[in_group] >= 0).any():
+        pinned = np.full(int(groups.max()) + 1, -1, dtype=np.int8)
+        held = in_group & (out >= 0)
+        pinned[groups[held]] = out[held]
+        joining = in_group & (out < 0)
+        out[joining] = pinned[groups[joining]]
     pool = [k for k in range(len(SPLITS)) if k == TRAIN or not (out == k).any()]
 
     # Units: one per group (rows without a group are their own unit), numbered in the order of their
@@ -116,13 +125,14 @@ def _share(units: np.ndarray, pool: list[int], sizes: np.ndarray, stratum: np.nd
         target = [t + (math.trunc(o) if spread else 0) for t, o in zip(share, owed, strict=True)]
         filled = [0] * len(pool)
         chosen = []
-        seeded = len(small) if spread else 0
+        # The first units of a stratum seed the small splits, so a class with 3+ examples is seen in validation
+        # and test, while its share there (with what earlier strata were owed) is half a unit or more: seeded
+        # whatever their share, 100 classes of 4 came out 50 / 25 / 25.
+        seeds = [q for q in small if target[q] >= 0.5] if spread else []
         for rank, unit_size in enumerate(unit_sizes):
-            # The first units of a stratum seed the small splits, so a class with 3+ examples is
-            # seen in validation and test; after that, the split furthest below its target wins
-            # (on a tie, train, else the earlier split).
-            if rank < seeded:
-                q = small[rank]
+            # After the seeds, the split furthest below its target wins (on a tie, train, else the earlier split).
+            if rank < len(seeds):
+                q = seeds[rank]
             else:
                 q, best = 0, (target[0] - filled[0], is_train[0])
                 for p in range(1, len(pool)):
