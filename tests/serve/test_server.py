@@ -264,3 +264,20 @@ def test_metrics_label_requests_by_route_not_by_the_path_a_client_sends() -> Non
     assert 'tunesmith_requests_total{endpoint="/v1/models/{model_id:path}",status="404"} 3.0' in text
     assert 'tunesmith_requests_total{endpoint="unmatched",status="404"} 3.0' in text
     assert 'tunesmith_requests_total{endpoint="/v1/predict",status="413"} 1.0' in text  # refused before routing
+
+
+def test_a_chunked_body_over_the_limit_is_refused_as_it_arrives(server: str) -> None:
+    """Without Content-Length the 1 MB limit did not apply: a chunked body was read and parsed whole (100 MB)."""
+    def body(chunks: int):
+        yield b'{"texts": ["'
+        for _ in range(chunks):
+            yield b"a" * 65536
+        yield b'"]}'
+
+    headers = {**auth(), "Content-Type": "application/json"}
+    big = httpx.post(f"{server}/v1/predict", content=body(40), headers=headers, timeout=60)  # 2.6 MB, no length
+    assert "content-length" not in big.request.headers
+    assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
+    small = httpx.post(f"{server}/v1/predict", content=(c for c in (b'{"text": ', b'"great tea"}')), headers=headers)
+    assert small.status_code == 200 and small.json()["predictions"][0]["label"] in ("pos", "neg")
+    assert 'tunesmith_requests_total{endpoint="/v1/predict",status="413"}' in httpx.get(f"{server}/metrics").text

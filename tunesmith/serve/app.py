@@ -82,8 +82,7 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
         length = request.headers.get("content-length")
         upload = endpoint == "/v1/files" and request.method == "POST"  # limited by --max-file-mb while it streams
         if length and length.isdigit() and int(length) > spec.max_body_bytes and not upload:
-            response: Response = _error(ServiceError(413, f"request body of {length} bytes is over the limit of "
-                                                          f"{spec.max_body_bytes}", code="request_too_large"))
+            response: Response = _error(_too_large(f"request body of {length} bytes", spec.max_body_bytes))
         else:
             response = await call_next(request)
         if endpoint.startswith(MODEL_ENDPOINTS) or endpoint.startswith("/admin"):
@@ -93,6 +92,10 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
             if response.status_code >= 400:
                 metrics.errors.labels(endpoint, str(response.status_code)).inc()
         return response
+
+    # Added last: outside the middleware above, so a body found too large while it is read is answered here.
+    app.add_middleware(_ChunkedBodyLimit, limit=spec.max_body_bytes, on_refused=lambda scope: metrics.requests.labels(
+        _endpoint(app, Request(scope)), "413").inc())
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -253,6 +256,58 @@ def add_registry_routes(app: FastAPI, registry: Registry, admin: Callable[[Reque
     @app.post("/admin/registry/{model}/rollback", tags=["admin"], dependencies=[Depends(admin)])
     async def rollback(model: str) -> Response:
         return run(lambda: registry.rollback(model))
+
+
+class _BodyOverLimit(BaseException):
+    """Raised by _ChunkedBodyLimit's receive. A BaseException, as asyncio.CancelledError is: FastAPI answers any
+    Exception raised while it reads a body with a 400 "error parsing the body", and this must reach the middleware."""
+
+
+class _ChunkedBodyLimit:
+    """A body sent without Content-Length (chunked) counted as it arrives, answered with a 413 in the API's shape
+    once past the limit: checked by its Content-Length alone, a chunked 100 MB body was read and parsed whole.
+    (FastAPI's own max_body_size answers a plain-text 413, and to every request whose Content-Length is over it.)"""
+
+    def __init__(self, app: Any, limit: int, on_refused: Callable[[dict[str, Any]], None]) -> None:
+        self.app, self.limit, self.on_refused = app, limit, on_refused
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        headers = dict(scope.get("headers") or [])
+        upload = scope.get("path") == "/v1/files"  # limited by --max-file-mb while it streams
+        if scope["type"] != "http" or b"content-length" in headers or upload:
+            await self.app(scope, receive, send)
+            return
+        received, started = 0, False
+
+        async def counted() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            if message.get("type") == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _BodyOverLimit
+            return message
+
+        async def sending(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message.get("type") == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, sending)
+        except (_BodyOverLimit, BaseExceptionGroup) as err:
+            # A BaseHTTPMiddleware's task group wraps it, beside its own "No response returned": the request is
+            # refused either way, unless something else went wrong or an answer already began.
+            over = isinstance(err, _BodyOverLimit) or err.subgroup(_BodyOverLimit) is not None
+            if started or not over:
+                raise
+            self.on_refused(scope)
+            await _error(_too_large("the request body", self.limit))(scope, receive, send)
+
+
+def _too_large(what: str, limit: int) -> ServiceError:
+    return ServiceError(413, f"{what} is over the limit of {limit} bytes", code="request_too_large")
 
 
 class _Refused(Exception):
