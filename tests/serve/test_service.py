@@ -224,7 +224,9 @@ def test_stream_chunks_leave_out_what_they_do_not_carry() -> None:
     assert all(b["object"] == "chat.completion.chunk" and b["system_fingerprint"] == "abc" for b in chat)
     assert chat[-1]["choices"] == [] and chat[-1]["usage"] == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
     text = run(collect(p.CompletionRequest(model="bot", prompt="yo", stream=True)))
-    assert all(set(b) == {"id", "object", "created", "model", "choices"} and b["object"] == "text_completion" for b in text)
+    # system_fingerprint: as in the whole answer and in chat chunks (it was missing here)
+    assert all(set(b) == {"id", "object", "created", "model", "system_fingerprint", "choices"} and b["object"] == "text_completion"
+               and b["system_fingerprint"] == "abc" for b in text)
     assert [b["choices"][0]["text"] for b in text] == ["echo", " ", "yo", ""] and text[-1]["choices"][0]["finish_reason"] == "stop"
 
 
@@ -392,3 +394,11 @@ def test_a_chat_ab_test_applies_when_the_request_names_the_model_by_its_id() -> 
         versions = {run(service.generate(p.ChatCompletionRequest(model=model, messages=ask, user=f"u{i}"))).system_fingerprint
                     for i in range(20)}
         assert versions == {"bot-v2", "bot-v3"}, model
+
+
+def test_stream_options_take_a_boolean() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="stream_options.include_usage"):  # "yes" was read as true
+        p.CompletionRequest(model="bot", prompt="yo", stream=True, stream_options={"include_usage": "yes"})
+    assert p.CompletionRequest(model="m", prompt="x", stream_options={"include_usage": True}).stream_options.include_usage

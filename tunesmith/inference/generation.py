@@ -150,11 +150,16 @@ class ChatModel(Prompting):
         encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
         out: list[Completion | None] = [None] * len(encoded)
-        if seed is not None:
-            torch.manual_seed(seed)
+        seeded = seed is not None and temperature > 0
+        if seeded:
+            # A seeded answer is the one the prompt gets alone: rows of one batch drew from one random stream (and
+            # were left-padded together), so the same request answered differently beside others (19 of 20).
+            batch_size = 1
         pad = tok.pad_token_id
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
+            if seeded:
+                torch.manual_seed(seed)
             width = max(len(encoded[i]) for i in idx)
             ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in idx])  # left padding
             mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx])

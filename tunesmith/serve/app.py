@@ -154,7 +154,9 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
 
     def answer(result: BaseModel | ServiceError, rid: str) -> Response:
         if isinstance(result, ServiceError):
-            return _error(result)
+            refused = _error(result)
+            refused.headers["X-Request-ID"] = rid  # a failed request is the one a client most wants to trace
+            return refused
         return JSONResponse(result.model_dump(), headers={"X-Request-ID": rid})
 
     @app.get("/healthz", tags=["ops"])

@@ -11,7 +11,8 @@ import time
 import uuid
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, StrictBool, field_validator,
+                      model_serializer)
 
 
 def _encodable(value: str) -> str:
@@ -102,6 +103,12 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: StrictBool = False  # a final chunk with the usage; "yes" was read as true
+
+
 class SamplingParams(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -112,7 +119,7 @@ class SamplingParams(BaseModel):
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     n: int | None = Field(None, ge=1)
     stream: bool = False
-    stream_options: dict[str, Any] | None = None
+    stream_options: StreamOptions | None = None
     tools: list[Any] | None = None
     user: str | None = Field(None, max_length=256)  # OpenAI's end-user id: logged with the answer, keys A/B assignment
 
@@ -237,6 +244,7 @@ class CompletionChunk(_OmitsAbsent):
     object: Literal["text_completion"] = "text_completion"
     created: int
     model: str
+    system_fingerprint: str  # as the whole answer's, and each chat chunk's
     choices: list[CompletionChoice]  # empty in the usage chunk
     usage: Usage | None = None
 

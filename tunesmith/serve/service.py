@@ -532,7 +532,7 @@ class Service:
         if active >= self.spec.max_queue:
             return _overloaded(Overloaded(max(1, round(self.batchers[model.batch_key].last_batch_s * 2))))
         chat = isinstance(req, p.ChatCompletionRequest)
-        include_usage = bool((req.stream_options or {}).get("include_usage"))
+        include_usage = req.stream_options is not None and req.stream_options.include_usage
         record = (_logged_inputs(req, prompts), req.user, time.perf_counter(), variant)
         return self._events(model, prompts[0], params, counts[0], chat, include_usage, record)
 
@@ -560,7 +560,7 @@ class Service:
                     id=ident, created=created, model=model.id, system_fingerprint=model.version, usage=usage,
                     choices=[] if usage else [p.ChatChunkChoice(index=0, delta=delta, finish_reason=finish)]))
             return _event(p.CompletionChunk(
-                id=ident, created=created, model=model.id, usage=usage,
+                id=ident, created=created, model=model.id, system_fingerprint=model.version, usage=usage,
                 choices=[] if usage else [p.CompletionChoice(index=0, text=delta, finish_reason=finish)]))
 
         self.streams[model.batch_key] = self.streams.get(model.batch_key, 0) + 1
