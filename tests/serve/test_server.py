@@ -63,6 +63,13 @@ def test_models_are_listed_with_openai_fine_tune_names(client: openai.OpenAI) ->
     assert engines[1:] == ["transformers"] * 3 and engines[0] in ("onnxruntime fp32", "openvino bf16", "torch bf16")
 
 
+def test_a_model_is_retrieved_by_any_name_it_answers_to(client: openai.OpenAI) -> None:
+    # "tiny" names the classifier in every request's `model`, but GET /v1/models/tiny was a 404
+    card = client.models.retrieve("tiny")
+    assert card.id.startswith("ft:") and card.id.split(":")[2] == "tiny" and card.task == "single_label_classification"
+    assert client.models.retrieve(card.id).id == card.id
+
+
 def test_predict_one_text_and_a_batch(server: str) -> None:
     r = httpx.post(f"{server}/v1/predict", json={"model": "tiny", "text": "great wonderful friendly food"},
                    headers={**auth(), "X-Request-ID": "abc-1"})
