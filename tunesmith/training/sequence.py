@@ -163,6 +163,10 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
         counts = np.bincount(ids, minlength=len(labels or []))
         loss_func = sequence.class_weight_loss(len(ids) / (len(counts) * np.maximum(counts, 1)))
     pad_multiple = bf16_pad_multiple(max_length, context_length(tokenizer)) if args.bf16 else None
+    # The heads take **kwargs, so the Trainer took their loss as already divided over the accumulated micro-batches
+    # (num_items_in_batch) and left it whole: with grad_accum 4 the first loss read 2.77 for ln 2, and the gradient
+    # norm was clipped at a quarter of the real one. Their loss is a plain mean: the Trainer divides it.
+    (model.get_base_model() if hasattr(model, "get_base_model") else model).accepts_loss_kwargs = False
     trainer = _trainer_class(Trainer, t.seed, t.head_learning_rate)(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple),
