@@ -295,6 +295,34 @@ def test_overwrite_never_deletes_the_run_and_the_default_out_of_dot_is_beside_it
     assert export_run(".", "onnx", check=False).path == tmp_path / "runs" / "run-onnx"
 
 
+def test_overwrite_replaces_only_an_earlier_export(lora_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """It deleted any folder: the run's own dataset (whose self-check then read "skipped"), a folder of other files,
+    the current directory."""
+    from tunesmith.artifacts import Run
+
+    dataset = Path(Run(lora_run).manifest.dataset)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    for out, why in ((dataset, "replaces only an earlier export"), (busy, "replaces only an earlier export")):
+        with pytest.raises(ConfigError, match=why):
+            export_run(lora_run, "onnx", out, overwrite=True, check=False)
+    assert (dataset / "manifest.json").is_file() and (busy / "notes.txt").is_file()
+    first = export_run(lora_run, "onnx", tmp_path / "out", check=False).path
+    (first / "EXTRA").write_text("stale")
+    monkeypatch.chdir(first)
+    with pytest.raises(ConfigError, match="holds the current directory"):
+        export_run(lora_run, "onnx", first, overwrite=True, check=False)
+    monkeypatch.chdir(tmp_path)
+    assert export_run(lora_run, "onnx", first, overwrite=True, check=False).path == first and not (first / "EXTRA").exists()
+    (dataset / "export.json").write_text("{}")  # looks like an export, but the run reads it
+    try:
+        with pytest.raises(ConfigError, match="would delete the run's dataset"):
+            export_run(lora_run, "onnx", dataset, overwrite=True, check=False)
+    finally:
+        (dataset / "export.json").unlink()
+
+
 def test_a_damaged_run_folder_is_named(lora_run: Path, tmp_path: Path, capsys) -> None:
     import shutil
 

@@ -66,6 +66,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, 
     if target.exists() and any(target.iterdir()):
         if not overwrite:
             raise ConfigError(f"{target} exists and is not empty; choose another --out or pass --overwrite")
+        _check_replaceable(target, run)
         shutil.rmtree(target)
     target.mkdir(parents=True, exist_ok=True)
     try:
@@ -107,6 +108,22 @@ def _refuse_prompt_tuning(run: Run) -> None:
         raise ConfigError(f"{run.path}: a prompt-tuning adapter cannot be merged into the weights (its virtual tokens "
                           "are inputs, not weights), so it has no merged, ONNX, GGUF, joblib or self-contained Docker form; "
                           "serve the run folder itself (tunesmith serve) or train with method lora")
+
+
+def _check_replaceable(target: Path, run: Run) -> None:
+    """--overwrite deletes an earlier export only: it deleted any folder, the run's own dataset included (whose
+    self-check then read "skipped"), another run, or the current directory."""
+    here, cwd = target.resolve(), Path.cwd().resolve()
+    earlier = (target / EXPORT_MANIFEST).is_file() or all((target / f).is_file() for f in ("Dockerfile", "COMMANDS.txt"))
+    if not earlier or here == cwd or here in cwd.parents:
+        raise ConfigError(f"--out {target}: --overwrite replaces only an earlier export (a folder with {EXPORT_MANIFEST}, "
+                          "or a docker export's Dockerfile), never one that holds the current directory; choose another "
+                          "--out, or remove it yourself")
+    m = run.manifest
+    reads = [("the run's dataset", m.dataset), ("its base model", m.base_model_path)]
+    for what, path in reads:
+        if path and (Path(path).resolve() == here or here in Path(path).resolve().parents):
+            raise ConfigError(f"--out {target}: --overwrite would delete {what} ({path}); choose another --out")
 
 
 def _source_of(path: Path) -> str:
