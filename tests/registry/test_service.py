@@ -42,6 +42,19 @@ def test_versions_stages_promotion_and_rollback(store_url: str, tmp_path: Path) 
     assert ("rollback", 1, "production") in actions
 
 
+def test_rollbacks_walk_back_through_production_s_history(store_url: str, tmp_path: Path) -> None:
+    # A second rollback brought back the version just rolled away from (3, 2, 3, 2, ...): the bad one returned.
+    registry = Registry(Store(store_url))
+    for i in (1, 2, 3):
+        registry.add(fake_run(tmp_path / f"r{i}", 0.8), "reviews")
+        registry.promote("reviews", i)
+    assert [registry.rollback("reviews").version for _ in range(2)] == [2, 1]
+    with pytest.raises(ConfigError, match="nothing to roll back to"):
+        registry.rollback("reviews")
+    registry.promote("reviews", 3)  # 1, 3: a rollback goes back to 1, not to 2, which was rolled away from
+    assert registry.rollback("reviews").version == 1
+
+
 def test_bad_requests_are_refused_by_name(store_url: str, tmp_path: Path) -> None:
     registry = Registry(Store(store_url))
     run = fake_run(tmp_path / "r1", 0.8)

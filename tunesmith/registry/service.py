@@ -142,9 +142,19 @@ class Registry:
                                .with_for_update())
             if current is None:
                 raise ConfigError(f"'{model}' has no version in production to roll back")
-            promotions = [e.version for e in s.scalars(select(RegistryEvent).where(
-                RegistryEvent.model == model, RegistryEvent.to_stage == "production").order_by(RegistryEvent.seq))]
-            earlier = [v for v in promotions if v != current.version]
+            # Production's history as a stack: a promotion pushes its version, a rollback pops the one it left. As a
+            # list of every version ever in production, a second rollback went back to the version just rolled away
+            # from (3, 2, 3, 2, ...).
+            history: list[int] = []
+            for e in s.scalars(select(RegistryEvent).where(
+                    RegistryEvent.model == model, RegistryEvent.to_stage == "production").order_by(RegistryEvent.seq)):
+                if e.action == "rollback" and history:
+                    history.pop()
+                else:
+                    history.append(e.version)
+            while history and history[-1] == current.version:
+                history.pop()
+            earlier = history
             if not earlier:
                 raise ConfigError(f"'{model}' version {current.version} is the only version ever in production; "
                                   "there is nothing to roll back to")
