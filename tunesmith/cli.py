@@ -645,7 +645,12 @@ def ab_size(
     """How many rated feedback items each variant needs (the horizon `ab start` uses)."""
     from tunesmith.monitor.stats import sample_size_proportions
 
-    n = sample_size_proportions(baseline, mde, alpha=alpha, power=power)
+    try:
+        n = sample_size_proportions(baseline, mde, alpha=alpha, power=power)
+    except ValueError as err:  # a rate outside 0-1, a power of 1: said as the options' error, not an internal one
+        from tunesmith.errors import ConfigError
+
+        raise ConfigError(f"ab size: {err}") from None
     out.print(f"{n} rated items per variant to detect {baseline:.0%} -> {baseline + mde:.0%} "
               f"(alpha {alpha:g}, two-sided, power {power:.0%})", highlight=False)
 

@@ -138,6 +138,9 @@ def test_the_sample_size_calculator_on_the_command_line() -> None:
     out = subprocess.run([sys.executable, "-m", "tunesmith", "ab", "size", "--baseline", "0.5", "--mde", "0.1"],
                          capture_output=True, text=True, check=True).stdout
     assert out.startswith("388 rated items per variant")  # the textbook ~385-390 for 50% -> 60%
+    bad = subprocess.run([sys.executable, "-m", "tunesmith", "ab", "size", "--baseline", "1.5", "--mde", "0.1"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "ab size:" in bad.stderr and "internal error" not in bad.stderr, bad.stderr
 
 
 def test_a_bad_horizon_or_alpha_is_refused_before_the_test_is_stored(store_url: str, tmp_path: Path) -> None:
@@ -224,3 +227,23 @@ def test_two_stops_at_the_same_moment_end_the_test_once(store_url: str, tmp_path
     racing.join()
     assert first.winner == "v2" and "no running A/B test" in str(second.get("error"))
     assert Registry(store).production("reviews").version == 2
+
+
+def test_an_answer_rated_again_counts_once(store_url: str, tmp_path: Path) -> None:
+    """Each re-rating (a new comment makes a new feedback item) counted as a trial: one user rating one answer per
+    variant 30 times reached a horizon of 30 and a "winner" at p = 1e-14."""
+    from tunesmith.monitor.live import live_metrics
+
+    store, ab = setup(store_url, tmp_path)
+    ab.start("reviews", {"v1": 0.5, "v2": 0.5}, horizon=30)
+    now = time.time()
+    with store.session() as s:
+        s.execute(Prediction.__table__.insert(), [
+            {"request_id": f"req-{v}", "model": "reviews", "model_version": f"reviews-{v}", "kind": "predict", "created": now,
+             "inputs": None, "outputs": None, "latency_ms": 5.0, "user_id": "u1", "variant": v} for v in ("v1", "v2")])
+        s.execute(Feedback.__table__.insert(), [
+            {"id": f"fb-{v}-{k}", "request_id": f"req-{v}", "item_index": 0, "created": now + k, "thumbs_up": v == "v2",
+             "comment": f"again {k}"} for v in ("v1", "v2") for k in range(30)])
+    status = ab.status("reviews")
+    assert [o.feedback for o in status.variants] == [1, 1] and not status.decided and status.winner is None
+    assert sum(m.rated for m in live_metrics(store, "reviews").values()) == 2

@@ -39,8 +39,8 @@ def test_feedback_joins_logged_answers_and_exports_corrections(store_url: str, t
                        (FeedbackRequest(request_id="req-1"), "rating")):
         err = service.submit(bad)
         assert isinstance(err, ApiError) and err.status == 400 and err.param == param, (bad, err)
-    with pytest.raises(ValidationError):
-        FeedbackRequest(request_id="req-1", rating=6)
+    with pytest.raises(ValidationError, match=r"rating must be 'up', 'down' or a whole number from 1 to 5, got 6"):
+        FeedbackRequest(request_id="req-1", rating=6)  # it said "Input should be 'up' or 'down'"
     with pytest.raises(ValidationError):
         FeedbackRequest(request_id="req-1", rating="meh")
     with store.session() as s:
@@ -164,4 +164,15 @@ def test_a_label_that_cannot_be_a_correction_is_refused_by_name(store_url: str) 
         assert isinstance(err, ApiError) and err.status == 400 and err.param == "label", (req, err)
     assert isinstance(service.submit(FeedbackRequest(request_id="req-1", label=["neg"])), FeedbackCreated)
     assert isinstance(service.submit(FeedbackRequest(request_id="req-m", label=["food", "service"])), FeedbackCreated)
+    log.close()
+
+
+def test_exporting_ratings_without_corrections_writes_none_and_says_no_false_reason(store_url: str, tmp_path: Path) -> None:
+    # It raised "the corrections ... have no inputs (--no-log-inputs ...)" though the inputs were logged.
+    store = Store(store_url)
+    log = PredictionLog(store)
+    service = FeedbackService(store, log)
+    log.record("req-1", "reviews", "reviews-v1", "predict", ["great food"], [LABELS], 3.0)
+    assert isinstance(service.submit(FeedbackRequest(request_id="req-1", rating="up")), FeedbackCreated)
+    assert service.export("reviews", tmp_path / "c.csv") == 0
     log.close()

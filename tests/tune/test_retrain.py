@@ -225,6 +225,16 @@ def test_bad_requests_are_refused_and_change_nothing(tmp_path: Path, tiny_bert: 
     assert registry.events("reviews") == events and len(registry.versions("reviews")) == 1
     with pytest.raises(ConfigError, match="retrain: .*mode"):
         retrain(store, "reviews", mode="sideways", say=lambda _: None)
+    # an A/B test already running: refused before training (it trained, registered, then failed without a report)
+    from tunesmith.monitor.ab import ABService
+
+    registry.add(train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"output_dir": tmp_path / "run2"})})),
+                 "reviews")
+    ABService(store).start("reviews", {"v1": 0.5, "v2": 0.5}, horizon=100)
+    versions = len(registry.versions("reviews"))
+    with pytest.raises(ConfigError, match="already has a running A/B test"):
+        retrain(store, "reviews", promote="ab_test", out=tmp_path / "r2", say=lambda _: None)
+    assert len(registry.versions("reviews")) == versions and not (tmp_path / "r2").exists()
 
 
 def _env() -> dict[str, str]:

@@ -180,16 +180,19 @@ class ABService:
                                  .where(*window).order_by(Feedback.created, Feedback.id)).all()
             info = {"id": test.id, "status": test.status, "horizon": test.horizon, "alpha": test.alpha,
                     "variants": list(test.variants), "shadow": test.shadow, "winner": test.winner}
+        # One rating and one correction per answer (a request's item), its first: a re-rated answer counted again, so
+        # one user rating one answer per variant 30 times reached a horizon of 30 and declared a winner.
+        rated_rows = _first_per_item([r for r in feedback if r[0].thumbs_up is not None or r[0].score is not None])
+        corrected_rows = _first_per_item([r for r in feedback if r[0].corrected_label])
         outcomes = []
         trials, successes, scores = {}, {}, {}
         for v in info["variants"]:
-            mine = [f for f, variant, _ in feedback if variant == v["name"]]
-            rated = [f for f in mine if f.thumbs_up is not None or f.score is not None]
+            rated = [f for f, variant, _ in rated_rows if variant == v["name"]]
             positive = sum(1 for f in rated if _positive(f))
-            corrected = [(f, out) for f, variant, out in feedback if variant == v["name"] and f.corrected_label]
+            corrected = [(f, out) for f, variant, out in corrected_rows if variant == v["name"]]
             right = sum(1 for f, out in corrected if out and _predicted_labels(out, f.item_index) == set(f.corrected_label or []))
             latencies = sorted(lat for _, variant, lat, _ in predictions if variant == v["name"])
-            score_values = [float(f.score) for f in mine if f.score is not None]
+            score_values = [float(f.score) for f in rated if f.score is not None]
             outcomes.append(VariantOutcome(
                 name=v["name"], version=v["version"], weight=v["weight"],
                 requests=sum(1 for _, variant, _, _ in predictions if variant == v["name"]), feedback=len(rated),
@@ -247,6 +250,18 @@ class ABService:
         """Keeping production (the incumbent won) is no promotion: the registry refuses it as already there."""
         current = self.registry.production(model)
         return current is not None and current.version == version
+
+
+def _first_per_item(rows: list[Any]) -> list[Any]:
+    """(Feedback, ...) rows, in their order, keeping the first of each (request, item)."""
+    seen: set[tuple[str, int]] = set()
+    kept = []
+    for row in rows:
+        key = (row[0].request_id, row[0].item_index)
+        if key not in seen:
+            seen.add(key)
+            kept.append(row)
+    return kept
 
 
 def _positive(f: Feedback) -> bool:

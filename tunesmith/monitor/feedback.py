@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import select
 
 from tunesmith.errors import ApiError, ConfigError
@@ -25,11 +25,18 @@ from tunesmith.store.db import Store
 from tunesmith.store.schema import Feedback, Prediction
 
 
+def _rating(value: Any) -> Literal["up", "down"] | int | None:
+    """One message for every bad rating: as a union, 0 or 6 was told "Input should be 'up' or 'down'"."""
+    if value is None or value in ("up", "down") or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 5):
+        return value
+    raise ValueError(f"rating must be 'up', 'down' or a whole number from 1 to 5, got {value!r}")
+
+
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     request_id: Annotated[str, Field(min_length=1, max_length=MAX_REQUEST_ID)]  # the id of the prediction or chat answer
-    rating: Literal["up", "down"] | Annotated[int, Field(strict=True, ge=1, le=5)] | None = None  # thumbs, or a 1-5 score
+    rating: Annotated[Any, BeforeValidator(_rating)] = None  # thumbs ("up"/"down"), or a 1-5 score
     index: Annotated[int, Field(ge=0)] = 0  # which text of a batch prediction this is about
     label: str | list[str] | None = None  # the right class (a list for multi-label)
     value: Annotated[float, Field(allow_inf_nan=False)] | None = None  # the right value (regression); not NaN
@@ -90,7 +97,7 @@ class FeedbackService:
             rows = s.execute(select(Feedback, Prediction).join(Prediction, Feedback.request_id == Prediction.request_id)
                              .where(Prediction.model == model).order_by(Feedback.created)).all()
         corrections = [(f, p) for f, p in rows if f.corrected_label or f.corrected_value is not None or f.corrected_answer]
-        if rows and not any(p.inputs for _, p in corrections):
+        if corrections and not any(p.inputs for _, p in corrections):  # ratings alone: nothing to export, said below
             raise ConfigError(f"the corrections for '{model}' have no inputs to pair them with (the server ran with "
                               "--no-log-inputs, or the inputs passed their retention)")
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -219,14 +219,16 @@ class _Tally:
                 if out.get("value") is not None:
                     self.values.append(float(out["value"]))
         base = row.request_id[: -len(SHADOW_SUFFIX)] if shadow and row.request_id.endswith(SHADOW_SUFFIX) else row.request_id
+        rated_items: set[int] = set()
         for f in by_request.get(base, ()):
             if not shadow:  # the user rated the answer they saw, not the shadow's
                 m.feedback += 1
-                if f.thumbs_up is not None or f.score is not None:
+                if (f.thumbs_up is not None or f.score is not None) and f.item_index not in rated_items:
+                    rated_items.add(f.item_index)  # an answer rated again counts once (its first rating), as in A/B
                     m.rated += 1
                     m.positive += f.thumbs_up is True or (f.score is not None and f.score >= 4)
-                if f.score is not None:
-                    self.scores.append(float(f.score))
+                    if f.score is not None:
+                        self.scores.append(float(f.score))
             out = outputs[f.item_index] if f.item_index < len(outputs) and isinstance(outputs[f.item_index], dict) else None
             if out is None:
                 continue  # outputs not logged (or purged): nothing to compare the correction with

@@ -90,6 +90,13 @@ def retrain(store: Store, model: str, *, mode: str | None = None, promote: str |
                                            **{k: v for k, v in (("mode", mode), ("promote", promote)) if v is not None}})
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, "retrain", {})) from None
+    if spec.promote == "ab_test":  # refused before training: after it, the round ended with a registered candidate,
+        from tunesmith.monitor.ab import ABService  # no report and an error
+
+        running = ABService(store).running(model)
+        if running is not None:
+            raise ConfigError(f"'{model}' already has a running A/B test ({running.test_id}); stop it (`tunesmith ab stop "
+                              f"--model {model}`) or retrain with --promote if_better or never")
     status = trigger.check(store, model, production, spec)
     if if_needed and not status.due:
         why = [f"{status.new_corrections} new correction(s) < retrain.min_corrections ({spec.min_corrections})"]
