@@ -87,6 +87,25 @@ def test_base_model_column_trains_a_head_only_model(classifier_run: Path) -> Non
     assert (classifier_run / "eval" / "base-model" / "run.json").exists()
 
 
+def test_the_base_model_column_is_trained_again_for_another_dataset(classifier_run: Path, tmp_path: Path,
+                                                                     tiny_bert: Path) -> None:
+    """The cached head-only model was reused whatever dataset it had been trained on."""
+    import shutil
+
+    from tunesmith.artifacts import Run
+    from tunesmith.data.prepare import prepare
+
+    run = tmp_path / "run"
+    shutil.copytree(classifier_run, run)
+    evaluate_run(run, baselines=False, base_model=True)
+    first = Run(run / "eval" / "base-model").manifest.dataset_fingerprint
+    (tmp_path / "other").mkdir()
+    version = prepare(project(tmp_path / "other", tiny_bert, n=120))  # other rows: another dataset
+    evaluate_run(run, dataset_dir=version.path, baselines=False, base_model=True)
+    again = Run(run / "eval" / "base-model").manifest.dataset_fingerprint
+    assert first != again == version.manifest.fingerprint
+
+
 def test_unevaluated_run_cannot_be_compared(classifier_run: Path, tmp_path: Path) -> None:
     from tunesmith.errors import DataError
 

@@ -96,7 +96,9 @@ def _base_model_metrics(run: Run, version: DatasetVersion, split: str, texts: li
     from tunesmith.training import train
 
     base_dir = run.path / "eval" / "base-model"
-    if not is_run(base_dir):
+    # Cached for the dataset it was trained on only: `evaluate --dataset OTHER --base-model` reused a head trained on
+    # the first one.
+    if not is_run(base_dir) or Run(base_dir).manifest.dataset_fingerprint != version.manifest.fingerprint:
         cfg = run.config.model_copy(deep=True)
         cfg.train.method = "head"
         cfg.train.learning_rate = None
