@@ -175,6 +175,31 @@ def test_training_profile_reads_the_train_split(dataset: Path, tmp_path: Path) -
     assert TrainingProfile.of_run(tmp_path / "no-run") is None
 
 
+def test_drift_after_an_incremental_round_compares_with_the_full_data(store_url: str, dataset: Path, tmp_path: Path) -> None:
+    """An incremental round trains on a replay sample weighted to the corrections: profiled from the run's own
+    dataset, traffic like all the training data read as drift and could trigger `retrain --if-needed` at once."""
+    import shutil
+    import time
+
+    import pyarrow.compute as pc
+
+    from tunesmith.artifacts import write_split
+    from tunesmith.registry.service import Registry
+    from tunesmith.tune.trigger import _drift
+
+    replay = tmp_path / "dataset-incremental"
+    shutil.copytree(dataset, replay)
+    train = DatasetVersion(dataset).table("train")
+    write_split(replay, "train", train.filter(pc.equal(train.column("label"), "pos")))  # the corrections' class
+    store = Store(store_url)
+    production = Registry(store).add(fake_run(tmp_path / "round", replay), "reviews", stage="production",
+                                     lineage={"dataset": str(dataset)})
+    texts, labels = train.column("text").to_pylist(), train.column("label").to_pylist()
+    insert(store, live_rows(texts * 2, labels * 2, start=time.time() + 1))  # trigger.MIN_DRIFT_INPUTS: 200
+    psi, _ = _drift(store, "reviews", production)
+    assert psi is not None and psi < 0.1  # traffic like the training data: no drift
+
+
 def test_drift_is_quiet_on_training_like_traffic_and_warns_on_a_shift(dataset: Path, tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 's.db'}")
     profile = TrainingProfile.of_run(fake_run(tmp_path / "run", dataset))

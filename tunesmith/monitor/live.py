@@ -84,13 +84,15 @@ class TrainingProfile:
         return [label for label, n in self.label_counts.items() for _ in range(n)]
 
     @classmethod
-    def of_run(cls, run_dir: str | Path) -> TrainingProfile | None:
+    def of_run(cls, run_dir: str | Path, dataset: str | Path | None = None) -> TrainingProfile | None:
         """The profile of the run's training data; None when the run or its dataset folder is gone (the
-        registry may outlive both). Cached per run.json and dataset manifest, so a caller can ask often."""
+        registry may outlive both). Cached per run.json and dataset manifest, so a caller can ask often.
+        `dataset`: the data it stands for, where that is not the one it trained on (a registry version's lineage:
+        an incremental round trained on a replay sample weighted to the corrections, which read as drift)."""
         path = Path(run_dir).resolve()
         if not is_run(path):
             return None
-        dataset = Path(Run(path).manifest.dataset)
+        dataset = Path(dataset or Run(path).manifest.dataset)
         if not is_dataset(dataset):
             return None
         stamp = ((path / RUN_MANIFEST).stat().st_mtime_ns, (dataset / "manifest.json").stat().st_mtime_ns)

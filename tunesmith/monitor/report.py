@@ -342,7 +342,7 @@ def _drift_section(store: Store, model: str, production: VersionInfo | None, sin
         lines.append(f"{_code(model)} has no version in production in the registry, so there is no training data to "
                      "compare live traffic with. Register and promote a version (`tunesmith registry promote`).")
         return "\n".join(lines), None
-    profile = TrainingProfile.of_run(production.run)
+    profile = TrainingProfile.of_run(production.run, production.lineage.get("dataset"))  # the full data
     if profile is None:
         lines.append(f"The training data of the production version (v{production.version}, run {_code(production.run)}) "
                      "is no longer on disk (the run folder or its dataset folder is gone): drift cannot be measured.")

@@ -81,7 +81,7 @@ def _drift(store: Store, model: str, production: VersionInfo) -> tuple[float | N
     against its training data: the same reading as the server's drift gauges and the monitoring report."""
     from tunesmith.monitor.live import TrainingProfile, drift_of, live_sample
 
-    profile = TrainingProfile.of_run(production.run)
+    profile = TrainingProfile.of_run(production.run, production.lineage.get("dataset"))  # the full data
     if profile is None:  # the run or its dataset folder is gone
         return None, 0
     sample = live_sample(store, model, since=production.stage_changed_at, limit=DRIFT_SAMPLE)
