@@ -153,6 +153,16 @@ def test_sampling_follows_each_requests_seed(engines: dict[str, LlamaCppChatMode
     assert len(set(first)) > 1 and len(again) == 6  # a temperature of 1.5 on a tiny model: the seeds do not all agree
 
 
+def test_a_whole_answer_cancelled_ends_at_its_next_token(engines: dict[str, LlamaCppChatModel]) -> None:
+    import threading
+
+    engine = engines["full"]
+    cancel = threading.Event()
+    cancel.set()  # the server stopped waiting (504)
+    [answer] = engine.generate_texts([prompt_of(engine, 1)], max_new_tokens=64, cancel=cancel)
+    assert answer.completion_tokens <= 1
+
+
 def test_a_seed_numpy_refuses_fails_its_request_and_the_engine_goes_on(engines: dict[str, LlamaCppChatModel]) -> None:
     # np.random.default_rng(-1) raised in the decoding thread, which died: every later request timed out (504).
     engine = engines["full"]

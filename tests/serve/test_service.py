@@ -281,7 +281,7 @@ def test_a_multi_prompt_request_refused_as_overloaded_leaves_none_of_its_prompts
     service = Service([bot], ServeSpec(batch_wait_ms=0, max_queue=2))
 
     async def refused() -> Any:
-        service.batchers[bot.batch_key].submit((bot.id, ()), "z")  # another request: one place taken, not yet run
+        service.batchers[bot.batch_key].submit((bot.id, ()), ("z", threading.Event()))  # another request, not yet run
         err = await service.generate(p.CompletionRequest(model="bot", prompt=["a", "b"]))
         await asyncio.sleep(0.2)  # the batcher's turn: it would run "a" now
         return err
@@ -402,3 +402,30 @@ def test_stream_options_take_a_boolean() -> None:
     with pytest.raises(ValidationError, match="stream_options.include_usage"):  # "yes" was read as true
         p.CompletionRequest(model="bot", prompt="yo", stream=True, stream_options={"include_usage": "yes"})
     assert p.CompletionRequest(model="m", prompt="x", stream_options={"include_usage": True}).stream_options.include_usage
+
+
+def test_a_whole_answer_the_server_stopped_waiting_for_stops_decoding() -> None:
+    """A non-streamed request past --timeout got its 504 while llama.cpp or CTranslate2 decoded on to max_tokens for
+    no one, holding a row (under overload, every late request made the next one later)."""
+    seen: list[bool] = []
+
+    class Together(FakeChat):  # an engine that decodes concurrent calls together
+        concurrent_calls = 4
+
+        def generate(self, prompts: list[str], cancel: threading.Event | None = None, **params: Any) -> list[Any]:
+            assert cancel is not None
+            seen.append(cancel.wait(10))  # decoding until told to stop
+            return super().generate(prompts, **params)
+
+    service = Service([served("chat", Together(), "bot")], ServeSpec(timeout_s=0.2))
+
+    async def late() -> Any:
+        err = await service.generate(p.CompletionRequest(model="bot", prompt="hi"))
+        for _ in range(50):  # the engine's thread learns of it
+            if seen:
+                break
+            await asyncio.sleep(0.1)
+        return err
+
+    err = run(late())
+    assert isinstance(err, ServiceError) and err.status == 504 and seen == [True]

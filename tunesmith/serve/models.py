@@ -132,8 +132,9 @@ class BatchedChatEngine:
     def prompt_text(self, conversation: list[dict[str, str]]) -> str:
         return self.chat.prompt_text(conversation)
 
-    def generate(self, prompts: Sequence[str], **params: Any) -> list[Any]:
-        return self.chat.generate_texts(prompts, **params)
+    def generate(self, prompts: Sequence[str], cancel: threading.Event | None = None, **params: Any) -> list[Any]:
+        """`cancel`: for the engines that decode calls together (their rows end at the next token once it is set)."""
+        return self.chat.generate_texts(prompts, **params, **({"cancel": cancel} if cancel is not None else {}))
 
     def stream(self, prompt: str, cancel: threading.Event, **params: Any) -> Iterator[Any]:
         yield from self.chat.stream_text(prompt, cancel=cancel, **params)

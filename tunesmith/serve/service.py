@@ -417,10 +417,16 @@ class Service:
 
     # -- generation --------------------------------------------------------------------------------
 
-    def _run_chat(self, key: tuple[Any, ...], payloads: Sequence[str]) -> list[Any]:
+    def _run_chat(self, key: tuple[Any, ...], payloads: Sequence[tuple[str, threading.Event]]) -> list[Any]:
+        """`payloads`: (prompt, the request's cancel event). An engine that decodes calls together gets each request
+        as a call of its own, and its event: a request the server stopped waiting for (504) stops decoding, where it
+        went on to max_tokens for no one, holding a row."""
         model_id, params = key[0], dict(key[1])
         model = self.by_id[model_id]
-        return model.engine.generate(list(payloads), **params)
+        prompts = [prompt for prompt, _ in payloads]
+        if getattr(model.engine, "concurrent_calls", 1) > 1 and len(payloads) == 1:
+            return model.engine.generate(prompts, cancel=payloads[0][1], **params)
+        return model.engine.generate(prompts, **params)
 
     def _params(self, req: p.SamplingParams, model: Served, prompt_tokens: int, max_tokens: int | None
                 ) -> dict[str, Any] | ServiceError:
@@ -472,9 +478,10 @@ class Service:
         key = (model.id, tuple(sorted(params.items())))
         batcher = self.batchers[model.batch_key]
         futures: list[asyncio.Future[Any]] = []
+        cancel = threading.Event()
         try:
             for x in prompts:
-                futures.append(batcher.submit(key, x))
+                futures.append(batcher.submit(key, (x, cancel)))
         except Overloaded as err:
             for f in futures:  # the prompts queued before the refusal would run for nobody: the batcher skips them
                 f.cancel()
@@ -482,6 +489,7 @@ class Service:
         try:
             done = await asyncio.wait_for(asyncio.gather(*futures), self.spec.timeout_s)
         except TimeoutError:
+            cancel.set()  # the engine stops decoding for no one
             return ServiceError(504, f"no answer within {self.spec.timeout_s:g} s", "server_error", code="timeout")
         except Exception as err:  # noqa: BLE001 - the model failed on the batch: in the API's shape, as a stream says it
             return ServiceError(500, f"generation failed: {type(err).__name__}: {err}", "server_error")
