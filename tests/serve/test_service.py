@@ -429,3 +429,23 @@ def test_a_whole_answer_the_server_stopped_waiting_for_stops_decoding() -> None:
 
     err = run(late())
     assert isinstance(err, ServiceError) and err.status == 504 and seen == [True]
+
+
+def test_the_variants_of_an_ended_test_are_let_go() -> None:
+    """Each A/B variant's model stayed loaded after its test stopped: a server that ran a few tests held them all."""
+    service, production = ab_service("sequence", FakeClassifier, "reviews")
+    variant_keys = {m.batch_key for m in service.variant_models.values()}
+
+    class Ended:  # the store's view: no test running on the model any more
+        def running(self, name: str) -> None:
+            return None
+
+    service.ab, service.followed = Ended(), ["reviews"]
+
+    async def follow() -> None:
+        await service.follow_tests(asyncio.get_running_loop())
+
+    run(follow())
+    assert service.variant_models == {} and "reviews" not in service.routes
+    assert not variant_keys & set(service.by_key) and production.batch_key in service.by_key
+    assert run(service.predict(p.PredictRequest(model="reviews", text="good"))).model_version == "reviews-v1"

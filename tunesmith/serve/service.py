@@ -193,6 +193,12 @@ class Service:
                 self.routes[name] = route
                 print(f"A/B: '{name}' split {[(n, w) for n, _, w in route.variants]}"
                       + (f", shadow {route.shadow[0]}" if route.shadow else ""), flush=True)
+            # The variants of a test that ended (or left this one) are let go: each held a loaded model for good.
+            wanted = {v for _, v, _ in route.variants} | ({route.shadow[1]} if route and route.shadow else set()) \
+                if route else set()
+            for key in [k for k in self.variant_models if k[0] == name and k[1] not in wanted]:
+                del self.variant_models[key]
+        self._retire()
 
     def load_version(self, name: str, version: int) -> Served:
         assert self.registry is not None
