@@ -447,3 +447,20 @@ def test_weights_of_a_deleted_model_serve_its_dependants_and_go_with_the_last_of
     _fake_run(b_run)
     assert jobs.delete_model("", b_name)["deleted"]
     assert not (b_run / "model").exists() and not (a_run / "model").exists()  # the last dependant gone: A's weights too
+
+
+def test_a_pause_taken_back_after_the_worker_saw_it_lets_training_go_on(store_url: str) -> None:
+    """The worker read the pause, then the pause was taken back before its next step: it stopped anyway, let the job
+    go and another worker took it over from the checkpoint (work for nothing)."""
+    from tunesmith.jobs.worker import _Heartbeat
+
+    store = Store(store_url)
+    _job(store, "ftjob-back", status="running", worker="w", heartbeat_at=time.time(), trained_tokens=100)
+    jobs = JobsService(store, JobsSpec())
+    beat = _Heartbeat(Worker(store, JobsSpec(), name="w"), "ftjob-back")
+    assert jobs.pause_job("", "ftjob-back").status == "paused"
+    beat.beat()
+    assert beat.stop_reason == "pause"
+    assert jobs.resume_job("", "ftjob-back").status == "running"
+    beat.beat()
+    assert beat.stop_reason is None

@@ -396,6 +396,8 @@ class _Heartbeat(threading.Thread):
                 self.stop_reason = job.control
             elif job.status in ("cancelled", "paused"):
                 self.stop_reason = "cancel" if job.status == "cancelled" else "pause"
+            elif self.stop_reason == "pause":  # the pause was taken back before training stopped: it trains on
+                self.stop_reason = None
 
     def stop(self) -> None:
         self._done.set()
