@@ -986,3 +986,12 @@ def test_a_score_too_large_for_a_float_is_quarantined(tmp_path, make_config):
     lines = [json.dumps({"text": t, "score": i}) for i, t in enumerate(texts(12))] + ['{"text": "huge", "score": 1' + "0" * 400 + "}"]
     version = run(make_config, [{"path": str(write_lines(tmp_path / "d.jsonl", lines))}], task={"type": "regression"})
     assert {n: q["field"] for n, q in by_line(version).items()} == {13: "score"}
+
+
+def test_texts_that_differ_only_by_invisible_characters_are_duplicates(tmp_path, make_config):
+    # A byte-order mark or a zero-width space pasted into a copy made it a text of its own.
+    records = reviews(10) + [{"text": "\ufeff" + reviews(10)[3]["text"], "label": reviews(10)[3]["label"]},
+                             {"text": reviews(10)[5]["text"].replace(" ", " \u200b", 1), "label": reviews(10)[5]["label"]}]
+    version = run(make_config, [{"path": str(write_jsonl(tmp_path / "d.jsonl", records))}])
+    accounted(version, 12)
+    assert {n: q["stage"] for n, q in by_line(version).items()} == {11: "exact_duplicate", 12: "exact_duplicate"}
