@@ -995,3 +995,19 @@ def test_texts_that_differ_only_by_invisible_characters_are_duplicates(tmp_path,
     version = run(make_config, [{"path": str(write_jsonl(tmp_path / "d.jsonl", records))}])
     accounted(version, 12)
     assert {n: q["stage"] for n, q in by_line(version).items()} == {11: "exact_duplicate", 12: "exact_duplicate"}
+
+
+def test_an_integer_id_read_as_a_float_keeps_its_digits(tmp_path, make_config):
+    # pandas writes an integer column with a gap as floats: id 1.0 matched no correction naming 1.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = reviews(12)
+    ids = pa.array([float(i) for i in range(1, 12)] + [None], type=pa.float64())
+    pq.write_table(pa.table({"rid": ids, "text": [r["text"] for r in records], "label": [r["label"] for r in records]}),
+                   tmp_path / "d.parquet")
+    fixes = write_csv(tmp_path / "fixes.csv", [{"id": "1", "label": "pos"}])
+    version = run(make_config, [{"path": str(tmp_path / "d.parquet"), "fields": {"id": "rid"}}],
+                  annotate={"corrections": str(fixes)})
+    rows = {r["id"]: r for r in kept_rows(version)}
+    assert rows["1"]["label"] == "pos" and "1.0" not in rows  # the first review was "neg"

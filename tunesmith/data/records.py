@@ -366,7 +366,9 @@ class Canonicalizer:
             value = self._value("id", exprs["id"], record, spec)
             if self._is_missing(value):
                 return Rejection("validate", raw.source, raw.line, "missing id", "id", record=record)
-            example_id = str(value)
+            # an integer id read as a float (a Parquet or Excel column with a gap) is its digits: "1.0" matched no
+            # correction or annotation that names 1
+            example_id = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
         else:
             example_id = f"{prefix}:{raw.line}"
         first = self.seen_ids.get(example_id)
