@@ -1011,3 +1011,12 @@ def test_an_integer_id_read_as_a_float_keeps_its_digits(tmp_path, make_config):
                   annotate={"corrections": str(fixes)})
     rows = {r["id"]: r for r in kept_rows(version)}
     assert rows["1"]["label"] == "pos" and "1.0" not in rows  # the first review was "neg"
+
+
+def test_jsonl_lines_with_a_trailing_comma_or_a_giant_number_are_quarantined_with_the_fix(tmp_path, make_config):
+    # A trailing comma was "Extra data" with no hint; a 5,000-digit number raised past the reader (a crash).
+    lines = [json.dumps(r) for r in reviews(10)] + [json.dumps(reviews(11)[10]) + ",", '{"text": "big", "label": 1' + "0" * 5000 + "}"]
+    version = run(make_config, [{"path": str(write_lines(tmp_path / "d.jsonl", lines))}])
+    accounted(version, 12)
+    reasons = {n: q["reason"] for n, q in by_line(version).items()}
+    assert reasons[11].endswith("remove the trailing comma") and reasons[12].startswith("not valid JSON: Exceeds the limit")

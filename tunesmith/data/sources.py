@@ -311,7 +311,12 @@ def read_jsonl(path: Path, encoding: str | None) -> Iterator[Raw]:
             try:  # without its line break: an unclosed string would report the break as a bad character
                 record = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as err:
-                yield Raw(src, lineno, None, f"not valid JSON: {err.msg} (column {err.colno})", text=line.rstrip("\n"))
+                hint = ("; a JSON Lines line is one object with nothing after it: remove the trailing comma"
+                        if err.msg == "Extra data" and line[err.pos:].strip() == "," else "")
+                yield Raw(src, lineno, None, f"not valid JSON: {err.msg} (column {err.colno}){hint}", text=line.rstrip("\n"))
+                continue
+            except ValueError as err:  # an integer of over 4,300 digits: Python's guard, not a JSONDecodeError
+                yield Raw(src, lineno, None, f"not valid JSON: {err}", text=line.rstrip("\n"))
                 continue
             if not isinstance(record, dict):
                 yield Raw(src, lineno, None, f"expected a JSON object, got {_json_type(record)}", text=line.rstrip("\n"))
