@@ -292,3 +292,43 @@ def test_the_server_raises_drift_warnings_in_metrics(dataset: Path, tmp_path: Pa
     assert 'tunesmith_drift_warning{model="reviews",signal="vocabulary"} 1.0' in metrics
     assert 'tunesmith_drift_psi{model="reviews",signal="labels"}' in metrics
     service.log.close()
+
+
+def test_the_server_s_drift_of_a_registry_version_reads_its_lineage_dataset(dataset: Path, tmp_path: Path) -> None:
+    """After an incremental round the served run's own dataset is the replay sample: the server's gauges warned of
+    drift on traffic like the training data (the trigger and the report read the lineage's full dataset)."""
+    import asyncio
+    import shutil
+
+    import pyarrow.compute as pc
+
+    from tunesmith.artifacts import write_split
+    from tunesmith.config import ServeSpec
+    from tunesmith.monitor.log import PredictionLog
+    from tunesmith.registry.service import Registry
+    from tunesmith.serve.models import Served
+    from tunesmith.serve.service import Service
+
+    replay = tmp_path / "dataset-incremental"
+    shutil.copytree(dataset, replay)
+    train = DatasetVersion(dataset).table("train")
+    write_split(replay, "train", train.filter(pc.equal(train.column("label"), "pos")))
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    registry = Registry(store)
+    info = registry.add(fake_run(tmp_path / "round", replay), "reviews", stage="production", lineage={"dataset": str(dataset)})
+    insert(store, live_rows(train.column("text").to_pylist(), train.column("label").to_pylist(), "reviews-v1"))
+    served = Served("ft:tiny:reviews:1", "sequence", "single_label_classification", info.run, "tiny", 0, "reviews-v1",
+                    engine=None, registry=("reviews", info.id))
+    service = Service([served], ServeSpec(), log=PredictionLog(store), registry=registry)
+
+    async def one_pass() -> None:
+        task = asyncio.create_task(service.watch_drift(every_s=0.01))
+        for _ in range(600):
+            if b"tunesmith_drift_psi{" in service.metrics.render() or task.done():
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(one_pass())
+    assert 'tunesmith_drift_warning{model="reviews",signal="labels"} 0.0' in service.metrics.render().decode()
+    service.log.close()

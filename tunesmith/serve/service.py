@@ -284,7 +284,14 @@ class Service:
             for m in list(self.models):
                 name = m.registry[0] if m.registry else m.id
                 try:
-                    profile = await loop.run_in_executor(None, TrainingProfile.of_run, m.run)
+                    # A registry version's data is its lineage's dataset: after an incremental round the run trained on
+                    # a replay sample weighted to the corrections, which read as drift (as trigger.py and the report do)
+                    dataset = None
+                    if m.registry and self.registry is not None:
+                        info = await loop.run_in_executor(None, self.registry.production, m.registry[0])
+                        if info is not None and info.id == m.registry[1]:
+                            dataset = info.lineage.get("dataset")
+                    profile = await loop.run_in_executor(None, TrainingProfile.of_run, m.run, dataset)
                     if profile is None:
                         continue
                     report = await loop.run_in_executor(None, lambda n=name, pr=profile: drift(self.log.store, n, pr))
