@@ -14,7 +14,7 @@ from typing import Any
 
 from tunesmith.collect.sink import Sink
 from tunesmith.config import HubSpec, ProjectConfig, SourceSpec
-from tunesmith.data.sources import named_batches
+from tunesmith.data.sources import dataset_rows
 from tunesmith.errors import DataError
 
 BATCH = 4096  # rows per Arrow batch read from the dataset: fast, and bounded memory for big datasets
@@ -27,11 +27,9 @@ def collect(cfg: ProjectConfig, index: int, spec: SourceSpec, sink: Sink, say: C
     ds = load(hub)
     origin = f"hf://{hub.dataset}/{hub.config or 'default'}/{hub.split}@{hub.revision or 'main'}"
     row = 0
-    for batch in named_batches(ds, BATCH):
-        columns = list(batch)
-        for values in zip(*(batch[c] for c in columns), strict=True):
-            sink.add(dict(zip(columns, values, strict=True)), origin=origin, row=row)  # 0-based: ds[row] is this row
-            row += 1
+    for record in dataset_rows(ds, BATCH):
+        sink.add(record, origin=origin, row=row)  # 0-based: ds[row] is this row
+        row += 1
     say(f"{row} rows from {_name(hub)}")
 
 

@@ -491,16 +491,18 @@ def read_text_folder(path: Path, encoding: str | None) -> Iterator[Raw]:
         raise DataError(f"{path}: the label folders {[p.name for p in labels]} hold no files")
 
 
-def named_batches(ds: Any, size: int) -> Iterator[dict[str, list[Any]]]:
-    """A `datasets.Dataset` in batches of columns, a ClassLabel column's indices as its names: imdb's label is
-    stored as 0/1, and the classes came out "0" and "1" (-1, a missing label, is None)."""
+def dataset_rows(ds: Any, size: int = 4096) -> Iterator[dict[str, Any]]:
+    """A `datasets.Dataset`'s rows, read `size` at a time, a ClassLabel column's indices as its names: imdb's label
+    is stored as 0/1, and the classes came out "0" and "1" (-1, a missing label, is None)."""
     import datasets
 
     named = {c: f for c, f in ds.features.items() if isinstance(f, datasets.ClassLabel)}
     for batch in ds.iter(batch_size=size):
         for column, feature in named.items():
             batch[column] = [None if v is None or v < 0 else feature.int2str(v) for v in batch[column]]
-        yield batch
+        columns = list(batch)
+        for values in zip(*(batch[c] for c in columns), strict=True):
+            yield dict(zip(columns, values, strict=True))
 
 
 def read_hf_disk(path: Path, subset: str | None, needed: dict[str, Any]) -> Iterator[Raw]:
@@ -518,9 +520,5 @@ def read_hf_disk(path: Path, subset: str | None, needed: dict[str, Any]) -> Iter
     for name, part in parts.items():
         src = f"{path}[{name}]" if name else str(path)
         check_columns(src, part.column_names, needed)
-        row = 0
-        for batch in named_batches(part, 4096):
-            cols = list(batch)
-            for values in zip(*(batch[c] for c in cols), strict=True):
-                row += 1
-                yield Raw(src, row, dict(zip(cols, values, strict=True)))
+        for row, record in enumerate(dataset_rows(part), start=1):
+            yield Raw(src, row, record)
