@@ -3,7 +3,6 @@ given by path (refused when it was prepared for another model's tokenizer)."""
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ from typing import Any
 from tunesmith.artifacts import DatasetVersion, is_dataset
 from tunesmith.config import ProjectConfig, config_diff
 from tunesmith.errors import ConfigError, DataError
+from tunesmith.training.run import is_rank0
 
 # Model settings that change what preparation keeps and records: the tokenizer counts n_tokens and
 # filters lengths, the budget and the chat template decide which conversations fit.
@@ -48,7 +48,7 @@ def ensure_dataset(cfg: ProjectConfig, dataset_dir: Path | None = None, log: boo
                 f"for this model (`tunesmith data prepare CONFIG --out DIR`), or train on the config's own dataset")
         return version
     path = Path(cfg.dataset_dir)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0:
+    if not is_rank0():
         return _prepared_by_rank0(cfg, path)
     if is_dataset(path):
         version = DatasetVersion(path)
