@@ -260,10 +260,23 @@ def test_regression_values_drift(tmp_path: Path) -> None:
     assert "labels" not in report and report["vocabulary"]["oov_rate"] == 0
 
 
-def test_the_server_raises_drift_warnings_in_metrics(dataset: Path, tmp_path: Path) -> None:
-    """The serving side of drift: Service.watch_drift sets the PSI and warning gauges of /metrics."""
+def one_drift_pass(service: Any) -> None:
+    """Run the server's drift watch until its first pass has published, however slow the host."""
     import asyncio
 
+    async def one_pass() -> None:
+        task = asyncio.create_task(service.watch_drift(every_s=0.01))
+        for _ in range(600):
+            if b"tunesmith_drift_psi{" in service.metrics.render() or task.done():
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(one_pass())
+
+
+def test_the_server_raises_drift_warnings_in_metrics(dataset: Path, tmp_path: Path) -> None:
+    """The serving side of drift: Service.watch_drift sets the PSI and warning gauges of /metrics."""
     from tunesmith.config import ServeSpec
     from tunesmith.monitor.log import PredictionLog
     from tunesmith.serve.models import Served
@@ -278,15 +291,7 @@ def test_the_server_raises_drift_warnings_in_metrics(dataset: Path, tmp_path: Pa
                     engine=None, registry=("reviews", "mv-1"))
     service = Service([served], ServeSpec(), log=PredictionLog(store))
 
-    async def one_pass() -> None:  # until the first pass has published, however slow the host
-        task = asyncio.create_task(service.watch_drift(every_s=0.01))
-        for _ in range(600):
-            if b"tunesmith_drift_psi{" in service.metrics.render() or task.done():
-                break
-            await asyncio.sleep(0.05)
-        task.cancel()
-
-    asyncio.run(one_pass())
+    one_drift_pass(service)
     metrics = service.metrics.render().decode()
     assert 'tunesmith_drift_warning{model="reviews",signal="labels"} 1.0' in metrics
     assert 'tunesmith_drift_warning{model="reviews",signal="vocabulary"} 1.0' in metrics
@@ -297,7 +302,6 @@ def test_the_server_raises_drift_warnings_in_metrics(dataset: Path, tmp_path: Pa
 def test_the_server_s_drift_of_a_registry_version_reads_its_lineage_dataset(dataset: Path, tmp_path: Path) -> None:
     """After an incremental round the served run's own dataset is the replay sample: the server's gauges warned of
     drift on traffic like the training data (the trigger and the report read the lineage's full dataset)."""
-    import asyncio
     import shutil
 
     import pyarrow.compute as pc
@@ -321,14 +325,6 @@ def test_the_server_s_drift_of_a_registry_version_reads_its_lineage_dataset(data
                     engine=None, registry=("reviews", info.id))
     service = Service([served], ServeSpec(), log=PredictionLog(store), registry=registry)
 
-    async def one_pass() -> None:
-        task = asyncio.create_task(service.watch_drift(every_s=0.01))
-        for _ in range(600):
-            if b"tunesmith_drift_psi{" in service.metrics.render() or task.done():
-                break
-            await asyncio.sleep(0.05)
-        task.cancel()
-
-    asyncio.run(one_pass())
+    one_drift_pass(service)
     assert 'tunesmith_drift_warning{model="reviews",signal="labels"} 0.0' in service.metrics.render().decode()
     service.log.close()

@@ -24,6 +24,7 @@ from sqlalchemy import select
 
 from tunesmith.errors import ConfigError
 from tunesmith.monitor import stats
+from tunesmith.monitor.feedback import is_positive, is_rating
 from tunesmith.registry.service import Registry
 from tunesmith.store.db import Store
 from tunesmith.store.schema import ABTest, Feedback, Prediction
@@ -182,13 +183,13 @@ class ABService:
                     "variants": list(test.variants), "shadow": test.shadow, "winner": test.winner}
         # One rating and one correction per answer (a request's item), its first: a re-rated answer counted again, so
         # one user rating one answer per variant 30 times reached a horizon of 30 and declared a winner.
-        rated_rows = _first_per_item([r for r in feedback if r[0].thumbs_up is not None or r[0].score is not None])
+        rated_rows = _first_per_item([r for r in feedback if is_rating(r[0])])
         corrected_rows = _first_per_item([r for r in feedback if r[0].corrected_label])
         outcomes = []
         trials, successes, scores = {}, {}, {}
         for v in info["variants"]:
             rated = [f for f, variant, _ in rated_rows if variant == v["name"]]
-            positive = sum(1 for f in rated if _positive(f))
+            positive = sum(1 for f in rated if is_positive(f))
             corrected = [(f, out) for f, variant, out in corrected_rows if variant == v["name"]]
             right = sum(1 for f, out in corrected if out and _predicted_labels(out, f.item_index) == set(f.corrected_label or []))
             latencies = sorted(lat for _, variant, lat, _ in predictions if variant == v["name"])
@@ -203,7 +204,7 @@ class ABService:
             # The test reads the first `horizon` items only: testing again as more arrive is peeking after the horizon.
             first = rated[:info["horizon"]]
             trials[v["name"]] = len(first)
-            successes[v["name"]] = sum(1 for f in first if _positive(f))
+            successes[v["name"]] = sum(1 for f in first if is_positive(f))
             scores[v["name"]] = score_values[:info["horizon"]]
         horizon = stats.Horizon(info["horizon"])
         test_name = p_value = difference = ci = None
@@ -262,11 +263,6 @@ def _first_per_item(rows: list[Any]) -> list[Any]:
             seen.add(key)
             kept.append(row)
     return kept
-
-
-def _positive(f: Feedback) -> bool:
-    """A thumbs up, or a score of 4-5."""
-    return f.thumbs_up is True or (f.score is not None and f.score >= 4)
 
 
 def _predicted_labels(outputs: list[Any], index: int) -> set[str]:

@@ -25,6 +25,16 @@ from tunesmith.store.db import Store
 from tunesmith.store.schema import Feedback, Prediction
 
 
+def is_rating(f: Feedback) -> bool:
+    """Feedback that rates the answer: a thumbs or a 1-5 score (a correction or a comment alone does not)."""
+    return f.thumbs_up is not None or f.score is not None
+
+
+def is_positive(f: Feedback) -> bool:
+    """A thumbs up, or a score of 4-5."""
+    return f.thumbs_up is True or (f.score is not None and f.score >= 4)
+
+
 def _rating(value: Any) -> Literal["up", "down"] | int | None:
     """One message for every bad rating: as a union, 0 or 6 was told "Input should be 'up' or 'down'"."""
     if value is None or value in ("up", "down") or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 5):

@@ -30,6 +30,7 @@ from sqlalchemy import JSON, or_, select
 
 from tunesmith.artifacts import RUN_MANIFEST, DatasetVersion, Run, is_dataset, is_run
 from tunesmith.monitor.drift import TOKEN, DriftReport, DriftThresholds, drift_report, vocabulary_of
+from tunesmith.monitor.feedback import is_positive, is_rating
 from tunesmith.store.db import Store
 from tunesmith.store.schema import Feedback, Prediction
 
@@ -225,10 +226,10 @@ class _Tally:
         for f in by_request.get(base, ()):
             if not shadow:  # the user rated the answer they saw, not the shadow's
                 m.feedback += 1
-                if (f.thumbs_up is not None or f.score is not None) and f.item_index not in rated_items:
+                if is_rating(f) and f.item_index not in rated_items:
                     rated_items.add(f.item_index)  # an answer rated again counts once (its first rating), as in A/B
                     m.rated += 1
-                    m.positive += f.thumbs_up is True or (f.score is not None and f.score >= 4)
+                    m.positive += is_positive(f)
                     if f.score is not None:
                         self.scores.append(float(f.score))
             out = outputs[f.item_index] if f.item_index < len(outputs) and isinstance(outputs[f.item_index], dict) else None
