@@ -154,11 +154,10 @@ class Registry:
                     history.append(e.version)
             while history and history[-1] == current.version:
                 history.pop()
-            earlier = history
-            if not earlier:
+            if not history:
                 raise ConfigError(f"'{model}' version {current.version} is the only version ever in production; "
                                   "there is nothing to roll back to")
-            target = self._version(s, model, earlier[-1], lock=True)
+            target = self._version(s, model, history[-1], lock=True)
             self._set_stage(s, target, "production", "rollback")
             return _info(target)
 

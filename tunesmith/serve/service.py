@@ -178,12 +178,13 @@ class Service:
         for name in self.followed:
             try:
                 route = await loop.run_in_executor(None, self.ab.running, name)
-                if route is not None:
-                    for _, version, _ in [*route.variants, *([(route.shadow[0], route.shadow[1], 0.0)] if route.shadow else [])]:
-                        if (name, version) not in self.variant_models:
-                            served = await loop.run_in_executor(None, self.load_version, name, version)
-                            self.add(served, listed=False)
-                            self.variant_models[(name, version)] = served
+                # the versions the test serves: its variants and its shadow
+                wanted = {v for _, v, _ in route.variants} | ({route.shadow[1]} if route.shadow else set()) if route else set()
+                for version in sorted(wanted):
+                    if (name, version) not in self.variant_models:
+                        served = await loop.run_in_executor(None, self.load_version, name, version)
+                        self.add(served, listed=False)
+                        self.variant_models[(name, version)] = served
             except Exception as err:  # noqa: BLE001 - a test that cannot be applied leaves serving as it was
                 print(f"A/B: could not apply the test on '{name}': {err}", flush=True)
                 continue
@@ -194,8 +195,6 @@ class Service:
                 print(f"A/B: '{name}' split {[(n, w) for n, _, w in route.variants]}"
                       + (f", shadow {route.shadow[0]}" if route.shadow else ""), flush=True)
             # The variants of a test that ended (or left this one) are let go: each held a loaded model for good.
-            wanted = {v for _, v, _ in route.variants} | ({route.shadow[1]} if route and route.shadow else set()) \
-                if route else set()
             for key in [k for k in self.variant_models if k[0] == name and k[1] not in wanted]:
                 del self.variant_models[key]
         self._retire()
