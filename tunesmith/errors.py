@@ -21,6 +21,10 @@ class ConfigError(TunesmithError):
     exit_code = 2
 
 
+class NotFound(ConfigError):
+    """Something the request names does not exist: a registered model or version, an A/B test (HTTP 404)."""
+
+
 class DataError(TunesmithError):
     """The input data cannot be used: unreadable file, missing column, strict-mode rejections."""
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.registry.test_service import fake_run
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, NotFound
 from tunesmith.monitor.ab import ABService, Route, parse_variants
 from tunesmith.registry.service import Registry
 from tunesmith.store.db import Store
@@ -42,6 +42,10 @@ def test_bad_tests_are_refused_clearly(store_url: str, tmp_path: Path) -> None:
         ab.start("reviews", {"v1": 0.5, "v2": 0.5}, shadow="v2")
     with pytest.raises(ConfigError, match="no weight"):
         parse_variants("v1=0.5,v2")
+    with pytest.raises(ConfigError, match="'v1' is named twice"):
+        parse_variants("v1=0.3,v2=0.5,v1=0.2")
+    with pytest.raises(NotFound, match="'other' has no A/B test"):  # HTTP 404 in the admin API
+        ab.status("other")
     started = ab.start("reviews", {"v1": 0.5, "v2": 0.5}, shadow="v3", minimum_detectable_effect=0.1)
     assert started.status == "running" and started.horizon == 388 and not started.decided
     with pytest.raises(ConfigError, match="already has a running A/B test"):

@@ -68,6 +68,7 @@ def test_a_known_effect_is_found_through_the_server(tmp_path: Path, tiny_bert: P
         admin = httpx.get(f"{url}/admin/ab/reviews", headers={"Authorization": f"Bearer {ADMIN}"})
         assert admin.status_code == 200 and admin.json()["winner"] == "v2"
         assert httpx.get(f"{url}/admin/ab/reviews").status_code in (401, 403)
+        assert httpx.get(f"{url}/admin/ab/nothing", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 404
         cli("ab", "stop", "--model", "reviews", "--promote", "v2")
         assert registry.production("reviews").version == 2
         deadline = time.time() + 20  # the server drops the split and serves the new production version

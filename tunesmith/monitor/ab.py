@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, NotFound
 from tunesmith.monitor import stats
 from tunesmith.monitor.feedback import is_positive, is_rating
 from tunesmith.registry.service import Registry
@@ -93,6 +93,8 @@ def parse_variants(text: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         name, sep, weight = part.partition("=")
+        if name.strip() in out:
+            raise ConfigError(f"--variants: '{name.strip()}' is named twice; give each variant one weight")
         try:
             out[name.strip()] = float(weight) if sep else float("nan")
         except ValueError:
@@ -162,7 +164,7 @@ class ABService:
         stmt = stmt.where(ABTest.id == test_id) if test_id else stmt.order_by(ABTest.created.desc())
         test = s.scalars(stmt).first()
         if test is None:
-            raise ConfigError(f"'{model}' has no A/B test; start one with `tunesmith ab start --model {model} "
+            raise NotFound(f"'{model}' has no A/B test; start one with `tunesmith ab start --model {model} "
                               "--variants v1=0.5,v2=0.5`")
         return test
 

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tunesmith.artifacts import Run, is_run
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, NotFound
 from tunesmith.store.db import Store
 from tunesmith.store.schema import ModelVersion, RegisteredModel, RegistryEvent
 
@@ -22,7 +22,7 @@ Stage = Literal["candidate", "production", "archived"]
 STAGES: tuple[Stage, ...] = ("candidate", "production", "archived")
 
 
-class NotRegistered(ConfigError):
+class NotRegistered(NotFound):
     """The model or version named is not in the registry (HTTP 404 in the admin API)."""
 
 

@@ -20,12 +20,12 @@ from starlette.routing import Match
 
 from tunesmith import __version__
 from tunesmith.config import ServeSpec
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, NotFound
 from tunesmith.jobs.service import owner_of
 from tunesmith.monitor.ab import ABService
 from tunesmith.monitor.feedback import FeedbackCreated, FeedbackRequest
 from tunesmith.monitor.log import MAX_REQUEST_ID
-from tunesmith.registry.service import NotRegistered, Registry
+from tunesmith.registry.service import Registry
 from tunesmith.serve import protocol as p
 from tunesmith.serve.service import Service, ServiceError
 
@@ -245,7 +245,7 @@ def add_registry_routes(app: FastAPI, registry: Registry, admin: Callable[[Reque
         try:
             result = action()
         except ConfigError as err:
-            status = 404 if isinstance(err, NotRegistered) else 400
+            status = 404 if isinstance(err, NotFound) else 400
             return error(ServiceError(status, str(err), code="registry_error"))
         return JSONResponse(result.model_dump() if isinstance(result, BaseModel) else [r.model_dump() for r in result])
 
@@ -344,7 +344,7 @@ def add_ab_routes(app: FastAPI, ab: ABService, admin: Callable[[Request], Awaita
         try:
             return JSONResponse(action().model_dump(mode="json"))
         except ConfigError as err:
-            return error(ServiceError(404 if isinstance(err, NotRegistered) else 400, str(err), code="ab_test_error"))
+            return error(ServiceError(404 if isinstance(err, NotFound) else 400, str(err), code="ab_test_error"))
 
     @app.post("/admin/ab", tags=["admin"], dependencies=[Depends(admin)])
     async def start(body: ABStart) -> Response:
