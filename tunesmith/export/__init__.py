@@ -57,9 +57,9 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, 
     _refuse_prompt_tuning(run)
     # Resolved first: the default for `tunesmith export .` is `../<run>-<fmt>`, not `./-<fmt>` (inside the run)
     target = Path(out) if out is not None else run_path.resolve().parent / f"{run_path.resolve().name}-{fmt}"
-    if target.resolve() == run_path.resolve() or run_path.resolve() in target.resolve().parents:
+    if target.resolve().is_relative_to(run_path.resolve()):
         raise ConfigError(f"--out {target}: an export cannot be written into the run folder it exports")
-    if target.resolve() in run_path.resolve().parents:  # --overwrite would delete the run (and its neighbours)
+    if run_path.resolve().is_relative_to(target.resolve()):  # --overwrite would delete the run (and its neighbours)
         raise ConfigError(f"--out {target} holds the run {run_path} itself; choose a folder outside it")
     if target.exists() and not target.is_dir():
         raise ConfigError(f"--out {target} is a file; an export is a folder")
@@ -115,14 +115,14 @@ def _check_replaceable(target: Path, run: Run) -> None:
     self-check then read "skipped"), another run, or the current directory."""
     here, cwd = target.resolve(), Path.cwd().resolve()
     earlier = (target / EXPORT_MANIFEST).is_file() or all((target / f).is_file() for f in ("Dockerfile", "COMMANDS.txt"))
-    if not earlier or here == cwd or here in cwd.parents:
+    if not earlier or cwd.is_relative_to(here):
         raise ConfigError(f"--out {target}: --overwrite replaces only an earlier export (a folder with {EXPORT_MANIFEST}, "
                           "or a docker export's Dockerfile), never one that holds the current directory; choose another "
                           "--out, or remove it yourself")
     m = run.manifest
     reads = [("the run's dataset", m.dataset), ("its base model", m.base_model_path)]
     for what, path in reads:
-        if path and (Path(path).resolve() == here or here in Path(path).resolve().parents):
+        if path and Path(path).resolve().is_relative_to(here):
             raise ConfigError(f"--out {target}: --overwrite would delete {what} ({path}); choose another --out")
 
 

@@ -63,11 +63,11 @@ def check_run_dir(run_dir: Path, resuming: bool, overwrite: bool, reads: Sequenc
         raise ConfigError(f"{run_dir}: a run already exists there; resume it with `tunesmith train --resume {run_dir}`, "
                           "pass --overwrite, or set train.output_dir")
     here, cwd = run_dir.resolve(), Path.cwd().resolve()
-    if not _is_run_folder(run_dir) or here == cwd or here in cwd.parents:
+    if not _is_run_folder(run_dir) or cwd.is_relative_to(here):
         raise ConfigError(f"{run_dir}: --overwrite replaces only an earlier run's folder, and this is not a tunesmith "
                           f"run (no {RUN_CONFIG} of one) or holds the current directory; set train.output_dir to "
                           "another folder, or remove it yourself")
-    inside = [f"{what} {path}" for what, path in reads if path.resolve() == here or here in path.resolve().parents]
+    inside = [f"{what} {path}" for what, path in reads if path.resolve().is_relative_to(here)]
     if inside:
         raise ConfigError(f"{run_dir}: --overwrite would delete what this run reads ({'; '.join(inside)}); "
                           "set train.output_dir to another folder")
