@@ -181,6 +181,21 @@ def test_tuned_model_answers_and_stops(tuned_run: Path) -> None:
     assert sum(a.text.replace(" ", "") == ref.replace(" ", "") for a, (_, ref) in zip(answers, QA, strict=True)) >= 3
 
 
+def test_a_row_whose_request_was_given_up_stops_at_its_next_token(tuned_run: Path) -> None:
+    """A non-streamed request past the server's --timeout got its 504 while transformers decoded its row on to
+    max_tokens for no one, and the rows batched with it waited for that."""
+    import threading
+
+    model = ChatModel.from_run(tuned_run)
+    prompts = [model.prompt_text([{"role": "user", "content": q}]) for q, _ in QA[:2]]
+    alone = model.generate_texts(prompts[1:], max_new_tokens=40)[0]
+    gone, waiting = threading.Event(), threading.Event()
+    gone.set()
+    cancelled, kept = model.generate_texts(prompts, max_new_tokens=40, cancels=[gone, waiting])
+    assert cancelled.completion_tokens <= 1 < alone.completion_tokens
+    assert kept == alone  # the rest of the batch answers as before
+
+
 def test_a_seeded_sampled_answer_is_the_same_alone_or_beside_others(tuned_run: Path) -> None:
     # Rows of one batch drew from one random stream: 19 of 20 same-seed requests answered otherwise when batched.
     model = ChatModel.from_run(tuned_run)

@@ -431,6 +431,34 @@ def test_a_whole_answer_the_server_stopped_waiting_for_stops_decoding() -> None:
     assert isinstance(err, ServiceError) and err.status == 504 and seen == [True]
 
 
+def test_rows_of_a_batch_the_server_stopped_waiting_for_stop_decoding() -> None:
+    """transformers decodes a batch of requests as one call: each row gets its request's event, so a request past
+    --timeout stops its own row, not the others'."""
+    seen: list[list[bool]] = []
+
+    class Rows(FakeChat):  # one call at a time, rows ending on their own (ChatModelEngine)
+        cancels_rows = True
+
+        def generate(self, prompts: list[str], cancels: list[threading.Event] | None = None, **params: Any) -> list[Any]:
+            assert cancels is not None and len(cancels) == len(prompts)
+            cancels[0].wait(10)  # decoding until told to stop
+            seen.append([c.is_set() for c in cancels])
+            return super().generate(prompts, **params)
+
+    service = Service([served("chat", Rows(), "bot")], ServeSpec(timeout_s=0.2))
+
+    async def late() -> Any:
+        err = await service.generate(p.CompletionRequest(model="bot", prompt="hi"))
+        for _ in range(50):  # the engine's thread learns of it
+            if seen:
+                break
+            await asyncio.sleep(0.1)
+        return err
+
+    err = run(late())
+    assert isinstance(err, ServiceError) and err.status == 504 and seen == [[True]]
+
+
 def test_the_variants_of_an_ended_test_are_let_go() -> None:
     """Each A/B variant's model stayed loaded after its test stopped: a server that ran a few tests held them all."""
     service, production = ab_service("sequence", FakeClassifier, "reviews")

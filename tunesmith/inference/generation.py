@@ -144,8 +144,14 @@ class ChatModel(Prompting):
     @torch.inference_mode()
     def generate_texts(self, prompts: Sequence[str], *, max_new_tokens: int = 256, temperature: float = 0.0,
                        top_p: float = 1.0, seed: int | None = None, stop: Sequence[str] = (),
-                       batch_size: int = 16) -> list[Completion]:
-        """Continue each prompt text (already in the model's format) until a stop token, a stop string or the limit."""
+                       batch_size: int = 16, cancels: Sequence[threading.Event] | None = None) -> list[Completion]:
+        """Continue each prompt text (already in the model's format) until a stop token, a stop string or the limit.
+
+        `cancels`: an event per prompt; a row whose event is set (the server stopped waiting for it) stops at its next
+        token, and the rest of its batch goes on.
+        """
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
         tok = self.tokenizer
         encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
@@ -163,11 +169,21 @@ class ChatModel(Prompting):
             width = max(len(encoded[i]) for i in idx)
             ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in idx])  # left padding
             mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx])
+            events = [cancels[i] for i in idx] if cancels is not None else []
+
+            class GivenUp(StoppingCriteria):
+                def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+                    return torch.tensor([e.is_set() for e in events], dtype=torch.bool)
+
             generated = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self._room(width, max_new_tokens),
                                             eos_token_id=self.stop_token_ids, pad_token_id=pad,
+                                            stopping_criteria=StoppingCriteriaList([GivenUp()] if events else []),
                                             **self._sampling(temperature, top_p))
             for row, i in enumerate(idx):
                 new = generated[row, width:].tolist()
+                if events and events[row].is_set():  # given up: after its last token the batch padded the row
+                    while new and new[-1] == pad:
+                        new.pop()
                 ended = next((k for k, t in enumerate(new) if t in self.stop_token_ids), None)
                 tokens = new if ended is None else new[:ended]
                 text = tok.decode(tokens, skip_special_tokens=True)

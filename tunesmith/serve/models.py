@@ -152,10 +152,12 @@ class ChatModelEngine(BatchedChatEngine):
         if self.adapter is not None:
             self.chat.model.set_adapter(self.adapter)
 
-    def generate(self, prompts: Sequence[str], **params: Any) -> list[Any]:
+    cancels_rows = True  # generate takes an event per prompt: a row the server stopped waiting for ends
+
+    def generate(self, prompts: Sequence[str], cancels: Sequence[threading.Event] | None = None, **params: Any) -> list[Any]:
         with self.lock:
             self._activate()
-            return super().generate(prompts, **params)
+            return self.chat.generate_texts(prompts, cancels=cancels, **params)
 
     def stream(self, prompt: str, cancel: threading.Event, **params: Any) -> Iterator[Any]:
         with self.lock:
