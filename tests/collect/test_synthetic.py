@@ -208,6 +208,19 @@ def teacher():
 FAST = {"retries": 2, "backoff": 0.01, "max_backoff": 0.05, "timeout": 5}
 
 
+def test_a_local_model_samples_each_prompt_of_a_round_apart_and_the_same_again(tiny_llama: Path) -> None:
+    """Every prompt of a round had the round's seed, and generate's prompts per label are one text: each round kept one
+    sample per label and dropped the rest as duplicates (4 of 12 kept after 36 tries)."""
+    from tunesmith.collect.synthetic import _LocalModel
+    from tunesmith.config import SyntheticSpec
+
+    model = _LocalModel(SyntheticSpec(method="generate", model=str(tiny_llama), max_new_tokens=12))
+    round_ = model.complete(["Write a pos food review."] * 4, seed=3)
+    assert len(set(round_)) == 4
+    assert model.complete(["Write a pos food review."] * 4, seed=3) == round_  # a round is still reproducible
+    assert model.complete(["Write a pos food review."] * 4, seed=4) != round_
+
+
 def test_endpoint_generations_are_labelled_tidied_and_deduplicated_against_real_data(tmp_path: Path, teacher,
                                                                                      monkeypatch) -> None:
     monkeypatch.setenv("TEACHER_KEY", "sk-test-very-secret")

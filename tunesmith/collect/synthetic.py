@@ -385,8 +385,13 @@ class _LocalModel:
         self.model = ChatModel.from_base(resolve_model_dir(syn.model))
 
     def complete(self, prompts: list[str], seed: int) -> list[str | Failed]:
+        import torch
+
+        # Seeded once per round, rows drawing one after another from the stream: a seed per prompt (generate's `seed`)
+        # gave a round's identical prompts (one per label in `generate`) one identical text, and batches of one.
+        torch.manual_seed(seed)
         done = self.model.generate([[{"role": "user", "content": p}] for p in prompts], max_new_tokens=self.syn.max_new_tokens,
-                                   temperature=self.syn.temperature, top_p=0.95, seed=seed, batch_size=LOCAL_BATCH)
+                                   temperature=self.syn.temperature, top_p=0.95, batch_size=LOCAL_BATCH)
         return [_whole_sentences(c.text) if c.finish_reason == "length" else c.text for c in done]
 
 
