@@ -182,6 +182,23 @@ def test_explode_makes_one_record_per_free_text_answer(tmp_path: Path) -> None:
     assert [rec["_group"] for _, rec in records if rec] == ["p1", "p1", "p2", "p1"]
 
 
+def test_exploded_answers_each_become_an_example(tmp_path: Path, make_config) -> None:
+    """The answers of one response shared its line, so the id made of it: every answer after the first was quarantined
+    as a duplicate id (6 of 12 kept)."""
+    from tests.data.test_prepare import sentences
+    from tunesmith.artifacts import DatasetVersion
+    from tunesmith.data.prepare import prepare
+
+    texts = sentences(24)
+    rows = "".join(f"p{i},{texts[2 * i]},{texts[2 * i + 1]}\n" for i in range(12))
+    path = write(tmp_path / "survey.csv", "who,liked,disliked\n" + rows)
+    cfg = make_config([{"path": str(path), "survey": {"respondent": "who", "explode": ["liked", "disliked"]}}],
+                      task={"type": "single_label_classification", "label": "question"})
+    version = DatasetVersion(prepare(cfg).path)
+    ids = [i for split in ("train", "validation", "test") for i in version.table(split).column("id").to_pylist()]
+    assert len(ids) == 24 and "survey.csv:2/disliked" in ids
+
+
 def test_explode_in_qualtrics_by_question_text(tmp_path: Path) -> None:
     path = write(tmp_path / "qualtrics.csv", QUALTRICS)
     rows = read(path, explode=["What should we improve?"], likert={"Q1": {"strongly agree": 1, "somewhat agree": 0.5,

@@ -190,7 +190,7 @@ class _Survey:
             value = row.get(col)
             row[col] = [] if value in (None, "") else [p.strip() for p in str(value).split(self.separator) if p.strip()]
         group = str(row.get(self.respondent) or "").strip() if self.respondent else ""
-        answers = {self.explode[c]: row.pop(c, None) for c in self.explode}
+        answers = {c: (self.explode[c], row.pop(c, None)) for c in self.explode}
         for key, text in self.questions.items():
             if key in row and text not in row:
                 row[text] = row[key]
@@ -199,10 +199,10 @@ class _Survey:
         if not self.explode:
             yield Raw(raw.source, raw.line, row)
             return
-        for question, answer in answers.items():
+        for column, (question, answer) in answers.items():
             if answer is None or not str(answer).strip():
                 continue
-            yield Raw(raw.source, raw.line, {**row, "text": answer, "question": question})
+            yield Raw(raw.source, raw.line, {**row, "text": answer, "question": question}, part=column)
 
     def _name(self, col: str) -> str:
         return f"{col} ({_short(self.questions[col])})" if col in self.questions else col

@@ -18,3 +18,4 @@ class Raw:
     record: dict[str, Any] | None  # None when the line could not be parsed
     error: str | None = None  # why it could not be parsed
     text: str | None = None  # the raw line, kept for the quarantine file when unparsed
+    part: str | None = None  # which of a line's records (a survey answer exploded into examples): their ids differ

@@ -370,7 +370,7 @@ class Canonicalizer:
             # correction or annotation that names 1
             example_id = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
         else:
-            example_id = f"{prefix}:{raw.line}"
+            example_id = f"{prefix}:{raw.line}" + (f"/{raw.part}" if raw.part else "")
         first = self.seen_ids.get(example_id)
         if first is not None:
             return Rejection("validate", raw.source, raw.line, f"duplicate id '{example_id}' (first seen at {first})",
