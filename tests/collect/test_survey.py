@@ -223,6 +223,26 @@ def test_missing_configured_column_names_file_and_columns(tmp_path: Path, option
     assert str(path) in str(err.value) and "'Email Address'" in str(err.value) and "'Any comments?'" in str(err.value)
 
 
+def test_a_column_read_that_the_export_names_twice_is_refused(tmp_path: Path) -> None:
+    """Google Forms heads two questions alike: the records kept the second 'Comments' only, and dropped the rows where
+    it was empty (the same file read as plain CSV was refused)."""
+    text = ("Timestamp,Rating,Comments,Comments,Notes,Notes\n"
+            "5/3/2024 12:04:11,good,Lovely soup,Parking was hard,a,b\n5/3/2024 12:09:52,bad,Cold pizza,,c,d\n")
+    path = write(tmp_path / "form.csv", text)
+    with pytest.raises(DataError, match=r"form\.csv: the header has column\(s\) \['Comments'\] more than once"):
+        read(path, needed={"text": "Comments", "label": "Rating"})
+    path = write(tmp_path / "form.xlsx", "")
+    import openpyxl
+
+    wb = openpyxl.Workbook()
+    for row in text.splitlines():
+        wb.active.append(row.split(","))
+    wb.save(path)
+    with pytest.raises(DataError, match=r"more than once"):
+        read(path, needed={"text": "Comments", "label": "Rating"})
+    assert [r.record["Notes"] for r in read(path, needed={"text": "Rating"}) if r.record] == ["b", "d"]  # not read: kept
+
+
 def test_qualtrics_missing_column_lists_ids_with_question_texts(tmp_path: Path) -> None:
     path = write(tmp_path / "qualtrics.csv", QUALTRICS)
     with pytest.raises(DataError, match=r"respondent column 'Email' not found.*'Q3 \(How often do you eat out\?\)'"):

@@ -19,7 +19,8 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,8 @@ def read(spec: SourceSpec, needed: dict[str, Any]) -> Iterator[Raw]:
     """Stream one survey export's responses as records. `needed`: field name -> FieldExpr to check up front."""
     assert spec.survey is not None and spec.path is not None
     path, survey = spec.path, spec.survey
-    rows = _rows(path, spec)
+    written: list[str] = []  # the first header row as in the file: a repeated name is one key of a record
+    rows = _rows(path, spec, written.extend)
     ahead = list(itertools.islice(rows, 2))  # enough to tell Qualtrics' header rows from data
     fmt = survey.format
     if fmt == "auto":
@@ -76,6 +78,7 @@ def read(spec: SourceSpec, needed: dict[str, Any]) -> Iterator[Raw]:
         return
     survey_reader = _Survey(path, survey, fmt, header, questions)
     check_columns(path, survey_reader.output_columns(), needed)
+    survey_reader.check_repeated(written, needed)
     mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds")
     data_rows = 0
     for raw in itertools.chain(ahead, rows):
@@ -92,7 +95,7 @@ def read(spec: SourceSpec, needed: dict[str, Any]) -> Iterator[Raw]:
         raise DataError(f"{path}: has Qualtrics' three header rows but no responses")
 
 
-def _rows(path: Path, spec: SourceSpec) -> Iterator[Raw]:
+def _rows(path: Path, spec: SourceSpec, on_header: Callable[[list[str]], None]) -> Iterator[Raw]:
     """Every row after the first header row, with its real line (CSV) or row number (Excel)."""
     if not path.exists():
         raise DataError(f"{path}: no such file (the survey export)")
@@ -104,8 +107,8 @@ def _rows(path: Path, spec: SourceSpec) -> Iterator[Raw]:
     if suffix == ".xls":
         raise DataError(f"{path}: the old .xls format is not readable; save it as .xlsx or export CSV")
     if suffix in EXCEL_SUFFIXES:
-        return read_excel(path, spec.sheet, {})
-    return read_csv(path, spec, {})
+        return read_excel(path, spec.sheet, {}, on_header)
+    return read_csv(path, spec, {}, on_header)
 
 
 def _is_qualtrics(ahead: list[Raw]) -> bool:
@@ -164,6 +167,16 @@ class _Survey:
             clash = [c for c in ("text", "question") if c in by_name and by_name[c] not in self.explode]
             if clash:
                 raise DataError(f"{path}: has column(s) {clash}, which `explode` writes into every record; rename them in the file")
+
+    def check_repeated(self, written: list[str], needed: dict[str, Any]) -> None:
+        """A column this source reads that the file names twice (Google Forms heads two questions alike, "Comments"):
+        its records kept the last of them, and the rows where that one is empty were lost without a word."""
+        read = {c for expr in needed.values() for c in getattr(expr, "inner", expr).columns}
+        read |= {self.respondent, *self.likert, *self.multi, *self.explode}
+        twice = sorted(c for c, k in Counter(written).items() if k > 1 and c in read)
+        if twice:
+            raise DataError(f"{self.path}: the header has column(s) {twice} more than once; rename them in the file so "
+                            "that each is one question")
 
     def describe_columns(self) -> list[str]:
         return [f"{h} ({_short(self.questions[h])})" if h in self.questions else h for h in self.header]

@@ -14,7 +14,7 @@ import io
 import json
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +174,9 @@ def _has_bad_bytes(values: Any) -> bool:
 # --- readers -------------------------------------------------------------------------------
 
 
-def read_csv(path: Path, spec: SourceSpec, needed: dict[str, Any]) -> Iterator[Raw]:
+def read_csv(path: Path, spec: SourceSpec, needed: dict[str, Any],
+             on_header: Callable[[list[str]], None] | None = None) -> Iterator[Raw]:
+    """`on_header`: given the header as written (a column named twice, twice), for callers that map fields later."""
     encoding = detect_encoding(path, spec.encoding)
     with path.open(encoding=encoding, errors=ESCAPE_BYTES, newline="") as f:
         sample = f.read(SNIFF_BYTES)
@@ -194,6 +196,8 @@ def read_csv(path: Path, spec: SourceSpec, needed: dict[str, Any]) -> Iterator[R
         if _has_bad_bytes(header):
             raise DataError(f"{path}:1: header {bad_bytes_error(encoding)}")
         check_columns(path, header, needed)
+        if on_header:
+            on_header(header)
         src, rows = str(path), 0
         while True:
             start = lines.number + 1
@@ -435,7 +439,8 @@ def read_parquet(path: Path, needed: dict[str, Any]) -> Iterator[Raw]:
             yield Raw(src, row, record)
 
 
-def read_excel(path: Path, sheet: str | None, needed: dict[str, Any]) -> Iterator[Raw]:
+def read_excel(path: Path, sheet: str | None, needed: dict[str, Any],
+               on_header: Callable[[list[str]], None] | None = None) -> Iterator[Raw]:
     import openpyxl
 
     try:
@@ -459,6 +464,8 @@ def read_excel(path: Path, sheet: str | None, needed: dict[str, Any]) -> Iterato
                 raise DataError(f"{err}; the workbook has other sheets: {others}; pick one with the source's "
                                 "`sheet:`") from None
             raise
+        if on_header:
+            on_header(header)
         src, count = f"{path}[{ws.title}]", 0
         for rowno, values in enumerate(rows, start=2):  # Excel's own row numbers
             if values is None or all(v is None for v in values):
