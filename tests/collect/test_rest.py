@@ -58,6 +58,26 @@ def test_offset_pagination(server, collect_config, run_collector) -> None:
     assert [h.query["offset"] for h in server.hits("/api")] == ["0", "3", "6", "7"]
 
 
+@pytest.mark.parametrize("pagination", ["offset", "page"])
+def test_a_filter_in_rest_records_moves_offsets_and_pages_by_what_the_api_sent(server, collect_config, run_collector,
+                                                                                 pagination: str) -> None:
+    """The position moved by the records kept after the filter: offsets came again (rows collected twice), and a page
+    the filter emptied ended the collection."""
+    langs = {i: "fr" if 4 <= i <= 6 else "en" for i in range(1, 10)}
+    items = [{"id": i, "lang": lang} for i, lang in langs.items()]
+
+    def reply(hit: Hit) -> Reply:
+        start = int(hit.query["offset"]) if pagination == "offset" else (int(hit.query["page"]) - 1) * 3
+        return Reply(body={"data": items[start:start + 3]})
+
+    server.route("/api", reply)
+    source = rest_source(server, "/api", pagination=pagination, page_size=3, records="$.data[?(@.lang == 'en')]")
+    out = run_collector(rest, collect_config(source))
+    assert [r["id"] for r in out.records] == [i for i, lang in langs.items() if lang == "en"]
+    asked = [h.query["offset" if pagination == "offset" else "page"] for h in server.hits("/api")]
+    assert asked == (["0", "3", "6", "9"] if pagination == "offset" else ["1", "2", "3", "4"])
+
+
 def test_cursor_pagination(server, collect_config, run_collector) -> None:
     chain = {None: ("c1", REVIEWS[:3]), "c1": ("c2", REVIEWS[3:6]), "c2": (None, REVIEWS[6:])}
     server.route("/api", lambda hit: Reply(body={"items": chain[hit.query.get("after")][1],

@@ -113,7 +113,7 @@ def _pages(rest: RestSpec, paths: _Paths, fetcher: Fetcher, headers: dict[str, s
             sink.add(record, origin=origin, page=number, index=i)
         pos.pages_done += 1
         pos.rows = sink.rows
-        _advance(rest, paths, pos, page, body, len(records), sink)
+        _advance(rest, paths, pos, page, body, _sent(paths, body, len(records)), sink)
         sink.flush()  # records first, then the position that assumes them
         _save(sink, pos)
         if pos.pages_done % 10 == 0 or pos.done:
@@ -121,7 +121,7 @@ def _pages(rest: RestSpec, paths: _Paths, fetcher: Fetcher, headers: dict[str, s
 
 
 def _advance(rest: RestSpec, paths: _Paths, pos: Position, page: Page, body: Any, received: int, sink: Sink) -> None:
-    """Move `pos` to the next request, or mark it done."""
+    """Move `pos` to the next request, or mark it done; `received`: the items the API sent on this page."""
     if rest.pagination == "none":
         pos.done = True
     elif rest.pagination == "page":
@@ -199,14 +199,24 @@ def _records(paths: _Paths, body: Any) -> list[dict[str, Any]]:
     return out
 
 
+def _container(paths: _Paths) -> JSONPath:
+    """Where rest.records picks its records from: `$.data` for `$.data[*]`, `$.data[0:5]` or `$.data[?(...)]`."""
+    path = paths.records
+    return path.left if isinstance(path, Child) and isinstance(path.right, Slice | Index | Wildcard | Filter) else path
+
+
+def _sent(paths: _Paths, body: Any, kept: int) -> int:
+    """How many items the page held, which offsets and pages count, whatever rest.records' filter or slice kept of
+    them (counting the kept ones asked for the same offsets again, and ended at a page the filter emptied)."""
+    found = [m.value for m in _container(paths).find(body)]
+    return sum(len(v) for v in found) if found and all(isinstance(v, list) for v in found) else kept
+
+
 def _shape_problem(paths: _Paths, body: Any) -> str | None:
     """Why a response without records looks wrong rather than empty, or None. Empty is the list (or object)
     that rest.records picks from being there with nothing in it, e.g. `{"data": []}` for `$.data[*]`;
     wrong is that place missing or holding a scalar, e.g. `{"error": "..."}`."""
-    path = paths.records
-    if isinstance(path, Child) and isinstance(path.right, Slice | Index | Wildcard | Filter):
-        path = path.left  # `$.data[*]`, `$.data[0:5]`, `$.data[?(...)]`: the container they pick from
-    found = [m.value for m in path.find(body)]
+    found = [m.value for m in _container(paths).find(body)]
     if found and all(isinstance(v, list | dict) for v in found):
         return None
     shape = (f"an object with keys {sorted(body)[:10]}" if isinstance(body, dict) else
