@@ -78,6 +78,15 @@ def test_a_filter_in_rest_records_moves_offsets_and_pages_by_what_the_api_sent(s
     assert asked == (["0", "3", "6", "9"] if pagination == "offset" else ["1", "2", "3", "4"])
 
 
+def test_half_an_emoji_in_an_answer_is_kept_escaped_for_the_reader_to_name(server, collect_config, run_collector,
+                                                                          tmp_path: Path) -> None:
+    """A lone surrogate (an emoji cut in half, `\\ud83d`) crashed writing the records file with no URL named, and every
+    run after it crashed on the same page."""
+    server.route("/api", Reply(body=b'{"data": [{"id": 1, "body": "Loved it \\ud83d"}, {"id": 2, "body": "Fine"}]}'))
+    out = run_collector(rest, collect_config(rest_source(server, "/api", pagination="none", records="$.data[*]")))
+    assert out.state is not None and out.state["done"] and [r["body"] for r in out.records] == ["Loved it \ud83d", "Fine"]
+
+
 def test_cursor_pagination(server, collect_config, run_collector) -> None:
     chain = {None: ("c1", REVIEWS[:3]), "c1": ("c2", REVIEWS[3:6]), "c2": (None, REVIEWS[6:])}
     server.route("/api", lambda hit: Reply(body={"items": chain[hit.query.get("after")][1],

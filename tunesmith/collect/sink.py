@@ -13,6 +13,7 @@ even a killed run continues where it stopped.
 from __future__ import annotations
 
 import json
+import re
 import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +49,16 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _json_line(value: dict[str, Any]) -> str:
+    """One JSON line, readable text where it can be. Half an emoji (a lone surrogate, `\\ud83d`, from a page or an
+    API) cannot be written as UTF-8: written escaped, the data reader quarantines that record by file and line."""
+    line = json.dumps(value, ensure_ascii=False, default=str)
+    return (json.dumps(value, default=str) if _LONE_SURROGATE.search(line) else line) + "\n"
+
+
 @dataclass
 class Sink:
     """Writes one source's records and failures. Use as a context manager; `resume=True` appends."""
@@ -75,12 +86,12 @@ class Sink:
     def add(self, record: dict[str, Any], origin: str, **extra: Any) -> None:
         """Keep one record. `origin`: where it came from (URL, endpoint, file:line, model name)."""
         prov = {"kind": self.kind, "origin": origin, "collected_at": now(), "collector": COLLECTOR, **extra}
-        self._out.write(json.dumps({**record, PROVENANCE_KEY: prov}, ensure_ascii=False, default=str) + "\n")
+        self._out.write(_json_line({**record, PROVENANCE_KEY: prov}))
         self.rows += 1
 
     def fail(self, origin: str, reason: str, **extra: Any) -> None:
         """List one item that could not be collected, with why (status code, robots.txt, parse error)."""
-        self._fail.write(json.dumps({"origin": origin, "reason": reason, "at": now(), **extra}, ensure_ascii=False) + "\n")
+        self._fail.write(_json_line({"origin": origin, "reason": reason, "at": now(), **extra}))
         self._fail.flush()
         self.failures += 1
 
