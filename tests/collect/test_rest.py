@@ -87,6 +87,15 @@ def test_half_an_emoji_in_an_answer_is_kept_escaped_for_the_reader_to_name(serve
     assert out.state is not None and out.state["done"] and [r["body"] for r in out.records] == ["Loved it \ud83d", "Fine"]
 
 
+def test_a_repeated_query_parameter_in_the_url_is_sent_whole(server, collect_config, run_collector) -> None:
+    """`?lang=en&lang=fr` was asked as `?lang=fr&page=1`: a filter of another meaning, without a word."""
+    server.route("/api", page_route())
+    url = server.url("/api") + "?lang=en&lang=fr"
+    out = run_collector(rest, collect_config({"rest": {"url": url, "pagination": "page", "records": "$.data[*]"}}))
+    assert len(out.records) == len(REVIEWS)
+    assert out.provenance[0]["origin"].endswith("/api?lang=en&lang=fr&page=1")
+
+
 def test_cursor_pagination(server, collect_config, run_collector) -> None:
     chain = {None: ("c1", REVIEWS[:3]), "c1": ("c2", REVIEWS[3:6]), "c2": (None, REVIEWS[6:])}
     server.route("/api", lambda hit: Reply(body={"items": chain[hit.query.get("after")][1],

@@ -171,11 +171,12 @@ def _request_url(rest: RestSpec, pos: Position) -> str:
 
 
 def _with_query(url: str, params: dict[str, Any], keep_existing: bool) -> str:
+    """`url` with `params` set. A key the URL repeats (`?lang=en&lang=fr`) keeps every value unless `params` sets it."""
     parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
-    for key, value in params.items():
-        if not (keep_existing and key in query):
-            query[key] = str(value)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    present = {key for key, _ in query}
+    replaced = {key for key in params if not (keep_existing and key in present)}
+    query = [(k, v) for k, v in query if k not in replaced] + [(k, str(params[k])) for k in params if k in replaced]
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
