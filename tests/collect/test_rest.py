@@ -96,6 +96,29 @@ def test_a_repeated_query_parameter_in_the_url_is_sent_whole(server, collect_con
     assert out.provenance[0]["origin"].endswith("/api?lang=en&lang=fr&page=1")
 
 
+def test_data_prepare_on_an_unfinished_collection_says_so(server, make_config, tmp_path: Path) -> None:
+    """Page 2 failing past its retries: `data prepare` built a dataset of page 1 alone without a word."""
+    from tests.collect.conftest import FAST_HTTP
+    from tests.data.test_prepare import sentences
+    from tunesmith.data.prepare import prepare
+
+    texts = sentences(40)
+
+    def reply(hit: Hit) -> Reply:
+        n = int(hit.query["page"])
+        if n == 2:
+            return Reply(503, body={"error": "maintenance"})
+        return Reply(body={"data": [{"text": t, "label": "pos" if i % 2 else "neg"}
+                                    for i, t in enumerate(texts[(n - 1) * 10:n * 10])]})
+
+    server.route("/api", reply)
+    source = {**rest_source(server, "/api", pagination="page", records="$.data[*]"), "http": FAST_HTTP}
+    version = prepare(make_config([source], collect_dir=str(tmp_path / "collected")))
+    warning = next(w for w in version.report()["warnings"] if "data.sources.0" in w)
+    assert "stopped at page 2" in warning and "1 failed" in warning and "failures.jsonl" in warning
+    assert "collect again" in warning and "built from the 10 rows collected" in warning
+
+
 def test_cursor_pagination(server, collect_config, run_collector) -> None:
     chain = {None: ("c1", REVIEWS[:3]), "c1": ("c2", REVIEWS[3:6]), "c2": (None, REVIEWS[6:])}
     server.route("/api", lambda hit: Reply(body={"items": chain[hit.query.get("after")][1],

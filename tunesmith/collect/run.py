@@ -89,12 +89,22 @@ def collect_sources(cfg: ProjectConfig, only: list[int] | None = None, refresh: 
     return [collect_one(cfg, i, refresh, say) for i in chosen]
 
 
-def ensure_collected(cfg: ProjectConfig, index: int, spec: SourceSpec, say: Callable[[str], None] = _quiet) -> Path:
-    """The collected JSONL of a source, collecting it first when it is missing or unfinished."""
+def ensure_collected(cfg: ProjectConfig, index: int, spec: SourceSpec, say: Callable[[str], None] = _quiet,
+                     warn: Callable[[str], None] = _quiet) -> Path:
+    """The collected JSONL of a source, collecting it first when it is missing or unfinished. `warn` hears of a
+    collection that stopped short or lost items: the dataset is built from what there is, and its report says so."""
     done = collect_one(cfg, index, refresh=False, say=say)
     if done.rows == 0:
         from tunesmith.errors import DataError
 
         hint = f"; see {done.failures_path}" if done.failures_path else ""
         raise DataError(f"data.sources.{index} ({spec.describe()}): collected no rows{hint}")
+    unfinished = _resumable(done.path, state_file(done.path)) is True
+    if unfinished or done.failures:
+        said = "; ".join(n for n in done.notes if "stopped" in n) or ("unfinished" if unfinished else "")
+        lost = f"{done.failures} failed (see {failures_file(done.path)})" if done.failures else ""
+        again = "`tunesmith collect` resumes it" if unfinished else "`tunesmith collect --refresh` tries them again"
+        again = "" if "collect again" in said else f"; {again}"
+        warn(f"data.sources.{index} ({spec.describe()}): {'; '.join(x for x in (said, lost) if x)}; built from the "
+             f"{done.rows} rows collected{again}")
     return done.path

@@ -100,14 +100,15 @@ def _token_counter(tokenizer: Any) -> Callable[[list[str]], list[int]]:
 
 
 def read_records(cfg: ProjectConfig, index: int, spec: SourceSpec, needed: dict[str, Any],
-                 say: Callable[[str], None] = lambda _: None) -> Iterator[Raw]:
+                 say: Callable[[str], None] = lambda _: None, warn: Callable[[str], None] = lambda _: None
+                 ) -> Iterator[Raw]:
     """The raw records of data.sources[index]: a collected source (web, rest, hub, synthetic) from its
-    JSONL, collected first when it is not there yet; a survey export through the survey reader; a file
-    or packaged dataset through its reader."""
+    JSONL, collected first when it is not there yet (`warn`: it stopped short or lost items); a survey export
+    through the survey reader; a file or packaged dataset through its reader."""
     from tunesmith.collect.run import collectable, ensure_collected
 
     if collectable(spec):
-        yield from read_jsonl(ensure_collected(cfg, index, spec, say), "utf-8")
+        yield from read_jsonl(ensure_collected(cfg, index, spec, say, warn), "utf-8")
     elif spec.kind == "survey":
         from tunesmith.collect import survey
 
@@ -183,7 +184,7 @@ class _Preparation:
                 spec = self._resolve_encoding(spec, stats)
                 parsed = 0
                 records = read_records(cfg, index, spec, canon.header_fields(exprs, spec),
-                                       say=lambda message: self.progress(message, 0, None))
+                                       say=lambda message: self.progress(message, 0, None), warn=self.warnings.append)
                 for raw in itertools.islice(records, spec.max_rows):
                     stats["rows"] += 1
                     parsed += raw.record is not None
