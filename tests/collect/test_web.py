@@ -125,15 +125,30 @@ def test_sitemap_index_with_a_gzipped_sitemap(server, collect_config, run_collec
     server.route("/sitemap.xml", Reply(body=(
         '<?xml version="1.0"?><sitemapindex xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
         f'<sitemap><loc>{server.url("/s1.xml")}</loc></sitemap><sitemap><loc>/s2.xml.gz</loc></sitemap>'
-        '<sitemap><loc>/broken.xml</loc></sitemap></sitemapindex>').encode(), headers={"Content-Type": "application/xml"}))
+        '<sitemap><loc>/broken.xml</loc></sitemap><sitemap><loc>/cut.xml.gz</loc></sitemap></sitemapindex>').encode(),
+        headers={"Content-Type": "application/xml"}))
     server.route("/s1.xml", Reply(body=urlset.format(server.url("/a")).encode(), headers={"Content-Type": "application/xml"}))
     server.route("/s2.xml.gz", Reply(body=gzip.compress(urlset.format("/b").encode()), headers={"Content-Type": "application/gzip"}))
     server.route("/broken.xml", Reply(body=b"<urlset><url>", headers={"Content-Type": "application/xml"}))
+    cut = gzip.compress(urlset.format("/c").encode())[:-12]  # a download cut short: it stopped the whole collection
+    server.route("/cut.xml.gz", Reply(body=cut, headers={"Content-Type": "application/gzip"}))
     server.route("/a", page("A"))
     server.route("/b", page("B"))
     out = run_collector(web, collect_config({"web": {"sitemap": server.url("/sitemap.xml"), "min_chars": 20}}))
     assert [r["title"] for r in out.records] == ["A", "B"]
-    assert len(out.failures) == 1 and "sitemap is not valid XML" in out.failures[0]["reason"]
+    assert [f["reason"].split(":")[0] for f in out.failures] == ["sitemap is not valid XML", "sitemap is not valid gzip"]
+
+
+def test_links_of_a_page_decoded_by_its_header_charset(server, collect_config, run_collector) -> None:
+    """A UTF-8 page with its charset in the header only: its links were read as latin-1, and /über-uns fetched as
+    /%C3%83%C2%BCber-uns (404)."""
+    from urllib.parse import quote
+
+    utf8 = {"Content-Type": "text/html; charset=utf-8"}
+    server.route("/start", Reply(body=page("Start", links=("/über-uns",)).encode("utf-8"), headers=utf8))
+    server.route(quote("/über-uns"), Reply(body=page("Über uns").encode("utf-8"), headers=utf8))
+    out = run_collector(web, collect_config(web_source(server, urls=["/start"], depth=1, min_chars=20)))
+    assert [r["title"] for r in out.records] == ["Start", "Über uns"] and out.failures == []
 
 
 def test_the_charset_in_the_content_type_header_decodes_the_page(server, collect_config, run_collector) -> None:

@@ -140,8 +140,12 @@ def html_of(page: Page) -> str | bytes:
 
 def same_site_links(page: Page) -> Iterator[str]:
     """Absolute http(s) links of `page` to its own host, in document order (rel=nofollow honoured)."""
+    try:  # in the charset html_of decodes by: lxml reads only a <meta charset> and took UTF-8 links for latin-1
+        parser = lxml.html.HTMLParser(encoding=page.charset) if page.charset else None
+    except LookupError:  # a charset lxml does not know: its own guess, as without one
+        parser = None
     try:
-        tree = lxml.html.fromstring(page.content, base_url=page.url)
+        tree = lxml.html.fromstring(page.content, base_url=page.url, parser=parser)
     except (lxml.etree.ParserError, ValueError):
         return
     base = urljoin(page.url, tree.xpath("string(//base/@href)"))
@@ -172,7 +176,11 @@ def sitemap_pages(fetcher: Fetcher, url: str, sink: Sink) -> list[str]:
         except FetchError as err:
             sink.fail(err.url, f"sitemap: {err.reason}", status=err.status)
             continue
-        body = gzip.decompress(page.content) if page.content[:2] == b"\x1f\x8b" else page.content
+        try:
+            body = gzip.decompress(page.content) if page.content[:2] == b"\x1f\x8b" else page.content
+        except (OSError, EOFError) as err:  # a download cut short: one sitemap lost, not the collection
+            sink.fail(page.url, f"sitemap is not valid gzip: {err}", status=page.status)
+            continue
         try:
             root = lxml.etree.fromstring(body, parser)
         except lxml.etree.XMLSyntaxError as err:
