@@ -53,6 +53,31 @@ def test_feedback_joins_logged_answers_and_exports_corrections(store_url: str, t
     log.close()
 
 
+def test_an_answer_corrected_again_exports_and_counts_once_with_its_latest_label(store_url: str, tmp_path: Path) -> None:
+    """Twenty corrections of one answer made a retrain due and exported twenty rows with one id, of which `data prepare`
+    kept the first: the oldest correction won over the user's later mind."""
+    from tunesmith.tune.trigger import corrections_since
+
+    store = Store(store_url)
+    service = FeedbackService(store)
+    with store.session() as s:
+        s.add(Prediction(request_id="req-1", model="reviews", model_version="1", kind="predict", created=time.time(),
+                         inputs=["stale bread", "great food"], outputs=[LABELS, LABELS], latency_ms=1.0))
+    for i, label in enumerate(["neg", "pos", "neg", "pos"] * 5):  # changing their mind; the last says pos
+        assert isinstance(service.submit(FeedbackRequest(request_id="req-1", label=label, comment=f"try {i}")), FeedbackCreated)
+    assert isinstance(service.submit(FeedbackRequest(request_id="req-1", index=1, label="neg")), FeedbackCreated)
+    count, newest = corrections_since(store, "reviews", 0.0)
+    assert count == 2 and newest is not None
+    out = tmp_path / "corrections.csv"
+    assert service.export("reviews", out) == 2
+    assert list(csv.DictReader(out.open())) == [{"id": "req-1:0", "text": "stale bread", "label": "pos"},
+                                                {"id": "req-1:1", "text": "great food", "label": "neg"}]
+    with store.session() as s:
+        first = min(f.created for f in s.query(Feedback).all())
+    assert service.export("reviews", out, until=first) == 1  # what had arrived by then: the first correction
+    assert list(csv.DictReader(out.open()))[0]["label"] == "neg"
+
+
 def test_chat_corrections_export_as_openai_chat_lines(store_url: str, tmp_path: Path) -> None:
     store = Store(store_url)
     log = PredictionLog(store)

@@ -100,13 +100,20 @@ class FeedbackService:
         assert first is not None
         return FeedbackCreated(id=first.id, request_id=first.request_id, created_at=int(first.created))
 
-    def export(self, model: str, out: Path) -> int:
+    def export(self, model: str, out: Path, until: float | None = None) -> int:
         """The corrections given for `model` as a file `tunesmith data prepare` reads: CSV text,label (or
-        text,score) for classifiers and regressors, OpenAI chat JSONL for chat models. Returns the rows written."""
+        text,score) for classifiers and regressors, OpenAI chat JSONL for chat models. One row per answered item, its
+        latest correction (an answer corrected again: the user changed their mind). `until`: only feedback given by
+        then. Returns the rows written."""
+        stmt = (select(Feedback, Prediction).join(Prediction, Feedback.request_id == Prediction.request_id)
+                .where(Prediction.model == model).order_by(Feedback.created))
         with self.store.session() as s:
-            rows = s.execute(select(Feedback, Prediction).join(Prediction, Feedback.request_id == Prediction.request_id)
-                             .where(Prediction.model == model).order_by(Feedback.created)).all()
-        corrections = [(f, p) for f, p in rows if f.corrected_label or f.corrected_value is not None or f.corrected_answer]
+            rows = s.execute(stmt if until is None else stmt.where(Feedback.created <= until)).all()
+        latest = {(f.request_id, f.item_index): (f, p) for f, p in rows
+                  if f.corrected_label or f.corrected_value is not None or f.corrected_answer}
+        # Each item once, in the order its latest correction came: the first of several rows sharing an id was kept
+        # by `data prepare`, so the oldest correction won.
+        corrections = sorted(latest.values(), key=lambda fp: fp[0].created)
         if corrections and not any(p.inputs for _, p in corrections):  # ratings alone: nothing to export, said below
             raise ConfigError(f"the corrections for '{model}' have no inputs to pair them with (the server ran with "
                               "--no-log-inputs, or the inputs passed their retention)")

@@ -175,8 +175,9 @@ def _prepared_corrections(store: Store, model: str, cfg: ProjectConfig, parent: 
     from tunesmith.monitor.feedback import FeedbackService
 
     raw = folder / "corrections.csv"
-    written = FeedbackService(store).export(model, raw)
+    # The cutoff first, and the export up to it: a correction arriving in between was marked trained on, unused.
     _, until = trigger.corrections_since(store, model, 0.0)
+    written = FeedbackService(store).export(model, raw, until=until)
     if written == 0:
         raise ConfigError(f"no usable corrections for '{model}': the feedback has no corrected label or value paired "
                           "with a logged input")

@@ -48,11 +48,14 @@ def _corrected() -> Any:
 
 
 def corrections_since(store: Store, model: str, since: float) -> tuple[int, float | None]:
-    """(count, newest time) of the corrections given on `model`'s answers after `since`."""
+    """(count, newest time) of the answers of `model` corrected after `since`: an answer corrected again (retries
+    with a comment, several reviewers) counts once, as the export writes it once."""
+    corrected = (select(Feedback.request_id, Feedback.item_index, func.max(Feedback.created).label("created"))
+                 .join(Prediction, Feedback.request_id == Prediction.request_id)
+                 .where(Prediction.model == model, Feedback.created > since, _corrected())
+                 .group_by(Feedback.request_id, Feedback.item_index).subquery())
     with store.session() as s:
-        row = s.execute(select(func.count(Feedback.id), func.max(Feedback.created))
-                        .join(Prediction, Feedback.request_id == Prediction.request_id)
-                        .where(Prediction.model == model, Feedback.created > since, _corrected())).one()
+        row = s.execute(select(func.count(), func.max(corrected.c.created)).select_from(corrected)).one()
     return int(row[0]), (float(row[1]) if row[1] is not None else None)
 
 
