@@ -26,6 +26,10 @@ class NotRegistered(NotFound):
     """The model or version named is not in the registry (HTTP 404 in the admin API)."""
 
 
+class ProductionChanged(ConfigError):
+    """Another promotion or rollback happened since a candidate was judged against the production it would replace."""
+
+
 class VersionInfo(BaseModel):
     id: str
     model: str
@@ -125,12 +129,19 @@ class Registry:
             v = s.scalar(select(ModelVersion).where(ModelVersion.model == model, ModelVersion.stage == "production"))
             return _info(v) if v else None
 
-    def promote(self, model: str, version: int) -> VersionInfo:
-        """`version` goes to production; the one there before is archived (rollback brings it back)."""
+    def promote(self, model: str, version: int, replacing: int | None = None) -> VersionInfo:
+        """`version` goes to production; the one there before is archived (rollback brings it back). `replacing`:
+        only if that version is still production (checked under the model's lock), else ProductionChanged."""
         with self.store.session() as s:
             target = self._version(s, model, version, lock=True)
             if target.stage == "production":
                 raise ConfigError(f"version {version} of '{model}' is already in production")
+            if replacing is not None:
+                now = s.scalar(select(ModelVersion.version).where(ModelVersion.model == model,
+                                                                  ModelVersion.stage == "production"))
+                if now != replacing:
+                    raise ProductionChanged(f"'{model}' production is version {now}, not {replacing} as when version "
+                                            f"{version} was judged against it; it was not promoted")
             self._set_stage(s, target, "production", "promote")
             return _info(target)
 

@@ -6,9 +6,10 @@ configured rule holds (retrain: in the config; config.RetrainSpec).
                     data (cleaning, duplicates, conflicting corrections, quarantine)
     2. dataset      production's dataset + the corrections. The test split stays exactly as it was
                     (frozen): a correction matching one of its examples (exact or near) is kept out
-                    and reported. An old training or validation example a correction matches is
-                    replaced by it (in its split). A share of the other corrections is held out to
-                    judge on; the rest trains.
+                    and reported. An old training or validation example a correction matches with
+                    another label or score leaves its split; in validation the correction takes its
+                    place; one matching with the same label is no news and set aside. A share of the
+                    rest is held out to judge on; the others train.
     3. training     full: from the base model on the whole new dataset; incremental: from
                     production's weights (or adapter) on the new examples plus a replay sample of
                     old ones, at a gentler learning rate, so the old knowledge is not forgotten
@@ -48,7 +49,7 @@ from tunesmith.config import (
     parse_config,
 )
 from tunesmith.errors import ConfigError
-from tunesmith.registry.service import Registry, VersionInfo
+from tunesmith.registry.service import ProductionChanged, Registry, VersionInfo
 from tunesmith.store.db import Store
 from tunesmith.tune import trigger
 
@@ -108,17 +109,26 @@ def retrain(store: Store, model: str, *, mode: str | None = None, promote: str |
         raise ConfigError(f"no new feedback for '{model}': no correction arrived since version {production.version} was "
                           "trained (send corrections to POST /v1/feedback with label or value)")
 
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    folder = Path(out) if out is not None else Path(production.run).parent / f"{model}-retrain-{stamp}"
-    if folder.exists() and any(folder.iterdir()):
-        raise ConfigError(f"{folder} already exists and is not empty; choose another --out")
-    folder.mkdir(parents=True, exist_ok=True)
+    if out is not None:
+        folder = Path(out)
+        if folder.exists() and any(folder.iterdir()):
+            raise ConfigError(f"{folder} already exists and is not empty; choose another --out")
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        folder = _new_folder(Path(production.run).parent / f"{model}-retrain-{datetime.now(UTC):%Y%m%d-%H%M%S}")
     say(f"retraining '{model}' from production version {production.version} ({spec.mode}); working in {folder}")
 
     parent_dataset = DatasetVersion(_dataset_of(production, run))
     corrections, corrections_version = _prepared_corrections(store, model, cfg, parent_dataset, folder, say)
     built = _build_dataset(cfg, spec, parent_dataset, corrections_version, folder / "dataset")
     say(f"dataset {built.path}: {built.summary()}")
+    if built.details["corrections_in_train"] == 0:  # incremental failed on an empty class list, full trained on nothing new
+        d = built.details
+        raise ConfigError(f"nothing new to train on for '{model}': of {corrections['usable']} usable correction(s), "
+                          f"{len(d['kept_out'])} repeat a frozen test example, {d['corrections_known']} say what "
+                          f"training already says, {d['corrections_in_validation']} replaced validation examples and "
+                          f"{d['counts']['feedback_holdout']} are held out to judge on (see {built.path}); send more "
+                          "corrections, or lower retrain.feedback_holdout")
     train_dir = built.path
     if spec.mode == "incremental":
         train_dir = _replay_dataset(built, parent_dataset, spec, cfg.data.split.seed, folder / "dataset-incremental")
@@ -136,9 +146,17 @@ def retrain(store: Store, model: str, *, mode: str | None = None, promote: str |
                            "folder": str(folder.resolve()), "passed": passes}}
     candidate = registry.add(run_dir, model, lineage=lineage)
     decision = "candidate"
-    if passes and spec.promote == "if_better":
-        candidate = registry.promote(model, candidate.version)
-        decision = "promoted"
+    current = registry.production(model)
+    if passes and spec.promote != "never" and (current is None or current.version != production.version):
+        # judged against a version no longer in production: whichever replaced it was never compared with it
+        reasons.append(f"production changed to version {current.version if current else None} while the candidate "
+                       f"trained; it was judged against version {production.version}, so it stays a candidate")
+    elif passes and spec.promote == "if_better":
+        try:
+            candidate = registry.promote(model, candidate.version, replacing=production.version)
+            decision = "promoted"
+        except ProductionChanged as err:
+            reasons.append(str(err))
     elif passes and spec.promote == "ab_test":
         from tunesmith.monitor.ab import ABService
 
@@ -154,6 +172,20 @@ def retrain(store: Store, model: str, *, mode: str | None = None, promote: str |
               "run": str(Path(run_dir).resolve()), "created_at": int(time.time())}
     _write_report(folder, report)
     return Outcome(folder, decision, reasons, candidate, report)
+
+
+def _new_folder(stem: Path) -> Path:
+    """A folder of this round's own: two rounds started in the same second (two workers) shared one and wrote over
+    each other's files. Made exclusively, `-2`, `-3`... when the name is taken."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        folder = stem if n == 1 else stem.with_name(f"{stem.name}-{n}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise ConfigError(f"{stem}: 999 retrain folders of that name already exist; pass --out")
 
 
 def _dataset_of(production: VersionInfo, run: Run) -> Path:
@@ -206,9 +238,9 @@ def _keys(texts: list[str]) -> np.ndarray:
     return np.array([xxhash.xxh3_64_intdigest(dedup_key(t).encode("utf-8", "surrogatepass")) for t in texts], dtype=np.uint64)
 
 
-def _matches(queries: list[str], pool: list[str], cfg: ProjectConfig) -> dict[int, tuple[int, str]]:
-    """query index -> (pool index, how) for queries that repeat a pool text: exactly, or nearly when the
-    config's near-duplicate check is on (the same MinHash test as preparation)."""
+def _matches(queries: list[str], pool: list[str], cfg: ProjectConfig, near: bool | None = None) -> dict[int, tuple[int, str]]:
+    """query index -> (pool index, how) for queries that repeat a pool text: exactly, or nearly when `near` (by default
+    the config's near-duplicate check) is on (the same MinHash test as preparation)."""
     found: dict[int, tuple[int, str]] = {}
     if not queries or not pool:
         return found
@@ -217,7 +249,7 @@ def _matches(queries: list[str], pool: list[str], cfg: ProjectConfig) -> dict[in
         if int(k) in where:
             found[i] = (where[int(k)], "exact")
     spec = cfg.data.dedup
-    if spec.near:
+    if spec.near if near is None else near:
         from tunesmith.data import dedup
 
         texts = queries + pool
@@ -238,8 +270,9 @@ class BuiltDataset:
     def summary(self) -> str:
         d = self.details
         return (f"{d['counts']['train']} training examples ({d['corrections_in_train']} from corrections, "
-                f"{len(d['superseded'])} old examples replaced), {d['counts']['feedback_holdout']} corrections held out, "
-                f"{len(d['kept_out'])} kept out (they repeat a frozen test example)")
+                f"{len(d['superseded'])} old examples corrected), {d['counts']['feedback_holdout']} corrections held out, "
+                f"{len(d['kept_out'])} kept out (they repeat a frozen test example), {d['corrections_known']} "
+                "already known")
 
 
 def _build_dataset(cfg: ProjectConfig, spec: RetrainSpec, parent: DatasetVersion, corrections: DatasetVersion,
@@ -260,18 +293,23 @@ def _build_dataset(cfg: ProjectConfig, spec: RetrainSpec, parent: DatasetVersion
     kept_out: list[dict[str, Any]] = []
     usable = np.ones(len(texts), dtype=bool)
     test_texts, test_ids = old["test"].column("text").to_pylist(), old["test"].column("id").to_pylist()
-    for i, (j, how) in sorted(_matches(texts, test_texts, cfg).items()):
+    # Near copies too, whatever data.dedup.near says: preparation's leakage check always removes them across splits.
+    for i, (j, how) in sorted(_matches(texts, test_texts, cfg, near=True).items()):
         usable[i] = False
         kept_out.append({"id": ids[i], "text": texts[i][:300], "split": "test", "matches": test_ids[j], "match": how})
         quarantine.add(Rejection(stage="frozen_split", source="feedback", line=0, id=ids[i], kind="removed",
                                  reason=f"{how} duplicate of '{test_ids[j]}' in the frozen test split: kept out of "
                                         "training so the test split stays a fair judge", record={"text": texts[i]}))
 
-    # A correction that repeats a training or validation example replaces it (the user's label is the
-    # newer word) and goes to that split; validation first, so it never also lands in training.
+    # A correction that repeats a training or validation example replaces it (the user's label is the newer word):
+    # in validation it takes the old one's place; in training it trains or is held out to judge on, like the others
+    # (a text production learnt wrong is a fair question). Validation first, so it never also lands in training.
+    # One that says what the example already says (a correction an earlier round trained on, exported again) is
+    # no news: the example stays and the correction is set aside, never held out to judge a model that learnt it.
     target = TARGET_TYPES[cfg.task.type][0]  # the canonical column holding the label(s) or score
     new_targets = new.column(target).to_pylist()
     superseded: list[dict[str, Any]] = []
+    known: list[int] = []
     keep = {split: np.ones(old[split].num_rows, dtype=bool) for split in ("train", "validation")}
     placed: dict[str, list[int]] = {"train": [], "validation": []}
     for split in ("validation", "train"):
@@ -282,6 +320,13 @@ def _build_dataset(cfg: ProjectConfig, spec: RetrainSpec, parent: DatasetVersion
             if not keep[split][j]:
                 continue
             i = live[k]
+            if _same(old_targets[j], new_targets[i]):
+                usable[i] = False
+                known.append(i)
+                quarantine.add(Rejection(stage="already_known", source="feedback", line=0, id=ids[i], kind="removed",
+                                         reason=f"{how} match of '{pool_ids[j]}' in {split}, with the same "
+                                                f"{target} {new_targets[i]!r}: nothing new", record={"text": texts[i]}))
+                continue
             keep[split][j] = False
             if split == "validation":
                 usable[i] = False
@@ -296,6 +341,10 @@ def _build_dataset(cfg: ProjectConfig, spec: RetrainSpec, parent: DatasetVersion
 
     held = _holdout(live, [new_targets[i] for i in live], spec.feedback_holdout, cfg.data.split.seed, cfg.task.type)
     to_train = [i for i in live if i not in held]
+    by_id = {ids[i]: i for i in held}
+    for entry in superseded:  # where the correction went: "replaced" is true only where it trains
+        entry["correction"] = "validation" if entry["split"] == "validation" else \
+            "held out" if entry["by"] in by_id else "train"
     schema = old["train"].schema
     take = lambda rows: new.take(pa.array(rows, type=pa.int64())).select(schema.names).cast(schema)  # noqa: E731
     tables = {"train": pa.concat_tables([old["train"].filter(pa.array(keep["train"])), take(to_train)]),
@@ -311,8 +360,11 @@ def _build_dataset(cfg: ProjectConfig, spec: RetrainSpec, parent: DatasetVersion
     quarantine.close()
 
     counts = {s: tables[s].num_rows for s in SPLITS}
+    # An earlier round's held-out corrections are in no split of the parent: they come back through the export
+    # (the same answers, corrected), so the parent's input counts without them (a second round failed on this).
+    inherited = parent.manifest.counts["input"] - parent.manifest.counts.get("feedback_holdout", 0)
     counts.update(feedback_holdout=holdout.num_rows, quarantine=quarantine.count,
-                  input=parent.manifest.counts["input"] + corrections.manifest.counts["input"])
+                  input=inherited + corrections.manifest.counts["input"])
     accounted = sum(counts[s] for s in SPLITS) + counts["feedback_holdout"] + counts["quarantine"]
     if accounted != counts["input"]:  # the preparation pipeline's core promise, kept here too
         raise AssertionError(f"row accounting is off: {counts}")
@@ -324,7 +376,7 @@ def _build_dataset(cfg: ProjectConfig, spec: RetrainSpec, parent: DatasetVersion
     (out / "manifest.json").write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
     details = {"parent": str(parent.path.resolve()), "parent_fingerprint": pm.fingerprint, "fingerprint": manifest.fingerprint,
                "counts": counts, "corrections_in_train": len(to_train), "corrections_in_validation": len(placed["validation"]),
-               "kept_out": kept_out, "superseded": superseded}
+               "corrections_known": len(known), "kept_out": kept_out, "superseded": superseded}
     summary = report.PreparationSummary(
         task=cfg.task.type,
         sources=[{"source": str(parent.path), "kind": "dataset", "split": "as prepared", "rows": pm.counts["input"],
@@ -334,7 +386,7 @@ def _build_dataset(cfg: ProjectConfig, spec: RetrainSpec, parent: DatasetVersion
         steps=[{"step": "corrections kept out of the frozen test split", "rows_in": len(texts),
                 "rows_out": len(texts) - len(kept_out), "removed": len(kept_out),
                 "reasons": {"repeats a test example": len(kept_out)}},
-               {"step": "old examples replaced by corrections", "rows_in": old["train"].num_rows + old["validation"].num_rows,
+               {"step": "old examples corrected (replaced, or left for a held-out correction)", "rows_in": old["train"].num_rows + old["validation"].num_rows,
                 "rows_out": int(keep["train"].sum() + keep["validation"].sum()), "removed": len(superseded),
                 "reasons": {f"superseded in {s}": sum(x["split"] == s for x in superseded) for s in ("train", "validation")}},
                {"step": "corrections held out to judge on", "rows_in": len(live), "rows_out": len(to_train),
@@ -350,6 +402,15 @@ def _build_dataset(cfg: ProjectConfig, spec: RetrainSpec, parent: DatasetVersion
     report.write(out, manifest, summary, tables)
     (out / "retrain.json").write_text(json.dumps(details, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
     return BuiltDataset(out, details)
+
+
+def _same(old: Any, new: Any) -> bool:
+    """Does a correction say what the example says: the same label (set), or the same score?"""
+    if isinstance(old, list) and isinstance(new, list):
+        return sorted(old) == sorted(new)
+    if isinstance(old, float) and isinstance(new, float):
+        return bool(np.isclose(old, new))
+    return old == new
 
 
 def _holdout(rows: list[int], targets: list[Any], share: float, seed: int, task: TaskType) -> set[int]:
@@ -536,7 +597,10 @@ def _markdown(r: dict[str, Any]) -> str:
     lines += ["## Data", "", f"- new dataset: {d['counts']['train']} train / {d['counts']['validation']} validation / "
               f"{d['counts']['test']} test (test unchanged), {d['counts']['feedback_holdout']} corrections held out",
               f"- corrections in training: {d['corrections_in_train']}, in validation: {d['corrections_in_validation']}; "
-              f"old examples they replaced: {len(d['superseded'])}",
+              f"old examples they corrected: {len(d['superseded'])} (the correction trains: "
+              f"{sum(x.get('correction') == 'train' for x in d['superseded'])}, held out: "
+              f"{sum(x.get('correction') == 'held out' for x in d['superseded'])}); already known (same label, "
+              f"set aside): {d.get('corrections_known', 0)}",
               f"- kept out because they repeat a frozen test example: {len(d['kept_out'])}"]
     lines += [f"  - `{k['id']}` repeats `{k['matches']}` ({k['split']}, {k['match']}): {k['text'][:120]}" for k in d["kept_out"][:20]]
     return "\n".join(lines) + "\n"
