@@ -176,6 +176,15 @@ def test_settings_the_task_would_ignore_are_refused_with_file_line_and_field(tmp
     ("single_label_classification", {"model": {"chat_template": "{{ x }}"}}, "model.chat_template"),
     ("single_label_classification", {"eval": {"max_new_tokens": 10}}, "eval.max_new_tokens"),
     ("regression", {"train": {"metric": "accuracy"}}, "train.metric"),
+    # read by no chat code: they looked as if they took effect
+    ("chat", {"train": {"attention_dropout": 0.1}}, "train.attention_dropout"),
+    ("chat", {"train": {"hidden_dropout": 0.1}}, "train.hidden_dropout"),
+    ("chat", {"train": {"train_embeddings": True}}, "train.train_embeddings"),
+    ("single_label_classification", {"train": {"train_embeddings": True, "method": "lora"}}, "train.train_embeddings"),
+    # prompt tuning: merging crashed after training; packing let packed conversations see each other
+    ("chat", {"train": {"method": "prompt_tuning", "merge_adapter": True}}, "train.merge_adapter"),
+    ("chat", {"train": {"method": "prompt_tuning", "packing": True}}, "train.packing"),
+    ("single_label_classification", {"train": {"lr_scheduler": "cosine_decay"}}, "train.lr_scheduler"),
 ])
 def test_each_inapplicable_setting_is_named(task: str, setting: dict, field: str) -> None:
     raw = {"name": "x", "task": {"type": task}, "data": {"sources": [{"path": "a.jsonl"}]}, **setting}
@@ -193,6 +202,15 @@ def test_settings_that_apply_pass_and_saved_resolved_configs_parse_again() -> No
                         "train": {"dpo_beta": 0.3}})
     for cfg in (chat, seq, dpo):  # what a run folder's config.json holds, and resume re-reads
         assert parse_config(cfg.model_dump(mode="json")) == cfg
+
+
+def test_prompt_tuning_does_not_pack_unless_told_and_other_chat_methods_do() -> None:
+    def chat(**train: object) -> object:
+        return parse_config({"name": "x", "task": {"type": "chat"}, "data": {"sources": [{"path": "a.jsonl"}]},
+                             "train": train})
+
+    assert not chat(method="prompt_tuning").packs() and chat(method="lora").packs() and chat().packs()
+    assert not chat(method="lora", packing=False).packs()
 
 
 def test_one_length_rule() -> None:

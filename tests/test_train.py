@@ -57,9 +57,10 @@ def project(tmp: Path, model: Path, task: dict | None = None, train_spec: dict |
                  "dedup": {"near": False}},
         "model": {"name": str(model), "max_length": 32},
         # train_embeddings: the tiny models are random-init, so their token table is noise to be learned,
-        # not knowledge to keep (a real encoder's default keeps it frozen; tested below)
+        # not knowledge to keep (a real encoder's default keeps it frozen; tested below); full fine-tuning only
         "train": {"learning_rate": 3e-3, "max_steps": 60, "batch_size": 16, "early_stopping_patience": None,
-                  "evals_per_epoch": 2, "output_dir": str(tmp / "run"), "train_embeddings": True, **(train_spec or {})},
+                  "evals_per_epoch": 2, "output_dir": str(tmp / "run"),
+                  "train_embeddings": (train_spec or {}).get("method", "full") == "full", **(train_spec or {})},
         **extra,
     }
     return parse_config(raw)
@@ -241,6 +242,20 @@ def test_resume_refuses_a_changed_config(tmp_path: Path, tiny_bert: Path) -> Non
         train(changed, resume=run)
 
 
+def test_resume_of_a_finished_run_without_checkpoints_is_refused(tmp_path: Path, tiny_bert: Path) -> None:
+    """A finished run whose checkpoints are gone (a tuning trial's): --resume deleted its run.json and trained it again
+    from step 0 without a word."""
+    import shutil
+
+    cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 2})
+    run = train(cfg)
+    shutil.rmtree(run / "checkpoints")
+    before = (run / "run.json").read_bytes()
+    with pytest.raises(ConfigError, match="a finished run with no checkpoint left to resume from"):
+        train(cfg, resume=run)
+    assert (run / "run.json").read_bytes() == before
+
+
 def _evaluated_steps(run: Path) -> list[int]:
     return [e["step"] for e in map(json.loads, (run / "training_log.jsonl").read_text().splitlines()) if "eval_loss" in e]
 
@@ -381,6 +396,26 @@ def test_other_peft_methods_train_and_load(tmp_path: Path, tiny_bert: Path, meth
     assert config.get("use_dora", False) == (method == "dora")
     out = Predictor(run).predict(["great wonderful coffee"])
     assert out.proba.shape == (1, 2)
+
+
+def test_prompt_tuning_leaves_room_for_its_virtual_tokens_in_the_models_positions(tmp_path: Path, tiny_bert: Path) -> None:
+    """With the default budget (the model's context), a text filling it plus the 20 virtual tokens overran BERT's
+    position table mid-training (a shape error that named no setting)."""
+    from transformers import AutoConfig
+
+    context = AutoConfig.from_pretrained(tiny_bert).max_position_embeddings
+    data = rows(160)
+    for r in data[::4]:
+        r["text"] = (r["text"] + " ") * 40  # longer than the model's context
+    cfg = project(tmp_path, tiny_bert, train_spec={"method": "prompt_tuning", "max_steps": 4})
+    cfg.model.max_length = None
+    write(tmp_path / "data.csv", data)
+    run = train(cfg)
+    assert Run(run).manifest.max_length == context - cfg.peft.num_virtual_tokens
+    assert Predictor(run).predict([data[0]["text"]]).proba.shape == (1, 2)
+    cfg.model.max_length = context
+    with pytest.raises(ConfigError, match=r"model.max_length \(\d+\) and peft.num_virtual_tokens \(20\) exceed"):
+        cfg.token_budget(context)
 
 
 def test_balanced_class_weights_train(tmp_path: Path, tiny_bert: Path) -> None:

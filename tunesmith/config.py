@@ -488,6 +488,13 @@ class PeftSpec(Spec):
     num_virtual_tokens: int = Field(20, ge=1)  # prompt tuning: soft prompt length
 
 
+# transformers' SchedulerType values: a typo is refused with the config's file and line, not by the Trainer after the
+# dataset is prepared
+LrScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                      "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                      "warmup_stable_decay", "greedy"]
+
+
 class TrainSpec(Spec):
     """How the model is trained (`tunesmith train`)."""
 
@@ -501,7 +508,7 @@ class TrainSpec(Spec):
     grad_accum: int = Field(1, ge=1)  # effective batch = batch_size x grad_accum x processes
     weight_decay: float = Field(0.01, ge=0)  # the BERT recipe
     warmup_ratio: float = Field(0.06, ge=0, lt=1)  # the RoBERTa recipe: avoids wrecking pre-trained weights early
-    lr_scheduler: str = "linear"  # linear decay after warmup, the BERT recipe
+    lr_scheduler: LrScheduler = "linear"  # linear decay after warmup, the BERT recipe
     seed: int = 42  # same seed + same data = same run
     bf16: bool | None = None  # None: on where the hardware has native bf16 (recent GPUs, CPUs with AMX/AVX512-BF16)
     gradient_checkpointing: bool = False  # trades ~30% speed for activation memory; only for big models
@@ -519,7 +526,7 @@ class TrainSpec(Spec):
     nproc: int = Field(1, ge=1)  # processes (torchrun DDP: gloo on CPU, NCCL on GPU)
     fsdp: str | None = None  # passed to TrainingArguments.fsdp on GPU clusters, e.g. "full_shard auto_wrap"
     deepspeed: Path | None = None  # a DeepSpeed JSON config, passed through
-    packing: bool | None = None  # chat; None: on (short conversations packed into full sequences, attention stays within each: far less padding)
+    packing: bool | None = None  # chat; None: on (short conversations packed into full sequences, attention stays within each: far less padding), off for prompt tuning (PEFT drops the position ids packing needs)
     merge_adapter: bool = False  # write model/ as full weights with the adapter merged in (the adapter stays in adapter/)
     dpo_beta: float = Field(0.1, gt=0)  # DPO: how far the policy may move from the reference (the DPO paper's 0.1)
     init_from: Path | None = None  # classification/regression: a run folder whose weights (or adapter) training continues from (incremental training); None: the base model
@@ -715,6 +722,25 @@ class ProjectConfig(Spec):
             )
         return self
 
+    def token_budget(self, context: int | None) -> int:
+        """model.token_budget for this task, less prompt tuning's virtual tokens where the model's positions end: they
+        come before the text (a text filling the whole context overran BERT's position table mid-training)."""
+        budget = self.model.token_budget(self.task.type, context)
+        if self.train.method != "prompt_tuning" or context is None:
+            return budget
+        room = context - self.peft.num_virtual_tokens
+        if budget > room and self.model.max_length is not None:
+            raise ConfigError(f"model.max_length ({self.model.max_length}) and peft.num_virtual_tokens "
+                              f"({self.peft.num_virtual_tokens}) exceed the model's context of {context} tokens; "
+                              f"set model.max_length to {room} or less")
+        return min(budget, room)
+
+    def packs(self) -> bool:
+        """Are chat conversations packed into full rows (train.packing, resolved)?"""
+        if self.task.type != TaskType.chat or self.train.packing is False:
+            return False
+        return self.train.packing is True or self.train.method != "prompt_tuning"
+
     def inapplicable(self) -> list[tuple[str, str]]:
         """(field, why) for each setting given a value that the chosen task or method never reads.
 
@@ -734,8 +760,13 @@ class ProjectConfig(Spec):
             (self.train, "packing", task == TaskType.chat, "packing applies to chat (SFT) tasks"),
             (self.train, "dpo_beta", task == TaskType.preference, "dpo_beta applies to preference (DPO) tasks"),
             (self.train, "init_from", not generative, f"{kind} continue from a run through their base model (model.name)"),
-            (self.train, "merge_adapter", generative and method in adapters,
-             "merge_adapter applies to chat adapters; merge other runs with `tunesmith export RUN --format merged`"),
+            (self.train, "merge_adapter", generative and method in ("lora", "dora", "ia3"),
+             "merge_adapter applies to chat adapters that merge into weights (lora, dora, ia3; prompt tuning's virtual "
+             "tokens do not); merge other runs with `tunesmith export RUN --format merged`"),
+            (self.train, "attention_dropout", not generative, f"{kind} train with the model's own dropout"),
+            (self.train, "hidden_dropout", not generative, f"{kind} train with the model's own dropout"),
+            (self.train, "train_embeddings", not generative and method == "full",
+             "the token table trains only in full fine-tuning of a classifier or regressor"),
             (self.peft, "r", method in ("lora", "dora"), f"peft.r is LoRA's rank; train.method is {method}"),
             (self.peft, "alpha", method in ("lora", "dora"), f"peft.alpha is LoRA's scale; train.method is {method}"),
             (self.peft, "dropout", method in ("lora", "dora"), f"peft.dropout is LoRA's; train.method is {method}"),
@@ -754,6 +785,10 @@ class ProjectConfig(Spec):
             value = getattr(section, name)
             if not applies and value != type(section).model_fields[name].default:
                 found.append((f"{sections[id(section)]}.{name}", f"does not apply here ({why}); remove it (got {value!r})"))
+        if method == "prompt_tuning" and self.train.packing:
+            found.append(("train.packing", "prompt tuning cannot pack conversations: PEFT drops the position ids that keep "
+                                           "packed conversations apart, and the virtual tokens precede only a row's first; "
+                                           "leave it unset (off for prompt tuning) or false"))
         allowed = SEQUENCE_METRICS.get(task.value, ())
         if self.train.metric is not None and not generative and self.train.metric not in allowed:
             found.append(("train.metric", f"'{self.train.metric}' is not a validation metric of {kind}; "

@@ -331,7 +331,7 @@ class _Preparation:
 
         tokenizer = load_tokenizer(self.cfg.model.name)
         self.context = context_length(tokenizer)
-        self.max_length = self.cfg.model.token_budget(self.task, self.context)
+        self.max_length = self.cfg.token_budget(self.context)
         n = self.table.num_rows
         lengths = np.zeros(n, dtype=np.int32)
         verbosity = hf_logging.get_verbosity()

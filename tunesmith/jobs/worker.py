@@ -186,7 +186,7 @@ class Worker:
         cfg = self._config(job_id)
         tokenizer = load_tokenizer(base)
         set_chat_template(tokenizer, None, base)
-        budget = cfg.model.token_budget(cfg.task.type, context_length(tokenizer))
+        budget = cfg.token_budget(context_length(tokenizer))
         for param, path, minimum in (("training_file", train_path, 10), ("validation_file", valid_path, 1)):
             if path is None:
                 continue

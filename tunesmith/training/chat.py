@@ -151,8 +151,8 @@ def train_chat(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: P
     stops = chat.stop_token_ids(tokenizer)
     if tokenizer.pad_token is None:  # padding is masked; EOS is the usual stand-in
         tokenizer.pad_token = tokenizer.eos_token
-    max_length = cfg.model.token_budget(cfg.task.type, context_length(tokenizer))
-    if cfg.task.type == TaskType.chat and cfg.train.packing is not False:
+    max_length = cfg.token_budget(context_length(tokenizer))
+    if cfg.packs():
         from tunesmith.training.segment_attention import use_for_packed_training
 
         use_for_packed_training(model)  # padding-free rows: attention one conversation at a time on a CPU
@@ -226,7 +226,7 @@ def _sft_trainer(cfg: ProjectConfig, version: DatasetVersion, model: Any, tokeni
         **common_arguments(cfg, run_dir, plan, len(train_ds)),
         metric_for_best_model="loss", greater_is_better=False,
         max_length=None,  # every conversation was checked to fit above; nothing is silently cut
-        packing=False, padding_free=cfg.train.packing is not False, completion_only_loss=False, assistant_only_loss=False,
+        packing=False, padding_free=cfg.packs(), completion_only_loss=False, assistant_only_loss=False,
         dataset_num_proc=None, shuffle_dataset=False,
     )
     trainer = _trained_token_sft_trainer()(

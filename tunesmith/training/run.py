@@ -88,6 +88,11 @@ def start_run(cfg: ProjectConfig, resume: Path | None, overwrite: bool) -> tuple
             raise ConfigError(f"{run_dir}: the config changed since this run started, so resuming would mix two runs:\n  "
                               + "\n  ".join(changed[:20]) + "\nResume without those changes, or start a new run.")
         checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None and (run_dir / RUN_MANIFEST).is_file():  # it deleted run.json and trained from step 0
+            raise ConfigError(f"{run_dir}: a finished run with no checkpoint left to resume from (a tuning trial's, or "
+                              "removed); train it again as a new run, or with `tunesmith train CONFIG --overwrite`")
+        if checkpoint is None and is_rank0():
+            print(f"{run_dir}: no checkpoint was saved before it stopped; training from the start", flush=True)
     # Rank 0 decides, also under a torchrun or accelerate launched by hand (no tunesmith launcher checked first);
     # the other ranks leave the folder alone. After tunesmith's --nproc launcher checked (and with --overwrite
     # removed it), rank 0 finds no run here.

@@ -211,9 +211,11 @@ def check_space(cfg: ProjectConfig) -> None:
             if bad:
                 raise ConfigError(f"{where}: {name} takes whole numbers (got {bad[0]:g})")
         if name == "train.lr_scheduler":
-            from transformers import SchedulerType
+            from typing import get_args
 
-            known = [s.value for s in SchedulerType]
+            from tunesmith.config import LrScheduler
+
+            known = list(get_args(LrScheduler))
             unknown = [c for c in dim.choices or [] if c not in known]
             if dim.choices is None or unknown:
                 raise ConfigError(f"{where}: give choices among the schedulers transformers knows: {known}"
