@@ -80,6 +80,18 @@ def test_merged_lora_equals_base_plus_adapter_and_loads_with_plain_transformers(
     assert info["check"]["agreement"] == 1.0 and info["check"]["accuracy_diff"] == 0.0
 
 
+def test_an_ia3_run_with_the_native_head_merges(tmp_path: Path, tiny_bert: Path) -> None:
+    """IA3 saved BERT's whole pooler beside the adapter, and PEFT's IA3 merge could not unwrap it: `export --format
+    merged` (and onnx) failed with "'BertPooler' object has no attribute 'weight'"."""
+    run = train(project(tmp_path, tiny_bert, train_spec={"method": "ia3", "learning_rate": 5e-3, "max_steps": 10}))
+    from safetensors.torch import load_file
+
+    assert any("pooler" in k for k in load_file(run / "model" / "adapter_model.safetensors"))  # trained beside it
+    result = export_run(run, "merged", tmp_path / "merged")
+    assert result.check["agreement"] == 1.0
+    np.testing.assert_allclose(Predictor(tmp_path / "merged").logits(TEXTS), Predictor(run).logits(TEXTS), atol=1e-4)
+
+
 def test_merged_mean_pooling_head_loads_with_trust_remote_code(mean_run: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

@@ -85,6 +85,11 @@ def apply_method(model: Any, train: TrainSpec, peft_spec: PeftSpec, causal_lm: b
         if not targets:
             raise ConfigError(f"train.method ia3: no default targets for model type '{model_type}'; set peft.target_modules")
         _check_targets(model, targets, "peft.target_modules")
+        # The pooler's linear layer rather than the whole module: PEFT's IA3 merge unwraps saved modules as layers
+        # with a weight, and BERT's pooler (a layer and a tanh) failed `export --format merged` and onnx.
+        names = {name for name, _ in model.named_modules()}
+        extra = [f"{m}.dense" if any(n.endswith(f"{m}.dense") for n in names) and m in EXTRA_TRAINED.get(model_type, [])
+                 else m for m in extra]
         config = peft.IA3Config(task_type=task_type, target_modules=targets, feedforward_modules=ff,
                                 modules_to_save=extra or None)
     elif method == "prompt_tuning":
