@@ -267,6 +267,10 @@ def test_an_adapter_run_continues_from_its_own_adapter_weights(tmp_path: Path, t
     data["task"]["labels"] = ["neg", "pos", "meh"]
     with pytest.raises(ConfigError, match="its labels"):
         _parent_run(parse_config(data), ["neg", "pos", "meh"], tiny_bert)
+    data["task"]["labels"] = None
+    data["peft"]["r"] = 4  # the saved adapter (rank 16) trained on, and the child's config said 4
+    with pytest.raises(ConfigError, match=r"other peft settings \(peft.r 16 -> 4\)"):
+        _parent_run(parse_config(data), ["neg", "pos"], tiny_bert)
 
 
 def test_bad_requests_are_refused_and_change_nothing(tmp_path: Path, tiny_bert: Path) -> None:

@@ -209,6 +209,12 @@ def _parent_run(cfg: ProjectConfig, labels: list[str] | None, model_dir: Path) -
         problems.append(f"its labels {m.labels} differ from the dataset's {labels}")
     if m.method != cfg.train.method:
         problems.append(f"it was trained with method {m.method}, this config says {cfg.train.method}")
+    if m.adapter:  # the parent's adapter trains on as saved: other peft settings here would be ignored
+        saved, given = parent.config.peft.model_dump(), cfg.peft.model_dump()
+        changed = [f"peft.{k} {saved[k]!r} -> {given[k]!r}" for k in given if given[k] != saved.get(k)]
+        if changed:
+            problems.append(f"its adapter was made with other peft settings ({'; '.join(changed)}); remove them to "
+                            "continue it as it is, or train a new adapter")
     # Full and head-only runs too: their weights would train on under this config's tokenizer
     if Path(m.base_model_path).resolve() != model_dir.resolve() and m.base_model != cfg.model.name:
         problems.append(f"its {'adapter sits on' if m.adapter else 'weights come from'} the base model "
