@@ -31,3 +31,26 @@ def test_classification_style_answers_are_extracted() -> None:
     m = answer_metrics(["positive", "The review is negative.", "negative", "unclear", "positive!"], refs)
     assert m["answer_accuracy"] == pytest.approx(3 / 5)
     assert m["answer_unparsed"] == pytest.approx(1 / 5)
+
+
+def test_rouge_counts_words_of_every_script_and_english_scores_as_rouge_score_does() -> None:
+    """rouge-score's tokenizer keeps [a-z0-9] only: a Russian, Greek or Chinese answer equal to its reference scored 0."""
+    from rouge_score import rouge_scorer
+
+    for same in ("Москва — столица России", "Η Αθήνα είναι η πρωτεύουσα", "北京是中国的首都", "Crème brûlée à Zürich"):
+        assert answer_metrics([same], [same])["rouge_l"] == 1.0
+    assert answer_metrics(["北京是首都"], ["北京是中国的首都"])["rouge_l"] == pytest.approx(2 * 5 / 13)  # 5 of 5 and 8 chars
+    reference = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    english = ["The running dogs were jumping over fences", "A dog runs and jumps over the fence", "don't stop, it's 2024"]
+    for r in english:
+        for p in english:
+            assert answer_metrics([p], [r])["rouge_l"] == pytest.approx(reference.score(r, p)["rougeL"].fmeasure)
+
+
+def test_multiple_choice_answers_a_b_c_d_are_labels() -> None:
+    """"A" was removed as an article: A/B/C/D data had no answer accuracy, and an empty answer matched every "A"."""
+    assert normalize("A") == "a" and normalize("The") == "the" and normalize("a cat") == "cat"
+    references = ["A", "B", "C", "D"] * 3
+    predictions = ["A.", "b", "C", "The answer is D"] * 2 + ["", "", "", ""]
+    out = answer_metrics(predictions, references)
+    assert out["answer_accuracy"] == pytest.approx(8 / 12) and out["exact_match"] == pytest.approx(6 / 12)

@@ -1,7 +1,8 @@
 """Generated answers against reference answers: exact match, token F1, ROUGE-L, extracted-answer accuracy.
 
 Exact match and token F1 follow the SQuAD evaluation (lowercase, no punctuation or articles,
-whitespace collapsed); ROUGE-L is Google's `rouge-score` (LCS-based F-measure, stemmed). When the
+whitespace collapsed); ROUGE-L is Google's `rouge-score` (LCS-based F-measure, English words stemmed, words of
+every script counted). When the
 references come from a small fixed set (classification-style chat data, e.g. answers "positive" /
 "negative"), the answer is also extracted from the generation and scored as a classification.
 """
@@ -21,7 +22,10 @@ MAX_CLASSES = 20  # more distinct answers than this is free text, not a label se
 def normalize(text: str) -> str:
     text = text.lower()
     text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    return " ".join(_ARTICLES.sub(" ", text).split())
+    words = text.split()
+    kept = " ".join(_ARTICLES.sub(" ", text).split())
+    # An answer that is only an article is that word: multiple-choice "A" became "", and an empty generation matched it
+    return kept if kept or not words else " ".join(words)
 
 
 def token_f1(prediction: str, reference: str) -> float:
@@ -38,7 +42,7 @@ def token_f1(prediction: str, reference: str) -> float:
 def label_set(references: Sequence[str]) -> list[str] | None:
     """The distinct normalised answers when they look like labels (few, each repeated), else None."""
     counts = Counter(normalize(r) for r in references)
-    if 2 <= len(counts) <= MAX_CLASSES and len(references) >= 2 * len(counts) and all(counts):
+    if 2 <= len(counts) <= MAX_CLASSES and len(references) >= 2 * len(counts) and all(label for label in counts):
         return sorted(counts)
     return None
 
@@ -52,12 +56,31 @@ def extract_label(prediction: str, labels: Sequence[str]) -> str | None:
     return min(found)[2] if found else None
 
 
+# Words in any script (rouge-score's own tokenizer keeps only [a-z0-9]: Russian, Greek or Chinese answers scored ROUGE-L 0
+# however right); a Han, kana or Hangul character is a word of its own, as Chinese and Japanese write without spaces.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_WORDS = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+")
+
+
+class _AnyScript:
+    """rouge-score's tokenizer for every script: lowercased words, the English ones stemmed as rouge-score stems them
+    (Porter, words over 3 characters), so English scores stay what they were."""
+
+    def __init__(self) -> None:
+        from nltk.stem import porter
+
+        self.stemmer = porter.PorterStemmer()
+
+    def tokenize(self, text: str) -> list[str]:
+        return [self.stemmer.stem(w) if len(w) > 3 and w.isascii() else w for w in _WORDS.findall(text.lower())]
+
+
 def answer_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_AnyScript())
     n = max(len(references), 1)
     out: dict[str, Any] = {
         "exact_match": sum(normalize(p) == normalize(r) for p, r in zip(predictions, references, strict=True)) / n,
