@@ -106,6 +106,38 @@ def test_the_base_model_column_is_trained_again_for_another_dataset(classifier_r
     assert first != again == version.manifest.fingerprint
 
 
+def test_a_run_whose_weights_diverged_is_named_not_an_internal_error(classifier_run: Path, tmp_path: Path) -> None:
+    """NaN weights crashed evaluate with "internal error: proba must hold probabilities in [0, 1]"."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tunesmith.errors import DataError
+
+    run = tmp_path / "run"
+    shutil.copytree(classifier_run, run, ignore=shutil.ignore_patterns("checkpoints", "eval"))
+    weights = load_file(run / "model" / "model.safetensors")
+    name = next(k for k in weights if k.startswith("classifier.") and k.endswith("weight"))
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, run / "model" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(DataError, match=r"outputs are NaN or infinite for \d+ of \d+ texts: its weights diverged"):
+        evaluate_run(run, baselines=False)
+
+
+def test_a_dataset_lacking_some_of_the_runs_classes_says_how_to_prepare_it(classifier_run: Path, tmp_path: Path,
+                                                                         tiny_bert: Path) -> None:
+    """It read "its label order ['neg'] differs from the run's": the fix is task.labels, which it now names."""
+    from tests.test_train import rows, write
+    from tunesmith.data.prepare import prepare
+    from tunesmith.errors import DataError
+
+    (tmp_path / "other").mkdir()
+    cfg = project(tmp_path / "other", tiny_bert, n=60)
+    write(tmp_path / "other" / "data.csv", [r for r in rows(120) if r["label"] == "neg"])
+    version = prepare(cfg)
+    with pytest.raises(DataError, match=r"lack the run's \['pos'\].*task.labels: \['neg', 'pos'\]"):
+        evaluate_run(classifier_run, dataset_dir=version.path, baselines=False)
+
+
 def test_unevaluated_run_cannot_be_compared(classifier_run: Path, tmp_path: Path) -> None:
     from tunesmith.errors import DataError
 

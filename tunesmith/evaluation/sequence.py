@@ -35,7 +35,13 @@ def evaluate_sequence(run: Run, version: DatasetVersion, split: str, notes: list
         unknown = sorted(set(version.manifest.labels or []) - set(labels))
         if unknown:
             raise DataError(f"{version.path}: label(s) {unknown} were never seen by run {run.path} (labels {labels})")
-        raise DataError(f"{version.path}: its label order {version.manifest.labels} differs from the run's {labels}")
+        missing = [label for label in labels if label not in (version.manifest.labels or [])]
+        if missing:  # a new sample without some class: its ids were numbered over the classes it has
+            raise DataError(f"{version.path}: its labels {version.manifest.labels} lack the run's {missing}, so its label "
+                            f"ids are not the run's; prepare it with task.labels: {labels} (a class with no example "
+                            "is allowed there) and evaluate again")
+        raise DataError(f"{version.path}: its label order {version.manifest.labels} differs from the run's {labels}; "
+                        f"prepare it with task.labels: {labels}")
     table = version.table(split)
     if table.num_rows == 0:
         raise DataError(f"{version.path}: split '{split}' is empty")
@@ -44,6 +50,11 @@ def evaluate_sequence(run: Run, version: DatasetVersion, split: str, notes: list
 
     pred = Predictor(run.path).predict(texts)
     y_pred = pred.outputs
+    bad = ~np.isfinite(pred.proba if pred.proba is not None else np.asarray(y_pred, dtype=float))
+    if bad.any():  # sklearn's "proba must hold probabilities" read as tunesmith's own failure
+        rows = int(bad.reshape(len(texts), -1).any(axis=1).sum())
+        raise DataError(f"{run.path}: the model's outputs are NaN or infinite for {rows} of {len(texts)} texts: its "
+                        "weights diverged (train again with a lower learning rate) or are damaged")
     metrics = score(task, y_true, y_pred, labels, pred.proba)
 
     folder = run.path / "eval" / split
