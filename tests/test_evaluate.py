@@ -143,6 +143,18 @@ def test_unevaluated_run_cannot_be_compared(classifier_run: Path, tmp_path: Path
 
     with pytest.raises(DataError, match="no evaluation on 'nope' yet"):
         compare_runs(classifier_run, classifier_run, split="nope")
+    # a cut or foreign report.json, or runs of two tasks: named, where they were internal errors
+    other = tmp_path / "other"
+    (other / "eval" / "test").mkdir(parents=True)
+    evaluate_run(classifier_run, baselines=False)
+    report = json.loads((classifier_run / "eval" / "test" / "report.json").read_text())
+    for text, why in (("{\"metrics\": {", "Expecting"), ("{}", "missing")):
+        (other / "eval" / "test" / "report.json").write_text(text)
+        with pytest.raises(DataError, match=rf"other/eval/test/report.json: not a complete evaluation report \(.*{why}"):
+            compare_runs(classifier_run, other)
+    (other / "eval" / "test" / "report.json").write_text(json.dumps({**report, "task": "regression"}))
+    with pytest.raises(DataError, match="a single_label_classification run and .* a regression one"):
+        compare_runs(classifier_run, other)
 
 
 def test_base_model_of_an_incremental_run_is_the_untuned_base(classifier_run: Path, tmp_path: Path, tiny_bert: Path) -> None:

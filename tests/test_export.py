@@ -22,7 +22,7 @@ from tests.test_train_chat import chat_project
 from tunesmith.artifacts import DatasetVersion, Run
 from tunesmith.cli import run as cli
 from tunesmith.config import parse_config
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, DataError
 from tunesmith.export import export_run, load_joblib
 from tunesmith.inference.predictor import Predictor
 from tunesmith.training import train
@@ -177,6 +177,14 @@ def test_joblib_bundle_needs_trust_and_then_predicts(lora_run: Path, tmp_path: P
     got = bundle.predict(TEXTS)
     assert got.labels == original.labels and bundle.labels == ["neg", "pos"]
     np.testing.assert_allclose(got.proba, original.proba, atol=1e-5)
+    # the wrong file (the export.json beside it: KeyError 123), a cut copy (EOFError) and the folder are named
+    cut = tmp_path / "cut.joblib"
+    cut.write_bytes(result.path.read_bytes()[:5000])
+    for wrong in (tmp_path / "jl" / "export.json", cut):
+        with pytest.raises(DataError, match=rf"{wrong.name}: not a readable tunesmith joblib bundle"):
+            load_joblib(wrong, trust=True)
+    with pytest.raises(DataError, match=r"jl: is a folder; load .*tiny\.joblib"):
+        load_joblib(tmp_path / "jl", trust=True)
 
 
 def test_docker_context_is_complete_and_its_entrypoint_serves(mean_run: Path, tmp_path: Path, capsys) -> None:

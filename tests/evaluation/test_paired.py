@@ -44,3 +44,11 @@ def test_wilcoxon_finds_smaller_errors_and_their_direction() -> None:
     assert r.p_better < 1e-4 and r.p_worse > 0.99
     noise = wilcoxon_errors(truth, reference, truth + rng.normal(scale=1.0, size=200))
     assert noise.p_value > 0.01
+
+
+def test_mcnemar_compares_multi_label_indicator_rows_element_by_element() -> None:
+    """As sets, [1, 0, 0] and [0, 1, 0] were both {0, 1}: every wrong multi-hot answer counted as right."""
+    truth = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0]])
+    wrong = np.array([[0, 1, 0], [1, 0, 0], [0, 1, 1], [0, 1, 1]])
+    result = mcnemar(truth, wrong, truth)
+    assert (result.reference, result.candidate) == (0.0, 1.0) and result.detail["only_candidate_right"] == 4

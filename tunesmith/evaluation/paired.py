@@ -72,7 +72,10 @@ def mcnemar(truth: Any, reference: Any, candidate: Any) -> PairedComparison:
 
 
 def _same(truth: Any, predicted: Any) -> bool:
-    """Multi-label answers are right when the label sets are equal."""
+    """Multi-label answers are right when the label sets are equal: label names as sets, 0/1 indicator rows (the
+    metrics' form) element by element (as sets, [1, 0, 0] and [0, 1, 0] were both {0, 1}, so equal)."""
+    if isinstance(truth, np.ndarray) and isinstance(predicted, np.ndarray) and truth.dtype.kind in "biuf":
+        return bool(np.array_equal(truth, predicted))
     if isinstance(truth, list | tuple | np.ndarray) or isinstance(predicted, list | tuple | np.ndarray):
         return set(truth) == set(predicted)
     return bool(truth == predicted)

@@ -68,7 +68,8 @@ NAMES = {"accuracy": "accuracy", "subset_accuracy": "subset accuracy", "hamming_
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def _complete(result: dict[str, Any]) -> dict[str, Any]:
+def complete(result: dict[str, Any]) -> dict[str, Any]:
+    """The result with its optional keys defaulted; ValueError or TypeError when it is not an evaluation result."""
     missing = [key for key in REQUIRED if key not in result]
     if missing:
         raise ValueError(f"evaluation result is missing {missing} (see tunesmith.evaluation.report for the schema)")
@@ -170,7 +171,7 @@ def _mistakes(mistakes: list[dict[str, Any]]) -> list[str]:
 
 def markdown(result: dict[str, Any]) -> str:
     """The report as Markdown (what report.md holds)."""
-    r = _complete(result)
+    r = complete(result)
     md = [f"# Evaluation: {_esc(r['run'])}", "",
           f"- **Model**: {_esc(r['model'])}, tuned with `{_esc(r['method'])}`",
           f"- **Task**: {_esc(r['task'])}",
@@ -204,7 +205,7 @@ def markdown(result: dict[str, Any]) -> str:
 def write_report(folder: Path, result: dict[str, Any]) -> dict[str, Path]:
     """Write report.json, report.md and report.html into `folder`; returns {"json"|"md"|"html": path}."""
     folder = Path(folder)
-    return _write(folder, "report", _complete(result), markdown(result), f"Evaluation: {result['run']}")
+    return _write(folder, "report", complete(result), markdown(result), f"Evaluation: {result['run']}")
 
 
 # -- two evaluations ----------------------------------------------------------------------------
@@ -214,7 +215,7 @@ IDENTITY = ("run", "model", "method", "dataset", "dataset_fingerprint", "split",
 
 def comparison(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """The numbers behind compare_reports: metric rows with B − A and which side is better."""
-    a, b = _complete(a), _complete(b)
+    a, b = complete(a), complete(b)
     if a["task"] != b["task"]:
         raise ValueError(f"cannot compare a {a['task']} evaluation with a {b['task']} one")
     warnings = []

@@ -17,7 +17,7 @@ from typing import Any
 from tunesmith.artifacts import TRAINING_LOG, DatasetVersion, Run
 from tunesmith.config import GENERATIVE_TASKS, SPLITS, TaskType
 from tunesmith.errors import ConfigError, DataError
-from tunesmith.evaluation.report import write_comparison, write_report
+from tunesmith.evaluation.report import complete, write_comparison, write_report
 
 
 def evaluate_run(run_dir: str | Path, dataset_dir: str | Path | None = None, split: str | None = None,
@@ -84,7 +84,16 @@ def compare_runs(a: str | Path, b: str | Path, split: str = "test", out: str | P
         path = Path(run_dir) / "eval" / split / "report.json"
         if not path.exists():
             raise DataError(f"{run_dir}: no evaluation on '{split}' yet; run `tunesmith evaluate {run_dir} --split {split}`")
-        reports.append(json.loads(path.read_text(encoding="utf-8")))
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+            complete(report)
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError, TypeError) as err:
+            raise DataError(f"{path}: not a complete evaluation report ({err}); run `tunesmith evaluate {run_dir} "
+                            f"--split {split}` again") from None
+        reports.append(report)
+    if reports[0]["task"] != reports[1]["task"]:
+        raise DataError(f"{a} is a {reports[0]['task']} run and {b} a {reports[1]['task']} one: their metrics do not "
+                        "compare; compare runs of one task")
     folder = Path(out) if out else Path(a) / "eval" / f"compare-{Path(b).name}"
     write_comparison(folder, reports[0], reports[1])
     return folder

@@ -82,11 +82,19 @@ def load_joblib(path: str | Path, trust: bool = False) -> PredictorBundle:
     if not trust:
         raise ConfigError(f"refusing to load {path}: unpickling a joblib file runs code stored in it. Load only files you "
                           "made or trust, with load_joblib(path, trust=True); the safetensors and ONNX exports carry no code")
+    if path.is_dir():  # the export's folder: the bundle is the .joblib file inside it
+        found = sorted(path.glob("*.joblib"))
+        hint = f"; load {found[0]}" if found else ""
+        raise DataError(f"{path}: is a folder{hint}")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     import joblib
 
-    bundle = joblib.load(path)
+    try:
+        bundle = joblib.load(path)
+    except Exception as err:  # noqa: BLE001 - unpickling a wrong or cut file raises KeyError, EOFError, ValueError...
+        raise DataError(f"{path}: not a readable tunesmith joblib bundle ({type(err).__name__}: {err}); load the "
+                        "<name>.joblib file of a `tunesmith export --format joblib` folder, copied whole") from None
     if not isinstance(bundle, PredictorBundle):
         raise DataError(f"{path}: not a tunesmith predictor bundle (it holds a {type(bundle).__name__})")
     if bundle.format > JOBLIB_FORMAT:
