@@ -134,9 +134,11 @@ def test_onnx_export_is_a_run_folder_that_predictor_and_evaluate_take(mean_run: 
     np.testing.assert_allclose(predictor.logits(TEXTS), original.logits(TEXTS), atol=1e-4)
     assert predictor.predict(TEXTS).labels == original.predict(TEXTS).labels
 
+    assert f"Exported as `onnx` from `{mean_run.resolve()}`" in (folder / "README.md").read_text()
     assert cli(["evaluate", str(folder), "--no-baselines"]) == 0
     onnx_report = json.loads((folder / "eval" / "test" / "report.json").read_text())
     assert onnx_report["metrics"]["accuracy"] == pytest.approx(info["check"]["accuracy_run"])
+    assert "## Export" in (folder / "README.md").read_text()  # the evaluation rewrote the card without it
 
 
 def test_onnx_int8_quantises_and_reports_agreement(mean_run: Path, tmp_path: Path) -> None:

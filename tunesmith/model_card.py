@@ -56,6 +56,7 @@ def write_model_card(run_dir: Path) -> Path:
     if not reports:  # validation picked the checkpoint, so only a held-out split's scores are unbiased
         lines += [f"_Not scored on the held-out test split yet: `tunesmith evaluate {run_dir}`._", ""]
     lines += ["## Use", "", "```bash", f"tunesmith evaluate {run_dir}", "```", ""]
+    lines += _export_section(run_dir)
     path = run_dir / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
@@ -77,6 +78,17 @@ def _intended_use(task: str) -> list[str]:
             "- Out of scope: other kinds of input. The scores below hold for data like the test split only: "
             "score your own data with `tunesmith evaluate RUN --dataset DATASET` before relying on it.",
             ""]
+
+
+def _export_section(run_dir: Path) -> list[str]:
+    """Where an export came from, from its export.json: written with the card each time (an evaluation of the export
+    rewrote the card, and the section appended once was lost)."""
+    info_path = run_dir / "export.json"
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    if not info.get("format"):
+        return []
+    return ["## Export", "", f"Exported as `{info['format']}` from `{info.get('source_run')}` by tunesmith "
+            f"{info.get('tunesmith_version')}; the self-check is in `export.json`.", ""]
 
 
 def _export_numerics(run_dir: Path) -> list[str]:

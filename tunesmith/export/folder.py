@@ -90,10 +90,7 @@ def write_run_folder(run: Run, target: Path, fmt: str, info: dict[str, Any]) -> 
                 "source_adapter": m.adapter, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "tunesmith_version": __version__, **info}
     (target / EXPORT_MANIFEST).write_text(json.dumps(exported, indent=2, default=json_default), encoding="utf-8")
-    write_model_card(target)
-    with (target / "README.md").open("a", encoding="utf-8") as f:
-        f.write(f"\n## Export\n\nExported as `{fmt}` from `{run.path}` by tunesmith {__version__}; "
-                f"the self-check is in `{EXPORT_MANIFEST}`.\n")
+    write_model_card(target)  # with its Export section, from export.json
 
 
 def json_default(value: Any) -> Any:
