@@ -119,6 +119,26 @@ def test_data_prepare_on_an_unfinished_collection_says_so(server, make_config, t
     assert "collect again" in warning and "built from the 10 rows collected" in warning
 
 
+def test_a_refreshed_collection_forgets_the_last_ones_failures(server, collect_config) -> None:
+    """--refresh kept appending to the failures file: a healthy refresh still listed the old 500, and the next run said
+    1 failed."""
+    from tunesmith.collect.run import collect_one
+
+    broken = {"on": True}
+
+    def reply(hit: Hit) -> Reply:
+        n = int(hit.query["page"])
+        return Reply(500, body={"error": "boom"}) if n == 2 and broken["on"] else Reply(body={"data": [{"id": n}] if n <= 3 else []})
+
+    server.route("/api", reply)
+    cfg = collect_config(rest_source(server, "/api", pagination="page", records="$.data[*]"))
+    assert collect_one(cfg, 0).failures == 1
+    broken["on"] = False
+    again = collect_one(cfg, 0, refresh=True)
+    assert (again.rows, again.failures, again.failures_path) == (3, 0, None)
+    assert collect_one(cfg, 0).failures == 0
+
+
 def test_cursor_pagination(server, collect_config, run_collector) -> None:
     chain = {None: ("c1", REVIEWS[:3]), "c1": ("c2", REVIEWS[3:6]), "c2": (None, REVIEWS[6:])}
     server.route("/api", lambda hit: Reply(body={"items": chain[hit.query.get("after")][1],

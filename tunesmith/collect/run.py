@@ -53,9 +53,10 @@ def collect_one(cfg: ProjectConfig, index: int, refresh: bool = False, say: Call
                          failures if failures.exists() else None, ["already collected (--refresh collects again)"], skipped=True)
     resume = status is True
     if spec.kind in RESUMABLE:  # append to the file itself, so a killed run keeps every page it saved
-        if not resume:
+        if not resume:  # a fresh start: the last collection's rows, position and failures all go
             path.unlink(missing_ok=True)
             state.unlink(missing_ok=True)
+            failures_file(path).unlink(missing_ok=True)
         resume = True
     elif refresh:
         state.unlink(missing_ok=True)
