@@ -280,3 +280,15 @@ def test_paraphrase_rewrites_trainable_real_rows_and_keeps_their_labels(tmp_path
         text, label = originals[r["_provenance"]["paraphrase_of"]]
         assert r["label"] == label and text in r["_provenance"]["prompt"]
     assert len({r["_provenance"]["paraphrase_of"] for r in rows}) == 4  # every real row once before any twice
+
+
+def test_the_endpoints_retry_after_is_capped_at_max_backoff_as_the_fetchers_is() -> None:
+    """A teacher answering 429 with Retry-After: 6 was waited out in full with http.max_backoff 0.05 (urllib3 caps it
+    at 6 hours)."""
+    from tunesmith.collect.synthetic import _Endpoint
+    from tunesmith.config import HttpSpec, SyntheticSpec
+
+    endpoint = _Endpoint(SyntheticSpec(method="generate", endpoint="http://127.0.0.1:9/v1", model="teacher"),
+                         HttpSpec(**FAST))
+    retry = endpoint.session.get_adapter("http://127.0.0.1:9/v1").max_retries
+    assert retry.retry_after_max == FAST["max_backoff"] and retry.parse_retry_after("6") == FAST["max_backoff"]

@@ -420,6 +420,7 @@ class _Endpoint:
         self.session = requests.Session()
         retry = Retry(total=http.retries, backoff_factor=http.backoff, backoff_max=http.max_backoff,
                       status_forcelist=(429, 500, 502, 503, 504), allowed_methods=None, respect_retry_after_header=True,
+                      retry_after_max=http.max_backoff,  # as the collectors' own fetcher caps it (urllib3: 6 hours)
                       raise_on_status=False)
         self.session.mount("http://", HTTPAdapter(max_retries=retry, pool_maxsize=ENDPOINT_WORKERS))
         self.session.mount("https://", HTTPAdapter(max_retries=retry, pool_maxsize=ENDPOINT_WORKERS))
