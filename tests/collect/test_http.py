@@ -165,15 +165,16 @@ def test_a_redirect_into_a_disallowed_page_is_not_kept(server: FixtureServer, tm
             fetcher.get(server.url("/go"))
 
 
-@pytest.mark.parametrize(("status", "allowed"), [(403, False), (401, False), (404, True), (500, True)])
+@pytest.mark.parametrize(("status", "allowed"), [(403, False), (401, False), (404, True), (500, False), (503, False)])
 def test_robots_txt_status(server: FixtureServer, tmp_path: Path, status: int, allowed: bool) -> None:
+    """A 5xx robots.txt is RFC 9309's "unreachable": complete disallow (it was read as no rules, and crawled)."""
     server.route("/robots.txt", Reply(status))
     server.route("/a", PAGE)
     fetcher = Fetcher(spec(), tmp_path)
     if allowed:
         assert fetcher.get(server.url("/a")).status == 200
     else:
-        with pytest.raises(FetchError, match="robots.txt"):
+        with pytest.raises(FetchError, match=f"robots.txt answered HTTP {status}" if status >= 500 else "robots.txt"):
             fetcher.get(server.url("/a"))
         assert server.count("/a") == 0
 

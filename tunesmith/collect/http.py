@@ -1,7 +1,8 @@
 """Fetching over HTTP for the web and REST collectors: politely, patiently, and once.
 
-Politely: robots.txt is read once per host and honoured (an unreachable one allows, a 401/403 one
-forbids everything, as search engines treat them), and requests to one host are spaced by
+Politely: robots.txt is read once per host and honoured (a missing one allows; a 401/403 one, or one the
+server fails to give (5xx: RFC 9309's "unreachable"), forbids everything, until a later run reads it;
+a host that cannot be reached at all fails on its pages), and requests to one host are spaced by
 `http.rate_limit` (or the robots.txt Crawl-delay when longer). Patiently: 429, 5xx, timeouts and
 dropped connections are retried with exponential backoff, a Retry-After header winning, every wait
 capped at `http.max_backoff`. Once: successful responses are kept in an SQLite cache under
@@ -136,6 +137,7 @@ class Fetcher:
         self._last: dict[str, float] = {}  # origin -> clock() of its last network request
         self._interval: dict[str, float] = {}  # origin -> seconds between requests (Crawl-delay may raise it)
         self._rules: dict[str, RobotFileParser] = {}
+        self._unread: dict[str, int] = {}  # origin -> the 5xx its robots.txt answered (everything there is refused)
         self.session: requests.Session
         if http.cache and cache_dir is not None:
             cache_dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +166,10 @@ class Fetcher:
         """The 2xx response for `url`, from the cache or the network. Raises FetchError: disallowed by
         robots.txt, a 4xx, or a retryable failure that lasted through `http.retries` retries."""
         if self.robots and not self.allowed(url):
-            raise FetchError(url, f"disallowed by {origin_of(url)}/robots.txt for user agent {self.http.user_agent!r}")
+            unread = self._unread.get(origin_of(url))
+            raise FetchError(url, f"{origin_of(url)}/robots.txt answered HTTP {unread}: a site whose rules cannot be read "
+                                  "is not crawled (RFC 9309); collect again later" if unread else
+                             f"disallowed by {origin_of(url)}/robots.txt for user agent {self.http.user_agent!r}")
         for name, value in (headers or {}).items():
             try:
                 check_header_validity((name, value))
@@ -230,8 +235,11 @@ class Fetcher:
         status = response.status
         if status in (401, 403):
             rules.disallow_all = True  # the site keeps even its rules private: stay out
+        elif status >= 500:  # RFC 9309 2.3.1.4: rules the server fails to give may forbid anything: assume they do
+            rules.disallow_all = True
+            self._unread[origin] = status
         elif not 200 <= status < 300:
-            rules.allow_all = True  # no robots.txt (404, 5xx): no rules
+            rules.allow_all = True  # no robots.txt (404): no rules
         else:
             text = response.content.decode("utf-8", errors="replace")
             rules.parse(text.splitlines())
