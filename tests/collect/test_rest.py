@@ -139,6 +139,14 @@ def test_a_refreshed_collection_forgets_the_last_ones_failures(server, collect_c
     assert collect_one(cfg, 0).failures == 0
 
 
+def test_a_response_in_the_charset_its_content_type_names(server, collect_config, run_collector) -> None:
+    """`charset=iso-8859-1` was ignored: the page was refused as malformed UTF-8 JSON and the collection stopped."""
+    body = '{"data": [{"id": 1, "body": "Crème brûlée à 5 €"}]}'.replace("€", "EUR").encode("latin-1")
+    server.route("/api", Reply(body=body, headers={"Content-Type": "application/json; charset=iso-8859-1"}))
+    out = run_collector(rest, collect_config(rest_source(server, "/api", pagination="none", records="$.data[*]")))
+    assert [r["body"] for r in out.records] == ["Crème brûlée à 5 EUR"] and out.failures == []
+
+
 def test_cursor_pagination(server, collect_config, run_collector) -> None:
     chain = {None: ("c1", REVIEWS[:3]), "c1": ("c2", REVIEWS[3:6]), "c2": (None, REVIEWS[6:])}
     server.route("/api", lambda hit: Reply(body={"items": chain[hit.query.get("after")][1],

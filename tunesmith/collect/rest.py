@@ -95,7 +95,7 @@ def _pages(rest: RestSpec, paths: _Paths, fetcher: Fetcher, headers: dict[str, s
             sink.notes.append(f"stopped at page {number}; run collect again to resume there")
             return
         try:
-            body = json.loads(page.content)
+            body = json.loads(_text(page))
         except ValueError as err:
             fetcher.forget(page)  # a truncated or broken answer must not be served again from the cache
             sink.fail(_public(page.url), f"malformed JSON: {err}", status=page.status, page=number)
@@ -118,6 +118,17 @@ def _pages(rest: RestSpec, paths: _Paths, fetcher: Fetcher, headers: dict[str, s
         _save(sink, pos)
         if pos.pages_done % 10 == 0 or pos.done:
             say(f"rest: {pos.pages_done} pages, {sink.rows} records")
+
+
+def _text(page: Page) -> str | bytes:
+    """The body in the charset its Content-Type names (an API answering iso-8859-1 was read as UTF-8 and refused as
+    malformed JSON); without one, the bytes, for json to tell UTF-8, -16 or -32 apart as RFC 8259 says."""
+    if page.charset:
+        try:
+            return page.content.decode(page.charset)
+        except (LookupError, UnicodeDecodeError):  # a charset Python does not know, or that lies: JSON's own rule
+            pass
+    return page.content
 
 
 def _advance(rest: RestSpec, paths: _Paths, pos: Position, page: Page, body: Any, received: int, sink: Sink) -> None:
