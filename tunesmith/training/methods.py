@@ -17,6 +17,7 @@ from tunesmith.models.sequence import is_head_parameter
 LORA_TARGETS: dict[str, list[str]] = {
     "bert": ["query", "key", "value", "dense"],
     "roberta": ["query", "key", "value", "dense"],
+    "deberta-v2": ["query_proj", "key_proj", "value_proj", "dense"],
     "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -26,6 +27,7 @@ LORA_TARGETS: dict[str, list[str]] = {
 IA3_TARGETS: dict[str, tuple[list[str], list[str]]] = {  # (targets, feed-forward targets)
     "bert": (["key", "value", "output.dense"], ["output.dense"]),
     "roberta": (["key", "value", "output.dense"], ["output.dense"]),
+    "deberta-v2": (["key_proj", "value_proj", "output.dense"], ["output.dense"]),
     "llama": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
     "mistral": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
     "qwen2": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
@@ -33,7 +35,7 @@ IA3_TARGETS: dict[str, tuple[list[str], list[str]]] = {  # (targets, feed-forwar
 # Modules trained in full next to an adapter: with the native [CLS] head, BERT's pooler sits between
 # the encoder and the classifier, and sentence encoders never trained it; frozen under LoRA it
 # collapses training to the majority class. (Mean-pooled models have no pooler; these are skipped.)
-EXTRA_TRAINED = {"bert": ["pooler"], "roberta": ["pooler"]}
+EXTRA_TRAINED = {"bert": ["pooler"], "roberta": ["pooler"], "deberta-v2": ["pooler"]}  # DeBERTa's: new for the task
 
 
 def _linear_names(model: nn.Module) -> set[str]:
