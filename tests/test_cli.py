@@ -167,7 +167,8 @@ def test_model_card_states_use_numerics_data_and_test_size(tmp_path: Path, tiny_
     assert "Test (4 examples): accuracy 0.7500" in card and "Not scored" not in card
     assert "- Exported as onnx-int8: weights quantised, dynamic int8 weights" in card
     html = markdown.markdown(card)
-    assert html.count("<h2>") == 6 and "<li>Numerics: bf16 autocast" in html
+    assert "## Export\n\nExported as `onnx-int8`" in card  # where it came from, written with the card
+    assert html.count("<h2>") == 7 and "<li>Numerics: bf16 autocast" in html
 
 
 def test_html_report_shows_user_text_as_text(tmp_path: Path) -> None:
