@@ -321,6 +321,8 @@ def test_the_server_s_drift_of_a_registry_version_reads_its_lineage_dataset(data
     registry = Registry(store)
     info = registry.add(fake_run(tmp_path / "round", replay), "reviews", stage="production", lineage={"dataset": str(dataset)})
     insert(store, live_rows(train.column("text").to_pylist(), train.column("label").to_pylist(), "reviews-v1"))
+    # an A/B challenger's answers, all "pos": not production's traffic (the gauges read every version's rows)
+    insert(store, live_rows(train.column("text").to_pylist(), ["pos"] * train.num_rows, "reviews-v2"))
     served = Served("ft:tiny:reviews:1", "sequence", "single_label_classification", info.run, "tiny", 0, "reviews-v1",
                     engine=None, registry=("reviews", info.id))
     service = Service([served], ServeSpec(), log=PredictionLog(store), registry=registry)

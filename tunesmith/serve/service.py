@@ -293,7 +293,9 @@ class Service:
                     profile = await loop.run_in_executor(None, TrainingProfile.of_run, m.run, dataset)
                     if profile is None:
                         continue
-                    report = await loop.run_in_executor(None, lambda n=name, pr=profile: drift(self.log.store, n, pr))
+                    # this version's traffic only: an A/B challenger's, or an earlier production's, is not its own
+                    report = await loop.run_in_executor(
+                        None, lambda n=name, pr=profile, v=m.version: drift(self.log.store, n, pr, model_version=v))
                 except Exception as err:  # noqa: BLE001 - monitoring must not disturb serving
                     print(f"drift: '{name}': {type(err).__name__}: {err}", flush=True)
                     continue
