@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import JSON, update
 
 from tunesmith.store.db import Store
 from tunesmith.store.schema import Prediction
@@ -47,15 +47,29 @@ class PredictionLog:
         self._queue.put(done)
         return done.wait(timeout)
 
-    def close(self) -> None:
+    def close(self, patience_s: float = 10.0) -> None:
+        """Write what is queued, then stop: waits as long as rows keep going in (a fixed 10 s dropped the rest of a
+        large backlog without a word), and says how many were lost when the store takes none for `patience_s`."""
         self._queue.put(_STOP)
-        self._thread.join(timeout=10)
+        left = self._queue.qsize()
+        while True:
+            self._thread.join(timeout=patience_s)
+            if not self._thread.is_alive():
+                return
+            now = self._queue.qsize()
+            if now >= left:
+                print(f"prediction log: {now} queued answer(s) not written: the store took none in {patience_s:g} s",
+                      flush=True)
+                return
+            left = now
 
     def purge(self, retention_days: float) -> int:
         """Clear inputs and outputs older than the retention period (the rows stay, for counts and feedback)."""
         cutoff = time.time() - retention_days * 86400
         with self.store.session() as s:
-            result = s.execute(update(Prediction).where(Prediction.created < cutoff, Prediction.inputs.is_not(None))
+            # Inputs cleared (or never logged) are JSON's null, which IS NOT NULL does not skip: it rewrote them each hour
+            result = s.execute(update(Prediction).where(Prediction.created < cutoff, Prediction.inputs.is_not(None),
+                                                        Prediction.inputs != JSON.NULL)
                                .values(inputs=None, outputs=None))
             return int(result.rowcount or 0)
 
