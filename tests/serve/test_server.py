@@ -81,14 +81,15 @@ def test_predict_one_text_and_a_batch(server: str) -> None:
     batch = httpx.post(f"{server}/v1/predict", json={"texts": ["terrible stale bitter", "great wonderful friendly"]},
                        headers=auth()).json()
     assert [p["label"] for p in batch["predictions"]] == ["neg", "pos"]
-    # The id is the prediction log's key (128 characters): a longer one failed its log row on PostgreSQL, silently.
-    long = httpx.post(f"{server}/v1/predict", json={"text": "great"}, headers={**auth(), "X-Request-ID": "r" * 129})
+    # The id is the prediction log's key (128 characters, a shadow's ":shadow" after it): a longer one failed its log
+    # row on PostgreSQL, silently.
+    long = httpx.post(f"{server}/v1/predict", json={"text": "great"}, headers={**auth(), "X-Request-ID": "r" * 122})
     assert long.status_code == 400 and long.json()["error"]["param"] == "X-Request-ID"
     refused = httpx.post(f"{server}/v1/predict", json={"model": "nope", "text": "x"}, headers={**auth(), "X-Request-ID": "err-1"})
     assert refused.status_code == 404 and refused.headers["x-request-id"] == "err-1"  # errors carry it too
-    assert "at most 128 printable ASCII characters (got 129)" in long.json()["error"]["message"]
+    assert "at most 121 printable ASCII characters (got 122)" in long.json()["error"]["message"]
     assert httpx.post(f"{server}/v1/predict", json={"text": "great"},
-                      headers={**auth(), "X-Request-ID": "r" * 128}).headers["x-request-id"] == "r" * 128
+                      headers={**auth(), "X-Request-ID": "r" * 121}).headers["x-request-id"] == "r" * 121
 
 
 def chat_models(client: openai.OpenAI) -> tuple[str, str]:

@@ -31,11 +31,11 @@ from sqlalchemy import JSON, or_, select
 from tunesmith.artifacts import RUN_MANIFEST, DatasetVersion, Run, is_dataset, is_run
 from tunesmith.monitor.drift import TOKEN, DriftReport, DriftThresholds, drift_report, vocabulary_of
 from tunesmith.monitor.feedback import is_positive, is_rating
+from tunesmith.monitor.log import SHADOW_SUFFIX
 from tunesmith.store.db import Store
 from tunesmith.store.schema import Feedback, Prediction
 
 SHADOW = "shadow:"  # variant prefix of a shadow challenger's rows (serve/service.py)
-SHADOW_SUFFIX = ":shadow"  # ... and of their request ids
 
 
 def word_count(text: str) -> int:

@@ -19,7 +19,10 @@ from tunesmith.store.db import Store
 from tunesmith.store.schema import Prediction
 
 _STOP = object()  # close(): the writer commits what it has and ends
-MAX_REQUEST_ID = 128  # the log's key (Prediction.request_id, a VARCHAR(128)): client X-Request-IDs and feedback
+MAX_REQUEST_ID = 128  # the log's key (Prediction.request_id, a VARCHAR(128)): feedback's request_id too
+SHADOW_SUFFIX = ":shadow"  # a shadow challenger's row: the request's id and this
+# A client's X-Request-ID leaves room for the suffix: a 128-character id lost its shadow row on PostgreSQL
+MAX_CLIENT_REQUEST_ID = MAX_REQUEST_ID - len(SHADOW_SUFFIX)
 BATCH = 512  # rows per insert: large enough to amortise the commit, small enough to keep latency low
 WAIT_S = 0.05  # how long the writer waits for more rows before committing what it has
 

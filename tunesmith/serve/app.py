@@ -24,7 +24,7 @@ from tunesmith.errors import ConfigError, NotFound
 from tunesmith.jobs.service import owner_of
 from tunesmith.monitor.ab import ABService
 from tunesmith.monitor.feedback import FeedbackCreated, FeedbackRequest
-from tunesmith.monitor.log import MAX_REQUEST_ID
+from tunesmith.monitor.log import MAX_CLIENT_REQUEST_ID
 from tunesmith.registry.service import Registry
 from tunesmith.serve import protocol as p
 from tunesmith.serve.service import Service, ServiceError
@@ -145,9 +145,9 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
         given = request.headers.get("x-request-id")
         if not given:
             return f"req-{uuid.uuid4().hex[:24]}"
-        if len(given) > MAX_REQUEST_ID or not given.isprintable() or not given.isascii():
+        if len(given) > MAX_CLIENT_REQUEST_ID or not given.isprintable() or not given.isascii():
             # the prediction log's key: a longer one failed its row (and its batch) on PostgreSQL
-            raise _Refused(ServiceError(400, f"X-Request-ID must be at most {MAX_REQUEST_ID} printable ASCII characters "
+            raise _Refused(ServiceError(400, f"X-Request-ID must be at most {MAX_CLIENT_REQUEST_ID} printable ASCII characters "
                                              f"(got {len(given)}); leave it out and the server makes one",
                                         param="X-Request-ID", code="invalid_value"))
         return given

@@ -19,7 +19,7 @@ from tunesmith.errors import ApiError, ConfigError
 from tunesmith.jobs.service import JobsService
 from tunesmith.monitor.ab import ABService, Route
 from tunesmith.monitor.feedback import FeedbackService
-from tunesmith.monitor.log import PredictionLog
+from tunesmith.monitor.log import SHADOW_SUFFIX, PredictionLog
 from tunesmith.registry.service import Registry
 from tunesmith.serve import protocol as p
 from tunesmith.serve.batching import DynamicBatcher, Overloaded
@@ -254,7 +254,7 @@ class Service:
         started = time.perf_counter()
         done = await self._generate(model, prompts, params)
         if not isinstance(done, ServiceError):  # busy or slow: the shadow is dropped, never the user's answer
-            self._record(f"{ident}:shadow", model, kind, inputs, [c.text for c in done], started, user, f"shadow:{shadow[0]}")
+            self._record(f"{ident}{SHADOW_SUFFIX}", model, kind, inputs, [c.text for c in done], started, user, f"shadow:{shadow[0]}")
 
     async def _classify(self, model: Served, texts: list[str]) -> list[dict]:
         """`model`'s answers for `texts` through its batcher; raises Overloaded, or TimeoutError after timeout_s."""
@@ -270,7 +270,7 @@ class Service:
             results = await self._classify(model, texts)
         except Exception:  # noqa: BLE001 - a failing challenger too (raised, it went unretrieved in its task)
             return  # the shadow never costs the users: dropped when the server is busy
-        self._record(f"{rid}:shadow", model, "predict", texts, results, started, user, f"shadow:{shadow[0]}")
+        self._record(f"{rid}{SHADOW_SUFFIX}", model, "predict", texts, results, started, user, f"shadow:{shadow[0]}")
 
     async def watch_drift(self, every_s: float = 60.0) -> None:
         """Compare each served model's recent traffic with its training data: PSI and warnings in /metrics."""
