@@ -54,6 +54,7 @@ def seed(store: Store) -> None:
     ], [
         {"request_id": "r1", "thumbs_up": True},
         {"request_id": "r2", "thumbs_up": False, "corrected_label": ["pos"]},  # predicted neg: wrong
+        {"request_id": "r2", "corrected_label": ["neg"], "created": T0 + 7300},  # corrected again: counts once, first
         {"request_id": "r3", "item_index": 1, "score": 5, "corrected_label": ["pos"]},  # predicted pos: right
         {"request_id": "r3", "item_index": 0, "score": 2},
         {"request_id": "r4", "comment": "slow"},  # feedback, but not rated
@@ -73,7 +74,7 @@ def test_live_metrics_per_version_are_exact(store_url: str) -> None:
     assert (v1.latency_p50_ms, v1.latency_p95_ms, v1.latency_p99_ms) == pytest.approx((25.0, 38.5, 39.7))
     assert v1.labels == {"pos": 3, "neg": 2} and v1.label_shares == pytest.approx({"pos": 0.6, "neg": 0.4})
     assert v1.mean_confidence == pytest.approx((0.9 + 0.7 + 0.6 + 0.8 + 0.55) / 5)
-    assert (v1.feedback, v1.rated, v1.positive) == (5, 4, 2)
+    assert (v1.feedback, v1.rated, v1.positive) == (6, 4, 2)  # every feedback row; each answer rated once
     assert v1.positive_rate == 0.5 and v1.mean_score == 3.5
     assert (v1.corrected, v1.corrected_accuracy) == (2, 0.5)
     assert (v1.first, v1.last) == (T0 + 10, T0 + 3605)
@@ -97,7 +98,7 @@ def test_time_series_buckets_by_answer_time(store_url: str) -> None:
     assert first["end"] == T0 + 3600 and first["items"] == 4
     assert (first["latency_p50_ms"], first["latency_p95_ms"]) == pytest.approx((20.0, 29.0))
     assert first["labels"] == pytest.approx({"pos": 0.75, "neg": 0.25})
-    assert (first["feedback"], first["rated"], first["positive_rate"], first["mean_score"]) == (4, 4, 0.5, 3.5)
+    assert (first["feedback"], first["rated"], first["positive_rate"], first["mean_score"]) == (5, 4, 0.5, 3.5)
     last = series[-1]  # the feedback came hours later; it stays with the answer it rates
     assert (last["feedback"], last["rated"], last["positive_rate"]) == (1, 0, None)
     assert [p["requests"] for p in time_series(store, "reviews", bucket_s=86400)] == [4, 1, 1]

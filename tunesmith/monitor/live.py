@@ -223,6 +223,7 @@ class _Tally:
                     self.values.append(float(out["value"]))
         base = row.request_id[: -len(SHADOW_SUFFIX)] if shadow and row.request_id.endswith(SHADOW_SUFFIX) else row.request_id
         rated_items: set[int] = set()
+        corrected_items: set[int] = set()  # an answer corrected again counts once (its first), as in A/B verdicts
         for f in by_request.get(base, ()):
             if not shadow:  # the user rated the answer they saw, not the shadow's
                 m.feedback += 1
@@ -235,6 +236,10 @@ class _Tally:
             out = outputs[f.item_index] if f.item_index < len(outputs) and isinstance(outputs[f.item_index], dict) else None
             if out is None:
                 continue  # outputs not logged (or purged): nothing to compare the correction with
+            if f.corrected_label or f.corrected_value is not None:
+                if f.item_index in corrected_items:
+                    continue
+                corrected_items.add(f.item_index)
             if f.corrected_label and out.get("label") is not None:
                 m.corrected += 1
                 self.right += set(_flat_labels([out["label"]])) == {str(x) for x in f.corrected_label}
