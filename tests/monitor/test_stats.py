@@ -319,3 +319,20 @@ def test_alpha_and_horizon_are_checked() -> None:
         compare_proportions({"a": 1, "b": 2}, {"a": 5, "b": 5}, alpha=1.5)
     with pytest.raises(ValueError, match="horizon"):
         Horizon(1)
+
+
+def test_a_p_value_is_never_rounded_onto_or_across_alpha() -> None:
+    """0.0455 read "p = 0.05" in a verdict of significance at 0.05; 0.00996 read "p = 0.01" in a drift warning at 0.01."""
+    from tunesmith.monitor.stats import format_p
+
+    assert format_p(0.0456, 0.05) == "p = 0.046" and format_p(0.00996, 0.01) == "p = 0.00996"
+    assert format_p(0.0504, 0.05) == "p = 0.0504" and format_p(0.2, 0.05) == "p = 0.20" and format_p(0.00001) == "p < 0.0001"
+
+
+def test_a_verdict_whose_interval_and_test_disagree_says_it_is_borderline() -> None:
+    """20% vs 0% of 20 each: the z-test says p = 0.035 while Newcombe's interval holds 0; the sentence said "better"."""
+    result = compare_proportions({"v1": 0, "v2": 4}, {"v1": 20, "v2": 20})
+    message = verdict(result, Horizon(20)).message
+    assert result.significant and result.difference_ci[0] < 0 and "borderline" in message
+    clear = verdict(compare_proportions({"v1": 20, "v2": 60}, {"v1": 100, "v2": 100}), Horizon(100)).message
+    assert "better" in clear and "borderline" not in clear

@@ -26,6 +26,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import stats as sps
 
+from tunesmith.monitor.stats import format_p
+
 # Conventional PSI bands (Siddiqi, "Credit Risk Scorecards", 2006; industry practice since):
 # below 0.1 the population is stable, 0.1 to 0.25 a moderate shift worth watching, above 0.25 a
 # significant shift that calls for a look at the data and probably retraining.
@@ -182,10 +184,6 @@ def _status(value: float, t: DriftThresholds) -> str:
     return "moderate" if value >= t.psi_moderate else "stable"
 
 
-def _fmt_p(p: float) -> str:
-    return "p < 0.0001" if p < 0.0001 else f"p = {p:.2g}"
-
-
 def _fmt_psi(value: float, threshold: float) -> str:
     text = f"{value:.2f}"
     return f"{value:.4f}" if text == f"{threshold:.2f}" else text  # never "PSI 0.25 > 0.25"
@@ -214,7 +212,7 @@ class DriftReport:
             "n_train": len(expected), "n_live": len(actual),
         }
         self.metrics[key] = metric
-        evidence = f"{test.test} {_fmt_p(test.p_value)}{detail}"
+        evidence = f"{test.test} {format_p(test.p_value, t.p_value)}{detail}"
         over = f"PSI {_fmt_psi(value, t.psi_significant)} > {t.psi_significant:g}"
         if status == "significant" and test.p_value < t.p_value:
             self.warnings.append(f"{subject} drifted: {over} ({evidence})")

@@ -429,14 +429,15 @@ class Verdict:
     horizon: int
 
 
-def _fmt_p(p: float) -> str:
+def format_p(p: float, alpha: float | None = None) -> str:
+    """p for a sentence; with `alpha`, never rounded onto or across it (0.0455 read "p = 0.05" in a verdict of
+    significance at 0.05)."""
     if p < 0.0001:
         return "p < 0.0001"
-    if p < 0.001:
-        return f"p = {p:.4f}"
-    if p < 0.01:
-        return f"p = {p:.3f}"
-    return f"p = {p:.2f}"
+    places = 4 if p < 0.001 else 3 if p < 0.01 else 2
+    while alpha is not None and places < 8 and (round(p, places) == alpha or (round(p, places) < alpha) != (p < alpha)):
+        places += 1
+    return f"p = {p:.{places}f}"
 
 
 def _fmt_alpha(alpha: float) -> str:
@@ -480,18 +481,21 @@ def _sentence(result: ProportionResult | MeanResult, outcome: str) -> str:
         a, b = names
         diff, (low, high) = result.difference, result.difference_ci  # b - a
         assert diff is not None
+        # The interval (Newcombe's, for proportions) and the test can disagree near the threshold at small sizes
+        borderline = ("; the interval and the test disagree at this size: a borderline result, worth more data"
+                      if (low <= 0 <= high) == result.significant else "")
         if result.winner is not None:
             loser = a if result.winner == b else b
             if result.winner == a:  # state the difference as winner - loser
                 diff, low, high = -diff, -high, -low
             return (f"{result.winner} is better than {loser}: {value(result.winner)} vs {value(loser)}{tail} "
                     f"(difference {signed(diff)}{unit}, {level} {signed(low)} to {signed(high)}, "
-                    f"{_fmt_p(result.p_value)}, {result.test})")
+                    f"{format_p(result.p_value, result.alpha)}, {result.test}){borderline}")
         return (f"no significant difference between {a} and {b}: {value(a)} vs {value(b)}{tail} "
                 f"({b} - {a} = {signed(diff)}{unit}, {level} {signed(low)} to {signed(high)}, "
-                f"{_fmt_p(result.p_value)}, {result.test})")
+                f"{format_p(result.p_value, result.alpha)}, {result.test}){borderline}")
     listing = ", ".join(f"{name} {value(name)}" for name in names) + tail
-    evidence = f"{_fmt_p(result.p_value)}, {result.test}"
+    evidence = f"{format_p(result.p_value, result.alpha)}, {result.test}"
     if result.winner is not None:
         return f"{result.winner} is the best of {len(names)} variants: {listing} ({evidence}; {result.notes[-1]})"
     if result.significant:
