@@ -56,6 +56,10 @@ def test_label_studio_round_trip(queue: Queue, tmp_path: Path) -> None:
     assert any(i.text == "brand new text" and i.meta["imported_from"] == "label-studio" for i in queue.items())
     again = import_annotations(queue, tmp_path / "ls.json", "label-studio")  # importing twice replaces, never doubles
     assert again.items_added == 0 and sum(len(v) for v in labels_of(queue).values()) == 6
+    # a --question the file does not have: every answer read as a skip, erasing the labels just imported
+    with pytest.raises(DataError, match=r"ls\.json: no question named 'sentiment'; its questions are \['label'\]"):
+        import_annotations(queue, tmp_path / "ls.json", "label-studio", question="sentiment")
+    assert sum(len(v) for v in labels_of(queue).values()) == 6
 
 
 def test_argilla_v2_nested_and_flat(queue: Queue, tmp_path: Path) -> None:
@@ -113,6 +117,9 @@ def test_plain_csv(queue: Queue, tmp_path: Path) -> None:
     ("argilla", [{"fields": {"text": "x"}}, {"fields": {"text": "y"}, "metadata": {}}], r"ls\.json:1: not an Argilla record"),
     ("argilla", [{"id": "missing", "responses": {"label": [{"value": "pos", "user_id": "u"}]}}],
      r"item 'missing' is not in task 'food' and the record has no text"),
+    # its id was taken for its text, and a junk item "i-missing" added
+    ("label-studio", [{"data": {"item_id": "i-missing"}, "annotations": [{"completed_by": 1, "result": [
+        {"from_name": "label", "value": {"choices": ["pos"]}}]}]}], r"item 'i-missing' is not in task 'food' and the record has no text"),
 ])
 def test_bad_records_name_the_file_and_record(queue: Queue, tmp_path: Path, fmt: str, content: list, error: str) -> None:
     with pytest.raises(DataError, match=error):

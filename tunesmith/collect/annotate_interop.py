@@ -64,12 +64,15 @@ def import_annotations(queue: Queue, path: str | Path, fmt: str, *, annotator: s
         raise DataError(f"--format {fmt!r}: choose one of {list(FORMATS)}")
     if not path.is_file():
         raise DataError(f"{path}: no such file")
+    asked: set[str] = set()  # every question the file's records hold
     if fmt == "label-studio":
-        answers = list(_label_studio(path, question, text_field))
+        answers = list(_label_studio(path, question, text_field, asked))
     elif fmt == "argilla":
-        answers = list(_argilla(path, question, text_field))
+        answers = list(_argilla(path, question, text_field, asked))
     else:
         answers = list(_csv(path, annotator, text_field))
+    if question is not None and asked and question not in asked:  # every answer read as a skip, erasing labels
+        raise DataError(f"{path}: no question named {question!r}; its questions are {sorted(asked)} (--question)")
     labels = set(queue.task.labels)
     for a in answers:
         if a.label is not None and a.label not in labels:
@@ -128,7 +131,7 @@ def _text_of(data: Any, text_field: str, where: str) -> str | None:
         return None
     if text_field in data:
         return str(data[text_field])
-    texts = [v for v in data.values() if isinstance(v, str)]
+    texts = [v for k, v in data.items() if isinstance(v, str) and k != "item_id"]  # the id is no text
     return texts[0] if len(texts) == 1 else None
 
 
@@ -143,7 +146,8 @@ def _one(value: Any, where: str) -> str:
     return str(value)
 
 
-def _pick_question(names: set[str], question: str | None, where: str) -> str | None:
+def _pick_question(names: set[str], question: str | None, where: str, asked: set[str]) -> str | None:
+    asked |= names
     if question is not None:
         return question if question in names else None
     if len(names) > 1:
@@ -151,7 +155,7 @@ def _pick_question(names: set[str], question: str | None, where: str) -> str | N
     return next(iter(names), None)
 
 
-def _label_studio(path: Path, question: str | None, text_field: str) -> Iterator[Imported]:
+def _label_studio(path: Path, question: str | None, text_field: str, asked: set[str]) -> Iterator[Imported]:
     for where, task in _records(path):
         data = task.get("data")
         if not isinstance(data, dict) or not isinstance(task.get("annotations", []), list):
@@ -172,7 +176,7 @@ def _label_studio(path: Path, question: str | None, text_field: str) -> Iterator
                 yield Imported(at, annotator, None, item_id and str(item_id), text)
                 continue
             results = [r for r in ann.get("result") or [] if isinstance(r, dict) and "choices" in (r.get("value") or {})]
-            chosen = _pick_question({str(r.get("from_name")) for r in results}, question, at)
+            chosen = _pick_question({str(r.get("from_name")) for r in results}, question, at, asked)
             picked = [r for r in results if str(r.get("from_name")) == chosen]
             if not picked:
                 yield Imported(at, annotator, None, item_id and str(item_id), text)  # submitted empty: nothing chosen
@@ -180,7 +184,7 @@ def _label_studio(path: Path, question: str | None, text_field: str) -> Iterator
             yield Imported(at, annotator, _one(picked[0]["value"]["choices"], at), item_id and str(item_id), text)
 
 
-def _argilla(path: Path, question: str | None, text_field: str) -> Iterator[Imported]:
+def _argilla(path: Path, question: str | None, text_field: str, asked: set[str]) -> Iterator[Imported]:
     for where, rec in _records(path):
         item_id = rec.get("id") if rec.get("id") not in (None, "") else rec.get("external_id")
         item_id = None if item_id in (None, "") else str(item_id)
@@ -189,7 +193,7 @@ def _argilla(path: Path, question: str | None, text_field: str) -> Iterator[Impo
             str(rec[text_field]) if isinstance(rec.get(text_field), str) else None)
         responses = rec.get("responses")
         if isinstance(responses, dict):  # v2 nested: {question: [{value, user_id}]}
-            chosen = _pick_question({q for q, v in responses.items() if v}, question, where)
+            chosen = _pick_question({q for q, v in responses.items() if v}, question, where, asked)
             for k, r in enumerate(responses.get(chosen) or [] if chosen else [], start=1):
                 at = f"{where} response {k}"
                 if not isinstance(r, dict) or "user_id" not in r:
@@ -209,12 +213,12 @@ def _argilla(path: Path, question: str | None, text_field: str) -> Iterator[Impo
                     yield Imported(at, annotator, None, item_id, text)
                     continue
                 values = r.get("values") or {}
-                chosen = _pick_question(set(values), question, at)
+                chosen = _pick_question(set(values), question, at, asked)
                 if chosen is None or not isinstance(values.get(chosen), dict):
                     raise DataError(f"{at}: no answer to {question or 'the question'} in `values`")
                 yield Imported(at, annotator, _one(values[chosen].get("value"), at), item_id, text)
         elif any(k.endswith(".responses") for k in rec):  # v2 flattened: question.responses + .users
-            chosen = _pick_question({k[: -len(".responses")] for k in rec if k.endswith(".responses")}, question, where)
+            chosen = _pick_question({k[: -len(".responses")] for k in rec if k.endswith(".responses")}, question, where, asked)
             values = rec.get(f"{chosen}.responses") or []
             users = rec.get(f"{chosen}.responses.users") or []
             status = rec.get(f"{chosen}.responses.status") or [None] * len(values)
