@@ -65,9 +65,31 @@ def test_report_keeps_models_out_of_human_agreement(tmp_path: Path) -> None:
     assert data["agreement"]["kappa"] == pytest.approx(0.5)
     kinds = {r["annotator"]: (r["kind"], r["labels"], r["skips"]) for r in data["annotators"]}
     assert kinds == {"ann": ("human", 4, 0), "bob": ("human", 4, 1), "model:clf": ("model", 2, 0)}
-    assert data["label_distribution"] == {"pos": 1, "neg": 3, "tie": 1}  # r4: the model's; r1: a tie
+    assert data["label_distribution"] == {"pos": 1, "neg": 3} and data["ties"] == 1  # r4: the model's; r1: a tie
     assert data["model_vs_humans"] == {"items": 1, "matches": 0.0}
     md = (tmp_path / "report" / "report.md").read_text()
     assert "**Cohen's kappa: 0.500** (moderate" in md and "> Positive or negative?" in md
     assert json.loads((tmp_path / "report" / "report.json").read_text())["task"] == "food"
     assert "<table>" in (tmp_path / "report" / "report.html").read_text()
+
+
+def test_labels_named_none_or_tie_and_model_checks_on_ties(tmp_path: Path) -> None:
+    """A label "none" was counted with the items not labelled yet; the model was checked against whichever human
+    labelled a tied item first (matches 0.0 or 1.0 by labelling order)."""
+    from tunesmith.collect.annotate import record
+    from tunesmith.collect.annotate_report import summarize
+
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    create_task(store, "topics", ["sports", "politics", "none"], overlap=2)
+    add_items(store, "topics", [NewItem(f"t{i}", f"text {i}") for i in range(4)])
+    q = Queue(store, "topics")
+    q.label("ann", "t0", "none")
+    q.label("bob", "t0", "none")
+    for who, label in (("bob", "politics"), ("ann", "sports")):  # t1: a tie, bob first
+        q.label(who, "t1", label)
+    with store.session() as s:
+        t1 = next(i for i in s.query(AnnotationItem).all() if i.item_id == "t1")
+        record(s, t1, "model:clf", "politics", "model", 0.9)
+    data = summarize(q)
+    assert data["label_distribution"] == {"none": 1} and (data["ties"], data["unlabelled"]) == (1, 2)
+    assert "model_vs_humans" not in data  # a tie has no majority to match

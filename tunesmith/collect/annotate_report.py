@@ -31,14 +31,24 @@ def summarize(queue: Queue) -> dict[str, Any]:
     annotators = [{"annotator": who, "kind": "model" if is_model(who) else "human",
                    "labels": sum(n for k, n in c.items() if k != "(skipped)"), "skips": c.get("(skipped)", 0),
                    "by_label": {k: c[k] for k in labels if c[k]}} for who, c in sorted(per.items())]
-    final = Counter(majority(item)[0] or majority(item)[1] for item in items)  # label, or "tie" / "none"
-    model_checked = [(label, Counter(item.human.values()).most_common(1)[0][0]) for item in items if item.human
-                     for label in item.model.values()]
+    # Labels, ties and unlabelled items apart: a label named "none" or "tie" was counted with them
+    final: Counter[str] = Counter()
+    open_: Counter[str] = Counter()  # "tie", "none"
+    model_checked = []  # (model's label, human majority): on a tie there is none (it took whoever labelled first)
+    for item in items:
+        label, source = majority(item)
+        if label is None:
+            open_[source] += 1
+            continue
+        final[label] += 1
+        if source == "human":
+            model_checked += [(model, label) for model in item.model.values()]
     out: dict[str, Any] = {
         "task": queue.task.name, "labels": labels, "instructions": queue.task.instructions,
         "progress": queue.progress(),
         "annotators": annotators,
-        "label_distribution": {k: final[k] for k in [*labels, "tie", "none"] if final[k]},
+        "label_distribution": {k: final[k] for k in labels if final[k]},
+        "ties": open_["tie"], "unlabelled": open_["none"],
         "agreement": agreement([item.human for item in items], labels),
     }
     if model_checked:
@@ -70,9 +80,9 @@ def to_markdown(data: dict[str, Any]) -> str:
         ["annotator", "kind", "labels", "skips", *data["labels"]],
         [[r["annotator"], r["kind"], r["labels"], r["skips"], *(r["by_label"].get(k, 0) for k in data["labels"])]
          for r in data["annotators"]]), ""]
-    lines += ["## Label distribution", "", "The majority human label per item (a model's accepted label where no human labelled; "
-              "`tie`: humans disagree evenly, `none`: not labelled yet).", "",
-              markdown_table(["label", "items"], list(data["label_distribution"].items())), ""]
+    lines += ["## Label distribution", "", "The majority human label per item (a model's accepted label where no human "
+              f"labelled). Besides: {data['ties']} item(s) where humans disagree evenly, {data['unlabelled']} not "
+              "labelled yet.", "", markdown_table(["label", "items"], list(data["label_distribution"].items())), ""]
     lines += ["## Agreement (humans only)", ""]
     if a["method"] is None:
         lines += [a.get("note", ""), ""]
