@@ -56,6 +56,10 @@ def test_bad_input_names_the_file_and_line(tmp_path: Path) -> None:
         read_items(other)
     with pytest.raises(DataError, match="--split applies to a prepared dataset"):
         read_items(other, split="train")
+    long = tmp_path / "long.jsonl"  # a URL-like id: PostgreSQL refused it with a raw SQL error naming no line
+    long.write_text('{"text": "fine", "id": "a"}\n' + json.dumps({"text": "fine too", "id": "https://x.test/" + "a" * 300}) + "\n")
+    with pytest.raises(DataError, match=r"long\.jsonl:2: id 'https://x.test/a+'\.\.\. is 315 characters; at most 256"):
+        read_items(long)
 
 
 def test_a_prepared_dataset_split_loads_with_its_ids(tmp_path: Path, make_config) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import select
 
 from tunesmith.collect.annotate import Queue, check_annotator, hashed_id, record, text_hash
-from tunesmith.collect.annotate_io import SOURCE_KEY
+from tunesmith.collect.annotate_io import SOURCE_KEY, check_item_id
 from tunesmith.errors import DataError
 from tunesmith.store.schema import AnnotationItem
 
@@ -81,6 +81,8 @@ def import_annotations(queue: Queue, path: str | Path, fmt: str, *, annotator: s
             check_annotator(a.annotator)
         except Exception as err:  # noqa: BLE001 - reworded with the record it came from
             raise DataError(f"{a.where}: {err}") from None
+        if a.item_id is not None:
+            check_item_id(a.item_id, a.where)
     return _save(queue, answers, fmt, path)
 
 

@@ -63,10 +63,20 @@ def read_items(path: str | Path, text_field: str = "text", id_field: str = "id",
             continue
         given = record.get(id_field)
         item_id = str(given) if given not in (None, "") else hashed_id(text)
+        check_item_id(item_id, where)
         meta = {k: v for k, v in record.items() if k not in (text_field, id_field)}
         meta[SOURCE_KEY] = where
         items.append(NewItem(item_id, text, json.loads(json.dumps(meta, ensure_ascii=False, default=str))))
     return Loaded(items, empty)
+
+
+MAX_ITEM_ID = 256  # the store's column (AnnotationItem.item_id): PostgreSQL refused a longer one with a raw SQL error
+
+
+def check_item_id(item_id: str, where: str) -> None:
+    if len(item_id) > MAX_ITEM_ID:
+        raise DataError(f"{where}: id {item_id[:40]!r}... is {len(item_id)} characters; at most {MAX_ITEM_ID} "
+                        "(name a shorter id column with --id-field, or one that is not there: each text then gets a hashed id)")
 
 
 def _file_records(path: Path) -> Any:
