@@ -202,3 +202,19 @@ def test_damaged_or_newer_folders_are_named(tmp_path: Path, tiny_tokenizer: Path
     ds.write_text(json.dumps({**json.loads(ds.read_text()), "format": 2, "counts": None}))
     assert run(["data", "show", str(tmp_path / "ds")]) == 3
     assert "dataset format 2 is newer than this tunesmith supports" in capsys.readouterr().err
+
+
+def test_the_users_names_and_paths_print_as_written(tmp_path: Path, capsys) -> None:
+    """Rich read brackets as markup: the export path "out/[draft].jsonl" printed as "out/.jsonl", a task
+    "reviews [draft]" as "reviews ", and a label "[/b] bad" crashed the command with a MarkupError."""
+    from tunesmith.collect.annotate import NewItem, Queue, add_items, create_task
+    from tunesmith.store.db import Store
+
+    db = f"sqlite:///{tmp_path / 'store.db'}"
+    store = Store(db)
+    create_task(store, "reviews [draft]", ["ok", "[/b] bad"])
+    add_items(store, "reviews [draft]", [NewItem("a", "lovely soup")])
+    Queue(store, "reviews [draft]").label("ann", "a", "[/b] bad")
+    out = tmp_path / "[draft].jsonl"
+    assert run(["annotate", "export", "reviews [draft]", "--out", str(out), "--db", db]) == 0
+    assert f"-> {out} (" in capsys.readouterr().out.replace("\n", "")  # unwrapped from the terminal's width

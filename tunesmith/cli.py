@@ -27,8 +27,10 @@ config_app = typer.Typer(help="Inspect configurations.", epilog=EPILOG, no_args_
 app.add_typer(data_app, name="data")
 app.add_typer(config_app, name="config")
 
-out = Console()
-err = Console(stderr=True)
+# Markup off by default: names, paths, labels and reasons are the user's text ("reviews [draft]" lost its brackets,
+# "[/b]" crashed the command); the few styled lines ask for it.
+out = Console(markup=False)
+err = Console(stderr=True, markup=False)
 _state = {"debug": False}
 
 Overrides = Annotated[list[str] | None, typer.Option(
@@ -123,9 +125,9 @@ def _print_summary(path: Path) -> None:
         table.add_row(s["step"], str(s["rows_in"]), str(s["rows_out"]), str(s["removed"]), why)
     out.print(table)
     out.print(f"[bold]train[/] {c['train']}  [bold]validation[/] {c['validation']}  [bold]test[/] {c['test']}  "
-              f"[bold]quarantine[/] {c['quarantine']}  (of {c['input']} input rows)")
+              f"[bold]quarantine[/] {c['quarantine']}  (of {c['input']} input rows)", markup=True)
     for warning in report["warnings"]:
-        out.print(f"[yellow]warning:[/] {warning}")
+        out.print(f"[yellow]warning:[/] {escape(warning)}", markup=True)
     out.print(f"fingerprint {report['fingerprint'][:16]}…  report: {path / 'report.html'}")
 
 
@@ -147,7 +149,7 @@ def collect_cmd(
     for col in ("#", "source", "rows", "failed", "file", "notes"):
         table.add_column(col, overflow="fold")
     for r in results:
-        table.add_row(str(r.index + 1), escape(r.describe), str(r.rows), str(r.failures), escape(str(r.path)), escape("; ".join(r.notes)))
+        table.add_row(str(r.index + 1), r.describe, str(r.rows), str(r.failures), str(r.path), "; ".join(r.notes))
     out.print(table)
     for r in results:
         if r.failures_path and r.failures:
@@ -423,7 +425,7 @@ def export_cmd(
         out.print(f"self-check on {c['n']} test conversations: loss {c['loss_run']:.4f} (run) vs {c['loss_export']:.4f} (export)",
                   highlight=False)
     for warning in result.warnings:
-        out.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
+        out.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True, markup=True)
     if result.commands:
         out.print("build and run the image with:" if result.format == "docker" else "use it with:", highlight=False)
         for command in result.commands:
@@ -1023,7 +1025,7 @@ def run(argv: list[str] | None = None) -> int:
         if _state["debug"]:
             raise
         # soft_wrap: a long file:line: field message stays one line (rich would break it at 80 columns in a log)
-        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True, markup=True)
         return e.exit_code
     except Exception as e:  # noqa: BLE001 - the one place that turns surprises into a message
         if _state["debug"]:
@@ -1033,7 +1035,8 @@ def run(argv: list[str] | None = None) -> int:
         saved = _save_traceback(sys.argv[1:] if argv is None else argv)
         where = f"traceback in {saved}; " if saved else ""
         err.print(f"[red]internal error:[/] {type(e).__name__}: {escape(short)}\n"
-                  f"({escape(where)}rerun with `tunesmith --debug ...` to see it here)", highlight=False, soft_wrap=True)
+                  f"({escape(where)}rerun with `tunesmith --debug ...` to see it here)", highlight=False, soft_wrap=True,
+                  markup=True)
         return 1
 
 

@@ -25,6 +25,7 @@ def test_keys_label_skip_undo_and_quit(tmp_path: Path) -> None:
         "r0": {"ann": "pos"}, "r1": {"ann": "neg"}, "r2": {"ann": "mixed"}, "r3": {}}
     text = out.getvalue()
     assert "How does it feel?" in text and "type 1-3, s, u or q" in text and "undid skip" in text
+    assert "0 labelled, 0 skipped, 4 left" in text  # a panel fitted to "review 0" cut it to "0 labe"
     rest = iter(["2"])
     annotate_terminal(q, "ann", console=Console(file=out, width=80), ask=lambda _: next(rest))
     assert "nothing left for you" in out.getvalue()

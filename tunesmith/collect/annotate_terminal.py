@@ -30,8 +30,11 @@ def annotate_terminal(queue: Queue, annotator: str, console: Console | None = No
     while item is not None:
         p = queue.progress(annotator)
         # Text(), escape(): the item is data, not rich markup: "[b]" must show as typed, "[/quote]" must not crash
-        console.print(Panel(Text(item["text"]), title=escape(f"{queue.task.name}: {item['item_id']}"),
-                            subtitle=f"{p['labelled']} labelled, {p['skipped']} skipped, {p['left']} left", expand=False))
+        progress = f"{p['labelled']} labelled, {p['skipped']} skipped, {p['left']} left"
+        title = escape(f"{queue.task.name}: {item['item_id']}")
+        # At least as wide as its title and progress line: fitted to a short text, they were cut ("0 labe")
+        width = min(console.width, max(len(item["text"]), len(progress), len(title)) + 8)
+        console.print(Panel(Text(item["text"]), title=title, subtitle=progress, width=width))
         if item.get("suggestion"):
             s = item["suggestion"]
             console.print(f"[dim]model suggests {escape(str(s['label']))} ({s['confidence']:.0%})[/]")
