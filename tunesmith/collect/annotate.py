@@ -5,9 +5,9 @@ Every answer is a row the moment it is given (label, or skip), so closing the pa
 undo deletes the annotator's latest answer. Each annotator is asked for the next item they have not
 answered, in this order:
 
-  1. not shown to another annotator in the last LEASE_S seconds (two people rarely label the same
-     item at once when one label is wanted); a shown item counts as one label to come, so an item
-     shown to someone is not offered at all while its labels plus that one reach `overlap`,
+  1. shown to the fewest other annotators in the last LEASE_S seconds (two people rarely label the
+     same item at once when one label is wanted); each of them counts as one label to come, so an
+     item is not offered at all while its labels plus those reach `overlap`,
   2. fewest labels first (so, with `overlap` 2, items reach two annotators for agreement),
   3. most uncertain model suggestion first (model-assisted labelling: humans see hard cases first),
   4. load order.
@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from tunesmith.errors import ConfigError
 from tunesmith.store.db import Store
-from tunesmith.store.schema import Annotation, AnnotationItem, AnnotationTask
+from tunesmith.store.schema import Annotation, AnnotationItem, AnnotationLease, AnnotationTask
 
 LEASE_S = 300.0  # an item shown to someone is kept from others this long: longer than one item takes, short if they leave
 MODEL_PREFIX = "model:"  # annotator ids of accepted model suggestions; reserved, never a human's
@@ -178,10 +178,13 @@ class Queue:
         """The next item for `annotator` (leased to them for LEASE_S), or None when their queue is empty."""
         annotator = check_annotator(annotator)
         now = time.time()
-        leased_elsewhere = case((and_(AnnotationItem.shown_to.is_not(None), AnnotationItem.shown_to != annotator,
-                                      AnnotationItem.shown_at > now - LEASE_S), 1), else_=0)
-        # The lease holder's coming label counts: without this, the last open item with overlap 1 went to
-        # everyone at once (it sorted last but was still the only one) and got labelled twice.
+        leased_elsewhere = (select(func.count()).where(AnnotationLease.item_seq == AnnotationItem.seq,
+                                                       AnnotationLease.annotator != annotator,
+                                                       AnnotationLease.shown_at > now - LEASE_S)
+                            .correlate(AnnotationItem).scalar_subquery())
+        # Every lease holder's coming label counts: without this, the last open item went to everyone at once (it
+        # sorted last but was still the only one) and got more labels than its overlap; with one lease per item (its
+        # last viewer's), an overlap of 2 still let every annotator have it.
         room = _label_count() + leased_elsewhere < self.task.overlap
         with self.store.session() as s:
             # One next() per task at a time: two at once both read an item as free and were both shown it.
@@ -191,7 +194,8 @@ class Queue:
                 AnnotationItem.uncertainty.desc(), AnnotationItem.seq).limit(1)).first()
             if item is None:
                 return None
-            item.shown_to, item.shown_at = annotator, now
+            s.execute(delete(AnnotationLease).where(AnnotationLease.shown_at <= now - LEASE_S))  # expired: gone
+            s.merge(AnnotationLease(item_seq=item.seq, annotator=annotator, shown_at=now))
             return _item_json(item)
 
     def progress(self, annotator: str | None = None) -> dict[str, Any]:
@@ -248,7 +252,7 @@ class Queue:
             assert item is not None
             removed = last.label
             s.delete(last)
-            item.shown_to, item.shown_at = annotator, time.time()
+            s.merge(AnnotationLease(item_seq=item.seq, annotator=annotator, shown_at=time.time()))  # theirs again
             return _item_json(item) | {"undone": removed if removed is not None else "skip"}
 
     def _item(self, s: Session, item_id: str) -> AnnotationItem:
@@ -279,8 +283,7 @@ def record(s: Session, item: AnnotationItem, annotator: str, label: str | None, 
     s.execute(delete(Annotation).where(Annotation.item_seq == item.seq, Annotation.annotator == annotator))
     s.add(Annotation(task=item.task, item_seq=item.seq, annotator=annotator, label=label, origin=origin,
                      confidence=confidence, created=time.time()))
-    if item.shown_to == annotator:
-        item.shown_to = item.shown_at = None
+    s.execute(delete(AnnotationLease).where(AnnotationLease.item_seq == item.seq, AnnotationLease.annotator == annotator))
     s.flush()
 
 

@@ -306,9 +306,17 @@ class AnnotationItem(Base):
     created: Mapped[float] = mapped_column(Float)
     suggestion: Mapped[dict[str, Any] | None] = mapped_column()  # a model's {label, confidence, model, proba}
     uncertainty: Mapped[float | None] = mapped_column(Float)  # 1 - the model's top probability: humans see high ones first
-    # Who was last shown the item, and when: another annotator gets a different item while the lease is fresh.
-    shown_to: Mapped[str | None] = mapped_column(String(128))
-    shown_at: Mapped[float | None] = mapped_column(Float)
+
+
+class AnnotationLease(Base):
+    """An item shown to an annotator who has not answered it yet: while fresh, it counts as a label to come, so no
+    more annotators are shown the item than its overlap asks for."""
+
+    __tablename__ = "annotation_leases"
+
+    item_seq: Mapped[int] = mapped_column(ForeignKey("annotation_items.seq", ondelete="CASCADE"), primary_key=True)
+    annotator: Mapped[str] = mapped_column(String(128), primary_key=True)
+    shown_at: Mapped[float] = mapped_column(Float)
 
 
 class Annotation(Base):
