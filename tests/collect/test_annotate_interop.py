@@ -117,6 +117,9 @@ def test_plain_csv(queue: Queue, tmp_path: Path) -> None:
     ("argilla", [{"fields": {"text": "x"}}, {"fields": {"text": "y"}, "metadata": {}}], r"ls\.json:1: not an Argilla record"),
     ("argilla", [{"id": "missing", "responses": {"label": [{"value": "pos", "user_id": "u"}]}}],
      r"item 'missing' is not in task 'food' and the record has no text"),
+    # one annotator twice on one item: the second replaced the first, and both were counted
+    ("argilla", [{"id": "a", "responses": {"label": [{"value": "pos", "user_id": "u"}, {"value": "neg", "user_id": "u"}]}}],
+     r"ls\.json:1 response 2: 'argilla:u' answered this item already at .*ls\.json:1 response 1"),
     # its id was taken for its text, and a junk item "i-missing" added
     ("label-studio", [{"data": {"item_id": "i-missing"}, "annotations": [{"completed_by": 1, "result": [
         {"from_name": "label", "value": {"choices": ["pos"]}}]}]}], r"item 'i-missing' is not in task 'food' and the record has no text"),

@@ -74,7 +74,12 @@ def import_annotations(queue: Queue, path: str | Path, fmt: str, *, annotator: s
     if question is not None and asked and question not in asked:  # every answer read as a skip, erasing labels
         raise DataError(f"{path}: no question named {question!r}; its questions are {sorted(asked)} (--question)")
     labels = set(queue.task.labels)
+    first: dict[tuple[str, str], str] = {}  # (item, annotator) -> where: one answer each, or the count lied
     for a in answers:
+        key = (a.item_id if a.item_id is not None else text_hash(a.text or ""), a.annotator)
+        if key in first:
+            raise DataError(f"{a.where}: {a.annotator!r} answered this item already at {first[key]}; keep one of them")
+        first[key] = a.where
         if a.label is not None and a.label not in labels:
             raise DataError(f"{a.where}: label {a.label!r} is not one of task {queue.task.name!r}'s labels {queue.task.labels}")
         try:
