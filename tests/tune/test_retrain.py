@@ -219,6 +219,26 @@ def test_a_round_with_nothing_new_to_train_on_says_why_before_training(tmp_path:
     assert [v.version for v in Registry(store).versions("reviews")] == [1]
 
 
+def test_near_copies_among_the_corrections_never_straddle_the_holdout_and_training(tmp_path: Path, tiny_bert: Path) -> None:
+    """The same review sent twice with a typo (data.dedup.near off): one copy trained and the other judged it."""
+    cfg, *_ = planted_project(tmp_path, tiny_bert, max_steps=4)
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    Registry(store).add(train(cfg), "reviews", stage="production")
+    base = [f"{w} {v} was {a} and we {verb} it" for w, v, a, verb in zip(
+        ["soup", "bread", "tea", "cake", "rice", "fish", "salad", "pie", "curry", "pasta"],
+        ["yesterday", "at noon", "on friday", "for lunch", "tonight", "today", "at dinner", "this week", "on monday", "late"],
+        ["cold", "stale", "bitter", "dry", "bland", "raw", "wilted", "burnt", "watery", "soggy"],
+        ["hated", "returned", "left", "binned", "skipped", "refused", "disliked", "avoided", "regretted", "sent back"],
+        strict=True)]
+    record_corrections(store, "reviews", base + [t + " ok" for t in base], "neg")
+    outcome = retrain(store, "reviews", out=tmp_path / "rt", promote="never", say=lambda _: None)
+    dataset = tmp_path / "rt" / "dataset"
+    trained = set(pq.read_table(dataset / "train.parquet").column("text").to_pylist())
+    held = set(pq.read_table(dataset / HELD_OUT).column("text").to_pylist())
+    assert held and not any((t in held and t + " ok" in trained) or (t in trained and t + " ok" in held) for t in base)
+    assert outcome.report["dataset"]["counts"]["feedback_holdout"] == len(held)
+
+
 def test_a_candidate_judged_against_a_production_since_replaced_is_not_promoted(tmp_path: Path, tiny_bert: Path,
                                                                                monkeypatch) -> None:
     """Production changed while the round trained (an operator promoted v2): the candidate, compared with v1 only,

@@ -340,6 +340,11 @@ def _build_dataset(cfg: ProjectConfig, spec: RetrainSpec, parent: DatasetVersion
     live = [i for i in range(len(texts)) if usable[i]]
 
     held = _holdout(live, [new_targets[i] for i in live], spec.feedback_holdout, cfg.data.split.seed, cfg.task.type)
+    # A held-out correction near a training one (the same review sent twice with a typo) would judge the candidate on
+    # what it trained on: it trains too, whatever data.dedup.near says (as preparation's leakage check does)
+    held_rows = sorted(held)
+    trains = [i for i in live if i not in held]
+    held -= {held_rows[k] for k in _matches([texts[i] for i in held_rows], [texts[i] for i in trains], cfg, near=True)}
     to_train = [i for i in live if i not in held]
     by_id = {ids[i]: i for i in held}
     for entry in superseded:  # where the correction went: "replaced" is true only where it trains
