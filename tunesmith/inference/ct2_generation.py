@@ -103,8 +103,13 @@ def _unload_all() -> None:
     """Free the models before the interpreter's teardown: a Generator destroyed during it once torch has run aborts
     the process ("terminate called without an active exception", exit 134) instead of exiting cleanly."""
     for model in list(_LIVE):
+        # A batch whose answers were all handed over may still be returning from generate_batch: unloaded under it (or
+        # left to the teardown), the process aborted now and then (1 run in ~10 under load)
+        finished = model.decoding.acquire(timeout=10)
         with contextlib.suppress(RuntimeError):  # already unloaded, or still decoding for a request nobody awaits
             model.model.unload_model()
+        if finished:
+            model.decoding.release()
         model.model = None  # the Generator itself (its C++ thread pool) goes now, not in the teardown
     gc.collect()
 
@@ -168,7 +173,8 @@ class CT2ChatModel(QueuedChatModel):
                 for r in batch:
                     self._pending.remove(r)
             try:
-                self._decode(batch)
+                with self.decoding:
+                    self._decode(batch)
             except BaseException as err:  # noqa: BLE001 - every request of the batch learns about the failure
                 for r in batch:
                     if not r.done.is_set():

@@ -70,6 +70,9 @@ class QueuedChatModel(Prompting):
         self._pending: list[Request] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
+        # Held while the engine decodes a batch: a request's last token is handed over from inside the engine's call,
+        # which is still returning when the caller has its answer (and may be exiting).
+        self.decoding = threading.Lock()
 
     def generate_texts(self, prompts: Sequence[str], *, max_new_tokens: int = 256, temperature: float = 0.0,
                        top_p: float = 1.0, seed: int | None = None, stop: Sequence[str] = (),
