@@ -936,7 +936,7 @@ def annotate_label(
     if terminal:
         from tunesmith.collect.annotate_terminal import annotate_terminal
 
-        counts = annotate_terminal(queue, annotator or getpass.getuser(), console=out)
+        counts = annotate_terminal(queue, annotator or getpass.getuser(), console=Console())  # it styles, escaping text
         out.print(f"this session: {counts}", highlight=False)
         return
     from tunesmith.collect.annotate_app import serve
