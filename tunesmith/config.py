@@ -751,7 +751,6 @@ class ProjectConfig(Spec):
         task, method = self.task.type, self.train.method
         generative = task in GENERATIVE_TASKS
         kind = f"{task.value} tasks"
-        adapters = ("lora", "dora", "ia3", "prompt_tuning")
         rules: list[tuple[Spec, str, bool, str]] = [  # (section, field, applies, why not)
             (self.train, "head_learning_rate", not generative, f"{kind} train the language model itself; there is no new head"),
             (self.train, "class_weights", task == TaskType.single_label, "class weights apply to single-label classification"),

@@ -13,8 +13,8 @@ even a killed run continues where it stopped.
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path

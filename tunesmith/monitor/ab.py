@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
 from pydantic import BaseModel
 from sqlalchemy import select
 
