@@ -404,6 +404,21 @@ def test_stream_options_take_a_boolean() -> None:
     assert p.CompletionRequest(model="m", prompt="x", stream_options={"include_usage": True}).stream_options.include_usage
 
 
+def answered_late(engine: Any, seen: list[Any]) -> Any:
+    """A completion from `engine` past a 0.2 s timeout, once the engine's thread noted what it saw (in `seen`)."""
+    service = Service([served("chat", engine, "bot")], ServeSpec(timeout_s=0.2))
+
+    async def late() -> Any:
+        err = await service.generate(p.CompletionRequest(model="bot", prompt="hi"))
+        for _ in range(50):  # the engine's thread learns of it
+            if seen:
+                break
+            await asyncio.sleep(0.1)
+        return err
+
+    return run(late())
+
+
 def test_a_whole_answer_the_server_stopped_waiting_for_stops_decoding() -> None:
     """A non-streamed request past --timeout got its 504 while llama.cpp or CTranslate2 decoded on to max_tokens for
     no one, holding a row (under overload, every late request made the next one later)."""
@@ -417,17 +432,7 @@ def test_a_whole_answer_the_server_stopped_waiting_for_stops_decoding() -> None:
             seen.append(cancel.wait(10))  # decoding until told to stop
             return super().generate(prompts, **params)
 
-    service = Service([served("chat", Together(), "bot")], ServeSpec(timeout_s=0.2))
-
-    async def late() -> Any:
-        err = await service.generate(p.CompletionRequest(model="bot", prompt="hi"))
-        for _ in range(50):  # the engine's thread learns of it
-            if seen:
-                break
-            await asyncio.sleep(0.1)
-        return err
-
-    err = run(late())
+    err = answered_late(Together(), seen)
     assert isinstance(err, ServiceError) and err.status == 504 and seen == [True]
 
 
@@ -445,17 +450,7 @@ def test_rows_of_a_batch_the_server_stopped_waiting_for_stop_decoding() -> None:
             seen.append([c.is_set() for c in cancels])
             return super().generate(prompts, **params)
 
-    service = Service([served("chat", Rows(), "bot")], ServeSpec(timeout_s=0.2))
-
-    async def late() -> Any:
-        err = await service.generate(p.CompletionRequest(model="bot", prompt="hi"))
-        for _ in range(50):  # the engine's thread learns of it
-            if seen:
-                break
-            await asyncio.sleep(0.1)
-        return err
-
-    err = run(late())
+    err = answered_late(Rows(), seen)
     assert isinstance(err, ServiceError) and err.status == 504 and seen == [[True]]
 
 
