@@ -68,6 +68,11 @@ def test_an_answer_corrected_again_exports_and_counts_once_with_its_latest_label
     assert isinstance(service.submit(FeedbackRequest(request_id="req-1", index=1, label="neg")), FeedbackCreated)
     count, newest = corrections_since(store, "reviews", 0.0)
     assert count == 2 and newest is not None
+    with store.session() as s:  # logged without its inputs: nothing to export, so nothing to retrain on
+        s.add(Prediction(request_id="req-2", model="reviews", model_version="1", kind="predict", created=time.time(),
+                         inputs=None, outputs=None, latency_ms=1.0))
+    assert isinstance(service.submit(FeedbackRequest(request_id="req-2", label="neg")), FeedbackCreated)
+    assert corrections_since(store, "reviews", 0.0)[0] == 2
     out = tmp_path / "corrections.csv"
     assert service.export("reviews", out) == 2
     assert list(csv.DictReader(out.open())) == [{"id": "req-1:0", "text": "stale bread", "label": "pos"},

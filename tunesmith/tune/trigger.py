@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import JSON, func, select
 
 from tunesmith.config import RetrainSpec
 from tunesmith.registry.service import VersionInfo
@@ -52,7 +52,9 @@ def corrections_since(store: Store, model: str, since: float) -> tuple[int, floa
     with a comment, several reviewers) counts once, as the export writes it once."""
     corrected = (select(Feedback.request_id, Feedback.item_index, func.max(Feedback.created).label("created"))
                  .join(Prediction, Feedback.request_id == Prediction.request_id)
-                 .where(Prediction.model == model, Feedback.created > since, _corrected())
+                 # with its input logged: one without (--no-log-inputs, or purged) cannot be exported to train on
+                 .where(Prediction.model == model, Feedback.created > since, _corrected(),
+                        Prediction.inputs.is_not(None), Prediction.inputs != JSON.NULL)
                  .group_by(Feedback.request_id, Feedback.item_index).subquery())
     with store.session() as s:
         row = s.execute(select(func.count(), func.max(corrected.c.created)).select_from(corrected)).one()
