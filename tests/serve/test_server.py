@@ -3,6 +3,7 @@ bad input, auth, streaming, disconnects and overload, with tiny runs trained her
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -219,7 +220,6 @@ def test_client_disconnect_mid_stream_leaves_the_server_serving(server: str, cli
 
 
 def test_overload_answers_503_with_retry_after_and_recovers(server: str, client: openai.OpenAI) -> None:
-    import asyncio
 
     _, weak = chat_models(client)
     body = {"model": weak, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 60, "temperature": 1.0}
@@ -256,7 +256,6 @@ def test_metrics_health_and_docs(server: str) -> None:
 def test_metrics_label_requests_by_route_not_by_the_path_a_client_sends() -> None:
     """Every model id or made-up URL under /v1 was a series of its own in /metrics, kept for good: a client without a
     key could grow the server's memory and the scrape without bound."""
-    import asyncio
 
     from tests.serve.test_service import FakeClassifier, served
     from tunesmith.config import ServeSpec
@@ -279,6 +278,31 @@ def test_metrics_label_requests_by_route_not_by_the_path_a_client_sends() -> Non
     assert 'tunesmith_requests_total{endpoint="/v1/models/{model_id:path}",status="404"} 3.0' in text
     assert 'tunesmith_requests_total{endpoint="unmatched",status="404"} 3.0' in text
     assert 'tunesmith_requests_total{endpoint="/v1/predict",status="413"} 1.0' in text  # refused before routing
+
+
+def test_the_key_is_checked_before_the_body(tmp_path: Path) -> None:
+    """A client without the key hears 401 whatever its body, as OpenAI answers: never 400 about its JSON (which would
+    tell a stranger the endpoint's schema)."""
+    from tests.serve.test_service import FakeClassifier, served
+    from tunesmith.config import ServeSpec
+    from tunesmith.monitor.ab import ABService
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.service import Service
+    from tunesmith.store.db import Store
+
+    spec = ServeSpec(api_keys=[KEY], admin_key=ADMIN)
+    ab = ABService(Store(f"sqlite:///{tmp_path / 's.db'}"))
+    app = create_app(Service([served("sequence", FakeClassifier(), "clf")], spec, ab=ab), spec)
+
+    async def statuses() -> list[int]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+            return [(await c.post("/v1/predict", content=b'{"text": ')).status_code,
+                    (await c.post("/v1/predict", content=b'{"text": 3}')).status_code,
+                    (await c.post("/v1/predict", content=b'{"text": ', headers=auth())).status_code,
+                    (await c.post("/admin/ab", content=b"[", headers=auth())).status_code,  # the model key is not admin
+                    (await c.post("/admin/ab", content=b"[", headers={"Authorization": f"Bearer {ADMIN}"})).status_code]
+
+    assert asyncio.run(statuses()) == [401, 401, 400, 401, 400]
 
 
 def test_a_chunked_body_over_the_limit_is_refused_as_it_arrives(server: str) -> None:
