@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from tunesmith.artifacts import DatasetVersion, Run
 from tunesmith.errors import DataError
@@ -13,6 +14,8 @@ def write_model_card(run_dir: Path) -> Path:
     run = Run(run_dir)
     m = run.manifest
     cfg = run.config
+    info_path = run_dir / "export.json"  # an export's: where it came from, and what it changed
+    exported = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
     lines = [f"# {m.name}", "", m.description or "_No task description given (task.description)._", "",
              *_intended_use(m.task), "## Model", "",
              f"- Task: {m.task}" + (f", labels: {', '.join(m.labels)}" if m.labels else ""),
@@ -41,7 +44,7 @@ def write_model_card(run_dir: Path) -> Path:
                  + (f"; attention dropout {hp['attention_dropout']:g}" if hp.get("attention_dropout") is not None else "")
                  + (f"; hidden dropout {hp['hidden_dropout']:g}" if hp.get("hidden_dropout") is not None else "")]
                 if hp.get("precision") else []),
-              *_export_numerics(run_dir),
+              *_export_numerics(exported),
               *([f"- OpenAI hyperparameters: {m.openai_hyperparameters}"] if m.openai_hyperparameters else []),
               "", "## Results", "", "Validation (best checkpoint"
               + (f", {counts['validation']} examples" if "validation" in counts else "") + "): "
@@ -56,7 +59,7 @@ def write_model_card(run_dir: Path) -> Path:
     if not reports:  # validation picked the checkpoint, so only a held-out split's scores are unbiased
         lines += [f"_Not scored on the held-out test split yet: `tunesmith evaluate {run_dir}`._", ""]
     lines += ["## Use", "", "```bash", f"tunesmith evaluate {run_dir}", "```", ""]
-    lines += _export_section(run_dir)
+    lines += _export_section(exported)
     path = run_dir / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
@@ -80,22 +83,18 @@ def _intended_use(task: str) -> list[str]:
             ""]
 
 
-def _export_section(run_dir: Path) -> list[str]:
+def _export_section(info: dict[str, Any]) -> list[str]:
     """Where an export came from, from its export.json: written with the card each time (an evaluation of the export
     rewrote the card, and the section appended once was lost)."""
-    info_path = run_dir / "export.json"
-    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
     if not info.get("format"):
         return []
     return ["## Export", "", f"Exported as `{info['format']}` from `{info.get('source_run')}` by tunesmith "
             f"{info.get('tunesmith_version')}; the self-check is in `export.json`.", ""]
 
 
-def _export_numerics(run_dir: Path) -> list[str]:
+def _export_numerics(info: dict[str, Any]) -> list[str]:
     """An export that changed the arithmetic (int8 weights): the card must say so, and that the
-    validation figures are the source run's."""
-    info_path = run_dir / "export.json"
-    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
+    validation figures are the source run's (`info`: its export.json)."""
     if not info.get("quantization"):
         return []
     return [f"- Exported as {info.get('format')}: weights quantised, {info['quantization']}; the validation figures "

@@ -23,6 +23,18 @@ from tunesmith.tasks import chat
 Conversation = list[dict[str, Any]]
 
 
+def _stopped_by(events: Sequence[threading.Event]) -> Any:
+    """A stopping criterion that ends each row of the batch at its next token once the row's event is set (a client
+    gone, or the server stopped waiting): one for streams and batches alike."""
+    from transformers import StoppingCriteria
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+            return torch.tensor([e.is_set() for e in events], dtype=torch.bool, device=input_ids.device)
+
+    return Cancelled()
+
+
 @dataclass
 class Completion:
     text: str
@@ -150,7 +162,7 @@ class ChatModel(Prompting):
         `cancels`: an event per prompt; a row whose event is set (the server stopped waiting for it) stops at its next
         token, and the rest of its batch goes on.
         """
-        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers import StoppingCriteriaList
 
         tok = self.tokenizer
         encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -170,14 +182,9 @@ class ChatModel(Prompting):
             ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in idx])  # left padding
             mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx])
             events = [cancels[i] for i in idx] if cancels is not None else []
-
-            class GivenUp(StoppingCriteria):
-                def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
-                    return torch.tensor([e.is_set() for e in events], dtype=torch.bool)
-
             generated = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self._room(width, max_new_tokens),
                                             eos_token_id=self.stop_token_ids, pad_token_id=pad,
-                                            stopping_criteria=StoppingCriteriaList([GivenUp()] if events else []),
+                                            stopping_criteria=StoppingCriteriaList([_stopped_by(events)] if events else []),
                                             **self._sampling(temperature, top_p))
             for row, i in enumerate(idx):
                 new = generated[row, width:].tolist()
@@ -203,16 +210,12 @@ class ChatModel(Prompting):
 
         Setting `cancel` (a client went away) stops generation at the next token.
         """
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         tok = self.tokenizer
         ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
         cancel = cancel or threading.Event()
-
-        class Cancelled(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
-                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool)
 
         if seed is not None:
             torch.manual_seed(seed)
@@ -224,7 +227,7 @@ class ChatModel(Prompting):
                     result["ids"] = self.model.generate(
                         input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=self._room(ids.shape[1], max_new_tokens),
                         eos_token_id=self.stop_token_ids, pad_token_id=tok.pad_token_id, streamer=streamer,
-                        stopping_criteria=StoppingCriteriaList([Cancelled()]), **self._sampling(temperature, top_p))
+                        stopping_criteria=StoppingCriteriaList([_stopped_by([cancel])]), **self._sampling(temperature, top_p))
             except Exception as err:  # noqa: BLE001 - re-raised in the consumer
                 result["error"] = err
                 streamer.end()
