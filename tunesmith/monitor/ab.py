@@ -25,7 +25,7 @@ from sqlalchemy import select
 
 from tunesmith.errors import ConfigError, NotFound
 from tunesmith.monitor import stats
-from tunesmith.monitor.feedback import is_positive, is_rating
+from tunesmith.monitor.feedback import first_per_item, is_positive, is_rating
 from tunesmith.registry.service import Registry
 from tunesmith.store.db import Store
 from tunesmith.store.schema import ABTest, Feedback, Prediction
@@ -186,8 +186,8 @@ class ABService:
                     "variants": list(test.variants), "shadow": test.shadow, "winner": test.winner}
         # One rating and one correction per answer (a request's item), its first: a re-rated answer counted again, so
         # one user rating one answer per variant 30 times reached a horizon of 30 and declared a winner.
-        rated_rows = _first_per_item([r for r in feedback if is_rating(r[0])])
-        corrected_rows = _first_per_item([r for r in feedback if r[0].corrected_label])
+        rated_rows = first_per_item([r for r in feedback if is_rating(r[0])], lambda r: r[0])
+        corrected_rows = first_per_item([r for r in feedback if r[0].corrected_label], lambda r: r[0])
         outcomes = []
         trials, successes, scores = {}, {}, {}
         for v in info["variants"]:
@@ -254,18 +254,6 @@ class ABService:
         """Keeping production (the incumbent won) is no promotion: the registry refuses it as already there."""
         current = self.registry.production(model)
         return current is not None and current.version == version
-
-
-def _first_per_item(rows: list[Any]) -> list[Any]:
-    """(Feedback, ...) rows, in their order, keeping the first of each (request, item)."""
-    seen: set[tuple[str, int]] = set()
-    kept = []
-    for row in rows:
-        key = (row[0].request_id, row[0].item_index)
-        if key not in seen:
-            seen.add(key)
-            kept.append(row)
-    return kept
 
 
 def _predicted_labels(outputs: list[Any], index: int) -> set[str]:

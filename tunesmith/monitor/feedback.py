@@ -12,9 +12,9 @@ import csv
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import select
@@ -33,6 +33,22 @@ def is_rating(f: Feedback) -> bool:
 def is_positive(f: Feedback) -> bool:
     """A thumbs up, or a score of 4-5."""
     return f.thumbs_up is True or (f.score is not None and f.score >= 4)
+
+
+T = TypeVar("T")
+
+
+def first_per_item(rows: Iterable[T], feedback: Callable[[T], Feedback] = lambda row: row) -> list[T]:
+    """`rows` in their order, the first of each answered item (request, item index) kept: an answer rated or
+    corrected again counts once, in A/B verdicts and the live figures alike. `feedback`: a row's Feedback."""
+    seen: set[tuple[str, int]] = set()
+    kept = []
+    for row in rows:
+        f = feedback(row)
+        if (f.request_id, f.item_index) not in seen:
+            seen.add((f.request_id, f.item_index))
+            kept.append(row)
+    return kept
 
 
 def _rating(value: Any) -> Literal["up", "down"] | int | None:

@@ -30,7 +30,7 @@ from sqlalchemy import JSON, or_, select
 
 from tunesmith.artifacts import RUN_MANIFEST, DatasetVersion, Run, is_dataset, is_run
 from tunesmith.monitor.drift import TOKEN, DriftReport, DriftThresholds, drift_report, vocabulary_of
-from tunesmith.monitor.feedback import is_positive, is_rating
+from tunesmith.monitor.feedback import first_per_item, is_positive, is_rating
 from tunesmith.monitor.log import SHADOW_SUFFIX
 from tunesmith.store.db import Store
 from tunesmith.store.schema import Feedback, Prediction
@@ -222,24 +222,18 @@ class _Tally:
                 if out.get("value") is not None:
                     self.values.append(float(out["value"]))
         base = row.request_id[: -len(SHADOW_SUFFIX)] if shadow and row.request_id.endswith(SHADOW_SUFFIX) else row.request_id
-        rated_items: set[int] = set()
-        corrected_items: set[int] = set()  # an answer corrected again counts once (its first), as in A/B verdicts
-        for f in by_request.get(base, ()):
-            if not shadow:  # the user rated the answer they saw, not the shadow's
-                m.feedback += 1
-                if is_rating(f) and f.item_index not in rated_items:
-                    rated_items.add(f.item_index)  # an answer rated again counts once (its first rating), as in A/B
-                    m.rated += 1
-                    m.positive += is_positive(f)
-                    if f.score is not None:
-                        self.scores.append(float(f.score))
+        given = by_request.get(base, [])
+        if not shadow:  # the user rated the answer they saw, not the shadow's
+            m.feedback += len(given)
+            for f in first_per_item(f for f in given if is_rating(f)):  # an answer rated again counts once, as in A/B
+                m.rated += 1
+                m.positive += is_positive(f)
+                if f.score is not None:
+                    self.scores.append(float(f.score))
+        for f in first_per_item(f for f in given if f.corrected_label or f.corrected_value is not None):
             out = outputs[f.item_index] if f.item_index < len(outputs) and isinstance(outputs[f.item_index], dict) else None
             if out is None:
                 continue  # outputs not logged (or purged): nothing to compare the correction with
-            if f.corrected_label or f.corrected_value is not None:
-                if f.item_index in corrected_items:
-                    continue
-                corrected_items.add(f.item_index)
             if f.corrected_label and out.get("label") is not None:
                 m.corrected += 1
                 self.right += set(_flat_labels([out["label"]])) == {str(x) for x in f.corrected_label}
