@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import JSON, or_, select
+from sqlalchemy import or_, select
 
 from tunesmith.artifacts import RUN_MANIFEST, DatasetVersion, Run, is_dataset, is_run
 from tunesmith.monitor.drift import TOKEN, DriftReport, DriftThresholds, drift_report, vocabulary_of
 from tunesmith.monitor.feedback import first_per_item, is_positive, is_rating
-from tunesmith.monitor.log import SHADOW_SUFFIX
+from tunesmith.monitor.log import SHADOW_SUFFIX, inputs_logged
 from tunesmith.store.db import Store
 from tunesmith.store.schema import Feedback, Prediction
 
@@ -321,9 +321,8 @@ def live_sample(store: Store, model: str, since: float | None = None, limit: int
     in it."""
     if limit < 1:
         raise ValueError(f"limit must be at least 1, got {limit}")
-    # The log writes "no inputs" as a JSON null, which IS NOT NULL lets through: both are left out here, before
-    # the limit, or newer requests without inputs would take the places of older ones with them.
-    where = [Prediction.model == model, Prediction.inputs.is_not(None), Prediction.inputs != JSON.NULL,
+    # Left out before the limit, or newer requests without inputs would take the places of older ones with them
+    where = [Prediction.model == model, inputs_logged(),
              or_(Prediction.variant.is_(None), Prediction.variant.not_like(f"{SHADOW}%"))]
     if since is not None:
         where.append(Prediction.created >= since)

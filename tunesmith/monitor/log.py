@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import JSON, update
+from sqlalchemy import JSON, and_, update
 
 from tunesmith.store.db import Store
 from tunesmith.store.schema import Prediction
@@ -25,6 +25,12 @@ SHADOW_SUFFIX = ":shadow"  # a shadow challenger's row: the request's id and thi
 MAX_CLIENT_REQUEST_ID = MAX_REQUEST_ID - len(SHADOW_SUFFIX)
 BATCH = 512  # rows per insert: large enough to amortise the commit, small enough to keep latency low
 WAIT_S = 0.05  # how long the writer waits for more rows before committing what it has
+
+
+def inputs_logged() -> Any:
+    """Rows that hold their inputs. The log writes "no inputs" (--no-log-inputs, or purged) as JSON's null, which
+    IS NOT NULL lets through: both nulls are left out."""
+    return and_(Prediction.inputs.is_not(None), Prediction.inputs != JSON.NULL)
 
 
 class PredictionLog:
@@ -70,9 +76,8 @@ class PredictionLog:
         """Clear inputs and outputs older than the retention period (the rows stay, for counts and feedback)."""
         cutoff = time.time() - retention_days * 86400
         with self.store.session() as s:
-            # Inputs cleared (or never logged) are JSON's null, which IS NOT NULL does not skip: it rewrote them each hour
-            result = s.execute(update(Prediction).where(Prediction.created < cutoff, Prediction.inputs.is_not(None),
-                                                        Prediction.inputs != JSON.NULL)
+            # only rows still holding inputs: it rewrote the cleared ones every hour
+            result = s.execute(update(Prediction).where(Prediction.created < cutoff, inputs_logged())
                                .values(inputs=None, outputs=None))
             return int(result.rowcount or 0)
 

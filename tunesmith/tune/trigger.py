@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import JSON, func, select
+from sqlalchemy import func, select
 
 from tunesmith.config import RetrainSpec
+from tunesmith.monitor.log import inputs_logged
 from tunesmith.registry.service import VersionInfo
 from tunesmith.store.db import Store
 from tunesmith.store.schema import Feedback, Prediction
@@ -53,8 +54,7 @@ def corrections_since(store: Store, model: str, since: float) -> tuple[int, floa
     corrected = (select(Feedback.request_id, Feedback.item_index, func.max(Feedback.created).label("created"))
                  .join(Prediction, Feedback.request_id == Prediction.request_id)
                  # with its input logged: one without (--no-log-inputs, or purged) cannot be exported to train on
-                 .where(Prediction.model == model, Feedback.created > since, _corrected(),
-                        Prediction.inputs.is_not(None), Prediction.inputs != JSON.NULL)
+                 .where(Prediction.model == model, Feedback.created > since, _corrected(), inputs_logged())
                  .group_by(Feedback.request_id, Feedback.item_index).subquery())
     with store.session() as s:
         row = s.execute(select(func.count(), func.max(corrected.c.created)).select_from(corrected)).one()
