@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 from tunesmith.collect.sink import COLLECTOR, PROVENANCE_KEY
 from tunesmith.config import SourceSpec, SurveySpec
 from tunesmith.data.raw import Raw
-from tunesmith.data.sources import check_columns, read_csv, read_excel
+from tunesmith.data.sources import check_columns, check_repeated, columns_read, read_csv, read_excel
 from tunesmith.errors import DataError
 
 GROUP_KEY = "_group"  # reserved record key: the respondent id, used as the example's group
@@ -171,12 +170,8 @@ class _Survey:
     def check_repeated(self, written: list[str], needed: dict[str, Any]) -> None:
         """A column this source reads that the file names twice (Google Forms heads two questions alike, "Comments"):
         its records kept the last of them, and the rows where that one is empty were lost without a word."""
-        read = {c for expr in needed.values() for c in getattr(expr, "inner", expr).columns}
-        read |= {self.respondent, *self.likert, *self.multi, *self.explode}
-        twice = sorted(c for c, k in Counter(written).items() if k > 1 and c in read)
-        if twice:
-            raise DataError(f"{self.path}: the header has column(s) {twice} more than once; rename them in the file so "
-                            "that each is one question")
+        read = columns_read(needed) | {self.respondent, *self.likert, *self.multi, *self.explode}
+        check_repeated(self.path, written, read, "rename them in the file so that each is one question")
 
     def describe_columns(self) -> list[str]:
         return [f"{h} ({_short(self.questions[h])})" if h in self.questions else h for h in self.header]

@@ -97,11 +97,19 @@ def check_columns(path: Any, columns: list[str], needed: dict[str, Any]) -> None
             f"{path}: column(s) not found for {what}; the file has columns {columns}. "
             "Map them with task.<field> or the source's `fields:`"
         )
-    read = {c for expr in needed.values() for c in getattr(expr, "inner", expr).columns}
+    check_repeated(path, columns, columns_read(needed), "rename them so that each field reads one column")
+
+
+def columns_read(needed: dict[str, Any]) -> set[str]:
+    """The columns the fields' expressions read."""
+    return {c for expr in needed.values() for c in getattr(expr, "inner", expr).columns}
+
+
+def check_repeated(path: Any, columns: list[str], read: set[str], fix: str) -> None:
+    """A column read that the header names twice: a record keeps only the last of them."""
     twice = sorted(c for c, k in Counter(columns).items() if k > 1 and c in read)
     if twice:
-        raise DataError(f"{path}: the header has column(s) {twice} more than once; rename them so that "
-                        "each field reads one column")
+        raise DataError(f"{path}: the header has column(s) {twice} more than once; {fix}")
 
 
 # --- text decoding -------------------------------------------------------------------------
