@@ -722,13 +722,19 @@ class ProjectConfig(Spec):
             )
         return self
 
-    def token_budget(self, context: int | None) -> int:
-        """model.token_budget for this task, less prompt tuning's virtual tokens where the model's positions end: they
-        come before the text (a text filling the whole context overran BERT's position table mid-training)."""
-        budget = self.model.token_budget(self.task.type, context)
+    def text_positions(self, context: int | None) -> int | None:
+        """The model's positions a text may fill: its context, less prompt tuning's virtual tokens, which come first."""
         if self.train.method != "prompt_tuning" or context is None:
+            return context
+        return context - self.peft.num_virtual_tokens
+
+    def token_budget(self, context: int | None) -> int:
+        """model.token_budget for this task, within the positions a text may fill (prompt tuning's virtual tokens
+        come first: a text filling the whole context overran BERT's position table mid-training)."""
+        budget = self.model.token_budget(self.task.type, context)
+        room = self.text_positions(context)
+        if room is None or self.train.method != "prompt_tuning":
             return budget
-        room = context - self.peft.num_virtual_tokens
         if budget > room and self.model.max_length is not None:
             raise ConfigError(f"model.max_length ({self.model.max_length}) and peft.num_virtual_tokens "
                               f"({self.peft.num_virtual_tokens}) exceed the model's context of {context} tokens; "

@@ -162,10 +162,7 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
         ids = np.asarray(train_rows["label_id"])
         counts = np.bincount(ids, minlength=len(labels or []))
         loss_func = sequence.class_weight_loss(len(ids) / (len(counts) * np.maximum(counts, 1)))
-    positions = context_length(tokenizer)  # what the text may fill: prompt tuning's virtual tokens come first
-    if positions is not None and t.method == "prompt_tuning":
-        positions -= cfg.peft.num_virtual_tokens
-    pad_multiple = bf16_pad_multiple(max_length, positions) if args.bf16 else None
+    pad_multiple = bf16_pad_multiple(max_length, cfg.text_positions(context_length(tokenizer))) if args.bf16 else None
     # The heads take **kwargs, so the Trainer took their loss as already divided over the accumulated micro-batches
     # (num_items_in_batch) and left it whole: with grad_accum 4 the first loss read 2.77 for ln 2, and the gradient
     # norm was clipped at a quarter of the real one. Their loss is a plain mean: the Trainer divides it.
