@@ -159,7 +159,7 @@ def test_a_whole_answer_cancelled_ends_at_its_next_token(engines: dict[str, Llam
     engine = engines["full"]
     cancel = threading.Event()
     cancel.set()  # the server stopped waiting (504)
-    [answer] = engine.generate_texts([prompt_of(engine, 1)], max_new_tokens=64, cancel=cancel)
+    [answer] = engine.generate_texts([prompt_of(engine, 1)], max_new_tokens=64, cancels=[cancel])
     assert answer.completion_tokens <= 1
 
 

@@ -43,7 +43,7 @@ class FakeChat:
     def prompt_text(self, conversation: list[dict[str, str]]) -> str:
         return " ".join(m["content"] for m in conversation)
 
-    def generate(self, prompts: list[str], **params: Any) -> list[Any]:
+    def generate(self, prompts: list[str], cancels: list[threading.Event] | None = None, **params: Any) -> list[Any]:
         from tunesmith.inference.generation import Completion
 
         self.calls.append((list(prompts), params))
@@ -427,7 +427,8 @@ def test_a_whole_answer_the_server_stopped_waiting_for_stops_decoding() -> None:
     class Together(FakeChat):  # an engine that decodes concurrent calls together
         concurrent_calls = 4
 
-        def generate(self, prompts: list[str], cancel: threading.Event | None = None, **params: Any) -> list[Any]:
+        def generate(self, prompts: list[str], cancels: list[threading.Event] | None = None, **params: Any) -> list[Any]:
+            cancel = cancels[0] if cancels else None
             assert cancel is not None
             seen.append(cancel.wait(10))  # decoding until told to stop
             return super().generate(prompts, **params)
@@ -442,8 +443,6 @@ def test_rows_of_a_batch_the_server_stopped_waiting_for_stop_decoding() -> None:
     seen: list[list[bool]] = []
 
     class Rows(FakeChat):  # one call at a time, rows ending on their own (ChatModelEngine)
-        cancels_rows = True
-
         def generate(self, prompts: list[str], cancels: list[threading.Event] | None = None, **params: Any) -> list[Any]:
             assert cancels is not None and len(cancels) == len(prompts)
             cancels[0].wait(10)  # decoding until told to stop

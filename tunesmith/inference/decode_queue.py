@@ -76,11 +76,12 @@ class QueuedChatModel(Prompting):
 
     def generate_texts(self, prompts: Sequence[str], *, max_new_tokens: int = 256, temperature: float = 0.0,
                        top_p: float = 1.0, seed: int | None = None, stop: Sequence[str] = (),
-                       batch_size: int | None = None, cancel: threading.Event | None = None) -> list[Completion]:
+                       batch_size: int | None = None, cancels: Sequence[threading.Event] | None = None) -> list[Completion]:
         """Continue each prompt text until a stop token, a stop string or the limit, decoded together with any concurrent
-        requests (`batch_size`: ChatModel's; here batches form in the queue, up to `max_batch`). Setting `cancel` (the
-        server stopped waiting) ends the rows at their next token, with what they have."""
-        requests = [self._request(p, max_new_tokens, temperature, top_p, seed, stop, cancel, None) for p in prompts]
+        requests (`batch_size`: ChatModel's; here batches form in the queue, up to `max_batch`). `cancels`: an event per
+        prompt; setting one (the server stopped waiting) ends that row at its next token, with what it has."""
+        requests = [self._request(p, max_new_tokens, temperature, top_p, seed, stop, cancels[i] if cancels else None, None)
+                    for i, p in enumerate(prompts)]
         self._submit(requests)
         for r in requests:
             r.done.wait()

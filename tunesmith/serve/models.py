@@ -33,7 +33,7 @@ class ChatEngine(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
     def prompt_text(self, conversation: list[dict[str, str]]) -> str: ...
-    def generate(self, prompts: Sequence[str], **params: Any) -> list[Any]: ...
+    def generate(self, prompts: Sequence[str], cancels: Sequence[threading.Event] | None = None, **params: Any) -> list[Any]: ...
     def stream(self, prompt: str, cancel: threading.Event, **params: Any) -> Iterator[Any]: ...
 
 
@@ -132,9 +132,9 @@ class BatchedChatEngine:
     def prompt_text(self, conversation: list[dict[str, str]]) -> str:
         return self.chat.prompt_text(conversation)
 
-    def generate(self, prompts: Sequence[str], cancel: threading.Event | None = None, **params: Any) -> list[Any]:
-        """`cancel`: for the engines that decode calls together (their rows end at the next token once it is set)."""
-        return self.chat.generate_texts(prompts, **params, **({"cancel": cancel} if cancel is not None else {}))
+    def generate(self, prompts: Sequence[str], cancels: Sequence[threading.Event] | None = None, **params: Any) -> list[Any]:
+        """`cancels`: an event per prompt; a row whose event is set (the server stopped waiting) ends at its next token."""
+        return self.chat.generate_texts(prompts, cancels=cancels, **params)
 
     def stream(self, prompt: str, cancel: threading.Event, **params: Any) -> Iterator[Any]:
         yield from self.chat.stream_text(prompt, cancel=cancel, **params)
@@ -152,12 +152,10 @@ class ChatModelEngine(BatchedChatEngine):
         if self.adapter is not None:
             self.chat.model.set_adapter(self.adapter)
 
-    cancels_rows = True  # generate takes an event per prompt: a row the server stopped waiting for ends
-
     def generate(self, prompts: Sequence[str], cancels: Sequence[threading.Event] | None = None, **params: Any) -> list[Any]:
         with self.lock:
             self._activate()
-            return self.chat.generate_texts(prompts, cancels=cancels, **params)
+            return super().generate(prompts, cancels, **params)
 
     def stream(self, prompt: str, cancel: threading.Event, **params: Any) -> Iterator[Any]:
         with self.lock:

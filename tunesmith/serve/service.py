@@ -432,17 +432,12 @@ class Service:
     # -- generation --------------------------------------------------------------------------------
 
     def _run_chat(self, key: tuple[Any, ...], payloads: Sequence[tuple[str, threading.Event]]) -> list[Any]:
-        """`payloads`: (prompt, the request's cancel event). An engine that decodes calls together gets each request
-        as a call of its own, and its event; transformers, the batch as one call and each row's event: a request the server
+        """`payloads`: (prompt, the request's cancel event). Each row gets its request's event: a request the server
         stopped waiting for (504) stops decoding, where it went on to max_tokens for no one, holding a row."""
         model_id, params = key[0], dict(key[1])
         model = self.by_id[model_id]
         prompts = [prompt for prompt, _ in payloads]
-        if getattr(model.engine, "concurrent_calls", 1) > 1 and len(payloads) == 1:
-            return model.engine.generate(prompts, cancel=payloads[0][1], **params)
-        if getattr(model.engine, "cancels_rows", False):  # one call for the batch, each row ending on its own event
-            return model.engine.generate(prompts, cancels=[event for _, event in payloads], **params)
-        return model.engine.generate(prompts, **params)
+        return model.engine.generate(prompts, cancels=[event for _, event in payloads], **params)
 
     def _params(self, req: p.SamplingParams, model: Served, prompt_tokens: int, max_tokens: int | None
                 ) -> dict[str, Any] | ServiceError:
