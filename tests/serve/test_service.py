@@ -471,3 +471,21 @@ def test_the_variants_of_an_ended_test_are_let_go() -> None:
     assert service.variant_models == {} and "reviews" not in service.routes
     assert not variant_keys & set(service.by_key) and production.batch_key in service.by_key
     assert run(service.predict(p.PredictRequest(model="reviews", text="good"))).model_version == "reviews-v1"
+
+
+def test_a_chat_template_that_refuses_the_messages_answers_400_naming_messages() -> None:
+    from jinja2 import TemplateError
+
+    class StrictChat(FakeChat):  # as Mistral's template: raise_exception on a system turn
+        def prompt_text(self, conversation: list[dict[str, str]]) -> str:
+            if conversation[0]["role"] == "system":
+                raise TemplateError("Conversation roles must alternate user/assistant/user/assistant/...")
+            return super().prompt_text(conversation)
+
+    service = Service([served("chat", StrictChat(), "bot")], ServeSpec())
+    messages = [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hi"}]
+    for stream in (False, True):
+        req = p.ChatCompletionRequest(model="bot", messages=messages, stream=stream)
+        err = service.stream(req) if stream else run(service.generate(req))
+        assert isinstance(err, ServiceError) and err.status == 400 and err.param == "messages"
+        assert "must alternate" in err.message

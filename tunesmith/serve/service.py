@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from jinja2 import TemplateError
 from pydantic import BaseModel
 
 from tunesmith.config import ServeSpec
@@ -468,7 +469,10 @@ class Service:
         model, variant = routed
         if isinstance(req, p.ChatCompletionRequest):
             messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in req.messages]
-            prompts = [model.engine.prompt_text(messages)]
+            try:
+                prompts = [model.engine.prompt_text(messages)]
+            except TemplateError as err:  # Mistral's, Llama 2's, Gemma's refuse a system turn or roles out of turn
+                return ServiceError(400, f"the model's chat template refused these messages: {err}", param="messages")
             max_tokens = req.max_completion_tokens or req.max_tokens
         else:
             prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
