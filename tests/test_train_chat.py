@@ -206,6 +206,40 @@ def test_a_seeded_sampled_answer_is_the_same_alone_or_beside_others(tuned_run: P
     assert [c.text for c in model.generate_texts(prompts[::-1], **params)] == alone[::-1]
 
 
+def test_a_seeded_answer_is_kept_while_another_thread_samples(tuned_run: Path) -> None:
+    # The server runs models' generate calls in threads: all drew from PyTorch's one generator, so a seeded request
+    # answered otherwise (7 answers in 10) while another model sampled.
+    import threading
+
+    model = ChatModel.from_run(tuned_run)
+    prompt = model.prompt_text([{"role": "user", "content": QA[0][0]}])
+    params = {"max_new_tokens": 12, "temperature": 1.5, "top_p": 1.0}
+    alone = model.generate_texts([prompt], seed=7, **params)[0].text
+    done = threading.Event()
+
+    def other() -> None:
+        while not done.is_set():
+            model.generate_texts([prompt], **params)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    try:
+        answers = {model.generate_texts([prompt], seed=7, **params)[0].text for _ in range(8)}
+    finally:
+        done.set()
+        thread.join()
+    assert answers == {alone}
+
+
+def test_sampling_draws_from_the_whole_distribution(tuned_run: Path) -> None:
+    # transformers fills in top_k=50 when sampling; OpenAI's API (and the other engines) have no top_k
+    model = ChatModel.from_run(tuned_run)
+    assert len(model.tokenizer) > 90
+    prompt = model.prompt_text([{"role": "user", "content": QA[0][0]}])
+    firsts = model.generate_texts([prompt] * 240, max_new_tokens=1, temperature=50.0, batch_size=240)
+    assert len({c.text for c in firsts}) > 55  # at a near-uniform temperature; top_k 50 gave at most 50
+
+
 def test_evaluation_puts_base_and_tuned_side_by_side(tuned_run: Path) -> None:
     from tunesmith.evaluation.run import evaluate_run
 

@@ -77,6 +77,24 @@ class Prompting:
         raise NotImplementedError
 
 
+# PyTorch samples from one CPU generator per process, and serving runs several models' generate calls in threads at
+# once: a seed is kept (the same request, the same answer) only if no other sampling draws from it in the meantime.
+_GENERATOR = threading.Lock()
+
+
+@contextmanager
+def _drawing(temperature: float, seed: int | None) -> Iterator[None]:
+    """Hold the process's random generator for a sampled generate call (seeded first where asked); greedy calls
+    draw nothing and run beside anything."""
+    if temperature <= 0:
+        yield
+        return
+    with _GENERATOR:
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
+
+
 class ChatModel(Prompting):
     def __init__(self, model: Any, tokenizer: Any, stop_token_ids: Sequence[int], name: str = "model") -> None:
         self.model = model.eval()
@@ -130,8 +148,8 @@ class ChatModel(Prompting):
 
 
     def _sampling(self, temperature: float, top_p: float) -> dict[str, Any]:
-        if temperature > 0:
-            return {"do_sample": True, "temperature": temperature, "top_p": top_p}
+        if temperature > 0:  # top_k 0: the whole distribution, as OpenAI, CTranslate2 and llama.cpp sample (not transformers' 50)
+            return {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
         return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
 
     def _room(self, width: int, max_new_tokens: int) -> int:
@@ -176,16 +194,16 @@ class ChatModel(Prompting):
         pad = tok.pad_token_id
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            if seeded:
-                torch.manual_seed(seed)
             width = max(len(encoded[i]) for i in idx)
             ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in idx])  # left padding
             mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx])
             events = [cancels[i] for i in idx] if cancels is not None else []
-            generated = self.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self._room(width, max_new_tokens),
-                                            eos_token_id=self.stop_token_ids, pad_token_id=pad,
-                                            stopping_criteria=StoppingCriteriaList([_stopped_by(events)] if events else []),
-                                            **self._sampling(temperature, top_p))
+            with _drawing(temperature, seed):
+                generated = self.model.generate(input_ids=ids, attention_mask=mask,
+                                                max_new_tokens=self._room(width, max_new_tokens),
+                                                eos_token_id=self.stop_token_ids, pad_token_id=pad,
+                                                stopping_criteria=StoppingCriteriaList([_stopped_by(events)] if events else []),
+                                                **self._sampling(temperature, top_p))
             for row, i in enumerate(idx):
                 new = generated[row, width:].tolist()
                 if events and events[row].is_set():  # given up: after its last token the batch padded the row
@@ -217,13 +235,11 @@ class ChatModel(Prompting):
         streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
         cancel = cancel or threading.Event()
 
-        if seed is not None:
-            torch.manual_seed(seed)
         result: dict[str, Any] = {}
 
         def work() -> None:
             try:
-                with torch.inference_mode():
+                with torch.inference_mode(), _drawing(temperature, seed):
                     result["ids"] = self.model.generate(
                         input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=self._room(ids.shape[1], max_new_tokens),
                         eos_token_id=self.stop_token_ids, pad_token_id=tok.pad_token_id, streamer=streamer,
