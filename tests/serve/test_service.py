@@ -489,3 +489,36 @@ def test_a_chat_template_that_refuses_the_messages_answers_400_naming_messages()
         err = service.stream(req) if stream else run(service.generate(req))
         assert isinstance(err, ServiceError) and err.status == 400 and err.param == "messages"
         assert "must alternate" in err.message
+
+
+@pytest.mark.parametrize("fields, param", [({"logprobs": True, "top_logprobs": 2}, "logprobs"),
+                                           ({"response_format": {"type": "json_object"}}, "response_format"),
+                                           ({"presence_penalty": 0.5}, "presence_penalty"),
+                                           ({"logit_bias": {"42": -100}}, "logit_bias")])
+def test_chat_fields_that_would_change_the_answer_unseen_are_refused_by_name(fields: dict, param: str) -> None:
+    chat = FakeChat()
+    service = Service([served("chat", chat, "bot")], ServeSpec())
+    messages = [{"role": "user", "content": "hi"}]
+    err = run(service.generate(p.ChatCompletionRequest(model="bot", messages=messages, **fields)))
+    assert isinstance(err, ServiceError) and err.status == 400 and err.param == param and not chat.calls
+    # what clients send as "not asked for" still answers
+    fine = {"logprobs": False, "top_logprobs": None, "response_format": {"type": "text"}, "presence_penalty": 0,
+            "frequency_penalty": 0.0, "logit_bias": {}, "stream": None}
+    assert isinstance(run(service.generate(p.ChatCompletionRequest(model="bot", messages=messages, **fine))), p.ChatCompletion)
+
+
+@pytest.mark.parametrize("fields, param", [({"echo": True}, "echo"), ({"logprobs": 0}, "logprobs"),
+                                           ({"best_of": 3}, "best_of"), ({"suffix": "end"}, "suffix")])
+def test_completion_fields_not_supported_are_refused_by_name(fields: dict, param: str) -> None:
+    service = Service([served("chat", FakeChat(), "bot")], ServeSpec())
+    err = run(service.generate(p.CompletionRequest(model="bot", prompt="a", **fields)))
+    assert isinstance(err, ServiceError) and err.param == param
+    assert isinstance(run(service.generate(p.CompletionRequest(model="bot", prompt="a", echo=False, best_of=1))),
+                      p.Completion)
+
+
+def test_a_limit_error_names_the_field_the_client_sent() -> None:
+    service = Service([served("chat", FakeChat(), "bot")], ServeSpec(max_tokens=20))
+    err = run(service.generate(p.ChatCompletionRequest(model="bot", messages=[{"role": "user", "content": "hi"}],
+                                                       max_completion_tokens=1000)))
+    assert err.param == "max_completion_tokens" and err.message.startswith("max_completion_tokens 1000")

@@ -1,8 +1,9 @@
 """Request and response models of the HTTP API: tunesmith's /v1/predict and OpenAI's shapes.
 
 The OpenAI models accept (and ignore) fields this server does not use, as the official client
-sends some of them by default; fields that change the answer in ways not supported (n > 1, tools)
-are refused with OpenAI's error shape instead of being silently dropped.
+sends some of them by default; fields that change the answer in ways not supported (n > 1, tools,
+logprobs, echo, response_format, penalties: `SamplingParams.unsupported`) are refused with OpenAI's error
+shape when set to anything but their no-op value, instead of being silently dropped.
 """
 
 from __future__ import annotations
@@ -126,24 +127,48 @@ class SamplingParams(BaseModel):
     stop: Texts | None = None
     seed: int | None = Field(None, ge=0, le=MAX_SEED)
     n: int | None = Field(None, ge=1)
-    stream: bool = False
+    stream: bool | None = False  # null is OpenAI's "not streamed" too
     stream_options: StreamOptions | None = None
     tools: list[Any] | None = None
     user: str | None = Field(None, max_length=256)  # OpenAI's end-user id: logged with the answer, keys A/B assignment
+    # Fields that change the answer in ways these engines do not: refused when asked for (`unsupported`), not dropped.
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def unsupported(self) -> str | None:
+        """The first field that asks for something not supported, at a value other than its no-op default."""
+        no_ops: dict[str, tuple[Any, ...]] = {"frequency_penalty": (None, 0), "presence_penalty": (None, 0),
+                                              "logit_bias": (None, {}), **self._no_ops}
+        return next((name for name, fine in no_ops.items() if getattr(self, name) not in fine), None)
+
+    _no_ops: ClassVar[dict[str, tuple[Any, ...]]] = {}
 
 
 class ChatCompletionRequest(SamplingParams):
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    response_format: dict[str, Any] | None = None  # {"type": "text"} is what every answer is
+
+    _no_ops = {"logprobs": (None, False), "top_logprobs": (None, 0),
+               "response_format": (None, {"type": "text"})}
 
 
 class CompletionRequest(SamplingParams):
     model: str
     prompt: Texts
+    logprobs: int | None = None
+    echo: bool | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+    _no_ops = {"logprobs": (None,), "echo": (None, False), "best_of": (None, 1), "suffix": (None, "")}
 
 
 class Usage(BaseModel):

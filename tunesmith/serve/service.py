@@ -446,10 +446,13 @@ class Service:
             return ServiceError(400, "n > 1 is not supported; send separate requests", param="n")
         if req.tools:
             return ServiceError(400, "tools (function calling) are not supported by tunesmith models yet", param="tools")
+        if (field := req.unsupported()) is not None:
+            return ServiceError(400, f"{field} is not supported by tunesmith's engines; leave it out", param=field)
         cap = self.spec.max_tokens
         wanted = max_tokens or cap
         if wanted > cap:
-            return ServiceError(400, f"max_tokens {wanted} is over this server's limit of {cap}", param="max_tokens")
+            named = "max_completion_tokens" if getattr(req, "max_completion_tokens", None) else "max_tokens"
+            return ServiceError(400, f"{named} {wanted} is over this server's limit of {cap}", param=named)
         context = model.engine.context
         if context and prompt_tokens + 1 > context:
             return ServiceError(400, f"the prompt has {prompt_tokens} tokens; the model's context is {context}",
