@@ -522,3 +522,15 @@ def test_a_limit_error_names_the_field_the_client_sent() -> None:
     err = run(service.generate(p.ChatCompletionRequest(model="bot", messages=[{"role": "user", "content": "hi"}],
                                                        max_completion_tokens=1000)))
     assert err.param == "max_completion_tokens" and err.message.startswith("max_completion_tokens 1000")
+
+
+def test_two_runs_of_one_name_are_told_apart_by_id_not_by_which_loaded_first() -> None:
+    first, second = served("chat", FakeChat(), "bot"), served("chat", FakeChat(), "bot")
+    second.id = second.batch_key = "ft:base:bot:def"
+    service = Service([first, second], ServeSpec())
+    err = service.find("bot", "chat")
+    assert isinstance(err, ServiceError) and err.code == "ambiguous_model" and "ft:base:bot:def" in err.message
+    assert service.find("ft:base:bot:def", "chat") is second and service.find("ft:base:bot:abc", "chat") is first
+    # the same run loaded twice (a run and the registry production it is) is one model
+    again = served("chat", FakeChat(), "bot")
+    assert Service([first, again], ServeSpec()).find("bot", "chat") is first

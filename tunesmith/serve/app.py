@@ -185,9 +185,11 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
     @app.get("/v1/models/{model_id:path}", tags=["openai"], response_model=p.ModelCard)
     async def get_model(model_id: str, owner: str = Depends(model_auth)) -> Response:
         # a served model's other names (the run's name, a registry name) answer here as in every request's `model`
-        named = next((m.id for m in service.visible(owner) if model_id in m.aliases), model_id)
+        named = service.named(model_id, owner)
+        if isinstance(named, ServiceError):
+            return _error(named)
         for card in service.list_models(owner).data:
-            if card.id == named:
+            if card.id == (named.id if named else model_id):  # None: perhaps a fine-tuned model not loaded yet
                 return JSONResponse(card.model_dump())
         return _error(ServiceError(404, f"the model '{model_id}' does not exist", param="model", code="model_not_found"))
 

@@ -112,15 +112,26 @@ class Service:
                 return of_kind[0]
             return ServiceError(400, f"several models are served; name one in 'model' ({[m.id for m in of_kind]})",
                                 param="model", code="model_required")
-        for m in models:
-            if name == m.id or name in m.aliases:
-                if m.kind != kind:
-                    what = "a chat model; use /v1/chat/completions" if m.kind == "chat" else \
-                        "a classification/regression model; use /v1/predict"
-                    return ServiceError(400, f"model '{name}' is {what}", param="model", code="wrong_model_type")
-                return m
-        return ServiceError(404, f"the model '{name}' does not exist; GET /v1/models lists the served ones",
-                            "invalid_request_error", param="model", code="model_not_found")
+        m = self.named(name, owner)
+        if isinstance(m, ServiceError) or m is None:
+            return m or ServiceError(404, f"the model '{name}' does not exist; GET /v1/models lists the served ones",
+                                     "invalid_request_error", param="model", code="model_not_found")
+        if m.kind != kind:
+            what = "a chat model; use /v1/chat/completions" if m.kind == "chat" else \
+                "a classification/regression model; use /v1/predict"
+            return ServiceError(400, f"model '{name}' is {what}", param="model", code="wrong_model_type")
+        return m
+
+    def named(self, name: str, owner: str = "") -> Served | ServiceError | None:
+        """The served model `name` is the id or another name of (a run's name, its folder, a registry model's name);
+        None: no such model. Two runs of one name are told apart by their ids, never by which one loaded first."""
+        models = self.visible(owner)
+        matched = [m for m in models if m.id == name] or [m for m in models if name in m.aliases]
+        ids = sorted({m.id for m in matched})
+        if len(ids) > 1:
+            return ServiceError(400, f"'{name}' names several served models ({', '.join(ids)}); use one of their ids",
+                                param="model", code="ambiguous_model")
+        return matched[0] if matched else None
 
     async def ensure_loaded(self, name: str | None, owner: str = "") -> None:
         """Load an owner's fine-tuned model (or checkpoint) on its first request; the base stays shared."""
