@@ -320,3 +320,31 @@ def test_a_chunked_body_over_the_limit_is_refused_as_it_arrives(server: str) -> 
     small = httpx.post(f"{server}/v1/predict", content=(c for c in (b'{"text": ', b'"great tea"}')), headers=headers)
     assert small.status_code == 200 and small.json()["predictions"][0]["label"] in ("pos", "neg")
     assert 'tunesmith_requests_total{endpoint="/v1/predict",status="413"}' in httpx.get(f"{server}/metrics").text
+
+
+def test_a_browser_page_on_an_allowed_origin_can_use_the_openai_clients() -> None:
+    """The official clients send x-stainless-* headers with every request: their preflight was refused (400)."""
+    from tests.serve.test_service import FakeClassifier, served
+    from tunesmith.config import ServeSpec
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.service import Service
+
+    spec = ServeSpec(api_keys=[KEY], cors_origins=["https://app.example"])
+    app = create_app(Service([served("sequence", FakeClassifier(), "clf")], spec), spec)
+    origin = {"Origin": "https://app.example"}
+
+    async def exchange() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+            preflight = await c.options("/v1/files/file-1", headers={
+                **origin, "Access-Control-Request-Method": "DELETE",
+                "Access-Control-Request-Headers": "authorization, content-type, x-stainless-os, x-stainless-retry-count"})
+            answer = await c.post("/v1/predict", json={"text": "good"}, headers={**origin, **auth()})
+            stranger = await c.options("/v1/predict", headers={"Origin": "https://evil.example",
+                                                              "Access-Control-Request-Method": "POST"})
+            return preflight, answer, stranger
+
+    preflight, answer, stranger = asyncio.run(exchange())
+    assert preflight.status_code == 200 and "DELETE" in preflight.headers["access-control-allow-methods"]
+    assert answer.headers["access-control-allow-origin"] == "https://app.example"
+    assert "x-request-id" in answer.headers["access-control-expose-headers"].lower()
+    assert stranger.status_code == 400

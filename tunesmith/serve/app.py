@@ -72,8 +72,10 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
     if spec.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=spec.cors_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type", "X-Request-ID"])
+        # Any request header: OpenAI's own clients send their x-stainless-* headers with every request. DELETE: files
+        # and fine-tuned models. Exposed: the request id to quote and how long to wait after a 503.
+        app.add_middleware(CORSMiddleware, allow_origins=spec.cors_origins, allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["*"], expose_headers=["X-Request-ID", "Retry-After"])
 
     @app.middleware("http")
     async def limits_and_metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
