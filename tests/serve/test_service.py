@@ -534,3 +534,37 @@ def test_two_runs_of_one_name_are_told_apart_by_id_not_by_which_loaded_first() -
     # the same run loaded twice (a run and the registry production it is) is one model
     again = served("chat", FakeChat(), "bot")
     assert Service([first, again], ServeSpec()).find("bot", "chat") is first
+
+
+def test_a_stream_on_an_idle_model_does_not_wait_for_another_model_s_streams() -> None:
+    """Streams are admitted per model, but all ran on one pool of max_queue threads: model b's stream waited until
+    model a's ended."""
+    b_decoding = threading.Event()
+    saw_b: list[bool] = []
+
+    class Holding(FakeChat):  # model a's streams hold their threads until b has decoded (or 5 s went by)
+        def stream(self, prompt: str, cancel: threading.Event, **params: Any):
+            from tunesmith.inference.generation import Completion
+
+            saw_b.append(b_decoding.wait(timeout=5))
+            yield prompt
+            yield Completion(prompt, 1, 1, "stop")
+
+    class Quick(FakeChat):
+        def stream(self, prompt: str, cancel: threading.Event, **params: Any):
+            b_decoding.set()
+            yield from super().stream(prompt, cancel, **params)
+
+    service = Service([served("chat", Holding(), "a"), served("chat", Quick(), "b")], ServeSpec(max_queue=2))
+
+    async def one(model: str) -> str:
+        events = service.stream(p.CompletionRequest(model=model, prompt="hi", stream=True))
+        return "".join([e async for e in events])
+
+    async def together() -> list[str]:
+        held = [asyncio.create_task(one("a")) for _ in range(2)]
+        await asyncio.sleep(0.2)  # a's two streams have their threads
+        return await asyncio.gather(one("b"), *held)
+
+    run(together())
+    assert saw_b == [True, True]

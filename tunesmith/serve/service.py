@@ -67,8 +67,10 @@ class Service:
         self.batchers: dict[str, DynamicBatcher] = {}
         self.streams: dict[str, int] = {}
         # A thread per open stream, for its whole life: on asyncio's default pool (cores + 4 threads) a 2-core host
-        # decoded 6 streams at a time, and the rest waited their turn (threads are made as streams need them).
-        self.stream_threads = ThreadPoolExecutor(max_workers=spec.max_queue, thread_name_prefix="tunesmith-stream")
+        # decoded 6 streams at a time, and the rest waited their turn. A pool per model (batch key), as streams are
+        # admitted per model: in one shared pool an idle model's stream waited behind another's (threads are made as
+        # streams need them).
+        self.stream_threads: dict[str, ThreadPoolExecutor] = {}
         self._loading = asyncio.Lock()
         for m in models:
             self.add(m)
@@ -78,6 +80,9 @@ class Service:
         step, so a request finds either one, never none. Unlisted: an A/B variant, reached through its route."""
         self.by_key[m.batch_key] = m
         self.by_id[m.id] = m
+        if m.kind == "chat" and m.batch_key not in self.stream_threads:
+            self.stream_threads[m.batch_key] = ThreadPoolExecutor(max_workers=self.spec.max_queue,
+                                                                  thread_name_prefix="tunesmith-stream")
         if m.batch_key not in self.batchers:
             # An engine that decodes concurrent calls together (llama.cpp, CTranslate2) gets each request as a call
             # of its own, as it comes: grouped into one call, every answer waited for the group's longest.
@@ -601,7 +606,7 @@ class Service:
                 choices=[] if usage else [p.CompletionChoice(index=0, text=delta, finish_reason=finish)]))
 
         self.streams[model.batch_key] = self.streams.get(model.batch_key, 0) + 1
-        worker = loop.run_in_executor(self.stream_threads, produce)
+        worker = loop.run_in_executor(self.stream_threads[model.batch_key], produce)
         finished = failed = False
         try:
             if chat:
