@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -281,6 +282,33 @@ def test_openai_chat_jsonl(tmp_path, make_config, tiny_chat_tokenizer, kind):
     assert got == {i: plain(c["messages"]) for i, c in enumerate(chats, start=1)}
     assert got[1][0] == {"role": "system", "content": MARV}
     assert [m.get("weight") for m in got[4] if m["role"] == "assistant"] == [0, 1]
+
+
+def test_a_system_prompt_every_conversation_shares_does_not_make_them_near_duplicates(tmp_path, make_config,
+                                                                                     tiny_chat_tokenizer):
+    # A 3,500-character system prompt over 200 different answers had kept 1 of them, without a word why.
+    rnd = random.Random(0)
+    words = [w for pair in CAPITALS for w in pair] + "which city is the capital of answer like an atlas".split()
+    system = " ".join(rnd.choices(words, k=400))
+    chats = [{"messages": [{"role": "system", "content": system},
+                           {"role": "user", "content": " ".join(rnd.choices(words, k=8)) + "?"},
+                           {"role": "assistant", "content": " ".join(rnd.choices(words, k=10)) + "."}]}
+             for _ in range(40)]
+
+    def prepared():
+        cfg = make_config(sources=[{"path": str(write_jsonl(tmp_path / "c.jsonl", chats))}], task={"type": "chat"},
+                          model=tiny_chat_tokenizer)
+        cfg.model.max_length = 8192  # the tiny tokenizer spells the prompt out in short pieces
+        return prepare(cfg)
+
+    version = prepared()
+    accounted(version, len(chats))
+    assert version.manifest.counts["quarantine"] == 0
+    # a real near copy is still found, the system prompt or not
+    copy = [dict(m) for m in chats[0]["messages"][1:]]
+    copy[1]["content"] = copy[1]["content"][:-1] + "!"
+    chats.append({"messages": copy})
+    assert [r["reason"].split(" (")[0] for r in prepared().quarantine()] == ["near duplicate"]
 
 
 def test_alpaca_json(tmp_path, make_config, tiny_chat_tokenizer):

@@ -299,19 +299,26 @@ class _Preparation:
 
     # -- stage 2: whole-column work -----------------------------------------------------------
 
-    def texts(self, indices: np.ndarray | None = None) -> Iterator[str]:
-        """The text each row is compared by (chat: the whole conversation; preference: prompt and both answers)."""
+    def texts(self, indices: np.ndarray | None = None, system: bool = True) -> Iterator[str]:
+        """The text of each row (chat: the whole conversation; preference: prompt and both answers).
+
+        `system=False`: without system turns, the text rows are compared by for near duplicates. A chat file's rows
+        mostly share one long system prompt, which made different conversations look alike (a 3,500-character prompt
+        over 200 different answers kept 1 of them)."""
         preference = self.task == TaskType.preference
         column = "messages" if self.task == TaskType.chat else "text"
         table = self.table.select(["messages", "chosen", "rejected"] if preference else [column])
+
+        def turns(messages: list[dict[str, Any]]) -> Iterator[str]:
+            return (f"{m['role']}: {m['content']}" for m in messages if system or m["role"] != "system")
+
         for batch in self._batches(table, indices):
             if preference:
                 for prompt, chosen, rejected in zip(*(c.to_pylist() for c in batch.columns), strict=True):
-                    yield "\n".join([*(f"{m['role']}: {m['content']}" for m in prompt),
-                                     f"chosen: {chosen}", f"rejected: {rejected}"])
+                    yield "\n".join([*turns(prompt), f"chosen: {chosen}", f"rejected: {rejected}"])
             else:
                 for value in batch.column(0).to_pylist():
-                    yield "\n".join(f"{m['role']}: {m['content']}" for m in value) if column == "messages" else value
+                    yield "\n".join(turns(value)) if column == "messages" else value
 
     def _batches(self, table: pa.Table, indices: np.ndarray | None = None) -> Iterator[pa.RecordBatch]:
         """The table's rows (or the given ones, in that order) a chunk at a time; the mapped pages a pass
@@ -507,7 +514,7 @@ class _Preparation:
         self.sig_index = np.flatnonzero(self.alive)  # rows the signatures belong to, in order
         n = len(self.sig_index)
         self.sigs = dedup.SignatureStore(self.work, n, spec.num_perm, spec.near_threshold)
-        for chunk in dedup.signature_chunks(self.texts(self.sig_index), spec.num_perm, spec.shingle_size,
+        for chunk in dedup.signature_chunks(self.texts(self.sig_index, system=False), spec.num_perm, spec.shingle_size,
                                             seed=self.cfg.data.split.seed):
             self.sigs.append(chunk)
             self.progress("near-duplicate signatures", self.sigs.written, n)
@@ -525,7 +532,7 @@ class _Preparation:
         if len(dup):
             step.reasons["near duplicate"] += len(dup)
         for row, ref, sim in zip(rows[:5].tolist(), kept[:5].tolist(), sims[:5].tolist(), strict=True):
-            ids, texts = self._ids(np.array([row, ref])), list(self.texts(np.array([row, ref])))
+            ids, texts = self._ids(np.array([row, ref])), list(self.texts(np.array([row, ref]), system=False))
             self.near_examples.append({"removed": ids[0], "kept": ids[1], "similarity": round(sim, 3),
                                        "removed_text": texts[0][:300], "kept_text": texts[1][:300]})
         step.rows_out = int(self.alive.sum())
