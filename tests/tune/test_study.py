@@ -244,3 +244,15 @@ def test_a_study_is_not_joined_with_another_search_space(tmp_path: Path, tiny_be
         run_study(edited, echo=lambda line: None, evaluate_test=False)
     assert len(trials_of(url)) == 1
     run_study(cfg, echo=lambda line: None, evaluate_test=False)  # the same space still resumes it
+
+
+def test_a_study_is_not_resumed_comparing_another_pruning_curve(tmp_path: Path, tiny_bert: Path) -> None:
+    # Begun with --set tune.prune_on=metric and resumed without it, every new trial's negated loss trailed the old F1s.
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    tune = {"space": {"train.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}, "trials": 1, "storage": url}
+    run_study(tune_project(tmp_path, tiny_bert, {**tune, "prune_on": "metric"}, steps=2), echo=lambda line: None,
+              evaluate_test=False)
+    with pytest.raises(ConfigError, match=r"report the validation f1.*tune\.prune_on: loss; set tune\.prune_on: metric"):
+        run_study(tune_project(tmp_path, tiny_bert, {**tune, "prune_on": "loss"}, steps=2), echo=lambda line: None,
+                  evaluate_test=False)
+    assert len(trials_of(url)) == 1

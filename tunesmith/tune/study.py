@@ -690,10 +690,21 @@ def load_study(cfg: ProjectConfig, storage: optuna.storages.BaseStorage | None =
         # Its trials, its best and best.yaml belong to the other space; a worker with this one would mix the two.
         raise ConfigError(f"study '{name}' in {_shown(getattr(storage, 'url', ''))} searches {searched}, not "
                           f"{space}; pick another tune.study (--study) for the new tune.space, or the study's own")
+    # The curve trials report (one objective): the pruner compares a new trial's with the old ones', so a study resumed
+    # with the other tune.prune_on cut every new trial (losses under F1s) or none.
+    curve = None if spec.objectives else spec.prune_on
+    reported = study.user_attrs.get("prune_on")
+    if reported is not None and curve is not None and reported != curve:
+        raise ConfigError(f"study '{name}' in {_shown(getattr(storage, 'url', ''))} has its trials report the validation "
+                          f"{'loss' if reported == 'loss' else metric}, so their curves cannot be compared with "
+                          f"tune.prune_on: {curve}; set tune.prune_on: {reported} (--set tune.prune_on={reported}) "
+                          "to go on with it, or pick another tune.study (--study)")
     if stored is None:
         study.set_user_attr("objectives", names)
     if searched is None:
         study.set_user_attr("space", space)
+    if reported is None and curve is not None:
+        study.set_user_attr("prune_on", curve)
     return study
 
 
