@@ -124,14 +124,18 @@ def test_a_diverged_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path: 
     assert reasons[1] in (folder / "report.md").read_text()
 
 
-def test_an_out_of_memory_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path: Path, tiny_bert: Path,
+@pytest.mark.parametrize("device", ["cuda", "cpu"])
+def test_an_out_of_memory_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path: Path, tiny_bert: Path, device: str,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     # Memory is what a trial's values ask for (batch size 64 here): one trial out of memory used to stop the study.
+    # PyTorch's CPU allocator says so with a plain RuntimeError, which stopped the study too.
     import torch
 
     import tunesmith.training
 
     def out_of_memory(*args: object, **kwargs: object) -> None:
+        if device == "cpu":
+            torch.empty(2**50, dtype=torch.uint8)  # a petabyte: refused at once
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(tunesmith.training, "train", out_of_memory)
@@ -142,7 +146,9 @@ def test_an_out_of_memory_trial_fails_with_its_reason_and_the_study_goes_on(tmp_
     summary = run_study(cfg, echo=lines.append)
     trials = trials_of(url)
     assert [t.state for t in trials] == [TrialState.FAIL] * 2 and summary["trials"] == {"fail": 2}
-    reason = "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    reason = "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB" if device == "cuda" else \
+        trials[0].user_attrs["fail_reason"]
+    assert "can't allocate memory" in reason or device == "cuda"
     assert [t.user_attrs["fail_reason"] for t in trials] == [reason] * 2
     assert f"trial 1 failed: {reason}" in " ".join(lines)
 

@@ -86,11 +86,15 @@ class _Diverged(_ValuesFailed):
 
 def _out_of_memory(err: BaseException) -> bool:
     """Memory the trial's values asked for (a batch size, max_length, full fine-tuning of a large model): a GPU's
-    (torch.OutOfMemoryError), or the process's (MemoryError). The operating system's OOM killer ends the worker
-    instead; its trial is then a dead worker's."""
+    (torch.OutOfMemoryError), or the process's (MemoryError, and PyTorch's CPU and MPS allocators, which raise a plain
+    RuntimeError). The operating system's OOM killer ends the worker instead; its trial is then a dead worker's."""
     import torch
 
-    return isinstance(err, MemoryError | torch.OutOfMemoryError)
+    if isinstance(err, MemoryError | torch.OutOfMemoryError):
+        return True
+    said = str(err)
+    return isinstance(err, RuntimeError) and any(
+        words in said for words in ("can't allocate memory", "out of memory", "Cannot allocate memory"))
 
 
 # -- the space ------------------------------------------------------------------------------------
