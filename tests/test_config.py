@@ -279,3 +279,13 @@ def test_annotated_yaml_gives_every_default_its_reason_and_parses_back() -> None
     # every field that has a default (the resolved config's values) carries its reason
     missing = [line for line in lines if "  # " not in line]
     assert missing == []
+
+
+@pytest.mark.parametrize("value", [None, ["query", "value"], 0.003, 8, True, "cosine", "null", "1e-3", "a: b", ""])
+def test_an_override_printed_for_a_value_reads_back_as_that_value(value: object) -> None:
+    # `tune` prints the best trial as --set flags: a null printed as None came back as the text 'None'
+    from tunesmith.config import apply_override, override_of
+
+    data: dict = {}
+    apply_override(data, override_of("peft.target_modules", value))
+    assert data == {"peft": {"target_modules": value}}

@@ -364,7 +364,7 @@ def tune_cmd(
 ) -> None:
     """Hyperparameter search: an Optuna study, each trial a training run judged (and pruned) on validation;
     then best.yaml for `tunesmith train`, the best trial on the test split, and an HTML report."""
-    from tunesmith.config import load_config
+    from tunesmith.config import load_config, override_of
     from tunesmith.tune.study import run_study
 
     flags = {"trials": trials, "study": study, "storage": storage, "timeout_s": timeout, "sampler": sampler, "pruner": pruner}
@@ -388,8 +388,7 @@ def tune_cmd(
         out.print(f"best config: {summary['best_config']} (train it: tunesmith train {summary['best_config']})", highlight=False)
         import shlex
 
-        sets = " ".join("--set " + shlex.quote(f"{k}={json.dumps(v, separators=(',', ':')) if isinstance(v, list) else v}")
-                        for k, v in best["params"].items())
+        sets = " ".join("--set " + shlex.quote(override_of(k, v)) for k, v in best["params"].items())
         out.print(f"the same settings on another config (the full data, say): tunesmith train CONFIG {sets}",
                   highlight=False, markup=False)
     out.print(f"report: {summary['report']}", highlight=False)

@@ -13,6 +13,7 @@ import difflib
 import enum
 import functools
 import inspect
+import json
 import io
 import os
 import sys
@@ -982,6 +983,19 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         node[int(parts[-1])] = value
     else:
         node[parts[-1]] = value
+
+
+def override_of(key: str, value: Any) -> str:
+    """The `key=value` that apply_override reads back as `value` (None as null, a list as a list, a string that YAML
+    would read otherwise quoted)."""
+    if isinstance(value, str):
+        try:
+            plain = yaml.safe_load(value) == value
+        except yaml.YAMLError:
+            plain = False
+        if plain:
+            return f"{key}={value}"
+    return f"{key}={json.dumps(value, separators=(',', ':'))}"
 
 
 def _override_paths(overrides: list[str] | tuple[str, ...]) -> dict[tuple[str, ...], str]:
