@@ -262,3 +262,18 @@ def test_a_study_is_not_resumed_comparing_another_pruning_curve(tmp_path: Path, 
         run_study(tune_project(tmp_path, tiny_bert, {**tune, "prune_on": "loss"}, steps=2), echo=lambda line: None,
                   evaluate_test=False)
     assert len(trials_of(url)) == 1
+
+
+def test_a_chat_study_may_not_search_max_length(tmp_path: Path, tiny_llama: Path) -> None:
+    # Conversations are kept whole or dropped: each length kept other ones and split them anew, so the trials'
+    # validation losses were measured on different examples.
+    from tests.test_train_chat import chat_raw
+    from tunesmith.config import parse_config
+    from tunesmith.tune.study import check_space
+
+    raw = chat_raw(tmp_path, tiny_llama)
+    raw["tune"] = {"space": {"model.max_length": {"choices": [64, 256]}}}
+    with pytest.raises(ConfigError, match="tune.space.model.max_length: a chat run keeps only the examples that fit"):
+        check_space(parse_config(raw))
+    raw["tune"] = {"space": {"train.learning_rate": {"low": 1e-4, "high": 1e-2}}}
+    check_space(parse_config(raw))

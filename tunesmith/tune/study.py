@@ -203,6 +203,12 @@ def check_space(cfg: ProjectConfig) -> None:
     if cfg.tune.metric and cfg.train.metric and cfg.tune.metric != cfg.train.metric and task not in GENERATIVE_TASKS:
         raise ConfigError(f"tune.metric ({cfg.tune.metric}) and train.metric ({cfg.train.metric}) differ: each trial keeps "
                           "the checkpoint best by train.metric; set one of them")
+    if "model.max_length" in spec.space and task in GENERATIVE_TASKS:
+        # A conversation is never cut: each length keeps other conversations and splits them anew, so trials would be
+        # judged on different validation sets (two lengths shared one validation row of 8).
+        raise ConfigError(f"tune.space.model.max_length: a {task.value} run keeps only the examples that fit, so each "
+                          "length would give its trials other validation examples, and their losses could not be "
+                          "compared; set model.max_length once and tune the rest")
     methods = _methods(cfg)
     for name, dim in spec.space.items():
         where = f"tune.space.{name}"
