@@ -345,6 +345,30 @@ def test_overwrite_replaces_only_an_earlier_export(lora_run: Path, tmp_path: Pat
         (dataset / "export.json").unlink()
 
 
+def test_an_overwrite_that_fails_leaves_the_earlier_export_as_it_was(lora_run: Path, tmp_path: Path, monkeypatch) -> None:
+    # The earlier export was deleted before the new one was written: a failure (Ctrl-C here) left nothing.
+    import tunesmith.export.onnx
+
+    first = export_run(lora_run, "onnx", tmp_path / "out", check=False).path
+    before = sorted(p.relative_to(first) for p in first.rglob("*"))
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        (first / "model.onnx").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tunesmith.export.onnx, "export_onnx_folder", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        export_run(lora_run, "onnx-int8", first, overwrite=True, check=False)
+    assert sorted(p.relative_to(first) for p in first.rglob("*")) == before
+    assert json.loads((first / "export.json").read_text())["format"] == "onnx"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # nothing left aside
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        export_run(lora_run, "onnx", empty, check=False)
+    assert empty.is_dir()  # the user's own folder stays
+
+
 def test_a_damaged_run_folder_is_named(lora_run: Path, tmp_path: Path, capsys) -> None:
     import shutil
 

@@ -20,6 +20,7 @@ and records how often they agree (and what that costs in accuracy) in export.jso
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -63,35 +64,51 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, 
         raise ConfigError(f"--out {target} holds the run {run_path} itself; choose a folder outside it")
     if target.exists() and not target.is_dir():
         raise ConfigError(f"--out {target} is a file; an export is a folder")
-    if target.exists() and any(target.iterdir()):
+    existed, aside = target.exists(), None
+    if existed and any(target.iterdir()):
         if not overwrite:
             raise ConfigError(f"{target} exists and is not empty; choose another --out or pass --overwrite")
         _check_replaceable(target, run)
-        shutil.rmtree(target)
+        # Kept aside until the new export is written: a failed one (a GGUF refusal, a base model gone, Ctrl-C) had
+        # deleted the earlier export along with its own half.
+        aside = target.resolve().with_name(f".{target.resolve().name}.replaced-{os.getpid()}")
+        shutil.rmtree(aside, ignore_errors=True)
+        target.rename(aside)
     target.mkdir(parents=True, exist_ok=True)
     try:
-        if fmt == "merged":
-            from tunesmith.export.merged import export_merged
-
-            return export_merged(run, target, check)
-        if fmt in ("onnx", "onnx-int8"):
-            from tunesmith.export.onnx import export_onnx_folder
-
-            return export_onnx_folder(run, target, quantize=fmt == "onnx-int8", check=check)
-        if fmt in GGUF_FORMATS:
-            from tunesmith.export.gguf import export_gguf
-
-            return export_gguf(run, target, fmt, check)
-        if fmt == "joblib":
-            from tunesmith.export.bundle import export_joblib
-
-            return export_joblib(run, target, check)
-        from tunesmith.export.docker import export_docker
-
-        return export_docker(run, target, check)
+        result = _write(fmt, run, target, check)
     except BaseException:
         shutil.rmtree(target, ignore_errors=True)  # no half-written export that looks like a run folder
+        if aside is not None:
+            aside.rename(target)  # the earlier export, as it was
+        elif existed:
+            target.mkdir()  # the user's empty folder, as it was
         raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    return result
+
+
+def _write(fmt: str, run: Run, target: Path, check: bool) -> ExportResult:
+    if fmt == "merged":
+        from tunesmith.export.merged import export_merged
+
+        return export_merged(run, target, check)
+    if fmt in ("onnx", "onnx-int8"):
+        from tunesmith.export.onnx import export_onnx_folder
+
+        return export_onnx_folder(run, target, quantize=fmt == "onnx-int8", check=check)
+    if fmt in GGUF_FORMATS:
+        from tunesmith.export.gguf import export_gguf
+
+        return export_gguf(run, target, fmt, check)
+    if fmt == "joblib":
+        from tunesmith.export.bundle import export_joblib
+
+        return export_joblib(run, target, check)
+    from tunesmith.export.docker import export_docker
+
+    return export_docker(run, target, check)
 
 
 def _open_run(path: Path) -> Run:
