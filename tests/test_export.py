@@ -385,6 +385,21 @@ def test_a_damaged_run_folder_is_named(lora_run: Path, tmp_path: Path, capsys) -
     assert not (tmp_path / "run-docker").exists()
 
 
+@pytest.mark.parametrize("fixture, weights", [("mean_run", "model.safetensors"), ("lora_run", "adapter_model.safetensors")])
+def test_a_run_copied_without_its_weights_is_named_before_any_export(fixture: str, weights: str, tmp_path: Path,
+                                                                   request: pytest.FixtureRequest, capsys) -> None:
+    # A docker export of it "succeeded" (exit 0) and the image's build failed; merged and onnx crashed as internal errors.
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(request.getfixturevalue(fixture), run)
+    (run / "model" / weights).unlink()
+    for fmt in ("docker", "merged", "onnx"):
+        assert cli(["export", str(run), "--format", fmt]) == 3
+        assert f"{run / 'model'} holds no weights ({weights} is missing)" in _err(capsys)
+        assert not (tmp_path / f"run-{fmt}").exists()
+
+
 def test_dynamo_exporter_takes_over_when_the_tracer_fails(mean_run: Path, tmp_path: Path, monkeypatch) -> None:
     """Models the TorchScript tracer cannot take (and torch versions without it) go through torch.export."""
     real = torch.onnx.export

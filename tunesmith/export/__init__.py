@@ -114,9 +114,16 @@ def _write(fmt: str, run: Run, target: Path, check: bool) -> ExportResult:
 def _open_run(path: Path) -> Run:
     """The run (Run names a damaged manifest itself), or an error naming its missing model/, which would
     otherwise surface as a hub error about repo ids."""
+    from tunesmith.models.catalog import WEIGHT_FILES
+
     run = Run(path)
     if not run.model_dir.is_dir():
         raise DataError(f"{run.model_dir} is missing: {path} holds no model to export")
+    # A docker export copied a run without its weights and "succeeded"; the image build then failed.
+    weights = ("adapter_model.safetensors",) if run.manifest.adapter else (*WEIGHT_FILES, "model.onnx")
+    if not any((run.model_dir / name).is_file() for name in weights):
+        raise DataError(f"{run.model_dir} holds no weights ({weights[0]} is missing): {path} is incomplete, copied "
+                        "without them perhaps; export the run folder training wrote")
     return run
 
 
