@@ -436,6 +436,11 @@ SEQUENCE_METRICS: dict[str, tuple[str, ...]] = {
 LOWER_IS_BETTER = ("rmse", "mae", "loss")
 
 
+# The largest values a job's hyperparameters may take, here and at the jobs API (which refuses more with a 400).
+MAX_JOB_BATCH_SIZE = 256
+MAX_LR_MULTIPLIER = 100
+
+
 class OpenAIHyperparameters(Spec):
     """OpenAI's fine-tuning hyperparameters, accepted as they are in a job request.
 
@@ -451,15 +456,15 @@ class OpenAIHyperparameters(Spec):
     @field_validator("n_epochs", "batch_size")
     @classmethod
     def _positive_int(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and not 1 <= v <= 256:
-            raise ValueError("must be between 1 and 256, or 'auto'")
+        if isinstance(v, int) and not 1 <= v <= MAX_JOB_BATCH_SIZE:
+            raise ValueError(f"must be between 1 and {MAX_JOB_BATCH_SIZE}, or 'auto'")
         return v
 
     @field_validator("learning_rate_multiplier")
     @classmethod
     def _positive_float(cls, v: float | str) -> float | str:
-        if isinstance(v, float | int) and not 0 < v <= 100:
-            raise ValueError("must be above 0 (at most 100), or 'auto'")
+        if isinstance(v, float | int) and not 0 < v <= MAX_LR_MULTIPLIER:
+            raise ValueError(f"must be above 0 (at most {MAX_LR_MULTIPLIER}), or 'auto'")
         return v
 
     def resolve(self, n_train: int) -> tuple[int, int, float]:

@@ -525,6 +525,9 @@ def test_reinforcement_parses() -> None:  # the service refuses it, with its own
         ({**BASE, "hyperparameters": {"n_epochs": True}}, ("hyperparameters", "n_epochs")),
         ({**BASE, "hyperparameters": {"n_epochs": 0}}, ("hyperparameters", "n_epochs")),
         ({**BASE, "hyperparameters": {"learning_rate_multiplier": -1}}, ("hyperparameters", "learning_rate_multiplier")),
+        # accepted, then the job failed with a server_error: training takes at most these
+        ({**BASE, "hyperparameters": {"batch_size": 512}}, ("hyperparameters", "batch_size")),
+        ({**BASE, "hyperparameters": {"learning_rate_multiplier": 500}}, ("hyperparameters", "learning_rate_multiplier")),
         (
             {**BASE, "method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}},
             ("method", "dpo", "hyperparameters", "beta"),

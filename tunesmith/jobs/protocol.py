@@ -21,6 +21,8 @@ from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationInfo, field_validator, model_validator
 
+from tunesmith.config import MAX_JOB_BATCH_SIZE, MAX_LR_MULTIPLIER
+
 # --------------------------------------------------------------------------------------------------- ids
 
 FILE_PREFIX = "file-"
@@ -78,10 +80,11 @@ def _number_or_auto(
     return Annotated[kind | Auto, PlainValidator(check, json_schema_input_type=kind | Auto)]
 
 
-# OpenAI documents n_epochs as 1..50; the other bounds are the only ones that make sense (positive).
+# OpenAI documents n_epochs as 1..50; batch size and multiplier are bounded as training takes them (a larger one was
+# accepted here and failed the job later with a server_error).
 NEpochs = _number_or_auto(int, minimum=1, maximum=50)
-BatchSize = _number_or_auto(int, minimum=1)
-LearningRateMultiplier = _number_or_auto(float, minimum=0, exclusive=True)
+BatchSize = _number_or_auto(int, minimum=1, maximum=MAX_JOB_BATCH_SIZE)
+LearningRateMultiplier = _number_or_auto(float, minimum=0, exclusive=True, maximum=MAX_LR_MULTIPLIER)
 Beta = _number_or_auto(float, minimum=0, exclusive=True)
 ComputeMultiplier = _number_or_auto(float, minimum=0, exclusive=True)
 PositiveCount = _number_or_auto(int, minimum=1)
