@@ -364,6 +364,17 @@ def test_a_paused_job_has_no_estimated_finish(store_url: str) -> None:
     assert JobsService(store, JobsSpec()).pause_job("", "ftjob-p").estimated_finish is None  # OpenAI: null unless running
 
 
+def test_trained_tokens_stay_null_until_the_job_succeeds(store_url: str) -> None:
+    # The stored count (one epoch's, from validation) showed while the job ran and after a cancel at step 10 of 255.
+    store = Store(store_url)
+    _job(store, "ftjob-r", status="running", worker="w", heartbeat_at=time.time(), trained_tokens=5045)
+    jobs = JobsService(store, JobsSpec())
+    assert jobs.get_job("", "ftjob-r").trained_tokens is None
+    assert jobs.cancel_job("", "ftjob-r").trained_tokens is None
+    _job(store, "ftjob-s", status="succeeded", trained_tokens=15135)
+    assert jobs.get_job("", "ftjob-s").trained_tokens == 15135
+
+
 def test_metrics_and_checkpoints_after_a_cancel_leave_the_cancelled_job_alone(store_url: str) -> None:
     """The worker learns of a cancel at its next heartbeat: a metrics log in between set estimated_finish again and
     added events after "Fine-tuning job cancelled", and a checkpoint saved then was listed."""

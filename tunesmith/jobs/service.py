@@ -397,7 +397,10 @@ def job_object(job: Job, spec: JobsSpec) -> p.FineTuningJob:
         fine_tuned_model=job.fine_tuned_model, finished_at=job.finished_at,
         hyperparameters=p.Hyperparameters(**{k: hyper.get(k, "auto") for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}),
         model=job.model, organization_id=f"org-{spec.organization}", result_files=list(job.result_files or []),
-        seed=job.seed, status=job.status, trained_tokens=job.trained_tokens, training_file=job.training_file,
+        seed=job.seed, status=job.status, training_file=job.training_file,
+        # OpenAI's is null until the job succeeds; the stored one is a single epoch's until then (the worker's mark of
+        # a validated job), which a running or cancelled job showed as if trained
+        trained_tokens=job.trained_tokens if job.status == "succeeded" else None,
         validation_file=job.validation_file, estimated_finish=job.estimated_finish,
         integrations=job.integrations, metadata=job.job_metadata, method=p.Method.model_validate(job.method),
     )
