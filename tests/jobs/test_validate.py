@@ -65,7 +65,30 @@ BAD_LINES = [
     ("unsupported_feature", {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": None,
                                           "tool_calls": [{"id": "c1", "type": "function"}]}]}, "messages.1.tool_calls"),
     ("unsupported_feature", chat(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
+    ("unsupported_feature", {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "https://x/a.png"}}]},
+        {"role": "assistant", "content": "a cat"}]}, "messages.0.content.1"),
+    ("missing_content", {"messages": [{"role": "user", "content": "a"},
+                                      {"role": "assistant", "content": [{"type": "text", "text": " "}]}]},
+     "messages.1.content"),
 ]
+
+
+def test_text_content_parts_are_accepted_and_trained_as_their_text(tmp_path, make_config, tiny_chat_tokenizer):
+    # OpenAI's files may write content as parts: refused as "content must be non-empty text, got list"
+    from tunesmith.data.prepare import prepare
+
+    parted = {"messages": [{"role": "user", "content": [{"type": "text", "text": "question "}, {"type": "text", "text": "9"}]},
+                           {"role": "assistant", "content": [{"type": "text", "text": "answer 9"}]}]}
+    path = write(tmp_path, [chat(i) for i in range(9)] + [parted])
+    assert validate_file(path).ok, validate_file(path).problems
+    cfg = make_config(sources=[{"path": str(path)}], task={"type": "chat"}, model=tiny_chat_tokenizer,
+                      dedup={"near": False})
+    cfg.model.max_length = 1024
+    version = prepare(cfg)
+    rows = [r for split in ("train", "validation", "test") for r in version.table(split).to_pylist()]
+    [kept] = [r for r in rows if r["line"] == 10]
+    assert [(m["role"], m["content"]) for m in kept["messages"]] == [("user", "question 9"), ("assistant", "answer 9")]
 
 
 @pytest.mark.parametrize(("code", "line", "field"), BAD_LINES)

@@ -82,6 +82,22 @@ def _prompt_completion(record: dict[str, Any]) -> list[dict[str, Any]]:
             {"role": "assistant", "content": _required_text(record, "completion")}]
 
 
+def text_parts(content: Any, where: str) -> Any:
+    """OpenAI's content-part form (`[{"type": "text", "text": ...}, ...]`) as the one text it reads as; anything
+    else unchanged. Image, audio and file parts are refused: tunesmith fine-tunes text models."""
+    if not isinstance(content, list):
+        return content
+    texts = []
+    for k, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind != "text" or not isinstance(part.get("text"), str):
+            what = f"a {kind!r} part" if kind else f"{type(part).__name__}, not a content part"
+            raise ChatFormatError(f"{where}.{k}", f"{what}: only text parts ({{\"type\": \"text\", \"text\": ...}}) "
+                                  "are supported; tunesmith fine-tunes text models")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
 def validate_messages(value: Any, field: str = "messages", require_assistant: bool = True) -> list[dict[str, Any]]:
     """Return the messages in canonical form {role, content, weight} or raise ChatFormatError.
 
@@ -103,7 +119,7 @@ def validate_messages(value: Any, field: str = "messages", require_assistant: bo
         role = msg.get("role")
         if role not in ROLES:
             raise ChatFormatError(f"{where}.role", f"unknown role {role!r}; expected one of {list(ROLES)}")
-        content = msg.get("content")
+        content = text_parts(msg.get("content"), f"{where}.content")
         if not isinstance(content, str):
             got = "missing" if content is None else f"{type(content).__name__}, not text"
             raise ChatFormatError(f"{where}.content", f"content is {got}")

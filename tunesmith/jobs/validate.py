@@ -34,6 +34,7 @@ from tunesmith.data.chat_formats import (
     OPENAI_PREFERENCE_KEYS,
     ROLES,
     ChatFormatError,
+    text_parts,
     validate_answer,
     validate_messages,
     validate_prompt,
@@ -210,6 +211,11 @@ def _check_messages(messages: list[Any], field: str) -> None:
             if key not in msg:
                 raise _Bad("message_missing_key", f"{where}.{key}", f"the message has no '{key}'")
         role, content = msg["role"], msg["content"]
+        if isinstance(content, list):  # content parts (OpenAI's vision fine-tuning form): text ones read as one text
+            try:
+                content = text_parts(content, f"{where}.content")
+            except ChatFormatError as err:
+                raise _Bad("unsupported_feature", err.field, str(err)) from None
         if role not in ROLES:
             raise _Bad("unrecognized_role", f"{where}.role", f"unrecognized role {role!r} (expected one of {', '.join(ROLES)})")
         if not isinstance(content, str) or not content.strip():
