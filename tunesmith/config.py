@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from tunesmith.errors import ConfigError
 
@@ -205,12 +205,17 @@ _EXTENSIONS: dict[str, SourceKind] = {
 }
 
 
+def _folder_kind(path: Path) -> SourceKind:
+    return "hf_disk" if any((path / f).exists() for f in ("dataset_info.json", "dataset_dict.json")) else "text_folder"
+
+
 class SourceSpec(Spec):
     """One input: a file, a folder, a saved or hub Hugging Face dataset, a packaged dataset, or a collected
     source (web pages, a REST API, a survey export, synthetic data: the sub-section of that name)."""
 
     kind: SourceKind | None = None  # None: inferred from the extension (folders: hf_disk or text_folder)
     path: Path | None = None  # relative paths resolve against the config file's folder
+    _folder_inferred: bool = PrivateAttr(False)
     name: str | None = None  # packaged dataset (`tunesmith data packaged` lists them)
     subset: str | None = None  # part of a packaged dataset, or split of a saved DatasetDict
     split: SplitName | None = None  # send every row to this split as-is (e.g. your own test file)
@@ -261,8 +266,10 @@ class SourceSpec(Spec):
             if suffix in _EXTENSIONS:
                 kind: SourceKind = _EXTENSIONS[suffix]
             elif suffix == "" or self.path.is_dir():
-                is_hf = any((self.path / f).exists() for f in ("dataset_info.json", "dataset_dict.json"))
-                kind = "hf_disk" if is_hf else "text_folder"
+                kind = _folder_kind(self.path)
+                # a relative folder is looked at again once resolve_paths puts it under the config's folder: here
+                # it was looked for in the current directory
+                self._folder_inferred = not self.path.is_absolute()
             else:
                 raise ValueError(
                     f"cannot tell the format of '{self.path}' from its extension; set `kind` to one of "
@@ -826,6 +833,9 @@ class ProjectConfig(Spec):
 
         for src in self.data.sources:
             src.path = fix(src.path)
+            if src._folder_inferred and src.path is not None:
+                src.kind = _folder_kind(src.path)
+                src._folder_inferred = False
             gen = src.synthetic
             if gen is not None and ("/" in gen.model or gen.model.startswith(".")) and gen.endpoint is None:
                 gen.model = str(fix(Path(gen.model)))  # a local model folder

@@ -363,6 +363,20 @@ def test_hf_dataset_saved_to_disk(tmp_path, make_config):
     assert pairs(version) == expected_pairs(records)
 
 
+def test_a_relative_folder_is_recognised_in_the_config_s_folder_not_the_current_one(tmp_path, monkeypatch):
+    # From another folder a saved dataset at `path: reviews` had been read as a text folder: its Arrow and JSON files
+    # became 3 "examples" labelled train.
+    import datasets
+
+    from tunesmith.config import load_config
+
+    project = tmp_path / "project"
+    datasets.Dataset.from_list(reviews(20)).save_to_disk(str(project / "reviews"))
+    (project / "p.yaml").write_text("name: t\ndata:\n  sources:\n    - path: reviews\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_config(project / "p.yaml").data.sources[0].kind == "hf_disk"
+
+
 def test_hf_dataset_dict_subset(tmp_path, make_config):
     import datasets
 
