@@ -994,6 +994,23 @@ def test_a_saved_dataset_s_class_label_column_gives_its_names(tmp_path, make_con
     assert pairs(version) == {(t, "neg" if i % 2 == 0 else "pos") for i, t in enumerate(texts(20))}
 
 
+def test_a_saved_dataset_s_list_of_class_labels_gives_their_names(tmp_path, make_config):
+    # go_emotions' layout (a list of ClassLabel): the multi-label classes came out "0", "1", "2".
+    import datasets
+
+    classes = ["anger", "joy", "fear"]
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "labels": datasets.Sequence(datasets.ClassLabel(names=classes))})
+    sets = [[i % 3] if i % 4 else [i % 3, (i + 1) % 3] for i in range(30)]
+    datasets.Dataset.from_dict({"text": texts(30), "labels": sets}, features=features).save_to_disk(str(tmp_path / "hf"))
+    version = run(make_config, [{"path": str(tmp_path / "hf"), "kind": "hf_disk"}],
+                  task={"type": "multi_label_classification", "label": "labels"})
+    accounted(version, 30)
+    assert sorted(version.manifest.labels) == sorted(classes)
+    got = {r["text"]: sorted(r["labels"]) for r in kept_rows(version)}
+    assert got == {t: sorted(classes[k] for k in s) for t, s in zip(texts(30), sets, strict=True)}
+
+
 def test_a_repeated_header_line_is_quarantined_not_learnt(tmp_path, make_config):
     # Two exports joined: the second's header became an example of a new class, 'label'.
     path = write_csv(tmp_path / "d.csv", reviews(20))

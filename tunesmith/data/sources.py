@@ -512,9 +512,19 @@ def dataset_rows(ds: Any, size: int = 4096) -> Iterator[dict[str, Any]]:
     import datasets
 
     named = {c: f for c, f in ds.features.items() if isinstance(f, datasets.ClassLabel)}
+    # a list of them (go_emotions' multi-label layout) came out as "0", "1", ...
+    listed = {c: f.feature for c, f in ds.features.items()
+              if isinstance(getattr(f, "feature", None), datasets.ClassLabel) and not isinstance(f, datasets.ClassLabel)}
+
+    def name(feature: Any, v: int | None) -> str | None:
+        return None if v is None or v < 0 else feature.int2str(v)
+
     for batch in ds.iter(batch_size=size):
         for column, feature in named.items():
-            batch[column] = [None if v is None or v < 0 else feature.int2str(v) for v in batch[column]]
+            batch[column] = [name(feature, v) for v in batch[column]]
+        for column, feature in listed.items():
+            batch[column] = [None if vs is None else [n for v in vs if (n := name(feature, v)) is not None]
+                             for vs in batch[column]]
         columns = list(batch)
         for values in zip(*(batch[c] for c in columns), strict=True):
             yield dict(zip(columns, values, strict=True))
