@@ -1011,6 +1011,23 @@ def test_a_saved_dataset_s_list_of_class_labels_gives_their_names(tmp_path, make
     assert got == {t: sorted(classes[k] for k in s) for t, s in zip(texts(30), sets, strict=True)}
 
 
+def test_a_group_read_as_a_float_is_the_same_group_as_its_digits(tmp_path, make_config):
+    # A Parquet customer_id column with a gap is float64: customer 3 was "3.0" there and "3" in the CSV held out for
+    # test, so its Parquet rows stayed in train.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = [{"text": t, "label": ["neg", "pos"][i % 2], "customer_id": None if i == 0 else float(i % 5)}
+               for i, t in enumerate(texts(40))]
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "d.parquet")
+    held = write_csv(tmp_path / "held.csv", [{"text": "customer three again, held out", "label": "pos", "customer_id": "3"}])
+    version = run(make_config, [{"path": str(tmp_path / "d.parquet")}, {"path": str(held), "split": "test"}],
+                  split={"group_by": "customer_id"})
+    groups = {(r["group"], split) for split in ("train", "validation", "test") for r in version.table(split).to_pylist()}
+    assert {g for g, _ in groups} >= {"1", "2", "3", "4", "0"} and not any(g and "." in g for g, _ in groups)
+    assert {split for g, split in groups if g == "3"} == {"test"}
+
+
 def test_a_repeated_header_line_is_quarantined_not_learnt(tmp_path, make_config):
     # Two exports joined: the second's header became an example of a new class, 'label'.
     path = write_csv(tmp_path / "d.csv", reviews(20))

@@ -84,6 +84,16 @@ def with_provenance_columns(table: pa.Table) -> pa.Table:
     return table
 
 
+
+def _key_text(value: Any) -> str:
+    """An id or group as text: an integer read as a float (a Parquet, Excel or pandas column with a gap) or a DECIMAL is
+    its digits, so customer 3 is "3" in every source; "3.0" had matched no correction, and a group had straddled splits."""
+    if isinstance(value, Decimal) and value == value.to_integral_value():
+        return str(int(value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
 class _OrOpenAIColumns:
     """Header check for a preference field: its configured column, or OpenAI's DPO columns."""
 
@@ -220,7 +230,7 @@ class Canonicalizer:
             group = self._value("group", exprs["group"], record, spec)
         else:  # no grouping configured: a collector's own (a survey's respondent), else the source's default
             group = reserved.get(GROUP_KEY, spec.defaults.get("group"))
-        out["group"] = None if self._is_missing(group) else str(group)
+        out["group"] = None if self._is_missing(group) else _key_text(group)
         out.update(self._provenance(reserved.get(PROVENANCE_KEY), spec))
         if self.task == TaskType.preference:
             return self._preference(record, exprs, out, raw, reject, spec)
@@ -368,7 +378,7 @@ class Canonicalizer:
                 return Rejection("validate", raw.source, raw.line, "missing id", "id", record=record)
             # an integer id read as a float (a Parquet or Excel column with a gap) is its digits: "1.0" matched no
             # correction or annotation that names 1
-            example_id = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+            example_id = _key_text(value)
         else:
             example_id = f"{prefix}:{raw.line}" + (f"/{raw.part}" if raw.part else "")
         first = self.seen_ids.get(example_id)
