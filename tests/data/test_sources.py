@@ -1028,6 +1028,17 @@ def test_a_group_read_as_a_float_is_the_same_group_as_its_digits(tmp_path, make_
     assert {split for g, split in groups if g == "3"} == {"test"}
 
 
+def test_a_group_by_no_json_record_has_is_refused_as_for_a_csv(tmp_path, make_config):
+    # customerId in the file, customer_id in the config: the rows were split without grouping, without a word.
+    records = [{"text": t, "label": ["neg", "pos"][i % 2], "customerId": i % 4} for i, t in enumerate(texts(20))]
+    with pytest.raises(DataError, match=r"no record has 'customer_id' \(for group\); keys found: .*'customerId'.*"
+                                        r"Set data.split.group_by"):
+        run(make_config, [{"path": str(write_jsonl(tmp_path / "d.jsonl", records))}], split={"group_by": "customer_id"})
+    some = [dict(r, customer_id=r["customerId"]) if i % 2 else r for i, r in enumerate(records)]  # in some: missing values
+    version = run(make_config, [{"path": str(write_jsonl(tmp_path / "d.jsonl", some))}], split={"group_by": "customer_id"})
+    accounted(version, 20)
+
+
 def test_a_repeated_header_line_is_quarantined_not_learnt(tmp_path, make_config):
     # Two exports joined: the second's header became an example of a new class, 'label'.
     path = write_csv(tmp_path / "d.csv", reviews(20))

@@ -228,6 +228,8 @@ class Canonicalizer:
         out: dict[str, Any] = {"id": example_id, "source": raw.source, "line": raw.line, "split_hint": spec.split}
         if "group" in exprs:
             group = self._value("group", exprs["group"], record, spec)
+            if group is ABSENT:  # in no record at all: a misspelt group_by, refused as for a CSV's header
+                self.absent["group"] += 1
         else:  # no grouping configured: a collector's own (a survey's respondent), else the source's default
             group = reserved.get(GROUP_KEY, spec.defaults.get("group"))
         out["group"] = None if self._is_missing(group) else _key_text(group)
@@ -441,13 +443,13 @@ class Canonicalizer:
     def check_columns_present(self, spec: SourceSpec, exprs: dict[str, FieldExpr], rows: int) -> None:
         """A field missing from *every* record of a source is a mapping error, not missing data."""
         for name, expr in exprs.items():
-            if name not in ("id", "group") and rows > 0 and self.absent[name] >= rows:
+            if name != "id" and rows > 0 and self.absent[name] >= rows:
                 openai = " (or write OpenAI's DPO form: input, preferred_output, non_preferred_output)" \
                     if self.task == TaskType.preference else ""
-                raise DataError(
-                    f"{spec.describe()}: no record has '{expr.expr}' (for {name}); keys found: "
-                    f"{sorted(self.keys_seen)[:20]}. Map it with task.{name} or the source's `fields:`{openai}"
-                )
+                fix = "Set data.split.group_by to one of them (or the source's `fields: {group: ...}`)" if name == "group" \
+                    else f"Map it with task.{name} or the source's `fields:`{openai}"
+                raise DataError(f"{spec.describe()}: no record has '{expr.expr}' (for {name}); keys found: "
+                                f"{sorted(self.keys_seen)[:20]}. {fix}")
 
 
 def parse_provenance(value: Any) -> dict[str, Any] | None:
