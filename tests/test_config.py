@@ -289,3 +289,16 @@ def test_an_override_printed_for_a_value_reads_back_as_that_value(value: object)
     data: dict = {}
     apply_override(data, override_of("peft.target_modules", value))
     assert data == {"peft": {"target_modules": value}}
+
+
+def test_a_csv_delimiter_is_one_character_and_a_written_tab_reads_as_one(tmp_path: Path) -> None:
+    # delimiter: '\t' (single quotes keep the backslash) crashed preparation as an internal TypeError
+    def source(delimiter: str) -> dict:
+        text = f"name: t\ndata:\n  sources:\n    - {{path: d.tsv, kind: csv, delimiter: {delimiter}}}\n"
+        (tmp_path / "c.yaml").write_text(text)
+        return load_config(tmp_path / "c.yaml").data.sources[0].delimiter
+
+    assert source("'\\t'") == source('"\\t"') == source("tab") == "\t"
+    assert source("';'") == ";"
+    with pytest.raises(ConfigError, match=r"delimiter: .*must be one character.*got ';;'"):
+        source("';;'")

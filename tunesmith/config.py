@@ -237,6 +237,15 @@ class SourceSpec(Spec):
     def _known_fields(cls, v: dict[str, str]) -> dict[str, str]:
         return _only(v, FIELD_KEYS, "unknown field(s) {}; allowed: {}")
 
+    @field_validator("delimiter")
+    @classmethod
+    def _one_character(cls, v: str | None) -> str | None:
+        # '\t' in single quotes (YAML keeps the backslash) or `tab`: what users write for a tab
+        v = {"\\t": "\t", "tab": "\t", "TAB": "\t"}.get(v, v) if v is not None else None
+        if v is not None and (len(v) != 1 or v in "\r\n\""):
+            raise ValueError(f"must be one character (a tab: \"\\t\" in double quotes, or tab), got {v!r}")
+        return v
+
     @model_validator(mode="after")
     def _infer_kind(self) -> SourceSpec:
         _only(self.defaults, FIELD_KEYS, "unknown field(s) {} in defaults; allowed: {}")
