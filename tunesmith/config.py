@@ -13,12 +13,13 @@ import difflib
 import enum
 import functools
 import inspect
-import json
 import io
+import json
 import os
 import sys
 import tokenize
 import typing
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -79,6 +80,7 @@ class TaskSpec(Spec):
     @classmethod
     def _unique_labels(cls, v: list[str] | None) -> list[str] | None:
         if v is not None:
+            v = [unicodedata.normalize("NFC", x) for x in v]  # as the data's labels are read
             if len(v) < 2:
                 raise ValueError("a classification task needs at least 2 labels")
             dup = sorted({x for x in v if v.count(x) > 1})
@@ -393,6 +395,11 @@ class AnnotateSpec(Spec):
 
     label_map: dict[str, str] = {}  # rename or merge classes: {old: new}; applied before validation
     corrections: Path | None = None  # CSV or JSONL with `id` and `label` (or `score`): relabels those examples
+
+    @field_validator("label_map")
+    @classmethod
+    def _composed(cls, v: dict[str, str]) -> dict[str, str]:
+        return {unicodedata.normalize("NFC", a): unicodedata.normalize("NFC", b) for a, b in v.items()}
 
 
 class DataSpec(Spec):

@@ -1039,6 +1039,21 @@ def test_a_group_by_no_json_record_has_is_refused_as_for_a_csv(tmp_path, make_co
     accounted(version, 20)
 
 
+def test_a_label_spelt_with_a_combining_accent_is_the_same_class(tmp_path, make_config):
+    # "café" composed (NFC) and decomposed (NFD, macOS file names) were two classes; with task.labels in one form
+    # the other form's rows were refused as "not one of task.labels ['café', 'tea']".
+    import unicodedata
+
+    nfc, nfd = "café", unicodedata.normalize("NFD", "café")
+    assert nfc != nfd
+    records = [{"text": t, "label": [nfc, nfd, "tea"][i % 3]} for i, t in enumerate(texts(30))]
+    path = write_jsonl(tmp_path / "d.jsonl", records)
+    version = run(make_config, [{"path": str(path)}])
+    assert version.manifest.labels == [nfc, "tea"] and version.manifest.counts["quarantine"] == 0
+    version = run(make_config, [{"path": str(path)}], task={"labels": [nfd, "tea"]})
+    assert version.manifest.labels == [nfc, "tea"] and version.manifest.counts["quarantine"] == 0
+
+
 def test_a_repeated_header_line_is_quarantined_not_learnt(tmp_path, make_config):
     # Two exports joined: the second's header became an example of a new class, 'label'.
     path = write_csv(tmp_path / "d.csv", reviews(20))

@@ -13,6 +13,7 @@ import ast
 import json
 import math
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from decimal import Decimal
@@ -428,7 +429,8 @@ class Canonicalizer:
             raise ValueError(f"label must be a class name, got {type(value).__name__} {value!r}")
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        label = str(value).strip()
+        # composed (NFC): "café" spelt with a combining accent (macOS file names, some exports) is the same class
+        label = unicodedata.normalize("NFC", str(value).strip())
         mapped = self.cfg.data.annotate.label_map.get(label, label)
         if mapped != label:
             self.label_changes[f"{label} -> {mapped}"] += 1
