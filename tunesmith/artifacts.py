@@ -56,13 +56,17 @@ class DatasetManifest(_Described):
 
 
 class Fingerprint:
-    """Order-sensitive hash of the rows of every split (each row as canonical JSON)."""
+    """Order-sensitive hash of the rows of every split (each row as canonical JSON), without where the project folder
+    is: the same data prepared in a moved or copied project had another fingerprint (a row's `source` is its file's
+    absolute path; its id already names the file)."""
 
     def __init__(self) -> None:
         self._h = hashlib.sha256()
 
     def add_split(self, name: str, table: pa.Table) -> None:
         self._h.update(f"\x00split:{name}\x00".encode())
+        if "source" in table.column_names:
+            table = table.drop_columns(["source"])
         for batch in table.to_batches(max_chunksize=8192):
             for row in batch.to_pylist():
                 self._h.update(json.dumps(row, sort_keys=True, ensure_ascii=False, default=str).encode())

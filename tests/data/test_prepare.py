@@ -60,6 +60,28 @@ def test_same_data_same_fingerprint_and_seed_changes_split(tmp_path: Path, make_
     assert a == b != c
 
 
+def test_the_same_project_moved_elsewhere_has_the_same_fingerprint(tmp_path: Path, tiny_tokenizer: Path) -> None:
+    # A row's source is its file's absolute path: a copied or moved project had another fingerprint, and evaluation
+    # called the same data "different data".
+    import shutil
+
+    from tunesmith.config import load_config
+
+    here = tmp_path / "here"
+    here.mkdir()
+    write_csv(here / "d.csv", labelled(40))
+    (here / "p.yaml").write_text(f"name: t\ndata:\n  sources: [{{path: d.csv}}]\nmodel: {{name: {tiny_tokenizer}}}\n")
+    shutil.copytree(here, tmp_path / "there")
+
+    def prepared(folder: str):
+        cfg = load_config(tmp_path / folder / "p.yaml")
+        cfg.data.output_dir = tmp_path / folder / "datasets"
+        return prepare(cfg)
+
+    a, b = prepared("here"), prepared("there")
+    assert a.path != b.path and a.manifest.fingerprint == b.manifest.fingerprint
+
+
 def test_cleaning_strips_markup_and_normalises(tmp_path: Path, make_config) -> None:
     rows = labelled(20)
     rows[0]["text"] = "Loved it!<br /><br />Would buy   again &amp; again. ｆｕｌｌ marks, 3 < 5"
