@@ -229,6 +229,22 @@ def test_many_small_classes_keep_the_configured_ratios() -> None:
         assert all(abs(c - r * n) <= 2 for c, r in zip(counts, (0.8, 0.1, 0.1), strict=True)), (classes, size, counts)
 
 
+def test_uneven_groups_keep_the_configured_ratios() -> None:
+    # One 400-row customer among sixty of 10 rows: the first shuffled groups seeded validation and test whatever
+    # their size (seed 3: test 400 rows, validation 10), and Zipf-sized groups came out 90 / 5 / 5.
+    from tunesmith.config import SplitSpec
+    from tunesmith.data.split import assign
+
+    for sizes in ([400] + [10] * 60, [max(1, int(300 / (k + 1))) for k in range(60)]):
+        groups = [f"g{k}" for k, n in enumerate(sizes) for _ in range(n)]
+        n = len(groups)
+        for seed in range(10):
+            splits = assign(["all"] * n, groups, [None] * n, SplitSpec(seed=seed)).tolist()
+            shares = [splits.count(s) / n for s in ("train", "validation", "test")]
+            assert abs(shares[0] - 0.8) <= 0.03 and all(abs(x - 0.1) <= 0.03 for x in shares[1:]), (sizes[:2], seed, shares)
+            assert len({s for s, g in zip(splits, groups, strict=True) if g == "g0"}) == 1  # still never straddled
+
+
 def test_a_train_source_stays_in_train_and_pre_assigned_groups_stay_whole(tmp_path: Path, make_config) -> None:
     """`split: train` pre-assigned nothing: an OpenAI job's training file (beside its validation file) lost a ninth of
     its rows to test. And a group with a row in the user's test file had its other rows shared out, train included."""

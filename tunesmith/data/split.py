@@ -117,22 +117,34 @@ def _share(units: np.ndarray, pool: list[int], sizes: np.ndarray, stratum: np.nd
     # comes out row for row as before this correction: same data, same seed, same split.
     owed = [0.0] * len(pool)
     for members in np.split(by_stratum, bounds) if len(units) else []:
-        order = rng.permutation(len(members))
-        unit_sizes = sizes[members[order]].tolist()
-        size = sum(unit_sizes)
+        shuffled = rng.permutation(len(members))
+        size = int(sizes[members].sum())
         spread = len(members) >= 3  # a class with fewer examples stays in train, and leaves the carry alone
         share = [r * size for r in ratios]
         target = [t + (math.trunc(o) if spread else 0) for t, o in zip(share, owed, strict=True)]
         filled = [0] * len(pool)
-        chosen = []
-        # The first units of a stratum seed the small splits, so a class with 3+ examples is seen in validation
-        # and test, while its share there (with what earlier strata were owed) is half a unit or more: seeded
-        # whatever their share, 100 classes of 4 came out 50 / 25 / 25.
+        # Units of a stratum seed the small splits, so a class with 3+ examples is seen in validation and test, while
+        # its share there (with what earlier strata were owed) is half a unit or more: seeded whatever their share,
+        # 100 classes of 4 came out 50 / 25 / 25. A seed is the first unit (in shuffled order) that fits its split:
+        # a 400-row group had seeded a test split of 100.
         seeds = [q for q in small if target[q] >= 0.5] if spread else []
+        seeded: list[tuple[int, int]] = []  # (position in shuffled, split)
+        for q in seeds:
+            fits = next((k for k, i in enumerate(shuffled) if sizes[members[i]] <= max(target[q], 1)
+                         and all(k != s for s, _ in seeded)), None)
+            if fits is not None:
+                seeded.append((fits, q))
+        # The rest largest first (a stable sort: equal units keep the shuffle, so ungrouped rows split as before):
+        # placed last, a large group overshot whichever split was short, and uneven groups came out 90 / 5 / 5.
+        rest = np.delete(shuffled, [k for k, _ in seeded])
+        rest = rest[np.argsort(-sizes[members[rest]], kind="stable")]
+        order = np.concatenate([shuffled[[k for k, _ in seeded]], rest]).astype(shuffled.dtype)
+        unit_sizes = sizes[members[order]].tolist()
+        chosen = []
         for rank, unit_size in enumerate(unit_sizes):
             # After the seeds, the split furthest below its target wins (on a tie, train, else the earlier split).
-            if rank < len(seeds):
-                q = seeds[rank]
+            if rank < len(seeded):
+                q = seeded[rank][1]
             else:
                 q, best = 0, (target[0] - filled[0], is_train[0])
                 for p in range(1, len(pool)):
