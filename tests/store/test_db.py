@@ -6,7 +6,7 @@ import threading
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, select, text
 
 from tunesmith.store.db import VERSION_TABLE, Store, head_revision
 from tunesmith.store.schema import Base, Job, JobEvent
@@ -79,6 +79,29 @@ def test_a_store_made_by_an_older_tunesmith_opens_in_this_one(store_url: str) ->
     assert "model_versions" in inspect(new.engine).get_table_names()
     with new.session() as s:
         assert s.get(Job, "ftjob-old").status == "succeeded"
+    new.close()
+
+
+def test_an_upgrade_that_copies_a_table_keeps_the_rows_referring_to_it(store_url: str) -> None:
+    # Migration 0007 copies annotation_items (SQLite drops a column that way); with foreign keys on, dropping the old
+    # copy cascaded to every annotation: an upgraded SQLite store had lost all its labels.
+    old = Store(store_url, migrate=False)
+    old.migrate("0006")
+    with old.engine.begin() as c:
+        c.execute(text("INSERT INTO annotation_tasks (name, labels, instructions, overlap, created) "
+                       "VALUES ('t', '[\"a\", \"b\"]', '', 1, 1.0)"))
+        for i in range(3):
+            c.execute(text("INSERT INTO annotation_items (task, item_id, text, text_hash, meta, created) "
+                           "VALUES ('t', :i, 'hello', 'h', '{}', 1.0)"), {"i": str(i)})
+        for (seq,) in c.execute(text("SELECT seq FROM annotation_items")).all():
+            c.execute(text("INSERT INTO annotations (task, item_seq, annotator, label, origin, created) "
+                           "VALUES ('t', :q, 'ann', 'a', 'web', 1.0)"), {"q": seq})
+    old.close()
+    new = Store(store_url)
+    with new.engine.connect() as c:
+        assert [c.execute(text(f"SELECT count(*) FROM {t}")).scalar() for t in ("annotation_items", "annotations")] == [3, 3]
+        if new.dialect == "sqlite":  # and the store still enforces its foreign keys
+            assert c.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     new.close()
 
 

@@ -102,12 +102,27 @@ class Store:
         from alembic import command
 
         config = _alembic_config()
-        with self._migration_lock(), self.engine.begin() as connection:
-            if self.dialect == "postgresql":
-                connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
-            _adopt_default_version_table(connection)
-            config.attributes["connection"] = connection
-            command.upgrade(config, revision)
+        with self._migration_lock(), self.engine.connect() as connection:
+            sqlite = self.dialect == "sqlite"
+            if sqlite:
+                # A migration that drops a column copies the table (SQLite cannot alter it in place); with foreign keys
+                # on, dropping the old copy cascaded to every row referring to it (0007 deleted every annotation).
+                # The pragma is ignored inside a transaction, hence before it.
+                connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+                connection.commit()
+            try:
+                with connection.begin():
+                    if self.dialect == "postgresql":
+                        connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
+                    _adopt_default_version_table(connection)
+                    config.attributes["connection"] = connection
+                    command.upgrade(config, revision)
+                    if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
+                        raise RuntimeError("the migration left rows referring to rows that are gone; nothing was changed")
+            finally:
+                if sqlite:
+                    connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+                    connection.commit()
 
     @contextmanager
     def _migration_lock(self) -> Iterator[None]:
