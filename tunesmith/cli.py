@@ -786,7 +786,7 @@ def worker_cmd(
     worker = Worker(Store(spec.db), spec, name)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    err.print(f"worker {worker.name} on {worker.store.url}", highlight=False)
+    err.print(f"worker {worker.name} on {worker.store.shown}", highlight=False)
     worker.run(stop, once=once)
 
 

@@ -147,3 +147,25 @@ def test_times_past_2038_are_kept(store_url: str) -> None:
         assert (job.created_at, job.finished_at, job.estimated_finish) == (later, later + 1, later + 2)
         assert job.events[0].created_at == later
     store.close()
+
+
+def test_a_store_password_is_never_printed_nor_put_on_a_command_line(monkeypatch) -> None:
+    # `tunesmith worker` printed it, `serve --workers` passed it to each worker as --db (so `ps` showed it), and a
+    # URL that did not parse was echoed whole.
+    import pytest
+
+    from tunesmith.config import JobsSpec
+    from tunesmith.errors import ConfigError
+    from tunesmith.serve import server
+    from tunesmith.store.db import shown_url
+
+    assert shown_url("postgresql://bob:Secr3t@db.example:5432/ts") == "postgresql://bob:***@db.example:5432/ts"
+    assert "Secr3t" not in shown_url("postgresql://bob:Secr3t@127.0.0.1:54x2/test")
+    with pytest.raises(ConfigError) as err:
+        Store("postgresql://bob:Secr3t@127.0.0.1:54x2/test")
+    assert "Secr3t" not in str(err.value) and "bob:***@" in str(err.value)
+    started: list[tuple[list[str], dict | None]] = []
+    monkeypatch.setattr(server.subprocess, "Popen", lambda args, env=None: started.append((args, env)))
+    server._start_worker(JobsSpec(db="postgresql://bob:Secr3t@db.example/ts"), 0)
+    [(args, env)] = started
+    assert not any("Secr3t" in a for a in args) and env["TUNESMITH_DB"] == "postgresql://bob:Secr3t@db.example/ts"

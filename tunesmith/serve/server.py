@@ -43,7 +43,7 @@ def serve(paths: Sequence[str | Path], spec: ServeSpec, log: bool = True, jobs: 
 
         jobs_service = JobsService(store, jobs)
         if log:
-            print(f"fine-tuning API on store {store.url} (base models: {', '.join(jobs.base_models)})", flush=True)
+            print(f"fine-tuning API on store {store.shown} (base models: {', '.join(jobs.base_models)})", flush=True)
     if store is not None:
         from tunesmith.registry.service import Registry
 
@@ -92,7 +92,9 @@ async def _apply_tests(service: Any) -> None:
 def _start_worker(jobs: JobsSpec, index: int) -> subprocess.Popen[bytes]:
     """A worker in its own process: training never loads into the server, and a crash stays there."""
     args = [sys.executable, "-m", "tunesmith", "worker", "--name", f"{socket.gethostname()}:{os.getpid()}:w{index}",
-            *(["--db", jobs.db] if jobs.db else []), *(x for b in jobs.base_models for x in ("--base-model", b)),
+            *(x for b in jobs.base_models for x in ("--base-model", b)),
             "--heartbeat", str(jobs.heartbeat_s), "--stale-after", str(jobs.stale_after_s), "--poll", str(jobs.poll_s),
             "--max-attempts", str(jobs.max_attempts)]
-    return subprocess.Popen(args)
+    # The store URL (and its password) through the environment: on the command line `ps` showed it to every user.
+    env = {**os.environ, "TUNESMITH_DB": jobs.db} if jobs.db else None
+    return subprocess.Popen(args, env=env)

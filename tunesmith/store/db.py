@@ -8,6 +8,7 @@ few workers on one machine share the file; several machines share PostgreSQL.
 from __future__ import annotations
 
 import fcntl
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,13 +41,22 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def shown_url(url: str) -> str:
+    """A store URL fit to print: its password as ***, also when the URL does not parse."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - SQLAlchemy's URL errors vary by cause
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
 class Store:
     def __init__(self, url: str | None = None, *, migrate: bool = True) -> None:
         self.url = normalize_url(url or default_url())
         try:
             parsed = make_url(self.url)
         except Exception as err:  # noqa: BLE001 - SQLAlchemy's URL errors vary by cause
-            raise ConfigError(f"--db {url!r} is not a database URL (sqlite:///path.db or postgresql://user@host/db): {err}") from None
+            raise ConfigError(f"--db {shown_url(str(url))!r} is not a database URL (sqlite:///path.db or postgresql://user@host/db): "
+                              f"{shown_url(str(err))}") from None
         self.dialect = parsed.get_backend_name()
         if self.dialect == "sqlite" and parsed.database:
             Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -137,6 +147,11 @@ class Store:
     def revision(self) -> str | None:
         with self.engine.connect() as connection:
             return connection.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+
+    @property
+    def shown(self) -> str:
+        """The URL fit to print (password hidden)."""
+        return shown_url(self.url)
 
     def close(self) -> None:
         self.engine.dispose()

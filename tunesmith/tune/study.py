@@ -46,7 +46,7 @@ from tunesmith.config import (
     parse_config,
 )
 from tunesmith.errors import ConfigError
-from tunesmith.store.db import file_lock
+from tunesmith.store.db import file_lock, shown_url
 
 CONNECT_TIMEOUT_S = 5  # a storage URL that does not answer is reported after this, not after TCP's minutes
 SQLITE_BUSY_S = 30  # several workers write one SQLite file: a writer waits this long for another's transaction
@@ -245,14 +245,6 @@ def check_space(cfg: ProjectConfig) -> None:
 # -- storage --------------------------------------------------------------------------------------
 
 
-def _shown(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    with contextlib.suppress(Exception):
-        return make_url(url).render_as_string(hide_password=True)
-    return url
-
-
 def _engine_kwargs(url: str) -> dict[str, Any]:
     if url.startswith("sqlite"):
         return {"connect_args": {"timeout": SQLITE_BUSY_S}}
@@ -295,12 +287,13 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
 
     from tunesmith.store.db import Store, normalize_url
 
-    shown = _shown(url)  # as the user wrote it
+    shown = shown_url(url)  # as the user wrote it
     url = normalize_url(url)
     try:
         make_url(url)
     except Exception as err:  # noqa: BLE001 - SQLAlchemy's URL errors vary by cause
-        raise ConfigError(f"tune.storage {url!r} is not a database URL (sqlite:///path.db or postgresql://user@host/db): {err}") from None
+        raise ConfigError(f"tune.storage {shown!r} is not a database URL (sqlite:///path.db or postgresql://user@host/db): "
+                          f"{shown_url(str(err))}") from None
     if url.startswith("sqlite") and make_url(url).database not in (None, "", ":memory:"):
         Path(make_url(url).database).expanduser().parent.mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
     probe = None
@@ -690,7 +683,7 @@ def load_study(cfg: ProjectConfig, storage: optuna.storages.BaseStorage | None =
                                     sampler=make_sampler(spec, spec.seed), pruner=make_pruner(spec, echo))
     stored = study.user_attrs.get("objectives")
     if (stored is not None and stored != names) or [d.name.lower() for d in study.directions] != directions:
-        raise ConfigError(f"study '{name}' in {_shown(getattr(storage, 'url', ''))} optimises "
+        raise ConfigError(f"study '{name}' in {shown_url(getattr(storage, 'url', ''))} optimises "
                           f"{stored or [d.name.lower() for d in study.directions]}, not {names}; "
                           "pick another tune.study (--study) or the same metric and objectives")
     # The space as stored (through JSON), so that one read back compares equal.
@@ -698,14 +691,14 @@ def load_study(cfg: ProjectConfig, storage: optuna.storages.BaseStorage | None =
     searched = study.user_attrs.get("space")
     if searched is not None and searched != space:
         # Its trials, its best and best.yaml belong to the other space; a worker with this one would mix the two.
-        raise ConfigError(f"study '{name}' in {_shown(getattr(storage, 'url', ''))} searches {searched}, not "
+        raise ConfigError(f"study '{name}' in {shown_url(getattr(storage, 'url', ''))} searches {searched}, not "
                           f"{space}; pick another tune.study (--study) for the new tune.space, or the study's own")
     # The curve trials report (one objective): the pruner compares a new trial's with the old ones', so a study resumed
     # with the other tune.prune_on cut every new trial (losses under F1s) or none.
     curve = None if spec.objectives else spec.prune_on
     reported = study.user_attrs.get("prune_on")
     if reported is not None and curve is not None and reported != curve:
-        raise ConfigError(f"study '{name}' in {_shown(getattr(storage, 'url', ''))} has its trials report the validation "
+        raise ConfigError(f"study '{name}' in {shown_url(getattr(storage, 'url', ''))} has its trials report the validation "
                           f"{'loss' if reported == 'loss' else metric}, so their curves cannot be compared with "
                           f"tune.prune_on: {curve}; set tune.prune_on: {reported} (--set tune.prune_on={reported}) "
                           "to go on with it, or pick another tune.study (--study)")
