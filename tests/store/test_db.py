@@ -169,3 +169,27 @@ def test_a_store_password_is_never_printed_nor_put_on_a_command_line(monkeypatch
     server._start_worker(JobsSpec(db="postgresql://bob:Secr3t@db.example/ts"), 0)
     [(args, env)] = started
     assert not any("Secr3t" in a for a in args) and env["TUNESMITH_DB"] == "postgresql://bob:Secr3t@db.example/ts"
+
+
+def test_store_urls_that_cannot_work_are_config_errors_naming_them(tmp_path, monkeypatch) -> None:
+    # a refused connection, an unknown driver: "internal error: OperationalError" with a traceback file; and
+    # sqlite:///~/... opened a folder named "~" in the current directory
+    import socket
+
+    import pytest
+
+    from tunesmith.errors import ConfigError
+
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    with pytest.raises(ConfigError, match=rf"--db postgresql\+psycopg://bob:\*\*\*@127.0.0.1:{port}/x: cannot open the store"):
+        Store(f"postgresql://bob:pw@127.0.0.1:{port}/x")
+    with pytest.raises(ConfigError, match="no database driver"):
+        Store("mysql://bob@127.0.0.1/x")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    store = Store("sqlite:///~/ts/store.db")
+    assert (tmp_path / "home" / "ts" / "store.db").is_file() and not (tmp_path / "~").exists()
+    assert store.home == tmp_path / "home" / "ts"
+    store.close()

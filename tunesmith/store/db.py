@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tunesmith.config import data_home
@@ -23,6 +24,7 @@ from tunesmith.errors import ConfigError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_MS = 30_000  # a writer waits this long for another process's transaction before failing
+CONNECT_TIMEOUT_S = 10  # PostgreSQL: a server that does not answer in this long is an error, not a hang
 MIGRATION_LOCK = 7_301_946  # PostgreSQL advisory lock id: one process migrates at a time
 # Our own name for Alembic's bookkeeping table: Optuna's study storage lives in the same database and
 # keeps its schema version in Alembic's default `alembic_version`.
@@ -58,19 +60,31 @@ class Store:
             raise ConfigError(f"--db {shown_url(str(url))!r} is not a database URL (sqlite:///path.db or postgresql://user@host/db): "
                               f"{shown_url(str(err))}") from None
         self.dialect = parsed.get_backend_name()
-        if self.dialect == "sqlite" and parsed.database:
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(self.url, pool_pre_ping=True, **self._engine_options())
+        if self.dialect == "sqlite" and parsed.database and parsed.database != ":memory:":
+            # sqlite:///~/ts/store.db: SQLite itself opened a folder named "~" in the current directory
+            database = Path(parsed.database).expanduser()
+            database.parent.mkdir(parents=True, exist_ok=True)
+            self.url = parsed.set(database=str(database)).render_as_string(hide_password=False)
+        try:
+            self.engine: Engine = create_engine(self.url, pool_pre_ping=True, **self._engine_options())
+        except (NoSuchModuleError, ModuleNotFoundError) as err:  # postgress://, mysql:// without its driver
+            raise ConfigError(f"--db {self.shown}: no database driver for it ({err}); tunesmith's stores are "
+                              "sqlite:///path.db and postgresql://user@host/db") from None
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         if migrate:
-            self.migrate()
+            try:
+                self.migrate()
+            except OperationalError as err:  # refused, no such database, timed out: the URL or the server, not a bug
+                raise ConfigError(f"--db {self.shown}: cannot open the store: {shown_url(str(err.orig or err)).strip()}") \
+                    from None
 
     def _engine_options(self) -> dict[str, Any]:
         if self.dialect == "sqlite":
             return {"connect_args": {"timeout": SQLITE_BUSY_MS / 1000, "check_same_thread": False}}
-        return {"pool_size": 5, "max_overflow": 10}
+        # a server that accepts the connection and never answers had hung every command (libpq waits for ever)
+        return {"pool_size": 5, "max_overflow": 10, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
 
     @property
     def home(self) -> Path:
