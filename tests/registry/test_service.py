@@ -73,6 +73,20 @@ def test_bad_requests_are_refused_by_name(store_url: str, tmp_path: Path) -> Non
         registry.rollback("reviews")
 
 
+def test_a_key_s_jobs_never_add_versions_to_another_owner_s_model(store_url: str, tmp_path: Path) -> None:
+    # Two API keys' jobs with the suffix "reviews": bob's run became version 2 of alice's model.
+    registry = Registry(Store(store_url))
+    registry.add(fake_run(tmp_path / "a", 0.8), "reviews", owner="alice")
+    with pytest.raises(ConfigError, match="'reviews' belongs to another owner"):
+        registry.add(fake_run(tmp_path / "b", 0.9), "reviews", owner="bob")
+    registry.add(fake_run(tmp_path / "ops", 0.9), "prod")  # the operator's own model (owner "")
+    with pytest.raises(ConfigError, match="belongs to another owner"):
+        registry.add(fake_run(tmp_path / "c", 0.9), "prod", owner="bob")
+    assert [v.version for v in registry.versions("reviews")] == [1]
+    assert registry.add(fake_run(tmp_path / "a2", 0.9), "reviews", owner="alice").version == 2
+    assert registry.add(fake_run(tmp_path / "op", 0.9), "reviews").version == 3  # the operator may
+
+
 def test_racing_promotions_leave_one_production_version(store_url: str, tmp_path: Path) -> None:
     store = Store(store_url)
     registry = Registry(store)

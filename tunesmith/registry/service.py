@@ -83,6 +83,11 @@ class Registry:
                       .values(name=model, owner=owner, created_at=now, description=m.description)
                       .on_conflict_do_nothing(index_elements=["name"]))
             registered = self._model(s, model, lock=True)
+            if owner and registered.owner != owner:
+                # Two API keys' jobs with one suffix: the second key's run had become a version of the first's model
+                # (or of an operator's), where promotion, A/B tests and retraining pick versions up.
+                raise ConfigError(f"registry model '{model}' belongs to another owner; the job's suffix names it, so "
+                                  "this run was not added (a suffix of its own registers it)")
             if any(v.run_path == str(path) for v in registered.versions):
                 existing = next(v for v in registered.versions if v.run_path == str(path))
                 raise ConfigError(f"{path} is already version {existing.version} of '{model}'")
