@@ -25,12 +25,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tokenizer(tmp_path_factory.mktemp("tiny-tokenizer"))
+    # a tokenizer alone stands for a model in the data tests: one with a long context, as their max_length asks
+    return build_tokenizer(tmp_path_factory.mktemp("tiny-tokenizer"), model_max_length=8192)
 
 
 @pytest.fixture(scope="session")
 def tiny_chat_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tokenizer(tmp_path_factory.mktemp("tiny-chat-tokenizer"), chat=True)
+    return build_tokenizer(tmp_path_factory.mktemp("tiny-chat-tokenizer"), chat=True, model_max_length=8192)
 
 
 @pytest.fixture(scope="session")

@@ -418,6 +418,34 @@ def test_prompt_tuning_leaves_room_for_its_virtual_tokens_in_the_models_position
         cfg.token_budget(context)
 
 
+def test_a_max_length_past_the_model_s_positions_is_refused_before_training(tmp_path: Path, tiny_bert: Path) -> None:
+    # The 128-position tiny BERT at max_length 256 crashed at the first long batch ("The expanded size of the tensor
+    # (256) must match ... (128)"), after preparing, loading and writing the run; and a tokenizer without
+    # model_max_length gave it a 512-token budget the same way.
+    import json
+
+    from transformers import AutoTokenizer
+
+    from tunesmith.models.catalog import context_length
+
+    data = rows(160)
+    for r in data[::4]:
+        r["text"] = (r["text"] + " ") * 40  # longer than the model's context
+    write(tmp_path / "data.csv", data)
+    cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 2})
+    cfg.model.max_length = 256
+    with pytest.raises(ConfigError, match=r"model.max_length \(256\) exceed the model's context of 128 tokens"):
+        train(cfg)
+    assert not (tmp_path / "run" / "run.json").exists()
+    unsaid = tmp_path / "unsaid"  # the same model, its tokenizer silent about its length
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(unsaid)
+    settings = json.loads((unsaid / "tokenizer_config.json").read_text())
+    settings.pop("model_max_length", None)
+    (unsaid / "tokenizer_config.json").write_text(json.dumps(settings))
+    (unsaid / "config.json").write_text((tiny_bert / "config.json").read_text())
+    assert context_length(AutoTokenizer.from_pretrained(unsaid)) == 128
+
+
 def test_balanced_class_weights_train(tmp_path: Path, tiny_bert: Path) -> None:
     data = rows(160)
     skewed = [r for i, r in enumerate(data) if r["label"] == "pos" or i % 8 == 1]  # ~1 neg for 4 pos

@@ -23,7 +23,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(folder: Path, vocab_size: int = 300, chat: bool = False) -> Path:
+def build_tokenizer(folder: Path, vocab_size: int = 300, chat: bool = False, model_max_length: int = 128) -> Path:
     """A WordPiece tokenizer over a small corpus, saved as a transformers tokenizer folder.
 
     The vocabulary is built here, sorted, rather than by `WordPieceTrainer`: the trainer breaks ties
@@ -44,7 +44,7 @@ def build_tokenizer(folder: Path, vocab_size: int = 300, chat: bool = False) -> 
     )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_max_length=128,
+        mask_token="[MASK]", model_max_length=model_max_length,
     )
     if chat:
         fast.chat_template = CHAT_TEMPLATE

@@ -762,12 +762,14 @@ class ProjectConfig(Spec):
         come first: a text filling the whole context overran BERT's position table mid-training)."""
         budget = self.model.token_budget(self.task.type, context)
         room = self.text_positions(context)
-        if room is None or self.train.method != "prompt_tuning":
+        if room is None:
             return budget
         if budget > room and self.model.max_length is not None:
-            raise ConfigError(f"model.max_length ({self.model.max_length}) and peft.num_virtual_tokens "
-                              f"({self.peft.num_virtual_tokens}) exceed the model's context of {context} tokens; "
-                              f"set model.max_length to {room} or less")
+            # refused before any compute: a longer batch crashed training with a shape error about position embeddings
+            what = f"model.max_length ({self.model.max_length})" + (
+                f" and peft.num_virtual_tokens ({self.peft.num_virtual_tokens})" if self.train.method == "prompt_tuning" else "")
+            raise ConfigError(f"{what} exceed the model's context of {context} tokens; set model.max_length to {room} "
+                              "or less")
         return min(budget, room)
 
     def packs(self) -> bool:

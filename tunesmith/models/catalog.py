@@ -137,6 +137,27 @@ def load_tokenizer(name: str) -> Any:
 
 
 def context_length(tokenizer: Any) -> int | None:
-    """The model's context window, when the tokenizer knows a believable one."""
+    """The model's context window: the smaller of what the tokenizer says (when believable) and the positions the
+    model beside it has (its config.json). A tokenizer without model_max_length had given a 128-position model a
+    512-token budget, and training crashed at the first long batch."""
     n = getattr(tokenizer, "model_max_length", None)
-    return int(n) if isinstance(n, int) and 0 < n < 10_000_000 else None
+    said = int(n) if isinstance(n, int) and 0 < n < 10_000_000 else None
+    positions = _positions(Path(str(getattr(tokenizer, "name_or_path", "") or "")) / "config.json")
+    known = [x for x in (said, positions) if x]
+    return min(known) if known else None
+
+
+def _positions(config: Path) -> int | None:
+    """The token positions a model's config.json gives it (RoBERTa's family keeps two for its padding offset)."""
+    import json
+
+    try:
+        data = json.loads(config.read_text(encoding="utf-8")) if config.is_file() else {}
+    except (OSError, ValueError):
+        return None
+    n = next((data[k] for k in ("max_position_embeddings", "n_positions") if isinstance(data.get(k), int)), None)
+    if n is None or n <= 0:
+        return None
+    if any(family in str(data.get("model_type", "")) for family in ("roberta", "camembert")):
+        n -= int(data.get("pad_token_id") or 1) + 1
+    return n
