@@ -282,7 +282,7 @@ def train_cmd(
     processes = nproc or cfg.train.nproc
     if processes > 1 and "LOCAL_RANK" not in os.environ:
         # Checks and data preparation happen once, here; then torchrun starts the workers.
-        check_run_dir(resume or cfg.run_dir, resume is not None, overwrite, run_inputs(cfg))
+        check_run_dir(resume or cfg.run_dir, resume is not None, overwrite, run_inputs(cfg, dataset))
         ensure_dataset(cfg, dataset)
         child = ["train", *([str(config)] if config else []), *(x for o in overrides or [] for x in ("--set", o)),
                  *(["--dataset", str(dataset)] if dataset else []), *(["--resume", str(resume)] if resume else [])]

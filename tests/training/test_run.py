@@ -60,6 +60,15 @@ def test_overwrite_never_deletes_what_the_new_run_reads(tmp_path: Path, tiny_ber
     with pytest.raises(ConfigError, match="data.sources"):
         train(project(tmp_path, tiny_bert, train_spec={"max_steps": 2}, data=data), overwrite=True)
     assert inside.is_file() and is_run(parent)
+    # a --dataset prepared inside the run folder was deleted with it, and training then found no dataset
+    from tunesmith.data.prepare import prepare
+
+    kept = prepare(project(tmp_path, tiny_bert, data={**data, "sources": [{"path": str(tmp_path / "data.csv")}],
+                                                      "output_dir": str(tmp_path / "run" / "dataset")})).path
+    with pytest.raises(ConfigError, match="the dataset .*run/dataset"):
+        train(project(tmp_path, tiny_bert, train_spec={"max_steps": 2}), dataset_dir=kept, overwrite=True)
+    assert (kept / "manifest.json").is_file()
+    shutil.rmtree(kept)
     assert is_run(train(project(tmp_path, tiny_bert, train_spec={"max_steps": 2}), overwrite=True))  # a plain rerun
 
 

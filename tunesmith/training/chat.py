@@ -140,7 +140,7 @@ def train_chat(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: P
     from tunesmith.tasks import chat
     from tunesmith.training.methods import apply_method
 
-    run_dir, checkpoint = start_run(cfg, resume, overwrite)
+    run_dir, checkpoint = start_run(cfg, resume, overwrite, dataset_dir)
     version = ensure_dataset(cfg, dataset_dir)
     _check_rows(version)
     import torch

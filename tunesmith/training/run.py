@@ -29,9 +29,13 @@ from tunesmith.config import ProjectConfig, config_diff
 from tunesmith.errors import ConfigError
 
 
-def run_inputs(cfg: ProjectConfig) -> list[tuple[str, Path]]:
-    """(setting, path) for what training `cfg` reads from disk: --overwrite must never delete any of it."""
-    paths: list[tuple[str, Path | None]] = [("train.init_from", cfg.train.init_from)]
+def run_inputs(cfg: ProjectConfig, dataset_dir: Path | None = None) -> list[tuple[str, Path]]:
+    """(setting, path) for what training `cfg` reads from disk: --overwrite must never delete any of it (a --dataset
+    prepared inside the run folder had been deleted with it)."""
+    paths: list[tuple[str, Path | None]] = [("train.init_from", cfg.train.init_from),
+                                            ("the dataset", dataset_dir or cfg.dataset_dir),
+                                            ("data.annotate.corrections", cfg.data.annotate.corrections),
+                                            ("data.collect_dir", cfg.data.collect_dir)]
     paths += [("data.sources", src.path) for src in cfg.data.sources]
     if cfg.model.name and Path(str(cfg.model.name)).exists():  # a local model folder, not a packaged name
         paths.append(("model.name", Path(str(cfg.model.name))))
@@ -74,7 +78,8 @@ def check_run_dir(run_dir: Path, resuming: bool, overwrite: bool, reads: Sequenc
     shutil.rmtree(run_dir)
 
 
-def start_run(cfg: ProjectConfig, resume: Path | None, overwrite: bool) -> tuple[Path, Path | None]:
+def start_run(cfg: ProjectConfig, resume: Path | None, overwrite: bool, dataset_dir: Path | None = None
+              ) -> tuple[Path, Path | None]:
     """The run folder, and the checkpoint to resume from; refuses a changed config or an accidental overwrite."""
     run_dir = Path(resume or cfg.run_dir)
     checkpoint = None
@@ -97,7 +102,7 @@ def start_run(cfg: ProjectConfig, resume: Path | None, overwrite: bool) -> tuple
     # the other ranks leave the folder alone. After tunesmith's --nproc launcher checked (and with --overwrite
     # removed it), rank 0 finds no run here.
     if is_rank0():
-        check_run_dir(run_dir, resume is not None, overwrite, run_inputs(cfg))
+        check_run_dir(run_dir, resume is not None, overwrite, run_inputs(cfg, dataset_dir))
     return run_dir, checkpoint
 
 

@@ -107,7 +107,7 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
     from tunesmith.training.methods import apply_method, freeze_token_embeddings
 
     task = cfg.task.type
-    run_dir, checkpoint = start_run(cfg, resume, overwrite)
+    run_dir, checkpoint = start_run(cfg, resume, overwrite, dataset_dir)
     version = ensure_dataset(cfg, dataset_dir)
     check_labels(version)
     labels = version.manifest.labels
