@@ -135,6 +135,7 @@ class DatasetVersion:
 RUN_FORMAT = 1
 RUN_MANIFEST = "run.json"
 RUN_CONFIG = "config.json"
+RUN_DATASET = "dataset.json"  # the dataset a run started on (path, fingerprint, labels): a resume must go on with it
 MODEL_DIR = "model"
 ADAPTER_DIR = "adapter"
 TRAINING_LOG = "training_log.jsonl"

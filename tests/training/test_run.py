@@ -108,3 +108,46 @@ def test_a_moved_run_resumed_after_its_last_checkpoint_keeps_the_best_model(tmp_
     saved = load_file(run / "checkpoints" / best / "model.safetensors")
     assert all(torch.equal(final[k], saved[k]) for k in final)
     assert Run(run).manifest.best_metric and os.path.isdir(run / "checkpoints" / best)
+
+
+def test_resuming_a_run_that_stopped_early_finishes_it_where_it_stopped(tmp_path: Path, tiny_bert: Path) -> None:
+    # Resumed (a worker killed between its last checkpoint and run.json, or --resume of the finished run), it trained
+    # on to the next evaluation, and an improvement there kept another model than the uninterrupted run's.
+    import json
+
+    spec = {"max_steps": 40, "evals_per_epoch": 4, "save_total_limit": 10, "learning_rate": 1e-12,
+            "early_stopping_patience": 2}
+    cfg = project(tmp_path, tiny_bert, train_spec=spec)
+
+    def evaluated(run: Path) -> list[int]:
+        return [e["step"] for e in map(json.loads, (run / "training_log.jsonl").read_text().splitlines()) if "eval_loss" in e]
+
+    run = train(cfg)
+    stopped, kept = evaluated(run), load_file(run / "model" / "model.safetensors")
+    assert max(stopped) < 40  # it stopped early
+    assert evaluated(train(cfg, resume=run)) == stopped
+    again = load_file(run / "model" / "model.safetensors")
+    assert all(torch.equal(kept[k], again[k]) for k in kept)  # the same model kept
+
+
+def test_a_run_resumed_on_another_dataset_is_refused(tmp_path: Path, tiny_bert: Path) -> None:
+    # Prepared again from an edited file (or another --dataset), it had gone on silently on other data, or failed
+    # loading a head of another size (a new label).
+    import json
+
+    from tunesmith.artifacts import RUN_DATASET
+
+    class Stop(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+            raise KeyboardInterrupt
+
+    cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 8, "evals_per_epoch": 4})
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[Stop()])
+    started = json.loads((tmp_path / "run" / RUN_DATASET).read_text())
+    data = rows(160)
+    data[0]["text"] = "an edited review, prepared again"
+    write(tmp_path / "data.csv", data)
+    shutil.rmtree(tmp_path / "ds")
+    with pytest.raises(ConfigError, match=rf"started on the dataset .*fingerprint {started['fingerprint'][:12]}"):
+        train(cfg, resume=tmp_path / "run")

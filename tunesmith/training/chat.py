@@ -29,6 +29,7 @@ from tunesmith.errors import ConfigError, DataError
 from tunesmith.training.dataset import ensure_dataset
 from tunesmith.training.run import (
     best_evaluation,
+    check_dataset,
     common_arguments,
     count_and_report,
     finish_run,
@@ -142,6 +143,7 @@ def train_chat(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: P
 
     run_dir, checkpoint = start_run(cfg, resume, overwrite, dataset_dir)
     version = ensure_dataset(cfg, dataset_dir)
+    check_dataset(run_dir, version, checkpoint is not None or resume is not None)
     _check_rows(version)
     import torch
 

@@ -18,6 +18,7 @@ from tunesmith import __version__
 from tunesmith.artifacts import (
     CHECKPOINT_DONE,
     RUN_CONFIG,
+    RUN_DATASET,
     RUN_MANIFEST,
     RUN_METRICS,
     TRAINING_LOG,
@@ -181,6 +182,39 @@ def standard_callbacks(cfg: ProjectConfig, extra: Sequence[Any] = ()) -> list[An
     return [*callbacks, *extra]
 
 
+def check_dataset(run_dir: Path, version: Any, resuming: bool) -> None:
+    """Record the dataset a run starts on; a resumed run must go on with the same one (prepared again from edited
+    files, or another --dataset, it had trained on silently, or failed loading a head of another size)."""
+    path = run_dir / RUN_DATASET
+    mine = {"dataset": str(version.path.resolve()), "fingerprint": version.manifest.fingerprint,
+            "labels": version.manifest.labels}
+    if resuming and path.is_file():
+        started = json.loads(path.read_text(encoding="utf-8"))
+        if started.get("fingerprint") != mine["fingerprint"]:
+            raise ConfigError(f"{run_dir}: this run started on the dataset {started.get('dataset')} (fingerprint "
+                              f"{str(started.get('fingerprint'))[:12]}), and {version.path} has fingerprint "
+                              f"{mine['fingerprint'][:12]} (prepared again, or another --dataset), so resuming would mix "
+                              "two runs; resume with the dataset it started on, or start a new run")
+        return
+    if is_rank0():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(mine, indent=2) + "\n", encoding="utf-8")
+
+
+def _stopped_at(checkpoint: Path, patience: int | None) -> int | None:
+    """The step a checkpoint's run had stopped at for good (early stopping, or its last step), else None."""
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    kept = state.get("stateful_callbacks") or {}
+    control = (kept.get("TrainerControl") or {}).get("args") or {}
+    waited = ((kept.get("EarlyStoppingCallback") or {}).get("attributes") or {}).get("early_stopping_patience_counter", 0)
+    if control.get("should_training_stop") or (patience and waited >= patience):
+        return int(state.get("global_step") or 0) or None
+    return None
+
+
 def write_config(cfg: ProjectConfig, run_dir: Path) -> None:
     if is_rank0():
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -199,11 +233,35 @@ def run_trainer(cfg: ProjectConfig, trainer: Any, run_dir: Path, checkpoint: Pat
         # A finished run trained again (resumed) rewrites model/: until finish_run writes run.json anew, the
         # folder must not look finished, or a crash mid-save would leave half-written weights that load as a run.
         (run_dir / RUN_MANIFEST).unlink(missing_ok=True)
+    if checkpoint is not None and _stopped_at(checkpoint, cfg.train.early_stopping_patience) is not None:
+        # It had stopped there for good (early stopping, or its last step; killed before run.json was written): the
+        # Trainer resumed trained on to the next evaluation, and kept another model than the uninterrupted run.
+        # Its state and its kept model are taken as they were instead, and the run finishes from there.
+        if is_rank0():
+            print(f"{checkpoint.name}: the run had stopped there; finishing it", flush=True)
+        return _finish_from(trainer, checkpoint)
     if checkpoint is not None and is_rank0():
         print(f"resuming from {checkpoint.name}", flush=True)
     hf_logging.set_verbosity_warning()
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     return result
+
+
+def _finish_from(trainer: Any, checkpoint: Path) -> Any:
+    """The trainer as training left it at `checkpoint`: its state (log, best step) and the model it keeps; what
+    `train` returns, with no training time of its own."""
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+    best = trainer.state.best_global_step
+    here = checkpoint.parent / f"checkpoint-{best}"
+    if trainer.args.load_best_model_at_end and best and here.is_dir():
+        trainer.state.best_model_checkpoint = str(here)  # where it is now (the run may have moved)
+        trainer._load_best_model()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    return TrainOutput(trainer.state.global_step, losses[-1] if losses else float("nan"), {})
 
 
 def best_evaluation(trainer: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from tunesmith.training.dataset import ensure_dataset
 from tunesmith.training.encoder_attention import use_for_cpu_training
 from tunesmith.training.run import (
     best_evaluation,
+    check_dataset,
     common_arguments,
     count_and_report,
     finish_run,
@@ -109,6 +110,7 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
     task = cfg.task.type
     run_dir, checkpoint = start_run(cfg, resume, overwrite, dataset_dir)
     version = ensure_dataset(cfg, dataset_dir)
+    check_dataset(run_dir, version, checkpoint is not None or resume is not None)
     check_labels(version)
     labels = version.manifest.labels
     model_dir = resolve_model_dir(str(cfg.model.name))
