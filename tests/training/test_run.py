@@ -151,3 +151,15 @@ def test_a_run_resumed_on_another_dataset_is_refused(tmp_path: Path, tiny_bert: 
     shutil.rmtree(tmp_path / "ds")
     with pytest.raises(ConfigError, match=rf"started on the dataset .*fingerprint {started['fingerprint'][:12]}"):
         train(cfg, resume=tmp_path / "run")
+
+
+def test_a_second_training_into_a_folder_being_written_is_refused(tmp_path: Path, tiny_bert: Path) -> None:
+    # Two `tunesmith train` started together both passed the "a run exists" check and wrote one folder, both "succeeding".
+    import fcntl
+
+    cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 2})
+    with (tmp_path / ".run.lock").open("w") as held:  # what the first training holds while it writes tmp_path/run
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(ConfigError, match="another training is writing this run folder now"):
+            train(cfg)
+    assert is_run(train(cfg))  # let go, the folder is free again

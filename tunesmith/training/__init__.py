@@ -21,10 +21,13 @@ from tunesmith.config import GENERATIVE_TASKS, ProjectConfig
 def train(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: Path | None = None,
           overwrite: bool = False, callbacks: Sequence[Any] = ()) -> Path:
     """Train the config's task into a run folder; `callbacks`: extra TrainerCallbacks (a job's reporter)."""
-    if cfg.task.type in GENERATIVE_TASKS:
-        from tunesmith.training.chat import train_chat
+    from tunesmith.training.run import run_lock
 
-        return train_chat(cfg, dataset_dir=dataset_dir, resume=resume, overwrite=overwrite, callbacks=callbacks)
-    from tunesmith.training.sequence import train_sequence
+    with run_lock(Path(resume or cfg.run_dir)):
+        if cfg.task.type in GENERATIVE_TASKS:
+            from tunesmith.training.chat import train_chat
 
-    return train_sequence(cfg, dataset_dir=dataset_dir, resume=resume, overwrite=overwrite, callbacks=callbacks)
+            return train_chat(cfg, dataset_dir=dataset_dir, resume=resume, overwrite=overwrite, callbacks=callbacks)
+        from tunesmith.training.sequence import train_sequence
+
+        return train_sequence(cfg, dataset_dir=dataset_dir, resume=resume, overwrite=overwrite, callbacks=callbacks)

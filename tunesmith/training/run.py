@@ -5,11 +5,13 @@ writes besides its model (artifacts.py describes them). The recipes are sequence
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -105,6 +107,29 @@ def start_run(cfg: ProjectConfig, resume: Path | None, overwrite: bool, dataset_
     if is_rank0():
         check_run_dir(run_dir, resume is not None, overwrite, run_inputs(cfg, dataset_dir))
     return run_dir, checkpoint
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """One training at a time per run folder: two started together both passed the "a run already exists" check
+    (the folder fills only after loading) and wrote one checkpoints/, log and run.json, each reporting success.
+    An flock beside the folder (--overwrite deletes the folder), let go when the process ends however it ends."""
+    if not is_rank0():
+        yield
+        return
+    here = run_dir.resolve()
+    path = here.parent / f".{here.name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{run_dir}: another training is writing this run folder now; wait for it to end, or set "
+                              "train.output_dir to another folder") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def is_rank0() -> bool:
