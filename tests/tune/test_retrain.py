@@ -384,3 +384,22 @@ def test_the_promotion_rule(test, feedback, settings, passes, why) -> None:
 
     ok, reasons = decide(judged(test, feedback), RetrainSpec(**settings))
     assert ok is passes and any(why in r for r in reasons), reasons
+
+
+def test_ratings_without_a_correction_do_not_count_towards_a_retrain(store_url: str) -> None:
+    # A rating's label is stored as JSON's null, which IS NOT NULL let through: 25 thumbs-ups counted as corrections.
+    import time
+
+    from tunesmith.store.db import Store
+    from tunesmith.store.schema import Feedback, Prediction
+    from tunesmith.tune.trigger import corrections_since
+
+    store = Store(store_url)
+    with store.session() as s:
+        for i in range(25):
+            s.add(Prediction(request_id=f"r{i}", model="reviews", model_version="reviews-v1", kind="predict",
+                             created=time.time(), inputs=["nice tea"], outputs=[{"label": "great"}], latency_ms=1.0))
+            s.add(Feedback(id=f"f{i}", request_id=f"r{i}", item_index=0, created=time.time(), thumbs_up=True,
+                           corrected_label=["bad"] if i == 3 else None, corrected_value=None, corrected_answer=None))
+    assert corrections_since(store, "reviews", 0.0)[0] == 1
+    store.close()
