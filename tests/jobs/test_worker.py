@@ -110,6 +110,14 @@ def test_a_job_runs_through_the_service_and_a_worker(store_url: str, tmp_path: P
     assert jobs.resolve_model("owner-a", done.fine_tuned_model) == Path(jobs.jobs_dir / job.id / "run")
     assert jobs.resolve_model("owner-b", done.fine_tuned_model) is None
     assert jobs.get_job("owner-b", job.id).status == 404
+    # Without a validation file OpenAI trains on the whole file (20% of it had been held out) and reports no valid_*.
+    from tunesmith.artifacts import DatasetVersion, Run
+
+    run = Run(jobs.jobs_dir / job.id / "run")
+    assert DatasetVersion(run.manifest.dataset).manifest.counts["train"] == 24
+    reported = {k for e in jobs.list_events("owner-a", job.id, limit=100).data if e.type == "metrics" for k in e.data}
+    assert "train_loss" in reported and not any("valid" in k for k in reported)
+    assert not any("valid" in k for c in jobs.list_checkpoints("owner-a", job.id).data for k in c.metrics.model_dump(exclude_none=True))
 
 
 def test_a_dpo_job_trains_on_openai_preference_lines(tmp_path: Path, tiny_llama: Path) -> None:
@@ -259,6 +267,7 @@ def test_a_training_file_deleted_once_validated_leaves_the_job_training(tmp_path
     done = jobs.get_job("", job.id)
     assert done.status == "succeeded", done.error
     assert isinstance(jobs.get_file("", upload.id), ApiError)  # deleted is deleted: the job's copy is not a file
+    assert any("valid_loss" in e.data for e in jobs.list_events("", job.id, limit=100).data if e.type == "metrics")
 
 
 def test_a_cancel_and_a_failure_at_the_same_moment_leave_one_consistent_ending(store_url: str,

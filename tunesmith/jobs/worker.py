@@ -240,9 +240,12 @@ class Worker:
             train_path, valid_path = self._paths(job)
             folder = Path(str(job.run_dir)).parent
             base = self._base(job)
-            sources: list[dict[str, Any]] = [{"path": str(train_path), "kind": "jsonl", "split": "train" if valid_path else None}]
-            if valid_path:
-                sources.append({"path": str(valid_path), "kind": "jsonl", "split": "validation"})
+            # OpenAI trains on the whole training file: without a validation file, 20% of it had been held out. The
+            # Trainer still needs a validation split to track; a sample of the training lines serves, and their
+            # losses are not reported as valid_* (OpenAI reports none without a validation file).
+            monitor = valid_path or _training_sample(train_path, kept_files(job) / "training-sample.jsonl")  # goes with them
+            sources: list[dict[str, Any]] = [{"path": str(train_path), "kind": "jsonl", "split": "train"},
+                                             {"path": str(monitor), "kind": "jsonl", "split": "validation"}]
             raw: dict[str, Any] = {
                 "name": job.id,
                 "task": {"type": "chat" if method == "supervised" else "preference"},
@@ -273,7 +276,9 @@ class Worker:
             job.status = "running"
             add_event(s, job, f"Fine-tuning job resumed from step {checkpoint.name.split('-')[-1]}" if checkpoint
                       else "Fine-tuning job started")
-        reporter = _reporter(self, job_id, beat)
+        with self.store.session() as s:
+            validated = s.get(Job, job_id).validation_file is not None  # type: ignore[union-attr]
+        reporter = _reporter(self, job_id, beat, validated)
         if checkpoint is not None:
             train(cfg, resume=run_dir, callbacks=[reporter])
         else:
@@ -292,7 +297,7 @@ class Worker:
                 return
             name = fine_tuned_name(job, self.spec)
             final = {k: run.manifest.metrics[k] for k in ("full_valid_loss", "full_valid_mean_token_accuracy")
-                     if k in run.manifest.metrics}  # OpenAI reports full_valid_* on the last checkpoint
+                     if k in run.manifest.metrics and job.validation_file}  # OpenAI: full_valid_* on the last checkpoint
             for checkpoint in list(job.checkpoints):  # servable folders for the checkpoints the Trainer kept
                 if checkpoint is job.checkpoints[-1]:
                     checkpoint.metrics = {**checkpoint.metrics, **final}
@@ -403,12 +408,25 @@ class _Heartbeat(threading.Thread):
         self._done.set()
 
 
-def _reporter(worker: Worker, job_id: str, beat: _Heartbeat) -> Any:
-    """A TrainerCallback: step metrics and checkpoints as OpenAI's events, and a stop on cancel/pause."""
+def _training_sample(training: Path, out: Path, size: int = 256) -> Path:
+    """Up to `size` lines spread over the training file: what the Trainer tracks when a job has no validation file."""
+    if not training.is_file():  # deleted before validation, which fails the job on it
+        return out
+    lines = [line for line in training.read_bytes().splitlines() if line.strip()]  # bytes: validation judges them
+    step = max(1, len(lines) // size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(b"".join(line + b"\n" for line in lines[::step][:size]))
+    return out
+
+
+def _reporter(worker: Worker, job_id: str, beat: _Heartbeat, validated: bool = True) -> Any:
+    """A TrainerCallback: step metrics and checkpoints as OpenAI's events, and a stop on cancel/pause. `validated`:
+    the job has a validation file (without one, the losses on a sample of its training lines are not valid_*)."""
     from transformers import TrainerCallback
 
-    names = {"loss": "train_loss", "mean_token_accuracy": "train_mean_token_accuracy", "eval_loss": "valid_loss",
-             "eval_mean_token_accuracy": "valid_mean_token_accuracy"}
+    names = {"loss": "train_loss", "mean_token_accuracy": "train_mean_token_accuracy"}
+    if validated:
+        names |= {"eval_loss": "valid_loss", "eval_mean_token_accuracy": "valid_mean_token_accuracy"}
 
     class Reporter(TrainerCallback):
         def __init__(self) -> None:
@@ -419,6 +437,8 @@ def _reporter(worker: Worker, job_id: str, beat: _Heartbeat) -> Any:
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
             logs = logs or {}
+            if "full_valid_loss" in logs and not validated:
+                return
             if "full_valid_loss" in logs:  # the closing pass over all of validation (TRL names its accuracy eval_*)
                 metrics = {"full_valid_loss": float(logs["full_valid_loss"])}
                 accuracy = logs.get("full_valid_mean_token_accuracy", logs.get("eval_mean_token_accuracy"))
