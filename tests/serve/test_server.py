@@ -348,3 +348,19 @@ def test_a_browser_page_on_an_allowed_origin_can_use_the_openai_clients() -> Non
     assert answer.headers["access-control-allow-origin"] == "https://app.example"
     assert "x-request-id" in answer.headers["access-control-expose-headers"].lower()
     assert stranger.status_code == 400
+
+
+def test_a_port_another_server_has_is_refused_before_loading(tmp_path: Path) -> None:
+    # It printed "listening on", started its workers, then uvicorn failed; the command exited 3 ("bad input data").
+    import socket
+
+    from tunesmith.config import ServeSpec
+    from tunesmith.errors import ConfigError
+    from tunesmith.serve.server import serve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"--port {port}: cannot listen on 127.0.0.1:{port}"):
+            serve([tmp_path / "no-run-needed"], ServeSpec(port=port), log=False)

@@ -12,12 +12,25 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import JobsSpec, ServeSpec
+from tunesmith.errors import ConfigError
 
 
 def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refused before "listening on" is printed, and before workers start: uvicorn said so only after both, and the
+    command ended as if its input data were bad (exit 3)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port in TIME_WAIT is free
+        try:
+            s.bind((host, port))
+        except OSError as err:
+            raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({err.strerror}); another server has it, "
+                              "so stop that one or pass another --port") from None
 
 
 def serve(paths: Sequence[str | Path], spec: ServeSpec, log: bool = True, jobs: JobsSpec | None = None,
@@ -31,6 +44,8 @@ def serve(paths: Sequence[str | Path], spec: ServeSpec, log: bool = True, jobs: 
     from tunesmith.serve.models import ModelLoader, load
     from tunesmith.serve.service import Service
 
+    if spec.port:
+        _check_port(spec.host, spec.port)  # before minutes of loading
     loader = ModelLoader(spec)
     models = load(paths, loader)
     jobs_service, registry, store = None, None, None
