@@ -253,6 +253,12 @@ def test_metrics_health_and_docs(server: str) -> None:
     assert "access-control-allow-origin" not in r.headers  # CORS is off unless configured
 
 
+def test_feedback_to_a_server_without_a_store_says_how_to_keep_it(server: str) -> None:
+    r = httpx.post(f"{server}/v1/feedback", json={"request_id": "req-1", "rating": "up"}, headers=auth())
+    assert r.status_code == 404 and r.json()["error"]["code"] == "feedback_not_enabled"
+    assert "--db" in r.json()["error"]["message"]
+
+
 def test_metrics_label_requests_by_route_not_by_the_path_a_client_sends() -> None:
     """Every model id or made-up URL under /v1 was a series of its own in /metrics, kept for good: a client without a
     key could grow the server's memory and the scrape without bound."""

@@ -234,6 +234,13 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
         async def send_feedback(req: FeedbackRequest, _: str = Depends(model_auth)) -> Response:
             result = await asyncio.get_running_loop().run_in_executor(None, feedback.submit, req)  # committed, then 201
             return _error(result) if isinstance(result, ServiceError) else JSONResponse(result.model_dump(), status_code=201)
+    else:
+        @app.post("/v1/feedback", tags=["tunesmith"], include_in_schema=False)
+        async def no_feedback(_: str = Depends(model_auth)) -> Response:
+            # a bare "Not Found" had left the client guessing whether the path or the request id was wrong
+            return _error(ServiceError(404, "this server keeps no feedback: it was started without a store; serve with "
+                                            "--db URL (or registry models with --model) to log answers and take feedback",
+                                       "not_found_error", code="feedback_not_enabled"))
     return app
 
 
