@@ -187,6 +187,13 @@ def test_bad_input_gets_the_right_4xx_in_openai_error_shape(server: str, body: b
     assert error["message"] and error["type"] and error["param"] == param
 
 
+def test_a_body_that_is_not_json_is_named_with_where_it_breaks(server: str) -> None:
+    r = httpx.post(f"{server}/v1/predict", content=b'{"text": "abc', headers={**auth(), "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    assert r.json()["error"]["message"] == ("the request body is not valid JSON: Unterminated string starting at "
+                                            "(character 9 of the body)")
+
+
 def test_unknown_chat_model_and_bad_role_with_the_client(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="ft:nope:x:1", messages=[{"role": "user", "content": "hi"}])

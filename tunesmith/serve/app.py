@@ -106,8 +106,10 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
         loc = [str(x) for x in first.get("loc", ()) if x != "body" and not _UNION_BRANCH.search(str(x))
                and str(x) not in _TYPE_TAGS]
         if first.get("type") == "json_invalid":
-            return _error(ServiceError(400, f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".strip(),
-                                       code="invalid_json"))
+            at = next((x for x in first.get("loc", ()) if isinstance(x, int)), None)  # the character the parser stopped at
+            where = f" (character {at} of the body)" if at is not None else ""
+            return _error(ServiceError(400, f"the request body is not valid JSON: {first.get('ctx', {}).get('error', '')}".strip()
+                                       + where, code="invalid_json"))
         param = ".".join(loc) or None
         return _error(ServiceError(400, f"{param or 'body'}: {first.get('msg')}", param=param, code="invalid_value"))
 
