@@ -424,6 +424,26 @@ def test_a_job_s_file_copies_go_when_it_ends(tmp_path: Path, tiny_llama: Path) -
     assert [p for p in jobs.jobs_dir.rglob("*") if p.is_file() and p.read_bytes() == data] == []
 
 
+def test_a_dead_worker_s_cancelled_job_lets_its_file_copies_go(store_url: str, tmp_path: Path) -> None:
+    # Only a job no worker held had its copies removed at cancel; a killed worker's name stays on the row, and no later
+    # worker touches a cancelled job: a deleted upload's bytes stayed for good.
+    from tunesmith.jobs.service import kept_files
+
+    store = Store(store_url)
+    spec = JobsSpec(stale_after_s=60)
+    jobs = JobsService(store, spec)
+    for job_id, beat in (("ftjob-dead", time.time() - 600), ("ftjob-alive", time.time())):
+        _job(store, job_id, status="running", worker="w", heartbeat_at=beat, run_dir=str(tmp_path / job_id / "run"))
+        with store.session() as s:
+            folder = kept_files(s.get(Job, job_id))
+        folder.mkdir(parents=True)
+        (folder / "file-x").write_text("the user's data")
+        assert jobs.cancel_job("", job_id).status == "cancelled"
+    with store.session() as s:
+        dead, alive = (kept_files(s.get(Job, j)) for j in ("ftjob-dead", "ftjob-alive"))
+    assert not dead.exists() and alive.exists()  # a live worker removes its own as it lets go
+
+
 def _fake_run(folder: Path) -> Path:
     (folder / "model").mkdir(parents=True)
     (folder / "model" / "adapter_model.safetensors").write_bytes(b"w" * 100)

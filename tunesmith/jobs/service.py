@@ -239,7 +239,10 @@ class JobsService:
             job.control = "cancel" if job.status == "running" else None
             job.status, job.finished_at, job.estimated_finish = "cancelled", now(), None  # OpenAI: null unless running
             add_event(s, job, "Fine-tuning job cancelled")
-            if job.worker is None and job.run_dir:  # a worker holding it removes them as it lets go
+            # A worker holding it removes them as it lets go; one whose heartbeat went stale (killed) never will, and no
+            # later worker touches a cancelled job: its copies (a deleted upload's bytes) had stayed for good.
+            gone = job.heartbeat_at is None or job.heartbeat_at < time.time() - self.spec.stale_after_s
+            if job.run_dir and (job.worker is None or gone):
                 idle.append(kept_files(job))
 
         result = self._control(owner, job_id, "cancel", ACTIVE, cancel)
