@@ -377,3 +377,32 @@ def test_a_port_another_server_has_is_refused_before_loading(tmp_path: Path) -> 
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match=rf"--port {port}: cannot listen on 127.0.0.1:{port}"):
             serve([tmp_path / "no-run-needed"], ServeSpec(port=port), log=False)
+
+
+def test_serve_workers_that_die_are_started_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `serve --workers 1` started them once: after the OOM killer took the worker, jobs waited for ever.
+    import subprocess
+    import sys
+
+    from tunesmith.config import JobsSpec
+    from tunesmith.serve import server
+
+    names: list[str] = []
+
+    def fake_worker(jobs: JobsSpec, index: int, restarts: int = 0) -> subprocess.Popen[bytes]:
+        names.append(f"w{index}.{restarts}")
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+    monkeypatch.setattr(server, "_start_worker", fake_worker)
+    pool = server.WorkerPool(JobsSpec(), 2, check_s=3600, min_uptime_s=0)  # checked by hand here
+    try:
+        first = pool.children[1]
+        first.kill()
+        first.wait()
+        pool.check()
+        assert names == ["w0.0", "w1.0", "w1.1"] and pool.children[1] is not first and pool.children[1].poll() is None
+        pool.check()  # the living are left alone
+        assert names == ["w0.0", "w1.0", "w1.1"]
+    finally:
+        pool.stop()
+    assert all(c.poll() is not None for c in pool.children)

@@ -83,7 +83,7 @@ def serve(paths: Sequence[str | Path], spec: ServeSpec, log: bool = True, jobs: 
     models = service.models
     app = create_app(service, spec)
     port = spec.port or free_port(spec.host)
-    children = [_start_worker(jobs, i) for i in range(workers)] if jobs is not None else []
+    pool = WorkerPool(jobs, workers if jobs is not None else 0)
     if log:
         for m in models:
             print(f"serving {m.id} ({m.task}) from {m.run}", flush=True)
@@ -91,9 +91,60 @@ def serve(paths: Sequence[str | Path], spec: ServeSpec, log: bool = True, jobs: 
     try:
         uvicorn.run(app, host=spec.host, port=port, log_level="warning", timeout_graceful_shutdown=5)
     finally:
-        for child in children:
+        pool.stop()
+
+
+class WorkerPool:
+    """`serve --workers N`: N training processes, each started again when it dies (the OOM killer, a crash), so the
+    jobs queue is never left without workers while /readyz says ready. Its job is taken over by the heartbeat rule."""
+
+    def __init__(self, jobs: JobsSpec | None, n: int, check_s: float = 2.0, min_uptime_s: float = 10.0) -> None:
+        import threading
+
+        self.jobs, self.min_uptime_s = jobs, min_uptime_s
+        self.started = [0] * n  # processes started per slot: a new one gets a new name
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.since: list[float] = []
+        for i in range(n):
+            self._start(i)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, args=(check_s,), daemon=True, name="tunesmith-workers")
+        if n:
+            self._thread.start()
+
+    def _start(self, i: int) -> None:
+        import time
+
+        assert self.jobs is not None
+        child = _start_worker(self.jobs, i, self.started[i])
+        self.started[i] += 1
+        if i < len(self.children):
+            self.children[i], self.since[i] = child, time.time()
+        else:
+            self.children.append(child)
+            self.since.append(time.time())
+
+    def check(self) -> None:
+        """Start again each worker that has ended, unless it ended within min_uptime_s (a worker that cannot start at
+        all, a bad --db: it is started again after that long, not in a loop)."""
+        import time
+
+        for i, child in enumerate(self.children):
+            if child.poll() is not None and time.time() - self.since[i] >= self.min_uptime_s:
+                print(f"worker {i} ended (exit code {child.returncode}); starting another", flush=True)
+                self._start(i)
+
+    def _watch(self, check_s: float) -> None:
+        while not self._stop.wait(check_s):
+            self.check()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        for child in self.children:
             child.terminate()
-        for child in children:
+        for child in self.children:
             try:
                 child.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -104,9 +155,10 @@ async def _apply_tests(service: Any) -> None:
     await service.follow_tests(asyncio.get_running_loop())
 
 
-def _start_worker(jobs: JobsSpec, index: int) -> subprocess.Popen[bytes]:
+def _start_worker(jobs: JobsSpec, index: int, restarts: int = 0) -> subprocess.Popen[bytes]:
     """A worker in its own process: training never loads into the server, and a crash stays there."""
-    args = [sys.executable, "-m", "tunesmith", "worker", "--name", f"{socket.gethostname()}:{os.getpid()}:w{index}",
+    name = f"{socket.gethostname()}:{os.getpid()}:w{index}" + (f".{restarts}" if restarts else "")
+    args = [sys.executable, "-m", "tunesmith", "worker", "--name", name,
             *(x for b in jobs.base_models for x in ("--base-model", b)),
             "--heartbeat", str(jobs.heartbeat_s), "--stale-after", str(jobs.stale_after_s), "--poll", str(jobs.poll_s),
             "--max-attempts", str(jobs.max_attempts)]
