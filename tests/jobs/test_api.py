@@ -363,3 +363,39 @@ def test_a_cancel_waiting_for_a_worker_s_lock_does_not_hold_up_the_server(tmp_pa
         assert held_throughout, "/healthz waited for the cancel, which waited for the worker's lock"
     finally:
         stop_server(proc)
+
+
+def test_an_upload_over_the_limit_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    # The whole multipart body was read and spooled to disk (150 MB against a 1 MB limit) before the 413.
+    import asyncio
+
+    import httpx
+
+    from tunesmith.config import JobsSpec, ServeSpec
+    from tunesmith.jobs.service import JobsService
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.service import Service
+    from tunesmith.store.db import Store
+
+    spec = ServeSpec()
+    jobs = JobsService(Store(f"sqlite:///{tmp_path / 'store.db'}"), JobsSpec(max_file_bytes=1000))
+    app = create_app(Service([], spec, jobs=jobs), spec)
+    sent = 0
+
+    async def chunks():  # a chunked upload, 1 MB of it, with no Content-Length
+        nonlocal sent
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="t.jsonl"\r\n\r\n'
+        for _ in range(100):
+            sent += 10_000
+            yield b"x" * 10_000
+
+    async def exchange() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+            declared = await c.post("/v1/files", files={"file": ("t.jsonl", b"x" * 200_000)}, data={"purpose": "fine-tune"})
+            chunked = await c.post("/v1/files", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=b"})
+            return declared, chunked
+
+    declared, chunked = asyncio.run(exchange())
+    assert declared.status_code == chunked.status_code == 413
+    assert declared.json()["error"]["code"] == chunked.json()["error"]["code"] == "request_too_large"
+    assert sent < 1_000_000  # refused as it passed the limit

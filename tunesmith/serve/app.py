@@ -77,14 +77,19 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
         app.add_middleware(CORSMiddleware, allow_origins=spec.cors_origins, allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=["*"], expose_headers=["X-Request-ID", "Retry-After"])
 
+    # An upload is refused by its Content-Length (or as a chunked one passes it), not after the whole body has been
+    # read and spooled: the file's limit plus room for the multipart envelope and the form's other fields.
+    upload_limit = (service.jobs.spec.max_file_bytes if service.jobs is not None else spec.max_body_bytes) + 64 * 1024
+
     @app.middleware("http")
     async def limits_and_metrics(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         started = time.perf_counter()
         endpoint = request.url.path
         length = request.headers.get("content-length")
-        upload = endpoint == "/v1/files" and request.method == "POST"  # limited by --max-file-mb while it streams
-        if length and length.isdigit() and int(length) > spec.max_body_bytes and not upload:
-            response: Response = _error(_too_large(f"request body of {length} bytes", spec.max_body_bytes))
+        upload = endpoint == "/v1/files" and request.method == "POST"  # limited by --max-file-mb
+        limit = upload_limit if upload else spec.max_body_bytes
+        if length and length.isdigit() and int(length) > limit:
+            response: Response = _error(_too_large(f"request body of {length} bytes", limit))
         else:
             response = await call_next(request)
         if endpoint.startswith(MODEL_ENDPOINTS) or endpoint.startswith("/admin"):
@@ -96,8 +101,8 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
         return response
 
     # Added last: outside the middleware above, so a body found too large while it is read is answered here.
-    app.add_middleware(_ChunkedBodyLimit, limit=spec.max_body_bytes, on_refused=lambda scope: metrics.requests.labels(
-        _endpoint(app, Request(scope)), "413").inc())
+    app.add_middleware(_ChunkedBodyLimit, limit=spec.max_body_bytes, upload_limit=upload_limit,
+                       on_refused=lambda scope: metrics.requests.labels(_endpoint(app, Request(scope)), "413").inc())
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -285,16 +290,16 @@ class _ChunkedBodyLimit:
     once past the limit: checked by its Content-Length alone, a chunked 100 MB body was read and parsed whole.
     (FastAPI's own max_body_size answers a plain-text 413, and to every request whose Content-Length is over it.)"""
 
-    def __init__(self, app: Any, limit: int, on_refused: Callable[[dict[str, Any]], None]) -> None:
-        self.app, self.limit, self.on_refused = app, limit, on_refused
+    def __init__(self, app: Any, limit: int, upload_limit: int, on_refused: Callable[[dict[str, Any]], None]) -> None:
+        self.app, self.limit, self.upload_limit, self.on_refused = app, limit, upload_limit, on_refused
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
                        send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
         headers = dict(scope.get("headers") or [])
-        upload = scope.get("path") == "/v1/files"  # limited by --max-file-mb while it streams
-        if scope["type"] != "http" or b"content-length" in headers or upload:
+        if scope["type"] != "http" or b"content-length" in headers:
             await self.app(scope, receive, send)
             return
+        limit = self.upload_limit if scope.get("path") == "/v1/files" else self.limit
         received, started = 0, False
 
         async def counted() -> dict[str, Any]:
@@ -302,7 +307,7 @@ class _ChunkedBodyLimit:
             message = await receive()
             if message.get("type") == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
+                if received > limit:
                     raise _BodyOverLimit
             return message
 
@@ -320,7 +325,7 @@ class _ChunkedBodyLimit:
             if started or not over:
                 raise
             self.on_refused(scope)
-            await _error(_too_large("the request body", self.limit))(scope, receive, send)
+            await _error(_too_large("the request body", limit))(scope, receive, send)
 
 
 def _too_large(what: str, limit: int) -> ServiceError:
