@@ -252,7 +252,11 @@ def test_metrics_health_and_docs(server: str) -> None:
     for name in ("tunesmith_requests_total", "tunesmith_request_seconds_bucket", "tunesmith_batch_size_bucket",
                  "tunesmith_queue_depth", "tunesmith_predictions_total", "tunesmith_errors_total"):
         assert name in text
-    assert 'label="pos"' in text  # the prediction distribution per model
+    assert 'label="pos"' in text  # the prediction distribution per model version, joinable with the version metrics
+    import re
+
+    [(model, version)] = set(re.findall(r'tunesmith_predictions_total\{label="[^"]+",model="([^"]+)",version="([^"]+)"\}', text))
+    assert f'tunesmith_model_requests_total{{model="{model}",version="{version}"}}' in text
     assert httpx.get(f"{server}/readyz").json()["status"] == "ready"
     spec = httpx.get(f"{server}/openapi.json").json()
     assert {"/v1/predict", "/v1/chat/completions", "/v1/completions", "/v1/models"} <= set(spec["paths"])

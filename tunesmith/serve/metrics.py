@@ -16,10 +16,13 @@ class Metrics:
         self.latency = Histogram("tunesmith_request_seconds", "Request latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("tunesmith_batch_size", "Items per forward pass", ["model"], buckets=BATCH_BUCKETS, registry=r)
         self.queue_depth = Gauge("tunesmith_queue_depth", "Requests waiting for a batch", ["model"], registry=r)
-        self.predictions = Counter("tunesmith_predictions", "Predicted labels per model (the prediction distribution)",
-                                   ["model", "label"], registry=r)
-        self.predicted_values = Histogram("tunesmith_predicted_value", "Regression outputs per model", ["model"],
-                                          buckets=(-10, -5, -2, -1, -0.5, 0, 0.5, 1, 2, 5, 10), registry=r)
+        # Per model version, as the version metrics below (a registry model under its name): they had the run's id
+        # alone, and could not be joined with the rest or split by A/B variant.
+        self.predictions = Counter("tunesmith_predictions", "Predicted labels per model version (the prediction distribution)",
+                                   ["model", "version", "label"], registry=r)
+        self.predicted_values = Histogram("tunesmith_predicted_value", "Regression outputs per model version",
+                                          ["model", "version"], buckets=(-10, -5, -2, -1, -0.5, 0, 0.5, 1, 2, 5, 10),
+                                          registry=r)
         self.generated_tokens = Counter("tunesmith_generated_tokens", "Tokens generated per model", ["model"], registry=r)
         self.stream_disconnects = Counter("tunesmith_stream_disconnects", "Streams the client left before the end",
                                           ["model"], registry=r)

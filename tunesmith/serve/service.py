@@ -432,12 +432,13 @@ class Service:
             # an error in the API's shape (as a stream's is), not a bare text/plain "Internal Server Error" left
             # uncounted in /metrics
             return ServiceError(500, f"prediction failed: {type(err).__name__}: {err}", "server_error")
+        shown = model.registry[0] if model.registry else model.id
         for r in results:
             if "label" in r:
                 for label in r["label"] if isinstance(r["label"], list) else [r["label"]]:
-                    self.metrics.predictions.labels(model.id, str(label)).inc()
+                    self.metrics.predictions.labels(shown, model.version, str(label)).inc()
             else:
-                self.metrics.predicted_values.labels(model.id).observe(r["value"])
+                self.metrics.predicted_values.labels(shown, model.version).observe(r["value"])
         rid = request_id or f"pred-{uuid.uuid4().hex[:24]}"
         self._record(rid, model, "predict", texts, results, started, req.user, variant)
         shadow = self._shadow_of(name, variant)
