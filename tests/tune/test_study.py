@@ -277,3 +277,20 @@ def test_a_chat_study_may_not_search_max_length(tmp_path: Path, tiny_llama: Path
         check_space(parse_config(raw))
     raw["tune"] = {"space": {"train.learning_rate": {"low": 1e-4, "high": 1e-2}}}
     check_space(parse_config(raw))
+
+
+def test_a_trial_failed_for_its_dead_worker_leaves_no_folder(tmp_path: Path) -> None:
+    # Failed by the heartbeat on another machine sharing runs/, its checkpoints (10 MB on the tiny model) stayed for good.
+    from tunesmith.tune.study import _sweep_dead_folders
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}")
+    folders = {}
+    for name, attrs in (("dead", {}), ("diverged", {"fail_reason": "loss became NaN"}), ("surplus", {"surplus": True})):
+        folders[name] = tmp_path / name / "checkpoints"
+        folders[name].mkdir(parents=True)
+        trial = study.ask()
+        for k, v in {**attrs, "run_dir": str(tmp_path / name)}.items():
+            trial.set_user_attr(k, v)
+        study.tell(trial, state=TrialState.FAIL)
+    _sweep_dead_folders(study)
+    assert {n: f.exists() for n, f in folders.items()} == {"dead": False, "diverged": True, "surplus": True}

@@ -591,6 +591,17 @@ def _dead_here(trial: FrozenTrial, here: dict[str, Any]) -> bool:
     return started is None or (bool(started) and bool(worker.get("started")) and started != worker["started"])
 
 
+def _sweep_dead_folders(study: optuna.Study) -> None:
+    """Remove the half-written run folder of each trial failed for its worker's silence (a worker on another machine
+    sharing runs/ died): Optuna fails the trial and queues a copy, but the folder (checkpoints and all) stayed for good.
+    Trials failed with a reason (diverged, out of memory) cleaned up after themselves."""
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        attrs = trial.user_attrs
+        if "fail_reason" not in attrs and not attrs.get("surplus") and (run_dir := attrs.get("run_dir")) \
+                and Path(run_dir).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def _fail_dead_trials_here(study: optuna.Study) -> None:
     """Fail the trials of killed workers on this machine and queue a copy of each, as the heartbeat does after
     a minute of silence (a study started again at once would otherwise count them as running and stop), and
@@ -765,6 +776,7 @@ def run_trials(study: optuna.Study, objective: Objective, trials: int, deadline:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and a copy queued
+        _sweep_dead_folders(study)
         now = study.get_trials(deepcopy=False)
         # A queued trial (a dead or interrupted worker's, run again) is run even when it is the study's last:
         # counted, it would otherwise keep every worker from starting anything, itself included.
