@@ -599,7 +599,7 @@ def _ab(db: str | None) -> Any:
 
 
 def _print_ab(status: Any) -> None:
-    table = Table(title=f"A/B test {status.id} on '{status.model}' ({status.status}; horizon {status.horizon} rated items per variant)")
+    table = Table(title=f"A/B test {status.id} on '{status.model}' ({status.status}; horizon {status.horizon} users with a rated answer per variant)")
     for col in ("variant", "weight", "requests", "rated", "positive rate", "mean score", "corrected accuracy", "p50 ms"):
         table.add_column(col)
     for v in status.variants:
@@ -626,7 +626,7 @@ def ab_start(
     mde: Annotated[float, typer.Option("--mde", help="Smallest difference in positive-feedback rate worth detecting (0.05 = 5 points).")] = 0.05,
     baseline: Annotated[float, typer.Option("--baseline", help="Expected positive-feedback rate, for the sample size.")] = 0.5,
     alpha: Annotated[float, typer.Option("--alpha", help="Significance level (two-sided).")] = 0.05,
-    horizon: Annotated[int | None, typer.Option("--horizon", min=1, help="Rated feedback items per variant before a verdict (default: from --mde, --baseline, --alpha and 80% power).")] = None,
+    horizon: Annotated[int | None, typer.Option("--horizon", min=1, help="Users with a rated answer per variant before a verdict (each counts once) (default: from --mde, --baseline, --alpha and 80% power).")] = None,
     db: DbOption = None,
 ) -> None:
     """Start an A/B test; `serve --model` applies it within seconds (sticky per user id)."""
@@ -652,7 +652,7 @@ def ab_size(
         from tunesmith.errors import ConfigError
 
         raise ConfigError(f"ab size: {err}") from None
-    out.print(f"{n} rated items per variant to detect {baseline:.0%} -> {baseline + mde:.0%} "
+    out.print(f"{n} users (each with a rated answer) per variant to detect {baseline:.0%} -> {baseline + mde:.0%} "
               f"(alpha {alpha:g}, two-sided, power {power:.0%})", highlight=False)
 
 

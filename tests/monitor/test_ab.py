@@ -171,7 +171,7 @@ def test_the_sample_size_calculator_on_the_command_line() -> None:
 
     out = subprocess.run([sys.executable, "-m", "tunesmith", "ab", "size", "--baseline", "0.5", "--mde", "0.1"],
                          capture_output=True, text=True, check=True).stdout
-    assert out.startswith("388 rated items per variant")  # the textbook ~385-390 for 50% -> 60%
+    assert out.startswith("388 users (each with a rated answer) per variant")  # the textbook ~385-390 for 50% -> 60%
     bad = subprocess.run([sys.executable, "-m", "tunesmith", "ab", "size", "--baseline", "1.5", "--mde", "0.1"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "ab size:" in bad.stderr and "internal error" not in bad.stderr, bad.stderr

@@ -133,7 +133,7 @@ class ABService:
     def start(self, model: str, weights: dict[str, float], *, shadow: str | None = None, alpha: float = 0.05,
               baseline: float = 0.5, minimum_detectable_effect: float = 0.05, power: float = 0.8,
               horizon: int | None = None) -> ABStatus:
-        """Start a test; the horizon (feedback items per variant) comes from the effect worth detecting."""
+        """Start a test; the horizon (users per variant) comes from the effect worth detecting."""
         if len(weights) < 2:
             raise ConfigError("an A/B test needs at least two variants, e.g. --variants v3=0.5,v4=0.5")
         if any(not 0 < w <= 1 for w in weights.values()):
