@@ -281,3 +281,20 @@ def test_an_answer_rated_again_counts_once(store_url: str, tmp_path: Path) -> No
     status = ab.status("reviews")
     assert [o.feedback for o in status.variants] == [1, 1] and not status.decided and status.winner is None
     assert sum(m.rated for m in live_metrics(store, "reviews").values()) == 2
+
+
+def test_corrections_of_answers_whose_output_was_not_logged_are_left_out(store_url: str, tmp_path: Path) -> None:
+    # --no-log-inputs, or the retention purge: every correction had counted as wrong (accuracy 0%), while the live
+    # figures and the report left them out.
+    store, ab = setup(store_url, tmp_path)
+    ab.start("reviews", {"v1": 0.5, "v2": 0.5}, horizon=10)
+    now = time.time()
+    with store.session() as s:
+        s.execute(Prediction.__table__.insert(), [
+            {"request_id": f"r{i}", "model": "reviews", "model_version": f"reviews-v{1 + i % 2}", "kind": "predict",
+             "created": now, "inputs": None, "outputs": [{"label": "pos"}] if i < 2 else None, "latency_ms": 5.0,
+             "user_id": None, "variant": f"v{1 + i % 2}"} for i in range(8)])
+        s.execute(Feedback.__table__.insert(), [
+            {"id": f"fb{i}", "request_id": f"r{i}", "item_index": 0, "created": now, "corrected_label": ["pos"]}
+            for i in range(8)])
+    assert [(v.name, v.corrected_accuracy) for v in ab.status("reviews").variants] == [("v1", 1.0), ("v2", 1.0)]

@@ -207,8 +207,10 @@ class ABService:
         for v in info["variants"]:
             rated = [f for f, variant, _, _ in rated_rows if variant == v["name"]]
             positive = sum(1 for f in rated if is_positive(f))
-            corrected = [(f, out) for f, variant, out, _ in corrected_rows if variant == v["name"]]
-            right = sum(1 for f, out in corrected if out and _predicted_labels(out, f.item_index) == set(f.corrected_label or []))
+            # only answers whose output was logged can be judged (--no-log-inputs, or purged: all had counted as wrong)
+            corrected = [(f, out) for f, variant, out, _ in corrected_rows
+                         if variant == v["name"] and isinstance(out, list) and _predicted_labels(out, f.item_index)]
+            right = sum(1 for f, out in corrected if _predicted_labels(out, f.item_index) == set(f.corrected_label or []))
             latencies = sorted(lat for _, variant, lat, _ in predictions if variant == v["name"])
             score_values = [float(f.score) for f in rated if f.score is not None]
             user_scores = [float(f.score) for f in _first_per_user([r for r in rated_rows if r[1] == v["name"]])
@@ -281,4 +283,4 @@ def _predicted_labels(outputs: list[Any], index: int) -> set[str]:
     if index >= len(outputs) or not isinstance(outputs[index], dict):
         return set()
     label = outputs[index].get("label")
-    return set(label) if isinstance(label, list) else {label}
+    return set(label) if isinstance(label, list) else set() if label is None else {label}
