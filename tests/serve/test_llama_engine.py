@@ -143,6 +143,48 @@ def test_requests_wait_for_kv_cells_and_never_overrun_them(runs: dict[str, Path]
     assert [c.text for c in together] == alone
 
 
+def test_a_kv_budget_that_is_not_a_multiple_of_256_never_overruns_llama_cpp_s_batch(runs: dict[str, Path]) -> None:
+    """--chat-kv-tokens 300: llama.cpp capped its batch at 300 and rounded the cache up to 512, and a step of the
+    engine's 512 tokens aborted the whole server (GGML_ASSERT n_tokens_all <= n_batch)."""
+    engine = LlamaCppChatModel.from_run(runs["full"], kv_cells=300, wait_ms=50, max_batch=4)
+    assert engine.step_tokens <= engine.lc.llama_n_batch(engine.ctx) < engine.kv_cells
+    words = " ".join(m["content"] for c in conversations()[:8] for m in c).split()
+
+    def prompt(i: int) -> str:  # about 85 tokens
+        k = 1
+        while engine.count_tokens(engine.prompt_text([{"role": "user", "content": " ".join(words[i:i + k])}])) < 85:
+            k += 1
+        return engine.prompt_text([{"role": "user", "content": " ".join(words[i:i + k])}])
+
+    prompts = [prompt(i) for i in range(4)]
+    assert sum(engine.count_tokens(p) for p in prompts) > 300  # one step would take them all
+    assert all(engine.count_tokens(p) + 4 < engine.context for p in prompts)
+    assert len(engine.generate_texts(prompts, max_new_tokens=4)) == 4
+
+
+def test_a_request_whose_client_left_does_not_hold_up_the_queue(engines: dict[str, LlamaCppChatModel]) -> None:
+    """At the head of the queue and too big for the free cells, a cancelled request had kept the small ones behind it
+    waiting until a running row ended (step 62 for a request queued at step 5)."""
+    import threading
+
+    from tunesmith.inference.llama_generation import _Row
+
+    engine = engines["full"]
+    gone = threading.Event()
+    gone.set()
+    running = engine._request(prompt_of(engine, 0), 80, 0.0, 1.0, None, (), None, None)
+    running.max_new = engine.kv_cells - len(running.ids) - 40  # the cache all but 40 cells taken
+    big = engine._request(prompt_of(engine, 1), 80, 0.0, 1.0, None, (), gone, None)
+    small = engine._request(prompt_of(engine, 2)[-30:], 2, 0.0, 1.0, None, (), None, None)
+    assert len(big.ids) + big.max_new > 40 >= len(small.ids) + small.max_new
+    rows = {0: _Row(running, 0, list(running.ids))}
+    with engine._wake:
+        engine._pending[:] = [big, small]
+        engine._admit(rows)
+        engine._pending.clear()
+    assert [r.request for r in rows.values()] == [running, small] and big.done.is_set()
+
+
 def test_sampling_follows_each_requests_seed(engines: dict[str, LlamaCppChatModel]) -> None:
     engine = engines["full"]
     prompt = prompt_of(engine, 1)

@@ -44,6 +44,8 @@ def unavailable(run: Run) -> str | None:
         import llama_cpp  # noqa: F401
     except ImportError:
         return "the llama-cpp-python package is not installed (`make install` builds it; or pip install llama-cpp-python)"
+    except (OSError, RuntimeError) as err:  # installed, but its shared library does not load (built for another CPU)
+        return f"the llama-cpp-python package does not load here: {err}"
     from tunesmith.models.gguf_file import refuse_unsupported
 
     try:
@@ -125,11 +127,14 @@ class LlamaCppChatModel(QueuedChatModel):
         if not self.ctx:
             raise ConfigError(f"{gguf_file}: llama.cpp could not make a context of {kv_cells} KV cells (out of memory?)")
         self.kv_cells = lc.llama_n_ctx(self.ctx)
+        # What llama.cpp took: it caps n_batch at n_ctx as asked but rounds n_ctx up to 256 cells, so with
+        # --chat-kv-tokens 300 a step of 512 tokens hit GGML_ASSERT(n_tokens_all <= n_batch) and aborted the server.
+        self.step_tokens = min(BATCH_TOKENS, lc.llama_n_batch(self.ctx))
         context = min(lc.llama_model_n_ctx_train(self.model), self.kv_cells)
         super().__init__(tokenizer, stop_token_ids, context, name, max_batch, wait_ms)
         self.n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self.model))
         self._memory = lc.llama_get_memory(self.ctx)
-        self._batch = lc.llama_batch_init(BATCH_TOKENS, 0, 1)
+        self._batch = lc.llama_batch_init(self.step_tokens, 0, 1)
 
     @classmethod
     def from_run(cls, path: str | Path | Run, **options: Any) -> LlamaCppChatModel:
@@ -169,13 +174,14 @@ class LlamaCppChatModel(QueuedChatModel):
         free = (s for s in range(self.max_batch) if s not in rows)
         while self._pending and len(rows) < self.max_batch:
             r = self._pending[0]
+            if r.cancel.is_set():  # a client gone while it waited: it no longer holds up the queue behind it
+                self._pending.pop(0)
+                self._finish(r)
+                continue
             need = len(r.ids) + r.max_new
             if rows and reserved + need > self.kv_cells:
                 return  # the head of the queue waits for cells; the ones behind it wait their turn
             self._pending.pop(0)
-            if r.cancel.is_set():  # a client gone while it waited
-                self._finish(r)
-                continue
             try:
                 rng = np.random.default_rng(r.seed) if r.sampling[0] > 0 else None
             except (ValueError, TypeError) as err:  # a seed numpy refuses fails its request, not the decoding thread
@@ -186,13 +192,13 @@ class LlamaCppChatModel(QueuedChatModel):
             reserved += need
 
     def _step(self, rows: dict[int, _Row]) -> None:
-        """One llama_decode: a token of every running row, then prompt pieces up to BATCH_TOKENS; sample where due."""
+        """One llama_decode: a token of every running row, then prompt pieces up to step_tokens; sample where due."""
         batch, n, due = self._batch, 0, []
         for row in sorted(rows.values(), key=lambda x: len(x.feed)):  # running rows (1 token) first, then prompts
             if row.request.cancel.is_set() or row.request.done.is_set():
                 self._end(rows, row)
                 continue
-            take = min(len(row.feed), BATCH_TOKENS - n)
+            take = min(len(row.feed), self.step_tokens - n)
             if take == 0:
                 break
             for j in range(take):
