@@ -284,3 +284,18 @@ def test_auto_falls_back_to_transformers_and_says_why(runs: dict[str, Path], mon
     assert "chat engine transformers (" in out and "ctranslate2: the ctranslate2 package is not installed" in out
     with pytest.raises(ConfigError, match="--chat-engine ctranslate2"):
         ModelLoader(ServeSpec(chat_engine="ctranslate2")).load(runs["lora"])
+
+
+def test_auto_says_why_llama_cpp_was_passed_over(runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # A GGUF that could not be written moved the run to CTranslate2 int8 (less exact answers) without a word.
+    from tunesmith.inference import llama_generation
+    from tunesmith.serve.models import ModelLoader
+
+    def full_disk(*args: object, **kwargs: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(llama_generation.LlamaCppChatModel, "from_run", full_disk)
+    ModelLoader(ServeSpec()).load(runs["full"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "chat engine ctranslate2" in out and "not llama.cpp: conversion failed: OSError" in out

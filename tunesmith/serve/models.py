@@ -213,7 +213,10 @@ class ModelLoader:
                           lambda: llama.LlamaCppChatModel.from_run(run, kv_cells=self.spec.chat_kv_tokens, **options)),
             "ctranslate2": (ct2.unavailable, lambda: ct2.CT2ChatModel.from_run(run, **options))})
         if model is not None:
-            print(f"{run.manifest.name}: chat engine {engine} ({model.precision}) from {model.folder}", flush=True)
+            # with the engines passed over and why: a GGUF that failed to write (a full disk) had moved the run to
+            # CTranslate2 int8 without a word
+            passed = "".join(f"; not {name}: {reason.rstrip('.')}" for name, reason in reasons)
+            print(f"{run.manifest.name}: chat engine {engine} ({model.precision}) from {model.folder}{passed}", flush=True)
             return BatchedChatEngine(model, f"{engine} {model.precision}")
         summary = "; ".join(f"{name}: {reason.rstrip('.')}" for name, reason in reasons)
         print(f"{run.manifest.name}: chat engine transformers ({summary})", flush=True)
