@@ -292,6 +292,7 @@ class Service:
     async def watch_drift(self, every_s: float = 60.0) -> None:
         """Compare each served model's recent traffic with its training data: PSI and warnings in /metrics."""
         assert self.log is not None
+        from tunesmith.monitor.drift import drift_confirmed
         from tunesmith.monitor.live import TrainingProfile, drift
 
         loop = asyncio.get_running_loop()
@@ -322,8 +323,7 @@ class Service:
                         continue
                     if "psi" in figures:
                         self.metrics.drift_psi.labels(name, signal).set(figures["psi"])
-                    drifted = figures.get("status") in ("significant", "drifted")
-                    self.metrics.drift_warning.labels(name, signal).set(1.0 if drifted else 0.0)
+                    self.metrics.drift_warning.labels(name, signal).set(1.0 if drift_confirmed(figures) else 0.0)
 
     async def keep_log(self, retention_days: float, every_s: float = 3600.0) -> None:
         """Clear logged inputs and outputs past their retention, hourly."""
