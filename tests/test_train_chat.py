@@ -231,6 +231,18 @@ def test_a_seeded_answer_is_kept_while_another_thread_samples(tuned_run: Path) -
     assert answers == {alone}
 
 
+def test_a_short_prompt_batched_beside_one_near_the_context_keeps_its_own_room(tuned_run: Path) -> None:
+    # The batch's new tokens were bounded by its longest prompt: 10 tokens for a short prompt that alone got 40.
+    model = ChatModel.from_run(tuned_run)
+    long = model.prompt_text([{"role": "user", "content": " ".join(q for q, _ in QA) * 4}])
+    while model.count_tokens(long) > model.context - 5:
+        long = long[: len(long) - 10]
+    short = model.prompt_text([{"role": "user", "content": QA[0][0]}])
+    alone = model.generate_texts([short], max_new_tokens=40)[0]
+    together = model.generate_texts([short, long], max_new_tokens=40)
+    assert together[0] == alone and together[1].completion_tokens <= 5
+
+
 def test_sampling_draws_from_the_whole_distribution(tuned_run: Path) -> None:
     # transformers fills in top_k=50 when sampling; OpenAI's API (and the other engines) have no top_k
     model = ChatModel.from_run(tuned_run)

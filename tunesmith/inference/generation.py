@@ -158,6 +158,21 @@ class ChatModel(Prompting):
             raise ValueError(f"a prompt of {width} tokens leaves no room to answer in the model's context of {self.context}")
         return min(max_new_tokens, room)
 
+    def _batches(self, order: list[int], encoded: list[list[int]], batch_size: int, max_new_tokens: int) -> list[list[int]]:
+        """Rows (by length) in batches of `batch_size`, each batch only of rows with the same room to answer: a row's
+        new tokens are bounded by the batch's longest prompt, so a short prompt beside one near the context had got
+        10 tokens where alone it got 40."""
+        def room(i: int) -> int:
+            return min(max_new_tokens, self.context - len(encoded[i])) if self.context else max_new_tokens
+
+        batches: list[list[int]] = []
+        for i in order:
+            if batches and len(batches[-1]) < batch_size and room(batches[-1][0]) == room(i):
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        return batches
+
     def _through_stop(self, tokens: list[int], stop: Sequence[str]) -> int:
         """How many of `tokens` it took to complete a stop string: the answer's usage, as the queued engines count it
         (generation here runs on past the stop string, and those tokens are no part of the answer)."""
@@ -192,8 +207,7 @@ class ChatModel(Prompting):
             # were left-padded together), so the same request answered differently beside others (19 of 20).
             batch_size = 1
         pad = tok.pad_token_id
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in self._batches(order, encoded, batch_size, max_new_tokens):
             width = max(len(encoded[i]) for i in idx)
             ids = torch.tensor([[pad] * (width - len(encoded[i])) + encoded[i] for i in idx])  # left padding
             mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx])
