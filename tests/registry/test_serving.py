@@ -118,3 +118,51 @@ def test_the_admin_api_promotes_with_the_admin_key_only(registered: tuple[str, P
         assert [v["stage"] for v in listed][:2] == ["archived", "production"]
         back = http.post("/admin/registry/reviews/rollback", headers={"Authorization": "Bearer adm"}).json()
         assert back["version"] == 1
+
+
+def test_a_promotion_waiting_for_the_store_s_lock_does_not_hold_up_the_server(registered: tuple[str, Path]) -> None:
+    """The admin routes ran the registry on the event loop: a promotion waiting on SQLite's lock (30 s) held every
+    other request, /healthz included."""
+    import asyncio
+    import sqlite3
+    import threading
+
+    import httpx
+
+    from tunesmith.config import ServeSpec
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.service import Service
+
+    db, _ = registered
+    spec = ServeSpec(admin_key="adm")
+    app = create_app(Service([], spec, registry=Registry(Store(db))), spec)
+    holder = sqlite3.connect(db.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # another process's transaction
+    released = threading.Event()
+
+    def release() -> None:
+        if not released.is_set():
+            released.set()
+            holder.execute("COMMIT")
+
+    timer = threading.Timer(20, release)  # at the latest: a test that fails does not hang
+    timer.daemon = True
+    timer.start()
+
+    async def exchange() -> bool:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=60) as c:
+            promotion = asyncio.create_task(c.post("/admin/registry/reviews/promote", json={"version": 2},
+                                                   headers={"Authorization": "Bearer adm"}))
+            await asyncio.sleep(0.5)  # the promotion waits for the lock
+            assert (await c.get("/healthz")).status_code == 200
+            answered_while_held = not released.is_set()
+            release()
+            assert (await promotion).status_code == 200
+            return answered_while_held
+
+    try:
+        assert asyncio.run(exchange())
+    finally:
+        timer.cancel()
+        release()
+        holder.close()

@@ -259,9 +259,11 @@ def add_registry_routes(app: FastAPI, registry: Registry, admin: Callable[[Reque
                         error: Callable[[ServiceError], JSONResponse]) -> None:
     """The registry over HTTP, admin key only: what `tunesmith registry` does, for remote operators."""
 
-    def run(action: Callable[[], Any]) -> Response:
+    async def run(action: Callable[[], Any]) -> Response:
+        # in a thread: a promotion waiting on the store's lock (SQLite's busy timeout, a PostgreSQL row lock) had
+        # held the event loop, and every request with it
         try:
-            result = action()
+            result = await asyncio.to_thread(action)
         except ConfigError as err:
             status = 404 if isinstance(err, NotFound) else 400
             return error(ServiceError(status, str(err), code="registry_error"))
@@ -269,15 +271,15 @@ def add_registry_routes(app: FastAPI, registry: Registry, admin: Callable[[Reque
 
     @app.get("/admin/registry", tags=["admin"], dependencies=[Depends(admin)])
     async def versions(model: str | None = None) -> Response:
-        return run(lambda: registry.versions(model))
+        return await run(lambda: registry.versions(model))
 
     @app.post("/admin/registry/{model}/promote", tags=["admin"], dependencies=[Depends(admin)])
     async def promote(model: str, body: Promotion) -> Response:
-        return run(lambda: registry.promote(model, body.version))
+        return await run(lambda: registry.promote(model, body.version))
 
     @app.post("/admin/registry/{model}/rollback", tags=["admin"], dependencies=[Depends(admin)])
     async def rollback(model: str) -> Response:
-        return run(lambda: registry.rollback(model))
+        return await run(lambda: registry.rollback(model))
 
 
 class _BodyOverLimit(BaseException):
@@ -358,21 +360,21 @@ def add_ab_routes(app: FastAPI, ab: ABService, admin: Callable[[Request], Awaita
                   error: Callable[[ServiceError], JSONResponse]) -> None:
     """A/B tests over HTTP, admin key only (as `tunesmith ab start|status|stop`)."""
 
-    def run(action: Callable[[], BaseModel]) -> Response:
-        try:
-            return JSONResponse(action().model_dump(mode="json"))
+    async def run(action: Callable[[], BaseModel]) -> Response:
+        try:  # in a thread, as the registry's routes
+            return JSONResponse((await asyncio.to_thread(action)).model_dump(mode="json"))
         except ConfigError as err:
             return error(ServiceError(404 if isinstance(err, NotFound) else 400, str(err), code="ab_test_error"))
 
     @app.post("/admin/ab", tags=["admin"], dependencies=[Depends(admin)])
     async def start(body: ABStart) -> Response:
-        return run(lambda: ab.start(body.model, body.variants, shadow=body.shadow, alpha=body.alpha, baseline=body.baseline,
+        return await run(lambda: ab.start(body.model, body.variants, shadow=body.shadow, alpha=body.alpha, baseline=body.baseline,
                                     minimum_detectable_effect=body.minimum_detectable_effect, horizon=body.horizon))
 
     @app.get("/admin/ab/{model}", tags=["admin"], dependencies=[Depends(admin)])
     async def status(model: str) -> Response:
-        return run(lambda: ab.status(model))
+        return await run(lambda: ab.status(model))
 
     @app.post("/admin/ab/{model}/stop", tags=["admin"], dependencies=[Depends(admin)])
     async def stop(model: str, body: ABStop) -> Response:
-        return run(lambda: ab.stop(model, body.promote))
+        return await run(lambda: ab.stop(model, body.promote))
