@@ -18,9 +18,10 @@ def test_folder_without_tokenizer_is_rejected(tmp_path: Path) -> None:
         resolve_tokenizer_dir(str(tmp_path))
 
 
-def test_local_folder_tokenizer(tiny_tokenizer: Path) -> None:
+def test_local_folder_tokenizer(tiny_tokenizer: Path, tiny_bert: Path) -> None:
     tok = load_tokenizer(str(tiny_tokenizer))
-    assert context_length(tok) == 128
+    assert context_length(tok) == 8192  # what a tokenizer alone claims
+    assert context_length(load_tokenizer(str(tiny_bert))) == 128  # beside a model: its positions bound it
     assert tok("great coffee")["input_ids"][0] == tok.cls_token_id
 
 

@@ -303,20 +303,22 @@ def test_run_json_is_written_whole_or_not_at_all(tmp_path: Path, tiny_bert: Path
     assert not is_run(tmp_path / "run")
 
 
-def test_a_finished_run_trained_again_is_not_finished_until_it_ends(tmp_path: Path, tiny_bert: Path) -> None:
+def test_a_finished_run_trained_again_is_not_finished_until_it_ends(tmp_path: Path, tiny_bert: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """Resuming a finished run rewrites model/: a crash on the way must not leave the old run.json beside it."""
-    from transformers import TrainerCallback
-
+    import tunesmith.training.sequence
     from tunesmith.artifacts import is_run
-
-    class Crash(TrainerCallback):
-        def on_train_end(self, args, state, control, **kwargs) -> None:
-            raise KeyboardInterrupt
 
     cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 2})
     run = train(cfg)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, resume=run, callbacks=[Crash()])
+
+    def crash(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(tunesmith.training.sequence, "save_model", crash)  # while model/ is rewritten
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg, resume=run)
     assert not is_run(run)
     assert is_run(train(cfg, resume=run))
 

@@ -143,8 +143,8 @@ def train_chat(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: P
 
     run_dir, checkpoint = start_run(cfg, resume, overwrite, dataset_dir)
     version = ensure_dataset(cfg, dataset_dir)
-    check_dataset(run_dir, version, checkpoint is not None or resume is not None)
     _check_rows(version)
+    check_dataset(run_dir, version, checkpoint is not None or resume is not None)  # a refused dataset leaves no folder
     import torch
 
     torch.manual_seed(cfg.train.seed)  # the adapter's random init is part of the run, whatever ran before

@@ -110,7 +110,6 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
     task = cfg.task.type
     run_dir, checkpoint = start_run(cfg, resume, overwrite, dataset_dir)
     version = ensure_dataset(cfg, dataset_dir)
-    check_dataset(run_dir, version, checkpoint is not None or resume is not None)
     check_labels(version)
     labels = version.manifest.labels
     model_dir = resolve_model_dir(str(cfg.model.name))
@@ -136,6 +135,7 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
     train_ds, val_ds = encoded("train"), encoded("validation")
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise DataError(f"{version.path}: training needs rows in both train ({len(train_ds)}) and validation ({len(val_ds)})")
+    check_dataset(run_dir, version, checkpoint is not None or resume is not None)  # a refused dataset leaves no folder
 
     import torch
 
