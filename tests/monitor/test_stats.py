@@ -330,9 +330,23 @@ def test_a_p_value_is_never_rounded_onto_or_across_alpha() -> None:
 
 
 def test_a_verdict_whose_interval_and_test_disagree_says_it_is_borderline() -> None:
-    """20% vs 0% of 20 each: the z-test says p = 0.035 while Newcombe's interval holds 0; the sentence said "better"."""
-    result = compare_proportions({"v1": 0, "v2": 4}, {"v1": 20, "v2": 20})
-    message = verdict(result, Horizon(20)).message
+    """8 vs 2 of 45 each: the z-test says p = 0.044 while Newcombe's interval holds 0; the sentence said "better"."""
+    result = compare_proportions({"v1": 2, "v2": 8}, {"v1": 45, "v2": 45})
+    message = verdict(result, Horizon(45)).message
     assert result.significant and result.difference_ci[0] < 0 and "borderline" in message
     clear = verdict(compare_proportions({"v1": 20, "v2": 60}, {"v1": 100, "v2": 100}), Horizon(100)).message
     assert "better" in clear and "borderline" not in clear
+
+
+def test_few_trials_use_fisher_s_exact_test() -> None:
+    # 8/10 vs 3/10: the z-test said p 0.025 (a winner); the exact test says 0.070. A horizon of 2 named a winner of no
+    # difference in 12.5% of tests.
+    from scipy.stats import fisher_exact
+
+    from tunesmith.monitor.stats import FISHER
+
+    result = compare_proportions({"a": 3, "b": 8}, {"a": 10, "b": 10})
+    assert result.test == FISHER and abs(result.p_value - fisher_exact([[8, 2], [3, 7]])[1]) < 1e-12
+    assert not result.significant and result.winner is None and any("Fisher" in n for n in result.notes)
+    big = compare_proportions({"a": 300, "b": 360}, {"a": 600, "b": 600})
+    assert big.test != FISHER  # enough trials: the z-test
