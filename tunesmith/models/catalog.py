@@ -79,9 +79,9 @@ def resolve_tokenizer_dir(name: str) -> Path:
         tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
         config = AutoConfig.from_pretrained(source.parent, gguf_file=source.name)
         tokenizer.model_max_length = config.max_position_embeddings  # GGUF leaves it unset
-        tmp = target.with_name(target.name + ".tmp")
+        tmp = _staging(target)
         tokenizer.save_pretrained(tmp)
-        tmp.replace(target) if not target.exists() else None
+        _publish(tmp, target, "tokenizer_config.json")
     return target
 
 
@@ -120,14 +120,38 @@ def _convert_gguf(package: Path, gguf: str, target: Path) -> None:
     model.load_state_dict(loaded.state_dict())
     tokenizer = AutoTokenizer.from_pretrained(package, gguf_file=gguf)
     tokenizer.model_max_length = config.max_position_embeddings
-    tmp = target.with_name(target.name + ".tmp")
+    tmp = _staging(target)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    if target.exists():
-        import shutil
+    _publish(tmp, target, "model.safetensors")
 
-        shutil.rmtree(target)
-    tmp.replace(target)
+
+def _staging(target: Path) -> Path:
+    """A folder of this process's own beside `target`: two processes converting at once (`serve --workers 2`, each
+    worker's first job on the packaged model) had written and moved one fixed `.tmp` folder under each other."""
+    import os
+    import secrets
+
+    return target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _publish(tmp: Path, target: Path, marker: str) -> None:
+    """Move a finished conversion into place, unless another process's is already there (`marker` says a folder is
+    complete): the first complete one stays, and later ones are let go."""
+    import shutil
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if (target / marker).exists():
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    if target.exists():  # an incomplete one (a conversion killed halfway): replaced
+        shutil.rmtree(target, ignore_errors=True)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process put its own in place meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / marker).exists():
+            raise
 
 
 def load_tokenizer(name: str) -> Any:
