@@ -249,6 +249,8 @@ def test_text_folder(tmp_path, make_config):
         (folder / r["label"]).mkdir(parents=True, exist_ok=True)
         (folder / r["label"] / f"{i:02d}.txt").write_text(r["text"] + "\n", encoding="utf-8")
     (folder / "pos" / ".DS_Store").write_text("ignored")
+    (folder / "pos" / ".ipynb_checkpoints").mkdir()  # an older copy Jupyter kept: not an example
+    (folder / "pos" / ".ipynb_checkpoints" / "00-checkpoint.txt").write_text("an earlier draft of a review, edited since")
     version = run(make_config, [{"path": str(folder)}])
     assert version.manifest.config["data"]["sources"][0]["kind"] == "text_folder"
     accounted(version, 16)

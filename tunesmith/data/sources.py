@@ -499,7 +499,9 @@ def read_text_folder(path: Path, encoding: str | None) -> Iterator[Raw]:
         raise DataError(f"{path}: expected one sub-folder per label (e.g. {path}/positive/1.txt), found none")
     found = 0
     for label_dir in labels:
-        for file in sorted(p for p in label_dir.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        # hidden files and whatever lies in hidden folders (Jupyter's .ipynb_checkpoints/ holds older copies)
+        for file in sorted(p for p in label_dir.rglob("*")
+                           if p.is_file() and not any(part.startswith(".") for part in p.relative_to(label_dir).parts)):
             found += 1
             enc = encoding or detect_encoding(file, None)
             try:
