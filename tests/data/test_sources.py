@@ -716,6 +716,18 @@ def test_invalid_json_file(tmp_path, make_config):
         run(make_config, [{"path": str(path)}])
 
 
+def test_a_json_object_with_one_array_of_records_beside_other_lists_is_read(tmp_path, make_config):
+    # {"data": [...], "tags": [...]}: refused for holding two arrays, though one alone holds records
+    records = reviews(12)
+    path = write_json(tmp_path / "export.json", {"tags": ["food", "service"], "data": records, "version": 2})
+    version = run(make_config, [{"path": str(path)}])
+    accounted(version, 12)
+    assert pairs(version) == expected_pairs(records)
+    two = write_json(tmp_path / "two.json", {"a": records, "b": records})
+    with pytest.raises(DataError, match=r"this object holds arrays of records under \['a', 'b'\]"):
+        run(make_config, [{"path": str(two)}])
+
+
 def test_field_missing_from_every_record(tmp_path, make_config):
     records = [{"review": r["text"], "label": r["label"]} for r in reviews(8)]
     path = write_jsonl(tmp_path / "keys.jsonl", records)

@@ -385,10 +385,17 @@ def read_json(path: Path, encoding: str | None) -> Iterator[Raw]:
                     "(or name it .jsonl)")
         raise DataError(f"{path}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}{hint}") from None
     if isinstance(data, dict):
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) != 1:
-            raise DataError(f"{path}: expected a JSON array of records (or an object with one array in it)")
-        data = lists[0]
+        lists = {k: v for k, v in data.items() if isinstance(v, list)}
+        # the one holding records, beside lists of something else ({"data": [...], "tags": []} had been refused)
+        records = {k: v for k, v in lists.items() if v and all(isinstance(x, dict) for x in v)}
+        if len(records) == 1:
+            data = next(iter(records.values()))
+        elif len(lists) == 1:
+            data = next(iter(lists.values()))
+        else:
+            found = f"arrays of records under {sorted(records)}" if records else f"arrays {sorted(lists)} and no records"
+            raise DataError(f"{path}: expected a JSON array of records, or an object with one array of records in it; "
+                            f"this object holds {found}")
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a JSON array of records, got {_json_type(data)}")
     if not data:
