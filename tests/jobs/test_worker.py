@@ -140,6 +140,11 @@ def test_a_dpo_job_trains_on_openai_preference_lines(tmp_path: Path, tiny_llama:
     done = jobs.get_job("", job.id)
     assert done.status == "succeeded", done.error
     assert done.method.type == "dpo" and done.method.dpo.hyperparameters.beta == 0.2
+    # "auto" is reported as the beta used once the job succeeded, as the other hyperparameters are
+    auto = jobs.create_job("", jp.JobCreate(model=str(tiny_llama), training_file=upload.id, method={
+        "type": "dpo", "dpo": {"hyperparameters": {"n_epochs": 1}}}))
+    Worker(store, spec).run(once=True)
+    assert jobs.get_job("", auto.id).method.dpo.hyperparameters.beta == 0.1
     from tunesmith.artifacts import Run
 
     run = Run(jobs.jobs_dir / job.id / "run")

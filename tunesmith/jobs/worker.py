@@ -308,6 +308,8 @@ class Worker:
                 else:
                     s.delete(checkpoint)
             method = job.method["type"]
+            if method == "dpo":  # "auto" resolved, as the other hyperparameters are: the beta DPO trained with
+                hyper = {**hyper, "beta": run.config.train.dpo_beta}
             job.method = {**job.method, method: {"hyperparameters": {**job.method[method]["hyperparameters"], **hyper}}}
             job.trained_tokens = (job.trained_tokens or 0) * int(hyper.get("n_epochs", 1))
             job.result_files = [self._results_file(s, job, run_dir)]
