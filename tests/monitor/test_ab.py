@@ -52,6 +52,10 @@ def test_bad_tests_are_refused_clearly(store_url: str, tmp_path: Path) -> None:
         ab.start("reviews", {"v1": 0.5, "v2": 0.5})
     with pytest.raises(ConfigError, match="not a variant"):
         ab.stop("reviews", promote="v3")
+    ab.stop("reviews")
+    # an even three-way split written to three places: refused when the weights had to sum to 1 within 1e-6
+    thirds = ab.start("reviews", {"v1": 0.333, "v2": 0.333, "v3": 0.333})
+    assert sum(v.weight for v in thirds.variants) == pytest.approx(1.0, abs=1e-12)
 
 
 def test_the_split_is_sticky_per_user_and_follows_the_weights() -> None:

@@ -31,7 +31,7 @@ from tunesmith.registry.service import Registry
 from tunesmith.store.db import Store
 from tunesmith.store.schema import ABTest, Feedback, Prediction
 
-WEIGHT_TOLERANCE = 1e-6
+WEIGHT_TOLERANCE = 0.005  # an even three-way split written to three places (0.333 each) is one; weights are then scaled to 1
 
 
 
@@ -138,8 +138,10 @@ class ABService:
             raise ConfigError("an A/B test needs at least two variants, e.g. --variants v3=0.5,v4=0.5")
         if any(not 0 < w <= 1 for w in weights.values()):
             raise ConfigError(f"variant weights must be between 0 and 1, got {weights}")
-        if abs(sum(weights.values()) - 1) > WEIGHT_TOLERANCE:
-            raise ConfigError(f"variant weights must sum to 1, they sum to {sum(weights.values()):g} ({weights})")
+        total = sum(weights.values())
+        if abs(total - 1) > WEIGHT_TOLERANCE:
+            raise ConfigError(f"variant weights must sum to 1, they sum to {total:g} ({weights})")
+        weights = {name: w / total for name, w in weights.items()}  # every user lands in a variant
         versions = {name: _version_of(name) for name in weights}
         for name, version in versions.items():
             self.registry.version(model, version)  # NotRegistered names the model and version
