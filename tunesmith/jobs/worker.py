@@ -276,8 +276,7 @@ class Worker:
             job.status = "running"
             add_event(s, job, f"Fine-tuning job resumed from step {checkpoint.name.split('-')[-1]}" if checkpoint
                       else "Fine-tuning job started")
-        with self.store.session() as s:
-            validated = s.get(Job, job_id).validation_file is not None  # type: ignore[union-attr]
+            validated = job.validation_file is not None
         reporter = _reporter(self, job_id, beat, validated)
         if checkpoint is not None:
             train(cfg, resume=run_dir, callbacks=[reporter])

@@ -166,7 +166,8 @@ def context_length(tokenizer: Any) -> int | None:
     512-token budget, and training crashed at the first long batch."""
     n = getattr(tokenizer, "model_max_length", None)
     said = int(n) if isinstance(n, int) and 0 < n < 10_000_000 else None
-    positions = _positions(Path(str(getattr(tokenizer, "name_or_path", "") or "")) / "config.json")
+    folder = getattr(tokenizer, "name_or_path", None)  # none: a tokenizer made in memory (not the cwd's config.json)
+    positions = _positions(Path(str(folder)) / "config.json") if folder else None
     known = [x for x in (said, positions) if x]
     return min(known) if known else None
 

@@ -27,10 +27,15 @@ BATCH = 512  # rows per insert: large enough to amortise the commit, small enoug
 WAIT_S = 0.05  # how long the writer waits for more rows before committing what it has
 
 
+def json_present(column: Any) -> Any:
+    """Rows whose JSON `column` holds a value: "nothing" may be stored as SQL NULL or as JSON's null, which IS NOT
+    NULL lets through; both nulls are left out."""
+    return and_(column.is_not(None), column != JSON.NULL)
+
+
 def inputs_logged() -> Any:
-    """Rows that hold their inputs. The log writes "no inputs" (--no-log-inputs, or purged) as JSON's null, which
-    IS NOT NULL lets through: both nulls are left out."""
-    return and_(Prediction.inputs.is_not(None), Prediction.inputs != JSON.NULL)
+    """Rows that hold their inputs: the log writes "no inputs" (--no-log-inputs, or purged) as JSON's null."""
+    return json_present(Prediction.inputs)
 
 
 class PredictionLog:

@@ -226,18 +226,16 @@ def check_dataset(run_dir: Path, version: Any, resuming: bool) -> None:
         path.write_text(json.dumps(mine, indent=2) + "\n", encoding="utf-8")
 
 
-def _stopped_at(checkpoint: Path, patience: int | None) -> int | None:
-    """The step a checkpoint's run had stopped at for good (early stopping, or its last step), else None."""
+def _stopped_for_good(checkpoint: Path, patience: int | None) -> bool:
+    """Had the run stopped at this checkpoint (early stopping, or its last step)?"""
     try:
         state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
+        return False
     kept = state.get("stateful_callbacks") or {}
     control = (kept.get("TrainerControl") or {}).get("args") or {}
     waited = ((kept.get("EarlyStoppingCallback") or {}).get("attributes") or {}).get("early_stopping_patience_counter", 0)
-    if control.get("should_training_stop") or (patience and waited >= patience):
-        return int(state.get("global_step") or 0) or None
-    return None
+    return bool(state.get("global_step")) and bool(control.get("should_training_stop") or (patience and waited >= patience))
 
 
 def write_config(cfg: ProjectConfig, run_dir: Path) -> None:
@@ -258,7 +256,7 @@ def run_trainer(cfg: ProjectConfig, trainer: Any, run_dir: Path, checkpoint: Pat
         # A finished run trained again (resumed) rewrites model/: until finish_run writes run.json anew, the
         # folder must not look finished, or a crash mid-save would leave half-written weights that load as a run.
         (run_dir / RUN_MANIFEST).unlink(missing_ok=True)
-    if checkpoint is not None and _stopped_at(checkpoint, cfg.train.early_stopping_patience) is not None:
+    if checkpoint is not None and _stopped_for_good(checkpoint, cfg.train.early_stopping_patience):
         # It had stopped there for good (early stopping, or its last step; killed before run.json was written): the
         # Trainer resumed trained on to the next evaluation, and kept another model than the uninterrupted run.
         # Its state and its kept model are taken as they were instead, and the run finishes from there.

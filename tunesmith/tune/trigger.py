@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import JSON, and_, func, select
+from sqlalchemy import func, select
 
 from tunesmith.config import RetrainSpec
-from tunesmith.monitor.log import inputs_logged
+from tunesmith.monitor.log import inputs_logged, json_present
 from tunesmith.registry.service import VersionInfo
 from tunesmith.store.db import Store
 from tunesmith.store.schema import Feedback, Prediction
@@ -45,8 +45,8 @@ class TriggerStatus:
 def _corrected() -> Any:
     """Feedback rows that carry a correction (not only a rating). A rating's label is stored as JSON's null, which IS
     NOT NULL lets through: 20 thumbs-ups had made a retrain due."""
-    label = and_(Feedback.corrected_label.is_not(None), Feedback.corrected_label != JSON.NULL)
-    return label | (Feedback.corrected_value.is_not(None)) | (Feedback.corrected_answer.is_not(None))
+    return json_present(Feedback.corrected_label) | (Feedback.corrected_value.is_not(None)) | \
+        (Feedback.corrected_answer.is_not(None))
 
 
 def corrections_since(store: Store, model: str, since: float) -> tuple[int, float | None]:
