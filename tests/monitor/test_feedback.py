@@ -209,12 +209,20 @@ def test_exporting_ratings_without_corrections_writes_none_and_says_no_false_rea
     log.close()
 
 
-def test_closing_the_log_writes_a_backlog_that_takes_longer_than_its_patience(tmp_path: Path) -> None:
+def test_closing_the_log_writes_a_backlog_that_takes_longer_than_its_patience(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """A fixed 10 s join dropped the rest of a large backlog (60,000 queued: 4,192 lost) without a word."""
+    commit = PredictionLog._commit
+
+    def slow_commit(self: PredictionLog, rows: list) -> None:  # a store that takes 0.15 s a batch, whatever the load
+        time.sleep(0.15)
+        commit(self, rows)
+
+    monkeypatch.setattr(PredictionLog, "_commit", slow_commit)
     store = Store(f"sqlite:///{tmp_path / 'log.db'}")
     log = PredictionLog(store)
-    for i in range(8000):
+    for i in range(4096):  # 8 batches: at least 1.2 s of writing
         log.record(f"req-{i}", "reviews", "v1", "predict", ["text"], [LABELS], 1.0)
-    log.close(patience_s=0.25)  # less than writing 8,000 rows takes, more than a batch of 512
+    log.close(patience_s=1.0)  # less than the whole backlog takes, far more than one batch
     with store.session() as s:
-        assert s.query(Prediction).count() == 8000
+        assert s.query(Prediction).count() == 4096

@@ -44,8 +44,9 @@ class PredictionLog:
         self.log_inputs = log_inputs  # off: ids, models and timings only (sensitive deployments)
         self._queue: queue.Queue[Any] = queue.Queue()
         self._thread = threading.Thread(target=self._write, name="tunesmith-prediction-log", daemon=True)
-        self._thread.start()
         self.errors = 0
+        self._handled = 0  # rows the writer has finished with (written or reported): close()'s sign of progress
+        self._thread.start()
 
     def record(self, request_id: str, model: str, model_version: str, kind: str, inputs: Sequence[Any],
                outputs: Sequence[Any], latency_ms: float, user_id: str | None = None, variant: str | None = None) -> None:
@@ -65,17 +66,18 @@ class PredictionLog:
         """Write what is queued, then stop: waits as long as rows keep going in (a fixed 10 s dropped the rest of a
         large backlog without a word), and says how many were lost when the store takes none for `patience_s`."""
         self._queue.put(_STOP)
-        left = self._queue.qsize()
+        # Progress is rows finished, not rows taken off the queue: a batch taken but still committing is no progress
+        # yet, and the queue's size then said "none taken" about a store that was merely slow to answer.
+        handled = self._handled
         while True:
             self._thread.join(timeout=patience_s)
             if not self._thread.is_alive():
                 return
-            now = self._queue.qsize()
-            if now >= left:
-                print(f"prediction log: {now} queued answer(s) not written: the store took none in {patience_s:g} s",
-                      flush=True)
+            if self._handled == handled:
+                print(f"prediction log: {self._queue.qsize()} queued answer(s) not written: the store took none in "
+                      f"{patience_s:g} s", flush=True)
                 return
-            left = now
+            handled = self._handled
 
     def purge(self, retention_days: float) -> int:
         """Clear inputs and outputs older than the retention period (the rows stay, for counts and feedback)."""
@@ -107,6 +109,7 @@ class PredictionLog:
                     break
             if rows:
                 self._insert(rows)
+                self._handled += len(rows)
             for event in waiting:
                 event.set()
 
