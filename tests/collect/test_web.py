@@ -90,16 +90,16 @@ def test_failures_are_listed_and_the_run_goes_on(server, collect_config, run_col
     server.route("/ok", page("Fine"))
     server.route("/busy", Reply(429, headers={"Retry-After": "0"}), page("Busy at first"))
     server.route("/flaky", Reply(500), page("Flaky at first"))
-    server.route("/slow", Reply(body=page("Slow"), delay=0.5))
+    server.route("/slow", Reply(body=page("Slow"), delay=1.2))
     server.route("/menu.pdf", Reply(body=b"%PDF-1.4", headers={"Content-Type": "application/pdf"}))
     server.route("/app", '<html><body><div id="root"></div><script src="app.js"></script></body></html>')
     urls = ["/missing", "/busy", "/flaky", "/slow", "/menu.pdf", "/app", "/ok"]
-    out = run_collector(web, collect_config(web_source(server, urls=urls, min_chars=20), timeout=0.15, retries=1))
+    out = run_collector(web, collect_config(web_source(server, urls=urls, min_chars=20), timeout=0.4, retries=1))
     assert sorted(r["title"] for r in out.records) == ["Busy at first", "Fine", "Flaky at first"]
     failed = {f["origin"].removeprefix(server.base): f for f in out.failures}
     assert set(failed) == {"/missing", "/slow", "/menu.pdf", "/app"}
     assert failed["/missing"]["status"] == 404
-    assert "no answer within 0.15s" in failed["/slow"]["reason"] and server.count("/slow") == 2
+    assert "no answer within 0.4s" in failed["/slow"]["reason"] and server.count("/slow") == 2
     assert "not an HTML page (Content-Type: application/pdf)" in failed["/menu.pdf"]["reason"]
     assert failed["/app"]["reason"].startswith("no main text found")
 
