@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -274,3 +275,13 @@ def test_templates_that_are_not_chatml_get_no_ollama_template(bpe_llama: Path) -
     assert not any(line.startswith(("TEMPLATE", "SYSTEM")) for line in lines) and left_out == []
     assert 'PARAMETER stop "<|im_end|>"' in lines and 'PARAMETER stop "<|im_start|>"' not in lines
     assert "PARAMETER temperature 0.3" in lines and any("autodetected template" in line for line in lines)
+
+    def parameters(**config: Any) -> list[str]:
+        text, _ = ollama_modelfile("m.gguf", tokenizer, [], template, GenerationConfig(**config))
+        return [line for line in text.splitlines() if line.startswith(("PARAMETER temperature", "PARAMETER top_p"))]
+
+    # transformers decodes greedily without do_sample: the Modelfile had Ollama sample at the ignored temperature
+    assert parameters(do_sample=False, temperature=0.6, top_p=0.9) == ["PARAMETER temperature 0"]
+    assert parameters(temperature=0.6) == ["PARAMETER temperature 0"]
+    assert parameters(do_sample=True, temperature=0.6, top_p=0.9) == ["PARAMETER temperature 0.6", "PARAMETER top_p 0.9"]
+    assert parameters() == []  # the run sets nothing: Ollama's own defaults

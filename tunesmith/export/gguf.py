@@ -145,10 +145,13 @@ def ollama_modelfile(gguf_name: str, tokenizer: Any, stops: list[int], template:
             left_out.append(f"the stop token {text!r} cannot be quoted in a Modelfile; left out")
             continue
         lines.append(f'PARAMETER stop "{text}"')
-    for key in ("temperature", "top_p"):
-        value = getattr(generation_config, key, None)
-        if value is not None:
-            lines.append(f"PARAMETER {key} {float(value):g}")
+    values = {key: getattr(generation_config, key, None) for key in ("temperature", "top_p")}
+    if getattr(generation_config, "do_sample", None) is True:
+        lines += [f"PARAMETER {key} {float(value):g}" for key, value in values.items() if value is not None]
+    elif getattr(generation_config, "do_sample", None) is False or any(v is not None for v in values.values()):
+        # transformers decodes greedily unless do_sample is on, whatever the temperature says; Ollama samples at
+        # its own 0.8 unless told: temperature 0 is llama.cpp's greedy decoding
+        lines.append("PARAMETER temperature 0")
     return "\n".join(lines) + "\n", left_out
 
 
