@@ -73,6 +73,8 @@ def test_a_prepared_dataset_split_loads_with_its_ids(tmp_path: Path, make_config
     n = version.manifest.counts["validation"]
     assert len(loaded.items) == n > 0
     assert all(i.meta["split"] == "validation" and "label" in i.meta for i in loaded.items)
+    # what prepare derived from the old label is not kept: an export had label "b" beside the old label_id 0 ("a")
+    assert not {"label_id", "n_tokens"} & {k for i in loaded.items for k in i.meta}
     assert len({i.item_id for i in loaded.items}) == n  # the dataset's own row ids
     assert len(read_items(version.path).items) == 40
 
@@ -134,3 +136,27 @@ def test_items_loaded_from_a_csv_export_export_again(queue: Queue, tmp_path: Pat
     rows = [json.loads(line) for line in out.path.read_text().splitlines()]
     assert len(rows) == 6 and rows[0]["_provenance"]["kind"] == "web"
     assert rows[0]["_provenance"]["annotation"] == {"task": "round2", "annotators": ["bob"], "label_source": "human"}
+
+
+def test_an_id_taken_by_another_text_is_refused_with_its_line_and_nothing_is_added(queue: Queue, tmp_path: Path) -> None:
+    """A second text under a known id was skipped as "already there": it never reached the annotators."""
+    first = tmp_path / "first.csv"
+    first.write_text("id,text\n1,great soup\n2,cold fries\n")
+    assert load_data(queue, first) == (2, 0, 0)
+    again = tmp_path / "again.csv"
+    again.write_text("id,text\n3,lovely view\n1,rude waiter\n")
+    with pytest.raises(DataError, match=r"again\.csv:3: id '1' is already taken by another text \(in task 'food'\)"):
+        load_data(queue, again)
+    clash = tmp_path / "clash.csv"
+    clash.write_text("id,text\n17,printer jammed\n18,screen dark\n17,printer is on fire\n")
+    with pytest.raises(DataError, match=r"clash\.csv:4: id '17' is already taken by another text \(in .*clash\.csv:2\)"):
+        load_data(queue, clash)
+    assert sorted((i.item_id, i.text) for i in queue.items()) == [("1", "great soup"), ("2", "cold fries")]
+    assert load_data(queue, first) == (0, 2, 0)  # the same rows again: already there
+
+
+def test_missing_numbers_load_as_null_for_postgresql(queue: Queue, tmp_path: Path) -> None:
+    """NaN went into the item's JSON: PostgreSQL's JSONB refused the load with a raw SQL error."""
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"text": "fine", "stars": NaN}\n{"text": "ok", "stars": 4}\n')
+    assert [i.meta["stars"] for i in read_items(path).items] == [None, 4]

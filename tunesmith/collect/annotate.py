@@ -27,7 +27,7 @@ from sqlalchemy import and_, case, delete, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, DataError
 from tunesmith.store.db import Store
 from tunesmith.store.schema import Annotation, AnnotationItem, AnnotationLease, AnnotationTask
 
@@ -141,19 +141,27 @@ def list_tasks(store: Store) -> list[TaskInfo]:
 
 
 def add_items(store: Store, task: str, items: list[NewItem]) -> tuple[int, int]:
-    """Add items not already in the task (by item id). Returns (added, already there)."""
+    """Add items not already in the task (by item id). Returns (added, already there). An id already there with
+    another text is refused before anything is added: it was skipped as "already there", and its text never queued."""
     open_task(store, task)
     with store.session() as s:
-        known = set(s.scalars(select(AnnotationItem.item_id).where(AnnotationItem.task == task)))
-        added, now = 0, time.time()
+        known = {item_id: (digest, None) for item_id, digest in
+                 s.execute(select(AnnotationItem.item_id, AnnotationItem.text_hash).where(AnnotationItem.task == task))}
+        new = []
         for item in items:
+            digest, where = text_hash(item.text), item.meta.get("_source")
             if item.item_id in known:
+                if known[item.item_id][0] != digest:
+                    earlier = known[item.item_id][1] or f"task {task!r}"
+                    raise DataError(f"{where or 'an item'}: id {item.item_id!r} is already taken by another text (in "
+                                    f"{earlier}); ids must be unique: name a unique column with --id-field, or one "
+                                    "that is not there (each text then gets a hashed id). Nothing was added.")
                 continue
-            known.add(item.item_id)
-            s.add(AnnotationItem(task=task, item_id=item.item_id, text=item.text, text_hash=text_hash(item.text),
-                                 meta=item.meta, created=now))
-            added += 1
-    return added, len(items) - added
+            known[item.item_id] = (digest, where)
+            new.append(AnnotationItem(task=task, item_id=item.item_id, text=item.text, text_hash=digest,
+                                      meta=item.meta, created=time.time()))
+        s.add_all(new)
+    return len(new), len(items) - len(new)
 
 
 class Queue:

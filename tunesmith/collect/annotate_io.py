@@ -26,6 +26,7 @@ from tunesmith.data.records import parse_provenance
 from tunesmith.errors import DataError
 
 SOURCE_KEY = "_source"  # meta key: file:line the item was loaded from
+DERIVED_COLUMNS = ("label_id", "label_ids", "n_tokens")  # a prepared dataset's columns computed from its labels and texts
 
 
 @dataclass
@@ -45,6 +46,8 @@ def read_items(path: str | Path, text_field: str = "text", id_field: str = "id",
         records = []
         for name in splits:
             for line, row in enumerate(version.table(name).to_pylist(), start=1):
+                # what `data prepare` derived from the old label goes: an export kept a label_id that meant another label
+                row = {k: v for k, v in row.items() if k not in DERIVED_COLUMNS}
                 records.append((f"{path}/{name}.parquet:{line}", {**row, "split": name}))
     else:
         if split:
@@ -66,7 +69,9 @@ def read_items(path: str | Path, text_field: str = "text", id_field: str = "id",
         check_item_id(item_id, where)
         meta = {k: v for k, v in record.items() if k not in (text_field, id_field)}
         meta[SOURCE_KEY] = where
-        items.append(NewItem(item_id, text, json.loads(json.dumps(meta, ensure_ascii=False, default=str))))
+        # NaN (a blank CSV cell read as a number) becomes null: PostgreSQL's JSONB refuses NaN with a raw SQL error
+        items.append(NewItem(item_id, text, json.loads(json.dumps(meta, ensure_ascii=False, default=str),
+                                                       parse_constant=lambda _: None)))
     return Loaded(items, empty)
 
 
