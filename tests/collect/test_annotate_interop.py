@@ -77,6 +77,33 @@ def test_argilla_v2_nested_and_flat(queue: Queue, tmp_path: Path) -> None:
     assert labels_of(queue)["c"] == {"argilla:u1": "pos", "argilla:u3": "pos"}
 
 
+
+def test_argilla_v2_drafts_are_not_labels(queue: Queue, tmp_path: Path) -> None:
+    """v2's unsubmitted drafts were imported as final labels (v1's were ignored): both items done, kappa -1."""
+    nested = [{"id": "a", "fields": {"text": TEXTS["a"]}, "responses": {"label": [
+        {"value": "pos", "user_id": "u1", "status": "submitted"}, {"value": "neg", "user_id": "u2", "status": "draft"}]}}]
+    result = import_annotations(queue, write(tmp_path / "nested.json", nested), "argilla")
+    flat = tmp_path / "flat.jsonl"
+    flat.write_text(json.dumps({"id": "b", "text": TEXTS["b"], "label.responses": ["neg", "pos"],
+                                "label.responses.users": ["u1", "u2"], "label.responses.status": ["submitted", "draft"]}) + "\n")
+    result = import_annotations(queue, flat, "argilla")
+    assert result.annotations == 1
+    assert labels_of(queue) == {"a": {"argilla:u1": "pos"}, "b": {"argilla:u1": "neg"}}
+
+
+def test_answers_to_several_questions_across_a_file_need_question(queue: Queue, tmp_path: Path) -> None:
+    """Each annotation answering one of two questions: a "toxic" yes was imported as a "spam" yes."""
+    choice = lambda name, label: [{"from_name": name, "value": {"choices": [label]}}]  # noqa: E731
+    tasks = [{"data": {"item_id": "a", "text": TEXTS["a"]}, "annotations": [{"completed_by": 1, "result": choice("spam", "pos")}]},
+             {"data": {"item_id": "b", "text": TEXTS["b"]}, "annotations": [{"completed_by": 1, "result": choice("toxic", "pos")}]}]
+    path = write(tmp_path / "ls.json", tasks)
+    with pytest.raises(DataError, match=r"ls\.json: several questions \(\['spam', 'toxic'\]\); say which .* --question"):
+        import_annotations(queue, path, "label-studio")
+    assert labels_of(queue) == {}
+    import_annotations(queue, path, "label-studio", question="spam")
+    assert labels_of(queue) == {"a": {"label-studio:1": "pos"}}
+
+
 def test_argilla_v1_feedback_and_text_classification(queue: Queue, tmp_path: Path) -> None:
     feedback = [{"fields": {"text": TEXTS["a"]}, "external_id": "a", "responses": [
         {"user_id": "u1", "values": {"sentiment": {"value": "pos"}}, "status": "submitted"},

@@ -73,6 +73,8 @@ def import_annotations(queue: Queue, path: str | Path, fmt: str, *, annotator: s
         answers = list(_csv(path, annotator, text_field))
     if question is not None and asked and question not in asked:  # every answer read as a skip, erasing labels
         raise DataError(f"{path}: no question named {question!r}; its questions are {sorted(asked)} (--question)")
+    if question is None and len(asked) > 1:  # each record answering one of them: a toxic "yes" became a spam "yes"
+        raise DataError(f"{path}: several questions ({sorted(asked)}); say which holds the label with --question")
     labels = set(queue.task.labels)
     first: dict[tuple[str, str], str] = {}  # (item, annotator) -> where: one answer each, or the count lied
     for a in answers:
@@ -205,6 +207,8 @@ def _argilla(path: Path, question: str | None, text_field: str, asked: set[str])
                 at = f"{where} response {k}"
                 if not isinstance(r, dict) or "user_id" not in r:
                     raise DataError(f"{at}: expected {{value, user_id}}")
+                if r.get("status") == "draft":  # not submitted: no label yet (as v1's drafts)
+                    continue
                 skip = r.get("status") == "discarded"
                 yield Imported(at, f"argilla:{r['user_id']}", None if skip else _one(r.get("value"), at), item_id, text)
         elif isinstance(responses, list):  # v1 feedback: [{user_id, values: {question: {value}}, status}]
@@ -233,6 +237,8 @@ def _argilla(path: Path, question: str | None, text_field: str, asked: set[str])
                 raise DataError(f"{where}: {len(values)} responses but {len(users)} users in {chosen}.responses.users")
             for k, (value, user, st) in enumerate(zip(values, users, status, strict=False), start=1):
                 at = f"{where} response {k}"
+                if st == "draft":
+                    continue
                 yield Imported(at, f"argilla:{user}", None if st == "discarded" else _one(value, at), item_id, text)
         elif "annotation" in rec:  # v1 text classification
             if rec["annotation"] is None:
