@@ -189,6 +189,14 @@ def test_near_duplicates_are_removed_and_reported(tmp_path: Path, make_config) -
     assert {q["stage"] for q in off.quarantine()} <= {"leakage"}
 
 
+def test_price_tier_labels_are_drawn_as_text(tmp_path: Path, make_config) -> None:
+    """The class-balance figure parsed "$$" as math and the whole prepare failed with a ParseException."""
+    rows = [{"text": t, "label": "$" * (1 + i % 3)} for i, t in enumerate(sentences(60))]
+    version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}]))
+    assert sorted(version.manifest.labels or []) == ["$", "$$", "$$$"]
+    assert (version.path / "figures" / "class_balance.png").stat().st_size > 2000
+
+
 def test_split_is_stratified(tmp_path: Path, make_config) -> None:
     rows = [{"text": t, "label": "rare" if i % 5 == 0 else "common"} for i, t in enumerate(sentences(200))]
     version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}]))

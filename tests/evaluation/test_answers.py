@@ -54,3 +54,13 @@ def test_multiple_choice_answers_a_b_c_d_are_labels() -> None:
     predictions = ["A.", "b", "C", "The answer is D"] * 2 + ["", "", "", ""]
     out = answer_metrics(predictions, references)
     assert out["answer_accuracy"] == pytest.approx(8 / 12) and out["exact_match"] == pytest.approx(6 / 12)
+
+
+def test_an_article_label_inside_a_longer_answer_is_found() -> None:
+    """"The answer is A" and "A) Paris" were unparsed (the article "a" removed) while the same with B was right."""
+    labels = ["a", "b", "c"]
+    assert [extract_label(answer, labels) for answer in ("The answer is A", "A) Paris", "Answer: A.", "It is a B",
+                                                         "A car? No: C", "The answer is B")] == ["a", "a", "a", "b", "c", "b"]
+    out = answer_metrics(["The answer is A", "The answer is B", "The answer is C", "A) Paris", "B) Rome", "C) Oslo"],
+                         ["A", "B", "C", "A", "B", "C"])
+    assert out["answer_accuracy"] == 1.0 and out["answer_unparsed"] == 0.0

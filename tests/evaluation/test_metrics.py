@@ -15,6 +15,7 @@ from tunesmith.evaluation.metrics import (
     most_confident_mistakes,
     multilabel_metrics,
     regression_metrics,
+    short_labels,
 )
 
 LABELS = ["a", "b", "c"]
@@ -191,3 +192,30 @@ def test_largest_errors_by_absolute_error() -> None:
     errors = largest_errors(["a", "b", "c"], [1.0, 5.0, 3.0], [1.5, 2.0, 3.0], k=2)
     assert [e["index"] for e in errors] == [1, 0]
     assert errors[0] == {"index": 1, "text": "b", "true": 5.0, "predicted": 2.0, "error": -3.0}
+
+
+def test_classes_named_like_the_reports_own_keys_get_their_own_scores() -> None:
+    """classification_report's dict was read by name: a class "accuracy" crashed, "macro avg" got the macro averages."""
+    m = classification_metrics([0, 0, 1, 2], [0, 1, 1, 2], ["accuracy", "macro avg", "weighted avg"])
+    assert m["per_class"]["accuracy"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
+    assert m["per_class"]["macro avg"] == {"precision": 0.5, "recall": 1.0, "f1": pytest.approx(2 / 3), "support": 1}
+    multi = multilabel_metrics(np.array([[1, 0], [0, 1]]), np.array([[1, 0], [0, 0]]), ["samples avg", "micro avg"])
+    assert multi["per_class"]["samples avg"]["f1"] == 1.0 and multi["per_class"]["micro avg"]["f1"] == 0.0
+
+
+def test_rows_without_labels_predicted_as_such_are_right_in_f1_samples() -> None:
+    """Both empty scored 0: a perfect model with half its rows empty got f1_samples 0.5."""
+    t = np.array([[1, 0], [0, 0], [0, 1], [0, 0]])
+    assert multilabel_metrics(t, t, ["x", "y"])["f1_samples"] == 1.0
+    wrong = np.array([[1, 0], [1, 0], [0, 1], [0, 0]])  # row 2 predicts a label where none is: that row scores 0
+    assert multilabel_metrics(t, wrong, ["x", "y"])["f1_samples"] == pytest.approx(3 / 4)
+
+
+def test_long_labels_sharing_a_prefix_stay_apart_in_the_table() -> None:
+    """Both read "customer_complaint_…": nobody could tell the rows apart."""
+    labels = ["customer_complaint_billing", "customer_complaint_shipping"]
+    rows = confusion_text([[3, 1], [0, 4]], labels).splitlines()[1:]
+    assert rows[0].split()[0] != rows[1].split()[0]
+    assert short_labels(labels) == ["customer_c…t_billing", "customer_c…_shipping"]
+    middle = ["a" * 15 + "X" + "b" * 15, "a" * 15 + "Y" + "b" * 15]
+    assert short_labels(middle) == middle  # alike when cut in the middle: the full names

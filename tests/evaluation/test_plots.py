@@ -100,3 +100,10 @@ def test_no_pyplot_figure_is_left_open(tmp_path: Path) -> None:
     scatter_png([1, 2, 3], [1, 2, 4], tmp_path / "s.png")
     learning_curve_png(_log(), "f1_macro", tmp_path / "lc.png")
     assert len(plt.get_fignums()) == before
+
+
+def test_class_names_with_dollar_signs_are_drawn_as_text(tmp_path: Path) -> None:
+    """"$", "$$" ... failed savefig (a math parse error), and "$10-$20" was drawn as the formula 10-20."""
+    labels = ["$", "$$", "$$$", "$10-$20"]
+    out = confusion_matrix_png(np.eye(4, dtype=int) * 5, labels, tmp_path / "cm.png", normalize=False)
+    assert _is_png(out)

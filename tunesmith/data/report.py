@@ -209,7 +209,9 @@ def _figures(folder: Path, report: dict[str, Any], tables: dict[str, pa.Table]) 
         for k, name in enumerate(SPLITS):
             n = max(1, sum(balance[name].values()))
             ax.bar(np.arange(len(labels)) + k * width, [100 * balance[name].get(x, 0) / n for x in labels], width, label=name)
-        ax.set_xticks(np.arange(len(labels)) + width, labels, rotation=45 if len(labels) > 6 else 0, ha="right" if len(labels) > 6 else "center")
+        # parse_math off: a class named "$10-$20" was drawn as a formula, and "$$" failed the whole report
+        ax.set_xticks(np.arange(len(labels)) + width, labels, rotation=45 if len(labels) > 6 else 0,
+                      ha="right" if len(labels) > 6 else "center", parse_math=False)
         out["class_balance"] = _save(fig, ax, "% of split", "Class balance per split", figures / "class_balance.png")
     return out
 

@@ -52,8 +52,18 @@ def extract_label(prediction: str, labels: Sequence[str]) -> str | None:
     norm = normalize(prediction)
     if norm in labels:
         return norm
-    found = [(m.start(), -len(label), label) for label in labels if (m := re.search(rf"\b{re.escape(label)}\b", norm))]
+    found = [(at, -len(label), label) for label in labels if (at := _position(prediction, norm, label)) is not None]
     return min(found)[2] if found else None
+
+
+def _position(prediction: str, norm: str, label: str) -> int | None:
+    """Where `label` is first stated in the normalised answer. An article label (multiple-choice "A") is gone from
+    `norm`: it counts where the answer has it before punctuation or at the end ("is A", "A) Paris"), not as "a car"."""
+    if not _ARTICLES.fullmatch(label):
+        m = re.search(rf"\b{re.escape(label)}\b", norm)
+        return m.start() if m else None
+    m = re.search(rf"(?<!\w){label}(?=\s*(?:[^\w\s]|$))", prediction.lower())
+    return len(normalize(prediction[: m.start()])) if m else None
 
 
 # Words in any script (rouge-score's own tokenizer keeps only [a-z0-9]: Russian, Greek or Chinese answers scored ROUGE-L 0

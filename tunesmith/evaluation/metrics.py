@@ -76,11 +76,11 @@ def _same_length(a: Any, b: Any, names: str = "y_true and y_pred") -> None:
 
 
 def _per_class(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, dict[str, float | int]]:
-    report = skm.classification_report(y_true, y_pred, labels=list(range(len(labels))), target_names=labels,
-                                       output_dict=True, zero_division=0)
-    return {name: {"precision": float(report[name]["precision"]), "recall": float(report[name]["recall"]),
-                   "f1": float(report[name]["f1-score"]), "support": int(report[name]["support"])}
-            for name in labels}
+    # by position, not classification_report's dict by name: a class named "accuracy" or "macro avg" met its keys
+    prec, rec, f1, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=list(range(len(labels))),
+                                                                 average=None, zero_division=0)
+    return {name: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "support": int(support[i])}
+            for i, name in enumerate(labels)}
 
 
 # -- classification -----------------------------------------------------------------------------
@@ -134,7 +134,9 @@ def multilabel_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[
     for average in ("micro", "macro", "weighted", "samples"):
         columns = occurring_labels(t, p) if average == "macro" else []
         # labels=None: every column (where no label occurs at all, that is 0.0 rather than NaN)
-        out[f"f1_{average}"] = float(skm.f1_score(t, p, labels=columns or None, average=average, zero_division=0))
+        # a row with no true and no predicted label is right: it scored 0 in f1_samples (a perfect model got 0.5)
+        out[f"f1_{average}"] = float(skm.f1_score(t, p, labels=columns or None, average=average,
+                                                  zero_division=1 if average == "samples" else 0))
     out["per_class"] = _per_class(t, p, labels)
     out["labels"] = labels
     if proba is not None:
@@ -183,14 +185,22 @@ def regression_metrics(y_true: Sequence[float] | np.ndarray, y_pred: Sequence[fl
 # -- for people ---------------------------------------------------------------------------------
 
 
-def _short(label: str, width: int = 20) -> str:
-    return label if len(label) <= width else label[: width - 1] + "…"
+def short_labels(labels: Sequence[Any], width: int = 20) -> list[str]:
+    """Labels cut to `width` in the middle, their start and end kept (classes often share a prefix:
+    customer_complaint_billing / _shipping both read customer_complaint_…); the full names where two still read alike."""
+    head = width // 2
+
+    def cut(label: str) -> str:
+        return label if len(label) <= width else label[:head] + "…" + label[len(label) - (width - 1 - head):]
+
+    names = [cut(str(x)) for x in labels]
+    return names if len(set(names)) == len(names) else [str(x) for x in labels]
 
 
 def confusion_text(matrix: Sequence[Sequence[float]] | np.ndarray, labels: Sequence[str]) -> str:
     """The confusion matrix as an aligned plain-text table (rows = true, columns = predicted)."""
     m = np.asarray(matrix)
-    names = [_short(str(x)) for x in labels]
+    names = short_labels(labels)
     if m.shape != (len(names), len(names)):
         raise ValueError(f"matrix must be {len(names)} x {len(names)} (one row and column per label), got {m.shape}")
     integral = np.all(np.equal(np.mod(m, 1), 0))

@@ -18,6 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from tunesmith.evaluation.metrics import short_labels
 from tunesmith.evaluation.report import LOWER_IS_BETTER, metric_name
 
 DPI = 110  # same as the data report: sharp in a browser, small files
@@ -36,10 +37,6 @@ def _save(fig: Figure, path: str | Path) -> Path:
     fig.savefig(path, dpi=DPI)
     fig.clear()
     return path
-
-
-def _short(label: str, width: int = 18) -> str:
-    return label if len(label) <= width else label[: width - 1] + "…"
 
 
 def confusion_matrix_png(matrix: Sequence[Sequence[float]] | np.ndarray, labels: Sequence[str], path: str | Path,
@@ -66,11 +63,12 @@ def confusion_matrix_png(matrix: Sequence[Sequence[float]] | np.ndarray, labels:
             text = f"{values[i, j]:.2f}" if normalize else f"{int(values[i, j])}"
             ax.text(j, i, text, ha="center", va="center", fontsize=fontsize,
                     color="white" if values[i, j] > threshold else "black")
-    names = [_short(str(x)) for x in labels]
+    names = short_labels(labels, width=18)
     rotate = k > 6 or max(len(n) for n in names) > 8
+    # parse_math off: a class named "$10-$20" was drawn as the formula 10-20, and "$$" failed the whole figure
     ax.set_xticks(range(k), names, rotation=45 if rotate else 0, ha="right" if rotate else "center",
-                  fontsize=fontsize)
-    ax.set_yticks(range(k), names, fontsize=fontsize)
+                  fontsize=fontsize, parse_math=False)
+    ax.set_yticks(range(k), names, fontsize=fontsize, parse_math=False)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("Confusion matrix (row-normalised: diagonal = recall)" if normalize else "Confusion matrix (counts)")
