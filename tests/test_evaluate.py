@@ -106,6 +106,28 @@ def test_the_base_model_column_is_trained_again_for_another_dataset(classifier_r
     assert first != again == version.manifest.fingerprint
 
 
+
+def test_another_datasets_scores_go_beside_the_held_out_report_and_the_card_names_them(classifier_run: Path,
+                                                                                       tmp_path: Path, tiny_bert: Path) -> None:
+    """`evaluate --dataset OTHER` overwrote eval/test, and the model card then showed OTHER's scores as the run's."""
+    import shutil
+
+    from tunesmith.data.prepare import prepare
+
+    run = tmp_path / "run"
+    shutil.copytree(classifier_run, run)
+    own = evaluate_run(run, baselines=False)
+    (tmp_path / "other").mkdir()
+    version = prepare(project(tmp_path / "other", tiny_bert, n=120))
+    other = evaluate_run(run, dataset_dir=version.path, baselines=False)
+    folder = run / "eval" / f"test-{version.path.name}-{version.manifest.fingerprint[:8]}"
+    assert other["report_dir"] == str(folder) and (folder / "confusion_matrix.png").is_file()
+    assert json.loads((run / "eval" / "test" / "report.json").read_text())["n"] == own["n"]  # the held-out one stays
+    card = (run / "README.md").read_text()
+    assert f"Test ({own['n']} examples): accuracy " in card  # n is no metric
+    assert f"Test on {version.path} ({other['n']} examples): accuracy " in card
+
+
 def test_a_run_whose_weights_diverged_is_named_not_an_internal_error(classifier_run: Path, tmp_path: Path) -> None:
     """NaN weights crashed evaluate with "internal error: proba must hold probabilities in [0, 1]"."""
     import torch

@@ -329,7 +329,7 @@ def evaluate_cmd(
         out.print(result["confusion_text"], markup=False, highlight=False)
     for note in result["notes"]:
         out.print(f"note: {note}", highlight=False)
-    out.print(f"report: {Path(result['run']) / 'eval' / result['split'] / 'report.html'}", highlight=False)
+    out.print(f"report: {Path(result['report_dir']) / 'report.html'}", highlight=False)
 
 
 def _fmt(value: Any) -> str:

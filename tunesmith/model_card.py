@@ -51,12 +51,17 @@ def write_model_card(run_dir: Path) -> Path:
               + ", ".join(f"{k} {v:.4f}" for k, v in m.metrics.items() if k not in ("runtime", "samples_per_second", "steps_per_second", "epoch")),
               ""]
     reports = sorted((run_dir / "eval").glob("*/report.json"))
+    own = False
     for report in reports:
         r = json.loads(report.read_text(encoding="utf-8"))
-        main = {k: v for k, v in r["metrics"].items() if isinstance(v, int | float)}
-        lines.append(f"{r['split'].capitalize()} ({r['n']} examples): " + ", ".join(f"{k} {v:.4f}" for k, v in list(main.items())[:8]))
+        numbers = {k: v for k, v in r["metrics"].items() if isinstance(v, int | float) and not isinstance(v, bool) and k != "n"}
+        main = list(numbers.items())[:8]  # the metrics' own order: the headline ones first
+        # another dataset's scores say so: they read as the run's own test results
+        other = "" if r.get("dataset_fingerprint", m.dataset_fingerprint) == m.dataset_fingerprint else f" on {r.get('dataset')}"
+        own = own or not other
+        lines.append(f"{r['split'].capitalize()}{other} ({r['n']} examples): " + ", ".join(f"{k} {v:.4f}" for k, v in main))
         lines.append("")
-    if not reports:  # validation picked the checkpoint, so only a held-out split's scores are unbiased
+    if not own:  # validation picked the checkpoint, so only a held-out split's scores are unbiased
         lines += [f"_Not scored on the held-out test split yet: `tunesmith evaluate {run_dir}`._", ""]
     lines += ["## Use", "", "```bash", f"tunesmith evaluate {run_dir}", "```", ""]
     lines += _export_section(exported)

@@ -1,5 +1,5 @@
 """`tunesmith evaluate` and `tunesmith compare`: a run folder + a dataset split -> metrics, pictures,
-baselines and a report in `<run>/eval/<split>/`.
+baselines and a report in `<run>/eval/<split>/` (another dataset's: `<run>/eval/<split>-<dataset>-<fingerprint>/`).
 
 Every number is computed on the held-out split (test by default). Classifiers and regressors
 (sequence.py) are scored next to a majority (or mean) baseline and a TF-IDF + linear model trained on
@@ -38,6 +38,7 @@ def evaluate_run(run_dir: str | Path, dataset_dir: str | Path | None = None, spl
                      f"not the one the run trained on ({m.dataset_fingerprint[:12]})")
     if version.manifest.task != m.task:
         raise DataError(f"{version.path}: a {version.manifest.task} dataset cannot evaluate a {m.task} run")
+    folder = report_folder(run, version, split)
     if task in GENERATIVE_TASKS:
         from tunesmith.evaluation.chat import evaluate_chat
 
@@ -47,11 +48,20 @@ def evaluate_run(run_dir: str | Path, dataset_dir: str | Path | None = None, spl
         from tunesmith.evaluation.sequence import evaluate_sequence
 
         result = evaluate_sequence(run, version, split, notes, cfg.eval.baselines if baselines is None else baselines,
-                                   bool(cfg.eval.base_model) if base_model is None else base_model)
-    _add_learning_curve(run, run.path / "eval" / split, result)
-    write_report(run.path / "eval" / split, result)
+                                   bool(cfg.eval.base_model) if base_model is None else base_model, folder)
+    _add_learning_curve(run, folder, result)
+    write_report(folder, result)
     write_model_card(run.path)
+    result["report_dir"] = str(folder)
     return result
+
+
+def report_folder(run: Run, version: DatasetVersion, split: str) -> Path:
+    """eval/<split> for the run's own dataset; another dataset's scores go beside it (eval/<split>-<dataset>-<fingerprint>),
+    as `evaluate --dataset OTHER` overwrote the held-out report and the model card showed OTHER's scores as the run's."""
+    if version.manifest.fingerprint == run.manifest.dataset_fingerprint:
+        return run.path / "eval" / split
+    return run.path / "eval" / f"{split}-{version.path.resolve().name}-{version.manifest.fingerprint[:8]}"
 
 
 def _add_learning_curve(run: Run, folder: Path, result: dict[str, Any]) -> None:

@@ -24,7 +24,8 @@ def score(task: TaskType, y_true: np.ndarray, y_pred: np.ndarray, labels: list[s
 
 
 def evaluate_sequence(run: Run, version: DatasetVersion, split: str, notes: list[str], baselines: bool,
-                      base_model: bool) -> dict[str, Any]:
+                      base_model: bool, folder: Path) -> dict[str, Any]:
+    """Score `split`; its pictures go to `folder` (the report's)."""
     from tunesmith.inference.predictor import Predictor
 
     m = run.manifest
@@ -57,7 +58,6 @@ def evaluate_sequence(run: Run, version: DatasetVersion, split: str, notes: list
                         "weights diverged (train again with a lower learning rate) or are damaged")
     metrics = score(task, y_true, y_pred, labels, pred.proba)
 
-    folder = run.path / "eval" / split
     folder.mkdir(parents=True, exist_ok=True)
     figures: dict[str, str] = {}
     confusion = None
