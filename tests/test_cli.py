@@ -175,12 +175,13 @@ def test_html_report_shows_user_text_as_text(tmp_path: Path) -> None:
     from tunesmith.html_report import markdown_table, markdown_to_html
 
     md = ("# Data report: x\n\n> <script>alert(1)</script>\n\n- ⚠ label <img src=x onerror=alert(2)> is rare\n\n"
-          + markdown_table(["label", "<b>n</b>"], [["[click](javascript:alert(3))", "<script>alert(4)</script> | a & b"]])
-          + "\n\n[web](https://example.org) [figure](figures/a.png)\n")
+          + markdown_table(["label", "<b>n</b>"], [["[tap](javascript:alert(3))", "<script>alert(4)</script> | a & b"]])
+          + "\n\n[web](https://example.org) [figure](figures/a.png) [click](javascript:alert(5))\n")
     page = markdown_to_html(md, tmp_path, "t")
     assert "<script>" not in page and "<img src=x" not in page and "<b>n" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "&lt;script&gt;alert(4)&lt;/script&gt; | a &amp; b" in page
-    assert "javascript:" not in page and '<a href="#">click</a>' in page
+    assert "<td>[tap](javascript:alert(3))</td>" in page  # a table cell is data: text, no link at all
+    assert 'href="javascript' not in page and '<a href="#">click</a>' in page
     assert '<a href="https://example.org">web</a>' in page and '<a href="figures/a.png">figure</a>' in page
 
 

