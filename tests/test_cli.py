@@ -28,7 +28,8 @@ def _config(tmp_path: Path, tokenizer: Path, rows: int = 40, extra: str = "") ->
 
 def test_prepare_show_report(tmp_path: Path, tiny_tokenizer: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = _config(tmp_path, tiny_tokenizer)
-    assert run(["data", "prepare", str(config)]) == 0
+    described = "Food reviews from the shop's site, labelled by two people in the team; " * 3  # longer than 80 columns
+    assert run(["data", "prepare", str(config), "--set", f"task.description={described}"]) == 0
     shown = capsys.readouterr().out
     assert "train 32  validation 4  test 4  quarantine 0  (of 40 input rows)" in shown
     assert run(["data", "show", str(tmp_path / "ds"), "--split", "test", "--n", "2", "--json"]) == 0
@@ -36,6 +37,10 @@ def test_prepare_show_report(tmp_path: Path, tiny_tokenizer: Path, capsys: pytes
     assert len(rows) == 2 and {"id", "text", "label", "label_id", "n_tokens"} <= set(rows[0])
     assert run(["data", "report", str(tmp_path / "ds"), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["counts"]["input"] == 40
+    # piped output came cut at 80 columns: the JSON did not parse, and the Markdown lines were split
+    assert run(["data", "report", str(tmp_path / "ds"), "--format", "md"]) == 0
+    assert capsys.readouterr().out == (tmp_path / "ds" / "report.md").read_text() + "\n"
+    assert described.strip() in (tmp_path / "ds" / "report.md").read_text()
 
 
 def test_set_overrides_reach_the_pipeline(tmp_path: Path, tiny_tokenizer: Path, capsys) -> None:

@@ -29,8 +29,8 @@ app.add_typer(config_app, name="config")
 
 # Markup off by default: names, paths, labels and reasons are the user's text ("reviews [draft]" lost its brackets,
 # "[/b]" crashed the command); the few styled lines ask for it.
-out = Console(markup=False)
-err = Console(stderr=True, markup=False)
+out = Console(markup=False, soft_wrap=True)  # soft wrap: piped JSON, Markdown and paths come out as written, not cut at 80 columns
+err = Console(stderr=True, markup=False, soft_wrap=True)
 _state = {"debug": False}
 
 Overrides = Annotated[list[str] | None, typer.Option(
