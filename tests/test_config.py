@@ -112,6 +112,20 @@ def test_fill_policy_needs_a_value() -> None:
         parse_config({"name": "x", "data": {"sources": [{"path": "a.csv"}], "missing": {"fields": {"label": "fill"}}}})
 
 
+
+@pytest.mark.parametrize(("missing", "error"), [
+    ({"fill": {"label": "neg"}}, r"missing.fill gives a value for \['label'\], whose policy is not `fill`; add label: fill"),
+    ({"fields": {"label": "fill"}, "fill": {"label": "neg", "lable": "x"}}, r"unknown field\(s\) \['lable'\] in missing.fill"),
+])
+def test_a_fill_value_that_nothing_uses_is_refused(missing: dict, error: str) -> None:
+    """Both were accepted and ignored: the rows they were meant for still went to quarantine."""
+    with pytest.raises(ConfigError, match=error):
+        parse_config({"name": "x", "data": {"sources": [{"path": "a.csv"}], "missing": missing}})
+    ok = parse_config({"name": "x", "data": {"sources": [{"path": "a.csv"}],
+                                             "missing": {"fields": {"label": "fill"}, "fill": {"label": "neg"}}}})
+    assert ok.data.missing.fill == {"label": "neg"}
+
+
 def test_config_round_trips_through_json() -> None:
     cfg = parse_config({"name": "x", "data": {"sources": [{"path": "/d/a.csv"}]}})
     again = ProjectConfig.model_validate(cfg.model_dump(mode="json"))

@@ -320,6 +320,12 @@ class MissingSpec(Spec):
         needs = sorted(f for f, p in self.fields.items() if p == "fill" and f not in self.fill)
         if needs:
             raise ValueError(f"policy `fill` needs a value in missing.fill for: {needs}")
+        _only(self.fill, FIELD_KEYS, "unknown field(s) {} in missing.fill; allowed: {}")
+        # a value without the policy was ignored: the rows it was meant for still went to quarantine
+        unused = sorted(f for f in self.fill if self.policy(f) != "fill")
+        if unused:
+            raise ValueError(f"missing.fill gives a value for {unused}, whose policy is not `fill`; add "
+                             + ", ".join(f"{f}: fill" for f in unused) + " to missing.fields")
         return self
 
     def policy(self, field: str) -> MissingPolicy:
