@@ -199,6 +199,10 @@ def test_settings_the_task_would_ignore_are_refused_with_file_line_and_field(tmp
     ("chat", {"train": {"method": "prompt_tuning", "merge_adapter": True}}, "train.merge_adapter"),
     ("chat", {"train": {"method": "prompt_tuning", "packing": True}}, "train.packing"),
     ("single_label_classification", {"train": {"lr_scheduler": "cosine_decay"}}, "train.lr_scheduler"),
+    # "food|price" became a class of its own; labels of a regression were ignored
+    ("single_label_classification", {"task": {"type": "single_label_classification", "label_separator": "|"}},
+     "task.label_separator"),
+    ("regression", {"task": {"type": "regression", "labels": ["a", "b"]}}, "task.labels"),
 ])
 def test_each_inapplicable_setting_is_named(task: str, setting: dict, field: str) -> None:
     raw = {"name": "x", "task": {"type": task}, "data": {"sources": [{"path": "a.jsonl"}]}, **setting}

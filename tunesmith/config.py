@@ -794,7 +794,12 @@ class ProjectConfig(Spec):
         task, method = self.task.type, self.train.method
         generative = task in GENERATIVE_TASKS
         kind = f"{task.value} tasks"
+        classes = task in (TaskType.single_label, TaskType.multi_label)
         rules: list[tuple[Spec, str, bool, str]] = [  # (section, field, applies, why not)
+            # a separator without type: multi_label_classification made "food|price" a class of its own
+            (self.task, "label_separator", task == TaskType.multi_label,
+             "label_separator splits the labels of multi_label_classification; set task.type to it if rows hold several"),
+            (self.task, "labels", classes, f"{kind} have no classes"),
             (self.train, "head_learning_rate", not generative, f"{kind} train the language model itself; there is no new head"),
             (self.train, "class_weights", task == TaskType.single_label, "class weights apply to single-label classification"),
             (self.train, "group_by_length", not generative, f"{kind} batch conversations by packing (train.packing)"),
@@ -821,7 +826,8 @@ class ProjectConfig(Spec):
             (self.eval, "max_generations", generative, f"{kind} generate no answers"),
             (self.eval, "samples", generative, f"{kind} generate no answers"),
         ]
-        sections = {id(self.train): "train", id(self.peft): "peft", id(self.model): "model", id(self.eval): "eval"}
+        sections = {id(self.train): "train", id(self.peft): "peft", id(self.model): "model", id(self.eval): "eval",
+                    id(self.task): "task"}
         found = []
         for section, name, applies, why in rules:
             value = getattr(section, name)
