@@ -392,6 +392,12 @@ def tune_cmd(
         out.print(f"the same settings on another config (the full data, say): tunesmith train CONFIG {sets}",
                   highlight=False, markup=False)
     out.print(f"report: {summary['report']}", highlight=False)
+    if best is None and not {"running", "waiting"} & set(summary["trials"]):
+        from tunesmith.errors import TunesmithError
+
+        # exit 0 let `tune X && tunesmith train best.yaml` go on to a missing file
+        raise TunesmithError(f"study '{summary['study']}': no trial completed ({counts}); the report says why each "
+                             "failed or was pruned")
 
 
 @app.command("export", epilog=EPILOG)

@@ -122,6 +122,10 @@ def test_a_diverged_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path: 
     folder = study_folder(cfg)
     assert not list(folder.glob("trial-*"))  # no half-written run folder
     assert reasons[1] in (folder / "report.md").read_text()
+    # the CLI on the finished study: it exited 0, and `tune X && tunesmith train best.yaml` went on to a missing file
+    path = tmp_path / "tune.yaml"
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    assert run(["tune", str(path)]) == 1 and not (folder / "best.yaml").exists()
 
 
 @pytest.mark.parametrize("device", ["cuda", "cpu"])
