@@ -224,3 +224,17 @@ def test_the_users_names_and_paths_print_as_written(tmp_path: Path, capsys) -> N
     out = tmp_path / "[draft].jsonl"
     assert run(["annotate", "export", "reviews [draft]", "--out", str(out), "--db", db]) == 0
     assert f"-> {out} (" in capsys.readouterr().out.replace("\n", "")  # unwrapped from the terminal's width
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["serve", "--timeout", "0"], "serve: --timeout: Input should be greater than 0 (got 0.0)"),
+    (["serve", "--max-file-mb", "0"], "serve: --max-file-mb: must be above 0 (got 0)"),  # it read 0 as unset: 512 MB
+    (["serve", "--max-file-mb", "-1"], "serve: --max-file-mb: must be above 0 (got -1)"),
+    (["worker", "--poll", "0"], "jobs: --poll: Input should be greater than 0 (got 0.0)"),
+])
+def test_serve_and_worker_flag_errors_name_the_flag(args: list[str], message: str, capsys, tmp_path: Path) -> None:
+    """pydantic's dump named timeout_s and max_file_bytes (in bytes), with its type code and a URL."""
+    # --prepare without runs: should the flag pass, the command stops with another error rather than serve
+    assert run([*args, "--db", f"sqlite:///{tmp_path / 's.db'}", *(["--prepare"] if args[0] == "serve" else [])]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"error: {message}" in err and "errors.pydantic.dev" not in err

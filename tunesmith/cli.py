@@ -485,9 +485,11 @@ def serve_cmd(
                          chat_engine=chat_engine, chat_kv_tokens=chat_kv_tokens, log_inputs=log_inputs,
                          log_retention_days=log_retention_days)
     except ValueError as err:
+        raise _flag_error("serve", err) from None
+    if max_file_mb is not None and max_file_mb <= 0:  # 0 read as "not given": the 512 MB default, without a word
         from tunesmith.errors import ConfigError
 
-        raise ConfigError(f"serve: {err}") from None
+        raise ConfigError(f"serve: --max-file-mb: must be above 0 (got {max_file_mb:g})")
     if prepare:
         from tunesmith.errors import ConfigError
         from tunesmith.serve.models import prepare as prepare_runs
@@ -497,7 +499,7 @@ def serve_cmd(
         for served, also in prepare_runs(runs, spec):
             print(f"{served.id}: ready ({served.run})" + "".join(f"; {note}" for note in also))
         return
-    jobs = _jobs_spec(db, base_model, max_file_bytes=int(max_file_mb * 1024**2) if max_file_mb else None) \
+    jobs = _jobs_spec(db, base_model, max_file_bytes=int(max_file_mb * 1024**2) if max_file_mb is not None else None) \
         if db or workers or not (runs or model) else None
     serve(runs or [], spec, jobs=jobs, workers=workers, registry_models=list(model or []), db=db)
 
@@ -509,9 +511,30 @@ def _jobs_spec(db: str | None, base_models: list[str] | None, **settings: float 
     try:
         return JobsSpec(db=db, **({"base_models": base_models} if base_models else {}), **given)
     except ValueError as err:
-        from tunesmith.errors import ConfigError
+        raise _flag_error("jobs", err) from None
 
-        raise ConfigError(f"jobs: {err}") from None
+
+# the flags whose setting's name differs from the flag's (the others: --max-queue for max_queue)
+_FLAGS = {"timeout_s": "--timeout", "api_keys": "--api-key", "cors_origins": "--cors-origin", "poll_s": "--poll",
+          "heartbeat_s": "--heartbeat", "stale_after_s": "--stale-after", "max_file_bytes": "--max-file-mb",
+          "base_models": "--base-model"}
+
+
+def _flag_error(command: str, err: ValueError) -> Exception:
+    """A settings error as the flags the user typed: pydantic's dump named timeout_s, with its type code and URL."""
+    from pydantic import ValidationError
+
+    from tunesmith.errors import ConfigError
+
+    if not isinstance(err, ValidationError):
+        return ConfigError(f"{command}: {err}")
+    lines = []
+    for e in err.errors():
+        name = str(e["loc"][0]) if e["loc"] else ""
+        flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
+        got = f" (got {e['input']!r})" if name != "max_file_bytes" and not isinstance(e["input"], dict) else ""
+        lines.append(f"{flag}: {e['msg'].removeprefix('Value error, ')}{got}")
+    return ConfigError(f"{command}: " + "; ".join(lines))
 
 
 # -- model registry ---------------------------------------------------------------------------------

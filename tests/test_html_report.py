@@ -1,0 +1,26 @@
+"""The standalone HTML report: user text stays text, and only the report's own pictures are inlined."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunesmith.html_report import markdown_table, markdown_to_html
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
+
+
+def test_pictures_named_in_user_text_are_neither_inlined_nor_linked(tmp_path: Path) -> None:
+    """A mistake's text "![x](/home/me/private.png)" base64-embedded that file into a report meant to be mailed."""
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "private.png").write_bytes(PNG)
+    report = tmp_path / "run" / "eval"
+    (report / "figures").mkdir(parents=True)
+    (report / "figures" / "cm.png").write_bytes(PNG)
+    texts = [f"![x]({secret / 'private.png'}) great", "![y](../../secret/private.png)", "[click](https://x.test) ok"]
+    md = markdown_table(["text"], [[t] for t in texts]) + "\n\n![confusion](figures/cm.png)\n\n![z](../../secret/private.png)\n"
+    page = markdown_to_html(md, report, "report")
+    assert page.count("data:image/png;base64") == 1  # the report's own picture only
+    assert page.count("<img") == 2 and '<img alt="z" src="#"' in page  # a file outside the report's folder: no link
+    assert '<a href="https://x.test">' not in page and "[click](https://x.test) ok" in page
+    assert f"![x]({secret / 'private.png'}) great" in page
