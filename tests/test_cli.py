@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,12 @@ def test_prepare_show_report(tmp_path: Path, tiny_tokenizer: Path, capsys: pytes
     assert len(rows) == 2 and {"id", "text", "label", "label_id", "n_tokens"} <= set(rows[0])
     assert run(["data", "report", str(tmp_path / "ds"), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)["counts"]["input"] == 40
+    # a partly copied folder: internal FileNotFoundError (exit 1) rather than a data error naming the file
+    shutil.copytree(tmp_path / "ds", tmp_path / "copy", ignore=shutil.ignore_patterns("test.parquet", "report.json"))
+    for args in (["data", "report", str(tmp_path / "copy"), "--format", "json"],
+                 ["data", "show", str(tmp_path / "copy"), "--split", "test"]):
+        assert run(args) == 3
+        assert "missing; the dataset folder is damaged or partly copied" in " ".join(capsys.readouterr().err.split())
     # piped output came cut at 80 columns: the JSON did not parse, and the Markdown lines were split
     assert run(["data", "report", str(tmp_path / "ds"), "--format", "md"]) == 0
     assert capsys.readouterr().out == (tmp_path / "ds" / "report.md").read_text() + "\n"

@@ -98,13 +98,21 @@ class DatasetVersion:
     def table(self, split: str) -> pa.Table:
         if split not in SPLITS:
             raise DataError(f"unknown split '{split}'; choose from {list(SPLITS)}")
-        return pq.read_table(self.path / f"{split}.parquet", memory_map=True)
+        return pq.read_table(self.file(f"{split}.parquet"), memory_map=True)
 
     def hf_dataset(self, split: str) -> Any:
         """The split as a memory-mapped Hugging Face `datasets.Dataset`."""
         import datasets
 
-        return datasets.Dataset.from_parquet(str(self.path / f"{split}.parquet"))
+        return datasets.Dataset.from_parquet(str(self.file(f"{split}.parquet")))
+
+    def file(self, name: str) -> Path:
+        """A file of the folder, which must be there: a partly copied folder was an internal FileNotFoundError."""
+        path = self.path / name
+        if not path.is_file():
+            raise DataError(f"{path}: missing; the dataset folder is damaged or partly copied: prepare it again with "
+                            "`tunesmith data prepare`")
+        return path
 
     def quarantine(self) -> list[dict[str, Any]]:
         path = self.path / QUARANTINE
@@ -114,7 +122,7 @@ class DatasetVersion:
             return [json.loads(line) for line in f if line.strip()]
 
     def report(self) -> dict[str, Any]:
-        return json.loads((self.path / "report.json").read_text(encoding="utf-8"))
+        return json.loads(self.file("report.json").read_text(encoding="utf-8"))
 
 
 # ---------------------------------------------------------------------------------------------

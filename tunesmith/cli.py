@@ -169,9 +169,9 @@ def data_report(
     if fmt == "summary":
         _print_summary(version.path)
     elif fmt in ("md", "json"):
-        out.print((version.path / f"report.{fmt}").read_text(encoding="utf-8"), markup=False, highlight=False)
+        out.print(version.file(f"report.{fmt}").read_text(encoding="utf-8"), markup=False, highlight=False)
     elif fmt == "html":
-        out.print(str((version.path / "report.html").resolve()))
+        out.print(str(version.file("report.html").resolve()))
     else:
         raise click.BadParameter(f"'{fmt}' is not one of summary, md, json, html", param_hint="--format")
 
