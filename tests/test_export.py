@@ -179,6 +179,8 @@ def test_joblib_bundle_needs_trust_and_then_predicts(lora_run: Path, tmp_path: P
     got = bundle.predict(TEXTS)
     assert got.labels == original.labels and bundle.labels == ["neg", "pos"]
     np.testing.assert_allclose(got.proba, original.proba, atol=1e-5)
+    raw = ["ｇｒｅａｔ<br/>coffee"]  # cleaned as the run's training texts were, as the Predictor does
+    np.testing.assert_allclose(bundle.predict(raw).proba, Predictor(lora_run).predict(["great coffee"]).proba, atol=1e-5)
     # the wrong file (the export.json beside it: KeyError 123), a cut copy (EOFError) and the folder are named
     cut = tmp_path / "cut.joblib"
     cut.write_bytes(result.path.read_bytes()[:5000])

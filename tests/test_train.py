@@ -127,6 +127,12 @@ def test_lora_trains_only_the_adapter_and_the_predictor_loads_it(tmp_path: Path,
     out = predictor.predict(["great wonderful friendly coffee", "terrible stale bitter bread"])
     assert out.proba.shape == (2, 2) and np.allclose(out.proba.sum(axis=1), 1)
     assert out.labels == ["pos", "neg"]
+    # raw text is cleaned as the training data was (markup, NFKC, blanks): served raw, the model saw inputs it never
+    # trained on; an empty text is one end-of-text token, not an all-padding row
+    raw = ["great<br />wonderful &amp;   friendly coffee", "ｔｅｒｒｉｂｌｅ stale bitter bread", ""]
+    cleaned = ["great wonderful & friendly coffee", "terrible stale bitter bread", ""]
+    np.testing.assert_allclose(predictor.logits(raw), predictor.logits(cleaned, cleaned=True), atol=1e-6)
+    assert not np.allclose(predictor.logits(raw[:2], cleaned=True), predictor.logits(cleaned[:2], cleaned=True), atol=1e-3)
 
 
 def test_lora_on_missing_modules_is_refused_before_training(tmp_path: Path, tiny_bert: Path) -> None:
@@ -538,3 +544,17 @@ def test_a_diverged_run_is_an_error_that_names_the_learning_rate_not_a_damaged_f
     with pytest.raises(ConfigError, match=r"training diverged: .*loss.* lower train.learning_rate \(this run used 1000000"):
         train(cfg)
     assert not is_run(tmp_path / "run") and (tmp_path / "run" / "training_log.jsonl").is_file()
+
+
+def test_a_decoder_classifier_answers_an_empty_text_alone_and_in_a_batch(tmp_path: Path, tiny_llama: Path) -> None:
+    """A tokenizer that adds no BOS/EOS makes "" zero tokens: alone it crashed (reshape of 0 elements), in a batch it was
+    an all-padding row with arbitrary logits, and the faster engines' check refused the model for that row."""
+    run = train(project(tmp_path, tiny_llama, train_spec={"max_steps": 2}))
+    predictor = Predictor(run)
+    from tokenizers import processors
+
+    predictor.tokenizer.backend_tokenizer.post_processor = processors.ByteLevel()  # no BOS/EOS, as SmolLM2's
+    assert predictor.tokenizer("")["input_ids"] == []
+    alone = predictor.logits([""])
+    np.testing.assert_allclose(predictor.logits(["", "great wonderful coffee", "terrible stale bitter bread"])[:1],
+                               alone, atol=1e-5)

@@ -49,7 +49,7 @@ def evaluate_sequence(run: Run, version: DatasetVersion, split: str, notes: list
     texts = table.column("text").to_pylist()
     y_true = targets(task, table, len(labels))
 
-    pred = Predictor(run.path).predict(texts)
+    pred = Predictor(run.path).predict(texts, cleaned=True)
     y_pred = pred.outputs
     bad = ~np.isfinite(pred.proba if pred.proba is not None else np.asarray(y_pred, dtype=float))
     if bad.any():  # sklearn's "proba must hold probabilities" read as tunesmith's own failure
@@ -117,5 +117,5 @@ def _base_model_metrics(run: Run, version: DatasetVersion, split: str, texts: li
         cfg.train.output_dir = base_dir
         cfg.train.nproc = 1
         train(cfg, dataset_dir=version.path, overwrite=True)
-    pred = Predictor(base_dir).predict(texts)
+    pred = Predictor(base_dir).predict(texts, cleaned=True)
     return score(TaskType(run.manifest.task), y_true, pred.outputs, labels, pred.proba)

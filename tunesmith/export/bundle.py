@@ -25,8 +25,9 @@ class PredictorBundle:
     `tunesmith.inference.predictor.Predictor.predict`."""
 
     def __init__(self, manifest: dict[str, Any], model_config: dict[str, Any], state_dict: dict[str, np.ndarray],
-                 tokenizer_files: dict[str, bytes], mean_pooling: bool) -> None:
+                 tokenizer_files: dict[str, bytes], mean_pooling: bool, clean: dict[str, Any] | None = None) -> None:
         self.format = JOBLIB_FORMAT
+        self.clean = clean  # the run's data.clean: texts are cleaned as training's were (None: a bundle from before)
         self.manifest = manifest
         self.model_config = model_config
         self.state_dict = state_dict
@@ -38,7 +39,7 @@ class PredictorBundle:
         return {k: v for k, v in self.__dict__.items() if k != "_predictor"}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _predictor=None)
+        self.__dict__.update({"clean": None, **state}, _predictor=None)
 
     @property
     def labels(self) -> list[str] | None:
@@ -65,7 +66,10 @@ class PredictorBundle:
             else:
                 model = AutoModelForSequenceClassification.from_config(config)
             model.load_state_dict({k: torch.tensor(v) for k, v in self.state_dict.items()}, strict=True)
-            self._predictor = Predictor.from_parts(RunManifest.model_validate(self.manifest), tokenizer, model)
+            from tunesmith.config import CleanSpec
+
+            clean = CleanSpec.model_validate(self.clean) if self.clean is not None else None
+            self._predictor = Predictor.from_parts(RunManifest.model_validate(self.manifest), tokenizer, model, clean=clean)
         return self._predictor
 
     def predict(self, texts: list[str], batch_size: int = 64) -> Any:
@@ -114,7 +118,7 @@ def export_joblib(run: Run, target: Path, check: bool) -> ExportResult:
     config.pop("auto_map", None)
     manifest = run.manifest.model_copy(update={"adapter": False, "merged": False}).model_dump(mode="json")
     bundle = PredictorBundle(manifest, config, {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()},
-                             files, is_mean_pooled(model))
+                             files, is_mean_pooled(model), run.config.data.clean.model_dump(mode="json"))
     del model
     path = target / f"{safe_name(run.manifest.name)}.joblib"
     joblib.dump(bundle, path)

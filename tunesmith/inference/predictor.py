@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from tunesmith.artifacts import Run, RunManifest
-from tunesmith.config import TaskType
+from tunesmith.config import CleanSpec, TaskType
 from tunesmith.errors import DataError
 
 
@@ -53,6 +53,7 @@ class Predictor:
         self.run = Run(run_dir)
         self.manifest = self.run.manifest
         self.task = TaskType(self.manifest.task)
+        self.clean = _cleaner(self.run.config.data.clean)
         self.model: Any = None
         self.session: Any = None  # onnxruntime.InferenceSession of an ONNX graph (or another runtime's, `session`)
         self.graph: Any = None  # a traced forward (the bf16 engine's): (inputs as in `graph_inputs`) -> logits
@@ -80,11 +81,14 @@ class Predictor:
         self.batch_tokens = GPU_BATCH_TOKENS if self.device != "cpu" else MAX_BATCH_TOKENS
 
     @classmethod
-    def from_parts(cls, manifest: RunManifest, tokenizer: Any, model: Any, device: str = "cpu") -> Predictor:
-        """A predictor over a model already in memory (a joblib bundle): the same logits() and predict()."""
+    def from_parts(cls, manifest: RunManifest, tokenizer: Any, model: Any, device: str = "cpu",
+                   clean: CleanSpec | None = None) -> Predictor:
+        """A predictor over a model already in memory (a joblib bundle): the same logits() and predict();
+        `clean`: how the run's training texts were cleaned (None: texts go in as given)."""
         self = cls.__new__(cls)
         self.run = None  # type: ignore[assignment]  # no run folder behind it
         self.manifest, self.task, self.tokenizer = manifest, TaskType(manifest.task), tokenizer
+        self.clean = _cleaner(clean)
         self.session, self.backend, self.device = None, "torch", device
         self.graph, self.graph_inputs = None, []
         self.batch_tokens = MAX_BATCH_TOKENS if device == "cpu" else GPU_BATCH_TOKENS
@@ -125,18 +129,25 @@ class Predictor:
                 return self.graph(*(batch[name] for name in self.graph_inputs)).float().cpu().numpy()
             return self.model(**batch).logits.float().cpu().numpy()
 
-    def logits(self, texts: list[str], batch_size: int = 64, max_batch_tokens: int | None = None) -> np.ndarray:
-        """Logits for `texts`, in their order. Texts are tokenized once, sorted by token count and run
-        in micro-batches of similar length holding at most `max_batch_tokens` padded tokens: on a CPU a
-        forward pass costs per token, so padding is pure waste and big batches buy nothing."""
+    def logits(self, texts: list[str], batch_size: int = 64, max_batch_tokens: int | None = None,
+               cleaned: bool = False) -> np.ndarray:
+        """Logits for `texts`, in their order. Texts are first cleaned as the run's training data was (data.clean:
+        markup, Unicode form, blanks), unless `cleaned` (a prepared dataset's texts). They are tokenized once,
+        sorted by token count and run in micro-batches of similar length holding at most `max_batch_tokens` padded
+        tokens: on a CPU a forward pass costs per token, so padding is pure waste and big batches buy nothing."""
         if any(not isinstance(t, str) for t in texts):
             raise DataError("every input must be a text string")
         if not texts:
             return np.zeros((0, 1), dtype=np.float32)
+        if not cleaned:  # served raw, "<br />" and full-width letters reached a model that never saw them in training
+            texts = [self.clean(t) for t in texts]
         if max_batch_tokens is None:
             max_batch_tokens = self.batch_tokens
         encoded = self.tokenizer(texts, truncation=True, max_length=self.manifest.max_length)
         features = [{k: encoded[k][i] for k in encoded.keys()} for i in range(len(texts))]
+        for f in features:
+            if not f["input_ids"]:  # "" with a tokenizer that adds no BOS/EOS (SmolLM2, GPT-2): an all-padding row
+                f.update(_one_token(self.tokenizer, f))  # answered garbage in a batch and crashed alone
         lengths = np.array([len(f["input_ids"]) for f in features])
         order = np.argsort(lengths, kind="stable")
         out, start = [], 0
@@ -152,8 +163,23 @@ class Predictor:
             result[idx] = values
         return result
 
-    def predict(self, texts: list[str], batch_size: int = 64) -> Predictions:
-        return to_predictions(self.manifest, self.logits(texts, batch_size))
+    def predict(self, texts: list[str], batch_size: int = 64, cleaned: bool = False) -> Predictions:
+        return to_predictions(self.manifest, self.logits(texts, batch_size, cleaned=cleaned))
+
+
+def _one_token(tokenizer: Any, feature: dict[str, list[int]]) -> dict[str, list[int]]:
+    """An empty text as the one token a decoder reads as "nothing": its end-of-text token (else padding)."""
+    token = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id
+    return {k: [token] if k == "input_ids" else [1] if k == "attention_mask" else [0] for k in feature}
+
+
+def _cleaner(spec: CleanSpec | None) -> Any:
+    """The run's text cleaning (data/clean.py: pure string functions, no training code), or none."""
+    if spec is None:
+        return lambda text: text
+    from tunesmith.data.clean import TextCleaner
+
+    return TextCleaner(spec)
 
 
 def to_predictions(m: RunManifest, logits: np.ndarray) -> Predictions:

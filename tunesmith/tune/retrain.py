@@ -506,7 +506,7 @@ def judge(production: Run, candidate: Run, dataset: BuiltDataset, spec: RetrainS
             continue
         texts = table.column("text").to_pylist()
         y_true = targets(task, table, len(labels))
-        preds = {side: p.predict(texts) for side, p in predictors.items()}
+        preds = {side: p.predict(texts, cleaned=True) for side, p in predictors.items()}
         metrics = {side: _plain(score(task, y_true, pr.outputs, labels, pr.proba)) for side, pr in preds.items()}
         if task == TaskType.regression:
             paired = wilcoxon_errors(table.column("score").to_pylist(), preds["production"].labels, preds["candidate"].labels)
