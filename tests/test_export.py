@@ -128,6 +128,14 @@ def test_onnx_export_is_a_run_folder_that_predictor_and_evaluate_take(mean_run: 
     info = json.loads((folder / "export.json").read_text())
     assert info["check"]["agreement"] == 1.0 and info["check"]["max_proba_diff"] < 1e-4 and info["warnings"] == []
 
+    # tokenizers alone (the README's other way) truncates at the run's max_length and pads nothing
+    from tokenizers import Tokenizer
+
+    saved = json.loads((folder / "model" / "tokenizer.json").read_text())
+    assert saved["truncation"]["max_length"] == Run(mean_run).manifest.max_length and saved["padding"] is None
+    assert len(Tokenizer.from_file(str(folder / "model" / "tokenizer.json")).encode("word " * 500).ids) == \
+        Run(mean_run).manifest.max_length
+
     predictor = Predictor(folder)
     assert predictor.backend == "onnx" and predictor.model is None
     original = Predictor(mean_run)

@@ -35,6 +35,8 @@ def compare_predictions(task: TaskType, reference: Any, exported: Any, truth: np
     """How far the export's predictions are from the run's: agreement and the accuracy (R²) difference."""
     ref, exp = np.asarray(reference.outputs), np.asarray(exported.outputs)
     out: dict[str, Any] = {"n": int(len(ref))}
+    numbers = [a for a in (exp, exported.proba) if a is not None and np.issubdtype(np.asarray(a).dtype, np.floating)]
+    out["non_finite"] = int(sum((~np.isfinite(np.asarray(a))).reshape(len(exp), -1).any(axis=1).sum() for a in numbers))
     if task == TaskType.regression:
         diff = np.abs(ref - exp)
         out.update(max_abs_diff=float(diff.max()), mean_abs_diff=float(diff.mean()))
@@ -57,6 +59,8 @@ def compare_predictions(task: TaskType, reference: Any, exported: Any, truth: np
 
 def check_warnings(check: dict[str, Any]) -> list[str]:
     found = []
+    if check.get("non_finite"):  # NaN compares false with every bound: a NaN regression export passed without a word
+        found.append(f"the export answers NaN or infinity for {check['non_finite']} of {check['n']} test texts")
     if "agreement" in check and 1 - check["agreement"] > MAX_DISAGREEMENT:
         found.append(f"the export changes {1 - check['agreement']:.1%} of the test predictions "
                      f"(more than {MAX_DISAGREEMENT:.0%})")

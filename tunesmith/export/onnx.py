@@ -46,6 +46,10 @@ def export_onnx_folder(run: Run, target: Path, quantize: bool, check: bool) -> E
             info["quantization"] = ("dynamic int8 weights, one scale per output channel, 7-bit range "
                                     "(onnxruntime.quantization.quantize_dynamic, QInt8, per_channel, reduce_range)")
     model.config.save_pretrained(folder)  # labels and sizes, for tools that read an ONNX folder (optimum)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # `tokenizers` alone reads tokenizer.json: the run's truncation, no padding (a traced
+        backend.no_padding()  # call had left truncation off: long texts answered differently or crashed the graph)
+        backend.enable_truncation(max_length=run.manifest.max_length)
     tokenizer.save_pretrained(folder)
     del model
     info["size_bytes"] = (folder / "model.onnx").stat().st_size
