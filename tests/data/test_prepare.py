@@ -351,6 +351,20 @@ def test_corrections_and_label_map(tmp_path: Path, make_config) -> None:
     assert any("nope:1" in w for w in report["warnings"])
 
 
+def test_corrections_with_ids_read_as_floats_apply(tmp_path: Path, make_config) -> None:
+    """A corrections column of floats (pandas, a gap in it) had keys "1.0": no correction matched an example."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"id": i, "text": t, "label": ["good", "bad"][i % 2]} for i, t in enumerate(sentences(30))]
+    pq.write_table(pa.table({"id": [1.0, 2.0], "label": ["good", "bad"]}), tmp_path / "fixes.parquet")
+    version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}], task={"id": "id"},
+                                  annotate={"corrections": str(tmp_path / "fixes.parquet")}))
+    out = {r["id"]: r["label"] for s in ("train", "validation", "test") for r in version.table(s).to_pylist()}
+    assert (out["1"], out["2"]) == ("good", "bad")  # were bad and good
+    assert version.report()["annotation"]["corrections_applied"] == 2
+
+
 def test_length_filter_in_tokens(tmp_path: Path, make_config) -> None:
     rows = labelled(30) + [{"text": "ok", "label": "pos"}]  # sentences are 12+ words; "ok" is a few tokens
     version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}], clean={"min_tokens": 10}))

@@ -1155,3 +1155,45 @@ def test_jsonl_lines_with_a_trailing_comma_or_a_giant_number_are_quarantined_wit
     accounted(version, 12)
     reasons = {n: q["reason"] for n, q in by_line(version).items()}
     assert reasons[11].endswith("remove the trailing comma") and reasons[12].startswith("not valid JSON: Exceeds the limit")
+
+
+def test_excel_with_a_wrong_stored_size_is_read_whole(tmp_path, make_config):
+    """openpyxl's read-only mode trusted the sheet's <dimension> (A1:B5 written by some exporters): 4 of 14 rows read."""
+    import re
+    import zipfile
+
+    import openpyxl
+
+    records = reviews(14)
+    wb = openpyxl.Workbook()
+    wb.active.append(["text", "label"])
+    for r in records:
+        wb.active.append([r["text"], r["label"]])
+    wb.save(tmp_path / "full.xlsx")
+    with zipfile.ZipFile(tmp_path / "full.xlsx") as src, zipfile.ZipFile(tmp_path / "r.xlsx", "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                data = re.sub(rb'<dimension ref="[^"]*"', b'<dimension ref="A1:B5"', data)
+            dst.writestr(item, data)
+    version = run(make_config, [{"path": str(tmp_path / "r.xlsx")}])
+    accounted(version, 14)
+    assert pairs(version) == expected_pairs(records)
+
+
+def test_a_listed_class_named_like_a_missing_marker_is_a_label(tmp_path, make_config):
+    """A toxicity set's class "None" was quarantined as a missing value though task.labels listed it."""
+    rows = [{"text": t, "label": ["None", "insult", "threat"][i % 3]} for i, t in enumerate(texts(30))]
+    version = run(make_config, [{"path": str(write_csv(tmp_path / "d.csv", rows))}],
+                  task={"labels": ["None", "insult", "threat"]})
+    assert version.manifest.counts["quarantine"] == 0 and version.report()["class_balance"]["train"]["None"] > 0
+    unlisted = run(make_config, [{"path": str(write_csv(tmp_path / "d.csv", rows))}])  # not listed: still a gap
+    assert unlisted.manifest.counts["quarantine"] == 10
+
+
+def test_a_multi_label_cell_holding_one_number_is_that_label(tmp_path, make_config):
+    """Excel stores "3" as the number 3: it was refused while "1,3" in the next row was read."""
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"text": t, "tags": [3, "1,3", 1.0][i % 3]}) + "\n" for i, t in enumerate(texts(30))))
+    version = run(make_config, [{"path": str(path)}], task={"type": "multi_label_classification", "label": "tags"})
+    assert version.manifest.counts["quarantine"] == 0 and version.manifest.labels == ["1", "3"]

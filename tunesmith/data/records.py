@@ -143,7 +143,7 @@ class Corrections:
             key, value = raw.record.get("id"), raw.record.get(column)
             if key in (None, "") or value in (None, ""):
                 raise DataError(f"{raw.source}:{raw.line}: corrections need both `id` and `{column}`")
-            key = str(key)
+            key = _key_text(key)  # an id column read as floats (a gap in it): 1.0 is example "1"
             if key in self.values:
                 raise DataError(f"{raw.source}:{raw.line}: id '{key}' corrected twice (also line {self.lines[key]})")
             self.values[key], self.lines[key] = value, raw.line
@@ -166,6 +166,8 @@ class Canonicalizer:
         self.corrections = corrections
         self.labels = set(cfg.task.labels) if cfg.task.labels else None
         self.na = set(cfg.data.missing.na_values)
+        # a class named like a missing marker (a toxicity set's "None") that the config lists is a label, not a gap
+        self.named_labels = {unicodedata.normalize("NFC", x) for x in cfg.task.labels or []} | set(cfg.data.annotate.label_map)
         self.seen_ids: dict[str, str] = {}
         self.prefixes: dict[str, str] = {}
         self.absent: Counter[str] = Counter()  # field -> rows of the current source without it
@@ -253,7 +255,7 @@ class Canonicalizer:
                 corrected = self.corrections.get(example_id)
                 if corrected is not ABSENT:
                     value = corrected
-            if self._is_missing(value):
+            if self._is_missing(value) and not (name == "label" and self._is_a_label(value)):
                 value = self._when_missing(name, expr.expr, name, raw, reject, example_id)
                 if isinstance(value, Rejection):
                     return value
@@ -391,6 +393,10 @@ class Canonicalizer:
         self.seen_ids[example_id] = f"{raw.source}:{raw.line}"
         return example_id
 
+    def _is_a_label(self, value: Any) -> bool:
+        """A class the config names (task.labels, a label_map key) that reads like a missing marker: "None", "NA"."""
+        return isinstance(value, str) and value.strip() in self.named_labels
+
     def _is_missing(self, value: Any) -> bool:
         if value is ABSENT or value is None:
             return True
@@ -410,6 +416,8 @@ class Canonicalizer:
             return validate_messages(value)
         if self.task == TaskType.multi_label:
             items = _listed(value) if isinstance(value, str) else value
+            if isinstance(items, int | float | Decimal):  # one label read as a number (Excel's 3, JSON's 3): "1;3" was fine
+                items = [items]
             if isinstance(items, str):
                 items = items.split(self.cfg.task.label_separator)
             if not isinstance(items, list | tuple):

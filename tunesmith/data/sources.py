@@ -472,6 +472,8 @@ def read_excel(path: Path, sheet: str | None, needed: dict[str, Any],
         if sheet is not None and sheet not in wb.sheetnames:
             raise DataError(f"{path}: no sheet named '{sheet}'; sheets are {wb.sheetnames}")
         ws = wb[sheet] if sheet else wb.worksheets[0]
+        # read-only mode trusts the sheet's stored size, which some exporters write wrong: 4 of 12 rows were read
+        ws.reset_dimensions()
         rows = ws.iter_rows(values_only=True)
         header_row = next(rows, None)
         if header_row is None:
