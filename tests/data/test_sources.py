@@ -460,6 +460,12 @@ def test_template_joins_fields(tmp_path, make_config):
     version = run(make_config, [{"path": str(path)}], task={"text": "{title}. {body}"})
     accounted(version, 12)
     assert pairs(version) == {(f"{r['title']}. {r['body']}", r["label"]) for r in records}
+    # a misspelt placeholder in JSON: every text became "Review N." without a word (a CSV's header check caught it)
+    with pytest.raises(DataError, match=r"no record has 'bdy' \(in the text template '\{title\}\. \{bdy\}'"):
+        run(make_config, [{"path": str(path)}], task={"text": "{title}. {bdy}"})
+    some = write_jsonl(tmp_path / "some.jsonl", [{k: v for k, v in r.items() if k != "title" or i % 2} for i, r in
+                                                 enumerate(records)])
+    accounted(run(make_config, [{"path": str(some)}], task={"text": "{title}. {body}"}), 12)  # in some records: fine
 
 
 def test_dotted_path_in_jsonl(tmp_path, make_config):

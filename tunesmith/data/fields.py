@@ -53,6 +53,10 @@ class FieldExpr:
             return ABSENT if all(v is ABSENT for v in values.values()) else None
         return _REF.sub(lambda m: _text(values[m.group(1).strip()]), self.expr)
 
+    def absent_refs(self, record: dict[str, Any]) -> list[str]:
+        """The placeholders `record` has no field for."""
+        return [r for r in self.refs if _lookup(record, r) is ABSENT]
+
     def __repr__(self) -> str:
         return f"FieldExpr({self.expr!r})"
 

@@ -251,6 +251,8 @@ class Canonicalizer:
             value = self._value(name, expr, record, spec)
             if value is ABSENT:
                 self.absent[name] += 1
+            if expr.is_template:  # "{title}. {bdy}": a misspelt placeholder read as "" in every record
+                self.absent.update(f"{name}\0{r}" for r in expr.absent_refs(record))
             if name in ("label", "score"):
                 corrected = self.corrections.get(example_id)
                 if corrected is not ABSENT:
@@ -453,6 +455,10 @@ class Canonicalizer:
     def check_columns_present(self, spec: SourceSpec, exprs: dict[str, FieldExpr], rows: int) -> None:
         """A field missing from *every* record of a source is a mapping error, not missing data."""
         for name, expr in exprs.items():
+            missing = [r for r in expr.refs if expr.is_template and rows > 0 and self.absent[f"{name}\0{r}"] >= rows]
+            if missing and self.absent[name] < rows:
+                raise DataError(f"{spec.describe()}: no record has '{missing[0]}' (in the {name} template "
+                                f"'{expr.expr}', where it would read as nothing); keys found: {sorted(self.keys_seen)[:20]}")
             if name != "id" and rows > 0 and self.absent[name] >= rows:
                 openai = " (or write OpenAI's DPO form: input, preferred_output, non_preferred_output)" \
                     if self.task == TaskType.preference else ""
