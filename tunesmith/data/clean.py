@@ -8,8 +8,12 @@ import unicodedata
 
 from tunesmith.config import CleanSpec
 
-# Tags must start with a letter, '/' or '!' so that "a < b and c > d" survives.
-_TAG = re.compile(r"<(?:!--.*?--|[/!]?[A-Za-z][^<>]*)>", re.DOTALL)
+# Tags must start with a letter, '/' or '!' so that "a < b and c > d" survives, and the name must end in a blank, '/'
+# or '>' so that "<john@example.com>" does.
+_TAG = re.compile(r"<(?:!--.*?--|[/!]?[A-Za-z][A-Za-z0-9:-]*(?:[\s/][^<>]*)?)>", re.DOTALL)
+# Entities closed by ';' only: html.unescape also reads HTML4's bare ones, so "?id=3&region=eu" became "?id=3®ion=eu"
+# and "Tom&notes" "Tom¬es"
+_ENTITY = re.compile(r"&(?:#[0-9]+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);")
 _BREAK = re.compile(r"<\s*(?:br\s*/?|/p|/div|/li|/h[1-6])\s*>", re.IGNORECASE)
 _BLANKS = re.compile(r"[^\S\n]+")  # whitespace except newlines
 _NEWLINES = re.compile(r"\s*\n\s*(?:\n\s*)+")  # paragraph breaks collapse to one blank line
@@ -22,7 +26,7 @@ class TextCleaner:
     def __call__(self, text: str) -> str:
         spec = self.spec
         if spec.strip_html and ("<" in text or "&" in text):
-            text = html.unescape(_TAG.sub(" ", _BREAK.sub("\n", text)))
+            text = _ENTITY.sub(lambda m: html.unescape(m.group(0)), _TAG.sub(" ", _BREAK.sub("\n", text)))
         if spec.unicode_form:
             text = unicodedata.normalize(spec.unicode_form, text)
         if spec.normalize_whitespace:
