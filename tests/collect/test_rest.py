@@ -313,3 +313,44 @@ def test_a_response_of_another_shape_is_named_not_taken_for_the_end(server, coll
     server.route("/api", page_route())  # the quota is back; the error answer was not cached
     again = run_collector(rest, cfg)
     assert [r["id"] for r in again.records] == list(range(1, 8)) and again.state["done"] is True and again.failures[1:] == []
+
+
+def test_an_error_object_under_the_default_records_path_is_named(server, collect_config, run_collector) -> None:
+    """`$[*]` on {"error": ...} gave the record {"value": "quota exceeded"}: no failure, and that page's data was lost."""
+    def reply(hit: Hit) -> Reply:
+        page = int(hit.query["page"])
+        return Reply(body={"error": "quota exceeded"}) if page == 2 else Reply(body=REVIEWS[(page - 1) * 3:page * 3])
+    server.route("/api", reply)
+    out = run_collector(rest, collect_config(rest_source(server, "/api", pagination="page")))
+    assert [r["id"] for r in out.records] == [1, 2, 3] and out.state["done"] is False
+    (failure,) = out.failures
+    assert failure["page"] == 2 and "an object with keys ['error']" in failure["reason"]
+
+
+def test_records_keyed_by_id_are_records(server, collect_config, run_collector) -> None:
+    keyed = {"7": REVIEWS[0], "8": REVIEWS[1]}  # an object whose values are records is no error answer
+    server.route("/keyed", Reply(body={"data": keyed}))
+    out = run_collector(rest, collect_config(rest_source(server, "/keyed", pagination="none", records="$.data[*]")))
+    assert out.records == [REVIEWS[0], REVIEWS[1]] and out.failures == []
+
+
+@pytest.mark.parametrize("records", ["$.data[*].attributes", "$.data.edges[*].node"])
+def test_the_empty_last_page_of_a_nested_records_path_is_the_end(server, collect_config, run_collector,
+                                                                   records: str) -> None:
+    """JSON:API and GraphQL shapes: the empty last page was read as a response of the wrong shape, every run."""
+    def reply(hit: Hit) -> Reply:
+        rows = REVIEWS[(int(hit.query["page"]) - 1) * 3:int(hit.query["page"]) * 3]
+        if "attributes" in records:
+            return Reply(body={"data": [{"attributes": r} for r in rows]})
+        return Reply(body={"data": {"edges": [{"node": r} for r in rows]}})
+    server.route("/api", reply)
+    out = run_collector(rest, collect_config(rest_source(server, "/api", pagination="page", records=records)))
+    assert [r["id"] for r in out.records] == list(range(1, 8)) and out.failures == [] and out.state["done"] is True
+
+
+def test_a_utf8_answer_with_a_bom_is_read(server, collect_config, run_collector) -> None:
+    """charset=utf-8 kept the BOM, and json refused the page ("Unexpected UTF-8 BOM"): the collection stopped."""
+    body = b"\xef\xbb\xbf" + json.dumps({"data": [{"id": 1, "body": "café"}]}).encode()
+    server.route("/api", Reply(body=body, headers={"Content-Type": "application/json; charset=utf-8"}))
+    out = run_collector(rest, collect_config(rest_source(server, "/api", pagination="none", records="$.data[*]")))
+    assert [r["body"] for r in out.records] == ["café"] and out.failures == []

@@ -20,6 +20,7 @@ it governs crawlers, not an API one calls on purpose.
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 from collections.abc import Callable
@@ -103,7 +104,7 @@ def _pages(rest: RestSpec, paths: _Paths, fetcher: Fetcher, headers: dict[str, s
             return
         records = _records(paths, body)
         origin = _public(page.url)
-        problem = None if records else _shape_problem(paths, body)
+        problem = _shape_problem(paths, body)
         if problem:  # an error answered with 200, or a wrong rest.records: not the end of the data
             fetcher.forget(page)  # asked again on the next run
             sink.fail(origin, problem, status=page.status, page=number)
@@ -124,8 +125,8 @@ def _text(page: Page) -> str | bytes:
     """The body in the charset its Content-Type names (an API answering iso-8859-1 was read as UTF-8 and refused as
     malformed JSON); without one, the bytes, for json to tell UTF-8, -16 or -32 apart as RFC 8259 says."""
     if page.charset:
-        try:
-            return page.content.decode(page.charset)
+        try:  # utf-8-sig: a BOM (.NET APIs send one) is no part of the JSON, which refused it
+            return page.content.decode("utf-8-sig" if codecs.lookup(page.charset).name == "utf-8" else page.charset)
         except (LookupError, UnicodeDecodeError):  # a charset Python does not know, or that lies: JSON's own rule
             pass
     return page.content
@@ -212,9 +213,19 @@ def _records(paths: _Paths, body: Any) -> list[dict[str, Any]]:
 
 
 def _container(paths: _Paths) -> JSONPath:
-    """Where rest.records picks its records from: `$.data` for `$.data[*]`, `$.data[0:5]` or `$.data[?(...)]`."""
-    path = paths.records
-    return path.left if isinstance(path, Child) and isinstance(path.right, Slice | Index | Wildcard | Filter) else path
+    """Where rest.records picks its records from: `$.data` for `$.data[*]`, `$.data[0:5]`, `$.data[?(...)]`, and for
+    `$.data[*].attributes` or `$.data.edges[*].node` too (the empty last page of those read as an error, forever)."""
+    return _left_of_selector(paths.records) or paths.records
+
+
+def _left_of_selector(path: JSONPath) -> JSONPath | None:
+    """The path up to its first list selector ([*], [0:5], [0], [?(...)]), or None without one."""
+    if not isinstance(path, Child):
+        return None
+    inner = _left_of_selector(path.left)
+    if inner is not None:
+        return inner
+    return path.left if isinstance(path.right, Slice | Index | Wildcard | Filter) else None
 
 
 def _sent(paths: _Paths, body: Any, kept: int) -> int:
@@ -229,7 +240,13 @@ def _shape_problem(paths: _Paths, body: Any) -> str | None:
     that rest.records picks from being there with nothing in it, e.g. `{"data": []}` for `$.data[*]`;
     wrong is that place missing or holding a scalar, e.g. `{"error": "..."}`."""
     found = [m.value for m in _container(paths).find(body)]
-    if found and all(isinstance(v, list | dict) for v in found):
+    if found and all(isinstance(v, list) for v in found):
+        return None
+    # An object there is records keyed by id ({"7": {...}}) when its values are objects; {"error": "quota exceeded"}
+    # under the default `$[*]` had become the record {"value": "quota exceeded"}, and the page's data was lost.
+    selected = _left_of_selector(paths.records) is not None
+    if found and all(isinstance(v, dict) and (not selected or all(isinstance(x, dict | list) for x in v.values()))
+                     for v in found):
         return None
     shape = (f"an object with keys {sorted(body)[:10]}" if isinstance(body, dict) else
              f"a list of {len(body)}" if isinstance(body, list) else f"a JSON {type(body).__name__}")
