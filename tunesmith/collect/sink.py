@@ -77,7 +77,10 @@ class Sink:
             self.rows = sum(1 for line in self.path.open("rb") if line.strip())
         self._out = self._partial.open("a" if self.resume else "w", encoding="utf-8")
         self.failures_path = failures_file(self.path)
-        self._fail = self.failures_path.open("a" if self.resume else "w", encoding="utf-8")
+        # beside the records: an interrupted --refresh kept the old records but had already emptied their failures
+        self._fail_partial = self.failures_path if self.resume else self.failures_path.with_name(
+            self.failures_path.name + ".partial")
+        self._fail = self._fail_partial.open("a" if self.resume else "w", encoding="utf-8")
 
     @property
     def state_path(self) -> Path:
@@ -123,8 +126,10 @@ class Sink:
         if not self.resume:
             if exc_type is None:
                 os.replace(self._partial, self.path)
+                os.replace(self._fail_partial, self.failures_path)
             else:
                 self._partial.unlink(missing_ok=True)
+                self._fail_partial.unlink(missing_ok=True)
 
 
 @dataclass
