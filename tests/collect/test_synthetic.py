@@ -292,3 +292,24 @@ def test_the_endpoints_retry_after_is_capped_at_max_backoff_as_the_fetchers_is()
                          HttpSpec(**FAST))
     retry = endpoint.session.get_adapter("http://127.0.0.1:9/v1").max_retries
     assert retry.retry_after_max == FAST["max_backoff"] and retry.parse_retry_after("6") == FAST["max_backoff"]
+
+
+@pytest.mark.parametrize(("task", "split"), [({"id": "id"}, {}), ({}, {"group_by": "user"})])
+def test_synthetic_rows_join_a_project_whose_data_has_ids_or_groups(tmp_path: Path, make_config, task: dict,
+                                                                    split: dict) -> None:
+    """Synthetic rows have no id or user column: with task.id all were quarantined ("missing id"), and with
+    group_by prepare failed ("no record has 'user'")."""
+    from tunesmith.collect.run import collect_sources
+    from tunesmith.data.prepare import prepare
+
+    real = tmp_path / "real.csv"
+    with real.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "user", "text", "label"])
+        writer.writerows([f"r{i}", f"u{i % 10}", f"Real review {i}: the {['soup', 'bread', 'tea'][i % 3]} was "
+                          f"{'great' if i % 2 else 'awful'}, {i} times over.", "pos" if i % 2 else "neg"] for i in range(40))
+    cfg = make_config([{"path": str(real)}, {"synthetic": {**TEMPLATES, "per_label": 6}}], task={"labels": ["neg", "pos"], **task},
+                      collect_dir=str(tmp_path / "collected"), split=split, dedup={"near": False})
+    assert [r.rows for r in collect_sources(cfg)] == [12]
+    version = prepare(cfg)
+    assert version.manifest.counts["quarantine"] == 0 and version.manifest.counts["input"] == 52

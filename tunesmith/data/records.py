@@ -186,7 +186,9 @@ class Canonicalizer:
         # A synthetic source writes {"text", "label"} whatever the task's own files call them.
         exprs = {n: FieldExpr(spec.fields.get(n, n if spec.kind == "synthetic" else getattr(task, n))) for n in names}
         for optional, default in (("id", task.id), ("group", self.cfg.data.split.group_by)):
-            expr = spec.fields.get(optional, default)
+            # nor has it the task's id or group columns: every synthetic row was quarantined ("missing id") or
+            # prepare failed ("no record has 'user'"); its rows get file:line ids and no group
+            expr = spec.fields.get(optional, None if spec.kind == "synthetic" else default)
             if expr:
                 exprs[optional] = FieldExpr(expr)
         return exprs
