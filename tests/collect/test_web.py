@@ -139,6 +139,21 @@ def test_sitemap_index_with_a_gzipped_sitemap(server, collect_config, run_collec
     assert [f["reason"].split(":")[0] for f in out.failures] == ["sitemap is not valid XML", "sitemap is not valid gzip"]
 
 
+def test_sitemaps_past_the_limit_are_named_not_dropped(server, collect_config, run_collector, monkeypatch) -> None:
+    monkeypatch.setattr(web, "MAX_SITEMAPS", 4)
+    urlset = '<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9"><url><loc>{}</loc></url></urlset>'
+    server.route("/sitemap.xml", Reply(body=(
+        '<?xml version="1.0"?><sitemapindex xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
+        + "".join(f"<sitemap><loc>/s{i}.xml</loc></sitemap>" for i in range(6)) + "</sitemapindex>").encode(),
+        headers={"Content-Type": "application/xml"}))
+    for i in range(6):
+        server.route(f"/s{i}.xml", Reply(body=urlset.format(f"/p{i}").encode(), headers={"Content-Type": "application/xml"}))
+        server.route(f"/p{i}", page(f"Page {i}"))
+    out = run_collector(web, collect_config({"web": {"sitemap": server.url("/sitemap.xml"), "min_chars": 10}}))
+    assert len(out.records) == 3  # the index and 3 sitemaps read
+    assert any(note.startswith("sitemap: 3 sitemap(s) not read, past the 4 read") for note in out.notes), out.notes
+
+
 def test_links_of_a_page_decoded_by_its_header_charset(server, collect_config, run_collector) -> None:
     """A UTF-8 page with its charset in the header only: its links were read as latin-1, and /über-uns fetched as
     /%C3%83%C2%BCber-uns (404)."""

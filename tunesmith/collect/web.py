@@ -31,7 +31,7 @@ from tunesmith.errors import ConfigError
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
-MAX_SITEMAPS = 50  # sitemap index nesting is shallow in practice; this stops a malicious or looping index
+MAX_SITEMAPS = 1000  # sitemaps read per source: large sites split their URLs over hundreds; stops an endless index
 
 
 def collect(cfg: ProjectConfig, index: int, spec: SourceSpec, sink: Sink, say: Callable[[str], None]) -> None:
@@ -195,4 +195,7 @@ def sitemap_pages(fetcher: Fetcher, url: str, sink: Sink) -> list[str]:
         else:
             sink.fail(page.url, f"not a sitemap: the root element is <{kind}>, expected <urlset> or <sitemapindex>",
                       status=page.status)
+    left = [u for u in dict.fromkeys(todo) if u not in done]
+    if left:  # they were dropped without a word
+        sink.notes.append(f"sitemap: {len(left)} sitemap(s) not read, past the {MAX_SITEMAPS} read (first: {left[0]})")
     return pages
