@@ -148,11 +148,22 @@ def test_robots_rules_for_our_user_agent(server: FixtureServer, tmp_path: Path) 
     (b"Disallow: /*.pdf$\n", "/files/a.pdf", False),  # $ anchors the end
     (b"Disallow: /*.pdf$\n", "/files/a.pdf?page=2", True),
     (b"Allow: /a\nDisallow: /a\n", "/a/b", True),  # a tie goes to Allow
+    # urllib's parser: "/*?" became "/%2A", every page; a second group for us was dropped; a blank line ended the group
+    (b"Disallow: /*?\n", "/article", True),
+    (b"Disallow: /*?\n", "/article?page=2", False),
+    (b"Disallow: /private/\n\nUser-agent: *\nDisallow: /drafts/\n", "/drafts/y", False),
+    (b"\nDisallow: /drafts/\n", "/drafts/y", False),
 ])
 def test_robots_rules_are_read_as_rfc_9309_says(server: FixtureServer, tmp_path: Path, rules: bytes, path: str,
                                                 allowed: bool) -> None:
     server.route("/robots.txt", Reply(body=b"User-agent: *\n" + rules, headers={"Content-Type": "text/plain"}))
     assert Fetcher(spec(), tmp_path).allowed(server.url(path)) is allowed
+
+
+def test_a_robots_txt_with_a_bom_keeps_its_first_group(server: FixtureServer, tmp_path: Path) -> None:
+    body = b"\xef\xbb\xbfUser-agent: *\nDisallow: /private/\n"  # the BOM hid "User-agent", and the rules with it
+    server.route("/robots.txt", Reply(body=body, headers={"Content-Type": "text/plain"}))
+    assert Fetcher(spec(), tmp_path).allowed(server.url("/private/page")) is False
 
 
 def test_a_redirect_into_a_disallowed_page_is_not_kept(server: FixtureServer, tmp_path: Path) -> None:
@@ -185,6 +196,15 @@ def test_robots_crawl_delay_slows_the_host(server: FixtureServer, tmp_path: Path
     Fetcher(spec(rate_limit=1000), tmp_path).get(server.url("/1"))
     one, two = server.hits("/robots.txt")[0].at, server.hits("/1")[0].at
     assert two - one >= 0.9  # robots.txt's 1 s, not our 1 ms
+
+
+
+def test_a_fractional_crawl_delay_is_kept(server: FixtureServer, tmp_path: Path) -> None:
+    """urllib read only whole seconds: "Crawl-delay: 1.5" was no delay at all."""
+    server.route("/robots.txt", Reply(body=b"User-agent: *\nCrawl-delay: 1.5\n", headers={"Content-Type": "text/plain"}))
+    server.route("/1", PAGE)
+    Fetcher(spec(rate_limit=1000), tmp_path).get(server.url("/1"))
+    assert server.hits("/1")[0].at - server.hits("/robots.txt")[0].at >= 1.4
 
 
 def test_secret_headers_are_sent_but_never_stored(server: FixtureServer, tmp_path: Path) -> None:

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, unquote, urljoin, urlparse, urlsplit, urlunparse
-from urllib.robotparser import RobotFileParser
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.utils import check_header_validity, parse_header_links
@@ -136,7 +135,7 @@ class Fetcher:
         self._clock = clock
         self._last: dict[str, float] = {}  # origin -> clock() of its last network request
         self._interval: dict[str, float] = {}  # origin -> seconds between requests (Crawl-delay may raise it)
-        self._rules: dict[str, RobotFileParser] = {}
+        self._rules: dict[str, Robots] = {}
         self._unread: dict[str, int] = {}  # origin -> the 5xx its robots.txt answered (everything there is refused)
         self.session: requests.Session
         if http.cache and cache_dir is not None:
@@ -225,28 +224,28 @@ class Fetcher:
             self._rules[origin] = self._read_robots(origin)
         return robots_allow(self._rules[origin], self.http.user_agent, url)
 
-    def _read_robots(self, origin: str) -> RobotFileParser:
-        rules = RobotFileParser(f"{origin}/robots.txt")
+    def _read_robots(self, origin: str) -> Robots:
+        url = f"{origin}/robots.txt"
         try:
-            response = self._from_cache(rules.url, None, None) or _page(self._send(rules.url, None, None))
+            response = self._from_cache(url, None, None) or _page(self._send(url, None, None))
         except requests.RequestException:
-            rules.allow_all = True  # unreachable: nothing forbids us
-            return rules
+            return Robots(allow_all=True)  # unreachable: nothing forbids us
         status = response.status
         if status in (401, 403):
-            rules.disallow_all = True  # the site keeps even its rules private: stay out
-        elif status >= 500:  # RFC 9309 2.3.1.4: rules the server fails to give may forbid anything: assume they do
-            rules.disallow_all = True
+            return Robots(allow_all=False)  # the site keeps even its rules private: stay out
+        if status >= 500:  # RFC 9309 2.3.1.4: rules the server fails to give may forbid anything: assume they do
             self._unread[origin] = status
-        elif not 200 <= status < 300:
-            rules.allow_all = True  # no robots.txt (404): no rules
-        else:
-            text = response.content.decode("utf-8", errors="replace")
-            rules.parse(text.splitlines())
-            delay = rules.crawl_delay(self.http.user_agent)
-            if delay:
-                self._interval[origin] = min(max(float(delay), 1 / self.http.rate_limit), self.http.max_backoff)
-        return rules
+            return Robots(allow_all=False)
+        if not 200 <= status < 300:
+            return Robots(allow_all=True)  # no robots.txt (404): no rules
+        from protego import Protego
+
+        # utf-8-sig: a BOM hid the first User-agent line, and its rules with it
+        rules = Protego.parse(response.content.decode("utf-8-sig", errors="replace"))
+        delay = rules.crawl_delay(self.http.user_agent)
+        if delay:
+            self._interval[origin] = min(max(float(delay), 1 / self.http.rate_limit), self.http.max_backoff)
+        return Robots(rules=rules)
 
     def _from_cache(self, url: str, params: Mapping[str, Any] | None, headers: Mapping[str, str] | None) -> Page | None:
         if not isinstance(self.session, CachedSession):
@@ -268,30 +267,21 @@ class Fetcher:
         return self.session.get(url, params=params, headers=headers, timeout=self.http.timeout)
 
 
-def robots_allow(rules: RobotFileParser, user_agent: str, url: str) -> bool:
-    """`rules.can_fetch` as RFC 9309 (and every major crawler) reads robots.txt: the longest matching rule wins,
-    Allow on a tie, `*` matches any run of characters and a final `$` the end. urllib's own takes the first
-    rule that matches and `*` literally, so `Allow: /` above `Disallow: /private/` would let us into /private/."""
-    if rules.disallow_all or rules.allow_all or not rules.last_checked:
-        return rules.can_fetch(user_agent, url)
-    entry = next((e for e in rules.entries if e.applies_to(user_agent)), rules.default_entry)
-    if entry is None:
-        return True
-    parts = urlparse(unquote(url))  # normalised as urllib quotes rule paths: both sides compare alike
-    path = quote(urlunparse(("", "", parts.path, parts.params, parts.query, parts.fragment))) or "/"
-    best = (-1, True)  # (length of the longest matching rule, its allowance): True > False, so Allow wins a tie
-    for line in entry.rulelines:
-        if _robots_match(line.path, path):
-            best = max(best, (len(line.path), line.allowance))
-    return best[1]
+@dataclass
+class Robots:
+    """A host's robots.txt as read: its rules, or a verdict for every path (none found, or none given)."""
+
+    rules: Any = None  # protego.Protego
+    allow_all: bool = True
 
 
-def _robots_match(rule: str, path: str) -> bool:
-    """Does a (quoted) rule path match `path`? quote() turned `*` into %2A and `$` into %24."""
-    anchored = rule.endswith("%24")
-    body = rule[:-3] if anchored else rule
-    pattern = ".*".join(re.escape(piece) for piece in body.split("%2A")) + ("$" if anchored else "")
-    return re.match(pattern, path) is not None
+def robots_allow(robots: Robots, user_agent: str, url: str) -> bool:
+    """RFC 9309 as Protego (Scrapy's parser) reads it: the longest matching rule wins, Allow on a tie, `*` and a final
+    `$`, every group naming our agent merged, blank lines inside a group, fractional Crawl-delay. urllib's parser took
+    the first rule that matched, dropped a second group and `Disallow: /*?` became "the whole site"."""
+    if robots.rules is None:
+        return robots.allow_all
+    return bool(robots.rules.can_fetch(url, user_agent))
 
 
 def _page(response: requests.Response) -> Page:
