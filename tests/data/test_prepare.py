@@ -197,6 +197,23 @@ def test_price_tier_labels_are_drawn_as_text(tmp_path: Path, make_config) -> Non
     assert (version.path / "figures" / "class_balance.png").stat().st_size > 2000
 
 
+def test_near_duplicates_do_not_chain_and_must_share_the_label(tmp_path: Path, make_config) -> None:
+    """Clusters chained A~B (0.85) and B~C (0.81): C went for A, 0.66 alike, with nothing like it left. And the
+    opposite-label twin of a review went like a copy."""
+    import random
+
+    rng = random.Random(3)
+    words = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike oscar papa".split()
+    seq = [rng.choice(words) + str(i) for i in range(80)]
+    review = "The hotel room was clean, the staff were friendly and the breakfast was excellent. I would {}recommend it."
+    rows = [{"text": review.format(""), "label": "pos"}, {"text": review.format("not "), "label": "neg"}]
+    rows += [{"text": " ".join(seq[12 + k * 4:52 + k * 4]), "label": "pos"} for k in range(3)]  # each shifted 4 words on
+    rows += [{"text": " ".join(rng.sample(words, 12)) + f" filler {i}", "label": ["neg", "pos"][i % 2]} for i in range(40)]
+    version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}]))
+    removed = [(q["line"], q["reason"]) for q in version.quarantine() if q["stage"] == "near_duplicate"]
+    assert [line for line, _ in removed] == [5] and "of 'd.csv:4'" in removed[0][1]  # the middle one only
+
+
 def test_split_is_stratified(tmp_path: Path, make_config) -> None:
     rows = [{"text": t, "label": "rare" if i % 5 == 0 else "common"} for i, t in enumerate(sentences(200))]
     version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}]))

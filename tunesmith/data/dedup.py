@@ -19,7 +19,6 @@ from typing import BinaryIO
 import numpy as np
 import rensa
 from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 CHUNK = 2048  # rows per signature batch: rensa returns Python lists (40 bytes a value); small batches are faster too
 PAIRS = 32_768  # candidate pairs verified at once: bounds the signature rows read back per batch
@@ -216,17 +215,20 @@ class SignatureStore:
 
 
 def cluster_representatives(n: int, i: np.ndarray, j: np.ndarray, rank: np.ndarray) -> np.ndarray:
-    """For each row, the row its cluster keeps (itself when kept or unclustered)."""
+    """For each row, the kept row it duplicates (itself when kept or unpaired). Rows are taken in rank order and one
+    goes only when it is similar to a row already kept: whole clusters (connected components) chained A~B~C and took
+    C away for A, 0.66 alike, once B had gone."""
     rep = np.arange(n)
     if len(i) == 0:
         return rep
-    graph = coo_matrix((np.ones(len(i), dtype=np.int8), (i, j)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    order = np.lexsort((rank, labels))  # within each component, lowest rank first
-    sorted_labels = labels[order]
-    first = np.r_[True, sorted_labels[1:] != sorted_labels[:-1]]
-    first_of = np.empty(int(labels.max()) + 1, dtype=np.int64)
-    first_of[sorted_labels[first]] = order[first]
-    in_pairs = np.unique(np.concatenate([i, j]))
-    rep[in_pairs] = first_of[labels[in_pairs]]
+    graph = coo_matrix((np.ones(2 * len(i), dtype=np.int8), (np.r_[i, j], np.r_[j, i])), shape=(n, n)).tocsr()
+    kept = np.zeros(n, dtype=bool)
+    paired = np.unique(np.concatenate([i, j]))
+    for row in paired[np.argsort(rank[paired], kind="stable")].tolist():
+        near = graph.indices[graph.indptr[row]:graph.indptr[row + 1]]
+        near = near[kept[near]]
+        if len(near):
+            rep[row] = near[np.argmin(rank[near])]
+        else:
+            kept[row] = True
     return rep

@@ -523,6 +523,13 @@ class _Preparation:
             step.rows_out = step.rows_in
             return
         i, j, _ = self.sigs.similar_pairs()
+        if self.task in (TaskType.single_label, TaskType.multi_label) and len(i):
+            # "... would recommend it" (pos) and "... would not recommend it" (neg) are 0.88 alike and both worth
+            # learning: near duplicates must also agree on the label (exact ones with other labels are conflicts)
+            column = self.table.column("labels" if self.task == TaskType.multi_label else "label")
+            same = np.array([a == b for a, b in zip(column.take(self.sig_index[i]).to_pylist(),
+                                                    column.take(self.sig_index[j]).to_pylist(), strict=True)], dtype=bool)
+            i, j = i[same], j[same]
         rank = self._keep_rank()[self.sig_index] * (n + 1) + np.arange(n)
         rep = dedup.cluster_representatives(n, i, j, rank)
         dup = np.flatnonzero(rep != np.arange(n))
