@@ -154,6 +154,20 @@ def test_csv_legacy_encoding_detected(tmp_path, make_config, sample, encoding):
     assert pairs(version) == expected_pairs(records)
 
 
+@pytest.mark.parametrize("words", ["à la carte", "costs 20€", "shipped from Zürich", "Señor"])
+def test_english_with_a_few_western_words_is_read_as_cp1252(tmp_path, words):
+    """The language model had too little to go on: cp1257 ("ą la carte"), cp850 ("20Ç"), cp775 ("Z³rich") or hp_roman8
+    ("Seþor") won, some without a warning."""
+    from tunesmith.data.sources import guess_encoding
+
+    base = ["The delivery was late and the box was damaged", "Great product, works as described",
+            "I would not buy this again", "Customer service was helpful", "Battery life is shorter than advertised"]
+    lines = [f'"{b} {i}{" " + words if i % 4 == 0 else ""}",{"pos" if i % 2 else "neg"}' for i, b in enumerate(base * 40)]
+    path = tmp_path / "d.csv"
+    path.write_bytes(("text,label\r\n" + "\r\n".join(lines) + "\r\n").encode("cp1252"))
+    assert guess_encoding(path)[0] == "cp1252"
+
+
 def test_a_short_portuguese_cp1252_file_is_read_as_cp1252(tmp_path):
     # cp1250 scored 0.05 better on these three lines: "Não... maçã" became "Năo... maçă"
     from tunesmith.data.sources import guess_encoding
@@ -256,6 +270,22 @@ def test_text_folder(tmp_path, make_config):
     accounted(version, 16)
     assert pairs(version) == expected_pairs(records)
     assert {r["id"] for r in kept_rows(version)} == {f"reviews/{r['label']}/{i:02d}.txt:1" for i, r in enumerate(records)}
+
+
+def test_a_text_folder_of_short_cp1252_files_is_read_as_one(tmp_path, make_config):
+    """Each file was guessed alone: "Très bon produit" came out as big5's "Tr鋊 bon produit", and "Sehr schön" (its
+    one accented byte near its end) was taken for UTF-8 cut short and quarantined."""
+    texts_ = ["Très bon produit, je recommande", "Über alles gut, danke", "Sehr schön", "Not worth 20€",
+              "Great value for money", "Muy bueno, llegó rápido", "Arrived broken", "Déçu par la qualité",
+              "Okay for the price", "Would buy again", "Fast delivery", "Poor packaging"]
+    folder = tmp_path / "tf"
+    for i, text in enumerate(texts_):
+        (folder / ["neg", "pos"][i % 2]).mkdir(parents=True, exist_ok=True)
+        (folder / ["neg", "pos"][i % 2] / f"{i}.txt").write_bytes(text.encode("cp1252"))
+    (folder / "pos" / "utf8.txt").write_text("Crème brûlée, parfaite", encoding="utf-8")  # one file in UTF-8: its own
+    version = run(make_config, [{"path": str(folder)}])
+    assert version.manifest.counts["quarantine"] == 0
+    assert sorted(r["text"] for r in kept_rows(version)) == sorted([*texts_, "Crème brûlée, parfaite"])
 
 
 # --- conversations -----------------------------------------------------------------------------

@@ -124,7 +124,13 @@ def detect_encoding(path: Path, given: str | None) -> str:
 
 def guess_encoding(path: Path) -> tuple[str, list[str]]:
     """(encoding, other equally likely encodings). UTF-8 (with or without BOM) is checked first."""
-    head = path.open("rb").read(SNIFF_BYTES)
+    with path.open("rb") as f:
+        head = f.read(SNIFF_BYTES)
+    return guess_bytes_encoding(head, cut=len(head) == SNIFF_BYTES)
+
+
+def guess_bytes_encoding(head: bytes, cut: bool) -> tuple[str, list[str]]:
+    """guess_encoding of some bytes; `cut`: they are the start of something longer (a last character may be cut)."""
     if head.startswith(b"\xef\xbb\xbf"):
         return "utf-8-sig", []
     wide = _utf16_without_bom(head)
@@ -134,8 +140,8 @@ def guess_encoding(path: Path) -> tuple[str, list[str]]:
         head.decode("utf-8")
         return "utf-8", []
     except UnicodeDecodeError as err:
-        if err.start > len(head) - 4:  # a multi-byte character cut by the sample boundary
-            return "utf-8", []
+        if cut and err.start > len(head) - 4:  # a multi-byte character cut by the sample boundary (not a file's end:
+            return "utf-8", []  # "Sehr schön" in cp1252, 10 bytes, was read as UTF-8 and refused)
     from charset_normalizer import from_bytes
 
     matches = list(from_bytes(head))
@@ -150,9 +156,24 @@ def guess_encoding(path: Path) -> tuple[str, list[str]]:
         return m.chaos <= best.chaos + chaos and m.coherence >= best.coherence - 0.05
 
     tied = [m.encoding for m in matches if close(m, 0.05)]
-    western = [m.encoding for m in matches if close(m, 0.1)]
+    western = {e for m in matches if close(m, 0.1) for e in (m.encoding, *m.could_be_from_charset)}
+    # English with a few Western words ("à la carte", "20€", "Zürich") gives the language model too little to go on:
+    # cp1257, cp850 or cp775 won ("ą la carte", "20Ç", "Z³rich"). When the text reads as a Western European
+    # language, the code page Windows and Excel write is the one to read, if the bytes are valid in it.
+    if best.language in WESTERN_LANGUAGES and best.chaos <= 0.05 and not codecs.lookup(best.encoding).name.startswith("utf"):
+        try:
+            head.decode("cp1252")
+            western.add("cp1252")
+            tied.append(best.encoding)
+        except UnicodeDecodeError:
+            pass
     chosen = next((enc for enc in ("cp1252", "latin_1", "iso8859_15") if enc in western), best.encoding)
-    return chosen, [e for e in tied if e != chosen]
+    return chosen, [e for e in dict.fromkeys(tied) if e != chosen]
+
+
+# Languages charset_normalizer names that cp1252 writes (a Polish, Czech, Greek or Russian text keeps its own page)
+WESTERN_LANGUAGES = {"English", "French", "German", "Spanish", "Portuguese", "Italian", "Dutch", "Danish", "Swedish",
+                     "Norwegian", "Finnish", "Catalan", "Basque", "Galician", "Icelandic", "Indonesian", "Malay"}
 
 
 def _utf16_without_bom(head: bytes) -> str | None:
@@ -506,13 +527,18 @@ def read_text_folder(path: Path, encoding: str | None) -> Iterator[Raw]:
     labels = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not labels:
         raise DataError(f"{path}: expected one sub-folder per label (e.g. {path}/positive/1.txt), found none")
+    # hidden files and whatever lies in hidden folders (Jupyter's .ipynb_checkpoints/ holds older copies)
+    files = {label_dir: sorted(p for p in label_dir.rglob("*")
+                               if p.is_file() and not any(part.startswith(".") for part in p.relative_to(label_dir).parts))
+             for label_dir in labels}
+    # One guess for the folder, from its files together: a short review alone told the guesser too little ("Très bon"
+    # came out as big5's "Tr鋊 bon"); a file with a BOM still says its own.
+    shared = encoding or _folder_encoding([f for group in files.values() for f in group])
     found = 0
     for label_dir in labels:
-        # hidden files and whatever lies in hidden folders (Jupyter's .ipynb_checkpoints/ holds older copies)
-        for file in sorted(p for p in label_dir.rglob("*")
-                           if p.is_file() and not any(part.startswith(".") for part in p.relative_to(label_dir).parts)):
+        for file in files[label_dir]:
             found += 1
-            enc = encoding or detect_encoding(file, None)
+            enc = encoding or _own_encoding(file) or shared
             try:
                 text = file.read_text(encoding=enc)
             except UnicodeDecodeError:
@@ -521,6 +547,37 @@ def read_text_folder(path: Path, encoding: str | None) -> Iterator[Raw]:
             yield Raw(str(file), 1, {"text": text, "label": label_dir.name})
     if found == 0:
         raise DataError(f"{path}: the label folders {[p.name for p in labels]} hold no files")
+
+
+def _folder_encoding(files: list[Path]) -> str:
+    """The encoding of a folder of text files, guessed from as many of them (whole) as fit in one sample."""
+    sample, cut = b"", False
+    for file in files:
+        with file.open("rb") as f:
+            data = f.read(SNIFF_BYTES + 1)
+        if data.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+            continue  # says its own
+        if len(sample) + len(data) > SNIFF_BYTES:
+            if not sample:
+                sample, cut = data[:SNIFF_BYTES], True
+            break
+        sample += data + b"\n"
+    return guess_bytes_encoding(sample, cut)[0] if sample else "utf-8"
+
+
+def _own_encoding(file: Path) -> str | None:
+    """The encoding a file names by its byte-order mark, or proves by being valid UTF-8 with letters beyond ASCII
+    (bytes that no 8-bit text makes by chance); None: the folder's."""
+    data = file.read_bytes()
+    if data.startswith(b"\xef\xbb\xbf"):
+        return "utf-8-sig"
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return "utf-8" if not data.isascii() else None
 
 
 def dataset_rows(ds: Any, size: int = 4096) -> Iterator[dict[str, Any]]:
