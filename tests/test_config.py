@@ -320,3 +320,11 @@ def test_a_csv_delimiter_is_one_character_and_a_written_tab_reads_as_one(tmp_pat
     assert source("';'") == ";"
     with pytest.raises(ConfigError, match=r"delimiter: .*must be one character.*got ';;'"):
         source("';;'")
+
+
+def test_star_ratings_as_numbers_are_labels() -> None:
+    """`labels: [1, 2, 3]` was refused ("Input should be a valid string") while the data's 1..3 read as "1".."3"."""
+    cfg = parse_config({"name": "x", "task": {"labels": [1, 2, 3]}, "data": {"sources": [{"path": "a.csv"}]}})
+    assert cfg.task.labels == ["1", "2", "3"]
+    with pytest.raises(ConfigError, match="quote it"):
+        parse_config({"name": "x", "task": {"labels": [True, False]}, "data": {"sources": [{"path": "a.csv"}]}})

@@ -76,6 +76,15 @@ class TaskSpec(Spec):
     labels: list[str] | None = None  # the label set in id order; None: inferred, sorted
     label_separator: str = ","  # splits multi-label strings like "food,price"
 
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _numbers_as_labels(cls, v: Any) -> Any:
+        """`labels: [1, 2, 3, 4, 5]` (star ratings) are the classes "1".."5", as the data's 1..5 are read; it was
+        refused as "Input should be a valid string". Booleans stay refused, with their YAML hint."""
+        if isinstance(v, list):
+            return [str(x) if isinstance(x, int) and not isinstance(x, bool) else x for x in v]
+        return v
+
     @field_validator("labels")
     @classmethod
     def _unique_labels(cls, v: list[str] | None) -> list[str] | None:
