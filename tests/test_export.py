@@ -424,3 +424,13 @@ def test_dynamo_exporter_takes_over_when_the_tracer_fails(mean_run: Path, tmp_pa
     info = json.loads((tmp_path / "onnx" / "export.json").read_text())
     assert info["exporter"] == "dynamo" and info["opset"] >= 17
     assert result.check["agreement"] == 1.0 and result.check["max_proba_diff"] < 1e-4
+
+
+def test_onnx_without_onnxruntime_says_what_to_install(mean_run: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """int8 failed as an internal ModuleNotFoundError, after writing the graph into a folder it then deleted."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime.quantization", None)  # as if onnxruntime were not installed
+    assert cli(["export", str(mean_run), "--format", "onnx-int8", "--out", str(tmp_path / "x")]) == 2
+    assert "--format onnx-int8 needs onnxruntime; pip install onnxruntime" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from tunesmith.artifacts import MODEL_DIR, Run
+from tunesmith.errors import ConfigError
 from tunesmith.export.check import SequenceCheck
 from tunesmith.export.folder import ExportResult, finish, merged_sequence_model, write_run_folder
 from tunesmith.models.onnx_graph import write_onnx
@@ -34,6 +35,10 @@ def quantize_int8(source: Path, path: Path) -> None:
 
 def export_onnx_folder(run: Run, target: Path, quantize: bool, check: bool) -> ExportResult:
     fmt = "onnx-int8" if quantize else "onnx"
+    try:  # before the graph is written: int8 failed on it as an internal ModuleNotFoundError, the folder half made
+        import onnxruntime.quantization  # noqa: F401 - both formats check themselves with it; int8 quantises with it
+    except ImportError:
+        raise ConfigError(f"--format {fmt} needs onnxruntime; pip install onnxruntime") from None
     checker = SequenceCheck(run, check)
     model, tokenizer = merged_sequence_model(run, checker.predictor)
     folder = target / MODEL_DIR
