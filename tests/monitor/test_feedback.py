@@ -83,6 +83,24 @@ def test_an_answer_corrected_again_exports_and_counts_once_with_its_latest_label
     assert list(csv.DictReader(out.open()))[0]["label"] == "neg"
 
 
+def test_a_change_of_mind_back_is_stored_and_a_retry_is_not(store_url: str, tmp_path: Path) -> None:
+    """neg, pos, neg: the third was taken for a retry of the first (same words, same id), nothing stored, and the
+    export trained on pos, the opposite of what the reviewer last said."""
+    store = Store(store_url)
+    service = FeedbackService(store)
+    with store.session() as s:
+        s.add(Prediction(request_id="req-1", model="reviews", model_version="1", kind="predict", created=time.time(),
+                         inputs=["stale bread"], outputs=[LABELS], latency_ms=1.0))
+    ids = [service.submit(FeedbackRequest(request_id="req-1", label=label, user_id="ann")).id for label in ("neg", "pos", "neg")]
+    assert len(set(ids)) == 3
+    again = service.submit(FeedbackRequest(request_id="req-1", label="neg", user_id="ann"))  # a client's retry of the last
+    assert again.id == ids[2]
+    with store.session() as s:
+        assert s.query(Feedback).count() == 3
+    assert service.export("reviews", tmp_path / "c.csv") == 1
+    assert list(csv.DictReader((tmp_path / "c.csv").open()))[0]["label"] == "neg"
+
+
 def test_chat_corrections_export_as_openai_chat_lines(store_url: str, tmp_path: Path) -> None:
     store = Store(store_url)
     log = PredictionLog(store)
@@ -93,6 +111,15 @@ def test_chat_corrections_export_as_openai_chat_lines(store_url: str, tmp_path: 
     out = tmp_path / "fixes.jsonl"
     assert service.export("bot", out) == 1
     assert json.loads(out.read_text())["messages"] == [*convo, {"role": "assistant", "content": "paris"}]
+    # /v1/completions logs the batch's prompts: each correction goes with its own prompt, as the user's turn (every
+    # prompt went into every line, as bare strings `data prepare` refused)
+    log.record("cmpl-1", "bot", "v1", "completion", ["2+2=", "3+3="], ["5", "7"], 5.0)
+    for index, answer in ((0, "4"), (1, "6")):
+        assert isinstance(service.submit(FeedbackRequest(request_id="cmpl-1", index=index, answer=answer)), FeedbackCreated)
+    assert service.export("bot", out) == 3
+    lines = [json.loads(line)["messages"] for line in out.read_text().splitlines()]
+    assert lines[1:] == [[{"role": "user", "content": "2+2="}, {"role": "assistant", "content": "4"}],
+                         [{"role": "user", "content": "3+3="}, {"role": "assistant", "content": "6"}]]
     log.close()
 
 

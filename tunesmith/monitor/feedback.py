@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import and_, func, select
 
 from tunesmith.errors import ApiError, ConfigError
 from tunesmith.monitor.log import MAX_REQUEST_ID, PredictionLog
@@ -108,13 +108,34 @@ class FeedbackService:
         values = {c.key: getattr(row, c.key) for c in Feedback.__table__.columns}
         with self.store.session() as s:  # committed when the block ends: before the caller answers 2xx
             # ON CONFLICT, not a look first: two retries racing each other also store one row.
-            added = s.scalar(self.store.insert(Feedback).values(**values).on_conflict_do_nothing(index_elements=["id"])
-                             .returning(Feedback.id)) is not None
-            first = row if added else s.get(Feedback, row.id)
+            added = self._insert(s, values)
+            newest = None if added else self._newest(s, req)
+            if newest is not None and _said(newest) != _said(row):
+                # the same words as an earlier item, but not the last one: a change of mind back (neg, pos, neg), not
+                # a retry; it was taken for one, and the export kept "pos"
+                row.id = values["id"] = _feedback_id(req, again=self._count(s, req))
+                added = self._insert(s, values)
+            first = row if added else newest if newest is not None else s.get(Feedback, row.id)
         if added and self.on_accept is not None:  # a retry is not counted again in the live figures
             self.on_accept(prediction, row)
         assert first is not None
         return FeedbackCreated(id=first.id, request_id=first.request_id, created_at=int(first.created))
+
+    def _insert(self, s: Any, values: dict[str, Any]) -> bool:
+        return s.scalar(self.store.insert(Feedback).values(**values).on_conflict_do_nothing(index_elements=["id"])
+                        .returning(Feedback.id)) is not None
+
+    @staticmethod
+    def _same_item(req: FeedbackRequest) -> Any:
+        user = Feedback.user_id.is_(None) if req.user_id is None else Feedback.user_id == req.user_id
+        return and_(Feedback.request_id == req.request_id, Feedback.item_index == req.index, user)
+
+    def _newest(self, s: Any, req: FeedbackRequest) -> Feedback | None:
+        """This user's latest feedback on this item."""
+        return s.scalar(select(Feedback).where(self._same_item(req)).order_by(Feedback.created.desc()).limit(1))
+
+    def _count(self, s: Any, req: FeedbackRequest) -> int:
+        return int(s.scalar(select(func.count()).select_from(Feedback).where(self._same_item(req))) or 0)
 
     def export(self, model: str, out: Path, until: float | None = None) -> int:
         """The corrections given for `model` as a file `tunesmith data prepare` reads: CSV text,label (or
@@ -140,7 +161,13 @@ class FeedbackService:
                 for fb, p in corrections:
                     if p.kind == "predict" or not p.inputs or fb.corrected_answer is None:
                         continue
-                    messages = [*p.inputs, {"role": "assistant", "content": fb.corrected_answer}]
+                    if p.kind == "completion":  # its inputs are the batch's prompts: the corrected one, as the user's
+                        if fb.item_index >= len(p.inputs) or not isinstance(p.inputs[fb.item_index], str):
+                            continue
+                        messages = [{"role": "user", "content": p.inputs[fb.item_index]},
+                                    {"role": "assistant", "content": fb.corrected_answer}]
+                    else:
+                        messages = [*p.inputs, {"role": "assistant", "content": fb.corrected_answer}]
                     f.write(json.dumps({"messages": messages, "request_id": p.request_id}, ensure_ascii=False) + "\n")
                     written += 1
             return written
@@ -160,10 +187,18 @@ class FeedbackService:
         return written
 
 
-def _feedback_id(req: FeedbackRequest) -> str:
-    """The same id for the same item sent again (a client's retry), whatever its field order or label order."""
+def _said(f: Feedback) -> tuple[Any, ...]:
+    """What a feedback item says (a retry says the same)."""
+    label = sorted(f.corrected_label) if f.corrected_label else f.corrected_label
+    return (f.thumbs_up, f.score, label, f.corrected_value, f.corrected_answer, f.comment)
+
+
+def _feedback_id(req: FeedbackRequest, again: int = 0) -> str:
+    """The same id for the same item sent again (a client's retry), whatever its field order or label order;
+    `again`: how many came before it, for the same words given again after others (a change of mind back)."""
     label = sorted(req.label) if isinstance(req.label, list) else req.label
     what = [req.request_id, req.index, req.user_id, req.rating, label, req.value, req.answer, req.comment]
+    what += [again] if again else []
     return f"fb-{hashlib.sha256(json.dumps(what, ensure_ascii=False).encode()).hexdigest()[:24]}"
 
 
