@@ -558,3 +558,20 @@ def test_a_decoder_classifier_answers_an_empty_text_alone_and_in_a_batch(tmp_pat
     alone = predictor.logits([""])
     np.testing.assert_allclose(predictor.logits(["", "great wonderful coffee", "terrible stale bitter bread"])[:1],
                                alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_keep_chooses_the_best_checkpoint_or_where_training_ended(tmp_path: Path, tiny_bert: Path, keep: str) -> None:
+    """OpenAI's fine-tuned model is where training ended; jobs had served the checkpoint that scored best."""
+    from safetensors.numpy import load_file
+
+    run = train(project(tmp_path, tiny_bert, train_spec={"keep": keep, "max_steps": 20, "save_total_limit": 10,
+                                                         "learning_rate": 3e-2}))
+    state = json.loads(max((run / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+                       .joinpath("trainer_state.json").read_text())
+    step = state["global_step"] if keep == "last" else state["best_global_step"]
+    ours = load_file(run / "model" / "model.safetensors")
+    kept = load_file(run / "checkpoints" / f"checkpoint-{step}" / "model.safetensors")
+    assert all(np.array_equal(ours[k], kept[k]) for k in kept)
+    evals = {e["step"]: e for e in state["log_history"] if "eval_loss" in e}
+    assert Run(run).manifest.metrics["loss"] == pytest.approx(evals[step]["eval_loss"])

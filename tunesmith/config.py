@@ -561,6 +561,7 @@ class TrainSpec(Spec):
     train_embeddings: bool = False  # classification/regression, full: the token table (half of MiniLM's weights) stays pre-trained: its dense gradient and optimizer update cost ~10% of a CPU step, and a few thousand examples touch few of its rows
     evals_per_epoch: int = Field(2, ge=1)  # validation at regular intervals without spending the run on it
     early_stopping_patience: int | None = Field(3, ge=1)  # evaluations without improvement before stopping; None: never
+    keep: Literal["best", "last"] = "best"  # the weights a run keeps: its best validation checkpoint, or where training ended (last: what OpenAI's fine-tuning jobs give)
     metric: str | None = None  # classification/regression: metric for the best checkpoint and early stopping (SEQUENCE_METRICS); None: f1_macro (classes) or rmse (scores)
     class_weights: Literal["none", "balanced"] = "none"  # balanced: inverse-frequency loss weights for skewed classes
     group_by_length: bool | None = None  # classification/regression; None: on (batches of similar length: little padding, much less wasted compute)

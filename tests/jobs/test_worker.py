@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.jobs.test_api import chat_file
@@ -118,6 +119,16 @@ def test_a_job_runs_through_the_service_and_a_worker(store_url: str, tmp_path: P
     reported = {k for e in jobs.list_events("owner-a", job.id, limit=100).data if e.type == "metrics" for k in e.data}
     assert "train_loss" in reported and not any("valid" in k for k in reported)
     assert not any("valid" in k for c in jobs.list_checkpoints("owner-a", job.id).data for k in c.metrics.model_dump(exclude_none=True))
+    # the fine-tuned model is where training ended, as OpenAI's is: the checkpoint that scored best had been kept
+    from safetensors.numpy import load_file
+
+    last = max(run.path.glob("checkpoints/checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    (weights,) = [p.name for p in run.model_dir.glob("*.safetensors")]  # the adapter (jobs train LoRA)
+    ours, final = load_file(run.model_dir / weights), load_file(last / weights)
+    assert ours.keys() == final.keys() and all(np.array_equal(ours[k], final[k]) for k in final)
+    # and its results file has no valid_* columns either (they were the training sample's)
+    results = jobs.file_content("owner-a", done.result_files[0]).read_text()
+    assert "valid" not in results.splitlines()[0] and "train_loss" in results.splitlines()[0]
 
 
 def test_a_dpo_job_trains_on_openai_preference_lines(tmp_path: Path, tiny_llama: Path) -> None:
@@ -509,3 +520,22 @@ def test_a_pause_taken_back_after_the_worker_saw_it_lets_training_go_on(store_ur
     assert jobs.resume_job("", "ftjob-back").status == "running"
     beat.beat()
     assert beat.stop_reason is None
+
+
+def test_the_estimated_finish_counts_from_where_training_began(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It counted from the first log's step: at step 10 of 100 (1 step a second) it said 900 s, not 100 s."""
+    from types import SimpleNamespace
+
+    from tunesmith.jobs.worker import _Heartbeat, _reporter
+
+    store = Store(store_url)
+    _job(store, "ftjob-e", status="running", worker="w", heartbeat_at=time.time())
+    worker = Worker(store, JobsSpec(), name="w")
+    clock = [1000.0]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    reporter = _reporter(worker, "ftjob-e", _Heartbeat(worker, "ftjob-e"))
+    reporter.on_train_begin(None, SimpleNamespace(global_step=0, max_steps=100), None)
+    for step in (10, 50):
+        clock[0] = 1000.0 + step
+        reporter.on_log(None, SimpleNamespace(global_step=step, max_steps=100), None, logs={"loss": 1.0})
+        assert JobsService(store, JobsSpec()).get_job("", "ftjob-e").estimated_finish == 1100

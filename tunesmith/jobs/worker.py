@@ -10,7 +10,9 @@ stopped beating is taken over and resumed from its last complete checkpoint.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import os
 import shutil
 import socket
@@ -253,7 +255,8 @@ class Worker:
                 "data": {"sources": sources, "output_dir": str(folder / "dataset"),
                          "dedup": {"exact": False, "near": False}, "split": {"leakage": "report"}},
                 "model": {"name": base},
-                "train": {"output_dir": str(job.run_dir), "seed": job.seed, "early_stopping_patience": None,
+                # keep: last: OpenAI's fine-tuned model is where training ended, not the checkpoint that scored best
+                "train": {"output_dir": str(job.run_dir), "seed": job.seed, "early_stopping_patience": None, "keep": "last",
                           "save_total_limit": self.spec.checkpoints,
                           "hyperparameters": {k: hyper.get(k, "auto") for k in ("n_epochs", "batch_size", "learning_rate_multiplier")}},
                 "eval": {"base_model": False},
@@ -336,6 +339,12 @@ class Worker:
         self.files_dir.mkdir(parents=True, exist_ok=True)
         source = run_dir / STEP_METRICS
         data = source.read_bytes() if source.is_file() else b"step,train_loss\n"
+        if job.validation_file is None:  # the Trainer watched a sample of the training lines: no valid_* to report
+            rows = list(csv.reader(io.StringIO(data.decode("utf-8"))))
+            keep = [i for i, name in enumerate(rows[0] if rows else []) if "valid" not in name]
+            out = io.StringIO()
+            csv.writer(out, lineterminator="\n").writerows([[row[i] for i in keep if i < len(row)] for row in rows])
+            data = out.getvalue().encode("utf-8")
         (self.files_dir / file_id).write_bytes(data)
         s.add(StoredFile(id=file_id, owner=job.owner, purpose=RESULTS_PURPOSE, filename=f"{job.id}-results.csv",
                          bytes=len(data), **stamps(), expires_at=None, status="processed",
@@ -435,6 +444,11 @@ def _reporter(worker: Worker, job_id: str, beat: _Heartbeat, validated: bool = T
             self.first_step: int | None = None
             self.latest: dict[str, float] = {}
             self.pausing = False
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            # the clock and the step training starts from (0, or a resumed one): from the first log's step, the whole
+            # time of the first ten steps was taken for one, and the first estimate was 9x too late
+            self.started, self.first_step = time.time(), state.global_step
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
             logs = logs or {}

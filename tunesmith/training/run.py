@@ -168,7 +168,7 @@ def common_arguments(cfg: ProjectConfig, run_dir: Path, plan: dict[str, Any], n_
         gradient_accumulation_steps=t.grad_accum, weight_decay=t.weight_decay, warmup_steps=t.warmup_ratio,
         lr_scheduler_type=t.lr_scheduler, seed=t.seed, data_seed=t.seed,
         bf16=native_bf16() if t.bf16 is None else t.bf16, activation_checkpointing=t.gradient_checkpointing,
-        load_best_model_at_end=True, save_total_limit=t.save_total_limit, report_to=list(t.report_to) or "none",
+        load_best_model_at_end=t.keep == "best", save_total_limit=t.save_total_limit, report_to=list(t.report_to) or "none",
         # Early stopping's count of evaluations without improvement is in each checkpoint; without restoring
         # it a resumed run starts counting afresh and trains past the step where the uninterrupted one stopped.
         restore_callback_states_from_checkpoint=True,
@@ -288,8 +288,12 @@ def _finish_from(trainer: Any, checkpoint: Path) -> Any:
 
 
 def best_evaluation(trainer: Any) -> dict[str, Any]:
-    """The kept model is the best checkpoint, and its validation metrics are already in the log."""
+    """The validation metrics of the kept model: the best checkpoint's are already in the log; the last weights'
+    (train.keep: last) are there when training ended on an evaluation, else evaluated now."""
     evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+    if not trainer.args.load_best_model_at_end:
+        last = evals[-1] if evals and evals[-1].get("step") == trainer.state.global_step else None
+        return last or trainer.evaluate()
     best_step = trainer.state.best_global_step
     return next((e for e in evals if e.get("step") == best_step), evals[-1] if evals else trainer.evaluate())
 
