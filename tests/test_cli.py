@@ -136,6 +136,9 @@ def test_resume_applies_overrides_instead_of_dropping_them(tmp_path: Path, tiny_
     (run_dir / "config.json").write_text(cfg.model_dump_json())
     assert run(["train", "--resume", str(run_dir), "--set", "train.batch_size=0"]) == 2
     assert "--set train.batch_size=0: train.batch_size" in capsys.readouterr().err
+    # another number of processes changes the effective batch: the saved step fell elsewhere in the data
+    assert run(["train", "--resume", str(run_dir), "--nproc", "2"]) == 2
+    assert "trains with 1 process(es) (train.nproc); resume it with the same" in " ".join(capsys.readouterr().err.split())
 
 
 def _fake_run(tmp_path: Path, tiny_tokenizer: Path, **manifest) -> Path:

@@ -139,6 +139,9 @@ def test_lora_on_missing_modules_is_refused_before_training(tmp_path: Path, tiny
     cfg = project(tmp_path, tiny_bert, train_spec={"method": "lora"}, peft={"target_modules": ["q_proj"]})
     with pytest.raises(ConfigError, match=r"no module named \['q_proj'\]; its linear layers are \[.*'query'"):
         train(cfg)
+    # it left dataset.json behind: the fixed config, --overwrite and --resume were each refused, pointing to another
+    fixed = project(tmp_path, tiny_bert, train_spec={"method": "lora", "max_steps": 2}, peft={"target_modules": ["query"]})
+    assert Run(train(fixed)).manifest.adapter
 
 
 def test_regression_predicts_in_the_users_units(tmp_path: Path, tiny_bert: Path) -> None:

@@ -263,7 +263,8 @@ def train_cmd(
     from tunesmith.config import apply_override, load_config, parse_config
     from tunesmith.training import train
     from tunesmith.training.dataset import ensure_dataset
-    from tunesmith.training.run import check_run_dir, run_inputs
+    from tunesmith.errors import ConfigError
+    from tunesmith.training.run import check_run_dir, run_inputs, run_lock
 
     if config is None and resume is None:
         raise click.UsageError("give a CONFIG, or --resume RUN")
@@ -280,9 +281,18 @@ def train_cmd(
             apply_override(data, override)
         cfg = parse_config(data, str(saved), overrides=overrides or [])
     processes = nproc or cfg.train.nproc
+    if resume is not None and processes != cfg.train.nproc and "LOCAL_RANK" not in os.environ:
+        # the effective batch is batch x processes: the saved step fell elsewhere in the data, and epochs repeated
+        raise ConfigError(f"{resume}: this run trains with {cfg.train.nproc} process(es) (train.nproc); resume it with "
+                          f"the same, or start a new run with --nproc {processes}")
+    if processes != cfg.train.nproc:  # the run's config says how many trained it (a resume relaunches as many)
+        overrides = [*(overrides or []), f"train.nproc={processes}"]
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"nproc": processes})})
     if processes > 1 and "LOCAL_RANK" not in os.environ:
-        # Checks and data preparation happen once, here; then torchrun starts the workers.
-        check_run_dir(resume or cfg.run_dir, resume is not None, overwrite, run_inputs(cfg, dataset))
+        # Checks and data preparation happen once, here; then torchrun starts the workers. Under the run's lock: an
+        # --overwrite deleted the folder of a training still running in it before the workers found it locked.
+        with run_lock(Path(resume or cfg.run_dir)):
+            check_run_dir(resume or cfg.run_dir, resume is not None, overwrite, run_inputs(cfg, dataset))
         ensure_dataset(cfg, dataset)
         child = ["train", *([str(config)] if config else []), *(x for o in overrides or [] for x in ("--set", o)),
                  *(["--dataset", str(dataset)] if dataset else []), *(["--resume", str(resume)] if resume else [])]

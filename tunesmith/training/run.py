@@ -45,10 +45,18 @@ def run_inputs(cfg: ProjectConfig, dataset_dir: Path | None = None) -> list[tupl
     return [(what, Path(path)) for what, path in paths if path is not None]
 
 
+def _failed_start(run_dir: Path) -> bool:
+    """What a run that failed before its config.json leaves (a LoRA target the model lacks, a model that would not
+    load, Ctrl-C while loading): its dataset.json and the Trainer's empty checkpoints/, nothing to resume or keep."""
+    names = {p.name for p in run_dir.iterdir()}
+    checkpoints = run_dir / "checkpoints"
+    return bool(names) and names <= {"checkpoints", RUN_DATASET} and (not checkpoints.is_dir() or not any(checkpoints.iterdir()))
+
+
 def _is_run_folder(run_dir: Path) -> bool:
     """Something `tunesmith train` wrote: its config.json is a tunesmith config (a model folder has one too), or
-    only the empty checkpoints/ the Trainer creates before config.json is written (a run that failed to start)."""
-    if [p.name for p in run_dir.iterdir()] == ["checkpoints"] and not any((run_dir / "checkpoints").iterdir()):
+    what a run that failed to start leaves."""
+    if _failed_start(run_dir):
         return True
     try:
         saved = json.loads((run_dir / RUN_CONFIG).read_text(encoding="utf-8"))
@@ -65,6 +73,9 @@ def check_run_dir(run_dir: Path, resuming: bool, overwrite: bool, reads: Sequenc
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir} is a file; a run is a folder: set train.output_dir to another path")
     if not any(run_dir.iterdir()):
+        return
+    if _failed_start(run_dir):  # the fixed config just starts again: it was refused, --overwrite and --resume too
+        shutil.rmtree(run_dir)
         return
     if not overwrite:
         raise ConfigError(f"{run_dir}: a run already exists there; resume it with `tunesmith train --resume {run_dir}`, "
