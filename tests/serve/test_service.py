@@ -134,6 +134,8 @@ def test_a_failing_forward_pass_answers_500_in_the_api_shape_and_the_model_keeps
     assert run(service.predict(p.PredictRequest(text="good"))).predictions[0].label == "pos"
     err = run(service.generate(p.CompletionRequest(model="bot", prompt="hi")))
     assert isinstance(err, ServiceError) and err.status == 500 and "decode failed" in err.message
+    # chat failures were never counted in tunesmith_model_errors_total: a generative model's error rate read 0
+    assert service.metrics.version_errors.labels("ft:base:bot:abc", "abc")._value.get() == 1
 
 
 @pytest.mark.parametrize(("req", "status", "param"), [

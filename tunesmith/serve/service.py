@@ -424,7 +424,7 @@ class Service:
         try:
             results = await self._classify(model, texts)
         except Exception as err:  # noqa: BLE001 - also the model's own failure, which the batcher hands to each caller
-            self.metrics.version_errors.labels(model.registry[0] if model.registry else model.id, model.version).inc()
+            self._version_error(model)
             if isinstance(err, Overloaded):
                 return _overloaded(err)
             if isinstance(err, TimeoutError):
@@ -509,6 +509,10 @@ class Service:
             return params
         return model, prompts, params, counts, variant
 
+    def _version_error(self, model: Served) -> None:
+        """One request this model version could not answer (busy, timeout, failure): tunesmith_model_errors_total."""
+        self.metrics.version_errors.labels(model.registry[0] if model.registry else model.id, model.version).inc()
+
     async def _generate(self, model: Served, prompts: list[str], params: dict[str, Any]) -> list[Any] | ServiceError:
         key = (model.id, tuple(sorted(params.items())))
         batcher = self.batchers[model.batch_key]
@@ -520,13 +524,16 @@ class Service:
         except Overloaded as err:
             for f in futures:  # the prompts queued before the refusal would run for nobody: the batcher skips them
                 f.cancel()
+            self._version_error(model)  # chat's busy, timeout and failure counted as predict's are (they never were)
             return _overloaded(err)
         try:
             done = await asyncio.wait_for(asyncio.gather(*futures), self.spec.timeout_s)
         except TimeoutError:
             cancel.set()  # the engine stops decoding for no one
+            self._version_error(model)
             return ServiceError(504, f"no answer within {self.spec.timeout_s:g} s", "server_error", code="timeout")
         except Exception as err:  # noqa: BLE001 - the model failed on the batch: in the API's shape, as a stream says it
+            self._version_error(model)
             return ServiceError(500, f"generation failed: {type(err).__name__}: {err}", "server_error")
         self.metrics.generated_tokens.labels(model.id).inc(sum(c.completion_tokens for c in done))
         return list(done)
@@ -616,6 +623,7 @@ class Service:
                 try:
                     piece = await asyncio.wait_for(queue.get(), self.spec.timeout_s)
                 except TimeoutError:  # raised, it cut the connection: the client read a truncated answer as a whole one
+                    self._version_error(model)
                     yield _event(ServiceError(504, f"no answer within {self.spec.timeout_s:g} s", "server_error",
                                               code="timeout").body())
                     yield "data: [DONE]\n\n"
@@ -623,6 +631,7 @@ class Service:
                 if piece is None:
                     break
                 if isinstance(piece, Exception):
+                    self._version_error(model)
                     err = ServiceError(500, f"generation failed: {piece}", "server_error")
                     yield _event(err.body())
                     failed = True  # not an answer: not logged as one
