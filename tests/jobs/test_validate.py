@@ -171,6 +171,9 @@ def test_a_valid_dpo_file_passes(tmp_path):
     ("unsupported_feature", lambda r: r["input"].update(tools=[{"type": "function"}]), "input.tools"),
     # the pipeline's own rule: the prompt must end with the user turn both answers reply to
     ("invalid_example", lambda r: r["input"]["messages"].append({"role": "assistant", "content": "x"}), "input.messages"),
+    # training drops these: the job trained on fewer lines than it said, or failed as a server_error
+    ("invalid_example", lambda r: r.update(non_preferred_output=[dict(r["preferred_output"][0])]), "non_preferred_output"),
+    ("missing_content", lambda r: r["preferred_output"][0].update(content="\u200b"), "preferred_output.0.content"),
 ])
 def test_bad_dpo_lines(tmp_path, code, mutate, field):
     lines = [pair(i) for i in range(10)]

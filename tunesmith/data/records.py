@@ -42,7 +42,7 @@ GROUP_KEY = "_group"  # a collector's grouping (a survey's respondent): the grou
 RESERVED_KEYS = (PROVENANCE_KEY, GROUP_KEY)
 # A character someone can see: not whitespace, a control character, or an invisible format character
 # (zero-width space/joiners, BOM, soft hyphen, word joiner, bidi marks). Searched, so it stops at the first.
-_VISIBLE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f\u00ad\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
+VISIBLE = re.compile(r"[^\s\x00-\x1f\x7f-\x9f\u00ad\u180e\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
 _NUMBER = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 
 MESSAGE_TYPE = pa.struct([("role", pa.string()), ("content", pa.string()), ("weight", pa.int8())])
@@ -274,12 +274,12 @@ class Canonicalizer:
             messages = out["messages"]
             for m in messages:
                 m["content"] = self.cleaner(m["content"]) if self.cfg.data.clean.strip_html else m["content"].strip()
-            if any(not _VISIBLE.search(m["content"]) for m in messages):
+            if any(not VISIBLE.search(m["content"]) for m in messages):
                 return reject("clean", "a message is empty after cleaning", "messages", example_id)
             key_text = "\n".join(f"{m['role']}: {dedup_key(m['content'])}" for m in messages)
         else:
             out["text"] = self.cleaner(out["text"])
-            if not _VISIBLE.search(out["text"]):
+            if not VISIBLE.search(out["text"]):
                 return reject("clean", "text is empty after cleaning (markup, whitespace or invisible characters "
                               "only)", "text", example_id)
             key_text = dedup_key(out["text"])
@@ -363,11 +363,11 @@ class Canonicalizer:
         clean = self.cleaner if self.cfg.data.clean.strip_html else str.strip  # as for chat messages
         for m in prompt:
             m["content"] = clean(m["content"])
-        if any(not _VISIBLE.search(m["content"]) for m in prompt):
+        if any(not VISIBLE.search(m["content"]) for m in prompt):
             return reject("clean", "a prompt message is empty after cleaning", found["prompt"][1], example_id)
         chosen, rejected = clean(chosen), clean(rejected)
         for name, text in (("chosen", chosen), ("rejected", rejected)):
-            if not _VISIBLE.search(text):
+            if not VISIBLE.search(text):
                 return reject("clean", "the answer is empty after cleaning (markup, whitespace or invisible characters "
                               "only)", found[name][1], example_id)
         if chosen == rejected:

@@ -40,6 +40,7 @@ from tunesmith.data.chat_formats import (
     validate_prompt,
 )
 from tunesmith.data.raw import Raw
+from tunesmith.data.records import VISIBLE
 from tunesmith.data.sources import read_jsonl
 from tunesmith.errors import DataError
 from tunesmith.tasks.chat import plain
@@ -185,6 +186,9 @@ def _dpo(record: dict[str, Any]) -> tuple[str, list[list[dict[str, Any]]]]:
                        f"the answer's role must be 'assistant', got {answer[0]['role']!r}")
     prompt = _pipeline(validate_prompt, messages, "input.messages")
     answers = [_pipeline(validate_answer, record[key], key) for key in OPENAI_PREFERENCE_KEYS[1:]]
+    if answers[0].strip() == answers[1].strip():  # training drops these: the job trained on fewer lines, or failed
+        raise _Bad("invalid_example", OPENAI_PREFERENCE_KEYS[2],
+                   "preferred_output and non_preferred_output are the same answer, so there is nothing to prefer")
     return "input", [[*prompt, {"role": "assistant", "content": a}] for a in answers]  # DPO trains on both
 
 
@@ -218,8 +222,10 @@ def _check_messages(messages: list[Any], field: str) -> None:
                 raise _Bad("unsupported_feature", err.field, str(err)) from None
         if role not in ROLES:
             raise _Bad("unrecognized_role", f"{where}.role", f"unrecognized role {role!r} (expected one of {', '.join(ROLES)})")
-        if not isinstance(content, str) or not content.strip():
-            got = "empty" if isinstance(content, str) else f"{type(content).__name__}, not text"
+        # VISIBLE: training drops a message of invisible characters only ("\u200b"), which passed here
+        if not isinstance(content, str) or not VISIBLE.search(content):
+            got = ("empty" if not content.strip() else "invisible characters only") if isinstance(content, str) \
+                else f"{type(content).__name__}, not text"
             raise _Bad("missing_content", f"{where}.content", f"content must be non-empty text, got {got}")
         weight = msg.get("weight")
         if weight is not None and (isinstance(weight, bool) or weight not in (0, 1)):
