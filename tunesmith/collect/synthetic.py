@@ -36,8 +36,9 @@ import numpy as np
 from tunesmith.collect.sink import Sink
 from tunesmith.config import HttpSpec, ProjectConfig, SourceSpec, SyntheticSpec, TaskType
 from tunesmith.data import dedup
-from tunesmith.data.clean import TextCleaner, dedup_key
+from tunesmith.data.clean import dedup_key
 from tunesmith.errors import ConfigError
+from tunesmith.tasks.text import TextCleaner
 
 Say = Callable[[str], None]
 TRIES_PER_ROW = 3  # a label stops after 3 x per_label tries: a model that cannot write it must not loop forever

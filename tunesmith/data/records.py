@@ -31,11 +31,12 @@ from tunesmith.data.chat_formats import (
     validate_messages,
     validate_prompt,
 )
-from tunesmith.data.clean import TextCleaner, dedup_key
+from tunesmith.data.clean import dedup_key
 from tunesmith.data.fields import ABSENT, FieldExpr
 from tunesmith.data.raw import Raw
 from tunesmith.data.sources import read_source
 from tunesmith.errors import DataError
+from tunesmith.tasks.text import TextCleaner
 
 PROVENANCE_KEY = "_provenance"  # collect/sink.py writes it; a record's origin, never one of its fields
 GROUP_KEY = "_group"  # a collector's grouping (a survey's respondent): the group when the config names none

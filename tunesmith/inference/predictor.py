@@ -177,7 +177,7 @@ def _cleaner(spec: CleanSpec | None) -> Any:
     """The run's text cleaning (data/clean.py: pure string functions, no training code), or none."""
     if spec is None:
         return lambda text: text
-    from tunesmith.data.clean import TextCleaner
+    from tunesmith.tasks.text import TextCleaner
 
     return TextCleaner(spec)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tunesmith.config import CleanSpec
-from tunesmith.data.clean import TextCleaner
+from tunesmith.tasks.text import TextCleaner
 
 clean = TextCleaner(CleanSpec(strip_html=True))
 
