@@ -496,3 +496,30 @@ def test_a_split_that_was_right_stays_row_for_row_the_same(great: int, other: in
     strata = ["great"] * great + ["other"] * other
     out = assign(strata, [None] * len(strata), [None] * len(strata), SplitSpec()).tolist()
     assert hashlib.sha256("".join(s[0] for s in out).encode()).hexdigest()[:12] == digest
+
+
+def test_grouped_data_with_more_classes_than_groups_keeps_validation_and_test() -> None:
+    """Each group was filed under its commonest class, and a class of 1-2 groups stayed in train: 6 customers with
+    10 classes came out 240 / 0 / 0."""
+    from tunesmith.config import SplitSpec
+    from tunesmith.data.split import assign
+
+    strata = [f"c{i % 10}" for i in range(240)]
+    groups = [f"u{(i // 10) % 6}" for i in range(240)]
+    splits = assign(strata, groups, [None] * 240, SplitSpec()).tolist()
+    assert splits.count("validation") > 0 and splits.count("test") > 0
+    for user in set(groups):  # still grouped
+        assert len({s for s, g in zip(splits, groups, strict=True) if g == user}) == 1
+
+
+def test_a_few_large_groups_leave_no_split_empty() -> None:
+    """No group was small enough to seed test: train took them all while its shortfall stayed above test's target,
+    and 6 groups of about 90 rows came out 457 / 83 / 0 for every seed."""
+    from tunesmith.config import SplitSpec
+    from tunesmith.data.split import assign
+
+    sizes = [97, 95, 93, 91, 89, 87]
+    groups = [f"g{k}" for k, n in enumerate(sizes) for _ in range(n)]
+    for seed in (0, 7):
+        splits = assign(["x"] * len(groups), groups, [None] * len(groups), SplitSpec(stratify=False, seed=seed)).tolist()
+        assert all(splits.count(s) > 0 for s in ("train", "validation", "test")), seed

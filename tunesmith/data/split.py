@@ -84,7 +84,7 @@ def assign_codes(strata: np.ndarray, groups: np.ndarray, hints: np.ndarray, spec
     rng = np.random.default_rng(spec.seed)
     unit_split = np.full(units, -1, dtype=np.int8)
     for chosen, splits in ((~kept_out, pool), (kept_out, [k for k in pool if k != TEST])):
-        _share(np.flatnonzero(chosen), splits, sizes, stratum, spec, rng, unit_split)
+        _share(np.flatnonzero(chosen), splits, sizes, stratum, spec, rng, unit_split, pool_few=bool(grouped.any()))
     out[free] = unit_split[unit]
     return out
 
@@ -102,12 +102,21 @@ def _unit_strata(unit: np.ndarray, strata: np.ndarray, units: int) -> np.ndarray
 
 
 def _share(units: np.ndarray, pool: list[int], sizes: np.ndarray, stratum: np.ndarray, spec: SplitSpec,
-           rng: np.random.Generator, out: np.ndarray) -> None:
+           rng: np.random.Generator, out: np.ndarray, pool_few: bool = False) -> None:
     """Give each unit a split of `pool`, in proportion to the configured ratios of those splits."""
     total = sum(spec.ratio(SPLITS[k]) for k in pool)
     ratios = [spec.ratio(SPLITS[k]) / total for k in pool]
     small = [q for q, k in enumerate(pool) if k != TRAIN]
     is_train = [k == TRAIN for k in pool]
+    # Grouped, strata of fewer than 3 units (classes of 1-2 groups) are pooled into one, split last: kept in train one
+    # by one, data with more classes than groups lost its validation and test (6 customers, 10 classes: 240 / 0 / 0).
+    # A group's stratum is only its commonest class. Rows stay as they were: a class of 1-2 examples is trained on.
+    if pool_few and len(units):
+        codes, counts = np.unique(stratum[units], return_counts=True)
+        few = codes[counts < 3]
+        if len(few) > 1:
+            stratum = stratum.copy()
+            stratum[units[np.isin(stratum[units], few)]] = int(stratum.max()) + 1
     by_stratum = units[np.argsort(stratum[units], kind="stable")]  # unit order kept within a stratum
     bounds = np.flatnonzero(np.diff(stratum[by_stratum])) + 1
     # What earlier strata of 3+ units fell short of (or beyond) each split's share, in whole units, added
@@ -151,6 +160,12 @@ def _share(units: np.ndarray, pool: list[int], sizes: np.ndarray, stratum: np.nd
                     key = (target[p] - filled[p], is_train[p])
                     if key > best:
                         q, best = p, key
+                # No unit was small enough to seed a split (a few large groups): train took them all while its
+                # shortfall stayed above the small splits' targets, and test came out empty for every seed. A split
+                # still empty takes a unit up to twice its target before train does.
+                empty = [p for p in seeds if filled[p] == 0 and unit_size <= 2 * target[p]] if is_train[q] else []
+                if empty:
+                    q = max(empty, key=lambda p: target[p])
             filled[q] += unit_size
             chosen.append(pool[q])
         out[members[order]] = chosen
