@@ -253,3 +253,19 @@ def test_closing_the_log_writes_a_backlog_that_takes_longer_than_its_patience(tm
     log.close(patience_s=1.0)  # less than the whole backlog takes, far more than one batch
     with store.session() as s:
         assert s.query(Prediction).count() == 4096
+
+
+def test_the_export_joins_labels_with_the_models_separator_and_reads_its_task_from_exportable_rows(tmp_path: Path) -> None:
+    """Labels were always joined with "," ("paris, france,pos" read back as labels that do not exist), and one value
+    on an answer logged without inputs turned every label correction into an empty score."""
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    service = FeedbackService(store)
+    with store.session() as s:
+        s.add(Prediction(request_id="req-1", model="m", model_version="1", kind="predict", created=time.time(),
+                         inputs=["a trip"], outputs=None, latency_ms=1.0))
+        s.add(Prediction(request_id="req-2", model="m", model_version="1", kind="predict", created=time.time(),
+                         inputs=None, outputs=None, latency_ms=1.0))
+    assert isinstance(service.submit(FeedbackRequest(request_id="req-1", label=["paris, france", "pos"])), FeedbackCreated)
+    assert isinstance(service.submit(FeedbackRequest(request_id="req-2", value=3.5)), FeedbackCreated)
+    assert service.export("m", tmp_path / "c.csv", separator="|") == 1
+    assert list(csv.DictReader((tmp_path / "c.csv").open())) == [{"id": "req-1:0", "text": "a trip", "label": "paris, france|pos"}]

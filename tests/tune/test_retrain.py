@@ -357,6 +357,12 @@ def test_retrain_is_due_when_the_inputs_drift(tmp_path: Path, tiny_bert: Path) -
                          inputs=[" ".join([t] * 4) for t in trained[:180] * 10], outputs=None, latency_ms=1.0))
     status = check(store, "reviews", production, spec)
     assert status.due and "drift PSI" in status.reasons[0] and status.new_corrections == 0, status
+    # --if-needed (the cron form) on drift alone: nothing to train on, which it said as "error: no new feedback", exit 2
+    from tunesmith.tune.retrain import retrain
+
+    outcome = retrain(store, "reviews", if_needed=True, settings={"min_corrections": 50, "drift_threshold": 0.25},
+                      say=lambda _: None)
+    assert outcome.decision == "not_due" and "no correction arrived" in outcome.reasons[0]
 
 
 def judged(test: tuple[float, float, float], feedback: tuple[float, float, float] | None) -> dict:

@@ -137,7 +137,7 @@ class FeedbackService:
     def _count(self, s: Any, req: FeedbackRequest) -> int:
         return int(s.scalar(select(func.count()).select_from(Feedback).where(self._same_item(req))) or 0)
 
-    def export(self, model: str, out: Path, until: float | None = None) -> int:
+    def export(self, model: str, out: Path, until: float | None = None, separator: str = ",") -> int:
         """The corrections given for `model` as a file `tunesmith data prepare` reads: CSV text,label (or
         text,score) for classifiers and regressors, OpenAI chat JSONL for chat models. One row per answered item, its
         latest correction (an answer corrected again: the user changed their mind). `until`: only feedback given by
@@ -171,7 +171,8 @@ class FeedbackService:
                     f.write(json.dumps({"messages": messages, "request_id": p.request_id}, ensure_ascii=False) + "\n")
                     written += 1
             return written
-        regression = any(fb.corrected_value is not None for fb, _ in corrections)
+        # from the rows that can be written: one value on an answer logged without inputs made every label a "score"
+        regression = any(fb.corrected_value is not None for fb, p in corrections if p.inputs)
         with out.open("w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["id", "text", "score" if regression else "label"])
@@ -179,7 +180,8 @@ class FeedbackService:
                 index = fb.item_index
                 if not p.inputs or index >= len(p.inputs):
                     continue
-                target: Any = fb.corrected_value if regression else ",".join(fb.corrected_label or [])
+                # `separator`: the model's task.label_separator (labels such as "paris, france" use another)
+                target: Any = fb.corrected_value if regression else separator.join(fb.corrected_label or [])
                 if target in (None, ""):
                     continue
                 writer.writerow([f"{p.request_id}:{index}", p.inputs[index], target])

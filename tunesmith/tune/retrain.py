@@ -105,6 +105,11 @@ def retrain(store: Store, model: str, *, mode: str | None = None, promote: str |
             why.append("drift: too few logged requests to measure" if status.drift_psi is None else
                        f"drift PSI {status.drift_psi:.3f} < {spec.drift_threshold:g}")
         return Outcome(Path(production.run), "not_due", why, report={"trigger": status.to_dict()})
+    if status.new_corrections == 0 and if_needed:  # due by drift alone: nothing to train on yet, which is no error
+        return Outcome(Path(production.run), "not_due",
+                       [f"drift PSI {status.drift_psi:.3f} >= {spec.drift_threshold:g}, but no correction arrived since "
+                        f"version {production.version} was trained: label some recent traffic (POST /v1/feedback)"],
+                       report={"trigger": status.to_dict()})
     if status.new_corrections == 0:
         raise ConfigError(f"no new feedback for '{model}': no correction arrived since version {production.version} was "
                           "trained (send corrections to POST /v1/feedback with label or value)")
@@ -209,7 +214,7 @@ def _prepared_corrections(store: Store, model: str, cfg: ProjectConfig, parent: 
     raw = folder / "corrections.csv"
     # The cutoff first, and the export up to it: a correction arriving in between was marked trained on, unused.
     _, until = trigger.corrections_since(store, model, 0.0)
-    written = FeedbackService(store).export(model, raw, until=until)
+    written = FeedbackService(store).export(model, raw, until=until, separator=cfg.task.label_separator)
     if written == 0:
         raise ConfigError(f"no usable corrections for '{model}': the feedback has no corrected label or value paired "
                           "with a logged input")
@@ -219,7 +224,7 @@ def _prepared_corrections(store: Store, model: str, cfg: ProjectConfig, parent: 
                                   "fields": {"text": "text", target: target, "id": "id"}}],
                         output_dir=str(folder / "corrections"), strict=False, annotate={})
     data["data"]["split"]["group_by"] = None
-    data["task"].update(labels=parent.manifest.labels, label_separator=",")  # the model's label set, as exported
+    data["task"].update(labels=parent.manifest.labels)  # the model's label set; its separator, as exported
     version = prepare(parse_config(data, f"corrections of '{model}'"), folder / "corrections")
     counts = version.manifest.counts
     usable = sum(counts[s] for s in SPLITS)
