@@ -74,7 +74,7 @@ bench-feedback: install
 	$(PY) bench/feedback_bench.py $(if $(wildcard runs/food-reviews/run.json),--run runs/food-reviews) --pg postgresql://postgres@127.0.0.1:5432/test
 
 # Hyperparameter search: a study with the default pruner against the same study without, taking turns trial
-# by trial on a subset of the food reviews (about 25 minutes on 2 cores); writes bench/results/tune_bench.json.
+# by trial on a subset of the food reviews (20 + 20 trials, about 40 minutes on 2 cores); writes bench/results/tune_bench.json.
 bench-tune: install
 	$(PY) bench/tune_bench.py
 

@@ -11,8 +11,8 @@ studies (tunesmith seeds each trial from the study seed and the trial's number),
 in what the pruner stopped.
 
 Target (issue 12): the pruned study reaches the unpruned study's best validation metric (within
---tolerance) in at most half its training steps. Exits 1 when missed. Default size: about 25 minutes on
-2 cores (12 + 12 trials of 160 steps of batch 8, 600 train / 200 validation reviews, max_length 64, 8
+--tolerance) in at most half its training steps. Exits 1 when missed. Default size: about 40 minutes on
+2 cores (20 + 20 trials of 160 steps of batch 8, 600 train / 200 validation reviews, max_length 64, 8
 evaluations per trial); every trial's curve is in the JSON, so other pruners can be replayed on it. Smoke test:
 `--trials 2 --steps 5 --train-rows 64 --val-rows 32 --test-rows 32`. Results: bench/results/tune_bench.json.
 """

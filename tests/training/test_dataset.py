@@ -39,3 +39,17 @@ def test_under_torchrun_only_rank_0_prepares_the_dataset(tmp_path: Path, tiny_be
     assert preparing == []
     monkeypatch.setenv("RANK", "0")
     assert ensure_dataset(cfg).manifest.fingerprint == found[0].manifest.fingerprint
+
+
+def test_naming_the_folder_a_dataset_is_in_is_no_other_setting(tmp_path: Path, tiny_bert: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The LoRA example names the demo's folder (data.output_dir) that the demo leaves to its default: switching
+    examples prepared the same data again each time ("prepared with other settings: data.output_dir")."""
+    cfg = project(tmp_path, tiny_bert)
+    first = ensure_dataset(cfg)
+    again = cfg.model_copy(deep=True)  # the same folder, named in another way, and another collect folder
+    again.data.output_dir = tmp_path / "." / str(cfg.data.output_dir.relative_to(tmp_path))
+    again.data.collect_dir = tmp_path / "elsewhere"
+    prepared: list[object] = []
+    monkeypatch.setattr(prepare_module, "prepare", lambda *a, **k: prepared.append(a))
+    assert ensure_dataset(again).manifest.fingerprint == first.manifest.fingerprint and prepared == []

@@ -20,8 +20,8 @@ PREPARED_WITH_MODEL = ("name", "max_length", "chat_template")
 def _preparation_settings(config: dict[str, Any], with_data: bool) -> dict[str, Any]:
     model = config.get("model", {})
     picked: dict[str, Any] = {"task": config["task"], "model": {k: model.get(k) for k in PREPARED_WITH_MODEL}}
-    if with_data:
-        picked["data"] = config["data"]
+    if with_data:  # where it is written is no setting of what it holds (the LoRA example names the demo's folder)
+        picked["data"] = {k: v for k, v in config["data"].items() if k not in ("output_dir", "collect_dir")}
     return picked
 
 
