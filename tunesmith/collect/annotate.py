@@ -140,6 +140,9 @@ def list_tasks(store: Store) -> list[TaskInfo]:
                 for t in s.scalars(select(AnnotationTask).order_by(AnnotationTask.created))]
 
 
+SOURCE_KEY = "_source"  # an item's meta key: the file:line it was loaded from
+
+
 def add_items(store: Store, task: str, items: list[NewItem]) -> tuple[int, int]:
     """Add items not already in the task (by item id). Returns (added, already there). An id already there with
     another text is refused before anything is added: it was skipped as "already there", and its text never queued."""
@@ -149,7 +152,7 @@ def add_items(store: Store, task: str, items: list[NewItem]) -> tuple[int, int]:
                  s.execute(select(AnnotationItem.item_id, AnnotationItem.text_hash).where(AnnotationItem.task == task))}
         new = []
         for item in items:
-            digest, where = text_hash(item.text), item.meta.get("_source")
+            digest, where = text_hash(item.text), item.meta.get(SOURCE_KEY)
             if item.item_id in known:
                 if known[item.item_id][0] != digest:
                     earlier = known[item.item_id][1] or f"task {task!r}"

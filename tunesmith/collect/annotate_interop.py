@@ -27,8 +27,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from tunesmith.collect.annotate import Queue, check_annotator, hashed_id, record, text_hash
-from tunesmith.collect.annotate_io import SOURCE_KEY, check_item_id
+from tunesmith.collect.annotate import SOURCE_KEY, Queue, check_annotator, hashed_id, record, text_hash
+from tunesmith.collect.annotate_io import check_item_id
 from tunesmith.errors import DataError
 from tunesmith.store.schema import AnnotationItem
 

@@ -20,12 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunesmith.collect.annotate import ItemLabels, NewItem, Queue, add_items, hashed_id
+from tunesmith.collect.annotate import SOURCE_KEY, ItemLabels, NewItem, Queue, add_items, hashed_id
 from tunesmith.collect.sink import COLLECTOR, PROVENANCE_KEY, now
 from tunesmith.data.records import parse_provenance
 from tunesmith.errors import DataError
 
-SOURCE_KEY = "_source"  # meta key: file:line the item was loaded from
 DERIVED_COLUMNS = ("label_id", "label_ids", "n_tokens")  # a prepared dataset's columns computed from its labels and texts
 
 

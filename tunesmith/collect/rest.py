@@ -104,7 +104,8 @@ def _pages(rest: RestSpec, paths: _Paths, fetcher: Fetcher, headers: dict[str, s
             return
         records = _records(paths, body)
         origin = _public(page.url)
-        problem = _shape_problem(paths, body)
+        found = _picked_from(paths, body)  # once a page: the shape check and the page's count read it
+        problem = _shape_problem(paths, body, found)
         if problem:  # an error answered with 200, or a wrong rest.records: not the end of the data
             fetcher.forget(page)  # asked again on the next run
             sink.fail(origin, problem, status=page.status, page=number)
@@ -114,7 +115,7 @@ def _pages(rest: RestSpec, paths: _Paths, fetcher: Fetcher, headers: dict[str, s
             sink.add(record, origin=origin, page=number, index=i)
         pos.pages_done += 1
         pos.rows = sink.rows
-        _advance(rest, paths, pos, page, body, _sent(paths, body, len(records)), sink)
+        _advance(rest, paths, pos, page, body, _sent(found, len(records)), sink)
         sink.flush()  # records first, then the position that assumes them
         _save(sink, pos)
         if pos.pages_done % 10 == 0 or pos.done:
@@ -228,18 +229,22 @@ def _left_of_selector(path: JSONPath) -> JSONPath | None:
     return path.left if isinstance(path.right, Slice | Index | Wildcard | Filter) else None
 
 
-def _sent(paths: _Paths, body: Any, kept: int) -> int:
-    """How many items the page held, which offsets and pages count, whatever rest.records' filter or slice kept of
-    them (counting the kept ones asked for the same offsets again, and ended at a page the filter emptied)."""
-    found = [m.value for m in _container(paths).find(body)]
+def _picked_from(paths: _Paths, body: Any) -> list[Any]:
+    """What the place rest.records picks from (its `_container`) holds in `body`."""
+    return [m.value for m in _container(paths).find(body)]
+
+
+def _sent(found: list[Any], kept: int) -> int:
+    """How many items the page held (`found`: _picked_from), which offsets and pages count, whatever rest.records'
+    filter or slice kept of them (counting the kept ones asked for the same offsets again, and ended at a page the
+    filter emptied)."""
     return sum(len(v) for v in found) if found and all(isinstance(v, list) for v in found) else kept
 
 
-def _shape_problem(paths: _Paths, body: Any) -> str | None:
-    """Why a response without records looks wrong rather than empty, or None. Empty is the list (or object)
-    that rest.records picks from being there with nothing in it, e.g. `{"data": []}` for `$.data[*]`;
+def _shape_problem(paths: _Paths, body: Any, found: list[Any]) -> str | None:
+    """Why a response looks wrong rather than records or empty, or None (`found`: _picked_from). Empty is the list
+    (or object) that rest.records picks from being there with nothing in it, e.g. `{"data": []}` for `$.data[*]`;
     wrong is that place missing or holding a scalar, e.g. `{"error": "..."}`."""
-    found = [m.value for m in _container(paths).find(body)]
     if found and all(isinstance(v, list) for v in found):
         return None
     # An object there is records keyed by id ({"7": {...}}) when its values are objects; {"error": "quota exceeded"}

@@ -538,9 +538,10 @@ def read_text_folder(path: Path, encoding: str | None) -> Iterator[Raw]:
     for label_dir in labels:
         for file in files[label_dir]:
             found += 1
-            enc = encoding or _own_encoding(file) or shared
+            data = file.read_bytes()  # read once: its own encoding is told from the same bytes
+            enc = encoding or _own_encoding(data) or shared
             try:
-                text = file.read_text(encoding=enc)
+                text = data.decode(enc).replace("\r\n", "\n").replace("\r", "\n")  # as read_text's universal newlines
             except UnicodeDecodeError:
                 yield Raw(str(file), 1, None, bad_bytes_error(enc))
                 continue
@@ -555,7 +556,7 @@ def _folder_encoding(files: list[Path]) -> str:
     for file in files:
         with file.open("rb") as f:
             data = f.read(SNIFF_BYTES + 1)
-        if data.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+        if data.startswith(BOMS):
             continue  # says its own
         if len(sample) + len(data) > SNIFF_BYTES:
             if not sample:
@@ -565,13 +566,15 @@ def _folder_encoding(files: list[Path]) -> str:
     return guess_bytes_encoding(sample, cut)[0] if sample else "utf-8"
 
 
-def _own_encoding(file: Path) -> str | None:
-    """The encoding a file names by its byte-order mark, or proves by being valid UTF-8 with letters beyond ASCII
+BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")  # UTF-8's, UTF-16's (little and big endian)
+
+
+def _own_encoding(data: bytes) -> str | None:
+    """The encoding a file's bytes name by a byte-order mark, or prove by being valid UTF-8 with letters beyond ASCII
     (bytes that no 8-bit text makes by chance); None: the folder's."""
-    data = file.read_bytes()
-    if data.startswith(b"\xef\xbb\xbf"):
+    if data.startswith(BOMS[0]):
         return "utf-8-sig"
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+    if data.startswith(BOMS[1:]):
         return "utf-16"
     try:
         data.decode("utf-8")

@@ -174,7 +174,7 @@ def _one_token(tokenizer: Any, feature: dict[str, list[int]]) -> dict[str, list[
 
 
 def _cleaner(spec: CleanSpec | None) -> Any:
-    """The run's text cleaning (data/clean.py: pure string functions, no training code), or none."""
+    """The run's text cleaning (tasks/text.py: pure string functions, no training code), or none."""
     if spec is None:
         return lambda text: text
     from tunesmith.tasks.text import TextCleaner
