@@ -4,7 +4,9 @@ a KV cache shared within its size, seeded sampling, and the same OpenAI endpoint
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -13,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.export.test_gguf import build_bpe_llama
@@ -33,7 +36,8 @@ from tunesmith.training import train
 
 pytest.importorskip("llama_cpp")
 
-from tunesmith.inference.llama_generation import LlamaCppChatModel  # noqa: E402 - needs llama_cpp
+from tunesmith.inference.decode_queue import Request  # noqa: E402
+from tunesmith.inference.llama_generation import LlamaCppChatModel, _Row  # noqa: E402 - needs llama_cpp
 
 
 @pytest.fixture(scope="module")
@@ -239,6 +243,71 @@ def test_usage_counts_an_answer_through_its_stop_string_as_pytorch_does(runs: di
         streamed = list(reference.stream_text(prompt, max_new_tokens=24, stop=stop))[-1]
         assert (theirs.text, theirs.completion_tokens, theirs.finish_reason) == (ours.text, ours.completion_tokens, "stop")
         assert streamed.completion_tokens == ours.completion_tokens < whole.completion_tokens
+
+def test_a_whole_answer_is_the_text_as_generated_and_as_streamed(runs: dict[str, Path],
+                                                               engines: dict[str, LlamaCppChatModel]) -> None:
+    """Whole answers were stripped: a completion continuing a prompt mid-answer lost its leading space ("the" +
+    "food was great" read "thefood ...") and an answer cut at a stop string its trailing one, unlike the stream."""
+    engine, reference = engines["full"], ChatModel.from_run(runs["full"])
+    prompt = prompt_of(engine, 0)
+    [whole] = reference.generate_texts([prompt], max_new_tokens=24)
+    first, rest = whole.text.split(" ", 1)
+    stop = [rest.split()[1]]  # the third word: the answer ends in a space before it
+    for model in (engine, reference):
+        [cut] = model.generate_texts([prompt], max_new_tokens=24, stop=stop)
+        *pieces, last = model.stream_text(prompt, max_new_tokens=24, stop=stop)
+        assert cut.text == "".join(pieces) == last.text and cut.text.endswith(" ")
+        [continued] = model.generate_texts([prompt + first], max_new_tokens=24)
+        *pieces, last = model.stream_text(prompt + first, max_new_tokens=24)
+        assert continued.text == "".join(pieces) == last.text and continued.text.startswith(" " + rest.split()[0])
+    assert reference.generate([conversations()[0]], max_new_tokens=24)[0].text == whole.text.strip()  # a reply: trimmed
+
+
+def test_overlapping_stop_strings_cut_where_generation_first_completed_one(runs: dict[str, Path],
+                                                                           engines: dict[str, LlamaCppChatModel]) -> None:
+    """PyTorch's whole answer was cut at the first stop string listed that its full text held: "the " for stops
+    ["tea tastes wonderful", "tastes"], where generation (and its own stream, and llama.cpp) ended on "tastes"."""
+    engine, reference = engines["full"], ChatModel.from_run(runs["full"])
+    prompt = prompt_of(engine, 4)
+    assert reference.generate_texts([prompt], max_new_tokens=24)[0].text == "the tea tastes wonderful"
+    stop = ["tea tastes wonderful", "tastes"]
+    [theirs], [ours] = reference.generate_texts([prompt], max_new_tokens=24, stop=stop), \
+        engine.generate_texts([prompt], max_new_tokens=24, stop=stop)
+    streamed = list(reference.stream_text(prompt, max_new_tokens=24, stop=stop))[-1]
+    assert theirs.text == ours.text == streamed.text == "the tea " and theirs.completion_tokens == ours.completion_tokens
+
+
+def test_extreme_sampling_values_answer_and_leave_other_rows_alone(engines: dict[str, LlamaCppChatModel]) -> None:
+    """A top_p of 0.9999999999999999 (a cumulative sum ending a rounding error under it) drew past the vocabulary, and
+    a temperature of 1e-308 overflowed the logits to NaN: both failed every row decoding beside them."""
+    engine = engines["full"]
+    prompt = prompt_of(engine, 0)
+    [greedy] = engine.generate_texts([prompt], max_new_tokens=12)
+    assert engine.generate_texts([prompt], max_new_tokens=12, temperature=1e-308)[0].text == greedy.text
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        answers = engine.generate_texts([prompt, prompt], max_new_tokens=4, temperature=1.0, top_p=0.9999999999999999,
+                                        seed=int(rng.integers(1 << 30)))
+        assert len(answers) == 2
+    row = _Row(request=Request([1], 4, (), (1.0, 0.9999999999999999), 0, threading.Event(), None), seq=0, feed=[],
+               rng=np.random.default_rng(0))
+    for seed in range(200):  # logits whose sorted probabilities sum to just under 0.9999999999999999
+        logits = np.random.default_rng(seed).normal(size=50).astype(np.float32)
+        assert 0 <= LlamaCppChatModel._sample(logits, row) < 50
+
+
+def test_a_run_s_generation_config_extras_do_not_change_pytorch_s_answers(runs: dict[str, Path], tmp_path: Path) -> None:
+    """A base's repetition penalty or n-gram ban, saved with the run, applied to PyTorch's answers only (llama.cpp and
+    CTranslate2 never read it): `evaluate` scored answers the server never gives, and temperature 0 was not greedy."""
+    copy = tmp_path / "run"
+    shutil.copytree(runs["full"], copy)
+    config = copy / "model" / "generation_config.json"
+    kept = json.loads(config.read_text()) if config.exists() else {}
+    config.write_text(json.dumps({**kept, "repetition_penalty": 1.5, "no_repeat_ngram_size": 1}))
+    prompts = conversations()
+    plain = ChatModel.from_run(runs["full"]).generate(prompts, max_new_tokens=24)
+    assert ChatModel.from_run(copy).generate(prompts, max_new_tokens=24) == plain
+
 
 # -- served over HTTP -------------------------------------------------------------------------------------------
 

@@ -178,9 +178,14 @@ def test_auth(server: str) -> None:
     (b'{"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "temperature": 1, "seed": -1}', 400, "seed"),
     (b'{"model": "tiny-chat", "messages": [{"role": "user", "content": "hi \\udc00"}]}', 400, "messages.0.content"),
     (b'{"model": "tiny-chat", "prompt": ["ok", "\\ud83d"]}', 400, "prompt"),  # "item 1 holds ..."
+    # a bare text/plain 500: the 404 quoting the model could not be encoded, and a part's text of 5 failed the join
+    (b'{"model": "x\\ud800", "text": "hi"}', 400, "model"),
+    (b'{"model": "x\\ud800", "messages": [{"role": "user", "content": "hi"}]}', 400, "model"),
+    (b'{"model": "tiny-chat", "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}', 400,
+     "messages.0.content"),
 ])
 def test_bad_input_gets_the_right_4xx_in_openai_error_shape(server: str, body: bytes, status: int, param: str | None) -> None:
-    path = "/v1/predict" if b"tiny-chat" not in body else "/v1/chat/completions" if b"messages" in body else "/v1/completions"
+    path = "/v1/predict" if b"tiny-chat" not in body and b"messages" not in body else "/v1/chat/completions" if b"messages" in body else "/v1/completions"
     r = httpx.post(f"{server}{path}", content=body, headers={**auth(), "Content-Type": "application/json"})
     assert r.status_code == status
     error = r.json()["error"]
@@ -295,6 +300,32 @@ def test_metrics_label_requests_by_route_not_by_the_path_a_client_sends() -> Non
     assert 'tunesmith_requests_total{endpoint="/v1/models/{model_id:path}",status="404"} 3.0' in text
     assert 'tunesmith_requests_total{endpoint="unmatched",status="404"} 3.0' in text
     assert 'tunesmith_requests_total{endpoint="/v1/predict",status="413"} 1.0' in text  # refused before routing
+
+
+def test_an_unexpected_failure_answers_500_in_openai_s_shape_and_is_counted() -> None:
+    """A bug in a handler came back as Starlette's text/plain "Internal Server Error" and never reached /metrics."""
+    from tests.serve.test_service import FakeChat, served
+    from tunesmith.config import ServeSpec
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.service import Service
+
+    class Broken(FakeChat):
+        def count_tokens(self, text: str) -> int:
+            raise TypeError("a bug")
+
+    spec = ServeSpec()
+    app = create_app(Service([served("chat", Broken(), "bot")], spec), spec)
+
+    async def traffic() -> tuple[httpx.Response, str]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+                                     base_url="http://test") as c:
+            r = await c.post("/v1/completions", json={"model": "bot", "prompt": "hi"})
+            return r, (await c.get("/metrics")).text
+
+    r, text = asyncio.run(traffic())
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    assert r.json()["error"]["type"] == "server_error"
+    assert 'tunesmith_requests_total{endpoint="/v1/completions",status="500"} 1.0' in text
 
 
 def test_the_key_is_checked_before_the_body(tmp_path: Path) -> None:

@@ -496,7 +496,13 @@ def test_a_chat_template_that_refuses_the_messages_answers_400_naming_messages()
 @pytest.mark.parametrize("fields, param", [({"logprobs": True, "top_logprobs": 2}, "logprobs"),
                                            ({"response_format": {"type": "json_object"}}, "response_format"),
                                            ({"presence_penalty": 0.5}, "presence_penalty"),
-                                           ({"logit_bias": {"42": -100}}, "logit_bias")])
+                                           ({"logit_bias": {"42": -100}}, "logit_bias"),
+                                           # answered 200 as if never asked: function calling by its older names,
+                                           # a forced tool choice, audio answers
+                                           ({"functions": [{"name": "weather"}], "function_call": {"name": "weather"}},
+                                            "functions"),
+                                           ({"tool_choice": "required"}, "tool_choice"),
+                                           ({"modalities": ["text", "audio"], "audio": {"voice": "alloy"}}, "modalities")])
 def test_chat_fields_that_would_change_the_answer_unseen_are_refused_by_name(fields: dict, param: str) -> None:
     chat = FakeChat()
     service = Service([served("chat", chat, "bot")], ServeSpec())
@@ -505,7 +511,8 @@ def test_chat_fields_that_would_change_the_answer_unseen_are_refused_by_name(fie
     assert isinstance(err, ServiceError) and err.status == 400 and err.param == param and not chat.calls
     # what clients send as "not asked for" still answers
     fine = {"logprobs": False, "top_logprobs": None, "response_format": {"type": "text"}, "presence_penalty": 0,
-            "frequency_penalty": 0.0, "logit_bias": {}, "stream": None}
+            "frequency_penalty": 0.0, "logit_bias": {}, "stream": None, "tool_choice": "none", "functions": [],
+            "modalities": ["text"]}
     assert isinstance(run(service.generate(p.ChatCompletionRequest(model="bot", messages=messages, **fine))), p.ChatCompletion)
 
 
@@ -517,6 +524,28 @@ def test_completion_fields_not_supported_are_refused_by_name(fields: dict, param
     assert isinstance(err, ServiceError) and err.param == param
     assert isinstance(run(service.generate(p.CompletionRequest(model="bot", prompt="a", echo=False, best_of=1))),
                       p.Completion)
+
+
+def test_content_parts_other_than_text_are_refused_not_dropped() -> None:
+    """An image-only question was answered as an empty message; a part's non-string text failed with a bare 500."""
+    from pydantic import ValidationError
+
+    for part, says in [({"type": "image_url", "image_url": {"url": "https://x/y.png"}}, "type 'image_url'"),
+                       ({"type": "input_audio", "input_audio": {"data": "", "format": "wav"}}, "type 'input_audio'"),
+                       ({"type": "text", "text": 5}, "'text' must be a string, not int"),
+                       ({"type": "text", "text": None}, "not NoneType")]:
+        with pytest.raises(ValidationError) as err:
+            p.ChatMessage(role="user", content=[{"type": "text", "text": "look:"}, part])
+        assert err.value.errors()[0]["loc"] == ("content",) and "part 1" in str(err.value) and says in str(err.value)
+    assert p.ChatMessage(role="user", content=[{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]).text() == "ab"
+
+
+def test_a_completion_without_max_tokens_takes_the_server_s_cap_when_it_is_under_16() -> None:
+    """OpenAI's default of 16 was refused as over a --max-tokens 8 server's limit, naming a field never sent."""
+    chat = FakeChat()
+    service = Service([served("chat", chat, "bot")], ServeSpec(max_tokens=8))
+    assert isinstance(run(service.generate(p.CompletionRequest(model="bot", prompt="hello"))), p.Completion)
+    assert chat.calls[-1][1]["max_new_tokens"] == 8
 
 
 def test_a_limit_error_names_the_field_the_client_sent() -> None:

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunesmith.inference.generation import Completion, Prompting
+from tunesmith.inference.generation import Completion, Prompting, greedy
 
 
 @dataclass
@@ -117,7 +117,7 @@ class QueuedChatModel(Prompting):
         room = self.context - len(ids) if self.context else max_new_tokens  # never past the model's context
         if room < 1:
             raise ValueError(f"a prompt of {len(ids)} tokens leaves no room to answer in the model's context of {self.context}")
-        sampling = (float(temperature), float(top_p)) if temperature > 0 else (0.0, 1.0)
+        sampling = (float(temperature), float(top_p)) if not greedy(temperature) else (0.0, 1.0)
         return Request(ids, min(max_new_tokens, room), tuple(s for s in stop if s), sampling, seed, cancel or threading.Event(),
                        pieces)
 
@@ -176,10 +176,9 @@ class QueuedChatModel(Prompting):
         reason = "stop" if r.ended or r.cut else "length"
         if r.pieces is not None:
             self._send(r, final=True)
-            r.result = Completion(r.text, len(r.ids), len(r.tokens) + r.ended, reason)
+        r.result = Completion(r.text, len(r.ids), len(r.tokens) + r.ended, reason)  # as generated, as streamed
+        if r.pieces is not None:
             r.pieces.put(r.result)
-        else:  # as ChatModel.generate_texts: a whole answer without surrounding whitespace
-            r.result = Completion(r.text.strip(), len(r.ids), len(r.tokens) + r.ended, reason)
         r.done.set()
 
     def _fail(self, r: Request, err: BaseException) -> None:

@@ -7,6 +7,7 @@ off), so a comparison never loads the base twice.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections.abc import Iterator, Sequence
@@ -33,6 +34,13 @@ def _stopped_by(events: Sequence[threading.Event]) -> Any:
             return torch.tensor([e.is_set() for e in events], dtype=torch.bool, device=input_ids.device)
 
     return Cancelled()
+
+
+GREEDY_BELOW = 1e-5  # a temperature under this samples as greedy: logits divided by 1e-308 overflow to inf (NaN draws)
+
+
+def greedy(temperature: float) -> bool:
+    return temperature < GREEDY_BELOW
 
 
 @dataclass
@@ -70,8 +78,10 @@ class Prompting:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def generate(self, conversations: Sequence[Conversation], **kwargs: Any) -> list[Completion]:
-        """Answer each conversation (the next assistant turn). Greedy at temperature 0."""
-        return self.generate_texts([self.prompt_text(c) for c in conversations], **kwargs)
+        """Answer each conversation (the next assistant turn), as a reply without surrounding whitespace. Greedy at
+        temperature 0. `generate_texts` keeps the text as generated (what a completion or a stream is)."""
+        done = self.generate_texts([self.prompt_text(c) for c in conversations], **kwargs)
+        return [dataclasses.replace(c, text=c.text.strip()) for c in done]
 
     def generate_texts(self, prompts: Sequence[str], **kwargs: Any) -> list[Completion]:
         raise NotImplementedError
@@ -86,13 +96,26 @@ _GENERATOR = threading.Lock()
 def _drawing(temperature: float, seed: int | None) -> Iterator[None]:
     """Hold the process's random generator for a sampled generate call (seeded first where asked); greedy calls
     draw nothing and run beside anything."""
-    if temperature <= 0:
+    if greedy(temperature):
         yield
         return
     with _GENERATOR:
         if seed is not None:
             torch.manual_seed(seed)
         yield
+
+
+def _plain_decoding(model: Any) -> None:
+    """Decode with the request's settings alone. A run keeps its base's generation_config.json, which may carry a
+    repetition penalty, n-gram bans or min_p that the llama.cpp and CTranslate2 engines never apply: `evaluate` and
+    `--chat-engine transformers` gave answers the server does not, and temperature 0 was not greedy. generate fills
+    whatever a call leaves unset from the model's config, so it is the model's config that is made plain."""
+    from transformers import GenerationConfig
+
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kept = inner.generation_config
+    inner.generation_config = GenerationConfig(bos_token_id=kept.bos_token_id, eos_token_id=kept.eos_token_id,
+                                               pad_token_id=kept.pad_token_id)
 
 
 class ChatModel(Prompting):
@@ -103,6 +126,7 @@ class ChatModel(Prompting):
         self.name = name
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
+        _plain_decoding(model)
 
     @classmethod
     def from_run(cls, path: str | Path | Run, **load: Any) -> ChatModel:
@@ -148,7 +172,7 @@ class ChatModel(Prompting):
 
 
     def _sampling(self, temperature: float, top_p: float) -> dict[str, Any]:
-        if temperature > 0:  # top_k 0: the whole distribution, as OpenAI, CTranslate2 and llama.cpp sample (not transformers' 50)
+        if not greedy(temperature):  # top_k 0: the whole distribution, as OpenAI, CTranslate2 and llama.cpp sample
             return {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
         return {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
 
@@ -201,7 +225,7 @@ class ChatModel(Prompting):
         encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
         out: list[Completion | None] = [None] * len(encoded)
-        seeded = seed is not None and temperature > 0
+        seeded = seed is not None and not greedy(temperature)
         if seeded:
             # A seeded answer is the one the prompt gets alone: rows of one batch drew from one random stream (and
             # were left-padded together), so the same request answered differently beside others (19 of 20).
@@ -228,11 +252,13 @@ class ChatModel(Prompting):
                 text = tok.decode(tokens, skip_special_tokens=True)
                 reason = "stop" if ended is not None else "length"
                 count = len(tokens) + (ended is not None)
-                for s in stop:
-                    if s and s in text:
-                        text, reason = text[: text.index(s)], "stop"
-                        count = self._through_stop(tokens, stop)
-                out[i] = Completion(text.strip(), len(encoded[i]), count, reason)
+                if any(s and s in text for s in stop):
+                    # cut where generation first completed a stop string, as a stream is: the whole text runs on past
+                    # it, and a longer stop string starting earlier ("tea tastes wonderful" before "tastes") ends later
+                    count, reason = self._through_stop(tokens, stop), "stop"
+                    text = tok.decode(tokens[:count], skip_special_tokens=True)
+                    text = text[: min(text.index(s) for s in stop if s and s in text)]
+                out[i] = Completion(text, len(encoded[i]), count, reason)
         return [c for c in out if c is not None]
 
     def stream_text(self, prompt: str, *, max_new_tokens: int = 256, temperature: float = 0.0, top_p: float = 1.0,
@@ -308,7 +334,8 @@ class ChatModel(Prompting):
             ids = torch.tensor([e["input_ids"] + [tok.pad_token_id] * (width - len(e["input_ids"])) for e in batch])
             attention = torch.tensor([[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in batch])
             scored = torch.tensor([e["assistant_masks"] + [0] * (width - len(e["input_ids"])) for e in batch]).bool()
-            logits = self.model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
+            # the last `width` positions: a prompt-tuning run's logits start with its virtual tokens'
+            logits = self.model(input_ids=ids, attention_mask=attention).logits[:, -width:-1].float()
             target, keep = ids[:, 1:], scored[:, 1:]
             logp = -torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
             hits = logits.argmax(-1) == target

@@ -221,8 +221,8 @@ class LlamaCppChatModel(QueuedChatModel):
             raise RuntimeError(f"llama.cpp could not decode a step of {n} tokens (llama_decode returned {code})")
         for row, i in due:
             logits = np.ctypeslib.as_array(self.lc.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
-            token = self._sample(logits, row)
             try:
+                token = self._sample(logits, row)
                 ended = self._on_token(row.request, token, last=False)
             except BaseException as err:  # noqa: BLE001 - a failing row ends alone
                 self._fail(row.request, err)
@@ -249,7 +249,9 @@ class LlamaCppChatModel(QueuedChatModel):
         probs /= probs.sum()
         if top_p < 1.0:
             order = np.argsort(-probs)
-            keep = int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1  # the smallest set reaching top_p
+            # the smallest set reaching top_p; at most all of them: a cumulative sum ending a rounding error under a
+            # top_p of 0.9999999999999999 placed it past the end
+            keep = min(int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1, len(order))
             kept = order[:keep]
             return int(kept[row.rng.choice(keep, p=probs[kept] / probs[kept].sum())])
         return int(row.rng.choice(len(probs), p=probs))

@@ -67,7 +67,7 @@ class ErrorResponse(BaseModel):
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = None  # None: the only classification/regression model served
+    model: Text | None = None  # None: the only classification/regression model served
     text: Text | None = None  # one text ...
     texts: list[Text] | None = None  # ... or a batch
     user: str | None = Field(None, max_length=256)  # the end user (OpenAI's `user`): feedback and A/B assignment key on it
@@ -99,16 +99,24 @@ class ChatMessage(BaseModel):
 
     @field_validator("content")
     @classmethod
-    def _parts_encodable(cls, content: Any) -> Any:
+    def _text_parts(cls, content: Any) -> Any:
+        """Content parts are text parts: an image or audio part dropped would answer a question that was not asked."""
         if isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
+            for i, part in enumerate(content):
+                kind = part.get("type")
+                if kind != "text":
+                    raise ValueError(f"part {i} is of type {kind!r}; these models read text only (type 'text')")
+                if not isinstance(part.get("text"), str):
+                    raise ValueError(f"part {i}: 'text' must be a string, not {type(part.get('text')).__name__}")
+                try:
                     _encodable(part["text"])
+                except ValueError as err:
+                    raise ValueError(f"part {i}: {err}") from None
         return content
 
     def text(self) -> str:
-        if isinstance(self.content, list):  # content parts: only text parts carry meaning here
-            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+        if isinstance(self.content, list):  # content parts, each a text part (checked above)
+            return "".join(p["text"] for p in self.content)
         return self.content or ""
 
 
@@ -149,19 +157,27 @@ class SamplingParams(BaseModel):
 
 
 class ChatCompletionRequest(SamplingParams):
-    model: str
+    model: Text  # quoted back in a 404: a lone surrogate failed that answer with a bare 500
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool | None = None
     top_logprobs: int | None = None
     response_format: dict[str, Any] | None = None  # {"type": "text"} is what every answer is
+    # function calling by its older names and its choice (`tools` itself has its own message), and audio answers
+    functions: list[Any] | None = None
+    function_call: Any = None
+    tool_choice: Any = None
+    modalities: list[str] | None = None
+    audio: dict[str, Any] | None = None
 
     _no_ops = {"logprobs": (None, False), "top_logprobs": (None, 0),
-               "response_format": (None, {"type": "text"})}
+               "response_format": (None, {"type": "text"}), "functions": (None, []),
+               "function_call": (None, "none"), "tool_choice": (None, "none"), "modalities": (None, ["text"]),
+               "audio": (None,)}
 
 
 class CompletionRequest(SamplingParams):
-    model: str
+    model: Text
     prompt: Texts
     logprobs: int | None = None
     echo: bool | None = None

@@ -502,7 +502,7 @@ class Service:
             if len(prompts) > most:  # else a 503 "retry after" on an idle server, for ever
                 return ServiceError(413, f"{len(prompts)} prompts in one request; the limit is {most}", param="prompt",
                                     code="batch_too_large")
-            max_tokens = req.max_tokens or 16  # OpenAI's default for completions
+            max_tokens = req.max_tokens or min(16, self.spec.max_tokens)  # OpenAI's default, within this server's cap
         counts = [model.engine.count_tokens(x) for x in prompts]
         params = self._params(req, model, max(counts), max_tokens)
         if isinstance(params, ServiceError):
