@@ -92,6 +92,27 @@ def test_only_weighted_assistant_answers_and_their_end_of_turn_carry_loss(tiny_l
     assert sum(chat.encode(tok, messages)["assistant_masks"]) == sum(enc["assistant_masks"]) + 3  # "terrible coffee" + end
 
 
+@pytest.mark.parametrize("default_system", [False, True])
+def test_a_conversation_that_opens_with_the_assistant_trains_only_its_answers(tiny_llama: Path,
+                                                                               default_system: bool) -> None:
+    # The opening answer's span started at the conversation's first character: the template's assistant header,
+    # and a default system prompt a template adds (SmolLM2's, Qwen's), were trained as if the model had said them.
+    tok = tokenizer_of(tiny_llama)
+    if default_system:  # SmolLM2's template: a system prompt of its own when the conversation brings none
+        tok.chat_template = ("{% for m in messages %}{% if loop.first and m['role'] != 'system' %}"
+                             "<|im_start|>system\nyou are friendly<|im_end|>\n{% endif %}"
+                             "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    messages = [{"role": "assistant", "content": "hello how are you today?"}, {"role": "user", "content": "i am fine"},
+                {"role": "assistant", "content": "great"}]
+    enc = chat.encode(tok, messages)
+    trained = [t for t, m in zip(enc["input_ids"], enc["assistant_masks"], strict=True) if m]
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    expected = [*tok("hello how are you today?", add_special_tokens=False)["input_ids"], end,
+                *tok("great", add_special_tokens=False)["input_ids"], end]
+    assert trained == expected
+
+
 def test_stop_tokens_include_the_end_of_turn_token(tiny_llama: Path) -> None:
     tok = tokenizer_of(tiny_llama)
     assert chat.stop_token_ids(tok) == [tok.convert_tokens_to_ids("<|im_end|>")]

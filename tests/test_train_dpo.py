@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import pytest
 
 from tests.test_train_chat import QA, chat_project
-from tunesmith.artifacts import Run
+from tunesmith.artifacts import STEP_METRICS, Run
 from tunesmith.config import parse_config
+from tunesmith.errors import ConfigError
 from tunesmith.inference.generation import ChatModel
 from tunesmith.training import train
 
@@ -71,6 +73,16 @@ def test_dpo_from_the_base_model_prefers_the_chosen_answers(tmp_path: Path, tiny
     assert result["base_model"]["preference_accuracy"] < result["metrics"]["preference_accuracy"]
 
 
+def test_dpo_writes_openai_step_metrics(tmp_path: Path, tiny_llama: Path) -> None:
+    # DPO runs wrote no step_metrics.csv, so an OpenAI DPO job's result file was a header without a row.
+    run_dir = train(dpo_project(tmp_path, tiny_llama, {"epochs": 1, "max_steps": 4}))
+    with (run_dir / STEP_METRICS).open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) >= 2 and int(rows[-1]["step"]) == 4  # a row each time the Trainer logged
+    assert all(float(r["train_loss"]) > 0 and float(r["valid_loss"]) > 0 for r in rows)
+    assert all(0 <= float(r["train_mean_token_accuracy"]) <= 1 for r in rows)  # on the chosen answers
+
+
 def test_dpo_continues_from_an_sft_run(tmp_path: Path, tiny_llama: Path) -> None:
     sft = train(chat_project(tmp_path / "sft", tiny_llama, {"epochs": 2}))
     run_dir = train(dpo_project(tmp_path / "dpo", sft, {"epochs": 1}))
@@ -80,11 +92,17 @@ def test_dpo_continues_from_an_sft_run(tmp_path: Path, tiny_llama: Path) -> None
     assert answer.finish_reason == "stop"
 
 
+def test_a_prompt_tuning_run_is_refused_as_the_starting_model(tmp_path: Path, tiny_llama: Path) -> None:
+    # Its virtual tokens cannot be merged into the weights: DPO from it died in merge_and_unload with an AttributeError.
+    pt = train(chat_project(tmp_path / "pt", tiny_llama, {"method": "prompt_tuning", "epochs": 1, "max_steps": 1}, n=20))
+    with pytest.raises(ConfigError, match=r"model.name .*: a prompt-tuning run cannot be trained on from"):
+        train(dpo_project(tmp_path / "dpo", pt, {"epochs": 1}))
+
+
 def test_preference_run_needs_a_causal_lm(tmp_path: Path, tiny_bert: Path) -> None:
     import shutil
 
     from tests.tiny_models import build_tokenizer
-    from tunesmith.errors import ConfigError
 
     encoder = shutil.copytree(tiny_bert, tmp_path / "bert")
     build_tokenizer(encoder, chat=True)  # a chat template, so only the architecture is wrong

@@ -390,6 +390,43 @@ def test_sharegpt_json(tmp_path, make_config, tiny_chat_tokenizer):
     assert got[4][0] == {"role": "system", "content": "Answer like an atlas."}
 
 
+def test_sharegpt_keeps_a_turn_s_weight_and_refuses_keys_it_does_not_know(tmp_path, make_config, tiny_chat_tokenizer):
+    # OpenAI-shaped turns (role/content) were rebuilt without their weight, so a weight-0 draft answer was trained.
+    records = [{"conversations": [{"role": "user", "content": f"Which city is the capital of {country}?"},
+                                  {"role": "assistant", "content": "Let me think.", "weight": 0},
+                                  {"from": "human", "value": "And?", "weight": None},
+                                  {"from": "gpt", "value": capital, "weight": 1}]} for country, capital in CAPITALS]
+    records[1]["conversations"][1]["tool_calls"] = []  # nothing in tunesmith reads it: refused, not dropped
+    records[2]["conversations"][1]["weight"] = 2
+    path = write_jsonl(tmp_path / "sharegpt.jsonl", records)
+    version = run(make_config, [{"path": str(path), "kind": "sharegpt"}], task={"type": "chat"}, model=tiny_chat_tokenizer)
+    accounted(version, 10)
+    weights = {r["line"]: [m["weight"] for m in r["messages"]] for r in kept_rows(version)}
+    assert weights[1] == [None, 0, None, 1]
+    rejected = {q["line"]: (q["field"], q["reason"]) for q in version.quarantine()}
+    assert rejected[2][0] == "conversations.1" and "['tool_calls']" in rejected[2][1]
+    assert rejected[3] == ("conversations.1.weight", "weight must be 0 or 1, got 2")
+
+
+def test_errors_in_converted_formats_name_the_fields_of_the_source(tmp_path, make_config, tiny_chat_tokenizer):
+    # They named the converted messages: an Alpaca row with an empty output read `messages.1.content`.
+    alpaca = [{"instruction": f"Give the capital of {country}.", "output": capital} for country, capital in CAPITALS]
+    alpaca[0]["output"] = " "
+    sharegpt = [{"conversations": [{"from": "human", "value": f"Capital of {country}?"}, {"from": "gpt", "value": capital}]}
+                for country, capital in CAPITALS]
+    sharegpt[0]["conversations"][1]["from"] = "observation"
+    del sharegpt[1]["conversations"][1]["value"]
+    sharegpt[2]["system"] = 3
+    sharegpt[3]["conversations"][1]["from"] = "human"
+    sources = [{"path": str(write_json(tmp_path / "alpaca.json", alpaca)), "kind": "alpaca"},
+               {"path": str(write_jsonl(tmp_path / "sharegpt.jsonl", sharegpt)), "kind": "sharegpt"}]
+    version = run(make_config, sources, task={"type": "chat"}, model=tiny_chat_tokenizer)
+    fields = {(Path(q["source"]).name, q["line"]): q["field"] for q in version.quarantine()}
+    assert fields == {("alpaca.json", 1): "output", ("sharegpt.jsonl", 1): "conversations.1.from",
+                      ("sharegpt.jsonl", 2): "conversations.1.value", ("sharegpt.jsonl", 3): "system",
+                      ("sharegpt.jsonl", 4): "conversations"}  # no answer to learn from
+
+
 def test_prompt_completion_jsonl(tmp_path, make_config, tiny_chat_tokenizer):
     records = [{"prompt": f"Capital of {country}:", "completion": f" {capital}"} for country, capital in CAPITALS]
     path = write_jsonl(tmp_path / "pc.jsonl", records)

@@ -50,36 +50,68 @@ def _required_text(record: dict[str, Any], key: str) -> str:
     return value
 
 
+class Converted(list):  # type: ignore[type-arg]
+    """Messages converted from another format, with the source record's name for each message and its fields
+    (`origins[i]`: "" for the message, then role, content, weight), so that validation names the field the user
+    wrote (`output`, `conversations.1.from`), not the converted one (`messages.1.content`)."""
+
+    def __init__(self, messages: list[dict[str, Any]], origins: list[dict[str, str]], field: str) -> None:
+        super().__init__(messages)
+        self.origins = origins
+        self.field = field  # the whole conversation, as the source record names it
+
+
+def _names(where: str) -> dict[str, str]:
+    return {"": where, **{key: f"{where}.{key}" for key in ("role", "content", "weight")}}
+
+
+def _whole(key: str) -> dict[str, str]:
+    """A message made from one field of the record (Alpaca's `output`): each of its fields is that field."""
+    return dict.fromkeys(("", "role", "content", "weight"), key)
+
+
 def _alpaca(record: dict[str, Any]) -> list[dict[str, Any]]:
     instruction = _required_text(record, "instruction")
     extra = record.get("input") or ""
     if not isinstance(extra, str):
         raise ChatFormatError("input", f"must be text, got {type(extra).__name__}")
     prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    messages = [{"role": "system", "content": record["system"]}] if record.get("system") else []
-    return [*messages, {"role": "user", "content": prompt},
-            {"role": "assistant", "content": _required_text(record, "output")}]
+    system = [{"role": "system", "content": record["system"]}] if record.get("system") else []
+    messages = [*system, {"role": "user", "content": prompt},
+                {"role": "assistant", "content": _required_text(record, "output")}]
+    keys = (["system"] if system else []) + ["instruction", "output"]
+    return Converted(messages, [_whole(k) for k in keys], "output")
 
 
 def _sharegpt(record: dict[str, Any]) -> list[dict[str, Any]]:
-    turns = record.get("conversations", record.get("messages"))
+    key = "conversations" if "conversations" in record else "messages"
+    turns = record.get(key)
     if not isinstance(turns, list):
         raise ChatFormatError("conversations", "missing or not a list of {from, value} turns")
-    messages = []
+    messages, origins = [], []
     for i, turn in enumerate(turns):
+        where = f"{key}.{i}"
         if not isinstance(turn, dict):
-            raise ChatFormatError(f"conversations.{i}", "each turn must be an object")
-        speaker = turn.get("from", turn.get("role"))
+            raise ChatFormatError(where, "each turn must be an object")
+        speaker_key = "from" if "from" in turn or "role" not in turn else "role"
+        text_key = "value" if "value" in turn or ("content" not in turn and speaker_key == "from") else "content"
+        speaker = turn.get(speaker_key)
         role = _SHAREGPT_ROLES.get(str(speaker).lower(), str(speaker))
-        messages.append({"role": role, "content": turn.get("value", turn.get("content"))})
+        # The turn's other keys go on to validation as they are: weight is checked as OpenAI's (a weight-0 answer is
+        # context, not a target) and a key nothing reads is refused, not dropped.
+        extra = {k: v for k, v in turn.items() if k not in ("from", "value", "role", "content")}
+        messages.append({"role": role, "content": turn.get(text_key), **extra})
+        origins.append({**_names(where), "role": f"{where}.{speaker_key}", "content": f"{where}.{text_key}"})
     if record.get("system"):
         messages.insert(0, {"role": "system", "content": record["system"]})
-    return messages
+        origins.insert(0, _whole("system"))
+    return Converted(messages, origins, key)
 
 
 def _prompt_completion(record: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": _required_text(record, "prompt")},
-            {"role": "assistant", "content": _required_text(record, "completion")}]
+    return Converted([{"role": "user", "content": _required_text(record, "prompt")},
+                      {"role": "assistant", "content": _required_text(record, "completion")}],
+                     [_whole("prompt"), _whole("completion")], "completion")
 
 
 def text_parts(content: Any, where: str) -> Any:
@@ -106,31 +138,33 @@ def validate_messages(value: Any, field: str = "messages", require_assistant: bo
     """
     if not isinstance(value, list):
         raise ChatFormatError(field, f"must be a list of messages, got {type(value).__name__}")
+    converted = isinstance(value, Converted)
+    field = value.field if converted else field
     if not value:
         raise ChatFormatError(field, "is empty")
     out = []
     for i, msg in enumerate(value):
-        where = f"{field}.{i}"
+        names = value.origins[i] if converted else _names(f"{field}.{i}")
         if not isinstance(msg, dict):
-            raise ChatFormatError(where, "each message must be an object with role and content")
+            raise ChatFormatError(names[""], "each message must be an object with role and content")
         unknown = sorted(set(msg) - {"role", "content", "weight", "name"})
         if unknown:
-            raise ChatFormatError(where, f"unrecognized key(s) {unknown}")
+            raise ChatFormatError(names[""], f"unrecognized key(s) {unknown}")
         role = msg.get("role")
         if role not in ROLES:
-            raise ChatFormatError(f"{where}.role", f"unknown role {role!r}; expected one of {list(ROLES)}")
-        content = text_parts(msg.get("content"), f"{where}.content")
+            raise ChatFormatError(names["role"], f"unknown role {role!r}; expected one of {list(ROLES)}")
+        content = text_parts(msg.get("content"), names["content"])
         if not isinstance(content, str):
             got = "missing" if content is None else f"{type(content).__name__}, not text"
-            raise ChatFormatError(f"{where}.content", f"content is {got}")
+            raise ChatFormatError(names["content"], f"content is {got}")
         if not content.strip():
-            raise ChatFormatError(f"{where}.content", "content is empty")
+            raise ChatFormatError(names["content"], "content is empty")
         weight = msg.get("weight")
         if weight is not None:
             if role != "assistant":
-                raise ChatFormatError(f"{where}.weight", "weight is only allowed on assistant messages")
+                raise ChatFormatError(names["weight"], "weight is only allowed on assistant messages")
             if weight not in (0, 1) or isinstance(weight, bool):
-                raise ChatFormatError(f"{where}.weight", f"weight must be 0 or 1, got {weight!r}")
+                raise ChatFormatError(names["weight"], f"weight must be 0 or 1, got {weight!r}")
             weight = int(weight)
         out.append({"role": role, "content": content, "weight": weight})
     if require_assistant and not any(m["role"] == "assistant" and m["weight"] != 0 for m in out):

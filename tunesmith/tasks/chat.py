@@ -52,7 +52,7 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[str
     for i, message in enumerate(messages):
         if message["role"] != "assistant" or message.get("weight") == 0:
             continue
-        before = render(tokenizer, messages[:i], generation_prompt=True) if i else ""
+        before = render(tokenizer, messages[:i], generation_prompt=True) if i else _opening_answer_header(tokenizer)
         through = render(tokenizer, messages[: i + 1]).rstrip()
         if not (text.startswith(before) and text.startswith(through) and len(through) > len(before)):
             raise ConfigError("the chat template renders a conversation differently from its beginnings "
@@ -60,6 +60,22 @@ def assistant_spans(tokenizer: Any, messages: list[dict[str, Any]]) -> tuple[str
                               "set model.chat_template to a template that appends turns")
         spans.append((len(before), len(through)))
     return text, spans
+
+
+# A stand-in answer: what a template renders before it is the opening assistant turn's header (no text of its own).
+_ANSWER_MARK = "tunesmith-answer-mark-7f3a"
+
+
+def _opening_answer_header(tokenizer: Any) -> str:
+    """What a template renders before the answer of a conversation that opens with the assistant: its header, and
+    any default system prompt the template adds (SmolLM2's and Qwen's do). None of it is the answer, so none of it is
+    trained. transformers refuses to render an empty conversation, so the turn is rendered with a marker for its text
+    and cut where the marker begins."""
+    text = render(tokenizer, [{"role": "assistant", "content": _ANSWER_MARK}])
+    if _ANSWER_MARK not in text:
+        raise ConfigError("the chat template does not render an assistant message's text as given, so answer "
+                          "boundaries cannot be found; set model.chat_template to a template that writes content as is")
+    return text[:text.index(_ANSWER_MARK)]
 
 
 def encode(tokenizer: Any, messages: list[dict[str, Any]]) -> dict[str, list[int]]:

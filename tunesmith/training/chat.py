@@ -60,6 +60,11 @@ def starting_model(name: str) -> tuple[Any, Any, Path]:
         if run.manifest.task != TaskType.chat.value:
             raise ConfigError(f"model.name {name}: a {run.manifest.task} run; DPO continues from a chat (SFT) run "
                               "or a base causal LM")
+        if run.manifest.adapter and run.manifest.method == "prompt_tuning":
+            raise ConfigError(f"model.name {name}: a prompt-tuning run cannot be trained on from: its virtual tokens "
+                              "are inputs, not weights, so they cannot be merged into the model that training "
+                              f"continues from; start from its base model ({run.manifest.base_model}) or from a "
+                              "chat run trained with method lora, dora, ia3 or full")
         loaded = loading.load_run(run, merge=True)
         return loaded.model, loaded.tokenizer, run.path
     model_dir = resolve_model_dir(name)
@@ -337,6 +342,8 @@ def _dpo_trainer(cfg: ProjectConfig, version: DatasetVersion, model: Any, tokeni
         metric_for_best_model="loss", greater_is_better=False, beta=cfg.train.dpo_beta, max_length=max_length,
     )
     # With an adapter the reference is the same weights with the adapter switched off: no second copy.
+    # DPO logs the same loss and mean_token_accuracy names as SFT (its accuracy on the chosen answers).
     trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                         processing_class=tokenizer, callbacks=standard_callbacks(cfg, callbacks))
+                         processing_class=tokenizer,
+                         callbacks=[*standard_callbacks(cfg), _openai_metrics_writer(run_dir), *callbacks])
     return trainer, plan
