@@ -139,7 +139,7 @@ def test_generative_tasks_default_to_lora_with_chat_learning_rates() -> None:
     assert cls.train.method == "full" and cls.train.lr(cls.task.type) == 5e-5
     dpo = parse_config({"name": "x", "task": {"type": "preference"}, "data": {"sources": [{"path": "a.jsonl"}]}})
     assert dpo.model.name == "smollm2-135m" and dpo.train.lr(dpo.task.type) == 5e-5
-    with pytest.raises(ConfigError, match="train.method 'head' needs a classification head"):
+    with pytest.raises(ConfigError, match="train.method: 'head' needs a classification head"):
         parse_config({"name": "x", "task": {"type": "chat"}, "data": {"sources": [{"path": "a.jsonl"}]},
                       "train": {"method": "head"}})
 
@@ -258,6 +258,85 @@ def test_unreadable_files_are_config_errors(tmp_path: Path, text: bytes, expecte
     path.write_bytes(text)
     with pytest.raises(ConfigError, match=expected):
         load_config(path)
+
+
+def test_override_values_keep_the_text_yaml_would_lose(tmp_path: Path) -> None:
+    """--set values are YAML, which read `|` as an empty block scalar, `#` as a comment (None) and cut
+    `Food reviews #2 batch` at its `#`: the separator '' then rejected every multi-label row at preparation."""
+    path = _write(tmp_path, "name: x\ntask:\n  type: multi_label_classification\ndata:\n  sources: [{path: a.csv}]\n")
+    cfg = load_config(path, ["task.label_separator=|", "task.description=Food reviews #2 batch", "task.id=#",
+                             "data.sources.0.delimiter=|", "data.split.seed=7"])
+    assert (cfg.task.label_separator, cfg.task.description, cfg.task.id) == ("|", "Food reviews #2 batch", "#")
+    assert cfg.data.sources[0].delimiter == "|" and cfg.data.split.seed == 7
+    # written null and quoted values keep their YAML meaning
+    cfg = load_config(path, ["task.id=~", "task.description='#'", 'task.label_separator="; "'])
+    assert (cfg.task.id, cfg.task.description, cfg.task.label_separator) == (None, "#", "; ")
+    assert load_config(path, ["task.id=sku", "task.id=null"]).task.id is None
+    with pytest.raises(ConfigError, match=r"--set task.label_separator='': task.label_separator: must be at least one "):
+        load_config(path, ["task.label_separator=''"])
+
+
+def test_task_wide_checks_name_the_fields_line_or_its_override(tmp_path: Path) -> None:
+    """Checks that look at the task and another section were reported at "cfg.yaml:1: (top level)", even for
+    a value a --set gave."""
+    chat = "name: x\ntask:\n  type: chat\ndata:\n  sources:\n    - path: a.jsonl\n"
+    head = "'head' needs a classification head; chat tasks train the language model itself"
+    path = _write(tmp_path, chat + "train:\n  epochs: 2\n  method: head\n")
+    with pytest.raises(ConfigError, match=rf"\n  {path}:9: train.method: {head}"):
+        load_config(path)
+    path = _write(tmp_path, chat)
+    with pytest.raises(ConfigError, match=rf"\n  --set train.method=head: train.method: {head}"):
+        load_config(path, ["train.method=head"])
+    path = _write(tmp_path, "name: x\ntask:\n  type: regression\ndata:\n  sources:\n    - path: a.csv\n"
+                            "  dedup:\n    conflicts: majority\n")
+    with pytest.raises(ConfigError, match=rf"\n  {path}:8: data.dedup.conflicts: 'majority' does not apply to regression"):
+        load_config(path)
+
+
+def test_a_value_no_branch_of_a_union_takes_is_one_problem_at_the_field(tmp_path: Path) -> None:
+    """`n_epochs: many` was 2 problems, at `n_epochs.int` and `n_epochs.literal['auto']` (pydantic's union branches)."""
+    path = _write(tmp_path, "name: x\ndata:\n  sources:\n    - path: a.csv\ntrain:\n  hyperparameters:\n"
+                            "    n_epochs: many\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value).splitlines() == [f"{path}: invalid configuration (1 problem)",
+                                         f"  {path}:7: train.hyperparameters.n_epochs: Input should be an integer or "
+                                         "'auto' (got 'many')"]
+    rest = {"path": "a", "kind": "rest", "rest": {"url": "https://x.org/api", "params": {"int": [1]}}}
+    with pytest.raises(ConfigError, match=r"\(1 problem\)\n  <config>: data.sources.0.rest.params.int: Input should be "
+                                          r"a string, an integer or a number \(got \[1\]\)$"):
+        parse_config({"name": "x", "data": {"sources": [rest]}})  # a key named like a branch is the user's own
+
+
+def test_paths_under_the_home_folder_are_not_read_from_the_configs_folder(tmp_path: Path, monkeypatch) -> None:
+    """`~/models/m` became <config folder>/~/models/m (model.name, data.sources[].path, train.init_from, chat_template)."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    path = _write(tmp_path, "name: x\ntask: {type: chat}\ndata:\n  sources: [{path: ~/data/a.jsonl}]\n"
+                            "model:\n  name: ~/models/m\n  chat_template: ~/t.jinja\n")
+    cfg = load_config(path)
+    assert cfg.model.name == str(home / "models" / "m") and cfg.model.chat_template == str(home / "t.jinja")
+    assert cfg.data.sources[0].path == home / "data" / "a.jsonl"
+    path = _write(tmp_path, "name: x\ndata:\n  sources: [{path: a.csv}]\ntrain:\n  init_from: ~/runs/r\n")
+    assert load_config(path).train.init_from == home / "runs" / "r"
+
+
+def test_every_accepted_scheduler_builds_as_the_trainer_builds_it() -> None:
+    """cosine_with_min_lr, cosine_warmup_with_min_lr and warmup_stable_decay were accepted, and every run with one
+    crashed at its start: they need lr_scheduler_kwargs that no setting gives."""
+    from typing import get_args
+
+    import torch
+    from transformers import get_scheduler
+
+    from tunesmith.config import LrScheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    for name in get_args(LrScheduler):
+        get_scheduler(name, optimizer, num_warmup_steps=1, num_training_steps=10)
+    for name in ("cosine_with_min_lr", "warmup_stable_decay"):
+        with pytest.raises(ConfigError, match=rf"train.lr_scheduler: Input should be .*\(got '{name}'\)"):
+            parse_config({"name": "x", "data": {"sources": [{"path": "a.csv"}]}, "train": {"lr_scheduler": name}})
 
 
 @pytest.mark.parametrize(("override", "expected"), [

@@ -16,6 +16,7 @@ import inspect
 import io
 import json
 import os
+import re
 import sys
 import tokenize
 import typing
@@ -75,6 +76,13 @@ class TaskSpec(Spec):
     id: str | None = None  # stable example id; None: "<file>:<line>", shown by `data show`
     labels: list[str] | None = None  # the label set in id order; None: inferred, sorted
     label_separator: str = ","  # splits multi-label strings like "food,price"
+
+    @field_validator("label_separator")
+    @classmethod
+    def _some_separator(cls, v: str) -> str:
+        if not v:  # every multi-label row was then rejected at preparation as "empty separator"
+            raise ValueError("must be at least one character: it splits multi-label strings such as 'food,price'")
+        return v
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -533,10 +541,10 @@ class PeftSpec(Spec):
 
 
 # transformers' SchedulerType values: a typo is refused with the config's file and line, not by the Trainer after the
-# dataset is prepared
+# dataset is prepared. Not cosine_with_min_lr, cosine_warmup_with_min_lr or warmup_stable_decay: they need
+# lr_scheduler_kwargs (min_lr, num_decay_steps) that no setting gives, so every run with one crashed at its start.
 LrScheduler = Literal["linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-                      "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
-                      "warmup_stable_decay", "greedy"]
+                      "inverse_sqrt", "reduce_lr_on_plateau", "greedy"]
 
 
 class TrainSpec(Spec):
@@ -752,20 +760,11 @@ class ProjectConfig(Spec):
         generative = self.task.type in GENERATIVE_TASKS
         if self.train.method is None:
             self.train.method = "lora" if generative else "full"
-        elif generative and self.train.method == "head":
-            raise ValueError(f"train.method 'head' needs a classification head; {self.task.type.value} tasks "
-                             "train the language model itself (use lora or full)")
         if self.data.clean.strip_html is None:
             self.data.clean.strip_html = not generative
-        is_regression = self.task.type == TaskType.regression
         if self.data.dedup.conflicts is None:
-            self.data.dedup.conflicts = "mean" if is_regression else "majority"
-        elif (self.data.dedup.conflicts == "mean") != is_regression and self.data.dedup.conflicts in ("mean", "majority"):
-            raise ValueError(
-                f"data.dedup.conflicts: '{self.data.dedup.conflicts}' does not apply to "
-                f"{self.task.type.value} tasks; use {'mean' if is_regression else 'majority'}, drop or first"
-            )
-        return self
+            self.data.dedup.conflicts = "mean" if self.task.type == TaskType.regression else "majority"
+        return self  # a method or conflict rule the task cannot use is refused by inapplicable(), at its own line
 
     def text_positions(self, context: int | None) -> int | None:
         """The model's positions a text may fill: its context, less prompt tuning's virtual tokens, which come first."""
@@ -839,6 +838,14 @@ class ProjectConfig(Spec):
         sections = {id(self.train): "train", id(self.peft): "peft", id(self.model): "model", id(self.eval): "eval",
                     id(self.task): "task"}
         found = []
+        # Here, not in the model validator: an error raised there was reported at "file:1: (top level)"
+        if generative and method == "head":
+            found.append(("train.method", f"'head' needs a classification head; {kind} train the language model "
+                                          "itself (use lora or full)"))
+        conflicts, regression = self.data.dedup.conflicts, task == TaskType.regression
+        if conflicts in ("mean", "majority") and (conflicts == "mean") != regression:
+            found.append(("data.dedup.conflicts", f"'{conflicts}' does not apply to {kind}; use "
+                                                  f"{'mean' if regression else 'majority'}, drop or first"))
         for section, name, applies, why in rules:
             value = getattr(section, name)
             if not applies and value != type(section).model_fields[name].default:
@@ -869,7 +876,10 @@ class ProjectConfig(Spec):
         """Make relative paths absolute against the config file's folder (not the caller's cwd)."""
 
         def fix(p: Path | None) -> Path | None:
-            return p if p is None or p.is_absolute() else (base / p).resolve()
+            if p is None:
+                return None
+            p = Path(os.path.expanduser(p))  # `~/models/x` was glued under the config's folder
+            return p if p.is_absolute() else (base / p).resolve()
 
         for src in self.data.sources:
             src.path = fix(src.path)
@@ -877,17 +887,17 @@ class ProjectConfig(Spec):
                 src.kind = _folder_kind(src.path)
                 src._folder_inferred = False
             gen = src.synthetic
-            if gen is not None and ("/" in gen.model or gen.model.startswith(".")) and gen.endpoint is None:
+            if gen is not None and ("/" in gen.model or gen.model.startswith((".", "~"))) and gen.endpoint is None:
                 gen.model = str(fix(Path(gen.model)))  # a local model folder
         self.data.annotate.corrections = fix(self.data.annotate.corrections)
         self.train.deepspeed = fix(self.train.deepspeed)
         self.train.init_from = fix(self.train.init_from)
         template = self.model.chat_template
-        if template and "{" not in template and not Path(template).is_absolute():
-            self.model.chat_template = str((base / template).resolve())  # a file path, not an inline template
+        if template and "{" not in template:  # a file path, not an inline template
+            self.model.chat_template = str(fix(Path(template)))
         name = self.model.name
-        if name and ("/" in name or name.startswith(".")) and not Path(name).is_absolute():
-            self.model.name = str((base / name).resolve())
+        if name and ("/" in name or name.startswith((".", "~"))):
+            self.model.name = str(fix(Path(name)))
         return self
 
 
@@ -1010,7 +1020,8 @@ def _line_map(text: str) -> dict[tuple[str, ...], int]:
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:
-    """Apply `a.b.c=value` (value parsed as YAML, so numbers and booleans keep their type)."""
+    """Apply `a.b.c=value` (value parsed as YAML, so numbers and booleans keep their type, except where YAML
+    would lose the text typed: see _typed_value)."""
     if "=" not in override:
         raise ConfigError(f"override '{override}' must look like key.path=value")
     key, raw = override.split("=", 1)
@@ -1028,7 +1039,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
             if not isinstance(node, dict | list):
                 raise ConfigError(f"override '{override}': '{'.'.join(parts[: i + 1])}' is not a section")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = _typed_value(raw)
     except yaml.YAMLError as err:
         raise ConfigError(f"override '{override}': the value is not valid YAML ({getattr(err, 'problem', err)}); "
                           f"to mean it as text, quote it: --set \"{key.strip()}='{raw}'\"") from None
@@ -1038,6 +1049,20 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         node[int(parts[-1])] = value
     else:
         node[parts[-1]] = value
+
+
+def _typed_value(raw: str) -> Any:
+    """`raw` as YAML reads it, or the text itself where YAML reads an unquoted value as nothing or as other text:
+    `|` is an empty block scalar, `#` a comment (None), and `Food reviews #2` lost its `#2`. `null`, `~` and
+    quoted or tagged values keep their YAML meaning."""
+    text = raw.strip()
+    if not text:
+        return ""
+    value = yaml.safe_load(raw)
+    explicit = text in ("~", "null", "Null", "NULL") or text[0] in "'\"!"
+    if not explicit and (value is None or (isinstance(value, str) and value != text)):
+        return text
+    return value
 
 
 def override_of(key: str, value: Any) -> str:
@@ -1075,16 +1100,52 @@ def _where(loc: tuple[str, ...], source: str, lines: dict[tuple[str, ...], int],
     return (f"{source}:{line}" if line else source) + (f" (with {', '.join(inside)})" if inside else "")
 
 
+# What pydantic appends to a location for each branch of a union (`n_epochs.int`, `n_epochs.literal['auto']`)
+_UNION_BRANCH = re.compile(r"int|float|str|bool|none|(literal|list|dict|nullable|function-\w+|constrained-\w+)\[.*\]")
+_KINDS = {"int": "an integer", "float": "a number", "string": "a string", "bool": "true or false", "dict": "a mapping",
+          "list": "a list"}  # by the first word of pydantic's error type
+
+
+def _field_loc(loc: tuple[Any, ...], data: Any) -> tuple[str, ...]:
+    """The user's own path to a field: pydantic's union-branch names dropped, unless `data` (what was validated)
+    has a key of that name there."""
+    path, node = [], data
+    for part in loc:
+        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int):
+            node = node[part]  # a list index pydantic names is within the list
+        elif isinstance(part, str) and _UNION_BRANCH.fullmatch(part):
+            continue
+        else:
+            node = None
+        path.append(str(part))
+    return tuple(path)
+
+
+def _either(errors: list[Any]) -> str:
+    """One message for a value that fits no branch of a union: "Input should be an integer or 'auto'"."""
+    kinds: list[str] = []
+    for e in errors:
+        kind = e["ctx"]["expected"] if e["type"] == "literal_error" else _KINDS.get(e["type"].split("_")[0])
+        if kind is None:  # a branch that failed on something other than its type: say each
+            return "; ".join(x["msg"].removeprefix("Value error, ") for x in errors)
+        if kind not in kinds:
+            kinds.append(kind)
+    return "Input should be " + (f"{', '.join(kinds[:-1])} or {kinds[-1]}" if len(kinds) > 1 else kinds[0])
+
+
 def format_validation_error(err: ValidationError, source: str, lines: dict[tuple[str, ...], int],
-                            overrides: dict[tuple[str, ...], str] | None = None) -> str:
-    out = [f"{source}: invalid configuration ({err.error_count()} problem{'s' * (err.error_count() > 1)})"]
+                            overrides: dict[tuple[str, ...], str] | None = None, data: Any = None) -> str:
+    # A value no branch of a union takes fails once per branch: one problem, at the field the user wrote
+    problems: dict[tuple[str, ...], list[Any]] = {}
     for e in err.errors():
-        loc = tuple(str(p) for p in e["loc"])
-        # Pydantic appends the failing type's name inside unions; _where keeps the user's own path.
+        problems.setdefault(_field_loc(e["loc"], data), []).append(e)
+    out = [f"{source}: invalid configuration ({len(problems)} problem{'s' * (len(problems) > 1)})"]
+    for loc, errors in problems.items():
+        e = errors[0]
         where = _where(loc, source, lines, overrides or {})
         field = ".".join(loc) or "(top level)"
         got = f" (got {e['input']!r})" if e["type"] not in ("missing",) and not isinstance(e["input"], dict) else ""
-        msg = e["msg"].removeprefix("Value error, ")
+        msg = e["msg"].removeprefix("Value error, ") if len(errors) == 1 else _either(errors)
         if e["type"] == "extra_forbidden":
             msg = _unknown_key(globals().get(err.title), loc)
         elif e["type"] == "string_type" and isinstance(e["input"], bool):  # labels: [no, yes] reads as [False, True]
@@ -1122,7 +1183,7 @@ def parse_config(data: dict[str, Any], source: str = "<config>", text: str = "",
     try:
         cfg = ProjectConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(err, source, _line_map(text), changed)) from None
+        raise ConfigError(format_validation_error(err, source, _line_map(text), changed, data)) from None
     problems = cfg.inapplicable()
     if problems:
         lines = _line_map(text)

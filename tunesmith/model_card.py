@@ -35,6 +35,7 @@ def write_model_card(run_dir: Path) -> Path:
     except DataError:
         lines.append("- (dataset folder no longer available)")
     t, hp = cfg.train, m.hyperparameters
+    kept = "best checkpoint" if t.keep == "best" else "last weights, train.keep: last"  # whose numbers run.json holds
     lines += ["", "## Training", "", f"- Learning rate {hp.get('learning_rate', '?')}, {hp.get('epochs', '?')} epochs"
               + (f" (max {t.max_steps} steps)" if t.max_steps else "")
               + f", batch {hp.get('batch_size', '?')} x {t.grad_accum}, weight decay {t.weight_decay}, warmup {t.warmup_ratio}, seed {t.seed}",
@@ -46,7 +47,7 @@ def write_model_card(run_dir: Path) -> Path:
                 if hp.get("precision") else []),
               *_export_numerics(exported),
               *([f"- OpenAI hyperparameters: {m.openai_hyperparameters}"] if m.openai_hyperparameters else []),
-              "", "## Results", "", "Validation (best checkpoint"
+              "", "## Results", "", f"Validation ({kept}"
               + (f", {counts['validation']} examples" if "validation" in counts else "") + "): "
               + ", ".join(f"{k} {v:.4f}" for k, v in m.metrics.items() if k not in ("runtime", "samples_per_second", "steps_per_second", "epoch")),
               ""]

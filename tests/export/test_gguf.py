@@ -194,6 +194,25 @@ def test_a_lora_run_is_merged_into_the_gguf(bpe_llama: Path, tmp_path: Path) -> 
     assert np.abs(want - _logits(base, ids)).max() > 10 * np.abs(want - got).max()  # the adapter is in there
 
 
+def test_a_run_trained_with_merge_adapter_exports_its_merged_weights(bpe_llama: Path, tmp_path: Path) -> None:
+    """model/ holds full weights (the adapter is in adapter/): every format refused it, looking for
+    model/adapter_model.safetensors because the manifest says adapter."""
+    from safetensors.torch import load_file
+
+    run = train(chat_project(tmp_path, bpe_llama, {"method": "lora", "merge_adapter": True, "max_steps": 2,
+                                                   "learning_rate": 5e-2, "bf16": False}, n=40))
+    manifest = Run(run).manifest
+    assert manifest.adapter and manifest.merged and not (run / "model" / "adapter_model.safetensors").exists()
+    result = export_run(run, "gguf", tmp_path / "gguf")
+    assert result.warnings == [] and result.check["same_tokenization"] == 1.0
+    model, _ = _load_gguf(tmp_path / "gguf", "model-f16.gguf")
+    trained = load_file(run / "model" / "model.safetensors")
+    name = "model.layers.0.self_attn.v_proj.weight"  # a LoRA target: the merged weights, not the base's
+    torch.testing.assert_close(model.state_dict()[name], trained[name].float(), atol=1e-2, rtol=0)
+    for fmt in ("merged", "docker"):
+        assert export_run(run, fmt, tmp_path / fmt, check=False).path == tmp_path / fmt
+
+
 def test_an_untied_head_and_rows_q8_0_cannot_block_are_written_as_llama_cpp_does(tmp_path: Path) -> None:
     """`output.weight` when the head is not tied; ffn_down rows of 80 values (not whole 32-blocks) fall back to F16."""
     from transformers import AutoModelForCausalLM, AutoTokenizer

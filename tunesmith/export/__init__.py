@@ -119,8 +119,10 @@ def _open_run(path: Path) -> Run:
     run = Run(path)
     if not run.model_dir.is_dir():
         raise DataError(f"{run.model_dir} is missing: {path} holds no model to export")
-    # A docker export copied a run without its weights and "succeeded"; the image build then failed.
-    weights = ("adapter_model.safetensors",) if run.manifest.adapter else (*WEIGHT_FILES, "model.onnx")
+    # A docker export copied a run without its weights and "succeeded"; the image build then failed. A run trained
+    # with train.merge_adapter holds full weights in model/ (its adapter is in adapter/): it had no exportable form.
+    adapter_only = run.manifest.adapter and not run.manifest.merged
+    weights = ("adapter_model.safetensors",) if adapter_only else (*WEIGHT_FILES, "model.onnx")
     if not any((run.model_dir / name).is_file() for name in weights):
         raise DataError(f"{run.model_dir} holds no weights ({weights[0]} is missing): {path} is incomplete, copied "
                         "without them perhaps; export the run folder training wrote")
