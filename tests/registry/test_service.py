@@ -49,8 +49,11 @@ def test_rollbacks_walk_back_through_production_s_history(store_url: str, tmp_pa
         registry.add(fake_run(tmp_path / f"r{i}", 0.8), "reviews")
         registry.promote("reviews", i)
     assert [registry.rollback("reviews").version for _ in range(2)] == [2, 1]
-    with pytest.raises(ConfigError, match="nothing to roll back to"):
+    # The refusal used to say version 1 was "the only version ever in production", though 2 and 3 were.
+    with pytest.raises(ConfigError, match="no earlier production version left to roll back to: rollbacks already "
+                                          "walked production back to version 1") as refused:
         registry.rollback("reviews")
+    assert "only version ever" not in str(refused.value)
     registry.promote("reviews", 3)  # 1, 3: a rollback goes back to 1, not to 2, which was rolled away from
     assert registry.rollback("reviews").version == 1
 

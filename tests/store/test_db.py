@@ -64,6 +64,23 @@ def test_rows_round_trip_and_events_go_with_their_job(store_url: str) -> None:
     store.close()
 
 
+def test_json_with_nan_or_infinity_is_kept_as_null_on_both_stores(store_url: str) -> None:
+    # PostgreSQL's JSONB has no NaN: a job's metrics event with a NaN training loss failed its whole statement there
+    # (psycopg DataError), while SQLite stored the NaN; both now keep null.
+    store = Store(store_url)
+    with store.session() as s:
+        job = Job(id="ftjob-1", owner="", created_at=1, created=1.0, model="m", training_file="file-1", seed=3,
+                  status="running", method={"lr": float("inf")})
+        job.events.append(JobEvent(id="ftevent-1", created_at=1, level="info", type="metrics", message="m",
+                                   data={"step": 5, "train_loss": float("nan"), "history": [1.5, float("-inf")]}))
+        s.add(job)
+    with store.session() as s:
+        job = s.get(Job, "ftjob-1")
+        assert job.method == {"lr": None}
+        assert job.events[0].data == {"step": 5, "train_loss": None, "history": [1.5, None]}
+    store.close()
+
+
 def test_a_store_made_by_an_older_tunesmith_opens_in_this_one(store_url: str) -> None:
     """The first store (files and jobs only, migration 0001) with a job in it: opening it migrates to the
     newest schema and keeps the job."""
@@ -193,3 +210,8 @@ def test_store_urls_that_cannot_work_are_config_errors_naming_them(tmp_path, mon
     assert (tmp_path / "home" / "ts" / "store.db").is_file() and not (tmp_path / "~").exists()
     assert store.home == tmp_path / "home" / "ts"
     store.close()
+    # a file where the SQLite file's folder should be: FileExistsError, shown by the CLI as an internal error
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ConfigError, match=rf"--db sqlite:///{tmp_path}/afile/x.db: cannot make the folder "
+                                          rf"{tmp_path}/afile for the SQLite file \(File exists"):
+        Store(f"sqlite:///{tmp_path}/afile/x.db")

@@ -100,7 +100,21 @@ def test_hopeless_trials_are_pruned_early(tmp_path: Path, tiny_bert: Path, prune
     folder = study_folder(cfg)
     assert all(not (folder / f"trial-{t.number}").exists() for t in pruned)  # no half-written run folder
     assert any(line.startswith(f"trial {pruned[0].number} pruned at evaluation") for line in lines)
-    assert "pruned at" in (folder / "report.md").read_text()
+    md = (folder / "report.md").read_text()
+    assert "pruned at" in md
+    # A pruned trial's objective value is none: the report had shown Optuna's value for it (the last curve value, the
+    # negated validation loss) as its F1, e.g. f1_macro -0.6931. Its last validation loss is shown as what it is.
+    rows = {row["number"]: row for row in json.loads((folder / "report.json").read_text())["trials"]}
+    for t in pruned:
+        evaluation = max(t.intermediate_values)
+        loss = t.intermediate_values[evaluation] * (-1 if metric == "f1_macro" else 1)
+        assert loss > 0 and rows[t.number]["values"] is None
+        assert rows[t.number]["last_reported"] == {"metric": "loss", "value": pytest.approx(loss),
+                                                   "evaluation": evaluation, "step": t.user_attrs["steps"]}
+        assert re.search(rf"\| {t.number} \| pruned \| [^|]+ \| — \| .* \| evaluation {evaluation} "
+                         rf"\(step {t.user_attrs['steps']}\): validation loss {loss:.4g} \|", md), md
+    for t in complete:
+        assert rows[t.number]["values"] == {metric: t.value} and rows[t.number]["last_reported"] is None
 
 
 def test_a_diverged_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path: Path, tiny_bert: Path) -> None:
@@ -157,22 +171,49 @@ def test_an_out_of_memory_trial_fails_with_its_reason_and_the_study_goes_on(tmp_
     assert f"trial 1 failed: {reason}" in " ".join(lines)
 
 
+def test_values_the_model_refuses_fail_their_trial_and_the_study_goes_on(tmp_path: Path, tiny_bert: Path) -> None:
+    # The tiny BERT has 128 positions; a prompt-tuning trial's 20 virtual tokens come first, so max_length 128 is
+    # refused in its dataset preparation (a value check_space cannot judge alone). That ConfigError stopped the whole study with
+    # no fail_reason, and since a failed trial gave its place back, a study started again drew 128 again, for ever.
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    tune = {"space": {"train.method": {"choices": ["prompt_tuning"]}, "model.max_length": {"choices": [16, 128]}},
+            "trials": 3, "storage": url, "sampler": "random", "seed": 0, "pruner": "none"}  # seed 0 draws 128, 16, 16
+    cfg = tune_project(tmp_path, tiny_bert, tune, steps=2)
+    lines: list[str] = []
+    summary = run_study(cfg, echo=lines.append, evaluate_test=False)
+    trials = trials_of(url)
+    assert [(t.params["model.max_length"], t.state) for t in trials] == [
+        (128, TrialState.FAIL), (16, TrialState.COMPLETE), (16, TrialState.COMPLETE)]
+    reason = trials[0].user_attrs["fail_reason"]
+    assert reason.startswith("ConfigError: model.max_length (128) and peft.num_virtual_tokens (20) exceed the model's "
+                             "context of 128 tokens"), reason
+    assert any(line.startswith(f"trial 0 failed: {reason}") for line in lines)
+    assert summary["trials"] == {"fail": 1, "complete": 2}
+    assert not (study_folder(cfg) / "trial-0").exists()
+    run_study(cfg, echo=lines.append, evaluate_test=False)  # started again: the failed trial keeps its place
+    assert len(trials_of(url)) == 3 and "study 'tiny' has 3 finished trials; nothing to do" in lines
+
+
+@pytest.mark.parametrize("error", [ValueError("the tokenizer file is corrupt"),
+                                   ConfigError("model folder /m has no weights (looked for model.safetensors)")])
 def test_a_trial_that_raises_otherwise_stops_the_worker_with_its_reason(tmp_path: Path, tiny_bert: Path,
+                                                                        error: Exception,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    # A configuration error naming no setting the trial drew is the base config's: every trial would fail alike.
     import tunesmith.training
 
     def broken(*args: object, **kwargs: object) -> None:
-        raise ValueError("the tokenizer file is corrupt")
+        raise error
 
     monkeypatch.setattr(tunesmith.training, "train", broken)
     url = f"sqlite:///{tmp_path / 'store.db'}"
     cfg = tune_project(tmp_path, tiny_bert, {"space": {"train.batch_size": {"choices": [8]}}, "trials": 2,
                                              "storage": url})
-    with pytest.raises(ValueError, match="corrupt"):  # it would fail every trial alike: the worker stops (Optuna's way)
+    with pytest.raises(type(error), match=re.escape(str(error))):  # the worker stops (Optuna's way)
         run_study(cfg, echo=lambda line: None)
     [trial] = trials_of(url)
     assert trial.state == TrialState.FAIL
-    assert trial.user_attrs["fail_reason"] == "ValueError: the tokenizer file is corrupt"
+    assert trial.user_attrs["fail_reason"] == f"{type(error).__name__}: {error}"
 
 
 def test_multi_objective_study_reports_a_pareto_front(tmp_path: Path, tiny_bert: Path,
@@ -227,6 +268,14 @@ def _bad_cli(tmp_path: Path, tiny_bert: Path, tune: dict, *flags: str) -> tuple[
     ({"space": {"peft.r": {"choices": [4, 8]}}}, (), "tune.space.peft.r: no trial would use it"),
     ({"space": {"train.batch_size": {"low": 0, "high": 8}}}, (), "tune.space.train.batch_size: 0 would make an invalid trial config"),
     ({"space": {"train.lr_scheduler": {"choices": ["linear", "wavy"]}}}, (), "unknown: ['wavy']"),
+    # values only training refused: each trial drawing one stopped the study, and a study started again drew it again
+    ({"space": {"train.method": {"choices": ["lora"]},
+                "peft.target_modules": {"choices": [["query"], ["q_proj"]]}}}, (),
+     "tune.space.peft.target_modules: ['q_proj'] would fail every trial drawing it: the model (bert) has no module "
+     "named ['q_proj']; its linear layers are ['classifier', 'dense', 'key', 'query', 'value']"),
+    ({"space": {"model.max_length": {"choices": [32, 512]}}}, (), "tune.space.model.max_length: 512 exceeds the "
+     "context of the model"),
+    ({"space": {"model.max_length": {"low": 16, "high": 256}}}, (), "(128 tokens); give lengths up to 128"),
     ({}, (), "tune.space is empty"),
     ({"space": {"train.epochs": {"low": 1, "high": 2}}}, ("--sampler", "annealing"), "tune.sampler"),
     ({"space": {"train.epochs": {"low": 1, "high": 2}}}, ("--storage", "postgresql://postgres@127.0.0.1:1/x"),
@@ -240,6 +289,21 @@ def test_bad_input_through_the_cli_exits_2_with_a_clear_message(tmp_path: Path, 
     assert code == 2, err
     assert words in err
     assert not (tmp_path / "tiny-tune").exists()  # refused before any trial
+
+
+def test_a_storage_under_the_home_folder_opens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # sqlite:///~/...: the store was made in $HOME, but the probe and Optuna were given the unexpanded path (a folder
+    # named "~" in the current directory), and the storage "did not answer".
+    from tunesmith.tune.study import open_storage
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    storage = open_storage("sqlite:///~/tune/study.db")
+    assert storage.engine.url.database == str(tmp_path / "home" / "tune" / "study.db")
+    optuna.create_study(study_name="s", storage=storage)
+    storage.engine.dispose()
+    assert optuna.get_all_study_names(f"sqlite:///{tmp_path / 'home' / 'tune' / 'study.db'}") == ["s"]
+    assert not (tmp_path / "~").exists()
 
 
 def test_a_study_is_not_joined_with_another_search_space(tmp_path: Path, tiny_bert: Path) -> None:

@@ -162,14 +162,19 @@ class Registry:
             # list of every version ever in production, a second rollback went back to the version just rolled away
             # from (3, 2, 3, 2, ...).
             history: list[int] = []
+            rolled_back = False
             for e in s.scalars(select(RegistryEvent).where(
                     RegistryEvent.model == model, RegistryEvent.to_stage == "production").order_by(RegistryEvent.seq)):
                 if e.action == "rollback" and history:
                     history.pop()
+                    rolled_back = True
                 else:
                     history.append(e.version)
             while history and history[-1] == current.version:
                 history.pop()
+            if not history and rolled_back:  # other versions were in production, but rollbacks walked back past them
+                raise ConfigError(f"'{model}' has no earlier production version left to roll back to: rollbacks "
+                                  f"already walked production back to version {current.version}")
             if not history:
                 raise ConfigError(f"'{model}' version {current.version} is the only version ever in production; "
                                   "there is nothing to roll back to")

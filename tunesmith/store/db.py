@@ -51,6 +51,21 @@ def shown_url(url: str) -> str:
         return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
+def sqlite_file_url(url: str, what: str) -> str:
+    """A parsed `url` as a store opens it: a SQLite file's path with ~ expanded (SQLite itself opened a folder named
+    "~" in the current directory) and its folder made; other URLs as they are. `what` (--db, tune.storage) gave it."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return url
+    database = Path(parsed.database).expanduser()
+    try:
+        database.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file where a folder should be, no permission: the path given, not a bug
+        raise ConfigError(f"{what} {shown_url(url)}: cannot make the folder {database.parent} for the SQLite file "
+                          f"({err.strerror}: {err.filename}); give a path in a folder you can write to") from None
+    return parsed.set(database=str(database)).render_as_string(hide_password=False)
+
+
 class Store:
     def __init__(self, url: str | None = None, *, migrate: bool = True) -> None:
         self.url = normalize_url(url or default_url())
@@ -60,11 +75,7 @@ class Store:
             raise ConfigError(f"--db {shown_url(str(url))!r} is not a database URL (sqlite:///path.db or postgresql://user@host/db): "
                               f"{shown_url(str(err))}") from None
         self.dialect = parsed.get_backend_name()
-        if self.dialect == "sqlite" and parsed.database and parsed.database != ":memory:":
-            # sqlite:///~/ts/store.db: SQLite itself opened a folder named "~" in the current directory
-            database = Path(parsed.database).expanduser()
-            database.parent.mkdir(parents=True, exist_ok=True)
-            self.url = parsed.set(database=str(database)).render_as_string(hide_password=False)
+        self.url = sqlite_file_url(self.url, "--db")
         try:
             self.engine: Engine = create_engine(self.url, pool_pre_ping=True, **self._engine_options())
         except (NoSuchModuleError, ModuleNotFoundError) as err:  # postgress://, mysql:// without its driver

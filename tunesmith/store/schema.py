@@ -8,6 +8,7 @@ arrive as migrations (store/migrations/versions).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, UniqueConstraint, text
@@ -35,6 +36,19 @@ def without_nul(value: Any) -> Any:
     return value
 
 
+def finite_or_null(value: Any) -> Any:
+    """JSON `value` with NaN and +-Infinity as null, in dicts and lists too: PostgreSQL's JSON has no such numbers and
+    refused the whole statement (a job's metrics event with a NaN training loss), where SQLite kept them; both stores
+    now keep the same rows."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
 class String(TypeDecorator[str]):
     """VARCHAR, written without U+0000."""
 
@@ -53,7 +67,7 @@ class Text(String):
 
 
 class _Json(TypeDecorator[Any]):
-    """JSON (JSONB on PostgreSQL: indexable, compact), written without U+0000."""
+    """JSON (JSONB on PostgreSQL: indexable, compact), written without U+0000, NaN or infinities."""
 
     impl = JSON
     cache_ok = True
@@ -64,7 +78,7 @@ class _Json(TypeDecorator[Any]):
         return dialect.type_descriptor(JSONB() if dialect.name == "postgresql" else JSON())
 
     def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
-        return without_nul(value)
+        return without_nul(finite_or_null(value))
 
 
 Json = _Json()

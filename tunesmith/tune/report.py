@@ -4,7 +4,7 @@ programs) and figures/*.png, all read from the study's storage, so any worker's 
 Figures are Optuna's own (optuna.visualization.matplotlib): optimisation history, validation curves
 (what the pruner saw), parameter importances, parallel coordinates, and the Pareto front of a
 multi-objective study. Then a table of every trial: state, values, validation metric, time, where a
-pruned trial stopped.
+pruned trial stopped and the validation value it last reported (objective values are complete trials' only).
 """
 
 from __future__ import annotations
@@ -72,11 +72,30 @@ def _importances(study: optuna.Study, target: Callable[[FrozenTrial], float] | N
         return {}
 
 
+def _objective_values(trial: FrozenTrial) -> list[float] | None:
+    """A complete trial's objective values. Optuna gives a pruned trial its last reported curve value (the negated
+    validation loss by default), which the report had shown as its F1."""
+    return trial.values if trial.state == TrialState.COMPLETE else None
+
+
+def _last_reported(trial: FrozenTrial) -> dict[str, Any] | None:
+    """Where a pruned trial stopped: the last validation value it reported to the pruner, un-negated, and what it is."""
+    if trial.state != TrialState.PRUNED or not trial.intermediate_values:
+        return None
+    evaluation = max(trial.intermediate_values)
+    value = trial.intermediate_values[evaluation]
+    signal = trial.user_attrs.get("pruning_signal", "")
+    if signal.startswith("-"):  # reported negated so that higher is better
+        signal, value = signal[1:], -value
+    return {"metric": signal or None, "value": value, "evaluation": evaluation, "step": trial.user_attrs.get("steps")}
+
+
 def _trial_row(trial: FrozenTrial, names: list[str]) -> dict[str, Any]:
     attrs = trial.user_attrs
+    values = _objective_values(trial)
     return {
         "number": trial.number, "state": trial.state.name.lower(), "params": trial.params,
-        "values": dict(zip(names, trial.values, strict=False)) if trial.values else None,
+        "values": dict(zip(names, values, strict=False)) if values else None, "last_reported": _last_reported(trial),
         "duration_s": round(trial.duration.total_seconds(), 1) if trial.duration else None,
         "steps": attrs.get("steps"), "evaluations": attrs.get("evaluations"),
         "intermediate": {str(k): v for k, v in sorted(trial.intermediate_values.items())},
@@ -168,9 +187,11 @@ def write_report(study: optuna.Study, folder: Path, names: list[str], best: int 
         stopped = ""
         if t.state == TrialState.PRUNED:
             stopped = f"evaluation {t.user_attrs.get('evaluations', '?')} (step {t.user_attrs.get('steps', '?')})"
+            if (last := _last_reported(t)) and last["metric"]:
+                stopped += f": validation {last['metric']} {_num(last['value'])}"
         elif t.state == TrialState.FAIL:
             stopped = t.user_attrs.get("fail_reason", "")
-        values = ", ".join(_num(v) for v in t.values) if t.values else "—"
+        values = ", ".join(_num(v) for v in _objective_values(t) or []) or "—"
         rows.append([t.number, t.state.name.lower(), _params(t), values,
                      _num(round(t.duration.total_seconds(), 1)) if t.duration else "—",
                      _num(t.user_attrs.get("steps")), stopped])

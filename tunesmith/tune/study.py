@@ -45,7 +45,7 @@ from tunesmith.config import (
     TuneSpec,
     parse_config,
 )
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, DataError
 from tunesmith.store.db import file_lock, shown_url
 
 CONNECT_TIMEOUT_S = 5  # a storage URL that does not answer is reported after this, not after TCP's minutes
@@ -77,7 +77,8 @@ class _Surplus(Exception):
 
 class _ValuesFailed(Exception):
     """A trial failed through its own values, not a broken worker: it fails on its own, keeps its place in the
-    study (replacing it could go on forever) and the study goes on to the next trial."""
+    study (replacing it could go on forever, and a copy would draw the same values) and the study goes on to the next
+    trial."""
 
 
 class _Diverged(_ValuesFailed):
@@ -240,6 +241,40 @@ def check_space(cfg: ProjectConfig) -> None:
             except ConfigError as err:
                 detail = "\n".join(line.replace("<tune.space>: ", "") for line in str(err).splitlines()[1:]) or str(err)
                 raise ConfigError(f"{where}: {value!r} would make an invalid trial config:\n{detail}") from None
+    _check_against_model(cfg)
+
+
+def _check_against_model(cfg: ProjectConfig) -> None:
+    """Values the base model cannot take, refused before any training too: a model.max_length beyond its context,
+    peft.target_modules naming modules it lacks (they failed only in training, after the trial's data was prepared)."""
+    space = cfg.tune.space
+    if (lengths := space.get("model.max_length")) is not None:
+        from tunesmith.models.catalog import context_length, load_tokenizer
+
+        context = context_length(load_tokenizer(cfg.model.name))
+        for value in lengths.choices if lengths.choices is not None else [lengths.high]:
+            if context is not None and value is not None and value > context:
+                raise ConfigError(f"tune.space.model.max_length: {value!r} exceeds the context of the model "
+                                  f"{cfg.model.name} ({context} tokens); give lengths up to {context}")
+    targets = space.get("peft.target_modules")
+    if targets is None or not any(targets.choices or ()):
+        return
+    try:  # the model's modules without its weights: its skeleton on the meta device
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+        from tunesmith.models.catalog import resolve_model_dir
+
+        auto = AutoModelForCausalLM if cfg.task.type in GENERATIVE_TASKS else AutoModelForSequenceClassification
+        with torch.device("meta"):
+            model = auto.from_config(AutoConfig.from_pretrained(resolve_model_dir(cfg.model.name)))
+    except Exception:  # noqa: BLE001 - a model this cannot build (a run continued, a custom head): each trial checks
+        return
+    from tunesmith.training.methods import _check_targets
+
+    for value in targets.choices or ():
+        if value:
+            _check_targets(model, value, f"tune.space.peft.target_modules: {value!r} would fail every trial drawing it")
 
 
 # -- storage --------------------------------------------------------------------------------------
@@ -285,7 +320,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
-    from tunesmith.store.db import Store, normalize_url
+    from tunesmith.store.db import Store, normalize_url, sqlite_file_url
 
     shown = shown_url(url)  # as the user wrote it
     url = normalize_url(url)
@@ -294,8 +329,9 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     except Exception as err:  # noqa: BLE001 - SQLAlchemy's URL errors vary by cause
         raise ConfigError(f"tune.storage {shown!r} is not a database URL (sqlite:///path.db or postgresql://user@host/db): "
                           f"{shown_url(str(err))}") from None
-    if url.startswith("sqlite") and make_url(url).database not in (None, "", ":memory:"):
-        Path(make_url(url).database).expanduser().parent.mkdir(parents=True, exist_ok=True)  # type: ignore[arg-type]
+    # The URL the store opens (sqlite:///~/x.db expanded, its folder made), for the probe and Optuna too: given the
+    # unexpanded one, they looked for a folder named "~" and the storage "did not answer".
+    url = sqlite_file_url(url, "tune.storage")
     probe = None
     try:
         probe = create_engine(url, **_engine_kwargs(url))
@@ -465,13 +501,13 @@ class Objective:
         tcfg = build_config(self.cfg, values, f"trial {trial.number} of study {trial.study.study_name}",
                             self.metric, run_dir, dataset_dir)
         self.echo(f"trial {trial.number} starts: {_params_text(values)}")
-        version = self.dataset(tcfg)
         reporter = _reporter(trial, self.metric, report=not spec.objectives, prune_on=spec.prune_on)
         from tunesmith.training import train
 
         start = time.monotonic()
         finished = False
         try:
+            version = self.dataset(tcfg)  # in the try: a model.max_length the model refuses fails here, with its reason
             train(tcfg, dataset_dir=version.path, overwrite=True, callbacks=[reporter])
             finished = True
         except optuna.TrialPruned:
@@ -485,6 +521,10 @@ class Objective:
             reason = str(err) if diverged else f"{type(err).__name__}: {err}"
             trial.set_user_attr("fail_reason", reason[:FAIL_REASON_CHARS])
             trial.set_user_attr("diverged", diverged)
+            if _refuses_values(err, values):
+                # Stopping the study here stopped it for good: started again, the trial's place drew the same values.
+                trial.set_user_attr("refused_values", True)
+                raise _ValuesFailed(reason) from err
             if not _out_of_memory(err):
                 raise  # anything else may fail every trial alike: the worker stops, as Optuna's own would
             trial.set_user_attr("out_of_memory", True)
@@ -529,15 +569,23 @@ class Objective:
             raise _Surplus(f"trial {trial.number}: the study already has its {self.limit} trials")
 
 
+def _refuses_values(err: BaseException, values: dict[str, Any]) -> bool:
+    """A configuration or data error naming a setting the trial drew (peft.target_modules the model lacks, a
+    model.max_length beyond its context): those values fail; an error naming none would fail every trial alike."""
+    return isinstance(err, ConfigError | DataError) and any(name in str(err) for name in values)
+
+
 def _values_failed(trial: FrozenTrial) -> bool:
-    """Did the trial fail through its own values (diverged, out of memory)?"""
-    return trial.state == TrialState.FAIL and bool(trial.user_attrs.get("diverged") or trial.user_attrs.get("out_of_memory"))
+    """Did the trial fail through its own values (diverged, out of memory, refused by the model or its data)?"""
+    attrs = trial.user_attrs
+    return trial.state == TrialState.FAIL and bool(attrs.get("diverged") or attrs.get("out_of_memory")
+                                                   or attrs.get("refused_values"))
 
 
 def _counted(trial: FrozenTrial) -> bool:
     """Does the trial take one of the study's tune.trials? Finished, running or queued ones do, and so does one
-    that failed through its values (diverged, out of memory: replacing it could go on forever). An interrupted trial, a dead
-    worker's (a copy is queued) and a surplus one give their place back."""
+    that failed through its values (diverged, out of memory, refused: replacing it could go on forever). An interrupted
+    trial, a dead worker's (a copy is queued) and a surplus one give their place back."""
     return trial.state in COUNTED or _values_failed(trial)
 
 
@@ -632,7 +680,7 @@ def _queue_interrupted(study: optuna.Study, trial_id: int | None) -> None:
         return
     with contextlib.suppress(Exception):  # the interruption is what the user sees, not a failure to queue
         trial = study._storage.get_trial(trial_id)
-        attrs = trial.user_attrs  # interrupted in training (marked), or before it (preparing the dataset: unmarked)
+        attrs = trial.user_attrs  # interrupted preparing its data or training (marked), or before (unmarked)
         if trial.state != TrialState.FAIL or attrs.get("surplus") or not (attrs.get("interrupted") or "fail_reason" not in attrs):
             return
         attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("interrupted", "fail_reason", "worker")}
