@@ -302,3 +302,60 @@ def test_corrections_of_answers_whose_output_was_not_logged_are_left_out(store_u
             {"id": f"fb{i}", "request_id": f"r{i}", "item_index": 0, "created": now, "corrected_label": ["pos"]}
             for i in range(8)])
     assert [(v.name, v.corrected_accuracy) for v in ab.status("reviews").variants] == [("v1", 1.0), ("v2", 1.0)]
+
+
+def test_corrections_of_multi_label_answers_that_predicted_no_label_count(store_url: str, tmp_path: Path) -> None:
+    """A multi-label answer with nothing over the threshold is logged {"label": []}: it is a prediction (wrong, here),
+    but it was left out, so A/B read 50% corrected accuracy where the live figures and the report read 25%."""
+    from tunesmith.monitor.live import live_metrics
+
+    store, ab = setup(store_url, tmp_path)
+    ab.start("reviews", {"v1": 0.5, "v2": 0.5}, horizon=10)
+    now = time.time()
+    predicted = {"r1": ["pos"], "r2": [], "r3": [], "r4": ["neg"]}
+    with store.session() as s:
+        s.execute(Prediction.__table__.insert(), [
+            {"request_id": rid, "model": "reviews", "model_version": "reviews-v1", "kind": "predict", "created": now,
+             "inputs": ["x"], "outputs": [{"label": labels, "probabilities": {"pos": 0.3, "neg": 0.2}}], "latency_ms": 5.0,
+             "user_id": None, "variant": "v1"} for rid, labels in predicted.items()])
+        s.execute(Feedback.__table__.insert(), [
+            {"id": f"fb-{rid}", "request_id": rid, "item_index": 0, "created": now, "corrected_label": ["pos"]}
+            for rid in predicted])
+    assert ab.status("reviews").variants[0].corrected_accuracy == 0.25
+    assert live_metrics(store, "reviews")["reviews-v1"].corrected_accuracy == 0.25
+
+
+def test_the_unit_is_the_user_the_split_hashed_not_who_sent_the_feedback(store_url: str, tmp_path: Path) -> None:
+    """400 customers split 50/50 and 4 support agents sending their thumbs: the feedback's user id came first, so each
+    variant counted 2 "users" and the test never decided ("keep collecting: 2 of 100")."""
+    store, ab = setup(store_url, tmp_path)
+    ab.start("reviews", {"v1": 0.5, "v2": 0.5}, horizon=100)
+    rng = np.random.default_rng(0)
+    now = time.time()
+    predictions, feedback = [], []
+    for i in range(400):
+        variant, rid = ("v1", "v2")[i % 2], f"req-{i}"
+        predictions.append({"request_id": rid, "model": "reviews", "model_version": f"reviews-{variant}", "kind": "predict",
+                            "created": now, "inputs": None, "outputs": None, "latency_ms": 5.0, "user_id": f"c{i}",
+                            "variant": variant})
+        feedback.append({"id": f"fb-{rid}", "request_id": rid, "item_index": 0, "created": now + i, "user_id": f"agent{i % 4}",
+                         "thumbs_up": bool(rng.random() < (0.5 if variant == "v1" else 0.8))})
+    with store.session() as s:
+        s.execute(Prediction.__table__.insert(), predictions)
+        s.execute(Feedback.__table__.insert(), feedback)
+    status = ab.status("reviews")
+    assert status.decided and status.winner == "v2", status.verdict
+    # Without a user on the request, the feedback's user id is the unit: one rater counts once per variant.
+    with store.session() as s:
+        s.execute(Prediction.__table__.update().values(user_id=None))
+    assert "keep collecting: 2 of 100" in ab.status("reviews").verdict
+
+
+def test_a_given_horizon_needs_no_plannable_baseline(store_url: str, tmp_path: Path) -> None:
+    """The horizon was planned from baseline + MDE even when given: at a 97% baseline (+5 points is over 100%) an
+    explicit horizon was refused."""
+    _, ab = setup(store_url, tmp_path)
+    assert ab.start("reviews", {"v1": 0.5, "v2": 0.5}, baseline=0.97, horizon=100).horizon == 100
+    ab.stop("reviews")
+    with pytest.raises(ConfigError, match="baseline \\+ minimum_detectable_effect"):
+        ab.start("reviews", {"v1": 0.5, "v2": 0.5}, baseline=0.97)  # nothing to plan from

@@ -13,6 +13,7 @@ from statsmodels.stats.proportion import confint_proportions_2indep, proportions
 
 from tunesmith.monitor.stats import (
     CHI2_TEST,
+    FISHER,
     KRUSKAL,
     WELCH_ANOVA,
     WELCH_T,
@@ -83,6 +84,19 @@ def test_a_significant_omnibus_test_without_a_clear_best_names_no_winner() -> No
     r = compare_proportions({"v1": 300, "v2": 590, "v3": 601}, {"v1": 1000, "v2": 1000, "v3": 1000})
     assert r.significant and r.winner is None  # v1 is worse, but v3 does not beat v2
     assert "not significantly better than v2" in r.notes[-1]
+
+
+def test_three_variants_compare_each_pair_with_the_two_variant_test() -> None:
+    """The pairwise check used the z-test even where two variants get Fisher's exact test: v3 (8/10) was named better
+    than v2 (3/10) at z-test p 0.025, though compared alone Fisher's test gives p 0.070 and no winner."""
+    s, n = {"v1": 0, "v2": 3, "v3": 8}, {"v1": 10, "v2": 10, "v3": 10}
+    alone = compare_proportions({"v2": 3, "v3": 8}, {"v2": 10, "v3": 10})
+    assert alone.test == FISHER and alone.winner is None
+    r = compare_proportions(s, n)
+    assert r.significant and r.winner is None
+    assert r.notes[-1] == ("v3 is not significantly better than v2 in Holm-adjusted pairwise Fisher's exact tests "
+                           f"(adjusted p = {alone.p_value:.3g})")  # Holm: the larger p of two is unadjusted
+    assert "pairwise two-proportion z-tests" in compare_proportions({"v1": 30, "v2": 45, "v3": 60}, {k: 100 for k in s}).notes[-1]
 
 
 def test_lower_is_better_picks_the_lowest_rate() -> None:

@@ -43,6 +43,7 @@ OOV_RATE_THRESHOLD = 0.10
 TOKEN = re.compile(r"\w+")
 KS_TEST = "Kolmogorov-Smirnov"
 CHI2_TEST = "chi-square"
+INSUFFICIENT = "insufficient data"  # the status of a signal with fewer live examples than DriftThresholds.min_live
 
 Values = Sequence[float] | Sequence[str]
 
@@ -107,8 +108,9 @@ def _category_counts(expected: Values, actual: Values) -> tuple[list[Any], np.nd
 
 def drift_confirmed(figures: dict[str, Any]) -> bool:
     """A signal's drift as the report warns of it and the /metrics gauge shows it: PSI over its threshold and the
-    two-sample test agreeing (the vocabulary: its out-of-vocabulary rate over its threshold). On PSI alone the gauge had
-    fired on a handful of requests after a deploy (labels PSI 0.54, chi-square p 0.11)."""
+    two-sample test agreeing (the vocabulary: its out-of-vocabulary rate over its threshold), over at least
+    DriftThresholds.min_live live examples (below it the status is INSUFFICIENT, never confirmed). On PSI alone the gauge
+    had fired on a handful of requests after a deploy (labels PSI 0.54, chi-square p 0.11)."""
     if figures.get("status") == "drifted":
         return True
     p, threshold = figures.get("p_value"), figures.get("p_value_threshold")
@@ -119,8 +121,9 @@ def psi(expected: Values, actual: Values, bins: int = 10) -> float:
     the expected (training) and actual (live) data in each bin.
 
     Numbers are binned on the expected data's quantiles (deciles for bins=10), so each bin holds
-    about 1/bins of the training data; the outer bins are open, so live values outside the
-    training range still count. Tied quantiles (e.g. integer lengths) merge bins. Labels (str or
+    about 1/bins of the training data; live values below the training minimum or above its
+    maximum get a bin of their own on each side (training leaves them empty), so a shift past a
+    tied top or bottom still shows. Tied quantiles (e.g. integer lengths) merge bins. Labels (str or
     bool; pass integer label ids as str) are compared category by category over the union of both sides. An empty bin gets
     PSI_EPSILON. Thresholds: PSI_MODERATE (0.1), PSI_SIGNIFICANT (0.25).
     """
@@ -130,9 +133,16 @@ def psi(expected: Values, actual: Values, bins: int = 10) -> float:
         _, e_counts, a_counts = _category_counts(expected, actual)
     else:
         e, a = _numbers(expected, "expected (training) data"), _numbers(actual, "actual (live) data")
-        edges = np.unique(np.quantile(e, np.linspace(0, 1, bins + 1)[1:-1]))
-        e_counts = np.bincount(np.searchsorted(edges, e, side="right"), minlength=edges.size + 1).astype(float)
-        a_counts = np.bincount(np.searchsorted(edges, a, side="right"), minlength=edges.size + 1).astype(float)
+        # Values outside the training range get a bin of their own on each side: with the top values tied (constant
+        # lengths) the open top bin held the training values too, and a shift from 1 word to 12 read PSI 0.0.
+        edges = np.unique(np.concatenate([[e.min()], np.quantile(e, np.linspace(0, 1, bins + 1)[1:-1])]))
+        top = e.max()
+
+        def counts(x: np.ndarray) -> np.ndarray:
+            index = np.where(x > top, edges.size + 1, np.searchsorted(edges, x, side="right"))
+            return np.bincount(index, minlength=edges.size + 2).astype(float)
+
+        e_counts, a_counts = counts(e), counts(a)
     pe, pa = _shares(e_counts), _shares(a_counts)
     return float(np.sum((pa - pe) * np.log(pa / pe)))
 
@@ -185,7 +195,7 @@ class DriftThresholds:
     psi_significant: float = PSI_SIGNIFICANT
     p_value: float = 0.01  # the two-sample test must also say "not noise" before a PSI warning
     oov_rate: float = OOV_RATE_THRESHOLD
-    min_live: int = 100  # fewer live examples than this: say the figures are noisy
+    min_live: int = 100  # fewer live examples (or texts) than this: too few to judge, status "insufficient data"
 
 
 def _status(value: float, t: DriftThresholds) -> str:
@@ -215,7 +225,10 @@ class DriftReport:
         t = self.thresholds
         value = psi(expected, actual)
         test = two_sample(expected, actual)
-        status = _status(value, t)
+        # Too few live examples decide nothing: two requests ("hi", "thanks") after a deploy had confirmed length drift
+        # (KS p 1e-6) and set the server's warning gauge.
+        enough = len(actual) >= t.min_live
+        status = _status(value, t) if enough else INSUFFICIENT
         metric = {
             "psi": value, "status": status, "threshold": t.psi_significant, "moderate_threshold": t.psi_moderate,
             "test": test.test, "statistic": test.statistic, "p_value": test.p_value, "p_value_threshold": t.p_value,
@@ -224,7 +237,10 @@ class DriftReport:
         self.metrics[key] = metric
         evidence = f"{test.test} {format_p(test.p_value, t.p_value)}{detail}"
         over = f"PSI {_fmt_psi(value, t.psi_significant)} > {t.psi_significant:g}"
-        if drift_confirmed(metric):
+        if not enough:
+            self.warnings.append(f"only {len(actual)} live examples for the {subject}: too few to judge drift "
+                                 f"(it needs {t.min_live}; so far PSI {value:.2f}, {evidence})")
+        elif drift_confirmed(metric):
             self.warnings.append(f"{subject} drifted: {over} ({evidence})")
         elif status == "significant":
             self.warnings.append(f"{subject} may have drifted: {over}, "
@@ -232,9 +248,6 @@ class DriftReport:
         elif status == "moderate" and test.p_value < t.p_value:
             self.warnings.append(f"{subject} shifted moderately: PSI {value:.2f} (between {t.psi_moderate:g} and "
                                  f"{t.psi_significant:g}; {evidence}); worth watching")
-        if len(actual) < t.min_live:
-            self.warnings.append(f"only {len(actual)} live examples for the {subject}: "
-                                 f"drift figures are noisy below {t.min_live}")
         return metric
 
 
@@ -258,6 +271,9 @@ def drift_report(
         thresholds  the DriftThresholds used
         warnings    plain-words sentences, e.g. "prediction distribution drifted: PSI 0.31 > 0.25 (...)"
 
+    A signal with fewer live examples (texts, for the vocabulary) than thresholds.min_live has the
+    status "insufficient data" (INSUFFICIENT) and no drift warning, only its figures and a line saying so.
+
     A pair left as None (or empty on either side) is skipped: a generation task has no labels.
     """
     report = DriftReport(thresholds=thresholds)
@@ -276,13 +292,16 @@ def drift_report(
         metric["shares"] = {str(c): {"train": float(s), "live": float(q)} for c, s, q in zip(labels, e_share, a_share)}
     if train_vocab is not None and live_texts is not None and len(live_texts):
         rate = oov_rate(live_texts, train_vocab)
-        drifted = rate > thresholds.oov_rate
+        over = rate > thresholds.oov_rate
+        enough = len(live_texts) >= thresholds.min_live  # one request "Merci beaucoup" had read as vocabulary drift
         report.metrics["vocabulary"] = {
-            "oov_rate": rate, "threshold": thresholds.oov_rate, "status": "drifted" if drifted else "ok",
+            "oov_rate": rate, "threshold": thresholds.oov_rate,
+            "status": INSUFFICIENT if not enough else "drifted" if over else "ok",
             "n_texts": len(live_texts), "vocabulary_size": None if callable(train_vocab) else len(train_vocab),
         }
-        if drifted:
+        if over:
+            few = "" if enough else f", but only {len(live_texts)} live texts: too few to judge (it needs {thresholds.min_live})"
             report.warnings.append(f"live texts use words unseen in training: {rate:.1%} of tokens "
-                                   f"> {thresholds.oov_rate:.0%}")
+                                   f"> {thresholds.oov_rate:.0%}{few}")
     return report.to_dict()
 
