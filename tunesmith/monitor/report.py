@@ -360,7 +360,7 @@ def _drift_section(store: Store, model: str, production: VersionInfo | None, sin
               f"its dataset ({_code(profile.dataset)}).", "",
               f"A distribution warning needs both a population stability index (PSI) above {t['psi_significant']:g} "
               f"(between {t['psi_moderate']:g} and {t['psi_significant']:g}: a moderate shift) and a two-sample test "
-              f"with p below {t['p_value']:g}. Input lengths are counted in words on both sides: the log holds raw "
+              f"with p below {t['p_value']:g}, over at least {t['min_live']} live examples. Input lengths are counted in words on both sides: the log holds raw "
               "texts, not the model's tokens.", ""]
     rows = []
     names = {"lengths": "input length (words)", "labels": "predicted labels", "values": "predicted values"}
