@@ -8,6 +8,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select, text
 
+from tests.conftest import PG_URL
 from tunesmith.store.db import VERSION_TABLE, Store, head_revision
 from tunesmith.store.schema import Base, Job, JobEvent
 
@@ -210,6 +211,10 @@ def test_store_urls_that_cannot_work_are_config_errors_naming_them(tmp_path, mon
     assert (tmp_path / "home" / "ts" / "store.db").is_file() and not (tmp_path / "~").exists()
     assert store.home == tmp_path / "home" / "ts"
     store.close()
+    # a search_path naming no schema: ProgrammingError with the migration's SQL, shown as an internal error
+    with pytest.raises(ConfigError, match=r"cannot create the store's tables: no schema has been selected to create in; "
+                                          r"check the URL's schema \(search_path\)"):
+        Store(f"{PG_URL}?options=-csearch_path%3Dno_such_schema_here")
     # a file where the SQLite file's folder should be: FileExistsError, shown by the CLI as an internal error
     (tmp_path / "afile").write_text("")
     with pytest.raises(ConfigError, match=rf"--db sqlite:///{tmp_path}/afile/x.db: cannot make the folder "

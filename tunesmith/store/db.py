@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import NoSuchModuleError, OperationalError
+from sqlalchemy.exc import NoSuchModuleError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from tunesmith.config import data_home
@@ -90,6 +90,14 @@ class Store:
             except OperationalError as err:  # refused, no such database, timed out: the URL or the server, not a bug
                 raise ConfigError(f"--db {self.shown}: cannot open the store: {shown_url(str(err.orig or err)).strip()}") \
                     from None
+            except ProgrammingError as err:
+                # a search_path naming no schema (3F000) or a user without CREATE rights (42501): the URL or the
+                # database's grants, not a bug (it surfaced as "internal error" with the migration's SQL)
+                if getattr(err.orig, "sqlstate", None) not in ("3F000", "42501"):
+                    raise
+                first = str(err.orig).strip().splitlines()[0]
+                raise ConfigError(f"--db {self.shown}: cannot create the store's tables: {first}; check the URL's "
+                                  "schema (search_path) and that its user may create tables there") from None
 
     def _engine_options(self) -> dict[str, Any]:
         if self.dialect == "sqlite":
