@@ -221,6 +221,18 @@ def test_a_local_model_samples_each_prompt_of_a_round_apart_and_the_same_again(t
     assert model.complete(["Write a pos food review."] * 4, seed=4) != round_
 
 
+def test_a_prompt_past_a_local_model_s_context_fails_alone(tiny_llama: Path) -> None:
+    """It failed the whole collection: "internal error: ValueError: a prompt of 134 tokens leaves no room to answer"."""
+    from tunesmith.collect.synthetic import Failed, _LocalModel
+    from tunesmith.config import SyntheticSpec
+
+    model = _LocalModel(SyntheticSpec(method="generate", model=str(tiny_llama), max_new_tokens=8))
+    short, long_ = "Write a pos food review.", "Write a pos food review about " + "the tea and the coffee " * 60
+    answers = model.complete([short, long_, short], seed=3)
+    assert isinstance(answers[0], str) and isinstance(answers[2], str)
+    assert isinstance(answers[1], Failed) and "leaves no room to answer in the context of" in answers[1].reason
+
+
 def test_endpoint_generations_are_labelled_tidied_and_deduplicated_against_real_data(tmp_path: Path, teacher,
                                                                                      monkeypatch) -> None:
     monkeypatch.setenv("TEACHER_KEY", "sk-test-very-secret")

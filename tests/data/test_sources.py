@@ -1073,6 +1073,15 @@ def test_multi_label_lists_written_out_as_text_are_read_as_lists(tmp_path, make_
     assert version.manifest.labels == ["[bug]", "food", "price", "service"]
 
 
+def test_an_empty_list_written_out_as_text_is_a_row_no_label_applies_to(tmp_path, make_config):
+    # pandas writes an empty list as "[]": those rows were quarantined as "no labels", unlike a JSON [].
+    records = [{"text": t, "tags": ["['food', 'price']", "[]", "[ ]"][i % 3]} for i, t in enumerate(texts(24))]
+    version = run(make_config, [{"path": str(write_csv(tmp_path / "d.csv", records))}],
+                  task={"type": "multi_label_classification", "label": "tags"})
+    assert version.manifest.counts["quarantine"] == 0
+    assert sorted(len(r["labels"]) for r in kept_rows(version)).count(0) >= 12
+
+
 def test_decimal_scores_and_labels_are_numbers(tmp_path, make_config):
     # A SQL or Spark export's DECIMAL column: every row was refused ("got Decimal"), so no usable rows.
     from decimal import Decimal

@@ -391,9 +391,24 @@ class _LocalModel:
         # Seeded once per round, rows drawing one after another from the stream: a seed per prompt (generate's `seed`)
         # gave a round's identical prompts (one per label in `generate`) one identical text, and batches of one.
         torch.manual_seed(seed)
-        done = self.model.generate([[{"role": "user", "content": p}] for p in prompts], max_new_tokens=self.syn.max_new_tokens,
-                                   temperature=self.syn.temperature, top_p=0.95, batch_size=LOCAL_BATCH)
-        return [_whole_sentences(c.text) if c.finish_reason == "length" else c.text for c in done]
+        asked = [[{"role": "user", "content": p}] for p in prompts]
+        # A prompt that fills the model's context fails on its own, as a failed request does: it failed the whole
+        # collection with an internal error (one batch's prompt of 134 tokens against a context of 128).
+        context = self.model.context
+        sizes = [self.model.count_tokens(self.model.prompt_text(c)) for c in asked]
+        fits = {i for i, n in enumerate(sizes) if context is None or n < context}
+        done = iter(self.model.generate([asked[i] for i in sorted(fits)], max_new_tokens=self.syn.max_new_tokens,
+                                        temperature=self.syn.temperature, top_p=0.95, batch_size=LOCAL_BATCH))
+        out: list[str | Failed] = []
+        for i, n in enumerate(sizes):
+            if i not in fits:
+                out.append(Failed(f"the prompt is {n} tokens, which leaves no room to answer in the context of "
+                                  f"{self.origin} ({context} tokens); shorten synthetic.prompts or use a model with a "
+                                  "longer context"))
+                continue
+            c = next(done)
+            out.append(_whole_sentences(c.text) if c.finish_reason == "length" else c.text)
+        return out
 
 
 def _whole_sentences(text: str) -> str:

@@ -420,7 +420,7 @@ class Canonicalizer:
         if name == "messages":
             return validate_messages(value)
         if self.task == TaskType.multi_label:
-            items = _listed(value) if isinstance(value, str) else value
+            items = written = _listed(value) if isinstance(value, str) else value
             if isinstance(items, int | float | Decimal):  # one label read as a number (Excel's 3, JSON's 3): "1;3" was fine
                 items = [items]
             if isinstance(items, str):
@@ -428,7 +428,7 @@ class Canonicalizer:
             if not isinstance(items, list | tuple):
                 raise ValueError(f"expected a list of labels or a '{self.cfg.task.label_separator}'-separated string, got {value!r}")
             labels = sorted({self._label(v) for v in items if str(v).strip()})
-            if not labels and isinstance(value, str):  # "; ;": separators and nothing between them
+            if not labels and isinstance(written, str):  # "; ;": separators and nothing between them ("[]" is a list)
                 raise ValueError("no labels")
             return labels
         return self._label(value)
