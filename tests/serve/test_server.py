@@ -441,3 +441,23 @@ def test_serve_workers_that_die_are_started_again(monkeypatch: pytest.MonkeyPatc
     finally:
         pool.stop()
     assert all(c.poll() is not None for c in pool.children)
+
+
+def test_a_server_stopped_with_sigterm_stops_its_workers(tmp_path: Path, tiny_llama: Path) -> None:
+    """uvicorn raised the SIGTERM again once shut down, and the default handler ended the server before it stopped its
+    workers: they went on training jobs for a server that was gone (systemd, docker stop and kill send SIGTERM)."""
+    import os
+    import signal
+
+    proc, _ = start_server(["--workers", "1", "--base-model", str(tiny_llama)], tmp_path / "server.log",
+                           env={"TUNESMITH_HOME": str(tmp_path / "home")})
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.time() + 30
+    while not children.read_text().split() and time.time() < deadline:
+        time.sleep(0.2)
+    [worker] = [int(pid) for pid in children.read_text().split()]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    with pytest.raises(ProcessLookupError):  # stopped and reaped by the server, not left to run on as an orphan
+        os.kill(worker, 0)
+

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -88,10 +90,21 @@ def serve(paths: Sequence[str | Path], spec: ServeSpec, log: bool = True, jobs: 
         for m in models:
             print(f"serving {m.id} ({m.task}) from {m.run}", flush=True)
         print(f"listening on http://{spec.host}:{port} (docs: /docs, health: /healthz, metrics: /metrics)", flush=True)
+    # uvicorn raises the SIGTERM it caught again once it has shut down, to the handler it found: the default one ended
+    # the process before `finally`, and the workers went on training jobs for a server that was gone (systemd, docker
+    # stop and kill all send SIGTERM). Raised as SystemExit here, it passes through `finally`.
+    previous = signal.signal(signal.SIGTERM, _exit_on_signal) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         uvicorn.run(app, host=spec.host, port=port, log_level="warning", timeout_graceful_shutdown=5)
     finally:
         pool.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_signal(signum: int, _: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 class WorkerPool:
