@@ -123,6 +123,32 @@ def test_chat_corrections_export_as_openai_chat_lines(store_url: str, tmp_path: 
     log.close()
 
 
+def test_a_job_s_model_exports_by_its_registry_name_what_was_corrected_under_its_ft_id(store_url: str,
+                                                                                       tmp_path: Path) -> None:
+    """A job registers its model under its suffix, and it answers as its ft: id: `feedback export --model marv` (what
+    `retrain` suggests) found no corrections, and wrote them as an empty CSV (`id,text,label`) into a .jsonl file."""
+    from tunesmith.store.schema import ModelVersion, RegisteredModel
+
+    store = Store(store_url)
+    log = PredictionLog(store)
+    service = FeedbackService(store, log)
+    ft = "ft:tiny:tunesmith:marv:abc123"
+    with store.session() as s:
+        s.add(RegisteredModel(name="marv", created_at=0))
+        s.flush()
+        s.add(ModelVersion(id="marv-1", model="marv", version=1, stage="production", run_path="/runs/marv", task="chat",
+                           base_model="tiny", metrics={}, dataset_fingerprint="x", created_at=0, stage_changed_at=0,
+                           lineage={"job": "ftjob-1", "fine_tuned_model": ft}))
+    out = tmp_path / "fixes.jsonl"
+    assert service.export("marv", out) == 0 and out.read_text() == ""  # none yet: an empty chat file
+    convo = [{"role": "user", "content": "capital of france?"}]
+    log.record("chatcmpl-1", ft, "abc123", "chat", convo, ["lyon"], 5.0)
+    assert isinstance(service.submit(FeedbackRequest(request_id="chatcmpl-1", answer="paris")), FeedbackCreated)
+    assert service.export("marv", out) == 1
+    assert json.loads(out.read_text())["messages"] == [*convo, {"role": "assistant", "content": "paris"}]
+    log.close()
+
+
 def test_inputs_are_not_kept_when_opted_out_and_cleared_after_retention(store_url: str, tmp_path: Path) -> None:
     store = Store(store_url)
     private = PredictionLog(store, log_inputs=False)

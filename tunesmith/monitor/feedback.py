@@ -22,7 +22,7 @@ from sqlalchemy import and_, func, select
 from tunesmith.errors import ApiError, ConfigError
 from tunesmith.monitor.log import MAX_REQUEST_ID, PredictionLog
 from tunesmith.store.db import Store
-from tunesmith.store.schema import Feedback, Prediction
+from tunesmith.store.schema import Feedback, ModelVersion, Prediction
 
 
 def is_rating(f: Feedback) -> bool:
@@ -142,9 +142,13 @@ class FeedbackService:
         text,score) for classifiers and regressors, OpenAI chat JSONL for chat models. One row per answered item, its
         latest correction (an answer corrected again: the user changed their mind). `until`: only feedback given by
         then. Returns the rows written."""
-        stmt = (select(Feedback, Prediction).join(Prediction, Feedback.request_id == Prediction.request_id)
-                .where(Prediction.model == model).order_by(Feedback.created))
         with self.store.session() as s:
+            # A fine-tuning job's model is registered under its suffix but answers (and is logged) as its ft: id: the
+            # registry name exported none of what its users corrected.
+            versions = s.execute(select(ModelVersion.task, ModelVersion.lineage).where(ModelVersion.model == model)).all()
+            names = [model, *{v.lineage.get("fine_tuned_model") for v in versions if v.lineage} - {None}]
+            stmt = (select(Feedback, Prediction).join(Prediction, Feedback.request_id == Prediction.request_id)
+                    .where(Prediction.model.in_(names)).order_by(Feedback.created))
             rows = s.execute(stmt if until is None else stmt.where(Feedback.created <= until)).all()
         latest = {(f.request_id, f.item_index): (f, p) for f, p in rows
                   if f.corrected_label or f.corrected_value is not None or f.corrected_answer}
@@ -156,7 +160,10 @@ class FeedbackService:
                               "--no-log-inputs, or the inputs passed their retention)")
         out.parent.mkdir(parents=True, exist_ok=True)
         written = 0
-        if any(p.kind != "predict" for _, p in corrections):
+        # chat JSONL for a chat model's corrections, also when there are none yet (an empty chat export was a CSV header)
+        chat = any(p.kind != "predict" for _, p in corrections) if corrections else \
+            any(v.task == "chat" for v in versions) or (not versions and out.suffix == ".jsonl")
+        if chat:
             with out.open("w", encoding="utf-8") as f:
                 for fb, p in corrections:
                     if p.kind == "predict" or not p.inputs or fb.corrected_answer is None:
