@@ -639,6 +639,15 @@ class ServeSpec(Spec):
     log_retention_days: float = Field(30.0, gt=0)  # logged inputs and answers are cleared after this; ids and timings stay
     drift_every_s: float = Field(60.0, gt=0)  # how often live traffic is compared with the training data (drift gauges in /metrics)
 
+    @field_validator("api_keys", "admin_key")
+    @classmethod
+    def _no_blank_key(cls, value: Any) -> Any:
+        """`--api-key "$KEY"` with KEY unset: a server that looked protected let in a bearer token of blanks."""
+        for key in [value] if isinstance(value, str) else value or []:
+            if not key.strip() or key != key.strip():
+                raise ValueError(f"{key!r}: a key must not be empty or start or end with blanks (an unset variable?)")
+        return value
+
 
 class JobsSpec(Spec):
     """The OpenAI-compatible fine-tuning API (`tunesmith serve --db`, `tunesmith worker`): store and limits."""

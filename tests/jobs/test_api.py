@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -123,6 +124,21 @@ def test_upload_is_stored_under_a_server_id(client: openai.OpenAI, training_file
         client.files.retrieve(temporary.id)
     assert client.files.content(training_file).text.splitlines()[0].startswith('{"messages"')
     assert training_file in [x.id for x in client.files.list(purpose="fine-tune")]
+
+
+def test_an_upload_s_other_fields_are_refused_before_they_fill_memory(cluster: Cluster) -> None:
+    """Starlette kept each non-file field, and a whole urlencoded body, in memory: four requests under the 512 MB upload
+    limit held 1.8 GB of the server's RAM before failing as "'file' is required". And "³⁶⁰⁰" seconds was a 500."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    urlencoded = httpx.post(f"{cluster.url}/v1/files", headers=auth, data={"purpose": "fine-tune", "x": "a" * 2_000_000})
+    assert urlencoded.status_code == 400 and "multipart/form-data" in urlencoded.json()["error"]["message"]
+    line = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
+    big_field = httpx.post(f"{cluster.url}/v1/files", headers=auth, files={"file": ("t.jsonl", line)},
+                           data={"purpose": "fine-tune", "padding": "a" * 200_000})
+    assert big_field.status_code == 400 and big_field.json()["error"]["message"]
+    odd = httpx.post(f"{cluster.url}/v1/files", headers=auth, files={"file": ("t.jsonl", line)},
+                     data={"purpose": "fine-tune", "expires_after[anchor]": "created_at", "expires_after[seconds]": "³⁶⁰⁰"})
+    assert odd.status_code == 400 and odd.json()["error"]["param"].startswith("expires_after")
 
 
 def test_a_job_trains_reports_and_its_model_answers(client: openai.OpenAI, succeeded: Any) -> None:
@@ -251,7 +267,11 @@ def test_requests_openai_refuses_are_refused_the_same_way(client: openai.OpenAI,
         client.fine_tuning.jobs.create(model=str(cluster.base), training_file="file-doesnotexist")
 
 
-def test_a_key_sees_only_its_own_files_jobs_and_models(cluster: Cluster, succeeded: Any, training_file: str) -> None:
+def test_a_key_sees_only_its_own_files_jobs_and_models(cluster: Cluster, succeeded: Any, training_file: str,
+                                                       client: openai.OpenAI) -> None:
+    client.chat.completions.create(model=succeeded.fine_tuned_model, messages=[{"role": "user", "content": "hi"}],
+                                   max_tokens=2)  # loaded: /readyz (no key needed) listed it to anyone
+    assert succeeded.fine_tuned_model not in httpx.get(f"{cluster.url}/readyz").json()["models"]
     other = openai.OpenAI(base_url=f"{cluster.url}/v1", api_key=OTHER, max_retries=0)
     with pytest.raises(openai.NotFoundError):
         other.files.retrieve(training_file)

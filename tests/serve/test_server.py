@@ -328,6 +328,26 @@ def test_an_unexpected_failure_answers_500_in_openai_s_shape_and_is_counted() ->
     assert 'tunesmith_requests_total{endpoint="/v1/completions",status="500"} 1.0' in text
 
 
+def test_a_blank_key_is_refused_at_start(tmp_path: Path) -> None:
+    """`--api-key "$KEY"` with KEY unset started a server that looked protected and let in "Bearer \\xa0" (str.strip()
+    made it "", the key)."""
+    import subprocess
+    import sys
+
+    from pydantic import ValidationError
+
+    from tunesmith.config import ServeSpec
+
+    for keys in ([""], ["  "], [" sk-1"]):
+        with pytest.raises(ValidationError, match="must not be empty or start or end with blanks"):
+            ServeSpec(api_keys=keys)
+    with pytest.raises(ValidationError):
+        ServeSpec(admin_key="")
+    done = subprocess.run([sys.executable, "-m", "tunesmith", "serve", "--api-key", "", str(tmp_path)], capture_output=True,
+                          text=True)
+    assert done.returncode == 2 and "--api-key" in done.stderr
+
+
 def test_the_key_is_checked_before_the_body(tmp_path: Path) -> None:
     """A client without the key hears 401 whatever its body, as OpenAI answers: never 400 about its JSON (which would
     tell a stranger the endpoint's schema)."""

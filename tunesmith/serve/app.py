@@ -136,7 +136,8 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
 
     def bearer(request: Request) -> str | None:
         header = request.headers.get("authorization", "")
-        return header[7:].strip() if header.lower().startswith("bearer ") else None
+        # spaces and tabs only: str.strip() took "\xa0" and "\x85" too, leaving "" to compare with the keys
+        return header[7:].strip(" \t") if header.lower().startswith("bearer ") else None
 
     async def model_auth(request: Request) -> str:
         """The caller's owner id (a hash of its key; "" on an open server): files, jobs and ft: models are per key."""
@@ -187,7 +188,8 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
              responses={503: {"model": p.ReadyStatus, "description": "Still loading"}})
     async def readyz() -> JSONResponse:
         ok = ready()
-        body = p.ReadyStatus(status="ready" if ok else "loading", models=[m.id for m in service.models])
+        # the models every key sees: a fine-tuning job's model is its owner's to know of (/readyz needs no key)
+        body = p.ReadyStatus(status="ready" if ok else "loading", models=[m.id for m in service.models if m.owner is None])
         return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
     @app.get("/metrics", tags=["ops"])

@@ -31,7 +31,12 @@ def add_jobs_routes(app: FastAPI, service: Service, auth: Callable[[Request], Aw
 
     @app.post("/v1/files", tags=["files"], response_model=jp.FileObject)
     async def create_file(request: Request, owner: str = Depends(auth)) -> Response:
-        form = await request.form()
+        # Only multipart, and its other fields small: Starlette keeps every non-file field (and a whole urlencoded
+        # body) in memory, so a request up to the upload limit held ~500 MB of RAM; only the file part is spooled.
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "multipart/form-data":
+            return error(ApiError(400, "send the file as multipart/form-data (the 'file' and 'purpose' fields)",
+                                  param="file"))
+        form = await request.form(max_files=1, max_fields=16, max_part_size=64 * 1024)
         upload, purpose = form.get("file"), form.get("purpose")
         if not isinstance(upload, UploadFile):
             return error(ApiError(400, "'file' is required: a multipart file upload", param="file"))
@@ -40,7 +45,8 @@ def add_jobs_routes(app: FastAPI, service: Service, auth: Callable[[Request], Aw
         expires = None
         if "expires_after[anchor]" in form or "expires_after[seconds]" in form:
             seconds = str(form.get("expires_after[seconds]", ""))
-            expires = {"anchor": form.get("expires_after[anchor]"), "seconds": int(seconds) if seconds.isdigit() else seconds}
+            whole = seconds.isascii() and seconds.isdigit() and len(seconds) <= 12  # "³⁶⁰⁰" is isdigit() too: a 500
+            expires = {"anchor": form.get("expires_after[anchor]"), "seconds": int(seconds) if whole else seconds}
         result = await _thread(jobs.create_file, owner, upload.filename or "upload", purpose, upload.file, expires)
         return answer(result)
 
