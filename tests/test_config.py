@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -407,3 +408,13 @@ def test_star_ratings_as_numbers_are_labels() -> None:
     assert cfg.task.labels == ["1", "2", "3"]
     with pytest.raises(ConfigError, match="quote it"):
         parse_config({"name": "x", "task": {"labels": [True, False]}, "data": {"sources": [{"path": "a.csv"}]}})
+
+
+def test_a_tune_storage_password_stays_out_of_written_configs() -> None:
+    """`--storage postgresql://user:PW@...` was written in clear into the dataset's manifest.json, every trial's
+    config.json and a Docker export, which are moved and shared."""
+    cfg = parse_config({"name": "x", "data": {"sources": [{"path": "a.csv"}]},
+                        "tune": {"storage": "postgresql://bob:S3cret@db/ts?sslmode=require&password=S3cret"}}, "test")
+    assert cfg.tune.storage == "postgresql://bob:S3cret@db/ts?sslmode=require&password=S3cret"  # what the study opens
+    assert "S3cret" not in cfg.model_dump_json() and "S3cret" not in json.dumps(cfg.model_dump(mode="json"))
+    assert cfg.model_dump(mode="json")["tune"]["storage"] == "postgresql://bob:***@db/ts?sslmode=require&password=***"

@@ -25,7 +25,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from tunesmith.errors import ConfigError
 
@@ -724,6 +733,15 @@ class TuneSpec(Spec):
     seed: int = 42  # same seed, same suggested configurations (on one worker)
     study: str | None = None  # study name in the storage; None: the project name
     storage: str | None = None  # database URL; None: the tunesmith store (SQLite in TUNESMITH_HOME)
+
+    @field_serializer("storage")
+    def _storage_without_password(self, storage: str | None) -> str | None:
+        """Written configs (dataset manifests, runs' config.json, Docker exports) are moved and shared: the storage's
+        password is kept out of them. The study itself opens the URL as given."""
+        if storage is None:
+            return None
+        storage = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", storage)
+        return re.sub(r"([?&](?:ssl)?password=)[^&]*", r"\1***", storage, flags=re.IGNORECASE)
 
     @field_validator("space")
     @classmethod

@@ -212,6 +212,26 @@ def test_token_is_sent_and_never_written(server, collect_config, run_collector, 
     assert [f.name for f in files if token.encode() in f.read_bytes()] == []
 
 
+def test_the_token_goes_to_the_api_s_own_origin_only(server, collect_config, run_collector, monkeypatch) -> None:
+    """A next link naming another host got the token, and so did a 302 to one when it went in X-Api-Key (requests drops
+    only Authorization on a redirect to another host)."""
+    token = "tok-5ecret-8c1f2a"
+    monkeypatch.setenv("REVIEWS_API_TOKEN", token)
+    other = FixtureServer()
+    try:
+        other.route("/moved", Reply(body={"data": REVIEWS[:2], "next": server.url("/own")}))
+        server.route("/own", Reply(body={"data": REVIEWS[2:4], "next": other.url("/elsewhere")}))
+        other.route("/elsewhere", Reply(body={"data": REVIEWS[4:5], "next": None}))
+        server.route("/api", Reply(302, headers={"Location": other.url("/moved")}))
+        cfg = collect_config(rest_source(server, "/api", records="$.data[*]", next_path="$.next",
+                                         auth_env="REVIEWS_API_TOKEN", auth_header="X-Api-Key", auth_scheme=""))
+        assert len(run_collector(rest, cfg).records) == 5
+        assert other.count() == 2 and all(token not in json.dumps(h.headers) for h in other.hits())
+        assert all(token in json.dumps(h.headers) for h in server.hits())  # its own origin still gets it
+    finally:
+        other.close()
+
+
 def test_missing_token_variable_is_named(server, collect_config, run_collector, monkeypatch) -> None:
     monkeypatch.delenv("NO_SUCH_TOKEN", raising=False)
     with pytest.raises(ConfigError, match="NO_SUCH_TOKEN"):

@@ -179,6 +179,9 @@ def test_a_store_password_is_never_printed_nor_put_on_a_command_line(monkeypatch
 
     assert shown_url("postgresql://bob:Secr3t@db.example:5432/ts") == "postgresql://bob:***@db.example:5432/ts"
     assert "Secr3t" not in shown_url("postgresql://bob:Secr3t@127.0.0.1:54x2/test")
+    # libpq also takes the password in the query: the server and worker logs printed it
+    shown = shown_url("postgresql://bob@db.example/ts?sslmode=require&password=Secr3t")
+    assert "Secr3t" not in shown and "password=***" in shown and "sslmode=require" in shown
     with pytest.raises(ConfigError) as err:
         Store("postgresql://bob:Secr3t@127.0.0.1:54x2/test")
     assert "Secr3t" not in str(err.value) and "bob:***@" in str(err.value)

@@ -151,6 +151,21 @@ class Fetcher:
             self.session = requests.Session()
         self.session.headers["User-Agent"] = http.user_agent
         self.session.headers.update(http.headers)
+        self._keep_secrets_home(self.session, list(secret_headers))
+
+    @staticmethod
+    def _keep_secrets_home(session: requests.Session, secret: list[str]) -> None:
+        """A redirect to another origin goes without the credential headers: requests drops only Authorization, so an
+        X-Api-Key token followed a 302 to whichever host it named."""
+        rebuild = session.rebuild_auth
+
+        def rebuild_auth(prepared: Any, response: Any) -> None:
+            rebuild(prepared, response)
+            if origin_of(str(prepared.url)) != origin_of(str(response.request.url)):
+                for name in secret:
+                    prepared.headers.pop(name, None)
+
+        session.rebuild_auth = rebuild_auth  # type: ignore[method-assign]
 
     def __enter__(self) -> Fetcher:
         return self

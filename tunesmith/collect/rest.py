@@ -35,7 +35,7 @@ from jsonpath_ng.ext.filter import Filter
 from jsonpath_ng.jsonpath import Child, Index, Slice, Wildcard
 from requests_cache.policy.settings import AUTH_PARAMS
 
-from tunesmith.collect.http import Fetcher, FetchError, Page
+from tunesmith.collect.http import Fetcher, FetchError, Page, origin_of
 from tunesmith.collect.sink import Sink, collect_dir, now
 from tunesmith.config import ProjectConfig, RestSpec, SourceSpec
 from tunesmith.errors import ConfigError, DataError
@@ -89,8 +89,9 @@ def _pages(rest: RestSpec, paths: _Paths, fetcher: Fetcher, headers: dict[str, s
             return
         number = pos.pages_done + 1
         url = _request_url(rest, pos)
+        # the token goes to the API's own origin only: a next link (or Link header) may name any host
         try:
-            page = fetcher.get(url, headers=headers)
+            page = fetcher.get(url, headers=headers if origin_of(url) == origin_of(rest.url) else {})
         except FetchError as err:
             sink.fail(_public(err.url), err.reason, status=err.status, page=number)
             sink.notes.append(f"stopped at page {number}; run collect again to resume there")

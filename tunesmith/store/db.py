@@ -44,11 +44,13 @@ def normalize_url(url: str) -> str:
 
 
 def shown_url(url: str) -> str:
-    """A store URL fit to print: its password as ***, also when the URL does not parse."""
+    """A store URL fit to print: its password as ***, in the user part or in the query (libpq takes ?password= too),
+    also when the URL does not parse."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        shown = make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - SQLAlchemy's URL errors vary by cause
-        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+        shown = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return re.sub(r"([?&](?:ssl)?password=)[^&]*", r"\1***", shown, flags=re.IGNORECASE)
 
 
 def sqlite_file_url(url: str, what: str) -> str:
