@@ -578,3 +578,17 @@ def test_keep_chooses_the_best_checkpoint_or_where_training_ended(tmp_path: Path
     assert all(np.array_equal(ours[k], kept[k]) for k in kept)
     evals = {e["step"]: e for e in state["log_history"] if "eval_loss" in e}
     assert Run(run).manifest.metrics["loss"] == pytest.approx(evals[step]["eval_loss"])
+
+
+def test_a_tracker_that_is_not_installed_is_refused_before_anything_loads(tmp_path: Path, tiny_bert: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """`report_to: [tensorboard]` without the `tracking` extra failed as an internal error once the model had loaded."""
+    import importlib.util
+
+    found = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else found(name, *a))
+    cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 1, "report_to": ["tensorboard"]})
+    with pytest.raises(ConfigError, match=r"train.report_to: tensorboard is not installed; install it with "
+                                          r"`pip install 'tunesmith\[tracking\]'`"):
+        train(cfg)
+    assert not cfg.run_dir.exists()

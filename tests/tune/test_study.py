@@ -362,3 +362,20 @@ def test_a_trial_failed_for_its_dead_worker_leaves_no_folder(tmp_path: Path) -> 
         study.tell(trial, state=TrialState.FAIL)
     _sweep_dead_folders(study)
     assert {n: f.exists() for n, f in folders.items()} == {"dead": False, "diverged": True, "surplus": True}
+
+
+def test_every_sampler_the_config_offers_samples() -> None:
+    """`sampler: cmaes` stopped a study at its first CMA-ES draw: Optuna imports the `cmaes` package only then."""
+    import typing
+
+    import optuna
+
+    from tunesmith.config import TuneSpec
+    from tunesmith.tune.study import make_sampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    offered, _ = typing.get_args(TuneSpec.model_fields["sampler"].annotation)  # Literal[...] | None
+    for name in typing.get_args(offered):
+        study = optuna.create_study(sampler=make_sampler(TuneSpec(sampler=name), seed=0))
+        study.optimize(lambda t: (t.suggest_float("x", -1, 1) - 0.2) ** 2 + t.suggest_float("y", 0, 1), n_trials=4)
+        assert len(study.trials) == 4, name

@@ -92,9 +92,21 @@ def check_run_dir(run_dir: Path, resuming: bool, overwrite: bool, reads: Sequenc
     shutil.rmtree(run_dir)
 
 
+def _check_trackers(report_to: Sequence[str]) -> None:
+    """Before anything loads: the Trainer refused a tracker that is not installed only once the model was loaded, as
+    an internal error (tensorboard and mlflow come with the `tracking` extra, which `make` does not install)."""
+    import importlib.util
+
+    missing = [name for name in report_to if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"train.report_to: {', '.join(missing)} is not installed; install it with "
+                          f"`pip install 'tunesmith[tracking]'` (or `pip install {' '.join(missing)}`), or leave it out")
+
+
 def start_run(cfg: ProjectConfig, resume: Path | None, overwrite: bool, dataset_dir: Path | None = None
               ) -> tuple[Path, Path | None]:
     """The run folder, and the checkpoint to resume from; refuses a changed config or an accidental overwrite."""
+    _check_trackers(cfg.train.report_to)
     run_dir = Path(resume or cfg.run_dir)
     checkpoint = None
     if resume is not None:
