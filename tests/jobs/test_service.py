@@ -88,3 +88,26 @@ def test_a_cancelled_job_has_no_estimated_finish(store_url: str, tmp_path: Path)
         running.status, running.estimated_finish = "running", int(time.time()) + 600
     assert jobs.get_job("a", job.id).estimated_finish is not None
     assert jobs.cancel_job("a", job.id).estimated_finish is None and jobs.get_job("a", job.id).estimated_finish is None
+
+
+def test_deleting_a_model_archives_its_registry_version(store_url: str, tmp_path: Path) -> None:
+    """The job's registry version stayed a candidate (or production) pointing at the deleted weights: promoted, the
+    registry served a run whose model/ was gone."""
+    from tests.registry.test_service import fake_run
+    from tunesmith.registry.service import Registry
+    from tunesmith.store.schema import Job
+
+    jobs = service(store_url, tmp_path)
+    run = fake_run(tmp_path / "jobs" / "ftjob-r" / "run", 0.9)
+    (run / "model").mkdir()
+    with jobs.store.session() as s:
+        s.add(Job(id="ftjob-r", owner="", created_at=1, created=1.0, model="base", training_file="file-x", seed=1,
+                  method={"type": "supervised", "supervised": {"hyperparameters": {}}}, result_files=[],
+                  status="succeeded", fine_tuned_model="ft:base:tunesmith:support:r", run_dir=str(run), trained_tokens=1))
+    registry = Registry(jobs.store)
+    registry.add(run, "support-r", stage="production", lineage={"job": "ftjob-r"})
+    other = registry.add(fake_run(tmp_path / "other", 0.8), "support-r")  # not the job's: left alone
+    assert jobs.delete_model("", "ft:base:tunesmith:support:r")["deleted"]
+    assert not (run / "model").exists()
+    assert registry.version("support-r", 1).stage == "archived" and registry.production("support-r") is None
+    assert registry.version("support-r", other.version).stage == "candidate"

@@ -14,7 +14,7 @@ import pytest
 
 from tests.jobs.test_api import chat_file
 from tunesmith.config import JobsSpec
-from tunesmith.errors import ApiError
+from tunesmith.errors import ApiError, ConfigError
 from tunesmith.jobs import protocol as jp
 from tunesmith.jobs.service import JobsService
 from tunesmith.jobs.worker import Worker
@@ -112,11 +112,13 @@ def test_a_job_runs_through_the_service_and_a_worker(store_url: str, tmp_path: P
     assert jobs.resolve_model("owner-b", done.fine_tuned_model) is None
     assert jobs.get_job("owner-b", job.id).status == 404
     # Without a validation file OpenAI trains on the whole file (20% of it had been held out) and reports no valid_*.
-    from tunesmith.artifacts import DatasetVersion, Run
+    # (The prepared dataset went with the job's end: its steps say how many lines it trained on.)
+    from tunesmith.artifacts import Run
 
     run = Run(jobs.jobs_dir / job.id / "run")
-    assert DatasetVersion(run.manifest.dataset).manifest.counts["train"] == 24
-    reported = {k for e in jobs.list_events("owner-a", job.id, limit=100).data if e.type == "metrics" for k in e.data}
+    metrics = [e.data for e in jobs.list_events("owner-a", job.id, limit=100).data if e.type == "metrics"]
+    assert {m["total_steps"] for m in metrics} == {-(-24 // run.manifest.openai_hyperparameters["batch_size"])}
+    reported = {k for m in metrics for k in m}
     assert "train_loss" in reported and not any("valid" in k for k in reported)
     assert not any("valid" in k for c in jobs.list_checkpoints("owner-a", job.id).data for k in c.metrics.model_dump(exclude_none=True))
     # the fine-tuned model is where training ended, as OpenAI's is: the checkpoint that scored best had been kept
@@ -191,6 +193,69 @@ def test_a_job_left_running_by_an_interrupted_worker_is_taken_over(store_url: st
     assert Worker(store, spec, name="second").claim() == "ftjob-interrupted"
     with store.session() as s:  # let go on purpose, not died holding it: the count of tries starts over
         assert s.get(Job, "ftjob-interrupted").attempts == 1
+
+
+def test_a_job_taken_over_from_a_stalled_worker_waits_for_its_run_folder(store_url: str, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker stalled past stale_after (SIGSTOP, swapping) but alive still holds the run folder's lock: the worker
+    that took the job over failed it for good ("another training is writing this run folder now")."""
+    from tunesmith.training import RunBusy, train
+    from tunesmith.training.run import run_lock
+
+    store = Store(store_url)
+    run_dir = tmp_path / "ftjob-stalled" / "run"
+    _job(store, "ftjob-stalled", status="running", worker="stalled", heartbeat_at=time.time() - 120, attempts=1,
+         trained_tokens=10, run_dir=str(run_dir))
+    spec = JobsSpec(stale_after_s=30)
+    monkeypatch.setattr(Worker, "_train", lambda self, job_id, beat, resumed: train(None, resume=run_dir))  # type: ignore[arg-type]
+    assert issubclass(RunBusy, ConfigError)  # `tunesmith train` and other callers see the error they always did
+    with run_lock(run_dir):  # the stalled worker's
+        worker = Worker(store, spec, name="new")
+        assert worker.claim() == "ftjob-stalled"
+        worker.process("ftjob-stalled")
+        with store.session() as s:
+            job = s.get(Job, "ftjob-stalled")
+            assert job.status == "running" and job.error is None and job.worker is None
+            assert job.attempts == 1  # given back: not a worker that died holding it
+        assert Worker(store, spec, name="next").claim() is None  # not again at once: after stale_after_s
+        with store.session() as s:
+            s.get(Job, "ftjob-stalled").heartbeat_at = time.time() - 60
+        assert Worker(store, spec, name="next").claim() == "ftjob-stalled"
+
+
+@pytest.mark.parametrize("saved", [40, None])
+def test_a_job_taken_over_after_a_kill_lists_each_step_once(store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            saved: int | None) -> None:
+    """The killed worker had logged steps past its last checkpoint; trained again from there, they were listed twice
+    ("Step 50/240" twice), and killed before any checkpoint, "Fine-tuning job started" twice as well."""
+    from types import SimpleNamespace
+
+    import tunesmith.training
+    from tunesmith.artifacts import CHECKPOINT_DONE
+    from tunesmith.jobs.service import add_event
+
+    store = Store(store_url)
+    run_dir = tmp_path / "run"
+    if saved:
+        (run_dir / "checkpoints" / f"checkpoint-{saved}").mkdir(parents=True)
+        (run_dir / "checkpoints" / f"checkpoint-{saved}" / CHECKPOINT_DONE).touch()
+    _job(store, "ftjob-k", status="running", worker="killed", heartbeat_at=time.time() - 120, attempts=1, trained_tokens=1,
+         run_dir=str(run_dir))
+    with store.session() as s:
+        job = s.get(Job, "ftjob-k")
+        add_event(s, job, "Fine-tuning job started")
+        for step in (20, 40, 50):
+            add_event(s, job, f"Step {step}/240", type="metrics", data={"step": step, "total_steps": 240})
+    monkeypatch.setattr(Worker, "_config", lambda self, job_id: SimpleNamespace(train=SimpleNamespace(output_dir=run_dir)))
+    monkeypatch.setattr(Worker, "_succeed", lambda self, job_id, run_dir: None)
+    monkeypatch.setattr(tunesmith.training, "train", lambda cfg, **kw: None)
+    worker = Worker(store, JobsSpec(stale_after_s=30), name="next")
+    assert worker.claim() == "ftjob-k"
+    worker.process("ftjob-k")
+    events = JobsService(store, JobsSpec()).list_events("", "ftjob-k", limit=100).data[::-1]
+    assert [e.data["step"] for e in events if e.type == "metrics"] == ([20, 40] if saved else [])
+    assert [e.message for e in events if e.type == "message"] == ["Fine-tuning job started", "Fine-tuning job resumed from "
+                                                                  "step 40" if saved else "Fine-tuning job restarted: no checkpoint was saved yet"]
 
 
 def test_the_heartbeat_outlives_a_failed_beat(tmp_path: Path) -> None:
@@ -438,6 +503,12 @@ def test_a_job_s_file_copies_go_when_it_ends(tmp_path: Path, tiny_llama: Path) -
     for upload in (trained, cancelled):
         assert jobs.delete_file("", upload.id).deleted
     assert [p for p in jobs.jobs_dir.rglob("*") if p.is_file() and p.read_bytes() == data] == []
+    # The dataset prepared from the copies (the conversations as parquet) had stayed for good, ended jobs or not.
+    assert not (jobs.jobs_dir / job.id / "dataset").exists()
+    assert list(jobs.jobs_dir.rglob("*.parquet")) == []
+    # Deleting the model left the Trainer's checkpoints, and in them its weights.
+    assert jobs.delete_model("", jobs.get_job("", job.id).fine_tuned_model)["deleted"]
+    assert list(jobs.jobs_dir.rglob("*.safetensors")) == []
 
 
 def test_a_dead_worker_s_cancelled_job_lets_its_file_copies_go(store_url: str, tmp_path: Path) -> None:
@@ -539,3 +610,22 @@ def test_the_estimated_finish_counts_from_where_training_began(store_url: str, m
         clock[0] = 1000.0 + step
         reporter.on_log(None, SimpleNamespace(global_step=step, max_steps=100), None, logs={"loss": 1.0})
         assert JobsService(store, JobsSpec()).get_job("", "ftjob-e").estimated_finish == 1100
+
+
+def test_the_checkpoints_list_keeps_only_the_newest_the_trainer_keeps(store_url: str) -> None:
+    """Every save added a row: 8 listed while the Trainer kept 3 on disk, for good once the job was cancelled or failed
+    (only a succeeded job's list was trimmed to the folders left)."""
+    from types import SimpleNamespace
+
+    from tunesmith.jobs.worker import _Heartbeat, _reporter
+
+    store = Store(store_url)
+    _job(store, "ftjob-ck", status="running", worker="w", heartbeat_at=time.time())
+    worker = Worker(store, JobsSpec(checkpoints=2), name="w")
+    reporter = _reporter(worker, "ftjob-ck", _Heartbeat(worker, "ftjob-ck"))
+    for step in (10, 20, 30, 40):
+        reporter.on_save(SimpleNamespace(output_dir="jobs/ftjob-ck/run/checkpoints/tmp"), SimpleNamespace(global_step=step), None)
+    jobs = JobsService(store, JobsSpec())
+    assert [c.step_number for c in jobs.list_checkpoints("", "ftjob-ck").data] == [40, 30]
+    assert jobs.cancel_job("", "ftjob-ck").status == "cancelled"
+    assert [c.step_number for c in jobs.list_checkpoints("", "ftjob-ck").data] == [40, 30]

@@ -22,7 +22,7 @@ from tunesmith.config import JobsSpec
 from tunesmith.errors import ApiError
 from tunesmith.jobs import protocol as p
 from tunesmith.store.db import Store
-from tunesmith.store.schema import Job, JobCheckpoint, JobEvent, StoredFile
+from tunesmith.store.schema import Job, JobCheckpoint, JobEvent, ModelVersion, StoredFile
 
 PURPOSES = ("fine-tune",)  # what tunesmith trains on; other OpenAI purposes have no use here yet
 RESULTS_PURPOSE = "fine-tune-results"  # the step-metrics CSV a succeeded job lists in result_files
@@ -242,11 +242,11 @@ class JobsService:
             # A worker holding it removes them as it lets go; one whose heartbeat went stale (killed) never will, and no
             # later worker touches a cancelled job: its copies (a deleted upload's bytes) had stayed for good.
             gone = job.heartbeat_at is None or job.heartbeat_at < time.time() - self.spec.stale_after_s
-            if job.run_dir and (job.worker is None or gone):
-                idle.append(kept_files(job))
+            if job.worker is None or gone:
+                idle.extend(job_copies(job))
 
         result = self._control(owner, job_id, "cancel", ACTIVE, cancel)
-        for folder in idle:  # the job never reads its files again: a deleted upload's bytes go with them
+        for folder in idle:  # the job never reads its data again: a deleted upload's bytes go with it
             shutil.rmtree(folder, ignore_errors=True)
         return result
 
@@ -341,6 +341,12 @@ class JobsService:
             add_event(s, job, f"Fine-tuned model deleted: {name}")
             gone = [folder / "model" for model, folder in [(name, Path(str(job.run_dir))), *checkpoints]
                     if not _needed(s, owner, model, job.id)]
+            # The Trainer's checkpoints hold this model's weights too (a job trained on from it reads only model/), and
+            # the job's data copies are gone at its end already, unless it ended before they were removed then.
+            gone += [Path(str(job.run_dir)) / "checkpoints", *job_copies(job)]
+            # Its registry version (the worker added one) pointed at the removed weights, promotable still.
+            registered = [(v.model, v.version) for v in s.scalars(select(ModelVersion).where(
+                ModelVersion.run_path == str(Path(str(job.run_dir)).resolve()), ModelVersion.stage != "archived"))]
             base = trained_from(job)  # this model's own base, deleted earlier and kept for it alone
             parent = s.scalar(select(Job).where(Job.owner == owner, Job.run_dir == str(base))) if base else None
             if parent is not None and parent.fine_tuned_model is None and parent.status == "succeeded" \
@@ -348,6 +354,11 @@ class JobsService:
                 gone.append(base / "model")
         for folder in gone:
             shutil.rmtree(folder, ignore_errors=True)
+        if registered:  # after the job's transaction: SQLite has one writer at a time
+            from tunesmith.registry.service import Registry
+
+            for model, version in registered:  # archived: out of production, its history kept
+                Registry(self.store).archive(model, version)
         return {"id": name, "object": "model", "deleted": True}
 
 
@@ -363,6 +374,12 @@ def fine_tuned_name(job: Job, spec: JobsSpec) -> str:
 def kept_files(job: Job) -> Path:
     """Where a job keeps its own copies of the files it validated (hard links): beside its run folder."""
     return Path(str(job.run_dir)).parent / "files"
+
+
+def job_copies(job: Job) -> list[Path]:
+    """The user's data a job holds while it may still train, to remove once it never will: its file copies (a deleted
+    upload's bytes) and the dataset prepared from them (the training conversations as parquet)."""
+    return [kept_files(job), Path(str(job.run_dir)).parent / "dataset"] if job.run_dir else []
 
 
 def trained_from(job: Job) -> Path | None:

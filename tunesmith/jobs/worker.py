@@ -27,10 +27,10 @@ from tunesmith.artifacts import MODEL_DIR, RUN_CONFIG, RUN_MANIFEST, STEP_METRIC
 from tunesmith.config import JobsSpec, ProjectConfig, parse_config
 from tunesmith.errors import ConfigError
 from tunesmith.jobs import protocol as p
-from tunesmith.jobs.service import (ACTIVE, BASE_RECORD, RESULTS_PURPOSE, add_event, fine_tuned_name, kept_files, locked_job,
-                                    now, stamps, trained_from)
+from tunesmith.jobs.service import (ACTIVE, BASE_RECORD, RESULTS_PURPOSE, add_event, fine_tuned_name, job_copies, kept_files,
+                                    locked_job, now, stamps, trained_from)
 from tunesmith.store.db import Store
-from tunesmith.store.schema import Job, JobCheckpoint, StoredFile
+from tunesmith.store.schema import Job, JobCheckpoint, JobEvent, StoredFile
 
 CLAIMABLE = ("validating_files", "queued")
 
@@ -60,9 +60,11 @@ class Worker:
         stale = time.time() - self.spec.stale_after_s
         self._fail_crashing(stale)
         # A running job with no worker was let go mid-training by one interrupted without failing it (Ctrl-C is
-        # no Exception): its heartbeat is NULL, which no staleness test matches, so it is claimable as it is.
+        # no Exception): its heartbeat is NULL, which no staleness test matches, so it is claimable as it is. One
+        # given back with a heartbeat (its run folder busy: see process) waits until that goes stale.
         available = Job.status.in_((*CLAIMABLE, "running")) & (
-            Job.worker.is_(None) | ((Job.heartbeat_at < stale) & (Job.attempts < self.spec.max_attempts)))
+            (Job.worker.is_(None) & (Job.heartbeat_at.is_(None) | (Job.heartbeat_at < stale)))
+            | ((Job.heartbeat_at < stale) & (Job.attempts < self.spec.max_attempts)))
         with self.store.session() as s:
             candidates = select(Job.id).where(available).order_by(Job.created).limit(5)
             if self.store.dialect == "postgresql":
@@ -95,8 +97,8 @@ class Worker:
                 if done.rowcount == 1:
                     s.refresh(job)
                     add_event(s, job, str(job.error["message"]), level="error")
-                    if job.run_dir:
-                        shutil.rmtree(kept_files(job), ignore_errors=True)
+                    for folder in job_copies(job):
+                        shutil.rmtree(folder, ignore_errors=True)
 
     def run(self, stop: threading.Event | None = None, once: bool = False) -> None:
         """Work until `stop` is set (or, with `once`, until no job is waiting)."""
@@ -113,8 +115,11 @@ class Worker:
     # -- one job -----------------------------------------------------------------------------------
 
     def process(self, job_id: str) -> None:
+        from tunesmith.training import RunBusy
+
         beat = _Heartbeat(self, job_id)
         beat.start()
+        busy = False
         try:
             with self.store.session() as s:
                 job = s.get(Job, job_id)
@@ -128,18 +133,25 @@ class Worker:
             self._train(job_id, beat, resumed)
         except JobStopped:
             pass  # the status (cancelled / paused) was set by whoever asked
+        except RunBusy:
+            # Taken over from a worker that is stalled, not dead (stopped, swapping): it still holds the run folder
+            # and lets go of it once it wakes and finds the job taken. Failing the job here had failed it for good.
+            busy = True
         except Exception as err:  # noqa: BLE001 - any failure becomes the job's error, as OpenAI reports it
             self._fail(job_id, "server_error", f"Fine-tuning failed: {type(err).__name__}: {err}", None)
         finally:
             beat.stop()
+            # Let go on purpose (finished, failed, stopped or interrupted): the attempts start over. Given back with its
+            # run folder busy: claimable again once stale_after_s has passed, and this claim not counted as a death.
+            let_go = dict(heartbeat_at=time.time(), attempts=Job.attempts - 1) if busy else dict(heartbeat_at=None, attempts=0)
             with self.store.session() as s:
-                # Let go on purpose (finished, failed, stopped or interrupted): the attempts start over.
                 s.execute(update(Job).where(Job.id == job_id, Job.worker == self.name)
-                          .values(worker=None, heartbeat_at=None, control=None, attempts=0))
+                          .values(worker=None, control=None, **let_go))
                 job = s.get(Job, job_id)
                 ended = job is not None and job.status not in ACTIVE and job.run_dir
-            if ended:  # nothing trains on the job's file copies again: an upload deleted since no longer takes space
-                shutil.rmtree(kept_files(job), ignore_errors=True)
+            if ended:  # nothing trains on the job's data copies again: an upload deleted since no longer takes space
+                for folder in job_copies(job):
+                    shutil.rmtree(folder, ignore_errors=True)
 
     def _paths(self, job: Job) -> tuple[Path, Path | None]:
         """The job's training and validation files: its own copies once validation took them (_keep_files), else
@@ -277,8 +289,14 @@ class Worker:
             if job.status not in ("queued", "running"):
                 return
             job.status = "running"
-            add_event(s, job, f"Fine-tuning job resumed from step {checkpoint.name.split('-')[-1]}" if checkpoint
-                      else "Fine-tuning job started")
+            start = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+            # Taken over from a killed worker: the steps it logged after its last checkpoint are trained (and logged)
+            # again from there, and were listed twice.
+            for event in s.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")):
+                if int((event.data or {}).get("step", 0)) > start:
+                    s.delete(event)
+            add_event(s, job, f"Fine-tuning job resumed from step {start}" if checkpoint
+                      else "Fine-tuning job restarted: no checkpoint was saved yet" if resumed else "Fine-tuning job started")
             validated = job.validation_file is not None
         reporter = _reporter(self, job_id, beat, validated)
         if checkpoint is not None:
@@ -497,6 +515,12 @@ def _reporter(worker: Worker, job_id: str, beat: _Heartbeat, validated: bool = T
                                         metrics={"step": float(step), **self.latest}, fine_tuned_model_checkpoint=name,
                                         path=str(Path(args.output_dir).parent.parent / "checkpoints" / f"step-{step}")))
                     add_event(s, job, f"Checkpoint created at step {step}")
+                    s.flush()
+                    # The Trainer keeps the newest `checkpoints` on disk (save_total_limit): the list had a row for every
+                    # save, of a cancelled or failed job too (at success _succeed drops the rows without a folder).
+                    for old in s.scalars(select(JobCheckpoint).where(JobCheckpoint.job_id == job_id)
+                                         .order_by(JobCheckpoint.step_number.desc()).offset(worker.spec.checkpoints)):
+                        s.delete(old)
             if self.pausing:
                 raise JobStopped("pause" if beat.stop_reason == "pause" else "release")
 
