@@ -716,6 +716,12 @@ TUNABLE = ("train.method", "train.learning_rate", "train.epochs", "train.batch_s
 TUNE_OBJECTIVES = ("latency_ms", "model_mb", "trainable_params")  # secondary objectives, all minimised
 
 
+def without_password(url: str) -> str:
+    """A database URL with its password as ***, in the user part or in the query (libpq takes ?password= too)."""
+    url = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+    return re.sub(r"([?&](?:ssl)?password=)[^&]*", r"\1***", url, flags=re.IGNORECASE)
+
+
 class TuneSpec(Spec):
     """`tunesmith tune`: an Optuna study over `space`, each trial a real training run judged on validation."""
 
@@ -738,10 +744,7 @@ class TuneSpec(Spec):
     def _storage_without_password(self, storage: str | None) -> str | None:
         """Written configs (dataset manifests, runs' config.json, Docker exports) are moved and shared: the storage's
         password is kept out of them. The study itself opens the URL as given."""
-        if storage is None:
-            return None
-        storage = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", storage)
-        return re.sub(r"([?&](?:ssl)?password=)[^&]*", r"\1***", storage, flags=re.IGNORECASE)
+        return None if storage is None else without_password(storage)
 
     @field_validator("space")
     @classmethod

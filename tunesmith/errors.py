@@ -25,6 +25,11 @@ class NotFound(ConfigError):
     """Something the request names does not exist: a registered model or version, an A/B test (HTTP 404)."""
 
 
+class RunBusy(ConfigError):
+    """Another training holds the run folder's lock: for a jobs worker, a stalled one it took a job over from, so the
+    job waits for it rather than failing."""
+
+
 class DataError(TunesmithError):
     """The input data cannot be used: unreadable file, missing column, strict-mode rejections."""
 

@@ -199,7 +199,8 @@ def test_a_job_taken_over_from_a_stalled_worker_waits_for_its_run_folder(store_u
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker stalled past stale_after (SIGSTOP, swapping) but alive still holds the run folder's lock: the worker
     that took the job over failed it for good ("another training is writing this run folder now")."""
-    from tunesmith.training import RunBusy, train
+    from tunesmith.errors import RunBusy
+    from tunesmith.training import train
     from tunesmith.training.run import run_lock
 
     store = Store(store_url)

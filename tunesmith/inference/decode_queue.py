@@ -174,10 +174,9 @@ class QueuedChatModel(Prompting):
         if not (r.stop or r.pieces is not None):
             r.text = self.tokenizer.decode(r.tokens, skip_special_tokens=True)
         reason = "stop" if r.ended or r.cut else "length"
-        if r.pieces is not None:
-            self._send(r, final=True)
         r.result = Completion(r.text, len(r.ids), len(r.tokens) + r.ended, reason)  # as generated, as streamed
         if r.pieces is not None:
+            self._send(r, final=True)
             r.pieces.put(r.result)
         r.done.set()
 

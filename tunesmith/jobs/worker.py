@@ -25,7 +25,7 @@ from sqlalchemy import select, update
 
 from tunesmith.artifacts import MODEL_DIR, RUN_CONFIG, RUN_MANIFEST, STEP_METRICS, Run, latest_checkpoint
 from tunesmith.config import JobsSpec, ProjectConfig, parse_config
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, RunBusy
 from tunesmith.jobs import protocol as p
 from tunesmith.jobs.service import (ACTIVE, BASE_RECORD, RESULTS_PURPOSE, add_event, fine_tuned_name, job_copies, kept_files,
                                     locked_job, now, stamps, trained_from)
@@ -115,8 +115,6 @@ class Worker:
     # -- one job -----------------------------------------------------------------------------------
 
     def process(self, job_id: str) -> None:
-        from tunesmith.training import RunBusy
-
         beat = _Heartbeat(self, job_id)
         beat.start()
         busy = False

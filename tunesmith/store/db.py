@@ -8,7 +8,6 @@ few workers on one machine share the file; several machines share PostgreSQL.
 from __future__ import annotations
 
 import fcntl
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import NoSuchModuleError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
-from tunesmith.config import data_home
+from tunesmith.config import data_home, without_password
 from tunesmith.errors import ConfigError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -47,10 +46,10 @@ def shown_url(url: str) -> str:
     """A store URL fit to print: its password as ***, in the user part or in the query (libpq takes ?password= too),
     also when the URL does not parse."""
     try:
-        shown = make_url(url).render_as_string(hide_password=True)
+        url = make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - SQLAlchemy's URL errors vary by cause
-        shown = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-    return re.sub(r"([?&](?:ssl)?password=)[^&]*", r"\1***", shown, flags=re.IGNORECASE)
+        pass
+    return without_password(url)
 
 
 def sqlite_file_url(url: str, what: str) -> str:

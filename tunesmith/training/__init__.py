@@ -12,17 +12,10 @@ The recipes import run.py; nothing below imports this dispatcher.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from tunesmith.config import GENERATIVE_TASKS, ProjectConfig
-from tunesmith.errors import ConfigError
-
-
-class RunBusy(ConfigError):
-    """Another training holds the run folder's lock: for a jobs worker, a stalled one it took a job over from,
-    so the job waits for it rather than failing."""
 
 
 def train(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: Path | None = None,
@@ -30,11 +23,7 @@ def train(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: Path |
     """Train the config's task into a run folder; `callbacks`: extra TrainerCallbacks (a job's reporter)."""
     from tunesmith.training.run import run_lock
 
-    with ExitStack() as held:
-        try:
-            held.enter_context(run_lock(Path(resume or cfg.run_dir)))
-        except ConfigError as err:  # the one error taking the lock raises: the folder is busy
-            raise RunBusy(str(err)) from None
+    with run_lock(Path(resume or cfg.run_dir)):
         if cfg.task.type in GENERATIVE_TASKS:
             from tunesmith.training.chat import train_chat
 

@@ -42,7 +42,7 @@ def _linear_names(model: nn.Module) -> set[str]:
     return {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)}
 
 
-def _check_targets(model: nn.Module, targets: list[str], what: str) -> None:
+def check_targets(model: nn.Module, targets: list[str], what: str) -> None:
     names = [name for name, _ in model.named_modules()]
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
@@ -75,7 +75,7 @@ def apply_method(model: Any, train: TrainSpec, peft_spec: PeftSpec, causal_lm: b
     if method in ("lora", "dora"):
         targets = peft_spec.target_modules or LORA_TARGETS.get(model_type)
         if targets:
-            _check_targets(model, targets, "peft.target_modules")
+            check_targets(model, targets, "peft.target_modules")
         config: Any = peft.LoraConfig(
             task_type=task_type, r=peft_spec.r, lora_alpha=peft_spec.alpha, lora_dropout=peft_spec.dropout,
             target_modules=targets or "all-linear", use_dora=method == "dora", modules_to_save=extra or None,
@@ -86,7 +86,7 @@ def apply_method(model: Any, train: TrainSpec, peft_spec: PeftSpec, causal_lm: b
             targets, ff = peft_spec.target_modules, [t for t in peft_spec.target_modules if "down" in t or "output" in t]
         if not targets:
             raise ConfigError(f"train.method ia3: no default targets for model type '{model_type}'; set peft.target_modules")
-        _check_targets(model, targets, "peft.target_modules")
+        check_targets(model, targets, "peft.target_modules")
         # The pooler's linear layer rather than the whole module: PEFT's IA3 merge unwraps saved modules as layers
         # with a weight, and BERT's pooler (a layer and a tanh) failed `export --format merged` and onnx.
         names = {name for name, _ in model.named_modules()}

@@ -29,7 +29,7 @@ from tunesmith.artifacts import (
     latest_checkpoint,
 )
 from tunesmith.config import ProjectConfig, config_diff
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, RunBusy
 
 
 def run_inputs(cfg: ProjectConfig, dataset_dir: Path | None = None) -> list[tuple[str, Path]]:
@@ -147,8 +147,8 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(f"{run_dir}: another training is writing this run folder now; wait for it to end, or set "
-                              "train.output_dir to another folder") from None
+            raise RunBusy(f"{run_dir}: another training is writing this run folder now; wait for it to end, or set "
+                          "train.output_dir to another folder") from None
         try:
             yield
         finally:

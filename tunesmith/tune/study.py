@@ -270,11 +270,11 @@ def _check_against_model(cfg: ProjectConfig) -> None:
             model = auto.from_config(AutoConfig.from_pretrained(resolve_model_dir(cfg.model.name)))
     except Exception:  # noqa: BLE001 - a model this cannot build (a run continued, a custom head): each trial checks
         return
-    from tunesmith.training.methods import _check_targets
+    from tunesmith.training.methods import check_targets
 
     for value in targets.choices or ():
         if value:
-            _check_targets(model, value, f"tune.space.peft.target_modules: {value!r} would fail every trial drawing it")
+            check_targets(model, value, f"tune.space.peft.target_modules: {value!r} would fail every trial drawing it")
 
 
 # -- storage --------------------------------------------------------------------------------------
