@@ -24,3 +24,17 @@ def test_pictures_named_in_user_text_are_neither_inlined_nor_linked(tmp_path: Pa
     assert page.count("<img") == 2 and '<img alt="z" src="#"' in page  # a file outside the report's folder: no link
     assert '<a href="https://x.test">' not in page and "[click](https://x.test) ok" in page
     assert f"![x]({secret / 'private.png'}) great" in page
+
+
+def test_character_references_do_not_hide_a_scheme_or_a_path(tmp_path: Path) -> None:
+    """Python-Markdown keeps "&#106;" in an href as written and the browser decodes it: "[a](&#106;avascript:...)"
+    was a live javascript: link in a report quoting a label or a task description."""
+    import html
+    import re
+
+    texts = ["[a](&#106;avascript:alert(1))", "[b](javascript&colon;alert(1))", "[c](jav&#x09;ascript:alert(1))",
+             "[d](&amp;#106;avascript:alert(1))", "![e](&#106;avascript:alert(1))", "[f](&#46;&#46;/secret.txt)",
+             "[g](&#x2F;home/me/id_rsa)", "[ok](https://x.test/?a=1&amp;b=2)", "[ok2](figures/cm&#46;png)"]
+    page = markdown_to_html("\n\n".join(texts), tmp_path, "report")
+    targets = [html.unescape(t) for t in re.findall(r'(?:href|src)="([^"]*)"', page)]
+    assert targets == ["#"] * 7 + ["https://x.test/?a=1&b=2", "figures/cm.png"]

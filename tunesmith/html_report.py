@@ -43,9 +43,9 @@ def _safe_markdown(markdown_lib: Any) -> Any:
         def run(self, root: Any) -> None:
             for element in root.iter():
                 for attr in ("href", "src"):
-                    target = element.get(attr)
+                    target = _unescaped(element.get(attr) or "")
                     # Browsers drop blanks and control characters inside a scheme ("java\tscript:").
-                    scheme = re.match(r"([a-z][a-z0-9+.-]*):", re.sub(r"[\x00-\x20]", "", target or ""), re.I)
+                    scheme = re.match(r"([a-z][a-z0-9+.-]*):", re.sub(r"[\x00-\x20]", "", target), re.I)
                     if scheme and scheme.group(1).lower() not in ("http", "https", "mailto"):
                         element.set(attr, "#")
                     elif not scheme and target and (target.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", target)):
@@ -56,6 +56,15 @@ def _safe_markdown(markdown_lib: Any) -> Any:
     md.inlinePatterns.deregister("html")  # inline tags such as <script> or <img onerror=...>
     md.treeprocessors.register(SafeLinks(md), "safe_links", 5)  # after "inline" (20), which makes the links
     return md
+
+
+def _unescaped(target: str) -> str:
+    """The URL a browser follows: Python-Markdown keeps character references in an href or src as written
+    ("&#106;avascript:", "javascript&colon;"), and the browser decodes them. Decoded until stable, so that no
+    nesting of references hides a scheme from the check."""
+    while (decoded := html.unescape(target)) != target:
+        target = decoded
+    return target
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:

@@ -47,6 +47,24 @@ def test_rouge_counts_words_of_every_script_and_english_scores_as_rouge_score_do
             assert answer_metrics([p], [r])["rouge_l"] == pytest.approx(reference.score(r, p)["rougeL"].fmeasure)
 
 
+def test_token_f1_and_exact_match_count_cjk_characters_and_strip_unicode_punctuation() -> None:
+    """An unspaced Chinese answer was one token (one character wrong of four: token F1 0, ROUGE-L 0.75), and the
+    full-width "。" was not punctuation ("是的。" did not match "是的")."""
+    assert answer_metrics(["我喜欢猫"], ["我喜欢狗"])["token_f1"] == pytest.approx(0.75)
+    assert answer_metrics(["是的。"], ["是的"])["exact_match"] == 1.0
+    assert normalize("«Да», — сказал он…") == "да сказал он"
+    assert token_f1("東京です", "東京") == pytest.approx(2 * 1 * 0.5 / 1.5)  # 2 of 4 characters, both of 2
+    assert token_f1("👍", "") == 0.0 and token_f1("👍", "👍") == 1.0  # no words, but not an empty answer
+
+
+def test_english_token_f1_and_exact_match_are_unchanged() -> None:
+    """Values the whitespace-split SQuAD scoring gave before words were counted as ROUGE-L counts them."""
+    m = answer_metrics(["The dog's well-known trick: $5 + 3!", "an apple a day", "It's 2024, isn't it?"],
+                       ["dogs well known trick 5 3", "apple day", "its 2024 isnt it"])
+    assert m["exact_match"] == pytest.approx(2 / 3)
+    assert m["token_f1"] == pytest.approx((2 * (4 / 5) * (4 / 6) / (4 / 5 + 4 / 6) + 1 + 1) / 3)  # "wellknown" ≠ "well known"
+
+
 def test_multiple_choice_answers_a_b_c_d_are_labels() -> None:
     """"A" was removed as an article: A/B/C/D data had no answer accuracy, and an empty answer matched every "A"."""
     assert normalize("A") == "a" and normalize("The") == "the" and normalize("a cat") == "cat"

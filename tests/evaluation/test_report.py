@@ -116,6 +116,22 @@ def test_compare_judges_chats_unparsed_answers_and_time_lower_is_better() -> Non
     assert rows["answer_unparsed"]["better"] == "a" and rows["seconds"]["better"] == "a"
 
 
+def test_compare_names_every_chat_metric_and_judges_answer_length_neither_way() -> None:
+    """Answers rambling to the token limit made B "better" on "tokens answer ↑"; length has no good direction."""
+    base = {"model": "m", "method": "lora", "task": "chat", "dataset": "d", "dataset_fingerprint": "f", "split": "test", "n": 3}
+    a = base | {"run": "a", "metrics": {"loss": 2.0, "stopped": 1.0, "answer_tokens": 5.0, "answer_unparsed": 0.0,
+                                        "seconds": 10.0, "full_valid_loss": 2.0}}
+    b = base | {"run": "b", "metrics": {"loss": 2.0, "stopped": 0.0, "answer_tokens": 24.0, "answer_unparsed": 0.0,
+                                        "seconds": 10.0, "full_valid_loss": 1.5}}
+    rows = {row["metric"]: row for row in comparison(a, b)["metrics"]}
+    assert rows["answer_tokens"]["better"] is None and rows["answer_tokens"]["delta"] == 19.0
+    assert rows["stopped"]["better"] == "a" and rows["full_valid_loss"]["better"] == "b"
+    md = compare_reports(a, b)
+    assert "| answer length (tokens) | 5.0000 | 24.0000 | +19.0000 | – |" in md
+    assert "| full validation loss ↓ |" in md and "| answers with no label found ↓ |" in md
+    assert "| evaluation time (s) ↓ |" in md and "| answers that stop ↑ |" in md
+
+
 def test_compare_warns_when_data_differ(tmp_path: Path) -> None:
     a = classification_result(run="run-a")
     b = classification_result(run="run-b", fingerprint="zzz999", split="validation")

@@ -1,8 +1,9 @@
 """Generated answers against reference answers: exact match, token F1, ROUGE-L, extracted-answer accuracy.
 
 Exact match and token F1 follow the SQuAD evaluation (lowercase, no punctuation or articles,
-whitespace collapsed); ROUGE-L is Google's `rouge-score` (LCS-based F-measure, English words stemmed, words of
-every script counted). When the
+whitespace collapsed), with the punctuation of every script removed and token F1 counting words as ROUGE-L does
+(a Han, kana or Hangul character is a word); ROUGE-L is Google's `rouge-score` (LCS-based F-measure, English words
+stemmed, words of every script counted). When the
 references come from a small fixed set (classification-style chat data, e.g. answers "positive" /
 "negative"), the answer is also extracted from the generation and scored as a classification.
 """
@@ -11,17 +12,21 @@ from __future__ import annotations
 
 import re
 import string
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
+# SQuAD's ASCII punctuation (symbols such as "$" or "+" included, as before) and every Unicode punctuation mark:
+# "是的。" is "是的" as "yes." is "yes"
+_PUNCTUATION = set(string.punctuation)
 MAX_CLASSES = 20  # more distinct answers than this is free text, not a label set
 
 
 def normalize(text: str) -> str:
     text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = "".join(ch for ch in text if ch not in _PUNCTUATION and not unicodedata.category(ch).startswith("P"))
     words = text.split()
     kept = " ".join(_ARTICLES.sub(" ", text).split())
     # An answer that is only an article is that word: multiple-choice "A" became "", and an empty generation matched it
@@ -29,9 +34,11 @@ def normalize(text: str) -> str:
 
 
 def token_f1(prediction: str, reference: str) -> float:
-    pred, ref = normalize(prediction).split(), normalize(reference).split()
-    if not pred or not ref:
-        return float(pred == ref)
+    # Words as ROUGE-L finds them: Chinese and Japanese write without spaces, and a whole unspaced answer was one
+    # token, so one character wrong of four scored 0. On ASCII text this is the whitespace split SQuAD uses.
+    pred, ref = _WORDS.findall(normalize(prediction)), _WORDS.findall(normalize(reference))
+    if not pred or not ref:  # no words: right only when nothing else differs either (an emoji is no empty answer)
+        return float(normalize(prediction) == normalize(reference))
     common = sum((Counter(pred) & Counter(ref)).values())
     if common == 0:
         return 0.0

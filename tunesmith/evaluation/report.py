@@ -55,14 +55,21 @@ OPTIONAL = {"single_label_classification": ["log_loss", "roc_auc"], "multi_label
 # Training's checkpoint metrics (config.py) plus the evaluation-only ones; comparisons judge every shared
 # number, so chat's answers left unparsed and its generation time belong here too.
 LOWER_IS_BETTER = {*CHECKPOINT_LOWER_IS_BETTER, "mse", "log_loss", "hamming_loss", "perplexity", "full_valid_loss",
-                   "answer_unparsed", "seconds"}
+                   "full_valid_perplexity", "answer_unparsed", "seconds"}
+# Neither direction is better: a longer answer is not a better one, and an answer that never stops is the longest
+# (compare shows no winner and the name no arrow; "stopped" says whether answers end).
+NEUTRAL = {"answer_tokens"}
 NAMES = {"accuracy": "accuracy", "subset_accuracy": "subset accuracy", "hamming_loss": "Hamming loss",
          "log_loss": "log loss", "roc_auc": "ROC-AUC", "roc_auc_macro": "ROC-AUC (macro)", "mae": "MAE",
          "mse": "MSE", "rmse": "RMSE", "r2": "R²", "pearson": "Pearson", "spearman": "Spearman",
          "perplexity": "perplexity", "mean_token_accuracy": "mean token accuracy",
          "rouge_l": "ROUGE-L", "token_f1": "token F1", "exact_match": "exact match", "stopped": "answers that stop",
          "answer_accuracy": "answer accuracy", "preference_accuracy": "prefers chosen",
-         "logp_margin": "log-prob per token, chosen − rejected", "reward_accuracy": "DPO reward accuracy"}
+         "logp_margin": "log-prob per token, chosen − rejected", "reward_accuracy": "DPO reward accuracy",
+         "answer_unparsed": "answers with no label found", "answer_tokens": "answer length (tokens)",
+         "seconds": "evaluation time (s)", "f1_samples": "F1 per example", "full_valid_loss": "full validation loss",
+         "full_valid_perplexity": "full validation perplexity",
+         "full_valid_mean_token_accuracy": "full validation token accuracy"}
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -79,13 +86,13 @@ def complete(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def metric_name(metric: str) -> str:
-    """Reader's name with the good direction: 'macro F1 ↑', 'RMSE ↓'."""
+    """Reader's name with the good direction: 'macro F1 ↑', 'RMSE ↓'; none for a NEUTRAL one."""
     if metric in NAMES:
         name = NAMES[metric]
     else:
         score, _, average = metric.partition("_")
         name = f"{average} {'F1' if score == 'f1' else score}" if average else metric
-    return f"{name} {'↓' if metric in LOWER_IS_BETTER else '↑'}"
+    return name if metric in NEUTRAL else f"{name} {'↓' if metric in LOWER_IS_BETTER else '↑'}"
 
 
 def _number(value: Any) -> float | None:
@@ -100,7 +107,9 @@ def _fmt(value: Any) -> str:
 
 
 def _better(metric: str, a: float, b: float) -> bool:
-    """Whether b is better than a on this metric."""
+    """Whether b is better than a on this metric (never, on a NEUTRAL one)."""
+    if metric in NEUTRAL:
+        return False
     return b < a if metric in LOWER_IS_BETTER else b > a
 
 
@@ -234,7 +243,7 @@ def comparison(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     for key in keys:
         va, vb = _number(ma.get(key)), _number(mb.get(key))
         both = va is not None and vb is not None
-        better = None if not both else "same" if va == vb else "b" if _better(key, va, vb) else "a"
+        better = None if not both or key in NEUTRAL else "same" if va == vb else "b" if _better(key, va, vb) else "a"
         rows.append({"metric": key, "a": va, "b": vb, "delta": vb - va if both else None, "better": better})
     per_class = []
     pa, pb = ma.get("per_class") or {}, mb.get("per_class") or {}
