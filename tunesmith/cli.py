@@ -956,6 +956,11 @@ def annotate_label(
 
     if data is None and task is None:
         raise typer.BadParameter("give DATA (rows to label) or --task NAME (an existing task)")
+    # before the store, the rows and the model are touched: without --suggest-from the threshold was silently ignored
+    if accept_above is not None and not suggest_from:
+        raise click.UsageError("--accept-above needs --suggest-from (RUN or zero-shot[:MODEL]): the proposals it accepts")
+    if accept_above is not None and not 0.0 < accept_above <= 1.0:
+        raise click.BadParameter(f"must be in (0, 1] (a top probability), got {accept_above}", param_hint="--accept-above")
     name = task or (data.stem if data is not None else "")
     store = Store(db)
     info = create_task(store, name, [x.strip() for x in labels.split(",") if x.strip()] if labels else None, instructions, overlap)

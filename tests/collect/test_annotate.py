@@ -177,3 +177,57 @@ def test_two_annotators_asking_at_the_same_moment_get_different_items(store: Sto
     assert first.next("a")["item_id"] == "r0"
     racing.join()
     assert got["b"] is None
+
+
+def test_one_annotator_answering_an_item_from_three_tabs_at_once_keeps_one_answer(store: Store) -> None:
+    """Three answers at once by the same annotator on one item (three tabs, a shared id): two deleted nothing (or
+    the same row) and lost the unique (item, annotator) race; the retry-once let the third's IntegrityError out and
+    its answer was lost. Each must be saved in turn, the last one standing, and the item their latest for undo."""
+    import threading
+
+    create_task(store, "food", ["pos", "neg"])
+    n = 12
+    add_items(store, "food", [NewItem(f"d{i}", f"text {i}") for i in range(n)])
+    q = Queue(store, "food")
+    errors: list[BaseException] = []
+    for i in range(n):
+        at_once = threading.Barrier(3)
+
+        def answer(label: str | None, item_id: str = f"d{i}") -> None:
+            at_once.wait()
+            try:
+                q.label("ann", item_id, label) if label else q.skip("ann", item_id)
+            except BaseException as err:  # noqa: BLE001 (collected for the assertion below)
+                errors.append(err)
+
+        threads = [threading.Thread(target=answer, args=(label,)) for label in ("pos", "neg", None)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+    assert errors == []
+    answered = q.items()
+    assert all(len(it.labels) + len(it.skipped_by) == 1 for it in answered)  # one answer each: the last one saved
+    assert q.progress("ann")["labelled"] + q.progress("ann")["skipped"] == n
+    q.label("ann", "d3", "pos")  # replacing still makes it the latest
+    assert q.undo("ann")["item_id"] == "d3"
+
+
+def test_the_page_gets_json_when_the_store_refuses_an_answer(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refused write (IntegrityError) was a text/plain 500: the page showed a JSON parse error, not that the
+    answer was lost."""
+    from fastapi.testclient import TestClient
+    from sqlalchemy.exc import IntegrityError
+
+    import tunesmith.collect.annotate as annotate_module
+    from tunesmith.collect.annotate_app import create_app
+
+    create_task(store, "food", ["pos", "neg"])
+    add_items(store, "food", items(TEXTS[:1]))
+
+    def refused(*_: object, **__: object) -> None:
+        raise IntegrityError("INSERT INTO annotations ...", {}, Exception("violates foreign key constraint"))
+
+    monkeypatch.setattr(annotate_module, "record", refused)
+    client = TestClient(create_app(Queue(store, "food")), raise_server_exceptions=False)
+    res = client.post("/api/label", json={"annotator": "ann", "item_id": "r0", "label": "pos"})
+    assert res.status_code == 409 and res.headers["content-type"] == "application/json"
+    assert "not saved" in res.json()["error"] and "reload" in res.json()["error"]

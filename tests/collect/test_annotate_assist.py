@@ -85,3 +85,30 @@ def test_zero_shot_scores_each_label_by_similarity(tiny_bert: Path) -> None:
     assert proba.shape == (3, 2) and np.allclose(proba.sum(axis=1), 1)
     assert proba[0].argmax() == 0 and proba[1].argmax() == 1  # a text equal to a label's name is most like it
     assert scorer.name == f"zero-shot-{tiny_bert.name}"
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ([], "--accept-above needs --suggest-from"),  # it was silently ignored: nothing accepted, no word why
+    (["--suggest-from", "zero-shot"], "must be in (0, 1]"),  # said only after the model was loaded and rows added
+])
+def test_accept_above_is_checked_before_anything_is_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str], extra: list[str],
+                                                           message: str) -> None:
+    import tunesmith.collect.annotate_app as annotate_app
+    import tunesmith.collect.annotate_assist as annotate_assist
+    from tunesmith.cli import run
+
+    def never(*_: object, **__: object) -> None:
+        raise AssertionError("reached past the flag check")
+
+    monkeypatch.setattr(annotate_assist, "scorer_for", never)  # no model is loaded
+    monkeypatch.setattr(annotate_app, "serve", never)  # no page is served
+    data = tmp_path / "food.jsonl"
+    data.write_text('{"text": "lovely soup"}\n')
+    db = tmp_path / "store.db"
+    threshold = "0.9" if not extra else "1.5"
+    code = run(["annotate", "label", str(data), "--labels", "pos,neg", "--accept-above", threshold,
+                "--db", f"sqlite:///{db}", *extra])
+    assert code == 2
+    assert message in " ".join(capsys.readouterr().err.split())
+    assert not db.exists()  # nothing created or added either

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, case, delete, exists, func, or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tunesmith.errors import ConfigError, DataError
@@ -240,16 +239,10 @@ class Queue:
 
     def _answer(self, annotator: str, item_id: str, label: str | None, origin: str,
                 confidence: float | None = None) -> dict[str, Any]:
-        for attempt in range(2):  # a concurrent answer by the same annotator (two tabs) loses the unique race once
-            try:
-                with self.store.session() as s:
-                    item = self._item(s, item_id)
-                    record(s, item, annotator, label, origin, confidence)
-                    return _item_json(item) | {"label": label, "annotator": annotator}
-            except IntegrityError:
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        with self.store.session() as s:
+            item = self._item(s, item_id)
+            record(s, item, annotator, label, origin, confidence)
+            return _item_json(item) | {"label": label, "annotator": annotator}
 
     def undo(self, annotator: str) -> dict[str, Any] | None:
         """Delete `annotator`'s latest answer; returns its item (with the label that was removed), or None."""
@@ -290,7 +283,11 @@ class Queue:
 
 def record(s: Session, item: AnnotationItem, annotator: str, label: str | None, origin: str,
            confidence: float | None = None) -> None:
-    """One answer, replacing the annotator's earlier answer on the item (it becomes their latest, for undo)."""
+    """One answer, replacing the annotator's earlier answer on the item (it becomes their latest, for undo: a new
+    row, so a new seq). The item is held until the commit: the same annotator answering it from three tabs at once
+    had two delete nothing, or the same row, and lose the unique (item, annotator) race with IntegrityError; now
+    each waits, deletes the answer the one before wrote, and adds its own."""
+    Store.lock(s, AnnotationItem, AnnotationItem.seq == item.seq)
     s.execute(delete(Annotation).where(Annotation.item_seq == item.seq, Annotation.annotator == annotator))
     s.add(Annotation(task=item.task, item_seq=item.seq, annotator=annotator, label=label, origin=origin,
                      confidence=confidence, created=time.time()))

@@ -8,7 +8,8 @@
     POST /api/undo          {annotator} -> {undone (the item again, with the label removed), progress}
     GET  /api/progress      ?annotator=ID
 
-Bad input (unknown label or item, empty annotator id) answers 400 with {"error": message}. Routes are
+Bad input (unknown label or item, empty annotator id) answers 400 with {"error": message}; an answer the
+store refuses as it changed underneath (the item deleted meanwhile) 409, also as JSON. Routes are
 plain `def`: FastAPI runs them in its thread pool, as the store's calls block.
 """
 
@@ -19,6 +20,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import IntegrityError
 
 from tunesmith.collect.annotate import Queue
 from tunesmith.collect.annotate_page import PAGE
@@ -41,6 +43,12 @@ def create_app(queue: Queue) -> FastAPI:
     @app.exception_handler(TunesmithError)
     def _bad_input(_: Request, err: TunesmithError) -> JSONResponse:
         return JSONResponse({"error": str(err)}, status_code=400)
+
+    @app.exception_handler(IntegrityError)
+    def _conflict(_: Request, err: IntegrityError) -> JSONResponse:
+        # a text/plain 500 left the page with a JSON parse error and no word that the answer was not saved
+        return JSONResponse({"error": "the answer was not saved: the store refused it as it changed meanwhile "
+                                      f"({type(err.orig).__name__}); reload the page and answer again"}, status_code=409)
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
