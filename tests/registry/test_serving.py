@@ -166,3 +166,25 @@ def test_a_promotion_waiting_for_the_store_s_lock_does_not_hold_up_the_server(re
         timer.cancel()
         release()
         holder.close()
+
+
+def test_exports_of_one_run_have_ids_of_their_own_and_the_run_keeps_its_id(registered: tuple[str, Path], tmp_path: Path) -> None:
+    """An onnx and an onnx-int8 export of one run keep its run.json bytes: all three had one ft: id and one batcher, so
+    an A/B test between two exports compared one engine with itself (and serving both was refused as one run twice)."""
+    import hashlib
+    import json
+    import shutil
+
+    from tunesmith.artifacts import Run
+    from tunesmith.serve.models import model_id
+
+    _, tmp = registered
+    run = Run(tmp / "v1" / "run")
+    ident, digest = model_id(run)
+    assert digest == hashlib.sha256((run.path / "run.json").read_bytes()).hexdigest()[:8]  # as jobs and clients name it
+    exports = []
+    for kind in ("onnx", "onnx-int8"):
+        folder = shutil.copytree(run.path, tmp_path / kind)
+        (folder / "export.json").write_text(json.dumps({"format": kind, "source_run": str(run.path)}))
+        exports.append(model_id(Run(folder))[0])
+    assert len({ident, *exports}) == 3 and all(e.rsplit(":", 1)[0] == ident.rsplit(":", 1)[0] for e in exports)

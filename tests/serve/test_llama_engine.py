@@ -431,3 +431,34 @@ def test_a_whole_answer_does_not_wait_for_a_longer_one_ahead_of_it(served: InPro
     assert long.usage.completion_tokens > 4  # still decoding when the short one came
     assert answers[0].choices[0].message.content == solo.choices[0].message.content
     assert 2 in engine.stats.sizes[before:]  # the short request decoded beside the long one
+
+
+def test_a_model_swapped_out_is_freed_and_its_decoding_thread_ends(runs: dict[str, Path]) -> None:
+    """The decoding thread waited for work for ever and held the model: each registry swap kept one more llama.cpp
+    model (and its KV cache) loaded."""
+    import asyncio
+    import gc
+    import weakref
+
+    from tunesmith.serve import protocol as p
+    from tunesmith.serve.models import BatchedChatEngine, Served
+    from tunesmith.serve.service import Service
+
+    def served(name: str) -> Served:
+        engine = BatchedChatEngine(LlamaCppChatModel.from_run(runs["full"], kv_cells=512), "llama.cpp f16")
+        return Served(f"ft:base:{name}:0", "chat", "chat", str(runs["full"]), "base", 0, name, engine, {name},
+                      f"ft:base:{name}:0")
+
+    service = Service([served("v1")], ServeSpec())
+    ask = p.CompletionRequest(model="v1", prompt="Hello", max_tokens=2)
+    assert asyncio.run(service.generate(ask)).choices[0].text is not None
+    old = service.models[0].engine.chat
+    thread, freed = old._thread, weakref.ref(old)
+    assert thread is not None and thread.is_alive()
+    service.add(served("v2"), replacing=service.models[0])
+    service._retire()
+    del old
+    thread.join(10)
+    gc.collect()
+    assert not thread.is_alive() and freed() is None
+    assert asyncio.run(service.generate(ask.model_copy(update={"model": "v2"}))).choices[0].text is not None

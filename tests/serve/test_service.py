@@ -599,3 +599,139 @@ def test_a_stream_on_an_idle_model_does_not_wait_for_another_model_s_streams() -
 
     run(together())
     assert saw_b == [True, True]
+
+
+class Closing(FakeChat):
+    """A chat engine that holds a model until closed and decodes concurrent calls together (llama.cpp's, CTranslate2's)."""
+
+    concurrent_calls = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_swapped_out_model_is_let_go_once_idle_and_its_engine_closed() -> None:
+    """A llama.cpp or CTranslate2 model swapped out stayed loaded for good (its decoding thread held it), and its
+    batcher's and streams' thread pools stayed too: each promotion added one model's memory."""
+    old, new = served("chat", Closing(), "v1"), served("chat", Closing(), "v2")
+    service = Service([old], ServeSpec(batch_wait_ms=0))
+    key = old.batch_key
+    pools = [service.batchers[key].executor, service.stream_threads[key]]
+
+    async def swap() -> None:
+        events = service.stream(p.CompletionRequest(model="v1", prompt="hi", stream=True))
+        stream = aiter(events)
+        await anext(stream)  # a stream open on the old model: it is kept until the stream ends
+        service.add(new, replacing=old)
+        service._retire()
+        assert key in service.by_key and not old.engine.closed
+        _ = [e async for e in stream]
+        service._retire()
+
+    run(swap())
+    assert old.engine.closed and not new.engine.closed
+    assert key not in service.by_key and key not in service.batchers and key not in service.stream_threads
+    assert all(pool._shutdown for pool in pools)  # the batcher's own pool of decoding threads, the streams' pool
+    assert run(service.generate(p.CompletionRequest(model="v2", prompt="hi"))).choices[0].text == "echo hi"
+
+
+def test_two_models_of_one_id_each_answer_their_own_requests() -> None:
+    """Two exports of one run (onnx, onnx-int8) had one id and one batch key: the model added last took over the
+    other's batcher, so a request in flight at a promotion was answered by the new version under the old one's name,
+    and an A/B test between them compared one engine with itself."""
+    class Labelled(FakeClassifier):
+        def __init__(self, label: str) -> None:
+            super().__init__()
+            self.label = label
+
+        def predict(self, texts: list[str]) -> list[dict[str, Any]]:
+            self.calls.append(list(texts))
+            return [{"label": self.label, "probabilities": {self.label: 1.0}} for _ in texts]
+
+    old, new = served("sequence", Labelled("old"), "clf"), served("sequence", Labelled("new"), "clf")
+    old.version, new.version = "clf-v1", "clf-v2"
+    service = Service([old], ServeSpec(batch_wait_ms=20))
+
+    async def swap() -> tuple[Any, Any]:
+        in_flight = asyncio.create_task(service.predict(p.PredictRequest(text="x")))
+        await asyncio.sleep(0)  # queued in the batcher's window
+        service.add(new, replacing=old)
+        service._retire()
+        return await in_flight, await service.predict(p.PredictRequest(text="x"))
+
+    before, after = run(swap())
+    assert (before.model_version, before.predictions[0].label) == ("clf-v1", "old")
+    assert (after.model_version, after.predictions[0].label) == ("clf-v2", "new")
+
+    # chat: an A/B test between two versions of one id answers each variant from its own engine
+    from tunesmith.monitor.ab import Route
+
+    service = Service([], ServeSpec(batch_wait_ms=0))
+    for version in (1, 2):
+        m = served("chat", FakeChat(), "same")
+        m.version, m.registry = f"bot-v{version}", ("bot", f"mv-{version}")
+        service.add(m, listed=False)
+        service.variant_models[("bot", version)] = m
+    service.routes["bot"] = Route("ab-1", [("v1", 1, 0.5), ("v2", 2, 0.5)], None)
+    ask = [{"role": "user", "content": "hi"}]
+    answered = {1: 0, 2: 0}
+    for i in range(20):
+        answer = run(service.generate(p.ChatCompletionRequest(model="bot", messages=ask, user=f"u{i}")))
+        answered[int(answer.system_fingerprint.removeprefix("bot-v"))] += 1
+    assert all(answered.values())
+    assert {v: len(m.engine.calls) for (_, v), m in service.variant_models.items()} == answered
+
+
+def test_an_ab_test_including_production_serves_production_s_own_model() -> None:
+    """Each variant was loaded afresh: production's version was loaded twice, and the copy kept after the test."""
+    from types import SimpleNamespace
+
+    from tunesmith.monitor.ab import Route
+
+    loaded: list[str] = []
+
+    class Loader:
+        def load(self, path: str) -> Served:
+            loaded.append(path)
+            return served("chat", Closing(), path)
+
+    class Registry:
+        def version(self, name: str, version: int) -> Any:
+            return SimpleNamespace(run=f"v{version}", id=f"mv-{version}")
+
+    class Tests:
+        route: Route | None = Route("ab-1", [("v1", 1, 0.5), ("v2", 2, 0.5)], None)
+
+        def running(self, name: str) -> Route | None:
+            return self.route
+
+    tests = Tests()
+    service = Service([], ServeSpec(batch_wait_ms=0), loader=Loader(), registry=Registry(), followed=["bot"], ab=tests)
+    production = served("chat", Closing(), "v1")
+    production.version, production.registry, production.aliases = "bot-v1", ("bot", "mv-1"), {"bot"}
+    service.add(production)
+
+    async def follow() -> None:
+        await service.follow_tests(asyncio.get_running_loop())
+
+    run(follow())
+    assert loaded == ["v2"] and service.variant_models[("bot", 1)] is production
+    tests.route = None
+    run(follow())
+    assert service.variant_models == {} and list(service.by_key.values()) == [production]
+    assert not production.engine.closed
+
+
+def test_serving_a_name_not_in_the_registry_says_so(tmp_path: Any) -> None:
+    """It said the model had no version in production and to promote one: promoting then said there was no such model."""
+    from tunesmith.errors import NotFound
+    from tunesmith.registry.service import Registry
+    from tunesmith.store.db import Store
+
+    service = Service([], ServeSpec(), registry=Registry(Store(f"sqlite:///{tmp_path / 's.db'}")))
+    with pytest.raises(NotFound, match=r"no model 'reviewz' in the registry \(registered: none\)"):
+        service.load_production("reviewz")

@@ -106,7 +106,7 @@ def _unload_all() -> None:
         # A batch whose answers were all handed over may still be returning from generate_batch: unloaded under it (or
         # left to the teardown), the process aborted now and then (1 run in ~10 under load)
         finished = model.decoding.acquire(timeout=10)
-        with contextlib.suppress(RuntimeError):  # already unloaded, or still decoding for a request nobody awaits
+        with contextlib.suppress(RuntimeError, AttributeError):  # already unloaded (closed: None), or still decoding
             model.model.unload_model()
         if finished:
             model.decoding.release()
@@ -164,8 +164,8 @@ class CT2ChatModel(QueuedChatModel):
     def _loop(self) -> None:
         while True:
             with self._wake:
-                while not self._pending:
-                    self._wake.wait()
+                if self._idle(False):
+                    return
                 # the window: concurrent requests join this batch until it is full or wait_ms has passed
                 self._wake.wait_for(lambda: len(self._pending) >= self.max_batch, timeout=self.wait_s)
                 first = self._pending[0].sampling
@@ -179,6 +179,13 @@ class CT2ChatModel(QueuedChatModel):
                 for r in batch:
                     if not r.done.is_set():
                         self._fail(r, err)
+
+    def _release(self) -> None:
+        _LIVE.discard(self)
+        with self.decoding:  # the last batch may still be returning from generate_batch
+            model, self.model = self.model, None
+        if model is not None:
+            model.unload_model()
 
     def _decode(self, batch: list[Request]) -> None:
         live = []

@@ -70,6 +70,7 @@ class QueuedChatModel(Prompting):
         self._pending: list[Request] = []
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._closed = False  # close() was called: no new requests; the thread exits once the queued ones are done
         # Held while the engine decodes a batch: a request's last token is handed over from inside the engine's call,
         # which is still returning when the caller has its answer (and may be exiting).
         self.decoding = threading.Lock()
@@ -121,17 +122,50 @@ class QueuedChatModel(Prompting):
         return Request(ids, min(max_new_tokens, room), tuple(s for s in stop if s), sampling, seed, cancel or threading.Event(),
                        pieces)
 
+    def close(self) -> None:
+        """Take no more requests; the decoding thread finishes the queued and running ones, then exits and frees the
+        engine's model (`_release`). A model swapped out stayed loaded for good: its thread, waiting for work, held it."""
+        with self._wake:
+            if self._closed:
+                return
+            self._closed = True
+            started = self._thread is not None
+            self._wake.notify_all()
+        if not started:  # no thread will ever run: free it here (_submit refuses from now on)
+            self._release()
+
     def _submit(self, requests: list[Request]) -> None:
         with self._wake:
+            if self._closed:
+                raise RuntimeError(f"{self.engine} model '{self.name}' was closed (a registry swap unloaded it); "
+                                   "send the request again")
             if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name=f"{self.engine}-{self.name}", daemon=True)
+                self._thread = threading.Thread(target=self._run, name=f"{self.engine}-{self.name}", daemon=True)
                 self._thread.start()
             self._pending.extend(requests)
             self._wake.notify()
 
+    def _run(self) -> None:
+        """The decoding thread: decode until closed and drained, then free the model (here: nothing else decodes)."""
+        try:
+            self._loop()
+        finally:
+            self._release()
+
     def _loop(self) -> None:
-        """The decoding thread: take requests from `_pending` (under `_wake`) and decode them, forever."""
+        """Take requests from `_pending` (under `_wake`) and decode them; return once `_closed` and nothing is left
+        (`_idle` says when to)."""
         raise NotImplementedError
+
+    def _idle(self, busy: bool) -> bool:
+        """Wait (under `_wake`) while nothing is queued and nothing `busy` decoding; True: closed with nothing left, the
+        thread ends."""
+        while not self._pending and not busy and not self._closed:
+            self._wake.wait()
+        return self._closed and not self._pending and not busy
+
+    def _release(self) -> None:
+        """Free the engine's model and its memory (called once, after the last decoding step)."""
 
     def _on_token(self, r: Request, token: int, last: bool) -> bool:
         """Take one decoded token of `r`; True ends its row."""

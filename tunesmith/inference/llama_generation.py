@@ -153,8 +153,8 @@ class LlamaCppChatModel(QueuedChatModel):
         rows: dict[int, _Row] = {}
         while True:
             with self._wake:
-                while not self._pending and not rows:
-                    self._wake.wait()
+                if self._idle(bool(rows)):
+                    return
                 if not rows:  # a new batch: concurrent requests get `wait_ms` to join it from the first step
                     self._wake.wait_for(lambda: len(self._pending) >= self.max_batch, timeout=self.wait_s)
                 self._admit(rows)
@@ -167,6 +167,13 @@ class LlamaCppChatModel(QueuedChatModel):
                     self._fail(row.request, err)
                 rows.clear()
                 self.lc.llama_memory_clear(self._memory, True)
+
+    def _release(self) -> None:
+        lc = self.lc
+        lc.llama_batch_free(self._batch)
+        lc.llama_free(self.ctx)
+        lc.llama_model_free(self.model)
+        self.ctx = self.model = self._memory = None
 
     def _admit(self, rows: dict[int, _Row]) -> None:
         """Move queued requests into free sequence slots, in order, while their KV cells fit (called under `_wake`)."""

@@ -79,6 +79,14 @@ class DynamicBatcher:
         """Nothing waiting and nothing running: what it serves may be let go (a swapped-out model)."""
         return not self.pending and not self.in_flight
 
+    def close(self, shared: ThreadPoolExecutor | None = None) -> None:
+        """Stop serving (an idle batcher of a model let go): the loop that waits for requests, and its own pool of
+        decoding threads if it has one (`shared`, the server's pool, stays)."""
+        if self._task is not None:
+            self._task.cancel()
+        if self.executor is not shared:
+            self.executor.shutdown(wait=False)
+
     def _start(self) -> None:
         if self._task is None or self._task.done():
             self._wake, self._full, self._slots = asyncio.Event(), asyncio.Event(), asyncio.Semaphore(self.concurrency)

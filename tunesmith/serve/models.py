@@ -50,14 +50,22 @@ class Served:
     version: str  # short hash of run.json: changes whenever the model does
     engine: Any
     aliases: set[str] = field(default_factory=set)
-    batch_key: str = ""  # chat models sharing a base share a batcher; this keeps their batches apart
+    batch_key: str = ""  # the model's batcher: its own (Service.add keeps it so); chat adapters sharing a base share one
     owner: str | None = None  # a fine-tuning job's model: only this API-key owner sees it; None: everyone
     registry: tuple[str, str] | None = None  # (registry model, version id) when served as a registry model's production
 
 
 def model_id(run: Run) -> tuple[str, str]:
-    """(`ft:BASE:NAME:HASH`, HASH) for a run; the hash follows run.json, so a retrained run gets a new id."""
-    digest = hashlib.sha256((run.path / RUN_MANIFEST).read_bytes()).hexdigest()[:8]
+    """(`ft:BASE:NAME:HASH`, HASH) for a run; the hash follows run.json, so a retrained run gets a new id. An export
+    folder (merged, onnx, onnx-int8) keeps its run's run.json: its export.json (the format, when it was written) goes
+    into the hash too, so the export, its run and its other exports are told apart. A run folder's id is run.json's
+    alone, as ever: fine-tuning jobs and clients name it."""
+    from tunesmith.export.folder import EXPORT_MANIFEST
+
+    content = hashlib.sha256((run.path / RUN_MANIFEST).read_bytes())
+    if (run.path / EXPORT_MANIFEST).is_file():
+        content.update((run.path / EXPORT_MANIFEST).read_bytes())
+    digest = content.hexdigest()[:8]
     base = Path(run.manifest.base_model).name if "/" in run.manifest.base_model else run.manifest.base_model
     if is_run(run.manifest.base_model):  # continued from another run (DPO after SFT)
         base = Run(run.manifest.base_model).manifest.base_model
@@ -138,6 +146,13 @@ class BatchedChatEngine:
 
     def stream(self, prompt: str, cancel: threading.Event, **params: Any) -> Iterator[Any]:
         yield from self.chat.stream_text(prompt, cancel=cancel, **params)
+
+    def close(self) -> None:
+        """Unload the model (a version swapped out): an engine's decoding thread ends once its queued requests are done,
+        and frees the model it held for good."""
+        close = getattr(self.chat, "close", None)
+        if close is not None:
+            close()
 
 
 class ChatModelEngine(BatchedChatEngine):

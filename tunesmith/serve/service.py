@@ -4,6 +4,8 @@ never touches HTTP, so it is tested with fake engines and the routers stay thin.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import threading
 import time
@@ -44,10 +46,10 @@ class Service:
                  registry: Registry | None = None, followed: Sequence[str] = (), log: PredictionLog | None = None,
                  feedback: FeedbackService | None = None, ab: ABService | None = None) -> None:
         self.models: list[Served] = []
-        # Models by batch key (sequence) and by id (chat: adapters over one base share a key), kept after a
-        # swap until their batchers drain, so a batch already queued still finds its model.
+        # Models by batch key, kept after a swap until their batchers drain, so a batch already queued still finds its
+        # model. A key is one loaded model's (chat adapters over one base share theirs: a chat batch names its model).
         self.by_key: dict[str, Served] = {}
-        self.by_id: dict[str, Served] = {}
+        self._keys = itertools.count(2)  # suffixes that give a second load under a taken key a batcher of its own
         self.spec = spec
         self.metrics = metrics or Metrics()
         self.loader = loader or ModelLoader(spec)
@@ -78,8 +80,11 @@ class Service:
     def add(self, m: Served, replacing: Served | None = None, listed: bool = True) -> None:
         """Serve `m`: its batcher first, then (when `listed`) in the models list, in `replacing`'s place in one
         step, so a request finds either one, never none. Unlisted: an A/B variant, reached through its route."""
+        while (other := self.by_key.get(m.batch_key)) is not None and other is not m and not _shares_base(m, other):
+            # Another model under this key (two exports of one run had one id; a version loaded beside a copy of itself):
+            # a batcher of its own, else the one added last answered both models' requests under the other's name.
+            m.batch_key = f"{m.id}#{next(self._keys)}"
         self.by_key[m.batch_key] = m
-        self.by_id[m.id] = m
         if m.kind == "chat" and m.batch_key not in self.stream_threads:
             self.stream_threads[m.batch_key] = ThreadPoolExecutor(max_workers=self.spec.max_queue,
                                                                   thread_name_prefix="tunesmith-stream")
@@ -92,7 +97,8 @@ class Service:
                 max_batch=self.spec.max_batch_size if calls == 1 else 1, wait_ms=self.spec.batch_wait_ms if calls == 1 else 0,
                 max_queue=self.spec.max_queue, executor=self.executor, concurrency=calls,
                 on_batch=lambda n, name=m.id: self.metrics.batch_size.labels(name).observe(n))
-        self.metrics.queue_depth.labels(m.id).set_function(lambda key=m.batch_key: self.batchers[key].depth)
+        self.metrics.queue_depth.labels(m.id).set_function(
+            lambda key=m.batch_key: self.batchers[key].depth if key in self.batchers else 0)  # 0: retired meanwhile
         if not listed:
             return
         if replacing is not None and replacing in self.models:
@@ -157,6 +163,7 @@ class Service:
         assert self.registry is not None
         version = self.registry.production(name)
         if version is None:
+            self.registry.versions(name)  # a name not in the registry: NotRegistered, naming the registered ones
             raise ConfigError(f"registry model '{name}' has no version in production; promote one with "
                               f"`tunesmith registry promote {name} VERSION`")
         served = self.loader.load(version.run)
@@ -178,7 +185,12 @@ class Service:
                     version = await loop.run_in_executor(None, self.registry.production, name)
                     if version is None or (current is not None and current.registry == (name, version.id)):
                         continue
-                    fresh = await loop.run_in_executor(None, self.load_production, name)
+                    # an A/B variant promoted: the copy already loaded for the test serves production too
+                    fresh = next((v for v in self.variant_models.values() if v.registry == (name, version.id)), None)
+                    if fresh is not None:
+                        fresh.aliases |= {name}
+                    else:
+                        fresh = await loop.run_in_executor(None, self.load_production, name)
                 except Exception as err:  # noqa: BLE001 - a bad new version must not take the served one down
                     self.metrics.registry_errors.labels(name).inc()
                     print(f"registry: could not load the production version of '{name}': {err}", flush=True)
@@ -199,7 +211,11 @@ class Service:
                 wanted = {v for _, v, _ in route.variants} | ({route.shadow[1]} if route.shadow else set()) if route else set()
                 for version in sorted(wanted):
                     if (name, version) not in self.variant_models:
-                        served = await loop.run_in_executor(None, self.load_version, name, version)
+                        # production's own model where the test includes it: loaded again, it was a second copy,
+                        # kept after the test
+                        production = next((m for m in self.models if m.registry and m.registry[0] == name
+                                           and m.version == f"{name}-v{version}"), None)
+                        served = production or await loop.run_in_executor(None, self.load_version, name, version)
                         self.add(served, listed=False)
                         self.variant_models[(name, version)] = served
             except Exception as err:  # noqa: BLE001 - a test that cannot be applied leaves serving as it was
@@ -246,12 +262,24 @@ class Service:
         return found.registry[0] if found.registry[0] in self.routes else None
 
     def _retire(self) -> None:
-        """Forget swapped-out models whose batchers have nothing left to run."""
-        live = {m.batch_key for m in [*self.models, *self.variant_models.values()]}  # A/B variants are unlisted, not retired
-        for key in [k for k in self.by_key if k not in live and self.batchers[k].idle]:
-            del self.by_key[key]
-        for ident in [i for i, m in self.by_id.items() if m.batch_key not in self.by_key]:
-            del self.by_id[ident]
+        """Let go of swapped-out models (and ended tests' variants) once their batchers have nothing left to run and no
+        stream is open on them: the batcher, its threads and the stream threads go, and the engine is closed (a
+        llama.cpp or CTranslate2 model's decoding thread held it for good)."""
+        live = [*self.models, *self.variant_models.values()]  # A/B variants are unlisted, not retired
+        keys = {m.batch_key for m in live}
+        for key in [k for k in self.by_key if k not in keys and self.batchers[k].idle and not self.streams.get(k)]:
+            gone = self.by_key.pop(key)
+            self.batchers.pop(key).close(shared=self.executor)  # its loop waits for requests that can no longer come
+            pool = self.stream_threads.pop(key, None)
+            if pool is not None:
+                pool.shutdown(wait=False)
+            self.streams.pop(key, None)
+            if gone.id not in {m.id for m in live}:
+                with contextlib.suppress(KeyError):
+                    self.metrics.queue_depth.remove(gone.id)
+            close = getattr(gone.engine, "close", None)
+            if close is not None:
+                close()
 
     def _shadow_of(self, model: str | None, variant: str | None) -> tuple[str, int] | None:
         """The challenger that answers a copy of a request a test's variant answered (None: no shadow)."""
@@ -449,13 +477,12 @@ class Service:
 
     # -- generation --------------------------------------------------------------------------------
 
-    def _run_chat(self, key: tuple[Any, ...], payloads: Sequence[tuple[str, threading.Event]]) -> list[Any]:
-        """`payloads`: (prompt, the request's cancel event). Each row gets its request's event: a request the server
+    def _run_chat(self, key: tuple[Any, ...], payloads: Sequence[tuple[str, threading.Event, Served]]) -> list[Any]:
+        """`payloads`: (prompt, the request's cancel event, the model). Each row gets its request's event: a request the server
         stopped waiting for (504) stops decoding, where it went on to max_tokens for no one, holding a row."""
-        model_id, params = key[0], dict(key[1])
-        model = self.by_id[model_id]
-        prompts = [prompt for prompt, _ in payloads]
-        return model.engine.generate(prompts, cancels=[event for _, event in payloads], **params)
+        model: Served = payloads[0][2]  # the key names it (by object): models sharing a batcher never mix
+        prompts = [prompt for prompt, _, _ in payloads]
+        return model.engine.generate(prompts, cancels=[event for _, event, _ in payloads], **dict(key[2]))
 
     def _params(self, req: p.SamplingParams, model: Served, prompt_tokens: int, max_tokens: int | None
                 ) -> dict[str, Any] | ServiceError:
@@ -514,13 +541,14 @@ class Service:
         self.metrics.version_errors.labels(model.registry[0] if model.registry else model.id, model.version).inc()
 
     async def _generate(self, model: Served, prompts: list[str], params: dict[str, Any]) -> list[Any] | ServiceError:
-        key = (model.id, tuple(sorted(params.items())))
+        # by model object, not id: two loads of one run (a version loaded beside a copy of itself) share an id
+        key = (model.id, id(model), tuple(sorted(params.items())))
         batcher = self.batchers[model.batch_key]
         futures: list[asyncio.Future[Any]] = []
         cancel = threading.Event()
         try:
             for x in prompts:
-                futures.append(batcher.submit(key, (x, cancel)))
+                futures.append(batcher.submit(key, (x, cancel, model)))
         except Overloaded as err:
             for f in futures:  # the prompts queued before the refusal would run for nobody: the batcher skips them
                 f.cancel()
@@ -614,7 +642,9 @@ class Service:
                 choices=[] if usage else [p.CompletionChoice(index=0, text=delta, finish_reason=finish)]))
 
         self.streams[model.batch_key] = self.streams.get(model.batch_key, 0) + 1
-        worker = loop.run_in_executor(self.stream_threads[model.batch_key], produce)
+        # .get: a model let go (a registry swap) between admission and the first byte answers on the loop's pool (a
+        # closed engine then reports the stream failed: "send the request again")
+        worker = loop.run_in_executor(self.stream_threads.get(model.batch_key), produce)
         finished = failed = False
         try:
             if chat:
@@ -657,6 +687,12 @@ class Service:
                 self.metrics.stream_disconnects.labels(model.id).inc()
             self.streams[model.batch_key] -= 1
             await asyncio.shield(worker) if finished else None
+
+
+def _shares_base(a: Served, b: Served) -> bool:
+    """Chat adapters loaded into one base model (transformers): one generation lock, one batcher."""
+    lock = getattr(a.engine, "lock", None)
+    return lock is not None and lock is getattr(b.engine, "lock", None)
 
 
 def _logged_inputs(req: p.ChatCompletionRequest | p.CompletionRequest, prompts: list[str]) -> list[Any]:
