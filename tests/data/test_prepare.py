@@ -457,6 +457,29 @@ def test_output_folder_is_replaced_atomically(tmp_path: Path, make_config) -> No
     assert not list(first.path.parent.glob(".*staging"))
 
 
+def test_an_output_that_is_a_file_is_refused_before_any_work(tmp_path: Path, make_config, monkeypatch) -> None:
+    """It failed at the very end, after the whole prepare, with "internal error: NotADirectoryError"."""
+    from tunesmith.data import prepare as module
+
+    good = write_csv(tmp_path / "d.csv", labelled(30))
+    taken = tmp_path / "dataset.csv"
+    taken.write_text("a file\n")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("prepared before the output was checked")
+
+    monkeypatch.setattr(module._Preparation, "run", no_work)
+    for out in (taken, taken / "inside"):
+        with pytest.raises(DataError, match=rf"{re.escape(str(taken))}: is a file; choose a folder for the dataset"):
+            prepare(make_config([{"path": str(good)}]), out)
+    assert taken.read_text() == "a file\n"
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("x")
+    with pytest.raises(DataError, match="exists and is not a tunesmith dataset"):
+        prepare(make_config([{"path": str(good)}]), other)
+
+
 def test_guessed_legacy_encoding_is_recorded_and_warned(tmp_path: Path, make_config) -> None:
     rows = labelled(20)
     rows[0]["text"] = "Le café était très bon, la crème brûlée délicieuse"

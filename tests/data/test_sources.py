@@ -181,6 +181,51 @@ def test_a_short_portuguese_cp1252_file_is_read_as_cp1252(tmp_path):
     assert guess_encoding(path)[0] == "cp1250"
 
 
+@pytest.mark.parametrize("rows", [20, 300])
+def test_a_utf8_file_with_one_line_pasted_from_a_cp1252_file_is_read_as_utf8(tmp_path, make_config, rows):
+    """The whole sample went to charset_normalizer, which picked cp932 or iso8859-15: every accented row was garbled
+    ("cafﾃｩ", "cafÃ©") with only a warning. The pasted line alone goes to quarantine."""
+    records = [{"text": f"{t} Le café était très bon", "label": "pos" if i % 2 else "neg"}
+               for i, t in enumerate(texts(rows))]
+    path = write_csv(tmp_path / "mixed.csv", records)
+    lines = path.read_bytes().split(b"\n")
+    pasted = rows // 2 + 2  # the file's line number (line 1 is the header)
+    lines[pasted - 1] = "Une entrée spéciale à la carte,pos".encode("cp1252")
+    path.write_bytes(b"\n".join(lines))
+    version = run(make_config, [{"path": str(path)}])
+    accounted(version, rows)
+    [entry] = [q for q in version.quarantine() if q["stage"] == "read"]  # (leakage takes some of 300 alike rows)
+    assert entry["line"] == pasted and "not valid utf-8" in entry["reason"]
+    kept = pairs(version)
+    assert len(kept) > rows // 2 and kept <= expected_pairs(records[: pasted - 2] + records[pasted - 1 :])
+    assert version.report()["sources"][0]["encoding"] == "utf-8"
+
+
+def test_a_cp1252_file_whose_first_accent_comes_after_the_sample_is_read_as_cp1252(tmp_path, make_config):
+    """Its first 64 KiB are plain ASCII, which reads the same in any 8-bit code page: taken as UTF-8, the accented rows
+    after them were quarantined without a warning. The guess is made from the first line beyond ASCII."""
+    from tunesmith.data.sources import SNIFF_BYTES, guess_encoding
+
+    records = reviews(1200)
+    records += [{"text": f"Le café était très bon, la crème brûlée délicieuse {i}", "label": "pos"} for i in range(50)]
+    path = write_csv(tmp_path / "late.csv", records, encoding="cp1252")
+    data = path.read_bytes()
+    first = next(i for i, b in enumerate(data) if b > 127)
+    assert first > SNIFF_BYTES
+    assert guess_encoding(path)[0] == "cp1252"
+    version = run(make_config, [{"path": str(path)}])
+    accounted(version, 1250)
+    assert not [q for q in version.quarantine() if q["stage"] == "read"]  # (leakage takes some of these alike rows)
+    kept = pairs(version)
+    assert kept <= expected_pairs(records) and any("très bon" in text for text, _ in kept)
+    line = data.count(b"\n", 0, first) + 1
+    assert any(f"from line {line}" in w and "read as cp1252" in w and "`encoding:`" in w
+               for w in version.report()["warnings"])
+    # a file that is ASCII to its end, or whose later part is UTF-8, is still read as UTF-8
+    assert guess_encoding(write_csv(tmp_path / "ascii.csv", reviews(1200)))[0] == "utf-8"
+    assert guess_encoding(write_csv(tmp_path / "utf8.csv", records))[0] == "utf-8"
+
+
 def test_csv_with_utf8_bom(tmp_path, make_config):
     records = reviews(12)
     records[0]["text"] = "Crème brûlée for the café team, lovely"
@@ -535,6 +580,31 @@ def test_template_joins_fields(tmp_path, make_config):
     accounted(run(make_config, [{"path": str(some)}], task={"text": "{title}. {body}"}), 12)  # in some records: fine
 
 
+def test_a_template_part_that_is_a_missing_marker_reads_as_nothing(tmp_path, make_config):
+    """An R export's "NA" and a pandas NaN had been trained on as the words "NA" and "nan"."""
+    records = [{"subject": f"Review {i}", "body": t, "label": "pos" if i % 2 else "neg"}
+               for i, t in enumerate(texts(12))]
+    records[0].update(subject="NA", body="NA")  # line 2: nothing left, a missing text
+    records[1]["body"] = "null"  # line 3
+    path = write_csv(tmp_path / "na.csv", records)
+    version = run(make_config, [{"path": str(path)}], task={"text": "{subject}: {body}"})
+    accounted(version, 12)
+    [entry] = version.quarantine()
+    assert entry["line"] == 2 and entry["reason"].startswith("missing value: no value for 'text'")
+    assert {r["line"]: r["text"] for r in kept_rows(version)}[3] == "Review 1:"
+    filled = run(make_config, [{"path": str(path)}], task={"text": "{subject}: {body}"},
+                 missing={"fields": {"text": "fill"}, "fill": {"text": "no text"}})
+    assert {r["line"]: r["text"] for r in kept_rows(filled)}[2] == "no text"
+
+    jsonl = tmp_path / "nan.jsonl"  # json.dumps of pandas records writes NaN
+    jsonl.write_text("".join(json.dumps({**r, "body": float("nan")} if i < 2 else r) + "\n"
+                             for i, r in enumerate(records)))
+    version = run(make_config, [{"path": str(jsonl)}], task={"text": "{subject}: {body}"})
+    accounted(version, 12)
+    assert [q["line"] for q in version.quarantine()] == [1]
+    assert {r["line"]: r["text"] for r in kept_rows(version)}[2] == "Review 1:"
+
+
 def test_dotted_path_in_jsonl(tmp_path, make_config):
     records = [{"meta": {"text": r["text"], "lang": "en"}, "label": r["label"]} for r in reviews(12)]
     path = write_jsonl(tmp_path / "nested.jsonl", records)
@@ -733,6 +803,28 @@ def test_regression_score_not_a_number(tmp_path, make_config):
     assert (entry["line"], entry["field"]) == (8, "score")
     assert entry["reason"] == "score must be a number, got 'abc'"
     assert {type(r["score"]) for r in kept_rows(version)} == {float}
+
+
+def test_quarantine_of_nan_and_infinite_values_is_strict_json(tmp_path, make_config):
+    """json.dumps wrote NaN and Infinity, which are not JSON: jq and most parsers refused quarantine.jsonl."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    scores = [float(i % 5) for i in range(20)]
+    scores[2], scores[4], scores[6] = float("nan"), float("inf"), float("-inf")
+    path = tmp_path / "scores.parquet"
+    pq.write_table(pa.table({"text": texts(20), "score": scores, "extra": [float("nan")] * 20}), path)
+    version = run(make_config, [{"path": str(path)}], task={"type": "regression"})
+    accounted(version, 20)
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    lines = (version.path / "quarantine.jsonl").read_text(encoding="utf-8").splitlines()
+    entries = {e["line"]: e for e in (json.loads(line, parse_constant=refuse) for line in lines)}
+    assert set(entries) == {3, 5, 7}
+    assert entries[5]["record"]["score"] == "inf" and entries[7]["record"]["score"] == "-inf"
+    assert entries[5]["record"]["extra"] == "nan"
 
 
 def missing_label_file(tmp_path: Path) -> Path:

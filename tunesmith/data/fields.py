@@ -8,7 +8,9 @@ Three forms, chosen for what real exports look like:
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 _REF = re.compile(r"\{([^{}]+)\}")
@@ -45,13 +47,17 @@ class FieldExpr:
     def present_in(self, columns: list[str]) -> bool:
         return all(r in columns or r.split(".")[0] in columns for r in self.refs)
 
-    def __call__(self, record: dict[str, Any]) -> Any:
+    def __call__(self, record: dict[str, Any], missing: Callable[[Any], bool] | None = None) -> Any:
+        """The value; a template's text. `missing`: what else counts as no value in a template's part (the
+        data.missing.na_values markers): a part missing reads as nothing, and all of them missing, so is the field.
+        An R export's "NA" or a pandas NaN had been trained on as the words "NA" and "nan"."""
         if not self.is_template:
             return _lookup(record, self.expr)
         values = {r: _lookup(record, r) for r in self.refs}
-        if all(v is ABSENT or v is None or v == "" for v in values.values()):
+        gone = {r for r, v in values.items() if _no_value(v) or (missing is not None and missing(v))}
+        if len(gone) == len(values):
             return ABSENT if all(v is ABSENT for v in values.values()) else None
-        return _REF.sub(lambda m: _text(values[m.group(1).strip()]), self.expr)
+        return _REF.sub(lambda m: "" if m.group(1).strip() in gone else _text(values[m.group(1).strip()]), self.expr)
 
     def absent_refs(self, record: dict[str, Any]) -> list[str]:
         """The placeholders `record` has no field for."""
@@ -59,6 +65,10 @@ class FieldExpr:
 
     def __repr__(self) -> str:
         return f"FieldExpr({self.expr!r})"
+
+
+def _no_value(value: Any) -> bool:
+    return value is ABSENT or value is None or value == "" or (isinstance(value, float) and math.isnan(value))
 
 
 def _text(value: Any) -> str:

@@ -30,7 +30,7 @@ from tunesmith.config import CHAT_MAX_LENGTH_CAP, GENERATIVE_TASKS, SPLITS, Proj
 from tunesmith.data import dedup, report, split
 from tunesmith.data.raw import Raw
 from tunesmith.data.records import TARGET_TYPES, Canonicalizer, Corrections, Rejection, canonical_schema
-from tunesmith.data.sources import TEXT_KINDS, guess_encoding, read_jsonl, read_source
+from tunesmith.data.sources import SNIFF_BYTES, TEXT_KINDS, read_jsonl, read_source, sniff_file_encoding
 from tunesmith.errors import ConfigError, DataError
 
 BATCH = 10_000  # rows per Arrow record batch while streaming
@@ -125,6 +125,7 @@ def _preview(record: Any) -> Any:
 
 def prepare(cfg: ProjectConfig, out_dir: Path | None = None, progress: Progress = _no_progress) -> DatasetVersion:
     out = Path(out_dir or cfg.dataset_dir)
+    _check_output_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.staging"
     shutil.rmtree(staging, ignore_errors=True)
@@ -135,6 +136,16 @@ def prepare(cfg: ProjectConfig, out_dir: Path | None = None, progress: Progress 
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return DatasetVersion(out)
+
+
+def _check_output_folder(out: Path) -> None:
+    """Refuse an output that cannot take the dataset before any work is done, not after the whole prepare (a file
+    there failed the swap at the very end with "internal error: NotADirectoryError")."""
+    for path in (out, *out.parents):
+        if path.exists() and not path.is_dir():
+            raise DataError(f"{path}: is a file; choose a folder for the dataset (--out or data.output_dir)")
+    if out.is_dir() and not (out / MANIFEST).exists() and any(out.iterdir()):
+        raise DataError(f"{out}: exists and is not a tunesmith dataset; choose another output_dir")
 
 
 def _swap_into_place(staging: Path, out: Path) -> None:
@@ -251,9 +262,14 @@ class _Preparation:
             return spec
         if spec.path.stat().st_size == 0:
             return spec
-        encoding, alternatives = guess_encoding(spec.path)
+        encoding, alternatives, late = sniff_file_encoding(spec.path)
         stats["encoding"] = encoding
-        if alternatives:
+        if late is not None and encoding != "utf-8":  # said even without a tie: the first 64 KiB could not tell
+            likely = f" (equally likely: {', '.join(alternatives[:4])})" if alternatives else ""
+            self.warnings.append(f"{spec.path}: plain ASCII for the first {SNIFF_BYTES // 1024} KiB; from line {late}, "
+                                 f"the first with other characters, it is not UTF-8; read as {encoding}{likely}. "
+                                 "If accented letters look wrong in `data show`, set the source's `encoding:`")
+        elif alternatives:
             self.warnings.append(f"{spec.path}: not UTF-8; read as {encoding} (equally likely: {', '.join(alternatives[:4])}). "
                                  "If accented letters look wrong in `data show`, set the source's `encoding:`")
         return spec.model_copy(update={"encoding": encoding})

@@ -123,7 +123,21 @@ class Rejection:
         return f"{where}: field '{self.field}'" if self.field else where
 
     def to_json(self) -> str:
-        return json.dumps(vars(self), ensure_ascii=False, default=str)  # vars, not asdict: no deep copy
+        # strict JSON: NaN and Infinity are not JSON (jq and most parsers refused the quarantine file); the value
+        # is kept as text ("nan", "inf", "-inf") so the entry still shows what the row held
+        return json.dumps({k: _finite(v) for k, v in vars(self).items()}, ensure_ascii=False, allow_nan=False,
+                          default=str)  # vars, not asdict: no deep copy
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float (in dicts and lists too) as its text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(float(value))  # "nan", "inf", "-inf" (numpy's float64 prints the same)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 class Corrections:
@@ -289,7 +303,7 @@ class Canonicalizer:
 
     def _value(self, name: str, expr: FieldExpr, record: dict[str, Any], spec: SourceSpec) -> Any:
         """The field's value in the record, or the source's `defaults` value when the record lacks it."""
-        value = expr(record)
+        value = expr(record, self._is_missing)
         if name in spec.defaults and self._is_missing(value):
             return spec.defaults[name]
         return value

@@ -124,9 +124,38 @@ def detect_encoding(path: Path, given: str | None) -> str:
 
 def guess_encoding(path: Path) -> tuple[str, list[str]]:
     """(encoding, other equally likely encodings). UTF-8 (with or without BOM) is checked first."""
+    return sniff_file_encoding(path)[:2]
+
+
+def sniff_file_encoding(path: Path) -> tuple[str, list[str], int | None]:
+    """guess_encoding, and the line the guess was made from when the file's first SNIFF_BYTES are plain ASCII
+    (None otherwise).
+
+    ASCII reads the same in UTF-8 and in every 8-bit code page, so an ASCII head says nothing: taken as UTF-8,
+    a cp1252 file whose first accented letter came after 64 KiB had every later accented row quarantined without
+    a word. The file is read on to its first byte beyond ASCII and the guess is made from there (a pass over the
+    file, at disk speed, only for files that start with 64 KiB of ASCII)."""
     with path.open("rb") as f:
         head = f.read(SNIFF_BYTES)
-    return guess_bytes_encoding(head, cut=len(head) == SNIFF_BYTES)
+        cut = len(head) == SNIFF_BYTES
+        encoding, alternatives = guess_bytes_encoding(head, cut)
+        if not (cut and encoding == "utf-8" and head.isascii()):
+            return encoding, alternatives, None
+        start, line = len(head), 1 + head.count(b"\n")
+        while chunk := f.read(1 << 20):
+            found = _NON_ASCII.search(chunk)
+            if found is None:
+                start, line = start + len(chunk), line + chunk.count(b"\n")
+                continue
+            at = chunk.rfind(b"\n", 0, found.start()) + 1  # from the start of its line, where the chunk holds it
+            f.seek(start + at)
+            sample = f.read(SNIFF_BYTES)
+            encoding, alternatives = guess_bytes_encoding(sample, cut=len(sample) == SNIFF_BYTES)
+            return encoding, alternatives, line + chunk.count(b"\n", 0, found.start())
+    return "utf-8", [], None  # ASCII throughout
+
+
+_NON_ASCII = re.compile(rb"[\x80-\xff]")
 
 
 def guess_bytes_encoding(head: bytes, cut: bool) -> tuple[str, list[str]]:
@@ -142,6 +171,8 @@ def guess_bytes_encoding(head: bytes, cut: bool) -> tuple[str, list[str]]:
     except UnicodeDecodeError as err:
         if cut and err.start > len(head) - 4:  # a multi-byte character cut by the sample boundary (not a file's end:
             return "utf-8", []  # "Sehr schön" in cp1252, 10 bytes, was read as UTF-8 and refused)
+    if _mostly_utf8(head, cut):
+        return "utf-8", []
     from charset_normalizer import from_bytes
 
     matches = list(from_bytes(head))
@@ -169,6 +200,23 @@ def guess_bytes_encoding(head: bytes, cut: bool) -> tuple[str, list[str]]:
             pass
     chosen = next((enc for enc in ("cp1252", "latin_1", "iso8859_15") if enc in western), best.encoding)
     return chosen, [e for e in dict.fromkeys(tied) if e != chosen]
+
+
+def _mostly_utf8(head: bytes, cut: bool) -> bool:
+    """UTF-8 with a few bytes that are not (a line pasted in from a cp1252 file): read as UTF-8, and the lines
+    holding those bytes go to quarantine one by one. Handed to charset_normalizer whole, such a sample came out as
+    cp932, cp1252 or iso8859-15, and every accented row of the file was garbled with only a warning.
+
+    A multi-byte UTF-8 character is a lead byte followed by just the right number of continuation bytes. In 8-bit
+    text an accented letter is one byte between ASCII ones, which never decodes; a run that does decode happens
+    only by chance (an "É" before a "”"), among many bytes that do not. So the sample is UTF-8 when its valid
+    multi-byte characters are at least twice as many as the bytes that do not decode."""
+    text = head.decode("utf-8", "surrogateescape")
+    if cut:
+        text = re.sub("[\udc80-\udcff]{1,3}$", "", text)  # a character cut by the sample's end
+    bad = len(_BAD_BYTES.findall(text))
+    good = sum(1 for c in text if c > "\x7f") - bad
+    return good > 0 and good >= 2 * bad
 
 
 # Languages charset_normalizer names that cp1252 writes (a Polish, Czech, Greek or Russian text keeps its own page)
