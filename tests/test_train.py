@@ -513,14 +513,15 @@ def test_bf16_batches_are_padded_to_a_multiple_of_8(tmp_path: Path, tiny_bert: P
     assert all(padded) if bf16 else not all(padded)
 
 
-@pytest.mark.parametrize(("class_weights", "pooling", "micro"), [("balanced", "native", 8), ("none", "native", 4),
-                                                                 ("none", "mean", 4)])
+@pytest.mark.parametrize(("class_weights", "pooling", "micro"), [("balanced", "native", 4), ("balanced", "native", 8),
+                                                                 ("none", "native", 4), ("none", "mean", 4)])
 def test_gradient_accumulation_takes_the_same_step_as_one_batch(tmp_path: Path, tiny_bert: Path, class_weights: str,
                                                                 pooling: str, micro: int) -> None:
     """16 examples in one batch or in accumulated smaller ones: the same loss and gradient. The Trainer takes a loss as
     already divided over the accumulated batches when the model's forward takes **kwargs (both heads do), or when it
-    is a custom loss (class weights): a plain mean was counted grad_accum times (2.77 for ln 2). (Class weights stay
-    at batches of 8: a weighted mean per batch of 4 of skewed classes is its own estimate.)"""
+    is a custom loss (class weights): a plain mean was counted grad_accum times (2.77 for ln 2). Class weights: each
+    micro-batch's weighted mean scaled by its share of the labels gave a batch of one class its unweighted loss (a
+    gradient 13x smaller at 4 x 4); the weighted sum over the step's label count adds up exactly."""
     data = rows(160)
     skewed = [r for i, r in enumerate(data) if r["label"] == "pos" or i % 8 == 1]
     first = {}
@@ -534,8 +535,57 @@ def test_gradient_accumulation_takes_the_same_step_as_one_batch(tmp_path: Path, 
         log = [json.loads(line) for line in (train(cfg) / "training_log.jsonl").read_text().splitlines()]
         first[accum] = next(e for e in log if "loss" in e and "grad_norm" in e)
     accumulated = first[16 // micro]
-    assert accumulated["loss"] == pytest.approx(first[1]["loss"], rel=0.25)
-    assert accumulated["grad_norm"] == pytest.approx(first[1]["grad_norm"], rel=0.25)
+    assert accumulated["loss"] == pytest.approx(first[1]["loss"], rel=1e-4)
+    assert accumulated["grad_norm"] == pytest.approx(first[1]["grad_norm"], rel=1e-4)
+
+
+def test_class_weighted_loss_accumulates_exactly_and_evaluates_the_weighted_mean() -> None:
+    """Training: sum(w[y] * ce) / n over the step's n labels, however they are split into micro-batches (the Trainer
+    gives n as num_items_in_batch). Evaluation (no gradient): the weighted mean, as before."""
+    import torch
+
+    from tunesmith.tasks.sequence import class_weight_loss
+
+    torch.manual_seed(0)
+    weights = np.array([2.5, 0.625])  # balanced for 1 neg : 4 pos
+    loss = class_weight_loss(weights)
+    logits = torch.randn(16, 2).requires_grad_()
+    labels = torch.tensor([1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, 0])  # the first micro-batch of 4: one class
+    w = torch.tensor(weights, dtype=torch.float32)
+    ce = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    expected = (w[labels] * ce).sum() / 16
+    (grad_expected,) = torch.autograd.grad(expected, logits)
+    for micro in (16, 8, 4):
+        total = sum(loss({"logits": logits[i:i + micro]}, labels[i:i + micro], num_items_in_batch=torch.tensor(16))
+                    for i in range(0, 16, micro))
+        (grad,) = torch.autograd.grad(total, logits)
+        assert total.item() == pytest.approx(expected.item(), rel=1e-6)
+        assert torch.allclose(grad, grad_expected, rtol=1e-5, atol=1e-7)
+    weighted_mean = (w[labels] * ce).sum() / w[labels].sum()
+    with torch.no_grad():
+        assert loss({"logits": logits}, labels).item() == pytest.approx(weighted_mean.item(), rel=1e-6)
+        assert loss({"logits": logits}, labels, num_items_in_batch=torch.tensor(16)).item() == \
+            pytest.approx(weighted_mean.item(), rel=1e-6)
+
+
+def test_mean_pooling_head_regression_loss_keeps_fp32_targets_under_bf16_autocast(tiny_bert: Path) -> None:
+    """Standardised regression targets cast to the bf16 logits kept 3 significant digits (1.2345678 became 1.234375)."""
+    import torch
+    from transformers import AutoConfig
+
+    from tunesmith.models.heads import MeanPoolingForSequenceClassification
+
+    config = AutoConfig.from_pretrained(tiny_bert)
+    config.problem_type, config.num_labels = "regression", 1
+    torch.manual_seed(0)
+    model = MeanPoolingForSequenceClassification.from_encoder(config, tiny_bert).eval()
+    ids = torch.randint(5, 100, (4, 9))
+    labels = torch.tensor([1.2345678, -0.7654321, 2.3456789, 0.01234567])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(input_ids=ids, labels=labels)
+    assert out.logits.dtype == torch.bfloat16  # the case: autocast gave bf16 logits
+    exact = torch.nn.functional.mse_loss(out.logits.float().squeeze(-1), labels)
+    assert out.loss.item() == pytest.approx(exact.item(), rel=1e-6)
 
 
 def test_a_diverged_run_is_an_error_that_names_the_learning_rate_not_a_damaged_folder(tmp_path: Path,

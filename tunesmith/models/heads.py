@@ -75,10 +75,11 @@ class MeanPoolingForSequenceClassification(PreTrainedModel):
         loss = None
         if labels is not None:
             problem = self.config.problem_type
+            # In fp32: under bf16 autocast the logits are bf16, and targets cast to them lost all but 3 digits
             if problem == "regression":
-                loss = nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(-1))
+                loss = nn.functional.mse_loss(logits.float().squeeze(-1), labels.float().view(-1))
             elif problem == "multi_label_classification":
-                loss = nn.functional.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+                loss = nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
             else:
                 loss = nn.functional.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
         return SequenceClassifierOutput(loss=loss, logits=logits)

@@ -102,19 +102,29 @@ def training_metrics(task: TaskType, scaling: TargetScaling | None):
 
 
 def class_weight_loss(weights: np.ndarray):
-    """Inverse-frequency weighted cross-entropy, for `Trainer(compute_loss_func=...)`."""
+    """Inverse-frequency weighted cross-entropy, for `Trainer(compute_loss_func=...)`.
+
+    In training the loss of a step is sum(w[y] * ce) / n over all n labels of the step (every accumulated micro-batch,
+    every process): the Trainer gives n as num_items_in_batch, and each micro-batch's share adds up to exactly that,
+    however the step is split. The weighted mean, sum(w[y] * ce) / sum(w[y]), cannot be split so: each micro-batch would
+    need the weights of the whole step, which the Trainer does not give (dividing each one's weighted mean by its share
+    of n gave a micro-batch of one class its unweighted loss, and a gradient 13x smaller at batch 4 x accumulation 4).
+    The two differ by the factor sum(w[y]) / n, whose mean over the training set is 1 for balanced weights.
+    Evaluation reports the weighted mean.
+    """
     import torch
 
     w = torch.tensor(weights, dtype=torch.float32)
 
     def loss(outputs: Any, labels: Any, num_items_in_batch: Any = None) -> Any:
         logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
-        mean = torch.nn.functional.cross_entropy(logits, labels, weight=w.to(logits.device))
-        if num_items_in_batch is None:  # evaluation
-            return mean
-        # The Trainer takes a custom loss as already divided over the accumulated micro-batches (and multiplies it
-        # by the processes, whose gradients DDP averages): a plain mean made the steps grad_accum x too large
-        return mean * labels.numel() / num_items_in_batch
+        weight = w.to(logits.device)
+        if num_items_in_batch is None or not torch.is_grad_enabled():  # evaluation (transformers 5 passes the count too)
+            mean = torch.nn.functional.cross_entropy(logits, labels, weight=weight)
+            # The Trainer multiplies a loss given num_items_in_batch by the processes: the share undoes it
+            return mean if num_items_in_batch is None else mean * labels.numel() / num_items_in_batch
+        # The Trainer multiplies it by the processes too, whose gradients DDP averages: the sum over all n remains
+        return torch.nn.functional.cross_entropy(logits, labels, weight=weight, reduction="sum") / num_items_in_batch
 
     return loss
 

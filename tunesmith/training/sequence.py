@@ -196,7 +196,7 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
 
 
 def _parent_run(cfg: ProjectConfig, labels: list[str] | None, model_dir: Path) -> Run | None:
-    """The run `train.init_from` continues, checked to fit: same task, labels, base model and method."""
+    """The run `train.init_from` continues, checked to fit: same task, labels, base model, pooling and method."""
     if cfg.train.init_from is None:
         return None
     parent = Run(cfg.train.init_from)
@@ -218,6 +218,14 @@ def _parent_run(cfg: ProjectConfig, labels: list[str] | None, model_dir: Path) -
     if Path(m.base_model_path).resolve() != model_dir.resolve() and m.base_model != cfg.model.name:
         problems.append(f"its {'adapter sits on' if m.adapter else 'weights come from'} the base model "
                         f"{m.base_model_path}, this config's model is {model_dir}")
+    else:  # the same base: its pooling is the head's (another one has other module names, and drops an adapter)
+        from tunesmith.models.sequence import pooling_of
+
+        asked, asks = parent.config.model.pooling, cfg.model.pooling
+        was, wants = pooling_of(model_dir, asked), pooling_of(model_dir, asks)
+        if was != wants:
+            problems.append(f"its head pools '{was}' (model.pooling {asked!r}), this config's model.pooling {asks!r} "
+                            f"pools '{wants}'; set model.pooling: {was} to continue it, or train a new model")
     if problems:
         raise ConfigError(f"{where}: cannot continue that run: " + "; ".join(problems))
     return parent
@@ -226,20 +234,51 @@ def _parent_run(cfg: ProjectConfig, labels: list[str] | None, model_dir: Path) -
 def _continued_model(parent: Run, cfg: ProjectConfig) -> Any:
     """The parent's trained weights, ready to train on: full weights as saved, or its adapter (trainable) on the base."""
     from tunesmith.models.loading import base_model_dir
-    from tunesmith.models.sequence import load_for_sequence_task, load_trained_sequence_model
+    from tunesmith.models.sequence import load_for_sequence_task
     from tunesmith.training.fused_lora import fuse_lora_layers
     from tunesmith.training.methods import apply_method
 
     m = parent.manifest
     if not m.adapter:
-        model = load_trained_sequence_model(parent.model_dir)
+        model = _trained_with_dropout(parent.model_dir, cfg.train.attention_dropout, cfg.train.hidden_dropout)
         use_for_cpu_training(model)
         return apply_method(model, cfg.train, cfg.peft) if cfg.train.method == "head" else model
+    import warnings
+
     from peft import PeftModel
 
     base = load_for_sequence_task(base_model_dir(m), cfg.task.type, m.labels, pooling=cfg.model.pooling,
                                   attention_dropout=cfg.train.attention_dropout, hidden_dropout=cfg.train.hidden_dropout)
     use_for_cpu_training(base)
-    model = PeftModel.from_pretrained(base, parent.model_dir, is_trainable=True)
+    # peft only warns when the adapter's weights find no layer, and training went on from a fresh adapter
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*missing adapter keys")
+        try:
+            model = PeftModel.from_pretrained(base, parent.model_dir, is_trainable=True)
+        except UserWarning as err:
+            raise DataError(f"train.init_from {cfg.train.init_from}: its adapter ({parent.model_dir}) does not fit the "
+                            f"model this config builds: {str(err)[:300]}; train a new adapter") from None
     fuse_lora_layers(model)
     return model
+
+
+def _trained_with_dropout(model_dir: Path, attention_dropout: float | None, hidden_dropout: float | None) -> Any:
+    """A trained full or head run's model with this config's dropout, as `load_for_sequence_task` gives a fresh one
+    (the saved config's values would otherwise train on). Dropout is read into modules when they are built, so the
+    config is changed before loading. The head is chosen as `load_trained_sequence_model` does."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from tunesmith.models.sequence import ATTENTION_DROPOUT_KEYS, HIDDEN_DROPOUT_KEYS
+
+    config = AutoConfig.from_pretrained(model_dir)
+    for keys, value in ((ATTENTION_DROPOUT_KEYS, attention_dropout), (HIDDEN_DROPOUT_KEYS, hidden_dropout)):
+        if value is not None:
+            for key in keys:
+                if hasattr(config, key):
+                    setattr(config, key, value)
+    if getattr(config, "tunesmith_pooling", None) == "mean":
+        from tunesmith.models.heads import MeanPoolingForSequenceClassification
+
+        return MeanPoolingForSequenceClassification.from_pretrained(model_dir, config=config, dtype=torch.float32)
+    return AutoModelForSequenceClassification.from_pretrained(model_dir, config=config, dtype=torch.float32)
