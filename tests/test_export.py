@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -206,6 +207,7 @@ def test_docker_context_is_complete_and_its_entrypoint_serves(mean_run: Path, tm
     assert cli(["export", str(tmp_path / "int8"), "--format", "docker", "--out", str(context)]) == 0
     shown = capsys.readouterr().out
     assert "docker build -t tunesmith-tiny ." in shown and "docker run --rm -p 8000:8000 tunesmith-tiny" in shown
+    assert "100.00% of the predictions agree with the run" in shown  # the copy in the context is loaded back and checked
     dockerfile = (context / "Dockerfile").read_text()
     lines = [line.strip() for line in dockerfile.splitlines()]
     assert "FROM python:3.11-slim" in lines
@@ -271,6 +273,94 @@ def test_docker_merges_an_adapter_run_and_its_source_builds_a_wheel(lora_run: Pa
     wheel = next((tmp_path / "wheels").glob("tunesmith-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert "tunesmith/export/__init__.py" in names and "tunesmith/cli.py" in names
+
+
+DOCKER_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"  # Docker's reference grammar: one name component
+
+
+def test_a_damaged_full_run_fails_its_docker_export_naming_the_file(mean_run: Path, tmp_path: Path, capsys) -> None:
+    """A full fine-tuning run was copied into the context unchecked: a cut model.safetensors exported with exit 0 and
+    the image's build step (tunesmith serve --prepare) failed. The export loads the weights back, as the others do."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(mean_run, run)
+    weights = run / "model" / "model.safetensors"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[:5000])  # a copy cut short
+    message = f"{weights}: damaged or partly copied ("
+    for fmt in ("docker", "merged"):  # merged said "internal error: SafetensorError: ... incomplete metadata" (exit 1)
+        assert cli(["export", str(run), "--format", fmt, "--out", str(tmp_path / fmt)]) == 3
+        err = _err(capsys)
+        assert message in err and "re-copy the run or train again" in err and "internal error" not in err
+        assert not (tmp_path / fmt).exists()
+    manifest = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**manifest, "dataset": str(tmp_path / "gone")}))
+    # No test split to compare on: the weights are loaded all the same.
+    assert cli(["export", str(run), "--format", "docker", "--out", str(tmp_path / "docker")]) == 3
+    assert message in _err(capsys)
+    (run / "run.json").write_text(json.dumps(manifest))
+    # --no-check skips the check, and says so
+    assert cli(["export", str(run), "--format", "docker", "--out", str(tmp_path / "docker"), "--no-check"]) == 0
+    assert "note: self-check skipped (--no-check)" in capsys.readouterr().out
+    weights.write_bytes(whole)
+    result = export_run(run, "docker", tmp_path / "docker", overwrite=True)
+    assert result.check["agreement"] == 1.0 and result.check["n"] > 0 and result.warnings == []
+
+
+def test_a_full_chat_run_is_checked_by_its_docker_export(tmp_path: Path, tiny_llama: Path, capsys) -> None:
+    import shutil
+
+    run = train(chat_project(tmp_path, tiny_llama, {"max_steps": 2, "epochs": 1}))
+    result = export_run(run, "docker", tmp_path / "docker")
+    assert result.check["n"] > 0 and abs(result.check["loss_diff"]) < 1e-6 and result.warnings == []
+    shutil.rmtree(tmp_path / "docker")
+    weights = Path(run) / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    assert cli(["export", str(run), "--format", "docker", "--out", str(tmp_path / "docker")]) == 3
+    assert f"{weights}: damaged or partly copied (" in _err(capsys) and not (tmp_path / "docker").exists()
+
+
+def test_docker_commands_quote_the_path_and_tag_a_valid_image_name(mean_run: Path, tmp_path: Path, capsys) -> None:
+    """`cd /a folder/x` broke on the space; run names valid for tunesmith (`Cafe..Reviews___v1`) made image names that
+    `docker build -t` refuses."""
+    import shutil
+
+    from tunesmith.export.docker import image_name
+
+    run = tmp_path / "my runs" / "run"
+    shutil.copytree(mean_run, run)
+    manifest = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**manifest, "name": "Cafe..Reviews___v1"}))
+    out = tmp_path / "build dir" / "it's here"
+    assert cli(["export", str(run), "--format", "docker", "--out", str(out), "--no-check"]) == 0
+    shown = capsys.readouterr().out
+    commands = (out / "COMMANDS.txt").read_text().splitlines()
+    assert f"  {commands[0]}" in shown and commands[0] in (out / "README.md").read_text()
+    moved = subprocess.run(["bash", "-c", f"{commands[0]} && pwd"], capture_output=True, text=True)
+    assert moved.returncode == 0 and moved.stdout.strip() == str(out.resolve()), moved.stderr
+    tag = commands[1].split()[3]
+    assert tag == "tunesmith-cafe-reviews-v1" and commands[2].endswith(f" {tag}")
+    for name in ("Cafe..Reviews___v1", "a__b", "a_b.c-d", "a---b", "a._b", "x-.-y", "A.B", "run_", "9__", "a" * 300,
+                 "é", ".", "a" * 99 + "__b", "Über Café!"):
+        assert re.fullmatch(DOCKER_COMPONENT, image_name(name)) and len(image_name(name)) <= 128, name
+    assert [image_name(n) for n in ("a__b", "a_b.c-d", "a---b", "A.B")] == \
+        ["tunesmith-a__b", "tunesmith-a_b.c-d", "tunesmith-a---b", "tunesmith-a.b"]  # valid separators are kept
+
+
+def test_overwrite_through_a_symlink_replaces_the_export_it_points_to(lora_run: Path, tmp_path: Path) -> None:
+    """deploy/current -> store/v1: --overwrite renamed the link aside (and failed to delete it), so `current` became a
+    plain folder, the old export stayed in store/v1 and a stray `.current.replaced-PID` link was left."""
+    store, current = tmp_path / "store", tmp_path / "deploy" / "current"
+    export_run(lora_run, "onnx", store / "v1", check=False)
+    (store / "v1" / "OLD").write_text("the earlier export")
+    current.parent.mkdir()
+    current.symlink_to(store / "v1")
+    assert export_run(lora_run, "onnx", current, overwrite=True, check=False).path == current
+    assert current.is_symlink() and current.resolve() == (store / "v1").resolve()
+    assert not (store / "v1" / "OLD").exists() and (store / "v1" / "model" / "model.onnx").is_file()
+    assert sorted(p.name for p in store.iterdir()) == ["v1"] and sorted(p.name for p in current.parent.iterdir()) == ["current"]
+    assert Predictor(current).predict(TEXTS).labels == Predictor(lora_run).predict(TEXTS).labels
 
 
 def test_chat_run_refuses_onnx_and_exports_a_causal_lm(tmp_path: Path, tiny_llama: Path, capsys) -> None:

@@ -26,3 +26,22 @@ def test_a_checkpoint_stored_in_bf16_trains_on_fp32_weights(tmp_path: Path, tiny
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     stored = BertModel.from_pretrained(tmp_path / "bf16").embeddings.word_embeddings.weight
     torch.testing.assert_close(model.get_input_embeddings().weight, stored.float(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("pooling", ["native", "mean"])
+def test_a_cut_weights_file_is_named_not_an_internal_error(tmp_path: Path, tiny_bert: Path, pooling: str) -> None:
+    """A truncated model.safetensors (a copy cut short) surfaced as "internal error: SafetensorError: ... incomplete
+    metadata"; it is a DataError (exit 3) naming the file and what to do."""
+    from tunesmith.errors import DataError
+    from tunesmith.models.sequence import load_trained_sequence_model
+
+    model = load_for_sequence_task(tiny_bert, TaskType.single_label, ["a", "b"], pooling=pooling)
+    if pooling == "mean":
+        model.config.tunesmith_pooling = "mean"
+    model.save_pretrained(tmp_path / "model")
+    assert type(load_trained_sequence_model(tmp_path / "model")) is type(model)  # the folder loads while whole
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:5000])
+    with pytest.raises(DataError, match=rf"^{weights}: damaged or partly copied \(.*incomplete metadata.*\); "
+                                        "re-copy the run or train again$"):
+        load_trained_sequence_model(tmp_path / "model")

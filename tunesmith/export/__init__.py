@@ -64,6 +64,9 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, 
         raise ConfigError(f"--out {target} holds the run {run_path} itself; choose a folder outside it")
     if target.exists() and not target.is_dir():
         raise ConfigError(f"--out {target} is a file; an export is a folder")
+    # The folder itself, not a symlink to it (deploy/current -> store/v1): renaming and deleting the link instead
+    # replaced it with a plain folder, left the old export where it was and a stray link beside it.
+    real = target.resolve()
     existed, aside = target.exists(), None
     if existed and any(target.iterdir()):
         if not overwrite:
@@ -71,18 +74,18 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, *, 
         _check_replaceable(target, run)
         # Kept aside until the new export is written: a failed one (a GGUF refusal, a base model gone, Ctrl-C) had
         # deleted the earlier export along with its own half.
-        aside = target.resolve().with_name(f".{target.resolve().name}.replaced-{os.getpid()}")
+        aside = real.with_name(f".{real.name}.replaced-{os.getpid()}")
         shutil.rmtree(aside, ignore_errors=True)
-        target.rename(aside)
-    target.mkdir(parents=True, exist_ok=True)
+        real.rename(aside)
+    real.mkdir(parents=True, exist_ok=True)
     try:
         result = _write(fmt, run, target, check)
     except BaseException:
-        shutil.rmtree(target, ignore_errors=True)  # no half-written export that looks like a run folder
+        shutil.rmtree(real, ignore_errors=True)  # no half-written export that looks like a run folder
         if aside is not None:
-            aside.rename(target)  # the earlier export, as it was
+            aside.rename(real)  # the earlier export, as it was
         elif existed:
-            target.mkdir()  # the user's empty folder, as it was
+            real.mkdir()  # the user's empty folder, as it was
         raise
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)

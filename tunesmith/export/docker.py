@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
 
 from tunesmith import __version__
 from tunesmith.artifacts import MODEL_DIR, Run
-from tunesmith.export.folder import ExportResult, safe_name
+from tunesmith.config import GENERATIVE_TASKS, TaskType
+from tunesmith.export.check import CHAT_CHECK_ROWS, SequenceCheck, test_split
+from tunesmith.export.folder import ExportResult
 from tunesmith.export.merged import export_merged
 
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
@@ -98,15 +101,20 @@ def export_docker(run: Run, target: Path, check: bool) -> ExportResult:
         check_result, found = merged.check, merged.warnings
         what = f"the run with its {run.manifest.method} adapter merged in (a `merged` export)"
     else:
-        shutil.copytree(run.path, model_dir, ignore=shutil.ignore_patterns("checkpoints", "eval", "__pycache__", ".serve-cache"))
+        # The copy is loaded back as the image's build step will: a cut model.safetensors exported with exit 0 and
+        # failed only at `docker build` (RUN tunesmith serve --prepare).
+        if TaskType(run.manifest.task) in GENERATIVE_TASKS:
+            check_result, found = _check_chat_copy(run, model_dir, check)
+        else:
+            check_result, found = _check_sequence_copy(run, model_dir, check)
         what = f"a copy of {run.path} (without checkpoints/ and eval/)"
     Run(model_dir)  # what the image will serve opens as a run folder
     extra = _project_source(target / "tunesmith-src")
     (target / "Dockerfile").write_text(_dockerfile(extra), encoding="utf-8")
     (target / ".dockerignore").write_text(DOCKERIGNORE, encoding="utf-8")
-    tag = f"tunesmith-{safe_name(run.manifest.name)}"
-    commands = [f"cd {target.resolve()}", f"docker build -t {tag} .", f"docker run --rm -p 8000:8000 {tag}",
-                "curl http://127.0.0.1:8000/healthz"]
+    tag = image_name(run.manifest.name)
+    commands = [f"cd {shlex.quote(str(target.resolve()))}", f"docker build -t {tag} .",
+                f"docker run --rm -p 8000:8000 {tag}", "curl http://127.0.0.1:8000/healthz"]
     (target / "COMMANDS.txt").write_text("\n".join(commands) + "\n", encoding="utf-8")
     (target / "README.md").write_text(
         f"# Docker build context for `{run.manifest.name}`\n\n"
@@ -116,3 +124,71 @@ def export_docker(run: Run, target: Path, check: bool) -> ExportResult:
         "`tunesmith serve /app/model` on port 8000, a health check on `/healthz`.\n\n"
         "```bash\n" + "\n".join(commands) + "\n```\n", encoding="utf-8")
     return ExportResult("docker", target, check_result, found, commands)
+
+
+def image_name(name: str) -> str:
+    """A valid Docker image name for a run name: lowercase, components joined by one '.', one or two '_' or a run
+    of '-' (Docker's reference grammar). safe_name kept 'cafe..reviews___v1', which `docker build -t` refuses."""
+    base = re.sub(r"[^a-z0-9._-]+", "-", name.lower())
+    base = re.sub(r"[._-]+", lambda m: m[0] if re.fullmatch(r"\.|__?|-+", m[0]) else "-", base)
+    return "tunesmith-" + (base[:100].strip("._-") or "model")  # well inside Docker's 255 characters
+
+
+def _copy_run(run: Run, model_dir: Path) -> None:
+    shutil.copytree(run.path, model_dir, ignore=shutil.ignore_patterns("checkpoints", "eval", "__pycache__", ".serve-cache"))
+
+
+def _check_sequence_copy(run: Run, model_dir: Path, check: bool) -> tuple[dict[str, Any], list[str]]:
+    """The run's predictions on its test split against the copy's (a classifier or regressor, or an ONNX export)."""
+    if not check:
+        _copy_run(run, model_dir)
+        return {"skipped": "self-check skipped (--no-check)"}, []
+    from tunesmith.inference.predictor import Predictor
+
+    checker = SequenceCheck(run, True)
+    if checker.predictor is None:  # no test split: the run is loaded all the same, so a damaged file is named
+        Predictor(run.path, device="cpu")
+    checker.predictor = None  # the reference predictions are kept; its model need not be
+    _copy_run(run, model_dir)
+    return checker.against(Predictor(model_dir, device="cpu").predict)
+
+
+def _check_chat_copy(run: Run, model_dir: Path, check: bool) -> tuple[dict[str, Any], list[str]]:
+    """The run's test loss against the copy's, as the merged export compares a chat run with its export."""
+    if not check:
+        _copy_run(run, model_dir)
+        return {"skipped": "self-check skipped (--no-check)"}, []
+    table, skipped = test_split(run)
+    conversations = None
+    if table is not None:
+        rows = table.slice(0, CHAT_CHECK_ROWS).to_pylist()
+        conversations = [r["messages"] + ([{"role": "assistant", "content": r["chosen"]}] if "chosen" in r else [])
+                         for r in rows]
+    reference = _chat_model(run.path)
+    reference_scores = reference.score(conversations) if conversations is not None else None
+    del reference
+    _copy_run(run, model_dir)
+    exported = _chat_model(model_dir)
+    if reference_scores is None:
+        return {"skipped": skipped}, []
+    scores = exported.score(conversations)
+    result = {"split": "test", "n": len(conversations), "tokens": reference_scores.tokens, "loss_run": reference_scores.loss,
+              "loss_export": scores.loss, "loss_diff": scores.loss - reference_scores.loss,
+              "token_accuracy_run": reference_scores.mean_token_accuracy,
+              "token_accuracy_export": scores.mean_token_accuracy}
+    found = [f"the copied model's test loss differs from the run's by {result['loss_diff']:+.4f}"] \
+        if abs(result["loss_diff"]) > 1e-3 else []
+    return result, found
+
+
+def _chat_model(path: Path) -> Any:
+    """A chat run's model, or an error naming its weights file when they do not load (a cut copy)."""
+    from safetensors import SafetensorError
+
+    from tunesmith.inference.generation import ChatModel
+    from tunesmith.models.sequence import damaged_weights
+
+    try:
+        return ChatModel.from_run(path)
+    except (SafetensorError, OSError) as err:
+        raise damaged_weights(Run(path).model_dir, err) from err

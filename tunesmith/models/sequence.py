@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import TaskType
+from tunesmith.errors import DataError
 
 HEAD_MODULES = ("classifier", "score", "pre_classifier")  # what the sequence-classification classes call their head
 
@@ -41,14 +42,27 @@ def pooling_of(model_dir: Path, requested: str = "auto") -> str:
 
 def load_trained_sequence_model(model_dir: Path) -> Any:
     """A fine-tuned sequence model folder, whichever head it was trained with."""
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     config = AutoConfig.from_pretrained(model_dir)
-    if getattr(config, "tunesmith_pooling", None) == "mean":
-        from tunesmith.models.heads import MeanPoolingForSequenceClassification
+    try:
+        if getattr(config, "tunesmith_pooling", None) == "mean":
+            from tunesmith.models.heads import MeanPoolingForSequenceClassification
 
-        return MeanPoolingForSequenceClassification.from_pretrained(model_dir, config=config)
-    return AutoModelForSequenceClassification.from_pretrained(model_dir)
+            return MeanPoolingForSequenceClassification.from_pretrained(model_dir, config=config)
+        return AutoModelForSequenceClassification.from_pretrained(model_dir)
+    except (SafetensorError, OSError) as err:  # a cut copy surfaced as an internal "SafetensorError: incomplete metadata"
+        raise damaged_weights(model_dir, err) from err
+
+
+def damaged_weights(model_dir: Path, err: Exception) -> DataError:
+    """The error for weights in `model_dir` that do not load (a truncated or half-copied file), naming the file."""
+    from tunesmith.models.catalog import WEIGHT_FILES
+
+    name = next((f for f in WEIGHT_FILES if (Path(model_dir) / f).is_file()), WEIGHT_FILES[0])
+    reason = " ".join(str(err).split())[:200] or type(err).__name__
+    return DataError(f"{Path(model_dir) / name}: damaged or partly copied ({reason}); re-copy the run or train again")
 
 
 ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout", "attn_pdrop")  # BERT family, DistilBERT/Llama, GPT-2
