@@ -4,6 +4,7 @@ PyTorch where the conversion cannot be trusted (auto) or a refusal (asked for by
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ import pytest
 from tests.test_train import project
 from tunesmith.artifacts import Run
 from tunesmith.cli import run as cli
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, DataError
 from tunesmith.inference import onnx_engine
 from tunesmith.inference.serve_cache import CACHE_DIR, FINGERPRINT, converted
 from tunesmith.models import hardware
@@ -148,3 +149,33 @@ def test_a_read_only_run_serves_the_conversion_prepared_in_it(runs: dict[str, Pa
     assert not (tmp_path / "cache").exists()
     stale = converted(Run(run), "graph", "v2", convert)  # another converter: the user's cache, not the run
     assert stale.is_relative_to(tmp_path / "cache") and (stale / onnx_engine.ONNX_FILE).is_file()
+
+
+def test_a_cut_onnx_graph_is_named_not_an_internal_error(runs: dict[str, Path], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """An ONNX export whose model.onnx was cut (a copy cut short) surfaced as "internal error: InvalidProtobuf: Load
+    model from ... failed" and a traceback file; it is a DataError (exit 3) naming the file and what to do. A cut
+    graph in the serve cache says to delete the conversion."""
+    from tunesmith.export import export_run
+    from tunesmith.inference.predictor import Predictor
+
+    export_run(runs["clf"], "onnx", tmp_path / "exported", check=False)
+    graph = tmp_path / "exported" / "model" / "model.onnx"
+    graph.write_bytes(graph.read_bytes()[:5000])
+    with pytest.raises(DataError, match=rf"^{re.escape(str(graph))}: damaged or partly copied, onnxruntime cannot "
+                                        r"load it \(.*Protobuf parsing failed.*\); "
+                                        "re-copy the export or export the run again$"):
+        Predictor(tmp_path / "exported")
+    capsys.readouterr()
+    assert cli(["serve", str(tmp_path / "exported"), "--prepare"]) == 3
+    err = capsys.readouterr().err
+    assert f"error: {graph}: damaged or partly copied" in err and "internal error" not in err
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["clf"], run, ignore=shutil.ignore_patterns(CACHE_DIR))
+    cached = onnx_engine.onnx_model(Run(run))
+    cached.write_bytes(b"")
+    with pytest.raises(DataError, match=rf"^{re.escape(str(cached))}: damaged or partly copied, onnxruntime cannot "
+                                        rf"load it \(.*\); delete {re.escape(str(cached.parent))} "
+                                        "to have the run converted again$"):
+        PredictorEngine(run)

@@ -60,6 +60,7 @@ class Predictor:
         self.graph_inputs: list[str] = []
         self.batch_tokens = MAX_BATCH_TOKENS  # padded tokens per forward pass
         self.pad_multiple: int | None = None  # token counts padded up to a multiple of this (bf16)
+        converted = onnx_model is not None
         onnx_model = onnx_model or self.run.model_dir / ONNX_MODEL
         if onnx_model.is_file():
             from transformers import AutoTokenizer
@@ -67,7 +68,9 @@ class Predictor:
             self.backend = "onnx"
             self.device = "cpu"
             self.tokenizer = AutoTokenizer.from_pretrained(self.run.model_dir)
-            self.session = session if session is not None else _onnx_session(onnx_model)
+            # a graph given is the run converted for serving (its serve cache), not an export's own
+            remedy = f"delete {onnx_model.parent} to have the run converted again" if converted else None
+            self.session = session if session is not None else _onnx_session(onnx_model, remedy)
             self._onnx_inputs = session.input_names if session is not None else [i.name for i in self.session.get_inputs()]
             return
         import torch
@@ -201,15 +204,23 @@ def to_predictions(m: RunManifest, logits: np.ndarray) -> Predictions:
     ids = proba.argmax(axis=1)
     return Predictions([labels[i] for i in ids], proba, None, ids)
 
-def _onnx_session(path: Path) -> Any:
-    """An onnxruntime CPU session using every core (onnxruntime is imported only for ONNX exports)."""
+def _onnx_session(path: Path, remedy: str | None = None) -> Any:
+    """An onnxruntime CPU session using every core (onnxruntime is imported only for ONNX exports).
+    `remedy`: what to do when the file does not parse (default: an export's; a serve-cache conversion is deleted)."""
     from tunesmith.models.hardware import cpu_cores
 
     try:
         import onnxruntime as ort
+        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument, InvalidProtobuf
     except ImportError:  # pragma: no cover - a dependency of tunesmith
         raise DataError(f"{path}: an ONNX export needs onnxruntime; pip install onnxruntime") from None
     options = ort.SessionOptions()
     options.intra_op_num_threads = cpu_cores()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except (InvalidProtobuf, InvalidArgument) as err:  # the file does not parse ("No graph was found": an empty one)
+        # a cut or half-copied model.onnx surfaced as an internal "InvalidProtobuf: ... Protobuf parsing failed"
+        reason = " ".join(str(err).replace(f"Load model from {path} failed:", "").split())[:200] or type(err).__name__
+        raise DataError(f"{path}: damaged or partly copied, onnxruntime cannot load it ({reason}); "
+                        f"{remedy or 're-copy the export or export the run again'}") from err

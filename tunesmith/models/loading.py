@@ -9,6 +9,8 @@ training that continues from a run all come through here.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,15 +71,21 @@ def load_run(run: Run | str | Path, *, merge: bool = False, device: str | None =
 
 
 def _sequence(run: Run, base_dir: Path | None, merge: bool) -> Any:
-    from tunesmith.models.sequence import load_for_sequence_task, load_trained_sequence_model
+    from safetensors import SafetensorError
+
+    from tunesmith.models.sequence import damaged_weights, load_for_sequence_task, load_trained_sequence_model
 
     if base_dir is None:
         return load_trained_sequence_model(run.model_dir)
     from peft import PeftModel
 
     m = run.manifest
-    base = load_for_sequence_task(base_dir, TaskType(m.task), m.labels, pooling=run.config.model.pooling)
-    model = PeftModel.from_pretrained(base, run.model_dir)
+    try:
+        base = load_for_sequence_task(base_dir, TaskType(m.task), m.labels, pooling=run.config.model.pooling)
+    except (SafetensorError, OSError) as err:  # a cut base model: name its file, not "internal error: SafetensorError"
+        raise damaged_weights(base_dir, err) from err
+    with _adapter_loading(run.model_dir):
+        model = PeftModel.from_pretrained(base, run.model_dir)
     return model.merge_and_unload() if merge else model
 
 
@@ -89,12 +97,14 @@ def _causal(run: Run, base_dir: Path | None, merge: bool, shared: dict[str, Any]
     else:
         key = str(base_dir.resolve()) if shared is not None and not merge else None  # a merged model is its own
         if key in (shared or {}):
-            shared[key].load_adapter(str(run.model_dir), adapter_name=adapter_name)  # type: ignore[index]
+            with _adapter_loading(run.model_dir):
+                shared[key].load_adapter(str(run.model_dir), adapter_name=adapter_name)  # type: ignore[index]
             return shared[key]  # type: ignore[index]
         base = load_causal_lm(base_dir)
     from peft import PeftModel
 
-    model = PeftModel.from_pretrained(base, run.model_dir, adapter_name=adapter_name)
+    with _adapter_loading(run.model_dir):
+        model = PeftModel.from_pretrained(base, run.model_dir, adapter_name=adapter_name)
     if merge:
         return model.merge_and_unload()
     if key is not None and shared is not None:
@@ -105,6 +115,30 @@ def _causal(run: Run, base_dir: Path | None, merge: bool, shared: dict[str, Any]
 def load_causal_lm(model_dir: Path) -> Any:
     """A causal LM folder in fp32 (CPU training and inference; GPU callers cast as they need)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from safetensors import SafetensorError
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    from tunesmith.models.sequence import damaged_weights
+
+    config = AutoConfig.from_pretrained(model_dir)  # outside the try: a config that does not load is no weights file
+    try:
+        return AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=torch.float32)
+    except (SafetensorError, OSError) as err:  # a cut copy surfaced as "internal error: SafetensorError: ..."
+        raise damaged_weights(model_dir, err) from err
+
+
+@contextmanager
+def _adapter_loading(adapter_dir: Path) -> Iterator[None]:
+    """A PEFT adapter's weights that do not load (a cut adapter_model.safetensors) as a DataError naming the file,
+    worded as models/sequence.py's damaged_weights() words a full model's."""
+    from peft.utils.constants import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (SafetensorError, OSError) as err:
+        name = next((f for f in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME) if (adapter_dir / f).is_file()),
+                    SAFETENSORS_WEIGHTS_NAME)
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise DataError(f"{adapter_dir / name}: damaged or partly copied ({reason}); "
+                        "re-copy the run or train again") from err
