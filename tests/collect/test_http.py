@@ -217,6 +217,24 @@ def test_secret_headers_are_sent_but_never_stored(server: FixtureServer, tmp_pat
     assert b"/a" in stored and b"s3cr3t-value" not in stored
 
 
+@pytest.mark.parametrize("status", [301, 302])
+@pytest.mark.parametrize("header", ["X-Token", "Authorization"])
+def test_secret_headers_of_a_redirect_are_never_stored(server: FixtureServer, tmp_path: Path, status: int,
+                                                        header: str) -> None:
+    # requests-cache redacted the final request only: the 302 in the response's history was pickled with the token
+    server.route("/old", Reply(status, b"", headers={"Location": server.url("/new")}))
+    server.route("/new", PAGE)
+    fetcher = Fetcher(spec(), tmp_path / "cache", robots=False, secret_headers=[header])
+    page = fetcher.get(server.url("/old"), headers={header: "Bearer s3cr3t-value"})
+    assert page.url == server.url("/new") and not page.from_cache
+    assert server.hits("/new")[0].headers[header] == "Bearer s3cr3t-value"  # same origin: still sent after the redirect
+    fetcher.close()
+    stored = b"".join(f.read_bytes() for f in (tmp_path / "cache").rglob("*") if f.is_file())
+    assert b"/new" in stored and b"s3cr3t-value" not in stored
+    with Fetcher(spec(), tmp_path / "cache", robots=False, secret_headers=[header]) as again:
+        assert again.get(server.url("/old"), headers={header: "Bearer s3cr3t-value"}).from_cache  # still a cache hit
+
+
 def test_forget_drops_a_cached_response(server: FixtureServer, tmp_path: Path) -> None:
     server.route("/a", PAGE)
     fetcher = Fetcher(spec(), tmp_path, robots=False)

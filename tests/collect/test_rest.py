@@ -182,7 +182,7 @@ def test_example_api_next_field(server, collect_config, run_collector) -> None:
     source = rest_source(server, "/reviews-1.json", next_path="$.next", records="$.reviews[*]",
                          map={"text": "$.body", "label": "$.sentiment", "author": "$.author.name"})
     out = run_collector(rest, collect_config(source))
-    assert len(out.records) == 12 and {r["label"] for r in out.records} == {"positive", "negative"}
+    assert len(out.records) == 12 and {r["label"] for r in out.records} == {"positive", "negative"} and out.failures == []
     assert out.records[0]["author"] == "Kenji"
     assert [p["origin"].removeprefix(server.base) for p in out.provenance[::4]] == ["/reviews-1.json", "/reviews-2.json", "/reviews-3.json"]
 
@@ -374,3 +374,71 @@ def test_a_utf8_answer_with_a_bom_is_read(server, collect_config, run_collector)
     server.route("/api", Reply(body=body, headers={"Content-Type": "application/json; charset=utf-8"}))
     out = run_collector(rest, collect_config(rest_source(server, "/api", pagination="none", records="$.data[*]")))
     assert [r["body"] for r in out.records] == ["café"] and out.failures == []
+
+
+@pytest.mark.parametrize(("pagination", "where", "hint"), [
+    ("link", {"next_path": "$._links.next"}, "did you mean `$._links.next.href`?"),
+    ("cursor", {"cursor_path": "$.meta.next"}, "point rest.cursor_path at a cursor"),
+])
+def test_a_next_page_value_of_the_wrong_kind_is_named_not_taken_for_the_end(server, collect_config, run_collector,
+                                                                           pagination, where, hint) -> None:
+    """HAL's `_links.next` is {"href": ...}: read as no next page, the collection ended after page 1, marked done."""
+    def reply(hit: Hit) -> Reply:
+        after = int(hit.query.get("after", 0))
+        nxt = {"_links": {"next": {"href": f"/api?after={after + 3}"}}, "meta": {"next": [after + 3]}} if after < 6 else {}
+        return Reply(body={"data": REVIEWS[after:after + 3], **nxt})
+
+    server.route("/api", reply)
+    cfg = collect_config(rest_source(server, "/api", pagination=pagination, records="$.data[*]", cursor_param="after",
+                                     **where))
+    out = run_collector(rest, cfg)
+    (failure,) = out.failures
+    field = "rest.next_path" if pagination == "link" else "rest.cursor_path"
+    assert failure["page"] == 1 and failure["reason"].startswith(f"{field} {where[field[5:]]!r} found ")
+    assert ("an object with keys ['href']" if pagination == "link" else "a list of 1") in failure["reason"]
+    assert hint in failure["reason"]
+    assert out.state["done"] is False and out.records == []  # page 1 is asked again once the path is fixed
+    fixed = {"next_path": "$._links.next.href"} if pagination == "link" else {"cursor_path": "$.meta.next[0]"}
+    again = run_collector(rest, collect_config(rest_source(server, "/api", pagination=pagination, records="$.data[*]",
+                                                           cursor_param="after", **fixed)))
+    assert [r["id"] for r in again.records] == list(range(1, 8)) and again.failures == [] and again.state["done"] is True
+
+
+@pytest.mark.parametrize("link_header", [False, True])
+def test_a_malformed_next_url_is_a_failure_not_an_aborted_run(server, collect_config, run_collector, link_header) -> None:
+    """`http://[bad/p2` raised urllib's "Invalid IPv6 URL": the run aborted, and the next one crashed the same way."""
+    bad = "http://[bad/p2"
+    server.route("/p1", Reply(body={"data": [{"id": 1}]}, headers={"Link": f'<{bad}>; rel="next"'}) if link_header
+                 else Reply(body={"data": [{"id": 1}], "next": bad}))
+    spec = {} if link_header else {"next_path": "$.next"}
+    out = run_collector(rest, collect_config(rest_source(server, "/p1", records="$.data[*]", **spec)))
+    assert out.records == [{"id": 1}]
+    (failure,) = out.failures
+    assert "is not a valid URL (Invalid IPv6 URL)" in failure["reason"] and failure["page"] == 1
+    assert (bad in failure["reason"]) != link_header
+    assert out.state["done"] is True and out.state["stopped"] == "malformed next page URL"
+
+
+def test_a_resumed_collection_forgets_the_failure_of_a_page_collected_since(server, collect_config, run_collector) -> None:
+    """Page 2's 503 stayed listed after a resumed run collected it: `data prepare` warned that rows were lost."""
+    from tunesmith.collect.run import ensure_collected
+
+    broken = {"on": True}
+    server.route("/api", lambda hit: Reply(503) if hit.query["page"] == "2" and broken["on"] else page_route()(hit))
+    cfg = collect_config(rest_source(server, "/api", pagination="page", records="$.data[*]"), retries=0)
+    first = run_collector(rest, cfg)
+    assert [f["page"] for f in first.failures] == [2] and first.state["done"] is False
+    broken["on"] = False
+    second = run_collector(rest, cfg)
+    assert len(second.records) == 7 and second.failures == [] and second.state["done"] is True
+    warned: list[str] = []
+    ensure_collected(cfg, 0, cfg.data.sources[0], warn=warned.append)
+    assert warned == []
+
+
+def test_a_resumed_collection_lists_a_page_that_fails_again_once(server, collect_config, run_collector) -> None:
+    server.route("/api", lambda hit: Reply(503) if hit.query["page"] == "2" else page_route()(hit))
+    cfg = collect_config(rest_source(server, "/api", pagination="page", records="$.data[*]"), retries=0)
+    run_collector(rest, cfg)
+    again = run_collector(rest, cfg)
+    assert [f["page"] for f in again.failures] == [2] and len(again.records) == 3

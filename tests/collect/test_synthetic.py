@@ -153,10 +153,11 @@ def test_generate_with_a_local_model_keeps_only_what_passes_the_filters(tmp_path
 class Teacher:
     """A fake OpenAI-compatible /v1/chat/completions: scripted answers per label, requests logged."""
 
-    def __init__(self, answers: dict[str, list[str]], first_status: int | None = None) -> None:
+    def __init__(self, answers: dict[str, list[str]], first_status: int | None = None, finish_reason: str = "stop") -> None:
         self.answers = {label: list(a) for label, a in answers.items()}
         self.requests: list[tuple[dict[str, str], dict]] = []
         self.first_status = first_status
+        self.finish_reason = finish_reason
         self.lock = threading.Lock()
         teacher = self
 
@@ -171,7 +172,8 @@ class Teacher:
                     prompt = body["messages"][0]["content"]
                     queue = teacher.answers["pos" if '"pos"' in prompt or "POSITIVE" in prompt else "neg"]
                     text = (queue.pop(0) if len(queue) > 1 else queue[0]) if status == 200 else ""
-                reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]} if status == 200 \
+                reply = {"choices": [{"index": 0, "finish_reason": teacher.finish_reason,
+                                      "message": {"role": "assistant", "content": text}}]} if status == 200 \
                     else {"error": {"message": "busy"}}
                 data = json.dumps(reply).encode()
                 self.send_response(status)
@@ -265,6 +267,24 @@ def test_endpoint_generations_are_labelled_tidied_and_deduplicated_against_real_
     assert prov["origin"] == t.url + "/chat/completions" and prov["model"] == "teacher-1" and prov["method"] == "generate"
     for path in (tmp_path / "collected").rglob("*"):
         assert "sk-test-very-secret" not in path.read_text(encoding="utf-8", errors="replace")
+
+
+@pytest.mark.parametrize("finish_reason", ["length", "stop"])
+def test_endpoint_generations_cut_by_max_new_tokens_end_at_their_last_full_sentence(tmp_path: Path, teacher,
+                                                                                    finish_reason: str) -> None:
+    """A local model's cut generation was tidied, an endpoint's kept its half sentence ("... the dessert menu was")."""
+    cut = "The ramen broth was rich and the noodles had a lovely bite. The service was quick but the dessert menu was"
+    other = "The soup was cold and the bread was stale when it came. We asked for the bill but the waiter had"
+    t = teacher({"pos": [cut], "neg": [other]}, finish_reason=finish_reason)
+    spec = {"method": "generate", "endpoint": t.url, "per_label": 1, "max_new_tokens": 24,
+            "prompts": {"*": 'Write a food review whose label is "{label}".'}}
+    rows, _, _ = run(config(tmp_path, spec, real=False, http=FAST))
+    texts = sorted(r["text"] for r in rows)
+    if finish_reason == "length":
+        assert texts == ["The ramen broth was rich and the noodles had a lovely bite.",
+                         "The soup was cold and the bread was stale when it came."]
+    else:  # the model ended there itself: nothing to cut
+        assert texts == [cut, other]
 
 
 def test_endpoint_that_refuses_the_key_stops_with_a_clear_error(tmp_path: Path, teacher, monkeypatch) -> None:

@@ -179,3 +179,52 @@ def test_the_charset_in_the_content_type_header_decodes_the_page(server, collect
     assert "Crème brûlée in Zürich: a naïve façade, but the café's \"best\" dessert for 5 EUR." in texts["/latin"]
     assert texts["/cp1252"] == texts["/meta"] and words.strip().split(". ")[0] in texts["/cp1252"]
     assert [r["title"] for r in out.records] == ["Café"] * 3
+
+
+@pytest.mark.parametrize(("encoding", "head"), [("utf-8", ""), ("cp1252", ""), ("utf-8", '<meta charset="utf-8">')])
+def test_links_and_text_of_a_page_without_a_header_charset_are_decoded_alike(server, collect_config, run_collector,
+                                                                             encoding, head) -> None:
+    """`python -m http.server` sends `text/html` without a charset: trafilatura read the UTF-8 text right, lxml read the
+    links as latin-1, and /über.html was fetched as /%C3%83%C2%BCber.html (404)."""
+    from urllib.parse import quote
+
+    plain = {"Content-Type": "text/html"}
+    words = "Das Café war wunderbar, der Kuchen frisch und die Bedienung freundlich und schnell. " * 2
+    start = page("Start", links=("/über.html",), words=words).replace("<head>", f"<head>{head}")
+    server.route("/start", Reply(body=start.encode(encoding), headers=plain))
+    server.route(quote("/über.html"), Reply(body=page("Über uns").encode(encoding), headers=plain))
+    out = run_collector(web, collect_config(web_source(server, urls=["/start"], depth=1, min_chars=20)))
+    assert [r["title"] for r in out.records] == ["Start", "Über uns"] and out.failures == []
+    assert "Das Café war wunderbar" in out.records[0]["text"]
+
+
+def test_a_malformed_link_is_a_failure_line_not_an_aborted_run(server, collect_config, run_collector) -> None:
+    """urllib raised "Invalid IPv6 URL" for `http://[oops/x`: the run aborted and a rerun crashed again from the cache."""
+    server.route("/a", page("A", links=("/b", "http://[oops/x", "/c")))
+    server.route("/b", page("B"))
+    server.route("/c", page("C"))
+    cfg = collect_config(web_source(server, urls=["/a"], depth=1, min_chars=20))
+    for _ in range(2):  # the second run reads /a from the cache
+        out = run_collector(web, cfg)
+        assert [r["title"] for r in out.records] == ["A", "B", "C"]
+        (failure,) = out.failures
+        assert failure["origin"] == "http://[oops/x" and "Invalid IPv6 URL" in failure["reason"]
+        assert server.url("/a") in failure["reason"] and failure["depth"] == 1
+
+
+def test_a_malformed_sitemap_loc_is_a_failure_line(server, collect_config, run_collector) -> None:
+    urlset = ('<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9"><url><loc>{}</loc></url>'
+              '<url><loc>http://[bad/</loc></url></urlset>')
+    server.route("/sitemap.xml", Reply(body=urlset.format(server.url("/a")).encode(), headers={"Content-Type": "application/xml"}))
+    server.route("/a", page("A"))
+    out = run_collector(web, collect_config({"web": {"sitemap": server.url("/sitemap.xml"), "min_chars": 20}}))
+    assert [r["title"] for r in out.records] == ["A"]
+    (failure,) = out.failures
+    assert failure["origin"] == "http://[bad/" and "<loc> is not a valid URL (Invalid IPv6 URL)" in failure["reason"]
+
+
+def test_a_malformed_configured_url_is_a_config_error(server, collect_config, run_collector) -> None:
+    cfg = collect_config({"web": {"urls": [server.url("/a"), "http://[bad/"]}})
+    with pytest.raises(ConfigError, match=r"web\.urls\[1\]: 'http://\[bad/' is not a valid URL \(Invalid IPv6 URL\)"):
+        run_collector(web, cfg)
+    assert server.count() == 0

@@ -28,7 +28,8 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.utils import check_header_validity, parse_header_links
-from requests_cache import DEFAULT_IGNORED_PARAMS, CachedSession
+from requests.structures import CaseInsensitiveDict
+from requests_cache import DEFAULT_IGNORED_PARAMS, CachedResponse, CachedSession
 
 from tunesmith.config import HttpSpec
 
@@ -65,16 +66,9 @@ class Page:
 
     @property
     def charset(self) -> str | None:
-        """The Content-Type charset when Python knows it (None when absent or unknown). ISO-8859-1 and ASCII
-        read as windows-1252, its superset, as browsers do (WHATWG Encoding): servers say latin-1 for cp1252 text."""
+        """The Content-Type charset when Python knows it (None when absent or unknown), as `codec_of` names it."""
         match = re.search(r";\s*charset\s*=\s*[\"']?([\w.:-]+)", self.headers.get("Content-Type", ""), re.IGNORECASE)
-        if match is None:
-            return None
-        try:
-            name = codecs.lookup(match.group(1)).name
-        except LookupError:
-            return None
-        return "cp1252" if name in ("iso8859-1", "ascii") else name
+        return None if match is None else codec_of(match.group(1))
 
     @property
     def next_link(self) -> str | None:
@@ -83,6 +77,16 @@ class Page:
             if "next" in link.get("rel", "").split() and link.get("url"):
                 return urljoin(self.url, link["url"])
         return None
+
+
+def codec_of(label: str) -> str | None:
+    """The Python codec of a charset label, None when Python does not know it. ISO-8859-1 and ASCII read as
+    windows-1252, its superset, as browsers do (WHATWG Encoding): servers say latin-1 for cp1252 text."""
+    try:
+        name = codecs.lookup(label).name
+    except LookupError:
+        return None
+    return "cp1252" if name in ("iso8859-1", "ascii") else name
 
 
 def retryable(status: int) -> bool:
@@ -147,6 +151,7 @@ class Fetcher:
                 cache_control=False,  # the user asked for a re-run not to refetch, whatever the site's headers say
                 ignored_parameters=(*DEFAULT_IGNORED_PARAMS, *secret_headers),  # redacted from stored requests and keys
             )
+            self._redact_redirects(self.session, [*secret_headers, "Authorization"])
         else:
             self.session = requests.Session()
         self.session.headers["User-Agent"] = http.user_agent
@@ -166,6 +171,29 @@ class Fetcher:
                     prepared.headers.pop(name, None)
 
         session.rebuild_auth = rebuild_auth  # type: ignore[method-assign]
+
+    @staticmethod
+    def _redact_redirects(session: CachedSession, secret: list[str]) -> None:
+        """requests-cache redacts ignored_parameters from the final response's request only: the redirects it keeps in
+        `history` were pickled with the token in their request headers (a same-origin 302 wrote it to the cache file).
+        They are stored from copies without those headers, so the token is never written, not even to be overwritten."""
+        save = session.cache.save_response
+        lowered = {name.lower() for name in secret}
+
+        def redacted(response: requests.Response) -> CachedResponse:
+            cached = CachedResponse.from_response(response)
+            for request in (cached.request, cached._next):
+                if request is not None:
+                    request.headers = CaseInsensitiveDict(
+                        {k: v for k, v in request.headers.items() if k.lower() not in lowered})
+            return cached
+
+        def save_response(response: requests.Response, cache_key: str | None = None, expires: Any = None) -> None:
+            if response.history:
+                response.history = [redacted(r) for r in response.history]
+            save(response, cache_key, expires)
+
+        session.cache.save_response = save_response  # type: ignore[method-assign]
 
     def __enter__(self) -> Fetcher:
         return self

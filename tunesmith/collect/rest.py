@@ -6,12 +6,15 @@ cursor_path in the last response> until it is null or absent); `link` (the RFC 8
 header, or the URL at `next_path` in the body, until there is none). A cursor or next URL seen before
 means the API loops: listed as a failure, and the collection stops there. So does a response where
 rest.records finds nothing to pick from (`{"error": ...}` answered with 200): it is not an empty last
-page, and a later run asks for it again.
+page, and a later run asks for it again. So does a cursor or next-page value of the wrong kind (HAL's
+`_links.next` object where rest.next_path should name its `href`). A next URL that does not parse is a failure
+line that ends the collection, keeping the pages before it.
 
 Resuming: after each page the records are flushed and the next position is written atomically to the
 sink's state file; a finished collection writes {"done": true}. Opened with `resume=True`, collect()
 continues from the saved position, so an interrupted run (a page that failed beyond its retries, a
-killed process) picks up where it stopped without duplicating records.
+killed process) picks up where it stopped without duplicating records, and the failures listed for the pages it
+asks again are dropped (listed anew if they fail again).
 
 The token (rest.auth_env) goes in a request header only: never into records, failures, provenance,
 the state file, the HTTP cache (the header is redacted there) or messages. robots.txt is not consulted:
@@ -112,11 +115,16 @@ def _pages(rest: RestSpec, paths: _Paths, fetcher: Fetcher, headers: dict[str, s
             sink.fail(origin, problem, status=page.status, page=number)
             sink.notes.append(f"stopped at page {number}: its response is not shaped as rest.records expects")
             return
+        nxt, problem = _next_of(rest, paths, body)
+        if problem:  # read before the records are kept: the next run asks for this page again, after the fix
+            sink.fail(origin, problem, status=page.status, page=number)
+            sink.notes.append(f"stopped at page {number}: the page after it cannot be found")
+            return
         for i, record in enumerate(records):
             sink.add(record, origin=origin, page=number, index=i)
         pos.pages_done += 1
         pos.rows = sink.rows
-        _advance(rest, paths, pos, page, body, _sent(found, len(records)), sink)
+        _advance(rest, paths, pos, page, nxt, _sent(found, len(records)), sink)
         sink.flush()  # records first, then the position that assumes them
         _save(sink, pos)
         if pos.pages_done % 10 == 0 or pos.done:
@@ -134,8 +142,40 @@ def _text(page: Page) -> str | bytes:
     return page.content
 
 
-def _advance(rest: RestSpec, paths: _Paths, pos: Position, page: Page, body: Any, received: int, sink: Sink) -> None:
-    """Move `pos` to the next request, or mark it done; `received`: the items the API sent on this page."""
+def _next_of(rest: RestSpec, paths: _Paths, body: Any) -> tuple[str | None, str | None]:
+    """Cursor pagination, or link pagination by rest.next_path: (the cursor or URL in `body`, None when there is none;
+    why it cannot be one, or None). A value of the wrong kind is not the end: HAL's `_links.next` is {"href": ...},
+    and the collection had ended after page 1 and been marked done."""
+    if rest.pagination == "cursor":
+        assert paths.cursor is not None
+        nxt = _first(paths.cursor, body)
+        if isinstance(nxt, dict | list):
+            return None, _not_a_value("rest.cursor_path", rest.cursor_path, nxt, "a cursor (a string or number)")
+        return (None if nxt in (None, "") else str(nxt)), None
+    if rest.pagination == "link" and paths.next_url is not None:
+        assert rest.next_path is not None
+        nxt = _first(paths.next_url, body)
+        if nxt in (None, ""):
+            return None, None
+        if not isinstance(nxt, str):
+            return None, _not_a_value("rest.next_path", rest.next_path, nxt, "a URL (a string)")
+        return nxt, None
+    return None, None
+
+
+def _not_a_value(field: str, path: str, value: Any, wanted: str) -> str:
+    kind = (f"an object with keys {sorted(map(str, value))[:10]}" if isinstance(value, dict) else
+            f"a list of {len(value)}" if isinstance(value, list) else f"a JSON {type(value).__name__}")
+    strings = [k for k, v in value.items() if isinstance(v, str | int) and v] if isinstance(value, dict) else []
+    key = "href" if "href" in strings else strings[0] if strings else None
+    hint = f"; did you mean `{path}.{key}`?" if key else f"; point {field} at {wanted} inside it"
+    return f"{field} {path!r} found {kind} in this response, not {wanted}{hint}"
+
+
+def _advance(rest: RestSpec, paths: _Paths, pos: Position, page: Page, nxt: str | None, received: int,
+             sink: Sink) -> None:
+    """Move `pos` to the next request, or mark it done; `received`: the items the API sent on this page, `nxt`: the
+    cursor or next URL in its body (_next_of)."""
     if rest.pagination == "none":
         pos.done = True
     elif rest.pagination == "page":
@@ -145,15 +185,16 @@ def _advance(rest: RestSpec, paths: _Paths, pos: Position, page: Page, body: Any
         pos.offset += received
         pos.done = received == 0
     else:
-        if rest.pagination == "cursor":
-            assert paths.cursor is not None
-            nxt = _first(paths.cursor, body)
-            follow = None if nxt in (None, "") else str(nxt)
-        elif paths.next_url is not None:
-            nxt = _first(paths.next_url, body)
-            follow = urljoin(page.url, str(nxt)) if isinstance(nxt, str) and nxt else None
-        else:
-            follow = page.next_link
+        try:
+            if rest.pagination == "cursor" or paths.next_url is not None:
+                follow = nxt if rest.pagination == "cursor" or nxt is None else urljoin(page.url, nxt)
+            else:
+                follow = page.next_link
+        except ValueError as err:  # urllib's "Invalid IPv6 URL" (`http://[oops/x`) had aborted the whole run
+            where = f"next page {nxt[:200]!r} at rest.next_path" if nxt else "Link header's rel=next URL"
+            sink.fail(_public(page.url), f"the {where} is not a valid URL ({err}); stopped", page=pos.pages_done)
+            pos.done, pos.stopped = True, "malformed next page URL"
+            return
         if follow is None:
             pos.done = True
         elif follow in pos.seen:
@@ -324,6 +365,9 @@ def _start(rest: RestSpec, sink: Sink) -> Position | None:
     if pos.rows != sink.rows:
         raise DataError(f"{sink.path} has {sink.rows} records but the position in {where} was saved at {pos.rows}: "
                         f"the run was interrupted while writing a page; delete both to collect from the start")
+    # The last run's failures from the page it stopped at on are asked again now: kept, they said that a page collected
+    # since was lost (a page that fails again is listed again).
+    sink.drop_failures(lambda failure: isinstance(failure.get("page"), int) and failure["page"] > pos.pages_done)
     sink.notes.append(f"resumed after {pos.pages_done} pages ({pos.rows} records)")
     return pos
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -81,6 +82,8 @@ class Sink:
         self._fail_partial = self.failures_path if self.resume else self.failures_path.with_name(
             self.failures_path.name + ".partial")
         self._fail = self._fail_partial.open("a" if self.resume else "w", encoding="utf-8")
+        if self.resume:  # the earlier runs' failures still stand, as their rows do
+            self.failures = sum(1 for line in self._fail_partial.open("rb") if line.strip())
 
     @property
     def state_path(self) -> Path:
@@ -97,6 +100,26 @@ class Sink:
         self._fail.write(_json_line({"origin": origin, "reason": reason, "at": now(), **extra}))
         self._fail.flush()
         self.failures += 1
+
+    def drop_failures(self, stale: Callable[[dict[str, Any]], bool]) -> None:
+        """Forget the listed failures `stale` picks: a resumed collection asks for those items again (one that fails
+        again is listed anew), and a page collected since had still counted as lost."""
+        self._fail.close()
+        kept = []
+        with self._fail_partial.open(encoding="utf-8") as f:
+            for line in f:
+                try:
+                    failure = json.loads(line)
+                except ValueError:  # not ours to judge: kept
+                    failure = None
+                drop = isinstance(failure, dict) and stale(failure)
+                if line.strip() and not drop:
+                    kept.append(line)
+        tmp = self._fail_partial.with_name(self._fail_partial.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, self._fail_partial)
+        self._fail = self._fail_partial.open("a", encoding="utf-8")
+        self.failures = len(kept)
 
     def flush(self) -> None:
         """Make what was added durable (a resumable collector calls this before saving its position)."""

@@ -470,9 +470,11 @@ class _Endpoint:
         if response.status_code >= 400:
             return Failed(f"HTTP {response.status_code}: {response.text[:200]}")
         try:
-            text = response.json()["choices"][0]["message"]["content"]
+            choice = response.json()["choices"][0]
+            text = choice["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
             return Failed(f"malformed response (no choices[0].message.content): {response.text[:200]}")
         if not isinstance(text, str):
             return Failed(f"malformed response: content is {json.dumps(text)[:100]}")
-        return text
+        # cut off by max_tokens: its half sentence went, as a local model's does (it had been kept)
+        return _whole_sentences(text) if choice.get("finish_reason") == "length" else text

@@ -24,7 +24,7 @@ import lxml.etree
 import lxml.html
 import trafilatura
 
-from tunesmith.collect.http import Fetcher, FetchError, Page
+from tunesmith.collect.http import Fetcher, FetchError, Page, codec_of
 from tunesmith.collect.sink import Sink, collect_dir
 from tunesmith.config import ProjectConfig, SourceSpec, WebSpec
 from tunesmith.errors import ConfigError
@@ -39,6 +39,7 @@ def collect(cfg: ProjectConfig, index: int, spec: SourceSpec, sink: Sink, say: C
     assert web is not None, "web.collect needs a source with a `web:` section"
     include = _patterns(web.include, "web.include")
     exclude = _patterns(web.exclude, "web.exclude")
+    _check_urls(web)
     with Fetcher(spec.http, collect_dir(cfg) / "http-cache") as fetcher:
         queue: deque[tuple[str, int]] = deque()
         seen: set[str] = set()
@@ -72,7 +73,10 @@ def collect(cfg: ProjectConfig, index: int, spec: SourceSpec, sink: Sink, say: C
             kept_urls.add(normalise(page.url))
             _keep(page, web, sink, depth)
             if depth < web.depth:
-                for link in same_site_links(page):
+                def bad(link: str, why: str, page: Page = page, depth: int = depth) -> None:
+                    sink.fail(link, f"a link on {page.url}: {why}", status=page.status, depth=depth + 1)
+
+                for link in same_site_links(page, bad):
                     if not include or any(p.search(link) for p in include):
                         enqueue(link, depth + 1)
             if fetched % 25 == 0:
@@ -87,6 +91,16 @@ def collect(cfg: ProjectConfig, index: int, spec: SourceSpec, sink: Sink, say: C
 def normalise(url: str) -> str:
     """The URL without its #fragment: one page however many anchors point into it."""
     return urldefrag(url.strip())[0]
+
+
+def _check_urls(web: WebSpec) -> None:
+    """Each configured URL parses: a malformed one (`http://[oops/x`) had aborted the run as an internal error."""
+    listed = [(f"web.urls[{i}]", url) for i, url in enumerate(web.urls)]
+    for where, url in listed + ([("web.sitemap", web.sitemap)] if web.sitemap else []):
+        try:
+            urlsplit(normalise(url))
+        except ValueError as err:
+            raise ConfigError(f"{where}: {url!r} is not a valid URL ({err}); correct it in the config") from None
 
 
 def _patterns(patterns: list[str], where: str) -> list[re.Pattern[str]]:
@@ -128,34 +142,62 @@ def _keep(page: Page, web: WebSpec, sink: Sink, depth: int) -> None:
     sink.add(record, origin=page.url, depth=depth)
 
 
-def html_of(page: Page) -> str | bytes:
-    """The page decoded as browsers do: a byte-order mark first, then the Content-Type charset; without either,
-    the bytes, for trafilatura to read a <meta charset> or guess (it never looks at HTTP headers, so a
-    latin-1 page whose charset is only in the header would otherwise come out garbled)."""
+def html_of(page: Page) -> str:
+    """The page decoded once, as browsers do, for its text and its links alike: a byte-order mark, the Content-Type
+    charset, a <meta charset> in its first 1024 bytes; without any, UTF-8 when the bytes are valid UTF-8, else
+    windows-1252. (trafilatura guessed UTF-8 while lxml read the links as latin-1: `python -m http.server` sends no
+    charset, and a link to /über.html became /Ã¼ber.html, a 404.)"""
     for bom, codec in BOMS:
         if page.content.startswith(bom):
             return page.content.decode(codec, errors="replace")
-    return page.content if page.charset is None else page.content.decode(page.charset, errors="replace")
+    charset = page.charset or _meta_charset(page.content[:1024])
+    if charset is None:
+        try:
+            return page.content.decode("utf-8")
+        except UnicodeDecodeError:
+            charset = "cp1252"
+    return page.content.decode(charset, errors="replace")
 
 
-def same_site_links(page: Page) -> Iterator[str]:
-    """Absolute http(s) links of `page` to its own host, in document order (rel=nofollow honoured)."""
-    try:  # in the charset html_of decodes by: lxml reads only a <meta charset> and took UTF-8 links for latin-1
-        parser = lxml.html.HTMLParser(encoding=page.charset) if page.charset else None
-    except LookupError:  # a charset lxml does not know: its own guess, as without one
-        parser = None
-    try:
-        tree = lxml.html.fromstring(page.content, base_url=page.url, parser=parser)
+_META_CHARSET = re.compile(rb"<meta\s[^>]*?charset\s*=\s*[\"']?\s*([\w.:-]+)", re.IGNORECASE)
+
+
+def _meta_charset(head: bytes) -> str | None:
+    """The charset a <meta charset> or <meta http-equiv=Content-Type> names, when Python knows it; a page that says
+    UTF-16 in an ASCII-readable meta tag is not UTF-16 (WHATWG's prescan reads it as UTF-8)."""
+    match = _META_CHARSET.search(head)
+    codec = codec_of(match.group(1).decode("ascii", errors="replace")) if match else None
+    return "utf-8" if codec is not None and codec.startswith("utf-16") else codec
+
+
+_XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
+
+
+def same_site_links(page: Page, bad: Callable[[str, str], None] = lambda link, why: None) -> Iterator[str]:
+    """Absolute http(s) links of `page` to its own host, in document order (rel=nofollow honoured). `bad` hears of
+    each link that is not a valid URL (`http://[oops/x`: urllib's "Invalid IPv6 URL" had aborted the whole run),
+    with why; the other links still count."""
+    try:  # the text html_of decodes (lxml refuses text that still declares an encoding: XHTML's <?xml ...?>)
+        tree = lxml.html.fromstring(_XML_DECLARATION.sub("", html_of(page)), base_url=page.url)
     except (lxml.etree.ParserError, ValueError):
         return
-    base = urljoin(page.url, tree.xpath("string(//base/@href)"))
+    href = tree.xpath("string(//base/@href)")
+    try:
+        base = urljoin(page.url, href)
+    except ValueError as err:
+        bad(href, f"<base href> is not a valid URL ({err}): the page's links are read against its own URL")
+        base = page.url
     host = urlsplit(page.url).netloc
     for a in tree.iter("a"):
         href = a.get("href")
         if not href or "nofollow" in (a.get("rel") or "").lower().split():
             continue
-        link = normalise(urljoin(base, href.strip()))
-        parts = urlsplit(link)
+        try:
+            link = normalise(urljoin(base, href.strip()))
+            parts = urlsplit(link)
+        except ValueError as err:
+            bad(href, f"not a valid URL ({err}): skipped")
+            continue
         if parts.scheme in ("http", "https") and parts.netloc == host:
             yield link
 
@@ -187,7 +229,12 @@ def sitemap_pages(fetcher: Fetcher, url: str, sink: Sink) -> list[str]:
             sink.fail(page.url, f"sitemap is not valid XML: {err}", status=page.status)
             continue
         kind = lxml.etree.QName(root).localname
-        locs = [urljoin(page.url, (e.text or "").strip()) for e in root.iterfind("{*}*/{*}loc") if (e.text or "").strip()]
+        locs = []
+        for text in (e.text.strip() for e in root.iterfind("{*}*/{*}loc") if (e.text or "").strip()):
+            try:
+                locs.append(normalise(urljoin(page.url, text)))
+            except ValueError as err:  # one bad <loc> (`http://[bad/`) had aborted the whole run
+                sink.fail(text, f"sitemap {page.url}: <loc> is not a valid URL ({err}): skipped", status=page.status)
         if kind == "sitemapindex":
             todo.extend(locs)
         elif kind == "urlset":
