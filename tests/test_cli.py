@@ -127,6 +127,43 @@ def test_internal_error_is_short_and_says_where_the_traceback_is(monkeypatch, ca
     saved.unlink()
 
 
+def test_ctrl_c_says_aborted_and_how_to_resume_a_started_run(tmp_path: Path, tiny_tokenizer: Path, monkeypatch,
+                                                             capsys) -> None:
+    """typer turns Ctrl-C into Exit(130) before run() sees it: every command ended with exit 130 and not a word."""
+    import tunesmith.config
+    import tunesmith.training
+
+    config = _config(tmp_path, tiny_tokenizer, extra=f"train: {{output_dir: {tmp_path / 'run'}}}\n")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tunesmith.training, "train", interrupted)  # Ctrl-C while loading: nothing to resume
+    assert run(["train", str(config)]) == 130
+    assert capsys.readouterr().err.strip() == "aborted"
+
+    def training_interrupted(cfg, **kwargs):
+        cfg.run_dir.mkdir(parents=True)
+        (cfg.run_dir / "config.json").write_text(cfg.model_dump_json())  # what a run that started training has
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tunesmith.training, "train", training_interrupted)
+    assert run(["train", str(config)]) == 130
+    assert f"aborted; the run goes on from its last checkpoint with `tunesmith train --resume {tmp_path / 'run'}`" in \
+        " ".join(capsys.readouterr().err.split())
+    monkeypatch.setattr(tunesmith.config, "load_config", interrupted)  # any other command
+    assert run(["config", "show", str(config)]) == 130
+    assert capsys.readouterr().err.strip() == "aborted"
+
+
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path: Path, capsys) -> None:
+    """--debug re-raised a user error: exit 1 for every one, where scripts test 2 (config) and 3 (data)."""
+    assert run(["--debug", "config", "show", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "error: config file not found" in err
+    assert run(["--debug", "data", "show", str(tmp_path / "nowhere")]) == 3
+
+
 def test_resume_applies_overrides_instead_of_dropping_them(tmp_path: Path, tiny_tokenizer: Path, capsys) -> None:
     from tunesmith.config import load_config
 

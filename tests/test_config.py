@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tunesmith.config import ProjectConfig, TaskType, load_config, parse_config
+from tunesmith.config import ProjectConfig, TaskType, TrainSpec, load_config, parse_config
 from tunesmith.errors import ConfigError
 
 EXAMPLES = sorted(p for p in (Path(__file__).parent.parent / "examples").rglob("*.yaml") if not p.name.endswith(".generated.yaml"))
@@ -249,9 +249,23 @@ def test_a_key_given_twice_is_an_error_with_both_lines(tmp_path: Path) -> None:
         load_config(path)
 
 
+def test_a_section_left_empty_is_its_defaults(tmp_path: Path) -> None:
+    """`train:` with every key commented out is null in YAML: refused as "not a valid dictionary", and `--set` into it
+    as "not a section"."""
+    path = _write(tmp_path, "name: x\ndata:\n  sources: [{path: a.csv}]\n  dedup:\ntrain:\n#  epochs: 3\npeft:\n")
+    cfg = load_config(path)
+    assert cfg.train.epochs == TrainSpec().epochs and cfg.data.dedup.exact and cfg.train.hyperparameters is None
+    assert load_config(path, ["train.epochs=2"]).train.epochs == 2
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     (b"name: x\ndata:\n\tsources: [{path: a.csv}]\n", r"cfg.yaml:3: not valid YAML: .*indent with spaces"),
     (b"", r"cfg.yaml: the file is empty"),
+    # found only at the end of the file: the line it was opened on is what to fix
+    (b'name: x\ntask:\n  description: "Route a ticket.\n  text: body\ndata:\n  sources: [{path: a.csv}]\n',
+     r"cfg.yaml:7: not valid YAML: found unexpected end of stream; a quoted value opened on line 3 never closes"),
+    (b"name: x\ndata:\n  sources: [{path: a.csv}\ntrain:\n  epochs: 3\n",
+     r"cfg.yaml:4: not valid YAML: .*; a \[ list opened on line 3 is not closed before this line"),
     (b"name: x\xff\xfe\n", r"cfg.yaml: not a UTF-8 text file"),
 ])
 def test_unreadable_files_are_config_errors(tmp_path: Path, text: bytes, expected: str) -> None:

@@ -198,6 +198,50 @@ def test_existing_run_and_unseen_test_labels_are_refused(tmp_path: Path, tiny_be
         train(cfg2, overwrite=True)
 
 
+def _folder(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_refused_for_its_inputs_keeps_the_earlier_run(tmp_path: Path, tiny_bert: Path) -> None:
+    """--overwrite deleted the earlier run before the new run's dataset and model were checked: a mistyped --dataset
+    or model name lost it and trained nothing."""
+    cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 2})
+    run = train(cfg)
+    before = _folder(run)
+    with pytest.raises(DataError, match="clitst: not a tunesmith dataset"):
+        train(cfg, dataset_dir=tmp_path / "clitst", overwrite=True)
+    assert _folder(run) == before
+    typo = parse_config({**cfg.model_dump(mode="json"), "model": {**cfg.model_dump(mode="json")["model"],
+                                                                   "name": "minilmm"}})
+    with pytest.raises(ConfigError, match="'minilmm' is neither a packaged model"):
+        train(typo, overwrite=True)
+    assert _folder(run) == before
+    assert [p.name for p in tmp_path.iterdir() if ".replaced" in p.name] == []
+
+
+def test_overwrite_replaces_the_earlier_run_and_leaves_nothing_aside(tmp_path: Path, tiny_bert: Path) -> None:
+    cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 2})
+    run = train(cfg)
+    (run / "mine.txt").write_text("from the earlier run")
+    assert train(project(tmp_path, tiny_bert, train_spec={"max_steps": 3}), overwrite=True) == run
+    assert Run(run).manifest.hyperparameters and not (run / "mine.txt").exists()
+    assert json.loads((run / "config.json").read_text())["train"]["max_steps"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == [".run.lock"]
+
+
+def test_overwrite_with_nproc_and_a_mistyped_model_keeps_the_earlier_run(tmp_path: Path, tiny_bert: Path) -> None:
+    """The --nproc launcher checks the folder itself; its workers refused the model after it was set aside."""
+    cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 2})
+    run = train(cfg)
+    before = _folder(run)
+    proc = _cli("train", str(_config_file(tmp_path, cfg)), "--nproc", "2", "--overwrite", "--set", "model.name=minilmm",
+                cwd=tmp_path)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode != 0 and "'minilmm' is neither a packaged model" in output, output
+    assert _folder(run) == before
+    assert [p.name for p in tmp_path.iterdir() if ".replaced" in p.name] == []
+
+
 def test_model_folder_without_weights_is_refused(tmp_path: Path, tiny_tokenizer: Path) -> None:
     (tiny_tokenizer / "config.json").write_text('{"model_type": "bert"}')
     try:

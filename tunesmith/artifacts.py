@@ -98,13 +98,27 @@ class DatasetVersion:
     def table(self, split: str) -> pa.Table:
         if split not in SPLITS:
             raise DataError(f"unknown split '{split}'; choose from {list(SPLITS)}")
-        return pq.read_table(self.file(f"{split}.parquet"), memory_map=True)
+        path = self.file(f"{split}.parquet")
+        try:
+            return pq.read_table(path, memory_map=True)
+        except (pa.ArrowInvalid, OSError) as err:  # cut short (an interrupted copy): was an internal error
+            raise self._damaged(path, err) from None
 
     def hf_dataset(self, split: str) -> Any:
         """The split as a memory-mapped Hugging Face `datasets.Dataset`."""
         import datasets
+        from datasets.exceptions import DatasetGenerationError
 
-        return datasets.Dataset.from_parquet(str(self.file(f"{split}.parquet")))
+        path = self.file(f"{split}.parquet")
+        try:
+            return datasets.Dataset.from_parquet(str(path))
+        except (pa.ArrowInvalid, DatasetGenerationError) as err:
+            raise self._damaged(path, err.__cause__ or err) from None
+
+    @staticmethod
+    def _damaged(path: Path, err: BaseException) -> DataError:
+        return DataError(f"{path}: unreadable ({err}); the dataset folder is damaged or partly copied: prepare it "
+                         "again with `tunesmith data prepare`")
 
     def file(self, name: str) -> Path:
         """A file of the folder, which must be there: a partly copied folder was an internal FileNotFoundError."""

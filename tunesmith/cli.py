@@ -31,7 +31,7 @@ app.add_typer(config_app, name="config")
 # "[/b]" crashed the command); the few styled lines ask for it.
 out = Console(markup=False, soft_wrap=True)  # soft wrap: piped JSON, Markdown and paths come out as written, not cut at 80 columns
 err = Console(stderr=True, markup=False, soft_wrap=True)
-_state = {"debug": False}
+_state = {"debug": False, "abort_hint": ""}  # abort_hint: what Ctrl-C's "aborted" adds
 
 Overrides = Annotated[list[str] | None, typer.Option(
     "--set", "-s", metavar="KEY=VALUE", help="Override a config value by dotted path, e.g. --set data.split.seed=7 (repeatable).")]
@@ -264,7 +264,7 @@ def train_cmd(
     from tunesmith.training import train
     from tunesmith.training.dataset import ensure_dataset
     from tunesmith.errors import ConfigError
-    from tunesmith.training.run import check_run_dir, run_inputs, run_lock
+    from tunesmith.training.run import check_run_dir, run_inputs, run_lock, settle_replaced, started
 
     if config is None and resume is None:
         raise click.UsageError("give a CONFIG, or --resume RUN")
@@ -291,21 +291,42 @@ def train_cmd(
     if processes > 1 and "LOCAL_RANK" not in os.environ:
         # Checks and data preparation happen once, here; then torchrun starts the workers. Under the run's lock: an
         # --overwrite deleted the folder of a training still running in it before the workers found it locked.
-        with run_lock(Path(resume or cfg.run_dir)):
-            check_run_dir(resume or cfg.run_dir, resume is not None, overwrite, run_inputs(cfg, dataset))
-        ensure_dataset(cfg, dataset)
+        run_path = Path(resume or cfg.run_dir)
+        with run_lock(run_path):  # a refused dataset puts back the earlier run --overwrite set aside
+            check_run_dir(run_path, resume is not None, overwrite, run_inputs(cfg, dataset))
+            ensure_dataset(cfg, dataset)
         child = ["train", *([str(config)] if config else []), *(x for o in overrides or [] for x in ("--set", o)),
                  *(["--dataset", str(dataset)] if dataset else []), *(["--resume", str(resume)] if resume else [])]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                "-m", "tunesmith", *child]
         out.print(f"launching {processes} processes: torchrun ... {' '.join(child)}", highlight=False)
-        code = subprocess.call(cmd)
+        try:
+            code = subprocess.call(cmd)
+        except KeyboardInterrupt:
+            _state["abort_hint"] = _resume_hint(run_path)
+            raise
+        finally:  # the workers refused (a mistyped model name) or were stopped before training: the earlier run is back
+            settle_replaced(run_path, keep_new=started(run_path))
         if code:
             raise typer.Exit(code)
         return
-    run_dir = train(cfg, dataset_dir=dataset, resume=resume, overwrite=overwrite)
+    try:
+        run_dir = train(cfg, dataset_dir=dataset, resume=resume, overwrite=overwrite)
+    except KeyboardInterrupt:
+        _state["abort_hint"] = _resume_hint(Path(resume or cfg.run_dir))
+        raise
     if int(os.environ.get("RANK", "0")) == 0:
         out.print(f"run written to {run_dir}; next: tunesmith evaluate {run_dir}", highlight=False)
+
+
+def _resume_hint(run_dir: Path) -> str:
+    """What Ctrl-C's "aborted" adds for a run that started training and did not finish: how to go on with it."""
+    from tunesmith.artifacts import RUN_MANIFEST
+    from tunesmith.training.run import started
+
+    if not started(run_dir) or (run_dir / RUN_MANIFEST).is_file():
+        return ""
+    return f"; the run goes on from its last checkpoint with `tunesmith train --resume {run_dir}`"
 
 
 @app.command("evaluate", epilog=EPILOG)
@@ -1054,20 +1075,22 @@ def annotate_report(
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code (tests call this; `main` exits with it)."""
+    _state["abort_hint"] = ""
     try:
         result = app(args=argv, prog_name="tunesmith", standalone_mode=False)
-        return result if isinstance(result, int) else 0
+        code = result if isinstance(result, int) else 0
     except (click.exceptions.Exit, typer.Exit) as e:
-        return e.exit_code
+        code = e.exit_code
     except (click.ClickException, typer.TyperException) as e:  # typer parses with its own copy of click
         e.show()
         return e.exit_code
     except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
-        err.print("aborted")
-        return 130
+        code = 130
     except TunesmithError as e:
-        if _state["debug"]:
-            raise
+        if _state["debug"]:  # the traceback, and still the exit code scripts test (it was 1 for every error)
+            import traceback
+
+            traceback.print_exc()
         # soft_wrap: a long file:line: field message stays one line (rich would break it at 80 columns in a log)
         err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True, markup=True)
         return e.exit_code
@@ -1082,6 +1105,9 @@ def run(argv: list[str] | None = None) -> int:
                   f"({escape(where)}rerun with `tunesmith --debug ...` to see it here)", highlight=False, soft_wrap=True,
                   markup=True)
         return 1
+    if code == 130:  # Ctrl-C: typer turns it into Exit(130) before it gets here, which had ended every command silently
+        err.print(f"aborted{_state['abort_hint']}", highlight=False, soft_wrap=True, markup=False)
+    return code
 
 
 def _save_traceback(argv: list[str]) -> str | None:

@@ -1250,6 +1250,22 @@ def _duplicate_keys(text: str) -> list[str]:
     return found
 
 
+def _empty_sections_as_defaults(data: dict[str, Any], spec: type[BaseModel]) -> None:
+    """A section left empty (`train:` with every key commented out) is YAML's null: read as the section's defaults, as
+    if left out; it was refused as "not a valid dictionary", and `--set train.epochs=2` as "not a section". Only
+    sections that cannot be null (a Spec or a mapping), so a null that means something (`hyperparameters:`) stays."""
+    for key, value in data.items():
+        field = spec.model_fields.get(key)
+        if field is None:
+            continue
+        kind = field.annotation
+        section = isinstance(kind, type) and issubclass(kind, BaseModel)
+        if value is None and (section or typing.get_origin(kind) is dict):
+            data[key] = {}
+        elif section and isinstance(value, dict):
+            _empty_sections_as_defaults(value, kind)
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ProjectConfig:
     path = Path(path)
     if not path.is_file():
@@ -1267,6 +1283,14 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(err, "problem", None) or err
         hint = "; indent with spaces: YAML does not allow tabs" if "\\t" in str(problem) else ""
+        # An unclosed quote or bracket is found only lines later (at the end of the file): say where it was opened
+        context, opened = getattr(err, "context", None), getattr(err, "context_mark", None)
+        if context and opened is not None and (mark is None or opened.line != mark.line):
+            what = {"while scanning a quoted scalar": "a quoted value", "while parsing a flow sequence": "a [ list",
+                    "while parsing a flow mapping": "a { mapping"}.get(context)
+            ends = "never closes" if "end of stream" in str(problem) else "is not closed before this line"
+            hint += (f"; {what} opened on line {opened.line + 1} {ends}: close it there" if what
+                     else f" ({context} on line {opened.line + 1})")
         raise ConfigError(f"{where}: not valid YAML: {problem}{hint}") from None
     if duplicates:
         raise ConfigError(f"{path}: invalid configuration\n" + "\n".join(f"  {path}:{d}" for d in duplicates))
@@ -1274,6 +1298,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(f"{path}: the file is empty; a config needs at least `name:` and `data: {{sources: [...]}}`")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level (name:, task:, data:, ...)")
+    _empty_sections_as_defaults(data, ProjectConfig)
     for override in overrides:
         apply_override(data, override)
     return parse_config(data, str(path), text, overrides).resolve_paths(path.parent.resolve())

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from tunesmith.errors import ApiError, ConfigError
+from tunesmith.errors import ApiError, ConfigError, NotFound
 from tunesmith.monitor.feedback import FeedbackCreated, FeedbackRequest, FeedbackService
 from tunesmith.monitor.log import PredictionLog
 from tunesmith.store.db import Store
@@ -259,6 +259,21 @@ def test_exporting_ratings_without_corrections_writes_none_and_says_no_false_rea
     log.record("req-1", "reviews", "reviews-v1", "predict", ["great food"], [LABELS], 3.0)
     assert isinstance(service.submit(FeedbackRequest(request_id="req-1", rating="up")), FeedbackCreated)
     assert service.export("reviews", tmp_path / "c.csv") == 0
+    log.close()
+
+
+def test_exporting_a_model_name_nothing_knows_is_refused_before_writing(store_url: str, tmp_path: Path) -> None:
+    """A mistyped --model wrote an empty file and exited 0: a retraining on it would have found no corrections."""
+    store = Store(store_url)
+    log = PredictionLog(store)
+    service = FeedbackService(store, log)
+    log.record("req-1", "reviews", "reviews-v1", "predict", ["great food"], [LABELS], 3.0)
+    assert isinstance(service.submit(FeedbackRequest(request_id="req-1", rating="up")), FeedbackCreated)
+    out = tmp_path / "c.csv"
+    with pytest.raises(NotFound, match="no model 'reveiws'.*check the model name") as err:
+        service.export("reveiws", out)
+    assert err.value.exit_code == 2 and not out.exists()
+    assert service.export("reviews", out) == 0  # a known model with nothing corrected yet: an empty file, as before
     log.close()
 
 

@@ -4,6 +4,7 @@ multi-objective Pareto fronts, and clear errors for spaces, metrics and storages
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -30,6 +31,15 @@ def tune_project(tmp: Path, model: Path, tune: dict, steps: int = 4, **train):
 
 def trials_of(url: str, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=normalize_url(url)).get_trials()
+
+
+class _OptunaRecords(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 # SQLite, the default storage: Optuna on PostgreSQL is covered by the two-worker test (test_study_parallel).
@@ -126,7 +136,14 @@ def test_a_diverged_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path: 
             "metric": "loss", "timeout_s": 120}
     lines: list[str] = []
     cfg = tune_project(tmp_path, tiny_bert, tune, steps=6)
-    summary = run_study(cfg, echo=lines.append)
+    shown = _OptunaRecords()  # what Optuna's own handler would print to the terminal
+    logging.getLogger("optuna").addHandler(shown)
+    try:
+        summary = run_study(cfg, echo=lines.append)
+    finally:
+        logging.getLogger("optuna").removeHandler(shown)
+    # Optuna's "Trial 0 failed ..." warning came with the trial's whole Python traceback (exc_info)
+    assert not [r.getMessage() for r in shown.records if r.exc_info or "failed" in r.getMessage()]
     trials = trials_of(url)
     assert [t.state for t in trials] == [TrialState.FAIL] * 2  # two trials in all: a failed one keeps its place
     reasons = [t.user_attrs["fail_reason"] for t in trials]

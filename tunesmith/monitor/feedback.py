@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import and_, func, select
 
-from tunesmith.errors import ApiError, ConfigError
+from tunesmith.errors import ApiError, ConfigError, NotFound
 from tunesmith.monitor.log import MAX_REQUEST_ID, PredictionLog
 from tunesmith.store.db import Store
 from tunesmith.store.schema import Feedback, ModelVersion, Prediction
@@ -150,6 +150,11 @@ class FeedbackService:
             stmt = (select(Feedback, Prediction).join(Prediction, Feedback.request_id == Prediction.request_id)
                     .where(Prediction.model.in_(names)).order_by(Feedback.created))
             rows = s.execute(stmt if until is None else stmt.where(Feedback.created <= until)).all()
+            # A name neither the registry nor the prediction log knows (a typo) wrote an empty file and exited 0
+            if not versions and not rows and s.scalar(select(Prediction.request_id).where(Prediction.model == model)
+                                                      .limit(1)) is None:
+                raise NotFound(f"no model '{model}': not in the registry, and no logged predictions (they are logged "
+                               "when `tunesmith serve` serves it with a store and answers requests); check the model name")
         latest = {(f.request_id, f.item_index): (f, p) for f, p in rows
                   if f.corrected_label or f.corrected_value is not None or f.corrected_answer}
         # Each item once, in the order its latest correction came: the first of several rows sharing an id was kept

@@ -89,7 +89,40 @@ def check_run_dir(run_dir: Path, resuming: bool, overwrite: bool, reads: Sequenc
     if inside:
         raise ConfigError(f"{run_dir}: --overwrite would delete what this run reads ({'; '.join(inside)}); "
                           "set train.output_dir to another folder")
-    shutil.rmtree(run_dir)
+    # Set aside, not deleted: the new run's inputs are checked only after this (a mistyped --dataset or model name
+    # had deleted the earlier run and trained nothing). Deleted once the new run starts training, put back otherwise.
+    real = run_dir.resolve()
+    aside = real.with_name(f".{real.name}.replaced-{os.getpid()}")
+    shutil.rmtree(aside, ignore_errors=True)
+    real.rename(aside)
+    _replaced[real] = aside
+    if run_dir.is_symlink():
+        real.mkdir()  # the link stays valid for the new run
+
+
+# Run folders --overwrite set aside (the run folder's real path -> the hidden sibling holding the earlier run) until
+# the new run starts training; run_lock puts one back when the new run fails before.
+_replaced: dict[Path, Path] = {}
+
+
+def settle_replaced(run_dir: Path, keep_new: bool) -> None:
+    """The earlier run --overwrite set aside for `run_dir`: deleted (`keep_new`: the new run started), or put back in
+    place of what the refused new run left (its dataset.json, an empty checkpoints/)."""
+    real = Path(run_dir).resolve()
+    aside = _replaced.pop(real, None)
+    if aside is None or not aside.exists():
+        return
+    if keep_new:
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    if real.exists():
+        shutil.rmtree(real)
+    aside.rename(real)
+
+
+def started(run_dir: Path) -> bool:
+    """Did a run start training here (run_trainer writes its config.json first)?"""
+    return (Path(run_dir) / RUN_CONFIG).is_file()
 
 
 def _check_trackers(report_to: Sequence[str]) -> None:
@@ -151,6 +184,10 @@ def run_lock(run_dir: Path) -> Iterator[None]:
                           "train.output_dir to another folder") from None
         try:
             yield
+        except BaseException:
+            # refused or interrupted before training started (run_trainer settles it then): the earlier run is back
+            settle_replaced(run_dir, keep_new=False)
+            raise
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
@@ -274,6 +311,8 @@ def run_trainer(cfg: ProjectConfig, trainer: Any, run_dir: Path, checkpoint: Pat
     ranks must take part before rank 0 alone writes the run folder."""
     from transformers.utils import logging as hf_logging
 
+    if is_rank0():
+        settle_replaced(run_dir, keep_new=True)  # set up: the new run replaces the earlier one from here on
     write_config(cfg, run_dir)
     if is_rank0():
         # A finished run trained again (resumed) rewrites model/: until finish_run writes run.json anew, the

@@ -21,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import math
 import os
+import re
 import shutil
 import socket
 import time
@@ -793,12 +795,24 @@ def write_best(cfg: ProjectConfig, trial: FrozenTrial, path: Path, metric: str) 
     return path
 
 
+class _NoFailedTrialWarning(logging.Filter):
+    """Optuna's "Trial N failed ..." warnings: a failed trial (diverged, refused) or Ctrl-C printed its whole Python
+    traceback (exc_info), some 90 lines; tunesmith prints its own line for the trial."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not re.match(r"Trial \d+ failed", record.getMessage())
+
+
+_NO_FAILED_TRIAL_WARNING = _NoFailedTrialWarning()
+
+
 def run_study(cfg: ProjectConfig, *, echo: Callable[[str], None] = print, evaluate_test: bool = True) -> dict[str, Any]:
     """Run (or join, or resume) the config's study until it has tune.trials trials or tune.timeout_s passed;
     then best.yaml, the best trial's test evaluation and the report. Returns a summary."""
     spec = cfg.tune
     check_space(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead of Optuna's
+    logging.getLogger("optuna.study._optimize").addFilter(_NO_FAILED_TRIAL_WARNING)  # added once: a filter is kept once
     study = load_study(cfg, echo=echo)
     objective = Objective(cfg, study_folder(cfg), metric_of(cfg)[0], echo)
     already = sum(_done(t) for t in study.get_trials(deepcopy=False))
