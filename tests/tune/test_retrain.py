@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 import time
@@ -267,6 +268,102 @@ def test_a_candidate_judged_against_a_production_since_replaced_is_not_promoted(
     assert any("production changed to version 2" in r for r in outcome.reasons)
 
 
+def test_a_run_the_user_continued_with_init_from_is_a_recipe_of_its_own(tmp_path: Path, tiny_bert: Path) -> None:
+    """Production B was trained with train.init_from A (its own learning rate and steps): a round followed
+    parent_run up to A and retrained with A's settings (incremental: half A's rate on B's weights)."""
+    from tunesmith.config import RetrainSpec
+    from tunesmith.tune.retrain import _candidate_config
+
+    cfg, *_ = planted_project(tmp_path, tiny_bert, max_steps=2)
+    a = train(cfg)
+    data = cfg.model_dump(mode="json")
+    data["train"].update(output_dir=str(tmp_path / "B"), init_from=str(a), learning_rate=1e-4, max_steps=5)
+    b = Run(train(parse_config(data)))
+    assert b.manifest.parent_run == str(a.resolve())
+    full = _candidate_config(b, RetrainSpec(mode="full"), tmp_path / "next-full")
+    assert full.train.learning_rate == pytest.approx(1e-4) and full.train.max_steps == 5
+    assert full.train.init_from is None
+    inc = _candidate_config(b, RetrainSpec(mode="incremental"), tmp_path / "next-inc")
+    assert inc.train.learning_rate == pytest.approx(0.5e-4) and inc.train.init_from == b.path.resolve()
+
+
+@pytest.mark.parametrize("leakage", ["remove", "fail"])
+def test_the_corrections_own_split_is_not_checked_for_leakage(tmp_path: Path, tiny_bert: Path, leakage: str) -> None:
+    """Their split is thrown away: with data.split.leakage fail, two near-copy corrections (the same review sent with a
+    typo) aborted the round; with remove, one of them was quarantined."""
+    rng = random.Random(3)  # texts far apart, so production's own data prepares under leakage fail
+    words = [f"{c}{v}{d}" for c in "bdfgklmnprst" for v in "aeiou" for d in "xz"]
+    data = [{"text": " ".join(rng.sample(words, 8)), "label": "pos" if i % 2 else "neg"} for i in range(200)]
+    cfg = parse_config({
+        "name": "reviews",
+        "data": {"sources": [{"path": str(write(tmp_path / "all.csv", data))}], "output_dir": str(tmp_path / "ds"),
+                 "dedup": {"near": False}, "split": {"leakage": leakage}},
+        "model": {"name": str(tiny_bert), "max_length": 32},
+        "train": {"learning_rate": 3e-3, "max_steps": 2, "batch_size": 16, "early_stopping_patience": None,
+                  "output_dir": str(tmp_path / "prod")}})
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    Registry(store).add(train(cfg), "reviews", stage="production")
+    base = [f"{w} soup was {a} and we {v} it" for w, a, v in zip(
+        ["cold", "thin", "odd", "sour", "grey", "flat"], ["bitter", "salty", "bland", "burnt", "watery", "stale"],
+        ["hated", "returned", "left", "binned", "skipped", "refused"], strict=True)]
+    record_corrections(store, "reviews", base + [t + " ok" for t in base], "neg")
+    outcome = retrain(store, "reviews", out=tmp_path / "rt", promote="never", say=lambda _: None)
+    assert outcome.report["corrections"]["usable"] == 12 and outcome.report["corrections"]["quarantined"] == 0
+
+
+def test_an_ab_test_started_while_the_round_trained_leaves_a_candidate_and_a_report(tmp_path: Path, tiny_bert: Path,
+                                                                                  monkeypatch) -> None:
+    """--promote ab_test: a test another round (or an operator) started meanwhile made ABService.start raise after the
+    candidate was registered: an error, and no report."""
+    import tunesmith.training as training
+    from tunesmith.monitor.ab import ABService
+
+    cfg, *_ = planted_project(tmp_path, tiny_bert, max_steps=2)
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    registry = Registry(store)
+    registry.add(train(cfg), "reviews", stage="production")
+    data = cfg.model_dump(mode="json")
+    data["train"]["output_dir"] = str(tmp_path / "other")
+    registry.add(train(parse_config(data)), "reviews")  # version 2, a candidate
+    record_corrections(store, "reviews", paris(12, 9), "pos")
+    real = training.train
+
+    def meanwhile(*args, **kwargs):
+        run = real(*args, **kwargs)
+        ABService(store).start("reviews", {"v1": 0.5, "v2": 0.5}, horizon=100)
+        return run
+
+    monkeypatch.setattr(training, "train", meanwhile)
+    outcome = retrain(store, "reviews", out=tmp_path / "rt", promote="ab_test",
+                      settings={"require_feedback_gain": False, "max_test_drop": 1.0}, say=lambda _: None)
+    assert outcome.decision == "candidate" and any("no A/B test started" in r for r in outcome.reasons), outcome.reasons
+    assert registry.version("reviews", 3).stage == "candidate"
+    assert json.loads((tmp_path / "rt" / "report.json").read_text())["decision"] == "candidate"
+    assert "stays a candidate" in (tmp_path / "rt" / "report.md").read_text()
+    assert sorted(v.name for v in ABService(store).status("reviews").variants) == ["v1", "v2"]
+
+
+def test_a_production_dataset_without_a_test_split_is_refused_before_training(tmp_path: Path, tiny_bert: Path) -> None:
+    """The candidate is judged on the frozen test split: with none, the round trained, then crashed (KeyError)."""
+    data = rows(200, seed=1)
+    cfg = parse_config({
+        "name": "reviews",
+        "data": {"sources": [{"path": str(write(tmp_path / "train.csv", data[:170])), "split": "train"},
+                             {"path": str(write(tmp_path / "val.csv", data[170:])), "split": "validation"}],
+                 "output_dir": str(tmp_path / "ds")},
+        "model": {"name": str(tiny_bert), "max_length": 32},
+        "train": {"learning_rate": 3e-3, "max_steps": 2, "batch_size": 16, "early_stopping_patience": None,
+                  "output_dir": str(tmp_path / "prod")}})
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    registry = Registry(store)
+    registry.add(train(cfg), "reviews", stage="production")
+    assert pq.read_table(tmp_path / "ds" / "test.parquet").num_rows == 0
+    record_corrections(store, "reviews", paris(15, 3), "pos")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(tmp_path / 'ds'))}: .* has no test split"):
+        retrain(store, "reviews", out=tmp_path / "rt", say=lambda _: None)
+    assert not (tmp_path / "rt").exists() and [v.version for v in registry.versions("reviews")] == [1]
+
+
 def test_an_adapter_run_continues_from_its_own_adapter_weights(tmp_path: Path, tiny_bert: Path) -> None:
     from safetensors.torch import load_file
 
@@ -327,6 +424,9 @@ def test_bad_requests_are_refused_and_change_nothing(tmp_path: Path, tiny_bert: 
                  "reviews")
     ABService(store).start("reviews", {"v1": 0.5, "v2": 0.5}, horizon=100)
     versions = len(registry.versions("reviews"))
+    # cron's form with nothing due (3 corrections < 10) says why not, exit 0, whatever test runs (it was refused)
+    quiet = retrain(store, "reviews", promote="ab_test", if_needed=True, say=lambda _: None)
+    assert quiet.decision == "not_due" and "3 new correction(s)" in quiet.reasons[0]
     with pytest.raises(ConfigError, match="already has a running A/B test"):
         retrain(store, "reviews", promote="ab_test", out=tmp_path / "r2", say=lambda _: None)
     assert len(registry.versions("reviews")) == versions and not (tmp_path / "r2").exists()
@@ -348,12 +448,12 @@ def test_retrain_is_due_when_the_inputs_drift(tmp_path: Path, tiny_bert: Path) -
     spec = RetrainSpec(min_corrections=50, drift_threshold=0.25)
     trained = pq.read_table(tmp_path / "ds" / "train.parquet").column("text").to_pylist()
     with store.session() as s:  # traffic like the training data: no drift
-        s.add(Prediction(request_id="same", model="reviews", model_version="1", kind="predict", created=time.time() + 1,
+        s.add(Prediction(request_id="same", model="reviews", model_version="reviews-v1", kind="predict", created=time.time() + 1,
                          inputs=trained[:180] * 2, outputs=None, latency_ms=1.0))
     status = check(store, "reviews", production, spec)
     assert not status.due and status.drift_psi is not None and status.drift_psi < 0.1, status
     with store.session() as s:  # then much longer inputs
-        s.add(Prediction(request_id="long", model="reviews", model_version="1", kind="predict", created=time.time() + 2,
+        s.add(Prediction(request_id="long", model="reviews", model_version="reviews-v1", kind="predict", created=time.time() + 2,
                          inputs=[" ".join([t] * 4) for t in trained[:180] * 10], outputs=None, latency_ms=1.0))
     status = check(store, "reviews", production, spec)
     assert status.due and "drift PSI" in status.reasons[0] and status.new_corrections == 0, status

@@ -182,6 +182,14 @@ class Registry:
             self._set_stage(s, target, "production", "rollback")
             return _info(target)
 
+    def note(self, model: str, version: int, key: str, value: Any) -> VersionInfo:
+        """Set `key` of a version's lineage to `value` (what happened to it since it was registered, e.g. the last
+        retraining round run from it); the other keys stay as they are."""
+        with self.store.session() as s:
+            target = self._version(s, model, version, lock=True)
+            target.lineage = {**target.lineage, key: value}  # a new dict: the JSON column sees the change
+            return _info(target)
+
     def archive(self, model: str, version: int) -> VersionInfo:
         with self.store.session() as s:
             target = self._version(s, model, version, lock=True)

@@ -48,7 +48,7 @@ from tunesmith.config import (
     format_validation_error,
     parse_config,
 )
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, NotFound
 from tunesmith.registry.service import ProductionChanged, Registry, VersionInfo
 from tunesmith.store.db import Store
 from tunesmith.tune import trigger
@@ -91,28 +91,41 @@ def retrain(store: Store, model: str, *, mode: str | None = None, promote: str |
                                            **{k: v for k, v in (("mode", mode), ("promote", promote)) if v is not None}})
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, "retrain", {})) from None
-    if spec.promote == "ab_test":  # refused before training: after it, the round ended with a registered candidate,
-        from tunesmith.monitor.ab import ABService  # no report and an error
+    status = trigger.check(store, model, production, spec)
+    # Counted from the last round run from this production where one ran: cron re-ran it on the same corrections
+    after_round = status.untried != status.new_corrections
+    since = f"the last round from version {production.version}" if after_round else \
+        f"version {production.version} was trained"
+    if if_needed and not status.due:
+        counted = f" since {since}" if after_round else ""
+        why = [f"{status.untried} new correction(s){counted} < retrain.min_corrections ({spec.min_corrections})"]
+        if spec.drift_threshold is not None:
+            why.append("drift: too few logged requests to measure" if status.drift_psi is None else
+                       f"drift PSI {status.drift_psi:.3f} < {spec.drift_threshold:g}")
+        return Outcome(Path(production.run), "not_due", why, report={"trigger": status.to_dict()})
+    if status.untried == 0 and if_needed:  # due by drift alone: nothing to train on yet, which is no error
+        return Outcome(Path(production.run), "not_due",
+                       [f"drift PSI {status.drift_psi:.3f} >= {spec.drift_threshold:g}, but no correction arrived since "
+                        f"{since}: label some recent traffic (POST /v1/feedback)"],
+                       report={"trigger": status.to_dict()})
+    if status.new_corrections == 0:
+        raise ConfigError(f"no new feedback for '{model}': no correction arrived since version {production.version} was "
+                          "trained (send corrections to POST /v1/feedback with label or value)")
+    # Refused before training (after it, the round ended with a registered candidate, no report and an error), and
+    # only when due: cron's --if-needed with nothing due exits 0 whatever test runs.
+    if spec.promote == "ab_test":
+        from tunesmith.monitor.ab import ABService
 
         running = ABService(store).running(model)
         if running is not None:
             raise ConfigError(f"'{model}' already has a running A/B test ({running.test_id}); stop it (`tunesmith ab stop "
                               f"--model {model}`) or retrain with --promote if_better or never")
-    status = trigger.check(store, model, production, spec)
-    if if_needed and not status.due:
-        why = [f"{status.new_corrections} new correction(s) < retrain.min_corrections ({spec.min_corrections})"]
-        if spec.drift_threshold is not None:
-            why.append("drift: too few logged requests to measure" if status.drift_psi is None else
-                       f"drift PSI {status.drift_psi:.3f} < {spec.drift_threshold:g}")
-        return Outcome(Path(production.run), "not_due", why, report={"trigger": status.to_dict()})
-    if status.new_corrections == 0 and if_needed:  # due by drift alone: nothing to train on yet, which is no error
-        return Outcome(Path(production.run), "not_due",
-                       [f"drift PSI {status.drift_psi:.3f} >= {spec.drift_threshold:g}, but no correction arrived since "
-                        f"version {production.version} was trained: label some recent traffic (POST /v1/feedback)"],
-                       report={"trigger": status.to_dict()})
-    if status.new_corrections == 0:
-        raise ConfigError(f"no new feedback for '{model}': no correction arrived since version {production.version} was "
-                          "trained (send corrections to POST /v1/feedback with label or value)")
+    parent_dataset = DatasetVersion(_dataset_of(production, run))
+    if parent_dataset.manifest.counts.get("test", 0) == 0:  # the judge: without it, the round crashed after training
+        raise ConfigError(f"{parent_dataset.path}: the dataset of '{model}' version {production.version} has no test "
+                          "split (0 rows), and a retrained candidate is judged against production on it; prepare the "
+                          "data with a test split (data.split.test, or a source with split: test) and put a run "
+                          "trained on it in production")
 
     if out is not None:
         folder = Path(out)
@@ -123,12 +136,12 @@ def retrain(store: Store, model: str, *, mode: str | None = None, promote: str |
         folder = _new_folder(Path(production.run).parent / f"{model}-retrain-{datetime.now(UTC):%Y%m%d-%H%M%S}")
     say(f"retraining '{model}' from production version {production.version} ({spec.mode}); working in {folder}")
 
-    parent_dataset = DatasetVersion(_dataset_of(production, run))
     corrections, corrections_version = _prepared_corrections(store, model, cfg, parent_dataset, folder, say)
     built = _build_dataset(cfg, spec, parent_dataset, corrections_version, folder / "dataset")
     say(f"dataset {built.path}: {built.summary()}")
     if built.details["corrections_in_train"] == 0:  # incremental failed on an empty class list, full trained on nothing new
         d = built.details
+        _note_round(registry, production, corrections["until"], folder, "nothing new to train on")
         raise ConfigError(f"nothing new to train on for '{model}': of {corrections['usable']} usable correction(s), "
                           f"{len(d['kept_out'])} repeat a frozen test example, {d['corrections_known']} say what "
                           f"training already says, {d['corrections_in_validation']} replaced validation examples and "
@@ -143,6 +156,7 @@ def retrain(store: Store, model: str, *, mode: str | None = None, promote: str |
 
     say(f"training the candidate ({spec.mode}) on {train_dir}")
     run_dir = train(candidate_cfg, dataset_dir=train_dir)
+    _mark_round(Path(run_dir), spec, run, folder)
 
     judged = judge(Run(production.run), Run(run_dir), built, spec)
     passes, reasons = decide(judged, spec)
@@ -151,6 +165,7 @@ def retrain(store: Store, model: str, *, mode: str | None = None, promote: str |
                            "folder": str(folder.resolve()), "passed": passes}}
     candidate = registry.add(run_dir, model, lineage=lineage)
     decision = "candidate"
+    _note_round(registry, production, corrections["until"], folder, f"version {candidate.version} registered")
     current = registry.production(model)
     if passes and spec.promote != "never" and (current is None or current.version != production.version):
         # judged against a version no longer in production: whichever replaced it was never compared with it
@@ -165,8 +180,12 @@ def retrain(store: Store, model: str, *, mode: str | None = None, promote: str |
     elif passes and spec.promote == "ab_test":
         from tunesmith.monitor.ab import ABService
 
-        ABService(store).start(model, {f"v{production.version}": 0.5, f"v{candidate.version}": 0.5}, alpha=spec.alpha)
-        decision = "ab_test"
+        try:  # checked before training, but a test can start meanwhile (another round, an operator)
+            ABService(store).start(model, {f"v{production.version}": 0.5, f"v{candidate.version}": 0.5},
+                                   alpha=spec.alpha)
+            decision = "ab_test"
+        except ConfigError as err:
+            reasons.append(f"no A/B test started, so it stays a candidate: {err}")
     elif passes:
         reasons.append("retrain.promote is 'never': promote it yourself with `tunesmith registry promote`")
     report = {"model": model, "production": production.version, "candidate": candidate.version, "mode": spec.mode,
@@ -191,6 +210,18 @@ def _new_folder(stem: Path) -> Path:
         except FileExistsError:
             continue
     raise ConfigError(f"{stem}: 999 retrain folders of that name already exist; pass --out")
+
+
+def _note_round(registry: Registry, production: VersionInfo, until: float | None, folder: Path, result: str) -> None:
+    """Production's lineage keeps the cutoff of this round, so `--if-needed` counts from it: without it each cron
+    tick ran the same round on the same corrections again (an identical candidate, or the same error)."""
+    if until is None:
+        return
+    record = trigger.round_record(production, until, folder=str(folder.resolve()), result=result, at=int(time.time()))
+    try:
+        registry.note(production.model, production.version, trigger.LAST_ROUND, record)
+    except NotFound:  # the version was deleted meanwhile: nothing to keep it in
+        pass
 
 
 def _dataset_of(production: VersionInfo, run: Run) -> Path:
@@ -223,7 +254,9 @@ def _prepared_corrections(store: Store, model: str, cfg: ProjectConfig, parent: 
     data["data"].update(sources=[{"path": str(raw), "kind": "csv",
                                   "fields": {"text": "text", target: target, "id": "id"}}],
                         output_dir=str(folder / "corrections"), strict=False, annotate={})
-    data["data"]["split"]["group_by"] = None
+    # Their own split is thrown away (_build_dataset pools them), so a leak across it is none: with leakage "fail" two
+    # near-copy corrections aborted the round, with "remove" one was quarantined
+    data["data"]["split"].update(group_by=None, leakage="report")
     data["task"].update(labels=parent.manifest.labels)  # the model's label set; its separator, as exported
     version = prepare(parse_config(data, f"corrections of '{model}'"), folder / "corrections")
     counts = version.manifest.counts
@@ -463,11 +496,34 @@ def _replay_dataset(built: BuiltDataset, parent: DatasetVersion, spec: RetrainSp
 # -- 3. the candidate's config --------------------------------------------------------------------
 
 
+ROUND_MARK = "retrain_round.json"  # in a run folder: made by a retrain round, in this mode, from this parent
+
+
+def _mark_round(run_dir: Path, spec: RetrainSpec, parent: Run, folder: Path) -> None:
+    (run_dir / ROUND_MARK).write_text(json.dumps({"mode": spec.mode, "parent_run": str(parent.path.resolve()),
+                                                  "folder": str(folder.resolve())}, indent=2) + "\n", encoding="utf-8")
+
+
+def _incremental_round(run: Run) -> bool:
+    """Did an incremental retrain round make this run? Runs of rounds from before the mark: a continued run trained
+    on a round's dataset (its retrain.json, which the replay subset's folder copies)."""
+    mark = run.path / ROUND_MARK
+    if mark.exists():
+        try:
+            return json.loads(mark.read_text(encoding="utf-8")).get("mode") == "incremental"
+        except (OSError, ValueError, AttributeError):
+            return False
+    return bool(run.manifest.parent_run) and (Path(run.manifest.dataset) / "retrain.json").is_file()
+
+
 def _recipe(run: Run) -> Run:
     """The run that holds the training recipe: production itself, or, when production came from incremental
-    rounds, the run they started from (their settings are the rounds' gentler ones, not the recipe's)."""
+    rounds, the run they started from (their settings are the rounds' gentler ones, not the recipe's). Only the
+    rounds' runs are walked past: a run the user trained with train.init_from is a recipe of its own (its parent's
+    learning rate, steps or method are not what it was trained with)."""
     seen = {run.path.resolve()}
-    while run.manifest.parent_run and is_run(run.manifest.parent_run) and Path(run.manifest.parent_run).resolve() not in seen:
+    while (_incremental_round(run) and run.manifest.parent_run and is_run(run.manifest.parent_run)
+           and Path(run.manifest.parent_run).resolve() not in seen):
         run = Run(run.manifest.parent_run)
         seen.add(run.path.resolve())
     return run
