@@ -175,7 +175,30 @@ def test_resume_applies_overrides_instead_of_dropping_them(tmp_path: Path, tiny_
     assert "--set train.batch_size=0: train.batch_size" in capsys.readouterr().err
     # another number of processes changes the effective batch: the saved step fell elsewhere in the data
     assert run(["train", "--resume", str(run_dir), "--nproc", "2"]) == 2
-    assert "trains with 1 process(es) (train.nproc); resume it with the same" in " ".join(capsys.readouterr().err.split())
+    assert "trained with 1 process(es) (train.nproc in its config.json), not 2; resume it with --nproc 1" \
+        in " ".join(capsys.readouterr().err.split())
+
+
+def test_resume_takes_the_process_count_from_the_run_not_from_config(tmp_path: Path, tiny_tokenizer: Path, capsys,
+                                                                     monkeypatch) -> None:
+    """A run trained with 2 processes, CONFIG saying 1: the run's config.json decides. A torchrun started by hand
+    (LOCAL_RANK and WORLD_SIZE set, no launcher checking first) gets the same check."""
+    from tunesmith.config import load_config
+
+    config = _config(tmp_path, tiny_tokenizer)
+    cfg = load_config(config)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(cfg.model_copy(update={"train": cfg.train.model_copy(update={"nproc": 2})})
+                                         .model_dump_json())
+    assert run(["train", str(config), "--resume", str(run_dir), "--nproc", "1"]) == 2
+    assert "trained with 2 process(es) (train.nproc in its config.json), not 1; resume it with --nproc 2" \
+        in " ".join(capsys.readouterr().err.split())
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert run(["train", "--resume", str(run_dir)]) == 2
+    assert "trained with 2 process(es) (train.nproc in its config.json), not 1; resume it with torchrun " \
+           "--nproc_per_node 2" in " ".join(capsys.readouterr().err.split())
 
 
 def _fake_run(tmp_path: Path, tiny_tokenizer: Path, **manifest) -> Path:

@@ -242,6 +242,17 @@ def test_overwrite_with_nproc_and_a_mistyped_model_keeps_the_earlier_run(tmp_pat
     assert [p.name for p in tmp_path.iterdir() if ".replaced" in p.name] == []
 
 
+def test_nproc_workers_error_keeps_its_exit_code_and_is_told_once(tmp_path: Path, tiny_bert: Path) -> None:
+    """An error only the workers find (the adapter's target modules): exit 2 (config) as with one process, not
+    torchrun's 1, and the message once, last, after torchrun's ChildFailedError report."""
+    cfg = project(tmp_path, tiny_bert, train_spec={"method": "lora", "max_steps": 2}, peft={"target_modules": ["nosuchlayer"]})
+    proc = _cli("train", str(_config_file(tmp_path, cfg)), "--nproc", "2", cwd=tmp_path)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 2, output
+    assert output.count("no module named ['nosuchlayer']") == 1, output
+    assert output.rstrip().splitlines()[-1].startswith("error: peft.target_modules:"), output
+
+
 def test_model_folder_without_weights_is_refused(tmp_path: Path, tiny_tokenizer: Path) -> None:
     (tiny_tokenizer / "config.json").write_text('{"model_type": "bert"}')
     try:

@@ -406,3 +406,31 @@ def test_the_run_records_the_budget_its_dataset_was_prepared_with(tuned_run: Pat
 
     m = Run(tuned_run).manifest
     assert m.max_length == DatasetVersion(m.dataset).manifest.max_length == 128  # the tiny Llama's context
+
+
+def test_two_processes_count_each_validation_conversation_once(tmp_path: Path, tiny_llama: Path) -> None:
+    """9 validation conversations in batches of 4 per process: the last batch of the second process is padded
+    with the first conversations. The validation loss (which picks the best checkpoint) is per trained token
+    over the 9, as one process computes it, not over 9 plus the padding."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tests.test_train import _cli, _config_file
+    from tunesmith.artifacts import MODEL_DIR, DatasetVersion
+
+    cfg = chat_project(tmp_path, tiny_llama, {"epochs": 1, "batch_size": 4})
+    proc = _cli("train", str(_config_file(tmp_path, cfg)), "--nproc", "2", cwd=tmp_path)
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output
+    run = Run(tmp_path / "run")
+    model = AutoModelForCausalLM.from_pretrained(run.path / MODEL_DIR).eval()
+    rows = chat.encode_split(AutoTokenizer.from_pretrained(tiny_llama), DatasetVersion(tmp_path / "ds").hf_dataset("validation"),
+                             128, "validation")
+    assert len(rows) % 8 != 0  # else no batch is padded
+    loss, tokens = 0.0, 0
+    for row in rows:
+        ids = torch.tensor([row["input_ids"]])
+        labels = torch.where(torch.tensor(row["assistant_masks"]).bool(), ids[0], -100)[1:]
+        with torch.no_grad():
+            loss += float(torch.nn.functional.cross_entropy(model(ids).logits[0, :-1], labels, reduction="sum"))
+        tokens += int((labels != -100).sum())
+    assert run.manifest.metrics["full_valid_loss"] == pytest.approx(loss / tokens, rel=1e-5)

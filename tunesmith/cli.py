@@ -258,8 +258,29 @@ def train_cmd(
 ) -> None:
     """Fine-tune the base model on the prepared dataset; writes a run folder (runs/<name>)."""
     import os
-    import subprocess
 
+    errors = os.environ.get(WORKER_ERRORS) if "LOCAL_RANK" in os.environ else None
+    if not errors:
+        return _train(config, overrides, resume, dataset, nproc, overwrite)
+    try:  # a worker of the --nproc launcher: it tells the error, once, with its exit code (torchrun's is 1 for all)
+        return _train(config, overrides, resume, dataset, nproc, overwrite)
+    except TunesmithError as e:
+        (Path(errors) / f"rank-{os.environ.get('RANK', '0')}.json").write_text(
+            json.dumps({"code": e.exit_code, "message": str(e)}), encoding="utf-8")
+        raise typer.Exit(e.exit_code) from e
+
+
+WORKER_ERRORS = "TUNESMITH_WORKER_ERRORS"  # the folder where the --nproc launcher's workers leave a user error
+
+
+def _train(config: Path | None, overrides: list[str] | None, resume: Path | None, dataset: Path | None,
+           nproc: int | None, overwrite: bool) -> None:
+    import os
+    import signal
+    import subprocess
+    import tempfile
+
+    from tunesmith.artifacts import RUN_CONFIG
     from tunesmith.config import apply_override, load_config, parse_config
     from tunesmith.training import train
     from tunesmith.training.dataset import ensure_dataset
@@ -271,8 +292,6 @@ def train_cmd(
     if config is not None:
         cfg = load_config(config, overrides or [])
     else:
-        from tunesmith.artifacts import RUN_CONFIG
-
         saved = resume / RUN_CONFIG if resume else None
         if saved is None or not saved.exists():
             raise click.UsageError(f"{resume}: no config.json to resume from")
@@ -280,12 +299,18 @@ def train_cmd(
         for override in overrides or []:  # applied, never dropped silently: resuming then names what changed
             apply_override(data, override)
         cfg = parse_config(data, str(saved), overrides=overrides or [])
-    processes = nproc or cfg.train.nproc
-    if resume is not None and processes != cfg.train.nproc and "LOCAL_RANK" not in os.environ:
+    worker = "LOCAL_RANK" in os.environ  # under torchrun: tunesmith's launcher's, or one started by hand
+    # A resumed run goes on with as many processes as trained it: its own config.json says so, not CONFIG's.
+    saved_nproc = None
+    if resume is not None and (resume / RUN_CONFIG).is_file():
+        saved_nproc = json.loads((resume / RUN_CONFIG).read_text(encoding="utf-8")).get("train", {}).get("nproc", 1)
+    processes = int(os.environ.get("WORLD_SIZE", "1")) if worker else nproc or saved_nproc or cfg.train.nproc
+    if saved_nproc is not None and processes != saved_nproc:
         # the effective batch is batch x processes: the saved step fell elsewhere in the data, and epochs repeated
-        raise ConfigError(f"{resume}: this run trains with {cfg.train.nproc} process(es) (train.nproc); resume it with "
-                          f"the same, or start a new run with --nproc {processes}")
-    if processes != cfg.train.nproc:  # the run's config says how many trained it (a resume relaunches as many)
+        how = f"torchrun --nproc_per_node {saved_nproc}" if worker else f"--nproc {saved_nproc}"
+        raise ConfigError(f"{resume}: this run trained with {saved_nproc} process(es) (train.nproc in its {RUN_CONFIG}), "
+                          f"not {processes}; resume it with {how}, or start a new run")
+    if processes != cfg.train.nproc:  # the run's config records how many trained it (a resume relaunches as many)
         overrides = [*(overrides or []), f"train.nproc={processes}"]
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"nproc": processes})})
     if processes > 1 and "LOCAL_RANK" not in os.environ:
@@ -300,13 +325,33 @@ def train_cmd(
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                "-m", "tunesmith", *child]
         out.print(f"launching {processes} processes: torchrun ... {' '.join(child)}", highlight=False)
-        try:
-            code = subprocess.call(cmd)
-        except KeyboardInterrupt:
+        stopped: list[int] = []
+
+        def forward(signum: int, _frame: Any) -> None:
+            stopped.append(signum)
+            proc.send_signal(signum)  # torchrun stops its workers (each in a session of its own) and exits
+
+        with tempfile.TemporaryDirectory(prefix="tunesmith-workers-") as errors:
+            # torchrun in a session of its own too: a terminal's Ctrl-C reaches it once, forwarded from here
+            proc = subprocess.Popen(cmd, env={**os.environ, WORKER_ERRORS: errors}, start_new_session=True)
+            handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+            previous = {s: signal.signal(s, forward) for s in handled}
+            try:
+                code = proc.wait()
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+                # the workers refused (a mistyped model name) or were stopped before training: the earlier run is back
+                settle_replaced(run_path, keep_new=started(run_path))
+            reported = sorted(Path(errors).glob("rank-*.json"), key=lambda f: int(f.stem.split("-")[1]))
+            failure = json.loads(reported[0].read_text(encoding="utf-8")) if reported else None
+        if stopped:  # as Ctrl-C: "aborted", and how to go on with the run
             _state["abort_hint"] = _resume_hint(run_path)
-            raise
-        finally:  # the workers refused (a mistyped model name) or were stopped before training: the earlier run is back
-            settle_replaced(run_path, keep_new=started(run_path))
+            raise KeyboardInterrupt
+        if failure:  # the workers' error, once and last (after torchrun's ChildFailedError), with its exit code
+            error = TunesmithError(failure["message"])
+            error.exit_code = failure["code"]
+            raise error
         if code:
             raise typer.Exit(code)
         return

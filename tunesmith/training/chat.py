@@ -275,30 +275,84 @@ def _trained_token_sft_trainer() -> type:
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
-            result = self._compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            if self._eval_totals is not None:
-                self._add_to_eval_totals(inputs, result[0] if return_outputs else result)
-            return result
+            if self._eval_totals is None or return_outputs:
+                return self._compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            if self._chunked(model, return_outputs):
+                sums = self._row_sums_chunked(model, inputs)
+                loss = sums[:, 0].sum() / sums[:, 1].sum().clamp(min=1)
+                self._add_to_eval_totals(sums, log_metrics=True)
+            else:  # TRL's loss, which logs its own metrics (replaced by the totals at the end)
+                loss, outputs = super().compute_loss(model, inputs, True, num_items_in_batch)
+                self._add_to_eval_totals(self._row_sums_from_logits(outputs.logits, inputs), log_metrics=False)
+            return loss
 
-        def _add_to_eval_totals(self, inputs: dict[str, Any], loss: Any) -> None:
-            labels = inputs["shift_labels"] if "shift_labels" in inputs else inputs["labels"][:, 1:]
-            local = (labels != lm_loss.IGNORE).sum()
-            gather = self.accelerator.gather_for_metrics
-            tokens = float(gather(local).sum())
+        def _add_to_eval_totals(self, sums: Any, log_metrics: bool) -> None:
+            # One row per conversation, so that gather_for_metrics drops the rows the last batch was padded with
+            # (to as many per process; they repeat the first conversations) and each is counted once.
+            loss, tokens, correct, entropy = (float(x) for x in self.accelerator.gather_for_metrics(sums).sum(dim=0))
             totals = self._eval_totals
-            totals["tokens"] += tokens
-            totals["loss"] += float(gather((loss.detach() * local).reshape(1)).sum())  # each process's mean x its tokens
-            for name in ("mean_token_accuracy", "entropy"):  # appended for this batch, over all processes' tokens
-                if self._metrics["eval"].get(name):
-                    totals[name] += self._metrics["eval"][name][-1] * tokens
+            for name, value in (("tokens", tokens), ("loss", loss), ("mean_token_accuracy", correct), ("entropy", entropy)):
+                totals[name] += value
+            if log_metrics:  # as TRL's loss logs them, for evaluation_loop to find
+                metrics = self._metrics["eval"]
+                for name, value in (("mean_token_accuracy", correct), ("entropy", entropy)):
+                    metrics[name].append(value / tokens if tokens > 0 else 0.0)
+                metrics["num_tokens"] = [self._total_train_tokens]
+
+        def _chunked(self, model: Any, return_outputs: bool) -> bool:
+            """Whether the loss here applies (lm_loss.py), else TRL's."""
+            return (not return_outputs and self.compute_loss_func is None and self.label_smoother is None
+                    and self.args.loss_type == "nll" and not self.aux_loss_enabled
+                    and self.accelerator.unwrap_model(model) is model and lm_loss.better_than_trl(self.args.device)
+                    and lm_loss.decoder_and_head(model) is not None)
+
+        def _row_ids(self, inputs: dict[str, Any], labels: Any, shifted: bool) -> tuple[Any, int]:
+            """The conversation of each label position, and the conversation count: the batch's rows, or with
+            padding-free batches (one row) the sequences whose position ids restart at 0."""
+            if self.args.padding_free and "position_ids" in inputs and labels.shape[0] == 1:
+                starts = inputs["position_ids"] == 0
+                ids = starts.long().cumsum(-1) - 1
+                return (ids if shifted else ids[:, :-1]), int(starts.sum())
+            return torch.arange(labels.shape[0], device=labels.device)[:, None].expand_as(labels), labels.shape[0]
+
+        def _row_sums_chunked(self, model: Any, inputs: dict[str, Any]) -> Any:
+            """[conversations, 4]: summed loss, trained tokens, correct tokens and entropy of each, as
+            lm_loss.trained_token_loss computes them for the batch, with one head pass per conversation."""
+            decoder, head = lm_loss.decoder_and_head(model)
+            kwargs = {k: v for k, v in inputs.items() if k not in ("labels", "shift_labels")}
+            with self.accelerator.autocast():
+                hidden = decoder(**kwargs, use_cache=False).last_hidden_state
+                shifted = "shift_labels" in inputs
+                labels = inputs["shift_labels"] if shifted else inputs["labels"][:, 1:]
+                hidden = hidden if shifted else hidden[:, :-1]
+                row_ids, count = self._row_ids(inputs, labels, shifted)
+                mask = labels != lm_loss.IGNORE
+                rows = []
+                for row in range(count):
+                    keep = mask & (row_ids == row)
+                    out = lm_loss.head_cross_entropy(hidden[keep], head, labels[keep])
+                    rows.append(torch.stack([out.loss_sum.float(), out.tokens.float(), out.correct.float(),
+                                             out.entropy_sum.float()]))
+            return torch.stack(rows)
+
+        def _row_sums_from_logits(self, logits: Any, inputs: dict[str, Any]) -> Any:
+            """As _row_sums_chunked, from the logits of TRL's own loss."""
+            shifted = "shift_labels" in inputs
+            labels = inputs["shift_labels"] if shifted else inputs["labels"][:, 1:]
+            logits = logits[:, -inputs["input_ids"].shape[1]:]  # prompt tuning prepends virtual tokens
+            logits = logits if shifted else logits[:, :-1]
+            row_ids, count = self._row_ids(inputs, labels, shifted)
+            mask = labels != lm_loss.IGNORE
+            targets = labels[mask]
+            log_probs = torch.log_softmax(logits[mask].float(), dim=-1)
+            per_token = torch.stack([-log_probs.gather(1, targets[:, None])[:, 0], torch.ones_like(targets, dtype=torch.float),
+                                     (log_probs.argmax(dim=-1) == targets).float(),
+                                     -(log_probs.exp() * log_probs).sum(dim=-1)], dim=1)
+            return torch.zeros(count, 4, device=logits.device).index_add_(0, row_ids[mask], per_token)
 
         def _compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool,
                           num_items_in_batch: Any) -> Any:
-            chunked = (not return_outputs and self.compute_loss_func is None and self.label_smoother is None
-                       and self.args.loss_type == "nll" and not self.aux_loss_enabled
-                       and self.accelerator.unwrap_model(model) is model and lm_loss.better_than_trl(self.args.device)
-                       and lm_loss.decoder_and_head(model) is not None)
-            if not chunked:
+            if not self._chunked(model, return_outputs):
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             # Under mixed precision accelerate autocasts model.forward only; the decoder is called directly here.
             with self.accelerator.autocast():
