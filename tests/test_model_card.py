@@ -19,3 +19,16 @@ def test_the_validation_heading_names_the_weights_the_run_kept(tmp_path: Path, t
     card = write_model_card(run_dir).read_text()
     assert "Validation (last weights, train.keep: last, 4 examples): f1_macro 0.5000" in card
     assert "best checkpoint" not in card
+
+
+def test_the_batch_line_counts_the_processes(tmp_path: Path, tiny_tokenizer: Path) -> None:
+    """Under --nproc 2 each optimizer step takes a batch from every process; the card read as one process's."""
+    run_dir = _fake_run(tmp_path, tiny_tokenizer, processes=2)
+    manifest = json.loads((run_dir / "run.json").read_text())
+    manifest["hyperparameters"]["batch_size"] = 4
+    (run_dir / "run.json").write_text(json.dumps(manifest))
+    assert ", batch 4 x 2 processes x grad_accum 1," in write_model_card(run_dir).read_text()
+    manifest["processes"] = 1
+    (run_dir / "run.json").write_text(json.dumps(manifest))
+    card = write_model_card(run_dir).read_text()
+    assert ", batch 4 x grad_accum 1," in card and "processes x" not in card

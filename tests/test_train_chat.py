@@ -321,6 +321,35 @@ def test_openai_hyperparameters_resolve_from_the_data(tmp_path: Path, tiny_llama
     assert m.hyperparameters["learning_rate"] == pytest.approx(4 * 2e-5)  # full fine-tuning's chat rate x 4
 
 
+def test_openai_batch_size_is_the_examples_per_optimizer_step_across_processes(tmp_path: Path, tiny_llama: Path,
+                                                                             monkeypatch) -> None:
+    """OpenAI's batch_size counts the examples of every process and accumulated micro-batch in one optimizer step:
+    passed on as the per-process batch, `--nproc 2` trained batches of 16 for batch_size 8 (and the run said 8)."""
+    from tunesmith.training.run import schedule
+
+    raw = chat_raw(tmp_path, tiny_llama)
+    for key in ("epochs", "batch_size", "learning_rate"):
+        raw["train"].pop(key)
+
+    def cfg(batch: int | str, grad_accum: int = 1):
+        return parse_config({**raw, "train": {**raw["train"], "grad_accum": grad_accum,
+                                              "hyperparameters": {"n_epochs": 2, "batch_size": batch}}})
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # torchrun's, as each of 2 workers finds it
+    two = schedule(cfg(8), 68)
+    assert two["batch_size"] == 4 and two["openai"]["batch_size"] == 8  # 4 per process x 2 processes
+    assert schedule(cfg(8), 68, world=1)["batch_size"] == 8
+    assert schedule(cfg(8, grad_accum=2), 68, world=2)["batch_size"] == 2
+    with pytest.raises(ConfigError, match=r"hyperparameters\.batch_size 6 .*among 4 process\(es\) x train\.grad_accum 1"):
+        schedule(cfg(6), 68, world=4)
+    with pytest.raises(ConfigError, match=r"hyperparameters\.batch_size 8 .*among 2 process\(es\) x train\.grad_accum 3"):
+        schedule(cfg(8, grad_accum=3), 68)
+    # "auto" resolves 68 examples to a batch of 1, which 2 processes cannot split: it takes 2, and scales for 2
+    auto = schedule(cfg("auto"), 68, world=2)
+    assert auto["batch_size"] == 1 and auto["openai"]["batch_size"] == 2
+    assert auto["openai"]["learning_rate_multiplier"] == round((2 / 16) ** 0.5, 3)
+
+
 def test_base_model_without_chat_template_is_refused_until_one_is_given(tmp_path: Path) -> None:
     gpt2 = build_tiny_gpt2(tmp_path / "gpt2")
     with pytest.raises(ConfigError, match="has no chat template"):

@@ -38,7 +38,8 @@ def write_model_card(run_dir: Path) -> Path:
     kept = "best checkpoint" if t.keep == "best" else "last weights, train.keep: last"  # whose numbers run.json holds
     lines += ["", "## Training", "", f"- Learning rate {hp.get('learning_rate', '?')}, {hp.get('epochs', '?')} epochs"
               + (f" (max {t.max_steps} steps)" if t.max_steps else "")
-              + f", batch {hp.get('batch_size', '?')} x {t.grad_accum}, weight decay {t.weight_decay}, warmup {t.warmup_ratio}, seed {t.seed}",
+              + f", batch {hp.get('batch_size', '?')}" + (f" x {m.processes} processes" if m.processes > 1 else "")
+              + f" x grad_accum {t.grad_accum}, weight decay {t.weight_decay}, warmup {t.warmup_ratio}, seed {t.seed}",
               *([f"- Numerics: {hp['precision']}" + ("; matrix products in bfloat16, weights kept and saved in fp32"
                                                      if hp["precision"] != "fp32" else "")
                  + (f"; token embeddings {hp['token_embeddings']}" if hp.get("token_embeddings") else "")

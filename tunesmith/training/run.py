@@ -196,13 +196,27 @@ def is_rank0() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def schedule(cfg: ProjectConfig, n_train: int) -> dict[str, Any]:
-    """Epochs, batch size and learning rate: tunesmith's own settings, or OpenAI's form resolved for the data."""
+def schedule(cfg: ProjectConfig, n_train: int, world: int | None = None) -> dict[str, Any]:
+    """Epochs, batch size (per process and accumulation step) and learning rate: tunesmith's own settings, or
+    OpenAI's form resolved for the data. `world`: the processes training (default WORLD_SIZE, as torchrun sets)."""
     t = cfg.train
     if t.hyperparameters is None:
         return {"epochs": t.epochs, "batch_size": t.batch_size, "learning_rate": t.lr(cfg.task.type)}
     epochs, batch, mult = t.hyperparameters.resolve(n_train)
-    return {"epochs": float(epochs), "batch_size": batch, "learning_rate": t.lr(cfg.task.type, mult),
+    # OpenAI's batch_size is the examples per optimizer step, and the Trainer's batch is per process and per
+    # accumulated micro-batch (one step = batch x grad_accum x processes): passed as it was, 2 processes took twice
+    # the batch the run recorded. Split it, or refuse a set one: a remainder would train another batch than asked for.
+    world = int(os.environ.get("WORLD_SIZE", "1")) if world is None else world
+    share = world * t.grad_accum
+    if batch % share and t.hyperparameters.batch_size == "auto":
+        # tunesmith's choice: the next batch the processes split evenly (and "auto" learning rate scaled for it)
+        fitted = t.hyperparameters.model_copy(update={"batch_size": -(-batch // share) * share})
+        epochs, batch, mult = fitted.resolve(n_train)
+    if batch % share:
+        raise ConfigError(f"train.hyperparameters.batch_size {batch} (the examples per optimizer step) does not divide "
+                          f"evenly among {world} process(es) x train.grad_accum {t.grad_accum}; set it to a multiple "
+                          f"of {share}, or train with a process count (--nproc, train.nproc) and grad_accum that divide it")
+    return {"epochs": float(epochs), "batch_size": batch // share, "learning_rate": t.lr(cfg.task.type, mult),
             "openai": {"n_epochs": epochs, "batch_size": batch, "learning_rate_multiplier": mult}}
 
 
