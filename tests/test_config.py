@@ -432,3 +432,14 @@ def test_a_tune_storage_password_stays_out_of_written_configs() -> None:
     assert cfg.tune.storage == "postgresql://bob:S3cret@db/ts?sslmode=require&password=S3cret"  # what the study opens
     assert "S3cret" not in cfg.model_dump_json() and "S3cret" not in json.dumps(cfg.model_dump(mode="json"))
     assert cfg.model_dump(mode="json")["tune"]["storage"] == "postgresql://bob:***@db/ts?sslmode=require&password=***"
+
+
+def test_a_bare_model_folder_name_is_read_beside_the_config_not_in_the_cwd(tmp_path: Path, monkeypatch) -> None:
+    """`model: {name: tinybert}` was looked up in the cwd (a same-named folder there used silently), unlike data paths."""
+    (tmp_path / "proj").mkdir()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tinybert").mkdir()  # the cwd's same-named folder must not be used
+    path = _write(tmp_path / "proj", "name: x\ndata:\n  sources: [{path: a.csv}]\nmodel: {name: tinybert}\n")
+    assert load_config(path).model.name == str(tmp_path / "proj" / "tinybert")
+    packaged = _write(tmp_path / "proj", "name: x\ndata:\n  sources: [{path: a.csv}]\nmodel: {name: minilm}\n")
+    assert load_config(packaged).model.name == "minilm"  # a packaged alias is no path

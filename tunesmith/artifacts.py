@@ -111,8 +111,12 @@ class DatasetVersion:
 
         path = self.file(f"{split}.parquet")
         try:
+            if pq.ParquetFile(path).metadata.num_rows == 0:
+                # from_parquet fails on a file without rows ("BatchSize must be greater than 0"), and an empty split
+                # (all validation rows quarantined as duplicates) was reported as a damaged folder
+                return datasets.Dataset(pq.read_table(path))
             return datasets.Dataset.from_parquet(str(path))
-        except (pa.ArrowInvalid, DatasetGenerationError) as err:
+        except (pa.ArrowInvalid, OSError, DatasetGenerationError) as err:
             raise self._damaged(path, err.__cause__ or err) from None
 
     @staticmethod

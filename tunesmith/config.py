@@ -768,6 +768,10 @@ class RetrainSpec(Spec):
     alpha: float = Field(0.05, gt=0, lt=0.5)  # significance level of the paired tests (McNemar, Wilcoxon)
 
 
+PACKAGED_MODEL_NAMES = ("minilm", "smollm2-135m")  # models/catalog.py's PACKAGED_MODELS: any other model.name is a folder
+# model.name as written, by the config-relative path resolve_paths made of it: errors quote what the user wrote
+# (`HuggingFaceTB/SmolLM2-135M`), not a folder they never named
+WRITTEN_MODEL_NAMES: dict[str, str] = {}
 DEFAULT_MODEL = {TaskType.chat: "smollm2-135m", TaskType.preference: "smollm2-135m"}  # causal LM; the rest gets the encoder
 DEFAULT_ENCODER = "minilm"  # small real encoder that trains on 2 CPU cores in minutes
 
@@ -926,8 +930,11 @@ class ProjectConfig(Spec):
         if template and "{" not in template:  # a file path, not an inline template
             self.model.chat_template = str(fix(Path(template)))
         name = self.model.name
-        if name and ("/" in name or name.startswith((".", "~"))):
+        if name and name not in PACKAGED_MODEL_NAMES:
+            # Any other name is a folder beside the config, like a data source: a bare `tinybert` had been looked
+            # up in the cwd, and a same-named folder there used silently. Errors quote the name as written.
             self.model.name = str(fix(Path(name)))
+            WRITTEN_MODEL_NAMES[self.model.name] = name
         return self
 
 

@@ -53,3 +53,29 @@ def test_naming_the_folder_a_dataset_is_in_is_no_other_setting(tmp_path: Path, t
     prepared: list[object] = []
     monkeypatch.setattr(prepare_module, "prepare", lambda *a, **k: prepared.append(a))
     assert ensure_dataset(again).manifest.fingerprint == first.manifest.fingerprint and prepared == []
+
+
+def test_an_empty_validation_split_reads_as_empty_and_training_refuses_it_by_name(tmp_path: Path, tiny_bert: Path) -> None:
+    """All but 2 rows quarantined as near-duplicates: training called validation.parquet "unreadable (BatchSize must be
+    greater than 0)" and the folder damaged, and preparing it again made the same folder."""
+    import json
+
+    from tunesmith.artifacts import DatasetVersion
+    from tunesmith.config import parse_config
+    from tunesmith.data.prepare import prepare
+    from tunesmith.errors import DataError
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"text": f"the food was {'great' if i % 3 == 2 else 'terrible'} number {i}",
+                                        "label": "pos" if i % 3 == 2 else "neg"}) + "\n" for i in range(60)))
+    cfg = parse_config({"name": "t", "data": {"sources": [{"path": str(data)}], "output_dir": str(tmp_path / "ds")},
+                        "model": {"name": str(tiny_bert)}})
+    version = prepare(cfg, Path(cfg.dataset_dir))
+    assert version.manifest.counts["validation"] == 0 < version.manifest.counts["quarantine"]
+    empty = DatasetVersion(cfg.dataset_dir).hf_dataset("validation")
+    assert len(empty) == 0 and "text" in empty.column_names and len(version.hf_dataset("train")) == 2
+    with pytest.raises(DataError, match=r"the validation split of .*ds has no rows \(train 2, validation 0, test 0; "
+                                        r"58 of 60 input rows quarantined, see quarantine.jsonl\): training needs rows "
+                                        r"in train and validation; add more data, or other split ratios \(data.split is "
+                                        r"now train 0.8, validation 0.1, test 0.1\)"):
+        ensure_dataset(cfg)

