@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -246,14 +247,7 @@ def test_a_candidate_judged_against_a_production_since_replaced_is_not_promoted(
     archived v2 all the same."""
     import tunesmith.training as training
 
-    cfg, *_ = planted_project(tmp_path, tiny_bert, max_steps=4)
-    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
-    registry = Registry(store)
-    registry.add(train(cfg), "reviews", stage="production")
-    data = cfg.model_dump(mode="json")
-    data["train"]["output_dir"] = str(tmp_path / "other")
-    registry.add(train(parse_config(data)), "reviews")  # version 2, a candidate
-    record_corrections(store, "reviews", paris(12, 9), "pos")
+    _, store, registry = _production_candidate_and_corrections(tmp_path, tiny_bert, max_steps=4)
     real = training.train
 
     def meanwhile(*args, **kwargs):
@@ -318,14 +312,7 @@ def test_an_ab_test_started_while_the_round_trained_leaves_a_candidate_and_a_rep
     import tunesmith.training as training
     from tunesmith.monitor.ab import ABService
 
-    cfg, *_ = planted_project(tmp_path, tiny_bert, max_steps=2)
-    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
-    registry = Registry(store)
-    registry.add(train(cfg), "reviews", stage="production")
-    data = cfg.model_dump(mode="json")
-    data["train"]["output_dir"] = str(tmp_path / "other")
-    registry.add(train(parse_config(data)), "reviews")  # version 2, a candidate
-    record_corrections(store, "reviews", paris(12, 9), "pos")
+    _, store, registry = _production_candidate_and_corrections(tmp_path, tiny_bert, max_steps=2)
     real = training.train
 
     def meanwhile(*args, **kwargs):
@@ -509,3 +496,16 @@ def test_ratings_without_a_correction_do_not_count_towards_a_retrain(store_url: 
                            corrected_label=["bad"] if i == 3 else None, corrected_value=None, corrected_answer=None))
     assert corrections_since(store, "reviews", 0.0)[0] == 1
     store.close()
+
+
+def _production_candidate_and_corrections(tmp_path: Path, tiny_bert: Path, max_steps: int) -> tuple[Any, Store, Registry]:
+    """Version 1 in production, version 2 a candidate (another run), and 12 corrections to retrain on."""
+    cfg, *_ = planted_project(tmp_path, tiny_bert, max_steps=max_steps)
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    registry = Registry(store)
+    registry.add(train(cfg), "reviews", stage="production")
+    data = cfg.model_dump(mode="json")
+    data["train"]["output_dir"] = str(tmp_path / "other")
+    registry.add(train(parse_config(data)), "reviews")  # version 2, a candidate
+    record_corrections(store, "reviews", paris(12, 9), "pos")
+    return cfg, store, registry
