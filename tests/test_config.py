@@ -443,3 +443,14 @@ def test_a_bare_model_folder_name_is_read_beside_the_config_not_in_the_cwd(tmp_p
     assert load_config(path).model.name == str(tmp_path / "proj" / "tinybert")
     packaged = _write(tmp_path / "proj", "name: x\ndata:\n  sources: [{path: a.csv}]\nmodel: {name: minilm}\n")
     assert load_config(packaged).model.name == "minilm"  # a packaged alias is no path
+
+
+def test_a_bare_synthetic_model_folder_name_is_read_beside_the_config(tmp_path: Path, monkeypatch) -> None:
+    """A synthetic source's local model named without `./` was looked up in the cwd, unlike model.name."""
+    (tmp_path / "proj").mkdir()
+    monkeypatch.chdir(tmp_path)
+    source = "{synthetic: {method: generate, per_label: 2, model: %s}}"
+    path = _write(tmp_path / "proj", f"name: x\ntask: {{labels: [a, b]}}\ndata:\n  sources: [{source % 'teacher'}]\n")
+    assert load_config(path).data.sources[0].synthetic.model == str(tmp_path / "proj" / "teacher")
+    packaged = _write(tmp_path / "proj", f"name: x\ntask: {{labels: [a, b]}}\ndata:\n  sources: [{source % 'smollm2-135m'}]\n")
+    assert load_config(packaged).data.sources[0].synthetic.model == "smollm2-135m"

@@ -921,8 +921,8 @@ class ProjectConfig(Spec):
                 src.kind = _folder_kind(src.path)
                 src._folder_inferred = False
             gen = src.synthetic
-            if gen is not None and ("/" in gen.model or gen.model.startswith((".", "~"))) and gen.endpoint is None:
-                gen.model = str(fix(Path(gen.model)))  # a local model folder
+            if gen is not None and gen.model not in PACKAGED_MODEL_NAMES and gen.endpoint is None:
+                gen.model = str(fix(Path(gen.model)))  # a local model folder, beside the config like model.name
         self.data.annotate.corrections = fix(self.data.annotate.corrections)
         self.train.deepspeed = fix(self.train.deepspeed)
         self.train.init_from = fix(self.train.init_from)
