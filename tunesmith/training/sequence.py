@@ -132,9 +132,7 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
         ds = ds.map(encode, batched=True, desc=f"tokenizing {split}")
         return ds.remove_columns([c for c in ds.column_names if c not in keep])
 
-    train_ds, val_ds = encoded("train"), encoded("validation")
-    if len(train_ds) == 0 or len(val_ds) == 0:
-        raise DataError(f"{version.path}: training needs rows in both train ({len(train_ds)}) and validation ({len(val_ds)})")
+    train_ds, val_ds = encoded("train"), encoded("validation")  # neither empty: ensure_dataset refused that, by name
     check_dataset(run_dir, version, checkpoint is not None or resume is not None)  # a refused dataset leaves no folder
 
     import torch
