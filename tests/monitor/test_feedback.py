@@ -251,24 +251,26 @@ def test_a_label_that_cannot_be_a_correction_is_refused_by_name(store_url: str) 
     log.close()
 
 
-def test_exporting_ratings_without_corrections_writes_none_and_says_no_false_reason(store_url: str, tmp_path: Path) -> None:
-    # It raised "the corrections ... have no inputs (--no-log-inputs ...)" though the inputs were logged.
+def _rated_up(store_url: str) -> tuple[PredictionLog, FeedbackService]:
+    """One logged answer of 'reviews', rated up and never corrected."""
     store = Store(store_url)
     log = PredictionLog(store)
     service = FeedbackService(store, log)
     log.record("req-1", "reviews", "reviews-v1", "predict", ["great food"], [LABELS], 3.0)
     assert isinstance(service.submit(FeedbackRequest(request_id="req-1", rating="up")), FeedbackCreated)
+    return log, service
+
+
+def test_exporting_ratings_without_corrections_writes_none_and_says_no_false_reason(store_url: str, tmp_path: Path) -> None:
+    # It raised "the corrections ... have no inputs (--no-log-inputs ...)" though the inputs were logged.
+    log, service = _rated_up(store_url)
     assert service.export("reviews", tmp_path / "c.csv") == 0
     log.close()
 
 
 def test_exporting_a_model_name_nothing_knows_is_refused_before_writing(store_url: str, tmp_path: Path) -> None:
     """A mistyped --model wrote an empty file and exited 0: a retraining on it would have found no corrections."""
-    store = Store(store_url)
-    log = PredictionLog(store)
-    service = FeedbackService(store, log)
-    log.record("req-1", "reviews", "reviews-v1", "predict", ["great food"], [LABELS], 3.0)
-    assert isinstance(service.submit(FeedbackRequest(request_id="req-1", rating="up")), FeedbackCreated)
+    log, service = _rated_up(store_url)
     out = tmp_path / "c.csv"
     with pytest.raises(NotFound, match="no model 'reveiws'.*check the model name") as err:
         service.export("reveiws", out)
