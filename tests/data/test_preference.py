@@ -354,6 +354,44 @@ def test_near_duplicates_compare_prompt_and_answers(tmp_path, make_config, tiny_
     assert "\nrejected: " in example["removed_text"]
 
 
+def test_pairs_on_one_prompt_with_other_answers_are_not_near_duplicates(tmp_path, make_config, tiny_chat_tokenizer):
+    """UltraFeedback-style data has several pairs per prompt: the prompt dominates the text, so all but one went as
+    near duplicates (16 pairs kept 4). Both answers must be near-equal too, as a classifier's label must be equal."""
+    prompt = "Write a one line slogan for a shop that sells tea. Keep it short, friendly and under ten words, please."
+    answers = ["Sip happy!", "Fresh every day.", "Taste the joy.", "meh", "Leaves of gold."]
+    pairs = [{"prompt": prompt, "chosen": answers[a], "rejected": answers[b]}
+             for a, b in ((0, 3), (1, 3), (2, 3), (0, 1), (4, 3), (4, 0))]
+    pairs += [{"prompt": prompt + " ", "chosen": "sip happy!!", "rejected": "meh"},  # line 7: line 1 again, nearly
+              {"prompt": prompt, "chosen": "Sip happy!", "rejected": "Leaves of gold."}]  # line 8: another rejected
+    pairs += common_pairs(12)
+    path = write_jsonl(tmp_path / "pairs.jsonl", pairs)
+    version = run(make_config, [{"path": str(path)}], tiny_chat_tokenizer, dedup={"near": True})
+    accounted(version, 20)
+    [entry] = version.quarantine()
+    assert (entry["line"], entry["stage"]) == (7, "near_duplicate") and "of 'pairs.jsonl:1'" in entry["reason"]
+
+    # Near-dedup off: the same prompt with other answers in another split is no leak of an answer either.
+    version = run(make_config, [{"path": str(path)}], tiny_chat_tokenizer, split={"leakage": "fail"})
+    assert {r["line"] for r in kept_rows(version)} >= set(range(1, 7)) | {8}
+
+
+def test_a_pair_the_chat_template_refuses_is_quarantined(tmp_path, make_config, tiny_chat_tokenizer):
+    from tests.data.test_prepare import ALTERNATING
+
+    pairs = [p for p in common_pairs(18) if isinstance(p["prompt"], str) or p["prompt"][0]["role"] == "user"]
+    pairs.insert(4, {"prompt": [{"role": "user", "content": "hello"}, {"role": "user", "content": "again"}],
+                     "chosen": "Hi.", "rejected": "Go away."})
+    cfg = make_config(sources=[{"path": str(write_jsonl(tmp_path / "pairs.jsonl", pairs))}], task={"type": "preference"},
+                      model=tiny_chat_tokenizer)
+    cfg.model.chat_template = ALTERNATING
+    version = prepare(cfg)
+    accounted(version, 13)
+    [entry] = version.quarantine()
+    assert (entry["line"], entry["stage"], entry["field"]) == (5, "template", "prompt")
+    assert entry["reason"].startswith("the model's chat template cannot render this conversation (with the chosen "
+                                      "answer): Conversation roles must alternate")
+
+
 def test_report_and_data_show(tmp_path, make_config, tiny_chat_tokenizer, capsys):
     from tunesmith.cli import run as cli
 

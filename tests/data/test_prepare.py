@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tunesmith.data.prepare import prepare
-from tunesmith.errors import DataError
+from tunesmith.errors import ConfigError, DataError
 
 WORDS = ("apple banana cherry coffee tea bread butter cheese honey lemon mango olive pepper rice salt sugar "
          "vanilla walnut yogurt almond basil cocoa ginger garlic oat pasta soup sauce steak tofu").split()
@@ -212,6 +212,75 @@ def test_near_duplicates_do_not_chain_and_must_share_the_label(tmp_path: Path, m
     version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}]))
     removed = [(q["line"], q["reason"]) for q in version.quarantine() if q["stage"] == "near_duplicate"]
     assert [line for line, _ in removed] == [5] and "of 'd.csv:4'" in removed[0][1]  # the middle one only
+
+
+INSTRUCTION = ("Name the ingredient this recipe card is about. Answer with one word only, lower case, no punctuation, "
+               "and nothing else at all. Card: ")
+
+
+def chat_rows(inputs: list[str], answers: list[str]) -> list[dict]:
+    return [{"messages": [{"role": "user", "content": INSTRUCTION + x}, {"role": "assistant", "content": a}]}
+            for x, a in zip(inputs, answers, strict=True)]
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def test_chat_near_duplicates_must_share_the_answers(tmp_path: Path, make_config, tiny_chat_tokenizer: Path) -> None:
+    """One long instruction over short inputs makes every conversation 0.8+ alike: rows with other answers went as
+    near duplicates (Alpaca data kept 6 of 12). Like a classifier's label, the answers must be near-equal too."""
+    rows = chat_rows([f"card {k}" for k in range(24)], WORDS[:24])
+    rows.append(chat_rows(["card 3."], [WORDS[3]])[0])  # line 25: a copy of line 4 up to a dot, the same answer
+    version = prepare(make_config([{"path": str(write_jsonl(tmp_path / "c.jsonl", rows))}], task={"type": "chat"},
+                                  model=tiny_chat_tokenizer))
+    removed = [(q["line"], q["stage"]) for q in version.quarantine()]
+    assert removed == [(25, "near_duplicate")] and "of 'c.jsonl:4'" in version.quarantine()[0]["reason"]
+    assert version.manifest.counts["input"] == 25
+
+
+def test_chat_leakage_near_check_compares_the_answers(tmp_path: Path, make_config, tiny_chat_tokenizer: Path) -> None:
+    """A near-identical question answered otherwise in test leaks no answer; the same answer does."""
+    train = write_jsonl(tmp_path / "train.jsonl", chat_rows([f"card {k}" for k in range(20)], WORDS[:20]))
+    test = write_jsonl(tmp_path / "test.jsonl", chat_rows(["card 3.", "card 21"], [WORDS[3], WORDS[21]]))
+    version = prepare(make_config([{"path": str(train), "split": "train"}, {"path": str(test), "split": "test"}],
+                                  task={"type": "chat"}, model=tiny_chat_tokenizer, dedup={"near": False}))
+    [leak] = version.quarantine()
+    assert (Path(leak["source"]).name, leak["line"], leak["stage"]) == ("test.jsonl", 1, "leakage")
+    assert leak["reason"].startswith("near (similarity") and "of 'train.jsonl:4' in train" in leak["reason"]
+    assert version.manifest.counts["test"] == 1
+
+
+def test_a_conversation_the_chat_template_refuses_is_quarantined(tmp_path: Path, make_config,
+                                                                 tiny_chat_tokenizer: Path) -> None:
+    """Llama 2's, Mistral's and Gemma's templates raise on roles out of turn: one such row failed the whole prepare
+    with "internal error: TemplateError" and no line."""
+    rows = chat_rows([f"card {k}" for k in range(12)], WORDS[:12])
+    rows.insert(3, {"messages": [{"role": "user", "content": "hello"}, {"role": "user", "content": "again"},
+                                 {"role": "assistant", "content": "fine"}]})
+    cfg = make_config([{"path": str(write_jsonl(tmp_path / "c.jsonl", rows))}], task={"type": "chat"},
+                      model=tiny_chat_tokenizer)
+    cfg.model.chat_template = ALTERNATING
+    version = prepare(cfg)
+    [entry] = version.quarantine()
+    assert (entry["line"], entry["stage"], entry["field"]) == (4, "template", "messages")
+    assert "cannot render this conversation: Conversation roles must alternate" in entry["reason"]
+    assert version.manifest.counts == {"train": 10, "validation": 1, "test": 1, "quarantine": 1, "input": 13}
+
+    cfg.data.sources = [cfg.data.sources[0].model_copy(update={"path": write_jsonl(tmp_path / "bad.jsonl", rows[3:4] * 2)})]
+    with pytest.raises(DataError, match=r"refused all 2 conversations \(the first, \S*bad.jsonl:1: field 'messages': "):
+        prepare(cfg)
+    cfg.model.chat_template = "{% for m in messages %}{{ m.content }"
+    with pytest.raises(ConfigError, match="chat template is not valid Jinja"):
+        prepare(cfg)
+
+
+# Roles must alternate user/assistant, as Llama 2's, Mistral's and Gemma's templates insist.
+ALTERNATING = ("{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+               "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+               "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+               "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 def test_split_is_stratified(tmp_path: Path, make_config) -> None:

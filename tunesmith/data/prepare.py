@@ -35,7 +35,7 @@ from tunesmith.errors import ConfigError, DataError
 
 BATCH = 10_000  # rows per Arrow record batch while streaming
 CHUNK = 50_000  # rows per chunk of a pass over the table: bounds what a pass holds as Python objects
-REMOVAL_STAGES = ("length", "exact_duplicate", "conflict", "near_duplicate", "leakage")  # after reading
+REMOVAL_STAGES = ("template", "length", "exact_duplicate", "conflict", "near_duplicate", "leakage")  # after reading
 Progress = Callable[[str, int, int | None], None]  # (task, completed, total) -> None
 
 
@@ -243,6 +243,7 @@ class _Preparation:
         self.removed_ref = np.full(n, -1, dtype=np.int64)
         self.removed_sim = np.zeros(n)
         self.notes: dict[int, str] = {}  # reasons that say more than "duplicate of <row>" (conflicts, leakage)
+        self.note_fields: dict[int, str] = {}  # the field a note is about, where it is one field's fault
         try:
             for stage in (self._lengths, self._exact_duplicates, self._near_duplicates, self._split, self._leakage, self._write):
                 stage()
@@ -291,10 +292,12 @@ class _Preparation:
         if sims is not None:
             self.removed_sim[rows] = sims
 
-    def _remove(self, row: int, stage: str, reason: str, step: Step) -> None:
+    def _remove(self, row: int, stage: str, reason: str, step: Step, field: str | None = None) -> None:
         """Remove one row for a reason of its own."""
         self._mark(np.array([row]), stage)
         self.notes[row] = reason
+        if field is not None:
+            self.note_fields[row] = field
         step.reasons[category(reason)] += 1
 
     def _step(self, name: str) -> Step:
@@ -365,10 +368,16 @@ class _Preparation:
 
                 # Counted as training will read them: through the chat template (refused without one).
                 set_chat_template(tokenizer, self.cfg.model.chat_template, str(self.cfg.model.name))
+                refused: dict[int, str] = {}
                 for i, convos in enumerate(self._conversations()):
-                    lengths[i] = max(len(tokenizer.apply_chat_template(c, tokenize=True, return_dict=False)) for c in convos)
+                    length = _rendered_length(tokenizer, convos, self.task == TaskType.preference)
+                    if isinstance(length, str):
+                        refused[i] = length
+                    else:
+                        lengths[i] = length
                     if i % 2000 == 0:
                         self.progress("counting tokens", i, n)
+                self._refused_by_template(refused)
             else:
                 count = _token_counter(tokenizer)
                 start = 0
@@ -413,6 +422,20 @@ class _Preparation:
                             f"({'; '.join(f'{k}: {v}' for k, v in step.reasons.most_common())}; the first, "
                             f"{self.table.column('source')[row].as_py()}:{self.table.column('line')[row].as_py()}: "
                             f"{self._length_reason(row)})")
+
+    def _refused_by_template(self, refused: dict[int, str]) -> None:
+        """Rows the chat template will not render (Llama 2's, Mistral's and Gemma's raise on roles out of turn or a
+        system turn): training could not read them either, so each leaves with the template's own message."""
+        step = self._step("chat template")
+        field = "prompt" if self.task == TaskType.preference else "messages"
+        for row, why in refused.items():
+            self._remove(row, "template", why, step, field)
+        step.rows_out = int(self.alive.sum())
+        if refused and not step.rows_out:
+            row, why = next(iter(refused.items()))
+            raise DataError(f"no usable rows: the model's chat template refused all {step.rows_in} conversations (the "
+                            f"first, {self.table.column('source')[row].as_py()}:{self.table.column('line')[row].as_py()}: "
+                            f"field '{field}': {why})")
 
     def _length_reason(self, row: int) -> str:
         min_tokens, too_long, why = self.length_rules
@@ -546,6 +569,9 @@ class _Preparation:
             same = np.array([a == b for a, b in zip(column.take(self.sig_index[i]).to_pylist(),
                                                     column.take(self.sig_index[j]).to_pylist(), strict=True)], dtype=bool)
             i, j = i[same], j[same]
+        elif self.task in GENERATIVE_TASKS and len(i):
+            same = self._same_answers(self.sig_index[i], self.sig_index[j])
+            i, j = i[same], j[same]
         rank = self._keep_rank()[self.sig_index] * (n + 1) + np.arange(n)
         rep = dedup.cluster_representatives(n, i, j, rank)
         dup = np.flatnonzero(rep != np.arange(n))
@@ -559,6 +585,33 @@ class _Preparation:
             self.near_examples.append({"removed": ids[0], "kept": ids[1], "similarity": round(sim, 3),
                                        "removed_text": texts[0][:300], "kept_text": texts[1][:300]})
         step.rows_out = int(self.alive.sum())
+
+    def _answers(self, rows: np.ndarray) -> Iterator[tuple[str, ...]]:
+        """What each row (sorted, unique) teaches the model to say: chat, its assistant turns; preference, the chosen
+        and the rejected answer, each on its own."""
+        if self.task == TaskType.preference:
+            for batch in self._batches(self.table.select(["chosen", "rejected"]), rows):
+                yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True)
+            return
+        for batch in self._batches(self.table.select(["messages"]), rows):
+            for messages in batch.column(0).to_pylist():
+                yield ("\n".join(m["content"] for m in messages if m["role"] == "assistant"),)
+
+    def _same_answers(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Which row pairs (a[k], b[k]) also have equal or near-equal answers (every answer at the near threshold):
+        the generative tasks' label check. One instruction with other inputs and answers (Alpaca), or several
+        preference pairs on one prompt, look alike over the whole conversation and are all worth learning."""
+        spec = self.cfg.data.dedup
+        same = np.ones(len(a), dtype=bool)
+        for start in range(0, len(a), dedup.PAIRS):  # bounds the signatures held at once
+            x, y = a[start : start + dedup.PAIRS], b[start : start + dedup.PAIRS]
+            rows = np.unique(np.concatenate([x, y]))
+            px, py = np.searchsorted(rows, x), np.searchsorted(rows, y)
+            for texts in zip(*self._answers(rows), strict=True):  # each answer of a row on its own
+                sigs = dedup.minhash_signatures(texts, len(rows), spec.num_perm, spec.shingle_size,
+                                                seed=self.cfg.data.split.seed)
+                same[start : start + len(x)] &= dedup.pair_similarity(sigs, px, py) >= spec.near_threshold
+        return same
 
     def _strata(self) -> np.ndarray:
         """Each row's stratum, numbered in the sorted order of the strata's names (see split.assign_codes)."""
@@ -615,6 +668,9 @@ class _Preparation:
         if not self.cfg.data.dedup.near:  # with near-dedup on, no near pair survives to the split
             self.leakage_checked.append("near")
             i, j, sims = self.sigs.similar_pairs(np.searchsorted(self.sig_index, idx))
+            if self.task in GENERATIVE_TASKS and len(i):  # the same question answered otherwise leaks no answer
+                same = self._same_answers(idx[i], idx[j])
+                i, j, sims = i[same], j[same], sims[same]
             flagged = {a for a, _, _ in found}
             for a, b, sim in zip(idx[i].tolist(), idx[j].tolist(), sims.tolist(), strict=True):
                 if self.split_of[a] != self.split_of[b]:
@@ -750,8 +806,9 @@ class _Preparation:
                     reason = self._length_reason(row)
                 else:
                     reason = self.notes[row]
-                self.quarantine.add(Rejection(stage, record["source"], record["line"], reason, id=record["id"],
-                                              kind="removed", record=record))
+                self.quarantine.add(Rejection(stage, record["source"], record["line"], reason,
+                                              field=self.note_fields.get(row), id=record["id"], kind="removed",
+                                              record=record))
             self.rows.release()
 
     def _summary(self) -> report.PreparationSummary:
@@ -795,6 +852,24 @@ class _Preparation:
                 self.warnings.append(f"class '{label}' has no example in {missing}: its metrics there will be undefined")
             elif len(missing) == 3:
                 self.warnings.append(f"class '{label}' (from task.labels) has no example at all")
+
+
+def _rendered_length(tokenizer: Any, convos: list[list[dict[str, str]]], preference: bool) -> int | str:
+    """Tokens of the longest conversation as the chat template renders it, or why the template refused one."""
+    from jinja2 import TemplateError, TemplateSyntaxError
+
+    lengths = []
+    for k, convo in enumerate(convos):
+        try:
+            lengths.append(len(tokenizer.apply_chat_template(convo, tokenize=True, return_dict=False)))
+        except TemplateSyntaxError as err:  # the template itself is broken: every row would fail alike
+            raise ConfigError(f"the chat template is not valid Jinja (template line {err.lineno}): {err.message}; "
+                              "fix model.chat_template") from None
+        except TemplateError as err:
+            answer = f" (with the {('chosen', 'rejected')[k]} answer)" if preference else ""
+            return (f"the model's chat template cannot render this conversation{answer}: {err}; fix the conversation "
+                    "or set model.chat_template to a template that accepts it")
+    return max(lengths)
 
 
 def take_rows(table: pa.Table, rows: np.ndarray | list[int]) -> pa.Table:
