@@ -441,16 +441,19 @@ def test_sharegpt_keeps_a_turn_s_weight_and_refuses_keys_it_does_not_know(tmp_pa
                                   {"role": "assistant", "content": "Let me think.", "weight": 0},
                                   {"from": "human", "value": "And?", "weight": None},
                                   {"from": "gpt", "value": capital, "weight": 1}]} for country, capital in CAPITALS]
-    records[1]["conversations"][1]["tool_calls"] = []  # nothing in tunesmith reads it: refused, not dropped
+    records[1]["conversations"][1]["mood"] = "calm"  # nothing in tunesmith reads it: refused, not dropped
     records[2]["conversations"][1]["weight"] = 2
+    records[3]["conversations"][1]["tool_calls"] = [{"id": "c1", "type": "function"}]  # a tool call: not trainable
+    records[4]["conversations"][1].update(tool_calls=[], refusal=None)  # an SDK's dump of a plain answer: no call
     path = write_jsonl(tmp_path / "sharegpt.jsonl", records)
     version = run(make_config, [{"path": str(path), "kind": "sharegpt"}], task={"type": "chat"}, model=tiny_chat_tokenizer)
     accounted(version, 10)
     weights = {r["line"]: [m["weight"] for m in r["messages"]] for r in kept_rows(version)}
-    assert weights[1] == [None, 0, None, 1]
+    assert weights[1] == weights[5] == [None, 0, None, 1]
     rejected = {q["line"]: (q["field"], q["reason"]) for q in version.quarantine()}
-    assert rejected[2][0] == "conversations.1" and "['tool_calls']" in rejected[2][1]
+    assert rejected[2][0] == "conversations.1" and "['mood']" in rejected[2][1]
     assert rejected[3] == ("conversations.1.weight", "weight must be 0 or 1, got 2")
+    assert rejected[4][0] == "conversations.1.tool_calls" and "cannot train it" in rejected[4][1]
 
 
 def test_errors_in_converted_formats_name_the_fields_of_the_source(tmp_path, make_config, tiny_chat_tokenizer):
@@ -470,6 +473,40 @@ def test_errors_in_converted_formats_name_the_fields_of_the_source(tmp_path, mak
     assert fields == {("alpaca.json", 1): "output", ("sharegpt.jsonl", 1): "conversations.1.from",
                       ("sharegpt.jsonl", 2): "conversations.1.value", ("sharegpt.jsonl", 3): "system",
                       ("sharegpt.jsonl", 4): "conversations"}  # no answer to learn from
+
+
+def test_a_record_its_format_cannot_convert_is_a_validation_rejection_of_its_field(tmp_path, make_config,
+                                                                                    tiny_chat_tokenizer):
+    # An Alpaca `output` that is a number was a read rejection with no field (the field only in the reason), where
+    # the same fault in OpenAI chat data is a validation rejection of `messages.1.content`.
+    alpaca = [{"instruction": f"Give the capital of {country}.", "output": capital} for country, capital in CAPITALS]
+    alpaca[0]["output"], alpaca[1]["input"] = 5, 7
+    del alpaca[2]["instruction"]
+    sharegpt = [{"conversations": [{"from": "human", "value": f"Capital of {country}?"}, {"from": "gpt", "value": capital}]}
+                for country, capital in CAPITALS]
+    sharegpt[0]["conversations"] = "Paris"
+    sharegpt[1]["conversations"][1] = "Tokyo"
+    completions = [{"prompt": f"Capital of {country}:", "completion": capital} for country, capital in CAPITALS]
+    completions[0]["completion"] = ["Paris"]
+    chats = [{"messages": [{"role": "user", "content": f"Capital of {country}?"}, {"role": "assistant", "content": capital}]}
+             for country, capital in CAPITALS]
+    chats[0]["messages"][1]["content"] = 5
+    sources = [{"path": str(write_jsonl(tmp_path / "alpaca.jsonl", alpaca)), "kind": "alpaca"},
+               {"path": str(write_json(tmp_path / "sharegpt.json", sharegpt)), "kind": "sharegpt"},
+               {"path": str(write_jsonl(tmp_path / "pc.jsonl", completions)), "kind": "prompt_completion"},
+               {"path": str(write_jsonl(tmp_path / "chat.jsonl", chats))}]
+    version = run(make_config, sources, task={"type": "chat"}, model=tiny_chat_tokenizer)
+    accounted(version, 40)
+    rejected = {(Path(q["source"]).name, q["line"]): (q["stage"], q["field"]) for q in version.quarantine()
+                if q["stage"] in ("read", "validate")}  # not the four sources' duplicates of each other
+    assert rejected == {("alpaca.jsonl", 1): ("validate", "output"), ("alpaca.jsonl", 2): ("validate", "input"),
+                        ("alpaca.jsonl", 3): ("validate", "instruction"),
+                        ("sharegpt.json", 1): ("validate", "conversations"),
+                        ("sharegpt.json", 2): ("validate", "conversations.1"),
+                        ("pc.jsonl", 1): ("validate", "completion"),
+                        ("chat.jsonl", 1): ("validate", "messages.1.content")}
+    [output] = [q for q in version.quarantine() if Path(q["source"]).name == "alpaca.jsonl" and q["line"] == 1]
+    assert output["reason"] == "must be text, got int" and '"output": 5' in output["record"]
 
 
 def test_prompt_completion_jsonl(tmp_path, make_config, tiny_chat_tokenizer):
@@ -1014,6 +1051,27 @@ def test_json_lines_in_a_json_file_says_so(tmp_path, make_config):
     path = write_jsonl(tmp_path / "export.json", reviews(6))
     with pytest.raises(DataError, match=rf"{path}:2:1: not valid JSON: Extra data.*JSON Lines.*`kind: jsonl`"):
         run(make_config, [{"path": str(path)}])
+
+
+@pytest.mark.parametrize(("written", "right"), [("jsonl", "json"), ("json", "jsonl")])
+def test_a_converted_format_in_the_other_json_form_is_told_to_rename_it(tmp_path, make_config, tiny_chat_tokenizer,
+                                                                        written, right):
+    # An Alpaca JSON Lines file named .json was told to set `kind: jsonl`, which reads its records as they are: no
+    # conversation in them, the run failed on a missing `messages`.
+    records = [{"instruction": f"Give the capital of {country}.", "output": capital} for country, capital in CAPITALS]
+    path = tmp_path / f"alpaca.{written}"
+    if right == "json":
+        write_json(path, records)
+    else:
+        write_jsonl(path, records)
+    with pytest.raises(DataError) as err:
+        run(make_config, [{"path": str(path), "kind": "alpaca"}], task={"type": "chat"}, model=tiny_chat_tokenizer)
+    assert f"name it .{right} " in str(err.value) and "kind: json" not in str(err.value)
+    renamed = path.rename(path.with_suffix(f".{right}"))  # the fix the message gives, which keeps the conversion
+    version = run(make_config, [{"path": str(renamed), "kind": "alpaca"}], task={"type": "chat"},
+                  model=tiny_chat_tokenizer)
+    accounted(version, 10)
+    assert version.manifest.counts["quarantine"] == 0
 
 
 def test_excel_first_sheet_without_the_columns_names_the_other_sheets(tmp_path, make_config):

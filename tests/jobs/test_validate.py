@@ -65,6 +65,12 @@ BAD_LINES = [
     ("unsupported_feature", {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": None,
                                           "tool_calls": [{"id": "c1", "type": "function"}]}]}, "messages.1.tool_calls"),
     ("unsupported_feature", chat(tools=[{"type": "function", "function": {"name": "f"}}]), "tools"),
+    ("unsupported_feature", {"messages": [{"role": "user", "content": "a"},
+                                          {"role": "assistant", "content": "b", "refusal": "I can't"}]},
+     "messages.1.refusal"),
+    ("unsupported_feature", {"messages": [{"role": "user", "content": "a"},
+                                          {"role": "assistant", "content": "b", "audio": {"id": "audio_1"}}]},
+     "messages.1.audio"),
     ("unsupported_feature", {"messages": [{"role": "user", "content": [
         {"type": "text", "text": "what is this?"}, {"type": "image_url", "image_url": {"url": "https://x/a.png"}}]},
         {"role": "assistant", "content": "a cat"}]}, "messages.0.content.1"),
@@ -89,6 +95,33 @@ def test_text_content_parts_are_accepted_and_trained_as_their_text(tmp_path, mak
     rows = [r for split in ("train", "validation", "test") for r in version.table(split).to_pylist()]
     [kept] = [r for r in rows if r["line"] == 10]
     assert [(m["role"], m["content"]) for m in kept["messages"]] == [("user", "question 9"), ("assistant", "answer 9")]
+
+
+def test_an_sdk_dump_of_a_plain_answer_is_accepted_and_a_refusal_is_refused(tmp_path, make_config, tiny_chat_tokenizer):
+    # openai's `message.model_dump()` writes every key: OpenAI's schema lists refusal and audio, and null (or no tool
+    # calls) is no tool call; they were refused as unrecognized keys and as tool calling
+    from tunesmith.data.prepare import prepare
+
+    dumped = {"role": "assistant", "content": "answer 7", "refusal": None, "audio": None, "function_call": None,
+              "tool_calls": None, "name": None}
+    no_calls = {"role": "assistant", "content": "answer 8", "tool_calls": []}
+    refused = {"role": "assistant", "content": "answer 9", "refusal": "I can't help with that"}
+    lines = [chat(i) for i in range(7)] + [{"messages": [{"role": "user", "content": f"question {i}"}, m]}
+                                           for i, m in ((7, dumped), (8, no_calls), (9, refused))]
+    path = write(tmp_path, lines)
+    [problem] = validate_file(path).problems
+    assert (problem.code, problem.line) == ("unsupported_feature", 10)
+    assert problem.message.startswith("line 10: messages.1.refusal: ") and "cannot train it" in problem.message
+    cfg = make_config(sources=[{"path": str(path)}], task={"type": "chat"}, model=tiny_chat_tokenizer,
+                      dedup={"near": False})
+    cfg.model.max_length = 1024
+    version = prepare(cfg)
+    rows = {r["line"]: r for split in ("train", "validation", "test") for r in version.table(split).to_pylist()}
+    assert rows[8]["messages"][-1] == {"role": "assistant", "content": "answer 7", "weight": None}
+    assert rows[9]["messages"][-1]["content"] == "answer 8"
+    [rejected] = [q for q in version.quarantine() if q["line"] == 10]
+    assert (rejected["stage"], rejected["field"]) == ("validate", "messages.1.refusal")
+    assert "cannot train it" in rejected["reason"]
 
 
 @pytest.mark.parametrize(("code", "line", "field"), BAD_LINES)

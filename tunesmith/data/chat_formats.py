@@ -6,6 +6,7 @@ checks (unknown roles, missing content, no assistant turn, bad `weight`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from tunesmith.data.raw import Raw
@@ -15,10 +16,45 @@ _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assista
                    "chatgpt": "assistant", "bard": "assistant", "bing": "assistant", "system": "system"}
 
 
+_NO_TOOLS = "OpenAI accepts tool calling, but tunesmith cannot train it yet"
+# OpenAI's message keys that tunesmith cannot train, and why. A key that holds null (or `tool_calls: []`) is unset,
+# as the openai SDK's `message.model_dump()` writes every key of a plain answer.
+UNTRAINABLE_KEYS = {
+    "tool_calls": _NO_TOOLS,
+    "function_call": _NO_TOOLS,
+    "tool_call_id": _NO_TOOLS,
+    "refusal": "OpenAI accepts an assistant's refusal, but tunesmith cannot train it (it trains the text in content); "
+               "put the refusal's text in content, or set refusal to null",
+    "audio": "OpenAI accepts an earlier audio answer, but tunesmith fine-tunes text models and cannot train it; "
+             "set audio to null",
+}
+_OPTIONAL_KEYS = {"name", *UNTRAINABLE_KEYS}
+
+
+def without_unset(message: dict[str, Any]) -> dict[str, Any]:
+    """The message without the optional keys that hold nothing (null, or no tool calls)."""
+    return {k: v for k, v in message.items()
+            if k not in _OPTIONAL_KEYS or not (v is None or (k == "tool_calls" and v == []))}
+
+
+def untrainable_key(message: dict[str, Any]) -> str | None:
+    """The first key of the message (already without_unset) that tunesmith cannot train, if any."""
+    return next((key for key in UNTRAINABLE_KEYS if key in message), None)
+
+
 class ChatFormatError(ValueError):
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(reason)
         self.field = field
+
+
+@dataclass
+class Unconverted(Raw):
+    """A record that was read but is not valid in its format (Alpaca's `output` a number): a validation failure of
+    `field`, as the same fault in OpenAI chat data is, not a line that could not be read. Its record is None, so the
+    readers' other users skip it as they skip an unreadable line."""
+
+    field: str | None = None
 
 
 def convert(kind: str, raws: Iterable[Raw]) -> Iterator[Raw]:
@@ -30,7 +66,7 @@ def convert(kind: str, raws: Iterable[Raw]) -> Iterator[Raw]:
         try:
             messages = to_messages(raw.record)
         except ChatFormatError as err:
-            yield Raw(raw.source, raw.line, None, f"field '{err.field}': {err}", text=_dump(raw.record))
+            yield Unconverted(raw.source, raw.line, None, str(err), text=_dump(raw.record), field=err.field)
             continue
         yield Raw(raw.source, raw.line, {**raw.record, "messages": messages})
 
@@ -147,9 +183,13 @@ def validate_messages(value: Any, field: str = "messages", require_assistant: bo
         names = value.origins[i] if converted else _names(f"{field}.{i}")
         if not isinstance(msg, dict):
             raise ChatFormatError(names[""], "each message must be an object with role and content")
-        unknown = sorted(set(msg) - {"role", "content", "weight", "name"})
+        msg = without_unset(msg)
+        unknown = sorted(set(msg) - {"role", "content", "weight", "name", *UNTRAINABLE_KEYS})
         if unknown:
             raise ChatFormatError(names[""], f"unrecognized key(s) {unknown}")
+        untrainable = untrainable_key(msg)
+        if untrainable:
+            raise ChatFormatError(f"{names['']}.{untrainable}", UNTRAINABLE_KEYS[untrainable])
         role = msg.get("role")
         if role not in ROLES:
             raise ChatFormatError(names["role"], f"unknown role {role!r}; expected one of {list(ROLES)}")

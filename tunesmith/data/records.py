@@ -27,6 +27,7 @@ from tunesmith.config import ProjectConfig, SourceSpec, TaskType
 from tunesmith.data.chat_formats import (
     OPENAI_PREFERENCE_KEYS,
     ChatFormatError,
+    Unconverted,
     validate_answer,
     validate_messages,
     validate_prompt,
@@ -109,7 +110,7 @@ class _OrOpenAIColumns:
 
 @dataclass
 class Rejection:
-    stage: str  # read | validate | clean | length | exact_duplicate | conflict | near_duplicate | leakage
+    stage: str  # read | validate | template | clean | length | exact_duplicate | conflict | near_duplicate | leakage
     source: str
     line: int
     reason: str
@@ -232,6 +233,8 @@ class Canonicalizer:
         return self.prefixes[source]
 
     def row(self, raw: Raw, exprs: dict[str, FieldExpr], spec: SourceSpec) -> dict[str, Any] | Rejection:
+        if isinstance(raw, Unconverted):  # read, but its Alpaca/ShareGPT fields are not valid: named as a message's are
+            return Rejection("validate", raw.source, raw.line, raw.error or "invalid", raw.field, record=raw.text)
         if raw.record is None:
             return Rejection("read", raw.source, raw.line, raw.error or "unreadable", record=raw.text)
         record = raw.record

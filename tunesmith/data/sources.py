@@ -76,12 +76,12 @@ def read_source(spec: SourceSpec, needed: dict[str, Any]) -> Iterator[Raw]:
         yield from read_text_folder(path, spec.encoding)
     elif kind == "hf_disk":
         yield from read_hf_disk(path, spec.subset, needed)
-    elif kind in ("alpaca", "sharegpt", "prompt_completion"):
+    elif kind in CONVERTED_KINDS:
         if path.suffix.lower() in (".jsonl", ".ndjson"):
-            check_not_a_json_array(path, spec.encoding)
+            check_not_a_json_array(path, spec.encoding, kind)
             lines = read_jsonl(path, spec.encoding)
         else:
-            lines = read_json(path, spec.encoding)
+            lines = read_json(path, spec.encoding, kind)
         yield from chat_formats.convert(kind, lines)
     else:  # pragma: no cover - SourceKind is a closed Literal
         raise DataError(f"{path}: unsupported kind '{kind}'")
@@ -116,6 +116,8 @@ def check_repeated(path: Any, columns: list[str], read: set[str], fix: str) -> N
 
 
 TEXT_KINDS = ("csv", "tsv", "json", "jsonl", "openai_chat", "alpaca", "sharegpt", "prompt_completion")
+# Formats converted to chat messages: the file's name picks its reader (.jsonl, .ndjson: JSON Lines; else JSON).
+CONVERTED_KINDS = ("alpaca", "sharegpt", "prompt_completion")
 
 
 def detect_encoding(path: Path, given: str | None) -> str:
@@ -417,7 +419,17 @@ def read_jsonl(path: Path, encoding: str | None) -> Iterator[Raw]:
         raise DataError(f"{path}: no records (only blank lines)")
 
 
-def check_not_a_json_array(path: Path, encoding: str | None) -> None:
+def _read_as(to: str, kind: str) -> str:
+    """How to have the source read as `to` (json or jsonl). A converted format keeps its kind and is renamed:
+    `kind: jsonl` would read its records as they are, and no Alpaca or ShareGPT record would become a conversation."""
+    suffix = f".{to}"
+    if kind in CONVERTED_KINDS:
+        return (f"name it {suffix} (a `kind: {kind}` file is read as JSON Lines when named .jsonl or .ndjson, "
+                "as JSON otherwise)")
+    return f"set the source's `kind: {to}` (or name it {suffix})"
+
+
+def check_not_a_json_array(path: Path, encoding: str | None, kind: str = "jsonl") -> None:
     """A JSON Lines file must not be one whole JSON array (an export saved as .jsonl): every line of it
     would be rejected one by one, and the run would end with "no usable rows" instead of the fix."""
     encoding = detect_encoding(path, encoding)
@@ -437,11 +449,11 @@ def check_not_a_json_array(path: Path, encoding: str | None) -> None:
         if not (isinstance(first, list) and first and all(isinstance(r, dict) for r in first)):
             return
     raise DataError(f"{path}:{lineno}: the file is a JSON array, not JSON Lines (one object per line); "
-                    "set the source's `kind: json` (or name it .json)")
+                    + _read_as("json", kind))
 
 
-def read_json(path: Path, encoding: str | None) -> Iterator[Raw]:
-    """A JSON array of records (or an object holding exactly one such array)."""
+def read_json(path: Path, encoding: str | None, kind: str = "json") -> Iterator[Raw]:
+    """A JSON array of records (or an object holding exactly one such array); `kind`: the source's, for the hints."""
     encoding = detect_encoding(path, encoding)
     try:
         data = json.loads(path.read_text(encoding=encoding))
@@ -450,8 +462,7 @@ def read_json(path: Path, encoding: str | None) -> Iterator[Raw]:
     except json.JSONDecodeError as err:
         hint = ""
         if err.msg == "Extra data" and err.colno == 1 and err.doc[: err.pos].strip().startswith("{"):
-            hint = ("; it looks like JSON Lines (one object per line): set the source's `kind: jsonl` "
-                    "(or name it .jsonl)")
+            hint = "; it looks like JSON Lines (one object per line): " + _read_as("jsonl", kind)
         raise DataError(f"{path}:{err.lineno}:{err.colno}: not valid JSON: {err.msg}{hint}") from None
     if isinstance(data, dict):
         lists = {k: v for k, v in data.items() if isinstance(v, list)}

@@ -14,9 +14,9 @@ Where the codes come from:
 - ours, in the same style, where no OpenAI code could be found: invalid_json, empty_file, invalid_weight,
   missing_input / missing_preferred_output / missing_non_preferred_output (DPO), example_too_long (the
   cookbook only warns that examples "may be over the 16,385 token limit"), unsupported_feature (tool
-  calling: OpenAI accepts it, tunesmith cannot train it yet), invalid_example (a rule of tunesmith's
-  training pipeline beyond OpenAI's checks, or a chat template that cannot render the example), and
-  invalid_validation_file (the job code for a bad validation file, by analogy).
+  calling, an assistant's refusal or audio: OpenAI accepts them, tunesmith cannot train them), invalid_example
+  (a rule of tunesmith's training pipeline beyond OpenAI's checks, or a chat template that cannot render the
+  example), and invalid_validation_file (the job code for a bad validation file, by analogy).
 
 The checks live here because they must report OpenAI's codes; role names, the file reader and the
 canonical form come from tunesmith's data pipeline, which each valid example is also run through, so a
@@ -33,11 +33,14 @@ from typing import Any
 from tunesmith.data.chat_formats import (
     OPENAI_PREFERENCE_KEYS,
     ROLES,
+    UNTRAINABLE_KEYS,
     ChatFormatError,
     text_parts,
+    untrainable_key,
     validate_answer,
     validate_messages,
     validate_prompt,
+    without_unset,
 )
 from tunesmith.data.raw import Raw
 from tunesmith.data.records import VISIBLE
@@ -47,11 +50,11 @@ from tunesmith.tasks.chat import plain
 
 METHODS = ("supervised", "dpo")
 MAX_LISTED = 100  # problems kept with their message; past that a broken file is only counted
-# OpenAI's message keys: the cookbook's (role, content, name, function_call, weight) plus tool calling.
-_MESSAGE_KEYS = {"role", "content", "name", "weight", "function_call", "tool_calls", "tool_call_id"}
-_TOOL_KEYS = ("tool_calls", "function_call", "tool_call_id")
+# OpenAI's message keys: the cookbook's (role, content, name, function_call, weight), tool calling, and the fine-tuning
+# schema's refusal and audio of an assistant message.
+_MESSAGE_KEYS = {"role", "content", "name", "weight", *UNTRAINABLE_KEYS}
 _TOOL_ROLES = ("tool", "function")
-_NO_TOOLS = "OpenAI accepts tool calling, but tunesmith cannot train it yet"
+_NO_TOOLS = UNTRAINABLE_KEYS["tool_calls"]
 
 
 @dataclass
@@ -204,13 +207,16 @@ def _check_messages(messages: list[Any], field: str) -> None:
         where = f"{field}.{i}"
         if not isinstance(msg, dict):
             raise _Bad("data_type", where, f"each message must be a JSON object, got {type(msg).__name__}")
+        msg = without_unset(msg)  # `refusal: null`, `tool_calls: null` or `[]`: an SDK's dump of a plain answer
         unknown = sorted(set(msg) - _MESSAGE_KEYS)
         if unknown:
             raise _Bad("message_unrecognized_key", where,
                        f"unrecognized key(s) {unknown} (a message has role and content, optionally name and weight)")
-        tool = next((key for key in _TOOL_KEYS if key in msg), None)
-        if tool or msg.get("role") in _TOOL_ROLES:
-            raise _Bad("unsupported_feature", f"{where}.{tool or 'role'}", _NO_TOOLS)
+        untrainable = untrainable_key(msg)
+        if untrainable:
+            raise _Bad("unsupported_feature", f"{where}.{untrainable}", UNTRAINABLE_KEYS[untrainable])
+        if msg.get("role") in _TOOL_ROLES:
+            raise _Bad("unsupported_feature", f"{where}.role", _NO_TOOLS)
         for key in ("role", "content"):
             if key not in msg:
                 raise _Bad("message_missing_key", f"{where}.{key}", f"the message has no '{key}'")

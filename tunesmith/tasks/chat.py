@@ -82,8 +82,17 @@ def encode(tokenizer: Any, messages: list[dict[str, Any]]) -> dict[str, list[int
     """input_ids plus assistant_masks (1 = this token carries loss), TRL's pre-tokenized form."""
     text, spans = assistant_spans(tokenizer, messages)
     enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    mask = [int(any(s <= start < e for s, e in spans)) for start, _ in enc["offset_mapping"]]
+    mask = [int(any(_overlaps(token, span) for span in spans)) for token in enc["offset_mapping"]]
     return {"input_ids": list(enc["input_ids"]), "assistant_masks": mask}
+
+
+def _overlaps(token: tuple[int, int], span: tuple[int, int]) -> bool:
+    """Whether a token holds any of the span's text. Not "starts inside it": with a generation prompt that ends in a
+    space ("### Response: ") a byte-level BPE reads the space and the answer's first word as one token ("Ġparis")
+    that starts before the span, and that word would never be trained. A prompt token that only touches the span
+    (ends where it begins, or is empty there) holds none of it and stays untrained."""
+    (start, end), (span_start, span_end) = token, span
+    return start < span_end and end > span_start
 
 
 def stop_token_ids(tokenizer: Any) -> list[int]:
