@@ -446,7 +446,8 @@ def test_two_processes_count_each_validation_conversation_once(tmp_path: Path, t
     from tests.test_train import _cli, _config_file
     from tunesmith.artifacts import MODEL_DIR, DatasetVersion
 
-    cfg = chat_project(tmp_path, tiny_llama, {"epochs": 1, "batch_size": 4})
+    # fp32: on a host with native bf16 the run's evaluation would be in bf16, and the check below recomputes in fp32
+    cfg = chat_project(tmp_path, tiny_llama, {"epochs": 1, "batch_size": 4, "bf16": False})
     proc = _cli("train", str(_config_file(tmp_path, cfg)), "--nproc", "2", cwd=tmp_path)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, output
