@@ -800,7 +800,10 @@ def monitor_report(
     from tunesmith.monitor.report import write_report
     from tunesmith.store.db import Store
 
-    since = _time.time() - since_hours * 3600 if since_hours else None
+    # `is not None`: 0 hours is an empty window, not all traffic (NaN fails the comparison too)
+    if since_hours is not None and not 0 <= since_hours < float("inf"):
+        raise click.BadParameter(f"must be a number of hours, 0 or more, got {since_hours}", param_hint="--since-hours")
+    since = _time.time() - since_hours * 3600 if since_hours is not None else None
     path = write_report(Store(db), model, out_dir or Path("monitor") / model.replace(":", "_"), since=since)
     out.print(f"report: {path}", highlight=False)
 

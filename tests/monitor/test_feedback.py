@@ -175,6 +175,38 @@ def test_inputs_are_not_kept_when_opted_out_and_cleared_after_retention(store_ur
     log.close()
 
 
+def test_feedback_is_checked_without_logged_inputs_or_after_the_retention(store_url: str) -> None:
+    """--no-log-inputs kept nothing to check feedback against: an unknown label or an index past the batch was stored
+    with a 201. The answer's shape (items, the model's labels; no content) is logged instead, and outlives the purge."""
+    store = Store(store_url)
+    private = PredictionLog(store, log_inputs=False)
+    private.record("req-p", "reviews", "v1", "predict", ["secret", "also secret"], [LABELS, LABELS], 1.0)
+    private.record("req-v", "prices", "v1", "predict", ["secret"], [{"value": 3.5}], 1.0)
+    private.flush()
+    with store.session() as s:
+        row = s.get(Prediction, "req-p")
+        assert row.inputs is None and row.outputs is None and "secret" not in json.dumps(row.answer_shape)
+    service = FeedbackService(store, private)
+    refused = [("req-p", {"label": "no-such-label"}, "label"), ("req-p", {"rating": "up", "index": 2}, "index"),
+               ("req-p", {"label": ["pos", "neg"]}, "label"), ("req-p", {"value": 2.0}, "value"),
+               ("req-v", {"label": "pos"}, "label"), ("req-p", {"answer": "x"}, "answer")]
+    for rid, body, field in refused:
+        err = service.submit(FeedbackRequest(request_id=rid, **body))
+        assert isinstance(err, ApiError) and err.status == 400 and err.param == field, (body, err)
+    for rid, body in (("req-p", {"label": "neg", "index": 1}), ("req-v", {"value": 2.0})):
+        assert isinstance(service.submit(FeedbackRequest(request_id=rid, **body)), FeedbackCreated), body
+    private.close()
+    log = PredictionLog(store)
+    log.record("req-old", "reviews", "v1", "predict", ["old text"], [LABELS], 1.0)
+    log.flush()
+    with store.session() as s:
+        s.get(Prediction, "req-old").created = time.time() - 40 * 86400
+    assert log.purge(30) == 1
+    err = service.submit(FeedbackRequest(request_id="req-old", label="maybe"))
+    assert isinstance(err, ApiError) and err.param == "label", err
+    log.close()
+
+
 def test_a_nul_character_is_stored_as_a_replacement_character(store_url: str) -> None:
     """PostgreSQL cannot store U+0000: feedback with one answered 500, and a logged text with one lost its log batch,
     other clients' rows included. Both stores now keep U+FFFD in its place."""

@@ -91,3 +91,75 @@ def test_nothing_logged_is_a_clear_config_error(tmp_path: Path) -> None:
 
 def test_buckets_keep_a_time_series_readable() -> None:
     assert auto_bucket(3600) == 300 and auto_bucket(6 * 3600) == 900 and auto_bucket(30 * 86400) == 86400
+
+
+def _drawn_texts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
+    """Every text matplotlib draws in the figures, with whether it was parsed as mathtext."""
+    from matplotlib.text import Text
+
+    drawn: list[tuple[str, bool]] = []
+    preprocess = Text._preprocess_math
+
+    def spy(self: Text, s: str) -> tuple[str, bool]:
+        out = preprocess(self, s)
+        drawn.append((out[0], bool(out[1])))
+        return out
+
+    monkeypatch.setattr(Text, "_preprocess_math", spy)
+    return drawn
+
+
+@pytest.mark.parametrize("labels", [["great", "other"], ["great", "bad", "other"]])
+def test_a_label_called_other_is_a_label_not_the_rest(labels: list[str], tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """"other" marked the labels beyond the top 8: a model's own label "other" (the demo's [great, other]) added a share
+    row for the rest, and the legend indexed past its labels (IndexError)."""
+    drawn = _drawn_texts(monkeypatch)
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    insert(store, [{"model_version": "reviews-v1", "request_id": f"r{i}", "created": T0 + 60 * i, "latency_ms": 4.0,
+                    "outputs": [{"label": labels[i % len(labels)]}]} for i in range(9)])
+    write_report(store, "reviews", tmp_path / "out")
+    assert (tmp_path / "out" / "figures" / "labels.png").exists()
+    texts = {s for s, _ in drawn}
+    assert set(labels) <= texts and "(other labels)" not in texts
+
+
+def test_the_labels_beyond_the_top_eight_share_one_bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    drawn = _drawn_texts(monkeypatch)
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    labels = ["other"] + [f"l{i}" for i in range(9)]  # 10 labels, "other" most predicted
+    insert(store, [{"model_version": "reviews-v1", "request_id": f"r{i}", "created": T0 + 60 * i, "latency_ms": 4.0,
+                    "outputs": [{"label": labels[0 if i % 2 else i // 2 % 10]}]} for i in range(40)])
+    write_report(store, "reviews", tmp_path / "out")
+    texts = {s for s, _ in drawn}
+    assert "other" in texts and "(other labels)" in texts
+
+
+def test_dollar_signs_in_labels_and_versions_are_drawn_as_text(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Data with two `$` was matplotlib mathtext: "$0-$50" was drawn as an italic 0-50, and "costs $5_$" raised."""
+    drawn = _drawn_texts(monkeypatch)
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    labels = ["$0-$50", "costs $5_$", "over $100"]
+    insert(store, [{"model": "price", "model_version": "price-$v$1", "request_id": f"r{i}", "created": T0 + 60 * i,
+                    "latency_ms": 4.0, "outputs": [{"label": labels[i % 3]}]} for i in range(9)],
+           [{"request_id": f"r{i}", "thumbs_up": i % 2 == 0, "created": T0 + 60 * i + 5} for i in range(9)])
+    write_report(store, "price", tmp_path / "out")
+    assert not [s for s, math in drawn if math]
+    texts = {s for s, _ in drawn}
+    assert set(labels) <= texts and "price-$v$1" in texts and "price-$v$1 p95" in texts
+    assert "Predicted labels over time: price-$v$1" in texts
+
+
+def test_since_hours_zero_is_an_empty_window_and_a_negative_one_is_refused(tmp_path: Path) -> None:
+    """`--since-hours 0` was falsy: the report covered all the traffic ever logged."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    insert(Store(url), [{"model_version": "reviews-v1", "request_id": "r1", "created": T0, "latency_ms": 4.0,
+                         "outputs": [{"label": "pos"}]}])
+    for hours, says in (("0", "no predictions for 'reviews' since"), ("-1", "--since-hours")):
+        run = subprocess.run([sys.executable, "-m", "tunesmith", "monitor", "report", "--model", "reviews", "--db", url,
+                              "--out", str(tmp_path / "out"), "--since-hours", hours], capture_output=True, text=True)
+        assert run.returncode != 0 and says in run.stderr and "internal error" not in run.stderr, (hours, run.stderr)
+    assert not (tmp_path / "out" / "report.html").exists()

@@ -123,6 +123,27 @@ def test_an_upgrade_that_copies_a_table_keeps_the_rows_referring_to_it(store_url
     new.close()
 
 
+def test_logged_predictions_keep_their_rows_when_the_answer_shape_column_arrives(store_url: str) -> None:
+    """Migration 0008 adds predictions.answer_shape (what feedback is checked against without logged content): the
+    rows logged before it stay, with no shape, and feedback on them is still taken."""
+    from tunesmith.monitor.feedback import FeedbackCreated, FeedbackRequest, FeedbackService
+    from tunesmith.store.schema import Prediction
+
+    old = Store(store_url, migrate=False)
+    old.migrate("0007")
+    with old.engine.begin() as c:
+        c.execute(text("INSERT INTO predictions (request_id, model, model_version, kind, created, inputs, outputs, "
+                       "latency_ms) VALUES ('req-1', 'reviews', 'reviews-v1', 'predict', 1.0, 'null', 'null', 3.0)"))
+    old.close()
+    new = Store(store_url)
+    assert new.revision() == HEAD
+    with new.session() as s:
+        row = s.get(Prediction, "req-1")
+        assert row.model == "reviews" and row.answer_shape is None
+    assert isinstance(FeedbackService(new).submit(FeedbackRequest(request_id="req-1", rating="up")), FeedbackCreated)
+    new.close()
+
+
 def test_optuna_studies_share_the_database_and_older_stores_hand_over_alembic_version(store_url: str) -> None:
     """Optuna keeps its schema version in Alembic's default table; the store keeps its own elsewhere, and a
     store made before that moves its revision over when opened."""

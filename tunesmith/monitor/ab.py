@@ -4,11 +4,11 @@ The split is sticky: a user id hashes (with the test's id) to a point in [0, 1) 
 variant by the weights, so a user keeps their variant for the whole test; a request without a user
 id is assigned at random. Outcomes come from feedback joined to the prediction log by request id:
 the positive rate (thumbs up, or a score of 4-5), the mean score, accuracy on corrected labels, and
-latency. The verdict is a fixed-horizon test (monitor/stats.py) over users, the unit the split randomises:
-each user counts once, with the first answer they rated. No winner is declared before every variant has
-the planned number of users, and the test reads each variant's first `horizon` users (in the order they
-came) even when more have arrived since, so the verdict is read once and looking at the status often,
-before or after the horizon, does not inflate false positives.
+latency. The verdict is a fixed-horizon test (monitor/stats.py) over users, the unit the split randomises
+(a request without a user is a unit of its own): each user counts once, with the first answer they rated. No
+winner is declared before every variant has the planned number of users, and the test reads each variant's
+first `horizon` users (in the order they came) even when more have arrived since, so the verdict is read once
+and looking at the status often, before or after the horizon, does not inflate false positives.
 """
 
 from __future__ import annotations
@@ -35,13 +35,14 @@ WEIGHT_TOLERANCE = 0.005  # an even three-way split written to three places (0.3
 
 
 def _first_per_user(rows: list[Any]) -> list[Feedback]:
-    """Rated rows (Feedback, variant, outputs, the request's user) -> each user's first rating. The unit is the
-    request's user, the one the split hashed; else the feedback's user id; else the request alone (randomised alone).
-    The sender came first before: 400 customers rated by 4 support agents counted as 2 users per variant."""
+    """Rated rows (Feedback, variant, outputs, the request's user) -> each user's first rating. The unit is what the
+    split randomised: the request's user (hashed), else the request alone (picked at random). Never the feedback's
+    user id: it names who rated, not who was split, so 400 customers rated by 4 support agents counted as 2 users per
+    variant, and one reviewer rating 400 anonymous requests as 1."""
     seen: set[str] = set()
     kept = []
     for f, _, _, request_user in rows:
-        unit = request_user or f.user_id or f"request:{f.request_id}"
+        unit = request_user or f"request:{f.request_id}"
         if unit not in seen:
             seen.add(unit)
             kept.append(f)

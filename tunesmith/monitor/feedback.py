@@ -20,7 +20,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import and_, func, select
 
 from tunesmith.errors import ApiError, ConfigError, NotFound
-from tunesmith.monitor.log import MAX_REQUEST_ID, PredictionLog
+from tunesmith.monitor.log import MAX_REQUEST_ID, PredictionLog, answer_shape
 from tunesmith.store.db import Store
 from tunesmith.store.schema import Feedback, ModelVersion, Prediction
 
@@ -226,20 +226,25 @@ def _check_correction(req: FeedbackRequest, p: Prediction) -> ApiError | None:
     if isinstance(req.label, list) and not req.label:  # stored, it would be no correction at all (export skips it)
         return ApiError(400, "'label' is an empty list: send the right label (or labels, for a multi-label model)",
                         param="label")
-    if p.outputs and req.index >= len(p.outputs):
-        return ApiError(400, f"index {req.index} is past the {len(p.outputs)} answer(s) of request '{p.request_id}'",
+    # The answer's shape, not its content: with --no-log-inputs (or past the retention) the outputs are gone, and an
+    # unknown label or an index past the batch was stored with a 201. A row logged before shapes were: its outputs.
+    shape = p.answer_shape or (answer_shape(p.outputs) if p.outputs else None)
+    if not shape:
+        return None
+    if req.index >= shape["items"]:
+        return ApiError(400, f"index {req.index} is past the {shape['items']} answer(s) of request '{p.request_id}'",
                         param="index")
-    output = p.outputs[req.index] if p.outputs else None
-    if isinstance(output, dict):
-        if isinstance(req.label, list) and len(req.label) > 1 and isinstance(output.get("label"), str):
-            return ApiError(400, f"this model gives one label per text; send one, not {req.label}", param="label")
-        if req.label is not None and "probabilities" in output:
-            known = set(output["probabilities"])
-            unknown = sorted(set([req.label] if isinstance(req.label, str) else req.label) - known)
-            if unknown:
-                return ApiError(400, f"label {unknown} is not one of the model's labels {sorted(known)}", param="label")
-        if req.value is not None and "value" not in output:
-            return ApiError(400, "'value' corrects a regression; this model predicts labels (send label)", param="value")
-        if req.label is not None and "value" in output:
-            return ApiError(400, "'label' corrects a classification; this model predicts values (send value)", param="label")
+    if p.kind != "predict":
+        return None
+    if isinstance(req.label, list) and len(req.label) > 1 and shape.get("multi_label") is False:
+        return ApiError(400, f"this model gives one label per text; send one, not {req.label}", param="label")
+    if req.label is not None and shape.get("labels") is not None:
+        known = set(shape["labels"])
+        unknown = sorted(set([req.label] if isinstance(req.label, str) else req.label) - known)
+        if unknown:
+            return ApiError(400, f"label {unknown} is not one of the model's labels {sorted(known)}", param="label")
+    if req.value is not None and shape.get("values") is False:
+        return ApiError(400, "'value' corrects a regression; this model predicts labels (send label)", param="value")
+    if req.label is not None and shape.get("values"):
+        return ApiError(400, "'label' corrects a classification; this model predicts values (send value)", param="label")
     return None

@@ -38,6 +38,22 @@ def inputs_logged() -> Any:
     return json_present(Prediction.inputs)
 
 
+def answer_shape(outputs: Sequence[Any]) -> dict[str, Any]:
+    """What answers were like without what they said: how many, and for a classifier the model's labels (all of them,
+    the keys of its probabilities). Written with --no-log-inputs too, and kept past the retention: feedback is checked
+    against it (an unknown label or an index past the batch is refused) without the log holding any content."""
+    shape: dict[str, Any] = {"items": len(outputs)}
+    first = next((o for o in outputs if isinstance(o, dict)), None)  # a prediction's (a chat answer is text)
+    if first is None:
+        return shape
+    shape["values"] = "value" in first  # a regression
+    if "label" in first:
+        shape["multi_label"] = not isinstance(first["label"], str)
+    if "probabilities" in first:
+        shape["labels"] = list(first["probabilities"])
+    return shape
+
+
 class PredictionLog:
     def __init__(self, store: Store, *, log_inputs: bool = True) -> None:
         self.store = store
@@ -54,7 +70,7 @@ class PredictionLog:
         self._queue.put({"request_id": request_id, "model": model, "model_version": model_version, "kind": kind,
                          "created": time.time(), "latency_ms": latency_ms, "user_id": user_id, "variant": variant,
                          "inputs": list(inputs) if self.log_inputs else None,
-                         "outputs": list(outputs) if self.log_inputs else None})
+                         "outputs": list(outputs) if self.log_inputs else None, "answer_shape": answer_shape(outputs)})
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every row recorded before this call is committed."""

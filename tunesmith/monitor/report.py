@@ -33,7 +33,8 @@ from tunesmith.store.schema import ABTest, Prediction
 DPI = 110  # as the data and evaluation reports
 MAX_BUCKETS = 48  # time-series points per line: enough shape, still readable
 BUCKETS_S = (60, 300, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400)
-TOP_LABELS = 8  # label plots: the most predicted ones, the rest as "other"
+TOP_LABELS = 8  # label plots: the most predicted ones, the rest as OTHER_LABELS
+OTHER_LABELS = "(other labels)"  # the rest's bucket: parenthesised, so a model's own label "other" keeps its name
 LABEL_PANELS = 4  # label-share panels: the versions with most requests
 FIGURES = ("requests", "latency", "feedback", "labels", "drift_lengths", "drift_labels", "drift_values")
 
@@ -57,6 +58,12 @@ def _num(x: float | None, digits: int = 3) -> str:
 
 def _ms(x: float | None) -> str:
     return "—" if x is None else f"{x:.1f}"
+
+
+def _plain(s: Any) -> str:
+    """Data (a label, a version) as matplotlib text: its `$` escaped, so "$0-$50" is not drawn as mathtext (an italic
+    0-50) and "costs $5_$" does not make the figure raise."""
+    return str(s).replace("$", r"\$")
 
 
 def _bucket_words(seconds: float) -> str:
@@ -164,7 +171,7 @@ def _requests_png(series: list[dict[str, Any]], versions: list[str], bucket_s: f
     ax = fig.add_subplot()
     for v, points in _by_version(series).items():
         # A bucket without requests is a real zero for traffic (a gap for latency and feedback).
-        ax.plot(when, np.nan_to_num(_line(points, starts, "requests")), marker="o", ms=3, color=colors[v], label=v)
+        ax.plot(when, np.nan_to_num(_line(points, starts, "requests")), marker="o", ms=3, color=colors[v], label=_plain(v))
     ax.set_ylabel("requests per bucket")
     ax.set_ylim(bottom=0)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
@@ -181,8 +188,9 @@ def _latency_png(series: list[dict[str, Any]], versions: list[str], bucket_s: fl
     fig = _figure(9, 3.6)
     ax = fig.add_subplot()
     for v, points in _by_version(series).items():
-        ax.plot(when, _line(points, starts, "latency_p50_ms"), marker="o", ms=3, color=colors[v], label=f"{v} p50")
-        ax.plot(when, _line(points, starts, "latency_p95_ms"), marker="^", ms=3, ls="--", color=colors[v], label=f"{v} p95")
+        ax.plot(when, _line(points, starts, "latency_p50_ms"), marker="o", ms=3, color=colors[v], label=f"{_plain(v)} p50")
+        ax.plot(when, _line(points, starts, "latency_p95_ms"), marker="^", ms=3, ls="--", color=colors[v],
+                label=f"{_plain(v)} p95")
     ax.set_ylabel("latency (ms)")
     ax.set_ylim(bottom=0)
     ax.set_title("Latency per version: median (solid) and 95th percentile (dashed)")
@@ -207,7 +215,7 @@ def _feedback_png(series: list[dict[str, Any]], versions: list[str], bucket_s: f
         n = np.nan_to_num(_line(points, starts, "rated"))
         ax.plot(when, rate, color=colors[v], lw=1, alpha=0.6)
         # Marker area grows with the rated items behind each point: a 100% from 2 ratings looks small.
-        ax.scatter(when, rate, s=8 + 70 * np.sqrt(n / most), color=colors[v], label=v, zorder=3)
+        ax.scatter(when, rate, s=8 + 70 * np.sqrt(n / most), color=colors[v], label=_plain(v), zorder=3)
     ax.set_ylim(-0.03, 1.03)
     ax.yaxis.set_major_formatter(lambda x, _pos: f"{x:.0%}")
     ax.set_ylabel("positive feedback")
@@ -224,14 +232,16 @@ def _labels_png(series: list[dict[str, Any]], metrics: dict[str, VersionMetrics]
     if not totals:
         return None
     top = [label for label, _ in totals.most_common(TOP_LABELS)]
-    shown = top + (["other"] if len(totals) > len(top) else [])
+    # A flag, not a name in the list: a model's own label "other" (or "(other labels)") must not add the rest's bar.
+    overflow = len(totals) > len(top)
+    shown = top + ([OTHER_LABELS] if overflow else [])
     panels = sorted((v for v, m in metrics.items() if m.labels), key=lambda v: -metrics[v].requests)[:LABEL_PANELS]
     panels.sort(key=list(metrics).index)
     from matplotlib import colormaps
 
-    # Not tab10: that palette means versions in the other plots. "other" is grey.
+    # Not tab10: that palette means versions in the other plots. The rest's bucket is grey.
     palette = colormaps["Set2"]
-    colors = [palette(i % 8) for i in range(len(top))] + ([(0.7, 0.7, 0.7, 1.0)] if "other" in shown else [])
+    colors = [palette(i % 8) for i in range(len(top))] + ([(0.7, 0.7, 0.7, 1.0)] if overflow else [])
     starts = _buckets(series, bucket_s)
     fig = _figure(9, 2.4 * len(panels) + 0.6)
     by_version = _by_version(series)
@@ -241,18 +251,18 @@ def _labels_png(series: list[dict[str, Any]], metrics: dict[str, VersionMetrics]
         points = by_version.get(v, {})
         present = [t for t in starts if points.get(t, {}).get("labels")]
         shares = [[points[t]["labels"].get(label, 0.0) for t in present] for label in top]
-        if "other" in shown:
+        if overflow:
             shares.append([1.0 - sum(points[t]["labels"].get(label, 0.0) for label in top) for t in present])
         # Stacked bars, one per bucket: a bucket without requests stays empty instead of being interpolated.
         bottom = np.zeros(len(present))
         for i, share in enumerate(shares):
-            ax.bar(_dates(present), share, bottom=bottom, width=width, align="edge", color=colors[i], label=shown[i],
-                   linewidth=0)
+            ax.bar(_dates(present), share, bottom=bottom, width=width, align="edge", color=colors[i],
+                   label=_plain(shown[i]), linewidth=0)
             bottom += np.asarray(share)
         ax.set_ylim(0, 1)
         ax.yaxis.set_major_formatter(lambda x, _pos: f"{x:.0%}")
         ax.set_ylabel("share")
-        ax.set_title(f"Predicted labels over time: {v}", fontsize=10)
+        ax.set_title(f"Predicted labels over time: {_plain(v)}", fontsize=10)
         ax.grid(alpha=0.3)
     _time_axis(axes[-1], bucket_s, starts)
     handles, names = axes[0].get_legend_handles_labels()
@@ -289,7 +299,7 @@ def _drift_labels_png(shares: dict[str, dict[str, float]], path: Path) -> Path:
     ax = fig.add_subplot()
     ax.bar(x - 0.2, [shares[k]["train"] for k in labels], 0.4, label="training labels")
     ax.bar(x + 0.2, [shares[k]["live"] for k in labels], 0.4, label="live predictions")
-    names = [k if len(k) <= 18 else k[:17] + "…" for k in labels]
+    names = [_plain(k if len(k) <= 18 else k[:17] + "…") for k in labels]
     ax.set_xticks(x, names, rotation=30 if len(labels) > 6 else 0, ha="right" if len(labels) > 6 else "center")
     ax.yaxis.set_major_formatter(lambda v, _pos: f"{v:.0%}")
     ax.set_ylabel("share")

@@ -232,7 +232,7 @@ class RegistryEvent(Base):
 class Prediction(Base):
     """One answered request (a prediction or a chat answer): what the model saw and said, so feedback can be
     joined to it. Inputs and outputs are left empty when the server runs with --no-log-inputs, and cleared
-    after the retention period."""
+    after the retention period; the answer's shape stays, so feedback is still checked."""
 
     __tablename__ = "predictions"
     __table_args__ = (Index("ix_predictions_model_created", "model", "created"),)
@@ -244,6 +244,9 @@ class Prediction(Base):
     created: Mapped[float] = mapped_column(Float)
     inputs: Mapped[list[Any] | None] = mapped_column()  # texts, or the conversation
     outputs: Mapped[list[Any] | None] = mapped_column()  # labels/probabilities/values, or the answer
+    # {"items": n, "values": bool, "multi_label": bool, "labels": [the model's labels]} (monitor/log.py's answer_shape):
+    # no content, so written with --no-log-inputs too, and kept past the retention
+    answer_shape: Mapped[dict[str, Any] | None] = mapped_column()
     latency_ms: Mapped[float] = mapped_column(Float)
     user_id: Mapped[str | None] = mapped_column(String(256))
     variant: Mapped[str | None] = mapped_column(String(128))  # the A/B variant that answered
