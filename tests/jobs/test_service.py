@@ -111,3 +111,29 @@ def test_deleting_a_model_archives_its_registry_version(store_url: str, tmp_path
     assert not (run / "model").exists()
     assert registry.version("support-r", 1).stage == "archived" and registry.production("support-r") is None
     assert registry.version("support-r", other.version).stage == "candidate"
+
+
+def test_deleting_a_checkpoint_on_its_own_names_the_model_it_goes_with(store_url: str, tmp_path: Path) -> None:
+    """models.retrieve finds a served checkpoint, but models.delete on it said 404 "does not exist"."""
+    from tunesmith.store.schema import Job, JobCheckpoint
+
+    jobs = service(store_url, tmp_path)
+    model, checkpoint = "ft:base:tunesmith:one:c", "ft:base:tunesmith:one:c:ckpt-step-6"
+    (tmp_path / "ck" / "model").mkdir(parents=True)
+    with jobs.store.session() as s:
+        s.add(Job(id="ftjob-c", owner="", created_at=1, created=1.0, model="base", training_file="file-x", seed=1,
+                  method={"type": "supervised", "supervised": {"hyperparameters": {}}}, result_files=[],
+                  status="succeeded", fine_tuned_model=model, run_dir=str(tmp_path / "run"), trained_tokens=1))
+        s.flush()
+        s.add(JobCheckpoint(id="ftckpt-c6", job_id="ftjob-c", created_at=1, step_number=6, metrics={"step": 6.0},
+                            fine_tuned_model_checkpoint=checkpoint, path=str(tmp_path / "ck")))
+    assert jobs.resolve_model("", checkpoint) == tmp_path / "ck"
+    refused = jobs.delete_model("", checkpoint)
+    assert isinstance(refused, ApiError) and refused.status == 400 and refused.type == "invalid_request_error"
+    assert refused.param == "model" and checkpoint in refused.message and f"DELETE /v1/models/{model}" in refused.message
+    assert jobs.resolve_model("", checkpoint) == tmp_path / "ck" and (tmp_path / "ck" / "model").is_dir()  # untouched
+    other = jobs.delete_model("someone-else", checkpoint)  # another key's checkpoint does not exist for it
+    assert isinstance(other, ApiError) and other.status == 404
+    assert jobs.delete_model("", model)["deleted"]
+    gone = jobs.delete_model("", checkpoint)  # went with its model
+    assert isinstance(gone, ApiError) and gone.status == 404

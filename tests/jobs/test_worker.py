@@ -630,3 +630,139 @@ def test_the_checkpoints_list_keeps_only_the_newest_the_trainer_keeps(store_url:
     assert [c.step_number for c in jobs.list_checkpoints("", "ftjob-ck").data] == [40, 30]
     assert jobs.cancel_job("", "ftjob-ck").status == "cancelled"
     assert [c.step_number for c in jobs.list_checkpoints("", "ftjob-ck").data] == [40, 30]
+
+
+def test_a_job_cancelled_soon_after_its_worker_died_lets_its_copies_go_at_a_later_claim(store_url: str,
+                                                                                         tmp_path: Path) -> None:
+    """Cancelled within stale_after_s of its worker's death, the cancel cannot tell the worker is dead and leaves the
+    copies to it; and no claim touched an ended job: a deleted upload's bytes stayed on disk for good."""
+    from tunesmith.jobs.service import job_copies
+
+    store = Store(store_url)
+    spec = JobsSpec(stale_after_s=60)
+    jobs = JobsService(store, spec)
+    copies = {}
+    for job_id in ("ftjob-killed", "ftjob-live"):
+        _job(store, job_id, status="running", worker=f"w-{job_id}", heartbeat_at=time.time(), run_dir=str(tmp_path / job_id / "run"))
+        with store.session() as s:
+            copies[job_id] = job_copies(s.get(Job, job_id))
+        for folder in copies[job_id]:
+            folder.mkdir(parents=True)
+            (folder / "file-x").write_text("the user's data")
+        assert jobs.cancel_job("", job_id).status == "cancelled"
+    assert all(f.exists() for folders in copies.values() for f in folders)  # both heartbeats were fresh at the cancel
+    with store.session() as s:  # a minute on: the killed worker never beat again
+        s.get(Job, "ftjob-killed").heartbeat_at = time.time() - 120
+    # Two workers claim (nothing to take): the first lets go of the dead worker's ended job, the second finds none left.
+    assert [Worker(Store(store_url, migrate=False), spec, name=n).claim() for n in ("a", "b")] == [None, None]
+    assert not any(f.exists() for f in copies["ftjob-killed"])
+    assert all(f.exists() for f in copies["ftjob-live"])  # its live worker removes them as it lets go
+    with store.session() as s:
+        killed, live = s.get(Job, "ftjob-killed"), s.get(Job, "ftjob-live")
+        assert (killed.status, killed.worker, killed.heartbeat_at) == ("cancelled", None, None)
+        assert (live.status, live.worker) == ("cancelled", "w-ftjob-live")
+
+
+def test_a_worker_with_another_tunesmith_home_says_so_rather_than_blame_the_file(tmp_path: Path, tiny_llama: Path) -> None:
+    """A worker on another machine sharing the store, its TUNESMITH_HOME not the server's, failed every job with
+    invalid_training_file "... was deleted before it was validated" while the upload was there to download."""
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    spec = JobsSpec(base_models=[str(tiny_llama)], heartbeat_s=0.5)
+    jobs = JobsService(store, spec)
+    upload = jobs.create_file("", "train.jsonl", "fine-tune", io.BytesIO(chat_file(tmp_path / "t.jsonl", 20).read_bytes()))
+    job = jobs.create_job("", jp.JobCreate(model=str(tiny_llama), training_file=upload.id))
+    worker = Worker(store, spec, name="elsewhere")
+    worker.files_dir = tmp_path / "other-home" / "files"  # what Worker takes from its own TUNESMITH_HOME
+    worker.run(once=True)
+    done = jobs.get_job("", job.id)
+    assert done.status == "failed" and done.error.code == "server_error" and done.error.param is None
+    assert str(worker.files_dir / upload.id) in done.error.message and "TUNESMITH_HOME" in done.error.message
+    assert "file system they share" in done.error.message and "deleted" not in done.error.message
+    assert jobs.get_file("", upload.id).id == upload.id  # the upload is fine
+
+
+def test_each_step_has_one_metrics_event_carrying_its_train_loss(store_url: str) -> None:
+    """Each Trainer log was an event of its own: a step with an evaluation had two or three, some without train_loss
+    (a client reading OpenAI's events hit KeyError 'train_loss'). Now its valid_* / full_valid_* join the step's event."""
+    from types import SimpleNamespace
+
+    from tunesmith.jobs.worker import _Heartbeat, _reporter
+
+    store = Store(store_url)
+    _job(store, "ftjob-m", status="running", worker="w", heartbeat_at=time.time(), validation_file="file-v")
+    worker = Worker(store, JobsSpec(), name="w")
+    reporter = _reporter(worker, "ftjob-m", _Heartbeat(worker, "ftjob-m"))
+    control = SimpleNamespace(should_evaluate=True, should_log=False, should_save=False)
+    reporter.on_step_end(None, SimpleNamespace(global_step=3, max_steps=6), control)
+    assert control.should_log  # an evaluated step not on the logging cadence (or the last) logs its train loss too
+    for step in (3, 6):
+        state = SimpleNamespace(global_step=step, max_steps=6)
+        reporter.on_log(None, state, None, logs={"loss": 1.5, "mean_token_accuracy": 0.5, "learning_rate": 1e-4})
+        reporter.on_log(None, state, None, logs={"eval_loss": 1.25, "eval_mean_token_accuracy": 0.75})
+    reporter.on_log(None, state, None, logs={"full_valid_loss": 1.0, "eval_mean_token_accuracy": 0.25})
+    events = [e for e in JobsService(store, JobsSpec()).list_events("", "ftjob-m", limit=100).data if e.type == "metrics"]
+    step = {"total_steps": 6, "train_loss": 1.5, "train_mean_token_accuracy": 0.5, "valid_loss": 1.25,
+            "valid_mean_token_accuracy": 0.75}
+    assert [e.data for e in events[::-1]] == [{"step": 3, **step}, {"step": 6, **step, "full_valid_loss": 1.0,
+                                                                    "full_valid_mean_token_accuracy": 0.25}]
+    assert events[0].message == ("Step 6/6: train loss=1.5000, train mean token accuracy=0.5000, valid loss=1.2500, "
+                                 "valid mean token accuracy=0.7500, full valid loss=1.0000, full valid mean token accuracy=0.2500")
+
+
+def test_a_real_job_s_metrics_events_and_results_file_list_each_step_once(tmp_path: Path, tiny_llama: Path) -> None:
+    """Through the Trainer: an evaluation off the logging cadence (and the last step's) still joins a step's event."""
+    import csv
+
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    spec = JobsSpec(base_models=[str(tiny_llama)], heartbeat_s=0.5)
+    jobs = JobsService(store, spec)
+    data = chat_file(tmp_path / "t.jsonl", 22).read_bytes()
+    upload, valid = (jobs.create_file("", f"{n}.jsonl", "fine-tune", io.BytesIO(data)) for n in ("t", "v"))
+    job = jobs.create_job("", jp.JobCreate(model=str(tiny_llama), training_file=upload.id, validation_file=valid.id,
+                                           hyperparameters={"n_epochs": 1, "batch_size": 1}))
+    Worker(store, spec).run(once=True)
+    done = jobs.get_job("", job.id)
+    assert done.status == "succeeded", done.error
+    events = [e.data for e in jobs.list_events("", job.id, limit=1000).data[::-1] if e.type == "metrics"]
+    steps = [e["step"] for e in events]
+    assert steps == sorted(set(steps)) and steps[-1] == 22 and all("train_loss" in e for e in events)
+    assert any("valid_loss" in e for e in events) and "full_valid_loss" in events[-1]
+    rows = list(csv.DictReader(io.StringIO(jobs.file_content("", done.result_files[0]).read_text())))
+    assert [int(r["step"]) for r in rows] == steps and all(r["train_loss"] for r in rows)
+    assert [bool(r["valid_loss"]) for r in rows] == ["valid_loss" in e for e in events]
+
+
+def test_a_worker_that_lost_its_job_while_stalled_neither_trains_nor_ends_it(store_url: str, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stalled between its claim and training, past stale_after_s: another worker took the job over. Waking, the first
+    set it running again (deleting the other's metrics events), trained it beside the other and could succeed it."""
+    from types import SimpleNamespace
+
+    import tunesmith.training
+    from tunesmith.jobs.service import add_event
+    from tunesmith.jobs.worker import _Heartbeat
+
+    store = Store(store_url)
+    spec = JobsSpec(stale_after_s=30)
+    run_dir = tmp_path / "run"
+    _job(store, "ftjob-lost", status="queued", trained_tokens=10, run_dir=str(run_dir))
+    stalled, taker = Worker(store, spec, name="stalled"), Worker(store, spec, name="taker")
+    assert stalled.claim() == "ftjob-lost"
+    with store.session() as s:
+        s.get(Job, "ftjob-lost").heartbeat_at = time.time() - 60  # stopped (SIGSTOP, swapping) past stale_after_s
+    assert taker.claim() == "ftjob-lost"
+    with store.session() as s:  # the taker trains it
+        job = s.get(Job, "ftjob-lost")
+        job.status = "running"
+        add_event(s, job, "Step 5/10", type="metrics", data={"step": 5, "total_steps": 10})
+    trained: list[Any] = []
+    monkeypatch.setattr(Worker, "_config", lambda self, job_id: SimpleNamespace(train=SimpleNamespace(output_dir=run_dir)))
+    monkeypatch.setattr(tunesmith.training, "train", lambda cfg, **kw: trained.append(kw))
+    stalled._train("ftjob-lost", _Heartbeat(stalled, "ftjob-lost"), resumed=False)
+    stalled._succeed("ftjob-lost", run_dir)
+    stalled._fail("ftjob-lost", "server_error", "Fine-tuning failed: its run folder changed under it", None)
+    assert trained == []
+    with store.session() as s:
+        job = s.get(Job, "ftjob-lost")
+        assert (job.status, job.worker, job.fine_tuned_model, job.error) == ("running", "taker", None, None)
+        assert [e.message for e in job.events] == ["Step 5/10"]

@@ -239,8 +239,8 @@ class JobsService:
             job.control = "cancel" if job.status == "running" else None
             job.status, job.finished_at, job.estimated_finish = "cancelled", now(), None  # OpenAI: null unless running
             add_event(s, job, "Fine-tuning job cancelled")
-            # A worker holding it removes them as it lets go; one whose heartbeat went stale (killed) never will, and no
-            # later worker touches a cancelled job: its copies (a deleted upload's bytes) had stayed for good.
+            # A worker holding it removes them as it lets go; one whose heartbeat went stale (killed) never will: removed
+            # here, or by the next worker's claim once the heartbeat is stale (Worker._release_ended).
             gone = job.heartbeat_at is None or job.heartbeat_at < time.time() - self.spec.stale_after_s
             if job.worker is None or gone:
                 idle.extend(job_copies(job))
@@ -333,7 +333,8 @@ class JobsService:
         with self.store.session() as s:
             job = s.scalar(select(Job).where(Job.owner == owner, Job.fine_tuned_model == name))
             if job is None:
-                return ApiError(404, f"The model '{name}' does not exist", param="model", code="model_not_found")
+                return _checkpoint_of(s, owner, name) or ApiError(404, f"The model '{name}' does not exist", param="model",
+                                                                   code="model_not_found")
             checkpoints = [(c.fine_tuned_model_checkpoint, Path(c.path)) for c in job.checkpoints]
             job.fine_tuned_model = None
             for checkpoint in list(job.checkpoints):
@@ -394,6 +395,19 @@ def _needed(s: Session, owner: str, model: str, job_id: str) -> bool:
         Job.owner == owner, Job.model == model, Job.id != job_id,
         Job.status.in_(("queued", "running", "paused")) | ((Job.status == "succeeded") & Job.fine_tuned_model.is_not(None))
     ).limit(1)) is not None
+
+
+def _checkpoint_of(s: Session, owner: str, name: str) -> ApiError | None:
+    """A 400 for deleting a served checkpoint on its own (models.retrieve finds it, so a 404 said it did not exist):
+    its weights go with its model, whose delete also handles what other jobs trained on from it."""
+    model = s.scalar(select(Job.fine_tuned_model).join(JobCheckpoint, JobCheckpoint.job_id == Job.id).where(
+        Job.owner == owner, Job.status == "succeeded", Job.fine_tuned_model.is_not(None),
+        JobCheckpoint.fine_tuned_model_checkpoint == name))
+    if model is None:
+        return None
+    return ApiError(400, f"'{name}' is a checkpoint of the fine-tuned model '{model}'; a checkpoint cannot be deleted on "
+                         f"its own: it is deleted with its model (DELETE /v1/models/{model})", param="model",
+                    code="checkpoint_not_deletable")
 
 
 def locked_job(s: Session, job_id: str) -> Job | None:

@@ -33,6 +33,10 @@ from tunesmith.store.db import Store
 from tunesmith.store.schema import Job, JobCheckpoint, JobEvent, StoredFile
 
 CLAIMABLE = ("validating_files", "queued")
+ENDED = ("succeeded", "failed", "cancelled")
+# a metrics event's metrics in its message, as OpenAI orders them
+STEP_METRIC_ORDER = ("train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
+                     "full_valid_loss", "full_valid_mean_token_accuracy")
 
 
 class JobStopped(Exception):
@@ -59,6 +63,7 @@ class Worker:
         """Take one job: a waiting one, or a running one whose worker stopped beating. None if there is none."""
         stale = time.time() - self.spec.stale_after_s
         self._fail_crashing(stale)
+        self._release_ended(stale)
         # A running job with no worker was let go mid-training by one interrupted without failing it (Ctrl-C is
         # no Exception): its heartbeat is NULL, which no staleness test matches, so it is claimable as it is. One
         # given back with a heartbeat (its run folder busy: see process) waits until that goes stale.
@@ -97,6 +102,23 @@ class Worker:
                 if done.rowcount == 1:
                     s.refresh(job)
                     add_event(s, job, str(job.error["message"]), level="error")
+                    for folder in job_copies(job):
+                        shutil.rmtree(folder, ignore_errors=True)
+
+    def _release_ended(self, stale: float) -> None:
+        """Let go of the ended jobs a dead worker still holds, and remove their data copies. Its worker would have as it
+        let go; cancelled within stale_after_s of its death (too soon for the cancel to see it dead), no claim ever
+        touches an ended job, and a deleted upload's bytes stayed on disk for good."""
+        orphaned = Job.status.in_(ENDED) & Job.worker.is_not(None) & (Job.heartbeat_at.is_(None) | (Job.heartbeat_at < stale))
+        with self.store.session() as s:
+            ended = select(Job).where(orphaned).order_by(Job.created).limit(5)  # the rest at the next claim
+            if self.store.dialect == "postgresql":
+                ended = ended.with_for_update(skip_locked=True)
+            for job in s.scalars(ended).all():
+                # Conditional, as a claim is: of two workers sweeping at once, one lets go and removes the copies.
+                released = s.execute(update(Job).where(Job.id == job.id, orphaned)
+                                     .values(worker=None, heartbeat_at=None, control=None))
+                if released.rowcount == 1:  # removed before the commit: a crash in between leaves the job to sweep again
                     for folder in job_copies(job):
                         shutil.rmtree(folder, ignore_errors=True)
 
@@ -195,6 +217,7 @@ class Worker:
             self._keep_files(job)
             train_path, valid_path = self._paths(job)
             method, base = job.method["type"], self._base(job)
+            file_ids = {"training_file": job.training_file, "validation_file": job.validation_file}
         cfg = self._config(job_id)
         tokenizer = load_tokenizer(base)
         set_chat_template(tokenizer, None, base)
@@ -202,10 +225,8 @@ class Worker:
         for param, path, minimum in (("training_file", train_path, 10), ("validation_file", valid_path, 1)):
             if path is None:
                 continue
-            if not path.is_file():  # deleted after the job was created: the caller's doing, not a server error
-                label = param.replace("_", " ")
-                self._fail(job_id, f"invalid_{param}", f"The job failed due to an invalid {label}. The file "
-                           f"{path.name} was deleted before it was validated", param)
+            if not path.is_file():
+                self._fail(job_id, *self._missing(param, str(file_ids[param]), path))
                 return False
             check = validate_file(path, method, tokenizer=tokenizer, max_tokens=budget, min_examples=minimum)
             if not check.ok:
@@ -222,6 +243,21 @@ class Worker:
             job.status, job.trained_tokens = "queued", tokens  # per epoch until training says how many epochs
             add_event(s, job, "Files validated, moving job to queued state")
         return True
+
+    def _missing(self, param: str, file_id: str, path: Path) -> tuple[str, str, str | None]:
+        """The failure (code, message, param) for a job file with no bytes where this worker looks for them."""
+        with self.store.session() as s:
+            stored = s.get(StoredFile, file_id) is not None
+        label = param.replace("_", " ")
+        if not stored:  # deleted after the job was created: the caller's doing, not a server error
+            return (f"invalid_{param}", f"The job failed due to an invalid {label}. The file {file_id} was deleted "
+                                        "before it was validated", param)
+        # The upload exists, just not here: this worker's TUNESMITH_HOME is not the server's (another machine, or a
+        # different setting). Blaming the user's file had failed every job while the file was there to download.
+        return ("server_error", f"Fine-tuning failed: the {label} {file_id} exists, but worker {self.name} finds no "
+                                f"{path} (its TUNESMITH_HOME is {self.files_dir.parent}). Every worker must use the "
+                                "server's TUNESMITH_HOME, the same path on a file system they share; fix the worker's "
+                                "setting and create the job again.", None)
 
     def _base(self, job: Job) -> str:
         """The base model folder or packaged name (an alias resolved); an ft: model trains on from its run folder."""
@@ -284,7 +320,9 @@ class Worker:
         with self.store.session() as s:
             job = locked_job(s, job_id)
             assert job is not None
-            if job.status not in ("queued", "running"):
+            # Ownership too: stalled past stale_after_s between claim and here, this worker lost the job to another,
+            # which trains it now. Setting it running again had deleted that worker's metrics events.
+            if job.status not in ("queued", "running") or job.worker != self.name:
                 return
             job.status = "running"
             start = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
@@ -306,13 +344,13 @@ class Worker:
     # -- endings -----------------------------------------------------------------------------------
 
     def _succeed(self, job_id: str, run_dir: Path) -> None:
-        run = Run(run_dir)
-        hyper = run.manifest.openai_hyperparameters or {}
         with self.store.session() as s:
             job = locked_job(s, job_id)
             assert job is not None
-            if job.status != "running":
-                return
+            if job.status != "running" or job.worker != self.name:
+                return  # cancelled or paused; or taken over while this worker stalled: the new one trains it still
+            run = Run(run_dir)
+            hyper = run.manifest.openai_hyperparameters or {}
             name = fine_tuned_name(job, self.spec)
             final = {k: run.manifest.metrics[k] for k in ("full_valid_loss", "full_valid_mean_token_accuracy")
                      if k in run.manifest.metrics and job.validation_file}  # OpenAI: full_valid_* on the last checkpoint
@@ -355,12 +393,15 @@ class Worker:
         self.files_dir.mkdir(parents=True, exist_ok=True)
         source = run_dir / STEP_METRICS
         data = source.read_bytes() if source.is_file() else b"step,train_loss\n"
-        if job.validation_file is None:  # the Trainer watched a sample of the training lines: no valid_* to report
-            rows = list(csv.reader(io.StringIO(data.decode("utf-8"))))
-            keep = [i for i, name in enumerate(rows[0] if rows else []) if "valid" not in name]
-            out = io.StringIO()
-            csv.writer(out, lineterminator="\n").writerows([[row[i] for i in keep if i < len(row)] for row in rows])
-            data = out.getvalue().encode("utf-8")
+        header, *rows = list(csv.reader(io.StringIO(data.decode("utf-8")))) or [["step", "train_loss"]]
+        # Without a validation file the Trainer watched a sample of the training lines: no valid_* to report.
+        keep = [i for i, name in enumerate(header) if job.validation_file or "valid" not in name]
+        # The steps the metrics events list, each with its train_loss (an evaluation without one joins no event).
+        loss = header.index("train_loss") if "train_loss" in header else None
+        rows = [row for row in rows if loss is not None and loss < len(row) and row[loss] != ""]
+        out = io.StringIO()
+        csv.writer(out, lineterminator="\n").writerows([[row[i] for i in keep if i < len(row)] for row in [header, *rows]])
+        data = out.getvalue().encode("utf-8")
         (self.files_dir / file_id).write_bytes(data)
         s.add(StoredFile(id=file_id, owner=job.owner, purpose=RESULTS_PURPOSE, filename=f"{job.id}-results.csv",
                          bytes=len(data), **stamps(), expires_at=None, status="processed",
@@ -371,8 +412,9 @@ class Worker:
         with self.store.session() as s:
             job = locked_job(s, job_id)
             # Only a job still under way fails: a cancelled or paused one was stopped on purpose, and a succeeded
-            # one stays succeeded whatever goes wrong after it (its model already answers).
-            if job is None or job.status not in ("validating_files", "queued", "running"):
+            # one stays succeeded whatever goes wrong after it (its model already answers). Only its own: one taken
+            # over while this worker stalled is another worker's to end.
+            if job is None or job.status not in ("validating_files", "queued", "running") or job.worker != self.name:
                 return
             job.status, job.finished_at, job.estimated_finish = "failed", now(), None
             job.error = {"code": code, "message": message, "param": param}
@@ -484,16 +526,27 @@ def _reporter(worker: Worker, job_id: str, beat: _Heartbeat, validated: bool = T
             self.first_step = step if self.first_step is None else self.first_step
             done = max(step - self.first_step, 1)
             finish = int(self.started + (time.time() - self.started) / done * (total - self.first_step)) if total else None
-            text = ", ".join(f"{k.replace('_', ' ')}={v:.4f}" for k, v in metrics.items())
             with worker.store.session() as s:
                 job = locked_job(s, job_id)
                 if job is None or job.status != "running" or job.worker != worker.name:
                     return  # cancelled, paused or taken over since the last heartbeat: on_step_end stops next
                 job.estimated_finish = finish
-                add_event(s, job, f"Step {step}/{total}: {text}", type="metrics",
-                          data={"step": step, "total_steps": total, **metrics})
+                if "train_loss" in metrics:
+                    data = {"step": step, "total_steps": total, **metrics}
+                    add_event(s, job, _step_message(data), type="metrics", data=data)
+                    return
+                # An evaluation (valid_*, or full_valid_* after the last step): OpenAI has one metrics event per step, each
+                # with its train_loss, so it joins its step's event, logged just before it (on_step_end logs every
+                # evaluated step). Each log had been an event of its own, some without train_loss.
+                event = s.scalar(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == "metrics")
+                                 .order_by(JobEvent.seq.desc()).limit(1))
+                if event is not None and (event.data or {}).get("step") == step:
+                    event.data = {**event.data, **metrics}  # a new dict: the JSON column sees the change
+                    event.message = _step_message(event.data)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if control.should_evaluate:  # the step's train loss is logged too, for its evaluation to join (on_log)
+                control.should_log = True
             if beat.stop_reason in ("cancel", "lost"):
                 raise JobStopped(beat.stop_reason)
             if (beat.stop_reason == "pause" or worker.stopping.is_set()) and not self.pausing:
@@ -523,3 +576,11 @@ def _reporter(worker: Worker, job_id: str, beat: _Heartbeat, validated: bool = T
                 raise JobStopped("pause" if beat.stop_reason == "pause" else "release")
 
     return Reporter()
+
+
+def _step_message(data: dict[str, Any]) -> str:
+    """A metrics event's message: "Step 3/12: train loss=1.2345, valid loss=1.3456", in OpenAI's order of the metrics
+    whatever order the stored data has (PostgreSQL's JSON keeps its own)."""
+    names = sorted((k for k in data if k not in ("step", "total_steps")), key=STEP_METRIC_ORDER.index)
+    text = ", ".join(f"{k.replace('_', ' ')}={data[k]:.4f}" for k in names)
+    return f"Step {data['step']}/{data['total_steps']}: {text}"
