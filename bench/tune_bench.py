@@ -82,10 +82,12 @@ def config(folder: Path, sources: list[dict[str, Any]], args: argparse.Namespace
                   "early_stopping_patience": None, "save_total_limit": 1, "output_dir": str(folder / "runs" / study)},
         "eval": {"baselines": False},
         "tune": {"space": SPACE, "trials": args.trials, "storage": f"sqlite:///{folder / 'studies.db'}", "study": study,
-                 "sampler": "tpe", "seed": args.seed, "pruner": pruner, "startup_trials": args.startup,
+                 "sampler": "tpe", "seed": args.seed, "pruner": pruner,
+                 **({"startup_trials": args.startup} if pruner == "median" else {}),
                  "prune_on": args.prune_on,
                  **({"grace_evaluations": args.grace} if args.grace is not None else {}),
-                 **({"reduction_factor": args.reduction_factor} if args.reduction_factor is not None else {})},
+                 **({"reduction_factor": args.reduction_factor}
+                    if args.reduction_factor is not None and pruner in ("successive_halving", "hyperband") else {})},
     }
     return parse_config(raw, f"<bench {study}>")
 
@@ -115,7 +117,7 @@ def main() -> int:
     parser.add_argument("--trials", type=int, default=20, help="trials per study (tune.trials default)")
     parser.add_argument("--steps", type=int, default=160, help="training steps per trial (train.max_steps)")
     parser.add_argument("--evals", type=int, default=8, help="validation evaluations per trial (what the pruner sees)")
-    parser.add_argument("--startup", type=int, default=2, help="trials the pruner lets finish before comparing")
+    parser.add_argument("--startup", type=int, default=2, help="trials the median pruner lets finish before comparing")
     parser.add_argument("--grace", type=int, help="tune.grace_evaluations (default: tunesmith's)")
     parser.add_argument("--reduction-factor", type=int, help="tune.reduction_factor (default: tunesmith's)")
     parser.add_argument("--pruner", default="successive_halving", choices=["median", "successive_halving", "hyperband"])

@@ -454,3 +454,43 @@ def test_a_bare_synthetic_model_folder_name_is_read_beside_the_config(tmp_path: 
     assert load_config(path).data.sources[0].synthetic.model == str(tmp_path / "proj" / "teacher")
     packaged = _write(tmp_path / "proj", f"name: x\ntask: {{labels: [a, b]}}\ndata:\n  sources: [{source % 'smollm2-135m'}]\n")
     assert load_config(packaged).data.sources[0].synthetic.model == "smollm2-135m"
+
+
+@pytest.mark.parametrize(("tune", "field"), [
+    ({"pruner": "successive_halving", "startup_trials": 10}, "tune.startup_trials"),
+    ({"pruner": "hyperband", "startup_trials": 10}, "tune.startup_trials"),
+    ({"pruner": "none", "startup_trials": 0}, "tune.startup_trials"),
+    ({"pruner": "median", "reduction_factor": 4}, "tune.reduction_factor"),
+    ({"pruner": "none", "reduction_factor": 3}, "tune.reduction_factor"),
+])
+def test_a_tune_setting_the_pruner_never_reads_is_refused(tune: dict, field: str) -> None:
+    """startup_trials with successive halving, reduction_factor with the median pruner: accepted and ignored."""
+    raw = {"name": "x", "data": {"sources": [{"path": "a.csv"}]}, "tune": tune}
+    with pytest.raises(ConfigError, match=rf"{field}: does not apply here .*tune\.pruner is {tune['pruner']}"):
+        parse_config(raw)
+
+
+def test_tune_settings_the_pruner_reads_pass() -> None:
+    for tune in ({"pruner": "median", "startup_trials": 10}, {"pruner": "successive_halving", "reduction_factor": 4},
+                 {"pruner": "hyperband", "reduction_factor": 3}, {"pruner": "none"}, {"pruner": "median"}):
+        parse_config({"name": "x", "data": {"sources": [{"path": "a.csv"}]}, "tune": tune})
+
+
+def test_a_relative_sqlite_tune_storage_is_beside_the_config_not_in_the_cwd(tmp_path: Path, monkeypatch) -> None:
+    """Workers started from other folders with one config opened two SQLite files: two studies, each unaware."""
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    base = "name: x\ndata:\n  sources: [{path: a.csv}]\ntune:\n  storage: '%s'\n"
+    for written, expected in [
+        ("sqlite:///studies/tune.db", f"sqlite:///{tmp_path / 'proj' / 'studies' / 'tune.db'}"),
+        ("sqlite+pysqlite:///tune.db?timeout=5", f"sqlite+pysqlite:///{tmp_path / 'proj' / 'tune.db'}?timeout=5"),
+        (f"sqlite:///{tmp_path / 'abs.db'}", f"sqlite:///{tmp_path / 'abs.db'}"),
+        ("sqlite:///~/tune.db", "sqlite:///~/tune.db"),  # the store expands ~ where it opens the file
+        ("sqlite:///:memory:", "sqlite:///:memory:"),
+        ("postgresql://bob@db/ts", "postgresql://bob@db/ts"),
+    ]:
+        assert load_config(_write(tmp_path / "proj", base % written)).tune.storage == expected, written
+    flag = load_config(_write(tmp_path / "proj", "name: x\ndata:\n  sources: [{path: a.csv}]\n"), ["tune.storage=sqlite:///tune.db"])
+    assert flag.tune.storage == f"sqlite:///{tmp_path / 'proj' / 'tune.db'}"  # --storage too, as --set paths

@@ -868,9 +868,13 @@ class ProjectConfig(Spec):
             (self.eval, "max_new_tokens", generative, f"{kind} generate no answers"),
             (self.eval, "max_generations", generative, f"{kind} generate no answers"),
             (self.eval, "samples", generative, f"{kind} generate no answers"),
+            (self.tune, "startup_trials", self.tune.pruner == "median",
+             f"startup_trials is the median pruner's; tune.pruner is {self.tune.pruner}"),
+            (self.tune, "reduction_factor", self.tune.pruner in ("successive_halving", "hyperband"),
+             f"reduction_factor is successive halving's and hyperband's; tune.pruner is {self.tune.pruner}"),
         ]
         sections = {id(self.train): "train", id(self.peft): "peft", id(self.model): "model", id(self.eval): "eval",
-                    id(self.task): "task"}
+                    id(self.task): "task", id(self.tune): "tune"}
         found = []
         # Here, not in the model validator: an error raised there was reported at "file:1: (top level)"
         if generative and method == "head":
@@ -935,7 +939,27 @@ class ProjectConfig(Spec):
             # up in the cwd, and a same-named folder there used silently. Errors quote the name as written.
             self.model.name = str(fix(Path(name)))
             WRITTEN_MODEL_NAMES[self.model.name] = name
+        # A shared study's database, like a data source: two workers started from other folders opened two files
+        # and ran two studies, each unaware of the other.
+        self.tune.storage = _sqlite_beside(self.tune.storage, base)
         return self
+
+
+def _sqlite_beside(url: str | None, base: Path) -> str | None:
+    """A SQLite URL with a relative file path made absolute against `base`; any other URL (PostgreSQL, in-memory,
+    ~/..., which the store expands, or one that does not parse, which the study reports) as given."""
+    if not url or not url.startswith("sqlite"):
+        return url
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - SQLAlchemy's URL errors vary by cause
+        return url
+    database = parsed.database
+    if not database or database == ":memory:" or database.startswith(("~", "file:")) or Path(database).is_absolute():
+        return url
+    return parsed.set(database=str((base / database).resolve())).render_as_string(hide_password=False)
 
 
 def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:

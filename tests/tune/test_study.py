@@ -95,7 +95,8 @@ def test_hopeless_trials_are_pruned_early(tmp_path: Path, tiny_bert: Path, prune
     # Seed 3 draws 7e-3 first (learns), then 1e-7 and 2e-8 (cannot move the loss in 24 steps). With F1 as
     # the objective the pruner still compares validation losses (tune.prune_on), negated.
     tune = {"space": {"train.learning_rate": {"low": 1e-8, "high": 1e-2, "log": True}}, "trials": 3, "storage": url,
-            "sampler": "random", "seed": 3, "pruner": pruner, "startup_trials": 1, "metric": metric}
+            "sampler": "random", "seed": 3, "pruner": pruner, "metric": metric,
+            **({"startup_trials": 1} if pruner == "median" else {})}  # successive halving has no start-up trials
     lines: list[str] = []
     cfg = tune_project(tmp_path, tiny_bert, tune, steps=24)
     run_study(cfg, echo=lines.append)
@@ -295,7 +296,7 @@ def _bad_cli(tmp_path: Path, tiny_bert: Path, tune: dict, *flags: str) -> tuple[
     ({"space": {"model.max_length": {"low": 16, "high": 256}}}, (), "(128 tokens); give lengths up to 128"),
     ({}, (), "tune.space is empty"),
     ({"space": {"train.epochs": {"low": 1, "high": 2}}}, ("--sampler", "annealing"), "tune.sampler"),
-    ({"space": {"train.epochs": {"low": 1, "high": 2}}}, ("--storage", "postgresql://postgres@127.0.0.1:1/x"),
+    ({"space": {"train.weight_decay": {"low": 0, "high": 0.1}}}, ("--storage", "postgresql://postgres@127.0.0.1:1/x"),
      "tune.storage postgresql://postgres@127.0.0.1:1/x does not answer"),
 ])
 def test_bad_input_through_the_cli_exits_2_with_a_clear_message(tmp_path: Path, tiny_bert: Path, tune: dict,
@@ -396,3 +397,105 @@ def test_every_sampler_the_config_offers_samples() -> None:
         study = optuna.create_study(sampler=make_sampler(TuneSpec(sampler=name), seed=0))
         study.optimize(lambda t: (t.suggest_float("x", -1, 1) - 0.2) ** 2 + t.suggest_float("y", 0, 1), n_trials=4)
         assert len(study.trials) == 4, name
+
+
+class _AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return True
+
+
+def test_a_trial_that_trained_all_its_steps_is_never_pruned() -> None:
+    """A trial was pruned by the evaluation of its last step (the Trainer evaluates there even off the eval_steps
+    grid), or, with train.keep: last, by the evaluation of its final weights after training: it had trained to its
+    end, was recorded PRUNED and its run folder removed."""
+    from types import SimpleNamespace
+
+    from tunesmith.tune.study import _reporter
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", pruner=_AlwaysPrune())
+    training = study.ask()
+    with pytest.raises(optuna.TrialPruned):  # during training, an evaluation is judged
+        _reporter(training, "f1_macro", report=True, prune_on="loss").on_evaluate(
+            None, SimpleNamespace(global_step=3, max_steps=7), None, metrics={"eval_loss": 0.6})
+    trained = study.ask()
+    reporter = _reporter(trained, "f1_macro", report=True, prune_on="loss")
+    last = SimpleNamespace(global_step=7, max_steps=7)
+    reporter.on_evaluate(None, last, None, metrics={"eval_loss": 0.6})  # the last step's: reported, not judged
+    reporter.on_train_end(None, last, None)
+    reporter.on_evaluate(None, last, None, metrics={"eval_loss": 0.5})  # the kept weights, measured after training
+    assert reporter.evaluations == 1 and reporter.step == 7
+    assert study._storage.get_trial(trained._trial_id).intermediate_values == {1: -0.6}
+    study.tell(trained, 0.5)
+    assert study.trials[trained.number].state == TrialState.COMPLETE
+
+
+def test_a_trailing_trial_judged_only_at_its_last_step_completes(tmp_path: Path, tiny_bert: Path) -> None:
+    """7 steps, evaluated at steps 3 and 6 and at the last one; the grace leaves only the last to judge: the trailing
+    trial had trained all 7 steps when the median pruner cut it (PRUNED, its run folder removed)."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    tune = {"space": {"train.learning_rate": {"choices": [3e-3, 1e-8]}}, "trials": 2, "storage": url,
+            "sampler": "random", "seed": 1, "pruner": "median", "startup_trials": 1, "grace_evaluations": 2}
+    run_study(tune_project(tmp_path, tiny_bert, tune, steps=7, keep="last"), echo=lambda line: None, evaluate_test=False)
+    trials = trials_of(url)
+    assert [(t.state, t.user_attrs["steps"], t.user_attrs["evaluations"]) for t in trials] == [(TrialState.COMPLETE, 7, 3)] * 2
+    assert all(Path(t.user_attrs["run_dir"], "run.json").is_file() for t in trials)
+
+
+def test_trials_training_in_several_processes_are_refused(tmp_path: Path, tiny_bert: Path) -> None:
+    """Each trial trains in the worker's one process: train.nproc 2 was ignored by the trials but written into
+    best.yaml, which then trained with twice the effective batch of the trial it came from."""
+    from tunesmith.tune.study import check_space
+
+    cfg = tune_project(tmp_path, tiny_bert, {"space": {"train.learning_rate": {"low": 1e-4, "high": 1e-2}}}, nproc=2)
+    with pytest.raises(ConfigError, match=r"train\.nproc is 2, but each trial trains in one process.*several "
+                                          r"`tunesmith tune` workers"):
+        check_space(cfg)
+
+
+def test_searching_epochs_under_max_steps_is_refused(tmp_path: Path, tiny_bert: Path) -> None:
+    """train.max_steps overrides epochs: every trial trained the same steps, and the study ranked noise."""
+    from tunesmith.tune.study import check_space
+
+    cfg = tune_project(tmp_path, tiny_bert, {"space": {"train.epochs": {"choices": [1, 5]}}}, steps=4)
+    with pytest.raises(ConfigError, match=r"tune\.space\.train\.epochs: train\.max_steps \(4\) overrides epochs"):
+        check_space(cfg)
+    raw = cfg.model_dump(mode="json")
+    raw["train"]["max_steps"] = None
+    check_space(parse_config(raw))
+
+
+def test_a_worker_that_waited_to_finish_writes_the_newest_best(tmp_path: Path, tiny_bert: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The best trial was read before .finish.lock was taken: a worker waiting for it (another worker evaluating on
+    test) then wrote its stale best.yaml over the newer one."""
+    import contextlib
+
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import create_trial
+
+    import tunesmith.tune.study as study_module
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    cfg = tune_project(tmp_path, tiny_bert, {"space": {"train.learning_rate": {"low": 1e-4, "high": 1e-2}},
+                                             "trials": 2, "storage": url})
+    study = study_module.load_study(cfg, echo=lambda line: None)
+    space = {"train.learning_rate": FloatDistribution(1e-4, 1e-2)}
+    study.add_trial(create_trial(state=TrialState.COMPLETE, params={"train.learning_rate": 1e-3},
+                                 distributions=space, value=0.70))
+    real_lock, waited = study_module.file_lock, []
+
+    @contextlib.contextmanager
+    def lock(path: Path):
+        if not waited:  # worker A waits here; meanwhile worker B's better trial completes and B finishes
+            waited.append(path)
+            study.add_trial(create_trial(state=TrialState.COMPLETE, params={"train.learning_rate": 5e-3},
+                                         distributions=space, value=0.90))
+            study_module.finish_study(cfg, study, echo=lambda line: None, evaluate_test=False)
+        with real_lock(path):
+            yield
+
+    monkeypatch.setattr(study_module, "file_lock", lock)
+    summary = study_module.finish_study(cfg, study, echo=lambda line: None, evaluate_test=False)  # worker A
+    assert waited and summary["best"]["number"] == 1
+    assert (study_folder(cfg) / "best.yaml").read_text().startswith("# Best trial 1 of study 'tiny'")

@@ -60,16 +60,24 @@ def _figure(name: str, folder: Path, draw: Callable[[], Any], notes: list[str]) 
     return f"figures/{name}.png"
 
 
-def _importances(study: optuna.Study, target: Callable[[FrozenTrial], float] | None) -> dict[str, float]:
+def _importances(study: optuna.Study, target: Callable[[FrozenTrial], float] | None,
+                 metric: str) -> tuple[dict[str, float], str | None]:
+    """Parameter importances, or why there are none (a note for the report)."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(complete) < 2:
-        return {}
+        return {}, "parameter importances need at least two complete trials"
+    values = {(target or (lambda t: t.value))(t) for t in complete}
+    if len(values) < 2:
+        # Nothing to explain: Optuna then gives every parameter the same share, which read as measured.
+        return {}, (f"parameter importances not measured: every complete trial has the same validation {metric} "
+                    f"({_num(next(iter(values)))}), so no parameter explains a difference")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return {k: float(v) for k, v in optuna.importance.get_param_importances(study, target=target).items()}
+            found = {k: float(v) for k, v in optuna.importance.get_param_importances(study, target=target).items()}
     except (ValueError, RuntimeError):  # no parameter varied across the complete trials
-        return {}
+        found = {}
+    return found, None if found else "parameter importances need at least two complete trials whose parameters differ"
 
 
 def _objective_values(trial: FrozenTrial) -> list[float] | None:
@@ -130,11 +138,11 @@ def write_report(study: optuna.Study, folder: Path, names: list[str], best: int 
             return axes
 
         figures["curves"] = _figure("curves", folder, curves, notes)
-    importances = _importances(study, target)
+    importances, why_not = _importances(study, target, metric)
     if importances:
         figures["importances"] = _figure("importances", folder, lambda: vis.plot_param_importances(study, **target_kw), notes)
     else:
-        notes.append("parameter importances need at least two complete trials whose parameters differ")
+        notes.append(str(why_not))
     figures["parallel"] = _figure("parallel", folder, lambda: vis.plot_parallel_coordinate(study, **target_kw), notes)
     if multi:
         shown = names[:3]  # Optuna draws fronts in two or three dimensions

@@ -536,6 +536,7 @@ def _candidate_config(run: Run, spec: RetrainSpec, run_dir: Path) -> ProjectConf
     cfg = recipe.config
     data = cfg.model_dump(mode="json")
     data["train"].update(output_dir=str(run_dir), init_from=None)
+    data.pop("tune", None)  # a candidate is trained, never tuned; an older run's tune section may no longer parse
     if spec.mode == "incremental":
         lr = float(recipe.manifest.hyperparameters.get("learning_rate") or cfg.train.lr(cfg.task.type))
         data["train"].update(init_from=str(run.path.resolve()), epochs=spec.incremental_epochs, max_steps=None,

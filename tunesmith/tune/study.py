@@ -206,6 +206,14 @@ def check_space(cfg: ProjectConfig) -> None:
     if cfg.tune.metric and cfg.train.metric and cfg.tune.metric != cfg.train.metric and task not in GENERATIVE_TASKS:
         raise ConfigError(f"tune.metric ({cfg.tune.metric}) and train.metric ({cfg.train.metric}) differ: each trial keeps "
                           "the checkpoint best by train.metric; set one of them")
+    if cfg.train.nproc > 1:
+        # Each trial trains in the worker's process: nproc was ignored by the trials but written into best.yaml,
+        # which then trained with nproc times the effective batch of the trial it came from.
+        raise ConfigError(f"train.nproc is {cfg.train.nproc}, but each trial trains in one process, the worker's; set "
+                          "train.nproc: 1 and start several `tunesmith tune` workers on the study instead (one per GPU)")
+    if "train.epochs" in spec.space and cfg.train.max_steps is not None:
+        raise ConfigError(f"tune.space.train.epochs: train.max_steps ({cfg.train.max_steps}) overrides epochs, so every "
+                          "trial would train the same steps; remove train.max_steps, or tune something else")
     if "model.max_length" in spec.space and task in GENERATIVE_TASKS:
         # A conversation is never cut: each length keeps other conversations and splits them anew, so trials would be
         # judged on different validation sets (two lengths shared one validation row of 8).
@@ -411,6 +419,13 @@ def _reporter(trial: Trial, metric: str, report: bool, prune_on: str = "metric")
         def __init__(self) -> None:
             self.evaluations = 0
             self.step = 0
+            self.trained = False
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            # An evaluation after this (train.keep: last measuring the final weights when the last step was no
+            # evaluation step) is of a trial that trained to its end: not one of its curve's, and never a reason to
+            # prune it (a finished run was recorded PRUNED and its folder removed).
+            self.trained = True
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.step = state.global_step
@@ -430,13 +445,16 @@ def _reporter(trial: Trial, metric: str, report: bool, prune_on: str = "metric")
                         **kwargs: Any) -> None:
             value = (metrics or {}).get(f"eval_{signal}")
             self.step = state.global_step
-            if value is None:
+            if value is None or self.trained:
                 return
             self.evaluations += 1
             if not report:  # multi-objective: Optuna keeps no intermediate values
                 return
             trial.report(sign * float(value), self.evaluations)
-            if trial.should_prune():
+            # The last step's evaluation (the Trainer evaluates there even off the eval_steps grid) comes once the
+            # trial has trained all its steps: stopping it saves nothing, and it is a finished run, COMPLETE with its
+            # objective, not a PRUNED one whose folder is removed. Its value still counts for the trials after it.
+            if state.global_step < state.max_steps and trial.should_prune():
                 raise optuna.TrialPruned(f"validation {signal} {value:.4g} at evaluation {self.evaluations} "
                                          f"(step {state.global_step}) trails the other trials")
 
@@ -865,8 +883,10 @@ def finish_study(cfg: ProjectConfig, study: optuna.Study, *, echo: Callable[[str
     folder = study_folder(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {"study": study.study_name, "folder": str(folder), "metric": metric, "objectives": names}
-    best = best_trial(study)
     with file_lock(folder / ".finish.lock"):
+        # Read under the lock: a worker that waited for it (another one evaluating on test) had written its stale
+        # best over the newer one the other had just written.
+        best = best_trial(study)
         if best is not None:
             summary["best"] = {"number": best.number, "values": dict(zip(names, best.values, strict=False)),
                                "params": decode_params(cfg, best.params), "run": best.user_attrs.get("run_dir")}
