@@ -481,3 +481,120 @@ def test_a_server_stopped_with_sigterm_stops_its_workers(tmp_path: Path, tiny_ll
     with pytest.raises(ProcessLookupError):  # stopped and reaped by the server, not left to run on as an orphan
         os.kill(worker, 0)
 
+
+
+async def _asgi_post(app: object, path: str, body: dict, receive_after: "asyncio.Event | None" = None,
+                     spec_version: str = "2.3") -> list[dict]:
+    """POST `body` to `app` as a server would; the client hangs up once `receive_after` is set (never: None)."""
+    raw = json.dumps(body).encode()
+    messages = [{"type": "http.request", "body": raw, "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop(0)
+        await (receive_after.wait() if receive_after is not None else asyncio.Event().wait())
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": spec_version}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+             "root_path": "", "client": ("127.0.0.1", 1), "server": ("test", 80),
+             "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]}
+    await app(scope, receive, send)  # type: ignore[operator]
+    return sent
+
+
+def test_a_whole_answer_whose_client_hung_up_stops_decoding_and_holds_no_place() -> None:
+    """A non-streamed chat completion whose client hung up decoded on to max_tokens and kept its place in --max-queue
+    (the README: a request whose client gave up holds no place)."""
+    import threading
+
+    from tests.serve.test_service import FakeChat, served
+    from tunesmith.config import ServeSpec
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.service import Service
+
+    decoding, stopped = threading.Event(), []
+
+    class Slow(FakeChat):
+        def generate(self, prompts: list[str], cancels: list[threading.Event] | None = None, **params: object) -> list:
+            decoding.set()
+            assert cancels is not None
+            stopped.append(cancels[0].wait(10))  # decoding until told to stop
+            return super().generate(prompts, **params)
+
+    spec = ServeSpec(batch_wait_ms=0)
+    service = Service([served("chat", Slow(), "bot")], spec)
+    app = create_app(service, spec)
+    batcher = next(iter(service.batchers.values()))
+
+    async def hang_up() -> list[dict]:
+        gone = asyncio.Event()
+        call = asyncio.create_task(_asgi_post(app, "/v1/chat/completions", {
+            "model": "bot", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 64}, gone))
+        await asyncio.get_running_loop().run_in_executor(None, decoding.wait, 5)
+        gone.set()  # the client hangs up while its answer decodes
+        sent = await call
+        while batcher.in_flight:  # the engine returns once told to stop
+            await asyncio.sleep(0.01)
+        return sent
+
+    sent = asyncio.run(hang_up())
+    assert stopped == [True] and sent[0]["status"] == 499 and batcher.idle and service.busy == {}
+    counted = 'tunesmith_requests_total{endpoint="/v1/chat/completions",status="499"} 1.0'
+    assert counted in service.metrics.render().decode()
+
+
+def test_a_stream_response_never_begun_gives_its_place_back() -> None:
+    """The client gone before the first event: the events' generator never ran, and a place counted from admission
+    must still be given back."""
+    from tests.serve.test_service import FakeChat, served
+    from tunesmith.config import ServeSpec
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.service import Service
+
+    spec = ServeSpec(max_queue=1)
+    service = Service([served("chat", FakeChat(), "bot")], spec)
+    app = create_app(service, spec)
+    body = {"model": "bot", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+    async def streams() -> list[list[dict]]:
+        async def refused_send(scope: dict, receive: object, send: object) -> None:  # the connection is gone
+            async def broken(message: dict) -> None:
+                raise OSError("connection reset")
+            await app(scope, receive, broken)  # type: ignore[operator]
+
+        with pytest.raises(Exception):  # noqa: B017 - Starlette's ClientDisconnect, whatever wraps it
+            await _asgi_post(refused_send, "/v1/chat/completions", body, spec_version="2.4")
+        assert service.streams == {"ft:base:bot:abc": 0}
+        return [await _asgi_post(app, "/v1/chat/completions", body) for _ in range(2)]
+
+    for sent in asyncio.run(streams()):  # one at a time: each finds the place free
+        assert sent[0]["status"] == 200 and sent[-2]["body"] == b"data: [DONE]\n\n"
+
+
+def test_tool_calls_in_the_history_and_stream_options_without_a_stream_are_400s_naming_them() -> None:
+    from tests.serve.test_service import FakeChat, served
+    from tunesmith.config import ServeSpec
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.service import Service
+
+    spec = ServeSpec(batch_wait_ms=0)
+    app = create_app(Service([served("chat", FakeChat(), "bot")], spec), spec)
+    call = {"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    history = [{"role": "user", "content": "x"}, {"role": "assistant", "content": None, "tool_calls": [call]}]
+
+    async def asks() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+            return [await c.post("/v1/chat/completions", json={"model": "bot", "messages": history}),
+                    await c.post("/v1/chat/completions", json={"model": "bot", "messages": history[:1],
+                                                               "stream_options": {"include_usage": True}}),
+                    await c.post("/v1/chat/completions", json={"model": "bot", "messages": history[:1], "top_p": 0})]
+
+    tools, options, greedy = asyncio.run(asks())
+    assert tools.status_code == 400 and tools.json()["error"]["param"] == "messages.1.tool_calls"
+    assert options.status_code == 400 and options.json()["error"]["param"] == "stream_options"
+    assert greedy.status_code == 200

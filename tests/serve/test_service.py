@@ -735,3 +735,176 @@ def test_serving_a_name_not_in_the_registry_says_so(tmp_path: Any) -> None:
     service = Service([], ServeSpec(), registry=Registry(Store(f"sqlite:///{tmp_path / 's.db'}")))
     with pytest.raises(NotFound, match=r"no model 'reviewz' in the registry \(registered: none\)"):
         service.load_production("reviewz")
+
+
+def chat_request(model: str = "bot", **fields: Any) -> p.ChatCompletionRequest:
+    return p.ChatCompletionRequest(model=model, messages=[{"role": "user", "content": "hi"}], **fields)
+
+
+def test_streams_take_their_place_when_admitted_so_a_burst_gets_503_at_once() -> None:
+    """A stream was counted once its events began: a burst of streams all passed the --max-queue check (200s), and the
+    extra ones waited and timed out mid-stream, where the README promises a 503 with Retry-After at once."""
+    service = Service([served("chat", FakeChat(), "bot")], ServeSpec(max_queue=2))
+    key = service.by_key[next(iter(service.by_key))].batch_key
+
+    async def burst() -> None:
+        answers = [service.stream(chat_request(stream=True)) for _ in range(4)]  # none iterated yet
+        assert [isinstance(a, ServiceError) and a.status for a in answers] == [False, False, 503, 503]
+        assert answers[2].headers["Retry-After"] and service.streams[key] == 2
+        await answers[0].aclose()  # a response never sent (the client gone first): its place is given back
+        assert service.streams[key] == 1
+        rest = [e async for e in answers[1]]
+        assert rest[-1] == "data: [DONE]\n\n" and service.streams[key] == 0
+        again = service.stream(chat_request(stream=True))
+        assert not isinstance(again, ServiceError) and service.streams[key] == 1
+        del again  # dropped unstarted (no aclose): collected, it gives its place back too
+        assert service.streams[key] == 0 and service.busy == {}
+
+    run(burst())
+
+
+def test_a_stream_admitted_but_not_begun_keeps_its_model_through_a_swap() -> None:
+    """The swap found no open stream on the old model (counted only once it began) and closed its engine under the
+    stream, whose client got 'model was closed'; its zero stayed in /admin/status after the model went."""
+    old, new = served("chat", Closing(), "v1"), served("chat", Closing(), "v2")
+    service = Service([old], ServeSpec(batch_wait_ms=0))
+
+    async def swap() -> list[str]:
+        events = service.stream(p.CompletionRequest(model="v1", prompt="hi", stream=True))
+        service.add(new, replacing=old)
+        service._retire()
+        assert not old.engine.closed and old.batch_key in service.by_key
+        answer = [e async for e in events]
+        service._retire()
+        return answer
+
+    answer = run(swap())
+    assert json.loads(answer[1][6:])["choices"][0]["text"] == " " and answer[-1] == "data: [DONE]\n\n"
+    assert old.engine.closed and service.streams == {}  # what /admin/status shows
+
+
+def test_only_a_client_leaving_counts_as_a_stream_disconnect() -> None:
+    """A stream ended by the server's --timeout was counted in tunesmith_stream_disconnects_total too."""
+    class Stalling(FakeChat):
+        def stream(self, prompt: str, cancel: threading.Event, **params: Any):
+            yield "first"
+            cancel.wait(10)
+
+    service = Service([served("chat", Stalling(), "bot")], ServeSpec(timeout_s=0.2))
+    disconnects = service.metrics.stream_disconnects.labels("ft:base:bot:abc")
+
+    async def timed_out() -> None:
+        _ = [e async for e in service.stream(chat_request(stream=True))]
+
+    async def left() -> None:
+        events = service.stream(chat_request(stream=True))
+        await anext(events)
+        await events.aclose()  # the client hung up mid-stream
+
+    run(timed_out())
+    assert disconnects._value.get() == 0
+    run(left())
+    assert disconnects._value.get() == 1
+
+
+def test_a_whole_answer_whose_client_left_stops_decoding_and_frees_its_place() -> None:
+    """Cancelled (the HTTP layer's doing when the client hangs up), a non-streamed request decoded on to max_tokens
+    and its queued prompts kept their places."""
+    decoding, seen = threading.Event(), []
+
+    class Slow(FakeChat):
+        def generate(self, prompts: list[str], cancels: list[threading.Event] | None = None, **params: Any) -> list[Any]:
+            decoding.set()
+            assert cancels is not None
+            seen.append(cancels[0].wait(10))  # decoding until told to stop
+            return super().generate(prompts, **params)
+
+    service = Service([served("chat", Slow(), "bot")], ServeSpec(batch_wait_ms=0, max_batch_size=1, max_queue=2))
+    batcher = service.batchers[next(iter(service.batchers))]
+
+    async def hang_up() -> None:
+        first = asyncio.create_task(service.generate(chat_request()))
+        queued = asyncio.create_task(service.generate(chat_request(temperature=0.5)))  # waits behind the first
+        await asyncio.get_running_loop().run_in_executor(None, decoding.wait, 5)
+        assert batcher.depth == 1
+        first.cancel()
+        queued.cancel()
+        for task in (first, queued):
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert batcher.depth == 0
+        while batcher.in_flight:  # the engine returns once told to stop
+            await asyncio.sleep(0.01)
+
+    run(hang_up())
+    assert seen == [True]
+
+
+class Adapter(FakeChat):
+    """A chat adapter inside a PEFT base shared with other runs' (transformers' ChatModelEngine)."""
+
+    def __init__(self, name: str, base: Any, lock: threading.Lock) -> None:
+        super().__init__()
+        self.adapter, self.lock = name, lock
+        self.chat = type("Chat", (), {"model": base})()
+        base.peft_config[name] = {}
+
+
+class SharedBase:
+    def __init__(self) -> None:
+        self.peft_config: dict[str, Any] = {}
+
+    def delete_adapter(self, name: str) -> None:
+        del self.peft_config[name]
+
+
+def test_a_swapped_out_adapter_leaves_the_shared_base_once_its_requests_are_done() -> None:
+    """Each promotion or rollback of a LoRA model on --chat-engine transformers loaded one more adapter into the
+    shared base and none left: 11 adapters held after 10 swaps. A swap with no A/B tests let go of a model busy at the
+    swap only at the next swap (follow_tests returned before _retire)."""
+    base, lock = SharedBase(), threading.Lock()
+    first = served("chat", Adapter("a1", base, lock), "v1")
+    service = Service([first], ServeSpec(batch_wait_ms=0), followed=["bot"])
+    for n in range(2, 6):  # promotions and rollbacks, as follow_registry swaps them
+        fresh = served("chat", Adapter(f"a{n}", base, lock), f"v{n}")
+        service.add(fresh, replacing=service.models[0])
+        service._retire()
+    assert list(base.peft_config) == ["a5"] and len(service.by_key) == 1  # one base, one batcher
+
+    async def busy_at_swap() -> None:
+        current = service.models[0]
+        events = service.stream(p.CompletionRequest(model="v5", prompt="hi", stream=True))  # admitted on a5
+        service.add(served("chat", Adapter("a6", base, lock), "v6"), replacing=current)
+        await service.follow_tests(asyncio.get_running_loop())
+        assert list(base.peft_config) == ["a5", "a6"]  # a5's stream is still open
+        _ = [e async for e in events]
+        await service.follow_tests(asyncio.get_running_loop())  # the next poll, no swap, no A/B tests
+
+    run(busy_at_swap())
+    assert list(base.peft_config) == ["a6"] and service.adapters == service.models
+    assert run(service.generate(chat_request("v6"))).choices[0].message.content == "echo hi"
+
+
+def test_top_p_zero_is_greedy_and_stream_options_need_a_stream() -> None:
+    """top_p 0 (OpenAI's smallest nucleus) was a 400; stream_options on an answer that is no stream was ignored."""
+    engine = FakeChat()
+    service = Service([served("chat", engine, "bot")], ServeSpec(batch_wait_ms=0))
+    run(service.generate(chat_request(top_p=0, temperature=0.9)))
+    assert (engine.calls[-1][1]["temperature"], engine.calls[-1][1]["top_p"]) == (0.0, 1.0)
+    for req in (chat_request(stream_options={"include_usage": True}),
+                p.CompletionRequest(model="bot", prompt="hi", stream=False, stream_options={"include_usage": False})):
+        err = run(service.generate(req))
+        assert isinstance(err, ServiceError) and err.status == 400 and err.param == "stream_options"
+    assert not isinstance(run(service.generate(chat_request(stream_options=None))), ServiceError)
+
+
+def test_assistant_tool_calls_in_the_history_are_refused_by_name() -> None:
+    """They were dropped: the model answered a history other than the one sent."""
+    from pydantic import ValidationError
+
+    call = {"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    with pytest.raises(ValidationError, match=r"messages\.1\.tool_calls"):
+        p.ChatCompletionRequest(model="bot", messages=[{"role": "user", "content": "x"},
+                                                       {"role": "assistant", "content": None, "tool_calls": [call]}])
+    for absent in (None, []):
+        p.ChatCompletionRequest(model="bot", messages=[{"role": "assistant", "content": "x", "tool_calls": absent}])

@@ -222,13 +222,13 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
 
     async def generation(req: p.ChatCompletionRequest | p.CompletionRequest, request: Request, owner: str) -> Response:
         rid = request_id(request)
+        await service.ensure_loaded(req.model, owner)  # not raced below: a load is kept for the next request
         if not req.stream:
-            return answer(await service.generate(req, owner), rid)
-        await service.ensure_loaded(req.model, owner)
+            return answer(await _unless_gone(request, service.generate(req, owner)), rid)
         events = service.stream(req, owner)
         if isinstance(events, ServiceError):
             return _error(events)
-        return StreamingResponse(events, media_type="text/event-stream", headers={"X-Request-ID": rid, "Cache-Control": "no-cache"})
+        return _EventStream(events, media_type="text/event-stream", headers={"X-Request-ID": rid, "Cache-Control": "no-cache"})
 
     # response_model documents the non-streamed answer; a stream is text/event-stream of the *Chunk models.
     @app.post("/v1/chat/completions", tags=["openai"], response_model=p.ChatCompletion)
@@ -293,6 +293,45 @@ def add_registry_routes(app: FastAPI, registry: Registry, admin: Callable[[Reque
     @app.post("/admin/registry/{model}/rollback", tags=["admin"], dependencies=[Depends(admin)])
     async def rollback(model: str) -> Response:
         return await run(lambda: registry.rollback(model))
+
+
+async def _unless_gone(request: Request, work: Awaitable[BaseModel | ServiceError]) -> BaseModel | ServiceError:
+    """`work`'s answer, raced against the client hanging up: then `work` is cancelled (its queue places freed, its
+    decoding stopped) and the answer is a 499 no one reads, counted in /metrics. Awaited alone, a request whose client
+    gave up decoded on to max_tokens, holding its place in --max-queue."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_hung_up(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done() and gone.exception() is not None:  # the connection could not be watched: answer anyway
+            return await task
+    finally:
+        gone.cancel()
+        if not task.done():  # the client left, or this request was cancelled itself (the server stopping)
+            task.cancel()
+    await asyncio.wait({task})  # its cancellation handled (not raised here: this request is not the one cancelled)
+    if task.cancelled():
+        return ServiceError(499, "the client closed the request before its answer", code="client_closed_request")
+    return task.result()
+
+
+async def _hung_up(request: Request) -> None:
+    """Returns when the client disconnects: the body is read by now, so what comes next is http.disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+class _EventStream(StreamingResponse):
+    """A stream's response that closes its events however it ends: cancelled before its first event (the client gone
+    first), their generator was never started, and closing it is what gives its place among --max-queue back."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()
 
 
 class _BodyOverLimit(BaseException):

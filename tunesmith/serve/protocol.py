@@ -96,6 +96,15 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant"]
     content: Text | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[Any] | None = None  # an assistant turn's function calls: refused (below), never dropped
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _no_tool_calls(cls, calls: list[Any] | None) -> None:
+        """Dropped, the history the model read was not the one sent (as the `tool` role, refused by name)."""
+        if calls:
+            raise ValueError("function calling is not supported by tunesmith models; send the history without them")
+        return None
 
     @field_validator("content")
     @classmethod
@@ -130,7 +139,7 @@ class SamplingParams(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = Field(None, gt=0, le=1)
+    top_p: float | None = Field(None, ge=0, le=1)  # 0: OpenAI's smallest nucleus, the likeliest token (greedy)
     max_tokens: int | None = Field(None, ge=1)
     stop: Texts | None = None
     seed: int | None = Field(None, ge=0, le=MAX_SEED)

@@ -10,7 +10,8 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -67,7 +68,11 @@ class Service:
         self.executor = ThreadPoolExecutor(max_workers=max(4, len({m.batch_key for m in models})),
                                            thread_name_prefix="tunesmith-batch")
         self.batchers: dict[str, DynamicBatcher] = {}
-        self.streams: dict[str, int] = {}
+        self.streams: dict[str, int] = {}  # streams admitted per batch key, from admission to their end (_Place)
+        # Requests and streams in flight per loaded model (by id): a swapped-out adapter over a shared base is deleted
+        # from it once its own are done, while the batcher it shares with the live model keeps running.
+        self.busy: dict[int, int] = {}
+        self.adapters: list[Served] = []  # models whose adapter sits in a shared base (transformers), until let go
         # A thread per open stream, for its whole life: on asyncio's default pool (cores + 4 threads) a 2-core host
         # decoded 6 streams at a time, and the rest waited their turn. A pool per model (batch key), as streams are
         # admitted per model: in one shared pool an idle model's stream waited behind another's (threads are made as
@@ -85,6 +90,8 @@ class Service:
             # a batcher of its own, else the one added last answered both models' requests under the other's name.
             m.batch_key = f"{m.id}#{next(self._keys)}"
         self.by_key[m.batch_key] = m
+        if getattr(m.engine, "adapter", None) is not None and all(x is not m for x in self.adapters):
+            self.adapters.append(m)
         if m.kind == "chat" and m.batch_key not in self.stream_threads:
             self.stream_threads[m.batch_key] = ThreadPoolExecutor(max_workers=self.spec.max_queue,
                                                                   thread_name_prefix="tunesmith-stream")
@@ -201,8 +208,10 @@ class Service:
             await self.follow_tests(loop)
 
     async def follow_tests(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Apply A/B tests started or stopped on followed models: load each variant's version once."""
+        """Apply A/B tests started or stopped on followed models: load each variant's version once. Then let go of
+        what is no longer served and has drained (each poll: a model still busy at its swap goes once it is done)."""
         if self.ab is None:
+            self._retire()  # returning before it, a model busy at its swap was kept until the next swap
             return
         for name in self.followed:
             try:
@@ -280,6 +289,27 @@ class Service:
             close = getattr(gone.engine, "close", None)
             if close is not None:
                 close()
+        for gone in [m for m in self.adapters if all(m is not x for x in live) and not self.busy.get(id(m))]:
+            self.adapters.remove(gone)
+            self._delete_adapter(gone, live)
+
+    def _delete_adapter(self, gone: Served, live: Sequence[Served]) -> None:
+        """Take a let-go model's adapter out of the base it shares (transformers): every promotion or rollback loaded
+        one more into it, and none left. Under the engine's lock, as a generation switches adapters under it."""
+        base = gone.engine.chat.model
+        if any(getattr(m.engine, "adapter", None) == gone.engine.adapter and getattr(m.engine, "chat", None) is not None
+               and m.engine.chat.model is base for m in live):
+            return
+        with gone.engine.lock:
+            base.delete_adapter(gone.engine.adapter)
+
+    def _count(self, model: Served, change: int) -> None:
+        """`model`'s requests in flight (`busy`), an entry only while it has some."""
+        left = self.busy.get(id(model), 0) + change
+        if left:
+            self.busy[id(model)] = left
+        else:
+            self.busy.pop(id(model), None)
 
     def _shadow_of(self, model: str | None, variant: str | None) -> tuple[str, int] | None:
         """The challenger that answers a copy of a request a test's variant answered (None: no shadow)."""
@@ -389,6 +419,8 @@ class Service:
         """Stop answering as a deleted fine-tuned model (its adapter leaves the shared base)."""
         for m in [m for m in self.models if m.id == name and m.owner == owner]:
             self.models.remove(m)
+            if any(x is m for x in self.adapters):  # deleted here: _retire must not delete it again
+                self.adapters.remove(m)
             adapter = getattr(m.engine, "adapter", None)
             if adapter is not None:
                 with m.engine.lock:
@@ -492,6 +524,9 @@ class Service:
             return ServiceError(400, "tools (function calling) are not supported by tunesmith models yet", param="tools")
         if (field := req.unsupported()) is not None:
             return ServiceError(400, f"{field} is not supported by tunesmith's engines; leave it out", param=field)
+        if req.stream_options is not None and not req.stream:  # as OpenAI refuses it
+            return ServiceError(400, "stream_options is only allowed with stream: true; leave it out or stream",
+                                param="stream_options")
         cap = self.spec.max_tokens
         wanted = max_tokens or cap
         if wanted > cap:
@@ -504,8 +539,12 @@ class Service:
                                 code="context_length_exceeded")
         if context:
             wanted = min(wanted, context - prompt_tokens)
-        return {"max_new_tokens": wanted, "temperature": req.temperature if req.temperature is not None else 1.0,
-                "top_p": req.top_p if req.top_p is not None else 1.0, "seed": req.seed, "stop": tuple(req.stops())}
+        temperature = req.temperature if req.temperature is not None else 1.0
+        top_p = req.top_p if req.top_p is not None else 1.0
+        if top_p == 0:  # OpenAI's smallest nucleus: the likeliest token alone, greedy on every engine
+            temperature, top_p = 0.0, 1.0
+        return {"max_new_tokens": wanted, "temperature": temperature, "top_p": top_p, "seed": req.seed,
+                "stop": tuple(req.stops())}
 
     def _prepare(self, req: p.ChatCompletionRequest | p.CompletionRequest, name: str | None, owner: str = ""
                  ) -> tuple[Served, list[str], dict[str, Any], list[int], str | None] | ServiceError:
@@ -546,6 +585,19 @@ class Service:
         batcher = self.batchers[model.batch_key]
         futures: list[asyncio.Future[Any]] = []
         cancel = threading.Event()
+        self._count(model, 1)
+        try:
+            return await self._answers(model, batcher, key, prompts, futures, cancel)
+        except asyncio.CancelledError:  # the client hung up (the HTTP layer cancels): no place held, no decoding
+            cancel.set()
+            for f in futures:
+                f.cancel()
+            raise
+        finally:
+            self._count(model, -1)
+
+    async def _answers(self, model: Served, batcher: DynamicBatcher, key: tuple[Any, ...], prompts: list[str],
+                       futures: list[asyncio.Future[Any]], cancel: threading.Event) -> list[Any] | ServiceError:
         try:
             for x in prompts:
                 futures.append(batcher.submit(key, (x, cancel, model)))
@@ -554,8 +606,11 @@ class Service:
                 f.cancel()
             self._version_error(model)  # chat's busy, timeout and failure counted as predict's are (they never were)
             return _overloaded(err)
+        gathered = asyncio.gather(*futures)
+        # cancelled (a timeout, a client gone), it ends with a CancelledError no one reads: logged as never retrieved
+        gathered.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            done = await asyncio.wait_for(asyncio.gather(*futures), self.spec.timeout_s)
+            done = await asyncio.wait_for(gathered, self.spec.timeout_s)
         except TimeoutError:
             cancel.set()  # the engine stops decoding for no one
             self._version_error(model)
@@ -612,10 +667,15 @@ class Service:
         chat = isinstance(req, p.ChatCompletionRequest)
         include_usage = req.stream_options is not None and req.stream_options.include_usage
         record = (_logged_inputs(req, prompts), req.user, time.perf_counter(), variant)
-        return self._events(model, prompts[0], params, counts[0], chat, include_usage, record)
+        # Its place is taken now, not when the response first iterates: counted then, a burst of streams all passed
+        # the check above (200, then a wait and a timeout mid-stream), and a swap closed the model under one.
+        place = _Place(self, model)
+        return _Admitted(self._events(model, prompts[0], params, counts[0], chat, include_usage, record, place), place)
 
     async def _events(self, model: Served, prompt: str, params: dict[str, Any], prompt_tokens: int, chat: bool,
-                      include_usage: bool, record: tuple[list[Any], str | None, float, str | None]) -> AsyncIterator[str]:
+                      include_usage: bool, record: tuple[list[Any], str | None, float, str | None], place: _Place
+                      ) -> AsyncGenerator[str, None]:
+        place.started = True
         ident, created = p.completion_id("chatcmpl" if chat else "cmpl"), p.now()
         answer: list[str] = []
         loop = asyncio.get_running_loop()
@@ -641,10 +701,8 @@ class Service:
                 id=ident, created=created, model=model.id, system_fingerprint=model.version, usage=usage,
                 choices=[] if usage else [p.CompletionChoice(index=0, text=delta, finish_reason=finish)]))
 
-        self.streams[model.batch_key] = self.streams.get(model.batch_key, 0) + 1
-        # .get: a model let go (a registry swap) between admission and the first byte answers on the loop's pool (a
-        # closed engine then reports the stream failed: "send the request again")
-        worker = loop.run_in_executor(self.stream_threads.get(model.batch_key), produce)
+        # the stream's place keeps its model, and the model's pool, from being let go
+        worker = loop.run_in_executor(self.stream_threads[model.batch_key], produce)
         finished = failed = False
         try:
             if chat:
@@ -657,7 +715,7 @@ class Service:
                     yield _event(ServiceError(504, f"no answer within {self.spec.timeout_s:g} s", "server_error",
                                               code="timeout").body())
                     yield "data: [DONE]\n\n"
-                    return  # not finished: generation is cancelled below
+                    return  # not finished: generation is cancelled below (the server's doing, not a disconnect)
                 if piece is None:
                     break
                 if isinstance(piece, Exception):
@@ -681,12 +739,61 @@ class Service:
                 return
             inputs, user, started, variant = record
             self._record(ident, model, "chat" if chat else "completion", inputs, ["".join(answer)], started, user, variant)
+        except (GeneratorExit, asyncio.CancelledError):  # the client went away (closed, or its task cancelled)
+            self.metrics.stream_disconnects.labels(model.id).inc()
+            raise
         finally:
             if not finished:  # the client went away (or timed out): stop generating for nobody
                 cancel.set()
-                self.metrics.stream_disconnects.labels(model.id).inc()
-            self.streams[model.batch_key] -= 1
-            await asyncio.shield(worker) if finished else None
+            try:
+                await asyncio.shield(worker) if finished else None
+            finally:  # after the engine's thread is done with the model, where it ended on its own
+                place.give_back()
+
+
+class _Place:
+    """A stream's place among its model's open streams (`Service.streams`, and the model's `busy` count), taken when
+    the stream is admitted and given back once: when its events end, or when they are closed (or dropped) unstarted."""
+
+    def __init__(self, service: Service, model: Served) -> None:
+        self.service, self.model = service, model
+        self.started = False  # the events began: their generator's own `finally` gives the place back
+        self.held = True
+        service.streams[model.batch_key] = service.streams.get(model.batch_key, 0) + 1
+        service._count(model, 1)
+
+    def give_back(self) -> None:
+        if not self.held:
+            return
+        self.held = False
+        key, streams = self.model.batch_key, self.service.streams
+        streams[key] = streams.get(key, 0) - 1
+        if not streams[key] and key not in self.service.by_key:  # a retired model's zero stayed in /admin/status
+            del streams[key]
+        self.service._count(self.model, -1)
+
+    def give_back_unstarted(self) -> None:
+        if not self.started:
+            self.give_back()
+
+
+class _Admitted:
+    """A stream's events, holding its place from admission. A generator never started runs no `finally` when closed
+    or collected (a response never sent: the client gone first): its place is given back here then, not kept."""
+
+    def __init__(self, events: AsyncGenerator[str, None], place: _Place) -> None:
+        self.events, self.place = events, place
+        weakref.finalize(self, place.give_back_unstarted)
+
+    def __aiter__(self) -> _Admitted:
+        return self
+
+    async def __anext__(self) -> str:
+        return await self.events.__anext__()
+
+    async def aclose(self) -> None:
+        self.place.give_back_unstarted()  # first, and without waiting: the caller may be being cancelled
+        await self.events.aclose()
 
 
 def _shares_base(a: Served, b: Served) -> bool:
