@@ -384,6 +384,30 @@ def test_resume_from_a_checkpoint_matches_the_uninterrupted_run(tmp_path: Path, 
     assert steps[b] == steps[a] and int(steps[b][0]) <= int(ckpts[0].name.split("-")[1])
 
 
+def test_a_run_resumed_where_it_had_stopped_keeps_its_step_metrics(tmp_path: Path, tiny_llama: Path, capsys) -> None:
+    """Killed after its last checkpoint (before run.json) and resumed, the run is finished from that checkpoint
+    without training; step_metrics.csv was rewritten with only the full_valid row."""
+    import shutil
+
+    spec = {"max_steps": 6, "evals_per_epoch": 3, "learning_rate": 3e-3}
+    a = train(chat_project(tmp_path, tiny_llama, spec, n=40))
+    b = tmp_path / "b"
+    cfg_b = chat_project(tmp_path, tiny_llama, {**spec, "output_dir": str(b)}, n=40)
+    b.mkdir()
+    shutil.copytree(a / "checkpoints", b / "checkpoints")
+    (b / "config.json").write_text(cfg_b.model_dump_json())
+    capsys.readouterr()
+    train(cfg_b, resume=b)
+    assert "the run had stopped there; finishing it" in capsys.readouterr().out
+    rows = {run: list(csv.DictReader((run / "step_metrics.csv").open())) for run in (a, b)}
+    assert len(rows[a]) == 6 and rows[b] == rows[a]
+
+
+def test_the_saved_model_generates_with_a_cache(tuned_run: Path) -> None:
+    # TRL trains with use_cache off; saved so, transformers' generate elsewhere recomputed every past token.
+    assert json.loads((tuned_run / "model" / "config.json").read_text())["use_cache"] is True
+
+
 def test_two_processes_train_a_chat_adapter(tmp_path: Path, tiny_llama: Path) -> None:
     """torchrun with 2 CPU processes: the full-validation pass after training is collective, so every
     process takes part before rank 0 merges the adapter and writes the run folder."""

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.test_train_chat import QA, chat_project
 from tunesmith.artifacts import STEP_METRICS, Run
@@ -108,3 +110,55 @@ def test_preference_run_needs_a_causal_lm(tmp_path: Path, tiny_bert: Path) -> No
     build_tokenizer(encoder, chat=True)  # a chat template, so only the architecture is wrong
     with pytest.raises(ConfigError, match="not a causal language model"):
         train(dpo_project(tmp_path, encoder))
+
+
+def first_loss(run_dir: Path) -> float:
+    log = [json.loads(line) for line in (run_dir / "training_log.jsonl").read_text().splitlines()]
+    return next(e["loss"] for e in log if "loss" in e and e.get("step") == 1)
+
+
+@pytest.mark.parametrize("start", ["base", "lora-sft"])
+def test_full_dpo_starts_level_with_its_reference(tmp_path: Path, tiny_llama: Path, start: str) -> None:
+    """The reference is the model training starts from, so the first step's loss is log 2. From a LoRA SFT run
+    (merged) TRL reloaded the reference from config._name_or_path, the untuned base: 0.66 there, not the SFT model."""
+    model = tiny_llama
+    if start == "lora-sft":
+        model = train(chat_project(tmp_path / "sft", tiny_llama, {"method": "lora", "learning_rate": 5e-3,
+                                                                   "max_steps": 6, "epochs": 1}, n=40))
+    run_dir = train(dpo_project(tmp_path / "dpo", model, {"method": "full", "epochs": 1, "max_steps": 1}))
+    assert first_loss(run_dir) == pytest.approx(math.log(2), abs=1e-5)
+
+
+def test_a_dpo_adapter_run_saves_only_the_trained_adapter(tmp_path: Path, tiny_llama: Path) -> None:
+    # TRL's frozen copy of the new adapter (named "ref") was saved beside it in model/ref/.
+    run_dir = train(dpo_project(tmp_path, tiny_llama, {"epochs": 1, "max_steps": 1}))
+    assert not (run_dir / "model" / "ref").exists()
+    assert (run_dir / "model" / "adapter_model.safetensors").exists()
+    assert first_loss(run_dir) == pytest.approx(math.log(2), abs=1e-5)  # a fresh adapter switched off: the start
+
+
+def test_prompt_tuning_dpo_is_scored_against_the_base_model(tmp_path: Path, tiny_llama: Path) -> None:
+    """The reference of prompt-tuning DPO is the base model (the adapter switched off), as evaluation's reward_accuracy
+    has it; TRL's own was a copy of the initial virtual tokens, which are never saved."""
+    from tunesmith.tasks import chat
+    from tunesmith.training import chat as chat_training
+    from tunesmith.training.dataset import ensure_dataset
+    from tunesmith.training.methods import apply_method
+
+    cfg = dpo_project(tmp_path, tiny_llama, {"method": "prompt_tuning", "epochs": 1, "max_steps": 1})
+    version = ensure_dataset(cfg)
+    model, tokenizer, _ = chat_training.starting_model(str(cfg.model.name))
+    chat.set_chat_template(tokenizer, None, str(cfg.model.name))
+    model = apply_method(model, cfg.train, cfg.peft, causal_lm=True)
+    trainer, _ = chat_training._dpo_trainer(cfg, version, model, tokenizer, tmp_path / "run", 256, [])
+    assert list(model.peft_config) == ["default"]
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.eval()
+    metrics = trainer._metrics["eval"]
+    with torch.no_grad():
+        trainer.compute_loss(trainer.model, batch)
+        tuned, reward = metrics["logps/chosen"][-1], metrics["rewards/chosen"][-1]
+        with model.disable_adapter():
+            base = trainer.compute_loss(trainer.model, batch) and metrics["logps/chosen"][-1]
+    assert abs(tuned - base) > 1e-3  # the virtual tokens change the answers' log-probabilities
+    assert tuned - reward / cfg.train.dpo_beta == pytest.approx(base, abs=1e-3)  # TRL's reference log-probs

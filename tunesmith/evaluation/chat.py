@@ -67,10 +67,17 @@ def evaluate_chat(run: Run, version: DatasetVersion, split: str, notes: list[str
     tuned = ChatModel.from_run(run.path)
     base, base_note = _base(run, tuned) if base_model else (None, "")
     prompts, references = _prompts_and_references(rows, task)
+    # A conversation whose only trained answer opens it has nothing to answer: its tokens are scored, it is not asked.
+    answerable = [(p, r) for p, r in zip(prompts, references, strict=True) if p]
+    if len(answerable) < len(prompts):
+        notes.append(f"{len(prompts) - len(answerable)} of {len(prompts)} conversations open with the answer they are "
+                     "scored on (no message before it): in the token metrics, not asked for generated answers")
     limit = cfg.eval.max_generations
-    if limit and len(prompts) > limit:
-        notes.append(f"answers generated for the first {limit} of {len(prompts)} conversations (eval.max_generations)")
-    gen_prompts, gen_refs = prompts[:limit] if limit else prompts, references[:limit] if limit else references
+    if limit and len(answerable) > limit:
+        notes.append(f"answers generated for the first {limit} of {len(answerable)} conversations "
+                     "(eval.max_generations)")
+    asked = answerable[:limit] if limit else answerable
+    gen_prompts, gen_refs = [p for p, _ in asked], [r for _, r in asked]
 
     def measure(model: ChatModel) -> tuple[dict[str, Any], list[str], list[float]]:
         started = time.perf_counter()

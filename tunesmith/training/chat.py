@@ -66,7 +66,9 @@ def starting_model(name: str) -> tuple[Any, Any, Path]:
                               f"continues from; start from its base model ({run.manifest.base_model}) or from a "
                               "chat run trained with method lora, dora, ia3 or full")
         loaded = loading.load_run(run, merge=True)
-        return loaded.model, loaded.tokenizer, run.path
+        # Merging leaves the weights frozen as PEFT had them: method full would train nothing (no grad_fn).
+        # apply_method freezes again what an adapter method keeps fixed.
+        return loaded.model.requires_grad_(True), loaded.tokenizer, run.path
     model_dir = resolve_model_dir(name)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     config = AutoConfig.from_pretrained(model_dir)
@@ -92,15 +94,20 @@ def _openai_metrics_writer(run_dir: Path) -> Any:
             self.rows: dict[int, dict[str, Any]] = {}
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.catch_up(state)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+            if not self.rows:  # a run finished from the checkpoint it had stopped at (run.py) never begins training
+                self.catch_up(state)
+            if logs:
+                self.add(state, state.global_step, logs)
+
+        def catch_up(self, state: Any) -> None:
             # A resumed run's log holds the steps before the checkpoint; without them the first write
-            # would replace step_metrics.csv with only the steps trained after resuming.
+            # would replace step_metrics.csv with only the steps logged after resuming.
             for entry in state.log_history:
                 if "step" in entry:
                     self.add(state, entry["step"], entry)
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
-            if logs:
-                self.add(state, state.global_step, logs)
 
         def add(self, state: Any, step: int, logs: dict[str, Any]) -> None:
             if not state.is_world_process_zero:
@@ -201,6 +208,7 @@ def _save_model(cfg: ProjectConfig, trainer: Any, tokenizer: Any, stops: list[in
     generation = model.generation_config
     generation.eos_token_id = stops
     generation.pad_token_id = tokenizer.pad_token_id
+    model.config.use_cache = True  # TRL turned it off to train; saved off, other loaders generate without a cache
     adapter = cfg.train.method != "full"
     if adapter and cfg.train.merge_adapter:
         model.save_pretrained(run_dir / ADAPTER_DIR)
@@ -395,9 +403,25 @@ def _dpo_trainer(cfg: ProjectConfig, version: DatasetVersion, model: Any, tokeni
         **common_arguments(cfg, run_dir, plan, len(train_ds)),
         metric_for_best_model="loss", greater_is_better=False, beta=cfg.train.dpo_beta, max_length=max_length,
     )
-    # With an adapter the reference is the same weights with the adapter switched off: no second copy.
     # DPO logs the same loss and mean_token_accuracy names as SFT (its accuracy on the chosen answers).
-    trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                         processing_class=tokenizer,
+    trainer = DPOTrainer(model=model, ref_model=_reference(model), args=args, train_dataset=train_ds,
+                         eval_dataset=val_ds, processing_class=tokenizer,
                          callbacks=[*standard_callbacks(cfg), _openai_metrics_writer(run_dir), *callbacks])
+    if "ref" in getattr(model, "peft_config", {}):
+        # TRL copies the new adapter as a frozen "ref" adapter. Without it the reference is the adapter switched
+        # off: the same for a fresh LoRA/DoRA/IA3 adapter (it starts as the identity), the base model for prompt
+        # tuning (as evaluation's reference), no second set of adapter weights, and only the trained one saved.
+        model.delete_adapter("ref")
     return trainer, plan
+
+
+def _reference(model: Any) -> Any:
+    """DPO's reference for full fine-tuning: a frozen copy of the starting model. Left to TRL (None), it is
+    reloaded from config._name_or_path, the untuned base folder even when training starts from a merged SFT run."""
+    if hasattr(model, "peft_config"):
+        return None  # the adapter switched off (_dpo_trainer)
+    import copy
+
+    reference = copy.deepcopy(model).eval()
+    reference.requires_grad_(False)
+    return reference
