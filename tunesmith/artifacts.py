@@ -43,6 +43,14 @@ class _Described(BaseModel):
     tunesmith_version: str
 
 
+class InputFile(BaseModel):
+    """One file a dataset was prepared from, as it was then: training prepares the dataset again once it changed."""
+
+    size: int
+    mtime_ns: int
+    sha256: str  # compared only when size or mtime differ: a `git checkout` that touched the file changed nothing
+
+
 class DatasetManifest(_Described):
     format: int = DATASET_FORMAT
     kind: str = "tunesmith-dataset"
@@ -53,6 +61,9 @@ class DatasetManifest(_Described):
     context_length: int | None  # the model's context window, as its tokenizer states it
     max_length: int | None = None  # the token budget per example (ModelSpec.token_budget); None: written before it was recorded
     config: dict[str, Any]  # the fully resolved ProjectConfig
+    # absolute path -> every file preparing it read (sources, the files of folder sources, collected rows,
+    # corrections; not packaged datasets); None: written before they were recorded, so never found changed
+    inputs: dict[str, InputFile] | None = None
 
 
 class Fingerprint:

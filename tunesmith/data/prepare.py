@@ -28,6 +28,7 @@ from tunesmith import __version__
 from tunesmith.artifacts import MANIFEST, QUARANTINE, DatasetManifest, DatasetVersion, Fingerprint, write_split
 from tunesmith.config import CHAT_MAX_LENGTH_CAP, GENERATIVE_TASKS, SPLITS, ProjectConfig, SourceSpec, TaskType
 from tunesmith.data import dedup, report, split
+from tunesmith.data.inputs import record_inputs, stamps
 from tunesmith.data.raw import Raw
 from tunesmith.data.records import TARGET_TYPES, Canonicalizer, Corrections, Rejection, canonical_schema
 from tunesmith.data.sources import SNIFF_BYTES, TEXT_KINDS, read_jsonl, read_source, sniff_file_encoding
@@ -171,11 +172,13 @@ class _Preparation:
         self.sources: list[dict[str, Any]] = []
         self.warnings: list[str] = []
         self.started = time.perf_counter()
+        self.input_stamps: dict[str, tuple[int, int]] = {}  # the input files' (size, mtime_ns) before they are read
 
     # -- stage 1: stream every source into canonical rows ------------------------------------
 
     def run(self) -> None:
         cfg = self.cfg
+        self.input_stamps = stamps(cfg)  # before reading: a file edited while it is read is prepared again next time
         target = TARGET_TYPES[self.task][0]
         corrections = Corrections(cfg.data.annotate.corrections, target)
         canon = Canonicalizer(cfg, corrections)
@@ -754,6 +757,7 @@ class _Preparation:
             created_at=datetime.now(UTC).isoformat(timespec="seconds"), tunesmith_version=__version__,
             fingerprint=fingerprint.hexdigest(), counts=counts, labels=labels, tokenizer=str(self.cfg.model.name),
             context_length=self.context, max_length=self.max_length, config=self.cfg.model_dump(mode="json"),
+            inputs=record_inputs(self.cfg, self.input_stamps),  # training prepares it again once one changes
         )
         (self.dir / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
         report.write(self.dir, manifest, self._summary(), split_tables)

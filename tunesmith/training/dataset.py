@@ -1,14 +1,16 @@
-"""The dataset a run trains on: the config's own (prepared again when its settings changed) or one
-given by path (refused when it was prepared for another model's tokenizer)."""
+"""The dataset a run trains on: the config's own (prepared again when its settings or the files it was prepared
+from changed) or one given by path (refused when it was prepared for another model's tokenizer)."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-from tunesmith.artifacts import DatasetVersion, is_dataset
+from tunesmith.artifacts import MANIFEST, DatasetVersion, is_dataset
 from tunesmith.config import ProjectConfig, config_diff
+from tunesmith.data.inputs import changed_inputs
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.training.run import is_rank0
 
@@ -32,7 +34,8 @@ def stale_settings(cfg: ProjectConfig, version: DatasetVersion, with_data: bool 
 
 
 def ensure_dataset(cfg: ProjectConfig, dataset_dir: Path | None = None, log: bool = True) -> DatasetVersion:
-    """The dataset this config trains on; prepared (again) when missing or prepared with other settings."""
+    """The dataset this config trains on; prepared (again) when missing, prepared with other settings, or prepared
+    from files that changed since."""
     return _with_training_rows(cfg, _ensure_dataset(cfg, dataset_dir, log))
 
 
@@ -75,25 +78,42 @@ def _ensure_dataset(cfg: ProjectConfig, dataset_dir: Path | None, log: bool) -> 
         return _prepared_by_rank0(cfg, path)
     if is_dataset(path):
         version = DatasetVersion(path)
-        changed = stale_settings(cfg, version)
-        if not changed:
+        why = _stale(cfg, version)
+        if why is None:
             return version
         if log:
-            print(f"dataset {path} was prepared with other settings ({'; '.join(changed[:5])}"
-                  f"{'; ...' if len(changed) > 5 else ''}); preparing it again", flush=True)
+            print(f"dataset {path} was prepared {why}; preparing it again", flush=True)
     return prepare(cfg, path)
+
+
+def _stale(cfg: ProjectConfig, version: DatasetVersion) -> str | None:
+    """Why the config's own dataset is to be prepared again (`with other settings (...)`), None: it is current."""
+    changed = stale_settings(cfg, version)
+    what = "with other settings"
+    if not changed:  # the settings first: the files of sources a changed config names are other files anyway
+        changed, what = changed_inputs(cfg, version), "from other data"
+    if not changed:
+        return None
+    return f"{what} ({'; '.join(changed[:5])}{'; ...' if len(changed) > 5 else ''})"
 
 
 def _prepared_by_rank0(cfg: ProjectConfig, path: Path, poll_s: float = 0.5) -> DatasetVersion:
     """Under torchrun (or accelerate) rank 0 prepares the dataset and the other ranks wait for it: all preparing at
     once, they would share one staging folder and fail each other. tunesmith's own --nproc launcher prepared it
-    before starting them, so they find it at once; a rank 0 that fails ends the others through the launcher."""
+    before starting them, so they find it at once; a rank 0 that fails ends the others through the launcher. Fresh
+    by rank 0's rule, input files included; each dataset it writes is judged once (a file whose mtime changed is
+    hashed, not once a poll)."""
+    judged = None
     while True:
         try:
             if is_dataset(path):
-                version = DatasetVersion(path)
-                if not stale_settings(cfg, version):
-                    return version
+                stat = os.stat(path / MANIFEST)
+                written = (stat.st_ino, stat.st_mtime_ns)  # prepare swaps in a new folder: another manifest file
+                if written != judged:
+                    judged = written
+                    version = DatasetVersion(path)
+                    if _stale(cfg, version) is None:
+                        return version
         except (OSError, ValueError, DataError):  # caught mid-swap (prepare moves the new folder into place)
-            pass
+            judged = None
         time.sleep(poll_s)
