@@ -179,3 +179,19 @@ def test_a_cut_onnx_graph_is_named_not_an_internal_error(runs: dict[str, Path], 
                                         rf"load it \(.*\); delete {re.escape(str(cached.parent))} "
                                         "to have the run converted again$"):
         PredictorEngine(run)
+
+
+def test_a_prompt_tuning_run_is_served_on_pytorch_and_a_converting_engine_says_why(tmp_path: Path, tiny_bert: Path,
+                                                                                    capsys: pytest.CaptureFixture[str]
+                                                                                    ) -> None:
+    """Its virtual tokens are inputs, not weights: every converting engine merged it first and failed with an
+    AttributeError (named: an internal error; auto: three failed conversions before PyTorch)."""
+    from tunesmith.inference import bf16_engine, openvino_engine
+
+    run = Run(train(project(tmp_path, tiny_bert, train_spec={"max_steps": 4, "method": "prompt_tuning"})))
+    for engine in (onnx_engine, bf16_engine, openvino_engine):
+        assert "prompt-tuning run cannot be merged" in (engine.unavailable(run) or "")
+    served = PredictorEngine(run.path)
+    assert served.predictor.backend == "torch" and "conversion failed" not in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="cannot serve with --classifier-engine onnxruntime: a prompt-tuning run"):
+        PredictorEngine(run.path, engine="onnxruntime")

@@ -28,7 +28,7 @@ from typing import Any
 from tunesmith.artifacts import Run
 from tunesmith.config import TaskType
 from tunesmith.errors import ConfigError
-from tunesmith.inference.onnx_engine import CHECK_TEXTS
+from tunesmith.inference.onnx_engine import CHECK_TEXTS, unmergeable
 
 NAME = "torch-bf16"
 # bf16 keeps 8 bits of mantissa (0.4%); through 6-12 layers logits move by about 1% of their size. A broken
@@ -47,6 +47,8 @@ def unavailable(run: Run) -> str | None:
         return "a GPU is present, and PyTorch runs on it"
     if TaskType(run.manifest.task) == TaskType.regression:
         return "a regression run's values would keep only bf16's 3 significant digits"
+    if why := unmergeable(run):
+        return why
     if not native_bf16():
         return "this CPU has neither AMX nor AVX512-BF16, so bf16 would be emulated (slower than fp32)"
     return None

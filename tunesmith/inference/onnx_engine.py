@@ -23,12 +23,21 @@ CHECK_TEXTS = ["a short text", "a somewhat longer text, so that the batch is pad
                "", "Ünïcödé and numbers 12345, punctuation!?"]
 
 
+def unmergeable(run: Run) -> str | None:
+    """Why the run's weights cannot be made one plain model (what every converting engine starts from), or None."""
+    if run.manifest.adapter and run.manifest.method == "prompt_tuning":
+        return "a prompt-tuning run cannot be merged into the weights (its virtual tokens are inputs, not weights)"
+    return None
+
+
 def unavailable(run: Run) -> str | None:
     """Why the run cannot be served on onnxruntime here, or None."""
     import torch
 
     if torch.cuda.is_available():
         return "a GPU is present, and PyTorch runs on it"
+    if why := unmergeable(run):
+        return why
     try:
         import onnxruntime  # noqa: F401
     except ImportError:  # pragma: no cover - a dependency of tunesmith
@@ -41,7 +50,11 @@ def onnx_model(run: Run) -> Path:
     import onnxruntime
     import torch
 
-    converter = f"{CACHE_NAME} v1, plain attention, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
+    import transformers
+
+    # transformers too: its model code is what the graph was traced from
+    converter = (f"{CACHE_NAME} v1, plain attention, torch {torch.__version__}, transformers {transformers.__version__}, "
+                 f"onnxruntime {onnxruntime.__version__}")
     return converted(run, CACHE_NAME, converter, lambda folder: _convert(run, folder)) / ONNX_FILE
 
 
