@@ -361,3 +361,21 @@ def test_a_given_horizon_needs_no_plannable_baseline(store_url: str, tmp_path: P
     ab.stop("reviews")
     with pytest.raises(ConfigError, match="baseline \\+ minimum_detectable_effect"):
         ab.start("reviews", {"v1": 0.5, "v2": 0.5}, baseline=0.97)  # nothing to plan from
+
+
+def test_two_starts_at_once_refuse_the_second_clearly(store_url: str, tmp_path: Path) -> None:
+    # Both found no running test, and the unique index let one in: the other had a raw IntegrityError.
+    from sqlalchemy import event, insert
+
+    from tunesmith.store.schema import ABTest
+
+    store, ab = setup(store_url, tmp_path)
+
+    def the_other_start_wins(*_: object) -> None:  # between this start's check and its insert
+        with store.engine.begin() as c:
+            c.execute(insert(ABTest).values(id="ab-other", model="reviews", status="running", variants=[], shadow=None,
+                                            alpha=0.05, horizon=10, created=time.time()))
+
+    event.listen(store._sessions, "before_flush", the_other_start_wins, once=True)
+    with pytest.raises(ConfigError, match=r"'reviews' already has a running A/B test \(ab-other\)"):
+        ab.start("reviews", {"v1": 0.5, "v2": 0.5})

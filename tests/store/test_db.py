@@ -244,3 +244,129 @@ def test_store_urls_that_cannot_work_are_config_errors_naming_them(tmp_path, mon
     with pytest.raises(ConfigError, match=rf"--db sqlite:///{tmp_path}/afile/x.db: cannot make the folder "
                                           rf"{tmp_path}/afile for the SQLite file \(File exists"):
         Store(f"sqlite:///{tmp_path}/afile/x.db")
+
+
+def test_an_upgrade_that_fails_half_way_leaves_the_store_as_it_was(store_url: str, monkeypatch) -> None:
+    # pysqlite ran the DDL outside any transaction: an upgrade that died after 0003's first table left that table with
+    # 0002 recorded, and every later open failed "table feedback already exists".
+    import pytest
+    from alembic.operations import Operations
+
+    old = Store(store_url, migrate=False)
+    old.migrate("0002")
+    old.close()
+    create_table = Operations.create_table
+
+    def dying(self, name, *args, **kwargs):  # noqa: ANN001, ANN202 - Alembic's signature
+        table = create_table(self, name, *args, **kwargs)
+        if name == "feedback":
+            raise KeyboardInterrupt  # as a process stopped mid-upgrade
+        return table
+
+    monkeypatch.setattr(Operations, "create_table", dying)
+    with pytest.raises(KeyboardInterrupt):
+        Store(store_url)
+    monkeypatch.setattr(Operations, "create_table", create_table)
+    half = Store(store_url, migrate=False)
+    assert half.revision() == "0002" and "feedback" not in inspect(half.engine).get_table_names()
+    half.close()
+    store = Store(store_url)
+    assert store.revision() == HEAD
+    store.close()
+
+
+def test_a_failed_foreign_key_check_changes_nothing(tmp_path) -> None:
+    # "nothing was changed", said the check, after 0007 had made annotation_leases and copied annotation_items
+    import sqlite3
+
+    import pytest
+
+    path = tmp_path / "store.db"
+    old = Store(f"sqlite:///{path}", migrate=False)
+    old.migrate("0006")
+    old.close()
+    with sqlite3.connect(path) as c:  # another tool, foreign keys off, left an annotation of an item that is gone
+        c.execute("INSERT INTO annotation_tasks (name, labels, instructions, overlap, created) VALUES ('t', '[\"a\"]', '', 1, 1.0)")
+        c.execute("INSERT INTO annotations (task, item_seq, annotator, label, origin, created) "
+                  "VALUES ('t', 999, 'bob', 'a', 'web', 1.0)")
+    c.close()
+    for _ in range(2):  # and the second try fails the same way, not on a table the first one left
+        with pytest.raises(RuntimeError, match="nothing was changed"):
+            Store(f"sqlite:///{path}")
+    with sqlite3.connect(path) as c:
+        tables = {name for (name,) in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert c.execute(f"SELECT version_num FROM {VERSION_TABLE}").fetchall() == [("0006",)]
+    c.close()
+    assert "annotation_leases" not in tables and not any(t.startswith("_alembic_tmp") for t in tables)
+
+
+def test_a_store_a_newer_tunesmith_made_is_refused_naming_its_revision(store_url: str) -> None:
+    import pytest
+
+    from tunesmith.errors import ConfigError
+
+    store = Store(store_url)
+    with store.engine.begin() as c:
+        c.execute(text(f"UPDATE {VERSION_TABLE} SET version_num = '9999'"))
+    store.close()
+    with pytest.raises(ConfigError, match=rf"schema revision '9999', which a newer tunesmith made; this one knows "
+                                          rf"revisions up to '{HEAD}'\. Upgrade tunesmith"):
+        Store(store_url)
+
+
+def test_a_database_holding_another_applications_jobs_table_is_a_config_error(store_url: str) -> None:
+    # PostgreSQL: DuplicateTable (42P07) with the migration's SQL, shown as an internal error
+    import pytest
+    from sqlalchemy import create_engine
+
+    from tunesmith.errors import ConfigError
+    from tunesmith.store.db import normalize_url
+
+    other = create_engine(normalize_url(store_url))
+    with other.begin() as c:
+        c.execute(text("CREATE TABLE jobs (id INTEGER)"))
+    other.dispose()
+    with pytest.raises(ConfigError, match=r"--db .*: cannot (open the store|create the store's tables): .*jobs\W* already "
+                                          r"exists") as err:
+        Store(store_url)
+    if "postgresql" in store_url:
+        assert "give tunesmith a database of its own, or a schema of its own" in str(err.value)
+
+
+def test_more_store_urls_that_cannot_work_are_config_errors_naming_them() -> None:
+    import pytest
+
+    from tunesmith.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--db sqlite://tunesmith.db: Invalid SQLite URL.*sqlite:///relative/path.db"):
+        Store("sqlite://tunesmith.db")  # two slashes: ArgumentError
+    from sqlalchemy.engine import make_url
+
+    url = make_url(PG_URL).set(password="Secr3t").render_as_string(hide_password=False)
+    with pytest.raises(ConfigError, match=r'cannot open the store: invalid connection option "sslmdoe"; check the URL') \
+            as err:  # a misspelt libpq option: ProgrammingError with no SQLSTATE
+        Store(f"{url}?sslmdoe=disable")
+    assert "Secr3t" not in str(err.value)
+
+
+def test_an_in_memory_store_is_one_database_for_every_thread() -> None:
+    # sqlite:// made the tables on the migrating connection only: the prediction log's thread found no such table
+    from tunesmith.monitor.log import PredictionLog
+    from tunesmith.store.schema import Prediction
+
+    store = Store("sqlite://")
+    log = PredictionLog(store)
+    log.record("req-1", "m", "1", "predict", ["x"], [{"label": "a"}], 1.0)
+    assert log.flush() and log.errors == 0
+    seen: list[str] = []
+
+    def read() -> None:  # another thread, as the server's request handlers
+        with store.session() as s:
+            seen.extend(s.scalars(select(Prediction.request_id)))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    reader.join()
+    assert seen == ["req-1"]
+    log.close()
+    store.close()

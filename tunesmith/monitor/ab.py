@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from tunesmith.errors import ConfigError, NotFound
 from tunesmith.monitor import stats
@@ -32,6 +33,13 @@ from tunesmith.store.db import Store
 from tunesmith.store.schema import ABTest, Feedback, Prediction
 
 WEIGHT_TOLERANCE = 0.005  # an even three-way split written to three places (0.333 each) is one; weights are then scaled to 1
+
+
+def _refuse_a_second(s: Any, model: str) -> None:
+    running = s.scalar(select(ABTest).where(ABTest.model == model, ABTest.status == "running"))
+    if running is not None:
+        raise ConfigError(f"'{model}' already has a running A/B test ({running.id}); stop it first with "
+                          f"`tunesmith ab stop --model {model}`")
 
 
 def _first_per_user(rows: list[Any]) -> list[Feedback]:
@@ -161,16 +169,20 @@ class ABService:
             per_variant = stats.Horizon(horizon).per_variant
         except ValueError as err:
             raise ConfigError(f"A/B test on '{model}': {err}") from None
-        with self.store.session() as s:
-            running = s.scalar(select(ABTest).where(ABTest.model == model, ABTest.status == "running"))
-            if running is not None:
-                raise ConfigError(f"'{model}' already has a running A/B test ({running.id}); stop it first with "
-                                  f"`tunesmith ab stop --model {model}`")
-            test = ABTest(id=f"ab-{secrets.token_hex(8)}", model=model, status="running",
-                          variants=[{"name": n, "version": versions[n], "weight": w} for n, w in weights.items()],
-                          shadow=shadow_entry, alpha=alpha, horizon=int(per_variant), created=time.time())
-            s.add(test)
-            test_id = test.id
+        try:
+            with self.store.session() as s:
+                _refuse_a_second(s, model)
+                test = ABTest(id=f"ab-{secrets.token_hex(8)}", model=model, status="running",
+                              variants=[{"name": n, "version": versions[n], "weight": w} for n, w in weights.items()],
+                              shadow=shadow_entry, alpha=alpha, horizon=int(per_variant), created=time.time())
+                s.add(test)
+                test_id = test.id
+        except IntegrityError:
+            # Two starts at once both found none running; the unique index (uq_ab_tests_one_running) let one in, and
+            # the other had a raw IntegrityError: it is told which test won (the transaction is rolled back).
+            with self.store.session() as s:
+                _refuse_a_second(s, model)
+            raise
         return self.status(model, test_id)
 
     def running(self, model: str) -> Route | None:

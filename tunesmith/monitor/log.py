@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import JSON, and_, update
+from sqlalchemy import JSON, and_, not_, select, update
 
 from tunesmith.store.db import Store
 from tunesmith.store.schema import Prediction
@@ -24,6 +24,7 @@ SHADOW_SUFFIX = ":shadow"  # a shadow challenger's row: the request's id and thi
 # A client's X-Request-ID leaves room for the suffix: a 128-character id lost its shadow row on PostgreSQL
 MAX_CLIENT_REQUEST_ID = MAX_REQUEST_ID - len(SHADOW_SUFFIX)
 BATCH = 512  # rows per insert: large enough to amortise the commit, small enough to keep latency low
+SHAPE_BATCH = 1000  # rows per transaction when the purge gives old rows their answer shape
 WAIT_S = 0.05  # how long the writer waits for more rows before committing what it has
 
 
@@ -98,11 +99,28 @@ class PredictionLog:
     def purge(self, retention_days: float) -> int:
         """Clear inputs and outputs older than the retention period (the rows stay, for counts and feedback)."""
         cutoff = time.time() - retention_days * 86400
+        self._keep_answer_shapes(cutoff)
         with self.store.session() as s:
             # only rows still holding inputs: it rewrote the cleared ones every hour
             result = s.execute(update(Prediction).where(Prediction.created < cutoff, inputs_logged())
                                .values(inputs=None, outputs=None))
             return int(result.rowcount or 0)
+
+    def _keep_answer_shapes(self, cutoff: float) -> None:
+        """Rows logged before answer shapes were (migration 0008) are checked against their outputs: their shape, from
+        those outputs, before the purge clears them (feedback on them then went unchecked). A batch per transaction, so
+        the log's writer is not held up behind a long one."""
+        missing = and_(Prediction.created < cutoff, not_(json_present(Prediction.answer_shape)),
+                       json_present(Prediction.outputs))
+        while True:
+            with self.store.session() as s:
+                rows = s.execute(select(Prediction.request_id, Prediction.outputs).where(missing).limit(SHAPE_BATCH)).all()
+                shaped = [{"request_id": rid, "answer_shape": answer_shape(outputs)} for rid, outputs in rows
+                          if isinstance(outputs, list)]
+                if shaped:
+                    s.execute(update(Prediction), shaped)  # by primary key
+            if len(rows) < SHAPE_BATCH or not shaped:
+                return
 
     def _write(self) -> None:
         stopping = False

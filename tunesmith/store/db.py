@@ -15,8 +15,9 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import NoSuchModuleError, OperationalError, ProgrammingError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 from tunesmith.config import data_home, without_password
 from tunesmith.errors import ConfigError
@@ -82,6 +83,9 @@ class Store:
         except (NoSuchModuleError, ModuleNotFoundError) as err:  # postgress://, mysql:// without its driver
             raise ConfigError(f"--db {self.shown}: no database driver for it ({err}); tunesmith's stores are "
                               "sqlite:///path.db and postgresql://user@host/db") from None
+        except ArgumentError as err:  # sqlite://tunesmith.db (two slashes: a host, which SQLite has none of)
+            raise ConfigError(f"--db {self.shown}: {shown_url(str(err)).strip().splitlines()[0]}; a SQLite file is "
+                              "sqlite:///relative/path.db or sqlite:////absolute/path.db") from None
         if self.dialect == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
@@ -92,17 +96,32 @@ class Store:
                 raise ConfigError(f"--db {self.shown}: cannot open the store: {shown_url(str(err.orig or err)).strip()}") \
                     from None
             except ProgrammingError as err:
-                # a search_path naming no schema (3F000) or a user without CREATE rights (42501): the URL or the
-                # database's grants, not a bug (it surfaced as "internal error" with the migration's SQL)
-                if getattr(err.orig, "sqlstate", None) not in ("3F000", "42501"):
-                    raise
-                first = str(err.orig).strip().splitlines()[0]
-                raise ConfigError(f"--db {self.shown}: cannot create the store's tables: {first}; check the URL's "
-                                  "schema (search_path) and that its user may create tables there") from None
+                raise self._programming_error(err) from None
+
+    def _programming_error(self, err: ProgrammingError) -> Exception:
+        """What a ProgrammingError while opening the store means: the URL or the database, not a bug (these surfaced
+        as "internal error" with the migration's SQL); `err` itself where it is none of those."""
+        sqlstate = getattr(err.orig, "sqlstate", None)
+        first = shown_url(str(err.orig or err).strip().splitlines()[0])
+        if sqlstate is None:  # refused before any SQL ran: libpq's "invalid connection option" (a misspelt ?option=)
+            return ConfigError(f"--db {self.shown}: cannot open the store: {first}; check the URL's options")
+        if sqlstate == "42P07":  # a table of another application's where the store's go (its own `jobs`, `files`)
+            return ConfigError(f"--db {self.shown}: cannot create the store's tables: {first} and is not tunesmith's; "
+                               "give tunesmith a database of its own, or a schema of its own "
+                               "(?options=-csearch_path%3Dtunesmith after CREATE SCHEMA tunesmith)")
+        if sqlstate in ("3F000", "42501"):  # a search_path naming no schema, a user without CREATE rights
+            return ConfigError(f"--db {self.shown}: cannot create the store's tables: {first}; check the URL's "
+                               "schema (search_path) and that its user may create tables there")
+        return err
 
     def _engine_options(self) -> dict[str, Any]:
         if self.dialect == "sqlite":
-            return {"connect_args": {"timeout": SQLITE_BUSY_MS / 1000, "check_same_thread": False}}
+            connect_args = {"timeout": SQLITE_BUSY_MS / 1000, "check_same_thread": False}
+            if _in_memory(make_url(self.url).database):
+                # each connection to :memory: is a database of its own: the tables were on the migrating connection
+                # only, and the prediction log's thread wrote to an empty one. One connection, shared by every thread.
+                return {"connect_args": connect_args, "poolclass": StaticPool}
+            return {"connect_args": connect_args}
         # a server that accepts the connection and never answers had hung every command (libpq waits for ever)
         return {"pool_size": 5, "max_overflow": 10, "connect_args": {"connect_timeout": CONNECT_TIMEOUT_S}}
 
@@ -111,8 +130,8 @@ class Store:
         """Folder for what belongs to this store but not in it: uploaded files' bytes, jobs' run folders.
         Beside the SQLite file, or under TUNESMITH_HOME for a server database."""
         database = make_url(self.url).database
-        if self.dialect == "sqlite" and database and database != ":memory:":
-            return Path(database).expanduser().resolve().parent
+        if self.dialect == "sqlite" and not _in_memory(database):
+            return Path(str(database)).expanduser().resolve().parent
         return data_home()
 
     def insert(self, table: Any) -> Any:
@@ -141,24 +160,33 @@ class Store:
             yield session
 
     def migrate(self, revision: str = "head") -> None:
-        """Bring the schema to the newest migration (a no-op when it is there); `revision`: stop earlier (tests
-        build an older store this way)."""
+        """Bring the schema to the newest migration (a no-op when it is there), all of it or none: `revision`: stop
+        earlier (tests build an older store this way)."""
         from alembic import command
 
         config = _alembic_config()
         with self._migration_lock(), self.engine.connect() as connection:
             sqlite = self.dialect == "sqlite"
             if sqlite:
+                # pysqlite runs DDL outside any transaction: an upgrade killed or failed half-way left its new tables
+                # with the old revision recorded, and every later open failed "table ... already exists". The driver
+                # in autocommit and a BEGIN of our own (SQLAlchemy's recipe for pysqlite) make the upgrade one
+                # transaction, batch-mode table copies included.
+                connection.execution_options(isolation_level="AUTOCOMMIT")
                 # A migration that drops a column copies the table (SQLite cannot alter it in place); with foreign keys
                 # on, dropping the old copy cascaded to every row referring to it (0007 deleted every annotation).
                 # The pragma is ignored inside a transaction, hence before it.
                 connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
                 connection.commit()
             try:
+                # On SQLite SQLAlchemy's begin sends nothing (autocommit); its commit or rollback ends our BEGIN.
                 with connection.begin():
+                    if sqlite:
+                        connection.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock at once, not on the first write
                     if self.dialect == "postgresql":
                         connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
                     _adopt_default_version_table(connection)
+                    self._check_known_revision(connection)
                     config.attributes["connection"] = connection
                     command.upgrade(config, revision)
                     if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
@@ -168,11 +196,21 @@ class Store:
                     connection.exec_driver_sql("PRAGMA foreign_keys=ON")
                     connection.commit()
 
+    def _check_known_revision(self, connection: Any) -> None:
+        """A store a newer tunesmith migrated: its revision is none of ours (Alembic said "Can't locate revision",
+        shown as an internal error)."""
+        from alembic.migration import MigrationContext
+
+        current = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE}).get_current_revision()
+        if current is not None and current not in _our_revisions():
+            raise ConfigError(f"--db {self.shown}: the store is at schema revision {current!r}, which a newer tunesmith "
+                              f"made; this one knows revisions up to {head_revision()!r}. Upgrade tunesmith "
+                              "(pip install -U tunesmith), or use the version that made the store")
+
     @contextmanager
     def _migration_lock(self) -> Iterator[None]:
         """SQLite: a lock file beside the database, so processes starting together migrate one at a time."""
-        database = make_url(self.url).database
-        if self.dialect != "sqlite" or not database or database == ":memory:":
+        if self.dialect != "sqlite" or _in_memory(make_url(self.url).database):
             yield
             return
         with file_lock(self.home / ".migrate.lock"):
@@ -214,19 +252,28 @@ def _alembic_config() -> Any:
 def _adopt_default_version_table(connection: Any) -> None:
     """Stores made before VERSION_TABLE kept their revision in `alembic_version`: move it over, so that
     table is free for Optuna (only when it holds one of our revisions; an Optuna one stays)."""
-    from alembic.script import ScriptDirectory
     from sqlalchemy import inspect
 
     tables = set(inspect(connection).get_table_names())
     if "alembic_version" not in tables or VERSION_TABLE in tables:
         return
     current = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    ours = {rev.revision for rev in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
-    if current not in ours:
+    if current not in _our_revisions():
         return
     connection.execute(text(f"CREATE TABLE {VERSION_TABLE} (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"))
     connection.execute(text(f"INSERT INTO {VERSION_TABLE} (version_num) VALUES (:v)"), {"v": current})
     connection.execute(text("DROP TABLE alembic_version"))
+
+
+def _our_revisions() -> set[str]:
+    from alembic.script import ScriptDirectory
+
+    return {rev.revision for rev in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
+
+
+def _in_memory(database: str | None) -> bool:
+    """sqlite:// and sqlite:///:memory: - a database that lives in its connection, with no file."""
+    return not database or database == ":memory:"
 
 
 def head_revision() -> str:
