@@ -189,8 +189,13 @@ class Store:
                     self._check_known_revision(connection)
                     config.attributes["connection"] = connection
                     command.upgrade(config, revision)
-                    if sqlite and connection.exec_driver_sql("PRAGMA foreign_key_check").first() is not None:
-                        raise RuntimeError("the migration left rows referring to rows that are gone; nothing was changed")
+                    dangling = connection.exec_driver_sql("PRAGMA foreign_key_check").first() if sqlite else None
+                    if dangling is not None:  # (table, rowid, parent table, key): rolled back by raising here
+                        table, rowid, parent = dangling[0], dangling[1], dangling[2]
+                        raise ConfigError(
+                            f"--db {self.shown}: row {rowid} of table {table} refers to a row of {parent} that is gone, so the "
+                            f"schema upgrade was rolled back and nothing was changed; delete that row (or restore the "
+                            f"row of {parent} it refers to) and start again")
             finally:
                 if sqlite:
                     connection.exec_driver_sql("PRAGMA foreign_keys=ON")
