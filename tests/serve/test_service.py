@@ -908,3 +908,7 @@ def test_assistant_tool_calls_in_the_history_are_refused_by_name() -> None:
                                                        {"role": "assistant", "content": None, "tool_calls": [call]}])
     for absent in (None, []):
         p.ChatCompletionRequest(model="bot", messages=[{"role": "assistant", "content": "x", "tool_calls": absent}])
+    with pytest.raises(ValidationError, match=r"messages\.0\.function_call"):  # the older form, dropped as well
+        p.ChatCompletionRequest(model="bot", messages=[{"role": "assistant", "content": None,
+                                                        "function_call": {"name": "f", "arguments": "{}"}}])
+    p.ChatCompletionRequest(model="bot", messages=[{"role": "assistant", "content": "x", "function_call": None}])

@@ -97,10 +97,11 @@ class ChatMessage(BaseModel):
     content: Text | list[dict[str, Any]] | None = None
     name: str | None = None
     tool_calls: list[Any] | None = None  # an assistant turn's function calls: refused (below), never dropped
+    function_call: dict[str, Any] | None = None  # the older form of the same
 
-    @field_validator("tool_calls")
+    @field_validator("tool_calls", "function_call")
     @classmethod
-    def _no_tool_calls(cls, calls: list[Any] | None) -> None:
+    def _no_tool_calls(cls, calls: Any) -> None:
         """Dropped, the history the model read was not the one sent (as the `tool` role, refused by name)."""
         if calls:
             raise ValueError("function calling is not supported by tunesmith models; send the history without them")
