@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_train import project
-from tunesmith.artifacts import DatasetVersion
+from tunesmith.artifacts import DatasetVersion, Run
 from tunesmith.cli import run as cli
 from tunesmith.evaluation.run import compare_runs, evaluate_run
 from tunesmith.training import train
@@ -70,6 +70,9 @@ def test_regression_report_has_scatter_and_residuals(tmp_path: Path, tiny_bert: 
     assert (run / "eval" / "test" / "predicted_vs_true.png").exists()
     assert (run / "eval" / "test" / "residuals.png").exists()
     assert_learning_curve(run / "eval" / "test")
+    # the largest errors name their rows (file:line), not only their place in the split
+    ids = set(DatasetVersion(Run(run).manifest.dataset).table("test").column("id").to_pylist())
+    assert result["mistakes"] and all(m["id"] in ids for m in result["mistakes"])
 
 
 def test_chat_report_has_a_learning_curve(tmp_path: Path, tiny_llama: Path) -> None:

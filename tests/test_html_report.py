@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunesmith.html_report import markdown_table, markdown_to_html
+from tunesmith.html_report import markdown_table, markdown_text, markdown_to_html
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 64
 
@@ -38,3 +38,22 @@ def test_character_references_do_not_hide_a_scheme_or_a_path(tmp_path: Path) -> 
     page = markdown_to_html("\n\n".join(texts), tmp_path, "report")
     targets = [html.unescape(t) for t in re.findall(r'(?:href|src)="([^"]*)"', page)]
     assert targets == ["#"] * 7 + ["https://x.test/?a=1&b=2", "figures/cm.png"]
+
+
+def test_underscores_at_word_edges_are_no_emphasis(tmp_path: Path) -> None:
+    """Labels "__init__" and "_italic_" rendered as bold and italic "init" / "italic" and no longer matched the JSON."""
+    page = markdown_to_html(markdown_table(["label"], [["__init__"], ["_italic_"], ["f1_macro"], ["a__b_"]]), tmp_path, "r")
+    assert "<strong>" not in page and "<em>" not in page
+    assert all(f"<td>{x}</td>" in page for x in ("__init__", "_italic_", "f1_macro", "a__b_"))
+    assert markdown_text("f1_macro") == "f1_macro"  # readable in the .md: inside a word "_" is no emphasis
+
+
+def test_inline_user_text_stays_one_line_of_text(tmp_path: Path) -> None:
+    """User text outside tables (a list item, a quote) was Markdown: a picture the report fetched, a live link,
+    a code span, a line break that ended the list."""
+    text = "a ![p](https://tracker.example/p.png) [x](https://evil.example) `code` *b* | # c <i>d</i> \\e\n- f\tg"
+    page = markdown_to_html(f"- {markdown_text(text)}\n- next", tmp_path, "r")
+    assert "<img" not in page and "<a " not in page and "<code>" not in page and "<em>" not in page and "<i>" not in page
+    assert ("<li>a ![p](https://tracker.example/p.png) [x](https://evil.example) `code` *b* | # c &lt;i&gt;d&lt;/i&gt; "
+            "\\e - f g</li>") in page
+    assert page.count("<li>") == 2

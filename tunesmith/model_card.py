@@ -8,6 +8,7 @@ from typing import Any
 
 from tunesmith.artifacts import DatasetVersion, Run
 from tunesmith.errors import DataError
+from tunesmith.html_report import HEADLINE, OPTIONAL
 
 
 def write_model_card(run_dir: Path) -> Path:
@@ -57,10 +58,11 @@ def write_model_card(run_dir: Path) -> Path:
     for report in reports:
         r = json.loads(report.read_text(encoding="utf-8"))
         numbers = {k: v for k, v in r["metrics"].items() if isinstance(v, int | float) and not isinstance(v, bool) and k != "n"}
-        main = list(numbers.items())[:8]  # the metrics' own order: the headline ones first
+        main = _headline_first(r.get("task"), numbers)[:8]
         # another dataset's scores say so: they read as the run's own test results
         other = "" if r.get("dataset_fingerprint", m.dataset_fingerprint) == m.dataset_fingerprint else f" on {r.get('dataset')}"
-        own = own or not other
+        # only the run's own test split is held out: validation picked the checkpoint, so it does not count
+        own = own or (r["split"] == "test" and not other)
         lines.append(f"{r['split'].capitalize()}{other} ({r['n']} examples): " + ", ".join(f"{k} {v:.4f}" for k, v in main))
         lines.append("")
     if not own:  # validation picked the checkpoint, so only a held-out split's scores are unbiased
@@ -70,6 +72,13 @@ def write_model_card(run_dir: Path) -> Path:
     path = run_dir / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _headline_first(task: str | None, numbers: dict[str, float]) -> list[tuple[str, float]]:
+    """The evaluation report's headline metrics for the task first (then its optional ones, then the rest in the
+    report's order): the card shows only a few, and dict order put precision_micro before f1_weighted."""
+    first = [k for k in (*HEADLINE.get(task or "", []), *OPTIONAL.get(task or "", [])) if k in numbers]
+    return [(k, numbers[k]) for k in first] + [(k, v) for k, v in numbers.items() if k not in first]
 
 
 _PURPOSE = {

@@ -93,3 +93,18 @@ def test_labels_named_none_or_tie_and_model_checks_on_ties(tmp_path: Path) -> No
     data = summarize(q)
     assert data["label_distribution"] == {"none": 1} and (data["ties"], data["unlabelled"]) == (1, 2)
     assert "model_vs_humans" not in data  # a tie has no majority to match
+
+
+def test_report_quotes_task_name_and_every_line_of_the_instructions_as_text(tmp_path: Path) -> None:
+    """Instructions "![p](https://tracker.example/p.png)" loaded a remote picture when the report was opened; their
+    second line fell out of the quote and read as the report's own Markdown (a heading here)."""
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    create_task(store, "food_", ["pos", "neg"], overlap=1,
+                instructions="Mark ![p](https://tracker.example/p.png) [here](https://evil.example)\n\n# Positive?\n`x")
+    add_items(store, "food_", [NewItem("r0", "text")])
+    write_report(Queue(store, "food_"), tmp_path / "report")
+    page = (tmp_path / "report" / "report.html").read_text()
+    assert "<img" not in page and "<a " not in page and "<h1>Positive?" not in page
+    quote = page.split("<blockquote>")[1].split("</blockquote>")[0]
+    assert "![p](https://tracker.example/p.png) [here](https://evil.example)" in quote
+    assert "# Positive?" in quote and "`x" in quote

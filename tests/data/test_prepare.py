@@ -615,3 +615,49 @@ def test_a_few_large_groups_leave_no_split_empty() -> None:
     for seed in (0, 7):
         splits = assign(["x"] * len(groups), groups, [None] * len(groups), SplitSpec(stratify=False, seed=seed)).tolist()
         assert all(splits.count(s) > 0 for s in ("train", "validation", "test")), seed
+
+
+def test_labels_and_description_quoted_in_the_report_stay_text(tmp_path: Path, make_config) -> None:
+    """Warnings quote labels, the Label map line the changes, the description the user's words; all went into
+    the Markdown as written: "![pixel](https://tracker.example/p.png)" made the report fetch a remote picture,
+    "[click me](https://evil.example)" was a live link."""
+    picture, link = "![pixel](https://tracker.example/p.png)", "[click me](https://evil.example)"
+    rows = labelled(40) + [{"text": "the only example of a tiny class here", "label": picture},
+                           {"text": "one more lonely example of another class", "label": "fine"}]
+    cfg = make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}], annotate={"label_map": {"fine": link}},
+                      task={"description": "Sort `reviews` ![d](https://tracker.example/d.png)\n# not a heading"})
+    version = prepare(cfg)
+    md = (version.path / "report.md").read_text()
+    assert f"class '{picture}'" in " ".join(version.report()["warnings"])  # the JSON keeps the label as it is
+    page = (version.path / "report.html").read_text()
+    assert "<img" not in page.replace('<img alt="token lengths"', "").replace('<img alt="class balance"', "")
+    assert "<a " not in page and "<h1>not a heading" not in page and "<code>reviews" not in page
+    assert "class '![pixel](https://tracker.example/p.png)' has no example" in page
+    assert f"fine -&gt; {link}" in page and "> \\# not a heading" in md
+
+
+def test_multi_label_class_balance_is_a_share_of_the_rows(tmp_path: Path, make_config) -> None:
+    """A row counts once per label: "food" in every row read 66.7% "of split" when divided by the label count."""
+    rows = [{"text": t, "tags": ["food", "food,price"][i % 2]} for i, t in enumerate(sentences(40))]
+    version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}],
+                                  task={"type": "multi_label_classification", "label": "tags"}))
+    n = version.manifest.counts["train"]
+    row = next(x for x in (version.path / "report.md").read_text().splitlines() if x.startswith("| food |"))
+    assert row.split(" | ")[1] == f"{n} (100.0%)"
+
+
+def test_a_long_label_is_shortened_on_the_class_balance_axis(tmp_path: Path, make_config, monkeypatch) -> None:
+    """One long label made tight_layout give up, and every tick label was cut off."""
+    from matplotlib.axes import Axes
+
+    long = "customer asked about the refund policy for orders shipped abroad before the price change"
+    ticks: list[list[str]] = []
+    set_xticks = Axes.set_xticks
+
+    def spy(self, positions, labels=None, **kw):
+        ticks.append(list(labels or []))
+        return set_xticks(self, positions, labels, **kw)
+
+    monkeypatch.setattr(Axes, "set_xticks", spy)
+    prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", labelled(40, labels=("pos", long))))}]))
+    assert ticks and max(len(x) for x in ticks[-1]) <= 18 and "pos" in ticks[-1]

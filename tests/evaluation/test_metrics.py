@@ -176,6 +176,26 @@ def test_confusion_text_is_an_aligned_table() -> None:
         confusion_text([[1, 2, 3]], ["x", "y"])
 
 
+def test_confusion_text_keeps_labels_with_line_breaks_and_wide_characters_aligned() -> None:
+    """A label "billing\nrefund" (data allows it) split the matrix's row in two; CJK labels were padded by
+    characters, not by the columns they take."""
+    text = confusion_text([[1, 0, 0], [0, 12, 0], [0, 0, 3]], ["billing\nrefund", "ship\tping", "食べ物"])
+    assert text == ("true \\ pred     billing·refund  ship·ping  食べ物\n"
+                    "billing·refund               1          0       0\n"
+                    "ship·ping                    0         12       0\n"
+                    "食べ物                       0          0       3")
+    assert short_labels(["a\r\nb"]) == ["a··b"]
+
+
+def test_mistakes_carry_the_example_ids_when_given() -> None:
+    """A row number alone cannot be found in the source files; the split's id (file:line) can."""
+    mistakes = most_confident_mistakes(["a", "b"], [0, 1], [1, 1], None, ["x", "y"], ids=["d.csv:2", "d.csv:3"])
+    assert [(m["index"], m["id"]) for m in mistakes] == [(0, "d.csv:2")]
+    errors = largest_errors(["a", "b"], [1.0, 2.0], [1.0, 5.0], ids=["d.csv:2", "d.csv:3"])
+    assert errors[0]["id"] == "d.csv:3"
+    assert "id" not in largest_errors(["a"], [1.0], [2.0])[0]
+
+
 def test_most_confident_mistakes_come_first_and_texts_are_clipped() -> None:
     texts = ["fine", "x" * 1000, "bad", "meh", "ok"]
     proba = np.array([[.9, .1], [.05, .95], [.4, .6], [.3, .7], [.2, .8]])

@@ -64,6 +64,26 @@ def test_write_report_files(tmp_path: Path) -> None:
     assert "<script>" not in page and "&lt;script&gt;" in page  # example text stays text
 
 
+def test_notes_quoting_labels_stay_text(tmp_path: Path) -> None:
+    """The ROC-AUC note lists labels; "![pixel](https://tracker.example/p.png)" in one loaded a remote picture when
+    the report was opened, and "[click me](https://evil.example)" was a live link."""
+    result = classification_result(notes=["label ![pixel](https://tracker.example/p.png) and [click me](https://evil.example) `x",
+                                          "__init__ was\nseen"])
+    page = write_report(tmp_path, result)["html"].read_text()
+    assert "<img" not in page and "<a " not in page and "<code>x" not in page
+    assert "label ![pixel](https://tracker.example/p.png) and [click me](https://evil.example) `x" in page
+    assert "<li>__init__ was seen</li>" in page
+
+
+def test_mistakes_name_the_example_id_when_the_split_has_one(tmp_path: Path) -> None:
+    ids = ["reviews.csv:2", "reviews.csv:3", "reviews.csv:4", "reviews.csv:5"]
+    proba = np.array([[.1, .9], [.2, .8], [.4, .6], [.7, .3]])
+    result = classification_result(mistakes=most_confident_mistakes(TEXTS, Y_TRUE, [1, 1, 1, 0], proba, LABELS, ids=ids))
+    md = markdown(result)
+    assert "| row | id | true | predicted | confidence | text |" in md and "| 1 | reviews.csv:3 | neg | pos | 0.8000 |" in md
+    assert "| row | true | predicted |" in markdown(classification_result())  # no ids: no empty column
+
+
 def test_base_model_column_and_regression_report(tmp_path: Path) -> None:
     y_true, y_pred = [1.0, 2.0, 3.0, 4.0], [1.2, 1.9, 3.3, 3.6]
     result = {

@@ -39,3 +39,17 @@ def test_importances_are_measured_when_the_values_differ(tmp_path: Path) -> None
     assert set(report["importances"]) == {"train.learning_rate", "train.method"}
     assert report["figures"]["importances"] == "figures/importances.png"
     assert "## Parameter importances" in (tmp_path / "report.md").read_text()
+
+
+def test_a_choice_that_reads_as_a_formula_is_drawn_as_text(tmp_path: Path) -> None:
+    """A categorical choice "models/$x^{$" is invalid mathtext; matplotlib parsed it at savefig, outside the figure's
+    try, so write_report raised and the study ended without a report."""
+    study = optuna.create_study(direction="maximize")
+    space = {"train.learning_rate": FloatDistribution(1e-4, 1e-2), "model.name": CategoricalDistribution(["models/$x^{$", "plain"])}
+    for i, value in enumerate([0.5, 0.7, 0.6, 0.9]):
+        study.add_trial(create_trial(state=TrialState.COMPLETE, distributions=space, value=value,
+                                     params={"train.learning_rate": 1e-4 * (i + 1), "model.name": space["model.name"].choices[i % 2]}))
+    write_report(study, tmp_path, ["f1_macro"], 3, None)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["figures"] and all((tmp_path / path).is_file() for path in report["figures"].values())
+    assert not any("not drawn" in note for note in report["notes"])

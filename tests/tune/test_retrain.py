@@ -509,3 +509,24 @@ def _production_candidate_and_corrections(tmp_path: Path, tiny_bert: Path, max_s
     registry.add(train(parse_config(data)), "reviews")  # version 2, a candidate
     record_corrections(store, "reviews", paris(12, 9), "pos")
     return cfg, store, registry
+
+
+def test_the_report_quotes_kept_out_corrections_as_text(tmp_path: Path) -> None:
+    """A correction repeating a test text was quoted raw: "![p](https://tracker.example/p.png)" made the report
+    fetch a remote picture when opened, "[x](https://evil.example)" was a live link, a backtick broke the list."""
+    from tunesmith.tune.retrain import _write_report
+
+    hostile = "loved it ![p](https://tracker.example/p.png) see [my shop](https://evil.example) `x\nnext"
+    nobody = {"n": 0}
+    report = {"model": "reviews", "decision": "candidate", "production": 1, "candidate": 2, "mode": "full", "run": "r",
+              "corrections": {"usable": 1}, "reasons": ["kept"], "judged": {"test": nobody, "feedback": nobody},
+              "rule": {"max_test_drop": 0.01, "require_feedback_gain": False, "alpha": 0.05, "promote": "never"},
+              "dataset": {"counts": {"train": 1, "validation": 1, "test": 1, "feedback_holdout": 0},
+                          "corrections_in_train": 0, "corrections_in_validation": 0, "superseded": [], "corrections_known": 0,
+                          "kept_out": [{"id": "req`1:14", "matches": "test.csv:22", "split": "test", "match": "exact",
+                                        "text": hostile}]}}
+    _write_report(tmp_path, report)
+    page = (tmp_path / "report.html").read_text()
+    assert "<img" not in page and "<a " not in page
+    assert ("<li>req`1:14 repeats test.csv:22 (test, exact): loved it ![p](https://tracker.example/p.png) see "
+            "[my shop](https://evil.example) `x next</li>") in page

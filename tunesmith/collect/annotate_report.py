@@ -16,7 +16,7 @@ from typing import Any
 from tunesmith.collect.agreement import agreement
 from tunesmith.collect.annotate import Queue, is_model
 from tunesmith.collect.annotate_io import majority
-from tunesmith.html_report import markdown_table, markdown_to_html
+from tunesmith.html_report import markdown_table, markdown_text, markdown_to_html
 
 
 def summarize(queue: Queue) -> dict[str, Any]:
@@ -71,11 +71,12 @@ def write_report(queue: Queue, folder: str | Path) -> dict[str, Any]:
 
 def to_markdown(data: dict[str, Any]) -> str:
     p, a = data["progress"], data["agreement"]
-    lines = [f"# Annotation: {data['task']}", "",
+    lines = [f"# Annotation: {markdown_text(data['task'])}", "",
              f"{p['done']} of {p['total']} items done (overlap: {p['overlap']} label(s) per item, "
              "or an accepted model label).", ""]
     if data["instructions"]:
-        lines += [f"> {data['instructions']}", ""]
+        # every line in the quote: one unquoted line after a blank one would be read as the report's own Markdown
+        lines += ["\n".join(f"> {markdown_text(line)}" for line in str(data["instructions"]).splitlines()), ""]
     lines += ["## Annotators", "", markdown_table(
         ["annotator", "kind", "labels", "skips", *data["labels"]],
         [[r["annotator"], r["kind"], r["labels"], r["skips"], *(r["by_label"].get(k, 0) for k in data["labels"])]

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from tunesmith.artifacts import DatasetManifest
 from tunesmith.config import SPLITS, TaskType
-from tunesmith.html_report import markdown_table, markdown_to_html
+from tunesmith.html_report import markdown_table, markdown_text, markdown_to_html, short_labels
 
 CHUNK = 50_000  # rows turned into Python objects at a time when a statistic needs them
 
@@ -207,13 +207,22 @@ def _figures(folder: Path, report: dict[str, Any], tables: dict[str, pa.Table]) 
         fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(labels) + 3), 3.6))
         width = 0.8 / len(SPLITS)
         for k, name in enumerate(SPLITS):
-            n = max(1, sum(balance[name].values()))
+            n = max(1, _balance_base(report, name))
             ax.bar(np.arange(len(labels)) + k * width, [100 * balance[name].get(x, 0) / n for x in labels], width, label=name)
         # parse_math off: a class named "$10-$20" was drawn as a formula, and "$$" failed the whole report
-        ax.set_xticks(np.arange(len(labels)) + width, labels, rotation=45 if len(labels) > 6 else 0,
+        # short tick labels: one long label made tight_layout give up, and every tick was clipped
+        ax.set_xticks(np.arange(len(labels)) + width, short_labels(labels, width=18), rotation=45 if len(labels) > 6 else 0,
                       ha="right" if len(labels) > 6 else "center", parse_math=False)
         out["class_balance"] = _save(fig, ax, "% of split", "Class balance per split", figures / "class_balance.png")
     return out
+
+
+def _balance_base(report: dict[str, Any], split: str) -> int:
+    """What a class's count is a share of: the split's rows. A multi-label row counts once per label it has, so the
+    sum of the counts would make a label every row has read as less than 100% "of split"."""
+    if report.get("task") == TaskType.multi_label.value:
+        return report["provenance"][split]["rows"]
+    return sum(report["class_balance"][split].values())
 
 
 def _save(fig: Any, ax: Any, ylabel: str, title: str, path: Path) -> str:
@@ -233,9 +242,9 @@ def _save(fig: Any, ax: Any, ylabel: str, title: str, path: Path) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     c = report["counts"]
-    md = [f"# Data report: {report['name']}", ""]
+    md = [f"# Data report: {markdown_text(report['name'])}", ""]
     if report["description"]:
-        md += [f"> {report['description']}", ""]
+        md += ["\n".join(f"> {markdown_text(line)}" for line in str(report["description"]).splitlines()), ""]
     md += [
         f"- **Task**: {report['task']}",
         f"- **Rows**: {c['input']} read → {c['train']} train / {c['validation']} validation / {c['test']} test; "
@@ -247,7 +256,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
     ]
     if report["warnings"]:
-        md += ["## Warnings", ""] + [f"- ⚠ {w}" for w in report["warnings"]] + [""]
+        md += ["## Warnings", ""] + [f"- ⚠ {markdown_text(w)}" for w in report["warnings"]] + [""]
     md += ["## Sources", "", markdown_table(["source", "kind", "encoding", "split", "rows", "rejected"],
                                     [[s["source"], s["kind"], s.get("encoding") or "-", s["split"] or "auto", s["rows"], s["rejected"]]
                                      for s in report["sources"]]), ""]
@@ -272,7 +281,7 @@ def markdown(report: dict[str, Any]) -> str:
         for label in labels:
             row = [label]
             for s in SPLITS:
-                n = sum(report["class_balance"][s].values()) or 1
+                n = _balance_base(report, s) or 1
                 k = report["class_balance"][s].get(label, 0)
                 row.append(f"{k} ({k / n:.1%})")
             rows.append(row)
@@ -318,7 +327,7 @@ def markdown(report: dict[str, Any]) -> str:
                       [[e["id"], e["split"], e["duplicates"], e["of_split"], e["match"]] for e in leak["examples"]]), ""]
     a = report["annotation"]
     if a["label_map_changes"] or a["corrections_applied"] or a["corrections_unused"]:
-        md += ["## Annotation", "", f"- Label map: {a['label_map_changes'] or 'no changes'}",
+        md += ["## Annotation", "", f"- Label map: {markdown_text(a['label_map_changes'] or 'no changes')}",
                f"- Corrections applied: {a['corrections_applied']}; unused ids: {len(a['corrections_unused'])}", ""]
     q = report["quarantine"]
     md += ["## Quarantine", "", f"{q['rows']} rows, every one with its file, line and reason in `quarantine.jsonl`.", ""]

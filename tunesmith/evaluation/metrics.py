@@ -23,6 +23,7 @@ import numpy as np
 from scipy import stats
 from sklearn import metrics as skm
 
+from tunesmith.html_report import display_width, pad_to_width, short_labels
 from tunesmith.tasks.sequence import occurring_labels
 
 TEXT_LIMIT = 300  # characters of an example shown in a report; enough to judge, short enough to scan
@@ -185,18 +186,6 @@ def regression_metrics(y_true: Sequence[float] | np.ndarray, y_pred: Sequence[fl
 # -- for people ---------------------------------------------------------------------------------
 
 
-def short_labels(labels: Sequence[Any], width: int = 20) -> list[str]:
-    """Labels cut to `width` in the middle, their start and end kept (classes often share a prefix:
-    customer_complaint_billing / _shipping both read customer_complaint_…); the full names where two still read alike."""
-    head = width // 2
-
-    def cut(label: str) -> str:
-        return label if len(label) <= width else label[:head] + "…" + label[len(label) - (width - 1 - head):]
-
-    names = [cut(str(x)) for x in labels]
-    return names if len(set(names)) == len(names) else [str(x) for x in labels]
-
-
 def confusion_text(matrix: Sequence[Sequence[float]] | np.ndarray, labels: Sequence[str]) -> str:
     """The confusion matrix as an aligned plain-text table (rows = true, columns = predicted)."""
     m = np.asarray(matrix)
@@ -206,10 +195,10 @@ def confusion_text(matrix: Sequence[Sequence[float]] | np.ndarray, labels: Seque
     integral = np.all(np.equal(np.mod(m, 1), 0))
     cells = [[str(int(v)) if integral else f"{v:.2f}" for v in row] for row in m]
     corner = "true \\ pred"
-    first = max(len(corner), *(len(n) for n in names))
-    widths = [max(len(names[j]), *(len(row[j]) for row in cells)) for j in range(len(names))]
-    lines = [corner.ljust(first) + "  " + "  ".join(n.rjust(w) for n, w in zip(names, widths))]
-    lines += [name.ljust(first) + "  " + "  ".join(c.rjust(w) for c, w in zip(row, widths))
+    first = max(len(corner), *(display_width(n) for n in names))
+    widths = [max(display_width(names[j]), *(len(row[j]) for row in cells)) for j in range(len(names))]
+    lines = [pad_to_width(corner, first) + "  " + "  ".join(pad_to_width(n, w, right=True) for n, w in zip(names, widths))]
+    lines += [pad_to_width(name, first) + "  " + "  ".join(pad_to_width(c, w, right=True) for c, w in zip(row, widths))
               for name, row in zip(names, cells)]
     return "\n".join(line.rstrip() for line in lines)
 
@@ -220,10 +209,12 @@ def _clip(text: str) -> str:
 
 
 def most_confident_mistakes(texts: Sequence[str], y_true: Sequence[int] | np.ndarray, y_pred: Sequence[int] | np.ndarray,
-                            proba: np.ndarray | None, labels: Sequence[str], k: int = 10) -> list[dict[str, Any]]:
+                            proba: np.ndarray | None, labels: Sequence[str], k: int = 10,
+                            ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Wrong predictions the model was surest of: where label noise and real blind spots show.
 
     Confidence is the probability of the predicted label; without `proba` mistakes come in data order.
+    `ids` (the split's `id` column, file:line) lets a reader find the example in the source.
     """
     labels = [str(x) for x in labels]
     _same_length(texts, y_true, "texts and y_true")
@@ -234,16 +225,23 @@ def most_confident_mistakes(texts: Sequence[str], y_true: Sequence[int] | np.nda
     if proba is not None:
         confidence = _check_proba(proba, len(t), len(labels), rows_sum_to_1=False)[np.arange(len(p)), p]
         wrong = wrong[np.argsort(-confidence[wrong], kind="stable")]
-    return [{"index": int(i), "text": _clip(texts[i]), "true": labels[t[i]], "predicted": labels[p[i]],
+    return [{"index": int(i), **_id(ids, texts, i), "text": _clip(texts[i]), "true": labels[t[i]], "predicted": labels[p[i]],
              "confidence": None if confidence is None else float(confidence[i])} for i in wrong[:k]]
 
 
 def largest_errors(texts: Sequence[str], y_true: Sequence[float] | np.ndarray, y_pred: Sequence[float] | np.ndarray,
-                   k: int = 10) -> list[dict[str, Any]]:
-    """Regression examples with the largest absolute error (error = predicted - true)."""
+                   k: int = 10, ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Regression examples with the largest absolute error (error = predicted - true); `ids` as in most_confident_mistakes."""
     _same_length(texts, y_true, "texts and y_true")
     _same_length(y_true, y_pred)
     t, p = _check_scores("y_true", y_true), _check_scores("y_pred", y_pred)
     order = np.argsort(-np.abs(p - t), kind="stable")
-    return [{"index": int(i), "text": _clip(texts[i]), "true": float(t[i]), "predicted": float(p[i]),
+    return [{"index": int(i), **_id(ids, texts, i), "text": _clip(texts[i]), "true": float(t[i]), "predicted": float(p[i]),
              "error": float(p[i] - t[i])} for i in order[:k]]
+
+
+def _id(ids: Sequence[str] | None, texts: Sequence[str], i: int) -> dict[str, str]:
+    if ids is None:
+        return {}
+    _same_length(texts, ids, "texts and ids")
+    return {"id": str(ids[i])}

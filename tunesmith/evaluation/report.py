@@ -31,27 +31,18 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from tunesmith.config import LOWER_IS_BETTER as CHECKPOINT_LOWER_IS_BETTER
-from tunesmith.html_report import markdown_table, markdown_to_html
+from tunesmith.html_report import HEADLINE, OPTIONAL, markdown_table, markdown_text, markdown_to_html
 
 REQUIRED = ("run", "model", "method", "task", "dataset", "dataset_fingerprint", "split", "n", "metrics")
 DEFAULTS: dict[str, Any] = {"baselines": {}, "base_model": None, "figures": {}, "confusion_text": None,
                             "mistakes": [], "notes": [], "samples": []}
-# The metrics a reader looks at first; the optional ones appear when the tuned model has them.
-HEADLINE = {
-    "single_label_classification": ["accuracy", "f1_macro", "f1_weighted"],
-    "multi_label_classification": ["subset_accuracy", "f1_micro", "f1_macro", "hamming_loss"],
-    "regression": ["mae", "rmse", "r2", "spearman"],
-    "chat": ["loss", "perplexity", "mean_token_accuracy", "rouge_l", "token_f1", "exact_match", "stopped"],
-    "preference": ["preference_accuracy", "logp_margin", "rouge_l", "token_f1", "stopped"],
-}
-OPTIONAL = {"single_label_classification": ["log_loss", "roc_auc"], "multi_label_classification": ["roc_auc_macro"],
-            "chat": ["answer_accuracy"], "preference": ["reward_accuracy"]}
 # Training's checkpoint metrics (config.py) plus the evaluation-only ones; comparisons judge every shared
 # number, so chat's answers left unparsed and its generation time belong here too.
 LOWER_IS_BETTER = {*CHECKPOINT_LOWER_IS_BETTER, "mse", "log_loss", "hamming_loss", "perplexity", "full_valid_loss",
@@ -122,8 +113,15 @@ def _metric_keys(task: str, *metrics: dict[str, Any]) -> list[str]:
 
 
 def _esc(text: Any) -> str:
-    """Text from the data goes into Markdown that becomes HTML: keep it text."""
-    return html.escape(str(text), quote=False)
+    """Text from the data goes into Markdown that becomes HTML: keep it text (HTML and Markdown punctuation alike:
+    a note quoting a label "[x](https://evil.example)" is no live link)."""
+    return markdown_text(text)
+
+
+def _code(text: Any) -> str:
+    """Text for a `code span`, where backslash escapes show as written: HTML escaped, backticks and line breaks
+    (which would close the span or the line) dropped."""
+    return re.sub(r"[`\r\n]", " ", html.escape(str(text), quote=False))
 
 
 def _json_default(value: Any) -> Any:
@@ -169,23 +167,30 @@ def _headline(r: dict[str, Any]) -> str:
 def _mistakes(mistakes: list[dict[str, Any]]) -> list[str]:
     if not mistakes:
         return []
+    # the example's id (file:line) where the evaluation has it: a row number alone cannot be found in the source
+    ids = any("id" in m for m in mistakes)
+    where = ["row", *(["id"] if ids else [])]
+
+    def at(m: dict[str, Any]) -> list[Any]:
+        return [m.get("index", ""), *([m.get("id", "")] if ids else [])]
+
     if "confidence" in mistakes[0]:
         return ["## Most confident mistakes", "", markdown_table(
-            ["row", "true", "predicted", "confidence", "text"],
-            [[m.get("index", ""), m["true"], m["predicted"], _fmt(m["confidence"]), m["text"]] for m in mistakes]), ""]
+            [*where, "true", "predicted", "confidence", "text"],
+            [[*at(m), m["true"], m["predicted"], _fmt(m["confidence"]), m["text"]] for m in mistakes]), ""]
     return ["## Largest errors", "", markdown_table(
-        ["row", "true", "predicted", "error", "text"],
-        [[m.get("index", ""), _fmt(m["true"]), _fmt(m["predicted"]), _fmt(m["error"]), m["text"]] for m in mistakes]), ""]
+        [*where, "true", "predicted", "error", "text"],
+        [[*at(m), _fmt(m["true"]), _fmt(m["predicted"]), _fmt(m["error"]), m["text"]] for m in mistakes]), ""]
 
 
 def markdown(result: dict[str, Any]) -> str:
     """The report as Markdown (what report.md holds)."""
     r = complete(result)
     md = [f"# Evaluation: {_esc(r['run'])}", "",
-          f"- **Model**: {_esc(r['model'])}, tuned with `{_esc(r['method'])}`",
+          f"- **Model**: {_esc(r['model'])}, tuned with `{_code(r['method'])}`",
           f"- **Task**: {_esc(r['task'])}",
-          (f"- **Data**: {_esc(r['dataset'])}, split `{_esc(r['split'])}`, {r['n']} examples "
-           f"(fingerprint `{_esc(str(r['dataset_fingerprint'])[:16])}`)"), "",
+          (f"- **Data**: {_esc(r['dataset'])}, split `{_code(r['split'])}`, {r['n']} examples "
+           f"(fingerprint `{_code(str(r['dataset_fingerprint'])[:16])}`)"), "",
           "## Headline", "", _headline(r), ""]
     if not r["baselines"] and not r["base_model"]:
         md += ["_No baselines were run: the numbers above have nothing to be compared with._", ""]

@@ -48,6 +48,7 @@ def evaluate_sequence(run: Run, version: DatasetVersion, split: str, notes: list
     if table.num_rows == 0:
         raise DataError(f"{version.path}: split '{split}' is empty")
     texts = table.column("text").to_pylist()
+    ids = table.column("id").to_pylist() if "id" in table.column_names else None  # file:line, to find the row
     y_true = targets(task, table, len(labels))
 
     pred = Predictor(run.path).predict(texts, cleaned=True)
@@ -68,12 +69,12 @@ def evaluate_sequence(run: Run, version: DatasetVersion, split: str, notes: list
         plots.confusion_matrix_png(matrix, labels, folder / "confusion_matrix_normalized.png", normalize=True)
         figures = {"confusion matrix": "confusion_matrix.png", "confusion matrix (row-normalised)": "confusion_matrix_normalized.png"}
         confusion = mt.confusion_text(matrix, labels)
-        mistakes = mt.most_confident_mistakes(texts, y_true, y_pred, pred.proba, labels)
+        mistakes = mt.most_confident_mistakes(texts, y_true, y_pred, pred.proba, labels, ids=ids)
     elif task == TaskType.regression:
         plots.scatter_png(y_true, y_pred, folder / "predicted_vs_true.png")
         plots.residual_histogram_png(y_true, y_pred, folder / "residuals.png")
         figures = {"predicted vs true": "predicted_vs_true.png", "residuals": "residuals.png"}
-        mistakes = mt.largest_errors(texts, y_true, y_pred)
+        mistakes = mt.largest_errors(texts, y_true, y_pred, ids=ids)
     else:
         mistakes = []
 

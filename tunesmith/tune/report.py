@@ -45,18 +45,21 @@ def _figure(name: str, folder: Path, draw: Callable[[], Any], notes: list[str]) 
     path = folder / "figures" / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with warnings.catch_warnings():
+        # parse_math off: a categorical choice such as "models/$x^{$" is text, not a formula; matplotlib parses
+        # mathtext only when it lays out and saves, so those stay inside the try: a failure is a note, the
+        # report is still written
+        with warnings.catch_warnings(), matplotlib.rc_context({"text.parse_math": False}):
             warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
             axes = draw()
+            figure = axes.ravel()[0].figure if hasattr(axes, "ravel") else axes.figure
+            figure.set_size_inches(9, 5)
+            figure.tight_layout()
+            figure.savefig(path, dpi=DPI)
     except (ValueError, RuntimeError, ZeroDivisionError, IndexError) as err:
         notes.append(f"{name}: not drawn ({err})")
-        plt.close("all")
         return None
-    figure = axes.ravel()[0].figure if hasattr(axes, "ravel") else axes.figure
-    figure.set_size_inches(9, 5)
-    figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
-    plt.close("all")
+    finally:
+        plt.close("all")
     return f"figures/{name}.png"
 
 

@@ -636,10 +636,12 @@ def _write_report(folder: Path, report: dict[str, Any]) -> None:
 
 
 def _markdown(r: dict[str, Any]) -> str:
+    from tunesmith.html_report import markdown_text as esc
+
     verdict = {"promoted": f"promoted: version {r['candidate']} is now in production",
                "ab_test": f"an A/B test started: v{r['production']} vs v{r['candidate']} (`tunesmith ab status --model {r['model']}`)",
                "candidate": f"version {r['candidate']} stays a candidate"}[r["decision"]]
-    lines = [f"# Retraining '{r['model']}': {verdict}", "",
+    lines = [f"# Retraining '{esc(r['model'])}': {verdict}", "",
              f"Production version {r['production']} + {r['corrections']['usable']} usable correction(s), mode **{r['mode']}**; "
              f"candidate run `{r['run']}`.", "", "## Decision", ""]
     lines += [f"- {x}" for x in r["reasons"]]
@@ -669,5 +671,7 @@ def _markdown(r: dict[str, Any]) -> str:
               f"{sum(x.get('correction') == 'held out' for x in d['superseded'])}); already known (same label, "
               f"set aside): {d.get('corrections_known', 0)}",
               f"- kept out because they repeat a frozen test example: {len(d['kept_out'])}"]
-    lines += [f"  - `{k['id']}` repeats `{k['matches']}` ({k['split']}, {k['match']}): {k['text'][:120]}" for k in d["kept_out"][:20]]
+    # ids (file:line) and texts come from users: escaped, never in backticks, which no escape can close safely
+    lines += [f"  - {esc(k['id'])} repeats {esc(k['matches'])} ({esc(k['split'])}, {esc(k['match'])}): {esc(k['text'][:120])}"
+              for k in d["kept_out"][:20]]
     return "\n".join(lines) + "\n"
