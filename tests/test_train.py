@@ -166,6 +166,18 @@ def test_multi_label_tunes_thresholds(tmp_path: Path, tiny_bert: Path) -> None:
     run = Run(train(multi_label_project(tmp_path, tiny_bert)))
     assert run.manifest.labels == ["drink", "meal", "neg", "pos"]
     assert run.manifest.thresholds is not None and len(run.manifest.thresholds) == 4
+    # The recorded validation metrics are those of the run as it predicts (its thresholds): they were at 0.5.
+    from tunesmith.artifacts import DatasetVersion
+    from tunesmith.config import TaskType
+    from tunesmith.tasks.sequence import multi_label_metrics, targets
+
+    table = DatasetVersion(run.manifest.dataset).table("validation")
+    proba = Predictor(run.path).predict(table.column("text").to_pylist(), cleaned=True).proba
+    truth = targets(TaskType.multi_label, table, 4)
+    tuned = multi_label_metrics(proba, truth, run.manifest.thresholds)
+    recorded = json.loads((run.path / "metrics.json").read_text())["validation"]
+    for name in ("f1_micro", "f1_macro"):
+        assert run.manifest.metrics[name] == pytest.approx(tuned[name], abs=1e-6) == recorded[name]
 
 
 def test_multi_label_rows_where_no_label_applies_train_and_evaluate(tmp_path: Path, tiny_bert: Path) -> None:

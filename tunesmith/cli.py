@@ -820,7 +820,7 @@ def feedback_export(
     model: Annotated[str, typer.Option("--model", help="The served model (registry name or model id) whose corrections to export.")],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="File to write: CSV (id,text,label|score) for classifiers and regressors, chat JSONL for chat models.")],
     db: DbOption = None,
-    separator: Annotated[str, typer.Option("--label-separator", help="Joins a multi-label correction's labels: the model's task.label_separator.")] = ",",
+    separator: Annotated[str | None, typer.Option("--label-separator", help="Joins a multi-label correction's labels; default the model's task.label_separator (its registered run's config, else ',').")] = None,
 ) -> None:
     """Write the corrections users sent as a file `tunesmith data prepare` reads (a `sources:` entry)."""
     from tunesmith.monitor.feedback import FeedbackService

@@ -52,3 +52,24 @@ def test_mcnemar_compares_multi_label_indicator_rows_element_by_element() -> Non
     wrong = np.array([[0, 1, 0], [1, 0, 0], [0, 1, 1], [0, 1, 1]])
     result = mcnemar(truth, wrong, truth)
     assert (result.reference, result.candidate) == (0.0, 1.0) and result.detail["only_candidate_right"] == 4
+
+
+def test_wilcoxon_hamming_counts_each_wrong_label_decision_per_example() -> None:
+    """Exact label sets tie here (1 of 3 right each); per label the candidate is far worse."""
+    from tunesmith.evaluation.paired import wilcoxon_hamming
+
+    truth = [["x", "y"], ["x"], ["y"]] * 10
+    reference = [["x", "y"], [], ["x", "y"]] * 10  # 1 wrong label on each miss
+    candidate = [["x", "y"], ["y", "z"], ["x", "z"]] * 10  # 3 wrong labels on each miss
+    r = wilcoxon_hamming(truth, reference, candidate, 3)
+    assert r.metric == "label_accuracy" and mcnemar(truth, reference, candidate).difference == 0
+    assert (r.reference, r.candidate) == (pytest.approx(1 - 20 / 90), pytest.approx(1 - 60 / 90))
+    assert r.detail == {"candidate_fewer_errors": 0, "reference_fewer_errors": 20, "ties": 10,
+                        "reference_wrong_labels": 20, "candidate_wrong_labels": 60}
+    assert r.p_worse < 1e-4 and r.p_better > 0.99 and r.difference < 0
+    hot = np.array([[1, 0, 1], [0, 1, 0]])
+    assert wilcoxon_hamming(hot, hot, np.array([[0, 1, 1], [0, 1, 0]]), 3).detail["candidate_wrong_labels"] == 2
+    same = wilcoxon_hamming(truth, reference, reference, 3)
+    assert same.p_value == same.p_better == same.p_worse == 1.0
+    with pytest.raises(ValueError, match="same examples"):
+        wilcoxon_hamming([["x"]], [["x"], ["y"]], [["x"]], 3)

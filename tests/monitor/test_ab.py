@@ -323,6 +323,17 @@ def test_corrections_of_multi_label_answers_that_predicted_no_label_count(store_
             for rid in predicted])
     assert ab.status("reviews").variants[0].corrected_accuracy == 0.25
     assert live_metrics(store, "reviews")["reviews-v1"].corrected_accuracy == 0.25
+    # "none of the labels applies" ([]) is a correction too: r5 predicted nothing (right), r6 "pos" (wrong)
+    with store.session() as s:
+        s.execute(Prediction.__table__.insert(), [
+            {"request_id": rid, "model": "reviews", "model_version": "reviews-v1", "kind": "predict", "created": now,
+             "inputs": ["x"], "outputs": [{"label": labels, "probabilities": {"pos": 0.3, "neg": 0.2}}], "latency_ms": 5.0,
+             "user_id": None, "variant": "v1"} for rid, labels in {"r5": [], "r6": ["pos"]}.items()])
+        s.execute(Feedback.__table__.insert(), [
+            {"id": f"fb-{rid}", "request_id": rid, "item_index": 0, "created": now, "corrected_label": []}
+            for rid in ("r5", "r6")])
+    assert ab.status("reviews").variants[0].corrected_accuracy == pytest.approx(2 / 6)
+    assert live_metrics(store, "reviews")["reviews-v1"].corrected_accuracy == pytest.approx(2 / 6)
 
 
 def test_the_unit_is_the_user_the_split_hashed_not_who_sent_the_feedback(store_url: str, tmp_path: Path) -> None:

@@ -266,7 +266,7 @@ def test_a_retried_feedback_item_is_stored_and_counted_once(store_url: str) -> N
 
 
 def test_a_label_that_cannot_be_a_correction_is_refused_by_name(store_url: str) -> None:
-    """An empty label list, or several labels for a single-label model, used to be stored and then dropped (or
+    """An empty label list for a single-label model, or several labels, used to be stored and then dropped (or
     quarantined) at retraining without a word to the client."""
     store = Store(store_url)
     log = PredictionLog(store)
@@ -344,3 +344,61 @@ def test_the_export_joins_labels_with_the_models_separator_and_reads_its_task_fr
     assert isinstance(service.submit(FeedbackRequest(request_id="req-2", value=3.5)), FeedbackCreated)
     assert service.export("m", tmp_path / "c.csv", separator="|") == 1
     assert list(csv.DictReader((tmp_path / "c.csv").open())) == [{"id": "req-1:0", "text": "a trip", "label": "paris, france|pos"}]
+
+
+def test_a_multi_label_answer_none_of_whose_labels_applies_is_stored_exported_and_read_back_as_no_labels(
+        store_url: str, tmp_path: Path, make_config) -> None:
+    """`label: []` ("none of the labels applies") was a 400, and a stored one was skipped by the export."""
+    from tunesmith.data.records import Canonicalizer, Corrections
+
+    store = Store(store_url)
+    log = PredictionLog(store)
+    service = FeedbackService(store, log)
+    log.record("req-m", "tags", "tags-v1", "predict", ["the weather is nice", "great food"],
+               [{"label": ["food"], "probabilities": {"food": 0.7, "price": 0.1}}] * 2, 3.0)
+    log.record("req-1", "reviews", "reviews-v1", "predict", ["great food"], [LABELS], 3.0)
+    err = service.submit(FeedbackRequest(request_id="req-1", label=[]))  # a single-label answer: still refused
+    assert isinstance(err, ApiError) and err.status == 400 and err.param == "label"
+    assert isinstance(service.submit(FeedbackRequest(request_id="req-m", label=[])), FeedbackCreated)
+    assert isinstance(service.submit(FeedbackRequest(request_id="req-m", index=1, label=["food", "price"])), FeedbackCreated)
+    with store.session() as s:
+        assert sorted((f.item_index, f.corrected_label) for f in s.query(Feedback).all()) == [(0, []), (1, ["food", "price"])]
+    out = tmp_path / "c.csv"
+    assert service.export("tags", out, separator=";") == 2
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["id"], r["label"]) for r in rows] == [("req-m:0", "[]"), ("req-m:1", "food;price")]
+    # what `data prepare` makes of them: the empty label set, and the two labels
+    cfg = make_config([{"path": str(out)}], task={"type": "multi_label_classification", "label_separator": ";"})
+    reader = Canonicalizer(cfg, Corrections(None, "label"))
+    assert [reader._convert("label", r["label"]) for r in rows] == [[], ["food", "price"]]
+    log.close()
+
+
+def test_the_export_joins_labels_with_the_registered_runs_separator_by_default(store_url: str, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """`feedback export` joined with "," whatever the model's task.label_separator ("food;price" read back as one
+    unknown label); retraining passed the right one."""
+    from types import SimpleNamespace
+
+    from tunesmith.store.schema import ModelVersion, RegisteredModel
+
+    store = Store(store_url)
+    service = FeedbackService(store)
+    now = time.time()
+    with store.session() as s:
+        s.add(RegisteredModel(name="tags", created_at=int(now)))
+        s.flush()
+        for version, stage, run in ((1, "production", "runs/v1"), (2, "candidate", "runs/v2")):
+            s.add(ModelVersion(id=f"tags-v{version}", model="tags", version=version, stage=stage, run_path=run,
+                               task="multi_label_classification", base_model="b", metrics={}, dataset_fingerprint="f",
+                               lineage={}, created_at=int(now), stage_changed_at=int(now)))
+        s.add(Prediction(request_id="req-1", model="tags", model_version="tags-v1", kind="predict", created=now,
+                         inputs=["a trip"], outputs=None, latency_ms=1.0))
+    separators = {"runs/v1": ";", "runs/v2": "|"}
+    monkeypatch.setattr("tunesmith.artifacts.Run", lambda path: SimpleNamespace(
+        config=SimpleNamespace(task=SimpleNamespace(label_separator=separators[str(path)]))))
+    assert service.label_separator("tags") == ";"  # production's, not the newer candidate's
+    assert isinstance(service.submit(FeedbackRequest(request_id="req-1", label=["food", "price"])), FeedbackCreated)
+    assert service.export("tags", tmp_path / "c.csv") == 1
+    assert list(csv.DictReader((tmp_path / "c.csv").open()))[0]["label"] == "food;price"
+    assert service.label_separator("unknown") == ","

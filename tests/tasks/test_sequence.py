@@ -7,7 +7,7 @@ from transformers import EvalPrediction
 
 from tunesmith.config import TaskType
 from tunesmith.evaluation.metrics import multilabel_metrics
-from tunesmith.tasks.sequence import training_metrics
+from tunesmith.tasks.sequence import training_metrics, tune_thresholds
 
 
 def test_multi_label_validation_macro_f1_leaves_out_labels_that_never_occur() -> None:
@@ -22,3 +22,13 @@ def test_multi_label_validation_macro_f1_leaves_out_labels_that_never_occur() ->
     wrong[0, 2] = 4.0
     got = training_metrics(TaskType.multi_label, None)(EvalPrediction(predictions=wrong, label_ids=truth.astype(np.float32)))
     assert got["f1_macro"] == multilabel_metrics(truth, (wrong > 0).astype(int), ["a", "b", "c"])["f1_macro"] < 1.0
+
+
+def test_thresholds_that_score_the_same_f1_resolve_toward_one_half() -> None:
+    """Ties went to the lowest grid value: a weak model (every threshold below its probabilities scores the same F1)
+    got 0.05 and predicted the label on every text."""
+    truth = np.array([[1, 1], [0, 1], [1, 0], [0, 0]])
+    proba = np.array([[0.9, 0.32], [0.1, 0.31], [0.9, 0.30], [0.1, 0.33]])
+    # label 0: every threshold from 0.15 to 0.9 separates it perfectly (was 0.15); label 1: nothing beats "all
+    # positive", which every threshold up to 0.3 gives (was 0.05)
+    assert tune_thresholds(proba, truth) == [0.5, 0.3]

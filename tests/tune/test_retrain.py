@@ -530,3 +530,66 @@ def test_the_report_quotes_kept_out_corrections_as_text(tmp_path: Path) -> None:
     assert "<img" not in page and "<a " not in page
     assert ("<li>req`1:14 repeats test.csv:22 (test, exact): loved it ![p](https://tracker.example/p.png) see "
             "[my shop](https://evil.example) `x next</li>") in page
+
+
+def multi_label(right: int, wrong: int, missed: str) -> tuple[list, list, Any]:
+    """Topic/sentiment truth, `right` examples answered right then `wrong` answered wrongly: production's answers
+    (wrong the `missed` way) and a function giving the answers wrong another way; exact sets match `right` times."""
+    other = {"drink": "meal", "meal": "drink", "neg": "pos", "pos": "neg"}
+    truth = [["drink" if i % 2 else "meal", "pos" if i % 3 else "neg"] for i in range(right + wrong)]
+    answer = {"one label missed": lambda t: [t[0]], "all four wrong": lambda t: [other[t[0]], other[t[1]]]}
+    def answers(how: str) -> list[list[str]]:
+        return [t if i < right else answer[how](t) for i, t in enumerate(truth)]
+    return truth, answers(missed), answers
+
+
+ML_LABELS = ["drink", "meal", "neg", "pos"]
+
+
+def test_a_multi_label_candidate_with_the_same_label_sets_right_but_more_labels_wrong_is_refused() -> None:
+    """On exact label sets only, a candidate getting every label wrong where production missed one looked as good."""
+    from tunesmith.config import RetrainSpec, TaskType
+    from tunesmith.tune.retrain import _paired, decide
+
+    truth, production, answers = multi_label(40, 60, "one label missed")
+    candidate = answers("all four wrong")
+    assert sum(sorted(t) == sorted(p) for t, p in zip(truth, production)) == sum(
+        sorted(t) == sorted(c) for t, c in zip(truth, candidate)) == 40
+    test = _paired(TaskType.multi_label, truth, production, candidate, ML_LABELS)
+    assert (test["reference"], test["candidate"]) == (pytest.approx(0.85), pytest.approx(0.4))
+    ok, reasons = decide({"test": {"n": 100, "paired": test}, "feedback": {"n": 0}},
+                         RetrainSpec(require_feedback_gain=False))
+    assert not ok and "worse on the test split: label accuracy (Hamming) 0.8500 -> 0.4000" in reasons[0], reasons
+
+
+def test_a_multi_label_candidate_better_on_each_label_passes() -> None:
+    """Fewer wrong labels on the test split and on the corrections is a gain, even with no label set newly exact."""
+    from tunesmith.config import RetrainSpec, TaskType
+    from tunesmith.tune.retrain import _paired, decide
+
+    truth, production, answers = multi_label(40, 60, "all four wrong")
+    test = _paired(TaskType.multi_label, truth, production, answers("one label missed"), ML_LABELS)
+    fb_truth, fb_production, fb_answers = multi_label(0, 40, "all four wrong")
+    fixed = fb_answers("one label missed")[:30] + fb_production[30:]
+    feedback = _paired(TaskType.multi_label, fb_truth, fb_production, fixed, ML_LABELS)
+    ok, reasons = decide({"test": {"n": 100, "paired": test}, "feedback": {"n": 40, "paired": feedback}}, RetrainSpec())
+    assert ok, reasons
+    assert "not worse on the test split: label accuracy (Hamming) 0.4000 -> 0.8500" in reasons[0]
+    assert "significantly better on the corrections: label accuracy (Hamming) 0 -> 0.5625" in reasons[1], reasons
+
+
+def test_the_report_shows_a_dash_for_a_metric_the_candidate_has_none_of(tmp_path: Path) -> None:
+    """Constant predictions have no correlation: pearson present for production only raised KeyError."""
+    from tunesmith.tune.retrain import _write_report
+
+    side = {"n": 3, "metrics": {"production": {"mae": 0.5, "pearson": 0.9}, "candidate": {"mae": 0.7, "spearman": None}},
+            "paired": {"test": "Wilcoxon signed-rank", "p_value": 0.5, "p_better": 0.9, "p_worse": 0.25, "detail": {}}}
+    report = {"model": "scores", "decision": "candidate", "production": 1, "candidate": 2, "mode": "full", "run": "r",
+              "corrections": {"usable": 1}, "reasons": ["kept"], "judged": {"test": side, "feedback": {"n": 0}},
+              "rule": {"max_test_drop": 0.01, "require_feedback_gain": False, "alpha": 0.05, "promote": "never"},
+              "dataset": {"counts": {"train": 1, "validation": 1, "test": 3, "feedback_holdout": 0},
+                          "corrections_in_train": 0, "corrections_in_validation": 0, "superseded": [], "corrections_known": 0,
+                          "kept_out": []}}
+    _write_report(tmp_path, report)
+    md = (tmp_path / "report.md").read_text()
+    assert "| pearson | 0.9000 | — |" in md and "| spearman | — | — |" in md and "| mae | 0.5000 | 0.7000 |" in md

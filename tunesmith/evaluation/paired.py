@@ -9,6 +9,10 @@ sensitive than comparing two accuracies as if they came from different samples:
                                   chi-square approximation under ~25 disagreements).
     Wilcoxon signed-rank          (regression) on the per-example absolute errors: no normality
                                   assumption, robust to a few huge errors (scipy).
+    Wilcoxon on Hamming errors    (multi-label) on the per-example count of wrong label decisions:
+                                  an exact label-set match hides a candidate that gets more labels
+                                  wrong on the examples it already missed; the example stays the
+                                  unit, as its label decisions are not independent of each other.
 
 Pure functions over arrays; retraining and reports call them.
 """
@@ -25,7 +29,7 @@ import numpy as np
 class PairedComparison:
     test: str  # "McNemar (exact)" or "Wilcoxon signed-rank"
     n: int  # examples both models answered
-    metric: str  # what `reference` and `candidate` hold: accuracy or mae
+    metric: str  # what `reference` and `candidate` hold: accuracy, label_accuracy (1 - Hamming loss) or mae
     reference: float
     candidate: float
     p_value: float  # two-sided: is there any difference?
@@ -83,22 +87,55 @@ def _same(truth: Any, predicted: Any) -> bool:
 
 def wilcoxon_errors(truth: Any, reference: Any, candidate: Any) -> PairedComparison:
     """Regression: are the candidate's absolute errors smaller, example by example?"""
-    from scipy.stats import wilcoxon
-
     truth, ref, cand = (np.asarray(x, dtype=float) for x in (truth, reference, candidate))
     _check(truth, ref)
     _check(truth, cand)
     ref_err, cand_err = np.abs(ref - truth), np.abs(cand - truth)
-    diff = ref_err - cand_err  # > 0: the candidate is closer
     n = len(truth)
-    if n == 0 or not np.any(diff):
-        p = p_better = p_worse = 1.0
-    else:
-        p = float(wilcoxon(ref_err, cand_err).pvalue)
-        p_better = float(wilcoxon(ref_err, cand_err, alternative="greater").pvalue)
-        p_worse = float(wilcoxon(ref_err, cand_err, alternative="less").pvalue)
+    p, p_better, p_worse, detail = _signed_rank(ref_err, cand_err)
     return PairedComparison(test="Wilcoxon signed-rank", n=n, metric="mae",
                             reference=float(ref_err.mean()) if n else 0.0, candidate=float(cand_err.mean()) if n else 0.0,
                             p_value=p, p_better=p_better, p_worse=p_worse,
-                            detail={"candidate_closer": int(np.sum(diff > 0)), "reference_closer": int(np.sum(diff < 0)),
-                                    "ties": int(np.sum(diff == 0))})
+                            detail={"candidate_closer": detail[0], "reference_closer": detail[1], "ties": detail[2]})
+
+
+def wilcoxon_hamming(truth: Any, reference: Any, candidate: Any, n_labels: int) -> PairedComparison:
+    """Multi-label: does the candidate make fewer wrong label decisions, example by example? Reported as label
+    accuracy (1 - Hamming loss over `n_labels` labels), so a tolerance reads the same as for accuracy."""
+    truth, ref, cand = list(truth), list(reference), list(candidate)
+    if not len(truth) == len(ref) == len(cand):
+        raise ValueError(f"paired samples need the same examples: {len(truth)}, {len(ref)} and {len(cand)} answers")
+    if n_labels < 1:
+        raise ValueError(f"label accuracy needs the number of labels, got {n_labels}")
+    ref_err = np.array([_hamming(t, r) for t, r in zip(truth, ref, strict=True)], dtype=float)
+    cand_err = np.array([_hamming(t, c) for t, c in zip(truth, cand, strict=True)], dtype=float)
+    n = len(truth)
+    p, p_better, p_worse, detail = _signed_rank(ref_err, cand_err)
+    return PairedComparison(test="Wilcoxon signed-rank on Hamming errors", n=n, metric="label_accuracy",
+                            reference=1.0 - float(ref_err.mean()) / n_labels if n else 0.0,
+                            candidate=1.0 - float(cand_err.mean()) / n_labels if n else 0.0,
+                            p_value=p, p_better=p_better, p_worse=p_worse,
+                            detail={"candidate_fewer_errors": detail[0], "reference_fewer_errors": detail[1],
+                                    "ties": detail[2], "reference_wrong_labels": int(ref_err.sum()),
+                                    "candidate_wrong_labels": int(cand_err.sum())})
+
+
+def _hamming(truth: Any, predicted: Any) -> int:
+    """Wrong label decisions in one answer: 0/1 indicator rows element by element, label names as sets (a label
+    missed and a label added each count once)."""
+    if isinstance(truth, np.ndarray) and isinstance(predicted, np.ndarray) and truth.dtype.kind in "biuf":
+        return int(np.sum(truth != predicted))
+    return len(set(truth) ^ set(predicted))
+
+
+def _signed_rank(ref_err: np.ndarray, cand_err: np.ndarray) -> tuple[float, float, float, tuple[int, int, int]]:
+    """Two-sided, candidate-better and candidate-worse p-values of the paired errors, and (candidate closer,
+    reference closer, ties); no difference at all is no evidence (p = 1), not an error."""
+    from scipy.stats import wilcoxon
+
+    diff = ref_err - cand_err  # > 0: the candidate errs less
+    counts = (int(np.sum(diff > 0)), int(np.sum(diff < 0)), int(np.sum(diff == 0)))
+    if len(diff) == 0 or not np.any(diff):
+        return 1.0, 1.0, 1.0, counts
+    return (float(wilcoxon(ref_err, cand_err).pvalue), float(wilcoxon(ref_err, cand_err, alternative="greater").pvalue),
+            float(wilcoxon(ref_err, cand_err, alternative="less").pvalue), counts)

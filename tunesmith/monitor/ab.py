@@ -220,7 +220,7 @@ class ABService:
         # One rating and one correction per answer (a request's item), its first: a re-rated answer counted again, so
         # one user rating one answer per variant 30 times reached a horizon of 30 and declared a winner.
         rated_rows = first_per_item([r for r in feedback if is_rating(r[0])], lambda r: r[0])
-        corrected_rows = first_per_item([r for r in feedback if r[0].corrected_label], lambda r: r[0])
+        corrected_rows = first_per_item([r for r in feedback if r[0].corrected_label is not None], lambda r: r[0])
         outcomes = []
         trials, successes, scores = {}, {}, {}
         for v in info["variants"]:

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import and_, func, select
 
-from tunesmith.errors import ApiError, ConfigError, NotFound
+from tunesmith.errors import ApiError, ConfigError, NotFound, TunesmithError
 from tunesmith.monitor.log import MAX_REQUEST_ID, PredictionLog, answer_shape
 from tunesmith.store.db import Store
 from tunesmith.store.schema import Feedback, ModelVersion, Prediction
@@ -137,11 +137,29 @@ class FeedbackService:
     def _count(self, s: Any, req: FeedbackRequest) -> int:
         return int(s.scalar(select(func.count()).select_from(Feedback).where(self._same_item(req))) or 0)
 
-    def export(self, model: str, out: Path, until: float | None = None, separator: str = ",") -> int:
+    def label_separator(self, model: str) -> str:
+        """`model`'s task.label_separator: its production version's run's (else its newest readable one's), so the
+        export joins a multi-label correction as `data prepare` splits it for that model; "," (the default) for a model
+        the registry does not know."""
+        from tunesmith.artifacts import Run
+
+        with self.store.session() as s:
+            rows = s.execute(select(ModelVersion.run_path, ModelVersion.stage).where(ModelVersion.model == model)
+                             .order_by(ModelVersion.version.desc())).all()
+        for row in sorted(rows, key=lambda r: r.stage != "production"):  # production first, then the newest
+            try:
+                return Run(row.run_path).config.task.label_separator
+            except TunesmithError:  # a run folder moved or deleted: the next version's
+                continue
+        return ","
+
+    def export(self, model: str, out: Path, until: float | None = None, separator: str | None = None) -> int:
         """The corrections given for `model` as a file `tunesmith data prepare` reads: CSV text,label (or
         text,score) for classifiers and regressors, OpenAI chat JSONL for chat models. One row per answered item, its
         latest correction (an answer corrected again: the user changed their mind). `until`: only feedback given by
-        then. Returns the rows written."""
+        then. `separator`: joins a multi-label correction's labels; default the model's (`label_separator`). Returns
+        the rows written."""
+        separator = separator if separator is not None else self.label_separator(model)
         with self.store.session() as s:
             # A fine-tuning job's model is registered under its suffix but answers (and is logged) as its ft: id: the
             # registry name exported none of what its users corrected.
@@ -155,8 +173,9 @@ class FeedbackService:
                                                       .limit(1)) is None:
                 raise NotFound(f"no model '{model}': not in the registry, and no logged predictions (they are logged "
                                "when `tunesmith serve` serves it with a store and answers requests); check the model name")
+        # a corrected label of [] is one too: a multi-label model's "none of the labels applies"
         latest = {(f.request_id, f.item_index): (f, p) for f, p in rows
-                  if f.corrected_label or f.corrected_value is not None or f.corrected_answer}
+                  if f.corrected_label is not None or f.corrected_value is not None or f.corrected_answer}
         # Each item once, in the order its latest correction came: the first of several rows sharing an id was kept
         # by `data prepare`, so the oldest correction won.
         corrections = sorted(latest.values(), key=lambda fp: fp[0].created)
@@ -192,8 +211,12 @@ class FeedbackService:
                 index = fb.item_index
                 if not p.inputs or index >= len(p.inputs):
                     continue
-                # `separator`: the model's task.label_separator (labels such as "paris, france" use another)
-                target: Any = fb.corrected_value if regression else separator.join(fb.corrected_label or [])
+                if regression:
+                    target: Any = fb.corrected_value
+                elif fb.corrected_label == []:  # "[]": `data prepare` reads it as the empty label set ("" is missing)
+                    target = "[]"
+                else:  # `separator`: the model's task.label_separator (labels such as "paris, france" use another)
+                    target = separator.join(fb.corrected_label or [])
                 if target in (None, ""):
                     continue
                 writer.writerow([f"{p.request_id}:{index}", p.inputs[index], target])
@@ -223,12 +246,13 @@ def _check_correction(req: FeedbackRequest, p: Prediction) -> ApiError | None:
     if p.kind != "predict" and (req.label is not None or req.value is not None):
         return ApiError(400, "'label' and 'value' correct predictions; this request was a chat answer (send answer)",
                         param="label" if req.label is not None else "value")
-    if isinstance(req.label, list) and not req.label:  # stored, it would be no correction at all (export skips it)
-        return ApiError(400, "'label' is an empty list: send the right label (or labels, for a multi-label model)",
-                        param="label")
     # The answer's shape, not its content: with --no-log-inputs (or past the retention) the outputs are gone, and an
     # unknown label or an index past the batch was stored with a 201. A row logged before shapes were: its outputs.
     shape = p.answer_shape or (answer_shape(p.outputs) if p.outputs else None)
+    if isinstance(req.label, list) and not req.label and not (shape or {}).get("multi_label"):
+        # [] says "none of the labels applies": an answer of a multi-label model alone (a single-label one's is no label)
+        return ApiError(400, "'label' is an empty list: send the right label (an empty list is for a multi-label "
+                        "model's text that none of its labels fits)", param="label")
     if not shape:
         return None
     if req.index >= shape["items"]:

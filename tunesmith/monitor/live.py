@@ -230,11 +230,11 @@ class _Tally:
                 m.positive += is_positive(f)
                 if f.score is not None:
                     self.scores.append(float(f.score))
-        for f in first_per_item(f for f in given if f.corrected_label or f.corrected_value is not None):
+        for f in first_per_item(f for f in given if f.corrected_label is not None or f.corrected_value is not None):
             out = outputs[f.item_index] if f.item_index < len(outputs) and isinstance(outputs[f.item_index], dict) else None
             if out is None:
                 continue  # outputs not logged (or purged): nothing to compare the correction with
-            if f.corrected_label and out.get("label") is not None:
+            if f.corrected_label is not None and out.get("label") is not None:  # [] too: "none applies"
                 m.corrected += 1
                 self.right += set(_flat_labels([out["label"]])) == {str(x) for x in f.corrected_label}
             if f.corrected_value is not None and out.get("value") is not None:

@@ -18,6 +18,7 @@ from typing import Any
 from jinja2 import TemplateError
 from pydantic import BaseModel
 
+from tunesmith.artifacts import Run
 from tunesmith.config import ServeSpec
 from tunesmith.errors import ApiError, ConfigError
 from tunesmith.jobs.service import JobsService
@@ -410,7 +411,7 @@ class Service:
             "neutral" if feedback.score == 3 else "correction"
         self.metrics.feedback.labels(prediction.model, prediction.model_version, rating).inc()
         outputs = prediction.outputs or []
-        if feedback.corrected_label and feedback.item_index < len(outputs) and isinstance(outputs[feedback.item_index], dict):
+        if feedback.corrected_label is not None and feedback.item_index < len(outputs) and isinstance(outputs[feedback.item_index], dict):
             said = outputs[feedback.item_index].get("label")
             right = set(said if isinstance(said, list) else [said]) == set(feedback.corrected_label)
             self.metrics.corrections.labels(prediction.model, prediction.model_version, "right" if right else "wrong").inc()
@@ -498,7 +499,8 @@ class Service:
                 for label in r["label"] if isinstance(r["label"], list) else [r["label"]]:
                     self.metrics.predictions.labels(shown, model.version, str(label)).inc()
             else:
-                self.metrics.predicted_values.labels(shown, model.version).observe(r["value"])
+                self.metrics.predicted_values.observe(shown, model.version, r["value"],
+                                                      lambda: Run(model.run).manifest.target_scaling)
         rid = request_id or f"pred-{uuid.uuid4().hex[:24]}"
         self._record(rid, model, "predict", texts, results, started, req.user, variant)
         shadow = self._shadow_of(name, variant)

@@ -86,12 +86,8 @@ def training_metrics(task: TaskType, scaling: TargetScaling | None):
         if task == TaskType.single_label:
             y_pred = logits.argmax(axis=1)
             return {"accuracy": accuracy_score(labels, y_pred), "f1_macro": f1_score(labels, y_pred, average="macro")}
-        if task == TaskType.multi_label:
-            y_true, y_pred = labels.astype(int), (sigmoid(logits) >= 0.5).astype(int)
-            # Macro over the labels that occur, as `tunesmith evaluate` reports it (a label validation lacks is no 0).
-            occurring = occurring_labels(y_true, y_pred)
-            return {"f1_micro": f1_score(y_true, y_pred, average="micro", zero_division=0),
-                    "f1_macro": f1_score(y_true, y_pred, labels=occurring or None, average="macro", zero_division=0)}
+        if task == TaskType.multi_label:  # at 0.5: picks the checkpoint; the thresholds are tuned after training
+            return multi_label_metrics(sigmoid(logits), labels, 0.5)
         assert scaling is not None
         y_true = scaling.inverse(labels.reshape(-1))
         y_hat = scaling.inverse(logits.reshape(-1))
@@ -99,6 +95,17 @@ def training_metrics(task: TaskType, scaling: TargetScaling | None):
                 "r2": r2_score(y_true, y_hat)}
 
     return compute
+
+
+def multi_label_metrics(proba: np.ndarray, truth: np.ndarray, thresholds: float | list[float]) -> dict[str, float]:
+    """F1 of multi-label predictions `proba >= thresholds` (one for all labels, or one per label)."""
+    from sklearn.metrics import f1_score
+
+    y_true, y_pred = truth.astype(int), (proba >= np.asarray(thresholds)).astype(int)
+    # Macro over the labels that occur, as `tunesmith evaluate` reports it (a label validation lacks is no 0).
+    occurring = occurring_labels(y_true, y_pred)
+    return {"f1_micro": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
+            "f1_macro": float(f1_score(y_true, y_pred, labels=occurring or None, average="macro", zero_division=0))}
 
 
 def class_weight_loss(weights: np.ndarray):
@@ -139,8 +146,11 @@ def tune_thresholds(proba: np.ndarray, truth: np.ndarray) -> list[float]:
         if truth[:, k].sum() == 0:
             best.append(0.5)
             continue
-        scores = [f1_score(truth[:, k], proba[:, k] >= t, zero_division=0) for t in grid]
-        best.append(float(grid[int(np.argmax(scores))]))
+        scores = np.array([f1_score(truth[:, k], proba[:, k] >= t, zero_division=0) for t in grid])
+        # Ties toward 0.5: a weak model's probabilities sit together, every threshold below them scores the same F1,
+        # and the lowest (0.05) predicted every label on every text.
+        tied = grid[np.isclose(scores, scores.max())]
+        best.append(float(tied[np.argmin(np.abs(tied - 0.5))]))
     return best
 
 

@@ -178,12 +178,15 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
     thresholds = None
     if task == TaskType.multi_label:
         pred = trainer.predict(val_ds)
-        thresholds = sequence.tune_thresholds(sequence.sigmoid(pred.predictions), pred.label_ids)
+        proba = sequence.sigmoid(pred.predictions)
+        thresholds = sequence.tune_thresholds(proba, pred.label_ids)
     if not trainer.is_world_process_zero():
         return run_dir
     save_model(trainer, tokenizer, run_dir / MODEL_DIR)
     metrics = {k.removeprefix("eval_"): float(v) for k, v in final.items()
                if k.startswith("eval_") and isinstance(v, int | float)}
+    if thresholds is not None:  # at the thresholds the run predicts with, not the 0.5 that chose the checkpoint
+        metrics.update(sequence.multi_label_metrics(proba, pred.label_ids, thresholds))
     manifest = RunManifest(
         **manifest_fields(cfg, version, model_dir, trainable, total, trainer, result, plan),
         labels=labels, thresholds=thresholds, max_length=max_length, metrics=metrics,

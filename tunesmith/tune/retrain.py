@@ -14,7 +14,8 @@ configured rule holds (retrain: in the config; config.RetrainSpec).
                     production's weights (or adapter) on the new examples plus a replay sample of
                     old ones, at a gentler learning rate, so the old knowledge is not forgotten
     4. judging      both versions on the frozen test split and on the held-out corrections, with
-                    paired tests (McNemar for classes, Wilcoxon on absolute errors for scores)
+                    paired tests (McNemar for classes, Wilcoxon on per-example wrong label
+                    decisions for label sets, Wilcoxon on absolute errors for scores)
     5. decision     the candidate is registered; it is promoted, or an A/B test started, only if
                     the rule holds; otherwise it stays a candidate and the report says why
 
@@ -552,7 +553,6 @@ def judge(production: Run, candidate: Run, dataset: BuiltDataset, spec: RetrainS
     import pyarrow.parquet as pq
 
     from tunesmith.data.records import TARGET_TYPES
-    from tunesmith.evaluation.paired import mcnemar, wilcoxon_errors
     from tunesmith.evaluation.sequence import score
     from tunesmith.inference.predictor import Predictor
     from tunesmith.tasks.sequence import targets
@@ -570,12 +570,22 @@ def judge(production: Run, candidate: Run, dataset: BuiltDataset, spec: RetrainS
         y_true = targets(task, table, len(labels))
         preds = {side: p.predict(texts, cleaned=True) for side, p in predictors.items()}
         metrics = {side: _plain(score(task, y_true, pr.outputs, labels, pr.proba)) for side, pr in preds.items()}
-        if task == TaskType.regression:
-            paired = wilcoxon_errors(table.column("score").to_pylist(), preds["production"].labels, preds["candidate"].labels)
-        else:
-            paired = mcnemar(table.column(TARGET_TYPES[task][0]).to_pylist(), preds["production"].labels, preds["candidate"].labels)
-        out[name] = {"n": table.num_rows, "metrics": metrics, "paired": paired.to_dict()}
+        paired = _paired(task, table.column(TARGET_TYPES[task][0]).to_pylist(), preds["production"].labels,
+                         preds["candidate"].labels, labels)
+        out[name] = {"n": table.num_rows, "metrics": metrics, "paired": paired}
     return out
+
+
+def _paired(task: TaskType, truth: list[Any], production: list[Any], candidate: list[Any], labels: list[str]) -> dict[str, Any]:
+    """The paired test for the task. Multi-label is judged on each label decision: on exact label sets a candidate
+    that answers more labels wrong on the examples production already missed looked just as good."""
+    from tunesmith.evaluation.paired import mcnemar, wilcoxon_errors, wilcoxon_hamming
+
+    if task == TaskType.regression:
+        return wilcoxon_errors(truth, production, candidate).to_dict()
+    if task == TaskType.multi_label:
+        return wilcoxon_hamming(truth, production, candidate, len(labels)).to_dict()
+    return mcnemar(truth, production, candidate).to_dict()
 
 
 def _plain(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -589,13 +599,12 @@ def decide(judged: dict[str, Any], spec: RetrainSpec) -> tuple[bool, list[str]]:
     reasons: list[str] = []
     passes = True
     test = judged["test"]["paired"]
-    metric = test["metric"]
-    if metric == "mae":  # a relative tolerance: MAE is in the user's units
+    if test["metric"] == "mae":  # a relative tolerance: MAE is in the user's units
         drop = (test["candidate"] - test["reference"]) / max(test["reference"], 1e-12)
         shown = f"MAE {test['reference']:.4g} -> {test['candidate']:.4g} ({drop:+.1%})"
     else:
         drop = test["reference"] - test["candidate"]
-        shown = f"accuracy {test['reference']:.4f} -> {test['candidate']:.4f}"
+        shown = f"{_measure(test)} {test['reference']:.4f} -> {test['candidate']:.4f}"
     if drop > spec.max_test_drop:
         passes = False
         reasons.append(f"worse on the test split: {shown}, more than retrain.max_test_drop ({spec.max_test_drop:g})")
@@ -613,8 +622,7 @@ def decide(judged: dict[str, Any], spec: RetrainSpec) -> tuple[bool, list[str]]:
     else:
         fb = feedback["paired"]
         better = fb["difference"] > 0 and fb["p_better"] < spec.alpha
-        name = "MAE" if fb["metric"] == "mae" else "accuracy"
-        shown = f"{name} {fb['reference']:.4g} -> {fb['candidate']:.4g} on {feedback['n']} held-out correction(s), " \
+        shown = f"{_measure(fb)} {fb['reference']:.4g} -> {fb['candidate']:.4g} on {feedback['n']} held-out correction(s), " \
                 f"{fb['test']} p(better) = {fb['p_better']:.3g}"
         if better:
             reasons.append(f"significantly better on the corrections: {shown}")
@@ -624,6 +632,11 @@ def decide(judged: dict[str, Any], spec: RetrainSpec) -> tuple[bool, list[str]]:
         else:
             reasons.append(f"on the corrections: {shown} (no gain required)")
     return passes, reasons
+
+
+def _measure(paired: dict[str, Any]) -> str:
+    """What a paired test's reference and candidate numbers are, in the reasons' words."""
+    return {"mae": "MAE", "label_accuracy": "label accuracy (Hamming)"}.get(paired["metric"], "accuracy")
 
 
 def _write_report(folder: Path, report: dict[str, Any]) -> None:
@@ -655,9 +668,10 @@ def _markdown(r: dict[str, Any]) -> str:
         if not j["n"]:
             lines += ["(none)", ""]
             continue
-        keys = [k for k in j["metrics"]["production"] if k != "n"]
+        prod, cand = j["metrics"]["production"], j["metrics"]["candidate"]
+        keys = [k for k in {**prod, **cand} if k != "n"]  # a metric one side lacks (constant predictions: no pearson)
         lines += ["| metric | production | candidate |", "|---|---|---|"]
-        lines += [f"| {k} | {j['metrics']['production'][k]:.4f} | {j['metrics']['candidate'][k]:.4f} |" for k in keys]
+        lines += [f"| {k} | {_cell(prod.get(k))} | {_cell(cand.get(k))} |" for k in keys]
         p = j["paired"]
         counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in p["detail"].items())
         lines += ["", f"{p['test']}: p = {p['p_value']:.3g} (candidate better: p = {p['p_better']:.3g}; worse: "
@@ -675,3 +689,8 @@ def _markdown(r: dict[str, Any]) -> str:
     lines += [f"  - {esc(k['id'])} repeats {esc(k['matches'])} ({esc(k['split'])}, {esc(k['match'])}): {esc(k['text'][:120])}"
               for k in d["kept_out"][:20]]
     return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any) -> str:
+    """A metric in the report's table; one that side has no value for (missing, None) is a dash."""
+    return f"{value:.4f}" if isinstance(value, int | float) and not isinstance(value, bool) else "—"
