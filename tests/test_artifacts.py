@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.test_train import project
-from tunesmith.artifacts import DatasetVersion
+from tunesmith.artifacts import DatasetVersion, Run
 from tunesmith.data.prepare import prepare
 from tunesmith.errors import DataError
 
@@ -25,3 +25,22 @@ def test_a_cut_split_file_is_a_damaged_dataset_not_an_internal_error(tmp_path: P
         with pytest.raises(DataError, match=r"test.parquet: unreadable \(.*\); the dataset folder is damaged") as err:
             read("test")
         assert err.value.exit_code == 3
+
+
+def test_a_gguf_export_given_as_a_run_says_where_it_runs_and_which_run_to_give(tmp_path: Path) -> None:
+    """`tunesmith serve runs/x-gguf` said "not a finished tunesmith run ... train one": the folder is a finished export,
+    for llama.cpp or Ollama, of a run that tunesmith does serve."""
+    import json
+
+    folder = tmp_path / "x-gguf"
+    folder.mkdir()
+    (folder / "export.json").write_text(json.dumps({"format": "gguf", "source_run": "/runs/x", "file": "model-q8_0.gguf"}))
+    (folder / "Modelfile").write_text("FROM ./model-q8_0.gguf\n")
+    with pytest.raises(DataError) as err:
+        Run(folder)
+    assert f"llama-server -m {folder / 'model-q8_0.gguf'}" in str(err.value)
+    assert f"ollama create NAME -f {folder / 'Modelfile'}" in str(err.value)
+    assert "`tunesmith serve /runs/x`" in str(err.value) and "train one" not in str(err.value)
+    (folder / "export.json").write_text(json.dumps({"format": "onnx", "source_run": "/runs/x"}))  # not GGUF: as before
+    with pytest.raises(DataError, match="not a finished tunesmith run"):
+        Run(folder)

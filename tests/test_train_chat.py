@@ -24,6 +24,11 @@ QA = [("what is the capital of france?", "paris is the capital of france."),
       ("how was the food?", "the food was great"),
       ("how is the tea?", "the tea tastes wonderful")]
 
+# a chat template whose generation prompt ends in a space ("### Assistant: ")
+SPACE_TEMPLATE = ("{% for m in messages %}{% if m['role']=='user' %}### User: {{ m['content'] }}\n"
+                  "{% elif m['role']=='system' %}{{ m['content'] }}\n{% else %}### Assistant: {{ m['content'] }}{{ eos_token }}\n"
+                  "{% endif %}{% endfor %}{% if add_generation_prompt %}### Assistant: {% endif %}")
+
 
 def conversations(n: int) -> list[dict]:
     out = []
@@ -488,3 +493,27 @@ def test_two_processes_count_each_validation_conversation_once(tmp_path: Path, t
             loss += float(torch.nn.functional.cross_entropy(model(ids).logits[0, :-1], labels, reduction="sum"))
         tokens += int((labels != -100).sum())
     assert run.manifest.metrics["full_valid_loss"] == pytest.approx(loss / tokens, rel=1e-5)
+
+
+def test_a_generation_prompt_ending_in_a_space_is_a_prefix_of_what_training_tokenized(tmp_path: Path) -> None:
+    """Training tokenizes "### Assistant: paris" as ":", " paris"; the prompt ended in a lone " " token the model never
+    saw before an answer. It ends before the space now; ChatML's generation prompt, ending in a newline, is as it was."""
+    from transformers import AutoTokenizer
+
+    from tests.export.test_gguf import build_bpe_llama
+    from tunesmith.inference.generation import Prompting
+
+    tok = AutoTokenizer.from_pretrained(build_bpe_llama(tmp_path / "bpe"))  # byte-level BPE, a ChatML template
+    engine = Prompting()
+    engine.tokenizer = tok
+    conversation = [{"role": "system", "content": "be brief"}, {"role": "user", "content": QA[0][0]},
+                    {"role": "assistant", "content": QA[0][1]}]
+    ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    chatml = engine.prompt_text(conversation[:2])
+    assert ids(chatml) == ids(chat.render(tok, conversation[:2], generation_prompt=True)) and chatml.answer_prefix == ""
+    tok.chat_template = SPACE_TEMPLATE
+    prompt = engine.prompt_text(conversation[:2])
+    assert prompt.endswith("### Assistant:") and prompt.answer_prefix == " "
+    trained = chat.encode(tok, conversation)["input_ids"]
+    assert trained[: len(ids(prompt))] == ids(prompt)
+    assert tok.convert_ids_to_tokens(trained[len(ids(prompt))]) == "Ġparis"  # the next trained token: the answer's

@@ -222,7 +222,7 @@ class Run:
         self.path = Path(path)
         manifest = self.path / RUN_MANIFEST
         if not manifest.is_file():
-            raise DataError(f"{self.path}: not a finished tunesmith run (no {RUN_MANIFEST}); "
+            raise DataError(_gguf_export(self.path) or f"{self.path}: not a finished tunesmith run (no {RUN_MANIFEST}); "
                             "train one with `tunesmith train`, or resume it with `tunesmith train --resume`")
         self.manifest = _read_manifest(manifest, RunManifest, RUN_FORMAT, "run", "train it again")
 
@@ -238,6 +238,25 @@ class Run:
         except (OSError, ValueError) as err:
             raise DataError(f"{path}: the run's config is missing or unreadable ({err}); train it again") from None
         return _saved_config(saved, path, "train it again")
+
+
+def _gguf_export(path: Path) -> str | None:
+    """What to do with a GGUF export folder given where a run was expected (tunesmith runs no GGUF file), or None.
+    export.json is read here by name: export/folder.py, which writes it, is a layer above."""
+    try:
+        exported = json.loads((path / "export.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(exported, dict) or not str(exported.get("format", "")).startswith("gguf"):
+        return None
+    file = path / str(exported.get("file") or "model.gguf")
+    source = exported.get("source_run")
+    instead = (f"give tunesmith the run it was exported from instead (`tunesmith serve {source}`)" if source
+               else "give tunesmith the run it was exported from instead")
+    modelfile = path / "Modelfile"
+    ollama = f" (or `ollama create NAME -f {modelfile}`)" if modelfile.is_file() else ""
+    return (f"{path}: a GGUF export (export.json), which is for llama.cpp or Ollama, not a tunesmith run: "
+            f"run it with `llama-server -m {file}`{ollama}, or {instead}")
 
 
 def _read_manifest(path: Path, model: type[Any], newest: int, what: str, remedy: str) -> Any:

@@ -27,7 +27,7 @@ from tests.serve.test_ct2_engine import (
     three_rows_ending_on_their_own,
 )
 from tests.servers import start_server, stop_server
-from tests.test_train_chat import QA, chat_project
+from tests.test_train_chat import QA, SPACE_TEMPLATE, chat_project
 from tunesmith.config import ServeSpec
 from tunesmith.errors import ConfigError
 from tunesmith.inference.generation import ChatModel
@@ -462,3 +462,51 @@ def test_a_model_swapped_out_is_freed_and_its_decoding_thread_ends(runs: dict[st
     gc.collect()
     assert not thread.is_alive() and freed() is None
     assert asyncio.run(service.generate(ask.model_copy(update={"model": "v2"}))).choices[0].text is not None
+
+
+@pytest.fixture(scope="module")
+def space_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run whose chat template's generation prompt ends in a space ("### Assistant: "): training tokenized the
+    space with the answer's first word (":", " paris")."""
+    from transformers import AutoTokenizer
+
+    tmp = tmp_path_factory.mktemp("space-run")
+    base = build_bpe_llama(tmp / "bpe-llama")
+    tok = AutoTokenizer.from_pretrained(base)
+    tok.chat_template = SPACE_TEMPLATE
+    tok.save_pretrained(base)
+    return train(chat_project(tmp / "space", base, {"bf16": False, "epochs": 6}))
+
+
+def test_a_generation_prompt_ending_in_a_space_answers_with_the_first_word(space_run: Path) -> None:
+    """The prompt ended in a lone " " token training never saw before an answer: every engine dropped the answer's
+    first word ("is the capital of france."). The prompt now ends before the space, and the answer (whole and
+    streamed) starts without the space that comes with its first token; a raw prompt's continuation keeps it."""
+    conversation = [{"role": "user", "content": QA[0][0]}]
+    answer = QA[0][1]
+    for model in (ChatModel.from_run(space_run), LlamaCppChatModel.from_run(space_run)):
+        prompt = model.prompt_text(conversation)
+        assert prompt.endswith("### Assistant:") and prompt.answer_prefix == " "
+        [whole] = model.generate_texts([prompt], max_new_tokens=24)
+        *pieces, last = model.stream_text(prompt, max_new_tokens=24)
+        assert whole.text == "".join(pieces) == last.text == answer, type(model).__name__
+        assert model.generate([conversation], max_new_tokens=24)[0].text == answer
+        [raw] = model.generate_texts([str(prompt)], max_new_tokens=24)  # a completion's prompt: as generated
+        assert raw.text == " " + answer
+
+
+def test_a_chat_engine_named_that_fails_to_build_says_what_to_use_instead(runs: dict[str, Path],
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """--chat-engine llama.cpp on a run whose GGUF could not be written re-raised the bare error, without the remedy
+    an unavailable engine gets."""
+    from tunesmith.inference import llama_generation
+    from tunesmith.serve.models import ModelLoader
+
+    def refuse(run: Any, **_: Any) -> Any:
+        raise ConfigError(f"{run.path}: this run has a WordPiece tokenizer (GGUF export writes byte-level BPE).")
+
+    monkeypatch.setattr(llama_generation.LlamaCppChatModel, "from_run", staticmethod(refuse))
+    with pytest.raises(ConfigError, match=r"full/run: cannot serve with --chat-engine llama\.cpp: this run has a WordPiece "
+                                          r"tokenizer \(GGUF export writes byte-level BPE\); use --chat-engine "
+                                          r"transformers \(or auto, which falls back by itself\)$"):
+        ModelLoader(ServeSpec(chat_engine="llama.cpp")).load(runs["full"])

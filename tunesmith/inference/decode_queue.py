@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tunesmith.inference.generation import Completion, Prompting, greedy
+from tunesmith.inference.generation import Completion, Prompting, answer_prefix, greedy, strip_answer_prefix
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Request:
     seed: int | None
     cancel: threading.Event
     pieces: queue.SimpleQueue[Any] | None  # a stream: text pieces, then the Completion (None: a whole answer)
+    answer_prefix: str = ""  # the spaces the chat prompt cut from its end: the answer's text starts without them
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     sent: str = ""  # the text already streamed
@@ -120,7 +121,7 @@ class QueuedChatModel(Prompting):
             raise ValueError(f"a prompt of {len(ids)} tokens leaves no room to answer in the model's context of {self.context}")
         sampling = (float(temperature), float(top_p)) if not greedy(temperature) else (0.0, 1.0)
         return Request(ids, min(max_new_tokens, room), tuple(s for s in stop if s), sampling, seed, cancel or threading.Event(),
-                       pieces)
+                       pieces, answer_prefix(prompt))
 
     def close(self) -> None:
         """Take no more requests; the decoding thread finishes the queued and running ones, then exits and frees the
@@ -177,7 +178,7 @@ class QueuedChatModel(Prompting):
             return True
         r.tokens.append(token)
         if r.stop or r.pieces is not None:
-            text = self.tokenizer.decode(r.tokens, skip_special_tokens=True)
+            text = self._text(r)
             cut = min((text.index(s) for s in r.stop if s in text), default=None)
             if cut is not None:
                 text, r.cut = text[:cut], True
@@ -188,6 +189,10 @@ class QueuedChatModel(Prompting):
             self._finish(r)
             return True
         return False
+
+    def _text(self, r: Request) -> str:
+        """`r`'s answer so far, decoded whole each time (a stream's pieces stay its prefixes)."""
+        return strip_answer_prefix(self.tokenizer.decode(r.tokens, skip_special_tokens=True), r.answer_prefix)
 
     def _send(self, r: Request, final: bool) -> None:
         """Stream what is new since the last piece, holding back a tail that could still become a stop string
@@ -206,7 +211,7 @@ class QueuedChatModel(Prompting):
         if r.done.is_set():
             return
         if not (r.stop or r.pieces is not None):
-            r.text = self.tokenizer.decode(r.tokens, skip_special_tokens=True)
+            r.text = self._text(r)
         reason = "stop" if r.ended or r.cut else "length"
         r.result = Completion(r.text, len(r.ids), len(r.tokens) + r.ended, reason)  # as generated, as streamed
         if r.pieces is not None:

@@ -64,15 +64,47 @@ class TokenScores:
         return math.exp(min(self.loss, 50.0))
 
 
+class ChatPrompt(str):
+    """A conversation's prompt text, knowing the spaces cut from the end of its generation prompt (`answer_prefix`).
+
+    A generation prompt ending in a space ("### Assistant: ") was trained as part of the answer's first token
+    (":", " paris"), never alone: a prompt ending in a lone " " token made the tuned model drop the answer's first
+    word. The prompt ends before the spaces, so its tokens are a prefix of training's, and the answer's text
+    loses the leading space that then comes with it (`strip_answer_prefix`). A plain str (a raw completion's
+    prompt) has none: its continuation is kept as generated.
+    """
+
+    answer_prefix: str = ""
+
+    @classmethod
+    def of(cls, rendered: str) -> ChatPrompt:
+        prompt = cls(rendered.rstrip(" "))  # spaces only: a newline ending ChatML's generation prompt is trained alone
+        prompt.answer_prefix = rendered[len(prompt):]
+        return prompt
+
+
+def answer_prefix(prompt: str) -> str:
+    """The spaces a ChatPrompt cut from its end, which the answer's text then starts with; "" for any other prompt."""
+    return getattr(prompt, "answer_prefix", "")
+
+
+def strip_answer_prefix(text: str, prefix: str) -> str:
+    """The answer's text (all of it generated so far) without the leading spaces of `prefix` (at most those): applied to
+    the whole text each time, so a stream's pieces stay its prefixes."""
+    spaces = len(text) - len(text.lstrip(" "))
+    return text[min(len(prefix), spaces):]
+
+
 class Prompting:
     """What every chat engine answers from its tokenizer alone (the engines differ in `generate_texts`)."""
 
     tokenizer: Any
     concurrent_calls = 1  # generate_texts calls worth making at once: engines that decode them together take more
 
-    def prompt_text(self, conversation: Conversation) -> str:
-        """The text the model continues to answer `conversation` (chat template + generation prompt)."""
-        return chat.render(self.tokenizer, conversation, generation_prompt=True)
+    def prompt_text(self, conversation: Conversation) -> ChatPrompt:
+        """The text the model continues to answer `conversation` (chat template + generation prompt, without the
+        generation prompt's trailing spaces: ChatPrompt)."""
+        return ChatPrompt.of(chat.render(self.tokenizer, conversation, generation_prompt=True))
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -197,13 +229,17 @@ class ChatModel(Prompting):
                 batches.append([i])
         return batches
 
-    def _through_stop(self, tokens: list[int], stop: Sequence[str]) -> int:
+    def _text(self, tokens: list[int], prefix: str) -> str:
+        """The answer's text of `tokens`, without the leading spaces its prompt cut (`prefix`: answer_prefix)."""
+        return strip_answer_prefix(self.tokenizer.decode(tokens, skip_special_tokens=True), prefix)
+
+    def _through_stop(self, tokens: list[int], stop: Sequence[str], prefix: str = "") -> int:
         """How many of `tokens` it took to complete a stop string: the answer's usage, as the queued engines count it
         (generation here runs on past the stop string, and those tokens are no part of the answer)."""
         low, high = 1, len(tokens)
         while low < high:  # the shortest prefix whose text holds a stop string
             mid = (low + high) // 2
-            text = self.tokenizer.decode(tokens[:mid], skip_special_tokens=True)
+            text = self._text(tokens[:mid], prefix)
             if any(s and s in text for s in stop):
                 high = mid
             else:
@@ -249,14 +285,15 @@ class ChatModel(Prompting):
                         new.pop()
                 ended = next((k for k, t in enumerate(new) if t in self.stop_token_ids), None)
                 tokens = new if ended is None else new[:ended]
-                text = tok.decode(tokens, skip_special_tokens=True)
+                prefix = answer_prefix(prompts[i])
+                text = self._text(tokens, prefix)
                 reason = "stop" if ended is not None else "length"
                 count = len(tokens) + (ended is not None)
                 if any(s and s in text for s in stop):
                     # cut where generation first completed a stop string, as a stream is: the whole text runs on past
                     # it, and a longer stop string starting earlier ("tea tastes wonderful" before "tastes") ends later
-                    count, reason = self._through_stop(tokens, stop), "stop"
-                    text = tok.decode(tokens[:count], skip_special_tokens=True)
+                    count, reason = self._through_stop(tokens, stop, prefix), "stop"
+                    text = self._text(tokens[:count], prefix)
                     text = text[: min(text.index(s) for s in stop if s and s in text)]
                 out[i] = Completion(text, len(encoded[i]), count, reason)
         return [c for c in out if c is not None]
@@ -290,10 +327,11 @@ class ChatModel(Prompting):
 
         thread = threading.Thread(target=work, daemon=True)
         thread.start()
-        text, sent = "", 0
+        raw, text, sent = "", "", 0
         stopped_by_string = False
         for piece in streamer:
-            text += piece
+            raw += piece
+            text = strip_answer_prefix(raw, answer_prefix(prompt))  # the whole text: only its start loses spaces
             cut = min((text.index(s) for s in stop if s and s in text), default=None)
             if cut is not None:
                 text, stopped_by_string = text[:cut], True
@@ -315,7 +353,7 @@ class ChatModel(Prompting):
         ended = next((k for k, t in enumerate(new) if t in self.stop_token_ids), None)
         tokens = len(new) if ended is None else ended + 1
         if stopped_by_string:
-            tokens = self._through_stop(new if ended is None else new[:ended], stop)
+            tokens = self._through_stop(new if ended is None else new[:ended], stop, answer_prefix(prompt))
         reason = "stop" if ended is not None or stopped_by_string else "length"
         yield Completion(text, int(ids.shape[1]), tokens, reason)
 

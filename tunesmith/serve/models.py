@@ -255,9 +255,12 @@ def first_engine(run: Run, option: str, wanted: str, fallback: str,
             try:
                 return engine, build(), reasons
             except Exception as err:  # noqa: BLE001 - auto falls back to the next engine, saying why
-                if wanted != "auto":
-                    raise
                 reason = f"conversion failed: {type(err).__name__}: {err}"
+                if wanted != "auto":  # named by the option: refused with the remedy, as an unavailable engine is
+                    if isinstance(err, ConfigError):  # it names its file and what failed
+                        reason = str(err).removeprefix(f"{run.path}: ").rstrip(".")
+                    raise ConfigError(f"{run.path}: cannot serve with {option} {engine}: {reason}; "
+                                      f"use {option} {fallback} (or auto, which falls back by itself)") from err
         if wanted != "auto":
             raise ConfigError(f"{run.path}: cannot serve with {option} {engine}: {reason}; "
                               f"use {option} {fallback} (or auto, which falls back by itself)")
