@@ -32,6 +32,9 @@ def test_uploads_are_limited_streamed_and_listed_page_by_page(store_url: str, tm
     assert [f.id for f in rest.data] == ids[::-1][2:] and not rest.has_more
     assert [f.id for f in jobs.list_files("a", order="asc").data] == ids
     assert jobs.list_files("b").data == []
+    # another key's id as the cursor is no id at all (a 200 for it told key b which ids key a has)
+    other = jobs.list_files("b", after=ids[0])
+    assert isinstance(other, ApiError) and other.status == 404 and other.param == "after"
 
 
 def test_an_expired_file_is_gone(store_url: str, tmp_path: Path) -> None:

@@ -197,6 +197,10 @@ def test_a_body_that_is_not_json_is_named_with_where_it_breaks(server: str) -> N
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
     assert r.json()["error"]["message"] == ("the request body is not valid JSON: Unterminated string starting at "
                                             "(character 9 of the body)")
+    deep = b'{"texts": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"  # the parser's RecursionError: "error parsing the body"
+    r = httpx.post(f"{server}/v1/predict", content=deep, headers={**auth(), "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    assert "nested too deeply" in r.json()["error"]["message"]
 
 
 def test_unknown_chat_model_and_bad_role_with_the_client(client: openai.OpenAI) -> None:

@@ -142,7 +142,7 @@ class JobsService:
             stmt = select(StoredFile).where(StoredFile.owner == owner)
             if purpose:
                 stmt = stmt.where(StoredFile.purpose == purpose)
-            rows = _after(s, stmt, StoredFile, after, limit, descending=order == "desc")
+            rows = _after(s, stmt, StoredFile, after, limit, descending=order == "desc", owner=owner)
             if isinstance(rows, ApiError):
                 return rows
             return p.IdPage[p.FileObject].from_rows([_file(r) for r in rows], limit)
@@ -214,7 +214,7 @@ class JobsService:
                 ids = [j.id for j in s.scalars(stmt) if (not j.job_metadata if without_metadata
                                                           else all((j.job_metadata or {}).get(k) == v for k, v in wanted))]
                 stmt = stmt.where(Job.id.in_(ids))
-            rows = _after(s, stmt, Job, after, limit, descending=True)
+            rows = _after(s, stmt, Job, after, limit, descending=True, owner=owner)
             if isinstance(rows, ApiError):
                 return rows
             return p.Page[p.FineTuningJob].from_rows([job_object(j, self.spec) for j in rows], limit)
@@ -461,14 +461,15 @@ def _bad_limit(limit: int) -> ApiError | None:
 
 
 def _after(s: Session, stmt: Select[Any], model: type[Row], after: str | None, limit: int,
-           descending: bool) -> list[Row] | ApiError:
-    """limit + 1 rows of `stmt` strictly after the row `after`, in creation order (newest first when descending)."""
+           descending: bool, owner: str) -> list[Row] | ApiError:
+    """limit + 1 rows of `stmt` strictly after the row `after`, in creation order (newest first when descending).
+    Another owner's row is no cursor: as one that does not exist (a 200 for it told which ids another key has)."""
     if bad := _bad_limit(limit):
         return bad
     created, ident = model.created, model.id  # type: ignore[attr-defined]
     if after:
         cursor = s.get(model, after)
-        if cursor is None:
+        if cursor is None or cursor.owner != owner:
             return _not_found(model.__tablename__.rstrip("s"), after, "after")
         if descending:
             stmt = stmt.where((created < cursor.created) | ((created == cursor.created) & (ident < cursor.id)))

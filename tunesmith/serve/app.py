@@ -29,6 +29,7 @@ from tunesmith.registry.service import Registry
 from tunesmith.serve import protocol as p
 from tunesmith.serve.service import Service, ServiceError
 
+FASTAPI_BODY_ERROR = "There was an error parsing the body"  # FastAPI's detail when its JSON parser raised
 MODEL_ENDPOINTS = ("/v1/",)
 _UNION_BRANCH = re.compile(r"[\[\]()'\-]")  # literal['a'], function-after[...], constrained-int
 _TYPE_TAGS = {"int", "str", "float", "bool", "list", "dict", "none"}
@@ -132,6 +133,9 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        if exc.status_code == 400 and exc.detail == FASTAPI_BODY_ERROR:  # its parser raised, e.g. RecursionError
+            return _error(ServiceError(400, "the request body could not be read as JSON (nested too deeply?); send "
+                                            "one JSON object as the endpoint's schema shows", code="invalid_json"))
         return _error(ServiceError(exc.status_code, str(exc.detail), kind))
 
     def bearer(request: Request) -> str | None:
