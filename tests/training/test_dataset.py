@@ -14,6 +14,18 @@ from tunesmith.data import prepare as prepare_module
 from tunesmith.training.dataset import ensure_dataset
 
 
+def _rank_1_waiting(cfg, monkeypatch: pytest.MonkeyPatch, wait_s: float) -> tuple[threading.Thread, list]:
+    """ensure_dataset as rank 1 of 2 in a thread, still waiting for rank 0 after `wait_s`: (the thread, what it found)."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    found: list = []
+    rank1 = threading.Thread(target=lambda: found.append(ensure_dataset(cfg)), name="rank1", daemon=True)
+    rank1.start()
+    rank1.join(timeout=wait_s)
+    assert rank1.is_alive()
+    return rank1, found
+
+
 def test_under_torchrun_only_rank_0_prepares_the_dataset(tmp_path: Path, tiny_bert: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """`torchrun -m tunesmith train CONFIG` without a prepared dataset: every rank prepared it into the same staging
@@ -27,13 +39,8 @@ def test_under_torchrun_only_rank_0_prepares_the_dataset(tmp_path: Path, tiny_be
         return real_prepare(*args, **kwargs)
 
     monkeypatch.setattr(prepare_module, "prepare", recorded)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
-    found = []
-    rank1 = threading.Thread(target=lambda: found.append(ensure_dataset(cfg)), name="rank1", daemon=True)
-    rank1.start()
-    rank1.join(timeout=3)
-    assert rank1.is_alive() and not is_dataset(cfg.dataset_dir)  # waiting, not preparing
+    rank1, found = _rank_1_waiting(cfg, monkeypatch, 3)
+    assert not is_dataset(cfg.dataset_dir)  # waiting, not preparing
     real_prepare(cfg, Path(cfg.dataset_dir))  # what rank 0 does
     rank1.join(timeout=30)
     assert not rank1.is_alive() and found and found[0].path == Path(cfg.dataset_dir)
@@ -204,13 +211,7 @@ def test_under_torchrun_the_other_ranks_wait_for_a_dataset_prepared_from_the_cha
     first = ensure_dataset(cfg)
     data = tmp_path / "data.csv"
     data.write_text(data.read_text().replace(",pos,", ",good,"))
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
-    found = []
-    rank1 = threading.Thread(target=lambda: found.append(ensure_dataset(cfg)), name="rank1", daemon=True)
-    rank1.start()
-    rank1.join(timeout=2)
-    assert rank1.is_alive()  # waiting for rank 0, not training on the old labels
+    rank1, found = _rank_1_waiting(cfg, monkeypatch, 2)  # waiting for rank 0, not training on the old labels
     prepare_module.prepare(cfg, Path(cfg.dataset_dir))  # what rank 0 does
     rank1.join(timeout=30)
     assert not rank1.is_alive() and found[0].manifest.labels == ["good", "neg"] != first.manifest.labels
