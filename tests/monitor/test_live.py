@@ -355,3 +355,102 @@ def test_the_server_s_drift_of_a_registry_version_reads_its_lineage_dataset(data
     one_drift_pass(service)
     assert 'tunesmith_drift_warning{model="reviews",signal="labels"} 0.0' in service.metrics.render().decode()
     service.log.close()
+
+
+def test_items_of_rows_without_outputs_come_from_the_answer_shape(tmp_path: Path) -> None:
+    # A batch logged with --no-log-inputs, or past retention, has no outputs: it counted as 1 item, not its 3.
+    from tunesmith.monitor.log import PredictionLog
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    for log in (PredictionLog(store), PredictionLog(store, log_inputs=False)):
+        log.record(f"r{log.log_inputs}", "reviews", "reviews-v1", "predict", ["x", "y", "z"], [probs("pos", 0.9)] * 3, 1.0)
+        assert log.flush()
+        log.close()
+    assert live_metrics(store, "reviews")["reviews-v1"].items == 6
+    PredictionLog(store).purge(-1)  # every row past retention
+    assert live_metrics(store, "reviews")["reviews-v1"].items == 6
+    assert time_series(store, "reviews")[0]["items"] == 6
+
+
+def test_multi_label_answers_with_no_label_are_a_category_of_their_own(dataset: Path, tmp_path: Path) -> None:
+    """A multi-label model answering [] ("none applies") on most traffic: the shares among the labels it still gave were
+    unchanged (PSI 0), and with [] everywhere the labels signal vanished."""
+    import shutil
+
+    import pyarrow as pa
+
+    from tunesmith.artifacts import write_split
+    from tunesmith.monitor.live import NO_LABEL
+
+    tagged = tmp_path / "dataset-tags"
+    shutil.copytree(dataset, tagged)
+    texts = DatasetVersion(dataset).table("train").column("text").to_pylist()
+    train_labels = [[], ["food"], ["food", "service"]] * (len(texts) // 3)
+    write_split(tagged, "train", pa.table({"text": texts, "labels": train_labels}))
+    profile = TrainingProfile.of_run(fake_run(tmp_path / "run", tagged, ["food", "service"], "multi_label_classification"))
+    assert profile is not None and profile.label_counts == {NO_LABEL: 40, "food": 80, "service": 40}
+
+    def answers(labels: list[list[str]], version: str) -> list[dict[str, Any]]:
+        return [{"request_id": f"{version}-{i}", "model_version": version, "created": T0 + i, "latency_ms": 1.0,
+                 "inputs": [texts[i % len(texts)]], "outputs": [{"label": ls, "probabilities": {"food": 0.1, "service": 0.1}}]}
+                for i, ls in enumerate(labels)]
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    insert(store, answers([[]] * 270 + [["food"]] * 20 + [["food", "service"]] * 10, "tags-v1"))
+    insert(store, answers([[]] * 300, "tags-v2"))
+    mostly = drift(store, "reviews", profile, model_version="tags-v1")["labels"]
+    assert mostly["status"] == "significant" and mostly["shares"][NO_LABEL]["live"] == pytest.approx(270 / 310)
+    always = drift(store, "reviews", profile, model_version="tags-v2")["labels"]
+    assert always["status"] == "significant" and always["shares"][NO_LABEL] == {"train": pytest.approx(40 / 160), "live": 1.0}
+    # what live_metrics counts stays label occurrences: an empty answer is not a label the model gave
+    assert live_metrics(store, "reviews")["tags-v2"].labels == {}
+
+
+def drift_passes_until(service: Any, done: Any) -> str:
+    """Run the server's drift watch until `done(metrics text)` holds, however slow the host; the metrics text."""
+    import asyncio
+
+    async def passes() -> None:
+        task = asyncio.create_task(service.watch_drift(every_s=0.01))
+        for _ in range(600):
+            if done(service.metrics.render().decode()) or task.done():
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(passes())
+    metrics = service.metrics.render().decode()
+    assert done(metrics), metrics
+    return metrics
+
+
+def test_the_drift_gauges_follow_the_served_version(dataset: Path, tmp_path: Path) -> None:
+    """Labelled by model only, the gauges held the old version's reading (its warning too) after a promotion, until the
+    new version had answered; forever where it had no logged inputs or no training profile."""
+    from tunesmith.config import ServeSpec
+    from tunesmith.monitor.log import PredictionLog
+    from tunesmith.serve.models import Served
+    from tunesmith.serve.service import Service
+
+    def served(version: int, run: Path) -> Served:
+        return Served(f"ft:tiny:reviews:{version}", "sequence", "single_label_classification", str(run), "tiny", 0,
+                      f"reviews-v{version}", engine=None, registry=("reviews", f"mv-{version}"))
+
+    def gauges(metrics: str) -> list[str]:
+        return [line for line in metrics.splitlines() if line.startswith("tunesmith_drift_")]
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    train = DatasetVersion(dataset).table("train").column("text").to_pylist()
+    drifted = [f"zebra quasar {t} xylophone" for t in train]
+    insert(store, live_rows(drifted, ["pos"] * len(drifted), "reviews-v1"))
+    service = Service([served(1, fake_run(tmp_path / "run1", dataset))], ServeSpec(), log=PredictionLog(store))
+    warned = 'tunesmith_drift_warning{model="reviews",signal="labels"} 1.0'
+    drift_passes_until(service, lambda metrics: warned in metrics)
+
+    service.models[0] = served(2, fake_run(tmp_path / "run2", dataset))  # promoted: no v2 traffic yet
+    drift_passes_until(service, lambda metrics: not gauges(metrics))
+    insert(store, live_rows(drifted, ["pos"] * len(drifted), "reviews-v2", start=T0 + 1000))
+    drift_passes_until(service, lambda metrics: warned in metrics)
+    service.models[0] = served(3, tmp_path / "gone")  # its run folder is gone: no training profile
+    drift_passes_until(service, lambda metrics: not gauges(metrics))
+    service.log.close()

@@ -266,7 +266,9 @@ def drift_report(
                     moderate_threshold, test (Kolmogorov-Smirnov), statistic, p_value,
                     p_value_threshold, n_train, n_live, train_mean, live_mean
         labels      predicted labels: the same keys (test: chi-square) plus shares
-                    {label: {train, live}}
+                    {label: {train, live}}; the label lists are occurrences, and a multi-label
+                    answer or example with no label should be there as a category of its own
+                    (monitor.live.NO_LABEL), or a rise of "none applies" answers goes unseen
         vocabulary  oov_rate, threshold, status (ok | drifted), n_texts, vocabulary_size
         thresholds  the DriftThresholds used
         warnings    plain-words sentences, e.g. "prediction distribution drifted: PSI 0.31 > 0.25 (...)"

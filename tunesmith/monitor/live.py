@@ -49,12 +49,18 @@ def _user_text(messages: Iterable[Any]) -> str:
     return "\n".join(str(m.get("content") or "") for m in messages if isinstance(m, dict) and m.get("role") == "user")
 
 
-def _flat_labels(values: Iterable[Any]) -> list[str]:
-    """Label occurrences: a multi-label item counts once per label it has."""
+# Drift's category for a multi-label answer (or training example) with no label ("none applies"): without it a model
+# that starts answering [] shows no label drift, since the shares among the labels it still gives are unchanged.
+NO_LABEL = "(none)"
+
+
+def _flat_labels(values: Iterable[Any], empty: str | None = None) -> list[str]:
+    """Label occurrences: a multi-label item counts once per label it has; one with none counts once as `empty`
+    where that is given (drift), not at all where not (live_metrics' counts, correction checks)."""
     out: list[str] = []
     for v in values:
         if isinstance(v, list):
-            out.extend(str(x) for x in v)
+            out.extend([str(x) for x in v] if v or empty is None else [empty])
         elif v is not None:
             out.append(str(v))
     return out
@@ -73,7 +79,7 @@ class TrainingProfile:
     task: str
     n_tokens: np.ndarray  # the model tokenizer's counts, as prepared (shown, not compared)
     word_lengths: np.ndarray  # word_count of each training input: what live lengths are compared with
-    label_counts: dict[str, int] | None  # classification: occurrences per label
+    label_counts: dict[str, int] | None  # classification: occurrences per label (NO_LABEL: examples with none)
     scores: np.ndarray | None  # regression: the targets, in the user's units
     vocabulary: frozenset[str] = field(repr=False)
 
@@ -111,9 +117,9 @@ def _profile(run: str, dataset: str, _stamp: tuple[int, int]) -> TrainingProfile
         texts = [_user_text(m or []) for m in table.column("messages").to_pylist()]
     label_counts = None
     if "labels" in columns:
-        label_counts = dict(Counter(_flat_labels(table.column("labels").to_pylist())))
+        label_counts = dict(Counter(_flat_labels(table.column("labels").to_pylist(), NO_LABEL)))
     elif "label" in columns:
-        label_counts = dict(Counter(_flat_labels(table.column("label").to_pylist())))
+        label_counts = dict(Counter(_flat_labels(table.column("label").to_pylist(), NO_LABEL)))
     scores = table.column("score").to_numpy().astype(float) if "score" in columns else None
     n_tokens = table.column("n_tokens").to_numpy() if "n_tokens" in columns else np.zeros(0, int)
     lengths = np.array([word_count(t) for t in texts], dtype=float)
@@ -134,7 +140,7 @@ def _rows(store: Store, model: str, since: float | None) -> tuple[list[Any], dic
         where.append(Prediction.created >= since)
     with store.session() as s:
         rows = s.execute(select(Prediction.request_id, Prediction.model_version, Prediction.kind, Prediction.created,
-                                Prediction.latency_ms, Prediction.outputs, Prediction.variant)
+                                Prediction.latency_ms, Prediction.outputs, Prediction.answer_shape, Prediction.variant)
                          .where(*where).order_by(Prediction.created, Prediction.request_id)).all()
         feedback = s.scalars(select(Feedback).join(Prediction, Feedback.request_id == Prediction.request_id)
                              .where(*where).order_by(Feedback.created, Feedback.id)).all()
@@ -142,6 +148,13 @@ def _rows(store: Store, model: str, since: float | None) -> tuple[list[Any], dic
     for f in feedback:
         by_request[f.request_id].append(f)
     return rows, by_request
+
+
+def _shape_items(shape: Any) -> int:
+    """The item count of a row whose outputs are not there (--no-log-inputs, or past retention): its answer_shape's,
+    which is written either way and kept; 1 for a row logged before shapes were (migration 0008)."""
+    items = shape.get("items") if isinstance(shape, dict) else None
+    return items if isinstance(items, int) and items >= 0 else 1
 
 
 def _is_shadow(row: Any) -> bool:
@@ -211,7 +224,7 @@ class _Tally:
         m.last = row.created if m.last is None else max(m.last, row.created)
         self.latencies.append(float(row.latency_ms))
         outputs = row.outputs or []
-        m.items += len(outputs) if outputs else 1  # not logged (--no-log-inputs): at least one
+        m.items += len(outputs) if outputs else _shape_items(row.answer_shape)
         if row.kind == "predict":
             for out in outputs:
                 if not isinstance(out, dict):
@@ -302,7 +315,7 @@ class LiveSample:
 
     requests: int = 0
     texts: list[str] = field(default_factory=list)  # one per item; a chat conversation's user turns as one
-    labels: list[str] = field(default_factory=list)  # predicted label occurrences (multi-label: each label)
+    labels: list[str] = field(default_factory=list)  # predicted label occurrences (multi-label: each label; NO_LABEL for [])
     values: list[float] = field(default_factory=list)  # regression: predicted values
     first: float | None = None
     last: float | None = None
@@ -349,7 +362,7 @@ def live_sample(store: Store, model: str, since: float | None = None, limit: int
                 labels.append(out["label"])
             elif isinstance(out, dict) and out.get("value") is not None:
                 sample.values.append(float(out["value"]))
-    sample.labels = _flat_labels(labels)
+    sample.labels = _flat_labels(labels, NO_LABEL)
     return sample
 
 

@@ -348,41 +348,68 @@ class Service:
             return  # the shadow never costs the users: dropped when the server is busy
         self._record(f"{rid}{SHADOW_SUFFIX}", model, "predict", texts, results, started, user, f"shadow:{shadow[0]}")
 
+    DRIFT_SIGNALS = ("lengths", "labels", "vocabulary")
+
     async def watch_drift(self, every_s: float = 60.0) -> None:
-        """Compare each served model's recent traffic with its training data: PSI and warnings in /metrics."""
+        """Compare each served model's recent traffic with its training data: PSI and warnings in /metrics. A signal the
+        served version has no figures for (no logged inputs yet, no training profile, a failed reading) has no gauges:
+        labelled by model only, they had held the previous version's reading after a promotion, its alert included."""
         assert self.log is not None
         from tunesmith.monitor.drift import drift_confirmed
-        from tunesmith.monitor.live import TrainingProfile, drift
 
-        loop = asyncio.get_running_loop()
+        shown: set[str] = set()  # models with drift gauges, so those of a model no longer served are removed too
         while True:
             await asyncio.sleep(every_s)
+            served = set()
             for m in list(self.models):
                 name = m.registry[0] if m.registry else m.id
-                try:
-                    # A registry version's data is its lineage's dataset: after an incremental round the run trained on
-                    # a replay sample weighted to the corrections, which read as drift (as trigger.py and the report do)
-                    dataset = None
-                    if m.registry and self.registry is not None:
-                        info = await loop.run_in_executor(None, self.registry.production, m.registry[0])
-                        if info is not None and info.id == m.registry[1]:
-                            dataset = info.lineage.get("dataset")
-                    profile = await loop.run_in_executor(None, TrainingProfile.of_run, m.run, dataset)
-                    if profile is None:
-                        continue
-                    # this version's traffic only: an A/B challenger's, or an earlier production's, is not its own
-                    report = await loop.run_in_executor(
-                        None, lambda n=name, pr=profile, v=m.version: drift(self.log.store, n, pr, model_version=v))
-                except Exception as err:  # noqa: BLE001 - monitoring must not disturb serving
-                    print(f"drift: '{name}': {type(err).__name__}: {err}", flush=True)
-                    continue
-                for signal in ("lengths", "labels", "vocabulary"):
-                    figures = report.get(signal)
+                served.add(name)
+                report = await self._drift_report(m, name)
+                for signal in self.DRIFT_SIGNALS:
+                    figures = report.get(signal) if report is not None else None
                     if not isinstance(figures, dict):
+                        self._drop_drift_gauges(name, signal)
                         continue
                     if "psi" in figures:
                         self.metrics.drift_psi.labels(name, signal).set(figures["psi"])
+                    else:
+                        self._drop_drift_gauges(name, signal, warning=False)
                     self.metrics.drift_warning.labels(name, signal).set(1.0 if drift_confirmed(figures) else 0.0)
+            for name in shown - served:
+                for signal in self.DRIFT_SIGNALS:
+                    self._drop_drift_gauges(name, signal)
+            shown = served
+
+    async def _drift_report(self, m: Served, name: str) -> dict[str, Any] | None:
+        """The drift report of the served version's own traffic; None when there is no training profile or reading it
+        failed (logged: monitoring must not disturb serving)."""
+        from tunesmith.monitor.live import TrainingProfile, drift
+
+        assert self.log is not None
+        loop = asyncio.get_running_loop()
+        try:
+            # A registry version's data is its lineage's dataset: after an incremental round the run trained on
+            # a replay sample weighted to the corrections, which read as drift (as trigger.py and the report do)
+            dataset = None
+            if m.registry and self.registry is not None:
+                info = await loop.run_in_executor(None, self.registry.production, m.registry[0])
+                if info is not None and info.id == m.registry[1]:
+                    dataset = info.lineage.get("dataset")
+            profile = await loop.run_in_executor(None, TrainingProfile.of_run, m.run, dataset)
+            if profile is None:
+                return None
+            # this version's traffic only: an A/B challenger's, or an earlier production's, is not its own
+            return await loop.run_in_executor(
+                None, lambda n=name, pr=profile, v=m.version: drift(self.log.store, n, pr, model_version=v))
+        except Exception as err:  # noqa: BLE001 - monitoring must not disturb serving
+            print(f"drift: '{name}': {type(err).__name__}: {err}", flush=True)
+            return None
+
+    def _drop_drift_gauges(self, name: str, signal: str, warning: bool = True) -> None:
+        """Remove a signal's drift gauges: absent, not 0, as "no reading" is not "no drift" to an alerting rule."""
+        for gauge in (self.metrics.drift_psi, *([self.metrics.drift_warning] if warning else [])):
+            with contextlib.suppress(KeyError):  # never set
+                gauge.remove(name, signal)
 
     async def keep_log(self, retention_days: float, every_s: float = 3600.0) -> None:
         """Clear logged inputs and outputs past their retention, hourly."""
