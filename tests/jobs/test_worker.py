@@ -455,6 +455,25 @@ def test_a_paused_job_has_no_estimated_finish(store_url: str) -> None:
     assert JobsService(store, JobsSpec()).pause_job("", "ftjob-p").estimated_finish is None  # OpenAI: null unless running
 
 
+def test_steps_logged_before_the_worker_sees_a_pause_keep_their_events(store_url: str) -> None:
+    """A pause is stored at once, and the worker trains on until its next heartbeat: those steps' logs were dropped,
+    though the results CSV and the checkpoints have them."""
+    from types import SimpleNamespace
+
+    from tunesmith.jobs.worker import _Heartbeat, _reporter
+
+    store = Store(store_url)
+    _job(store, "ftjob-q", status="running", worker="w", heartbeat_at=time.time())
+    jobs = JobsService(store, JobsSpec())
+    assert jobs.pause_job("", "ftjob-q").status == "paused"
+    worker = Worker(store, JobsSpec(), name="w")
+    reporter = _reporter(worker, "ftjob-q", _Heartbeat(worker, "ftjob-q"))
+    reporter.on_log(None, SimpleNamespace(global_step=50, max_steps=100), None, logs={"loss": 1.5})
+    events = [e for e in jobs.list_events("", "ftjob-q").data if e.type == "metrics"]
+    assert [e.data["step"] for e in events] == [50]
+    assert jobs.get_job("", "ftjob-q").estimated_finish is None
+
+
 def test_trained_tokens_stay_null_until_the_job_succeeds(store_url: str) -> None:
     # The stored count (one epoch's, from validation) showed while the job ran and after a cancel at step 10 of 255.
     store = Store(store_url)

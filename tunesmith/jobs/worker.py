@@ -528,9 +528,14 @@ def _reporter(worker: Worker, job_id: str, beat: _Heartbeat, validated: bool = T
             finish = int(self.started + (time.time() - self.started) / done * (total - self.first_step)) if total else None
             with worker.store.session() as s:
                 job = locked_job(s, job_id)
-                if job is None or job.status != "running" or job.worker != worker.name:
-                    return  # cancelled, paused or taken over since the last heartbeat: on_step_end stops next
-                job.estimated_finish = finish
+                # Paused, the job trains on until the worker sees it (a heartbeat, up to several steps): those steps are
+                # in the results CSV and the checkpoints, so they get their events too (not the estimate: OpenAI's is
+                # null unless running).
+                pausing = job is not None and job.status == "paused" and job.control == "pause"
+                if job is None or not (job.status == "running" or pausing) or job.worker != worker.name:
+                    return  # cancelled or taken over since the last heartbeat: on_step_end stops next
+                if not pausing:
+                    job.estimated_finish = finish
                 if "train_loss" in metrics:
                     data = {"step": step, "total_steps": total, **metrics}
                     add_event(s, job, _step_message(data), type="metrics", data=data)
