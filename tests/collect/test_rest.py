@@ -442,3 +442,35 @@ def test_a_resumed_collection_lists_a_page_that_fails_again_once(server, collect
     run_collector(rest, cfg)
     again = run_collector(rest, cfg)
     assert [f["page"] for f in again.failures] == [2] and len(again.records) == 3
+
+
+@pytest.mark.parametrize("status", [404, 400])
+def test_page_pagination_ends_at_a_page_past_the_end_answered_with_an_error(server, collect_config, run_collector,
+                                                                             status: int) -> None:
+    """WordPress answers the page after the last with 400 (rest_post_invalid_page_number), others with 404: the
+    collection had stopped there as a failure, "run collect again to resume", forever."""
+    def reply(hit: Hit) -> Reply:
+        n = int(hit.query["page"])
+        return Reply(body={"data": REVIEWS[(n - 1) * 3:n * 3]}) if n <= 3 else Reply(status, body={"code": "invalid page"})
+
+    server.route("/api", reply)
+    cfg = collect_config(rest_source(server, "/api", pagination="page", records="$.data[*]"))
+    out = run_collector(rest, cfg)
+    assert [r["id"] for r in out.records] == [r["id"] for r in REVIEWS]
+    assert out.failures == [] and out.state is not None and out.state["done"] is True
+    assert any(f"answered {status}" in n for n in out.notes)
+    assert run_collector(rest, cfg).notes == ["already collected (--refresh collects again)"]
+
+
+def test_a_first_page_answered_404_is_still_a_failure(server, collect_config, run_collector) -> None:
+    server.route("/api", Reply(404, body={"error": "no such API"}))
+    out = run_collector(rest, collect_config(rest_source(server, "/api", pagination="page", records="$.data[*]")))
+    assert [f["status"] for f in out.failures] == [404] and out.state is not None and out.state["done"] is False
+
+
+def test_page_pagination_ends_at_a_page_shorter_than_page_size(server, collect_config, run_collector) -> None:
+    server.route("/api", page_route())
+    cfg = collect_config(rest_source(server, "/api", pagination="page", records="$.data[*]", page_size=3))
+    out = run_collector(rest, cfg)
+    assert len(out.records) == len(REVIEWS) and out.state is not None and out.state["done"] is True
+    assert [h.query["page"] for h in server.hits("/api")] == ["1", "2", "3"]  # page 3 held 1 of 3: no 4th request

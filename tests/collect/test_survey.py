@@ -272,3 +272,26 @@ def test_qualtrics_question_text_shared_by_several_columns_must_be_named_by_id(t
     rows = read(path, likert={"Q5_1": "agree5", "Q5_2": "agree5"})
     assert rows[0].record is not None and (rows[0].record["Q5_1"], rows[0].record["Q5_2"]) == (4, 2)
     assert rows[0].line == 4 and rows[0].record["_group"] == "R_1"
+
+
+@pytest.mark.parametrize("mark", ["Zeitstempel", "Marca temporal", "Horodateur", "Carimbo de data/hora", "タイムスタンプ", "时间戳"])
+def test_a_google_forms_export_in_another_language_is_recognised(tmp_path: Path, mark: str) -> None:
+    """auto knew Google Forms only by an English "Timestamp": a German export read as plain, "Ramen, Gyoza" unsplit."""
+    path = write(tmp_path / "form.csv", f'{mark},Was haben Sie bestellt?\n2024/01/01 10:00:00,"Ramen, Gyoza"\n')
+    rows = read(path, multi_select=["Was haben Sie bestellt?"])
+    assert rows[0].record is not None and rows[0].record["Was haben Sie bestellt?"] == ["Ramen", "Gyoza"]
+
+
+def test_comma_joined_answers_read_as_plain_are_warned_of(tmp_path: Path) -> None:
+    """An export auto cannot tell from plain: answers joined by ", " are not split, and the warning names the column
+    and the format to set (once per column)."""
+    path = write(tmp_path / "form.csv", 'Wann,Bestellung\n1,"Ramen, Gyoza"\n2,"Tee, Reis"\n')
+    said: list[str] = []
+    rows = list(survey.read(spec(path, multi_select=["Bestellung"]), {}, warn=said.append))
+    assert rows[0].record is not None and rows[0].record["Bestellung"] == ["Ramen, Gyoza"]
+    assert len(said) == 1 and "'Bestellung'" in said[0] and "format: google_forms" in said[0]
+    # plain answers joined as plain says, or a format set on purpose: nothing to warn of
+    write(path, 'Wann,Bestellung\n1,"Ramen; Gyoza, scharf"\n')
+    list(survey.read(spec(path, multi_select=["Bestellung"]), {}, warn=said.append))
+    list(survey.read(spec(path, multi_select=["Bestellung"], format="plain"), {}, warn=said.append))
+    assert len(said) == 1

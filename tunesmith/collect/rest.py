@@ -1,6 +1,7 @@
 """A JSON API, page by page: records picked by JSONPath, fields mapped by JSONPath, a resumable position.
 
-Pagination (rest.pagination): `none` (one request); `page` (?page=1,2,... until a page has no records);
+Pagination (rest.pagination): `none` (one request); `page` (?page=1,2,... until a page has no records, fewer than
+rest.page_size, or, after the first, answers 404 or 400 as APIs do past the last page);
 `offset` (?offset=0,n,... moved by the records received, until none come); `cursor` (?cursor=<value at
 cursor_path in the last response> until it is null or absent); `link` (the RFC 8288 `Link: rel="next"`
 header, or the URL at `next_path` in the body, until there is none). A cursor or next URL seen before
@@ -96,6 +97,11 @@ def _pages(rest: RestSpec, paths: _Paths, fetcher: Fetcher, headers: dict[str, s
         try:
             page = fetcher.get(url, headers=headers if origin_of(url) == origin_of(rest.url) else {})
         except FetchError as err:
+            if _past_the_end(rest, pos, err):
+                pos.done = True
+                sink.notes.append(f"page {pos.page} answered {err.status}: taken as the end of the pages")
+                _save(sink, pos)
+                return
             sink.fail(_public(err.url), err.reason, status=err.status, page=number)
             sink.notes.append(f"stopped at page {number}; run collect again to resume there")
             return
@@ -180,7 +186,8 @@ def _advance(rest: RestSpec, paths: _Paths, pos: Position, page: Page, nxt: str 
         pos.done = True
     elif rest.pagination == "page":
         pos.page += 1
-        pos.done = received == 0
+        short = rest.page_size is not None and received < rest.page_size  # fewer than asked for: the last page
+        pos.done = received == 0 or short
     elif rest.pagination == "offset":
         pos.offset += received
         pos.done = received == 0
@@ -208,6 +215,12 @@ def _advance(rest: RestSpec, paths: _Paths, pos: Position, page: Page, nxt: str 
                 pos.cursor = follow
             else:
                 pos.url = follow
+
+
+def _past_the_end(rest: RestSpec, pos: Position, err: FetchError) -> bool:
+    """Page pagination: some APIs answer the page after the last with 404 or 400 (WordPress:
+    rest_post_invalid_page_number) rather than an empty page; after a first page, that is the end."""
+    return rest.pagination == "page" and pos.pages_done > 0 and err.status in (400, 404)
 
 
 def _request_url(rest: RestSpec, pos: Position) -> str:

@@ -1,19 +1,22 @@
 """Which collector runs for a source, and when: `tunesmith collect` runs them all (or some), and
 `data prepare` collects a source whose file is not there yet.
 
-A finished collection is reused until `--refresh` (web pages also come from the HTTP cache, so a
-refresh refetches only what the cache lacks); an interrupted REST collection continues from its
-saved position. Survey exports are files read directly at `data prepare` time: nothing to collect.
+A finished collection is reused until `--refresh` or until the source's settings change (a hash of them is kept
+beside the collected file; web pages also come from the HTTP cache, so a refresh refetches only what the cache
+lacks); an interrupted REST collection continues from its saved position, and a REST refresh that does not finish
+puts the previous collection back. Survey exports are files read directly at `data prepare` time: nothing to collect.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
-from tunesmith.collect.sink import Collected, Sink, collected_file, failures_file, state_file
+from tunesmith.collect.sink import Collected, Sink, collected_file, failures_file, meta_file, state_file
 from tunesmith.config import COLLECTED_KINDS, ProjectConfig, SourceSpec
 from tunesmith.errors import ConfigError
 
@@ -40,32 +43,132 @@ def _resumable(path: Path, state: Path) -> bool | None:
     return False if path.exists() else None
 
 
+def settings_hash(spec: SourceSpec) -> str:
+    """A hash of what decides a source's rows: its kind and its `web:`/`rest:`/`hub:`/`synthetic:` section. The http
+    settings (rate limit, retries, cache, robots) change how politely rows are fetched, not which."""
+    section = getattr(spec, spec.kind or "", None)
+    settings = {"kind": spec.kind, "section": section.model_dump(mode="json") if section is not None else None}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _recorded_hash(path: Path) -> str | None:
+    """The settings hash a collection was made from; None for one made before it was recorded (or unreadable)."""
+    try:
+        value = json.loads(meta_file(path).read_text(encoding="utf-8")).get("settings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _record_hash(path: Path, spec: SourceSpec) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta_file(path).write_text(json.dumps({"settings": settings_hash(spec)}) + "\n", encoding="utf-8")
+
+
+def _own_files(path: Path) -> list[Path]:
+    return [path, state_file(path), failures_file(path), meta_file(path)]
+
+
+def _aside(file: Path) -> Path:
+    return file.with_name(file.name + ".previous")
+
+
+def _set_aside(path: Path) -> None:
+    """Move the last collection's files out of the way of a refresh (`<file>.previous`)."""
+    for file in _own_files(path):
+        if file.exists():
+            os.replace(file, _aside(file))
+
+
+def _put_back(path: Path) -> None:
+    """The refresh did not finish: the collection set aside comes back whole (the refresh's files go)."""
+    for file in _own_files(path):
+        file.unlink(missing_ok=True)
+        if _aside(file).exists():
+            os.replace(_aside(file), file)
+
+
+def _has_aside(path: Path) -> bool:
+    return any(_aside(file).exists() for file in _own_files(path))
+
+
+def _drop_aside(path: Path) -> None:
+    for file in _own_files(path):
+        _aside(file).unlink(missing_ok=True)
+
+
+def _recover(path: Path) -> None:
+    """A refresh killed before it saved its first position left only the set-aside files: they are the collection."""
+    if not state_file(path).exists() and not path.exists() and _has_aside(path):
+        _put_back(path)
+
+
 def collect_one(cfg: ProjectConfig, index: int, refresh: bool = False, say: Callable[[str], None] = _quiet) -> Collected:
     spec = cfg.data.sources[index]
     if not collectable(spec):
         raise ConfigError(f"data.sources.{index}: kind '{spec.kind}' is read directly by `data prepare`; nothing to collect")
     path = collected_file(cfg, index, spec)
     state = state_file(path)
-    status = None if refresh else _resumable(path, state)
-    if status is False:
+    _recover(path)
+    status = _resumable(path, state)
+    recorded = _recorded_hash(path) if status is not None else None
+    changed = recorded is not None and recorded != settings_hash(spec)  # no hash: made before it was kept; reused
+    if changed:
+        say(f"data.sources.{index} ({spec.describe()}): settings changed since it was collected; collecting again")
+    if status is False and not (refresh or changed):
         failures = failures_file(path)
         return Collected(index, spec.kind or "", spec.describe(), path, _count(path), _count(failures),
                          failures if failures.exists() else None, ["already collected (--refresh collects again)"], skipped=True)
-    resume = status is True
+    resume = status is True and not (refresh or changed)
     if spec.kind in RESUMABLE:  # append to the file itself, so a killed run keeps every page it saved
-        if not resume:  # a fresh start: the last collection's rows, position and failures all go
-            path.unlink(missing_ok=True)
-            state.unlink(missing_ok=True)
-            failures_file(path).unlink(missing_ok=True)
+        if not resume:
+            if changed:  # a fallback set aside for other settings is none for these
+                _drop_aside(path)
+            if refresh and not changed and not _has_aside(path):
+                _set_aside(path)  # the last collection stays whole until the refresh is done
+            else:  # another source's rows, or a refresh killed earlier (its fallback is already aside): they go
+                for file in _own_files(path):
+                    file.unlink(missing_ok=True)
+            _record_hash(path, spec)
         resume = True
-    elif refresh:
+    elif refresh or changed:
         state.unlink(missing_ok=True)
-    say(f"collecting data.sources.{index} ({spec.describe()})" + (" — resuming" if status is True else ""))
+    kept = _has_aside(path)
+    say(f"collecting data.sources.{index} ({spec.describe()})" + (" — resuming" if status is True and
+                                                                   not (refresh or changed) else ""))
     module = importlib.import_module(COLLECTORS[spec.kind or ""])
-    with Sink(path, spec.kind or "", resume=resume) as sink:
-        module.collect(cfg, index, spec, sink, say)
+    try:
+        with Sink(path, spec.kind or "", resume=resume) as sink:
+            module.collect(cfg, index, spec, sink, say)
+    except BaseException:
+        if kept:
+            _put_back(path)
+        raise
+    if kept:
+        if _resumable(path, state) is not False:
+            return _kept_previous(index, spec, path)
+        _drop_aside(path)
+    if spec.kind not in RESUMABLE:
+        _record_hash(path, spec)
     return Collected(index, spec.kind or "", spec.describe(), path, sink.rows, sink.failures,
                      sink.failures_path if sink.failures else None, sink.notes)
+
+
+def _kept_previous(index: int, spec: SourceSpec, path: Path) -> Collected:
+    """A refresh that stopped short: the previous collection is put back, and the summary says why."""
+    why = "it did not reach the end"
+    failures = failures_file(path)
+    if failures.exists():
+        lines = [line for line in failures.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            why = str(json.loads(lines[-1]).get("reason") or why) if lines else why
+        except (ValueError, AttributeError):
+            pass
+    _put_back(path)
+    note = (f"refresh stopped ({why}); the previous collection is kept as it was: `tunesmith collect --refresh` "
+            "tries again")
+    return Collected(index, spec.kind or "", spec.describe(), path, _count(path), _count(failures),
+                     failures if failures.exists() else None, [note])
 
 
 def _count(path: Path) -> int:

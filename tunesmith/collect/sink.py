@@ -7,7 +7,9 @@ disallows, a malformed response) are listed per item in `<name>.failures.jsonl` 
 aborting the run. A fresh collection writes to a temporary file and replaces the old one only when
 it finishes, so an interrupted run never leaves a half file where a complete one was; a resumable
 collector (REST) always appends to the file itself and keeps its position in `<name>.state.json`, so
-even a killed run continues where it stopped.
+even a killed run continues where it stopped (a refresh sets the old files aside, and puts them back unless it
+finishes). `<name>.meta.json` records a hash of the source's settings: a collection made from other settings is
+not reused.
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ def state_file(path: Path) -> Path:
 
 def failures_file(path: Path) -> Path:
     return path.with_name(path.stem + ".failures.jsonl")
+
+
+def meta_file(path: Path) -> Path:
+    """What a collection was made from: {"settings": <hash of the source's settings>}. The file name says only the
+    source's position and kind, so a changed (or swapped) source is told apart by this."""
+    return path.with_name(path.stem + ".meta.json")
 
 
 def now() -> str:

@@ -3,7 +3,8 @@
 A survey source is a file, so it is not collected first: `data prepare` reads it through `read`,
 which streams `Raw` records with their real file line (or Excel row), like the other readers.
 
-- Google Forms: one header row with a "Timestamp" column; multi-select answers joined by ", ".
+- Google Forms: one header row with a "Timestamp" column (first, named in the export's language:
+  Zeitstempel, Marca temporal, Horodateur, ...); multi-select answers joined by ", ".
 - Qualtrics: three header rows (short ids like Q1, the question text, `{"ImportId": ...}`); every
   column is addressable by its short id and by its question text; the respondent is `ResponseId`.
 - plain: one header row.
@@ -33,7 +34,16 @@ from tunesmith.errors import DataError
 GROUP_KEY = "_group"  # reserved record key: the respondent id, used as the example's group
 EXCEL_SUFFIXES = (".xlsx", ".xlsm")
 QUALTRICS_RESPONDENT = "ResponseId"  # Qualtrics' own per-response id column
-GOOGLE_FORMS_MARK = "Timestamp"  # the first column of every Google Forms export
+GOOGLE_FORMS_MARK = "Timestamp"  # the first column of every Google Forms export (in English)
+# The same column in exports made in other languages: `format: auto` had read those as plain, and left multi-select
+# answers ("Ramen, Gyoza") unsplit. Compared casefolded, as the first column.
+GOOGLE_FORMS_MARKS = frozenset(m.casefold() for m in (
+    GOOGLE_FORMS_MARK, "Zeitstempel", "Marca temporal", "Marca de tiempo", "Horodateur", "Horodatage", "Data/ora",
+    "Informazioni cronologiche", "Carimbo de data/hora", "Indicação de tempo", "Tijdstempel", "Tidsstempel",
+    "Tidsstämpel", "Aikaleima", "Sygnatura czasowa", "Časová značka", "Časové razítko", "Időbélyeg",
+    "Zaman damgası", "Отметка времени", "Позначка часу", "Χρονική σήμανση", "חותמת זמן", "الطابع الزمني",
+    "タイムスタンプ", "时间戳", "時間戳記", "타임스탬프", "Dấu thời gian", "Stempel waktu", "Cap masa", "Marca de temps",
+    "ประทับเวลา", "टाइमस्टैम्प"))
 SEPARATORS = {"google_forms": ", ", "qualtrics": ",", "plain": ";"}  # how each tool joins multi-select choices
 
 SCALES: dict[str, list[str]] = {
@@ -48,8 +58,13 @@ SCALE_ALIASES: dict[str, dict[str, float]] = {"agree5": {"Neutral": 3}, "agree7"
 _NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)$")
 
 
-def read(spec: SourceSpec, needed: dict[str, Any]) -> Iterator[Raw]:
-    """Stream one survey export's responses as records. `needed`: field name -> FieldExpr to check up front."""
+def _quiet(_: str) -> None:
+    pass
+
+
+def read(spec: SourceSpec, needed: dict[str, Any], warn: Callable[[str], None] = _quiet) -> Iterator[Raw]:
+    """Stream one survey export's responses as records. `needed`: field name -> FieldExpr to check up front; `warn`
+    hears of multi-select answers that look joined by another tool's separator than the one used."""
     assert spec.survey is not None and spec.path is not None
     path, survey = spec.path, spec.survey
     written: list[str] = []  # the first header row as in the file: a repeated name is one key of a record
@@ -57,7 +72,7 @@ def read(spec: SourceSpec, needed: dict[str, Any]) -> Iterator[Raw]:
     ahead = list(itertools.islice(rows, 2))  # enough to tell Qualtrics' header rows from data
     fmt = survey.format
     if fmt == "auto":
-        fmt = "qualtrics" if _is_qualtrics(ahead) else "google_forms" if GOOGLE_FORMS_MARK in _header(ahead) else "plain"
+        fmt = "qualtrics" if _is_qualtrics(ahead) else "google_forms" if _is_google_forms(_header(ahead)) else "plain"
     questions: dict[str, str] = {}  # Qualtrics: short id -> question text
     if fmt == "qualtrics":
         if not _is_qualtrics(ahead):
@@ -76,6 +91,9 @@ def read(spec: SourceSpec, needed: dict[str, Any]) -> Iterator[Raw]:
         yield from itertools.chain(ahead, rows)
         return
     survey_reader = _Survey(path, survey, fmt, header, questions)
+    # auto read it as plain (";"-joined choices), yet an answer looks ", "-joined: a Google Forms export it did not know
+    if survey.format == "auto" and fmt == "plain" and survey.separator is None:
+        survey_reader.suspect_commas = warn
     check_columns(path, survey_reader.output_columns(), needed)
     survey_reader.check_repeated(written, needed)
     mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC).isoformat(timespec="seconds")
@@ -125,6 +143,11 @@ def _is_qualtrics(ahead: list[Raw]) -> bool:
     return bool(cells)
 
 
+def _is_google_forms(header: list[str]) -> bool:
+    """Google Forms' first column is the response time, named in the export's language."""
+    return GOOGLE_FORMS_MARK in header or bool(header) and str(header[0]).strip().casefold() in GOOGLE_FORMS_MARKS
+
+
 def _header(raws: list[Raw]) -> list[str]:
     good = next((r.record for r in raws if r.record is not None), None)
     return list(good or {})
@@ -135,6 +158,8 @@ class _Survey:
 
     def __init__(self, path: Path, survey: SurveySpec, fmt: str, header: list[str], questions: dict[str, str]) -> None:
         self.path = path
+        self.suspect_commas: Callable[[str], None] | None = None  # warned of ", "-joined answers (see read)
+        self._comma_warned: set[str] = set()  # once per column
         self.header = header
         self.questions = questions
         by_text: dict[str, list[str]] = {}
@@ -196,6 +221,8 @@ class _Survey:
             row[col] = value
         for col in self.multi:
             value = row.get(col)
+            if self.suspect_commas is not None and ", " in str(value or "") and ";" not in str(value):
+                self._warn_commas(col, raw)
             row[col] = [] if value in (None, "") else [p.strip() for p in str(value).split(self.separator) if p.strip()]
         group = str(row.get(self.respondent) or "").strip() if self.respondent else ""
         answers = {c: (self.explode[c], row.pop(c, None)) for c in self.explode}
@@ -211,6 +238,16 @@ class _Survey:
             if answer is None or not str(answer).strip():
                 continue
             yield Raw(raw.source, raw.line, {**row, "text": answer, "question": question}, part=column)
+
+    def _warn_commas(self, col: str, raw: Raw) -> None:
+        assert self.suspect_commas is not None
+        if col in self._comma_warned:
+            return
+        self._comma_warned.add(col)
+        self.suspect_commas(f"{self.path}: multi_select column '{self._name(col)}' has answers joined by \", \" "
+                            f"(line {raw.line}) but the file was read as a plain export, whose choices are joined by "
+                            "\";\": they are not split; if it is a Google Forms export, set the survey's "
+                            "`format: google_forms` (or `separator: \", \"`)")
 
     def _name(self, col: str) -> str:
         return f"{col} ({_short(self.questions[col])})" if col in self.questions else col

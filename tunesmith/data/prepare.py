@@ -113,7 +113,7 @@ def read_records(cfg: ProjectConfig, index: int, spec: SourceSpec, needed: dict[
     elif spec.kind == "survey":
         from tunesmith.collect import survey
 
-        yield from survey.read(spec, needed)
+        yield from survey.read(spec, needed, warn)
     else:
         yield from read_source(spec, needed)
 
