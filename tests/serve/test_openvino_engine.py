@@ -101,7 +101,8 @@ def test_a_cpu_where_openvino_would_not_compute_bf16_is_refused(classifier_runs:
     host(monkeypatch, {"avx512f", "avx512_bf16"})
     compile_model = openvino_engine.compile_model
     monkeypatch.setattr(openvino_engine, "compile_model", lambda path: compile_model(path, precision="f32"))
-    with pytest.raises(ConfigError, match=r"clf/run: OpenVINO computes in f32 on this CPU, not bf16"):
+    with pytest.raises(ConfigError, match=r"clf/run: cannot serve with --classifier-engine openvino-bf16: OpenVINO "
+                                          r"computes in f32 on this CPU, not bf16; use --classifier-engine torch"):
         PredictorEngine(classifier_runs["clf"], engine=openvino_engine.NAME)
     engine = PredictorEngine(classifier_runs["clf"])  # auto goes on to PyTorch's bf16, saying why
     assert engine.name == "torch bf16"
