@@ -146,7 +146,14 @@ def test_plain_csv(queue: Queue, tmp_path: Path) -> None:
      r"item 'missing' is not in task 'food' and the record has no text"),
     # one annotator twice on one item: the second replaced the first, and both were counted
     ("argilla", [{"id": "a", "responses": {"label": [{"value": "pos", "user_id": "u"}, {"value": "neg", "user_id": "u"}]}}],
-     r"ls\.json:1 response 2: 'argilla:u' answered this item already at .*ls\.json:1 response 1"),
+     r"ls\.json:1 response 2: 'argilla:u' answered item 'a' already at .*ls\.json:1 response 1"),
+    # the flattened statuses shorter than the responses: zip dropped the third response
+    ("argilla", [{"id": "a", "text": "lovely soup", "label.responses": ["pos", "neg", "pos"],
+                  "label.responses.users": ["u1", "u2", "u3"], "label.responses.status": ["submitted", "submitted"]}],
+     r"ls\.json:1: 3 responses but 2 statuses in label\.responses\.status"),
+    # a null text became the text "None" of a new item
+    ("label-studio", [{"data": {"text": None, "item_id": "zz"}, "annotations": [{"completed_by": 1, "result": [
+        {"from_name": "label", "value": {"choices": ["pos"]}}]}]}], r"item 'zz' is not in task 'food' and the record has no text"),
     # its id was taken for its text, and a junk item "i-missing" added
     ("label-studio", [{"data": {"item_id": "i-missing"}, "annotations": [{"completed_by": 1, "result": [
         {"from_name": "label", "value": {"choices": ["pos"]}}]}]}], r"item 'i-missing' is not in task 'food' and the record has no text"),
@@ -155,6 +162,32 @@ def test_bad_records_name_the_file_and_record(queue: Queue, tmp_path: Path, fmt:
     with pytest.raises(DataError, match=error):
         import_annotations(queue, write(tmp_path / "ls.json", content), fmt)
     assert labels_of(queue) == {}  # nothing half-imported
+
+
+def test_one_item_named_by_id_and_by_text_is_one_item(queue: Queue, tmp_path: Path) -> None:
+    # the second row overwrote the first and both were counted
+    path = tmp_path / "labels.csv"
+    path.write_text("id,text,label,annotator\na,,pos,ann\n,lovely soup,neg,ann\n")
+    with pytest.raises(DataError, match=r"labels\.csv:3: 'ann' answered item 'a' already at .*labels\.csv:2"):
+        import_annotations(queue, path, "csv")
+    assert labels_of(queue) == {}
+
+
+def test_an_id_whose_text_disagrees_is_refused(queue: Queue, tmp_path: Path) -> None:
+    path = tmp_path / "labels.csv"
+    path.write_text("id,text,label,annotator\na,cold fries,pos,ann\n")
+    with pytest.raises(DataError, match=r"labels\.csv:2: id 'a' is 'lovely soup' .* the record's text is 'cold fries'"):
+        import_annotations(queue, path, "csv")
+    assert labels_of(queue) == {}
+    path.write_text("id,text,label,annotator\na,  lovely soup ,pos,ann\n")  # the same text, spaced
+    assert import_annotations(queue, path, "csv").annotations == 1
+
+
+def test_label_studio_item_id_zero_is_an_id(queue: Queue, tmp_path: Path) -> None:
+    tasks = [{"id": 5, "data": {"text": "brand new", "item_id": 0}, "annotations": [
+        {"completed_by": 1, "result": [{"from_name": "label", "value": {"choices": ["pos"]}}]}]}]
+    result = import_annotations(queue, write(tmp_path / "ls.json", tasks), "label-studio")  # was a TypeError
+    assert result.items_added == 1 and labels_of(queue)["0"] == {"label-studio:1": "pos"}
 
 
 def test_bad_files(queue: Queue, tmp_path: Path) -> None:

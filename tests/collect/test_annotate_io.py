@@ -79,6 +79,31 @@ def test_a_prepared_dataset_split_loads_with_its_ids(tmp_path: Path, make_config
     assert len(read_items(version.path).items) == 40
 
 
+def test_a_prepared_datasets_provenance_survives_annotation(queue: Queue, tmp_path: Path, make_config) -> None:
+    from tunesmith.data.prepare import prepare
+
+    prov = {"kind": "synthetic", "origin": "gen", "collected_at": "2026-01-01T00:00:00+00:00", "collector": "x"}
+    data = tmp_path / "syn.jsonl"
+    data.write_text("".join(json.dumps({"id": f"s{i}", "text": f"synthetic sentence {i}", "label": "pos",
+                                        "_provenance": prov, "_group": f"g{i % 5}"}) + "\n" for i in range(30)))
+    first = prepare(make_config([{"path": str(data)}], dedup={"near": False}, output_dir=str(tmp_path / "v1")))
+    assert first.manifest.counts["test"] == 0  # synthetic rows stay out of the test split
+    load_data(queue, first.path)
+    meta = queue.items()[0].meta
+    assert meta["_provenance"]["kind"] == "synthetic" and meta["_group"].startswith("g")
+    assert not {"provenance", "synthetic", "source", "line", "group"} & set(meta)  # stale copies of prepare's columns
+    for item in queue.items():
+        queue.label("ann", item.item_id, "neg")
+    out = export_labelled(queue, tmp_path / "labelled.jsonl")
+    row = json.loads(out.path.read_text().splitlines()[0])
+    assert row["_provenance"]["kind"] == "synthetic" and row["_provenance"]["annotation"]["annotators"] == ["ann"]
+    # prepared again, the rows are still synthetic: before, they came back as real "annotation" rows, some in test
+    again = prepare(make_config([{"path": str(out.path)}], dedup={"near": False}, output_dir=str(tmp_path / "v2")))
+    assert again.manifest.counts["test"] == 0
+    assert all(again.table("train").column("synthetic").to_pylist())
+    assert {g for s in ("train", "validation") for g in again.table(s).column("group").to_pylist()} <= {f"g{i}" for i in range(5)}
+
+
 def test_export_is_a_data_source_with_majority_labels(queue: Queue, tmp_path: Path, make_config) -> None:
     from tunesmith.data.prepare import prepare
 

@@ -76,12 +76,7 @@ def import_annotations(queue: Queue, path: str | Path, fmt: str, *, annotator: s
     if question is None and len(asked) > 1:  # each record answering one of them: a toxic "yes" became a spam "yes"
         raise DataError(f"{path}: several questions ({sorted(asked)}); say which holds the label with --question")
     labels = set(queue.task.labels)
-    first: dict[tuple[str, str], str] = {}  # (item, annotator) -> where: one answer each, or the count lied
     for a in answers:
-        key = (a.item_id if a.item_id is not None else text_hash(a.text or ""), a.annotator)
-        if key in first:
-            raise DataError(f"{a.where}: {a.annotator!r} answered this item already at {first[key]}; keep one of them")
-        first[key] = a.where
         if a.label is not None and a.label not in labels:
             raise DataError(f"{a.where}: label {a.label!r} is not one of task {queue.task.name!r}'s labels {queue.task.labels}")
         try:
@@ -96,11 +91,18 @@ def import_annotations(queue: Queue, path: str | Path, fmt: str, *, annotator: s
 def _save(queue: Queue, answers: list[Imported], fmt: str, path: Path) -> ImportResult:
     result, seen = ImportResult(), set()
     task = queue.task.name
+    # (item, annotator) -> where: one answer each, or the first was overwritten and both counted. Keyed on the
+    # stored item, as one row may name it by id and another by its text.
+    first: dict[tuple[str, str], str] = {}
     with queue.store.session() as s:
         by_id = {i.item_id: i for i in s.scalars(select(AnnotationItem).where(AnnotationItem.task == task))}
         by_hash = {i.text_hash: i for i in by_id.values()}
         for a in answers:
             item = by_id.get(a.item_id) if a.item_id is not None else None
+            if item is not None and a.text is not None and a.text.strip() and text_hash(a.text) != item.text_hash:
+                # an id pasted on the wrong row labels another text than the annotator read
+                raise DataError(f"{a.where}: id {a.item_id!r} is {_short(item.text)!r} in task {task!r} but the "
+                                f"record's text is {_short(a.text)!r}; fix the id or the text")
             if item is None and a.text is not None:
                 item = by_hash.get(text_hash(a.text))
             if item is None:
@@ -113,12 +115,21 @@ def _save(queue: Queue, answers: list[Imported], fmt: str, path: Path) -> Import
                 s.flush()
                 by_id[item.item_id], by_hash[item.text_hash] = item, item
                 result.items_added += 1
+            key = (item.item_id, a.annotator)
+            if key in first:
+                raise DataError(f"{a.where}: {a.annotator!r} answered item {item.item_id!r} already at {first[key]}; "
+                                "keep one of them")
+            first[key] = a.where
             record(s, item, a.annotator, a.label, fmt)
             result.skips += a.label is None
             result.annotations += a.label is not None
             seen.add(a.annotator)
     result.annotators = sorted(seen)
     return result
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # -- readers -------------------------------------------------------------------------------------
@@ -138,10 +149,16 @@ def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 def _text_of(data: Any, text_field: str, where: str) -> str | None:
     if not isinstance(data, dict):
         return None
-    if text_field in data:
-        return str(data[text_field])
+    if text_field in data:  # a null or number there is no text: "None" became an item's text
+        value = data[text_field]
+        return value if isinstance(value, str) and value else None
     texts = [v for k, v in data.items() if isinstance(v, str) and k != "item_id"]  # the id is no text
     return texts[0] if len(texts) == 1 else None
+
+
+def _id_of(value: Any) -> str | None:
+    """An id as text; 0 is an id (`value and str(value)` kept it a number, failing later with a TypeError)."""
+    return None if value in (None, "") else str(value)
 
 
 def _one(value: Any, where: str) -> str:
@@ -169,7 +186,7 @@ def _label_studio(path: Path, question: str | None, text_field: str, asked: set[
         data = task.get("data")
         if not isinstance(data, dict) or not isinstance(task.get("annotations", []), list):
             raise DataError(f"{where}: not a Label Studio task (needs `data` and `annotations`); export the project as JSON")
-        item_id = data.get("item_id")
+        item_id = _id_of(data.get("item_id"))
         text = _text_of(data, text_field, where)
         for k, ann in enumerate(task.get("annotations", []), start=1):
             at = f"{where} annotation {k}"
@@ -182,21 +199,20 @@ def _label_studio(path: Path, question: str | None, text_field: str, asked: set[
                 raise DataError(f"{at}: no `completed_by`: whose annotation is it?")
             annotator = str(who) if isinstance(who, str) and "@" in who else f"label-studio:{who}"
             if ann.get("was_cancelled"):
-                yield Imported(at, annotator, None, item_id and str(item_id), text)
+                yield Imported(at, annotator, None, item_id, text)
                 continue
             results = [r for r in ann.get("result") or [] if isinstance(r, dict) and "choices" in (r.get("value") or {})]
             chosen = _pick_question({str(r.get("from_name")) for r in results}, question, at, asked)
             picked = [r for r in results if str(r.get("from_name")) == chosen]
             if not picked:
-                yield Imported(at, annotator, None, item_id and str(item_id), text)  # submitted empty: nothing chosen
+                yield Imported(at, annotator, None, item_id, text)  # submitted empty: nothing chosen
                 continue
-            yield Imported(at, annotator, _one(picked[0]["value"]["choices"], at), item_id and str(item_id), text)
+            yield Imported(at, annotator, _one(picked[0]["value"]["choices"], at), item_id, text)
 
 
 def _argilla(path: Path, question: str | None, text_field: str, asked: set[str]) -> Iterator[Imported]:
     for where, rec in _records(path):
-        item_id = rec.get("id") if rec.get("id") not in (None, "") else rec.get("external_id")
-        item_id = None if item_id in (None, "") else str(item_id)
+        item_id = _id_of(rec.get("id")) or _id_of(rec.get("external_id"))
         fields = rec.get("fields") if isinstance(rec.get("fields"), dict) else rec.get("inputs")
         text = _text_of(fields, text_field, where) if isinstance(fields, dict) else (
             str(rec[text_field]) if isinstance(rec.get(text_field), str) else None)
@@ -235,7 +251,9 @@ def _argilla(path: Path, question: str | None, text_field: str, asked: set[str])
             status = rec.get(f"{chosen}.responses.status") or [None] * len(values)
             if len(users) != len(values):
                 raise DataError(f"{where}: {len(values)} responses but {len(users)} users in {chosen}.responses.users")
-            for k, (value, user, st) in enumerate(zip(values, users, status, strict=False), start=1):
+            if len(status) != len(values):  # zip dropped the responses past the shorter list
+                raise DataError(f"{where}: {len(values)} responses but {len(status)} statuses in {chosen}.responses.status")
+            for k, (value, user, st) in enumerate(zip(values, users, status, strict=True), start=1):
                 at = f"{where} response {k}"
                 if st == "draft":
                     continue

@@ -22,10 +22,13 @@ from typing import Any
 
 from tunesmith.collect.annotate import SOURCE_KEY, ItemLabels, NewItem, Queue, add_items, hashed_id
 from tunesmith.collect.sink import COLLECTOR, PROVENANCE_KEY, now
-from tunesmith.data.records import parse_provenance
+from tunesmith.data.records import GROUP_KEY, parse_provenance
 from tunesmith.errors import DataError
 
 DERIVED_COLUMNS = ("label_id", "label_ids", "n_tokens")  # a prepared dataset's columns computed from its labels and texts
+# what `data prepare` wrote about where a row came from: recomputed from the export's `_provenance` (and `_group`)
+# when it is prepared again, so as plain fields they were stale copies (a synthetic row's flag lost its meaning)
+ORIGIN_COLUMNS = ("provenance", "synthetic", "source", "line", "group")
 
 
 @dataclass
@@ -45,9 +48,7 @@ def read_items(path: str | Path, text_field: str = "text", id_field: str = "id",
         records = []
         for name in splits:
             for line, row in enumerate(version.table(name).to_pylist(), start=1):
-                # what `data prepare` derived from the old label goes: an export kept a label_id that meant another label
-                row = {k: v for k, v in row.items() if k not in DERIVED_COLUMNS}
-                records.append((f"{path}/{name}.parquet:{line}", {**row, "split": name}))
+                records.append((f"{path}/{name}.parquet:{line}", {**_dataset_record(row), "split": name}))
     else:
         if split:
             raise DataError(f"{path}: --split applies to a prepared dataset folder, not to a file")
@@ -72,6 +73,19 @@ def read_items(path: str | Path, text_field: str = "text", id_field: str = "id",
         items.append(NewItem(item_id, text, json.loads(json.dumps(meta, ensure_ascii=False, default=str),
                                                        parse_constant=lambda _: None)))
     return Loaded(items, empty)
+
+
+def _dataset_record(row: dict[str, Any]) -> dict[str, Any]:
+    """A prepared dataset's row as the record it was: what `data prepare` derived from the old label goes (an export
+    kept a label_id that meant another label), and its provenance and group go back under the reserved keys, so the
+    export carries them and a synthetic row stays synthetic (out of the test split) when prepared again."""
+    record = {k: v for k, v in row.items() if k not in DERIVED_COLUMNS + ORIGIN_COLUMNS}
+    prov = parse_provenance(row.get("provenance"))
+    if prov is not None:
+        record[PROVENANCE_KEY] = prov
+    if row.get("group") is not None:
+        record[GROUP_KEY] = row["group"]
+    return record
 
 
 MAX_ITEM_ID = 256  # the store's column (AnnotationItem.item_id): PostgreSQL refused a longer one with a raw SQL error
