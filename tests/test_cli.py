@@ -308,3 +308,17 @@ def test_serve_and_worker_flag_errors_name_the_flag(args: list[str], message: st
     assert run([*args, "--db", f"sqlite:///{tmp_path / 's.db'}", *(["--prepare"] if args[0] == "serve" else [])]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert f"error: {message}" in err and "errors.pydantic.dev" not in err
+
+
+def test_registry_list_marks_versions_whose_run_folder_is_gone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.registry.test_service import fake_run
+
+    db = f"sqlite:///{tmp_path / 'store.db'}"
+    for name in ("r1", "r2"):
+        assert run(["registry", "add", str(fake_run(tmp_path / name, 0.8)), "--model", "m", "--db", db]) == 0
+    (tmp_path / "r2").rename(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert run(["registry", "list", "--db", db]) == 0
+    table = "".join(c for c in capsys.readouterr().out if not c.isspace() and c != "│")  # the run column folds
+    first, second = table.split("m1candidate")[1].split("m2candidate")
+    assert "(missing)" not in first and "r2(missing)" in second

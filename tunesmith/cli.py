@@ -635,7 +635,8 @@ def _print_versions(versions: list[Any], title: str) -> None:
         table.add_column(col, overflow="fold", no_wrap=col in ("model", "version", "stage"))
     for v in versions:
         metrics = ", ".join(f"{k} {x:.4f}" for k, x in list(v.metrics.items())[:3] if isinstance(x, int | float))
-        table.add_row(v.model, str(v.version), v.stage, v.task, metrics, v.run)
+        gone = " (missing)" if not Path(v.run).exists() else ""  # moved or deleted: promote and serve would fail on it
+        table.add_row(v.model, str(v.version), v.stage, v.task, metrics, v.run + gone)
     out.print(table)
 
 
@@ -685,7 +686,9 @@ def registry_promote(model: Annotated[str, typer.Argument(metavar="MODEL")],
 def registry_rollback(model: Annotated[str, typer.Argument(metavar="MODEL")], db: DbOption = None) -> None:
     """Put the version that was in production before the latest promotion back in production."""
     v = _registry(db).rollback(model)
-    out.print(f"'{model}' rolled back: version {v.version} is in production", highlight=False)
+    skipped = f" (passed over version(s) {', '.join(map(str, v.skipped))}: archived or their weights are gone)" \
+        if v.skipped else ""
+    out.print(f"'{model}' rolled back: version {v.version} is in production{skipped}", highlight=False)
 
 
 # -- A/B tests --------------------------------------------------------------------------------------

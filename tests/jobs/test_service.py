@@ -101,8 +101,7 @@ def test_deleting_a_model_archives_its_registry_version(store_url: str, tmp_path
     from tunesmith.store.schema import Job
 
     jobs = service(store_url, tmp_path)
-    run = fake_run(tmp_path / "jobs" / "ftjob-r" / "run", 0.9)
-    (run / "model").mkdir()
+    run = fake_run(tmp_path / "jobs" / "ftjob-r" / "run", 0.9)  # with its model/ folder
     with jobs.store.session() as s:
         s.add(Job(id="ftjob-r", owner="", created_at=1, created=1.0, model="base", training_file="file-x", seed=1,
                   method={"type": "supervised", "supervised": {"hyperparameters": {}}}, result_files=[],

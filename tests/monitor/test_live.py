@@ -141,6 +141,7 @@ def fake_run(folder: Path, dataset: Path | str, labels: list[str] | None = None,
                            labels=labels or ["neg", "pos"], max_length=32, dataset=str(dataset), dataset_fingerprint="f" * 64,
                            parameters={"trainable": 1, "total": 1}, metrics={"accuracy": 0.9, "f1_macro": 0.88})
     (folder / "run.json").write_text(manifest.model_dump_json())
+    (folder / "model").mkdir(exist_ok=True)  # the weights' folder the registry checks before a promotion
     return folder
 
 

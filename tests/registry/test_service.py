@@ -13,13 +13,14 @@ from tunesmith.registry.service import Registry
 from tunesmith.store.db import Store
 
 
-def fake_run(folder: Path, accuracy: float) -> Path:
-    """A run folder as far as the registry reads it: run.json."""
-    folder.mkdir(parents=True)
-    manifest = RunManifest(name=folder.name, task="single_label_classification", description="", created_at="2026-12-01",
+def fake_run(folder: Path, accuracy: float, task: str = "single_label_classification") -> Path:
+    """A run folder as far as the registry reads it: run.json, and model/ (promotion checks the weights are there)."""
+    (folder / "model").mkdir(parents=True)
+    manifest = RunManifest(name=folder.name, task=task, description="", created_at="2026-12-01",
                            tunesmith_version="0", base_model="minilm", base_model_path="/m", method="full", adapter=False,
-                           labels=["a", "b"], max_length=32, dataset="/d", dataset_fingerprint="f" * 64,
-                           parameters={"trainable": 1, "total": 1}, metrics={"accuracy": accuracy})
+                           labels=["a", "b"] if "classification" in task else [], max_length=32, dataset="/d",
+                           dataset_fingerprint="f" * 64, parameters={"trainable": 1, "total": 1},
+                           metrics={"accuracy": accuracy})
     (folder / "run.json").write_text(manifest.model_dump_json())
     return folder
 
@@ -141,3 +142,54 @@ def test_concurrent_adds_get_consecutive_versions(store_url: str, tmp_path: Path
     versions = Registry(Store(store_url, migrate=False)).versions("reviews")
     assert sorted(v.version for v in versions) == [1, 2, 3, 4, 5, 6]
     assert sorted(v.run for v in versions) == sorted(str(r.resolve()) for r in runs)
+
+
+def test_a_version_serve_cannot_load_is_not_promoted(store_url: str, tmp_path: Path) -> None:
+    """The registry said production while serve kept the old version and logged "could not load" every second."""
+    import shutil
+
+    registry = Registry(Store(store_url))
+    for i in (1, 2, 3):
+        registry.add(fake_run(tmp_path / f"r{i}", 0.8), "reviews")
+    registry.promote("reviews", 1)
+    shutil.rmtree(tmp_path / "r2" / "model")  # its fine-tuned model deleted
+    (tmp_path / "r3").rename(tmp_path / "r3-moved")
+    for version, gone in ((2, tmp_path / "r2" / "model"), (3, tmp_path / "r3")):
+        with pytest.raises(ConfigError, match=f"version {version} of 'reviews' cannot go to production: {gone} is gone"):
+            registry.promote("reviews", version)
+    assert registry.production("reviews").version == 1  # type: ignore[union-attr]
+
+
+def test_rollback_passes_over_versions_archived_or_gone(store_url: str, tmp_path: Path) -> None:
+    """What deleting a job's fine-tuned model does (model/ removed, its version archived); a rollback brought it back."""
+    import shutil
+
+    registry = Registry(Store(store_url))
+    for i in (1, 2, 3, 4):
+        registry.add(fake_run(tmp_path / f"r{i}", 0.8), "reviews")
+    for version in (1, 2, 3):
+        registry.promote("reviews", version)
+    registry.archive("reviews", 3)  # explicitly: skipped though its weights are there
+    registry.promote("reviews", 4)
+    (tmp_path / "r2").rename(tmp_path / "r2-moved")
+    back = registry.rollback("reviews")
+    assert (back.version, back.stage, back.skipped) == (1, "production", [3, 2])
+    with pytest.raises(ConfigError, match="no earlier production version left"):
+        registry.rollback("reviews")
+    registry.promote("reviews", 4)
+    shutil.rmtree(tmp_path / "r1" / "model")
+    with pytest.raises(ConfigError, match="no earlier production version left that serve can load: version 1 "):
+        registry.rollback("reviews")
+    assert registry.production("reviews").version == 4  # type: ignore[union-attr]
+
+
+def test_a_run_of_another_task_is_not_a_version_of_the_model(store_url: str, tmp_path: Path) -> None:
+    """A regression or chat run became a version of a classifier, promotable and A/B-tested against it."""
+    registry = Registry(Store(store_url))
+    registry.add(fake_run(tmp_path / "cls", 0.8), "reviews", stage="production")
+    for task in ("regression", "chat"):
+        with pytest.raises(ConfigError, match=f"'reviews' is a single_label_classification model; .*{task}; "
+                                              "register it under another name"):
+            registry.add(fake_run(tmp_path / task, 0.8, task), "reviews")
+    assert [v.task for v in registry.versions("reviews")] == ["single_label_classification"]
+    assert registry.add(tmp_path / "regression", "scores").task == "regression"

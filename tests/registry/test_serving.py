@@ -188,3 +188,20 @@ def test_exports_of_one_run_have_ids_of_their_own_and_the_run_keeps_its_id(regis
         (folder / "export.json").write_text(json.dumps({"format": kind, "source_run": str(run.path)}))
         exports.append(model_id(Run(folder))[0])
     assert len({ident, *exports}) == 3 and all(e.rsplit(":", 1)[0] == ident.rsplit(":", 1)[0] for e in exports)
+
+
+def test_a_production_version_whose_folder_is_gone_is_named_with_the_way_out(tmp_path: Path) -> None:
+    """`serve --model m` said "not a finished tunesmith run ... train one", naming neither the model nor the version."""
+    from tests.registry.test_service import fake_run
+    from tunesmith.config import ServeSpec
+    from tunesmith.errors import ConfigError
+    from tunesmith.serve.service import Service
+
+    registry = Registry(Store(f"sqlite:///{tmp_path / 'store.db'}"))
+    registry.add(fake_run(tmp_path / "r1", 0.8), "reviews", stage="production")
+    (tmp_path / "r1").rename(tmp_path / "r1-moved")
+    service = Service([], ServeSpec(), registry=registry)
+    for load in (lambda: service.load_production("reviews"), lambda: service.load_version("reviews", 1)):
+        with pytest.raises(ConfigError, match=f"registry model 'reviews' version 1 \\(production\\) at {tmp_path / 'r1'} "
+                                              "cannot be loaded: .*`tunesmith registry rollback reviews`"):
+            load()

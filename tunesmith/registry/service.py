@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tunesmith.artifacts import Run, is_run
+from tunesmith.artifacts import MODEL_DIR, RUN_MANIFEST, Run, is_run
 from tunesmith.errors import ConfigError, NotFound
 from tunesmith.store.db import Store
 from tunesmith.store.schema import ModelVersion, RegisteredModel, RegistryEvent
@@ -43,6 +43,7 @@ class VersionInfo(BaseModel):
     lineage: dict[str, Any]
     created_at: int
     stage_changed_at: int
+    skipped: list[int] = []  # rollback: the versions it passed over (archived explicitly, or their weights gone)
 
 
 class EventInfo(BaseModel):
@@ -52,6 +53,25 @@ class EventInfo(BaseModel):
     from_stage: str | None
     to_stage: str
     created_at: int
+
+
+def missing(run_path: str | Path) -> Path | None:
+    """What of a version's run folder serving needs is gone (run.json or the weights in model/), or None."""
+    path = Path(run_path)
+    for needed in (path, path / RUN_MANIFEST, path / MODEL_DIR):
+        if not needed.exists():
+            return needed
+    return None
+
+
+def _loadable(v: ModelVersion) -> None:
+    """Refuse production to a version serve cannot load: the registry would say it is production while serve kept
+    the old one and logged "could not load" every second."""
+    gone = missing(v.run_path)
+    if gone is not None:
+        raise ConfigError(f"version {v.version} of '{v.model}' cannot go to production: {gone} is gone (moved, or its "
+                          f"fine-tuned model was deleted); move the run folder back to {v.run_path}, or register where "
+                          f"it is now with `tunesmith registry add RUN --model {v.model}` and promote that version")
 
 
 def _info(v: ModelVersion) -> VersionInfo:
@@ -91,6 +111,10 @@ class Registry:
             if any(v.run_path == str(path) for v in registered.versions):
                 existing = next(v for v in registered.versions if v.run_path == str(path))
                 raise ConfigError(f"{path} is already version {existing.version} of '{model}'")
+            other = next((v for v in registered.versions if v.task != m.task), None)
+            if other is not None:  # promotion and A/B tests would put one task's model in place of another's
+                raise ConfigError(f"'{model}' is a {other.task} model; {run_dir} is {m.task}; register it under "
+                                  "another name")
             number = (s.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model == model)) or 0) + 1
             version = ModelVersion(
                 id=f"mv-{secrets.token_hex(8)}", model=model, version=number, stage="candidate", run_path=str(path),
@@ -147,40 +171,66 @@ class Registry:
                 if now != replacing:
                     raise ProductionChanged(f"'{model}' production is version {now}, not {replacing} as when version "
                                             f"{version} was judged against it; it was not promoted")
+            _loadable(target)
             self._set_stage(s, target, "production", "promote")
             return _info(target)
 
     def rollback(self, model: str) -> VersionInfo:
-        """Production goes back to the version that was there before the latest promotion."""
+        """Production goes back to the version that was there before the latest promotion, passing over (and naming in
+        `skipped`) versions archived explicitly since (their fine-tuned model deleted) or whose run folders are gone."""
         with self.store.session() as s:
             self._model(s, model, lock=True)
             current = s.scalar(select(ModelVersion).where(ModelVersion.model == model, ModelVersion.stage == "production")
                                .with_for_update())
             if current is None:
                 raise ConfigError(f"'{model}' has no version in production to roll back")
-            # Production's history as a stack: a promotion pushes its version, a rollback pops the one it left. As a
-            # list of every version ever in production, a second rollback went back to the version just rolled away
-            # from (3, 2, 3, 2, ...).
+            # Production's history as a stack: a promotion pushes its version, a rollback pops back to the version it
+            # went to. As a list of every version ever in production, a second rollback went back to the version just
+            # rolled away from (3, 2, 3, 2, ...).
             history: list[int] = []
             rolled_back = False
-            for e in s.scalars(select(RegistryEvent).where(
-                    RegistryEvent.model == model, RegistryEvent.to_stage == "production").order_by(RegistryEvent.seq)):
-                if e.action == "rollback" and history:
-                    history.pop()
-                    rolled_back = True
-                else:
-                    history.append(e.version)
-            while history and history[-1] == current.version:
-                history.pop()
-            if not history and rolled_back:  # other versions were in production, but rollbacks walked back past them
+            archived: dict[int, bool] = {}  # archived explicitly since it was last in production
+            for e in s.scalars(select(RegistryEvent).where(RegistryEvent.model == model).order_by(RegistryEvent.seq)):
+                if e.to_stage == "production":
+                    archived[e.version] = False
+                    if e.action == "rollback" and history:
+                        rolled_back = True
+                        # to the version it went to: past the versions it skipped (one pop when it skipped none)
+                        if e.version in history[:-1]:
+                            while history[-1] != e.version:
+                                history.pop()
+                        else:
+                            history.pop()
+                    else:
+                        history.append(e.version)
+                elif e.action == "archive" and e.to_stage == "archived":
+                    archived[e.version] = True  # e.g. its fine-tuned model was deleted: taken out of production
+            skipped: list[int] = []
+            target = None
+            while history:
+                number = history.pop()
+                if number == current.version or number in skipped:
+                    continue
+                candidate = self._version(s, model, number, lock=True)
+                if archived.get(number) or missing(candidate.run_path) is not None:
+                    skipped.append(number)
+                    continue
+                target = candidate
+                break
+            if target is None and skipped:
+                raise ConfigError(f"'{model}' has no earlier production version left that serve can load: "
+                                  f"{', '.join(f'version {n}' for n in skipped)} archived since or their run folders "
+                                  f"gone; promote one with `tunesmith registry promote {model} VERSION`")
+            if target is None and rolled_back:  # other versions were in production, but rollbacks walked back past them
                 raise ConfigError(f"'{model}' has no earlier production version left to roll back to: rollbacks "
                                   f"already walked production back to version {current.version}")
-            if not history:
+            if target is None:
                 raise ConfigError(f"'{model}' version {current.version} is the only version ever in production; "
                                   "there is nothing to roll back to")
-            target = self._version(s, model, history[-1], lock=True)
             self._set_stage(s, target, "production", "rollback")
-            return _info(target)
+            info = _info(target)
+            info.skipped = skipped
+            return info
 
     def note(self, model: str, version: int, key: str, value: Any) -> VersionInfo:
         """Set `key` of a version's lineage to `value` (what happened to it since it was registered, e.g. the last

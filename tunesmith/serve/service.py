@@ -20,12 +20,12 @@ from pydantic import BaseModel
 
 from tunesmith.artifacts import Run
 from tunesmith.config import ServeSpec
-from tunesmith.errors import ApiError, ConfigError
+from tunesmith.errors import ApiError, ConfigError, TunesmithError
 from tunesmith.jobs.service import JobsService
 from tunesmith.monitor.ab import ABService, Route
 from tunesmith.monitor.feedback import FeedbackService
 from tunesmith.monitor.log import SHADOW_SUFFIX, PredictionLog
-from tunesmith.registry.service import Registry
+from tunesmith.registry.service import Registry, VersionInfo
 from tunesmith.serve import protocol as p
 from tunesmith.serve.batching import DynamicBatcher, Overloaded
 from tunesmith.serve.metrics import Metrics
@@ -174,7 +174,7 @@ class Service:
             self.registry.versions(name)  # a name not in the registry: NotRegistered, naming the registered ones
             raise ConfigError(f"registry model '{name}' has no version in production; promote one with "
                               f"`tunesmith registry promote {name} VERSION`")
-        served = self.loader.load(version.run)
+        served = self._load_registered(version)
         served.aliases |= {name}
         served.version = f"{name}-v{version.version}"
         served.registry = (name, version.id)
@@ -245,9 +245,20 @@ class Service:
     def load_version(self, name: str, version: int) -> Served:
         assert self.registry is not None
         info = self.registry.version(name, version)
-        served = self.loader.load(info.run)
+        served = self._load_registered(info)
         served.version, served.registry = f"{name}-v{version}", (name, info.id)
         return served
+
+    def _load_registered(self, info: VersionInfo) -> Served:
+        """Load a registry version's run; its error names the version and the registry's ways out (the loader's own
+        names only the folder and says to train one)."""
+        try:
+            return self.loader.load(info.run)
+        except TunesmithError as err:
+            raise ConfigError(f"registry model '{info.model}' version {info.version} ({info.stage}) at {info.run} cannot "
+                              f"be loaded: {err}. Move the run folder back there, or `tunesmith registry rollback "
+                              f"{info.model}`, or `tunesmith registry add NEW_PATH --model {info.model}` and promote "
+                              "that version") from err
 
     def route(self, name: str | None, kind: str, owner: str = "", user: str | None = None
               ) -> tuple[Served, str | None] | ServiceError:
