@@ -231,6 +231,12 @@ class Run:
         return self.path / MODEL_DIR
 
     @property
+    def prompt_tuned(self) -> bool:
+        """A prompt-tuning adapter: its virtual tokens are inputs, not weights, so it has no merged form (no export,
+        no converting engine, nothing to train on from)."""
+        return bool(self.manifest.adapter and self.manifest.method == "prompt_tuning")
+
+    @property
     def config(self) -> ProjectConfig:
         path = self.path / RUN_CONFIG
         try:

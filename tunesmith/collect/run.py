@@ -115,11 +115,12 @@ def collect_one(cfg: ProjectConfig, index: int, refresh: bool = False, say: Call
     changed = recorded is not None and recorded != settings_hash(spec)  # no hash: made before it was kept; reused
     if changed:
         say(f"data.sources.{index} ({spec.describe()}): settings changed since it was collected; collecting again")
-    if status is False and not (refresh or changed):
+    restart = refresh or changed  # what was collected is not to be reused or resumed
+    if status is False and not restart:
         failures = failures_file(path)
         return Collected(index, spec.kind or "", spec.describe(), path, _count(path), _count(failures),
                          failures if failures.exists() else None, ["already collected (--refresh collects again)"], skipped=True)
-    resume = status is True and not (refresh or changed)
+    resume = status is True and not restart
     if spec.kind in RESUMABLE:  # append to the file itself, so a killed run keeps every page it saved
         if not resume:
             if changed:  # a fallback set aside for other settings is none for these
@@ -131,11 +132,11 @@ def collect_one(cfg: ProjectConfig, index: int, refresh: bool = False, say: Call
                     file.unlink(missing_ok=True)
             _record_hash(path, spec)
         resume = True
-    elif refresh or changed:
+    elif restart:
         state.unlink(missing_ok=True)
     kept = _has_aside(path)
-    say(f"collecting data.sources.{index} ({spec.describe()})" + (" — resuming" if status is True and
-                                                                   not (refresh or changed) else ""))
+    say(f"collecting data.sources.{index} ({spec.describe()})" + (" — resuming" if status is True and not restart
+                                                                   else ""))
     module = importlib.import_module(COLLECTORS[spec.kind or ""])
     try:
         with Sink(path, spec.kind or "", resume=resume) as sink:

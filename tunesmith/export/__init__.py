@@ -133,7 +133,7 @@ def _open_run(path: Path) -> Run:
 
 
 def _refuse_prompt_tuning(run: Run) -> None:
-    if run.manifest.adapter and run.manifest.method == "prompt_tuning":
+    if run.prompt_tuned:
         raise ConfigError(f"{run.path}: a prompt-tuning adapter cannot be merged into the weights (its virtual tokens "
                           "are inputs, not weights), so it has no merged, ONNX, GGUF, joblib or self-contained Docker form; "
                           "serve the run folder itself (tunesmith serve) or train with method lora")

@@ -25,7 +25,7 @@ CHECK_TEXTS = ["a short text", "a somewhat longer text, so that the batch is pad
 
 def unmergeable(run: Run) -> str | None:
     """Why the run's weights cannot be made one plain model (what every converting engine starts from), or None."""
-    if run.manifest.adapter and run.manifest.method == "prompt_tuning":
+    if run.prompt_tuned:
         return "a prompt-tuning run cannot be merged into the weights (its virtual tokens are inputs, not weights)"
     return None
 

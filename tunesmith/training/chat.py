@@ -60,7 +60,7 @@ def starting_model(name: str) -> tuple[Any, Any, Path]:
         if run.manifest.task != TaskType.chat.value:
             raise ConfigError(f"model.name {name}: a {run.manifest.task} run; DPO continues from a chat (SFT) run "
                               "or a base causal LM")
-        if run.manifest.adapter and run.manifest.method == "prompt_tuning":
+        if run.prompt_tuned:
             raise ConfigError(f"model.name {name}: a prompt-tuning run cannot be trained on from: its virtual tokens "
                               "are inputs, not weights, so they cannot be merged into the model that training "
                               f"continues from; start from its base model ({run.manifest.base_model}) or from a "
