@@ -116,7 +116,7 @@ def test_onnx_export_is_a_run_folder_that_predictor_and_evaluate_take(mean_run: 
     assert cli(["export", str(mean_run), "--format", "onnx", "--out", str(folder)]) == 0
     shown = capsys.readouterr().out
     assert "100.00% of the predictions agree with the run" in shown
-    for name in ("run.json", "config.json", "export.json", "model/model.onnx", "model/tokenizer.json"):
+    for name in ("run.json", "config.json", "trained_rows.json", "export.json", "model/model.onnx", "model/tokenizer.json"):
         assert (folder / name).is_file(), name
     assert Run(folder).manifest.model_dump(exclude={"adapter", "merged"}) == \
         Run(mean_run).manifest.model_dump(exclude={"adapter", "merged"})

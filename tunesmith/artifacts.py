@@ -173,6 +173,7 @@ RUN_FORMAT = 1
 RUN_MANIFEST = "run.json"
 RUN_CONFIG = "config.json"
 RUN_DATASET = "dataset.json"  # the dataset a run started on (path, fingerprint, labels): a resume must go on with it
+RUN_TRAINED_ROWS = "trained_rows.json"  # its training rows' hashed keys: evaluate leaves them out of a re-prepared split
 MODEL_DIR = "model"
 ADAPTER_DIR = "adapter"
 TRAINING_LOG = "training_log.jsonl"

@@ -82,3 +82,8 @@ def test_an_article_label_inside_a_longer_answer_is_found() -> None:
     out = answer_metrics(["The answer is A", "The answer is B", "The answer is C", "A) Paris", "B) Rome", "C) Oslo"],
                          ["A", "B", "C", "A", "B", "C"])
     assert out["answer_accuracy"] == 1.0 and out["answer_unparsed"] == 0.0
+
+
+def test_no_answers_have_no_scores_rather_than_zero() -> None:
+    """A chat split where no conversation is asked (each opens with its answer) reported exact match 0.0."""
+    assert answer_metrics([], []) == {"exact_match": None, "token_f1": None, "rouge_l": None}

@@ -239,3 +239,30 @@ def test_long_labels_sharing_a_prefix_stay_apart_in_the_table() -> None:
     assert short_labels(labels) == ["customer_c…t_billing", "customer_c…_shipping"]
     middle = ["a" * 15 + "X" + "b" * 15, "a" * 15 + "Y" + "b" * 15]
     assert short_labels(middle) == middle  # alike when cut in the middle: the full names
+
+
+def test_a_class_neither_true_nor_predicted_has_no_per_class_scores() -> None:
+    """Its P/R/F1 were 0.0 while macro F1 treated it as undefined."""
+    m = classification_metrics([2, 2, 0], [2, 2, 0], LABELS)
+    assert m["f1_macro"] == 1.0
+    assert m["per_class"]["b"] == {"precision": None, "recall": None, "f1": None, "support": 0}
+    assert m["per_class"]["a"]["f1"] == 1.0
+    # predicted but never true still scores (precision 0), as macro F1 counts it
+    assert classification_metrics([0, 0, 1], [0, 2, 1], LABELS)["per_class"]["c"]["precision"] == 0.0
+    y = np.array([[1, 0], [1, 0]])
+    assert multilabel_metrics(y, y, ["x", "y"])["per_class"]["y"]["f1"] is None
+
+
+def test_multilabel_mistakes_rank_rows_by_their_surest_wrong_decision() -> None:
+    from tunesmith.evaluation.metrics import multilabel_mistakes
+
+    labels = ["x", "y", "z"]
+    t = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0], [0, 0, 0]])
+    p = np.array([[1, 0, 0], [0, 1, 1], [1, 0, 0], [1, 0, 0]])
+    proba = np.array([[.9, .1, .1], [.1, .8, .6], [.9, .05, .1], [.7, .1, .1]])
+    out = multilabel_mistakes(["r0", "r1", "r2", "r3"], t, p, proba, labels, ids=["f:1", "f:2", "f:3", "f:4"])
+    # row 2 left out y at p=.05 (0.95 sure), row 3 set x at .7, row 1 set z at .6; row 0 is right
+    assert [m["index"] for m in out] == [2, 3, 1]
+    assert out[0] == {"index": 2, "id": "f:3", "text": "r2", "true": "x, y", "predicted": "x", "confidence": pytest.approx(.95)}
+    assert out[1]["true"] == "(none)" and out[1]["predicted"] == "x"
+    assert [m["index"] for m in multilabel_mistakes(["a", "b", "c", "d"], t, p, None, labels)] == [1, 2, 3]

@@ -189,3 +189,24 @@ def test_multilabel_headline_and_unknown_task_fallback() -> None:
     assert "| loss ↓ | 1.5000 | 2.5000 | -1.0000 vs base model |" in chat
     assert "| ROUGE-L ↑ | 0.4000 | 0.1000 | +0.3000 vs base model |" in chat
     assert "| hi | hello | hey &lt;b&gt; | hello |" in chat  # answers side by side, escaped
+
+
+def test_a_class_without_scores_shows_a_dash_in_the_report_and_the_comparison() -> None:
+    labels = ["a", "b", "c"]
+    a = classification_result(metrics=classification_metrics([2, 2, 0], [2, 2, 0], labels), mistakes=[],
+                              confusion_text=None)
+    b = classification_result(run="run-b", metrics=classification_metrics([2, 1, 0], [2, 1, 0], labels), mistakes=[],
+                              confusion_text=None)
+    assert "| b | – | – | – | 0 |" in markdown(a)
+    assert "| b | – | 1.0000 | – |" in compare_reports(a, b)
+    assert next(p for p in comparison(a, b)["per_class"] if p["label"] == "b")["delta"] is None
+
+
+def test_compare_calls_values_within_float_noise_the_same() -> None:
+    """An ONNX export's log loss 3e-9 below its run's made B the better one."""
+    a = classification_result(run="run-a")
+    b = classification_result(run="run-b")
+    b["metrics"] = {**b["metrics"], "log_loss": a["metrics"]["log_loss"] - 3e-9, "accuracy": a["metrics"]["accuracy"] + 1e-3}
+    rows = {row["metric"]: row for row in comparison(a, b)["metrics"]}
+    assert rows["log_loss"]["better"] == "same"
+    assert rows["accuracy"]["better"] == "b"  # a real difference is still one

@@ -6,6 +6,7 @@ import os
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -163,3 +164,26 @@ def test_a_second_training_into_a_folder_being_written_is_refused(tmp_path: Path
         with pytest.raises(ConfigError, match="another training is writing this run folder now"):
             train(cfg)
     assert is_run(train(cfg))  # let go, the folder is free again
+
+
+def test_a_run_records_the_keys_of_the_rows_it_trains_on(tmp_path: Path, tiny_bert: Path) -> None:
+    """Evaluate leaves these rows out of a dataset prepared again (its splits drawn anew); what a start that failed
+    before config.json leaves (dataset.json, trained_rows.json, an empty checkpoints/) is still started over."""
+    import json
+
+    from tunesmith.artifacts import RUN_DATASET, RUN_TRAINED_ROWS, DatasetVersion
+    from tunesmith.data.prepare import prepare
+    from tunesmith.training.run import check_dataset, row_keys
+
+    cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 2})
+    version = DatasetVersion(prepare(cfg).path)
+    failed = tmp_path / "run"
+    check_dataset(failed, version, resuming=False)
+    recorded = json.loads((failed / RUN_TRAINED_ROWS).read_text())["keys"]
+    assert recorded == sorted(set(row_keys(version.table("train"))))
+    assert not set(recorded) & set(row_keys(version.table("test")))  # the leakage check's key: no test row among them
+    text = version.table("train").column("text")[0].as_py()
+    assert row_keys(pa.table({"text": [f"  {text.upper()} \u200b"]}))[0] in recorded  # case, spacing, invisibles
+    assert {p.name for p in failed.iterdir()} == {RUN_DATASET, RUN_TRAINED_ROWS}
+    (failed / "checkpoints").mkdir()
+    assert is_run(train(cfg))  # no --overwrite needed

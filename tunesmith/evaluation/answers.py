@@ -97,8 +97,10 @@ def answer_metrics(predictions: Sequence[str], references: Sequence[str]) -> dic
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     from rouge_score import rouge_scorer
 
+    if not references:  # nothing generated: undefined, not 0.0 (which reads as every answer wrong)
+        return {"exact_match": None, "token_f1": None, "rouge_l": None}
     scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_AnyScript())
-    n = max(len(references), 1)
+    n = len(references)
     out: dict[str, Any] = {
         "exact_match": sum(normalize(p) == normalize(r) for p, r in zip(predictions, references, strict=True)) / n,
         "token_f1": sum(token_f1(p, r) for p, r in zip(predictions, references, strict=True)) / n,

@@ -58,10 +58,12 @@ def _preference_metrics(model: ChatModel, prompts: list[Conversation], rows: lis
     return metrics, [c[0] - r[0] for c, r in zip(chosen, rejected, strict=True)]
 
 
-def evaluate_chat(run: Run, version: DatasetVersion, split: str, notes: list[str], base_model: bool) -> dict[str, Any]:
+def evaluate_chat(run: Run, version: DatasetVersion, split: str, notes: list[str], base_model: bool,
+                  table: Any = None) -> dict[str, Any]:
+    """Score `split` (`table`: its rows to score, when not all of them)."""
     cfg = run.config
     task = TaskType(run.manifest.task)
-    rows = version.table(split).to_pylist()
+    rows = (version.table(split) if table is None else table).to_pylist()
     if not rows:
         raise DataError(f"{version.path}: split '{split}' is empty")
     tuned = ChatModel.from_run(run.path)
@@ -86,11 +88,12 @@ def evaluate_chat(run: Run, version: DatasetVersion, split: str, notes: list[str
             metrics, margins = _preference_metrics(model, prompts, rows)
         else:
             metrics = _token_metrics(model, [row["messages"] for row in rows])
-        answers = model.generate(gen_prompts, max_new_tokens=cfg.eval.max_new_tokens)
+        # No conversation to answer: the answer scores are undefined ("–"), not 0.0 for answers never generated
+        answers = model.generate(gen_prompts, max_new_tokens=cfg.eval.max_new_tokens) if gen_prompts else []
         texts = [a.text for a in answers]
         metrics.update(answer_metrics(texts, gen_refs))
-        metrics["stopped"] = sum(a.finish_reason == "stop" for a in answers) / max(len(answers), 1)
-        metrics["answer_tokens"] = sum(a.completion_tokens for a in answers) / max(len(answers), 1)
+        metrics["stopped"] = sum(a.finish_reason == "stop" for a in answers) / len(answers) if answers else None
+        metrics["answer_tokens"] = sum(a.completion_tokens for a in answers) / len(answers) if answers else None
         metrics["seconds"] = round(time.perf_counter() - started, 1)
         return metrics, texts, margins
 

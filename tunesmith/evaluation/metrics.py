@@ -76,11 +76,18 @@ def _same_length(a: Any, b: Any, names: str = "y_true and y_pred") -> None:
         raise ValueError(f"{names} are empty: nothing to evaluate")
 
 
-def _per_class(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, dict[str, float | int]]:
+def _per_class(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, dict[str, float | int | None]]:
     # by position, not classification_report's dict by name: a class named "accuracy" or "macro avg" met its keys
-    prec, rec, f1, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=list(range(len(labels))),
-                                                                 average=None, zero_division=0)
-    return {name: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]), "support": int(support[i])}
+    ids = list(range(len(labels)))
+    prec, rec, f1, support = skm.precision_recall_fscore_support(y_true, y_pred, labels=ids, average=None,
+                                                                 zero_division=0)
+    # a class neither true nor predicted here has no score (None, as macro F1 leaves it out), not 0.0
+    occurring = set(occurring_labels(y_true, y_pred))
+
+    def score(values: np.ndarray, i: int) -> float | None:
+        return float(values[i]) if i in occurring else None
+
+    return {name: {"precision": score(prec, i), "recall": score(rec, i), "f1": score(f1, i), "support": int(support[i])}
             for i, name in enumerate(labels)}
 
 
@@ -227,6 +234,30 @@ def most_confident_mistakes(texts: Sequence[str], y_true: Sequence[int] | np.nda
         wrong = wrong[np.argsort(-confidence[wrong], kind="stable")]
     return [{"index": int(i), **_id(ids, texts, i), "text": _clip(texts[i]), "true": labels[t[i]], "predicted": labels[p[i]],
              "confidence": None if confidence is None else float(confidence[i])} for i in wrong[:k]]
+
+
+def multilabel_mistakes(texts: Sequence[str], y_true: np.ndarray, y_pred: np.ndarray, proba: np.ndarray | None,
+                        labels: Sequence[str], k: int = 10, ids: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Multi-label rows with a wrong label decision, surest first: confidence is the largest probability the model
+    gave one of its wrong decisions (p for a label wrongly set, 1 - p for one wrongly left out); without `proba`, in
+    data order."""
+    labels = [str(x) for x in labels]
+    _same_length(texts, y_true, "texts and y_true")
+    _same_length(y_true, y_pred)
+    t, p = np.asarray(y_true).astype(int), np.asarray(y_pred).astype(int)
+    wrong_cells = t != p
+    wrong = np.flatnonzero(wrong_cells.any(axis=1))
+    confidence = None
+    if proba is not None:
+        probs = _check_proba(proba, len(t), len(labels), rows_sum_to_1=False)
+        confidence = np.where(wrong_cells, np.where(p == 1, probs, 1 - probs), 0).max(axis=1)
+        wrong = wrong[np.argsort(-confidence[wrong], kind="stable")]
+
+    def names(row: np.ndarray) -> str:
+        return ", ".join(labels[j] for j in np.flatnonzero(row)) or "(none)"
+
+    return [{"index": int(i), **_id(ids, texts, i), "text": _clip(texts[i]), "true": names(t[i]),
+             "predicted": names(p[i]), "confidence": None if confidence is None else float(confidence[i])} for i in wrong[:k]]
 
 
 def largest_errors(texts: Sequence[str], y_true: Sequence[float] | np.ndarray, y_pred: Sequence[float] | np.ndarray,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -97,9 +98,14 @@ def _fmt(value: Any) -> str:
     return str(int(number)) if isinstance(value, int | np.integer) else f"{number:.4f}"
 
 
+def _same(a: float, b: float) -> bool:
+    """Equal but for float noise: an ONNX export's log loss was 3e-9 from its run's, and compare named a winner."""
+    return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+
+
 def _better(metric: str, a: float, b: float) -> bool:
-    """Whether b is better than a on this metric (never, on a NEUTRAL one)."""
-    if metric in NEUTRAL:
+    """Whether b is better than a on this metric (never, on a NEUTRAL one, nor within float noise)."""
+    if metric in NEUTRAL or _same(a, b):
         return False
     return b < a if metric in LOWER_IS_BETTER else b > a
 
@@ -248,7 +254,7 @@ def comparison(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     for key in keys:
         va, vb = _number(ma.get(key)), _number(mb.get(key))
         both = va is not None and vb is not None
-        better = None if not both or key in NEUTRAL else "same" if va == vb else "b" if _better(key, va, vb) else "a"
+        better = None if not both or key in NEUTRAL else "same" if _same(va, vb) else "b" if _better(key, va, vb) else "a"
         rows.append({"metric": key, "a": va, "b": vb, "delta": vb - va if both else None, "better": better})
     per_class = []
     pa, pb = ma.get("per_class") or {}, mb.get("per_class") or {}

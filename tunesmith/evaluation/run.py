@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunesmith.artifacts import TRAINING_LOG, DatasetVersion, Run
+from tunesmith.artifacts import RUN_TRAINED_ROWS, TRAINING_LOG, DatasetVersion, Run
 from tunesmith.config import GENERATIVE_TASKS, SPLITS, TaskType
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.evaluation.report import complete, write_comparison, write_report
@@ -33,27 +33,55 @@ def evaluate_run(run_dir: str | Path, dataset_dir: str | Path | None = None, spl
         raise ConfigError(f"unknown split '{split}'; choose from {list(SPLITS)}")
     version = DatasetVersion(dataset_dir or m.dataset)
     notes: list[str] = []
+    if version.manifest.task != m.task:
+        raise DataError(f"{version.path}: a {version.manifest.task} dataset cannot evaluate a {m.task} run")
+    table = None
     if version.manifest.fingerprint != m.dataset_fingerprint:
         notes.append(f"evaluated on dataset {version.path} (fingerprint {version.manifest.fingerprint[:12]}), "
                      f"not the one the run trained on ({m.dataset_fingerprint[:12]})")
-    if version.manifest.task != m.task:
-        raise DataError(f"{version.path}: a {version.manifest.task} dataset cannot evaluate a {m.task} run")
+        table = unseen_rows(run, version, split, notes)
     folder = report_folder(run, version, split)
     if task in GENERATIVE_TASKS:
         from tunesmith.evaluation.chat import evaluate_chat
 
         with_base = cfg.eval.base_model is not False if base_model is None else base_model
-        result = evaluate_chat(run, version, split, notes, base_model=with_base)
+        result = evaluate_chat(run, version, split, notes, base_model=with_base, table=table)
     else:
         from tunesmith.evaluation.sequence import evaluate_sequence
 
         result = evaluate_sequence(run, version, split, notes, cfg.eval.baselines if baselines is None else baselines,
-                                   bool(cfg.eval.base_model) if base_model is None else base_model, folder)
+                                   bool(cfg.eval.base_model) if base_model is None else base_model, folder, table=table)
     _add_learning_curve(run, folder, result)
     write_report(folder, result)
     write_model_card(run.path)
     result["report_dir"] = str(folder)
     return result
+
+
+def unseen_rows(run: Run, version: DatasetVersion, split: str, notes: list[str]) -> Any:
+    """The split without the rows this run trained on (their keys are in its RUN_TRAINED_ROWS): a dataset prepared
+    again (rows added) draws its splits anew, and its test split held rows of the run's training split."""
+    from tunesmith.training.run import row_keys
+
+    table = version.table(split)
+    path = run.path / RUN_TRAINED_ROWS
+    if not path.is_file():  # a run from before the file, or its export: scored as before
+        notes.append(f"{run.path} has no {RUN_TRAINED_ROWS} (made before runs recorded it): whether these rows were in "
+                     "its training data could not be checked")
+        return table
+    try:
+        trained = set(json.loads(path.read_text(encoding="utf-8"))["keys"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{path}: unreadable ({err}); it lists the rows this run trained on") from None
+    keep = [key not in trained for key in row_keys(table)]
+    left_out = keep.count(False)
+    if left_out == len(keep) and keep:
+        raise DataError(f"{version.path}: all {len(keep)} rows of split '{split}' were in the training data of run "
+                        f"{run.path}: scores on them say nothing of unseen data; evaluate on a dataset with new rows")
+    if left_out:
+        notes.append(f"{left_out} of {len(keep)} {split} rows were in this run's training data and are left out")
+        table = table.filter(keep)
+    return table
 
 
 def report_folder(run: Run, version: DatasetVersion, split: str) -> Path:

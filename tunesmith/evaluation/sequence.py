@@ -9,7 +9,7 @@ import numpy as np
 
 from tunesmith.artifacts import DatasetVersion, Run, is_run
 from tunesmith.config import TaskType
-from tunesmith.errors import DataError
+from tunesmith.errors import DataError, RunBusy
 from tunesmith.evaluation import baselines as bl
 from tunesmith.evaluation import metrics as mt
 from tunesmith.evaluation import plots
@@ -25,8 +25,8 @@ def score(task: TaskType, y_true: np.ndarray, y_pred: np.ndarray, labels: list[s
 
 
 def evaluate_sequence(run: Run, version: DatasetVersion, split: str, notes: list[str], baselines: bool,
-                      base_model: bool, folder: Path) -> dict[str, Any]:
-    """Score `split`; its pictures go to `folder` (the report's)."""
+                      base_model: bool, folder: Path, table: Any = None) -> dict[str, Any]:
+    """Score `split` (`table`: its rows to score, when not all of them); its pictures go to `folder` (the report's)."""
     from tunesmith.inference.predictor import Predictor
 
     m = run.manifest
@@ -44,7 +44,7 @@ def evaluate_sequence(run: Run, version: DatasetVersion, split: str, notes: list
                             "is allowed there) and evaluate again")
         raise DataError(f"{version.path}: its label order {version.manifest.labels} differs from the run's {labels}; "
                         f"prepare it with task.labels: {labels}")
-    table = version.table(split)
+    table = version.table(split) if table is None else table
     if table.num_rows == 0:
         raise DataError(f"{version.path}: split '{split}' is empty")
     texts = table.column("text").to_pylist()
@@ -76,7 +76,7 @@ def evaluate_sequence(run: Run, version: DatasetVersion, split: str, notes: list
         figures = {"predicted vs true": "predicted_vs_true.png", "residuals": "residuals.png"}
         mistakes = mt.largest_errors(texts, y_true, y_pred, ids=ids)
     else:
-        mistakes = []
+        mistakes = mt.multilabel_mistakes(texts, y_true, y_pred, pred.proba, labels, ids=ids)
 
     baseline_metrics: dict[str, Any] = {}
     if baselines:
@@ -118,6 +118,10 @@ def _base_model_metrics(run: Run, version: DatasetVersion, split: str, texts: li
         cfg.train.init_from = None  # the untuned base, not the run an incremental run continued from
         cfg.train.output_dir = base_dir
         cfg.train.nproc = 1
-        train(cfg, dataset_dir=version.path, overwrite=True)
+        try:
+            train(cfg, dataset_dir=version.path, overwrite=True)
+        except RunBusy:  # its advice (set train.output_dir) is no option of evaluate's
+            raise RunBusy(f"{base_dir}: another evaluation is training this run's base-model column now; try again "
+                          "when it ends") from None
     pred = Predictor(base_dir).predict(texts, cleaned=True)
     return score(TaskType(run.manifest.task), y_true, pred.outputs, labels, pred.proba)

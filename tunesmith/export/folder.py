@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 
 from tunesmith import __version__
-from tunesmith.artifacts import RUN_CONFIG, RUN_MANIFEST, RUN_METRICS, STEP_METRICS, TRAINING_LOG, Run
+from tunesmith.artifacts import RUN_CONFIG, RUN_MANIFEST, RUN_METRICS, RUN_TRAINED_ROWS, STEP_METRICS, TRAINING_LOG, Run
 from tunesmith.errors import ConfigError
 
 EXPORT_MANIFEST = "export.json"
 POOLING_MODULE = "modeling_tunesmith_pooling"  # remote code for the mean-pooled head (merged exports)
-COPIED = (RUN_CONFIG, RUN_METRICS, STEP_METRICS, TRAINING_LOG)  # run files an export keeps
+COPIED = (RUN_CONFIG, RUN_METRICS, STEP_METRICS, TRAINING_LOG, RUN_TRAINED_ROWS)  # run files an export keeps
 
 
 @dataclass

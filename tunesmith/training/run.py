@@ -23,6 +23,7 @@ from tunesmith.artifacts import (
     RUN_DATASET,
     RUN_MANIFEST,
     RUN_METRICS,
+    RUN_TRAINED_ROWS,
     TRAINING_LOG,
     DatasetVersion,
     RunManifest,
@@ -50,7 +51,8 @@ def _failed_start(run_dir: Path) -> bool:
     load, Ctrl-C while loading): its dataset.json and the Trainer's empty checkpoints/, nothing to resume or keep."""
     names = {p.name for p in run_dir.iterdir()}
     checkpoints = run_dir / "checkpoints"
-    return bool(names) and names <= {"checkpoints", RUN_DATASET} and (not checkpoints.is_dir() or not any(checkpoints.iterdir()))
+    return (bool(names) and names <= {"checkpoints", RUN_DATASET, RUN_TRAINED_ROWS}
+            and (not checkpoints.is_dir() or not any(checkpoints.iterdir())))
 
 
 def _is_run_folder(run_dir: Path) -> bool:
@@ -298,6 +300,35 @@ def check_dataset(run_dir: Path, version: Any, resuming: bool) -> None:
     if is_rank0():
         run_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(mine, indent=2) + "\n", encoding="utf-8")
+        record_trained_rows(run_dir, version)
+
+
+def row_keys(table: Any) -> list[int]:
+    """Each prepared row's key as data preparation's leakage check computes it (data/records.py): its cleaned text(s),
+    case, spacing and invisible characters ignored, hashed."""
+    import xxhash
+
+    from tunesmith.data.clean import dedup_key
+
+    def text(row: dict[str, Any]) -> str:
+        if "messages" not in row:
+            return dedup_key(row["text"])
+        parts = [f"{m['role']}: {dedup_key(m['content'])}" for m in row["messages"]]
+        if "chosen" in row:
+            parts += [f"chosen: {dedup_key(row['chosen'])}", f"rejected: {dedup_key(row['rejected'])}"]
+        return "\n".join(parts)
+
+    columns = [c for c in ("text", "messages", "chosen", "rejected") if c in table.column_names]
+    return [xxhash.xxh3_64_intdigest(text(row).encode("utf-8", "surrogatepass"))
+            for row in table.select(columns).to_pylist()]
+
+
+def record_trained_rows(run_dir: Path, version: Any) -> None:
+    """The keys of the training split's rows: `evaluate` on the dataset prepared again (rows added, splits drawn anew)
+    leaves out the test rows this run trained on."""
+    keys = sorted(set(row_keys(version.table("train"))))
+    (run_dir / RUN_TRAINED_ROWS).write_text(json.dumps({"key": "xxh3_64 of the leakage check's text key", "keys": keys}),
+                                            encoding="utf-8")
 
 
 def _stopped_for_good(checkpoint: Path, patience: int | None) -> bool:
