@@ -322,3 +322,63 @@ def test_registry_list_marks_versions_whose_run_folder_is_gone(tmp_path: Path, c
     table = "".join(c for c in capsys.readouterr().out if not c.isspace() and c != "│")  # the run column folds
     first, second = table.split("m1candidate")[1].split("m2candidate")
     assert "(missing)" not in first and "r2(missing)" in second
+
+
+def test_a_bad_serve_key_is_named_by_position_never_printed(monkeypatch, capsys, tmp_path: Path) -> None:
+    """A typo in --api-key had printed every key, those from TUNESMITH_API_KEYS too."""
+    monkeypatch.setenv("TUNESMITH_API_KEYS", "sk-prod-secret-1,sk-prod-secret-2")
+    assert run(["serve", "--api-key", "sk-typo ", "--prepare"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--api-key (or TUNESMITH_API_KEYS): key 1 (of 3) must not be empty or start or end with blanks" in err
+    assert "secret" not in err and "sk-typo" not in err
+    monkeypatch.delenv("TUNESMITH_API_KEYS")
+    monkeypatch.setenv("TUNESMITH_ADMIN_KEY", "adm-secret ")
+    assert run(["serve", "--prepare"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "--admin-key (or TUNESMITH_ADMIN_KEY): the key must not be empty" in err and "secret" not in err
+
+
+def test_out_expands_the_home_tilde(tmp_path: Path, tiny_tokenizer: Path, monkeypatch, capsys) -> None:
+    config = _config(tmp_path, tiny_tokenizer)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert run(["data", "prepare", str(config), "-q", "--out", "~/ds"]) == 0
+    assert (tmp_path / "home" / "ds" / "train.parquet").is_file() and not (tmp_path / "~").exists()
+
+
+def test_emoji_codes_print_as_written(tmp_path: Path, tiny_tokenizer: Path, capsys) -> None:
+    """rich turned `:joy:` into an emoji (markup off or not): config show, data show --json differed from the data."""
+    config = _config(tmp_path, tiny_tokenizer)
+    assert run(["config", "show", str(config), "--set", "task.description=Slack reactions like :joy:, kept as text"]) == 0
+    assert "Slack reactions like :joy:, kept as text" in capsys.readouterr().out
+
+
+def test_an_empty_tunesmith_home_is_an_error_not_the_cwd(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("TUNESMITH_HOME", "")
+    monkeypatch.chdir(tmp_path)
+    assert run(["registry", "list"]) == 2
+    assert "TUNESMITH_HOME is set but empty" in capsys.readouterr().err and not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--sampler", "bogus"], "tune: --sampler (tune.sampler): Input should be 'tpe', 'random', 'cmaes', 'qmc' or 'nsga2' (got 'bogus')"),
+    (["--timeout", "0"], "tune: --timeout (tune.timeout_s): Input should be greater than 0 (got 0.0)"),
+])
+def test_tune_flag_errors_name_the_flag(args: list[str], message: str, tmp_path: Path, tiny_tokenizer: Path,
+                                        capsys) -> None:
+    """tune's flags became overrides, and the error named a `--set tune.sampler="bogus"` never typed."""
+    assert run(["tune", str(_config(tmp_path, tiny_tokenizer)), *args]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"error: {message}" in err and "--set" not in err
+
+
+def test_a_damaged_run_config_and_a_folder_for_config_are_user_errors(tmp_path: Path, capsys) -> None:
+    """train --resume on an unparseable config.json was an internal JSONDecodeError; `config show .` "not found"."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text("{bad")
+    assert run(["train", "--resume", str(tmp_path / "run")]) == 2
+    assert f"error: {tmp_path / 'run' / 'config.json'}: not valid JSON" in " ".join(capsys.readouterr().err.split())
+    (tmp_path / "project.yaml").write_text("name: x\n")
+    assert run(["config", "show", str(tmp_path)]) == 2
+    assert f"{tmp_path} is a folder, not a config file: give the config's YAML file (project.yaml here)" in \
+        " ".join(capsys.readouterr().err.split())

@@ -494,3 +494,71 @@ def test_a_relative_sqlite_tune_storage_is_beside_the_config_not_in_the_cwd(tmp_
         assert load_config(_write(tmp_path / "proj", base % written)).tune.storage == expected, written
     flag = load_config(_write(tmp_path / "proj", "name: x\ndata:\n  sources: [{path: a.csv}]\n"), ["tune.storage=sqlite:///tune.db"])
     assert flag.tune.storage == f"sqlite:///{tmp_path / 'proj' / 'tune.db'}"  # --storage too, as --set paths
+
+
+def test_a_refused_storage_url_is_quoted_without_its_password() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({"name": "x", "data": {"sources": [{"path": "a.csv"}]},
+                      "tune": {"storage": ["postgresql://u:hunter2@h/db?password=hunter3"]}})
+    assert "tune.storage: Input should be a valid string" in str(err.value)
+    assert "(got ['postgresql://u:***@h/db?password=***'])" in str(err.value)
+    assert "hunter" not in str(err.value)
+
+
+def test_output_folders_expand_the_home_tilde(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`~/ds` made a folder named ~ in the cwd, and pyarrow (which expands ~) then did not find the dataset."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = _write(tmp_path, "name: x\ndata:\n  sources: [{path: a.csv}]\n  output_dir: ~/ds\n  collect_dir: ~/col\n"
+                            "train: {output_dir: ~/runs/x}\n")
+    cfg = load_config(path)
+    assert (cfg.dataset_dir, cfg.data.collect_dir, cfg.run_dir) == (tmp_path / "ds", tmp_path / "col", tmp_path / "runs/x")
+    assert load_config(path, ["data.output_dir=~/other"]).dataset_dir == tmp_path / "other"
+
+
+def test_a_dotted_source_folder_is_found_beside_the_config_from_any_cwd(tmp_path: Path, monkeypatch) -> None:
+    """`reviews.v2/` beside the config was looked for in the cwd: refused as "cannot tell the format" elsewhere."""
+    (tmp_path / "proj" / "reviews.v2").mkdir(parents=True)
+    path = _write(tmp_path / "proj", "name: x\ndata:\n  sources:\n    - path: reviews.v2\n    - path: gone.v3\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"cfg.yaml:5: data.sources.1: cannot tell the format of 'gone.v3'"):
+        load_config(path)
+    cfg = load_config(path, ["data.sources=[{path: reviews.v2}]"])
+    assert (cfg.data.sources[0].kind, cfg.data.sources[0].path) == ("text_folder", tmp_path / "proj" / "reviews.v2")
+
+
+def test_label_map_takes_numbers_as_class_names() -> None:
+    """`{1: negative, 5: positive}` (merging star ratings) was refused as "Input should be a valid string"."""
+    cfg = parse_config({"name": "x", "task": {"labels": ["negative", "positive"]},
+                        "data": {"sources": [{"path": "a.csv"}], "annotate": {"label_map": {1: "negative", 5: "positive", "4.5": 2}}}})
+    assert cfg.data.annotate.label_map == {"1": "negative", "5": "positive", "4.5": "2"}
+    with pytest.raises(ConfigError, match="label_map"):
+        parse_config({"name": "x", "data": {"sources": [{"path": "a.csv"}], "annotate": {"label_map": {True: "yes"}}}})
+
+
+def test_text_overrides_keep_colons_and_braces(tmp_path: Path) -> None:
+    """YAML read `Subject: {subject}` and `{review}` as mappings: refused as "Input should be a valid string"."""
+    path = _write(tmp_path, "name: x\ndata:\n  sources: [{path: a.csv}]\n")
+    cfg = load_config(path, ["task.description=Route a ticket: billing or tech", "task.text=Subject: {subject}",
+                             "task.label={rating}", "data.sources.0.fields.text={review}", "data.split.seed=7"])
+    assert (cfg.task.description, cfg.task.text, cfg.task.label) == ("Route a ticket: billing or tech",
+                                                                     "Subject: {subject}", "{rating}")
+    assert cfg.data.sources[0].fields == {"text": "{review}"} and cfg.data.split.seed == 7
+    assert load_config(path, ["task.labels=[a, b]"]).task.labels == ["a", "b"]  # a list where a list is meant
+    with pytest.raises(ConfigError, match=r"task.text: Input should be a valid string; YAML read a mapping"):
+        load_config(_write(tmp_path, "name: x\ntask: {text: {review}}\ndata:\n  sources: [{path: a.csv}]\n"))
+
+
+def test_an_override_reaches_into_a_section_written_as_null(tmp_path: Path) -> None:
+    """config show, best.yaml and a run's config.json write `hyperparameters: null`: a --set into it was "not a section"."""
+    path = _write(tmp_path, "name: x\ndata:\n  sources: [{path: a.csv}]\ntrain:\n  hyperparameters: null\n")
+    assert load_config(path, ["train.hyperparameters.n_epochs=2"]).train.hyperparameters.n_epochs == 2
+
+
+@pytest.mark.parametrize("name", ["TUNESMITH_HOME", "TUNESMITH_CACHE"])
+def test_a_folder_variable_set_but_empty_is_refused(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`export TUNESMITH_HOME=$SHARED` with SHARED unset had put the store in the cwd, silently."""
+    from tunesmith.config import cache_dir, data_home
+
+    monkeypatch.setenv(name, " ")
+    with pytest.raises(ConfigError, match=f"{name} is set but empty; unset it or give a folder"):
+        (data_home if name == "TUNESMITH_HOME" else cache_dir)()

@@ -29,12 +29,18 @@ app.add_typer(config_app, name="config")
 
 # Markup off by default: names, paths, labels and reasons are the user's text ("reviews [draft]" lost its brackets,
 # "[/b]" crashed the command); the few styled lines ask for it.
-out = Console(markup=False, soft_wrap=True)  # soft wrap: piped JSON, Markdown and paths come out as written, not cut at 80 columns
-err = Console(stderr=True, markup=False, soft_wrap=True)
+# emoji off: rich turned a `:joy:` in a text, label or description into 😂, and JSON output no longer matched the data
+out = Console(markup=False, emoji=False, soft_wrap=True)  # soft wrap: piped JSON, Markdown and paths come out as written, not cut at 80 columns
+err = Console(stderr=True, markup=False, emoji=False, soft_wrap=True)
 _state = {"debug": False, "abort_hint": ""}  # abort_hint: what Ctrl-C's "aborted" adds
 
 Overrides = Annotated[list[str] | None, typer.Option(
     "--set", "-s", metavar="KEY=VALUE", help="Override a config value by dotted path, e.g. --set data.split.seed=7 (repeatable).")]
+
+
+def _home_expanded(value: Path | None) -> Path | None:
+    """An --out path with its `~` expanded: a quoted `~/x` (or `--out=~/x`, which shells leave) made a folder named ~."""
+    return None if value is None else Path(value).expanduser()
 
 
 def _print_version(value: bool) -> None:
@@ -92,7 +98,7 @@ class _RichProgress:
 def data_prepare(
     config: Annotated[Path, typer.Argument(metavar="CONFIG", help="Project config YAML (see examples/).")],
     overrides: Overrides = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Dataset folder to write (default: data.output_dir, else datasets/<name>).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", callback=_home_expanded, help="Dataset folder to write (default: data.output_dir, else datasets/<name>).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on any rejected row instead of quarantining it.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")] = False,
 ) -> None:
@@ -295,7 +301,7 @@ def _train(config: Path | None, overrides: list[str] | None, resume: Path | None
         saved = resume / RUN_CONFIG if resume else None
         if saved is None or not saved.exists():
             raise click.UsageError(f"{resume}: no config.json to resume from")
-        data = json.loads(saved.read_text(encoding="utf-8"))
+        data = _saved_config(saved)
         for override in overrides or []:  # applied, never dropped silently: resuming then names what changed
             apply_override(data, override)
         cfg = parse_config(data, str(saved), overrides=overrides or [])
@@ -303,7 +309,7 @@ def _train(config: Path | None, overrides: list[str] | None, resume: Path | None
     # A resumed run goes on with as many processes as trained it: its own config.json says so, not CONFIG's.
     saved_nproc = None
     if resume is not None and (resume / RUN_CONFIG).is_file():
-        saved_nproc = json.loads((resume / RUN_CONFIG).read_text(encoding="utf-8")).get("train", {}).get("nproc", 1)
+        saved_nproc = (_saved_config(resume / RUN_CONFIG).get("train") or {}).get("nproc", 1)
     processes = int(os.environ.get("WORLD_SIZE", "1")) if worker else nproc or saved_nproc or cfg.train.nproc
     if saved_nproc is not None and processes != saved_nproc:
         # the effective batch is batch x processes: the saved step fell elsewhere in the data, and epochs repeated
@@ -417,7 +423,7 @@ def compare_cmd(
     run_a: Annotated[Path, typer.Argument(metavar="RUN_A", help="First evaluated run.")],
     run_b: Annotated[Path, typer.Argument(metavar="RUN_B", help="Second evaluated run.")],
     split: Annotated[str, typer.Option("--split", help="Split both were evaluated on.")] = "test",
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for compare.md/html/json.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", callback=_home_expanded, help="Folder for compare.md/html/json.")] = None,
 ) -> None:
     """Side-by-side metrics of two evaluated runs."""
     from tunesmith.evaluation.run import compare_runs
@@ -440,11 +446,16 @@ def tune_cmd(
 ) -> None:
     """Hyperparameter search: an Optuna study, each trial a training run judged (and pruned) on validation;
     then best.yaml for `tunesmith train`, the best trial on the test split, and an HTML report."""
-    from tunesmith.config import load_config, override_of
+    from tunesmith.config import TuneSpec, load_config, override_of
     from tunesmith.tune.study import run_study
 
     flags = {"trials": trials, "study": study, "storage": storage, "timeout_s": timeout, "sampler": sampler, "pruner": pruner}
-    cfg = load_config(config, [*(overrides or []), *(f"tune.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None)])
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:  # checked as the flags typed: the config's error named a `--set tune.sampler="bogus"` nobody wrote
+        TuneSpec.model_validate(given)
+    except ValueError as err:
+        raise _flag_error("tune", err, section="tune") from None
+    cfg = load_config(config, [*(overrides or []), *(f"tune.{k}={json.dumps(v)}" for k, v in given.items())])
     summary = run_study(cfg, echo=lambda line: out.print(line, highlight=False, markup=False))
     counts = ", ".join(f"{n} {state}" for state, n in summary["trials"].items())
     out.print(f"study '{summary['study']}': {counts}", highlight=False)
@@ -480,7 +491,7 @@ def tune_cmd(
 def export_cmd(
     run: Annotated[Path, typer.Argument(metavar="RUN", help="Run folder written by `tunesmith train` (docker: or an export of one).")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="merged, onnx, onnx-int8, joblib, docker, gguf (f16), or gguf-q8_0.")],
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Folder to write (default: <RUN>-<format> beside the run).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", callback=_home_expanded, help="Folder to write (default: <RUN>-<format> beside the run).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing, non-empty --out folder.")] = False,
     check: Annotated[bool, typer.Option("--check/--no-check", help="Predict the test split with the run and the export and compare.")] = True,
 ) -> None:
@@ -580,6 +591,20 @@ def serve_cmd(
     serve(runs or [], spec, jobs=jobs, workers=workers, registry_models=list(model or []), db=db)
 
 
+def _saved_config(path: Path) -> dict[str, Any]:
+    """A run's config.json, as a user error when damaged (it was an internal JSONDecodeError)."""
+    from tunesmith.errors import ConfigError
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid JSON ({err}); the run's saved config is damaged: restore it, "
+                          "or start a new run from its YAML config") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a JSON object (the run's saved config); it is damaged")
+    return data
+
+
 def _jobs_spec(db: str | None, base_models: list[str] | None, **settings: float | int | None) -> Any:
     from tunesmith.config import JobsSpec
 
@@ -591,15 +616,19 @@ def _jobs_spec(db: str | None, base_models: list[str] | None, **settings: float 
 
 
 # the flags whose setting's name differs from the flag's (the others: --max-queue for max_queue)
-_FLAGS = {"timeout_s": "--timeout", "api_keys": "--api-key", "cors_origins": "--cors-origin", "poll_s": "--poll",
-          "heartbeat_s": "--heartbeat", "stale_after_s": "--stale-after", "max_file_bytes": "--max-file-mb",
-          "base_models": "--base-model"}
+_FLAGS = {"timeout_s": "--timeout", "api_keys": "--api-key (or TUNESMITH_API_KEYS)", "cors_origins": "--cors-origin",
+          "poll_s": "--poll", "heartbeat_s": "--heartbeat", "stale_after_s": "--stale-after",
+          "max_file_bytes": "--max-file-mb", "base_models": "--base-model", "admin_key": "--admin-key (or TUNESMITH_ADMIN_KEY)",
+          "db": "--db (or TUNESMITH_DB)"}
+_SECRETS = ("api_keys", "admin_key")  # never echoed: a typo's error had printed every key, TUNESMITH_API_KEYS' too
 
 
-def _flag_error(command: str, err: ValueError) -> Exception:
-    """A settings error as the flags the user typed: pydantic's dump named timeout_s, with its type code and URL."""
+def _flag_error(command: str, err: ValueError, section: str | None = None) -> Exception:
+    """A settings error as the flags the user typed: pydantic's dump named timeout_s, with its type code and URL.
+    `section`: the config section the flags set, named beside each flag (`--sampler (tune.sampler)`)."""
     from pydantic import ValidationError
 
+    from tunesmith.config import without_password
     from tunesmith.errors import ConfigError
 
     if not isinstance(err, ValidationError):
@@ -607,8 +636,10 @@ def _flag_error(command: str, err: ValueError) -> Exception:
     lines = []
     for e in err.errors():
         name = str(e["loc"][0]) if e["loc"] else ""
-        flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
-        got = f" (got {e['input']!r})" if name != "max_file_bytes" and not isinstance(e["input"], dict) else ""
+        flag = _FLAGS.get(name, "--" + name.replace("_", "-")) + (f" ({section}.{name})" if section else "")
+        shown = without_password(e["input"]) if name in ("db", "storage") and isinstance(e["input"], str) else e["input"]
+        quiet = name in ("max_file_bytes", *_SECRETS) or isinstance(e["input"], dict)
+        got = "" if quiet else f" (got {shown!r})"
         lines.append(f"{flag}: {e['msg'].removeprefix('Value error, ')}{got}")
     return ConfigError(f"{command}: " + "; ".join(lines))
 
@@ -792,7 +823,7 @@ app.add_typer(monitor_app, name="monitor")
 @monitor_app.command("report", epilog=EPILOG)
 def monitor_report(
     model: Annotated[str, typer.Option("--model", help="The served model (registry name or model id).")],
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Folder to write (default: monitor/<model>).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", callback=_home_expanded, help="Folder to write (default: monitor/<model>).")] = None,
     since_hours: Annotated[float | None, typer.Option("--since-hours", help="Only the last N hours of traffic.")] = None,
     db: DbOption = None,
 ) -> None:
@@ -821,7 +852,7 @@ app.add_typer(feedback_app, name="feedback")
 @feedback_app.command("export", epilog=EPILOG)
 def feedback_export(
     model: Annotated[str, typer.Option("--model", help="The served model (registry name or model id) whose corrections to export.")],
-    out_file: Annotated[Path, typer.Option("--out", "-o", help="File to write: CSV (id,text,label|score) for classifiers and regressors, chat JSONL for chat models.")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", callback=_home_expanded, help="File to write: CSV (id,text,label|score) for classifiers and regressors, chat JSONL for chat models.")],
     db: DbOption = None,
     separator: Annotated[str | None, typer.Option("--label-separator", help="Joins a multi-label correction's labels; default the model's task.label_separator (its registered run's config, else ',').")] = None,
 ) -> None:
@@ -839,7 +870,7 @@ def retrain_cmd(
     mode: Annotated[str | None, typer.Option("--mode", help="full (from the base on all data) or incremental (from production's weights); default retrain.mode.")] = None,
     promote: Annotated[str | None, typer.Option("--promote", help="if_better, ab_test or never: what a candidate that passes the rule gets; default retrain.promote.")] = None,
     if_needed: Annotated[bool, typer.Option("--if-needed", help="Only when due: enough new corrections, or drift past its threshold (for cron).")] = False,
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for the corrections, dataset, run and report (default: beside production's run).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", callback=_home_expanded, help="Folder for the corrections, dataset, run and report (default: beside production's run).")] = None,
     overrides: Annotated[list[str] | None, typer.Option("--set", metavar="retrain.KEY=VALUE", help="Replace a retrain: setting of production's config for this round (repeatable), e.g. --set retrain.replay=2.")] = None,
     db: DbOption = None,
 ) -> None:
@@ -1052,7 +1083,7 @@ def annotate_label(
     if terminal:
         from tunesmith.collect.annotate_terminal import annotate_terminal
 
-        counts = annotate_terminal(queue, annotator or getpass.getuser(), console=Console())  # it styles, escaping text
+        counts = annotate_terminal(queue, annotator or getpass.getuser(), console=Console(emoji=False))  # it styles, escaping text
         out.print(f"this session: {counts}", highlight=False)
         return
     from tunesmith.collect.annotate_app import serve
@@ -1065,7 +1096,7 @@ def annotate_label(
 @annotate_app.command("export", epilog=EPILOG)
 def annotate_export(
     task: Annotated[str, typer.Argument(metavar="TASK")],
-    out_file: Annotated[Path, typer.Option("--out", "-o", help="JSONL or CSV file: text, label (human majority), n_annotations, agreement, provenance.")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", callback=_home_expanded, help="JSONL or CSV file: text, label (human majority), n_annotations, agreement, provenance.")],
     db: DbOption = None,
 ) -> None:
     """Labelled items as a file that `data.sources` reads (ties are left out and counted)."""
@@ -1096,7 +1127,7 @@ def annotate_import(
 @annotate_app.command("labelstudio", epilog=EPILOG)
 def annotate_labelstudio(
     task: Annotated[str, typer.Argument(metavar="TASK")],
-    out_file: Annotated[Path, typer.Option("--out", "-o", help="Label Studio tasks JSON to write.")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", callback=_home_expanded, help="Label Studio tasks JSON to write.")],
     db: DbOption = None,
 ) -> None:
     """The task's unlabelled items as Label Studio tasks, plus its labelling config (XML) beside them."""
@@ -1109,7 +1140,7 @@ def annotate_labelstudio(
 @annotate_app.command("report", epilog=EPILOG)
 def annotate_report(
     task: Annotated[str, typer.Argument(metavar="TASK")],
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for report.md/html/json (default: annotation/<task>).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", "-o", callback=_home_expanded, help="Folder for report.md/html/json (default: annotation/<task>).")] = None,
     db: DbOption = None,
 ) -> None:
     """Progress, label distribution, per-annotator counts and agreement (Cohen's kappa for 2, Fleiss' for 3+)."""

@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import tokenize
+import types
 import typing
 import unicodedata
 from pathlib import Path
@@ -31,6 +32,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_serializer,
     field_validator,
     model_validator,
@@ -275,7 +277,7 @@ class SourceSpec(Spec):
         return v
 
     @model_validator(mode="after")
-    def _infer_kind(self) -> SourceSpec:
+    def _infer_kind(self, info: ValidationInfo) -> SourceSpec:
         _only(self.defaults, FIELD_KEYS, "unknown field(s) {} in defaults; allowed: {}")
         given = [k for k in COLLECTED_KINDS if getattr(self, k) is not None]
         if len(given) > 1:
@@ -300,10 +302,15 @@ class SourceSpec(Spec):
             raise ValueError("a source needs `path` (a file or folder) or `name` (a packaged dataset)")
         if self.kind is None:
             suffix = self.path.suffix.lower()
+            # a relative path is the config's folder's (load_config passes it): `reviews.v2/` beside the config had
+            # been looked for in the cwd, and refused from any other folder
+            base = (info.context or {}).get("base")
+            own = self.path.expanduser()
+            found = base / own if base is not None and not own.is_absolute() else own
             if suffix in _EXTENSIONS:
                 kind: SourceKind = _EXTENSIONS[suffix]
-            elif suffix == "" or self.path.is_dir():
-                kind = _folder_kind(self.path)
+            elif suffix == "" or found.is_dir():
+                kind = _folder_kind(found)
                 # a relative folder is looked at again once resolve_paths puts it under the config's folder: here
                 # it was looked for in the current directory
                 self._folder_inferred = not self.path.is_absolute()
@@ -428,6 +435,16 @@ class AnnotateSpec(Spec):
     label_map: dict[str, str] = {}  # rename or merge classes: {old: new}; applied before validation
     corrections: Path | None = None  # CSV or JSONL with `id` and `label` (or `score`): relabels those examples
 
+    @field_validator("label_map", mode="before")
+    @classmethod
+    def _numbers_as_labels(cls, v: Any) -> Any:
+        """`{1: negative, 5: positive}` (merging star ratings) as the classes "1" and "5", as `task.labels: [1, 5]`
+        reads them; it was refused as "Input should be a valid string". Booleans stay refused."""
+        def text(x: Any) -> Any:
+            return str(x) if isinstance(x, int | float) and not isinstance(x, bool) else x
+
+        return {text(a): text(b) for a, b in v.items()} if isinstance(v, dict) else v
+
     @field_validator("label_map")
     @classmethod
     def _composed(cls, v: dict[str, str]) -> dict[str, str]:
@@ -446,6 +463,16 @@ class DataSpec(Spec):
     dedup: DedupSpec = DedupSpec()
     annotate: AnnotateSpec = AnnotateSpec()
     split: SplitSpec = SplitSpec()
+
+    @field_validator("output_dir", "collect_dir")
+    @classmethod
+    def _home(cls, v: Path | None) -> Path | None:
+        return _home_expanded(v)
+
+
+def _home_expanded(path: Path | None) -> Path | None:
+    """`~/x` as the user's home: it made a folder named ~ in the cwd, then pyarrow (which expands ~) did not find it."""
+    return None if path is None else path.expanduser()
 
 
 # Token budget per example when model.max_length is unset: the model's context, capped here.
@@ -593,6 +620,11 @@ class TrainSpec(Spec):
     dpo_beta: float = Field(0.1, gt=0)  # DPO: how far the policy may move from the reference (the DPO paper's 0.1)
     init_from: Path | None = None  # classification/regression: a run folder whose weights (or adapter) training continues from (incremental training); None: the base model
 
+    @field_validator("output_dir")
+    @classmethod
+    def _home(cls, v: Path | None) -> Path | None:
+        return _home_expanded(v)
+
     @model_validator(mode="after")
     def _one_form(self) -> TrainSpec:
         # Compared with the defaults, not "was it written": a saved resolved config lists every field.
@@ -651,10 +683,13 @@ class ServeSpec(Spec):
     @field_validator("api_keys", "admin_key")
     @classmethod
     def _no_blank_key(cls, value: Any) -> Any:
-        """`--api-key "$KEY"` with KEY unset: a server that looked protected let in a bearer token of blanks."""
-        for key in [value] if isinstance(value, str) else value or []:
+        """`--api-key "$KEY"` with KEY unset: a server that looked protected let in a bearer token of blanks. The key
+        itself is never quoted (a typo's message had listed every key): its position says which."""
+        keys = [value] if isinstance(value, str) else value or []
+        for i, key in enumerate(keys, 1):
             if not key.strip() or key != key.strip():
-                raise ValueError(f"{key!r}: a key must not be empty or start or end with blanks (an unset variable?)")
+                which = f"key {i} (of {len(keys)})" if not isinstance(value, str) else "the key"
+                raise ValueError(f"{which} must not be empty or start or end with blanks (an unset variable?)")
         return value
 
 
@@ -1044,12 +1079,21 @@ def annotated_yaml(spec: Spec, indent: int = 0) -> str:
 
 def data_home() -> Path:
     """Where the embedded store lives: its SQLite file, uploaded files, jobs' run folders (TUNESMITH_HOME moves it)."""
-    return Path(os.environ.get("TUNESMITH_HOME", "~/.local/share/tunesmith")).expanduser()
+    return _folder_from_env("TUNESMITH_HOME", "~/.local/share/tunesmith")
 
 
 def cache_dir() -> Path:
     """Where converted models and fetched packaged data live (set TUNESMITH_CACHE to move it)."""
-    return Path(os.environ.get("TUNESMITH_CACHE", "~/.cache/tunesmith")).expanduser()
+    return _folder_from_env("TUNESMITH_CACHE", "~/.cache/tunesmith")
+
+
+def _folder_from_env(name: str, default: str) -> Path:
+    """The folder an environment variable names, else `default`. Set but blank (`export TUNESMITH_HOME=$SHARED` with
+    SHARED unset) is refused: Path("") is the cwd, where the store had silently gone."""
+    value = os.environ.get(name)
+    if value is not None and not value.strip():
+        raise ConfigError(f"{name} is set but empty; unset it or give a folder")
+    return Path(value or default).expanduser()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1096,20 +1140,46 @@ def apply_override(data: dict[str, Any], override: str) -> None:
                 raise ConfigError(f"override '{override}': '{'.'.join(parts[: i + 1])}' is not a list index")
             node = node[int(part)]
         else:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # `hyperparameters: null`, as config show and a run's config.json write it
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict | list):
                 raise ConfigError(f"override '{override}': '{'.'.join(parts[: i + 1])}' is not a section")
     try:
         value = _typed_value(raw)
+        if isinstance(value, dict | list) and _wants_text(parts):
+            value = raw.strip()  # `Subject: {subject}` or `{review}` is text here, not YAML's mapping
     except yaml.YAMLError as err:
-        raise ConfigError(f"override '{override}': the value is not valid YAML ({getattr(err, 'problem', err)}); "
-                          f"to mean it as text, quote it: --set \"{key.strip()}='{raw}'\"") from None
+        if _wants_text(parts):
+            value = raw.strip()  # `a: b: c` is no YAML, but it is the text typed
+        else:
+            raise ConfigError(f"override '{override}': the value is not valid YAML ({getattr(err, 'problem', err)}); "
+                              f"to mean it as text, quote it: --set \"{key.strip()}='{raw}'\"") from None
     if isinstance(node, list):
         if not parts[-1].isdigit() or int(parts[-1]) >= len(node):
             raise ConfigError(f"override '{override}': '{'.'.join(parts)}' is not a list index")
         node[int(parts[-1])] = value
     else:
         node[parts[-1]] = value
+
+
+def _wants_text(parts: list[str]) -> bool:
+    """Whether the setting at `parts` takes only text (no mapping, list or section), so that a value YAML reads as
+    a mapping (`Route a ticket: billing or tech`) is the text typed. False where the path names no known setting."""
+    kind: Any = ProjectConfig
+    for part in parts:
+        branches = [t for t in (typing.get_args(kind) if typing.get_origin(kind) in (typing.Union, types.UnionType)
+                                else (kind,)) if t is not type(None)]
+        kind = branches[0] if len(branches) == 1 else None
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            field = kind.model_fields.get(part)
+            kind = field.annotation if field is not None else None
+        elif typing.get_origin(kind) in (list, dict) and (part.isdigit() or typing.get_origin(kind) is dict):
+            kind = typing.get_args(kind)[-1]
+        else:
+            return False
+    return kind is str or str in typing.get_args(kind) and all(
+        t is type(None) or t is str or typing.get_origin(t) is Literal for t in typing.get_args(kind))
 
 
 def _typed_value(raw: str) -> Any:
@@ -1205,14 +1275,25 @@ def format_validation_error(err: ValidationError, source: str, lines: dict[tuple
         e = errors[0]
         where = _where(loc, source, lines, overrides or {})
         field = ".".join(loc) or "(top level)"
-        got = f" (got {e['input']!r})" if e["type"] not in ("missing",) and not isinstance(e["input"], dict) else ""
+        got = f" (got {_shown(loc, e['input'])})" if e["type"] not in ("missing",) and not isinstance(e["input"], dict) \
+            and "headers" not in loc else ""  # headers: an Authorization header's token
         msg = e["msg"].removeprefix("Value error, ") if len(errors) == 1 else _either(errors)
         if e["type"] == "extra_forbidden":
             msg = _unknown_key(globals().get(err.title), loc)
         elif e["type"] == "string_type" and isinstance(e["input"], bool):  # labels: [no, yes] reads as [False, True]
             msg += "; YAML reads unquoted yes/no/on/off/true/false as booleans: quote it ('no')"
+        elif e["type"] == "string_type" and len(errors) == 1 and isinstance(e["input"], dict | list):  # `a: b`, `{x}`
+            msg += f"; YAML read a {'mapping' if isinstance(e['input'], dict) else 'list'} (`: ` or braces): quote the text"
         out.append(f"  {where}: {field}: {msg}{got}")
     return "\n".join(out)
+
+
+def _shown(loc: tuple[str, ...], value: Any) -> str:
+    """A refused value as an error may quote it (its repr): a database URL without its password."""
+    if not loc or loc[-1] not in ("storage", "db"):
+        return repr(value)
+    return repr([without_password(v) if isinstance(v, str) else v for v in value] if isinstance(value, list)
+                else without_password(value) if isinstance(value, str) else value)
 
 
 def _unknown_key(root: Any, loc: tuple[str, ...]) -> str:
@@ -1236,13 +1317,13 @@ def _unknown_key(root: Any, loc: tuple[str, ...]) -> str:
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>", text: str = "",
-                 overrides: list[str] | tuple[str, ...] = ()) -> ProjectConfig:
+                 overrides: list[str] | tuple[str, ...] = (), base: Path | None = None) -> ProjectConfig:
     """Validate a config (file, overrides or API payload): types and ranges, then settings that the
     chosen task or method would ignore. Errors name the source, line (or the `overrides` entry already
-    applied to `data`) and dotted field."""
+    applied to `data`) and dotted field. `base`: the folder relative source paths are looked at in (the cwd: None)."""
     changed = _override_paths(overrides)
     try:
-        cfg = ProjectConfig.model_validate(data)
+        cfg = ProjectConfig.model_validate(data, context={"base": base})
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source, _line_map(text), changed, data)) from None
     problems = cfg.inapplicable()
@@ -1299,6 +1380,10 @@ def _empty_sections_as_defaults(data: dict[str, Any], spec: type[BaseModel]) -> 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ProjectConfig:
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.y*ml"))[:3]
+        raise ConfigError(f"{path} is a folder, not a config file: give the config's YAML file"
+                          + (f" ({', '.join(found)} here)" if found else ""))
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
@@ -1332,4 +1417,5 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     _empty_sections_as_defaults(data, ProjectConfig)
     for override in overrides:
         apply_override(data, override)
-    return parse_config(data, str(path), text, overrides).resolve_paths(path.parent.resolve())
+    base = path.parent.resolve()
+    return parse_config(data, str(path), text, overrides, base).resolve_paths(base)
