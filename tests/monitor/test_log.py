@@ -1,9 +1,10 @@
-"""The prediction log's retention purge over the store (SQLite and PostgreSQL)."""
+"""The prediction log over the store (SQLite and PostgreSQL): its retention purge, and one answer per request id."""
 
 from __future__ import annotations
 
 import time
 
+import pytest
 from sqlalchemy import text
 
 from tunesmith.errors import ApiError
@@ -38,3 +39,41 @@ def test_the_purge_keeps_the_answer_shape_of_rows_logged_before_shapes_were(stor
     assert log.purge(30) == 0
     log.close()
     store.close()
+
+
+def test_a_client_request_id_is_claimed_by_one_request_until_its_answer_is_on_record(store_url: str) -> None:
+    """Two requests under one X-Request-ID both answered: feedback on the second bound to the first one's text."""
+    store = Store(store_url)
+    log = PredictionLog(store)
+    assert log.claim("dup-1") and not log.claim("dup-1")  # a request in flight holds it
+    log.release("dup-1")  # refused or failed: nothing on record, a retry may use it
+    assert log.claim("dup-1")
+    log.record("dup-1", "reviews", "v1", "predict", ["great"], [{"label": "pos"}], 1.0)
+    assert not log.claim("dup-1")  # answered, not yet written
+    assert log.flush()
+    assert not log.claim("dup-1") and not log._claimed  # on record: the store answers from now on
+    log.close()
+    store.close()
+
+
+def test_an_answer_whose_id_is_already_on_record_is_kept_under_a_new_id_with_a_warning(
+        store_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two servers on one store (or two requests before either was written) under one id: the second answer was
+    dropped without a word, and feedback on it was checked against, and stored with, the first one's text."""
+    store = Store(store_url)
+    log = PredictionLog(store)
+    log.record("dup-1", "reviews", "v1", "predict", ["great coffee"], [{"label": "pos"}], 1.0)
+    assert log.flush()
+    log.record("dup-1", "reviews", "v1", "predict", ["stale bread"], [{"label": "neg"}], 1.0)  # another batch
+    for text in ("sour milk", "flat soda"):  # twice in one batch
+        log.record("dup-2", "reviews", "v1", "predict", [text], [{"label": "neg"}], 1.0)
+    assert log.flush()
+    log.close()
+    with store.session() as s:
+        rows = {r.request_id: r.inputs for r in s.query(Prediction).all()}
+    store.close()
+    assert rows.pop("dup-1") == ["great coffee"] and rows.pop("dup-2") == ["sour milk"]  # the first keeps the id
+    assert sorted(rows.values()) == [["flat soda"], ["stale bread"]]
+    assert all(rid.startswith("req-") for rid in rows) and log.errors == 0
+    out = capsys.readouterr().out
+    assert "request id 'dup-1' was already on record" in out and "feedback on 'dup-2' refers to the first" in out

@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -602,3 +603,57 @@ def test_tool_calls_in_the_history_and_stream_options_without_a_stream_are_400s_
     assert tools.status_code == 400 and tools.json()["error"]["param"] == "messages.1.tool_calls"
     assert options.status_code == 400 and options.json()["error"]["param"] == "stream_options"
     assert greedy.status_code == 200
+
+
+def test_a_reused_x_request_id_is_refused_with_409_so_feedback_never_binds_to_another_request(tmp_path: Path) -> None:
+    """Both requests under one id got a 200 and only the first was logged: feedback on the second answer was checked
+    against, and exported with, the first one's text."""
+    from tests.serve.test_service import FakeChat, FakeClassifier, served
+    from tunesmith.config import ServeSpec
+    from tunesmith.monitor.log import PredictionLog
+    from tunesmith.serve.app import create_app
+    from tunesmith.serve.service import Service
+    from tunesmith.store.db import Store
+    from tunesmith.store.schema import Prediction
+
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    spec = ServeSpec(batch_wait_ms=20)
+    log = PredictionLog(store)
+    app = create_app(Service([served("sequence", FakeClassifier(), "clf"), served("chat", FakeChat(), "bot")], spec,
+                             log=log), spec)
+
+    async def traffic() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+            def ask(rid: str, text: str, model: str = "clf") -> Any:
+                return c.post("/v1/predict", json={"model": model, "text": text}, headers={"X-Request-ID": rid})
+            first = await ask("dup-1", "good coffee")
+            in_flight = await asyncio.gather(ask("dup-2", "good tea"), ask("dup-2", "stale bread"))  # one at a time
+            await asyncio.to_thread(log.flush)
+            again = await ask("dup-1", "stale bread")  # on record by now
+            failed = await ask("err-1", "x", model="nope")
+            retried = await ask("err-1", "good bread")  # the failed request left nothing on record
+            chat = await c.post("/v1/chat/completions", json={"model": "bot", "messages": [{"role": "user", "content": "hi"}]},
+                                headers={"X-Request-ID": "dup-1"})
+            made = [await c.post("/v1/predict", json={"model": "clf", "text": "good"}) for _ in range(2)]
+            return [first, *in_flight, again, failed, retried, chat, *made]
+
+    first, a, b, again, failed, retried, chat, *made = asyncio.run(traffic())
+    log.close()
+    assert first.status_code == 200 and first.json()["id"] == "dup-1"
+    assert sorted([a.status_code, b.status_code]) == [200, 409]
+    for refused in (again, a if a.status_code == 409 else b):
+        error = refused.json()["error"]
+        assert refused.status_code == 409 and refused.headers["x-request-id"] in ("dup-1", "dup-2")
+        assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", "X-Request-ID", "request_id_reused")
+        assert "send a new id with each request" in error["message"]
+    assert failed.status_code == 404 and retried.status_code == 200 and retried.json()["id"] == "err-1"
+    # a chat answer is on record under its own completion id, never the header's: nothing to bind wrongly
+    assert chat.status_code == 200 and chat.headers["x-request-id"] == "dup-1" and chat.json()["id"].startswith("chatcmpl-")
+    assert all(r.status_code == 200 for r in made) and made[0].json()["id"] != made[1].json()["id"]
+    with store.session() as s:
+        rows = {r.request_id: r.inputs for r in s.query(Prediction).all()}
+    store.close()
+    kept = a if a.status_code == 200 else b
+    assert rows["dup-1"] == ["good coffee"] and rows["err-1"] == ["good bread"]
+    assert rows["dup-2"] == (["good tea"] if kept is a else ["stale bread"])
+    assert log._claimed == set()

@@ -912,3 +912,34 @@ def test_assistant_tool_calls_in_the_history_are_refused_by_name() -> None:
         p.ChatCompletionRequest(model="bot", messages=[{"role": "assistant", "content": None,
                                                         "function_call": {"name": "f", "arguments": "{}"}}])
     p.ChatCompletionRequest(model="bot", messages=[{"role": "assistant", "content": "x", "function_call": None}])
+
+
+class CleaningClassifier(FakeClassifier):
+    """A fake engine whose Predictor cleans texts as a text run's does (markup stripped, blanks collapsed)."""
+
+    def __init__(self) -> None:
+        from tunesmith.config import CleanSpec
+        from tunesmith.tasks.text import TextCleaner
+
+        super().__init__()
+        self.predictor = type("Cleans", (), {"clean": TextCleaner(CleanSpec(strip_html=True))})()
+
+
+@pytest.mark.parametrize(("req", "param"), [
+    (p.PredictRequest(text="<br /><br />"), "text"),
+    (p.PredictRequest(text="&nbsp;"), "text"),
+    (p.PredictRequest(text="\u200b\u200d"), "text"),
+    (p.PredictRequest(text="\u0000"), "text"),
+    (p.PredictRequest(text="\u202e\u202c"), "text"),
+    (p.PredictRequest(texts=["good", "<p> &nbsp; </p>"]), "texts.1"),
+])
+def test_a_text_empty_once_cleaned_as_the_model_reads_it_is_refused_as_empty(req: p.PredictRequest, param: str) -> None:
+    """Checked raw, a text of markup or invisible characters passed: the model answered no input, with a confident
+    probability."""
+    engine = CleaningClassifier()
+    service = Service([served("sequence", engine, "clf")], ServeSpec(batch_wait_ms=0))
+    err = run(service.predict(req))
+    assert isinstance(err, ServiceError) and (err.status, err.param) == (400, param) and err.code is None
+    assert err.message.startswith(f"{param} is empty once cleaned") and engine.calls == []
+    answered = run(service.predict(p.PredictRequest(text="<b>good</b> &amp; \u200bfresh")))  # text besides the markup
+    assert answered.predictions[0].label == "pos"

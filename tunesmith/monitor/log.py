@@ -10,6 +10,8 @@ from __future__ import annotations
 import queue
 import threading
 import time
+import uuid
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -62,6 +64,10 @@ class PredictionLog:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._thread = threading.Thread(target=self._write, name="tunesmith-prediction-log", daemon=True)
         self.errors = 0
+        # Client request ids taken by a request still being answered, or answered and not yet committed: what the
+        # store cannot tell yet. A second request under one of them is refused (see claim()).
+        self._claimed: set[str] = set()
+        self._claims = threading.Lock()
         self._handled = 0  # rows the writer has finished with (written or reported): close()'s sign of progress
         self._thread.start()
 
@@ -72,6 +78,32 @@ class PredictionLog:
                          "created": time.time(), "latency_ms": latency_ms, "user_id": user_id, "variant": variant,
                          "inputs": list(inputs) if self.log_inputs else None,
                          "outputs": list(outputs) if self.log_inputs else None, "answer_shape": answer_shape(outputs)})
+
+    def claim(self, request_id: str) -> bool:
+        """Take a client's request id for one request: False when it is on record or taken by a request in flight.
+        Feedback names an answer by its id, so a second request under one id had its feedback checked against, and
+        stored with, the first one's text. Kept until the request's row is committed (the store answers from then on)
+        or release() gives it back. A store that cannot be asked lets the request through: the log's insert
+        keeps a clash under a new id, with a warning (_commit)."""
+        with self._claims:
+            if request_id in self._claimed:
+                return False
+            self._claimed.add(request_id)
+        try:
+            with self.store.session() as s:  # the key alone: not the row's inputs and outputs
+                found = s.execute(select(Prediction.request_id).where(Prediction.request_id == request_id)).first()
+            taken = found is not None
+        except Exception as err:  # noqa: BLE001 - the log must never take the server down
+            print(f"prediction log: could not look up request id {request_id!r}: {type(err).__name__}: {err}", flush=True)
+            taken = False
+        if taken:
+            self.release(request_id)
+        return not taken
+
+    def release(self, request_id: str) -> None:
+        """Give back a claimed id whose request ended without an answer on record (refused, failed): a retry may use it."""
+        with self._claims:
+            self._claimed.discard(request_id)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every row recorded before this call is committed."""
@@ -142,8 +174,11 @@ class PredictionLog:
                 except queue.Empty:
                     break
             if rows:
+                ids = [row["request_id"] for row in rows]  # before _commit gives a clashing row a new one
                 self._insert(rows)
                 self._handled += len(rows)
+                with self._claims:  # on record now (or reported lost): the store answers claim() for these
+                    self._claimed.difference_update(ids)
             for event in waiting:
                 event.set()
 
@@ -160,5 +195,27 @@ class PredictionLog:
 
     def _commit(self, rows: list[dict[str, Any]]) -> None:
         with self.store.session() as s:
-            # A client may send the same X-Request-ID twice: the first answer is the one on record.
-            s.execute(self.store.insert(Prediction).values(rows).on_conflict_do_nothing(index_elements=["request_id"]))
+            written = Counter(s.execute(self.store.insert(Prediction).values(rows)
+                                        .on_conflict_do_nothing(index_elements=["request_id"])
+                                        .returning(Prediction.request_id)).scalars())
+            # its answer was sent already: on record under an id no other request has, not dropped
+            renamed = [(row["request_id"], {**row, "request_id": f"req-{uuid.uuid4().hex[:24]}"})
+                       for row in _clashes(rows, written)]
+            if renamed:
+                s.execute(self.store.insert(Prediction).values([row for _, row in renamed]))
+        for given, row in renamed:
+            print(f"prediction log: request id {given!r} was already on record (sent by two requests at once, or by "
+                  f"another server on this store): this answer is kept as {row['request_id']!r}, and feedback on "
+                  f"{given!r} refers to the first", flush=True)
+
+
+def _clashes(rows: list[dict[str, Any]], written: Counter[str]) -> list[dict[str, Any]]:
+    """The rows an insert skipped: an id on record already, or twice in the batch (its first row is the one written).
+    Dropped silently, they left an answer off the record, and its feedback bound to the other request's text."""
+    clashed = []
+    for row in rows:
+        if written[row["request_id"]] > 0:
+            written[row["request_id"]] -= 1
+        else:
+            clashed.append(row)
+    return clashed

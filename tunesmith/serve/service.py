@@ -520,6 +520,10 @@ class Service:
             if len(text) > self.spec.max_text_chars:
                 return ServiceError(413, f"{where} has {len(text)} characters; the limit is {self.spec.max_text_chars}",
                                     param=where, code="text_too_long")
+            if _reads_nothing(model.engine, text):  # the model's answer to no input, with a confident probability
+                return ServiceError(400, f"{where} is empty once cleaned as the run's training texts were: markup, "
+                                         "blanks and invisible characters (zero-width, control, direction marks) are "
+                                         "all it holds", param=where)
         try:
             results = await self._classify(model, texts)
         except Exception as err:  # noqa: BLE001 - also the model's own failure, which the batcher hands to each caller
@@ -834,6 +838,14 @@ class _Admitted:
     async def aclose(self) -> None:
         self.place.give_back_unstarted()  # first, and without waiting: the caller may be being cancelled
         await self.events.aclose()
+
+
+def _reads_nothing(engine: Any, text: str) -> bool:
+    """Whether the model reads nothing of `text`: no visible character once cleaned as its Predictor cleans every text
+    it answers (`<br />`, `&nbsp;`), the invisible ones (zero-width, control, direction marks) being what tokenizers
+    drop. An engine without a Predictor (a test's fake) reads the text as given."""
+    clean = getattr(getattr(engine, "predictor", None), "clean", None)
+    return not any(c.isprintable() and not c.isspace() for c in (clean(text) if clean is not None else text))
 
 
 def _shares_base(a: Served, b: Served) -> bool:
