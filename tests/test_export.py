@@ -150,6 +150,29 @@ def test_onnx_export_is_a_run_folder_that_predictor_and_evaluate_take(mean_run: 
     assert "## Export" in (folder / "README.md").read_text()  # the evaluation rewrote the card without it
 
 
+def test_the_self_check_scores_a_dataset_prepared_again_with_other_labels_by_name(mean_run: Path, tmp_path: Path,
+                                                                                  tiny_bert: Path, capsys) -> None:
+    """The self-check read the run's dataset as it is now: prepared again with another label order (or an added class),
+    its label ids are not the run's, and export.json recorded an accuracy computed on misaligned ids."""
+    import shutil
+
+    from tunesmith.data.prepare import prepare
+
+    expected = export_run(mean_run, "merged", tmp_path / "as-trained").check["accuracy_run"]
+    (tmp_path / "p").mkdir()
+    prepare(project(tmp_path / "p", tiny_bert, task={"labels": ["pos", "neg"]}))  # the same rows, the ids swapped
+    copy = tmp_path / "run"
+    shutil.copytree(mean_run, copy, ignore=shutil.ignore_patterns("checkpoints", "eval"))
+    manifest = json.loads((copy / "run.json").read_text())
+    (copy / "run.json").write_text(json.dumps({**manifest, "dataset": str(tmp_path / "p" / "ds")}))
+    capsys.readouterr()
+    assert cli(["export", str(copy), "--format", "merged", "--out", str(tmp_path / "relabelled")]) == 0
+    check = json.loads((tmp_path / "relabelled" / "export.json").read_text())["check"]
+    assert check["accuracy_run"] == pytest.approx(expected) and check["agreement"] == 1.0
+    assert any("mapped to the run's labels by name" in note for note in check["notes"])
+    assert "note: " in capsys.readouterr().out  # the CLI says why the numbers are on another dataset
+
+
 def test_onnx_int8_quantises_and_reports_agreement(mean_run: Path, tmp_path: Path) -> None:
     import onnx
 
@@ -222,6 +245,11 @@ def test_docker_context_is_complete_and_its_entrypoint_serves(mean_run: Path, tm
                  "tunesmith-src/tunesmith/cli.py", "model/run.json", "model/model/model.onnx"):
         assert (context / name).is_file(), name
     assert "docker build -t tunesmith-tiny ." in (context / "COMMANDS.txt").read_text()
+    # the self-check of a full run's copy is recorded, as every format records it (it was printed only)
+    info = json.loads((context / "export.json").read_text())
+    assert info["format"] == "docker" and info["source_run"] == str((tmp_path / "int8").resolve())
+    assert info["check"]["agreement"] == 1.0 and info["check"]["split"] == "test" and info["warnings"] == []
+    assert {"created_at", "tunesmith_version"} <= set(info)
 
     # The image's build step that converts for the serving engine, then the container's command, with /app
     # pointing at the context.
@@ -437,12 +465,34 @@ def test_overwrite_replaces_only_an_earlier_export(lora_run: Path, tmp_path: Pat
         export_run(lora_run, "onnx", first, overwrite=True, check=False)
     monkeypatch.chdir(tmp_path)
     assert export_run(lora_run, "onnx", first, overwrite=True, check=False).path == first and not (first / "EXTRA").exists()
-    (dataset / "export.json").write_text("{}")  # looks like an export, but the run reads it
+    (dataset / "export.json").write_text(json.dumps({"format": "onnx", "source_run": "r", "tunesmith_version": "0"}))
     try:
         with pytest.raises(ConfigError, match="would delete the run's dataset"):
             export_run(lora_run, "onnx", dataset, overwrite=True, check=False)
     finally:
         (dataset / "export.json").unlink()
+
+
+def test_overwrite_takes_only_a_folder_tunesmith_wrote_for_an_export(lora_run: Path, tmp_path: Path) -> None:
+    """Any file named export.json, or a Dockerfile beside a COMMANDS.txt, had the whole folder deleted with it."""
+    data, project_dir, old_context = tmp_path / "data", tmp_path / "project", tmp_path / "context"
+    for folder, files in ((data, {"export.json": '{"tickets": [1, 2]}', "notes.txt": "mine"}),
+                          (project_dir, {"Dockerfile": "FROM python:3.11\n", "COMMANDS.txt": "make deploy\n"}),
+                          (old_context, {"Dockerfile": "# Built by `tunesmith export --format docker` (tunesmith 0.1). "
+                                                       "See COMMANDS.txt.\nFROM python:3.11-slim\n"})):
+        folder.mkdir()
+        for name, text in files.items():
+            (folder / name).write_text(text)
+    for out, fmt in ((data, "onnx"), (project_dir, "docker"), (data, "joblib")):
+        with pytest.raises(ConfigError, match="replaces only an earlier export"):
+            export_run(lora_run, fmt, out, overwrite=True, check=False)
+    assert (data / "notes.txt").read_text() == "mine" and (project_dir / "COMMANDS.txt").is_file()
+    (data / "export.json").write_text('{"format": "onnx", "tickets": [1, 2]}')  # a format, but no source_run
+    with pytest.raises(ConfigError, match="replaces only an earlier export"):
+        export_run(lora_run, "onnx", data, overwrite=True, check=False)
+    # a docker context from before docker exports wrote export.json: known by its Dockerfile's first line
+    assert export_run(lora_run, "joblib", old_context, overwrite=True, check=False).path.parent == old_context
+    assert not (old_context / "Dockerfile").exists()
 
 
 def test_an_overwrite_that_fails_leaves_the_earlier_export_as_it_was(lora_run: Path, tmp_path: Path, monkeypatch) -> None:

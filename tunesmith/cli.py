@@ -516,6 +516,8 @@ def export_cmd(
     elif "loss_diff" in c:
         out.print(f"self-check on {c['n']} test conversations: loss {c['loss_run']:.4f} (run) vs {c['loss_export']:.4f} (export)",
                   highlight=False)
+    for note in c.get("notes", []):  # why the accuracy is missing or on another split (a dataset prepared again)
+        out.print(f"note: {note}", highlight=False, soft_wrap=True)
     for warning in result.warnings:
         out.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True, markup=True)
     if result.commands:

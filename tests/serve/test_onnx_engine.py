@@ -108,6 +108,20 @@ def test_an_onnx_export_is_served_as_it_is(runs: dict[str, Path], tmp_path: Path
     assert engine.name == "onnxruntime (ONNX export)"
 
 
+def test_an_onnx_export_refuses_an_engine_it_cannot_run_on(runs: dict[str, Path], tmp_path: Path) -> None:
+    """--classifier-engine torch (torch-bf16, openvino-bf16) on an ONNX export served onnxruntime without a word."""
+    from tunesmith.export import export_run
+
+    export_run(runs["clf"], "onnx", tmp_path / "exported", check=False)
+    for engine in ("torch", "torch-bf16", "openvino-bf16"):
+        source = re.escape(str(runs["clf"].resolve()))
+        with pytest.raises(ConfigError, match=rf"--classifier-engine {engine} .*always runs on onnxruntime.*"
+                                              rf"serve the run it was exported from \({source}\)"):
+            PredictorEngine(tmp_path / "exported", engine=engine)
+    for engine in ("auto", "onnxruntime"):
+        assert PredictorEngine(tmp_path / "exported", engine=engine).name == "onnxruntime (ONNX export)"
+
+
 def test_first_requests_converting_at_once_convert_once_and_all_find_it(runs: dict[str, Path], tmp_path: Path) -> None:
     """Side by side, each conversion renamed the other's folder away: FileNotFoundError, "Directory not empty", or
     a path whose graph was gone."""

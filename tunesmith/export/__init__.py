@@ -143,16 +143,33 @@ def _check_replaceable(target: Path, run: Run) -> None:
     """--overwrite deletes an earlier export only: it deleted any folder, the run's own dataset included (whose
     self-check then read "skipped"), another run, or the current directory."""
     here, cwd = target.resolve(), Path.cwd().resolve()
-    earlier = (target / EXPORT_MANIFEST).is_file() or all((target / f).is_file() for f in ("Dockerfile", "COMMANDS.txt"))
-    if not earlier or cwd.is_relative_to(here):
-        raise ConfigError(f"--out {target}: --overwrite replaces only an earlier export (a folder with {EXPORT_MANIFEST}, "
-                          "or a docker export's Dockerfile), never one that holds the current directory; choose another "
-                          "--out, or remove it yourself")
+    if not _is_export(target) or cwd.is_relative_to(here):
+        raise ConfigError(f"--out {target}: --overwrite replaces only an earlier export (a folder whose "
+                          f"{EXPORT_MANIFEST} tunesmith wrote), never one that holds the current directory; choose "
+                          "another --out, or remove it yourself")
     m = run.manifest
     reads = [("the run's dataset", m.dataset), ("its base model", m.base_model_path)]
     for what, path in reads:
         if path and Path(path).resolve().is_relative_to(here):
             raise ConfigError(f"--out {target}: --overwrite would delete {what} ({path}); choose another --out")
+
+
+def _is_export(folder: Path) -> bool:
+    """Whether tunesmith wrote `folder` as an export: any file named export.json (a user's data) or a Dockerfile
+    beside a COMMANDS.txt (a user's project) had its whole folder deleted by --overwrite."""
+    try:
+        info = json.loads((folder / EXPORT_MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = None
+    if isinstance(info, dict):
+        return info.get("format") in FORMATS and bool(info.get("source_run")) and bool(info.get("tunesmith_version"))
+    from tunesmith.export.docker import DOCKERFILE_MARK
+
+    try:  # a docker context written before its export.json was
+        with (folder / "Dockerfile").open(encoding="utf-8") as dockerfile:
+            return dockerfile.readline().startswith(DOCKERFILE_MARK)
+    except (OSError, ValueError):
+        return False
 
 
 def _source_of(path: Path) -> str:

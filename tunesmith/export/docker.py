@@ -6,6 +6,7 @@ import json
 import re
 import shlex
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,13 @@ from tunesmith import __version__
 from tunesmith.artifacts import MODEL_DIR, Run
 from tunesmith.config import GENERATIVE_TASKS, TaskType
 from tunesmith.export.check import CHAT_CHECK_ROWS, SequenceCheck, test_split
-from tunesmith.export.folder import ExportResult
+from tunesmith.export.folder import EXPORT_MANIFEST, ExportResult, json_default
 from tunesmith.export.merged import export_merged
 
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 TORCH_VERSION = "2.13.0"
 SERVE_CMD = ["tunesmith", "serve", "/app/model", "--host", "0.0.0.0", "--port", "8000"]
+DOCKERFILE_MARK = "# Built by `tunesmith export --format docker`"  # the Dockerfile's first line: --overwrite knows it
 HEALTHCHECK = ("import sys, urllib.request; "
                "sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4).status == 200 else 1)")
 
@@ -53,7 +55,7 @@ def _project_source(dest: Path) -> str:
 
 
 def _dockerfile(extra: str) -> str:
-    return f"""# Built by `tunesmith export --format docker` (tunesmith {__version__}). See COMMANDS.txt.
+    return f"""{DOCKERFILE_MARK} (tunesmith {__version__}). See COMMANDS.txt.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \\
@@ -121,9 +123,21 @@ def export_docker(run: Run, target: Path, check: bool) -> ExportResult:
         f"- `model/`: the folder the container serves: {what}.\n"
         "- `tunesmith-src/`: the tunesmith source the image installs.\n"
         f"- `Dockerfile`: python:3.11-slim, CPU torch {TORCH_VERSION}, tunesmith, a non-root user, "
-        "`tunesmith serve /app/model` on port 8000, a health check on `/healthz`.\n\n"
+        "`tunesmith serve /app/model` on port 8000, a health check on `/healthz`.\n"
+        "- `export.json`: what was exported, and the self-check (the run against `model/`); not in the image.\n\n"
         "```bash\n" + "\n".join(commands) + "\n```\n", encoding="utf-8")
+    _write_manifest(run, target, check_result, found)
     return ExportResult("docker", target, check_result, found, commands)
+
+
+def _write_manifest(run: Run, target: Path, check: dict[str, Any], found: list[str]) -> None:
+    """export.json at the context's root, as every format writes one: a full run's self-check was printed only.
+    Outside model/, so the image does not hold it (the Dockerfile copies tunesmith-src and model only)."""
+    m = run.manifest
+    info = {"format": "docker", "source_run": str(run.path.resolve()), "source_method": m.method,
+            "source_adapter": m.adapter, "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "tunesmith_version": __version__, "check": check, "warnings": found}
+    (target / EXPORT_MANIFEST).write_text(json.dumps(info, indent=2, default=json_default), encoding="utf-8")
 
 
 def image_name(name: str) -> str:

@@ -85,7 +85,12 @@ class PredictorEngine:
 
         run = Run(run_dir)
         chosen, built, reasons = None, None, []
-        if not (run.model_dir / ONNX_MODEL).is_file():  # an ONNX export runs as it is
+        exported = (run.model_dir / ONNX_MODEL).is_file()
+        if exported and engine not in ("auto", "onnxruntime"):  # it was served on onnxruntime without a word
+            raise ConfigError(f"{run_dir}: cannot serve with --classifier-engine {engine} (serve.classifier_engine): "
+                              "an ONNX export always runs on onnxruntime; use --classifier-engine auto or onnxruntime, "
+                              f"or serve the run it was exported from ({_source_run(run)}) to choose an engine")
+        if not exported:  # an ONNX export runs as it is
             chosen, built, reasons = first_engine(run, "--classifier-engine", engine, "torch", {
                 openvino_engine.NAME: (openvino_engine.unavailable, lambda: openvino_engine.openvino_predictor(run)),
                 bf16_engine.NAME: (bf16_engine.unavailable, lambda: bf16_engine.bf16_predictor(run)),
@@ -115,6 +120,18 @@ class PredictorEngine:
                 proba = {name: round(float(p), 6) for name, p in zip(self.labels or [], pred.proba[i], strict=True)}
                 out.append({"label": label, "probabilities": proba})
         return out
+
+
+def _source_run(run: Run) -> str:
+    """The run an export came from, as its export.json names it."""
+    import json
+
+    from tunesmith.export.folder import EXPORT_MANIFEST
+
+    try:
+        return str(json.loads((run.path / EXPORT_MANIFEST).read_text(encoding="utf-8"))["source_run"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"see {run.path / EXPORT_MANIFEST}"
 
 
 class BatchedChatEngine:
