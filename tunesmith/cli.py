@@ -289,7 +289,7 @@ def _train(config: Path | None, overrides: list[str] | None, resume: Path | None
     from tunesmith.artifacts import RUN_CONFIG
     from tunesmith.config import apply_override, load_config, parse_config
     from tunesmith.training import train
-    from tunesmith.training.dataset import ensure_dataset
+    from tunesmith.training.dataset import run_dataset
     from tunesmith.errors import ConfigError
     from tunesmith.training.run import check_run_dir, run_inputs, run_lock, settle_replaced, started
 
@@ -325,7 +325,7 @@ def _train(config: Path | None, overrides: list[str] | None, resume: Path | None
         run_path = Path(resume or cfg.run_dir)
         with run_lock(run_path):  # a refused dataset puts back the earlier run --overwrite set aside
             check_run_dir(run_path, resume is not None, overwrite, run_inputs(cfg, dataset))
-            ensure_dataset(cfg, dataset)
+            run_dataset(cfg, dataset, run_path, resume is not None)  # a resume's own dataset, never prepared again
         child = ["train", *([str(config)] if config else []), *(x for o in overrides or [] for x in ("--set", o)),
                  *(["--dataset", str(dataset)] if dataset else []), *(["--resume", str(resume)] if resume else [])]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",

@@ -45,3 +45,21 @@ def test_a_cut_weights_file_is_named_not_an_internal_error(tmp_path: Path, tiny_
     with pytest.raises(DataError, match=rf"^{weights}: damaged or partly copied \(.*incomplete metadata.*\); "
                                         "re-copy the run or train again$"):
         load_trained_sequence_model(tmp_path / "model")
+
+
+def test_a_damaged_model_folder_is_named_not_an_internal_error(tmp_path: Path, tiny_bert: Path) -> None:
+    """A base model folder cut short or with a broken config.json surfaced as "internal error" (exit 1) once the
+    dataset was prepared; each is an error naming the file."""
+    from tunesmith.errors import ConfigError, DataError
+
+    def copy(name: str) -> Path:
+        return Path(shutil.copytree(tiny_bert, tmp_path / name))
+
+    cut = copy("cut") / "model.safetensors"
+    cut.write_bytes(cut.read_bytes()[:3000])
+    with pytest.raises(DataError, match=rf"^{cut}: damaged or partly copied"):
+        load_for_sequence_task(cut.parent, TaskType.single_label, ["a", "b"])
+    for name, text in (("untyped", '{"hidden_size": 32}'), ("unparsed", "{not json")):
+        (copy(name) / "config.json").write_text(text)
+        with pytest.raises(ConfigError, match=rf"^{tmp_path / name / 'config.json'}: not a model config"):
+            load_for_sequence_task(tmp_path / name, TaskType.single_label, ["a", "b"])

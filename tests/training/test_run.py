@@ -187,3 +187,87 @@ def test_a_run_records_the_keys_of_the_rows_it_trains_on(tmp_path: Path, tiny_be
     assert {p.name for p in failed.iterdir()} == {RUN_DATASET, RUN_TRAINED_ROWS}
     (failed / "checkpoints").mkdir()
     assert is_run(train(cfg))  # no --overwrite needed
+
+
+def test_a_folder_holding_a_users_dataset_json_is_never_taken_for_a_failed_start(tmp_path: Path, tiny_bert: Path,
+                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A train.output_dir whose only file was named dataset.json (here the user's data) was deleted as what a failed
+    start leaves, without --overwrite; only tunesmith's own records count, and its checks come before any delete."""
+    import json
+
+    user = tmp_path / "data"
+    user.mkdir()
+    (user / "dataset.json").write_text(json.dumps([{"text": "great food", "label": "pos"}]))
+    cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 2, "output_dir": str(user)})
+    for overwrite in (False, True):
+        with pytest.raises(ConfigError, match="not a tunesmith run"):
+            train(cfg, overwrite=overwrite)
+        assert json.loads((user / "dataset.json").read_text())[0]["text"] == "great food"
+    (user / "dataset.json").write_text(json.dumps({"dataset": "x", "fingerprint": "y", "labels": None}))
+    (user / "trained_rows.json").write_text(json.dumps(["mine"]))  # not the record a run writes
+    with pytest.raises(ConfigError, match="not a tunesmith run"):
+        train(cfg)
+    assert (user / "trained_rows.json").is_file()
+    (user / "trained_rows.json").unlink()  # now what a failed start leaves, but it holds the current directory
+    monkeypatch.chdir(user)
+    with pytest.raises(ConfigError, match="failed start .*holds the current directory"):
+        train(cfg)
+    assert (user / "dataset.json").is_file()
+    monkeypatch.chdir(tmp_path)
+    assert is_run(train(cfg))  # started over
+
+
+def _interrupted(tmp_path: Path, tiny_bert: Path):
+    class Stop(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+            raise KeyboardInterrupt
+
+    cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 8, "evals_per_epoch": 4})
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, callbacks=[Stop()])
+    return cfg
+
+
+def test_a_resume_goes_on_with_the_dataset_it_started_on_and_never_prepares_one(tmp_path: Path, tiny_bert: Path) -> None:
+    """--resume prepared the config's dataset again first: from files edited meanwhile it overwrote the dataset the
+    run needed and then refused; with the dataset gone it prepared one only to refuse it (or, from another directory,
+    prepared a stray one there and recorded it in run.json)."""
+    import json
+
+    from tunesmith.artifacts import MANIFEST
+
+    cfg = _interrupted(tmp_path, tiny_bert)
+    ds = tmp_path / "ds"
+    before = json.loads((ds / MANIFEST).read_text())["fingerprint"]
+    data = rows(160)
+    data[0]["text"] = "an edited review, not prepared yet"
+    write(tmp_path / "data.csv", data)
+    run = Run(train(cfg, resume=tmp_path / "run"))
+    assert json.loads((ds / MANIFEST).read_text())["fingerprint"] == before  # not prepared again
+    assert run.manifest.dataset == str(ds.resolve()) and run.manifest.dataset_fingerprint == before
+    shutil.rmtree(tmp_path / "run")
+    cfg = _interrupted(tmp_path, tiny_bert)  # started on the edited data
+    shutil.move(ds, tmp_path / "kept")
+    with pytest.raises(ConfigError, match=rf"started on the dataset {ds} \(fingerprint .*\), which is gone .*--dataset"):
+        train(cfg, resume=tmp_path / "run")
+    assert not ds.exists()  # nothing prepared
+    assert is_run(train(cfg, resume=tmp_path / "run", dataset_dir=tmp_path / "kept"))
+
+
+def test_a_run_finished_from_its_last_checkpoint_keeps_a_runtime_and_its_summary_line(tmp_path: Path,
+                                                                                       tiny_bert: Path) -> None:
+    """Killed between its last checkpoint and run.json, the run resumed finishes from that checkpoint: it recorded
+    train_runtime_s 0.0, and its training log lost the summary line `train` logs last."""
+    import json
+
+    cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 10, "evals_per_epoch": 4})
+    run = train(cfg)
+    log = (run / "training_log.jsonl").read_text().splitlines()
+    assert "train_runtime" in json.loads(log[-1])
+    (run / "run.json").unlink()
+    train(cfg, resume=run)
+    again = (run / "training_log.jsonl").read_text().splitlines()
+    assert len(again) == len(log) and list(map(json.loads, again[:-1])) == list(map(json.loads, log[:-1]))
+    summary = json.loads(again[-1])
+    assert summary["step"] == 10 and summary["train_runtime"] > 0 and summary["train_loss"] > 0
+    assert Run(run).manifest.train_runtime_s > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,45 @@ def test_init_from_a_full_or_head_run_trains_with_this_configs_dropout(tmp_path:
     assert attention == {0.2} and hidden == {0.3}
     numerics = Run(run).manifest.hyperparameters
     assert numerics["hidden_dropout"] == 0.3 and numerics["attention_dropout"] == 0.2
+
+
+def test_prompt_tuning_a_decoder_classifier_is_refused_and_an_earlier_run_does_not_load(
+        tmp_path: Path, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PEFT hands a decoder's classifier inputs_embeds, so it cannot find the last real token and reads the last
+    position: padding for all but a batch's longest text, and a text's prediction depended on its batch (left padding
+    does not save it: the positions between the virtual tokens and the text change with the pads)."""
+    from tunesmith.errors import DataError
+    from tunesmith.inference.predictor import Predictor
+    from tunesmith.training import sequence
+
+    cfg = project(tmp_path, tiny_llama, train_spec={"method": "prompt_tuning", "max_steps": 2})
+    with pytest.raises(ConfigError, match="train.method: prompt_tuning .*decoder.*lora or ia3"):
+        train(cfg)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "ds").exists()  # refused before any compute
+    monkeypatch.setattr(sequence, "_check_method", lambda cfg, model_dir: None)  # a run trained before the refusal
+    run = train(cfg)
+    with pytest.raises(DataError, match=r"prompt-tuning run on the decoder .*depend on the batch.*lora or ia3"):
+        Predictor(run)
+
+
+def test_a_tokenizer_with_neither_pad_nor_eos_is_refused_before_the_run_folder_is_written(tmp_path: Path) -> None:
+    """It failed at the first batch as an internal error ("Asking to pad but the tokenizer does not have a padding
+    token"), leaving config.json and checkpoints/ behind."""
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    from tests.tiny_models import build_tokenizer
+
+    folder = build_tokenizer(tmp_path / "gpt2")
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.pad_token, tok.eos_token = None, None
+    tok.save_pretrained(folder)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=128,
+                               pad_token_id=None, eos_token_id=None)).save_pretrained(folder)
+    with pytest.raises(ConfigError, match=rf"model folder {folder}: its tokenizer has neither a pad token nor"):
+        train(project(tmp_path, folder, train_spec={"max_steps": 2}))
+    assert not (tmp_path / "run").exists() and not (tmp_path / "ds").exists()
+    untyped = Path(shutil.copytree(folder, tmp_path / "untyped"))  # a config.json naming no model_type
+    (untyped / "config.json").write_text('{"hidden_size": 32}')
+    with pytest.raises(ConfigError, match=rf"{untyped / 'config.json'}: not a model config"):
+        train(project(tmp_path, untyped, train_spec={"max_steps": 2}))
+    assert not (tmp_path / "ds").exists()

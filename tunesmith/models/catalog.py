@@ -219,9 +219,48 @@ def _publish(tmp: Path, target: Path, marker: str, stamp: dict[str, Any] | None 
 
 
 def load_tokenizer(name: str) -> Any:
+    return open_tokenizer(resolve_tokenizer_dir(name))
+
+
+def open_tokenizer(folder: Path) -> Any:
+    """The tokenizer of a model folder; damaged files (its config.json, tokenizer.json) are a ConfigError naming the
+    folder, not an internal error after the dataset was prepared."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_tokenizer_dir(name))
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"model folder {folder}: its tokenizer does not load ({_reason(err)}); re-copy the model "
+                          "folder, or set model.name to a complete one") from None
+
+
+def model_config(folder: Path) -> Any:
+    """A model folder's config.json as transformers reads it; one that does not parse, or names no model_type, is a
+    ConfigError naming the file (it had been an internal error once the dataset was prepared)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{Path(folder) / 'config.json'}: not a model config transformers can read ({_reason(err)}); "
+                          "re-copy the model folder, or set model.name to a complete one") from None
+
+
+def with_pad_token(tokenizer: Any, folder: Path) -> Any:
+    """`tokenizer`, able to pad a batch: causal LMs ship without a pad token and their end-of-text token stands in
+    (padding is masked). One with neither failed at the first batch, as an internal error, after the run folder
+    was written."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.pad_token is None:
+        raise ConfigError(f"model folder {folder}: its tokenizer has neither a pad token nor an end-of-text (eos) token, "
+                          "so texts cannot be batched; set pad_token (or eos_token) in its tokenizer_config.json, or "
+                          "use another model")
+    return tokenizer
+
+
+def _reason(err: Exception) -> str:
+    return " ".join(str(err).split())[:200] or type(err).__name__
 
 
 def context_length(tokenizer: Any) -> int | None:

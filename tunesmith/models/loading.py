@@ -73,13 +73,22 @@ def load_run(run: Run | str | Path, *, merge: bool = False, device: str | None =
 def _sequence(run: Run, base_dir: Path | None, merge: bool) -> Any:
     from safetensors import SafetensorError
 
-    from tunesmith.models.sequence import damaged_weights, load_for_sequence_task, load_trained_sequence_model
+    from tunesmith.models.sequence import (
+        damaged_weights,
+        load_for_sequence_task,
+        load_trained_sequence_model,
+        pools_last_token,
+    )
 
     if base_dir is None:
         return load_trained_sequence_model(run.model_dir)
     from peft import PeftModel
 
     m = run.manifest
+    if run.prompt_tuned and pools_last_token(base_dir, run.config.model.pooling):  # trained before training refused it
+        raise DataError(f"{run.path}: a prompt-tuning run on the decoder {m.base_model}, whose classifier reads the last "
+                        "position, padding for all but a batch's longest text, so its predictions depend on the batch "
+                        "(training refuses this now); train it again with train.method lora or ia3")
     try:
         base = load_for_sequence_task(base_dir, TaskType(m.task), m.labels, pooling=run.config.model.pooling)
     except (SafetensorError, OSError) as err:  # a cut base model: name its file, not "internal error: SafetensorError"
@@ -116,11 +125,12 @@ def load_causal_lm(model_dir: Path) -> Any:
     """A causal LM folder in fp32 (CPU training and inference; GPU callers cast as they need)."""
     import torch
     from safetensors import SafetensorError
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
+    from tunesmith.models.catalog import model_config
     from tunesmith.models.sequence import damaged_weights
 
-    config = AutoConfig.from_pretrained(model_dir)  # outside the try: a config that does not load is no weights file
+    config = model_config(model_dir)  # outside the try: a config that does not load is no weights file
     try:
         return AutoModelForCausalLM.from_pretrained(model_dir, config=config, dtype=torch.float32)
     except (SafetensorError, OSError) as err:  # a cut copy surfaced as "internal error: SafetensorError: ..."

@@ -40,6 +40,19 @@ def pooling_of(model_dir: Path, requested: str = "auto") -> str:
     return "native"
 
 
+def pools_last_token(model_dir: Path, pooling: str = "auto") -> bool:
+    """Does the model's head classify by the last real token, found in input_ids (a decoder's own head)? Prompt
+    tuning hands it inputs_embeds instead, and it reads the last position: padding for all but a batch's longest."""
+    if pooling_of(model_dir, pooling) == "mean":
+        return False
+    from transformers.models.auto import modeling_auto
+
+    from tunesmith.models.catalog import model_config
+
+    kind = model_config(model_dir).model_type  # a causal LM and no encoder (BERT has an LM head class too)
+    return kind in modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+
 def load_trained_sequence_model(model_dir: Path) -> Any:
     """A fine-tuned sequence model folder, whichever head it was trained with."""
     from safetensors import SafetensorError
@@ -75,9 +88,12 @@ def load_for_sequence_task(model_dir: Path, task: TaskType, labels: list[str] | 
     bf16 checkpoint's: bf16 master weights drop most small updates; autocast gives bf16 speed on fp32 weights).
     `attention_dropout` and `hidden_dropout` replace the model's own where given."""
     import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from safetensors import SafetensorError
+    from transformers import AutoModelForSequenceClassification
 
-    config = AutoConfig.from_pretrained(model_dir)
+    from tunesmith.models.catalog import model_config, open_tokenizer
+
+    config = model_config(model_dir)
     kwargs: dict[str, Any] = {"problem_type": problem_type(task)}
     if attention_dropout is not None:
         kwargs.update({k: attention_dropout for k in ATTENTION_DROPOUT_KEYS if hasattr(config, k)})
@@ -89,9 +105,7 @@ def load_for_sequence_task(model_dir: Path, task: TaskType, labels: list[str] | 
         assert labels
         kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={x: i for i, x in enumerate(labels)})
     if getattr(config, "pad_token_id", None) is None:  # causal LMs: the head pools the last non-pad token
-        from transformers import AutoTokenizer
-
-        tok = AutoTokenizer.from_pretrained(model_dir)
+        tok = open_tokenizer(model_dir)
         kwargs["pad_token_id"] = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     from transformers.utils import logging as hf_logging
 
@@ -106,5 +120,7 @@ def load_for_sequence_task(model_dir: Path, task: TaskType, labels: list[str] | 
             config.tunesmith_pooling = "mean"
             return MeanPoolingForSequenceClassification.from_encoder(config, model_dir)
         return AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=torch.float32, **kwargs)
+    except (SafetensorError, OSError) as err:  # a cut copy: "internal error: SafetensorError: invalid header length"
+        raise damaged_weights(model_dir, err) from err
     finally:
         hf_logging.set_verbosity(verbosity)

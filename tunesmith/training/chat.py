@@ -26,7 +26,7 @@ from typing import Any
 from tunesmith.artifacts import ADAPTER_DIR, MODEL_DIR, STEP_METRICS, DatasetVersion, Run, RunManifest, is_run
 from tunesmith.config import ProjectConfig, TaskType
 from tunesmith.errors import ConfigError, DataError
-from tunesmith.training.dataset import ensure_dataset
+from tunesmith.training.dataset import run_dataset
 from tunesmith.training.run import (
     best_evaluation,
     check_dataset,
@@ -50,10 +50,8 @@ OPENAI_COLUMNS = ["step", "train_loss", "train_mean_token_accuracy", "valid_loss
 def starting_model(name: str) -> tuple[Any, Any, Path]:
     """(model, tokenizer, folder) for a packaged model, a local HF folder, or a finished chat run
     (whose adapter is merged in, so training continues from the tuned model)."""
-    from transformers import AutoConfig, AutoTokenizer
-
     from tunesmith.models import loading
-    from tunesmith.models.catalog import resolve_model_dir
+    from tunesmith.models.catalog import model_config, open_tokenizer, resolve_model_dir
 
     if is_run(name):
         run = Run(name)
@@ -70,8 +68,8 @@ def starting_model(name: str) -> tuple[Any, Any, Path]:
         # apply_method freezes again what an adapter method keeps fixed.
         return loaded.model.requires_grad_(True), loaded.tokenizer, run.path
     model_dir = resolve_model_dir(name)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    config = AutoConfig.from_pretrained(model_dir)
+    tokenizer = open_tokenizer(model_dir)
+    config = model_config(model_dir)
     # transformers would put an LM head on an encoder (BertLMHeadModel) that never learned to generate.
     architectures = config.architectures or []
     generative = any(a.endswith(("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")) for a in architectures)
@@ -149,12 +147,12 @@ def _check_rows(version: DatasetVersion) -> None:
 
 def train_chat(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: Path | None = None,
                overwrite: bool = False, callbacks: Sequence[Any] = ()) -> Path:
-    from tunesmith.models.catalog import context_length
+    from tunesmith.models.catalog import context_length, with_pad_token
     from tunesmith.tasks import chat
     from tunesmith.training.methods import apply_method
 
     run_dir, checkpoint = start_run(cfg, resume, overwrite, dataset_dir)
-    version = ensure_dataset(cfg, dataset_dir)
+    version = run_dataset(cfg, dataset_dir, run_dir, resume is not None)  # a resumed run's own, never prepared again
     _check_rows(version)
     check_dataset(run_dir, version, checkpoint is not None or resume is not None)  # a refused dataset leaves no folder
     import torch
@@ -163,8 +161,7 @@ def train_chat(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: P
     model, tokenizer, model_dir = starting_model(str(cfg.model.name))
     chat.set_chat_template(tokenizer, cfg.model.chat_template, str(cfg.model.name))
     stops = chat.stop_token_ids(tokenizer)
-    if tokenizer.pad_token is None:  # padding is masked; EOS is the usual stand-in
-        tokenizer.pad_token = tokenizer.eos_token
+    with_pad_token(tokenizer, model_dir)  # EOS stands in for a missing pad token; neither is refused
     max_length = cfg.token_budget(context_length(tokenizer))
     if cfg.packs():
         from tunesmith.training.segment_attention import use_for_packed_training

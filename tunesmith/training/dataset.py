@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunesmith.artifacts import MANIFEST, DatasetVersion, is_dataset
+from tunesmith.artifacts import MANIFEST, RUN_DATASET, DatasetVersion, is_dataset
 from tunesmith.config import ProjectConfig, config_diff
 from tunesmith.data.inputs import changed_inputs
 from tunesmith.errors import ConfigError, DataError
@@ -37,6 +37,35 @@ def ensure_dataset(cfg: ProjectConfig, dataset_dir: Path | None = None, log: boo
     """The dataset this config trains on; prepared (again) when missing, prepared with other settings, or prepared
     from files that changed since."""
     return _with_training_rows(cfg, _ensure_dataset(cfg, dataset_dir, log))
+
+
+def run_dataset(cfg: ProjectConfig, dataset_dir: Path | None, run_dir: Path, resuming: bool) -> DatasetVersion:
+    """The dataset a run trains on. A resumed run goes on with the one it started on, as its dataset.json records it,
+    opened as it is: preparing the config's again first had overwritten it (from edited files) and then refused the
+    resume, or, from another directory, prepared a stray one there and trained on it."""
+    import json
+
+    record = run_dir / RUN_DATASET
+    if not resuming or not record.is_file():  # a new run (or one from before dataset.json): the config's own
+        return ensure_dataset(cfg, dataset_dir)
+    started = json.loads(record.read_text(encoding="utf-8"))
+    fingerprint = str(started.get("fingerprint"))
+    candidates = [dataset_dir] if dataset_dir is not None else [started.get("dataset"), cfg.dataset_dir]
+    where = [Path(p) for p in candidates if p]
+    found = [p for p in where if is_dataset(p)]
+    for path in found:  # the recorded folder, else the config's (a project moved with its run)
+        if DatasetVersion(path).manifest.fingerprint == fingerprint:
+            return _with_training_rows(cfg, DatasetVersion(path))
+    how = ("put it back (or pass its copy with --dataset DIR), or start a new run (`tunesmith train CONFIG --overwrite`)"
+           "; resuming on other data would mix two runs")
+    if not found:
+        raise ConfigError(f"{run_dir}: this run started on the dataset {started.get('dataset')} (fingerprint "
+                          f"{fingerprint[:12]}, recorded in {record}), which is gone (looked in "
+                          f"{', '.join(str(p) for p in dict.fromkeys(where))}); {how}")
+    raise ConfigError(f"{run_dir}: this run started on the dataset {started.get('dataset')} (fingerprint "
+                      f"{fingerprint[:12]}, recorded in {record}), and {found[0]} now has fingerprint "
+                      f"{DatasetVersion(found[0]).manifest.fingerprint[:12]} (prepared again, or another --dataset); "
+                      f"{how}")
 
 
 def _with_training_rows(cfg: ProjectConfig, version: DatasetVersion) -> DatasetVersion:

@@ -48,11 +48,25 @@ def run_inputs(cfg: ProjectConfig, dataset_dir: Path | None = None) -> list[tupl
 
 def _failed_start(run_dir: Path) -> bool:
     """What a run that failed before its config.json leaves (a LoRA target the model lacks, a model that would not
-    load, Ctrl-C while loading): its dataset.json and the Trainer's empty checkpoints/, nothing to resume or keep."""
+    load, Ctrl-C while loading): its dataset.json and trained_rows.json and the Trainer's empty checkpoints/, nothing
+    to resume or keep. Only tunesmith's own records count: a user's folder holding a dataset.json had been deleted."""
     names = {p.name for p in run_dir.iterdir()}
     checkpoints = run_dir / "checkpoints"
     return (bool(names) and names <= {"checkpoints", RUN_DATASET, RUN_TRAINED_ROWS}
-            and (not checkpoints.is_dir() or not any(checkpoints.iterdir())))
+            and (not checkpoints.is_dir() or not any(checkpoints.iterdir()))
+            and _own_record(run_dir / RUN_DATASET, {"dataset", "fingerprint", "labels"})
+            and _own_record(run_dir / RUN_TRAINED_ROWS, {"key", "keys"}))
+
+
+def _own_record(path: Path, keys: set[str]) -> bool:
+    """`path` is absent, or the JSON object check_dataset writes there (holding `keys`), not some other file."""
+    if not path.exists():
+        return True
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and keys <= record.keys()
 
 
 def _is_run_folder(run_dir: Path) -> bool:
@@ -76,21 +90,27 @@ def check_run_dir(run_dir: Path, resuming: bool, overwrite: bool, reads: Sequenc
         raise ConfigError(f"{run_dir} is a file; a run is a folder: set train.output_dir to another path")
     if not any(run_dir.iterdir()):
         return
-    if _failed_start(run_dir):  # the fixed config just starts again: it was refused, --overwrite and --resume too
-        shutil.rmtree(run_dir)
-        return
-    if not overwrite:
+    failed = _failed_start(run_dir)  # the fixed config just starts again: it was refused, --overwrite and --resume too
+    if not failed and not overwrite:
+        if not _is_run_folder(run_dir):  # a data folder named as train.output_dir: --overwrite would not take it either
+            raise ConfigError(f"{run_dir}: train.output_dir is a folder of other files, not a tunesmith run; set "
+                              "train.output_dir to a new or empty folder")
         raise ConfigError(f"{run_dir}: a run already exists there; resume it with `tunesmith train --resume {run_dir}`, "
                           "pass --overwrite, or set train.output_dir")
+    # Checked before anything is deleted, a failed start's leftovers too: the folder may hold what this run reads
     here, cwd = run_dir.resolve(), Path.cwd().resolve()
+    what = "starting again over a failed start" if failed else "--overwrite"
     if not _is_run_folder(run_dir) or cwd.is_relative_to(here):
-        raise ConfigError(f"{run_dir}: --overwrite replaces only an earlier run's folder, and this is not a tunesmith "
+        raise ConfigError(f"{run_dir}: {what} replaces only an earlier run's folder, and this is not a tunesmith "
                           f"run (no {RUN_CONFIG} of one) or holds the current directory; set train.output_dir to "
                           "another folder, or remove it yourself")
-    inside = [f"{what} {path}" for what, path in reads if path.resolve().is_relative_to(here)]
+    inside = [f"{setting} {path}" for setting, path in reads if path.resolve().is_relative_to(here)]
     if inside:
-        raise ConfigError(f"{run_dir}: --overwrite would delete what this run reads ({'; '.join(inside)}); "
+        raise ConfigError(f"{run_dir}: {what} would delete what this run reads ({'; '.join(inside)}); "
                           "set train.output_dir to another folder")
+    if failed:
+        shutil.rmtree(run_dir)
+        return
     # Set aside, not deleted: the new run's inputs are checked only after this (a mistyped --dataset or model name
     # had deleted the earlier run and trained nothing). Deleted once the new run starts training, put back otherwise.
     real = run_dir.resolve()
@@ -379,10 +399,13 @@ def run_trainer(cfg: ProjectConfig, trainer: Any, run_dir: Path, checkpoint: Pat
 
 def _finish_from(trainer: Any, checkpoint: Path) -> Any:
     """The trainer as training left it at `checkpoint`: its state (log, best step) and the model it keeps; what
-    `train` returns, with no training time of its own."""
+    `train` returns, with the summary `train` logs last rebuilt from the checkpoint's log."""
+    import time
+
     from transformers.trainer_callback import TrainerState
     from transformers.trainer_utils import TrainOutput
 
+    began = time.perf_counter()
     trainer._load_from_checkpoint(str(checkpoint))
     trainer.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
     best = trainer.state.best_global_step
@@ -390,8 +413,20 @@ def _finish_from(trainer: Any, checkpoint: Path) -> Any:
     if trainer.args.load_best_model_at_end and best and here.is_dir():
         trainer.state.best_model_checkpoint = str(here)  # where it is now (the run may have moved)
         trainer._load_best_model()
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    return TrainOutput(trainer.state.global_step, losses[-1] if losses else float("nan"), {})
+    return TrainOutput(trainer.state.global_step, *_summary(trainer.state, time.perf_counter() - began))
+
+
+def _summary(state: Any, measured_s: float) -> tuple[float, dict[str, Any]]:
+    """(training loss, metrics) of the summary line `train` logs last, appended to `state`'s log: the process that
+    trained died before it (killed after its last checkpoint), and run.json had recorded train_runtime_s 0.0. The
+    steps' own time died with it: the runtime is what the log still knows (its evaluations') and this finishing."""
+    losses = [e["loss"] for e in state.log_history if "loss" in e]
+    known = sum(float(e.get("eval_runtime", 0.0)) for e in state.log_history)
+    metrics: dict[str, Any] = {"train_runtime": round(known + measured_s, 4),
+                               "train_loss": sum(losses) / len(losses) if losses else float("nan"),
+                               "total_flos": float(state.total_flos or 0.0)}
+    state.log_history.append({**metrics, "epoch": state.epoch, "step": state.global_step})
+    return metrics["train_loss"], metrics
 
 
 def best_evaluation(trainer: Any) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from tunesmith.artifacts import MODEL_DIR, DatasetVersion, Run, RunManifest
 from tunesmith.config import LOWER_IS_BETTER, SEQUENCE_METRICS, ProjectConfig, TaskType
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.models.hardware import bf16_pad_multiple
-from tunesmith.training.dataset import ensure_dataset
+from tunesmith.training.dataset import run_dataset
 from tunesmith.training.encoder_attention import use_for_cpu_training
 from tunesmith.training.run import (
     best_evaluation,
@@ -100,22 +100,23 @@ def _trainer_class(base: Any, seed: int, head_lr: float | None) -> Any:
 def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resume: Path | None = None,
                    overwrite: bool = False, callbacks: Sequence[Any] = ()) -> Path:
     """Classification and regression: a head on a pre-trained model, with the Trainer."""
-    from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from tunesmith.models.catalog import context_length, resolve_model_dir
+    from tunesmith.models.catalog import context_length, model_config, open_tokenizer, resolve_model_dir, with_pad_token
     from tunesmith.models.sequence import load_for_sequence_task
     from tunesmith.tasks import sequence
     from tunesmith.training.methods import apply_method, freeze_token_embeddings
 
     task = cfg.task.type
     run_dir, checkpoint = start_run(cfg, resume, overwrite, dataset_dir)
-    version = ensure_dataset(cfg, dataset_dir)
+    # The model folder's config and tokenizer first: a damaged one is refused before the dataset is prepared
+    model_dir = resolve_model_dir(str(cfg.model.name))
+    model_config(model_dir)
+    _check_method(cfg, model_dir)
+    tokenizer = with_pad_token(open_tokenizer(model_dir), model_dir)
+    version = run_dataset(cfg, dataset_dir, run_dir, resume is not None)  # a resumed run's own, never prepared again
     check_labels(version)
     labels = version.manifest.labels
-    model_dir = resolve_model_dir(str(cfg.model.name))
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    if tokenizer.pad_token is None:  # causal LMs ship without one; padding is masked anyway
-        tokenizer.pad_token = tokenizer.eos_token
     max_length = cfg.token_budget(context_length(tokenizer))
 
     parent = _parent_run(cfg, labels, model_dir)
@@ -194,6 +195,20 @@ def train_sequence(cfg: ProjectConfig, *, dataset_dir: Path | None = None, resum
         parent_run=str(parent.path.resolve()) if parent else None,
     )
     return finish_run(run_dir, trainer, manifest, metrics)
+
+
+def _check_method(cfg: ProjectConfig, model_dir: Path) -> None:
+    """Refuse prompt tuning of a decoder's classifier: its head finds the last real token in input_ids, PEFT passes
+    embeddings instead, and the head read the last position, padding for all but a batch's longest text, so a text's
+    prediction depended on its batch. Left padding does not save it: the prompt then sits before the pads, and the
+    positions between it and the text change with their count."""
+    from tunesmith.models.sequence import pools_last_token
+
+    if cfg.train.method == "prompt_tuning" and pools_last_token(model_dir, cfg.model.pooling):
+        raise ConfigError(f"train.method: prompt_tuning cannot train a classifier on the decoder {cfg.model.name}: its "
+                          "head classifies by the last real token, which prompt tuning hides from it, so it would read "
+                          "padding and a text's prediction would depend on the batch it is in; use train.method lora "
+                          "or ia3 (or full, head)")
 
 
 def _parent_run(cfg: ProjectConfig, labels: list[str] | None, model_dir: Path) -> Run | None:
