@@ -238,6 +238,16 @@ class Run:
         return bool(self.manifest.adapter and self.manifest.method == "prompt_tuning")
 
     @property
+    def exported(self) -> dict[str, Any] | None:
+        """An export folder's export.json (format, source_run, ...), None for a run tunesmith trained. Read by name:
+        export/folder.py, which writes it, is a layer above."""
+        try:
+            info = json.loads((self.path / "export.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return info if isinstance(info, dict) and "format" in info else None
+
+    @property
     def config(self) -> ProjectConfig:
         path = self.path / RUN_CONFIG
         try:

@@ -46,6 +46,19 @@ def test_init_from_a_run_with_another_pooling_is_refused(tmp_path: Path, tiny_be
         train(child)
 
 
+def test_init_from_an_export_is_refused_naming_the_run_it_came_from(tmp_path: Path, tiny_bert: Path) -> None:
+    """A merged export of a LoRA run (method lora, adapter false) trained on as full weights while called LoRA and
+    saved an unloadable run; an ONNX export failed with a raw OSError."""
+    from tunesmith.export import export_run
+
+    parent, child = _parent_and_child(tmp_path, tiny_bert, "lora", "mean", "mean")
+    merged = export_run(parent, "merged", tmp_path / "merged", check=False).path
+    child.train.init_from = merged
+    with pytest.raises(ConfigError, match=rf"a `merged` export, made for serving.*train.init_from: {parent}"):
+        train(child)
+    assert not (Path(child.run_dir) / "model").exists()
+
+
 def test_an_adapter_that_fits_no_layer_is_an_error_not_a_warning(tmp_path: Path, tiny_bert: Path) -> None:
     from tunesmith.artifacts import Run
     from tunesmith.errors import DataError

@@ -217,6 +217,12 @@ def _parent_run(cfg: ProjectConfig, labels: list[str] | None, model_dir: Path) -
         return None
     parent = Run(cfg.train.init_from)
     m, where = parent.manifest, f"train.init_from {cfg.train.init_from}"
+    exported = parent.exported
+    if exported is not None:  # an ONNX graph trained nothing (raw OSError); a merged LoRA trained on as full weights
+        source = exported.get("source_run")
+        raise ConfigError(f"{where}: a `{exported['format']}` export, made for serving, not a run to train on (its "
+                          "weights are converted, merged or quantised); continue the run it was exported from"
+                          + (f" (train.init_from: {source})" if source else ""))
     problems = []
     if m.task != cfg.task.type.value:
         problems.append(f"it was trained for {m.task}, this config is {cfg.task.type.value}")
