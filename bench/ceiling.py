@@ -57,7 +57,8 @@ def native_bf16(info: dict[str, Any], device: str) -> bool:
     if device == "cuda":
         import torch
 
-        return torch.cuda.is_bf16_supported()
+        # without including_emulation=False a T4 or V100 says True (as tunesmith.models.hardware.native_bf16 knows)
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     return bool({"avx512_bf16", "amx_bf16"} & set(info.get("flags", [])))
 
 
