@@ -3,6 +3,10 @@ same corrections do not retrain on every tick; drift read from production's own 
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +15,7 @@ import pytest
 
 from tests.tune.test_retrain import paris, planted_project, record_corrections
 from tunesmith.config import RetrainSpec
-from tunesmith.errors import ConfigError
+from tunesmith.errors import ConfigError, DataError
 from tunesmith.registry.service import Registry
 from tunesmith.store.db import Store
 from tunesmith.store.schema import Prediction
@@ -80,3 +84,75 @@ def test_drift_is_read_from_productions_own_traffic(tmp_path: Path, tiny_bert: P
                            RetrainSpec(min_corrections=50, drift_threshold=0.25))
     assert not status.due and status.drift_psi is not None and status.drift_psi < 0.1, status
     assert status.live_requests == 2
+
+
+def test_a_round_in_progress_from_production_is_not_started_again(tmp_path: Path, tiny_bert: Path) -> None:
+    """Two overlapping cron ticks both trained on the same corrections: the round was recorded only after training."""
+    store, registry = production_of(tmp_path, tiny_bert)
+    record_corrections(store, "reviews", paris(12, 9), "pos")
+    production = registry.production("reviews")
+    token, held = trigger.claim(store, production, folder="elsewhere")  # another round, alive (this very process)
+    assert token and held is None
+    assert trigger.claim(store, production) == (None, registry.production("reviews").lineage[trigger.ROUND_CLAIM])
+    tick = retrain(store, "reviews", if_needed=True, say=lambda _: None)
+    assert tick.decision == "not_due" and "is in progress since" in tick.reasons[0] and "elsewhere" in tick.reasons[0]
+    assert tick.report["trigger"]["in_progress"]["pid"] == os.getpid()
+    assert [v.version for v in registry.versions("reviews")] == [1]
+    trigger.release(store, production, "not-its-token")  # only the claimant clears its claim
+    assert trigger.live_claim(registry.production("reviews")) is not None
+    trigger.release(store, production, token)
+    assert trigger.ROUND_CLAIM not in registry.production("reviews").lineage
+
+    # A crashed round's claim: its process gone from this host, or too old (another host's)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    for stale in ({"pid": int(dead.stdout), "host": socket.gethostname(), "since": time.time()},
+                  {"pid": 1, "host": "elsewhere.example", "since": time.time() - trigger.CLAIM_STALE_S - 60}):
+        registry.note("reviews", 1, trigger.ROUND_CLAIM, {**stale, "token": "old",
+                                                          "production_since": production.stage_changed_at})
+        assert trigger.live_claim(registry.production("reviews")) is None
+    seen: list[str] = []
+    done = retrain(store, "reviews", if_needed=True, promote="never", say=seen.append)
+    assert done.decision == "candidate" and [v.version for v in registry.versions("reviews")] == [1, 2]
+    assert trigger.ROUND_CLAIM not in registry.production("reviews").lineage  # cleared when the round ended
+
+
+def test_only_one_of_overlapping_claims_wins(tmp_path: Path, tiny_bert: Path, store_url: str) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg, *_ = planted_project(tmp_path, tiny_bert, max_steps=1)
+    stores = [Store(store_url) for _ in range(4)]
+    registry = Registry(stores[0])
+    registry.add(train(cfg), "reviews", stage="production")
+    production = registry.production("reviews")
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda st: trigger.claim(st, production), stores))
+    tokens = [t for t, _ in results if t]
+    assert len(tokens) == 1 and all(held["token"] == tokens[0] for t, held in results if not t)
+    trigger.release(stores[1], production, tokens[0])
+    assert trigger.ROUND_CLAIM not in registry.production("reviews").lineage
+    for st in stores:
+        st.close()
+
+
+def test_a_failed_round_is_recorded_and_not_retried_on_the_same_corrections(tmp_path: Path, tiny_bert: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round training refused failed again at every cron tick, on the same corrections."""
+    import tunesmith.training
+
+    store, registry = production_of(tmp_path, tiny_bert)
+    record_corrections(store, "reviews", paris(12, 9), "pos")
+
+    def refuse(*_: object, **__: object) -> None:
+        raise DataError("validation has label(s) ['meh'] that the training split never has")
+
+    monkeypatch.setattr(tunesmith.training, "train", refuse)
+    with pytest.raises(DataError, match="never has"):
+        retrain(store, "reviews", if_needed=True, say=lambda _: None)
+    lineage = registry.production("reviews").lineage
+    assert lineage[trigger.LAST_ROUND]["result"].startswith("failed: DataError: validation has label(s)")
+    assert trigger.ROUND_CLAIM not in lineage  # cleared on failure too
+    again = retrain(store, "reviews", if_needed=True, say=lambda _: None)
+    assert again.decision == "not_due" and any("failed: DataError" in r for r in again.reasons), again.reasons
+    record_corrections(store, "reviews", paris(10, 10), "pos", request_id="req-2")  # new ones: tried again
+    with pytest.raises(DataError):
+        retrain(store, "reviews", if_needed=True, say=lambda _: None)
