@@ -562,3 +562,23 @@ def test_a_folder_variable_set_but_empty_is_refused(name: str, monkeypatch: pyte
     monkeypatch.setenv(name, " ")
     with pytest.raises(ConfigError, match=f"{name} is set but empty; unset it or give a folder"):
         (data_home if name == "TUNESMITH_HOME" else cache_dir)()
+
+
+def test_a_blank_model_name_is_refused_not_taken_for_the_cwd(tmp_path: Path) -> None:
+    """`model.name: ""` had been Path(""), the cwd: run from inside a model folder, that model was used silently."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text("name: x\ndata:\n  sources: [{path: a.csv}]\nmodel: {name: ''}\n")
+    with pytest.raises(ConfigError, match=r"model.name is blank; .*or leave it out \(null\) for the task's default"):
+        load_config(path)
+
+
+def test_a_folder_named_like_a_packaged_model_beside_the_config_is_warned_about(tmp_path: Path, capsys) -> None:
+    """The packaged name wins; the folder beside the config had been ignored without a word."""
+    (tmp_path / "minilm").mkdir()
+    path = tmp_path / "cfg.yaml"
+    path.write_text("name: x\ndata:\n  sources: [{path: a.csv}]\nmodel: {name: minilm}\n")
+    assert load_config(path).model.name == "minilm"
+    assert (f"model.name 'minilm' is the packaged model; the folder {tmp_path / 'minilm'} beside the config is not "
+            "used (set model.name: ./minilm to use it)") in capsys.readouterr().err
+    path.write_text("name: x\ndata:\n  sources: [{path: a.csv}]\nmodel: {name: ./minilm}\n")
+    assert load_config(path).model.name == str(tmp_path / "minilm") and not capsys.readouterr().err

@@ -969,6 +969,13 @@ class ProjectConfig(Spec):
         if template and "{" not in template:  # a file path, not an inline template
             self.model.chat_template = str(fix(Path(template)))
         name = self.model.name
+        if name is not None and not name.strip():  # Path("") is the cwd: a model folder there had been used silently
+            raise ConfigError(f"model.name is blank; give a packaged model ({', '.join(PACKAGED_MODEL_NAMES)}) or a "
+                              "model folder, or leave it out (null) for the task's default")
+        if name in PACKAGED_MODEL_NAMES and (base / name).is_dir():
+            # The packaged name wins (it always has); a folder so named beside the config had been ignored silently.
+            print(f"warning: model.name '{name}' is the packaged model; the folder {base / name} beside the config is "
+                  f"not used (set model.name: ./{name} to use it)", file=sys.stderr, flush=True)
         if name and name not in PACKAGED_MODEL_NAMES:
             # Any other name is a folder beside the config, like a data source: a bare `tinybert` had been looked
             # up in the cwd, and a same-named folder there used silently. Errors quote the name as written.

@@ -124,6 +124,9 @@ class Worker:
 
     def run(self, stop: threading.Event | None = None, once: bool = False) -> None:
         """Work until `stop` is set (or, with `once`, until no job is waiting)."""
+        from tunesmith.models.catalog import check_base_models
+
+        check_base_models(self.spec)  # a mistyped --base-model had failed each job naming it, as a server_error
         stop = self.stopping = stop or threading.Event()
         while not stop.is_set():
             job_id = self.claim()

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.artifacts import Run, is_run
-from tunesmith.config import PACKAGED_MODEL_NAMES, WRITTEN_MODEL_NAMES, cache_dir
+from tunesmith.config import PACKAGED_MODEL_NAMES, WRITTEN_MODEL_NAMES, JobsSpec, cache_dir
 from tunesmith.errors import ConfigError
 
 
@@ -43,7 +43,30 @@ def _package_dir(entry: PackagedModel) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
-def _local_folder(name: str) -> Path:
+def check_base_models(spec: JobsSpec) -> None:
+    """Each --base-model's model is there, when the server or a worker starts: a typo had been accepted, and every job
+    naming it failed in the worker as a server_error."""
+    for entry in spec.base_models:
+        alias, _, target = entry.partition("=")
+        try:
+            check_model(target or alias, "--base-model")
+        except ConfigError as err:
+            raise ConfigError(f"--base-model {entry}: {err}") from None
+
+
+def check_model(name: str, field: str) -> None:
+    """`name` (as `field` gives it) is a packaged model that is installed or a local model folder, found without
+    converting anything: for settings checked at start (`serve --base-model`) rather than at a job's first use."""
+    entry = PACKAGED_MODELS.get(name)
+    if entry is not None:
+        _installed(name, entry)
+        return
+    if not is_run(_local_folder(name, field)):  # a chat run is trained on from, as DPO's starting point is
+        resolve_model_dir(name)
+    resolve_tokenizer_dir(name)
+
+
+def _local_folder(name: str, field: str = "model.name") -> Path:
     path = Path(name).expanduser()
     written = WRITTEN_MODEL_NAMES.get(name, name)
     if path.is_file() and path.suffix == ".gguf" or path.is_dir() and _gguf_only(path):
@@ -53,15 +76,25 @@ def _local_folder(name: str) -> Path:
             f"(config.json, safetensors weights, tokenizer files), e.g. the original model's download"
         )
     if not path.is_dir():
-        hint = ""
-        if not written.startswith(("/", ".", "~")):
-            hint = (f"; Hugging Face Hub ids are not downloaded: download the model folder (e.g. `huggingface-cli "
-                    f"download {written} --local-dir DIR`) and set model.name to DIR")
         raise ConfigError(
             f"model '{written}' is neither a packaged model ({sorted(PACKAGED_MODELS)}) nor a local folder "
-            f"(looked for {path.resolve()}){hint}"
+            f"(looked for {path.resolve()}){_name_hint(written, field)}"
         )
     return path
+
+
+def _name_hint(written: str, field: str) -> str:
+    """A near-miss of a packaged name (`smolm2-135m`, `MiniLM`) is suggested; only an `owner/name` id gets the Hub
+    download hint (a typo had been told to download itself from the Hub)."""
+    import difflib
+    import re
+
+    if re.fullmatch(r"[\w-][\w.-]*/[\w.-]+", written):
+        return (f"; Hugging Face Hub ids are not downloaded: download the model folder (e.g. `huggingface-cli "
+                f"download {written} --local-dir DIR`) and set {field} to DIR")
+    by_lower = {name.lower(): name for name in PACKAGED_MODELS}
+    close = difflib.get_close_matches(written.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f"; did you mean the packaged model '{by_lower[close[0]]}'? Set {field} to it" if close else ""
 
 
 def _gguf_only(path: Path) -> bool:
@@ -92,7 +125,8 @@ def resolve_tokenizer_dir(name: str) -> Path:
         return source
     target = cache_dir() / "tokenizers" / name
     stamp = _stamp(source, entry)
-    if not _current(target, "tokenizer_config.json", stamp):
+    if not _current(target, "tokenizer_config.json", stamp, say=True) and not _adopted(target, "tokenizer_config.json", source, entry, stamp):
+        _check_writable(target.parent, name)
         _convert_gguf_tokenizer(source, target, stamp)
     return target
 
@@ -116,6 +150,11 @@ def resolve_model_dir(name: str) -> Path:
     entry = PACKAGED_MODELS.get(name)
     if entry is None:
         path = _local_folder(name)
+        if is_run(path):  # its config.json is tunesmith's, not a Hugging Face one: it had "no weights"
+            raise ConfigError(
+                f"model '{WRITTEN_MODEL_NAMES.get(name, name)}' is a tunesmith run folder ({path.resolve()}), not a "
+                f"model folder: to train on from it, set train.init_from to it and model.name to its base model"
+                f"{_run_base(path)}; to use it, `tunesmith serve` or `tunesmith export` it")
         if not (path / "config.json").exists():
             raise ConfigError(f"model folder {path} has no config.json; is it a Hugging Face model folder?")
         if not any((path / f).exists() for f in WEIGHT_FILES):
@@ -126,17 +165,43 @@ def resolve_model_dir(name: str) -> Path:
         return source
     target = cache_dir() / "models" / name
     stamp = _stamp(source, entry)
-    if not _current(target, "model.safetensors", stamp):
+    if not _current(target, "model.safetensors", stamp, say=True) and not _adopted(target, "model.safetensors", source, entry, stamp):
+        _check_writable(target.parent, name)
         _convert_gguf(source.parent, source.name, target, stamp)
     return target
 
 
-# Written into a converted folder: the GGUF it was converted from. An upgraded package's GGUF (same path, new
-# weights or vocabulary) had kept the old conversion; a folder whose stamp differs, or has none, is converted again.
+def _run_base(path: Path) -> str:
+    try:
+        return f" ({Run(path).manifest.base_model})"
+    except Exception:  # noqa: BLE001 - a damaged run.json: the advice stands without its base model
+        return ""
+
+
+def _check_writable(folder: Path, name: str) -> None:
+    """Before converting (tens of seconds): an unwritable cache had been an internal PermissionError at the end."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(dir=folder).cleanup()
+    except OSError as err:
+        raise ConfigError(f"TUNESMITH_CACHE: the packaged model '{name}' is converted once into {folder}, which cannot "
+                          f"be written ({_reason(err)}); make it writable, or set TUNESMITH_CACHE to a writable folder "
+                          f"(now {cache_dir()})") from None
+
+
+# Written into a converted folder: the GGUF it was converted from (its package version, size and content hash) and
+# the sizes of the files written. An upgraded package's GGUF (same path, new weights or vocabulary) had kept the old
+# conversion; a folder whose stamp differs, or has none, is converted again. No path: two installs of one package
+# (two venvs sharing the cache) had converted over each other at every switch. The sizes catch a damaged copy (a
+# cut model.safetensors had been trusted for good).
 STAMP = "tunesmith-source.json"
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> sha256: hashed once a process (0.1 s)
 
 
 def _stamp(source: Path, entry: PackagedModel) -> dict[str, Any]:
+    import hashlib
     from importlib.metadata import PackageNotFoundError, version
 
     stat = source.stat()
@@ -144,22 +209,67 @@ def _stamp(source: Path, entry: PackagedModel) -> dict[str, Any]:
         package_version: str | None = version(entry.pip_name)
     except PackageNotFoundError:
         package_version = None
-    return {"gguf": str(source.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-            "package_version": package_version}
+    key = (str(source.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _DIGESTS:
+        with source.open("rb") as f:
+            _DIGESTS[key] = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"size": stat.st_size, "sha256": _DIGESTS[key], "package_version": package_version}
 
 
-def _current(target: Path, marker: str, stamp: dict[str, Any] | None = None) -> bool:
-    """`target` is complete (`marker` is there) and, given a stamp, converted from that very source."""
+def _current(target: Path, marker: str, stamp: dict[str, Any] | None = None, say: bool = False) -> bool:
+    """`target` is complete (`marker` is there) and, given a stamp, converted from that very source and undamaged (its
+    files have the sizes they were written with). With `say`, a damaged one is reported as converted again."""
     import json
+    import sys
 
     if not (target / marker).exists():
         return False
     if stamp is None:
         return True
     try:
-        return json.loads((target / STAMP).read_text(encoding="utf-8")) == stamp
+        stored = json.loads((target / STAMP).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
+    if not isinstance(stored, dict):
+        return False
+    sizes = stored.pop("files", None) or {}
+    if stored != stamp:
+        return False
+    damaged = [f"{f} is {_size(target / f)} bytes, {n} when converted"
+               for f, n in sizes.items() if _size(target / f) != n]
+    if damaged and say:
+        print(f"the converted model in {target} is damaged ({'; '.join(damaged)}); converting it again",
+              file=sys.stderr, flush=True)
+    return not damaged
+
+
+def _adopted(target: Path, marker: str, source: Path, entry: PackagedModel, stamp: dict[str, Any]) -> bool:
+    """A conversion stamped by an older tunesmith (with the GGUF's path, mtime and no file sizes) from this very GGUF
+    is kept, its stamp rewritten: not converted again (40 s) for the change of stamp."""
+    import json
+
+    try:
+        stored = json.loads((target / STAMP).read_text(encoding="utf-8"))
+        stat = source.stat()
+    except (OSError, ValueError):
+        return False
+    legacy = {"gguf": str(source.resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+              "package_version": stamp["package_version"]}
+    if not (target / marker).exists() or stored != legacy:
+        return False
+    sizes = {f.name: f.stat().st_size for f in target.iterdir() if f.is_file() and f.name != STAMP}
+    try:
+        (target / STAMP).write_text(json.dumps({**stamp, "files": sizes}), encoding="utf-8")
+    except OSError:  # a read-only cache: read as it is
+        pass
+    return True
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
 
 
 def _convert_gguf(package: Path, gguf: str, target: Path, stamp: dict[str, Any] | None = None) -> None:
@@ -187,7 +297,49 @@ def _staging(target: Path) -> Path:
     import os
     import secrets
 
-    return target.with_name(f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    return target.with_name(f".{target.name}.{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _host() -> str:
+    import re
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())
+
+
+_HOST = _host()
+STALE_STAGING_S = 24 * 3600  # another host's (or unparsable) staging folder this old is a killed conversion's
+
+
+def _sweep(target: Path) -> None:
+    """Remove the staging folders of conversions killed midway (up to 540 MB each, kept for good): this host's whose
+    process is gone, or any untouched for STALE_STAGING_S. A live converter's folder stays."""
+    import re
+    import shutil
+    import time
+
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(?:(?P<host>\w+)-)?(?P<pid>\d+)-[0-9a-f]+\.tmp")
+    for folder in target.parent.glob(f".{target.name}.*.tmp"):
+        match = pattern.fullmatch(folder.name)
+        try:
+            old = time.time() - folder.stat().st_mtime > STALE_STAGING_S
+        except OSError:
+            continue
+        local = match is not None and match["host"] in (None, _HOST)  # no host: written before hosts were named
+        if old or local and not _alive(int(match["pid"])):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
 
 
 def _publish(tmp: Path, target: Path, marker: str, stamp: dict[str, Any] | None = None) -> None:
@@ -199,9 +351,11 @@ def _publish(tmp: Path, target: Path, marker: str, stamp: dict[str, Any] | None 
 
     target.parent.mkdir(parents=True, exist_ok=True)
     if stamp is not None:
-        (tmp / STAMP).write_text(json.dumps(stamp), encoding="utf-8")
+        sizes = {f.name: f.stat().st_size for f in tmp.iterdir() if f.is_file()}
+        (tmp / STAMP).write_text(json.dumps({**stamp, "files": sizes}), encoding="utf-8")
     if _current(target, marker, stamp):
         shutil.rmtree(tmp, ignore_errors=True)
+        _sweep(target)
         return
     if target.exists():  # an incomplete one (a conversion killed halfway) or a stale one: replaced
         aside = _staging(target)  # moved aside first: a reader of the old one keeps its open files
@@ -216,6 +370,7 @@ def _publish(tmp: Path, target: Path, marker: str, stamp: dict[str, Any] | None 
         shutil.rmtree(tmp, ignore_errors=True)
         if not _current(target, marker, stamp):
             raise
+    _sweep(target)
 
 
 def load_tokenizer(name: str) -> Any:
@@ -230,8 +385,8 @@ def open_tokenizer(folder: Path) -> Any:
     try:
         return AutoTokenizer.from_pretrained(folder)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"model folder {folder}: its tokenizer does not load ({_reason(err)}); re-copy the model "
-                          "folder, or set model.name to a complete one") from None
+        raise ConfigError(f"model folder {folder}: its tokenizer does not load ({_reason(err)}); {_remedy(folder)}"
+                          ) from None
 
 
 def model_config(folder: Path) -> Any:
@@ -243,7 +398,18 @@ def model_config(folder: Path) -> Any:
         return AutoConfig.from_pretrained(folder)
     except (OSError, ValueError) as err:
         raise ConfigError(f"{Path(folder) / 'config.json'}: not a model config transformers can read ({_reason(err)}); "
-                          "re-copy the model folder, or set model.name to a complete one") from None
+                          f"{_remedy(folder)}") from None
+
+
+def _remedy(folder: Path) -> str:
+    """What to do about a damaged model folder: tunesmith's own conversion of a packaged model is made again."""
+    try:
+        converted = Path(folder).resolve().parent.parent == cache_dir().resolve()
+    except (OSError, ConfigError):
+        converted = False
+    if converted and Path(folder).name in PACKAGED_MODELS:
+        return f"it is tunesmith's conversion of the packaged model: delete {folder} and it is converted again"
+    return "re-copy the model folder, or set model.name to a complete one"
 
 
 def with_pad_token(tokenizer: Any, folder: Path) -> Any:

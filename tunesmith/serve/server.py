@@ -48,6 +48,10 @@ def serve(paths: Sequence[str | Path], spec: ServeSpec, log: bool = True, jobs: 
 
     if spec.port:
         _check_port(spec.host, spec.port)  # before minutes of loading
+    if jobs is not None:
+        from tunesmith.models.catalog import check_base_models
+
+        check_base_models(jobs)  # a mistyped --base-model had failed each job naming it, as a server_error
     loader = ModelLoader(spec)
     models = load(paths, loader)
     jobs_service, registry, store = None, None, None
