@@ -661,3 +661,104 @@ def test_a_long_label_is_shortened_on_the_class_balance_axis(tmp_path: Path, mak
     monkeypatch.setattr(Axes, "set_xticks", spy)
     prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", labelled(40, labels=("pos", long))))}]))
     assert ticks and max(len(x) for x in ticks[-1]) <= 18 and "pos" in ticks[-1]
+
+
+def test_a_second_preparation_of_a_folder_waits_for_the_first(tmp_path: Path, make_config, capsys) -> None:
+    """Two preparations of one folder at once (two terminals, two `train` runs): the second deleted the fixed staging
+    folder under the first, which crashed or published a folder whose manifest and quarantine came from different
+    runs. The second waits for the first now, and says so."""
+    import threading
+
+    from tunesmith.data.prepare import _preparation_lock
+
+    rows = labelled(60) + [{"text": f"unlabelled {i}", "label": ""} for i in range(5)]
+    cfg = make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}])
+    out = tmp_path / "out"
+    done: list = []
+    with _preparation_lock(out):  # another preparation of out holds it (and deletes the lock file as it ends)
+        worker = threading.Thread(target=lambda: done.append(prepare(cfg)))
+        worker.start()
+        worker.join(3)
+        assert worker.is_alive() and not (out / "manifest.json").exists()
+    worker.join(60)
+    assert f"waiting for another preparation of {out} to finish" in capsys.readouterr().err
+    [version] = done
+    counts = version.manifest.counts
+    assert counts["quarantine"] == len(version.quarantine()) == 5 and counts["input"] == 65
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no lock or staging left beside it
+
+
+def test_an_interrupted_swap_is_recovered(tmp_path: Path, make_config) -> None:
+    """A run stopped between moving the old version aside and the new one in: the old one is put back. A folder
+    an interrupted run left without its manifest was refused forever as "not a tunesmith dataset"."""
+    cfg = make_config([{"path": str(write_csv(tmp_path / "d.csv", labelled(60)))}])
+    out = tmp_path / "out"
+    prepare(cfg)
+    out.rename(tmp_path / ".out.old")  # stopped right after the first rename
+    broken = make_config([{"path": str(write_csv(tmp_path / "e.csv", [{"text": "", "label": "pos"}] * 3))}])
+    with pytest.raises(DataError, match="no usable rows"):
+        prepare(broken)
+    assert (out / "manifest.json").exists() and not (tmp_path / ".out.old").exists()  # the previous version, back
+    (out / "manifest.json").unlink()  # a leftover without its manifest: says what to delete
+    with pytest.raises(DataError, match=rf"{re.escape(str(out))}: holds an incomplete dataset .* delete the folder"):
+        prepare(cfg)
+
+
+def contrastive_pairs(n: int) -> list[dict]:
+    """Pairs 0.9 alike that mean the opposite: both worth learning, wherever each lands."""
+    rows = []
+    for s in sentences(n, seed=5):
+        rows += [{"text": f"I would recommend this place: {s}", "label": "pos"},
+                 {"text": f"I would not recommend this place: {s}", "label": "neg"}]
+    return rows
+
+
+@pytest.mark.parametrize("near", [True, False])
+def test_leakage_near_check_applies_the_near_dedup_pair_rule(tmp_path: Path, make_config, near: bool) -> None:
+    """With near-dedup off, the leakage check took "would recommend" (pos) in train and "would not recommend" (neg)
+    in test for a leak and emptied the test split, while the report said near duplicates were removed before
+    splitting."""
+    cfg = make_config([{"path": str(write_csv(tmp_path / "d.csv", contrastive_pairs(40)))}], dedup={"near": near})
+    version = prepare(cfg)
+    assert version.manifest.counts["quarantine"] == 0
+    assert (version.manifest.counts["validation"], version.manifest.counts["test"]) == (8, 8)
+    rule = "pairs with equal labels"
+    assert version.report()["leakage"]["checked"] == ["exact", f"near ({rule}, removed before splitting)" if near
+                                                      else f"near ({rule})"]
+
+
+def test_leakage_near_check_still_catches_a_same_label_twin(tmp_path: Path, make_config) -> None:
+    rows = contrastive_pairs(40)
+    rows = rows + [{"text": r["text"].replace("place", "spot"), "label": r["label"]} for r in rows]
+    version = prepare(make_config([{"path": str(write_csv(tmp_path / "d.csv", rows))}], dedup={"near": False}))
+    leaks = [q for q in version.quarantine() if q["stage"] == "leakage"]
+    assert leaks and all(q["reason"].startswith("near (similarity") for q in leaks)
+
+
+def test_near_duplicates_do_not_depend_on_the_split_seed(tmp_path: Path, make_config) -> None:
+    """The MinHash permutations came from data.split.seed: a new split seed removed other near duplicates."""
+    rng = random.Random(3)
+    words = WORDS[:20]
+    rows = []
+    for _ in range(200):
+        a = [rng.choice(words) for _ in range(30)]
+        b = list(a)
+        for _ in range(2):
+            b[rng.randrange(30)] = rng.choice(words)
+        rows += [{"text": " ".join(a), "label": "pos"}, {"text": " ".join(b), "label": "pos"}]
+    src = [{"path": str(write_csv(tmp_path / "d.csv", rows))}]
+    removed = []
+    for seed in (42, 7, 1):
+        version = prepare(make_config(src, split={"seed": seed}))
+        removed.append({(q["line"], q["reason"]) for q in version.quarantine() if q["stage"] == "near_duplicate"})
+    assert removed[0] and removed[0] == removed[1] == removed[2]
+
+
+def test_reason_categories_blank_values_not_names() -> None:
+    from tunesmith.data.prepare import category
+
+    assert category("contains bytes that are not valid utf-8; set the source's `encoding:` (e.g. cp1252)") == \
+        "contains bytes that are not valid utf-8; set the source's `encoding:`"
+    assert category("not valid cp1252 at byte 12") == "not valid cp1252 at byte N"
+    assert category("3 tokens, below data.clean.min_tokens=5") == "N tokens, below data.clean.min_tokens=N"
+    assert category("score 2.5 is over 10") == "score N is over N"

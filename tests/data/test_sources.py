@@ -1148,7 +1148,9 @@ def test_unclosed_quote_does_not_swallow_rows(tmp_path, make_config, delimiter):
     assert set(entries) == {7, 8, 9, 10, 11}  # the quoted field's lines, each reported, none merged into a row
     assert "quoted field opens on this line" in entries[7]["reason"] and "line 11" in entries[7]["reason"]
     assert entries[7]["record"] == lines[5]
-    assert all("quoted field opened at line 7" in entries[k]["reason"] for k in (8, 9, 10, 11))
+    assert all("quoted field opened at line 7" in entries[k]["reason"] for k in (8, 9, 10))
+    # line 11's opening quote ended the runaway field: read again on its own, its own quote is what is wrong there
+    assert entries[11]["reason"].startswith("malformed CSV:") and "line 7" not in entries[11]["reason"]
     assert entries[9]["record"] == lines[7]
     assert all("\n" not in r["text"] for r in kept_rows(version))
 
@@ -1429,3 +1431,63 @@ def test_a_multi_label_cell_holding_one_number_is_that_label(tmp_path, make_conf
     path.write_text("".join(json.dumps({"text": t, "tags": [3, "1,3", 1.0][i % 3]}) + "\n" for i, t in enumerate(texts(30))))
     version = run(make_config, [{"path": str(path)}], task={"type": "multi_label_classification", "label": "tags"})
     assert version.manifest.counts["quarantine"] == 0 and version.manifest.labels == ["1", "3"]
+
+
+def test_semicolon_csv_the_sniffer_gives_up_on_is_read_by_its_header(tmp_path, make_config):
+    # Apostrophes and commas inside `;`-separated text: csv.Sniffer could not tell, the reader fell back to ',' and
+    # said "column(s) not found" for a header that plainly reads `review;rating`.
+    lines = ["review;rating", "I'd come back, the 'special' was great;pos", '"Didn\'t like it; too salty";neg',
+             "Staff weren't friendly;neg", "We'll return - it's 'the' place;pos", "Couldn't fault it;pos"]
+    path = write_lines(tmp_path / "r.csv", lines)
+    version = run(make_config, [{"path": str(path)}], task={"text": "review", "label": "rating"})
+    accounted(version, 5)
+    assert pairs(version) == {("I'd come back, the 'special' was great", "pos"), ("Didn't like it; too salty", "neg"),
+                              ("Staff weren't friendly", "neg"), ("We'll return - it's 'the' place", "pos"),
+                              ("Couldn't fault it", "pos")}
+    # A delimiter set wrongly: the header reads as one column, and the error says which delimiter to set.
+    with pytest.raises(DataError, match=r"r\.csv: column\(s\) not found .* set the source's `delimiter: ';'`"):
+        run(make_config, [{"path": str(path), "delimiter": ","}], task={"text": "review", "label": "rating"})
+
+
+def test_after_an_unclosed_quote_the_next_quoted_record_is_read_whole(tmp_path, make_config):
+    # The runaway field ended at the quote opening line 6's record; the reader went on from line 7, inside that
+    # record, and kept its tail `multiline"` as a row.
+    lines = ["text,label", "first good row,pos", '"broken quote here,neg', "next row one,pos", "next row two,neg",
+             '"ok quoted', 'multiline",pos', "last row,neg"]
+    version = run(make_config, [{"path": str(write_lines(tmp_path / "q.csv", lines))}])
+    accounted(version, 6)
+    assert {(r["line"], r["text"]) for r in kept_rows(version)} == {
+        (2, "first good row"), (6, "ok quoted\nmultiline"), (8, "last row")}
+    entries = by_line(version)
+    assert set(entries) == {3, 4, 5}
+    assert "opens line 6, which is read again" in entries[3]["reason"] and "lines 3-5" in entries[3]["reason"]
+
+
+def test_a_binary_file_in_a_text_folder_is_quarantined_alone(tmp_path, make_config):
+    # A Thumbs.db beside cp1252 reviews turned the folder's one encoding guess to UTF-8: every review was rejected.
+    texts_ = ["Très bon café, service rapide", "Crème brûlée délicieuse", "Un vrai régal, à refaire",
+              "Accueil chaleureux, très agréable", "Déçu par le service", "Plat froid, serveur désagréable",
+              "Trop cher pour la qualité médiocre", "Attente interminable, déçu"]
+    folder = tmp_path / "docs"
+    for i, text in enumerate(texts_):
+        (folder / ["neg", "pos"][i % 2]).mkdir(parents=True, exist_ok=True)
+        (folder / ["neg", "pos"][i % 2] / f"{i}.txt").write_bytes(text.encode("cp1252"))
+    rng = random.Random(0)
+    (folder / "pos" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1\x00\x00"
+                                               + bytes(rng.randrange(256) for _ in range(2000)))
+    version = run(make_config, [{"path": str(folder)}])
+    accounted(version, 9)
+    assert sorted(r["text"] for r in kept_rows(version)) == sorted(texts_)
+    [entry] = version.quarantine()
+    assert entry["source"].endswith("Thumbs.db") and entry["reason"].startswith("not a text file (binary): 'Thumbs.db'")
+
+
+def test_utf8_given_for_a_csv_with_a_bom_and_a_quoted_header(tmp_path, make_config):
+    # `encoding: utf-8` on Excel's "CSV UTF-8" (PowerShell, pandas QUOTE_ALL): the BOM before the opening quote
+    # made the first column '"text"', quotes and all, and the field was not found.
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + "".join(f'"{r["text"]}","{r["label"]}"\r\n'
+                                               for r in [{"text": "text", "label": "label"}, *reviews(6)]).encode())
+    version = run(make_config, [{"path": str(path), "encoding": "utf-8"}])
+    accounted(version, 6)
+    assert pairs(version) == expected_pairs(reviews(6))

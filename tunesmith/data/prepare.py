@@ -7,14 +7,18 @@ memory-mapped table. Every input row ends in exactly one place: a split or the q
 
 from __future__ import annotations
 
+import fcntl
 import itertools
 import json
 import mmap
+import os
 import re
 import shutil
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +40,9 @@ from tunesmith.errors import ConfigError, DataError
 
 BATCH = 10_000  # rows per Arrow record batch while streaming
 CHUNK = 50_000  # rows per chunk of a pass over the table: bounds what a pass holds as Python objects
+# MinHash permutations: fixed, so that which near duplicates go never changes with data.split.seed (only the split
+# should); 42, the default split seed, which they used before, so default datasets stay as they were.
+NEAR_SEED = 42
 REMOVAL_STAGES = ("template", "length", "exact_duplicate", "conflict", "near_duplicate", "leakage")  # after reading
 Progress = Callable[[str, int, int | None], None]  # (task, completed, total) -> None
 
@@ -60,7 +67,7 @@ def category(reason: str) -> str:
     """A reason with its specific values blanked, so that counts group by kind of problem."""
     reason = re.sub(r"'[^']*'|\"[^\"]*\"", "'…'", reason)
     reason = re.sub(r"\[[^\]]*\]|\([^)]*\)", "", reason)
-    return re.sub(r"\d+(\.\d+)?", "N", reason).strip(" :;,")
+    return re.sub(r"(?<![\w-])\d+(\.\d+)?(?![\w-])", "N", reason).strip(" :;,")  # a value, not utf-8's or cp1252's
 
 
 class Quarantine:
@@ -128,15 +135,69 @@ def prepare(cfg: ProjectConfig, out_dir: Path | None = None, progress: Progress 
     out = Path(out_dir or cfg.dataset_dir)
     _check_output_folder(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.staging"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        _Preparation(cfg, staging, progress).run()
-        _swap_into_place(staging, out)
-    finally:
+    # One preparation of a folder at a time (two terminals, two `train` runs preparing it): the staging folder is
+    # fixed, and the second run deleted it under the first, which crashed or published a folder mixing both runs.
+    with _preparation_lock(out):
+        _restore_interrupted_swap(out)
+        _check_output_folder(out)
+        staging = out.parent / f".{out.name}.staging"
         shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        try:
+            _Preparation(cfg, staging, progress).run()
+            _swap_into_place(staging, out)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return DatasetVersion(out)
+
+
+@contextmanager
+def _preparation_lock(out: Path) -> Iterator[None]:
+    """An exclusive lock (flock) on preparing `out`, between processes on one machine; say so when this one waits.
+
+    Not store.db's file_lock: `tune` holds that one on `.{out}.lock` while it calls this (flock does not nest in one
+    process), and this lock file is deleted at the end, as nothing else is left beside the dataset. A run that waited
+    on a file the holder deleted locks the new one instead (the inode check), so two never hold it at once."""
+    lock = out.parent / f".{out.name}.prepare.lock"
+    said = False
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not said:
+                    print(f"waiting for another preparation of {out} to finish", file=sys.stderr, flush=True)
+                    said = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if _same_file(lock, fd):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)  # while still held: one waiting on it finds it gone and locks a new one
+        os.close(fd)
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        here, held = path.stat(), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _restore_interrupted_swap(out: Path) -> None:
+    """A run stopped between the two renames of `_swap_into_place` left the previous version aside: put it back."""
+    old = out.parent / f".{out.name}.old"
+    if (old / MANIFEST).exists() and not (out / MANIFEST).exists() and not (out.exists() and any(out.iterdir())):
+        if out.exists():
+            out.rmdir()
+        old.rename(out)
 
 
 def _check_output_folder(out: Path) -> None:
@@ -146,7 +207,16 @@ def _check_output_folder(out: Path) -> None:
         if path.exists() and not path.is_dir():
             raise DataError(f"{path}: is a file; choose a folder for the dataset (--out or data.output_dir)")
     if out.is_dir() and not (out / MANIFEST).exists() and any(out.iterdir()):
-        raise DataError(f"{out}: exists and is not a tunesmith dataset; choose another output_dir")
+        raise DataError(_not_a_dataset(out))
+
+
+def _not_a_dataset(out: Path) -> str:
+    """Why `out` cannot be replaced: an interrupted preparation's leftover (its files, no manifest) can be deleted;
+    anything else is someone's folder."""
+    if (out / QUARANTINE).exists() or any(out.glob("*.parquet")):
+        return (f"{out}: holds an incomplete dataset without {MANIFEST} (a preparation was interrupted, or two ran at "
+                f"once with an older tunesmith); delete the folder {out} and prepare again")
+    return f"{out}: exists and is not a tunesmith dataset; choose another output_dir"
 
 
 def _swap_into_place(staging: Path, out: Path) -> None:
@@ -155,7 +225,7 @@ def _swap_into_place(staging: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
     if out.exists():
         if not (out / MANIFEST).exists() and any(out.iterdir()):
-            raise DataError(f"{out}: exists and is not a tunesmith dataset; choose another output_dir")
+            raise DataError(_not_a_dataset(out))
         out.rename(old)
     staging.rename(out)
     shutil.rmtree(old, ignore_errors=True)
@@ -557,7 +627,7 @@ class _Preparation:
         n = len(self.sig_index)
         self.sigs = dedup.SignatureStore(self.work, n, spec.num_perm, spec.near_threshold)
         for chunk in dedup.signature_chunks(self.texts(self.sig_index, system=False), spec.num_perm, spec.shingle_size,
-                                            seed=self.cfg.data.split.seed):
+                                            seed=NEAR_SEED):
             self.sigs.append(chunk)
             self.progress("near-duplicate signatures", self.sigs.written, n)
         self.near_examples: list[dict[str, Any]] = []
@@ -565,16 +635,8 @@ class _Preparation:
             step.rows_out = step.rows_in
             return
         i, j, _ = self.sigs.similar_pairs()
-        if self.task in (TaskType.single_label, TaskType.multi_label) and len(i):
-            # "... would recommend it" (pos) and "... would not recommend it" (neg) are 0.88 alike and both worth
-            # learning: near duplicates must also agree on the label (exact ones with other labels are conflicts)
-            column = self.table.column("labels" if self.task == TaskType.multi_label else "label")
-            same = np.array([a == b for a, b in zip(column.take(self.sig_index[i]).to_pylist(),
-                                                    column.take(self.sig_index[j]).to_pylist(), strict=True)], dtype=bool)
-            i, j = i[same], j[same]
-        elif self.task in GENERATIVE_TASKS and len(i):
-            same = self._same_answers(self.sig_index[i], self.sig_index[j])
-            i, j = i[same], j[same]
+        same = self._same_targets(self.sig_index[i], self.sig_index[j])
+        i, j = i[same], j[same]
         rank = self._keep_rank()[self.sig_index] * (n + 1) + np.arange(n)
         rep = dedup.cluster_representatives(n, i, j, rank)
         dup = np.flatnonzero(rep != np.arange(n))
@@ -588,6 +650,28 @@ class _Preparation:
             self.near_examples.append({"removed": ids[0], "kept": ids[1], "similarity": round(sim, 3),
                                        "removed_text": texts[0][:300], "kept_text": texts[1][:300]})
         step.rows_out = int(self.alive.sum())
+
+    def _same_targets(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Which near-alike row pairs (a[k], b[k]) are near duplicates, for dedup and for leakage alike.
+
+        "... would recommend it" (pos) and "... would not recommend it" (neg) are 0.88 alike and both worth learning:
+        classes must also agree on the label (multi-label: the label set; exact copies that disagree are conflicts),
+        the generative tasks on the answers; a regression score is no class, so any alike pair counts."""
+        if not len(a) or self.task == TaskType.regression:
+            return np.ones(len(a), dtype=bool)
+        if self.task in GENERATIVE_TASKS:
+            return self._same_answers(a, b)
+        labels = self.table.select(["labels" if self.task == TaskType.multi_label else "label"])  # label sets: sorted
+        x, y = (take_rows(labels, rows).column(0).to_pylist() for rows in (a, b))
+        return np.array([u == v for u, v in zip(x, y, strict=True)], dtype=bool)
+
+    def _target_rule(self) -> str | None:
+        """The pair rule `_same_targets` applies, as the report says it (None: every alike pair)."""
+        if self.task == TaskType.regression:
+            return None
+        if self.task in GENERATIVE_TASKS:
+            return "pairs with equal answers"
+        return "pairs with equal label sets" if self.task == TaskType.multi_label else "pairs with equal labels"
 
     def _answers(self, rows: np.ndarray) -> Iterator[tuple[str, ...]]:
         """What each row (sorted, unique) teaches the model to say: chat, its assistant turns; preference, the chosen
@@ -612,7 +696,7 @@ class _Preparation:
             px, py = np.searchsorted(rows, x), np.searchsorted(rows, y)
             for texts in zip(*self._answers(rows), strict=True):  # each answer of a row on its own
                 sigs = dedup.minhash_signatures(texts, len(rows), spec.num_perm, spec.shingle_size,
-                                                seed=self.cfg.data.split.seed)
+                                                seed=NEAR_SEED)
                 same[start : start + len(x)] &= dedup.pair_similarity(sigs, px, py) >= spec.near_threshold
         return same
 
@@ -668,12 +752,16 @@ class _Preparation:
         found: list[tuple[int, int, str]] = [(a, b, "exact") for a, b in zip(order[by_key][leak][where].tolist(),
                                                                                first[leak][where].tolist(), strict=True)]
         self.leakage_checked = ["exact"]
-        if not self.cfg.data.dedup.near:  # with near-dedup on, no near pair survives to the split
-            self.leakage_checked.append("near")
+        rule = self._target_rule()  # the pairs that are near duplicates: the same rule as near-dedup's
+        if not self.cfg.data.dedup.near:  # with near-dedup on, no such pair survives to the split
+            self.leakage_checked.append(f"near ({rule})" if rule else "near")
             i, j, sims = self.sigs.similar_pairs(np.searchsorted(self.sig_index, idx))
-            if self.task in GENERATIVE_TASKS and len(i):  # the same question answered otherwise leaks no answer
-                same = self._same_answers(idx[i], idx[j])
-                i, j, sims = i[same], j[same], sims[same]
+            across = self.split_of[idx[i]] != self.split_of[idx[j]]
+            i, j, sims = i[across], j[across], sims[across]
+            # "would recommend" (pos) in train and "would not recommend" (neg) in test leak no label; the same
+            # question answered otherwise leaks no answer
+            same = self._same_targets(idx[i], idx[j])
+            i, j, sims = i[same], j[same], sims[same]
             flagged = {a for a, _, _ in found}
             for a, b, sim in zip(idx[i].tolist(), idx[j].tolist(), sims.tolist(), strict=True):
                 if self.split_of[a] != self.split_of[b]:
@@ -682,7 +770,8 @@ class _Preparation:
                         flagged.add(later)
                         found.append((later, earlier, f"near (similarity {sim:.2f})"))
         else:
-            self.leakage_checked.append("near (removed before splitting)")
+            self.leakage_checked.append(f"near ({rule}, removed before splitting)" if rule else
+                                        "near (removed before splitting)")
         found += self._paraphrases_of_other_splits(idx, {a for a, _, _ in found})
         rows = np.array([a for a, _, _ in found] + [b for _, b, _ in found], dtype=np.int64)
         ids = dict(zip(rows.tolist(), self._ids(rows), strict=True))

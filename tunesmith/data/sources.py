@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import itertools
 import json
 import re
 from collections import Counter
@@ -121,7 +122,16 @@ CONVERTED_KINDS = ("alpaca", "sharegpt", "prompt_completion")
 
 
 def detect_encoding(path: Path, given: str | None) -> str:
+    if given and codecs.lookup(given).name == "utf-8" and _starts_with_bom(path):
+        # `encoding: utf-8` on Excel's "CSV UTF-8": read as utf-8, the BOM stayed before the header's opening quote,
+        # so the first column came out named '"text"', quotes and all
+        return "utf-8-sig"
     return given or guess_encoding(path)[0]
+
+
+def _starts_with_bom(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(3) == b"\xef\xbb\xbf"
 
 
 def guess_encoding(path: Path) -> tuple[str, list[str]]:
@@ -280,7 +290,7 @@ def read_csv(path: Path, spec: SourceSpec, needed: dict[str, Any],
         header = [h.strip().lstrip("\ufeff") for h in header]
         if _has_bad_bytes(header):
             raise DataError(f"{path}:1: header {bad_bytes_error(encoding)}")
-        check_columns(path, header, needed)
+        _check_csv_columns(path, header, needed, delimiter)
         if on_header:
             on_header(header)
         src, rows = str(path), 0
@@ -293,8 +303,15 @@ def read_csv(path: Path, spec: SourceSpec, needed: dict[str, Any],
                 break
             except csv.Error as err:
                 taken = [(n, line) for n, line in enumerate(lines.taken, start=start) if line.strip()]
+                # The quote that ended the runaway field opened the line it is on: that line starts a record of its
+                # own (`"ok quoted` over two lines), so it is read again by a fresh reader. Read on from the line
+                # after, the rest of that record came out as a row of its own (`multiline"`).
+                reread = taken.pop() if len(taken) > 1 and taken[-1][1].startswith('"') else None
+                if reread:
+                    lines.push_back(reread[1])
+                    reader = csv.reader(lines, delimiter=delimiter, strict=True)
                 rows += len(taken)
-                yield from _unclosed_quote(src, taken, err)
+                yield from _unclosed_quote(src, taken, err, reread and reread[0])
                 continue
             if not row:  # a blank line separates nothing and holds nothing
                 continue
@@ -320,33 +337,46 @@ class _Lines:
         self._f = f
         self.number = 0  # lines given so far
         self.taken: list[str] = []
+        self._pending: list[str] = []
 
     def __iter__(self) -> _Lines:
         return self
 
     def __next__(self) -> str:
-        line = next(self._f)
+        line = self._pending.pop() if self._pending else next(self._f)
         self.number += 1
         self.taken.append(line)
         return line
+
+    def push_back(self, line: str) -> None:
+        """Give the last line again, to a fresh reader that parses from it."""
+        self._pending.append(line)
+        self.number -= 1
 
 
 _QUOTE_HINT = ('a field that starts with a quote must end with one just before the delimiter or the line end; '
                'write a quote inside a quoted field as ""')
 
 
-def _unclosed_quote(src: str, taken: list[tuple[int, str]], err: csv.Error) -> Iterator[Raw]:
+def _unclosed_quote(src: str, taken: list[tuple[int, str]], err: csv.Error, reread: int | None = None) -> Iterator[Raw]:
     """The lines of a record the CSV parser gave up on, each quarantined under its own line number: a
-    quoted field that did not close where it should have runs over lines that are rows of their own."""
+    quoted field that did not close where it should have runs over lines that are rows of their own.
+    `reread`: the line whose opening quote the field ran on to, read again as a record of its own."""
     if not taken:
         return
     (first, line), last = taken[0], taken[-1][0]
-    if len(taken) == 1:
+    if reread:
+        why = (f"it runs on to the quote that opens line {reread}, which is read again as a record of its own"
+               + (f", so lines {first}-{last} are quarantined with it" if len(taken) > 1 else ""))
+        yield Raw(src, first, None, f"malformed CSV: a quoted field opens on this line and does not close properly "
+                  f"({why}); {_QUOTE_HINT}", text=_show_bad_bytes(line.rstrip("\r\n")))
+    elif len(taken) == 1:
         yield Raw(src, first, None, f"malformed CSV: {err}; {_QUOTE_HINT}", text=_show_bad_bytes(line.rstrip("\r\n")))
         return
-    yield Raw(src, first, None, f"malformed CSV: a quoted field opens on this line and does not close properly "
-              f"(line {last}: {err}), so lines {first}-{last} are quarantined with it; {_QUOTE_HINT}",
-              text=_show_bad_bytes(line.rstrip("\r\n")))
+    else:
+        yield Raw(src, first, None, f"malformed CSV: a quoted field opens on this line and does not close properly "
+                  f"(line {last}: {err}), so lines {first}-{last} are quarantined with it; {_QUOTE_HINT}",
+                  text=_show_bad_bytes(line.rstrip("\r\n")))
     for number, line in taken[1:]:
         yield Raw(src, number, None, f"malformed CSV: inside the quoted field opened at line {first}, which does "
                   "not close properly; fix that quote and this line is read again",
@@ -367,11 +397,41 @@ def _show_bad_bytes(text: str) -> str:
     return _BAD_BYTES.sub(lambda m: f"\\x{ord(m.group()) - 0xDC00:02x}", text)
 
 
+DELIMITERS = ",;\t|"  # the ones files use; a sniffed guess picks among them
+
+
 def _sniff_delimiter(sample: str) -> str:
     try:
-        return csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
-    except csv.Error:
-        return ","
+        return csv.Sniffer().sniff(sample, delimiters=DELIMITERS).delimiter
+    except csv.Error:  # apostrophes and commas inside `;`-separated text defeat it ("Could not determine delimiter")
+        return _consistent_delimiter(sample)
+
+
+def _consistent_delimiter(sample: str, rows: int = 20) -> str:
+    """The candidate in the header line that splits the most of the first rows into as many fields as the header
+    has (ties: the first of DELIMITERS); ',' when none is in the header."""
+    header_line = sample.split("\n", 1)[0]
+    best, best_score = ",", -1
+    for delimiter in (d for d in DELIMITERS if d in header_line):
+        records = list(itertools.islice(csv.reader(io.StringIO(sample), delimiter=delimiter), rows + 1))
+        width = len(records[0]) if records else 0
+        score = sum(len(r) == width for r in records[1:])
+        if width > 1 and score > best_score:
+            best, best_score = delimiter, score
+    return best
+
+
+def _check_csv_columns(path: Path, header: list[str], needed: dict[str, Any], delimiter: str) -> None:
+    """check_columns, saying which delimiter to set when the header read as one column that holds another one."""
+    try:
+        check_columns(path, header, needed)
+    except DataError as err:
+        others = [d for d in DELIMITERS if d != delimiter and len(header) == 1 and d in header[0]]
+        if not others:
+            raise
+        shown = {"\t": "\"\\t\""}.get(others[0], f"'{others[0]}'")
+        raise DataError(f"{err}. The header reads as one column split by {shown}, not by {delimiter!r}: set the "
+                        f"source's `delimiter: {shown}`") from None
 
 
 def read_jsonl(path: Path, encoding: str | None) -> Iterator[Raw]:
@@ -598,6 +658,10 @@ def read_text_folder(path: Path, encoding: str | None) -> Iterator[Raw]:
         for file in files[label_dir]:
             found += 1
             data = file.read_bytes()  # read once: its own encoding is told from the same bytes
+            if _binary(data):
+                yield Raw(str(file), 1, None,
+                          f"not a text file (binary): '{file.name}'; move it out of the label folder")
+                continue
             enc = encoding or _own_encoding(data) or shared
             try:
                 text = data.decode(enc).replace("\r\n", "\n").replace("\r", "\n")  # as read_text's universal newlines
@@ -615,8 +679,8 @@ def _folder_encoding(files: list[Path]) -> str:
     for file in files:
         with file.open("rb") as f:
             data = f.read(SNIFF_BYTES + 1)
-        if data.startswith(BOMS):
-            continue  # says its own
+        if data.startswith(BOMS) or _binary(data):
+            continue  # says its own; a Thumbs.db beside cp1252 files made the guess UTF-8, and every file was rejected
         if len(sample) + len(data) > SNIFF_BYTES:
             if not sample:
                 sample, cut = data[:SNIFF_BYTES], True
@@ -626,6 +690,11 @@ def _folder_encoding(files: list[Path]) -> str:
 
 
 BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")  # UTF-8's, UTF-16's (little and big endian)
+
+
+def _binary(data: bytes) -> bool:
+    """Bytes no text file holds: a NUL outside UTF-16 or UTF-32 (an image, Thumbs.db, a .docx)."""
+    return b"\x00" in data and not data.startswith(BOMS[1:]) and _utf16_without_bom(data[:SNIFF_BYTES]) is None
 
 
 def _own_encoding(data: bytes) -> str | None:
