@@ -390,3 +390,56 @@ def test_two_starts_at_once_refuse_the_second_clearly(store_url: str, tmp_path: 
     event.listen(store._sessions, "before_flush", the_other_start_wins, once=True)
     with pytest.raises(ConfigError, match=r"'reviews' already has a running A/B test \(ab-other\)"):
         ab.start("reviews", {"v1": 0.5, "v2": 0.5})
+
+
+def test_promote_and_rollback_are_refused_while_a_test_runs_on_the_model(store_url: str, tmp_path: Path) -> None:
+    """Serving follows a running test, not production: a promotion (or rollback) during one was accepted, listed as
+    production, and got no traffic. Refused, naming the test and `ab stop --promote`; allowed again once it stops."""
+    from tunesmith.registry.service import ABTestRunning
+
+    store, ab = setup(store_url, tmp_path)
+    registry = Registry(store)
+    registry.promote("reviews", 2)
+    test = ab.start("reviews", {"v1": 0.5, "v2": 0.5}, horizon=30)
+    for change in (lambda: registry.promote("reviews", 3), lambda: registry.rollback("reviews"),
+                   lambda: registry.add(fake_run(tmp_path / "r4", 0.9), "reviews", stage="production")):
+        with pytest.raises(ABTestRunning, match=rf"running A/B test \({test.id}.*ab stop --model reviews --promote VERSION"):
+            change()
+    assert registry.production("reviews").version == 2 and len(registry.versions("reviews")) == 3
+    other = Registry(store)  # another replica's or operator's registry on the store: the test is in the store
+    with pytest.raises(ConfigError, match="running A/B test"):
+        other.promote("reviews", 3)
+    ab.stop("reviews")
+    assert registry.promote("reviews", 3).stage == "production"
+    assert registry.rollback("reviews").version == 2
+
+
+def test_stop_whose_promotion_is_refused_leaves_the_test_running_without_a_winner(store_url: str, tmp_path: Path) -> None:
+    """`ab stop --promote v2` with v2's run folder gone: the test was stopped with winner v2 and nothing promoted,
+    and a retry said no test runs. Now nothing changes until the promotion can go through."""
+    store, ab = setup(store_url, tmp_path)
+    ab.start("reviews", {"v1": 0.5, "v2": 0.5}, horizon=30)
+    (tmp_path / "r2").rename(tmp_path / "r2.moved")
+    with pytest.raises(ConfigError, match=f"version 2 of 'reviews' cannot go to production: {tmp_path / 'r2'} is gone"):
+        ab.stop("reviews", promote="v2")
+    status = ab.status("reviews")
+    assert status.status == "running" and status.winner is None
+    assert Registry(store).production("reviews").version == 1
+    (tmp_path / "r2.moved").rename(tmp_path / "r2")
+    stopped = ab.stop("reviews", promote="v2")  # the retry
+    assert stopped.status == "stopped" and stopped.winner == "v2" and Registry(store).production("reviews").version == 2
+
+
+def test_a_variant_or_shadow_whose_run_folder_is_gone_is_refused_at_start(store_url: str, tmp_path: Path) -> None:
+    """Registration alone was checked: a test on a version no replica could load was stored as running while every
+    replica logged "could not apply" and served production."""
+    _, ab = setup(store_url, tmp_path)
+    (tmp_path / "r3" / "model").rmdir()
+    for variants, shadow in (({"v1": 0.5, "v3": 0.5}, None), ({"v1": 0.5, "v2": 0.5}, "v3")):
+        role = "shadow" if shadow else "variant"
+        with pytest.raises(ConfigError, match=f"version 3 of 'reviews' cannot be an A/B test's {role}: "
+                                              f"{tmp_path / 'r3' / 'model'} is gone"):
+            ab.start("reviews", variants, shadow=shadow, horizon=30)
+    with pytest.raises(NotFound):
+        ab.status("reviews")  # nothing was stored
+    assert ab.start("reviews", {"v1": 0.5, "v2": 0.5}, horizon=30).status == "running"

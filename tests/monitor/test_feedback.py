@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from tunesmith.errors import ApiError, ConfigError, NotFound
-from tunesmith.monitor.feedback import FeedbackCreated, FeedbackRequest, FeedbackService
+from tunesmith.monitor.feedback import FIND_WAIT_S, FeedbackCreated, FeedbackRequest, FeedbackService
 from tunesmith.monitor.log import PredictionLog
 from tunesmith.store.db import Store
 from tunesmith.store.schema import Feedback, Prediction
@@ -402,3 +403,24 @@ def test_the_export_joins_labels_with_the_registered_runs_separator_by_default(s
     assert service.export("tags", tmp_path / "c.csv") == 1
     assert list(csv.DictReader((tmp_path / "c.csv").open()))[0]["label"] == "food;price"
     assert service.label_separator("unknown") == ","
+
+
+def test_feedback_on_another_replicas_answer_still_on_its_way_to_the_store_is_found(store_url: str) -> None:
+    """Two replicas on one store: feedback sent to B right after A answered was a 404 (A's row still in its log's
+    writer; B flushed only its own log) and was lost. B now looks again for a while; an unknown id is still a 404."""
+    store = Store(store_url)
+    log_a, log_b = PredictionLog(store), PredictionLog(store)
+    service_b = FeedbackService(store, log_b)
+    late = threading.Timer(0.3, lambda: log_a.record("req-a", "reviews", "reviews-v1", "predict", ["great tea"],
+                                                     [LABELS], 3.0))
+    late.start()  # committed by A's writer some time after B is asked
+    created = service_b.submit(FeedbackRequest(request_id="req-a", rating="up"))
+    assert isinstance(created, FeedbackCreated) and created.request_id == "req-a"
+    started = time.monotonic()
+    unknown = service_b.submit(FeedbackRequest(request_id="req-never", rating="up"))
+    assert isinstance(unknown, ApiError) and (unknown.status, unknown.code) == (404, "request_not_found")
+    assert FIND_WAIT_S <= time.monotonic() - started < FIND_WAIT_S + 2  # looked for a bounded time only
+    late.join()
+    log_a.close()
+    log_b.close()
+    store.close()

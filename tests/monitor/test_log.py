@@ -41,19 +41,24 @@ def test_the_purge_keeps_the_answer_shape_of_rows_logged_before_shapes_were(stor
     store.close()
 
 
-def test_a_client_request_id_is_claimed_by_one_request_until_its_answer_is_on_record(store_url: str) -> None:
-    """Two requests under one X-Request-ID both answered: feedback on the second bound to the first one's text."""
+def test_a_client_request_id_is_kept_once_across_two_replicas_on_one_store(store_url: str) -> None:
+    """Two servers on one store: each saw only its own requests in flight and committed rows, so the second replica
+    answered a reused X-Request-ID and its writer put the answer under a random id the client never saw (feedback on
+    the id bound to the first replica's text). The first write under a client's id wins in the store, for both."""
     store = Store(store_url)
-    log = PredictionLog(store)
-    assert log.claim("dup-1") and not log.claim("dup-1")  # a request in flight holds it
-    log.release("dup-1")  # refused or failed: nothing on record, a retry may use it
-    assert log.claim("dup-1")
-    log.record("dup-1", "reviews", "v1", "predict", ["great"], [{"label": "pos"}], 1.0)
-    assert not log.claim("dup-1")  # answered, not yet written
-    assert log.flush()
-    assert not log.claim("dup-1") and not log._claimed  # on record: the store answers from now on
-    log.close()
+    log_a, log_b = PredictionLog(store), PredictionLog(store)
+    assert log_a.record_once("dup-1", "reviews", "v1", "predict", ["great tea"], [{"label": "pos"}], 1.0)
+    # on record before the answer goes: the other replica is refused at once, no writer to wait for
+    assert not log_b.record_once("dup-1", "reviews", "v1", "predict", ["stale coffee"], [{"label": "neg"}], 1.0)
+    assert not log_a.record_once("dup-1", "reviews", "v1", "predict", ["sour milk"], [{"label": "neg"}], 1.0)
+    log_b.record("dup-2", "reviews", "v1", "predict", ["flat soda"], [{"label": "neg"}], 1.0)  # queued, then written
+    assert log_b.flush() and not log_a.record_once("dup-2", "reviews", "v1", "predict", ["x"], [{"label": "neg"}], 1.0)
+    log_a.close()
+    log_b.close()
+    with store.session() as s:
+        rows = {r.request_id: r.inputs for r in s.query(Prediction).all()}
     store.close()
+    assert rows == {"dup-1": ["great tea"], "dup-2": ["flat soda"]}  # nothing renamed, nothing refused written
 
 
 def test_an_answer_whose_id_is_already_on_record_is_kept_under_a_new_id_with_a_warning(
@@ -65,8 +70,8 @@ def test_an_answer_whose_id_is_already_on_record_is_kept_under_a_new_id_with_a_w
     log.record("dup-1", "reviews", "v1", "predict", ["great coffee"], [{"label": "pos"}], 1.0)
     assert log.flush()
     log.record("dup-1", "reviews", "v1", "predict", ["stale bread"], [{"label": "neg"}], 1.0)  # another batch
-    for text in ("sour milk", "flat soda"):  # twice in one batch
-        log.record("dup-2", "reviews", "v1", "predict", [text], [{"label": "neg"}], 1.0)
+    for said in ("sour milk", "flat soda"):  # twice in one batch
+        log.record("dup-2", "reviews", "v1", "predict", [said], [{"label": "neg"}], 1.0)
     assert log.flush()
     log.close()
     with store.session() as s:

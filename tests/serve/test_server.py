@@ -656,4 +656,3 @@ def test_a_reused_x_request_id_is_refused_with_409_so_feedback_never_binds_to_an
     kept = a if a.status_code == 200 else b
     assert rows["dup-1"] == ["good coffee"] and rows["err-1"] == ["good bread"]
     assert rows["dup-2"] == (["good tea"] if kept is a else ["stale bread"])
-    assert log._claimed == set()

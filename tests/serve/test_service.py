@@ -943,3 +943,27 @@ def test_a_text_empty_once_cleaned_as_the_model_reads_it_is_refused_as_empty(req
     assert err.message.startswith(f"{param} is empty once cleaned") and engine.calls == []
     answered = run(service.predict(p.PredictRequest(text="<b>good</b> &amp; \u200bfresh")))  # text besides the markup
     assert answered.predictions[0].label == "pos"
+
+
+def test_an_x_request_id_used_on_one_replica_is_refused_on_the_other(store_url: str) -> None:
+    """Two replicas on one store: the second answered a reused X-Request-ID with a 200 under that id, logged it under a
+    random one, and feedback on the id bound to the first replica's text. Refused now, even right after the first."""
+    from tunesmith.monitor.log import PredictionLog
+    from tunesmith.store.db import Store
+    from tunesmith.store.schema import Prediction
+
+    store = Store(store_url)
+    logs = [PredictionLog(store), PredictionLog(store)]
+    a, b = (Service([served("sequence", FakeClassifier(), "clf")], ServeSpec(batch_wait_ms=0), log=log) for log in logs)
+    first = run(a.predict(p.PredictRequest(text="good tea"), "client-1", client_id=True))
+    again = run(b.predict(p.PredictRequest(text="stale coffee"), "client-1", client_id=True))
+    made = [run(s.predict(p.PredictRequest(text="good"), None)) for s in (a, b)]  # the server's own ids: queued
+    for log in logs:
+        log.close()
+    with store.session() as s:
+        rows = {r.request_id: r.inputs for r in s.query(Prediction).all()}
+    store.close()
+    assert isinstance(first, p.PredictResponse) and first.id == "client-1"
+    assert isinstance(again, ServiceError) and (again.status, again.param, again.code) == (409, "X-Request-ID", "request_id_reused")
+    assert all(isinstance(m, p.PredictResponse) for m in made)
+    assert rows.pop("client-1") == ["good tea"] and sorted(rows.values()) == [["good"], ["good"]]

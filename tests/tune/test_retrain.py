@@ -95,28 +95,33 @@ def test_retrain_fixes_a_planted_error_corrected_through_the_feedback_endpoint(t
     assert paris_accuracy(candidate, test_paris) >= 0.9  # the new version fixes the error on the test split
     judged = outcome.report["judged"]
     assert judged["test"]["paired"]["candidate"] > judged["test"]["paired"]["reference"]
-    assert judged["feedback"]["n"] == 12 and judged["feedback"]["paired"]["p_better"] < 0.05
+    assert judged["feedback"]["n"] == 11 and judged["feedback"]["paired"]["p_better"] < 0.05
 
-    # The test split is frozen: the same rows; the two corrections repeating test texts were kept out.
+    # The test split is frozen: the same rows; the two corrections repeating test texts were kept out, and so were
+    # those close to one (two training texts near a test text of the other label, which the test split keeps: a
+    # near pair of classes must share its label to be a leak; and a new text).
     dataset = tmp_path / "retrain" / "dataset"
     old_test, new_test = pq.read_table(tmp_path / "ds" / "test.parquet"), pq.read_table(dataset / "test.parquet")
     assert new_test.equals(old_test)
     kept_out = outcome.report["dataset"]["kept_out"]
     assert sorted(k["text"] for k in kept_out if k["match"] == "exact") == sorted(test_paris[:2])
-    assert [k["match"][:4] for k in kept_out if k["match"] != "exact"] == ["near"]  # a new text close to a test one
+    assert [k["match"][:4] for k in kept_out if k["match"] != "exact"] == ["near"] * 3
     trained = set(pq.read_table(dataset / "train.parquet").column("text").to_pylist())
     assert not trained & set(test_paris)
     held = set(pq.read_table(dataset / HELD_OUT).column("text").to_pylist())
-    assert len(held) == 12 and not held & trained
-    # Every mislabelled training/validation example was replaced by its correction.
+    assert len(held) == 11 and not held & trained
+    # Every mislabelled training/validation example was replaced by its correction, or removed where the correction
+    # was kept out (near a test text): the user said that label is wrong.
     for split in ("train", "validation"):
         t = pq.read_table(dataset / f"{split}.parquet").to_pylist()
         assert all(r["label"] == "pos" for r in t if r["text"].startswith("paris")), split
     quarantine = [json.loads(line) for line in (dataset / "quarantine.jsonl").read_text().splitlines()]
-    assert sum(q["stage"] == "frozen_split" for q in quarantine) == 3
+    assert sum(q["stage"] == "frozen_split" for q in quarantine) == 5
     mislabelled = sum(t.startswith("paris") for s in ("train", "validation")
                       for t in pq.read_table(tmp_path / "ds" / f"{s}.parquet").column("text").to_pylist())
     assert sum(q["stage"] == "superseded" for q in quarantine) == mislabelled >= 34
+    removed = [x for x in outcome.report["dataset"]["superseded"] if x["correction"] == "kept out"]
+    assert len(removed) == 2 and all(x["split"] == "train" for x in removed)
     report = (tmp_path / "retrain" / "report.md").read_text()
     assert "promoted" in report and "McNemar" in report and "kept out" in report
     lineage = registry.version("reviews", 2).lineage
@@ -328,6 +333,32 @@ def test_an_ab_test_started_while_the_round_trained_leaves_a_candidate_and_a_rep
     assert json.loads((tmp_path / "rt" / "report.json").read_text())["decision"] == "candidate"
     assert "stays a candidate" in (tmp_path / "rt" / "report.md").read_text()
     assert sorted(v.name for v in ABService(store).status("reviews").variants) == ["v1", "v2"]
+
+
+def test_an_ab_test_started_while_an_if_better_round_trained_leaves_a_candidate_and_a_report(
+        tmp_path: Path, tiny_bert: Path, monkeypatch) -> None:
+    """--promote if_better: the registry refuses a promotion while a test runs on the model (it would get no traffic);
+    the round must not fail over it: the candidate stays registered and the report names the test."""
+    import tunesmith.training as training
+    from tunesmith.monitor.ab import ABService
+
+    _, store, registry = _production_candidate_and_corrections(tmp_path, tiny_bert, max_steps=2)
+    real = training.train
+    started = []
+
+    def meanwhile(*args, **kwargs):
+        run = real(*args, **kwargs)
+        started.append(ABService(store).start("reviews", {"v1": 0.5, "v2": 0.5}, horizon=100).id)
+        return run
+
+    monkeypatch.setattr(training, "train", meanwhile)
+    outcome = retrain(store, "reviews", out=tmp_path / "rt", promote="if_better",
+                      settings={"require_feedback_gain": False, "max_test_drop": 1.0}, say=lambda _: None)
+    assert outcome.decision == "candidate", outcome.reasons
+    assert any("not promoted" in r and started[0] in r and "ab stop" in r for r in outcome.reasons), outcome.reasons
+    assert registry.version("reviews", 3).stage == "candidate" and registry.production("reviews").version == 1
+    assert json.loads((tmp_path / "rt" / "report.json").read_text())["decision"] == "candidate"
+    assert started[0] in (tmp_path / "rt" / "report.md").read_text()
 
 
 def test_a_production_dataset_without_a_test_split_is_refused_before_training(tmp_path: Path, tiny_bert: Path) -> None:

@@ -28,9 +28,9 @@ from sqlalchemy.exc import IntegrityError
 from tunesmith.errors import ConfigError, NotFound
 from tunesmith.monitor import stats
 from tunesmith.monitor.feedback import first_per_item, is_positive, is_rating
-from tunesmith.registry.service import Registry
+from tunesmith.registry.service import Registry, loadable
 from tunesmith.store.db import Store
-from tunesmith.store.schema import ABTest, Feedback, Prediction
+from tunesmith.store.schema import ABTest, Feedback, ModelVersion, Prediction
 
 WEIGHT_TOLERANCE = 0.005  # an even three-way split written to three places (0.333 each) is one; weights are then scaled to 1
 
@@ -154,13 +154,13 @@ class ABService:
         weights = {name: w / total for name, w in weights.items()}  # every user lands in a variant
         versions = {name: _version_of(name) for name in weights}
         for name, version in versions.items():
-            self.registry.version(model, version)  # NotRegistered names the model and version
+            self._servable(model, version, "be an A/B test's variant")
         shadow_entry = None
         if shadow:
             shadow_entry = {"name": shadow, "version": _version_of(shadow)}
-            self.registry.version(model, shadow_entry["version"])
             if shadow in weights:
                 raise ConfigError(f"the shadow '{shadow}' is already a variant; a shadow gets a copy of the traffic, not a share")
+            self._servable(model, shadow_entry["version"], "be an A/B test's shadow")
         try:  # checked before the test is stored: a stored bad alpha or horizon would break every later status
             stats.check_alpha(alpha)
             # baseline and MDE only plan a horizon: a given one stands even where baseline + MDE leaves (0, 1)
@@ -184,6 +184,12 @@ class ABService:
                 _refuse_a_second(s, model)
             raise
         return self.status(model, test_id)
+
+    def _servable(self, model: str, version: int, to: str) -> None:
+        """Registered (NotRegistered names the model and version) and its run folder there: a test on a version no
+        replica can load was stored as running while every replica logged "could not apply" and served as before."""
+        info = self.registry.version(model, version)
+        loadable(model, version, info.run, to=to, then="test")
 
     def running(self, model: str) -> Route | None:
         with self.store.session() as s:
@@ -275,7 +281,9 @@ class ABService:
                         difference_ci=ci, verdict=words, method=method, winner=winner, decided=decided, scores=score_result)
 
     def stop(self, model: str, promote: str | None = None) -> ABStatus:
-        """End the running test; `promote` puts that variant's version in production."""
+        """End the running test; `promote` puts that variant's version in production. One transaction: a promotion the
+        registry refuses (its run folder gone) leaves the test running, with no winner, for a retry; stopped first,
+        the test had ended with that winner recorded and nothing promoted."""
         with self.store.session() as s:
             running = (ABTest.model == model, ABTest.status == "running")
             Store.lock(s, ABTest, *running)  # two stops at once: the second finds none running
@@ -287,14 +295,16 @@ class ABService:
                 raise ConfigError(f"--promote {promote}: not a variant of this test ({sorted(names)})")
             test.status, test.stopped, test.winner = "stopped", time.time(), promote
             test_id = test.id
-        if promote is not None and not self._in_production(model, names[promote]):
-            self.registry.promote(model, names[promote])
+            s.flush()  # stopped in this transaction: the registry refuses production changes while a test runs
+            if promote is not None and not self._in_production(s, model, names[promote]):
+                self.registry.promote(model, names[promote], session=s)
         return self.status(model, test_id)
 
-    def _in_production(self, model: str, version: int) -> bool:
+    @staticmethod
+    def _in_production(s: Any, model: str, version: int) -> bool:
         """Keeping production (the incumbent won) is no promotion: the registry refuses it as already there."""
-        current = self.registry.production(model)
-        return current is not None and current.version == version
+        return s.scalar(select(ModelVersion.version).where(ModelVersion.model == model,
+                                                           ModelVersion.stage == "production")) == version
 
 
 def _predicted_labels(outputs: Any, index: int) -> set[str] | None:

@@ -20,9 +20,15 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from sqlalchemy import and_, func, select
 
 from tunesmith.errors import ApiError, ConfigError, NotFound, TunesmithError
-from tunesmith.monitor.log import MAX_REQUEST_ID, PredictionLog, answer_shape
+from tunesmith.monitor.log import MAX_REQUEST_ID, WAIT_S, PredictionLog, answer_shape
 from tunesmith.store.db import Store
 from tunesmith.store.schema import Feedback, ModelVersion, Prediction
+
+# An answer another replica gave reaches the store from its log's writer (up to WAIT_S, then a commit): feedback sent
+# here right after it found no row and was lost with a 404. Looked for again for this long (well above WAIT_S and a
+# slow commit) before the 404, which a truly unknown id then gets this much later.
+FIND_WAIT_S = 1.0
+FIND_POLL_S = WAIT_S  # between looks: the writer's own pace, so an answer is found soon after its batch commits
 
 
 def is_rating(f: Feedback) -> bool:
@@ -89,11 +95,7 @@ class FeedbackService:
         if req.rating is None and req.label is None and req.value is None and req.answer is None:
             return ApiError(400, "feedback needs a rating ('up', 'down' or 1-5) or a correction (label, value or answer)",
                             param="rating")
-        with self.store.session() as s:
-            prediction = s.get(Prediction, req.request_id)
-        if prediction is None and self.log is not None and self.log.flush():  # it may still be on its way to the store
-            with self.store.session() as s:
-                prediction = s.get(Prediction, req.request_id)
+        prediction = self._find(req.request_id)
         if prediction is None:
             return ApiError(404, f"no answered request with id '{req.request_id}' (send the id of a prediction or chat "
                                  "answer this server gave)", param="request_id", code="request_not_found")
@@ -120,6 +122,22 @@ class FeedbackService:
             self.on_accept(prediction, row)
         assert first is not None
         return FeedbackCreated(id=first.id, request_id=first.request_id, created_at=int(first.created))
+
+    def _find(self, request_id: str) -> Prediction | None:
+        """The answer `request_id` names: this server's own may still be on its way to the store (flushed first),
+        another replica's (one store behind a load balancer) is looked for until FIND_WAIT_S has passed."""
+        prediction = self._get(request_id)
+        if prediction is None and self.log is not None and self.log.flush():
+            prediction = self._get(request_id)
+        deadline = time.monotonic() + FIND_WAIT_S
+        while prediction is None and time.monotonic() < deadline:
+            time.sleep(FIND_POLL_S)
+            prediction = self._get(request_id)
+        return prediction
+
+    def _get(self, request_id: str) -> Prediction | None:
+        with self.store.session() as s:
+            return s.get(Prediction, request_id)
 
     def _insert(self, s: Any, values: dict[str, Any]) -> bool:
         return s.scalar(self.store.insert(Feedback).values(**values).on_conflict_do_nothing(index_elements=["id"])

@@ -64,46 +64,41 @@ class PredictionLog:
         self._queue: queue.Queue[Any] = queue.Queue()
         self._thread = threading.Thread(target=self._write, name="tunesmith-prediction-log", daemon=True)
         self.errors = 0
-        # Client request ids taken by a request still being answered, or answered and not yet committed: what the
-        # store cannot tell yet. A second request under one of them is refused (see claim()).
-        self._claimed: set[str] = set()
-        self._claims = threading.Lock()
         self._handled = 0  # rows the writer has finished with (written or reported): close()'s sign of progress
         self._thread.start()
 
     def record(self, request_id: str, model: str, model_version: str, kind: str, inputs: Sequence[Any],
                outputs: Sequence[Any], latency_ms: float, user_id: str | None = None, variant: str | None = None) -> None:
         """Queue one answered request (never blocks)."""
-        self._queue.put({"request_id": request_id, "model": model, "model_version": model_version, "kind": kind,
-                         "created": time.time(), "latency_ms": latency_ms, "user_id": user_id, "variant": variant,
-                         "inputs": list(inputs) if self.log_inputs else None,
-                         "outputs": list(outputs) if self.log_inputs else None, "answer_shape": answer_shape(outputs)})
+        self._queue.put(self._row(request_id, model, model_version, kind, inputs, outputs, latency_ms, user_id, variant))
 
-    def claim(self, request_id: str) -> bool:
-        """Take a client's request id for one request: False when it is on record or taken by a request in flight.
-        Feedback names an answer by its id, so a second request under one id had its feedback checked against, and
-        stored with, the first one's text. Kept until the request's row is committed (the store answers from then on)
-        or release() gives it back. A store that cannot be asked lets the request through: the log's insert
-        keeps a clash under a new id, with a warning (_commit)."""
-        with self._claims:
-            if request_id in self._claimed:
-                return False
-            self._claimed.add(request_id)
+    def record_once(self, request_id: str, model: str, model_version: str, kind: str, inputs: Sequence[Any],
+                    outputs: Sequence[Any], latency_ms: float, user_id: str | None = None,
+                    variant: str | None = None) -> bool:
+        """Write one answered request under a client's request id now, before it is answered: False (nothing written)
+        when that id is on record already, from this server or another on the store. Feedback names an answer by its
+        id, and a reused one bound feedback on the second answer to the first one's text; the store's key settles it
+        for every replica (a claim kept in this process saw neither the other replicas' requests nor their rows still
+        queued). A store that cannot take it now lets the request through: the row goes the queued way, where a clash
+        is kept under a new id with a warning (_commit)."""
+        row = self._row(request_id, model, model_version, kind, inputs, outputs, latency_ms, user_id, variant)
         try:
-            with self.store.session() as s:  # the key alone: not the row's inputs and outputs
-                found = s.execute(select(Prediction.request_id).where(Prediction.request_id == request_id)).first()
-            taken = found is not None
+            with self.store.session() as s:
+                return s.scalar(self.store.insert(Prediction).values(row)
+                                .on_conflict_do_nothing(index_elements=["request_id"])
+                                .returning(Prediction.request_id)) is not None
         except Exception as err:  # noqa: BLE001 - the log must never take the server down
-            print(f"prediction log: could not look up request id {request_id!r}: {type(err).__name__}: {err}", flush=True)
-            taken = False
-        if taken:
-            self.release(request_id)
-        return not taken
+            print(f"prediction log: could not write request {request_id!r} now ({type(err).__name__}: {err}); "
+                  "queued for the writer", flush=True)
+            self._queue.put(row)
+            return True
 
-    def release(self, request_id: str) -> None:
-        """Give back a claimed id whose request ended without an answer on record (refused, failed): a retry may use it."""
-        with self._claims:
-            self._claimed.discard(request_id)
+    def _row(self, request_id: str, model: str, model_version: str, kind: str, inputs: Sequence[Any],
+             outputs: Sequence[Any], latency_ms: float, user_id: str | None, variant: str | None) -> dict[str, Any]:
+        return {"request_id": request_id, "model": model, "model_version": model_version, "kind": kind,
+                "created": time.time(), "latency_ms": latency_ms, "user_id": user_id, "variant": variant,
+                "inputs": list(inputs) if self.log_inputs else None,
+                "outputs": list(outputs) if self.log_inputs else None, "answer_shape": answer_shape(outputs)}
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every row recorded before this call is committed."""
@@ -174,11 +169,8 @@ class PredictionLog:
                 except queue.Empty:
                     break
             if rows:
-                ids = [row["request_id"] for row in rows]  # before _commit gives a clashing row a new one
                 self._insert(rows)
                 self._handled += len(rows)
-                with self._claims:  # on record now (or reported lost): the store answers claim() for these
-                    self._claimed.difference_update(ids)
             for event in waiting:
                 event.set()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 from tunesmith.artifacts import MODEL_DIR, RUN_MANIFEST, Run, is_run
 from tunesmith.errors import ConfigError, NotFound
 from tunesmith.store.db import Store
-from tunesmith.store.schema import ModelVersion, RegisteredModel, RegistryEvent
+from tunesmith.store.schema import ABTest, ModelVersion, RegisteredModel, RegistryEvent
 
 Stage = Literal["candidate", "production", "archived"]
 STAGES: tuple[Stage, ...] = ("candidate", "production", "archived")
@@ -28,6 +29,10 @@ class NotRegistered(NotFound):
 
 class ProductionChanged(ConfigError):
     """Another promotion or rollback happened since a candidate was judged against the production it would replace."""
+
+
+class ABTestRunning(ConfigError):
+    """A production change while an A/B test runs on the model: serving follows the test, so it would get no traffic."""
 
 
 class VersionInfo(BaseModel):
@@ -64,14 +69,27 @@ def missing(run_path: str | Path) -> Path | None:
     return None
 
 
-def _loadable(v: ModelVersion) -> None:
-    """Refuse production to a version serve cannot load: the registry would say it is production while serve kept
-    the old one and logged "could not load" every second."""
-    gone = missing(v.run_path)
+def loadable(model: str, version: int, run_path: str, to: str = "go to production", then: str = "promote") -> None:
+    """Refuse a version serve cannot load: in production the registry would say it is production while serve kept
+    the old one and logged "could not load" every second; in an A/B test (`to`, `then`: what was asked) the test
+    would run in the store while no replica applied it."""
+    gone = missing(run_path)
     if gone is not None:
-        raise ConfigError(f"version {v.version} of '{v.model}' cannot go to production: {gone} is gone (moved, or its "
-                          f"fine-tuned model was deleted); move the run folder back to {v.run_path}, or register where "
-                          f"it is now with `tunesmith registry add RUN --model {v.model}` and promote that version")
+        raise ConfigError(f"version {version} of '{model}' cannot {to}: {gone} is gone (moved, or its "
+                          f"fine-tuned model was deleted); move the run folder back to {run_path}, or register where "
+                          f"it is now with `tunesmith registry add RUN --model {model}` and {then} that version")
+
+
+def _no_test_running(s: Session, model: str, action: str) -> None:
+    """Refuse a production change while an A/B test runs on `model`: serving follows the test's split, not production,
+    so a promotion or rollback was accepted, listed as production, and got no traffic until the test stopped."""
+    test = s.scalar(select(ABTest).where(ABTest.model == model, ABTest.status == "running"))
+    if test is not None:
+        names = [v["name"] for v in test.variants]
+        raise ABTestRunning(f"'{model}' has a running A/B test ({test.id}, variants {', '.join(names)}) and serving "
+                            f"follows it, not production: a {action} now would get no traffic. End the test with "
+                            f"`tunesmith ab stop --model {model} --promote VERSION` (one of {', '.join(names)}) to put "
+                            f"a variant in production, or `tunesmith ab stop --model {model}` and {action} then")
 
 
 def _info(v: ModelVersion) -> VersionInfo:
@@ -158,10 +176,13 @@ class Registry:
             v = s.scalar(select(ModelVersion).where(ModelVersion.model == model, ModelVersion.stage == "production"))
             return _info(v) if v else None
 
-    def promote(self, model: str, version: int, replacing: int | None = None) -> VersionInfo:
+    def promote(self, model: str, version: int, replacing: int | None = None, session: Session | None = None
+                ) -> VersionInfo:
         """`version` goes to production; the one there before is archived (rollback brings it back). `replacing`:
-        only if that version is still production (checked under the model's lock), else ProductionChanged."""
-        with self.store.session() as s:
+        only if that version is still production (checked under the model's lock), else ProductionChanged. Refused
+        while an A/B test runs on the model (ABTestRunning). `session`: in the caller's transaction (ab stop --promote:
+        the test stops only if the promotion goes through)."""
+        with nullcontext(session) if session is not None else self.store.session() as s:
             target = self._version(s, model, version, lock=True)
             if target.stage == "production":
                 raise ConfigError(f"version {version} of '{model}' is already in production")
@@ -171,7 +192,7 @@ class Registry:
                 if now != replacing:
                     raise ProductionChanged(f"'{model}' production is version {now}, not {replacing} as when version "
                                             f"{version} was judged against it; it was not promoted")
-            _loadable(target)
+            loadable(model, version, target.run_path)
             self._set_stage(s, target, "production", "promote")
             return _info(target)
 
@@ -273,6 +294,7 @@ class Registry:
     def _set_stage(self, s: Session, version: ModelVersion, stage: Stage, action: str) -> None:
         now = int(time.time())
         if stage == "production":  # one at a time: the previous one steps down first (a unique index enforces it)
+            _no_test_running(s, version.model, "promotion" if action == "promote" else action)
             for other in s.scalars(select(ModelVersion).where(ModelVersion.model == version.model,
                                                               ModelVersion.stage == "production").with_for_update()):
                 if other.id != version.id:

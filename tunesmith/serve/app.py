@@ -219,31 +219,11 @@ def create_app(service: Service, spec: ServeSpec, ready: Callable[[], bool] = la
                 return JSONResponse(card.model_dump())
         return _error(ServiceError(404, f"the model '{model_id}' does not exist", param="model", code="model_not_found"))
 
-    async def once(rid: str, work: Callable[[], Awaitable[p.PredictResponse | ServiceError]]
-                   ) -> p.PredictResponse | ServiceError:
-        """`work`'s answer under a client's X-Request-ID, the prediction log's key, if no other request has it: feedback
-        names an answer by its id, and a reused one had feedback on the second answer checked against (and stored
-        with) the first one's text. Claimed before the model runs, so of two requests at once one gets the 409."""
-        log = service.log
-        assert log is not None
-        if not await asyncio.to_thread(log.claim, rid):  # a look-up in the store: off the event loop
-            return ServiceError(409, f"X-Request-ID {rid!r} was already used by an earlier request, whose answer is on "
-                                     "record under it for feedback; send a new id with each request (or leave the "
-                                     "header out and the server makes one)", param="X-Request-ID", code="request_id_reused")
-        result: p.PredictResponse | ServiceError | None = None
-        try:
-            result = await work()
-        finally:
-            if not isinstance(result, p.PredictResponse):  # nothing on record under it: a retry may use the id
-                log.release(rid)
-        return result
-
     @app.post("/v1/predict", tags=["tunesmith"], response_model=p.PredictResponse)
     async def predict(req: p.PredictRequest, request: Request, owner: str = Depends(model_auth)) -> Response:
         rid = request_id(request)
-        if service.log is None or not request.headers.get("x-request-id"):  # nothing kept, or the server's own id
-            return answer(await service.predict(req, rid, owner), rid)
-        return answer(await once(rid, lambda: service.predict(req, rid, owner)), rid)
+        # a client's id is kept once (a reuse is a 409): feedback names an answer by it
+        return answer(await service.predict(req, rid, owner, client_id=bool(request.headers.get("x-request-id"))), rid)
 
     async def generation(req: p.ChatCompletionRequest | p.CompletionRequest, request: Request, owner: str) -> Response:
         # echoed only: the answer is on record (and named by feedback) under its own completion id, never this one,

@@ -430,8 +430,21 @@ class Service:
             await loop.run_in_executor(None, self.log.purge, retention_days)
             await asyncio.sleep(every_s)
 
+    async def _on_record_once(self, request_id: str, model: Served, inputs: Sequence[Any], outputs: Sequence[Any],
+                              started: float, user: str | None, variant: str | None) -> bool:
+        """Put an answer under a client's request id on record before it is sent: False when the id is on record
+        already (this replica's or another's on the store), and the request gets a 409. In the store, not in this
+        process: a claim kept here let a second replica answer (and log under a new id) an id the first had used."""
+        log = self.log
+        assert log is not None
+        name = model.registry[0] if model.registry else model.id
+        latency_ms = (time.perf_counter() - started) * 1000
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: log.record_once(
+            request_id, name, model.version, "predict", inputs, outputs, latency_ms, user_id=user, variant=variant))
+
     def _record(self, request_id: str, model: Served, kind: str, inputs: Sequence[Any], outputs: Sequence[Any],
-                started: float, user: str | None, variant: str | None = None) -> None:
+                started: float, user: str | None, variant: str | None = None, logged: bool = False) -> None:
+        """Count an answer in /metrics and queue it for the log (`logged`: on record already, _on_record_once)."""
         name = model.registry[0] if model.registry else model.id  # a registry model under its name, whatever version
         seconds = time.perf_counter() - started
         self.metrics.version_requests.labels(name, model.version).inc()
@@ -439,7 +452,7 @@ class Service:
         for output in outputs:
             if isinstance(output, dict) and output.get("probabilities"):
                 self.metrics.confidence.labels(name, model.version).observe(max(output["probabilities"].values()))
-        if self.log is not None:
+        if self.log is not None and not logged:
             self.log.record(request_id, name, model.version, kind, inputs, outputs, seconds * 1000, user_id=user, variant=variant)
 
     def count_feedback(self, prediction: Any, feedback: Any) -> None:
@@ -496,8 +509,10 @@ class Service:
             start += len(batch)
         return out
 
-    async def predict(self, req: p.PredictRequest, request_id: str | None = None, owner: str = ""
-                      ) -> p.PredictResponse | ServiceError:
+    async def predict(self, req: p.PredictRequest, request_id: str | None = None, owner: str = "",
+                      client_id: bool = False) -> p.PredictResponse | ServiceError:
+        """`client_id`: `request_id` is the client's X-Request-ID, kept once only where answers are logged (see
+        _on_record_once)."""
         started = time.perf_counter()
         name = self._tested(req.model, "sequence", owner) or req.model
         routed = self.route(name, "sequence", owner, req.user)
@@ -535,6 +550,12 @@ class Service:
             # an error in the API's shape (as a stream's is), not a bare text/plain "Internal Server Error" left
             # uncounted in /metrics
             return ServiceError(500, f"prediction failed: {type(err).__name__}: {err}", "server_error")
+        rid = request_id or f"pred-{uuid.uuid4().hex[:24]}"
+        once = client_id and self.log is not None
+        if once and not await self._on_record_once(rid, model, texts, results, started, req.user, variant):
+            return ServiceError(409, f"X-Request-ID {rid!r} was already used by an earlier request, whose answer is on "
+                                     "record under it for feedback; send a new id with each request (or leave the "
+                                     "header out and the server makes one)", param="X-Request-ID", code="request_id_reused")
         shown = model.registry[0] if model.registry else model.id
         for r in results:
             if "label" in r:
@@ -543,8 +564,7 @@ class Service:
             else:
                 self.metrics.predicted_values.observe(shown, model.version, r["value"],
                                                       lambda: Run(model.run).manifest.target_scaling)
-        rid = request_id or f"pred-{uuid.uuid4().hex[:24]}"
-        self._record(rid, model, "predict", texts, results, started, req.user, variant)
+        self._record(rid, model, "predict", texts, results, started, req.user, variant, logged=once)
         shadow = self._shadow_of(name, variant)
         if shadow is not None:  # the challenger answers a copy; logged, never returned
             self._spawn(self._shadow(name or "", shadow, rid, texts, req.user))

@@ -50,7 +50,7 @@ from tunesmith.config import (
     parse_config,
 )
 from tunesmith.errors import ConfigError, NotFound, TunesmithError
-from tunesmith.registry.service import ProductionChanged, Registry, VersionInfo, missing
+from tunesmith.registry.service import ABTestRunning, ProductionChanged, Registry, VersionInfo, missing
 from tunesmith.store.db import Store
 from tunesmith.tune import trigger
 
@@ -249,6 +249,8 @@ def _round(store: Store, registry: Registry, production: VersionInfo, run: Run, 
             decision = "promoted"
         except ProductionChanged as err:
             reasons.append(str(err))
+        except ABTestRunning as err:  # started while it trained: the round stands, the candidate registered
+            reasons.append(f"not promoted, so it stays a candidate: {err}")
     elif passes and spec.promote == "ab_test":
         from tunesmith.monitor.ab import ABService
 
@@ -430,8 +432,11 @@ def _build_dataset(cfg: ProjectConfig, spec: RetrainSpec, parent: DatasetVersion
     usable = np.ones(len(texts), dtype=bool)
     test_texts, test_ids = old["test"].column("text").to_pylist(), old["test"].column("id").to_pylist()
     # Near copies too, whatever data.dedup.near says: preparation's leakage check always removes them across splits.
+    # Such a correction still takes out the example it corrects (below): the user says that label is wrong, and the
+    # wrong example had stayed in training beside its frozen twin.
+    near_test: set[int] = set()
     for i, (j, how) in sorted(_matches(texts, test_texts, cfg, near=True).items()):
-        usable[i] = False
+        near_test.add(i)
         kept_out.append({"id": ids[i], "text": texts[i][:300], "split": "test", "matches": test_ids[j], "match": how})
         quarantine.add(Rejection(stage="frozen_split", source="feedback", line=0, id=ids[i], kind="removed",
                                  reason=f"{how} duplicate of '{test_ids[j]}' in the frozen test split: kept out of "
@@ -456,6 +461,18 @@ def _build_dataset(cfg: ProjectConfig, spec: RetrainSpec, parent: DatasetVersion
             if not keep[split][j]:
                 continue
             i = live[k]
+            if i in near_test:  # kept out: the example it corrects goes, the correction does not come in
+                if not _same(old_targets[j], new_targets[i]):
+                    keep[split][j] = False
+                    usable[i] = False
+                    superseded.append({"split": split, "id": pool_ids[j], "by": ids[i], "match": how,
+                                       "old": old_targets[j], "new": new_targets[i], "kept_out": True})
+                    quarantine.add(Rejection(stage="superseded", source=str(parent.path / f"{split}.parquet"), line=0,
+                                             id=pool_ids[j], kind="removed", record={"text": pool[j]},
+                                             reason=f"corrected by '{ids[i]}' ({how} match): {old_targets[j]!r} -> "
+                                                    f"{new_targets[i]!r}, a correction kept out (it repeats a frozen "
+                                                    "test example), so the example is removed, not replaced"))
+                continue
             if _same(old_targets[j], new_targets[i]):
                 usable[i] = False
                 known.append(i)
@@ -473,6 +490,7 @@ def _build_dataset(cfg: ProjectConfig, spec: RetrainSpec, parent: DatasetVersion
                                      id=pool_ids[j], kind="removed", record={"text": pool[j]},
                                      reason=f"replaced by the correction '{ids[i]}' ({how} match): "
                                             f"{old_targets[j]!r} -> {new_targets[i]!r}"))
+    usable[list(near_test)] = False
     live = [i for i in range(len(texts)) if usable[i]]
 
     held = _holdout(live, [new_targets[i] for i in live], spec.feedback_holdout, cfg.data.split.seed, cfg.task.type)
@@ -484,8 +502,8 @@ def _build_dataset(cfg: ProjectConfig, spec: RetrainSpec, parent: DatasetVersion
     to_train = [i for i in live if i not in held]
     by_id = {ids[i]: i for i in held}
     for entry in superseded:  # where the correction went: "replaced" is true only where it trains
-        entry["correction"] = "validation" if entry["split"] == "validation" else \
-            "held out" if entry["by"] in by_id else "train"
+        entry["correction"] = "kept out" if entry.pop("kept_out", False) else \
+            "validation" if entry["split"] == "validation" else "held out" if entry["by"] in by_id else "train"
     schema = old["train"].schema
     take = lambda rows: new.take(pa.array(rows, type=pa.int64())).select(schema.names).cast(schema)  # noqa: E731
     tables = {"train": pa.concat_tables([old["train"].filter(pa.array(keep["train"])), take(to_train)]),
@@ -843,7 +861,8 @@ def _markdown(r: dict[str, Any]) -> str:
               f"- corrections in training: {d['corrections_in_train']}, in validation: {d['corrections_in_validation']}; "
               f"old examples they corrected: {len(d['superseded'])} (the correction trains: "
               f"{sum(x.get('correction') == 'train' for x in d['superseded'])}, held out: "
-              f"{sum(x.get('correction') == 'held out' for x in d['superseded'])}); already known (same label, "
+              f"{sum(x.get('correction') == 'held out' for x in d['superseded'])}, kept out, so only removed: "
+              f"{sum(x.get('correction') == 'kept out' for x in d['superseded'])}); already known (same label, "
               f"set aside): {d.get('corrections_known', 0)}",
               f"- kept out because they repeat a frozen test example: {len(d['kept_out'])}"]
     # ids (file:line) and texts come from users: escaped, never in backticks, which no escape can close safely
