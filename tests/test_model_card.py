@@ -58,3 +58,53 @@ def test_the_card_shows_the_headline_metrics_first(tmp_path: Path, tiny_tokenize
     line = next(x for x in write_model_card(run_dir).read_text().splitlines() if x.startswith("Test (4 examples)"))
     assert line.startswith("Test (4 examples): accuracy 0.7500, f1_macro 0.7000, f1_weighted 0.7100, log_loss 0.4000, "
                            "roc_auc 0.8000, precision_micro 0.5000")
+
+
+def test_the_rows_are_the_ones_the_run_trained_on(tmp_path: Path, tiny_tokenizer: Path) -> None:
+    """The dataset folder prepared again since: the card showed its new counts beside the run's old fingerprint."""
+    run_dir = _fake_run(tmp_path, tiny_tokenizer)
+    (run_dir / "dataset.json").write_text(json.dumps({"dataset": str(tmp_path / "ds"), "fingerprint": "f" * 64,
+                                                      "labels": ["bad", "good"],
+                                                      "counts": {"train": 30, "validation": 5, "test": 5}}))
+    manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    (tmp_path / "ds" / "manifest.json").write_text(json.dumps({**manifest, "fingerprint": "e" * 64, "counts": {
+        "train": 160, "validation": 20, "test": 20, "quarantine": 0, "input": 200}}))
+    card = write_model_card(run_dir).read_text()
+    assert "- Rows: 30 train / 5 validation / 5 test" in card and "5 examples): f1_macro" in card
+    assert "160" not in card and "20 examples" not in card
+    (run_dir / "dataset.json").unlink()  # an older run, recorded no counts: the folder's are another dataset's
+    card = write_model_card(run_dir).read_text()
+    assert "prepared again since" in card and "160" not in card and "Validation (best checkpoint): f1_macro" in card
+
+
+def test_the_card_states_the_epochs_and_steps_trained(tmp_path: Path, tiny_tokenizer: Path) -> None:
+    """train.max_steps overrides epochs: the card stated the configured epochs."""
+    run_dir = _fake_run(tmp_path, tiny_tokenizer)
+    manifest = json.loads((run_dir / "run.json").read_text())
+    manifest["hyperparameters"] = {"epochs": 1, "learning_rate": 0.001, "epochs_trained": 2.0, "steps": 8}
+    (run_dir / "run.json").write_text(json.dumps(manifest))
+    card = write_model_card(run_dir).read_text()
+    assert "- Learning rate 0.001, 2.0 epochs, 8 steps" in card and " 1 epochs" not in card
+
+
+def test_user_text_stays_text_on_the_card(tmp_path: Path, tiny_tokenizer: Path) -> None:
+    """The description, labels and run name went into the Markdown as they were: a label "<b>pos|x</b>" was bold."""
+    import markdown
+
+    run_dir = _fake_run(tmp_path, tiny_tokenizer)
+    manifest = json.loads((run_dir / "run.json").read_text())
+    manifest.update(labels=["<b>pos|x</b>", "neg_*y*"], name="# run *one*", description="First line ![p](https://t.example/p.png)\n# not a heading")
+    (run_dir / "run.json").write_text(json.dumps(manifest))
+    html = markdown.markdown(write_model_card(run_dir).read_text())
+    assert "<b>" not in html and "<img" not in html and "<em>y</em>" not in html and html.count("<h1>") == 1
+    assert "labels: &lt;b&gt;pos" in html and ", neg_*y*</li>" in html and "<h1># run *one*</h1>" in html
+    assert "<blockquote>" in html and "not a heading" in html
+
+
+def test_the_cards_commands_name_the_run_wherever_the_card_was_written_from(tmp_path: Path, tiny_tokenizer: Path,
+                                                                            monkeypatch) -> None:  # noqa: ANN001
+    """`cd reg && tunesmith evaluate run` wrote `tunesmith evaluate run` on the card: a path only from that folder."""
+    run_dir = _fake_run(tmp_path, tiny_tokenizer)
+    monkeypatch.chdir(tmp_path)
+    card = write_model_card(Path("run")).read_text()
+    assert f"tunesmith evaluate {run_dir.resolve()}\n" in card and "tunesmith evaluate run\n" not in card

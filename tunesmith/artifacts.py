@@ -172,7 +172,8 @@ class DatasetVersion:
 RUN_FORMAT = 1
 RUN_MANIFEST = "run.json"
 RUN_CONFIG = "config.json"
-RUN_DATASET = "dataset.json"  # the dataset a run started on (path, fingerprint, labels): a resume must go on with it
+# the dataset a run started on (path, fingerprint, labels, split counts): a resume must go on with it
+RUN_DATASET = "dataset.json"
 RUN_TRAINED_ROWS = "trained_rows.json"  # its training rows' hashed keys: evaluate leaves them out of a re-prepared split
 MODEL_DIR = "model"
 ADAPTER_DIR = "adapter"
@@ -209,7 +210,7 @@ class RunManifest(_Described):
     metrics: dict[str, float] = {}  # validation metrics of the kept model
     train_runtime_s: float = 0.0
     processes: int = 1
-    hyperparameters: dict[str, Any] = {}  # epochs, batch_size, learning_rate as trained
+    hyperparameters: dict[str, Any] = {}  # epochs (as configured), epochs_trained, steps, batch_size, learning_rate
     openai_hyperparameters: dict[str, Any] | None = None  # n_epochs, batch_size, learning_rate_multiplier, resolved
     stop_token_ids: list[int] | None = None  # chat: tokens that end an answer (EOS and the end-of-turn token)
     merged: bool = False  # model/ holds the adapter merged into full weights; the adapter itself is in adapter/

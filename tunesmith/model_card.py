@@ -6,20 +6,23 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tunesmith.artifacts import DatasetVersion, Run
+from tunesmith.artifacts import RUN_DATASET, DatasetVersion, Run
 from tunesmith.errors import DataError
-from tunesmith.html_report import HEADLINE, OPTIONAL
+from tunesmith.html_report import HEADLINE, OPTIONAL, markdown_text
 
 
 def write_model_card(run_dir: Path) -> Path:
+    run_dir = run_dir.resolve()  # the card's commands must work from anywhere, not only where the last command ran
     run = Run(run_dir)
     m = run.manifest
     cfg = run.config
     info_path = run_dir / "export.json"  # an export's: where it came from, and what it changed
     exported = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
-    lines = [f"# {m.name}", "", m.description or "_No task description given (task.description)._", "",
+    # user text stays text: a label "<b>x</b>" or a description line "# y" made no markup
+    described = "\n".join(f"> {markdown_text(line)}" for line in (m.description or "").splitlines())
+    lines = [f"# {markdown_text(m.name)}", "", described or "_No task description given (task.description)._", "",
              *_intended_use(m.task), "## Model", "",
-             f"- Task: {m.task}" + (f", labels: {', '.join(m.labels)}" if m.labels else ""),
+             f"- Task: {m.task}" + (f", labels: {', '.join(map(markdown_text, m.labels))}" if m.labels else ""),
              f"- Base model: {m.base_model}", f"- Method: {m.method} ({m.parameters['trainable']:,} of "
              f"{m.parameters['total']:,} parameters trained)",
              f"- Max length: {m.max_length} tokens",
@@ -29,16 +32,12 @@ def write_model_card(run_dir: Path) -> Path:
         lines += [f"- Target standardised with mean {m.target_scaling['mean']:.4g}, std {m.target_scaling['std']:.4g}; "
                   "predictions are in the original units", ""]
     lines += ["## Data", "", f"- Dataset: `{m.dataset}`", f"- Fingerprint: `{m.dataset_fingerprint}`"]
-    counts: dict[str, int] = {}
-    try:
-        counts = DatasetVersion(m.dataset).manifest.counts
-        lines.append(f"- Rows: {counts['train']} train / {counts['validation']} validation / {counts['test']} test")
-    except DataError:
-        lines.append("- (dataset folder no longer available)")
+    counts, missing = _trained_counts(run_dir, m.dataset, m.dataset_fingerprint)
+    lines.append(f"- Rows: {counts['train']} train / {counts['validation']} validation / {counts['test']} test"
+                 if counts else missing)
     t, hp = cfg.train, m.hyperparameters
     kept = "best checkpoint" if t.keep == "best" else "last weights, train.keep: last"  # whose numbers run.json holds
-    lines += ["", "## Training", "", f"- Learning rate {hp.get('learning_rate', '?')}, {hp.get('epochs', '?')} epochs"
-              + (f" (max {t.max_steps} steps)" if t.max_steps else "")
+    lines += ["", "## Training", "", f"- Learning rate {hp.get('learning_rate', '?')}, " + _schedule(hp, t.max_steps)
               + f", batch {hp.get('batch_size', '?')}" + (f" x {m.processes} processes" if m.processes > 1 else "")
               + f" x grad_accum {t.grad_accum}, weight decay {t.weight_decay}, warmup {t.warmup_ratio}, seed {t.seed}",
               *([f"- Numerics: {hp['precision']}" + ("; matrix products in bfloat16, weights kept and saved in fp32"
@@ -72,6 +71,34 @@ def write_model_card(run_dir: Path) -> Path:
     path = run_dir / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _trained_counts(run_dir: Path, dataset: str, fingerprint: str) -> tuple[dict[str, int], str]:
+    """The split row counts the run trained on, or ({}, why they are unknown). dataset.json records them at the start;
+    an older run's are the dataset folder's only while it holds the same data (prepared again, it counts other rows)."""
+    try:
+        started = json.loads((run_dir / RUN_DATASET).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        started = None
+    if isinstance(started, dict) and started.get("fingerprint") == fingerprint and isinstance(started.get("counts"), dict):
+        return started["counts"], ""
+    try:
+        now = DatasetVersion(dataset).manifest
+    except DataError:
+        return {}, "- (dataset folder no longer available)"
+    if now.fingerprint != fingerprint:
+        return {}, (f"- Rows: not known (the dataset folder was prepared again since; it now has fingerprint "
+                    f"`{now.fingerprint[:12]}`)")
+    return now.counts, ""
+
+
+def _schedule(hp: dict[str, Any], max_steps: int | None) -> str:
+    """The epochs and steps trained, as run.json records them (train.max_steps overrides the epochs configured);
+    an older run recorded the configured epochs only."""
+    if "epochs_trained" in hp:
+        return f"{hp['epochs_trained']} epochs, {hp.get('steps', '?')} steps" + (
+            f" (train.max_steps {max_steps})" if max_steps else "")
+    return f"{hp.get('epochs', '?')} epochs" + (f" (max {max_steps} steps)" if max_steps else "")
 
 
 def _headline_first(task: str | None, numbers: dict[str, float]) -> list[tuple[str, float]]:

@@ -138,13 +138,7 @@ def test_a_run_resumed_on_another_dataset_is_refused(tmp_path: Path, tiny_bert: 
 
     from tunesmith.artifacts import RUN_DATASET
 
-    class Stop(TrainerCallback):
-        def on_save(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
-            raise KeyboardInterrupt
-
-    cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 8, "evals_per_epoch": 4})
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, callbacks=[Stop()])
+    cfg = _interrupted(tmp_path, tiny_bert)
     started = json.loads((tmp_path / "run" / RUN_DATASET).read_text())
     data = rows(160)
     data[0]["text"] = "an edited review, prepared again"
@@ -272,3 +266,23 @@ def test_a_run_finished_from_its_last_checkpoint_keeps_a_runtime_and_its_summary
     assert summary["step"] == 10 and summary["train_runtime"] > 0 and summary["train_loss"] > 0
     # run.json records the rebuilt summary's runtime (to 0.1 s: a tiny run's evaluations and finishing may round to 0)
     assert Run(run).manifest.train_runtime_s == round(summary["train_runtime"], 1)
+
+
+def test_a_run_records_the_epochs_steps_and_rows_it_trained_on(tmp_path: Path, tiny_bert: Path) -> None:
+    """train.max_steps overrides epochs: run.json and the card stated the configured epochs; and the card's row counts
+    were the dataset folder's as it is now (prepared again since), so dataset.json records the ones trained on."""
+    import json
+
+    from tunesmith.artifacts import RUN_DATASET
+
+    cfg = project(tmp_path, tiny_bert, train_spec={"max_steps": 8, "epochs": 3, "batch_size": 4,
+                                                    "evals_per_epoch": 1})
+    run = train(cfg)
+    hp = json.loads((run / "run.json").read_text())["hyperparameters"]
+    counts = json.loads((tmp_path / "ds" / "manifest.json").read_text())["counts"]
+    steps_per_epoch = -(-counts["train"] // 4)
+    assert hp["epochs"] == 3 and hp["steps"] == 8 and hp["epochs_trained"] == round(8 / steps_per_epoch, 2) < 1
+    assert json.loads((run / RUN_DATASET).read_text())["counts"] == counts
+    card = (run / "README.md").read_text()
+    assert f", {hp['epochs_trained']} epochs, 8 steps (train.max_steps 8)" in card
+    assert f"- Rows: {counts['train']} train / {counts['validation']} validation" in card

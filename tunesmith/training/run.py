@@ -307,8 +307,9 @@ def check_dataset(run_dir: Path, version: Any, resuming: bool) -> None:
     """Record the dataset a run starts on; a resumed run must go on with the same one (prepared again from edited
     files, or another --dataset, it had trained on silently, or failed loading a head of another size)."""
     path = run_dir / RUN_DATASET
+    # counts: the rows it trains on, for the model card (the folder prepared again counts other rows)
     mine = {"dataset": str(version.path.resolve()), "fingerprint": version.manifest.fingerprint,
-            "labels": version.manifest.labels}
+            "labels": version.manifest.labels, "counts": version.manifest.counts}
     if resuming and path.is_file():
         started = json.loads(path.read_text(encoding="utf-8"))
         if started.get("fingerprint") != mine["fingerprint"]:
@@ -476,7 +477,10 @@ def manifest_fields(cfg: ProjectConfig, version: DatasetVersion, model_dir: Path
         dataset_fingerprint=version.manifest.fingerprint, parameters={"trainable": trainable, "total": total},
         train_runtime_s=round(float(result.metrics.get("train_runtime", 0.0)), 1),
         processes=int(os.environ.get("WORLD_SIZE", "1")),
-        hyperparameters={**{k: v for k, v in plan.items() if k != "openai"}, **numerics(trainer)},
+        # epochs as configured; train.max_steps overrides them, so the epochs and steps trained are recorded too
+        hyperparameters={**{k: v for k, v in plan.items() if k != "openai"}, **numerics(trainer),
+                         "epochs_trained": round(float(trainer.state.epoch or 0.0), 2),
+                         "steps": int(trainer.state.global_step)},
         openai_hyperparameters=plan.get("openai"),
         best_metric={trainer.args.metric_for_best_model: float(trainer.state.best_metric)}
         if trainer.state.best_metric is not None else {},
