@@ -475,7 +475,8 @@ def tune_cmd(
         out.print(f"best config: {summary['best_config']} (train it: tunesmith train {summary['best_config']})", highlight=False)
         import shlex
 
-        sets = " ".join("--set " + shlex.quote(override_of(k, v)) for k, v in best["params"].items())
+        settings = {**best["params"], **dict(_best_settings(cfg, summary["best_config"]))}
+        sets = " ".join("--set " + shlex.quote(override_of(k, v)) for k, v in settings.items())
         out.print(f"the same settings on another config (the full data, say): tunesmith train CONFIG {sets}",
                   highlight=False, markup=False)
     out.print(f"report: {summary['report']}", highlight=False)
@@ -485,6 +486,24 @@ def tune_cmd(
         # exit 0 let `tune X && tunesmith train best.yaml` go on to a missing file
         raise TunesmithError(f"study '{summary['study']}': no trial completed ({counts}); the report says why each "
                              "failed or was pruned")
+
+
+def _best_settings(cfg: Any, best_config: str) -> list[tuple[str, Any]]:
+    """Every field best.yaml sets otherwise than the base config: the trial's values, and the settings its method
+    does not read (reset) or the study set (train.metric), so this config with them trains what best.yaml does."""
+    import yaml
+
+    from tunesmith.config import config_diff
+
+    best = yaml.safe_load(Path(best_config).read_text(encoding="utf-8"))
+    out = []
+    for line in config_diff(cfg.model_dump(mode="json", exclude={"tune"}), best):
+        key = line.split(": ", 1)[0]
+        value: Any = best
+        for part in key.split("."):
+            value = (value or {}).get(part)
+        out.append((key, value))
+    return out
 
 
 @app.command("export", epilog=EPILOG)

@@ -499,3 +499,81 @@ def test_a_worker_that_waited_to_finish_writes_the_newest_best(tmp_path: Path, t
     summary = study_module.finish_study(cfg, study, echo=lambda line: None, evaluate_test=False)  # worker A
     assert waited and summary["best"]["number"] == 1
     assert (study_folder(cfg) / "best.yaml").read_text().startswith("# Best trial 1 of study 'tiny'")
+
+
+def test_a_study_is_not_resumed_under_another_base_config(tmp_path: Path, tiny_bert: Path) -> None:
+    """Resumed with train.max_steps or model.max_length changed, new trials were ranked beside the old ones and
+    best.yaml was rebuilt from the changed config under the old trial's score."""
+    from tunesmith.tune.study import best_trial, load_study, write_best
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    tune = {"space": {"train.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}, "trials": 1, "storage": url,
+            "pruner": "none"}
+    run_study(tune_project(tmp_path, tiny_bert, tune, steps=2), echo=lambda line: None, evaluate_test=False)
+    edited = tune_project(tmp_path, tiny_bert, tune, steps=3)
+    with pytest.raises(ConfigError, match=r"(?s)study 'tiny' .*another config.*train\.max_steps: 2 -> 3.*another tune\.study"):
+        run_study(edited, echo=lambda line: None, evaluate_test=False)
+    assert len(trials_of(url)) == 1
+    # tune.trials may change (it is how a study is resumed)
+    run_study(tune_project(tmp_path, tiny_bert, {**tune, "trials": 2}, steps=2), echo=lambda line: None,
+              evaluate_test=False)
+    # best.yaml comes from the settings the best trial trained under, whatever config writes it
+    study = optuna.load_study(study_name="tiny", storage=normalize_url(url))
+    best = yaml.safe_load(write_best(edited, best_trial(study), tmp_path / "b.yaml", "f1_macro").read_text())
+    assert best["train"]["max_steps"] == 2 and best["train"]["output_dir"] == str(edited.train.output_dir)
+    assert load_study(tune_project(tmp_path, tiny_bert, tune, steps=2), echo=lambda line: None)  # put back: joins
+    (tmp_path / "elsewhere").mkdir()  # the same project in another folder (a worker on another machine): joins
+    assert load_study(tune_project(tmp_path / "elsewhere", tiny_bert, tune, steps=2), echo=lambda line: None)
+
+
+def test_the_printed_set_line_gives_the_best_config(tmp_path: Path, tiny_bert: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Only the trial's values were printed: train.metric (from tune.metric) and the settings the drawn method
+    does not read (reset) were missing, so CONFIG + the line trained something else than best.yaml."""
+    from tunesmith.config import apply_override
+
+    raw = tune_project(tmp_path, tiny_bert, {}, steps=2).model_dump(mode="json", exclude={"tune"})
+    raw["tune"] = {"storage": f"sqlite:///{tmp_path / 'store.db'}", "trials": 1, "pruner": "none", "metric": "accuracy",
+                   "space": {"train.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}}
+    path = tmp_path / "base.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert run(["tune", str(path)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "tunesmith train CONFIG" in x)
+    import shlex
+
+    words = shlex.split(line.split("tunesmith train CONFIG", 1)[1])
+    sets = [w for w, flag in zip(words[1:], words, strict=False) if flag == "--set"]
+    assert "train.metric=accuracy" in sets
+    data = {k: v for k, v in raw.items() if k != "tune"}
+    for item in sets:
+        apply_override(data, item)
+    best = yaml.safe_load((study_folder(parse_config(raw)) / "best.yaml").read_text())
+    assert parse_config(data).model_dump(mode="json", exclude={"tune"}) == best
+
+
+def test_a_study_of_the_same_name_in_another_storage_may_not_share_its_folder(tmp_path: Path, tiny_bert: Path) -> None:
+    """Both wrote runs/<study>-tune/trial-0: the second study's trial overwrote the first's run."""
+    tune = {"space": {"train.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}}, "trials": 1, "pruner": "none"}
+    cfg = tune_project(tmp_path, tiny_bert, {**tune, "storage": f"sqlite:///{tmp_path / 'a.db'}"}, steps=2)
+    run_study(cfg, echo=lambda line: None, evaluate_test=False)
+    before = (study_folder(cfg) / "trial-0" / "config.json").read_text()
+    other = tune_project(tmp_path, tiny_bert, {**tune, "storage": f"sqlite:///{tmp_path / 'b.db'}"}, steps=2)
+    with pytest.raises(ConfigError, match=r"(?s)tiny-tune holds the trial runs of study 'tiny' in sqlite:///.*a\.db.*another tune\.study"):
+        run_study(other, echo=lambda line: None, evaluate_test=False)
+    assert (study_folder(cfg) / "trial-0" / "config.json").read_text() == before
+    assert not optuna.load_study(study_name="tiny", storage=normalize_url(f"sqlite:///{tmp_path / 'b.db'}")).trials
+    run_study(cfg, echo=lambda line: None, evaluate_test=False)  # its own study still goes on
+
+
+def test_a_best_run_deleted_here_is_to_be_retrained(tmp_path: Path, tiny_bert: Path) -> None:
+    import shutil
+
+    lines: list[str] = []
+    cfg = tune_project(tmp_path, tiny_bert, {"space": {"train.learning_rate": {"low": 1e-4, "high": 1e-2, "log": True}},
+                                             "trials": 1, "storage": f"sqlite:///{tmp_path / 's.db'}", "pruner": "none"},
+                       steps=2)
+    run_study(cfg, echo=lines.append, evaluate_test=False)
+    shutil.rmtree(study_folder(cfg) / "trial-0")
+    run_study(cfg, echo=lines.append)
+    assert any("trial-0 is gone: retrain it with `tunesmith train" in x and "best.yaml" in x for x in lines), lines
+    assert not any("ran on" in x for x in lines)

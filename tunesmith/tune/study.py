@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -37,7 +38,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from tunesmith.artifacts import MODEL_DIR, DatasetVersion, Run
+from tunesmith.artifacts import MODEL_DIR, RUN_CONFIG, DatasetVersion, Run
 from tunesmith.config import (
     GENERATIVE_TASKS,
     LOWER_IS_BETTER,
@@ -45,6 +46,7 @@ from tunesmith.config import (
     ProjectConfig,
     SearchDim,
     TuneSpec,
+    config_diff,
     parse_config,
 )
 from tunesmith.errors import ConfigError, DataError
@@ -781,6 +783,17 @@ def load_study(cfg: ProjectConfig, storage: optuna.storages.BaseStorage | None =
                           f"{'loss' if reported == 'loss' else metric}, so their curves cannot be compared with "
                           f"tune.prune_on: {curve}; set tune.prune_on: {reported} (--set tune.prune_on={reported}) "
                           "to go on with it, or pick another tune.study (--study)")
+    base = _base_config(cfg)
+    trained = study.user_attrs.get("base_config")
+    if trained is not None and study.user_attrs.get("base_hash") != _hash(base):
+        # Its trials trained under the other settings: ranked beside new ones, and best.yaml, they would mix the two.
+        changed = "\n  ".join(config_diff(json.loads(trained), base))
+        raise ConfigError(f"study '{name}' in {shown_url(getattr(storage, 'url', ''))} trained its trials under another "
+                          f"config; changed since:\n  {changed}\npick another tune.study (--study) for the new settings, "
+                          "or put them back to go on with it")
+    if trained is None:
+        study.set_user_attr("base_config", json.dumps(base, sort_keys=True, separators=(",", ":")))
+        study.set_user_attr("base_hash", _hash(base))
     if stored is None:
         study.set_user_attr("objectives", names)
     if searched is None:
@@ -788,6 +801,46 @@ def load_study(cfg: ProjectConfig, storage: optuna.storages.BaseStorage | None =
     if reported is None and curve is not None:
         study.set_user_attr("prune_on", curve)
     return study
+
+
+def _base_config(cfg: ProjectConfig) -> dict[str, Any]:
+    """What the trials train under: the config less the settings a worker may change on the same study. Absolute paths
+    count by their last part: a worker on another machine (or started from another folder) has the project elsewhere."""
+    data = json.loads(json.dumps(cfg.model_dump(mode="json")))
+    for key in ("trials", "timeout_s", "storage"):
+        data.get("tune", {}).pop(key, None)
+    return _path_names(data)
+
+
+def _path_names(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _path_names(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_path_names(v) for v in value]
+    return Path(value).name if isinstance(value, str) and os.path.isabs(value) else value
+
+
+def _hash(data: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
+
+def claim_folder(cfg: ProjectConfig, study: optuna.Study) -> None:
+    """Mark the study folder as this study's: a study of that name in another storage writes the same
+    trial-N run folders, over this one's runs."""
+    folder = study_folder(cfg)
+    marker = folder / ".study.json"
+    storage = getattr(study._storage, "_backend", study._storage)  # RDB storages come wrapped in a cache
+    mine = {"storage": shown_url(getattr(storage, "url", "") or ""), "study_id": study._study_id}
+    if marker.is_file():
+        other = json.loads(marker.read_text(encoding="utf-8"))
+        if other != mine:
+            raise ConfigError(f"{folder} holds the trial runs of study '{study.study_name}' in {other.get('storage')} "
+                              f"(id {other.get('study_id')}), not of this one in {mine['storage']} (id {mine['study_id']}): "
+                              "its trials would overwrite them; pick another tune.study (--study) or another "
+                              "train.output_dir folder")
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps(mine), encoding="utf-8")
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
@@ -806,6 +859,14 @@ def write_best(cfg: ProjectConfig, trial: FrozenTrial, path: Path, metric: str) 
     best = build_config(cfg, values, f"best trial {trial.number}", metric_of(cfg)[0] if cfg.tune.metric else None,
                         keep_tune=False)
     data = best.model_dump(mode="json", exclude={"tune"})
+    trained = Path(trial.user_attrs.get("run_dir", "")) / RUN_CONFIG
+    if trial.user_attrs.get("run_dir") and trained.is_file():
+        # The settings the trial trained under, not the config as it is now; only its folders are the user's.
+        own = json.loads(trained.read_text(encoding="utf-8"))
+        own.pop("tune", None)
+        own["train"]["output_dir"], own["data"]["output_dir"] = data["train"]["output_dir"], data["data"]["output_dir"]
+        own["train"]["metric"] = data["train"]["metric"]
+        data = parse_config(own, f"trial {trial.number}'s {trained}").model_dump(mode="json", exclude={"tune"})
     header = (f"# Best trial {trial.number} of study '{cfg.tune.study or cfg.name}': validation {metric} "
               f"{trial.values[0]:.4g}\n# {_params_text(values)}\n# Run: tunesmith train {path}\n")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -832,6 +893,7 @@ def run_study(cfg: ProjectConfig, *, echo: Callable[[str], None] = print, evalua
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own line per trial instead of Optuna's
     logging.getLogger("optuna.study._optimize").addFilter(_NO_FAILED_TRIAL_WARNING)  # added once: a filter is kept once
     study = load_study(cfg, echo=echo)
+    claim_folder(cfg, study)
     objective = Objective(cfg, study_folder(cfg), metric_of(cfg)[0], echo)
     already = sum(_done(t) for t in study.get_trials(deepcopy=False))
     if already:
@@ -914,7 +976,11 @@ def _test_evaluation(best: FrozenTrial, evaluate: bool, echo: Callable[[str], No
         return {"run": str(run_dir), "metrics": json.loads(report.read_text(encoding="utf-8")).get("metrics", {})}
     if not evaluate:
         return None
-    if best.user_attrs.get("host") != socket.gethostname() or not (run_dir / "run.json").is_file():
+    if best.user_attrs.get("host") == socket.gethostname() and not (run_dir / "run.json").is_file():
+        echo(f"the best trial ({best.number})'s run folder {run_dir} is gone: retrain it with "
+             f"`tunesmith train {run_dir.parent / 'best.yaml'}`")
+        return None
+    if best.user_attrs.get("host") != socket.gethostname():
         echo(f"the best trial ({best.number}) ran on {best.user_attrs.get('host')}: evaluate it there with "
              f"`tunesmith evaluate {run_dir} --split test`")
         return None
