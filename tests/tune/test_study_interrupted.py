@@ -3,19 +3,22 @@ run again, its half-written run folder goes, and the study is not left holding a
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
 
 from tests.tune.test_study import SPACE, trials_of, tune_project
 from tunesmith.training.dataset import ensure_dataset
-from tunesmith.tune.study import run_study, study_folder
+from tunesmith.store.db import normalize_url
+from tunesmith.tune.study import _base_config, _hash, run_study, study_folder
 
 
 def test_a_killed_workers_trial_runs_again_when_the_study_is_started_again_at_once(tmp_path: Path, tiny_bert: Path) -> None:
@@ -39,9 +42,14 @@ def test_a_killed_workers_trial_runs_again_when_the_study_is_started_again_at_on
     [killed] = trials_of(url)
     assert killed.state == TrialState.RUNNING  # what a killed worker leaves behind; its heartbeat is still fresh
 
-    # Started again at once (well within the heartbeat's grace period), on the same machine.
+    # Started again at once (well within the heartbeat's grace period), on the same machine. Its 2,000 steps were only
+    # there to be killed mid-training; 4 keep the rerun short, so the study is told its trials trained under those.
     lines: list[str] = []
-    summary = run_study(tune_project(tmp_path, tiny_bert, tune, steps=4), echo=lines.append, evaluate_test=False)
+    again = tune_project(tmp_path, tiny_bert, tune, steps=4)
+    study = optuna.load_study(study_name="tiny", storage=normalize_url(url))
+    study.set_user_attr("base_config", json.dumps(_base_config(again)))
+    study.set_user_attr("base_hash", _hash(_base_config(again)))
+    summary = run_study(again, echo=lines.append, evaluate_test=False)
     trials = trials_of(url)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE], lines
     assert trials[1].params == killed.params  # the killed trial's values, run again
