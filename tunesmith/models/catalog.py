@@ -15,6 +15,7 @@ from typing import Any
 from tunesmith.artifacts import Run, is_run
 from tunesmith.config import PACKAGED_MODEL_NAMES, WRITTEN_MODEL_NAMES, JobsSpec, cache_dir
 from tunesmith.errors import ConfigError
+from tunesmith.models.hardware import process_running
 
 
 @dataclass(frozen=True)
@@ -326,20 +327,8 @@ def _sweep(target: Path) -> None:
         except OSError:
             continue
         local = match is not None and match["host"] in (None, _HOST)  # no host: written before hosts were named
-        if old or local and not _alive(int(match["pid"])):
+        if old or local and not process_running(int(match["pid"])):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process: alive
-        return True
-    return True
 
 
 def _publish(tmp: Path, target: Path, marker: str, stamp: dict[str, Any] | None = None) -> None:

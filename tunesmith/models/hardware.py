@@ -1,4 +1,5 @@
-"""What this machine computes natively: the CPU's vector flags, which decide whether bf16 pays.
+"""What this machine computes natively: the CPU's vector flags, which decide whether bf16 pays; and whether a process
+of this host still runs (a lock or claim left by one that died).
 
 Training (bf16 autocast) and serving (a classifier in bf16) both ask; neither imports the other.
 """
@@ -9,7 +10,6 @@ import os
 from functools import cache
 from pathlib import Path
 
-import torch
 
 # Batches in bf16 are padded to a multiple of this many tokens. On a CPU bf16 products run on oneDNN kernels
 # compiled for each new shape (about 1.5 ms each), and padding to each batch's longest text makes nearly every batch
@@ -78,7 +78,22 @@ def cpu_flags() -> frozenset[str]:
 
 def native_bf16() -> bool:
     """True where bf16 is faster, not just possible: recent GPUs, CPUs with AMX or AVX512-BF16 (elsewhere it is emulated)."""
+    import torch  # here: the catalog and retraining's trigger import this module for process_running alone
+
     if torch.cuda.is_available():
         # Without including_emulation=False a T4 or V100 says True: bf16 emulated there, slower than fp16/fp32.
         return torch.cuda.is_bf16_supported(including_emulation=False)
     return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
+def process_running(pid: int) -> bool:
+    """Whether process `pid` runs on this host (another user's counts: it runs). Not a pid: no."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

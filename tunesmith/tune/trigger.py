@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from tunesmith.config import RetrainSpec
+from tunesmith.models.hardware import process_running
 from tunesmith.monitor.log import inputs_logged, json_present
 from tunesmith.registry.service import VersionInfo
 from tunesmith.store.db import Store
@@ -133,23 +134,9 @@ def live_claim(production: VersionInfo) -> dict[str, Any] | None:
         return None
     if time.time() - float(claim.get("since") or 0) > CLAIM_STALE_S:
         return None
-    if claim.get("host") == socket.gethostname() and not _alive(int(claim.get("pid") or 0)):
+    if claim.get("host") == socket.gethostname() and not process_running(int(claim.get("pid") or 0)):
         return None
     return claim
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: there
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def describe_claim(claim: dict[str, Any]) -> str:
